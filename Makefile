@@ -1,0 +1,39 @@
+# Agent Forge — `make help` lists the targets.
+PY ?= python
+PYTEST ?= $(PY) -m pytest
+
+.PHONY: help install test test-slow test-faults run pipeline sweep bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+install:  ## install torch (CPU build) and the project with its dev extras
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[dev]"
+
+test:  ## the default suite (fast tier, what CI runs)
+	$(PYTEST) -m "not slow" -q
+
+test-slow:  ## the long end-to-end tests
+	$(PYTEST) -m slow -q
+
+test-faults:  ## crash/resume and bad-input tests
+	$(PYTEST) -m faults -q
+
+run:  ## the main job: Cognate model m1 at CPU defaults
+	$(PY) -m agentforge phase=cognate model=m1
+
+pipeline:  ## all four phases chained
+	$(PY) -m agentforge phase=pipeline
+
+sweep:  ## the three Cognate models as a multirun
+	$(PY) -m agentforge -m phase=cognate model=m1,m2,m3
+
+bench:  ## every benchmark, printing its figures
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint:  ## ruff
+	$(PY) -m ruff check agentforge tests benchmarks scripts
+
+clean:  ## remove outputs and caches
+	rm -rf outputs multirun wandb .pytest_cache .hypothesis

@@ -1,0 +1,82 @@
+"""Saving and loading the project's models as checkpoints (safetensors + JSON; see ``io.py``).
+
+``load_model`` checks the architecture tag and that every tensor matches the model the config
+describes, so a checkpoint of another architecture or size fails with one line instead of a shape
+error deep inside PyTorch.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
+from agentforge.models import CognateConfig, CognateModel
+
+ARCHITECTURE = "TRM-Titans-MAG"
+ARCH_FIELDS = {f for f in CognateConfig.__dataclass_fields__}
+
+
+def cognate_config_from(model_cfg: dict, vocab_size: int | None = None) -> CognateConfig:
+    """The architecture fields of a ``model`` config group (extra keys such as name/role are ignored)."""
+    arch = {k: v for k, v in model_cfg.items() if k in ARCH_FIELDS}
+    if vocab_size is not None:
+        arch["vocab_size"] = vocab_size
+    return CognateConfig(**arch)
+
+
+def save_model(directory: str | Path, model: CognateModel, tokenizer: ByteTokenizer, meta: dict | None = None) -> Path:
+    return save_checkpoint(directory, model.state_dict(), architecture=ARCHITECTURE,
+                           model_config=model.config.to_dict(), tokenizer=tokenizer.to_dict(), meta=meta)
+
+
+def load_model(directory: str | Path, map_location: str | torch.device = "cpu",
+               expect: CognateConfig | None = None) -> tuple[CognateModel, ByteTokenizer, dict]:
+    """(model in eval mode, tokenizer, full checkpoint config dict)."""
+    state, cfg = load_checkpoint(directory)
+    if cfg.get("architecture") != ARCHITECTURE:
+        raise CheckpointError(f"{directory}: architecture {cfg.get('architecture')!r} is not {ARCHITECTURE!r}; "
+                              f"this phase needs a Cognate-family checkpoint")
+    try:
+        config = CognateConfig.from_dict(cfg["model"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{directory}: model config is not a Cognate config ({exc})") from exc
+    if expect is not None and _shape_key(expect) != _shape_key(config):
+        raise CheckpointError(f"{directory}: architecture differs from the other inputs "
+                              f"({_shape_key(config)} vs {_shape_key(expect)}); all inputs must share one size")
+    model = CognateModel(config)
+    missing, unexpected = _diff_keys(model.state_dict(), state)
+    if missing or unexpected:
+        raise CheckpointError(f"{directory}: weights do not match the config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    for k, v in model.state_dict().items():
+        if state[k].shape != v.shape:
+            raise CheckpointError(f"{directory}: tensor {k} has shape {tuple(state[k].shape)}, the config "
+                                  f"implies {tuple(v.shape)}")
+    model.load_state_dict(state)
+    model.to(map_location).eval()
+    return model, ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg
+
+
+def _shape_key(c: CognateConfig) -> dict:
+    return {k: getattr(c, k) for k in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden",
+                                       "ltm_slots", "ltm_key_dim")}
+
+
+def _diff_keys(expected: dict, got: dict) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Copy a finished checkpoint dir to the artifacts location, replacing the old one atomically."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    old = dst.with_name(dst.name + ".old")
+    if dst.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+    tmp.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,114 @@
+"""Start-up validation of the composed config: every rule names its key, so a bad value fails in the
+first second with one line (``model.n_layers must be an integer >= 1, got 0``).
+
+Each phase module may add its own rules with ``PHASE_RULES``; the shared groups are checked here.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from agentforge.errors import ConfigError
+
+Rule = tuple[str, Callable[[Any], bool], str]  # (dotted key, predicate, "what it must be")
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> tuple[Callable[[Any], bool], str]:
+    desc = "an integer" + (f" >= {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+    return (lambda x: isinstance(x, int) and not isinstance(x, bool) and (lo is None or x >= lo)
+            and (hi is None or x <= hi)), desc
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> tuple[Callable, str]:
+    op = ">" if lo_open else ">="
+    desc = "a number" + (f" {op} {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+    return (lambda x: _num(x) and (lo is None or (x > lo if lo_open else x >= lo))
+            and (hi is None or x <= hi)), desc
+
+
+def one_of(*choices) -> tuple[Callable, str]:
+    return (lambda x: x in choices), f"one of {list(choices)}"
+
+
+def boolean() -> tuple[Callable, str]:
+    return (lambda x: isinstance(x, bool)), "true or false"
+
+
+def optional(check: tuple[Callable, str]) -> tuple[Callable, str]:
+    pred, desc = check
+    return (lambda x: x is None or pred(x)), f"null or {desc}"
+
+
+def rule(key: str, check: tuple[Callable, str]) -> Rule:
+    return key, check[0], check[1]
+
+
+SHARED_RULES: list[Rule] = [
+    rule("seed", integer(0)),
+    rule("hardware.accelerator", one_of("auto", "cpu", "gpu", "cuda", "mps")),
+    rule("hardware.precision", one_of("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")),
+    rule("logger.name", one_of("wandb", "csv", "tensorboard", "none")),
+    rule("data.seq_len", integer(8, 8192)),
+    rule("data.batch_size", integer(1)),
+    rule("optimizer.lr", number(0, 10, lo_open=True)),
+    rule("optimizer.weight_decay", number(0, 1)),
+    rule("optimizer.warmup_steps", integer(0)),
+    rule("optimizer.min_lr_ratio", number(0, 1)),
+    rule("optimizer.kl_coef", number(0)),
+]
+
+MODEL_RULES: list[Rule] = [
+    rule("model.model_id", integer(1)),
+    rule("model.d_model", integer(8)),
+    rule("model.n_layers", integer(1)),
+    rule("model.n_heads", integer(1)),
+    rule("model.ffn_hidden", integer(1)),
+    rule("model.window", integer(1)),
+    rule("model.max_steps", integer(1, 64)),
+    rule("model.act_threshold", number(0, 1, lo_open=True)),
+    rule("model.ponder_cost", number(0)),
+    rule("model.deep_supervision", number(0)),
+    rule("model.ltm_slots", integer(1)),
+    rule("model.ltm_key_dim", integer(1)),
+    rule("model.surprise_threshold", number(0)),
+]
+
+_MISSING = object()
+
+
+def select(cfg: DictConfig, key: str):
+    try:
+        value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
+    except Exception as exc:  # interpolation errors, missing mandatory values
+        raise ConfigError(f"{key}: cannot be resolved ({exc})") from None
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def check(cfg: DictConfig, rules: Iterable[Rule]) -> None:
+    """Raise ConfigError for the first rule that fails; keys absent from cfg are skipped."""
+    for key, pred, desc in rules:
+        value = select(cfg, key)
+        if value is _MISSING:
+            continue
+        if not pred(value):
+            raise ConfigError(f"{key} must be {desc}, got {value!r}")
+
+
+def validate(cfg: DictConfig, phase_rules: Iterable[Rule] = ()) -> None:
+    """Check the shared groups, the model (when the phase uses one) and the phase's own rules."""
+    check(cfg, SHARED_RULES)
+    if select(cfg, "model") is not _MISSING:
+        check(cfg, MODEL_RULES)
+        d, h = select(cfg, "model.d_model"), select(cfg, "model.n_heads")
+        if d % h or (d // h) % 2:
+            raise ConfigError(f"model.d_model ({d}) must split into model.n_heads ({h}) heads of even size")
+    check(cfg, phase_rules)

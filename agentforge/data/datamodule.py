@@ -1,0 +1,114 @@
+"""Packed language-modelling batches over a task mix, with a curriculum the trainer can advance.
+
+Examples are rendered to text (``formats.render``), encoded with BOS/EOS, concatenated and cut into
+rows of ``seq_len + 1`` tokens; a row gives inputs ``row[:-1]`` and shifted targets ``row[1:]``.
+The training rows are redrawn each epoch from the current stage's mix (Lightning reloads the
+dataloader every epoch), deterministically from (seed, epoch).
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from agentforge.data import formats, synthetic
+from agentforge.data.tokenizer import ByteTokenizer
+
+
+def normalize_mix(mix: Mapping[str, float], weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Stage mix times the model's dataset weights, normalized to sum to 1 (zero-weight tasks dropped)."""
+    out = {t: float(w) * float((weights or {}).get(t, 1.0)) for t, w in mix.items()}
+    out = {t: w for t, w in out.items() if w > 0}
+    total = sum(out.values())
+    if total <= 0:
+        raise ValueError(f"task mix {dict(mix)} has no positive weight")
+    return {t: w / total for t, w in out.items()}
+
+
+def pack(texts: list[str], tokenizer: ByteTokenizer, seq_len: int) -> torch.Tensor:
+    """Concatenate the encoded texts and cut into [N, seq_len + 1] rows (the tail is dropped)."""
+    stream: list[int] = []
+    for t in texts:
+        stream.extend(tokenizer.encode(t, bos=True, eos=True))
+    n = len(stream) // (seq_len + 1)
+    if n == 0:
+        raise ValueError(f"not enough text for one row of {seq_len + 1} tokens")
+    return torch.tensor(stream[: n * (seq_len + 1)], dtype=torch.long).view(n, seq_len + 1)
+
+
+class TaskPool:
+    """Examples per task: synthetic generators, plus records of a user's local file when given."""
+
+    def __init__(self, seed: int, extra_records: list[dict] | None = None, extra_format: str | None = None):
+        self.seed = seed
+        self.extra_records, self.extra_format = extra_records or [], extra_format
+
+    def sample_texts(self, mix: Mapping[str, float], n_tokens: int, rng: random.Random, split: str) -> list[str]:
+        tasks, probs = list(mix), list(mix.values())
+        texts, total = [], 0
+        while total < n_tokens:
+            task = rng.choices(tasks, probs)[0]
+            if task == "file":
+                rec = rng.choice(self.extra_records)
+                text = formats.render(rec, self.extra_format)
+            else:
+                rec = synthetic.GENERATORS[task](self.seed, split, rng.randrange(10**9))
+                text = formats.render(rec, formats.TASK_FORMAT[task])
+            texts.append(text)
+            total += len(text.encode("utf-8")) + 2
+        return texts
+
+
+class LMDataModule(L.LightningDataModule):
+    def __init__(self, tokenizer: ByteTokenizer, stages: list[dict], seq_len: int, batch_size: int,
+                 steps_per_epoch: int, val_rows: int, seed: int, dataset_weights: Mapping[str, float] | None = None,
+                 pool: TaskPool | None = None):
+        super().__init__()
+        self.tokenizer, self.stages, self.seq_len = tokenizer, stages, seq_len
+        self.batch_size, self.steps_per_epoch, self.val_rows = batch_size, steps_per_epoch, val_rows
+        self.seed, self.dataset_weights = seed, dict(dataset_weights or {})
+        self.pool = pool or TaskPool(seed)
+        self.epoch = 0
+        self._val: torch.Tensor | None = None
+
+    # -- curriculum -------------------------------------------------------------------------------------
+    def stage_of_epoch(self, epoch: int) -> int:
+        """1-based curriculum stage for a 0-based epoch; the last stage lasts until training ends."""
+        end = 0
+        for i, st in enumerate(self.stages, 1):
+            end += int(st["epochs"])
+            if epoch < end:
+                return i
+        return len(self.stages)
+
+    def mix_of_stage(self, stage: int) -> dict[str, float]:
+        return normalize_mix(self.stages[stage - 1]["mix"], self.dataset_weights)
+
+    # -- loaders ------------------------------------------------------------------------------------------
+    def train_rows(self, epoch: int) -> torch.Tensor:
+        rng = random.Random(self.seed * 7919 + epoch)
+        mix = self.mix_of_stage(self.stage_of_epoch(epoch))
+        need = self.steps_per_epoch * self.batch_size
+        rows = pack(self.pool.sample_texts(mix, need * (self.seq_len + 1) + 4096, rng, "train"),
+                    self.tokenizer, self.seq_len)
+        return rows[:need]
+
+    def val_rows_tensor(self) -> torch.Tensor:
+        if self._val is None:
+            rng = random.Random(self.seed * 104729)
+            mix = normalize_mix({t: 1.0 for t in self.stages[-1]["mix"]})
+            rows = pack(self.pool.sample_texts(mix, (self.val_rows + 2) * (self.seq_len + 1), rng, "val"),
+                        self.tokenizer, self.seq_len)
+            self._val = rows[: self.val_rows]
+        return self._val
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else self.epoch
+        rows = self.train_rows(epoch)
+        return DataLoader(TensorDataset(rows), batch_size=self.batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.val_rows_tensor()), batch_size=self.batch_size)

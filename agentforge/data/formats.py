@@ -1,0 +1,114 @@
+"""The public dataset formats: loading from local JSONL (or `datasets`), validating, rendering to text.
+
+* GSM8K:    {"question": str, "answer": str ending in "#### N"}
+* ARC-Easy: {"question": str, "choices": {"text": [...], "label": [...]}, "answerKey": str}
+* PIQA:     {"goal": str, "sol1": str, "sol2": str, "label": 0|1}
+
+The rendering is the single place that decides how an example looks to the model; evaluation builds
+its prompts from the same functions, so training and scoring agree.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from agentforge.errors import AgentForgeError
+
+REQUIRED_KEYS = {
+    "gsm8k": ("question", "answer"),
+    "arc": ("question", "choices", "answerKey"),
+    "piqa": ("goal", "sol1", "sol2", "label"),
+    "text": ("text",),
+}
+TASK_FORMAT = {"plain_text": "text", "arithmetic": "gsm8k", "choice": "arc", "piqa": "piqa"}
+
+
+class DatasetError(AgentForgeError, ValueError):
+    """A dataset file is missing, empty or malformed."""
+
+
+def load_jsonl(path: str | Path, fmt: str, limit: int | None = None) -> list[dict]:
+    """Read a JSONL file of ``fmt`` records, checking every record's keys; errors name file and line."""
+    path = Path(path)
+    if fmt not in REQUIRED_KEYS:
+        raise DatasetError(f"unknown dataset format {fmt!r}; choose from {sorted(REQUIRED_KEYS)}")
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset file not found (data.path); give an existing JSONL file")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            missing = [k for k in REQUIRED_KEYS[fmt] if not isinstance(rec, dict) or k not in rec]
+            if missing:
+                raise DatasetError(f"{path}:{lineno}: a {fmt} record needs keys {list(REQUIRED_KEYS[fmt])}; "
+                                   f"missing {missing}")
+            records.append(rec)
+            if limit is not None and len(records) >= limit:
+                break
+    if not records:
+        raise DatasetError(f"{path}: no records — the file is empty")
+    return records
+
+
+def load_hf(name: str, split: str, limit: int | None = None) -> list[dict]:
+    """Load GSM8K / ARC-Easy / PIQA through `datasets` (needs the package and a network or a cache)."""
+    try:
+        import datasets  # noqa: PLC0415
+    except ImportError as exc:
+        raise DatasetError("the `datasets` package is not installed: pip install 'agentforge[hf]', "
+                           "or use data.path=FILE.jsonl") from exc
+    args = {"gsm8k": ("gsm8k", "main"), "arc": ("allenai/ai2_arc", "ARC-Easy"), "piqa": ("ybisk/piqa",)}[name]
+    ds = datasets.load_dataset(*args, split=split)
+    rows = [dict(r) for r in ds]
+    return rows[:limit] if limit else rows
+
+
+_CALC = re.compile(r"<<[^>]*>>")
+
+
+def gsm8k_prompt(rec: dict) -> str:
+    return f"Question: {rec['question']}\nAnswer:"
+
+
+def gsm8k_target(rec: dict) -> str:
+    return " " + _CALC.sub("", rec["answer"]).strip()
+
+
+def arc_prompt(rec: dict) -> str:
+    opts = " ".join(f"({lab}) {txt}" for lab, txt in zip(rec["choices"]["label"], rec["choices"]["text"]))
+    return f"Question: {rec['question']} {opts}\nAnswer:"
+
+
+def arc_choices(rec: dict) -> tuple[list[str], int]:
+    """Continuations to score (" (A) text") and the index of the right one."""
+    labels, texts = rec["choices"]["label"], rec["choices"]["text"]
+    return [f" ({lab}) {txt}" for lab, txt in zip(labels, texts)], labels.index(rec["answerKey"])
+
+
+def piqa_prompt(rec: dict) -> str:
+    return f"Goal: {rec['goal']}\nSolution:"
+
+
+def piqa_choices(rec: dict) -> tuple[list[str], int]:
+    return [" " + rec["sol1"], " " + rec["sol2"]], int(rec["label"])
+
+
+def render(rec: dict, fmt: str) -> str:
+    """The full training text of one example."""
+    if fmt == "text":
+        return rec["text"]
+    if fmt == "gsm8k":
+        return gsm8k_prompt(rec) + gsm8k_target(rec)
+    if fmt == "arc":
+        conts, right = arc_choices(rec)
+        return arc_prompt(rec) + conts[right]
+    if fmt == "piqa":
+        conts, right = piqa_choices(rec)
+        return piqa_prompt(rec) + conts[right]
+    raise DatasetError(f"unknown format {fmt!r}")

@@ -1,0 +1,44 @@
+"""Answer extraction for GSM8K-format problems.
+
+The reference answer is the number after ``####``; a generation's answer is the number after its own
+``####`` when it wrote one, else the last number in it. Numbers may carry ``$``, thousands commas, a
+sign and decimals; they are compared as exact decimals after normalization ("1,000.50" == "1000.5").
+"""
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+_NUM = re.compile(r"-?\$?\s?-?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")
+
+
+def _normalize(token: str) -> str | None:
+    s = token.replace("$", "").replace(",", "").replace(" ", "")
+    neg = s.count("-") % 2 == 1
+    s = s.replace("-", "")
+    try:
+        d = Decimal(s)
+    except InvalidOperation:
+        return None
+    d = -d if neg else d
+    d = d.normalize()
+    if d == 0:
+        return "0"
+    text = format(d, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def extract_number(text: str) -> str | None:
+    """The answer of a text: after its last '####' if present, else the last number; None if none."""
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1]
+        m = _NUM.search(tail)
+        if m:
+            return _normalize(m.group())
+    nums = _NUM.findall(text)
+    return _normalize(nums[-1]) if nums else None
+
+
+def answers_match(prediction: str, reference: str) -> bool:
+    p, r = extract_number(prediction), extract_number(reference)
+    return p is not None and p == r

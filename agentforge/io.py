@@ -1,0 +1,131 @@
+"""Files: atomic writes, and checkpoints as safetensors + JSON (loading never unpickles anything).
+
+A checkpoint is a directory holding ``model.safetensors`` (the tensors) and ``config.json``
+(``{"format": ..., "architecture": ..., "model": {...}, "tokenizer": {...}, "meta": {...}}``).
+Both are written to temporary names, fsynced and renamed, so a crash never leaves a truncated file
+where a good one was; the directory is complete when ``config.json`` exists, which is written last.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from agentforge.errors import AgentForgeError
+
+CHECKPOINT_FORMAT = "agentforge-checkpoint-v1"
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+
+
+class CheckpointError(AgentForgeError):
+    """A checkpoint is missing, truncated, or not what the caller expects."""
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    """Run ``writer(tmp_path)``, fsync, then rename onto ``path``; on failure nothing is left behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Atomic safetensors save; shared or non-contiguous tensors are cloned to plain ones."""
+    plain = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    return atomic_write(path, lambda p: save_file(plain, str(p), metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); it may be truncated or "
+                              f"corrupt — re-run the phase that wrote it") from exc
+
+
+def save_checkpoint(directory: str | Path, state_dict: dict[str, torch.Tensor], *, architecture: str,
+                    model_config: dict, tokenizer: dict | None = None, meta: dict | None = None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).unlink(missing_ok=True)  # incomplete until the config is back
+    save_tensors(directory / WEIGHTS_FILE, state_dict)
+    write_json_atomic(directory / CONFIG_FILE, {"format": CHECKPOINT_FORMAT, "architecture": architecture,
+                                                "model": model_config, "tokenizer": tokenizer or {},
+                                                "meta": meta or {}})
+    return directory
+
+
+def read_checkpoint_config(directory: str | Path) -> dict:
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_FILE
+    if not directory.exists():
+        raise CheckpointError(f"{directory}: checkpoint not found — run the phase that produces it first, "
+                              f"or pass the right path")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{directory}: incomplete checkpoint (no {CONFIG_FILE}); the run that wrote it "
+                              f"did not finish — re-run it or point at another checkpoint")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_path}: malformed JSON ({exc})") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{cfg_path}: not an Agent Forge checkpoint (format "
+                              f"{cfg.get('format') if isinstance(cfg, dict) else None!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r})")
+    return cfg
+
+
+def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Return (state_dict, config dict) of a checkpoint directory, with clear errors."""
+    cfg = read_checkpoint_config(directory)
+    return load_tensors(Path(directory) / WEIGHTS_FILE), cfg
+
+
+def is_complete_checkpoint(directory: str | Path) -> bool:
+    try:
+        read_checkpoint_config(directory)
+    except CheckpointError:
+        return False
+    return (Path(directory) / WEIGHTS_FILE).is_file()

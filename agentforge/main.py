@@ -1,0 +1,78 @@
+"""``python -m agentforge``: validate the config, look up the phase, run it, report where outputs are.
+
+A user error (bad config value, missing checkpoint, malformed data) prints one ``error:`` line and
+exits non-zero. In a multirun a failing job is recorded and the sweep goes on; the sweep's summary
+(``agentforge.tracking.sweep.SweepSummary``) names the failures and makes the exit status non-zero.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from agentforge.config import validate
+from agentforge.errors import AgentForgeError
+from agentforge.phases import get_phase
+from agentforge.tracking.sweep import record_job
+
+log = logging.getLogger("agentforge")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's conf/ (editable install)
+_UID: dict[str, str] = {}
+
+
+def _uid() -> str:
+    """A short id unique to this process, so jobs started in the same second get separate run dirs."""
+    if "v" not in _UID:
+        _UID["v"] = f"{os.getpid():x}{os.urandom(2).hex()}"
+    return _UID["v"]
+
+
+OmegaConf.register_new_resolver("af_uid", _uid, replace=True)
+
+
+def run(cfg: DictConfig) -> dict:
+    """The plain entry point tests call: validate, dispatch, return the phase's result."""
+    phase = get_phase(str(cfg.phase.name))
+    validate(cfg, getattr(phase, "RULES", ()))
+    return phase.run(cfg)
+
+
+def _multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig):
+    multirun = _multirun()
+    try:
+        result = run(cfg)
+    except AgentForgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        log.error(str(exc))
+        if multirun:
+            record_job(cfg, ok=False, error=f"{type(exc).__name__}: {exc}")
+            return None
+        sys.exit(2)
+    except Exception as exc:
+        if not multirun:
+            raise
+        traceback.print_exc()
+        record_job(cfg, ok=False, error=f"{type(exc).__name__}: {exc}")
+        return None
+    if multirun:
+        record_job(cfg, ok=True)
+    if result:
+        for key in ("checkpoint", "run_dir", "report"):
+            if result.get(key):
+                print(f"{key}: {result[key]}")
+    return result.get("objective") if isinstance(result, dict) else None

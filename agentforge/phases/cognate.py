@@ -1,0 +1,214 @@
+"""Phase 1, Cognate: pretrain one TRM-Titans-MAG model (``model=m1|m2|m3``) over a 3-stage curriculum.
+
+    python -m agentforge phase=cognate model=m1
+    python -m agentforge -m phase=cognate model=m1,m2,m3
+
+Outputs: ``{artifacts}/cognate/model{id}/`` (model.safetensors, config.json, metrics.json) and the run
+directory (same checkpoint, tables, plots, metrics.jsonl). A killed run resumes from
+``{artifacts}/cognate/model{id}.work/last.ckpt`` when the same command is run again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from omegaconf import OmegaConf
+
+from agentforge.artifacts import ARCHITECTURE, cognate_config_from, publish, save_model
+from agentforge.config import integer, number, one_of, rule
+from agentforge.data.build import build_datamodule, eval_sets
+from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+from agentforge.errors import ConfigError
+from agentforge.evals.speed import forward_latency_ms, halting_distribution
+from agentforge.io import CheckpointError, write_json_atomic
+from agentforge.models import CognateModel
+from agentforge.phases.context import run_context
+from agentforge.tracking import plots
+from agentforge.tracking.callbacks import CurriculumCallback, EpochTimeCallback, TaskAccuracyCallback, ThroughputCallback
+from agentforge.training.lm_module import LMModule
+from agentforge.training.trainer import build_trainer
+
+RULES = [
+    rule("phase.max_epochs", integer(1)),
+    rule("phase.steps_per_epoch", integer(1)),
+    rule("phase.val_rows", integer(1)),
+    rule("phase.eval_examples", integer(0)),
+    rule("phase.gen_tokens", integer(1)),
+    rule("phase.early_stopping_patience", integer(1)),
+    rule("phase.on_nonfinite", one_of("stop", "skip")),
+    rule("phase.gradient_clip", number(0)),
+]
+
+
+def model_dir(artifacts: Path, model_id: int) -> Path:
+    return artifacts / "cognate" / f"model{model_id}"
+
+
+def fingerprint(cfg) -> str:
+    """Hash of everything that determines the trained weights (resume only continues the same run)."""
+    keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "optimizer", "phase")}
+    keys["seed"] = int(cfg.seed)
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resume_path(ckpt_path, work_dir: Path, fp: str) -> str | None:
+    last = work_dir / "last.ckpt"
+    if ckpt_path in (None, "auto"):
+        marker = work_dir / "fingerprint"
+        if last.is_file() and marker.is_file() and marker.read_text().strip() == fp:
+            return str(last)
+        return None
+    if ckpt_path in ("none", "fresh", False):
+        return None
+    if ckpt_path == "last":
+        if not last.is_file():
+            raise CheckpointError(f"ckpt_path=last: no {last} to resume from; run without ckpt_path to start")
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise CheckpointError(f"ckpt_path={ckpt_path}: file not found")
+    return str(ckpt_path)
+
+
+def validate_curriculum(stages) -> None:
+    if not stages:
+        raise ConfigError("phase.curriculum must list at least one stage")
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict) or "epochs" not in st or "mix" not in st:
+            raise ConfigError(f"phase.curriculum[{i}] needs 'epochs' and 'mix'")
+        if not isinstance(st["epochs"], int) or st["epochs"] < 1:
+            raise ConfigError(f"phase.curriculum[{i}].epochs must be an integer >= 1, got {st['epochs']!r}")
+        bad = [t for t, w in st["mix"].items() if t not in ("plain_text", "arithmetic", "choice", "piqa")
+               or not isinstance(w, (int, float)) or w < 0]
+        if bad:
+            raise ConfigError(f"phase.curriculum[{i}].mix has unknown tasks or negative weights: {bad}")
+
+
+def run(cfg) -> dict:
+    p, m = cfg.phase, cfg.model
+    stages = OmegaConf.to_container(p.curriculum, resolve=True)
+    validate_curriculum(stages)
+    model_id = int(m.model_id)
+    tokenizer = ByteTokenizer()
+    model = CognateModel(cognate_config_from(OmegaConf.to_container(m, resolve=True), RESERVED_VOCAB))
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    dm = build_datamodule(data_cfg, tokenizer, stages=stages, seed=int(cfg.seed), steps_per_epoch=int(p.steps_per_epoch),
+                          val_rows=int(p.val_rows), dataset_weights=OmegaConf.to_container(m.dataset_weights))
+    evals = eval_sets(data_cfg, int(cfg.seed), int(p.eval_examples))
+    total_steps = int(p.max_epochs) * int(p.steps_per_epoch)
+    module = LMModule(model, OmegaConf.to_container(cfg.optimizer, resolve=True), total_steps, str(p.on_nonfinite))
+    out_dir = model_dir(Path(cfg.paths.artifacts).absolute(), model_id)
+    work_dir = out_dir.with_name(out_dir.name + ".work")
+    fp = fingerprint(cfg)
+    resume = resume_path(cfg.get("ckpt_path"), work_dir, fp)
+    tags = ["phase1", "cognate", f"model{model_id}", "pretraining"]
+    with run_context(cfg, run_name=f"phase1-cognate-model{model_id}", group="phase1-cognate", tags=tags,
+                     job_type="cognate") as ctx:
+        print(f"Cognate model{model_id} ({m.role}): {model.num_params():,} parameters; run dir {ctx.run_dir}")
+        if resume:
+            print(f"resuming from {resume}")
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / "fingerprint").write_text(fp)
+        task_cb = TaskAccuracyCallback(tokenizer, evals, int(p.gen_tokens))
+        usage_cb = MemoryUsageCallback()
+        callbacks = [ModelCheckpoint(dirpath=work_dir, save_last=True, save_top_k=0, every_n_epochs=1),
+                     EarlyStopping(monitor="val/loss", patience=int(p.early_stopping_patience), mode="min"),
+                     ThroughputCallback(), EpochTimeCallback(), CurriculumCallback(ctx.tracker), task_cb, usage_cb]
+        trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers,
+                                callbacks=callbacks, max_epochs=int(p.max_epochs), default_root_dir=ctx.run_dir,
+                                gradient_clip_val=float(p.gradient_clip) or None)
+        t0 = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        train_hours = (time.perf_counter() - t0) / 3600
+        if not trainer.is_global_zero:
+            return {}
+        model.eval()
+        result = finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_hours, out_dir)
+        shutil.rmtree(work_dir, ignore_errors=True)  # finished: nothing left to resume
+        return result
+
+
+class MemoryUsageCallback(Callback):
+    """Snapshots the memory's per-slot usage after each epoch, for the LTM heatmap."""
+
+    def __init__(self):
+        self.snapshots: list[list[float]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        mem = getattr(pl_module.model, "memory", None)
+        if mem is not None:
+            u = mem.usage.detach().float().cpu()
+            self.snapshots.append((u / u.sum().clamp(min=1e-9)).tolist())
+
+
+def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_hours, out_dir: Path) -> dict:
+    """Final metrics, the checkpoint export, the tables, charts and artifacts of the seed's Phase 1."""
+    tr, model_id = ctx.tracker, int(cfg.model.model_id)
+    val_rows = dm.val_rows_tensor()
+    halting = halting_distribution(model, val_rows)
+    accs = task_cb.last or task_cb.compute(model)
+    val_loss = module.history["val_loss"][-1] if module.history["val_loss"] else float("nan")
+    ckpt_dir = ctx.run_dir / "checkpoints" / f"model{model_id}"
+    meta = {"phase": "cognate", "model_id": model_id, "role": str(cfg.model.role), "params": model.num_params()}
+    save_model(ckpt_dir, model, tokenizer, meta)
+    size_mb = (ckpt_dir / "model.safetensors").stat().st_size / 2**20
+    final = {
+        "final/train_loss": module.history["train_loss"][-1] if module.history["train_loss"] else float("nan"),
+        "final/val_loss": val_loss,
+        "final/perplexity": math.exp(min(val_loss, 50.0)),
+        "final/gsm8k_accuracy": accs.get("gsm8k_accuracy", float("nan")),
+        "final/arc_accuracy": accs.get("arc_easy_accuracy", float("nan")),
+        "final/piqa_accuracy": accs.get("piqa_accuracy", float("nan")),
+        "final/total_training_time_hours": train_hours,
+        "final/model_size_mb": size_mb,
+        "final/total_params": model.num_params(),
+        "diversity/avg_halting_steps": float(halting.mean()),
+        "diversity/ltm_usage": model.memory.usage_fraction(),
+        "diversity/inference_time_ms": forward_latency_ms(model, int(cfg.data.seq_len), vocab=256),
+    }
+    tr.summary(final)
+    write_json_atomic(ckpt_dir / "metrics.json", final)
+    publish(ckpt_dir, out_dir)
+    # charts
+    h = module.history
+    loss_png = plots.line_plot(ctx.run_dir / "plots" / "loss_curve.png", [e + 1 for e in h["epoch"]],
+                               {"train loss": h["train_loss"], "val loss": h["val_loss"]},
+                               f"Cognate model{model_id}: loss", "epoch", "nats/token")
+    tr.line_series("charts/loss_curve", [e + 1 for e in h["epoch"]], [h["train_loss"], h["val_loss"]],
+                   ["Train Loss", "Val Loss"], "Training vs Validation Loss", "Epoch")
+    tr.histogram("charts/act_distribution", halting.tolist())
+    if usage_cb.snapshots:
+        ltm_png = plots.heatmap(ctx.run_dir / "plots" / "ltm_heatmap.png", usage_cb.snapshots,
+                                f"LTM slot usage (model{model_id})", "slot", "epoch", cbar_label="share of reads")
+        tr.image("charts/ltm_heatmap", ltm_png)
+    diversity_table(tr, out_dir.parent)
+    tr.artifact(f"phase1-model{model_id}-checkpoint", "model", [ckpt_dir],
+                f"Phase 1 Model {model_id} final checkpoint",
+                {"params": model.num_params(), "size_mb": size_mb, "perplexity": final["final/perplexity"],
+                 "gsm8k_acc": final["final/gsm8k_accuracy"], "architecture": ARCHITECTURE})
+    tr.artifact(f"phase1-model{model_id}-config", "config", [ctx.run_dir / "config_resolved.yaml"],
+                "Training configuration")
+    tr.artifact(f"phase1-model{model_id}-curves", "plot", [loss_png], "Training loss curves")
+    print(f"checkpoint: {out_dir}\nval loss {val_loss:.4f}  perplexity {final['final/perplexity']:.2f}  "
+          f"gsm8k {final['final/gsm8k_accuracy']:.3f}  arc {final['final/arc_accuracy']:.3f}  "
+          f"piqa {final['final/piqa_accuracy']:.3f}  halting {final['diversity/avg_halting_steps']:.2f}")
+    return {"checkpoint": str(out_dir), "run_dir": str(ctx.run_dir), "metrics": final}
+
+
+def diversity_table(tr, cognate_root: Path) -> None:
+    """diversity/model_comparison over the Cognate models trained so far (measured figures only)."""
+    rows = []
+    for mid in (1, 2, 3):
+        f = cognate_root / f"model{mid}" / "metrics.json"
+        if f.is_file():
+            d = json.loads(f.read_text())
+            rows.append([f"Model {mid}", d["diversity/avg_halting_steps"], d["diversity/ltm_usage"],
+                         d["diversity/inference_time_ms"], d["final/gsm8k_accuracy"]])
+    if rows:
+        tr.table("diversity/model_comparison", ["Model", "Halting Steps", "LTM Usage", "Inference Time (ms)",
+                                                "GSM8K Acc"], rows)
+

@@ -1,0 +1,54 @@
+"""What every phase needs at its start: the run directory, the artifacts directory, the loggers and the
+tracker, and the saved (secret-free) config. ``run_context`` closes the loggers (``wandb.finish()``)
+however the phase ends, so each job of a multirun gets its own W&B run."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from agentforge.io import write_text_atomic
+from agentforge.tracking.loggers import build_loggers, finish, redact
+from agentforge.tracking.tracker import Tracker
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    run_dir: Path
+    artifacts_dir: Path
+    loggers: list
+    tracker: Tracker
+
+    def container(self) -> dict:
+        return redact(OmegaConf.to_container(self.cfg, resolve=True))
+
+
+def resolved_paths(cfg: DictConfig) -> tuple[Path, Path]:
+    run_dir = Path(cfg.paths.run_dir).absolute()
+    artifacts = Path(cfg.paths.artifacts).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, artifacts
+
+
+@contextlib.contextmanager
+def run_context(cfg: DictConfig, *, run_name: str, group: str | None, tags: list[str], job_type: str | None = None):
+    """Set seeds, make the dirs, save the config, open the loggers; close them at the end."""
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    run_dir, artifacts = resolved_paths(cfg)
+    name = cfg.get("run_name") or run_name
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+    logger_cfg = dict(OmegaConf.to_container(cfg.logger, resolve=True))
+    logger_cfg.setdefault("job_type", job_type)
+    loggers = build_loggers(logger_cfg, run_dir, name, group, tags, config)
+    ctx = RunContext(cfg, run_dir, artifacts, loggers, Tracker(loggers, run_dir))
+    status = "failed"
+    try:
+        yield ctx
+        status = "success"
+    finally:
+        finish(loggers, status)

@@ -1,0 +1,111 @@
+"""The loggers a run reports to: W&B (offline unless the user is logged in), CSV, TensorBoard, or none,
+always plus a ``metrics.jsonl`` in the run directory (what ``collect_metrics`` and the reports read).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+PROJECT = "agent-forge-v2"
+_SECRET = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+
+
+def redact(obj: Any) -> Any:
+    """Drop values whose key looks like a credential (WANDB_API_KEY never reaches a config or log)."""
+    if isinstance(obj, dict):
+        return {k: ("<redacted>" if _SECRET.search(str(k)) else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def wandb_mode(requested: str | None) -> str:
+    """'online' only when asked (logger.mode / WANDB_MODE) or when credentials exist; else 'offline'."""
+    if requested:
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+class JsonlLogger(Logger):
+    """Appends each metrics dict as one JSON line to ``{run_dir}/metrics.jsonl``."""
+
+    def __init__(self, run_dir: str | Path):
+        super().__init__()
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def name(self) -> str:
+        return "jsonl"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        return None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        row = {"_step": step, "_time": time.time()}
+        row.update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+
+
+def build_loggers(logger_cfg: dict, run_dir: str | Path, run_name: str, group: str | None,
+                  tags: list[str], config: dict) -> list[Logger]:
+    run_dir = Path(run_dir)
+    loggers: list[Logger] = [JsonlLogger(run_dir)]
+    kind = logger_cfg.get("name", "none")
+    if kind == "wandb":
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.append(WandbLogger(project=logger_cfg.get("project") or PROJECT, name=run_name, group=group,
+                                   tags=tags, save_dir=str(run_dir), mode=wandb_mode(logger_cfg.get("mode")),
+                                   entity=logger_cfg.get("entity"), config=redact(config),
+                                   job_type=logger_cfg.get("job_type")))
+    elif kind == "csv":
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    elif kind == "tensorboard":
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+    return loggers
+
+
+def wandb_run(loggers: list[Logger]):
+    """The live wandb run when W&B is among the loggers, else None."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            return lg.experiment
+    return None
+
+
+def finish(loggers: list[Logger], status: str = "success") -> None:
+    """Close every logger; ``wandb.finish()`` so the next job of a multirun gets a run of its own."""
+    for lg in loggers:
+        try:
+            lg.finalize(status)
+        except Exception:  # a logger failing to close must not hide the run's own result
+            pass
+    try:
+        import wandb  # noqa: PLC0415
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=0 if status == "success" else 1)
+    except ImportError:
+        pass

@@ -1,0 +1,38 @@
+"""Multirun bookkeeping: each job records its outcome; at the end of the sweep a Hydra callback prints
+which jobs failed and exits non-zero when any did (the other jobs still ran)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+STATUS_FILE = "sweep_status.jsonl"
+
+
+def record_job(cfg: DictConfig, ok: bool, error: str | None = None) -> None:
+    hc = HydraConfig.get()
+    sweep_dir = Path(hc.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    row = {"job": hc.job.num, "overrides": list(hc.overrides.task), "ok": ok, "error": error,
+           "run_dir": hc.runtime.output_dir}
+    with open(sweep_dir / STATUS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = Path(config.hydra.sweep.dir) / STATUS_FILE
+        if not path.is_file():
+            return
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        failed = [r for r in rows if not r["ok"]]
+        print(f"sweep: {len(rows) - len(failed)} of {len(rows)} jobs succeeded ({path})")
+        for r in failed:
+            print(f"  FAILED job {r['job']} [{' '.join(r['overrides'])}]: {r['error']}", file=sys.stderr)
+        if failed:
+            sys.exit(1)

@@ -1,0 +1,127 @@
+"""The LightningModule every language-model training in the project uses (Cognate, scaling, fine-tunes).
+
+It trains any model whose ``forward(ids, targets)`` returns an object with ``loss`` and ``logits``
+(and, for Cognate models, ``lm_loss``, ``halting_steps``), logs the step metrics under the seed's keys,
+and guards against non-finite losses and gradients.
+"""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from agentforge.errors import NonFiniteError
+from agentforge.optim import build_optimizer
+
+
+class LMModule(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, optim_cfg: dict, total_steps: int, on_nonfinite: str = "stop"):
+        super().__init__()
+        self.model, self.optim_cfg, self.total_steps = model, dict(optim_cfg), total_steps
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
+        self._val_sum = self._val_count = 0.0
+        self.epoch_train_losses: list[float] = []
+        self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "epoch": []}
+
+    def forward(self, ids: torch.Tensor):
+        return self.model(ids)
+
+    # -- training ----------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx):
+        for attn in getattr(self.model, "attention_modules", lambda: [])():
+            attn.reset_max_logit()
+
+    def training_step(self, batch, batch_idx):
+        rows = batch[0]
+        out = self.model(rows[:, :-1], rows[:, 1:])
+        loss = out.loss
+        if not torch.isfinite(loss):
+            return self._nonfinite(f"loss is {float(loss)}")
+        lm_loss = getattr(out, "lm_loss", None)
+        lm_loss = loss if lm_loss is None else lm_loss
+        metrics = {
+            "train/loss": loss.detach(),
+            "train/perplexity": torch.exp(lm_loss.detach().clamp(max=50)),
+            "train/step": float(self.global_step),
+            "train/epoch": float(self.current_epoch),
+            "train/learning_rate": self.optimizers().param_groups[0]["lr"],
+        }
+        halting = getattr(out, "halting_steps", None)
+        if halting is not None:
+            h = halting.float()
+            metrics.update({"act/avg_halting_steps": h.mean(), "act/max_halting_steps": h.max(),
+                            "act/min_halting_steps": h.min(), "act/halting_variance": h.var(unbiased=False)})
+        memory = getattr(self.model, "memory", None)
+        if memory is not None:
+            st = memory.stats
+            metrics.update({"ltm/memory_usage": memory.usage_fraction(), "ltm/write_operations": float(st["writes"]),
+                            "ltm/read_operations": float(st["reads"]),
+                            "ltm/avg_surprise_score": st["surprise_sum"] / max(st["surprise_count"], 1)})
+            memory.reset_stats()
+        self.log_dict(metrics, on_step=True, on_epoch=False)
+        self.log("loss", loss.detach(), prog_bar=True, logger=False)
+        self.epoch_train_losses.append(float(lm_loss.detach()))
+        return loss
+
+    def _nonfinite(self, what: str):
+        msg = f"non-finite value at step {self.global_step} (epoch {self.current_epoch}): {what}"
+        if self.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            self.print(f"warning: {msg}; step skipped")
+            return None  # Lightning skips the optimizer step when training_step returns None
+        raise NonFiniteError(msg + "; the last good checkpoint is kept — lower optimizer.lr or set "
+                                   "phase.on_nonfinite=skip")
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if not torch.isfinite(norm):
+            if self.on_nonfinite == "skip":
+                self.skipped_steps += 1
+                for p in self.model.parameters():
+                    p.grad = None
+                self.print(f"warning: non-finite gradient at step {self.global_step}; step skipped")
+                return
+            raise NonFiniteError(f"non-finite gradient norm at step {self.global_step} (epoch "
+                                 f"{self.current_epoch}); the last good checkpoint is kept — lower optimizer.lr "
+                                 f"or set phase.on_nonfinite=skip")
+        self.log("train/gradient_norm", norm, on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        metrics_fn = getattr(self.optimizers().optimizer, "metrics", None)
+        if callable(metrics_fn):
+            self.log_dict({k: float(v) for k, v in metrics_fn().items()}, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self):
+        if self.epoch_train_losses:
+            self.history["train_loss"].append(sum(self.epoch_train_losses) / len(self.epoch_train_losses))
+            self.history["epoch"].append(self.current_epoch)
+        self.epoch_train_losses = []
+
+    # -- validation --------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self):
+        self._val_sum = self._val_count = 0.0
+
+    def validation_step(self, batch, batch_idx):
+        rows = batch[0]
+        logits = self.model(rows[:, :-1]).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
+        self._val_sum += float(loss)
+        self._val_count += rows[:, 1:].numel()
+
+    def on_validation_epoch_end(self):
+        if self._val_count == 0:
+            return
+        val_loss = self._val_sum / self._val_count
+        self.log_dict({"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))}, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.history["val_loss"].append(val_loss)
+
+    # -- optimizer ---------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt, sched = build_optimizer(self.model, self.optim_cfg, self.total_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

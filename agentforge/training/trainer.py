@@ -1,0 +1,60 @@
+"""Building a Lightning Trainer from the ``hardware`` group, with checkpoints that are written
+atomically and loaded without unpickling code (``torch.load(weights_only=True)``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from agentforge.io import CheckpointError, atomic_write
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints: write-fsync-rename on save; weights-only (no code) on load."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_write(path, lambda p: torch.save(checkpoint, p))
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: resume checkpoint not found (ckpt_path)")
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: refused or unreadable training checkpoint ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200]}); only weights-only checkpoints are loaded")
+
+
+def resolve_hardware(hw: dict) -> dict:
+    """accelerator / devices / strategy / precision for the Trainer; 'auto' picks the GPU when visible."""
+    accel = hw.get("accelerator", "auto")
+    has_gpu = torch.cuda.is_available()
+    if accel == "auto":
+        accel = "gpu" if has_gpu else "cpu"
+    if accel in ("gpu", "cuda") and not has_gpu:
+        from agentforge.errors import ConfigError  # noqa: PLC0415
+
+        raise ConfigError("hardware.accelerator=gpu but no GPU is visible; use hardware=cpu or hardware=auto")
+    precision = hw.get("precision", "auto")
+    if precision == "auto":
+        precision = "bf16-mixed" if accel == "gpu" else "32-true"
+    return {"accelerator": accel, "devices": hw.get("devices", 1), "strategy": hw.get("strategy", "auto"),
+            "precision": precision}
+
+
+def build_trainer(hw: dict, *, loggers, callbacks, max_epochs: int, default_root_dir: str | Path,
+                  limit_val_batches=None, gradient_clip_val: float | None = None, log_every_n_steps: int = 1,
+                  enable_progress_bar: bool = True, max_steps: int = -1, check_val_every_n_epoch: int = 1,
+                  enable_checkpointing: bool = True) -> L.Trainer:
+    if hw.get("threads"):
+        torch.set_num_threads(int(hw["threads"]))
+    return L.Trainer(**resolve_hardware(hw), logger=loggers, callbacks=callbacks, max_epochs=max_epochs,
+                     max_steps=max_steps, default_root_dir=str(default_root_dir), log_every_n_steps=log_every_n_steps,
+                     gradient_clip_val=gradient_clip_val, num_sanity_val_steps=0, deterministic=hw.get("deterministic", False),
+                     limit_val_batches=limit_val_batches, enable_progress_bar=enable_progress_bar,
+                     enable_model_summary=False, check_val_every_n_epoch=check_val_every_n_epoch,
+                     enable_checkpointing=enable_checkpointing, plugins=[SafeCheckpointIO()],
+                     reload_dataloaders_every_n_epochs=1)
