@@ -80,3 +80,21 @@ def publish(src: Path, dst: Path) -> None:
         dst.rename(old)
     tmp.rename(dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# Loaders by the ``architecture`` tag of config.json: "module:function", each (directory) -> (model, tokenizer, cfg).
+# Phases that write another kind of checkpoint (e.g. BitNet's packed ternary one) register theirs here.
+LOADERS: dict[str, str] = {ARCHITECTURE: "agentforge.artifacts:load_model"}
+
+
+def load_any(directory: str | Path, map_location: str | torch.device = "cpu"):
+    """Load any checkpoint this project writes, dispatching on its architecture tag."""
+    import importlib  # noqa: PLC0415
+
+    from agentforge.io import read_checkpoint_config  # noqa: PLC0415
+
+    arch = read_checkpoint_config(directory).get("architecture")
+    if arch not in LOADERS:
+        raise CheckpointError(f"{directory}: unknown architecture {arch!r}; known: {sorted(LOADERS)}")
+    module, fn = LOADERS[arch].split(":")
+    return getattr(importlib.import_module(module), fn)(directory, map_location=map_location)
