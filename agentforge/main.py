@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -18,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from agentforge.config import validate
-from agentforge.errors import AgentForgeError
+from agentforge.errors import AgentForgeError, ConfigError
 from agentforge.phases import get_phase
 from agentforge.tracking.sweep import record_job
 
@@ -44,6 +45,13 @@ def run(cfg: DictConfig) -> dict:
     return phase.run(cfg)
 
 
+def _remove_run_dir() -> None:
+    try:
+        shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
+    except ValueError:
+        pass
+
+
 def _multirun() -> bool:
     try:
         return HydraConfig.get().mode == RunMode.MULTIRUN
@@ -59,6 +67,8 @@ def main(cfg: DictConfig):
     except AgentForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         log.error(str(exc))
+        if isinstance(exc, ConfigError):
+            _remove_run_dir()  # nothing ran: leave no empty run directory behind
         if multirun:
             record_job(cfg, ok=False, error=f"{type(exc).__name__}: {exc}")
             return None

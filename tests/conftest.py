@@ -44,8 +44,9 @@ def compose_cfg(overrides: list[str], tmp_path: Path):
 def run_cli(args: list[str], tmp_path: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m agentforge ARGS`` with outputs under tmp_path/outputs and W&B offline."""
     full_env = dict(os.environ, AGENTFORGE_OUTPUTS=str(tmp_path / "outputs"), WANDB_MODE="offline",
-                    WANDB_SILENT="true", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+                    WANDB_SILENT="true", OMP_NUM_THREADS="1")
     full_env.pop("WANDB_API_KEY", None)
+    full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "agentforge", *args], cwd=tmp_path, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

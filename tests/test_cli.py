@@ -1,0 +1,133 @@
+"""The real CLI: help, config printing, config errors, a W&B-offline Cognate run read back, the sweep."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf, open_dict
+
+from agentforge.artifacts import load_model
+from agentforge.config import validate
+from agentforge.data.build import build_datamodule
+from agentforge.errors import ConfigError
+from agentforge.evals.tasks import mean_loss
+from agentforge.phases import cognate
+from agentforge.tracking.wandb_offline import find_offline_runs, read_offline_run
+from tests.conftest import TINY, compose_cfg, run_cli
+
+PHASE1_KEYS = [
+    "train/loss", "train/perplexity", "train/learning_rate", "train/gradient_norm", "train/step", "train/epoch",
+    "act/avg_halting_steps", "act/max_halting_steps", "act/min_halting_steps", "act/halting_variance",
+    "ltm/memory_usage", "ltm/write_operations", "ltm/read_operations", "ltm/avg_surprise_score",
+    "system/tokens_per_second", "val/loss", "val/perplexity", "val/gsm8k_accuracy", "val/arc_easy_accuracy",
+    "val/piqa_accuracy", "curriculum/stage", "curriculum/dataset_mix", "time/epoch_duration_minutes",
+    "time/estimated_completion_hours", "final/train_loss", "final/val_loss", "final/perplexity",
+    "final/gsm8k_accuracy", "final/arc_accuracy", "final/piqa_accuracy", "final/total_training_time_hours",
+    "final/model_size_mb", "final/total_params", "diversity/avg_halting_steps", "diversity/ltm_usage",
+    "diversity/inference_time_ms",
+]
+
+
+def test_help_and_cfg_job(tmp_path):
+    h = run_cli(["--help"], tmp_path)
+    assert h.returncode == 0
+    for group in ("phase", "model", "optimizer", "hardware", "logger", "data", "size"):
+        assert f"{group}:" in h.stdout
+    c = run_cli(["--cfg", "job", "model=m2"], tmp_path)
+    assert c.returncode == 0
+    job = OmegaConf.create(c.stdout)
+    assert job.model.name == "m2" and job.phase.name == "cognate"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("optimizer.lr=-0.1", "optimizer.lr"),
+    ("model.n_layers=0", "model.n_layers"),
+    ("data.seq_len=abc", "data.seq_len"),
+    ("model.act_threshold=1.5", "model.act_threshold"),
+])
+def test_bad_values_fail_fast_with_one_line_naming_the_key(tmp_path, override, key):
+    proc = run_cli(["phase=cognate", override, "logger=none"], tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and key in err[0], proc.stderr
+    assert not list((tmp_path / "outputs").rglob("*.safetensors"))
+    assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("args", [["model=m9"], ["nonsense_group=x"]])
+def test_unknown_choices_are_refused_by_hydra(tmp_path, args):
+    proc = run_cli(args, tmp_path, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert ("m9" in proc.stderr) or ("nonsense_group" in proc.stderr)
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=8), st.lists(st.integers(), max_size=2))
+_keys = ["model.n_layers", "model.d_model", "model.n_heads", "model.act_threshold", "model.max_steps",
+         "optimizer.lr", "optimizer.weight_decay", "data.seq_len", "data.batch_size", "seed", "phase.max_epochs",
+         "phase.on_nonfinite", "hardware.precision", "logger.name", "model.ltm_slots"]
+
+
+@pytest.fixture(scope="module")
+def base_cfg(tmp_path_factory):
+    return compose_cfg(["logger=none"], tmp_path_factory.mktemp("cfg"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(_keys), value=_values)
+def test_fuzzed_config_values_give_a_message_never_a_traceback(base_cfg, key, value):
+    cfg = base_cfg.copy()
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, force_add=True)
+    try:
+        validate(cfg, cognate.RULES)
+    except ConfigError as exc:
+        assert key in str(exc) or key.split(".")[0] in str(exc)
+
+
+def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
+    proc = run_cli(["phase=cognate", "model=m1", *[a for a in TINY if not a.startswith("logger")]], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = find_offline_runs(tmp_path / "outputs")
+    assert len(runs) == 1
+    run = read_offline_run(runs[0])
+    assert run.name == "phase1-cognate-model1" and run.project == "agent-forge-v2"
+    assert {"phase1", "cognate", "model1", "pretraining"} <= set(run.tags)
+    missing = [k for k in PHASE1_KEYS if k not in run.history_keys()]
+    assert not missing, missing
+    assert run.exit_code == 0
+    assert {"phase1-model1-checkpoint", "phase1-model1-config"} <= set(run.artifacts)
+    losses = [row["train/loss"] for row in run.history if "train/loss" in row]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    halting = [row["act/avg_halting_steps"] for row in run.history if "act/avg_halting_steps" in row]
+    assert all(1 <= h <= 4 for h in halting)
+    # the checkpoint is the trained model: its loss on the held-out rows equals the logged final/val_loss
+    ckpt = tmp_path / "outputs" / "artifacts" / "cognate" / "model1"
+    model, tok, meta = load_model(ckpt)
+    metrics = json.loads((ckpt / "metrics.json").read_text())
+    cfg = compose_cfg(["model=m1", *TINY], tmp_path)
+    dm = build_datamodule(OmegaConf.to_container(cfg.data), tok, stages=OmegaConf.to_container(cfg.phase.curriculum),
+                          seed=cfg.seed, steps_per_epoch=3, val_rows=cfg.phase.val_rows)
+    assert mean_loss(model, dm.val_rows_tensor()) == pytest.approx(metrics["final/val_loss"], rel=1e-4)
+    assert metrics["final/total_params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_multirun_makes_three_runs_and_three_checkpoints(cognate_artifacts):
+    outputs = cognate_artifacts.parent
+    status = list((outputs / "multirun").rglob("sweep_status.jsonl"))
+    assert len(status) == 1
+    rows = [json.loads(x) for x in status[0].read_text().splitlines()]
+    assert len(rows) == 3 and all(r["ok"] for r in rows)
+    assert len({r["run_dir"] for r in rows}) == 3
+    sizes = set()
+    for i in (1, 2, 3):
+        model, _, cfg = load_model(cognate_artifacts / "cognate" / f"model{i}")
+        sizes.add(model.config.ltm_slots)
+        assert cfg["meta"]["model_id"] == i
+        assert torch.isfinite(next(model.parameters())).all()
+    assert len(sizes) == 3

@@ -1,0 +1,88 @@
+"""Tokenizer, synthetic tasks, public-format loaders and packing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agentforge.data import formats, synthetic
+from agentforge.data.datamodule import LMDataModule, normalize_mix, pack
+from agentforge.data.tokenizer import BOS_ID, EOS_ID, FIRST_SPECIAL_ID, ByteTokenizer
+from agentforge.evals.answers import extract_number
+from tests.conftest import GSM8K_TEST
+
+
+def test_tokenizer_round_trip_with_special_tokens():
+    tok = ByteTokenizer()
+    ids = tok.add_special_tokens(["[thinking]", "<step>"])
+    assert ids == [FIRST_SPECIAL_ID, FIRST_SPECIAL_ID + 1]
+    text = "héllo [thinking]a<step>b"
+    enc = tok.encode(text, bos=True, eos=True)
+    assert enc[0] == BOS_ID and enc[-1] == EOS_ID and FIRST_SPECIAL_ID in enc
+    assert tok.decode(enc) == text
+    assert ByteTokenizer.from_dict(tok.to_dict()).encode(text) == tok.encode(text)
+
+
+def test_synthetic_tasks_are_in_public_formats_and_correct():
+    for rec in synthetic.generate("arithmetic", 30, seed=1):
+        expr = rec["answer"].split("<<")[1].split("=")[0]
+        assert extract_number(rec["answer"]) == str(eval(expr))  # noqa: S307 - our own generated a+b
+    arc = synthetic.generate("choice", 10, seed=1)[0]
+    nums = [int(t) for t in arc["choices"]["text"]]
+    right = int(arc["choices"]["text"][arc["choices"]["label"].index(arc["answerKey"])])
+    assert right == (max(nums) if "largest" in arc["question"] else min(nums))
+    p = synthetic.generate("piqa", 5, seed=1)[0]
+    assert set(p) == {"goal", "sol1", "sol2", "label"}
+
+
+def test_train_and_val_streams_differ_and_are_deterministic():
+    tr = synthetic.generate("arithmetic", 50, seed=3, split="train")
+    va = synthetic.generate("arithmetic", 50, seed=3, split="val")
+    assert tr == synthetic.generate("arithmetic", 50, seed=3, split="train")
+    assert len({r["question"] for r in tr} & {r["question"] for r in va}) < 10
+
+
+def test_loaders_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"}\n')
+    with pytest.raises(formats.DatasetError, match=r"bad.jsonl:2: .*missing \['answer'\]"):
+        formats.load_jsonl(bad, "gsm8k")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    with pytest.raises(formats.DatasetError, match="broken.jsonl:1: not valid JSON"):
+        formats.load_jsonl(broken, "gsm8k")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(formats.DatasetError, match="empty"):
+        formats.load_jsonl(empty, "arc")
+    with pytest.raises(formats.DatasetError, match="not found"):
+        formats.load_jsonl(tmp_path / "missing.jsonl", "piqa")
+
+
+@pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="../shared/data/gsm8k absent")
+def test_real_gsm8k_loads_and_renders():
+    recs = formats.load_jsonl(GSM8K_TEST, "gsm8k", limit=20)
+    assert len(recs) == 20
+    for r in recs:
+        text = formats.render(r, "gsm8k")
+        assert "<<" not in text and "####" in text
+        assert extract_number(r["answer"]) is not None
+
+
+def test_pack_and_curriculum():
+    tok = ByteTokenizer()
+    rows = pack(["abc", "defgh"] * 10, tok, 7)
+    assert rows.shape[1] == 8 and rows[0, 0] == BOS_ID
+    assert normalize_mix({"a": 1, "b": 3}, {"a": 2}) == {"a": 0.4, "b": 0.6}
+    dm = LMDataModule(tok, [{"epochs": 1, "mix": {"plain_text": 1}}, {"epochs": 2, "mix": {"arithmetic": 1}}],
+                      seq_len=16, batch_size=2, steps_per_epoch=3, val_rows=4, seed=0)
+    assert [dm.stage_of_epoch(e) for e in range(5)] == [1, 2, 2, 2, 2]
+    assert dm.train_rows(0).shape == (6, 17)
+    assert "Question" in tok.decode(dm.train_rows(1).flatten())
+    assert "Question" not in tok.decode(dm.train_rows(0).flatten())
+
+
+def test_gsm8k_jsonl_written_by_us_round_trips(tmp_path):
+    f = tmp_path / "g.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in synthetic.generate("arithmetic", 5)))
+    assert len(formats.load_jsonl(f, "gsm8k")) == 5

@@ -1,0 +1,162 @@
+"""The Cognate model: causality, ACT halting arithmetic, memory writes, checkpoint round trip, sizes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agentforge.artifacts import cognate_config_from, load_model, save_model
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.io import CheckpointError
+from agentforge.models import CognateConfig, CognateModel
+from tests.conftest import compose_cfg
+
+
+def tiny(**kw) -> CognateModel:
+    torch.manual_seed(0)
+    return CognateModel(CognateConfig(d_model=32, n_layers=2, n_heads=2, ffn_hidden=64, window=8, max_seq_len=64,
+                                      ltm_slots=8, ltm_key_dim=8, **kw))
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_changing_a_future_token_never_changes_an_earlier_logit(train_mode):
+    model = tiny()
+    # give the memory something to read first, so the read path is exercised too
+    model.train()
+    model(torch.randint(0, 256, (2, 20)), torch.randint(0, 256, (2, 20)))
+    model.train(train_mode)
+    x = torch.randint(0, 256, (1, 24))
+    for k in (0, 5, 23):
+        y = x.clone()
+        y[0, k:] = (y[0, k:] + 17) % 256
+        out = model(torch.cat([x, y]))
+        assert torch.allclose(out.logits[0, :k], out.logits[1, :k], atol=1e-6), f"position < {k} saw the future"
+        assert not torch.allclose(out.logits[0, k], out.logits[1, k])
+
+
+def test_window_limits_attention():
+    """A token further back than the window (with one layer and one step) cannot influence the logit."""
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=4, max_steps=1,
+                                       ltm_slots=4, ltm_key_dim=8)).eval()
+    x = torch.randint(0, 256, (1, 12))
+    y = x.clone()
+    y[0, 0] = (y[0, 0] + 1) % 256
+    out = model(torch.cat([x, y]))
+    assert torch.allclose(out.logits[0, 4:], out.logits[1, 4:], atol=1e-6)
+    assert not torch.allclose(out.logits[0, 3], out.logits[1, 3])
+
+
+def _constant_halting(model: CognateModel, p: float) -> None:
+    with torch.no_grad():
+        model.halt_head.weight.zero_()
+        model.halt_head.bias.fill_(math.log(p / (1 - p)))
+
+
+def test_act_counts_match_graves_arithmetic():
+    """p = 0.4 every step, threshold 0.99: cum 0.4, 0.8, then 1.2 >= 0.99 -> halt at N = 3, R = 0.2."""
+    model = tiny(max_steps=5, act_threshold=0.99).eval()
+    _constant_halting(model, 0.4)
+    out = model(torch.randint(0, 256, (2, 10)))
+    assert torch.all(out.halting_steps == 3)
+    assert torch.allclose(out.ponder, torch.full_like(out.ponder, 3.2), atol=1e-5)
+
+
+@pytest.mark.parametrize("p,expected", [(0.999, 1), (0.001, 4)])
+def test_act_halts_at_first_step_or_runs_to_the_bound(p, expected):
+    model = tiny(max_steps=4).eval()
+    _constant_halting(model, p)
+    out = model(torch.randint(0, 256, (1, 6)))
+    assert torch.all(out.halting_steps == expected)
+
+
+def test_act_output_is_the_halting_weighted_mixture():
+    """With N = 2 (p = 0.6: 0.6 then 1.2), output = 0.6 z1 + 0.4 z2."""
+    model = tiny(max_steps=3).eval()
+    _constant_halting(model, 0.6)
+    x = torch.randint(0, 256, (1, 6))
+    e = model.embed(x)
+    z1, _ = model._step(e, e, 6)
+    z2, _ = model._step(z1, e, 6)
+    out = model(x)
+    assert torch.allclose(out.hidden, 0.6 * z1 + 0.4 * z2, atol=1e-5)
+
+
+def test_memory_writes_follow_surprise_and_mode():
+    model = tiny(surprise_threshold=0.0, ltm_max_writes=3)
+    model.train()
+    x = torch.randint(0, 256, (2, 8))
+    out = model(x)
+    assert model.memory.stats["writes"] == 3 and int(model.memory.filled.sum()) == 3
+    stored = model.memory.values[model.memory.filled]
+    hidden = out.hidden.detach().reshape(-1, out.hidden.shape[-1])
+    for row in stored:  # every stored value is one of the tokens' states
+        assert torch.isclose(hidden, row).all(-1).any()
+    model.eval()
+    model(x)
+    assert int(model.memory.filled.sum()) == 3, "eval mode must not write"
+    quiet = tiny(surprise_threshold=1e9)
+    quiet.train()
+    quiet(x)
+    assert quiet.memory.stats["writes"] == 0 and not quiet.memory.filled.any()
+
+
+def test_memory_read_changes_output_once_filled():
+    model = tiny(surprise_threshold=0.0)
+    x = torch.randint(0, 256, (1, 8))
+    model.eval()
+    before = model(x).logits
+    model.train()
+    model(x)
+    model.eval()
+    assert not torch.allclose(before, model(x).logits)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    model = tiny(surprise_threshold=0.0)
+    model.train()
+    model(torch.randint(0, 256, (2, 8)))  # fill some memory slots
+    model.eval()
+    tok = ByteTokenizer(["<x>"])
+    save_model(tmp_path / "ck", model, tok, {"note": "t"})
+    loaded, tok2, cfg = load_model(tmp_path / "ck")
+    x = torch.randint(0, 256, (2, 16))
+    assert torch.equal(model(x).logits, loaded(x).logits)
+    assert tok2.special_tokens == ["<x>"] and cfg["meta"]["note"] == "t"
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "nope")
+    model = tiny()
+    save_model(tmp_path / "ck", model, ByteTokenizer())
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(tmp_path / "ck")
+    save_model(tmp_path / "ck2", model, ByteTokenizer())
+    with pytest.raises(CheckpointError, match="differs"):
+        load_model(tmp_path / "ck2", expect=CognateConfig(d_model=64))
+
+
+def test_presets_sizes_and_roles(tmp_path):
+    counts = {}
+    for size in ("tiny", "25m"):
+        cfg = compose_cfg([f"size={size}"], tmp_path)
+        from omegaconf import OmegaConf
+        counts[size] = CognateModel(cognate_config_from(OmegaConf.to_container(cfg.model), 272)).num_params()
+    assert 20e6 <= counts["25m"] <= 30e6, counts
+    assert counts["tiny"] < 1e6
+    m = {k: compose_cfg([f"model={k}"], tmp_path).model for k in ("m1", "m2", "m3")}
+    assert m["m2"].ltm_slots > m["m1"].ltm_slots > m["m3"].ltm_slots
+    assert m["m1"].max_steps > m["m3"].max_steps and m["m3"].act_threshold < m["m1"].act_threshold
+
+
+def test_generate_greedy_is_deterministic_and_stops_at_eos():
+    model = tiny().eval()
+    x = torch.randint(0, 256, (1, 4))
+    a, b = model.generate(x, 6), model.generate(x, 6)
+    assert torch.equal(a, b) and a.shape == (1, 10)
+    eos = int(a[0, 4])
+    c = model.generate(x, 6, eos_id=eos)
+    assert c.shape[1] == 5
