@@ -1,4 +1,9 @@
-"""Optimizers and their schedules. ``build_optimizer`` is the one entry point the training code calls."""
+"""Optimizers and their schedules. ``build_optimizer`` is the one entry point the training code calls.
+
+``optimizer.name`` picks a builder: ``adamw`` (plain torch AdamW), ``grokfast_adamw`` (AdamW + Grokfast),
+``muon`` (Muon + AdamW, no Grokfast) and ``muon_grokfast`` (Muon + AdamW + Grokfast + QK-clip); the last
+three are all ``MuonGrokfast`` with parts switched off, so the comparisons differ only in those parts.
+"""
 from __future__ import annotations
 
 from functools import partial
@@ -6,6 +11,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from agentforge.errors import ConfigError
+from agentforge.optim.muon_grokfast import MuonGrokfast
 from agentforge.optim.schedule import warmup_cosine
 
 
@@ -19,6 +26,33 @@ def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
     return decay, no_decay
 
 
+def split_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """(Muon: 2-D weights of hidden nn.Linear layers, AdamW with decay, AdamW without decay).
+
+    Muon is for hidden matrices only (Jordan 2024): embeddings, output heads (any Linear whose name ends
+    in ``head``, e.g. ``lm_head``, ``halt_head``), vectors-as-matrices (a dimension of 1), norms and
+    biases go to AdamW; weight decay skips embeddings, norms and biases.
+    """
+    muon_ids = set()
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and not mod_name.rsplit(".", 1)[-1].endswith("head"):
+            w = mod.weight
+            if w.requires_grad and w.ndim == 2 and min(w.shape) > 1:
+                muon_ids.add(id(w))
+    embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    muon, decay, no_decay = [], [], []
+    for p in model.parameters():  # deduplicated, so a tied lm_head/embedding appears once
+        if not p.requires_grad:
+            continue
+        if id(p) in muon_ids and id(p) not in embed_ids:
+            muon.append(p)
+        elif p.ndim >= 2 and id(p) not in embed_ids:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return muon, decay, no_decay
+
+
 def build_adamw(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     decay, no_decay = split_decay(model)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
@@ -26,15 +60,78 @@ def build_adamw(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
                              lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.95))))
 
 
-BUILDERS = {"adamw": build_adamw}
+def _groups(params_wd: list[tuple[list, float]]) -> list[dict]:
+    return [{"params": ps, "weight_decay": wd} for ps, wd in params_wd if ps]
+
+
+def build_muon_grokfast(model: nn.Module, cfg: dict, *, use_muon: bool = True, use_grokfast: bool = True,
+                        use_qk_clip: bool = True) -> MuonGrokfast:
+    wd = float(cfg["weight_decay"])
+    if use_muon:
+        muon, decay, no_decay = split_muon(model)
+    else:
+        (decay, no_decay), muon = split_decay(model), []
+    attn = getattr(model, "attention_modules", None)
+    return MuonGrokfast(
+        _groups([(muon, wd)]), _groups([(decay, wd), (no_decay, 0.0)]),
+        lr=float(cfg["lr"]), adamw_lr=cfg.get("adamw_lr"), weight_decay=wd,
+        momentum=float(cfg.get("momentum", 0.95)), nesterov=bool(cfg.get("nesterov", True)),
+        ns_steps=int(cfg.get("ns_steps", 5)), adjust_lr_fn=cfg.get("adjust_lr_fn", "match_rms_adamw"),
+        betas=tuple(cfg.get("betas", (0.9, 0.95))),
+        grokfast=str(cfg.get("grokfast", "ema")) if use_grokfast else "none",
+        grokfast_alpha=float(cfg.get("grokfast_alpha", 0.98)),
+        grokfast_lambda=float(cfg.get("grokfast_lambda", 0.0)) if use_grokfast else 0.0,
+        grokfast_window=int(cfg.get("grokfast_window", 100)),
+        qk_clip=cfg.get("qk_clip") if use_qk_clip else None,
+        attention_modules=attn() if callable(attn) and use_qk_clip else ())
+
+
+BUILDERS = {
+    "adamw": build_adamw,
+    "grokfast_adamw": partial(build_muon_grokfast, use_muon=False, use_qk_clip=False),
+    "muon": partial(build_muon_grokfast, use_grokfast=False),
+    "muon_grokfast": build_muon_grokfast,
+}
+
+
+def check_config(cfg: dict) -> None:
+    """One-line ConfigError naming the optimizer.* key that is wrong (the shared keys are checked at
+    start-up by agentforge.config; these are the Muon/Grokfast/QK-clip ones)."""
+    def bad(key, want):
+        raise ConfigError(f"optimizer.{key} must be {want}, got {cfg.get(key)!r}")
+
+    def num(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if cfg.get("name") not in BUILDERS:
+        bad("name", f"one of {sorted(BUILDERS)}")
+    if "grokfast" in cfg and cfg["grokfast"] not in ("ema", "ma", "none"):
+        bad("grokfast", "one of ['ema', 'ma', 'none']")
+    if "grokfast_alpha" in cfg and not (num(cfg["grokfast_alpha"]) and 0 <= cfg["grokfast_alpha"] < 1):
+        bad("grokfast_alpha", "a number in [0, 1)")
+    if "grokfast_lambda" in cfg and not (num(cfg["grokfast_lambda"]) and cfg["grokfast_lambda"] >= 0):
+        bad("grokfast_lambda", "a number >= 0")
+    if "grokfast_window" in cfg and not (isinstance(cfg["grokfast_window"], int) and cfg["grokfast_window"] >= 1):
+        bad("grokfast_window", "an integer >= 1")
+    if cfg.get("qk_clip") is not None and not (num(cfg["qk_clip"]) and cfg["qk_clip"] > 0):
+        bad("qk_clip", "null or a number > 0")
+    if "momentum" in cfg and not (num(cfg["momentum"]) and 0 <= cfg["momentum"] < 1):
+        bad("momentum", "a number in [0, 1)")
+    if "ns_steps" in cfg and not (isinstance(cfg["ns_steps"], int) and 1 <= cfg["ns_steps"] < 100):
+        bad("ns_steps", "an integer in [1, 99]")
+    if cfg.get("adjust_lr_fn") not in (None, "original", "match_rms_adamw"):
+        bad("adjust_lr_fn", "null, original or match_rms_adamw")
+    if cfg.get("adamw_lr") is not None and not (num(cfg["adamw_lr"]) and cfg["adamw_lr"] > 0):
+        bad("adamw_lr", "null or a number > 0")
 
 
 def build_optimizer(model: nn.Module, cfg: dict, total_steps: int):
-    """(optimizer, LambdaLR scheduler stepping per batch) for the ``optimizer`` config group."""
-    name = cfg["name"]
-    if name not in BUILDERS:
-        raise ValueError(f"optimizer.name={name!r} is not available; choose from {sorted(BUILDERS)}")
-    opt = BUILDERS[name](model, cfg)
+    """(optimizer, LambdaLR scheduler stepping per batch) for the ``optimizer`` config group.
+
+    The LambdaLR multiplies every param group's own base lr (Muon's and AdamW's alike) by the same
+    warmup-cosine factor."""
+    check_config(cfg)
+    opt = BUILDERS[cfg["name"]](model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, partial(warmup_cosine, warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
                      min_ratio=cfg["min_lr_ratio"]))
