@@ -83,6 +83,7 @@ class MuonGrokfast(torch.optim.Optimizer):
             if slow:
                 slow_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(slow))))
                 slow_ratio = self.grokfast_lambda * slow_norm / max(raw_norm, 1e-12)
+        used_lr = {f"optimizer/{k}_lr": self.lr_of(k) for k in ("muon", "adamw") if self.lr_of(k) is not None}
         if self._muon is not None:
             self._muon.step()
         if self._adamw is not None:
@@ -91,7 +92,7 @@ class MuonGrokfast(torch.optim.Optimizer):
                             if self.qk_clip and self.attention_modules else (0, float("nan")))
         self._last = {"optimizer/slow_gradients_filtered": float(filtered),
                       "optimizer/grokfast_slow_ratio": slow_ratio,
-                      "optimizer/qk_clipped_heads": float(clipped)}
+                      "optimizer/qk_clipped_heads": float(clipped), **used_lr}
         if self.attention_modules and math.isfinite(largest):
             self._last["optimizer/max_attention_logit"] = largest
         return loss
@@ -109,7 +110,8 @@ class MuonGrokfast(torch.optim.Optimizer):
         return next((float(g["lr"]) for g in self.param_groups if g["kind"] == kind), None)
 
     def metrics(self) -> dict[str, float]:
-        """What the last step did, under the seed's keys (LMModule logs this after every step)."""
+        """What the last step did, under the seed's keys (LMModule logs this after every step); the
+        learning rates are the ones that step used (the scheduler may have moved on since)."""
         out = {"optimizer/grokfast_lambda": self.grokfast_lambda if self.grokfast != "none" else 0.0,
                "optimizer/grokfast_alpha": self.grokfast_alpha}
         for kind in ("muon", "adamw"):
