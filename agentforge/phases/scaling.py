@@ -1,0 +1,153 @@
+"""The scaling-law evaluator as a phase: score one attention variant by how its loss falls with size.
+
+    python -m agentforge phase=scaling                                  # the softmax baseline, CPU sizes
+    python -m agentforge phase=scaling phase.variant=matrix_mixer       # a framework's starting program
+    python -m agentforge phase=scaling phase.program=path/to/candidate.py
+
+Trains every size of ``phase.presets[phase.preset]`` with the variant's attention (in a sandboxed child
+process), fits loss = a + b·ln(params) and reports fitness = −b and R². Outputs: ``fitness.json``, the
+table of sizes and ``plots/scaling_law.png`` in the run directory; results are cached under
+``{artifacts}/scaling_cache/`` by (code, settings), so repeating a run costs nothing. A rejected
+candidate (non-causal, NaN, hang, crash, edit outside its EVOLVE block) leaves its ``fitness.json`` with
+the reason and exits with status 2. OpenEvolve reaches the same evaluator through ``openevolve/evaluator.py``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from agentforge.config import boolean, integer, number, one_of, optional, rule
+from agentforge.errors import AgentForgeError, ConfigError
+from agentforge.phases.context import run_context
+from agentforge.scaling.evaluator import evaluate
+from agentforge.scaling.fit import ScalingFit
+from agentforge.scaling.plot import scaling_plot
+from agentforge.scaling.variants import FRAMEWORKS, variant_path
+
+RULES = [
+    rule("phase.variant", one_of(*FRAMEWORKS)),
+    rule("phase.train.steps", integer(1)),
+    rule("phase.train.warmup_steps", integer(0)),
+    rule("phase.train.batch_size", integer(1)),
+    rule("phase.train.seq_len", integer(8, 8192)),
+    rule("phase.train.lr", number(0, 10, lo_open=True)),
+    rule("phase.train.eval_every", integer(1)),
+    rule("phase.train.val_rows", integer(1)),
+    rule("phase.train.gradient_clip", number(0)),
+    rule("phase.fit_params", one_of("total", "non_embedding")),
+    rule("phase.check.seq_len", integer(2, 512)),
+    rule("phase.sandbox.timeout_s", number(1)),
+    rule("phase.sandbox.memory_mb", optional(integer(512))),
+    rule("phase.cache", boolean()),
+]
+TASKS = ("plain_text", "arithmetic", "choice", "piqa")
+
+
+class CandidateRejected(AgentForgeError):
+    """The variant failed a check or its evaluation; fitness.json holds the reason."""
+
+
+def sizes_of(cfg) -> list[dict]:
+    """The size list of ``phase.preset``, validated (≥ 2 sizes, heads of even size, unique names)."""
+    presets = OmegaConf.to_container(cfg.phase.presets, resolve=True) or {}
+    preset = str(cfg.phase.preset)
+    if preset not in presets:
+        raise ConfigError(f"phase.preset={preset!r} is not one of phase.presets {sorted(presets)}")
+    sizes = presets[preset]
+    if not isinstance(sizes, list) or len(sizes) < 2:
+        raise ConfigError(f"phase.presets.{preset} must list at least two sizes for a scaling fit")
+    for i, s in enumerate(sizes):
+        where = f"phase.presets.{preset}[{i}]"
+        if not isinstance(s, dict) or set(s) != {"name", "d_model", "n_layers", "n_heads"}:
+            raise ConfigError(f"{where} needs exactly name, d_model, n_layers, n_heads; got {s!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_]+", str(s["name"])):
+            raise ConfigError(f"{where}.name must be letters, digits or _, got {s['name']!r}")
+        d, n_layers, h = s["d_model"], s["n_layers"], s["n_heads"]
+        if not all(isinstance(v, int) and v >= 1 for v in (d, n_layers, h)) or d % h or (d // h) % 2:
+            raise ConfigError(f"{where}: d_model ({d}) must split into n_heads ({h}) heads of even size and "
+                              f"n_layers ({n_layers}) must be >= 1")
+    if len({s["name"] for s in sizes}) != len(sizes):
+        raise ConfigError(f"phase.presets.{preset}: size names must be unique")
+    return sizes
+
+
+def settings_from_cfg(cfg) -> dict:
+    """Everything that shapes an evaluation's result (and so its cache key), as plain JSON."""
+    p = cfg.phase
+    train = OmegaConf.to_container(p.train, resolve=True)
+    mix = OmegaConf.to_container(p.mix, resolve=True)
+    bad = [t for t, w in mix.items() if t not in TASKS or not isinstance(w, (int, float)) or w < 0]
+    if bad or not any(w > 0 for w in mix.values()):
+        raise ConfigError(f"phase.mix must weight the tasks {list(TASKS)} (non-negative, one positive); bad: {bad}")
+    optimizer = {**OmegaConf.to_container(cfg.optimizer, resolve=True), "lr": float(train["lr"]),
+                 "warmup_steps": int(train["warmup_steps"])}
+    return {"sizes": sizes_of(cfg), "train": train, "optimizer": optimizer, "mix": mix,
+            "hardware": OmegaConf.to_container(cfg.hardware, resolve=True),
+            "check": OmegaConf.to_container(p.check, resolve=True), "seed": int(cfg.seed),
+            "fit_params": str(p.fit_params)}
+
+
+def program_of(cfg) -> tuple[Path, str]:
+    """(candidate file, short name for the run) from phase.program or phase.variant."""
+    if cfg.phase.get("program"):
+        path = Path(str(cfg.phase.program)).expanduser().absolute()
+        if not path.is_file():
+            raise ConfigError(f"phase.program={cfg.phase.program}: no such file")
+        return path, path.stem
+    return variant_path(str(cfg.phase.variant)), str(cfg.phase.variant)
+
+
+def run(cfg) -> dict:
+    program, name = program_of(cfg)
+    settings = settings_from_cfg(cfg)
+    sb = cfg.phase.sandbox
+    cache_dir = Path(cfg.paths.artifacts).absolute() / "scaling_cache" if cfg.phase.cache else None
+    with run_context(cfg, run_name=f"scaling-{name}", group="scaling", tags=["scaling", name],
+                     job_type="scaling") as ctx:
+        n = len(settings["sizes"])
+        print(f"scaling: {program} over {n} sizes x {settings['train']['steps']} steps; run dir {ctx.run_dir}")
+        result = evaluate(program, settings, timeout_s=float(sb.timeout_s),
+                          memory_mb=None if sb.memory_mb is None else int(sb.memory_mb), cache_dir=cache_dir,
+                          work_dir=ctx.run_dir / "sandbox")
+        fitness_json = ctx.tracker.write_json("fitness.json", {"program": str(program), **result})
+        print(f"cache: {'hit' if result.get('cached') else 'miss'} ({str(result.get('key', ''))[:16]})")
+        if not result["valid"]:
+            ctx.tracker.summary({"scaling/valid": 0.0, "scaling/error_kind": result["error_kind"],
+                                 "scaling/error": result["error"]})
+            raise CandidateRejected(f"{program}: candidate rejected ({result['error_kind']}): {result['error']} "
+                                    f"— see {fitness_json}")
+        metrics = report(ctx, result, name)
+    return {"run_dir": str(ctx.run_dir), "report": str(fitness_json), "metrics": metrics,
+            "objective": result["fitness"]}
+
+
+def report(ctx, result: dict, name: str) -> dict:
+    """Per-size losses, the fit, the table, the curves and the plot, under the scaling/* keys."""
+    tr, sizes = ctx.tracker, result["sizes"]
+    pkey = "non_embedding_params" if ctx.cfg.phase.fit_params == "non_embedding" else "params"
+    metrics = {f"scaling/loss_{s['name']}": s["loss"] for s in sizes}
+    metrics.update({f"scaling/params_{s['name']}": float(s[pkey]) for s in sizes})
+    metrics.update({f"scaling/{k}": result[k] for k in ("slope", "intercept", "r2", "fitness")})
+    metrics.update({"scaling/valid": 1.0, "scaling/cached": float(bool(result.get("cached")))})
+    tr.summary(metrics)
+    tr.table("scaling/sizes", ["size", "d_model", "n_layers", "n_heads", "params", "non_embedding_params",
+                               "val_loss", "train_seconds"],
+             [[s["name"], s["d_model"], s["n_layers"], s["n_heads"], s["params"], s["non_embedding_params"],
+               s["loss"], s["train_seconds"]] for s in sizes])
+    curves = [s["val_curve"] for s in sizes if s.get("val_curve")]
+    if curves and all(len(c) == len(curves[0]) for c in curves):
+        tr.line_series("scaling/val_curves", [pt[0] for pt in curves[0]], [[pt[1] for pt in c] for c in curves],
+                       [s["name"] for s in sizes], "Validation loss per size", "step")
+    fit = ScalingFit(result["slope"], result["intercept"], result["r2"], result["fitness"])
+    png = scaling_plot(ctx.run_dir / "plots" / "scaling_law.png", [s[pkey] for s in sizes],
+                       [s["loss"] for s in sizes], [s["name"] for s in sizes], fit,
+                       f"Scaling law: {name} ({result['framework']})")
+    tr.image("scaling/plot", png)
+    tr.artifact(f"scaling-{name}-fitness", "result", [ctx.run_dir / "fitness.json", png],
+                f"Scaling-law fitness of {name}", {"fitness": result["fitness"], "r2": result["r2"]})
+    print("  ".join(f"{s['name']}: {s[pkey]:,} params loss {s['loss']:.4f}" for s in sizes))
+    print(f"fit: loss = {fit.intercept:.4f} {'-' if fit.slope < 0 else '+'} {abs(fit.slope):.4f}·ln(params)  "
+          f"R² = {fit.r2:.4f}  fitness = {fit.fitness:.4f}")
+    return metrics

@@ -1,0 +1,46 @@
+"""Fitting the scaling law loss = intercept + slope · ln(params) by least squares.
+
+Kaplan et al. 2020 ("Scaling Laws for Neural Language Models", arXiv:2001.08361) found loss to follow a
+power law in parameters, L(N) = (N_c / N)^α; over the narrow range a small evaluator covers, its
+log-linear form L ≈ a + b·ln N is what the seed document fits. A variant that scales better has a more
+negative slope, so the fitness is −slope. R² says how well the line describes the points (it is 1 for
+two sizes by construction, so use three or more to learn anything from it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class ScalingFit:
+    slope: float       # b: change of loss per unit of ln(params); negative when bigger is better
+    intercept: float   # a: the line's loss at ln(params) = 0
+    r2: float          # coefficient of determination of the fit
+    fitness: float     # −slope
+
+    def predict(self, params) -> np.ndarray:
+        return self.intercept + self.slope * np.log(np.asarray(params, dtype=float))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_scaling_law(params, losses) -> ScalingFit:
+    """Least-squares line through (ln params, loss); needs ≥ 2 distinct sizes and finite losses."""
+    n = np.asarray(params, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if n.shape != y.shape or n.ndim != 1:
+        raise ValueError(f"params and losses must be equal-length lists, got {n.shape} and {y.shape}")
+    if len(np.unique(n)) < 2:
+        raise ValueError("a scaling fit needs at least two distinct parameter counts")
+    if not (np.all(np.isfinite(y)) and np.all(n > 0)):
+        raise ValueError(f"losses must be finite and params positive, got params={n.tolist()} losses={y.tolist()}")
+    res = stats.linregress(np.log(n), y)
+    r2 = float(res.rvalue) ** 2 if math.isfinite(res.rvalue) else 0.0
+    if np.ptp(y) == 0:  # a flat line fits flat points exactly (linregress reports r = 0 there)
+        r2 = 1.0
+    return ScalingFit(slope=float(res.slope), intercept=float(res.intercept), r2=r2, fitness=-float(res.slope))
