@@ -54,3 +54,68 @@ def halting_distribution(model, rows: torch.Tensor, batch_size: int = 16) -> tor
     finally:
         model.train(was)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def generation_latency_ms(model, new_tokens: int = 512, prompt_len: int = 8, vocab: int = 256) -> float:
+    """Wall time (ms) to greedily generate exactly ``new_tokens`` tokens (no EOS stop) after a short prompt.
+
+    Measured once after a 1-token warmup; the model's own ``generate`` is used when it has one.
+    """
+    from agentforge.evals.tasks import generate  # noqa: PLC0415
+
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
+    was = model.training
+    model.eval()
+    try:
+        generate(model, ids, 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = generate(model, ids, new_tokens)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+    finally:
+        model.train(was)
+    if out.shape[1] - prompt_len != new_tokens:
+        raise RuntimeError(f"generation stopped after {out.shape[1] - prompt_len} of {new_tokens} tokens")
+    return elapsed * 1000
+
+
+class PeakMemory:
+    """Peak memory (MB) of a block of code: CUDA's allocator peak on GPU; on CPU, the process's
+    resident set size sampled every ``interval`` s by a background thread (the peak RSS seen)."""
+
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.005):
+        self.device, self.interval = torch.device(device), interval
+        self.peak_mb = 0.0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import threading  # noqa: PLC0415
+
+        import psutil  # noqa: PLC0415
+
+        proc, self._stop = psutil.Process(), threading.Event()
+        self.peak_mb = proc.memory_info().rss / 2**20
+
+        def poll():
+            while not self._stop.is_set():
+                self.peak_mb = max(self.peak_mb, proc.memory_info().rss / 2**20)
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+        return False

@@ -1,0 +1,45 @@
+"""Checkpoints of surgery-wrapped models (architecture tag ``Cognate-Recursive``).
+
+The state dict is the wrapper's (``base.*`` plus ``refine_*``); config.json's ``model`` holds the base
+Cognate config and the refiner's. Importing this module registers the loader with
+``agentforge.artifacts.load_any``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from agentforge import artifacts
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.models.surgery import ARCHITECTURE, RecursiveRefiner
+
+
+def save_recursive(directory: str | Path, model: RecursiveRefiner, tokenizer: ByteTokenizer,
+                   meta: dict | None = None) -> Path:
+    return save_checkpoint(directory, model.state_dict(), architecture=ARCHITECTURE,
+                           model_config={"base": model.config.to_dict(), "refiner": model.refiner_config()},
+                           tokenizer=tokenizer.to_dict(), meta=meta)
+
+
+def load_recursive(directory: str | Path, map_location: str | torch.device = "cpu"):
+    """(wrapped model in eval mode, tokenizer, checkpoint config dict)."""
+    state, cfg = load_checkpoint(directory)
+    if cfg.get("architecture") != ARCHITECTURE:
+        raise CheckpointError(f"{directory}: architecture {cfg.get('architecture')!r} is not {ARCHITECTURE!r}")
+    try:
+        base_cfg, ref = CognateConfig.from_dict(cfg["model"]["base"]), cfg["model"]["refiner"]
+        model = RecursiveRefiner(CognateModel(base_cfg), int(ref["max_inner_steps"]), int(ref["hidden"]))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{directory}: not a recursive-refiner config ({exc})") from exc
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{directory}: weights do not match the config "
+                              f"({str(exc).splitlines()[0][:200]})") from exc
+    return model.to(map_location).eval(), ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg
+
+
+artifacts.LOADERS.setdefault(ARCHITECTURE, f"{__name__}:load_recursive")

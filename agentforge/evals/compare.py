@@ -1,0 +1,257 @@
+"""Comparison of evaluation stages: the table (Markdown, CSV), the plots (PNG) and ``stats.json``.
+
+Each ``{stage}_results.json`` (written by ``phase=eval``) holds the stage's metrics and per-example
+results. The table shows every metric across the stages, each later stage's change against the first
+(the baseline) and whether it is an improvement or a regression given the metric's direction. The
+statistics compare a candidate stage with the baseline on the same examples (``stats.py``) and give
+the dashboard's verdict.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from agentforge.errors import ConfigError
+from agentforge.evals.runner import direction
+from agentforge.evals.stats import paired_bootstrap, pass_at_k_per_problem, verdict
+from agentforge.io import write_json_atomic, write_text_atomic
+
+STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
+PLOT_GROUPS = {
+    "quality": ["perplexity", "loss", "token_accuracy", "reasoning_accuracy", "pass_at_1", "pass_at_10",
+                "arc_easy_accuracy", "piqa_accuracy"],
+    "generation": ["gen/avg_length_tokens", "gen/distinct_1", "gen/distinct_2", "gen/repetition_rate",
+                   "gen/coherence", "gen/prompt_overlap"],
+    "efficiency": ["throughput_tokens_per_sec", "forward_tokens_per_sec", "latency_ms", "peak_memory_mb",
+                   "param_count", "param_memory_mb", "examples_per_sec"],
+    "recursive": ["avg_refine_steps", "commit_rate", "avg_chunk_length", "stability_at_k", "surgery_max_abs_diff"],
+}
+SKIP = {"latency_tokens"}
+
+
+def load_results(results_dir: str | Path, stages: list[str] | None) -> dict[str, dict]:
+    """{stage: results} in the given order; ``stages=None`` takes the standard stages that exist."""
+    results_dir = Path(results_dir)
+    strict = stages is not None
+    out = {}
+    for st in stages if strict else STANDARD_STAGES:
+        path = results_dir / f"{st}_results.json"
+        if not path.is_file():
+            if strict:
+                raise ConfigError(f"{path}: no results for stage {st!r}; run `python -m agentforge phase=eval "
+                                  f"stage={st}` first, or set phase.results_dir")
+            continue
+        try:
+            out[st] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: malformed results JSON ({exc.msg}); re-run phase=eval stage={st}") from exc
+    if not out:
+        raise ConfigError(f"{results_dir}: no {{stage}}_results.json files; run phase=eval first or give stages=[...]")
+    return out
+
+
+def metric_names(results: dict[str, dict]) -> list[str]:
+    order = [m for g in PLOT_GROUPS.values() for m in g]
+    seen = {m for r in results.values() for m, v in r["metrics"].items() if _num(v) and m not in SKIP}
+    return [m for m in order if m in seen] + sorted(seen - set(order))
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def change(metric: str, base, value, rel_tol: float = 1e-9) -> str:
+    """'improved', 'regressed', 'same' or '' (no direction / missing)."""
+    if not (_num(base) and _num(value)) or math.isnan(base) or math.isnan(value):
+        return ""
+    if math.isclose(base, value, rel_tol=rel_tol, abs_tol=1e-12):
+        return "same"
+    d = direction(metric)
+    if d == 0:
+        return ""
+    return "improved" if (value - base) * d > 0 else "regressed"
+
+
+def table_rows(results: dict[str, dict]) -> list[dict]:
+    stages = list(results)
+    rows = []
+    for m in metric_names(results):
+        base = results[stages[0]]["metrics"].get(m)
+        for st in stages:
+            v = results[st]["metrics"].get(m)
+            rows.append({"metric": m, "better": {1: "higher", -1: "lower", 0: ""}[direction(m)], "stage": st,
+                         "value": v, "delta_vs_first": (v - base) if _num(v) and _num(base) else None,
+                         "change": change(m, base, v) if st != stages[0] else ""})
+    return rows
+
+
+def _fmt(v) -> str:
+    if not _num(v):
+        return "–"
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
+
+
+def markdown_table(results: dict[str, dict], rows: list[dict]) -> str:
+    stages = list(results)
+    mark = {"improved": " ▲", "regressed": " ▼", "same": " =", "": ""}
+    lines = ["| metric | better | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+    by_metric: dict[str, list[dict]] = {}
+    for r in rows:
+        by_metric.setdefault(r["metric"], []).append(r)
+    for m, rs in by_metric.items():
+        cells = []
+        for r in rs:
+            cell = _fmt(r["value"])
+            if r["stage"] != stages[0] and r["delta_vs_first"] is not None:
+                cell += f" ({r['delta_vs_first']:+.3g}{mark[r['change']]})"
+            cells.append(cell)
+        lines.append(f"| {m} | {rs[0]['better']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Changes are against `{stages[0]}`: ▲ improvement, ▼ regression, = unchanged.")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["metric", "better", "stage", "value", "delta_vs_first", "change"])
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def plot_metrics(results: dict[str, dict], out_dir: Path) -> list[Path]:
+    """One PNG per metric group: a small line chart of each metric over the stages."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from agentforge.io import atomic_write  # noqa: PLC0415
+
+    stages, names, paths = list(results), set(metric_names(results)), []
+    for group, metrics in PLOT_GROUPS.items():
+        ms = [m for m in metrics if m in names]
+        if not ms:
+            continue
+        cols = min(3, len(ms))
+        nrows = math.ceil(len(ms) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+        for ax, m in zip(axes.flat, ms):
+            xs = [i for i, st in enumerate(stages) if _num(results[st]["metrics"].get(m))]
+            ys = [results[stages[i]]["metrics"][m] for i in xs]
+            ax.plot(xs, ys, marker="o")
+            for x, y in zip(xs, ys):
+                ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+            arrow = {1: " (higher is better)", -1: " (lower is better)", 0: ""}[direction(m)]
+            ax.set_title(m + arrow, fontsize=9)
+            ax.set_xticks(range(len(stages)), stages, rotation=20, ha="right", fontsize=8)
+            ax.set_xlim(-0.5, len(stages) - 0.5)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(ms):]:
+            ax.axis("off")
+        fig.suptitle(f"{group} metrics over stages")
+        fig.tight_layout()
+        path = out_dir / f"{group}_over_stages.png"
+        atomic_write(path, lambda p, f=fig: f.savefig(p, format="png", dpi=110))
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _per_problem(res: dict, k: int) -> tuple[list[float] | None, str]:
+    per = res.get("per_example", {})
+    n = per.get("n_samples")
+    if per.get("gsm8k_num_correct") is not None and n and k <= n:
+        return pass_at_k_per_problem(n, per["gsm8k_num_correct"], k), f"sampled (n={n})"
+    if k == 1 and per.get("gsm8k_correct") is not None:
+        return [float(c) for c in per["gsm8k_correct"]], "greedy"
+    return None, "not measured"
+
+
+def _paired(a, b, what: str, **kw) -> dict:
+    if len(a) != len(b):
+        raise ConfigError(f"{what}: the stages were evaluated on different example counts ({len(a)} vs {len(b)}); "
+                          f"re-run phase=eval with the same phase.eval_examples and data for both")
+    return paired_bootstrap(a, b, **kw)
+
+
+def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | None, list[dict]]:
+    cm, bm = cand["metrics"], base["metrics"]
+    specs = [("max_latency_ms", "latency_ms", "<=", None), ("max_peak_memory_mb", "peak_memory_mb", "<=", None),
+             ("min_throughput_tokens_per_sec", "throughput_tokens_per_sec", ">=", None),
+             ("max_latency_ratio", "latency_ms", "<=", "ratio"), ("max_memory_ratio", "peak_memory_mb", "<=", "ratio"),
+             ("min_throughput_ratio", "throughput_tokens_per_sec", ">=", "ratio")]
+    checks = []
+    for key, metric, op, kind in specs:
+        target = th.get(key)
+        if target is None:
+            continue
+        v = cm.get(metric)
+        if kind == "ratio" and _num(v) and _num(bm.get(metric)) and bm[metric]:
+            v = v / bm[metric]
+        ok = _num(v) and (v <= target if op == "<=" else v >= target)
+        checks.append({"threshold": key, "value": v, "target": target, "ok": bool(ok)})
+    return (None if not checks else all(c["ok"] for c in checks)), checks
+
+
+def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thresholds: dict,
+                  n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """``stats.json``: per-metric paired bootstraps of candidate vs baseline, and the verdict."""
+    for st in (baseline, candidate):
+        if st not in results:
+            raise ConfigError(f"stage {st!r} is not among the compared stages {list(results)}")
+    b, c = results[baseline], results[candidate]
+    out: dict = {"baseline": baseline, "candidate": candidate}
+    pass_at: dict[int, float | None] = {}
+    ks = sorted({1, *[int(k) for k in (thresholds.get("pass_at") or {})]})
+    for k in ks:
+        ca, src_c = _per_problem(c, k)
+        ba, src_b = _per_problem(b, k)
+        if ca is None or ba is None:
+            pass_at[k] = None if ca is None else sum(ca) / len(ca)
+            out[f"pass_at_{k}"] = {"note": f"not measured for {'candidate' if ca is None else 'baseline'}"}
+            continue
+        bs = _paired(ca, ba, f"pass@{k}", n_resamples=n_resamples, seed=seed)
+        pass_at[k] = bs["mean_a"]
+        out[f"pass_at_{k}"] = {candidate: bs["mean_a"], baseline: bs["mean_b"], "delta": bs["delta"],
+                               "ci95": bs["ci95"], "p_value": bs["p_value"], "n": bs["n"],
+                               "source": src_c if src_c == src_b else f"{src_c} vs {src_b}"}
+    for fmt, key in (("arc", "arc_easy_accuracy"), ("piqa", "piqa_accuracy")):
+        ca, ba = c.get("per_example", {}).get(f"{fmt}_correct"), b.get("per_example", {}).get(f"{fmt}_correct")
+        if ca and ba:
+            bs = _paired(ca, ba, key, n_resamples=n_resamples, seed=seed)
+            out[key] = {candidate: bs["mean_a"], baseline: bs["mean_b"], "delta": bs["delta"], "ci95": bs["ci95"],
+                        "p_value": bs["p_value"], "n": bs["n"]}
+    eff_ok, checks = efficiency_checks(c, b, thresholds)
+    p1 = out.get("pass_at_1", {})
+    unstable = bool((c.get("finetune") or {}).get("unstable"))
+    v, reasons = verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
+                         p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok, unstable=unstable)
+    out.update({"efficiency": checks, "verdict": v, "reasons": reasons,
+                "thresholds": {k: (v2 if k != "pass_at" else {str(kk): vv for kk, vv in v2.items()})
+                               for k, v2 in thresholds.items()}})
+    return out
+
+
+def run_comparison(results_dir: str | Path, stages: list[str] | None, out_dir: str | Path, *,
+                   baseline: str | None = None, candidate: str | None = None, thresholds: dict | None = None,
+                   n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Everything ``phase=compare`` and ``scripts/compare_results.py`` produce, written under out_dir."""
+    out_dir = Path(out_dir)
+    results = load_results(results_dir, stages)
+    rows = table_rows(results)
+    md = markdown_table(results, rows)
+    paths = {"markdown": write_text_atomic(out_dir / "comparison.md", md),
+             "csv": write_text_atomic(out_dir / "comparison.csv", csv_table(rows))}
+    plots = plot_metrics(results, out_dir / "plots")
+    names = list(results)
+    stats = None
+    if len(names) >= 2:
+        stats = compute_stats(results, baseline or names[0], candidate or names[-1], thresholds or {},
+                              n_resamples, seed)
+        paths["stats"] = write_json_atomic(out_dir / "stats.json", stats)
+    return {"stages": names, "rows": rows, "markdown": md, "paths": paths, "plots": plots, "stats": stats,
+            "results": results}

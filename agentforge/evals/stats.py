@@ -1,0 +1,107 @@
+"""Statistics for comparing systems: pass@k, a paired bootstrap, and the dashboard's verdict.
+
+* ``pass_at_k`` — the unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models
+  Trained on Code", eq. 1): with n samples of which c are correct, pass@k = 1 - C(n-c, k) / C(n, k),
+  computed as the stable product 1 - prod_{i=n-c+1}^{n} (1 - k/i).
+* ``paired_bootstrap`` — the difference of two systems' mean scores on the *same* examples
+  (Efron & Tibshirani 1993; Koehn 2004 for NLP): resample example indices with replacement (scipy's
+  ``stats.bootstrap``, paired), take the percentile 95% CI of the mean difference, and a two-sided
+  p-value from the bootstrap distribution shifted to the null (``|d* - d| >= |d|``, with the +1
+  correction so it is never exactly 0).
+* ``verdict`` — SUCCESS / PARTIAL / FAILURE of the success-metrics dashboard, section 7.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with n samples, c of them correct (Chen et al. 2021)."""
+    if not (0 <= c <= n) or k < 1:
+        raise ValueError(f"pass@k needs 0 <= c <= n and k >= 1, got n={n}, c={c}, k={k}")
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got n={n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_at_k_per_problem(num_samples: int, num_correct: Sequence[int], k: int) -> list[float]:
+    return [pass_at_k(num_samples, int(c), k) for c in num_correct]
+
+
+def mean_pass_at_k(num_samples: int, num_correct: Sequence[int], k: int) -> float:
+    vals = pass_at_k_per_problem(num_samples, num_correct, k)
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
+                     confidence: float = 0.95) -> dict:
+    """Bootstrap of mean(a) - mean(b) over paired examples: delta, CI and two-sided p-value."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired bootstrap needs two equal-length 1-D score lists, got {a.shape} and {b.shape}")
+    if len(a) < 2:
+        raise ValueError("paired bootstrap needs at least 2 examples")
+    d = a - b
+    delta = float(d.mean())
+    if np.all(d == d[0]):  # every resample has the same mean: the distribution is a point
+        boot = np.full(n_resamples, delta)
+        lo = hi = delta
+    else:
+        res = sps.bootstrap((d,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                            method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+        boot = np.asarray(res.bootstrap_distribution)
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    extreme = int(np.sum(np.abs(boot - delta) >= abs(delta) - 1e-12))
+    p = (extreme + 1) / (len(boot) + 1)
+    return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "delta": delta, "ci95": [lo, hi],
+            "p_value": min(1.0, p), "n": int(len(a)), "n_resamples": int(n_resamples)}
+
+
+def _ge(x, t) -> bool:
+    return x is not None and t is not None and not (isinstance(x, float) and math.isnan(x)) and x >= t
+
+
+def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95: Sequence[float] | None,
+            p_value: float | None, thresholds: dict, efficiency_ok: bool | None,
+            unstable: bool = False) -> tuple[str, list[str]]:
+    """The dashboard's section-7 decision, with the reason for each failed condition.
+
+    Order where the dashboard's rows overlap: SUCCESS needs every condition; otherwise FAILURE when
+    p >= ``failure_p`` (0.1), training was unstable, or neither the accuracy nor the efficiency targets
+    are met; otherwise PARTIAL (a target group is met but the evidence or the margin falls short).
+    ``efficiency_ok`` None means no efficiency target is configured (counts as met for SUCCESS, not as
+    a met group for PARTIAL).
+    """
+    reasons: list[str] = []
+    acc_ok = True
+    for k, target in sorted((thresholds.get("pass_at") or {}).items()):
+        val = pass_at.get(int(k))
+        if not _ge(val, target):
+            acc_ok = False
+            reasons.append(f"pass@{k} {'not measured' if val is None else f'{val:.3f}'} < target {target}")
+    min_delta = thresholds.get("min_delta_pass1")
+    delta_ok = min_delta is None or _ge(delta_pass1, min_delta)
+    if not delta_ok:
+        reasons.append(f"delta pass@1 {delta_pass1 if delta_pass1 is None else round(delta_pass1, 4)} < {min_delta}")
+    alpha, fail_p = thresholds.get("alpha", 0.05), thresholds.get("failure_p", 0.1)
+    ci_ok = ci95 is not None and ci95[0] > 0
+    if not ci_ok:
+        reasons.append(f"CI95 lower bound {None if ci95 is None else round(ci95[0], 4)} is not > 0")
+    p_ok = p_value is not None and p_value < alpha
+    if not p_ok:
+        reasons.append(f"p-value {p_value} is not < {alpha}")
+    if efficiency_ok is False:
+        reasons.append("efficiency targets not met")
+    if unstable:
+        reasons.append("training was unstable (non-finite losses or skipped steps)")
+    if acc_ok and delta_ok and ci_ok and p_ok and efficiency_ok is not False and not unstable:
+        return "SUCCESS", []
+    if unstable or p_value is None or p_value >= fail_p or not (acc_ok or efficiency_ok is True):
+        return "FAILURE", reasons
+    return "PARTIAL", reasons

@@ -1,0 +1,75 @@
+"""Compare evaluation stages: a table of every metric (Markdown, CSV), PNG plots and ``stats.json``.
+
+    python -m agentforge phase=compare stages=[baseline,after_surgery,finetuned_vanilla,finetuned_recursive]
+    python scripts/compare_results.py baseline after_surgery
+
+Reads ``{stage}_results.json`` from ``phase.results_dir`` (default ``{artifacts}/eval_results``); the
+statistics compare ``phase.candidate`` (default: the last stage) with ``phase.baseline`` (the first).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from agentforge.config import integer, number, optional, rule
+from agentforge.errors import ConfigError
+from agentforge.evals.collect import gate_or_raise
+from agentforge.evals.compare import run_comparison
+from agentforge.phases.context import run_context
+
+RULES = [
+    rule("phase.n_resamples", integer(100)),
+    rule("phase.thresholds.alpha", number(0, 1, lo_open=True)),
+    rule("phase.thresholds.failure_p", number(0, 1, lo_open=True)),
+    rule("phase.thresholds.min_delta_pass1", optional(number())),
+]
+
+
+def thresholds_of(th: dict) -> dict:
+    """Flat config keys (min_pass_at_10: 0.45) to the verdict's form (pass_at: {10: 0.45})."""
+    out = {k: v for k, v in th.items() if not k.startswith("min_pass_at_")}
+    out["pass_at"] = {int(k.rsplit("_", 1)[1]): v for k, v in th.items() if k.startswith("min_pass_at_") and v is not None}
+    return out
+
+
+def run(cfg) -> dict:
+    p = cfg.phase
+    stages = cfg.get("stages") if cfg.get("stages") is not None else p.get("stages")
+    if stages is not None:
+        stages = [str(s) for s in (OmegaConf.to_container(stages) if OmegaConf.is_config(stages) else stages)]
+        if not stages:
+            raise ConfigError("stages=[] is empty; name the stages to compare, e.g. stages=[baseline,after_surgery]")
+    results_dir = Path(p.results_dir or Path(cfg.paths.artifacts) / "eval_results").absolute()
+    thresholds = thresholds_of(OmegaConf.to_container(p.thresholds, resolve=True))
+    with run_context(cfg, run_name="compare-stages", group="evaluation", tags=["compare"], job_type="compare") as ctx:
+        out = run_comparison(results_dir, stages, ctx.run_dir / "compare", baseline=p.baseline,
+                             candidate=p.candidate, thresholds=thresholds, n_resamples=int(p.n_resamples),
+                             seed=int(cfg.seed))
+        tr = ctx.tracker
+        names = out["stages"]
+        by_metric: dict[str, dict] = {}
+        for r in out["rows"]:
+            by_metric.setdefault(r["metric"], {})[r["stage"]] = r["value"]
+        tr.table("comparison/metrics", ["metric"] + names, [[m] + [v.get(s) for s in names] for m, v in by_metric.items()])
+        for path in out["plots"]:
+            tr.image(f"comparison/{path.stem}", path)
+        st = out["stats"]
+        if st:
+            flat = {f"stats/{k}/{kk}": vv for k, v in st.items() if isinstance(v, dict)
+                    for kk, vv in v.items() if isinstance(vv, (int, float)) and not isinstance(vv, bool)}
+            tr.summary({**flat, "stats/verdict": st["verdict"]})
+        print(out["markdown"])
+        for path in out["plots"]:
+            print(f"plot: {path}")
+        if st:
+            p1 = st.get("pass_at_1", {})
+            print(f"verdict ({st['candidate']} vs {st['baseline']}): {st['verdict']}"
+                  + (f"  pass@1 delta {p1['delta']:+.3f} CI95 [{p1['ci95'][0]:+.3f}, {p1['ci95'][1]:+.3f}] "
+                     f"p={p1['p_value']:.3g}" if "delta" in p1 else "")
+                  + "".join(f"\n  - {r}" for r in st["reasons"]))
+    gate = OmegaConf.to_container(p.gate, resolve=True) if p.get("gate") else {}
+    if gate and st:
+        gate_or_raise(st, gate, f"{st['candidate']} vs {st['baseline']}")
+    return {"run_dir": str(ctx.run_dir), "report": str(out["paths"]["markdown"]),
+            "stats": str(out["paths"].get("stats")), "verdict": st["verdict"] if st else None}

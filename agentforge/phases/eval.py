@@ -1,0 +1,217 @@
+"""Evaluate a checkpoint at a named stage and write ``eval_results/{stage}_results.json``.
+
+    python -m agentforge phase=eval checkpoint=outputs/artifacts/cognate/model1 stage=baseline
+    python -m agentforge phase=eval stage=after_surgery            # zero-init recursive wrapper
+    python -m agentforge phase=eval stage=finetuned_vanilla        # fine-tune phase.finetune_steps, then eval
+    python -m agentforge phase=eval stage=finetuned_recursive      # surgery, fine-tune, eval
+
+Stages ``after_surgery`` and ``finetuned_recursive`` wrap the model with the recursive refiner
+(``phase.recursive=auto``); the identity of the zero-initialized wrapper is checked and its largest
+logit difference reported. ``finetuned_*`` stages fine-tune briefly (``phase.finetune_steps``, by
+default 30) through the shared LMModule/Trainer and publish the result to ``{artifacts}/eval/{stage}``.
+Results go to the run dir and to ``{artifacts}/eval_results/`` where ``phase=compare`` finds them.
+"""
+from __future__ import annotations
+
+import random
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from agentforge.artifacts import load_any, publish
+from agentforge.config import boolean, integer, number, one_of, optional, rule
+from agentforge.data import formats, synthetic
+from agentforge.data.build import eval_sets
+from agentforge.data.datamodule import LMDataModule, pack
+from agentforge.errors import ConfigError
+from agentforge.evals import checkpoints as recursive_ckpt
+from agentforge.evals.collect import collect_metrics, gate_or_raise
+from agentforge.evals.runner import EvalSettings, evaluate
+from agentforge.io import write_json_atomic
+from agentforge.models.surgery import ARCHITECTURE as RECURSIVE_ARCH
+from agentforge.models.surgery import identity_gap, wrap
+from agentforge.phases.context import run_context
+
+RULES = [
+    rule("phase.recursive", one_of("auto", True, False)),
+    rule("phase.max_inner_steps", integer(1, 64)),
+    rule("phase.refine_hidden", optional(integer(1))),
+    rule("phase.chunk_width", integer(1)),
+    rule("phase.surgery_tolerance", number(0)),
+    rule("phase.finetune_steps", optional(integer(0))),
+    rule("phase.finetune_lr", optional(number(0, 10, lo_open=True))),
+    rule("phase.eval_examples", integer(1)),
+    rule("phase.val_rows", integer(1)),
+    rule("phase.gen_tokens", integer(1)),
+    rule("phase.pass_k_samples", integer(0)),
+    rule("phase.temperature", number(0, 10, lo_open=True)),
+    rule("phase.latency_tokens", integer(0)),
+    rule("phase.batch_size", integer(1)),
+    rule("phase.save_model", boolean()),
+]
+RECURSIVE_STAGES = ("after_surgery", "finetuned_recursive")
+HF_SPLITS = {"gsm8k": "test", "arc": "test", "piqa": "validation"}
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def pick(cfg, key: str):
+    """The issue's top-level spelling (``checkpoint=``) wins over ``phase.KEY``."""
+    top = cfg.get(key)
+    return top if top is not None else cfg.phase.get(key)
+
+
+def results_path(root: Path, stage: str) -> Path:
+    return Path(root) / "eval_results" / f"{stage}_results.json"
+
+
+def load_sets(cfg, n: int) -> dict[str, list[dict]]:
+    """Held-out synthetic test sets, replaced by local files (data.eval_paths, data.path) or `datasets`."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    sets = eval_sets(data_cfg, int(cfg.seed), n, split="test")
+    if data_cfg.get("path"):
+        fmt = data_cfg.get("format") or "gsm8k"
+        if fmt not in ("gsm8k", "arc", "piqa"):
+            raise ConfigError(f"data.format={fmt!r}: phase=eval scores gsm8k, arc or piqa files")
+        sets[fmt] = formats.load_jsonl(data_cfg["path"], fmt, limit=n)
+    for name in cfg.phase.get("hf_datasets") or []:
+        if name not in HF_SPLITS:
+            raise ConfigError(f"phase.hf_datasets: {name!r} is not one of {sorted(HF_SPLITS)}")
+        sets[name] = formats.load_hf(name, HF_SPLITS[name], limit=n)
+    return sets
+
+
+def eval_rows(sets: dict, tokenizer, seed: int, seq_len: int, n_rows: int) -> torch.Tensor:
+    """Packed [n_rows, seq_len + 1] rows of the held-out examples (+ synthetic prose) for perplexity."""
+    texts = [formats.render(r, fmt) for fmt in ("gsm8k", "arc", "piqa") for r in sets.get(fmt, [])]
+    texts += [r["text"] for r in synthetic.generate("plain_text", max(n_rows, 8), seed, "test")]
+    random.Random(seed).shuffle(texts)
+    rows = pack(texts, tokenizer, seq_len)
+    i = 0
+    while len(rows) < n_rows and i < 50:  # small sets: add prose until the rows are there
+        texts += [r["text"] for r in synthetic.generate("plain_text", 64, seed + i + 1, "test")]
+        rows, i = pack(texts, tokenizer, seq_len), i + 1
+    return rows[:n_rows]
+
+
+def finetune(ctx, cfg, model, tokenizer, steps: int) -> dict:
+    """A short fine-tune through the shared LMModule and Trainer on the held-out-free training mix."""
+    from agentforge.training.lm_module import LMModule  # noqa: PLC0415
+    from agentforge.training.trainer import build_trainer  # noqa: PLC0415
+
+    p = cfg.phase
+    mix = OmegaConf.to_container(p.finetune_mix, resolve=True)
+    dm = LMDataModule(tokenizer, [{"epochs": 1, "mix": mix}], seq_len=min(int(cfg.data.seq_len),
+                      int(model.config.max_seq_len)), batch_size=int(cfg.data.batch_size), steps_per_epoch=steps,
+                      val_rows=int(p.val_rows), seed=int(cfg.seed) + 1)
+    optim = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    optim["lr"] = float(p.finetune_lr or optim["lr"])
+    optim["warmup_steps"] = min(int(optim.get("warmup_steps", 0)), steps // 5)
+    module = LMModule(model, optim, steps, on_nonfinite="skip")
+    trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers, callbacks=[],
+                            max_epochs=1, max_steps=steps, default_root_dir=ctx.run_dir, gradient_clip_val=1.0,
+                            enable_progress_bar=False, enable_checkpointing=False)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    model.eval()
+    h = module.history
+    return {"steps": int(trainer.global_step), "lr": optim["lr"], "seconds": time.perf_counter() - t0,
+            "train_loss": h["train_loss"][-1] if h["train_loss"] else None,
+            "val_loss": h["val_loss"][-1] if h["val_loss"] else None,
+            "skipped_steps": module.skipped_steps, "unstable": module.skipped_steps > 0, "mix": mix}
+
+
+def run(cfg) -> dict:
+    p = cfg.phase
+    stage = str(pick(cfg, "stage") or "baseline")
+    if not _STAGE_NAME.match(stage):
+        raise ConfigError(f"stage={stage!r}: use letters, digits, '_', '-' or '.' only")
+    artifacts = Path(cfg.paths.artifacts).absolute()
+    ckpt = Path(pick(cfg, "checkpoint") or artifacts / "cognate" / "model1").absolute()
+    model, tokenizer, ck_cfg = load_any(ckpt)
+    already = ck_cfg.get("architecture") == RECURSIVE_ARCH
+    recursive = p.recursive if p.recursive != "auto" else (stage in RECURSIVE_STAGES or already)
+    steps = p.finetune_steps if p.finetune_steps is not None else (30 if stage.startswith("finetuned") else 0)
+    s = EvalSettings(gen_tokens=int(p.gen_tokens), pass_k_samples=int(p.pass_k_samples),
+                     pass_k=tuple(int(k) for k in p.pass_k), temperature=float(p.temperature),
+                     latency_tokens=int(p.latency_tokens), chunk_width=int(p.chunk_width),
+                     batch_size=int(p.batch_size), seed=int(cfg.seed))
+    sets = load_sets(cfg, int(p.eval_examples))
+    seq_len = min(int(cfg.data.seq_len), int(model.config.max_seq_len))
+    rows = eval_rows(sets, tokenizer, int(cfg.seed), seq_len, int(p.val_rows))
+    tags = ["eval", stage] + (["recursive"] if recursive else [])
+    with run_context(cfg, run_name=f"eval-{stage}", group="evaluation", tags=tags, job_type="eval") as ctx:
+        tr = ctx.tracker
+        surgery, ft = None, None
+        if recursive and not already:
+            base = model
+            model = wrap(base, int(p.max_inner_steps), p.refine_hidden)
+            gap = identity_gap(base, model, rows[:, :-1], s.batch_size)
+            surgery = {"max_abs_logit_diff": gap, "tolerance": float(p.surgery_tolerance),
+                       "identity_ok": gap <= float(p.surgery_tolerance), "added_params": model.added_params(),
+                       "max_inner_steps": model.max_inner_steps}
+            print(f"surgery: {model.added_params():,} zero-init refiner parameters; largest logit difference "
+                  f"{gap:.3g} ({'OK' if surgery['identity_ok'] else 'EXCEEDS'} tolerance {p.surgery_tolerance})")
+        if steps > 0:
+            ft = finetune(ctx, cfg, model, tokenizer, int(steps))
+            print(f"fine-tuned {ft['steps']} steps: train loss {ft['train_loss']}, val loss {ft['val_loss']}")
+        saved = None
+        if (surgery or ft) and p.save_model:
+            saved = save_stage_model(ctx.run_dir / "checkpoints" / stage, artifacts / "eval" / stage, model,
+                                     tokenizer, {"phase": "eval", "stage": stage, "source": str(ckpt)})
+        print(f"evaluating {stage} ({sum(x.numel() for x in model.parameters()):,} params) from {ckpt}")
+        res = evaluate(model, tokenizer, sets, rows, s)
+        m = res["metrics"]
+        if surgery:
+            m["surgery_max_abs_diff"] = surgery["max_abs_logit_diff"]
+        results = {"stage": stage, "checkpoint": str(ckpt), "evaluated_checkpoint": saved or str(ckpt),
+                   "architecture": RECURSIVE_ARCH if recursive else ck_cfg.get("architecture"),
+                   "recursive": bool(recursive), "created": datetime.now(timezone.utc).isoformat(),
+                   "seed": int(cfg.seed), "device": str(next(model.parameters()).device),
+                   "torch_threads": torch.get_num_threads(), "settings": vars(s) | {"pass_k": list(s.pass_k)},
+                   "datasets": {k: len(v) for k, v in sets.items()}, "eval_rows": list(rows.shape),
+                   "metrics": m, "surgery": surgery, "finetune": ft, "timings_s": res["timings_s"],
+                   "per_example": res["per_example"]}
+        out = write_json_atomic(results_path(ctx.run_dir, stage), results)
+        stable = write_json_atomic(results_path(artifacts, stage), results)
+        report(tr, stage, results)
+        print(summary_line(stage, m))
+    collect_metrics(ctx.run_dir)
+    gate = OmegaConf.to_container(p.gate, resolve=True) if p.get("gate") else {}
+    if gate:
+        gate_or_raise(results, {k if "." in k else f"metrics.{k}": v for k, v in gate.items()}, f"stage {stage}")
+    return {"run_dir": str(ctx.run_dir), "report": str(stable), "results": str(out), "metrics": m,
+            "checkpoint": saved}
+
+
+def save_stage_model(run_ckpt: Path, published: Path, model, tokenizer, meta: dict) -> str:
+    if hasattr(model, "refine"):
+        recursive_ckpt.save_recursive(run_ckpt, model, tokenizer, meta)
+    else:
+        from agentforge.artifacts import save_model  # noqa: PLC0415
+
+        save_model(run_ckpt, model, tokenizer, meta)
+    publish(run_ckpt, published)
+    return str(published)
+
+
+def report(tr, stage: str, results: dict) -> None:
+    """evaluation/{stage}/* scalars, the generations table and the chunk-length histogram."""
+    m = results["metrics"]
+    tr.summary({f"evaluation/{stage}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
+    per = results["per_example"]
+    if per.get("generations"):
+        rows = [[i, g, c] for i, (g, c) in enumerate(zip(per["generations"], per["gsm8k_correct"]))]
+        tr.table(f"evaluation/{stage}/generations", ["example", "generation", "correct"], rows)
+    if per.get("chunk_lengths"):
+        tr.histogram(f"evaluation/{stage}/chunk_lengths", per["chunk_lengths"])
+
+
+def summary_line(stage: str, m: dict) -> str:
+    keys = ("perplexity", "token_accuracy", "reasoning_accuracy", "pass_at_1", "pass_at_10", "arc_easy_accuracy",
+            "piqa_accuracy", "throughput_tokens_per_sec", "latency_ms", "peak_memory_mb", "avg_refine_steps",
+            "commit_rate", "stability_at_k")
+    return f"{stage}: " + "  ".join(f"{k} {m[k]:.4g}" for k in keys if k in m)
