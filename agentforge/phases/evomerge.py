@@ -1,0 +1,298 @@
+"""Phase 2, EvoMerge: evolve merges of the three Cognate models.
+
+    python -m agentforge phase=evomerge
+    python -m agentforge phase=evomerge phase.generations=50 phase.inputs=[a,b,c]
+
+Reads ``{artifacts}/cognate/model{1,2,3}`` (or ``phase.inputs``), measures them, then runs the genetic
+algorithm of ``merge/evolution.py`` over merge recipes (``merge/recipe.py``; 8 technique combos, see
+``merge/combos.py``) with the fitness of ``merge/fitness.py``. Outputs: the champion checkpoint
+(``{artifacts}/evomerge/champion``), ``evolution_log.json`` (every individual of every generation), the
+history and combo tables, fitness/diversity curves and the combo-usage heatmap, under the seed's keys.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from scipy.spatial.distance import euclidean
+
+from agentforge.artifacts import ARCHITECTURE, load_model, publish, save_model
+from agentforge.config import integer, number, rule
+from agentforge.data.build import eval_sets
+from agentforge.data.datamodule import TaskPool, normalize_mix, pack
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.errors import ConfigError
+from agentforge.io import CheckpointError, write_json_atomic
+from agentforge.merge import combos, fitness
+from agentforge.merge.evolution import EvoConfig, evolve
+from agentforge.merge.recipe import (
+    Recipe,
+    Space,
+    crossover,
+    features,
+    incompatibility,
+    materialize,
+    mutate,
+    random_recipe,
+)
+from agentforge.models import CognateModel
+from agentforge.phases.context import run_context
+from agentforge.tracking import plots
+
+RULES = [
+    rule("phase.population_size", integer(2)),
+    rule("phase.generations", integer(1)),
+    rule("phase.elite_count", integer(0)),
+    rule("phase.mutation_rate", number(0, 1)),
+    rule("phase.mutation_sigma", number(0)),
+    rule("phase.crossover_rate", number(0, 1)),
+    rule("phase.tournament_size", integer(1)),
+    rule("phase.early_stopping_patience", integer(1)),
+    rule("phase.early_stopping_threshold", number(0)),
+    rule("phase.fitness_weights.perplexity", number(0)),
+    rule("phase.fitness_weights.accuracy", number(0)),
+    rule("phase.fitness_weights.speed", number(0)),
+    rule("phase.fitness_weights.memory", number(0)),
+    rule("phase.eval.rows", integer(1)),
+    rule("phase.eval.seq_len", integer(8)),
+    rule("phase.eval.choice_examples", integer(0)),
+    rule("phase.eval.gsm8k_examples", integer(0)),
+    rule("phase.eval.gen_tokens", integer(1)),
+    rule("phase.eval.speed_seq_len", integer(1)),
+    rule("phase.eval.speed_batch", integer(1)),
+    rule("phase.eval.speed_repeats", integer(1)),
+    rule("phase.eval.test_rows", integer(1)),
+]
+TAGS = ["phase2", "evomerge", "genetic-algorithm", "model-merging"]
+
+
+def input_dirs(cfg) -> list[Path]:
+    given = cfg.phase.get("inputs")
+    if given is None:
+        return [Path(cfg.paths.artifacts).absolute() / "cognate" / f"model{i}" for i in (1, 2, 3)]
+    given = list(given)
+    if len(given) != 3:
+        raise ConfigError(f"phase.inputs must list 3 checkpoint dirs, got {len(given)}")
+    return [Path(str(p)).absolute() for p in given]
+
+
+def load_inputs(dirs: list[Path]):
+    """The three models (eval mode); CheckpointError naming the dir when one is missing or cannot be
+    merged with the first (every parameter shape must match; memory slots may differ)."""
+    models, tok = [], None
+    for d in dirs:
+        model, tokenizer, _ = load_model(d)
+        if models and (why := incompatibility(models[0].config, model.config)):
+            raise CheckpointError(f"{d}: cannot be merged with {dirs[0]} ({why}); all three inputs must share "
+                                  f"one architecture size")
+        models.append(model)
+        tok = tok or tokenizer
+    return models, tok
+
+
+def eval_data(cfg, split: str, rows: int) -> fitness.EvalData:
+    e, seed = cfg.phase.eval, int(cfg.seed)
+    mix = normalize_mix({t: 1.0 for t in ("plain_text", "arithmetic", "choice", "piqa")})
+    texts = TaskPool(seed).sample_texts(mix, (rows + 2) * (int(e.seq_len) + 1), random.Random(seed * 104729), split)
+    n = max(int(e.choice_examples), int(e.gsm8k_examples))
+    sets = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, n, split) if n else {}
+    return fitness.EvalData(
+        rows=pack(texts, ByteTokenizer(), int(e.seq_len))[:rows],
+        choice={k: sets[k][: int(e.choice_examples)] for k in ("arc", "piqa")} if n else {},
+        gsm8k=sets["gsm8k"][: int(e.gsm8k_examples)] if n else [], gen_tokens=int(e.gen_tokens),
+        speed_seq_len=int(e.speed_seq_len), speed_batch=int(e.speed_batch), speed_repeats=int(e.speed_repeats))
+
+
+def build(recipe: Recipe, states, configs) -> CognateModel:
+    state, config = materialize(recipe, states, configs)
+    model = CognateModel(config)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def run(cfg) -> dict:
+    p = cfg.phase
+    evo = EvoConfig(int(p.population_size), int(p.generations), int(p.elite_count), int(p.tournament_size),
+                    float(p.crossover_rate), int(p.early_stopping_patience), float(p.early_stopping_threshold))
+    weights = {k: float(v) for k, v in p.fitness_weights.items()}
+    if sum(weights.values()) <= 0:
+        raise ConfigError("phase.fitness_weights must have a positive sum")
+    lo, hi = (float(x) for x in p.depth_range)
+    if not 0 < lo <= 1 <= hi:
+        raise ConfigError(f"phase.depth_range must be [lo, hi] with 0 < lo <= 1 <= hi, got {[lo, hi]}")
+    dirs = input_dirs(cfg)
+    models, tokenizer = load_inputs(dirs)  # fails before any run dir or logger is made
+    states = [m.state_dict() for m in models]
+    configs = [m.config for m in models]
+    n = configs[0].n_layers
+    space = Space(n, max(1, round(n * lo)), max(n, round(n * hi)))
+    with run_context(cfg, run_name="phase2-evomerge", group="phase2-evomerge", tags=TAGS, job_type="evomerge") as ctx:
+        data = eval_data(cfg, "val", int(p.eval.rows))
+        yardstick = models[0]  # the speed term times every model against input 1 (see merge/fitness.py)
+        input_metrics = [fitness.measure(m, tokenizer, data, yardstick) for m in models]
+        ref = fitness.Reference.of(input_metrics, data.n_accuracy_examples())
+        for m in input_metrics:
+            m["fitness"] = fitness.score(m, ref, weights)
+        print(f"EvoMerge: 3 inputs of {n} layers; input fitness "
+              + ", ".join(f"model{i + 1} {m['fitness']:.4f}" for i, m in enumerate(input_metrics)))
+
+        def evaluate(recipe: Recipe):
+            metrics = fitness.measure(build(recipe, states, configs), tokenizer, data, yardstick)
+            return fitness.score(metrics, ref, weights), metrics
+
+        rng = random.Random(int(cfg.seed))
+        initial = [random_recipe(rng, space, combo=i % combos.N_COMBOS) for i in range(evo.population_size)]
+        logger = GenerationLogger(ctx.tracker, evo.generations)
+        t0 = time.perf_counter()
+        result = evolve(initial, evaluate,
+                        lambda r, g: mutate(r, g, space, float(p.mutation_rate), float(p.mutation_sigma)),
+                        crossover, lambda a, b: euclidean(features(a, space), features(b, space)), evo, rng,
+                        logger)
+        minutes = (time.perf_counter() - t0) / 60
+        return finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs)
+
+
+class GenerationLogger:
+    """Logs the seed's per-generation and per-model keys as each generation finishes."""
+
+    def __init__(self, tracker, max_generations: int):
+        self.tracker, self.max_generations = tracker, max_generations
+        self.initial = None
+
+    def __call__(self, g, result) -> None:
+        if self.initial is None:
+            self.initial = g.best
+        counts = combo_counts(g)
+        top = sorted((i.fitness for i in g.individuals), reverse=True)
+        mean_dur = statistics.fmean(x.duration_s for x in result.generations)
+        m = {"evolution/generation": g.index, "evolution/best_fitness": g.best, "evolution/avg_fitness": g.mean,
+             "evolution/worst_fitness": g.worst, "evolution/fitness_std": g.std,
+             "evolution/fitness_improvement": (g.best - self.initial) / abs(self.initial),
+             "evolution/diversity": g.diversity, "evolution/unique_models": g.unique,
+             **{f"evolution/combo_{combos.bits(c)}_count": counts[c] for c in range(combos.N_COMBOS)},
+             "evolution/elite1_fitness": top[0], "evolution/elite2_fitness": top[1] if len(top) > 1 else top[0],
+             "time/generation_duration_seconds": g.duration_s,
+             "time/estimated_completion_minutes": (self.max_generations - g.index - 1) * mean_dur / 60}
+        for idx, ind in enumerate(g.individuals):
+            pre = f"models/model_{idx}/"
+            m.update({pre + "fitness": ind.fitness, pre + "perplexity": ind.metrics["perplexity"],
+                      pre + "accuracy": ind.metrics["accuracy"], pre + "inference_time": ind.metrics["inference_time_ms"],
+                      pre + "memory_usage": ind.metrics["memory_mb"], pre + "combo_id": ind.genome.combo})
+        self.tracker.log(m, step=g.index)
+        best = g.best_individual
+        print(f"gen {g.index}: best {g.best:.4f} ({combos.bits(best.genome.combo)})  avg {g.mean:.4f}  "
+              f"diversity {g.diversity:.3f}  evals {g.evaluations}  {g.duration_s:.1f}s")
+
+
+def combo_counts(g) -> list[int]:
+    counts = [0] * combos.N_COMBOS
+    for ind in g.individuals:
+        counts[ind.genome.combo] += 1
+    return counts
+
+
+def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs) -> dict:
+    tr, run_dir = ctx.tracker, ctx.run_dir
+    gens, champ = result.generations, result.champion
+    recipe: Recipe = champ.genome
+    # -- the champion checkpoint --------------------------------------------------------------------------
+    model = build(recipe, states, configs)
+    best_input = max(m["fitness"] for m in input_metrics)
+    improvement = 100 * (champ.fitness - best_input) / abs(best_input)
+    combo = combos.decode(recipe.combo)
+    ckpt = run_dir / "checkpoints" / "champion"
+    meta = {"phase": "evomerge", "recipe": recipe.to_dict(), "combo": combo.bits, "techniques": combo.label,
+            "fitness": champ.fitness, "generation": result.champion_generation,
+            "inputs": [str(d) for d in dirs]}
+    save_model(ckpt, model, tokenizer, meta)
+    # -- champion vs inputs on the unseen test split ------------------------------------------------------
+    test = eval_data(cfg, "test", int(cfg.phase.eval.test_rows))
+    test_metrics = [fitness.measure(m, tokenizer, test, models[0]) for m in [*models, model]]
+    test_ref = fitness.Reference.of(test_metrics[:3], test.n_accuracy_examples())
+    rows = []
+    for name, val_m, test_m in zip(["model1", "model2", "model3", "champion"],
+                                   [*input_metrics, {**champ.metrics, "fitness": champ.fitness}], test_metrics):
+        rows.append([name, val_m["fitness"], fitness.score(test_m, test_ref, weights), test_m["perplexity"],
+                     test_m["accuracy"], test_m["tokens_per_s"], test_m["memory_mb"]])
+    tr.table("final/champion_vs_inputs", ["Model", "Fitness (val)", "Fitness (test)", "Perplexity (test)",
+                                          "Accuracy (test)", "Tokens/s", "Memory (MB)"], rows)
+    # -- combo effectiveness ------------------------------------------------------------------------------
+    usage, fits, wins = [0] * 8, [[] for _ in range(8)], [0] * 8
+    for g in gens:
+        for ind in g.individuals:
+            usage[ind.genome.combo] += 1
+            fits[ind.genome.combo].append(ind.fitness)
+        wins[g.best_individual.genome.combo] += 1
+    avg = [statistics.fmean(f) if f else float("nan") for f in fits]
+    used = [c for c in range(8) if fits[c]]
+    best_combo, worst_combo = max(used, key=avg.__getitem__), min(used, key=avg.__getitem__)
+    tr.table("combos/effectiveness", ["Combo ID", "Binary", "Techniques", "Usage Count", "Avg Fitness",
+                                      "Champions Produced"],
+             [[combos.bits(c), combos.bits(c), combos.decode(c).label, usage[c], avg[c], wins[c]] for c in range(8)])
+    tr.table("evolution/history", ["Generation", "Best Fitness", "Avg Fitness", "Diversity", "Best Combo"],
+             [[g.index, g.best, g.mean, g.diversity, combos.bits(g.best_individual.genome.combo)] for g in gens])
+    final = {
+        "final/generations_completed": len(gens), "final/best_fitness": champ.fitness,
+        "final/fitness_improvement": improvement, "final/total_evolution_time_minutes": minutes,
+        "final/champion_combo_id": recipe.combo, "final/best_combo": combos.bits(best_combo),
+        "final/worst_combo": combos.bits(worst_combo),
+        "final/combo_win_rate": {combos.bits(c): wins[c] / len(gens) for c in range(8)},
+        "final/converged_at_generation": gens[-1].index, "final/convergence_reason": result.convergence_reason,
+        "final/best_input_fitness": best_input,
+        "final/evaluations_per_second": result.evaluations / max(result.eval_seconds, 1e-9),
+    }
+    tr.summary(final)
+    write_json_atomic(ckpt / "metrics.json", {**final, "val_metrics": champ.metrics})
+    publish(ckpt, Path(cfg.paths.artifacts).absolute() / "evomerge" / "champion")
+    # -- the log and the charts -----------------------------------------------------------------------------
+    log_path = tr.write_json("evolution_log.json", evolution_log(cfg, result, input_metrics, dirs, final))
+    xs = [g.index for g in gens]
+    best, mean, worst, div = ([g.best for g in gens], [g.mean for g in gens], [g.worst for g in gens],
+                              [g.diversity for g in gens])
+    tr.line_series("charts/fitness_evolution", xs, [best, mean, worst], ["Best", "Average", "Worst"],
+                   "Fitness Evolution", "Generation")
+    tr.line_series("charts/diversity_evolution", xs, [div], ["diversity"], "Population Diversity Over Time",
+                   "generation")
+    pdir = run_dir / "plots"
+    fit_png = plots.line_plot(pdir / "fitness_evolution.png", xs, {"best": best, "average": mean, "worst": worst},
+                              "Fitness evolution", "generation", "fitness (1.0 = average input)")
+    div_png = plots.line_plot(pdir / "diversity_evolution.png", xs, {"diversity": div},
+                              "Population diversity", "generation", "mean pairwise distance")
+    heat = plots.heatmap(pdir / "combo_usage.png", [combo_counts(g) for g in gens], "Combo usage per generation",
+                         "combo", "generation", xticklabels=[combos.bits(c) for c in range(8)], cbar_label="individuals")
+    tr.image("charts/fitness_evolution_png", fit_png)
+    tr.image("charts/diversity_evolution_png", div_png)
+    tr.image("charts/combo_usage", heat)
+    tr.artifact("phase2-champion", "model", [ckpt], f"Best evolved model after {len(gens)} generations",
+                {"fitness": champ.fitness, "improvement": improvement, "combo_id": recipe.combo,
+                 "generation": result.champion_generation, "architecture": ARCHITECTURE})
+    tr.artifact("phase2-evolution-log", "dataset", [log_path], "Complete evolution history")
+    out = Path(cfg.paths.artifacts).absolute() / "evomerge" / "champion"
+    print("\n".join(f"{r[0]:9s} fitness val {r[1]:.4f}  test {r[2]:.4f}  test ppl {r[3]:.2f}  acc {r[4]:.3f}"
+                    for r in rows))
+    print(f"champion: combo {combo.bits} ({combo.label}), generation {result.champion_generation}, fitness "
+          f"{champ.fitness:.4f} vs best input {best_input:.4f} ({improvement:+.2f}%); "
+          f"{len(gens)} generations ({result.convergence_reason}), {minutes:.2f} min")
+    return {"checkpoint": str(out), "run_dir": str(run_dir), "metrics": final}
+
+
+def evolution_log(cfg, result, input_metrics, dirs, final) -> dict:
+    return {
+        "combo_bits": "bit 1 Linear(0)/SLERP(1), bit 2 DARE(0)/TIES(1), bit 3 FrankenMerge(0)/DFS(1), left to right",
+        "config": OmegaConf.to_container(cfg.phase, resolve=True),
+        "inputs": [{"dir": str(d), **m} for d, m in zip(dirs, input_metrics)],
+        "generations": [{
+            "generation": g.index, "best_fitness": g.best, "avg_fitness": g.mean, "worst_fitness": g.worst,
+            "fitness_std": g.std, "diversity": g.diversity, "unique_models": g.unique, "duration_s": g.duration_s,
+            "individuals": [{"index": i, "recipe": ind.genome.to_dict(), "combo": combos.bits(ind.genome.combo),
+                             "techniques": combos.decode(ind.genome.combo).label, "metrics": ind.metrics,
+                             "fitness": ind.fitness, "elite": ind.elite, "cached": ind.cached}
+                            for i, ind in enumerate(g.individuals)]} for g in result.generations],
+        "champion": {"recipe": result.champion.genome.to_dict(), "fitness": result.champion.fitness,
+                     "generation": result.champion_generation},
+        "final": final,
+    }
+

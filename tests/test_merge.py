@@ -1,0 +1,277 @@
+"""Merge techniques on small tensors with hand-derived answers, the combo decoding, and recipes."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from agentforge.merge import combos, layers, registry, techniques
+from agentforge.merge.recipe import (
+    Recipe,
+    Space,
+    canonical,
+    crossover,
+    features,
+    incompatibility,
+    materialize,
+    mutate,
+    random_recipe,
+)
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.models.layers import RMSNorm
+
+T = torch.tensor
+SMALL = {"vocab_size": 272, "d_model": 16, "n_heads": 2, "ffn_hidden": 24, "n_layers": 2, "window": 8, "max_seq_len": 32,
+             "ltm_key_dim": 8}
+
+
+# -- tensor techniques ------------------------------------------------------------------------------------
+
+def test_linear_weighted_and_normalized():
+    a, b = T([1.0, 2.0]), T([3.0, 4.0])
+    assert torch.allclose(techniques.linear([a, b], [1, 3]), T([2.5, 3.5]))           # (1*1+3*3)/4, (2+12)/4
+    assert torch.allclose(techniques.linear([a, b], [1, 3], normalize=False), T([10.0, 14.0]))
+
+
+def test_slerp_orthogonal_and_unequal_norms():
+    v0, v1 = T([1.0, 0.0]), T([0.0, 1.0])
+    h = math.sqrt(0.5)
+    assert torch.allclose(techniques.slerp(0.5, v0, v1), T([h, h]))
+    assert torch.allclose(techniques.slerp(0.0, v0, v1), v0)
+    assert torch.allclose(techniques.slerp(1.0, v0, v1), v1)
+    # theta = pi/2 from the directions; the weights sin(theta/2)/sin(theta) apply to the raw vectors
+    assert torch.allclose(techniques.slerp(0.5, T([2.0, 0.0]), v1), T([2 * h, h]))
+    # t = 1/3 at 90 degrees: sin(60)/1 and sin(30)/1
+    out = techniques.slerp(1 / 3, v0, v1)
+    assert torch.allclose(out, T([math.sin(math.pi / 3), math.sin(math.pi / 6)]), atol=1e-6)
+
+
+def test_slerp_collinear_falls_back_to_lerp():
+    assert torch.allclose(techniques.slerp(0.5, T([1.0, 0.0]), T([2.0, 0.0])), T([1.5, 0.0]))
+    assert torch.allclose(techniques.slerp(0.25, T([1.0, 1.0]), T([-1.0, -1.0])), T([0.5, 0.5]))  # dot = -1
+
+
+def test_slerp_whole_tensor_not_rowwise():
+    # rows are orthogonal pairs but the flattened tensors are collinear: one lerp over the whole tensor
+    a = T([[1.0, 0.0], [0.0, 1.0]])
+    assert torch.allclose(techniques.slerp(0.5, a, 3 * a), 2 * a)
+
+
+def test_slerp_chain_equals_linear_on_collinear_tensors():
+    x = T([1.0, 2.0, 3.0])
+    ts = [x, 2 * x, 4 * x]
+    assert torch.allclose(techniques.slerp_many(ts, [1, 1, 2]), techniques.linear(ts, [1, 1, 2]))
+
+
+def test_magnitude_trim_keeps_top_k():
+    assert torch.equal(techniques.magnitude_sparsify(T([3.0, -1.0, 2.0, -4.0]), 0.5), T([3.0, 0.0, 0.0, -4.0]))
+    assert torch.equal(techniques.magnitude_sparsify(T([3.0, -1.0]), 1.0), T([3.0, -1.0]))
+
+
+def test_ties_sign_election_and_disjoint_mean():
+    base = T([1.0, 1.0, 1.0])
+    x1, x2 = base + T([1.0, -2.0, 3.0]), base + T([-3.0, 1.0, 1.0])
+    # sums of deltas: [-2, -1, 4] -> elected signs [-, -, +]; agreeing entries: [x2], [x1], [x1, x2]
+    out = techniques.ties(base, [x1, x2], [1, 1], density=1.0)
+    assert torch.allclose(out, base + T([-3.0, -2.0, 2.0]))
+    # weights move the election by mass: w = [3, 1] -> sums [0, -5, 10] -> 0 elects +
+    out = techniques.ties(base, [x1, x2], [3, 1], density=1.0)
+    assert torch.allclose(out, base + T([3 / 3, -6 / 3, (9 + 1) / 4]))
+
+
+def test_ties_trims_before_electing():
+    base = torch.zeros(4)
+    x1, x2 = T([4.0, -1.0, 0.5, 0.0]), T([-1.0, -3.0, 0.0, 2.0])
+    # density 0.5 keeps two per model: x1 -> [4, -1, 0, 0], x2 -> [0, -3, 0, 2]
+    out = techniques.ties(base, [x1, x2], [1, 1], density=0.5, lam=1.0)
+    assert torch.allclose(out, T([4.0, -2.0, 0.0, 2.0]))
+    assert torch.allclose(techniques.ties(base, [x1, x2], [1, 1], density=0.5, lam=0.5), T([2.0, -1.0, 0.0, 1.0]))
+
+
+def test_dare_without_drop_is_task_arithmetic():
+    base, x1, x2 = T([1.0, 1.0]), T([2.0, 0.0]), T([1.0, 3.0])
+    out = techniques.dare(base, [x1, x2], [1.0, 0.5], density=1.0, lam=1.0)
+    assert torch.allclose(out, base + T([1.0, -1.0]) + 0.5 * T([0.0, 2.0]))
+    norm = techniques.dare(base, [x1, x2], [1.0, 0.5], density=1.0, normalize=True)
+    assert torch.allclose(norm, base + (T([1.0, -1.0]) + 0.5 * T([0.0, 2.0])) / 1.5)
+
+
+def test_dare_drops_at_rate_p_and_rescales_seeded():
+    base, x = torch.zeros(20000), torch.ones(20000)
+    g = lambda s: torch.Generator().manual_seed(s)
+    out = techniques.dare(base, [x], [1.0], density=0.3, generator=g(0))
+    kept = out != 0
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.3))  # survivors rescaled by 1/(1-p)
+    assert abs(kept.float().mean().item() - 0.3) < 0.02                      # drop rate p = 0.7
+    assert abs(out.mean().item() - 1.0) < 0.05                               # E[out] = delta
+    assert torch.equal(out, techniques.dare(base, [x], [1.0], density=0.3, generator=g(0)))
+    assert not torch.equal(out, techniques.dare(base, [x], [1.0], density=0.3, generator=g(1)))
+
+
+def test_registry_lists_the_six_methods():
+    assert set(registry.METHODS) == {"linear", "slerp", "ties", "dare", "frankenmerge", "dfs"}
+    assert set(registry.DEFAULTS) == set(registry.METHODS)
+    with pytest.raises(KeyError):
+        registry.get("model_stock")
+
+
+# -- combos -----------------------------------------------------------------------------------------------
+
+def test_combo_decoding_left_to_right():
+    assert combos.decode("000") == combos.Combo(0, "linear", "dare", "frankenmerge")
+    assert combos.decode("001") == combos.Combo(1, "linear", "dare", "dfs")
+    assert combos.decode("100") == combos.Combo(4, "slerp", "dare", "frankenmerge")
+    assert combos.decode("111").label == "SLERP + TIES + DFS"
+    assert combos.decode(2) == combos.Combo(2, "linear", "ties", "frankenmerge")
+    for c in range(8):
+        d = combos.decode(c)
+        assert combos.encode(d.interpolation, d.task_vectors, d.layers) == c == int(d.bits, 2)
+    assert combos.flip(0, 1) == 4 and combos.flip(0, 3) == 1
+    for bad in (8, -1, "0101", "012"):
+        with pytest.raises(ValueError):
+            combos.decode(bad)
+
+
+# -- layer merges -------------------------------------------------------------------------------------------
+
+def _model(seed: int, **kw) -> CognateModel:
+    torch.manual_seed(seed)
+    m = CognateModel(CognateConfig(**{**SMALL, **kw}))
+    with torch.no_grad():  # give every parameter distinct values (norms and gates start constant)
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def test_frankenmerge_stacks_ranges_in_order():
+    a, b = _model(0).state_dict(), _model(1).state_dict()
+    out = layers.frankenmerge([(a, 0, 2), (b, 1, 2)], base=b)
+    assert layers.n_layers_of(out) == 3
+    assert torch.equal(out["blocks.0.attn.q_proj.weight"], a["blocks.0.attn.q_proj.weight"])
+    assert torch.equal(out["blocks.1.mlp.down.weight"], a["blocks.1.mlp.down.weight"])
+    assert torch.equal(out["blocks.2.attn_norm.weight"], b["blocks.1.attn_norm.weight"])
+    assert torch.equal(out["embed.weight"], b["embed.weight"])
+    with pytest.raises(ValueError):
+        layers.frankenmerge([(a, 1, 3)], base=a)
+
+
+class _ExplicitScales(CognateModel):
+    """Reference: scale the residual stream before each block instead of folding into weights."""
+
+    def __init__(self, config, scales):
+        super().__init__(config)
+        self.scales = scales
+
+    def _step(self, z, e, t):
+        h = z + e
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        for blk, s in zip(self.blocks, self.scales):
+            h = blk(s * h, cos, sin)
+        return self.memory.read(h)
+
+
+def test_dfs_folded_scales_equal_explicit_input_scaling():
+    a, b = _model(0).state_dict(), _model(1).state_dict()
+    path, scales = [(a, 0), (b, 1), (a, 1)], [0.5, 2.0, 1.5]
+    cfg = CognateConfig(**{**SMALL, "n_layers": 3})
+    folded = CognateModel(cfg)
+    folded.load_state_dict(layers.dfs(path, scales, base=a))
+    ref = _ExplicitScales(cfg, layers.normalized_scales(scales))
+    ref.load_state_dict(layers.dfs(path, [1.0, 1.0, 1.0], base=a))  # plain stacking, unscaled weights
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    folded.eval(), ref.eval()
+    assert torch.allclose(folded(ids).logits, ref(ids).logits, atol=1e-3)  # RMSNorm's eps: near, not exact
+    for m in (folded, ref):  # without eps, RMSNorm is exactly scale invariant and so is the folding
+        for mod in m.modules():
+            if isinstance(mod, RMSNorm):
+                mod.eps = 0.0
+    assert torch.allclose(folded(ids).logits, ref(ids).logits, atol=1e-5)
+    assert math.isclose(math.prod(layers.normalized_scales(scales)), 1.0)
+    # the scales matter: the same path without them gives different logits
+    assert not torch.allclose(folded(ids).logits, _plain(cfg, layers.dfs(path, [1.0] * 3, base=a))(ids).logits,
+                              atol=1e-4)
+
+
+def _plain(cfg, state):
+    m = CognateModel(cfg)
+    m.load_state_dict(state)
+    return m.eval()
+
+
+def test_dfs_equal_scales_is_plain_stacking():
+    a, b = _model(0).state_dict(), _model(1).state_dict()
+    out = layers.dfs([(a, 1), (b, 0)], [1.7, 1.7], base=a)
+    ref = layers.frankenmerge([(a, 1, 2), (b, 0, 1)], base=a)
+    assert all(torch.allclose(out[k], ref[k]) for k in ref)
+    with pytest.raises(ValueError):
+        layers.dfs([(a, 0)], [0.0], base=a)
+
+
+# -- recipes over Cognate models ------------------------------------------------------------------------------
+
+def _inputs():
+    specs = [{"ltm_slots": 32, "max_steps": 4, "act_threshold": 0.99}, {"ltm_slots": 128, "max_steps": 3},
+             {"ltm_slots": 16, "max_steps": 2, "act_threshold": 0.9}]
+    models = [_model(i, **s) for i, s in enumerate(specs)]
+    return [m.state_dict() for m in models], [m.config for m in models]
+
+
+def _recipe(**kw) -> Recipe:
+    base = {"combo": 0, "base": 0, "weights": (1.0, 1.0, 1.0), "tv_weights": (1.0, 1.0, 1.0), "density": 1.0, "lam": 0.0,
+                "dare_seed": 0, "slices": ((0, 0, 2),), "hops": ((0, 0), (0, 1)), "scales": (1.0, 1.0)}
+    return canonical(Recipe(**{**base, **kw}))
+
+
+def test_recipe_merges_parameters_and_takes_memory_and_hyperparameters_from_base():
+    states, cfgs = _inputs()
+    state, cfg = materialize(_recipe(base=1, weights=(1.0, 2.0, 1.0)), states, cfgs)
+    assert cfg.ltm_slots == 128 and cfg.max_steps == 3 and cfg.n_layers == 2
+    for k in ("memory.keys", "memory.values", "memory.usage", "memory.filled"):
+        assert torch.equal(state[k], states[1][k])
+    for k in ("embed.weight", "blocks.1.mlp.up.weight", "memory.query.weight", "halt_head.bias"):
+        assert torch.allclose(state[k], techniques.linear([s[k] for s in states], [1, 2, 1]), atol=1e-6)
+    model = CognateModel(cfg)
+    model.load_state_dict(state)  # loads with the base's memory shapes
+
+
+def test_recipe_with_one_hot_weights_reproduces_that_input():
+    states, cfgs = _inputs()
+    state, cfg = materialize(_recipe(base=2, weights=(0.0, 0.0, 1.0)), states, cfgs)
+    assert cfg == cfgs[2]
+    assert all(torch.equal(state[k], states[2][k]) for k in states[2])
+
+
+def test_recipe_layers_and_determinism():
+    states, cfgs = _inputs()
+    r = _recipe(combo=combos.encode("slerp", "dare", "dfs"), lam=0.7, density=0.5, dare_seed=3,
+                hops=((1, 0), (0, 1), (3, 1)), scales=(1.0, 1.2, 0.9))
+    s1, cfg = materialize(r, states, cfgs)
+    s2, _ = materialize(r, states, cfgs)
+    assert cfg.n_layers == 3 and all(torch.equal(s1[k], s2[k]) for k in s1)
+    s3, _ = materialize(canonical(Recipe(**{**r.__dict__, "dare_seed": 4})), states, cfgs)
+    assert not torch.equal(s1["embed.weight"], s3["embed.weight"])
+    r_fm = _recipe(combo=combos.encode("linear", "ties", "frankenmerge"), slices=((2, 1, 2), (0, 0, 2)))
+    s4, cfg4 = materialize(r_fm, states, cfgs)
+    assert cfg4.n_layers == 3 and torch.equal(s4["blocks.0.attn.k_proj.weight"], states[1]["blocks.1.attn.k_proj.weight"])
+
+
+def test_compatibility_allows_memory_slots_not_shapes():
+    c = CognateConfig(**SMALL)
+    assert incompatibility(c, CognateConfig(**{**SMALL, "ltm_slots": 128, "max_steps": 2})) is None
+    assert "d_model 16 vs 32" in incompatibility(c, CognateConfig(**{**SMALL, "d_model": 32}))
+
+
+def test_search_operators_stay_in_bounds_and_round_trip():
+    sp, rng = Space(2, 1, 3), random.Random(0)
+    rs = [random_recipe(rng, sp, combo=c) for c in range(8)]
+    for _ in range(200):
+        a, b = rng.sample(rs, 2)
+        child = mutate(crossover(a, b, rng), rng, sp, 0.5, 0.3)
+        assert sp.min_layers <= child.n_layers() <= sp.max_layers
+        assert all(0 <= s < 4 and 0 <= x < y <= 2 for s, x, y in child.slices)
+        assert Recipe.from_dict(child.to_dict()) == child
+        assert len(features(child, sp)) == len(features(a, sp))
+        rs[rng.randrange(8)] = child
+    assert features(rs[0], sp) == features(rs[0], sp)
