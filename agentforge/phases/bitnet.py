@@ -1,0 +1,338 @@
+"""Phase 4, BitNet: compress a Cognate-family model to ternary 1.58-bit weights (BitNet b1.58, Ma et al.
+2024, arXiv:2402.17764), calibrate its 8-bit activation scales on real rows, store it packed, evaluate it
+before and after, and fine-tune with the straight-through estimator when the accuracy drop is too large.
+
+    python -m agentforge phase=bitnet
+    python -m agentforge phase=bitnet phase.input=outputs/artifacts/cognate/model1 phase.fine_tune=always
+
+Input: ``{artifacts}/quietstar/reasoning`` or ``phase.input``. Output: ``{artifacts}/bitnet/compressed``
+(packed safetensors + config.json, loadable with ``agentforge.artifacts.load_any``), and in the run dir
+the fp32/fp16 reference files the ratio is measured against, tables, plots and compression_config.json.
+Accuracy is the composite mean of the GSM8K exact-match, ARC-Easy and PIQA choice accuracies on the
+held-out sets; the accuracy drop is relative, 100 * (before - after) / before percent.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
+
+from agentforge.artifacts import load_model, publish
+from agentforge.config import boolean, integer, number, one_of, optional, rule
+from agentforge.data.build import build_datamodule, eval_sets
+from agentforge.errors import ConfigError
+from agentforge.evals import tasks
+from agentforge.evals.speed import forward_latency_ms
+from agentforge.io import CheckpointError, save_tensors
+from agentforge.phases.context import run_context
+from agentforge.quant import calibrate, convert
+from agentforge.quant.checkpoint import ARCHITECTURE, load_packed, save_packed
+from agentforge.tracking import plots
+from agentforge.training.lm_module import LMModule
+from agentforge.training.trainer import build_trainer
+
+RULES = [
+    rule("phase.sparsity_threshold", number(0, 1.5)),
+    rule("phase.per_channel", boolean()),
+    rule("phase.activation_bits", optional(integer(2, 8))),
+    rule("phase.activation_scale", one_of("token", "static")),
+    rule("phase.calibration_samples", integer(1)),
+    rule("phase.calibration_percentile", number(0.5, 1.0)),
+    rule("phase.calibration_batch_size", integer(1)),
+    rule("phase.preserved_dtype", one_of("float16", "bfloat16", "float32")),
+    rule("phase.packing", one_of("base3", "2bit")),
+    rule("phase.val_rows", integer(1)),
+    rule("phase.eval_examples", integer(1)),
+    rule("phase.gen_tokens", integer(1)),
+    rule("phase.min_compression", number(0)),
+    rule("phase.max_accuracy_drop", number(0)),
+    rule("phase.fine_tune", one_of("auto", "always", "never")),
+    rule("phase.fine_tune_epochs", integer(0)),
+    rule("phase.fine_tune_lr", number(0, 10, lo_open=True)),
+    rule("phase.fine_tune_steps_per_epoch", integer(1)),
+    rule("phase.gradient_clip", number(0)),
+    rule("phase.speed_repeats", integer(1)),
+]
+MB = 2**20
+
+
+def input_dir(cfg) -> Path:
+    if cfg.phase.get("input"):
+        return Path(str(cfg.phase.input)).expanduser().absolute()
+    default = Path(cfg.paths.artifacts).absolute() / "quietstar" / "reasoning"
+    if not (default / "config.json").is_file():
+        raise CheckpointError(f"{default}: no Quiet-STaR reasoning checkpoint — run phase=quietstar first, "
+                              f"or pass phase.input=DIR (any Cognate-family checkpoint)")
+    return default
+
+
+def quant_knobs(p) -> dict:
+    return {"threshold": float(p.sparsity_threshold), "per_channel": bool(p.per_channel),
+            "act_bits": None if p.activation_bits is None else int(p.activation_bits),
+            "act_scale": str(p.activation_scale)}
+
+
+def evaluate(model, tokenizer, val_rows, evals, p, seq_len: int, timed: bool = True) -> dict:
+    """Perplexity, the task accuracies and their mean (the accuracy composite), forward latency."""
+    was = model.training
+    model.eval()
+    try:
+        loss = tasks.mean_loss(model, val_rows)
+        accs = {"gsm8k": tasks.gsm8k_accuracy(model, tokenizer, evals["gsm8k"], int(p.gen_tokens)),
+                "arc": tasks.choice_accuracy(model, tokenizer, evals["arc"], "arc"),
+                "piqa": tasks.choice_accuracy(model, tokenizer, evals["piqa"], "piqa")}
+        out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": statistics.mean(accs.values()),
+               **{f"{k}_accuracy": v for k, v in accs.items()}}
+        if timed:
+            out["inference_ms"] = forward_latency_ms(model, seq_len, batch=1, repeats=int(p.speed_repeats))
+        return out
+    finally:
+        model.train(was)
+
+
+def relative_drop(before: float, after: float) -> float:
+    """Percent of the accuracy lost; 0 when nothing was there to lose and nothing was lost."""
+    if before > 0:
+        return 100.0 * (before - after) / before
+    return 0.0 if after >= before else math.inf
+
+
+def run(cfg) -> dict:
+    p = cfg.phase
+    if p.activation_scale == "static" and p.activation_bits is None:
+        raise ConfigError("phase.activation_scale=static needs phase.activation_bits (got null)")
+    src = input_dir(cfg)
+    model, tokenizer, _ = load_model(src)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    seed, seq_len = int(cfg.seed), int(cfg.data.seq_len)
+    stages = [{"epochs": max(int(p.fine_tune_epochs), 1), "mix": OmegaConf.to_container(p.fine_tune_mix)}]
+    dm = build_datamodule(data_cfg, tokenizer, stages=stages, seed=seed,
+                          steps_per_epoch=int(p.fine_tune_steps_per_epoch), val_rows=int(p.val_rows))
+    n_cal, bs = int(p.calibration_samples), int(data_cfg["batch_size"])
+    cal_dm = build_datamodule(data_cfg, tokenizer, stages=stages, seed=seed + 1,
+                              steps_per_epoch=math.ceil(n_cal / bs), val_rows=1)
+    evals = eval_sets(data_cfg, seed, int(p.eval_examples))
+    tags = ["phase4", "bitnet", "compression", "quantization"]
+    with run_context(cfg, run_name="phase4-bitnet-compression", group="phase4-bitnet", tags=tags,
+                     job_type="bitnet") as ctx:
+        t_start = time.perf_counter()
+        tr, run_dir = ctx.tracker, ctx.run_dir
+        print(f"BitNet b1.58: compressing {src} ({model.num_params():,} parameters); run dir {run_dir}")
+        val_rows, cal_rows = dm.val_rows_tensor(), cal_dm.train_rows(0)[:n_cal]
+        # reference files of the same model: what the compression ratio is measured against
+        state = model.state_dict()
+        ref32 = save_tensors(run_dir / "reference" / "fp32.safetensors", {k: v.float() if v.is_floating_point() else v
+                                                                         for k, v in state.items()})
+        ref16 = save_tensors(run_dir / "reference" / "fp16.safetensors", {k: v.half() if v.is_floating_point() else v
+                                                                         for k, v in state.items()})
+        before = evaluate(model, tokenizer, val_rows, evals, p, seq_len)
+        print(f"before: perplexity {before['perplexity']:.2f}  accuracy {before['accuracy']:.3f}")
+
+        qmodel = copy.deepcopy(model)
+        names = convert.convert_to_bitlinear(qmodel, list(p.preserved_layers), **quant_knobs(p))
+        if not names:
+            raise ConfigError(f"phase.preserved_layers={list(p.preserved_layers)} preserves every linear layer; "
+                              f"nothing is left to quantize")
+        stats = calibrated(tr, model, qmodel, cal_rows, names, p)
+        layer_rows = log_compression(tr, qmodel, p)
+        ckpt_dir = run_dir / "checkpoints" / "compressed"
+        loaded = pack_and_reload(qmodel, tokenizer, ckpt_dir, p, src)
+        after = evaluate(loaded, tokenizer, val_rows, evals, p, seq_len)
+        drop = relative_drop(before["accuracy"], after["accuracy"])
+        print(f"after compression: perplexity {after['perplexity']:.2f}  accuracy {after['accuracy']:.3f}  "
+              f"drop {drop:.1f}%")
+        needed = p.fine_tune == "always" or (p.fine_tune == "auto" and drop > float(p.max_accuracy_drop))
+        curve = None
+        if needed and int(p.fine_tune_epochs) > 0:
+            curve = fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, after["accuracy"])
+            loaded = pack_and_reload(qmodel, tokenizer, ckpt_dir, p, src)
+            layer_rows = convert.layer_stats(qmodel, str(p.packing), _itemsize(p))
+            after = evaluate(loaded, tokenizer, val_rows, evals, p, seq_len)
+        result = finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve,
+                          time.perf_counter() - t_start)
+        return result
+
+
+def _itemsize(p) -> int:
+    return {"float16": 2, "bfloat16": 2, "float32": 4}[str(p.preserved_dtype)]
+
+
+def calibrated(tr, model, qmodel, cal_rows, names, p) -> dict:
+    """Activation statistics of the full-precision model on the calibration rows; sets the clips."""
+    def on_batch(done, running):
+        tr.log({"calibration/sample": done, "calibration/layer_activations": running})
+
+    stats = calibrate.activation_stats(model, cal_rows, names, int(p.calibration_batch_size),
+                                       float(p.calibration_percentile), int(p.activation_bits or 8), on_batch)
+    calibrate.apply_clips(qmodel, stats)
+    gammas = {n: qmodel.get_submodule(n).ternary()[1] for n in names}
+    tr.log({"calibration/scale_factors": {n: st["scale"] for n, st in stats.items()},
+            "calibration/weight_scales": {n: float(g.mean()) for n, g in gammas.items()}})
+    tr.table("calibration/layer_stats", ["Layer", "Tokens", "Mean |x|", "Mean token absmax", "Max token absmax",
+                                         "Clip", "Activation scale", "Weight scale (mean gamma)"],
+             [[n, st["tokens"], st["abs_mean"], st["absmax_mean"], st["absmax_max"], st["clip"], st["scale"],
+               float(gammas[n].mean())] for n, st in stats.items()])
+    print(f"calibrated {len(stats)} layers on {len(cal_rows)} rows ({cal_rows[:, :-1].numel():,} tokens)")
+    return stats
+
+
+def log_compression(tr, qmodel, p) -> list[dict]:
+    rows = convert.layer_stats(qmodel, str(p.packing), _itemsize(p))
+    for i, r in enumerate(rows):
+        tr.log({"compression/layer": i, "compression/layer_name": r["name"],
+                "compression/original_params": r["original_params"], "compression/quantized_params": r["quantized_params"],
+                "compression/preserved_params": r["preserved_params"], "compression/sparsity": r["sparsity"],
+                "compression/compression_ratio": r["compression_ratio"]})
+        tr.log({"compression/layers_compressed": i + 1, "compression/total_layers": len(rows),
+                "compression/progress": (i + 1) / len(rows)})
+    return rows
+
+
+def pack_and_reload(qmodel, tokenizer, ckpt_dir: Path, p, src: Path):
+    """Write the packed checkpoint, load it back, and check the ternary values came back exactly."""
+    save_packed(ckpt_dir, qmodel, tokenizer, scheme=str(p.packing), preserved_dtype=str(p.preserved_dtype),
+                meta={"phase": "bitnet", "source": str(src)})
+    loaded, _, _ = load_packed(ckpt_dir)
+    for name, layer in convert.bitlinear_layers(qmodel):
+        codes, gamma = layer.ternary()
+        got_codes, got_gamma = loaded.get_submodule(name).ternary()
+        if not (torch.equal(codes, got_codes) and torch.equal(gamma, got_gamma)):
+            raise RuntimeError(f"packed round trip changed layer {name}")  # a bug, not a user error
+    return loaded
+
+
+class RecoveryCallback(Callback):
+    """finetune/* keys and the recovery curve: the accuracy composite after each fine-tuning epoch."""
+
+    def __init__(self, tracker, evaluate_fn, base_accuracy: float):
+        self.tracker, self.evaluate_fn, self.base = tracker, evaluate_fn, base_accuracy
+        self.curve = {"epoch": [0], "accuracy": [base_accuracy], "loss": [float("nan")]}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        losses = pl_module.epoch_train_losses  # read before LMModule's own hook clears them
+        loss = sum(losses) / len(losses) if losses else float("nan")
+        acc = self.evaluate_fn(pl_module.model)["accuracy"]
+        epoch = trainer.current_epoch + 1
+        self.curve["epoch"].append(epoch)
+        self.curve["accuracy"].append(acc)
+        self.curve["loss"].append(loss)
+        self.tracker.log({"finetune/epoch": epoch, "finetune/loss": loss, "finetune/accuracy": acc,
+                          "finetune/accuracy_recovery": acc - self.base}, step=trainer.global_step)
+
+
+def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: float) -> dict:
+    """STE fine-tuning of the latent weights through the shared Lightning path (LMModule + build_trainer)."""
+    p = cfg.phase
+    epochs, steps = int(p.fine_tune_epochs), int(p.fine_tune_steps_per_epoch)
+    optim_cfg = {**OmegaConf.to_container(cfg.optimizer, resolve=True), "lr": float(p.fine_tune_lr)}
+    module = LMModule(qmodel, optim_cfg, epochs * steps, "stop")
+    cb = RecoveryCallback(ctx.tracker, lambda m: evaluate(m, tokenizer, val_rows, evals, p, int(cfg.data.seq_len),
+                                                          timed=False), base_accuracy)
+    trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers, callbacks=[cb],
+                            max_epochs=epochs, default_root_dir=ctx.run_dir, enable_checkpointing=False,
+                            gradient_clip_val=float(p.gradient_clip) or None, enable_progress_bar=False)
+    print(f"fine-tuning with the STE: {epochs} epochs x {steps} steps, lr {float(p.fine_tune_lr):g}")
+    qmodel.train()  # Lightning keeps the modules' mode; the copy of the eval-mode input must train
+    trainer.fit(module, datamodule=dm)
+    qmodel.eval()
+    return cb.curve
+
+
+def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve, seconds) -> dict:
+    p, tr, run_dir = cfg.phase, ctx.tracker, ctx.run_dir
+    packed_bytes = (ckpt_dir / "model.safetensors").stat().st_size
+    fp32_bytes, fp16_bytes = ref32.stat().st_size, ref16.stat().st_size
+    ratio, ratio16 = fp32_bytes / packed_bytes, fp16_bytes / packed_bytes
+    quant_rows = [r for r in layer_rows if r["quantized"]]
+    zeros = sum(r["zero_params"] for r in quant_rows)
+    n_quant = sum(r["quantized_params"] for r in quant_rows)
+    sparsity = zeros / max(n_quant, 1)
+    drop = relative_drop(before["accuracy"], after["accuracy"])
+    speedup = before["inference_ms"] / after["inference_ms"]
+    evaluation = {
+        "evaluation/accuracy_before": before["accuracy"], "evaluation/accuracy_after": after["accuracy"],
+        "evaluation/accuracy_drop": before["accuracy"] - after["accuracy"], "evaluation/accuracy_drop_percent": drop,
+        "evaluation/perplexity_before": before["perplexity"], "evaluation/perplexity_after": after["perplexity"],
+        "evaluation/perplexity_increase": after["perplexity"] - before["perplexity"],
+        "evaluation/inference_time_before_ms": before["inference_ms"],
+        "evaluation/inference_time_after_ms": after["inference_ms"], "evaluation/inference_speedup": speedup,
+        "evaluation/model_size_before_mb": fp32_bytes / MB, "evaluation/model_size_after_mb": packed_bytes / MB,
+        "evaluation/compression_ratio": ratio, "evaluation/compression_ratio_vs_fp16": ratio16,
+        "evaluation/sparsity_overall": sparsity, "evaluation/zero_params": zeros,
+        "evaluation/nonzero_params": n_quant - zeros,
+        **{f"evaluation/{k}_before": before[f"{k}_accuracy"] for k in ("gsm8k", "arc", "piqa")},
+        **{f"evaluation/{k}_after": after[f"{k}_accuracy"] for k in ("gsm8k", "arc", "piqa")},
+    }
+    tr.log(evaluation)
+    final = {"final/compression_ratio": ratio, "final/accuracy_drop": drop, "final/inference_speedup": speedup,
+             "final/sparsity": sparsity, "final/total_time_hours": seconds / 3600, "final/fine_tuning_needed": needed}
+    tr.summary(final)
+    # tables and charts
+    tr.table("compression/layers", ["Layer", "Type", "Params", "Quantized", "Preserved", "Sparsity", "Compression"],
+             [[r["name"], r["kind"], r["original_params"], r["quantized_params"], r["preserved_params"],
+               r["sparsity"], r["compression_ratio"]] for r in layer_rows])
+    tr.table("compression/breakdown", ["Layer Type", "Params", "Quantized", "Preserved", "Compression"],
+             breakdown(layer_rows))
+    labels, values = [r["name"] for r in layer_rows], [r["compression_ratio"] for r in layer_rows]
+    bar_png = plots.bar_plot(run_dir / "plots" / "compression_by_layer.png", labels, values,
+                             "Compression Ratio by Layer (fp32 bytes / stored bytes)", "ratio")
+    tr.table("charts/compression_by_layer_data", ["Layer", "Compression Ratio"], [list(x) for x in zip(labels, values)])
+    if tr.wandb is not None:
+        import wandb  # noqa: PLC0415
+
+        table = wandb.Table(columns=["Layer", "Compression Ratio"], data=[list(x) for x in zip(labels, values)])
+        tr.wandb.log({"charts/compression_by_layer": wandb.plot.bar(table, "Layer", "Compression Ratio",
+                                                                     title="Compression Ratio by Layer")})
+    tr.histogram("charts/sparsity_distribution", [r["sparsity"] for r in quant_rows])
+    pngs = [bar_png]
+    if curve is not None:
+        pngs.append(plots.line_plot(run_dir / "plots" / "accuracy_recovery.png", curve["epoch"],
+                                    {"accuracy": curve["accuracy"]}, "Accuracy Recovery During Fine-Tuning",
+                                    "epoch", "accuracy composite"))
+        tr.line_series("charts/accuracy_recovery", curve["epoch"], [curve["accuracy"]], ["accuracy"],
+                       "Accuracy Recovery During Fine-Tuning", "epoch")
+    for png in pngs:
+        tr.image(f"charts/{png.stem}", png)
+    config_json = tr.write_json("compression_config.json", {
+        "architecture": ARCHITECTURE, "quantization": OmegaConf.to_container(p, resolve=True),
+        "activation_calibration": stats,
+        "bytes": {"packed": packed_bytes, "fp32": fp32_bytes, "fp16": fp16_bytes}, "layers": layer_rows})
+    out_dir = Path(cfg.paths.artifacts).absolute() / "bitnet" / "compressed"
+    publish(ckpt_dir, out_dir)
+    tr.artifact("phase4-compressed-model", "model", [ckpt_dir], "BitNet 1.58-bit compressed model",
+                {"compression_ratio": ratio, "accuracy_drop": drop, "size_mb": packed_bytes / MB})
+    tr.artifact("phase4-compression-config", "config", [config_json], "Quantization configuration and scale factors")
+    report(p, evaluation, final, fp16_bytes, fp32_bytes, packed_bytes, n_quant)
+    return {"checkpoint": str(out_dir), "run_dir": str(run_dir), "metrics": {**evaluation, **final}}
+
+
+def breakdown(layer_rows: list[dict]) -> list[list]:
+    """The seed's compression-breakdown rows, one per layer type (compression = fp32 / stored bytes)."""
+    out = []
+    for kind in dict.fromkeys(r["kind"] for r in layer_rows):
+        rs = [r for r in layer_rows if r["kind"] == kind]
+        out.append([kind, sum(r["original_params"] for r in rs), sum(r["quantized_params"] for r in rs),
+                    sum(r["preserved_params"] for r in rs),
+                    sum(r["fp32_bytes"] for r in rs) / max(sum(r["stored_bytes"] for r in rs), 1)])
+    return out
+
+
+def report(p, ev, final, fp16_bytes, fp32_bytes, packed_bytes, n_quant) -> None:
+    ok = lambda c: "PASS" if c else "FAIL"  # noqa: E731
+    ratio, drop = final["final/compression_ratio"], final["final/accuracy_drop"]
+    print(f"packed file {packed_bytes:,} B vs fp32 {fp32_bytes:,} B ({ratio:.2f}x) and fp16 {fp16_bytes:,} B "
+          f"({ev['evaluation/compression_ratio_vs_fp16']:.2f}x); {n_quant:,} ternary weights, sparsity "
+          f"{final['final/sparsity']:.3f}")
+    print(f"perplexity {ev['evaluation/perplexity_before']:.2f} -> {ev['evaluation/perplexity_after']:.2f}; "
+          f"accuracy {ev['evaluation/accuracy_before']:.3f} -> {ev['evaluation/accuracy_after']:.3f}; "
+          f"forward {ev['evaluation/inference_time_before_ms']:.1f} ms -> {ev['evaluation/inference_time_after_ms']:.1f} ms")
+    print(f"threshold compression > {float(p.min_compression):g}x (whole model, bytes on disk vs fp32): "
+          f"measured {ratio:.2f}x  {ok(ratio > float(p.min_compression))}")
+    print(f"threshold accuracy drop < {float(p.max_accuracy_drop):g}%: measured {drop:.1f}%  "
+          f"{ok(drop < float(p.max_accuracy_drop))}  (fine-tuning {'ran' if final['final/fine_tuning_needed'] else 'not needed'})")

@@ -1,0 +1,129 @@
+"""BitLinear (BitNet b1.58, Ma et al. 2024): a linear layer computing with ternary weights and 8-bit
+activations, in one of two states.
+
+* trainable: holds the latent full-precision ``weight``; each forward ternarizes it (absmean) and
+  quantizes the input (absmax per token), and the backward passes gradients straight through both
+  quantizers (STE, Bengio et al. 2013): w + (Q(w) - w).detach(), so d loss / d w = d loss / d Q(w).
+* frozen: holds only the ternary ``codes`` (int8) and the scale ``gamma`` — what the packed checkpoint
+  stores. For speed on CPU the dense float weight gamma * codes is cached once; y = (W x_q) * s_x is
+  the same number the integer kernel would give (x_q are integers, W has entries in {-gamma, 0, gamma}).
+
+No extra SubLN is inserted before the quantizer: the Cognate blocks are pre-norm already, and this
+layer replaces nn.Linear in a trained model, whose function must not change beyond quantization.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agentforge.quant.ternary import PAPER_THRESHOLD, dequantize, quantize_activations, ternarize
+
+
+class BitLinear(nn.Module):
+    int8_kernel = True  # use torch._int_mm for frozen layers on CPU (switched off if the build lacks it)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 threshold: float = PAPER_THRESHOLD, per_channel: bool = False, act_bits: int | None = 8,
+                 act_scale: str = "token"):
+        super().__init__()
+        if act_scale not in ("token", "static"):
+            raise ValueError(f"act_scale must be 'token' or 'static', got {act_scale!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.threshold, self.per_channel = float(threshold), bool(per_channel)
+        self.act_bits, self.act_scale = act_bits, act_scale
+        self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        # calibrated ceiling of the per-token input absmax (inf = not calibrated: pure per-token absmax)
+        self.register_buffer("act_clip", torch.tensor(float("inf")))
+        self.register_buffer("codes", None)   # int8 ternary codes, frozen state only
+        self.register_buffer("gamma", None)   # absmean scale, frozen state only
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **quant) -> "BitLinear":
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, **quant)
+        layer.to(device=linear.weight.device)
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    @classmethod
+    def from_ternary(cls, codes: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None,
+                     act_clip: float | torch.Tensor = float("inf"), **quant) -> "BitLinear":
+        out_f, in_f = codes.shape
+        layer = cls(in_f, out_f, bias is not None, **quant)
+        layer.weight = None
+        layer._set_frozen(codes.to(torch.int8), gamma.to(torch.float32).reshape(layer._gamma_shape()))
+        if bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(bias)
+        layer.act_clip.fill_(float(act_clip))
+        return layer
+
+    def _gamma_shape(self) -> tuple[int, ...]:
+        return (self.out_features, 1) if self.per_channel else ()
+
+    def _set_frozen(self, codes: torch.Tensor, gamma: torch.Tensor) -> None:
+        self.register_buffer("codes", codes)
+        self.register_buffer("gamma", gamma)
+        # caches for the two kernels (not saved): dense gamma*codes, and codes^T for the int8 matmul
+        self.register_buffer("_dense", dequantize(codes, gamma), persistent=False)
+        self.register_buffer("_codes_t", codes.t().contiguous(), persistent=False)
+        self.register_buffer("_gamma_row", gamma.reshape(-1) if self.per_channel else gamma, persistent=False)
+
+    @property
+    def frozen(self) -> bool:
+        return self.weight is None
+
+    def ternary(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes int8 [out, in], gamma float32 [] or [out, 1]) this layer computes with."""
+        if self.frozen:
+            return self.codes, self.gamma
+        return ternarize(self.weight, self.threshold, self.per_channel)
+
+    def freeze(self) -> None:
+        """Drop the latent weight, keep only its ternary codes and scale (inference / packing)."""
+        if self.frozen:
+            return
+        codes, gamma = self.ternary()
+        self.weight = None
+        self._set_frozen(codes, gamma)
+
+    # -- compute ----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        static = self.act_scale == "static"
+        if self.frozen:
+            return self._frozen_forward(x, static)
+        codes, gamma = ternarize(self.weight, self.threshold, self.per_channel)
+        w = self.weight + (dequantize(codes, gamma).to(self.weight.dtype) - self.weight).detach()
+        if self.act_bits is not None:
+            q, s = quantize_activations(x, self.act_bits, self.act_clip, static)
+            x = x + (q * s - x).detach()
+        return F.linear(x, w, self.bias)
+
+    def _frozen_forward(self, x: torch.Tensor, static: bool) -> torch.Tensor:
+        """Inference: int8 activations x int8 ternary codes -> int32 (``torch._int_mm``, the W1.58A8
+        integer matmul of the paper) rescaled by s_x * gamma; float matmul on gamma*codes where the int8
+        kernel is unavailable (non-CPU device, > 8 activation bits). Both give the same numbers up to
+        float rounding: the activations are integers and the weights ternary."""
+        if self.act_bits is None:
+            return F.linear(x, self._dense, self.bias)
+        q, s = quantize_activations(x, self.act_bits, self.act_clip, static)
+        y = None
+        if BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
+            try:
+                acc = torch._int_mm(q.reshape(-1, self.in_features).to(torch.int8), self._codes_t)
+                y = acc.view(*x.shape[:-1], self.out_features).to(x.dtype) * (s * self._gamma_row)
+            except (RuntimeError, AttributeError):  # this build has no CPU int8 matmul: use the float one
+                BitLinear.int8_kernel = False
+        if y is None:
+            y = F.linear(q, self._dense) * s
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"frozen={self.frozen}, per_channel={self.per_channel}, act_bits={self.act_bits}, "
+                f"act_scale={self.act_scale}")

@@ -1,0 +1,120 @@
+"""The packed BitNet checkpoint: ternary codes packed 5 trits/byte (or 2 bits), float32 scales, and the
+preserved tensors, in one safetensors file + config.json written by ``agentforge.io.save_checkpoint``.
+
+Tensors per quantized layer NAME: ``NAME.codes_packed`` (uint8), ``NAME.gamma`` (float32, [] or [out, 1]),
+``NAME.act_clip`` (float32), ``NAME.bias`` (preserved dtype, when the layer has one). Every other entry of
+the model's state dict is stored as is, floats cast to ``preserved_dtype``. ``config.json`` meta.quant
+records the scheme, the layers and their shapes, and a SHA-256 of every stored tensor, so a corrupt file
+fails with one line instead of loading wrong weights (truncation is caught by safetensors itself).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.quant.bitlinear import BitLinear
+from agentforge.quant.convert import bitlinear_layers
+from agentforge.quant.packing import SCHEMES, pack, unpack
+
+ARCHITECTURE = "TRM-Titans-MAG-bitnet1.58"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def packed_tensors(model: CognateModel, scheme: str = "base3",
+                   preserved_dtype: str = "float16") -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors to store, {layer name: {shape, bias}}) of a model whose quantized layers are BitLinear."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown packing {scheme!r}; choose from {sorted(SCHEMES)}")
+    dtype = DTYPES[preserved_dtype]
+    tensors, layers = {}, {}
+    for name, layer in bitlinear_layers(model):
+        codes, gamma = layer.ternary()
+        tensors[f"{name}.codes_packed"] = pack(codes, scheme)
+        tensors[f"{name}.gamma"] = gamma.detach().float().cpu()
+        tensors[f"{name}.act_clip"] = layer.act_clip.detach().float().cpu()
+        if layer.bias is not None:
+            tensors[f"{name}.bias"] = layer.bias.detach().to(dtype).cpu()
+        layers[name] = {"shape": list(codes.shape), "bias": layer.bias is not None}
+    owned = tuple(f"{n}." for n in layers)
+    for k, v in model.state_dict().items():
+        if not k.startswith(owned):
+            tensors[k] = (v.to(dtype) if v.is_floating_point() else v).detach().cpu()
+    return tensors, layers
+
+
+def save_packed(directory: str | Path, model: CognateModel, tokenizer: ByteTokenizer, *, scheme: str = "base3",
+                preserved_dtype: str = "float16", meta: dict | None = None) -> Path:
+    """Write the packed checkpoint directory (atomic; complete once config.json exists)."""
+    tensors, layers = packed_tensors(model, scheme, preserved_dtype)
+    any_layer = next((m for _, m in bitlinear_layers(model)), None)
+    quant = {"method": "bitnet-1.58bit", "packing": scheme, "preserved_dtype": preserved_dtype, "layers": layers,
+             "threshold": any_layer.threshold if any_layer else None,
+             "per_channel": any_layer.per_channel if any_layer else False,
+             "act_bits": any_layer.act_bits if any_layer else None,
+             "act_scale": any_layer.act_scale if any_layer else "token",
+             "tensors_sha256": tensors_digest(tensors)}
+    return save_checkpoint(directory, tensors, architecture=ARCHITECTURE, model_config=model.config.to_dict(),
+                           tokenizer=tokenizer.to_dict(), meta={**(meta or {}), "quant": quant})
+
+
+def _quant_meta(directory, cfg: dict) -> dict:
+    quant = (cfg.get("meta") or {}).get("quant")
+    if not isinstance(quant, dict) or not {"packing", "layers", "tensors_sha256"} <= set(quant):
+        raise CheckpointError(f"{directory}: config.json has no meta.quant section; not a packed BitNet checkpoint")
+    return quant
+
+
+def load_packed(directory: str | Path, map_location: str | torch.device = "cpu"):
+    """(CognateModel with frozen BitLinear layers unpacked from the file, tokenizer, config dict)."""
+    state, cfg = load_checkpoint(directory)
+    if cfg.get("architecture") != ARCHITECTURE:
+        raise CheckpointError(f"{directory}: architecture {cfg.get('architecture')!r} is not {ARCHITECTURE!r}")
+    quant = _quant_meta(directory, cfg)
+    if tensors_digest(state) != quant["tensors_sha256"]:
+        raise CheckpointError(f"{directory}/model.safetensors: contents do not match the checksum in config.json; "
+                              f"the file is corrupt — re-run phase=bitnet")
+    try:
+        model = CognateModel(CognateConfig.from_dict(cfg["model"]))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{directory}: model config is not a Cognate config ({exc})") from exc
+    knobs = {"threshold": quant["threshold"], "per_channel": quant["per_channel"], "act_bits": quant["act_bits"],
+             "act_scale": quant["act_scale"]}
+    for name, info in quant["layers"].items():
+        try:
+            out_f, in_f = info["shape"]
+            codes = unpack(state[f"{name}.codes_packed"], out_f * in_f, quant["packing"]).view(out_f, in_f)
+            bias = state[f"{name}.bias"].float() if info["bias"] else None
+            layer = BitLinear.from_ternary(codes, state[f"{name}.gamma"], bias, state[f"{name}.act_clip"], **knobs)
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, layer)
+        except (KeyError, ValueError, AttributeError, RuntimeError) as exc:
+            raise CheckpointError(f"{directory}: quantized layer {name!r} cannot be restored ({exc}); "
+                                  f"the file is corrupt or from another model — re-run phase=bitnet") from exc
+    owned = tuple(f"{n}." for n in quant["layers"])
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(owned)}
+    rest = {k: v for k, v in state.items() if not k.startswith(owned)}
+    missing, unexpected = sorted(set(expected) - set(rest)), sorted(set(rest) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{directory}: tensors do not match the config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    for k, v in expected.items():
+        if rest[k].shape != v.shape:
+            raise CheckpointError(f"{directory}: tensor {k} has shape {tuple(rest[k].shape)}, expected {tuple(v.shape)}")
+        rest[k] = rest[k].to(v.dtype)
+    model.load_state_dict(rest, strict=False)
+    model.to(map_location).eval()
+    return model, ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg

@@ -1,0 +1,73 @@
+"""The quantizers of BitNet b1.58 (Ma et al. 2024, arXiv:2402.17764, eqs. 1-3, and the authors' "Training
+Tips, Code and FAQ" note for the activation rounding range).
+
+Weights, absmean:   gamma = mean|W|,   W_q = RoundClip(W / (gamma + eps), -1, 1),   W ~ gamma * W_q
+Activations, absmax per token (8 bits):   s = max|x_t| / 127,   x_q = clamp(round(x_t / s), -128, 127)
+
+``threshold`` (the phase's ``sparsity_threshold``) has one meaning: the dead zone of the ternary rounding
+in units of gamma — a weight becomes 0 when |W| / (gamma + eps) <= threshold, else sign(W). At 0.5 this is
+exactly the paper's RoundClip (round-half-to-even sends 0.5 to 0, and everything >= 1.5 clips to 1);
+0.7 is the Ternary Weight Networks rule (Li et al. 2016, Delta = 0.7 E|W|); larger values give sparser
+ternary matrices. The scale stays gamma = mean|W| whatever the threshold, as in the paper.
+"""
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-5          # the paper's epsilon (also the floor of the activation absmax)
+PAPER_THRESHOLD = 0.5
+
+
+def absmean_scale(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """gamma = mean|W| over the whole tensor (shape []) or per output row (shape [out, 1])."""
+    w = w.detach().float()
+    return w.abs().mean(dim=1, keepdim=True) if per_channel else w.abs().mean()
+
+
+def ternarize(w: torch.Tensor, threshold: float = PAPER_THRESHOLD, per_channel: bool = False,
+              eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes in {-1, 0, 1} as int8 with w's shape, scale gamma as float32) for a weight matrix [out, in]."""
+    if w.ndim != 2:
+        raise ValueError(f"ternarize expects a 2-D weight matrix, got shape {tuple(w.shape)}")
+    gamma = absmean_scale(w, per_channel)
+    x = w.detach().float() / (gamma + eps)
+    codes = torch.where(x.abs() > threshold, torch.sign(x), torch.zeros_like(x))
+    return codes.to(torch.int8), gamma.to(torch.float32)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """gamma * W_q as float32 (the weight the quantized layer computes with)."""
+    return codes.to(torch.float32) * scale
+
+
+def quantize_activations(x: torch.Tensor, bits: int = 8, clip: torch.Tensor | float | None = None,
+                         static: bool = False, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(integer-valued x_q as x's dtype, per-token scale s [..., 1]) with x ~ s * x_q.
+
+    Per token (the paper): s = min(max|x_t|, clip) / (2^(b-1) - 1). ``clip`` is the calibrated ceiling on
+    the per-token absmax (``calibrate.py``; inf or None = none); tokens beyond it saturate instead of
+    coarsening the grid. ``static``: one scale for every token, s = clip / (2^(b-1) - 1).
+    """
+    qmax = 2 ** (bits - 1) - 1
+    if static:
+        if clip is None or not bool(torch.isfinite(torch.as_tensor(clip))):
+            raise ValueError("static activation scales need a calibrated (finite) clip value")
+        amax = torch.as_tensor(clip, dtype=x.dtype, device=x.device).clamp(min=eps).expand(*x.shape[:-1], 1)
+    else:
+        amax = x.detach().abs().amax(dim=-1, keepdim=True)
+        if clip is not None:
+            amax = amax.clamp_(max=torch.as_tensor(clip, dtype=x.dtype, device=x.device))
+        amax = amax.clamp_(min=eps)
+    s = amax * (1.0 / qmax)
+    return (x / s).round_().clamp_(-qmax - 1, qmax), s
+
+
+def fake_quantize_activations(x: torch.Tensor, bits: int = 8, clip=None, static: bool = False) -> torch.Tensor:
+    """s * x_q, the dequantized activations (what training with the STE sees in the forward pass)."""
+    q, s = quantize_activations(x, bits, clip, static)
+    return q * s
+
+
+def sparsity(codes: torch.Tensor) -> float:
+    """Fraction of zero entries."""
+    return float((codes == 0).sum()) / max(codes.numel(), 1)
