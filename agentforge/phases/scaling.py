@@ -81,7 +81,11 @@ def settings_from_cfg(cfg) -> dict:
     bad = [t for t, w in mix.items() if t not in TASKS or not isinstance(w, (int, float)) or w < 0]
     if bad or not any(w > 0 for w in mix.values()):
         raise ConfigError(f"phase.mix must weight the tasks {list(TASKS)} (non-negative, one positive); bad: {bad}")
-    optimizer = {**OmegaConf.to_container(cfg.optimizer, resolve=True), "lr": float(train["lr"]),
+    from agentforge.optim import BUILDERS  # noqa: PLC0415
+
+    if p.optimizer.name not in BUILDERS:
+        raise ConfigError(f"phase.optimizer.name={p.optimizer.name!r} is not available; choose from {sorted(BUILDERS)}")
+    optimizer = {"kl_coef": 0.0, **OmegaConf.to_container(p.optimizer, resolve=True), "lr": float(train["lr"]),
                  "warmup_steps": int(train["warmup_steps"])}
     return {"sizes": sizes_of(cfg), "train": train, "optimizer": optimizer, "mix": mix,
             "hardware": OmegaConf.to_container(cfg.hardware, resolve=True),

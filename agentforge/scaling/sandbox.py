@@ -146,6 +146,8 @@ def check_attention(attention_cls, d_model: int, n_heads: int, seq_len: int, see
     try:
         attn = attention_cls(d_model, n_heads)
     except Exception as exc:
+        if _is_oom(exc):
+            raise MemoryError(str(exc)) from exc
         raise CandidateFailure("contract", f"Attention({d_model}, {n_heads}) failed: {type(exc).__name__}: {exc}")
     attn.eval()
     x = torch.randn(2, seq_len, d_model)

@@ -1,0 +1,68 @@
+"""OpenEvolve's evaluator file for the scaling-law search: ``evaluate(program_path) -> metrics``.
+
+    openevolve-run agentforge/scaling/variants/matrix_mixer.py openevolve/evaluator.py \
+        --config openevolve/config_matrix_mixer.yaml --iterations 35
+
+A thin wrapper over ``agentforge.scaling.evaluator.evaluate``: the settings (sizes, steps, lr, sandbox
+limits, cache) are those of ``python -m agentforge phase=scaling``, i.e. ``conf/phase/scaling.yaml``,
+plus Hydra overrides from the environment variable ``AGENTFORGE_SCALING_OVERRIDES``, e.g.
+``AGENTFORGE_SCALING_OVERRIDES="phase.preset=seed phase.train.steps=100000 hardware=gpu"``.
+Results are cached under ``{paths.artifacts}/scaling_cache`` (``$AGENTFORGE_OUTPUTS/artifacts`` or
+``outputs/artifacts`` in the working directory). ``combined_score`` (= fitness = −slope, or −1000 for a
+rejected candidate) is what OpenEvolve maximizes; the rejection reason goes to the artifacts, which
+OpenEvolve shows the LLM in the next prompt.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # OpenEvolve loads this file by path, from any working directory
+    sys.path.insert(0, str(REPO))
+
+
+def compose_scaling_cfg(overrides: list[str] | None = None):
+    """The project's config with ``phase=scaling`` and the given (or environment's) overrides."""
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+
+    from agentforge.main import CONF_DIR  # noqa: PLC0415
+
+    if overrides is None:
+        overrides = shlex.split(os.environ.get("AGENTFORGE_SCALING_OVERRIDES", ""))
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=["phase=scaling", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def evaluate_metrics(program_path: str, overrides: list[str] | None = None) -> dict:
+    """The full result dict of the package evaluator (numbers, plus error_kind/error/framework strings)."""
+    from agentforge.config import validate  # noqa: PLC0415
+    from agentforge.phases import scaling  # noqa: PLC0415
+    from agentforge.scaling.evaluator import evaluate as scaling_evaluate  # noqa: PLC0415
+
+    cfg = compose_scaling_cfg(overrides)
+    validate(cfg, scaling.RULES)
+    sb = cfg.phase.sandbox
+    cache_dir = Path(cfg.paths.artifacts).absolute() / "scaling_cache" if cfg.phase.cache else None
+    return scaling_evaluate(program_path, scaling.settings_from_cfg(cfg), timeout_s=float(sb.timeout_s),
+                            memory_mb=None if sb.memory_mb is None else int(sb.memory_mb), cache_dir=cache_dir)
+
+
+def evaluate(program_path: str):
+    """OpenEvolve's contract: a program path in, metrics out (an EvaluationResult when OpenEvolve is
+    installed, so the reason for a rejection reaches the LLM as an artifact; a plain dict otherwise)."""
+    result = evaluate_metrics(program_path)
+    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+    notes = {k: str(result[k]) for k in ("error_kind", "error", "framework") if result.get(k)}
+    try:
+        from openevolve.evaluation_result import EvaluationResult  # noqa: PLC0415
+    except ImportError:
+        return {**metrics, **notes}
+    return EvaluationResult(metrics=metrics, artifacts=notes)
