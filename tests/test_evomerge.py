@@ -1,0 +1,184 @@
+"""The genetic algorithm on a toy problem (elitism, early stopping, seeding, diversity), the phase's
+input checks, and the real CLI end to end on the tiny Cognate checkpoints."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentforge.artifacts import load_model, save_model
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.io import CheckpointError
+from agentforge.main import run as run_phase
+from agentforge.merge import combos
+from agentforge.merge.evolution import EvoConfig, evolve, mean_pairwise
+from agentforge.merge.recipe import Recipe
+from agentforge.models import CognateConfig, CognateModel
+from tests.conftest import compose_cfg, run_cli
+
+# -- the GA on a toy genome: a tuple of 4 integers, fitness = -(distance to the target)^2 ----------------
+
+TARGET = (3, -2, 5, 0)
+
+
+def _fit(g):
+    return -sum((a - b) ** 2 for a, b in zip(g, TARGET)), {"x": list(g)}
+
+
+def _mutate(g, rng):
+    return tuple(x + rng.choice((-1, 0, 1)) if rng.random() < 0.5 else x for x in g)
+
+
+def _cross(a, b, rng):
+    return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
+
+
+def _dist(a, b):
+    return sum(abs(x - y) for x, y in zip(a, b))
+
+
+def _run(seed=0, cfg=None, fit=_fit, init=None):
+    rng = random.Random(seed)
+    cfg = cfg or EvoConfig(population_size=8, generations=15, elite_count=2, patience=50)
+    init = init or [tuple(rng.randint(-10, 10) for _ in TARGET) for _ in range(cfg.population_size)]
+    return evolve(init, fit, _mutate, _cross, _dist, cfg, rng)
+
+
+def test_elitism_best_never_falls_and_elites_are_unchanged():
+    res = _run()
+    bests = [g.best for g in res.generations]
+    assert all(b2 >= b1 for b1, b2 in itertools.pairwise(bests))
+    assert bests[-1] > bests[0]
+    for prev, g in zip(res.generations, res.generations[1:]):
+        top2 = [i.genome for i in sorted(prev.individuals, key=lambda i: i.fitness, reverse=True)[:2]]
+        assert [i.genome for i in g.individuals[:2]] == top2 and all(i.elite for i in g.individuals[:2])
+    assert res.champion.fitness == max(bests)
+
+
+def test_without_elites_the_best_can_fall():
+    # control for the test above: the same run with no elites loses its best at least once
+    res = _run(cfg=EvoConfig(population_size=8, generations=15, elite_count=0, patience=50))
+    bests = [g.best for g in res.generations]
+    assert any(b2 < b1 for b1, b2 in itertools.pairwise(bests))
+
+
+def test_early_stopping_after_patience_flat_generations():
+    res = _run(cfg=EvoConfig(population_size=4, generations=50, elite_count=1, patience=3, threshold=0.001),
+               fit=lambda g: (1.0, {}))
+    assert len(res.generations) == 4 and res.convergence_reason == "early_stop"  # gen 0 + 3 without gain
+    res = _run(cfg=EvoConfig(population_size=4, generations=6, patience=10))
+    assert len(res.generations) == 6 and res.convergence_reason == "max_gen"
+
+
+def test_threshold_ignores_gains_below_it():
+    calls = iter(range(10**6))
+    fit = lambda g: (next(calls) * 1e-6, {})
+    res = _run(cfg=EvoConfig(population_size=4, generations=50, elite_count=1, patience=2, threshold=0.01), fit=fit)
+    assert res.convergence_reason == "early_stop" and len(res.generations) == 3
+
+
+def test_same_seed_same_run_and_cache_by_genome():
+    a, b, c = _run(seed=1), _run(seed=1), _run(seed=2)
+    key = lambda r: [[(i.genome, i.fitness) for i in g.individuals] for g in r.generations]
+    assert key(a) == key(b) and key(a) != key(c)
+    seen = set()
+    for g in a.generations:
+        for ind in g.individuals:
+            assert ind.cached == (ind.genome in seen)  # evaluated once, whichever generation repeats it
+            seen.add(ind.genome)
+    assert a.evaluations == len(seen)
+
+
+def test_diversity_is_pairwise_distance_and_shrinks_as_population_converges():
+    assert mean_pairwise([(1, 1, 1, 1)] * 5, _dist) == 0.0
+    assert mean_pairwise([(0, 0, 0, 0), (1, 0, 0, 0), (0, 0, 0, 3)], _dist) == pytest.approx((1 + 3 + 4) / 3)
+    res = _run(cfg=EvoConfig(population_size=8, generations=20, elite_count=2, patience=50))
+    divs = [g.diversity for g in res.generations]
+    assert divs[-1] < divs[0] and len(set(divs)) > 2
+
+
+# -- the phase ----------------------------------------------------------------------------------------------
+
+TINY_EVO = ["logger=none", "hardware=cpu", "phase=evomerge", "phase.population_size=4", "phase.generations=2",
+            "phase.eval.rows=2", "phase.eval.seq_len=16", "phase.eval.choice_examples=2", "phase.eval.test_rows=2",
+            "phase.eval.speed_seq_len=8", "phase.eval.speed_repeats=1"]
+
+
+def _save_tiny(path, seed, **kw):
+    torch.manual_seed(seed)
+    model = CognateModel(CognateConfig(**{"d_model": 16, "n_heads": 2, "ffn_hidden": 24, "n_layers": 2,
+                                          "window": 8, "max_seq_len": 64, "ltm_key_dim": 8, **kw}))
+    save_model(path, model, ByteTokenizer())
+    return str(path)
+
+
+def test_missing_input_checkpoint_is_a_clear_error(tmp_path):
+    cfg = compose_cfg(TINY_EVO, tmp_path)
+    with pytest.raises(CheckpointError, match=r"cognate/model1: checkpoint not found"):
+        run_phase(cfg)
+    assert not (tmp_path / "run").exists()  # failed before making anything
+
+
+def test_input_of_another_size_is_a_clear_error_but_memory_slots_may_differ(tmp_path):
+    ok = [_save_tiny(tmp_path / "a", 0, ltm_slots=32), _save_tiny(tmp_path / "b", 1, ltm_slots=128)]
+    bad = _save_tiny(tmp_path / "c", 2, d_model=32)
+    cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{ok[0]},{ok[1]},{bad}]"], tmp_path)
+    with pytest.raises(CheckpointError, match=r"c: cannot be merged .*d_model 16 vs 32"):
+        run_phase(cfg)
+    (tmp_path / "d").mkdir()
+    cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{ok[0]},{ok[1]},{tmp_path / 'd'}]"], tmp_path)
+    with pytest.raises(CheckpointError, match="incomplete checkpoint"):
+        run_phase(cfg)
+
+
+def test_seeded_phase_is_deterministic_without_the_timing_term(tmp_path):
+    ins = [_save_tiny(tmp_path / f"m{i}", i, ltm_slots=s) for i, s in enumerate((32, 128, 16))]
+    logs = []
+    for k in range(2):
+        cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{','.join(ins)}]", "phase.fitness_weights.speed=0"],
+                          tmp_path / str(k))
+        run_phase(cfg)
+        log = json.loads((tmp_path / str(k) / "run" / "evolution_log.json").read_text())
+        logs.append([[(i["recipe"], i["fitness"]) for i in g["individuals"]] for g in log["generations"]])
+    assert logs[0] == logs[1]
+
+
+def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
+    proc = run_cli(TINY_EVO + ["logger=csv", f"paths.artifacts={cognate_artifacts}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best input" in proc.stdout and "model3    fitness val" in proc.stdout
+    run = Path(next(x for x in proc.stdout.splitlines() if x.startswith("run_dir: "))[len("run_dir: "):])
+    log = json.loads((run / "evolution_log.json").read_text())
+    assert len(log["generations"]) == 2 and all(len(g["individuals"]) == 4 for g in log["generations"])
+    first = log["generations"][0]["individuals"]
+    assert [i["combo"] for i in first] == ["000", "001", "010", "011"]  # gen 0 spreads the combos
+    for ind in first:
+        assert set(ind) >= {"recipe", "combo", "metrics", "fitness"}
+        assert set(ind["metrics"]) >= {"perplexity", "accuracy", "tokens_per_s", "memory_mb"}
+    keys = set()
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        keys |= set(json.loads(line))
+    expected = {"evolution/generation", "evolution/best_fitness", "evolution/avg_fitness", "evolution/worst_fitness",
+                "evolution/fitness_std", "evolution/fitness_improvement", "evolution/diversity",
+                "evolution/unique_models", "evolution/elite1_fitness", "evolution/elite2_fitness",
+                "time/generation_duration_seconds", "time/estimated_completion_minutes",
+                "models/model_0/fitness", "models/model_3/combo_id", "models/model_2/inference_time",
+                "models/model_1/memory_usage", "final/generations_completed", "final/best_fitness",
+                "final/fitness_improvement", "final/total_evolution_time_minutes", "final/champion_combo_id",
+                "final/best_combo", "final/worst_combo", "final/combo_win_rate", "final/converged_at_generation",
+                "final/convergence_reason"}
+    expected |= {f"evolution/combo_{combos.bits(c)}_count" for c in range(8)}
+    assert expected <= keys, sorted(expected - keys)
+    for f in ("tables/evolution__history.csv", "tables/combos__effectiveness.csv", "plots/combo_usage.png",
+              "plots/fitness_evolution.png", "plots/diversity_evolution.png", "tables/final__champion_vs_inputs.csv"):
+        assert (run / f).is_file(), f
+    assert len((run / "tables/combos__effectiveness.csv").read_text().splitlines()) == 9
+    champ = cognate_artifacts / "evomerge" / "champion"
+    meta = json.loads((champ / "config.json").read_text())["meta"]
+    assert meta["phase"] == "evomerge" and meta["combo"] in {combos.bits(c) for c in range(8)}
+    model, _, _ = load_model(champ)
+    assert model.config.n_layers == Recipe.from_dict(meta["recipe"]).n_layers()
