@@ -1,0 +1,112 @@
+"""Merge time per technique on the default models, and EvoMerge evaluations per second.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_merge.py [--artifacts outputs/artifacts] [--repeats 5]
+
+Uses the Cognate checkpoints under ``{artifacts}/cognate/model{1,2,3}`` when they exist, else three
+freshly initialized models of the default (m1/m2/m3, size=tiny) configs. Prints each technique's time
+over every parameter tensor of the three models, as a ratio to Linear (the baseline), then the time of
+a whole recipe per combo, then evaluations per second of the phase's default fitness measurement,
+against measuring an input model alone (so the ratio is the merge + model-building overhead).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from agentforge.artifacts import cognate_config_from, load_model
+from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+from agentforge.main import CONF_DIR
+from agentforge.merge import combos, fitness, layers, techniques
+from agentforge.merge.recipe import BUFFERS, Space, materialize, random_recipe
+from agentforge.models import CognateModel
+from agentforge.phases.evomerge import build, eval_data
+
+
+def _cfg(model: str | None = None):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        over = ["phase=evomerge"] + ([f"model={model}"] if model else [])
+        return compose(config_name="config", overrides=over)
+
+
+def load_inputs(artifacts: Path):
+    dirs = [artifacts / "cognate" / f"model{i}" for i in (1, 2, 3)]
+    if all((d / "config.json").is_file() for d in dirs):
+        return [load_model(d)[0] for d in dirs], "trained checkpoints in " + str(artifacts)
+    from omegaconf import OmegaConf
+
+    models = []
+    for i, name in enumerate(("m1", "m2", "m3")):
+        torch.manual_seed(i)
+        mc = OmegaConf.to_container(_cfg(name).model, resolve=True)
+        models.append(CognateModel(cognate_config_from(mc, RESERVED_VOCAB)).eval())
+    return models, "freshly initialized default models (no checkpoints found)"
+
+
+def clock(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--artifacts", default="outputs/artifacts")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--evals", type=int, default=8)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    models, source = load_inputs(Path(args.artifacts))
+    states = [m.state_dict() for m in models]
+    keys = [k for k in states[0] if k not in BUFFERS]
+    n_params = sum(states[0][k].numel() for k in keys)
+    print(f"inputs: {source}; {n_params:,} merged parameters per model, {models[0].config.n_layers} layers")
+    w, g = (0.5, 0.3, 0.2), torch.Generator().manual_seed(0)
+    base = {k: techniques.linear([s[k] for s in states], w) for k in keys}
+    per_tensor = {
+        "linear": lambda: [techniques.linear([s[k] for s in states], w) for k in keys],
+        "slerp": lambda: [techniques.slerp_many([s[k] for s in states], w) for k in keys],
+        "ties": lambda: [techniques.ties(base[k], [s[k] for s in states], w, density=0.5) for k in keys],
+        "dare": lambda: [techniques.dare(base[k], [s[k] for s in states], w, density=0.5, generator=g) for k in keys],
+        "frankenmerge": lambda: layers.frankenmerge([(states[0], 0, 2), (states[1], 1, 2)], states[2]),
+        "dfs": lambda: layers.dfs([(states[0], 0), (states[1], 1), (states[2], 1)], [0.8, 1.2, 1.0], states[2]),
+    }
+    times = {name: clock(fn, args.repeats) for name, fn in per_tensor.items()}
+    print(f"\n{'technique':14s} {'ms':>9s} {'x linear':>9s}")
+    for name, t in times.items():
+        print(f"{name:14s} {t * 1000:9.2f} {t / times['linear']:9.2f}")
+    n = models[0].config.n_layers
+    sp, rng = Space(n, max(1, round(n * 0.5)), max(n, round(n * 1.5))), random.Random(0)
+    configs = [m.config for m in models]
+    print(f"\n{'combo':6s} {'techniques':28s} {'recipe ms':>9s}")
+    for c in range(8):
+        r = random_recipe(rng, sp, combo=c)
+        t = clock(lambda r=r: materialize(r, states, configs), args.repeats)
+        print(f"{combos.bits(c):6s} {combos.decode(c).label:28s} {t * 1000:9.2f}")
+    cfg = _cfg()
+    data = eval_data(cfg, "val", int(cfg.phase.eval.rows))
+    tok = ByteTokenizer()
+    t_input = clock(lambda: fitness.measure(models[0], tok, data, models[0]), max(1, args.repeats // 2))
+    recipes = [random_recipe(rng, sp, combo=i % 8) for i in range(args.evals)]
+    t0 = time.perf_counter()
+    for r in recipes:
+        fitness.measure(build(r, states, configs), tok, data, models[0])
+    per_eval = (time.perf_counter() - t0) / len(recipes)
+    print(f"\nfitness evaluation (default phase.eval settings): input model alone {t_input * 1000:.0f} ms, "
+          f"merged recipe {per_eval * 1000:.0f} ms ({per_eval / t_input:.2f}x); "
+          f"{1 / per_eval:.2f} evaluations/s")
+    print(f"default run (8 individuals x <= 8 generations, 2 elites cached): <= {8 + 7 * 6} evaluations "
+          f"~ {(8 + 7 * 6) * per_eval / 60:.1f} min of evaluation on this machine")
+
+
+if __name__ == "__main__":
+    main()
