@@ -12,6 +12,7 @@ import torch
 
 from agentforge.artifacts import load_model, save_model
 from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError
 from agentforge.main import run as run_phase
 from agentforge.merge import combos
@@ -133,6 +134,14 @@ def test_input_of_another_size_is_a_clear_error_but_memory_slots_may_differ(tmp_
     cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{ok[0]},{ok[1]},{tmp_path / 'd'}]"], tmp_path)
     with pytest.raises(CheckpointError, match="incomplete checkpoint"):
         run_phase(cfg)
+
+
+@pytest.mark.parametrize(("override", "key"), [("phase.elite_count=4", "phase.elite_count"),
+                                               ("phase.inputs=just_one", "phase.inputs"),
+                                               ("phase.depth_range=[1.5,2]", "phase.depth_range")])
+def test_bad_settings_name_their_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        run_phase(compose_cfg([*TINY_EVO, override], tmp_path))
 
 
 def test_seeded_phase_is_deterministic_without_the_timing_term(tmp_path):

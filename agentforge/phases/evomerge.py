@@ -16,6 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from scipy.spatial.distance import euclidean
 
@@ -73,9 +74,8 @@ def input_dirs(cfg) -> list[Path]:
     given = cfg.phase.get("inputs")
     if given is None:
         return [Path(cfg.paths.artifacts).absolute() / "cognate" / f"model{i}" for i in (1, 2, 3)]
-    given = list(given)
-    if len(given) != 3:
-        raise ConfigError(f"phase.inputs must list 3 checkpoint dirs, got {len(given)}")
+    if isinstance(given, str) or len(given) != 3:
+        raise ConfigError(f"phase.inputs must list 3 checkpoint dirs, e.g. phase.inputs=[a,b,c], got {given!r}")
     return [Path(str(p)).absolute() for p in given]
 
 
@@ -106,26 +106,38 @@ def eval_data(cfg, split: str, rows: int) -> fitness.EvalData:
         speed_seq_len=int(e.speed_seq_len), speed_batch=int(e.speed_batch), speed_repeats=int(e.speed_repeats))
 
 
-def build(recipe: Recipe, states, configs) -> CognateModel:
+def device(cfg) -> torch.device:
+    """Where models are measured: the GPU when hardware asks for one (or auto) and one exists."""
+    want = str(cfg.hardware.accelerator)
+    return torch.device("cuda" if want in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def build(recipe: Recipe, states, configs, dev: torch.device | str = "cpu") -> CognateModel:
     state, config = materialize(recipe, states, configs)
     model = CognateModel(config)
     model.load_state_dict(state)
-    return model.eval()
+    return model.to(dev).eval()
 
 
 def run(cfg) -> dict:
     p = cfg.phase
+    if int(p.elite_count) >= int(p.population_size):
+        raise ConfigError(f"phase.elite_count ({p.elite_count}) must be smaller than phase.population_size "
+                          f"({p.population_size})")
+    depth = list(p.depth_range) if OmegaConf.is_list(p.depth_range) else []
+    if len(depth) != 2 or not all(isinstance(x, (int, float)) for x in depth) or not 0 < depth[0] <= 1 <= depth[1]:
+        raise ConfigError(f"phase.depth_range must be [lo, hi] with 0 < lo <= 1 <= hi, got {p.depth_range}")
     evo = EvoConfig(int(p.population_size), int(p.generations), int(p.elite_count), int(p.tournament_size),
                     float(p.crossover_rate), int(p.early_stopping_patience), float(p.early_stopping_threshold))
     weights = {k: float(v) for k, v in p.fitness_weights.items()}
     if sum(weights.values()) <= 0:
         raise ConfigError("phase.fitness_weights must have a positive sum")
-    lo, hi = (float(x) for x in p.depth_range)
-    if not 0 < lo <= 1 <= hi:
-        raise ConfigError(f"phase.depth_range must be [lo, hi] with 0 < lo <= 1 <= hi, got {[lo, hi]}")
+    lo, hi = (float(x) for x in depth)
     dirs = input_dirs(cfg)
     models, tokenizer = load_inputs(dirs)  # fails before any run dir or logger is made
-    states = [m.state_dict() for m in models]
+    states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]  # merged on the CPU
+    dev = device(cfg)
+    models = [m.to(dev) for m in models]
     configs = [m.config for m in models]
     n = configs[0].n_layers
     space = Space(n, max(1, round(n * lo)), max(n, round(n * hi)))
@@ -140,7 +152,7 @@ def run(cfg) -> dict:
               + ", ".join(f"model{i + 1} {m['fitness']:.4f}" for i, m in enumerate(input_metrics)))
 
         def evaluate(recipe: Recipe):
-            metrics = fitness.measure(build(recipe, states, configs), tokenizer, data, yardstick)
+            metrics = fitness.measure(build(recipe, states, configs, dev), tokenizer, data, yardstick)
             return fitness.score(metrics, ref, weights), metrics
 
         rng = random.Random(int(cfg.seed))
@@ -152,7 +164,8 @@ def run(cfg) -> dict:
                         crossover, lambda a, b: euclidean(features(a, space), features(b, space)), evo, rng,
                         logger)
         minutes = (time.perf_counter() - t0) / 60
-        return finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs)
+        return finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs,
+                        dev)
 
 
 class GenerationLogger:
@@ -194,12 +207,13 @@ def combo_counts(g) -> list[int]:
     return counts
 
 
-def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs) -> dict:
+def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs,
+             dev) -> dict:
     tr, run_dir = ctx.tracker, ctx.run_dir
     gens, champ = result.generations, result.champion
     recipe: Recipe = champ.genome
     # -- the champion checkpoint --------------------------------------------------------------------------
-    model = build(recipe, states, configs)
+    model = build(recipe, states, configs, dev)
     best_input = max(m["fitness"] for m in input_metrics)
     improvement = 100 * (champ.fitness - best_input) / abs(best_input)
     combo = combos.decode(recipe.combo)
@@ -207,7 +221,8 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     meta = {"phase": "evomerge", "recipe": recipe.to_dict(), "combo": combo.bits, "techniques": combo.label,
             "fitness": champ.fitness, "generation": result.champion_generation,
             "inputs": [str(d) for d in dirs]}
-    save_model(ckpt, model, tokenizer, meta)
+    save_model(ckpt, model.cpu(), tokenizer, meta)
+    model.to(dev)
     # -- champion vs inputs on the unseen test split ------------------------------------------------------
     test = eval_data(cfg, "test", int(cfg.phase.eval.test_rows))
     test_metrics = [fitness.measure(m, tokenizer, test, models[0]) for m in [*models, model]]
