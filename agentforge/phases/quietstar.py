@@ -1,0 +1,449 @@
+"""Phase 3, Quiet-STaR: bake 10 reasoning strategies into the weights, then learn to think with RL.
+
+    python -m agentforge phase=quietstar                 # step 1 (baking) then step 2 (rl)
+    python -m agentforge phase=quietstar step=rl phase.input=outputs/artifacts/quietstar/baked
+
+Step 1 (W&B run ``phase3-step1-baking``) reads ``{artifacts}/evomerge/champion`` (or ``phase.input``),
+adds the 12 special tokens, bakes each strategy's prompt (``reasoning/baking.py``) and publishes
+``{artifacts}/quietstar/baked``. Step 2 (``phase3-step2-rl``) trains Quiet-STaR thoughts on the baked
+model (``reasoning/thoughts.py``, ``rl.py``) with a KL leash to it, runs the anti-theater checks, and
+publishes ``{artifacts}/quietstar/reasoning`` (a plain Cognate checkpoint plus ``mixing_head.safetensors``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from agentforge.artifacts import load_model, publish, save_model
+from agentforge.config import integer, number, one_of, optional, rule
+from agentforge.data import formats, synthetic
+from agentforge.data.build import eval_sets
+from agentforge.data.tokenizer import BOS_ID, PAD_ID
+from agentforge.errors import ConfigError
+from agentforge.evals.tasks import choice_accuracy, gsm8k_accuracy
+from agentforge.io import CheckpointError, save_tensors, write_json_atomic, write_text_atomic
+from agentforge.optim import build_optimizer
+from agentforge.phases.context import run_context
+from agentforge.reasoning import baking as bk
+from agentforge.reasoning.rl import ThoughtConfig, evaluate, rl_step, sample_windows
+from agentforge.reasoning.strategies import STRATEGIES, by_strategy, generate_examples, load_examples
+from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts
+from agentforge.reasoning.tokens import STRATEGY_TOKENS, THINK_END, THINK_START, add_reasoning_tokens, resize_vocab
+from agentforge.tracking import plots
+
+RULES = [
+    rule("step", optional(one_of("baking", "rl", "both"))),
+    rule("phase.step", one_of("baking", "rl", "both")),
+    rule("phase.gradient_clip", number(0)),
+    *[rule(f"phase.baking.{k}", integer(1)) for k in ("epochs", "steps_per_epoch", "batch_size", "examples_per_strategy",
+                                                       "val_per_strategy", "sample_tokens", "usage_tokens")],
+    rule("phase.baking.sampled_fraction", number(0, 1)),
+    rule("phase.baking.prompt_position", one_of("answer", "start")),
+    rule("phase.baking.temperature", number(0)),
+    rule("phase.baking.convergence_threshold", number(0, 1)),
+    *[rule(f"phase.rl.{k}", integer(1)) for k in ("num_episodes", "thought_length", "n_true", "context_len",
+                                                   "thought_positions", "batch_size", "seq_len", "anti_theater_every",
+                                                   "eval_windows", "eval_examples", "gen_tokens", "inference_tokens")],
+    rule("phase.rl.num_thoughts", integer(2)),
+    rule("phase.rl.temperature", number(0, lo_open=True)),
+    rule("phase.rl.mixing_init_bias", number()),
+    *[rule(f"phase.{s}.optimizer.lr", number(0, 10, lo_open=True)) for s in ("baking", "rl")],
+    *[rule(f"phase.{s}.optimizer.kl_coef", number(0)) for s in ("baking", "rl")],
+]
+
+
+def run(cfg) -> dict:
+    step = cfg.get("step") or cfg.phase.step
+    r = cfg.phase.rl
+    if int(r.seq_len) < int(r.context_len) + int(r.n_true):
+        raise ConfigError(f"phase.rl.seq_len ({r.seq_len}) must be >= phase.rl.context_len + phase.rl.n_true")
+    artifacts = Path(cfg.paths.artifacts).absolute()
+    given = Path(cfg.phase.input).absolute() if cfg.phase.get("input") else None
+    out: dict = {"metrics": {}}
+    if step in ("baking", "both"):
+        src = given or artifacts / "evomerge" / "champion"
+        res = run_baking(_sub(cfg, "phase3-step1-baking"), _load(src, "run phase=evomerge first, or pass phase.input=DIR"),
+                         artifacts / "quietstar" / "baked")
+        out.update(checkpoint=res["checkpoint"], run_dir=str(Path(cfg.paths.run_dir).absolute()))
+        out["metrics"].update(res["metrics"])
+    if step in ("rl", "both"):
+        src = given if (step == "rl" and given) else artifacts / "quietstar" / "baked"
+        res = run_rl(_sub(cfg, "phase3-step2-rl"), _load(src, "run phase=quietstar step=baking first, or pass phase.input=DIR"),
+                     artifacts / "quietstar" / "reasoning")
+        out.update(checkpoint=res["checkpoint"], run_dir=str(Path(cfg.paths.run_dir).absolute()))
+        out["metrics"].update(res["metrics"])
+    return out
+
+
+def _sub(cfg, name: str):
+    """The config with this step's own run dir (two W&B runs, two sets of files)."""
+    sub = copy.deepcopy(cfg)
+    with open_dict(sub):
+        sub.paths.run_dir = str(Path(cfg.paths.run_dir).absolute() / name)
+    return sub
+
+
+def _load(src: Path, hint: str):
+    if not (src / "config.json").is_file():
+        raise CheckpointError(f"{src}: no input checkpoint for phase=quietstar — {hint}")
+    return load_model(src)
+
+
+def _optimizer_cfg(cfg, step: str) -> dict:
+    return {**OmegaConf.to_container(cfg.optimizer, resolve=True),
+            **OmegaConf.to_container(cfg.phase[step].optimizer, resolve=True)}
+
+
+def _prepare(model, tok, seed: int) -> dict[str, int]:
+    """Add the 12 tokens; rows of tokens new to this tokenizer are initialized from the trained rows."""
+    known = set(tok.special_tokens)
+    ids = add_reasoning_tokens(tok)
+    new = [i for t, i in ids.items() if t not in known]
+    resize_vocab(model, tok.vocab_size, new, torch.Generator().manual_seed(seed))
+    return ids
+
+
+def _frozen(model):
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def _bar(total: int, desc: str):
+    from tqdm.auto import tqdm  # noqa: PLC0415
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- step 1: prompt baking
+def run_baking(cfg, loaded, out_dir: Path) -> dict:
+    b, seed = cfg.phase.baking, int(cfg.seed)
+    model, tok, src_cfg = loaded
+    ids = _prepare(model, tok, seed)
+    if b.examples_path:
+        train, val = _split_user(load_examples(b.examples_path), int(b.val_per_strategy))
+    else:
+        train = generate_examples(int(b.examples_per_strategy), seed, "train")
+        val = generate_examples(int(b.val_per_strategy), seed, "val")
+    train_s, val_s = by_strategy(train), by_strategy(val)
+    strategies = [s for s in STRATEGIES if train_s[s.key] and val_s[s.key]]
+    prompts = {s.key: tok.encode(s.prompt) for s in strategies}
+    enc = {id(e): (tok.encode(e["question"]), tok.encode(e["response"])) for e in train + val}
+    teacher = _frozen(model)
+    epochs, spe = int(b.epochs), int(b.steps_per_epoch)
+    ocfg = _optimizer_cfg(cfg, "baking")
+    opt, sched = build_optimizer(model, ocfg, epochs * spe)
+    gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+    tags = ["phase3", "step1", "prompt-baking", "supervised"]
+    with run_context(cfg, run_name="phase3-step1-baking", group="phase3-quietstar", tags=tags, job_type="quietstar") as ctx:
+        tr = ctx.tracker
+        tr.log({"config/num_special_tokens": len(ids), "config/num_strategies": len(strategies),
+                "config/training_examples": len(train), "config/kl_coef": float(ocfg["kl_coef"])})
+        print(f"Quiet-STaR step 1 (baking): {len(strategies)} strategies, {len(train)} examples; run dir {ctx.run_dir}")
+        before = _bake_eval(model, teacher, val_s, prompts, enc, strategies, tok, b, ids, usage=True)
+        hist = {"epoch": [], "train_acc": [], "val_acc": [], "val_loss": []}
+        t0, step = time.perf_counter(), 0
+        model.train()
+        bar = _bar(epochs * spe, "baking")
+        for epoch in range(epochs):
+            accs = []
+            for _ in range(spe):
+                s = strategies[step % len(strategies)]
+                batch = rng.sample(train_s[s.key], min(int(b.batch_size), len(train_s[s.key])))
+                loss, acc = _bake_step(model, teacher, prompts[s.key], [enc[id(e)] for e in batch], b, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if float(cfg.phase.gradient_clip) > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.phase.gradient_clip))
+                opt.step()
+                sched.step()
+                step += 1
+                accs.append(acc)
+                tr.log({"baking/step": step, "baking/epoch": epoch, "baking/loss": loss.item(),
+                        "baking/learning_rate": opt.param_groups[0]["lr"], f"baking/accuracy_{s.key}": acc,
+                        **_gpu()}, step=step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            ev = _bake_eval(model, teacher, val_s, prompts, enc, strategies, tok, b, ids, usage=False)
+            hist["epoch"].append(epoch + 1)
+            hist["train_acc"].append(sum(accs) / len(accs))
+            hist["val_acc"].append(ev["overall"])
+            hist["val_loss"].append(ev["val_loss"])
+            tr.log({**{f"baking/accuracy_{k}": v["agreement"] for k, v in ev["per"].items()},
+                    "baking/accuracy_overall": ev["overall"], "baking/val_loss": ev["val_loss"],
+                    "baking/val_accuracy": ev["overall"],
+                    "baking/convergence_progress": ev["overall"] / float(b.convergence_threshold)}, step=step)
+        bar.close()
+        hours = (time.perf_counter() - t0) / 3600
+        model.eval()
+        final = _bake_eval(model, teacher, val_s, prompts, enc, strategies, tok, b, ids, usage=True)
+        tr.log({"baking/thinking_token_usage": final["thinking_usage"],
+                "baking/strategy_token_usage": final["strategy_usage"]}, step=step)
+        return _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist, hours, train + val, out_dir)
+
+
+def _split_user(records: list[dict], n_val: int) -> tuple[list[dict], list[dict]]:
+    """Hold out the last n_val records of each strategy of a user file."""
+    train, val = [], []
+    for recs in by_strategy(records).values():
+        keep = max(len(recs) - n_val, 1) if recs else 0
+        train += recs[:keep]
+        val += recs[keep:] if len(recs) > 1 else []
+    return train, val
+
+
+def _bake_step(model, teacher, prompt, pairs, b, gen):
+    n_sampled = round(float(b.sampled_fraction) * len(pairs))
+    xs = [x for x, _ in pairs]
+    ys = [bk.sample_continuation(teacher, bk.prompted(prompt, x, str(b.prompt_position)), int(b.sample_tokens), float(b.temperature), gen,
+                                 [PAD_ID, BOS_ID]) if i < n_sampled else y for i, (x, y) in enumerate(pairs)]
+    t_ids, s_ids, mask = bk.make_batch(prompt, xs, ys, str(b.prompt_position))
+    with torch.no_grad():
+        t_logits = bk.aligned_teacher_logits(teacher(t_ids).logits, len(prompt), s_ids.shape[1])
+    s_logits = model(s_ids).logits
+    return bk.baking_kl(t_logits, s_logits, mask), bk.agreement(t_logits, s_logits, mask)
+
+
+@torch.no_grad()
+def _bake_eval(model, teacher, val_s, prompts, enc, strategies, tok, b, ids, usage: bool) -> dict:
+    """Per strategy: KL and next-token agreement of the unprompted model with the prompted teacher on the
+    held-out examples; with ``usage``, the share of sampled outputs using [thinking] / the strategy token."""
+    was = model.training
+    model.eval()
+    per, kls, outs_student = {}, [], []
+    for s in strategies:
+        pairs = [enc[id(e)] for e in val_s[s.key]]
+        t_ids, s_ids, mask = bk.make_batch(prompts[s.key], [x for x, _ in pairs], [y for _, y in pairs],
+                                             str(b.prompt_position))
+        t_logits = bk.aligned_teacher_logits(teacher(t_ids).logits, len(prompts[s.key]), s_ids.shape[1])
+        s_logits = model(s_ids).logits
+        kls.append(float(bk.baking_kl(t_logits, s_logits, mask)))
+        per[s.key] = {"agreement": bk.agreement(t_logits, s_logits, mask), "kl": kls[-1]}
+        if usage:
+            g = torch.Generator().manual_seed(0)
+            st = [bk.sample_continuation(model, [BOS_ID] + x, int(b.usage_tokens), float(b.temperature), g, [PAD_ID, BOS_ID])
+                  for x, _ in pairs]
+            g = torch.Generator().manual_seed(0)
+            te = [bk.sample_continuation(teacher, bk.prompted(prompts[s.key], x, str(b.prompt_position)), int(b.usage_tokens), float(b.temperature),
+                                         g, [PAD_ID, BOS_ID]) for x, _ in pairs]
+            per[s.key].update(usage=bk.token_usage(st, [ids[s.token]]), teacher_usage=bk.token_usage(te, [ids[s.token]]))
+            outs_student += st
+    model.train(was)
+    res = {"per": per, "val_loss": sum(kls) / len(kls),
+           "overall": sum(v["agreement"] for v in per.values()) / len(per)}
+    if usage:
+        res["thinking_usage"] = bk.token_usage(outs_student, [ids[THINK_START]])
+        res["strategy_usage"] = bk.token_usage(outs_student, [ids[t] for t in STRATEGY_TOKENS])
+    return res
+
+
+def _gpu() -> dict:
+    return {"system/gpu_memory_gb": torch.cuda.memory_allocated() / 1024**3} if torch.cuda.is_available() else {}
+
+
+def _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist, hours, examples, out_dir) -> dict:
+    tr, b = ctx.tracker, cfg.phase.baking
+    thr = float(b.convergence_threshold)
+    rows = [[s.name, final["per"][s.key]["agreement"], s.threshold,
+             "✅" if final["per"][s.key]["agreement"] >= s.threshold else "❌", before["per"][s.key]["agreement"],
+             final["per"][s.key]["usage"], final["per"][s.key]["teacher_usage"]] for s in strategies]
+    tr.table("baking/strategy_accuracy_table", ["Strategy", "Accuracy", "Threshold", "Passed", "Accuracy before baking",
+                                                "Token usage (baked, no prompt)", "Token usage (prompted)"], rows)
+    summary = {"baking/final_accuracy": final["overall"], "baking/converged": final["overall"] >= thr,
+               "baking/total_epochs": len(hist["epoch"]), "baking/training_time_hours": hours,
+               "baking/initial_accuracy": before["overall"], "baking/initial_val_loss": before["val_loss"],
+               "baking/final_val_loss": final["val_loss"], "baking/thinking_token_usage": final["thinking_usage"],
+               "baking/strategy_token_usage": final["strategy_usage"]}
+    tr.summary(summary)
+    tr.line_series("charts/baking_convergence", hist["epoch"], [hist["train_acc"], hist["val_acc"]],
+                   ["Train Accuracy", "Val Accuracy"], "Prompt Baking Convergence", "epoch")
+    png = plots.line_plot(ctx.run_dir / "plots" / "baking_convergence.png", hist["epoch"],
+                          {"train agreement": hist["train_acc"], "val agreement": hist["val_acc"]},
+                          "Prompt baking: agreement with the prompted model", "epoch")
+    tr.image("charts/baking_convergence_png", png)
+    data_file = ctx.run_dir / "reasoning_dataset.jsonl"
+    write_text_atomic(data_file, "".join(json.dumps(e) + "\n" for e in examples))
+    ckpt = ctx.run_dir / "checkpoints" / "baked"
+    meta = {"phase": "quietstar", "step": "baking", "source": src_cfg.get("meta", {}), "accuracy": final["overall"]}
+    save_model(ckpt, model, tok, meta)
+    write_json_atomic(ckpt / "metrics.json", {**summary, "strategies": final["per"]})
+    publish(ckpt, out_dir)
+    tr.artifact("phase3-baked-model", "model", [ckpt], "Model after prompt baking (Step 1)", {"accuracy": final["overall"]})
+    tr.artifact("phase3-reasoning-dataset", "dataset", [data_file],
+                f"{len(examples)} reasoning examples generated by Agent Forge (10 strategies)")
+    verdict = "converged" if summary["baking/converged"] else f"NOT converged (below {thr})"
+    print(f"baked: {out_dir}\nagreement with the prompted model {before['overall']:.3f} -> {final['overall']:.3f} "
+          f"({verdict}); val KL {before['val_loss']:.4f} -> {final['val_loss']:.4f}; token usage: thinking "
+          f"{final['thinking_usage']:.2f}, strategy {final['strategy_usage']:.2f}")
+    return {"checkpoint": str(out_dir), "metrics": summary}
+
+
+# ---------------------------------------------------------------- step 2: Quiet-STaR RL
+def _stream(tok, seed: int, split: str, n: int) -> torch.Tensor:
+    """A token stream of rendered GSM8K-format problems and plain text, documents separated by EOS."""
+    ids: list[int] = []
+    for task in ("arithmetic", "plain_text"):
+        fmt = formats.TASK_FORMAT[task]
+        for rec in synthetic.generate(task, n, seed, split):
+            ids += tok.encode(formats.render(rec, fmt), bos=True, eos=True)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def run_rl(cfg, loaded, out_dir: Path) -> dict:
+    r, seed = cfg.phase.rl, int(cfg.seed)
+    model, tok, src_cfg = loaded
+    ids = _prepare(model, tok, seed)
+    ref = _frozen(model)
+    ocfg = _optimizer_cfg(cfg, "rl")
+    tc = ThoughtConfig(int(r.num_thoughts), int(r.thought_length), int(r.n_true), int(r.context_len),
+                       float(r.temperature), float(ocfg["kl_coef"]))
+    head = MixingHead(model.config.d_model, init_bias=float(r.mixing_init_bias))
+    episodes = int(r.num_episodes)
+    opt, sched = build_optimizer(model, ocfg, episodes)
+    head_opt = torch.optim.AdamW(head.parameters(), lr=float(ocfg["lr"]))
+    tids = {"start": ids[THINK_START], "end": ids[THINK_END], "banned": [PAD_ID, BOS_ID, ids[THINK_START], ids[THINK_END]]}
+    gen = torch.Generator().manual_seed(seed)
+    train_stream, val_stream = _stream(tok, seed, "train", 200), _stream(tok, seed, "val", 40)
+    n_eval_seqs = max(1, math.ceil(int(r.eval_windows) / int(r.thought_positions)))
+    eval_windows = sample_windows(val_stream, n_eval_seqs, int(r.seq_len), int(r.thought_positions), tc.context_len,
+                                  tc.n_true, torch.Generator().manual_seed(seed + 1))[: int(r.eval_windows)]
+    evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, int(r.eval_examples))
+    tags = ["phase3", "step2", "quiet-star", "rl", "reinforce"]
+    with run_context(cfg, run_name="phase3-step2-rl", group="phase3-quietstar", tags=tags, job_type="quietstar") as ctx:
+        tr = ctx.tracker
+        tr.log({"config/num_thoughts": tc.num_thoughts, "config/thought_length": tc.thought_length,
+                "config/kl_coef": tc.kl_coef, "config/num_episodes": episodes})
+        print(f"Quiet-STaR step 2 (rl): {episodes} episodes, {tc.num_thoughts} thoughts x {tc.thought_length} tokens at "
+              f"{r.thought_positions} positions x {r.batch_size} sequences; run dir {ctx.run_dir}")
+        baked_acc = _task_acc(ref, tok, evals, int(r.gen_tokens))
+        checks, rewards_all, coh_all, reward_curve = [], deque(maxlen=100), [], []
+        t0 = time.perf_counter()
+        checks.append(_check(tr, model, head, ref, eval_windows, tc, tids, seed, 0, tok, evals, r))
+        model.train()
+        bar = _bar(episodes, "quiet-star")
+        for ep in range(1, episodes + 1):
+            windows = sample_windows(train_stream, int(r.batch_size), int(r.seq_len), int(r.thought_positions),
+                                     tc.context_len, tc.n_true, gen)
+            loss, fig = rl_step(model, head, ref, windows, tc, tids, gen)
+            opt.zero_grad(set_to_none=True)
+            head_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if float(cfg.phase.gradient_clip) > 0:
+                torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(head.parameters()),
+                                               float(cfg.phase.gradient_clip))
+            opt.step()
+            head_opt.step()
+            sched.step()
+            rewards_all.append(fig["reward"])
+            reward_curve.append(fig["reward"])
+            coh = fig["coherence"]
+            coh_all += coh["coherence"]
+            tr.log({"rl/episode": ep, "rl/reward": fig["reward"], "rl/avg_reward": sum(rewards_all) / len(rewards_all),
+                    "rl/avg_coherence_score": _mean(coh["coherence"]), "rl/semantic_coherence": _mean(coh["semantic"]),
+                    "rl/syntactic_coherence": _mean(coh["syntactic"]), "rl/predictive_coherence": _mean(coh["predictive"]),
+                    "rl/avg_thought_length": tc.thought_length, "rl/thought_diversity": fig["diversity"],
+                    "rl/kl_divergence": fig["kl"], "rl/policy_loss": fig["policy_loss"], "rl/lm_loss": fig["lm_loss"],
+                    "rl/mixing_weight": fig["mix_weight"], "rl/learning_rate": opt.param_groups[0]["lr"], **_gpu()}, step=ep)
+            if ep % int(r.anti_theater_every) == 0 or ep == episodes:
+                checks.append(_check(tr, model, head, ref, eval_windows, tc, tids, seed, ep, tok, evals, r))
+            bar.update(1)
+            bar.set_postfix(reward=f"{fig['reward']:+.3f}")
+        bar.close()
+        hours = (time.perf_counter() - t0) / 3600
+        model.eval()
+        return _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_curve, coh_all, baked_acc,
+                          hours, out_dir)
+
+
+def _mean(xs) -> float:
+    return sum(xs) / max(len(xs), 1)
+
+
+def _task_acc(model, tok, evals, gen_tokens: int) -> dict:
+    """GSM8K/ARC-format accuracy, answered directly (greedy, no thoughts: generating with a thought per
+    token costs thought_length + 2 forward passes a token — see benchmarks/bench_thoughts.py)."""
+    return {"gsm8k": gsm8k_accuracy(model, tok, evals["gsm8k"], gen_tokens),
+            "arc": choice_accuracy(model, tok, evals["arc"], "arc")}
+
+
+def _check(tr, model, head, ref, windows, tc, tids, seed, ep, tok, evals, r) -> dict:
+    """Anti-theater check (and task accuracy) at episode ``ep``; logged with pass/fail flags."""
+    res = evaluate(model, head, ref, windows, tc, tids, torch.Generator().manual_seed(seed + 2))
+    acc = _task_acc(model, tok, evals, int(r.gen_tokens))
+    res.update(episode=ep, gsm8k=acc["gsm8k"], arc=acc["arc"])
+    tr.log({"anti_theater/divergence": res["divergence"], "anti_theater/divergence_passed": res["divergence_passed"],
+            "anti_theater/ablation_drop": res["ablation_drop"], "anti_theater/ablation_passed": res["ablation_passed"],
+            "anti_theater/correlation": res["correlation"], "anti_theater/correlation_passed": res["correlation_passed"],
+            "anti_theater/all_passed": res["all_passed"], "rl/divergence_from_direct": res["divergence"],
+            "rl/ablation_accuracy_drop": res["ablation_drop"], "rl/gsm8k_accuracy": acc["gsm8k"],
+            "rl/arc_accuracy": acc["arc"]}, step=ep)
+    return res
+
+
+def _inference_ms(model, head, tok, tc, tids, n_tokens: int) -> tuple[float, float]:
+    """Milliseconds per generated token (greedy) with one thought per token, and without thoughts."""
+    ids = torch.tensor([tok.encode(formats.gsm8k_prompt(synthetic.arithmetic(0, "test", 0)), bos=True)])
+    out = []
+    for h in (head, None):
+        t0 = time.perf_counter()
+        generate_with_thoughts(model, h, ids, n_tokens, tc.thought_length, tids["start"], tids["end"], tc.context_len,
+                               tc.temperature, tids["banned"], torch.Generator().manual_seed(0))
+        out.append((time.perf_counter() - t0) * 1000 / n_tokens)
+    return out[0], out[1]
+
+
+def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_curve, coh_all, baked_acc, hours,
+               out_dir) -> dict:
+    tr, r = ctx.tracker, cfg.phase.rl
+    last = checks[-1]
+    ms_with, ms_without = _inference_ms(model, head, tok, tc, tids, int(r.inference_tokens))
+    tail = reward_curve[-max(1, len(reward_curve) // 5):]
+    summary = {"rl/final_reward": _mean(tail), "rl/final_coherence": last["coherence"],
+               "rl/final_gsm8k_accuracy": last["gsm8k"], "rl/final_arc_accuracy": last["arc"],
+               "rl/improvement_over_baked": last["gsm8k"] - baked_acc["gsm8k"],
+               "rl/total_training_time_hours": hours, "rl/inference_time_ms": ms_with,
+               "rl/inference_time_ms_without_thoughts": ms_without, "rl/thinking_cost_ratio": ms_with / ms_without,
+               "anti_theater/final_all_passed": last["all_passed"]}
+    tr.summary(summary)
+    eps = list(range(1, len(reward_curve) + 1))
+    tr.line_series("charts/rl_reward", eps, [reward_curve], ["reward"], "RL Training Reward", "episode")
+    tr.histogram("charts/coherence_distribution", coh_all)
+    xs = [c["episode"] for c in checks]
+    series = {"Divergence": [c["divergence"] for c in checks], "Ablation Drop": [c["ablation_drop"] for c in checks],
+              "Correlation": [c["correlation"] for c in checks]}
+    tr.line_series("charts/anti_theater_trend", xs, list(series.values()), list(series), "Anti-Theater Metrics Over Training",
+                   "episode")
+    tr.image("charts/rl_reward_png", plots.line_plot(ctx.run_dir / "plots" / "rl_reward.png", eps, {"reward": reward_curve},
+                                                     "Quiet-STaR reward (log-lik gain per token)", "episode"))
+    tr.image("charts/anti_theater_trend_png", plots.line_plot(ctx.run_dir / "plots" / "anti_theater_trend.png", xs, series,
+                                                              "Anti-theater metrics", "episode"))
+    tr.table("anti_theater/checks", ["Episode", "Divergence", "Passed (>0.3)", "Ablation drop", "Passed (>0.02)",
+                                     "Correlation", "Passed (>0.5)", "All passed"],
+             [[c["episode"], c["divergence"], c["divergence_passed"], c["ablation_drop"], c["ablation_passed"],
+               c["correlation"], c["correlation_passed"], c["all_passed"]] for c in checks])
+    ckpt = ctx.run_dir / "checkpoints" / "reasoning"
+    thought_cfg = {"num_thoughts": tc.num_thoughts, "thought_length": tc.thought_length, "n_true": tc.n_true,
+                   "context_len": tc.context_len, "start_token": THINK_START, "end_token": THINK_END}
+    meta = {"phase": "quietstar", "step": "rl", "source": src_cfg.get("meta", {}), "thoughts": thought_cfg,
+            "mixing_head": "mixing_head.safetensors"}
+    save_model(ckpt, model, tok, meta)
+    save_tensors(ckpt / "mixing_head.safetensors", head.state_dict(), {"d_model": str(model.config.d_model)})
+    write_json_atomic(ckpt / "metrics.json", {**summary, "anti_theater_checks": checks})
+    publish(ckpt, out_dir)
+    tr.artifact("phase3-reasoning-model", "model", [ckpt], "Model after Quiet-STaR RL (Step 2)",
+                {"gsm8k_acc": last["gsm8k"], "coherence": last["coherence"], "inference_time_ms": ms_with})
+    flags = ", ".join(f"{k} {last[k]:+.3f} ({'pass' if last[p] else 'FAIL'})" for k, p in
+                      (("divergence", "divergence_passed"), ("ablation_drop", "ablation_passed"),
+                       ("correlation", "correlation_passed")))
+    print(f"reasoning: {out_dir}\nreward {summary['rl/final_reward']:+.4f}  coherence {last['coherence']:.3f}  "
+          f"anti-theater: {flags}; all passed: {last['all_passed']}\nthinking cost: {ms_with:.1f} ms/token with a "
+          f"thought vs {ms_without:.1f} without ({summary['rl/thinking_cost_ratio']:.1f}x)")
+    return {"checkpoint": str(out_dir), "metrics": summary}

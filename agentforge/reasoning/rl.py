@@ -1,0 +1,94 @@
+"""One Quiet-STaR training step and its held-out evaluation (see ``thoughts.py`` for the algorithm).
+
+loss = REINFORCE(thought tokens; reward = gain over the mean thought)
+     + LM loss (NLL of the true tokens under the mixed prediction, as in Quiet-STaR, plus the plain
+       next-token loss of the window without thoughts, so the model keeps its language modelling)
+     + kl_coef * KL(policy || reference) on the window without thoughts
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from agentforge.reasoning import anti_theater, coherence, rewards
+from agentforge.reasoning.thoughts import kl_to_reference, reinforce_loss, think
+
+
+@dataclass
+class ThoughtConfig:
+    num_thoughts: int = 4
+    thought_length: int = 12
+    n_true: int = 4
+    context_len: int = 32
+    temperature: float = 1.0
+    kl_coef: float = 0.1
+
+
+def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: int, context_len: int, n_true: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """[n_seqs * positions, context_len + n_true]: ``positions`` thought positions in each of ``n_seqs``
+    random sequences of ``seq_len`` tokens of the token stream."""
+    if seq_len < context_len + n_true or len(stream) <= seq_len:
+        raise ValueError(f"seq_len={seq_len} must hold context_len + n_true = {context_len + n_true} and fit the stream")
+    starts = torch.randint(0, len(stream) - seq_len, (n_seqs,), generator=generator)
+    lo, hi = context_len, seq_len - n_true  # a thought at p sees seq[p-C:p] and predicts seq[p:p+n]
+    out = []
+    for s in starts.tolist():
+        seq = stream[s: s + seq_len]
+        picks = torch.randperm(hi - lo + 1, generator=generator)[:positions] + lo
+        out.extend(seq[p - context_len: p + n_true] for p in picks.tolist())
+    return torch.stack(out)
+
+
+def coherence_scores(model, ref, batch, context_len: int) -> dict[str, torch.Tensor]:
+    """[N, K] semantic, syntactic, predictive and combined coherence of each thought (``coherence.py``)."""
+    with torch.no_grad():
+        ref_logits = ref(batch.with_inputs[:, :-1]).logits
+        gain = rewards.likelihood_gain(batch.true_logp_mixed(), batch.true_logp_without())
+        s = {"semantic": coherence.semantic(model.embed.weight.detach(), batch.thoughts, batch.windows),
+             "syntactic": coherence.syntactic(ref_logits, batch.thoughts, context_len),
+             "predictive": coherence.predictive(gain)}
+    s["coherence"] = coherence.combine(s)
+    return s
+
+
+def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: dict, generator) -> tuple[torch.Tensor, dict]:
+    """(total loss, figures) for one episode on ``windows``; ids: start, end, banned."""
+    batch = think(model, head, windows, cfg.n_true, cfg.num_thoughts, cfg.thought_length, ids["start"], ids["end"],
+                  cfg.temperature, ids["banned"], generator)
+    logp_mixed = batch.true_logp_mixed()
+    adv = rewards.advantages(rewards.thought_rewards(logp_mixed))
+    policy = reinforce_loss(batch.thought_logp, adv)
+    mixed_nll = -logp_mixed.mean()
+    base_ce = F.cross_entropy(batch.base_logits.flatten(0, 1).float(), windows[:, 1:].flatten())
+    with torch.no_grad():
+        ref_logits = ref(windows[:, :-1]).logits
+    kl = kl_to_reference(batch.base_logits, ref_logits)
+    loss = policy + mixed_nll + base_ce + cfg.kl_coef * kl
+    coh = coherence_scores(model, ref, batch, cfg.context_len)
+    gain = rewards.likelihood_gain(logp_mixed.detach(), batch.true_logp_without().detach())
+    figures = {"reward": float(gain.mean()), "policy_loss": float(policy), "lm_loss": float(mixed_nll + base_ce),
+               "kl": float(kl), "mix_weight": float(batch.mix_weight.mean()),
+               "diversity": rewards.thought_diversity(batch.thoughts),
+               "coherence": {k: v.flatten().tolist() for k, v in coh.items()}}
+    return loss, figures
+
+
+@torch.no_grad()
+def evaluate(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: dict, generator) -> dict:
+    """Anti-theater metrics and coherence on held-out windows (model in eval mode, nothing learned)."""
+    was = model.training
+    model.eval()
+    try:
+        batch = think(model, head, windows, cfg.n_true, cfg.num_thoughts, cfg.thought_length, ids["start"],
+                      ids["end"], cfg.temperature, ids["banned"], generator)
+        coh = coherence_scores(model, ref, batch, cfg.context_len)
+        res = anti_theater.theater_metrics(batch.mixed_logits, batch.without_logits, batch.true, coh["coherence"])
+    finally:
+        model.train(was)
+    res["coherence"] = float(coh["coherence"].mean())
+    res["accuracy_with"] = float((batch.mixed_logits.argmax(-1) == batch.true[:, None]).float().mean())
+    res["accuracy_without"] = float((batch.without_logits.argmax(-1) == batch.true).float().mean())
+    return res

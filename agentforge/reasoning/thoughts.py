@@ -1,0 +1,160 @@
+"""Quiet-STaR thoughts (Zelikman et al. 2024, "Quiet-STaR: Language Models Can Teach Themselves to
+Think Before Speaking"), on a ``CognateModel``.
+
+For a window of text split into a context c (``context_len`` tokens) and the next ``n_true`` true
+tokens t:
+
+1. *Think*: after c, sample ``num_thoughts`` thoughts ``[thinking] z_1..z_L [/endthinking]`` of
+   L = ``thought_length`` tokens. Windows taken at several positions of a sequence are stacked in
+   the batch, so thoughts at all chosen positions are sampled in parallel (the paper does every
+   position at once with a diagonal attention mask; the Cognate model has no mask input and no KV
+   cache, so we sample at ``thought_positions`` positions per sequence, each seeing the
+   ``context_len`` tokens before it).
+2. *Talk*: teacher-force t after the thought; a mixing head (a shallow MLP on the hidden states with
+   and without the thought) gives w in (0, 1) and the prediction is the interpolation
+   ``w * logits_with + (1 - w) * logits_without``.
+3. *Learn*: the reward of thought j is the log-likelihood of t under the mixed prediction minus its
+   mean over the thoughts of the same position (``rewards.py``); REINFORCE on the thought tokens'
+   log-probabilities, plus the language-model loss, plus ``kl_coef`` x KL to the reference model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MixingHead(nn.Module):
+    """Quiet-STaR's mixing head: a weight w = sigmoid(MLP([h_with; h_without])) per position.
+
+    The last layer starts at zero weight and bias ``init_bias``, so at the start every position mixes
+    with the same w = sigmoid(init_bias)."""
+
+    def __init__(self, d_model: int, hidden: int = 64, init_bias: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * d_model, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.constant_(self.net[2].bias, init_bias)
+
+    def forward(self, h_with: torch.Tensor, h_without: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(torch.cat([h_with, h_without], -1)))
+
+
+@dataclass
+class ThoughtBatch:
+    """Everything one Quiet-STaR pass computes; N windows, K thoughts each, L thought tokens, n true tokens."""
+
+    windows: torch.Tensor          # [N, C + n] context then true tokens
+    thoughts: torch.Tensor         # [N, K, L] sampled thought tokens
+    thought_logp: torch.Tensor     # [N, K, L] log-probs of the thought tokens (carry the policy gradient)
+    mixed_logits: torch.Tensor     # [N, K, n, V] prediction of the true tokens with thought j
+    without_logits: torch.Tensor   # [N, n, V] prediction without any thought
+    mix_weight: torch.Tensor       # [N, K, n] the mixing head's w
+    base_logits: torch.Tensor      # [N, C + n - 1, V] the model on the window, no thought
+    with_inputs: torch.Tensor      # [N*K, C + L + n + 1] context, thought, true tokens (for coherence)
+
+    @property
+    def true(self) -> torch.Tensor:
+        return self.windows[:, -self.without_logits.shape[1]:]
+
+    def true_logp_mixed(self) -> torch.Tensor:
+        """[N, K, n] log p(true token | context, thought j), mixed prediction."""
+        t = self.true[:, None, :, None].expand(-1, self.mixed_logits.shape[1], -1, 1)
+        return F.log_softmax(self.mixed_logits.float(), -1).gather(-1, t).squeeze(-1)
+
+    def true_logp_without(self) -> torch.Tensor:
+        """[N, n] log p(true token | context), no thought."""
+        return F.log_softmax(self.without_logits.float(), -1).gather(-1, self.true[..., None]).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_thoughts(model, prefixes: torch.Tensor, length: int, temperature: float = 1.0,
+                    banned: list[int] = (), generator: torch.Generator | None = None) -> torch.Tensor:
+    """[M, length] tokens sampled after equal-length ``prefixes`` [M, P], all rows at once."""
+    was = model.training
+    model.eval()  # sampling must not write the long-term memory
+    ids, out = prefixes, []
+    try:
+        for _ in range(length):
+            logits = model(ids[:, -model.config.max_seq_len:]).logits[:, -1].float()
+            if banned:
+                logits[:, list(banned)] = float("-inf")
+            if temperature > 0:
+                probs = F.softmax(logits / temperature, -1)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(ids.device)
+            else:
+                nxt = logits.argmax(-1, keepdim=True)
+            out.append(nxt)
+            ids = torch.cat([ids, nxt], 1)
+    finally:
+        model.train(was)
+    return torch.cat(out, 1) if out else prefixes.new_zeros(prefixes.shape[0], 0)
+
+
+def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoughts: int, thought_length: int,
+          start_id: int, end_id: int, temperature: float = 1.0, banned: list[int] = (),
+          generator: torch.Generator | None = None, thoughts: torch.Tensor | None = None) -> ThoughtBatch:
+    """One Quiet-STaR pass over windows [N, C + n_true] (``thoughts`` [N, K, L] may be given instead of sampled)."""
+    n, width = windows.shape
+    c, k = width - n_true, num_thoughts
+    if c < 1 or n_true < 1:
+        raise ValueError(f"windows of {width} tokens cannot hold a context and n_true={n_true} true tokens")
+    base = model(windows[:, :-1])
+    without_logits, without_h = base.logits[:, c - 1:], base.hidden[:, c - 1:]
+    ctx = windows[:, :c].repeat_interleave(k, 0)
+    true = windows[:, c:].repeat_interleave(k, 0)
+    start = ctx.new_full((n * k, 1), start_id)
+    if thoughts is None:
+        flat = sample_thoughts(model, torch.cat([ctx, start], 1), thought_length, temperature, banned, generator)
+    else:
+        flat = thoughts.reshape(n * k, -1)
+    length = flat.shape[1]
+    with_inputs = torch.cat([ctx, start, flat, ctx.new_full((n * k, 1), end_id), true], 1)
+    out = model(with_inputs[:, :-1])
+    logp = F.log_softmax(out.logits[:, c: c + length].float(), -1)       # position c is [thinking]
+    thought_logp = logp.gather(-1, flat[..., None]).squeeze(-1)
+    with_logits, with_h = out.logits[:, c + length + 1:], out.hidden[:, c + length + 1:]  # from [/endthinking]
+    rep_logits = without_logits.repeat_interleave(k, 0)
+    w = head(with_h, without_h.repeat_interleave(k, 0))
+    mixed = w * with_logits + (1 - w) * rep_logits
+    return ThoughtBatch(windows, flat.view(n, k, length), thought_logp.view(n, k, length),
+                        mixed.view(n, k, n_true, -1), without_logits, w.view(n, k, n_true), base.logits, with_inputs)
+
+
+def reinforce_loss(thought_logp: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
+    """REINFORCE (Williams 1992) on the thoughts: -E[A_j * sum_l log p(z_jl)], A held constant."""
+    return -(advantage.detach() * thought_logp.sum(-1)).mean()
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(policy || reference): the leash that keeps the policy near the baked model."""
+    log_p = F.log_softmax(logits.float(), -1)
+    log_q = F.log_softmax(ref_logits.float(), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+@torch.no_grad()
+def generate_with_thoughts(model, head: MixingHead | None, ids: torch.Tensor, max_new_tokens: int, thought_length: int,
+                           start_id: int, end_id: int, context_len: int = 64, temperature: float = 1.0,
+                           banned: list[int] = (), generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greedy generation where every token is predicted after one sampled thought (mixed by ``head``);
+    ``head=None`` generates without thoughts, on the same truncated context, for a like-for-like cost."""
+    was = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            ctx = ids[:, -context_len:]
+            base = model(ctx)
+            logits = base.logits[:, -1]
+            if head is not None:
+                start = ctx.new_full((ctx.shape[0], 1), start_id)
+                z = sample_thoughts(model, torch.cat([ctx, start], 1), thought_length, temperature, banned, generator)
+                out = model(torch.cat([ctx, start, z, ctx.new_full((ctx.shape[0], 1), end_id)], 1))
+                w = head(out.hidden[:, -1], base.hidden[:, -1])
+                logits = w * out.logits[:, -1] + (1 - w) * logits
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
+    finally:
+        model.train(was)
+    return ids
