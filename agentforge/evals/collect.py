@@ -113,3 +113,13 @@ def gate_or_raise(doc: dict, gate: dict[str, str], what: str) -> None:
     failures = check_gate(doc, gate)
     if failures:
         raise KPIGateError(f"KPI gate failed for {what}: " + "; ".join(failures))
+
+
+def split_requirement(text: str) -> tuple[str, str]:
+    """'val/loss.min<=5' -> ('val/loss.min', '<=5') (the command-line form of a threshold)."""
+    m = re.match(r"^(.+?)\s*(>=|<=|==|>|<)\s*(.+)$", text)
+    if not m:
+        raise AgentForgeError(f"requirement {text!r} must look like KEY>=VALUE, KEY<=VALUE, KEY<VALUE, ...")
+    spec = m.group(2) + m.group(3)
+    parse_threshold(spec)
+    return m.group(1).strip(), spec

@@ -1,0 +1,89 @@
+"""The stage comparison: table marks, CSV, readable PNG plots and stats.json in the dashboard's format."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import matplotlib.image as mpimg
+import pytest
+
+from agentforge.errors import ConfigError
+from agentforge.evals.compare import change, load_results, run_comparison
+from agentforge.phases.compare import thresholds_of
+
+TH = {"pass_at": {1: 0.30, 10: 0.45}, "min_delta_pass1": 0.04, "alpha": 0.05, "failure_p": 0.1}
+
+
+def _results(stage: str, ppl: float, correct: list[int], counts: list[int], latency: float) -> dict:
+    return {"stage": stage, "metrics": {"perplexity": ppl, "reasoning_accuracy": sum(correct) / len(correct),
+                                        "latency_ms": latency, "param_count": 1000, "peak_memory_mb": 100.0},
+            "per_example": {"gsm8k_correct": correct, "gsm8k_num_correct": counts, "n_samples": 10,
+                            "arc_correct": correct[::-1]}}
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    d = tmp_path / "eval_results"
+    d.mkdir()
+    n = 40
+    stages = {"baseline": _results("baseline", 20.0, [0] * 30 + [1] * 10, [0] * 30 + [3] * 10, 100.0),
+              "after_surgery": _results("after_surgery", 20.0, [0] * 30 + [1] * 10, [0] * 30 + [3] * 10, 110.0),
+              "finetuned_recursive": _results("finetuned_recursive", 12.0, [0] * 10 + [1] * 30,
+                                              [0] * 5 + [8] * 35, 120.0)}
+    stages["finetuned_recursive"]["metrics"]["avg_refine_steps"] = 1.5
+    for st, r in stages.items():
+        assert len(r["per_example"]["gsm8k_correct"]) == n
+        (d / f"{st}_results.json").write_text(json.dumps(r))
+    return d
+
+
+def test_change_marks_follow_the_metric_direction():
+    assert change("perplexity", 20, 12) == "improved" and change("perplexity", 12, 20) == "regressed"
+    assert change("reasoning_accuracy", 0.2, 0.5) == "improved" and change("latency_ms", 1, 2) == "regressed"
+    assert change("pass_at_10", 0.2, 0.2) == "same" and change("param_count", 1, 2) == ""
+
+
+def test_comparison_outputs(results_dir, tmp_path):
+    out = run_comparison(results_dir, ["baseline", "after_surgery", "finetuned_recursive"], tmp_path / "cmp",
+                         thresholds=TH, n_resamples=2000)
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| perplexity | lower | 20 | 20 (+0 =) | 12 (-8 ▲) |" in md
+    assert "| latency_ms | lower | 100 | 110 (+10 ▼) | 120 (+20 ▼) |" in md
+    assert "| avg_refine_steps | lower | – | – | 1.5 |" in md
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "cmp" / "comparison.csv").read_text())))
+    r = next(x for x in rows if x["metric"] == "reasoning_accuracy" and x["stage"] == "finetuned_recursive")
+    assert float(r["value"]) == 0.75 and float(r["delta_vs_first"]) == pytest.approx(0.5) and r["change"] == "improved"
+    for p in out["plots"]:
+        img = mpimg.imread(p)
+        assert p.read_bytes()[:4] == b"\x89PNG" and img.shape[0] >= 250 and img.shape[1] >= 400
+        assert img[..., :3].std() > 0.05  # not a blank canvas
+    st = json.loads((tmp_path / "cmp" / "stats.json").read_text())
+    p1 = st["pass_at_1"]
+    assert st["candidate"] == "finetuned_recursive" and st["baseline"] == "baseline"
+    assert p1["finetuned_recursive"] == pytest.approx(35 * 0.8 / 40) and p1["baseline"] == pytest.approx(0.075)
+    assert p1["ci95"][0] > 0 and p1["p_value"] < 0.05 and p1["source"] == "sampled (n=10)"
+    assert st["pass_at_10"]["finetuned_recursive"] == pytest.approx(35 / 40)
+    assert st["verdict"] == "SUCCESS" and st["reasons"] == []
+    assert "arc_easy_accuracy" in st
+
+
+def test_identical_stages_are_a_failure_verdict(results_dir, tmp_path):
+    out = run_comparison(results_dir, ["baseline", "after_surgery"], tmp_path / "c2", thresholds=TH, n_resamples=500)
+    st = out["stats"]
+    assert st["pass_at_1"]["delta"] == 0 and st["pass_at_1"]["p_value"] == 1.0 and st["verdict"] == "FAILURE"
+
+
+def test_efficiency_thresholds_enter_the_verdict(results_dir, tmp_path):
+    th = dict(TH, max_latency_ratio=1.1)
+    st = run_comparison(results_dir, None, tmp_path / "c3", thresholds=th, n_resamples=500)["stats"]
+    assert st["efficiency"][0]["value"] == pytest.approx(1.2) and not st["efficiency"][0]["ok"]
+    assert st["verdict"] == "PARTIAL"
+
+
+def test_missing_stage_and_config_thresholds(results_dir):
+    with pytest.raises(ConfigError, match="phase=eval stage=nope"):
+        load_results(results_dir, ["baseline", "nope"])
+    assert list(load_results(results_dir, None)) == ["baseline", "after_surgery", "finetuned_recursive"]
+    assert thresholds_of({"min_pass_at_1": 0.3, "min_pass_at_10": None, "alpha": 0.05}) == \
+        {"alpha": 0.05, "pass_at": {1: 0.3}}

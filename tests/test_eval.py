@@ -1,0 +1,221 @@
+"""Evaluation: answer extraction, choice scoring, surgery identity, generation statistics, the
+collect_metrics/KPI gate, and the real CLI (eval of a baseline, a surgery copy and a fine-tuned copy)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.evals import generation_stats as gs
+from agentforge.evals import tasks
+from agentforge.evals.answers import answers_match, extract_number
+from agentforge.evals.collect import check_gate, collect_metrics, summarize_jsonl
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.models.surgery import identity_gap, refinement_stats, wrap
+from tests.conftest import GSM8K_TEST, REPO, run_cli
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("so 3 + 4 = 7\n#### 1,234", "1234"),
+    ("#### -5", "-5"),
+    ("It costs $1,000.50 in total", "1000.5"),
+    ("#### $42", "42"),
+    ("she lost -$5 today", "-5"),
+    ("the answer is 3.0", "3"),
+    ("first 12 then 15.", "15"),
+    ("#### 7\nthen 9 more", "7"),
+    ("x = -3.25.", "-3.25"),
+    ("about .5 of it", "0.5"),
+    ("no number here", None),
+])
+def test_gsm8k_extraction_tricky_formats(text, expected):
+    assert extract_number(text) == expected
+
+
+def test_answers_match_exactly():
+    assert answers_match("The total is $1,200.", "... #### 1200")
+    assert not answers_match("The total is 1201", "#### 1200")
+    assert not answers_match("no idea", "#### 0")
+    assert tasks.gsm8k_correct(["#### 5", "6", ""], [{"answer": "#### 5"}, {"answer": "#### 5"},
+                                                     {"answer": "#### 5"}]) == [1, 0, 0]
+
+
+@pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="shared GSM8K test file not present")
+def test_real_gsm8k_references_extract():
+    recs = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()[:200] if line.strip()]
+    for r in recs:
+        ref = extract_number(r["answer"])
+        assert ref is not None and answers_match(r["answer"].split("####")[-1], r["answer"])
+
+
+class BiasLM(nn.Module):
+    """Logits that ignore the input: log P(token) = log_softmax(bias), so a continuation's
+    log-likelihood is the sum of its tokens' fixed log-probabilities."""
+
+    def __init__(self, bias: torch.Tensor):
+        super().__init__()
+        self.bias = nn.Parameter(bias)
+        self.config = SimpleNamespace(max_seq_len=512)
+
+    def forward(self, ids):
+        return SimpleNamespace(logits=self.bias.expand(ids.shape[0], ids.shape[1], -1))
+
+
+def test_choice_scoring_picks_the_highest_loglikelihood():
+    tok = ByteTokenizer()
+    bias = torch.zeros(272)
+    bias[ord("z")] = 3.0
+    model = BiasLM(bias)
+    logp = F.log_softmax(bias, -1)
+    scores = tasks.continuation_logprobs(model, tok, "Question: pick", [" aaa", " zzz", " zz"])
+    hand = [float(sum(logp[b] for b in c.encode())) for c in (" aaa", " zzz", " zz")]
+    assert scores == pytest.approx(hand, abs=1e-4)
+    rec = {"question": "pick", "choices": {"text": ["aaa", "zzz"], "label": ["A", "B"]}, "answerKey": "B"}
+    assert tasks.choice_predictions(model, tok, [rec], "arc") == [(1, 1)]
+    bias[ord("a")] = 6.0
+    assert tasks.choice_correct(BiasLM(bias), tok, [rec], "arc") == [0]
+
+
+def _trained_like(seed=0) -> CognateModel:
+    torch.manual_seed(seed)
+    m = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, max_steps=2, ltm_slots=8,
+                                   ltm_key_dim=8, max_seq_len=64))
+    with torch.no_grad():  # move every weight away from its init, as training would
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def test_surgery_is_an_identity_at_init_and_not_after():
+    base = _trained_like()
+    x = torch.randint(0, 256, (3, 24))
+    wrapped = wrap(base, max_inner_steps=3)
+    assert wrapped.added_params() > 0
+    assert identity_gap(base, wrapped, x) == 0.0
+    assert torch.equal(base.generate(x[:1, :5], 6), wrapped.generate(x[:1, :5], 6))
+    st = refinement_stats(wrapped, x, chunk_width=8)
+    assert st["avg_refine_steps"] == 1 and st["commit_rate"] == 1 and st["stability_at_k"] == 1
+    assert st["avg_chunk_length"] == 8 and st["chunk_lengths"] == [8] * 9
+    with torch.no_grad():
+        wrapped.refine_out.weight.normal_(0, 0.5)
+    assert identity_gap(base, wrapped, x) > 1e-3
+    st = refinement_stats(wrapped, x, chunk_width=8)
+    assert st["avg_refine_steps"] > 1 and st["commit_rate"] < 1
+
+
+def test_refiner_trains_its_zero_init_output():
+    wrapped = wrap(_trained_like()).train()
+    x = torch.randint(0, 256, (2, 17))
+    out = wrapped(x[:, :-1], x[:, 1:])
+    out.loss.backward()
+    assert wrapped.refine_out.weight.grad.abs().sum() > 0
+
+
+def test_recursive_checkpoint_roundtrip(tmp_path):
+    from agentforge.artifacts import load_any
+    from agentforge.evals.checkpoints import save_recursive
+
+    wrapped = wrap(_trained_like())
+    with torch.no_grad():
+        wrapped.refine_out.bias.fill_(0.1)
+    save_recursive(tmp_path / "ck", wrapped, ByteTokenizer())
+    loaded, _, cfg = load_any(tmp_path / "ck")
+    x = torch.randint(0, 256, (2, 10))
+    assert cfg["architecture"] == "Cognate-Recursive"
+    assert torch.equal(loaded(x).logits, wrapped(x).logits)
+
+
+def test_generation_stats_by_hand():
+    assert gs.distinct_n(["a b a b"], 1) == 0.5
+    assert gs.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert gs.seq_rep_n("x y z w x y z w", 4) == pytest.approx(1 - 4 / 5)
+    assert gs.seq_rep_n("one two", 4) == 0.0
+    assert gs.coherence(["cat dog qzx"], {"cat", "dog"}) == pytest.approx(2 / 3)
+    assert gs.prompt_overlap(["Ada has 5 apples"], ["Ada has 7"]) == pytest.approx(2 / 3)
+    st = gs.generation_stats(["p"], ["hello hello"], [11], ["hello world"])
+    assert st["gen/avg_length_tokens"] == 11 and st["gen/coherence"] == 1.0
+
+
+def test_collect_metrics_and_gate(tmp_path):
+    lines = [{"_step": 0, "_time": 1.0, "train/loss": 5.0, "note": "x"},
+             {"_step": 1, "_time": 3.0, "train/loss": 4.0, "val/loss": 4.5},
+             {"_step": 2, "_time": 4.0, "train/loss": float("nan")}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + '\n{"_step": 3, "tra')
+    s = json.loads(collect_metrics(tmp_path).read_text())
+    tl = s["metrics"]["train/loss"]
+    assert (tl["count"], tl["nonfinite"], tl["first"], tl["last"], tl["min"], tl["mean"]) == (2, 1, 5.0, 4.0, 4.0, 4.5)
+    assert s["unstable"] and s["torn_lines"] == 1 and s["wall_seconds"] == 3.0 and s["records"] == 3
+    assert check_gate(s, {"train/loss": "<=4", "val/loss.min": "<5"}) == []
+    fails = check_gate(s, {"train/loss.max": "<=4", "missing/key": ">=1"})
+    assert len(fails) == 2 and "missing/key" in fails[1]
+    assert summarize_jsonl(tmp_path / "metrics.jsonl")["metrics"]["val/loss"]["last"] == 4.5
+
+
+def test_kpi_gate_script_exit_codes(tmp_path):
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"metrics": {"perplexity": 12.0, "reasoning_accuracy": 0.1}}))
+    script = str(REPO / "scripts" / "kpi_gate.py")
+    ok = subprocess.run([sys.executable, script, str(f), "--require", "metrics.perplexity<=20"], capture_output=True)
+    bad = subprocess.run([sys.executable, script, str(f), "--require", "metrics.reasoning_accuracy>=0.3"],
+                         capture_output=True, text=True)
+    assert ok.returncode == 0 and bad.returncode == 1 and "FAIL" in bad.stdout
+
+
+EVAL_TINY = ["logger=none", "hardware=cpu", "phase.eval_examples=3", "phase.val_rows=2", "phase.gen_tokens=4",
+             "phase.pass_k_samples=2", "phase.pass_k=[1,2]", "phase.latency_tokens=16", "data.seq_len=32",
+             "data.batch_size=4"]
+
+
+def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path):
+    art = f"paths.artifacts={cognate_artifacts.parent / 'eval_e2e_artifacts'}"
+    ck = f"checkpoint={cognate_artifacts / 'cognate' / 'model1'}"
+    res_dir = cognate_artifacts.parent / "eval_e2e_artifacts" / "eval_results"
+    for stage, extra in (("baseline", []), ("after_surgery", []), ("finetuned_vanilla", ["phase.finetune_steps=2"])):
+        proc = run_cli(["phase=eval", ck, f"stage={stage}", art, *EVAL_TINY, *extra], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    r = {s: json.loads((res_dir / f"{s}_results.json").read_text())
+         for s in ("baseline", "after_surgery", "finetuned_vanilla")}
+    b, a, f = r["baseline"]["metrics"], r["after_surgery"]["metrics"], r["finetuned_vanilla"]["metrics"]
+    assert r["after_surgery"]["surgery"]["max_abs_logit_diff"] == 0.0 and r["after_surgery"]["surgery"]["identity_ok"]
+    for k in ("perplexity", "token_accuracy", "reasoning_accuracy", "arc_easy_accuracy", "piqa_accuracy"):
+        assert a[k] == pytest.approx(b[k], rel=1e-6), k
+    assert a["avg_refine_steps"] == 1 and a["stability_at_k"] == 1
+    assert r["finetuned_vanilla"]["finetune"]["steps"] == 2 and f["perplexity"] != b["perplexity"]
+    for m in (b, f):
+        assert m["perplexity"] > 1 and 0 <= m["token_accuracy"] <= 1 and m["param_count"] > 0
+        assert m["latency_ms"] > 0 and m["throughput_tokens_per_sec"] > 0 and math.isfinite(m["peak_memory_mb"])
+    assert len(r["baseline"]["per_example"]["gsm8k_correct"]) == 3
+    assert (cognate_artifacts.parent / "eval_e2e_artifacts" / "eval" / "finetuned_vanilla" / "config.json").is_file()
+
+    proc = run_cli(["phase=compare", "stages=[baseline,after_surgery,finetuned_vanilla]", art, "logger=none",
+                    "phase.n_resamples=1000"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| perplexity | lower |" in proc.stdout and "verdict (finetuned_vanilla vs baseline)" in proc.stdout
+    run_dir = Path(next(line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("run_dir: ")))
+    stats = json.loads((run_dir / "compare" / "stats.json").read_text())
+    assert stats["verdict"] in ("SUCCESS", "PARTIAL", "FAILURE")
+    assert {"finetuned_vanilla", "baseline", "delta", "ci95", "p_value"} <= set(stats["pass_at_1"])
+    pngs = list((run_dir / "compare" / "plots").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_eval_missing_checkpoint_is_a_checkpoint_error(tmp_path):
+    from agentforge.io import CheckpointError
+    from agentforge.main import run
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["phase=eval", f"checkpoint={tmp_path / 'nope'}", "logger=none"], tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        run(cfg)
+    cfg = compose_cfg(["phase=eval", "stage=bad/name", "logger=none"], tmp_path)
+    with pytest.raises(Exception, match="stage="):
+        run(cfg)
