@@ -104,7 +104,7 @@ def test_templates_pass_static_checks(framework):
     (lambda c: c.replace("        t = q.shape[-2]\n", "        t = eval('q.shape[-2]')\n"), "forbidden"),
     (lambda c: c.replace("        t = q.shape[-2]\n", "        t = q.__class__\n"), "forbidden"),
     (lambda c: c.replace("def forward(self, q", "def forward(self q"), "syntax"),
-])
+], ids=["frame_edit", "header_removed", "marker_removed", "import_os", "eval", "dunder", "syntax"])
 def test_static_checks_reject_with_reason(mutate, kind, tmp_path):
     code = mutate(variant_path("coefficient_dynamics").read_text())
     with pytest.raises(CandidateFailure) as err:
@@ -138,7 +138,7 @@ def test_baseline_scores_and_repeat_hits_cache(tmp_path):
     (CRASH, "crash", {}),
     (GREEDY, "memory", {"memory_mb": 1024}),
     (HANG, "timeout", {"timeout_s": 8}),
-])
+], ids=["noncausal", "nan", "crash", "memory", "hangs"])
 def test_sandbox_rejects_bad_candidates_with_reason(block, kind, extra, tmp_path):
     code = with_block("coefficient_dynamics", block)
     assert check_static(code) == "coefficient_dynamics"  # the block is well-formed; the sandbox must catch it
@@ -160,8 +160,8 @@ def test_phase_config_parses_and_checks_sizes(tmp_path):
     assert len(settings["sizes"]) == 4 and settings["optimizer"]["lr"] == cfg.phase.train.lr
     assert [s["d_model"] for s in scaling.sizes_of(compose_cfg(["phase=scaling", "phase.preset=seed"], tmp_path))] \
         == [96, 128, 128, 192]
-    bad = compose_cfg(["phase=scaling", "phase.presets.cpu=[{name:a,d_model:30,n_layers:1,n_heads:4},"
-                                        "{name:b,d_model:32,n_layers:1,n_heads:4}]"], tmp_path)
+    two = "[{name:a,d_model:30,n_layers:1,n_heads:4},{name:b,d_model:32,n_layers:1,n_heads:4}]"
+    bad = compose_cfg(["phase=scaling", f"phase.presets.cpu={two}"], tmp_path)
     with pytest.raises(ConfigError, match="even size"):
         scaling.settings_from_cfg(bad)
 
@@ -180,6 +180,7 @@ def test_cli_scaling_reports_fit_then_hits_cache(tmp_path):
     assert again.returncode == 0 and "cache: hit" in again.stdout, again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_cli_rejects_noncausal_program_with_exit_2(tmp_path):
     path = write(tmp_path, "noncausal", with_block("coefficient_dynamics", NONCAUSAL))
     proc = run_cli(["phase=scaling", f"phase.program={path}", *TINY_CLI], tmp_path)

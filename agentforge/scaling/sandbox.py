@@ -108,7 +108,7 @@ def limit_memory(memory_mb: int | None) -> None:
     """Cap the address space of this process (and what it forks) at ``memory_mb`` MiB."""
     if memory_mb:
         limit = int(memory_mb) * 2**20
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))

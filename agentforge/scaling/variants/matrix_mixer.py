@@ -18,7 +18,7 @@ and agentforge.models.layers.
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: F401  (for the EVOLVE block)
 from torch import nn
 
 from agentforge.models.layers import apply_rope, rope_cache
