@@ -115,8 +115,8 @@ class BitLinear(nn.Module):
         y = None
         if BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
             try:
-                acc = torch._int_mm(q.reshape(-1, self.in_features).to(torch.int8), self._codes_t)
-                y = acc.view(*x.shape[:-1], self.out_features).to(x.dtype) * (s * self._gamma_row)
+                acc = torch._int_mm(q.to(torch.int8).view(-1, self.in_features), self._codes_t)
+                y = acc.view(*x.shape[:-1], self.out_features) * (s * self._gamma_row)  # int32 * float -> float
             except (RuntimeError, AttributeError):  # this build has no CPU int8 matmul: use the float one
                 BitLinear.int8_kernel = False
         if y is None:

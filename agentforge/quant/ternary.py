@@ -49,17 +49,18 @@ def quantize_activations(x: torch.Tensor, bits: int = 8, clip: torch.Tensor | fl
     coarsening the grid. ``static``: one scale for every token, s = clip / (2^(b-1) - 1).
     """
     qmax = 2 ** (bits - 1) - 1
+    if clip is not None and not isinstance(clip, torch.Tensor):
+        clip = torch.tensor(float(clip), dtype=x.dtype, device=x.device)
     if static:
-        if clip is None or not bool(torch.isfinite(torch.as_tensor(clip))):
+        if clip is None or not bool(torch.isfinite(clip)):
             raise ValueError("static activation scales need a calibrated (finite) clip value")
-        amax = torch.as_tensor(clip, dtype=x.dtype, device=x.device).clamp(min=eps).expand(*x.shape[:-1], 1)
+        amax = clip.clamp(min=eps).expand(*x.shape[:-1], 1)
     else:
         amax = x.detach().abs().amax(dim=-1, keepdim=True)
         if clip is not None:
-            amax = amax.clamp_(max=torch.as_tensor(clip, dtype=x.dtype, device=x.device))
+            amax = amax.clamp_(max=clip)
         amax = amax.clamp_(min=eps)
-    s = amax * (1.0 / qmax)
-    return (x / s).round_().clamp_(-qmax - 1, qmax), s
+    return torch.mul(x, qmax / amax).round_().clamp_(-qmax - 1, qmax), amax / qmax
 
 
 def fake_quantize_activations(x: torch.Tensor, bits: int = 8, clip=None, static: bool = False) -> torch.Tensor:

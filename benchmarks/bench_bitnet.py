@@ -1,0 +1,132 @@
+"""BitNet b1.58 storage and CPU speed: bits per quantized weight (limit log2 3 ~ 1.585), whole-model
+bytes on disk against the fp16 and fp32 files of the same model, and inference tokens/s of the model
+loaded from the packed file against the fp32 one (same process, interleaved timings, medians).
+
+    python benchmarks/bench_bitnet.py [--input CKPT_DIR] [--size tiny|small] [--threads 1]
+
+Without --input a randomly initialised Cognate model of --size is compressed (storage and speed do not
+depend on training; the weights only change the sparsity). The compressed model computes its ternary
+layers as an int8 x int8 -> int32 matmul (torch._int_mm) on CPU; the float fallback (gamma * codes cached
+as a dense fp32 matrix) is timed too.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from agentforge.artifacts import load_model
+from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+from agentforge.io import save_tensors
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.quant import BitLinear
+from agentforge.quant.calibrate import activation_stats, apply_clips
+from agentforge.quant.checkpoint import load_packed, save_packed
+from agentforge.quant.convert import bitlinear_layers, convert_to_bitlinear
+from agentforge.quant.packing import packed_size
+
+SIZES = {"tiny": dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window=64, ltm_key_dim=32),
+         "small": dict(d_model=256, n_layers=4, n_heads=4, ffn_hidden=688, window=128, ltm_key_dim=64)}
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+@torch.no_grad()
+def speed(models: dict, seq_len: int, batch: int, gen_tokens: int, repeats: int) -> dict:
+    """Forward tokens/s ([batch, seq_len]) and greedy generation tokens/s, interleaved across models."""
+    ids = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    prompt = ids[:1, :16]
+    fwd = {k: [] for k in models}
+    gen = {k: [] for k in models}
+    for m, _ in models.values():  # warmup
+        m(ids)
+    for _ in range(repeats):
+        for name, (m, kernel) in models.items():
+            BitLinear.int8_kernel = kernel
+            fwd[name] += timed(lambda: m(ids), 1)
+            gen[name] += timed(lambda: m.generate(prompt, gen_tokens), 1)
+    BitLinear.int8_kernel = True
+    halting = {k: float(m(ids).halting_steps.mean()) for k, (m, _) in models.items()}
+    return {k: (batch * seq_len / statistics.median(fwd[k]), gen_tokens / statistics.median(gen[k]), halting[k])
+            for k in models}
+
+
+def full_recursion(model):
+    """A copy that never halts early (ACT threshold out of reach): every model does max_steps steps."""
+    m = copy.deepcopy(model)
+    m.config = dataclasses.replace(m.config, act_threshold=1e9)
+    return m
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--input", help="a Cognate checkpoint dir (default: a random model of --size)")
+    ap.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--gen-tokens", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.input:
+        model, tok, _ = load_model(args.input)
+        what = args.input
+    else:
+        torch.manual_seed(0)
+        model, tok = CognateModel(CognateConfig(vocab_size=RESERVED_VOCAB, **SIZES[args.size])).eval(), ByteTokenizer()
+        what = f"random {args.size} Cognate model"
+    print(f"model: {what}, {model.num_params():,} parameters; {args.threads} thread(s)")
+    qmodel = copy.deepcopy(model)
+    names = convert_to_bitlinear(qmodel)
+    rows = torch.randint(0, 256, (16, args.seq_len + 1), generator=torch.Generator().manual_seed(1))
+    apply_clips(qmodel, activation_stats(model, rows, names, batch_size=8))
+    n_quant = sum(m.weight.numel() for _, m in bitlinear_layers(qmodel))
+    n_scales = sum(m.ternary()[1].numel() for _, m in bitlinear_layers(qmodel))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        state = model.state_dict()
+        f32 = save_tensors(tmp / "fp32.safetensors", {k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        f16 = save_tensors(tmp / "fp16.safetensors", {k: v.half() if v.is_floating_point() else v for k, v in state.items()})
+        b32, b16 = f32.stat().st_size, f16.stat().st_size
+        print(f"\n{n_quant:,} quantized weights in {len(names)} layers; limit log2(3) = {math.log2(3):.4f} bits/weight")
+        print(f"{'packing':8} {'bits/w (codes)':>15} {'bits/w (+scales)':>17} {'file bytes':>11} {'vs fp32':>8} {'vs fp16':>8}")
+        packed_dirs = {}
+        for scheme in ("base3", "2bit"):
+            for dtype in ("float16", "float32"):
+                d = save_packed(tmp / f"{scheme}-{dtype}", qmodel, tok, scheme=scheme, preserved_dtype=dtype)
+                packed_dirs[(scheme, dtype)] = d
+                size = (d / "model.safetensors").stat().st_size
+                code_bytes = sum(packed_size(m.weight.numel(), scheme) for _, m in bitlinear_layers(qmodel))
+                print(f"{scheme:8} {8 * code_bytes / n_quant:15.4f} {(8 * code_bytes + 32 * n_scales) / n_quant:17.4f} "
+                      f"{size:11,} {b32 / size:7.2f}x {b16 / size:7.2f}x   (preserved tensors {dtype})")
+        print(f"{'fp32':8} {32:15.4f} {'':17} {b32:11,}\n{'fp16':8} {16:15.4f} {'':17} {b16:11,}")
+        loaded, _, _ = load_packed(packed_dirs[("base3", "float16")])
+    runs = {"as trained (ACT halting)": (model, loaded),
+            "equal compute (all max_steps recursion steps)": (full_recursion(model), full_recursion(loaded))}
+    for title, (fp, bn) in runs.items():
+        res = speed({"fp32": (fp, True), "bitnet int8 kernel": (bn, True), "bitnet float kernel": (bn, False)},
+                    args.seq_len, args.batch, args.gen_tokens, args.repeats)
+        base_f, base_g, _ = res["fp32"]
+        print(f"\nCPU inference, {title}: medians of {args.repeats} interleaved runs "
+              f"(forward [{args.batch}, {args.seq_len}]; greedy generation of {args.gen_tokens} tokens)")
+        print(f"{'model':20} {'forward tok/s':>14} {'vs fp32':>8} {'generate tok/s':>15} {'vs fp32':>8} {'halt steps':>11}")
+        for k, (f, g, h) in res.items():
+            print(f"{k:20} {f:14,.0f} {f / base_f:7.2f}x {g:15,.1f} {g / base_g:7.2f}x {h:11.2f}")
+
+if __name__ == "__main__":
+    main()
