@@ -255,7 +255,8 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
         "final/champion_combo_id": recipe.combo, "final/best_combo": combos.bits(best_combo),
         "final/worst_combo": combos.bits(worst_combo),
         "final/combo_win_rate": {combos.bits(c): wins[c] / len(gens) for c in range(8)},
-        "final/converged_at_generation": gens[-1].index, "final/convergence_reason": result.convergence_reason,
+        "final/converged_at_generation": result.champion_generation,  # where the best stopped rising
+        "final/convergence_reason": result.convergence_reason,
         "final/best_input_fitness": best_input,
         "final/evaluations_per_second": result.evaluations / max(result.eval_seconds, 1e-9),
     }
