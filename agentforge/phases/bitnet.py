@@ -28,7 +28,7 @@ from agentforge.config import boolean, integer, number, one_of, optional, rule
 from agentforge.data.build import build_datamodule, eval_sets
 from agentforge.errors import ConfigError
 from agentforge.evals import tasks
-from agentforge.evals.speed import forward_latency_ms
+from agentforge.evals.speed import forward_latency_ms, halting_distribution
 from agentforge.io import CheckpointError, save_tensors
 from agentforge.phases.context import run_context
 from agentforge.quant import calibrate, convert
@@ -78,8 +78,8 @@ def quant_knobs(p) -> dict:
             "act_scale": str(p.activation_scale)}
 
 
-def evaluate(model, tokenizer, val_rows, evals, p, seq_len: int, timed: bool = True) -> dict:
-    """Perplexity, the task accuracies and their mean (the accuracy composite), forward latency."""
+def evaluate(model, tokenizer, val_rows, evals, p) -> dict:
+    """Perplexity, the task accuracies and their mean (the accuracy composite)."""
     was = model.training
     model.eval()
     try:
@@ -88,12 +88,21 @@ def evaluate(model, tokenizer, val_rows, evals, p, seq_len: int, timed: bool = T
                 "arc": tasks.choice_accuracy(model, tokenizer, evals["arc"], "arc"),
                 "piqa": tasks.choice_accuracy(model, tokenizer, evals["piqa"], "piqa")}
         out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": statistics.mean(accs.values()),
-               **{f"{k}_accuracy": v for k, v in accs.items()}}
-        if timed:
-            out["inference_ms"] = forward_latency_ms(model, seq_len, batch=1, repeats=int(p.speed_repeats))
+               **{f"{k}_accuracy": v for k, v in accs.items()},
+               "halting_steps": float(halting_distribution(model, val_rows).mean())}  # ACT steps set the compute
         return out
     finally:
         model.train(was)
+
+
+def interleaved_latency_ms(models: list, seq_len: int, repeats: int) -> list[float]:
+    """Median forward latency (ms, one [1, seq_len] pass) of each model, timed in alternation so that
+    load from other processes hits all of them alike."""
+    times = [[] for _ in models]
+    for _ in range(repeats):
+        for i, m in enumerate(models):
+            times[i].append(forward_latency_ms(m, seq_len, batch=1, repeats=1, warmup=1))
+    return [statistics.median(t) for t in times]
 
 
 def relative_drop(before: float, after: float) -> float:
@@ -131,7 +140,7 @@ def run(cfg) -> dict:
                                                                          for k, v in state.items()})
         ref16 = save_tensors(run_dir / "reference" / "fp16.safetensors", {k: v.half() if v.is_floating_point() else v
                                                                          for k, v in state.items()})
-        before = evaluate(model, tokenizer, val_rows, evals, p, seq_len)
+        before = evaluate(model, tokenizer, val_rows, evals, p)
         print(f"before: perplexity {before['perplexity']:.2f}  accuracy {before['accuracy']:.3f}")
 
         qmodel = copy.deepcopy(model)
@@ -143,7 +152,7 @@ def run(cfg) -> dict:
         layer_rows = log_compression(tr, qmodel, p)
         ckpt_dir = run_dir / "checkpoints" / "compressed"
         loaded = pack_and_reload(qmodel, tokenizer, ckpt_dir, p, src)
-        after = evaluate(loaded, tokenizer, val_rows, evals, p, seq_len)
+        after = evaluate(loaded, tokenizer, val_rows, evals, p)
         drop = relative_drop(before["accuracy"], after["accuracy"])
         print(f"after compression: perplexity {after['perplexity']:.2f}  accuracy {after['accuracy']:.3f}  "
               f"drop {drop:.1f}%")
@@ -153,7 +162,9 @@ def run(cfg) -> dict:
             curve = fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, after["accuracy"])
             loaded = pack_and_reload(qmodel, tokenizer, ckpt_dir, p, src)
             layer_rows = convert.layer_stats(qmodel, str(p.packing), _itemsize(p))
-            after = evaluate(loaded, tokenizer, val_rows, evals, p, seq_len)
+            after = evaluate(loaded, tokenizer, val_rows, evals, p)
+        before["inference_ms"], after["inference_ms"] = interleaved_latency_ms([model, loaded], seq_len,
+                                                                               int(p.speed_repeats))
         result = finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve,
                           time.perf_counter() - t_start)
         return result
@@ -232,8 +243,7 @@ def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: f
     epochs, steps = int(p.fine_tune_epochs), int(p.fine_tune_steps_per_epoch)
     optim_cfg = {**OmegaConf.to_container(cfg.optimizer, resolve=True), "lr": float(p.fine_tune_lr)}
     module = LMModule(qmodel, optim_cfg, epochs * steps, "stop")
-    cb = RecoveryCallback(ctx.tracker, lambda m: evaluate(m, tokenizer, val_rows, evals, p, int(cfg.data.seq_len),
-                                                          timed=False), base_accuracy)
+    cb = RecoveryCallback(ctx.tracker, lambda m: evaluate(m, tokenizer, val_rows, evals, p), base_accuracy)
     trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers, callbacks=[cb],
                             max_epochs=epochs, default_root_dir=ctx.run_dir, enable_checkpointing=False,
                             gradient_clip_val=float(p.gradient_clip) or None, enable_progress_bar=False)
@@ -268,6 +278,8 @@ def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16,
         "evaluation/nonzero_params": n_quant - zeros,
         **{f"evaluation/{k}_before": before[f"{k}_accuracy"] for k in ("gsm8k", "arc", "piqa")},
         **{f"evaluation/{k}_after": after[f"{k}_accuracy"] for k in ("gsm8k", "arc", "piqa")},
+        "evaluation/avg_halting_steps_before": before["halting_steps"],
+        "evaluation/avg_halting_steps_after": after["halting_steps"],
     }
     tr.log(evaluation)
     final = {"final/compression_ratio": ratio, "final/accuracy_drop": drop, "final/inference_speedup": speedup,
@@ -331,7 +343,8 @@ def report(p, ev, final, fp16_bytes, fp32_bytes, packed_bytes, n_quant) -> None:
           f"{final['final/sparsity']:.3f}")
     print(f"perplexity {ev['evaluation/perplexity_before']:.2f} -> {ev['evaluation/perplexity_after']:.2f}; "
           f"accuracy {ev['evaluation/accuracy_before']:.3f} -> {ev['evaluation/accuracy_after']:.3f}; "
-          f"forward {ev['evaluation/inference_time_before_ms']:.1f} ms -> {ev['evaluation/inference_time_after_ms']:.1f} ms")
+          f"forward {ev['evaluation/inference_time_before_ms']:.1f} ms -> {ev['evaluation/inference_time_after_ms']:.1f} ms "
+          f"(ACT steps {ev['evaluation/avg_halting_steps_before']:.2f} -> {ev['evaluation/avg_halting_steps_after']:.2f})")
     print(f"threshold compression > {float(p.min_compression):g}x (whole model, bytes on disk vs fp32): "
           f"measured {ratio:.2f}x  {ok(ratio > float(p.min_compression))}")
     print(f"threshold accuracy drop < {float(p.max_accuracy_drop):g}%: measured {drop:.1f}%  "
