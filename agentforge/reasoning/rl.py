@@ -69,8 +69,8 @@ def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: di
     loss = policy + mixed_nll + base_ce + cfg.kl_coef * kl
     coh = coherence_scores(model, ref, batch, cfg.context_len)
     gain = rewards.likelihood_gain(logp_mixed.detach(), batch.true_logp_without().detach())
-    figures = {"reward": float(gain.mean()), "policy_loss": float(policy), "lm_loss": float(mixed_nll + base_ce),
-               "kl": float(kl), "mix_weight": float(batch.mix_weight.mean()),
+    figures = {"reward": float(gain.mean()), "policy_loss": policy.item(), "lm_loss": (mixed_nll + base_ce).item(),
+               "kl": kl.item(), "mix_weight": batch.mix_weight.mean().item(),
                "diversity": rewards.thought_diversity(batch.thoughts),
                "coherence": {k: v.flatten().tolist() for k, v in coh.items()}}
     return loss, figures

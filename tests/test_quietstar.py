@@ -1,0 +1,71 @@
+"""Phase 3 end to end: the real CLI on a tiny Cognate checkpoint, and its user errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from agentforge.artifacts import load_model
+from agentforge.errors import ConfigError
+from agentforge.io import CheckpointError, load_tensors
+from agentforge.main import run
+from agentforge.reasoning.tokens import SPECIAL_TOKENS
+from tests.conftest import compose_cfg, run_cli
+
+QS_TINY = ["logger=csv", "hardware=cpu", "phase.baking.epochs=1", "phase.baking.steps_per_epoch=2",
+           "phase.baking.batch_size=2", "phase.baking.examples_per_strategy=1", "phase.baking.val_per_strategy=1",
+           "phase.baking.sample_tokens=2", "phase.baking.usage_tokens=2", "phase.rl.num_episodes=2",
+           "phase.rl.num_thoughts=2", "phase.rl.thought_length=2", "phase.rl.thought_positions=1",
+           "phase.rl.batch_size=1", "phase.rl.seq_len=24", "phase.rl.context_len=16", "phase.rl.n_true=2",
+           "phase.rl.anti_theater_every=1", "phase.rl.eval_windows=2", "phase.rl.eval_examples=1",
+           "phase.rl.gen_tokens=2", "phase.rl.inference_tokens=1"]
+
+
+def _metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    return rows, keys
+
+
+def test_quietstar_cli_both_steps(cognate_artifacts, tmp_path):
+    proc = run_cli(["phase=quietstar", f"phase.input={cognate_artifacts}/cognate/model1", *QS_TINY], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    art = tmp_path / "outputs" / "artifacts" / "quietstar"
+    for name in ("baked", "reasoning"):
+        model, tok, cfg = load_model(art / name)
+        assert tok.special_tokens == list(SPECIAL_TOKENS) and model.config.vocab_size >= tok.vocab_size
+        assert cfg["meta"]["step"] == ("baking" if name == "baked" else "rl")
+    head = load_tensors(art / "reasoning" / "mixing_head.safetensors")
+    assert any(k.endswith("weight") for k in head)
+    run_dir = next((tmp_path / "outputs" / "runs").glob("*/*_quietstar_*"))
+    _, bkeys = _metrics(run_dir / "phase3-step1-baking")
+    for k in ("baking/loss", "baking/learning_rate", "baking/accuracy_mece", "baking/accuracy_overall",
+              "baking/val_accuracy", "baking/convergence_progress", "baking/final_accuracy", "baking/converged",
+              "baking/thinking_token_usage", "baking/strategy_token_usage"):
+        assert k in bkeys, k
+    assert (run_dir / "phase3-step1-baking" / "tables" / "baking__strategy_accuracy_table.csv").is_file()
+    rows, rkeys = _metrics(run_dir / "phase3-step2-rl")
+    for k in ("rl/reward", "rl/avg_reward", "rl/avg_coherence_score", "rl/semantic_coherence", "rl/kl_divergence",
+              "rl/thought_diversity", "anti_theater/divergence", "anti_theater/all_passed", "rl/inference_time_ms",
+              "rl/final_reward", "rl/improvement_over_baked"):
+        assert k in rkeys, k
+    checks = [r for r in rows if "anti_theater/divergence" in r]
+    assert len(checks) == 3  # before training, after episode 1 and 2
+    assert "anti-theater:" in proc.stdout and "thinking cost:" in proc.stdout
+
+
+def test_missing_input_and_bad_values_are_one_line_errors(tmp_path):
+    cfg = compose_cfg(["phase=quietstar", "logger=none"], tmp_path)
+    with pytest.raises(CheckpointError, match="phase=evomerge"):
+        run(cfg)
+    rl = cfg.copy()
+    rl.step = "rl"
+    with pytest.raises(CheckpointError, match="step=baking"):
+        run(rl)
+    for key, bad in [("phase.step", "talk"), ("phase.rl.num_thoughts", 1), ("phase.baking.sampled_fraction", 2.0),
+                     ("step", "nope"), ("phase.baking.prompt_position", "middle")]:
+        wrong = cfg.copy()
+        OmegaConf.update(wrong, key, bad)
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            run(wrong)
