@@ -206,9 +206,10 @@ def test_bad_config_names_the_key():
 
 
 def test_shipped_presets_match_the_seed(compose_cfg_fn=None):
-    from tests.conftest import compose_cfg
     import tempfile
     from pathlib import Path
+
+    from tests.conftest import compose_cfg
     want = {"muon_grokfast": (1e-3, 0.3, 30.0, 0.0), "muon_grokfast_baking": (1e-4, 0.2, 30.0, 0.0),
             "muon_grokfast_rl": (5e-4, 0.1, 25.0, 0.1)}
     with tempfile.TemporaryDirectory() as d:

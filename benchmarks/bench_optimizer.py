@@ -1,0 +1,79 @@
+"""Optimizer step time of Muon-Grokfast against AdamW on the default (size=tiny) Cognate model m1, same
+process, same gradients. Also the whole training step (forward + backward + optimizer step), which is
+what a run pays.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_optimizer.py [--repeats 50]
+
+Aim: Muon-Grokfast step <= 1.3x AdamW's. Muon's Newton-Schulz iterations (5 x 3 matmuls per hidden
+matrix, torch.optim.Muon) cost far more than AdamW's elementwise update on a CPU; the full-step ratio
+shows how much of a training step that is.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agentforge.artifacts import cognate_config_from
+from agentforge.data.tokenizer import RESERVED_VOCAB
+from agentforge.models import CognateModel
+from agentforge.optim import build_optimizer
+
+
+def load(path: str) -> dict:
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=64)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    mcfg = {**load("conf/model/m1.yaml"), **load("conf/size/tiny.yaml")}
+    torch.manual_seed(0)
+    model = CognateModel(cognate_config_from(mcfg, RESERVED_VOCAB))
+    ids = torch.randint(0, 256, (a.batch, a.seq + 1))
+    model(ids[:, :-1], ids[:, 1:]).loss.backward()
+    grads = [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    print(f"Cognate m1 (size=tiny): {model.num_params():,} params; batch {a.batch} x {a.seq} tokens; 1 thread")
+    results = {}
+    for name in ("adamw", "muon_grokfast"):
+        model.load_state_dict(start)
+        opt, _ = build_optimizer(model, load(f"conf/optimizer/{name}.yaml"), 1000)
+        opt_times, full_times = [], []
+        for i in range(a.repeats + 5):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = None if g is None else g.clone()
+            t = time.perf_counter()
+            opt.step()
+            if i >= 5:
+                opt_times.append(time.perf_counter() - t)
+        for i in range(max(a.repeats // 5, 3) + 2):
+            t = time.perf_counter()
+            opt.zero_grad()
+            model(ids[:, :-1], ids[:, 1:]).loss.backward()
+            opt.step()
+            if i >= 2:
+                full_times.append(time.perf_counter() - t)
+        results[name] = (statistics.median(opt_times) * 1e3, statistics.median(full_times) * 1e3)
+    (ao, af), (mo, mf) = results["adamw"], results["muon_grokfast"]
+    print(f"{'':<16}{'optimizer.step ms':>19}{'train step ms':>15}")
+    print(f"{'adamw':<16}{ao:>19.2f}{af:>15.1f}")
+    print(f"{'muon_grokfast':<16}{mo:>19.2f}{mf:>15.1f}")
+    print(f"ratio optimizer.step: {mo / ao:.2f}x AdamW (aim <= 1.3x: {'met' if mo / ao <= 1.3 else 'NOT met'});"
+          f" ratio whole train step: {mf / af:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
