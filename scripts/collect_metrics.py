@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agentforge.errors import AgentForgeError  # noqa: E402
-from agentforge.evals.collect import check_gate, collect_metrics, split_requirement  # noqa: E402
+from agentforge.errors import AgentForgeError
+from agentforge.evals.collect import check_gate, collect_metrics, split_requirement
 
 
 def main(argv=None) -> int:

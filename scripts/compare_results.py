@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agentforge.errors import AgentForgeError  # noqa: E402
-from agentforge.evals.compare import run_comparison  # noqa: E402
+from agentforge.errors import AgentForgeError
+from agentforge.evals.compare import run_comparison
 
 DEFAULT_THRESHOLDS = {"pass_at": {1: 0.30, 10: 0.45}, "min_delta_pass1": 0.04, "alpha": 0.05, "failure_p": 0.1}
 

@@ -164,9 +164,10 @@ def test_kpi_gate_script_exit_codes(tmp_path):
     f = tmp_path / "r.json"
     f.write_text(json.dumps({"metrics": {"perplexity": 12.0, "reasoning_accuracy": 0.1}}))
     script = str(REPO / "scripts" / "kpi_gate.py")
-    ok = subprocess.run([sys.executable, script, str(f), "--require", "metrics.perplexity<=20"], capture_output=True)
+    ok = subprocess.run([sys.executable, script, str(f), "--require", "metrics.perplexity<=20"],
+                        check=False, capture_output=True)
     bad = subprocess.run([sys.executable, script, str(f), "--require", "metrics.reasoning_accuracy>=0.3"],
-                         capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
     assert ok.returncode == 0 and bad.returncode == 1 and "FAIL" in bad.stdout
 
 

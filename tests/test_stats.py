@@ -76,16 +76,16 @@ TH = {"pass_at": {1: 0.30, 10: 0.45}, "min_delta_pass1": 0.04, "alpha": 0.05, "f
 
 
 def test_verdict_success_partial_failure():
-    ok = dict(pass_at={1: 0.35, 10: 0.5}, delta_pass1=0.05, thresholds=TH)
+    ok = {"pass_at": {1: 0.35, 10: 0.5}, "delta_pass1": 0.05, "thresholds": TH}
     assert verdict(**ok, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=True) == ("SUCCESS", [])
     v, reasons = verdict(**ok, ci95=[-0.01, 0.09], p_value=0.07, efficiency_ok=True)
     assert v == "PARTIAL" and any("p-value" in r for r in reasons)
     assert verdict(**ok, ci95=[-0.05, 0.09], p_value=0.2, efficiency_ok=True)[0] == "FAILURE"
-    low = dict(pass_at={1: 0.1, 10: 0.2}, delta_pass1=0.05, thresholds=TH)
+    low = {"pass_at": {1: 0.1, 10: 0.2}, "delta_pass1": 0.05, "thresholds": TH}
     assert verdict(**low, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=None)[0] == "FAILURE"
     assert verdict(**low, ci95=[0.01, 0.09], p_value=0.06, efficiency_ok=True)[0] == "PARTIAL"
     assert verdict(**ok, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=False)[0] == "PARTIAL"
     assert verdict(**ok, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=True, unstable=True)[0] == "FAILURE"
-    missing = dict(pass_at={1: 0.35, 10: None}, delta_pass1=0.05, thresholds=TH)
+    missing = {"pass_at": {1: 0.35, 10: None}, "delta_pass1": 0.05, "thresholds": TH}
     v, reasons = verdict(**missing, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=True)
     assert v == "PARTIAL" and any("pass@10 not measured" in r for r in reasons)

@@ -124,12 +124,12 @@ def csv_table(rows: list[dict]) -> str:
 
 def plot_metrics(results: dict[str, dict], out_dir: Path) -> list[Path]:
     """One PNG per metric group: a small line chart of each metric over the stages."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
-    from agentforge.io import atomic_write  # noqa: PLC0415
+    from agentforge.io import atomic_write
 
     stages, names, paths = list(results), set(metric_names(results)), []
     for group, metrics in PLOT_GROUPS.items():
@@ -244,6 +244,10 @@ def run_comparison(results_dir: str | Path, stages: list[str] | None, out_dir: s
     results = load_results(results_dir, stages)
     rows = table_rows(results)
     md = markdown_table(results, rows)
+    sizes = {st: json.dumps(r.get("datasets"), sort_keys=True) for st, r in results.items()}
+    if len(set(sizes.values())) > 1:
+        md += ("\n**Warning:** the stages were evaluated on different example sets: "
+               + "; ".join(f"{st} {v}" for st, v in sizes.items()) + "\n")
     paths = {"markdown": write_text_atomic(out_dir / "comparison.md", md),
              "csv": write_text_atomic(out_dir / "comparison.csv", csv_table(rows))}
     plots = plot_metrics(results, out_dir / "plots")

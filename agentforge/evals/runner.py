@@ -89,7 +89,7 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
     metrics["examples_per_sec"] = n_examples / task_time if task_time > 0 else float("nan")
 
     if hasattr(model, "refine"):
-        from agentforge.models.surgery import refinement_stats  # noqa: PLC0415
+        from agentforge.models.surgery import refinement_stats
 
         rs = refinement_stats(model, rows.to(device), s.chunk_width, s.batch_size)
         per["chunk_lengths"] = rs.pop("chunk_lengths")

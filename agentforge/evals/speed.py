@@ -62,7 +62,7 @@ def generation_latency_ms(model, new_tokens: int = 512, prompt_len: int = 8, voc
 
     Measured once after a 1-token warmup; the model's own ``generate`` is used when it has one.
     """
-    from agentforge.evals.tasks import generate  # noqa: PLC0415
+    from agentforge.evals.tasks import generate
 
     device = next(model.parameters()).device
     ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
@@ -96,9 +96,9 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
-        import threading  # noqa: PLC0415
+        import threading
 
-        import psutil  # noqa: PLC0415
+        import psutil
 
         proc, self._stop = psutil.Process(), threading.Event()
         self.peak_mb = proc.memory_info().rss / 2**20

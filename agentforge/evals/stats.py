@@ -60,7 +60,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 
     extreme = int(np.sum(np.abs(boot - delta) >= abs(delta) - 1e-12))
     p = (extreme + 1) / (len(boot) + 1)
     return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "delta": delta, "ci95": [lo, hi],
-            "p_value": min(1.0, p), "n": int(len(a)), "n_resamples": int(n_resamples)}
+            "p_value": min(1.0, p), "n": len(a), "n_resamples": int(n_resamples)}
 
 
 def _ge(x, t) -> bool:

@@ -165,8 +165,8 @@ def perplexity(model, rows: torch.Tensor, batch_size: int = 16) -> float:
 @torch.no_grad()
 def lm_metrics(model, rows: torch.Tensor, batch_size: int = 16) -> dict:
     """Perplexity and next-token accuracy (torchmetrics) over [N, T+1] rows, plus each row's mean loss."""
-    from torchmetrics.classification import MulticlassAccuracy  # noqa: PLC0415
-    from torchmetrics.text import Perplexity  # noqa: PLC0415
+    from torchmetrics.classification import MulticlassAccuracy
+    from torchmetrics.text import Perplexity
 
     device = next(model.parameters()).device
     ppl, acc, row_losses = None, None, []

@@ -99,8 +99,8 @@ def eval_rows(sets: dict, tokenizer, seed: int, seq_len: int, n_rows: int) -> to
 
 def finetune(ctx, cfg, model, tokenizer, steps: int) -> dict:
     """A short fine-tune through the shared LMModule and Trainer on the held-out-free training mix."""
-    from agentforge.training.lm_module import LMModule  # noqa: PLC0415
-    from agentforge.training.trainer import build_trainer  # noqa: PLC0415
+    from agentforge.training.lm_module import LMModule
+    from agentforge.training.trainer import build_trainer
 
     p = cfg.phase
     mix = OmegaConf.to_container(p.finetune_mix, resolve=True)
@@ -191,7 +191,7 @@ def save_stage_model(run_ckpt: Path, published: Path, model, tokenizer, meta: di
     if hasattr(model, "refine"):
         recursive_ckpt.save_recursive(run_ckpt, model, tokenizer, meta)
     else:
-        from agentforge.artifacts import save_model  # noqa: PLC0415
+        from agentforge.artifacts import save_model
 
         save_model(run_ckpt, model, tokenizer, meta)
     publish(run_ckpt, published)

@@ -1,0 +1,83 @@
+"""Evaluation throughput (examples/s) of the default model (size=tiny, model=m1), and the cost of the
+recursive-refinement wrapper measured against it in the same process.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_eval.py [--examples 8] [--gen-tokens 32] [--samples 5]
+
+Weights are freshly initialized (speed does not depend on training, except through where a greedy
+generation happens to stop); every figure is measured here, none is assumed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agentforge.artifacts import cognate_config_from
+from agentforge.data.build import eval_sets
+from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+from agentforge.evals import tasks
+from agentforge.evals.runner import EvalSettings, evaluate
+from agentforge.main import CONF_DIR
+from agentforge.models import CognateModel
+from agentforge.models.surgery import wrap
+from agentforge.phases.eval import eval_rows
+
+
+def timed(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t0)
+
+
+def bench(model, tok, sets, rows, a) -> dict:
+    g, arc, piqa = sets["gsm8k"], sets["arc"], sets["piqa"]
+    return {
+        "lm rows/s (perplexity, token acc)": timed(lambda: tasks.lm_metrics(model, rows), len(rows)),
+        "gsm8k greedy examples/s": timed(lambda: tasks.gsm8k_greedy(model, tok, g, a.gen_tokens), len(g)),
+        f"gsm8k sampled (n={a.samples}) examples/s": timed(
+            lambda: tasks.gsm8k_sample_counts(model, tok, g, a.samples, a.gen_tokens), len(g)),
+        "arc choice examples/s": timed(lambda: tasks.choice_correct(model, tok, arc, "arc"), len(arc)),
+        "piqa choice examples/s": timed(lambda: tasks.choice_correct(model, tok, piqa, "piqa"), len(piqa)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--examples", type=int, default=8)
+    ap.add_argument("--gen-tokens", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=5)
+    ap.add_argument("--latency-tokens", type=int, default=64)
+    a = ap.parse_args()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["phase=eval"])
+    torch.manual_seed(0)
+    model = CognateModel(cognate_config_from(OmegaConf.to_container(cfg.model, resolve=True), RESERVED_VOCAB)).eval()
+    tok = ByteTokenizer()
+    sets = eval_sets({}, 0, a.examples, split="test")
+    rows = eval_rows(sets, tok, 0, int(cfg.data.seq_len), 16)
+    print(f"default model: size=tiny model=m1, {model.num_params():,} params, torch threads {torch.get_num_threads()}; "
+          f"{a.examples} examples per task, {a.gen_tokens} generated tokens, rows {tuple(rows.shape)}")
+    base = bench(model, tok, sets, rows, a)
+    rec = bench(wrap(model), tok, sets, rows, a)
+    print(f"{'measure':42s} {'base':>10s} {'+surgery':>10s} {'ratio':>7s}")
+    for k in base:
+        print(f"{k:42s} {base[k]:10.2f} {rec[k]:10.2f} {rec[k] / base[k]:7.2f}")
+    s = EvalSettings(gen_tokens=a.gen_tokens, pass_k_samples=a.samples, latency_tokens=a.latency_tokens)
+    t0 = time.perf_counter()
+    res = evaluate(model, tok, sets, rows, s)
+    total = time.perf_counter() - t0
+    n = 3 * a.examples
+    print(f"full phase=eval evaluation (all metrics, latency of {a.latency_tokens} tokens): {total:.1f} s, "
+          f"{n / total:.2f} examples/s overall; task-only {res['metrics']['examples_per_sec']:.2f} examples/s; "
+          f"generation {res['metrics']['throughput_tokens_per_sec']:.1f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()
