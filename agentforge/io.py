@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from agentforge.errors import AgentForgeError
 
@@ -71,7 +71,8 @@ def _json_default(o: Any) -> Any:
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Atomic safetensors save; shared or non-contiguous tensors are cloned to plain ones."""
     plain = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    return atomic_write(path, lambda p: save_file(plain, str(p), metadata=metadata))
+    data = save(plain, metadata=metadata)  # bytes first, so write errors are ordinary OSErrors
+    return atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

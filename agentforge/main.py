@@ -6,6 +6,7 @@ exits non-zero. In a multirun a failing job is recorded and the sweep goes on; t
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import hydra
+import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +28,7 @@ from agentforge.tracking.sweep import record_job
 log = logging.getLogger("agentforge")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's conf/ (editable install)
 _UID: dict[str, str] = {}
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file-size limit
 
 
 def _uid() -> str:
@@ -42,6 +45,7 @@ def run(cfg: DictConfig) -> dict:
     """The plain entry point tests call: validate, dispatch, return the phase's result."""
     phase = get_phase(str(cfg.phase.name))
     validate(cfg, getattr(phase, "RULES", ()))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # before any model is built
     return phase.run(cfg)
 
 
@@ -71,6 +75,16 @@ def main(cfg: DictConfig):
             _remove_run_dir()  # nothing ran: leave no empty run directory behind
         if multirun:
             record_job(cfg, ok=False, error=f"{type(exc).__name__}: {exc}")
+            return None
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        msg = (f"no room to write {exc.filename or 'the output'} ({os.strerror(exc.errno)}): free disk space or "
+               f"point AGENTFORGE_OUTPUTS / paths.outputs at a disk with room; partial files were removed")
+        print(f"error: {msg}", file=sys.stderr)
+        if multirun:
+            record_job(cfg, ok=False, error=msg)
             return None
         sys.exit(2)
     except Exception as exc:

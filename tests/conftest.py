@@ -48,6 +48,7 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 300, env: dict | Non
     full_env.pop("WANDB_API_KEY", None)
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
+    Path(tmp_path).mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-m", "agentforge", *args], cwd=tmp_path, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 

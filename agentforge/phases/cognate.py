@@ -16,11 +16,11 @@ import shutil
 import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from omegaconf import OmegaConf
 
 from agentforge.artifacts import ARCHITECTURE, cognate_config_from, publish, save_model
-from agentforge.config import integer, number, one_of, rule
+from agentforge.config import integer, number, one_of, optional, rule
 from agentforge.data.build import build_datamodule, eval_sets
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.errors import ConfigError
@@ -31,7 +31,7 @@ from agentforge.phases.context import run_context
 from agentforge.tracking import plots
 from agentforge.tracking.callbacks import CurriculumCallback, EpochTimeCallback, TaskAccuracyCallback, ThroughputCallback
 from agentforge.training.lm_module import LMModule
-from agentforge.training.trainer import build_trainer
+from agentforge.training.trainer import EpochCheckpoint, build_trainer
 
 RULES = [
     rule("phase.max_epochs", integer(1)),
@@ -42,6 +42,7 @@ RULES = [
     rule("phase.early_stopping_patience", integer(1)),
     rule("phase.on_nonfinite", one_of("stop", "skip")),
     rule("phase.gradient_clip", number(0)),
+    rule("phase.inject_nan_at_step", optional(integer(0))),
 ]
 
 
@@ -100,7 +101,8 @@ def run(cfg) -> dict:
                           val_rows=int(p.val_rows), dataset_weights=OmegaConf.to_container(m.dataset_weights))
     evals = eval_sets(data_cfg, int(cfg.seed), int(p.eval_examples))
     total_steps = int(p.max_epochs) * int(p.steps_per_epoch)
-    module = LMModule(model, OmegaConf.to_container(cfg.optimizer, resolve=True), total_steps, str(p.on_nonfinite))
+    module = LMModule(model, OmegaConf.to_container(cfg.optimizer, resolve=True), total_steps, str(p.on_nonfinite),
+                      inject_nan_at_step=p.get("inject_nan_at_step"))
     out_dir = model_dir(Path(cfg.paths.artifacts).absolute(), model_id)
     work_dir = out_dir.with_name(out_dir.name + ".work")
     fp = fingerprint(cfg)
@@ -115,12 +117,12 @@ def run(cfg) -> dict:
         (work_dir / "fingerprint").write_text(fp)
         task_cb = TaskAccuracyCallback(tokenizer, evals, int(p.gen_tokens))
         usage_cb = MemoryUsageCallback()
-        callbacks = [ModelCheckpoint(dirpath=work_dir, save_last=True, save_top_k=0, every_n_epochs=1),
-                     EarlyStopping(monitor="val/loss", patience=int(p.early_stopping_patience), mode="min"),
-                     ThroughputCallback(), EpochTimeCallback(), CurriculumCallback(ctx.tracker), task_cb, usage_cb]
+        callbacks = [EarlyStopping(monitor="val/loss", patience=int(p.early_stopping_patience), mode="min"),
+                     ThroughputCallback(), EpochTimeCallback(), CurriculumCallback(ctx.tracker), task_cb, usage_cb,
+                     EpochCheckpoint(work_dir / "last.ckpt")]
         trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers,
                                 callbacks=callbacks, max_epochs=int(p.max_epochs), default_root_dir=ctx.run_dir,
-                                gradient_clip_val=float(p.gradient_clip) or None)
+                                gradient_clip_val=float(p.gradient_clip) or None, enable_checkpointing=False)
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=resume)
         train_hours = (time.perf_counter() - t0) / 3600

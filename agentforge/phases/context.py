@@ -11,7 +11,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from agentforge.io import write_text_atomic
-from agentforge.tracking.loggers import build_loggers, finish, redact
+from agentforge.tracking.loggers import build_loggers, finish, redact, redact_args
 from agentforge.tracking.tracker import Tracker
 
 
@@ -25,6 +25,15 @@ class RunContext:
 
     def container(self) -> dict:
         return redact(OmegaConf.to_container(self.cfg, resolve=True))
+
+
+def _task_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # called outside a Hydra app (tests composing the config)
+        return []
 
 
 def resolved_paths(cfg: DictConfig) -> tuple[Path, Path]:
@@ -42,6 +51,7 @@ def run_context(cfg: DictConfig, *, run_name: str, group: str | None, tags: list
     name = cfg.get("run_name") or run_name
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+    write_text_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(redact_args(_task_overrides())))
     logger_cfg = dict(OmegaConf.to_container(cfg.logger, resolve=True))
     logger_cfg.setdefault("job_type", job_type)
     loggers = build_loggers(logger_cfg, run_dir, name, group, tags, config)

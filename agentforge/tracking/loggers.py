@@ -3,8 +3,10 @@ always plus a ``metrics.jsonl`` in the run directory (what ``collect_metrics`` a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import re
 import time
 from pathlib import Path
@@ -24,6 +26,25 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
+
+
+def redact_args(args: list[str]) -> list[str]:
+    """Command-line overrides with credential values replaced (``+logger.api_key=...`` -> ``<redacted>``)."""
+    out = []
+    for a in args:
+        key, eq, _ = a.partition("=")
+        out.append(f"{key}=<redacted>" if eq and _SECRET.search(key) else a)
+    return out
+
+
+@contextlib.contextmanager
+def redacted_argv():
+    saved = sys.argv[:]
+    sys.argv[:] = redact_args(saved)
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
 
 
 def wandb_mode(requested: str | None) -> str:
@@ -76,10 +97,12 @@ def build_loggers(logger_cfg: dict, run_dir: str | Path, run_name: str, group: s
     kind = logger_cfg.get("name", "none")
     if kind == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(project=logger_cfg.get("project") or PROJECT, name=run_name, group=group,
-                                   tags=tags, save_dir=str(run_dir), mode=wandb_mode(logger_cfg.get("mode")),
-                                   entity=logger_cfg.get("entity"), config=redact(config),
-                                   job_type=logger_cfg.get("job_type")))
+        wb = WandbLogger(project=logger_cfg.get("project") or PROJECT, name=run_name, group=group,
+                         tags=tags, save_dir=str(run_dir), mode=wandb_mode(logger_cfg.get("mode")),
+                         entity=logger_cfg.get("entity"), config=redact(config), job_type=logger_cfg.get("job_type"))
+        with redacted_argv():
+            wb.experiment  # start the run now: W&B records the command line, which may carry a key
+        loggers.append(wb)
     elif kind == "csv":
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
     elif kind == "tensorboard":

@@ -16,10 +16,12 @@ from agentforge.optim import build_optimizer
 
 
 class LMModule(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, optim_cfg: dict, total_steps: int, on_nonfinite: str = "stop"):
+    def __init__(self, model: torch.nn.Module, optim_cfg: dict, total_steps: int, on_nonfinite: str = "stop",
+                 inject_nan_at_step: int | None = None):
         super().__init__()
         self.model, self.optim_cfg, self.total_steps = model, dict(optim_cfg), total_steps
         self.on_nonfinite = on_nonfinite
+        self.inject_nan_at_step = inject_nan_at_step  # fault-injection hook for the reliability tests
         self.skipped_steps = 0
         self._val_sum = self._val_count = 0.0
         self.epoch_train_losses: list[float] = []
@@ -37,6 +39,8 @@ class LMModule(L.LightningModule):
         rows = batch[0]
         out = self.model(rows[:, :-1], rows[:, 1:])
         loss = out.loss
+        if self.inject_nan_at_step is not None and self.global_step == self.inject_nan_at_step:
+            loss = loss * float("nan")
         if not torch.isfinite(loss):
             return self._nonfinite(f"loss is {float(loss)}")
         lm_loss = getattr(out, "lm_loss", None)
@@ -96,11 +100,12 @@ class LMModule(L.LightningModule):
         if callable(metrics_fn):
             self.log_dict({k: float(v) for k, v in metrics_fn().items()}, on_step=True, on_epoch=False)
 
-    def on_train_epoch_end(self):
-        if self.epoch_train_losses:
-            self.history["train_loss"].append(sum(self.epoch_train_losses) / len(self.epoch_train_losses))
-            self.history["epoch"].append(self.current_epoch)
-        self.epoch_train_losses = []
+    # -- resume: the curves survive a restart ---------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["agentforge_history"] = {k: list(v) for k, v in self.history.items()}
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = {k: list(v) for k, v in checkpoint.get("agentforge_history", self.history).items()}
 
     # -- validation --------------------------------------------------------------------------------------
     def on_validation_epoch_start(self):
@@ -119,7 +124,13 @@ class LMModule(L.LightningModule):
         val_loss = self._val_sum / self._val_count
         self.log_dict({"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))}, prog_bar=True)
         if not self.trainer.sanity_checking:
+            # validation ends each training epoch, so the epoch's curves are complete before any
+            # on_train_epoch_end hook (e.g. the resume checkpoint) runs
             self.history["val_loss"].append(val_loss)
+            if self.epoch_train_losses:
+                self.history["train_loss"].append(sum(self.epoch_train_losses) / len(self.epoch_train_losses))
+                self.history["epoch"].append(self.current_epoch)
+            self.epoch_train_losses = []
 
     # -- optimizer ---------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -2,6 +2,7 @@
 atomically and loaded without unpickling code (``torch.load(weights_only=True)``)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +16,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints: write-fsync-rename on save; weights-only (no code) on load."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        atomic_write(path, lambda p: torch.save(checkpoint, p))
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)  # serialize first: a full disk then surfaces as a plain OSError
+        atomic_write(path, lambda p: p.write_bytes(buf.getbuffer()))
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
         path = Path(path)
@@ -58,3 +61,15 @@ def build_trainer(hw: dict, *, loggers, callbacks, max_epochs: int, default_root
                      enable_model_summary=False, check_val_every_n_epoch=check_val_every_n_epoch,
                      enable_checkpointing=enable_checkpointing, plugins=[SafeCheckpointIO()],
                      reload_dataloaders_every_n_epochs=1)
+
+
+class EpochCheckpoint(L.Callback):
+    """Saves the full training state (weights, optimizer, scheduler, loops, callbacks) to ``path`` at the
+    end of every epoch, after validation, through the atomic ``SafeCheckpointIO``: the file a killed run
+    resumes from. (Lightning's ModelCheckpoint writes ``last.ckpt`` only alongside a top-k save.)"""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.save_checkpoint(self.path)

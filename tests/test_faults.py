@@ -1,0 +1,143 @@
+"""Reliability: SIGKILL and bit-exact resume, NaN handling, bad input, untrusted pickles, secrets,
+a full disk, and a sweep with a failing job. Run alone with `make test-faults`."""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentforge.io import load_tensors
+from tests.conftest import TINY, run_cli
+
+pytestmark = pytest.mark.faults
+
+BASE = ["phase=cognate", "model=m3", "hardware=cpu", "logger=none", "phase.val_rows=4", "phase.eval_examples=2",
+        "phase.gen_tokens=4", "data.batch_size=4", "data.seq_len=32", "phase.early_stopping_patience=10"]
+
+
+def _env(tmp: Path) -> dict:
+    env = dict(os.environ, AGENTFORGE_OUTPUTS=str(tmp / "outputs"), WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def _no_tmp_files(root: Path) -> bool:
+    return not [p for p in root.rglob("*.tmp") if p.is_file()]
+
+
+def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
+    args = [*BASE, "phase.max_epochs=5", "phase.steps_per_epoch=6"]
+    ref = run_cli(args, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    run.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "agentforge", *args], cwd=run, env=_env(run),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "outputs" / "artifacts" / "cognate" / "model3.work" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    final = run / "outputs" / "artifacts" / "cognate" / "model3"
+    assert not final.exists(), "the run finished before it could be killed"
+    torch.load(last, weights_only=True)  # the checkpoint left behind is whole
+
+    again = run_cli(args, run)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from" in again.stdout
+    a = load_tensors(tmp_path / "ref" / "outputs" / "artifacts" / "cognate" / "model3" / "model.safetensors")
+    b = load_tensors(final / "model.safetensors")
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"resumed weights differ in {diff[:5]}"
+    assert _no_tmp_files(run)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    proc = run_cli([*BASE, "phase.max_epochs=3", "phase.steps_per_epoch=3", "phase.inject_nan_at_step=4"], tmp_path)
+    assert proc.returncode == 2
+    assert "non-finite value at step 4" in proc.stderr and "Traceback" not in proc.stderr
+    work = tmp_path / "outputs" / "artifacts" / "cognate" / "model3.work" / "last.ckpt"
+    assert torch.load(work, weights_only=True)["global_step"] == 3
+    assert not (tmp_path / "outputs" / "artifacts" / "cognate" / "model3").exists()
+
+
+def test_nan_loss_can_be_skipped(tmp_path):
+    proc = run_cli([*BASE, "phase.max_epochs=2", "phase.steps_per_epoch=3", "phase.inject_nan_at_step=1",
+                    "phase.on_nonfinite=skip"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "step skipped" in proc.stdout + proc.stderr
+
+
+def test_malformed_dataset_file_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "x", "answer": "#### 3"}\n{oops\n')
+    proc = run_cli([*BASE, f"data.path={bad}", "data.format=gsm8k"], tmp_path)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "bad.jsonl:2" in lines[0]
+    assert not list((tmp_path / "outputs").rglob("*.safetensors"))
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_carrying_code_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Evil(str(marker))}, evil)
+    assert not marker.exists()
+    proc = run_cli([*BASE, f"ckpt_path={evil}"], tmp_path)
+    assert proc.returncode == 2
+    assert "refused or unreadable" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists(), "unpickling ran the payload"
+
+
+def test_api_key_never_reaches_configs_logs_or_artifacts(tmp_path):
+    secret = "sk-test-0123456789abcdef"
+    proc = run_cli(["phase=cognate", "model=m1", *[a for a in TINY if not a.startswith("logger")],
+                    f"+logger.api_key={secret}"], tmp_path, env={"WANDB_API_KEY": secret})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    leaks = []
+    for f in (tmp_path / "outputs").rglob("*"):
+        if f.is_file() and secret.encode() in f.read_bytes():
+            leaks.append(str(f.relative_to(tmp_path)))
+    assert not leaks, leaks
+
+
+def _limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+
+def test_a_full_disk_gives_one_line_and_no_partial_files(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "agentforge", *BASE, "phase.max_epochs=2", "phase.steps_per_epoch=3",
+                           "model.d_model=256", "model.n_heads=4"], cwd=tmp_path, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "no room to write" in lines[0]
+    assert _no_tmp_files(tmp_path / "outputs")
+    assert not (tmp_path / "outputs" / "artifacts" / "cognate" / "model3").exists()
+
+
+def test_one_failing_job_does_not_stop_the_sweep(tmp_path):
+    proc = run_cli(["-m", *BASE, "phase.max_epochs=1", "phase.steps_per_epoch=2", "model.n_layers=0,1"], tmp_path)
+    assert proc.returncode != 0
+    assert "1 of 2 jobs succeeded" in proc.stdout
+    assert "FAILED job 0" in proc.stderr and "model.n_layers" in proc.stderr
+    assert (tmp_path / "outputs" / "artifacts" / "cognate" / "model3" / "config.json").is_file()
