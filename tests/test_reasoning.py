@@ -15,7 +15,13 @@ from agentforge.reasoning import anti_theater, baking, coherence, rewards
 from agentforge.reasoning.rl import ThoughtConfig, evaluate, sample_windows
 from agentforge.reasoning.strategies import STRATEGIES, generate_examples, load_examples
 from agentforge.reasoning.thoughts import MixingHead, kl_to_reference, reinforce_loss, think
-from agentforge.reasoning.tokens import SPECIAL_TOKENS, THINK_END, THINK_START, add_reasoning_tokens, resize_vocab
+from agentforge.reasoning.tokens import (
+    SPECIAL_TOKENS,
+    THINK_END,
+    THINK_START,
+    add_reasoning_tokens,
+    resize_vocab,
+)
 
 torch.set_num_threads(1)
 

@@ -41,8 +41,15 @@ from agentforge.reasoning import baking as bk
 from agentforge.reasoning.rl import ThoughtConfig, evaluate, rl_step, sample_windows
 from agentforge.reasoning.strategies import STRATEGIES, by_strategy, generate_examples, load_examples
 from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts
-from agentforge.reasoning.tokens import STRATEGY_TOKENS, THINK_END, THINK_START, add_reasoning_tokens, resize_vocab
+from agentforge.reasoning.tokens import (
+    STRATEGY_TOKENS,
+    THINK_END,
+    THINK_START,
+    add_reasoning_tokens,
+    resize_vocab,
+)
 from agentforge.tracking import plots
+from agentforge.training.trainer import resolve_hardware
 
 RULES = [
     rule("step", optional(one_of("baking", "rl", "both"))),
@@ -116,6 +123,12 @@ def _prepare(model, tok, seed: int) -> dict[str, int]:
     return ids
 
 
+def _device(cfg) -> torch.device:
+    """hardware.accelerator as a torch device (these loops run in fp32 whatever hardware.precision says)."""
+    accel = resolve_hardware(OmegaConf.to_container(cfg.hardware, resolve=True))["accelerator"]
+    return torch.device({"gpu": "cuda", "cuda": "cuda", "mps": "mps"}.get(accel, "cpu"))
+
+
 def _frozen(model):
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
@@ -124,7 +137,7 @@ def _frozen(model):
 
 
 def _bar(total: int, desc: str):
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
@@ -133,6 +146,8 @@ def run_baking(cfg, loaded, out_dir: Path) -> dict:
     b, seed = cfg.phase.baking, int(cfg.seed)
     model, tok, src_cfg = loaded
     ids = _prepare(model, tok, seed)
+    dev = _device(cfg)
+    model.to(dev)
     if b.examples_path:
         train, val = _split_user(load_examples(b.examples_path), int(b.val_per_strategy))
     else:
@@ -210,7 +225,8 @@ def _bake_step(model, teacher, prompt, pairs, b, gen):
     xs = [x for x, _ in pairs]
     ys = [bk.sample_continuation(teacher, bk.prompted(prompt, x, str(b.prompt_position)), int(b.sample_tokens), float(b.temperature), gen,
                                  [PAD_ID, BOS_ID]) if i < n_sampled else y for i, (x, y) in enumerate(pairs)]
-    t_ids, s_ids, mask = bk.make_batch(prompt, xs, ys, str(b.prompt_position))
+    dev = next(model.parameters()).device
+    t_ids, s_ids, mask = (t.to(dev) for t in bk.make_batch(prompt, xs, ys, str(b.prompt_position)))
     with torch.no_grad():
         t_logits = bk.aligned_teacher_logits(teacher(t_ids).logits, len(prompt), s_ids.shape[1])
     s_logits = model(s_ids).logits
@@ -224,10 +240,11 @@ def _bake_eval(model, teacher, val_s, prompts, enc, strategies, tok, b, ids, usa
     was = model.training
     model.eval()
     per, kls, outs_student = {}, [], []
+    dev = next(model.parameters()).device
     for s in strategies:
         pairs = [enc[id(e)] for e in val_s[s.key]]
-        t_ids, s_ids, mask = bk.make_batch(prompts[s.key], [x for x, _ in pairs], [y for _, y in pairs],
-                                             str(b.prompt_position))
+        t_ids, s_ids, mask = (t.to(dev) for t in bk.make_batch(prompts[s.key], [x for x, _ in pairs],
+                                                               [y for _, y in pairs], str(b.prompt_position)))
         t_logits = bk.aligned_teacher_logits(teacher(t_ids).logits, len(prompts[s.key]), s_ids.shape[1])
         s_logits = model(s_ids).logits
         kls.append(float(bk.baking_kl(t_logits, s_logits, mask)))
@@ -281,6 +298,7 @@ def _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, his
     data_file = ctx.run_dir / "reasoning_dataset.jsonl"
     write_text_atomic(data_file, "".join(json.dumps(e) + "\n" for e in examples))
     ckpt = ctx.run_dir / "checkpoints" / "baked"
+    model.cpu()
     meta = {"phase": "quietstar", "step": "baking", "source": src_cfg.get("meta", {}), "accuracy": final["overall"]}
     save_model(ckpt, model, tok, meta)
     write_json_atomic(ckpt / "metrics.json", {**summary, "strategies": final["per"]})
@@ -310,11 +328,13 @@ def run_rl(cfg, loaded, out_dir: Path) -> dict:
     r, seed = cfg.phase.rl, int(cfg.seed)
     model, tok, src_cfg = loaded
     ids = _prepare(model, tok, seed)
+    dev = _device(cfg)
+    model.to(dev)
     ref = _frozen(model)
     ocfg = _optimizer_cfg(cfg, "rl")
     tc = ThoughtConfig(int(r.num_thoughts), int(r.thought_length), int(r.n_true), int(r.context_len),
                        float(r.temperature), float(ocfg["kl_coef"]))
-    head = MixingHead(model.config.d_model, init_bias=float(r.mixing_init_bias))
+    head = MixingHead(model.config.d_model, init_bias=float(r.mixing_init_bias)).to(dev)
     episodes = int(r.num_episodes)
     opt, sched = build_optimizer(model, ocfg, episodes)
     head_opt = torch.optim.AdamW(head.parameters(), lr=float(ocfg["lr"]))
@@ -323,7 +343,7 @@ def run_rl(cfg, loaded, out_dir: Path) -> dict:
     train_stream, val_stream = _stream(tok, seed, "train", 200), _stream(tok, seed, "val", 40)
     n_eval_seqs = max(1, math.ceil(int(r.eval_windows) / int(r.thought_positions)))
     eval_windows = sample_windows(val_stream, n_eval_seqs, int(r.seq_len), int(r.thought_positions), tc.context_len,
-                                  tc.n_true, torch.Generator().manual_seed(seed + 1))[: int(r.eval_windows)]
+                                  tc.n_true, torch.Generator().manual_seed(seed + 1))[: int(r.eval_windows)].to(dev)
     evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, int(r.eval_examples))
     tags = ["phase3", "step2", "quiet-star", "rl", "reinforce"]
     with run_context(cfg, run_name="phase3-step2-rl", group="phase3-quietstar", tags=tags, job_type="quietstar") as ctx:
@@ -340,7 +360,7 @@ def run_rl(cfg, loaded, out_dir: Path) -> dict:
         bar = _bar(episodes, "quiet-star")
         for ep in range(1, episodes + 1):
             windows = sample_windows(train_stream, int(r.batch_size), int(r.seq_len), int(r.thought_positions),
-                                     tc.context_len, tc.n_true, gen)
+                                     tc.context_len, tc.n_true, gen).to(dev)
             loss, fig = rl_step(model, head, ref, windows, tc, tids, gen)
             opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
@@ -399,7 +419,8 @@ def _check(tr, model, head, ref, windows, tc, tids, seed, ep, tok, evals, r) -> 
 
 def _inference_ms(model, head, tok, tc, tids, n_tokens: int) -> tuple[float, float]:
     """Milliseconds per generated token (greedy) with one thought per token, and without thoughts."""
-    ids = torch.tensor([tok.encode(formats.gsm8k_prompt(synthetic.arithmetic(0, "test", 0)), bos=True)])
+    ids = torch.tensor([tok.encode(formats.gsm8k_prompt(synthetic.arithmetic(0, "test", 0)), bos=True)],
+                       device=next(model.parameters()).device)
     out = []
     for h in (head, None):
         t0 = time.perf_counter()
@@ -439,6 +460,8 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_cur
              [[c["episode"], c["divergence"], c["divergence_passed"], c["ablation_drop"], c["ablation_passed"],
                c["correlation"], c["correlation_passed"], c["all_passed"]] for c in checks])
     ckpt = ctx.run_dir / "checkpoints" / "reasoning"
+    model.cpu()
+    head.cpu()
     thought_cfg = {"num_thoughts": tc.num_thoughts, "thought_length": tc.thought_length, "n_true": tc.n_true,
                    "context_len": tc.context_len, "start_token": THINK_START, "end_token": THINK_END}
     meta = {"phase": "quietstar", "step": "rl", "source": src_cfg.get("meta", {}), "thoughts": thought_cfg,

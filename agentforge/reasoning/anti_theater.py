@@ -31,8 +31,8 @@ def theater_metrics(mixed_logits: torch.Tensor, without_logits: torch.Tensor, tr
     correct_with = (mixed_logits.argmax(-1) == true[:, None]).float()        # [N, K, n]
     correct_without = (without_logits.argmax(-1) == true).float()            # [N, n]
     drop = float(correct_with.mean() - correct_without.mean())
-    acc = correct_with.mean(-1).flatten().double().numpy()
-    q = quality.detach().flatten().double().numpy()
+    acc = correct_with.mean(-1).flatten().double().cpu().numpy()
+    q = quality.detach().flatten().double().cpu().numpy()
     corr = float("nan")
     if len(q) > 2 and q.std() > 0 and acc.std() > 0:
         corr = float(pearsonr(q, acc).statistic)

@@ -89,5 +89,5 @@ def aligned_teacher_logits(teacher_logits: torch.Tensor, prompt_len: int, width:
 
 def token_usage(outputs: list[list[int]], token_ids) -> float:
     """Share of outputs containing at least one of ``token_ids``."""
-    ids = set(int(t) for t in token_ids)
+    ids = {int(t) for t in token_ids}
     return sum(any(t in ids for t in o) for o in outputs) / max(len(outputs), 1)

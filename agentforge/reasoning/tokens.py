@@ -36,7 +36,7 @@ def resize_vocab(model, vocab_size: int, new_ids: list[int], generator: torch.Ge
     old_embed, old_head = model.embed.weight, model.lm_head.weight
     old_vocab = old_embed.shape[0]
     size = max(vocab_size, old_vocab)
-    new = sorted(set(int(i) for i in new_ids))
+    new = sorted({int(i) for i in new_ids})
     if any(i >= size or i < 0 for i in new):
         raise ValueError(f"new token ids {new} do not fit a vocabulary of {size}")
     trained = [i for i in range(min(old_vocab, FIRST_SPECIAL_ID)) if i not in new]
