@@ -5,8 +5,9 @@ activations, in one of two states.
   quantizes the input (absmax per token), and the backward passes gradients straight through both
   quantizers (STE, Bengio et al. 2013): w + (Q(w) - w).detach(), so d loss / d w = d loss / d Q(w).
 * frozen: holds only the ternary ``codes`` (int8) and the scale ``gamma`` — what the packed checkpoint
-  stores. For speed on CPU the dense float weight gamma * codes is cached once; y = (W x_q) * s_x is
-  the same number the integer kernel would give (x_q are integers, W has entries in {-gamma, 0, gamma}).
+  stores. On CPU it multiplies int8 activations by the int8 codes into int32 (``torch._int_mm``) and
+  rescales by s_x * gamma; elsewhere it uses the dense float weight gamma * codes (cached on first use),
+  which gives the same numbers up to float rounding (x_q are integers, W has entries in {-gamma, 0, gamma}).
 
 No extra SubLN is inserted before the quantizer: the Cognate blocks are pre-norm already, and this
 layer replaces nn.Linear in a trained model, whose function must not change beyond quantization.
@@ -36,7 +37,7 @@ class BitLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         # calibrated ceiling of the per-token input absmax (inf = not calibrated: pure per-token absmax)
         self.register_buffer("act_clip", torch.tensor(float("inf")))
-        self.register_buffer("codes", None)   # int8 ternary codes, frozen state only
+        self.register_parameter("codes", None)  # int8 ternary codes, frozen state only
         self.register_buffer("gamma", None)   # absmean scale, frozen state only
 
     # -- construction ---------------------------------------------------------------------------------
@@ -67,12 +68,20 @@ class BitLinear(nn.Module):
         return (self.out_features, 1) if self.per_channel else ()
 
     def _set_frozen(self, codes: torch.Tensor, gamma: torch.Tensor) -> None:
-        self.register_buffer("codes", codes)
+        # the codes are a (non-trainable, int8) parameter so that parameter counts and byte footprints
+        # of a loaded model stay those of the model; the scale is a buffer
+        self.codes = nn.Parameter(codes, requires_grad=False)
         self.register_buffer("gamma", gamma)
-        # caches for the two kernels (not saved): dense gamma*codes, and codes^T for the int8 matmul
-        self.register_buffer("_dense", dequantize(codes, gamma), persistent=False)
+        # kernel caches (not saved): codes^T for the int8 matmul; gamma*codes (fp32) built on first use
         self.register_buffer("_codes_t", codes.t().contiguous(), persistent=False)
         self.register_buffer("_gamma_row", gamma.reshape(-1) if self.per_channel else gamma, persistent=False)
+        self.register_buffer("_dense", None, persistent=False)
+
+    def dense_weight(self) -> torch.Tensor:
+        """gamma * codes as float32, cached (the float kernel's weight)."""
+        if self._dense is None or self._dense.device != self.codes.device:
+            self._dense = dequantize(self.codes, self.gamma)
+        return self._dense
 
     @property
     def frozen(self) -> bool:
@@ -110,7 +119,7 @@ class BitLinear(nn.Module):
         kernel is unavailable (non-CPU device, > 8 activation bits). Both give the same numbers up to
         float rounding: the activations are integers and the weights ternary."""
         if self.act_bits is None:
-            return F.linear(x, self._dense, self.bias)
+            return F.linear(x, self.dense_weight(), self.bias)
         q, s = quantize_activations(x, self.act_bits, self.act_clip, static)
         y = None
         if BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
@@ -120,7 +129,7 @@ class BitLinear(nn.Module):
             except (RuntimeError, AttributeError):  # this build has no CPU int8 matmul: use the float one
                 BitLinear.int8_kernel = False
         if y is None:
-            y = F.linear(q, self._dense) * s
+            y = F.linear(q, self.dense_weight()) * s
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:

@@ -88,7 +88,7 @@ def layer_stats(model: nn.Module, scheme: str = "base3", preserved_itemsize: int
         if isinstance(mod, BitLinear):
             codes, gamma = mod.ternary()
             quantized = codes.numel()
-            preserved = sum(p.numel() for p in direct if p is not mod.weight)
+            preserved = mod.bias.numel() if mod.bias is not None else 0
             zeros = int((codes == 0).sum())
             stored = packed_size(quantized, scheme) + 4 * gamma.numel() + 4 + preserved * preserved_itemsize
         else:
