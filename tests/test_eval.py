@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -160,15 +158,18 @@ def test_collect_metrics_and_gate(tmp_path):
     assert summarize_jsonl(tmp_path / "metrics.jsonl")["metrics"]["val/loss"]["last"] == 4.5
 
 
-def test_kpi_gate_script_exit_codes(tmp_path):
+def test_kpi_gate_script_exit_codes(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kpi_gate", REPO / "scripts" / "kpi_gate.py")
+    gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gate)
     f = tmp_path / "r.json"
     f.write_text(json.dumps({"metrics": {"perplexity": 12.0, "reasoning_accuracy": 0.1}}))
-    script = str(REPO / "scripts" / "kpi_gate.py")
-    ok = subprocess.run([sys.executable, script, str(f), "--require", "metrics.perplexity<=20"],
-                        check=False, capture_output=True)
-    bad = subprocess.run([sys.executable, script, str(f), "--require", "metrics.reasoning_accuracy>=0.3"],
-                         check=False, capture_output=True, text=True)
-    assert ok.returncode == 0 and bad.returncode == 1 and "FAIL" in bad.stdout
+    assert gate.main([str(f), "--require", "metrics.perplexity<=20"]) == 0
+    assert gate.main([str(f), "--require", "metrics.reasoning_accuracy>=0.3"]) == 1
+    assert "FAIL metrics.reasoning_accuracy = 0.1" in capsys.readouterr().out
+    assert gate.main([str(f), "--require", "metrics.perplexity=~3"]) == 2
 
 
 EVAL_TINY = ["logger=none", "hardware=cpu", "phase.eval_examples=3", "phase.val_rows=2", "phase.gen_tokens=4",
@@ -220,3 +221,20 @@ def test_eval_missing_checkpoint_is_a_checkpoint_error(tmp_path):
     cfg = compose_cfg(["phase=eval", "stage=bad/name", "logger=none"], tmp_path)
     with pytest.raises(Exception, match="stage="):
         run(cfg)
+
+
+@pytest.mark.slow
+def test_cli_finetuned_recursive_and_reload(cognate_artifacts, tmp_path):
+    art_dir = cognate_artifacts.parent / "eval_e2e_recursive"
+    art = f"paths.artifacts={art_dir}"
+    ck = f"checkpoint={cognate_artifacts / 'cognate' / 'model1'}"
+    proc = run_cli(["phase=eval", ck, "stage=finetuned_recursive", "phase.finetune_steps=2", art, *EVAL_TINY], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads((art_dir / "eval_results" / "finetuned_recursive_results.json").read_text())
+    assert first["surgery"]["identity_ok"] and first["finetune"]["steps"] == 2 and first["recursive"]
+    proc = run_cli(["phase=eval", f"checkpoint={art_dir / 'eval' / 'finetuned_recursive'}", "stage=reloaded", art,
+                    *EVAL_TINY], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((art_dir / "eval_results" / "reloaded_results.json").read_text())
+    assert again["surgery"] is None and again["recursive"]
+    assert again["metrics"]["perplexity"] == pytest.approx(first["metrics"]["perplexity"], rel=1e-5)
