@@ -64,3 +64,10 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     breakdown = (run_dir / "tables" / "compression__breakdown.csv").read_text()
     assert breakdown.startswith("Layer Type,Params,Quantized,Preserved,Compression") and "Embeddings" in breakdown
     assert (run_dir / "plots" / "accuracy_recovery.png").is_file()
+
+
+def test_relative_accuracy_drop():
+    from agentforge.phases.bitnet import relative_drop
+    assert relative_drop(0.2, 0.15) == pytest.approx(25.0)
+    assert relative_drop(0.2, 0.25) == pytest.approx(-25.0)
+    assert relative_drop(0.0, 0.0) == 0.0 and relative_drop(0.0, 0.1) == 0.0

@@ -234,3 +234,21 @@ def test_corrupt_or_truncated_packed_file_fails_clearly(tmp_path):
     (d / "config.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
         load_packed(d)
+
+
+def test_static_activation_scale_and_tied_weights():
+    torch.manual_seed(3)
+    layer = BitLinear.from_linear(nn.Linear(8, 4), act_scale="static")
+    x = torch.randn(5, 8)
+    with pytest.raises(ValueError, match="calibrated"):
+        layer(x)  # static scales need calibration first
+    layer.act_clip.fill_(1.5)
+    with torch.no_grad():
+        y = layer(x)
+        q, s = quantize_activations(x, clip=1.5, static=True)
+        assert torch.equal(s, torch.full((5, 1), 1.5 / 127))
+        layer.freeze()
+        assert torch.allclose(layer(x), y, atol=1e-5)
+    tied = CognateModel(CognateConfig(**{**SMALL.to_dict(), "tie_embeddings": True}))
+    names = convert_to_bitlinear(tied, preserved=["*norm"])
+    assert "lm_head" not in names and tied.lm_head.weight is tied.embed.weight

@@ -55,8 +55,10 @@ def parameter_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def convert_to_bitlinear(model: nn.Module, preserved=DEFAULT_PRESERVED, **quant) -> list[str]:
     """Swap the quantizable nn.Linear layers for trainable BitLinear ones in place; returns their names."""
+    # a weight tied to a non-linear module (e.g. lm_head tied to the embedding) stays full precision
+    shared = {id(p) for m in model.modules() if type(m) is not nn.Linear for p in m.parameters(recurse=False)}
     targets = [(n, m) for n, m in model.named_modules()
-               if type(m) is nn.Linear and not is_preserved(n, preserved)]
+               if type(m) is nn.Linear and not is_preserved(n, preserved) and id(m.weight) not in shared]
     for name, lin in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
