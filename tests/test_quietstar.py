@@ -69,3 +69,14 @@ def test_missing_input_and_bad_values_are_one_line_errors(tmp_path):
         OmegaConf.update(wrong, key, bad)
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             run(wrong)
+
+
+def test_user_examples_hold_out_the_last_of_each_strategy(tmp_path):
+    from agentforge.phases.quietstar import _split_user
+    from agentforge.reasoning.strategies import load_examples
+
+    p = tmp_path / "mine.jsonl"
+    p.write_text("".join(json.dumps({"strategy": s, "question": f"q{i}", "response": f" [thinking] r{i}"}) + "\n"
+                         for s in ("mece", "doubt") for i in range(3)))
+    train, val = _split_user(load_examples(p), 1)
+    assert [e["question"] for e in val] == ["q2", "q2"] and len(train) == 4
