@@ -87,3 +87,16 @@ def test_missing_stage_and_config_thresholds(results_dir):
     assert list(load_results(results_dir, None)) == ["baseline", "after_surgery", "finetuned_recursive"]
     assert thresholds_of({"min_pass_at_1": 0.3, "min_pass_at_10": None, "alpha": 0.05}) == \
         {"alpha": 0.05, "pass_at": {1: 0.3}}
+
+
+def test_compare_phase_gate(results_dir, tmp_path):
+    from agentforge.evals.collect import KPIGateError
+    from agentforge.main import run
+    from tests.conftest import compose_cfg
+
+    base = ["phase=compare", "logger=none", f"phase.results_dir={results_dir}", "phase.n_resamples=500",
+            'phase.gate={verdict_score:">=2"}']
+    out = run(compose_cfg(base + ["stages=[baseline,finetuned_recursive]"], tmp_path))
+    assert out["verdict"] == "SUCCESS"
+    with pytest.raises(KPIGateError, match="verdict_score = 0"):
+        run(compose_cfg(base + ["stages=[baseline,after_surgery]"], tmp_path))

@@ -230,7 +230,8 @@ def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thres
     unstable = bool((c.get("finetune") or {}).get("unstable"))
     v, reasons = verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                          p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok, unstable=unstable)
-    out.update({"efficiency": checks, "verdict": v, "reasons": reasons,
+    out.update({"efficiency": checks, "verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0),
+                "reasons": reasons,
                 "thresholds": {k: (v2 if k != "pass_at" else {str(kk): vv for kk, vv in v2.items()})
                                for k, v2 in thresholds.items()}})
     return out

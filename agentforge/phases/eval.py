@@ -148,7 +148,10 @@ def run(cfg) -> dict:
         surgery, ft = None, None
         if recursive and not already:
             base = model
-            model = wrap(base, int(p.max_inner_steps), p.refine_hidden)
+            try:
+                model = wrap(base, int(p.max_inner_steps), p.refine_hidden)
+            except TypeError as exc:
+                raise ConfigError(f"stage={stage} needs the recursive surgery: {exc}; set phase.recursive=false") from None
             gap = identity_gap(base, model, rows[:, :-1], s.batch_size)
             surgery = {"max_abs_logit_diff": gap, "tolerance": float(p.surgery_tolerance),
                        "identity_ok": gap <= float(p.surgery_tolerance), "added_params": model.added_params(),
