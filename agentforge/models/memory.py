@@ -75,7 +75,7 @@ class SurpriseMemory(nn.Module):
         candidates = (flat_s > self.surprise_threshold).nonzero().squeeze(-1)
         if candidates.numel() == 0:
             return 0
-        order = flat_s[candidates].argsort(descending=True)[: self.max_writes]
+        order = flat_s[candidates].argsort(descending=True)[: min(self.max_writes, self.slots)]
         chosen = candidates[order]
         # empty slots first (usage -inf), then the least used ones
         priority = torch.where(self.filled, self.usage, torch.full_like(self.usage, -1.0))

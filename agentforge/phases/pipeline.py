@@ -1,0 +1,133 @@
+"""The whole pipeline in one command: cognate m1, m2, m3 -> evomerge -> quietstar -> bitnet -> eval.
+
+    python -m agentforge phase=pipeline
+    python -m agentforge phase=pipeline phase.run_name=exp1 phase.phases=[cognate,evomerge]
+
+Every phase reads the previous one's outputs from ``{paths.outputs}/pipeline/{run_name}/artifacts``.
+Each step runs in this process as an ordinary phase run (its own run dir, its own W&B run). A rerun
+with the same name skips complete steps and continues an interrupted one (Cognate resumes from its
+last epoch checkpoint). At the end: the cross-phase report (Markdown + PNG + W&B tables).
+"""
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
+from agentforge.config import rule
+from agentforge.errors import ConfigError
+from agentforge.io import read_checkpoint_config, write_json_atomic
+from agentforge.phases.context import run_context
+from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete
+from agentforge.pipeline.report import dir_bytes, performance_rows, write_report
+
+PHASE_ORDER = ("cognate", "evomerge", "quietstar", "bitnet", "eval")
+RULES = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-", "").replace("_", "").isalnum()),
+                                 "a name of letters, digits, '-' and '_'"))]
+
+
+def _forwarded_overrides() -> list[str]:
+    """The user's overrides that apply to every phase (group choices, seed, ...), minus pipeline ones."""
+    try:
+        from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+    return [o for o in task if not o.lstrip("+~").startswith(("phase", "paths.run_dir", "paths.artifacts"))]
+
+
+def _compose(overrides: list[str]):
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=overrides)
+    from hydra import initialize_config_dir  # noqa: PLC0415
+
+    from agentforge.main import CONF_DIR  # noqa: PLC0415
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(cfg) -> dict:
+    from agentforge.main import run as run_phase  # noqa: PLC0415
+
+    p = cfg.phase
+    phases = list(p.phases)
+    bad = [x for x in phases if x not in PHASE_ORDER]
+    if bad:
+        raise ConfigError(f"phase.phases has unknown phases {bad}; choose from {list(PHASE_ORDER)}")
+    models = list(p.models)
+    if [m for m in models if m not in MODEL_IDS]:
+        raise ConfigError(f"phase.models must be a subset of {list(MODEL_IDS)}, got {models}")
+    pipe_dir = Path(cfg.paths.outputs).absolute() / "pipeline" / str(p.run_name)
+    artifacts = pipe_dir / "artifacts"
+    steps = build_plan(phases, models, artifacts, OmegaConf.to_container(p.overrides, resolve=True) or {})
+    base = _forwarded_overrides()
+    state_file = pipe_dir / "pipeline_state.json"
+    records, upstream_ran = [], False
+    print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
+    for i, step in enumerate(steps, 1):
+        rec = {"key": step.key, "phase": step.phase}
+        if not upstream_ran and is_complete(step):
+            rec.update(status="skipped (complete)", duration_s=0.0)
+            print(f"[{i}/{len(steps)}] {step.key}: outputs complete, skipped")
+        else:
+            upstream_ran = True
+            print(f"[{i}/{len(steps)}] {step.key}: running")
+            overrides = [*base, f"phase={step.phase}", f"paths.artifacts={artifacts}",
+                         f"paths.run_dir={pipe_dir / 'runs' / step.key}", *step.overrides]
+            child = _compose(overrides)
+            t0 = time.perf_counter()
+            try:
+                run_phase(child)
+            except BaseException:
+                rec.update(status="failed", duration_s=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+                write_json_atomic(state_file, {"name": str(p.run_name), "steps": [*records, rec]})
+                raise
+            rec.update(status="done", duration_s=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+        rec["storage_mb"] = sum(dir_bytes(d) for d in step.checkpoints) / 2**20
+        records.append(rec)
+        write_json_atomic(state_file, {"name": str(p.run_name), "steps": records})
+    stages = [(s.key.removeprefix("eval-"), Path(s.overrides[0].split("=", 1)[1])) for s in steps if s.phase == "eval"]
+    perf = performance_rows(artifacts, stages)
+    rep = write_report(pipe_dir, str(p.run_name), records, perf)
+    with open_dict(cfg):
+        cfg.paths.artifacts = str(artifacts)
+    with run_context(cfg, run_name=f"pipeline-{p.run_name}", group="pipeline", tags=["pipeline", "report"],
+                     job_type="pipeline") as ctx:
+        for key, (cols, rows) in rep["tables"].items():
+            if rows:
+                ctx.tracker.table(key, cols, rows)
+        for png in rep["plots"]:
+            ctx.tracker.image(f"charts/{png.stem}", png)
+        ctx.tracker.summary({"pipeline/steps_run": sum(r["status"] == "done" for r in records),
+                             "pipeline/steps_skipped": sum(r["status"].startswith("skipped") for r in records),
+                             "pipeline/total_time_s": sum(r.get("duration_s") or 0 for r in records)})
+    _print_tables(rep["tables"])
+    final = artifacts / "bitnet" / "compressed"
+    return {"report": str(rep["report"]), "run_dir": str(pipe_dir),
+            "checkpoint": str(final) if final.exists() and read_checkpoint_config(final) else None}
+
+
+def _print_tables(tables: dict) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    console = Console()
+    for title, (cols, rows) in tables.items():
+        if not rows:
+            continue
+        t = Table(title=title)
+        for c in cols:
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+        console.print(t)

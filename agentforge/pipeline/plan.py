@@ -1,0 +1,82 @@
+"""What the pipeline runs, in order, and how it knows a step's outputs are complete and valid.
+
+Steps: cognate m1, m2, m3 -> evomerge -> quietstar -> bitnet -> eval of every phase's output. Each
+step is one ordinary phase run with a few overrides; it is *complete* when every output it publishes
+exists and reads back (checkpoint config + safetensors header, or a parseable results JSON). A rerun
+skips complete steps only while every step before it was skipped too: once a step runs again, the
+outputs downstream of it are stale and are rebuilt.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import safe_open
+
+from agentforge.io import WEIGHTS_FILE, is_complete_checkpoint
+
+MODEL_IDS = {"m1": 1, "m2": 2, "m3": 3}
+
+
+@dataclass
+class Step:
+    key: str                       # unique name, e.g. "cognate-m1", "eval-phase2_champion"
+    phase: str                     # the phase it runs
+    overrides: list[str]           # config overrides of this step
+    checkpoints: list[Path] = field(default_factory=list)   # checkpoint dirs it publishes
+    files: list[Path] = field(default_factory=list)         # JSON files it publishes
+
+
+def valid_checkpoint(d: Path) -> bool:
+    if not is_complete_checkpoint(d):
+        return False
+    try:
+        with safe_open(str(d / WEIGHTS_FILE), framework="pt") as f:
+            return len(list(f.keys())) > 0
+    except Exception:  # a truncated or corrupt file is simply not complete
+        return False
+
+
+def valid_json(f: Path) -> bool:
+    try:
+        json.loads(f.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def is_complete(step: Step) -> bool:
+    return all(valid_checkpoint(d) for d in step.checkpoints) and all(valid_json(f) for f in step.files)
+
+
+def build_plan(phases: list[str], models: list[str], artifacts: Path, overrides: dict[str, list[str]]) -> list[Step]:
+    """The ordered steps for the selected phases (``eval`` evaluates the outputs of the selected ones)."""
+    extra = {k: list(v or []) for k, v in overrides.items()}
+    steps: list[Step] = []
+    evals: list[tuple[str, Path]] = []
+    if "cognate" in phases:
+        for m in models:
+            mid = MODEL_IDS[m]
+            out = artifacts / "cognate" / f"model{mid}"
+            steps.append(Step(f"cognate-{m}", "cognate", [f"model={m}", *extra.get("cognate", [])], [out],
+                              [out / "metrics.json"]))
+            evals.append((f"phase1_model{mid}", out))
+    if "evomerge" in phases:
+        out = artifacts / "evomerge" / "champion"
+        steps.append(Step("evomerge", "evomerge", extra.get("evomerge", []), [out]))
+        evals.append(("phase2_champion", out))
+    if "quietstar" in phases:
+        baked, out = artifacts / "quietstar" / "baked", artifacts / "quietstar" / "reasoning"
+        steps.append(Step("quietstar", "quietstar", extra.get("quietstar", []), [baked, out]))
+        evals.append(("phase3_reasoning", out))
+    if "bitnet" in phases:
+        out = artifacts / "bitnet" / "compressed"
+        steps.append(Step("bitnet", "bitnet", extra.get("bitnet", []), [out]))
+        evals.append(("phase4_compressed", out))
+    if "eval" in phases:
+        for stage, ckpt in evals:
+            res = artifacts / "eval_results" / f"{stage}_results.json"
+            steps.append(Step(f"eval-{stage}", "eval", [f"phase.checkpoint={ckpt}", f"phase.stage={stage}",
+                                                        *extra.get("eval", [])], [], [res]))
+    return steps

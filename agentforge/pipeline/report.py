@@ -1,0 +1,122 @@
+"""The cross-phase report of the seed's "Cross-Phase Dashboards", from measured figures only:
+
+1. phase overview: status and duration of every step;
+2. model performance across phases: perplexity, accuracies, size on disk, latency, from each phase
+   output's ``eval`` results;
+3. resource usage: time, peak memory (process max RSS after the step) and storage per phase.
+
+Written as Markdown with PNG plots, and returned as rows for the terminal table and W&B.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from agentforge.io import atomic_write, write_text_atomic  # noqa: E402
+
+PERF_COLUMNS = [("perplexity", "Perplexity"), ("reasoning_accuracy", "GSM8K acc"), ("arc_easy_accuracy", "ARC acc"),
+                ("piqa_accuracy", "PIQA acc"), ("size_mb", "Size on disk (MB)"), ("latency_ms", "Latency (ms)"),
+                ("forward_tokens_per_sec", "Forward tok/s")]
+
+
+def dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file()) if Path(p).exists() else 0
+
+
+def performance_rows(artifacts: Path, stages: list[tuple[str, Path]]) -> list[dict]:
+    rows = []
+    for stage, ckpt in stages:
+        f = artifacts / "eval_results" / f"{stage}_results.json"
+        if not f.is_file():
+            continue
+        m = json.loads(f.read_text())["metrics"]
+        row = {"stage": stage, "size_mb": dir_bytes(ckpt) / 2**20}
+        row.update({k: m.get(k) for k, _ in PERF_COLUMNS if k != "size_mb"})
+        rows.append(row)
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_performance(path: Path, rows: list[dict]) -> Path | None:
+    if not rows:
+        return None
+    keys = [k for k, _ in PERF_COLUMNS if any(isinstance(r.get(k), (int, float)) for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4))
+    axes = [axes] if len(keys) == 1 else list(axes)
+    labels = [r["stage"].replace("_", "\n", 1) for r in rows]
+    for ax, k in zip(axes, keys):
+        vals = [r.get(k) if isinstance(r.get(k), (int, float)) else float("nan") for r in rows]
+        ax.plot(range(len(vals)), vals, marker="o")
+        ax.set_xticks(range(len(vals)), labels, fontsize=7)
+        ax.set_title(dict(PERF_COLUMNS)[k], fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Model performance across phases")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def plot_resources(path: Path, steps: list[dict]) -> Path | None:
+    if not steps:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    names = [s["key"] for s in steps]
+    for ax, key, title in zip(axes, ("duration_s", "peak_rss_mb", "storage_mb"),
+                              ("time (s)", "peak memory (MB, max RSS)", "storage (MB)")):
+        ax.bar(range(len(steps)), [s.get(key) or 0 for s in steps])
+        ax.set_xticks(range(len(steps)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Resource usage by step")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict]) -> dict:
+    perf_png = plot_performance(out_dir / "performance_across_phases.png", perf)
+    res_png = plot_resources(out_dir / "resource_usage.png", steps)
+    status_cols = ["Step", "Phase", "Status", "Duration (s)"]
+    status_rows = [[s["key"], s["phase"], s["status"], s.get("duration_s")] for s in steps]
+    perf_cols = ["Stage"] + [t for _, t in PERF_COLUMNS]
+    perf_rows = [[r["stage"]] + [r.get(k) for k, _ in PERF_COLUMNS] for r in perf]
+    res_cols = ["Step", "Time (s)", "Peak memory (MB)", "Storage (MB)"]
+    res_rows = [[s["key"], s.get("duration_s"), s.get("peak_rss_mb"), s.get("storage_mb")] for s in steps]
+    total_s = sum(s.get("duration_s") or 0 for s in steps if s["status"] == "done")
+    md = [f"# Agent Forge pipeline report: {name}", "",
+          "All figures are measured by this pipeline's own runs.", "",
+          "## Phase overview", "", markdown_table(status_cols, status_rows), "",
+          f"Time spent in steps run this time: {total_s:.1f} s.", "",
+          "## Model performance across phases", "", markdown_table(perf_cols, perf_rows) if perf_rows else
+          "_No evaluation results (the eval phase was not selected)._", ""]
+    if perf_png:
+        md += [f"![performance]({perf_png.name})", ""]
+    md += ["## Resource usage", "", markdown_table(res_cols, res_rows), ""]
+    if res_png:
+        md += [f"![resources]({res_png.name})", ""]
+    report = write_text_atomic(out_dir / "pipeline_report.md", "\n".join(md))
+    return {"report": report, "plots": [p for p in (perf_png, res_png) if p],
+            "tables": {"pipeline/phase_status": (status_cols, status_rows),
+                       "pipeline/performance": (perf_cols, perf_rows),
+                       "pipeline/resources": (res_cols, res_rows)}}
