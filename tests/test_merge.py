@@ -275,3 +275,24 @@ def test_search_operators_stay_in_bounds_and_round_trip():
         assert len(features(child, sp)) == len(features(a, sp))
         rs[rng.randrange(8)] = child
     assert features(rs[0], sp) == features(rs[0], sp)
+
+
+# -- fitness ---------------------------------------------------------------------------------------------------
+
+def test_fitness_is_weighted_geometric_mean_of_ratios_to_the_inputs():
+    from agentforge.merge.fitness import Reference, score, terms
+
+    inputs = [{"perplexity": p, "accuracy": a, "tokens_per_s": 100.0, "speed_ratio": s, "memory_mb": 2.0}
+              for p, a, s in ((4.0, 0.5, 1.0), (6.0, 0.25, 1.0), (8.0, 0.75, 1.0))]
+    ref = Reference.of(inputs, n_accuracy_examples=4)   # ppl 6, acc 0.5, speed 1, 2 MB, floor 1/4
+    m = {"perplexity": 3.0, "accuracy": 0.0, "tokens_per_s": 50.0, "speed_ratio": 4.0, "memory_mb": 1.0}
+    assert terms(m, ref) == {"perplexity": 2.0, "accuracy": 0.25 / 0.75, "speed": 4.0, "memory": 2.0}
+    expected = 2.0 ** 0.4 * (1 / 3) ** 0.3 * 4.0 ** 0.2 * 2.0 ** 0.1
+    assert score(m, ref) == pytest.approx(expected)
+    assert score(m, ref, {"perplexity": 2.0, "speed": 2.0}) == pytest.approx((2.0 * 4.0) ** 0.5)
+    avg = {"perplexity": 6.0, "accuracy": 0.5, "tokens_per_s": 1.0, "speed_ratio": 1.0, "memory_mb": 2.0}
+    assert score(avg, ref) == pytest.approx(1.0)  # the average input scores 1
+    # 4x worse perplexity is not bought back by 3x speed at the default weights
+    slow_good = dict(avg)
+    fast_bad = {**avg, "perplexity": 24.0, "speed_ratio": 3.0}
+    assert score(fast_bad, ref) < score(slow_good, ref)

@@ -13,9 +13,15 @@ models, oriented so that higher is better and the average input scores about 1 o
     speed_term  = speed_ratio / mean_ref_speed_ratio,  speed_ratio = t_yardstick / t_model
     memory_term = mean_ref_bytes / bytes
 
-    fitness = 0.4 ppl_term + 0.3 acc_term + 0.2 speed_term + 0.1 memory_term   (default weights)
+and the fitness is their weighted geometric mean (weights w normalized to sum to 1):
 
-so no term dominates by its units, and fitness 1.0 means "as good as the average input model".
+    fitness = prod_k term_k ^ (w_k / sum w) = exp( sum_k w_k log(term_k) / sum w )
+
+(default w = 0.4 perplexity, 0.3 accuracy, 0.2 speed, 0.1 memory). Ratios remove the units; the log
+makes "twice as good" and "half as good" weigh the same on every term, so a term whose ratio can run
+far above 1 (a model with half the layers is several times faster) cannot swamp one that is bounded
+(perplexity cannot improve 4x). The perplexity factor is exp(w (ref_loss - loss)): the held-out loss
+difference in nats. Fitness 1.0 means "as good as the average input model".
 
 Throughput is a wall-clock measurement on a machine other jobs share, so its absolute value drifts
 with the load. The speed term therefore compares forward latencies timed *alternately* with a fixed
@@ -25,6 +31,7 @@ deterministic function of the recipe.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -110,10 +117,13 @@ def terms(m: dict, ref: Reference) -> dict[str, float]:
 
 
 def score(m: dict, ref: Reference, weights: dict[str, float] | None = None) -> float:
-    """Weighted sum of the normalized terms (see the module docstring)."""
+    """Weighted geometric mean of the normalized terms (see the module docstring)."""
     w = DEFAULT_WEIGHTS if weights is None else weights
     unknown = set(w) - set(DEFAULT_WEIGHTS)
     if unknown:
         raise ValueError(f"unknown fitness terms {sorted(unknown)}; use {sorted(DEFAULT_WEIGHTS)}")
+    total = sum(w.values())
+    if total <= 0:
+        raise ValueError("fitness weights must have a positive sum")
     t = terms(m, ref)
-    return float(sum(w.get(k, 0.0) * t[k] for k in DEFAULT_WEIGHTS))
+    return math.exp(sum(w.get(k, 0.0) * math.log(max(t[k], 1e-12)) for k in DEFAULT_WEIGHTS) / total)
