@@ -56,6 +56,8 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
               "evaluation/compression_ratio", "evaluation/zero_params", "finetune/accuracy_recovery",
               "final/compression_ratio", "final/fine_tuning_needed"):
         assert k in keys, k
+    ft = [r for r in rows if "finetune/loss" in r]
+    assert len(ft) == 1 and ft[0]["finetune/epoch"] == 1 and 0 < ft[0]["finetune/loss"] < 20
     final = {k: v for r in rows for k, v in r.items() if k.startswith("final/")}
     packed = (art / "model.safetensors").stat().st_size
     assert final["final/compression_ratio"] == pytest.approx((run_dir / "reference" / "fp32.safetensors").stat().st_size

@@ -226,8 +226,13 @@ class RecoveryCallback(Callback):
         self.curve = {"epoch": [0], "accuracy": [base_accuracy], "loss": [float("nan")]}
 
     def on_train_epoch_end(self, trainer, pl_module):
-        losses = pl_module.epoch_train_losses  # read before LMModule's own hook clears them
-        loss = sum(losses) / len(losses) if losses else float("nan")
+        losses, h = pl_module.epoch_train_losses, pl_module.history  # LMModule moves the epoch's losses
+        if losses:                                                   # into history at validation end
+            loss = sum(losses) / len(losses)
+        elif h["epoch"] and h["epoch"][-1] == trainer.current_epoch:
+            loss = h["train_loss"][-1]
+        else:
+            loss = float("nan")
         acc = self.evaluate_fn(pl_module.model)["accuracy"]
         epoch = trainer.current_epoch + 1
         self.curve["epoch"].append(epoch)
