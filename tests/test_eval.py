@@ -110,6 +110,16 @@ def test_surgery_is_an_identity_at_init_and_not_after():
     assert st["avg_refine_steps"] > 1 and st["commit_rate"] < 1
 
 
+def test_chunk_statistics_by_hand():
+    from agentforge.models.surgery import _chunk_stats
+
+    preds = torch.tensor([[1, 1, 1, 1],    # step 0 (the base model)
+                          [1, 2, 1, 3],    # step 1: tokens 0 and 2 stable
+                          [1, 2, 1, 4]])   # step 2: token 1 stable, token 3 never
+    st = _chunk_stats(preds, 2)
+    assert st == {"steps": [2, 2], "committed": [True, False], "length": [2, 1], "stable": [True, False]}
+
+
 def test_refiner_trains_its_zero_init_output():
     wrapped = wrap(_trained_like()).train()
     x = torch.randint(0, 256, (2, 17))
