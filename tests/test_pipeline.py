@@ -1,0 +1,91 @@
+"""The whole pipeline at the smallest sizes: killed mid-way, rerun, resumed, every artifact valid; and a
+2-value multirun with two separate W&B runs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agentforge.artifacts import load_any
+from agentforge.tracking.wandb_offline import find_offline_runs, read_offline_run
+from tests.conftest import TINY, run_cli
+
+COGNATE = ["phase.max_epochs=1", "phase.steps_per_epoch=3", "phase.val_rows=4", "phase.eval_examples=2",
+           "phase.gen_tokens=4", "data.batch_size=4", "data.seq_len=32"]
+EVOMERGE = ["phase.population_size=4", "phase.generations=1", "phase.eval.rows=2", "phase.eval.seq_len=16",
+            "phase.eval.choice_examples=2", "phase.eval.test_rows=2", "phase.eval.speed_seq_len=8",
+            "phase.eval.speed_repeats=1"]
+QUIETSTAR = ["phase.baking.epochs=1", "phase.baking.steps_per_epoch=2", "phase.baking.batch_size=2",
+             "phase.baking.examples_per_strategy=1", "phase.baking.val_per_strategy=1", "phase.baking.sample_tokens=2",
+             "phase.baking.usage_tokens=2", "phase.rl.num_episodes=2", "phase.rl.num_thoughts=2",
+             "phase.rl.thought_length=2", "phase.rl.thought_positions=1", "phase.rl.batch_size=1",
+             "phase.rl.seq_len=24", "phase.rl.context_len=16", "phase.rl.n_true=2", "phase.rl.anti_theater_every=1",
+             "phase.rl.eval_windows=2", "phase.rl.eval_examples=1", "phase.rl.gen_tokens=2",
+             "phase.rl.inference_tokens=1"]
+BITNET = ["data.batch_size=4", "data.seq_len=32", "phase.calibration_samples=8", "phase.val_rows=4",
+          "phase.eval_examples=2", "phase.gen_tokens=4", "phase.fine_tune=never", "phase.speed_repeats=1"]
+EVAL = ["phase.eval_examples=2", "phase.val_rows=2", "phase.gen_tokens=4", "phase.pass_k_samples=0",
+        "phase.latency_tokens=8", "data.seq_len=32", "data.batch_size=4"]
+
+
+def _list(key: str, items: list[str]) -> str:
+    return f"phase.overrides.{key}=[" + ",".join(f'"{i}"' for i in items) + "]"
+
+
+ARGS = ["phase=pipeline", "logger=none", "hardware=cpu", "phase.run_name=t", _list("cognate", COGNATE),
+        _list("evomerge", EVOMERGE), _list("quietstar", QUIETSTAR), _list("bitnet", BITNET), _list("eval", EVAL)]
+
+
+def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_path):
+    env = dict(os.environ, AGENTFORGE_OUTPUTS=str(tmp_path / "outputs"), OMP_NUM_THREADS="1")
+    state = tmp_path / "outputs" / "pipeline" / "t" / "pipeline_state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "agentforge", *ARGS], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    done = 0
+    while proc.poll() is None and time.time() < deadline:
+        if state.is_file():
+            try:
+                done = sum(s["status"] == "done" for s in json.loads(state.read_text())["steps"])
+            except ValueError:
+                done = 0
+            if done >= 2:
+                break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert done >= 2 and proc.returncode == -signal.SIGKILL, "the pipeline was not killed mid-way"
+    assert not (tmp_path / "outputs" / "pipeline" / "t" / "pipeline_report.md").exists()
+
+    again = run_cli(ARGS, tmp_path, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "cognate-m1: outputs complete, skipped" in again.stdout
+    steps = json.loads(state.read_text())["steps"]
+    assert [s["status"] for s in steps].count("skipped (complete)") >= 2
+    assert all(s["status"] in ("done", "skipped (complete)") for s in steps) and len(steps) == 12
+    art = tmp_path / "outputs" / "pipeline" / "t" / "artifacts"
+    for ckpt in ["cognate/model1", "cognate/model2", "cognate/model3", "evomerge/champion", "quietstar/baked",
+                 "quietstar/reasoning", "bitnet/compressed"]:
+        model, tok, cfg = load_any(art / ckpt)
+        assert sum(p.numel() for p in model.parameters()) > 0
+    for stage in ["phase1_model1", "phase2_champion", "phase3_reasoning", "phase4_compressed"]:
+        res = json.loads((art / "eval_results" / f"{stage}_results.json").read_text())
+        assert res["metrics"]["perplexity"] > 1
+    report = (tmp_path / "outputs" / "pipeline" / "t" / "pipeline_report.md").read_text()
+    assert "phase4_compressed" in report and "Resource usage" in report
+    assert (tmp_path / "outputs" / "pipeline" / "t" / "performance_across_phases.png").stat().st_size > 1000
+
+
+def test_two_value_multirun_gives_two_complete_runs_with_separate_wandb_runs(tmp_path):
+    proc = run_cli(["-m", "phase=cognate", "model=m1,m3", *[a for a in TINY if not a.startswith("logger")]], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [read_offline_run(r) for r in find_offline_runs(tmp_path / "outputs" / "multirun")]
+    assert sorted(r.name for r in runs) == ["phase1-cognate-model1", "phase1-cognate-model3"]
+    assert all(r.exit_code == 0 and "final/val_loss" in r.history_keys() for r in runs)
+    for i in (1, 3):
+        load_any(tmp_path / "outputs" / "artifacts" / "cognate" / f"model{i}")
