@@ -99,4 +99,10 @@ def main(cfg: DictConfig):
         for key in ("checkpoint", "run_dir", "report"):
             if result.get(key):
                 print(f"{key}: {result[key]}")
-    return result.get("objective") if isinstance(result, dict) else None
+    metric = cfg.get("optimized_metric")
+    if metric and isinstance(result, dict):
+        value = (result.get("metrics") or {}).get(metric)
+        if value is None:
+            print(f"error: optimized_metric={metric!r} is not among the phase's metrics", file=sys.stderr)
+        return value
+    return None

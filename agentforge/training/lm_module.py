@@ -79,6 +79,7 @@ class LMModule(L.LightningModule):
                                    "phase.on_nonfinite=skip")
 
     def on_before_optimizer_step(self, optimizer):
+        self._sync_max_logits()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return
@@ -94,6 +95,14 @@ class LMModule(L.LightningModule):
                                  f"{self.current_epoch}); the last good checkpoint is kept — lower optimizer.lr "
                                  f"or set phase.on_nonfinite=skip")
         self.log("train/gradient_norm", norm, on_step=True, on_epoch=False)
+
+    def _sync_max_logits(self) -> None:
+        """Under DDP every rank must clip the same heads (QK-clip runs in the optimizer step), so the
+        per-head max attention logits are max-reduced across ranks, as the all-reduced gradients are."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        for attn in getattr(self.model, "attention_modules", lambda: [])():
+            torch.distributed.all_reduce(attn.max_logit, op=torch.distributed.ReduceOp.MAX)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         metrics_fn = getattr(self.optimizers().optimizer, "metrics", None)
