@@ -16,13 +16,14 @@ from agentforge.evals import speed, tasks
 from agentforge.evals.generation_stats import generation_stats
 from agentforge.evals.stats import mean_pass_at_k
 
-# Which way is better, for the comparison table (+1 higher, -1 lower, 0 neither).
+# Which way is better, for the comparison table (+1 higher, -1 lower, 0 neither). Refinement steps and
+# chunk length are neither: the plan wants 1-2 steps (fewer = recursion unused) and "natural" chunk lengths.
 DIRECTION = {
     "perplexity": -1, "loss": -1, "token_accuracy": 1, "reasoning_accuracy": 1, "arc_easy_accuracy": 1,
     "piqa_accuracy": 1, "gen/avg_length_tokens": 0, "gen/distinct_1": 1, "gen/distinct_2": 1,
     "gen/repetition_rate": -1, "gen/coherence": 1, "gen/prompt_overlap": 1, "throughput_tokens_per_sec": 1,
     "forward_tokens_per_sec": 1, "latency_ms": -1, "peak_memory_mb": -1, "param_count": 0,
-    "param_memory_mb": -1, "avg_refine_steps": -1, "commit_rate": 1, "avg_chunk_length": 1, "stability_at_k": 1,
+    "param_memory_mb": -1, "avg_refine_steps": 0, "commit_rate": 1, "avg_chunk_length": 0, "stability_at_k": 1,
     "examples_per_sec": 1, "surgery_max_abs_diff": -1,
 }
 
