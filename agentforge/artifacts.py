@@ -85,7 +85,8 @@ def publish(src: Path, dst: Path) -> None:
 # Loaders by the ``architecture`` tag of config.json: "module:function", each (directory) -> (model, tokenizer, cfg).
 # Phases that write another kind of checkpoint (e.g. BitNet's packed ternary one) register theirs here.
 LOADERS: dict[str, str] = {ARCHITECTURE: "agentforge.artifacts:load_model",
-                           "TRM-Titans-MAG-bitnet1.58": "agentforge.quant.checkpoint:load_packed"}
+                           "TRM-Titans-MAG-bitnet1.58": "agentforge.quant.checkpoint:load_packed",
+                           "Cognate-Recursive": "agentforge.evals.checkpoints:load_recursive"}
 
 
 def load_any(directory: str | Path, map_location: str | torch.device = "cpu"):
