@@ -42,3 +42,11 @@ def test_smoke_experiment_runs(tmp_path):
     proc = run_cli(["experiment=smoke"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "outputs" / "artifacts" / "cognate" / "model1" / "config.json").is_file()
+
+
+@pytest.mark.skipif(not _has("hydra_plugins.hydra_submitit_launcher"),
+                    reason="hydra-submitit-launcher not installed (pip install 'agentforge[slurm]')")
+def test_slurm_launcher_config_composes(tmp_path):
+    proc = run_cli(["--cfg", "hydra", "hydra/launcher=slurm"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SlurmLauncher" in proc.stdout and "timeout_min: 240" in proc.stdout

@@ -2,6 +2,7 @@
 a full disk, and a sweep with a failing job. Run alone with `make test-faults`."""
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -141,3 +142,34 @@ def test_one_failing_job_does_not_stop_the_sweep(tmp_path):
     assert "1 of 2 jobs succeeded" in proc.stdout
     assert "FAILED job 0" in proc.stderr and "model.n_layers" in proc.stderr
     assert (tmp_path / "outputs" / "artifacts" / "cognate" / "model3" / "config.json").is_file()
+
+
+def _bad_checkpoint(kind: str, root: Path, good: Path) -> Path:
+    import shutil
+
+    d = root / kind
+    if kind == "missing":
+        return d
+    shutil.copytree(good, d)
+    if kind == "truncated":
+        w = d / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 3])
+    elif kind == "wrong_format":
+        (d / "config.json").write_text('{"format": "someone-elses", "model": {}}')
+    elif kind == "wrong_architecture":
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["model"]["d_model"] = 64
+        (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+@pytest.mark.parametrize("kind,message", [("missing", "not found"), ("truncated", "truncated or corrupt"),
+                                          ("wrong_format", "not an Agent Forge checkpoint"),
+                                          ("wrong_architecture", "shape")])
+def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, cognate_artifacts, kind, message):
+    bad = _bad_checkpoint(kind, tmp_path, cognate_artifacts / "cognate" / "model1")
+    proc = run_cli(["phase=eval", f"checkpoint={bad}", "stage=bad", "logger=none", "hardware=cpu"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0] and str(bad) in lines[0], proc.stderr[-2000:]
+    assert not list((tmp_path / "outputs").rglob("bad_results.json"))

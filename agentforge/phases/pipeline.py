@@ -10,7 +10,6 @@ last epoch checkpoint). At the end: the cross-phase report (Markdown + PNG + W&B
 """
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 
 from agentforge.config import rule
 from agentforge.errors import ConfigError
+from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
 from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete
@@ -50,10 +50,6 @@ def _compose(overrides: list[str]):
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(cfg) -> dict:
@@ -87,12 +83,13 @@ def run(cfg) -> dict:
             child = _compose(overrides)
             t0 = time.perf_counter()
             try:
-                run_phase(child)
+                with PeakMemory(interval=0.05) as mem:  # this step's own peak resident memory
+                    run_phase(child)
             except BaseException:
-                rec.update(status="failed", duration_s=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+                rec.update(status="failed", duration_s=time.perf_counter() - t0)
                 write_json_atomic(state_file, {"name": str(p.run_name), "steps": [*records, rec]})
                 raise
-            rec.update(status="done", duration_s=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+            rec.update(status="done", duration_s=time.perf_counter() - t0, peak_rss_mb=mem.peak_mb)
         rec["storage_mb"] = sum(dir_bytes(d) for d in step.checkpoints) / 2**20
         records.append(rec)
         write_json_atomic(state_file, {"name": str(p.run_name), "steps": records})
@@ -121,7 +118,7 @@ def _print_tables(tables: dict) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     for title, (cols, rows) in tables.items():
         if not rows:
             continue

@@ -3,7 +3,7 @@
 1. phase overview: status and duration of every step;
 2. model performance across phases: perplexity, accuracies, size on disk, latency, from each phase
    output's ``eval`` results;
-3. resource usage: time, peak memory (process max RSS after the step) and storage per phase.
+3. resource usage: time, peak memory (resident set size sampled during the step) and storage per phase.
 
 Written as Markdown with PNG plots, and returned as rows for the terminal table and W&B.
 """
@@ -82,7 +82,7 @@ def plot_resources(path: Path, steps: list[dict]) -> Path | None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     names = [s["key"] for s in steps]
     for ax, key, title in zip(axes, ("duration_s", "peak_rss_mb", "storage_mb"),
-                              ("time (s)", "peak memory (MB, max RSS)", "storage (MB)")):
+                              ("time (s)", "peak memory (MB, sampled RSS)", "storage (MB)")):
         ax.bar(range(len(steps)), [s.get(key) or 0 for s in steps])
         ax.set_xticks(range(len(steps)), names, rotation=60, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
