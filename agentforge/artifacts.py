@@ -91,9 +91,9 @@ LOADERS: dict[str, str] = {ARCHITECTURE: "agentforge.artifacts:load_model",
 
 def load_any(directory: str | Path, map_location: str | torch.device = "cpu"):
     """Load any checkpoint this project writes, dispatching on its architecture tag."""
-    import importlib  # noqa: PLC0415
+    import importlib
 
-    from agentforge.io import read_checkpoint_config  # noqa: PLC0415
+    from agentforge.io import read_checkpoint_config
 
     arch = read_checkpoint_config(directory).get("architecture")
     if arch not in LOADERS:

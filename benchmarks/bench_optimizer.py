@@ -22,10 +22,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agentforge.artifacts import cognate_config_from
-from agentforge.data.tokenizer import RESERVED_VOCAB
-from agentforge.models import CognateModel
-from agentforge.optim import build_optimizer
+from agentforge.artifacts import cognate_config_from  # noqa: E402
+from agentforge.data.tokenizer import RESERVED_VOCAB  # noqa: E402
+from agentforge.models import CognateModel  # noqa: E402
+from agentforge.optim import build_optimizer  # noqa: E402
 
 
 def load(path: str) -> dict:

@@ -26,10 +26,10 @@ if str(REPO) not in sys.path:  # OpenEvolve loads this file by path, from any wo
 
 def compose_scaling_cfg(overrides: list[str] | None = None):
     """The project's config with ``phase=scaling`` and the given (or environment's) overrides."""
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415
-    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    from agentforge.main import CONF_DIR  # noqa: PLC0415
+    from agentforge.main import CONF_DIR
 
     if overrides is None:
         overrides = shlex.split(os.environ.get("AGENTFORGE_SCALING_OVERRIDES", ""))
@@ -43,9 +43,9 @@ def compose_scaling_cfg(overrides: list[str] | None = None):
 
 def evaluate_metrics(program_path: str, overrides: list[str] | None = None) -> dict:
     """The full result dict of the package evaluator (numbers, plus error_kind/error/framework strings)."""
-    from agentforge.config import validate  # noqa: PLC0415
-    from agentforge.phases import scaling  # noqa: PLC0415
-    from agentforge.scaling.evaluator import evaluate as scaling_evaluate  # noqa: PLC0415
+    from agentforge.config import validate
+    from agentforge.phases import scaling
+    from agentforge.scaling.evaluator import evaluate as scaling_evaluate
 
     cfg = compose_scaling_cfg(overrides)
     validate(cfg, scaling.RULES)
@@ -62,7 +62,7 @@ def evaluate(program_path: str):
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
     notes = {k: str(result[k]) for k in ("error_kind", "error", "framework") if result.get(k)}
     try:
-        from openevolve.evaluation_result import EvaluationResult  # noqa: PLC0415
+        from openevolve.evaluation_result import EvaluationResult
     except ImportError:
         return {**metrics, **notes}
     return EvaluationResult(metrics=metrics, artifacts=notes)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import compose_cfg, run_cli
 
 from agentforge.artifacts import load_any
 from agentforge.errors import ConfigError
@@ -13,7 +14,6 @@ from agentforge.io import CheckpointError
 from agentforge.main import run
 from agentforge.quant import BitLinear
 from agentforge.quant.checkpoint import ARCHITECTURE
-from conftest import compose_cfg, run_cli
 
 BITNET_TINY = ["phase=bitnet", "logger=none", "hardware=cpu", "data.batch_size=4", "data.seq_len=32",
                "phase.calibration_samples=8", "phase.val_rows=4", "phase.eval_examples=2", "phase.gen_tokens=4",

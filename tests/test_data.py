@@ -26,7 +26,7 @@ def test_tokenizer_round_trip_with_special_tokens():
 def test_synthetic_tasks_are_in_public_formats_and_correct():
     for rec in synthetic.generate("arithmetic", 30, seed=1):
         expr = rec["answer"].split("<<")[1].split("=")[0]
-        assert extract_number(rec["answer"]) == str(eval(expr))  # noqa: S307 - our own generated a+b
+        assert extract_number(rec["answer"]) == str(eval(expr))
     arc = synthetic.generate("choice", 10, seed=1)[0]
     nums = [int(t) for t in arc["choices"]["text"]]
     right = int(arc["choices"]["text"][arc["choices"]["label"].index(arc["answerKey"])])

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from agentforge.artifacts import load_any
 from agentforge.tracking.wandb_offline import find_offline_runs, read_offline_run
 from tests.conftest import TINY, run_cli

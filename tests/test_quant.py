@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from agentforge.artifacts import load_any
-from agentforge.io import CheckpointError
 from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.io import CheckpointError
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.quant import BitLinear, quantize_activations, ternarize
 from agentforge.quant.calibrate import activation_stats, apply_clips

@@ -59,7 +59,7 @@ def load_jsonl(path: str | Path, fmt: str, limit: int | None = None) -> list[dic
 def load_hf(name: str, split: str, limit: int | None = None) -> list[dict]:
     """Load GSM8K / ARC-Easy / PIQA through `datasets` (needs the package and a network or a cache)."""
     try:
-        import datasets  # noqa: PLC0415
+        import datasets
     except ImportError as exc:
         raise DatasetError("the `datasets` package is not installed: pip install 'agentforge[hf]', "
                            "or use data.path=FILE.jsonl") from exc

@@ -74,7 +74,7 @@ class ByteTokenizer:
         return {"type": "byte", "special_tokens": list(self.special_tokens)}
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "ByteTokenizer":
+    def from_dict(cls, d: dict | None) -> ByteTokenizer:
         d = d or {}
         if d.get("type", "byte") != "byte":
             raise ValueError(f"unsupported tokenizer type {d.get('type')!r}")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from agentforge.data import formats
 from agentforge.evals.answers import answers_match
+from agentforge.models.generation import generate as decode
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -96,18 +97,7 @@ def generate(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int | None =
             return model.generate(ids, max_new_tokens, eos_id=eos_id, temperature=temperature, generator=generator)
         return model.generate(ids, max_new_tokens, eos_id=eos_id)
     max_len = getattr(getattr(model, "config", None), "max_seq_len", 10**9)
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    for _ in range(max_new_tokens):
-        logits = _logits(model, ids[:, -max_len:])[:, -1].float()
-        nxt = (torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator) if temperature > 0
-               else logits.argmax(-1, keepdim=True))
-        if eos_id is not None:
-            nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
-            done |= nxt.squeeze(-1) == eos_id
-        ids = torch.cat([ids, nxt], dim=1)
-        if eos_id is not None and bool(done.all()):
-            break
-    return ids
+    return decode(model, ids, max_new_tokens, max_len, eos_id, temperature, generator)
 
 
 def _strip_eos(tokens: list[int], eos_id: int) -> list[int]:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentforge.models.generation import generate
 from agentforge.models.layers import Block, RMSNorm, rope_cache
 from agentforge.models.memory import SurpriseMemory
 
@@ -53,7 +54,7 @@ class CognateConfig:
     tie_embeddings: bool = False
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CognateConfig":
+    def from_dict(cls, d: dict) -> CognateConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -163,23 +164,7 @@ class CognateModel(nn.Module):
             self.memory.write(output, surprise)
         return CognateOutput(logits, loss, lm_loss, steps.detach(), ponder.detach(), surprise, output)
 
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_id: int | None = None,
                  temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Greedy (temperature 0) or sampled continuation of input_ids [B, T]; returns [B, T + new]."""
-        ids = input_ids
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            ctx = ids[:, -self.config.max_seq_len:]
-            logits = self(ctx).logits[:, -1]
-            if temperature > 0:
-                nxt = torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator)
-            else:
-                nxt = logits.argmax(-1, keepdim=True)
-            if eos_id is not None:
-                nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
-                done |= nxt.squeeze(-1) == eos_id
-            ids = torch.cat([ids, nxt], dim=1)
-            if eos_id is not None and bool(done.all()):
-                break
-        return ids
+        return generate(self, input_ids, max_new_tokens, self.config.max_seq_len, eos_id, temperature, generator)

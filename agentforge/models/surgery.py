@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentforge.models.generation import generate
 from agentforge.models.layers import RMSNorm
 
 ARCHITECTURE = "Cognate-Recursive"
@@ -118,22 +119,9 @@ class RecursiveRefiner(nn.Module):
         return RecursiveOutput(logits, loss, lm_loss, out.halting_steps, out.ponder, out.surprise, h, steps,
                                torch.stack(preds))
 
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_id: int | None = None,
                  temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        ids = input_ids
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            logits = self(ids[:, -self.config.max_seq_len:]).logits[:, -1]
-            nxt = (torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator) if temperature > 0
-                   else logits.argmax(-1, keepdim=True))
-            if eos_id is not None:
-                nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
-                done |= nxt.squeeze(-1) == eos_id
-            ids = torch.cat([ids, nxt], dim=1)
-            if eos_id is not None and bool(done.all()):
-                break
-        return ids
+        return generate(self, input_ids, max_new_tokens, self.config.max_seq_len, eos_id, temperature, generator)
 
 
 def wrap(base: nn.Module, max_inner_steps: int = 4, hidden: int | None = None) -> RecursiveRefiner:

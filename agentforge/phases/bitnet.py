@@ -301,7 +301,7 @@ def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16,
                              "Compression Ratio by Layer (fp32 bytes / stored bytes)", "ratio")
     tr.table("charts/compression_by_layer_data", ["Layer", "Compression Ratio"], [list(x) for x in zip(labels, values)])
     if tr.wandb is not None:
-        import wandb  # noqa: PLC0415
+        import wandb
 
         table = wandb.Table(columns=["Layer", "Compression Ratio"], data=[list(x) for x in zip(labels, values)])
         tr.wandb.log({"charts/compression_by_layer": wandb.plot.bar(table, "Layer", "Compression Ratio",
@@ -341,7 +341,7 @@ def breakdown(layer_rows: list[dict]) -> list[list]:
 
 
 def report(p, ev, final, fp16_bytes, fp32_bytes, packed_bytes, n_quant) -> None:
-    ok = lambda c: "PASS" if c else "FAIL"  # noqa: E731
+    ok = lambda c: "PASS" if c else "FAIL"
     ratio, drop = final["final/compression_ratio"], final["final/accuracy_drop"]
     print(f"packed file {packed_bytes:,} B vs fp32 {fp32_bytes:,} B ({ratio:.2f}x) and fp16 {fp16_bytes:,} B "
           f"({ev['evaluation/compression_ratio_vs_fp16']:.2f}x); {n_quant:,} ternary weights, sparsity "

@@ -29,7 +29,12 @@ from agentforge.io import CheckpointError, write_json_atomic
 from agentforge.models import CognateModel
 from agentforge.phases.context import run_context
 from agentforge.tracking import plots
-from agentforge.tracking.callbacks import CurriculumCallback, EpochTimeCallback, TaskAccuracyCallback, ThroughputCallback
+from agentforge.tracking.callbacks import (
+    CurriculumCallback,
+    EpochTimeCallback,
+    TaskAccuracyCallback,
+    ThroughputCallback,
+)
 from agentforge.training.lm_module import LMModule
 from agentforge.training.trainer import EpochCheckpoint, build_trainer
 

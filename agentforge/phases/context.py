@@ -29,7 +29,7 @@ class RunContext:
 
 def _task_overrides() -> list[str]:
     try:
-        from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+        from hydra.core.hydra_config import HydraConfig
 
         return list(HydraConfig.get().overrides.task)
     except ValueError:  # called outside a Hydra app (tests composing the config)

@@ -33,7 +33,7 @@ RULES = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-"
 def _forwarded_overrides() -> list[str]:
     """The user's overrides that apply to every phase (group choices, seed, ...), minus pipeline ones."""
     try:
-        from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+        from hydra.core.hydra_config import HydraConfig
 
         task = list(HydraConfig.get().overrides.task)
     except ValueError:
@@ -44,16 +44,16 @@ def _forwarded_overrides() -> list[str]:
 def _compose(overrides: list[str]):
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config", overrides=overrides)
-    from hydra import initialize_config_dir  # noqa: PLC0415
+    from hydra import initialize_config_dir
 
-    from agentforge.main import CONF_DIR  # noqa: PLC0415
+    from agentforge.main import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 
 def run(cfg) -> dict:
-    from agentforge.main import run as run_phase  # noqa: PLC0415
+    from agentforge.main import run as run_phase
 
     p = cfg.phase
     phases = list(p.phases)
@@ -115,8 +115,8 @@ def run(cfg) -> dict:
 
 
 def _print_tables(tables: dict) -> None:
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
     console = Console(width=max(Console().width, 150))
     for title, (cols, rows) in tables.items():

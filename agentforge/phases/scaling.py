@@ -81,7 +81,7 @@ def settings_from_cfg(cfg) -> dict:
     bad = [t for t, w in mix.items() if t not in TASKS or not isinstance(w, (int, float)) or w < 0]
     if bad or not any(w > 0 for w in mix.values()):
         raise ConfigError(f"phase.mix must weight the tasks {list(TASKS)} (non-negative, one positive); bad: {bad}")
-    from agentforge.optim import BUILDERS  # noqa: PLC0415
+    from agentforge.optim import BUILDERS
 
     if p.optimizer.name not in BUILDERS:
         raise ConfigError(f"phase.optimizer.name={p.optimizer.name!r} is not available; choose from {sorted(BUILDERS)}")

@@ -16,9 +16,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from agentforge.io import atomic_write, write_text_atomic  # noqa: E402
+from agentforge.io import atomic_write, write_text_atomic
 
 PERF_COLUMNS = [("perplexity", "Perplexity"), ("reasoning_accuracy", "GSM8K acc"), ("arc_easy_accuracy", "ARC acc"),
                 ("piqa_accuracy", "PIQA acc"), ("size_mb", "Size on disk (MB)"), ("latency_ms", "Latency (ms)"),

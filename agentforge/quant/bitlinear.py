@@ -42,7 +42,7 @@ class BitLinear(nn.Module):
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
-    def from_linear(cls, linear: nn.Linear, **quant) -> "BitLinear":
+    def from_linear(cls, linear: nn.Linear, **quant) -> BitLinear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, **quant)
         layer.to(device=linear.weight.device)
         with torch.no_grad():
@@ -53,7 +53,7 @@ class BitLinear(nn.Module):
 
     @classmethod
     def from_ternary(cls, codes: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None,
-                     act_clip: float | torch.Tensor = float("inf"), **quant) -> "BitLinear":
+                     act_clip: float | torch.Tensor = float("inf"), **quant) -> BitLinear:
         out_f, in_f = codes.shape
         layer = cls(in_f, out_f, bias is not None, **quant)
         layer.weight = None

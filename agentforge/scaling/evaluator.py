@@ -77,7 +77,7 @@ def check_outside_block(code: str, framework: str) -> None:
     """Everything outside the EVOLVE block must equal the framework template (trailing spaces aside)."""
     before, _, after, _ = split_block(code)
     t_before, _, t_after, _ = split_block(variant_path(framework).read_text())
-    for where, got, want, offset in (("before", before, t_before, 1), ("after", after, t_after, None)):
+    for _where, got, want, offset in (("before", before, t_before, 1), ("after", after, t_after, None)):
         got, want = _normalized(got), _normalized(want)
         if got == want:
             continue

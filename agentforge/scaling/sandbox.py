@@ -116,7 +116,7 @@ def limit_memory(memory_mb: int | None) -> None:
 
 def load_candidate(path: str):
     """Execute the candidate file as a module (child process only) and return it."""
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     spec = importlib.util.spec_from_file_location("scaling_candidate", path)
     module = importlib.util.module_from_spec(spec)
@@ -127,7 +127,7 @@ def load_candidate(path: str):
     except Exception as exc:
         raise CandidateFailure("import", f"importing the candidate failed: {type(exc).__name__}: {exc}") from exc
     attn = getattr(module, "Attention", None)
-    import torch  # noqa: PLC0415
+    import torch
 
     if not (isinstance(attn, type) and issubclass(attn, torch.nn.Module)):
         raise CandidateFailure("contract", "the candidate defines no class Attention(torch.nn.Module)")
@@ -140,7 +140,7 @@ def check_attention(attention_cls, d_model: int, n_heads: int, seq_len: int, see
     Causality is tested by perturbation: for every cut t, the inputs after t are replaced by fresh noise
     and the outputs at positions <= t must not move (beyond ``tol``, relative to their scale).
     """
-    import torch  # noqa: PLC0415
+    import torch
 
     torch.manual_seed(seed)
     try:
@@ -148,7 +148,7 @@ def check_attention(attention_cls, d_model: int, n_heads: int, seq_len: int, see
     except Exception as exc:
         if _is_oom(exc):
             raise MemoryError(str(exc)) from exc
-        raise CandidateFailure("contract", f"Attention({d_model}, {n_heads}) failed: {type(exc).__name__}: {exc}")
+        raise CandidateFailure("contract", f"Attention({d_model}, {n_heads}) failed: {type(exc).__name__}: {exc}") from exc
     attn.eval()
     x = torch.randn(2, seq_len, d_model)
     with torch.no_grad():
@@ -194,15 +194,15 @@ def _is_oom(exc: BaseException) -> bool:
 
 def train_size(attention_cls, size: dict, settings: dict, work_dir: Path) -> dict:
     """Train one size through LMModule + the project's Trainer; return params and final val loss."""
-    import lightning as L  # noqa: PLC0415
-    import torch  # noqa: PLC0415
+    import lightning as L
+    import torch
 
-    from agentforge.data.build import build_datamodule  # noqa: PLC0415
-    from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer  # noqa: PLC0415
-    from agentforge.scaling.model import ScalingLM  # noqa: PLC0415
-    from agentforge.tracking.loggers import JsonlLogger  # noqa: PLC0415
-    from agentforge.training.lm_module import LMModule  # noqa: PLC0415
-    from agentforge.training.trainer import build_trainer  # noqa: PLC0415
+    from agentforge.data.build import build_datamodule
+    from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+    from agentforge.scaling.model import ScalingLM
+    from agentforge.tracking.loggers import JsonlLogger
+    from agentforge.training.lm_module import LMModule
+    from agentforge.training.trainer import build_trainer
 
     tr, seed = settings["train"], int(settings["seed"])
     L.seed_everything(seed, workers=True, verbose=False)  # every size sees the same data and init stream
@@ -239,7 +239,7 @@ def evaluate_in_child(request: dict) -> dict:
     settings = request["settings"]
     hw = settings.get("hardware") or {}
     module = load_candidate(request["program"])
-    import torch  # noqa: PLC0415
+    import torch
 
     if hw.get("threads"):
         torch.set_num_threads(int(hw["threads"]))
@@ -268,18 +268,18 @@ def child_main(argv: list[str]) -> int:
     except MemoryError as exc:
         result = failure("memory", f"the candidate exceeded the {request.get('memory_mb')} MiB memory limit ({exc})")
     except Exception as exc:  # anything else the candidate provokes during training
-        from agentforge.errors import NonFiniteError  # noqa: PLC0415
+        from agentforge.errors import NonFiniteError
 
         if isinstance(exc, NonFiniteError):
             result = failure("nonfinite", f"training diverged: {exc}")
         elif _is_oom(exc):
             result = failure("memory", f"the candidate exceeded the memory limit ({type(exc).__name__}: {exc})")
         else:
-            import traceback  # noqa: PLC0415
+            import traceback
 
             traceback.print_exc()
             result = failure("crash", f"{type(exc).__name__}: {exc}")
-    from agentforge.io import write_json_atomic  # noqa: PLC0415
+    from agentforge.io import write_json_atomic
 
     write_json_atomic(out, result)
     return 0

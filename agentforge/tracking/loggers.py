@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ def build_loggers(logger_cfg: dict, run_dir: str | Path, run_name: str, group: s
                          tags=tags, save_dir=str(run_dir), mode=wandb_mode(logger_cfg.get("mode")),
                          entity=logger_cfg.get("entity"), config=redact(config), job_type=logger_cfg.get("job_type"))
         with redacted_argv():
-            wb.experiment  # start the run now: W&B records the command line, which may carry a key
+            _ = wb.experiment  # start the run now: W&B records the command line, which may carry a key
         loggers.append(wb)
     elif kind == "csv":
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
@@ -126,7 +126,7 @@ def finish(loggers: list[Logger], status: str = "success") -> None:
         except Exception:  # a logger failing to close must not hide the run's own result
             pass
     try:
-        import wandb  # noqa: PLC0415
+        import wandb
 
         if wandb.run is not None:
             wandb.finish(exit_code=0 if status == "success" else 1)

@@ -6,9 +6,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from agentforge.io import atomic_write  # noqa: E402
+from agentforge.io import atomic_write
 
 
 def _save(fig, path: str | Path) -> Path:

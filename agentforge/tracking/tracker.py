@@ -52,14 +52,14 @@ class Tracker:
         w.writerows(rows)
         path = write_text_atomic(self.run_dir / "tables" / f"{_safe(key)}.csv", buf.getvalue())
         if self.wandb is not None:
-            import wandb  # noqa: PLC0415
+            import wandb
 
             self.wandb.log({key: wandb.Table(columns=columns, data=[list(r) for r in rows])})
         return path
 
     def image(self, key: str, path: str | Path) -> None:
         if self.wandb is not None:
-            import wandb  # noqa: PLC0415
+            import wandb
 
             self.wandb.log({key: wandb.Image(str(path))})
 
@@ -67,7 +67,7 @@ class Tracker:
         values = [float(v) for v in values]
         write_json_atomic(self.run_dir / "histograms" / f"{_safe(key)}.json", values)
         if self.wandb is not None and values:
-            import wandb  # noqa: PLC0415
+            import wandb
 
             self.wandb.log({key: wandb.Histogram(values)})
 
@@ -75,7 +75,7 @@ class Tracker:
         rows = [[x] + [series[i] if i < len(series) else None for series in ys] for i, x in enumerate(xs)]
         self.table(key + "_data", [xname] + keys, rows)
         if self.wandb is not None:
-            import wandb  # noqa: PLC0415
+            import wandb
 
             self.wandb.log({key: wandb.plot.line_series(xs=list(xs), ys=[list(y) for y in ys], keys=keys,
                                                         title=title, xname=xname)})
@@ -84,7 +84,7 @@ class Tracker:
                  metadata: dict | None = None) -> None:
         if self.wandb is None:
             return
-        import wandb  # noqa: PLC0415
+        import wandb
 
         art = wandb.Artifact(name=name, type=type_, description=description, metadata=metadata or {})
         for p in paths:

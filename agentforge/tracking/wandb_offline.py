@@ -64,7 +64,7 @@ def _key(item) -> str:
 
 def read_offline_run(run_dir: str | Path) -> OfflineRun:
     """Parse ``run_dir`` (an ``offline-run-*`` folder or the ``.wandb`` file itself)."""
-    from wandb.proto import wandb_internal_pb2 as pb  # noqa: PLC0415
+    from wandb.proto import wandb_internal_pb2 as pb
 
     path = Path(run_dir)
     if path.is_dir():

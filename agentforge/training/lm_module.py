@@ -32,7 +32,7 @@ class LMModule(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx):
-        for attn in getattr(self.model, "attention_modules", lambda: [])():
+        for attn in getattr(self.model, "attention_modules", list)():
             attn.reset_max_logit()
 
     def training_step(self, batch, batch_idx):
@@ -74,7 +74,7 @@ class LMModule(L.LightningModule):
         if self.on_nonfinite == "skip":
             self.skipped_steps += 1
             self.print(f"warning: {msg}; step skipped")
-            return None  # Lightning skips the optimizer step when training_step returns None
+            return  # Lightning skips the optimizer step when training_step returns None
         raise NonFiniteError(msg + "; the last good checkpoint is kept — lower optimizer.lr or set "
                                    "phase.on_nonfinite=skip")
 
@@ -101,7 +101,7 @@ class LMModule(L.LightningModule):
         per-head max attention logits are max-reduced across ranks, as the all-reduced gradients are."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
-        for attn in getattr(self.model, "attention_modules", lambda: [])():
+        for attn in getattr(self.model, "attention_modules", list)():
             torch.distributed.all_reduce(attn.max_logit, op=torch.distributed.ReduceOp.MAX)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):

@@ -28,7 +28,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             return torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:
             raise CheckpointError(f"{path}: refused or unreadable training checkpoint ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:200]}); only weights-only checkpoints are loaded")
+                                  f"{str(exc).splitlines()[0][:200]}); only weights-only checkpoints are loaded") from exc
 
 
 def resolve_hardware(hw: dict) -> dict:
@@ -38,7 +38,7 @@ def resolve_hardware(hw: dict) -> dict:
     if accel == "auto":
         accel = "gpu" if has_gpu else "cpu"
     if accel in ("gpu", "cuda") and not has_gpu:
-        from agentforge.errors import ConfigError  # noqa: PLC0415
+        from agentforge.errors import ConfigError
 
         raise ConfigError("hardware.accelerator=gpu but no GPU is visible; use hardware=cpu or hardware=auto")
     precision = hw.get("precision", "auto")
@@ -72,4 +72,4 @@ class EpochCheckpoint(L.Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from

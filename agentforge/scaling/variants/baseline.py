@@ -13,10 +13,11 @@ and agentforge.models.layers.
 import math  # noqa: F401  (for the EVOLVE block)
 
 import torch
-import torch.nn.functional as F  # noqa: F401  (for the EVOLVE block)
+import torch.nn.functional as F
 from torch import nn
 
 from agentforge.models.layers import apply_rope, rope_cache
+
 
 # EVOLVE-BLOCK-START
 class Attention(nn.Module):
