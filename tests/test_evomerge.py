@@ -144,16 +144,24 @@ def test_bad_settings_name_their_key(tmp_path, override, key):
         run_phase(compose_cfg([*TINY_EVO, override], tmp_path))
 
 
-def test_seeded_phase_is_deterministic_without_the_timing_term(tmp_path):
+def test_seeded_phase_is_deterministic_and_never_below_the_best_input_without_the_timing_term(tmp_path):
     ins = [_save_tiny(tmp_path / f"m{i}", i, ltm_slots=s) for i, s in enumerate((32, 128, 16))]
     logs = []
     for k in range(2):
         cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{','.join(ins)}]", "phase.fitness_weights.speed=0"],
                           tmp_path / str(k))
-        run_phase(cfg)
+        out = run_phase(cfg)
         log = json.loads((tmp_path / str(k) / "run" / "evolution_log.json").read_text())
         logs.append([[(i["recipe"], i["fitness"]) for i in g["individuals"]] for g in log["generations"]])
     assert logs[0] == logs[1]
+    # gen 0 holds the inputs themselves; elitism keeps the champion at or above every one of them
+    input_fits = [m["fitness"] for m in log["inputs"]]
+    first = log["generations"][0]["individuals"]
+    assert [i["recipe"]["weights"] for i in first[:3]] == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    assert [i["fitness"] for i in first[:3]] == input_fits
+    assert all(log["champion"]["fitness"] >= f for f in input_fits)
+    assert out["metrics"]["final/fitness_improvement"] >= 0
+    assert out["metrics"]["final/best_fitness"] >= out["metrics"]["final/best_input_fitness"]
 
 
 def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
@@ -165,6 +173,9 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
     assert len(log["generations"]) == 2 and all(len(g["individuals"]) == 4 for g in log["generations"])
     first = log["generations"][0]["individuals"]
     assert [i["combo"] for i in first] == ["000", "001", "010", "011"]  # gen 0 spreads the combos
+    assert [i["recipe"]["base"] for i in first[:3]] == [0, 1, 2]  # ... and its first 3 are the inputs
+    assert [i["metrics"]["perplexity"] for i in first[:3]] == [m["perplexity"] for m in log["inputs"]]
+    assert log["champion"]["fitness"] >= max(m["fitness"] for m in log["inputs"])
     for ind in first:
         assert set(ind) >= {"recipe", "combo", "metrics", "fitness"}
         assert set(ind["metrics"]) >= {"perplexity", "accuracy", "tokens_per_s", "memory_mb"}

@@ -14,7 +14,9 @@ from agentforge.merge.recipe import (
     canonical,
     crossover,
     features,
+    identity_recipe,
     incompatibility,
+    initial_population,
     materialize,
     mutate,
     random_recipe,
@@ -241,6 +243,51 @@ def test_recipe_with_one_hot_weights_reproduces_that_input():
     state, cfg = materialize(_recipe(base=2, weights=(0.0, 0.0, 1.0)), states, cfgs)
     assert cfg == cfgs[2]
     assert all(torch.equal(state[k], states[2][k]) for k in states[2])
+
+
+def test_slerp_at_the_endpoints_is_exact():
+    a, b = torch.randn(5, 7), torch.randn(5, 7)
+    assert torch.equal(techniques.slerp(0.0, a, b), a) and torch.equal(techniques.slerp(1.0, a, b), b)
+    assert torch.equal(techniques.slerp(1.0, a, a * 2), a * 2)  # the collinear (lerp) branch too
+    xs = [torch.randn(4, 3) for _ in range(3)]
+    for i in range(3):
+        one_hot = [float(j == i) for j in range(3)]
+        assert torch.equal(techniques.slerp_many(xs, one_hot), xs[i])
+        assert torch.equal(techniques.linear(xs, one_hot), xs[i])
+
+
+@pytest.mark.parametrize("combo", range(8))
+def test_identity_recipe_is_that_input_exactly_in_every_combo(combo):
+    states, cfgs = _inputs()
+    sp = Space(2, 1, 3)
+    for i in range(3):
+        r = identity_recipe(i, sp, combo)
+        assert r.combo == combo and r.n_layers() == 2 and Recipe.from_dict(r.to_dict()) == r
+        state, cfg = materialize(r, states, cfgs)
+        assert cfg == cfgs[i] and state.keys() == states[i].keys()
+        assert all(torch.equal(state[k], states[i][k]) for k in states[i]), i
+    # the model built from it computes what the input computes (so it may reuse the input's measurement)
+    model = CognateModel(cfg)
+    model.load_state_dict(state)
+    ref = _model(2, ltm_slots=16, max_steps=2, act_threshold=0.9)
+    ids = torch.randint(0, 272, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(ids).logits, ref.eval()(ids).logits)
+
+
+def test_initial_population_seeds_the_inputs_and_spreads_the_combos():
+    sp = Space(2, 1, 3)
+    pop = initial_population(random.Random(0), sp, 8)
+    assert [r.combo for r in pop] == list(range(8))
+    assert pop[:3] == [identity_recipe(i, sp, i) for i in range(3)]
+    assert all(0 not in r.weights for r in pop[3:])  # random recipes stay in WEIGHT_RANGE
+    assert [r.combo for r in initial_population(random.Random(0), sp, 10)] == [*range(8), 0, 1]
+    assert initial_population(random.Random(0), sp, 2) == [identity_recipe(i, sp, i) for i in range(2)]
+    rng = random.Random(1)
+    for _ in range(200):  # mutation moves a zero weight into WEIGHT_RANGE, never to an all-zero vector
+        child = mutate(crossover(pop[rng.randrange(3)], pop[rng.randrange(8)], rng), rng, sp, 0.5, 0.3)
+        assert sum(child.weights) > 0 and all(w == 0 or w >= 0.05 for w in child.weights)
+        assert len(features(child, sp)) == len(features(pop[0], sp))
 
 
 def test_recipe_layers_and_determinism():

@@ -19,6 +19,21 @@ between the inputs (m1 32, m2 128, m3 16 slots), so the merged model takes the b
 non-shape hyperparameter (max_steps, act_threshold, halt_bias_init, ltm_slots, ...) from the
 *base* input ``base`` (0..2); its ``n_layers`` is the length of the stage-3 layer plan.
 
+The inputs themselves are recipes (``identity_recipe``), in every combo. With one-hot stage-1
+weights (1 for input i, exactly 0 for the others) both interpolations return x_i bit for bit: Linear
+computes (1 * x_i + 0 * x_j + 0 * x_k) / 1, and the SLERP chain only ever runs t = 0 (keep the
+running tensor) or t = 1 (take the next), where sin(theta)/sin(theta) = 1 and the other endpoint is
+multiplied by 0 (mergekit's ``linear`` with a weight of 0 drops that model; its ``slerp`` at t = 0/1
+returns an endpoint). With lam = 0 and one-hot task-vector weights, stage 2 adds 0 (TIES and DARE
+alike; tau_i = x_i - theta_I is 0 anyway), and the identity layer plan (FrankenMerge ``(0, 0, n)`` or
+DFS hops ``(0, 0)..(0, n-1)`` with unit scales, which fold as a division by exactly 1) keeps theta_T.
+With ``base = i`` the memory bank and hyperparameters are x_i's too, so the state dict equals input
+i's exactly, non-layer parameters (embed, lm_head, norm, halt_head, memory.*) included. Only these
+seeds hold zero weights: ``random_recipe`` draws weights in ``WEIGHT_RANGE`` and ``mutate`` clips a
+mutated weight into it, so a weight of 0 stays 0 until it mutates, and no weight vector is all 0.
+Seeding generation 0 with the identity recipes lets elitism guarantee that the champion is never
+worse than the best input (see ``phases/evomerge.py``).
+
 Recipes are frozen and hashable (floats rounded to 4 decimals), so evaluations are cached by recipe;
 DARE's random mask is seeded by ``dare_seed`` and each tensor's name, so a recipe always gives the
 same tensors.
@@ -54,7 +69,7 @@ def _r(x: float) -> float:
 class Recipe:
     combo: int                                   # 0..7, see combos.py
     base: int                                    # input (0..2) giving memory bank and hyperparameters
-    weights: tuple[float, ...]                   # stage 1 weights of the 3 inputs
+    weights: tuple[float, ...]                   # stage 1 weights of the 3 inputs (0 only in identity seeds)
     tv_weights: tuple[float, ...]                # stage 2 weights of the 3 task vectors
     density: float                               # stage 2 density (DARE keep rate 1 - p, TIES top-k share)
     lam: float                                   # stage 2 scale of the merged task vector
@@ -176,6 +191,25 @@ def random_recipe(rng: random.Random, sp: Space, combo: int | None = None) -> Re
         tv_weights=tuple(rng.uniform(*WEIGHT_RANGE) for _ in range(N_INPUTS)),
         density=rng.uniform(0.3, 1.0), lam=rng.uniform(*LAM_RANGE), dare_seed=rng.randrange(2**31),
         slices=_random_slices(rng, sp), hops=hops, scales=scales))
+
+
+def identity_recipe(i: int, sp: Space, combo: int = 0) -> Recipe:
+    """The recipe whose model is input ``i`` (0..2) itself, exactly, in any combo (module docstring):
+    one-hot weights, lam = 0, base i, and the identity layer plan of both FrankenMerge and DFS."""
+    if not 0 <= i < N_INPUTS:
+        raise ValueError(f"input index must be 0..{N_INPUTS - 1}, got {i}")
+    one_hot = tuple(float(j == i) for j in range(N_INPUTS))
+    return canonical(Recipe(combo=decode(combo).id, base=i, weights=one_hot, tv_weights=one_hot, density=1.0,
+                            lam=0.0, dare_seed=0, slices=((0, 0, sp.n_layers),),
+                            hops=tuple((0, k) for k in range(sp.n_layers)), scales=(1.0,) * sp.n_layers))
+
+
+def initial_population(rng: random.Random, sp: Space, size: int) -> list[Recipe]:
+    """Generation 0: member k has combo k mod 8 (so the 8 combos are each present once when size >= 8);
+    the first three members are the identity recipes of inputs 1, 2, 3 (combos 000, 001, 010), the rest
+    random recipes. With size < 3 only the first ``size`` inputs are seeded."""
+    return [identity_recipe(k, sp, k % N_COMBOS) if k < N_INPUTS else random_recipe(rng, sp, k % N_COMBOS)
+            for k in range(size)]
 
 
 def _clip(x: float, lo: float, hi: float) -> float:

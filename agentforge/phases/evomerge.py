@@ -8,6 +8,11 @@ algorithm of ``merge/evolution.py`` over merge recipes (``merge/recipe.py``; 8 t
 ``merge/combos.py``) with the fitness of ``merge/fitness.py``. Outputs: the champion checkpoint
 (``{artifacts}/evomerge/champion``), ``evolution_log.json`` (every individual of every generation), the
 history and combo tables, fitness/diversity curves and the combo-usage heatmap, under the seed's keys.
+
+Generation 0 holds the three input models themselves as recipes (``recipe.identity_recipe``), so with
+``elite_count >= 1`` and evaluations cached by recipe the champion's fitness is at least the best
+input's (an identity recipe reuses its input's measurement, so this holds with the noisy speed term
+too; with ``population_size < 3`` only the first inputs are seeded).
 """
 from __future__ import annotations
 
@@ -35,9 +40,9 @@ from agentforge.merge.recipe import (
     crossover,
     features,
     incompatibility,
+    initial_population,
     materialize,
     mutate,
-    random_recipe,
 )
 from agentforge.models import CognateModel
 from agentforge.phases.context import run_context
@@ -151,12 +156,21 @@ def run(cfg) -> dict:
         print(f"EvoMerge: 3 inputs of {n} layers; input fitness "
               + ", ".join(f"model{i + 1} {m['fitness']:.4f}" for i, m in enumerate(input_metrics)))
 
-        def evaluate(recipe: Recipe):
-            metrics = fitness.measure(build(recipe, states, configs, dev), tokenizer, data, yardstick)
-            return fitness.score(metrics, ref, weights), metrics
-
         rng = random.Random(int(cfg.seed))
-        initial = [random_recipe(rng, space, combo=i % combos.N_COMBOS) for i in range(evo.population_size)]
+        # gen 0: the three inputs themselves (identity recipes, combos 000/001/010) + random recipes, one
+        # combo each; with elitism the champion is then never below the best input
+        initial = initial_population(rng, space, evo.population_size)
+        # an identity recipe's model is bit for bit input i (tested), so it keeps the input's measurement:
+        # its fitness is exactly the "best input fitness" reported, speed noise included
+        inputs_as_recipes = {r: i for i, r in enumerate(initial[:len(models)])}
+
+        def evaluate(recipe: Recipe):
+            if recipe in inputs_as_recipes:
+                metrics = dict(input_metrics[inputs_as_recipes[recipe]])
+                metrics.pop("fitness")
+            else:
+                metrics = fitness.measure(build(recipe, states, configs, dev), tokenizer, data, yardstick)
+            return fitness.score(metrics, ref, weights), metrics
         logger = GenerationLogger(ctx.tracker, evo.generations)
         t0 = time.perf_counter()
         result = evolve(initial, evaluate,
