@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from agentforge.artifacts import load_any
 from agentforge.tracking.wandb_offline import find_offline_runs, read_offline_run
 from tests.conftest import TINY, run_cli
@@ -76,6 +78,7 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
         assert res["metrics"]["perplexity"] > 1
     report = (tmp_path / "outputs" / "pipeline" / "t" / "pipeline_report.md").read_text()
     assert "phase4_compressed" in report and "Resource usage" in report
+    assert "final/compression_ratio" in report and "baking/final_accuracy" in report
     assert (tmp_path / "outputs" / "pipeline" / "t" / "performance_across_phases.png").stat().st_size > 1000
 
 
@@ -87,3 +90,20 @@ def test_two_value_multirun_gives_two_complete_runs_with_separate_wandb_runs(tmp
     assert all(r.exit_code == 0 and "final/val_loss" in r.history_keys() for r in runs)
     for i in (1, 3):
         load_any(tmp_path / "outputs" / "artifacts" / "cognate" / f"model{i}")
+
+
+def test_threshold_table_and_cognate_diversity_by_hand(tmp_path):
+    from agentforge.pipeline.report import cognate_diversity, threshold_rows
+
+    for mid, (h, u, t) in zip((1, 2, 3), [(2.0, 0.5, 10.0), (4.0, 0.5, 20.0), (6.0, 0.5, 30.0)]):
+        d = tmp_path / "cognate" / f"model{mid}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"diversity/avg_halting_steps": h, "diversity/ltm_usage": u,
+                                                    "diversity/inference_time_ms": t}))
+    cv = (8 / 3) ** 0.5 / 4  # halting 2,4,6 and time 10,20,30 share this CV; LTM usage has CV 0
+    assert cognate_diversity(tmp_path) == pytest.approx((cv + 0 + cv) / 3)
+    rows = threshold_rows({"evomerge": {"final/fitness_improvement": 9.5},
+                           "bitnet": {"final/compression_ratio": 8.4, "final/accuracy_drop": -14.0}}, tmp_path)
+    got = {r[1]: r[4] for r in rows}
+    assert got == {"phase1/diversity": "FAIL", "final/fitness_improvement": "FAIL",
+                   "final/compression_ratio": "PASS", "final/accuracy_drop": "PASS"}

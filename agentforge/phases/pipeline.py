@@ -10,6 +10,7 @@ last epoch checkpoint). At the end: the cross-phase report (Markdown + PNG + W&B
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
 from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete
-from agentforge.pipeline.report import dir_bytes, performance_rows, write_report
+from agentforge.pipeline.report import dir_bytes, headline_metrics, performance_rows, threshold_rows, write_report
 
 PHASE_ORDER = ("cognate", "evomerge", "quietstar", "bitnet", "eval")
 RULES = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-", "").replace("_", "").isalnum()),
@@ -52,6 +53,14 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
+def _previous_metrics(state_file: Path) -> dict[str, dict]:
+    """Each step's headline metrics from the last run of this pipeline (kept when a step is skipped)."""
+    try:
+        return {s["key"]: s.get("metrics", {}) for s in json.loads(state_file.read_text())["steps"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def run(cfg) -> dict:
     from agentforge.main import run as run_phase
 
@@ -68,12 +77,13 @@ def run(cfg) -> dict:
     steps = build_plan(phases, models, artifacts, OmegaConf.to_container(p.overrides, resolve=True) or {})
     base = _forwarded_overrides()
     state_file = pipe_dir / "pipeline_state.json"
+    previous = _previous_metrics(state_file)
     records, upstream_ran = [], False
     print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
     for i, step in enumerate(steps, 1):
         rec = {"key": step.key, "phase": step.phase}
         if not upstream_ran and is_complete(step):
-            rec.update(status="skipped (complete)", duration_s=0.0)
+            rec.update(status="skipped (complete)", duration_s=0.0, metrics=previous.get(step.key, {}))
             print(f"[{i}/{len(steps)}] {step.key}: outputs complete, skipped")
         else:
             upstream_ran = True
@@ -84,18 +94,20 @@ def run(cfg) -> dict:
             t0 = time.perf_counter()
             try:
                 with PeakMemory(interval=0.05) as mem:  # this step's own peak resident memory
-                    run_phase(child)
+                    result = run_phase(child) or {}
             except BaseException:
                 rec.update(status="failed", duration_s=time.perf_counter() - t0)
                 write_json_atomic(state_file, {"name": str(p.run_name), "steps": [*records, rec]})
                 raise
-            rec.update(status="done", duration_s=time.perf_counter() - t0, peak_rss_mb=mem.peak_mb)
+            rec.update(status="done", duration_s=time.perf_counter() - t0, peak_rss_mb=mem.peak_mb,
+                       metrics=headline_metrics(result.get("metrics") or {}))
         rec["storage_mb"] = sum(dir_bytes(d) for d in step.checkpoints) / 2**20
         records.append(rec)
         write_json_atomic(state_file, {"name": str(p.run_name), "steps": records})
     stages = [(s.key.removeprefix("eval-"), Path(s.overrides[0].split("=", 1)[1])) for s in steps if s.phase == "eval"]
     perf = performance_rows(artifacts, stages)
-    rep = write_report(pipe_dir, str(p.run_name), records, perf)
+    checks = threshold_rows({r["key"]: r.get("metrics", {}) for r in records}, artifacts)
+    rep = write_report(pipe_dir, str(p.run_name), records, perf, checks)
     with open_dict(cfg):
         cfg.paths.artifacts = str(artifacts)
     with run_context(cfg, run_name=f"pipeline-{p.run_name}", group="pipeline", tags=["pipeline", "report"],

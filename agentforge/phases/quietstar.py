@@ -441,7 +441,9 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_cur
                "rl/improvement_over_baked": last["gsm8k"] - baked_acc["gsm8k"],
                "rl/total_training_time_hours": hours, "rl/inference_time_ms": ms_with,
                "rl/inference_time_ms_without_thoughts": ms_without, "rl/thinking_cost_ratio": ms_with / ms_without,
-               "anti_theater/final_all_passed": last["all_passed"]}
+               "anti_theater/final_all_passed": last["all_passed"], "anti_theater/final_divergence": last["divergence"],
+               "anti_theater/final_ablation_drop": last["ablation_drop"],
+               "anti_theater/final_correlation": last["correlation"]}
     tr.summary(summary)
     eps = list(range(1, len(reward_curve) + 1))
     tr.line_series("charts/rl_reward", eps, [reward_curve], ["reward"], "RL Training Reward", "episode")

@@ -25,6 +25,60 @@ PERF_COLUMNS = [("perplexity", "Perplexity"), ("reasoning_accuracy", "GSM8K acc"
                 ("forward_tokens_per_sec", "Forward tok/s")]
 
 
+# The seed's "Critical Thresholds" (phase1-4 plan, summary table): (phase, metric key, op, threshold).
+THRESHOLDS = [
+    ("Phase 1 Cognate", "phase1/diversity", ">", 0.3),
+    ("Phase 2 EvoMerge", "final/fitness_improvement", ">", 20.0),
+    ("Phase 3 baking", "baking/final_accuracy", ">=", 0.85),
+    ("Phase 3 RL", "anti_theater/final_divergence", ">", 0.3),
+    ("Phase 3 RL", "anti_theater/final_ablation_drop", ">", 0.02),
+    ("Phase 4 BitNet", "final/compression_ratio", ">", 6.0),
+    ("Phase 4 BitNet", "final/accuracy_drop", "<", 10.0),
+]
+_HEADLINE = {k for _, k, _, _ in THRESHOLDS}
+
+
+def headline_metrics(metrics: dict) -> dict:
+    """The numeric metrics of a phase result that the threshold table reads."""
+    return {k: float(v) for k, v in metrics.items() if k in _HEADLINE and isinstance(v, (int, float))}
+
+
+def cognate_diversity(artifacts: Path) -> float | None:
+    """Phase 1 diversity: the mean, over the seed's diversity features (avg halting steps, LTM usage,
+    inference time), of their coefficient of variation (population std / mean) across the three models.
+    0 means identical models; None until all three have metrics."""
+    rows = []
+    for mid in (1, 2, 3):
+        f = artifacts / "cognate" / f"model{mid}" / "metrics.json"
+        if not f.is_file():
+            return None
+        rows.append(json.loads(f.read_text()))
+    cvs = []
+    for key in ("diversity/avg_halting_steps", "diversity/ltm_usage", "diversity/inference_time_ms"):
+        vals = [float(r[key]) for r in rows]
+        mean = sum(vals) / 3
+        if mean > 0:
+            cvs.append(math.sqrt(sum((v - mean) ** 2 for v in vals) / 3) / mean)
+    return sum(cvs) / len(cvs) if cvs else None
+
+
+def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]:
+    """[phase, metric, threshold, measured, passed] for every threshold that has a measurement."""
+    measured: dict[str, float] = {}
+    for m in step_metrics.values():
+        measured.update(m)
+    div = cognate_diversity(artifacts)
+    if div is not None:
+        measured["phase1/diversity"] = div
+    rows = []
+    for phase, key, op, thr in THRESHOLDS:
+        if key in measured:
+            v = measured[key]
+            ok = {">": v > thr, ">=": v >= thr, "<": v < thr}[op]
+            rows.append([phase, key, f"{op} {thr:g}", v, "PASS" if ok else "FAIL"])
+    return rows
+
+
 def dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file()) if Path(p).exists() else 0
 
@@ -94,7 +148,7 @@ def plot_resources(path: Path, steps: list[dict]) -> Path | None:
     return path
 
 
-def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict]) -> dict:
+def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], checks: list[list]) -> dict:
     perf_png = plot_performance(out_dir / "performance_across_phases.png", perf)
     res_png = plot_resources(out_dir / "resource_usage.png", steps)
     status_cols = ["Step", "Phase", "Status", "Duration (s)"]
@@ -112,11 +166,15 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict]) 
           "_No evaluation results (the eval phase was not selected)._", ""]
     if perf_png:
         md += [f"![performance]({perf_png.name})", ""]
+    check_cols = ["Phase", "Metric", "Threshold", "Measured", "Result"]
+    md += ["## The seed's critical thresholds", "",
+           markdown_table(check_cols, checks) if checks else "_No phase with a threshold ran._", ""]
     md += ["## Resource usage", "", markdown_table(res_cols, res_rows), ""]
     if res_png:
         md += [f"![resources]({res_png.name})", ""]
     report = write_text_atomic(out_dir / "pipeline_report.md", "\n".join(md))
     return {"report": report, "plots": [p for p in (perf_png, res_png) if p],
             "tables": {"pipeline/phase_status": (status_cols, status_rows),
+                       "pipeline/thresholds": (check_cols, checks),
                        "pipeline/performance": (perf_cols, perf_rows),
                        "pipeline/resources": (res_cols, res_rows)}}
