@@ -49,6 +49,15 @@ def run(cfg: DictConfig) -> dict:
     return phase.run(cfg)
 
 
+def _route_lightning_logs() -> None:
+    """Lightning adds its own console handler *and* propagates to the root logger that Hydra set up
+    (console + agentforge.log), so every line printed twice: keep only Hydra's handlers."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.handlers = [h for h in lg.handlers if type(h) is not logging.StreamHandler]
+        lg.propagate = True
+
+
 def _remove_run_dir() -> None:
     try:
         shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
@@ -65,6 +74,7 @@ def _multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig):
+    _route_lightning_logs()
     multirun = _multirun()
     try:
         result = run(cfg)

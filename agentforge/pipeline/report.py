@@ -114,8 +114,12 @@ def plot_performance(path: Path, rows: list[dict]) -> Path | None:
     if not rows:
         return None
     keys = [k for k, _ in PERF_COLUMNS if any(isinstance(r.get(k), (int, float)) for r in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4))
-    axes = [axes] if len(keys) == 1 else list(axes)
+    ncols = min(4, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(keys):]:
+        ax.axis("off")
     labels = [r["stage"].replace("_", "\n", 1) for r in rows]
     for ax, k in zip(axes, keys):
         vals = [r.get(k) if isinstance(r.get(k), (int, float)) else float("nan") for r in rows]
