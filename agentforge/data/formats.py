@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from agentforge.errors import AgentForgeError
@@ -28,13 +29,13 @@ class DatasetError(AgentForgeError, ValueError):
     """A dataset file is missing, empty or malformed."""
 
 
-def load_jsonl(path: str | Path, fmt: str, limit: int | None = None) -> list[dict]:
-    """Read a JSONL file of ``fmt`` records, checking every record's keys; errors name file and line."""
+def read_jsonl(path: str | Path, check: Callable[[object], str | None], *, what: str, key: str,
+               limit: int | None = None) -> list[dict]:
+    """Records of a JSONL file; ``check(rec)`` returns what is wrong with a record (or None).
+    Every error names the file (and line) and, for a missing file, the config ``key`` that gave it."""
     path = Path(path)
-    if fmt not in REQUIRED_KEYS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; choose from {sorted(REQUIRED_KEYS)}")
     if not path.is_file():
-        raise DatasetError(f"{path}: dataset file not found (data.path); give an existing JSONL file")
+        raise DatasetError(f"{path}: {what} file not found ({key}); give an existing JSONL file")
     records = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -44,16 +45,27 @@ def load_jsonl(path: str | Path, fmt: str, limit: int | None = None) -> list[dic
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            missing = [k for k in REQUIRED_KEYS[fmt] if not isinstance(rec, dict) or k not in rec]
-            if missing:
-                raise DatasetError(f"{path}:{lineno}: a {fmt} record needs keys {list(REQUIRED_KEYS[fmt])}; "
-                                   f"missing {missing}")
+            problem = check(rec)
+            if problem:
+                raise DatasetError(f"{path}:{lineno}: {problem}")
             records.append(rec)
             if limit is not None and len(records) >= limit:
                 break
     if not records:
         raise DatasetError(f"{path}: no records — the file is empty")
     return records
+
+
+def load_jsonl(path: str | Path, fmt: str, limit: int | None = None) -> list[dict]:
+    """Read a JSONL file of ``fmt`` records, checking every record's keys; errors name file and line."""
+    if fmt not in REQUIRED_KEYS:
+        raise DatasetError(f"unknown dataset format {fmt!r}; choose from {sorted(REQUIRED_KEYS)}")
+
+    def check(rec) -> str | None:
+        missing = [k for k in REQUIRED_KEYS[fmt] if not isinstance(rec, dict) or k not in rec]
+        return f"a {fmt} record needs keys {list(REQUIRED_KEYS[fmt])}; missing {missing}" if missing else None
+
+    return read_jsonl(path, check, what="dataset", key="data.path", limit=limit)
 
 
 def load_hf(name: str, split: str, limit: int | None = None) -> list[dict]:

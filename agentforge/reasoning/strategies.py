@@ -8,13 +8,12 @@ may supply their own JSONL of ``{"strategy", "question", "response"}`` records i
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from agentforge.data import formats, synthetic
-from agentforge.data.formats import DatasetError
+from agentforge.data.formats import read_jsonl
 from agentforge.reasoning.tokens import STRATEGY_TOKENS, THINK_END, THINK_START
 
 
@@ -78,25 +77,15 @@ def generate_examples(per_strategy: int, seed: int, split: str = "train") -> lis
 
 def load_examples(path: str | Path) -> list[dict]:
     """A user's JSONL of {"strategy", "question", "response"}; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: examples file not found (phase.baking.examples_path); give a JSONL file")
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+
+    def check(rec) -> str | None:
         if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in ("strategy", "question", "response")):
-            raise DatasetError(f"{path}:{lineno}: needs string keys 'strategy', 'question', 'response'")
+            return "needs string keys 'strategy', 'question', 'response'"
         if rec["strategy"] not in BY_KEY:
-            raise DatasetError(f"{path}:{lineno}: unknown strategy {rec['strategy']!r}; choose from {sorted(BY_KEY)}")
-        out.append(rec)
-    if not out:
-        raise DatasetError(f"{path}: no records — the file is empty")
-    return out
+            return f"unknown strategy {rec['strategy']!r}; choose from {sorted(BY_KEY)}"
+        return None
+
+    return read_jsonl(path, check, what="examples", key="phase.baking.examples_path")
 
 
 def by_strategy(examples: list[dict]) -> dict[str, list[dict]]:
