@@ -14,7 +14,7 @@ from agentforge.artifacts import load_any
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.io import CheckpointError
 from agentforge.models import CognateConfig, CognateModel
-from agentforge.quant import BitLinear, quantize_activations, ternarize
+from agentforge.quant import BitLinear, dequantize, quantize_activations, ternarize
 from agentforge.quant.calibrate import activation_stats, apply_clips
 from agentforge.quant.checkpoint import load_packed, save_packed
 from agentforge.quant.convert import bitlinear_layers, convert_to_bitlinear, freeze, layer_stats
@@ -46,15 +46,34 @@ def test_threshold_half_is_exactly_roundclip():
     w = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
     w[0, :4] = torch.tensor([0.5, -0.5, 1.5, -2.5]) * w.abs().mean()  # ties on the rounding boundary
     codes, gamma = ternarize(w, threshold=0.5)
-    roundclip = (w / (gamma + EPS)).round().clamp(-1, 1)
+    roundclip = (w / gamma).round().clamp(-1, 1)
     assert torch.equal(codes.float(), roundclip)
+
+
+def _authors_weight_quant(w: torch.Tensor) -> torch.Tensor:
+    """BitNet b1.58 authors' code ("Training Tips, Code and FAQ"), verbatim but for the name."""
+    scale = 1.0 / w.abs().mean().clamp_(min=1e-5)
+    return (w * scale).round().clamp_(-1, 1) / scale
+
+
+def test_gamma_is_clamped_to_eps_as_in_the_authors_code():
+    w = torch.tensor([[1e-5, 0.0]])                 # mean|W| = eps / 2: gamma clamps to eps
+    codes, gamma = ternarize(w)
+    assert gamma.item() == pytest.approx(EPS, rel=1e-6) and codes.tolist() == [[1, 0]]
+    assert torch.allclose(dequantize(codes, gamma), w, rtol=1e-6, atol=0)   # gamma + eps would give 0.5e-5
+    zero_codes, zero_gamma = ternarize(torch.zeros(3, 4))
+    assert zero_gamma.item() == pytest.approx(EPS) and not zero_codes.any()
+    for scale in (1e-8, 1e-6, 1e-5, 1.0):
+        w = torch.randn(16, 8, generator=torch.Generator().manual_seed(2)) * scale
+        codes, gamma = ternarize(w)
+        assert torch.allclose(dequantize(codes, gamma), _authors_weight_quant(w.clone()), rtol=1e-5, atol=0)
 
 
 def test_larger_threshold_is_sparser_and_exact():
     w = torch.randn(32, 32, generator=torch.Generator().manual_seed(1))
     c5, g = ternarize(w, 0.5)
     c7, _ = ternarize(w, 0.7)
-    x = (w / (g + EPS)).abs()
+    x = (w / g).abs()
     assert torch.equal(c7 == 0, x <= 0.7)
     assert (c7 == 0).sum() > (c5 == 0).sum()
 

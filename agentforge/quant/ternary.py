@@ -1,11 +1,16 @@
 """The quantizers of BitNet b1.58 (Ma et al. 2024, arXiv:2402.17764, eqs. 1-3, and the authors' "Training
 Tips, Code and FAQ" note for the activation rounding range).
 
-Weights, absmean:   gamma = mean|W|,   W_q = RoundClip(W / (gamma + eps), -1, 1),   W ~ gamma * W_q
+Weights, absmean:   gamma = max(mean|W|, eps),   W_q = RoundClip(W / gamma, -1, 1),   W ~ gamma * W_q
 Activations, absmax per token (8 bits):   s = max|x_t| / 127,   x_q = clamp(round(x_t / s), -128, 127)
 
+gamma is *clamped* to at least eps as in the authors' code (the FAQ note's ``weight_quant``:
+``scale = 1.0 / w.abs().mean().clamp_(min=1e-5)``; ``u = (w * scale).round().clamp_(-1, 1) / scale``),
+not divided by gamma + eps as the paper's eq. 1 is written: the two differ only when mean|W| is near
+eps, where the clamp keeps a tiny matrix's codes and makes an all-zero one dequantize to exactly 0.
+
 ``threshold`` (the phase's ``sparsity_threshold``) has one meaning: the dead zone of the ternary rounding
-in units of gamma — a weight becomes 0 when |W| / (gamma + eps) <= threshold, else sign(W). At 0.5 this is
+in units of gamma — a weight becomes 0 when |W| / gamma <= threshold, else sign(W). At 0.5 this is
 exactly the paper's RoundClip (round-half-to-even sends 0.5 to 0, and everything >= 1.5 clips to 1);
 0.7 is the Ternary Weight Networks rule (Li et al. 2016, Delta = 0.7 E|W|); larger values give sparser
 ternary matrices. The scale stays gamma = mean|W| whatever the threshold, as in the paper.
@@ -26,11 +31,11 @@ def absmean_scale(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
 
 def ternarize(w: torch.Tensor, threshold: float = PAPER_THRESHOLD, per_channel: bool = False,
               eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes in {-1, 0, 1} as int8 with w's shape, scale gamma as float32) for a weight matrix [out, in]."""
+    """(codes in {-1, 0, 1} as int8 with w's shape, scale gamma = max(mean|W|, eps) as float32) for [out, in]."""
     if w.ndim != 2:
         raise ValueError(f"ternarize expects a 2-D weight matrix, got shape {tuple(w.shape)}")
-    gamma = absmean_scale(w, per_channel)
-    x = w.detach().float() / (gamma + eps)
+    gamma = absmean_scale(w, per_channel).clamp(min=eps)
+    x = w.detach().float() / gamma
     codes = torch.where(x.abs() > threshold, torch.sign(x), torch.zeros_like(x))
     return codes.to(torch.int8), gamma.to(torch.float32)
 
