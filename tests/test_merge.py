@@ -6,6 +6,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentforge.merge import combos, layers, registry, techniques
 from agentforge.merge.recipe import (
@@ -100,16 +102,61 @@ def test_dare_without_drop_is_task_arithmetic():
     assert torch.allclose(norm, base + (T([1.0, -1.0]) + 0.5 * T([0.0, 2.0])) / 1.5)
 
 
-def test_dare_drops_at_rate_p_and_rescales_seeded():
+def test_dare_inverse_density_drops_at_rate_p_and_rescales_seeded():
     base, x = torch.zeros(20000), torch.ones(20000)
     g = lambda s: torch.Generator().manual_seed(s)
-    out = techniques.dare(base, [x], [1.0], density=0.3, generator=g(0))
+    dare = lambda s: techniques.dare(base, [x], [1.0], density=0.3, generator=g(s), rescale="inverse_density")
+    out = dare(0)
     kept = out != 0
     assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.3))  # survivors rescaled by 1/(1-p)
     assert abs(kept.float().mean().item() - 0.3) < 0.02                      # drop rate p = 0.7
     assert abs(out.mean().item() - 1.0) < 0.05                               # E[out] = delta
-    assert torch.equal(out, techniques.dare(base, [x], [1.0], density=0.3, generator=g(0)))
-    assert not torch.equal(out, techniques.dare(base, [x], [1.0], density=0.3, generator=g(1)))
+    assert torch.equal(out, dare(0)) and not torch.equal(out, dare(1))
+
+
+def _mergekit_dare_linear(base, xs, weights, masks, lam=1.0, eps=1e-7):
+    """mergekit's dare_linear written out by hand (mergekit/sparsify.py ``rescaled_masked_tensor`` with
+    RescaleNorm.l1, generalized_task_arithmetic.py with normalize=False), for given masks."""
+    mixed = torch.zeros_like(base)
+    for x, w, m in zip(xs, weights, masks):
+        delta = x - base
+        masked = delta * m
+        before, after = delta.abs().sum(), masked.abs().sum()
+        if before >= eps and after >= eps:
+            masked = masked * (before / after)
+        mixed = mixed + w * masked
+    return base + lam * mixed
+
+
+def test_dare_l1_rescale_is_mergekits_formula_for_the_same_mask():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=gen)
+    xs = [base + torch.randn(6, 5, generator=gen) for _ in range(3)]
+    w, density = [0.5, 0.3, 0.9], 0.4
+    # the masks dare draws: one Bernoulli(density) draw per task vector from the generator, in order
+    g = torch.Generator().manual_seed(7)
+    masks = [torch.bernoulli(torch.full((6, 5), density), generator=g) for _ in xs]
+    out = techniques.dare(base, xs, w, density, lam=0.8, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(out, _mergekit_dare_linear(base, xs, w, masks, lam=0.8), atol=1e-6)
+    assert techniques.dare(base, xs, w, density, lam=0.8, generator=torch.Generator().manual_seed(7),
+                           rescale="l1").equal(out)  # l1 is the default
+    # the paper's 1/density rescale is a different merge for the same mask
+    inv = techniques.dare(base, xs, w, density, lam=0.8, generator=torch.Generator().manual_seed(7),
+                          rescale="inverse_density")
+    expected = base + 0.8 * sum(wi * m * (x - base) / density for wi, m, x in zip(w, masks, xs))
+    assert torch.allclose(inv, expected, atol=1e-6) and not torch.allclose(inv, out, atol=1e-3)
+
+
+def test_dare_l1_rescale_by_hand_and_its_edge_cases():
+    delta, mask = T([1.0, -2.0, 3.0, -4.0]), T([1.0, 0.0, 1.0, 0.0])
+    # ||delta||_1 = 10, ||masked||_1 = 4 -> survivors times 2.5
+    assert torch.equal(techniques.rescale_masked(delta, mask, "l1", 0.5), T([2.5, 0.0, 7.5, 0.0]))
+    assert torch.equal(techniques.rescale_masked(delta, mask, "inverse_density", 0.5), T([2.0, 0.0, 6.0, 0.0]))
+    assert torch.equal(techniques.rescale_masked(delta, mask, "none", 0.5), T([1.0, 0.0, 3.0, 0.0]))
+    # everything dropped: mergekit returns the masked tensor (zeros), no division by zero
+    assert torch.equal(techniques.rescale_masked(delta, torch.zeros(4), "l1", 0.5), torch.zeros(4))
+    with pytest.raises(ValueError, match="rescale must be one of"):
+        techniques.dare(T([0.0]), [T([1.0])], [1.0], 0.5, rescale="l2")
 
 
 def test_registry_lists_the_six_methods():
@@ -322,6 +369,20 @@ def test_search_operators_stay_in_bounds_and_round_trip():
         assert len(features(child, sp)) == len(features(a, sp))
         rs[rng.randrange(8)] = child
     assert features(rs[0], sp) == features(rs[0], sp)
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 6), lo=st.floats(0.2, 1.0), hi=st.floats(1.0, 2.5), seed=st.integers(0, 2**32 - 1),
+       rate=st.floats(0.05, 1.0))
+def test_mutation_keeps_both_layer_plans_within_min_and_max_layers(n, lo, hi, seed, rate):
+    sp = Space(n, max(1, round(n * lo)), max(n, round(n * hi)))
+    rng = random.Random(seed)
+    r = random_recipe(rng, sp)
+    for _ in range(60):  # a chain of mutations: each step must keep the bounds (shrink included)
+        r = mutate(r, rng, sp, rate, 0.3)
+        franken = sum(b - a for _, a, b in r.slices)
+        assert sp.min_layers <= franken <= sp.max_layers, (r.slices, sp)
+        assert sp.min_layers <= len(r.hops) <= sp.max_layers, (r.hops, sp)
 
 
 # -- fitness ---------------------------------------------------------------------------------------------------

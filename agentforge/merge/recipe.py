@@ -110,9 +110,11 @@ def _tensor_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
 
 
-def materialize(recipe: Recipe, states: list[dict], configs: list[CognateConfig]) -> tuple[dict, CognateConfig]:
+def materialize(recipe: Recipe, states: list[dict], configs: list[CognateConfig],
+                dare_rescale: str = "l1") -> tuple[dict, CognateConfig]:
     """(state dict, config) of the merged model. ``states``/``configs`` are the 3 inputs, which must
-    share every parameter shape (see ``check_compatible``)."""
+    share every parameter shape (see ``incompatibility``); ``dare_rescale`` is DARE's rescale rule
+    (``techniques.RESCALES``: mergekit's ``l1`` or the paper's ``inverse_density``)."""
     if len(states) != N_INPUTS or len(configs) != N_INPUTS:
         raise ValueError(f"a recipe merges {N_INPUTS} models, got {len(states)}")
     combo = decode(recipe.combo)
@@ -129,7 +131,7 @@ def materialize(recipe: Recipe, states: list[dict], configs: list[CognateConfig]
             merged[k] = techniques.ties(interp, xs, recipe.tv_weights, recipe.density, recipe.lam)
         else:
             merged[k] = techniques.dare(interp, xs, recipe.tv_weights, recipe.density, recipe.lam,
-                                        generator=_tensor_generator(recipe.dare_seed, k))
+                                        generator=_tensor_generator(recipe.dare_seed, k), rescale=dare_rescale)
     for k, v in base_state.items():  # the base model's memory bank
         if k not in merged:
             merged[k] = v.clone()
@@ -244,8 +246,10 @@ def mutate(r: Recipe, rng: random.Random, sp: Space, rate: float, sigma: float) 
     if hit() and depth < sp.max_layers:
         a = rng.randrange(sp.n_layers)
         slices.insert(rng.randint(0, len(slices)), (rng.randrange(N_SOURCES), a, a + 1))
-    elif hit() and len(slices) > 1 and depth - (slices[-1][2] - slices[-1][1]) >= sp.min_layers:
-        slices.pop(rng.randrange(len(slices)))
+    elif hit() and len(slices) > 1:  # shrink: drop one slice whose removal keeps depth >= min_layers
+        removable = [j for j, (_, a, b) in enumerate(slices) if depth - (b - a) >= sp.min_layers]
+        if removable:
+            slices.pop(rng.choice(removable))
     hops, scales = list(r.hops), list(r.scales)
     for j, (s, i) in enumerate(hops):
         if hit():

@@ -20,7 +20,7 @@ DEFAULTS = {
     "linear": {"normalize": True},
     "slerp": {"dot_threshold": 0.9995, "eps": 1e-8},
     "ties": {"density": 1.0, "lam": 1.0, "normalize": True},
-    "dare": {"density": 0.5, "lam": 1.0, "normalize": False},
+    "dare": {"density": 0.5, "lam": 1.0, "normalize": False, "rescale": "l1"},
     "frankenmerge": {},
     "dfs": {},
 }

@@ -1,8 +1,10 @@
 """Tensor-level merge methods, defined as mergekit (arcee-ai/mergekit) defines them.
 
-Every function takes same-shaped tensors and returns one tensor, so a user gets the same result from
-mergekit's ``linear``, ``slerp``, ``ties`` and ``dare_linear`` methods given the same parameters (DARE
-also needs the same random mask; here it comes from a seedable ``torch.Generator``). Arithmetic runs in
+Every function takes same-shaped tensors and returns one tensor. ``linear``, ``slerp`` and ``ties``
+compute what mergekit's methods of those names compute; ``dare(rescale="l1")`` computes mergekit's
+``dare_linear`` for the same random mask (mergekit draws the mask from torch's global generator, here it
+comes from a seedable ``torch.Generator``, so the masks themselves differ unless the caller matches
+them). ``dare(rescale="inverse_density")`` is the rescale of the DARE paper instead. Arithmetic runs in
 float32 (float64 for SLERP's angles) and the result is cast back to the inputs' dtype.
 
 Notation: x_1..x_n are the models' tensors, w_i their weights, b the base tensor, and
@@ -107,21 +109,49 @@ def magnitude_sparsify(delta: torch.Tensor, density: float) -> torch.Tensor:
     return delta * mask.view_as(delta)
 
 
-def bernoulli_sparsify(delta: torch.Tensor, density: float, rescale: bool = True,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """DARE's drop-and-rescale: keep each entry with probability density = 1 - p, divide by density.
+RESCALES = ("l1", "inverse_density", "none")
 
-        m ~ Bernoulli(1 - p)   (elementwise);   out = m * delta / (1 - p)
 
-    so E[out] = delta (Yu et al. 2023, "Language Models are Super Mario"; mergekit ``sparsify(random)``).
+def rescale_masked(delta: torch.Tensor, mask: torch.Tensor, rescale: str, density: float,
+                   eps: float = 1e-7) -> torch.Tensor:
+    """delta * mask, rescaled by one of ``RESCALES`` (float32 in, float32 out):
+
+    * ``"l1"`` (mergekit's default for ``dare_linear`` / ``dare_ties``: ``rescale: true`` means
+      ``RescaleNorm.l1`` in ``mergekit/sparsify.py::rescaled_masked_tensor``):
+          out = (m * delta) * ||delta||_1 / ||m * delta||_1,
+      left as m * delta when either L1 norm is below ``eps`` (1e-7, mergekit's tolerance);
+    * ``"inverse_density"`` (Yu et al. 2023, "Language Models are Super Mario", eq. 2):
+          out = m * delta / density,  so E[out] = delta;
+    * ``"none"``: m * delta.
     """
+    masked = delta * mask
+    if rescale == "none":
+        return masked
+    if rescale == "inverse_density":
+        return masked / density
+    if rescale != "l1":
+        raise ValueError(f"DARE rescale must be one of {RESCALES}, got {rescale!r}")
+    before, after = delta.abs().sum(), masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)
+
+
+def bernoulli_sparsify(delta: torch.Tensor, density: float, rescale: str = "l1",
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """DARE's drop-and-rescale: keep each entry with probability density = 1 - p, then rescale.
+
+        m ~ Bernoulli(density)  (elementwise);   out = rescale_masked(delta, m, rescale, density)
+
+    (mergekit ``sparsify(method=random)``; ``rescale`` as in ``rescale_masked``). density >= 1 keeps
+    delta unchanged, as mergekit does.
+    """
+    if rescale not in RESCALES:
+        raise ValueError(f"DARE rescale must be one of {RESCALES}, got {rescale!r}")
     if density >= 1:
         return delta
     mask = torch.bernoulli(torch.full(delta.shape, float(density), dtype=torch.float32), generator=generator)
-    out = delta.float() * mask
-    if rescale:
-        out = out / density
-    return out.to(delta.dtype)
+    return rescale_masked(delta.float(), mask, rescale, density).to(delta.dtype)
 
 
 def sign_consensus_mask(weighted_deltas: torch.Tensor) -> torch.Tensor:
@@ -165,11 +195,15 @@ def ties(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[
 
 
 def dare(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float], density: float = 0.5,
-         lam: float = 1.0, normalize: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+         lam: float = 1.0, normalize: bool = False, generator: torch.Generator | None = None,
+         rescale: str = "l1") -> torch.Tensor:
     """DARE with a linear combination (Yu et al. 2023; mergekit ``dare_linear``, normalize off by default).
 
-        tau_i' = Bernoulli(density) mask * (x_i - b) / density     (drop rate p = 1 - density)
+        tau_i' = rescale(Bernoulli(density) mask_i * (x_i - b))    (drop rate p = 1 - density)
         out    = b + lam * sum_i w_i tau_i'    [ / sum_i w_i  when normalize ]
+
+    ``rescale="l1"`` (default) is mergekit's: each masked task vector is scaled so its L1 norm equals
+    the unmasked one's; ``"inverse_density"`` divides by density as in the paper (see ``rescale_masked``).
     """
-    dropped = [bernoulli_sparsify(x.float() - base.float(), density, True, generator) for x in tensors]
+    dropped = [bernoulli_sparsify(x.float() - base.float(), density, rescale, generator) for x in tensors]
     return _task_arithmetic(base, tensors, weights, dropped, consensus=False, normalize=normalize, lam=lam)
