@@ -1,0 +1,238 @@
+"""``run_sandboxed``: write files into a private temp dir, run a command there isolated, read files back.
+
+The isolation itself is bubblewrap's (``bwrap``, https://github.com/containers/bubblewrap): Linux
+namespaces set up by a small setuid-free helper. We only choose its flags (``bwrap_argv``) and apply the
+rlimits (setrlimit(2)) in the forked child before ``bwrap`` starts; they are inherited by everything the
+sandboxed program starts. Inside the user namespace the program runs as uid 65534 without capabilities,
+so RLIMIT_NPROC counts its own processes and threads (the kernel counts per user namespace since 5.14).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+
+from agentforge.errors import ConfigError
+
+MODES = ("bwrap", "process")
+SANDBOX_DIR = "/sandbox"            # where the private temp dir appears inside the bwrap sandbox
+STDIO_LIMIT = 256 * 1024            # characters of stdout / stderr kept (the tail)
+SANDBOX_UID = 65534                 # "nobody" inside the sandbox's own user namespace
+PACKAGE_DIR = Path(__file__).resolve().parents[1]   # agentforge/, readable inside (the scaling child uses it)
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`, Fedora: `dnf install "
+                "bubblewrap`; `make install` does it when run as root), or choose the weaker, unisolated "
+                "mode explicitly with phase.sandbox=process")
+MEMORY_MARKERS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "out of memory",
+                  "std::bad_alloc")
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    wall_s: float = 60.0        # wall-clock timeout for the whole sandboxed process tree
+    cpu_s: int = 60             # RLIMIT_CPU
+    memory_mb: int = 2048       # address-space / cgroup memory limit
+    max_procs: int = 64         # process-count limit
+    max_file_mb: int = 256      # RLIMIT_FSIZE
+
+
+@dataclass
+class SandboxResult:
+    kind: str                   # "ok" | "timeout" | "memory" | "crash"  (crash = non-zero exit for any other reason)
+    returncode: int | None
+    stdout: str                 # truncated to a sane size
+    stderr: str
+    files: dict[str, bytes] = field(default_factory=dict)  # requested outputs read back (missing ones absent)
+    wall_s: float = 0.0
+    mode: str = "bwrap"
+
+
+# -- checks ----------------------------------------------------------------------------------------------
+def _relative(name: str, what: str) -> PurePosixPath:
+    p = PurePosixPath(name)
+    if not name or p.is_absolute() or ".." in p.parts or str(p) == ".":
+        raise ConfigError(f"sandbox {what} {name!r} must be a relative path inside the sandbox dir, without '..'")
+    return p
+
+
+@lru_cache(maxsize=8)
+def _probe(bwrap: str) -> str:
+    """'' when ``bwrap`` runs the current interpreter with our flags, else the reason it does not."""
+    with tempfile.TemporaryDirectory(prefix="agentforge-sandbox-probe-") as tmp:
+        cmd = bwrap_argv(bwrap, tmp, {"PATH": "/usr/bin:/bin"}) + [sys.executable, "-c", "pass"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={})
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+    return "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+
+
+def require_sandbox(mode: str) -> None:
+    """Raise ConfigError (one line, how to install bubblewrap) when mode=='bwrap' and bwrap is missing or
+    does not work; mode=='process' is allowed (weaker; callers print a warning every run)."""
+    if mode not in MODES:
+        raise ConfigError(f"sandbox mode {mode!r} is not one of {list(MODES)}")
+    if mode == "process":
+        return
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise ConfigError(f"bubblewrap (bwrap) is not on PATH, so untrusted code will not run: {INSTALL_HINT}")
+    reason = _probe(bwrap)
+    if reason:
+        raise ConfigError(f"bubblewrap ({bwrap}) cannot create the sandbox here ({reason}); untrusted code will "
+                          f"not run: {INSTALL_HINT}")
+
+
+# -- the command -----------------------------------------------------------------------------------------
+def _python_roots() -> list[str]:
+    """The interpreter's installation (prefixes and site dirs) outside /usr, to be mounted read-only."""
+    import site
+
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+             *site.getsitepackages()}
+    roots = sorted(os.path.realpath(r) for r in roots if r and os.path.isdir(r) and not r.startswith("/usr/"))
+    return [r for i, r in enumerate(roots) if not any(r.startswith(o + os.sep) for o in roots[:i])]
+
+
+def bwrap_argv(bwrap: str, work_dir: str, env: dict[str, str]) -> list[str]:
+    """bubblewrap's flags: every namespace unshared, read-only system + Python + agentforge, one rw dir."""
+    cmd = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+           "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox",
+           "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
+        if os.path.islink(top):
+            cmd += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            cmd += ["--ro-bind", top, top]
+    cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for root in [*_python_roots(), str(PACKAGE_DIR)]:
+        cmd += ["--ro-bind", root, root]
+    cmd += ["--bind", work_dir, SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--clearenv"]
+    for k, v in env.items():
+        cmd += ["--setenv", k, v]
+    return cmd + ["--"]
+
+
+def _child_env(home: str, env: dict[str, str] | None) -> dict[str, str]:
+    base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "PYTHONHASHSEED": "0",
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return {**base, **{str(k): str(v) for k, v in (env or {}).items()}}
+
+
+def _set_limits(limits: SandboxLimits, nproc: bool):
+    def apply() -> None:  # runs in the forked child, before exec
+        mb = 2 ** 20
+        resource.setrlimit(resource.RLIMIT_CPU, (int(limits.cpu_s), int(limits.cpu_s) + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (int(limits.memory_mb) * mb,) * 2)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits.max_file_mb) * mb,) * 2)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if nproc:
+            resource.setrlimit(resource.RLIMIT_NPROC, (int(limits.max_procs),) * 2)
+    return apply
+
+
+# -- running ---------------------------------------------------------------------------------------------
+def run_sandboxed(argv: list[str], files: dict[str, str | bytes], *, limits: SandboxLimits = SandboxLimits(),
+                  outputs: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                  mode: str = "bwrap", stdin: str | None = None) -> SandboxResult:
+    """Write `files` into a fresh private temp dir (the only writable place, cwd of the child), run argv there
+    isolated (bwrap: no network, read-only system + python install, cleared env + `env`, own PID namespace,
+    die-with-parent, limits), kill the whole tree at the end, read back `outputs`, delete the temp dir."""
+    require_sandbox(mode)
+    if not argv:
+        raise ConfigError("sandbox argv is empty")
+    out_names = [_relative(o, "output") for o in outputs]
+    argv = [sys.executable if i == 0 and a == "python" else str(a) for i, a in enumerate(argv)]
+    work = tempfile.mkdtemp(prefix="agentforge-sandbox-")
+    logs = tempfile.mkdtemp(prefix="agentforge-sandbox-logs-")
+    try:
+        os.chmod(work, 0o700)
+        for name, content in files.items():
+            path = Path(work, _relative(name, "file"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content.encode("utf-8") if isinstance(content, str) else bytes(content))
+        if mode == "bwrap":
+            cmd = bwrap_argv(shutil.which("bwrap"), work, _child_env(SANDBOX_DIR, env)) + argv
+            popen_env, cwd = {}, work
+        else:
+            cmd, popen_env, cwd = argv, _child_env(work, env), work
+        rc, timed_out, seconds = _execute(cmd, popen_env, cwd, logs, limits, stdin, nproc=mode == "bwrap")
+        stdout, stderr = _tail(Path(logs, "stdout")), _tail(Path(logs, "stderr"))
+        got = {str(n): data for n in out_names if (data := _read_regular(work, n)) is not None}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
+    return SandboxResult(_kind(rc, timed_out, stderr, mode), rc, stdout, stderr, got, seconds, mode)
+
+
+def _execute(cmd, env, cwd, logs, limits, stdin, nproc) -> tuple[int | None, bool, float]:
+    t0, timed_out = time.perf_counter(), False
+    with open(Path(logs, "stdout"), "wb") as out, open(Path(logs, "stderr"), "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=out, stderr=err, cwd=cwd, env=env, start_new_session=True,
+                                preexec_fn=_set_limits(limits, nproc))
+        try:
+            proc.communicate(input=stdin.encode("utf-8") if stdin is not None else None, timeout=limits.wall_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:  # the process group; under bwrap the PID namespace dies with its init, taking the tree
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+    return (None if timed_out else proc.returncode), timed_out, time.perf_counter() - t0
+
+
+def _kind(rc: int | None, timed_out: bool, stderr: str, mode: str) -> str:
+    if timed_out:
+        return "timeout"
+    if rc == 0:
+        return "ok"
+    sig = rc - 128 if mode == "bwrap" and rc > 128 else -rc
+    if sig == signal.SIGXCPU:
+        return "timeout"  # RLIMIT_CPU
+    if any(m in stderr[-4000:] for m in MEMORY_MARKERS):
+        return "memory"
+    return "crash"
+
+
+def _tail(path: Path) -> str:
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - STDIO_LIMIT))
+        return f.read().decode("utf-8", errors="replace")
+
+
+def _read_regular(root: str, name: PurePosixPath) -> bytes | None:
+    """The bytes of root/name if it is a regular file reached without following any symlink, else None
+    (a sandboxed program may plant a symlink to a host file where an output is expected)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i, part in enumerate(name.parts):
+            last = i == len(name.parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                nxt = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EACCES, errno.ENXIO):
+                    return None
+                raise
+            os.close(fd)
+            fd = nxt
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
