@@ -39,7 +39,33 @@ def test_train_and_val_streams_differ_and_are_deterministic():
     tr = synthetic.generate("arithmetic", 50, seed=3, split="train")
     va = synthetic.generate("arithmetic", 50, seed=3, split="val")
     assert tr == synthetic.generate("arithmetic", 50, seed=3, split="train")
-    assert len({r["question"] for r in tr} & {r["question"] for r in va}) < 10
+    assert not {r["question"] for r in tr} & {r["question"] for r in va}
+    assert {synthetic.split_of("arithmetic", r) for r in va} == {"val"}
+    te = synthetic.generate("piqa", 300, seed=3, split="test")
+    assert len({r["goal"] for r in te}) == 300  # no repeated prompt inside a held-out set
+    with pytest.raises(ValueError, match="unknown split"):
+        synthetic.draw("piqa", 0, "dev", 0)
+
+
+def test_heldout_is_disjoint_from_50k_training_draws_by_content():
+    """The issue's reproduction (50k training draws at random indices) now finds zero overlap."""
+    rep = synthetic.overlap_check(seed=0, n_train=50_000, n_heldout=200, tasks=("arithmetic", "piqa"))
+    for task, row in rep.items():
+        assert row["val"] == row["test"] == 200
+        for split in ("val", "test"):
+            assert row[f"{split}_prompts_in_train"] == 0 and row[f"{split}_records_in_train"] == 0, (task, row)
+    # PIQA-format goals: the old generator had 900 (1-30 plus 1-30); 50k draws now find > 15k distinct ones
+    assert rep["piqa"]["train_distinct"] > 15_000
+
+
+def test_overlap_counter_counts():
+    train = synthetic.generate("piqa", 40, seed=1)
+    held = train[:5] + synthetic.generate("piqa", 5, seed=1, split="val")
+    keys = {synthetic.prompt_key("piqa", r) for r in train}
+    recs = {json.dumps(r, sort_keys=True) for r in train}
+    assert synthetic.seen_in("piqa", held, keys, recs) == (5, 5)
+    flipped = dict(train[0], sol1=train[0]["sol2"], sol2=train[0]["sol1"], label=1 - train[0]["label"])
+    assert synthetic.seen_in("piqa", [flipped], keys, recs) == (1, 0)  # same goal: counted as seen by prompt
 
 
 def test_loaders_name_file_and_line(tmp_path):

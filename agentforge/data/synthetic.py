@@ -8,13 +8,25 @@ and real data the same way.
 * ``arithmetic``  — GSM8K format: ``question`` and an ``answer`` with worked steps, ``<<a+b=c>>``
                     calculator annotations and a final ``#### N`` line (stage 2)
 * ``choice``      — ARC-Easy format (``question``, ``choices: {text, label}``, ``answerKey``) (stage 3)
-* ``piqa``        — PIQA format (``goal``, ``sol1``, ``sol2``, ``label``) (stage 3)
+* ``piqa``        — PIQA format (``goal``, ``sol1``, ``sol2``, ``label``) (stage 3): sums and differences
+                    of numbers 1-50 in 9 wordings, the wrong solution off by 1-3 (~33k distinct goals)
 
-Train and held-out examples come from disjoint seed streams (``split="train"`` / ``"val"``).
+Train / val / test are disjoint **by content**, not only by seed stream. Every example has a content
+key — the prompt the model is asked (``prompt_key``: the GSM8K question, the ARC question with its
+options, the PIQA goal, the whole plain text) — and the BLAKE2b hash of the key puts it in one of
+1000 buckets: buckets 0-99 are reserved for ``val``, 100-199 for ``test``, the rest is ``train``
+(``split_of``). A draw for a split whose key hashes elsewhere is rejected and redrawn (attempt 1, 2,
+... of the same index), so a training draw can never be a held-out item, whatever the seeds: the
+partition does not depend on the seed. ``generate`` also drops repeats within a held-out set.
+``overlap_check`` counts what it claims: held-out prompts seen among N training draws (0 by construction).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+
+from agentforge.data import formats
 
 NAMES = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena"]
 ITEMS = ["apples", "books", "coins", "shells", "pencils", "stamps", "marbles", "cards"]
@@ -23,17 +35,36 @@ NOUNS = ["cat", "river", "lamp", "garden", "robot", "window", "teacher", "train"
 VERBS = ["sees", "follows", "paints", "finds", "moves", "likes", "builds", "opens"]
 PLACES = ["the park", "the market", "the school", "the lake", "the library"]
 
-_SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+SPLITS = ("train", "val", "test")
+BUCKETS = 1000
+RESERVED = {"val": range(0, 100), "test": range(100, 200)}   # the rest of the buckets is train
+MAX_ATTEMPTS = 10_000
+_PROMPT = {"text": lambda rec: rec["text"], "gsm8k": formats.gsm8k_prompt, "arc": formats.arc_prompt,
+           "piqa": formats.piqa_prompt}
 
 
-def _rng(seed: int, split: str, index: int) -> random.Random:
-    if split not in _SPLIT_OFFSET:
-        raise ValueError(f"unknown split {split!r}; use one of {sorted(_SPLIT_OFFSET)}")
-    return random.Random(seed * 10_000_019 + _SPLIT_OFFSET[split] + index)
+def prompt_key(task: str, rec: dict) -> str:
+    """The text that identifies an example: the prompt a model is asked (the whole text for prose)."""
+    return _PROMPT[formats.TASK_FORMAT[task]](rec)
 
 
-def plain_text(seed: int, split: str, index: int) -> dict:
-    r = _rng(seed, split, index)
+def bucket(key: str) -> int:
+    """0..999 from the BLAKE2b-64 hash of the key (stable across runs and machines)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") % BUCKETS
+
+
+def split_of(task: str, rec: dict) -> str:
+    b = bucket(prompt_key(task, rec))
+    return next((sp for sp, r in RESERVED.items() if b in r), "train")
+
+
+def _rng(seed: int, split: str, index: int, attempt: int = 0) -> random.Random:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {list(SPLITS)}")
+    return random.Random(f"{seed}/{split}/{index}/{attempt}")  # str seeds hash with SHA-512: stable
+
+
+def _plain_text(r: random.Random) -> dict:
     sents = []
     for _ in range(r.randint(2, 4)):
         a, b = r.sample(NOUNS, 2)
@@ -41,8 +72,7 @@ def plain_text(seed: int, split: str, index: int) -> dict:
     return {"text": " ".join(sents)}
 
 
-def arithmetic(seed: int, split: str, index: int) -> dict:
-    r = _rng(seed, split, index)
+def _arithmetic(r: random.Random) -> dict:
     name, item = r.choice(NAMES), r.choice(ITEMS)
     a, b = r.randint(2, 60), r.randint(2, 40)
     kind = r.choice(["add", "sub", "mul"])
@@ -60,8 +90,7 @@ def arithmetic(seed: int, split: str, index: int) -> dict:
     return {"question": q, "answer": f"{step}\n#### {res}"}
 
 
-def choice(seed: int, split: str, index: int) -> dict:
-    r = _rng(seed, split, index)
+def _choice(r: random.Random) -> dict:
     nums = r.sample(range(1, 100), 4)
     if r.random() < 0.5:
         q, correct = "Which number is the largest?", max(nums)
@@ -72,22 +101,91 @@ def choice(seed: int, split: str, index: int) -> dict:
             "answerKey": labels[nums.index(correct)]}
 
 
-def piqa(seed: int, split: str, index: int) -> dict:
-    r = _rng(seed, split, index)
-    a, b = r.randint(1, 30), r.randint(1, 30)
-    right, wrong = a + b, a + b + r.choice([-3, -2, -1, 1, 2, 3])
+_PIQA_GOALS = {op: [plain] + [worded.replace("{item}", it) for it in ITEMS] for op, plain, worded in
+               (("+", "To find {a} plus {b},", "To count {a} {item} and then {b} more {item},"),
+                ("-", "To find {a} minus {b},", "To take {b} {item} away from {a} {item},"))}
+_PIQA_SOLS = {"+": "count {a} and then {b} more to get {x}.", "-": "start at {a} and take away {b} to get {x}."}
+
+
+def _piqa(r: random.Random) -> dict:
+    op = r.choice("+-")
+    a, b = r.randint(1, 50), r.randint(1, 50)
+    if op == "-":
+        a, b = max(a, b) + 1, min(a, b)
+    right = a + b if op == "+" else a - b
+    wrong = right + r.choice([-3, -2, -1, 1, 2, 3])
     label = r.randint(0, 1)
-    sols = [f"count {a} and then {b} more to get {right}.", f"count {a} and then {b} more to get {wrong}."]
+    sols = [_PIQA_SOLS[op].format(a=a, b=b, x=x) for x in (right, wrong)]
     if label == 1:
         sols.reverse()
-    return {"goal": f"To find {a} plus {b},", "sol1": sols[0], "sol2": sols[1], "label": label}
+    return {"goal": r.choice(_PIQA_GOALS[op]).format(a=a, b=b), "sol1": sols[0], "sol2": sols[1], "label": label}
+
+
+_RAW = {"plain_text": _plain_text, "arithmetic": _arithmetic, "choice": _choice, "piqa": _piqa}
+
+
+def draw(task: str, seed: int, split: str, index: int) -> dict:
+    """Example ``index`` of ``task`` in the ``split`` stream of ``seed``: the first attempt whose prompt
+    hashes into ``split``'s part of the content space (see the module docstring)."""
+    if task not in _RAW:
+        raise ValueError(f"unknown synthetic task {task!r}; choose from {sorted(_RAW)}")
+    for attempt in range(MAX_ATTEMPTS):
+        rec = _RAW[task](_rng(seed, split, index, attempt))
+        if split_of(task, rec) == split:
+            return rec
+    raise RuntimeError(f"{task}: no {split} example in {MAX_ATTEMPTS} draws")  # p < 0.9**10000
+
+
+def _bind(task: str):
+    def gen(seed: int, split: str, index: int) -> dict:
+        return draw(task, seed, split, index)
+
+    gen.__name__ = task
+    gen.__doc__ = f"Example ``index`` of ``{task}`` from the ``split`` stream of ``seed`` (content-disjoint splits)."
+    return gen
+
+
+plain_text, arithmetic, choice, piqa = (_bind(t) for t in _RAW)
 
 
 GENERATORS = {"plain_text": plain_text, "arithmetic": arithmetic, "choice": choice, "piqa": piqa}
 
 
 def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dict]:
-    """n examples of ``task`` from the ``split`` stream of ``seed``."""
-    if task not in GENERATORS:
-        raise ValueError(f"unknown synthetic task {task!r}; choose from {sorted(GENERATORS)}")
-    return [GENERATORS[task](seed, split, i) for i in range(n)]
+    """n examples of ``task`` from the ``split`` stream of ``seed``; held-out sets hold no repeated prompt."""
+    if split == "train":
+        return [draw(task, seed, split, i) for i in range(n)]
+    out, seen, i = [], set(), 0
+    while len(out) < n:
+        rec = draw(task, seed, split, i)
+        key, i = prompt_key(task, rec), i + 1
+        if key not in seen:
+            seen.add(key)
+            out.append(rec)
+        if i > 50 * n + 1000:
+            raise ValueError(f"{task}: fewer than {n} distinct {split} examples exist; ask for fewer")
+    return out
+
+
+def overlap_check(seed: int = 0, n_train: int = 50_000, n_heldout: int = 200,
+                  tasks: tuple[str, ...] = ("arithmetic", "choice", "piqa")) -> dict[str, dict]:
+    """Per task: how many of ``n_heldout`` val and test examples have their prompt, or their whole record,
+    among ``n_train`` training draws (the training stream the datamodule samples: random indices)."""
+    rng = random.Random(seed * 7919)
+    out = {}
+    for task in tasks:
+        train = [draw(task, seed, "train", rng.randrange(10**9)) for _ in range(n_train)]
+        keys, recs = {prompt_key(task, r) for r in train}, {json.dumps(r, sort_keys=True) for r in train}
+        row = {"train_draws": n_train, "train_distinct": len(keys)}
+        for split in ("val", "test"):
+            held = generate(task, n_heldout, seed, split)
+            row[split] = len(held)
+            row[f"{split}_prompts_in_train"], row[f"{split}_records_in_train"] = seen_in(task, held, keys, recs)
+        out[task] = row
+    return out
+
+
+def seen_in(task: str, held: list[dict], train_keys: set[str], train_records: set[str]) -> tuple[int, int]:
+    """(held-out examples whose prompt is a training prompt, those identical to a training record)."""
+    return (sum(prompt_key(task, r) in train_keys for r in held),
+            sum(json.dumps(r, sort_keys=True) in train_records for r in held))
