@@ -52,7 +52,7 @@ def test_quietstar_cli_both_steps(cognate_artifacts, tmp_path):
         assert k in rkeys, k
     checks = [r for r in rows if "anti_theater/divergence" in r]
     assert len(checks) == 3  # before training, after episode 1 and 2
-    assert "anti-theater:" in proc.stdout and "thinking cost:" in proc.stdout
+    assert "anti-theater (n=" in proc.stdout and "thinking cost:" in proc.stdout
 
 
 def test_missing_input_and_bad_values_are_one_line_errors(tmp_path):

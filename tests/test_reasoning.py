@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,9 +13,16 @@ from agentforge.data.formats import DatasetError
 from agentforge.data.tokenizer import BOS_ID, ByteTokenizer
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.reasoning import anti_theater, baking, coherence, rewards
-from agentforge.reasoning.rl import ThoughtConfig, evaluate, sample_windows
+from agentforge.reasoning.rl import ThoughtConfig, coherence_scores, evaluate, sample_windows
 from agentforge.reasoning.strategies import STRATEGIES, generate_examples, load_examples
-from agentforge.reasoning.thoughts import MixingHead, kl_to_reference, reinforce_loss, think
+from agentforge.reasoning.thoughts import (
+    MixingHead,
+    kl_to_reference,
+    policy_logits,
+    reinforce_loss,
+    sample_thoughts,
+    think,
+)
 from agentforge.reasoning.tokens import (
     SPECIAL_TOKENS,
     THINK_END,
@@ -164,10 +172,10 @@ def test_mixing_weight_zero_and_one_select_without_and_with():
     model = tiny()
     windows = torch.randint(0, 256, (2, 10))
     thoughts = torch.randint(0, 256, (2, 2, 3))
-    off = MixingHead(32, init_bias=-1e4)
+    off = MixingHead(32)  # the reference's start: w = 0
     b0 = think(model, off, windows, 2, 2, 3, 259, 260, thoughts=thoughts)
     assert torch.allclose(b0.mixed_logits, b0.without_logits[:, None].expand_as(b0.mixed_logits), atol=1e-5)
-    on = MixingHead(32, init_bias=1e4)
+    on = MixingHead(32, init_weight=1.0)
     b1 = think(model, on, windows, 2, 2, 3, 259, 260, thoughts=thoughts)
     row = torch.cat([windows[0, :8], torch.tensor([259]), thoughts[0, 1], torch.tensor([260]), windows[0, 8:9]])
     direct = model(row[None]).logits[0, -2:]
@@ -247,30 +255,118 @@ def test_coherence_components():
 
 # ---------------------------------------------------------------- anti-theater
 def test_anti_theater_fails_when_thoughts_are_ignored():
+    """An untrained head (w = 0 at the start, as in the reference) gives thoughts no influence: with
+    enough windows for a verdict, divergence and drop are exactly 0 and every check FAILs."""
     model = tiny()
     ref = copy.deepcopy(model)
-    stream = torch.randint(32, 127, (400,))
-    windows = sample_windows(stream, 2, 30, 2, 12, 3, torch.Generator().manual_seed(0))
+    stream = torch.randint(32, 127, (2000,))
+    windows = sample_windows(stream, 24, 30, 1, 12, 3, torch.Generator().manual_seed(0))
     cfg = ThoughtConfig(num_thoughts=3, thought_length=3, n_true=3, context_len=12)
-    res = evaluate(model, MixingHead(32, init_bias=-1e4), ref, windows, cfg, IDS, torch.Generator().manual_seed(0))
-    assert res["divergence"] < 1e-4 and abs(res["ablation_drop"]) < 1e-9
-    assert not res["divergence_passed"] and not res["ablation_passed"] and not res["all_passed"]
+    res = evaluate(model, MixingHead(32), ref, windows, cfg, IDS, torch.Generator().manual_seed(0))
+    assert res["n_windows"] == 24 and res["divergence"] < 1e-6 and res["ablation_drop"] == 0.0
+    assert res["divergence_ci95"][1] < 1e-6 and res["ablation_drop_ci95"] == [0.0, 0.0]
+    assert [res[f"{k}_verdict"] for k in ("divergence", "ablation_drop", "correlation")] == ["FAIL"] * 3
+    assert not res["all_passed"]
+
+
+def _good_thoughts(n: int):
+    """n windows, 3 thoughts: the best (quality 0.9) right on both true tokens, one half right, the worst wrong;
+    without thoughts always wrong."""
+    k, t, v = 3, 2, 5
+    true = torch.zeros(n, t, dtype=torch.long)
+    without = torch.zeros(n, t, v)
+    without[..., 1] = 5.0
+    mixed = torch.zeros(n, k, t, v)
+    quality = torch.tensor([[0.9, 0.5, 0.1]]).expand(n, k)
+    mixed[:, 0, :, 0] = 5.0
+    mixed[:, 1, 0, 0] = 5.0
+    mixed[:, 1, 1, 2] = 5.0
+    mixed[:, 2, :, 3] = 5.0
+    return mixed, without, true, quality
 
 
 def test_anti_theater_passes_when_good_thoughts_change_predictions():
-    n, k, t, v = 4, 3, 2, 5
-    true = torch.zeros(n, t, dtype=torch.long)
-    without = torch.zeros(n, t, v)
-    without[..., 1] = 5.0                              # wrong without thoughts
-    mixed = torch.zeros(n, k, t, v)
-    quality = torch.tensor([[0.9, 0.5, 0.1]]).expand(n, k)
-    mixed[:, 0, :, 0] = 5.0                            # the best thought predicts right
-    mixed[:, 1, 0, 0] = 5.0                            # half right
-    mixed[:, 1, 1, 2] = 5.0
-    mixed[:, 2, :, 3] = 5.0                            # the worst is wrong
-    res = anti_theater.theater_metrics(mixed, without, true, quality)
+    res = anti_theater.theater_metrics(*_good_thoughts(anti_theater.MIN_WINDOWS))
     assert res["divergence"] > 0.3 and res["ablation_drop"] == pytest.approx(0.5)
     assert res["correlation"] == pytest.approx(1.0) and res["all_passed"]
+    assert res["n_windows"] == 20 and res["ablation_drop_ci95"] == pytest.approx([0.5, 0.5])
+
+
+def test_anti_theater_gives_no_verdict_below_the_minimum_sample():
+    res = anti_theater.theater_metrics(*_good_thoughts(4))  # the same perfect thoughts, 4 windows
+    assert res["ablation_drop"] == pytest.approx(0.5) and res["n_windows"] == 4
+    assert {res[f"{k}_verdict"] for k in ("divergence", "ablation_drop", "correlation")} == {"INCONCLUSIVE"}
+    assert not res["all_passed"]
+
+
+def test_anti_theater_ci_covers_the_estimate_and_decides_by_it():
+    gen = torch.Generator().manual_seed(0)
+    n, k, t, v = 40, 2, 4, 3
+    true = torch.zeros(n, t, dtype=torch.long)
+    without = torch.randn(n, t, v, generator=gen)
+    mixed = without[:, None].repeat(1, k, 1, 1)
+    mixed[:20, :, :, 0] += 10.0  # thoughts fix every token of half the windows
+    res = anti_theater.theater_metrics(mixed, without, true, torch.rand(n, k, generator=gen))
+    lo, hi = res["ablation_drop_ci95"]
+    assert lo < res["ablation_drop"] < hi and lo > 0.02 and res["ablation_drop_verdict"] == "PASS"
+    lo, hi = res["divergence_ci95"]
+    assert lo < res["divergence"] < hi
+
+
+def test_within_window_correlation_hand_value():
+    """Centred per window: windows 2 and 1 differ by 10 in quality and not at all in accuracy."""
+    q = np.array([[1.0, 2.0], [11.0, 12.0]])
+    a = np.array([[1.0, 0.0], [1.0, 0.0]])
+    assert anti_theater.within_correlation(q, a) == pytest.approx(-1.0)
+    assert math.isnan(anti_theater.within_correlation(q, np.ones((2, 2))))
+
+
+def test_mixing_weight_starts_at_zero_as_in_the_reference():
+    head = MixingHead(32)
+    w = head(torch.randn(5, 7, 32), torch.randn(5, 7, 32))
+    assert w.shape == (5, 7, 1) and float(w.abs().max()) == 0.0 < 0.1
+    model = tiny()
+    batch = think(model, head, torch.randint(0, 256, (2, 10)), 2, 3, 2, 259, 260, banned=IDS["banned"],
+                  generator=torch.Generator().manual_seed(0))
+    assert torch.equal(batch.mixed_logits, batch.without_logits[:, None].expand_as(batch.mixed_logits))
+
+
+def test_thought_logp_is_the_masked_tempered_sampling_distribution():
+    """REINFORCE's log-probs at T = 0.5 with banned tokens: log softmax((logits with banned = -inf) / T),
+    the distribution ``sample_thoughts`` draws from (same generator, same tokens)."""
+    model = tiny()
+    windows = torch.randint(0, 256, (2, 10))
+    banned = IDS["banned"] + list(range(100, 200))
+    batch = think(model, MixingHead(32), windows, 2, 2, 3, 259, 260, temperature=0.5, banned=banned,
+                  generator=torch.Generator().manual_seed(3))
+    z = batch.thoughts[0, 1]
+    row = torch.cat([windows[0, :8], torch.tensor([259]), z])
+    logits = model(row[None]).logits[0, 8:11].clone()
+    logits[:, banned] = float("-inf")
+    expect = torch.log_softmax(logits / 0.5, -1).gather(-1, z[:, None]).squeeze(-1)
+    assert torch.allclose(batch.thought_logp[0, 1], expect, atol=1e-5)
+    assert not any(int(t) in banned for t in batch.thoughts.flatten())
+    # the sampler draws from exactly these probabilities
+    prefix = torch.cat([windows[:, :8], torch.full((2, 1), 259)], 1)
+    first = sample_thoughts(model, prefix, 1, 0.5, banned, torch.Generator().manual_seed(7))
+    probs = torch.softmax(policy_logits(model(prefix).logits[:, -1], 0.5, banned), -1)
+    assert torch.equal(first, torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(7)))
+
+
+def test_correlation_quality_does_not_see_the_future_tokens():
+    """The quality the correlation uses is unchanged when the true tokens are replaced; the accuracy side
+    (and the predictive coherence, which is excluded from it) does change."""
+    model, head = tiny(), MixingHead(32, init_weight=0.5)
+    ref = copy.deepcopy(model)
+    windows = torch.randint(32, 127, (3, 14))
+    thoughts = torch.randint(32, 127, (3, 2, 3))
+    other = windows.clone()
+    other[:, 12:] = (windows[:, 12:] + 7) % 127
+    a = coherence_scores(model, ref, think(model, head, windows, 2, 2, 3, 259, 260, thoughts=thoughts), 12)
+    b = coherence_scores(model, ref, think(model, head, other, 2, 2, 3, 259, 260, thoughts=thoughts), 12)
+    for key in ("prior", "semantic", "syntactic"):
+        assert torch.equal(a[key], b[key]), key
+    assert not torch.equal(a["predictive"], b["predictive"])
 
 
 def test_sample_windows_are_contiguous_slices():

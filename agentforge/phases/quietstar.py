@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import time
 from collections import deque
@@ -66,7 +65,7 @@ RULES = [
                                                    "eval_windows", "eval_examples", "gen_tokens", "inference_tokens")],
     rule("phase.rl.num_thoughts", integer(2)),
     rule("phase.rl.temperature", number(0, lo_open=True)),
-    rule("phase.rl.mixing_init_bias", number()),
+    rule("phase.rl.mixing_init_weight", number()),
     *[rule(f"phase.{s}.optimizer.lr", number(0, 10, lo_open=True)) for s in ("baking", "rl")],
     *[rule(f"phase.{s}.optimizer.kl_coef", number(0)) for s in ("baking", "rl")],
 ]
@@ -334,16 +333,16 @@ def run_rl(cfg, loaded, out_dir: Path) -> dict:
     ocfg = _optimizer_cfg(cfg, "rl")
     tc = ThoughtConfig(int(r.num_thoughts), int(r.thought_length), int(r.n_true), int(r.context_len),
                        float(r.temperature), float(ocfg["kl_coef"]))
-    head = MixingHead(model.config.d_model, init_bias=float(r.mixing_init_bias)).to(dev)
+    head = MixingHead(model.config.d_model, init_weight=float(r.mixing_init_weight)).to(dev)
     episodes = int(r.num_episodes)
     opt, sched = build_optimizer(model, ocfg, episodes)
     head_opt = torch.optim.AdamW(head.parameters(), lr=float(ocfg["lr"]))
     tids = {"start": ids[THINK_START], "end": ids[THINK_END], "banned": [PAD_ID, BOS_ID, ids[THINK_START], ids[THINK_END]]}
     gen = torch.Generator().manual_seed(seed)
     train_stream, val_stream = _stream(tok, seed, "train", 200), _stream(tok, seed, "val", 40)
-    n_eval_seqs = max(1, math.ceil(int(r.eval_windows) / int(r.thought_positions)))
-    eval_windows = sample_windows(val_stream, n_eval_seqs, int(r.seq_len), int(r.thought_positions), tc.context_len,
-                                  tc.n_true, torch.Generator().manual_seed(seed + 1))[: int(r.eval_windows)].to(dev)
+    # one window per held-out sequence: the windows are the independent units of the checks' CIs
+    eval_windows = sample_windows(val_stream, int(r.eval_windows), int(r.seq_len), 1, tc.context_len, tc.n_true,
+                                  torch.Generator().manual_seed(seed + 1)).to(dev)
     evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, int(r.eval_examples))
     tags = ["phase3", "step2", "quiet-star", "rl", "reinforce"]
     with run_context(cfg, run_name="phase3-step2-rl", group="phase3-quietstar", tags=tags, job_type="quietstar") as ctx:
@@ -411,10 +410,17 @@ def _check(tr, model, head, ref, windows, tc, tids, seed, ep, tok, evals, r) -> 
     tr.log({"anti_theater/divergence": res["divergence"], "anti_theater/divergence_passed": res["divergence_passed"],
             "anti_theater/ablation_drop": res["ablation_drop"], "anti_theater/ablation_passed": res["ablation_passed"],
             "anti_theater/correlation": res["correlation"], "anti_theater/correlation_passed": res["correlation_passed"],
-            "anti_theater/all_passed": res["all_passed"], "rl/divergence_from_direct": res["divergence"],
+            "anti_theater/all_passed": res["all_passed"], "anti_theater/n_windows": res["n_windows"],
+            **{f"anti_theater/{k}_ci95_{end}": res[f"{k}_ci95"][i] for k in ("divergence", "ablation_drop", "correlation")
+               for i, end in enumerate(("low", "high"))},
+            "rl/divergence_from_direct": res["divergence"],
             "rl/ablation_accuracy_drop": res["ablation_drop"], "rl/gsm8k_accuracy": acc["gsm8k"],
             "rl/arc_accuracy": acc["arc"]}, step=ep)
     return res
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 def _inference_ms(model, head, tok, tc, tids, n_tokens: int) -> tuple[float, float]:
@@ -443,7 +449,9 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_cur
                "rl/inference_time_ms_without_thoughts": ms_without, "rl/thinking_cost_ratio": ms_with / ms_without,
                "anti_theater/final_all_passed": last["all_passed"], "anti_theater/final_divergence": last["divergence"],
                "anti_theater/final_ablation_drop": last["ablation_drop"],
-               "anti_theater/final_correlation": last["correlation"]}
+               "anti_theater/final_correlation": last["correlation"], "anti_theater/final_n_windows": last["n_windows"],
+               **{f"anti_theater/final_{k}_{s}": last[f"{k}_{s}"] for k in ("divergence", "ablation_drop", "correlation")
+                  for s in ("ci95", "verdict")}}
     tr.summary(summary)
     eps = list(range(1, len(reward_curve) + 1))
     tr.line_series("charts/rl_reward", eps, [reward_curve], ["reward"], "RL Training Reward", "episode")
@@ -457,10 +465,11 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_cur
                                                      "Quiet-STaR reward (log-lik gain per token)", "episode"))
     tr.image("charts/anti_theater_trend_png", plots.line_plot(ctx.run_dir / "plots" / "anti_theater_trend.png", xs, series,
                                                               "Anti-theater metrics", "episode"))
-    tr.table("anti_theater/checks", ["Episode", "Divergence", "Passed (>0.3)", "Ablation drop", "Passed (>0.02)",
-                                     "Correlation", "Passed (>0.5)", "All passed"],
-             [[c["episode"], c["divergence"], c["divergence_passed"], c["ablation_drop"], c["ablation_passed"],
-               c["correlation"], c["correlation_passed"], c["all_passed"]] for c in checks])
+    tr.table("anti_theater/checks", ["Episode", "n windows", "Divergence", "95% CI", "Verdict (>0.3)", "Ablation drop",
+                                     "95% CI", "Verdict (>0.02)", "Correlation", "95% CI", "Verdict (>0.5)", "All passed"],
+             [[c["episode"], c["n_windows"], *[v for k in ("divergence", "ablation_drop", "correlation")
+                                               for v in (c[k], _ci(c[f"{k}_ci95"]), c[f"{k}_verdict"])], c["all_passed"]]
+              for c in checks])
     ckpt = ctx.run_dir / "checkpoints" / "reasoning"
     model.cpu()
     head.cpu()
@@ -474,10 +483,9 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_cur
     publish(ckpt, out_dir)
     tr.artifact("phase3-reasoning-model", "model", [ckpt], "Model after Quiet-STaR RL (Step 2)",
                 {"gsm8k_acc": last["gsm8k"], "coherence": last["coherence"], "inference_time_ms": ms_with})
-    flags = ", ".join(f"{k} {last[k]:+.3f} ({'pass' if last[p] else 'FAIL'})" for k, p in
-                      (("divergence", "divergence_passed"), ("ablation_drop", "ablation_passed"),
-                       ("correlation", "correlation_passed")))
+    flags = ", ".join(f"{k} {last[k]:+.3f} {_ci(last[f'{k}_ci95'])} {last[f'{k}_verdict']}"
+                      for k in ("divergence", "ablation_drop", "correlation"))
     print(f"reasoning: {out_dir}\nreward {summary['rl/final_reward']:+.4f}  coherence {last['coherence']:.3f}  "
-          f"anti-theater: {flags}; all passed: {last['all_passed']}\nthinking cost: {ms_with:.1f} ms/token with a "
+          f"anti-theater (n={last['n_windows']} windows, 95% CI): {flags}; all passed: {last['all_passed']}\nthinking cost: {ms_with:.1f} ms/token with a "
           f"thought vs {ms_without:.1f} without ({summary['rl/thinking_cost_ratio']:.1f}x)")
     return {"checkpoint": str(out_dir), "metrics": summary}

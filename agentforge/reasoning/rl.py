@@ -43,14 +43,18 @@ def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: i
 
 
 def coherence_scores(model, ref, batch, context_len: int) -> dict[str, torch.Tensor]:
-    """[N, K] semantic, syntactic, predictive and combined coherence of each thought (``coherence.py``)."""
+    """[N, K] semantic, syntactic, predictive, combined and prior coherence of each thought (``coherence.py``).
+    Semantic and syntactic (hence ``prior``) read only the context and the thought: the reference model
+    sees the rows cut after the last thought token, the embeddings only the context."""
+    length = batch.thoughts.shape[-1]
     with torch.no_grad():
-        ref_logits = ref(batch.with_inputs[:, :-1]).logits
+        ref_logits = ref(batch.with_inputs[:, : context_len + length]).logits
         gain = rewards.likelihood_gain(batch.true_logp_mixed(), batch.true_logp_without())
-        s = {"semantic": coherence.semantic(model.embed.weight.detach(), batch.thoughts, batch.windows),
+        s = {"semantic": coherence.semantic(model.embed.weight.detach(), batch.thoughts, batch.windows[:, :context_len]),
              "syntactic": coherence.syntactic(ref_logits, batch.thoughts, context_len),
              "predictive": coherence.predictive(gain)}
     s["coherence"] = coherence.combine(s)
+    s["prior"] = coherence.prior(s)
     return s
 
 
@@ -78,14 +82,15 @@ def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: di
 
 @torch.no_grad()
 def evaluate(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: dict, generator) -> dict:
-    """Anti-theater metrics and coherence on held-out windows (model in eval mode, nothing learned)."""
+    """Anti-theater metrics (with n and 95 % CIs) and coherence on held-out windows (model in eval mode,
+    nothing learned); the correlation uses the prior coherence, which never sees the true tokens."""
     was = model.training
     model.eval()
     try:
         batch = think(model, head, windows, cfg.n_true, cfg.num_thoughts, cfg.thought_length, ids["start"],
                       ids["end"], cfg.temperature, ids["banned"], generator)
         coh = coherence_scores(model, ref, batch, cfg.context_len)
-        res = anti_theater.theater_metrics(batch.mixed_logits, batch.without_logits, batch.true, coh["coherence"])
+        res = anti_theater.theater_metrics(batch.mixed_logits, batch.without_logits, batch.true, coh["prior"])
     finally:
         model.train(was)
     res["coherence"] = float(coh["coherence"].mean())

@@ -10,12 +10,13 @@ tokens t:
    position at once with a diagonal attention mask; the Cognate model has no mask input and no KV
    cache, so we sample at ``thought_positions`` positions per sequence, each seeing the
    ``context_len`` tokens before it).
-2. *Talk*: teacher-force t after the thought; a mixing head (a shallow MLP on the hidden states with
-   and without the thought) gives w in (0, 1) and the prediction is the interpolation
+2. *Talk*: teacher-force t after the thought; a mixing head (an MLP on the hidden states with and
+   without the thought, starting at w = 0 as in the reference) gives w and the prediction is
    ``w * logits_with + (1 - w) * logits_without``.
 3. *Learn*: the reward of thought j is the log-likelihood of t under the mixed prediction minus its
    mean over the thoughts of the same position (``rewards.py``); REINFORCE on the thought tokens'
-   log-probabilities, plus the language-model loss, plus ``kl_coef`` x KL to the reference model.
+   log-probabilities under the distribution they were sampled from (banned tokens masked, divided by
+   the temperature), plus the language-model loss, plus ``kl_coef`` x KL to the reference model.
 """
 from __future__ import annotations
 
@@ -27,19 +28,36 @@ from torch import nn
 
 
 class MixingHead(nn.Module):
-    """Quiet-STaR's mixing head: a weight w = sigmoid(MLP([h_with; h_without])) per position.
+    """Quiet-STaR's mixing head: a weight w = MLP([h_with; h_without]) per position.
 
-    The last layer starts at zero weight and bias ``init_bias``, so at the start every position mixes
-    with the same w = sigmoid(init_bias)."""
+    As in the reference code (ezelikman/quiet-star, ``modeling_mistral.py``: ``use_complex_talk_head``
+    and ``use_weighted_talk_head``, the defaults of its training script) the MLP is Linear(2D, H), ReLU,
+    Linear(H, H), ReLU, Linear(H, 1) with no squashing of the output, and its last layer's weight is set
+    to zero, so at the start w = 0 at every position: untrained thoughts have no influence on the
+    prediction until the head learns to use them. Departure: the last layer has a bias (the reference
+    has none), initialised to ``init_weight`` (default 0, i.e. the reference's start), so a fixed
+    weight can be set; H defaults to D as in the reference."""
 
-    def __init__(self, d_model: int, hidden: int = 64, init_bias: float = 0.0):
+    def __init__(self, d_model: int, hidden: int | None = None, init_weight: float = 0.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2 * d_model, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.constant_(self.net[2].bias, init_bias)
+        h = hidden or d_model
+        self.net = nn.Sequential(nn.Linear(2 * d_model, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.constant_(self.net[-1].bias, init_weight)
 
     def forward(self, h_with: torch.Tensor, h_without: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(torch.cat([h_with, h_without], -1)))
+        return self.net(torch.cat([h_with, h_without], -1))
+
+
+def policy_logits(logits: torch.Tensor, temperature: float = 1.0, banned: list[int] = ()) -> torch.Tensor:
+    """The logits of the distribution thoughts are sampled from: banned tokens at -inf, divided by the
+    temperature (T <= 0 means greedy sampling; the logits are then left unscaled). REINFORCE must take
+    its log-probs from this same distribution, else the gradient is off-policy."""
+    logits = logits.float()
+    if banned:
+        logits = logits.clone()
+        logits[..., list(banned)] = float("-inf")
+    return logits / temperature if temperature > 0 else logits
 
 
 @dataclass
@@ -78,11 +96,9 @@ def sample_thoughts(model, prefixes: torch.Tensor, length: int, temperature: flo
     ids, out = prefixes, []
     try:
         for _ in range(length):
-            logits = model(ids[:, -model.config.max_seq_len:]).logits[:, -1].float()
-            if banned:
-                logits[:, list(banned)] = float("-inf")
+            logits = policy_logits(model(ids[:, -model.config.max_seq_len:]).logits[:, -1], temperature, banned)
             if temperature > 0:
-                probs = F.softmax(logits / temperature, -1)
+                probs = F.softmax(logits, -1)
                 nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(ids.device)
             else:
                 nxt = logits.argmax(-1, keepdim=True)
@@ -113,7 +129,8 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
     length = flat.shape[1]
     with_inputs = torch.cat([ctx, start, flat, ctx.new_full((n * k, 1), end_id), true], 1)
     out = model(with_inputs[:, :-1])
-    logp = F.log_softmax(out.logits[:, c: c + length].float(), -1)       # position c is [thinking]
+    # position c is [thinking]; the log-probs of the distribution the thoughts were sampled from
+    logp = F.log_softmax(policy_logits(out.logits[:, c: c + length], temperature, banned), -1)
     thought_logp = logp.gather(-1, flat[..., None]).squeeze(-1)
     with_logits, with_h = out.logits[:, c + length + 1:], out.hidden[:, c + length + 1:]  # from [/endthinking]
     rep_logits = without_logits.repeat_interleave(k, 0)
