@@ -3,6 +3,11 @@
 ``optimizer.name`` picks a builder: ``adamw`` (plain torch AdamW), ``grokfast_adamw`` (AdamW + Grokfast),
 ``muon`` (Muon + AdamW, no Grokfast) and ``muon_grokfast`` (Muon + AdamW + Grokfast + QK-clip); the last
 three are all ``MuonGrokfast`` with parts switched off, so the comparisons differ only in those parts.
+
+``optimizer.weight_decay_mode``: ``decoupled`` (default; AdamW / Muon shrink the weights directly) or
+``coupled`` (L2 added to the gradient, ``g + wd*p``, exactly as ``torch.optim.Adam(weight_decay=wd)``;
+``adamw`` then *is* ``torch.optim.Adam``). Gradient clipping: use ``clip_grad_norm_`` below (or
+Lightning's ``gradient_clip_val`` with ``LMModule``), which runs the Grokfast filter first.
 """
 from __future__ import annotations
 
@@ -54,8 +59,10 @@ def split_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
 
 
 def build_adamw(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """torch AdamW (decoupled decay), or torch Adam with L2 (``weight_decay_mode: coupled``)."""
     decay, no_decay = split_decay(model)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+    cls = torch.optim.Adam if cfg.get("weight_decay_mode", "decoupled") == "coupled" else torch.optim.AdamW
+    return cls([{"params": decay, "weight_decay": cfg["weight_decay"]},
                               {"params": no_decay, "weight_decay": 0.0}],
                              lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.95))))
 
@@ -83,6 +90,7 @@ def build_muon_grokfast(model: nn.Module, cfg: dict, *, use_muon: bool = True, u
         grokfast_lambda=float(cfg.get("grokfast_lambda", 0.0)) if use_grokfast else 0.0,
         grokfast_window=int(cfg.get("grokfast_window", 100)),
         qk_clip=cfg.get("qk_clip") if use_qk_clip else None,
+        weight_decay_mode=str(cfg.get("weight_decay_mode", "decoupled")),
         attention_modules=attn() if callable(attn) and use_qk_clip else ())
 
 
@@ -105,6 +113,8 @@ def check_config(cfg: dict) -> None:
 
     if cfg.get("name") not in BUILDERS:
         bad("name", f"one of {sorted(BUILDERS)}")
+    if cfg.get("weight_decay_mode", "decoupled") not in ("decoupled", "coupled"):
+        bad("weight_decay_mode", "one of ['decoupled', 'coupled']")
     if "grokfast" in cfg and cfg["grokfast"] not in ("ema", "ma", "none"):
         bad("grokfast", "one of ['ema', 'ma', 'none']")
     if "grokfast_alpha" in cfg and not (num(cfg["grokfast_alpha"]) and 0 <= cfg["grokfast_alpha"] < 1):
@@ -123,6 +133,17 @@ def check_config(cfg: dict) -> None:
         bad("adjust_lr_fn", "null, original or match_rms_adamw")
     if cfg.get("adamw_lr") is not None and not (num(cfg["adamw_lr"]) and cfg["adamw_lr"] > 0):
         bad("adamw_lr", "null or a number > 0")
+
+
+def clip_grad_norm_(optimizer, parameters, max_norm: float) -> torch.Tensor:
+    """Clip the gradient the optimizer will use: the Grokfast filter runs first, on the raw gradients
+    (its EMA state sees them unclipped, as in the reference), then ``torch.nn.utils.clip_grad_norm_``
+    bounds the *filtered* gradient. Clipping first would let ``g + lambda*ema`` exceed ``max_norm`` by up
+    to (1 + lambda). Returns the total norm before clipping (of the filtered gradient)."""
+    prepare = getattr(optimizer, "filter_gradients_", None)
+    if callable(prepare):
+        prepare()
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
 def build_optimizer(model: nn.Module, cfg: dict, total_steps: int):

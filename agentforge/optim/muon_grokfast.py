@@ -8,6 +8,20 @@ schedules every group and one ``state_dict`` saves (and resumes) all of its stat
 * AdamW (Loshchilov & Hutter 2019) via ``torch.optim.AdamW`` for embeddings, output heads, norms, biases.
 * Grokfast (Lee et al. 2024), see ``grokfast.py``; QK-clip (Kimi K2, 2025), see ``qk_clip.py``.
 
+Weight decay: ``weight_decay_mode="decoupled"`` (default) lets Muon and AdamW shrink the weights
+themselves, ``p <- p - lr*wd*p`` (Loshchilov & Hutter 2019); ``"coupled"`` is L2 regularisation as in
+``torch.optim.Adam(weight_decay=wd)``: ``g <- g + wd*p`` is added to the (filtered, clipped) gradient
+inside ``step`` and then goes through the optimizer's normalisation. The Grokfast reference
+(github.com/ironjr/grokfast, main.py) trains with ``torch.optim.Adam`` and coupled wd 0.005.
+
+Order of one update (Grokfast, then clipping, then L2, then the optimizer):
+1. ``filter_gradients_()`` low-pass filters the *raw* gradients and adds lambda * slow part. Callers that
+   clip (Lightning's ``gradient_clip_val``, a hand loop's ``clip_grad_norm_``) call it first —
+   ``LMModule.on_before_optimizer_step`` does, which Lightning runs before it clips — so the filter state
+   sees raw gradients and the gradient the optimizer uses respects the clip norm. ``step()`` calls it
+   itself when nobody did (no clipping), and never twice for one step.
+2. the caller clips (optional);  3. coupled L2, if chosen;  4. Muon / AdamW step;  5. QK-clip.
+
 How the pieces share state: the inner Muon and AdamW are built on the *same* param-group dicts as this
 optimizer (so the scheduler's lr reaches them) and their ``state`` is rebound to this optimizer's
 ``state`` (params are disjoint), so momentum, Adam moments and the Grokfast buffers all live in one
@@ -28,18 +42,22 @@ class MuonGrokfast(torch.optim.Optimizer):
                  weight_decay: float = 0.0, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
                  adjust_lr_fn: str | None = "match_rms_adamw", betas=(0.9, 0.95), eps: float = 1e-8,
                  grokfast: str = "ema", grokfast_alpha: float = 0.98, grokfast_lambda: float = 0.0,
-                 grokfast_window: int = 100, qk_clip: float | None = None, attention_modules=()):
+                 grokfast_window: int = 100, qk_clip: float | None = None, attention_modules=(),
+                 weight_decay_mode: str = "decoupled"):
         if grokfast not in ("ema", "ma", "none"):
             raise ValueError(f"optimizer.grokfast must be ema, ma or none, got {grokfast!r}")
-        for g in muon_groups:
-            g["kind"] = "muon"
-        for g in adamw_groups:
-            g["kind"] = "adamw"
-        self._muon = (torch.optim.Muon(muon_groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
+        if weight_decay_mode not in ("decoupled", "coupled"):
+            raise ValueError(f"optimizer.weight_decay_mode must be decoupled or coupled, got {weight_decay_mode!r}")
+        coupled = weight_decay_mode == "coupled"
+        for kind, gs in (("muon", muon_groups), ("adamw", adamw_groups)):
+            for g in gs:
+                wd = float(g.get("weight_decay", weight_decay))
+                g.update(kind=kind, l2=wd if coupled else 0.0, weight_decay=0.0 if coupled else wd)
+        self._muon = (torch.optim.Muon(muon_groups, lr=lr, momentum=momentum,
                                        nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
                       if muon_groups else None)
         self._adamw = (torch.optim.AdamW(adamw_groups, lr=lr if adamw_lr is None else adamw_lr, betas=tuple(betas),
-                                         eps=eps, weight_decay=weight_decay, foreach=True)
+                                         eps=eps, foreach=True)
                        if adamw_groups else None)
         groups = (self._muon.param_groups if self._muon else []) + (self._adamw.param_groups if self._adamw else [])
         super().__init__(groups, {})
@@ -47,7 +65,10 @@ class MuonGrokfast(torch.optim.Optimizer):
         self.grokfast_lambda, self.grokfast_window = float(grokfast_lambda), int(grokfast_window)
         self.qk_clip = float(qk_clip) if qk_clip else None
         self.attention_modules = list(attention_modules)
+        self.weight_decay_mode = weight_decay_mode
         self._last: dict[str, float] = {}
+        self._filter_stats: dict[str, float] = {}
+        self._filtered = False   # filter_gradients_ already ran for the coming step
         self._bind()
 
     def _bind(self) -> None:
@@ -62,37 +83,60 @@ class MuonGrokfast(torch.optim.Optimizer):
         self._bind()
 
     @torch.no_grad()
+    def filter_gradients_(self) -> None:
+        """Apply the Grokfast filter to the current (raw) gradients, in place, once per step.
+
+        Records what it did for ``metrics()``: the norm of the raw gradient, of the slow component
+        (EMA, or the window mean for MA), their ratio lambda*|slow|/|raw|, and how many gradient entries
+        the amplified slow part dominates (|lambda*slow| > |raw|), the seed's ``slow_gradients_filtered``."""
+        if self._filtered:
+            return
+        self._filtered = True
+        self._filter_stats = {}
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        lamb = self.grokfast_lambda
+        if not params or lamb <= 0 or self.grokfast == "none":
+            return
+        self._init_adam_state()
+        states = [self.state[p] for p in params]
+        raw_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+        if self.grokfast == "ema":
+            ema_filter_(params, states, self.grokfast_alpha, lamb)
+            slow = [st["grokfast_ema"] for st in states]
+        else:
+            slow = [st["grokfast_ma"].mean(0) for st in states] if ma_filter_(params, states, self.grokfast_window, lamb) else []
+        if not slow:   # MA window still filling: the gradients pass unchanged
+            self._filter_stats = {"optimizer/grokfast_raw_grad_norm": float(raw_norm)}
+            return
+        slow_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(slow)))
+        # the filtered gradient is raw + lambda*slow, so |lambda*slow| > |raw| <=> |a| > |g - a|, a = lambda*slow
+        dominated = sum(((lamb * s).abs() > (p.grad - lamb * s).abs()).sum() for p, s in zip(params, slow))
+        raw, sn = float(raw_norm), float(slow_norm)
+        self._filter_stats = {"optimizer/grokfast_raw_grad_norm": raw, "optimizer/grokfast_slow_norm": sn,
+                              "optimizer/grokfast_slow_ratio": lamb * sn / max(raw, 1e-30),
+                              "optimizer/slow_gradients_filtered": float(dominated)}
+
+    @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         self._init_adam_state()
-        filtered, slow_ratio = 0, 0.0
-        if params and self.grokfast_lambda > 0 and self.grokfast != "none":
-            states = [self.state[p] for p in params]
-            raw_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params]))))
-            if self.grokfast == "ema":
-                ema_filter_(params, states, self.grokfast_alpha, self.grokfast_lambda)
-                filtered = sum(p.grad.numel() for p in params)
-                slow = [st["grokfast_ema"] for st in states]
-            else:
-                filtered = ma_filter_(params, states, self.grokfast_window, self.grokfast_lambda)
-                slow = [st["grokfast_ma"].mean(0) for st in states] if filtered else []
-            if slow:
-                slow_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(slow))))
-                slow_ratio = self.grokfast_lambda * slow_norm / max(raw_norm, 1e-12)
+        self.filter_gradients_()
+        for g in self.param_groups:   # coupled L2 (torch.optim.Adam's weight_decay): g <- g + wd * p
+            ps = [p for p in g["params"] if p.grad is not None]
+            if g.get("l2", 0.0) and ps:
+                torch._foreach_add_([p.grad for p in ps], ps, alpha=g["l2"])
         used_lr = {f"optimizer/{k}_lr": self.lr_of(k) for k in ("muon", "adamw") if self.lr_of(k) is not None}
         if self._muon is not None:
             self._muon.step()
         if self._adamw is not None:
             self._adamw.step()
+        self._filtered = False
         clipped, largest = (qk_clip_(self.attention_modules, self.qk_clip)
                             if self.qk_clip and self.attention_modules else (0, float("nan")))
-        self._last = {"optimizer/slow_gradients_filtered": float(filtered),
-                      "optimizer/grokfast_slow_ratio": slow_ratio,
-                      "optimizer/qk_clipped_heads": float(clipped), **used_lr}
+        self._last = {**self._filter_stats, "optimizer/qk_clipped_heads": float(clipped), **used_lr}
         if self.attention_modules and math.isfinite(largest):
             self._last["optimizer/max_attention_logit"] = largest
         return loss

@@ -16,22 +16,29 @@ import torch
 
 @torch.no_grad()
 def qk_clip_(attention_modules, tau: float) -> tuple[int, float]:
-    """Rescale the over-threshold heads in place; returns (heads clipped, largest logit seen)."""
-    clipped, largest = 0, float("-inf")
+    """Rescale the over-threshold heads in place; returns (heads clipped, largest logit seen).
+
+    Every head's rows are multiplied by its factor (exactly 1.0 for the heads under tau, which leaves
+    them bit-identical), so no per-layer decision is read back to the host: the only host sync is the
+    final read of the two returned numbers."""
+    clipped, largest = [], []
     for attn in attention_modules:
         m = attn.max_logit.detach().float()
-        if m.numel():
-            largest = max(largest, float(m.max()))
-        over = m > tau
-        if not bool(over.any()):
+        if not m.numel():
             continue
+        largest.append(m.max())
+        over = m > tau
         scale = torch.where(over, torch.sqrt(tau / m.clamp(min=tau)), torch.ones_like(m))
-        rows = scale.repeat_interleave(attn.head_dim).to(attn.q_proj.weight.dtype)[:, None]
+        rows = scale.repeat_interleave(attn.head_dim, output_size=m.numel() * attn.head_dim)
+        rows = rows.to(attn.q_proj.weight.dtype)[:, None]
         attn.q_proj.weight.mul_(rows)
         attn.k_proj.weight.mul_(rows)
         if getattr(attn.q_proj, "bias", None) is not None:
             attn.q_proj.bias.mul_(rows[:, 0])
             attn.k_proj.bias.mul_(rows[:, 0])
         attn.max_logit.copy_(torch.minimum(attn.max_logit, torch.full_like(attn.max_logit, tau)))
-        clipped += int(over.sum())
-    return clipped, largest
+        clipped.append(over.sum())
+    if not clipped:
+        return 0, float("-inf")
+    n, top = torch.stack([torch.stack(clipped).sum().float(), torch.stack(largest).max()]).tolist()
+    return int(n), top

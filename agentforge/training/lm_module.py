@@ -95,6 +95,10 @@ class LMModule(L.LightningModule):
                                  f"{self.current_epoch}); the last good checkpoint is kept — lower optimizer.lr "
                                  f"or set phase.on_nonfinite=skip")
         self.log("train/gradient_norm", norm, on_step=True, on_epoch=False)
+        # Lightning clips (gradient_clip_val) after this hook: filter first so the update respects the clip
+        filter_gradients = getattr(optimizer, "filter_gradients_", None)
+        if callable(filter_gradients):
+            filter_gradients()
 
     def _sync_max_logits(self) -> None:
         """Under DDP every rank must clip the same heads (QK-clip runs in the optimizer step), so the
