@@ -34,7 +34,7 @@ from agentforge.data.tokenizer import BOS_ID, PAD_ID
 from agentforge.errors import ConfigError
 from agentforge.evals.tasks import choice_accuracy, gsm8k_accuracy
 from agentforge.io import CheckpointError, save_tensors, write_json_atomic, write_text_atomic
-from agentforge.optim import build_optimizer
+from agentforge.optim import build_optimizer, clip_grad_norm_
 from agentforge.phases.context import run_context
 from agentforge.reasoning import baking as bk
 from agentforge.reasoning.rl import ThoughtConfig, evaluate, rl_step, sample_windows
@@ -181,7 +181,7 @@ def run_baking(cfg, loaded, out_dir: Path) -> dict:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if float(cfg.phase.gradient_clip) > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.phase.gradient_clip))
+                    clip_grad_norm_(opt, model.parameters(), float(cfg.phase.gradient_clip))  # Grokfast first
                 opt.step()
                 sched.step()
                 step += 1
@@ -365,8 +365,8 @@ def run_rl(cfg, loaded, out_dir: Path) -> dict:
             head_opt.zero_grad(set_to_none=True)
             loss.backward()
             if float(cfg.phase.gradient_clip) > 0:
-                torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(head.parameters()),
-                                               float(cfg.phase.gradient_clip))
+                clip_grad_norm_(opt, list(model.parameters()) + list(head.parameters()),  # Grokfast first
+                                float(cfg.phase.gradient_clip))
             opt.step()
             head_opt.step()
             sched.step()
