@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import secrets
 import shutil
 import signal
 import stat
@@ -27,7 +28,10 @@ from agentforge.errors import ConfigError
 MODES = ("bwrap", "process")
 SANDBOX_DIR = "/sandbox"            # where the private temp dir appears inside the bwrap sandbox
 STDIO_LIMIT = 256 * 1024            # characters of stdout / stderr kept (the tail)
-SANDBOX_UID = 65534                 # "nobody" inside the sandbox's own user namespace
+SANDBOX_UID = 65534                 # the uid inside a user namespace (bwrap run by a non-root user)
+UID_BASE, UID_SPAN = 1_000_000, 1_000_000_000   # fresh host uids for runs started as root
+SETPRIV = "/usr/bin/setpriv"        # util-linux: drops root to the fresh uid inside the sandbox
+POLL_S = 0.05                       # how often the parent checks the tree's memory while it runs
 PACKAGE_DIR = Path(__file__).resolve().parents[1]   # agentforge/, readable inside (the scaling child uses it)
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`, Fedora: `dnf install "
                 "bubblewrap`; `make install` does it when run as root), or choose the weaker, unisolated "
@@ -68,7 +72,10 @@ def _relative(name: str, what: str) -> PurePosixPath:
 def _probe(bwrap: str) -> str:
     """'' when ``bwrap`` runs the current interpreter with our flags, else the reason it does not."""
     with tempfile.TemporaryDirectory(prefix="agentforge-sandbox-probe-") as tmp:
-        cmd = bwrap_argv(bwrap, tmp, {"PATH": "/usr/bin:/bin"}) + [sys.executable, "-c", "pass"]
+        uid = _fresh_uid() if os.geteuid() == 0 else None
+        if uid is not None:
+            _hand_over(tmp, uid)
+        cmd = bwrap_argv(bwrap, tmp, {"PATH": "/usr/bin:/bin"}, uid) + [sys.executable, "-c", "pass"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={})
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -86,10 +93,28 @@ def require_sandbox(mode: str) -> None:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise ConfigError(f"bubblewrap (bwrap) is not on PATH, so untrusted code will not run: {INSTALL_HINT}")
+    if os.geteuid() == 0 and not os.path.isfile(SETPRIV):
+        raise ConfigError(f"{SETPRIV} (util-linux) is missing, so the sandbox cannot drop root; untrusted code "
+                          f"will not run: install util-linux, or choose phase.sandbox=process")
     reason = _probe(bwrap)
     if reason:
         raise ConfigError(f"bubblewrap ({bwrap}) cannot create the sandbox here ({reason}); untrusted code will "
                           f"not run: {INSTALL_HINT}")
+
+
+def _hand_over(work: str, uid: int) -> None:
+    """Give the temp dir and its files to the run's uid; bwrap (root without capabilities) must still be
+    able to chdir into it before setpriv, hence 0711."""
+    for d, _, names in os.walk(work):
+        for p in [d, *(os.path.join(d, n) for n in names)]:
+            os.chown(p, uid, uid)
+    os.chmod(work, 0o711)
+
+
+def _fresh_uid() -> int:
+    """A host uid no account uses, one per run: RLIMIT_NPROC, the memory watchdog and the final kill then
+    count exactly this run's processes."""
+    return UID_BASE + secrets.randbelow(UID_SPAN)
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -103,23 +128,39 @@ def _python_roots() -> list[str]:
     return [r for i, r in enumerate(roots) if not any(r.startswith(o + os.sep) for o in roots[:i])]
 
 
-def bwrap_argv(bwrap: str, work_dir: str, env: dict[str, str]) -> list[str]:
-    """bubblewrap's flags: every namespace unshared, read-only system + Python + agentforge, one rw dir."""
-    cmd = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-           "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox",
-           "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
+def bwrap_argv(bwrap: str, work_dir: str, env: dict[str, str], uid: int | None) -> list[str]:
+    """bubblewrap's flags: PID, network, IPC, UTS (and cgroup) namespaces, a read-only view of the system,
+    the Python installation and agentforge, one writable dir. Started as root (``uid`` given), bwrap needs
+    no user namespace and the command runs through setpriv as the fresh, unprivileged ``uid`` with no
+    capabilities and no_new_privs; otherwise bwrap maps the caller to uid 65534 in a user namespace."""
+    cmd = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+           "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    if uid is None:
+        cmd += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL"]
+    else:
+        cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    cmd += ["--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         if os.path.islink(top):
             cmd += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             cmd += ["--ro-bind", top, top]
     cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    made: set[str] = set()
     for root in [*_python_roots(), str(PACKAGE_DIR)]:
+        for parent in reversed(PurePosixPath(root).parents[:-1]):  # traversable (bwrap copies host modes)
+            if str(parent) not in made:
+                made.add(str(parent))
+                cmd += ["--perms", "0755", "--dir", str(parent)]
         cmd += ["--ro-bind", root, root]
     cmd += ["--bind", work_dir, SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--clearenv"]
     for k, v in env.items():
         cmd += ["--setenv", k, v]
-    return cmd + ["--"]
+    cmd.append("--")
+    if uid is not None:
+        cmd += [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                "--bounding-set=-all", "--no-new-privs"]
+    return cmd
 
 
 def _child_env(home: str, env: dict[str, str] | None) -> dict[str, str]:
@@ -153,50 +194,92 @@ def run_sandboxed(argv: list[str], files: dict[str, str | bytes], *, limits: San
         raise ConfigError("sandbox argv is empty")
     out_names = [_relative(o, "output") for o in outputs]
     argv = [sys.executable if i == 0 and a == "python" else str(a) for i, a in enumerate(argv)]
+    uid = _fresh_uid() if mode == "bwrap" and os.geteuid() == 0 else None
     work = tempfile.mkdtemp(prefix="agentforge-sandbox-")
     logs = tempfile.mkdtemp(prefix="agentforge-sandbox-logs-")
     try:
-        os.chmod(work, 0o700)
         for name, content in files.items():
             path = Path(work, _relative(name, "file"))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content.encode("utf-8") if isinstance(content, str) else bytes(content))
+        Path(logs, "stdin").write_text(stdin or "")
+        if uid is not None:
+            _hand_over(work, uid)
         if mode == "bwrap":
-            cmd = bwrap_argv(shutil.which("bwrap"), work, _child_env(SANDBOX_DIR, env)) + argv
-            popen_env, cwd = {}, work
+            cmd, popen_env = bwrap_argv(shutil.which("bwrap"), work, _child_env(SANDBOX_DIR, env), uid) + argv, {}
         else:
-            cmd, popen_env, cwd = argv, _child_env(work, env), work
-        rc, timed_out, seconds = _execute(cmd, popen_env, cwd, logs, limits, stdin, nproc=mode == "bwrap")
+            cmd, popen_env = argv, _child_env(work, env)
+        rc, why, seconds = _execute(cmd, popen_env, work, logs, limits, uid, nproc=mode == "bwrap")
         stdout, stderr = _tail(Path(logs, "stdout")), _tail(Path(logs, "stderr"))
         got = {str(n): data for n in out_names if (data := _read_regular(work, n)) is not None}
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(logs, ignore_errors=True)
-    return SandboxResult(_kind(rc, timed_out, stderr, mode), rc, stdout, stderr, got, seconds, mode)
+    return SandboxResult(why or _kind(rc, stderr, mode), rc, stdout, stderr, got, seconds, mode)
 
 
-def _execute(cmd, env, cwd, logs, limits, stdin, nproc) -> tuple[int | None, bool, float]:
-    t0, timed_out = time.perf_counter(), False
-    with open(Path(logs, "stdout"), "wb") as out, open(Path(logs, "stderr"), "wb") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=out, stderr=err, cwd=cwd, env=env, start_new_session=True,
+def _execute(cmd, env, cwd, logs, limits, uid, nproc) -> tuple[int | None, str, float]:
+    """Run to the end, the wall limit or (with a fresh uid) the tree's memory limit; kill what is left.
+    Returns (returncode or None when killed, "timeout"/"memory"/"" , seconds)."""
+    t0, why = time.perf_counter(), ""
+    with open(Path(logs, "stdin"), "rb") as inp, open(Path(logs, "stdout"), "wb") as out, \
+            open(Path(logs, "stderr"), "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=inp, stdout=out, stderr=err, cwd=cwd, env=env, start_new_session=True,
                                 preexec_fn=_set_limits(limits, nproc))
         try:
-            proc.communicate(input=stdin.encode("utf-8") if stdin is not None else None, timeout=limits.wall_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            while proc.poll() is None:
+                if time.perf_counter() - t0 > limits.wall_s:
+                    why = "timeout"
+                elif uid is not None and _uid_rss_mb(uid) > limits.memory_mb:
+                    why = "memory"
+                if why:
+                    break
+                time.sleep(POLL_S)
         finally:  # the process group; under bwrap the PID namespace dies with its init, taking the tree
+            for _ in range(2):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                proc.wait()
+                if uid is not None:
+                    _kill_uid(uid)
+    return (None if why else proc.returncode), why, time.perf_counter() - t0
+
+
+def _uid_pids(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.wait()
-    return (None if timed_out else proc.returncode), timed_out, time.perf_counter() - t0
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
 
 
-def _kind(rc: int | None, timed_out: bool, stderr: str, mode: str) -> str:
-    if timed_out:
-        return "timeout"
+def _uid_rss_mb(uid: int) -> float:
+    """Resident memory of every process the run's uid owns (the whole tree, wherever it forked to)."""
+    total = 0
+    for pid in _uid_pids(uid):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _kill_uid(uid: int) -> None:
+    for pid in _uid_pids(uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _kind(rc: int, stderr: str, mode: str) -> str:
     if rc == 0:
         return "ok"
     sig = rc - 128 if mode == "bwrap" and rc > 128 else -rc
