@@ -80,3 +80,14 @@ def test_user_examples_hold_out_the_last_of_each_strategy(tmp_path):
                          for s in ("mece", "doubt") for i in range(3)))
     train, val = _split_user(load_examples(p), 1)
     assert [e["question"] for e in val] == ["q2", "q2"] and len(train) == 4
+
+
+def test_pipeline_threshold_rows_show_the_anti_theater_verdict_n_and_ci(tmp_path):
+    from agentforge.pipeline.report import headline_metrics, threshold_rows
+
+    summary = {"anti_theater/final_ablation_drop": 0.03, "anti_theater/final_ablation_drop_n": 64,
+               "anti_theater/final_ablation_drop_ci95": [0.004, 0.056],
+               "anti_theater/final_ablation_drop_verdict": "INCONCLUSIVE", "rl/final_reward": 1.0}
+    rows = threshold_rows({"quietstar": headline_metrics(summary)}, tmp_path)
+    assert rows == [["Phase 3 RL", "anti_theater/final_ablation_drop", "> 0.02", 0.03,
+                     "INCONCLUSIVE (n=64, 95% CI [0.004, 0.056])"]]  # the point estimate alone would say PASS

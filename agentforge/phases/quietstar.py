@@ -451,7 +451,8 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_cur
                "anti_theater/final_ablation_drop": last["ablation_drop"],
                "anti_theater/final_correlation": last["correlation"], "anti_theater/final_n_windows": last["n_windows"],
                **{f"anti_theater/final_{k}_{s}": last[f"{k}_{s}"] for k in ("divergence", "ablation_drop", "correlation")
-                  for s in ("ci95", "verdict")}}
+                  for s in ("ci95", "verdict")},
+               **{f"anti_theater/final_{k}_n": last["n_windows"] for k in ("divergence", "ablation_drop", "correlation")}}
     tr.summary(summary)
     eps = list(range(1, len(reward_curve) + 1))
     tr.line_series("charts/rl_reward", eps, [reward_curve], ["reward"], "RL Training Reward", "episode")

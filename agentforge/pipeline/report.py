@@ -32,15 +32,30 @@ THRESHOLDS = [
     ("Phase 3 baking", "baking/final_accuracy", ">=", 0.85),
     ("Phase 3 RL", "anti_theater/final_divergence", ">", 0.3),
     ("Phase 3 RL", "anti_theater/final_ablation_drop", ">", 0.02),
+    ("Phase 3 RL", "anti_theater/final_correlation", ">", 0.5),
     ("Phase 4 BitNet", "final/compression_ratio", ">", 6.0),
     ("Phase 4 BitNet", "final/accuracy_drop", "<", 10.0),
 ]
 _HEADLINE = {k for _, k, _, _ in THRESHOLDS}
 
 
+# A headline key K decided on a sample may come with K_n, K_ci95 ([low, high]) and K_verdict (PASS / FAIL /
+# INCONCLUSIVE, e.g. the anti-theater checks); the row then shows that verdict, n and CI.
+_EVIDENCE = ("_n", "_ci95", "_verdict")
+
+
 def headline_metrics(metrics: dict) -> dict:
-    """The numeric metrics of a phase result that the threshold table reads."""
-    return {k: float(v) for k, v in metrics.items() if k in _HEADLINE and isinstance(v, (int, float))}
+    """The numeric metrics of a phase result that the threshold table reads, with their n / CI / verdict."""
+    out = {k: float(v) for k, v in metrics.items() if k in _HEADLINE and isinstance(v, (int, float))}
+    out.update({h + e: metrics[h + e] for h in _HEADLINE for e in _EVIDENCE if h + e in metrics})
+    return out
+
+
+def _decided(measured: dict, key: str, ok: bool) -> str:
+    if f"{key}_verdict" not in measured:
+        return "PASS" if ok else "FAIL"
+    lo, hi = measured.get(f"{key}_ci95") or (float("nan"), float("nan"))
+    return f"{measured[f'{key}_verdict']} (n={measured.get(f'{key}_n', '?')}, 95% CI [{lo:.3g}, {hi:.3g}])"
 
 
 def cognate_diversity(artifacts: Path) -> float | None:
@@ -75,7 +90,7 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
         if key in measured:
             v = measured[key]
             ok = {">": v > thr, ">=": v >= thr, "<": v < thr}[op]
-            rows.append([phase, key, f"{op} {thr:g}", v, "PASS" if ok else "FAIL"])
+            rows.append([phase, key, f"{op} {thr:g}", v, _decided(measured, key, ok)])
     return rows
 
 
