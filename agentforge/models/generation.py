@@ -1,5 +1,11 @@
 """Autoregressive decoding shared by every model of the project (no KV cache: the recursion and the
-memory make one awkward, and the CPU models are small)."""
+memory make one awkward, and the CPU models are small).
+
+The loop never waits on the device per token: the next token stays a tensor, and "have all rows
+emitted ``eos_id``?" is read back only every ``check_every`` tokens (one host sync each time) and once
+at the end, where the tokens generated after the step at which the last row finished are trimmed off —
+so the result is exactly the one a per-token check would give.
+"""
 from __future__ import annotations
 
 import torch
@@ -8,15 +14,19 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, max_seq_len: int, eos_id: int | None = None,
-             temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+             temperature: float = 0.0, generator: torch.Generator | None = None,
+             check_every: int = 16) -> torch.Tensor:
     """Greedy (temperature 0) or sampled continuation of input_ids [B, T]; returns [B, T + new].
 
     ``model(ids)`` may return logits or an object with ``.logits``; the context is truncated to the last
-    ``max_seq_len`` tokens. Rows that emitted ``eos_id`` keep emitting it; decoding stops when all have.
+    ``max_seq_len`` tokens. Rows that emitted ``eos_id`` keep emitting it; decoding stops at the step at
+    which all have (checked on the host every ``check_every`` tokens, the surplus trimmed).
     """
     ids = input_ids
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    for _ in range(max_new_tokens):
+    b, start = ids.shape
+    done = torch.zeros(b, dtype=torch.bool, device=ids.device)
+    finished_at = torch.full((b,), max_new_tokens, dtype=torch.long, device=ids.device)  # step of each row's eos
+    for step in range(max_new_tokens):
         out = model(ids[:, -max_seq_len:])
         logits = (out.logits if hasattr(out, "logits") else out)[:, -1].float()
         if temperature > 0:
@@ -25,8 +35,13 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, max_seq_len: i
             nxt = logits.argmax(-1, keepdim=True)
         if eos_id is not None:
             nxt = torch.where(done[:, None], torch.full_like(nxt, eos_id), nxt)
-            done |= nxt.squeeze(-1) == eos_id
+            newly = ~done & (nxt.squeeze(-1) == eos_id)
+            finished_at = torch.where(newly, torch.full_like(finished_at, step), finished_at)
+            done |= newly
         ids = torch.cat([ids, nxt], dim=1)
-        if eos_id is not None and bool(done.all()):
+        if eos_id is not None and (step + 1) % check_every == 0 and bool(done.all()):
             break
+    if eos_id is not None and ids.shape[1] > start:
+        keep = min(int(finished_at.max()) + 1, ids.shape[1] - start)  # one sync, after the loop
+        ids = ids[:, : start + keep]
     return ids

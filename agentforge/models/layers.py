@@ -1,8 +1,13 @@
 """Transformer pieces of the Cognate backbone: RMSNorm, RoPE, causal sliding-window attention, SwiGLU.
 
-The attention computes its scores explicitly (not through SDPA) because MuonClip's QK-clip needs the
-largest pre-softmax logit of every head; each attention module keeps the running max per head in
-``max_logit`` until the optimizer reads and resets it.
+The attention runs through ``F.scaled_dot_product_attention`` (the fused CPU kernel; flash /
+memory-efficient kernels on GPU): ``is_causal`` when the sequence fits in the window, else a boolean
+sliding-window mask. MuonClip's QK-clip needs the largest pre-softmax logit of every head, which the
+fused kernels never materialize, so on training steps (module in train mode, autograd on, and
+``record_max_logit`` set) a separate no-grad reduction ``max_logits`` computes it exactly: q·kᵀ/√d in
+query chunks, each against only the keys its window reaches, masked, reduced with amax — no softmax,
+no backward, no host sync. Each module keeps the running max per head in ``max_logit`` until the
+optimizer reads and resets it. Eval, generation and no-grad passes skip it.
 """
 from __future__ import annotations
 
@@ -40,15 +45,39 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def causal_window_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
-    """Boolean [T, T] mask, True where query i may attend key j: j <= i and i - j < window."""
-    i = torch.arange(seq_len, device=device)[:, None]
-    j = torch.arange(seq_len, device=device)[None, :]
+def causal_window_mask(seq_len: int, window: int, device=None, *, q_start: int = 0, k_start: int = 0,
+                       k_len: int | None = None) -> torch.Tensor:
+    """Boolean mask, True where query i may attend key j: j <= i and i - j < window.
+
+    Default [T, T] over positions 0..T-1; ``q_start``/``k_start``/``k_len`` select the block of query
+    positions q_start..q_start+T-1 against key positions k_start..k_start+k_len-1."""
+    i = torch.arange(q_start, q_start + seq_len, device=device)[:, None]
+    j = torch.arange(k_start, k_start + (seq_len if k_len is None else k_len), device=device)[None, :]
     return (j <= i) & (i - j < window)
 
 
+@torch.no_grad()
+def max_logits(q: torch.Tensor, k: torch.Tensor, window: int, chunk: int = 128) -> torch.Tensor:
+    """Per-head max over batch, queries and attended keys of the attention logits q·kᵀ/√d, [H].
+
+    q, k: [B, H, T, D] (after RoPE). Query block [s, e) can only reach keys [s - window + 1, e), so each
+    chunk multiplies B·H·chunk·(chunk + window - 1) logits instead of T²: the same numbers the explicit
+    attention masks and softmaxes, without the softmax or a backward. Nothing leaves the device."""
+    t, scale = q.shape[-2], math.sqrt(q.shape[-1])
+    best = None
+    for s in range(0, t, chunk):
+        e = min(s + chunk, t)
+        ks = max(0, s - window + 1)
+        scores = (q[:, :, s:e] @ k[:, :, ks:e].transpose(-2, -1)) / scale
+        mask = causal_window_mask(e - s, window, q.device, q_start=s, k_start=ks, k_len=e - ks)
+        m = scores.masked_fill(~mask, float("-inf")).amax(dim=(0, 2, 3))
+        best = m if best is None else torch.maximum(best, m)
+    return best
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal attention over a sliding window, recording each head's max logit."""
+    """Multi-head causal attention over a sliding window (SDPA), recording each head's max logit on
+    training steps (see the module docstring; ``record_max_logit = False`` turns the reduction off)."""
 
     def __init__(self, d_model: int, n_heads: int, window: int):
         super().__init__()
@@ -60,6 +89,7 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
         self.register_buffer("max_logit", torch.zeros(n_heads), persistent=False)
+        self.record_max_logit = True
 
     def reset_max_logit(self) -> None:
         self.max_logit.zero_()
@@ -70,13 +100,13 @@ class CausalSelfAttention(nn.Module):
         k = self.k_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-        mask = causal_window_mask(t, self.window, x.device)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        with torch.no_grad():
-            head_max = scores.detach().amax(dim=(0, 2, 3))
-            torch.maximum(self.max_logit, head_max, out=self.max_logit)
-        out = F.softmax(scores, dim=-1) @ v
+        if self.record_max_logit and self.training and torch.is_grad_enabled():
+            with torch.no_grad():
+                self.max_logit.copy_(torch.maximum(self.max_logit, max_logits(q, k, self.window).to(self.max_logit)))
+        if t <= self.window:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_window_mask(t, self.window, x.device))
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
 

@@ -1,0 +1,182 @@
+"""Speed work of issue 16: SDPA attention with the exact QK-clip max logit, no host syncs in the
+attention / generation path, ``hardware.compile``, the BitNet kernel choice."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from agentforge.models.generation import generate
+from agentforge.models.layers import Block, CausalSelfAttention, apply_rope, causal_window_mask, max_logits, rope_cache
+from agentforge.optim.qk_clip import qk_clip_
+
+SYNCING = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "nonzero", "masked_select",
+           "unique", "argwhere"}
+
+
+class CountHostSyncs(TorchFunctionMode):
+    """Counts tensor calls that read a value back to the host (on CUDA each one is a device sync)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in SYNCING:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def explicit_attention(attn: CausalSelfAttention, x, cos, sin):
+    """The attention as it was computed before SDPA: scores materialized, masked, softmaxed."""
+    b, t, d = x.shape
+    q, k, v = (p(x).view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2)
+               for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(attn.head_dim)
+    scores = scores.masked_fill(~causal_window_mask(t, attn.window), float("-inf"))
+    out = F.softmax(scores, dim=-1) @ v
+    return attn.o_proj(out.transpose(1, 2).reshape(b, t, d)), scores.amax(dim=(0, 2, 3))
+
+
+@pytest.mark.parametrize("t,window", [(24, 8), (24, 64), (7, 3), (40, 1)])
+def test_sdpa_attention_and_max_logit_equal_the_explicit_computation(t, window):
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(32, 4, window)
+    cos, sin = rope_cache(t, 8, 10000.0)
+    x = torch.randn(3, t, 32)
+    ref_out, ref_max = explicit_attention(attn, x, cos, sin)
+    out = attn(x, cos, sin)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(attn.max_logit, ref_max.clamp(min=0), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 1000])
+def test_chunked_max_logits_equal_full_masked_scores(chunk):
+    torch.manual_seed(1)
+    q, k = torch.randn(2, 3, 37, 8), torch.randn(2, 3, 37, 8)
+    window = 6
+    full = (q @ k.transpose(-2, -1)) / math.sqrt(8)
+    ref = full.masked_fill(~causal_window_mask(37, window), float("-inf")).amax(dim=(0, 2, 3))
+    torch.testing.assert_close(max_logits(q, k, window, chunk=chunk), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_window_mask_hand_case():
+    # positions 0..3, window 2: each query sees itself and the one before
+    assert causal_window_mask(4, 2).int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
+    # query positions 2..3 against keys 1..3
+    assert causal_window_mask(2, 2, q_start=2, k_start=1, k_len=3).int().tolist() == [[1, 1, 0], [0, 1, 1]]
+
+
+def test_max_logit_recorded_only_on_training_steps():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, 2, 8)
+    cos, sin = rope_cache(8, 8, 10000.0)
+    x = torch.randn(1, 8, 16)
+    attn.eval()
+    attn(x, cos, sin)
+    with torch.no_grad():
+        attn.train()(x, cos, sin)
+    assert attn.max_logit.abs().sum() == 0          # eval pass and no-grad pass: nothing recorded
+    attn.record_max_logit = False
+    attn(x, cos, sin)
+    assert attn.max_logit.abs().sum() == 0
+    attn.record_max_logit = True
+    attn(x, cos, sin)
+    assert attn.max_logit.max() > 0
+
+
+def test_qk_clip_leaves_heads_under_tau_bit_identical_and_syncs_once():
+    torch.manual_seed(0)
+    attns = [CausalSelfAttention(16, 4, 8) for _ in range(3)]
+    for a in attns:
+        a.max_logit.copy_(torch.tensor([1.0, 9.0, 2.0, 3.0]))
+    before = [a.q_proj.weight.clone() for a in attns]
+    with CountHostSyncs() as c:
+        clipped, largest = qk_clip_(attns, 4.0)
+    assert (clipped, largest) == (3, 9.0)
+    assert c.calls == ["tolist"]
+    for a, w in zip(attns, before):
+        assert torch.equal(a.q_proj.weight[:4], w[:4]) and torch.equal(a.q_proj.weight[8:], w[8:])
+        torch.testing.assert_close(a.q_proj.weight[4:8], w[4:8] * math.sqrt(4.0 / 9.0))
+
+
+def test_attention_forward_and_backward_make_no_host_sync():
+    torch.manual_seed(0)
+    blk = Block(32, 4, 8, 64)
+    cos, sin = rope_cache(24, 8, 10000.0)
+    x = torch.randn(2, 24, 32, requires_grad=True)
+    with CountHostSyncs() as c:
+        blk(x, cos, sin).sum().backward()          # training step: SDPA + the max-logit reduction
+        with torch.no_grad():
+            blk.eval()(x, cos, sin)
+    assert c.calls == []
+    assert blk.attn.max_logit.max() > 0
+
+
+class TinyLM(nn.Module):
+    """A sync-free causal LM (one Block) to test the decoding loop on its own."""
+
+    def __init__(self, vocab=11):
+        super().__init__()
+        self.embed, self.block, self.head = nn.Embedding(vocab, 16), Block(16, 2, 64, 32), nn.Linear(16, vocab)
+        cos, sin = rope_cache(64, 8, 10000.0)
+        self.register_buffer("cos", cos)
+        self.register_buffer("sin", sin)
+
+    def forward(self, ids):
+        t = ids.shape[1]
+        return self.head(self.block(self.embed(ids), self.cos[:t], self.sin[:t]))
+
+
+class CountUp(nn.Module):
+    """Next token = last token + 1 (mod V): row starting at s emits eos=V-1 after V-1-s tokens."""
+
+    def __init__(self, vocab=10):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, ids):
+        return F.one_hot((ids + 1) % self.vocab, self.vocab).float()
+
+
+def test_generation_stops_where_the_last_row_emits_eos():
+    ids = torch.tensor([[7], [4], [8]])            # eos 9 after 2, 5, 1 tokens
+    out = generate(CountUp(), ids, 40, 64, eos_id=9)
+    assert out.tolist() == [[7, 8, 9, 9, 9, 9], [4, 5, 6, 7, 8, 9], [8, 9, 9, 9, 9, 9]]
+    assert generate(CountUp(), ids, 3, 64, eos_id=9).tolist() == [[7, 8, 9, 9], [4, 5, 6, 7], [8, 9, 9, 9]]
+
+
+@pytest.mark.parametrize("max_new", [5, 40])
+def test_generation_syncs_once_per_check_and_matches_per_token_checks(max_new):
+    torch.manual_seed(0)
+    model = TinyLM().eval()
+    ids = torch.randint(0, 11, (4, 6))
+    eos = int(model(ids)[0, -1].argmax())         # an id the model emits, so rows stop at different steps
+    with CountHostSyncs() as c:
+        out = generate(model, ids, max_new, 64, eos_id=eos, check_every=16)
+    assert len(c.calls) <= max_new // 16 + 1
+    assert torch.equal(out, generate(model, ids, max_new, 64, eos_id=eos, check_every=1))
+    with CountHostSyncs() as c:
+        generate(model, ids, max_new, 64)          # no eos: no sync at all
+    assert c.calls == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_attention_and_generation_raise_no_sync_under_debug_mode():
+    torch.manual_seed(0)
+    model = TinyLM().cuda()
+    ids = torch.randint(0, 11, (2, 12), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(ids).sum().backward()                # training forward + backward with the max-logit reduction
+        generate(model.eval(), ids, 8, 64)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert model.block.attn.max_logit.max().item() > 0
