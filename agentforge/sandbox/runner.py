@@ -271,12 +271,16 @@ def _uid_rss_mb(uid: int) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _kill_uid(uid: int) -> None:
-    for pid in _uid_pids(uid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _kill_uid(uid: int, patience_s: float = 10.0) -> None:
+    """SIGKILL every process of the run's uid until none is left (dying ones take a moment to go)."""
+    deadline = time.perf_counter() + patience_s
+    while (pids := _uid_pids(uid)) and time.perf_counter() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
 
 
 def _kind(rc: int, stderr: str, mode: str) -> str:
