@@ -2,9 +2,12 @@
 input checks, and the real CLI end to end on the tiny Cognate checkpoints."""
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,9 +18,10 @@ from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError
 from agentforge.main import run as run_phase
-from agentforge.merge import combos
+from agentforge.merge import combos, fitness, heldout
+from agentforge.merge.evaluator import RecipeEvaluator, weights_digest
 from agentforge.merge.evolution import EvoConfig, evolve, mean_pairwise
-from agentforge.merge.recipe import Recipe
+from agentforge.merge.recipe import Recipe, Space, identity_recipe, random_recipe
 from agentforge.models import CognateConfig, CognateModel
 from tests.conftest import compose_cfg, run_cli
 
@@ -102,11 +106,110 @@ def test_diversity_is_pairwise_distance_and_shrinks_as_population_converges():
     assert divs[-1] < divs[0] and len(set(divs)) > 2
 
 
+# -- fitness protocol: identical weights, deterministic cost terms, held-out test figures ----------------------
+
+def _tiny_models(n=3):
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        m = CognateModel(CognateConfig(d_model=16, n_heads=2, ffn_hidden=24, n_layers=2, window=8, max_seq_len=64,
+                                       ltm_key_dim=8))
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        out.append(m.eval())
+    return out
+
+
+def _data(seed, rows=6, questions=3):
+    g = torch.Generator().manual_seed(seed)
+    recs = [{"question": f"q{seed}-{i} which?", "choices": {"label": ["A", "B"], "text": ["yes", "no"]},
+             "answerKey": "AB"[i % 2]} for i in range(questions)]
+    return fitness.EvalData(rows=torch.randint(0, 256, (rows, 17), generator=g), choice={"arc": recs},
+                            speed_seq_len=8, speed_batch=1, speed_repeats=1)
+
+
+def _evaluator(models, speed_mode):
+    states = [m.state_dict() for m in models]
+    ev = RecipeEvaluator(states, [m.config for m in models], ByteTokenizer(), _data(0), {"perplexity": 0.4,
+                         "accuracy": 0.3, "speed": 0.2, "memory": 0.1}, speed_mode, yardstick=models[0])
+    ms = [fitness.measure(m, ByteTokenizer(), ev.data, models[0]) for m in models]
+    ev.reference = fitness.Reference.of(ms, ev.data.n_accuracy_examples())
+    return ev, ms
+
+
+def test_identical_weights_cannot_show_a_fitness_change_whatever_the_recipe_or_timing_noise():
+    models, sp = _tiny_models(), Space(2, 1, 3)
+    # the noisy timed speed term: recipes that rebuild the same weights still share one measurement
+    ev, _ = _evaluator(models, "timed")
+    same = [identity_recipe(1, sp, c) for c in range(8)]
+    same.append(replace(same[0], dare_seed=99, density=0.3))  # lam = 0: DARE adds nothing, whatever the mask
+    fits = {ev(r)[0] for r in same}
+    assert len(fits) == 1 and ev.measured == 1
+    # registered inputs: a recipe that rebuilds input 3 reuses the input's own measurement, nothing measured
+    ev, ms = _evaluator(models, "timed")
+    ev.register(models[2].state_dict(), models[2].config, ms[2])
+    fit, metrics = ev(identity_recipe(2, sp, 5))
+    assert ev.measured == 0 and fit == ev.score(ms[2]) and metrics["inference_time_ms"] == ms[2]["inference_time_ms"]
+    # the default FLOPs speed term is deterministic: two separate measurements, bit-identical fitness
+    r = random_recipe(random.Random(3), sp, combo=6)
+    a, b = _evaluator(models, "flops")[0], _evaluator(models, "flops")[0]
+    assert a(r)[0] == b(r)[0] and a.measured == b.measured == 1
+    assert weights_digest(models[0].state_dict(), models[0].config) != weights_digest(models[1].state_dict(),
+                                                                                      models[1].config)
+
+
+def test_test_rows_that_occur_in_the_selection_set_are_dropped():
+    sel, test = _data(0), _data(1, rows=5)
+    test.rows[1] = sel.rows[4]
+    test.rows[3] = sel.rows[0]
+    test.choice["arc"].append(sel.choice["arc"][2])
+    kept, removed = heldout.disjoint_from(test, sel)
+    assert removed == 3 and len(kept.rows) == 3 and len(kept.choice["arc"]) == 3
+    assert torch.equal(kept.rows, test.rows[[0, 2, 4]])
+    sel_rows = {r.numpy().tobytes() for r in sel.rows}
+    assert not any(r.numpy().tobytes() in sel_rows for r in kept.rows)
+
+
+def test_test_improvement_of_an_identical_champion_is_exactly_zero_and_fails_the_threshold():
+    models = _tiny_models()
+    w = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}
+    first = heldout.compare_on_test(models, models[0], ByteTokenizer(), _data(1), _data(0), w, "timed",
+                                    n_resamples=500)
+    best = first["metrics"]["final/test_best_input"]
+    twin = copy.deepcopy(models[int(best[-1]) - 1])  # a copy of the best input, timed mode: no fresh timing draw
+    out = heldout.compare_on_test(models, twin, ByteTokenizer(), _data(1), _data(0), w, "timed", n_resamples=500)
+    m = out["metrics"]
+    assert m["final/test_fitness_improvement"] == 0.0 and m["final/test_fitness_improvement_ci"] == [0.0, 0.0]
+    assert m["final/test_ppl_ratio"] == 1.0 and m["final/test_accuracy_delta"] == 0.0
+    assert m["final/test_fitness_improvement_verdict"] == "FAIL" and m["final/test_rows"] == 6
+
+
+def test_test_improvement_and_its_ci_by_hand():
+    ref = fitness.Reference(perplexity=1.0, accuracy=0.5, tokens_per_s=1.0, speed_ratio=1.0, memory_mb=1.0,
+                            flops_per_token=1.0, acc_floor=0.25)
+    base = {"speed_ratio": 1.0, "memory_mb": 1.0, "flops_per_token": 1.0}
+    champ = {**base, "row_losses": [0.5, 1.0, 1.5, 1.0], "correct": [1, 1, 0, 1], "flops_per_token": 0.5}
+    best = {**base, "row_losses": [1.0, 1.0, 1.0, 1.2], "correct": [1, 0, 0, 1]}
+    for m in (champ, best):
+        m["perplexity"], m["accuracy"] = math.exp(sum(m["row_losses"]) / 4), sum(m["correct"]) / 4
+    w = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}
+    # log ratio = 0.4 (1.05 - 1.0) + 0.3 log((0.75 + 0.25) / (0.5 + 0.25)) + 0.2 log(2)
+    expected = 100 * (math.exp(0.4 * 0.05 + 0.3 * math.log(1.0 / 0.75) + 0.2 * math.log(2)) - 1)
+    point, ci = heldout.fitness_improvement_ci(champ, best, ref, w, "flops", n_resamples=2000)
+    assert point == pytest.approx(expected)
+    assert point == pytest.approx(100 * (fitness.score(champ, ref, w) / fitness.score(best, ref, w) - 1))
+    assert ci[0] < point < ci[1]
+    assert heldout.verdict([21.0, 40.0], 20) == "PASS" and heldout.verdict([5.0, 20.0], 20) == "FAIL"
+    assert heldout.verdict(ci, 20) == "INCONCLUSIVE"  # 4 rows, 4 questions: the CI spans the threshold
+
+
 # -- the phase ----------------------------------------------------------------------------------------------
 
 TINY_EVO = ["logger=none", "hardware=cpu", "phase=evomerge", "phase.population_size=4", "phase.generations=2",
-            "phase.eval.rows=2", "phase.eval.seq_len=16", "phase.eval.choice_examples=2", "phase.eval.test_rows=2",
-            "phase.eval.speed_seq_len=8", "phase.eval.speed_repeats=1"]
+            "phase.eval.rows=2", "phase.eval.seq_len=16", "phase.eval.choice_examples=2",
+            "phase.eval.speed_seq_len=8", "phase.eval.speed_repeats=1", "phase.eval.test_rows=6",
+            "phase.eval.bootstrap_resamples=1000"]
 
 
 def _save_tiny(path, seed, **kw):
@@ -144,30 +247,39 @@ def test_bad_settings_name_their_key(tmp_path, override, key):
         run_phase(compose_cfg([*TINY_EVO, override], tmp_path))
 
 
-def test_seeded_phase_is_deterministic_and_never_below_the_best_input_without_the_timing_term(tmp_path):
+def test_seeded_phase_is_deterministic_by_default_and_never_below_the_best_input_on_the_selection_set(tmp_path):
     ins = [_save_tiny(tmp_path / f"m{i}", i, ltm_slots=s) for i, s in enumerate((32, 128, 16))]
-    logs = []
+    logs, tests = [], []
     for k in range(2):
-        cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{','.join(ins)}]", "phase.fitness_weights.speed=0"],
-                          tmp_path / str(k))
+        cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{','.join(ins)}]"], tmp_path / str(k))  # speed term: FLOPs
         out = run_phase(cfg)
         log = json.loads((tmp_path / str(k) / "run" / "evolution_log.json").read_text())
         logs.append([[(i["recipe"], i["fitness"]) for i in g["individuals"]] for g in log["generations"]])
-    assert logs[0] == logs[1]
+        tests.append(out["metrics"]["final/test_fitness_improvement"])
+    assert logs[0] == logs[1] and tests[0] == tests[1]
     # gen 0 holds the inputs themselves; elitism keeps the champion at or above every one of them
     input_fits = [m["fitness"] for m in log["inputs"]]
     first = log["generations"][0]["individuals"]
     assert [i["recipe"]["weights"] for i in first[:3]] == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     assert [i["fitness"] for i in first[:3]] == input_fits
     assert all(log["champion"]["fitness"] >= f for f in input_fits)
-    assert out["metrics"]["final/fitness_improvement"] >= 0
+    assert out["metrics"]["final/fitness_improvement"] >= 0  # the selection set only
     assert out["metrics"]["final/best_fitness"] >= out["metrics"]["final/best_input_fitness"]
+    # the decision figure: the same champion on test rows disjoint from the selection rows, the same
+    # figure in both runs (deterministic terms), its CI around it
+    m = out["metrics"]
+    assert m["final/test_rows"] + m["final/test_excluded_overlap"] >= 6 and m["final/test_rows"] >= 2
+    lo, hi = m["final/test_fitness_improvement_ci"]
+    assert lo <= m["final/test_fitness_improvement"] <= hi
+    assert m["final/test_fitness_improvement_verdict"] in {"PASS", "FAIL", "INCONCLUSIVE"}
+    assert log["final"]["final/test_fitness_improvement"] == m["final/test_fitness_improvement"]
 
 
 def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
     proc = run_cli(TINY_EVO + ["logger=csv", f"paths.artifacts={cognate_artifacts}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "best input" in proc.stdout and "model3    fitness val" in proc.stdout
+    assert "best input" in proc.stdout and "model3    fitness selection" in proc.stdout
+    assert "test set (" in proc.stdout and "95% CI" in proc.stdout
     run = Path(next(x for x in proc.stdout.splitlines() if x.startswith("run_dir: "))[len("run_dir: "):])
     log = json.loads((run / "evolution_log.json").read_text())
     assert len(log["generations"]) == 2 and all(len(g["individuals"]) == 4 for g in log["generations"])
@@ -190,7 +302,9 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
                 "models/model_1/memory_usage", "final/generations_completed", "final/best_fitness",
                 "final/fitness_improvement", "final/total_evolution_time_minutes", "final/champion_combo_id",
                 "final/best_combo", "final/worst_combo", "final/combo_win_rate", "final/converged_at_generation",
-                "final/convergence_reason"}
+                "final/convergence_reason", "final/test_fitness_improvement", "final/test_fitness_improvement_ci_low",
+                "final/test_fitness_improvement_ci_high", "final/test_ppl_ratio", "final/test_accuracy_delta",
+                "final/selection_fitness_improvement", "final/models_measured"}
     expected |= {f"evolution/combo_{combos.bits(c)}_count" for c in range(8)}
     assert expected <= keys, sorted(expected - keys)
     for f in ("tables/evolution__history.csv", "tables/combos__effectiveness.csv", "plots/combo_usage.png",

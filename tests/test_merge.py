@@ -390,17 +390,25 @@ def test_mutation_keeps_both_layer_plans_within_min_and_max_layers(n, lo, hi, se
 def test_fitness_is_weighted_geometric_mean_of_ratios_to_the_inputs():
     from agentforge.merge.fitness import Reference, score, terms
 
-    inputs = [{"perplexity": p, "accuracy": a, "tokens_per_s": 100.0, "speed_ratio": s, "memory_mb": 2.0}
-              for p, a, s in ((4.0, 0.5, 1.0), (6.0, 0.25, 1.0), (8.0, 0.75, 1.0))]
-    ref = Reference.of(inputs, n_accuracy_examples=4)   # ppl 6, acc 0.5, speed 1, 2 MB, floor 1/4
-    m = {"perplexity": 3.0, "accuracy": 0.0, "tokens_per_s": 50.0, "speed_ratio": 4.0, "memory_mb": 1.0}
+    inputs = [{"perplexity": p, "accuracy": a, "tokens_per_s": 100.0, "speed_ratio": s, "memory_mb": 2.0,
+               "flops_per_token": f} for p, a, s, f in ((4.0, 0.5, 1.0, 80.0), (6.0, 0.25, 1.0, 100.0),
+                                                         (8.0, 0.75, 1.0, 120.0))]
+    ref = Reference.of(inputs, n_accuracy_examples=4)   # ppl 6, acc 0.5, speed 1, 2 MB, 100 FLOPs, floor 1/4
+    m = {"perplexity": 3.0, "accuracy": 0.0, "tokens_per_s": 50.0, "speed_ratio": 4.0, "memory_mb": 1.0,
+         "flops_per_token": 25.0}
+    # speed term: FLOPs by default (deterministic), the timed ratio on request
     assert terms(m, ref) == {"perplexity": 2.0, "accuracy": 0.25 / 0.75, "speed": 4.0, "memory": 2.0}
+    assert terms({**m, "flops_per_token": 50.0}, ref, "timed")["speed"] == 4.0
+    assert terms({**m, "speed_ratio": 0.5}, ref, "flops")["speed"] == 4.0
+    with pytest.raises(ValueError, match="speed mode"):
+        terms(m, ref, "wallclock")
     expected = 2.0 ** 0.4 * (1 / 3) ** 0.3 * 4.0 ** 0.2 * 2.0 ** 0.1
     assert score(m, ref) == pytest.approx(expected)
     assert score(m, ref, {"perplexity": 2.0, "speed": 2.0}) == pytest.approx((2.0 * 4.0) ** 0.5)
-    avg = {"perplexity": 6.0, "accuracy": 0.5, "tokens_per_s": 1.0, "speed_ratio": 1.0, "memory_mb": 2.0}
+    avg = {"perplexity": 6.0, "accuracy": 0.5, "tokens_per_s": 1.0, "speed_ratio": 1.0, "memory_mb": 2.0,
+           "flops_per_token": 100.0}
     assert score(avg, ref) == pytest.approx(1.0)  # the average input scores 1
     # 4x worse perplexity is not bought back by 3x speed at the default weights
     slow_good = dict(avg)
-    fast_bad = {**avg, "perplexity": 24.0, "speed_ratio": 3.0}
+    fast_bad = {**avg, "perplexity": 24.0, "flops_per_token": 100.0 / 3}
     assert score(fast_bad, ref) < score(slow_good, ref)

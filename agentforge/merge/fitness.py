@@ -2,7 +2,8 @@
 
 Measured (``measure``): perplexity on held-out rows, task accuracy (multiple-choice ARC/PIQA-format
 log-likelihood accuracy, plus GSM8K-format generation when ``gsm8k`` examples are given), forward
-throughput in tokens/s, and memory (bytes of parameters and persistent buffers).
+FLOPs per token (counted by ``torch.utils.flop_counter.FlopCounterMode`` on a fixed input), forward
+time against a yardstick model, and memory (bytes of parameters and persistent buffers).
 
 Scored (``score``): each measurement becomes a unitless ratio against the mean of the three input
 models, oriented so that higher is better and the average input scores about 1 on every term:
@@ -10,7 +11,8 @@ models, oriented so that higher is better and the average input scores about 1 o
     ppl_term    = mean_ref_ppl / ppl
     acc_term    = (acc + f) / (mean_ref_acc + f),  f = 1 / n_examples  (one example's worth, so the
                   ratio stays finite when the references score 0)
-    speed_term  = speed_ratio / mean_ref_speed_ratio,  speed_ratio = t_yardstick / t_model
+    speed_term  = mean_ref_flops_per_token / flops_per_token              (speed="flops", the default)
+                  speed_ratio / mean_ref_speed_ratio, speed_ratio = t_yardstick / t_model  (speed="timed")
     memory_term = mean_ref_bytes / bytes
 
 and the fitness is their weighted geometric mean (weights w normalized to sum to 1):
@@ -23,11 +25,13 @@ far above 1 (a model with half the layers is several times faster) cannot swamp 
 (perplexity cannot improve 4x). The perplexity factor is exp(w (ref_loss - loss)): the held-out loss
 difference in nats. Fitness 1.0 means "as good as the average input model".
 
-Throughput is a wall-clock measurement on a machine other jobs share, so its absolute value drifts
-with the load. The speed term therefore compares forward latencies timed *alternately* with a fixed
-yardstick model (one of the inputs): both see the same load, and the ratio of the medians is stable
-where tokens/s alone is not. It is still the one noisy term; with its weight set to 0 the fitness is a
-deterministic function of the recipe.
+Determinism. With ``speed="flops"`` every term is a deterministic function of the weights (the FLOP
+count of a forward pass on a fixed input, the bytes, the losses and answers on fixed data), so timing
+noise cannot win a selection: measuring one model twice gives the same fitness bit for bit.
+``speed="timed"`` scores wall-clock speed instead, measured as the median over ``speed_repeats`` of
+forward passes timed *alternately* with a fixed yardstick model (interleaved, so both see the same
+load); it stays noisy (an identical copy moved by about +-6 % on a loaded 2-core CPU), which is why it
+is not the default. Either way the forward time is measured and logged (``inference_time_ms``).
 """
 from __future__ import annotations
 
@@ -36,11 +40,13 @@ import statistics
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from agentforge.evals import speed, tasks
 
-METRICS = ("perplexity", "accuracy", "tokens_per_s", "speed_ratio", "memory_mb")
+METRICS = ("perplexity", "accuracy", "tokens_per_s", "speed_ratio", "memory_mb", "flops_per_token")
 DEFAULT_WEIGHTS = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}
+SPEED_MODES = ("flops", "timed")
 
 
 @dataclass
@@ -58,25 +64,41 @@ class EvalData:
 
 
 @torch.no_grad()
-def measure(model, tokenizer, data: EvalData, yardstick=None) -> dict[str, float]:
-    """The four measurements (plus inference time in ms) of one model, in eval mode; the speed is also
-    taken relative to ``yardstick`` (default: the model itself, ratio 1)."""
+def measure(model, tokenizer, data: EvalData, yardstick=None, keep_examples: bool = False) -> dict:
+    """The measurements of one model, in eval mode; the speed is also taken relative to ``yardstick``
+    (default: the model itself, ratio 1). ``keep_examples`` adds the per-example scores the paired
+    statistics need: ``row_losses`` (mean nats/token of each row) and ``correct`` (0/1 per question)."""
     model.eval()
-    loss = tasks.mean_loss(model, data.rows)
-    correct = total = 0
+    lm = tasks.lm_metrics(model, data.rows)
+    correct: list[int] = []
     for fmt, records in data.choice.items():
         if records:
-            preds = tasks.choice_predictions(model, tokenizer, records, fmt)
-            correct += sum(p == r for p, r in preds)
-            total += len(preds)
+            correct += tasks.choice_correct(model, tokenizer, records, fmt)
     if data.gsm8k:
-        correct += round(tasks.gsm8k_accuracy(model, tokenizer, data.gsm8k, data.gen_tokens) * len(data.gsm8k))
-        total += len(data.gsm8k)
+        correct += tasks.gsm8k_correct(tasks.gsm8k_generations(model, tokenizer, data.gsm8k, data.gen_tokens),
+                                       data.gsm8k)
     ms, ratio = timed(model, yardstick or model, data)
-    return {"loss": loss, "perplexity": float(torch.tensor(min(loss, 50.0)).exp()),
-            "accuracy": correct / total if total else 0.0,
-            "tokens_per_s": data.speed_batch * data.speed_seq_len / (ms / 1000), "inference_time_ms": ms,
-            "speed_ratio": ratio, "memory_mb": speed.param_bytes(model) / 2**20}
+    loss = statistics.fmean(lm["row_losses"])  # rows have one length: the mean over every token
+    out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+           "accuracy": sum(correct) / len(correct) if correct else 0.0,
+           "tokens_per_s": data.speed_batch * data.speed_seq_len / (ms / 1000), "inference_time_ms": ms,
+           "speed_ratio": ratio, "memory_mb": speed.param_bytes(model) / 2**20,
+           "flops_per_token": forward_flops(model, data) / (data.speed_batch * data.speed_seq_len)}
+    if keep_examples:
+        out.update(row_losses=list(lm["row_losses"]), correct=correct)
+    return out
+
+
+@torch.no_grad()
+def forward_flops(model, data: EvalData) -> int:
+    """FLOPs of one forward pass over a fixed [speed_batch, speed_seq_len] input (seeded token ids),
+    counted by torch's FlopCounterMode (matmuls, attention): a deterministic cost of the weights."""
+    device = next(model.parameters()).device
+    ids = torch.randint(0, 256, (data.speed_batch, data.speed_seq_len),
+                        generator=torch.Generator().manual_seed(0)).to(device)
+    with FlopCounterMode(display=False) as counter:
+        model(ids)
+    return int(counter.get_total_flops())
 
 
 def timed(model, yardstick, data: EvalData) -> tuple[float, float]:
@@ -101,6 +123,7 @@ class Reference:
     tokens_per_s: float
     speed_ratio: float
     memory_mb: float
+    flops_per_token: float
     acc_floor: float
 
     @classmethod
@@ -109,21 +132,31 @@ class Reference:
         return cls(**mean, acc_floor=1.0 / max(n_accuracy_examples, 1))
 
 
-def terms(m: dict, ref: Reference) -> dict[str, float]:
+def terms(m: dict, ref: Reference, speed_mode: str = "flops") -> dict[str, float]:
+    if speed_mode not in SPEED_MODES:
+        raise ValueError(f"speed mode must be one of {SPEED_MODES}, got {speed_mode!r}")
+    fast = (ref.flops_per_token / m["flops_per_token"] if speed_mode == "flops"
+            else m["speed_ratio"] / ref.speed_ratio)
     return {"perplexity": ref.perplexity / m["perplexity"],
             "accuracy": (m["accuracy"] + ref.acc_floor) / (ref.accuracy + ref.acc_floor),
-            "speed": m["speed_ratio"] / ref.speed_ratio,
+            "speed": fast,
             "memory": ref.memory_mb / m["memory_mb"]}
 
 
-def score(m: dict, ref: Reference, weights: dict[str, float] | None = None) -> float:
-    """Weighted geometric mean of the normalized terms (see the module docstring)."""
-    w = DEFAULT_WEIGHTS if weights is None else weights
-    unknown = set(w) - set(DEFAULT_WEIGHTS)
+def check_weights(weights: dict[str, float]) -> float:
+    """The sum of the fitness weights; ValueError for unknown terms or a non-positive sum."""
+    unknown = set(weights) - set(DEFAULT_WEIGHTS)
     if unknown:
         raise ValueError(f"unknown fitness terms {sorted(unknown)}; use {sorted(DEFAULT_WEIGHTS)}")
-    total = sum(w.values())
+    total = sum(weights.values())
     if total <= 0:
         raise ValueError("fitness weights must have a positive sum")
-    t = terms(m, ref)
+    return total
+
+
+def score(m: dict, ref: Reference, weights: dict[str, float] | None = None, speed_mode: str = "flops") -> float:
+    """Weighted geometric mean of the normalized terms (see the module docstring)."""
+    w = DEFAULT_WEIGHTS if weights is None else weights
+    total = check_weights(w)
+    t = terms(m, ref, speed_mode)
     return math.exp(sum(w.get(k, 0.0) * math.log(max(t[k], 1e-12)) for k in DEFAULT_WEIGHTS) / total)

@@ -9,10 +9,13 @@ algorithm of ``merge/evolution.py`` over merge recipes (``merge/recipe.py``; 8 t
 (``{artifacts}/evomerge/champion``), ``evolution_log.json`` (every individual of every generation), the
 history and combo tables, fitness/diversity curves and the combo-usage heatmap, under the seed's keys.
 
-Generation 0 holds the three input models themselves as recipes (``recipe.identity_recipe``), so with
-``elite_count >= 1`` and evaluations cached by recipe the champion's fitness is at least the best
-input's (an identity recipe reuses its input's measurement, so this holds with the noisy speed term
-too; with ``population_size < 3`` only the first inputs are seeded).
+Generation 0 holds the three input models themselves as recipes (``recipe.identity_recipe``), and
+every evaluation is cached by a hash of the merged weights (``merge/evaluator.py``), so with
+``elite_count >= 1`` the champion's *selection-set* fitness is at least the best input's (with
+``population_size < 3`` only the first inputs are seeded). That selection figure is a maximum over
+many evaluations and is biased upwards; the decision figure is ``final/test_fitness_improvement``: the
+champion against the best input on test data disjoint from the selection set, with a bootstrap CI
+(``merge/heldout.py``).
 """
 from __future__ import annotations
 
@@ -26,13 +29,15 @@ from omegaconf import OmegaConf
 from scipy.spatial.distance import euclidean
 
 from agentforge.artifacts import ARCHITECTURE, load_model, publish, save_model
-from agentforge.config import integer, number, rule
+from agentforge.config import integer, number, one_of, rule
 from agentforge.data.build import eval_sets
 from agentforge.data.datamodule import TaskPool, normalize_mix, pack
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError, write_json_atomic
-from agentforge.merge import combos, fitness
+from agentforge.merge import combos, fitness, heldout
+from agentforge.merge.evaluator import RecipeEvaluator
+from agentforge.merge.evaluator import build as build_model
 from agentforge.merge.evolution import EvoConfig, evolve
 from agentforge.merge.recipe import (
     Recipe,
@@ -44,6 +49,7 @@ from agentforge.merge.recipe import (
     materialize,
     mutate,
 )
+from agentforge.merge.techniques import RESCALES
 from agentforge.models import CognateModel
 from agentforge.phases.context import run_context
 from agentforge.tracking import plots
@@ -70,7 +76,11 @@ RULES = [
     rule("phase.eval.speed_seq_len", integer(1)),
     rule("phase.eval.speed_batch", integer(1)),
     rule("phase.eval.speed_repeats", integer(1)),
-    rule("phase.eval.test_rows", integer(1)),
+    rule("phase.eval.test_rows", integer(2)),
+    rule("phase.eval.bootstrap_resamples", integer(100)),
+    rule("phase.speed_term", one_of(*fitness.SPEED_MODES)),
+    rule("phase.dare_rescale", one_of(*RESCALES)),
+    rule("phase.improvement_threshold", number()),
 ]
 TAGS = ["phase2", "evomerge", "genetic-algorithm", "model-merging"]
 
@@ -117,11 +127,8 @@ def device(cfg) -> torch.device:
     return torch.device("cuda" if want in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-def build(recipe: Recipe, states, configs, dev: torch.device | str = "cpu") -> CognateModel:
-    state, config = materialize(recipe, states, configs)
-    model = CognateModel(config)
-    model.load_state_dict(state)
-    return model.to(dev).eval()
+def build(recipe: Recipe, states, configs, dev: torch.device | str = "cpu", dare_rescale: str = "l1") -> CognateModel:
+    return build_model(*materialize(recipe, states, configs, dare_rescale), dev)
 
 
 def run(cfg) -> dict:
@@ -137,6 +144,7 @@ def run(cfg) -> dict:
     weights = {k: float(v) for k, v in p.fitness_weights.items()}
     if sum(weights.values()) <= 0:
         raise ConfigError("phase.fitness_weights must have a positive sum")
+    speed_mode, rescale = str(p.speed_term), str(p.dare_rescale)
     lo, hi = (float(x) for x in depth)
     dirs = input_dirs(cfg)
     models, tokenizer = load_inputs(dirs)  # fails before any run dir or logger is made
@@ -148,29 +156,21 @@ def run(cfg) -> dict:
     space = Space(n, max(1, round(n * lo)), max(n, round(n * hi)))
     with run_context(cfg, run_name="phase2-evomerge", group="phase2-evomerge", tags=TAGS, job_type="evomerge") as ctx:
         data = eval_data(cfg, "val", int(p.eval.rows))
-        yardstick = models[0]  # the speed term times every model against input 1 (see merge/fitness.py)
+        yardstick = models[0]  # the timed speed is taken against input 1 (see merge/fitness.py)
+        evaluate = RecipeEvaluator(states, configs, tokenizer, data, weights, speed_mode, rescale, dev, yardstick)
         input_metrics = [fitness.measure(m, tokenizer, data, yardstick) for m in models]
-        ref = fitness.Reference.of(input_metrics, data.n_accuracy_examples())
-        for m in input_metrics:
-            m["fitness"] = fitness.score(m, ref, weights)
-        print(f"EvoMerge: 3 inputs of {n} layers; input fitness "
+        evaluate.reference = fitness.Reference.of(input_metrics, data.n_accuracy_examples())
+        for m, state, config in zip(input_metrics, states, configs):
+            # a recipe that rebuilds an input bit for bit reuses this very measurement (cache by weights hash)
+            m["weights_sha256"] = evaluate.register(state, config, m)[:16]
+            m["fitness"] = evaluate.score(m)
+        print(f"EvoMerge: 3 inputs of {n} layers; selection-set fitness (speed term: {speed_mode}) "
               + ", ".join(f"model{i + 1} {m['fitness']:.4f}" for i, m in enumerate(input_metrics)))
 
         rng = random.Random(int(cfg.seed))
         # gen 0: the three inputs themselves (identity recipes, combos 000/001/010) + random recipes, one
-        # combo each; with elitism the champion is then never below the best input
+        # combo each; with elitism the champion is then never below the best input on the selection set
         initial = initial_population(rng, space, evo.population_size)
-        # an identity recipe's model is bit for bit input i (tested), so it keeps the input's measurement:
-        # its fitness is exactly the "best input fitness" reported, speed noise included
-        inputs_as_recipes = {r: i for i, r in enumerate(initial[:len(models)])}
-
-        def evaluate(recipe: Recipe):
-            if recipe in inputs_as_recipes:
-                metrics = dict(input_metrics[inputs_as_recipes[recipe]])
-                metrics.pop("fitness")
-            else:
-                metrics = fitness.measure(build(recipe, states, configs, dev), tokenizer, data, yardstick)
-            return fitness.score(metrics, ref, weights), metrics
         logger = GenerationLogger(ctx.tracker, evo.generations)
         t0 = time.perf_counter()
         result = evolve(initial, evaluate,
@@ -179,7 +179,7 @@ def run(cfg) -> dict:
                         logger)
         minutes = (time.perf_counter() - t0) / 60
         return finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs,
-                        dev)
+                        dev, data, evaluate.measured)
 
 
 class GenerationLogger:
@@ -222,14 +222,15 @@ def combo_counts(g) -> list[int]:
 
 
 def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs,
-             dev) -> dict:
+             dev, selection, measured) -> dict:
     tr, run_dir = ctx.tracker, ctx.run_dir
     gens, champ = result.generations, result.champion
     recipe: Recipe = champ.genome
     # -- the champion checkpoint --------------------------------------------------------------------------
-    model = build(recipe, states, configs, dev)
+    p = cfg.phase
+    model = build(recipe, states, configs, dev, str(p.dare_rescale))
     best_input = max(m["fitness"] for m in input_metrics)
-    improvement = 100 * (champ.fitness - best_input) / abs(best_input)
+    improvement = 100 * (champ.fitness - best_input) / abs(best_input)  # selection set: biased upwards
     combo = combos.decode(recipe.combo)
     ckpt = run_dir / "checkpoints" / "champion"
     meta = {"phase": "evomerge", "recipe": recipe.to_dict(), "combo": combo.bits, "techniques": combo.label,
@@ -237,17 +238,18 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
             "inputs": [str(d) for d in dirs]}
     save_model(ckpt, model.cpu(), tokenizer, meta)
     model.to(dev)
-    # -- champion vs inputs on the unseen test split ------------------------------------------------------
-    test = eval_data(cfg, "test", int(cfg.phase.eval.test_rows))
-    test_metrics = [fitness.measure(m, tokenizer, test, models[0]) for m in [*models, model]]
-    test_ref = fitness.Reference.of(test_metrics[:3], test.n_accuracy_examples())
+    # -- champion vs inputs on test data disjoint from the selection set: the decision figure --------------
+    test = heldout.compare_on_test(models, model, tokenizer, eval_data(cfg, "test", int(p.eval.test_rows)), selection,
+                                   weights, str(p.speed_term), float(p.improvement_threshold),
+                                   int(p.eval.bootstrap_resamples), int(cfg.seed))
     rows = []
-    for name, val_m, test_m in zip(["model1", "model2", "model3", "champion"],
-                                   [*input_metrics, {**champ.metrics, "fitness": champ.fitness}], test_metrics):
-        rows.append([name, val_m["fitness"], fitness.score(test_m, test_ref, weights), test_m["perplexity"],
-                     test_m["accuracy"], test_m["tokens_per_s"], test_m["memory_mb"]])
-    tr.table("final/champion_vs_inputs", ["Model", "Fitness (val)", "Fitness (test)", "Perplexity (test)",
-                                          "Accuracy (test)", "Tokens/s", "Memory (MB)"], rows)
+    for name, val_m, fit, test_m in zip(["model1", "model2", "model3", "champion"],
+                                        [*input_metrics, {**champ.metrics, "fitness": champ.fitness}],
+                                        test["fitness"], test["measurements"]):
+        rows.append([name, val_m["fitness"], fit, test_m["perplexity"], test_m["accuracy"],
+                     test_m["flops_per_token"], test_m["tokens_per_s"], test_m["memory_mb"]])
+    tr.table("final/champion_vs_inputs", ["Model", "Fitness (selection set)", "Fitness (test)", "Perplexity (test)",
+                                          "Accuracy (test)", "FLOPs/token", "Tokens/s", "Memory (MB)"], rows)
     # -- combo effectiveness ------------------------------------------------------------------------------
     usage, fits, wins = [0] * 8, [[] for _ in range(8)], [0] * 8
     for g in gens:
@@ -265,7 +267,8 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
              [[g.index, g.best, g.mean, g.diversity, combos.bits(g.best_individual.genome.combo)] for g in gens])
     final = {
         "final/generations_completed": len(gens), "final/best_fitness": champ.fitness,
-        "final/fitness_improvement": improvement, "final/total_evolution_time_minutes": minutes,
+        "final/fitness_improvement": improvement,  # selection set (validation): the winner's-curse figure
+        "final/selection_fitness_improvement": improvement, "final/total_evolution_time_minutes": minutes,
         "final/champion_combo_id": recipe.combo, "final/best_combo": combos.bits(best_combo),
         "final/worst_combo": combos.bits(worst_combo),
         "final/combo_win_rate": {combos.bits(c): wins[c] / len(gens) for c in range(8)},
@@ -273,6 +276,8 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
         "final/convergence_reason": result.convergence_reason,
         "final/best_input_fitness": best_input,
         "final/evaluations_per_second": result.evaluations / max(result.eval_seconds, 1e-9),
+        "final/models_measured": measured,  # distinct merged weights measured (cache by weights hash)
+        "final/speed_term": str(p.speed_term), **test["metrics"],
     }
     tr.summary(final)
     write_json_atomic(ckpt / "metrics.json", {**final, "val_metrics": champ.metrics})
@@ -297,15 +302,28 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     tr.image("charts/diversity_evolution_png", div_png)
     tr.image("charts/combo_usage", heat)
     tr.artifact("phase2-champion", "model", [ckpt], f"Best evolved model after {len(gens)} generations",
-                {"fitness": champ.fitness, "improvement": improvement, "combo_id": recipe.combo,
+                {"fitness": champ.fitness, "selection_improvement": improvement,
+                 "test_improvement": test["metrics"]["final/test_fitness_improvement"], "combo_id": recipe.combo,
                  "generation": result.champion_generation, "architecture": ARCHITECTURE})
     tr.artifact("phase2-evolution-log", "dataset", [log_path], "Complete evolution history")
     out = Path(cfg.paths.artifacts).absolute() / "evomerge" / "champion"
-    print("\n".join(f"{r[0]:9s} fitness val {r[1]:.4f}  test {r[2]:.4f}  test ppl {r[3]:.2f}  acc {r[4]:.3f}"
+    print("\n".join(f"{r[0]:9s} fitness selection {r[1]:.4f}  test {r[2]:.4f}  test ppl {r[3]:.2f}  acc {r[4]:.3f}"
                     for r in rows))
-    print(f"champion: combo {combo.bits} ({combo.label}), generation {result.champion_generation}, fitness "
-          f"{champ.fitness:.4f} vs best input {best_input:.4f} ({improvement:+.2f}%); "
+    t = test["metrics"]
+    ci = t["final/test_fitness_improvement_ci"]
+    print(f"champion: combo {combo.bits} ({combo.label}), generation {result.champion_generation}; "
           f"{len(gens)} generations ({result.convergence_reason}), {minutes:.2f} min")
+    print(f"selection set (chose the champion, biased up): fitness {champ.fitness:.4f} vs best input "
+          f"{best_input:.4f} ({improvement:+.2f}%)")
+    print(f"test set ({t['final/test_rows']} rows, {t['final/test_questions']} questions, "
+          f"{t['final/test_excluded_overlap']} overlapping the selection set excluded): fitness "
+          f"{t['final/test_fitness']:.4f} vs best input ({t['final/test_best_input']}) "
+          f"{t['final/test_best_input_fitness']:.4f}: improvement {t['final/test_fitness_improvement']:+.2f}% "
+          f"[95% CI {ci[0]:+.2f}, {ci[1]:+.2f}] -> {t['final/test_fitness_improvement_verdict']} "
+          f"vs > {float(p.improvement_threshold):g}%; perplexity ratio {t['final/test_ppl_ratio']:.4f} "
+          f"[{t['final/test_ppl_ratio_ci'][0]:.4f}, {t['final/test_ppl_ratio_ci'][1]:.4f}]"
+          + (f"; accuracy delta {t['final/test_accuracy_delta']:+.3f} [{t['final/test_accuracy_delta_ci'][0]:+.3f}, "
+             f"{t['final/test_accuracy_delta_ci'][1]:+.3f}]" if "final/test_accuracy_delta" in t else ""))
     return {"checkpoint": str(out), "run_dir": str(run_dir), "metrics": final}
 
 

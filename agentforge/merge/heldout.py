@@ -1,0 +1,146 @@
+"""The champion against the inputs on held-out test data: the figure a decision is made on.
+
+The evolution's own fitness of the champion is a maximum over every evaluation on the selection
+(validation) set, so it is biased upwards (the winner's curse). ``compare_on_test`` measures the
+champion and the three inputs again, with the same ``fitness.measure`` in the same process (a model
+bit-identical to another is measured once, so it cannot differ from it), on test
+data from which every row and question that also occurs in the selection set has been removed
+(``disjoint_from``), scores them against the inputs' mean on that test data, and compares the champion
+with the best input *on the test data* (the input with the highest test fitness: the conservative
+choice). Uncertainty comes from resampling the test examples:
+
+* perplexity: paired bootstrap of the per-row loss difference (champion - best input, nats/token;
+  ``evals.stats.paired_bootstrap``); the perplexity ratio is exp(delta) (rows have equal length, so
+  the mean row loss is the mean token loss), with CI exp(CI);
+* accuracy: paired bootstrap of the per-question 0/1 difference;
+* fitness improvement 100 (F_c / F_b - 1): the reference cancels in the ratio, so
+
+      log(F_c / F_b) = [ w_ppl (min(L_b, 50) - min(L_c, 50)) + w_acc log((a_c + f) / (a_b + f))
+                         + w_speed log(s_c / s_b) + w_mem log(m_c / m_b) ] / sum w
+
+  (L mean losses, a accuracies, f = 1 / n_questions, s and m the speed and memory terms); its 95 %
+  percentile CI resamples rows and questions independently, each with its pairs kept together (a
+  stratified bootstrap, Efron & Tibshirani 1993 ch. 6; scipy's ``stats.bootstrap`` with two samples,
+  ``paired=False``). The speed and memory terms are held fixed: deterministic FLOP and byte counts by
+  default (with ``speed="timed"`` the timing noise is not in the CI).
+
+``verdict`` turns the CI into PASS (lower bound above the threshold), FAIL (upper bound at or below it)
+or INCONCLUSIVE (the CI contains it).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import torch
+from scipy import stats as sps
+
+from agentforge.evals import stats
+from agentforge.merge import fitness
+from agentforge.merge.evaluator import weights_digest
+
+EXAMPLE_KEYS = ("row_losses", "correct")
+
+
+def _row_keys(rows: torch.Tensor) -> list[bytes]:
+    return [r.numpy().tobytes() for r in rows.cpu()]
+
+
+def _question_key(fmt: str, record: dict) -> str:
+    return fmt + json.dumps(record, sort_keys=True, default=str)
+
+
+def disjoint_from(test: fitness.EvalData, selection: fitness.EvalData) -> tuple[fitness.EvalData, int]:
+    """``test`` without the rows and questions whose content also occurs in ``selection``, and how many
+    were removed."""
+    seen_rows = set(_row_keys(selection.rows))
+    keep = [i for i, k in enumerate(_row_keys(test.rows)) if k not in seen_rows]
+    seen_q = {_question_key(f, r) for f, recs in selection.choice.items() for r in recs}
+    seen_q |= {_question_key("gsm8k", r) for r in selection.gsm8k}
+    choice = {f: [r for r in recs if _question_key(f, r) not in seen_q] for f, recs in test.choice.items()}
+    gsm8k = [r for r in test.gsm8k if _question_key("gsm8k", r) not in seen_q]
+    removed = (len(test.rows) - len(keep) + sum(len(v) for v in test.choice.values()) - sum(len(v) for v in choice.values())
+               + len(test.gsm8k) - len(gsm8k))
+    out = fitness.EvalData(rows=test.rows[keep], choice=choice, gsm8k=gsm8k, gen_tokens=test.gen_tokens,
+                           speed_seq_len=test.speed_seq_len, speed_batch=test.speed_batch,
+                           speed_repeats=test.speed_repeats)
+    return out, removed
+
+
+def verdict(ci: list[float], threshold: float) -> str:
+    if ci[0] > threshold:
+        return "PASS"
+    if ci[1] <= threshold:
+        return "FAIL"
+    return "INCONCLUSIVE"
+
+
+def fitness_improvement_ci(champ: dict, best: dict, ref: fitness.Reference, weights: dict[str, float],
+                           speed_mode: str, n_resamples: int = 10_000, seed: int = 0,
+                           confidence: float = 0.95) -> tuple[float, list[float]]:
+    """(improvement %, CI) of the champion's test fitness over ``best``'s (module docstring)."""
+    total = fitness.check_weights(weights)
+    w = {k: weights.get(k, 0.0) / total for k in fitness.DEFAULT_WEIGHTS}
+    tc, tb = fitness.terms(champ, ref, speed_mode), fitness.terms(best, ref, speed_mode)
+    fixed = w["speed"] * math.log(tc["speed"] / tb["speed"]) + w["memory"] * math.log(tc["memory"] / tb["memory"])
+    f = ref.acc_floor
+    rows = np.array([champ["row_losses"], best["row_losses"]], dtype=float)
+    acc = np.array([champ["correct"], best["correct"]], dtype=float).reshape(2, -1)
+
+    def improvement(r, a, axis=-1):
+        lc, lb = np.minimum(r[0].mean(axis=-1), 50.0), np.minimum(r[1].mean(axis=-1), 50.0)
+        log_ratio = w["perplexity"] * (lb - lc) + fixed
+        if a.shape[-1]:
+            log_ratio = log_ratio + w["accuracy"] * np.log((a[0].mean(axis=-1) + f) / (a[1].mean(axis=-1) + f))
+        return 100 * np.expm1(log_ratio)
+
+    point = float(improvement(rows, acc))
+    samples = (rows, acc) if acc.shape[-1] else (rows,)
+    stat = improvement if acc.shape[-1] else (lambda r, axis=-1: improvement(r, acc[:, :0], axis))
+    if rows.shape[-1] < 2 or np.allclose(rows[0], rows[1]) and np.array_equal(acc[0], acc[1]):
+        return point, [point, point]  # a point distribution (or too few rows to resample)
+    res = sps.bootstrap(samples, stat, paired=False, vectorized=True, axis=-1, n_resamples=n_resamples,
+                        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    return point, [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+
+
+def compare_on_test(inputs: list, champion, tokenizer, test: fitness.EvalData, selection: fitness.EvalData,
+                    weights: dict[str, float], speed_mode: str = "flops", threshold: float = 20.0,
+                    n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Champion vs inputs on test data disjoint from ``selection`` (module docstring). Returns the
+    per-model test measurements and fitness, and the ``final/test_*`` figures."""
+    data, removed = disjoint_from(test, selection)
+    if len(data.rows) < 2:
+        raise ValueError(f"the test split has {len(data.rows)} rows not in the selection set; need >= 2 "
+                         f"(raise phase.eval.test_rows)")
+    yardstick, by_digest, full = inputs[0], {}, []
+    for m in [*inputs, champion]:  # bit-identical weights share one measurement (timed mode included)
+        d = weights_digest(m.state_dict(), m.config)
+        if d not in by_digest:
+            by_digest[d] = fitness.measure(m, tokenizer, data, yardstick, keep_examples=True)
+        full.append(by_digest[d])
+    ref = fitness.Reference.of(full[:3], data.n_accuracy_examples())
+    fits = [fitness.score(m, ref, weights, speed_mode) for m in full]
+    best = max(range(3), key=fits.__getitem__)
+    champ_m, best_m = full[3], full[best]
+    loss = stats.paired_bootstrap(champ_m["row_losses"], best_m["row_losses"], n_resamples, seed)
+    out = {
+        "final/test_fitness": fits[3], "final/test_best_input_fitness": fits[best],
+        "final/test_best_input": f"model{best + 1}",
+        "final/test_rows": len(data.rows), "final/test_questions": data.n_accuracy_examples(),
+        "final/test_excluded_overlap": removed,
+        "final/test_loss_delta": loss["delta"], "final/test_loss_delta_ci": loss["ci95"],
+        "final/test_loss_delta_p": loss["p_value"],
+        "final/test_ppl_ratio": math.exp(loss["delta"]), "final/test_ppl_ratio_ci": [math.exp(x) for x in loss["ci95"]],
+    }
+    if len(champ_m["correct"]) >= 2:
+        acc = stats.paired_bootstrap(champ_m["correct"], best_m["correct"], n_resamples, seed)
+        out.update({"final/test_accuracy_delta": acc["delta"], "final/test_accuracy_delta_ci": acc["ci95"],
+                    "final/test_accuracy_delta_p": acc["p_value"]})
+    point, ci = fitness_improvement_ci(champ_m, best_m, ref, weights, speed_mode, n_resamples, seed)
+    out.update({"final/test_fitness_improvement": point, "final/test_fitness_improvement_ci": ci,
+                "final/test_fitness_improvement_ci_low": ci[0], "final/test_fitness_improvement_ci_high": ci[1],
+                "final/test_fitness_improvement_verdict": verdict(ci, threshold)})
+    measurements = [{k: v for k, v in m.items() if k not in EXAMPLE_KEYS} for m in full]
+    return {"metrics": out, "measurements": measurements, "fitness": fits}
