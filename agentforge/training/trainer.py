@@ -54,6 +54,8 @@ def build_trainer(hw: dict, *, loggers, callbacks, max_epochs: int, default_root
                   enable_checkpointing: bool = True) -> L.Trainer:
     if hw.get("threads"):
         torch.set_num_threads(int(hw["threads"]))
+    if hw.get("compile"):
+        callbacks = [*callbacks, CompileModel(hw["compile"] if isinstance(hw["compile"], str) else "inductor")]
     return L.Trainer(**resolve_hardware(hw), logger=loggers, callbacks=callbacks, max_epochs=max_epochs,
                      max_steps=max_steps, default_root_dir=str(default_root_dir), log_every_n_steps=log_every_n_steps,
                      gradient_clip_val=gradient_clip_val, num_sanity_val_steps=0, deterministic=hw.get("deterministic", False),
@@ -61,6 +63,22 @@ def build_trainer(hw: dict, *, loggers, callbacks, max_epochs: int, default_root
                      enable_model_summary=False, check_val_every_n_epoch=check_val_every_n_epoch,
                      enable_checkpointing=enable_checkpointing, plugins=[SafeCheckpointIO()],
                      reload_dataloaders_every_n_epochs=1)
+
+
+class CompileModel(L.Callback):
+    """``hardware.compile=true`` (or a backend name, e.g. ``aot_eager``): ``torch.compile`` the
+    LightningModule's ``model`` in place (``nn.Module.compile``) before fitting, so its state-dict keys —
+    and the checkpoints, the resume and QK-clip's view of the attention modules — stay those of the
+    uncompiled model. Data-dependent control flow (ACT's early exit, memory writes) becomes graph
+    breaks, not errors."""
+
+    def __init__(self, backend: str = "inductor"):
+        self.backend = backend
+
+    def setup(self, trainer, pl_module, stage):
+        model = getattr(pl_module, "model", None)
+        if isinstance(model, torch.nn.Module) and getattr(model, "_compiled_call_impl", None) is None:
+            model.compile(backend=self.backend)
 
 
 class EpochCheckpoint(L.Callback):
