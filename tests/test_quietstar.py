@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from agentforge.artifacts import load_model
+from agentforge.artifacts import load_model, save_model
+from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError, load_tensors
 from agentforge.main import run
+from agentforge.models import CognateConfig, CognateModel
 from agentforge.reasoning.tokens import SPECIAL_TOKENS
 from tests.conftest import compose_cfg, run_cli
+from tests.test_faults import _env
 
 QS_TINY = ["logger=csv", "hardware=cpu", "phase.baking.epochs=1", "phase.baking.steps_per_epoch=2",
            "phase.baking.batch_size=2", "phase.baking.examples_per_strategy=1", "phase.baking.val_per_strategy=1",
@@ -22,14 +30,25 @@ QS_TINY = ["logger=csv", "hardware=cpu", "phase.baking.epochs=1", "phase.baking.
            "phase.rl.gen_tokens=2", "phase.rl.inference_tokens=1"]
 
 
+@pytest.fixture(scope="module")
+def tiny_input(tmp_path_factory):
+    """A small untrained Cognate checkpoint (Phase 3 needs only a checkpoint to start from)."""
+    torch.manual_seed(0)
+    cfg = CognateConfig(vocab_size=272, d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=64, max_steps=2,
+                        ltm_slots=8, ltm_key_dim=8)
+    path = tmp_path_factory.mktemp("qs_input") / "model"
+    save_model(path, CognateModel(cfg), ByteTokenizer())
+    return path
+
+
 def _metrics(run_dir):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*rows)
     return rows, keys
 
 
-def test_quietstar_cli_both_steps(cognate_artifacts, tmp_path):
-    proc = run_cli(["phase=quietstar", f"phase.input={cognate_artifacts}/cognate/model1", *QS_TINY], tmp_path)
+def test_quietstar_cli_both_steps(tiny_input, tmp_path):
+    proc = run_cli(["phase=quietstar", f"phase.input={tiny_input}", *QS_TINY], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     art = tmp_path / "outputs" / "artifacts" / "quietstar"
     for name in ("baked", "reasoning"):
@@ -91,3 +110,54 @@ def test_pipeline_threshold_rows_show_the_anti_theater_verdict_n_and_ci(tmp_path
     rows = threshold_rows({"quietstar": headline_metrics(summary)}, tmp_path)
     assert rows == [["Phase 3 RL", "anti_theater/final_ablation_drop", "> 0.02", 0.03,
                      "INCONCLUSIVE (n=64, 95% CI [0.004, 0.056])"]]  # the point estimate alone would say PASS
+
+
+RESUME = ["phase.baking.epochs=4", "phase.rl.num_episodes=4", "logger=none"]
+
+
+def _kill_when(args: list[str], cwd, marker, deadline_s: float = 240):
+    """Run the CLI in ``cwd`` and SIGKILL it as soon as ``marker`` (an epoch checkpoint) exists."""
+    proc = subprocess.Popen([sys.executable, "-m", "agentforge", *args], cwd=cwd, env=_env(cwd),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + deadline_s
+    while not marker.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    torch.load(marker, weights_only=True)  # the checkpoint left behind is whole
+
+
+@pytest.mark.slow  # four CLI runs: about 2 minutes on a 2-core CPU
+@pytest.mark.faults
+def test_sigkill_in_baking_and_in_rl_then_rerun_resumes_to_the_uninterrupted_weights(tiny_input, tmp_path):
+    args = ["phase=quietstar", f"phase.input={tiny_input}", *QS_TINY, *RESUME]
+    ref = run_cli(args, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    run.mkdir()
+    art = run / "outputs" / "artifacts" / "quietstar"
+    _kill_when(args, run, art / "baked.work" / "last.ckpt")      # after baking epoch 1 of 4
+    assert not (art / "baked").exists()
+    _kill_when(args, run, art / "reasoning.work" / "last.ckpt")  # baking resumed and done; RL epoch 1 of 4
+    assert (art / "baked").is_dir() and not (art / "reasoning").exists()
+    again = run_cli(args, run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("resuming from") == 2  # baking (finished: nothing left to train) and RL
+    assert not (art / "baked.work").exists() and not (art / "reasoning.work").exists()
+    for name in ("baked/model.safetensors", "reasoning/model.safetensors", "reasoning/mixing_head.safetensors"):
+        a = load_tensors(tmp_path / "ref" / "outputs" / "artifacts" / "quietstar" / name)
+        b = load_tensors(art / name)
+        assert a.keys() == b.keys()
+        diff = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not diff, f"{name}: resumed weights differ in {diff[:5]}"
+    checks = json.loads((art / "reasoning" / "metrics.json").read_text())["anti_theater_checks"]
+    assert [c["episode"] for c in checks] == [0, 1, 2, 3, 4]  # the checks before the kill survived it
+
+
+def test_nan_baking_loss_stops_with_one_line_naming_the_step(tiny_input, tmp_path):
+    proc = run_cli(["phase=quietstar", f"phase.input={tiny_input}", *QS_TINY, "phase.inject_nan_at_step=1"], tmp_path)
+    assert proc.returncode != 0
+    assert "non-finite value at step 1" in proc.stderr and "phase.on_nonfinite=skip" in proc.stderr
+    assert not (tmp_path / "outputs" / "artifacts" / "quietstar" / "baked").exists()

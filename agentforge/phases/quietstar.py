@@ -9,18 +9,21 @@ adds the 12 special tokens, bakes each strategy's prompt (``reasoning/baking.py`
 model (``reasoning/thoughts.py``, ``rl.py``) with a KL leash to it, runs the anti-theater checks, and
 publishes ``{artifacts}/quietstar/reasoning`` (a plain Cognate checkpoint plus ``mixing_head.safetensors``).
 
-Both steps train with the model in eval mode: gradients flow as usual (the Cognate model has no
-dropout), but its surprise memory is not written, so the long-term memory bank stays the input's.
-A write would move the student away from the frozen teacher / KL reference for reasons no gradient
-can correct (the measured baking KL rose when writes were on).
+Both steps are LightningModules (``training/baking_module.py``, ``training/rl_module.py``) trained by the
+shared ``build_trainer``: the ``hardware`` group (cpu / gpu / ddp / fsdp, precision), gradient clipping
+(``phase.gradient_clip``), the NaN policy (``phase.on_nonfinite``) and the loggers behave as in Cognate.
+Each step writes an epoch checkpoint to ``{artifacts}/quietstar/{baked,reasoning}.work/last.ckpt``; the
+same command run again after a crash resumes each step from it (``ckpt_path``: auto / last / FILE /
+fresh, as Cognate), and the work dirs are removed when the command completes. Both steps train with the
+model in eval mode (the memory bank held fixed, see ``FrozenPair``).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
-import random
+import shutil
 import time
-from collections import deque
 from pathlib import Path
 
 import torch
@@ -32,12 +35,11 @@ from agentforge.data import formats, synthetic
 from agentforge.data.build import eval_sets
 from agentforge.data.tokenizer import BOS_ID, PAD_ID
 from agentforge.errors import ConfigError
-from agentforge.evals.tasks import choice_accuracy, gsm8k_accuracy
 from agentforge.io import CheckpointError, save_tensors, write_json_atomic, write_text_atomic
-from agentforge.optim import build_optimizer, clip_grad_norm_
+from agentforge.phases.cognate import fingerprint, resume_path
 from agentforge.phases.context import run_context
 from agentforge.reasoning import baking as bk
-from agentforge.reasoning.rl import ThoughtConfig, evaluate, rl_step, sample_windows
+from agentforge.reasoning.rl import ThoughtConfig, sample_windows
 from agentforge.reasoning.strategies import STRATEGIES, by_strategy, generate_examples, load_examples
 from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts
 from agentforge.reasoning.tokens import (
@@ -48,12 +50,16 @@ from agentforge.reasoning.tokens import (
     resize_vocab,
 )
 from agentforge.tracking import plots
-from agentforge.training.trainer import resolve_hardware
+from agentforge.training.baking_module import BakingModule
+from agentforge.training.rl_module import QuietStarModule, check_metrics, task_accuracy
+from agentforge.training.trainer import EpochCheckpoint, build_trainer
 
 RULES = [
     rule("step", optional(one_of("baking", "rl", "both"))),
     rule("phase.step", one_of("baking", "rl", "both")),
     rule("phase.gradient_clip", number(0)),
+    rule("phase.on_nonfinite", one_of("stop", "skip")),
+    rule("phase.inject_nan_at_step", optional(integer(0))),
     *[rule(f"phase.baking.{k}", integer(1)) for k in ("epochs", "steps_per_epoch", "batch_size", "examples_per_strategy",
                                                        "val_per_strategy", "sample_tokens", "usage_tokens")],
     rule("phase.baking.sampled_fraction", number(0, 1)),
@@ -78,19 +84,29 @@ def run(cfg) -> dict:
         raise ConfigError(f"phase.rl.seq_len ({r.seq_len}) must be >= phase.rl.context_len + phase.rl.n_true")
     artifacts = Path(cfg.paths.artifacts).absolute()
     given = Path(cfg.phase.input).absolute() if cfg.phase.get("input") else None
+    ckpt = cfg.get("ckpt_path")
+    if step == "both" and ckpt not in (None, "auto", "none", "fresh", "last", False):
+        raise ConfigError(f"ckpt_path={ckpt}: a checkpoint file belongs to one step; add step=baking or step=rl")
     out: dict = {"metrics": {}}
+    outs = {"baking": artifacts / "quietstar" / "baked", "rl": artifacts / "quietstar" / "reasoning"}
     if step in ("baking", "both"):
         src = given or artifacts / "evomerge" / "champion"
         res = run_baking(_sub(cfg, "phase3-step1-baking"), _load(src, "run phase=evomerge first, or pass phase.input=DIR"),
-                         artifacts / "quietstar" / "baked")
+                         outs["baking"], src)
+        if not res:
+            return {}  # a DDP rank other than 0
         out.update(checkpoint=res["checkpoint"], run_dir=str(Path(cfg.paths.run_dir).absolute()))
         out["metrics"].update(res["metrics"])
     if step in ("rl", "both"):
         src = given if (step == "rl" and given) else artifacts / "quietstar" / "baked"
         res = run_rl(_sub(cfg, "phase3-step2-rl"), _load(src, "run phase=quietstar step=baking first, or pass phase.input=DIR"),
-                     artifacts / "quietstar" / "reasoning")
+                     outs["rl"], src)
+        if not res:
+            return {}
         out.update(checkpoint=res["checkpoint"], run_dir=str(Path(cfg.paths.run_dir).absolute()))
         out["metrics"].update(res["metrics"])
+    for s in ([step] if step != "both" else ["baking", "rl"]):
+        shutil.rmtree(_work(outs[s]), ignore_errors=True)  # finished: nothing left to resume
     return out
 
 
@@ -122,12 +138,6 @@ def _prepare(model, tok, seed: int) -> dict[str, int]:
     return ids
 
 
-def _device(cfg) -> torch.device:
-    """hardware.accelerator as a torch device (these loops run in fp32 whatever hardware.precision says)."""
-    accel = resolve_hardware(OmegaConf.to_container(cfg.hardware, resolve=True))["accelerator"]
-    return torch.device({"gpu": "cuda", "cuda": "cuda", "mps": "mps"}.get(accel, "cpu"))
-
-
 def _frozen(model):
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
@@ -135,18 +145,11 @@ def _frozen(model):
     return ref
 
 
-def _bar(total: int, desc: str):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
 # ---------------------------------------------------------------- step 1: prompt baking
-def run_baking(cfg, loaded, out_dir: Path) -> dict:
+def run_baking(cfg, loaded, out_dir: Path, src: Path) -> dict:
     b, seed = cfg.phase.baking, int(cfg.seed)
     model, tok, src_cfg = loaded
     ids = _prepare(model, tok, seed)
-    dev = _device(cfg)
-    model.to(dev)
     if b.examples_path:
         train, val = _split_user(load_examples(b.examples_path), int(b.val_per_strategy))
     else:
@@ -155,58 +158,64 @@ def run_baking(cfg, loaded, out_dir: Path) -> dict:
     train_s, val_s = by_strategy(train), by_strategy(val)
     strategies = [s for s in STRATEGIES if train_s[s.key] and val_s[s.key]]
     prompts = {s.key: tok.encode(s.prompt) for s in strategies}
-    enc = {id(e): (tok.encode(e["question"]), tok.encode(e["response"])) for e in train + val}
+
+    def pairs(records):
+        return [(tok.encode(e["question"]), tok.encode(e["response"])) for e in records]
+
+    train_p, val_p = ({s.key: pairs(by[s.key]) for s in strategies} for by in (train_s, val_s))
+    usage_ids = {"thinking": [ids[THINK_START]], "strategy": [ids[t] for t in STRATEGY_TOKENS],
+                 **{s.key: [ids[s.token]] for s in strategies}}
     teacher = _frozen(model)
-    epochs, spe = int(b.epochs), int(b.steps_per_epoch)
     ocfg = _optimizer_cfg(cfg, "baking")
-    opt, sched = build_optimizer(model, ocfg, epochs * spe)
-    gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+    module = BakingModule(model, teacher, train_p, val_p, prompts, b, ocfg, str(cfg.phase.on_nonfinite), seed,
+                          cfg.phase.get("inject_nan_at_step"))
     tags = ["phase3", "step1", "prompt-baking", "supervised"]
     with run_context(cfg, run_name="phase3-step1-baking", group="phase3-quietstar", tags=tags, job_type="quietstar") as ctx:
         tr = ctx.tracker
         tr.log({"config/num_special_tokens": len(ids), "config/num_strategies": len(strategies),
                 "config/training_examples": len(train), "config/kl_coef": float(ocfg["kl_coef"])})
         print(f"Quiet-STaR step 1 (baking): {len(strategies)} strategies, {len(train)} examples; run dir {ctx.run_dir}")
-        before = _bake_eval(model, teacher, val_s, prompts, enc, strategies, tok, b, ids, usage=True)
-        hist = {"epoch": [], "train_acc": [], "val_acc": [], "val_loss": []}
-        t0, step = time.perf_counter(), 0
-        model.eval()  # train with the memory bank held fixed (see the module docstring)
-        bar = _bar(epochs * spe, "baking")
-        for epoch in range(epochs):
-            accs = []
-            for _ in range(spe):
-                s = strategies[step % len(strategies)]
-                batch = rng.sample(train_s[s.key], min(int(b.batch_size), len(train_s[s.key])))
-                loss, acc = _bake_step(model, teacher, prompts[s.key], [enc[id(e)] for e in batch], b, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if float(cfg.phase.gradient_clip) > 0:
-                    clip_grad_norm_(opt, model.parameters(), float(cfg.phase.gradient_clip))  # Grokfast first
-                opt.step()
-                sched.step()
-                step += 1
-                accs.append(acc)
-                tr.log({"baking/step": step, "baking/epoch": epoch, "baking/loss": loss.item(),
-                        "baking/learning_rate": opt.param_groups[0]["lr"], f"baking/accuracy_{s.key}": acc,
-                        **_gpu()}, step=step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            ev = _bake_eval(model, teacher, val_s, prompts, enc, strategies, tok, b, ids, usage=False)
-            hist["epoch"].append(epoch + 1)
-            hist["train_acc"].append(sum(accs) / len(accs))
-            hist["val_acc"].append(ev["overall"])
-            hist["val_loss"].append(ev["val_loss"])
-            tr.log({**{f"baking/accuracy_{k}": v["agreement"] for k, v in ev["per"].items()},
-                    "baking/accuracy_overall": ev["overall"], "baking/val_loss": ev["val_loss"],
-                    "baking/val_accuracy": ev["overall"],
-                    "baking/convergence_progress": ev["overall"] / float(b.convergence_threshold)}, step=step)
-        bar.close()
-        hours = (time.perf_counter() - t0) / 3600
-        model.eval()
-        final = _bake_eval(model, teacher, val_s, prompts, enc, strategies, tok, b, ids, usage=True)
+        before = bk.bake_eval(model, teacher, val_p, prompts, b, usage_ids)
+        trainer, hours = _fit(cfg, ctx, module, "baking", src, out_dir, int(b.epochs), float(cfg.phase.gradient_clip))
+        if not trainer.is_global_zero:
+            return {}
+        final = bk.bake_eval(model, teacher, val_p, prompts, b, usage_ids)
         tr.log({"baking/thinking_token_usage": final["thinking_usage"],
-                "baking/strategy_token_usage": final["strategy_usage"]}, step=step)
-        return _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist, hours, train + val, out_dir)
+                "baking/strategy_token_usage": final["strategy_usage"]}, step=trainer.global_step)
+        return _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, module.history, hours,
+                              train + val, out_dir)
+
+
+def _fit(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int, clip: float):
+    """Train ``module`` with the shared ``build_trainer``: an epoch checkpoint in ``{out_dir}.work``, resumed
+    (``ckpt_path``, as Cognate) when it belongs to the same config and input. Returns (trainer, hours)."""
+    work = _work(out_dir)
+    fp = hashlib.sha256(f"{fingerprint(cfg)} {step} {_digest(src)}".encode()).hexdigest()[:16]
+    resume = resume_path(cfg.get("ckpt_path"), work, fp)
+    if resume:
+        print(f"resuming from {resume}")
+    work.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(work / "fingerprint", fp)
+    trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers,
+                            callbacks=[EpochCheckpoint(work / "last.ckpt")], max_epochs=epochs,
+                            default_root_dir=ctx.run_dir, gradient_clip_val=clip or None, enable_checkpointing=False)
+    t0 = time.perf_counter()
+    trainer.fit(module, ckpt_path=resume)
+    module.model.eval()
+    return trainer, (time.perf_counter() - t0) / 3600
+
+
+def _work(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + ".work")
+
+
+def _digest(src: Path) -> str:
+    """SHA-256 of the input checkpoint's weights and config (resume only continues from the same input)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        if (src / name).is_file():
+            h.update((src / name).read_bytes())
+    return h.hexdigest()
 
 
 def _split_user(records: list[dict], n_val: int) -> tuple[list[dict], list[dict]]:
@@ -217,57 +226,6 @@ def _split_user(records: list[dict], n_val: int) -> tuple[list[dict], list[dict]
         train += recs[:keep]
         val += recs[keep:] if len(recs) > 1 else []
     return train, val
-
-
-def _bake_step(model, teacher, prompt, pairs, b, gen):
-    n_sampled = round(float(b.sampled_fraction) * len(pairs))
-    xs = [x for x, _ in pairs]
-    ys = [bk.sample_continuation(teacher, bk.prompted(prompt, x, str(b.prompt_position)), int(b.sample_tokens), float(b.temperature), gen,
-                                 [PAD_ID, BOS_ID]) if i < n_sampled else y for i, (x, y) in enumerate(pairs)]
-    dev = next(model.parameters()).device
-    t_ids, s_ids, mask = (t.to(dev) for t in bk.make_batch(prompt, xs, ys, str(b.prompt_position)))
-    with torch.no_grad():
-        t_logits = bk.aligned_teacher_logits(teacher(t_ids).logits, len(prompt), s_ids.shape[1])
-    s_logits = model(s_ids).logits
-    return bk.baking_kl(t_logits, s_logits, mask), bk.agreement(t_logits, s_logits, mask)
-
-
-@torch.no_grad()
-def _bake_eval(model, teacher, val_s, prompts, enc, strategies, tok, b, ids, usage: bool) -> dict:
-    """Per strategy: KL and next-token agreement of the unprompted model with the prompted teacher on the
-    held-out examples; with ``usage``, the share of sampled outputs using [thinking] / the strategy token."""
-    was = model.training
-    model.eval()
-    per, kls, outs_student = {}, [], []
-    dev = next(model.parameters()).device
-    for s in strategies:
-        pairs = [enc[id(e)] for e in val_s[s.key]]
-        t_ids, s_ids, mask = (t.to(dev) for t in bk.make_batch(prompts[s.key], [x for x, _ in pairs],
-                                                               [y for _, y in pairs], str(b.prompt_position)))
-        t_logits = bk.aligned_teacher_logits(teacher(t_ids).logits, len(prompts[s.key]), s_ids.shape[1])
-        s_logits = model(s_ids).logits
-        kls.append(float(bk.baking_kl(t_logits, s_logits, mask)))
-        per[s.key] = {"agreement": bk.agreement(t_logits, s_logits, mask), "kl": kls[-1]}
-        if usage:
-            g = torch.Generator().manual_seed(0)
-            st = [bk.sample_continuation(model, [BOS_ID] + x, int(b.usage_tokens), float(b.temperature), g, [PAD_ID, BOS_ID])
-                  for x, _ in pairs]
-            g = torch.Generator().manual_seed(0)
-            te = [bk.sample_continuation(teacher, bk.prompted(prompts[s.key], x, str(b.prompt_position)), int(b.usage_tokens), float(b.temperature),
-                                         g, [PAD_ID, BOS_ID]) for x, _ in pairs]
-            per[s.key].update(usage=bk.token_usage(st, [ids[s.token]]), teacher_usage=bk.token_usage(te, [ids[s.token]]))
-            outs_student += st
-    model.train(was)
-    res = {"per": per, "val_loss": sum(kls) / len(kls),
-           "overall": sum(v["agreement"] for v in per.values()) / len(per)}
-    if usage:
-        res["thinking_usage"] = bk.token_usage(outs_student, [ids[THINK_START]])
-        res["strategy_usage"] = bk.token_usage(outs_student, [ids[t] for t in STRATEGY_TOKENS])
-    return res
-
-
-def _gpu() -> dict:
-    return {"system/gpu_memory_gb": torch.cuda.memory_allocated() / 1024**3} if torch.cuda.is_available() else {}
 
 
 def _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist, hours, examples, out_dir) -> dict:
@@ -323,100 +281,44 @@ def _stream(tok, seed: int, split: str, n: int) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def run_rl(cfg, loaded, out_dir: Path) -> dict:
+def run_rl(cfg, loaded, out_dir: Path, src: Path) -> dict:
     r, seed = cfg.phase.rl, int(cfg.seed)
     model, tok, src_cfg = loaded
     ids = _prepare(model, tok, seed)
-    dev = _device(cfg)
-    model.to(dev)
     ref = _frozen(model)
     ocfg = _optimizer_cfg(cfg, "rl")
     tc = ThoughtConfig(int(r.num_thoughts), int(r.thought_length), int(r.n_true), int(r.context_len),
                        float(r.temperature), float(ocfg["kl_coef"]))
-    head = MixingHead(model.config.d_model, init_weight=float(r.mixing_init_weight)).to(dev)
-    episodes = int(r.num_episodes)
-    opt, sched = build_optimizer(model, ocfg, episodes)
-    head_opt = torch.optim.AdamW(head.parameters(), lr=float(ocfg["lr"]))
+    with torch.random.fork_rng():  # the head's initial weights depend on the seed alone, not on what ran before
+        torch.manual_seed(seed)
+        head = MixingHead(model.config.d_model, init_weight=float(r.mixing_init_weight))
     tids = {"start": ids[THINK_START], "end": ids[THINK_END], "banned": [PAD_ID, BOS_ID, ids[THINK_START], ids[THINK_END]]}
-    gen = torch.Generator().manual_seed(seed)
     train_stream, val_stream = _stream(tok, seed, "train", 200), _stream(tok, seed, "val", 40)
     # one window per held-out sequence: the windows are the independent units of the checks' CIs
     eval_windows = sample_windows(val_stream, int(r.eval_windows), int(r.seq_len), 1, tc.context_len, tc.n_true,
-                                  torch.Generator().manual_seed(seed + 1)).to(dev)
+                                  torch.Generator().manual_seed(seed + 1))
     evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, int(r.eval_examples))
+    module = QuietStarModule(model, ref, head, train_stream, eval_windows, evals, tok, tc, tids, r, ocfg,
+                             float(cfg.phase.gradient_clip), str(cfg.phase.on_nonfinite), seed)
     tags = ["phase3", "step2", "quiet-star", "rl", "reinforce"]
     with run_context(cfg, run_name="phase3-step2-rl", group="phase3-quietstar", tags=tags, job_type="quietstar") as ctx:
         tr = ctx.tracker
         tr.log({"config/num_thoughts": tc.num_thoughts, "config/thought_length": tc.thought_length,
-                "config/kl_coef": tc.kl_coef, "config/num_episodes": episodes})
-        print(f"Quiet-STaR step 2 (rl): {episodes} episodes, {tc.num_thoughts} thoughts x {tc.thought_length} tokens at "
-              f"{r.thought_positions} positions x {r.batch_size} sequences; run dir {ctx.run_dir}")
-        baked_acc = _task_acc(ref, tok, evals, int(r.gen_tokens))
-        checks, rewards_all, coh_all, reward_curve = [], deque(maxlen=100), [], []
-        t0 = time.perf_counter()
-        checks.append(_check(tr, model, head, ref, eval_windows, tc, tids, seed, 0, tok, evals, r))
-        model.eval()  # train with the memory bank held fixed (see the module docstring)
-        bar = _bar(episodes, "quiet-star")
-        for ep in range(1, episodes + 1):
-            windows = sample_windows(train_stream, int(r.batch_size), int(r.seq_len), int(r.thought_positions),
-                                     tc.context_len, tc.n_true, gen).to(dev)
-            loss, fig = rl_step(model, head, ref, windows, tc, tids, gen)
-            opt.zero_grad(set_to_none=True)
-            head_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if float(cfg.phase.gradient_clip) > 0:
-                clip_grad_norm_(opt, list(model.parameters()) + list(head.parameters()),  # Grokfast first
-                                float(cfg.phase.gradient_clip))
-            opt.step()
-            head_opt.step()
-            sched.step()
-            rewards_all.append(fig["reward"])
-            reward_curve.append(fig["reward"])
-            coh = fig["coherence"]
-            coh_all += coh["coherence"]
-            tr.log({"rl/episode": ep, "rl/reward": fig["reward"], "rl/avg_reward": sum(rewards_all) / len(rewards_all),
-                    "rl/avg_coherence_score": _mean(coh["coherence"]), "rl/semantic_coherence": _mean(coh["semantic"]),
-                    "rl/syntactic_coherence": _mean(coh["syntactic"]), "rl/predictive_coherence": _mean(coh["predictive"]),
-                    "rl/avg_thought_length": tc.thought_length, "rl/thought_diversity": fig["diversity"],
-                    "rl/kl_divergence": fig["kl"], "rl/policy_loss": fig["policy_loss"], "rl/lm_loss": fig["lm_loss"],
-                    "rl/mixing_weight": fig["mix_weight"], "rl/learning_rate": opt.param_groups[0]["lr"], **_gpu()}, step=ep)
-            if ep % int(r.anti_theater_every) == 0 or ep == episodes:
-                checks.append(_check(tr, model, head, ref, eval_windows, tc, tids, seed, ep, tok, evals, r))
-            bar.update(1)
-            bar.set_postfix(reward=f"{fig['reward']:+.3f}")
-        bar.close()
-        hours = (time.perf_counter() - t0) / 3600
-        model.eval()
-        return _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_curve, coh_all, baked_acc,
-                          hours, out_dir)
+                "config/kl_coef": tc.kl_coef, "config/num_episodes": int(r.num_episodes)})
+        print(f"Quiet-STaR step 2 (rl): {r.num_episodes} episodes, {tc.num_thoughts} thoughts x {tc.thought_length} "
+              f"tokens at {r.thought_positions} positions x {r.batch_size} sequences; run dir {ctx.run_dir}")
+        baked_acc = task_accuracy(ref, tok, evals, int(r.gen_tokens))
+        first = module.check(0)  # before training (a resumed run gets its checks back from the checkpoint)
+        module.history["checks"] = [first]
+        tr.log({k: v for k, v in check_metrics(first).items()}, step=0)
+        trainer, hours = _fit(cfg, ctx, module, "rl", src, out_dir, QuietStarModule.epochs(r), 0.0)
+        if not trainer.is_global_zero:
+            return {}
+        return _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, module.history, baked_acc, hours, out_dir)
 
 
 def _mean(xs) -> float:
     return sum(xs) / max(len(xs), 1)
-
-
-def _task_acc(model, tok, evals, gen_tokens: int) -> dict:
-    """GSM8K/ARC-format accuracy, answered directly (greedy, no thoughts: generating with a thought per
-    token costs thought_length + 2 forward passes a token — see benchmarks/bench_thoughts.py)."""
-    return {"gsm8k": gsm8k_accuracy(model, tok, evals["gsm8k"], gen_tokens),
-            "arc": choice_accuracy(model, tok, evals["arc"], "arc")}
-
-
-def _check(tr, model, head, ref, windows, tc, tids, seed, ep, tok, evals, r) -> dict:
-    """Anti-theater check (and task accuracy) at episode ``ep``; logged with pass/fail flags."""
-    res = evaluate(model, head, ref, windows, tc, tids, torch.Generator().manual_seed(seed + 2))
-    acc = _task_acc(model, tok, evals, int(r.gen_tokens))
-    res.update(episode=ep, gsm8k=acc["gsm8k"], arc=acc["arc"])
-    tr.log({"anti_theater/divergence": res["divergence"], "anti_theater/divergence_passed": res["divergence_passed"],
-            "anti_theater/ablation_drop": res["ablation_drop"], "anti_theater/ablation_passed": res["ablation_passed"],
-            "anti_theater/correlation": res["correlation"], "anti_theater/correlation_passed": res["correlation_passed"],
-            "anti_theater/all_passed": res["all_passed"], "anti_theater/n_windows": res["n_windows"],
-            **{f"anti_theater/{k}_ci95_{end}": res[f"{k}_ci95"][i] for k in ("divergence", "ablation_drop", "correlation")
-               for i, end in enumerate(("low", "high"))},
-            "rl/divergence_from_direct": res["divergence"],
-            "rl/ablation_accuracy_drop": res["ablation_drop"], "rl/gsm8k_accuracy": acc["gsm8k"],
-            "rl/arc_accuracy": acc["arc"]}, step=ep)
-    return res
 
 
 def _ci(ci) -> str:
@@ -436,9 +338,9 @@ def _inference_ms(model, head, tok, tc, tids, n_tokens: int) -> tuple[float, flo
     return out[0], out[1]
 
 
-def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, checks, reward_curve, coh_all, baked_acc, hours,
-               out_dir) -> dict:
+def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, hours, out_dir) -> dict:
     tr, r = ctx.tracker, cfg.phase.rl
+    checks, reward_curve, coh_all = hist["checks"], hist["reward"], hist["coherence"]
     last = checks[-1]
     ms_with, ms_without = _inference_ms(model, head, tok, tc, tids, int(r.inference_tokens))
     tail = reward_curve[-max(1, len(reward_curve) // 5):]

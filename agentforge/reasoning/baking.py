@@ -91,3 +91,58 @@ def token_usage(outputs: list[list[int]], token_ids) -> float:
     """Share of outputs containing at least one of ``token_ids``."""
     ids = {int(t) for t in token_ids}
     return sum(any(t in ids for t in o) for o in outputs) / max(len(outputs), 1)
+
+
+def bake_step(model, teacher, prompt: list[int], pairs: list[tuple[list[int], list[int]]], b,
+              generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """(KL loss, agreement) of one baking batch of (question, response) token pairs, all of one strategy.
+    The first ``sampled_fraction`` of the rows continue with tokens sampled from the prompted teacher,
+    the rest with the examples' own responses. ``b`` holds prompt_position, sampled_fraction,
+    sample_tokens, temperature."""
+    n_sampled = round(float(b.sampled_fraction) * len(pairs))
+    xs = [x for x, _ in pairs]
+    ys = [sample_continuation(teacher, prompted(prompt, x, str(b.prompt_position)), int(b.sample_tokens),
+                              float(b.temperature), generator, [PAD_ID, BOS_ID]) if i < n_sampled else y
+          for i, (x, y) in enumerate(pairs)]
+    dev = next(model.parameters()).device
+    t_ids, s_ids, mask = (t.to(dev) for t in make_batch(prompt, xs, ys, str(b.prompt_position)))
+    with torch.no_grad():
+        t_logits = aligned_teacher_logits(teacher(t_ids).logits, len(prompt), s_ids.shape[1])
+    s_logits = model(s_ids).logits
+    return baking_kl(t_logits, s_logits, mask), agreement(t_logits, s_logits, mask)
+
+
+@torch.no_grad()
+def bake_eval(model, teacher, val: dict[str, list[tuple[list[int], list[int]]]], prompts: dict[str, list[int]],
+              b, usage_ids: dict[str, list[int]] | None = None) -> dict:
+    """Per strategy key (``val``: its held-out token pairs): KL and next-token agreement of the unprompted
+    model with the prompted teacher. With ``usage_ids`` ({"thinking": ids, "strategy": ids, key: ids of the
+    strategy's own token}), also the share of sampled outputs (``usage_tokens`` each) using them."""
+    was = model.training
+    model.eval()
+    per, kls, outs = {}, [], []
+    dev = next(model.parameters()).device
+    try:
+        for key, pairs in val.items():
+            t_ids, s_ids, mask = (t.to(dev) for t in make_batch(prompts[key], [x for x, _ in pairs],
+                                                                [y for _, y in pairs], str(b.prompt_position)))
+            t_logits = aligned_teacher_logits(teacher(t_ids).logits, len(prompts[key]), s_ids.shape[1])
+            s_logits = model(s_ids).logits
+            kls.append(float(baking_kl(t_logits, s_logits, mask)))
+            per[key] = {"agreement": agreement(t_logits, s_logits, mask), "kl": kls[-1]}
+            if usage_ids is not None:
+                def sample(m, prefix, g):
+                    return sample_continuation(m, prefix, int(b.usage_tokens), float(b.temperature), g, [PAD_ID, BOS_ID])
+                g = torch.Generator().manual_seed(0)
+                st = [sample(model, [BOS_ID] + x, g) for x, _ in pairs]
+                g = torch.Generator().manual_seed(0)
+                te = [sample(teacher, prompted(prompts[key], x, str(b.prompt_position)), g) for x, _ in pairs]
+                per[key].update(usage=token_usage(st, usage_ids[key]), teacher_usage=token_usage(te, usage_ids[key]))
+                outs += st
+    finally:
+        model.train(was)
+    res = {"per": per, "val_loss": sum(kls) / len(kls), "overall": sum(v["agreement"] for v in per.values()) / len(per)}
+    if usage_ids is not None:
+        res["thinking_usage"] = token_usage(outs, usage_ids["thinking"])
+        res["strategy_usage"] = token_usage(outs, usage_ids["strategy"])
+    return res

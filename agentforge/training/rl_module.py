@@ -1,0 +1,131 @@
+"""Phase 3 step 2, Quiet-STaR RL (``reasoning/rl.py``), as a LightningModule with manual optimization.
+
+Two optimizers step each episode: the model's (``build_optimizer``, as everywhere) and the mixing
+head's (AdamW at the same learning rate). The loss of ``rl.rl_step`` is back-propagated with
+``manual_backward`` (so DDP all-reduces it), the gradients of model and head are clipped together to
+``gradient_clip`` (after the Grokfast filter, ``optim.clip_grad_norm_``), and LMModule's hooks give the
+NaN policy, QK-clip's rank sync and the optimizer metrics.
+
+An epoch is ``anti_theater_every`` episodes (the last one may be shorter): the anti-theater check runs
+in validation at each epoch's end, before the epoch checkpoint is written, so a resumed run carries
+every check, reward and coherence value of the episodes before it. Episode e draws its windows with a
+generator seeded by (seed, e, rank).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from agentforge.evals.tasks import choice_accuracy, gsm8k_accuracy
+from agentforge.optim import build_optimizer, clip_grad_norm_
+from agentforge.reasoning.rl import ThoughtConfig, evaluate, rl_step, sample_windows
+from agentforge.training.baking_module import FrozenPair, gpu_memory
+
+CHECK_KEYS = ("divergence", "ablation_drop", "correlation")
+
+
+def task_accuracy(model, tok, evals: dict, gen_tokens: int) -> dict:
+    """GSM8K/ARC-format accuracy, answered directly (greedy, no thoughts: generating with a thought per
+    token costs thought_length + 2 forward passes a token — see benchmarks/bench_thoughts.py)."""
+    return {"gsm8k": gsm8k_accuracy(model, tok, evals["gsm8k"], gen_tokens),
+            "arc": choice_accuracy(model, tok, evals["arc"], "arc")}
+
+
+def check_metrics(res: dict) -> dict:
+    """The W&B keys of one anti-theater check (seed's names, plus n and the CI bounds)."""
+    out = {"anti_theater/divergence": res["divergence"], "anti_theater/divergence_passed": res["divergence_passed"],
+           "anti_theater/ablation_drop": res["ablation_drop"], "anti_theater/ablation_passed": res["ablation_passed"],
+           "anti_theater/correlation": res["correlation"], "anti_theater/correlation_passed": res["correlation_passed"],
+           "anti_theater/all_passed": res["all_passed"], "anti_theater/n_windows": res["n_windows"],
+           "rl/divergence_from_direct": res["divergence"], "rl/ablation_accuracy_drop": res["ablation_drop"],
+           "rl/gsm8k_accuracy": res["gsm8k"], "rl/arc_accuracy": res["arc"]}
+    out.update({f"anti_theater/{k}_ci95_{end}": res[f"{k}_ci95"][i] for k in CHECK_KEYS
+                for i, end in enumerate(("low", "high"))})
+    return out
+
+
+class QuietStarModule(FrozenPair):
+    def __init__(self, model, ref, head, train_stream: torch.Tensor, eval_windows: torch.Tensor, evals: dict, tok,
+                 tc: ThoughtConfig, tids: dict, r, optim_cfg: dict, gradient_clip: float, on_nonfinite: str, seed: int):
+        """r: phase.rl; tids: start / end / banned token ids; evals: held-out GSM8K/ARC-format examples."""
+        super().__init__(model, ref, optim_cfg, int(r.num_episodes), on_nonfinite, seed)
+        self.automatic_optimization = False
+        self.head, self.train_stream, self.eval_windows = head, train_stream, eval_windows
+        self.evals, self.tok, self.tc, self.tids, self.r = evals, tok, tc, tids, r
+        self.gradient_clip = gradient_clip
+        self.every, self.episodes = int(r.anti_theater_every), int(r.num_episodes)
+        self.history = {"reward": [], "coherence": [], "checks": []}
+
+    @staticmethod
+    def epochs(r) -> int:
+        return math.ceil(int(r.num_episodes) / int(r.anti_theater_every))
+
+    def check(self, episode: int) -> dict:
+        """Anti-theater check and task accuracy at ``episode`` (the same held-out windows and draw each time)."""
+        res = evaluate(self.model, self.head, self.frozen, self.eval_windows.to(self.device), self.tc, self.tids,
+                       torch.Generator().manual_seed(self.seed + 2))
+        res.update(episode=episode, **task_accuracy(self.model, self.tok, self.evals, int(self.r.gen_tokens)))
+        return res
+
+    # -- data: the count of episodes per epoch --------------------------------------------------------------
+    def train_dataloader(self):
+        return self.steps_loader(min(self.every, self.episodes - self.current_epoch * self.every))
+
+    def val_dataloader(self):
+        return self.steps_loader(1)
+
+    # -- optimizers -----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt, sched = build_optimizer(self.model, self.optim_cfg, self.total_steps)
+        head_opt = torch.optim.AdamW(self.head.parameters(), lr=float(self.optim_cfg["lr"]))
+        return [opt, head_opt], [{"scheduler": sched, "interval": "step"}]
+
+    def training_step(self, batch, batch_idx):
+        opt, head_opt = self.optimizers()
+        episode = self.current_epoch * self.every + batch_idx + 1
+        _, _, gen = self.generators(batch_idx, self.every)
+        r, tc = self.r, self.tc
+        windows = sample_windows(self.train_stream, int(r.batch_size), int(r.seq_len), int(r.thought_positions),
+                                 tc.context_len, tc.n_true, gen).to(self.device)
+        loss, fig = rl_step(self.model, self.head, self.frozen, windows, tc, self.tids, gen)
+        if not torch.isfinite(loss):
+            return self._nonfinite(f"Quiet-STaR loss is {float(loss)}")
+        opt.zero_grad(set_to_none=True)
+        head_opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.gradient_clip > 0:
+            clip_grad_norm_(opt.optimizer, [*self.model.parameters(), *self.head.parameters()], self.gradient_clip)
+        opt.step()
+        head_opt.optimizer.step()  # the raw optimizer: one LightningOptimizer step per episode keeps global_step = episodes
+        self.lr_schedulers().step()
+        rewards = self.history["reward"] = [*self.history["reward"], fig["reward"]]
+        coh = fig["coherence"]
+        self.history["coherence"] = [*self.history["coherence"], *coh["coherence"]]
+        mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
+        self.log_dict({"rl/episode": float(episode), "rl/reward": fig["reward"], "rl/avg_reward": mean(rewards[-100:]),
+                       "rl/avg_coherence_score": mean(coh["coherence"]), "rl/semantic_coherence": mean(coh["semantic"]),
+                       "rl/syntactic_coherence": mean(coh["syntactic"]),
+                       "rl/predictive_coherence": mean(coh["predictive"]), "rl/avg_thought_length": float(tc.thought_length),
+                       "rl/thought_diversity": fig["diversity"], "rl/kl_divergence": fig["kl"],
+                       "rl/policy_loss": fig["policy_loss"], "rl/lm_loss": fig["lm_loss"], "rl/mixing_weight": fig["mix_weight"],
+                       "rl/learning_rate": opt.param_groups[0]["lr"], **gpu_memory()}, on_step=True, on_epoch=False)
+        self.log("reward", fig["reward"], prog_bar=True, logger=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        metrics_fn = getattr(self.optimizers()[0].optimizer, "metrics", None)
+        if callable(metrics_fn):
+            self.log_dict({k: float(v) for k, v in metrics_fn().items()}, on_step=True, on_epoch=False)
+
+    # -- the anti-theater check ends each epoch, before the epoch checkpoint is written ---------------------
+    def on_validation_epoch_start(self):
+        pass
+
+    def validation_step(self, batch, batch_idx):
+        res = self.check(min((self.current_epoch + 1) * self.every, self.episodes))
+        self.history["checks"] = [*self.history["checks"], res]
+        self.log_dict({k: float(v) for k, v in check_metrics(res).items()}, on_step=False, on_epoch=True,
+                      rank_zero_only=True)
+
+    def on_validation_epoch_end(self):
+        pass
