@@ -171,18 +171,23 @@ def test_test_rows_that_occur_in_the_selection_set_are_dropped():
     assert not any(r.numpy().tobytes() in sel_rows for r in kept.rows)
 
 
-def test_test_improvement_of_an_identical_champion_is_exactly_zero_and_fails_the_threshold():
-    models = _tiny_models()
+def test_test_improvement_of_an_identical_champion_is_exactly_zero_and_cannot_pass():
+    models, tok = _tiny_models(), ByteTokenizer()
     w = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}
-    first = heldout.compare_on_test(models, models[0], ByteTokenizer(), _data(1), _data(0), w, "timed",
-                                    n_resamples=500)
-    best = first["metrics"]["final/test_best_input"]
-    twin = copy.deepcopy(models[int(best[-1]) - 1])  # a copy of the best input, timed mode: no fresh timing draw
-    out = heldout.compare_on_test(models, twin, ByteTokenizer(), _data(1), _data(0), w, "timed", n_resamples=500)
-    m = out["metrics"]
-    assert m["final/test_fitness_improvement"] == 0.0 and m["final/test_fitness_improvement_ci"] == [0.0, 0.0]
+    compare = lambda champ, mode: heldout.compare_on_test(models, champ, tok, _data(1), _data(0), w, mode,
+                                                          n_resamples=500)
+    best = compare(models[0], "flops")["metrics"]["final/test_best_input"]
+    twin = copy.deepcopy(models[int(best[-1]) - 1])  # a copy of the best input
+    m = compare(twin, "flops")["metrics"]
+    assert m["final/test_fitness_improvement"] == 0.0 and m["final/test_fitness_improvement_ci95"] == [0.0, 0.0]
     assert m["final/test_ppl_ratio"] == 1.0 and m["final/test_accuracy_delta"] == 0.0
-    assert m["final/test_fitness_improvement_verdict"] == "FAIL" and m["final/test_rows"] == 6
+    assert m["final/test_rows"] == 6 and m["final/fitness_improvement"] == m["final/test_fitness_improvement"]
+    assert m["final/test_fitness_improvement_n"] == 3 and m["final/test_verdict"] == "INCONCLUSIVE"  # n < 30
+    assert heldout.verdict(m["final/test_fitness_improvement_ci95"], 20.0, n=30) == "FAIL"
+    # timed speed term: the copy shares its original's measurement (no fresh timing draw), so it can
+    # never come out above the inputs
+    out = compare(copy.deepcopy(models[0]), "timed")
+    assert out["fitness"][3] == out["fitness"][0] and out["metrics"]["final/test_fitness_improvement"] <= 0.0
 
 
 def test_test_improvement_and_its_ci_by_hand():
@@ -202,13 +207,14 @@ def test_test_improvement_and_its_ci_by_hand():
     assert ci[0] < point < ci[1]
     assert heldout.verdict([21.0, 40.0], 20) == "PASS" and heldout.verdict([5.0, 20.0], 20) == "FAIL"
     assert heldout.verdict(ci, 20) == "INCONCLUSIVE"  # 4 rows, 4 questions: the CI spans the threshold
+    assert heldout.verdict([21.0, 40.0], 20, n=29) == "INCONCLUSIVE"  # too few examples for any verdict
 
 
 # -- the phase ----------------------------------------------------------------------------------------------
 
 TINY_EVO = ["logger=none", "hardware=cpu", "phase=evomerge", "phase.population_size=4", "phase.generations=2",
             "phase.eval.rows=2", "phase.eval.seq_len=16", "phase.eval.choice_examples=2",
-            "phase.eval.speed_seq_len=8", "phase.eval.speed_repeats=1", "phase.eval.test_rows=6",
+            "phase.eval.speed_seq_len=8", "phase.eval.speed_repeats=1", "phase.eval.test_rows=6", "phase.eval.test_choice_examples=2",
             "phase.eval.bootstrap_resamples=1000"]
 
 
@@ -263,15 +269,16 @@ def test_seeded_phase_is_deterministic_by_default_and_never_below_the_best_input
     assert [i["recipe"]["weights"] for i in first[:3]] == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     assert [i["fitness"] for i in first[:3]] == input_fits
     assert all(log["champion"]["fitness"] >= f for f in input_fits)
-    assert out["metrics"]["final/fitness_improvement"] >= 0  # the selection set only
+    assert out["metrics"]["final/selection_fitness_improvement"] >= 0  # the selection set only
     assert out["metrics"]["final/best_fitness"] >= out["metrics"]["final/best_input_fitness"]
     # the decision figure: the same champion on test rows disjoint from the selection rows, the same
     # figure in both runs (deterministic terms), its CI around it
     m = out["metrics"]
     assert m["final/test_rows"] + m["final/test_excluded_overlap"] >= 6 and m["final/test_rows"] >= 2
-    lo, hi = m["final/test_fitness_improvement_ci"]
+    lo, hi = m["final/test_fitness_improvement_ci95"]
     assert lo <= m["final/test_fitness_improvement"] <= hi
-    assert m["final/test_fitness_improvement_verdict"] in {"PASS", "FAIL", "INCONCLUSIVE"}
+    assert m["final/test_verdict"] == "INCONCLUSIVE"  # fewer than 30 test rows here
+    assert m["final/fitness_improvement"] == m["final/test_fitness_improvement"]  # the report's key: the test figure
     assert log["final"]["final/test_fitness_improvement"] == m["final/test_fitness_improvement"]
 
 
@@ -302,8 +309,8 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
                 "models/model_1/memory_usage", "final/generations_completed", "final/best_fitness",
                 "final/fitness_improvement", "final/total_evolution_time_minutes", "final/champion_combo_id",
                 "final/best_combo", "final/worst_combo", "final/combo_win_rate", "final/converged_at_generation",
-                "final/convergence_reason", "final/test_fitness_improvement", "final/test_fitness_improvement_ci_low",
-                "final/test_fitness_improvement_ci_high", "final/test_ppl_ratio", "final/test_accuracy_delta",
+                "final/convergence_reason", "final/test_fitness_improvement", "final/test_fitness_improvement_ci95",
+                "final/test_fitness_improvement_n", "final/test_ppl_ratio", "final/test_accuracy_delta",
                 "final/selection_fitness_improvement", "final/models_measured"}
     expected |= {f"evolution/combo_{combos.bits(c)}_count" for c in range(8)}
     assert expected <= keys, sorted(expected - keys)

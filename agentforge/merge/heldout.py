@@ -25,7 +25,13 @@ choice). Uncertainty comes from resampling the test examples:
   default (with ``speed="timed"`` the timing noise is not in the CI).
 
 ``verdict`` turns the CI into PASS (lower bound above the threshold), FAIL (upper bound at or below it)
-or INCONCLUSIVE (the CI contains it).
+or INCONCLUSIVE (the CI contains it, or fewer than ``MIN_N`` = 30 test rows or questions: too few for a
+bootstrap CI to be trusted).
+
+Keys: ``final/test_fitness_improvement`` and, identical, the seed's ``final/fitness_improvement`` (the
+key the pipeline report's threshold row reads), each with ``_ci95``, ``_n`` (the smaller of the row and
+question counts) and ``_test`` (what was compared); the selection-set figure is
+``final/selection_fitness_improvement``.
 """
 from __future__ import annotations
 
@@ -68,7 +74,12 @@ def disjoint_from(test: fitness.EvalData, selection: fitness.EvalData) -> tuple[
     return out, removed
 
 
-def verdict(ci: list[float], threshold: float) -> str:
+MIN_N = 30
+
+
+def verdict(ci: list[float], threshold: float, n: int | None = None) -> str:
+    if n is not None and n < MIN_N:
+        return "INCONCLUSIVE"
     if ci[0] > threshold:
         return "PASS"
     if ci[1] <= threshold:
@@ -130,17 +141,21 @@ def compare_on_test(inputs: list, champion, tokenizer, test: fitness.EvalData, s
         "final/test_best_input": f"model{best + 1}",
         "final/test_rows": len(data.rows), "final/test_questions": data.n_accuracy_examples(),
         "final/test_excluded_overlap": removed,
-        "final/test_loss_delta": loss["delta"], "final/test_loss_delta_ci": loss["ci95"],
+        "final/test_loss_delta": loss["delta"], "final/test_loss_delta_ci95": loss["ci95"],
         "final/test_loss_delta_p": loss["p_value"],
-        "final/test_ppl_ratio": math.exp(loss["delta"]), "final/test_ppl_ratio_ci": [math.exp(x) for x in loss["ci95"]],
+        "final/test_ppl_ratio": math.exp(loss["delta"]),
+        "final/test_ppl_ratio_ci95": [math.exp(x) for x in loss["ci95"]],
     }
     if len(champ_m["correct"]) >= 2:
         acc = stats.paired_bootstrap(champ_m["correct"], best_m["correct"], n_resamples, seed)
-        out.update({"final/test_accuracy_delta": acc["delta"], "final/test_accuracy_delta_ci": acc["ci95"],
+        out.update({"final/test_accuracy_delta": acc["delta"], "final/test_accuracy_delta_ci95": acc["ci95"],
                     "final/test_accuracy_delta_p": acc["p_value"]})
     point, ci = fitness_improvement_ci(champ_m, best_m, ref, weights, speed_mode, n_resamples, seed)
-    out.update({"final/test_fitness_improvement": point, "final/test_fitness_improvement_ci": ci,
-                "final/test_fitness_improvement_ci_low": ci[0], "final/test_fitness_improvement_ci_high": ci[1],
-                "final/test_fitness_improvement_verdict": verdict(ci, threshold)})
+    n = min(len(data.rows), data.n_accuracy_examples()) if data.n_accuracy_examples() else len(data.rows)
+    how = (f"champion vs best input ({out['final/test_best_input']}) on {len(data.rows)} test rows and "
+           f"{data.n_accuracy_examples()} questions not in the selection set; stratified bootstrap")
+    for key in ("final/test_fitness_improvement", "final/fitness_improvement"):
+        out.update({key: point, f"{key}_ci95": ci, f"{key}_n": n, f"{key}_test": how})
+    out["final/test_verdict"] = verdict(ci, threshold, n)
     measurements = [{k: v for k, v in m.items() if k not in EXAMPLE_KEYS} for m in full]
     return {"metrics": out, "measurements": measurements, "fitness": fits}

@@ -77,6 +77,7 @@ RULES = [
     rule("phase.eval.speed_batch", integer(1)),
     rule("phase.eval.speed_repeats", integer(1)),
     rule("phase.eval.test_rows", integer(2)),
+    rule("phase.eval.test_choice_examples", integer(0)),
     rule("phase.eval.bootstrap_resamples", integer(100)),
     rule("phase.speed_term", one_of(*fitness.SPEED_MODES)),
     rule("phase.dare_rescale", one_of(*RESCALES)),
@@ -108,15 +109,18 @@ def load_inputs(dirs: list[Path]):
     return models, tok
 
 
-def eval_data(cfg, split: str, rows: int) -> fitness.EvalData:
+def eval_data(cfg, split: str, rows: int, choice_examples: int | None = None) -> fitness.EvalData:
+    """``rows`` packed rows of the four synthetic tasks and ``choice_examples`` (default
+    ``phase.eval.choice_examples``) ARC- and PIQA-format questions each, from ``split``."""
     e, seed = cfg.phase.eval, int(cfg.seed)
+    n_choice = int(e.choice_examples if choice_examples is None else choice_examples)
     mix = normalize_mix({t: 1.0 for t in ("plain_text", "arithmetic", "choice", "piqa")})
     texts = TaskPool(seed).sample_texts(mix, (rows + 2) * (int(e.seq_len) + 1), random.Random(seed * 104729), split)
-    n = max(int(e.choice_examples), int(e.gsm8k_examples))
+    n = max(n_choice, int(e.gsm8k_examples))
     sets = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, n, split) if n else {}
     return fitness.EvalData(
         rows=pack(texts, ByteTokenizer(), int(e.seq_len))[:rows],
-        choice={k: sets[k][: int(e.choice_examples)] for k in ("arc", "piqa")} if n else {},
+        choice={k: sets[k][:n_choice] for k in ("arc", "piqa")} if n else {},
         gsm8k=sets["gsm8k"][: int(e.gsm8k_examples)] if n else [], gen_tokens=int(e.gen_tokens),
         speed_seq_len=int(e.speed_seq_len), speed_batch=int(e.speed_batch), speed_repeats=int(e.speed_repeats))
 
@@ -239,7 +243,7 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     save_model(ckpt, model.cpu(), tokenizer, meta)
     model.to(dev)
     # -- champion vs inputs on test data disjoint from the selection set: the decision figure --------------
-    test = heldout.compare_on_test(models, model, tokenizer, eval_data(cfg, "test", int(p.eval.test_rows)), selection,
+    test = heldout.compare_on_test(models, model, tokenizer, eval_data(cfg, "test", int(p.eval.test_rows), int(p.eval.test_choice_examples)), selection,
                                    weights, str(p.speed_term), float(p.improvement_threshold),
                                    int(p.eval.bootstrap_resamples), int(cfg.seed))
     rows = []
@@ -267,8 +271,8 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
              [[g.index, g.best, g.mean, g.diversity, combos.bits(g.best_individual.genome.combo)] for g in gens])
     final = {
         "final/generations_completed": len(gens), "final/best_fitness": champ.fitness,
-        "final/fitness_improvement": improvement,  # selection set (validation): the winner's-curse figure
-        "final/selection_fitness_improvement": improvement, "final/total_evolution_time_minutes": minutes,
+        "final/selection_fitness_improvement": improvement,  # the selection set: the winner's-curse figure
+        "final/total_evolution_time_minutes": minutes,
         "final/champion_combo_id": recipe.combo, "final/best_combo": combos.bits(best_combo),
         "final/worst_combo": combos.bits(worst_combo),
         "final/combo_win_rate": {combos.bits(c): wins[c] / len(gens) for c in range(8)},
@@ -310,7 +314,7 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     print("\n".join(f"{r[0]:9s} fitness selection {r[1]:.4f}  test {r[2]:.4f}  test ppl {r[3]:.2f}  acc {r[4]:.3f}"
                     for r in rows))
     t = test["metrics"]
-    ci = t["final/test_fitness_improvement_ci"]
+    ci = t["final/test_fitness_improvement_ci95"]
     print(f"champion: combo {combo.bits} ({combo.label}), generation {result.champion_generation}; "
           f"{len(gens)} generations ({result.convergence_reason}), {minutes:.2f} min")
     print(f"selection set (chose the champion, biased up): fitness {champ.fitness:.4f} vs best input "
@@ -319,11 +323,11 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
           f"{t['final/test_excluded_overlap']} overlapping the selection set excluded): fitness "
           f"{t['final/test_fitness']:.4f} vs best input ({t['final/test_best_input']}) "
           f"{t['final/test_best_input_fitness']:.4f}: improvement {t['final/test_fitness_improvement']:+.2f}% "
-          f"[95% CI {ci[0]:+.2f}, {ci[1]:+.2f}] -> {t['final/test_fitness_improvement_verdict']} "
+          f"[95% CI {ci[0]:+.2f}, {ci[1]:+.2f}] -> {t['final/test_verdict']} "
           f"vs > {float(p.improvement_threshold):g}%; perplexity ratio {t['final/test_ppl_ratio']:.4f} "
-          f"[{t['final/test_ppl_ratio_ci'][0]:.4f}, {t['final/test_ppl_ratio_ci'][1]:.4f}]"
-          + (f"; accuracy delta {t['final/test_accuracy_delta']:+.3f} [{t['final/test_accuracy_delta_ci'][0]:+.3f}, "
-             f"{t['final/test_accuracy_delta_ci'][1]:+.3f}]" if "final/test_accuracy_delta" in t else ""))
+          f"[{t['final/test_ppl_ratio_ci95'][0]:.4f}, {t['final/test_ppl_ratio_ci95'][1]:.4f}]"
+          + (f"; accuracy delta {t['final/test_accuracy_delta']:+.3f} [{t['final/test_accuracy_delta_ci95'][0]:+.3f}, "
+             f"{t['final/test_accuracy_delta_ci95'][1]:+.3f}]" if "final/test_accuracy_delta" in t else ""))
     return {"checkpoint": str(out), "run_dir": str(run_dir), "metrics": final}
 
 
