@@ -3,13 +3,15 @@
     openevolve-run agentforge/scaling/variants/matrix_mixer.py openevolve/evaluator.py \
         --config openevolve/config_matrix_mixer.yaml --iterations 35
 
-A thin wrapper over ``agentforge.scaling.evaluator.evaluate``: the settings (sizes, steps, lr, sandbox
-limits, cache) are those of ``python -m agentforge phase=scaling``, i.e. ``conf/phase/scaling.yaml``,
+A thin wrapper over ``agentforge.phases.scaling.evaluate_cfg``, so the candidate runs in the same
+sandbox (bubblewrap; ``phase.sandbox=process`` is the weaker mode and warns on every call) and gets the
+same trusted metrics: the settings (sizes, steps, lr, sandbox mode and limits, held-out set, fitness
+guard, cache) are those of ``python -m agentforge phase=scaling``, i.e. ``conf/phase/scaling.yaml``,
 plus Hydra overrides from the environment variable ``AGENTFORGE_SCALING_OVERRIDES``, e.g.
 ``AGENTFORGE_SCALING_OVERRIDES="phase.preset=seed phase.train.steps=100000 hardware=gpu"``.
 Results are cached under ``{paths.artifacts}/scaling_cache`` (``$AGENTFORGE_OUTPUTS/artifacts`` or
-``outputs/artifacts`` in the working directory). ``combined_score`` (= fitness = −slope, or −1000 for a
-rejected candidate) is what OpenEvolve maximizes; the rejection reason goes to the artifacts, which
+``outputs/artifacts`` in the working directory). ``combined_score`` (the guarded fitness of
+``agentforge.scaling.fit.guarded_fitness``, or −1000 for a rejected candidate) is what OpenEvolve maximizes; the rejection reason goes to the artifacts, which
 OpenEvolve shows the LLM in the next prompt.
 """
 from __future__ import annotations
@@ -45,14 +47,10 @@ def evaluate_metrics(program_path: str, overrides: list[str] | None = None) -> d
     """The full result dict of the package evaluator (numbers, plus error_kind/error/framework strings)."""
     from agentforge.config import validate
     from agentforge.phases import scaling
-    from agentforge.scaling.evaluator import evaluate as scaling_evaluate
 
     cfg = compose_scaling_cfg(overrides)
     validate(cfg, scaling.RULES)
-    sb = cfg.phase.sandbox
-    cache_dir = Path(cfg.paths.artifacts).absolute() / "scaling_cache" if cfg.phase.cache else None
-    return scaling_evaluate(program_path, scaling.settings_from_cfg(cfg), timeout_s=float(sb.timeout_s),
-                            memory_mb=None if sb.memory_mb is None else int(sb.memory_mb), cache_dir=cache_dir)
+    return scaling.evaluate_cfg(cfg, Path(program_path))
 
 
 def evaluate(program_path: str):
@@ -60,7 +58,7 @@ def evaluate(program_path: str):
     installed, so the reason for a rejection reaches the LLM as an artifact; a plain dict otherwise)."""
     result = evaluate_metrics(program_path)
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
-    notes = {k: str(result[k]) for k in ("error_kind", "error", "framework") if result.get(k)}
+    notes = {k: str(result[k]) for k in ("error_kind", "error", "framework", "sandbox") if result.get(k)}
     try:
         from openevolve.evaluation_result import EvaluationResult
     except ImportError:

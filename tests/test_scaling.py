@@ -12,7 +12,7 @@ import pytest
 from agentforge.errors import ConfigError
 from agentforge.scaling.evaluator import BLOCK_END, BLOCK_START, FAIL_SCORE, check_static, evaluate
 from agentforge.scaling.fit import fit_scaling_law
-from agentforge.scaling.sandbox import CandidateFailure
+from agentforge.scaling.failures import CandidateFailure
 from agentforge.scaling.variants import FRAMEWORKS, variant_path
 from tests.conftest import REPO, compose_cfg, run_cli
 
@@ -24,9 +24,11 @@ TINY_SETTINGS = {
     "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0, "warmup_steps": 1, "min_lr_ratio": 0.1},
     "hardware": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "threads": 1},
     "mix": {"plain_text": 1.0}, "check": {"seq_len": 8}, "seed": 0, "fit_params": "total",
+    "trust": {"heldout_rows": 64, "probe_rows": 2, "loss_floor": 0.05}, "fitness": {"reference": None},
 }
 TINY_CLI = ["logger=none", "hardware=cpu", "phase.train.steps=4", "phase.train.eval_every=2",
             "phase.train.batch_size=2", "phase.train.seq_len=16", "phase.train.val_rows=2", "phase.check.seq_len=8",
+            "phase.trust.heldout_rows=64", "phase.trust.probe_rows=2", "phase.fitness.reference=null",
             "phase.presets.cpu=[{name:xs,d_model:16,n_layers:1,n_heads:2},{name:s,d_model:32,n_layers:1,n_heads:2}]"]
 
 
@@ -51,8 +53,8 @@ NONCAUSAL = COEFF.format(body="        return torch.softmax((q @ k.transpose(-2,
 NAN = COEFF.format(body="        t = q.shape[-2]\n        return causal_mask(t, q.device).float() * float('nan')")
 HANG = COEFF.format(body="        while True:\n            pass")
 CRASH = COEFF.format(body="        raise RuntimeError('boom')")
-GREEDY = COEFF.format(body="        return causal_mask(q.shape[-2], q.device).float()").replace(
-    "super().__init__()", "super().__init__()\n        self.big = torch.empty(600_000_000)")  # 2.4 GB
+GREEDY = "_big = torch.empty(600_000_000)  # 2.4 GB while the candidate is imported\n" + COEFF.format(
+    body="        return causal_mask(q.shape[-2], q.device).float()")
 
 
 def write(tmp_path, name: str, code: str):
@@ -103,7 +105,7 @@ def test_templates_pass_static_checks(framework):
     (lambda c: c.replace("        t = q.shape[-2]\n", "        import os\n        t = q.shape[-2]\n"), "forbidden"),
     (lambda c: c.replace("        t = q.shape[-2]\n", "        t = eval('q.shape[-2]')\n"), "forbidden"),
     (lambda c: c.replace("        t = q.shape[-2]\n", "        t = q.__class__\n"), "forbidden"),
-    (lambda c: c.replace("def forward(self, q", "def forward(self q"), "syntax"),
+    (lambda c: c.replace("def forward(self, q", "def forward(self q"), "crash"),
 ], ids=["frame_edit", "header_removed", "marker_removed", "import_os", "eval", "dunder", "syntax"])
 def test_static_checks_reject_with_reason(mutate, kind, tmp_path):
     code = mutate(variant_path("coefficient_dynamics").read_text())
@@ -133,8 +135,8 @@ def test_baseline_scores_and_repeat_hits_cache(tmp_path):
 
 
 @pytest.mark.parametrize("block,kind,extra", [
-    (NONCAUSAL, "causality", {}),
-    (NAN, "nonfinite", {}),
+    (NONCAUSAL, "non_causal", {}),
+    (NAN, "non_finite", {}),
     (CRASH, "crash", {}),
     (GREEDY, "memory", {"memory_mb": 1024}),
     (HANG, "timeout", {"timeout_s": 8}),
@@ -146,7 +148,7 @@ def test_sandbox_rejects_bad_candidates_with_reason(block, kind, extra, tmp_path
     assert result["valid"] == 0.0 and result["combined_score"] == FAIL_SCORE
     assert result["error_kind"] == kind, result["error"]
     cached = list((tmp_path / "cache").glob("*.json"))
-    assert len(cached) == (1 if kind in ("causality", "nonfinite") else 0)  # only reproducible failures are kept
+    assert cached == []  # found by the candidate's own process (the early checks), or not reproducible
 
 
 # -- config and CLI -----------------------------------------------------------------------------------------
@@ -184,7 +186,7 @@ def test_cli_scaling_reports_fit_then_hits_cache(tmp_path):
 def test_cli_rejects_noncausal_program_with_exit_2(tmp_path):
     path = write(tmp_path, "noncausal", with_block("coefficient_dynamics", NONCAUSAL))
     proc = run_cli(["phase=scaling", f"phase.program={path}", *TINY_CLI], tmp_path)
-    assert proc.returncode == 2 and "rejected (causality)" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "rejected (non_causal)" in proc.stderr, proc.stderr[-2000:]
 
 
 # -- the OpenEvolve entry file ------------------------------------------------------------------------------

@@ -4,8 +4,10 @@
     python -m agentforge phase=scaling phase.variant=matrix_mixer       # a framework's starting program
     python -m agentforge phase=scaling phase.program=path/to/candidate.py
 
-Trains every size of ``phase.presets[phase.preset]`` with the variant's attention (in a sandboxed child
-process), fits loss = a + b·ln(params) and reports fitness = −b and R². Outputs: ``fitness.json``, the
+Trains every size of ``phase.presets[phase.preset]`` with the variant's attention in the sandbox
+(``phase.sandbox=bwrap``; ``process`` is the weaker mode, announced on every run and recorded in the
+results), scores what comes back on the trusted side, fits loss = a + b·ln(params) and reports fitness
+= −b, R² and the guarded combined score. Outputs: ``fitness.json``, the
 table of sizes and ``plots/scaling_law.png`` in the run directory; results are cached under
 ``{artifacts}/scaling_cache/`` by (code, settings), so repeating a run costs nothing. A rejected
 candidate (non-causal, NaN, hang, crash, edit outside its EVOLVE block) leaves its ``fitness.json`` with
@@ -14,6 +16,7 @@ the reason and exits with status 2. OpenEvolve reaches the same evaluator throug
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -21,6 +24,7 @@ from omegaconf import OmegaConf
 from agentforge.config import boolean, integer, number, one_of, optional, rule
 from agentforge.errors import AgentForgeError, ConfigError
 from agentforge.phases.context import run_context
+from agentforge.sandbox import require_sandbox
 from agentforge.scaling.evaluator import evaluate
 from agentforge.scaling.fit import ScalingFit
 from agentforge.scaling.plot import scaling_plot
@@ -38,8 +42,14 @@ RULES = [
     rule("phase.train.gradient_clip", number(0)),
     rule("phase.fit_params", one_of("total", "non_embedding")),
     rule("phase.check.seq_len", integer(2, 512)),
-    rule("phase.sandbox.timeout_s", number(1)),
-    rule("phase.sandbox.memory_mb", optional(integer(512))),
+    rule("phase.sandbox", one_of("bwrap", "process")),
+    rule("phase.limits.timeout_s", number(1)),
+    rule("phase.limits.memory_mb", optional(integer(512))),
+    rule("phase.trust.heldout_rows", integer(16)),
+    rule("phase.trust.probe_rows", integer(1)),
+    rule("phase.trust.loss_floor", number(0)),
+    rule("phase.fitness.reference", optional(one_of("baseline"))),
+    rule("phase.fitness.tolerance", number(0)),
     rule("phase.cache", boolean()),
 ]
 TASKS = ("plain_text", "arithmetic", "choice", "piqa")
@@ -90,7 +100,29 @@ def settings_from_cfg(cfg) -> dict:
     return {"sizes": sizes_of(cfg), "train": train, "optimizer": optimizer, "mix": mix,
             "hardware": OmegaConf.to_container(cfg.hardware, resolve=True),
             "check": OmegaConf.to_container(p.check, resolve=True), "seed": int(cfg.seed),
-            "fit_params": str(p.fit_params)}
+            "fit_params": str(p.fit_params), "trust": OmegaConf.to_container(p.trust, resolve=True),
+            "fitness": OmegaConf.to_container(p.fitness, resolve=True)}
+
+
+def sandbox_mode(cfg) -> str:
+    """phase.sandbox, checked (bwrap must work here) and, for the weaker mode, announced on every run."""
+    mode = str(cfg.phase.sandbox)
+    require_sandbox(mode)
+    if mode == "process":
+        print("warning: phase.sandbox=process runs candidate code WITHOUT isolation (no namespaces: it can read "
+              "and write your files, use the network and leave processes behind); use it only for code you "
+              "trust. The results record sandbox=process.", file=sys.stderr)
+    return mode
+
+
+def evaluate_cfg(cfg, program: Path, work_dir: Path | None = None, mode: str | None = None) -> dict:
+    """``evaluate`` with the settings, limits, cache and sandbox mode of a composed phase=scaling config
+    (``mode``: an already checked phase.sandbox, so the warning is printed once per run)."""
+    lim = cfg.phase.limits
+    cache_dir = Path(cfg.paths.artifacts).absolute() / "scaling_cache" if cfg.phase.cache else None
+    return evaluate(program, settings_from_cfg(cfg), timeout_s=float(lim.timeout_s),
+                    memory_mb=None if lim.memory_mb is None else int(lim.memory_mb), cache_dir=cache_dir,
+                    work_dir=work_dir, sandbox=mode or sandbox_mode(cfg))
 
 
 def program_of(cfg) -> tuple[Path, str]:
@@ -106,25 +138,22 @@ def program_of(cfg) -> tuple[Path, str]:
 def run(cfg) -> dict:
     program, name = program_of(cfg)
     settings = settings_from_cfg(cfg)
-    sb = cfg.phase.sandbox
-    cache_dir = Path(cfg.paths.artifacts).absolute() / "scaling_cache" if cfg.phase.cache else None
+    mode = sandbox_mode(cfg)  # refuse (no bwrap) before a run dir is made
     with run_context(cfg, run_name=f"scaling-{name}", group="scaling", tags=["scaling", name],
                      job_type="scaling") as ctx:
         n = len(settings["sizes"])
         print(f"scaling: {program} over {n} sizes x {settings['train']['steps']} steps; run dir {ctx.run_dir}")
-        result = evaluate(program, settings, timeout_s=float(sb.timeout_s),
-                          memory_mb=None if sb.memory_mb is None else int(sb.memory_mb), cache_dir=cache_dir,
-                          work_dir=ctx.run_dir / "sandbox")
+        result = evaluate_cfg(cfg, program, ctx.run_dir / "sandbox", mode)
         fitness_json = ctx.tracker.write_json("fitness.json", {"program": str(program), **result})
         print(f"cache: {'hit' if result.get('cached') else 'miss'} ({str(result.get('key', ''))[:16]})")
         if not result["valid"]:
             ctx.tracker.summary({"scaling/valid": 0.0, "scaling/error_kind": result["error_kind"],
-                                 "scaling/error": result["error"]})
+                                 "scaling/error": result["error"], "scaling/sandbox": mode})
             raise CandidateRejected(f"{program}: candidate rejected ({result['error_kind']}): {result['error']} "
                                     f"— see {fitness_json}")
         metrics = report(ctx, result, name)
     return {"run_dir": str(ctx.run_dir), "report": str(fitness_json), "metrics": metrics,
-            "objective": result["fitness"]}
+            "objective": result["combined_score"]}
 
 
 def report(ctx, result: dict, name: str) -> dict:
@@ -133,9 +162,10 @@ def report(ctx, result: dict, name: str) -> dict:
     pkey = "non_embedding_params" if ctx.cfg.phase.fit_params == "non_embedding" else "params"
     metrics = {f"scaling/loss_{s['name']}": s["loss"] for s in sizes}
     metrics.update({f"scaling/params_{s['name']}": float(s[pkey]) for s in sizes})
-    metrics.update({f"scaling/{k}": result[k] for k in ("slope", "intercept", "r2", "fitness")})
+    metrics.update({f"scaling/{k}": result[k] for k in ("slope", "intercept", "r2", "fitness", "combined_score",
+                                                         "largest_gain", "guard_excess")})
     metrics.update({"scaling/valid": 1.0, "scaling/cached": float(bool(result.get("cached")))})
-    tr.summary(metrics)
+    tr.summary({**metrics, "scaling/sandbox": result["sandbox"]})
     tr.table("scaling/sizes", ["size", "d_model", "n_layers", "n_heads", "params", "non_embedding_params",
                                "val_loss", "train_seconds"],
              [[s["name"], s["d_model"], s["n_layers"], s["n_heads"], s["params"], s["non_embedding_params"],
@@ -153,5 +183,6 @@ def report(ctx, result: dict, name: str) -> dict:
                 f"Scaling-law fitness of {name}", {"fitness": result["fitness"], "r2": result["r2"]})
     print("  ".join(f"{s['name']}: {s[pkey]:,} params loss {s['loss']:.4f}" for s in sizes))
     print(f"fit: loss = {fit.intercept:.4f} {'-' if fit.slope < 0 else '+'} {abs(fit.slope):.4f}·ln(params)  "
-          f"R² = {fit.r2:.4f}  fitness = {fit.fitness:.4f}")
+          f"R² = {fit.r2:.4f}  fitness = {fit.fitness:.4f}  combined_score = {result['combined_score']:.4f} "
+          f"(sandbox: {result['sandbox']})")
     return metrics

@@ -1,40 +1,45 @@
-"""Scoring a candidate attention file: static checks here, the rest in the sandbox, then the fit.
+"""Scoring a candidate attention file: static checks here, training in the sandbox, the score here.
 
 ``evaluate(program_path, settings, ...) -> dict`` is OpenEvolve's evaluator contract (a program path in,
 a dict of metrics out; ``combined_score`` is what OpenEvolve maximizes). The steps:
 
-1. read and parse the file (``syntax``) — parsing executes nothing;
+1. read and parse the file — parsing executes nothing (a syntax error is a ``crash``);
 2. find its framework from the header line and compare everything outside the
    ``# EVOLVE-BLOCK-START`` / ``# EVOLVE-BLOCK-END`` markers with that framework's template
    (``outside_block``); refuse imports beyond math/torch/agentforge.models.layers, eval/exec/open and
-   dunder access inside the block (``forbidden``);
-3. look the (code, settings) pair up in the cache;
-4. run it in the sandbox (``sandbox.py``): contract, shape, causality, NaN/Inf checks, then training of
-   every size (``timeout``, ``memory``, ``crash``, ``causality``, ``nonfinite``, ...);
-5. fit loss = a + b·ln(params) (``fit.py``); fitness = combined_score = −b.
+   dunder access inside the block (``forbidden``). This is a friendly first filter with a clear reason,
+   not the security boundary: that is the sandbox;
+3. look the (code, settings, held-out secret) triple up in the cache;
+4. run ``agentforge.scaling.child`` on it in ``agentforge.sandbox`` (bubblewrap, or the weaker process
+   mode when chosen): it trains every size and returns weights and held-out logits (``timeout``,
+   ``memory``, ``crash``);
+5. score what came back on the trusted side (``trust.py``: parameter counts, loss on withheld tokens,
+   ``non_causal``, ``non_finite``, ``forged``), fit loss = a + b·ln(params) and combine the slope with
+   the baseline guard (``fit.guarded_fitness``).
 
 A failing candidate gets ``valid = 0``, ``combined_score = FAIL_SCORE`` and the reason in ``error_kind``
-and ``error``; nothing a candidate does raises out of ``evaluate``.
+and ``error``; nothing a candidate does raises out of ``evaluate``. Kinds: ``failures.py``.
 """
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import math
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from agentforge.sandbox import SandboxLimits, run_sandboxed
+from agentforge.scaling import trust
 from agentforge.scaling.cache import ResultCache, cache_key
-from agentforge.scaling.fit import fit_scaling_law
-from agentforge.scaling.sandbox import CandidateFailure, run_in_sandbox
+from agentforge.scaling.failures import CACHEABLE, CandidateFailure
+from agentforge.scaling.fit import fit_scaling_law, guarded_fitness
 from agentforge.scaling.variants import FRAMEWORKS, variant_path
 
 BLOCK_START, BLOCK_END = "# EVOLVE-BLOCK-START", "# EVOLVE-BLOCK-END"
 HEADER = re.compile(r"^#\s*scaling-framework:\s*([A-Za-z_]\w*)\s*$")
 FAIL_SCORE = -1000.0  # combined_score of a rejected candidate: below any fitness a trained family reaches
-# failures that the same code and settings reproduce exactly, so they may be cached (not timeouts/crashes)
-DETERMINISTIC_FAILURES = {"contract", "import", "shape", "causality", "nonfinite"}
 ALLOWED_IMPORTS = ("math", "torch", "agentforge.models.layers")
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "open", "__import__", "breakpoint", "input", "globals", "locals",
                    "vars", "exit", "quit"}
@@ -114,7 +119,7 @@ def check_static(code: str) -> str:
     try:
         tree = ast.parse(code)
     except SyntaxError as exc:
-        raise CandidateFailure("syntax", f"syntax error at line {exc.lineno}: {exc.msg}") from None
+        raise CandidateFailure("crash", f"syntax error at line {exc.lineno}: {exc.msg}") from None
     framework = detect_framework(code)
     check_outside_block(code, framework)
     before, block, _, _ = split_block(code)
@@ -127,57 +132,125 @@ def failed(kind: str, message: str, **extra) -> dict:
     return {"combined_score": FAIL_SCORE, "valid": 0.0, "error_kind": kind, "error": message, **extra}
 
 
-def scored(sizes: list[dict], fit_params: str) -> dict:
-    key = "non_embedding_params" if fit_params == "non_embedding" else "params"
+def scored(sizes: list[dict], settings: dict, reference: dict | None) -> dict:
+    key = "non_embedding_params" if settings.get("fit_params") == "non_embedding" else "params"
     fit = fit_scaling_law([s[key] for s in sizes], [s["loss"] for s in sizes])
-    out = {"combined_score": fit.fitness, "fitness": fit.fitness, "slope": fit.slope, "intercept": fit.intercept,
-           "r2": fit.r2, "valid": 1.0, "error_kind": "", "error": ""}
+    largest = max(sizes, key=lambda s: s[key])["name"]
+    guard = guarded_fitness(fit, {s["name"]: s["loss"] for s in sizes}, largest, reference,
+                            float((settings.get("fitness") or {}).get("tolerance", 0.05)))
+    out = {**guard, "fitness": fit.fitness, "slope": fit.slope, "intercept": fit.intercept, "r2": fit.r2,
+           "valid": 1.0, "error_kind": "", "error": ""}
     for s in sizes:
         out[f"loss_{s['name']}"] = s["loss"]
         out[f"params_{s['name']}"] = float(s[key])
     return out
 
 
+def limits_for(settings: dict, timeout_s: float, memory_mb: int | None) -> SandboxLimits:
+    threads = max(1, int((settings.get("hardware") or {}).get("threads") or 1))
+    return SandboxLimits(wall_s=float(timeout_s), cpu_s=int(math.ceil(timeout_s)) * (threads + 1),
+                         memory_mb=int(memory_mb or 2**20), max_procs=64 + 4 * threads, max_file_mb=256)
+
+
+def run_child(code: str, settings: dict, heldout: dict, *, limits: SandboxLimits, mode: str, check_only: bool,
+              log_dir: Path | None) -> tuple[dict, dict[str, bytes]]:
+    """Train in the sandbox; (the child's own report, the files it returned). Timeouts and memory are the
+    sandbox's verdict, not the child's."""
+    from safetensors.torch import save
+
+    sizes = [s["name"] for s in settings["sizes"]]
+    outputs = ("status.json", *(f"{w}_{n}.safetensors" for n in sizes for w in ("weights", "logits")))
+    files = {"candidate.py": code, "request.json": json.dumps({"settings": settings, "check_only": check_only}),
+             "heldout.safetensors": save({"inputs": heldout["inputs"], "probe": heldout["probe"]})}
+    threads = str((settings.get("hardware") or {}).get("threads") or 1)
+    res = run_sandboxed(["python", "-m", "agentforge.scaling.child"], files, limits=limits, outputs=outputs,
+                        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}, mode=mode)
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / "sandbox.log").write_text(f"[{res.mode}] kind={res.kind} rc={res.returncode} "
+                                             f"{res.wall_s:.1f}s\n{res.stdout}\n{res.stderr}")
+    tail = " | ".join(res.stderr.strip().splitlines()[-4:])[-600:]
+    if res.kind == "timeout":
+        raise CandidateFailure("timeout", f"no result within the {limits.wall_s:g} s limit (or the CPU-time "
+                                          f"limit): the candidate hangs or is too slow")
+    if res.kind == "memory":
+        raise CandidateFailure("memory", f"the candidate exceeded the {limits.memory_mb} MiB memory limit: {tail}")
+    try:
+        status = json.loads(res.files.get("status.json", b"{}"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        status = {}
+    if not isinstance(status, dict):
+        status = {}
+    if status.get("ok") is False:  # the child's own account of a failure: reported, never cached
+        kind = status.get("kind") if status.get("kind") in ("memory", "non_causal", "non_finite") else "crash"
+        raise CandidateFailure(kind, f"in the sandbox: {str(status.get('error'))[:800]}", trusted=False)
+    if res.kind != "ok":
+        raise CandidateFailure("crash", f"the sandbox exited with status {res.returncode}: {tail or '(no output)'}")
+    return status, res.files
+
+
 def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600.0, memory_mb: int | None = 4096,
-             cache_dir: str | Path | None = None, work_dir: str | Path | None = None, check_only: bool = False) -> dict:
-    """Score one candidate file; never raises for anything the candidate does (see the module docstring)."""
+             cache_dir: str | Path | None = None, work_dir: str | Path | None = None, check_only: bool = False,
+             sandbox: str = "bwrap") -> dict:
+    """Score one candidate file; never raises for anything the candidate does (see the module docstring).
+    ``sandbox`` is the isolation mode ("bwrap" or the weaker "process"); a missing bwrap raises ConfigError."""
     t0 = time.perf_counter()
+    settings = {**settings, "trust": {**TRUST_DEFAULTS, **(settings.get("trust") or {})}}
     try:
         code = Path(program_path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        return failed("io", f"{program_path}: cannot read the program ({exc})")
+        return failed("crash", f"{program_path}: cannot read the program ({exc})")
     try:
         framework = check_static(code)
     except CandidateFailure as exc:
-        return failed(exc.kind, str(exc), cached=False, eval_seconds=time.perf_counter() - t0)
-    key = cache_key(code, settings)
-    cache = ResultCache(None if check_only else cache_dir)
+        return failed(exc.kind, str(exc), cached=False, eval_seconds=time.perf_counter() - t0, sandbox=sandbox)
+    salt = trust.heldout_salt(cache_dir)
+    key = cache_key(code, {**settings, "heldout": hashlib.sha256(salt.encode()).hexdigest()[:16],
+                           "sandbox": sandbox, "check_only": check_only})
+    cache = ResultCache(cache_dir)
     hit = cache.get(key)
     if hit is not None:
         return {**hit, "cached": True, "eval_seconds": time.perf_counter() - t0}
-    tmp = None
-    if work_dir is None:
-        work_dir = tmp = Path(tempfile.mkdtemp(prefix="agentforge-scaling-"))
+    heldout = trust.make_heldout(settings, salt)
+    limits = limits_for(settings, timeout_s, memory_mb)
+    status, sizes, cacheable = {}, [], True
     try:
-        work_dir = Path(work_dir)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        candidate = work_dir / "candidate.py"
-        candidate.write_text(code)
-        raw = run_in_sandbox(candidate, {**settings, "check_only": check_only}, work_dir / "sandbox",
-                             timeout_s=timeout_s, memory_mb=memory_mb)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if not raw.get("ok"):
-        result = failed(str(raw.get("kind", "crash")), str(raw.get("error", "unknown failure")))
-    elif check_only:
-        result = {"combined_score": 0.0, "valid": 1.0, "error_kind": "", "error": ""}
-    else:
-        try:
-            result = scored(raw["sizes"], str(settings.get("fit_params", "total")))
-        except (ValueError, KeyError, TypeError) as exc:
-            result = failed("fit", f"the scaling fit failed: {exc}")
-    result.update(framework=framework, key=key, sizes=raw.get("sizes", []), checks=raw.get("checks", {}))
-    if result["valid"] or result["error_kind"] in DETERMINISTIC_FAILURES:
+        status, files = run_child(code, settings, heldout, limits=limits, mode=sandbox, check_only=check_only,
+                                  log_dir=Path(work_dir) if work_dir else None)
+        if check_only:
+            result = {"combined_score": 0.0, "valid": 1.0, "error_kind": "", "error": ""}
+        else:
+            floor = float(settings["trust"]["loss_floor"])
+            sizes = [trust.score_size(s, files, heldout, floor) for s in settings["sizes"]]
+            info = {r.get("name"): r for r in status.get("sizes", []) if isinstance(r, dict)}
+            for s in sizes:  # the child's own timing and curve: shown, never scored
+                s.update({k: info.get(s["name"], {}).get(k) for k in ("train_seconds", "val_curve", "steps")})
+            reference = baseline_reference(code, settings, timeout_s, memory_mb, cache_dir, sandbox)
+            result = scored(sizes, settings, reference)
+    except CandidateFailure as exc:
+        result, cacheable = failed(exc.kind, str(exc)), exc.kind in CACHEABLE and exc.trusted
+    except (ValueError, KeyError, TypeError) as exc:
+        result, cacheable = failed("crash", f"the scaling fit failed: {exc}"), False
+    result.update(framework=framework, key=key, sizes=sizes, sandbox=sandbox,
+                  checks=status.get("checks", {}) if isinstance(status.get("checks"), dict) else {})
+    if result["valid"] or (result["error_kind"] and cacheable):
         cache.put(key, result)
     return {**result, "cached": False, "eval_seconds": time.perf_counter() - t0}
+
+
+TRUST_DEFAULTS = {"heldout_rows": 512, "probe_rows": 4, "loss_floor": 0.05}
+
+
+def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_dir, sandbox) -> dict | None:
+    """The baseline variant's fitness and per-size losses under the same settings (evaluated once, then
+    cached), for the sabotage guard; None when ``fitness.reference`` is off or the candidate is the baseline."""
+    fit_cfg = settings.get("fitness") or {}
+    base_code = variant_path("baseline").read_text()
+    if fit_cfg.get("reference") != "baseline" or code == base_code:
+        return None
+    base = evaluate(variant_path("baseline"), {**settings, "fitness": {**fit_cfg, "reference": None}},
+                    timeout_s=timeout_s, memory_mb=memory_mb, cache_dir=cache_dir, sandbox=sandbox)
+    if not base["valid"]:
+        raise CandidateFailure("crash", f"the baseline reference itself failed ({base['error_kind']}): "
+                                        f"{base['error']}")
+    return {"fitness": base["fitness"], "losses": {s["name"]: s["loss"] for s in base["sizes"]}}

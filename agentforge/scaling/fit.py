@@ -44,3 +44,26 @@ def fit_scaling_law(params, losses) -> ScalingFit:
     if np.ptp(y) == 0:  # a flat line fits flat points exactly (linregress reports r = 0 there)
         r2 = 1.0
     return ScalingFit(slope=float(res.slope), intercept=float(res.intercept), r2=r2, fitness=-float(res.slope))
+
+
+def guarded_fitness(fit: ScalingFit, losses: dict[str, float], largest: str, reference: dict | None,
+                    tolerance: float) -> dict:
+    """The score OpenEvolve maximizes: the seed's slope, made impossible to game by sabotage.
+
+    With ``reference`` = the baseline's {"fitness", "losses": {size: loss}} under the same settings:
+      raw    = −slope + (baseline loss − candidate loss) at the largest size
+      excess = Σ over sizes of max(0, loss − baseline loss − tolerance)
+      score  = raw                          if excess == 0
+             = min(raw, baseline fitness) − excess   otherwise
+    so a candidate that makes any size worse than the baseline by more than ``tolerance`` nats scores
+    below the baseline (whose own score is its fitness), however steep its slope; one that improves the
+    largest size gains what it gains there. Without a reference the score is −slope alone.
+    """
+    if reference is None:
+        return {"combined_score": fit.fitness, "guard_excess": 0.0, "largest_gain": 0.0}
+    ref = reference["losses"]
+    gain = ref[largest] - losses[largest]
+    excess = sum(max(0.0, losses[k] - ref[k] - tolerance) for k in losses)
+    raw = fit.fitness + gain
+    score = raw if excess == 0 else min(raw, float(reference["fitness"])) - excess
+    return {"combined_score": score, "guard_excess": excess, "largest_gain": gain}

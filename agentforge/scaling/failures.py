@@ -1,0 +1,27 @@
+"""The ways a candidate can fail, and which of them may be cached.
+
+``timeout`` (wall or CPU limit), ``memory`` (address-space limit or the tree's resident memory),
+``forbidden`` and ``outside_block`` (the static checks), ``crash`` (anything else the program did, syntax
+errors included), ``non_causal``, ``non_finite`` and ``forged`` (found by the trusted side on what came
+back: outputs that move with future tokens, NaN/Inf, or values no honest run can produce). Only the
+ones the trusted side decided on reproducible input are cached: a timeout, an out-of-memory or a crash
+may pass on another try, and what the candidate's own process reports about itself is never stored.
+"""
+from __future__ import annotations
+
+KINDS = ("timeout", "memory", "forbidden", "outside_block", "crash", "non_causal", "non_finite", "forged")
+CACHEABLE = frozenset({"forbidden", "outside_block", "non_causal", "non_finite", "forged"})
+
+
+class CandidateFailure(Exception):
+    """A candidate failed a check; ``kind`` is one of KINDS; ``trusted`` is False when the verdict comes
+    from the candidate's own process (its early checks), which may say anything and is never cached."""
+
+    def __init__(self, kind: str, message: str, trusted: bool = True):
+        assert kind in KINDS, kind
+        super().__init__(message)
+        self.kind, self.trusted = kind, trusted
+
+
+def failure(kind: str, message: str) -> dict:
+    return {"ok": False, "kind": kind, "error": message}
