@@ -18,6 +18,7 @@ from agentforge.io import CheckpointError, load_tensors
 from agentforge.main import run
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.reasoning.tokens import SPECIAL_TOKENS
+from agentforge.tracking.wandb_offline import find_offline_runs
 from tests.conftest import compose_cfg, run_cli
 from tests.test_faults import _env
 
@@ -161,3 +162,20 @@ def test_nan_baking_loss_stops_with_one_line_naming_the_step(tiny_input, tmp_pat
     assert proc.returncode != 0
     assert "non-finite value at step 1" in proc.stderr and "phase.on_nonfinite=skip" in proc.stderr
     assert not (tmp_path / "outputs" / "artifacts" / "quietstar" / "baked").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_bake_and_think_writing_once(tiny_input, tmp_path):
+    args = ["phase=quietstar", f"phase.input={tiny_input}", "hardware=ddp", "hardware.accelerator=cpu",
+            "hardware.devices=2", *[a for a in QS_TINY if not a.startswith(("logger", "hardware"))], "logger=wandb"]
+    proc = run_cli(args, tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = [d for d in (tmp_path / "outputs" / "runs").rglob("*_quietstar_*") if d.is_dir()]
+    assert len(run_dirs) == 1, run_dirs
+    assert len(find_offline_runs(tmp_path / "outputs")) == 2  # phase3-step1-baking and phase3-step2-rl
+    for step, key in (("phase3-step1-baking", "baking/loss"), ("phase3-step2-rl", "rl/reward")):
+        rows = [json.loads(x) for x in (run_dirs[0] / step / "metrics.jsonl").read_text().splitlines()]
+        steps = [r.get("_step") for r in rows if key in r]
+        assert steps and len(steps) == len(set(steps)), f"{step}: a metric row was written by both ranks"
+    for name in ("baked", "reasoning"):
+        load_model(tmp_path / "outputs" / "artifacts" / "quietstar" / name)

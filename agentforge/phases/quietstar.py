@@ -93,8 +93,11 @@ def run(cfg) -> dict:
         src = given or artifacts / "evomerge" / "champion"
         res = run_baking(_sub(cfg, "phase3-step1-baking"), _load(src, "run phase=evomerge first, or pass phase.input=DIR"),
                          outs["baking"], src)
-        if not res:
-            return {}  # a DDP rank other than 0
+        _barrier()  # under DDP every rank reads the baked model only once rank 0 has published it
+        if not res:  # a DDP rank other than 0: it trains, rank 0 writes
+            if step == "baking":
+                return {}
+            res = {"metrics": {}, "checkpoint": None}
         out.update(checkpoint=res["checkpoint"], run_dir=str(Path(cfg.paths.run_dir).absolute()))
         out["metrics"].update(res["metrics"])
     if step in ("rl", "both"):
@@ -108,6 +111,11 @@ def run(cfg) -> dict:
     for s in ([step] if step != "both" else ["baking", "rl"]):
         shutil.rmtree(_work(outs[s]), ignore_errors=True)  # finished: nothing left to resume
     return out
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _sub(cfg, name: str):
