@@ -100,3 +100,43 @@ def test_compare_phase_gate(results_dir, tmp_path):
     assert out["verdict"] == "SUCCESS"
     with pytest.raises(KPIGateError, match="verdict_score = 0"):
         run(compose_cfg(base + ["stages=[baseline,after_surgery]"], tmp_path))
+
+
+def _with_ids(stage: str, correct: list[int], ids: list[str]) -> dict:
+    r = _results(stage, 20.0, correct, [0] * len(correct), 100.0)
+    r["per_example"].update(gsm8k_ids=ids, arc_ids=ids[::-1], n_samples=0)
+    return r
+
+
+def test_pairing_is_by_example_id(tmp_path):
+    from agentforge.evals.compare import compute_stats
+
+    ids = [f"ex{i}" for i in range(40)]
+    base = _with_ids("baseline", [0] * 40, ids)
+    cand = _with_ids("cand", [1] * 10 + [0] * 30, ids)
+    # the same examples in another order: paired by id, not by position
+    order = list(range(40))[::-1]
+    shuffled = _with_ids("cand", [cand["per_example"]["gsm8k_correct"][i] for i in order], [ids[i] for i in order])
+    shuffled["per_example"]["arc_correct"] = cand["per_example"]["arc_correct"][::-1]
+    shuffled["per_example"]["arc_ids"] = ids
+    a = compute_stats({"baseline": base, "cand": cand}, "baseline", "cand", {"pass_at": {1: 0.2}})
+    b = compute_stats({"baseline": base, "cand": shuffled}, "baseline", "cand", {"pass_at": {1: 0.2}})
+    assert a["pass_at_1"]["pairing"] == "by example id" and a["pass_at_1"]["test"] == "mcnemar_exact"
+    assert a["pass_at_1"]["p_value"] == pytest.approx(2 / 1024)                 # 10 wins, 0 losses
+    for key in ("pass_at_1", "arc_easy_accuracy"):   # the exact test does not depend on the order
+        assert {k: a[key][k] for k in ("delta", "exact", "p_value", "ci95")} == \
+            {k: b[key][k] for k in ("delta", "exact", "p_value", "ci95")}
+    other = _with_ids("cand", [1] * 10 + [0] * 30, [f"other{i}" for i in range(40)])
+    with pytest.raises(ConfigError, match="different examples .*40 only in the candidate"):
+        compute_stats({"baseline": base, "cand": other}, "baseline", "cand", {})
+
+
+def test_too_few_examples_are_inconclusive(tmp_path):
+    from agentforge.evals.compare import compute_stats
+
+    ids = ["a", "b"]
+    res = {"baseline": _with_ids("baseline", [0, 0], ids), "cand": _with_ids("cand", [1, 1], ids)}
+    st = compute_stats(res, "baseline", "cand", {"pass_at": {1: 0.3}})
+    assert st["pass_at_1"]["p_value"] == pytest.approx(0.5) and st["pass_at_1"]["bootstrap"]["p_value"] < 0.01
+    assert st["verdict"] == "INCONCLUSIVE" and "only 2 paired examples" in st["reasons"][0]
+    assert st["verdict_score"] == 0

@@ -58,6 +58,20 @@ def test_heldout_is_disjoint_from_50k_training_draws_by_content():
     assert rep["piqa"]["train_distinct"] > 15_000
 
 
+def test_piqa_content_space_is_about_34k_goals():
+    goals = {t.format(a=a, b=b) for op, ts in synthetic._PIQA_GOALS.items() for t in ts
+             for a in range(1, 52) for b in range(1, 51) if (op == "+" and a <= 50) or (op == "-" and a > b)}
+    assert len(goals) == 50 * 50 * 9 + 1275 * 9  # sums of 1-50, differences a > b, 9 wordings; old: 900
+
+
+def test_example_ids_are_stable_and_unique():
+    from agentforge.data.ids import example_id, example_ids
+
+    assert example_id({"goal": "g", "label": 0}) == example_id({"label": 0, "goal": "g"}) == "a9f74eefef992968"
+    r, q = {"goal": "g", "label": 0}, {"goal": "h", "label": 0}
+    assert example_ids([r, q, r]) == ["a9f74eefef992968", example_id(q), "a9f74eefef992968#2"]
+
+
 def test_overlap_counter_counts():
     train = synthetic.generate("piqa", 40, seed=1)
     held = train[:5] + synthetic.generate("piqa", 5, seed=1, split="val")

@@ -182,7 +182,8 @@ def test_kpi_gate_script_exit_codes(tmp_path, capsys):
     assert gate.main([str(f), "--require", "metrics.perplexity=~3"]) == 2
 
 
-EVAL_TINY = ["logger=none", "hardware=cpu", "phase.eval_examples=3", "phase.val_rows=2", "phase.gen_tokens=4",
+EVAL_TINY = ["logger=none", "hardware=cpu", "phase.eval_examples=3", "phase.choice_examples=3", "phase.val_rows=2",
+             "phase.gen_tokens=4",
              "phase.pass_k_samples=2", "phase.pass_k=[1,2]", "phase.latency_tokens=16", "data.seq_len=32",
              "data.batch_size=4"]
 
@@ -206,6 +207,7 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path):
         assert m["perplexity"] > 1 and 0 <= m["token_accuracy"] <= 1 and m["param_count"] > 0
         assert m["latency_ms"] > 0 and m["throughput_tokens_per_sec"] > 0 and math.isfinite(m["peak_memory_mb"])
     assert len(r["baseline"]["per_example"]["gsm8k_correct"]) == 3
+    assert r["baseline"]["per_example"]["arc_ids"] == r["finetuned_vanilla"]["per_example"]["arc_ids"]
     assert (cognate_artifacts.parent / "eval_e2e_artifacts" / "eval" / "finetuned_vanilla" / "config.json").is_file()
 
     proc = run_cli(["phase=compare", "stages=[baseline,after_surgery,finetuned_vanilla]", art, "logger=none",
@@ -214,7 +216,8 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path):
     assert "| perplexity | lower |" in proc.stdout and "verdict (finetuned_vanilla vs baseline)" in proc.stdout
     run_dir = Path(next(line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("run_dir: ")))
     stats = json.loads((run_dir / "compare" / "stats.json").read_text())
-    assert stats["verdict"] in ("SUCCESS", "PARTIAL", "FAILURE")
+    assert stats["verdict"] == "INCONCLUSIVE"            # 3 examples: too few for any verdict
+    assert stats["pass_at_1"]["pairing"] == "by example id" and not stats["pass_at_1"]["enough"]
     assert {"finetuned_vanilla", "baseline", "delta", "ci95", "p_value"} <= set(stats["pass_at_1"])
     pngs = list((run_dir / "compare" / "plots").glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

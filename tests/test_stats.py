@@ -6,7 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from agentforge.evals.stats import mean_pass_at_k, paired_bootstrap, pass_at_k, verdict
+from agentforge.evals.stats import (
+    MIN_N,
+    exact_paired_binary,
+    mean_pass_at_k,
+    paired_bootstrap,
+    paired_test,
+    pass_at_k,
+    threshold_verdict,
+    verdict,
+    wilson_ci,
+)
 
 
 @pytest.mark.parametrize("n,c,k,expected", [
@@ -89,3 +99,71 @@ def test_verdict_success_partial_failure():
     missing = {"pass_at": {1: 0.35, 10: None}, "delta_pass1": 0.05, "thresholds": TH}
     v, reasons = verdict(**missing, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=True)
     assert v == "PARTIAL" and any("pass@10 not measured" in r for r in reasons)
+
+
+# -- small samples: the exact test, the minimum n, the threshold verdict ----------------------------------
+def test_two_wins_are_inconclusive_and_the_sign_test_gives_one_half():
+    r = paired_test([1, 1], [0, 0], n_resamples=2000)
+    assert r["bootstrap"]["p_value"] < 0.01 and r["bootstrap"]["ci95"] == [1.0, 1.0]  # the overconfident one
+    assert r["test"] == "mcnemar_exact" and r["p_value"] == pytest.approx(0.5) and not r["enough"]
+    assert r["ci95"][0] < 0 < r["ci95"][1]
+    v, reasons = verdict(pass_at={1: 1.0}, delta_pass1=r["delta"], ci95=r["ci95"], p_value=r["p_value"],
+                         thresholds={"pass_at": {1: 0.3}}, efficiency_ok=None, n=r["n"])
+    assert v == "INCONCLUSIVE" and f"at least {MIN_N}" in reasons[0]
+
+
+def test_three_wins_of_four_is_p_quarter_and_not_success():
+    r = paired_test([1, 1, 1, 0], [0, 0, 0, 0], n_resamples=2000)
+    assert r["p_value"] == pytest.approx(0.25)                                    # 2 * (1/2)^3
+    assert r["exact"]["wins"] == 3 and r["exact"]["ties"] == 1
+    th = {"pass_at": {1: 0.3}, "min_n": 1}                                      # even with no minimum n
+    v, _ = verdict(pass_at={1: 0.75}, delta_pass1=r["delta"], ci95=r["ci95"], p_value=r["p_value"],
+                   thresholds=th, efficiency_ok=None, n=r["n"])
+    assert v != "SUCCESS"
+
+
+@pytest.mark.parametrize("wins,losses,ties,p", [(8, 0, 0, 2 / 256), (6, 1, 3, 2 * 8 / 128), (0, 0, 5, 1.0),
+                                                (1, 4, 0, 2 * 6 / 32)])
+def test_exact_test_hand_values(wins, losses, ties, p):
+    a = [1] * wins + [0] * losses + [1] * ties
+    b = [0] * wins + [1] * losses + [1] * ties
+    r = exact_paired_binary(a, b)
+    assert (r["wins"], r["losses"], r["ties"]) == (wins, losses, ties)
+    assert r["p_value"] == pytest.approx(min(1.0, p)) and r["delta"] == pytest.approx((wins - losses) / len(a))
+
+
+def test_exact_ci_excludes_zero_exactly_when_p_is_below_alpha():
+    for n in (10, 30):
+        for wins in range(n + 1):
+            for losses in range(n + 1 - wins):
+                a = [1] * wins + [0] * losses + [0] * (n - wins - losses)
+                b = [0] * wins + [1] * losses + [0] * (n - wins - losses)
+                r = exact_paired_binary(a, b)
+                excludes = r["ci95"][0] > 0 or r["ci95"][1] < 0
+                assert excludes == (r["p_value"] < 0.05), (n, wins, losses, r)
+                assert r["ci95"][0] <= r["delta"] <= r["ci95"][1]
+
+
+def test_non_binary_scores_use_the_bootstrap():
+    a = np.linspace(0, 1, 40)
+    r = paired_test(a, a * 0.5, n_resamples=2000)
+    assert r["test"] == "bootstrap" and "exact" not in r and r["enough"]
+    with pytest.raises(ValueError, match="0/1"):
+        exact_paired_binary(a, a)
+
+
+def test_wilson_interval_hand_value():
+    lo, hi = wilson_ci(5, 10)      # centre (5 + 1.96^2/2) / (10 + 1.96^2) = 0.5, half-width 0.2634
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert wilson_ci(0, 20)[0] == 0.0 and wilson_ci(0, 20)[1] == pytest.approx(0.1611, abs=1e-4)
+    with pytest.raises(ValueError):
+        wilson_ci(3, 2)
+
+
+def test_threshold_verdict():
+    assert threshold_verdict([0.31, 0.5], ">", 0.3, n=100)[0] == "PASS"
+    assert threshold_verdict([0.1, 0.29], ">", 0.3, n=100)[0] == "FAIL"
+    assert threshold_verdict([0.2, 0.4], ">", 0.3, n=100)[0] == "INCONCLUSIVE"
+    assert threshold_verdict([2.0, 8.0], "<", 10.0)[0] == "PASS"
+    assert threshold_verdict([0.31, 0.5], ">", 0.3, n=5) == ("INCONCLUSIVE", f"n = 5 < {MIN_N}: too few to decide")
+    assert threshold_verdict([float("nan"), 1.0], ">", 0.3)[0] == "INCONCLUSIVE"

@@ -11,15 +11,17 @@ from agentforge.data.datamodule import LMDataModule, TaskPool
 from agentforge.data.tokenizer import ByteTokenizer
 
 
-def eval_sets(data_cfg: dict, seed: int, n: int, split: str = "val") -> dict[str, list[dict]]:
-    """Held-out records per format: synthetic by default, or the user's local files."""
+def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "val") -> dict[str, list[dict]]:
+    """Held-out records per format: synthetic by default, or the user's local files. ``n``: examples per
+    format, one number for all or {"gsm8k": .., "arc": .., "piqa": ..}."""
+    size = n if isinstance(n, dict) else dict.fromkeys(("gsm8k", "arc", "piqa"), n)
     paths = data_cfg.get("eval_paths") or {}
-    out = {"gsm8k": synthetic.generate("arithmetic", n, seed, split),
-           "arc": synthetic.generate("choice", n, seed, split),
-           "piqa": synthetic.generate("piqa", n, seed, split)}
+    out = {"gsm8k": synthetic.generate("arithmetic", size["gsm8k"], seed, split),
+           "arc": synthetic.generate("choice", size["arc"], seed, split),
+           "piqa": synthetic.generate("piqa", size["piqa"], seed, split)}
     for fmt, path in paths.items():
         if path:
-            out[fmt] = formats.load_jsonl(path, fmt, limit=n)
+            out[fmt] = formats.load_jsonl(path, fmt, limit=size[fmt])
     return out
 
 

@@ -14,9 +14,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from agentforge.errors import ConfigError
 from agentforge.evals.runner import direction
-from agentforge.evals.stats import paired_bootstrap, pass_at_k_per_problem, verdict
+from agentforge.evals.stats import MIN_N, exact_paired_binary, paired_test, pass_at_k_per_problem, verdict
 from agentforge.io import write_json_atomic, write_text_atomic
 
 STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
@@ -171,11 +173,76 @@ def _per_problem(res: dict, k: int) -> tuple[list[float] | None, str]:
     return None, "not measured"
 
 
-def _paired(a, b, what: str, **kw) -> dict:
-    if len(a) != len(b):
-        raise ConfigError(f"{what}: the stages were evaluated on different example counts ({len(a)} vs {len(b)}); "
-                          f"re-run phase=eval with the same phase.eval_examples and data for both")
-    return paired_bootstrap(a, b, **kw)
+def align(cand: dict, base: dict, fmt: str, a: list, b: list, what: str) -> tuple[list, list, bool]:
+    """(a, b, verified): the candidate's and baseline's per-example values paired by example id
+    (``per_example[fmt + "_ids"]``, written by ``phase=eval``). Different example sets are a ConfigError;
+    results without ids (older files) pair by position, ``verified`` False."""
+    ia, ib = cand.get("per_example", {}).get(f"{fmt}_ids"), base.get("per_example", {}).get(f"{fmt}_ids")
+    if ia is None or ib is None:
+        if len(a) != len(b):
+            raise ConfigError(f"{what}: the stages were evaluated on different example counts ({len(a)} vs "
+                              f"{len(b)}); re-run phase=eval with the same phase.eval_examples and data for both")
+        return list(a), list(b), False
+    if len(ia) != len(a) or len(ib) != len(b) or len(set(ia)) != len(ia) or len(set(ib)) != len(ib):
+        raise ConfigError(f"{what}: malformed results (per-example ids do not match the values one to one)")
+    if set(ia) != set(ib):
+        only_c, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
+        raise ConfigError(f"{what}: the stages evaluated different examples ({len(only_c)} only in the candidate, "
+                          f"{len(only_b)} only in the baseline, e.g. {(only_c or only_b)[0]}); a paired test needs "
+                          f"the same examples: re-run phase=eval with the same seed, data and phase.eval_examples")
+    pos = {x: i for i, x in enumerate(ib)}
+    return list(a), [b[pos[x]] for x in ia], True
+
+
+def _paired(cand: dict, base: dict, fmt: str, a, b, what: str, **kw) -> dict:
+    a, b, verified = align(cand, base, fmt, a, b, what)
+    out = paired_test(a, b, **kw)
+    out["pairing"] = "by example id" if verified else "by position (no example ids in the results)"
+    return out
+
+
+def _summary(bs: dict, candidate: str, baseline: str) -> dict:
+    keep = ("delta", "ci95", "p_value", "n", "test", "bootstrap", "exact", "enough", "pairing")
+    return {candidate: bs["mean_a"], baseline: bs["mean_b"], **{k: bs[k] for k in keep if k in bs}}
+
+
+ACCURACY_FORMATS = (("gsm8k", "reasoning_accuracy"), ("arc", "arc_easy_accuracy"), ("piqa", "piqa_accuracy"))
+
+
+def accuracy_drop_test(before: dict, after: dict, n_resamples: int = 10_000, seed: int = 0,
+                       confidence: float = 0.95) -> dict | None:
+    """The relative drop of the accuracy composite (mean of the task accuracies, as ``phase=bitnet``
+    defines it), 100 (acc_before - acc_after) / acc_before %, from two stages' results on the same
+    examples (paired by id), with a stratified paired bootstrap CI (each task's examples resampled
+    within the task, both stages with the same indices) and McNemar's exact p-value over all pairs.
+    None when the stages share no task with per-example results."""
+    rng = np.random.default_rng(seed)
+    pairs, boot_b, boot_a, verified = [], [], [], True
+    for fmt, key in ACCURACY_FORMATS:
+        cb, ca = before.get("per_example", {}).get(f"{fmt}_correct"), after.get("per_example", {}).get(f"{fmt}_correct")
+        if not (cb and ca):
+            continue
+        a, b, v = align(after, before, fmt, ca, cb, f"accuracy drop ({key})")
+        a, b, verified = np.asarray(a, float), np.asarray(b, float), verified and v
+        idx = rng.integers(0, len(a), size=(n_resamples, len(a)))
+        pairs.append((fmt, a, b))
+        boot_a.append(a[idx].mean(1))
+        boot_b.append(b[idx].mean(1))
+    if not pairs:
+        return None
+    acc_b, acc_a = (float(np.mean([p[i].mean() for p in pairs])) for i in (2, 1))
+    mb, ma = np.mean(boot_b, axis=0), np.mean(boot_a, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = np.where(mb > 0, 100 * (mb - ma) / mb, np.nan)
+    tail = (1 - confidence) / 2
+    ci = [float(np.nanquantile(boot, tail)), float(np.nanquantile(boot, 1 - tail))] if acc_b > 0 else [math.nan] * 2
+    all_a, all_b = np.concatenate([p[1] for p in pairs]), np.concatenate([p[2] for p in pairs])
+    ex = exact_paired_binary(all_a, all_b, confidence)
+    return {"drop_percent": 100 * (acc_b - acc_a) / acc_b if acc_b > 0 else math.nan, "ci95": ci,
+            "accuracy_before": acc_b, "accuracy_after": acc_a, "n": int(len(all_a)),
+            "n_per_task": {fmt: len(a) for fmt, a, _ in pairs},
+            "mcnemar_p": ex["p_value"], "wins": ex["wins"], "losses": ex["losses"],
+            "pairing": "by example id" if verified else "by position (no example ids in the results)"}
 
 
 def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | None, list[dict]]:
@@ -199,12 +266,14 @@ def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | None, li
 
 def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thresholds: dict,
                   n_resamples: int = 10_000, seed: int = 0) -> dict:
-    """``stats.json``: per-metric paired bootstraps of candidate vs baseline, and the verdict."""
+    """``stats.json``: per-metric paired tests of candidate vs baseline on the same examples (the exact
+    McNemar test for 0/1 outcomes, the bootstrap otherwise: ``stats.paired_test``), and the verdict."""
     for st in (baseline, candidate):
         if st not in results:
             raise ConfigError(f"stage {st!r} is not among the compared stages {list(results)}")
     b, c = results[baseline], results[candidate]
     out: dict = {"baseline": baseline, "candidate": candidate}
+    min_n = int(thresholds.get("min_n", MIN_N))
     pass_at: dict[int, float | None] = {}
     ks = sorted({1, *[int(k) for k in (thresholds.get("pass_at") or {})]})
     for k in ks:
@@ -214,23 +283,23 @@ def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thres
             pass_at[k] = None if ca is None else sum(ca) / len(ca)
             out[f"pass_at_{k}"] = {"note": f"not measured for {'candidate' if ca is None else 'baseline'}"}
             continue
-        bs = _paired(ca, ba, f"pass@{k}", n_resamples=n_resamples, seed=seed)
+        bs = _paired(c, b, "gsm8k", ca, ba, f"pass@{k}", n_resamples=n_resamples, seed=seed, min_n=min_n)
         pass_at[k] = bs["mean_a"]
-        out[f"pass_at_{k}"] = {candidate: bs["mean_a"], baseline: bs["mean_b"], "delta": bs["delta"],
-                               "ci95": bs["ci95"], "p_value": bs["p_value"], "n": bs["n"],
+        out[f"pass_at_{k}"] = {**_summary(bs, candidate, baseline),
                                "source": src_c if src_c == src_b else f"{src_c} vs {src_b}"}
     for fmt, key in (("arc", "arc_easy_accuracy"), ("piqa", "piqa_accuracy")):
         ca, ba = c.get("per_example", {}).get(f"{fmt}_correct"), b.get("per_example", {}).get(f"{fmt}_correct")
         if ca and ba:
-            bs = _paired(ca, ba, key, n_resamples=n_resamples, seed=seed)
-            out[key] = {candidate: bs["mean_a"], baseline: bs["mean_b"], "delta": bs["delta"], "ci95": bs["ci95"],
-                        "p_value": bs["p_value"], "n": bs["n"]}
+            bs = _paired(c, b, fmt, ca, ba, key, n_resamples=n_resamples, seed=seed, min_n=min_n)
+            out[key] = _summary(bs, candidate, baseline)
     eff_ok, checks = efficiency_checks(c, b, thresholds)
     p1 = out.get("pass_at_1", {})
     unstable = bool((c.get("finetune") or {}).get("unstable"))
     v, reasons = verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
-                         p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok, unstable=unstable)
+                         p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok, unstable=unstable,
+                         n=p1.get("n"))
     out.update({"efficiency": checks, "verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0),
+                "min_n": min_n,
                 "reasons": reasons,
                 "thresholds": {k: (v2 if k != "pass_at" else {str(kk): vv for kk, vv in v2.items()})
                                for k, v2 in thresholds.items()}})

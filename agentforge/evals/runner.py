@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from agentforge.data import formats
+from agentforge.data.ids import example_ids
 from agentforge.evals import speed, tasks
 from agentforge.evals.generation_stats import generation_stats
 from agentforge.evals.stats import mean_pass_at_k
@@ -63,7 +64,7 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
     if gsm:
         t0 = time.perf_counter()
         gens, lengths = tasks.gsm8k_greedy(model, tokenizer, gsm, s.gen_tokens)
-        per["gsm8k_correct"] = tasks.gsm8k_correct(gens, gsm)
+        per["gsm8k_correct"], per["gsm8k_ids"] = tasks.gsm8k_correct(gens, gsm), example_ids(gsm)
         per["generations"] = gens
         metrics["reasoning_accuracy"] = sum(per["gsm8k_correct"]) / len(gsm)
         prompts = [formats.gsm8k_prompt(r) for r in gsm]
@@ -83,6 +84,7 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
         if sets.get(fmt):
             t0 = time.perf_counter()
             per[f"{fmt}_correct"] = tasks.choice_correct(model, tokenizer, sets[fmt], fmt)
+            per[f"{fmt}_ids"] = example_ids(sets[fmt])  # what the comparison pairs by
             metrics[key] = sum(per[f"{fmt}_correct"]) / len(per[f"{fmt}_correct"])
             times[fmt] = time.perf_counter() - t0
     n_examples = len(gsm) + len(sets.get("arc") or []) + len(sets.get("piqa") or [])

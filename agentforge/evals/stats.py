@@ -8,7 +8,20 @@
   ``stats.bootstrap``, paired), take the percentile 95% CI of the mean difference, and a two-sided
   p-value from the bootstrap distribution shifted to the null (``|d* - d| >= |d|``, with the +1
   correction so it is never exactly 0).
-* ``verdict`` — SUCCESS / PARTIAL / FAILURE of the success-metrics dashboard, section 7.
+* ``exact_paired_binary`` — for paired 0/1 outcomes, McNemar's exact test: the two-sided binomial
+  (sign) test of the discordant pairs, wins ~ Bin(wins + losses, 1/2) (McNemar 1947; the exact form
+  in Fay 2010, "Two-sided exact tests and matching confidence intervals for discrete data", R Journal
+  2(1)), via ``scipy.stats.binomtest``. Its CI of the difference is conditional on the m discordant pairs
+  of n: delta = (m / n)(2 pi - 1) with pi's Clopper-Pearson interval, so it excludes 0 exactly when
+  the exact p-value is below 1 - confidence.
+* ``paired_test`` — both on the same pairs; the result's ``p_value`` / ``ci95`` / ``test`` are the exact
+  test's when every outcome is 0 or 1 (the bootstrap is overconfident there: n = 2 wins give it
+  p = 1e-4, the exact test p = 0.5), the bootstrap's otherwise; ``enough`` says n >= ``min_n``.
+* ``verdict`` — SUCCESS / PARTIAL / FAILURE of the success-metrics dashboard, section 7, and
+  INCONCLUSIVE below ``MIN_N`` paired examples (no evidence either way, with the reason).
+* ``threshold_verdict`` — PASS / FAIL / INCONCLUSIVE of a figure against a threshold from its CI:
+  PASS when the whole CI is on the right side, FAIL when the whole CI is on the wrong side.
+* ``wilson_ci`` — the Wilson score interval of a proportion k / n (Wilson 1927).
 """
 from __future__ import annotations
 
@@ -42,9 +55,7 @@ def mean_pass_at_k(num_samples: int, num_correct: Sequence[int], k: int) -> floa
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
                      confidence: float = 0.95) -> dict:
     """Bootstrap of mean(a) - mean(b) over paired examples: delta, CI and two-sided p-value."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired bootstrap needs two equal-length 1-D score lists, got {a.shape} and {b.shape}")
+    a, b = _pairs_of(a, b, "paired bootstrap")
     if len(a) < 2:
         raise ValueError("paired bootstrap needs at least 2 examples")
     d = a - b
@@ -63,21 +74,97 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 
             "p_value": min(1.0, p), "n": len(a), "n_resamples": int(n_resamples)}
 
 
+MIN_N = 30  # paired examples below which no verdict is given (bootstrap / normal theory unreliable)
+
+
+def _pairs_of(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"{what} needs two equal-length 1-D score lists, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def is_binary(x) -> bool:
+    return bool(np.all(np.isin(np.asarray(x, dtype=float), (0.0, 1.0))))
+
+
+def exact_paired_binary(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+    """McNemar's exact test of paired 0/1 outcomes a vs b and the conditional exact CI of mean(a) - mean(b)."""
+    a, b = _pairs_of(a, b, "the exact paired test")
+    if not (is_binary(a) and is_binary(b)):
+        raise ValueError("the exact paired test needs 0/1 outcomes")
+    n, wins, losses = len(a), int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))
+    m = wins + losses
+    if n == 0:
+        raise ValueError("the exact paired test needs at least 1 pair")
+    if m == 0:
+        p, ci = 1.0, [0.0, 0.0]
+    else:
+        res = sps.binomtest(wins, m, 0.5)
+        lo, hi = res.proportion_ci(confidence, method="exact")
+        p, ci = float(res.pvalue), [m / n * (2 * lo - 1), m / n * (2 * hi - 1)]
+    return {"test": "mcnemar_exact", "delta": (wins - losses) / n, "wins": wins, "losses": losses,
+            "ties": n - m, "p_value": min(1.0, p), "ci95": [float(ci[0]), float(ci[1])], "n": n}
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
+                confidence: float = 0.95, min_n: int = MIN_N) -> dict:
+    """paired_bootstrap's fields, plus the exact test for 0/1 outcomes, and which of them decides."""
+    out = paired_bootstrap(a, b, n_resamples, seed, confidence)
+    out.update(test="bootstrap", bootstrap={"p_value": out["p_value"], "ci95": out["ci95"]})
+    if is_binary(a) and is_binary(b):
+        ex = exact_paired_binary(a, b, confidence)
+        out.update(test=ex["test"], p_value=ex["p_value"], ci95=ex["ci95"],
+                   exact={k: ex[k] for k in ("wins", "losses", "ties", "p_value", "ci95")})
+    out.update(min_n=int(min_n), enough=out["n"] >= min_n)
+    return out
+
+
+def wilson_ci(k: int, n: int, confidence: float = 0.95) -> list[float]:
+    """Wilson score interval of the proportion k / n (via scipy's binomtest)."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"a proportion needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    ci = sps.binomtest(int(k), int(n)).proportion_ci(confidence, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def threshold_verdict(ci: Sequence[float] | None, op: str, threshold: float, n: int | None = None,
+                      min_n: int = MIN_N) -> tuple[str, str]:
+    """(PASS / FAIL / INCONCLUSIVE, why) for "figure ``op`` threshold" given the figure's CI."""
+    if n is not None and n < min_n:
+        return "INCONCLUSIVE", f"n = {n} < {min_n}: too few to decide"
+    if ci is None or any(x is None or (isinstance(x, float) and math.isnan(x)) for x in ci):
+        return "INCONCLUSIVE", "no CI"
+    lo, hi = float(ci[0]), float(ci[1])
+    holds = {">": lambda x: x > threshold, ">=": lambda x: x >= threshold,
+             "<": lambda x: x < threshold, "<=": lambda x: x <= threshold}[op]
+    if holds(lo) and holds(hi):
+        return "PASS", f"the whole CI [{lo:.4g}, {hi:.4g}] is {op} {threshold:g}"
+    if not holds(lo) and not holds(hi):
+        return "FAIL", f"the whole CI [{lo:.4g}, {hi:.4g}] misses {op} {threshold:g}"
+    return "INCONCLUSIVE", f"the CI [{lo:.4g}, {hi:.4g}] straddles {threshold:g}"
+
+
 def _ge(x, t) -> bool:
     return x is not None and t is not None and not (isinstance(x, float) and math.isnan(x)) and x >= t
 
 
 def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95: Sequence[float] | None,
             p_value: float | None, thresholds: dict, efficiency_ok: bool | None,
-            unstable: bool = False) -> tuple[str, list[str]]:
+            unstable: bool = False, n: int | None = None) -> tuple[str, list[str]]:
     """The dashboard's section-7 decision, with the reason for each failed condition.
 
     Order where the dashboard's rows overlap: SUCCESS needs every condition; otherwise FAILURE when
     p >= ``failure_p`` (0.1), training was unstable, or neither the accuracy nor the efficiency targets
     are met; otherwise PARTIAL (a target group is met but the evidence or the margin falls short).
     ``efficiency_ok`` None means no efficiency target is configured (counts as met for SUCCESS, not as
-    a met group for PARTIAL).
+    a met group for PARTIAL). With ``n`` paired examples below ``thresholds["min_n"]`` (default
+    ``MIN_N``) the answer is INCONCLUSIVE, whatever the figures say.
     """
+    min_n = int(thresholds.get("min_n", MIN_N))
+    if n is not None and n < min_n:
+        return "INCONCLUSIVE", [f"only {n} paired examples; a verdict needs at least {min_n} (raise "
+                                f"phase.eval_examples or lower thresholds.min_n knowingly)"]
     reasons: list[str] = []
     acc_ok = True
     for k, target in sorted((thresholds.get("pass_at") or {}).items()):

@@ -23,6 +23,7 @@ RULES = [
     rule("phase.thresholds.alpha", number(0, 1, lo_open=True)),
     rule("phase.thresholds.failure_p", number(0, 1, lo_open=True)),
     rule("phase.thresholds.min_delta_pass1", optional(number())),
+    rule("phase.thresholds.min_n", integer(1)),
 ]
 
 
@@ -66,7 +67,8 @@ def run(cfg) -> dict:
             p1 = st.get("pass_at_1", {})
             print(f"verdict ({st['candidate']} vs {st['baseline']}): {st['verdict']}"
                   + (f"  pass@1 delta {p1['delta']:+.3f} CI95 [{p1['ci95'][0]:+.3f}, {p1['ci95'][1]:+.3f}] "
-                     f"p={p1['p_value']:.3g}" if "delta" in p1 else "")
+                     f"p={p1['p_value']:.3g} ({p1['test']}, n={p1['n']}, paired {p1['pairing']})"
+                     if "delta" in p1 else "")
                   + "".join(f"\n  - {r}" for r in st["reasons"]))
     gate = OmegaConf.to_container(p.gate, resolve=True) if p.get("gate") else {}
     if gate and st:

@@ -45,6 +45,7 @@ RULES = [
     rule("phase.finetune_steps", optional(integer(0))),
     rule("phase.finetune_lr", optional(number(0, 10, lo_open=True))),
     rule("phase.eval_examples", integer(1)),
+    rule("phase.choice_examples", optional(integer(1))),
     rule("phase.val_rows", integer(1)),
     rule("phase.gen_tokens", integer(1)),
     rule("phase.pass_k_samples", integer(0)),
@@ -68,19 +69,20 @@ def results_path(root: Path, stage: str) -> Path:
     return Path(root) / "eval_results" / f"{stage}_results.json"
 
 
-def load_sets(cfg, n: int) -> dict[str, list[dict]]:
+def load_sets(cfg, n: int | dict[str, int]) -> dict[str, list[dict]]:
     """Held-out synthetic test sets, replaced by local files (data.eval_paths, data.path) or `datasets`."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     sets = eval_sets(data_cfg, int(cfg.seed), n, split="test")
+    n = n if isinstance(n, dict) else dict.fromkeys(("gsm8k", "arc", "piqa"), n)
     if data_cfg.get("path"):
         fmt = data_cfg.get("format") or "gsm8k"
         if fmt not in ("gsm8k", "arc", "piqa"):
             raise ConfigError(f"data.format={fmt!r}: phase=eval scores gsm8k, arc or piqa files")
-        sets[fmt] = formats.load_jsonl(data_cfg["path"], fmt, limit=n)
+        sets[fmt] = formats.load_jsonl(data_cfg["path"], fmt, limit=n[fmt])
     for name in cfg.phase.get("hf_datasets") or []:
         if name not in HF_SPLITS:
             raise ConfigError(f"phase.hf_datasets: {name!r} is not one of {sorted(HF_SPLITS)}")
-        sets[name] = formats.load_hf(name, HF_SPLITS[name], limit=n)
+        sets[name] = formats.load_hf(name, HF_SPLITS[name], limit=n[name])
     return sets
 
 
@@ -139,9 +141,10 @@ def run(cfg) -> dict:
                      pass_k=tuple(int(k) for k in p.pass_k), temperature=float(p.temperature),
                      latency_tokens=int(p.latency_tokens), chunk_width=int(p.chunk_width),
                      batch_size=int(p.batch_size), seed=int(cfg.seed))
-    sets = load_sets(cfg, int(p.eval_examples))
+    n_gsm, n_choice = int(p.eval_examples), int(p.choice_examples or p.eval_examples)
+    sets = load_sets(cfg, {"gsm8k": n_gsm, "arc": n_choice, "piqa": n_choice})
     seq_len = min(int(cfg.data.seq_len), int(model.config.max_seq_len))
-    rows = eval_rows(sets, tokenizer, int(cfg.seed), seq_len, int(p.val_rows))
+    rows = eval_rows({f: v[:n_gsm] for f, v in sets.items()}, tokenizer, int(cfg.seed), seq_len, int(p.val_rows))
     tags = ["eval", stage] + (["recursive"] if recursive else [])
     with run_context(cfg, run_name=f"eval-{stage}", group="evaluation", tags=tags, job_type="eval") as ctx:
         tr = ctx.tracker

@@ -18,7 +18,8 @@ from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
-from agentforge.config import rule
+from agentforge.config import integer, rule
+from agentforge.data import synthetic
 from agentforge.errors import ConfigError
 from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
@@ -28,7 +29,8 @@ from agentforge.pipeline.report import dir_bytes, headline_metrics, performance_
 
 PHASE_ORDER = ("cognate", "evomerge", "quietstar", "bitnet", "eval")
 RULES = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-", "").replace("_", "").isalnum()),
-                                 "a name of letters, digits, '-' and '_'"))]
+                                 "a name of letters, digits, '-' and '_'")),
+         rule("phase.overlap_train_draws", integer(0)), rule("phase.overlap_heldout", integer(1))]
 
 
 def _forwarded_overrides() -> list[str]:
@@ -107,7 +109,9 @@ def run(cfg) -> dict:
     stages = [(s.key.removeprefix("eval-"), Path(s.overrides[0].split("=", 1)[1])) for s in steps if s.phase == "eval"]
     perf = performance_rows(artifacts, stages)
     checks = threshold_rows({r["key"]: r.get("metrics", {}) for r in records}, artifacts)
-    rep = write_report(pipe_dir, str(p.run_name), records, perf, checks)
+    data_check = (synthetic.overlap_check(int(cfg.seed), int(p.overlap_train_draws), int(p.overlap_heldout))
+                  if int(p.get("overlap_train_draws") or 0) > 0 else None)
+    rep = write_report(pipe_dir, str(p.run_name), records, perf, checks, data_check)
     with open_dict(cfg):
         cfg.paths.artifacts = str(artifacts)
     with run_context(cfg, run_name=f"pipeline-{p.run_name}", group="pipeline", tags=["pipeline", "report"],

@@ -2,8 +2,14 @@
 
 1. phase overview: status and duration of every step;
 2. model performance across phases: perplexity, accuracies, size on disk, latency, from each phase
-   output's ``eval`` results;
-3. resource usage: time, peak memory (resident set size sampled during the step) and storage per phase.
+   output's ``eval`` results; every accuracy with its n and 95% Wilson CI;
+3. the seed's critical thresholds: a row comparing two models (``_PAIRED``) is decided only by a CI from
+   a paired test on the same examples — PASS when the whole CI meets the threshold, FAIL when none of it
+   does, INCONCLUSIVE otherwise, below ``stats.MIN_N`` examples, or without a CI; BitNet's accuracy
+   drop is recomputed here from the eval results of ``phase3_reasoning`` and ``phase4_compressed``
+   (``evals.compare.accuracy_drop_test``);
+4. held-out data: the synthetic data's overlap check (``data.synthetic.overlap_check``);
+5. resource usage: time, peak memory (resident set size sampled during the step) and storage per phase.
 
 Written as Markdown with PNG plots, and returned as rows for the terminal table and W&B.
 """
@@ -18,6 +24,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from agentforge.errors import ConfigError
+from agentforge.evals.compare import ACCURACY_FORMATS, accuracy_drop_test
+from agentforge.evals.stats import threshold_verdict, wilson_ci
 from agentforge.io import atomic_write, write_text_atomic
 
 PERF_COLUMNS = [("perplexity", "Perplexity"), ("reasoning_accuracy", "GSM8K acc"), ("arc_easy_accuracy", "ARC acc"),
@@ -39,9 +48,13 @@ THRESHOLDS = [
 _HEADLINE = {k for _, k, _, _ in THRESHOLDS}
 
 
-# A headline key K decided on a sample may come with K_n, K_ci95 ([low, high]) and K_verdict (PASS / FAIL /
-# INCONCLUSIVE, e.g. the anti-theater checks); the row then shows that verdict, n and CI.
-_EVIDENCE = ("_n", "_ci95", "_verdict")
+# A headline key K decided on a sample may come with K_n, K_ci95 ([low, high]), K_verdict (PASS / FAIL /
+# INCONCLUSIVE, e.g. the anti-theater checks) and K_test (what was tested); the row then shows that verdict,
+# n and CI. With a CI but no verdict the row is decided from the CI (``stats.threshold_verdict``).
+_EVIDENCE = ("_n", "_ci95", "_verdict", "_test")
+# Rows that compare two models (or one model with and without its thoughts): no verdict without a CI.
+_PAIRED = {"final/fitness_improvement", "final/test_fitness_improvement", "anti_theater/final_divergence",
+           "anti_theater/final_ablation_drop", "anti_theater/final_correlation", "final/accuracy_drop"}
 
 
 def headline_metrics(metrics: dict) -> dict:
@@ -51,11 +64,34 @@ def headline_metrics(metrics: dict) -> dict:
     return out
 
 
-def _decided(measured: dict, key: str, ok: bool) -> str:
-    if f"{key}_verdict" not in measured:
+def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: float | None = None) -> str:
+    verdict, ci, n = measured.get(f"{key}_verdict"), measured.get(f"{key}_ci95"), measured.get(f"{key}_n")
+    if verdict is None and ci is not None and op is not None:
+        verdict = threshold_verdict(ci, op, thr, None if n is None else int(n))[0]
+    if verdict is None:
+        if key in _PAIRED:
+            return "INCONCLUSIVE (no CI from a paired test on the same examples)"
         return "PASS" if ok else "FAIL"
-    lo, hi = measured.get(f"{key}_ci95") or (float("nan"), float("nan"))
-    return f"{measured[f'{key}_verdict']} (n={measured.get(f'{key}_n', '?')}, 95% CI [{lo:.3g}, {hi:.3g}])"
+    lo, hi = ci or (float("nan"), float("nan"))
+    test = measured.get(f"{key}_test")
+    return (f"{verdict} (n={measured.get(f'{key}_n', '?')}, 95% CI [{lo:.3g}, {hi:.3g}]"
+            + (f"; {test}" if test else "") + ")")
+
+
+def paired_accuracy_drop(artifacts: Path, before: str = "phase3_reasoning", after: str = "phase4_compressed") -> dict:
+    """BitNet's accuracy drop (%) paired on the eval test sets, as headline keys; {} when not measurable."""
+    files = [artifacts / "eval_results" / f"{s}_results.json" for s in (before, after)]
+    if not all(f.is_file() for f in files):
+        return {}
+    try:
+        res = accuracy_drop_test(*(json.loads(f.read_text()) for f in files))
+    except (ConfigError, ValueError, KeyError):
+        return {}
+    if res is None:
+        return {}
+    return {"final/accuracy_drop": res["drop_percent"], "final/accuracy_drop_ci95": res["ci95"],
+            "final/accuracy_drop_n": res["n"],
+            "final/accuracy_drop_test": f"{after} vs {before}, paired {res['pairing']}; McNemar p={res['mcnemar_p']:.3g}"}
 
 
 def cognate_diversity(artifacts: Path) -> float | None:
@@ -85,12 +121,14 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
     div = cognate_diversity(artifacts)
     if div is not None:
         measured["phase1/diversity"] = div
+    if "final/accuracy_drop" in measured:  # the BitNet phase's own figure is unpaired: replace it when we can
+        measured.update(paired_accuracy_drop(artifacts))
     rows = []
     for phase, key, op, thr in THRESHOLDS:
         if key in measured:
             v = measured[key]
             ok = {">": v > thr, ">=": v >= thr, "<": v < thr}[op]
-            rows.append([phase, key, f"{op} {thr:g}", v, _decided(measured, key, ok)])
+            rows.append([phase, key, f"{op} {thr:g}", v, _decided(measured, key, ok, op, thr)])
     return rows
 
 
@@ -104,11 +142,41 @@ def performance_rows(artifacts: Path, stages: list[tuple[str, Path]]) -> list[di
         f = artifacts / "eval_results" / f"{stage}_results.json"
         if not f.is_file():
             continue
-        m = json.loads(f.read_text())["metrics"]
+        res = json.loads(f.read_text())
+        m, per = res["metrics"], res.get("per_example", {})
         row = {"stage": stage, "size_mb": dir_bytes(ckpt) / 2**20}
         row.update({k: m.get(k) for k, _ in PERF_COLUMNS if k != "size_mb"})
+        for fmt, key in ACCURACY_FORMATS:  # n and the 95% Wilson CI of each accuracy
+            c = per.get(f"{fmt}_correct")
+            if c:
+                row[f"{key}_n"], row[f"{key}_ci95"] = len(c), wilson_ci(int(sum(c)), len(c))
         rows.append(row)
     return rows
+
+
+def _perf_cell(row: dict, key: str):
+    v, n = row.get(key), row.get(f"{key}_n")
+    if n is None or not isinstance(v, (int, float)):
+        return v
+    lo, hi = row[f"{key}_ci95"]
+    return f"{v:.3f} [{lo:.2f}, {hi:.2f}] n={n}"
+
+
+def power_note(perf: list[dict]) -> str:
+    """What the accuracies' sample sizes can resolve: the 95% Wilson half-width at accuracy 0.5 per n."""
+    ns = sorted({r[f"{k}_n"] for r in perf for _, k in ACCURACY_FORMATS if r.get(f"{k}_n")})
+    if not ns:
+        return ""
+    parts = [f"n = {n}: ±{(lambda ci: (ci[1] - ci[0]) / 2)(wilson_ci(n // 2, n)):.3f}" for n in ns]
+    return ("Accuracies: value [95% Wilson CI] and n examples. Half-width of the CI at accuracy 0.5: "
+            + "; ".join(parts) + ".")
+
+
+def data_rows(check: dict[str, dict]) -> list[list]:
+    """The overlap check's counts (``synthetic.overlap_check``) as table rows."""
+    return [[task, r["train_draws"], r["train_distinct"], f"{r['val']} / {r['test']}",
+             f"{r['val_prompts_in_train']} / {r['test_prompts_in_train']}",
+             f"{r['val_records_in_train']} / {r['test_records_in_train']}"] for task, r in check.items()]
 
 
 def _fmt(v) -> str:
@@ -167,13 +235,14 @@ def plot_resources(path: Path, steps: list[dict]) -> Path | None:
     return path
 
 
-def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], checks: list[list]) -> dict:
+def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], checks: list[list],
+                 data_check: dict[str, dict] | None = None) -> dict:
     perf_png = plot_performance(out_dir / "performance_across_phases.png", perf)
     res_png = plot_resources(out_dir / "resource_usage.png", steps)
     status_cols = ["Step", "Phase", "Status", "Duration (s)"]
     status_rows = [[s["key"], s["phase"], s["status"], s.get("duration_s")] for s in steps]
     perf_cols = ["Stage"] + [t for _, t in PERF_COLUMNS]
-    perf_rows = [[r["stage"]] + [r.get(k) for k, _ in PERF_COLUMNS] for r in perf]
+    perf_rows = [[r["stage"]] + [_perf_cell(r, k) for k, _ in PERF_COLUMNS] for r in perf]
     res_cols = ["Step", "Time (s)", "Peak memory (MB)", "Storage (MB)"]
     res_rows = [[s["key"], s.get("duration_s"), s.get("peak_rss_mb"), s.get("storage_mb")] for s in steps]
     total_s = sum(s.get("duration_s") or 0 for s in steps if s["status"] == "done")
@@ -183,11 +252,22 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
           f"Time spent in steps run this time: {total_s:.1f} s.", "",
           "## Model performance across phases", "", markdown_table(perf_cols, perf_rows) if perf_rows else
           "_No evaluation results (the eval phase was not selected)._", ""]
+    if power_note(perf):
+        md += [power_note(perf), ""]
     if perf_png:
         md += [f"![performance]({perf_png.name})", ""]
     check_cols = ["Phase", "Metric", "Threshold", "Measured", "Result"]
     md += ["## The seed's critical thresholds", "",
-           markdown_table(check_cols, checks) if checks else "_No phase with a threshold ran._", ""]
+           markdown_table(check_cols, checks) if checks else "_No phase with a threshold ran._", "",
+           "A row comparing two models passes only when the whole 95% CI of a paired test on the same examples "
+           "meets the threshold, fails when none of it does, and is INCONCLUSIVE otherwise.", ""]
+    data_cols = ["Task", "Training draws", "Distinct training prompts", "Held-out (val / test)",
+                 "Held-out prompts seen in training (val / test)", "Identical records (val / test)"]
+    data = data_rows(data_check) if data_check else []
+    if data:
+        md += ["## Held-out data", "", markdown_table(data_cols, data), "",
+               "Synthetic train / val / test are disjoint by content: held-out prompts are reserved by a hash of "
+               "their text, and training draws that hash there are redrawn.", ""]
     md += ["## Resource usage", "", markdown_table(res_cols, res_rows), ""]
     if res_png:
         md += [f"![resources]({res_png.name})", ""]
@@ -196,4 +276,5 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
             "tables": {"pipeline/phase_status": (status_cols, status_rows),
                        "pipeline/thresholds": (check_cols, checks),
                        "pipeline/performance": (perf_cols, perf_rows),
+                       "pipeline/heldout_data": (data_cols, data),
                        "pipeline/resources": (res_cols, res_rows)}}

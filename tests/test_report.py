@@ -1,0 +1,86 @@
+"""The pipeline report's statistics: accuracies with n and CI, threshold rows decided by paired tests,
+the held-out data check. Its functions run on small fabricated results (it is a formatter)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agentforge.evals.compare import accuracy_drop_test
+from agentforge.pipeline.report import headline_metrics, performance_rows, threshold_rows, write_report
+
+
+def _results(gsm: list[int], arc: list[int], piqa: list[int], tag: str = "") -> dict:
+    per = {}
+    for fmt, c in (("gsm8k", gsm), ("arc", arc), ("piqa", piqa)):
+        per[f"{fmt}_correct"], per[f"{fmt}_ids"] = c, [f"{tag}{fmt}{i}" for i in range(len(c))]
+    return {"metrics": {"perplexity": 9.0, "reasoning_accuracy": sum(gsm) / len(gsm),
+                        "arc_easy_accuracy": sum(arc) / len(arc), "piqa_accuracy": sum(piqa) / len(piqa)},
+            "per_example": per}
+
+
+def _write(art, stage: str, res: dict) -> None:
+    (art / "eval_results").mkdir(parents=True, exist_ok=True)
+    (art / "eval_results" / f"{stage}_results.json").write_text(json.dumps(res))
+
+
+def test_accuracy_drop_hand_case():
+    before = _results([0] * 16, [1] * 100 + [0] * 100, [1] * 120 + [0] * 80)
+    after = _results([0] * 16, [1] * 95 + [0] * 105, [1] * 118 + [0] * 82)
+    r = accuracy_drop_test(before, after, n_resamples=2000)
+    # composite (0 + 0.5 + 0.6) / 3 -> (0 + 0.475 + 0.59) / 3: drop 100 * 0.011667 / 0.366667
+    assert r["drop_percent"] == pytest.approx(100 * (1.1 / 3 - 1.065 / 3) / (1.1 / 3))
+    assert r["n"] == 416 and r["losses"] == 7 and r["wins"] == 0 and r["mcnemar_p"] == pytest.approx(2 / 128)
+    assert r["ci95"][0] <= r["drop_percent"] <= r["ci95"][1] and r["pairing"] == "by example id"
+    same = accuracy_drop_test(before, before, n_resamples=500)
+    assert same["drop_percent"] == 0 and same["ci95"] == [0.0, 0.0] and same["mcnemar_p"] == 1.0
+
+
+def test_bitnet_row_is_paired_on_the_eval_results(tmp_path):
+    bitnet = {"bitnet": {"final/accuracy_drop": 40.0, "final/compression_ratio": 8.0}}  # the unpaired figure
+    before = _results([0] * 16, [1] * 100 + [0] * 100, [1] * 120 + [0] * 80)
+    _write(tmp_path, "phase3_reasoning", before)
+    _write(tmp_path, "phase4_compressed", _results([0] * 16, [1] * 99 + [0] * 101, [1] * 120 + [0] * 80))
+    row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
+    assert row[3] == pytest.approx(100 * 0.005 / 3 / (1.1 / 3))           # 1 ARC loss of 416 pairs
+    assert row[4].startswith("PASS (n=416, 95% CI [") and "McNemar p=1" in row[4]
+    # a large drop: the whole CI above 10 %
+    _write(tmp_path, "phase4_compressed", _results([0] * 16, [1] * 40 + [0] * 160, [1] * 60 + [0] * 140))
+    row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
+    assert row[3] > 40 and row[4].startswith("FAIL")
+    # too few examples for a verdict
+    _write(tmp_path, "phase3_reasoning", _results([0] * 2, [1] * 4, [1] * 4))
+    _write(tmp_path, "phase4_compressed", _results([0] * 2, [1] * 4, [1] * 4))
+    row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
+    assert row[3] == 0 and row[4].startswith("INCONCLUSIVE (n=10,")
+    # different examples cannot be paired: the BitNet phase's own figure, undecided
+    _write(tmp_path, "phase4_compressed", _results([0] * 2, [1] * 4, [1] * 4, tag="other"))
+    row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
+    assert row[3] == 40.0 and row[4].startswith("INCONCLUSIVE (no CI")
+
+
+def test_rows_with_a_ci_are_decided_by_it(tmp_path):
+    metrics = headline_metrics({"final/fitness_improvement": 25.0, "final/fitness_improvement_ci95": [-3.0, 50.0],
+                                "final/fitness_improvement_n": 64, "baking/final_accuracy": 0.9,
+                                "final/compression_ratio": 5.0, "unrelated": 1.0})
+    assert "unrelated" not in metrics
+    got = {r[1]: r[4] for r in threshold_rows({"x": metrics}, tmp_path)}
+    assert got["final/fitness_improvement"] == "INCONCLUSIVE (n=64, 95% CI [-3, 50])"   # the point alone says PASS
+    assert got["baking/final_accuracy"] == "PASS" and got["final/compression_ratio"] == "FAIL"
+    metrics["final/fitness_improvement_ci95"] = [21.0, 30.0]
+    assert threshold_rows({"x": metrics}, tmp_path)[0][4].startswith("PASS (n=64")
+
+
+def test_report_shows_n_ci_power_and_the_data_check(tmp_path):
+    art = tmp_path / "artifacts"
+    _write(art, "phase1_model1", _results([0] * 16, [1] * 100 + [0] * 100, [1] * 10 + [0] * 6))
+    perf = performance_rows(art, [("phase1_model1", tmp_path)])
+    assert perf[0]["arc_easy_accuracy_n"] == 200 and perf[0]["piqa_accuracy_ci95"][0] < 0.625
+    check = {"piqa": {"train_draws": 1000, "train_distinct": 900, "val": 20, "test": 20, "val_prompts_in_train": 0,
+                      "test_prompts_in_train": 0, "val_records_in_train": 0, "test_records_in_train": 0}}
+    steps = [{"key": "eval-phase1_model1", "phase": "eval", "status": "done", "duration_s": 1.0}]
+    out = write_report(tmp_path, "t", steps, perf, [], check)
+    md = out["report"].read_text()
+    assert "| 0.500 [0.43, 0.57] n=200 |" in md and "| 0.625 [0.39, 0.82] n=16 |" in md
+    assert "n = 16: ±0.220" in md and "n = 200: ±0.069" in md  # z sqrt(1/4n + z²/4n²) / (1 + z²/n)
+    assert "## Held-out data" in md and "| piqa | 1000 | 900 | 20 / 20 | 0 / 0 | 0 / 0 |" in md
