@@ -22,7 +22,7 @@ REQUIRED_KEYS = {
     "piqa": ("goal", "sol1", "sol2", "label"),
     "text": ("text",),
 }
-TASK_FORMAT = {"plain_text": "text", "arithmetic": "gsm8k", "choice": "arc", "piqa": "piqa"}
+TASK_FORMAT = {"plain_text": "text", "arithmetic": "gsm8k", "choice": "arc", "piqa": "piqa", "recall": "text"}
 
 
 class DatasetError(AgentForgeError, ValueError):

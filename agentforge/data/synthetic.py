@@ -148,7 +148,13 @@ def _bind(task: str):
 plain_text, arithmetic, choice, piqa = (_bind(t) for t in _RAW)
 
 
-GENERATORS = {"plain_text": plain_text, "arithmetic": arithmetic, "choice": choice, "piqa": piqa}
+def recall(seed: int, split: str, index: int) -> dict:
+    """The long-range recall task (``data/recall.py``: a fact repeated beyond the attention window)."""
+    from agentforge.data.recall import recall as draw_recall  # late: recall.py uses this module's buckets
+    return draw_recall(seed, split, index)
+
+
+GENERATORS = {"plain_text": plain_text, "arithmetic": arithmetic, "choice": choice, "piqa": piqa, "recall": recall}
 
 
 def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dict]:

@@ -6,19 +6,30 @@ Reading order, one forward pass over token ids x [B, T]:
 2. Recursion (TRM, Jolicoeur-Martineau 2025, "Less is More: Recursive Reasoning with Tiny Networks"):
    for step n = 1..max_steps the same causal backbone refines the latent, z_n = MAG(blocks(z_{n-1} + e)),
    with the input re-injected each step. Deep supervision: every step's latent is decoded and trained
-   on the next-token targets (weight ``deep_supervision``).
-3. ACT halting (Graves 2016, "Adaptive Computation Time"): a halting head gives p_n = sigmoid(w.z_n) per
-   token; a token halts at the first step N where sum_{n<=N} p_n >= act_threshold, its output is the
-   mixture sum_{n<N} p_n z_n + R z_N with remainder R = 1 - sum_{n<N} p_n, and the ponder cost N + R is
-   added to the loss (weight ``ponder_cost``). Halted tokens' latents are frozen while the others go on
-   (as in Universal Transformers), and the loop stops early once every token has halted.
-4. MAG long-term memory (Titans): see ``memory.py``; read each step, written after the pass.
-5. logits = lm_head(norm(output)); the loss is next-token cross-entropy on the targets the caller shifts.
+   on the next-token targets (weight ``deep_supervision``). TRM's cheaper recursion is an option:
+   ``no_grad_steps`` early steps run without gradients (their latents are detached), the rest with.
+3. Halting: PonderNet (Banino et al. 2021, "PonderNet: Learning to Ponder"). A halting head gives
+   lambda_n = sigmoid(w.z_n + b) per token; the probability of halting at step n is
+   p_n = lambda_n prod_{j<n} (1 - lambda_j), with lambda = 1 at ``max_steps`` so the p_n sum to 1.
+   The loss is the expected loss sum_n p_n L_n plus ``ponder_cost`` * KL(p || geometric(``ponder_prior``))
+   (the prior truncated at max_steps the same way), so the halting head is trained by how much each
+   further step lowers the token's own loss — not only through a remainder, as in Graves 2016 ACT,
+   whose ponder cost pushes every token to the same count. A token halts at the first step N whose
+   cumulative p reaches ``act_threshold`` (0.5: the median of its halting distribution) and its output
+   is z_N. Training runs every step (the expected loss needs them all); at inference the loop stops
+   once every token has halted and skips rows whose tokens have all halted.
+4. MAG long-term memory (Titans): see ``memory.py``; a per-sequence bank read and written causally
+   inside each step.
+5. logits = lm_head(norm(z_N)); ``lm_loss`` is the next-token cross-entropy of those logits.
 
-Every operation is per-token or causal attention, so logits at position i depend only on x[:i+1].
+Every operation is per-token, causal attention or a chunk-causal memory, so logits at position i
+depend only on x[:i+1]. ``ablate(steps=, memory=, halting=)`` runs the same weights with recursion fixed,
+memory reads off, or every token run to max_steps, for the ablations of the Cognate phase.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -26,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agentforge.models.generation import generate
+from agentforge.models.halting import geometric_prior, halting_distribution
 from agentforge.models.layers import Block, RMSNorm, rope_cache
 from agentforge.models.memory import SurpriseMemory
 
@@ -42,15 +54,18 @@ class CognateConfig:
     window: int = 64                 # sliding attention window (tokens)
     max_seq_len: int = 512           # RoPE table length
     rope_base: float = 10000.0
-    max_steps: int = 3               # recursion steps (ACT's upper bound)
-    act_threshold: float = 0.99      # Graves' 1 - epsilon
-    halt_bias_init: float = 0.0      # initial halting logit (negative: think longer)
-    ponder_cost: float = 0.01        # tau, weight of the ponder cost N + R
+    max_steps: int = 3               # recursion steps (the halting bound)
+    act_threshold: float = 0.5       # halt when the cumulative halting probability reaches this
+    ponder_prior: float = 0.5        # PonderNet's geometric prior lambda_p (expected steps ~ 1/lambda_p)
+    halt_bias_init: float | None = None  # initial halting logit; None = logit(ponder_prior), i.e. the prior
+    ponder_cost: float = 0.01        # beta, weight of KL(p || geometric prior)
     deep_supervision: float = 0.3    # weight of the per-step losses
+    no_grad_steps: int = 0           # TRM: early steps run without gradients (at most max_steps - 1)
     ltm_slots: int = 32
     ltm_key_dim: int = 32
     surprise_threshold: float = 0.5
-    ltm_max_writes: int = 8          # writes per forward pass at most
+    ltm_max_writes: int = 8          # writes per memory chunk at most
+    ltm_chunk: int = 16              # tokens per memory chunk (reads see the chunks before)
     tie_embeddings: bool = False
 
     @classmethod
@@ -69,11 +84,11 @@ class CognateConfig:
 class CognateOutput:
     logits: torch.Tensor                # [B, T, V]
     loss: torch.Tensor | None           # total training loss (when targets are given)
-    lm_loss: torch.Tensor | None        # cross-entropy of the ACT output alone
-    halting_steps: torch.Tensor         # [B, T] steps each token used (integers as float)
-    ponder: torch.Tensor                # [B, T] N + R
-    surprise: torch.Tensor              # [B, T] memory surprise at the last step
-    hidden: torch.Tensor                # [B, T, D] ACT output state (before the final norm)
+    lm_loss: torch.Tensor | None        # cross-entropy of the halted output alone
+    halting_steps: torch.Tensor         # [B, T] step at which each token halted (integers as float)
+    ponder: torch.Tensor                # [B, T] expected steps sum_n n p_n (mass past an early stop at its step)
+    surprise: torch.Tensor              # [B, T] memory surprise at the last step run
+    hidden: torch.Tensor                # [B, T, D] halted output state (before the final norm)
 
 
 class CognateModel(nn.Module):
@@ -82,18 +97,23 @@ class CognateModel(nn.Module):
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.window, c.ffn_hidden) for _ in range(c.n_layers))
-        self.memory = SurpriseMemory(c.d_model, c.ltm_slots, c.ltm_key_dim, c.surprise_threshold, c.ltm_max_writes)
+        self.memory = SurpriseMemory(c.d_model, c.ltm_slots, c.ltm_key_dim, c.surprise_threshold, c.ltm_max_writes,
+                                     c.ltm_chunk)
         self.halt_head = nn.Linear(c.d_model, 1)
         self.norm = RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
-        self.write_memory_in_eval = False
         cos, sin = rope_cache(c.max_seq_len, c.d_model // c.n_heads, c.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
-        nn.init.constant_(self.halt_head.bias, c.halt_bias_init)
+        self.memory.init_gate()  # the global init above zeroes every bias, the gate's documented one too
+        bias = c.halt_bias_init if c.halt_bias_init is not None else math.log(c.ponder_prior / (1 - c.ponder_prior)) \
+            if c.ponder_prior < 1 else 10.0
+        nn.init.constant_(self.halt_head.bias, bias)
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self._steps_override: int | None = None
+        self._halting = True
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -111,6 +131,19 @@ class CognateModel(nn.Module):
         """The attention layers, for QK-clip (each has q_proj, k_proj, n_heads, head_dim, max_logit)."""
         return [blk.attn for blk in self.blocks]
 
+    @contextlib.contextmanager
+    def ablate(self, steps: int | None = None, memory: bool | None = None, halting: bool | None = None):
+        """Run the same weights with recursion fixed at ``steps``, the memory's reads off (memory=False), or
+        every token run to the last step (halting=False); None keeps the current setting; restored on exit."""
+        saved = self._steps_override, self._halting, self.memory.enabled
+        self._steps_override = steps if steps is not None else self._steps_override
+        self._halting = halting if halting is not None else self._halting
+        self.memory.enabled = memory if memory is not None else self.memory.enabled
+        try:
+            yield self
+        finally:
+            self._steps_override, self._halting, self.memory.enabled = saved
+
     def _step(self, z: torch.Tensor, e: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         h = z + e
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
@@ -118,51 +151,75 @@ class CognateModel(nn.Module):
             h = blk(h, cos, sin)
         return self.memory.read(h)
 
+    def _step_rows(self, z, e, t, rows: torch.Tensor | None):
+        """One recursion step; at inference only on ``rows`` (the others halted), the rest kept."""
+        if rows is None:
+            return self._step(z, e, t)
+        z_sub, s_sub = self._step(z[rows], e[rows], t)
+        surprise = torch.zeros(z.shape[:2], device=z.device, dtype=s_sub.dtype).index_copy(0, rows, s_sub)
+        return z.index_copy(0, rows, z_sub), surprise
+
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 ignore_index: int = -100) -> CognateOutput:
         c = self.config
         b, t = input_ids.shape
         if t > c.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds model.max_seq_len={c.max_seq_len}")
+        n_steps = self._steps_override or c.max_steps
+        train_all = targets is not None or self.training
+        no_grad = min(c.no_grad_steps, n_steps - 1) if self.training else 0
         e = self.embed(input_ids)
         z = e
-        cum = torch.zeros(b, t, device=e.device, dtype=e.dtype)        # sum of p_n so far
-        running = torch.ones(b, t, device=e.device, dtype=torch.bool)
-        steps = torch.zeros(b, t, device=e.device, dtype=e.dtype)
-        remainder = torch.zeros(b, t, device=e.device, dtype=e.dtype)
+        lambdas, step_ce = [], []
         output = torch.zeros_like(e)
-        step_losses = []
+        halted = torch.zeros(b, t, device=e.device, dtype=torch.bool)
+        steps = torch.full((b, t), float(n_steps), device=e.device)
+        not_halted = torch.ones(b, t, device=e.device, dtype=e.dtype)   # prod_{j<n} (1 - lambda_j)
+        cum = torch.zeros(b, t, device=e.device, dtype=e.dtype)
         surprise = torch.ones(b, t, device=e.device)
-        for n in range(c.max_steps):
-            z_new, surprise = self._step(z, e, t)
-            z = torch.where(running[..., None], z_new, z)
-            p = torch.sigmoid(self.halt_head(z).squeeze(-1))
-            last = n == c.max_steps - 1
-            halts_now = running & ((cum + p >= c.act_threshold) | last)
-            continues = running & ~halts_now
-            weight = torch.where(halts_now, 1.0 - cum, torch.where(continues, p, torch.zeros_like(p)))
-            output = output + weight[..., None] * z
-            remainder = torch.where(halts_now, 1.0 - cum, remainder)
-            steps = steps + running.to(steps.dtype)
-            cum = cum + torch.where(continues, p, torch.zeros_like(p))
-            running = continues
-            if targets is not None and c.deep_supervision > 0:
+        for n in range(n_steps):
+            rows = None
+            if not train_all and n > 0:
+                active = (~halted).any(1)
+                if not bool(active.all()):
+                    rows = active.nonzero().squeeze(1)
+            with torch.no_grad() if n < no_grad else contextlib.nullcontext():
+                z, surprise = self._step_rows(z, e, t, rows)
+            if n < no_grad:
+                z = z.detach()
+            last = n == n_steps - 1
+            lam = torch.ones(b, t, device=e.device, dtype=e.dtype) if last else \
+                torch.sigmoid(self.halt_head(z).squeeze(-1))
+            lambdas.append(lam)
+            cum = cum + lam * not_halted
+            not_halted = not_halted * (1 - lam)
+            halts_now = ~halted & ((cum >= c.act_threshold) | last) if self._halting else ~halted & last
+            output = torch.where(halts_now[..., None], z, output)
+            steps = torch.where(halts_now, float(n + 1), steps)
+            halted = halted | halts_now
+            if targets is not None:
                 step_logits = self.lm_head(self.norm(z))
-                step_losses.append(F.cross_entropy(step_logits.flatten(0, 1), targets.flatten(),
-                                                   ignore_index=ignore_index))
-            if not bool(running.any()):
+                step_ce.append(F.cross_entropy(step_logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index,
+                                               reduction="none").view(b, t))
+            if not train_all and not last and not bool((~halted).any()):
                 break
         logits = self.lm_head(self.norm(output))
-        ponder = steps.detach() + remainder  # N is a count; the gradient flows through R (Graves)
+        p = halting_distribution(torch.stack(lambdas, 0)) if len(lambdas) > 1 else torch.ones(1, b, t, device=e.device)
+        ponder = (p * torch.arange(1, p.shape[0] + 1, device=e.device, dtype=p.dtype)[:, None, None]).sum(0)
         loss = lm_loss = None
         if targets is not None:
             lm_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
-            loss = lm_loss + c.ponder_cost * ponder.mean()
-            if step_losses:
-                loss = loss + c.deep_supervision * torch.stack(step_losses).mean()
-        if self.training or self.write_memory_in_eval:
-            self.memory.write(output, surprise)
-        return CognateOutput(logits, loss, lm_loss, steps.detach(), ponder.detach(), surprise, output)
+            mask = (targets != ignore_index).to(e.dtype)
+            denom = mask.sum().clamp(min=1)
+            ce = torch.stack(step_ce, 0)                                       # [N, B, T]
+            loss = (p * ce * mask).sum() / denom
+            if len(lambdas) > 1 and c.ponder_cost > 0:
+                prior = geometric_prior(c.ponder_prior, p.shape[0], device=e.device, dtype=p.dtype)
+                kl = (p * (torch.log(p.clamp(min=1e-8)) - torch.log(prior)[:, None, None])).sum(0)
+                loss = loss + c.ponder_cost * (kl * mask).sum() / denom
+            if c.deep_supervision > 0:
+                loss = loss + c.deep_supervision * (ce * mask).sum() / (denom * ce.shape[0])
+        return CognateOutput(logits, loss, lm_loss, steps, ponder.detach(), surprise, output)
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_id: int | None = None,
                  temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:

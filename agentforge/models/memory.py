@@ -1,19 +1,25 @@
-"""Long-term memory with surprise-gated writes and a MAG gate (after Titans, Behrouz et al. 2024).
+"""Per-sequence slot memory with surprise-gated causal writes and a MAG gate (after Titans, Behrouz et al. 2024).
 
-Titans' "Memory as a Gate" (MAG) variant runs a sliding-window attention branch beside a long-term
-memory and merges the two with a learned gate. Here the memory is a bank of ``slots`` key/value pairs:
+Titans' "Memory as a Gate" (MAG) runs a sliding-window attention branch beside a long-term memory and
+merges the two with a learned gate. Here the long-term memory is a bank of ``slots`` key/value pairs that
+every sequence fills for itself while it is read, chunk by chunk (Titans computes its memory update over
+chunks the same way, so a token only ever reads what earlier chunks stored):
 
-* read:     q = W_q h;  a = softmax(q K^T / sqrt(d_k)) over the filled slots;  r = a V
-* surprise: the memory's prediction error for the token, s = ||h - r||^2 / (||h||^2 + eps)
-            (how badly what the memory recalls for this state matches the state itself; 1.0 when the
-            memory is empty)
-* write:    after the forward pass, tokens with s > ``surprise_threshold`` are stored (key W_q h,
-            value h), highest surprise first, into empty slots, else the least-used ones
-* gate:     out = g * h + (1 - g) * W_o r,  g = sigmoid(W_g h)
+* keys/queries: k = normalize(W_q h); values v = W_v h (learned projections, trained through the reads)
+* read (chunk c): a = softmax(beta * k K_c^T) over the slots filled by chunks < c;  r = a V_c
+  (beta = exp(log_beta), learned; an empty bank reads r = 0)
+* surprise: the memory's prediction error for the token's own value, s = ||v - r||^2 / (||v||^2 + eps)
+  (Titans' associative loss ||M(k) - v||^2, normalized; 1 when nothing relevant is stored, near 0 when
+  the same content was stored before — so surprise falls when content repeats)
+* write (end of chunk c): the ``max_writes`` most surprising tokens with s > ``surprise_threshold`` are
+  stored as (k, v) — into empty slots first, else the least recently used ones (LRU, as in Santoro et al.
+  2016's least-recently-used access: a slot is "used" when some token gives it more than half of its read)
+* gate: out = h + g * W_o r,  g = sigmoid(W_g h + b), b = ``gate_bias`` (negative: starts mostly on attention)
 
-Writes happen only after the whole forward pass and never inside it, so a token never reads what a
-later token of the same sequence wrote: the model stays causal. The bank is a persistent buffer and is
-saved with the checkpoint.
+The bank is per sequence: every sequence starts from the persistent bank (the buffers ``keys``,
+``values``, ``filled``), which is empty unless ``persist`` is set, in which case the last row's final bank
+is kept for the next call (a memory carried across calls, e.g. one long conversation). Statistics are
+tensors on the model's device, accumulated in training mode only and read when logged.
 """
 from __future__ import annotations
 
@@ -26,67 +32,106 @@ from torch import nn
 
 class SurpriseMemory(nn.Module):
     def __init__(self, d_model: int, slots: int, key_dim: int, surprise_threshold: float,
-                 max_writes: int = 8, gate_bias: float = 2.0):
+                 max_writes: int = 8, chunk: int = 16, gate_bias: float = -2.0, beta: float = 8.0):
         super().__init__()
-        self.slots, self.key_dim = slots, key_dim
+        self.slots, self.key_dim, self.chunk = slots, key_dim, chunk
         self.surprise_threshold, self.max_writes = surprise_threshold, max_writes
+        self.gate_bias_init = gate_bias
         self.query = nn.Linear(d_model, key_dim, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.value = nn.Linear(d_model, key_dim, bias=False)
+        self.out = nn.Linear(key_dim, d_model, bias=False)
         self.gate = nn.Linear(d_model, d_model)
-        nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, gate_bias)  # starts mostly on the attention branch
+        self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
         self.register_buffer("keys", torch.zeros(slots, key_dim))
-        self.register_buffer("values", torch.zeros(slots, d_model))
-        self.register_buffer("usage", torch.zeros(slots))
+        self.register_buffer("values", torch.zeros(slots, key_dim))
+        self.register_buffer("usage", torch.zeros(slots))      # read mass per slot (training), for the heatmap
         self.register_buffer("filled", torch.zeros(slots, dtype=torch.bool))
+        self.enabled, self.persist = True, False
+        self.init_gate()
         self.reset_stats()
 
+    def init_gate(self) -> None:
+        """The gate's documented start: zero weights, bias ``gate_bias`` (call after any global re-init)."""
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, self.gate_bias_init)
+
     def reset_stats(self) -> None:
-        """Counters since the last reset, read by the training callbacks (ltm/* keys)."""
+        """Counters since the last reset, read by the training callbacks (ltm/* keys); tensors once used."""
         self.stats = {"reads": 0, "writes": 0, "surprise_sum": 0.0, "surprise_count": 0}
-
-    def read(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (merged stream, per-token surprise [B, T]) for hidden states h [B, T, D]."""
-        b, t, _ = h.shape
-        self.stats["reads"] += b * t
-        if not bool(self.filled.any()):
-            recalled = torch.zeros_like(h)
-        else:
-            q = self.query(h)
-            scores = q @ self.keys.t() / math.sqrt(self.key_dim)
-            scores = scores.masked_fill(~self.filled, float("-inf"))
-            attn = F.softmax(scores, dim=-1)
-            recalled = attn @ self.values
-            if self.training:
-                with torch.no_grad():
-                    self.usage += attn.detach().sum(dim=(0, 1))
-        with torch.no_grad():
-            err = (h.detach() - recalled.detach()).pow(2).sum(-1)
-            surprise = err / (h.detach().pow(2).sum(-1) + 1e-6)
-        self.stats["surprise_sum"] += float(surprise.sum())
-        self.stats["surprise_count"] += surprise.numel()
-        g = torch.sigmoid(self.gate(h))
-        return g * h + (1 - g) * self.out(recalled), surprise
-
-    @torch.no_grad()
-    def write(self, h: torch.Tensor, surprise: torch.Tensor) -> int:
-        """Store the most surprising token states of h [B, T, D]; returns the number written."""
-        flat_h, flat_s = h.detach().reshape(-1, h.shape[-1]), surprise.reshape(-1)
-        candidates = (flat_s > self.surprise_threshold).nonzero().squeeze(-1)
-        if candidates.numel() == 0:
-            return 0
-        order = flat_s[candidates].argsort(descending=True)[: min(self.max_writes, self.slots)]
-        chosen = candidates[order]
-        # empty slots first (usage -inf), then the least used ones
-        priority = torch.where(self.filled, self.usage, torch.full_like(self.usage, -1.0))
-        slots = priority.argsort()[: chosen.numel()]
-        # out of place: the read of this pass saved the old tensors for its backward
-        self.keys = self.keys.index_copy(0, slots, self.query(flat_h[chosen]).to(self.keys.dtype))
-        self.values = self.values.index_copy(0, slots, flat_h[chosen].to(self.values.dtype))
-        self.usage = self.usage.index_fill(0, slots, 0.0)
-        self.filled = self.filled.index_fill(0, slots, True)
-        self.stats["writes"] += int(slots.numel())
-        return int(slots.numel())
+        self.last_filled = torch.zeros(())
 
     def usage_fraction(self) -> float:
-        return float(self.filled.float().mean())
+        """Share of the slots filled at the end of the sequences of the last forward pass."""
+        return float(self.last_filled)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.read(h)
+
+    def read(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(merged stream [B, T, D], per-token surprise [B, T]) for hidden states h [B, T, D]."""
+        b, t, _ = h.shape
+        if not self.enabled:
+            return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
+        k = F.normalize(self.query(h), dim=-1)
+        v = self.value(h)
+        beta = self.log_beta.exp()
+        keys = self.keys.to(k.dtype).expand(b, -1, -1)
+        vals = self.values.to(v.dtype).expand(b, -1, -1)
+        filled = self.filled.expand(b, -1)
+        last = torch.zeros(b, self.slots, device=h.device)           # chunk index of each slot's last use
+        reads, surprises, usage = [], [], torch.zeros(self.slots, device=h.device)
+        for c, start in enumerate(range(0, t, self.chunk)):
+            kc, vc = k[:, start:start + self.chunk], v[:, start:start + self.chunk]
+            scores = beta * kc @ keys.transpose(1, 2)
+            scores = scores.masked_fill(~filled[:, None, :], float("-inf"))
+            attn = torch.nan_to_num(F.softmax(scores, dim=-1))          # an empty bank: all -inf -> 0
+            r = attn @ vals
+            reads.append(r)
+            with torch.no_grad():
+                s = (vc - r).pow(2).sum(-1) / (vc.pow(2).sum(-1) + 1e-6)
+                surprises.append(s)
+                usage += attn.sum(dim=(0, 1))
+                last = torch.where(attn.amax(1) > 0.5, float(c + 1), last)
+            keys, vals, filled, last = self._write(kc, vc, s, keys, vals, filled, last, float(c + 1))
+        r = torch.cat(reads, 1)
+        surprise = torch.cat(surprises, 1)
+        self._record(b, t, surprise, filled, usage)
+        if self.persist:
+            with torch.no_grad():
+                self.keys.copy_(keys[-1]), self.values.copy_(vals[-1]), self.filled.copy_(filled[-1])
+        g = torch.sigmoid(self.gate(h))
+        return h + g * self.out(r), surprise
+
+    def _write(self, kc, vc, s, keys, vals, filled, last, now: float):
+        """Store the chunk's most surprising tokens (s > threshold) into empty, else least recently used slots."""
+        n = min(self.max_writes, kc.shape[1], self.slots)
+        if n == 0:
+            return keys, vals, filled, last
+        with torch.no_grad():
+            cand = s.masked_fill(s <= self.surprise_threshold, float("-inf"))
+            top_s, top_i = cand.topk(n, dim=1)                            # valid ones first (sorted)
+            valid = torch.isfinite(top_s)                                 # [B, n]
+            priority = torch.where(filled, last, torch.full_like(last, -1.0))
+            slot = priority.argsort(dim=1, stable=True)[:, :n]            # empty first, then LRU
+            self._count("writes", valid.sum())
+        new_k = kc.gather(1, top_i[..., None].expand(-1, -1, kc.shape[-1]))
+        new_v = vc.gather(1, top_i[..., None].expand(-1, -1, vc.shape[-1]))
+        idx_k = slot[..., None].expand(-1, -1, keys.shape[-1])
+        keys = keys.scatter(1, idx_k, torch.where(valid[..., None], new_k, keys.gather(1, idx_k)))
+        vals = vals.scatter(1, idx_k, torch.where(valid[..., None], new_v, vals.gather(1, idx_k)))
+        filled = filled.scatter(1, slot, filled.gather(1, slot) | valid)
+        last = last.scatter(1, slot, torch.where(valid, now, last.gather(1, slot)))
+        return keys, vals, filled, last
+
+    def _count(self, key: str, value) -> None:
+        if self.training:
+            self.stats[key] = self.stats[key] + value
+
+    @torch.no_grad()
+    def _record(self, b: int, t: int, surprise, filled, usage) -> None:
+        self.last_filled = filled.float().mean()
+        if self.training:
+            self._count("reads", b * t)
+            self._count("surprise_sum", surprise.sum())
+            self._count("surprise_count", surprise.numel())
+            self.usage += usage

@@ -16,17 +16,23 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
 
 from agentforge.artifacts import ARCHITECTURE, cognate_config_from, publish, save_model
 from agentforge.config import integer, number, one_of, optional, rule
+from agentforge.data import synthetic
 from agentforge.data.build import build_datamodule, eval_sets
+from agentforge.data.recall import FACT_CHARS as RECALL_FACT_CHARS
+from agentforge.data.recall import recall_rows
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.evals.speed import forward_latency_ms, halting_distribution
 from agentforge.io import CheckpointError, write_json_atomic
 from agentforge.models import CognateModel
+from agentforge.models.ablation import VARIANTS, ablations, recall_memory
 from agentforge.phases.context import run_context
 from agentforge.tracking import plots
 from agentforge.tracking.callbacks import (
@@ -48,6 +54,10 @@ RULES = [
     rule("phase.on_nonfinite", one_of("stop", "skip")),
     rule("phase.gradient_clip", number(0)),
     rule("phase.inject_nan_at_step", optional(integer(0))),
+    rule("phase.recall_rows", integer(2)),
+    rule("model.ponder_prior", number(0, 1, lo_open=True)),
+    rule("model.no_grad_steps", integer(0)),
+    rule("model.ltm_chunk", optional(integer(1))),
 ]
 
 
@@ -88,7 +98,7 @@ def validate_curriculum(stages) -> None:
             raise ConfigError(f"phase.curriculum[{i}] needs 'epochs' and 'mix'")
         if not isinstance(st["epochs"], int) or st["epochs"] < 1:
             raise ConfigError(f"phase.curriculum[{i}].epochs must be an integer >= 1, got {st['epochs']!r}")
-        bad = [t for t, w in st["mix"].items() if t not in ("plain_text", "arithmetic", "choice", "piqa")
+        bad = [t for t, w in st["mix"].items() if t not in synthetic.GENERATORS
                or not isinstance(w, (int, float)) or w < 0]
         if bad:
             raise ConfigError(f"phase.curriculum[{i}].mix has unknown tasks or negative weights: {bad}")
@@ -174,9 +184,21 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         "final/model_size_mb": size_mb,
         "final/total_params": model.num_params(),
         "diversity/avg_halting_steps": float(halting.mean()),
-        "diversity/ltm_usage": model.memory.usage_fraction(),
+        "diversity/ltm_usage": ltm_usage(model, val_rows),
+        "diversity/inference_mflops_per_token": inference_mflops(model, val_rows),
         "diversity/inference_time_ms": forward_latency_ms(model, int(cfg.data.seq_len), vocab=256),
+        **{f"act/halting_share_step{n}": float((halting == n).float().mean())
+           for n in range(1, model.config.max_steps + 1)},
     }
+    final.update(ablations(model, val_rows, seed=int(cfg.seed)))
+    gap = model.config.window + 8  # the repeat lies beyond the attention window
+    if 2 * RECALL_FACT_CHARS + gap + 3 <= int(cfg.data.seq_len) + 1:
+        rec_rows, rec_mask = recall_rows(int(cfg.phase.get("recall_rows", 64)), int(cfg.data.seq_len), int(cfg.seed),
+                                         "val", gap=gap, tokenizer=tokenizer)
+        final.update(recall_memory(model, rec_rows, rec_mask, seed=int(cfg.seed)))
+    else:
+        print(f"recall ablation skipped: data.seq_len={cfg.data.seq_len} cannot hold a repeat {gap} characters "
+              f"apart (beyond the {model.config.window}-token window)")
     tr.summary(final)
     write_json_atomic(ckpt_dir / "metrics.json", final)
     publish(ckpt_dir, out_dir)
@@ -193,6 +215,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
                                 f"LTM slot usage (model{model_id})", "slot", "epoch", cbar_label="share of reads")
         tr.image("charts/ltm_heatmap", ltm_png)
     diversity_table(tr, out_dir.parent)
+    tr.table("ablation/table", ABLATION_COLUMNS, ablation_rows(final))
     tr.artifact(f"phase1-model{model_id}-checkpoint", "model", [ckpt_dir],
                 f"Phase 1 Model {model_id} final checkpoint",
                 {"params": model.num_params(), "size_mb": size_mb, "perplexity": final["final/perplexity"],
@@ -203,6 +226,9 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
     print(f"checkpoint: {out_dir}\nval loss {val_loss:.4f}  perplexity {final['final/perplexity']:.2f}  "
           f"gsm8k {final['final/gsm8k_accuracy']:.3f}  arc {final['final/arc_accuracy']:.3f}  "
           f"piqa {final['final/piqa_accuracy']:.3f}  halting {final['diversity/avg_halting_steps']:.2f}")
+    print("ablations (loss delta = variant - reference, paired bootstrap over rows):")
+    for r in ablation_rows(final):
+        print(f"  {r[0]:<20} loss {r[1]:.4f}  acc {r[2]:.3f}  delta {r[3]:+.4f} [{r[4]:+.4f}, {r[5]:+.4f}]  p {r[6]:.3g}")
     return {"checkpoint": str(out_dir), "run_dir": str(ctx.run_dir), "metrics": final}
 
 
@@ -219,3 +245,45 @@ def diversity_table(tr, cognate_root: Path) -> None:
         tr.table("diversity/model_comparison", ["Model", "Halting Steps", "LTM Usage", "Inference Time (ms)",
                                                 "GSM8K Acc"], rows)
 
+
+
+@torch.no_grad()
+def ltm_usage(model, rows: torch.Tensor, batch_size: int = 16) -> float:
+    """Mean share of the memory's slots filled at the end of each held-out row (per-sequence banks)."""
+    model.eval()
+    shares = []
+    for i in range(0, len(rows), batch_size):
+        model(rows[i: i + batch_size, :-1])
+        shares.append(model.memory.usage_fraction() * len(rows[i: i + batch_size]))
+    return sum(shares) / len(rows)
+
+
+@torch.no_grad()
+def inference_mflops(model, rows: torch.Tensor, batch_size: int = 16) -> float:
+    """Forward MFLOPs per token over held-out rows, counted by torch.utils.flop_counter on the steps the
+    model actually runs (halting skips rows and stops early), so it is deterministic, not a timing."""
+    model.eval()
+    with FlopCounterMode(display=False) as fc:
+        for i in range(0, len(rows), batch_size):
+            model(rows[i: i + batch_size, :-1])
+    return fc.get_total_flops() / rows[:, :-1].numel() / 1e6
+
+
+def ablation_rows(final: dict) -> list[list]:
+    """[variant, loss, accuracy, loss delta vs the reference, CI low, CI high, p] for the ablation table."""
+    rows = [["trained", final["ablation/trained_val_loss"], final["ablation/trained_accuracy"], 0.0, 0.0, 0.0, 1.0]]
+    for name in VARIANTS:
+        pre = f"ablation/{name}"
+        rows.append([name, final[f"{pre}_val_loss"], final[f"{pre}_accuracy"], *(final[f"{pre}_loss_{k}"]
+                     for k in ("delta", "delta_ci_low", "delta_ci_high", "p_value"))])
+    pre = "ablation/recall_no_memory"
+    if f"{pre}_loss" not in final:
+        return rows
+    rows.append(["recall: memory on", final["ablation/recall_memory_on_loss"],
+                 final["ablation/recall_memory_on_accuracy"], 0.0, 0.0, 0.0, 1.0])
+    rows.append(["recall: memory off", final[f"{pre}_loss"], final[f"{pre}_accuracy"],
+                 *(final[f"{pre}_loss_{k}"] for k in ("delta", "delta_ci_low", "delta_ci_high", "p_value"))])
+    return rows
+
+
+ABLATION_COLUMNS = ["Variant", "Loss", "Accuracy", "Loss delta", "95% CI low", "95% CI high", "p"]
