@@ -105,16 +105,15 @@ class MuonGrokfast(torch.optim.Optimizer):
             slow = [st["grokfast_ema"] for st in states]
         else:
             slow = [st["grokfast_ma"].mean(0) for st in states] if ma_filter_(params, states, self.grokfast_window, lamb) else []
+        self._filter_stats = {"optimizer/grokfast_raw_grad_norm": raw_norm}   # tensors: read in metrics()
         if not slow:   # MA window still filling: the gradients pass unchanged
-            self._filter_stats = {"optimizer/grokfast_raw_grad_norm": float(raw_norm)}
             return
         slow_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(slow)))
         # the filtered gradient is raw + lambda*slow, so |lambda*slow| > |raw| <=> |a| > |g - a|, a = lambda*slow
         dominated = sum(((lamb * s).abs() > (p.grad - lamb * s).abs()).sum() for p, s in zip(params, slow))
-        raw, sn = float(raw_norm), float(slow_norm)
-        self._filter_stats = {"optimizer/grokfast_raw_grad_norm": raw, "optimizer/grokfast_slow_norm": sn,
-                              "optimizer/grokfast_slow_ratio": lamb * sn / max(raw, 1e-30),
-                              "optimizer/slow_gradients_filtered": float(dominated)}
+        self._filter_stats.update({"optimizer/grokfast_slow_norm": slow_norm,
+                                   "optimizer/grokfast_slow_ratio": lamb * slow_norm / raw_norm.clamp(min=1e-30),
+                                   "optimizer/slow_gradients_filtered": dominated})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -164,5 +163,5 @@ class MuonGrokfast(torch.optim.Optimizer):
                 out[f"optimizer/{kind}_lr"] = lr
         if self.qk_clip:
             out["optimizer/qk_clip_tau"] = self.qk_clip
-        out.update(self._last)
+        out.update({k: float(v) for k, v in self._last.items()})
         return out

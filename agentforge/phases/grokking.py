@@ -1,13 +1,15 @@
 """The grokking benchmark task: ``a ∘ b mod p`` on a small transformer, to compare optimizers by the
 number of steps they need to *generalize* (Power et al. 2022; Grokfast, Lee et al. 2024).
 
-    python -m agentforge phase=grokking optimizer=muon_grokfast
-    python -m agentforge phase=grokking optimizer=adamw phase.max_steps=5000
+    python -m agentforge phase=grokking optimizer=grokfast_adamw                # the paper's task
+    python -m agentforge phase=grokking phase.task=strong_wd optimizer=adamw    # strong decoupled decay
 
-The run trains on ``train_fraction`` of all pairs, evaluates train and validation accuracy every
-``eval_every`` steps, and stops once validation accuracy reaches ``target_accuracy`` (or at max_steps).
-``phase.optimizer_overrides`` are applied on top of the chosen optimizer preset (the task's weight
-decay, betas, lr, Grokfast filter), so the four optimizer configs are compared on the same footing.
+``phase.task`` picks one of ``phase.tasks`` (``paper``: the Grokfast reference code's setting;
+``strong_wd``: the earlier weight-decay-1.0 task); non-null top-level keys (``phase.max_steps=...``)
+override the task's. The run trains on ``train_fraction`` of all pairs, evaluates train and validation
+accuracy every ``eval_every`` steps, and stops once validation accuracy reaches ``target_accuracy`` (or
+at max_steps). The task's own settings for the chosen optimizer (``tasks.<task>.optimizers.<name>``) are
+laid over the optimizer preset unless ``phase.task_optimizer_settings=false``.
 The loop (``models.grokking.train_grokking``) is a plain one rather than Lightning: thousands of tiny
 steps on an in-memory dataset, where Lightning's per-step machinery would cost as much as the model.
 
@@ -18,15 +20,18 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from agentforge.config import integer, number, one_of, rule
-from agentforge.models.grokking import OPERATIONS, grokking_optimizer_cfg, train_grokking
+from agentforge.config import boolean, check, integer, number, one_of, optional, rule
+from agentforge.errors import ConfigError
+from agentforge.models.grokking import MODELS, OPERATIONS, resolve_task, task_optimizer_cfg, train_grokking
+from agentforge.optim import check_config
 from agentforge.phases.context import run_context
 from agentforge.tracking import plots
 
-RULES = [
+TASK_RULES = [
     rule("phase.modulus", integer(3)),
     rule("phase.operation", one_of(*OPERATIONS)),
     rule("phase.train_fraction", number(0, 1, lo_open=True)),
+    rule("phase.model", one_of(*MODELS)),
     rule("phase.d_model", integer(8)),
     rule("phase.n_layers", integer(1)),
     rule("phase.n_heads", integer(1)),
@@ -34,27 +39,50 @@ RULES = [
     rule("phase.batch_size", integer(0)),
     rule("phase.max_steps", integer(1)),
     rule("phase.eval_every", integer(1)),
+]
+# start-up checks of the top-level keys (null = the task's value); the resolved task is checked in run()
+RULES = [rule(k, optional((pred, desc))) for k, pred, desc in TASK_RULES] + [
     rule("phase.target_accuracy", number(0, 1, lo_open=True)),
+    rule("phase.stop_at_target", boolean()),
+    rule("phase.task_optimizer_settings", boolean()),
 ]
 
 
+def resolve(cfg) -> tuple[dict, dict]:
+    """(task, optimizer config) for this run, checked: a bad value is one ConfigError naming the key."""
+    phase = OmegaConf.to_container(cfg.phase, resolve=True)
+    try:
+        task = resolve_task(phase)
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+    check(OmegaConf.create({"phase": task}), TASK_RULES)
+    d, h = task["d_model"], task["n_heads"]
+    if d % h or (task["model"] == "project" and (d // h) % 2):
+        raise ConfigError(f"phase.d_model ({d}) must split into phase.n_heads ({h}) heads"
+                          + (" of even size" if task["model"] == "project" else ""))
+    opt_cfg = task_optimizer_cfg(task, OmegaConf.to_container(cfg.optimizer, resolve=True),
+                                 bool(phase.get("task_optimizer_settings", True)))
+    check_config(opt_cfg)
+    return task, opt_cfg
+
+
 def run(cfg) -> dict:
-    task = OmegaConf.to_container(cfg.phase, resolve=True)
-    opt_cfg = grokking_optimizer_cfg(OmegaConf.to_container(cfg.optimizer, resolve=True),
-                                     task.get("optimizer_overrides"))
+    task, opt_cfg = resolve(cfg)
     name = opt_cfg["name"]
     pct = round(100 * float(task["target_accuracy"]))
-    with run_context(cfg, run_name=f"grokking-{task['operation']}-mod{task['modulus']}-{name}", group="grokking",
-                     tags=["grokking", name, task["operation"]], job_type="grokking") as ctx:
+    with run_context(cfg, run_name=f"grokking-{task['task']}-{name}", group="grokking",
+                     tags=["grokking", name, task["task"], task["operation"]], job_type="grokking") as ctx:
         if cfg.hardware.get("threads"):
             torch.set_num_threads(int(cfg.hardware.threads))
-        print(f"grokking: a {task['operation']} b mod {task['modulus']}, {name}, run dir {ctx.run_dir}")
+        print(f"grokking: task {task['task']} (a {task['operation']} b mod {task['modulus']}, {task['model']} model), "
+              f"{name}, run dir {ctx.run_dir}")
 
         def on_eval(step, m):
             ctx.tracker.log(m, step=step)
             print(f"step {step:6d}  train acc {m['grokking/train_accuracy']:.3f}  val acc {m['grokking/val_accuracy']:.3f}")
 
-        res = train_grokking(task, opt_cfg, int(cfg.seed), on_eval=on_eval)
+        device = "cuda" if cfg.hardware.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+        res = train_grokking(task, opt_cfg, int(cfg.seed), device=device, on_eval=on_eval)
         c = res["curve"]
         png = plots.line_plot(ctx.run_dir / "plots" / "grokking_accuracy.png", c["step"],
                               {"train accuracy": c["train_accuracy"], "val accuracy": c["val_accuracy"]},
@@ -67,11 +95,12 @@ def run(cfg) -> dict:
                  "grokking/reached_target": res["steps_to_target_val"] is not None,
                  "grokking/final_val_accuracy": res["final_val_accuracy"],
                  "grokking/final_train_accuracy": res["final_train_accuracy"],
-                 "grokking/steps_run": res["steps_run"], "grokking/seconds": res["seconds"]}
+                 "grokking/steps_run": res["steps_run"], "grokking/seconds": res["seconds"],
+                 "grokking/steps_per_second": res["steps_per_second"]}
         ctx.tracker.summary({k: v for k, v in final.items() if v is not None})
         ctx.tracker.write_json("grokking_results.json", {"task": task, "optimizer": opt_cfg, **final, "curve": c})
         got = res["steps_to_target_val"]
         print(f"{name}: " + (f"{pct}% val accuracy at step {got}" if got else
-                              f"did not reach {pct}% val accuracy in {res['steps_run']} steps "
+                              f"did not reach {pct}% val accuracy in {res['steps_run']} steps (steps to {pct}% >= {res['steps_run']}) "
                               f"(final {res['final_val_accuracy']:.3f})"))
         return {"run_dir": str(ctx.run_dir), "metrics": final}
