@@ -89,6 +89,10 @@ def test_missing_input_and_bad_values_are_one_line_errors(tmp_path):
         OmegaConf.update(wrong, key, bad)
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             run(wrong)
+    wrong = cfg.copy()
+    OmegaConf.update(wrong, "ckpt_path", "some/last.ckpt")
+    with pytest.raises(ConfigError, match="belongs to one step"):
+        run(wrong)
 
 
 def test_user_examples_hold_out_the_last_of_each_strategy(tmp_path):
