@@ -9,10 +9,20 @@ activations, in one of two states.
   rescales by s_x * gamma; elsewhere it uses the dense float weight gamma * codes (cached on first use),
   which gives the same numbers up to float rounding (x_q are integers, W has entries in {-gamma, 0, gamma}).
 
+Inference speed (frozen state, no autograd): layers that read the same input tensor with the same
+activation clip (q/k/v of an attention, gate/up of a SwiGLU) share one quantization of it — a one-entry
+cache keyed by the input object, its version counter and the clip, so the numbers are exactly those of
+quantizing per layer. Which kernel each frozen layer uses (``kernel``: "int8" or "float") is chosen by
+``select_kernel`` from interleaved timings of the whole model on this machine (``load_packed`` does it
+once at load, on CPU).
+
 No extra SubLN is inserted before the quantizer: the Cognate blocks are pre-norm already, and this
 layer replaces nn.Linear in a trained model, whose function must not change beyond quantization.
 """
 from __future__ import annotations
+
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +33,8 @@ from agentforge.quant.ternary import PAPER_THRESHOLD, dequantize, quantize_activ
 
 class BitLinear(nn.Module):
     int8_kernel = True  # use torch._int_mm for frozen layers on CPU (switched off if the build lacks it)
+    share_quantization = True  # reuse the last frozen layer's quantization of the same input (see above)
+    _shared_q: tuple | None = None  # (input, its _version, clip, bits, static, q, s): the last quantization
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  threshold: float = PAPER_THRESHOLD, per_channel: bool = False, act_bits: int | None = 8,
@@ -38,6 +50,7 @@ class BitLinear(nn.Module):
         # calibrated ceiling of the per-token input absmax (inf = not calibrated: pure per-token absmax)
         self.register_buffer("act_clip", torch.tensor(float("inf")))
         self.register_parameter("codes", None)  # int8 ternary codes, frozen state only
+        self.kernel = "int8"  # frozen CPU kernel: "int8" (torch._int_mm) or "float"; see select_kernel
         self.register_buffer("gamma", None)   # absmean scale, frozen state only
 
     # -- construction ---------------------------------------------------------------------------------
@@ -120,19 +133,59 @@ class BitLinear(nn.Module):
         float rounding: the activations are integers and the weights ternary."""
         if self.act_bits is None:
             return F.linear(x, self.dense_weight(), self.bias)
-        q, s = quantize_activations(x, self.act_bits, self.act_clip, static)
+        int8 = BitLinear.int8_kernel and self.kernel == "int8" and self.act_bits <= 8 and x.device.type == "cpu"
+        q, s = self._quantize_shared(x, static, int8)
         y = None
-        if BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
+        if int8:
             try:
-                acc = torch._int_mm(q.to(torch.int8).view(-1, self.in_features), self._codes_t)
+                acc = torch._int_mm(q.view(-1, self.in_features), self._codes_t)
                 y = acc.view(*x.shape[:-1], self.out_features) * (s * self._gamma_row)  # int32 * float -> float
             except (RuntimeError, AttributeError):  # this build has no CPU int8 matmul: use the float one
                 BitLinear.int8_kernel = False
         if y is None:
-            y = F.linear(q, self.dense_weight()) * s
+            y = F.linear(q.to(x.dtype), self.dense_weight()) * s
         return y + self.bias if self.bias is not None else y
+
+    def _quantize_shared(self, x: torch.Tensor, static: bool, as_int8: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """quantize_activations(x) (as int8 when ``as_int8``), reused when the previous frozen layer
+        quantized this same, unmodified tensor with the same clip (no autograd: inference only)."""
+        if not BitLinear.share_quantization or (torch.is_grad_enabled() and x.requires_grad):
+            q, s = quantize_activations(x, self.act_bits, self.act_clip, static)
+            return (q.to(torch.int8) if as_int8 else q), s
+        clip = float(self.act_clip) if x.device.type == "cpu" else self.act_clip  # no device sync off the CPU
+        key = (x, x._version, clip, self.act_bits, static)
+        hit = BitLinear._shared_q
+        if hit is not None and hit[0] is x and hit[1:5] == key[1:] and isinstance(clip, float):
+            q, s = hit[5], hit[6]
+        else:
+            q, s = quantize_activations(x, self.act_bits, self.act_clip, static)
+            q = q.to(torch.int8) if self.act_bits <= 8 else q
+            BitLinear._shared_q = (*key, q, s)
+        return (q if as_int8 else q.to(x.dtype)), s
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"frozen={self.frozen}, per_channel={self.per_channel}, act_bits={self.act_bits}, "
                 f"act_scale={self.act_scale}")
+
+
+@torch.no_grad()
+def select_kernel(model: nn.Module, ids: torch.Tensor, repeats: int = 5) -> dict:
+    """Time ``model(ids)`` with every frozen BitLinear on the int8 kernel and on the float kernel,
+    interleaved, ``repeats`` times each; keep the faster (lower median) and return the medians (ms)."""
+    layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.frozen]
+    times: dict[str, list[float]] = {"int8": [], "float": []}
+    model(ids)  # warm-up (allocations, dense-weight caches)
+    for _ in range(repeats):
+        for kernel in times:
+            for m in layers:
+                m.kernel = kernel
+            t0 = time.perf_counter()
+            model(ids)
+            times[kernel].append(time.perf_counter() - t0)
+    med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    best = min(med, key=med.get)
+    for m in layers:
+        m.kernel = best
+    BitLinear._shared_q = None
+    return {"kernel": best, "int8_ms": med["int8"], "float_ms": med["float"]}

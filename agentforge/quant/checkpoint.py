@@ -17,7 +17,7 @@ import torch
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
 from agentforge.models import CognateConfig, CognateModel
-from agentforge.quant.bitlinear import BitLinear
+from agentforge.quant.bitlinear import BitLinear, select_kernel
 from agentforge.quant.convert import bitlinear_layers
 from agentforge.quant.packing import SCHEMES, pack, unpack
 
@@ -78,8 +78,11 @@ def _quant_meta(directory, cfg: dict) -> dict:
     return quant
 
 
-def load_packed(directory: str | Path, map_location: str | torch.device = "cpu"):
-    """(CognateModel with frozen BitLinear layers unpacked from the file, tokenizer, config dict)."""
+def load_packed(directory: str | Path, map_location: str | torch.device = "cpu", choose_kernel: bool = True):
+    """(CognateModel with frozen BitLinear layers unpacked from the file, tokenizer, config dict).
+
+    On CPU, ``choose_kernel`` times the int8 and float kernels on a 64-token forward pass once
+    (``select_kernel``) and keeps the faster; the choice and timings are in ``model.bitnet_kernel``."""
     state, cfg = load_checkpoint(directory)
     if cfg.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{directory}: architecture {cfg.get('architecture')!r} is not {ARCHITECTURE!r}")
@@ -117,4 +120,9 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu")
         rest[k] = rest[k].to(v.dtype)
     model.load_state_dict(rest, strict=False)
     model.to(map_location).eval()
+    model.bitnet_kernel = None
+    if choose_kernel and torch.device(map_location).type == "cpu" and quant["layers"]:
+        ids = torch.randint(0, model.config.vocab_size, (1, min(64, model.config.max_seq_len)),
+                            generator=torch.Generator().manual_seed(0))
+        model.bitnet_kernel = select_kernel(model, ids)
     return model, ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg
