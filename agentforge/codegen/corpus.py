@@ -1,0 +1,182 @@
+"""A real, offline Python corpus: the running interpreter's standard library (PSF licence), made safe to
+train a code model on before it is tested on HumanEval / MBPP.
+
+1. Every ``.py`` file under ``sysconfig.get_paths()["stdlib"]`` (or ``data.root``), minus the test suites,
+   ``site-packages`` and the vendored 2to3 grammar tests (``data.exclude_dirs``).
+2. Exact duplicates (same bytes) are dropped, keeping the first path in sorted order.
+3. Decontamination: a file is dropped when it contains a benchmark problem's function signature as a line
+   (``def name(args):`` after whitespace normalisation) or its canonical solution as a block of normalised
+   lines (solutions shorter than ``MIN_SOLUTION_CHARS`` are too generic to test, e.g. ``return a + b``).
+   The count and the names of the dropped files are reported.
+4. Split by file (a file's path hash decides), so no file is on both sides; each file is cut into chunks
+   of whole top-level blocks (``def``/``class``/decorators) of at most ``chunk_chars`` characters, which the
+   datamodule packs into rows with the project's byte tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import sysconfig
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agentforge.errors import ConfigError
+
+MIN_SOLUTION_CHARS = 40
+DEFAULT_EXCLUDE = ("test", "tests", "site-packages", "lib2to3", "idlelib", "turtledemo", "__pycache__")
+_TOP = re.compile(r"^(?:def |class |async def |@)")
+_WS = re.compile(r"\s+")
+
+
+def normalize_lines(text: str) -> list[str]:
+    """Non-empty lines with surrounding whitespace stripped and inner runs collapsed to one space."""
+    return [ln for ln in (_WS.sub(" ", line).strip() for line in text.splitlines()) if ln]
+
+
+def signature(code: str, entry_point: str) -> str | None:
+    """The normalised ``def entry_point(...)`` line of a prompt or solution, if there is one."""
+    for ln in normalize_lines(code):
+        if ln.startswith((f"def {entry_point}(", f"async def {entry_point}(")):
+            return ln
+    return None
+
+
+def contamination_markers(problems: Iterable) -> tuple[set[str], list[str]]:
+    """(signature lines, normalised solution blocks) of the benchmark problems."""
+    sigs, blocks = set(), []
+    for p in problems:
+        for src in (p.prompt, p.canonical_solution):
+            s = signature(src, p.entry_point) if p.entry_point else None
+            if s:
+                sigs.add(s)
+        block = "\n".join(normalize_lines(p.canonical_solution))
+        if len(block) >= MIN_SOLUTION_CHARS:
+            blocks.append(block)
+    return sigs, blocks
+
+
+def is_contaminated(text: str, sigs: set[str], blocks: list[str]) -> bool:
+    lines = normalize_lines(text)
+    if sigs and not sigs.isdisjoint(lines):
+        return True
+    norm = "\n".join(lines)
+    return any(b in norm for b in blocks)
+
+
+def chunks(text: str, chunk_chars: int) -> list[str]:
+    """Whole top-level blocks grouped up to chunk_chars; a longer block is cut at line boundaries."""
+    blocks, cur = [], []
+    for line in text.splitlines(keepends=True):
+        if _TOP.match(line) and cur and not (cur[-1].startswith("@")):
+            blocks.append("".join(cur))
+            cur = []
+        cur.append(line)
+    if cur:
+        blocks.append("".join(cur))
+    out, buf = [], ""
+    for b in blocks:
+        while len(b) > chunk_chars:  # one long block: cut at the last newline before the limit
+            cut = b.rfind("\n", 0, chunk_chars) + 1 or chunk_chars
+            if buf:
+                out.append(buf)
+                buf = ""
+            out.append(b[:cut])
+            b = b[cut:]
+        if buf and len(buf) + len(b) > chunk_chars:
+            out.append(buf)
+            buf = ""
+        buf += b
+    if buf.strip():
+        out.append(buf)
+    return [c for c in out if c.strip()]
+
+
+@dataclass
+class CodeCorpus:
+    train: list[str]
+    val: list[str]
+    stats: dict = field(default_factory=dict)
+
+
+def source_files(root: Path, exclude_dirs: Iterable[str]) -> list[Path]:
+    exclude = set(exclude_dirs)
+    return sorted(p for p in root.rglob("*.py") if not exclude.intersection(p.relative_to(root).parts[:-1]))
+
+
+def build_corpus(problems: Iterable = (), *, root: str | Path | None = None, val_fraction: float = 0.1,
+                 chunk_chars: int = 2000, exclude_dirs: Iterable[str] = DEFAULT_EXCLUDE,
+                 max_files: int | None = None) -> CodeCorpus:
+    """The deduplicated, decontaminated corpus split by file into train/val chunks (see module doc)."""
+    root = Path(root) if root else Path(sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise ConfigError(f"data.root={root}: not a directory of Python files")
+    files = source_files(root, exclude_dirs)
+    if max_files:
+        files = files[:max_files]
+    sigs, blocks = contamination_markers(problems)
+    seen, train, val = set(), [], []
+    dropped, dup, unreadable, n_train, n_val = [], 0, 0, 0, 0
+    for path in files:
+        try:
+            raw = path.read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            unreadable += 1
+            continue
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest in seen:
+            dup += 1
+            continue
+        seen.add(digest)
+        rel = path.relative_to(root).as_posix()
+        if is_contaminated(text, sigs, blocks):
+            dropped.append(rel)
+            continue
+        to_val = int(hashlib.sha256(rel.encode()).hexdigest(), 16) % 10_000 < val_fraction * 10_000
+        parts = chunks(text, chunk_chars)
+        (val if to_val else train).extend(parts)
+        n_val, n_train = n_val + to_val, n_train + (not to_val)
+    if not train or not val:
+        raise ConfigError(f"data.root={root}: {len(files)} Python files give {n_train} train and {n_val} val files; "
+                          f"need at least one of each (check data.root and data.val_fraction)")
+    stats = {"root": str(root), "files_found": len(files), "duplicates_dropped": dup, "unreadable": unreadable,
+             "contaminated_dropped": len(dropped), "contaminated_files": dropped,
+             "signatures_checked": len(sigs), "solutions_checked": len(blocks),
+             "train_files": n_train, "val_files": n_val, "train_chunks": len(train), "val_chunks": len(val),
+             "train_chars": sum(map(len, train)), "val_chars": sum(map(len, val))}
+    return CodeCorpus(train, val, stats)
+
+
+class CodePool:
+    """The datamodule's text source for ``data=python_code``: random corpus chunks of the asked split
+    (the task mix is ignored: there is one task, code)."""
+
+    def __init__(self, corpus: CodeCorpus):
+        self.corpus = corpus
+
+    def sample_texts(self, mix: Mapping[str, float], n_tokens: int, rng: random.Random, split: str) -> list[str]:
+        pool = self.corpus.val if split == "val" else self.corpus.train
+        texts, total = [], 0
+        while total < n_tokens:
+            t = rng.choice(pool)
+            texts.append(t)
+            total += len(t.encode("utf-8")) + 2
+        return texts
+
+
+def corpus_from_config(data_cfg: dict, problems: Iterable = ()) -> CodeCorpus:
+    """The corpus a ``data=python_code`` config describes, decontaminated against ``problems`` plus the
+    benchmarks named in ``data.decontaminate`` (HumanEval always loadable offline)."""
+    from agentforge.codegen.problems import load_problems
+
+    probs = list(problems)
+    names = {p.benchmark for p in probs}
+    for bench in data_cfg.get("decontaminate") or []:
+        if bench not in names:
+            probs += load_problems(bench, (data_cfg.get("benchmark_paths") or {}).get(bench))
+    return build_corpus(probs, root=data_cfg.get("root"), val_fraction=float(data_cfg.get("val_fraction", 0.1)),
+                        chunk_chars=int(data_cfg.get("chunk_chars", 2000)),
+                        exclude_dirs=data_cfg.get("exclude_dirs") or DEFAULT_EXCLUDE,
+                        max_files=data_cfg.get("max_files"))

@@ -1,0 +1,60 @@
+"""One model on one benchmark subset: sample n completions per problem, execute them all in the sandbox,
+count the passes; and the harness's self-check (the canonical solutions must all pass)."""
+from __future__ import annotations
+
+import time
+
+from agentforge.codegen.execution import execute, outcome_counts
+from agentforge.codegen.problems import Problem
+from agentforge.codegen.sampling import sample
+from agentforge.evals.speed import generation_latency_ms
+
+
+def evaluate(lm, problems: list[Problem], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+             seed: int, exec_kw: dict, context_tokens: int | None = None) -> dict:
+    """Per-problem {task_id, num_samples, num_correct, outcomes} and the samples with their outcomes."""
+    per_problem, samples, programs = [], [], []
+    gen_tokens, gen_s, truncated = 0, 0.0, 0
+    for i, p in enumerate(problems):
+        prompt_len = len(lm.encode(p.prompt))
+        if context_tokens and prompt_len > context_tokens:
+            truncated += 1
+        s = sample(lm, p.prompt, n, max_new_tokens=max_new_tokens, stop=p.stop, temperature=temperature,
+                   top_p=top_p, seed=seed + i, context_tokens=context_tokens)
+        gen_tokens, gen_s = gen_tokens + s.new_tokens, gen_s + s.seconds
+        for j, c in enumerate(s.completions):
+            samples.append({"task_id": p.task_id, "sample": j, "completion": c})
+            programs.append(p.program(c))
+    t0 = time.perf_counter()
+    results = execute(programs, **exec_kw)
+    exec_s = time.perf_counter() - t0
+    for s, r in zip(samples, results):
+        s.update(outcome=r.outcome, detail=r.detail)
+    for i, p in enumerate(problems):
+        rs = results[i * n:(i + 1) * n]
+        per_problem.append({"task_id": p.task_id, "num_samples": n, "num_correct": sum(r.outcome == "passed" for r in rs),
+                            **outcome_counts(rs)})
+    unique = len(set(programs))
+    return {"problems": per_problem, "samples": samples, "outcomes": outcome_counts(results),
+            "generated_tokens": gen_tokens, "generation_seconds": gen_s,
+            "sampling_tokens_per_sec": gen_tokens / gen_s if gen_s else float("nan"),
+            "prompts_truncated": truncated, "executed_programs": unique, "execution_seconds": exec_s,
+            "samples_executed_per_sec": len(programs) / exec_s if exec_s else float("nan")}
+
+
+def self_check(problems: list[Problem], exec_kw: dict) -> dict:
+    """Run every problem's canonical solution; the harness is sound only if all pass (pass@1 = 1.0)."""
+    results = execute([p.program(p.canonical_solution) for p in problems], **exec_kw)
+    failures = [{"task_id": p.task_id, "outcome": r.outcome, "detail": r.detail}
+                for p, r in zip(problems, results) if r.outcome != "passed"]
+    return {"n": len(problems), "pass_at_1": 1 - len(failures) / max(len(problems), 1), "failures": failures}
+
+
+def efficiency(lm, train: dict | None, latency_tokens: int, ev: dict) -> dict:
+    """The dashboard's efficiency KPIs of one model, under the keys ``evals.compare`` checks."""
+    out = {"param_count": lm.num_params(), "peak_memory_mb": (train or {}).get("peak_train_ram_mb", float("nan")),
+           "sampling_tokens_per_sec": ev["sampling_tokens_per_sec"]}
+    if latency_tokens:
+        ms = generation_latency_ms(lm.model, latency_tokens, vocab=lm.vocab)
+        out.update(latency_ms=ms, latency_tokens=latency_tokens, throughput_tokens_per_sec=latency_tokens / (ms / 1000))
+    return out

@@ -1,0 +1,69 @@
+"""pass@k per problem and model, and ``stats.json`` in the success dashboard's shape (section 5):
+
+    {"pass_at_1": {"<candidate>": p, "<baseline>": q, "delta": p - q, "ci95": [lo, hi], "p_value": ..., "n": ...},
+     "pass_at_10": {...}, "verdict": "SUCCESS|PARTIAL|FAILURE", "reasons": [...], ...}
+
+pass@k is Chen et al.'s unbiased estimator per problem (``evals.stats.pass_at_k``) averaged over problems;
+the difference is tested by the project's paired test over problems (``evals.stats``), and the verdict
+is the dashboard's section-7 rule (``evals.stats.verdict``) with the efficiency targets as ratios to the
+baseline (``evals.compare.efficiency_checks``).
+"""
+from __future__ import annotations
+
+from agentforge.evals import stats as st
+from agentforge.evals.compare import efficiency_checks
+
+
+def per_problem_pass(problems: list[dict], k: int) -> list[float] | None:
+    """pass@k of each problem ({num_samples, num_correct}), or None when some problem has n < k."""
+    if any(p["num_samples"] < k for p in problems):
+        return None
+    return [st.pass_at_k(p["num_samples"], p["num_correct"], k) for p in problems]
+
+
+def _paired(a: list[float], b: list[float], n_resamples: int, seed: int) -> dict:
+    test = getattr(st, "paired_test", None)  # the exact test for 0/1 outcomes where the project has it
+    if len(a) < 2:
+        return {"delta": (sum(a) - sum(b)) / max(len(a), 1), "ci95": None, "p_value": None, "n": len(a),
+                "note": "fewer than 2 problems: no test"}
+    return (test or st.paired_bootstrap)(a, b, n_resamples=n_resamples, seed=seed)
+
+
+def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, candidate: str, baseline: str,
+                  ks: list[int], thresholds: dict, n_resamples: int = 10_000, seed: int = 0,
+                  unstable: bool = False, baseline_description: str = "") -> dict:
+    """The dashboard's stats.json for ``candidate`` vs ``baseline`` (per-model problem lists)."""
+    out: dict = {"candidate": candidate, "baseline": baseline, "baseline_description": baseline_description,
+                 "n_problems": len(per_model[candidate])}
+    pass_at: dict[int, float | None] = {}
+    n_paired = None
+    for k in sorted(set(ks) | {1}):
+        a, b = per_problem_pass(per_model[candidate], k), per_problem_pass(per_model[baseline], k)
+        if a is None or b is None:
+            pass_at[k] = None
+            out[f"pass_at_{k}"] = {"note": f"not measured: needs at least {k} samples per problem"}
+            continue
+        t = _paired(a, b, n_resamples, seed)
+        pass_at[k] = sum(a) / len(a)
+        n_paired = t["n"]
+        out[f"pass_at_{k}"] = {candidate: pass_at[k], baseline: sum(b) / len(b), "delta": t["delta"],
+                               "ci95": t["ci95"], "p_value": t["p_value"], "n": t["n"],
+                               **{x: t[x] for x in ("test", "note") if x in t}}
+    eff_ok, checks = efficiency_checks({"metrics": kpis[candidate]}, {"metrics": kpis[baseline]}, thresholds)
+    p1 = out["pass_at_1"]
+    kw = {"n": n_paired} if "n" in st.verdict.__code__.co_varnames else {}
+    v, reasons = st.verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
+                            p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok,
+                            unstable=unstable, **kw)
+    out.update({"verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0), "reasons": reasons,
+                "efficiency": checks, "kpis": kpis,
+                "thresholds": {k: (val if k != "pass_at" else {str(kk): vv for kk, vv in val.items()})
+                               for k, val in thresholds.items()}})
+    return out
+
+
+def pass_at_k_curve(problems: list[dict], max_k: int) -> list[float]:
+    """Mean pass@k for k = 1..max_k (the accuracy panel's line)."""
+    n = min(p["num_samples"] for p in problems)
+    return [sum(st.pass_at_k(p["num_samples"], p["num_correct"], k) for p in problems) / len(problems)
+            for k in range(1, min(max_k, n) + 1)]

