@@ -10,7 +10,8 @@ from types import ModuleType
 
 from agentforge.errors import ConfigError
 
-PHASES = ("cognate", "evomerge", "quietstar", "bitnet", "eval", "compare", "scaling", "grokking", "pipeline")
+PHASES = ("cognate", "evomerge", "quietstar", "bitnet", "eval", "compare", "scaling", "grokking", "pipeline",
+          "codegen")
 
 
 def get_phase(name: str) -> ModuleType:
