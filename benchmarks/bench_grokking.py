@@ -45,7 +45,7 @@ def _one(args):
         Path(out_dir, f"grokking_{label}_seed{seed}.json").write_text(json.dumps(r))
     r.pop("curve")
     print(f"  done: {label} seed {seed}: " + (f"{r['steps_to_target_val']} steps" if r["steps_to_target_val"]
-          else f">= {r['steps_run']} steps (val {r['final_val_accuracy']:.3f})") + f", {r['steps_per_second']:.0f} steps/s",
+          else f">= {r['steps_run']} steps (val {r['final_val_accuracy']:.3f})") + f", {r['steps_per_second']:.1f} steps/s",
           flush=True)
     return r
 
@@ -121,7 +121,7 @@ def main() -> None:
         text, ratio, lower = speedup(base, r)
         steps = str(r["steps_to_target_val"]) if r["steps_to_target_val"] else f">= {r['steps_run']}"
         print(f"{r['label']:<22}{r['seed']:>5}{steps:>18}{text:>19}{r['final_val_accuracy']:>10.3f}"
-              f"{r['steps_per_second']:>9.0f}  {r['settings']}")
+              f"{r['steps_per_second']:>9.1f}  {r['settings']}")
         summary.append({**r, "speedup": ratio, "speedup_is_lower_bound": lower})
     for name, aim in AIMS.items():
         got = [s for s in summary if s["label"] == name]
