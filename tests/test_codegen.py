@@ -221,3 +221,18 @@ def test_codegen_configs_compose_and_validate(tmp_path, baseline):
     cfg.phase.sandbox = "docker"
     with pytest.raises(ConfigError, match="phase.sandbox"):
         validate(cfg, get_phase("codegen").RULES)
+
+
+def test_python_code_source_feeds_the_shared_datamodule():
+    from agentforge.data.build import build_datamodule
+    from agentforge.data.tokenizer import ByteTokenizer
+
+    data_cfg = {"source": "python_code", "seq_len": 32, "batch_size": 2, "max_files": 30, "val_fraction": 0.5,
+                "decontaminate": ["humaneval"]}
+    dm = build_datamodule(data_cfg, ByteTokenizer(), stages=[{"epochs": 2, "mix": {"plain_text": 1.0}}], seed=0,
+                          steps_per_epoch=3, val_rows=4)
+    rows, val = dm.train_rows(0), dm.val_rows_tensor()
+    assert rows.shape == (6, 33) and val.shape == (4, 33) and dm.stage_of_epoch(1) == 1
+    text = ByteTokenizer().decode(rows.flatten().tolist())
+    assert any(w in text for w in ("def ", "import ", "class ", "return"))
+    assert not torch.equal(dm.train_rows(0), dm.train_rows(1))  # redrawn every epoch

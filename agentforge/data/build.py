@@ -27,6 +27,12 @@ def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "
 
 def build_datamodule(data_cfg: dict, tokenizer: ByteTokenizer, *, stages: list[dict], seed: int,
                      steps_per_epoch: int, val_rows: int, dataset_weights: dict | None = None) -> LMDataModule:
+    if data_cfg.get("source") == "python_code":  # data=python_code: the decontaminated stdlib corpus, one task
+        from agentforge.codegen.corpus import corpus_from_config
+        from agentforge.codegen.training import code_datamodule
+
+        return code_datamodule(corpus_from_config(data_cfg), data_cfg, seed=seed, steps_per_epoch=steps_per_epoch,
+                               val_rows=val_rows, epochs=sum(int(st["epochs"]) for st in stages))
     extra, fmt = None, None
     if data_cfg.get("path"):
         fmt = data_cfg.get("format") or "gsm8k"

@@ -33,6 +33,7 @@ from agentforge.models import CognateModel
 from agentforge.phases.compare import thresholds_of
 from agentforge.phases.context import run_context
 from agentforge.sandbox import require_sandbox
+from agentforge.training.trainer import resolve_hardware
 
 RULES = [
     rule("phase.benchmark", one_of("humaneval", "mbpp")),
@@ -91,6 +92,9 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path) -> tuple[list, dic
                               f"GPT2LMHeadModel, {gmodel.num_params():,} params, same data/steps/batch as Cognate; "
                               f"not the 124M pretrained GPT-2)", gmodel, gmodel.config.max_seq_len)
     out.append(base)
+    device = "cuda" if resolve_hardware(_container(cfg.hardware))["accelerator"] in ("gpu", "cuda") else "cpu"
+    for lm in out:  # Lightning hands the trained model back on the CPU
+        lm.model.to(device).eval()
     return out, trainings
 
 
