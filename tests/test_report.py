@@ -7,6 +7,7 @@ import json
 import pytest
 
 from agentforge.evals.compare import accuracy_drop_test
+from agentforge.evals.stats import tango_ci
 from agentforge.pipeline.report import headline_metrics, performance_rows, threshold_rows, write_report
 
 
@@ -27,13 +28,16 @@ def _write(art, stage: str, res: dict) -> None:
 def test_accuracy_drop_hand_case():
     before = _results([0] * 16, [1] * 100 + [0] * 100, [1] * 120 + [0] * 80)
     after = _results([0] * 16, [1] * 95 + [0] * 105, [1] * 118 + [0] * 82)
-    r = accuracy_drop_test(before, after, n_resamples=2000)
-    # composite (0 + 0.5 + 0.6) / 3 -> (0 + 0.475 + 0.59) / 3: drop 100 * 0.011667 / 0.366667
-    assert r["drop_percent"] == pytest.approx(100 * (1.1 / 3 - 1.065 / 3) / (1.1 / 3))
-    assert r["n"] == 416 and r["losses"] == 7 and r["wins"] == 0 and r["mcnemar_p"] == pytest.approx(2 / 128)
-    assert r["ci95"][0] <= r["drop_percent"] <= r["ci95"][1] and r["pairing"] == "by example id"
-    same = accuracy_drop_test(before, before, n_resamples=500)
-    assert same["drop_percent"] == 0 and same["ci95"] == [0.0, 0.0] and same["mcnemar_p"] == 1.0
+    r = accuracy_drop_test(before, after)
+    # pooled: 220 / 416 right before, 213 / 416 after: drop 100 * 7 / 220 %; 7 questions lost, none gained
+    assert r["drop_percent"] == pytest.approx(100 * 7 / 220) and r["n"] == 416
+    assert (r["lost"], r["gained"]) == (7, 0) and r["mcnemar_p"] == pytest.approx(2 / 128)
+    lo, hi = tango_ci(7, 0, 416)
+    assert r["ci95"] == pytest.approx([100 * lo / (220 / 416), 100 * hi / (220 / 416)])
+    assert r["ci95"][0] > 0 and r["pairing"] == "by example id"
+    same = accuracy_drop_test(before, before)
+    assert same["drop_percent"] == 0 and same["mcnemar_p"] == 1.0
+    assert same["ci95"][0] < 0 < same["ci95"][1]  # no discordant pair is not proof of no difference
 
 
 def test_bitnet_row_is_paired_on_the_eval_results(tmp_path):
@@ -42,7 +46,7 @@ def test_bitnet_row_is_paired_on_the_eval_results(tmp_path):
     _write(tmp_path, "phase3_reasoning", before)
     _write(tmp_path, "phase4_compressed", _results([0] * 16, [1] * 99 + [0] * 101, [1] * 120 + [0] * 80))
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
-    assert row[3] == pytest.approx(100 * 0.005 / 3 / (1.1 / 3))           # 1 ARC loss of 416 pairs
+    assert row[3] == pytest.approx(100 / 220)                                # 1 ARC question lost of 220 right
     assert row[4].startswith("PASS (n=416, 95% CI [") and "McNemar p=1" in row[4]
     # a large drop: the whole CI above 10 %
     _write(tmp_path, "phase4_compressed", _results([0] * 16, [1] * 40 + [0] * 160, [1] * 60 + [0] * 140))

@@ -13,6 +13,7 @@ from agentforge.evals.stats import (
     paired_bootstrap,
     paired_test,
     pass_at_k,
+    tango_ci,
     threshold_verdict,
     verdict,
     wilson_ci,
@@ -167,3 +168,16 @@ def test_threshold_verdict():
     assert threshold_verdict([2.0, 8.0], "<", 10.0)[0] == "PASS"
     assert threshold_verdict([0.31, 0.5], ">", 0.3, n=5) == ("INCONCLUSIVE", f"n = 5 < {MIN_N}: too few to decide")
     assert threshold_verdict([float("nan"), 1.0], ">", 0.3)[0] == "INCONCLUSIVE"
+
+
+def test_tango_interval():
+    z2 = 1.959964 ** 2
+    lo, hi = tango_ci(0, 0, 30)                       # b = c = 0: +-z^2 / (n + z^2) by hand
+    assert hi == pytest.approx(z2 / (30 + z2), abs=1e-6) and lo == pytest.approx(-hi, abs=1e-9)
+    # checked against the score statistic with the restricted MLE found by numerical maximisation
+    assert tango_ci(1, 7, 21) == pytest.approx([-0.5172, -0.0260], abs=2e-4)
+    assert tango_ci(20, 5, 400) == pytest.approx([0.0141, 0.0651], abs=2e-4)
+    lo, hi = tango_ci(3, 0, 4)
+    assert lo < 0 < hi <= 1 and tango_ci(4, 0, 4)[1] == 1.0
+    with pytest.raises(ValueError):
+        tango_ci(3, 2, 4)

@@ -18,7 +18,7 @@ import numpy as np
 
 from agentforge.errors import ConfigError
 from agentforge.evals.runner import direction
-from agentforge.evals.stats import MIN_N, exact_paired_binary, paired_test, pass_at_k_per_problem, verdict
+from agentforge.evals.stats import MIN_N, exact_paired_binary, paired_test, pass_at_k_per_problem, tango_ci, verdict
 from agentforge.io import write_json_atomic, write_text_atomic
 
 STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
@@ -209,39 +209,29 @@ def _summary(bs: dict, candidate: str, baseline: str) -> dict:
 ACCURACY_FORMATS = (("gsm8k", "reasoning_accuracy"), ("arc", "arc_easy_accuracy"), ("piqa", "piqa_accuracy"))
 
 
-def accuracy_drop_test(before: dict, after: dict, n_resamples: int = 10_000, seed: int = 0,
-                       confidence: float = 0.95) -> dict | None:
-    """The relative drop of the accuracy composite (mean of the task accuracies, as ``phase=bitnet``
-    defines it), 100 (acc_before - acc_after) / acc_before %, from two stages' results on the same
-    examples (paired by id), with a stratified paired bootstrap CI (each task's examples resampled
-    within the task, both stages with the same indices) and McNemar's exact p-value over all pairs.
-    None when the stages share no task with per-example results."""
-    rng = np.random.default_rng(seed)
-    pairs, boot_b, boot_a, verified = [], [], [], True
+def accuracy_drop_test(before: dict, after: dict, confidence: float = 0.95) -> dict | None:
+    """The relative accuracy drop over every question both stages answered (paired by id, pooled over
+    GSM8K / ARC / PIQA), 100 (acc_before - acc_after) / acc_before %, with its CI: Tango's score interval
+    of the paired difference (``stats.tango_ci``) over acc_before (taken as observed), and McNemar's
+    exact p-value. None when the stages share no task with per-example results."""
+    pairs, verified = [], True
     for fmt, key in ACCURACY_FORMATS:
         cb, ca = before.get("per_example", {}).get(f"{fmt}_correct"), after.get("per_example", {}).get(f"{fmt}_correct")
-        if not (cb and ca):
-            continue
-        a, b, v = align(after, before, fmt, ca, cb, f"accuracy drop ({key})")
-        a, b, verified = np.asarray(a, float), np.asarray(b, float), verified and v
-        idx = rng.integers(0, len(a), size=(n_resamples, len(a)))
-        pairs.append((fmt, a, b))
-        boot_a.append(a[idx].mean(1))
-        boot_b.append(b[idx].mean(1))
+        if cb and ca:
+            a, b, v = align(after, before, fmt, ca, cb, f"accuracy drop ({key})")
+            pairs.append((fmt, a, b))
+            verified = verified and v
     if not pairs:
         return None
-    acc_b, acc_a = (float(np.mean([p[i].mean() for p in pairs])) for i in (2, 1))
-    mb, ma = np.mean(boot_b, axis=0), np.mean(boot_a, axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boot = np.where(mb > 0, 100 * (mb - ma) / mb, np.nan)
-    tail = (1 - confidence) / 2
-    ci = [float(np.nanquantile(boot, tail)), float(np.nanquantile(boot, 1 - tail))] if acc_b > 0 else [math.nan] * 2
-    all_a, all_b = np.concatenate([p[1] for p in pairs]), np.concatenate([p[2] for p in pairs])
-    ex = exact_paired_binary(all_a, all_b, confidence)
-    return {"drop_percent": 100 * (acc_b - acc_a) / acc_b if acc_b > 0 else math.nan, "ci95": ci,
-            "accuracy_before": acc_b, "accuracy_after": acc_a, "n": int(len(all_a)),
-            "n_per_task": {fmt: len(a) for fmt, a, _ in pairs},
-            "mcnemar_p": ex["p_value"], "wins": ex["wins"], "losses": ex["losses"],
+    a = np.concatenate([np.asarray(x[1], float) for x in pairs])
+    b = np.concatenate([np.asarray(x[2], float) for x in pairs])
+    ex = exact_paired_binary(b, a, confidence)            # wins = questions lost by ``after``
+    acc_b, acc_a = float(b.mean()), float(a.mean())
+    lo, hi = tango_ci(ex["wins"], ex["losses"], len(a), confidence)
+    scale = 100 / acc_b if acc_b > 0 else math.nan
+    return {"drop_percent": (acc_b - acc_a) * scale, "ci95": [lo * scale, hi * scale], "accuracy_before": acc_b,
+            "accuracy_after": acc_a, "n": int(len(a)), "n_per_task": {fmt: len(x) for fmt, x, _ in pairs},
+            "mcnemar_p": ex["p_value"], "lost": ex["wins"], "gained": ex["losses"],
             "pairing": "by example id" if verified else "by position (no example ids in the results)"}
 
 

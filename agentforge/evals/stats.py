@@ -22,6 +22,11 @@
 * ``threshold_verdict`` — PASS / FAIL / INCONCLUSIVE of a figure against a threshold from its CI:
   PASS when the whole CI is on the right side, FAIL when the whole CI is on the wrong side.
 * ``wilson_ci`` — the Wilson score interval of a proportion k / n (Wilson 1927).
+* ``tango_ci`` — Tango's score interval for the difference of two paired proportions (Tango 1998,
+  "Equivalence test and confidence interval for the difference in proportions for the paired-sample
+  design", Stat. Med. 17:891-908; recommended by Fagerland, Lydersen & Laake 2013). Unlike the
+  conditional interval it keeps a width when no pair is discordant: with b = c = 0 its bounds are
+  +-z^2 / (n + z^2).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats as sps
+from scipy.optimize import brentq
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -126,6 +132,29 @@ def wilson_ci(k: int, n: int, confidence: float = 0.95) -> list[float]:
         raise ValueError(f"a proportion needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
     ci = sps.binomtest(int(k), int(n)).proportion_ci(confidence, method="wilson")
     return [float(ci.low), float(ci.high)]
+
+
+def tango_ci(b: int, c: int, n: int, confidence: float = 0.95) -> list[float]:
+    """CI of p1 - p2 = (b - c) / n for n pairs, b = (1, 0) pairs, c = (0, 1) pairs: every delta whose
+    score statistic Z(delta) = (b - c - n delta) / sqrt(n (2 q + delta (1 - delta))) has |Z| <= z, where
+    q is the MLE of the (0, 1) probability under p10 - p01 = delta, the root of
+    2n q^2 + (-b - c + (2n - b + c) delta) q - c delta (1 - delta) = 0 (Tango 1998)."""
+    if n <= 0 or b < 0 or c < 0 or b + c > n:
+        raise ValueError(f"Tango's interval needs 0 <= b + c <= n and n >= 1, got b={b}, c={c}, n={n}")
+    z = float(sps.norm.ppf(0.5 + confidence / 2))
+
+    def score(d: float) -> float:
+        aa, bb, cc = 2 * n, -b - c + (2 * n - b + c) * d, -c * d * (1 - d)
+        q = (-bb + math.sqrt(max(bb * bb - 4 * aa * cc, 0.0))) / (2 * aa)
+        num, var = b - c - n * d, n * (2 * q + d * (1 - d))
+        if abs(num) < 1e-12:
+            return 0.0
+        return num / math.sqrt(var) if var > 0 else math.copysign(math.inf, num)
+
+    est, eps = (b - c) / n, 1e-12
+    lo = -1.0 if score(-1 + eps) <= z else brentq(lambda d: score(d) - z, -1 + eps, est)
+    hi = 1.0 if score(1 - eps) >= -z else brentq(lambda d: score(d) + z, est, 1 - eps)
+    return [float(lo), float(hi)]
 
 
 def threshold_verdict(ci: Sequence[float] | None, op: str, threshold: float, n: int | None = None,

@@ -6,8 +6,8 @@
 3. the seed's critical thresholds: a row comparing two models (``_PAIRED``) is decided only by a CI from
    a paired test on the same examples — PASS when the whole CI meets the threshold, FAIL when none of it
    does, INCONCLUSIVE otherwise, below ``stats.MIN_N`` examples, or without a CI; BitNet's accuracy
-   drop is recomputed here from the eval results of ``phase3_reasoning`` and ``phase4_compressed``
-   (``evals.compare.accuracy_drop_test``);
+   drop is recomputed here, paired, from the eval results of ``phase3_reasoning`` and
+   ``phase4_compressed`` over all their questions (``evals.compare.accuracy_drop_test``);
 4. held-out data: the synthetic data's overlap check (``data.synthetic.overlap_check``);
 5. resource usage: time, peak memory (resident set size sampled during the step) and storage per phase.
 
@@ -96,7 +96,10 @@ def paired_accuracy_drop(artifacts: Path, before: str = "phase3_reasoning", afte
 
 def cognate_diversity(artifacts: Path) -> float | None:
     """Phase 1 diversity: the mean, over the seed's diversity features (avg halting steps, LTM usage,
-    inference time), of their coefficient of variation (population std / mean) across the three models.
+    inference cost), of their coefficient of variation (population std / mean) across the three models.
+    Inference cost is the forward FLOPs per token counted on the steps each model runs on the held-out
+    rows (deterministic), not the latency the seed names: across separate runs on a loaded machine the
+    latency's variation is timing noise (older metrics without FLOPs fall back to the latency).
     0 means identical models; None until all three have metrics."""
     rows = []
     for mid in (1, 2, 3):
@@ -105,7 +108,10 @@ def cognate_diversity(artifacts: Path) -> float | None:
             return None
         rows.append(json.loads(f.read_text()))
     cvs = []
-    for key in ("diversity/avg_halting_steps", "diversity/ltm_usage", "diversity/inference_time_ms"):
+    cost = "diversity/inference_mflops_per_token"
+    if not all(cost in r for r in rows):  # metrics written before FLOPs were counted: the latency
+        cost = "diversity/inference_time_ms"
+    for key in ("diversity/avg_halting_steps", "diversity/ltm_usage", cost):
         vals = [float(r[key]) for r in rows]
         mean = sum(vals) / 3
         if mean > 0:
