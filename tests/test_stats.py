@@ -106,8 +106,8 @@ def test_verdict_success_partial_failure():
 def test_two_wins_are_inconclusive_and_the_sign_test_gives_one_half():
     r = paired_test([1, 1], [0, 0], n_resamples=2000)
     assert r["bootstrap"]["p_value"] < 0.01 and r["bootstrap"]["ci95"] == [1.0, 1.0]  # the overconfident one
-    assert r["test"] == "mcnemar_exact" and r["p_value"] == pytest.approx(0.5) and not r["enough"]
-    assert r["ci95"][0] < 0 < r["ci95"][1]
+    assert r["test"] == "mcnemar_exact + tango_ci" and r["p_value"] == pytest.approx(0.5) and not r["enough"]
+    assert r["ci95"] == tango_ci(2, 0, 2) and r["ci95"][0] < 0 < r["ci95"][1]
     v, reasons = verdict(pass_at={1: 1.0}, delta_pass1=r["delta"], ci95=r["ci95"], p_value=r["p_value"],
                          thresholds={"pass_at": {1: 0.3}}, efficiency_ok=None, n=r["n"])
     assert v == "INCONCLUSIVE" and f"at least {MIN_N}" in reasons[0]

@@ -14,9 +14,10 @@
   2(1)), via ``scipy.stats.binomtest``. Its CI of the difference is conditional on the m discordant pairs
   of n: delta = (m / n)(2 pi - 1) with pi's Clopper-Pearson interval, so it excludes 0 exactly when
   the exact p-value is below 1 - confidence.
-* ``paired_test`` — both on the same pairs; the result's ``p_value`` / ``ci95`` / ``test`` are the exact
-  test's when every outcome is 0 or 1 (the bootstrap is overconfident there: n = 2 wins give it
-  p = 1e-4, the exact test p = 0.5), the bootstrap's otherwise; ``enough`` says n >= ``min_n``.
+* ``paired_test`` — both on the same pairs; when every outcome is 0 or 1 the result's ``p_value`` is the
+  exact test's and its ``ci95`` Tango's (below; the bootstrap is overconfident there: n = 2 wins give it
+  p = 1e-4 and CI [1, 1], the exact test p = 0.5), otherwise both are the bootstrap's; ``enough`` says
+  n >= ``min_n``.
 * ``verdict`` — SUCCESS / PARTIAL / FAILURE of the success-metrics dashboard, section 7, and
   INCONCLUSIVE below ``MIN_N`` paired examples (no evidence either way, with the reason).
 * ``threshold_verdict`` — PASS / FAIL / INCONCLUSIVE of a figure against a threshold from its CI:
@@ -120,7 +121,8 @@ def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_00
     out.update(test="bootstrap", bootstrap={"p_value": out["p_value"], "ci95": out["ci95"]})
     if is_binary(a) and is_binary(b):
         ex = exact_paired_binary(a, b, confidence)
-        out.update(test=ex["test"], p_value=ex["p_value"], ci95=ex["ci95"],
+        out.update(test="mcnemar_exact + tango_ci", p_value=ex["p_value"],
+                   ci95=tango_ci(ex["wins"], ex["losses"], ex["n"], confidence),
                    exact={k: ex[k] for k in ("wins", "losses", "ties", "p_value", "ci95")})
     out.update(min_n=int(min_n), enough=out["n"] >= min_n)
     return out
