@@ -39,8 +39,12 @@ SIZES = {"tiny": dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window
 def timed(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         out.append(time.perf_counter() - t0)
     return out
 
@@ -48,7 +52,8 @@ def timed(fn, repeats: int) -> list[float]:
 @torch.no_grad()
 def speed(models: dict, seq_len: int, batch: int, gen_tokens: int, repeats: int) -> dict:
     """Forward tokens/s ([batch, seq_len]) and greedy generation tokens/s, interleaved across models."""
-    ids = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    device = next(iter(models.values()))[0].embed.weight.device
+    ids = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     prompt = ids[:1, :16]
     fwd = {k: [] for k in models}
     gen = {k: [] for k in models}
@@ -56,13 +61,23 @@ def speed(models: dict, seq_len: int, batch: int, gen_tokens: int, repeats: int)
         m(ids)
     for _ in range(repeats):
         for name, (m, kernel) in models.items():
-            BitLinear.int8_kernel = kernel
+            set_kernel(m, kernel)
             fwd[name] += timed(lambda: m(ids), 1)
             gen[name] += timed(lambda: m.generate(prompt, gen_tokens), 1)
-    BitLinear.int8_kernel = True
-    halting = {k: float(m(ids).halting_steps.mean()) for k, (m, _) in models.items()}
+    halting = {}
+    for k, (m, kernel) in models.items():
+        set_kernel(m, kernel)
+        halting[k] = float(m(ids).halting_steps.mean())
     return {k: (batch * seq_len / statistics.median(fwd[k]), gen_tokens / statistics.median(gen[k]), halting[k])
             for k in models}
+
+
+def set_kernel(model, kernel: str | None) -> None:
+    """Put every frozen BitLinear of model on ``kernel`` ("int8" / "float"); None keeps the choice made at load."""
+    chosen = (getattr(model, "bitnet_kernel", None) or {}).get("kernel", "int8")
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            m.kernel = kernel or chosen
 
 
 def full_recursion(model):
@@ -81,7 +96,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--gen-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: the packed model runs the float kernel (torch._int_mm here is the CPU one)")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA GPU is visible")
     torch.set_num_threads(args.threads)
     if args.input:
         model, tok, _ = load_model(args.input)
@@ -115,18 +134,24 @@ def main() -> None:
                 print(f"{scheme:8} {8 * code_bytes / n_quant:15.4f} {(8 * code_bytes + 32 * n_scales) / n_quant:17.4f} "
                       f"{size:11,} {b32 / size:7.2f}x {b16 / size:7.2f}x   (preserved tensors {dtype})")
         print(f"{'fp32':8} {32:15.4f} {'':17} {b32:11,}\n{'fp16':8} {16:15.4f} {'':17} {b16:11,}")
-        loaded, _, _ = load_packed(packed_dirs[("base3", "float16")])
-    runs = {"as trained (ACT halting)": (model, loaded),
+        loaded, _, _ = load_packed(packed_dirs[("base3", "float16")], map_location=args.device)
+    model = model.to(args.device)
+    print(f"\ndevice: {torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}")
+    info = loaded.bitnet_kernel or {"kernel": "float", "int8_ms": float("nan"), "float_ms": float("nan")}
+    print(f"kernel chosen at load (one 64-token forward, interleaved medians): {info['kernel']} "
+          f"(int8 {info['int8_ms']:.2f} ms, float {info['float_ms']:.2f} ms)")
+    runs = {"as trained (halting)": (model, loaded),
             "equal compute (all max_steps recursion steps)": (full_recursion(model), full_recursion(loaded))}
     for title, (fp, bn) in runs.items():
-        res = speed({"fp32": (fp, True), "bitnet int8 kernel": (bn, True), "bitnet float kernel": (bn, False)},
+        res = speed({"fp32": (fp, None), f"bitnet (chosen: {info['kernel']})": (bn, None),
+                     "bitnet int8 kernel": (bn, "int8"), "bitnet float kernel": (bn, "float")},
                     args.seq_len, args.batch, args.gen_tokens, args.repeats)
         base_f, base_g, _ = res["fp32"]
         print(f"\nCPU inference, {title}: medians of {args.repeats} interleaved runs "
               f"(forward [{args.batch}, {args.seq_len}]; greedy generation of {args.gen_tokens} tokens)")
-        print(f"{'model':20} {'forward tok/s':>14} {'vs fp32':>8} {'generate tok/s':>15} {'vs fp32':>8} {'halt steps':>11}")
+        print(f"{'model':24} {'forward tok/s':>14} {'vs fp32':>8} {'generate tok/s':>15} {'vs fp32':>8} {'halt steps':>11}")
         for k, (f, g, h) in res.items():
-            print(f"{k:20} {f:14,.0f} {f / base_f:7.2f}x {g:15,.1f} {g / base_g:7.2f}x {h:11.2f}")
+            print(f"{k:24} {f:14,.0f} {f / base_f:7.2f}x {g:15,.1f} {g / base_g:7.2f}x {h:11.2f}")
 
 if __name__ == "__main__":
     main()

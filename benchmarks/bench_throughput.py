@@ -1,14 +1,22 @@
 """Training throughput of the Cognate model against a plain causal transformer of the same width and
-depth (same process, same batch), and achieved FLOP/s against this machine's measured matmul peak.
+depth (same process, same batch, same optimizer), and achieved FLOP/s against this device's measured
+matmul peak.
 
-    python benchmarks/bench_throughput.py [--size tiny|small] [--steps 8]
+    python benchmarks/bench_throughput.py                         # CPU, tiny size, fp32
+    python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512   # GPU, bf16 autocast
+    python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --compile
 
 FLOPs are counted by torch.utils.flop_counter on one real training step (forward + backward), not
-estimated; the peak is the best of several 1024x1024 fp32 matmuls.
+estimated; the peak is the best of several square matmuls (fp32 1024² on CPU, bf16 8192² on CUDA). The
+two models' steps are timed interleaved (cognate, plain, cognate, ...) and the medians compared, so a
+change in machine load hits both. The headline figure is the ratio of achieved FLOP/s (the Cognate
+model does ~max_steps times the work per token, so tokens/s alone would not compare the kernels).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import time
 
 import torch
@@ -19,7 +27,9 @@ from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.layers import Block, RMSNorm, rope_cache
 
 SIZES = {"tiny": dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window=64),
-         "small": dict(d_model=256, n_layers=4, n_heads=4, ffn_hidden=688, window=128)}
+         "small": dict(d_model=256, n_layers=4, n_heads=4, ffn_hidden=688, window=128),
+         "25m": dict(d_model=512, n_layers=8, n_heads=8, ffn_hidden=1376, window=256, max_seq_len=1024,
+                     ltm_key_dim=64)}
 
 
 class PlainTransformer(nn.Module):
@@ -42,60 +52,94 @@ class PlainTransformer(nn.Module):
         return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-def matmul_peak(n: int = 1024, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, reps: int = 10) -> float:
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
     best = float("inf")
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
 
 
-def train_step(model, opt, x, y):
-    out = model(x, y)
-    loss = out if torch.is_tensor(out) else out.loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+class Runner:
+    """One model, its optimizer and batch; ``step()`` is one timed training step."""
 
+    def __init__(self, model, batch, seq, device, compile_):
+        torch.manual_seed(0)
+        self.model, self.device = model.to(device).train(), device
+        self.x = torch.randint(0, 256, (batch, seq), device=device)
+        self.y = torch.randint(0, 256, (batch, seq), device=device)
+        self.opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        self.autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if device == "cuda" else contextlib.nullcontext
+        with FlopCounterMode(display=False) as fc:
+            self._loss().backward()
+        self.opt.zero_grad(set_to_none=True)
+        self.flops = fc.get_total_flops()
+        if compile_:
+            model.compile()
+        for _ in range(3 if compile_ else 1):  # warm-up (and compilation)
+            self.step()
+        self.times: list[float] = []
 
-def measure(model, batch, seq, steps):
-    torch.manual_seed(0)
-    x, y = torch.randint(0, 256, (batch, seq)), torch.randint(0, 256, (batch, seq))
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    model.train()
-    with FlopCounterMode(display=False) as fc:
-        out = model(x, y)
-        (out if torch.is_tensor(out) else out.loss).backward()
-    opt.zero_grad(set_to_none=True)
-    flops = fc.get_total_flops()
-    train_step(model, opt, x, y)  # warmup
-    t = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, opt, x, y)
-    dt = (time.perf_counter() - t) / steps
-    return batch * seq / dt, flops / dt, flops
+    def _loss(self):
+        with self.autocast():
+            out = self.model(self.x, self.y)
+        return out if torch.is_tensor(out) else out.loss
+
+    def step(self) -> float:
+        sync(self.device)
+        t = time.perf_counter()
+        self._loss().backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        sync(self.device)
+        return time.perf_counter() - t
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="tiny", choices=list(SIZES))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per model (interleaved)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models (as hardware.compile=true)")
     a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA GPU is visible")
     cfg = CognateConfig(**SIZES[a.size], max_steps=3)
-    peak = matmul_peak()
-    cog_tps, cog_fps, cog_f = measure(CognateModel(cfg), a.batch, a.seq, a.steps)
-    plain_tps, plain_fps, plain_f = measure(PlainTransformer(cfg), a.batch, a.seq, a.steps)
-    print(f"threads={torch.get_num_threads()} size={a.size} batch={a.batch} seq={a.seq}")
-    print(f"matmul peak (fp32 1024^3): {peak / 1e9:.1f} GFLOP/s")
-    print(f"plain transformer : {plain_tps:9.0f} tokens/s  {plain_fps / 1e9:6.2f} GFLOP/s "
-          f"({100 * plain_fps / peak:.1f}% of peak)  {plain_f / (a.batch * a.seq) / 1e6:.2f} MFLOP/token")
-    print(f"cognate (3 steps) : {cog_tps:9.0f} tokens/s  {cog_fps / 1e9:6.2f} GFLOP/s "
-          f"({100 * cog_fps / peak:.1f}% of peak)  {cog_f / (a.batch * a.seq) / 1e6:.2f} MFLOP/token")
-    print(f"ratio cognate/plain tokens/s: {cog_tps / plain_tps:.2f}  (FLOP/token ratio {cog_f / plain_f:.2f})")
+    name = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    peak = matmul_peak(a.device)
+    runs = {"cognate (3 steps)": Runner(CognateModel(cfg), a.batch, a.seq, a.device, a.compile),
+            "plain transformer": Runner(PlainTransformer(cfg), a.batch, a.seq, a.device, a.compile)}
+    for _ in range(a.steps):
+        for r in runs.values():
+            r.times.append(r.step())
+    tokens = a.batch * a.seq
+    print(f"device: {name}; size={a.size} batch={a.batch} seq={a.seq} "
+          f"{'bf16 autocast' if a.device == 'cuda' else 'fp32'}{' compiled' if a.compile else ''}; "
+          f"medians of {a.steps} interleaved steps")
+    print(f"matmul peak ({'bf16 8192' if a.device == 'cuda' else 'fp32 1024'}^3): {peak / 1e12:.3f} TFLOP/s")
+    fps = {}
+    for k, r in runs.items():
+        dt = statistics.median(r.times)
+        fps[k] = r.flops / dt
+        print(f"{k:18}: {tokens / dt:10.0f} tokens/s  {fps[k] / 1e9:8.2f} GFLOP/s ({100 * fps[k] / peak:5.1f}% of peak)"
+              f"  {r.flops / tokens / 1e6:.2f} MFLOP/token")
+    c, p = runs["cognate (3 steps)"], runs["plain transformer"]
+    print(f"ratio cognate/plain achieved FLOP/s: {fps['cognate (3 steps)'] / fps['plain transformer']:.2f}   "
+          f"tokens/s: {statistics.median(p.times) / statistics.median(c.times):.2f}   "
+          f"(FLOP/token ratio {c.flops / p.flops:.2f})")
 
 
 if __name__ == "__main__":
