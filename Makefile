@@ -7,9 +7,14 @@ PYTEST ?= $(PY) -m pytest
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## install torch (CPU build) and the project with its dev extras
+install:  ## install torch (CPU build), the project with its dev extras, and bubblewrap (the sandbox) when root
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
+	@if command -v bwrap >/dev/null 2>&1; then echo "bubblewrap: $$(command -v bwrap)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \
+	  || echo "warning: could not install bubblewrap; untrusted code (phase=scaling, codegen) will be refused until it is installed"; \
+	else echo "warning: bubblewrap (bwrap) is missing; install it (e.g. sudo apt-get install bubblewrap) or untrusted code (phase=scaling, codegen) will be refused"; fi
 
 test:  ## the default suite (fast tier, what CI runs)
 	$(PYTEST) -m "not slow" -q
@@ -17,7 +22,7 @@ test:  ## the default suite (fast tier, what CI runs)
 test-slow:  ## the long end-to-end tests
 	$(PYTEST) -m slow -q
 
-test-faults:  ## crash/resume and bad-input tests
+test-faults:  ## crash/resume, bad-input and sandbox-attack tests
 	$(PYTEST) -m faults -q
 
 run:  ## the main job: Cognate model m1 at CPU defaults
