@@ -171,16 +171,19 @@ def test_generation_syncs_once_per_check_and_matches_per_token_checks(max_new):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_attention_and_generation_raise_no_sync_under_debug_mode():
     torch.manual_seed(0)
-    model = TinyLM().cuda()
+    blk = Block(32, 4, 8, 64).cuda()
+    cos, sin = rope_cache(24, 8, 10000.0, device="cuda")
+    x = torch.randn(2, 24, 32, device="cuda", requires_grad=True)
+    model = TinyLM().cuda().eval()
     ids = torch.randint(0, 11, (2, 12), device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        model(ids).sum().backward()                # training forward + backward with the max-logit reduction
-        generate(model.eval(), ids, 8, 64)
+        blk(x, cos, sin).sum().backward()          # SDPA (masked: T > window) + the max-logit reduction
+        generate(model, ids, 8, 64)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert model.block.attn.max_logit.max().item() > 0
+    assert blk.attn.max_logit.max().item() > 0
 
 
 def _fit(tmp_path, epochs, compile_, resume=None, seed=0):
