@@ -101,6 +101,6 @@ def run(cfg) -> dict:
         ctx.tracker.write_json("grokking_results.json", {"task": task, "optimizer": opt_cfg, **final, "curve": c})
         got = res["steps_to_target_val"]
         print(f"{name}: " + (f"{pct}% val accuracy at step {got}" if got else
-                              f"did not reach {pct}% val accuracy in {res['steps_run']} steps (steps to {pct}% >= {res['steps_run']}) "
+                              f"did not reach {pct}% val accuracy in {res['steps_run']} steps: steps to {pct}% >= {res['steps_run']} "
                               f"(final {res['final_val_accuracy']:.3f})"))
         return {"run_dir": str(ctx.run_dir), "metrics": final}
