@@ -31,7 +31,7 @@ STDIO_LIMIT = 256 * 1024            # characters of stdout / stderr kept (the ta
 SANDBOX_UID = 65534                 # the uid inside a user namespace (bwrap run by a non-root user)
 UID_BASE, UID_SPAN = 1_000_000, 1_000_000_000   # fresh host uids for runs started as root
 SETPRIV = "/usr/bin/setpriv"        # util-linux: drops root to the fresh uid inside the sandbox
-POLL_S = 0.05                       # how often the parent checks the tree's memory while it runs
+POLL_S = (0.02, 0.25)               # the parent's check interval: first second, then (the /proc scan costs CPU)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]   # agentforge/, readable inside (the scaling child uses it)
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`, Fedora: `dnf install "
                 "bubblewrap`; `make install` does it when run as root), or choose the weaker, unisolated "
@@ -234,7 +234,7 @@ def _execute(cmd, env, cwd, logs, limits, uid, nproc) -> tuple[int | None, str, 
                     why = "memory"
                 if why:
                     break
-                time.sleep(POLL_S)
+                time.sleep(POLL_S[0] if time.perf_counter() - t0 < 1.0 else POLL_S[1])
         finally:  # the process group; under bwrap the PID namespace dies with its init, taking the tree
             for _ in range(2):
                 try:
