@@ -6,11 +6,14 @@ Uses the Cognate checkpoints under ``{artifacts}/cognate/model{1,2,3}`` when the
 freshly initialized models of the default (m1/m2/m3, size=tiny) configs. Prints each technique's time
 over every parameter tensor of the three models, as a ratio to Linear (the baseline), then the time of
 a whole recipe per combo, then evaluations per second of the phase's default fitness measurement,
-against measuring an input model alone (so the ratio is the merge + model-building overhead).
+against measuring an input model alone (so the ratio is the merge + model-building overhead), and
+last why the speed term counts FLOPs by default: the timed speed ratio of an exact copy of an input
+against that input, repeated (1.0 would be no noise), beside the FLOP ratio (exactly 1.0 every time).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import time
@@ -76,14 +79,17 @@ def main() -> None:
         "linear": lambda: [techniques.linear([s[k] for s in states], w) for k in keys],
         "slerp": lambda: [techniques.slerp_many([s[k] for s in states], w) for k in keys],
         "ties": lambda: [techniques.ties(base[k], [s[k] for s in states], w, density=0.5) for k in keys],
-        "dare": lambda: [techniques.dare(base[k], [s[k] for s in states], w, density=0.5, generator=g) for k in keys],
+        "dare (l1)": lambda: [techniques.dare(base[k], [s[k] for s in states], w, density=0.5, generator=g)
+                              for k in keys],
+        "dare (1/density)": lambda: [techniques.dare(base[k], [s[k] for s in states], w, density=0.5, generator=g,
+                                                     rescale="inverse_density") for k in keys],
         "frankenmerge": lambda: layers.frankenmerge([(states[0], 0, 2), (states[1], 1, 2)], states[2]),
         "dfs": lambda: layers.dfs([(states[0], 0), (states[1], 1), (states[2], 1)], [0.8, 1.2, 1.0], states[2]),
     }
     times = {name: clock(fn, args.repeats) for name, fn in per_tensor.items()}
-    print(f"\n{'technique':14s} {'ms':>9s} {'x linear':>9s}")
+    print(f"\n{'technique':17s} {'ms':>9s} {'x linear':>9s}")
     for name, t in times.items():
-        print(f"{name:14s} {t * 1000:9.2f} {t / times['linear']:9.2f}")
+        print(f"{name:17s} {t * 1000:9.2f} {t / times['linear']:9.2f}")
     n = models[0].config.n_layers
     sp, rng = Space(n, max(1, round(n * 0.5)), max(n, round(n * 1.5))), random.Random(0)
     configs = [m.config for m in models]
@@ -106,6 +112,12 @@ def main() -> None:
           f"{1 / per_eval:.2f} evaluations/s")
     print(f"default run (8 individuals x <= 8 generations, 2 elites cached): <= {8 + 7 * 6} evaluations "
           f"~ {(8 + 7 * 6) * per_eval / 60:.1f} min of evaluation on this machine")
+    twin = copy.deepcopy(models[0])
+    ratios = [fitness.timed(twin, models[0], data)[1] for _ in range(args.repeats * 3)]
+    flops = {fitness.forward_flops(twin, data) / fitness.forward_flops(models[0], data) for _ in range(3)}
+    print(f"\nspeed term of an exact copy of input 1 vs input 1 ({len(ratios)} repeats of "
+          f"phase.eval.speed_repeats={data.speed_repeats} interleaved passes): timed ratio "
+          f"{min(ratios):.3f}..{max(ratios):.3f} (median {statistics.median(ratios):.3f}); FLOP ratio {sorted(flops)}")
 
 
 if __name__ == "__main__":

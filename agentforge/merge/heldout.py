@@ -12,7 +12,8 @@ choice). Uncertainty comes from resampling the test examples:
 * perplexity: paired bootstrap of the per-row loss difference (champion - best input, nats/token;
   ``evals.stats.paired_bootstrap``); the perplexity ratio is exp(delta) (rows have equal length, so
   the mean row loss is the mean token loss), with CI exp(CI);
-* accuracy: paired bootstrap of the per-question 0/1 difference;
+* accuracy: the per-question 0/1 pairs, ``evals.stats.paired_test``: McNemar's exact p and Tango's
+  score CI of the difference (the bootstrap is overconfident on 0/1 pairs);
 * fitness improvement 100 (F_c / F_b - 1): the reference cancels in the ratio, so
 
       log(F_c / F_b) = [ w_ppl (min(L_b, 50) - min(L_c, 50)) + w_acc log((a_c + f) / (a_b + f))
@@ -24,9 +25,9 @@ choice). Uncertainty comes from resampling the test examples:
   ``paired=False``). The speed and memory terms are held fixed: deterministic FLOP and byte counts by
   default (with ``speed="timed"`` the timing noise is not in the CI).
 
-``verdict`` turns the CI into PASS (lower bound above the threshold), FAIL (upper bound at or below it)
-or INCONCLUSIVE (the CI contains it, or fewer than ``MIN_N`` = 30 test rows or questions: too few for a
-bootstrap CI to be trusted).
+The verdict is ``evals.stats.threshold_verdict`` of that CI: PASS (lower bound above the threshold),
+FAIL (upper bound at or below it) or INCONCLUSIVE (the CI contains it, or fewer than ``stats.MIN_N`` = 30
+test rows or questions).
 
 Keys: ``final/test_fitness_improvement`` and, identical, the seed's ``final/fitness_improvement`` (the
 key the pipeline report's threshold row reads), each with ``_ci95``, ``_n`` (the smaller of the row and
@@ -72,19 +73,6 @@ def disjoint_from(test: fitness.EvalData, selection: fitness.EvalData) -> tuple[
                            speed_seq_len=test.speed_seq_len, speed_batch=test.speed_batch,
                            speed_repeats=test.speed_repeats)
     return out, removed
-
-
-MIN_N = 30
-
-
-def verdict(ci: list[float], threshold: float, n: int | None = None) -> str:
-    if n is not None and n < MIN_N:
-        return "INCONCLUSIVE"
-    if ci[0] > threshold:
-        return "PASS"
-    if ci[1] <= threshold:
-        return "FAIL"
-    return "INCONCLUSIVE"
 
 
 def fitness_improvement_ci(champ: dict, best: dict, ref: fitness.Reference, weights: dict[str, float],
@@ -135,7 +123,7 @@ def compare_on_test(inputs: list, champion, tokenizer, test: fitness.EvalData, s
     fits = [fitness.score(m, ref, weights, speed_mode) for m in full]
     best = max(range(3), key=fits.__getitem__)
     champ_m, best_m = full[3], full[best]
-    loss = stats.paired_bootstrap(champ_m["row_losses"], best_m["row_losses"], n_resamples, seed)
+    loss = stats.paired_test(champ_m["row_losses"], best_m["row_losses"], n_resamples, seed)
     out = {
         "final/test_fitness": fits[3], "final/test_best_input_fitness": fits[best],
         "final/test_best_input": f"model{best + 1}",
@@ -147,15 +135,15 @@ def compare_on_test(inputs: list, champion, tokenizer, test: fitness.EvalData, s
         "final/test_ppl_ratio_ci95": [math.exp(x) for x in loss["ci95"]],
     }
     if len(champ_m["correct"]) >= 2:
-        acc = stats.paired_bootstrap(champ_m["correct"], best_m["correct"], n_resamples, seed)
+        acc = stats.paired_test(champ_m["correct"], best_m["correct"], n_resamples, seed)
         out.update({"final/test_accuracy_delta": acc["delta"], "final/test_accuracy_delta_ci95": acc["ci95"],
-                    "final/test_accuracy_delta_p": acc["p_value"]})
+                    "final/test_accuracy_delta_p": acc["p_value"], "final/test_accuracy_delta_test": acc["test"]})
     point, ci = fitness_improvement_ci(champ_m, best_m, ref, weights, speed_mode, n_resamples, seed)
     n = min(len(data.rows), data.n_accuracy_examples()) if data.n_accuracy_examples() else len(data.rows)
     how = (f"champion vs best input ({out['final/test_best_input']}) on {len(data.rows)} test rows and "
            f"{data.n_accuracy_examples()} questions not in the selection set; stratified bootstrap")
     for key in ("final/test_fitness_improvement", "final/fitness_improvement"):
         out.update({key: point, f"{key}_ci95": ci, f"{key}_n": n, f"{key}_test": how})
-    out["final/test_verdict"] = verdict(ci, threshold, n)
+    out["final/test_verdict"], out["final/test_verdict_why"] = stats.threshold_verdict(ci, ">", threshold, n)
     measurements = [{k: v for k, v in m.items() if k not in EXAMPLE_KEYS} for m in full]
     return {"metrics": out, "measurements": measurements, "fitness": fits}

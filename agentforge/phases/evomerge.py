@@ -323,11 +323,12 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
           f"{t['final/test_excluded_overlap']} overlapping the selection set excluded): fitness "
           f"{t['final/test_fitness']:.4f} vs best input ({t['final/test_best_input']}) "
           f"{t['final/test_best_input_fitness']:.4f}: improvement {t['final/test_fitness_improvement']:+.2f}% "
-          f"[95% CI {ci[0]:+.2f}, {ci[1]:+.2f}] -> {t['final/test_verdict']} "
-          f"vs > {float(p.improvement_threshold):g}%; perplexity ratio {t['final/test_ppl_ratio']:.4f} "
+          f"[95% CI {ci[0]:+.2f}, {ci[1]:+.2f}] -> {t['final/test_verdict']} vs > {float(p.improvement_threshold):g}% "
+          f"({t['final/test_verdict_why']}); perplexity ratio {t['final/test_ppl_ratio']:.4f} "
           f"[{t['final/test_ppl_ratio_ci95'][0]:.4f}, {t['final/test_ppl_ratio_ci95'][1]:.4f}]"
           + (f"; accuracy delta {t['final/test_accuracy_delta']:+.3f} [{t['final/test_accuracy_delta_ci95'][0]:+.3f}, "
-             f"{t['final/test_accuracy_delta_ci95'][1]:+.3f}]" if "final/test_accuracy_delta" in t else ""))
+             f"{t['final/test_accuracy_delta_ci95'][1]:+.3f}], exact p {t['final/test_accuracy_delta_p']:.3g}"
+             if "final/test_accuracy_delta" in t else ""))
     return {"checkpoint": str(out), "run_dir": str(run_dir), "metrics": final}
 
 
