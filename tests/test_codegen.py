@@ -195,6 +195,13 @@ def test_pass_at_k_and_stats_json_by_hand():
                                  n_resamples=200)
     assert same["verdict"] == "FAILURE" and same["pass_at_1"]["p_value"] == 1.0 and same["verdict_score"] == 0
     assert math.isclose(same["pass_at_1"]["delta"], 0.0)
+    assert s["pass_at_1"]["test"].startswith("mcnemar_exact")  # 0/1 per-problem scores: the exact test decides
+    few = scoring.compute_stats({"a": strong[:10], "b": weak[:10]}, kpis, candidate="a", baseline="b", ks=[1],
+                                thresholds=th, n_resamples=200)
+    assert few["verdict"] == "INCONCLUSIVE" and "phase.num_problems" in few["reasons"][-1]
+    half = [{"num_samples": 2, "num_correct": 1}] * 40  # pass@1 = 0.5 per problem: not 0/1, the bootstrap decides
+    assert scoring.compute_stats({"a": half, "b": weak}, kpis, candidate="a", baseline="b", ks=[1], thresholds=th,
+                                 n_resamples=200)["pass_at_1"]["test"] == "bootstrap"
 
 
 def test_corpus_default_is_the_stdlib_and_offline():

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.test_codegen import MODE
 
 TINY_CODEGEN = ["phase=codegen", "data=python_code", "logger=wandb", "hardware=cpu", f"phase.sandbox={MODE}",
@@ -42,6 +44,12 @@ def test_codegen_cli_tiny_end_to_end(tmp_path):
     assert (runs[0] / "tables" / "dashboard__stat_summary.csv").is_file()
     assert list(runs[0].glob("wandb/offline-run-*")), "the W&B run was written"
     assert (tmp_path / "outputs" / "artifacts" / "codegen" / "cognate" / "model.safetensors").is_file()
+    gate = [sys.executable, str(REPO / "scripts" / "kpi_gate.py"), str(out / "stats.json")]
+    ok = subprocess.run(gate + ["--require", "pass_at_1.n>=2", "--require", "n_problems==2"], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    failed = subprocess.run(gate + ["--require", "verdict_score>=2"], capture_output=True, text=True)
+    assert failed.returncode == 1 and "FAIL" in failed.stdout  # a tiny model is no SUCCESS: the gate says so
 
 
 def test_codegen_bad_inputs_give_one_error_line(tmp_path):

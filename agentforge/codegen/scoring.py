@@ -4,9 +4,10 @@
      "pass_at_10": {...}, "verdict": "SUCCESS|PARTIAL|FAILURE", "reasons": [...], ...}
 
 pass@k is Chen et al.'s unbiased estimator per problem (``evals.stats.pass_at_k``) averaged over problems;
-the difference is tested by the project's paired test over problems (``evals.stats``), and the verdict
-is the dashboard's section-7 rule (``evals.stats.verdict``) with the efficiency targets as ratios to the
-baseline (``evals.compare.efficiency_checks``).
+the difference is tested over problems by the project's paired test (``evals.stats.paired_test``: McNemar's
+exact test when every per-problem score is 0/1, e.g. n = 1 or greedy, else the paired bootstrap), and the
+verdict is the dashboard's section-7 rule (``evals.stats.verdict``, INCONCLUSIVE below ``thresholds.min_n``
+problems) with the efficiency targets as ratios to the baseline (``evals.compare.efficiency_checks``).
 """
 from __future__ import annotations
 
@@ -21,12 +22,11 @@ def per_problem_pass(problems: list[dict], k: int) -> list[float] | None:
     return [st.pass_at_k(p["num_samples"], p["num_correct"], k) for p in problems]
 
 
-def _paired(a: list[float], b: list[float], n_resamples: int, seed: int) -> dict:
-    test = getattr(st, "paired_test", None)  # the exact test for 0/1 outcomes where the project has it
+def _paired(a: list[float], b: list[float], n_resamples: int, seed: int, min_n: int) -> dict:
     if len(a) < 2:
         return {"delta": (sum(a) - sum(b)) / max(len(a), 1), "ci95": None, "p_value": None, "n": len(a),
-                "note": "fewer than 2 problems: no test"}
-    return (test or st.paired_bootstrap)(a, b, n_resamples=n_resamples, seed=seed)
+                "test": "none: fewer than 2 problems"}
+    return st.paired_test(a, b, n_resamples=n_resamples, seed=seed, min_n=min_n)
 
 
 def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, candidate: str, baseline: str,
@@ -43,18 +43,20 @@ def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, ca
             pass_at[k] = None
             out[f"pass_at_{k}"] = {"note": f"not measured: needs at least {k} samples per problem"}
             continue
-        t = _paired(a, b, n_resamples, seed)
+        t = _paired(a, b, n_resamples, seed, int(thresholds.get("min_n", st.MIN_N)))
         pass_at[k] = sum(a) / len(a)
         n_paired = t["n"]
         out[f"pass_at_{k}"] = {candidate: pass_at[k], baseline: sum(b) / len(b), "delta": t["delta"],
                                "ci95": t["ci95"], "p_value": t["p_value"], "n": t["n"],
-                               **{x: t[x] for x in ("test", "note") if x in t}}
+                               "test": t["test"]}
     eff_ok, checks = efficiency_checks({"metrics": kpis[candidate]}, {"metrics": kpis[baseline]}, thresholds)
     p1 = out["pass_at_1"]
-    kw = {"n": n_paired} if "n" in st.verdict.__code__.co_varnames else {}
     v, reasons = st.verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                             p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok,
-                            unstable=unstable, **kw)
+                            unstable=unstable, n=n_paired)
+    if v == "INCONCLUSIVE":
+        reasons.append(f"{n_paired} problems were evaluated: raise phase.num_problems to at least "
+                       f"{thresholds.get('min_n', st.MIN_N)} for a verdict")
     out.update({"verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0), "reasons": reasons,
                 "efficiency": checks, "kpis": kpis,
                 "thresholds": {k: (val if k != "pass_at" else {str(kk): vv for kk, vv in val.items()})
