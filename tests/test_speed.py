@@ -303,3 +303,49 @@ def test_kernel_chosen_by_measurement_at_load(tmp_path):
     torch.testing.assert_close(outs["int8"], outs["float"], rtol=1e-4, atol=1e-5)
     again = select_kernel(model, ids, repeats=1)
     assert {m.kernel for m in layers} == {again["kernel"]}
+
+
+def _cognate(**kw):
+    from agentforge.models import CognateConfig, CognateModel
+
+    torch.manual_seed(0)
+    base = dict(d_model=32, n_layers=2, n_heads=2, ffn_hidden=64, window=8, max_steps=3, ltm_slots=4, ltm_key_dim=8,
+                ltm_chunk=4, max_seq_len=96)
+    return CognateModel(CognateConfig(**{**base, **kw})).eval()
+
+
+@pytest.mark.parametrize("memory,halting", [(True, True), (False, True), (True, False)])
+def test_kv_cache_logits_equal_the_full_forward(memory, halting):
+    """Across chunk boundaries (memory writes), past the attention window, with and without halting."""
+    model = _cognate()
+    ids = torch.randint(0, 256, (2, 21), generator=torch.Generator().manual_seed(1))
+    with model.ablate(memory=memory, halting=halting), torch.no_grad():
+        full = model(ids).logits
+        dec = model.kv_decoder(2)
+        inc = torch.stack([dec.step(ids[:, i]) for i in range(ids.shape[1])], 1)
+    torch.testing.assert_close(inc, full, rtol=1e-5, atol=1e-5)
+
+
+def test_kv_cache_greedy_tokens_equal_uncached_with_per_row_eos():
+    model = _cognate()
+    ids = torch.randint(0, 256, (3, 7), generator=torch.Generator().manual_seed(2))
+    free = model.generate(ids, 30, use_cache=False)
+    eos = int(free[1, 7 + 5])                      # row 1 emits this id after 5 tokens: rows stop at different steps
+    cached = model.generate(ids, 30, eos_id=eos)
+    assert torch.equal(cached, model.generate(ids, 30, eos_id=eos, use_cache=False))
+    assert torch.equal(model.generate(ids, 30), free)
+    assert (cached[1, 7 + 5:] == eos).all()
+
+
+def test_kv_cache_is_used_only_while_the_sequence_fits(monkeypatch):
+    from agentforge.models import kv_cache
+
+    model = _cognate(max_seq_len=16)
+    ids = torch.randint(0, 256, (1, 6))
+    built = []
+    real = kv_cache.CognateDecoder.__init__
+    monkeypatch.setattr(kv_cache.CognateDecoder, "__init__", lambda self, *a: built.append(1) or real(self, *a))
+    model.generate(ids, 10)                        # 16 positions: cached
+    assert built == [1]
+    long = model.generate(ids, 14)                 # 20 > max_seq_len: the sliding uncached loop
+    assert built == [1] and long.shape == (1, 20)

@@ -221,7 +221,15 @@ class CognateModel(nn.Module):
                 loss = loss + c.deep_supervision * (ce * mask).sum() / (denom * ce.shape[0])
         return CognateOutput(logits, loss, lm_loss, steps, ponder.detach(), surprise, output)
 
+    def kv_decoder(self, batch: int):
+        """Incremental decoding state for ``batch`` sequences (KV cache per step and layer; ``kv_cache.py``)."""
+        from agentforge.models.kv_cache import CognateDecoder
+
+        return CognateDecoder(self, batch)
+
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_id: int | None = None,
-                 temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                 temperature: float = 0.0, generator: torch.Generator | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
         """Greedy (temperature 0) or sampled continuation of input_ids [B, T]; returns [B, T + new]."""
-        return generate(self, input_ids, max_new_tokens, self.config.max_seq_len, eos_id, temperature, generator)
+        return generate(self, input_ids, max_new_tokens, self.config.max_seq_len, eos_id, temperature, generator,
+                        use_cache=use_cache)

@@ -1,5 +1,8 @@
-"""Autoregressive decoding shared by every model of the project (no KV cache: the recursion and the
-memory make one awkward, and the CPU models are small).
+"""Autoregressive decoding shared by every model of the project.
+
+A model with a ``kv_decoder(batch)`` method (the Cognate model: ``kv_cache.py``) is decoded
+incrementally, one new position per token, when the whole sequence fits in ``max_seq_len``; any other
+model, or ``use_cache=False``, re-runs the (truncated) context every token.
 
 The loop never waits on the device per token: the next token stays a tensor, and "have all rows
 emitted ``eos_id``?" is read back only every ``check_every`` tokens (one host sync each time) and once
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, max_seq_len: int, eos_id: int | None = None,
              temperature: float = 0.0, generator: torch.Generator | None = None,
-             check_every: int = 16) -> torch.Tensor:
+             check_every: int = 16, use_cache: bool = True) -> torch.Tensor:
     """Greedy (temperature 0) or sampled continuation of input_ids [B, T]; returns [B, T + new].
 
     ``model(ids)`` may return logits or an object with ``.logits``; the context is truncated to the last
@@ -24,11 +27,17 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, max_seq_len: i
     """
     ids = input_ids
     b, start = ids.shape
+    decoder = getattr(model, "kv_decoder", None)
+    if use_cache and decoder is not None and start + max_new_tokens <= max_seq_len:
+        next_logits = decoder(b).next_logits
+    else:
+        def next_logits(ids):
+            out = model(ids[:, -max_seq_len:])
+            return (out.logits if hasattr(out, "logits") else out)[:, -1]
     done = torch.zeros(b, dtype=torch.bool, device=ids.device)
     finished_at = torch.full((b,), max_new_tokens, dtype=torch.long, device=ids.device)  # step of each row's eos
     for step in range(max_new_tokens):
-        out = model(ids[:, -max_seq_len:])
-        logits = (out.logits if hasattr(out, "logits") else out)[:, -1].float()
+        logits = next_logits(ids).float()
         if temperature > 0:
             nxt = torch.multinomial(F.softmax(logits / temperature, -1), 1, generator=generator)
         else:

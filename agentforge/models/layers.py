@@ -110,6 +110,20 @@ class CausalSelfAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
+    def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One new position x [B, 1, D] with its rotary angles cos/sin [1, D/H/2], attending to itself and
+        the keys/values in ``cache`` (dict "k", "v": [B, H, <= window, D], the latest positions; updated)."""
+        b, t, d = x.shape
+        q, k, v = (p(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache.get("k") is not None:
+            k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+        cache["k"], cache["v"] = k[:, :, -self.window:], v[:, :, -self.window:]
+        out = F.scaled_dot_product_attention(q, cache["k"], cache["v"])  # every cached key is in the window
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
 class SwiGLU(nn.Module):
     """Gated feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x))."""
 
@@ -135,4 +149,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict) -> torch.Tensor:
+        """``forward`` for one new position, with the attention's key/value cache (see attention.decode)."""
+        x = x + self.attn.decode(self.attn_norm(x), cos, sin, cache)
         return x + self.mlp(self.mlp_norm(x))

@@ -1,0 +1,101 @@
+"""Incremental decoding of a Cognate model: a key/value cache per recursion step and layer, and the
+slot memory's per-sequence state per recursion step.
+
+Why it is exact: every operation of the model is causal, so the state a past position contributes at
+recursion step n — its keys/values in each layer, the memory bank after the chunks before the current
+one — never changes once computed. ``CognateDecoder.step`` runs one new position through all
+``max_steps`` recursion steps (the same ops as ``CognateModel.forward`` on that position: input
+re-injection, the blocks, the memory read, the halting rule) and keeps what later positions need:
+
+* attention: the last ``window`` keys/values of each layer at each step (``CausalSelfAttention.decode``);
+* memory: the bank (keys, values, filled, last use) as of the last completed chunk, plus the current
+  chunk's keys, values, surprises and per-slot max read weight; when the chunk completes it is written
+  with the model's own ``SurpriseMemory._write``, exactly as ``SurpriseMemory.read`` does between chunks.
+
+A position always runs every step (a later token may halt later and attend to it at that step); its
+output is the latent at its halting step, as in the full forward. Positions are absolute from the start
+of the prompt, so the cache serves sequences up to ``max_seq_len``; ``generate`` falls back to the
+uncached loop for longer ones (the uncached path then slides its window and shifts every position).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class CognateDecoder:
+    """Decoding state of one batch of sequences; ``next_logits(ids)`` feeds the ids it has not seen yet."""
+
+    def __init__(self, model, batch: int):
+        self.model, c, mem = model, model.config, model.memory
+        self.n_steps = model._steps_override or c.max_steps
+        self.attn = [[{} for _ in model.blocks] for _ in range(self.n_steps)]
+        self.mem = [{"keys": mem.keys.expand(batch, -1, -1), "vals": mem.values.expand(batch, -1, -1),
+                     "filled": mem.filled.expand(batch, -1), "chunk": [], "amax": None, "c": 0,
+                     "last": torch.zeros(batch, mem.slots, device=mem.keys.device)} for _ in range(self.n_steps)]
+        self.pos = 0
+
+    @torch.no_grad()
+    def next_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] after the last id of ``ids`` [B, T], feeding ids[:, pos:] one position at a time."""
+        logits = None
+        for i in range(self.pos, ids.shape[1]):
+            logits = self.step(ids[:, i])
+        return logits
+
+    @torch.no_grad()
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        m, c = self.model, self.model.config
+        e = m.embed(token[:, None])
+        z = e
+        cos, sin = m.rope_cos[self.pos:self.pos + 1], m.rope_sin[self.pos:self.pos + 1]
+        b = e.shape[0]
+        cum = torch.zeros(b, 1, device=e.device, dtype=e.dtype)
+        not_halted = torch.ones_like(cum)
+        halted = torch.zeros(b, 1, device=e.device, dtype=torch.bool)
+        output = torch.zeros_like(e)
+        for n in range(self.n_steps):
+            h = z + e
+            for blk, cache in zip(m.blocks, self.attn[n]):
+                h = blk.decode(h, cos, sin, cache)
+            z = self._memory(h, self.mem[n])
+            last = n == self.n_steps - 1
+            lam = torch.ones_like(cum) if last else torch.sigmoid(m.halt_head(z).squeeze(-1))
+            cum = cum + lam * not_halted
+            not_halted = not_halted * (1 - lam)
+            halts_now = ~halted & ((cum >= c.act_threshold) | last) if m._halting else ~halted & last
+            output = torch.where(halts_now[..., None], z, output)
+            halted = halted | halts_now
+        self.pos += 1
+        return m.lm_head(m.norm(output))[:, -1]
+
+    def _memory(self, h: torch.Tensor, st: dict) -> torch.Tensor:
+        """``SurpriseMemory.read`` for one new position h [B, 1, D] (reads the bank of completed chunks)."""
+        mem = self.model.memory
+        if not mem.enabled:
+            return h
+        q = F.normalize(mem.query(h), dim=-1)
+        k = F.normalize(getattr(mem, "key", mem.query)(h), dim=-1)  # a bank with one projection: k = q
+        v = mem.value(h)
+        beta, keys, vals = mem.log_beta.exp(), st["keys"].to(k.dtype), st["vals"].to(v.dtype)
+        attn = _attend(beta, q, keys, st["filled"])
+        r = attn @ vals
+        pred = _attend(beta, k, keys, st["filled"]) @ vals                  # M(k), for the surprise
+        s = (v - pred).pow(2).sum(-1) / (v.pow(2).sum(-1) + 1e-6)
+        st["chunk"].append((k, v, s))
+        st["amax"] = attn.amax(1) if st["amax"] is None else torch.maximum(st["amax"], attn.amax(1))
+        if len(st["chunk"]) == mem.chunk:  # the chunk is complete: write it, as read() does between chunks
+            now = float(st["c"] + 1)
+            kc, vc, sc = (torch.cat(x, 1) for x in zip(*st["chunk"]))
+            last = torch.where(st["amax"] > 0.5, now, st["last"])
+            st["keys"], st["vals"], st["filled"], st["last"] = mem._write(kc, vc, sc, st["keys"], st["vals"],
+                                                                          st["filled"], last, now)
+            st["chunk"], st["amax"], st["c"] = [], None, st["c"] + 1
+        g = torch.sigmoid(mem.gate(h))
+        return h + g * mem.out(r)
+
+
+def _attend(beta, x, keys, filled):
+    """Read weights softmax(beta x K^T) over the filled slots (an empty bank: all zero)."""
+    scores = (beta * x @ keys.transpose(1, 2)).masked_fill(~filled[:, None, :], float("-inf"))
+    return torch.nan_to_num(F.softmax(scores, dim=-1))
