@@ -210,3 +210,18 @@ def test_trained_memory_recalls_beyond_the_window():
         if enabled:  # lesioning the trained model's memory hurts too (paired bootstrap over items)
             assert recall_memory(model, rows, mask)["ablation/recall_no_memory_loss_delta_ci_low"] > 0
     assert losses[True] < losses[False] - 0.3, losses
+
+
+def test_phase1_diversity_uses_the_deterministic_cost(tmp_path):
+    """Halting 2, 3, 4 (CV sqrt(2/3)/3), LTM usage equal (CV 0), MFLOPs 1, 1, 1 (CV 0): the noisy
+    latencies 10, 20, 30 are not used."""
+    import json
+
+    from agentforge.pipeline.report import cognate_diversity
+    for mid, h in zip((1, 2, 3), (2.0, 3.0, 4.0)):
+        d = tmp_path / "cognate" / f"model{mid}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({
+            "diversity/avg_halting_steps": h, "diversity/ltm_usage": 0.5,
+            "diversity/inference_mflops_per_token": 1.0, "diversity/inference_time_ms": 10.0 * (mid)}))
+    assert cognate_diversity(tmp_path) == pytest.approx(math.sqrt(2 / 3) / 3 / 3)

@@ -5,10 +5,12 @@ merges the two with a learned gate. Here the long-term memory is a bank of ``slo
 every sequence fills for itself while it is read, chunk by chunk (Titans computes its memory update over
 chunks the same way, so a token only ever reads what earlier chunks stored):
 
-* keys/queries: k = normalize(W_q h); values v = W_v h (learned projections, trained through the reads)
-* read (chunk c): a = softmax(beta * k K_c^T) over the slots filled by chunks < c;  r = a V_c
+* keys k = normalize(W_k h), values v = W_v h, queries q = normalize(W_q h) (Titans' three projections,
+  learned through the reads: a later token's query can learn to find an earlier token's key)
+* read (chunk c): a = softmax(beta * q K_c^T) over the slots filled by chunks < c;  r = a V_c
   (beta = exp(log_beta), learned; an empty bank reads r = 0)
-* surprise: the memory's prediction error for the token's own value, s = ||v - r||^2 / (||v||^2 + eps)
+* surprise: the memory's prediction error for the token's own value from its own key,
+  s = ||v - M(k)||^2 / (||v||^2 + eps) with M(k) = softmax(beta * k K_c^T) V_c
   (Titans' associative loss ||M(k) - v||^2, normalized; 1 when nothing relevant is stored, near 0 when
   the same content was stored before — so surprise falls when content repeats)
 * write (end of chunk c): the ``max_writes`` most surprising tokens with s > ``surprise_threshold`` are
@@ -38,6 +40,7 @@ class SurpriseMemory(nn.Module):
         self.surprise_threshold, self.max_writes = surprise_threshold, max_writes
         self.gate_bias_init = gate_bias
         self.query = nn.Linear(d_model, key_dim, bias=False)
+        self.key = nn.Linear(d_model, key_dim, bias=False)
         self.value = nn.Linear(d_model, key_dim, bias=False)
         self.out = nn.Linear(key_dim, d_model, bias=False)
         self.gate = nn.Linear(d_model, d_model)
@@ -72,7 +75,7 @@ class SurpriseMemory(nn.Module):
         b, t, _ = h.shape
         if not self.enabled:
             return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
-        k = F.normalize(self.query(h), dim=-1)
+        q, k = F.normalize(self.query(h), dim=-1), F.normalize(self.key(h), dim=-1)
         v = self.value(h)
         beta = self.log_beta.exp()
         keys = self.keys.to(k.dtype).expand(b, -1, -1)
@@ -81,14 +84,13 @@ class SurpriseMemory(nn.Module):
         last = torch.zeros(b, self.slots, device=h.device)           # chunk index of each slot's last use
         reads, surprises, usage = [], [], torch.zeros(self.slots, device=h.device)
         for c, start in enumerate(range(0, t, self.chunk)):
+            qc = q[:, start:start + self.chunk]
             kc, vc = k[:, start:start + self.chunk], v[:, start:start + self.chunk]
-            scores = beta * kc @ keys.transpose(1, 2)
-            scores = scores.masked_fill(~filled[:, None, :], float("-inf"))
-            attn = torch.nan_to_num(F.softmax(scores, dim=-1))          # an empty bank: all -inf -> 0
-            r = attn @ vals
-            reads.append(r)
+            attn = self._attend(beta, qc, keys, filled)
+            reads.append(attn @ vals)
             with torch.no_grad():
-                s = (vc - r).pow(2).sum(-1) / (vc.pow(2).sum(-1) + 1e-6)
+                pred = self._attend(beta, kc, keys, filled) @ vals
+                s = (vc - pred).pow(2).sum(-1) / (vc.pow(2).sum(-1) + 1e-6)
                 surprises.append(s)
                 usage += attn.sum(dim=(0, 1))
                 last = torch.where(attn.amax(1) > 0.5, float(c + 1), last)
@@ -101,6 +103,11 @@ class SurpriseMemory(nn.Module):
                 self.keys.copy_(keys[-1]), self.values.copy_(vals[-1]), self.filled.copy_(filled[-1])
         g = torch.sigmoid(self.gate(h))
         return h + g * self.out(r), surprise
+
+    @staticmethod
+    def _attend(beta, x, keys, filled):
+        scores = (beta * x @ keys.transpose(1, 2)).masked_fill(~filled[:, None, :], float("-inf"))
+        return torch.nan_to_num(F.softmax(scores, dim=-1))  # an empty bank: all -inf -> 0 weights
 
     def _write(self, kc, vc, s, keys, vals, filled, last, now: float):
         """Store the chunk's most surprising tokens (s > threshold) into empty, else least recently used slots."""
