@@ -24,6 +24,7 @@ from agentforge.merge.evaluator import RecipeEvaluator, weights_digest
 from agentforge.merge.evolution import EvoConfig, evolve, mean_pairwise
 from agentforge.merge.recipe import Recipe, Space, identity_recipe, random_recipe
 from agentforge.models import CognateConfig, CognateModel
+from agentforge.pipeline.report import headline_metrics, threshold_rows
 from tests.conftest import compose_cfg, run_cli
 
 # -- the GA on a toy genome: a tuple of 4 integers, fitness = -(distance to the target)^2 ----------------
@@ -278,6 +279,10 @@ def test_seeded_phase_is_deterministic_by_default_and_never_below_the_best_input
     assert lo <= m["final/test_fitness_improvement"] <= hi
     assert m["final/test_verdict"] == "INCONCLUSIVE"  # fewer than 30 test rows here
     assert m["final/fitness_improvement"] == m["final/test_fitness_improvement"]  # the report's key: the test figure
+    # the pipeline report's EvoMerge threshold row reads that test figure, decided by its CI and n
+    row = next(r for r in threshold_rows({"evomerge": headline_metrics(m)}, tmp_path) if r[0] == "Phase 2 EvoMerge")
+    assert row[3] == m["final/test_fitness_improvement"]
+    assert row[4].startswith(f"INCONCLUSIVE (n={m['final/test_fitness_improvement_n']}, 95% CI")
     assert log["final"]["final/test_fitness_improvement"] == m["final/test_fitness_improvement"]
 
 
