@@ -11,8 +11,8 @@ import pytest
 
 from agentforge.errors import ConfigError
 from agentforge.scaling.evaluator import BLOCK_END, BLOCK_START, FAIL_SCORE, check_static, evaluate
-from agentforge.scaling.fit import fit_scaling_law
 from agentforge.scaling.failures import CandidateFailure
+from agentforge.scaling.fit import fit_scaling_law
 from agentforge.scaling.variants import FRAMEWORKS, variant_path
 from tests.conftest import REPO, compose_cfg, run_cli
 
