@@ -63,6 +63,7 @@ def test_comparison_outputs(results_dir, tmp_path):
     assert st["candidate"] == "finetuned_recursive" and st["baseline"] == "baseline"
     assert p1["finetuned_recursive"] == pytest.approx(35 * 0.8 / 40) and p1["baseline"] == pytest.approx(0.075)
     assert p1["ci95"][0] > 0 and p1["p_value"] < 0.05 and p1["source"] == "sampled (n=10)"
+    assert p1["test"] == "bootstrap" and p1["pairing"].startswith("by position")  # fractions; no ids in the files
     assert st["pass_at_10"]["finetuned_recursive"] == pytest.approx(35 / 40)
     assert st["verdict"] == "SUCCESS" and st["reasons"] == []
     assert "arc_easy_accuracy" in st
