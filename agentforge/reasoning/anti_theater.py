@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as sps
 
-from agentforge.evals.stats import paired_bootstrap
+from agentforge.evals.stats import paired_bootstrap, threshold_verdict
 
 THRESHOLDS = {"divergence": 0.3, "ablation_drop": 0.02, "correlation": 0.5}
 MIN_WINDOWS = 20  # below this many held-out windows no verdict is given (INCONCLUSIVE)
@@ -71,10 +71,11 @@ def _corr_ci(quality: np.ndarray, accuracy: np.ndarray, seed: int) -> list[float
 
 
 def verdict(ci: list[float], threshold: float, n: int) -> str:
+    """PASS / FAIL / INCONCLUSIVE for "figure > threshold": the shared CI rule, with ``MIN_WINDOWS``."""
     lo, hi = ci
-    if n < MIN_WINDOWS or not (math.isfinite(lo) and math.isfinite(hi)):
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         return "INCONCLUSIVE"
-    return "PASS" if lo > threshold else "FAIL" if hi <= threshold else "INCONCLUSIVE"
+    return threshold_verdict(ci, ">", threshold, n=n, min_n=MIN_WINDOWS)[0]
 
 
 def theater_metrics(mixed_logits: torch.Tensor, without_logits: torch.Tensor, true: torch.Tensor,
