@@ -114,7 +114,10 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=8, help="timed steps per model (interleaved)")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models (as hardware.compile=true)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible")
     cfg = CognateConfig(**SIZES[a.size], max_steps=3)
