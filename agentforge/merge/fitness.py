@@ -30,8 +30,8 @@ count of a forward pass on a fixed input, the bytes, the losses and answers on f
 noise cannot win a selection: measuring one model twice gives the same fitness bit for bit.
 ``speed="timed"`` scores wall-clock speed instead, measured as the median over ``speed_repeats`` of
 forward passes timed *alternately* with a fixed yardstick model (interleaved, so both see the same
-load); it stays noisy (an identical copy moved by about +-6 % on a loaded 2-core CPU), which is why it
-is not the default. Either way the forward time is measured and logged (``inference_time_ms``).
+load); it stays noisy (issue 13 timed an exact copy against its original 15 times on the shared 2-core
+CPU: speed ratios 0.78-1.38, moving fitness by about +-6 %), which is why it is not the default. Either way the forward time is measured and logged (``inference_time_ms``).
 """
 from __future__ import annotations
 
