@@ -15,13 +15,13 @@ def evaluate(lm, problems: list[Problem], *, n: int, temperature: float, top_p: 
     """Per-problem {task_id, num_samples, num_correct, outcomes} and the samples with their outcomes."""
     per_problem, samples, programs = [], [], []
     gen_tokens, gen_s, truncated = 0, 0.0, 0
+    ctx = min(lm.max_seq_len, context_tokens or lm.max_seq_len)
     for i, p in enumerate(problems):
-        prompt_len = len(lm.encode(p.prompt))
-        if context_tokens and prompt_len > context_tokens:
-            truncated += 1
+        truncated += len(lm.encode(p.prompt)) + max_new_tokens > ctx
         s = sample(lm, p.prompt, n, max_new_tokens=max_new_tokens, stop=p.stop, temperature=temperature,
                    top_p=top_p, seed=seed + i, context_tokens=context_tokens)
         gen_tokens, gen_s = gen_tokens + s.new_tokens, gen_s + s.seconds
+        print(f"  {p.task_id}: {n} samples, {s.new_tokens} tokens in {s.seconds:.1f} s", flush=True)
         for j, c in enumerate(s.completions):
             samples.append({"task_id": p.task_id, "sample": j, "completion": c})
             programs.append(p.program(c))

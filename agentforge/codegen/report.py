@@ -63,6 +63,10 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
              f"val files of the Python {info['python']} standard library, {info['corpus']['duplicates_dropped']} "
              f"duplicates and **{info['corpus']['contaminated_dropped']} files containing a benchmark solution or "
              f"signature dropped**.", ""]
+    trunc = {n: evals[n]["prompts_truncated"] for n in names if evals[n]["prompts_truncated"]}
+    if trunc:
+        lines += ["Prompts that, with the new tokens, outgrow the context (left-truncated: the model loses their start): "
+                  + ", ".join(f"{n} {c} of {info['n_problems']}" for n, c in trunc.items()) + ".", ""]
     if info.get("self_check"):
         sc = info["self_check"]
         lines += [f"Harness self-check: canonical solutions pass@1 = {sc['pass_at_1']:.3f} on {sc['n']} problems"
