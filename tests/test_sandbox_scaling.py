@@ -128,7 +128,7 @@ def test_skipping_the_early_check_is_caught_on_the_trusted_side(tmp_path, cache)
 def test_sabotaging_the_smallest_size_scores_below_the_baseline(tmp_path, cache, baseline):
     block = BASE_BLOCK.replace("        return self.out(y.transpose(1, 2).reshape(b, t, d))",
                                "        out = self.out(y.transpose(1, 2).reshape(b, t, d))\n"
-                               "        return out * 50.0 if d <= 16 else out")
+                               "        return 1000.0 * torch.sin(1000.0 * x) if d <= 16 else out")
     settings = {**TINY_SETTINGS, "fitness": {"reference": "baseline"}}
     result = run(candidate(tmp_path, block=block), cache, settings)
     assert result["valid"] == 1.0, result["error"]

@@ -33,14 +33,7 @@ def load_candidate(path: str):
 
     spec = importlib.util.spec_from_file_location("scaling_candidate", path)
     module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        if _is_oom(exc):
-            raise MemoryError(str(exc)) from exc
-        raise CandidateFailure("crash", f"importing the candidate failed: {type(exc).__name__}: {exc}") from exc
+    _guarded(lambda: spec.loader.exec_module(module), "importing the candidate failed")
     attn = getattr(module, "Attention", None)
     if not (isinstance(attn, type) and issubclass(attn, torch.nn.Module)):
         raise CandidateFailure("crash", "the candidate defines no class Attention(torch.nn.Module)")
@@ -56,12 +49,7 @@ def check_attention(attention_cls, d_model: int, n_heads: int, seq_len: int, see
     import torch
 
     torch.manual_seed(seed)
-    try:
-        attn = attention_cls(d_model, n_heads)
-    except Exception as exc:
-        if _is_oom(exc):
-            raise MemoryError(str(exc)) from exc
-        raise CandidateFailure("crash", f"Attention({d_model}, {n_heads}) failed: {type(exc).__name__}: {exc}") from exc
+    attn = _guarded(lambda: attention_cls(d_model, n_heads), f"Attention({d_model}, {n_heads}) failed")
     attn.eval()
     x = torch.randn(2, seq_len, d_model)
     with torch.no_grad():
@@ -91,14 +79,19 @@ def check_attention(attention_cls, d_model: int, n_heads: int, seq_len: int, see
 
 
 def _forward(attn, x):
+    return _guarded(lambda: attn(x), "Attention.forward raised")
+
+
+def _guarded(fn, what: str):
+    """fn(); an out-of-memory becomes MemoryError, any other exception a ``crash`` saying ``what``."""
     try:
-        return attn(x)
-    except MemoryError:
+        return fn()
+    except (MemoryError, CandidateFailure):
         raise
     except Exception as exc:
         if _is_oom(exc):
             raise MemoryError(str(exc)) from exc
-        raise CandidateFailure("crash", f"Attention.forward raised {type(exc).__name__}: {exc}") from exc
+        raise CandidateFailure("crash", f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _is_oom(exc: BaseException) -> bool:
