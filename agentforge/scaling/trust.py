@@ -6,7 +6,8 @@ returns, per size, its trained weights and the logits at the last position of ev
 then, in the evaluator's own process:
 
 * draws the held-out rows from the synthetic tasks with a seed mixed with a secret salt that the
-  sandbox cannot read, so the child can neither regenerate them nor see the targets;
+  sandbox cannot read, so the child can neither regenerate them nor see the targets, and sends only
+  every other row of the text stream, so the text that follows a withheld token is not sent either;
 * checks the weights against the architecture the size prescribes (every tensor outside ``.attn.``
   present with exactly the expected shape, attention tensors only under ``blocks.<i>.attn.`` for
   i < n_layers, all finite) and counts the parameters from them;
@@ -53,6 +54,10 @@ def heldout_salt(directory: str | Path | None) -> str:
     return path.read_text().strip()
 
 
+def heldout_seed(settings: dict, salt: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{salt}:{settings['seed']}".encode()).digest()[:4], "big")
+
+
 def make_heldout(settings: dict, salt: str) -> dict[str, torch.Tensor]:
     """``inputs`` [N, T], ``targets`` [N] (withheld), ``probe`` [2P, T] and ``cuts`` [P] for the checks."""
     from agentforge.data.build import build_datamodule
@@ -60,11 +65,13 @@ def make_heldout(settings: dict, salt: str) -> dict[str, torch.Tensor]:
 
     trust, seq_len = settings["trust"], int(settings["train"]["seq_len"])
     n, p = int(trust["heldout_rows"]), int(trust["probe_rows"])
-    seed = int.from_bytes(hashlib.sha256(f"{salt}:{settings['seed']}".encode()).digest()[:4], "big")
+    seed = heldout_seed(settings, salt)
     dm = build_datamodule({"seq_len": seq_len, "batch_size": 1}, ByteTokenizer(),
                           stages=[{"epochs": 1, "mix": dict(settings["mix"])}], seed=seed, steps_per_epoch=1,
-                          val_rows=n + p)
-    rows = dm.val_rows_tensor().long()
+                          val_rows=2 * (n + p))
+    # rows are consecutive cuts of one text stream: keep every other one, so the text right after a
+    # withheld token (the next row's start) is never sent either
+    rows = dm.val_rows_tensor().long()[0::2]
     gen = torch.Generator().manual_seed(seed)
     base = rows[n:, :-1]
     cuts = torch.randint(0, seq_len - 1, (p,), generator=gen)
