@@ -1,10 +1,11 @@
 """``run_sandboxed``: write files into a private temp dir, run a command there isolated, read files back.
 
 The isolation itself is bubblewrap's (``bwrap``, https://github.com/containers/bubblewrap): Linux
-namespaces set up by a small setuid-free helper. We only choose its flags (``bwrap_argv``) and apply the
-rlimits (setrlimit(2)) in the forked child before ``bwrap`` starts; they are inherited by everything the
-sandboxed program starts. Inside the user namespace the program runs as uid 65534 without capabilities,
-so RLIMIT_NPROC counts its own processes and threads (the kernel counts per user namespace since 5.14).
+namespaces set up by a small helper. We only choose its flags (``bwrap_argv``) and set the rlimits
+(setrlimit(2), through util-linux's ``prlimit``) on the process that then execs ``bwrap``; everything
+the sandboxed program starts inherits them. Started as root, bwrap runs the program through ``setpriv``
+as a fresh unprivileged uid, so RLIMIT_NPROC (never enforced for root) counts exactly this run's
+processes and threads, the memory watchdog sums their resident memory, and the final kill finds them all.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ STDIO_LIMIT = 256 * 1024            # characters of stdout / stderr kept (the ta
 SANDBOX_UID = 65534                 # the uid inside a user namespace (bwrap run by a non-root user)
 UID_BASE, UID_SPAN = 1_000_000, 1_000_000_000   # fresh host uids for runs started as root
 SETPRIV = "/usr/bin/setpriv"        # util-linux: drops root to the fresh uid inside the sandbox
+PRLIMIT = "/usr/bin/prlimit"        # util-linux: sets the rlimits, then execs bwrap (or the program)
 POLL_S = (0.02, 0.25)               # the parent's check interval: first second, then (the /proc scan costs CPU)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]   # agentforge/, readable inside (the scaling child uses it)
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`, Fedora: `dnf install "
@@ -170,16 +172,29 @@ def _child_env(home: str, env: dict[str, str] | None) -> dict[str, str]:
     return {**base, **{str(k): str(v) for k, v in (env or {}).items()}}
 
 
-def _set_limits(limits: SandboxLimits, nproc: bool):
+def _rlimits(limits: SandboxLimits, nproc: bool) -> dict[int, tuple[int, int]]:
+    mb = 2 ** 20
+    out = {resource.RLIMIT_CPU: (int(limits.cpu_s), int(limits.cpu_s) + 1),
+           resource.RLIMIT_AS: (int(limits.memory_mb) * mb,) * 2,
+           resource.RLIMIT_FSIZE: (int(limits.max_file_mb) * mb,) * 2, resource.RLIMIT_CORE: (0, 0)}
+    if nproc:
+        out[resource.RLIMIT_NPROC] = (int(limits.max_procs),) * 2
+    return out
+
+
+def _with_limits(cmd: list[str], limits: SandboxLimits, nproc: bool) -> tuple[list[str], object]:
+    """(command, preexec_fn): prefix util-linux's ``prlimit``, which sets the limits and execs the command
+    (safe with threads, which the code benchmark uses); without it, setrlimit in a preexec_fn."""
+    rl = _rlimits(limits, nproc)
+    if os.path.isfile(PRLIMIT):
+        names = {resource.RLIMIT_CPU: "cpu", resource.RLIMIT_AS: "as", resource.RLIMIT_FSIZE: "fsize",
+                 resource.RLIMIT_CORE: "core", resource.RLIMIT_NPROC: "nproc"}
+        return [PRLIMIT, *(f"--{names[k]}={soft}:{hard}" for k, (soft, hard) in rl.items()), "--", *cmd], None
+
     def apply() -> None:  # runs in the forked child, before exec
-        mb = 2 ** 20
-        resource.setrlimit(resource.RLIMIT_CPU, (int(limits.cpu_s), int(limits.cpu_s) + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (int(limits.memory_mb) * mb,) * 2)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits.max_file_mb) * mb,) * 2)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if nproc:
-            resource.setrlimit(resource.RLIMIT_NPROC, (int(limits.max_procs),) * 2)
-    return apply
+        for k, v in rl.items():
+            resource.setrlimit(k, v)
+    return cmd, apply
 
 
 # -- running ---------------------------------------------------------------------------------------------
@@ -224,8 +239,9 @@ def _execute(cmd, env, cwd, logs, limits, uid, nproc) -> tuple[int | None, str, 
     t0, why = time.perf_counter(), ""
     with open(Path(logs, "stdin"), "rb") as inp, open(Path(logs, "stdout"), "wb") as out, \
             open(Path(logs, "stderr"), "wb") as err:
+        cmd, preexec = _with_limits(cmd, limits, nproc)
         proc = subprocess.Popen(cmd, stdin=inp, stdout=out, stderr=err, cwd=cwd, env=env, start_new_session=True,
-                                preexec_fn=_set_limits(limits, nproc))
+                                preexec_fn=preexec)
         try:
             while proc.poll() is None:
                 if time.perf_counter() - t0 > limits.wall_s:
