@@ -6,6 +6,9 @@ namespaces set up by a small helper. We only choose its flags (``bwrap_argv``) a
 the sandboxed program starts inherits them. Started as root, bwrap runs the program through ``setpriv``
 as a fresh unprivileged uid, so RLIMIT_NPROC (never enforced for root) counts exactly this run's
 processes and threads, the memory watchdog sums their resident memory, and the final kill finds them all.
+Started by another user, bwrap maps the caller to uid 65534 in a user namespace; the count would then
+include all of the caller's processes, so that mode has no process-count limit and no tree watchdog
+(the PID namespace still takes the whole tree down with it).
 """
 from __future__ import annotations
 
@@ -224,7 +227,7 @@ def run_sandboxed(argv: list[str], files: dict[str, str | bytes], *, limits: San
             cmd, popen_env = bwrap_argv(shutil.which("bwrap"), work, _child_env(SANDBOX_DIR, env), uid) + argv, {}
         else:
             cmd, popen_env = argv, _child_env(work, env)
-        rc, why, seconds = _execute(cmd, popen_env, work, logs, limits, uid, nproc=mode == "bwrap")
+        rc, why, seconds = _execute(cmd, popen_env, work, logs, limits, uid, nproc=uid is not None)
         stdout, stderr = _tail(Path(logs, "stdout")), _tail(Path(logs, "stderr"))
         got = {str(n): data for n in out_names if (data := _read_regular(work, n)) is not None}
     finally:
