@@ -247,7 +247,10 @@ def test_input_of_another_size_is_a_clear_error_but_memory_slots_may_differ(tmp_
 
 @pytest.mark.parametrize(("override", "key"), [("phase.elite_count=4", "phase.elite_count"),
                                                ("phase.inputs=just_one", "phase.inputs"),
-                                               ("phase.depth_range=[1.5,2]", "phase.depth_range")])
+                                               ("phase.depth_range=[1.5,2]", "phase.depth_range"),
+                                               ("phase.eval.test_rows=1", "phase.eval.test_rows"),
+                                               ("phase.speed_term=wallclock", "phase.speed_term"),
+                                               ("phase.dare_rescale=l2", "phase.dare_rescale")])
 def test_bad_settings_name_their_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run_phase(compose_cfg([*TINY_EVO, override], tmp_path))

@@ -154,12 +154,18 @@ def run(cfg) -> dict:
     models, tokenizer = load_inputs(dirs)  # fails before any run dir or logger is made
     states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]  # merged on the CPU
     dev = device(cfg)
+    if cfg.hardware.get("threads"):  # as grokking/cognate: hardware.threads=1 on a shared CPU
+        torch.set_num_threads(int(cfg.hardware.threads))
     models = [m.to(dev) for m in models]
     configs = [m.config for m in models]
     n = configs[0].n_layers
     space = Space(n, max(1, round(n * lo)), max(n, round(n * hi)))
     with run_context(cfg, run_name="phase2-evomerge", group="phase2-evomerge", tags=TAGS, job_type="evomerge") as ctx:
         data = eval_data(cfg, "val", int(p.eval.rows))
+        test = eval_data(cfg, "test", int(p.eval.test_rows), int(p.eval.test_choice_examples))
+        if len(heldout.disjoint_from(test, data)[0].rows) < 2:  # fail now, not after the evolution
+            raise ConfigError("phase.eval.test_rows: fewer than 2 test rows are not also in the selection set; "
+                              "raise phase.eval.test_rows")
         yardstick = models[0]  # the timed speed is taken against input 1 (see merge/fitness.py)
         evaluate = RecipeEvaluator(states, configs, tokenizer, data, weights, speed_mode, rescale, dev, yardstick)
         input_metrics = [fitness.measure(m, tokenizer, data, yardstick) for m in models]
@@ -183,7 +189,7 @@ def run(cfg) -> dict:
                         logger)
         minutes = (time.perf_counter() - t0) / 60
         return finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs,
-                        dev, data, evaluate.measured)
+                        dev, data, test, evaluate.measured)
 
 
 class GenerationLogger:
@@ -226,7 +232,7 @@ def combo_counts(g) -> list[int]:
 
 
 def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs,
-             dev, selection, measured) -> dict:
+             dev, selection, test_data, measured) -> dict:
     tr, run_dir = ctx.tracker, ctx.run_dir
     gens, champ = result.generations, result.champion
     recipe: Recipe = champ.genome
@@ -243,7 +249,7 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     save_model(ckpt, model.cpu(), tokenizer, meta)
     model.to(dev)
     # -- champion vs inputs on test data disjoint from the selection set: the decision figure --------------
-    test = heldout.compare_on_test(models, model, tokenizer, eval_data(cfg, "test", int(p.eval.test_rows), int(p.eval.test_choice_examples)), selection,
+    test = heldout.compare_on_test(models, model, tokenizer, test_data, selection,
                                    weights, str(p.speed_term), float(p.improvement_threshold),
                                    int(p.eval.bootstrap_resamples), int(cfg.seed))
     rows = []
