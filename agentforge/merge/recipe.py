@@ -32,9 +32,10 @@ i's exactly, non-layer parameters (embed, lm_head, norm, halt_head, memory.*) in
 seeds hold zero weights: ``random_recipe`` draws weights in ``WEIGHT_RANGE`` and ``mutate`` clips a
 mutated weight into it, so a weight of 0 stays 0 until it mutates, and no weight vector is all 0.
 Seeding generation 0 with the identity recipes lets elitism guarantee that the champion is never
-worse than the best input (see ``phases/evomerge.py``).
+worse than the best input on the selection set (see ``phases/evomerge.py``).
 
-Recipes are frozen and hashable (floats rounded to 4 decimals), so evaluations are cached by recipe;
+Recipes are frozen and hashable (floats rounded to 4 decimals), so the GA caches evaluations by recipe
+(and ``evaluator.py`` by a hash of the merged weights, so different recipes of one model share one);
 DARE's random mask is seeded by ``dare_seed`` and each tensor's name, so a recipe always gives the
 same tensors.
 """
