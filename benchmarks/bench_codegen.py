@@ -2,7 +2,7 @@
 and generation tokens/s of Cognate vs the GPT-2-architecture baseline at (nearly) equal parameter count.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_codegen.py [--problems 20] [--size tiny] [--model m1]
-        [--batch 10] [--gen-tokens 32] [--context 256] [--repeats 2] [--sandbox auto|bwrap|process]
+        [--batch 10] [--gen-tokens 16] [--context 192] [--repeats 2] [--sandbox auto|bwrap|process]
 
 Execution: the canonical solution and one wrong completion of each of the first ``--problems`` HumanEval
 problems, all run through ``agentforge.sandbox`` with one worker per CPU. Generation: fresh weights (speed
@@ -51,8 +51,8 @@ def main(argv=None) -> None:
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--model", default="m1")
     ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--gen-tokens", type=int, default=32)
-    ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--gen-tokens", type=int, default=16)
+    ap.add_argument("--context", type=int, default=192)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "process"])
     a = ap.parse_args(argv)

@@ -243,3 +243,24 @@ def test_python_code_source_feeds_the_shared_datamodule():
     text = ByteTokenizer().decode(rows.flatten().tolist())
     assert any(w in text for w in ("def ", "import ", "class ", "return"))
     assert not torch.equal(dm.train_rows(0), dm.train_rows(1))  # redrawn every epoch
+
+
+def test_kv_cached_sampling_equals_the_full_recompute():
+    """Both models decode through their KV caches (Cognate's kv_cache.py, transformers' past_key_values):
+    greedy completions from one decoder for all 12 tokens must equal those of a fresh decoder per token
+    (for GPT-2 that is one full forward of the whole window per token)."""
+    from agentforge.artifacts import cognate_config_from
+    from agentforge.codegen import models
+    from agentforge.data.tokenizer import RESERVED_VOCAB
+    from agentforge.models import CognateModel
+
+    size = {"d_model": 32, "n_layers": 1, "n_heads": 2, "ffn_hidden": 64, "window": 16, "max_seq_len": 64,
+            "ltm_key_dim": 8, "ltm_slots": 4, "max_steps": 2}
+    torch.manual_seed(0)
+    cog = CognateModel(cognate_config_from(size, RESERVED_VOCAB)).eval()
+    gpt = models.gpt2_scratch(size, {"dropout": 0.0}, 0).eval()
+    for m in (cog, gpt):
+        lm = models.byte_lm("m", "", m, 64)
+        cached = sample(lm, "def f(x):\n", 2, max_new_tokens=12, stop=(), temperature=0.0)
+        plain = sample(lm, "def f(x):\n", 2, max_new_tokens=12, stop=(), temperature=0.0, chunk=1)  # one token per call
+        assert cached.completions == plain.completions and cached.new_tokens == 24

@@ -10,6 +10,7 @@ GPT-2-architecture baseline built with ``transformers`` (``GPT2LMHeadModel``).
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,18 @@ class GPT2ForLM(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def kv_decoder(self, batch: int):
+        """Incremental decoding through transformers' own KV cache (``past_key_values``), the interface of
+        ``models.generation``: ``next_logits(ids)`` feeds the ids not yet seen and returns the last logits."""
+        state = {"past": None, "seen": 0}
+        key = "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"  # 5.x renames it
+
+        def next_logits(ids: torch.Tensor) -> torch.Tensor:
+            out = self.hf(input_ids=ids[:, state["seen"]:], use_cache=True, **{key: state["past"]})
+            state["past"], state["seen"] = out.past_key_values, ids.shape[1]
+            return out.logits[:, -1]
+        return SimpleNamespace(next_logits=next_logits)
 
 
 def gpt2_config(size: dict, baseline: dict, vocab_size: int = RESERVED_VOCAB):

@@ -4,14 +4,15 @@
 * n samples per problem, decoded as one batch; temperature sampling with nucleus (top-p) filtering
   (Holtzman et al. 2020: keep the smallest set of tokens whose probability sums to at least p), or greedy
   at temperature 0;
-* stop sequences: decoding runs in chunks of ``chunk`` tokens and a row stops once its text contains a
-  stop sequence (or the model's EOS); the completion is cut at the first stop sequence (Chen et al. 2021,
+* stop sequences: the completion is cut at the first stop sequence (or the model's EOS); with ``chunk``,
+  decoding runs in chunks and a row whose text already holds one stops early (Chen et al. 2021,
   section 2.3: ``\\nclass``, ``\\ndef``, ``\\n#``, ``\\nif``, ``\\nprint``).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,8 @@ def nucleus_mask(logits: torch.Tensor, top_p: float, temperature: float) -> torc
 
 
 class _Nucleus(nn.Module):
-    """Wraps a model so the decoding loop samples from the top-p nucleus (last position only)."""
+    """Wraps a model so the decoding loop samples from the top-p nucleus; keeps the model's KV-cache
+    decoder (``kv_decoder``) when it has one, so decoding stays incremental."""
 
     def __init__(self, model: nn.Module, top_p: float, temperature: float):
         super().__init__()
@@ -49,6 +51,18 @@ class _Nucleus(nn.Module):
         out = self.model(ids)
         logits = (out.logits if hasattr(out, "logits") else out)[:, -1:].float()
         return nucleus_mask(logits, self.top_p, self.temperature)
+
+    @property
+    def kv_decoder(self):
+        inner = getattr(self.model, "kv_decoder", None)
+        if inner is None:
+            return None
+
+        def make(batch: int):
+            dec = inner(batch)
+            return SimpleNamespace(next_logits=lambda ids: nucleus_mask(dec.next_logits(ids).float(), self.top_p,
+                                                                        self.temperature))
+        return make
 
 
 @dataclass
@@ -60,10 +74,17 @@ class Samples:
 
 @torch.no_grad()
 def sample(lm, prompt: str, n: int, *, max_new_tokens: int, stop: tuple[str, ...], temperature: float = 0.8,
-           top_p: float = 0.95, seed: int = 0, chunk: int = 32, context_tokens: int | None = None) -> Samples:
-    """n completions of ``prompt`` by ``lm`` (a ``CodeLM``), each cut at the first stop sequence. The model
-    sees at most the last ``context_tokens`` tokens (default: its max_seq_len)."""
+           top_p: float = 0.95, seed: int = 0, chunk: int | None = None, context_tokens: int | None = None) -> Samples:
+    """n completions of ``prompt`` by ``lm`` (a ``CodeLM``), each cut at the first stop sequence.
+
+    The window is ``ctx = min(lm.max_seq_len, context_tokens)`` tokens: each call of the decoding loop gets
+    the last ``ctx - k`` tokens and generates ``k`` (``chunk``, default all ``max_new_tokens`` at once), so a
+    model with a KV cache decodes incrementally; between chunks, rows whose text holds a stop sequence stop.
+    """
     ctx = min(lm.max_seq_len, context_tokens or lm.max_seq_len)
+    chunk = min(chunk or max_new_tokens, max_new_tokens)
+    if ctx <= chunk:
+        raise ValueError(f"the context ({ctx} tokens) must exceed the tokens generated per call ({chunk})")
     device = next(lm.model.parameters()).device
     prompt_ids = torch.tensor([lm.encode(prompt)], device=device)
     model = _Nucleus(lm.model, top_p, temperature)
@@ -75,8 +96,9 @@ def sample(lm, prompt: str, n: int, *, max_new_tokens: int, stop: tuple[str, ...
     steps = 0
     while active and steps < max_new_tokens:
         k = min(chunk, max_new_tokens - steps)
-        out = generate(model, ids, k, ctx, eos_id=lm.eos_id, temperature=temperature, generator=gen)
-        new = out[:, ids.shape[1]:]
+        window = ids[:, -(ctx - k):]
+        out = generate(model, window, k, ctx, eos_id=lm.eos_id, temperature=temperature, generator=gen)
+        new = out[:, window.shape[1]:]
         total += new.numel()
         steps += k
         keep = []
@@ -90,5 +112,5 @@ def sample(lm, prompt: str, n: int, *, max_new_tokens: int, stop: tuple[str, ...
             if not hit_eos and not any(s in text for s in stop):
                 keep.append(row)
         active = [active[r] for r in keep]
-        ids = out[keep]
+        ids = torch.cat([ids[keep], new[keep]], dim=1)
     return Samples([truncate(lm.decode(t), stop) for t in tokens], total, time.perf_counter() - t0)
