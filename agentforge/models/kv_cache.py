@@ -67,6 +67,7 @@ class CognateDecoder:
             output = torch.where(halts_now[..., None], z, output)
             halted = halted | halts_now
         self.pos += 1
+        self.hidden = output[:, -1]  # halted output state [B, D] (CognateOutput.hidden), for Quiet-STaR's head
         return m.lm_head(m.norm(output))[:, -1]
 
     def _memory(self, h: torch.Tensor, st: dict) -> torch.Tensor:

@@ -7,9 +7,11 @@ tokens t:
 1. *Think*: after c, sample ``num_thoughts`` thoughts ``[thinking] z_1..z_L [/endthinking]`` of
    L = ``thought_length`` tokens. Windows taken at several positions of a sequence are stacked in
    the batch, so thoughts at all chosen positions are sampled in parallel (the paper does every
-   position at once with a diagonal attention mask; the Cognate model has no mask input and no KV
-   cache, so we sample at ``thought_positions`` positions per sequence, each seeing the
-   ``context_len`` tokens before it).
+   position at once with a diagonal attention mask; the Cognate model has no mask input, so we sample
+   at ``thought_positions`` positions per sequence, each seeing the ``context_len`` tokens before it).
+   Sampling uses the KV cache (``thought_cache.py``): one forward pass over each context + [thinking],
+   its state repeated for the K thoughts, then one cached decode step per thought token for all
+   N*K rows at once — the same tokens as re-running the model on the growing prefix (a test).
 2. *Talk*: teacher-force t after the thought; a mixing head (an MLP on the hidden states with and
    without the thought, starting at w = 0 as in the reference) gives w and the prediction is
    ``w * logits_with + (1 - w) * logits_without``.
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from agentforge.reasoning import thought_cache
 
 
 class MixingHead(nn.Module):
@@ -87,32 +91,69 @@ class ThoughtBatch:
         return F.log_softmax(self.without_logits.float(), -1).gather(-1, self.true[..., None]).squeeze(-1)
 
 
+def _draw(logits: torch.Tensor, temperature: float, banned, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next token [M, 1], the policy's log-probs [M, V]) from the model's last-position logits [M, V]."""
+    logits = policy_logits(logits, temperature, banned)
+    if temperature > 0:
+        nxt = torch.multinomial(F.softmax(logits, -1).cpu(), 1, generator=generator).to(logits.device)
+    else:
+        nxt = logits.argmax(-1, keepdim=True)
+    return nxt, F.log_softmax(logits, -1)
+
+
+def _sample_from(next_logits, logits: torch.Tensor, length: int, temperature: float, banned, generator):
+    """``length`` tokens from ``logits`` [M, V], each fed back through ``next_logits(token [M])`` except the
+    last; returns (tokens [M, length], their log-probs under the policy [M, length])."""
+    toks, logps = [], []
+    for i in range(length):
+        nxt, logp = _draw(logits, temperature, banned, generator)
+        toks.append(nxt)
+        logps.append(logp.gather(-1, nxt))
+        if i < length - 1:
+            logits = next_logits(nxt[:, 0])
+    return torch.cat(toks, 1), torch.cat(logps, 1)
+
+
 @torch.no_grad()
 def sample_thoughts(model, prefixes: torch.Tensor, length: int, temperature: float = 1.0,
-                    banned: list[int] = (), generator: torch.Generator | None = None) -> torch.Tensor:
-    """[M, length] tokens sampled after equal-length ``prefixes`` [M, P], all rows at once."""
+                    banned: list[int] = (), generator: torch.Generator | None = None, use_cache: bool = True,
+                    repeat: int = 1, return_logp: bool = False):
+    """[M * repeat, length] tokens sampled after equal-length ``prefixes`` [M, P] (each row ``repeat``
+    times, as ``repeat_interleave``), all rows at once; with ``return_logp`` also their log-probs under
+    the sampling distribution. The KV cache serves a Cognate model whose prefix + thought fit
+    ``max_seq_len`` (``use_cache=False``, or any other model: the model re-run on the growing prefix)."""
+    if length < 1:
+        empty = prefixes.new_zeros(prefixes.shape[0] * repeat, 0)
+        return (empty, empty.float()) if return_logp else empty
     was = model.training
     model.eval()  # sampling must not write the long-term memory
-    ids, out = prefixes, []
     try:
-        for _ in range(length):
-            logits = policy_logits(model(ids[:, -model.config.max_seq_len:]).logits[:, -1], temperature, banned)
-            if temperature > 0:
-                probs = F.softmax(logits, -1)
-                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(ids.device)
-            else:
-                nxt = logits.argmax(-1, keepdim=True)
-            out.append(nxt)
-            ids = torch.cat([ids, nxt], 1)
+        if use_cache and thought_cache.cacheable(model, prefixes.shape[1] + length):
+            dec, out = thought_cache.prefill(model, prefixes)
+            dec = thought_cache.repeat_rows(dec, repeat)
+            first, next_logits = out.logits[:, -1].repeat_interleave(repeat, 0), dec.step
+        else:
+            ids = prefixes.repeat_interleave(repeat, 0)
+            state = {"ids": ids}
+
+            def next_logits(tok):
+                state["ids"] = torch.cat([state["ids"], tok[:, None]], 1)
+                return model(state["ids"][:, -model.config.max_seq_len:]).logits[:, -1]
+
+            first = model(ids[:, -model.config.max_seq_len:]).logits[:, -1]
+        toks, logp = _sample_from(next_logits, first, length, temperature, banned, generator)
     finally:
         model.train(was)
-    return torch.cat(out, 1) if out else prefixes.new_zeros(prefixes.shape[0], 0)
+    return (toks, logp) if return_logp else toks
 
 
 def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoughts: int, thought_length: int,
           start_id: int, end_id: int, temperature: float = 1.0, banned: list[int] = (),
-          generator: torch.Generator | None = None, thoughts: torch.Tensor | None = None) -> ThoughtBatch:
-    """One Quiet-STaR pass over windows [N, C + n_true] (``thoughts`` [N, K, L] may be given instead of sampled)."""
+          generator: torch.Generator | None = None, thoughts: torch.Tensor | None = None,
+          use_cache: bool = True) -> ThoughtBatch:
+    """One Quiet-STaR pass over windows [N, C + n_true] (``thoughts`` [N, K, L] may be given instead of sampled).
+    The thoughts' log-probs for REINFORCE come from one batched forward over context, thought and true
+    tokens (with gradients), from the distribution they were sampled from (``policy_logits``)."""
     n, width = windows.shape
     c, k = width - n_true, num_thoughts
     if c < 1 or n_true < 1:
@@ -123,7 +164,8 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
     true = windows[:, c:].repeat_interleave(k, 0)
     start = ctx.new_full((n * k, 1), start_id)
     if thoughts is None:
-        flat = sample_thoughts(model, torch.cat([ctx, start], 1), thought_length, temperature, banned, generator)
+        prefixes = torch.cat([windows[:, :c], start[:n]], 1)  # one per window, repeated for its k thoughts
+        flat = sample_thoughts(model, prefixes, thought_length, temperature, banned, generator, use_cache, repeat=k)
     else:
         flat = thoughts.reshape(n * k, -1)
     length = flat.shape[1]
@@ -155,20 +197,38 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
 @torch.no_grad()
 def generate_with_thoughts(model, head: MixingHead | None, ids: torch.Tensor, max_new_tokens: int, thought_length: int,
                            start_id: int, end_id: int, context_len: int = 64, temperature: float = 1.0,
-                           banned: list[int] = (), generator: torch.Generator | None = None) -> torch.Tensor:
+                           banned: list[int] = (), generator: torch.Generator | None = None,
+                           use_cache: bool = True) -> torch.Tensor:
     """Greedy generation where every token is predicted after one sampled thought (mixed by ``head``);
-    ``head=None`` generates without thoughts, on the same truncated context, for a like-for-like cost."""
+    ``head=None`` generates without thoughts, on the same truncated context, for a like-for-like cost.
+
+    With the KV cache (a Cognate model, context + thought inside ``max_seq_len``), each token costs one
+    forward pass over context + [thinking] (which also gives the prediction without the thought), then
+    ``thought_length`` + 1 cached decode steps (the thought tokens, [/endthinking]); uncached, it costs
+    ``thought_length`` + 2 forward passes over the growing sequence. Both give the same tokens (a test)."""
     was = model.training
     model.eval()
     try:
         for _ in range(max_new_tokens):
             ctx = ids[:, -context_len:]
+            start = ctx.new_full((ctx.shape[0], 1), start_id)
+            end = ctx.new_full((ctx.shape[0], 1), end_id)
+            cached = use_cache and thought_length > 0 and thought_cache.cacheable(model, ctx.shape[1] + thought_length + 2)
+            if head is not None and cached:
+                dec, pre = thought_cache.prefill(model, torch.cat([ctx, start], 1))
+                z, _ = _sample_from(dec.step, pre.logits[:, -1], thought_length, temperature, banned, generator)
+                for tok in (z[:, -1], end[:, 0]):  # the last thought token, then [/endthinking]
+                    with_logits = dec.step(tok)
+                w = head(dec.hidden, pre.hidden[:, -2])
+                logits = w * with_logits + (1 - w) * pre.logits[:, -2]
+                ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
+                continue
             base = model(ctx)
             logits = base.logits[:, -1]
             if head is not None:
-                start = ctx.new_full((ctx.shape[0], 1), start_id)
-                z = sample_thoughts(model, torch.cat([ctx, start], 1), thought_length, temperature, banned, generator)
-                out = model(torch.cat([ctx, start, z, ctx.new_full((ctx.shape[0], 1), end_id)], 1))
+                z = sample_thoughts(model, torch.cat([ctx, start], 1), thought_length, temperature, banned, generator,
+                                    use_cache=False)
+                out = model(torch.cat([ctx, start, z, end], 1))
                 w = head(out.hidden[:, -1], base.hidden[:, -1])
                 logits = w * out.logits[:, -1] + (1 - w) * logits
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)

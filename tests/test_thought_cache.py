@@ -1,0 +1,111 @@
+"""Quiet-STaR thoughts sampled with the KV cache (agentforge/reasoning/thought_cache.py, thoughts.py):
+prefill + decode steps equal the full forward; cached and uncached sampling draw the same tokens with the
+same log-probs; REINFORCE's gradients and thought-by-thought generation are unchanged."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.reasoning import thought_cache
+from agentforge.reasoning.rl import ThoughtConfig, rl_step
+from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts, sample_thoughts, think
+
+torch.set_num_threads(1)
+BANNED = [256, 257, 259, 260]
+
+
+def model_with_mixed_halting(seed: int = 0, **over) -> CognateModel:
+    """A small model whose window (6) and memory chunk (4) are crossed by the test sequences, and whose
+    tokens halt at different steps (a halting head with large random weights)."""
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=272, d_model=32, n_layers=2, n_heads=2, ffn_hidden=64, window=6, max_seq_len=64,
+               max_steps=3, ltm_slots=4, ltm_key_dim=8, ltm_chunk=4, ltm_max_writes=2, surprise_threshold=0.1)
+    model = CognateModel(CognateConfig(**{**cfg, **over})).eval()
+    with torch.no_grad():
+        model.halt_head.weight.normal_(0, 2.0)
+        model.memory.gate.bias.fill_(0.0)  # let the memory read matter
+    return model
+
+
+@pytest.mark.parametrize("ablation", [{}, {"memory": False}, {"steps": 2}, {"halting": False}])
+def test_prefill_then_decode_steps_give_the_full_forward_logits(ablation):
+    model = model_with_mixed_halting()
+    ids = torch.randint(0, 256, (3, 19))
+    with model.ablate(**ablation), torch.no_grad():
+        full = model(ids)
+        steps = full.halting_steps[:, :11]
+        if not ablation:
+            assert len(steps.unique()) > 1  # the tokens really halt at different steps
+        dec, out = thought_cache.prefill(model, ids[:, :11])  # 11: two complete chunks of 4 and an open one
+        torch.testing.assert_close(out.logits, full.logits[:, :11], atol=1e-5, rtol=1e-5)
+        dec = thought_cache.repeat_rows(dec, 2)
+        for i in range(11, 19):
+            logits = dec.step(ids[:, i].repeat_interleave(2, 0))
+            torch.testing.assert_close(logits, full.logits[:, i].repeat_interleave(2, 0), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(dec.hidden, full.hidden[:, i].repeat_interleave(2, 0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_cached_sampling_draws_the_uncached_tokens_and_log_probs(temperature):
+    model = model_with_mixed_halting(1)
+    prefixes = torch.randint(0, 256, (3, 9))
+    draws = [sample_thoughts(model, prefixes, 8, temperature, BANNED, torch.Generator().manual_seed(5),
+                             use_cache=cache, repeat=2, return_logp=True) for cache in (True, False)]
+    (tok_c, logp_c), (tok_u, logp_u) = draws
+    assert tok_c.shape == (6, 8) and torch.equal(tok_c, tok_u)
+    torch.testing.assert_close(logp_c, logp_u, atol=1e-5, rtol=1e-5)
+    assert not torch.isin(tok_c, torch.tensor(BANNED)).any()
+    if temperature > 0:  # thoughts of the same context differ: the repeated rows draw independently
+        assert not torch.equal(tok_c[0::2], tok_c[1::2])
+
+
+def test_reinforce_log_probs_and_gradients_are_those_of_the_sampling_distribution():
+    """think() recomputes the thoughts' log-probs in one batched forward with gradients: they equal the
+    (masked, tempered) log-probs the cached sampler drew from, and the REINFORCE gradient is the same
+    whether the thoughts were sampled with the cache or without."""
+    model = model_with_mixed_halting(2)
+    head = MixingHead(32, init_weight=0.5)
+    windows = torch.randint(0, 256, (2, 12))
+    cfg = ThoughtConfig(num_thoughts=3, thought_length=5, n_true=3, context_len=9, temperature=0.8)
+    ids = {"start": 259, "end": 260, "banned": BANNED}
+    prefixes = torch.cat([windows[:, :9], torch.full((2, 1), 259)], 1)
+    toks, logp = sample_thoughts(model, prefixes, 5, 0.8, BANNED, torch.Generator().manual_seed(3), repeat=3,
+                                 return_logp=True)
+    batch = think(model, head, windows, 3, 3, 5, 259, 260, 0.8, BANNED, torch.Generator().manual_seed(3))
+    assert torch.equal(batch.thoughts.reshape(6, 5), toks)
+    torch.testing.assert_close(batch.thought_logp.reshape(6, 5), logp, atol=1e-5, rtol=1e-5)
+    grads = []
+    for cache in (True, False):
+        model.zero_grad()
+        batch = think(model, head, windows, 3, 3, 5, 259, 260, 0.8, BANNED, torch.Generator().manual_seed(3),
+                      use_cache=cache)
+        batch.thought_logp.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+    model.train()
+    loss, fig = rl_step(model, head, copy.deepcopy(model).eval(), windows, cfg, ids, torch.Generator().manual_seed(3))
+    assert torch.isfinite(loss) and model.training  # sampling put the model back in train mode
+
+
+def test_generation_with_thoughts_gives_the_uncached_tokens():
+    model = model_with_mixed_halting(3)
+    head = MixingHead(32, init_weight=0.5)  # the thought moves the prediction
+    prompt = torch.randint(0, 256, (1, 14))
+    outs = [generate_with_thoughts(model, head, prompt, 6, 4, 259, 260, 10, 1.0, BANNED,
+                                   torch.Generator().manual_seed(0), use_cache=cache) for cache in (True, False)]
+    assert outs[0].shape == (1, 20) and torch.equal(outs[0], outs[1])
+    plain = generate_with_thoughts(model, None, prompt, 6, 4, 259, 260, 10)
+    assert not torch.equal(outs[0], plain)  # the thoughts did change the generated tokens
+
+
+def test_sampling_past_max_seq_len_falls_back_to_the_sliding_uncached_path():
+    model = model_with_mixed_halting(4, max_seq_len=16)
+    prefixes = torch.randint(0, 256, (2, 12))
+    assert not thought_cache.cacheable(model, 12 + 6)
+    a = sample_thoughts(model, prefixes, 6, 1.0, BANNED, torch.Generator().manual_seed(1))
+    b = sample_thoughts(model, prefixes, 6, 1.0, BANNED, torch.Generator().manual_seed(1), use_cache=False)
+    assert torch.equal(a, b)
