@@ -24,6 +24,7 @@ class ThoughtConfig:
     context_len: int = 32
     temperature: float = 1.0
     kl_coef: float = 0.1
+    use_cache: bool = True       # thoughts sampled with the KV cache (same tokens; ``thought_cache.py``)
 
 
 def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: int, context_len: int, n_true: int,
@@ -61,7 +62,7 @@ def coherence_scores(model, ref, batch, context_len: int) -> dict[str, torch.Ten
 def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: dict, generator) -> tuple[torch.Tensor, dict]:
     """(total loss, figures) for one episode on ``windows``; ids: start, end, banned."""
     batch = think(model, head, windows, cfg.n_true, cfg.num_thoughts, cfg.thought_length, ids["start"], ids["end"],
-                  cfg.temperature, ids["banned"], generator)
+                  cfg.temperature, ids["banned"], generator, use_cache=cfg.use_cache)
     logp_mixed = batch.true_logp_mixed()
     adv = rewards.advantages(rewards.thought_rewards(logp_mixed))
     policy = reinforce_loss(batch.thought_logp, adv)
@@ -88,7 +89,7 @@ def evaluate(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: d
     model.eval()
     try:
         batch = think(model, head, windows, cfg.n_true, cfg.num_thoughts, cfg.thought_length, ids["start"],
-                      ids["end"], cfg.temperature, ids["banned"], generator)
+                      ids["end"], cfg.temperature, ids["banned"], generator, use_cache=cfg.use_cache)
         coh = coherence_scores(model, ref, batch, cfg.context_len)
         res = anti_theater.theater_metrics(batch.mixed_logits, batch.without_logits, batch.true, coh["prior"])
     finally:
