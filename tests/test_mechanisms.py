@@ -228,3 +228,14 @@ def test_phase1_diversity_uses_the_deterministic_cost(tmp_path):
             "diversity/avg_halting_steps": h, "diversity/ltm_usage": 0.5,
             "diversity/inference_mflops_per_token": 1.0, "diversity/inference_time_ms": 10.0 * (mid)}))
     assert cognate_diversity(tmp_path) == pytest.approx(math.sqrt(2 / 3) / 3 / 3)
+
+
+@pytest.mark.parametrize("override,key", [("model.ponder_prior=1.5", "model.ponder_prior"),
+                                          ("model.no_grad_steps=-1", "model.no_grad_steps"),
+                                          ("+phase.curriculum.0.mix.recal=1.0", "phase.curriculum[0]")])
+def test_bad_mechanism_settings_fail_with_one_error_line(tmp_path, override, key):
+    from tests.conftest import run_cli
+    proc = run_cli(["phase=cognate", override, "logger=none"], tmp_path, timeout=60)
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(err) == 1 and key in err[0], proc.stderr
