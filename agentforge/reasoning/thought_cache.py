@@ -43,7 +43,9 @@ def prefill(model: CognateModel, ids: torch.Tensor):
         hooks.append(attn.k_proj.register_forward_hook(lambda m, i, o, li=li: ks[li].append(o)))
         hooks.append(attn.v_proj.register_forward_hook(lambda m, i, o, li=li: vs[li].append(o)))
     try:
-        out = model(ids, targets=ids)  # targets: every step on every row, as the decoder keeps them
+        # targets: every step on every row, as the decoder keeps them; .forward: eager even when the model
+        # was torch.compile'd in place (hooks added per call would make the compiled graph recompile)
+        out = model.forward(ids, targets=ids)
     finally:
         for h in hooks:
             h.remove()
