@@ -13,7 +13,7 @@ from torch import nn
 
 from agentforge.codegen import scoring
 from agentforge.codegen.corpus import build_corpus, chunks
-from agentforge.codegen.evaluate import self_check
+from agentforge.codegen.evaluate import generation_latency_ms, self_check
 from agentforge.codegen.execution import classify, execute
 from agentforge.codegen.models import CodeLM
 from agentforge.codegen.problems import HUMANEVAL_STOP, load_humaneval, load_mbpp, load_problems, select
@@ -264,3 +264,5 @@ def test_kv_cached_sampling_equals_the_full_recompute():
         cached = sample(lm, "def f(x):\n", 2, max_new_tokens=12, stop=(), temperature=0.0)
         plain = sample(lm, "def f(x):\n", 2, max_new_tokens=12, stop=(), temperature=0.0, chunk=1)  # one token per call
         assert cached.completions == plain.completions and cached.new_tokens == 24
+        ms, n = generation_latency_ms(lm, 512)
+        assert n == 64 - 4 and ms > 0  # capped so BOS + "def" + the new tokens fit max_seq_len = 64

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from agentforge.codegen.execution import execute, outcome_counts
 from agentforge.codegen.problems import Problem
 from agentforge.codegen.sampling import sample
-from agentforge.evals.speed import generation_latency_ms
+from agentforge.models.generation import generate
 
 
 def evaluate(lm, problems: list[Problem], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
@@ -50,11 +52,28 @@ def self_check(problems: list[Problem], exec_kw: dict) -> dict:
     return {"n": len(problems), "pass_at_1": 1 - len(failures) / max(len(problems), 1), "failures": failures}
 
 
+@torch.no_grad()
+def generation_latency_ms(lm, tokens: int, prompt: str = "def") -> tuple[float, int]:
+    """(ms, tokens) of one greedy generation of ``tokens`` tokens (capped so prompt + tokens fit the model's
+    max_seq_len, the KV-cache condition) through the harness's decoding loop, after a short warmup."""
+    device = next(lm.model.parameters()).device
+    ids = torch.tensor([lm.encode(prompt)], device=device)
+    n = min(tokens, lm.max_seq_len - ids.shape[1])
+    generate(lm.model, ids, 2, lm.max_seq_len)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    out = generate(lm.model, ids, n, lm.max_seq_len)
+    sync()
+    assert out.shape[1] - ids.shape[1] == n
+    return (time.perf_counter() - t0) * 1000, n
+
+
 def efficiency(lm, train: dict | None, latency_tokens: int, ev: dict) -> dict:
     """The dashboard's efficiency KPIs of one model, under the keys ``evals.compare`` checks."""
     out = {"param_count": lm.num_params(), "peak_memory_mb": (train or {}).get("peak_train_ram_mb", float("nan")),
            "sampling_tokens_per_sec": ev["sampling_tokens_per_sec"]}
     if latency_tokens:
-        ms = generation_latency_ms(lm.model, latency_tokens, vocab=lm.vocab)
-        out.update(latency_ms=ms, latency_tokens=latency_tokens, throughput_tokens_per_sec=latency_tokens / (ms / 1000))
+        ms, n = generation_latency_ms(lm, latency_tokens)
+        out.update(latency_ms=ms, latency_tokens=n, throughput_tokens_per_sec=n / (ms / 1000))
     return out

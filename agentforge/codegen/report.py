@@ -82,6 +82,10 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
         row += [_f(kp.get("param_count")), _f(kp.get("latency_ms")), _f(kp.get("throughput_tokens_per_sec")),
                 _f(kp.get("peak_memory_mb")), _f(tr.get("final_val_loss")), _f(tr.get("seconds"))]
         lines.append("| " + " | ".join(row) + " |")
+    lat = {n: kpis[n].get("latency_tokens") for n in names if kpis[n].get("latency_tokens")}
+    if lat:
+        lines += ["", "Latency and tok/s: one greedy generation of " + ", ".join(f"{t} tokens ({n})" for n, t in lat.items())
+                  + " through the KV cache, batch 1; peak train RAM: the process's largest recorded RSS while training."]
     lines += ["", "## Statistics", ""]
     for k in ks:
         s = stats[f"pass_at_{k}"]
