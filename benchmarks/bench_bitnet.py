@@ -73,11 +73,13 @@ def speed(models: dict, seq_len: int, batch: int, gen_tokens: int, repeats: int)
 
 
 def set_kernel(model, kernel: str | None) -> None:
-    """Put every frozen BitLinear of model on ``kernel`` ("int8" / "float"); None keeps the choice made at load."""
-    chosen = (getattr(model, "bitnet_kernel", None) or {}).get("kernel", "int8")
+    """Put every frozen BitLinear of model on ``kernel`` ("int8" / "float") in both regimes; None keeps the
+    per-regime choice made at load."""
+    chosen = getattr(model, "bitnet_kernel", None) or {}
     for m in model.modules():
         if isinstance(m, BitLinear):
-            m.kernel = kernel or chosen
+            m.kernel = kernel or chosen.get("kernel", "int8")
+            m.kernel_decode = kernel or chosen.get("decode_kernel", m.kernel)
 
 
 def full_recursion(model):

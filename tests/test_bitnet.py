@@ -56,6 +56,11 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
               "evaluation/compression_ratio", "evaluation/zero_params", "finetune/accuracy_recovery",
               "final/compression_ratio", "final/fine_tuning_needed"):
         assert k in keys, k
+    speed = {k: v for r in rows for k, v in r.items() if k.startswith("speed/")}  # kernel chosen per regime at load
+    for regime in ("prefill", "decode"):
+        times = {k: speed[f"speed/{regime}_{k}_ms"] for k in ("int8", "float")}
+        assert speed[f"speed/{regime}_kernel"] == min(times, key=times.get) and min(times.values()) > 0
+    assert "kernels chosen by measurement: prefill" in out
     ft = [r for r in rows if "finetune/loss" in r]
     assert len(ft) == 1 and ft[0]["finetune/epoch"] == 1 and 0 < ft[0]["finetune/loss"] < 20
     final = {k: v for r in rows for k, v in r.items() if k.startswith("final/")}

@@ -271,3 +271,93 @@ def test_static_activation_scale_and_tied_weights():
     tied = CognateModel(CognateConfig(**{**SMALL.to_dict(), "tie_embeddings": True}))
     names = convert_to_bitlinear(tied, preserved=["*norm"])
     assert "lm_head" not in names and tied.lm_head.weight is tied.embed.weight
+
+
+# -- frozen kernels: same numbers, dispatch by rows, choice by measurement ------------------------------------
+def test_quantize_activation_output_forms_are_the_same_numbers():
+    x = torch.randn(6, 3, 16, generator=torch.Generator().manual_seed(4)) * 3
+    q, s = quantize_activations(x, clip=2.0)
+    assert torch.equal(q, torch.div(x, s).round().clamp(-128, 127))   # the documented formula
+    q8, s8 = quantize_activations(x, clip=2.0, out="int8")
+    deq, sd = quantize_activations(x, clip=2.0, out="dequantized")
+    assert q8.dtype == torch.int8 and torch.equal(q8.float(), q) and torch.equal(s8, s)
+    assert torch.equal(deq, q * s) and torch.equal(sd, s)
+
+
+def _frozen(per_channel: bool, bias: bool = True) -> BitLinear:
+    g = torch.Generator().manual_seed(5)
+    codes = torch.randint(-1, 2, (12, 16), generator=g)
+    gamma = torch.rand(12, 1, generator=g) + 0.1 if per_channel else torch.tensor(0.3)
+    return BitLinear.from_ternary(codes, gamma, torch.randn(12, generator=g) if bias else None, 2.5,
+                                  per_channel=per_channel)
+
+
+@pytest.mark.parametrize("per_channel,bias", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("rows", [1, 12])  # a decoding step and a prefill
+def test_int8_and_float_kernels_give_the_ternary_models_numbers(per_channel, bias, rows):
+    layer = _frozen(per_channel, bias)
+    x = torch.randn(1, rows, 16, generator=torch.Generator().manual_seed(rows)) * 2
+    q, s = quantize_activations(x, clip=2.5)
+    codes, gamma = layer.ternary()
+    want = torch.nn.functional.linear(q * s, codes.float() * gamma, layer.bias)  # dequantized W x the same x_q
+    got = {}
+    with torch.no_grad():
+        for kernel in ("int8", "float"):
+            layer.kernel = layer.kernel_decode = kernel
+            got[kernel] = layer(x)
+    for kernel, y in got.items():
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5, msg=kernel)
+
+
+def test_kernel_is_dispatched_by_the_number_of_rows(monkeypatch):
+    layer, calls = _frozen(False), []
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    n = BitLinear.decode_rows
+    with torch.no_grad():
+        layer.kernel, layer.kernel_decode = "int8", "float"
+        for rows in (1, n, n + 1):
+            layer(torch.randn(rows, 16))
+        assert calls == [n + 1]                       # only the input above decode_rows took the int8 kernel
+        layer.kernel, layer.kernel_decode = "float", "int8"
+        calls.clear()
+        for rows in (1, n, n + 1):
+            layer(torch.randn(1, rows, 16))
+        assert calls == [1, n]
+
+
+def test_frozen_layer_follows_a_changed_clip():
+    layer, x = _frozen(False), torch.randn(4, 16) * 5
+    with torch.no_grad():
+        before = layer(x)                             # caches the plan (clip 2.5)
+        layer.act_clip.fill_(0.5)
+        after = layer(x)
+        fresh = _frozen(False)
+        fresh.act_clip.fill_(0.5)
+        assert torch.equal(after, fresh(x)) and not torch.equal(after, before)
+
+
+def test_select_kernel_times_prefill_and_decode_and_both_give_the_same_tokens():
+    from agentforge.quant.bitlinear import select_kernel
+
+    torch.manual_seed(6)
+    model = CognateModel(SMALL).eval()
+    convert_to_bitlinear(model)
+    freeze(model)
+    ids = torch.randint(0, SMALL.vocab_size, (1, 12), generator=torch.Generator().manual_seed(7))
+    info = select_kernel(model, ids, repeats=1, decode_tokens=4)
+    layers = [m for _, m in bitlinear_layers(model)]
+    for regime, attr in (("", "kernel"), ("decode_", "kernel_decode")):
+        times = {k: info[f"{regime}{k}_ms"] for k in ("int8", "float")}
+        assert info[f"{regime}kernel"] == min(times, key=times.get)
+        assert {getattr(m, attr) for m in layers} == {info[f"{regime}kernel"]}
+    assert info["decode_rows"] == BitLinear.decode_rows
+    out, logits = {}, {}
+    with torch.no_grad():
+        for kernel in ("int8", "float"):
+            for m in layers:
+                m.kernel = m.kernel_decode = kernel
+            out[kernel] = model.generate(ids[:, :4], 8)
+            logits[kernel] = model.kv_decoder(1).next_logits(ids)
+    assert torch.equal(out["int8"], out["float"])
+    torch.testing.assert_close(logits["int8"], logits["float"], rtol=1e-4, atol=1e-5)

@@ -165,9 +165,24 @@ def run(cfg) -> dict:
             after = evaluate(loaded, tokenizer, val_rows, evals, p)
         before["inference_ms"], after["inference_ms"] = interleaved_latency_ms([model, loaded], seq_len,
                                                                                int(p.speed_repeats))
+        log_kernel_choice(ctx.tracker, loaded)
         result = finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve,
                           time.perf_counter() - t_start)
         return result
+
+
+def log_kernel_choice(tr, model) -> None:
+    """speed/* keys: the packed model's kernel per regime, chosen at load by ``select_kernel``, and the
+    medians (ms) it was chosen on: prefill = a 64-token forward, decode = per KV-cached one-token step."""
+    info = getattr(model, "bitnet_kernel", None)
+    if not info:
+        return
+    names = {"kernel": "prefill_kernel", "int8_ms": "prefill_int8_ms", "float_ms": "prefill_float_ms"}
+    tr.log({f"speed/{names.get(k, k)}": v for k, v in info.items()})
+    print(f"kernels chosen by measurement: prefill {info['kernel']} (int8 {info['int8_ms']:.2f} ms, float "
+          f"{info['float_ms']:.2f} ms); decode ({info.get('decode_rows')} rows or fewer) {info.get('decode_kernel')} "
+          f"(int8 {info.get('decode_int8_ms', float('nan')):.2f} ms, float {info.get('decode_float_ms', float('nan')):.2f}"
+          f" ms per token)")
 
 
 def _itemsize(p) -> int:

@@ -34,7 +34,8 @@ from agentforge.quant.ternary import PAPER_THRESHOLD, dequantize, quantize_activ
 class BitLinear(nn.Module):
     int8_kernel = True  # use torch._int_mm for frozen layers on CPU (switched off if the build lacks it)
     share_quantization = True  # reuse the last frozen layer's quantization of the same input (see above)
-    _shared_q: tuple | None = None  # (input, its _version, clip, bits, static, q, s): the last quantization
+    _shared_q: tuple | None = None  # (input, (its _version, clip, bits, static, out), (q, s)): the last one
+    decode_rows = 8  # inputs of at most this many rows (decoding steps) use ``kernel_decode``
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  threshold: float = PAPER_THRESHOLD, per_channel: bool = False, act_bits: int | None = 8,
@@ -50,7 +51,8 @@ class BitLinear(nn.Module):
         # calibrated ceiling of the per-token input absmax (inf = not calibrated: pure per-token absmax)
         self.register_buffer("act_clip", torch.tensor(float("inf")))
         self.register_parameter("codes", None)  # int8 ternary codes, frozen state only
-        self.kernel = "int8"  # frozen CPU kernel: "int8" (torch._int_mm) or "float"; see select_kernel
+        self.kernel = "int8"  # frozen kernel for more than decode_rows rows: "int8" (torch._int_mm) or "float"
+        self.kernel_decode = "float"  # ... for at most decode_rows rows; both set by select_kernel
         self.register_buffer("gamma", None)   # absmean scale, frozen state only
 
     # -- construction ---------------------------------------------------------------------------------
@@ -89,6 +91,7 @@ class BitLinear(nn.Module):
         self.register_buffer("_codes_t", codes.t().contiguous(), persistent=False)
         self.register_buffer("_gamma_row", gamma.reshape(-1) if self.per_channel else gamma, persistent=False)
         self.register_buffer("_dense", None, persistent=False)
+        self.__dict__["_plan"] = None
 
     def dense_weight(self) -> torch.Tensor:
         """gamma * codes as float32, cached (the float kernel's weight)."""
@@ -116,52 +119,73 @@ class BitLinear(nn.Module):
 
     # -- compute ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        static = self.act_scale == "static"
+        plan = self.__dict__.get("_plan")  # a plain dict read: nn.Module attribute lookups cost microseconds
+        if plan is not None and plan[0]._version == plan[1]:
+            return self._frozen_forward(x, plan)
         if self.frozen:
-            return self._frozen_forward(x, static)
+            return self._frozen_forward(x, self._make_plan())
         codes, gamma = ternarize(self.weight, self.threshold, self.per_channel)
         w = self.weight + (dequantize(codes, gamma).to(self.weight.dtype) - self.weight).detach()
         if self.act_bits is not None:
-            q, s = quantize_activations(x, self.act_bits, self.act_clip, static)
+            q, s = quantize_activations(x, self.act_bits, self.act_clip, self.act_scale == "static")
             x = x + (q * s - x).detach()
         return F.linear(x, w, self.bias)
 
-    def _frozen_forward(self, x: torch.Tensor, static: bool) -> torch.Tensor:
-        """Inference: int8 activations x int8 ternary codes -> int32 (``torch._int_mm``, the W1.58A8
-        integer matmul of the paper) rescaled by s_x * gamma; float matmul on gamma*codes where the int8
-        kernel is unavailable (non-CPU device, > 8 activation bits). Both give the same numbers up to
-        float rounding: the activations are integers and the weights ternary."""
+    def _make_plan(self) -> tuple:
+        """What the frozen forward reads, as plain Python values, cached until act_clip is modified or the
+        module is moved or cast (``_apply``): (act_clip, its version, clip as a float on CPU else the
+        tensor, (gamma * codes)^T, codes^T, gamma per output row, bias, static)."""
+        c = self.act_clip
+        clip = float(c) if c.device.type == "cpu" else c  # no device sync off the CPU
+        plan = (c, c._version, clip, self.dense_weight().t(), self._codes_t, self._gamma_row, self.bias,
+                self.act_scale == "static")
+        self.__dict__["_plan"] = plan
+        return plan
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__["_plan"] = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _frozen_forward(self, x: torch.Tensor, plan: tuple) -> torch.Tensor:
+        """Inference on the ternary weights, by one of two kernels that give the same numbers up to float
+        rounding (the activations are integers times a per-token scale, the weights ternary times gamma):
+
+        * "int8": int8 activations x int8 codes -> int32 (``torch._int_mm``, the W1.58A8 integer matmul of
+          the paper), rescaled by s_x * gamma (CPU, <= 8 activation bits);
+        * "float": s_x * x_q times the cached fp32 gamma * codes (stored transposed), bias fused in one
+          ``torch.addmm``: the fewest ops, the path off the CPU.
+
+        Which one runs depends on the number of rows: ``kernel_decode`` for at most ``decode_rows`` rows (a
+        decoding step), ``kernel`` for more (prefill, batches); ``select_kernel`` sets both by measurement."""
+        _, _, clip, w_t, codes_t, gamma_row, bias, static = plan
         if self.act_bits is None:
-            return F.linear(x, self.dense_weight(), self.bias)
-        int8 = BitLinear.int8_kernel and self.kernel == "int8" and self.act_bits <= 8 and x.device.type == "cpu"
-        q, s = self._quantize_shared(x, static, int8)
-        y = None
-        if int8:
+            return F.linear(x, w_t.t(), bias)
+        in_f = self.in_features
+        kernel = self.kernel_decode if x.numel() <= BitLinear.decode_rows * in_f else self.kernel
+        if kernel == "int8" and BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
+            q, s = self._quantize_shared(x, clip, static, "int8")
             try:
-                acc = torch._int_mm(q.view(-1, self.in_features), self._codes_t)
-                y = acc.view(*x.shape[:-1], self.out_features) * (s * self._gamma_row)  # int32 * float -> float
+                acc = torch._int_mm(q.view(-1, in_f), codes_t)
+                y = acc.view(*x.shape[:-1], self.out_features) * (s * gamma_row)  # int32 * float -> float
+                return y + bias if bias is not None else y
             except (RuntimeError, AttributeError):  # this build has no CPU int8 matmul: use the float one
                 BitLinear.int8_kernel = False
-        if y is None:
-            y = F.linear(q.to(x.dtype), self.dense_weight()) * s
-        return y + self.bias if self.bias is not None else y
+        xq = self._quantize_shared(x, clip, static, "dequantized")[0].reshape(-1, in_f)
+        y = torch.addmm(bias, xq, w_t) if bias is not None else torch.mm(xq, w_t)
+        return y.view(*x.shape[:-1], self.out_features)
 
-    def _quantize_shared(self, x: torch.Tensor, static: bool, as_int8: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """quantize_activations(x) (as int8 when ``as_int8``), reused when the previous frozen layer
-        quantized this same, unmodified tensor with the same clip (no autograd: inference only)."""
-        if not BitLinear.share_quantization or (torch.is_grad_enabled() and x.requires_grad):
-            q, s = quantize_activations(x, self.act_bits, self.act_clip, static)
-            return (q.to(torch.int8) if as_int8 else q), s
-        clip = float(self.act_clip) if x.device.type == "cpu" else self.act_clip  # no device sync off the CPU
-        key = (x, x._version, clip, self.act_bits, static)
+    def _quantize_shared(self, x: torch.Tensor, clip, static: bool, out: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """quantize_activations(x, out=out), reused when the previous frozen layer quantized this same,
+        unmodified tensor with the same clip and output form (no autograd: inference only; CPU clips)."""
+        if not BitLinear.share_quantization or (x.requires_grad and torch.is_grad_enabled()):
+            return quantize_activations(x, self.act_bits, clip, static, out=out)
+        key = (x._version, clip, self.act_bits, static, out)
         hit = BitLinear._shared_q
-        if hit is not None and hit[0] is x and hit[1:5] == key[1:] and isinstance(clip, float):
-            q, s = hit[5], hit[6]
-        else:
-            q, s = quantize_activations(x, self.act_bits, self.act_clip, static)
-            q = q.to(torch.int8) if self.act_bits <= 8 else q
-            BitLinear._shared_q = (*key, q, s)
-        return (q if as_int8 else q.to(x.dtype)), s
+        if hit is not None and hit[0] is x and isinstance(clip, float) and hit[1] == key:
+            return hit[2]
+        q_s = quantize_activations(x, self.act_bits, clip, static, out=out)
+        BitLinear._shared_q = (x, key, q_s)
+        return q_s
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -169,23 +193,42 @@ class BitLinear(nn.Module):
                 f"act_scale={self.act_scale}")
 
 
-@torch.no_grad()
-def select_kernel(model: nn.Module, ids: torch.Tensor, repeats: int = 5) -> dict:
-    """Time ``model(ids)`` with every frozen BitLinear on the int8 kernel and on the float kernel,
-    interleaved, ``repeats`` times each; keep the faster (lower median) and return the medians (ms)."""
-    layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.frozen]
+def _time_kernels(layers: list[BitLinear], attr: str, fn, repeats: int) -> dict[str, float]:
+    """Median ms of ``fn()`` with every layer's ``attr`` set to "int8" and to "float", interleaved."""
     times: dict[str, list[float]] = {"int8": [], "float": []}
-    model(ids)  # warm-up (allocations, dense-weight caches)
     for _ in range(repeats):
         for kernel in times:
             for m in layers:
-                m.kernel = kernel
+                setattr(m, attr, kernel)
             t0 = time.perf_counter()
-            model(ids)
+            fn()
             times[kernel].append(time.perf_counter() - t0)
-    med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-    best = min(med, key=med.get)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+@torch.no_grad()
+def select_kernel(model: nn.Module, ids: torch.Tensor, repeats: int = 5, decode_tokens: int = 0) -> dict:
+    """Choose each regime's kernel by measurement on this machine, for every frozen BitLinear of ``model``.
+
+    Prefill / batch regime (``kernel``): ``model(ids)``, int8 and float kernels interleaved ``repeats``
+    times each. Decode regime (``kernel_decode``, inputs of at most ``BitLinear.decode_rows`` rows), when
+    ``decode_tokens`` > 0 and the model has a KV cache: feeding ``ids[:1, :decode_tokens]`` to a fresh
+    ``model.kv_decoder(1)`` one token at a time, timed the same way (ms per token). The lower median wins;
+    returns the choices and the medians in ms."""
+    layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.frozen]
+    model(ids)  # warm-up (allocations, dense-weight caches)
+    med = _time_kernels(layers, "kernel", lambda: model(ids), repeats)
+    info = {"kernel": min(med, key=med.get), "int8_ms": med["int8"], "float_ms": med["float"]}
     for m in layers:
-        m.kernel = best
+        m.kernel = info["kernel"]
+    if decode_tokens > 0 and hasattr(model, "kv_decoder"):
+        prompt = ids[:1, :decode_tokens]
+        model.kv_decoder(1).next_logits(prompt)  # warm-up
+        med = _time_kernels(layers, "kernel_decode", lambda: model.kv_decoder(1).next_logits(prompt), repeats)
+        per_token = {k: v / prompt.shape[1] for k, v in med.items()}
+        info.update(decode_kernel=min(per_token, key=per_token.get), decode_int8_ms=per_token["int8"],
+                    decode_float_ms=per_token["float"], decode_rows=BitLinear.decode_rows)
+        for m in layers:
+            m.kernel_decode = info["decode_kernel"]
     BitLinear._shared_q = None
-    return {"kernel": best, "int8_ms": med["int8"], "float_ms": med["float"]}
+    return info

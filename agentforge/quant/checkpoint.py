@@ -81,8 +81,9 @@ def _quant_meta(directory, cfg: dict) -> dict:
 def load_packed(directory: str | Path, map_location: str | torch.device = "cpu", choose_kernel: bool = True):
     """(CognateModel with frozen BitLinear layers unpacked from the file, tokenizer, config dict).
 
-    On CPU, ``choose_kernel`` times the int8 and float kernels on a 64-token forward pass once
-    (``select_kernel``) and keeps the faster; the choice and timings are in ``model.bitnet_kernel``."""
+    On CPU, ``choose_kernel`` times the int8 and float kernels once (``select_kernel``): on a 64-token
+    forward pass for the prefill / batch regime and on 16 one-token KV-cached decoding steps for the decode
+    regime, and keeps the faster of each; the choices and timings are in ``model.bitnet_kernel``."""
     state, cfg = load_checkpoint(directory)
     if cfg.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{directory}: architecture {cfg.get('architecture')!r} is not {ARCHITECTURE!r}")
@@ -124,5 +125,5 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
     if choose_kernel and torch.device(map_location).type == "cpu" and quant["layers"]:
         ids = torch.randint(0, model.config.vocab_size, (1, min(64, model.config.max_seq_len)),
                             generator=torch.Generator().manual_seed(0))
-        model.bitnet_kernel = select_kernel(model, ids)
+        model.bitnet_kernel = select_kernel(model, ids, decode_tokens=16)
     return model, ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg

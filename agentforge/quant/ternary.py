@@ -17,6 +17,8 @@ ternary matrices. The scale stays gamma = mean|W| whatever the threshold, as in 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 EPS = 1e-5          # the paper's epsilon (also the floor of the activation absmax)
@@ -46,26 +48,35 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_activations(x: torch.Tensor, bits: int = 8, clip: torch.Tensor | float | None = None,
-                         static: bool = False, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(integer-valued x_q as x's dtype, per-token scale s [..., 1]) with x ~ s * x_q.
+                         static: bool = False, eps: float = EPS, out: str = "codes") -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_q, per-token scale s [..., 1]) with x ~ s * x_q, x_q = clamp(round(x / s), -2^(b-1), 2^(b-1) - 1).
 
-    Per token (the paper): s = min(max|x_t|, clip) / (2^(b-1) - 1). ``clip`` is the calibrated ceiling on
+    Per token (the paper): s = clamp(max|x_t|, eps, clip) / (2^(b-1) - 1). ``clip`` is the calibrated ceiling on
     the per-token absmax (``calibrate.py``; inf or None = none); tokens beyond it saturate instead of
     coarsening the grid. ``static``: one scale for every token, s = clip / (2^(b-1) - 1).
+    ``out``: "codes" (x_q as x's dtype), "int8" (x_q as int8, bits <= 8) or "dequantized" (s * x_q).
+    Seven tensor ops per call (absmax, clamp, scale, divide, round, clamp, cast or rescale): at one row
+    these, not the arithmetic, are the cost, so none is spent on anything else.
     """
     qmax = 2 ** (bits - 1) - 1
-    if clip is not None and not isinstance(clip, torch.Tensor):
-        clip = torch.tensor(float(clip), dtype=x.dtype, device=x.device)
+    if isinstance(clip, torch.Tensor) and clip.device.type == "cpu" and clip.numel() == 1:
+        clip = float(clip)  # a Python number on CPU: one clamp below, no tensor allocated
     if static:
-        if clip is None or not bool(torch.isfinite(clip)):
+        if clip is None or not math.isfinite(float(clip)):
             raise ValueError("static activation scales need a calibrated (finite) clip value")
+        clip = torch.as_tensor(clip, dtype=x.dtype, device=x.device)
         amax = clip.clamp(min=eps).expand(*x.shape[:-1], 1)
     else:
-        amax = x.detach().abs().amax(dim=-1, keepdim=True)
-        if clip is not None:
-            amax = amax.clamp_(max=clip)
-        amax = amax.clamp_(min=eps)
-    return torch.mul(x, qmax / amax).round_().clamp_(-qmax - 1, qmax), amax / qmax
+        amax = torch.linalg.vector_norm(x.detach(), float("inf"), dim=-1, keepdim=True)
+        if isinstance(clip, torch.Tensor):
+            amax = amax.clamp_(max=clip).clamp_(min=eps)
+        else:  # min(max(a, eps), max(clip, eps)) = max(min(a, clip), eps): the same value in one op
+            amax = amax.clamp_(min=eps, max=max(clip, eps) if clip is not None else None)
+    s = amax / qmax
+    q = torch.div(x, s).round_().clamp_(-qmax - 1, qmax)
+    if out == "dequantized":
+        return q.mul_(s), s
+    return (q.to(torch.int8) if out == "int8" else q), s
 
 
 def fake_quantize_activations(x: torch.Tensor, bits: int = 8, clip=None, static: bool = False) -> torch.Tensor:
