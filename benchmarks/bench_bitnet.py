@@ -6,8 +6,9 @@ loaded from the packed file against the fp32 one (same process, interleaved timi
 
 Without --input a randomly initialised Cognate model of --size is compressed (storage and speed do not
 depend on training; the weights only change the sparsity). The compressed model computes its ternary
-layers as an int8 x int8 -> int32 matmul (torch._int_mm) on CPU; the float fallback (gamma * codes cached
-as a dense fp32 matrix) is timed too.
+layers with the kernel chosen at load per regime (prefill / decode, ``select_kernel``): an int8 x int8 ->
+int32 matmul (torch._int_mm) or the float kernel (gamma * codes cached as a dense fp32 matrix); both forced
+kernels are timed too. Greedy generation is KV-cached (one row per decoding step) for every model.
 """
 from __future__ import annotations
 
@@ -140,20 +141,23 @@ def main() -> None:
     model = model.to(args.device)
     print(f"\ndevice: {torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}")
     info = loaded.bitnet_kernel or {"kernel": "float", "int8_ms": float("nan"), "float_ms": float("nan")}
-    print(f"kernel chosen at load (one 64-token forward, interleaved medians): {info['kernel']} "
-          f"(int8 {info['int8_ms']:.2f} ms, float {info['float_ms']:.2f} ms)")
+    print(f"kernels chosen at load (interleaved medians): prefill (a 64-token forward) {info['kernel']} "
+          f"(int8 {info['int8_ms']:.2f} ms, float {info['float_ms']:.2f} ms); decode (KV-cached steps of "
+          f"<= {info.get('decode_rows')} rows) {info.get('decode_kernel')} (int8 {info.get('decode_int8_ms', math.nan):.2f}"
+          f" ms, float {info.get('decode_float_ms', math.nan):.2f} ms per token)")
     runs = {"as trained (halting)": (model, loaded),
             "equal compute (all max_steps recursion steps)": (full_recursion(model), full_recursion(loaded))}
     for title, (fp, bn) in runs.items():
-        res = speed({"fp32": (fp, None), f"bitnet (chosen: {info['kernel']})": (bn, None),
+        chosen = f"bitnet (chosen {info['kernel']}/{info.get('decode_kernel', info['kernel'])})"
+        res = speed({"fp32": (fp, None), chosen: (bn, None),
                      "bitnet int8 kernel": (bn, "int8"), "bitnet float kernel": (bn, "float")},
                     args.seq_len, args.batch, args.gen_tokens, args.repeats)
         base_f, base_g, _ = res["fp32"]
         print(f"\nCPU inference, {title}: medians of {args.repeats} interleaved runs "
               f"(forward [{args.batch}, {args.seq_len}]; greedy generation of {args.gen_tokens} tokens)")
-        print(f"{'model':24} {'forward tok/s':>14} {'vs fp32':>8} {'generate tok/s':>15} {'vs fp32':>8} {'halt steps':>11}")
+        print(f"{'model (prefill/decode)':28} {'forward tok/s':>14} {'vs fp32':>8} {'generate tok/s':>15} {'vs fp32':>8} {'halt steps':>11}")
         for k, (f, g, h) in res.items():
-            print(f"{k:24} {f:14,.0f} {f / base_f:7.2f}x {g:15,.1f} {g / base_g:7.2f}x {h:11.2f}")
+            print(f"{k:28} {f:14,.0f} {f / base_f:7.2f}x {g:15,.1f} {g / base_g:7.2f}x {h:11.2f}")
 
 if __name__ == "__main__":
     main()

@@ -67,7 +67,7 @@ def quantize_activations(x: torch.Tensor, bits: int = 8, clip: torch.Tensor | fl
         clip = torch.as_tensor(clip, dtype=x.dtype, device=x.device)
         amax = clip.clamp(min=eps).expand(*x.shape[:-1], 1)
     else:
-        amax = torch.linalg.vector_norm(x.detach(), float("inf"), dim=-1, keepdim=True)
+        amax = torch.linalg.vector_norm(x.detach() if x.requires_grad else x, float("inf"), dim=-1, keepdim=True)
         if isinstance(clip, torch.Tensor):
             amax = amax.clamp_(max=clip).clamp_(min=eps)
         else:  # min(max(a, eps), max(clip, eps)) = max(min(a, clip), eps): the same value in one op
