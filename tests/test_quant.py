@@ -361,3 +361,30 @@ def test_select_kernel_times_prefill_and_decode_and_both_give_the_same_tokens():
             logits[kernel] = model.kv_decoder(1).next_logits(ids)
     assert torch.equal(out["int8"], out["float"])
     torch.testing.assert_close(logits["int8"], logits["float"], rtol=1e-4, atol=1e-5)
+
+
+def test_decode_step_op_counts():
+    """The quantizer's seven tensor ops (docstring, README) and a sibling layer's call with none of them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(1, 1, 16)
+    with torch.no_grad():
+        for out in ("int8", "dequantized"):
+            with Ops() as ops:
+                quantize_activations(x, clip=2.0, out=out)
+            assert len(ops.names) == 7, ops.names
+        a, b = _frozen(False), _frozen(True)
+        a.kernel_decode = b.kernel_decode = "float"
+        a(x), b(x)                                    # a quantizes x, b reuses it (and both cache their plan)
+        with Ops() as ops:
+            b(x)                                      # the matmul and reshapes only: no quantization, no sync
+    assert [n for n in ops.names if not n.startswith(("view", "_unsafe_view", "reshape"))] == ["addmm.default"]
