@@ -12,9 +12,11 @@ activations, in one of two states.
 Inference speed (frozen state, no autograd): layers that read the same input tensor with the same
 activation clip (q/k/v of an attention, gate/up of a SwiGLU) share one quantization of it — a one-entry
 cache keyed by the input object, its version counter and the clip, so the numbers are exactly those of
-quantizing per layer. Which kernel each frozen layer uses (``kernel``: "int8" or "float") is chosen by
-``select_kernel`` from interleaved timings of the whole model on this machine (``load_packed`` does it
-once at load, on CPU).
+quantizing per layer. Which kernel each frozen layer uses ("int8" or "float") depends on the number of
+input rows: ``kernel_decode`` for at most ``decode_rows`` (a decoding step), ``kernel`` above; both are
+chosen by ``select_kernel`` from interleaved timings of the whole model on this machine, one per regime
+(``load_packed`` does it once at load, on CPU). What a frozen call reads is cached as plain Python values
+(``_make_plan``), since at one row nn.Module attribute lookups cost as much as the matmul.
 
 No extra SubLN is inserted before the quantizer: the Cognate blocks are pre-norm already, and this
 layer replaces nn.Linear in a trained model, whose function must not change beyond quantization.
