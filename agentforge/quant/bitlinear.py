@@ -16,7 +16,7 @@ quantizing per layer. Which kernel each frozen layer uses ("int8" or "float") de
 input rows: ``kernel_decode`` for at most ``decode_rows`` (a decoding step), ``kernel`` above; both are
 chosen by ``select_kernel`` from interleaved timings of the whole model on this machine, one per regime
 (``load_packed`` does it once at load, on CPU). What a frozen call reads is cached as plain Python values
-(``_make_plan``), since at one row nn.Module attribute lookups cost as much as the matmul.
+(``_make_plan``): nn.Module attribute lookups cost microseconds per call, which counts at one row.
 
 No extra SubLN is inserted before the quantizer: the Cognate blocks are pre-norm already, and this
 layer replaces nn.Linear in a trained model, whose function must not change beyond quantization.
