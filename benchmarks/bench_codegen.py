@@ -2,13 +2,14 @@
 and generation tokens/s of Cognate vs the GPT-2-architecture baseline at (nearly) equal parameter count.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_codegen.py [--problems 20] [--size tiny] [--model m1]
-        [--batch 10] [--gen-tokens 16] [--context 192] [--repeats 2] [--sandbox auto|bwrap|process]
+        [--batch 10] [--gen-tokens 64] [--context 512] [--repeats 2] [--sandbox auto|bwrap|process]
 
 Execution: the canonical solution and one wrong completion of each of the first ``--problems`` HumanEval
 problems, all run through ``agentforge.sandbox`` with one worker per CPU. Generation: fresh weights (speed
 does not depend on training when no stop sequence can end a row), the same decoding loop and nucleus
-sampling the harness uses, ``--batch`` rows continuing a real HumanEval prompt; Cognate and GPT-2 are
-interleaved and the best of ``--repeats`` is kept for each. Every figure is measured here.
+sampling the harness uses (each model's KV cache; the prompt's prefill is included, as in the harness),
+``--batch`` rows continuing HumanEval/0's prompt; Cognate and GPT-2 are interleaved and the best of
+``--repeats`` is kept for each. Every figure is measured here.
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def main(argv=None) -> None:
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--model", default="m1")
     ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--gen-tokens", type=int, default=16)
-    ap.add_argument("--context", type=int, default=192)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "process"])
     a = ap.parse_args(argv)
@@ -81,7 +82,8 @@ def main(argv=None) -> None:
             best[lm.name] = max(best[lm.name], s.new_tokens / s.seconds)
     for lm in lms:
         print(f"generation {lm.name:13s} {lm.num_params():>10,} params  {best[lm.name]:8.1f} tokens/s "
-              f"(batch {a.batch}, {a.gen_tokens} new tokens, context <= {a.context}, {torch.get_num_threads()} threads)")
+              f"(batch {a.batch}, {len(lms[0].encode(probs[0].prompt))}-token prompt + {a.gen_tokens} new tokens, "
+              f"{torch.get_num_threads()} threads)")
     print(f"cognate / gpt2_scratch tokens/s ratio: {best['cognate'] / best['gpt2_scratch']:.3f}")
 
 
