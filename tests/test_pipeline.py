@@ -18,7 +18,7 @@ from tests.conftest import TINY, run_cli
 COGNATE = ["phase.max_epochs=1", "phase.steps_per_epoch=3", "phase.val_rows=4", "phase.eval_examples=2",
            "phase.gen_tokens=4", "data.batch_size=4", "data.seq_len=32"]
 EVOMERGE = ["phase.population_size=4", "phase.generations=1", "phase.eval.rows=2", "phase.eval.seq_len=16",
-            "phase.eval.choice_examples=2", "phase.eval.test_rows=2", "phase.eval.speed_seq_len=8",
+            "phase.eval.choice_examples=2", "phase.eval.test_rows=8", "phase.eval.speed_seq_len=8",
             "phase.eval.speed_repeats=1"]
 QUIETSTAR = ["phase.baking.epochs=1", "phase.baking.steps_per_epoch=2", "phase.baking.batch_size=2",
              "phase.baking.examples_per_strategy=1", "phase.baking.val_per_strategy=1", "phase.baking.sample_tokens=2",
