@@ -20,7 +20,6 @@ uncached loop for longer ones (the uncached path then slides its window and shif
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 class CognateDecoder:
@@ -75,14 +74,11 @@ class CognateDecoder:
         mem = self.model.memory
         if not mem.enabled:
             return h
-        q = F.normalize(mem.query(h), dim=-1)
-        k = F.normalize(getattr(mem, "key", mem.query)(h), dim=-1)  # a bank with one projection: k = q
-        v = mem.value(h)
+        q, k, v = mem.project(h)
         beta, keys, vals = mem.log_beta.exp(), st["keys"].to(k.dtype), st["vals"].to(v.dtype)
-        attn = _attend(beta, q, keys, st["filled"])
+        attn = mem._attend(beta, q, keys, st["filled"])
         r = attn @ vals
-        pred = _attend(beta, k, keys, st["filled"]) @ vals                  # M(k), for the surprise
-        s = (v - pred).pow(2).sum(-1) / (v.pow(2).sum(-1) + 1e-6)
+        s = mem.surprise(beta, k, v, keys, vals, st["filled"])
         st["chunk"].append((k, v, s))
         st["amax"] = attn.amax(1) if st["amax"] is None else torch.maximum(st["amax"], attn.amax(1))
         if len(st["chunk"]) == mem.chunk:  # the chunk is complete: write it, as read() does between chunks
@@ -95,8 +91,3 @@ class CognateDecoder:
         g = torch.sigmoid(mem.gate(h))
         return h + g * mem.out(r)
 
-
-def _attend(beta, x, keys, filled):
-    """Read weights softmax(beta x K^T) over the filled slots (an empty bank: all zero)."""
-    scores = (beta * x @ keys.transpose(1, 2)).masked_fill(~filled[:, None, :], float("-inf"))
-    return torch.nan_to_num(F.softmax(scores, dim=-1))

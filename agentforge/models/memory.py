@@ -75,8 +75,7 @@ class SurpriseMemory(nn.Module):
         b, t, _ = h.shape
         if not self.enabled:
             return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
-        q, k = F.normalize(self.query(h), dim=-1), F.normalize(self.key(h), dim=-1)
-        v = self.value(h)
+        q, k, v = self.project(h)
         beta = self.log_beta.exp()
         keys = self.keys.to(k.dtype).expand(b, -1, -1)
         vals = self.values.to(v.dtype).expand(b, -1, -1)
@@ -88,10 +87,9 @@ class SurpriseMemory(nn.Module):
             kc, vc = k[:, start:start + self.chunk], v[:, start:start + self.chunk]
             attn = self._attend(beta, qc, keys, filled)
             reads.append(attn @ vals)
+            s = self.surprise(beta, kc, vc, keys, vals, filled)
+            surprises.append(s)
             with torch.no_grad():
-                pred = self._attend(beta, kc, keys, filled) @ vals
-                s = (vc - pred).pow(2).sum(-1) / (vc.pow(2).sum(-1) + 1e-6)
-                surprises.append(s)
                 usage += attn.sum(dim=(0, 1))
                 last = torch.where(attn.amax(1) > 0.5, float(c + 1), last)
             keys, vals, filled, last = self._write(kc, vc, s, keys, vals, filled, last, float(c + 1))
@@ -103,6 +101,16 @@ class SurpriseMemory(nn.Module):
                 self.keys.copy_(keys[-1]), self.values.copy_(vals[-1]), self.filled.copy_(filled[-1])
         g = torch.sigmoid(self.gate(h))
         return h + g * self.out(r), surprise
+
+    def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(query, key, value) of hidden states h [B, T, D]; query and key unit-normalized."""
+        return F.normalize(self.query(h), dim=-1), F.normalize(self.key(h), dim=-1), self.value(h)
+
+    @torch.no_grad()
+    def surprise(self, beta, k, v, keys, vals, filled) -> torch.Tensor:
+        """Per-token surprise ||v - M(k)||² / ||v||²: how badly the bank predicts each value from its key."""
+        pred = self._attend(beta, k, keys, filled) @ vals
+        return (v - pred).pow(2).sum(-1) / (v.pow(2).sum(-1) + 1e-6)
 
     @staticmethod
     def _attend(beta, x, keys, filled):

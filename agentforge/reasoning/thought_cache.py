@@ -19,7 +19,6 @@ The test (tests/test_thought_cache.py) checks that prefill + decode steps give t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from agentforge.models.cognate import CognateModel
 from agentforge.models.layers import apply_rope
@@ -63,15 +62,13 @@ def prefill(model: CognateModel, ids: torch.Tensor):
 def _memory_state(mem, h: torch.Tensor, st: dict) -> None:
     """Fill the decoder's memory state ``st`` of one step from the memory inputs h [B, P, D]."""
     t = h.shape[1]
-    q = F.normalize(mem.query(h), dim=-1)
-    k = F.normalize(getattr(mem, "key", mem.query)(h), dim=-1)
-    v = mem.value(h)
+    q, k, v = mem.project(h)
     beta = mem.log_beta.exp()
     keys, vals, filled, last = st["keys"].to(k.dtype), st["vals"].to(v.dtype), st["filled"], st["last"]
     for c, start in enumerate(range(0, t, mem.chunk)):
         kc, vc = k[:, start:start + mem.chunk], v[:, start:start + mem.chunk]
         attn = mem._attend(beta, q[:, start:start + mem.chunk], keys, filled)
-        s = (vc - mem._attend(beta, kc, keys, filled) @ vals).pow(2).sum(-1) / (vc.pow(2).sum(-1) + 1e-6)
+        s = mem.surprise(beta, kc, vc, keys, vals, filled)
         if start + mem.chunk > t:  # the open chunk: kept per position until it completes
             st["chunk"] = list(zip(kc.split(1, 1), vc.split(1, 1), s.split(1, 1)))
             st["amax"] = attn.amax(1)
