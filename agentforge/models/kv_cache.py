@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from agentforge.models.layers import apply_rope
+
 
 class CognateDecoder:
     """Decoding state of one batch of sequences; ``next_logits(ids)`` feeds the ids it has not seen yet."""
@@ -36,7 +38,8 @@ class CognateDecoder:
 
     @torch.no_grad()
     def next_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] after the last id of ``ids`` [B, T], feeding ids[:, pos:] one position at a time."""
+        """Logits [B, V] after the last id of ``ids`` [B, T], feeding ids[:, pos:] one position at a time
+        (``fill`` takes a whole prompt in one forward pass instead)."""
         logits = None
         for i in range(self.pos, ids.shape[1]):
             logits = self.step(ids[:, i])
@@ -91,3 +94,55 @@ class CognateDecoder:
         g = torch.sigmoid(mem.gate(h))
         return h + g * mem.out(r)
 
+
+@torch.no_grad()
+def fill(dec: CognateDecoder, ids: torch.Tensor):
+    """Fill a fresh decoder ``dec`` from one forward pass over ids [B, P] (every recursion step on every
+    position, state read through forward hooks); returns the forward's ``CognateOutput``."""
+    model = dec.model
+    b, t = ids.shape
+    layers = [blk.attn for blk in model.blocks]
+    ks, vs, hs = [[] for _ in layers], [[] for _ in layers], []
+    hooks = [model.memory.query.register_forward_hook(lambda m, i, o: hs.append(i[0]))]
+    for li, attn in enumerate(layers):
+        hooks.append(attn.k_proj.register_forward_hook(lambda m, i, o, li=li: ks[li].append(o)))
+        hooks.append(attn.v_proj.register_forward_hook(lambda m, i, o, li=li: vs[li].append(o)))
+    try:
+        # targets: every step on every row, as the decoder keeps them; .forward: eager even when the model
+        # was torch.compile'd in place (hooks added per call would make the compiled graph recompile)
+        was_training = model.training
+        model.eval()  # no training-time statistics from a decoding pass
+        out = model.forward(ids, targets=ids)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    cos, sin = model.rope_cos[:t], model.rope_sin[:t]
+    for n in range(dec.n_steps):
+        for li, attn in enumerate(layers):
+            k, v = (x[n].view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2) for x in (ks[li], vs[li]))
+            dec.attn[n][li].update(k=apply_rope(k, cos, sin)[:, :, -attn.window:], v=v[:, :, -attn.window:])
+        if model.memory.enabled:
+            _memory_state(model.memory, hs[n], dec.mem[n])
+    dec.pos, dec.hidden = t, out.hidden[:, -1]
+    return out
+
+
+def _memory_state(mem, h: torch.Tensor, st: dict) -> None:
+    """Fill the decoder's memory state ``st`` of one step from the memory inputs h [B, P, D]."""
+    t = h.shape[1]
+    q, k, v = mem.project(h)
+    beta = mem.log_beta.exp()
+    keys, vals, filled, last = st["keys"].to(k.dtype), st["vals"].to(v.dtype), st["filled"], st["last"]
+    for c, start in enumerate(range(0, t, mem.chunk)):
+        kc, vc = k[:, start:start + mem.chunk], v[:, start:start + mem.chunk]
+        attn = mem._attend(beta, q[:, start:start + mem.chunk], keys, filled)
+        s = mem.surprise(beta, kc, vc, keys, vals, filled)
+        if start + mem.chunk > t:  # the open chunk: kept per position until it completes
+            st["chunk"] = list(zip(kc.split(1, 1), vc.split(1, 1), s.split(1, 1)))
+            st["amax"] = attn.amax(1)
+            break
+        last = torch.where(attn.amax(1) > 0.5, float(c + 1), last)
+        keys, vals, filled, last = mem._write(kc, vc, s, keys, vals, filled, last, float(c + 1))
+        st["c"] = c + 1
+    st.update(keys=keys, vals=vals, filled=filled, last=last)

@@ -1,11 +1,10 @@
-"""Prefill of the Cognate KV cache (``models/kv_cache.py``) from one forward pass, for thought sampling.
+"""The Cognate KV cache (``models/kv_cache.py``) for thought sampling: a decoder filled from one forward
+pass over each context (``kv_cache.fill``), repeated for the context's K thoughts.
 
-``CognateDecoder.next_logits`` feeds a prompt one position at a time, every recursion step and layer
-per position. A thought is sampled after a prefix of ``context_len`` tokens, so feeding the prefix that
-way would cost more than the uncached forward passes it replaces. ``prefill(model, ids)`` runs the model
-once over ids [B, P], with every recursion step on every position (``targets`` given, as in training:
-the decoder needs each step's keys/values of every past position, halted or not), and reads through
-forward hooks the state the decoder would have built position by position:
+``kv_cache.fill`` runs the model once over ids [B, P], with every recursion step on every position
+(``targets`` given, as in training: the decoder needs each step's keys/values of every past position,
+halted or not), and reads through forward hooks the state the decoder would have built position by
+position:
 
 * attention, per step and layer: the outputs of ``k_proj`` / ``v_proj``, split into heads and rotated
   with the positions' RoPE angles as ``CausalSelfAttention.forward`` does; the last ``window`` kept;
@@ -21,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from agentforge.models.cognate import CognateModel
-from agentforge.models.layers import apply_rope
+from agentforge.models.kv_cache import fill
 
 
 def cacheable(model, total_len: int) -> bool:
@@ -33,50 +32,8 @@ def cacheable(model, total_len: int) -> bool:
 @torch.no_grad()
 def prefill(model: CognateModel, ids: torch.Tensor):
     """(decoder at position P, the forward's ``CognateOutput``) for ids [B, P]; the model in eval mode."""
-    b, t = ids.shape
-    dec = model.kv_decoder(b)
-    layers = [blk.attn for blk in model.blocks]
-    ks, vs, hs = [[] for _ in layers], [[] for _ in layers], []
-    hooks = [model.memory.query.register_forward_hook(lambda m, i, o: hs.append(i[0]))]
-    for li, attn in enumerate(layers):
-        hooks.append(attn.k_proj.register_forward_hook(lambda m, i, o, li=li: ks[li].append(o)))
-        hooks.append(attn.v_proj.register_forward_hook(lambda m, i, o, li=li: vs[li].append(o)))
-    try:
-        # targets: every step on every row, as the decoder keeps them; .forward: eager even when the model
-        # was torch.compile'd in place (hooks added per call would make the compiled graph recompile)
-        out = model.forward(ids, targets=ids)
-    finally:
-        for h in hooks:
-            h.remove()
-    cos, sin = model.rope_cos[:t], model.rope_sin[:t]
-    for n in range(dec.n_steps):
-        for li, attn in enumerate(layers):
-            k, v = (x[n].view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2) for x in (ks[li], vs[li]))
-            dec.attn[n][li].update(k=apply_rope(k, cos, sin)[:, :, -attn.window:], v=v[:, :, -attn.window:])
-        if model.memory.enabled:
-            _memory_state(model.memory, hs[n], dec.mem[n])
-    dec.pos = t
-    return dec, out
-
-
-def _memory_state(mem, h: torch.Tensor, st: dict) -> None:
-    """Fill the decoder's memory state ``st`` of one step from the memory inputs h [B, P, D]."""
-    t = h.shape[1]
-    q, k, v = mem.project(h)
-    beta = mem.log_beta.exp()
-    keys, vals, filled, last = st["keys"].to(k.dtype), st["vals"].to(v.dtype), st["filled"], st["last"]
-    for c, start in enumerate(range(0, t, mem.chunk)):
-        kc, vc = k[:, start:start + mem.chunk], v[:, start:start + mem.chunk]
-        attn = mem._attend(beta, q[:, start:start + mem.chunk], keys, filled)
-        s = mem.surprise(beta, kc, vc, keys, vals, filled)
-        if start + mem.chunk > t:  # the open chunk: kept per position until it completes
-            st["chunk"] = list(zip(kc.split(1, 1), vc.split(1, 1), s.split(1, 1)))
-            st["amax"] = attn.amax(1)
-            break
-        last = torch.where(attn.amax(1) > 0.5, float(c + 1), last)
-        keys, vals, filled, last = mem._write(kc, vc, s, keys, vals, filled, last, float(c + 1))
-        st["c"] = c + 1
-    st.update(keys=keys, vals=vals, filled=filled, last=last)
+    dec = model.kv_decoder(ids.shape[0])
+    return dec, fill(dec, ids)
 
 
 def repeat_rows(dec, k: int):
