@@ -1,17 +1,27 @@
-"""Cost of thinking: time per generated token (greedy) with a Quiet-STaR thought before every token ÷
-without thoughts, on the same model and truncated context, in one process — thoughts sampled with the
-KV cache and without it; and the time of one Quiet-STaR RL step (rl_step + backward) with cached and
-uncached thought sampling.
+"""Cost of thinking, in one process, every configuration timed once per round, rounds interleaved, medians
+compared (load and thread count matter: run with OMP_NUM_THREADS=1 and note ``uptime``).
 
     python benchmarks/bench_thoughts.py                                  # a fresh tiny-size Cognate model
     python benchmarks/bench_thoughts.py --checkpoint outputs/artifacts/quietstar/reasoning --tokens 16
 
-Every configuration is timed once per round, rounds interleaved, and the medians compared. Uncached, a
-thought of L tokens costs L + 1 extra forward passes over the growing sequence per generated token (L to
-sample it, one to read the prediction after [/endthinking]): ~L + 2 times no thoughts. Cached, it costs
-one forward pass over context + [thinking] with every recursion step on every position (the prefill,
-which also gives the prediction without the thought) and L + 1 decode steps; the breakdown printed
-at the end (prefill, one decode step, one plain forward) says where the time goes.
+1. Generation: time per generated token (greedy) with a Quiet-STaR thought before every token ÷ without
+   thoughts, on the same model and truncated context — thoughts sampled with the KV cache and without
+   it. Uncached, a thought of L tokens costs L + 1 extra forward passes over the growing sequence per
+   generated token (L to sample it, one to read the prediction after [/endthinking]): ~L + 2 times no
+   thoughts. Cached, it costs one forward pass over context + [thinking] with every recursion step on
+   every position (the prefill, which also gives the prediction without the thought) and L + 1 decode
+   steps; the breakdown printed (prefill, one decode step, one plain forward) says where the time goes.
+
+2. Training: the time of one Quiet-STaR training step with the longest thought length ÷ the same step
+   without thoughts, on the phase's default episode (2 sequences x 2 positions = 4 windows of 32
+   context + 4 true tokens, 4 thoughts each), the model in eval mode with gradients on, as the phase
+   trains it. The thought step is ``rl_step`` (sample the thoughts, the forward with and without them,
+   the reference forward, the losses and coherence) + backward. The step without thoughts is what a user
+   would otherwise run on the same windows: the model's forward on the window, the cross-entropy of the
+   true next tokens, backward. Both are timed without the optimizer step, then both with it (the phase's
+   Muon-Grokfast config, plus the mixing head's AdamW for the thought step). The breakdown times the
+   thought step's parts on their own: sampling, the forward + backward with and without thoughts, and
+   the reference forward.
 """
 from __future__ import annotations
 
@@ -23,14 +33,17 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from agentforge.artifacts import load_model
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.io import load_tensors
 from agentforge.models import CognateConfig, CognateModel
+from agentforge.optim import build_optimizer
 from agentforge.reasoning import thought_cache
 from agentforge.reasoning.rl import ThoughtConfig, rl_step, sample_windows
-from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts
+from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts, packed_forward, sample_thoughts, think
 from agentforge.reasoning.tokens import THINK_END, THINK_START, add_reasoning_tokens
 
 
@@ -56,7 +69,7 @@ def main() -> None:
     ap.add_argument("--thought-lengths", default="4,12", help="thought lengths to time, comma-separated")
     ap.add_argument("--context", type=int, default=64, help="context tokens each prediction sees")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--rl-repeats", type=int, default=3, help="RL steps timed per path (0: skip)")
+    ap.add_argument("--rl-repeats", type=int, default=5, help="training steps timed per case (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
@@ -105,25 +118,80 @@ def main() -> None:
           f"(model: {model.config.max_steps} recursion steps, every one run by the prefill and each decode step)")
 
     if args.rl_repeats > 0:
-        tcs = {cache: ThoughtConfig(thought_length=max(lengths), use_cache=cache) for cache in (True, False)}
-        tc = tcs[True]
-        ref = copy.deepcopy(model).eval()
-        stream = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
-        windows = sample_windows(stream, 2, 64, 2, tc.context_len, tc.n_true, torch.Generator().manual_seed(0))
-        rl_ids = {"start": start, "end": end, "banned": banned}
-        model.train()
+        training_step_ratio(model, head, start, end, banned, max(lengths), args.rl_repeats)
 
-        def rl(cache):
-            def run():
-                loss, _ = rl_step(model, head, ref, windows, tcs[cache], rl_ids, torch.Generator().manual_seed(0))
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-            return run
-        rl_med = interleaved_medians({"cached": rl(True), "uncached": rl(False)}, args.rl_repeats)
-        print(f"Quiet-STaR RL step ({len(windows)} windows x {tc.num_thoughts} thoughts x {tc.thought_length} tokens, "
-              f"context {tc.context_len}, forward + backward): uncached {rl_med['uncached'] * 1e3:.0f} ms, "
-              f"cached {rl_med['cached'] * 1e3:.0f} ms ({rl_med['uncached'] / rl_med['cached']:.2f}x faster)")
 
+def training_step_ratio(model, head, start: int, end: int, banned: list[int], length: int, repeats: int) -> None:
+    """Time of one Quiet-STaR training step with ``length``-token thoughts ÷ the same step without thoughts
+    (interleaved medians; see the module docstring for both definitions) and where the thought step's time goes."""
+    tcs = {cache: ThoughtConfig(thought_length=length, use_cache=cache) for cache in (True, False)}
+    tc = tcs[True]
+    ref = copy.deepcopy(model).eval()
+    stream = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
+    # the phase's default episode: 2 sequences x 2 positions (phase.rl.batch_size, thought_positions)
+    windows = sample_windows(stream, 2, 64, 2, tc.context_len, tc.n_true, torch.Generator().manual_seed(0))
+    rl_ids = {"start": start, "end": end, "banned": banned}
+    model.eval()  # as the phase trains (FrozenPair: eval mode, gradients on)
+    opt, _ = build_optimizer(model, phase_optimizer_cfg(), 1000)
+    head_opt = torch.optim.AdamW(head.parameters(), lr=opt.param_groups[0]["lr"])
+
+    def finish(loss, step_opt):
+        loss.backward()
+        if step_opt:
+            opt.step()
+            head_opt.step()
+        opt.zero_grad(set_to_none=True)
+        head_opt.zero_grad(set_to_none=True)
+
+    def thoughts(cache, step_opt=False):
+        return lambda: finish(rl_step(model, head, ref, windows, tcs[cache], rl_ids,
+                                      torch.Generator().manual_seed(0))[0], step_opt)
+
+    def plain(step_opt=False):
+        return lambda: finish(F.cross_entropy(model(windows[:, :-1]).logits.flatten(0, 1), windows[:, 1:].flatten()),
+                              step_opt)
+
+    c, k, n = tc.context_len, tc.num_thoughts, len(windows)
+    prefixes = torch.cat([windows[:, :c], torch.full((n, 1), start)], 1)
+    given = sample_thoughts(model, prefixes, length, 1.0, banned, torch.Generator().manual_seed(0), repeat=k).view(n, k, -1)
+
+    def forward_backward():
+        batch = think(model, head, windows, tc.n_true, k, length, start, end, 1.0, banned, thoughts=given)
+        finish(batch.mixed_logits.float().logsumexp(-1).mean() + batch.base_logits.float().logsumexp(-1).mean(), False)
+
+    def reference():
+        with torch.no_grad():
+            batch_rows = torch.cat([prefixes.repeat_interleave(k, 0), given.view(n * k, -1)], 1)
+            packed_forward(ref, [windows[:, :-1], batch_rows[:, :-1]])
+
+    cases = {"none": plain(), "cached": thoughts(True), "uncached": thoughts(False),
+             "none+opt": plain(True), "cached+opt": thoughts(True, True),
+             "sample": lambda: sample_thoughts(model, prefixes, length, 1.0, banned, torch.Generator().manual_seed(0),
+                                               repeat=k),
+             "fwd+bwd": forward_backward, "reference": reference}
+    for fn in cases.values():  # warm-up
+        fn()
+    med = interleaved_medians(cases, repeats)
+    base = med["none"]
+    print(f"Quiet-STaR training step ({n} windows x {k} thoughts x {length} tokens, context {c}, {tc.n_true} true "
+          f"tokens; model in eval mode as in the phase), {repeats} interleaved rounds:")
+    print(f"  no thoughts (next-token loss forward + backward)  {base * 1e3:7.1f} ms  1.00x")
+    for name in ("cached", "uncached"):
+        print(f"  thoughts, {name:<8} (rl_step + backward)          {med[name] * 1e3:7.1f} ms  {med[name] / base:5.2f}x")
+    print(f"  with the optimizer step (Muon-Grokfast + the head's AdamW): no thoughts {med['none+opt'] * 1e3:.1f} ms, "
+          f"thoughts {med['cached+opt'] * 1e3:.1f} ms, {med['cached+opt'] / med['none+opt']:.2f}x")
+    print(f"  where the cached step goes: sampling the thoughts {med['sample'] * 1e3:.1f} ms "
+          f"({med['sample'] / base:.2f}x no thoughts), the forward + backward with and without thoughts "
+          f"{med['fwd+bwd'] * 1e3:.1f} ms ({med['fwd+bwd'] / base:.2f}x), the reference forward "
+          f"{med['reference'] * 1e3:.1f} ms ({med['reference'] / base:.2f}x), the rest (losses, coherence) "
+          f"{(med['cached'] - med['sample'] - med['fwd+bwd'] - med['reference']) * 1e3:.1f} ms")
+
+
+def phase_optimizer_cfg() -> dict:
+    """The optimizer config of the phase's RL step: conf/optimizer/muon_grokfast.yaml with phase.rl.optimizer over it."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    return {**OmegaConf.to_container(OmegaConf.load(conf / "optimizer" / "muon_grokfast.yaml")),
+            **OmegaConf.to_container(OmegaConf.load(conf / "phase" / "quietstar.yaml").rl.optimizer)}
 
 if __name__ == "__main__":
     main()
