@@ -11,7 +11,7 @@ import torch
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.reasoning import thought_cache
 from agentforge.reasoning.rl import ThoughtConfig, rl_step
-from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts, packed_forward, sample_thoughts, think
+from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts, sample_thoughts, think
 
 torch.set_num_threads(1)
 BANNED = [256, 257, 259, 260]
@@ -109,20 +109,3 @@ def test_sampling_past_max_seq_len_falls_back_to_the_sliding_uncached_path():
     a = sample_thoughts(model, prefixes, 6, 1.0, BANNED, torch.Generator().manual_seed(1))
     b = sample_thoughts(model, prefixes, 6, 1.0, BANNED, torch.Generator().manual_seed(1), use_cache=False)
     assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("ablation", [{}, {"memory": False}, {"halting": False}])
-def test_packed_forward_gives_each_tensors_own_forward(ablation):
-    """One forward over right-padded rows of different lengths (crossing the window of 6 and memory chunks
-    of 4) gives every row's own logits and hidden states, in eval mode (row skipping) and with gradients."""
-    model = model_with_mixed_halting(5)
-    short, long = torch.randint(0, 256, (2, 7)), torch.randint(0, 256, (3, 18))
-    with model.ablate(**ablation):
-        packed = packed_forward(model, [short, long], pad_id=5)
-        for (logits, hidden), ids in zip(packed, (short, long)):
-            own = model(ids)
-            assert logits.shape == own.logits.shape and logits.requires_grad
-            torch.testing.assert_close(logits, own.logits, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(hidden, own.hidden, atol=1e-5, rtol=1e-5)
-        other = packed_forward(model, [short, long], pad_id=77)[0][0]  # the pad ids change nothing
-        torch.testing.assert_close(other, packed[0][0], atol=1e-6, rtol=1e-6)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from agentforge.reasoning import anti_theater, coherence, rewards
-from agentforge.reasoning.thoughts import kl_to_reference, packed_forward, reinforce_loss, think
+from agentforge.reasoning.thoughts import kl_to_reference, reinforce_loss, think
 
 
 @dataclass
@@ -43,15 +43,13 @@ def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: i
     return torch.stack(out)
 
 
-def coherence_scores(model, ref, batch, context_len: int, ref_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def coherence_scores(model, ref, batch, context_len: int) -> dict[str, torch.Tensor]:
     """[N, K] semantic, syntactic, predictive, combined and prior coherence of each thought (``coherence.py``).
     Semantic and syntactic (hence ``prior``) read only the context and the thought: the reference model
-    sees the rows cut after the last thought token (``ref_logits``, when given, are its logits there),
-    the embeddings only the context."""
+    sees the rows cut after the last thought token, the embeddings only the context."""
     length = batch.thoughts.shape[-1]
     with torch.no_grad():
-        if ref_logits is None:
-            ref_logits = ref(batch.with_inputs[:, : context_len + length]).logits
+        ref_logits = ref(batch.with_inputs[:, : context_len + length]).logits
         gain = rewards.likelihood_gain(batch.true_logp_mixed(), batch.true_logp_without())
         s = {"semantic": coherence.semantic(model.embed.weight.detach(), batch.thoughts, batch.windows[:, :context_len]),
              "syntactic": coherence.syntactic(ref_logits, batch.thoughts, context_len),
@@ -70,12 +68,11 @@ def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: di
     policy = reinforce_loss(batch.thought_logp, adv)
     mixed_nll = -logp_mixed.mean()
     base_ce = F.cross_entropy(batch.base_logits.flatten(0, 1).float(), windows[:, 1:].flatten())
-    with torch.no_grad():  # the reference on the windows (KL) and on the thought rows (coherence): one pass
-        (ref_logits, _), (ref_thought_logits, _) = packed_forward(
-            ref, [windows[:, :-1], batch.with_inputs[:, : cfg.context_len + batch.thoughts.shape[-1]]])
+    with torch.no_grad():
+        ref_logits = ref(windows[:, :-1]).logits
     kl = kl_to_reference(batch.base_logits, ref_logits)
     loss = policy + mixed_nll + base_ce + cfg.kl_coef * kl
-    coh = coherence_scores(model, ref, batch, cfg.context_len, ref_thought_logits)
+    coh = coherence_scores(model, ref, batch, cfg.context_len)
     gain = rewards.likelihood_gain(logp_mixed.detach(), batch.true_logp_without().detach())
     figures = {"reward": float(gain.mean()), "policy_loss": policy.item(), "lm_loss": (mixed_nll + base_ce).item(),
                "kl": kl.item(), "mix_weight": batch.mix_weight.mean().item(),

@@ -147,38 +147,19 @@ def sample_thoughts(model, prefixes: torch.Tensor, length: int, temperature: flo
     return (toks, logp) if return_logp else toks
 
 
-def packed_forward(model, seqs: list[torch.Tensor], pad_id: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(logits [B_i, T_i, V], hidden [B_i, T_i, D]) of ``model`` on each id tensor [B_i, T_i] of ``seqs``,
-    from ONE forward over all their rows, each right-padded with ``pad_id`` to the longest: one pass of
-    a few hundred ops (and one backward) instead of one per tensor, which is what a step of a small
-    model on a CPU costs. Exact for a Cognate model, every part of which is causal: a position's output
-    depends only on the ids up to it (attention is causal, the memory reads and writes chunk-causally,
-    halting is per token, and a row skipped once all its tokens halted keeps their outputs), so the pads
-    after a row change none of its outputs (a test; up to float rounding of a different batch shape).
-    In training mode QK-clip's running max logit (``layers.py``) also sees the padded positions; the
-    Quiet-STaR phase trains in eval mode, where it is not recorded."""
-    width = max(s.shape[1] for s in seqs)
-    out = model(torch.cat([F.pad(s, (0, width - s.shape[1]), value=pad_id) for s in seqs]))
-    res, row = [], 0
-    for s in seqs:
-        b, t = s.shape
-        res.append((out.logits[row: row + b, :t], out.hidden[row: row + b, :t]))
-        row += b
-    return res
-
-
 def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoughts: int, thought_length: int,
           start_id: int, end_id: int, temperature: float = 1.0, banned: list[int] = (),
           generator: torch.Generator | None = None, thoughts: torch.Tensor | None = None,
           use_cache: bool = True) -> ThoughtBatch:
     """One Quiet-STaR pass over windows [N, C + n_true] (``thoughts`` [N, K, L] may be given instead of sampled).
     The thoughts' log-probs for REINFORCE come from one batched forward over context, thought and true
-    tokens (with gradients), from the distribution they were sampled from (``policy_logits``); the same
-    forward (``packed_forward``) also runs the windows without thoughts."""
+    tokens (with gradients), from the distribution they were sampled from (``policy_logits``)."""
     n, width = windows.shape
     c, k = width - n_true, num_thoughts
     if c < 1 or n_true < 1:
         raise ValueError(f"windows of {width} tokens cannot hold a context and n_true={n_true} true tokens")
+    base = model(windows[:, :-1])
+    without_logits, without_h = base.logits[:, c - 1:], base.hidden[:, c - 1:]
     ctx = windows[:, :c].repeat_interleave(k, 0)
     true = windows[:, c:].repeat_interleave(k, 0)
     start = ctx.new_full((n * k, 1), start_id)
@@ -189,17 +170,16 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
         flat = thoughts.reshape(n * k, -1)
     length = flat.shape[1]
     with_inputs = torch.cat([ctx, start, flat, ctx.new_full((n * k, 1), end_id), true], 1)
-    (base_logits, base_h), (out_logits, out_h) = packed_forward(model, [windows[:, :-1], with_inputs[:, :-1]])
-    without_logits, without_h = base_logits[:, c - 1:], base_h[:, c - 1:]
+    out = model(with_inputs[:, :-1])
     # position c is [thinking]; the log-probs of the distribution the thoughts were sampled from
-    logp = F.log_softmax(policy_logits(out_logits[:, c: c + length], temperature, banned), -1)
+    logp = F.log_softmax(policy_logits(out.logits[:, c: c + length], temperature, banned), -1)
     thought_logp = logp.gather(-1, flat[..., None]).squeeze(-1)
-    with_logits, with_h = out_logits[:, c + length + 1:], out_h[:, c + length + 1:]  # from [/endthinking]
+    with_logits, with_h = out.logits[:, c + length + 1:], out.hidden[:, c + length + 1:]  # from [/endthinking]
     rep_logits = without_logits.repeat_interleave(k, 0)
     w = head(with_h, without_h.repeat_interleave(k, 0))
     mixed = w * with_logits + (1 - w) * rep_logits
     return ThoughtBatch(windows, flat.view(n, k, length), thought_logp.view(n, k, length),
-                        mixed.view(n, k, n_true, -1), without_logits, w.view(n, k, n_true), base_logits, with_inputs)
+                        mixed.view(n, k, n_true, -1), without_logits, w.view(n, k, n_true), base.logits, with_inputs)
 
 
 def reinforce_loss(thought_logp: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
