@@ -164,6 +164,51 @@ def test_token_usage():
     assert baking.token_usage([[1, 259], [2, 3], [260]], [259, 260]) == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_sample_continuation_draws_the_tokens_of_the_model_rerun_on_the_growing_prefix(temperature):
+    """The cached sampler gives the tokens of the plain loop (a forward over the whole growing prefix per
+    token, banned tokens at -inf, one multinomial per token), for a prefix longer than the attention
+    window and crossing memory chunks."""
+    torch.manual_seed(1)
+    model = CognateModel(CognateConfig(vocab_size=272, d_model=32, n_layers=2, n_heads=2, ffn_hidden=64, window=8,
+                                       max_steps=3, ltm_slots=4, ltm_key_dim=8, ltm_chunk=4, ltm_max_writes=2)).eval()
+    with torch.no_grad():
+        model.halt_head.weight.normal_(0, 2.0)  # tokens halt at different steps
+    prefix, banned = torch.randint(2, 256, (21,)).tolist(), [0, 1, 7]
+    ids, gen, want = torch.tensor([prefix]), torch.Generator().manual_seed(4), []
+    with torch.no_grad():
+        for _ in range(9):
+            logits = model(ids).logits[0, -1].float()
+            logits[banned] = float("-inf")
+            nxt = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen)) if temperature \
+                else int(logits.argmax())
+            want.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    got = baking.sample_continuation(model, prefix, 9, temperature, torch.Generator().manual_seed(4), banned)
+    assert got == want and not set(got) & set(banned)
+
+
+def test_bake_eval_reuses_the_frozen_teachers_usage():
+    """The prompted teacher's token usage is the same in every call (frozen, fixed seed), so a call given
+    the first call's figures reports the same ones without sampling the teacher."""
+    model, teacher = tiny(seed=2), tiny(seed=3)
+    tok = ByteTokenizer()
+    ids = add_reasoning_tokens(tok)
+    strategies = STRATEGIES[:2]
+    val = {s.key: [(tok.encode(e["question"]), tok.encode(e["response"])) for e in generate_examples(2, 0, "val")
+                   if e["strategy"] == s.key] for s in strategies}
+    prompts = {s.key: tok.encode(s.prompt) for s in strategies}
+    usage = {"thinking": [ids[THINK_START]], "strategy": [ids[s.token] for s in strategies],
+             **{s.key: [ids[s.token], ids[THINK_START]] for s in strategies}}
+    b = type("B", (), {"prompt_position": "answer", "usage_tokens": 3, "temperature": 1.0})()
+    first, again = (baking.bake_eval(model, teacher, val, prompts, b, usage) for _ in range(2))
+    reused = baking.bake_eval(model, teacher, val, prompts, b, usage, {k: v["teacher_usage"] for k, v in first["per"].items()})
+    assert first == again == reused and all(len(pairs) == 2 for pairs in val.values())
+    given = baking.bake_eval(model, teacher, val, prompts, b, usage, {k: 0.125 for k in val})  # not sampled again
+    assert [v["teacher_usage"] for v in given["per"].values()] == [0.125, 0.125]
+    assert [v["usage"] for v in given["per"].values()] == [v["usage"] for v in first["per"].values()]
+
+
 # ---------------------------------------------------------------- thoughts and RL
 IDS = {"start": 259, "end": 260, "banned": [256, 257, 259, 260]}
 

@@ -187,7 +187,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path) -> dict:
         trainer, hours = _fit(cfg, ctx, module, "baking", src, out_dir, int(b.epochs), float(cfg.phase.gradient_clip))
         if not trainer.is_global_zero:
             return {}
-        final = bk.bake_eval(model, teacher, val_p, prompts, b, usage_ids)
+        final = bk.bake_eval(model, teacher, val_p, prompts, b, usage_ids, {k: v["teacher_usage"] for k, v in before["per"].items()})
         tr.log({"baking/thinking_token_usage": final["thinking_usage"],
                 "baking/strategy_token_usage": final["strategy_usage"]}, step=trainer.global_step)
         return _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, module.history, hours,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from agentforge.data.tokenizer import BOS_ID, PAD_ID
+from agentforge.reasoning.thoughts import sample_thoughts
 
 
 def baking_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -40,20 +41,12 @@ def agreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: 
 @torch.no_grad()
 def sample_continuation(model, prefix: list[int], n_tokens: int, temperature: float,
                         generator: torch.Generator | None, banned: list[int] = ()) -> list[int]:
-    """n_tokens sampled after ``prefix`` (one row: the model has no attention mask, so no padding)."""
+    """n_tokens sampled after ``prefix`` (one row: the model has no attention mask, so no padding), banned
+    tokens excluded, temperature 0 = greedy. Drawn as ``thoughts.sample_thoughts`` draws (one multinomial
+    per token from ``generator``), with the KV cache where it serves the model: one prefill and a cached
+    decode step per token instead of a forward over the growing prefix (the same tokens; a test)."""
     ids = torch.tensor([prefix], dtype=torch.long, device=next(model.parameters()).device)
-    out = []
-    for _ in range(n_tokens):
-        logits = model(ids[:, -model.config.max_seq_len:]).logits[0, -1].float()
-        if banned:
-            logits[list(banned)] = float("-inf")
-        if temperature > 0:
-            nxt = int(torch.multinomial(F.softmax(logits / temperature, -1).cpu(), 1, generator=generator))
-        else:
-            nxt = int(logits.argmax())
-        out.append(nxt)
-        ids = torch.cat([ids, ids.new_tensor([[nxt]])], 1)
-    return out
+    return sample_thoughts(model, ids, n_tokens, temperature, banned, generator)[0].tolist()
 
 
 def prompted(prompt: list[int], x: list[int], prompt_position: str = "start") -> list[int]:
@@ -114,10 +107,12 @@ def bake_step(model, teacher, prompt: list[int], pairs: list[tuple[list[int], li
 
 @torch.no_grad()
 def bake_eval(model, teacher, val: dict[str, list[tuple[list[int], list[int]]]], prompts: dict[str, list[int]],
-              b, usage_ids: dict[str, list[int]] | None = None) -> dict:
+              b, usage_ids: dict[str, list[int]] | None = None, teacher_usage: dict[str, float] | None = None) -> dict:
     """Per strategy key (``val``: its held-out token pairs): KL and next-token agreement of the unprompted
     model with the prompted teacher. With ``usage_ids`` ({"thinking": ids, "strategy": ids, key: ids of the
-    strategy's own token}), also the share of sampled outputs (``usage_tokens`` each) using them."""
+    strategy's own token}), also the share of sampled outputs (``usage_tokens`` each) using them, for the
+    model and for the prompted teacher; the teacher is frozen and sampled with a fixed seed, so a later
+    call may pass the first call's ``teacher_usage`` (key -> share) instead of sampling it again."""
     was = model.training
     model.eval()
     per, kls, outs = {}, [], []
@@ -135,9 +130,11 @@ def bake_eval(model, teacher, val: dict[str, list[tuple[list[int], list[int]]]],
                     return sample_continuation(m, prefix, int(b.usage_tokens), float(b.temperature), g, [PAD_ID, BOS_ID])
                 g = torch.Generator().manual_seed(0)
                 st = [sample(model, [BOS_ID] + x, g) for x, _ in pairs]
-                g = torch.Generator().manual_seed(0)
-                te = [sample(teacher, prompted(prompts[key], x, str(b.prompt_position)), g) for x, _ in pairs]
-                per[key].update(usage=token_usage(st, usage_ids[key]), teacher_usage=token_usage(te, usage_ids[key]))
+                if teacher_usage is None:
+                    g = torch.Generator().manual_seed(0)
+                    te = [sample(teacher, prompted(prompts[key], x, str(b.prompt_position)), g) for x, _ in pairs]
+                per[key].update(usage=token_usage(st, usage_ids[key]),
+                                teacher_usage=teacher_usage[key] if teacher_usage else token_usage(te, usage_ids[key]))
                 outs += st
     finally:
         model.train(was)
