@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentforge.data import formats
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.evals import generation_stats as gs
 from agentforge.evals import tasks
@@ -91,6 +92,80 @@ def _trained_like(seed=0) -> CognateModel:
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return m.eval()
+
+
+def _one_question_at_a_time(model, tok, records, fmt):
+    """The reference scoring: one padded forward pass per question over prompt + each choice."""
+    prompt_fn, choices_fn = {"arc": (formats.arc_prompt, formats.arc_choices),
+                             "piqa": (formats.piqa_prompt, formats.piqa_choices)}[fmt]
+    preds, scores = [], []
+    for rec in records:
+        conts, right = choices_fn(rec)
+        p = tok.encode(prompt_fn(rec), bos=True)
+        seqs = [p + tok.encode(c) for c in conts]
+        batch = torch.full((len(seqs), max(map(len, seqs))), tok.pad_id)
+        for i, x in enumerate(seqs):
+            batch[i, : len(x)] = torch.tensor(x)
+        with torch.no_grad():
+            logp = F.log_softmax(model(batch).logits, -1)
+        sc = [float(sum(logp[i, j - 1, x[j]] for j in range(len(p), len(x)))) for i, x in enumerate(seqs)]
+        scores.append(sc)
+        preds.append((max(range(len(sc)), key=sc.__getitem__), right))
+    return preds, scores
+
+
+def _seq_model(seed=0, max_seq_len=160) -> CognateModel:
+    torch.manual_seed(seed)
+    m = CognateModel(CognateConfig(d_model=32, n_layers=2, n_heads=2, ffn_hidden=64, max_steps=3, ltm_slots=8,
+                                   ltm_key_dim=8, ltm_chunk=8, max_seq_len=max_seq_len))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return m.eval()
+
+
+@pytest.mark.parametrize("fmt", ["arc", "piqa"])
+def test_batched_and_prefix_choice_scoring_equal_one_question_at_a_time(fmt, monkeypatch):
+    from agentforge.data.build import eval_sets
+    from agentforge.evals import prefix
+
+    model, tok = _seq_model(), ByteTokenizer()
+    recs = eval_sets({}, 3, 12, split="test")[fmt]
+    ref_preds, ref_scores = _one_question_at_a_time(model, tok, recs, fmt)
+    assert len({p for p, _ in ref_preds}) > 1  # the model does not pick one answer every time
+    items = [(tok.encode((formats.arc_prompt if fmt == "arc" else formats.piqa_prompt)(r), bos=True),
+              [tok.encode(c) for c in (formats.arc_choices if fmt == "arc" else formats.piqa_choices)(r)[0]])
+             for r in recs]
+    shared = prefix.score_group(model, [p for p, _ in items], [cs for _, cs in items], tok.pad_id)
+    assert [x for sc in shared for x in sc] == pytest.approx([x for sc in ref_scores for x in sc], abs=1e-4)
+    assert prefix.prefers(*items[0], 160) == (fmt == "arc")  # ARC's short choices share, PIQA's long ones not
+    assert tasks.choice_predictions(model, tok, recs, fmt, batch_rows=5) == ref_preds
+    monkeypatch.setattr(prefix, "prefers", lambda *a: True)   # every question through the shared prompt
+    monkeypatch.setattr(prefix, "GROUP_ROWS", 7)
+    assert tasks.choice_predictions(model, tok, recs, fmt) == ref_preds
+    monkeypatch.setattr(prefix, "supports", lambda m: False)   # every question through full forward passes
+    assert tasks.choice_predictions(model, tok, recs, fmt, batch_rows=3) == ref_preds
+
+
+def test_prefix_groups_by_prompt_length():
+    from agentforge.evals.prefix import groups
+
+    assert groups([10, 11, 12, 13], [5, 3, 4, 9], [4, 4, 2, 4], rows=8) == [[11, 12], [10, 13]]
+    assert groups([1], [5], [9], rows=8) == [[1]]
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time():
+    model, tok = _seq_model(1, max_seq_len=48), ByteTokenizer()
+    prompts = [tok.encode(t, bos=True) for t in ("Q: 1+2", "Question: 17 + 25 =", "x", "Answer: the cat sat on",
+                                                 "a much longer prompt that will not fit in the cache")]
+    single = [model.generate(torch.tensor([p]), 8)[0, len(p):].tolist() for p in prompts]
+    eos = max(range(256), key=lambda t: sum(r[2:].count(t) for r in single))  # a token some rows emit early
+    rows = [model.generate(torch.tensor([p]), 8, eos_id=eos)[0, len(p):].tolist() for p in prompts]
+    ref = [r[: r.index(eos)] if eos in r else r for r in rows]
+    assert len({len(r) for r in ref}) > 1  # rows stop at different steps
+    assert tasks.greedy_tokens(model, prompts, 8, eos, batch_size=3) == ref
+    assert tasks.greedy_tokens(model, prompts, 8, None, batch_size=16) == single
+    assert len(prompts[-1]) + 8 > 48  # the last prompt is beyond the cache: decoded alone, as generate does
 
 
 def test_surgery_is_an_identity_at_init_and_not_after():

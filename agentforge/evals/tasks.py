@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from agentforge.data import formats
+from agentforge.evals import prefix
 from agentforge.evals.answers import answers_match
+from agentforge.models.cognate import CognateModel
 from agentforge.models.generation import generate as decode
 
 
@@ -23,38 +25,80 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
+def _continuation(tokenizer, prompt_ids: list[int], continuation: str, max_len: int) -> tuple[list[int], int]:
+    """(token ids of prompt + continuation, truncated on the left to max_len; number of continuation
+    tokens scored, at most len - 1)."""
+    c_ids = tokenizer.encode(continuation)
+    seq = (prompt_ids + c_ids)[-max_len:]
+    return seq, min(len(c_ids), len(seq) - 1)
+
+
 @torch.no_grad()
-def continuation_logprobs(model, tokenizer, prompt: str, continuations: list[str]) -> list[float]:
-    """Summed log P(continuation | prompt) for each continuation, in one padded batch."""
+def score_sequences(model, seqs: list[tuple[list[int], int]], pad_id: int, batch_rows: int = 32) -> list[float]:
+    """Summed log-probability of the last n tokens of each (ids, n), given the tokens before them.
+
+    Rows are sorted by length and run ``batch_rows`` at a time in right-padded batches: every model here
+    is causal and per-row, so a row's logits at its own positions do not depend on the padding after it
+    or on the other rows of the batch (``tests/test_eval.py`` checks the scores against one forward per
+    question on a Cognate model)."""
     device = next(model.parameters()).device
-    p_ids = tokenizer.encode(prompt, bos=True)
-    seqs = [p_ids + tokenizer.encode(c) for c in continuations]
-    max_len = getattr(getattr(model, "config", None), "max_seq_len", 10**9)
-    seqs = [s[-max_len:] for s in seqs]
-    width = max(len(s) for s in seqs)
-    batch = torch.full((len(seqs), width), tokenizer.pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        batch[i, : len(s)] = torch.tensor(s)
-    logp = F.log_softmax(_logits(model, batch.to(device)).float(), dim=-1)
-    scores = []
-    for i, (s, c) in enumerate(zip(seqs, continuations)):
-        n_c = min(len(tokenizer.encode(c)), len(s) - 1)
-        tgt = torch.tensor(s[len(s) - n_c:], device=device)
-        pos = torch.arange(len(s) - n_c - 1, len(s) - 1, device=device)
-        scores.append(float(logp[i, pos, tgt].sum()))
+    scores = [0.0] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    for start in range(0, len(order), max(1, batch_rows)):
+        idx = order[start:start + max(1, batch_rows)]
+        width = len(seqs[idx[-1]][0])
+        batch = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        rows, pos, tgt = [], [], []
+        for r, i in enumerate(idx):
+            s, n_c = seqs[i]
+            batch[r, : len(s)] = torch.tensor(s)
+            rows += [r] * n_c
+            pos += range(len(s) - n_c - 1, len(s) - 1)
+            tgt += s[len(s) - n_c:]
+        logp = F.log_softmax(_logits(model, batch.to(device))[rows, pos].float(), dim=-1)
+        picked = logp[torch.arange(len(tgt)), torch.tensor(tgt, device=device)].cpu()
+        owner = torch.tensor(rows, dtype=torch.long)
+        sums = torch.zeros(len(idx), dtype=picked.dtype).index_add_(0, owner, picked)
+        for r, i in enumerate(idx):
+            scores[i] = float(sums[r])
     return scores
 
 
-def choice_predictions(model, tokenizer, records: list[dict], fmt: str) -> list[tuple[int, int]]:
-    """(predicted index, right index) for each ARC ('arc') or PIQA ('piqa') record."""
+def continuation_logprobs(model, tokenizer, prompt: str, continuations: list[str]) -> list[float]:
+    """Summed log P(continuation | prompt) for each continuation, in one padded batch."""
+    max_len = getattr(getattr(model, "config", None), "max_seq_len", 10**9)
+    p_ids = tokenizer.encode(prompt, bos=True)
+    seqs = [_continuation(tokenizer, p_ids, c, max_len) for c in continuations]
+    return score_sequences(model, seqs, tokenizer.pad_id, batch_rows=len(seqs))
+
+
+def choice_predictions(model, tokenizer, records: list[dict], fmt: str, batch_rows: int = 32) -> list[tuple[int, int]]:
+    """(predicted index, right index) for each ARC ('arc') or PIQA ('piqa') record: the choice of highest
+    summed log-likelihood (the first on a tie). A question whose choices are short next to its prompt is
+    scored with its prompt computed once (``prefix.prefers``, Cognate models: ``prefix.score_group``, in
+    groups of about ``prefix.GROUP_ROWS`` choices); the others by full forward passes over prompt + choice,
+    ``batch_rows`` sequences at a time across questions (``score_sequences``). Both give the same scores."""
     prompt_fn, choices_fn = {"arc": (formats.arc_prompt, formats.arc_choices),
                              "piqa": (formats.piqa_prompt, formats.piqa_choices)}[fmt]
-    out = []
+    max_len = getattr(getattr(model, "config", None), "max_seq_len", 10**9)
+    items = []
     for rec in records:
         conts, right = choices_fn(rec)
-        scores = continuation_logprobs(model, tokenizer, prompt_fn(rec), conts)
-        out.append((max(range(len(scores)), key=scores.__getitem__), right))
-    return out
+        items.append((tokenizer.encode(prompt_fn(rec), bos=True), [tokenizer.encode(c) for c in conts], conts, right))
+    scores: list[list[float] | None] = [None] * len(items)
+    if prefix.supports(model):
+        shared = [i for i, (p, cs, _, _) in enumerate(items) if prefix.prefers(p, cs, max_len)]
+        for group in prefix.groups(shared, [len(items[i][0]) for i in shared], [len(items[i][1]) for i in shared]):
+            for j, sc in zip(group, prefix.score_group(model, [items[j][0] for j in group],
+                                                       [items[j][1] for j in group], tokenizer.pad_id)):
+                scores[j] = sc
+    rest = [i for i in range(len(items)) if scores[i] is None]
+    seqs = [_continuation(tokenizer, items[i][0], c, max_len) for i in rest for c in items[i][2]]
+    flat = score_sequences(model, seqs, tokenizer.pad_id, batch_rows)
+    for i in rest:
+        k = len(items[i][2])
+        scores[i], flat = flat[:k], flat[k:]
+    return [(max(range(len(sc)), key=sc.__getitem__), it[3]) for sc, it in zip(scores, items)]
 
 
 def choice_accuracy(model, tokenizer, records: list[dict], fmt: str) -> float:
@@ -67,16 +111,9 @@ def choice_correct(model, tokenizer, records: list[dict], fmt: str) -> list[int]
     return [int(p == r) for p, r in choice_predictions(model, tokenizer, records, fmt)]
 
 
-@torch.no_grad()
 def gsm8k_generations(model, tokenizer, records: list[dict], max_new_tokens: int = 48) -> list[str]:
-    """Greedy completions of each GSM8K prompt (one at a time: prompts differ in length)."""
-    device = next(model.parameters()).device
-    outs = []
-    for rec in records:
-        ids = torch.tensor([tokenizer.encode(formats.gsm8k_prompt(rec), bos=True)], device=device)
-        gen = model.generate(ids, max_new_tokens, eos_id=tokenizer.eos_id)
-        outs.append(tokenizer.decode(gen[0, ids.shape[1]:]))
-    return outs
+    """Greedy completions of each GSM8K prompt (``gsm8k_greedy`` without the lengths)."""
+    return gsm8k_greedy(model, tokenizer, records, max_new_tokens)[0]
 
 
 def gsm8k_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 48) -> float:
@@ -104,18 +141,77 @@ def _strip_eos(tokens: list[int], eos_id: int) -> list[int]:
     return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
+def _decodes_in_batches(model) -> bool:
+    """A Cognate model with its KV decoder and its own ``generate`` (not a subclass that decodes otherwise)."""
+    return hasattr(model, "kv_decoder") and getattr(type(model), "generate", None) is CognateModel.generate
+
+
 @torch.no_grad()
-def gsm8k_greedy(model, tokenizer, records: list[dict], max_new_tokens: int = 48) -> tuple[list[str], list[int]]:
-    """Greedy completions and their lengths in tokens (up to EOS)."""
+def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None) -> list[list[int]]:
+    """Greedy new tokens (up to, not including, EOS) for prompts of different lengths, decoded together
+    through one KV decoder (``model.kv_decoder``).
+
+    All rows advance one position per step; a row still inside its prompt is fed its next prompt token,
+    after that its own argmax, so each row holds its prompt followed by its generation with nothing in
+    between. The decoder's operations are per row and the single-row path (``models/generation.py``) also
+    feeds the prompt one position at a time, so each row computes what decoding it alone computes
+    (``tests/test_eval.py`` compares the two). A row that emitted EOS keeps emitting it; the loop stops
+    when every row has emitted EOS or its ``max_new_tokens`` (checked every 16 steps). Every prompt must
+    satisfy len + max_new_tokens <= ``model.config.max_seq_len`` (the cached regime)."""
     device = next(model.parameters()).device
-    gens, lengths = [], []
-    for rec in records:
-        ids = torch.tensor([tokenizer.encode(formats.gsm8k_prompt(rec), bos=True)], device=device)
-        new = _strip_eos(generate(model, ids, max_new_tokens, tokenizer.eos_id)[0, ids.shape[1]:].tolist(),
-                         tokenizer.eos_id)
-        gens.append(tokenizer.decode(new))
-        lengths.append(len(new))
-    return gens, lengths
+    lens = torch.tensor([len(x) for x in prompts], device=device)
+    total = int(lens.max()) + max_new_tokens
+    fill = eos_id if eos_id is not None else 0
+    buf = torch.full((len(prompts), total), fill, dtype=torch.long, device=device)
+    for i, x in enumerate(prompts):
+        buf[i, : len(x)] = torch.tensor(x, device=device)
+    end = lens + max_new_tokens
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    dec = model.kv_decoder(len(prompts))
+    for pos in range(total - 1):
+        nxt = dec.next_logits(buf[:, : pos + 1]).float().argmax(-1)
+        gen = (lens <= pos + 1) & (pos + 1 < end)
+        if eos_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            done |= gen & (nxt == eos_id)
+        buf[:, pos + 1] = torch.where(gen, nxt, buf[:, pos + 1])
+        if eos_id is not None and (pos + 2) % 16 == 0 and bool((done | (end <= pos + 2)).all()):
+            break
+    rows = buf.tolist()
+    return [_strip_eos(r[n: n + max_new_tokens], eos_id) if eos_id is not None else r[n: n + max_new_tokens]
+            for r, n in zip(rows, lens.tolist())]
+
+
+@torch.no_grad()
+def greedy_tokens(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None,
+                  batch_size: int = 16) -> list[list[int]]:
+    """Greedy new tokens (up to EOS) of each prompt: ``greedy_batch`` over batches of ``batch_size``
+    prompts of similar length for a Cognate model in the cached regime, one prompt at a time otherwise."""
+    device = next(model.parameters()).device
+    out: list[list[int] | None] = [None] * len(prompts)
+    if _decodes_in_batches(model) and max_new_tokens > 0:
+        limit = int(model.config.max_seq_len)
+        fits = sorted((i for i, x in enumerate(prompts) if len(x) + max_new_tokens <= limit),
+                      key=lambda i: len(prompts[i]))
+        for k in range(0, len(fits), max(1, batch_size)):
+            idx = fits[k: k + max(1, batch_size)]
+            for i, toks in zip(idx, greedy_batch(model, [prompts[i] for i in idx], max_new_tokens, eos_id)):
+                out[i] = toks
+    for i, x in enumerate(prompts):
+        if out[i] is None:
+            ids = torch.tensor([x], device=device)
+            new = generate(model, ids, max_new_tokens, eos_id)[0, ids.shape[1]:].tolist()
+            out[i] = _strip_eos(new, eos_id) if eos_id is not None else new
+    return out
+
+
+def gsm8k_greedy(model, tokenizer, records: list[dict], max_new_tokens: int = 48,
+                 batch_size: int = 16) -> tuple[list[str], list[int]]:
+    """Greedy completions and their lengths in tokens (up to EOS), decoded ``batch_size`` prompts at a
+    time (``greedy_tokens``)."""
+    prompts = [tokenizer.encode(formats.gsm8k_prompt(rec), bos=True) for rec in records]
+    new = greedy_tokens(model, prompts, max_new_tokens, tokenizer.eos_id, batch_size)
+    return [tokenizer.decode(t) for t in new], [len(t) for t in new]
 
 
 @torch.no_grad()
