@@ -11,8 +11,15 @@ import torch
 from agentforge.data.recall import recall_rows
 from agentforge.evals.stats import paired_bootstrap
 from agentforge.models import CognateConfig, CognateModel
-from agentforge.models.ablation import ablations, halting_by_difficulty, recall_memory, token_scores
-from agentforge.models.halting import geometric_prior, halting_distribution
+from agentforge.models.ablation import (
+    ablations,
+    computation_rows,
+    halting_by_difficulty,
+    halting_by_task,
+    recall_memory,
+    token_scores,
+)
+from agentforge.models.halting import geometric_prior, gibbs_halting, halting_distribution, pondernet_loss
 
 
 def tiny(**kw) -> CognateModel:
@@ -107,6 +114,33 @@ def test_pondernet_distribution_and_prior_by_hand():
     assert math.isclose(float(geometric_prior(0.3, 6).sum()), 1.0, rel_tol=1e-6)
 
 
+def test_pondernet_loss_is_minimised_by_the_gibbs_distribution():
+    """Prior (0.5, 0.5), step losses (1, 1 - beta ln 3): p ∝ (0.5, 0.5 * 3) = (0.25, 0.75) by hand; and gradient
+    descent on the real loss over free logits lands on gibbs_halting for random losses."""
+    beta = 0.05
+    hand = gibbs_halting(torch.tensor([1.0, 1.0 - beta * math.log(3)]), 0.5, beta)
+    assert torch.allclose(hand, torch.tensor([0.25, 0.75]), atol=1e-6)
+    losses = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
+    logits = torch.zeros(4, 6, requires_grad=True)
+    opt = torch.optim.LBFGS([logits], max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = pondernet_loss(torch.softmax(logits, 0), losses, torch.ones(6), 0.3, 0.2)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    assert torch.allclose(torch.softmax(logits, 0), gibbs_halting(losses, 0.3, 0.2), atol=1e-4)
+
+
+def test_small_beta_sends_every_token_to_the_last_step():
+    """The saturation of issue 18: per-step gains 0.05 nats with beta 0.01 (m1's old setting) put > 90 % of p on
+    the last step whatever the prior; beta 0.1, twice the gain, leaves it under half (median before the last)."""
+    losses = torch.tensor([2.0, 1.95, 1.90, 1.85])
+    assert gibbs_halting(losses, 0.25, 0.01)[-1] > 0.9 and gibbs_halting(losses, 0.5, 0.01)[-1] > 0.9
+    assert gibbs_halting(losses, 0.5, 0.1)[-1] < 0.5
+
+
 def test_kl_term_vanishes_at_the_prior():
     """A halting head constant at the prior's lambda: KL = 0, so ponder_cost changes nothing."""
     x = torch.randint(0, 256, (2, 12))
@@ -147,6 +181,29 @@ def test_halting_by_difficulty_by_hand():
     out = halting_by_difficulty(steps, loss)
     assert out["ablation/halting_steps_hard_quarter"] == 3.0 and out["ablation/halting_steps_easy_quarter"] == 1.0
     assert out["ablation/halting_loss_spearman"] == pytest.approx(0.9486833, abs=1e-6)  # ties: average ranks
+
+
+def test_computation_rows_mark_the_computed_digits_and_the_letters():
+    rows, hard, easy = computation_rows(3, 127, seed=0)
+    assert rows.shape == (3, 128) and hard.shape == easy.shape == (3, 127)
+    # row 0: "Question: Ada has 44 cards and gives away 6. ...\nAnswer: Ada has 44 - 6 = 38 cards left.\n#### 38"
+    marked = hard[0].nonzero().flatten()
+    assert bytes(rows[0, marked + 1].tolist()) == b"38"            # target j is token j + 1: the result only,
+    assert bytes(rows[0, marked[0] - 1: marked[0] + 1].tolist()) == b"= "   # right after "= ", not the "#### 38" copy
+    targets = rows[:, 1:]
+    assert torch.all((targets[hard] >= 48) & (targets[hard] <= 57)) and torch.all(targets[easy] >= 97)
+
+
+def test_halting_by_task_by_hand():
+    """Row 0: digits at step 3, letters at 1 and 2 (mean 1.5); row 1: digits 2, letter 2; row 2 has no digit.
+    Paired by row: (3 - 1.5 + 2 - 2) / 2 = 0.75."""
+    steps = torch.tensor([[3.0, 1.0, 2.0], [2.0, 2.0, 4.0], [1.0, 1.0, 1.0]])
+    hard = torch.tensor([[True, False, False], [True, False, False], [False, False, False]])
+    easy = torch.tensor([[False, True, True], [False, True, False], [True, True, False]])
+    out = halting_by_task(steps, hard, easy)
+    assert out["ablation/halting_task_n_rows"] == 2 and out["ablation/halting_steps_answer_digits"] == 2.5
+    assert out["ablation/halting_steps_letters"] == pytest.approx(7 / 5)
+    assert out["ablation/halting_digits_minus_letters_delta"] == pytest.approx(0.75)
 
 
 def test_no_grad_steps_train_only_the_last_steps_backbone():

@@ -11,16 +11,27 @@ the same rows by a paired bootstrap (``evals.stats.paired_bootstrap``); delta = 
 positive loss delta means the mechanism lowers the loss. ``recall_memory`` does the same for memory
 off vs on over the repeated digits of the long-range recall task (``data/recall.py``), the tokens only
 memory can predict. ``halting_by_difficulty`` measures whether harder tokens (higher loss at one step)
-halt later.
+halt later; ``halting_by_task`` whether the digits of a computed answer ("42 + 7 = 49" in held-out GSM8K-format
+items, ``computation_rows``) halt later than the letters of the same rows, paired by row.
+
+Halting is judged against always-max-steps by NON-INFERIORITY with the margin ``NONINFERIORITY_MARGIN``
+(0.01 nats/token, declared before the runs): PASS when the upper bound of the 95% CI of
+loss(trained) - loss(max_steps) lies below the margin, i.e. ``max_steps_loss_delta_ci_low`` > -margin.
 """
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
+from agentforge.data import formats, synthetic
+from agentforge.data.datamodule import pack
+from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.evals.stats import paired_bootstrap
 
+NONINFERIORITY_MARGIN = 0.01  # nats/token that halting may cost against always-max-steps
 VARIANTS = {"steps1": {"steps": 1}, "no_memory": {"memory": False}, "max_steps": {"halting": False}}
 
 
@@ -64,6 +75,8 @@ def ablations(model, rows: torch.Tensor, seed: int = 0) -> dict[str, float]:
         out.update(_compare(f"ablation/{name}_loss", v["loss"].mean(1), base["loss"].mean(1), seed))
         out.update(_compare(f"ablation/{name}_accuracy", v["correct"].mean(1), base["correct"].mean(1), seed))
     out.update(halting_by_difficulty(base["steps"], token_scores(model, rows, steps=1)["loss"]))
+    out["ablation/halting_noninferiority_margin"] = NONINFERIORITY_MARGIN
+    out["ablation/halting_noninferior"] = float(out["ablation/max_steps_loss_delta_ci_low"] > -NONINFERIORITY_MARGIN)
     return out
 
 
@@ -92,3 +105,36 @@ def halting_by_difficulty(steps: torch.Tensor, loss_one_step: torch.Tensor) -> d
     return {"ablation/halting_steps_hard_quarter": float(s[order[-q:]].mean()),
             "ablation/halting_steps_easy_quarter": float(s[order[:q]].mean()),
             "ablation/halting_loss_spearman": rho}
+
+
+def computation_rows(n: int, seq_len: int, seed: int, tokenizer: ByteTokenizer | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n packed rows [n, seq_len + 1] of held-out GSM8K-format arithmetic items, and two target masks
+    [n, seq_len]: the digits of each computed result (the "49" of "42 + 7 = 49", after a computation) and
+    the lowercase letters (easy: the templated words)."""
+    tok = tokenizer or ByteTokenizer()
+    need = n * (seq_len + 1)
+    items = synthetic.generate("arithmetic", need // 100 + 8, seed, "val")  # an item is 110-150 tokens
+    rows = pack([formats.render(r, "gsm8k") for r in items], tok, seq_len)[:n]
+    if len(rows) < n:
+        raise ValueError(f"computation_rows: only {len(rows)} rows of {seq_len + 1} tokens, {n} asked")
+    nxt = rows[:, 1:]
+    raw = [bytes(0 if t > 255 else t for t in r) for r in rows.tolist()]  # control ids as NUL
+    hard = torch.zeros_like(nxt, dtype=torch.bool)
+    for i, b in enumerate(raw):
+        for m in re.finditer(rb"= (\d+)", b):
+            hard[i, m.start(1) - 1: m.end(1) - 1] = True   # target j predicts token j + 1
+    easy = (nxt >= ord("a")) & (nxt <= ord("z"))
+    return rows, hard, easy
+
+
+def halting_by_task(steps: torch.Tensor, hard: torch.Tensor, easy: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """Mean halting step [N, T] on the ``hard`` and ``easy`` targets, and their difference paired by row (rows
+    that have both, at least 2) with a bootstrap CI: positive means the computed digits run more steps."""
+    both = (hard.sum(1) > 0) & (easy.sum(1) > 0)
+    h, e = (((steps * m).sum(1) / m.sum(1).clamp(min=1))[both] for m in (hard.float(), easy.float()))
+    out = {"ablation/halting_task_n_rows": float(both.sum()),
+           "ablation/halting_steps_answer_digits": float(steps[hard].mean()),
+           "ablation/halting_steps_letters": float(steps[easy].mean())}
+    out.update(_compare("ablation/halting_digits_minus_letters", h, e, seed))
+    return out

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agentforge.models.generation import generate
-from agentforge.models.halting import geometric_prior, halting_distribution
+from agentforge.models.halting import halting_distribution, pondernet_loss
 from agentforge.models.layers import Block, RMSNorm, rope_cache
 from agentforge.models.memory import SurpriseMemory
 
@@ -212,11 +212,7 @@ class CognateModel(nn.Module):
             mask = (targets != ignore_index).to(e.dtype)
             denom = mask.sum().clamp(min=1)
             ce = torch.stack(step_ce, 0)                                       # [N, B, T]
-            loss = (p * ce * mask).sum() / denom
-            if len(lambdas) > 1 and c.ponder_cost > 0:
-                prior = geometric_prior(c.ponder_prior, p.shape[0], device=e.device, dtype=p.dtype)
-                kl = (p * (torch.log(p.clamp(min=1e-8)) - torch.log(prior)[:, None, None])).sum(0)
-                loss = loss + c.ponder_cost * (kl * mask).sum() / denom
+            loss = pondernet_loss(p, ce, mask, c.ponder_prior, c.ponder_cost)
             if c.deep_supervision > 0:
                 loss = loss + c.deep_supervision * (ce * mask).sum() / (denom * ce.shape[0])
         return CognateOutput(logits, loss, lm_loss, steps, ponder.detach(), surprise, output)

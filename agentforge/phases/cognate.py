@@ -32,7 +32,14 @@ from agentforge.errors import ConfigError
 from agentforge.evals.speed import forward_latency_ms, halting_distribution
 from agentforge.io import CheckpointError, write_json_atomic
 from agentforge.models import CognateModel
-from agentforge.models.ablation import VARIANTS, ablations, recall_memory
+from agentforge.models.ablation import (
+    VARIANTS,
+    ablations,
+    computation_rows,
+    halting_by_task,
+    recall_memory,
+    token_scores,
+)
 from agentforge.phases.context import run_context
 from agentforge.tracking import plots
 from agentforge.tracking.callbacks import (
@@ -187,10 +194,15 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         "diversity/ltm_usage": ltm_usage(model, val_rows),
         "diversity/inference_mflops_per_token": inference_mflops(model, val_rows),
         "diversity/inference_time_ms": forward_latency_ms(model, int(cfg.data.seq_len), vocab=256),
+        "act/halting_steps_std": float(halting.std()),
         **{f"act/halting_share_step{n}": float((halting == n).float().mean())
            for n in range(1, model.config.max_steps + 1)},
     }
+    t_abl = time.perf_counter()
     final.update(ablations(model, val_rows, seed=int(cfg.seed)))
+    rows, hard, easy = computation_rows(int(cfg.phase.get("halting_rows", 64)), int(cfg.data.seq_len), int(cfg.seed),
+                                        tokenizer)
+    final.update(halting_by_task(token_scores(model, rows)["steps"], hard, easy, seed=int(cfg.seed)))
     gap = model.config.window + 8  # the repeat lies beyond the attention window
     if 2 * RECALL_FACT_CHARS + gap + 3 <= int(cfg.data.seq_len) + 1:
         rec_rows, rec_mask = recall_rows(int(cfg.phase.get("recall_rows", 64)), int(cfg.data.seq_len), int(cfg.seed),
@@ -199,6 +211,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
     else:
         print(f"recall ablation skipped: data.seq_len={cfg.data.seq_len} cannot hold a repeat {gap} characters "
               f"apart (beyond the {model.config.window}-token window)")
+    final["ablation/seconds"] = time.perf_counter() - t_abl
     tr.summary(final)
     write_json_atomic(ckpt_dir / "metrics.json", final)
     publish(ckpt_dir, out_dir)
@@ -229,6 +242,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
     print("ablations (loss delta = variant - reference, paired bootstrap over rows):")
     for r in ablation_rows(final):
         print(f"  {r[0]:<20} loss {r[1]:.4f}  acc {r[2]:.3f}  delta {r[3]:+.4f} [{r[4]:+.4f}, {r[5]:+.4f}]  p {r[6]:.3g}")
+    print(halting_summary(final, model.config.max_steps))
     return {"checkpoint": str(out_dir), "run_dir": str(ctx.run_dir), "metrics": final}
 
 
@@ -267,6 +281,21 @@ def inference_mflops(model, rows: torch.Tensor, batch_size: int = 16) -> float:
         for i in range(0, len(rows), batch_size):
             model(rows[i: i + batch_size, :-1])
     return fc.get_total_flops() / rows[:, :-1].numel() / 1e6
+
+
+def halting_summary(final: dict, max_steps: int) -> str:
+    """The halting histogram, digits vs letters with its CI and the non-inferiority verdict, in words."""
+    hist = " ".join(f"{n}:{final[f'act/halting_share_step{n}']:.0%}" for n in range(1, max_steps + 1))
+    pre = "ablation/halting_digits_minus_letters"
+    margin = final["ablation/halting_noninferiority_margin"]
+    worse = [-final["ablation/max_steps_loss_delta_ci_high"], -final["ablation/max_steps_loss_delta_ci_low"]]
+    return (f"halting: mean {final['diversity/avg_halting_steps']:.2f} steps (std {final['act/halting_steps_std']:.2f}), "
+            f"histogram {hist}; computed digits {final['ablation/halting_steps_answer_digits']:.2f} vs letters "
+            f"{final['ablation/halting_steps_letters']:.2f} steps, paired by row {final[pre + '_delta']:+.2f} "
+            f"[{final[pre + '_delta_ci_low']:+.2f}, {final[pre + '_delta_ci_high']:+.2f}]; loss vs always-max-steps "
+            f"{-final['ablation/max_steps_loss_delta']:+.4f} [{worse[0]:+.4f}, {worse[1]:+.4f}] nats: "
+            f"{'PASS' if final['ablation/halting_noninferior'] else 'FAIL'} (non-inferiority margin {margin} nats); "
+            f"ablations took {final['ablation/seconds']:.1f} s")
 
 
 def ablation_rows(final: dict) -> list[list]:
