@@ -88,3 +88,31 @@ def test_report_shows_n_ci_power_and_the_data_check(tmp_path):
     assert "| 0.500 [0.43, 0.57] n=200 |" in md and "| 0.625 [0.39, 0.82] n=16 |" in md
     assert "n = 16: ±0.220" in md and "n = 200: ±0.069" in md  # z sqrt(1/4n + z²/4n²) / (1 + z²/n)
     assert "## Held-out data" in md and "| piqa | 1000 | 900 | 20 / 20 | 0 / 0 | 0 / 0 |" in md
+
+
+def test_report_shows_phase1_ablations_halting_and_diversity(tmp_path):
+    """Three models' metrics.json: the Phase 1 section lists each one's ablation deltas with CIs, halting and the
+    non-inferiority verdict (model 1's cost CI [−0.002, +0.004] is under the 0.01 margin, model 2's +0.03 is not),
+    and the diversity beside 0.3."""
+    from agentforge.pipeline.report import cognate_diversity
+
+    art = tmp_path / "artifacts"
+    for mid, (h, lo) in zip((1, 2, 3), [(3.0, -0.004), (2.0, -0.03), (1.5, -0.001)]):
+        d = art / "cognate" / f"model{mid}"
+        d.mkdir(parents=True)
+        m = {"final/val_loss": 1.9, "diversity/avg_halting_steps": h, "act/halting_steps_std": 0.5,
+             "act/halting_share_step1": 0.25, "act/halting_share_step2": 0.75, "diversity/ltm_usage": 0.1 * mid,
+             "diversity/inference_mflops_per_token": float(mid), "ablation/halting_noninferiority_margin": 0.01}
+        for pre, v in (("steps1_loss", 0.1), ("no_memory_loss", 0.002), ("max_steps_loss", lo / 2),
+                       ("halting_digits_minus_letters", 0.4)):
+            m.update({f"ablation/{pre}_delta": v, f"ablation/{pre}_delta_ci_low": min(v, lo) if pre.startswith("max")
+                      else v / 2, f"ablation/{pre}_delta_ci_high": 0.002 if pre.startswith("max") else 2 * v})
+        (d / "metrics.json").write_text(json.dumps(m))
+    out = write_report(tmp_path, "t", [], [], [])
+    md = out["report"].read_text()
+    assert "## Phase 1: what each Cognate mechanism buys" in md
+    assert "| Model 1 | 1.9 | 3.00 (0.50) | 1:25% 2:75% | +0.40 [+0.20, +0.80] | +0.1000 [+0.0500, +0.2000] |" in md
+    assert "PASS (CI upper bound of the cost +0.0040 vs margin 0.01)" in md
+    assert "FAIL (CI upper bound of the cost +0.0300 vs margin 0.01)" in md
+    assert f"{cognate_diversity(art):.3f} against the seed's threshold 0.3" in md
+    assert len(out["tables"]["pipeline/phase1_ablations"][1]) == 3
