@@ -63,6 +63,8 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     assert "kernels chosen by measurement: prefill" in out
     ft = [r for r in rows if "finetune/loss" in r]
     assert len(ft) == 1 and ft[0]["finetune/epoch"] == 1 and 0 < ft[0]["finetune/loss"] < 20
+    evaluation = {k: v for r in rows for k, v in r.items() if k.startswith("evaluation/")}
+    assert ft[0]["finetune/accuracy"] == evaluation["evaluation/accuracy_after"]  # the last point: the packed model
     final = {k: v for r in rows for k, v in r.items() if k.startswith("final/")}
     packed = (art / "model.safetensors").stat().st_size
     assert final["final/compression_ratio"] == pytest.approx((run_dir / "reference" / "fp32.safetensors").stat().st_size
@@ -78,3 +80,36 @@ def test_relative_accuracy_drop():
     assert relative_drop(0.2, 0.15) == pytest.approx(25.0)
     assert relative_drop(0.2, 0.25) == pytest.approx(-25.0)
     assert relative_drop(0.0, 0.0) == 0.0 and relative_drop(0.0, 0.1) == 0.0
+
+
+def test_recovery_curve_evaluates_a_frozen_copy_and_takes_the_last_point_from_the_packed_model():
+    """Intermediate epochs evaluate a frozen copy (ternary codes only; the training copy is untouched), the
+    last epoch is not evaluated by the callback: its point is ``record``-ed from the packed model."""
+    from types import SimpleNamespace
+
+    from agentforge.models import CognateConfig, CognateModel
+    from agentforge.phases.bitnet import RecoveryCallback
+    from agentforge.quant.convert import convert_to_bitlinear
+
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(vocab_size=40, d_model=16, n_layers=1, n_heads=2, ffn_hidden=24, window=8,
+                                       max_seq_len=32, max_steps=2, ltm_slots=4, ltm_key_dim=8))
+    convert_to_bitlinear(model)
+    logged, seen = [], []
+    tracker = SimpleNamespace(log=lambda metrics, step=None: logged.append((metrics, step)))
+
+    def evaluate_fn(m):
+        seen.append(m)
+        return {"accuracy": 0.25}
+
+    cb = RecoveryCallback(tracker, evaluate_fn, base_accuracy=0.5, epochs=2)
+    module = SimpleNamespace(model=model, epoch_train_losses=[1.0, 3.0], history={"epoch": []})
+    for epoch in range(2):
+        cb.on_train_epoch_end(SimpleNamespace(current_epoch=epoch, global_step=10 * (epoch + 1)), module)
+    assert len(seen) == 1 and seen[0] is not model
+    assert all(m.frozen for m in seen[0].modules() if isinstance(m, BitLinear))
+    assert not any(m.frozen for m in model.modules() if isinstance(m, BitLinear))
+    cb.record(0.4)                                   # the packed model's accuracy after the last epoch
+    assert cb.curve == {"epoch": [0, 1, 2], "accuracy": [0.5, 0.25, 0.4], "loss": [cb.curve["loss"][0], 2.0, 2.0]}
+    assert [(m["finetune/epoch"], m["finetune/accuracy"], step) for m, step in logged] == [(1, 0.25, 10), (2, 0.4, 20)]
+    assert logged[1][0]["finetune/accuracy_recovery"] == pytest.approx(-0.1)

@@ -178,6 +178,36 @@ def test_bitlinear_per_channel_frozen_matches_trainable():
         assert torch.allclose(layer(x), y, atol=1e-5)
 
 
+def test_ste_ternarization_is_cached_until_the_weight_changes(monkeypatch):
+    """One ternarization per weight version (the recursion calls a layer several times per forward), the
+    same numbers as ternarizing at every call, and a fresh one after an in-place (optimizer) update."""
+    from agentforge.quant import bitlinear
+
+    torch.manual_seed(3)
+    layer = BitLinear.from_linear(nn.Linear(8, 4))
+    x = torch.randn(5, 8)
+    calls = []
+    real = bitlinear.ternarize
+    monkeypatch.setattr(bitlinear, "ternarize", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def uncached():
+        codes, gamma = real(layer.weight, layer.threshold, layer.per_channel)
+        w = layer.weight + (dequantize(codes, gamma) - layer.weight).detach()
+        q, s = quantize_activations(x)
+        return torch.nn.functional.linear(x + (q * s - x).detach(), w, layer.bias)
+
+    ys = [layer(x) for _ in range(3)]
+    assert len(calls) == 1 and all(torch.equal(y, uncached()) for y in ys)
+    ys[0].sum().backward()                            # gradients still reach the latent weight
+    assert layer.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        layer.weight.add_(torch.randn(4, 8))          # what an optimizer step does
+    y = layer(x)
+    assert len(calls) == 2 and torch.equal(y, uncached()) and not torch.equal(y, ys[0])
+    layer.threshold = 0.9                             # a changed threshold ternarizes again
+    assert torch.equal(layer(x), uncached()) and len(calls) == 3
+
+
 # -- conversion and checkpoint -----------------------------------------------------------------------------
 def _small_model(seed=0):
     torch.manual_seed(seed)
@@ -205,9 +235,14 @@ def test_calibration_sets_clips_from_real_statistics():
     model = _small_model()
     rows = torch.randint(0, 40, (6, 9))
     names = [n for n, m in model.named_modules() if type(m) is nn.Linear and n != "lm_head"]
-    stats = activation_stats(model, rows, names, batch_size=4, percentile=1.0)
+    progress = []
+    stats = activation_stats(model, rows, names, batch_size=4, percentile=1.0,
+                             on_batch=lambda done, running: progress.append((done, running)))
     st_q = stats["blocks.0.attn.q_proj"]
     assert st_q["tokens"] >= 6 * 8 and st_q["clip"] == pytest.approx(st_q["absmax_max"])
+    # the running means reported per batch end at the final statistics
+    assert [d for d, _ in progress] == [4, 6]
+    assert progress[-1][1] == pytest.approx({n: st["absmax_mean"] for n, st in stats.items()})
     q = _small_model()
     convert_to_bitlinear(q)
     apply_clips(q, stats)

@@ -159,10 +159,12 @@ def run(cfg) -> dict:
         needed = p.fine_tune == "always" or (p.fine_tune == "auto" and drop > float(p.max_accuracy_drop))
         curve = None
         if needed and int(p.fine_tune_epochs) > 0:
-            curve = fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, after["accuracy"])
+            recovery = fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, after["accuracy"])
             loaded = pack_and_reload(qmodel, tokenizer, ckpt_dir, p, src)
             layer_rows = convert.layer_stats(qmodel, str(p.packing), _itemsize(p))
             after = evaluate(loaded, tokenizer, val_rows, evals, p)
+            recovery.record(after["accuracy"])
+            curve = recovery.curve
         before["inference_ms"], after["inference_ms"] = interleaved_latency_ms([model, loaded], seq_len,
                                                                                int(p.speed_repeats))
         log_kernel_choice(ctx.tracker, loaded)
@@ -234,11 +236,18 @@ def pack_and_reload(qmodel, tokenizer, ckpt_dir: Path, p, src: Path):
 
 
 class RecoveryCallback(Callback):
-    """finetune/* keys and the recovery curve: the accuracy composite after each fine-tuning epoch."""
+    """finetune/* keys and the recovery curve: the accuracy composite after each fine-tuning epoch.
 
-    def __init__(self, tracker, evaluate_fn, base_accuracy: float):
-        self.tracker, self.evaluate_fn, self.base = tracker, evaluate_fn, base_accuracy
+    Every point is the accuracy of the ternary model as it would ship: after an intermediate epoch, a
+    frozen copy of the training model (ternary codes and scales only, ``convert.freeze``: the packed
+    model's computation, without re-ternarizing every weight at every call as the training copy does);
+    after the last epoch, the packed model reloaded from the file (``record``), whose evaluation the
+    phase needs anyway — evaluating the training copy as well would cost one more full evaluation."""
+
+    def __init__(self, tracker, evaluate_fn, base_accuracy: float, epochs: int):
+        self.tracker, self.evaluate_fn, self.base, self.epochs = tracker, evaluate_fn, base_accuracy, epochs
         self.curve = {"epoch": [0], "accuracy": [base_accuracy], "loss": [float("nan")]}
+        self.step = 0
 
     def on_train_epoch_end(self, trainer, pl_module):
         losses, h = pl_module.epoch_train_losses, pl_module.history  # LMModule moves the epoch's losses
@@ -248,22 +257,29 @@ class RecoveryCallback(Callback):
             loss = h["train_loss"][-1]
         else:
             loss = float("nan")
-        acc = self.evaluate_fn(pl_module.model)["accuracy"]
-        epoch = trainer.current_epoch + 1
+        epoch, self.step = trainer.current_epoch + 1, trainer.global_step
         self.curve["epoch"].append(epoch)
-        self.curve["accuracy"].append(acc)
         self.curve["loss"].append(loss)
-        self.tracker.log({"finetune/epoch": epoch, "finetune/loss": loss, "finetune/accuracy": acc,
-                          "finetune/accuracy_recovery": acc - self.base}, step=trainer.global_step)
+        if epoch < self.epochs:
+            frozen = copy.deepcopy(pl_module.model)
+            convert.freeze(frozen)
+            self.record(self.evaluate_fn(frozen)["accuracy"])
+
+    def record(self, acc: float) -> None:
+        """The accuracy of the latest epoch (the packed model's, for the last one): curve and finetune/* keys."""
+        self.curve["accuracy"].append(acc)
+        self.tracker.log({"finetune/epoch": self.curve["epoch"][-1], "finetune/loss": self.curve["loss"][-1],
+                          "finetune/accuracy": acc, "finetune/accuracy_recovery": acc - self.base}, step=self.step)
 
 
-def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: float) -> dict:
-    """STE fine-tuning of the latent weights through the shared Lightning path (LMModule + build_trainer)."""
+def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: float) -> RecoveryCallback:
+    """STE fine-tuning of the latent weights through the shared Lightning path (LMModule + build_trainer);
+    returns the recovery callback, whose last point ``record`` takes from the reloaded packed model."""
     p = cfg.phase
     epochs, steps = int(p.fine_tune_epochs), int(p.fine_tune_steps_per_epoch)
     optim_cfg = {**OmegaConf.to_container(cfg.optimizer, resolve=True), "lr": float(p.fine_tune_lr)}
     module = LMModule(qmodel, optim_cfg, epochs * steps, "stop")
-    cb = RecoveryCallback(ctx.tracker, lambda m: evaluate(m, tokenizer, val_rows, evals, p), base_accuracy)
+    cb = RecoveryCallback(ctx.tracker, lambda m: evaluate(m, tokenizer, val_rows, evals, p), base_accuracy, epochs)
     trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers, callbacks=[cb],
                             max_epochs=epochs, default_root_dir=ctx.run_dir, enable_checkpointing=False,
                             gradient_clip_val=float(p.gradient_clip) or None, enable_progress_bar=False)
@@ -271,7 +287,7 @@ def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: f
     qmodel.train()  # Lightning keeps the modules' mode; the copy of the eval-mode input must train
     trainer.fit(module, datamodule=dm)
     qmodel.eval()
-    return cb.curve
+    return cb
 
 
 def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve, seconds) -> dict:

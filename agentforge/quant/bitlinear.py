@@ -117,6 +117,7 @@ class BitLinear(nn.Module):
             return
         codes, gamma = self.ternary()
         self.weight = None
+        self.__dict__["_ste"] = None
         self._set_frozen(codes, gamma)
 
     # -- compute ----------------------------------------------------------------------------------------
@@ -126,12 +127,26 @@ class BitLinear(nn.Module):
             return self._frozen_forward(x, plan)
         if self.frozen:
             return self._frozen_forward(x, self._make_plan())
-        codes, gamma = ternarize(self.weight, self.threshold, self.per_channel)
-        w = self.weight + (dequantize(codes, gamma).to(self.weight.dtype) - self.weight).detach()
+        w = self.weight + self._ste_offset()
         if self.act_bits is not None:
             q, s = quantize_activations(x, self.act_bits, self.act_clip, self.act_scale == "static")
             x = x + (q * s - x).detach()
         return F.linear(x, w, self.bias)
+
+    def _ste_offset(self) -> torch.Tensor:
+        """(Q(w) - w).detach(), the straight-through estimator's constant, cached until the weight changes
+        (its version counter counts in-place updates such as optimizer steps; the object and storage are
+        checked too): the recursion calls each layer max_steps times per forward, and evaluation / decoding
+        calls it once per token, with the same weight — one ternarization per weight update instead."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, self.threshold, self.per_channel)
+        hit = self.__dict__.get("_ste")
+        if hit is not None and hit[0] is w and hit[1] == key:
+            return hit[2]
+        codes, gamma = ternarize(w, self.threshold, self.per_channel)
+        offset = (dequantize(codes, gamma).to(w.dtype) - w).detach()
+        self.__dict__["_ste"] = (w, key, offset)
+        return offset
 
     def _make_plan(self) -> tuple:
         """What the frozen forward reads, as plain Python values, cached until act_clip is modified or the
@@ -145,7 +160,7 @@ class BitLinear(nn.Module):
         return plan
 
     def _apply(self, fn, *args, **kwargs):
-        self.__dict__["_plan"] = None
+        self.__dict__["_plan"] = self.__dict__["_ste"] = None
         return super()._apply(fn, *args, **kwargs)
 
     def _frozen_forward(self, x: torch.Tensor, plan: tuple) -> torch.Tensor:

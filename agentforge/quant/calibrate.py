@@ -25,13 +25,18 @@ def activation_stats(model: nn.Module, rows: torch.Tensor, layer_names: list[str
     absmax: dict[str, list[torch.Tensor]] = {n: [] for n in layer_names}
     abs_sum = dict.fromkeys(layer_names, 0.0)
     count = dict.fromkeys(layer_names, 0)
+    amax_sum = dict.fromkeys(layer_names, 0.0)  # running sum and count for on_batch (no re-concatenation)
+    tokens = dict.fromkeys(layer_names, 0)
 
     def hook(name):
         def fn(_mod, args):
-            x = args[0].detach().float()
-            absmax[name].append(x.abs().amax(dim=-1).flatten().cpu())
-            abs_sum[name] += float(x.abs().sum())
-            count[name] += x.numel()
+            a = args[0].detach().float().abs()
+            m = a.amax(dim=-1).flatten()
+            absmax[name].append(m.cpu())
+            abs_sum[name] += float(a.sum())
+            amax_sum[name] += float(m.sum())
+            tokens[name] += m.numel()
+            count[name] += a.numel()
         return fn
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in layer_names]
@@ -43,7 +48,7 @@ def activation_stats(model: nn.Module, rows: torch.Tensor, layer_names: list[str
             model(rows[i: i + batch_size, :-1].to(device))
             if on_batch is not None:
                 on_batch(min(i + batch_size, len(rows)),
-                         {n: float(torch.cat(absmax[n]).mean()) for n in layer_names if absmax[n]})
+                         {n: amax_sum[n] / tokens[n] for n in layer_names if tokens[n]})
     finally:
         for h in handles:
             h.remove()
