@@ -9,7 +9,8 @@ re-injection, the blocks, the memory read, the halting rule) and keeps what late
 
 * attention: the last ``window`` keys/values of each layer at each step (``CausalSelfAttention.decode``);
 * memory: the bank (keys, values, filled, last use) as of the last completed chunk, plus the current
-  chunk's keys, values, surprises and per-slot max read weight; when the chunk completes it is written
+  chunk's keys, values, surprises and per-slot max read weight, and the previous position's query
+  (``prev``: the next position's key, ``SurpriseMemory.project``); when the chunk completes it is written
   with the model's own ``SurpriseMemory._write``, exactly as ``SurpriseMemory.read`` does between chunks.
 
 A position always runs every step (a later token may halt later and attend to it at that step); its
@@ -32,7 +33,7 @@ class CognateDecoder:
         self.n_steps = model._steps_override or c.max_steps
         self.attn = [[{} for _ in model.blocks] for _ in range(self.n_steps)]
         self.mem = [{"keys": mem.keys.expand(batch, -1, -1), "vals": mem.values.expand(batch, -1, -1),
-                     "filled": mem.filled.expand(batch, -1), "chunk": [], "amax": None, "c": 0,
+                     "filled": mem.filled.expand(batch, -1), "chunk": [], "amax": None, "c": 0, "prev": None,
                      "last": torch.zeros(batch, mem.slots, device=mem.keys.device)} for _ in range(self.n_steps)]
         self.pos = 0
 
@@ -77,12 +78,14 @@ class CognateDecoder:
         mem = self.model.memory
         if not mem.enabled:
             return h
-        q, k, v = mem.project(h)
+        first = st["prev"] is None                      # the sequence's first position: no previous state
+        q, k, v = mem.project(h, st["prev"])
+        st["prev"] = q
         beta, keys, vals = mem.log_beta.exp(), st["keys"].to(k.dtype), st["vals"].to(v.dtype)
         attn = mem._attend(beta, q, keys, st["filled"])
         r = attn @ vals
         s = mem.surprise(beta, k, v, keys, vals, st["filled"])
-        st["chunk"].append((k, v, s))
+        st["chunk"].append((k, v, mem.write_scores(s, first)))
         st["amax"] = attn.amax(1) if st["amax"] is None else torch.maximum(st["amax"], attn.amax(1))
         if len(st["chunk"]) == mem.chunk:  # the chunk is complete: write it, as read() does between chunks
             now = float(st["c"] + 1)
@@ -137,7 +140,7 @@ def _memory_state(mem, h: torch.Tensor, st: dict) -> None:
     for c, start in enumerate(range(0, t, mem.chunk)):
         kc, vc = k[:, start:start + mem.chunk], v[:, start:start + mem.chunk]
         attn = mem._attend(beta, q[:, start:start + mem.chunk], keys, filled)
-        s = mem.surprise(beta, kc, vc, keys, vals, filled)
+        s = mem.write_scores(mem.surprise(beta, kc, vc, keys, vals, filled), start == 0)
         if start + mem.chunk > t:  # the open chunk: kept per position until it completes
             st["chunk"] = list(zip(kc.split(1, 1), vc.split(1, 1), s.split(1, 1)))
             st["amax"] = attn.amax(1)
@@ -145,4 +148,4 @@ def _memory_state(mem, h: torch.Tensor, st: dict) -> None:
         last = torch.where(attn.amax(1) > 0.5, float(c + 1), last)
         keys, vals, filled, last = mem._write(kc, vc, s, keys, vals, filled, last, float(c + 1))
         st["c"] = c + 1
-    st.update(keys=keys, vals=vals, filled=filled, last=last)
+    st.update(keys=keys, vals=vals, filled=filled, last=last, prev=q[:, -1:])

@@ -5,17 +5,31 @@ merges the two with a learned gate. Here the long-term memory is a bank of ``slo
 every sequence fills for itself while it is read, chunk by chunk (Titans computes its memory update over
 chunks the same way, so a token only ever reads what earlier chunks stored):
 
-* keys k = normalize(W_k h), values v = W_v h, queries q = normalize(W_q h) (Titans' three projections,
-  learned through the reads: a later token's query can learn to find an earlier token's key)
+* induction layout: q_t = normalize(W_q h_t), and the key of position t is the PREVIOUS position's query,
+  k_t = q_{t-1}; the value is its own, v_t = W_v h_t. An entry is then a (context -> what followed) pair,
+  and a query made from the current context reads what followed the same context earlier — the layout of an
+  induction head (Olsson et al. 2022, "In-context Learning and Induction Heads"), built in with a
+  one-position token shift as in RWKV / H3. Two deviations from Titans, which stores (k_t, v_t) of the same
+  token with separate W_K and W_Q: with same-token pairs a query finds the stored copy of its own token, not
+  the token that followed it (recall beyond the window failed on the default run, issue 18: memory off −
+  on −0.022 nats on the repeated digits); with separate W_K, W_Q the match of a context with itself is lost
+  as soon as training moves the two apart (a tiny recall model read 0.5 of its weight from the right entry
+  at init and 0.01 after 100 steps; with the shared projection it stays matched). The sequence's first
+  position has no previous query (zero key) and is never written.
+* values and output start as a projection: W_v with orthonormal rows, W_o = W_v^T, so a read returns the
+  stored states' component in W_v's subspace (the product of two small random inits starts at a saddle,
+  where a tiny recall model's memory did not learn in 400 steps; from the projection it recalled).
 * read (chunk c): a = softmax(beta * q K_c^T) over the slots filled by chunks < c;  r = a V_c
   (beta = exp(log_beta), learned; an empty bank reads r = 0)
-* surprise: the memory's prediction error for the token's own value from its own key,
+* surprise: the memory's prediction error for the token's value from its context's key,
   s = ||v - M(k)||^2 / (||v||^2 + eps) with M(k) = softmax(beta * k K_c^T) V_c
-  (Titans' associative loss ||M(k) - v||^2, normalized; 1 when nothing relevant is stored, near 0 when
-  the same content was stored before — so surprise falls when content repeats)
+  (Titans' associative loss ||M(k) - v||^2, normalized, on (context -> next) pairs; 1 when nothing relevant
+  is stored, near 0 when the same context was followed by the same content before — so it falls on repeats)
 * write (end of chunk c): the ``max_writes`` most surprising tokens with s > ``surprise_threshold`` are
   stored as (k, v) — into empty slots first, else the least recently used ones (LRU, as in Santoro et al.
-  2016's least-recently-used access: a slot is "used" when some token gives it more than half of its read)
+  2016's least-recently-used access: a slot is "used" when some token gives it more than half of its read).
+  With ``max_writes`` = ``chunk`` every surprising token is written; the bank holds ``slots`` of them
+  before LRU eviction starts (m1: 128 slots, one default 128-token row).
 * gate: out = h + g * W_o r,  g = sigmoid(W_g h + b), b = ``gate_bias`` (negative: starts mostly on attention)
 
 The bank is per sequence: every sequence starts from the persistent bank (the buffers ``keys``,
@@ -40,7 +54,6 @@ class SurpriseMemory(nn.Module):
         self.surprise_threshold, self.max_writes = surprise_threshold, max_writes
         self.gate_bias_init = gate_bias
         self.query = nn.Linear(d_model, key_dim, bias=False)
-        self.key = nn.Linear(d_model, key_dim, bias=False)
         self.value = nn.Linear(d_model, key_dim, bias=False)
         self.out = nn.Linear(key_dim, d_model, bias=False)
         self.gate = nn.Linear(d_model, d_model)
@@ -54,9 +67,14 @@ class SurpriseMemory(nn.Module):
         self.reset_stats()
 
     def init_gate(self) -> None:
-        """The gate's documented start: zero weights, bias ``gate_bias`` (call after any global re-init)."""
+        """The documented start that a global re-init would undo (call after it): the gate's zero weights and
+        bias ``gate_bias``; W_v with orthonormal rows and W_o = W_v^T (a read starts as a projection of the
+        stored states)."""
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, self.gate_bias_init)
+        with torch.no_grad():
+            nn.init.orthogonal_(self.value.weight)
+            self.out.weight.copy_(self.value.weight.T)
 
     def reset_stats(self) -> None:
         """Counters since the last reset, read by the training callbacks (ltm/* keys); tensors once used."""
@@ -92,7 +110,8 @@ class SurpriseMemory(nn.Module):
             with torch.no_grad():
                 usage += attn.sum(dim=(0, 1))
                 last = torch.where(attn.amax(1) > 0.5, float(c + 1), last)
-            keys, vals, filled, last = self._write(kc, vc, s, keys, vals, filled, last, float(c + 1))
+            keys, vals, filled, last = self._write(kc, vc, self.write_scores(s, start == 0), keys, vals, filled,
+                                                   last, float(c + 1))
         r = torch.cat(reads, 1)
         surprise = torch.cat(surprises, 1)
         self._record(b, t, surprise, filled, usage)
@@ -102,9 +121,19 @@ class SurpriseMemory(nn.Module):
         g = torch.sigmoid(self.gate(h))
         return h + g * self.out(r), surprise
 
-    def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(query, key, value) of hidden states h [B, T, D]; query and key unit-normalized."""
-        return F.normalize(self.query(h), dim=-1), F.normalize(self.key(h), dim=-1), self.value(h)
+    def project(self, h: torch.Tensor, prev: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(query, key, value) of hidden states h [B, T, D]: q_t = normalize(W_q h_t), k_t = q_{t-1} (the
+        induction layout), v_t = W_v h_t; ``prev`` [B, 1, key_dim] is the query before h[:, 0] (None: zeros)."""
+        q = F.normalize(self.query(h), dim=-1)
+        k = torch.cat([torch.zeros_like(q[:, :1]) if prev is None else prev, q[:, :-1]], 1)
+        return q, k, self.value(h)
+
+    @staticmethod
+    def write_scores(s: torch.Tensor, first: bool) -> torch.Tensor:
+        """Surprise [B, T] as the write selection sees it: when the chunk starts the sequence (``first``), its
+        first position has no previous state (zero key) and is never written."""
+        return torch.cat([torch.full_like(s[:, :1], float("-inf")), s[:, 1:]], 1) if first else s
 
     @torch.no_grad()
     def surprise(self, beta, k, v, keys, vals, filled) -> torch.Tensor:

@@ -46,6 +46,6 @@ def repeat_rows(dec, k: int):
         for cache in step:
             cache.update({name: rep(x) for name, x in cache.items()})
     for st in dec.mem:
-        st.update({name: rep(st[name]) for name in ("keys", "vals", "filled", "last", "amax")})
+        st.update({name: rep(st[name]) for name in ("keys", "vals", "filled", "last", "amax", "prev")})
         st["chunk"] = [tuple(rep(x) for x in entry) for entry in st["chunk"]]
     return dec

@@ -1,0 +1,113 @@
+"""The long-term memory's induction layout (``models/memory.py``), by hand on one-hot states, and the default
+presets' write budget. The memory's other behaviour is tested in tests/test_mechanisms.py (surprise on a
+repeated sequence, write filtering and LRU eviction, per-sequence state, reach beyond the window, the
+trained recall model), tests/test_model.py (causality, checkpoint round trip) and the KV-cache tests
+(tests/test_speed.py ``test_kv_cache_*``, tests/test_thought_cache.py)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agentforge.data.recall import recall_rows
+from agentforge.evals.stats import paired_bootstrap
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.models.ablation import recall_memory, token_scores
+from agentforge.models.memory import SurpriseMemory
+from tests.conftest import compose_cfg
+
+D = 4  # one-hot states a, b, c, d
+
+
+def identity_memory(slots: int = 8, threshold: float = 0.5) -> SurpriseMemory:
+    """Query, value and output projections the identity, a sharp read (beta 50) and the gate wide open."""
+    mem = SurpriseMemory(D, slots, D, threshold, max_writes=4, chunk=4, gate_bias=20.0, beta=50.0).eval()
+    with torch.no_grad():
+        for lin in (mem.query, mem.value, mem.out):
+            lin.weight.copy_(torch.eye(D))
+    return mem
+
+
+def states(seq: str) -> torch.Tensor:
+    """[1, T, D] one-hot rows for the letters of ``seq`` (a=0, b=1, ...)."""
+    return torch.eye(D)[[ord(ch) - ord("a") for ch in seq]][None]
+
+
+def test_the_key_is_the_previous_query_and_the_first_position_has_none():
+    mem = identity_memory()
+    q, k, v = mem.project(states("abcd"))
+    assert torch.equal(k[0, 1:], q[0, :-1]) and torch.equal(k[0, 0], torch.zeros(D))
+    assert torch.equal(v, states("abcd"))
+    prev = torch.eye(D)[None, 3:4]                      # continuing after a "d" (the KV decoder's case)
+    assert torch.equal(mem.project(states("ab"), prev)[1][0, 0], prev[0, 0])
+    s = torch.ones(1, 4)
+    assert mem.write_scores(s, first=True)[0, 0] == float("-inf") and torch.equal(mem.write_scores(s, False), s)
+
+
+def test_a_read_returns_what_followed_the_same_context_earlier():
+    """"abcd" then "a": chunk 0 stored (a->b), (b->c), (c->d) (position 0 has no context); the second "a"
+    (chunk 1) reads b, the token that followed "a" — not a, as a same-token (k_t, v_t) memory would."""
+    mem = identity_memory()
+    out, _ = mem.read(states("abcda"))
+    r = out[0, 4] - states("a")[0, 0]                   # the gate is open: out = h + r
+    torch.testing.assert_close(r, states("b")[0, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[0, :4], states("abcd")[0])   # chunk 0 reads an empty bank
+
+
+def test_surprise_is_zero_on_a_repeated_pair_and_it_is_not_written_again():
+    """"abcdabcd", chunks of 4: chunk 0 (empty bank, surprise 1) writes (a->b), (b->c), (c->d) = 3; in
+    chunk 1 the pair (d->a) is new — its key d matches no stored key, the read is the mean (b + c + d) / 3,
+    surprise ||a - (b+c+d)/3||^2 = 4/3, written — and (a->b), (b->c), (c->d) are predicted exactly
+    (surprise 0, not written)."""
+    mem = identity_memory().train()
+    _, s = mem.read(states("abcdabcd"))
+    torch.testing.assert_close(s[0], torch.tensor([1.0, 1, 1, 1, 4 / 3, 0, 0, 0]), atol=1e-5, rtol=0)
+    assert int(mem.stats["writes"]) == 4
+
+
+def test_values_and_output_start_as_a_projection_and_survive_the_global_init():
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, ltm_key_dim=8))
+    w_v, w_o = model.memory.value.weight, model.memory.out.weight
+    torch.testing.assert_close(w_v @ w_v.T, torch.eye(8), atol=1e-5, rtol=0)   # orthonormal rows
+    assert torch.equal(w_o, w_v.T)
+    assert torch.all(model.memory.gate.bias == -2.0)
+
+
+@pytest.mark.parametrize("name", ["m1", "m2"])
+def test_the_default_row_fits_the_bank_without_eviction(tmp_path, name):
+    """m1 and m2 write every surprising token of a default row and keep all of them (no LRU eviction
+    before the row ends), so the recall task's fact is still stored when it repeats."""
+    cfg = compose_cfg([f"model={name}"], tmp_path)
+    m, seq_len = cfg.model, cfg.data.seq_len
+    chunk = CognateConfig.ltm_chunk if m.get("ltm_chunk") is None else m.ltm_chunk
+    assert m.ltm_max_writes == chunk
+    assert m.ltm_max_writes * math.ceil(seq_len / chunk) <= m.ltm_slots
+
+
+@pytest.mark.slow
+def test_trained_memory_recalls_the_code_and_lesioning_it_returns_to_chance():
+    """A tiny model (one layer, window 8) trained 300 steps on recall items whose repeat lies 16+ tokens
+    back: on 64 held-out items the code's digits are recalled (loss well below chance ln 10) and the
+    same weights with the memory's reads off are at chance or worse (paired bootstrap over items)."""
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=8, max_seq_len=128,
+                                       ltm_slots=64, ltm_key_dim=16, ltm_chunk=4, ltm_max_writes=4, max_steps=1,
+                                       surprise_threshold=0.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for i in range(300):
+        x = recall_rows(16, 63, seed=i, split="train", gap=16)[0]
+        loss = model(x[:, :-1], x[:, 1:]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rows, mask = recall_rows(64, 63, seed=0, split="val", gap=16)
+    on = token_scores(model.eval(), rows)
+    per_item = (on["loss"] * mask).sum(1) / mask.sum(1)
+    assert float(per_item.mean()) < 0.5 * math.log(10), float(per_item.mean())
+    assert float(on["correct"][mask].mean()) > 0.8
+    lesion = recall_memory(model, rows, mask)
+    assert lesion["ablation/recall_no_memory_loss"] > math.log(10) - 0.05
+    assert lesion["ablation/recall_no_memory_loss_delta_ci_low"] > 1.0, lesion
+    assert paired_bootstrap(per_item.tolist(), [math.log(10)] * len(per_item))["ci95"][1] < 0
