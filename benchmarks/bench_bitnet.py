@@ -69,8 +69,10 @@ def speed(models: dict, seq_len: int, batch: int, gen_tokens: int, repeats: int)
     for k, (m, kernel) in models.items():
         set_kernel(m, kernel)
         halting[k] = float(m(ids).halting_steps.mean())
-    return {k: (batch * seq_len / statistics.median(fwd[k]), gen_tokens / statistics.median(gen[k]), halting[k])
-            for k in models}
+    base = next(iter(models))  # the first model is the baseline: per-round ratios of the generation time
+    ratios = {k: statistics.median(b / t for b, t in zip(gen[base], gen[k])) for k in models}
+    return {k: (batch * seq_len / statistics.median(fwd[k]), gen_tokens / statistics.median(gen[k]), halting[k],
+                ratios[k]) for k in models}
 
 
 def set_kernel(model, kernel: str | None) -> None:
@@ -152,12 +154,16 @@ def main() -> None:
         res = speed({"fp32": (fp, None), chosen: (bn, None),
                      "bitnet int8 kernel": (bn, "int8"), "bitnet float kernel": (bn, "float")},
                     args.seq_len, args.batch, args.gen_tokens, args.repeats)
-        base_f, base_g, _ = res["fp32"]
+        base_f, base_g, _, _ = res["fp32"]
         print(f"\nCPU inference, {title}: medians of {args.repeats} interleaved runs "
               f"(forward [{args.batch}, {args.seq_len}]; greedy generation of {args.gen_tokens} tokens)")
-        print(f"{'model (prefill/decode)':28} {'forward tok/s':>14} {'vs fp32':>8} {'generate tok/s':>15} {'vs fp32':>8} {'halt steps':>11}")
-        for k, (f, g, h) in res.items():
+        print(f"{'model (prefill/decode)':28} {'forward tok/s':>14} {'vs fp32':>8} {'generate tok/s':>15} {'vs fp32':>8} "
+              f"{'halt steps':>11}")
+        for k, (f, g, h, _) in res.items():
             print(f"{k:28} {f:14,.0f} {f / base_f:7.2f}x {g:15,.1f} {g / base_g:7.2f}x {h:11.2f}")
+        print(f"packed / fp32 greedy tokens/s ({title}): {res[chosen][1] / base_g:.2f} (ratio of medians), "
+              f"{res[chosen][3]:.2f} (median of the {args.repeats} per-round ratios); kernels prefill "
+              f"{info['kernel']}, decode {info.get('decode_kernel', info['kernel'])}")
 
 if __name__ == "__main__":
     main()
