@@ -109,3 +109,20 @@ def test_sampling_past_max_seq_len_falls_back_to_the_sliding_uncached_path():
     a = sample_thoughts(model, prefixes, 6, 1.0, BANNED, torch.Generator().manual_seed(1))
     b = sample_thoughts(model, prefixes, 6, 1.0, BANNED, torch.Generator().manual_seed(1), use_cache=False)
     assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_bench_thoughts_prints_the_generation_and_training_step_ratios():
+    """benchmarks/bench_thoughts.py runs end to end (tiny settings) and prints both figures and the breakdown."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "benchmarks/bench_thoughts.py", "--tokens", "1", "--thought-lengths", "2",
+                          "--repeats", "1", "--rl-repeats", "1"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "L=2: cached and uncached generate the same tokens: True" in out.stdout
+    for line in ("x the time of no thoughts", "thoughts, cached   (rl_step + backward)", "with the optimizer step",
+                 "where the cached step goes: sampling the thoughts"):
+        assert line in out.stdout, line
