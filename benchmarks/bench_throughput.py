@@ -5,17 +5,21 @@ matmul peak.
     python benchmarks/bench_throughput.py                         # CPU, tiny size, fp32
     python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512   # GPU, bf16 autocast
     python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --compile
+    python benchmarks/bench_throughput.py --no-grad-steps 2      # + TRM's cheaper recursion, timed alongside
 
 FLOPs are counted by torch.utils.flop_counter on one real training step (forward + backward), not
 estimated; the peak is the best of several square matmuls (fp32 1024² on CPU, bf16 8192² on CUDA). The
 two models' steps are timed interleaved (cognate, plain, cognate, ...) and the medians compared, so a
 change in machine load hits both. The headline figure is the ratio of achieved FLOP/s (the Cognate
 model does ~max_steps times the work per token, so tokens/s alone would not compare the kernels).
+``--no-grad-steps K`` adds a third model, the same Cognate with ``no_grad_steps=K`` (TRM's cheaper recursion:
+the first K steps without gradients), to the interleaved timing, with its FLOPs and speed against the full one.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import time
 
@@ -115,6 +119,8 @@ def main():
     ap.add_argument("--steps", type=int, default=8, help="timed steps per model (interleaved)")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models (as hardware.compile=true)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--no-grad-steps", type=int, default=0,
+                    help="also time the Cognate model with its first K recursion steps without gradients")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -123,8 +129,14 @@ def main():
     cfg = CognateConfig(**SIZES[a.size], max_steps=3)
     name = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peak = matmul_peak(a.device)
+    if not 0 <= a.no_grad_steps < cfg.max_steps:
+        raise SystemExit(f"error: --no-grad-steps must be in [0, {cfg.max_steps - 1}], got {a.no_grad_steps}")
     runs = {"cognate (3 steps)": Runner(CognateModel(cfg), a.batch, a.seq, a.device, a.compile),
             "plain transformer": Runner(PlainTransformer(cfg), a.batch, a.seq, a.device, a.compile)}
+    cheap = f"cognate, {a.no_grad_steps} no-grad"
+    if a.no_grad_steps:
+        runs[cheap] = Runner(CognateModel(dataclasses.replace(cfg, no_grad_steps=a.no_grad_steps)), a.batch, a.seq,
+                             a.device, a.compile)
     for _ in range(a.steps):
         for r in runs.values():
             r.times.append(r.step())
@@ -137,12 +149,16 @@ def main():
     for k, r in runs.items():
         dt = statistics.median(r.times)
         fps[k] = r.flops / dt
-        print(f"{k:18}: {tokens / dt:10.0f} tokens/s  {fps[k] / 1e9:8.2f} GFLOP/s ({100 * fps[k] / peak:5.1f}% of peak)"
+        print(f"{k:22}: {tokens / dt:10.0f} tokens/s  {fps[k] / 1e9:8.2f} GFLOP/s ({100 * fps[k] / peak:5.1f}% of peak)"
               f"  {r.flops / tokens / 1e6:.2f} MFLOP/token")
     c, p = runs["cognate (3 steps)"], runs["plain transformer"]
     print(f"ratio cognate/plain achieved FLOP/s: {fps['cognate (3 steps)'] / fps['plain transformer']:.2f}   "
           f"tokens/s: {statistics.median(p.times) / statistics.median(c.times):.2f}   "
           f"(FLOP/token ratio {c.flops / p.flops:.2f})")
+    if a.no_grad_steps:
+        g = runs[cheap]
+        print(f"no_grad_steps={a.no_grad_steps} vs all steps with gradients: FLOPs per step {g.flops / c.flops:.2f}x, "
+              f"step time {statistics.median(g.times) / statistics.median(c.times):.2f}x (medians, interleaved)")
 
 
 if __name__ == "__main__":

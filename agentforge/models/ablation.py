@@ -68,13 +68,14 @@ def ablations(model, rows: torch.Tensor, seed: int = 0) -> dict[str, float]:
     base = token_scores(model, rows)
     out = {"ablation/n_rows": float(len(rows)), "ablation/trained_val_loss": float(base["loss"].mean()),
            "ablation/trained_accuracy": float(base["correct"].mean())}
+    scores = {}
     for name, kw in VARIANTS.items():
-        v = token_scores(model, rows, **kw)
+        v = scores[name] = token_scores(model, rows, **kw)
         out[f"ablation/{name}_val_loss"] = float(v["loss"].mean())
         out[f"ablation/{name}_accuracy"] = float(v["correct"].mean())
         out.update(_compare(f"ablation/{name}_loss", v["loss"].mean(1), base["loss"].mean(1), seed))
         out.update(_compare(f"ablation/{name}_accuracy", v["correct"].mean(1), base["correct"].mean(1), seed))
-    out.update(halting_by_difficulty(base["steps"], token_scores(model, rows, steps=1)["loss"]))
+    out.update(halting_by_difficulty(base["steps"], scores["steps1"]["loss"]))
     out["ablation/halting_noninferiority_margin"] = NONINFERIORITY_MARGIN
     out["ablation/halting_noninferior"] = float(out["ablation/max_steps_loss_delta_ci_low"] > -NONINFERIORITY_MARGIN)
     return out
