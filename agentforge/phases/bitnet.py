@@ -32,7 +32,7 @@ from agentforge.evals.speed import forward_latency_ms, halting_distribution
 from agentforge.io import CheckpointError, save_tensors
 from agentforge.phases.context import run_context
 from agentforge.quant import calibrate, convert
-from agentforge.quant.checkpoint import ARCHITECTURE, load_packed, save_packed
+from agentforge.quant.checkpoint import ARCHITECTURE, choose_kernels, load_packed, save_packed
 from agentforge.tracking import plots
 from agentforge.training.lm_module import LMModule
 from agentforge.training.trainer import build_trainer
@@ -165,6 +165,7 @@ def run(cfg) -> dict:
             after = evaluate(loaded, tokenizer, val_rows, evals, p)
             recovery.record(after["accuracy"])
             curve = recovery.curve
+        choose_kernels(loaded)  # once, on the model that ships (a fine-tuned one replaces the first reload)
         before["inference_ms"], after["inference_ms"] = interleaved_latency_ms([model, loaded], seq_len,
                                                                                int(p.speed_repeats))
         log_kernel_choice(ctx.tracker, loaded)
@@ -226,7 +227,7 @@ def pack_and_reload(qmodel, tokenizer, ckpt_dir: Path, p, src: Path):
     """Write the packed checkpoint, load it back, and check the ternary values came back exactly."""
     save_packed(ckpt_dir, qmodel, tokenizer, scheme=str(p.packing), preserved_dtype=str(p.preserved_dtype),
                 meta={"phase": "bitnet", "source": str(src)})
-    loaded, _, _ = load_packed(ckpt_dir)
+    loaded, _, _ = load_packed(ckpt_dir, choose_kernel=False)  # default kernels; chosen once at the end
     for name, layer in convert.bitlinear_layers(qmodel):
         codes, gamma = layer.ternary()
         got_codes, got_gamma = loaded.get_submodule(name).ternary()

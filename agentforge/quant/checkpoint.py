@@ -123,7 +123,14 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
     model.to(map_location).eval()
     model.bitnet_kernel = None
     if choose_kernel and torch.device(map_location).type == "cpu" and quant["layers"]:
-        ids = torch.randint(0, model.config.vocab_size, (1, min(64, model.config.max_seq_len)),
-                            generator=torch.Generator().manual_seed(0))
-        model.bitnet_kernel = select_kernel(model, ids, decode_tokens=16)
+        choose_kernels(model)
     return model, ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg
+
+
+def choose_kernels(model: CognateModel) -> dict:
+    """``select_kernel`` as ``load_packed`` runs it (a 64-token forward for prefill, 16 KV-cached one-token
+    steps for decoding, interleaved medians); the choices and timings are kept in ``model.bitnet_kernel``."""
+    ids = torch.randint(0, model.config.vocab_size, (1, min(64, model.config.max_seq_len)),
+                        generator=torch.Generator().manual_seed(0))
+    model.bitnet_kernel = select_kernel(model, ids, decode_tokens=16)
+    return model.bitnet_kernel
