@@ -1,7 +1,11 @@
-"""Evaluation throughput (examples/s) of the default model (size=tiny, model=m1), and the cost of the
-recursive-refinement wrapper measured against it in the same process.
+"""Evaluation throughput (examples/s) of the default model (size=tiny, model=m1), the cost of the
+recursive-refinement wrapper measured against it in the same process, and what batching buys: GSM8K
+greedy decoding one prompt at a time vs ``--batch`` prompts together, multiple-choice scoring one
+sequence per forward pass vs ``--batch`` sequences vs the shared-prompt KV path (``evals/prefix.py``),
+interleaved medians of ``--repeats`` (the results are checked equal as they are timed).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_eval.py [--examples 4] [--gen-tokens 32] [--samples 5] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/bench_eval.py --batching-only --choice-examples 200 --examples 16 --gen-tokens 40
 
 Weights are freshly initialized (speed does not depend on training, except through where a greedy
 generation happens to stop); every figure is measured here, none is assumed.
@@ -9,6 +13,7 @@ generation happens to stop); every figure is measured here, none is assumed.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,6 +65,43 @@ def bench(models: dict, tok, sets, rows, a) -> dict[str, dict[str, float]]:
     return best
 
 
+def batching(model, tok, sets, a) -> None:
+    """Interleaved medians of each way to run the same work; every way must give the same answers."""
+    from agentforge.data import formats
+    from agentforge.evals import prefix
+
+    prompts = [tok.encode(formats.gsm8k_prompt(r), bos=True) for r in sets["gsm8k"]]
+    no_prefix = lambda m: False  # noqa: E731
+
+    def choice(fmt, rows, shared):
+        saved = prefix.supports
+        prefix.supports = saved if shared else no_prefix
+        try:
+            return tasks.choice_predictions(model, tok, sets[fmt], fmt, batch_rows=rows)
+        finally:
+            prefix.supports = saved
+    ways = {"gsm8k greedy": {"1 prompt at a time": lambda: tasks.greedy_tokens(model, prompts, a.gen_tokens, tok.eos_id, 1),
+                             f"{a.batch} together": lambda: tasks.greedy_tokens(model, prompts, a.gen_tokens, tok.eos_id,
+                                                                                a.batch)}}
+    for fmt in ("arc", "piqa"):
+        ways[f"{fmt} choices"] = {"1 sequence per forward": lambda f=fmt: choice(f, 1, False),
+                                  f"{a.batch * 2} per forward": lambda f=fmt: choice(f, a.batch * 2, False),
+                                  "shared prompt (KV) where it pays": lambda f=fmt: choice(f, a.batch * 2, True)}
+    for task, fns in ways.items():
+        times = {k: [] for k in fns}
+        results = {}
+        for _ in range(a.repeats):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                results[k] = fn()
+                times[k].append(time.perf_counter() - t0)
+        first = next(iter(fns))
+        same = all(results[k] == results[first] for k in fns)
+        base = statistics.median(times[first])
+        print(f"{task} ({len(results[first])} items; identical results: {same}): " + "; ".join(
+            f"{k} {statistics.median(v):.2f} s ({base / statistics.median(v):.2f}x)" for k, v in times.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=4)
@@ -67,16 +109,24 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--latency-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16, help="prompts decoded together; 2x this = choice rows")
+    ap.add_argument("--choice-examples", type=int, default=None, help="ARC/PIQA questions (default --examples)")
+    ap.add_argument("--batching-only", action="store_true", help="only the batching comparison")
     a = ap.parse_args()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=["phase=eval"])
     torch.manual_seed(0)
     model = CognateModel(cognate_config_from(OmegaConf.to_container(cfg.model, resolve=True), RESERVED_VOCAB)).eval()
     tok = ByteTokenizer()
-    sets = eval_sets({}, 0, a.examples, split="test")
+    n_choice = a.choice_examples or a.examples
+    sets = eval_sets({}, 0, {"gsm8k": a.examples, "arc": n_choice, "piqa": n_choice}, split="test")
     rows = eval_rows(sets, tok, 0, int(cfg.data.seq_len), 16)
     print(f"default model: size=tiny model=m1, {model.num_params():,} params, torch threads {torch.get_num_threads()}; "
-          f"{a.examples} examples per task, {a.gen_tokens} generated tokens, rows {tuple(rows.shape)}")
+          f"{a.examples} GSM8K and {n_choice} ARC/PIQA examples, {a.gen_tokens} generated tokens, rows {tuple(rows.shape)}")
+    print(f"batching, medians of {a.repeats} interleaved runs")
+    batching(model, tok, sets, a)
+    if a.batching_only:
+        return
     res = bench({"base": model, "surgery": wrap(model)}, tok, sets, rows, a)
     base, rec = res["base"], res["surgery"]
     print(f"best of {a.repeats} interleaved runs")

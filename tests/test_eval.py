@@ -131,6 +131,8 @@ def test_batched_and_prefix_choice_scoring_equal_one_question_at_a_time(fmt, mon
 
     model, tok = _seq_model(), ByteTokenizer()
     recs = eval_sets({}, 3, 12, split="test")[fmt]
+    if fmt == "piqa":  # a solution that is the other's start: all of it lies in the shared part
+        recs.append({"goal": "To test it,", "sol1": "do it.", "sol2": "do it. twice", "label": 1})
     ref_preds, ref_scores = _one_question_at_a_time(model, tok, recs, fmt)
     assert len({p for p, _ in ref_preds}) > 1  # the model does not pick one answer every time
     items = [(tok.encode((formats.arc_prompt if fmt == "arc" else formats.piqa_prompt)(r), bos=True),
@@ -138,7 +140,8 @@ def test_batched_and_prefix_choice_scoring_equal_one_question_at_a_time(fmt, mon
              for r in recs]
     shared = prefix.score_group(model, [p for p, _ in items], [cs for _, cs in items], tok.pad_id)
     assert [x for sc in shared for x in sc] == pytest.approx([x for sc in ref_scores for x in sc], abs=1e-4)
-    assert prefix.prefers(*items[0], 160) == (fmt == "arc")  # ARC's short choices share, PIQA's long ones not
+    assert prefix.prefers(*items[0], 160)  # ARC: a long prompt; PIQA: solutions that differ only at the end
+    assert prefix.shared_length(*items[0]) > len(items[0][0]) + (20 if fmt == "piqa" else 1)
     assert tasks.choice_predictions(model, tok, recs, fmt, batch_rows=5) == ref_preds
     monkeypatch.setattr(prefix, "prefers", lambda *a: True)   # every question through the shared prompt
     monkeypatch.setattr(prefix, "GROUP_ROWS", 7)
@@ -152,6 +155,18 @@ def test_prefix_groups_by_prompt_length():
 
     assert groups([10, 11, 12, 13], [5, 3, 4, 9], [4, 4, 2, 4], rows=8) == [[11, 12], [10, 13]]
     assert groups([1], [5], [9], rows=8) == [[1]]
+
+
+def test_prefix_sharing_by_hand():
+    from agentforge.evals.prefix import prefers, shared_length
+
+    p = [1] * 10
+    assert shared_length(p, [[5, 6, 7], [5, 6, 8], [5, 9]]) == 11
+    assert shared_length(p, [[5, 6], [5, 6, 7]]) == 12          # one choice is the other's start
+    assert prefers(p, [[5, 6, 7], [5, 6, 8]], 64)               # 12 + 3 * 2 < 26
+    assert not prefers([1], [[5, 6, 7], [8, 6, 7]], 64)         # 1 + 3 * 6 > 8: nothing worth sharing
+    assert not prefers(p, [[5, 6, 7], [5, 6, 8]], 12)           # beyond max_seq_len
+    assert not prefers(p, [[5, 6, 7]], 64)                      # one choice: nothing to share
 
 
 def test_batched_greedy_equals_one_prompt_at_a_time():

@@ -74,9 +74,9 @@ def continuation_logprobs(model, tokenizer, prompt: str, continuations: list[str
 
 def choice_predictions(model, tokenizer, records: list[dict], fmt: str, batch_rows: int = 32) -> list[tuple[int, int]]:
     """(predicted index, right index) for each ARC ('arc') or PIQA ('piqa') record: the choice of highest
-    summed log-likelihood (the first on a tie). A question whose choices are short next to its prompt is
-    scored with its prompt computed once (``prefix.prefers``, Cognate models: ``prefix.score_group``, in
-    groups of about ``prefix.GROUP_ROWS`` choices); the others by full forward passes over prompt + choice,
+    summed log-likelihood (the first on a tie). A question whose choices share much (the prompt and their
+    common start) is scored with that part computed once (``prefix.prefers``, Cognate models:
+    ``prefix.score_group``, groups of about ``prefix.GROUP_ROWS`` choices); the others by full forward passes,
     ``batch_rows`` sequences at a time across questions (``score_sequences``). Both give the same scores."""
     prompt_fn, choices_fn = {"arc": (formats.arc_prompt, formats.arc_choices),
                              "piqa": (formats.piqa_prompt, formats.piqa_choices)}[fmt]
@@ -88,7 +88,8 @@ def choice_predictions(model, tokenizer, records: list[dict], fmt: str, batch_ro
     scores: list[list[float] | None] = [None] * len(items)
     if prefix.supports(model):
         shared = [i for i, (p, cs, _, _) in enumerate(items) if prefix.prefers(p, cs, max_len)]
-        for group in prefix.groups(shared, [len(items[i][0]) for i in shared], [len(items[i][1]) for i in shared]):
+        for group in prefix.groups(shared, [prefix.shared_length(*items[i][:2]) for i in shared],
+                                   [len(items[i][1]) for i in shared]):
             for j, sc in zip(group, prefix.score_group(model, [items[j][0] for j in group],
                                                        [items[j][1] for j in group], tokenizer.pad_id)):
                 scores[j] = sc
