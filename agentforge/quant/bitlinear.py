@@ -137,9 +137,10 @@ class BitLinear(nn.Module):
         if self.frozen:
             return self._frozen_forward(x, self._make_plan())
         w = self.weight + self._ste_offset()
-        if self.act_bits is not None:
-            q, s = quantize_activations(x, self.act_bits, self.act_clip, self.act_scale == "static")
-            x = x + (q * s - x).detach()
+        if self.act_bits is not None:  # x + (Q(x) - x).detach(), with Q(x) computed outside autograd
+            x_ = x.detach()
+            xq = quantize_activations(x_, self.act_bits, self.act_clip, self.act_scale == "static", out="dequantized")[0]
+            x = x + (xq - x_)
         return F.linear(x, w, self.bias)
 
     def _ste_offset(self) -> torch.Tensor:
