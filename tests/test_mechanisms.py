@@ -158,6 +158,15 @@ def test_kl_term_vanishes_at_the_prior():
     assert model(x, x).loss > losses[0] + 0.1
 
 
+def test_halting_head_reads_the_normalized_latent():
+    """lambda depends on the direction of z only: a latent 5x larger (or smaller) halts the same."""
+    model = tiny(max_steps=3)
+    z = torch.randn(2, 6, 32)
+    assert torch.allclose(model.halt_head(z), model.halt_head(5 * z), atol=1e-5)
+    assert torch.allclose(model.halt_head(z), model.halt_head(0.2 * z), atol=1e-5)
+    assert not torch.allclose(model.halt_head(z), model.halt_head(z.flip(-1)))
+
+
 def test_ablations_switch_mechanisms_and_restore():
     model = tiny(max_steps=3, ponder_prior=0.9).eval()
     x = torch.randint(0, 256, (4, 21))

@@ -9,12 +9,14 @@ Reading order, one forward pass over token ids x [B, T]:
    on the next-token targets (weight ``deep_supervision``). TRM's cheaper recursion is an option:
    ``no_grad_steps`` early steps run without gradients (their latents are detached), the rest with.
 3. Halting: PonderNet (Banino et al. 2021, "PonderNet: Learning to Ponder"). A halting head gives
-   lambda_n = sigmoid(w.z_n + b) per token; the probability of halting at step n is
+   lambda_n = sigmoid(w.rms_norm(z_n) + b) per token (``HaltHead``); the probability of halting at step n is
    p_n = lambda_n prod_{j<n} (1 - lambda_j), with lambda = 1 at ``max_steps`` so the p_n sum to 1.
    The loss is the expected loss sum_n p_n L_n plus ``ponder_cost`` * KL(p || geometric(``ponder_prior``))
    (the prior truncated at max_steps the same way), so the halting head is trained by how much each
    further step lowers the token's own loss — not only through a remainder, as in Graves 2016 ACT,
-   whose ponder cost pushes every token to the same count. A token halts at the first step N whose
+   whose ponder cost pushes every token to the same count. The loss is minimised by
+   p_n ∝ prior_n exp(-L_n / ponder_cost) (``halting.gibbs_halting``), so ``ponder_cost`` is set on the scale
+   of the per-step loss gains (``benchmarks/bench_halting.py`` measures them). A token halts at the first step N whose
    cumulative p reaches ``act_threshold`` (0.5: the median of its halting distribution) and its output
    is z_N. Training runs every step (the expected loss needs them all); at inference the loop stops
    once every token has halted and skips rows whose tokens have all halted.
@@ -80,6 +82,15 @@ class CognateConfig:
         return asdict(self)
 
 
+class HaltHead(nn.Linear):
+    """The halting logit w.rms_norm(z) + b: the latent is RMS-normalized first (no learned scale; w gives it),
+    as the LM head reads it. On the raw latent (rms 0.1-0.3 in the default m1 run) the logit barely varied
+    between tokens (std 0.09-0.27) and the head hardly left its initialization in 180 steps (issue 18)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.rms_norm(z, z.shape[-1:], eps=1e-6))
+
+
 @dataclass
 class CognateOutput:
     logits: torch.Tensor                # [B, T, V]
@@ -99,7 +110,7 @@ class CognateModel(nn.Module):
         self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.window, c.ffn_hidden) for _ in range(c.n_layers))
         self.memory = SurpriseMemory(c.d_model, c.ltm_slots, c.ltm_key_dim, c.surprise_threshold, c.ltm_max_writes,
                                      c.ltm_chunk)
-        self.halt_head = nn.Linear(c.d_model, 1)
+        self.halt_head = HaltHead(c.d_model, 1)
         self.norm = RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         cos, sin = rope_cache(c.max_seq_len, c.d_model // c.n_heads, c.rope_base)
