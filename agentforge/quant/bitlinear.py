@@ -1,9 +1,10 @@
 """BitLinear (BitNet b1.58, Ma et al. 2024): a linear layer computing with ternary weights and 8-bit
 activations, in one of two states.
 
-* trainable: holds the latent full-precision ``weight``; each forward ternarizes it (absmean) and
-  quantizes the input (absmax per token), and the backward passes gradients straight through both
-  quantizers (STE, Bengio et al. 2013): w + (Q(w) - w).detach(), so d loss / d w = d loss / d Q(w).
+* trainable: holds the latent full-precision ``weight``; the forward uses its ternarization (absmean,
+  recomputed only when the weight has changed: ``_ste_offset``) and quantizes the input (absmax per
+  token), and the backward passes gradients straight through both quantizers (STE, Bengio et al. 2013):
+  w + (Q(w) - w).detach(), so d loss / d w = d loss / d Q(w); likewise x + (Q(x) - x).detach().
 * frozen: holds only the ternary ``codes`` (int8) and the scale ``gamma`` — what the packed checkpoint
   stores. On CPU it multiplies int8 activations by the int8 codes into int32 (``torch._int_mm``) and
   rescales by s_x * gamma; elsewhere it uses the dense float weight gamma * codes (cached on first use),
