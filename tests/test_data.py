@@ -58,6 +58,12 @@ def test_heldout_is_disjoint_from_50k_training_draws_by_content():
     assert rep["piqa"]["train_distinct"] > 15_000
 
 
+def test_overlap_check_split_over_processes_counts_the_same():
+    one = synthetic.overlap_check(seed=3, n_train=3000, n_heldout=50, workers=1)
+    assert synthetic.overlap_check(seed=3, n_train=3000, n_heldout=50, workers=3) == one
+    assert one["arithmetic"]["train_distinct"] > 2000 and one["choice"]["val"] == 50
+
+
 def test_piqa_content_space_is_about_34k_goals():
     goals = {t.format(a=a, b=b) for op, ts in synthetic._PIQA_GOALS.items() for t in ts
              for a in range(1, 52) for b in range(1, 51) if (op == "+" and a <= 50) or (op == "-" and a > b)}

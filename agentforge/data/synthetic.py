@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import random
 
 from agentforge.data import formats
@@ -174,21 +176,50 @@ def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dic
 
 
 def overlap_check(seed: int = 0, n_train: int = 50_000, n_heldout: int = 200,
-                  tasks: tuple[str, ...] = ("arithmetic", "choice", "piqa")) -> dict[str, dict]:
+                  tasks: tuple[str, ...] = ("arithmetic", "choice", "piqa"), workers: int | None = None
+                  ) -> dict[str, dict]:
     """Per task: how many of ``n_heldout`` val and test examples have their prompt, or their whole record,
-    among ``n_train`` training draws (the training stream the datamodule samples: random indices)."""
+    among ``n_train`` training draws (the training stream the datamodule samples: random indices).
+
+    The draws are split over ``workers`` processes (default: the CPUs this process may use; forked, so
+    nothing is re-imported); the indices come from one seeded stream, so the counts do not depend on it."""
     rng = random.Random(seed * 7919)
+    indices = {task: [rng.randrange(10**9) for _ in range(n_train)] for task in tasks}
+    held = {task: {split: generate(task, n_heldout, seed, split) for split in ("val", "test")} for task in tasks}
+    held_keys = {task: {prompt_key(task, r) for rs in held[task].values() for r in rs} for task in tasks}
+    n = max(1, workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    size = -(-n_train // n)
+    jobs = [(task, seed, indices[task][c: c + size], held_keys[task]) for task in tasks for c in range(0, n_train, size)]
+    if n > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(min(n, len(jobs))) as pool:
+            parts = pool.starmap(_train_draws, jobs)
+    else:
+        parts = [_train_draws(*job) for job in jobs]
     out = {}
     for task in tasks:
-        train = [draw(task, seed, "train", rng.randrange(10**9)) for _ in range(n_train)]
-        keys, recs = {prompt_key(task, r) for r in train}, {json.dumps(r, sort_keys=True) for r in train}
+        mine = [part for job, part in zip(jobs, parts) if job[0] == task]
+        keys = set().union(*(k for k, _ in mine))
+        recs = set().union(*(r for _, r in mine))
         row = {"train_draws": n_train, "train_distinct": len(keys)}
         for split in ("val", "test"):
-            held = generate(task, n_heldout, seed, split)
-            row[split] = len(held)
-            row[f"{split}_prompts_in_train"], row[f"{split}_records_in_train"] = seen_in(task, held, keys, recs)
+            row[split] = len(held[task][split])
+            row[f"{split}_prompts_in_train"], row[f"{split}_records_in_train"] = seen_in(task, held[task][split],
+                                                                                        keys, recs)
         out[task] = row
     return out
+
+
+def _train_draws(task: str, seed: int, indices: list[int], held_keys: set[str]) -> tuple[set[str], set[str]]:
+    """The prompt keys of the training draws at ``indices``, and the whole records (sorted JSON) of those
+    whose prompt is one of ``held_keys`` (a record can only equal a held-out one if its prompt does)."""
+    keys, recs = set(), set()
+    for i in indices:
+        rec = draw(task, seed, "train", i)
+        key = prompt_key(task, rec)
+        keys.add(key)
+        if key in held_keys:
+            recs.add(json.dumps(rec, sort_keys=True))
+    return keys, recs
 
 
 def seen_in(task: str, held: list[dict], train_keys: set[str], train_records: set[str]) -> tuple[int, int]:
