@@ -112,16 +112,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="prompts decoded together; 2x this = choice rows")
     ap.add_argument("--choice-examples", type=int, default=None, help="ARC/PIQA questions (default --examples)")
     ap.add_argument("--batching-only", action="store_true", help="only the batching comparison")
+    ap.add_argument("--checkpoint", default=None, help="a trained checkpoint dir instead of fresh weights")
     a = ap.parse_args()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=["phase=eval"])
     torch.manual_seed(0)
     model = CognateModel(cognate_config_from(OmegaConf.to_container(cfg.model, resolve=True), RESERVED_VOCAB)).eval()
     tok = ByteTokenizer()
+    if a.checkpoint:
+        from agentforge.artifacts import load_any
+
+        model, tok, _ = load_any(a.checkpoint)
     n_choice = a.choice_examples or a.examples
     sets = eval_sets({}, 0, {"gsm8k": a.examples, "arc": n_choice, "piqa": n_choice}, split="test")
     rows = eval_rows(sets, tok, 0, int(cfg.data.seq_len), 16)
-    print(f"default model: size=tiny model=m1, {model.num_params():,} params, torch threads {torch.get_num_threads()}; "
+    print(f"model: {a.checkpoint or 'size=tiny model=m1, fresh weights'}, {sum(x.numel() for x in model.parameters()):,} params, torch threads {torch.get_num_threads()}; "
           f"{a.examples} GSM8K and {n_choice} ARC/PIQA examples, {a.gen_tokens} generated tokens, rows {tuple(rows.shape)}")
     print(f"batching, medians of {a.repeats} interleaved runs")
     batching(model, tok, sets, a)

