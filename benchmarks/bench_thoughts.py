@@ -183,7 +183,8 @@ def training_step_ratio(model, head, start: int, end: int, banned: list[int], le
     print(f"  where the cached step goes: sampling the thoughts {med['sample'] * 1e3:.1f} ms "
           f"({med['sample'] / base:.2f}x no thoughts), the forward + backward with and without thoughts "
           f"{med['fwd+bwd'] * 1e3:.1f} ms ({med['fwd+bwd'] / base:.2f}x), the reference forward "
-          f"{med['reference'] * 1e3:.1f} ms ({med['reference'] / base:.2f}x), the rest (losses, coherence) "
+          f"{med['reference'] * 1e3:.1f} ms ({med['reference'] / base:.2f}x), the remainder (losses, coherence; the step "
+          f"minus the three parts' medians, so noisy) "
           f"{(med['cached'] - med['sample'] - med['fwd+bwd'] - med['reference']) * 1e3:.1f} ms")
 
 
