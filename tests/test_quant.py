@@ -322,22 +322,6 @@ def test_quantize_activation_output_forms_are_the_same_numbers():
     assert torch.equal(deq, q * s) and torch.equal(sd, s)
 
 
-@pytest.mark.parametrize("clip", [math.inf, 0.7])
-@pytest.mark.parametrize("out", ["int8", "dequantized"])
-def test_frozen_layers_inline_quantization_is_quantize_activations(clip, out):
-    """The frozen layer's inline per-token path gives quantize_activations' exact numbers (rows above the
-    clip saturate, an all-zero row takes the eps floor)."""
-    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(8))
-    x[0, 1] *= 10
-    x[1, 2] = 0
-    layer = BitLinear.from_ternary(torch.zeros(3, 16), torch.tensor(0.5), None, clip)
-    BitLinear._shared_q = None
-    q, s = layer._quantize_shared(x, float(layer.act_clip), False, out)
-    want_q, want_s = quantize_activations(x, 8, clip, out=out)
-    assert q.dtype == want_q.dtype and torch.equal(q, want_q) and torch.equal(s, want_s)
-    BitLinear._shared_q = None
-
-
 def _frozen(per_channel: bool, bias: bool = True) -> BitLinear:
     g = torch.Generator().manual_seed(5)
     codes = torch.randint(-1, 2, (12, 16), generator=g)

@@ -31,16 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentforge.quant.ternary import (
-    EPS,
-    PAPER_THRESHOLD,
-    dequantize,
-    quantize_activations,
-    quantize_with_absmax,
-    ternarize,
-)
-
-_INF = float("inf")
+from agentforge.quant.ternary import PAPER_THRESHOLD, dequantize, quantize_activations, ternarize
 
 
 class BitLinear(nn.Module):
@@ -204,21 +195,14 @@ class BitLinear(nn.Module):
 
     def _quantize_shared(self, x: torch.Tensor, clip, static: bool, out: str) -> tuple[torch.Tensor, torch.Tensor]:
         """quantize_activations(x, out=out), reused when the previous frozen layer quantized this same,
-        unmodified tensor with the same clip and output form (no autograd: inference only; CPU clips).
-        The common case — per-token scales, a clip held as a Python float — runs the same ops inline
-        (absmax, then ``quantize_with_absmax``) without quantize_activations' argument checks: at one row
-        the Python around the seven ops costs about as much as the ops."""
+        unmodified tensor with the same clip and output form (no autograd: inference only; CPU clips)."""
         if not BitLinear.share_quantization or (x.requires_grad and torch.is_grad_enabled()):
             return quantize_activations(x, self.act_bits, clip, static, out=out)
         key = (x._version, clip, self.act_bits, static, out)
         hit = BitLinear._shared_q
-        if hit is not None and hit[0] is x and hit[1] == key and isinstance(clip, float):
+        if hit is not None and hit[0] is x and isinstance(clip, float) and hit[1] == key:
             return hit[2]
-        if static or not isinstance(clip, float):
-            q_s = quantize_activations(x, self.act_bits, clip, static, out=out)
-        else:  # quantize_activations' per-token branch with a float clip, op for op
-            amax = torch.linalg.vector_norm(x, _INF, -1, True).clamp_(min=EPS, max=max(clip, EPS))
-            q_s = quantize_with_absmax(x, amax, 2 ** (self.act_bits - 1) - 1, out)
+        q_s = quantize_activations(x, self.act_bits, clip, static, out=out)
         BitLinear._shared_q = (x, key, q_s)
         return q_s
 

@@ -72,12 +72,6 @@ def quantize_activations(x: torch.Tensor, bits: int = 8, clip: torch.Tensor | fl
             amax = amax.clamp_(max=clip).clamp_(min=eps)
         else:  # min(max(a, eps), max(clip, eps)) = max(min(a, clip), eps): the same value in one op
             amax = amax.clamp_(min=eps, max=max(clip, eps) if clip is not None else None)
-    return quantize_with_absmax(x, amax, qmax, out)
-
-
-def quantize_with_absmax(x: torch.Tensor, amax: torch.Tensor, qmax: int, out: str = "codes"):
-    """The rest of ``quantize_activations`` once the (clamped) absmax is known: s = amax / qmax,
-    x_q = clamp(round(x / s), -qmax - 1, qmax), returned in the ``out`` form; (x_q, s)."""
     s = amax / qmax
     q = torch.div(x, s).round_().clamp_(-qmax - 1, qmax)
     if out == "dequantized":
