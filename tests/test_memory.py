@@ -6,11 +6,13 @@ trained recall model), tests/test_model.py (causality, checkpoint round trip) an
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
-from agentforge.data.recall import recall_rows
+from agentforge.data.recall import DEFAULT_GAP, MIX_REPEATS, recall_rows
+from agentforge.data.synthetic import recall
 from agentforge.evals.stats import paired_bootstrap
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.ablation import recall_memory, token_scores
@@ -84,6 +86,21 @@ def test_the_default_row_fits_the_bank_without_eviction(tmp_path, name):
     chunk = CognateConfig.ltm_chunk if m.get("ltm_chunk") is None else m.ltm_chunk
     assert m.ltm_max_writes == chunk
     assert m.ltm_max_writes * math.ceil(seq_len / chunk) <= m.ltm_slots
+
+
+def test_recall_items_repeat_the_fact_beyond_the_window_and_mask_the_repeated_code():
+    text = recall(42, "train", 1)["text"]
+    fact = text[: text.index(".") + 1]                  # "Kai's code is 2256."
+    starts = [m.start() for m in re.finditer(re.escape(fact), text)]
+    assert len(starts) == 1 + MIX_REPEATS == 4
+    assert all(b - a - len(fact) > 64 for a, b in zip(starts, starts[1:]))  # beyond the default 64-token window
+    rows, mask = recall_rows(8, 128, seed=0)             # the ablation's items: one repeat, BOS first
+    for row, m in zip(rows, mask):
+        ids = row[1:]
+        first = bytes(ids[:25].tolist()).decode("latin-1")
+        code = bytes(ids[m].tolist()).decode()
+        assert m.sum() == 4 and code.isdigit() and f"code is {code}." in first
+        assert int(m.nonzero()[0]) - first.index(code) > DEFAULT_GAP   # the repeat lies beyond the gap
 
 
 @pytest.mark.slow

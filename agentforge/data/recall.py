@@ -29,6 +29,7 @@ WORDS = {"adj": ["small", "red", "quiet", "bright", "old", "quick", "green", "he
          "place": ["the park", "the market", "the school", "the lake", "the library"]}
 FACT_CHARS = 20   # the longest statement, "Cleo's code is 1234."
 DEFAULT_GAP = 72  # filler characters between the two statements: beyond the default 64-token window
+MIX_REPEATS = 3   # repeats of the fact in a training-mix item (``recall``)
 
 
 def _rng(seed: int, split: str, index: int, attempt: int = 0) -> random.Random:
@@ -36,11 +37,11 @@ def _rng(seed: int, split: str, index: int, attempt: int = 0) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def _draw(seed: int, split: str, index: int, gap: int = DEFAULT_GAP) -> tuple[str, int, int]:
+def _draw(seed: int, split: str, index: int, gap: int = DEFAULT_GAP, repeats: int = 1) -> tuple[str, int, int]:
     """Item ``index`` of ``split``, redrawn until its text hashes to that split's buckets (as
     ``synthetic.split_of`` does for the other tasks), so train / val / test are disjoint by content."""
     for attempt in range(synthetic.MAX_ATTEMPTS):
-        text, start, length = item(_rng(seed, split, index, attempt), gap)
+        text, start, length = item(_rng(seed, split, index, attempt), gap, repeats)
         b = synthetic.bucket(text)
         if next((sp for sp, r in synthetic.RESERVED.items() if b in r), "train") == split:
             return text, start, length
@@ -56,16 +57,23 @@ def _filler(r: random.Random, min_chars: int) -> str:
     return " ".join(out)[:min_chars].rstrip()
 
 
-def item(r: random.Random, gap: int = DEFAULT_GAP) -> tuple[str, int, int]:
-    """(text, character offset of the repeated code, its length)."""
+def item(r: random.Random, gap: int = DEFAULT_GAP, repeats: int = 1) -> tuple[str, int, int]:
+    """(text, character offset of the last repeated code, its length): the fact, then ``repeats`` times a
+    fresh filler of ``gap`` characters and the fact again."""
     fact = f"{r.choice(NAMES)}'s code is {r.randint(1000, 9999)}."
-    head = f"{fact} {_filler(r, gap)} {fact[:-5]}"
-    return head + fact[-5:], len(head), 4
+    text = fact
+    for _ in range(repeats):
+        text = f"{text} {_filler(r, gap)} {fact}"
+    return text, len(text) - 5, 4
 
 
 def recall(seed: int, split: str, index: int) -> dict:
-    """One recall item in the plain-text format ({"text": ...})."""
-    return {"text": _draw(seed, split, index)[0]}
+    """One recall item of the training mix in the plain-text format ({"text": ...}), the fact repeated
+    ``MIX_REPEATS`` times: mix texts are packed into rows of ``data.seq_len`` + 1 tokens regardless of their
+    boundaries, and a one-repeat item (~115 tokens) lies whole in a 129-token row only ~12 % of the time;
+    with a repeat every ~93 tokens about a third of the rows cut from an item hold a statement and its
+    repeat (the ablation's held-out items, ``recall_rows``, keep one repeat)."""
+    return {"text": _draw(seed, split, index, repeats=MIX_REPEATS)[0]}
 
 
 def recall_rows(n: int, seq_len: int, seed: int, split: str = "val", gap: int = DEFAULT_GAP,

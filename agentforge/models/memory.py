@@ -48,7 +48,7 @@ from torch import nn
 
 class SurpriseMemory(nn.Module):
     def __init__(self, d_model: int, slots: int, key_dim: int, surprise_threshold: float,
-                 max_writes: int = 8, chunk: int = 16, gate_bias: float = -2.0, beta: float = 8.0):
+                 max_writes: int = 8, chunk: int = 16, gate_bias: float = -2.0, beta: float = 32.0):
         super().__init__()
         self.slots, self.key_dim, self.chunk = slots, key_dim, chunk
         self.surprise_threshold, self.max_writes = surprise_threshold, max_writes
