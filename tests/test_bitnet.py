@@ -109,7 +109,12 @@ def test_recovery_curve_evaluates_a_frozen_copy_and_takes_the_last_point_from_th
     assert len(seen) == 1 and seen[0] is not model
     assert all(m.frozen for m in seen[0].modules() if isinstance(m, BitLinear))
     assert not any(m.frozen for m in model.modules() if isinstance(m, BitLinear))
-    cb.record(0.4)                                   # the packed model's accuracy after the last epoch
+    cb.finish(0.4)                                   # the packed model's accuracy after the last epoch
     assert cb.curve == {"epoch": [0, 1, 2], "accuracy": [0.5, 0.25, 0.4], "loss": [cb.curve["loss"][0], 2.0, 2.0]}
     assert [(m["finetune/epoch"], m["finetune/accuracy"], step) for m, step in logged] == [(1, 0.25, 10), (2, 0.4, 20)]
     assert logged[1][0]["finetune/accuracy_recovery"] == pytest.approx(-0.1)
+    stopped = RecoveryCallback(tracker, evaluate_fn, base_accuracy=0.5, epochs=3)  # training stopped after epoch 2
+    for epoch in range(2):
+        stopped.on_train_epoch_end(SimpleNamespace(current_epoch=epoch, global_step=epoch), module)
+    stopped.finish(0.4)                              # epoch 2 has its point already: curve lengths still match
+    assert stopped.curve["epoch"] == [0, 1, 2] and stopped.curve["accuracy"] == [0.5, 0.25, 0.25]

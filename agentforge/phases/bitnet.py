@@ -163,7 +163,7 @@ def run(cfg) -> dict:
             loaded = pack_and_reload(qmodel, tokenizer, ckpt_dir, p, src)
             layer_rows = convert.layer_stats(qmodel, str(p.packing), _itemsize(p))
             after = evaluate(loaded, tokenizer, val_rows, evals, p)
-            recovery.record(after["accuracy"])
+            recovery.finish(after["accuracy"])
             curve = recovery.curve
         choose_kernels(loaded)  # once, on the model that ships (a fine-tuned one replaces the first reload)
         before["inference_ms"], after["inference_ms"] = interleaved_latency_ms([model, loaded], seq_len,
@@ -242,7 +242,7 @@ class RecoveryCallback(Callback):
     Every point is the accuracy of the ternary model as it would ship: after an intermediate epoch, a
     frozen copy of the training model (ternary codes and scales only, ``convert.freeze``: the packed
     model's computation, without re-ternarizing every weight at every call as the training copy does);
-    after the last epoch, the packed model reloaded from the file (``record``), whose evaluation the
+    after the last epoch, the packed model reloaded from the file (``finish``), whose evaluation the
     phase needs anyway — evaluating the training copy as well would cost one more full evaluation."""
 
     def __init__(self, tracker, evaluate_fn, base_accuracy: float, epochs: int):
@@ -266,6 +266,12 @@ class RecoveryCallback(Callback):
             convert.freeze(frozen)
             self.record(self.evaluate_fn(frozen)["accuracy"])
 
+    def finish(self, packed_accuracy: float) -> None:
+        """The packed model's accuracy as the last epoch's point — unless that epoch has one already
+        (training stopped before its last epoch, e.g. on a non-finite loss)."""
+        if len(self.curve["accuracy"]) < len(self.curve["epoch"]):
+            self.record(packed_accuracy)
+
     def record(self, acc: float) -> None:
         """The accuracy of the latest epoch (the packed model's, for the last one): curve and finetune/* keys."""
         self.curve["accuracy"].append(acc)
@@ -275,7 +281,7 @@ class RecoveryCallback(Callback):
 
 def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: float) -> RecoveryCallback:
     """STE fine-tuning of the latent weights through the shared Lightning path (LMModule + build_trainer);
-    returns the recovery callback, whose last point ``record`` takes from the reloaded packed model."""
+    returns the recovery callback, whose last point ``finish`` takes from the reloaded packed model."""
     p = cfg.phase
     epochs, steps = int(p.fine_tune_epochs), int(p.fine_tune_steps_per_epoch)
     optim_cfg = {**OmegaConf.to_container(cfg.optimizer, resolve=True), "lr": float(p.fine_tune_lr)}
