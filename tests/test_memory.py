@@ -68,13 +68,13 @@ def test_surprise_is_zero_on_a_repeated_pair_and_it_is_not_written_again():
     assert int(mem.stats["writes"]) == 4
 
 
-def test_values_and_output_start_as_a_projection_and_survive_the_global_init():
+def test_values_output_and_gate_keep_their_documented_start_after_the_global_init():
     torch.manual_seed(0)
     model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, ltm_key_dim=8))
     w_v, w_o = model.memory.value.weight, model.memory.out.weight
     torch.testing.assert_close(w_v @ w_v.T, torch.eye(8), atol=1e-5, rtol=0)   # orthonormal rows
     assert torch.equal(w_o, w_v.T)
-    assert torch.all(model.memory.gate.bias == -2.0)
+    assert torch.all(model.memory.gate.bias == 0.0) and torch.all(model.memory.gate.weight == 0)  # g = 0.5
 
 
 @pytest.mark.parametrize("name", ["m1", "m2"])
