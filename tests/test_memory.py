@@ -75,6 +75,11 @@ def test_values_output_and_gate_keep_their_documented_start_after_the_global_ini
     torch.testing.assert_close(w_v @ w_v.T, torch.eye(8), atol=1e-5, rtol=0)   # orthonormal rows
     assert torch.equal(w_o, w_v.T)
     assert torch.all(model.memory.gate.bias == 0.0) and torch.all(model.memory.gate.weight == 0)  # g = 0.5
+    mem = SurpriseMemory(32, 4, 8, 0.5, gate_bias=-1.5)    # a non-default start, undone by the global init ...
+    mem.apply(CognateModel._init_weights)
+    assert torch.all(mem.gate.bias == 0)
+    mem.init_gate()                                        # ... and restored by init_gate, as CognateModel calls it
+    assert torch.all(mem.gate.bias == -1.5) and torch.all(mem.gate.weight == 0)
 
 
 @pytest.mark.parametrize("name", ["m1", "m2"])
