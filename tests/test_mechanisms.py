@@ -158,6 +158,21 @@ def test_kl_term_vanishes_at_the_prior():
     assert model(x, x).loss > losses[0] + 0.1
 
 
+def test_the_backbone_learns_every_step_whatever_the_halting_head_says():
+    """Two halting heads (one halting everything at step 1, one never): the backbone's gradients are the same,
+    and the head gets a gradient from PonderNet's loss."""
+    x = torch.randint(0, 256, (2, 12))
+    grads = []
+    for bias in (8.0, -8.0):
+        model = tiny(max_steps=3, ponder_cost=0.05)
+        with torch.no_grad():
+            model.halt_head.bias.fill_(bias)
+        model(x, x).loss.backward()
+        grads.append(model.blocks[0].mlp.up.weight.grad.clone())
+        assert model.halt_head.weight.grad.abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
 def test_halting_head_reads_the_normalized_latent():
     """lambda depends on the direction of z only: a latent 5x larger (or smaller) halts the same."""
     model = tiny(max_steps=3)

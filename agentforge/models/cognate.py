@@ -18,7 +18,11 @@ Reading order, one forward pass over token ids x [B, T]:
    p_n ∝ prior_n exp(-L_n / ponder_cost) (``halting.gibbs_halting``), so ``ponder_cost`` is set on the scale
    of the per-step loss gains (``benchmarks/bench_halting.py`` measures them). A token halts at the first step N whose
    cumulative p reaches ``act_threshold`` (0.5: the median of its halting distribution) and its output
-   is z_N. Training runs every step (the expected loss needs them all); at inference the loop stops
+   is z_N. Deviation from PonderNet, as in TRM / HRM where the halting head is trained apart from the
+   deep-supervised backbone: the head learns that loss on detached step losses and latents, and the backbone
+   learns every step equally (weight 1 + ``deep_supervision``). Trained jointly, a head that favoured early
+   steps starved the later ones of training, so they never became worth running (issue 18: the two-step toy
+   task halted every token at step 1, its digits at chance). Training runs every step (the expected loss needs them all); at inference the loop stops
    once every token has halted and skips rows whose tokens have all halted.
 4. MAG long-term memory (Titans): see ``memory.py``; a per-sequence bank read and written causally
    inside each step.
@@ -200,7 +204,7 @@ class CognateModel(nn.Module):
                 z = z.detach()
             last = n == n_steps - 1
             lam = torch.ones(b, t, device=e.device, dtype=e.dtype) if last else \
-                torch.sigmoid(self.halt_head(z).squeeze(-1))
+                torch.sigmoid(self.halt_head(z.detach()).squeeze(-1))
             lambdas.append(lam)
             cum = cum + lam * not_halted
             not_halted = not_halted * (1 - lam)
@@ -223,9 +227,10 @@ class CognateModel(nn.Module):
             mask = (targets != ignore_index).to(e.dtype)
             denom = mask.sum().clamp(min=1)
             ce = torch.stack(step_ce, 0)                                       # [N, B, T]
-            loss = pondernet_loss(p, ce, mask, c.ponder_prior, c.ponder_cost)
-            if c.deep_supervision > 0:
-                loss = loss + c.deep_supervision * (ce * mask).sum() / (denom * ce.shape[0])
+            # the halting head learns PonderNet's loss on the steps' losses as they are (detached); the backbone
+            # learns every step equally (weight 1 + deep_supervision), whatever the head says
+            loss = pondernet_loss(p, ce.detach(), mask, c.ponder_prior, c.ponder_cost)
+            loss = loss + (1 + c.deep_supervision) * (ce * mask).sum() / (denom * ce.shape[0])
         return CognateOutput(logits, loss, lm_loss, steps, ponder.detach(), surprise, output)
 
     def kv_decoder(self, batch: int):
