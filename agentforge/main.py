@@ -15,7 +15,6 @@ import traceback
 from pathlib import Path
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -43,6 +42,9 @@ OmegaConf.register_new_resolver("af_uid", _uid, replace=True)
 
 def run(cfg: DictConfig) -> dict:
     """The plain entry point tests call: validate, dispatch, return the phase's result."""
+    import lightning as L  # here, not at the top: `--help` and `--cfg job` need no torch / Lightning (~4 s)
+
+    _route_lightning_logs()
     phase = get_phase(str(cfg.phase.name))
     validate(cfg, getattr(phase, "RULES", ()))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # before any model is built
@@ -74,7 +76,6 @@ def _multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig):
-    _route_lightning_logs()
     multirun = _multirun()
     try:
         result = run(cfg)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -41,6 +43,15 @@ def test_help_and_cfg_job(tmp_path):
     assert c.returncode == 0
     job = OmegaConf.create(c.stdout)
     assert job.model.name == "m2" and job.phase.name == "cognate"
+
+
+def test_help_imports_neither_torch_nor_lightning(tmp_path):
+    """`--help` answers in under a second: torch and Lightning are imported only when a phase runs."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentforge", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "phase:" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and not imported & {"torch", "lightning"}
 
 
 @pytest.mark.parametrize("override,key", [
