@@ -31,12 +31,6 @@ def tiny(**kw) -> CognateModel:
 
 # -- memory ------------------------------------------------------------------------------------------------
 
-def test_gate_bias_survives_the_global_init():
-    """The old defect: self.apply(_init_weights) reset the MAG gate's bias to 0 after the memory was built."""
-    model = tiny()
-    assert torch.all(model.memory.gate.bias == -2.0) and torch.all(model.memory.gate.weight == 0)
-
-
 def test_surprise_falls_when_content_repeats():
     """A 32-token sequence then the same 32 tokens again: the second copy finds its own keys stored."""
     model = tiny(surprise_threshold=0.0, ltm_max_writes=4, ltm_slots=64).eval()
