@@ -170,7 +170,7 @@ def test_sampling_stops_at_a_new_top_level_statement():
     enc = lambda s: list(s.encode())
     dec = lambda ids: bytes(i for i in ids if i < 256).decode()
     lm = CodeLM("scripted", "test", Scripted(len(prompt), "    return 1\ndef g():\n    return 2\n" + "#" * 80),
-                enc, dec, 512, 258, 256)
+                enc, dec, 512, 258)
     s = sample(lm, prompt, 3, max_new_tokens=100, stop=HUMANEVAL_STOP, temperature=0.0, chunk=8)
     assert s.completions == ["    return 1"] * 3
     assert s.new_tokens == 3 * 16  # two chunks of 8: "    return 1\ndef" is 16 tokens, then all rows stop

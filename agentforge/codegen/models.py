@@ -85,7 +85,6 @@ class CodeLM:
     decode: Callable[[list[int]], str]
     max_seq_len: int
     eos_id: int | None
-    vocab: int                        # ids drawn for the latency measurement stay below this
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -93,7 +92,7 @@ class CodeLM:
 
 def byte_lm(name: str, description: str, model: nn.Module, max_seq_len: int) -> CodeLM:
     tok = ByteTokenizer()
-    return CodeLM(name, description, model, lambda s: tok.encode(s, bos=True), tok.decode, max_seq_len, EOS_ID, 256)
+    return CodeLM(name, description, model, lambda s: tok.encode(s, bos=True), tok.decode, max_seq_len, EOS_ID)
 
 
 def pretrained_gpt2(hub_id: str) -> CodeLM:
@@ -109,7 +108,7 @@ def pretrained_gpt2(hub_id: str) -> CodeLM:
     model = GPT2ForLM(hf).eval()
     return CodeLM("gpt2", f"GPT-2 pretrained weights ({hub_id}, {model.num_params():,} params)", model,
                   lambda s: tok.encode(s), lambda ids: tok.decode(ids), int(hf.config.n_positions),
-                  tok.eos_token_id, int(hf.config.vocab_size))
+                  tok.eos_token_id)
 
 
 def save_gpt2(model: GPT2ForLM, directory: Path, meta: dict) -> Path:
