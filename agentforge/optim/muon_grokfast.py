@@ -66,8 +66,8 @@ class MuonGrokfast(torch.optim.Optimizer):
         self.qk_clip = float(qk_clip) if qk_clip else None
         self.attention_modules = list(attention_modules)
         self.weight_decay_mode = weight_decay_mode
-        self._last: dict[str, float] = {}
-        self._filter_stats: dict[str, float] = {}
+        self._last: dict[str, float | torch.Tensor] = {}  # tensors stay on the device until metrics()
+        self._filter_stats: dict[str, torch.Tensor] = {}
         self._filtered = False   # filter_gradients_ already ran for the coming step
         self._bind()
 
@@ -105,7 +105,7 @@ class MuonGrokfast(torch.optim.Optimizer):
             slow = [st["grokfast_ema"] for st in states]
         else:
             slow = [st["grokfast_ma"].mean(0) for st in states] if ma_filter_(params, states, self.grokfast_window, lamb) else []
-        self._filter_stats = {"optimizer/grokfast_raw_grad_norm": raw_norm}   # tensors: read in metrics()
+        self._filter_stats = {"optimizer/grokfast_raw_grad_norm": raw_norm}
         if not slow:   # MA window still filling: the gradients pass unchanged
             return
         slow_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(slow)))
