@@ -1,0 +1,63 @@
+"""Re-measure the Cognate ablations on TEST-split rows: data that played no part in training, early stopping or
+choosing the halting settings (the phase's own ``ablation/*`` figures use the validation rows, which did).
+
+    python scripts/confirm_ablations.py outputs/pipeline/default/artifacts/cognate/model1 [...model2 model3]
+
+For each checkpoint: recursion fixed at 1 step, memory reads off and always-max-steps against the trained model
+on ``--rows`` packed test rows of the final curriculum stage's mix (paired bootstrap 95 % CI over rows), the
+halting non-inferiority verdict (``ablation.NONINFERIORITY_MARGIN``), and memory off vs on over the repeated
+digits of ``--rows`` test-split recall items.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from agentforge.artifacts import load_model
+from agentforge.data.datamodule import TaskPool, normalize_mix, pack
+from agentforge.data.recall import recall_rows
+from agentforge.models.ablation import NONINFERIORITY_MARGIN, ablations, recall_memory
+
+CURRICULUM = Path(__file__).resolve().parents[1] / "conf" / "phase" / "cognate.yaml"
+
+
+def confirm(directory, n_rows: int = 64, seq_len: int = 128, seed: int = 42) -> dict[str, float]:
+    """The test-split ablation figures of one checkpoint (``ablation/*`` keys, plus ``ablation/halting_noninferior``
+    as 1.0 / 0.0)."""
+    model, tok, _ = load_model(directory)
+    mix = normalize_mix({t: 1.0 for t in OmegaConf.load(CURRICULUM).curriculum[-1].mix})
+    texts = TaskPool(seed).sample_texts(mix, (n_rows + 2) * (seq_len + 1), random.Random(seed * 7919), "test")
+    out = ablations(model, pack(texts, tok, seq_len)[:n_rows], seed=seed)
+    out["ablation/halting_noninferior"] = float(-out["ablation/max_steps_loss_delta_ci_low"] < NONINFERIORITY_MARGIN)
+    rows, mask = recall_rows(n_rows, seq_len, seed, "test", gap=model.config.window + 8, tokenizer=tok)
+    out.update(recall_memory(model, rows, mask, seed=seed))
+    return out
+
+
+def _ci(out: dict, key: str) -> str:
+    return f"{out[key + '_delta']:+.4f} [{out[key + '_delta_ci_low']:+.4f}, {out[key + '_delta_ci_high']:+.4f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", nargs="+", type=Path)
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    for ckpt in args.checkpoints:
+        o = confirm(ckpt, args.rows, args.seq_len, args.seed)
+        verdict = "PASS" if o["ablation/halting_noninferior"] else "FAIL"
+        print(f"{ckpt}: n={int(o['ablation/n_rows'])} test rows; 1 step {_ci(o, 'ablation/steps1_loss')}; memory off "
+              f"{_ci(o, 'ablation/no_memory_loss')}; max steps - trained {_ci(o, 'ablation/max_steps_loss')} -> halting "
+              f"{verdict} at {NONINFERIORITY_MARGIN}; recall items (n={int(o['ablation/recall_n_rows'])}) memory off - on "
+              f"{_ci(o, 'ablation/recall_no_memory_loss')}")
+
+
+if __name__ == "__main__":
+    main()
