@@ -25,10 +25,9 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def _continuation(tokenizer, prompt_ids: list[int], continuation: str, max_len: int) -> tuple[list[int], int]:
+def _continuation(prompt_ids: list[int], c_ids: list[int], max_len: int) -> tuple[list[int], int]:
     """(token ids of prompt + continuation, truncated on the left to max_len; number of continuation
     tokens scored, at most len - 1)."""
-    c_ids = tokenizer.encode(continuation)
     seq = (prompt_ids + c_ids)[-max_len:]
     return seq, min(len(c_ids), len(seq) - 1)
 
@@ -68,7 +67,7 @@ def continuation_logprobs(model, tokenizer, prompt: str, continuations: list[str
     """Summed log P(continuation | prompt) for each continuation, in one padded batch."""
     max_len = getattr(getattr(model, "config", None), "max_seq_len", 10**9)
     p_ids = tokenizer.encode(prompt, bos=True)
-    seqs = [_continuation(tokenizer, p_ids, c, max_len) for c in continuations]
+    seqs = [_continuation(p_ids, tokenizer.encode(c), max_len) for c in continuations]
     return score_sequences(model, seqs, tokenizer.pad_id, batch_rows=len(seqs))
 
 
@@ -84,22 +83,22 @@ def choice_predictions(model, tokenizer, records: list[dict], fmt: str, batch_ro
     items = []
     for rec in records:
         conts, right = choices_fn(rec)
-        items.append((tokenizer.encode(prompt_fn(rec), bos=True), [tokenizer.encode(c) for c in conts], conts, right))
+        items.append((tokenizer.encode(prompt_fn(rec), bos=True), [tokenizer.encode(c) for c in conts], right))
     scores: list[list[float] | None] = [None] * len(items)
     if prefix.supports(model):
-        shared = [i for i, (p, cs, _, _) in enumerate(items) if prefix.prefers(p, cs, max_len)]
+        shared = [i for i, (p, cs, _) in enumerate(items) if prefix.prefers(p, cs, max_len)]
         for group in prefix.groups(shared, [prefix.shared_length(*items[i][:2]) for i in shared],
                                    [len(items[i][1]) for i in shared]):
             for j, sc in zip(group, prefix.score_group(model, [items[j][0] for j in group],
                                                        [items[j][1] for j in group], tokenizer.pad_id)):
                 scores[j] = sc
     rest = [i for i in range(len(items)) if scores[i] is None]
-    seqs = [_continuation(tokenizer, items[i][0], c, max_len) for i in rest for c in items[i][2]]
+    seqs = [_continuation(items[i][0], c, max_len) for i in rest for c in items[i][1]]
     flat = score_sequences(model, seqs, tokenizer.pad_id, batch_rows)
     for i in rest:
-        k = len(items[i][2])
+        k = len(items[i][1])
         scores[i], flat = flat[:k], flat[k:]
-    return [(max(range(len(sc)), key=sc.__getitem__), it[3]) for sc, it in zip(scores, items)]
+    return [(max(range(len(sc)), key=sc.__getitem__), it[2]) for sc, it in zip(scores, items)]
 
 
 def choice_accuracy(model, tokenizer, records: list[dict], fmt: str) -> float:
