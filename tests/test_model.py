@@ -92,6 +92,29 @@ def test_output_is_the_halting_steps_state():
     assert torch.allclose(out.hidden, z2, atol=1e-5)
 
 
+class _RowHalting(torch.nn.Module):
+    """Halting logit per row: +10 (halt at step 1) or -10 (run to the bound)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, z):
+        return self.logits[:, None, None].expand(*z.shape[:2], 1)
+
+
+def test_inference_skips_halted_rows_with_the_same_outputs():
+    """Row 0 halts at step 1, row 1 runs all 3 steps: the inference loop runs steps 2-3 on row 1 alone and
+    gives the logits and steps of the loop that runs every step on every row (targets given)."""
+    model = tiny(max_steps=3).eval()
+    model.halt_head = _RowHalting([10.0, -10.0])
+    x = torch.randint(0, 256, (2, 10))
+    skipped, full = model(x), model(x, x)
+    assert skipped.halting_steps[0].eq(1).all() and skipped.halting_steps[1].eq(3).all()
+    assert torch.equal(skipped.halting_steps, full.halting_steps)
+    assert torch.allclose(skipped.logits, full.logits, atol=1e-5)
+
+
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     model = tiny(surprise_threshold=0.0, ltm_chunk=4)
     with torch.no_grad():  # trained-looking weights: the gate open, the halting head varied

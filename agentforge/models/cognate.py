@@ -192,12 +192,8 @@ class CognateModel(nn.Module):
         not_halted = torch.ones(b, t, device=e.device, dtype=e.dtype)   # prod_{j<n} (1 - lambda_j)
         cum = torch.zeros(b, t, device=e.device, dtype=e.dtype)
         surprise = torch.ones(b, t, device=e.device)
+        rows = None  # at inference, the rows that still have a running token (None: all of them)
         for n in range(n_steps):
-            rows = None
-            if not train_all and n > 0:
-                active = (~halted).any(1)
-                if not bool(active.all()):
-                    rows = active.nonzero().squeeze(1)
             with torch.no_grad() if n < no_grad else contextlib.nullcontext():
                 z, surprise = self._step_rows(z, e, t, rows)
             if n < no_grad:
@@ -216,10 +212,13 @@ class CognateModel(nn.Module):
                 step_logits = self.lm_head(self.norm(z))
                 step_ce.append(F.cross_entropy(step_logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index,
                                                reduction="none").view(b, t))
-            if not train_all and not last and not bool((~halted).any()):
-                break
+            if not train_all and not last:
+                active = (~halted).any(1).nonzero().squeeze(1)  # the step's one host sync
+                if active.numel() == 0:
+                    break
+                rows = active if active.numel() < b else None
         logits = self.lm_head(self.norm(output))
-        p = halting_distribution(torch.stack(lambdas, 0)) if len(lambdas) > 1 else torch.ones(1, b, t, device=e.device)
+        p = halting_distribution(torch.stack(lambdas, 0))  # one step: all mass on it
         ponder = (p * torch.arange(1, p.shape[0] + 1, device=e.device, dtype=p.dtype)[:, None, None]).sum(0)
         loss = lm_loss = None
         if targets is not None:
