@@ -11,7 +11,7 @@ re-injection, the blocks, the memory read, the halting rule) and keeps what late
 * memory: the bank (keys, values, filled, last use) as of the last completed chunk, plus the current
   chunk's keys, values, surprises and per-slot max read weight, and the previous position's query
   (``prev``: the next position's key, ``SurpriseMemory.project``); when the chunk completes it is written
-  with the model's own ``SurpriseMemory._write``, exactly as ``SurpriseMemory.read`` does between chunks.
+  with the model's own ``SurpriseMemory.end_chunk``, exactly as ``SurpriseMemory.read`` does between chunks.
 
 A position always runs every step (a later token may halt later and attend to it at that step); its
 output is the latent at its halting step, as in the full forward. Positions are absolute from the start
@@ -90,9 +90,8 @@ class CognateDecoder:
         if len(st["chunk"]) == mem.chunk:  # the chunk is complete: write it, as read() does between chunks
             now = float(st["c"] + 1)
             kc, vc, sc = (torch.cat(x, 1) for x in zip(*st["chunk"]))
-            last = torch.where(st["amax"] > 0.5, now, st["last"])
-            st["keys"], st["vals"], st["filled"], st["last"] = mem._write(kc, vc, sc, st["keys"], st["vals"],
-                                                                          st["filled"], last, now)
+            st["keys"], st["vals"], st["filled"], st["last"] = mem.end_chunk(kc, vc, sc, st["amax"], st["keys"],
+                                                                             st["vals"], st["filled"], st["last"], now)
             st["chunk"], st["amax"], st["c"] = [], None, st["c"] + 1
         g = torch.sigmoid(mem.gate(h))
         return h + g * mem.out(r)
@@ -145,7 +144,6 @@ def _memory_state(mem, h: torch.Tensor, st: dict) -> None:
             st["chunk"] = list(zip(kc.split(1, 1), vc.split(1, 1), s.split(1, 1)))
             st["amax"] = attn.amax(1)
             break
-        last = torch.where(attn.amax(1) > 0.5, float(c + 1), last)
-        keys, vals, filled, last = mem._write(kc, vc, s, keys, vals, filled, last, float(c + 1))
+        keys, vals, filled, last = mem.end_chunk(kc, vc, s, attn.amax(1), keys, vals, filled, last, float(c + 1))
         st["c"] = c + 1
     st.update(keys=keys, vals=vals, filled=filled, last=last, prev=q[:, -1:])

@@ -115,9 +115,8 @@ class SurpriseMemory(nn.Module):
             surprises.append(s)
             with torch.no_grad():
                 usage += attn.sum(dim=(0, 1))
-                last = torch.where(attn.amax(1) > 0.5, float(c + 1), last)
-            keys, vals, filled, last = self._write(kc, vc, self.write_scores(s, start == 0), keys, vals, filled,
-                                                   last, float(c + 1))
+            keys, vals, filled, last = self.end_chunk(kc, vc, self.write_scores(s, start == 0), attn.detach().amax(1),
+                                                      keys, vals, filled, last, float(c + 1))
         r = torch.cat(reads, 1)
         surprise = torch.cat(surprises, 1)
         self._record(b, t, surprise, filled, usage)
@@ -151,6 +150,12 @@ class SurpriseMemory(nn.Module):
     def _attend(beta, x, keys, filled):
         scores = (beta * x @ keys.transpose(1, 2)).masked_fill(~filled[:, None, :], float("-inf"))
         return torch.nan_to_num(F.softmax(scores, dim=-1))  # an empty bank: all -inf -> 0 weights
+
+    def end_chunk(self, kc, vc, s, amax, keys, vals, filled, last, now: float):
+        """The bank after chunk ``now``: slots given more than half of some token's read (``amax`` [B, slots], the
+        chunk's max read weight per slot) marked used at ``now``, then the chunk written (``_write``)."""
+        last = torch.where(amax > 0.5, now, last)
+        return self._write(kc, vc, s, keys, vals, filled, last, now)
 
     def _write(self, kc, vc, s, keys, vals, filled, last, now: float):
         """Store the chunk's most surprising tokens (s > threshold) into empty, else least recently used slots."""

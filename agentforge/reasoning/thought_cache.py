@@ -9,7 +9,7 @@ position:
 * attention, per step and layer: the outputs of ``k_proj`` / ``v_proj``, split into heads and rotated
   with the positions' RoPE angles as ``CausalSelfAttention.forward`` does; the last ``window`` kept;
 * memory, per step: the memory's input h (hook on its query projection). The bank after the last
-  completed chunk is rebuilt with the memory's own ``_attend`` / ``_write`` in the chunk order of
+  completed chunk is rebuilt with the memory's own ``_attend`` / ``end_chunk`` in the chunk order of
   ``SurpriseMemory.read``; the open chunk's keys, values, surprises and max read weights are the ones
   ``CognateDecoder._memory`` accumulates.
 
