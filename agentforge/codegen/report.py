@@ -23,6 +23,19 @@ def _f(v, digits: int = 4) -> str:
     return str(v)
 
 
+def _ks(stats: dict) -> list[int]:
+    """The k of every ``pass_at_<k>`` entry of stats.json, ascending."""
+    return sorted(int(k.rsplit("_", 1)[1]) for k in stats if k.startswith("pass_at_"))
+
+
+def _aligned(trainings: dict[str, dict], names: list[str], key: str, fill) -> tuple[list[int], dict[str, list]]:
+    """(steps, {model: values}) of one training curve of the models that recorded it, on the union of
+    their steps (``fill`` where a model has no value at a step)."""
+    series = {n: dict(trainings[n]["curves"][key]) for n in names if n in trainings and trainings[n]["curves"][key]}
+    steps = sorted({s for pts in series.values() for s in pts})
+    return steps, {n: [pts.get(s, fill) for s in steps] for n, pts in series.items()}
+
+
 def plot_all(out_dir: Path, names: list[str], curves: dict[str, list[float]], kpis: dict[str, dict],
              trainings: dict[str, dict]) -> list[Path]:
     paths = []
@@ -41,10 +54,8 @@ def plot_all(out_dir: Path, names: list[str], curves: dict[str, list[float]], kp
         paths.append(plots.bar_plot(out_dir / "efficiency_vs_baseline.png", labels, ratios,
                                     f"{names[0]} / {base} (1 = equal)", "ratio"))
     for key, fname in (("train/loss", "training_loss.png"), ("system/ram_used_gb", "system_ram.png")):
-        series = {n: trainings[n]["curves"][key] for n in names if n in trainings and trainings[n]["curves"][key]}
-        if series:
-            steps = sorted({s for pts in series.values() for s, _ in pts})
-            ys = {n: [dict(pts).get(s, float("nan")) for s in steps] for n, pts in series.items()}
+        steps, ys = _aligned(trainings, names, key, float("nan"))
+        if ys:
             paths.append(plots.line_plot(out_dir / fname, steps, ys, key, "step", key))
     return paths
 
@@ -52,7 +63,7 @@ def plot_all(out_dir: Path, names: list[str], curves: dict[str, list[float]], kp
 def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[str, dict], stats: dict,
              trainings: dict[str, dict], plot_paths: list[Path]) -> str:
     cand, base = stats["candidate"], stats["baseline"]
-    ks = sorted(int(k.rsplit("_", 1)[1]) for k in stats if k.startswith("pass_at_"))
+    ks = _ks(stats)
     lines = [f"# Code generation: {cand} vs {base}", "",
              f"Benchmark **{info['benchmark']}**, {info['n_problems']} problems ({info['problem_range']}), "
              f"n = {info['n_samples']} samples per problem at temperature {info['temperature']}, top-p {info['top_p']}, "
@@ -111,7 +122,7 @@ def log_dashboard(tr, names: list[str], evals: dict, kpis: dict, stats: dict, cu
     k_max = max(len(c) for c in curves.values())
     tr.line_series("dashboard/accuracy_pass_at_k", list(range(1, k_max + 1)), [curves[n] for n in names],
                    [f"{n} pass@k" for n in names], "pass@k vs k", "k")
-    ks = sorted(int(k.rsplit("_", 1)[1]) for k in stats if k.startswith("pass_at_"))
+    ks = _ks(stats)
     rows = [[f"pass@{k}", *(stats[f"pass_at_{k}"].get(n) for n in names), stats[f"pass_at_{k}"].get("delta"),
              str(stats[f"pass_at_{k}"].get("ci95")), stats[f"pass_at_{k}"].get("p_value"), stats["verdict"]]
             for k in ks]
@@ -125,12 +136,9 @@ def log_dashboard(tr, names: list[str], evals: dict, kpis: dict, stats: dict, cu
     for key, title in (("train/loss", "training loss"), ("train/learning_rate", "learning rate"),
                        ("train/gradient_norm", "gradient norm"), ("system/cpu_percent", "system: CPU %"),
                        ("system/ram_used_gb", "system: RAM GB")):
-        present = [n for n in names if n in trainings and trainings[n]["curves"][key]]
-        if present:
-            steps = sorted({s for n in present for s, _ in trainings[n]["curves"][key]})
-            tr.line_series(f"dashboard/{key.replace('/', '_')}", steps,
-                           [[dict(trainings[n]["curves"][key]).get(s) for s in steps] for n in present],
-                           present, title, "step")
+        steps, ys = _aligned(trainings, names, key, None)
+        if ys:
+            tr.line_series(f"dashboard/{key.replace('/', '_')}", steps, list(ys.values()), list(ys), title, "step")
     for p in plot_paths:
         tr.image(f"plots/{p.stem}", p)
     summary = {"stats/verdict": stats["verdict"], "stats/verdict_score": stats["verdict_score"]}
