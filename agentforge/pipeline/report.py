@@ -98,6 +98,12 @@ def paired_accuracy_drop(artifacts: Path, before: str = "phase3_reasoning", afte
             "final/accuracy_drop_test": f"{after} vs {before}, paired {res['pairing']}; McNemar p={res['mcnemar_p']:.3g}"}
 
 
+def cognate_metrics(artifacts: Path) -> dict[int, dict]:
+    """{model id: its ``cognate/model{id}/metrics.json``} for the Cognate models (1-3) that have one."""
+    files = {mid: artifacts / "cognate" / f"model{mid}" / "metrics.json" for mid in (1, 2, 3)}
+    return {mid: json.loads(f.read_text()) for mid, f in files.items() if f.is_file()}
+
+
 def cognate_diversity(artifacts: Path) -> float | None:
     """Phase 1 diversity: the mean, over the seed's diversity features (avg halting steps, LTM usage,
     inference cost), of their coefficient of variation (population std / mean) across the three models.
@@ -105,12 +111,9 @@ def cognate_diversity(artifacts: Path) -> float | None:
     rows (deterministic), not the latency the seed names: across separate runs on a loaded machine the
     latency's variation is timing noise (older metrics without FLOPs fall back to the latency).
     0 means identical models; None until all three have metrics."""
-    rows = []
-    for mid in (1, 2, 3):
-        f = artifacts / "cognate" / f"model{mid}" / "metrics.json"
-        if not f.is_file():
-            return None
-        rows.append(json.loads(f.read_text()))
+    rows = list(cognate_metrics(artifacts).values())
+    if len(rows) < 3:
+        return None
     cvs = []
     cost = "diversity/inference_mflops_per_token"
     if not all(cost in r for r in rows):  # metrics written before FLOPs were counted: the latency
@@ -165,11 +168,7 @@ def _halting_verdict(m: dict) -> str:
 def phase1_rows(artifacts: Path) -> list[list]:
     """One row per trained Cognate model (``cognate/model{i}/metrics.json``); Δ = variant − trained model."""
     rows = []
-    for mid in (1, 2, 3):
-        f = artifacts / "cognate" / f"model{mid}" / "metrics.json"
-        if not f.is_file():
-            continue
-        m = json.loads(f.read_text())
+    for mid, m in cognate_metrics(artifacts).items():
         shares = sorted((int(k.rsplit("step", 1)[1]), v) for k, v in m.items() if k.startswith("act/halting_share_step"))
         std = m.get("act/halting_steps_std")
         rows.append([f"Model {mid}", m.get("final/val_loss"),
@@ -217,7 +216,7 @@ def power_note(perf: list[dict]) -> str:
     ns = sorted({r[f"{k}_n"] for r in perf for _, k in ACCURACY_FORMATS if r.get(f"{k}_n")})
     if not ns:
         return ""
-    parts = [f"n = {n}: ±{(lambda ci: (ci[1] - ci[0]) / 2)(wilson_ci(n // 2, n)):.3f}" for n in ns]
+    parts = [f"n = {n}: ±{(hi - lo) / 2:.3f}" for n in ns for lo, hi in [wilson_ci(n // 2, n)]]
     return ("Accuracies: value [95% Wilson CI] and n examples. Half-width of the CI at accuracy 0.5: "
             + "; ".join(parts) + ".")
 
@@ -305,8 +304,9 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
           f"Time spent in steps run this time: {total_s:.1f} s.", "",
           "## Model performance across phases", "", markdown_table(perf_cols, perf_rows) if perf_rows else
           "_No evaluation results (the eval phase was not selected)._", ""]
-    if power_note(perf):
-        md += [power_note(perf), ""]
+    note = power_note(perf)
+    if note:
+        md += [note, ""]
     if perf_png:
         md += [f"![performance]({perf_png.name})", ""]
     check_cols = ["Phase", "Metric", "Threshold", "Measured", "Result"]
