@@ -29,7 +29,7 @@ from agentforge.io import save_tensors
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.quant import BitLinear
 from agentforge.quant.calibrate import activation_stats, apply_clips
-from agentforge.quant.checkpoint import load_packed, save_packed
+from agentforge.quant.checkpoint import kernel_summary, load_packed, save_packed
 from agentforge.quant.convert import bitlinear_layers, convert_to_bitlinear
 from agentforge.quant.packing import packed_size
 
@@ -143,10 +143,7 @@ def main() -> None:
     model = model.to(args.device)
     print(f"\ndevice: {torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}")
     info = loaded.bitnet_kernel or {"kernel": "float", "int8_ms": float("nan"), "float_ms": float("nan")}
-    print(f"kernels chosen at load (interleaved medians): prefill (a 64-token forward) {info['kernel']} "
-          f"(int8 {info['int8_ms']:.2f} ms, float {info['float_ms']:.2f} ms); decode (KV-cached steps of "
-          f"<= {info.get('decode_rows')} rows) {info.get('decode_kernel')} (int8 {info.get('decode_int8_ms', math.nan):.2f}"
-          f" ms, float {info.get('decode_float_ms', math.nan):.2f} ms per token)")
+    print(f"kernels chosen at load (interleaved medians): {kernel_summary(info)}")
     runs = {"as trained (halting)": (model, loaded),
             "equal compute (all max_steps recursion steps)": (full_recursion(model), full_recursion(loaded))}
     for title, (fp, bn) in runs.items():

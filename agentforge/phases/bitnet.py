@@ -32,7 +32,7 @@ from agentforge.evals.speed import forward_latency_ms, halting_distribution
 from agentforge.io import CheckpointError, save_tensors
 from agentforge.phases.context import run_context
 from agentforge.quant import calibrate, convert
-from agentforge.quant.checkpoint import ARCHITECTURE, choose_kernels, load_packed, save_packed
+from agentforge.quant.checkpoint import ARCHITECTURE, choose_kernels, kernel_summary, load_packed, save_packed
 from agentforge.tracking import plots
 from agentforge.training.lm_module import LMModule
 from agentforge.training.trainer import build_trainer
@@ -182,10 +182,7 @@ def log_kernel_choice(tr, model) -> None:
         return
     names = {"kernel": "prefill_kernel", "int8_ms": "prefill_int8_ms", "float_ms": "prefill_float_ms"}
     tr.log({f"speed/{names.get(k, k)}": v for k, v in info.items()})
-    print(f"kernels chosen by measurement: prefill {info['kernel']} (int8 {info['int8_ms']:.2f} ms, float "
-          f"{info['float_ms']:.2f} ms); decode ({info.get('decode_rows')} rows or fewer) {info.get('decode_kernel')} "
-          f"(int8 {info.get('decode_int8_ms', float('nan')):.2f} ms, float {info.get('decode_float_ms', float('nan')):.2f}"
-          f" ms per token)")
+    print(f"kernels chosen by measurement: {kernel_summary(info)}")
 
 
 def _itemsize(p) -> int:

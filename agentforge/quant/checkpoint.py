@@ -134,3 +134,12 @@ def choose_kernels(model: CognateModel) -> dict:
                         generator=torch.Generator().manual_seed(0))
     model.bitnet_kernel = select_kernel(model, ids, decode_tokens=16)
     return model.bitnet_kernel
+
+
+def kernel_summary(info: dict) -> str:
+    """One line on ``choose_kernels``' result: each regime's kernel and the medians it was chosen on."""
+    nan = float("nan")
+    return (f"prefill (a 64-token forward) {info['kernel']} (int8 {info['int8_ms']:.2f} ms, float "
+            f"{info['float_ms']:.2f} ms); decode (KV-cached steps of <= {info.get('decode_rows')} rows) "
+            f"{info.get('decode_kernel')} (int8 {info.get('decode_int8_ms', nan):.2f} ms, float "
+            f"{info.get('decode_float_ms', nan):.2f} ms per token)")
