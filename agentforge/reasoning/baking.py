@@ -133,8 +133,10 @@ def bake_eval(model, teacher, val: dict[str, list[tuple[list[int], list[int]]]],
                 if teacher_usage is None:
                     g = torch.Generator().manual_seed(0)
                     te = [sample(teacher, prompted(prompts[key], x, str(b.prompt_position)), g) for x, _ in pairs]
-                per[key].update(usage=token_usage(st, usage_ids[key]),
-                                teacher_usage=teacher_usage[key] if teacher_usage else token_usage(te, usage_ids[key]))
+                    t_use = token_usage(te, usage_ids[key])
+                else:
+                    t_use = teacher_usage[key]
+                per[key].update(usage=token_usage(st, usage_ids[key]), teacher_usage=t_use)
                 outs += st
     finally:
         model.train(was)
