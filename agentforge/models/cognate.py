@@ -166,6 +166,14 @@ class CognateModel(nn.Module):
             h = blk(h, cos, sin)
         return self.memory.read(h)
 
+    def _halt(self, z, last: bool, cum, not_halted, halted):
+        """The halting rule after one step: (lambda [B, T], cumulative p, prod_{j<=n} (1 - lambda_j), the tokens that
+        halt now); lambda is 1 at the ``last`` step and the head reads z detached (it learns on its own loss)."""
+        lam = torch.ones_like(cum) if last else torch.sigmoid(self.halt_head(z.detach()).squeeze(-1))
+        cum = cum + lam * not_halted
+        stop = (cum >= self.config.act_threshold) | last if self._halting else last
+        return lam, cum, not_halted * (1 - lam), ~halted & stop
+
     def _step_rows(self, z, e, t, rows: torch.Tensor | None):
         """One recursion step; at inference only on ``rows`` (the others halted), the rest kept."""
         if rows is None:
@@ -199,12 +207,8 @@ class CognateModel(nn.Module):
             if n < no_grad:
                 z = z.detach()
             last = n == n_steps - 1
-            lam = torch.ones(b, t, device=e.device, dtype=e.dtype) if last else \
-                torch.sigmoid(self.halt_head(z.detach()).squeeze(-1))
+            lam, cum, not_halted, halts_now = self._halt(z, last, cum, not_halted, halted)
             lambdas.append(lam)
-            cum = cum + lam * not_halted
-            not_halted = not_halted * (1 - lam)
-            halts_now = ~halted & ((cum >= c.act_threshold) | last) if self._halting else ~halted & last
             output = torch.where(halts_now[..., None], z, output)
             steps = torch.where(halts_now, float(n + 1), steps)
             halted = halted | halts_now

@@ -48,7 +48,7 @@ class CognateDecoder:
 
     @torch.no_grad()
     def step(self, token: torch.Tensor) -> torch.Tensor:
-        m, c = self.model, self.model.config
+        m = self.model
         e = m.embed(token[:, None])
         z = e
         cos, sin = m.rope_cos[self.pos:self.pos + 1], m.rope_sin[self.pos:self.pos + 1]
@@ -62,11 +62,7 @@ class CognateDecoder:
             for blk, cache in zip(m.blocks, self.attn[n]):
                 h = blk.decode(h, cos, sin, cache)
             z = self._memory(h, self.mem[n])
-            last = n == self.n_steps - 1
-            lam = torch.ones_like(cum) if last else torch.sigmoid(m.halt_head(z).squeeze(-1))
-            cum = cum + lam * not_halted
-            not_halted = not_halted * (1 - lam)
-            halts_now = ~halted & ((cum >= c.act_threshold) | last) if m._halting else ~halted & last
+            _, cum, not_halted, halts_now = m._halt(z, n == self.n_steps - 1, cum, not_halted, halted)
             output = torch.where(halts_now[..., None], z, output)
             halted = halted | halts_now
         self.pos += 1
