@@ -92,26 +92,29 @@ class ThoughtBatch:
 
 
 def _draw(logits: torch.Tensor, temperature: float, banned, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(next token [M, 1], the policy's log-probs [M, V]) from the model's last-position logits [M, V]."""
+    """(next token [M, 1], the policy's logits [M, V]) from the model's last-position logits [M, V]."""
     logits = policy_logits(logits, temperature, banned)
     if temperature > 0:
         nxt = torch.multinomial(F.softmax(logits, -1).cpu(), 1, generator=generator).to(logits.device)
     else:
         nxt = logits.argmax(-1, keepdim=True)
-    return nxt, F.log_softmax(logits, -1)
+    return nxt, logits
 
 
-def _sample_from(next_logits, logits: torch.Tensor, length: int, temperature: float, banned, generator):
+def _sample_from(next_logits, logits: torch.Tensor, length: int, temperature: float, banned, generator,
+                 with_logp: bool = False):
     """``length`` tokens from ``logits`` [M, V], each fed back through ``next_logits(token [M])`` except the
-    last; returns (tokens [M, length], their log-probs under the policy [M, length])."""
+    last; returns (tokens [M, length], their log-probs under the policy [M, length] if ``with_logp`` else
+    None: the sampling loop spends no log-softmax on log-probs nobody reads)."""
     toks, logps = [], []
     for i in range(length):
-        nxt, logp = _draw(logits, temperature, banned, generator)
+        nxt, policy = _draw(logits, temperature, banned, generator)
         toks.append(nxt)
-        logps.append(logp.gather(-1, nxt))
+        if with_logp:
+            logps.append(F.log_softmax(policy, -1).gather(-1, nxt))
         if i < length - 1:
             logits = next_logits(nxt[:, 0])
-    return torch.cat(toks, 1), torch.cat(logps, 1)
+    return torch.cat(toks, 1), (torch.cat(logps, 1) if with_logp else None)
 
 
 @torch.no_grad()
@@ -141,7 +144,7 @@ def sample_thoughts(model, prefixes: torch.Tensor, length: int, temperature: flo
                 return model(state["ids"][:, -model.config.max_seq_len:]).logits[:, -1]
 
             first = model(ids[:, -model.config.max_seq_len:]).logits[:, -1]
-        toks, logp = _sample_from(next_logits, first, length, temperature, banned, generator)
+        toks, logp = _sample_from(next_logits, first, length, temperature, banned, generator, return_logp)
     finally:
         model.train(was)
     return (toks, logp) if return_logp else toks
