@@ -30,20 +30,9 @@ from agentforge.codegen.execution import execute, outcome_counts
 from agentforge.codegen.problems import load_humaneval
 from agentforge.codegen.sampling import sample
 from agentforge.data.tokenizer import RESERVED_VOCAB
-from agentforge.errors import ConfigError
 from agentforge.main import CONF_DIR
 from agentforge.models import CognateModel
-from agentforge.sandbox import require_sandbox
-
-
-def sandbox_mode(asked: str) -> str:
-    if asked != "auto":
-        return asked
-    try:
-        require_sandbox("bwrap")
-        return "bwrap"
-    except ConfigError:
-        return "process"
+from agentforge.sandbox import strongest_mode
 
 
 def main(argv=None) -> None:
@@ -58,7 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "process"])
     a = ap.parse_args(argv)
     probs = load_humaneval()[: a.problems]
-    mode = sandbox_mode(a.sandbox)
+    mode = strongest_mode() if a.sandbox == "auto" else a.sandbox
     programs = [p.program(p.canonical_solution) for p in probs] + [p.program("    return None\n") for p in probs]
     t0 = time.perf_counter()
     res = execute(programs, timeout_s=5.0, memory_mb=512, mode=mode)

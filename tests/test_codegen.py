@@ -20,19 +20,9 @@ from agentforge.codegen.problems import HUMANEVAL_STOP, load_humaneval, load_mbp
 from agentforge.codegen.sampling import nucleus_mask, sample, truncate
 from agentforge.data.formats import DatasetError
 from agentforge.errors import ConfigError
-from agentforge.sandbox import require_sandbox
+from agentforge.sandbox import strongest_mode
 
-
-def sandbox_mode() -> str:
-    """bwrap where it works (CI installs it), else the weaker process mode."""
-    try:
-        require_sandbox("bwrap")
-        return "bwrap"
-    except ConfigError:
-        return "process"
-
-
-MODE = sandbox_mode()
+MODE = strongest_mode()  # bwrap where it works (CI installs it), else the weaker process mode
 EXEC = {"timeout_s": 3.0, "memory_mb": 512, "workers": 2, "mode": MODE}
 
 

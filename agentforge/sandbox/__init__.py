@@ -12,6 +12,6 @@ with a cleared environment and the same rlimits, but the host's file system, net
 callers print a warning on every run. ``require_sandbox`` refuses ``bwrap`` mode where bubblewrap is
 missing or does not work, with one line saying how to install it.
 """
-from agentforge.sandbox.runner import SandboxLimits, SandboxResult, require_sandbox, run_sandboxed
+from agentforge.sandbox.runner import SandboxLimits, SandboxResult, require_sandbox, run_sandboxed, strongest_mode
 
-__all__ = ["SandboxLimits", "SandboxResult", "require_sandbox", "run_sandboxed"]
+__all__ = ["SandboxLimits", "SandboxResult", "require_sandbox", "run_sandboxed", "strongest_mode"]

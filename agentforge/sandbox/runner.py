@@ -107,6 +107,16 @@ def require_sandbox(mode: str) -> None:
                           f"not run: {INSTALL_HINT}")
 
 
+def strongest_mode() -> str:
+    """``"bwrap"`` where ``require_sandbox`` accepts it here, else the weaker ``"process"`` (for the tests and
+    benchmarks, which run wherever they are started; phases take the mode from their config instead)."""
+    try:
+        require_sandbox("bwrap")
+        return "bwrap"
+    except ConfigError:
+        return "process"
+
+
 def _hand_over(work: str, uid: int) -> None:
     """Give the temp dir and its files to the run's uid; bwrap (root without capabilities) must still be
     able to chdir into it before setpriv, hence 0711."""
