@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import statistics
 import time
@@ -124,15 +125,19 @@ def main() -> None:
 def training_step_ratio(model, head, start: int, end: int, banned: list[int], length: int, repeats: int) -> None:
     """Time of one Quiet-STaR training step with ``length``-token thoughts ÷ the same step without thoughts
     (interleaved medians; see the module docstring for both definitions) and where the thought step's time goes."""
-    tcs = {cache: ThoughtConfig(thought_length=length, use_cache=cache) for cache in (True, False)}
+    rl, optim_cfg = phase_rl_cfg()
+    episode = {f.name: rl[f.name] for f in dataclasses.fields(ThoughtConfig) if f.name in rl}
+    tcs = {cache: ThoughtConfig(**{**episode, "kl_coef": optim_cfg["kl_coef"], "thought_length": length,
+                                   "use_cache": cache}) for cache in (True, False)}
     tc = tcs[True]
     ref = copy.deepcopy(model).eval()
     stream = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
-    # the phase's default episode: 2 sequences x 2 positions (phase.rl.batch_size, thought_positions)
-    windows = sample_windows(stream, 2, 64, 2, tc.context_len, tc.n_true, torch.Generator().manual_seed(0))
+    # the phase's default episode: batch_size sequences x thought_positions positions (conf/phase/quietstar.yaml)
+    windows = sample_windows(stream, rl["batch_size"], rl["seq_len"], rl["thought_positions"], tc.context_len,
+                             tc.n_true, torch.Generator().manual_seed(0))
     rl_ids = {"start": start, "end": end, "banned": banned}
     model.eval()  # as the phase trains (FrozenPair: eval mode, gradients on)
-    opt, _ = build_optimizer(model, phase_optimizer_cfg(), 1000)
+    opt, _ = build_optimizer(model, optim_cfg, 1000)
     head_opt = torch.optim.AdamW(head.parameters(), lr=opt.param_groups[0]["lr"])
 
     def finish(loss, step_opt):
@@ -188,11 +193,12 @@ def training_step_ratio(model, head, start: int, end: int, banned: list[int], le
           f"{(med['cached'] - med['sample'] - med['fwd+bwd'] - med['reference']) * 1e3:.1f} ms")
 
 
-def phase_optimizer_cfg() -> dict:
-    """The optimizer config of the phase's RL step: conf/optimizer/muon_grokfast.yaml with phase.rl.optimizer over it."""
+def phase_rl_cfg() -> tuple[dict, dict]:
+    """The phase's RL defaults: (conf/phase/quietstar.yaml's rl section, the optimizer config of its step:
+    conf/optimizer/muon_grokfast.yaml with phase.rl.optimizer over it)."""
     conf = Path(__file__).resolve().parents[1] / "conf"
-    return {**OmegaConf.to_container(OmegaConf.load(conf / "optimizer" / "muon_grokfast.yaml")),
-            **OmegaConf.to_container(OmegaConf.load(conf / "phase" / "quietstar.yaml").rl.optimizer)}
+    rl = OmegaConf.to_container(OmegaConf.load(conf / "phase" / "quietstar.yaml").rl)
+    return rl, {**OmegaConf.to_container(OmegaConf.load(conf / "optimizer" / "muon_grokfast.yaml")), **rl["optimizer"]}
 
 if __name__ == "__main__":
     main()
