@@ -10,11 +10,18 @@ from agentforge.data import formats, synthetic
 from agentforge.data.datamodule import LMDataModule, TaskPool
 from agentforge.data.tokenizer import ByteTokenizer
 
+EVAL_FORMATS = ("gsm8k", "arc", "piqa")
+
+
+def per_format(n: int | dict[str, int]) -> dict[str, int]:
+    """Examples per eval format: ``n`` itself when a dict, else the same number for every format."""
+    return n if isinstance(n, dict) else dict.fromkeys(EVAL_FORMATS, n)
+
 
 def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "val") -> dict[str, list[dict]]:
     """Held-out records per format: synthetic by default, or the user's local files. ``n``: examples per
     format, one number for all or {"gsm8k": .., "arc": .., "piqa": ..}."""
-    size = n if isinstance(n, dict) else dict.fromkeys(("gsm8k", "arc", "piqa"), n)
+    size = per_format(n)
     paths = data_cfg.get("eval_paths") or {}
     out = {"gsm8k": synthetic.generate("arithmetic", size["gsm8k"], seed, split),
            "arc": synthetic.generate("choice", size["arc"], seed, split),

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from agentforge.artifacts import load_any, publish
 from agentforge.config import boolean, integer, number, one_of, optional, rule
 from agentforge.data import formats, synthetic
-from agentforge.data.build import eval_sets
+from agentforge.data.build import eval_sets, per_format
 from agentforge.data.datamodule import LMDataModule, pack
 from agentforge.errors import ConfigError
 from agentforge.evals import checkpoints as recursive_ckpt
@@ -73,7 +73,7 @@ def load_sets(cfg, n: int | dict[str, int]) -> dict[str, list[dict]]:
     """Held-out synthetic test sets, replaced by local files (data.eval_paths, data.path) or `datasets`."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     sets = eval_sets(data_cfg, int(cfg.seed), n, split="test")
-    n = n if isinstance(n, dict) else dict.fromkeys(("gsm8k", "arc", "piqa"), n)
+    n = per_format(n)
     if data_cfg.get("path"):
         fmt = data_cfg.get("format") or "gsm8k"
         if fmt not in ("gsm8k", "arc", "piqa"):
