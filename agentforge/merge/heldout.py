@@ -123,7 +123,7 @@ def compare_on_test(inputs: list, champion, tokenizer, test: fitness.EvalData, s
     fits = [fitness.score(m, ref, weights, speed_mode) for m in full]
     best = max(range(3), key=fits.__getitem__)
     champ_m, best_m = full[3], full[best]
-    loss = stats.paired_test(champ_m["row_losses"], best_m["row_losses"], n_resamples, seed)
+    loss = stats.paired_bootstrap(champ_m["row_losses"], best_m["row_losses"], n_resamples, seed)  # losses are not 0/1
     out = {
         "final/test_fitness": fits[3], "final/test_best_input_fitness": fits[best],
         "final/test_best_input": f"model{best + 1}",
