@@ -63,6 +63,21 @@ def test_hostile_completions_spoil_only_their_own_sample(humaneval, tmp_path):
         assert out[0].outcome == "error" and not outside.exists()  # read-only outside its temp dir
 
 
+def test_identical_programs_run_once_and_share_the_outcome(monkeypatch):
+    from agentforge.codegen import execution
+
+    ran = []
+
+    def fake_run_one(program, limits, mode):
+        ran.append(program)
+        return execution.SampleResult("passed" if "ok" in program else "failed", "", 0.0)
+
+    monkeypatch.setattr(execution, "run_one", fake_run_one)
+    out = execute(["ok", "bad", "ok", "ok", "bad"], workers=2, mode="process")
+    assert sorted(ran) == ["bad", "ok"]
+    assert [r.outcome for r in out] == ["passed", "failed", "passed", "passed", "failed"]
+
+
 def test_classify_judges_on_the_trusted_side():
     assert classify("ok", 0, b"tok", "", "tok") == ("passed", "")
     assert classify("ok", 0, None, "", "tok")[0] == "error"
