@@ -3,7 +3,9 @@ Lightning loop (``LMModule`` + ``build_trainer``), both models on the same rows,
 
 Each model's steps go to its own ``metrics.jsonl`` (``{run_dir}/train_{name}/``), which the report reads
 back for the training curves, the system-health panel and the peak training RAM (the largest
-``system/ram_used_gb`` the run recorded; on a GPU, the CUDA allocator's peak).
+``system/ram_used_gb``, the process's RSS, the run recorded; on a GPU, the largest
+``system/gpu_memory_used_gb``: memory allocated by CUDA tensors at a logged step, not the allocator's
+true peak between steps).
 """
 from __future__ import annotations
 
