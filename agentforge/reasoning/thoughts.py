@@ -214,27 +214,33 @@ def generate_with_thoughts(model, head: MixingHead | None, ids: torch.Tensor, ma
     try:
         for _ in range(max_new_tokens):
             ctx = ids[:, -context_len:]
-            start = ctx.new_full((ctx.shape[0], 1), start_id)
-            end = ctx.new_full((ctx.shape[0], 1), end_id)
-            cached = use_cache and thought_length > 0 and thought_cache.cacheable(model, ctx.shape[1] + thought_length + 2)
-            if head is not None and cached:
-                dec, pre = thought_cache.prefill(model, torch.cat([ctx, start], 1))
-                z, _ = _sample_from(dec.step, pre.logits[:, -1], thought_length, temperature, banned, generator)
-                for tok in (z[:, -1], end[:, 0]):  # the last thought token, then [/endthinking]
-                    with_logits = dec.step(tok)
-                w = head(dec.hidden, pre.hidden[:, -2])
-                logits = w * with_logits + (1 - w) * pre.logits[:, -2]
-                ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
-                continue
-            base = model(ctx)
-            logits = base.logits[:, -1]
-            if head is not None:
-                z = sample_thoughts(model, torch.cat([ctx, start], 1), thought_length, temperature, banned, generator,
-                                    use_cache=False)
-                out = model(torch.cat([ctx, start, z, end], 1))
-                w = head(out.hidden[:, -1], base.hidden[:, -1])
-                logits = w * out.logits[:, -1] + (1 - w) * logits
+            if head is None:
+                logits = model(ctx).logits[:, -1]
+            else:
+                with_logits, h_with, base_logits, h_base = _with_and_without_thought(
+                    model, ctx, thought_length, start_id, end_id, temperature, banned, generator, use_cache)
+                w = head(h_with, h_base)
+                logits = w * with_logits + (1 - w) * base_logits
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
     finally:
         model.train(was)
     return ids
+
+
+def _with_and_without_thought(model, ctx: torch.Tensor, thought_length: int, start_id: int, end_id: int,
+                              temperature: float, banned, generator, use_cache: bool):
+    """(logits and hidden state after ctx + [thinking] z [/endthinking], logits and hidden state after ctx)
+    at the last position, for one thought z sampled after ctx + [thinking]; KV-cached where it serves."""
+    start = ctx.new_full((ctx.shape[0], 1), start_id)
+    end = ctx.new_full((ctx.shape[0], 1), end_id)
+    if use_cache and thought_length > 0 and thought_cache.cacheable(model, ctx.shape[1] + thought_length + 2):
+        dec, pre = thought_cache.prefill(model, torch.cat([ctx, start], 1))
+        z, _ = _sample_from(dec.step, pre.logits[:, -1], thought_length, temperature, banned, generator)
+        for tok in (z[:, -1], end[:, 0]):  # the last thought token, then [/endthinking]
+            with_logits = dec.step(tok)
+        return with_logits, dec.hidden, pre.logits[:, -2], pre.hidden[:, -2]
+    base = model(ctx)
+    z = sample_thoughts(model, torch.cat([ctx, start], 1), thought_length, temperature, banned, generator,
+                        use_cache=False)
+    out = model(torch.cat([ctx, start, z, end], 1))
+    return out.logits[:, -1], out.hidden[:, -1], base.logits[:, -1], base.hidden[:, -1]
