@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentforge.models.layers import Block, RMSNorm, rope_cache
+from agentforge.models.layers import Block, RMSNorm, max_logits, rope_cache
 from agentforge.optim import build_optimizer
 
 OPERATIONS = {
@@ -51,7 +51,11 @@ def modular_dataset(p: int, operation: str, train_fraction: float, seed: int):
     if operation not in OPERATIONS:
         raise ValueError(f"operation {operation!r} not in {sorted(OPERATIONS)}")
     rows = [(a, b) for a in range(p) for b in range(1 if operation == "div" else 0, p)]
-    keys = sorted({(min(a, b), max(a, b)) if operation in COMMUTATIVE else (a, b) for a, b in rows})
+
+    def key(a: int, b: int) -> tuple[int, int]:
+        return (min(a, b), max(a, b)) if operation in COMMUTATIVE else (a, b)
+
+    keys = sorted({key(a, b) for a, b in rows})
     order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed)).tolist()
     n_train, taken, train_keys = round(train_fraction * len(rows)), 0, set()
     for i in order:
@@ -61,7 +65,7 @@ def modular_dataset(p: int, operation: str, train_fraction: float, seed: int):
             continue
         train_keys.add(k)
         taken += size
-    is_train = [((min(a, b), max(a, b)) if operation in COMMUTATIVE else (a, b)) in train_keys for a, b in rows]
+    is_train = [key(a, b) in train_keys for a, b in rows]
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 1))
     x = torch.tensor(rows)[perm]
     y = torch.tensor([OPERATIONS[operation](a, b, p) for a, b in rows])[perm]
@@ -118,11 +122,8 @@ class ReferenceAttention(nn.Module):
         q, k, v = (proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         if self.training and torch.is_grad_enabled():
-            with torch.no_grad():
-                logits = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-                causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-                top = logits.masked_fill(~causal, float("-inf")).amax(dim=(0, 2, 3))
-                self.max_logit.copy_(torch.maximum(self.max_logit, top.to(self.max_logit)))
+            with torch.no_grad():  # a window of t: plain causal attention
+                self.max_logit.copy_(torch.maximum(self.max_logit, max_logits(q, k, t).to(self.max_logit)))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
