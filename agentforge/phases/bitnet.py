@@ -238,7 +238,7 @@ class RecoveryCallback(Callback):
 
     Every point is the accuracy of the ternary model as it would ship: after an intermediate epoch, a
     frozen copy of the training model (ternary codes and scales only, ``convert.freeze``: the packed
-    model's computation, without re-ternarizing every weight at every call as the training copy does);
+    model's computation: the frozen kernels, not the training copy's straight-through forward);
     after the last epoch, the packed model reloaded from the file (``finish``), whose evaluation the
     phase needs anyway — evaluating the training copy as well would cost one more full evaluation."""
 
