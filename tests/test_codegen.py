@@ -271,3 +271,19 @@ def test_kv_cached_sampling_equals_the_full_recompute():
         assert cached.completions == plain.completions and cached.new_tokens == 24
         ms, n = generation_latency_ms(lm, 512)
         assert n == 64 - 4 and ms > 0  # capped so BOS + "def" + the new tokens fit max_seq_len = 64
+
+
+def test_gpt2_baseline_mlp_matches_cognate_swiglu_weights():
+    """models.py: n_inner = 3/2 ffn_hidden gives GPT-2's two MLP matrices the weights of Cognate's three."""
+    from agentforge.artifacts import cognate_config_from
+    from agentforge.codegen import models
+    from agentforge.data.tokenizer import RESERVED_VOCAB
+    from agentforge.models import CognateModel
+
+    size = {"d_model": 32, "n_layers": 1, "n_heads": 2, "ffn_hidden": 64, "window": 16, "max_seq_len": 64,
+            "ltm_key_dim": 8, "ltm_slots": 4, "max_steps": 2}
+    cog = CognateModel(cognate_config_from(size, RESERVED_VOCAB))
+    gpt = models.gpt2_scratch(size, {"dropout": 0.0}, 0)
+    swiglu = sum(p.numel() for n, p in cog.named_parameters() if n.startswith("blocks.0.mlp."))
+    gelu = sum(p.numel() for n, p in gpt.named_parameters() if ".h.0.mlp." in n and n.endswith(".weight"))
+    assert swiglu == gelu == 3 * 32 * 64

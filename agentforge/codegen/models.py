@@ -3,8 +3,8 @@ GPT-2-architecture baseline built with ``transformers`` (``GPT2LMHeadModel``).
 
 * ``baseline=gpt2_scratch``: a GPT-2 config sized from the ``size`` group (``n_embd = d_model``, ``n_layer``,
   ``n_head``, ``n_positions = max_seq_len``; ``n_inner = 3/2 * ffn_hidden`` so its two-matrix GELU MLP has
-  the parameters of Cognate's three-matrix SwiGLU), the project's byte tokenizer, trained on the same rows,
-  steps and batch as the model under test — a fair, offline comparison;
+  the weight-matrix parameters of Cognate's three-matrix SwiGLU, plus GPT-2's biases), the project's byte
+  tokenizer, trained on the same rows, steps and batch as the model under test — a fair, offline comparison;
 * ``baseline=gpt2``: the real GPT-2 124M weights and BPE tokenizer from the Hugging Face hub (needs the hub
   or its cache), evaluated as they are.
 """
