@@ -29,7 +29,7 @@ from agentforge.data.recall import FACT_CHARS as RECALL_FACT_CHARS
 from agentforge.data.recall import recall_rows
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.errors import ConfigError
-from agentforge.evals.speed import forward_latency_ms, halting_distribution
+from agentforge.evals.speed import forward_latency_ms
 from agentforge.io import CheckpointError, write_json_atomic
 from agentforge.models import CognateModel
 from agentforge.models.ablation import (
@@ -173,7 +173,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
     """Final metrics, the checkpoint export, the tables, charts and artifacts of the seed's Phase 1."""
     tr, model_id = ctx.tracker, int(cfg.model.model_id)
     val_rows = dm.val_rows_tensor()
-    halting = halting_distribution(model, val_rows)
+    halting, usage, mflops = held_out_pass(model, val_rows)
     accs = task_cb.last or task_cb.compute(model)
     val_loss = module.history["val_loss"][-1] if module.history["val_loss"] else float("nan")
     ckpt_dir = ctx.run_dir / "checkpoints" / f"model{model_id}"
@@ -191,8 +191,8 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         "final/model_size_mb": size_mb,
         "final/total_params": model.num_params(),
         "diversity/avg_halting_steps": float(halting.mean()),
-        "diversity/ltm_usage": ltm_usage(model, val_rows),
-        "diversity/inference_mflops_per_token": inference_mflops(model, val_rows),
+        "diversity/ltm_usage": usage,
+        "diversity/inference_mflops_per_token": mflops,
         "diversity/inference_time_ms": forward_latency_ms(model, int(cfg.data.seq_len), vocab=256),
         "act/halting_steps_std": float(halting.std()),
         **{f"act/halting_share_step{n}": float((halting == n).float().mean())
@@ -262,25 +262,20 @@ def diversity_table(tr, cognate_root: Path) -> None:
 
 
 @torch.no_grad()
-def ltm_usage(model, rows: torch.Tensor, batch_size: int = 16) -> float:
-    """Mean share of the memory's slots filled at the end of each held-out row (per-sequence banks)."""
+def held_out_pass(model, rows: torch.Tensor, batch_size: int = 16) -> tuple[torch.Tensor, float, float]:
+    """One eval-mode forward pass over the held-out [N, T+1] rows, giving (per-token ACT halting steps,
+    flattened; the mean share of the memory's slots filled at the end of each row (per-sequence banks);
+    forward MFLOPs per token, counted by torch.utils.flop_counter on the steps the model actually runs
+    (halting skips rows and stops early), so deterministic, not a timing)."""
+    device = next(model.parameters()).device
     model.eval()
-    shares = []
-    for i in range(0, len(rows), batch_size):
-        model(rows[i: i + batch_size, :-1])
-        shares.append(model.memory.usage_fraction() * len(rows[i: i + batch_size]))
-    return sum(shares) / len(rows)
-
-
-@torch.no_grad()
-def inference_mflops(model, rows: torch.Tensor, batch_size: int = 16) -> float:
-    """Forward MFLOPs per token over held-out rows, counted by torch.utils.flop_counter on the steps the
-    model actually runs (halting skips rows and stops early), so it is deterministic, not a timing."""
-    model.eval()
+    steps, filled = [], 0.0
     with FlopCounterMode(display=False) as fc:
         for i in range(0, len(rows), batch_size):
-            model(rows[i: i + batch_size, :-1])
-    return fc.get_total_flops() / rows[:, :-1].numel() / 1e6
+            batch = rows[i: i + batch_size, :-1].to(device)
+            steps.append(model(batch).halting_steps.flatten().cpu())
+            filled += model.memory.usage_fraction() * len(batch)
+    return torch.cat(steps), filled / len(rows), fc.get_total_flops() / rows[:, :-1].numel() / 1e6
 
 
 def halting_summary(final: dict, max_steps: int) -> str:
