@@ -14,6 +14,7 @@ from torch import nn
 from agentforge.errors import ConfigError
 from agentforge.models.grokking import (
     GrokkingTransformer,
+    ReferenceAttention,
     ReferenceDecoder,
     accuracy,
     modular_dataset,
@@ -104,6 +105,19 @@ def test_reference_decoder_matches_the_grokfast_code():
     big = ReferenceDecoder(97)
     per_block = 2 * 256 + (3 * 128 * 128 + 3 * 128) + (128 * 128 + 128) + (128 * 512 + 512 + 512 * 128 + 128)
     assert sum(q.numel() for q in big.parameters()) == 99 * 128 + 5 * 128 + 2 * per_block + 256 + 128 * 99 - 128
+
+
+def test_reference_attention_starts_as_multihead_attention_does():
+    """q/k/v: Xavier-uniform over the stacked [3d, d] matrix, bound sqrt(6 / (d + 3d)), zero biases, as
+    nn.MultiheadAttention's in_proj; its output bias zero as out_proj's."""
+    torch.manual_seed(0)
+    d = 128
+    ours, mha = ReferenceAttention(d, 4), nn.MultiheadAttention(d, 4)
+    bound = (6 / (d + 3 * d)) ** 0.5
+    for w in (ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight, mha.in_proj_weight):
+        assert 0.99 * bound < float(w.abs().max()) <= bound
+    assert not any(lin.bias.any() for lin in (ours.q_proj, ours.k_proj, ours.v_proj, ours.o_proj))
+    assert not mha.in_proj_bias.any() and not mha.out_proj.bias.any()
 
 
 def test_resolve_task_lays_top_level_keys_over_the_task():
