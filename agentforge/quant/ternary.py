@@ -79,12 +79,6 @@ def quantize_activations(x: torch.Tensor, bits: int = 8, clip: torch.Tensor | fl
     return (q.to(torch.int8) if out == "int8" else q), s
 
 
-def fake_quantize_activations(x: torch.Tensor, bits: int = 8, clip=None, static: bool = False) -> torch.Tensor:
-    """s * x_q, the dequantized activations (what training with the STE sees in the forward pass)."""
-    q, s = quantize_activations(x, bits, clip, static)
-    return q * s
-
-
 def sparsity(codes: torch.Tensor) -> float:
     """Fraction of zero entries."""
     return float((codes == 0).sum()) / max(codes.numel(), 1)
