@@ -52,7 +52,7 @@ class GPT2ForLM(nn.Module):
 
         def next_logits(ids: torch.Tensor) -> torch.Tensor:
             out = self.hf(input_ids=ids[:, state["seen"]:], use_cache=True, **{key: state["past"]})
-            state["past"], state["seen"] = out.past_key_values, ids.shape[1]
+            state["past"], state["seen"] = getattr(out, key), ids.shape[1]  # the output field is renamed too
             return out.logits[:, -1]
         return SimpleNamespace(next_logits=next_logits)
 
