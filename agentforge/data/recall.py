@@ -38,12 +38,11 @@ def _rng(seed: int, split: str, index: int, attempt: int = 0) -> random.Random:
 
 
 def _draw(seed: int, split: str, index: int, gap: int = DEFAULT_GAP, repeats: int = 1) -> tuple[str, int, int]:
-    """Item ``index`` of ``split``, redrawn until its text hashes to that split's buckets (as
-    ``synthetic.split_of`` does for the other tasks), so train / val / test are disjoint by content."""
+    """Item ``index`` of ``split``, redrawn until its text hashes to that split's buckets
+    (``synthetic.split_of``, as for the other tasks), so train / val / test are disjoint by content."""
     for attempt in range(synthetic.MAX_ATTEMPTS):
         text, start, length = item(_rng(seed, split, index, attempt), gap, repeats)
-        b = synthetic.bucket(text)
-        if next((sp for sp, r in synthetic.RESERVED.items() if b in r), "train") == split:
+        if synthetic.split_of("recall", {"text": text}) == split:
             return text, start, length
     raise ValueError(f"recall: no {split} item after {synthetic.MAX_ATTEMPTS} attempts")
 
