@@ -122,7 +122,7 @@ def score_group(model, prompts: list[list[int]], choices: list[list[list[int]]],
         if bool(scored.any()):
             lp = _token_logp(logits, ids[:, pos])
             total += torch.where(scored, lp, torch.zeros_like(lp))
-        if pos + 1 < width and bool((pos + 1 < lengths).any()):
+        if pos + 1 < width:   # width is the longest row's length: some row still has a token to score
             logits = dec.next_logits(ids[:, : pos + 1])
     flat = total.tolist()
     res, i = [], 0
