@@ -10,6 +10,7 @@ and real data the same way.
 * ``choice``      — ARC-Easy format (``question``, ``choices: {text, label}``, ``answerKey``) (stage 3)
 * ``piqa``        — PIQA format (``goal``, ``sol1``, ``sol2``, ``label``) (stage 3): sums and differences
                     of numbers 1-50 in 9 wordings, the wrong solution off by 1-3 (~33k distinct goals)
+* ``recall``      — plain text: a fact repeated after a gap beyond the attention window (``data/recall.py``)
 
 Train / val / test are disjoint **by content**, not only by seed stream. Every example has a content
 key — the prompt the model is asked (``prompt_key``: the GSM8K question, the ARC question with its
