@@ -89,8 +89,7 @@ class CognateDecoder:
             st["keys"], st["vals"], st["filled"], st["last"] = mem.end_chunk(kc, vc, sc, st["amax"], st["keys"],
                                                                              st["vals"], st["filled"], st["last"], now)
             st["chunk"], st["amax"], st["c"] = [], None, st["c"] + 1
-        g = torch.sigmoid(mem.gate(h))
-        return h + g * mem.out(r)
+        return mem.merge(h, r)
 
 
 @torch.no_grad()

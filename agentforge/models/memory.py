@@ -123,8 +123,11 @@ class SurpriseMemory(nn.Module):
         if self.persist:
             with torch.no_grad():
                 self.keys.copy_(keys[-1]), self.values.copy_(vals[-1]), self.filled.copy_(filled[-1])
-        g = torch.sigmoid(self.gate(h))
-        return h + g * self.out(r), surprise
+        return self.merge(h, r), surprise
+
+    def merge(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The MAG gate: h + sigmoid(W_g h + b) * W_o r for hidden states h and reads r."""
+        return h + torch.sigmoid(self.gate(h)) * self.out(r)
 
     def project(self, h: torch.Tensor, prev: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
