@@ -426,3 +426,16 @@ def test_decode_step_op_counts():
         with Ops() as ops:
             b(x)                                      # the matmul and reshapes only: no quantization, no sync
     assert [n for n in ops.names if not n.startswith(("view", "_unsafe_view", "reshape"))] == ["addmm.default"]
+
+
+def test_frozen_plan_caches_the_dense_fp32_weight_beside_the_codes():
+    """The module docstring's memory claim: after the first frozen call the layer holds the fp32 gamma * codes
+    too (whichever kernel runs), so a packed model's saving is on disk, not in RAM."""
+    lin = nn.Linear(16, 8)
+    codes, gamma = ternarize(lin.weight)
+    frozen = BitLinear.from_ternary(codes, gamma, lin.bias.detach())
+    assert frozen._dense is None
+    with torch.no_grad():
+        frozen(torch.randn(2, 16))
+    assert frozen._dense is not None and frozen._dense.dtype == torch.float32
+    assert torch.equal(frozen._dense, codes.float() * gamma)  # per-tensor gamma

@@ -5,10 +5,12 @@ activations, in one of two states.
   recomputed only when the weight has changed: ``_ste_offset``) and quantizes the input (absmax per
   token), and the backward passes gradients straight through both quantizers (STE, Bengio et al. 2013):
   w + (Q(w) - w).detach(), so d loss / d w = d loss / d Q(w); likewise x + (Q(x) - x).detach().
-* frozen: holds only the ternary ``codes`` (int8) and the scale ``gamma`` — what the packed checkpoint
-  stores. On CPU it multiplies int8 activations by the int8 codes into int32 (``torch._int_mm``) and
-  rescales by s_x * gamma; elsewhere it uses the dense float weight gamma * codes (cached on first use),
-  which gives the same numbers up to float rounding (x_q are integers, W has entries in {-gamma, 0, gamma}).
+* frozen: its parameters are the ternary ``codes`` (int8) and the scale ``gamma`` — what the packed checkpoint
+  stores. Two kernels: int8 activations times the int8 codes into int32 (``torch._int_mm``, CPU) rescaled by
+  s_x * gamma, or the dense float weight gamma * codes, which gives the same numbers up to float rounding (x_q
+  are integers, W has entries in {-gamma, 0, gamma}). The first frozen call builds its plan (``_make_plan``),
+  which caches the transposed codes AND that dense fp32 weight whichever kernel is chosen, so a frozen model in
+  memory holds an fp32 copy of its weights beside the codes (the saving is on disk, not in RAM).
 
 Inference speed (frozen state, no autograd): layers that read the same input tensor with the same
 activation clip (q/k/v of an attention, gate/up of a SwiGLU) share one quantization of it — a one-entry
