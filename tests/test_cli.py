@@ -142,3 +142,15 @@ def test_multirun_makes_three_runs_and_three_checkpoints(cognate_artifacts):
         assert cfg["meta"]["model_id"] == i
         assert torch.isfinite(next(model.parameters())).all()
     assert len(sizes) == 3
+
+
+def test_recall_ablation_is_run_exactly_when_its_rows_fit():
+    """The cognate phase's fit check against the real rows: at seq_len 114 with a 72-character gap some item
+    takes 116 tokens (BOS + 20 + 1 + 72 + 1 + 20 + EOS) and recall_rows refuses it; at 115 all fit."""
+    from agentforge.data.recall import recall_rows
+
+    assert not cognate.recall_fits(114, 72) and cognate.recall_fits(115, 72)
+    with pytest.raises(ValueError, match="does not fit"):
+        recall_rows(64, 114, 0, "val", gap=72)
+    rows, mask = recall_rows(64, 115, 0, "val", gap=72)
+    assert rows.shape == (64, 116) and bool(mask.any(1).all())

@@ -204,7 +204,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
                                         tokenizer)
     final.update(halting_by_task(token_scores(model, rows)["steps"], hard, easy, seed=int(cfg.seed)))
     gap = model.config.window + 8  # the repeat lies beyond the attention window
-    if 2 * RECALL_FACT_CHARS + gap + 3 <= int(cfg.data.seq_len) + 1:
+    if recall_fits(int(cfg.data.seq_len), gap):
         rec_rows, rec_mask = recall_rows(int(cfg.phase.get("recall_rows", 64)), int(cfg.data.seq_len), int(cfg.seed),
                                          "val", gap=gap, tokenizer=tokenizer)
         final.update(recall_memory(model, rec_rows, rec_mask, seed=int(cfg.seed)))
@@ -276,6 +276,12 @@ def held_out_pass(model, rows: torch.Tensor, batch_size: int = 16) -> tuple[torc
             steps.append(model(batch).halting_steps.flatten().cpu())
             filled += model.memory.usage_fraction() * len(batch)
     return torch.cat(steps), filled / len(rows), fc.get_total_flops() / rows[:, :-1].numel() / 1e6
+
+
+def recall_fits(seq_len: int, gap: int) -> bool:
+    """Whether every held-out recall item fits a row of seq_len + 1 tokens: BOS, the fact (at most
+    ``RECALL_FACT_CHARS`` bytes), a space, ``gap`` filler characters, a space, the fact again, EOS."""
+    return 2 * RECALL_FACT_CHARS + gap + 4 <= seq_len + 1
 
 
 def halting_summary(final: dict, max_steps: int) -> str:
