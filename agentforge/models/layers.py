@@ -94,12 +94,16 @@ class CausalSelfAttention(nn.Module):
     def reset_max_logit(self) -> None:
         self.max_logit.zero_()
 
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Queries, keys (both rotated) and values [B, H, T, D/H] of x [B, T, D]."""
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.qkv(x, cos, sin)
         if self.record_max_logit and self.training and torch.is_grad_enabled():
             with torch.no_grad():
                 self.max_logit.copy_(torch.maximum(self.max_logit, max_logits(q, k, self.window).to(self.max_logit)))
@@ -109,14 +113,11 @@ class CausalSelfAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_window_mask(t, self.window, x.device))
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
-
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict) -> torch.Tensor:
         """One new position x [B, 1, D] with its rotary angles cos/sin [1, D/H/2], attending to itself and
         the keys/values in ``cache`` (dict "k", "v": [B, H, <= window, D], the latest positions; updated)."""
         b, t, d = x.shape
-        q, k, v = (p(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.qkv(x, cos, sin)
         if cache.get("k") is not None:
             k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
         cache["k"], cache["v"] = k[:, :, -self.window:], v[:, :, -self.window:]
