@@ -15,6 +15,7 @@ problem's tests in the sandbox, and writes ``{run_dir}/codegen/``: ``stats.json`
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
@@ -163,7 +164,7 @@ def run(cfg) -> dict:
                 "temperature": float(p.temperature), "top_p": float(p.top_p), "max_new_tokens": int(p.max_new_tokens),
                 "context_tokens": p.context_tokens or "model max", "sandbox": str(p.sandbox),
                 "baseline_description": lms[1].description, "corpus": corpus.stats, "self_check": check,
-                "python": ".".join(map(str, __import__("sys").version_info[:3]))}
+                "python": platform.python_version()}
         plot_paths = report.plot_all(out_dir / "plots", names, curves, kpis, trainings)
         md = report.markdown(info, names, evals, kpis, stats, trainings, plot_paths)
         report_path = write_text_atomic(out_dir / "report.md", md)
