@@ -62,6 +62,8 @@ def test_overlap_check_split_over_processes_counts_the_same():
     one = synthetic.overlap_check(seed=3, n_train=3000, n_heldout=50, workers=1)
     assert synthetic.overlap_check(seed=3, n_train=3000, n_heldout=50, workers=3) == one
     assert one["arithmetic"]["train_distinct"] > 2000 and one["choice"]["val"] == 50
+    none = synthetic.overlap_check(seed=3, n_train=0, n_heldout=5, workers=2)["piqa"]   # no draws: nothing seen
+    assert (none["train_distinct"], none["val_prompts_in_train"], none["test"]) == (0, 0, 5)
 
 
 def test_piqa_content_space_is_about_34k_goals():

@@ -189,7 +189,7 @@ def overlap_check(seed: int = 0, n_train: int = 50_000, n_heldout: int = 200,
     held = {task: {split: generate(task, n_heldout, seed, split) for split in ("val", "test")} for task in tasks}
     held_keys = {task: {prompt_key(task, r) for rs in held[task].values() for r in rs} for task in tasks}
     n = max(1, workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-    size = -(-n_train // n)
+    size = max(1, -(-n_train // n))  # draws per job (n_train = 0: no job)
     jobs = [(task, seed, indices[task][c: c + size], held_keys[task]) for task in tasks for c in range(0, n_train, size)]
     if n > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
         with multiprocessing.get_context("fork").Pool(min(n, len(jobs))) as pool:
