@@ -170,3 +170,18 @@ def test_process_mode_is_weaker_and_says_so(secret_file, monkeypatch):
     r = run(f"import os\nprint(open({str(secret_file)!r}).read(), os.environ.get('WANDB_API_KEY'))", mode="process")
     assert (r.kind, r.mode) == ("ok", "process")
     assert r.stdout.split() == ["TOPSECRET-42", "None"]
+
+
+@pytest.mark.parametrize("prlimit", [True, False])
+def test_rlimits_reach_the_program_with_or_without_prlimit(monkeypatch, prlimit):
+    """runner._with_limits: util-linux's prlimit where it exists, else setrlimit in a preexec_fn; same limits."""
+    from agentforge.sandbox import runner
+
+    if not prlimit:
+        monkeypatch.setattr(runner, "PRLIMIT", "/nonexistent/prlimit")
+    elif not os.path.isfile(runner.PRLIMIT):
+        pytest.skip(f"{runner.PRLIMIT} is not installed")
+    code = "import resource as r\nprint([r.getrlimit(k) for k in (r.RLIMIT_CPU, r.RLIMIT_FSIZE, r.RLIMIT_CORE)])\n"
+    res = run(code, mode="process")
+    assert res.kind == "ok", res.stderr
+    assert ast.literal_eval(res.stdout.strip()) == [(20, 21), (8 * 2 ** 20,) * 2, (0, 0)]
