@@ -57,8 +57,10 @@ def prefers(prompt: list[int], choices: list[list[int]], max_len: int) -> bool:
     return s + STEP_COST * tails < sum(len(prompt) + len(c) for c in choices)
 
 
-def groups(items: list[int], shared_lens: list[int], n_choices: list[int], rows: int = GROUP_ROWS) -> list[list[int]]:
-    """``items`` sorted by shared length, cut into groups of at most ``rows`` choices (at least one item)."""
+def groups(items: list[int], shared_lens: list[int], n_choices: list[int], rows: int | None = None) -> list[list[int]]:
+    """``items`` sorted by shared length, cut into groups of at most ``rows`` (default ``GROUP_ROWS``, read at
+    call time) choices (at least one item)."""
+    rows = GROUP_ROWS if rows is None else rows
     order = sorted(range(len(items)), key=shared_lens.__getitem__)
     out, cur, used = [], [], 0
     for i in order:
