@@ -96,7 +96,8 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
     lat = {n: kpis[n].get("latency_tokens") for n in names if kpis[n].get("latency_tokens")}
     if lat:
         lines += ["", "Latency and tok/s: one greedy generation of " + ", ".join(f"{t} tokens ({n})" for n, t in lat.items())
-                  + " through the KV cache, batch 1; peak train RAM: the process's largest recorded RSS while training."]
+                  + " through the KV cache, batch 1; peak train RAM: the process's largest recorded RSS while training"
+                  " (on a GPU: the largest CUDA tensor allocation at a logged step)."]
     lines += ["", "## Statistics", ""]
     for k in ks:
         s = stats[f"pass_at_{k}"]
