@@ -154,3 +154,21 @@ def test_recall_ablation_is_run_exactly_when_its_rows_fit():
         recall_rows(64, 114, 0, "val", gap=72)
     rows, mask = recall_rows(64, 115, 0, "val", gap=72)
     assert rows.shape == (64, 116) and bool(mask.any(1).all())
+
+
+def test_held_out_pass_counts_flops_deterministically_with_the_halting_steps(tmp_path):
+    """cognate.held_out_pass: the FLOPs per token and LTM usage repeat exactly on the same rows (a count, not a
+    timing), and its halting steps are evals.speed.halting_distribution's."""
+    from agentforge.artifacts import cognate_config_from
+    from agentforge.data.tokenizer import RESERVED_VOCAB
+    from agentforge.evals.speed import halting_distribution
+    from agentforge.models import CognateModel
+
+    cfg = compose_cfg(TINY, tmp_path)
+    torch.manual_seed(0)
+    model = CognateModel(cognate_config_from(OmegaConf.to_container(cfg.model, resolve=True), RESERVED_VOCAB))
+    rows = torch.randint(0, 256, (20, 33), generator=torch.Generator().manual_seed(1))
+    h1, u1, f1 = cognate.held_out_pass(model, rows)
+    h2, u2, f2 = cognate.held_out_pass(model, rows)
+    assert f1 == f2 > 0 and u1 == u2 and 0 <= u1 <= 1
+    assert torch.equal(h1, h2) and torch.equal(h1, halting_distribution(model, rows))
