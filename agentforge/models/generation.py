@@ -1,8 +1,9 @@
 """Autoregressive decoding shared by every model of the project.
 
 A model with a ``kv_decoder(batch)`` method (the Cognate model: ``kv_cache.py``) is decoded
-incrementally, one new position per token, when the whole sequence fits in ``max_seq_len``; any other
-model, or ``use_cache=False``, re-runs the (truncated) context every token.
+incrementally, one new position per token (the prompt in one pass where the decoder has ``prefill``),
+when the whole sequence fits in ``max_seq_len``; any other model, or ``use_cache=False``, re-runs the
+(truncated) context every token.
 
 The loop never waits on the device per token: the next token stays a tensor, and "have all rows
 emitted ``eos_id``?" is read back only every ``check_every`` tokens (one host sync each time) and once
@@ -29,7 +30,11 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, max_seq_len: i
     b, start = ids.shape
     decoder = getattr(model, "kv_decoder", None)
     if use_cache and decoder is not None and start + max_new_tokens <= max_seq_len:
-        next_logits = decoder(b).next_logits
+        dec = decoder(b)
+        prefill = getattr(dec, "prefill", dec.next_logits)  # the prompt in one forward pass where the decoder can
+
+        def next_logits(ids):
+            return prefill(ids) if ids.shape[1] == start else dec.next_logits(ids)
     else:
         def next_logits(ids):
             out = model(ids[:, -max_seq_len:])
