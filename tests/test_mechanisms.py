@@ -193,6 +193,24 @@ def test_ablations_switch_mechanisms_and_restore():
     assert out["ablation/max_steps_loss_delta"] <= out["ablation/max_steps_loss_delta_ci_high"]
 
 
+@pytest.mark.parametrize("halting_cost,noninferior", [(0.005, 1.0), (0.02, 0.0), (-0.02, 1.0)])
+def test_halting_noninferiority_uses_the_declared_margin(monkeypatch, halting_cost, noninferior):
+    """Loss(trained) - loss(max_steps) constant per row: PASS iff that cost (the CI's upper end) is below 0.01."""
+    from agentforge.models import ablation
+
+    rows = torch.zeros(6, 5, dtype=torch.long)
+    loss = 1.0 + 0.1 * torch.arange(6.0)[:, None].expand(6, 4)
+
+    def scores(model, rows, halting=True, **kw):
+        return {"loss": loss if halting else loss - halting_cost, "correct": torch.ones(6, 4),
+                "steps": torch.ones(6, 4)}
+
+    monkeypatch.setattr(ablation, "token_scores", scores)
+    out = ablation.ablations(None, rows)
+    assert out["ablation/max_steps_loss_delta"] == pytest.approx(-halting_cost)
+    assert out["ablation/halting_noninferior"] == noninferior
+
+
 def test_halting_by_difficulty_by_hand():
     steps = torch.tensor([1.0, 1.0, 2.0, 3.0])
     loss = torch.tensor([0.1, 0.2, 1.0, 2.0])
