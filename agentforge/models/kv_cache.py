@@ -1,7 +1,8 @@
 """Incremental decoding of a Cognate model: a key/value cache per recursion step and layer, and the
 slot memory's per-sequence state per recursion step.
 
-Why it is exact: every operation of the model is causal, so the state a past position contributes at
+Why it computes the full forward's function (the same ops, equal up to float rounding — the tests compare
+logits to 1e-5 and greedy tokens exactly): every operation of the model is causal, so the state a past position contributes at
 recursion step n — its keys/values in each layer, the memory bank after the chunks before the current
 one — never changes once computed. ``CognateDecoder.step`` runs one new position through all
 ``max_steps`` recursion steps (the same ops as ``CognateModel.forward`` on that position: input
