@@ -153,9 +153,9 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_id: i
 
     All rows advance one position per step; a row still inside its prompt is fed its next prompt token,
     after that its own argmax, so each row holds its prompt followed by its generation with nothing in
-    between. The decoder's operations are per row and the single-row path (``models/generation.py``) also
-    feeds the prompt one position at a time, so each row computes what decoding it alone computes
-    (``tests/test_eval.py`` compares the two). A row that emitted EOS keeps emitting it; the loop stops
+    between. The decoder's operations are per row, so each row computes what decoding it alone computes up
+    to floating-point rounding (the single-row path, ``models/generation.py``, takes the prompt in one
+    forward pass; ``tests/test_eval.py`` checks the greedy tokens equal). A row that emitted EOS keeps emitting it; the loop stops
     when every row has emitted EOS or its ``max_new_tokens`` (checked every 16 steps). Every prompt must
     satisfy len + max_new_tokens <= ``model.config.max_seq_len`` (the cached regime)."""
     device = next(model.parameters()).device
