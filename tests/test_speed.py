@@ -349,3 +349,29 @@ def test_kv_cache_is_used_only_while_the_sequence_fits(monkeypatch):
     assert built == [1]
     long = model.generate(ids, 14)                 # 20 > max_seq_len: the sliding uncached loop
     assert built == [1] and long.shape == (1, 20)
+
+
+def test_interleaved_medians_rotate_the_order_and_take_medians():
+    """Every case is timed once a round, each round starting one case later, and the median is reported."""
+    from agentforge.evals import speed
+
+    order, calls = [], {"a": 0, "b": 0, "c": 0}
+
+    def case(name):
+        def run():
+            calls[name] += 1
+            order.append(name)
+        return run
+
+    med = speed.interleaved_medians({n: case(n) for n in "abc"}, repeats=3, warmup=1)
+    assert order == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then rotated rounds
+    assert calls == {"a": 4, "b": 4, "c": 4} and set(med) == {"a", "b", "c"} and all(v >= 0 for v in med.values())
+    ticks = iter([0.0, 1.0, 1.0, 4.0, 4.0, 6.0])  # one case, three rounds: 1, 3 and 2 s -> median 2 s
+    real = speed.time.perf_counter
+    speed.time.perf_counter = lambda: next(ticks)
+    try:
+        assert speed.interleaved_medians({"x": lambda: None}, repeats=3, warmup=0) == {"x": 2.0}
+    finally:
+        speed.time.perf_counter = real
+    with pytest.raises(ValueError):
+        speed.interleaved_medians({}, repeats=3)

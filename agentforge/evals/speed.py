@@ -7,6 +7,32 @@ import time
 import torch
 
 
+def interleaved_medians(cases: dict, repeats: int, warmup: int = 1, sync=None) -> dict[str, float]:
+    """name -> median seconds of ``cases[name]()`` over ``repeats`` rounds, every case timed once per round.
+
+    Rounds interleave the cases, so load from other processes hits all of them alike, and each round starts
+    one case later than the previous one (round r runs cases r, r+1, ... cyclically), so no case is always
+    timed first, right after a warm cache or a cold one. ``warmup`` untimed rounds run first; ``sync``
+    (e.g. ``torch.cuda.synchronize``) is called before and after each timed call where work is asynchronous."""
+    names = list(cases)
+    if not names or repeats < 1:
+        raise ValueError(f"interleaved_medians needs cases and repeats >= 1 (got {len(names)} cases, {repeats})")
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if sync is not None:
+                sync()
+            t0 = time.perf_counter()
+            cases[name]()
+            if sync is not None:
+                sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 @torch.no_grad()
 def forward_latency_ms(model, seq_len: int, batch: int = 1, repeats: int = 5, vocab: int = 256, warmup: int = 1) -> float:
     """Median wall time (ms) of one forward pass over a [batch, seq_len] input, after warmup."""
