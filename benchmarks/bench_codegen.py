@@ -8,8 +8,8 @@ Execution: the canonical solution and one wrong completion of each of the first 
 problems, all run through ``agentforge.sandbox`` with one worker per CPU. Generation: fresh weights (speed
 does not depend on training when no stop sequence can end a row), the same decoding loop and nucleus
 sampling the harness uses (each model's KV cache; the prompt's prefill is included, as in the harness),
-``--batch`` rows continuing HumanEval/0's prompt; Cognate and GPT-2 are interleaved and the best of
-``--repeats`` is kept for each. Every figure is measured here.
+``--batch`` rows continuing HumanEval/0's prompt; Cognate and GPT-2 are interleaved and the median of
+``--repeats`` is kept for each (``evals.speed.interleaved_medians``, one untimed warm-up round). Every figure is measured here.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from agentforge.codegen.execution import execute, outcome_counts
 from agentforge.codegen.problems import load_humaneval
 from agentforge.codegen.sampling import sample
 from agentforge.data.tokenizer import RESERVED_VOCAB
+from agentforge.evals.speed import interleaved_medians
 from agentforge.main import CONF_DIR
 from agentforge.models import CognateModel
 from agentforge.sandbox import strongest_mode
@@ -63,17 +64,19 @@ def main(argv=None) -> None:
     cog = CognateModel(cognate_config_from(size, RESERVED_VOCAB)).eval()
     lms = [models.byte_lm("cognate", "", cog, cog.config.max_seq_len),
            models.byte_lm("gpt2_scratch", "", models.gpt2_scratch(size, base_cfg, 0).eval(), int(size["max_seq_len"]))]
-    best = {lm.name: 0.0 for lm in lms}
-    for _ in range(a.repeats):
-        for lm in lms:
-            s = sample(lm, probs[0].prompt, a.batch, max_new_tokens=a.gen_tokens, stop=(), temperature=0.8, top_p=0.95,
-                       seed=0, context_tokens=a.context)
-            best[lm.name] = max(best[lm.name], s.new_tokens / s.seconds)
+    new_tokens = {}
+
+    def generate(lm):  # no stop sequence: every run generates the same number of tokens
+        new_tokens[lm.name] = sample(lm, probs[0].prompt, a.batch, max_new_tokens=a.gen_tokens, stop=(),
+                                     temperature=0.8, top_p=0.95, seed=0, context_tokens=a.context).new_tokens
+    med = interleaved_medians({lm.name: lambda lm=lm: generate(lm) for lm in lms}, a.repeats)
+    tps = {name: new_tokens[name] / t for name, t in med.items()}
     for lm in lms:
-        print(f"generation {lm.name:13s} {lm.num_params():>10,} params  {best[lm.name]:8.1f} tokens/s "
+        print(f"generation {lm.name:13s} {lm.num_params():>10,} params  {tps[lm.name]:8.1f} tokens/s "
               f"(batch {a.batch}, {len(lms[0].encode(probs[0].prompt))}-token prompt + {a.gen_tokens} new tokens, "
               f"{torch.get_num_threads()} threads)")
-    print(f"cognate / gpt2_scratch tokens/s ratio: {best['cognate'] / best['gpt2_scratch']:.3f}")
+    print(f"cognate / gpt2_scratch tokens/s ratio: {tps['cognate'] / tps['gpt2_scratch']:.3f} "
+          f"(medians of {a.repeats} interleaved runs)")
 
 
 if __name__ == "__main__":

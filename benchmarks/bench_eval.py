@@ -2,7 +2,7 @@
 recursive-refinement wrapper measured against it in the same process, and what batching buys: GSM8K
 greedy decoding one prompt at a time vs ``--batch`` prompts together, multiple-choice scoring one
 sequence per forward pass vs ``--batch`` sequences vs the shared-prompt KV path (``evals/prefix.py``),
-interleaved medians of ``--repeats`` (the results are checked equal as they are timed).
+interleaved medians of ``--repeats`` after one untimed round (the results are checked equal as they are timed).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_eval.py [--examples 4] [--gen-tokens 32] [--samples 5] [--repeats 3]
     OMP_NUM_THREADS=1 python benchmarks/bench_eval.py --batching-only --choice-examples 200 --examples 16 --gen-tokens 40
@@ -13,7 +13,6 @@ generation happens to stop); every figure is measured here, none is assumed.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,16 +28,11 @@ from agentforge.data.build import eval_sets
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.evals import tasks
 from agentforge.evals.runner import EvalSettings, evaluate
+from agentforge.evals.speed import interleaved_medians
 from agentforge.main import CONF_DIR
 from agentforge.models import CognateModel
 from agentforge.models.surgery import wrap
 from agentforge.phases.eval import eval_rows
-
-
-def timed(fn, n: int) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return n / (time.perf_counter() - t0)
 
 
 def measures(model, tok, sets, rows, a) -> dict:
@@ -54,15 +48,11 @@ def measures(model, tok, sets, rows, a) -> dict:
 
 
 def bench(models: dict, tok, sets, rows, a) -> dict[str, dict[str, float]]:
-    """Best-of-``a.repeats`` throughput, the models interleaved so machine load hits both alike."""
+    """Throughput from medians of ``a.repeats`` interleaved runs (every model and measure once per round), so
+    machine load hits both models alike."""
     ms = {name: measures(m, tok, sets, rows, a) for name, m in models.items()}
-    best = {name: {k: 0.0 for k in ms[name]} for name in models}
-    for _ in range(a.repeats):
-        for k in next(iter(ms.values())):
-            for name in models:
-                fn, n = ms[name][k]
-                best[name][k] = max(best[name][k], timed(fn, n))
-    return best
+    med = interleaved_medians({(name, k): fn for name in ms for k, (fn, _) in ms[name].items()}, a.repeats)
+    return {name: {k: n / med[name, k] for k, (_, n) in ms[name].items()} for name in ms}
 
 
 def batching(model, tok, sets, a) -> None:
@@ -88,18 +78,13 @@ def batching(model, tok, sets, a) -> None:
                                   f"{a.batch * 2} per forward": lambda f=fmt: choice(f, a.batch * 2, False),
                                   "shared prompt (KV) where it pays": lambda f=fmt: choice(f, a.batch * 2, True)}
     for task, fns in ways.items():
-        times = {k: [] for k in fns}
         results = {}
-        for _ in range(a.repeats):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                results[k] = fn()
-                times[k].append(time.perf_counter() - t0)
+        med = interleaved_medians({k: lambda k=k, fn=fn: results.__setitem__(k, fn()) for k, fn in fns.items()},
+                                  a.repeats)
         first = next(iter(fns))
         same = all(results[k] == results[first] for k in fns)
-        base = statistics.median(times[first])
         print(f"{task} ({len(results[first])} items; identical results: {same}): " + "; ".join(
-            f"{k} {statistics.median(v):.2f} s ({base / statistics.median(v):.2f}x)" for k, v in times.items()))
+            f"{k} {v:.2f} s ({med[first] / v:.2f}x)" for k, v in med.items()))
 
 
 def main() -> None:
@@ -134,7 +119,7 @@ def main() -> None:
         return
     res = bench({"base": model, "surgery": wrap(model)}, tok, sets, rows, a)
     base, rec = res["base"], res["surgery"]
-    print(f"best of {a.repeats} interleaved runs")
+    print(f"medians of {a.repeats} interleaved runs")
     print(f"{'measure':42s} {'base':>10s} {'+surgery':>10s} {'ratio':>7s}")
     for k in base:
         print(f"{k:42s} {base[k]:10.2f} {rec[k]:10.2f} {rec[k] / base[k]:7.2f}")

@@ -12,22 +12,11 @@ training, and every token runs the recursion steps its halting rule gives it.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from agentforge.evals.speed import interleaved_medians
 from agentforge.models import CognateConfig, CognateModel
-
-
-def timed(fn, device: str):
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, out
 
 
 def main() -> None:
@@ -48,18 +37,18 @@ def main() -> None:
     ids = torch.randint(0, 256, (a.batch, a.prompt), device=a.device)
     name = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     model.generate(ids, 4), model.generate(ids, 4, use_cache=False)  # warm-up
-    times = {"cached": [], "uncached": []}
     outs = {}
-    for _ in range(a.repeats):
-        for kind in times:
-            dt, outs[kind] = timed(lambda: model.generate(ids, a.tokens, use_cache=kind == "cached"), a.device)
-            times[kind].append(dt)
+
+    def run(kind):
+        outs[kind] = model.generate(ids, a.tokens, use_cache=kind == "cached")
+    med = interleaved_medians({k: lambda k=k: run(k) for k in ("cached", "uncached")}, a.repeats, warmup=0,
+                              sync=torch.cuda.synchronize if a.device == "cuda" else None)
     n = a.batch * a.tokens
-    tps = {k: n / statistics.median(v) for k, v in times.items()}
+    tps = {k: n / v for k, v in med.items()}
     print(f"device: {name}; Cognate {model.num_params():,} params (max_steps={model.config.max_steps}); "
           f"batch {a.batch}, prompt {a.prompt}, {a.tokens} new tokens greedy; medians of {a.repeats} interleaved runs")
-    for k in times:
-        print(f"{k:9}: {tps[k]:9.1f} tokens/s  ({statistics.median(times[k]):.2f} s per generation)")
+    for k in med:
+        print(f"{k:9}: {tps[k]:9.1f} tokens/s  ({med[k]:.2f} s per generation)")
     print(f"ratio cached/uncached tokens/s: {tps['cached'] / tps['uncached']:.2f}   "
           f"same tokens: {torch.equal(outs['cached'], outs['uncached'])}")
 

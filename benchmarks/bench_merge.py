@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import random
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 
 from agentforge.artifacts import cognate_config_from, load_model
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+from agentforge.evals.speed import interleaved_medians
 from agentforge.main import CONF_DIR
 from agentforge.merge import combos, fitness, layers, techniques
 from agentforge.merge.recipe import BUFFERS, Space, materialize, random_recipe
@@ -51,16 +52,6 @@ def load_inputs(artifacts: Path):
     return models, "freshly initialized default models (no checkpoints found)"
 
 
-def clock(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifacts", default="outputs/artifacts")
@@ -86,28 +77,30 @@ def main() -> None:
         "frankenmerge": lambda: layers.frankenmerge([(states[0], 0, 2), (states[1], 1, 2)], states[2]),
         "dfs": lambda: layers.dfs([(states[0], 0), (states[1], 1), (states[2], 1)], [0.8, 1.2, 1.0], states[2]),
     }
-    times = {name: clock(fn, args.repeats) for name, fn in per_tensor.items()}
-    print(f"\n{'technique':17s} {'ms':>9s} {'x linear':>9s}")
+    times = interleaved_medians(per_tensor, args.repeats)
+    print(f"\nmedians of {args.repeats} interleaved runs, one untimed round first")
+    print(f"{'technique':17s} {'ms':>9s} {'x linear':>9s}")
     for name, t in times.items():
         print(f"{name:17s} {t * 1000:9.2f} {t / times['linear']:9.2f}")
     n = models[0].config.n_layers
     sp, rng = Space(n, max(1, round(n * 0.5)), max(n, round(n * 1.5))), random.Random(0)
     configs = [m.config for m in models]
     print(f"\n{'combo':6s} {'techniques':28s} {'recipe ms':>9s}")
-    for c in range(8):
-        r = random_recipe(rng, sp, combo=c)
-        t = clock(lambda r=r: materialize(r, states, configs), args.repeats)
+    recipes = {c: random_recipe(rng, sp, combo=c) for c in range(8)}
+    per_combo = interleaved_medians({c: lambda r=r: materialize(r, states, configs) for c, r in recipes.items()},
+                                    args.repeats)
+    for c, t in per_combo.items():
         print(f"{combos.bits(c):6s} {combos.decode(c).label:28s} {t * 1000:9.2f}")
     cfg = _cfg()
     data = eval_data(cfg, "val", int(cfg.phase.eval.rows))
     tok = ByteTokenizer()
-    t_input = clock(lambda: fitness.measure(models[0], tok, data, models[0]), max(1, args.repeats // 2))
-    recipes = [random_recipe(rng, sp, combo=i % 8) for i in range(args.evals)]
-    t0 = time.perf_counter()
-    for r in recipes:
-        fitness.measure(build(r, states, configs), tok, data, models[0])
-    per_eval = (time.perf_counter() - t0) / len(recipes)
-    print(f"\nfitness evaluation (default phase.eval settings): input model alone {t_input * 1000:.0f} ms, "
+    next_recipe = itertools.cycle([random_recipe(rng, sp, combo=i % 8) for i in range(args.evals)]).__next__
+    med = interleaved_medians({"input": lambda: fitness.measure(models[0], tok, data, models[0]),
+                               "merged": lambda: fitness.measure(build(next_recipe(), states, configs), tok, data,
+                                                                 models[0])}, args.evals)
+    t_input, per_eval = med["input"], med["merged"]
+    print(f"\nfitness evaluation (default phase.eval settings, medians of {args.evals} interleaved runs, each run "
+          f"a different recipe): input model alone {t_input * 1000:.0f} ms, "
           f"merged recipe {per_eval * 1000:.0f} ms ({per_eval / t_input:.2f}x); "
           f"{1 / per_eval:.2f} evaluations/s")
     print(f"default run (8 individuals x <= 8 generations, 2 elites cached): <= {8 + 7 * 6} evaluations "

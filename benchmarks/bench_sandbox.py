@@ -4,16 +4,14 @@ process mode (the same evaluator, the same child, the same trusted scoring), as 
     python benchmarks/bench_sandbox.py                       # 3 interleaved repeats, CPU preset at 30 steps
     python benchmarks/bench_sandbox.py --repeats 5 --steps 300   # the phase's default training length
 
-Runs are interleaved (bwrap, process, bwrap, process, ...) so drift in the machine's load hits both
-modes alike, and the medians are compared. Nothing is cached (every run trains). Also prints the bare
+Runs are interleaved (``evals.speed.interleaved_medians``: every mode once per round, the order rotated)
+so drift in the machine's load hits both modes alike, and the medians are compared. Nothing is cached (every run trains). Also prints the bare
 cost of one sandboxed ``python -c pass`` in each mode, the fixed part of the overhead.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,29 +36,26 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
+    from agentforge.evals.speed import interleaved_medians
     from agentforge.sandbox import SandboxLimits, require_sandbox, run_sandboxed
     from agentforge.scaling.evaluator import evaluate
     from agentforge.scaling.variants import variant_path
 
     require_sandbox("bwrap")
     cfg = settings(args.steps)
-    times: dict[str, list[float]] = {"bwrap": [], "process": []}
-    bare: dict[str, list[float]] = {"bwrap": [], "process": []}
-    for i in range(args.repeats):
-        for mode in ("bwrap", "process"):
-            t0 = time.perf_counter()
-            run_sandboxed(["python", "-c", "pass"], {}, limits=SandboxLimits(wall_s=60), mode=mode)
-            bare[mode].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            result = evaluate(variant_path("baseline"), cfg, timeout_s=900, memory_mb=4096, sandbox=mode)
-            times[mode].append(time.perf_counter() - t0)
-            if not result["valid"]:
-                print(f"error: the baseline failed under {mode}: {result['error']}", file=sys.stderr)
-                return 1
-            print(f"repeat {i + 1} {mode:7s}: {times[mode][-1]:6.2f} s  (loss_l {result.get('loss_l', float('nan')):.4f})",
-                  flush=True)
-    med = {m: statistics.median(v) for m, v in times.items()}
-    med_bare = {m: statistics.median(v) for m, v in bare.items()}
+
+    def bare(mode):
+        run_sandboxed(["python", "-c", "pass"], {}, limits=SandboxLimits(wall_s=60), mode=mode)
+
+    def evaluation(mode):
+        result = evaluate(variant_path("baseline"), cfg, timeout_s=900, memory_mb=4096, sandbox=mode)
+        if not result["valid"]:
+            raise SystemExit(f"error: the baseline failed under {mode}: {result['error']}")
+        print(f"{mode:7s} run: loss_l {result.get('loss_l', float('nan')):.4f}", flush=True)
+    modes = ("bwrap", "process")
+    med = interleaved_medians({**{m: lambda m=m: evaluation(m) for m in modes},
+                               **{f"bare {m}": lambda m=m: bare(m) for m in modes}}, args.repeats, warmup=0)
+    med_bare = {m: med[f"bare {m}"] for m in modes}
     print(f"\nbaseline evaluation ({len(cfg['sizes'])} sizes x {args.steps} steps), median of {args.repeats}:")
     print(f"  bwrap   {med['bwrap']:7.2f} s\n  process {med['process']:7.2f} s")
     print(f"  overhead ratio bwrap/process = {med['bwrap'] / med['process']:.3f} (aim <= 1.10)")

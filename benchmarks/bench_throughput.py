@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import statistics
 import time
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from agentforge.evals.speed import interleaved_medians
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.layers import Block, RMSNorm, rope_cache
 
@@ -76,7 +76,7 @@ def matmul_peak(device: str, reps: int = 10) -> float:
 
 
 class Runner:
-    """One model, its optimizer and batch; ``step()`` is one timed training step."""
+    """One model, its optimizer and batch; ``step()`` is one training step."""
 
     def __init__(self, model, batch, seq, device, compile_):
         torch.manual_seed(0)
@@ -93,21 +93,16 @@ class Runner:
             model.compile()
         for _ in range(3 if compile_ else 1):  # warm-up (and compilation)
             self.step()
-        self.times: list[float] = []
 
     def _loss(self):
         with self.autocast():
             out = self.model(self.x, self.y)
         return out if torch.is_tensor(out) else out.loss
 
-    def step(self) -> float:
-        sync(self.device)
-        t = time.perf_counter()
+    def step(self) -> None:
         self._loss().backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        sync(self.device)
-        return time.perf_counter() - t
 
 
 def main():
@@ -137,9 +132,8 @@ def main():
     if a.no_grad_steps:
         runs[cheap] = Runner(CognateModel(dataclasses.replace(cfg, no_grad_steps=a.no_grad_steps)), a.batch, a.seq,
                              a.device, a.compile)
-    for _ in range(a.steps):
-        for r in runs.values():
-            r.times.append(r.step())
+    med = interleaved_medians({k: r.step for k, r in runs.items()}, a.steps, warmup=0,
+                              sync=torch.cuda.synchronize if a.device == "cuda" else None)
     tokens = a.batch * a.seq
     print(f"device: {name}; size={a.size} batch={a.batch} seq={a.seq} "
           f"{'bf16 autocast' if a.device == 'cuda' else 'fp32'}{' compiled' if a.compile else ''}; "
@@ -147,18 +141,18 @@ def main():
     print(f"matmul peak ({'bf16 8192' if a.device == 'cuda' else 'fp32 1024'}^3): {peak / 1e12:.3f} TFLOP/s")
     fps = {}
     for k, r in runs.items():
-        dt = statistics.median(r.times)
+        dt = med[k]
         fps[k] = r.flops / dt
         print(f"{k:22}: {tokens / dt:10.0f} tokens/s  {fps[k] / 1e9:8.2f} GFLOP/s ({100 * fps[k] / peak:5.1f}% of peak)"
               f"  {r.flops / tokens / 1e6:.2f} MFLOP/token")
     c, p = runs["cognate (3 steps)"], runs["plain transformer"]
     print(f"ratio cognate/plain achieved FLOP/s: {fps['cognate (3 steps)'] / fps['plain transformer']:.2f}   "
-          f"tokens/s: {statistics.median(p.times) / statistics.median(c.times):.2f}   "
+          f"tokens/s: {med['plain transformer'] / med['cognate (3 steps)']:.2f}   "
           f"(FLOP/token ratio {c.flops / p.flops:.2f})")
     if a.no_grad_steps:
         g = runs[cheap]
         print(f"no_grad_steps={a.no_grad_steps} vs all steps with gradients: FLOPs per step {g.flops / c.flops:.2f}x, "
-              f"step time {statistics.median(g.times) / statistics.median(c.times):.2f}x (medians, interleaved)")
+              f"step time {med[cheap] / med['cognate (3 steps)']:.2f}x (medians, interleaved)")
 
 
 if __name__ == "__main__":
