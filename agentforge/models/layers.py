@@ -114,14 +114,23 @@ class CausalSelfAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict) -> torch.Tensor:
-        """One new position x [B, 1, D] with its rotary angles cos/sin [1, D/H/2], attending to itself and
-        the keys/values in ``cache`` (dict "k", "v": [B, H, <= window, D], the latest positions; updated)."""
+        """New positions x [B, T, D] with their rotary angles cos/sin [T, D/H/2], attending to the keys/values
+        in ``cache`` (dict "k", "v": [B, H, <= window, D], the latest positions; updated, with their graph)
+        and, causally within the window, to each other (``causal_window_mask`` with the block's offsets)."""
         b, t, d = x.shape
         q, k, v = self.qkv(x, cos, sin)
-        if cache.get("k") is not None:
-            k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+        past = cache.get("k")
+        if past is not None:
+            k, v = torch.cat([past, k], 2), torch.cat([cache["v"], v], 2)
         cache["k"], cache["v"] = k[:, :, -self.window:], v[:, :, -self.window:]
-        out = F.scaled_dot_product_attention(q, cache["k"], cache["v"])  # every cached key is in the window
+        if t == 1:  # one position: every cached key is in its window
+            out = F.scaled_dot_product_attention(q, cache["k"], cache["v"])
+        elif past is None and t <= self.window:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            n = k.shape[2]
+            mask = causal_window_mask(t, self.window, x.device, q_start=n - t, k_len=n)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -153,6 +162,6 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict) -> torch.Tensor:
-        """``forward`` for one new position, with the attention's key/value cache (see attention.decode)."""
+        """``forward`` for new positions after cached ones, with the attention's key/value cache (attention.decode)."""
         x = x + self.attn.decode(self.attn_norm(x), cos, sin, cache)
         return x + self.mlp(self.mlp_norm(x))

@@ -95,35 +95,69 @@ class SurpriseMemory(nn.Module):
         return self.read(h)
 
     def read(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(merged stream [B, T, D], per-token surprise [B, T]) for hidden states h [B, T, D]."""
+        """(merged stream [B, T, D], per-token surprise [B, T]) for hidden states h [B, T, D]: ``scan`` from a
+        fresh state; the last, partial chunk is then written too (for the statistics and ``persist``)."""
         b, t, _ = h.shape
         if not self.enabled:
             return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
-        q, k, v = self.project(h)
-        beta = self.log_beta.exp()
-        keys = self.keys.to(k.dtype).expand(b, -1, -1)
-        vals = self.values.to(v.dtype).expand(b, -1, -1)
-        filled = self.filled.expand(b, -1)
-        last = torch.zeros(b, self.slots, device=h.device)           # chunk index of each slot's last use
-        reads, surprises, usage = [], [], torch.zeros(self.slots, device=h.device)
-        for c, start in enumerate(range(0, t, self.chunk)):
-            qc = q[:, start:start + self.chunk]
-            kc, vc = k[:, start:start + self.chunk], v[:, start:start + self.chunk]
-            attn = self._attend(beta, qc, keys, filled)
-            reads.append(attn @ vals)
-            s = self.surprise(beta, kc, vc, keys, vals, filled)
-            surprises.append(s)
-            with torch.no_grad():
-                usage += attn.sum(dim=(0, 1))
-            keys, vals, filled, last = self.end_chunk(kc, vc, self.write_scores(s, start == 0), attn.detach().amax(1),
-                                                      keys, vals, filled, last, float(c + 1))
-        r = torch.cat(reads, 1)
-        surprise = torch.cat(surprises, 1)
+        st, usage = self.init_state(b), torch.zeros(self.slots, device=h.device)
+        out, surprise = self.scan(h, st, usage)
+        keys, vals, filled = st["keys"], st["vals"], st["filled"]
+        if st["open"] is not None:
+            kc, vc, sc, amax = st["open"]
+            keys, vals, filled, _ = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, st["last"], st["c"] + 1.0)
         self._record(b, t, surprise, filled, usage)
         if self.persist:
             with torch.no_grad():
                 self.keys.copy_(keys[-1]), self.values.copy_(vals[-1]), self.filled.copy_(filled[-1])
-        return self.merge(h, r), surprise
+        return out, surprise
+
+    def init_state(self, batch: int) -> dict:
+        """The memory state of ``batch`` sequences before their first position (``scan`` continues it): the
+        bank (keys, vals, filled, each slot's last use), the open chunk (None, or the keys, values, write
+        scores and max read weight per slot of its positions so far), completed chunks ``c``, and the last
+        position's query ``prev`` (None: the sequence has not started)."""
+        return {"keys": self.keys.expand(batch, -1, -1), "vals": self.values.expand(batch, -1, -1),
+                "filled": self.filled.expand(batch, -1), "last": torch.zeros(batch, self.slots, device=self.keys.device),
+                "open": None, "c": 0, "prev": None}
+
+    def scan(self, h: torch.Tensor, st: dict, usage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(merged stream, surprise) of the next positions h [B, T, D] of sequences whose memory state is ``st``
+        (``init_state``; updated in place): each position reads the bank of the chunks completed before its
+        own; when a chunk completes it is written (``end_chunk``). The one chunk loop of ``read`` and of the
+        KV cache (``kv_cache.py``), so a sequence fed in pieces gets the state and outputs of one read.
+        ``usage`` [slots], if given, accumulates the read mass per slot."""
+        b, t, _ = h.shape
+        if not self.enabled:
+            return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
+        first = st["prev"] is None                          # the sequence's first position: no previous query
+        q, k, v = self.project(h, st["prev"])
+        beta = self.log_beta.exp()
+        keys, vals, filled, last = st["keys"].to(k.dtype), st["vals"].to(v.dtype), st["filled"], st["last"]
+        opened, reads, surprises, start = st["open"], [], [], 0
+        while start < t:
+            room = self.chunk - (0 if opened is None else opened[0].shape[1])
+            end = min(start + room, t)
+            kc, vc = k[:, start:end], v[:, start:end]
+            attn = self._attend(beta, q[:, start:end], keys, filled)
+            reads.append(attn @ vals)
+            s = self.surprise(beta, kc, vc, keys, vals, filled)
+            surprises.append(s)
+            sc, amax = self.write_scores(s, first and start == 0), attn.detach().amax(1)
+            if usage is not None:
+                usage += attn.detach().sum(dim=(0, 1))
+            if opened is not None:  # the chunk's earlier positions, fed before
+                kc, vc, sc = (torch.cat([a, x], 1) for a, x in zip(opened[:3], (kc, vc, sc)))
+                amax = torch.maximum(opened[3], amax)
+            if end - start == room:  # the chunk is complete: write it
+                st["c"] += 1
+                keys, vals, filled, last = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, last, float(st["c"]))
+                opened = None
+            else:
+                opened = (kc, vc, sc, amax)
+            start = end
+        st.update(keys=keys, vals=vals, filled=filled, last=last, open=opened, prev=q[:, -1:])
+        return self.merge(h, torch.cat(reads, 1)), torch.cat(surprises, 1)
 
     def merge(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """The MAG gate: h + sigmoid(W_g h + b) * W_o r for hidden states h and reads r."""
