@@ -51,6 +51,7 @@ def main():
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rows", type=int, default=32, help="validation rows (the phase's val_rows)")
+    ap.add_argument("--computation-rows", type=int, default=64, help="held-out GSM8K-format rows")
     ap.add_argument("--seed", type=int, default=42)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -58,7 +59,7 @@ def main():
     c = model.config
     n_max = c.max_steps
     val = val_rows(a.seq, a.rows, a.seed)
-    comp, hard, easy = computation_rows(64, a.seq, a.seed)
+    comp, hard, easy = computation_rows(a.computation_rows, a.seq, a.seed)
     print(f"{a.checkpoint}: max_steps {n_max}, ponder_prior {c.ponder_prior}, ponder_cost (beta) {c.ponder_cost}")
     loss = {k: torch.stack([token_scores(model, r, steps=n, halting=False)["loss"] for n in range(1, n_max + 1)])
             for k, r in (("val", val), ("computation", comp))}
@@ -68,6 +69,9 @@ def main():
     print("mean loss L_n (val):", " ".join(f"{float(v):.4f}" for v in loss["val"].mean((1, 2))))
     for k, g in gains.items():
         g = g.flatten(1)
+        if not g.shape[1]:
+            print(f"gain L_n - L_(n+1), {k:15} (0 tokens): none in these rows (more or longer --computation-rows)")
+            continue
         print(f"gain L_n - L_(n+1), {k:15} ({g.shape[1]} tokens): "
               + "  ".join(f"{n + 1}->{n + 2}: {float(g[n].mean()):+.4f} ({float((g[n] > 0).float().mean()):.0%} > 0)"
                           for n in range(n_max - 1)))
