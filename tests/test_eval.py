@@ -183,6 +183,19 @@ def test_batched_greedy_equals_one_prompt_at_a_time():
     assert len(prompts[-1]) + 8 > 48  # the last prompt is beyond the cache: decoded alone, as generate does
 
 
+def test_batched_greedy_prefills_the_common_prompt_length(monkeypatch):
+    from agentforge.models.kv_cache import CognateDecoder
+
+    model, steps = _seq_model(2, max_seq_len=48), []
+    step = CognateDecoder.step
+    monkeypatch.setattr(CognateDecoder, "step", lambda self, token: steps.append(self.pos) or step(self, token))
+    prompts = [list(range(10, 20)), list(range(30, 42))]  # 10 and 12 tokens
+    out = tasks.greedy_batch(model, prompts, 3, None)
+    # positions 0..9 in one forward pass; decoder steps only for positions 10..13 (the last new token is not fed)
+    assert steps == [10, 11, 12, 13]
+    assert out == [model.generate(torch.tensor([p]), 3)[0, len(p):].tolist() for p in prompts]
+
+
 def test_surgery_is_an_identity_at_init_and_not_after():
     base = _trained_like()
     x = torch.randint(0, 256, (3, 24))

@@ -151,13 +151,14 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_id: i
     """Greedy new tokens (up to, not including, EOS) for prompts of different lengths, decoded together
     through one KV decoder (``model.kv_decoder``).
 
-    All rows advance one position per step; a row still inside its prompt is fed its next prompt token,
+    The shortest prompt's length of every row is taken in one forward pass (``CognateDecoder.prefill``);
+    then all rows advance one position per step: a row still inside its prompt is fed its next prompt token,
     after that its own argmax, so each row holds its prompt followed by its generation with nothing in
     between. The decoder's operations are per row, so each row computes what decoding it alone computes up
-    to floating-point rounding (the single-row path, ``models/generation.py``, takes the prompt in one
-    forward pass; ``tests/test_eval.py`` checks the greedy tokens equal). A row that emitted EOS keeps emitting it; the loop stops
-    when every row has emitted EOS or its ``max_new_tokens`` (checked every 16 steps). Every prompt must
-    satisfy len + max_new_tokens <= ``model.config.max_seq_len`` (the cached regime)."""
+    to floating-point rounding (the single-row path, ``models/generation.py``, also prefills its prompt;
+    ``tests/test_eval.py`` checks the greedy tokens equal). A row that emitted EOS keeps emitting it; the
+    loop stops when every row has emitted EOS or its ``max_new_tokens`` (checked every 16 steps). Every
+    prompt must satisfy len + max_new_tokens <= ``model.config.max_seq_len`` (the cached regime)."""
     device = next(model.parameters()).device
     lens = torch.tensor([len(x) for x in prompts], device=device)
     total = int(lens.max()) + max_new_tokens
@@ -168,8 +169,12 @@ def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, eos_id: i
     end = lens + max_new_tokens
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     dec = model.kv_decoder(len(prompts))
-    for pos in range(total - 1):
-        nxt = dec.next_logits(buf[:, : pos + 1]).float().argmax(-1)
+    first = max(1, int(lens.min()))   # positions every row holds prompt tokens at: one forward pass
+    logits = dec.prefill(buf[:, :first])
+    for pos in range(first - 1, total - 1):
+        if pos >= first:
+            logits = dec.next_logits(buf[:, : pos + 1])
+        nxt = logits.float().argmax(-1)
         gen = (lens <= pos + 1) & (pos + 1 < end)
         if eos_id is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
