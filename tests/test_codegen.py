@@ -116,6 +116,24 @@ def test_humaneval_and_mbpp_files_parsed(tmp_path, humaneval):
         select(probs, None, ["MBPP/99"])
 
 
+def test_humaneval_reads_gz_and_plain_alike_through_read_jsonl(tmp_path, humaneval):
+    import gzip
+
+    from agentforge.codegen.problems import humaneval_path
+
+    with gzip.open(humaneval_path(), "rt", encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()][:3]
+    plain, packed = tmp_path / "he.jsonl", tmp_path / "he.jsonl.gz"
+    plain.write_text("".join(lines))
+    packed.write_bytes(gzip.compress("".join(lines).encode()))
+    assert load_humaneval(packed) == load_humaneval(plain) == humaneval[:3]
+    packed.write_bytes(gzip.compress((lines[0] + json.dumps({"task_id": "x"}) + "\n").encode()))
+    with pytest.raises(DatasetError, match=r"he\.jsonl\.gz:2: a record needs keys .*missing \['prompt'"):
+        load_humaneval(packed)
+    with pytest.raises(DatasetError, match=r"HumanEval file not found \(phase\.benchmark_path\)"):
+        load_humaneval(tmp_path / "absent.jsonl.gz")
+
+
 def test_decontamination_removes_planted_solution_and_signature(tmp_path, humaneval):
     p0, p1 = humaneval[0], humaneval[1]
     root = tmp_path / "lib"

@@ -1,6 +1,7 @@
 """Tokenizer, synthetic tasks, public-format loaders and packing."""
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -134,3 +135,25 @@ def test_gsm8k_jsonl_written_by_us_round_trips(tmp_path):
     f = tmp_path / "g.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in synthetic.generate("arithmetic", 5)))
     assert len(formats.load_jsonl(f, "gsm8k")) == 5
+
+
+def test_jsonl_gz_reads_the_same_rows_and_keeps_its_errors(tmp_path):
+    text = "".join(json.dumps(r) + "\n" for r in synthetic.generate("arithmetic", 5))
+    plain, packed = tmp_path / "g.jsonl", tmp_path / "g.jsonl.gz"
+    plain.write_text(text)
+    packed.write_bytes(gzip.compress(text.encode()))
+    assert formats.load_jsonl(packed, "gsm8k") == formats.load_jsonl(plain, "gsm8k")
+    assert formats.load_jsonl(packed, "gsm8k", limit=2) == formats.load_jsonl(plain, "gsm8k")[:2]
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress((text + '{"question": "no answer"}\n{not json\n').encode()))
+    with pytest.raises(formats.DatasetError, match=r"bad\.jsonl\.gz:6: a gsm8k record needs keys"):
+        formats.load_jsonl(bad, "gsm8k")
+    bad.write_bytes(gzip.compress((text + "{not json\n").encode()))
+    with pytest.raises(formats.DatasetError, match=r"bad\.jsonl\.gz:6: not valid JSON"):
+        formats.load_jsonl(bad, "gsm8k")
+    bad.write_bytes(text.encode())  # named .gz but not compressed
+    with pytest.raises(formats.DatasetError, match=r"bad\.jsonl\.gz: not a readable gzip file"):
+        formats.load_jsonl(bad, "gsm8k")
+    bad.write_bytes(gzip.compress(text.encode())[:-12])  # cut off
+    with pytest.raises(formats.DatasetError, match=r"bad\.jsonl\.gz: not a readable gzip file"):
+        formats.load_jsonl(bad, "gsm8k")

