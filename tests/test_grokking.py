@@ -174,6 +174,24 @@ def test_bench_speedup_is_a_lower_bound_when_adamw_did_not_generalize():
         ("x", "muon", {"lr": 0.01, "weight_decay_mode": "decoupled"})
 
 
+def test_hardware_threads_and_loop_device_shared_with_evomerge(monkeypatch):
+    from agentforge.training.trainer import loop_device, set_threads
+
+    was = torch.get_num_threads()
+    try:
+        set_threads({"threads": 1})
+        assert torch.get_num_threads() == 1
+        set_threads({"threads": None})  # unset: torch's count is left as it is
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(was)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [loop_device({"accelerator": a}).type for a in ("auto", "gpu", "cuda", "cpu", "mps")] == \
+        ["cuda", "cuda", "cuda", "cpu", "cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert {loop_device({"accelerator": a}).type for a in ("auto", "gpu", "cuda", "cpu")} == {"cpu"}
+
+
 def test_cli_grokking_logs_curves_and_results(tmp_path):
     proc = run_cli(TINY_GROK, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -53,6 +53,7 @@ from agentforge.merge.techniques import RESCALES
 from agentforge.models import CognateModel
 from agentforge.phases.context import run_context
 from agentforge.tracking import plots
+from agentforge.training.trainer import loop_device, set_threads
 
 RULES = [
     rule("phase.population_size", integer(2)),
@@ -125,12 +126,6 @@ def eval_data(cfg, split: str, rows: int, choice_examples: int | None = None) ->
         speed_seq_len=int(e.speed_seq_len), speed_batch=int(e.speed_batch), speed_repeats=int(e.speed_repeats))
 
 
-def device(cfg) -> torch.device:
-    """Where models are measured: the GPU when hardware asks for one (or auto) and one exists."""
-    want = str(cfg.hardware.accelerator)
-    return torch.device("cuda" if want in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
-
-
 def build(recipe: Recipe, states, configs, dev: torch.device | str = "cpu", dare_rescale: str = "l1") -> CognateModel:
     return build_model(*materialize(recipe, states, configs, dare_rescale), dev)
 
@@ -153,9 +148,8 @@ def run(cfg) -> dict:
     dirs = input_dirs(cfg)
     models, tokenizer = load_inputs(dirs)  # fails before any run dir or logger is made
     states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]  # merged on the CPU
-    dev = device(cfg)
-    if cfg.hardware.get("threads"):  # as grokking/cognate: hardware.threads=1 on a shared CPU
-        torch.set_num_threads(int(cfg.hardware.threads))
+    dev = loop_device(cfg.hardware)   # where models are measured
+    set_threads(cfg.hardware)
     models = [m.to(dev) for m in models]
     configs = [m.config for m in models]
     n = configs[0].n_layers

@@ -17,7 +17,6 @@ Outputs in the run dir: ``grokking_results.json`` and ``plots/grokking_accuracy.
 """
 from __future__ import annotations
 
-import torch
 from omegaconf import OmegaConf
 
 from agentforge.config import boolean, check, integer, number, one_of, optional, rule
@@ -26,6 +25,7 @@ from agentforge.models.grokking import MODELS, OPERATIONS, resolve_task, task_op
 from agentforge.optim import check_config
 from agentforge.phases.context import run_context
 from agentforge.tracking import plots
+from agentforge.training.trainer import loop_device, set_threads
 
 TASK_RULES = [
     rule("phase.modulus", integer(3)),
@@ -72,8 +72,7 @@ def run(cfg) -> dict:
     pct = round(100 * float(task["target_accuracy"]))
     with run_context(cfg, run_name=f"grokking-{task['task']}-{name}", group="grokking",
                      tags=["grokking", name, task["task"], task["operation"]], job_type="grokking") as ctx:
-        if cfg.hardware.get("threads"):
-            torch.set_num_threads(int(cfg.hardware.threads))
+        set_threads(cfg.hardware)
         print(f"grokking: task {task['task']} (a {task['operation']} b mod {task['modulus']}, {task['model']} model), "
               f"{name}, run dir {ctx.run_dir}")
 
@@ -81,8 +80,7 @@ def run(cfg) -> dict:
             ctx.tracker.log(m, step=step)
             print(f"step {step:6d}  train acc {m['grokking/train_accuracy']:.3f}  val acc {m['grokking/val_accuracy']:.3f}")
 
-        device = "cuda" if cfg.hardware.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
-        res = train_grokking(task, opt_cfg, int(cfg.seed), device=device, on_eval=on_eval)
+        res = train_grokking(task, opt_cfg, int(cfg.seed), device=loop_device(cfg.hardware).type, on_eval=on_eval)
         c = res["curve"]
         png = plots.line_plot(ctx.run_dir / "plots" / "grokking_accuracy.png", c["step"],
                               {"train accuracy": c["train_accuracy"], "val accuracy": c["val_accuracy"]},

@@ -48,12 +48,24 @@ def resolve_hardware(hw: dict) -> dict:
             "precision": precision}
 
 
+def set_threads(hw) -> None:
+    """``hardware.threads`` (e.g. 1 on a shared CPU) as torch's CPU thread count; unset keeps torch's."""
+    if hw.get("threads"):
+        torch.set_num_threads(int(hw["threads"]))
+
+
+def loop_device(hw) -> torch.device:
+    """Where a phase that runs its own loop instead of a Trainer (evomerge, grokking) puts its models: the GPU
+    when ``hardware.accelerator`` asks for one (gpu, cuda or auto) and one is visible, else the CPU."""
+    want = str(hw.get("accelerator"))
+    return torch.device("cuda" if want in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
+
+
 def build_trainer(hw: dict, *, loggers, callbacks, max_epochs: int, default_root_dir: str | Path,
                   limit_val_batches=None, gradient_clip_val: float | None = None, log_every_n_steps: int = 1,
                   enable_progress_bar: bool = True, max_steps: int = -1, check_val_every_n_epoch: int = 1,
                   enable_checkpointing: bool = True) -> L.Trainer:
-    if hw.get("threads"):
-        torch.set_num_threads(int(hw["threads"]))
+    set_threads(hw)
     if hw.get("compile"):
         callbacks = [*callbacks, CompileModel(hw["compile"] if isinstance(hw["compile"], str) else "inductor")]
     return L.Trainer(**resolve_hardware(hw), logger=loggers, callbacks=callbacks, max_epochs=max_epochs,
