@@ -15,13 +15,18 @@ compared (load and thread count matter: run with OMP_NUM_THREADS=1 and note ``up
 2. Training: the time of one Quiet-STaR training step with the longest thought length ÷ the same step
    without thoughts, on the phase's default episode (2 sequences x 2 positions = 4 windows of 32
    context + 4 true tokens, 4 thoughts each), the model in eval mode with gradients on, as the phase
-   trains it. The thought step is ``rl_step`` (sample the thoughts, the forward with and without them,
-   the reference forward, the losses and coherence) + backward. The step without thoughts is what a user
-   would otherwise run on the same windows: the model's forward on the window, the cross-entropy of the
-   true next tokens, backward. Both are timed without the optimizer step, then both with it (the phase's
+   trains it. The thought step is ``rl_step`` + backward: the contexts run once with gradients into a KV
+   cache, extended with the true tokens (the window's logits without thoughts) and, repeated per thought,
+   with [thinking] z [/endthinking] true[:-1]; the thoughts sampled from a detached copy of the cache; the
+   reference model filled once and extended likewise (KL, coherence); the losses. "uncached" is the
+   full-forward reference path (``use_cache=False``: sampling re-runs the model on the growing prefix, the
+   forwards re-run the context for every thought). The step without thoughts is what a user would
+   otherwise run on the same windows: the model's forward on the window, the cross-entropy of the true
+   next tokens, backward. Both are timed without the optimizer step, then both with it (the phase's
    Muon-Grokfast config, plus the mixing head's AdamW for the thought step). The breakdown times the
-   thought step's parts on their own: sampling, the forward + backward with and without thoughts, and
-   the reference forward.
+   cached step's parts on their own: sampling the thoughts from a filled cache ([thinking] + L - 1 decode
+   steps), the policy's forward (context fill + the two extensions) + backward, and the reference's fill
+   + extensions; the remainder is the losses and coherence.
 """
 from __future__ import annotations
 
@@ -29,8 +34,6 @@ import argparse
 import copy
 import dataclasses
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -39,28 +42,15 @@ from omegaconf import OmegaConf
 
 from agentforge.artifacts import load_model
 from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.evals.speed import interleaved_medians
 from agentforge.io import load_tensors
 from agentforge.models import CognateConfig, CognateModel
+from agentforge.models.kv_cache import fill
 from agentforge.optim import build_optimizer
 from agentforge.reasoning import thought_cache
-from agentforge.reasoning.rl import ThoughtConfig, rl_step, sample_windows
-from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts, sample_thoughts, think
+from agentforge.reasoning.rl import ThoughtConfig, reference_logits, rl_step, sample_windows
+from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts, sample_after, think
 from agentforge.reasoning.tokens import THINK_END, THINK_START, add_reasoning_tokens
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def interleaved_medians(cases: dict, repeats: int) -> dict:
-    """name -> median seconds of ``cases[name]()``, one call of each per round, rounds interleaved."""
-    times = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            times[name].append(timed(fn))
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -102,7 +92,7 @@ def main() -> None:
     for length in lengths:
         same = torch.equal(gen(head, length, True)(), gen(head, length, False)())
         print(f"L={length}: cached and uncached generate the same tokens: {same}")
-    med = interleaved_medians(cases, args.repeats)
+    med = interleaved_medians(cases, args.repeats, warmup=0)
     base = med["no thoughts"]
     for name, sec in med.items():
         print(f"{name:<16} {args.tokens / sec:8.2f} tokens/s  {sec / base:6.2f}x the time of no thoughts")
@@ -113,7 +103,7 @@ def main() -> None:
         dec, _ = thought_cache.prefill(model, pre)
         parts = interleaved_medians({"forward": lambda: model(ctx), "prefill": lambda: thought_cache.prefill(model, pre),
                                      "decode": lambda: (dec.step(ctx[:, -1]), setattr(dec, "pos", dec.pos - 1))},
-                                    max(args.repeats, 10))
+                                    max(args.repeats, 10), warmup=0)
     print(f"per generated token: plain forward {parts['forward'] * 1e3:.2f} ms; cached thought = prefill "
           f"{parts['prefill'] * 1e3:.2f} ms + (L + 1) x decode step {parts['decode'] * 1e3:.2f} ms "
           f"(model: {model.config.max_steps} recursion steps, every one run by the prefill and each decode step)")
@@ -157,26 +147,30 @@ def training_step_ratio(model, head, start: int, end: int, banned: list[int], le
                               step_opt)
 
     c, k, n = tc.context_len, tc.num_thoughts, len(windows)
-    prefixes = torch.cat([windows[:, :c], torch.full((n, 1), start)], 1)
-    given = sample_thoughts(model, prefixes, length, 1.0, banned, torch.Generator().manual_seed(0), repeat=k).view(n, k, -1)
+    starts = torch.full((n,), start)
+    with torch.no_grad():
+        filled = model.kv_decoder(n)
+        fill(filled, windows[:, :c])
+
+    def sample():
+        return sample_after(filled, starts, k, length, 1.0, banned, torch.Generator().manual_seed(0))
+
+    given = sample().view(n, k, -1)
 
     def forward_backward():
         batch = think(model, head, windows, tc.n_true, k, length, start, end, 1.0, banned, thoughts=given)
-        finish(batch.mixed_logits.float().logsumexp(-1).mean() + batch.base_logits.float().logsumexp(-1).mean(), False)
+        finish(batch.mixed_logits.float().logsumexp(-1).mean() + batch.base_logits.float().logsumexp(-1).mean()
+               + batch.thought_logp.sum(), False)
+
+    batch = think(model, head, windows, tc.n_true, k, length, start, end, 1.0, banned, thoughts=given)
 
     def reference():
-        with torch.no_grad():
-            ref(windows[:, :-1])  # the KL's
-            ref(torch.cat([prefixes.repeat_interleave(k, 0), given.view(n * k, -1)], 1))  # coherence's
+        reference_logits(ref, batch, c)  # the KL's window and the coherence's thought logits
 
     cases = {"none": plain(), "cached": thoughts(True), "uncached": thoughts(False),
              "none+opt": plain(True), "cached+opt": thoughts(True, True),
-             "sample": lambda: sample_thoughts(model, prefixes, length, 1.0, banned, torch.Generator().manual_seed(0),
-                                               repeat=k),
-             "fwd+bwd": forward_backward, "reference": reference}
-    for fn in cases.values():  # warm-up
-        fn()
-    med = interleaved_medians(cases, repeats)
+             "sample": sample, "fwd+bwd": forward_backward, "reference": reference}
+    med = interleaved_medians(cases, repeats, warmup=1)
     base = med["none"]
     print(f"Quiet-STaR training step ({n} windows x {k} thoughts x {length} tokens, context {c}, {tc.n_true} true "
           f"tokens; model in eval mode as in the phase), {repeats} interleaved rounds:")
@@ -185,9 +179,10 @@ def training_step_ratio(model, head, start: int, end: int, banned: list[int], le
         print(f"  thoughts, {name:<8} (rl_step + backward)          {med[name] * 1e3:7.1f} ms  {med[name] / base:5.2f}x")
     print(f"  with the optimizer step (Muon-Grokfast + the head's AdamW): no thoughts {med['none+opt'] * 1e3:.1f} ms, "
           f"thoughts {med['cached+opt'] * 1e3:.1f} ms, {med['cached+opt'] / med['none+opt']:.2f}x")
-    print(f"  where the cached step goes: sampling the thoughts {med['sample'] * 1e3:.1f} ms "
-          f"({med['sample'] / base:.2f}x no thoughts), the forward + backward with and without thoughts "
-          f"{med['fwd+bwd'] * 1e3:.1f} ms ({med['fwd+bwd'] / base:.2f}x), the reference forward "
+    print(f"  where the cached step goes: sampling the thoughts from the filled cache ({length} decode steps on "
+          f"{n} then {n * k} rows) {med['sample'] * 1e3:.1f} ms ({med['sample'] / base:.2f}x no thoughts), the "
+          f"policy's context fill + extensions (true tokens; thoughts on {n * k} rows) + backward "
+          f"{med['fwd+bwd'] * 1e3:.1f} ms ({med['fwd+bwd'] / base:.2f}x), the reference's fill + extensions "
           f"{med['reference'] * 1e3:.1f} ms ({med['reference'] / base:.2f}x), the remainder (losses, coherence; the step "
           f"minus the three parts' medians, so noisy) "
           f"{(med['cached'] - med['sample'] - med['fwd+bwd'] - med['reference']) * 1e3:.1f} ms")

@@ -126,3 +126,66 @@ def test_bench_thoughts_prints_the_generation_and_training_step_ratios():
     for line in ("x the time of no thoughts", "thoughts, cached   (rl_step + backward)", "with the optimizer step",
                  "where the cached step goes: sampling the thoughts"):
         assert line in out.stdout, line
+
+
+def _grads(*modules):
+    return torch.cat([p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("n_true", [1, 3])
+def test_the_cached_think_gives_the_full_forward_batch_and_gradients(n_true):
+    """think() on the KV cache (the contexts run once with gradients, extended with the true tokens and, per
+    thought, with the thought) equals the full-forward reference (use_cache=False): every ThoughtBatch tensor,
+    and the gradients of a loss on all of them w.r.t. every model and head parameter."""
+    model = model_with_mixed_halting(5)
+    head = MixingHead(32, hidden=16, init_weight=0.5)
+    torch.nn.init.normal_(head.net[-1].weight, std=0.5)  # w varies with the hidden states: they get gradients
+    windows = torch.randint(0, 256, (3, 10 + n_true))  # a context of 10 ends mid-chunk, past the window
+    thoughts = torch.randint(0, 256, (3, 2, 5))
+    batches, grads = [], []
+    for cache in (True, False):
+        model.zero_grad(), head.zero_grad()
+        b = think(model, head, windows, n_true, 2, 5, 259, 260, 0.8, BANNED, thoughts=thoughts, use_cache=cache)
+        (b.mixed_logits.logsumexp(-1).sum() + b.thought_logp.sum() + b.base_logits.logsumexp(-1).sum()
+         + b.mix_weight.sum()).backward()
+        batches.append(b)
+        grads.append(_grads(model, head))
+    for name in ("thoughts", "with_inputs"):
+        assert torch.equal(getattr(batches[0], name), getattr(batches[1], name))
+    for name in ("thought_logp", "mixed_logits", "without_logits", "mix_weight", "base_logits"):
+        torch.testing.assert_close(getattr(batches[0], name), getattr(batches[1], name), atol=1e-5, rtol=1e-5)
+    assert grads[0].abs().sum() > 0
+    assert (grads[0] - grads[1]).norm() <= 1e-5 * grads[1].norm()
+
+
+def test_the_cached_rl_step_gives_the_full_forward_loss_figures_and_gradients():
+    """rl_step with the KV cache (policy and reference) vs use_cache=False: the same sampled thoughts (same
+    generator), loss, figures (KL, coherence) and gradients of the loss."""
+    model = model_with_mixed_halting(6)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a reference that differs: the KL is not zero
+    head = MixingHead(32, hidden=16, init_weight=0.5)
+    windows = torch.randint(0, 256, (2, 13))
+    ids = {"start": 259, "end": 260, "banned": BANNED}
+    out, grads = [], []
+    for cache in (True, False):
+        cfg = ThoughtConfig(num_thoughts=3, thought_length=4, n_true=3, context_len=10, temperature=0.9,
+                            use_cache=cache)
+        model.zero_grad(), head.zero_grad()
+        loss, fig = rl_step(model, head, ref, windows, cfg, ids, torch.Generator().manual_seed(7))
+        loss.backward()
+        out.append((loss, fig))
+        grads.append(_grads(model, head))
+    (loss_c, fig_c), (loss_u, fig_u) = out
+    torch.testing.assert_close(loss_c, loss_u, atol=1e-5, rtol=1e-5)
+    assert fig_c["kl"] > 0 and fig_c["diversity"] == fig_u["diversity"]
+    for key in ("reward", "lm_loss", "kl", "mix_weight"):
+        assert fig_c[key] == pytest.approx(fig_u[key], rel=1e-5, abs=1e-6), key
+    # the policy loss is a mean of advantages (~1e-2, differences of log-likelihoods) times the thoughts' summed
+    # log-probs (~-20): float32 rounding of ~1e-7 in the log-likelihoods moves it by ~1e-5
+    assert fig_c["policy_loss"] == pytest.approx(fig_u["policy_loss"], abs=3e-5)
+    for key, vals in fig_c["coherence"].items():
+        assert vals == pytest.approx(fig_u["coherence"][key], rel=1e-5, abs=1e-6), key
+    assert (grads[0] - grads[1]).norm() <= 1e-5 * grads[1].norm()

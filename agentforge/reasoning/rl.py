@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from agentforge.reasoning import anti_theater, coherence, rewards
+from agentforge.models.kv_cache import fill
+from agentforge.reasoning import anti_theater, coherence, rewards, thought_cache
 from agentforge.reasoning.thoughts import kl_to_reference, reinforce_loss, think
 
 
@@ -24,7 +25,7 @@ class ThoughtConfig:
     context_len: int = 32
     temperature: float = 1.0
     kl_coef: float = 0.1
-    use_cache: bool = True       # thoughts sampled with the KV cache (same tokens; ``thought_cache.py``)
+    use_cache: bool = True       # the KV-cached step (same tensors and gradients; ``thoughts.think``)
 
 
 def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: int, context_len: int, n_true: int,
@@ -43,16 +44,36 @@ def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: i
     return torch.stack(out)
 
 
-def coherence_scores(model, ref, batch, context_len: int) -> dict[str, torch.Tensor]:
+@torch.no_grad()
+def reference_logits(ref, batch, context_len: int, use_cache: bool = True, window: bool = True):
+    """The reference model's (logits over the window without thoughts [N, C + n - 1, V] for the KL, or None
+    unless ``window``; logits predicting each thought token [N*K, L, V] from context + [thinking] + the thought's
+    earlier tokens, for the syntactic coherence). With the KV cache (``thought_cache.extendable``): one pass over
+    the contexts, extended with the true tokens and, repeated K times, with [thinking] z[:-1]; else full
+    forward passes over the window and over the with-thought rows cut after the last thought token."""
+    windows, (n, k, length) = batch.windows, batch.thoughts.shape
+    if use_cache and thought_cache.extendable(ref, windows.shape[1] + length):
+        dec = ref.kv_decoder(n)
+        ctx = fill(dec, windows[:, :context_len]).logits
+        rest = windows[:, context_len:-1]
+        win = (torch.cat([ctx, dec.copy().extend(rest).logits], 1) if rest.shape[1] else ctx) if window else None
+        thought = dec.copy(repeat=k).extend(batch.with_inputs[:, context_len: context_len + length]).logits
+        return win, thought
+    thought = ref(batch.with_inputs[:, : context_len + length]).logits[:, context_len:]
+    return (ref(windows[:, :-1]).logits if window else None), thought
+
+
+def coherence_scores(model, ref, batch, context_len: int, ref_thought_logits: torch.Tensor | None = None,
+                     use_cache: bool = True) -> dict[str, torch.Tensor]:
     """[N, K] semantic, syntactic, predictive, combined and prior coherence of each thought (``coherence.py``).
-    Semantic and syntactic (hence ``prior``) read only the context and the thought: the reference model
-    sees the rows cut after the last thought token, the embeddings only the context."""
-    length = batch.thoughts.shape[-1]
+    Semantic and syntactic (hence ``prior``) read only the context and the thought: the reference model's
+    logits of the thought tokens (``reference_logits``; given, or computed here), the embeddings only the context."""
     with torch.no_grad():
-        ref_logits = ref(batch.with_inputs[:, : context_len + length]).logits
+        if ref_thought_logits is None:
+            ref_thought_logits = reference_logits(ref, batch, context_len, use_cache, window=False)[1]
         gain = rewards.likelihood_gain(batch.true_logp_mixed(), batch.true_logp_without())
         s = {"semantic": coherence.semantic(model.embed.weight.detach(), batch.thoughts, batch.windows[:, :context_len]),
-             "syntactic": coherence.syntactic(ref_logits, batch.thoughts, context_len),
+             "syntactic": coherence.syntactic(ref_thought_logits, batch.thoughts, 0),
              "predictive": coherence.predictive(gain)}
     s["coherence"] = coherence.combine(s)
     s["prior"] = coherence.prior(s)
@@ -68,11 +89,10 @@ def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: di
     policy = reinforce_loss(batch.thought_logp, adv)
     mixed_nll = -logp_mixed.mean()
     base_ce = F.cross_entropy(batch.base_logits.flatten(0, 1).float(), windows[:, 1:].flatten())
-    with torch.no_grad():
-        ref_logits = ref(windows[:, :-1]).logits
-    kl = kl_to_reference(batch.base_logits, ref_logits)
+    ref_window, ref_thought = reference_logits(ref, batch, cfg.context_len, cfg.use_cache)
+    kl = kl_to_reference(batch.base_logits, ref_window)
     loss = policy + mixed_nll + base_ce + cfg.kl_coef * kl
-    coh = coherence_scores(model, ref, batch, cfg.context_len)
+    coh = coherence_scores(model, ref, batch, cfg.context_len, ref_thought)
     gain = rewards.likelihood_gain(logp_mixed.detach(), batch.true_logp_without().detach())
     figures = {"reward": float(gain.mean()), "policy_loss": policy.item(), "lm_loss": (mixed_nll + base_ce).item(),
                "kl": kl.item(), "mix_weight": batch.mix_weight.mean().item(),
@@ -90,7 +110,7 @@ def evaluate(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: d
     try:
         batch = think(model, head, windows, cfg.n_true, cfg.num_thoughts, cfg.thought_length, ids["start"],
                       ids["end"], cfg.temperature, ids["banned"], generator, use_cache=cfg.use_cache)
-        coh = coherence_scores(model, ref, batch, cfg.context_len)
+        coh = coherence_scores(model, ref, batch, cfg.context_len, use_cache=cfg.use_cache)
         res = anti_theater.theater_metrics(batch.mixed_logits, batch.without_logits, batch.true, coh["prior"])
     finally:
         model.train(was)

@@ -21,6 +21,13 @@ def cacheable(model, total_len: int) -> bool:
             and not model.memory.persist)
 
 
+def extendable(model, total_len: int) -> bool:
+    """True when ``CognateDecoder.extend`` computes ``model``'s forward for ``total_len`` tokens, gradients
+    included: ``cacheable`` and the model in eval mode (as the Quiet-STaR phase trains it; train mode adds TRM's
+    no-grad early steps and QK-clip's statistics, which only the full forward has)."""
+    return cacheable(model, total_len) and not model.training
+
+
 @torch.no_grad()
 def prefill(model: CognateModel, ids: torch.Tensor):
     """(decoder at position P, the forward's ``CognateOutput``) for ids [B, P]; the model in eval mode."""

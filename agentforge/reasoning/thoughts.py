@@ -9,9 +9,10 @@ tokens t:
    the batch, so thoughts at all chosen positions are sampled in parallel (the paper does every
    position at once with a diagonal attention mask; the Cognate model has no mask input, so we sample
    at ``thought_positions`` positions per sequence, each seeing the ``context_len`` tokens before it).
-   Sampling uses the KV cache (``thought_cache.py``): one forward pass over each context + [thinking],
-   its state repeated for the K thoughts, then one cached decode step per thought token for all
-   N*K rows at once — the same tokens as re-running the model on the growing prefix (a test).
+   Sampling uses the KV cache (``thought_cache.py``): the decoder state of each context (in training, the
+   one pass over the contexts that the step differentiates, detached), [thinking] as one decode step, the
+   state repeated for the K thoughts, then one cached decode step per thought token for all N*K rows at
+   once — the same tokens as re-running the model on the growing prefix (a test).
 2. *Talk*: teacher-force t after the thought; a mixing head (an MLP on the hidden states with and
    without the thought, starting at w = 0 as in the reference) gives w and the prediction is
    ``w * logits_with + (1 - w) * logits_without``.
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentforge.models.kv_cache import fill
 from agentforge.reasoning import thought_cache
 
 
@@ -155,34 +157,64 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
           generator: torch.Generator | None = None, thoughts: torch.Tensor | None = None,
           use_cache: bool = True) -> ThoughtBatch:
     """One Quiet-STaR pass over windows [N, C + n_true] (``thoughts`` [N, K, L] may be given instead of sampled).
-    The thoughts' log-probs for REINFORCE come from one batched forward over context, thought and true
-    tokens (with gradients), from the distribution they were sampled from (``policy_logits``)."""
+    The thoughts' log-probs for REINFORCE are taken with gradients from the distribution they were sampled
+    from (``policy_logits``).
+
+    With the KV cache (a Cognate model in eval mode, as the phase trains it; ``thought_cache.extendable``) the
+    contexts are run once, with gradients, into a decoder (``kv_cache.fill``); it is extended with the true
+    tokens (the window's logits without thoughts), a detached copy samples the thoughts ([thinking] fed as the
+    first decode step), and the state repeated K times is extended with [thinking] z [/endthinking] true[:-1]
+    (the thoughts' log-probs, the logits and hidden states with the thought). Otherwise (``use_cache=False``,
+    the reference): full forward passes over the windows and over context + thought + true tokens per row;
+    both give the same tensors and gradients (tests/test_thought_cache.py)."""
     n, width = windows.shape
     c, k = width - n_true, num_thoughts
     if c < 1 or n_true < 1:
         raise ValueError(f"windows of {width} tokens cannot hold a context and n_true={n_true} true tokens")
-    base = model(windows[:, :-1])
-    without_logits, without_h = base.logits[:, c - 1:], base.hidden[:, c - 1:]
-    ctx = windows[:, :c].repeat_interleave(k, 0)
-    true = windows[:, c:].repeat_interleave(k, 0)
-    start = ctx.new_full((n * k, 1), start_id)
-    if thoughts is None:
-        prefixes = torch.cat([windows[:, :c], start[:n]], 1)  # one per window, repeated for its k thoughts
-        flat = sample_thoughts(model, prefixes, thought_length, temperature, banned, generator, use_cache, repeat=k)
+    length = thought_length if thoughts is None else thoughts.shape[-1]
+    ctx, true = windows[:, :c].repeat_interleave(k, 0), windows[:, c:].repeat_interleave(k, 0)
+    start, end = ctx.new_full((n * k, 1), start_id), ctx.new_full((n * k, 1), end_id)
+    cached = use_cache and thought_cache.extendable(model, width + length + 1)
+    if cached:
+        dec = model.kv_decoder(n)
+        parts = [fill(dec, windows[:, :c])] + ([dec.copy().extend(windows[:, c:-1])] if n_true > 1 else [])
+        base_logits, base_h = (torch.cat(x, 1) for x in zip(*parts))
     else:
+        base = model(windows[:, :-1])
+        base_logits, base_h = base.logits, base.hidden
+    without_logits, without_h = base_logits[:, c - 1:], base_h[:, c - 1:]
+    if thoughts is not None:
         flat = thoughts.reshape(n * k, -1)
-    length = flat.shape[1]
-    with_inputs = torch.cat([ctx, start, flat, ctx.new_full((n * k, 1), end_id), true], 1)
-    out = model(with_inputs[:, :-1])
-    # position c is [thinking]; the log-probs of the distribution the thoughts were sampled from
-    logp = F.log_softmax(policy_logits(out.logits[:, c: c + length], temperature, banned), -1)
+    elif cached and length > 0:
+        flat = sample_after(dec, start[:n, 0], k, length, temperature, banned, generator)
+    else:
+        prefixes = torch.cat([windows[:, :c], start[:n]], 1)  # one per window, repeated for its k thoughts
+        flat = sample_thoughts(model, prefixes, length, temperature, banned, generator, use_cache, repeat=k)
+    with_inputs = torch.cat([ctx, start, flat, end, true], 1)
+    if cached:  # positions c .. of the with-thought rows: [thinking] z [/endthinking] true[:-1]
+        out = dec.copy(repeat=k).extend(with_inputs[:, c:-1])
+        thought_out, with_logits, with_h = out.logits[:, :length], out.logits[:, length + 1:], out.hidden[:, length + 1:]
+    else:
+        out = model(with_inputs[:, :-1])  # position c is [thinking]; with_logits from [/endthinking] on
+        thought_out, with_logits, with_h = (out.logits[:, c: c + length], out.logits[:, c + length + 1:],
+                                            out.hidden[:, c + length + 1:])
+    logp = F.log_softmax(policy_logits(thought_out, temperature, banned), -1)
     thought_logp = logp.gather(-1, flat[..., None]).squeeze(-1)
-    with_logits, with_h = out.logits[:, c + length + 1:], out.hidden[:, c + length + 1:]  # from [/endthinking]
     rep_logits = without_logits.repeat_interleave(k, 0)
     w = head(with_h, without_h.repeat_interleave(k, 0))
     mixed = w * with_logits + (1 - w) * rep_logits
     return ThoughtBatch(windows, flat.view(n, k, length), thought_logp.view(n, k, length),
-                        mixed.view(n, k, n_true, -1), without_logits, w.view(n, k, n_true), base.logits, with_inputs)
+                        mixed.view(n, k, n_true, -1), without_logits, w.view(n, k, n_true), base_logits, with_inputs)
+
+
+@torch.no_grad()
+def sample_after(dec, start: torch.Tensor, k: int, length: int, temperature: float, banned, generator):
+    """[N * k, length] thoughts sampled from a detached copy of a decoder holding N contexts: [thinking] (``start``
+    [N]) fed as its first decode step, the state then repeated for the k thoughts (``sample_thoughts``' draws)."""
+    dec = dec.copy(detach=True)
+    first = dec.step(start)
+    dec = dec.copy(repeat=k)
+    return _sample_from(dec.step, first.repeat_interleave(k, 0), length, temperature, banned, generator)[0]
 
 
 def reinforce_loss(thought_logp: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
