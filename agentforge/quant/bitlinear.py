@@ -15,7 +15,9 @@ activations, in one of two states.
 Inference speed (frozen state, no autograd): layers that read the same input tensor with the same
 activation clip (q/k/v of an attention, gate/up of a SwiGLU) share one quantization of it — a one-entry
 cache keyed by the input object, its version counter and the clip, so the numbers are exactly those of
-quantizing per layer. Which kernel each frozen layer uses ("int8" or "float") depends on the number of
+quantizing per layer. Going further, siblings fused at load (``fuse.py``) are computed as one matmul over
+their concatenated weights, the other siblings' outputs served from a one-entry cache with the same key.
+Which kernel each frozen layer uses ("int8" or "float") depends on the number of
 input rows: ``kernel_decode`` for at most ``decode_rows`` (a decoding step), ``kernel`` above; both are
 chosen by ``select_kernel`` from interleaved timings of the whole model on this machine, one per regime
 (``load_packed`` does it once at load, on CPU). What a frozen call reads is cached as plain Python values
@@ -26,20 +28,27 @@ layer replaces nn.Linear in a trained model, whose function must not change beyo
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentforge.evals.speed import interleaved_medians
 from agentforge.quant.ternary import PAPER_THRESHOLD, dequantize, quantize_activations, ternarize
+
+# The one-entry caches of the frozen path (module state, not class attributes: clear_caches() resets both).
+# [0]: the last shared quantization (input, (its _version, clip, bits, static, out), (q, s));
+# [1]: the last fused siblings' outputs (input, group, (its _version, kernel), [outputs not yet served]).
+_LAST: list = [None, None]
+
+
+def clear_caches() -> None:
+    """Drop the frozen path's cached quantization and fused outputs (and the tensors they hold)."""
+    _LAST[0] = _LAST[1] = None
 
 
 class BitLinear(nn.Module):
     int8_kernel = True  # use torch._int_mm for frozen layers on CPU (switched off if the build lacks it)
     share_quantization = True  # reuse the last frozen layer's quantization of the same input (see above)
-    _shared_q: tuple | None = None  # (input, (its _version, clip, bits, static, out), (q, s)): the last one
     decode_rows = 8  # inputs of at most this many rows (decoding steps) use ``kernel_decode``
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
@@ -155,11 +164,19 @@ class BitLinear(nn.Module):
     def _make_plan(self) -> tuple:
         """What the frozen forward reads, as plain Python values, cached until act_clip is modified or the
         module is moved or cast (``_apply``): (act_clip, its version, clip as a float on CPU else the
-        tensor, (gamma * codes)^T, codes^T, gamma per output row, bias, static)."""
+        tensor, (gamma * codes)^T, codes^T, gamma per output row, bias, static, fused). ``fused`` is
+        (``fuse.FusedSiblings``, this layer's index in it) for a layer fused with its siblings, else None;
+        a fused layer's plan is made by its group, for every member at once (``fuse.SiblingGroup``)."""
+        group = self.__dict__.get("_siblings")
+        if group is not None:
+            return group.make_plans(self)
+        return self._own_plan(None)
+
+    def _own_plan(self, fused) -> tuple:
         c = self.act_clip
         clip = float(c) if c.device.type == "cpu" else c  # no device sync off the CPU
         plan = (c, c._version, clip, self.dense_weight().t(), self._codes_t, self._gamma_row, self.bias,
-                self.act_scale == "static")
+                self.act_scale == "static", fused)
         self.__dict__["_plan"] = plan
         return plan
 
@@ -178,22 +195,48 @@ class BitLinear(nn.Module):
 
         Which one runs depends on the number of rows: ``kernel_decode`` for at most ``decode_rows`` rows (a
         decoding step), ``kernel`` for more (prefill, batches); ``select_kernel`` sets both by measurement."""
-        _, _, clip, w_t, codes_t, gamma_row, bias, static = plan
+        _, _, clip, w_t, codes_t, gamma_row, bias, static, fused = plan
         if self.act_bits is None:
             return F.linear(x, w_t.t(), bias)
         in_f = self.in_features
         kernel = self.kernel_decode if x.numel() <= BitLinear.decode_rows * in_f else self.kernel
+        if fused is not None and BitLinear.share_quantization and not (x.requires_grad and torch.is_grad_enabled()):
+            return self._fused_forward(x, clip, static, kernel, *fused)
+        return self._ternary_matmul(x, clip, static, kernel, w_t, codes_t, gamma_row, bias)
+
+    def _ternary_matmul(self, x: torch.Tensor, clip, static: bool, kernel: str, w_t: torch.Tensor,
+                        codes_t: torch.Tensor, gamma_row: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x (quantized with this layer's settings) times the ternary weight given as (gamma * codes)^T,
+        codes^T and gamma per output: this layer's own or its fused siblings' concatenation (``fuse.py``)."""
+        in_f, out_f = self.in_features, w_t.shape[1]
         if kernel == "int8" and BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
             q, s = self._quantize_shared(x, clip, static, "int8")
             try:
                 acc = torch._int_mm(q.view(-1, in_f), codes_t)
-                y = acc.view(*x.shape[:-1], self.out_features) * (s * gamma_row)  # int32 * float -> float
+                y = acc.view(*x.shape[:-1], out_f) * (s * gamma_row)  # int32 * float -> float
                 return y + bias if bias is not None else y
             except (RuntimeError, AttributeError):  # this build has no CPU int8 matmul: use the float one
                 BitLinear.int8_kernel = False
         xq = self._quantize_shared(x, clip, static, "dequantized")[0].reshape(-1, in_f)
         y = torch.addmm(bias, xq, w_t) if bias is not None else torch.mm(xq, w_t)
-        return y.view(*x.shape[:-1], self.out_features)
+        return y.view(*x.shape[:-1], out_f)
+
+    def _fused_forward(self, x: torch.Tensor, clip, static: bool, kernel: str, group, index: int) -> torch.Tensor:
+        """This layer's output from the one matmul of its fused siblings (``fuse.FusedSiblings``) on x: served
+        from the one-entry cache ``_LAST[1]`` when a sibling already computed it for this same, unmodified
+        x with the same kernel (each member's output is served once per computation), else computed."""
+        key = (x._version, kernel)
+        hit = _LAST[1]
+        if hit is not None and hit[0] is x and hit[1] is group and hit[2] == key:
+            outs = hit[3]
+            y = outs[index]
+            if y is not None:
+                outs[index] = None
+                return y
+        outs = list(group.compute(self, x, clip, static, kernel))
+        y, outs[index] = outs[index], None
+        _LAST[1] = (x, group, key, outs)
+        return y
 
     def _quantize_shared(self, x: torch.Tensor, clip, static: bool, out: str) -> tuple[torch.Tensor, torch.Tensor]:
         """quantize_activations(x, out=out), reused when the previous frozen layer quantized this same,
@@ -201,11 +244,11 @@ class BitLinear(nn.Module):
         if not BitLinear.share_quantization or (x.requires_grad and torch.is_grad_enabled()):
             return quantize_activations(x, self.act_bits, clip, static, out=out)
         key = (x._version, clip, self.act_bits, static, out)
-        hit = BitLinear._shared_q
+        hit = _LAST[0]
         if hit is not None and hit[0] is x and isinstance(clip, float) and hit[1] == key:
             return hit[2]
         q_s = quantize_activations(x, self.act_bits, clip, static, out=out)
-        BitLinear._shared_q = (x, key, q_s)
+        _LAST[0] = (x, key, q_s)
         return q_s
 
     def extra_repr(self) -> str:
@@ -215,16 +258,18 @@ class BitLinear(nn.Module):
 
 
 def _time_kernels(layers: list[BitLinear], attr: str, fn, repeats: int) -> dict[str, float]:
-    """Median ms of ``fn()`` with every layer's ``attr`` set to "int8" and to "float", interleaved."""
-    times: dict[str, list[float]] = {"int8": [], "float": []}
-    for _ in range(repeats):
-        for kernel in times:
+    """Median ms of ``fn()`` with every layer's ``attr`` set to "int8" and to "float": one untimed round,
+    then ``repeats`` rounds alternating which kernel runs first (``evals.speed.interleaved_medians``; setting
+    the attribute, a few microseconds, is inside each timed call, alike for both)."""
+    def case(kernel):
+        def run():
             for m in layers:
                 setattr(m, attr, kernel)
-            t0 = time.perf_counter()
             fn()
-            times[kernel].append(time.perf_counter() - t0)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        return run
+
+    med = interleaved_medians({k: case(k) for k in ("int8", "float")}, repeats)
+    return {k: 1e3 * v for k, v in med.items()}
 
 
 @torch.no_grad()
@@ -237,19 +282,17 @@ def select_kernel(model: nn.Module, ids: torch.Tensor, repeats: int = 5, decode_
     ``model.kv_decoder(1)`` one token at a time, timed the same way (ms per token). The lower median wins;
     returns the choices and the medians in ms."""
     layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.frozen]
-    model(ids)  # warm-up (allocations, dense-weight caches)
     med = _time_kernels(layers, "kernel", lambda: model(ids), repeats)
     info = {"kernel": min(med, key=med.get), "int8_ms": med["int8"], "float_ms": med["float"]}
     for m in layers:
         m.kernel = info["kernel"]
     if decode_tokens > 0 and hasattr(model, "kv_decoder"):
         prompt = ids[:1, :decode_tokens]
-        model.kv_decoder(1).next_logits(prompt)  # warm-up
         med = _time_kernels(layers, "kernel_decode", lambda: model.kv_decoder(1).next_logits(prompt), repeats)
         per_token = {k: v / prompt.shape[1] for k, v in med.items()}
         info.update(decode_kernel=min(per_token, key=per_token.get), decode_int8_ms=per_token["int8"],
                     decode_float_ms=per_token["float"], decode_rows=BitLinear.decode_rows)
         for m in layers:
             m.kernel_decode = info["decode_kernel"]
-    BitLinear._shared_q = None
+    clear_caches()
     return info

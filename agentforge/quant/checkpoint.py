@@ -19,6 +19,7 @@ from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.quant.bitlinear import BitLinear, select_kernel
 from agentforge.quant.convert import bitlinear_layers
+from agentforge.quant.fuse import fuse_siblings
 from agentforge.quant.packing import SCHEMES, pack, unpack
 
 ARCHITECTURE = "TRM-Titans-MAG-bitnet1.58"
@@ -78,8 +79,12 @@ def _quant_meta(directory, cfg: dict) -> dict:
     return quant
 
 
-def load_packed(directory: str | Path, map_location: str | torch.device = "cpu", choose_kernel: bool = True):
+def load_packed(directory: str | Path, map_location: str | torch.device = "cpu", choose_kernel: bool = True,
+                fuse: bool = True):
     """(CognateModel with frozen BitLinear layers unpacked from the file, tokenizer, config dict).
+
+    ``fuse``: layers that read the same input are computed as one matmul (``fuse.fuse_siblings``; the groups
+    found by one forward pass of two tokens, listed in ``model.bitnet_groups``).
 
     On CPU, ``choose_kernel`` times the int8 and float kernels once (``select_kernel``): on a 64-token
     forward pass for the prefill / batch regime and on 16 one-token KV-cached decoding steps for the decode
@@ -122,6 +127,7 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
     model.load_state_dict(rest, strict=False)
     model.to(map_location).eval()
     model.bitnet_kernel = None
+    model.bitnet_groups = fuse_siblings(model) if fuse and quant["layers"] else []
     if choose_kernel and torch.device(map_location).type == "cpu" and quant["layers"]:
         choose_kernels(model)
     return model, ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg
