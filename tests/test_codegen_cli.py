@@ -5,7 +5,10 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO, run_cli
+import pytest
+
+from agentforge.errors import ConfigError
+from tests.conftest import REPO, compose_cfg, run_cli
 from tests.test_codegen import MODE
 
 TINY_CODEGEN = ["phase=codegen", "data=python_code", "logger=wandb", "hardware=cpu", f"phase.sandbox={MODE}",
@@ -60,3 +63,32 @@ def test_codegen_bad_inputs_give_one_error_line(tmp_path):
     assert proc.returncode != 0 and "missing.jsonl" in proc.stderr and "error:" in proc.stderr
     proc = run_cli(["phase=codegen", "data=python_code", "logger=none", "phase.top_p=0"], tmp_path, timeout=120)
     assert proc.returncode != 0 and "phase.top_p" in proc.stderr
+
+
+@pytest.mark.parametrize("override,key", [("phase.gradient_clip=-1", "phase.gradient_clip"),
+                                          ("phase.pass_k=[1,0]", "phase.pass_k"),
+                                          ("phase.checkpoint=no_such_dir", "phase.checkpoint")])
+def test_codegen_bad_setting_is_one_error_line_naming_the_key(tmp_path, override, key):
+    proc = run_cli(["phase=codegen", "data=python_code", "logger=none", f"phase.sandbox={MODE}", override], tmp_path,
+                   timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and key in errors[0], proc.stderr[-2000:]
+    assert not list((tmp_path / "outputs" / "runs").glob("*/*"))  # refused before a run dir is kept
+
+
+def test_codegen_rules_by_hand(tmp_path):
+    from agentforge.config import validate
+    from agentforge.phases.codegen import RULES
+
+    def error(*overrides):
+        try:
+            validate(compose_cfg(["phase=codegen", "data=python_code", *overrides], tmp_path), RULES)
+        except ConfigError as exc:
+            return str(exc)
+    assert error() is None and error("phase.gradient_clip=0", "phase.pass_k=[10]") is None
+    assert error(f"phase.checkpoint={tmp_path}") is None  # an existing directory passes; load_model checks its files
+    assert error("phase.pass_k=[]").startswith("phase.pass_k must be a non-empty list of integers >= 1")
+    assert error("phase.pass_k=1").startswith("phase.pass_k must be")
+    assert error("phase.pass_k=[1.5]").startswith("phase.pass_k must be")
+    assert error("phase.gradient_clip=null").startswith("phase.gradient_clip must be a number >= 0")
+    assert error("phase.checkpoint=5").startswith("phase.checkpoint must be null or an existing")
