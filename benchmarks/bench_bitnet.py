@@ -7,8 +7,9 @@ loaded from the packed file against the fp32 one (same process, interleaved timi
 Without --input a randomly initialised Cognate model of --size is compressed (storage and speed do not
 depend on training; the weights only change the sparsity). The compressed model computes its ternary
 layers with the kernel chosen at load per regime (prefill / decode, ``select_kernel``): an int8 x int8 ->
-int32 matmul (torch._int_mm) or the float kernel (gamma * codes cached as a dense fp32 matrix); both forced
-kernels are timed too. Greedy generation is KV-cached (one row per decoding step) for every model.
+int32 matmul (torch._int_mm) or the float kernel (gamma * codes cached as a dense fp32 matrix), with sibling
+layers (q/k/v, gate/up, memory query/value/gate) fused into one matmul (``quant/fuse.py``); both forced
+kernels and the unfused model are timed too. Greedy generation is KV-cached (one row per decoding step) for every model.
 """
 from __future__ import annotations
 
@@ -140,15 +141,21 @@ def main() -> None:
                       f"{size:11,} {b32 / size:7.2f}x {b16 / size:7.2f}x   (preserved tensors {dtype})")
         print(f"{'fp32':8} {32:15.4f} {'':17} {b32:11,}\n{'fp16':8} {16:15.4f} {'':17} {b16:11,}")
         loaded, _, _ = load_packed(packed_dirs[("base3", "float16")], map_location=args.device)
+        unfused = load_packed(packed_dirs[("base3", "float16")], map_location=args.device, choose_kernel=False,
+                              fuse=False)[0]
+        unfused.bitnet_kernel = loaded.bitnet_kernel  # the same kernels, one matmul per layer
     model = model.to(args.device)
-    print(f"\ndevice: {torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}")
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"\ndevice: {device}; {torch.get_num_threads()} thread(s); sibling groups fused at load: "
+          f"{len(loaded.bitnet_groups)} ({', '.join('/'.join(n.rsplit('.', 1)[-1] for n in g) for g in loaded.bitnet_groups)})")
     info = loaded.bitnet_kernel or {"kernel": "float", "int8_ms": float("nan"), "float_ms": float("nan")}
     print(f"kernels chosen at load (interleaved medians): {kernel_summary(info)}")
-    runs = {"as trained (halting)": (model, loaded),
-            "equal compute (all max_steps recursion steps)": (full_recursion(model), full_recursion(loaded))}
-    for title, (fp, bn) in runs.items():
+    runs = {"as trained (halting)": (model, loaded, unfused),
+            "equal compute (all max_steps recursion steps)": (full_recursion(model), full_recursion(loaded),
+                                                              full_recursion(unfused))}
+    for title, (fp, bn, bn_unfused) in runs.items():
         chosen = f"bitnet (chosen {info['kernel']}/{info.get('decode_kernel', info['kernel'])})"
-        res = speed({"fp32": (fp, None), chosen: (bn, None),
+        res = speed({"fp32": (fp, None), chosen: (bn, None), "bitnet chosen, unfused": (bn_unfused, None),
                      "bitnet int8 kernel": (bn, "int8"), "bitnet float kernel": (bn, "float")},
                     args.seq_len, args.batch, args.gen_tokens, args.repeats)
         base_f, base_g, _, _ = res["fp32"]
@@ -158,9 +165,11 @@ def main() -> None:
               f"{'halt steps':>11}")
         for k, (f, g, h, _) in res.items():
             print(f"{k:28} {f:14,.0f} {f / base_f:7.2f}x {g:15,.1f} {g / base_g:7.2f}x {h:11.2f}")
-        print(f"packed / fp32 greedy tokens/s ({title}): {res[chosen][1] / base_g:.2f} (ratio of medians), "
-              f"{res[chosen][3]:.2f} (median of the {args.repeats} per-round ratios); kernels prefill "
-              f"{info['kernel']}, decode {info.get('decode_kernel', info['kernel'])}")
+        print(f"packed / fp32 greedy tokens/s ({title}; {device}, {torch.get_num_threads()} thread(s)): "
+              f"{res[chosen][1] / base_g:.2f} (ratio of medians), {res[chosen][3]:.2f} (median of the "
+              f"{args.repeats} per-round ratios); kernels prefill {info['kernel']}, decode "
+              f"{info.get('decode_kernel', info['kernel'])}; siblings fused (unfused: "
+              f"{res['bitnet chosen, unfused'][1] / base_g:.2f}, {res['bitnet chosen, unfused'][3]:.2f})")
 
 if __name__ == "__main__":
     main()

@@ -57,7 +57,7 @@ def _set_kernel(model, kernel):
 
 
 @pytest.mark.parametrize("kernel", ["int8", "float"])
-@pytest.mark.parametrize("rows", [1, 12])  # a decoding step and a prefill
+@pytest.mark.parametrize("rows", [1, BitLinear.decode_rows])  # decoding steps
 def test_fused_siblings_give_the_unfused_outputs_in_one_matmul(kernel, rows):
     x = torch.randn(1, rows, 16, generator=torch.Generator().manual_seed(rows)) * 2
     plain, fused = Siblings(), Siblings()
@@ -82,6 +82,18 @@ def test_fused_siblings_give_the_unfused_outputs_in_one_matmul(kernel, rows):
     with torch.no_grad(), MatmulCount() as count:
         again = fused(x)
     assert count.n == 4 and all(torch.equal(a, b) for a, b in zip(again, want if kernel == "int8" else again))
+
+
+def test_inputs_above_decode_rows_run_one_matmul_per_layer():
+    x = torch.randn(1, BitLinear.decode_rows + 1, 16)
+    plain, fused = Siblings(), Siblings()
+    fuse_siblings(fused, x)
+    _set_kernel(plain, "int8"), _set_kernel(fused, "int8")
+    with torch.no_grad():
+        want = plain(x)
+        with MatmulCount() as count:
+            got = fused(x)
+    assert count.n == 4 and all(torch.equal(g, w) for g, w in zip(got, want))
 
 
 def test_a_sibling_with_another_clip_is_left_unfused():

@@ -15,8 +15,10 @@ activations, in one of two states.
 Inference speed (frozen state, no autograd): layers that read the same input tensor with the same
 activation clip (q/k/v of an attention, gate/up of a SwiGLU) share one quantization of it — a one-entry
 cache keyed by the input object, its version counter and the clip, so the numbers are exactly those of
-quantizing per layer. Going further, siblings fused at load (``fuse.py``) are computed as one matmul over
-their concatenated weights, the other siblings' outputs served from a one-entry cache with the same key.
+quantizing per layer. Going further, in decoding steps (at most ``decode_rows`` rows) siblings fused at load
+(``fuse.py``) are computed as one matmul over their concatenated weights, the other siblings' outputs served
+from a one-entry cache with the same key; above decode_rows (a prefill, batches) each layer runs its own
+matmul (fused there, the wide strided outputs made bench_bitnet's forward slower).
 Which kernel each frozen layer uses ("int8" or "float") depends on the number of
 input rows: ``kernel_decode`` for at most ``decode_rows`` (a decoding step), ``kernel`` above; both are
 chosen by ``select_kernel`` from interleaved timings of the whole model on this machine, one per regime
@@ -199,7 +201,9 @@ class BitLinear(nn.Module):
         if self.act_bits is None:
             return F.linear(x, w_t.t(), bias)
         in_f = self.in_features
-        kernel = self.kernel_decode if x.numel() <= BitLinear.decode_rows * in_f else self.kernel
+        if x.numel() > BitLinear.decode_rows * in_f:  # prefill / batches: one matmul per layer
+            return self._ternary_matmul(x, clip, static, self.kernel, w_t, codes_t, gamma_row, bias)
+        kernel = self.kernel_decode
         if fused is not None and BitLinear.share_quantization and not (x.requires_grad and torch.is_grad_enabled()):
             return self._fused_forward(x, clip, static, kernel, *fused)
         return self._ternary_matmul(x, clip, static, kernel, w_t, codes_t, gamma_row, bias)
