@@ -1,6 +1,9 @@
 """Optimizer step time of Muon-Grokfast against AdamW on the default (size=tiny) Cognate model m1, same
 process, same gradients. Also the whole training step (forward + backward + optimizer step), which is
-what a run pays.
+what a run pays. Each optimizer steps its own copy of the model (same weights, same gradients); the two
+are timed interleaved (``evals.speed.interleaved_medians``). Grokfast amplifies ``p.grad`` in place, so every
+timed optimizer step first restores the gradients: the step's time is median(restore + step) minus the
+median of the restore alone, timed in the same rounds.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_optimizer.py [--repeats 50]
 
