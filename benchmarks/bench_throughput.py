@@ -9,8 +9,8 @@ matmul peak.
 
 FLOPs are counted by torch.utils.flop_counter on one real training step (forward + backward), not
 estimated; the peak is the best of several square matmuls (fp32 1024² on CPU, bf16 8192² on CUDA). The
-two models' steps are timed interleaved (cognate, plain, cognate, ...) and the medians compared, so a
-change in machine load hits both. The headline figure is the ratio of achieved FLOP/s (the Cognate
+two models' steps are timed interleaved (``evals.speed.interleaved_medians``: each once per round, the
+order rotated) and the medians compared, so a change in machine load hits both. The headline figure is the ratio of achieved FLOP/s (the Cognate
 model does ~max_steps times the work per token, so tokens/s alone would not compare the kernels).
 ``--no-grad-steps K`` adds a third model, the same Cognate with ``no_grad_steps=K`` (TRM's cheaper recursion:
 the first K steps without gradients), to the interleaved timing, with its FLOPs and speed against the full one.
