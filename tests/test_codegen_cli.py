@@ -65,10 +65,9 @@ def test_codegen_bad_inputs_give_one_error_line(tmp_path):
     assert proc.returncode != 0 and "phase.top_p" in proc.stderr
 
 
-@pytest.mark.parametrize("override,key", [("phase.gradient_clip=-1", "phase.gradient_clip"),
-                                          ("phase.pass_k=[1,0]", "phase.pass_k"),
-                                          ("phase.checkpoint=no_such_dir", "phase.checkpoint")])
+@pytest.mark.parametrize("override,key", [("phase.checkpoint=no_such_dir", "phase.checkpoint")])
 def test_codegen_bad_setting_is_one_error_line_naming_the_key(tmp_path, override, key):
+    """Through the real CLI (one key: each run costs ~9 s; the other keys' rules are checked by hand below)."""
     proc = run_cli(["phase=codegen", "data=python_code", "logger=none", f"phase.sandbox={MODE}", override], tmp_path,
                    timeout=120)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -88,6 +87,8 @@ def test_codegen_rules_by_hand(tmp_path):
     assert error() is None and error("phase.gradient_clip=0", "phase.pass_k=[10]") is None
     assert error(f"phase.checkpoint={tmp_path}") is None  # an existing directory passes; load_model checks its files
     assert error("phase.pass_k=[]").startswith("phase.pass_k must be a non-empty list of integers >= 1")
+    assert error("phase.pass_k=[1,0]").startswith("phase.pass_k must be")
+    assert error("phase.gradient_clip=-1").startswith("phase.gradient_clip must be a number >= 0")
     assert error("phase.pass_k=1").startswith("phase.pass_k must be")
     assert error("phase.pass_k=[1.5]").startswith("phase.pass_k must be")
     assert error("phase.gradient_clip=null").startswith("phase.gradient_clip must be a number >= 0")
