@@ -16,17 +16,17 @@ compared (load and thread count matter: run with OMP_NUM_THREADS=1 and note ``up
    without thoughts, on the phase's default episode (2 sequences x 2 positions = 4 windows of 32
    context + 4 true tokens, 4 thoughts each), the model in eval mode with gradients on, as the phase
    trains it. The thought step is ``rl_step`` + backward: the contexts run once with gradients into a KV
-   cache, extended with the true tokens (the window's logits without thoughts) and, repeated per thought,
-   with [thinking] z [/endthinking] true[:-1]; the thoughts sampled from a detached copy of the cache; the
-   reference model filled once and extended likewise (KL, coherence); the losses. "uncached" is the
-   full-forward reference path (``use_cache=False``: sampling re-runs the model on the growing prefix, the
-   forwards re-run the context for every thought). The step without thoughts is what a user would
-   otherwise run on the same windows: the model's forward on the window, the cross-entropy of the true
-   next tokens, backward. Both are timed without the optimizer step, then both with it (the phase's
-   Muon-Grokfast config, plus the mixing head's AdamW for the thought step). The breakdown times the
-   cached step's parts on their own: sampling the thoughts from a filled cache ([thinking] + L - 1 decode
-   steps), the policy's forward (context fill + the two extensions) + backward, and the reference's fill
-   + extensions; the remainder is the losses and coherence.
+   cache; the thoughts sampled from a detached copy of it ([thinking] then L - 1 decode steps, under
+   inference mode); one extension of the cache (``extend_branches``) with the true tokens (the window's
+   logits without thoughts) and, per thought, [thinking] z [/endthinking] true[:-1]; the reference model
+   filled once and extended likewise (KL, coherence); the losses. "uncached" is the full-forward reference
+   path (``use_cache=False``: sampling re-runs the model on the growing prefix, the forwards re-run the
+   context for every thought). The step without thoughts is what a user would otherwise run on the same
+   windows: the model's forward on the window, the cross-entropy of the true next tokens, backward. Both
+   are timed without the optimizer step, then both with it (the phase's Muon-Grokfast config, plus the
+   mixing head's AdamW for the thought step). The breakdown times the cached step's parts on their own:
+   sampling the thoughts from a filled cache, the policy's context fill + extension + backward, and the
+   reference's fill + extension; the remainder is the losses and coherence.
 """
 from __future__ import annotations
 
@@ -181,8 +181,8 @@ def training_step_ratio(model, head, start: int, end: int, banned: list[int], le
           f"thoughts {med['cached+opt'] * 1e3:.1f} ms, {med['cached+opt'] / med['none+opt']:.2f}x")
     print(f"  where the cached step goes: sampling the thoughts from the filled cache ({length} decode steps on "
           f"{n} then {n * k} rows) {med['sample'] * 1e3:.1f} ms ({med['sample'] / base:.2f}x no thoughts), the "
-          f"policy's context fill + extensions (true tokens; thoughts on {n * k} rows) + backward "
-          f"{med['fwd+bwd'] * 1e3:.1f} ms ({med['fwd+bwd'] / base:.2f}x), the reference's fill + extensions "
+          f"policy's context fill + one extension (true tokens on {n} rows, thoughts on {n * k}) + backward "
+          f"{med['fwd+bwd'] * 1e3:.1f} ms ({med['fwd+bwd'] / base:.2f}x), the reference's fill + extension "
           f"{med['reference'] * 1e3:.1f} ms ({med['reference'] / base:.2f}x), the remainder (losses, coherence; the step "
           f"minus the three parts' medians, so noisy) "
           f"{(med['cached'] - med['sample'] - med['fwd+bwd'] - med['reference']) * 1e3:.1f} ms")

@@ -47,6 +47,28 @@ def test_the_key_is_the_previous_query_and_the_first_position_has_none():
     assert mem.write_scores(s, first=True)[0, 0] == float("-inf") and torch.equal(mem.write_scores(s, False), s)
 
 
+def test_the_surprise_reuses_the_previous_read_only_where_it_saw_the_same_bank():
+    """scan() takes M(k_t) = M(q_{t-1}) from the previous position's read inside a chunk and attends afresh at a
+    chunk's first position: the surprise equals ||v - M(k)||^2 / ||v||^2 computed directly from each chunk's
+    bank, for a sequence of 11 positions (chunks of 4, some written) read at once and fed in pieces."""
+    torch.manual_seed(0)
+    mem = SurpriseMemory(8, 6, 4, 0.1, max_writes=2, chunk=4).eval()
+    h = torch.randn(2, 11, 8)
+    _, s = mem.read(h)
+    q, k, v = mem.project(h)
+    st, expected, beta = mem.init_state(2), [], mem.log_beta.exp()
+    for start in range(0, 11, 4):  # the direct formula on the bank each chunk reads, the bank then advanced
+        keys, vals, filled = st["keys"], st["vals"], st["filled"]
+        pred = mem._attend(beta, k[:, start:start + 4], keys, filled) @ vals
+        expected.append(((v[:, start:start + 4] - pred).pow(2).sum(-1) / (v[:, start:start + 4].pow(2).sum(-1) + 1e-6)))
+        mem.scan(h[:, start:start + 4], st)
+    assert st["filled"].any()  # the later chunks read a bank that earlier chunks wrote
+    torch.testing.assert_close(s, torch.cat(expected, 1).detach(), atol=1e-6, rtol=1e-5)
+    st = mem.init_state(2)
+    pieces = [mem.scan(h[:, a:b], st)[1] for a, b in ((0, 3), (3, 6), (6, 7), (7, 11))]
+    torch.testing.assert_close(torch.cat(pieces, 1), s, atol=1e-6, rtol=1e-5)
+
+
 def test_a_read_returns_what_followed_the_same_context_earlier():
     """"abcd" then "a": chunk 0 stored (a->b), (b->c), (c->d) (position 0 has no context); the second "a"
     (chunk 1) reads b, the token that followed "a" — not a, as a same-token (k_t, v_t) memory would."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 
 class Extension(NamedTuple):
@@ -100,6 +101,20 @@ class CognateDecoder:
         self.pos += t
         self.hidden = output[:, -1]  # the last position's halted state [B, D], for Quiet-STaR's head
         return Extension(m.lm_head(m.norm(output)), output)
+
+    def extend_branches(self, *branches: tuple[torch.Tensor, int]) -> list[Extension]:
+        """Several extensions of this state in one ``extend`` call: each branch (ids [B * r, T_i], r) continues
+        every row r times (rows i*r .. i*r+r-1 continue row i, as repeat_interleave). The rows of all branches
+        run as one batch from a copy of the state with each row repeated sum(r) times, every branch padded at
+        the end to the longest T_i (every op is causal, so padding changes no earlier position); returns one
+        (logits, hidden) per branch, [B * r, T_i, ...]. This decoder is left as it is."""
+        b, reps = self.mem[0]["last"].shape[0], [r for _, r in branches]
+        width = max(ids.shape[1] for ids, _ in branches)
+        ids = torch.cat([F.pad(ids, (0, width - ids.shape[1])).view(b, r, width) for ids, r in branches], 1)
+        out = self.copy(repeat=sum(reps)).extend(ids.flatten(0, 1))
+        parts = [x.view(b, sum(reps), width, -1).split(reps, 1) for x in out]
+        return [Extension(*(p[j].flatten(0, 1)[:, :ids_j.shape[1]] for p in parts))
+                for j, (ids_j, _) in enumerate(branches)]
 
     def copy(self, repeat: int = 1, detach: bool = False) -> CognateDecoder:
         """A decoder at the same position with this one's state, each row repeated ``repeat`` times (row i ->

@@ -19,7 +19,7 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Zhang & Sennrich 2019): x / rms(x) * weight."""
+    """Root-mean-square norm (Zhang & Sennrich 2019): x / rms(x) * weight (``F.rms_norm``: one op)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -27,7 +27,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_cache(seq_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,11 +95,11 @@ class CausalSelfAttention(nn.Module):
         self.max_logit.zero_()
 
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Queries, keys (both rotated) and values [B, H, T, D/H] of x [B, T, D]."""
+        """Queries, keys (both rotated, in one ``apply_rope`` call) and values [B, H, T, D/H] of x [B, T, D]."""
         b, t, _ = x.shape
-        q, k, v = (p(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        q, k, v = (p(x).view(b, t, self.n_heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = apply_rope(torch.cat([q, k], 2).transpose(1, 2), cos, sin).split(self.n_heads, 1)
+        return q, k, v.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape

@@ -115,18 +115,21 @@ class SurpriseMemory(nn.Module):
     def init_state(self, batch: int) -> dict:
         """The memory state of ``batch`` sequences before their first position (``scan`` continues it): the
         bank (keys, vals, filled, each slot's last use), the open chunk (None, or the keys, values, write
-        scores and max read weight per slot of its positions so far), completed chunks ``c``, and the last
-        position's query ``prev`` (None: the sequence has not started)."""
+        scores and max read weight per slot of its positions so far), completed chunks ``c``, the last
+        position's query ``prev`` (None: the sequence has not started) and its read ``read`` (detached)."""
         return {"keys": self.keys.expand(batch, -1, -1), "vals": self.values.expand(batch, -1, -1),
                 "filled": self.filled.expand(batch, -1), "last": torch.zeros(batch, self.slots, device=self.keys.device),
-                "open": None, "c": 0, "prev": None}
+                "open": None, "c": 0, "prev": None, "read": None}
 
     def scan(self, h: torch.Tensor, st: dict, usage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(merged stream, surprise) of the next positions h [B, T, D] of sequences whose memory state is ``st``
         (``init_state``; updated in place): each position reads the bank of the chunks completed before its
         own; when a chunk completes it is written (``end_chunk``). The one chunk loop of ``read`` and of the
         KV cache (``kv_cache.py``), so a sequence fed in pieces gets the state and outputs of one read.
-        ``usage`` [slots], if given, accumulates the read mass per slot."""
+        ``usage`` [slots], if given, accumulates the read mass per slot.
+
+        The surprise's prediction M(k_t) = M(q_{t-1}) is the previous position's read when that read saw the
+        same bank (same chunk), so only a chunk's first position attends for it."""
         b, t, _ = h.shape
         if not self.enabled:
             return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
@@ -140,8 +143,12 @@ class SurpriseMemory(nn.Module):
             end = min(start + room, t)
             kc, vc = k[:, start:end], v[:, start:end]
             attn = self._attend(beta, q[:, start:end], keys, filled)
-            reads.append(attn @ vals)
-            s = self.surprise(beta, kc, vc, keys, vals, filled)
+            r = attn @ vals
+            reads.append(r)
+            with torch.no_grad():  # M(k) of the segment's first position, then the reads shifted by one
+                head = st["read"] if opened is not None else self._attend(beta, kc[:, :1], keys, filled) @ vals
+                pred = torch.cat([head, r[:, :-1].detach()], 1) if end - start > 1 else head
+                s = self.prediction_error(vc, pred)
             surprises.append(s)
             sc, amax = self.write_scores(s, first and start == 0), attn.detach().amax(1)
             if usage is not None:
@@ -155,9 +162,11 @@ class SurpriseMemory(nn.Module):
                 opened = None
             else:
                 opened = (kc, vc, sc, amax)
+            st["read"] = r[:, -1:].detach()
             start = end
         st.update(keys=keys, vals=vals, filled=filled, last=last, open=opened, prev=q[:, -1:])
-        return self.merge(h, torch.cat(reads, 1)), torch.cat(surprises, 1)
+        r, s = (x[0] if len(x) == 1 else torch.cat(x, 1) for x in (reads, surprises))
+        return self.merge(h, r), s
 
     def merge(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """The MAG gate: h + sigmoid(W_g h + b) * W_o r for hidden states h and reads r."""
@@ -177,10 +186,10 @@ class SurpriseMemory(nn.Module):
         first position has no previous state (zero key) and is never written."""
         return torch.cat([torch.full_like(s[:, :1], float("-inf")), s[:, 1:]], 1) if first else s
 
+    @staticmethod
     @torch.no_grad()
-    def surprise(self, beta, k, v, keys, vals, filled) -> torch.Tensor:
-        """Per-token surprise ||v - M(k)||² / ||v||²: how badly the bank predicts each value from its key."""
-        pred = self._attend(beta, k, keys, filled) @ vals
+    def prediction_error(v: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Per-token surprise ||v - M(k)||² / ||v||² from the bank's prediction ``pred`` = M(k) of each value."""
         return (v - pred).pow(2).sum(-1) / (v.pow(2).sum(-1) + 1e-6)
 
     @staticmethod

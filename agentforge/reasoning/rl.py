@@ -44,23 +44,25 @@ def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: i
     return torch.stack(out)
 
 
-@torch.no_grad()
 def reference_logits(ref, batch, context_len: int, use_cache: bool = True, window: bool = True):
     """The reference model's (logits over the window without thoughts [N, C + n - 1, V] for the KL, or None
     unless ``window``; logits predicting each thought token [N*K, L, V] from context + [thinking] + the thought's
     earlier tokens, for the syntactic coherence). With the KV cache (``thought_cache.extendable``): one pass over
-    the contexts, extended with the true tokens and, repeated K times, with [thinking] z[:-1]; else full
-    forward passes over the window and over the with-thought rows cut after the last thought token."""
+    the contexts, then one extension (``extend_branches``): the true tokens, and per thought [thinking] z[:-1]; else full
+    forward passes over the window and over the with-thought rows cut after the last thought token. Under
+    ``torch.inference_mode``; the logits are cloned out of it (the KL's backward reads them)."""
     windows, (n, k, length) = batch.windows, batch.thoughts.shape
-    if use_cache and thought_cache.extendable(ref, windows.shape[1] + length):
-        dec = ref.kv_decoder(n)
-        ctx = fill(dec, windows[:, :context_len]).logits
-        rest = windows[:, context_len:-1]
-        win = (torch.cat([ctx, dec.copy().extend(rest).logits], 1) if rest.shape[1] else ctx) if window else None
-        thought = dec.copy(repeat=k).extend(batch.with_inputs[:, context_len: context_len + length]).logits
-        return win, thought
-    thought = ref(batch.with_inputs[:, : context_len + length]).logits[:, context_len:]
-    return (ref(windows[:, :-1]).logits if window else None), thought
+    with torch.inference_mode():
+        if use_cache and thought_cache.extendable(ref, windows.shape[1] + length):
+            dec = ref.kv_decoder(n)
+            ctx = fill(dec, windows[:, :context_len]).logits
+            branches = [(batch.with_inputs[:, context_len: context_len + length], k)]
+            *rest, thought = dec.extend_branches(*[(windows[:, context_len:-1], 1)] * window, *branches)
+            win, thought = (torch.cat([ctx, rest[0].logits], 1) if window else None), thought.logits
+        else:
+            thought = ref(batch.with_inputs[:, : context_len + length]).logits[:, context_len:]
+            win = ref(windows[:, :-1]).logits if window else None
+    return (None if win is None else win.clone()), thought.clone()
 
 
 def coherence_scores(model, ref, batch, context_len: int, ref_thought_logits: torch.Tensor | None = None,

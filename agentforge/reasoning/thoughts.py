@@ -161,10 +161,10 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
     from (``policy_logits``).
 
     With the KV cache (a Cognate model in eval mode, as the phase trains it; ``thought_cache.extendable``) the
-    contexts are run once, with gradients, into a decoder (``kv_cache.fill``); it is extended with the true
-    tokens (the window's logits without thoughts), a detached copy samples the thoughts ([thinking] fed as the
-    first decode step), and the state repeated K times is extended with [thinking] z [/endthinking] true[:-1]
-    (the thoughts' log-probs, the logits and hidden states with the thought). Otherwise (``use_cache=False``,
+    contexts are run once, with gradients, into a decoder (``kv_cache.fill``); a detached copy samples the
+    thoughts ([thinking] fed as the first decode step); then one extension of the state (``extend_branches``)
+    runs the true tokens (the window's logits without thoughts) and, per thought, [thinking] z [/endthinking]
+    true[:-1] (the thoughts' log-probs, the logits and hidden states with the thought). Otherwise (``use_cache=False``,
     the reference): full forward passes over the windows and over context + thought + true tokens per row;
     both give the same tensors and gradients (tests/test_thought_cache.py)."""
     n, width = windows.shape
@@ -172,17 +172,15 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
     if c < 1 or n_true < 1:
         raise ValueError(f"windows of {width} tokens cannot hold a context and n_true={n_true} true tokens")
     length = thought_length if thoughts is None else thoughts.shape[-1]
-    ctx, true = windows[:, :c].repeat_interleave(k, 0), windows[:, c:].repeat_interleave(k, 0)
-    start, end = ctx.new_full((n * k, 1), start_id), ctx.new_full((n * k, 1), end_id)
+    ctx_k, true = windows[:, :c].repeat_interleave(k, 0), windows[:, c:].repeat_interleave(k, 0)
+    start, end = ctx_k.new_full((n * k, 1), start_id), ctx_k.new_full((n * k, 1), end_id)
     cached = use_cache and thought_cache.extendable(model, width + length + 1)
     if cached:
         dec = model.kv_decoder(n)
-        parts = [fill(dec, windows[:, :c])] + ([dec.copy().extend(windows[:, c:-1])] if n_true > 1 else [])
-        base_logits, base_h = (torch.cat(x, 1) for x in zip(*parts))
+        ctx = fill(dec, windows[:, :c])
     else:
         base = model(windows[:, :-1])
         base_logits, base_h = base.logits, base.hidden
-    without_logits, without_h = base_logits[:, c - 1:], base_h[:, c - 1:]
     if thoughts is not None:
         flat = thoughts.reshape(n * k, -1)
     elif cached and length > 0:
@@ -190,9 +188,10 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
     else:
         prefixes = torch.cat([windows[:, :c], start[:n]], 1)  # one per window, repeated for its k thoughts
         flat = sample_thoughts(model, prefixes, length, temperature, banned, generator, use_cache, repeat=k)
-    with_inputs = torch.cat([ctx, start, flat, end, true], 1)
-    if cached:  # positions c .. of the with-thought rows: [thinking] z [/endthinking] true[:-1]
-        out = dec.copy(repeat=k).extend(with_inputs[:, c:-1])
+    with_inputs = torch.cat([ctx_k, start, flat, end, true], 1)
+    if cached:  # one extension: the true tokens (once per window), [thinking] z [/endthinking] true[:-1] (per thought)
+        rest, out = dec.extend_branches((windows[:, c:-1], 1), (with_inputs[:, c:-1], k))
+        base_logits, base_h = torch.cat([ctx.logits, rest.logits], 1), torch.cat([ctx.hidden, rest.hidden], 1)
         thought_out, with_logits, with_h = out.logits[:, :length], out.logits[:, length + 1:], out.hidden[:, length + 1:]
     else:
         out = model(with_inputs[:, :-1])  # position c is [thinking]; with_logits from [/endthinking] on
@@ -200,6 +199,7 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
                                             out.hidden[:, c + length + 1:])
     logp = F.log_softmax(policy_logits(thought_out, temperature, banned), -1)
     thought_logp = logp.gather(-1, flat[..., None]).squeeze(-1)
+    without_logits, without_h = base_logits[:, c - 1:], base_h[:, c - 1:]
     rep_logits = without_logits.repeat_interleave(k, 0)
     w = head(with_h, without_h.repeat_interleave(k, 0))
     mixed = w * with_logits + (1 - w) * rep_logits
@@ -207,14 +207,16 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
                         mixed.view(n, k, n_true, -1), without_logits, w.view(n, k, n_true), base_logits, with_inputs)
 
 
-@torch.no_grad()
 def sample_after(dec, start: torch.Tensor, k: int, length: int, temperature: float, banned, generator):
     """[N * k, length] thoughts sampled from a detached copy of a decoder holding N contexts: [thinking] (``start``
-    [N]) fed as its first decode step, the state then repeated for the k thoughts (``sample_thoughts``' draws)."""
-    dec = dec.copy(detach=True)
-    first = dec.step(start)
-    dec = dec.copy(repeat=k)
-    return _sample_from(dec.step, first.repeat_interleave(k, 0), length, temperature, banned, generator)[0]
+    [N]) fed as its first decode step, the state then repeated for the k thoughts (``sample_thoughts``' draws).
+    Under ``torch.inference_mode`` (no autograd bookkeeping at all; the tokens are cloned out of it)."""
+    with torch.inference_mode():
+        dec = dec.copy(detach=True)
+        first = dec.step(start)
+        dec = dec.copy(repeat=k)
+        toks = _sample_from(dec.step, first.repeat_interleave(k, 0), length, temperature, banned, generator)[0]
+    return toks.clone()
 
 
 def reinforce_loss(thought_logp: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
