@@ -8,8 +8,9 @@ Without --input a randomly initialised Cognate model of --size is compressed (st
 depend on training; the weights only change the sparsity). The compressed model computes its ternary
 layers with the kernel chosen at load per regime (prefill / decode, ``select_kernel``): an int8 x int8 ->
 int32 matmul (torch._int_mm) or the float kernel (gamma * codes cached as a dense fp32 matrix), with sibling
-layers (q/k/v, gate/up, memory query/value/gate) fused into one matmul (``quant/fuse.py``); both forced
-kernels and the unfused model are timed too. Greedy generation is KV-cached (one row per decoding step) for every model.
+layers (q/k/v, gate/up, memory query/value/gate) fused into one matmul (``quant/fuse.py``); in decoding
+steps also the native kernel (``quant/native.py``: quantization and matmul in one C++ op, built here unless
+--no-native). The forced int8 and float kernels and the unfused model are timed too. Greedy generation is KV-cached (one row per decoding step) for every model.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from agentforge.artifacts import load_model
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.io import save_tensors
 from agentforge.models import CognateConfig, CognateModel
-from agentforge.quant import BitLinear
+from agentforge.quant import BitLinear, native
 from agentforge.quant.calibrate import activation_stats, apply_clips
 from agentforge.quant.checkpoint import kernel_summary, load_packed, save_packed
 from agentforge.quant.convert import bitlinear_layers, convert_to_bitlinear
@@ -102,12 +103,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--gen-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--no-native", action="store_true",
+                    help="do not build the native decode kernel (quant/native.py; first build ~30 s)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cuda: the packed model runs the float kernel (torch._int_mm here is the CPU one)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible")
     torch.set_num_threads(args.threads)
+    if args.device == "cpu" and not args.no_native:
+        native.build()  # a decode-kernel candidate for load_packed's select_kernel once built
     if args.input:
         model, tok, _ = load_model(args.input)
         what = args.input

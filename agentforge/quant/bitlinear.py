@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from agentforge.evals.speed import interleaved_medians
-from agentforge.quant.ternary import PAPER_THRESHOLD, dequantize, quantize_activations, ternarize
+from agentforge.quant import native
+from agentforge.quant.ternary import EPS, PAPER_THRESHOLD, dequantize, quantize_activations, ternarize
 
 # The one-entry caches of the frozen path (module state, not class attributes: clear_caches() resets both).
 # [0]: the last shared quantization (input, (its _version, clip, bits, static, out), (q, s));
@@ -213,7 +214,11 @@ class BitLinear(nn.Module):
         """x (quantized with this layer's settings) times the ternary weight given as (gamma * codes)^T,
         codes^T and gamma per output: this layer's own or its fused siblings' concatenation (``fuse.py``)."""
         in_f, out_f = self.in_features, w_t.shape[1]
-        if kernel == "int8" and BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
+        if kernel == "native" and native._EXT is not None and not static and self.act_bits <= 8 \
+                and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled():
+            # ``native.quantized_linear``, inlined; no autograd through the C++ op, so inference only
+            return native._EXT.quantized_linear(x, clip, EPS, (1 << (self.act_bits - 1)) - 1, codes_t, gamma_row, bias)
+        if kernel in ("int8", "native") and BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
             q, s = self._quantize_shared(x, clip, static, "int8")
             try:
                 acc = torch._int_mm(q.view(-1, in_f), codes_t)
@@ -261,10 +266,11 @@ class BitLinear(nn.Module):
                 f"act_scale={self.act_scale}")
 
 
-def _time_kernels(layers: list[BitLinear], attr: str, fn, repeats: int) -> dict[str, float]:
-    """Median ms of ``fn()`` with every layer's ``attr`` set to "int8" and to "float": one untimed round,
-    then ``repeats`` rounds alternating which kernel runs first (``evals.speed.interleaved_medians``; setting
-    the attribute, a few microseconds, is inside each timed call, alike for both)."""
+def _time_kernels(layers: list[BitLinear], attr: str, fn, repeats: int,
+                  kernels: tuple[str, ...] = ("int8", "float")) -> dict[str, float]:
+    """Median ms of ``fn()`` with every layer's ``attr`` set to each of ``kernels``: one untimed round, then
+    ``repeats`` rounds rotating which kernel runs first (``evals.speed.interleaved_medians``; setting the
+    attribute, a few microseconds, is inside each timed call, alike for all)."""
     def case(kernel):
         def run():
             for m in layers:
@@ -272,7 +278,7 @@ def _time_kernels(layers: list[BitLinear], attr: str, fn, repeats: int) -> dict[
             fn()
         return run
 
-    med = interleaved_medians({k: case(k) for k in ("int8", "float")}, repeats)
+    med = interleaved_medians({k: case(k) for k in kernels}, repeats)
     return {k: 1e3 * v for k, v in med.items()}
 
 
@@ -283,8 +289,9 @@ def select_kernel(model: nn.Module, ids: torch.Tensor, repeats: int = 5, decode_
     Prefill / batch regime (``kernel``): ``model(ids)``, int8 and float kernels interleaved ``repeats``
     times each. Decode regime (``kernel_decode``, inputs of at most ``BitLinear.decode_rows`` rows), when
     ``decode_tokens`` > 0 and the model has a KV cache: feeding ``ids[:1, :decode_tokens]`` to a fresh
-    ``model.kv_decoder(1)`` one token at a time, timed the same way (ms per token). The lower median wins;
-    returns the choices and the medians in ms."""
+    ``model.kv_decoder(1)`` one token at a time, timed the same way (ms per token), with the "native" kernel
+    (``native.py``) as a third candidate when it was built. The lowest median wins; returns the choices and
+    the medians in ms."""
     layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.frozen]
     med = _time_kernels(layers, "kernel", lambda: model(ids), repeats)
     info = {"kernel": min(med, key=med.get), "int8_ms": med["int8"], "float_ms": med["float"]}
@@ -292,10 +299,12 @@ def select_kernel(model: nn.Module, ids: torch.Tensor, repeats: int = 5, decode_
         m.kernel = info["kernel"]
     if decode_tokens > 0 and hasattr(model, "kv_decoder"):
         prompt = ids[:1, :decode_tokens]
-        med = _time_kernels(layers, "kernel_decode", lambda: model.kv_decoder(1).next_logits(prompt), repeats)
+        kernels = ("int8", "float", "native") if native.ready() and ids.device.type == "cpu" else ("int8", "float")
+        med = _time_kernels(layers, "kernel_decode", lambda: model.kv_decoder(1).next_logits(prompt), repeats,
+                            kernels)
         per_token = {k: v / prompt.shape[1] for k, v in med.items()}
-        info.update(decode_kernel=min(per_token, key=per_token.get), decode_int8_ms=per_token["int8"],
-                    decode_float_ms=per_token["float"], decode_rows=BitLinear.decode_rows)
+        info.update(decode_kernel=min(per_token, key=per_token.get), decode_rows=BitLinear.decode_rows,
+                    **{f"decode_{k}_ms": v for k, v in per_token.items()})
         for m in layers:
             m.kernel_decode = info["decode_kernel"]
     clear_caches()

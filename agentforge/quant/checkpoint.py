@@ -145,7 +145,8 @@ def choose_kernels(model: CognateModel) -> dict:
 def kernel_summary(info: dict) -> str:
     """One line on ``choose_kernels``' result: each regime's kernel and the medians it was chosen on."""
     nan = float("nan")
+    native = f", native {info['decode_native_ms']:.2f} ms" if "decode_native_ms" in info else ""
     return (f"prefill (a 64-token forward) {info['kernel']} (int8 {info['int8_ms']:.2f} ms, float "
             f"{info['float_ms']:.2f} ms); decode (KV-cached steps of <= {info.get('decode_rows')} rows) "
             f"{info.get('decode_kernel')} (int8 {info.get('decode_int8_ms', nan):.2f} ms, float "
-            f"{info.get('decode_float_ms', nan):.2f} ms per token)")
+            f"{info.get('decode_float_ms', nan):.2f} ms{native} per token)")
