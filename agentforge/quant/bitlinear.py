@@ -167,9 +167,11 @@ class BitLinear(nn.Module):
     def _make_plan(self) -> tuple:
         """What the frozen forward reads, as plain Python values, cached until act_clip is modified or the
         module is moved or cast (``_apply``): (act_clip, its version, clip as a float on CPU else the
-        tensor, (gamma * codes)^T, codes^T, gamma per output row, bias, static, fused). ``fused`` is
+        tensor, (gamma * codes)^T, codes^T, gamma per output row, bias, static, fused, nat). ``fused`` is
         (``fuse.FusedSiblings``, this layer's index in it) for a layer fused with its siblings, else None;
-        a fused layer's plan is made by its group, for every member at once (``fuse.SiblingGroup``)."""
+        a fused layer's plan is made by its group, for every member at once (``fuse.SiblingGroup``).
+        ``nat``: the native kernel's arguments after x (``native.quantized_linear``) where it applies (CPU,
+        per-token scales, <= 8 bits), else None."""
         group = self.__dict__.get("_siblings")
         if group is not None:
             return group.make_plans(self)
@@ -178,8 +180,11 @@ class BitLinear(nn.Module):
     def _own_plan(self, fused) -> tuple:
         c = self.act_clip
         clip = float(c) if c.device.type == "cpu" else c  # no device sync off the CPU
-        plan = (c, c._version, clip, self.dense_weight().t(), self._codes_t, self._gamma_row, self.bias,
-                self.act_scale == "static", fused)
+        static = self.act_scale == "static"
+        nat = None if c.device.type != "cpu" or static or not self.act_bits or self.act_bits > 8 else \
+            (clip, EPS, (1 << (self.act_bits - 1)) - 1, self._codes_t, self._gamma_row, self.bias)
+        plan = (c, c._version, clip, self.dense_weight().t(), self._codes_t, self._gamma_row, self.bias, static,
+                fused, nat)
         self.__dict__["_plan"] = plan
         return plan
 
@@ -194,17 +199,22 @@ class BitLinear(nn.Module):
         * "int8": int8 activations x int8 codes -> int32 (``torch._int_mm``, the W1.58A8 integer matmul of
           the paper), rescaled by s_x * gamma (CPU, <= 8 activation bits);
         * "float": s_x * x_q times the cached fp32 gamma * codes (stored transposed), bias fused in one
-          ``torch.addmm``: the fewest ops, the path off the CPU.
+          ``torch.addmm``: the fewest ops, the path off the CPU;
+        * "native" (decoding steps, once ``native.build()`` ran; else "int8"): the int8 kernel's numbers, the
+          quantization and the product in one C++ op (``native.py``).
 
         Which one runs depends on the number of rows: ``kernel_decode`` for at most ``decode_rows`` rows (a
         decoding step), ``kernel`` for more (prefill, batches); ``select_kernel`` sets both by measurement."""
-        _, _, clip, w_t, codes_t, gamma_row, bias, static, fused = plan
+        _, _, clip, w_t, codes_t, gamma_row, bias, static, fused, nat = plan
         if self.act_bits is None:
             return F.linear(x, w_t.t(), bias)
         in_f = self.in_features
         if x.numel() > BitLinear.decode_rows * in_f:  # prefill / batches: one matmul per layer
             return self._ternary_matmul(x, clip, static, self.kernel, w_t, codes_t, gamma_row, bias)
         kernel = self.kernel_decode
+        if kernel == "native" and nat is not None and native._EXT is not None and x.dtype == torch.float32 \
+                and not torch.is_grad_enabled():  # one op per layer (fused measured 2-3% slower); no autograd
+            return native._EXT.quantized_linear(x, *nat)
         if fused is not None and BitLinear.share_quantization and not (x.requires_grad and torch.is_grad_enabled()):
             return self._fused_forward(x, clip, static, kernel, *fused)
         return self._ternary_matmul(x, clip, static, kernel, w_t, codes_t, gamma_row, bias)
@@ -214,10 +224,6 @@ class BitLinear(nn.Module):
         """x (quantized with this layer's settings) times the ternary weight given as (gamma * codes)^T,
         codes^T and gamma per output: this layer's own or its fused siblings' concatenation (``fuse.py``)."""
         in_f, out_f = self.in_features, w_t.shape[1]
-        if kernel == "native" and native._EXT is not None and not static and self.act_bits <= 8 \
-                and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled():
-            # ``native.quantized_linear``, inlined; no autograd through the C++ op, so inference only
-            return native._EXT.quantized_linear(x, clip, EPS, (1 << (self.act_bits - 1)) - 1, codes_t, gamma_row, bias)
         if kernel in ("int8", "native") and BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
             q, s = self._quantize_shared(x, clip, static, "int8")
             try:

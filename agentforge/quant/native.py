@@ -34,7 +34,7 @@ torch::Tensor quantized_linear(torch::Tensor x_, double clip, double eps, int64_
                                torch::Tensor gamma_, c10::optional<torch::Tensor> bias) {
   // x [..., in] float32, codes_t [in, out] int8, gamma one float32 value or one per output, bias [out] float32
   const auto x = x_.contiguous(), codes_t = codes_t_.contiguous(), gamma = gamma_.contiguous();
-  TORCH_CHECK(x.dtype() == torch::kFloat && x.dim() >= 1, "x: float32 [..., in]");
+  TORCH_CHECK(x.dtype() == torch::kFloat && x.dim() >= 1 && x.device().is_cpu(), "x: float32 [..., in] on CPU");
   TORCH_CHECK(codes_t.dtype() == torch::kChar && codes_t.dim() == 2 && codes_t.size(0) == x.size(-1),
               "codes_t: int8 [in, out]");
   const int64_t in = codes_t.size(0), out = codes_t.size(1), rows = x.numel() / in;
