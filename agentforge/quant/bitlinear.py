@@ -6,9 +6,10 @@ activations, in one of two states.
   token), and the backward passes gradients straight through both quantizers (STE, Bengio et al. 2013):
   w + (Q(w) - w).detach(), so d loss / d w = d loss / d Q(w); likewise x + (Q(x) - x).detach().
 * frozen: its parameters are the ternary ``codes`` (int8) and the scale ``gamma`` — what the packed checkpoint
-  stores. Two kernels: int8 activations times the int8 codes into int32 (``torch._int_mm``, CPU) rescaled by
+  stores. Kernels: int8 activations times the int8 codes into int32 (``torch._int_mm``, CPU) rescaled by
   s_x * gamma, or the dense float weight gamma * codes, which gives the same numbers up to float rounding (x_q
-  are integers, W has entries in {-gamma, 0, gamma}). The first frozen call builds its plan (``_make_plan``),
+  are integers, W has entries in {-gamma, 0, gamma}); in decoding steps also "native", the int8 kernel's
+  numbers from one C++ op per layer (``native.py``, once built). The first frozen call builds its plan (``_make_plan``),
   which caches the transposed codes AND that dense fp32 weight whichever kernel is chosen, so a frozen model in
   memory holds an fp32 copy of its weights beside the codes (the saving is on disk, not in RAM).
 

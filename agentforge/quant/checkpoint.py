@@ -135,7 +135,8 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
 
 def choose_kernels(model: CognateModel) -> dict:
     """``select_kernel`` as ``load_packed`` runs it (a 64-token forward for prefill, 16 KV-cached one-token
-    steps for decoding, interleaved medians); the choices and timings are kept in ``model.bitnet_kernel``."""
+    steps for decoding, interleaved medians; the native decode kernel is a candidate if ``native.build()`` ran
+    in this process); the choices and timings are kept in ``model.bitnet_kernel``."""
     ids = torch.randint(0, model.config.vocab_size, (1, min(64, model.config.max_seq_len)),
                         generator=torch.Generator().manual_seed(0))
     model.bitnet_kernel = select_kernel(model, ids, decode_tokens=16)

@@ -4,8 +4,8 @@ system C++ compiler on the first ``build()``, about 30 s on 2 cores, then loaded
 cache).
 
 Why: at one input row (a decoding step) the packed model's cost is the number of tensor ops, not the
-arithmetic; the quantizer alone is seven (``ternary.quantize_activations``), run 10 times per recursion
-step of the tiny Cognate model. Here the whole layer is one op.
+arithmetic; the quantizer alone is seven (``ternary.quantize_activations``), run for every distinct layer
+input of every recursion step. Here the whole layer is one op, as an nn.Linear of the fp32 model is.
 
 Numbers: exactly the "int8" kernel's (``BitLinear._ternary_matmul``), the same float32 operations per element
 in the same order: amax = max|x_t| clamped to [eps, clip] (NaN propagated), s = amax / qmax,
