@@ -114,3 +114,15 @@ def test_select_kernel_offers_native_for_decoding_only_once_built(monkeypatch):
     times = {k: info[f"decode_{k}_ms"] for k in ("int8", "float", "native")}
     assert Slow.calls > 0 and info["decode_kernel"] == min(times, key=times.get) != "native"
     assert info["kernel"] in ("int8", "float")               # the prefill regime never gets it
+
+
+def test_a_failed_build_leaves_the_torch_kernels_in_use(monkeypatch, capsys):
+    import torch.utils.cpp_extension as cpp
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(native, "_EXT", None)
+    monkeypatch.setattr(cpp, "load_inline", no_compiler)
+    assert native.build() is False and not native.ready()
+    assert "native BitNet kernel could not be built (RuntimeError: no C++ compiler found)" in capsys.readouterr().out
