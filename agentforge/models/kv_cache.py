@@ -2,8 +2,9 @@
 slot memory's per-sequence state per recursion step; differentiable, so a cached context can be extended
 with gradients flowing back into it.
 
-Why it computes the full forward's function (the same ops, equal up to float rounding — the tests compare
-logits and parameter gradients to 1e-5 and greedy tokens exactly): every operation of the model is causal,
+Why it computes the full forward's function (the same ops, equal up to float rounding — tests/test_kv_extend.py
+compares logits to 1e-5 and, in float64, parameter gradients to 1e-9 relative; tests/test_speed.py greedy tokens
+exactly): every operation of the model is causal,
 so the state a past position contributes at recursion step n — its keys/values in each layer, the memory
 bank after the chunks before the current one — never changes once computed. ``CognateDecoder.extend``
 runs T new positions through all ``max_steps`` recursion steps at once (the ops of ``CognateModel.forward``
@@ -13,12 +14,13 @@ positions need:
 * attention: the last ``window`` keys/values of each layer at each step; the new positions attend to them
   and, causally within the window, to each other (``CausalSelfAttention.decode``);
 * memory: ``SurpriseMemory.scan``'s state — the bank as of the last completed chunk, the open chunk's keys,
-  values, write scores and max read weights, the previous position's query; ``read`` runs the same loop.
+  values, write scores and max read weights, the previous position's query and read; ``read`` runs the same loop.
 
 A position always runs every step (a later token may halt later and attend to it at that step); its
 output is the latent at its halting step, as in the full forward. Run with autograd on, the state keeps its
 graph: a loss on a later extension reaches the parameters through the cached keys, values and bank
-(``copy`` branches a state: repeated rows, or detached for sampling). ``extend`` computes the eval-mode
+(``copy`` branches a state: repeated rows, or detached for sampling; ``extend_branches`` runs several
+branches of one state as one padded batch). ``extend`` computes the eval-mode
 forward: TRM's no-grad early steps and QK-clip's max-logit statistics are training-mode features it does
 not have, and it refuses ``memory.persist`` (the forward would write the bank this decoder started from).
 Positions are absolute from the start of the prompt, so the cache serves sequences up to
