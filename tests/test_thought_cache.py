@@ -189,3 +189,15 @@ def test_the_cached_rl_step_gives_the_full_forward_loss_figures_and_gradients():
     for key, vals in fig_c["coherence"].items():
         assert vals == pytest.approx(fig_u["coherence"][key], rel=1e-5, abs=1e-6), key
     assert (grads[0] - grads[1]).norm() <= 1e-5 * grads[1].norm()
+
+
+def test_the_cached_step_serves_eval_mode_cognate_models_only():
+    """The phase trains in eval mode (FrozenPair), where think() takes the KV cache; train mode (TRM no-grad steps,
+    QK-clip statistics), a persistent memory or positions past the RoPE table take the full forward."""
+    model = model_with_mixed_halting(7)
+    assert thought_cache.extendable(model, 64) and not thought_cache.extendable(model, 65)
+    model.train()
+    assert not thought_cache.extendable(model, 20)
+    model.eval()
+    model.memory.persist = True
+    assert not thought_cache.extendable(model, 20)
