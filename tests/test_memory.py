@@ -2,7 +2,7 @@
 presets' write budget. The memory's other behaviour is tested in tests/test_mechanisms.py (surprise on a
 repeated sequence, write filtering and LRU eviction, per-sequence state, reach beyond the window, the
 trained recall model), tests/test_model.py (causality, checkpoint round trip) and the KV-cache tests
-(tests/test_speed.py ``test_kv_cache_*``, tests/test_thought_cache.py)."""
+(tests/test_speed.py ``test_kv_cache_*``, tests/test_thought_cache.py, tests/test_kv_extend.py)."""
 from __future__ import annotations
 
 import math
