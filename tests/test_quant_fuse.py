@@ -56,24 +56,26 @@ def _set_kernel(model, kernel):
             m.kernel = m.kernel_decode = kernel
 
 
-@pytest.mark.parametrize("kernel", ["int8", "float"])
-@pytest.mark.parametrize("rows", [1, BitLinear.decode_rows])  # decoding steps
-def test_fused_siblings_give_the_unfused_outputs_in_one_matmul(kernel, rows):
-    x = torch.randn(1, rows, 16, generator=torch.Generator().manual_seed(rows)) * 2
-    plain, fused = Siblings(), Siblings()
-    assert find_sibling_groups(fused, x) == [["a", "b", "c"]]      # d reads another tensor
-    assert fuse_siblings(fused, x) == [["a", "b", "c"]]
+def _run(x, kernel="int8", c_clip=2.5):
+    """(matmuls run by the fused model's call on x, its outputs, the unfused model's outputs, the fused model)."""
+    plain, fused = Siblings(c_clip), Siblings(c_clip)
+    assert fuse_siblings(fused, x) == [["a", "b", "c"]]                 # d reads another tensor
     _set_kernel(plain, kernel), _set_kernel(fused, kernel)
     with torch.no_grad():
         want = plain(x)
         with MatmulCount() as count:
             got = fused(x)
-    assert count.n == 2                                              # a, b, c in one matmul; d alone
-    for w, g in zip(want, got):
-        if kernel == "int8":
-            assert torch.equal(g, w)                                 # the same integer products and rescale
-        else:
-            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+    return count.n, got, want, fused
+
+
+@pytest.mark.parametrize("kernel", ["int8", "float"])
+@pytest.mark.parametrize("rows", [1, BitLinear.decode_rows])  # decoding steps
+def test_fused_siblings_give_the_unfused_outputs_in_one_matmul(kernel, rows):
+    x = torch.randn(1, rows, 16, generator=torch.Generator().manual_seed(rows)) * 2
+    assert find_sibling_groups(Siblings(), x) == [["a", "b", "c"]]
+    n, got, want, fused = _run(x, kernel)
+    assert n == 2                                                        # a, b, c in one matmul; d alone
+    _assert_same(got, want, kernel)                                      # int8: the same integer products
     # the members' dense fp32 weights are column views of the fused one (no second copy)
     w_t = fused.a.__dict__["_plan"][8][0].w_t
     assert all(m._dense.untyped_storage().data_ptr() == w_t.untyped_storage().data_ptr()
@@ -81,31 +83,26 @@ def test_fused_siblings_give_the_unfused_outputs_in_one_matmul(kernel, rows):
     unfuse(fused)
     with torch.no_grad(), MatmulCount() as count:
         again = fused(x)
-    assert count.n == 4 and all(torch.equal(a, b) for a, b in zip(again, want if kernel == "int8" else again))
+    assert count.n == 4
+    _assert_same(again, want, kernel)
+
+
+def _assert_same(got, want, kernel):
+    for g, w in zip(got, want, strict=True):
+        if kernel == "int8":
+            assert torch.equal(g, w)
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
 
 
 def test_inputs_above_decode_rows_run_one_matmul_per_layer():
-    x = torch.randn(1, BitLinear.decode_rows + 1, 16)
-    plain, fused = Siblings(), Siblings()
-    fuse_siblings(fused, x)
-    _set_kernel(plain, "int8"), _set_kernel(fused, "int8")
-    with torch.no_grad():
-        want = plain(x)
-        with MatmulCount() as count:
-            got = fused(x)
-    assert count.n == 4 and all(torch.equal(g, w) for g, w in zip(got, want))
+    n, got, want, _ = _run(torch.randn(1, BitLinear.decode_rows + 1, 16))
+    assert n == 4 and all(torch.equal(g, w) for g, w in zip(got, want))
 
 
 def test_a_sibling_with_another_clip_is_left_unfused():
-    x = torch.randn(1, 3, 16) * 4
-    plain, fused = Siblings(c_clip=1.0), Siblings(c_clip=1.0)
-    fuse_siblings(fused, x)
-    _set_kernel(plain, "int8"), _set_kernel(fused, "int8")
-    with torch.no_grad():
-        want = plain(x)
-        with MatmulCount() as count:
-            got = fused(x)
-    assert count.n == 3 and all(torch.equal(g, w) for g, w in zip(got, want))  # a+b, c, d
+    n, got, want, _ = _run(torch.randn(1, 3, 16) * 4, c_clip=1.0)
+    assert n == 3 and all(torch.equal(g, w) for g, w in zip(got, want))  # a+b, c, d
 
 
 def test_modified_input_and_repeated_calls_are_computed_again():
