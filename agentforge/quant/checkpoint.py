@@ -88,7 +88,8 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
 
     On CPU, ``choose_kernel`` times the int8 and float kernels once (``select_kernel``): on a 64-token
     forward pass for the prefill / batch regime and on 16 one-token KV-cached decoding steps for the decode
-    regime, and keeps the faster of each; the choices and timings are in ``model.bitnet_kernel``."""
+    regime (with the native kernel too if ``native.build()`` ran in this process), and keeps the fastest of
+    each; the choices and timings are in ``model.bitnet_kernel``."""
     state, cfg = load_checkpoint(directory)
     if cfg.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{directory}: architecture {cfg.get('architecture')!r} is not {ARCHITECTURE!r}")
