@@ -136,6 +136,12 @@ def test_fused_packed_model_decodes_the_same_tokens(tmp_path):
     want = [*[g for i in range(2) for g in (per_block[i], [f"blocks.{i}.mlp.gate", f"blocks.{i}.mlp.up"])],
             ["memory.query", "memory.value", "memory.gate"]]
     assert fused.bitnet_groups == want and plain.bitnet_groups == []
+    fused.memory.persist = True                                     # a forward now writes the memory bank...
+    fused.train()
+    assert fuse_siblings(fused) == want                             # ...but the traced one leaves no trace
+    assert fused.training and not fused.memory.filled.any()
+    fused.memory.persist = False
+    fused.eval()
     assert fused.state_dict().keys() == plain.state_dict().keys()   # parameters and checkpoint untouched
     ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
     twin = copy.deepcopy(fused)                                      # a copy fuses its own layers

@@ -76,14 +76,22 @@ class SiblingGroup:
 
 def find_sibling_groups(model: nn.Module, example: torch.Tensor) -> list[list[str]]:
     """Names of the frozen BitLinear layers of ``model`` that received the same input tensor in one
-    no-grad forward pass of ``example``, per group of two or more, in call order."""
+    no-grad, eval-mode forward pass of ``example``, per group of two or more, in call order. The pass leaves
+    no trace: the training flag and every buffer (e.g. a persistent memory bank) are restored after it."""
     names = {m: n for n, m in model.named_modules() if isinstance(m, BitLinear) and m.frozen}
     calls: list[tuple[torch.Tensor, BitLinear]] = []
     hooks = [m.register_forward_pre_hook(lambda mod, args: calls.append((args[0], mod))) for m in names]
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    was = model.training
     try:
         with torch.no_grad():
+            model.eval()
             model(example)
     finally:
+        model.train(was)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
         for h in hooks:
             h.remove()
     groups: list[list[BitLinear]] = []
