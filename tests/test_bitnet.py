@@ -28,7 +28,8 @@ def test_missing_default_input_names_quietstar(tmp_path):
 
 @pytest.mark.parametrize("override, key", [("phase.packing=3bit", "phase.packing"),
                                            ("phase.sparsity_threshold=-1", "phase.sparsity_threshold"),
-                                           ("phase.activation_bits=16", "phase.activation_bits")])
+                                           ("phase.activation_bits=16", "phase.activation_bits"),
+                                           ("phase.native_kernel=maybe", "phase.native_kernel")])
 def test_bad_config_values_fail_naming_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key):
         run(compose_cfg([*BITNET_TINY, override], tmp_path))
@@ -73,6 +74,21 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     breakdown = (run_dir / "tables" / "compression__breakdown.csv").read_text()
     assert breakdown.startswith("Layer Type,Params,Quantized,Preserved,Compression") and "Embeddings" in breakdown
     assert (run_dir / "plots" / "accuracy_recovery.png").is_file()
+
+
+@pytest.mark.slow
+def test_bitnet_native_kernel_is_built_and_offered_for_decoding(cognate_artifacts, tmp_path):
+    """phase.native_kernel=true builds the C++ decode kernel (quant/native.py) and the selection times it beside
+    int8 and float for decoding, picking the fastest of the three; prefill keeps its two candidates."""
+    proc = run_cli([*BITNET_TINY, f"phase.input={cognate_artifacts / 'cognate' / 'model1'}", "phase.fine_tune=never",
+                    "phase.native_kernel=true"], tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs" / "runs").glob("*/*_bitnet_*"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    speed = {k: v for r in rows for k, v in r.items() if k.startswith("speed/")}
+    times = {k: speed[f"speed/decode_{k}_ms"] for k in ("int8", "float", "native")}
+    assert speed["speed/decode_kernel"] == min(times, key=times.get) and min(times.values()) > 0
+    assert "speed/prefill_native_ms" not in speed and "native" in proc.stdout
 
 
 def test_relative_accuracy_drop():

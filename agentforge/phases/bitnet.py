@@ -31,7 +31,7 @@ from agentforge.evals import tasks
 from agentforge.evals.speed import halting_distribution, interleaved_medians
 from agentforge.io import CheckpointError, save_tensors
 from agentforge.phases.context import run_context
-from agentforge.quant import calibrate, convert
+from agentforge.quant import calibrate, convert, native
 from agentforge.quant.checkpoint import ARCHITECTURE, choose_kernels, kernel_summary, load_packed, save_packed
 from agentforge.tracking import plots
 from agentforge.training.lm_module import LMModule
@@ -58,6 +58,7 @@ RULES = [
     rule("phase.fine_tune_steps_per_epoch", integer(1)),
     rule("phase.gradient_clip", number(0)),
     rule("phase.speed_repeats", integer(1)),
+    rule("phase.native_kernel", boolean()),
 ]
 MB = 2**20
 
@@ -176,6 +177,8 @@ def run(cfg) -> dict:
             after = evaluate(loaded, tokenizer, val_rows, evals, p)
             recovery.finish(after["accuracy"])
             curve = recovery.curve
+        if p.native_kernel:  # a candidate for decoding once built (C++, ~30 s the first time on a machine)
+            native.build()
         choose_kernels(loaded)  # once, on the model that ships (a fine-tuned one replaces the first reload)
         before["inference_ms"], after["inference_ms"] = interleaved_latency_ms([model, loaded], seq_len,
                                                                                int(p.speed_repeats))
