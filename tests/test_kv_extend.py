@@ -132,3 +132,20 @@ def test_branches_in_one_extension_equal_separate_extensions():
     torch.testing.assert_close(short.logits, full_short, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(long.logits, full_long.logits[:, 10:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(long.hidden, full_long.hidden[:, 10:], atol=1e-5, rtol=1e-5)
+
+
+def test_an_empty_extension_returns_empty_outputs_and_leaves_the_state():
+    """extend() with T = 0 (e.g. extend_branches of zero-length branches: thought_length 0 and n_true 1) gives
+    [B, 0, V] / [B, 0, D] and the decoder continues as if it had not been called."""
+    model = model_with_mixed_halting(6)
+    ids = torch.randint(0, 256, (2, 9))
+    dec = model.kv_decoder(2)
+    with torch.no_grad():
+        fill(dec, ids[:, :5])
+        empty = dec.extend(ids[:, 5:5])
+        (branch,) = dec.extend_branches((ids[:, 5:5], 2))
+        rest = dec.extend(ids[:, 5:])
+        full = model(ids).logits[:, 5:]
+    assert empty.logits.shape == (2, 0, 272) and empty.hidden.shape == (2, 0, 32) and branch.logits.shape == (4, 0, 272)
+    assert dec.pos == 9
+    torch.testing.assert_close(rest.logits, full, atol=1e-5, rtol=1e-5)

@@ -73,13 +73,16 @@ class CognateDecoder:
 
     def extend(self, ids: torch.Tensor) -> Extension:
         """(logits, halted hidden states) of T new positions ids [B, T] after the ones fed before, all in one
-        pass per recursion step; with autograd when it is enabled."""
+        pass per recursion step; with autograd when it is enabled. T = 0 returns empty [B, 0, ...] outputs."""
         if self.model.memory.persist:
             raise ValueError("memory.persist: the KV cache cannot extend a sequence whose forward writes the "
                              "persistent bank (run the model's forward instead)")
         if self.pos + ids.shape[1] > self.model.config.max_seq_len:
             raise ValueError(f"positions up to {self.pos + ids.shape[1]} exceed model.max_seq_len="
                              f"{self.model.config.max_seq_len}")
+        if ids.shape[1] == 0:  # no new position: empty outputs, the state unchanged (the memory's scan needs one)
+            e = self.model.embed(ids)
+            return Extension(self.model.lm_head(self.model.norm(e)), e)
         return self._run(ids)
 
     def _run(self, ids: torch.Tensor) -> Extension:
@@ -114,7 +117,7 @@ class CognateDecoder:
         width = max(ids.shape[1] for ids, _ in branches)
         ids = torch.cat([F.pad(ids, (0, width - ids.shape[1])).view(b, r, width) for ids, r in branches], 1)
         out = self.copy(repeat=sum(reps)).extend(ids.flatten(0, 1))
-        parts = [x.view(b, sum(reps), width, -1).split(reps, 1) for x in out]
+        parts = [x.view(b, sum(reps), width, x.shape[-1]).split(reps, 1) for x in out]
         return [Extension(*(p[j].flatten(0, 1)[:, :ids_j.shape[1]] for p in parts))
                 for j, (ids_j, _) in enumerate(branches)]
 
