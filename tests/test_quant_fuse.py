@@ -169,3 +169,35 @@ def test_kernel_timer_alternates_which_kernel_runs_first():
     # one untimed round, then rounds starting with int8, float, int8, float
     assert seen == ["int8", "float", "int8", "float", "float", "int8", "int8", "float", "float", "int8"]
     assert set(med) == {"int8", "float"} and all(v >= 0 for v in med.values())
+
+
+def _built_from(state: dict) -> Siblings:
+    """A Siblings model whose layers are made from ``state``'s tensors (no cache from before)."""
+    model = Siblings()
+    for name in "abcd":
+        layer = getattr(model, name)
+        setattr(model, name, BitLinear.from_ternary(state[f"{name}.codes"], state[f"{name}.gamma"], state.get(f"{name}.bias"),
+                                                    state[f"{name}.act_clip"], per_channel=layer.per_channel))
+    return model
+
+
+@pytest.mark.parametrize("kernel", ["int8", "float"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_loading_other_weights_into_frozen_layers_is_not_served_from_their_caches(kernel, fused):
+    """load_state_dict into frozen layers that have run (codes^T, the dense weight, the plan and the fused
+    concatenation cached): their outputs are the new weights', as from layers built from them."""
+    model, x = Siblings(), torch.randn(1, 16)
+    if fused:
+        fuse_siblings(model, x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for name in "abcd":
+        state[f"{name}.codes"].neg_()
+        state[f"{name}.gamma"].mul_(1.5)
+    want = _built_from(state)
+    _set_kernel(model, kernel), _set_kernel(want, kernel)
+    with torch.no_grad():
+        model(x)                                   # caches made with the old weights
+        model.load_state_dict(state)
+        got, expected = model(x), want(x)
+    for g, w in zip(got, expected):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)

@@ -105,11 +105,26 @@ class BitLinear(nn.Module):
         # of a loaded model stay those of the model; the scale is a buffer
         self.codes = nn.Parameter(codes, requires_grad=False)
         self.register_buffer("gamma", gamma)
-        # kernel caches (not saved): codes^T for the int8 matmul; gamma*codes (fp32) built on first use
-        self.register_buffer("_codes_t", codes.t().contiguous(), persistent=False)
-        self.register_buffer("_gamma_row", gamma.reshape(-1) if self.per_channel else gamma, persistent=False)
+        self._derive_caches()
+
+    def _derive_caches(self) -> None:
+        """The kernel caches of the frozen weights (not saved), remade from ``codes`` and ``gamma``: codes^T for
+        the int8 matmul; gamma*codes (fp32) built on first use; the plan (this layer's and, if fused, its
+        siblings', whose concatenation holds this layer's weights) and the one-entry output caches dropped."""
+        self.register_buffer("_codes_t", self.codes.t().contiguous(), persistent=False)
+        self.register_buffer("_gamma_row", self.gamma.reshape(-1) if self.per_channel else self.gamma,
+                             persistent=False)
         self.register_buffer("_dense", None, persistent=False)
-        self.__dict__["_plan"] = None
+        group = self.__dict__.get("_siblings")
+        for m in group.layers if group is not None else [self]:
+            m.__dict__["_plan"] = None
+        clear_caches()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Loading copies into ``codes`` / ``gamma`` in place, which the caches derived from them would not see."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.frozen:
+            self._derive_caches()
 
     def dense_weight(self) -> torch.Tensor:
         """gamma * codes as float32, cached (the float kernel's weight)."""
@@ -166,8 +181,8 @@ class BitLinear(nn.Module):
         return offset
 
     def _make_plan(self) -> tuple:
-        """What the frozen forward reads, as plain Python values, cached until act_clip is modified or the
-        module is moved or cast (``_apply``): (act_clip, its version, clip as a float on CPU else the
+        """What the frozen forward reads, as plain Python values, cached until act_clip is modified, the
+        module is moved or cast (``_apply``) or weights are loaded into it (``_load_from_state_dict``): (act_clip, its version, clip as a float on CPU else the
         tensor, (gamma * codes)^T, codes^T, gamma per output row, bias, static, fused, nat). ``fused`` is
         (``fuse.FusedSiblings``, this layer's index in it) for a layer fused with its siblings, else None;
         a fused layer's plan is made by its group, for every member at once (``fuse.SiblingGroup``).
