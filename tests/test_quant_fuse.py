@@ -201,3 +201,17 @@ def test_loading_other_weights_into_frozen_layers_is_not_served_from_their_cache
         got, expected = model(x), want(x)
     for g, w in zip(got, expected):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+
+
+def test_with_autograd_on_the_fused_layers_give_the_unfused_gradients():
+    """Grad mode with an input that needs no gradient (the fused concatenation holds detached biases): the
+    outputs carry the bias's gradient as the unfused layers' do."""
+    x, grads = torch.randn(1, 16), []
+    for fused in (False, True):
+        model = Siblings()
+        if fused:
+            fuse_siblings(model, x)
+        _set_kernel(model, "int8")
+        sum(y.sum() for y in model(x)).backward()
+        grads.append(model.b.bias.grad)
+    assert grads[0] is not None and torch.equal(grads[1], grads[0])

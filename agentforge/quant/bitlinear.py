@@ -231,7 +231,7 @@ class BitLinear(nn.Module):
         if kernel == "native" and nat is not None and native._EXT is not None and x.dtype == torch.float32 \
                 and not torch.is_grad_enabled():  # one op per layer (fused measured 2-3% slower); no autograd
             return native._EXT.quantized_linear(x, *nat)
-        if fused is not None and BitLinear.share_quantization and not (x.requires_grad and torch.is_grad_enabled()):
+        if fused is not None and BitLinear.share_quantization and not torch.is_grad_enabled():  # detached biases
             return self._fused_forward(x, clip, static, kernel, *fused)
         return self._ternary_matmul(x, clip, static, kernel, w_t, codes_t, gamma_row, bias)
 

@@ -1,7 +1,8 @@
 """Sibling fusion of frozen BitLinear layers: layers that read the same input tensor (q/k/v of an attention,
 gate/up of a SwiGLU, the memory's query/value/gate) computed as ONE matmul over their concatenated
 weights, with one activation quantization and one rescale, in the packed model's decoding steps (inputs of
-at most ``BitLinear.decode_rows`` rows; larger inputs run one matmul per layer, see ``bitlinear.py``).
+at most ``BitLinear.decode_rows`` rows; larger inputs run one matmul per layer, see ``bitlinear.py``) when
+autograd is off (the concatenated biases are detached: with it on, each layer runs its own matmul).
 
 The model code is untouched: it still calls each layer on its input. The first member called computes
 every member's output (``FusedSiblings.compute``: the concatenated (gamma * codes)^T, codes^T, gamma per
