@@ -63,7 +63,7 @@ def test_cached_sampling_draws_the_uncached_tokens_and_log_probs(temperature):
 
 
 def test_reinforce_log_probs_and_gradients_are_those_of_the_sampling_distribution():
-    """think() recomputes the thoughts' log-probs in one batched forward with gradients: they equal the
+    """think() recomputes the thoughts' log-probs with gradients (an extension of the cached context): they equal the
     (masked, tempered) log-probs the cached sampler drew from, and the REINFORCE gradient is the same
     whether the thoughts were sampled with the cache or without."""
     model = model_with_mixed_halting(2)
@@ -132,8 +132,16 @@ def _grads(*modules):
     return torch.cat([p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None])
 
 
-@pytest.mark.parametrize("n_true", [1, 3])
-def test_the_cached_think_gives_the_full_forward_batch_and_gradients(n_true):
+def _count_forwards(*models) -> list:
+    """A list that grows by one per full forward pass of any of ``models`` (the cached path runs none)."""
+    calls = []
+    for m in models:
+        m.register_forward_pre_hook(lambda mod, args: calls.append(mod))
+    return calls
+
+
+@pytest.mark.parametrize("n_true,length", [(1, 5), (3, 5), (3, 1), (1, 0)])
+def test_the_cached_think_gives_the_full_forward_batch_and_gradients(n_true, length):
     """think() on the KV cache (the contexts run once with gradients, extended with the true tokens and, per
     thought, with the thought) equals the full-forward reference (use_cache=False): every ThoughtBatch tensor,
     and the gradients of a loss on all of them w.r.t. every model and head parameter."""
@@ -141,11 +149,12 @@ def test_the_cached_think_gives_the_full_forward_batch_and_gradients(n_true):
     head = MixingHead(32, hidden=16, init_weight=0.5)
     torch.nn.init.normal_(head.net[-1].weight, std=0.5)  # w varies with the hidden states: they get gradients
     windows = torch.randint(0, 256, (3, 10 + n_true))  # a context of 10 ends mid-chunk, past the window
-    thoughts = torch.randint(0, 256, (3, 2, 5))
-    batches, grads = [], []
+    thoughts = torch.randint(0, 256, (3, 2, length))
+    batches, grads, forwards = [], [], _count_forwards(model)
     for cache in (True, False):
         model.zero_grad(), head.zero_grad()
-        b = think(model, head, windows, n_true, 2, 5, 259, 260, 0.8, BANNED, thoughts=thoughts, use_cache=cache)
+        b = think(model, head, windows, n_true, 2, length, 259, 260, 0.8, BANNED, thoughts=thoughts, use_cache=cache)
+        assert (len(forwards) == 0) is cache  # the cached path ran (no full forward), the reference did not
         (b.mixed_logits.logsumexp(-1).sum() + b.thought_logp.sum() + b.base_logits.logsumexp(-1).sum()
          + b.mix_weight.sum()).backward()
         batches.append(b)
@@ -169,12 +178,13 @@ def test_the_cached_rl_step_gives_the_full_forward_loss_figures_and_gradients():
     head = MixingHead(32, hidden=16, init_weight=0.5)
     windows = torch.randint(0, 256, (2, 13))
     ids = {"start": 259, "end": 260, "banned": BANNED}
-    out, grads = [], []
+    out, grads, forwards = [], [], _count_forwards(model, ref)
     for cache in (True, False):
         cfg = ThoughtConfig(num_thoughts=3, thought_length=4, n_true=3, context_len=10, temperature=0.9,
                             use_cache=cache)
         model.zero_grad(), head.zero_grad()
         loss, fig = rl_step(model, head, ref, windows, cfg, ids, torch.Generator().manual_seed(7))
+        assert (len(forwards) == 0) is cache  # policy and reference both on the cache, then both not
         loss.backward()
         out.append((loss, fig))
         grads.append(_grads(model, head))
@@ -193,9 +203,10 @@ def test_the_cached_rl_step_gives_the_full_forward_loss_figures_and_gradients():
 
 def test_the_cached_step_serves_eval_mode_cognate_models_only():
     """The phase trains in eval mode (FrozenPair), where think() takes the KV cache; train mode (TRM no-grad steps,
-    QK-clip statistics), a persistent memory or positions past the RoPE table take the full forward."""
+    QK-clip statistics), a persistent memory, positions past the RoPE table or another model take the full forward."""
     model = model_with_mixed_halting(7)
     assert thought_cache.extendable(model, 64) and not thought_cache.extendable(model, 65)
+    assert not thought_cache.extendable(torch.nn.Linear(2, 2).eval(), 20)
     model.train()
     assert not thought_cache.extendable(model, 20)
     model.eval()
