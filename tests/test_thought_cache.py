@@ -41,7 +41,7 @@ def test_prefill_then_decode_steps_give_the_full_forward_logits(ablation):
             assert len(steps.unique()) > 1  # the tokens really halt at different steps
         dec, out = thought_cache.prefill(model, ids[:, :11])  # 11: two complete chunks of 4 and an open one
         torch.testing.assert_close(out.logits, full.logits[:, :11], atol=1e-5, rtol=1e-5)
-        dec = thought_cache.repeat_rows(dec, 2)
+        dec = dec.copy(repeat=2)
         for i in range(11, 19):
             logits = dec.step(ids[:, i].repeat_interleave(2, 0))
             torch.testing.assert_close(logits, full.logits[:, i].repeat_interleave(2, 0), atol=1e-5, rtol=1e-5)

@@ -1,7 +1,7 @@
 """The Cognate KV cache (``models/kv_cache.py``) for thought sampling: a decoder filled from one pass over
 each context (``kv_cache.fill``, i.e. ``CognateDecoder.extend`` on a fresh decoder: every recursion step on
 every position, as the decoder needs each step's keys/values of every past position, halted or not),
-repeated for the context's K thoughts.
+repeated for the context's K thoughts (``CognateDecoder.copy(repeat=K)``).
 
 The tests (tests/test_thought_cache.py, tests/test_kv_extend.py) check that prefill + decode steps and
 prefill + extensions give the full forward's logits (and its gradients).
@@ -16,7 +16,8 @@ from agentforge.models.kv_cache import fill
 
 def cacheable(model, total_len: int) -> bool:
     """True when ``prefill`` serves ``model`` for sequences of ``total_len`` tokens (a Cognate model,
-    positions inside its RoPE table); other models take the uncached path."""
+    positions inside its RoPE table, no persistent memory: ``CognateDecoder.extend`` refuses one); other
+    models take the uncached path."""
     return (isinstance(model, CognateModel) and total_len <= model.config.max_seq_len
             and not model.memory.persist)
 
@@ -30,12 +31,7 @@ def extendable(model, total_len: int) -> bool:
 
 @torch.no_grad()
 def prefill(model: CognateModel, ids: torch.Tensor):
-    """(decoder at position P, the forward's ``CognateOutput``) for ids [B, P]; the model in eval mode."""
+    """(decoder at position P, the ``kv_cache.Extension`` (logits, hidden) of ids [B, P]: the eval-mode forward's)."""
     dec = model.kv_decoder(ids.shape[0])
     return dec, fill(dec, ids)
 
-
-def repeat_rows(dec, k: int):
-    """A copy of the decoder with each row repeated ``k`` times (row i -> rows i*k .. i*k+k-1, as
-    repeat_interleave): one prefill per context serves its ``k`` thoughts (``CognateDecoder.copy``)."""
-    return dec.copy(repeat=k)

@@ -135,7 +135,7 @@ def sample_thoughts(model, prefixes: torch.Tensor, length: int, temperature: flo
     try:
         if use_cache and thought_cache.cacheable(model, prefixes.shape[1] + length):
             dec, out = thought_cache.prefill(model, prefixes)
-            dec = thought_cache.repeat_rows(dec, repeat)
+            dec = dec.copy(repeat=repeat)
             first, next_logits = out.logits[:, -1].repeat_interleave(repeat, 0), dec.step
         else:
             ids = prefixes.repeat_interleave(repeat, 0)
