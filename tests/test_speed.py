@@ -375,3 +375,22 @@ def test_interleaved_medians_rotate_the_order_and_take_medians():
         speed.time.perf_counter = real
     with pytest.raises(ValueError):
         speed.interleaved_medians({}, repeats=3)
+
+
+def test_interleaved_latency_ms_times_every_model_in_eval_mode_and_restores_its_mode():
+    """phase=bitnet's before/after latency: one median (ms) per model, [1, seq_len] inputs, every call in eval
+    mode (one untimed round, then ``repeats`` interleaved ones), each model's training flag restored."""
+    from agentforge.evals.speed import interleaved_latency_ms
+
+    seen = []
+
+    class Probe(torch.nn.Embedding):
+        def forward(self, ids):
+            seen.append((self.training, tuple(ids.shape)))
+            return super().forward(ids)
+
+    a, b = Probe(256, 4).train(), Probe(256, 4).eval()
+    ms = interleaved_latency_ms([a, b], 5, repeats=3)
+    assert len(ms) == 2 and all(v > 0 for v in ms)
+    assert a.training and not b.training
+    assert seen == [(False, (1, 5))] * 8

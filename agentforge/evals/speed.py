@@ -34,6 +34,27 @@ def interleaved_medians(cases: dict, repeats: int, warmup: int = 1, sync=None) -
 
 
 @torch.no_grad()
+def interleaved_latency_ms(models: list, seq_len: int, repeats: int) -> list[float]:
+    """Median forward latency (ms, one [1, seq_len] pass, eval mode) of each model, timed in interleaved
+    rounds whose order rotates (``evals.speed.interleaved_medians``, one untimed round first), so that load
+    from other processes hits all of them alike."""
+    ids = torch.randint(0, 256, (1, seq_len), generator=torch.Generator().manual_seed(0))
+    devices = [next(m.parameters()).device for m in models]
+    inputs = [ids.to(d) for d in devices]
+    cases = {i: (lambda m=m, x=x: m(x)) for i, (m, x) in enumerate(zip(models, inputs))}
+    sync = torch.cuda.synchronize if any(d.type == "cuda" for d in devices) else None
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        med = interleaved_medians(cases, repeats, sync=sync)
+    finally:
+        for m, w in zip(models, was):
+            m.train(w)
+    return [1e3 * med[i] for i in range(len(models))]
+
+
+@torch.no_grad()
 def forward_latency_ms(model, seq_len: int, batch: int = 1, repeats: int = 5, vocab: int = 256, warmup: int = 1) -> float:
     """Median wall time (ms) of one forward pass over a [batch, seq_len] input, after warmup."""
     device = next(model.parameters()).device

@@ -28,7 +28,7 @@ from agentforge.config import boolean, integer, number, one_of, optional, rule
 from agentforge.data.build import build_datamodule, eval_sets
 from agentforge.errors import ConfigError
 from agentforge.evals import tasks
-from agentforge.evals.speed import halting_distribution, interleaved_medians
+from agentforge.evals.speed import halting_distribution, interleaved_latency_ms
 from agentforge.io import CheckpointError, save_tensors
 from agentforge.phases.context import run_context
 from agentforge.quant import calibrate, convert, native
@@ -94,27 +94,6 @@ def evaluate(model, tokenizer, val_rows, evals, p) -> dict:
         return out
     finally:
         model.train(was)
-
-
-@torch.no_grad()
-def interleaved_latency_ms(models: list, seq_len: int, repeats: int) -> list[float]:
-    """Median forward latency (ms, one [1, seq_len] pass, eval mode) of each model, timed in interleaved
-    rounds whose order rotates (``evals.speed.interleaved_medians``, one untimed round first), so that load
-    from other processes hits all of them alike."""
-    ids = torch.randint(0, 256, (1, seq_len), generator=torch.Generator().manual_seed(0))
-    devices = [next(m.parameters()).device for m in models]
-    inputs = [ids.to(d) for d in devices]
-    cases = {i: (lambda m=m, x=x: m(x)) for i, (m, x) in enumerate(zip(models, inputs))}
-    sync = torch.cuda.synchronize if any(d.type == "cuda" for d in devices) else None
-    was = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        med = interleaved_medians(cases, repeats, sync=sync)
-    finally:
-        for m, w in zip(models, was):
-            m.train(w)
-    return [1e3 * med[i] for i in range(len(models))]
 
 
 def relative_drop(before: float, after: float) -> float:
