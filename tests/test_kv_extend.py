@@ -149,3 +149,19 @@ def test_an_empty_extension_returns_empty_outputs_and_leaves_the_state():
     assert empty.logits.shape == (2, 0, 272) and empty.hidden.shape == (2, 0, 32) and branch.logits.shape == (4, 0, 272)
     assert dec.pos == 9
     torch.testing.assert_close(rest.logits, full, atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_serves_a_persistent_memory_position_by_position():
+    """CognateDecoder.prefill with memory.persist (which extend refuses): the prompt fed one decoder step at a
+    time from the persistent bank as it stands, giving the forward's last logits (the forward then writes the bank)."""
+    model = model_with_mixed_halting(8)
+    model.memory.persist = True
+    ids = torch.randint(0, 256, (1, 11))
+    with torch.no_grad():
+        model(torch.randint(0, 256, (1, 12)))          # a bank written by an earlier call
+        assert model.memory.filled.any()
+        dec = model.kv_decoder(1)
+        logits = dec.prefill(ids)
+        full = model(ids).logits[:, -1]
+    assert dec.pos == 11
+    torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
