@@ -79,6 +79,20 @@ def test_packed_model_decodes_with_the_native_kernel_exactly_as_int8(built):
         assert torch.equal(logits["native"], logits["int8"]) and torch.equal(tokens["native"], tokens["int8"])
 
 
+
+@pytest.mark.slow
+def test_native_kernel_reads_weights_loaded_after_its_plan_was_made(built):
+    """The plan caches the kernel's arguments (codes^T, gamma, bias, clip): load_state_dict remakes it."""
+    layer, other = _layer(True, True, 1.0), _layer(True, True, 1.0)
+    state = {k: v.clone() for k, v in other.state_dict().items()}
+    state["codes"].neg_(), state["gamma"].mul_(1.5), state["bias"].add_(1.0), state["act_clip"].fill_(0.5)
+    fresh = BitLinear.from_ternary(state["codes"], state["gamma"], state["bias"], 0.5, per_channel=True)
+    x = torch.randn(1, 1, 16) * 3
+    before = _outputs(layer, x, "native")
+    layer.load_state_dict(state)
+    got = _outputs(layer, x, "native")
+    assert not torch.equal(got, before) and torch.equal(got, _outputs(fresh, x, "int8"))
+
 def test_native_kernel_falls_back_to_int8_when_not_built(monkeypatch):
     monkeypatch.setattr(native, "_EXT", None)
     layer = _layer(True, True, 1.0)
