@@ -114,7 +114,8 @@ def _cpu_tag() -> str:
     """A short hash of this CPU's feature flags: the build uses -march=native, so torch's extension cache
     (keyed by name and source) must not hand a binary built on another CPU to this one."""
     try:
-        flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith(("flags", "Features"))), "")
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith(("flags", "Features"))), "")
     except OSError:
         flags = ""
     return hashlib.sha256(f"{platform.machine()}|{flags}".encode()).hexdigest()[:10]
