@@ -10,7 +10,7 @@ import torch
 
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.reasoning import thought_cache
-from agentforge.reasoning.rl import ThoughtConfig, rl_step
+from agentforge.reasoning.rl import ThoughtConfig, reference_logits, rl_step
 from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts, sample_thoughts, think
 
 torch.set_num_threads(1)
@@ -212,3 +212,22 @@ def test_the_cached_step_serves_eval_mode_cognate_models_only():
     model.eval()
     model.memory.persist = True
     assert not thought_cache.extendable(model, 20)
+
+
+@pytest.mark.parametrize("window", [True, False])
+def test_the_cached_reference_logits_equal_the_full_forwards(window):
+    """rl.reference_logits on the KV cache (one fill of the contexts, one extension) vs full forward passes: the
+    window's logits (for the KL; None when not asked) and the logits of every thought token (for the coherence)."""
+    ref = model_with_mixed_halting(8)
+    head = MixingHead(32, hidden=16)
+    windows, thoughts = torch.randint(0, 256, (2, 13)), torch.randint(0, 256, (2, 3, 4))
+    batch = think(ref, head, windows, 3, 3, 4, 259, 260, thoughts=thoughts)
+    forwards = _count_forwards(ref)
+    cached = reference_logits(ref, batch, 10, use_cache=True, window=window)
+    assert not forwards
+    full = reference_logits(ref, batch, 10, use_cache=False, window=window)
+    assert cached[1].shape == (6, 4, 272) and (cached[0] is None) is (full[0] is None) is (not window)
+    if window:
+        assert cached[0].shape == (2, 12, 272)
+        torch.testing.assert_close(cached[0], full[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached[1], full[1], atol=1e-5, rtol=1e-5)
