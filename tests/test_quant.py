@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from agentforge.artifacts import load_any
 from agentforge.data.tokenizer import ByteTokenizer
@@ -401,19 +402,23 @@ def test_select_kernel_times_prefill_and_decode_and_both_give_the_same_tokens():
     torch.testing.assert_close(logits["int8"], logits["float"], rtol=1e-4, atol=1e-5)
 
 
+class Ops(TorchDispatchMode):
+    """The names of the tensor ops run inside ``with Ops() as ops`` (``ops.names``); ``ops.matmuls()`` counts the matmuls."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+    def matmuls(self) -> int:
+        return sum(name.split(".")[0] in ("mm", "addmm", "_int_mm") for name in self.names)
+
+
 def test_decode_step_op_counts():
     """The quantizer's seven tensor ops (docstring, README) and a sibling layer's call with none of them."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func.__name__)
-            return func(*args, **(kwargs or {}))
-
     x = torch.randn(1, 1, 16)
     with torch.no_grad():
         for out in ("int8", "dequantized"):

@@ -8,7 +8,6 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.models import CognateConfig, CognateModel
@@ -18,6 +17,7 @@ from agentforge.quant.calibrate import activation_stats, apply_clips
 from agentforge.quant.checkpoint import load_packed, save_packed
 from agentforge.quant.convert import bitlinear_layers, convert_to_bitlinear
 from agentforge.quant.fuse import find_sibling_groups, fuse_siblings, unfuse
+from tests.test_quant import Ops
 
 
 def _layer(out_f: int, seed: int, bias: bool = False, per_channel: bool = False, clip: float = 2.5) -> BitLinear:
@@ -40,16 +40,6 @@ class Siblings(nn.Module):
         return self.a(x), self.b(x), self.c(x), self.d(x * 2)
 
 
-class MatmulCount(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += func.__name__.split(".")[0] in ("mm", "addmm", "_int_mm")
-        return func(*args, **(kwargs or {}))
-
-
 def _set_kernel(model, kernel):
     for m in model.modules():
         if isinstance(m, BitLinear):
@@ -63,9 +53,9 @@ def _run(x, kernel="int8", c_clip=2.5):
     _set_kernel(plain, kernel), _set_kernel(fused, kernel)
     with torch.no_grad():
         want = plain(x)
-        with MatmulCount() as count:
+        with Ops() as ops:
             got = fused(x)
-    return count.n, got, want, fused
+    return ops.matmuls(), got, want, fused
 
 
 @pytest.mark.parametrize("kernel", ["int8", "float"])
@@ -81,9 +71,9 @@ def test_fused_siblings_give_the_unfused_outputs_in_one_matmul(kernel, rows):
     assert all(m._dense.untyped_storage().data_ptr() == w_t.untyped_storage().data_ptr()
                for m in (fused.a, fused.b, fused.c))
     unfuse(fused)
-    with torch.no_grad(), MatmulCount() as count:
+    with torch.no_grad(), Ops() as ops:
         again = fused(x)
-    assert count.n == 4
+    assert ops.matmuls() == 4
     _assert_same(again, want, kernel)
 
 
