@@ -117,18 +117,19 @@ def test_extend_refuses_a_persistent_memory_and_positions_past_the_rope_table():
         dec.extend(torch.zeros(1, 65, dtype=torch.long))
 
 
-def test_branches_in_one_extension_equal_separate_extensions():
+@pytest.mark.parametrize("b", [1, 2])
+def test_branches_in_one_extension_equal_separate_extensions(b):
     """extend_branches: a 2-token branch (each row once) and a 5-token branch (each row 3 times) in one padded
     call give the logits of separate extensions of the repeated state, which equal the full forward's."""
     model = model_with_mixed_halting(5)
-    ids, more = torch.randint(0, 256, (2, 10)), torch.randint(0, 256, (6, 5))
-    dec = model.kv_decoder(2)
+    ids, more = torch.randint(0, 256, (b, 10)), torch.randint(0, 256, (3 * b, 5))
+    dec = model.kv_decoder(b)
     with torch.no_grad():
         fill(dec, ids)
         short, long = dec.extend_branches((ids[:, :2], 1), (more, 3))
         full_short = model(torch.cat([ids, ids[:, :2]], 1)).logits[:, 10:]
         full_long = model(torch.cat([ids.repeat_interleave(3, 0), more], 1))
-    assert short.logits.shape == (2, 2, 272) and long.hidden.shape == (6, 5, 32) and dec.pos == 10
+    assert short.logits.shape == (b, 2, 272) and long.hidden.shape == (3 * b, 5, 32) and dec.pos == 10
     torch.testing.assert_close(short.logits, full_short, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(long.logits, full_long.logits[:, 10:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(long.hidden, full_long.hidden[:, 10:], atol=1e-5, rtol=1e-5)
