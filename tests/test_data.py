@@ -157,3 +157,15 @@ def test_jsonl_gz_reads_the_same_rows_and_keeps_its_errors(tmp_path):
     bad.write_bytes(gzip.compress(text.encode())[:-12])  # cut off
     with pytest.raises(formats.DatasetError, match=r"bad\.jsonl\.gz: not a readable gzip file"):
         formats.load_jsonl(bad, "gsm8k")
+
+
+def test_jsonl_that_is_not_utf8_is_one_dataset_error(tmp_path):
+    """A binary file given as JSONL (plain or gzip-compressed) is a DatasetError naming the file, not a raw
+    UnicodeDecodeError traceback."""
+    plain, packed = tmp_path / "bin.jsonl", tmp_path / "bin.jsonl.gz"
+    data = b'{"question": "1 + 1", "answer": "2"}\n\xff\xfe\x00binary\n'
+    plain.write_bytes(data)
+    packed.write_bytes(gzip.compress(data))
+    for f in (plain, packed):
+        with pytest.raises(formats.DatasetError, match=rf"{f.name}: not UTF-8 text"):
+            formats.load_jsonl(f, "gsm8k")

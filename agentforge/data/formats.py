@@ -55,6 +55,8 @@ def read_jsonl(path: str | Path, check: Callable[[object], str | None], *, what:
                 records.append(rec)
                 if limit is not None and len(records) >= limit:
                     break
+    except UnicodeDecodeError as exc:  # a binary file given as JSONL
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason}); give a JSONL file") from exc
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError
         raise DatasetError(f"{path}: not a readable {'gzip ' if opener is gzip.open else ''}file ({exc})") from exc
     if not records:
