@@ -166,3 +166,16 @@ def test_prefill_serves_a_persistent_memory_position_by_position():
         full = model(ids).logits[:, -1]
     assert dec.pos == 11
     torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
+
+
+def test_a_copy_with_per_row_counts_extends_as_the_unevenly_repeated_batch():
+    """copy(repeat=counts): row i repeated counts[i] times (multiple-choice scoring: one row per choice)."""
+    model = model_with_mixed_halting(9)
+    ids, counts = torch.randint(0, 256, (2, 14)), torch.tensor([1, 3])
+    with torch.no_grad():
+        dec = model.kv_decoder(2)
+        fill(dec, ids[:, :9])
+        out = dec.copy(repeat=counts).extend(ids[:, 9:].repeat_interleave(counts, 0))
+        full = model(ids.repeat_interleave(counts, 0)).logits[:, 9:]
+    assert out.logits.shape[0] == 4 and dec.pos == 9
+    torch.testing.assert_close(out.logits, full, atol=1e-5, rtol=1e-5)

@@ -9,7 +9,7 @@ is its prompt plus the longest common prefix of its choices' tokens, and a group
 1. ``kv_cache.fill`` takes the first L0 tokens of every question's shared part (L0: the shortest shared
    part of the group) in one forward pass, one row per question; the choice tokens among them (the same
    for every choice of the question) are scored from its logits;
-2. the decoder state is copied to one row per choice (``_repeat_rows``);
+2. the decoder state is copied to one row per choice (``CognateDecoder.copy`` with per-question counts);
 3. the decoder feeds every row its own next token one position at a time (the rest of its shared part,
    then its own tail) and the log-probability of each later choice token is read off the logits before it.
 
@@ -72,17 +72,6 @@ def groups(items: list[int], shared_lens: list[int], n_choices: list[int], rows:
     return out + ([cur] if cur else [])
 
 
-def _repeat_rows(obj, batch: int, counts: torch.Tensor):
-    """``obj`` (tensors in dicts/lists/tuples) with every tensor's batch rows repeated ``counts`` times."""
-    if isinstance(obj, torch.Tensor):
-        return obj.repeat_interleave(counts.to(obj.device), 0) if obj.dim() and obj.shape[0] == batch else obj
-    if isinstance(obj, dict):
-        return {k: _repeat_rows(v, batch, counts) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_repeat_rows(v, batch, counts) for v in obj)
-    return obj
-
-
 def _token_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
@@ -107,8 +96,7 @@ def score_group(model, prompts: list[list[int]], choices: list[list[list[int]]],
     keep = torch.arange(1, l0, device=device)[None, :] >= first[:, None]
     head_scores = torch.where(keep, logp, torch.zeros_like(logp)).sum(1)       # [q]
     counts = torch.tensor([len(c) for c in choices])
-    for name in [k for k in vars(dec) if k != "model"]:
-        setattr(dec, name, _repeat_rows(getattr(dec, name), q, counts))
+    dec = dec.copy(repeat=counts)
     seqs = [p + c for p, cs in zip(prompts, choices) for c in cs]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)

@@ -121,17 +121,20 @@ class CognateDecoder:
         return [Extension(*(p[j].flatten(0, 1)[:, :ids_j.shape[1]] for p in parts))
                 for j, (ids_j, _) in enumerate(branches)]
 
-    def copy(self, repeat: int = 1, detach: bool = False) -> CognateDecoder:
+    def copy(self, repeat: int | torch.Tensor = 1, detach: bool = False) -> CognateDecoder:
         """A decoder at the same position with this one's state, each row repeated ``repeat`` times (row i ->
-        rows i*repeat .. i*repeat+repeat-1, as repeat_interleave, differentiably), detached from the autograd
-        graph with ``detach``; this decoder is left as it is, so two extensions can branch from one state."""
+        rows i*repeat .. i*repeat+repeat-1, as repeat_interleave, differentiably; a tensor of counts [B]
+        repeats row i counts[i] times), detached from the autograd graph with ``detach``; this decoder is
+        left as it is, so two extensions can branch from one state."""
+        same = isinstance(repeat, int) and repeat == 1
+
         def rep(x):
             if isinstance(x, tuple):
                 return tuple(rep(y) for y in x)
             if not torch.is_tensor(x):
                 return x
             x = x.detach() if detach else x
-            return x.repeat_interleave(repeat, 0) if repeat != 1 else x
+            return x if same else x.repeat_interleave(repeat.to(x.device) if torch.is_tensor(repeat) else repeat, 0)
 
         new = object.__new__(CognateDecoder)
         new.model, new.n_steps, new.pos = self.model, self.n_steps, self.pos
