@@ -20,13 +20,13 @@ import dataclasses
 import math
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from agentforge.artifacts import load_model
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+from agentforge.evals.speed import interleaved_times
 from agentforge.io import save_tensors
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.quant import BitLinear, native
@@ -39,42 +39,35 @@ SIZES = {"tiny": dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window
          "small": dict(d_model=256, n_layers=4, n_heads=4, ffn_hidden=688, window=128, ltm_key_dim=64)}
 
 
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 @torch.no_grad()
 def speed(models: dict, seq_len: int, batch: int, gen_tokens: int, repeats: int) -> dict:
-    """Forward tokens/s ([batch, seq_len]) and greedy generation tokens/s, interleaved across models."""
+    """Forward tokens/s ([batch, seq_len]) and greedy generation tokens/s of each model (name -> (model, kernel
+    or None)), every model's forward and generation timed once per round, rounds interleaved with a rotating
+    order (``evals.speed.interleaved_times``, one untimed round first); per model (forward tok/s, generate
+    tok/s, mean halting steps, median over rounds of the first model's generation time / this one's)."""
     device = next(iter(models.values()))[0].embed.weight.device
     ids = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     prompt = ids[:1, :16]
-    fwd = {k: [] for k in models}
-    gen = {k: [] for k in models}
-    for m, _ in models.values():  # warmup
-        m(ids)
-    for _ in range(repeats):
-        for name, (m, kernel) in models.items():
+
+    def case(m, kernel, fn):
+        def run():
             set_kernel(m, kernel)
-            fwd[name] += timed(lambda: m(ids), 1)
-            gen[name] += timed(lambda: m.generate(prompt, gen_tokens), 1)
+            fn(m)
+        return run
+
+    cases = {}
+    for name, (m, kernel) in models.items():
+        cases[name, "fwd"] = case(m, kernel, lambda m: m(ids))
+        cases[name, "gen"] = case(m, kernel, lambda m: m.generate(prompt, gen_tokens))
+    times = interleaved_times(cases, repeats, sync=torch.cuda.synchronize if device.type == "cuda" else None)
     halting = {}
     for k, (m, kernel) in models.items():
         set_kernel(m, kernel)
         halting[k] = float(m(ids).halting_steps.mean())
     base = next(iter(models))  # the first model is the baseline: per-round ratios of the generation time
-    ratios = {k: statistics.median(b / t for b, t in zip(gen[base], gen[k])) for k in models}
-    return {k: (batch * seq_len / statistics.median(fwd[k]), gen_tokens / statistics.median(gen[k]), halting[k],
-                ratios[k]) for k in models}
+    ratios = {k: statistics.median(b / t for b, t in zip(times[base, "gen"], times[k, "gen"])) for k in models}
+    return {k: (batch * seq_len / statistics.median(times[k, "fwd"]), gen_tokens / statistics.median(times[k, "gen"]),
+                halting[k], ratios[k]) for k in models}
 
 
 def set_kernel(model, kernel: str | None) -> None:
@@ -164,7 +157,7 @@ def main() -> None:
                      "bitnet int8 kernel": (bn, "int8"), "bitnet float kernel": (bn, "float")},
                     args.seq_len, args.batch, args.gen_tokens, args.repeats)
         base_f, base_g, _, _ = res["fp32"]
-        print(f"\nCPU inference, {title}: medians of {args.repeats} interleaved runs "
+        print(f"\n{device} inference, {title}: medians of {args.repeats} interleaved runs (rotating order) "
               f"(forward [{args.batch}, {args.seq_len}]; greedy generation of {args.gen_tokens} tokens)")
         print(f"{'model (prefill/decode)':28} {'forward tok/s':>14} {'vs fp32':>8} {'generate tok/s':>15} {'vs fp32':>8} "
               f"{'halt steps':>11}")

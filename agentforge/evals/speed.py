@@ -14,6 +14,12 @@ def interleaved_medians(cases: dict, repeats: int, warmup: int = 1, sync=None) -
     one case later than the previous one (round r runs cases r, r+1, ... cyclically), so no case is always
     timed first, right after a warm cache or a cold one. ``warmup`` untimed rounds run first; ``sync``
     (e.g. ``torch.cuda.synchronize``) is called before and after each timed call where work is asynchronous."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(cases, repeats, warmup, sync).items()}
+
+
+def interleaved_times(cases: dict, repeats: int, warmup: int = 1, sync=None) -> dict[str, list[float]]:
+    """``interleaved_medians``' timings before the median: name -> the seconds of each round, in round order
+    (index r is round r for every case, so per-round ratios between cases line up)."""
     names = list(cases)
     if not names or repeats < 1:
         raise ValueError(f"interleaved_medians needs cases and repeats >= 1 (got {len(names)} cases, {repeats})")
@@ -30,7 +36,7 @@ def interleaved_medians(cases: dict, repeats: int, warmup: int = 1, sync=None) -
             if sync is not None:
                 sync()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 @torch.no_grad()
