@@ -20,8 +20,8 @@ quantizing per layer. Going further, in decoding steps (at most ``decode_rows`` 
 (``fuse.py``) are computed as one matmul over their concatenated weights, the other siblings' outputs served
 from a one-entry cache with the same key; above decode_rows (a prefill, batches) each layer runs its own
 matmul (fused there, the wide strided outputs made bench_bitnet's forward slower).
-Which kernel each frozen layer uses ("int8" or "float") depends on the number of
-input rows: ``kernel_decode`` for at most ``decode_rows`` (a decoding step), ``kernel`` above; both are
+Which kernel each frozen layer uses ("int8" or "float"; for decoding also "native" once built) depends on the
+number of input rows: ``kernel_decode`` for at most ``decode_rows`` (a decoding step), ``kernel`` above; both are
 chosen by ``select_kernel`` from interleaved timings of the whole model on this machine, one per regime
 (``load_packed`` does it once at load, on CPU). What a frozen call reads is cached as plain Python values
 (``_make_plan``): nn.Module attribute lookups cost microseconds per call, which counts at one row.
@@ -209,7 +209,7 @@ class BitLinear(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _frozen_forward(self, x: torch.Tensor, plan: tuple) -> torch.Tensor:
-        """Inference on the ternary weights, by one of two kernels that give the same numbers up to float
+        """Inference on the ternary weights, by one of three kernels that give the same numbers up to float
         rounding (the activations are integers times a per-token scale, the weights ternary times gamma):
 
         * "int8": int8 activations x int8 codes -> int32 (``torch._int_mm``, the W1.58A8 integer matmul of
