@@ -155,3 +155,24 @@ def test_trained_memory_recalls_the_code_and_lesioning_it_returns_to_chance():
     assert lesion["ablation/recall_no_memory_loss"] > math.log(10) - 0.05
     assert lesion["ablation/recall_no_memory_loss_delta_ci_low"] > 1.0, lesion
     assert paired_bootstrap(per_item.tolist(), [math.log(10)] * len(per_item))["ci95"][1] < 0
+
+
+def test_a_persistent_bank_trains_and_does_not_move_under_a_running_decoder():
+    """memory.persist: the forward writes the bank in place at its end, which must neither break the backward
+    (its reads saved the bank) nor reach a KV decoder that started from the bank before."""
+    from tests.test_thought_cache import model_with_mixed_halting
+
+    model = model_with_mixed_halting(3).train()
+    model.memory.persist = True
+    ids = torch.randint(0, 256, (2, 12))
+    model(ids, ids).loss.backward()          # raised "modified by an inplace operation" before
+    model(ids, ids).loss.backward()          # a bank written by the previous call, written again
+    assert model.memory.filled.any()
+    model.eval()
+    with torch.no_grad():
+        dec = model.kv_decoder(1)
+        dec.next_logits(torch.randint(0, 256, (1, 3)))   # no chunk of 4 completed: its state is the bank as it was
+        held, bank = [st["keys"].clone() for st in dec.mem], model.memory.keys.clone()
+        model(torch.randint(0, 256, (1, 12)))            # writes the persistent bank
+    assert not torch.equal(model.memory.keys, bank)
+    assert all(torch.equal(st["keys"], h) for st, h in zip(dec.mem, held))

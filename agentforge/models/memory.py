@@ -116,9 +116,13 @@ class SurpriseMemory(nn.Module):
         """The memory state of ``batch`` sequences before their first position (``scan`` continues it): the
         bank (keys, vals, filled, each slot's last use), the open chunk (None, or the keys, values, write
         scores and max read weight per slot of its positions so far), completed chunks ``c``, the last
-        position's query ``prev`` (None: the sequence has not started) and its read ``read`` (detached)."""
-        return {"keys": self.keys.expand(batch, -1, -1), "vals": self.values.expand(batch, -1, -1),
-                "filled": self.filled.expand(batch, -1), "last": torch.zeros(batch, self.slots, device=self.keys.device),
+        position's query ``prev`` (None: the sequence has not started) and its read ``read`` (detached).
+        With ``persist`` the bank is a copy: the forward writes the buffers in place at its end, which would
+        otherwise change what its own reads saved for the backward and what a running KV decoder holds."""
+        bank = (self.keys, self.values, self.filled)
+        keys, vals, filled = (x.clone() for x in bank) if self.persist else bank
+        return {"keys": keys.expand(batch, -1, -1), "vals": vals.expand(batch, -1, -1),
+                "filled": filled.expand(batch, -1), "last": torch.zeros(batch, self.slots, device=self.keys.device),
                 "open": None, "c": 0, "prev": None, "read": None}
 
     def scan(self, h: torch.Tensor, st: dict, usage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
