@@ -36,8 +36,6 @@ case "$part" in
     step 90 python -m pytest -q -x tests/test_speed.py
     ;;
   pipeline)
-    # fresh outputs for each (paths.outputs via AGENTFORGE_OUTPUTS), so neither reuses the other's artifacts
-    AGENTFORGE_OUTPUTS=/tmp/af_pipe_gpu step 290 python -m agentforge phase=pipeline hardware=gpu logger=csv
-    AGENTFORGE_OUTPUTS=/tmp/af_pipe_cpu step 290 python -m agentforge phase=pipeline hardware=cpu logger=csv
+    step 590 python benchmarks/bench_pipeline.py --hardware gpu,cpu   # fresh outputs each; prints GPU ÷ CPU
     ;;
 esac

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from agentforge.artifacts import save_model
@@ -69,3 +70,20 @@ def test_bench_halting_on_a_tiny_checkpoint(tmp_path):
     f_halt = figure(out, rf"halting \(row skip, early stop\) {NUM}")
     f_max = figure(out, rf"every token to 3 steps {NUM}")
     assert f_halt <= f_max * 1.0001  # halting never runs more steps than max_steps
+
+
+@pytest.mark.slow
+def test_bench_pipeline_times_two_settings_and_prints_their_ratio():
+    """bench_pipeline.py runs the real pipeline (tiny overrides) once per setting in fresh output dirs and prints
+    each wall time, the per-step times from pipeline_state.json and the ratio of the two."""
+    from tests.test_pipeline import ARGS
+
+    extra = [a for a in ARGS if not a.startswith(("phase=", "hardware="))]
+    out = subprocess.run([sys.executable, "benchmarks/bench_pipeline.py", "--hardware", "cpu,auto", "--", *extra],
+                         cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-2000:]
+    walls = {h: float(x) for h, x in re.findall(r"hardware=(\w+): pipeline wall time ([\d.]+) s", out.stdout)}
+    assert set(walls) == {"cpu", "auto"} and all(w > 0 for w in walls.values())
+    assert "cognate-m1" in out.stdout and "bitnet" in out.stdout
+    ratio = float(re.search(r"hardware=cpu ÷ hardware=auto: ([\d.]+)", out.stdout).group(1))
+    assert ratio == pytest.approx(walls["cpu"] / walls["auto"], rel=0.01)
