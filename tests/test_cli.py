@@ -56,9 +56,10 @@ def test_help_imports_neither_torch_nor_lightning(tmp_path):
 
 @pytest.mark.parametrize("override,key", [
     ("optimizer.lr=-0.1", "optimizer.lr"),
-    ("model.n_layers=0", "model.n_layers"),
-    ("data.seq_len=abc", "data.seq_len"),
-    ("model.act_threshold=1.5", "model.act_threshold"),
+    # one real CLI run in the fast tier; the other keys' runs (~7 s each) in the slow tier
+    pytest.param("model.n_layers=0", "model.n_layers", marks=pytest.mark.slow),
+    pytest.param("data.seq_len=abc", "data.seq_len", marks=pytest.mark.slow),
+    pytest.param("model.act_threshold=1.5", "model.act_threshold", marks=pytest.mark.slow),
 ])
 def test_bad_values_fail_fast_with_one_line_naming_the_key(tmp_path, override, key):
     proc = run_cli(["phase=cognate", override, "logger=none"], tmp_path, timeout=60)

@@ -164,8 +164,9 @@ def _bad_checkpoint(kind: str, root: Path, good: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind,message", [("missing", "not found"), ("truncated", "truncated or corrupt"),
-                                          ("wrong_format", "not an Agent Forge checkpoint"),
-                                          ("wrong_architecture", "shape")])
+                                          # ~6 s each through the real CLI: in the slow tier
+                                          pytest.param("wrong_format", "not an Agent Forge checkpoint", marks=pytest.mark.slow),
+                                          pytest.param("wrong_architecture", "shape", marks=pytest.mark.slow)])
 def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, cognate_artifacts, kind, message):
     bad = _bad_checkpoint(kind, tmp_path, cognate_artifacts / "cognate" / "model1")
     proc = run_cli(["phase=eval", f"checkpoint={bad}", "stage=bad", "logger=none", "hardware=cpu"], tmp_path)

@@ -323,9 +323,10 @@ def test_phase1_diversity_uses_the_deterministic_cost(tmp_path):
     assert cognate_diversity(tmp_path) == pytest.approx(math.sqrt(2 / 3) / 3 / 3)
 
 
-@pytest.mark.parametrize("override,key", [("model.ponder_prior=1.5", "model.ponder_prior"),
-                                          ("model.no_grad_steps=-1", "model.no_grad_steps"),
-                                          ("+phase.curriculum.0.mix.recal=1.0", "phase.curriculum[0]")])
+@pytest.mark.parametrize("override,key", [("model.ponder_prior=1.5", "model.ponder_prior"),  # the others: slow tier
+                                          pytest.param("model.no_grad_steps=-1", "model.no_grad_steps", marks=pytest.mark.slow),
+                                          pytest.param("+phase.curriculum.0.mix.recal=1.0", "phase.curriculum[0]",
+                                                       marks=pytest.mark.slow)])
 def test_bad_mechanism_settings_fail_with_one_error_line(tmp_path, override, key):
     from tests.conftest import run_cli
     proc = run_cli(["phase=cognate", override, "logger=none"], tmp_path, timeout=60)
