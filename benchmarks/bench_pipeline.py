@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,7 @@ def main() -> None:
                               args.repeats, warmup=0)
     kind = "median of" if args.repeats > 1 else "one run of"
     for h in settings:
-        parts = ", ".join(f"{k} {sorted(v)[len(v) // 2]:.1f}" for k, v in steps[h].items())
+        parts = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in steps[h].items())
         print(f"hardware={h}: pipeline wall time {med[h]:.1f} s ({kind} {args.repeats}); steps (s): {parts}")
     if len(settings) == 2:
         a, b = settings

@@ -351,7 +351,7 @@ def test_kv_cache_is_used_only_while_the_sequence_fits(monkeypatch):
     assert built == [1] and long.shape == (1, 20)
 
 
-def test_interleaved_medians_rotate_the_order_and_take_medians():
+def test_interleaved_medians_rotate_the_order_and_take_medians(monkeypatch):
     """Every case is timed once a round, each round starting one case later, and the median is reported."""
     from agentforge.evals import speed
 
