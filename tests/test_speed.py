@@ -367,13 +367,10 @@ def test_interleaved_medians_rotate_the_order_and_take_medians(monkeypatch):
     assert order == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then rotated rounds
     assert calls == {"a": 4, "b": 4, "c": 4} and set(med) == {"a", "b", "c"} and all(v >= 0 for v in med.values())
     ticks = iter([0.0, 1.0, 1.0, 4.0, 4.0, 6.0] * 2)  # one case, three rounds: 1, 3 and 2 s -> median 2 s
-    real = speed.time.perf_counter
-    speed.time.perf_counter = lambda: next(ticks)
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(speed.time, "perf_counter", lambda: next(ticks))
         assert speed.interleaved_medians({"x": lambda: None}, repeats=3, warmup=0) == {"x": 2.0}
         assert speed.interleaved_times({"x": lambda: None}, repeats=3, warmup=0) == {"x": [1.0, 3.0, 2.0]}
-    finally:
-        speed.time.perf_counter = real
     with pytest.raises(ValueError):
         speed.interleaved_medians({}, repeats=3)
 
