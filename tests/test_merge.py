@@ -412,3 +412,41 @@ def test_fitness_is_weighted_geometric_mean_of_ratios_to_the_inputs():
     slow_good = dict(avg)
     fast_bad = {**avg, "perplexity": 24.0, "flops_per_token": 100.0 / 3}
     assert score(fast_bad, ref) < score(slow_good, ref)
+
+
+def test_timed_speed_interleaves_model_and_yardstick_and_takes_the_median_per_round_ratio(monkeypatch):
+    """fitness.timed (speed="timed"): one untimed round, then ``speed_repeats`` rounds whose order rotates (model
+    first, then the yardstick first, ...), every pass in eval mode on [speed_batch, speed_seq_len]; the ratio is the
+    median of the per-round t_yardstick / t_model, the time the median of the model's passes."""
+    from agentforge.evals import speed
+    from agentforge.merge import fitness
+
+    order = []
+
+    class Probe(torch.nn.Embedding):
+        def __init__(self, name):
+            super().__init__(256, 4)
+            self.name = name
+
+        def forward(self, ids):
+            order.append((self.name, self.training, tuple(ids.shape)))
+            return super().forward(ids)
+
+    model, yard = Probe("m").train(), Probe("y")
+    data = fitness.EvalData(rows=torch.zeros(1, 9, dtype=torch.long), speed_seq_len=7, speed_batch=3, speed_repeats=3)
+    # per timed pass (round order m y | y m | m y): model 1, 2, 4 s; yardstick 3, 3, 2 s -> ratios 3, 1.5, 0.5
+    durations = iter([1.0, 3.0, 3.0, 2.0, 4.0, 2.0])
+    clock = {"t": 0.0, "start": True}
+
+    def perf_counter():
+        if not clock["start"]:
+            clock["t"] += next(durations)
+        clock["start"] = not clock["start"]
+        return clock["t"]
+
+    with monkeypatch.context() as m:
+        m.setattr(speed.time, "perf_counter", perf_counter)
+        ms, ratio = fitness.timed(model, yard, data)
+    assert [name for name, _, _ in order] == list("my" "my" "ym" "my")
+    assert all(not training and shape == (3, 7) for _, training, shape in order) and model.training
+    assert ms == 2000.0 and ratio == 1.5

@@ -40,11 +40,12 @@ def interleaved_times(cases: dict, repeats: int, warmup: int = 1, sync=None) -> 
 
 
 @torch.no_grad()
-def interleaved_latency_ms(models: list, seq_len: int, repeats: int) -> list[float]:
-    """Median forward latency (ms, one [1, seq_len] pass, eval mode) of each model, timed in interleaved
-    rounds whose order rotates (``evals.speed.interleaved_medians``, one untimed round first), so that load
-    from other processes hits all of them alike."""
-    ids = torch.randint(0, 256, (1, seq_len), generator=torch.Generator().manual_seed(0))
+def interleaved_forward_times(models: list, seq_len: int, repeats: int, batch: int = 1) -> list[list[float]]:
+    """Seconds of one forward pass over a [batch, seq_len] input (eval mode) of each model in each of ``repeats``
+    interleaved rounds whose order rotates (``interleaved_times``, one untimed round first), so that load from other
+    processes hits all of them alike and none is always timed first; ``[i][r]`` is model i in round r, so per-round
+    ratios line up. Each model's training flag is restored."""
+    ids = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     devices = [next(m.parameters()).device for m in models]
     inputs = [ids.to(d) for d in devices]
     cases = {i: (lambda m=m, x=x: m(x)) for i, (m, x) in enumerate(zip(models, inputs))}
@@ -53,11 +54,16 @@ def interleaved_latency_ms(models: list, seq_len: int, repeats: int) -> list[flo
     for m in models:
         m.eval()
     try:
-        med = interleaved_medians(cases, repeats, sync=sync)
+        times = interleaved_times(cases, repeats, sync=sync)
     finally:
         for m, w in zip(models, was):
             m.train(w)
-    return [1e3 * med[i] for i in range(len(models))]
+    return [times[i] for i in range(len(models))]
+
+
+def interleaved_latency_ms(models: list, seq_len: int, repeats: int) -> list[float]:
+    """Median forward latency (ms, one [1, seq_len] pass, eval mode) of each model (``interleaved_forward_times``)."""
+    return [1e3 * statistics.median(ts) for ts in interleaved_forward_times(models, seq_len, repeats)]
 
 
 @torch.no_grad()

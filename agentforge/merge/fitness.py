@@ -29,8 +29,8 @@ Determinism. With ``speed="flops"`` every term is a deterministic function of th
 count of a forward pass on a fixed input, the bytes, the losses and answers on fixed data), so timing
 noise cannot win a selection: measuring one model twice gives the same fitness bit for bit.
 ``speed="timed"`` scores wall-clock speed instead, measured as the median over ``speed_repeats`` of
-forward passes timed *alternately* with a fixed yardstick model (interleaved, so both see the same
-load); it stays noisy (issue 13 timed an exact copy against its original 15 times on the shared 2-core
+forward passes timed in interleaved rounds with a fixed yardstick model (the order rotating each round, so
+both see the same load and neither is always first); it stays noisy (issue 13 timed an exact copy against its original 15 times on the shared 2-core
 CPU: speed ratios 0.78-1.38, moving fitness by about +-6 %), which is why it is not the default. Either way the forward time is measured and logged (``inference_time_ms``).
 """
 from __future__ import annotations
@@ -102,16 +102,11 @@ def forward_flops(model, data: EvalData) -> int:
 
 
 def timed(model, yardstick, data: EvalData) -> tuple[float, float]:
-    """(median forward ms of model, median of t_yardstick / t_model), the two timed alternately."""
-    kw = {"seq_len": data.speed_seq_len, "batch": data.speed_batch, "repeats": 1}
-    speed.forward_latency_ms(model, warmup=1, **kw)
-    speed.forward_latency_ms(yardstick, warmup=1, **kw)
-    ts, ratios = [], []
-    for _ in range(data.speed_repeats):
-        t = speed.forward_latency_ms(model, warmup=0, **kw)
-        ratios.append(speed.forward_latency_ms(yardstick, warmup=0, **kw) / t)
-        ts.append(t)
-    return statistics.median(ts), statistics.median(ratios)
+    """(median forward ms of model, median over rounds of t_yardstick / t_model): the two timed in interleaved rounds
+    whose order rotates (``speed.interleaved_forward_times``), so neither is always the one timed first."""
+    t_model, t_yard = speed.interleaved_forward_times([model, yardstick], data.speed_seq_len, data.speed_repeats,
+                                                      batch=data.speed_batch)
+    return 1e3 * statistics.median(t_model), statistics.median(y / t for y, t in zip(t_yard, t_model))
 
 
 @dataclass(frozen=True)
