@@ -193,6 +193,29 @@ def test_loading_other_weights_into_frozen_layers_is_not_served_from_their_cache
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["int8", "float"])
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("edited", ["codes", "gamma", "bias"])
+def test_in_place_edits_of_frozen_weights_are_not_served_from_their_caches(kernel, fused, edited):
+    """An in-place edit of one frozen layer's codes, gamma or bias after it has run (a weight-flip ablation, say):
+    its version counter invalidates the plan and the caches derived from the weights (codes^T, the dense weight,
+    the fused concatenation), so every layer's output is that of layers built from the edited weights."""
+    model, x = Siblings(), torch.randn(1, 16)
+    if fused:
+        fuse_siblings(model, x)
+    _set_kernel(model, kernel)
+    with torch.no_grad():
+        before = model(x)                          # caches made with the old weights
+        tensor = getattr(model.b, edited)          # edited through the tensor (``.data`` has no version counter)
+        tensor.copy_({"codes": lambda t: -t, "gamma": lambda t: t * 1.5, "bias": lambda t: t + 1.0}[edited](tensor))
+        want = _built_from({k: v.clone() for k, v in model.state_dict().items()})
+        _set_kernel(want, kernel)
+        got, expected = model(x), want(x)
+    for g, w in zip(got, expected):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(got[1], before[1])   # the edit changed b's output
+
+
 def test_with_autograd_on_the_fused_layers_give_the_unfused_gradients():
     """Grad mode with an input that needs no gradient (the fused concatenation holds detached biases): the
     outputs carry the bias's gradient as the unfused layers' do."""

@@ -31,6 +31,8 @@ layer replaces nn.Linear in a trained model, whose function must not change beyo
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +45,7 @@ from agentforge.quant.ternary import EPS, PAPER_THRESHOLD, dequantize, quantize_
 # [0]: the last shared quantization (input, (its _version, clip, bits, static, out), (q, s));
 # [1]: the last fused siblings' outputs (input, group, (its _version, kernel), [outputs not yet served]).
 _LAST: list = [None, None]
+_VERSION = operator.attrgetter("_version")  # a tensor's in-place modification counter
 
 
 def clear_caches() -> None:
@@ -154,9 +157,11 @@ class BitLinear(nn.Module):
     # -- compute ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.__dict__.get("_plan")  # a plain dict read: nn.Module attribute lookups cost microseconds
-        if plan is not None and plan[0]._version == plan[1]:
+        if plan is not None and tuple(map(_VERSION, plan[0])) == plan[1]:
             return self._frozen_forward(x, plan)
         if self.frozen:
+            if plan is not None and tuple(map(_VERSION, plan[0][1:])) != plan[1][1:]:
+                self._derive_caches()  # codes, gamma or bias edited in place: remake what is derived from them
             return self._frozen_forward(x, self._make_plan())
         w = self.weight + self._ste_offset()
         if self.act_bits is not None:  # x + (Q(x) - x).detach(), with Q(x) computed outside autograd
@@ -181,8 +186,10 @@ class BitLinear(nn.Module):
         return offset
 
     def _make_plan(self) -> tuple:
-        """What the frozen forward reads, as plain Python values, cached until act_clip is modified, the
-        module is moved or cast (``_apply``) or weights are loaded into it (``_load_from_state_dict``): (act_clip, its version, clip as a float on CPU else the
+        """What the frozen forward reads, as plain Python values, cached until act_clip, codes, gamma or bias is
+        modified (their version counters count in-place edits; an edited weight remakes the derived caches), the
+        module is moved or cast (``_apply``) or weights are loaded into it (``_load_from_state_dict``): ((act_clip,
+        codes, gamma[, bias]), their versions, clip as a float on CPU else the
         tensor, (gamma * codes)^T, codes^T, gamma per output row, bias, static, fused, nat). ``fused`` is
         (``fuse.FusedSiblings``, this layer's index in it) for a layer fused with its siblings, else None;
         a fused layer's plan is made by its group, for every member at once (``fuse.SiblingGroup``).
@@ -199,8 +206,9 @@ class BitLinear(nn.Module):
         static = self.act_scale == "static"
         nat = None if c.device.type != "cpu" or static or not self.act_bits or self.act_bits > 8 else \
             (clip, EPS, (1 << (self.act_bits - 1)) - 1, self._codes_t, self._gamma_row, self.bias)
-        plan = (c, c._version, clip, self.dense_weight().t(), self._codes_t, self._gamma_row, self.bias, static,
-                fused, nat)
+        watch = (c, self.codes, self.gamma) + ((self.bias,) if self.bias is not None else ())
+        plan = (watch, tuple(map(_VERSION, watch)), clip, self.dense_weight().t(), self._codes_t, self._gamma_row,
+                self.bias, static, fused, nat)
         self.__dict__["_plan"] = plan
         return plan
 
