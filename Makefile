@@ -34,8 +34,11 @@ pipeline:  ## all four phases chained
 sweep:  ## the three Cognate models as a multirun
 	$(PY) -m agentforge -m phase=cognate model=m1,m2,m3
 
-bench:  ## every benchmark, printing its figures
+bench:  ## every benchmark, printing its figures (and the GPU figures where a CUDA GPU is visible)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	  bash benchmarks/gpu_figures.sh kernels && bash benchmarks/gpu_figures.sh pipeline; \
+	else echo "== GPU figures: no CUDA GPU visible here (benchmarks/gpu_figures.sh kernels|pipeline on a GPU machine)"; fi
 
 lint:  ## ruff
 	$(PY) -m ruff check agentforge tests benchmarks scripts
