@@ -5,8 +5,10 @@ Given per-step halting probabilities lambda_1..lambda_N (lambda_N = 1 at the las
 the probability of halting at step n is p_n = lambda_n prod_{j<n} (1 - lambda_j). The prior is the same
 construction with a constant lambda_p: a geometric distribution truncated at N, the tail mass on step N
 (a constant halting head matches it exactly, so the KL is 0 at the prior). The paper picks N so that tail
-is small; with N = 4 steps it is (1 - lambda_p)^3, 42 % for lambda_p = 0.25, which pulls the median halting
-step to the bound — the model configs choose lambda_p with that in mind.
+is small; with N = 4 steps it is (1 - lambda_p)^3, 42 % for lambda_p = 0.25. The prior's own median is then
+still step 3 (cumulative 0.58), but only just: a loss gain of beta ln(0.578 / 0.422) = 0.315 beta nats at the
+last step (``gibbs_halting``, below) moves the median halting step to the bound — the model configs choose
+lambda_p with that in mind.
 
 The loss per token is sum_n p_n L_n + beta KL(p || prior). Its minimiser over p is the Gibbs distribution
 p_n ∝ prior_n exp(-L_n / beta) (``gibbs_halting``): beta is a temperature in nats. With beta far below the

@@ -22,7 +22,7 @@ graph: a loss on a later extension reaches the parameters through the cached key
 (``copy`` branches a state: repeated rows, or detached for sampling; ``extend_branches`` runs several
 branches of one state as one padded batch). ``extend`` computes the eval-mode
 forward: TRM's no-grad early steps and QK-clip's max-logit statistics are training-mode features it does
-not have, and it refuses ``memory.persist`` (the forward would write the bank this decoder started from).
+not have, and it refuses ``model.memory.persist`` (the forward would write the bank this decoder started from).
 Positions are absolute from the start of the prompt, so the cache serves sequences up to
 ``max_seq_len``; ``generate`` falls back to the uncached loop for longer ones.
 """
@@ -61,7 +61,7 @@ class CognateDecoder:
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """``next_logits`` for a fresh decoder's prompt ids [B, P] in one pass (``extend``) instead of P
-        decoder steps; per position with ``memory.persist`` (which ``extend`` refuses)."""
+        decoder steps; per position with ``model.memory.persist`` (which ``extend`` refuses)."""
         if self.pos != 0 or self.model.memory.persist:
             return self.next_logits(ids)
         return self.extend(ids).logits[:, -1]

@@ -12,9 +12,9 @@ own prediction without any thought (the thoughts ablated):
                  predictions made with it, *within* positions: both are centred on their mean over the
                  K thoughts of the same window before pooling, so easy and hard windows cannot make a
                  correlation on their own (pass > 0.5). The quality must be computable before the
-                 future is seen — ``rl.prior_quality`` uses only the context and the thought, never the
-                 true tokens it is scored against. Undefined when either side is constant within every
-                 window (counts as 0, CI [0, 0]).
+                 future is seen — the ``prior`` of ``rl.coherence_scores`` (``coherence.prior``) uses only
+                 the context and the thought, never the true tokens it is scored against. Undefined when
+                 either side is constant within every window (counts as 0, CI [0, 0]).
 
 Each figure comes with n (windows) and a 95 % percentile-bootstrap CI over windows (Efron & Tibshirani
 1993; scipy's ``stats.bootstrap``; the drop through ``evals.stats.paired_bootstrap``). The verdict is
