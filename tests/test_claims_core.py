@@ -22,6 +22,7 @@ from agentforge.models.grokking import ReferenceAttention
 from agentforge.models.halting import geometric_prior, gibbs_halting, halting_distribution, pondernet_loss
 from agentforge.models.layers import RMSNorm, apply_rope, rope_cache
 from agentforge.models.memory import SurpriseMemory
+from agentforge.models.surgery import wrap
 from agentforge.optim import clip_grad_norm_
 from agentforge.optim.muon_grokfast import MuonGrokfast
 from agentforge.optim.qk_clip import qk_clip_
@@ -29,6 +30,7 @@ from agentforge.optim.schedule import warmup_cosine
 from agentforge.quant.calibrate import activation_stats
 from agentforge.quant.ternary import quantize_activations
 from agentforge.reasoning import baking, coherence, rewards
+from agentforge.reasoning.strategies import generate_examples
 from agentforge.reasoning.thoughts import MixingHead, kl_to_reference, reinforce_loss
 from agentforge.reasoning.tokens import resize_vocab
 
@@ -77,6 +79,52 @@ def test_halting_head_starts_at_the_logit_of_the_prior(prior, init, bias):
     """CognateConfig.halt_bias_init: None = logit(ponder_prior) (10 when the prior is 1), else the given logit."""
     model = tiny(ponder_prior=prior, halt_bias_init=init)
     assert model.halt_head.bias.item() == pytest.approx(bias, abs=1e-6)
+
+
+def test_training_loss_is_ponder_loss_plus_every_steps_loss_by_hand():
+    """cognate.py step 3: loss = sum_n p_n L_n + ponder_cost KL(p || prior) + (1 + deep_supervision) mean_n L_n, per
+    token means; lambda = 0.3 at step 1 of 2: p = (0.3, 0.7), KL against (0.5, 0.5) = 0.3 ln 0.6 + 0.7 ln 1.4; the
+    cumulative 0.3 < 0.5 at step 1, so every token halts at step 2 and lm_loss is step 2's loss."""
+    model = tiny(ponder_prior=0.5, ponder_cost=0.1, deep_supervision=0.3, max_steps=2).eval()
+    with torch.no_grad():
+        model.halt_head.weight.zero_()
+        model.halt_head.bias.fill_(math.log(0.3 / 0.7))
+    x = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(1))
+    out = model(x, y)
+    with torch.no_grad():
+        e = model.embed(x)
+        z1, _ = model._step(e, e, 6)
+        z2, _ = model._step(z1, e, 6)
+        l1, l2 = (torch.nn.functional.cross_entropy(model.lm_head(model.norm(z)).flatten(0, 1), y.flatten())
+                  for z in (z1, z2))
+    kl = 0.3 * math.log(0.6) + 0.7 * math.log(1.4)
+    expect = 0.3 * l1 + 0.7 * l2 + 0.1 * kl + 1.3 * (l1 + l2) / 2
+    assert out.loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    assert out.lm_loss.item() == pytest.approx(l2.item(), rel=1e-5) and torch.all(out.halting_steps == 2)
+
+
+# -- models/surgery.py ------------------------------------------------------------------------------------------
+def test_refinement_halts_at_the_first_stable_step_and_halting_changes_no_running_tokens_trajectory():
+    """A token stops at the first step k whose greedy prediction equals step k-1's (else at K) and keeps it; the
+    tokens still running follow the same trajectory as with halting off (refinement is position-wise)."""
+    base = tiny().eval()
+    model = wrap(base, max_inner_steps=4)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.refine_out.weight.normal_(std=1.0)                    # a refiner that changes predictions
+    x = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(0))
+    halted, free = model(x, halt=True), model(x, halt=False)
+    steps = halted.refine_steps.long()
+    assert len(steps.unique()) >= 3                                  # early and late halting tokens both occur
+    same = free.step_preds[1:] == free.step_preds[:-1]               # [K, B, T]: step k repeats step k-1
+    first = torch.where(same.any(0), same.float().argmax(0) + 1, torch.full_like(steps, 4))
+    assert torch.equal(steps, first)
+    for b in range(2):
+        for t in range(12):
+            k = int(steps[b, t])
+            assert torch.equal(halted.step_preds[: k + 1, b, t], free.step_preds[: k + 1, b, t])
+            assert torch.all(halted.step_preds[k:, b, t] == halted.step_preds[k, b, t])
 
 
 # -- models/layers.py -------------------------------------------------------------------------------------------
@@ -239,6 +287,22 @@ def test_calibration_counts_every_call_of_a_layer_and_takes_the_percentile_of_to
     assert st["abs_mean"] == pytest.approx(2.5 / 4)
 
 
+def test_quant_modules_touch_files_only_in_checkpoint_and_native():
+    """quant/__init__: pure compute except checkpoint.py (the packed checkpoint) and native.py (its build)."""
+    io_names = {"open", "Path", "load_checkpoint", "save_checkpoint", "load_inline", "save", "load", "safe_open"}
+    pkg = importlib.import_module("agentforge.quant")
+    touching = set()
+    for info in pkgutil.iter_modules(pkg.__path__):
+        tree = ast.parse(open(importlib.import_module(f"agentforge.quant.{info.name}").__file__).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+                if name in io_names:
+                    touching.add(info.name)
+    assert touching == {"checkpoint", "native"}, touching
+
+
 # -- reasoning -------------------------------------------------------------------------------------------------
 def test_reinforce_with_the_mean_baseline_by_hand():
     """rewards: r_j = sum of the true tokens' mixed log-likelihoods; A_j = r_j - mean_k r_k; thoughts.reinforce_loss
@@ -297,6 +361,13 @@ def test_a_new_tokens_logit_is_the_mean_logit_so_it_takes_at_most_one_nth_of_the
         p = logits.softmax(-1)
     assert torch.allclose(logits[:, 259], logits[:, :259].mean(-1), atol=1e-6)   # trained: the ids below 259
     assert torch.all(p[:, 259] <= p[:, :259].sum(-1) / 259 + 1e-9)
+
+
+def test_strategy_examples_of_train_and_val_are_disjoint():
+    """strategies.generate_examples: train/val are disjoint (no question in both)."""
+    train = {e["question"] for e in generate_examples(10, 0, "train")}
+    val = {e["question"] for e in generate_examples(10, 0, "val")}
+    assert len(train) > 90 and len(val) > 90 and not train & val
 
 
 # -- docstring cross-references ----------------------------------------------------------------------------------
