@@ -28,6 +28,8 @@ from agentforge.optim.muon_grokfast import MuonGrokfast
 from agentforge.optim.qk_clip import qk_clip_
 from agentforge.optim.schedule import warmup_cosine
 from agentforge.quant.calibrate import activation_stats
+from agentforge.quant.checkpoint import packed_tensors
+from agentforge.quant.convert import convert_to_bitlinear, freeze, layer_stats
 from agentforge.quant.ternary import quantize_activations
 from agentforge.reasoning import baking, coherence, rewards
 from agentforge.reasoning.strategies import generate_examples
@@ -301,6 +303,26 @@ def test_quant_modules_touch_files_only_in_checkpoint_and_native():
                 if name in io_names:
                     touching.add(info.name)
     assert touching == {"checkpoint", "native"}, touching
+
+
+@pytest.mark.parametrize("scheme", ["base3", "2bit"])
+def test_layer_stats_stored_bytes_are_the_packed_checkpoints_bytes(scheme):
+    """convert.layer_stats: a layer's stored bytes are what the packed checkpoint spends on it (packed codes, float32
+    gamma and clip, fp16 bias; fp16 preserved parameters), byte for byte; ratio = float32 bytes / stored bytes."""
+    model = tiny()
+    convert_to_bitlinear(model)
+    freeze(model)
+    tensors, _ = packed_tensors(model, scheme, "float16")
+    rows = layer_stats(model, scheme, preserved_itemsize=2)
+    assert any(r["quantized"] for r in rows) and any(not r["quantized"] for r in rows)
+    for r in rows:
+        mod, prefix = model.get_submodule(r["name"]), f"{r['name']}." if r["name"] else ""
+        if r["quantized"]:
+            keys = [k for k in tensors if k.startswith(prefix) and "." not in k[len(prefix):]]
+        else:
+            keys = [prefix + k for k, p in mod._parameters.items() if p is not None]
+        assert r["stored_bytes"] == sum(tensors[k].numel() * tensors[k].element_size() for k in keys), r["name"]
+        assert r["compression_ratio"] == pytest.approx(4 * r["original_params"] / r["stored_bytes"])
 
 
 # -- reasoning -------------------------------------------------------------------------------------------------
