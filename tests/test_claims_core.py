@@ -27,7 +27,7 @@ from agentforge.optim import clip_grad_norm_
 from agentforge.optim.muon_grokfast import MuonGrokfast
 from agentforge.optim.qk_clip import qk_clip_
 from agentforge.optim.schedule import warmup_cosine
-from agentforge.quant.calibrate import activation_stats
+from agentforge.quant.calibrate import _MAX_QUANTILE_INPUT, activation_stats
 from agentforge.quant.checkpoint import packed_tensors
 from agentforge.quant.convert import convert_to_bitlinear, freeze, layer_stats
 from agentforge.quant.ternary import quantize_activations
@@ -323,6 +323,15 @@ def test_layer_stats_stored_bytes_are_the_packed_checkpoints_bytes(scheme):
             keys = [prefix + k for k, p in mod._parameters.items() if p is not None]
         assert r["stored_bytes"] == sum(tensors[k].numel() * tensors[k].element_size() for k in keys), r["name"]
         assert r["compression_ratio"] == pytest.approx(4 * r["original_params"] / r["stored_bytes"])
+
+
+@pytest.mark.slow
+def test_torch_quantile_input_limit_that_calibration_samples_under():
+    """calibrate._MAX_QUANTILE_INPUT: torch.quantile takes 2**24 elements and refuses one more."""
+    assert _MAX_QUANTILE_INPUT < 2**24
+    assert torch.quantile(torch.zeros(2**24), 0.5).item() == 0.0
+    with pytest.raises(RuntimeError, match="too large"):
+        torch.quantile(torch.zeros(2**24 + 1), 0.5)
 
 
 # -- reasoning -------------------------------------------------------------------------------------------------

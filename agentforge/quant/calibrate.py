@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-_MAX_QUANTILE_INPUT = 2**24 - 1  # torch.quantile's input limit
+_MAX_QUANTILE_INPUT = 2**24 - 1  # torch.quantile refuses more than 2**24 elements
 
 
 @torch.no_grad()
