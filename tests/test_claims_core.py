@@ -361,6 +361,18 @@ def test_mixing_head_is_the_reference_mlp_with_hidden_d_and_starts_at_w_zero():
     assert torch.equal(MixingHead(6)(torch.randn(3, 6), torch.randn(3, 6)), torch.zeros(3, 1))
 
 
+def test_mixing_logits_equals_the_references_mixing_of_final_norm_states():
+    """thoughts.MixingHead: w * logits_with + (1 - w) * logits_without = lm_head(w * norm(h_with) + (1 - w) *
+    norm(h_without)), the reference's mixture, because the Cognate lm_head has no bias."""
+    model = tiny().eval()
+    assert model.lm_head.bias is None
+    h_with, h_without, w = torch.randn(3, 16), torch.randn(3, 16), torch.rand(3, 1)
+    with torch.no_grad():
+        ours = w * model.lm_head(model.norm(h_with)) + (1 - w) * model.lm_head(model.norm(h_without))
+        ref = model.lm_head(w * model.norm(h_with) + (1 - w) * model.norm(h_without))
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
 def test_coherence_combine_and_prior_by_hand():
     """coherence = 0.4 semantic + 0.3 syntactic + 0.3 predictive; prior = (0.4 semantic + 0.3 syntactic) / 0.7."""
     s = {"semantic": torch.tensor([1.0]), "syntactic": torch.tensor([0.3]), "predictive": torch.tensor([0.0])}

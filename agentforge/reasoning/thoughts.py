@@ -42,7 +42,11 @@ class MixingHead(nn.Module):
     to zero, so at the start w = 0 at every position: untrained thoughts have no influence on the
     prediction until the head learns to use them. Departure: the last layer has a bias (the reference
     has none), initialised to ``init_weight`` (default 0, i.e. the reference's start), so a fixed
-    weight can be set; H defaults to D as in the reference."""
+    weight can be set; H defaults to D as in the reference. The mixture is the reference's: it mixes the
+    final-norm hidden states and applies the bias-free lm_head, which equals mixing the two logits as ``think``
+    does. Second departure, not measured either way: the head reads the Cognate latents before the final norm
+    (``CognateOutput.hidden``, what the model returns), the reference's reads the final-norm states, in the
+    order [without; with] (the order only permutes the first layer's input columns)."""
 
     def __init__(self, d_model: int, hidden: int | None = None, init_weight: float = 0.0):
         super().__init__()
