@@ -1,11 +1,12 @@
 """The 12 Phase-3 special tokens, and growing a Cognate model's vocabulary to hold them.
 
-New rows follow the recipe of Hewitt (2021, "Initializing New Word Embeddings for Pretrained Language
-Models"): the output (lm_head) row of a new token is the mean of the trained rows, so its logit is the
-average logit and it takes about 1/V of the probability mass at most instead of an arbitrary share;
-the input (embedding) row is drawn from N(mean, std) of the trained rows, per dimension, so the new
-tokens look like ordinary inputs but stay distinguishable. Rows of the old tokens are copied, so the
-old tokens' logits on old-token inputs are unchanged.
+The output (lm_head) row of a new token follows Hewitt (2021, "Initializing New Word Embeddings for
+Pretrained Language Models"): the mean of the n trained rows, so its logit is the average of their logits
+and (Jensen) it takes at most 1/n of their probability mass instead of an arbitrary share. The input
+(embedding) row departs from Hewitt's average on purpose: it is drawn from N(mean, std) of the trained rows,
+per dimension, so the new tokens look like ordinary inputs but stay distinguishable from each other (twelve
+equal rows would be one input). Rows of the old tokens are copied, so the old tokens' logits on old-token
+inputs are unchanged.
 """
 from __future__ import annotations
 
