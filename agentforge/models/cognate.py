@@ -5,7 +5,9 @@ Reading order, one forward pass over token ids x [B, T]:
 1. e = embed(x). The latent state starts at z_0 = e.
 2. Recursion (TRM, Jolicoeur-Martineau 2025, "Less is More: Recursive Reasoning with Tiny Networks"):
    for step n = 1..max_steps the same causal backbone refines the latent, z_n = MAG(blocks(z_{n-1} + e)),
-   with the input re-injected each step. Deep supervision: every step's latent is decoded and trained
+   with the input re-injected each step. Simplified from TRM (not measured against its form): one latent per
+   token, where TRM keeps an answer y and a reasoning latent z and updates z n times from (x, y, z) before
+   each update of y from (y, z). Deep supervision: every step's latent is decoded and trained
    on the next-token targets (weight ``deep_supervision``). TRM's cheaper recursion is an option:
    ``no_grad_steps`` early steps run without gradients (their latents are detached), the rest with.
 3. Halting: PonderNet (Banino et al. 2021, "PonderNet: Learning to Ponder"). A halting head gives
