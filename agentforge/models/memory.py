@@ -28,8 +28,9 @@ chunks the same way, so a token only ever reads what earlier chunks stored):
   (Titans' associative loss ||M(k) - v||^2, normalized, on (context -> next) pairs; 1 when nothing relevant
   is stored, near 0 when the same context was followed by the same content before — so it falls on repeats)
 * write (end of chunk c): the ``max_writes`` most surprising tokens with s > ``surprise_threshold`` are
-  stored as (k, v) — into empty slots first, else the least recently used ones (LRU, as in Santoro et al.
-  2016's least-recently-used access: a slot is "used" when some token gives it more than half of its read).
+  stored as (k, v) — into empty slots first, else the least recently used ones (LRU, after Santoro et al.
+  2016's least-recently-used access, simplified: no decaying usage weights and no interpolation with the
+  last-read slot; a slot is "used" when some token gives it more than half of its read).
   With ``max_writes`` = ``chunk`` every surprising token is written; the bank holds ``slots`` of them
   before LRU eviction starts (m1: 128 slots, one default 128-token row).
 * gate: out = h + g * W_o r,  g = sigmoid(W_g h + b), W_g = 0 and b = ``gate_bias`` = 0 at the start (g = 0.5).
