@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.grokking import ReferenceAttention
 from agentforge.models.halting import geometric_prior, gibbs_halting, halting_distribution, pondernet_loss
+from agentforge.models.kv_cache import CognateDecoder
 from agentforge.models.layers import RMSNorm, apply_rope, rope_cache
 from agentforge.models.memory import SurpriseMemory
 from agentforge.models.surgery import wrap
@@ -33,7 +34,7 @@ from agentforge.quant.convert import convert_to_bitlinear, freeze, layer_stats
 from agentforge.quant.ternary import quantize_activations
 from agentforge.reasoning import baking, coherence, rewards
 from agentforge.reasoning.strategies import generate_examples
-from agentforge.reasoning.thoughts import MixingHead, kl_to_reference, reinforce_loss
+from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts, kl_to_reference, reinforce_loss
 from agentforge.reasoning.tokens import resize_vocab
 
 PACKAGES = ("agentforge.models", "agentforge.quant", "agentforge.reasoning", "agentforge.optim")
@@ -371,6 +372,23 @@ def test_mixing_logits_equals_the_references_mixing_of_final_norm_states():
         ours = w * model.lm_head(model.norm(h_with)) + (1 - w) * model.lm_head(model.norm(h_without))
         ref = model.lm_head(w * model.norm(h_with) + (1 - w) * model.norm(h_without))
     assert torch.allclose(ours, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_with_thoughts_costs_what_its_docstring_counts(use_cache, monkeypatch):
+    """thoughts.generate_with_thoughts, per token with a thought of L tokens: cached, one pass over context +
+    [thinking] then L + 1 decode steps (decoder runs: 1 + L + 1), no full forward; uncached, L + 2 forwards."""
+    model, length, new = tiny(vocab_size=272, max_seq_len=64).eval(), 3, 2
+    runs, forwards = [], []
+    real_run = CognateDecoder._run
+    monkeypatch.setattr(CognateDecoder, "_run", lambda self, ids: runs.append(ids.shape[1]) or real_run(self, ids))
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    generate_with_thoughts(model, MixingHead(16), torch.randint(0, 256, (1, 8)), new, length, 259, 260,
+                           context_len=16, generator=torch.Generator().manual_seed(0), use_cache=use_cache)
+    if use_cache:
+        assert len(forwards) == 0 and len(runs) == new * (length + 2) and runs.count(1) == new * (length + 1)
+    else:
+        assert len(runs) == 0 and len(forwards) == new * (length + 2)
 
 
 def test_coherence_combine_and_prior_by_hand():
