@@ -25,8 +25,10 @@ chunks the same way, so a token only ever reads what earlier chunks stored):
   holding the recall task's code, 0.51 at 32; an empty bank reads r = 0)
 * surprise: the memory's prediction error for the token's value from its context's key,
   s = ||v - M(k)||^2 / (||v||^2 + eps) with M(k) = softmax(beta * k K_c^T) V_c
-  (Titans' associative loss ||M(k) - v||^2, normalized, on (context -> next) pairs; 1 when nothing relevant
-  is stored, near 0 when the same context was followed by the same content before — so it falls on repeats)
+  (Titans' associative loss ||M(k) - v||^2, normalized, on (context -> next) pairs; 1 on an empty bank
+  (M(k) = 0); when nothing relevant is stored M(k) is a blend of unrelated values and s is about 1 or above
+  (4/3 in tests/test_memory.py's hand case); near 0 when the same context was followed by the same content
+  before — so it falls on repeats)
 * write (end of chunk c): the ``max_writes`` most surprising tokens with s > ``surprise_threshold`` are
   stored as (k, v) — into empty slots first, else the least recently used ones (LRU, after Santoro et al.
   2016's least-recently-used access, simplified: no decaying usage weights and no interpolation with the
