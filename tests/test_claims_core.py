@@ -24,7 +24,7 @@ from agentforge.models.kv_cache import CognateDecoder
 from agentforge.models.layers import RMSNorm, apply_rope, rope_cache
 from agentforge.models.memory import SurpriseMemory
 from agentforge.models.surgery import wrap
-from agentforge.optim import clip_grad_norm_
+from agentforge.optim import clip_grad_norm_, split_muon
 from agentforge.optim.muon_grokfast import MuonGrokfast
 from agentforge.optim.qk_clip import qk_clip_
 from agentforge.optim.schedule import warmup_cosine
@@ -230,6 +230,17 @@ def test_qk_clip_scales_one_heads_query_and_key_rows_and_biases_by_sqrt_tau_over
     new = logits()
     assert torch.allclose(new[0, 0], old[0, 0] / 4, atol=1e-6) and torch.equal(new[0, 1], old[0, 1])
     assert attn.max_logit.tolist() == [tau, tau / 2]
+
+
+def test_muon_takes_hidden_matrices_only():
+    """optim.split_muon: Muon gets 2-D weights of hidden nn.Linear layers; a Linear named *head, a matrix with a
+    dimension of 1, embeddings go to AdamW (with decay for matrices, without for embeddings and biases)."""
+    model = nn.ModuleDict({"hidden": nn.Linear(4, 3), "score": nn.Linear(4, 1), "out_head": nn.Linear(4, 5),
+                           "embed": nn.Embedding(6, 4)})
+    muon, decay, no_decay = ({id(p) for p in group} for group in split_muon(model))
+    assert muon == {id(model["hidden"].weight)}
+    assert decay == {id(model["score"].weight), id(model["out_head"].weight)}
+    assert no_decay == {id(model["embed"].weight)} | {id(model[n].bias) for n in ("hidden", "score", "out_head")}
 
 
 def test_clip_grad_norm_returns_the_filtered_norm_and_the_step_does_not_filter_again():
