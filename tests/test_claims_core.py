@@ -33,8 +33,15 @@ from agentforge.quant.checkpoint import packed_tensors
 from agentforge.quant.convert import convert_to_bitlinear, freeze, layer_stats
 from agentforge.quant.ternary import quantize_activations
 from agentforge.reasoning import baking, coherence, rewards
+from agentforge.reasoning.rl import ThoughtConfig, rl_step
 from agentforge.reasoning.strategies import generate_examples
-from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts, kl_to_reference, reinforce_loss
+from agentforge.reasoning.thoughts import (
+    MixingHead,
+    generate_with_thoughts,
+    kl_to_reference,
+    reinforce_loss,
+    think,
+)
 from agentforge.reasoning.tokens import resize_vocab
 
 PACKAGES = ("agentforge.models", "agentforge.quant", "agentforge.reasoning", "agentforge.optim")
@@ -400,6 +407,29 @@ def test_generation_with_thoughts_costs_what_its_docstring_counts(use_cache, mon
         assert len(forwards) == 0 and len(runs) == new * (length + 2) and runs.count(1) == new * (length + 1)
     else:
         assert len(runs) == 0 and len(forwards) == new * (length + 2)
+
+
+def test_rl_step_loss_is_reinforce_plus_both_lm_losses_plus_the_kl():
+    """rl.py: loss = REINFORCE (reward = gain over the mean thought) + NLL of the true tokens under the mixed
+    prediction + next-token loss of the window + kl_coef * KL(policy || reference), from the same sampled batch."""
+    model, head = tiny(vocab_size=272, max_seq_len=64).eval(), MixingHead(16, init_weight=0.5)
+    ref = tiny(vocab_size=272, max_seq_len=64).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.01 * torch.randn_like(p))                       # a reference the policy differs from
+    cfg = ThoughtConfig(num_thoughts=3, thought_length=2, n_true=2, context_len=8, kl_coef=0.7)
+    ids = {"start": 259, "end": 260, "banned": [256, 257, 259, 260]}
+    windows = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(0))
+    loss, figures = rl_step(model, head, ref, windows, cfg, ids, torch.Generator().manual_seed(1))
+    batch = think(model, head, windows, 2, 3, 2, 259, 260, 1.0, ids["banned"], torch.Generator().manual_seed(1))
+    logp = batch.true_logp_mixed()
+    policy = reinforce_loss(batch.thought_logp, rewards.advantages(rewards.thought_rewards(logp)))
+    base_ce = torch.nn.functional.cross_entropy(batch.base_logits.flatten(0, 1), windows[:, 1:].flatten())
+    with torch.no_grad():
+        kl = kl_to_reference(batch.base_logits, ref(windows[:, :-1]).logits)
+    expect = policy - logp.mean() + base_ce + 0.7 * kl
+    assert kl > 0 and loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    assert figures["kl"] == pytest.approx(kl.item(), rel=1e-5)
 
 
 def test_coherence_combine_and_prior_by_hand():
