@@ -31,7 +31,8 @@ from agentforge.optim.schedule import warmup_cosine
 from agentforge.quant.calibrate import _MAX_QUANTILE_INPUT, activation_stats
 from agentforge.quant.checkpoint import packed_tensors
 from agentforge.quant.convert import convert_to_bitlinear, freeze, layer_stats
-from agentforge.quant.ternary import quantize_activations
+from agentforge.quant.packing import pack
+from agentforge.quant.ternary import absmean_scale, quantize_activations
 from agentforge.reasoning import baking, coherence, rewards
 from agentforge.reasoning.rl import ThoughtConfig, rl_step
 from agentforge.reasoning.strategies import generate_examples
@@ -272,6 +273,22 @@ class _Ops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.append(func.__name__)
         return func(*args, **(kwargs or {}))
+
+
+def test_packed_bytes_by_hand():
+    """packing: base3 byte = d0 + 3 d1 + 9 d2 + 27 d3 + 81 d4 with d = code + 1 (at most 242), the tail padded with
+    the digit of 0; 2bit byte = d0 | d1 << 2 | d2 << 4 | d3 << 6."""
+    base3 = pack(torch.tensor([1, 1, 1, 1, 1, 0, 1, -1], dtype=torch.int8))
+    assert base3.tolist() == [242, 1 + 3 * 2 + 9 * 0 + 27 * 1 + 81 * 1]          # tail (0, 1, -1, pad 0, pad 0)
+    two = pack(torch.tensor([1, 0, -1, 1, -1], dtype=torch.int8), "2bit")
+    assert two.tolist() == [2 | 1 << 2 | 0 << 4 | 2 << 6, 0 | 1 << 2 | 1 << 4 | 1 << 6]
+
+
+def test_absmean_scale_shapes_and_values():
+    """ternary.absmean_scale: mean|W| over the tensor (shape []) or per output row (shape [out, 1])."""
+    w = torch.tensor([[1.0, -3.0], [0.0, 2.0]])
+    assert absmean_scale(w).shape == () and absmean_scale(w).item() == 1.5
+    assert absmean_scale(w, per_channel=True).tolist() == [[2.0], [1.0]]
 
 
 @pytest.mark.parametrize("clip,out,ops", [(2.0, "int8", 7), (None, "dequantized", 7), (2.0, "codes", 6),
