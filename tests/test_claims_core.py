@@ -71,6 +71,15 @@ def test_halting_prior_tail_at_lambda_quarter_and_the_gain_that_moves_its_median
         assert int((q < 0.5).sum()) + 1 == median
 
 
+@pytest.mark.parametrize("lam,n", [(0.5, 4), (0.25, 4), (0.6, 3), (0.7, 2)])
+def test_expected_steps_of_the_truncated_prior(lam, n):
+    """CognateConfig.ponder_prior: the truncated prior's expected step is (1 - (1 - lambda_p)^N) / lambda_p
+    (m1: 0.5 over 4 steps -> 1.875, not 1 / lambda_p = 2)."""
+    p = geometric_prior(lam, n, dtype=torch.float64)
+    expected = float((p * torch.arange(1, n + 1, dtype=torch.float64)).sum())
+    assert expected == pytest.approx((1 - (1 - lam) ** n) / lam, rel=1e-12)
+
+
 def test_pondernet_loss_two_steps_by_hand():
     """L = (1, 3), prior 0.5 over 2 steps = (0.5, 0.5): p at the prior costs sum p L = 2 and KL 0; p = (1, 0) costs
     1 + beta * (1 * ln(1 / 0.5)) = 1 + beta ln 2 (the 0 * log 0 term is 0). Masked tokens do not count."""

@@ -64,7 +64,7 @@ class CognateConfig:
     rope_base: float = 10000.0
     max_steps: int = 3               # recursion steps (the halting bound)
     act_threshold: float = 0.5       # halt when the cumulative halting probability reaches this
-    ponder_prior: float = 0.5        # PonderNet's geometric prior lambda_p (expected steps ~ 1/lambda_p)
+    ponder_prior: float = 0.5        # geometric prior lambda_p; expected steps (1 - (1 - lambda_p)^N) / lambda_p
     halt_bias_init: float | None = None  # initial halting logit; None = logit(ponder_prior), i.e. the prior
     ponder_cost: float = 0.01        # beta, weight of KL(p || geometric prior)
     deep_supervision: float = 0.3    # weight of the per-step losses
