@@ -42,7 +42,8 @@ OmegaConf.register_new_resolver("af_uid", _uid, replace=True)
 
 def run(cfg: DictConfig) -> dict:
     """The plain entry point tests call: validate, dispatch, return the phase's result."""
-    import lightning as L  # here, not at the top: `--help` and `--cfg job` need no torch / Lightning (~4 s)
+    validate(cfg)  # the shared groups and the model first: a bad value there fails before Lightning loads (~5 s)
+    import lightning as L  # here, not at the top: `--help` and `--cfg job` need no torch / Lightning
 
     _route_lightning_logs()
     phase = get_phase(str(cfg.phase.name))

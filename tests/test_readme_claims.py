@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -402,3 +403,57 @@ def test_200_choice_questions_give_about_plus_minus_007_at_one_half():
 
     lo, hi = wilson_ci(100, 200)
     assert (hi - lo) / 2 == pytest.approx(0.07, abs=0.005)
+
+
+# ------------------------------------------------------------------------------------------- bad values
+def test_a_bad_shared_or_model_value_fails_before_torch_or_lightning_load(tmp_path):
+    """'A bad value fails in the first second with one line naming the key': the shared groups' and the model's
+    values are checked before torch / Lightning are imported (importing Lightning alone takes ~5 s here), exit 2
+    ('Bad config values ... each give one `error:` line and exit 2'). `phase.*` values need the phase's module
+    (and so Lightning) and fail after it loads: tests/test_cli.py, tests/test_grokking.py."""
+    env = dict(os.environ, AGENTFORGE_OUTPUTS=str(tmp_path / "outputs"), WANDB_MODE="offline")
+    for bad, key in (["optimizer.lr=-0.1", "optimizer.lr"], ["model.n_heads=3", "model.d_model"]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentforge", bad, "logger=none"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and key in errors[0], proc.stderr[-2000:]
+        imported = {ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+        assert "omegaconf" in imported and not imported & {"torch", "lightning"}, bad
+
+
+def test_gpt2_baseline_offline_is_one_config_error(monkeypatch, tmp_path):
+    """'`baseline=gpt2` loads the real 124 M weights and tokenizer from the hub (an `error:` offline).'"""
+    import huggingface_hub.constants as hub
+
+    from agentforge.codegen import models
+    from agentforge.errors import ConfigError
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))  # an empty cache: nothing to fall back on
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="baseline=gpt2: cannot load 'gpt2'.*use baseline=gpt2_scratch offline"):
+        models.pretrained_gpt2("gpt2")
+
+
+def test_constants_the_readme_states(tmp_path):
+    """'inputs of at most `BitLinear.decode_rows` (8, fixed, not measured) rows take the decode choice';
+    'end-of-sequence is read back every 16 tokens'; 'under 20 windows always INCONCLUSIVE'; the sandbox's tree
+    memory 'polled every 20–250 ms'; 'Everything lands under `outputs/` (or `$AGENTFORGE_OUTPUTS`)';
+    '`scripts/collect_metrics.py` aggregates `metrics.jsonl` into `run_summary.json`'."""
+    import inspect
+
+    from agentforge.evals.collect import collect_metrics
+    from agentforge.models.generation import generate
+    from agentforge.quant.bitlinear import BitLinear
+    from agentforge.reasoning.anti_theater import MIN_WINDOWS
+    from agentforge.sandbox.runner import POLL_S
+
+    assert BitLinear.decode_rows == 8
+    assert inspect.signature(generate).parameters["check_every"].default == 16
+    assert MIN_WINDOWS == 20 and POLL_S == (0.02, 0.25)
+    assert OmegaConf.to_container(_yaml("config.yaml").paths)["outputs"] == "${oc.env:AGENTFORGE_OUTPUTS,outputs}"
+    (tmp_path / "metrics.jsonl").write_text('{"_step": 0, "train/loss": 2.5}\n')
+    summary = collect_metrics(tmp_path)
+    assert summary == tmp_path / "run_summary.json"
+    assert json.loads(summary.read_text())["metrics"]["train/loss"]["last"] == 2.5
