@@ -250,6 +250,19 @@ def test_every_benchmark_command_in_the_readme_exists_with_its_flags():
         assert (REPO / script).is_file(), script
 
 
+def test_every_source_path_the_readme_names_exists():
+    """Each `agentforge/...`, `tests/...`, `scripts/...`, `benchmarks/...`, `openevolve/...` path and each module
+    named by its file (`halting.py`, `quant/fuse.py`, `bench_bitnet.py`) that the README gives."""
+    pat = re.compile(r"(?<![\w.{}/-])([\w/-]*[\w-]+\.(?:py|yaml|sh)|(?:agentforge|conf)/[\w/]*)(?![\w.])")
+    outputs = {"config_resolved.yaml", "overrides.yaml"}  # a run directory's files (test_run_dir_holds_...)
+    names = {m.group(1) for s in SPANS for m in pat.finditer(s)} - outputs
+    assert len(names) >= 40
+    missing = [n for n in sorted(names) if not any((root / n).exists() for root in (REPO, REPO / "agentforge",
+                                                                                      REPO / "benchmarks"))
+               and not ("/" not in n and list((REPO / "agentforge").rglob(n)))]
+    assert not missing, missing
+
+
 def test_make_help_lists_the_readme_targets():
     """'`make help` lists them: `install`, `test` (fast tier, CI), `test-slow`, `test-faults`, `run` (Cognate m1),
     `pipeline`, `sweep`, `bench` (...), `lint`, `clean`.'"""
@@ -452,6 +465,16 @@ def test_constants_the_readme_states(tmp_path):
     assert BitLinear.decode_rows == 8
     assert inspect.signature(generate).parameters["check_every"].default == 16
     assert MIN_WINDOWS == 20 and POLL_S == (0.02, 0.25)
+    # 'Variants: `phase.variant=baseline|coefficient_dynamics|test_time_regression|matrix_mixer`'; 'Failure kinds:
+    # `timeout`, `memory`, `forbidden`, `outside_block`, `crash`, `non_causal`, `non_finite`, `forged`; only verdicts
+    # the trusted side reached on reproducible input are cached (static checks; `non_causal`/`non_finite`/`forged`
+    # ...), never timeouts, memory, crashes'
+    from agentforge.scaling.failures import CACHEABLE, KINDS
+    from agentforge.scaling.variants import FRAMEWORKS
+
+    assert set(FRAMEWORKS) == {"baseline", "coefficient_dynamics", "test_time_regression", "matrix_mixer"}
+    assert KINDS == ("timeout", "memory", "forbidden", "outside_block", "crash", "non_causal", "non_finite", "forged")
+    assert CACHEABLE == {"forbidden", "outside_block", "non_causal", "non_finite", "forged"}
     assert OmegaConf.to_container(_yaml("config.yaml").paths)["outputs"] == "${oc.env:AGENTFORGE_OUTPUTS,outputs}"
     (tmp_path / "metrics.jsonl").write_text('{"_step": 0, "train/loss": 2.5}\n')
     summary = collect_metrics(tmp_path)
