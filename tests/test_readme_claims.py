@@ -76,6 +76,7 @@ DEFAULTS = [
     ("hardware/gpu.yaml", "precision", "bf16-mixed", "`hardware=gpu` trains in bf16 mixed precision on one GPU"),
     ("hardware/fsdp.yaml", "strategy", "fsdp", "`hardware=fsdp` shards models"),
     ("hparams_search/cognate_optuna.yaml", "optimized_metric", "final/val_loss", "default `final/val_loss`"),
+    ("hparams_search/cognate_optuna.yaml", "hydra.sweeper.direction", "minimize", "(minimizes `optimized_metric`"),
     ("experiment/phase2_seed.yaml", "phase.generations", 50, "`experiment=phase2_seed` for the seed's 50 generations"),
     ("phase/grokking.yaml", "task", "paper", "Default task `paper`"),
     ("phase/grokking.yaml", "tasks.paper.modulus", 97, "a/b mod 97"),
@@ -273,6 +274,13 @@ def test_make_help_lists_the_readme_targets():
                       "lint", "clean"]
     make = (REPO / "Makefile").read_text()
     assert "agentforge phase=cognate model=m1\n" in make and '-m "not slow"' in make and "-m faults" in make
+    # '`make install` # pip install torch==2.13.0 (CPU build) + this project (editable, dev extras)'; bubblewrap
+    # '(`make install` installs it with apt-get when run as root)'; 'pip install 'agentforge[slurm]'' / '[optuna]'
+    assert "pip install torch==2.13.0" in make and 'pip install -e ".[dev]"' in make
+    assert "apt-get install -y -qq bubblewrap" in make and '"$$(id -u)" = 0' in make
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"dev", "slurm", "optuna"} <= set(extras)
 
 
 # ------------------------------------------------------------------------------------------ sizes, params
@@ -473,6 +481,12 @@ def test_constants_the_readme_states(tmp_path):
     from agentforge.scaling.variants import FRAMEWORKS
 
     assert set(FRAMEWORKS) == {"baseline", "coefficient_dynamics", "test_time_regression", "matrix_mixer"}
+    # 'cut at HumanEval's stop sequences (`\\nclass`, `\\ndef`, `\\n#`, `\\nif`, `\\nprint`...)'; 'MBPP ... (test split =
+    # task ids 11–510'
+    from agentforge.codegen.problems import HUMANEVAL_STOP, MBPP_TEST_IDS
+
+    assert HUMANEVAL_STOP == ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+    assert (MBPP_TEST_IDS[0], MBPP_TEST_IDS[-1]) == (11, 510)
     assert KINDS == ("timeout", "memory", "forbidden", "outside_block", "crash", "non_causal", "non_finite", "forged")
     assert CACHEABLE == {"forbidden", "outside_block", "non_causal", "non_finite", "forged"}
     assert OmegaConf.to_container(_yaml("config.yaml").paths)["outputs"] == "${oc.env:AGENTFORGE_OUTPUTS,outputs}"
