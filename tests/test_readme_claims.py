@@ -494,3 +494,28 @@ def test_constants_the_readme_states(tmp_path):
     summary = collect_metrics(tmp_path)
     assert summary == tmp_path / "run_summary.json"
     assert json.loads(summary.read_text())["metrics"]["train/loss"]["last"] == 2.5
+
+
+def test_compare_results_script_gives_the_compare_phases_stats(tmp_path):
+    """'`phase=compare` (or `scripts/compare_results.py`) writes the cross-stage table and plots and `stats.json`'."""
+    import importlib.util
+
+    from agentforge.evals.compare import run_comparison
+    from agentforge.phases.compare import thresholds_of
+
+    d = tmp_path / "eval_results"
+    d.mkdir()
+    for stage, correct in (("baseline", [0] * 25 + [1] * 15), ("finetuned_recursive", [0] * 10 + [1] * 30)):
+        (d / f"{stage}_results.json").write_text(json.dumps({"stage": stage, "metrics": {"perplexity": 10.0},
+                                                             "per_example": {"gsm8k_correct": correct}}))
+    spec = importlib.util.spec_from_file_location("compare_results", REPO / "scripts" / "compare_results.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(s) for s in ("baseline", "finetuned_recursive")] +
+                       ["--results-dir", str(d), "--out", str(tmp_path / "script"), "--n-resamples", "500"]) == 0
+    th = {k: v for k, v in thresholds_of(OmegaConf.to_container(_yaml("phase/compare.yaml").thresholds)).items()
+          if v is not None}
+    run_comparison(d, ["baseline", "finetuned_recursive"], tmp_path / "phase", thresholds=th, n_resamples=500)
+    for name in ("stats.json", "comparison.md", "comparison.csv"):
+        assert (tmp_path / "script" / name).read_text() == (tmp_path / "phase" / name).read_text(), name
+    assert sorted(p.name for p in (tmp_path / "script").glob("plots/*.png"))
