@@ -501,6 +501,7 @@ def test_compare_results_script_gives_the_compare_phases_stats(tmp_path):
     import importlib.util
 
     from agentforge.evals.compare import run_comparison
+    from agentforge.evals.stats import MIN_N
     from agentforge.phases.compare import thresholds_of
 
     d = tmp_path / "eval_results"
@@ -516,6 +517,9 @@ def test_compare_results_script_gives_the_compare_phases_stats(tmp_path):
     th = {k: v for k, v in thresholds_of(OmegaConf.to_container(_yaml("phase/compare.yaml").thresholds)).items()
           if v is not None}
     run_comparison(d, ["baseline", "finetuned_recursive"], tmp_path / "phase", thresholds=th, n_resamples=500)
-    for name in ("stats.json", "comparison.md", "comparison.csv"):
+    for name in ("comparison.md", "comparison.csv"):
         assert (tmp_path / "script" / name).read_text() == (tmp_path / "phase" / name).read_text(), name
+    mine, phase = (json.loads((tmp_path / w / "stats.json").read_text()) for w in ("script", "phase"))
+    assert mine.pop("thresholds") | {"min_n": MIN_N} == phase.pop("thresholds")  # the script leaves min_n at 30
+    assert mine == phase and phase["verdict"]
     assert sorted(p.name for p in (tmp_path / "script").glob("plots/*.png"))
