@@ -232,6 +232,33 @@ def test_the_attributes_the_readme_names_exist(tiny_model):
     assert "model.bitnet_kernel" in ATTRIBUTES  # the packed model's: checked in tests/test_speed.py
 
 
+def _phase_table_commands() -> list[str]:
+    section = README.split("\n## Phases", 1)[1].split("Config groups", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \|", section, re.M) + ["phase=quietstar step=baking", "phase=quietstar step=rl"]
+
+
+@pytest.mark.parametrize("command", _phase_table_commands())
+def test_every_phase_table_command_composes_and_validates(command, tmp_path):
+    """The README's phase table (`phase=eval checkpoint=DIR stage=NAME`, `-m phase=cognate model=m1,m2,m3`, ...):
+    each command's overrides are valid keys and values (a multirun's comma list: each of its values)."""
+    import itertools
+
+    from agentforge.config import validate
+    from agentforge.phases import get_phase
+    from tests.conftest import compose_cfg
+
+    args = [a.split("=", 1) for a in command.split() if a != "-m"]
+    sweeps = [[f"{k}={v}" for v in (vals.split(",") if "[" not in vals else [vals])] for k, vals in args]
+    for value_set in itertools.product(*sweeps):
+        cfg = compose_cfg(list(value_set), tmp_path)
+        validate(cfg, getattr(get_phase(str(cfg.phase.name)), "RULES", ()))
+        for a in value_set:
+            key, value = a.split("=", 1)
+            got = OmegaConf.select(cfg, f"{key}.name") if key in GROUP_FILES or key == "baseline" else cfg[key]
+            got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+            assert str(got).replace("'", "").replace(" ", "") == value, (command, key, got)
+
+
 BENCH_CMD = re.compile(r"(?:benchmarks/)?\b(bench_\w+\.py|gpu_figures\.sh)((?: [^`]*)?)")
 
 
