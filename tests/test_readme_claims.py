@@ -562,3 +562,25 @@ def test_python_code_corpus_figures_on_this_interpreter():
     assert (st["files_found"], st["duplicates_dropped"], st["contaminated_dropped"]) == (580, 4, 0)
     assert (st["signatures_checked"], st["solutions_checked"], st["train_files"], st["val_files"]) == (162, 145, 525, 51)
     assert (round(st["train_chars"] / 1e6, 1), round(st["val_chars"] / 1e6, 1)) == (10.2, 0.8)
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_a_non_finite_gradient_stops_naming_the_step_or_is_skipped(mode):
+    """'NaN/Inf losses or gradients stop the run naming the step (`phase.on_nonfinite=skip` skips the step
+    instead)' -- the gradient half (the loss half: tests/test_faults.py)."""
+    from agentforge.errors import AgentForgeError
+    from agentforge.models import CognateConfig, CognateModel
+    from agentforge.training.lm_module import LMModule
+
+    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, ltm_key_dim=8))
+    module = LMModule(model, {"name": "adamw", "lr": 1e-3}, 10, on_nonfinite=mode)
+    module.print = lambda *a, **k: None  # Lightning's print needs a Trainer
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    next(model.parameters()).grad.view(-1)[0] = float("inf")
+    if mode == "stop":
+        with pytest.raises(AgentForgeError, match="non-finite gradient norm at step 0"):
+            module.on_before_optimizer_step(None)
+    else:
+        module.on_before_optimizer_step(None)
+        assert module.skipped_steps == 1 and all(p.grad is None for p in model.parameters())
