@@ -301,6 +301,8 @@ def test_make_help_lists_the_readme_targets():
                       "lint", "clean"]
     make = (REPO / "Makefile").read_text()
     assert "agentforge phase=cognate model=m1\n" in make and '-m "not slow"' in make and "-m faults" in make
+    ci = (REPO / ".ci" / "run").read_text()  # '`make test` # the test suite CI runs (fast tier)'
+    assert ci.rstrip().endswith("make install\nmake test")
     # '`make install` # pip install torch==2.13.0 (CPU build) + this project (editable, dev extras)'; bubblewrap
     # '(`make install` installs it with apt-get when run as root)'; 'pip install 'agentforge[slurm]'' / '[optuna]'
     assert "pip install torch==2.13.0" in make and 'pip install -e ".[dev]"' in make
@@ -454,6 +456,7 @@ def test_200_choice_questions_give_about_plus_minus_007_at_one_half():
 
 
 # ------------------------------------------------------------------------------------------- bad values
+@pytest.mark.faults  # 'Bad config values ... `make test-faults` runs these tests'
 def test_a_bad_shared_or_model_value_fails_before_torch_or_lightning_load(tmp_path):
     """'A bad value fails in the first second with one line naming the key': the shared groups' and the model's
     values are checked before torch / Lightning are imported (importing Lightning alone takes ~5 s here), exit 2
