@@ -179,6 +179,13 @@ def test_config_groups_and_their_defaults_are_the_readme_list():
     assert defaults["phase"] == "cognate" and defaults["model"] == "m1"  # `python -m agentforge` = Cognate m1
 
 
+def test_cognate_curriculum_has_three_stages_with_recall_at_0_6():
+    """'pretrain one Cognate model ... over a 3-stage curriculum'; the `recall` task 'is in the training mix ...
+    at curriculum weight 0.6'."""
+    stages = OmegaConf.to_container(_yaml("phase/cognate.yaml").curriculum)
+    assert len(stages) == 3 and [st["mix"]["recall"] for st in stages] == [0.6, 0.6, 0.6]
+
+
 def test_compile_is_off_by_default_on_every_hardware_preset():
     """'**`hardware.compile=true`** ... Off by default everywhere'."""
     presets = sorted((CONF / "hardware").glob("*.yaml"))
