@@ -594,3 +594,20 @@ def test_a_non_finite_gradient_stops_naming_the_step_or_is_skipped(mode):
     else:
         module.on_before_optimizer_step(None)
         assert module.skipped_steps == 1 and all(p.grad is None for p in model.parameters())
+
+
+def test_splits_are_blake2b_buckets_val_0_99_test_100_199():
+    """'the BLAKE2b hash of each example's prompt puts it in one of 1000 buckets, 0–99 are reserved for val and
+    100–199 for test, and a draw whose prompt hashes outside its split is redrawn — whatever the seeds.'"""
+    import hashlib
+
+    from agentforge.data import synthetic
+
+    key = "What is 2 + 3?"
+    assert synthetic.bucket(key) == int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 1000
+    for task in ("arithmetic", "choice", "piqa"):
+        for seed in (0, 7):
+            for split, lo, hi in (("val", 0, 100), ("test", 100, 200), ("train", 200, 1000)):
+                for i in range(5):
+                    b = synthetic.bucket(synthetic.prompt_key(task, synthetic.draw(task, seed, split, i)))
+                    assert lo <= b < hi, (task, seed, split, i, b)
