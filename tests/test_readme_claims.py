@@ -186,6 +186,17 @@ def test_cognate_curriculum_has_three_stages_with_recall_at_0_6():
     assert len(stages) == 3 and [st["mix"]["recall"] for st in stages] == [0.6, 0.6, 0.6]
 
 
+def test_the_priors_tails_are_the_readme_figures():
+    """'the truncated prior with λ_p = 0.25 put 42 % on step 4'; 'priors with a small tail (m1 0.5 over 4 steps,
+    12.5 % on step 4; m2 0.6 over 3; m3 0.7 over 2)'."""
+    from agentforge.models.halting import geometric_prior
+
+    assert float(geometric_prior(0.25, 4)[-1]) == pytest.approx(0.421875)
+    for m, tail in (("m1", 0.125), ("m2", 0.16), ("m3", 0.3)):
+        cfg = _yaml(f"model/{m}.yaml")
+        assert float(geometric_prior(cfg.ponder_prior, cfg.max_steps)[-1]) == pytest.approx(tail), m
+
+
 def test_compile_is_off_by_default_on_every_hardware_preset():
     """'**`hardware.compile=true`** ... Off by default everywhere'."""
     presets = sorted((CONF / "hardware").glob("*.yaml"))
