@@ -23,7 +23,8 @@ def test_redaction_keeps_token_count_settings_and_drops_credentials():
     cfg = {"phase": {"gen_tokens": 24, "latency_tokens": 512, "max_new_tokens": 64, "tokenizer": "byte",
                      "baking": {"usage_tokens": 10, "sample_tokens": 8}},
            "logger": {"api_key": "sk-1", "WANDB_API_KEY": "sk-2", "hf_token": "hf-3", "password": "p",
-                      "client_secret": "s", "token": "t"}}
+                      "client_secret": "s", "token": "t",
+                      "aws_access_key": "a", "private_key": "k"}}
     out = redact(cfg)
     assert out["phase"] == cfg["phase"]
     assert all(v == "<redacted>" for v in out["logger"].values())

@@ -16,9 +16,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from lightning.pytorch.utilities import rank_zero_only
 
 PROJECT = "agent-forge-v2"
-# a credential's key: api_key / WANDB_API_KEY, *secret*, *password*, a token ("hf_token", "auth_token") -- but not
-# a count of tokens ("gen_tokens", "max_new_tokens") or "tokenizer", which are settings the saved config must keep
-_SECRET = re.compile(r"(api[_-]?key|secret|passw(or)?d|credential|token(?![a-z]))", re.IGNORECASE)
+# a credential's key: api_key / WANDB_API_KEY / access_key / private_key, *secret*, *password*, a token ("hf_token",
+# "auth_token") -- but not a count of tokens ("gen_tokens", "max_new_tokens") or "tokenizer": settings the saved
+# config must keep
+_SECRET = re.compile(r"((api|access|private)[_-]?key|secret|passw(or)?d|credential|token(?![a-z]))", re.IGNORECASE)
 
 
 def redact(obj: Any) -> Any:
