@@ -294,3 +294,31 @@ def test_splits_are_blake2b_buckets_val_0_99_test_100_199():
                 for i in range(5):
                     b = synthetic.bucket(synthetic.prompt_key(task, synthetic.draw(task, seed, split, i)))
                     assert lo <= b < hi, (task, seed, split, i, b)
+
+
+def test_resume_choice_auto_last_fresh_or_a_file(tmp_path):
+    """'A killed run resumes from its last epoch checkpoint when the same command runs again (or with
+    `ckpt_path=last`)'; '`ckpt_path=last`, a `.ckpt` file with `step=...`, or `ckpt_path=fresh`'; conf/config.yaml:
+    'null/auto = resume an interrupted identical run' -- cognate.resume_path and its fingerprint."""
+    from agentforge.io import CheckpointError
+    from agentforge.phases.cognate import fingerprint, resume_path
+    from tests.conftest import compose_cfg
+
+    work = tmp_path / "work"
+    with pytest.raises(CheckpointError, match="ckpt_path=last: no"):
+        resume_path("last", work, "fp")
+    work.mkdir()
+    (work / "last.ckpt").write_bytes(b"x")
+    (work / "fingerprint").write_text("fp\n")
+    last = str(work / "last.ckpt")
+    assert resume_path(None, work, "fp") == resume_path("auto", work, "fp") == resume_path("last", work, "fp") == last
+    assert resume_path(None, work, "another config") is None  # not the same run: start afresh
+    assert resume_path("last", work, "another config") == last  # asked for: resumed whatever the config
+    assert resume_path("fresh", work, "fp") is None
+    own = tmp_path / "epoch=1-step=30.ckpt"
+    own.write_bytes(b"x")
+    assert resume_path(str(own), work, "fp") == str(own)
+    with pytest.raises(CheckpointError, match="file not found"):
+        resume_path(str(tmp_path / "missing.ckpt"), work, "fp")
+    a, b = (compose_cfg(o, tmp_path) for o in (["model=m1"], ["model=m1", "optimizer.lr=0.002"]))
+    assert fingerprint(a) == fingerprint(compose_cfg(["model=m1"], tmp_path)) != fingerprint(b)
