@@ -25,7 +25,7 @@ test-slow:  ## the long end-to-end tests
 test-faults:  ## crash/resume, bad-input and sandbox-attack tests
 	$(PYTEST) -m faults -q
 
-run:  ## the main job: Cognate model m1 at CPU defaults
+run:  ## Cognate model m1 at CPU defaults (the main job is make pipeline)
 	$(PY) -m agentforge phase=cognate model=m1
 
 pipeline:  ## all four phases chained
