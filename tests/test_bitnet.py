@@ -134,3 +134,15 @@ def test_recovery_curve_evaluates_a_frozen_copy_and_takes_the_last_point_from_th
         stopped.on_train_epoch_end(SimpleNamespace(current_epoch=epoch, global_step=epoch), module)
     stopped.finish(0.4)                              # epoch 2 has its point already: curve lengths still match
     assert stopped.curve["epoch"] == [0, 1, 2] and stopped.curve["accuracy"] == [0.5, 0.25, 0.25]
+
+
+def test_fine_tune_auto_fires_only_when_the_drop_exceeds_the_threshold():
+    """phase.fine_tune=auto (the default): fine-tune only when the relative accuracy drop exceeds
+    phase.max_accuracy_drop; always / never ignore the drop. Drops as relative_drop computes them, by hand."""
+    from agentforge.phases.bitnet import fine_tune_needed, relative_drop
+
+    assert relative_drop(0.5, 0.4) == pytest.approx(20.0) and relative_drop(0.5, 0.6) == pytest.approx(-20.0)
+    for drop, auto in ((relative_drop(0.5, 0.4), True), (10.0, False), (relative_drop(0.5, 0.49), False),
+                       (relative_drop(0.5, 0.6), False), (float("inf"), True)):
+        assert fine_tune_needed("auto", drop, 10.0) is auto, drop
+        assert fine_tune_needed("always", drop, 10.0) and not fine_tune_needed("never", drop, 10.0)

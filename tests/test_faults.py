@@ -174,3 +174,39 @@ def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, cognate_artifacts, k
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0] and str(bad) in lines[0], proc.stderr[-2000:]
     assert not list((tmp_path / "outputs").rglob("bad_results.json"))
+
+
+def test_a_skipped_non_finite_gradient_step_changes_no_weight_even_with_qk_clip_due():
+    """on_nonfinite=skip on a non-finite gradient: Lightning still calls the optimizer step, which must find nothing
+    to do — no update (gradients dropped) and no QK-clip rescaling of W_q/W_k from the skipped step's recorded
+    attention logits (here far above tau, so the clip would fire: it does on the same step without the skip)."""
+    import copy
+
+    from agentforge.models import CognateConfig, CognateModel
+    from agentforge.optim import build_optimizer
+    from agentforge.training.lm_module import LMModule
+
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=8, max_steps=2,
+                                       ltm_slots=4, ltm_key_dim=8)).train()
+    cfg = {"name": "muon_grokfast", "lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 0, "min_lr_ratio": 0.1,
+           "kl_coef": 0.0, "grokfast": "ema", "grokfast_alpha": 0.9, "grokfast_lambda": 0.3, "qk_clip": 1e-3}
+    ids = torch.randint(0, 256, (2, 13), generator=torch.Generator().manual_seed(1))
+    changed = {}
+    for skip in (False, True):
+        twin = copy.deepcopy(model)
+        module = LMModule(twin, cfg, total_steps=4, on_nonfinite="skip")
+        module.print = lambda *a, **k: None  # Lightning's print needs a Trainer
+        opt, _ = build_optimizer(twin, cfg, 4)
+        module.on_train_batch_start(None, 0)
+        twin(ids[:, :-1], ids[:, 1:]).loss.backward()   # records each head's max logit (train mode, autograd on)
+        assert twin.blocks[0].attn.max_logit.max() > 1e-3
+        if skip:
+            twin.embed.weight.grad.view(-1)[0] = float("inf")
+        module.on_before_optimizer_step(opt)
+        before = {k: v.clone() for k, v in twin.state_dict().items()}
+        opt.step()
+        changed[skip] = [k for k, v in twin.state_dict().items() if not torch.equal(v, before[k])]
+        assert module.skipped_steps == int(skip)
+    assert "blocks.0.attn.q_proj.weight" in changed[False]   # the clip fires on a normal step...
+    assert changed[True] == []                             # ...and nothing moves on a skipped one

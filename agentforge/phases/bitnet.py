@@ -103,6 +103,12 @@ def relative_drop(before: float, after: float) -> float:
     return 0.0 if after >= before else math.inf
 
 
+def fine_tune_needed(mode: str, drop: float, max_drop: float) -> bool:
+    """``phase.fine_tune``: "always", "never", or "auto": only when the relative accuracy drop (%) of the compressed
+    model exceeds ``phase.max_accuracy_drop`` (a drop equal to it does not trigger)."""
+    return mode == "always" or (mode == "auto" and drop > max_drop)
+
+
 def run(cfg) -> dict:
     p = cfg.phase
     if p.activation_scale == "static" and p.activation_bits is None:
@@ -147,7 +153,7 @@ def run(cfg) -> dict:
         drop = relative_drop(before["accuracy"], after["accuracy"])
         print(f"after compression: perplexity {after['perplexity']:.2f}  accuracy {after['accuracy']:.3f}  "
               f"drop {drop:.1f}%")
-        needed = p.fine_tune == "always" or (p.fine_tune == "auto" and drop > float(p.max_accuracy_drop))
+        needed = fine_tune_needed(str(p.fine_tune), drop, float(p.max_accuracy_drop))
         curve = None
         if needed and int(p.fine_tune_epochs) > 0:
             recovery = fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, after["accuracy"])

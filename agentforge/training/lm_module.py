@@ -85,10 +85,12 @@ class LMModule(L.LightningModule):
             return
         norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
         if not torch.isfinite(norm):
-            if self.on_nonfinite == "skip":
+            if self.on_nonfinite == "skip":  # the optimizer step still runs (Lightning): leave it nothing to do
                 self.skipped_steps += 1
                 for p in self.model.parameters():
                     p.grad = None
+                for attn in getattr(self.model, "attention_modules", list)():
+                    attn.reset_max_logit()  # else QK-clip would rescale W_q/W_k from the skipped step's logits
                 self.print(f"warning: non-finite gradient at step {self.global_step}; step skipped")
                 return
             raise NonFiniteError(f"non-finite gradient norm at step {self.global_step} (epoch "
