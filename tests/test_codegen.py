@@ -305,3 +305,34 @@ def test_gpt2_baseline_mlp_matches_cognate_swiglu_weights():
     swiglu = sum(p.numel() for n, p in cog.named_parameters() if n.startswith("blocks.0.mlp."))
     gelu = sum(p.numel() for n, p in gpt.named_parameters() if ".h.0.mlp." in n and n.endswith(".weight"))
     assert swiglu == gelu == 3 * 32 * 64
+
+
+def test_prompts_too_long_for_the_window_are_left_truncated_and_counted():
+    """README: 'prompts longer than max_seq_len - max_new_tokens are left-truncated and counted': with a 32-token
+    window and 4 new tokens, a 9-byte prompt is fed whole, a 40-byte one as its last 28 bytes, and
+    ``prompts_truncated`` counts the second only."""
+    from agentforge.codegen.evaluate import evaluate
+    from agentforge.codegen.problems import Problem
+
+    seen = []
+
+    class Recorder(nn.Module):  # greedy EOS at once; records what each call of the decoding loop was given
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids):
+            seen.append(ids[0].tolist())
+            logits = torch.zeros(*ids.shape, 259)
+            logits[..., 258] = 10.0
+            return logits
+
+    lm = CodeLM("recorder", "test", Recorder(), lambda s: list(s.encode()),
+                lambda ids: bytes(i for i in ids if i < 256).decode(), 32, 258)
+    short, long = "def f():\n", "# " + "x" * 30 + "\ndef g():\n"
+    assert len(short) + 4 <= 32 < len(long) + 4
+    problems = [Problem(f"t/{i}", p, "    pass\n", "", "f", (), "test") for i, p in enumerate((short, long))]
+    out = evaluate(lm, problems, n=1, temperature=0.0, top_p=1.0, max_new_tokens=4, seed=0, exec_kw=EXEC)
+    assert out["prompts_truncated"] == 1
+    firsts = [seen[0], seen[len(seen) // 2]]          # each problem's first call: its prompt window (4 calls each)
+    assert firsts == [list(short.encode()), list(long.encode())[-28:]] and max(map(len, seen)) <= 32
