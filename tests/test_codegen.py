@@ -336,3 +336,14 @@ def test_prompts_too_long_for_the_window_are_left_truncated_and_counted():
     assert out["prompts_truncated"] == 1
     firsts = [seen[0], seen[len(seen) // 2]]          # each problem's first call: its prompt window (4 calls each)
     assert firsts == [list(short.encode()), list(long.encode())[-28:]] and max(map(len, seen)) <= 32
+
+
+def test_peak_train_ram_is_the_largest_logged_value():
+    """README / report: peak training RAM is the largest system/ram_used_gb the run logged (on a GPU the largest
+    system/gpu_memory_used_gb), in MB; NaN when nothing was logged."""
+    from agentforge.codegen.training import peak_train_ram_mb
+
+    ram = [(0, 0.5), (1, 0.75), (2, 0.625)]
+    assert peak_train_ram_mb({"system/ram_used_gb": ram, "system/gpu_memory_used_gb": []}) == 768.0
+    assert peak_train_ram_mb({"system/ram_used_gb": ram, "system/gpu_memory_used_gb": [(0, 2.0), (1, 1.5)]}) == 2048.0
+    assert math.isnan(peak_train_ram_mb({"system/ram_used_gb": [], "system/gpu_memory_used_gb": []}))

@@ -49,6 +49,15 @@ def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def peak_train_ram_mb(curves: dict[str, list[tuple[int, float]]]) -> float:
+    """The peak training RAM (MB) from a run's curves (``read_curves``): the largest logged
+    ``system/gpu_memory_used_gb`` where any was logged (a GPU run), else the largest ``system/ram_used_gb``;
+    NaN when neither was logged."""
+    gpu, ram = curves.get("system/gpu_memory_used_gb") or [], curves.get("system/ram_used_gb") or []
+    values = gpu or ram
+    return max(v for _, v in values) * 1024 if values else float("nan")
+
+
 def train(name: str, model: torch.nn.Module, corpus: CodeCorpus, *, data_cfg: dict, optim_cfg: dict, hw_cfg: dict,
           run_dir: Path, seed: int, max_epochs: int, steps_per_epoch: int, val_rows: int,
           gradient_clip: float) -> dict:
@@ -66,9 +75,8 @@ def train(name: str, model: torch.nn.Module, corpus: CodeCorpus, *, data_cfg: di
     seconds = time.perf_counter() - t0
     model.eval()
     curves = read_curves(out_dir / "metrics.jsonl")
-    ram = [v for _, v in curves["system/ram_used_gb"]]
-    gpu = [v for _, v in curves["system/gpu_memory_used_gb"]]
-    peak = max(gpu) * 1024 if gpu else (max(ram) * 1024 if ram else float("nan"))
+    ram, gpu = curves["system/ram_used_gb"], curves["system/gpu_memory_used_gb"]
+    peak = peak_train_ram_mb(curves)
     h = module.history
     return {"name": name, "seconds": seconds, "steps": int(trainer.global_step),
             "tokens": int(trainer.global_step) * int(data_cfg["batch_size"]) * int(data_cfg["seq_len"]),
