@@ -34,6 +34,32 @@ def test_redaction_keeps_token_count_settings_and_drops_credentials():
                                  "+hf_token=<redacted>", "+logger.auth_token=<redacted>"]
 
 
+CREDENTIAL_KEYS = ["WANDB_API_KEY", "OPENAI_API_KEY", "api-key", "apikey", "apiKey", "x-api-key", "HF_TOKEN", "hf_token",
+                   "GITHUB_TOKEN", "access_token", "accessToken", "authTokenValue", "refresh_token", "client_secret",
+                   "clientSecret", "password", "PASSWD", "passphrase", "db_password", "credentials", "bearer",
+                   "bearer_token", "Authorization", "auth", "oauth", "aws_access_key", "aws_secret_access_key",
+                   "private_key", "privateKey", "ssh_key", "signing_key", "wandb_key", "cookie"]
+SETTING_KEYS = ["gen_tokens", "max_new_tokens", "tokens", "num_tokens", "context_tokens", "latency_tokens",
+                "inference_tokens", "usage_tokens", "sample_tokens", "min_throughput_tokens_per_sec", "tokenizer",
+                "special_tokens", "ltm_key_dim", "pass_k", "pass_k_samples", "min_pass_at_1", "author", "monkey",
+                "keyboard", "passes", "key_dim"]
+
+
+@pytest.mark.parametrize("key", CREDENTIAL_KEYS)
+def test_credential_keys_are_redacted(key):
+    """Every common spelling of a credential's key (environment-style, snake, kebab, camelCase) is redacted."""
+    from agentforge.tracking.loggers import redact, redact_args
+
+    assert redact({key: "s3cr3t"}) == {key: "<redacted>"}
+    assert redact_args([f"+logger.{key}=s3cr3t"]) == [f"+logger.{key}=<redacted>"]
+
+
+@pytest.mark.parametrize("key", SETTING_KEYS)
+def test_settings_that_merely_contain_token_key_or_pass_are_kept(key):
+    from agentforge.tracking.loggers import redact
+
+    assert redact({key: 3}) == {key: 3}
+
 
 # ------------------------------------------------------------------------------------------ sizes, params
 @pytest.fixture(scope="module")
