@@ -210,3 +210,35 @@ def test_a_skipped_non_finite_gradient_step_changes_no_weight_even_with_qk_clip_
         assert module.skipped_steps == int(skip)
     assert "blocks.0.attn.q_proj.weight" in changed[False]   # the clip fires on a normal step...
     assert changed[True] == []                             # ...and nothing moves on a skipped one
+
+
+def test_a_skipped_non_finite_loss_step_changes_no_weight_even_with_qk_clip_due(tmp_path):
+    """on_nonfinite=skip on a non-finite loss: training_step returns None, yet Lightning (32-bit precision) still
+    calls the optimizer's step with the closure; the step must not QK-clip W_q/W_k from the logits the skipped
+    forward recorded (tau here is far below them, so the clip would fire). A real Trainer, one step."""
+    import copy
+
+    import lightning as L
+
+    from agentforge.models import CognateConfig, CognateModel
+    from agentforge.training.lm_module import LMModule
+
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=8, max_steps=2,
+                                       ltm_slots=4, ltm_key_dim=8))
+    cfg = {"name": "muon_grokfast", "lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 0, "min_lr_ratio": 0.1,
+           "kl_coef": 0.0, "grokfast": "ema", "grokfast_alpha": 0.9, "grokfast_lambda": 0.3, "qk_clip": 1e-3}
+    rows = torch.randint(0, 256, (2, 13), generator=torch.Generator().manual_seed(1))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(rows), batch_size=2)
+    changed = {}
+    for inject in (None, 0):
+        twin = copy.deepcopy(model)
+        before = {k: v.clone() for k, v in twin.state_dict().items()}
+        module = LMModule(twin, cfg, total_steps=1, on_nonfinite="skip", inject_nan_at_step=inject)
+        L.Trainer(max_steps=1, accelerator="cpu", precision="32-true", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                  limit_val_batches=0, default_root_dir=tmp_path).fit(module, loader)
+        changed[inject] = [k for k, v in twin.state_dict().items() if not torch.equal(v, before[k])]
+        assert module.skipped_steps == (inject is not None)
+    assert "blocks.0.attn.q_proj.weight" in changed[None]   # a normal step moves (and clips) the weights...
+    assert changed[0] == []                                  # ...a skipped one moves none

@@ -72,9 +72,9 @@ class LMModule(L.LightningModule):
     def _nonfinite(self, what: str):
         msg = f"non-finite value at step {self.global_step} (epoch {self.current_epoch}): {what}"
         if self.on_nonfinite == "skip":
-            self.skipped_steps += 1
+            self._skip_step()  # no backward follows a None, but Lightning (32-bit) still calls the optimizer's step
             self.print(f"warning: {msg}; step skipped")
-            return  # Lightning skips the optimizer step when training_step returns None
+            return None
         raise NonFiniteError(msg + "; the last good checkpoint is kept — lower optimizer.lr or set "
                                    "phase.on_nonfinite=skip")
 
@@ -86,11 +86,7 @@ class LMModule(L.LightningModule):
         norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
         if not torch.isfinite(norm):
             if self.on_nonfinite == "skip":  # the optimizer step still runs (Lightning): leave it nothing to do
-                self.skipped_steps += 1
-                for p in self.model.parameters():
-                    p.grad = None
-                for attn in getattr(self.model, "attention_modules", list)():
-                    attn.reset_max_logit()  # else QK-clip would rescale W_q/W_k from the skipped step's logits
+                self._skip_step()
                 self.print(f"warning: non-finite gradient at step {self.global_step}; step skipped")
                 return
             raise NonFiniteError(f"non-finite gradient norm at step {self.global_step} (epoch "
@@ -101,6 +97,15 @@ class LMModule(L.LightningModule):
         filter_gradients = getattr(optimizer, "filter_gradients_", None)
         if callable(filter_gradients):
             filter_gradients()
+
+    def _skip_step(self) -> None:
+        """Leave the optimizer step Lightning still runs nothing to do: no gradients, and no recorded attention
+        logits (else QK-clip would rescale W_q/W_k from the skipped step's forward)."""
+        self.skipped_steps += 1
+        for p in self.model.parameters():
+            p.grad = None
+        for attn in getattr(self.model, "attention_modules", list)():
+            attn.reset_max_logit()
 
     def _sync_max_logits(self) -> None:
         """Under DDP every rank must clip the same heads (QK-clip runs in the optimizer step), so the
