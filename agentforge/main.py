@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from agentforge.config import validate
+from agentforge.config import check, validate
 from agentforge.errors import AgentForgeError, ConfigError
 from agentforge.phases import get_phase
 from agentforge.tracking.sweep import record_job
@@ -47,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
 
     _route_lightning_logs()
     phase = get_phase(str(cfg.phase.name))
-    validate(cfg, getattr(phase, "RULES", ()))
+    check(cfg, getattr(phase, "RULES", ()))  # the phase's own rules (the rest was checked above)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # before any model is built
     return phase.run(cfg)
 
