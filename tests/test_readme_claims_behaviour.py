@@ -101,7 +101,7 @@ def test_gpt2_scratch_baseline_and_cognate_m1_parameter_counts(tiny_model):
     size = OmegaConf.to_container(OmegaConf.merge(_yaml("model/m1.yaml"), _yaml("size/tiny.yaml")))
     gpt = models.gpt2_scratch(size, OmegaConf.to_container(_yaml("baseline/gpt2_scratch.yaml")), 0)
     assert gpt.num_params() == 505_376
-    assert tiny_model.num_params() == 500_610  # README says 504,706: the count before W_K left the memory
+    assert tiny_model.num_params() == 500_610  # the README's figure (504,706 in its older timing run: before W_K left)
 
 
 # ------------------------------------------------------------------------------------- W&B, files, loading
