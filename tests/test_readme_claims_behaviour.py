@@ -18,7 +18,7 @@ from tests.test_readme_claims import ATTRIBUTES, REPO, _yaml
 def test_redaction_keeps_token_count_settings_and_drops_credentials():
     """'Credentials never reach saved configs, command-line records or W&B' -- and only credentials: the
     run's `config_resolved.yaml` / `overrides.yaml` must still record settings such as `phase.gen_tokens`."""
-    from agentforge.tracking.loggers import redact, redact_args
+    from agentforge.tracking.redaction import redact, redact_args
 
     cfg = {"phase": {"gen_tokens": 24, "latency_tokens": 512, "max_new_tokens": 64, "tokenizer": "byte",
                      "baking": {"usage_tokens": 10, "sample_tokens": 8}},
@@ -48,7 +48,7 @@ SETTING_KEYS = ["gen_tokens", "max_new_tokens", "tokens", "num_tokens", "context
 @pytest.mark.parametrize("key", CREDENTIAL_KEYS)
 def test_credential_keys_are_redacted(key):
     """Every common spelling of a credential's key (environment-style, snake, kebab, camelCase) is redacted."""
-    from agentforge.tracking.loggers import redact, redact_args
+    from agentforge.tracking.redaction import redact, redact_args
 
     assert redact({key: "s3cr3t"}) == {key: "<redacted>"}
     assert redact_args([f"+logger.{key}=s3cr3t"]) == [f"+logger.{key}=<redacted>"]
@@ -56,7 +56,7 @@ def test_credential_keys_are_redacted(key):
 
 @pytest.mark.parametrize("key", SETTING_KEYS)
 def test_settings_that_merely_contain_token_key_or_pass_are_kept(key):
-    from agentforge.tracking.loggers import redact
+    from agentforge.tracking.redaction import redact
 
     assert redact({key: 3}) == {key: 3}
 
