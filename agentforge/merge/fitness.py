@@ -31,7 +31,10 @@ noise cannot win a selection: measuring one model twice gives the same fitness b
 ``speed="timed"`` scores wall-clock speed instead, measured as the median over ``speed_repeats`` of
 forward passes timed in interleaved rounds with a fixed yardstick model (the order rotating each round, so
 both see the same load and neither is always first); it stays noisy (issue 13 timed an exact copy against its original 15 times on the shared 2-core
-CPU: speed ratios 0.78-1.38, moving fitness by about +-6 %), which is why it is not the default. Either way the forward time is measured and logged (``inference_time_ms``).
+CPU, with the earlier strictly alternating timer: speed ratios 0.78-1.38, moving fitness by about +-6 %; the
+rotating rounds are no steadier: 0.83-1.21 over 60 such trials of tiny m1 at load 0.7, against 0.84-1.11 for
+the alternating timer in the same runs; ``benchmarks/bench_merge.py`` prints this spread), which is why it is
+not the default. Either way the forward time is measured and logged (``inference_time_ms``).
 """
 from __future__ import annotations
 
