@@ -124,13 +124,16 @@ def test_api_key_never_reaches_configs_logs_or_artifacts(tmp_path):
 @pytest.mark.xfail(strict=True, reason="multirun records: Hydra's multirun.yaml and sweep.record_job's "
                    "sweep_status.jsonl / failure lines keep the raw overrides (tracking/sweep.py, not yet redacted)")
 def test_api_key_never_reaches_a_multiruns_records(tmp_path):
-    """The same promise for a multirun (jobs failing fast on a bad value: the sweep's own records are the point)."""
+    """The same promise for a multirun (jobs failing fast on a bad value: the sweep's own records are the point).
+    Hydra's launcher echoing each job's overrides to the console ('#0 : ...') is the user's own command line, not a
+    record, and is not checked."""
     secret = "sk-test-0123456789abcdef"
     proc = run_cli(["-m", "optimizer.lr=-0.1,-0.2", f"+logger.api_key={secret}", "logger=none"], tmp_path, timeout=120)
     assert proc.returncode != 0 and "FAILED job 1" in proc.stderr, proc.stderr[-2000:]
     leaks = [str(f.relative_to(tmp_path)) for f in (tmp_path / "outputs").rglob("*")
              if f.is_file() and secret.encode() in f.read_bytes()]
-    assert not leaks and secret not in proc.stdout + proc.stderr, leaks
+    failed = [ln for ln in proc.stderr.splitlines() if "FAILED job" in ln]
+    assert len(failed) == 2 and not leaks and not [ln for ln in failed if secret in ln], (leaks, failed)
 
 
 def _limit_file_size():

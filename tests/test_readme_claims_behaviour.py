@@ -54,6 +54,18 @@ def test_credential_keys_are_redacted(key):
     assert redact_args([f"+logger.{key}=s3cr3t"]) == [f"+logger.{key}=<redacted>"]
 
 
+def test_scrub_removes_the_override_credentials_from_any_text():
+    """redaction.scrub: the values of credential overrides vanish from a record in any form (Hydra's multirun.yaml
+    holds them as a list, as `override_dirname` and as the composed value); other values stay."""
+    from agentforge.tracking.redaction import credential_values, scrub
+
+    args = ["optimizer.lr=-0.1,-0.2", "+logger.api_key=sk-1", "+hf_token=sk-12", "phase.gen_tokens=4", "+x.secret="]
+    assert credential_values(args) == ["sk-12", "sk-1"]                  # longest first: no partial replacement
+    text = "- +logger.api_key=sk-1\noverride_dirname: +hf_token=sk-12,+logger.api_key=sk-1,optimizer.lr=-0.1,-0.2\n"
+    assert scrub(text, args) == ("- +logger.api_key=<redacted>\noverride_dirname: +hf_token=<redacted>,"
+                                 "+logger.api_key=<redacted>,optimizer.lr=-0.1,-0.2\n")
+
+
 @pytest.mark.parametrize("key", SETTING_KEYS)
 def test_settings_that_merely_contain_token_key_or_pass_are_kept(key):
     from agentforge.tracking.redaction import redact

@@ -54,3 +54,18 @@ def redacted_argv():
         yield
     finally:
         sys.argv[:] = saved
+
+
+def credential_values(args: list[str]) -> list[str]:
+    """The values given to credential keys among command-line overrides (``+logger.api_key=sk-1`` -> ``sk-1``),
+    longest first: what a record holding the overrides in any form (Hydra's ``multirun.yaml`` with its
+    ``override_dirname``, a sweep's status lines) must not contain."""
+    vals = {a.partition("=")[2] for a in args if "=" in a and is_credential(a.partition("=")[0])}
+    return sorted((v for v in vals if v), key=len, reverse=True)
+
+
+def scrub(text: str, args: list[str]) -> str:
+    """``text`` with every credential value of the overrides ``args`` replaced by ``<redacted>``."""
+    for v in credential_values(args):
+        text = text.replace(v, "<redacted>")
+    return text
