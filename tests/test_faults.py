@@ -121,8 +121,6 @@ def test_api_key_never_reaches_configs_logs_or_artifacts(tmp_path):
     assert not leaks, leaks
 
 
-@pytest.mark.xfail(strict=True, reason="multirun records: Hydra's multirun.yaml and sweep.record_job's "
-                   "sweep_status.jsonl / failure lines keep the raw overrides (tracking/sweep.py, not yet redacted)")
 def test_api_key_never_reaches_a_multiruns_records(tmp_path):
     """The same promise for a multirun (jobs failing fast on a bad value: the sweep's own records are the point).
     Hydra's launcher echoing each job's overrides to the console ('#0 : ...') is the user's own command line, not a

@@ -3,6 +3,7 @@ which jobs failed and exits non-zero when any did (the other jobs still ran)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from agentforge.tracking.redaction import credential_values, redact_args, scrub
+
 STATUS_FILE = "sweep_status.jsonl"
 
 
@@ -18,7 +21,16 @@ def record_job(cfg: DictConfig, ok: bool, error: str | None = None) -> None:
     hc = HydraConfig.get()
     sweep_dir = Path(hc.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    row = {"job": hc.job.num, "overrides": list(hc.overrides.task), "ok": ok, "error": error,
+    args = list(hc.overrides.task)
+    multirun_yaml = sweep_dir / "multirun.yaml"  # Hydra's sweeper wrote it, overrides and all, before any job ran
+    if multirun_yaml.is_file() and credential_values(args):
+        text = multirun_yaml.read_text()
+        clean = scrub(text, args)
+        if clean != text:  # atomically: jobs of a parallel launcher may read it while another rewrites it
+            tmp = multirun_yaml.with_name(f".multirun.yaml.{os.getpid()}.tmp")
+            tmp.write_text(clean)
+            os.replace(tmp, multirun_yaml)
+    row = {"job": hc.job.num, "overrides": redact_args(args), "ok": ok, "error": error and scrub(error, args),
            "run_dir": hc.runtime.output_dir}
     with open(sweep_dir / STATUS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
