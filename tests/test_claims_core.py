@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from agentforge.models import CognateConfig, CognateModel
+from agentforge.models import CognateModel
 from agentforge.models.grokking import ReferenceAttention
 from agentforge.models.halting import geometric_prior, gibbs_halting, halting_distribution, pondernet_loss
 from agentforge.models.layers import RMSNorm, apply_rope, rope_cache
@@ -28,15 +28,16 @@ from agentforge.optim import clip_grad_norm_, split_muon
 from agentforge.optim.muon_grokfast import MuonGrokfast
 from agentforge.optim.qk_clip import qk_clip_
 from agentforge.optim.schedule import warmup_cosine
+from tests.test_mechanisms import tiny as mechanisms_tiny
 
 PACKAGES = ("agentforge.models", "agentforge.quant", "agentforge.reasoning", "agentforge.optim")
 
 
 def tiny(**kw) -> CognateModel:
-    torch.manual_seed(0)
+    """test_mechanisms' seeded tiny model, smaller still (vocab 40, 2 steps, 4 memory slots)."""
     base = dict(vocab_size=40, d_model=16, n_layers=1, n_heads=2, ffn_hidden=24, window=8, max_seq_len=32,
-                max_steps=2, ltm_slots=4, ltm_key_dim=8)
-    return CognateModel(CognateConfig(**{**base, **kw}))
+                max_steps=2, ltm_slots=4, ltm_key_dim=8, ltm_chunk=16)
+    return mechanisms_tiny(**{**base, **kw})
 
 
 # -- models/halting.py ------------------------------------------------------------------------------------------

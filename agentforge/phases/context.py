@@ -11,7 +11,8 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from agentforge.io import write_text_atomic
-from agentforge.tracking.loggers import build_loggers, finish, redact, redact_args
+from agentforge.tracking.loggers import build_loggers, finish
+from agentforge.tracking.redaction import redact, redact_args
 from agentforge.tracking.tracker import Tracker
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from agentforge.tracking.redaction import redact, redact_args, redacted_argv  # noqa: F401 (re-exported)
+from agentforge.tracking.redaction import redact, redacted_argv
 
 PROJECT = "agent-forge-v2"
 

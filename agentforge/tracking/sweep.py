@@ -26,7 +26,8 @@ def record_job(cfg: DictConfig, ok: bool, error: str | None = None) -> None:
     if multirun_yaml.is_file() and credential_values(args):
         text = multirun_yaml.read_text()
         clean = scrub(text, args)
-        if clean != text:  # atomically: jobs of a parallel launcher may read it while another rewrites it
+        if clean != text:  # atomically: jobs of a parallel launcher may read it while another rewrites it (not
+            # io.write_text_atomic: agentforge.io imports torch, which this start-up path must not load)
             tmp = multirun_yaml.with_name(f".multirun.yaml.{os.getpid()}.tmp")
             tmp.write_text(clean)
             os.replace(tmp, multirun_yaml)
