@@ -2,40 +2,58 @@
 # Issue 16's GPU figures in one prepared run, for a session lent a device machine (its time is short: run this
 # once, read the log, give the machine back). Usage, from the repository root on the GPU machine:
 #
-#   bash benchmarks/gpu_figures.sh kernels     # ~5 min: 25M bf16 training tokens/s vs a plain transformer
-#                                              # (eager and compiled), cached generation, the CUDA sync tests
-#   bash benchmarks/gpu_figures.sh pipeline    # ~8 min: default pipeline wall time, hardware=gpu then hardware=cpu
-#                                              # (the issue's GPU ÷ CPU ratio; the 16-core CPU there, not 2 cores)
+#   bash benchmarks/gpu_figures.sh kernels     # ~4 min: the CUDA sync tests, 25M bf16 training tokens/s vs a plain
+#                                              # transformer (eager, then compiled), cached generation
+#   bash benchmarks/gpu_figures.sh pipeline    # default pipeline wall time, hardware=gpu then hardware=cpu
+#   bash benchmarks/gpu_figures.sh lease [S]   # both, most important first, all inside S seconds (default 420):
+#                                              # each step's timeout is cut to what is left, the CPU pipeline last
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
-# ./outputs). Where the machine's image lacks the project's pure-Python dependencies (hydra-core, omegaconf,
-# antlr4), copy them from this machine's site-packages into an ignored folder `.devdeps/` and carry it: the
-# script puts it on PYTHONPATH. Each step has its own timeout so one slow step cannot eat the others' time.
+# ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
+# its own): download them here as cp312 wheels into the ignored folder `.whl/` (README's "GPU figures" section) and
+# carry it; the script installs them into /tmp/site. A `.devdeps/` folder of plain packages is put on PYTHONPATH too.
 set -u
 part="${1:-kernels}"
-case "$part" in kernels|pipeline) ;; *) echo "error: unknown part '$part': give kernels or pipeline" >&2; exit 2 ;; esac
+budget="${2:-420}"
+case "$part" in kernels|pipeline|lease) ;; *) echo "error: unknown part '$part': give kernels, pipeline or lease" >&2; exit 2 ;; esac
 out="${OUT:-outputs}"
 mkdir -p "$out"
 log="$out/gpu_figures_${part}.log"
-[ -d .devdeps ] && export PYTHONPATH="$PWD/.devdeps:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline
-step() {  # step <timeout s> <command...>: run it, log its output and exit status with the wall time
+start=$SECONDS
+PY="$(command -v python3 || command -v python)"   # the image's python3 is the one with torch
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    2>&1 | grep -v -i "warning" | tail -5
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+[ -d .devdeps ] && export PYTHONPATH="$PWD/.devdeps${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
+step() {  # step <timeout s> <command...>: run it (cut to the lease's time left), log its output, exit status, wall time
   local limit="$1"; shift
+  if [ "$part" = lease ]; then
+    local left=$((budget - (SECONDS - start)))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 20 ]; then echo "== skipped (lease time left ${left}s): $*" | tee -a "$log"; return; fi
+  fi
   echo "== $* (timeout ${limit}s)" | tee -a "$log"
   local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tail -40 | tee -a "$log"
+  timeout "$limit" "$@" 2>&1 | tail -25 | tee -a "$log"
   echo "-- exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s wall" | tee -a "$log"
 }
-step 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-step 30 python -c "import torch, hydra, omegaconf, lightning; print(torch.__version__, torch.cuda.get_device_name(0))"
-case "$part" in
-  kernels)
-    step 150 python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512
-    step 240 python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --compile
-    step 90 python benchmarks/bench_generation.py --device cuda
-    step 90 python -m pytest -q -x tests/test_speed.py
-    ;;
-  pipeline)
-    step 590 python benchmarks/bench_pipeline.py --hardware gpu,cpu   # fresh outputs each; prints GPU ÷ CPU
-    ;;
-esac
+step 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+step 60 "$PY" -c "import torch, hydra, omegaconf, lightning, wandb; print(torch.__version__, lightning.__version__, wandb.__version__, torch.cuda.get_device_name(0))"
+if [ "$part" != pipeline ]; then
+  step 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_speed.py
+  step 120 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10
+  step 60 "$PY" benchmarks/bench_generation.py --device cuda --tokens 512
+fi
+if [ "$part" != kernels ]; then
+  step 300 "$PY" benchmarks/bench_pipeline.py --hardware gpu
+fi
+if [ "$part" != pipeline ]; then
+  step 240 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10 --compile
+fi
+if [ "$part" != kernels ]; then
+  step 300 "$PY" benchmarks/bench_pipeline.py --hardware cpu
+fi
+echo "== total $((SECONDS - start)) s" | tee -a "$log"

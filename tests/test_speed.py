@@ -186,6 +186,33 @@ def test_cuda_attention_and_generation_raise_no_sync_under_debug_mode():
     assert blk.attn.max_logit.max().item() > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_cognate_training_step_and_cached_generation_raise_no_sync_under_debug_mode():
+    """The whole Cognate model (ACT halting, the memory, QK-clip's max logit) in bf16 autocast, as the phases run
+    it on a GPU: no host sync in a training forward + backward, nor in KV-cached greedy generation."""
+    from agentforge.models import CognateConfig, CognateModel
+
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig()).cuda().train()
+    x, y = (torch.randint(0, 256, (2, 64), device="cuda") for _ in range(2))
+
+    def step():
+        with torch.autocast("cuda", torch.bfloat16):
+            out = model(x, y)
+        (out if torch.is_tensor(out) else out.loss).backward()
+    step()                                          # warm-up: lazy inits may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+        model.eval()
+        with torch.no_grad():
+            model.generate(x[:, :8], 16)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
 def _fit(tmp_path, epochs, compile_, resume=None, seed=0):
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
