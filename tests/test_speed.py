@@ -168,6 +168,47 @@ def test_generation_syncs_once_per_check_and_matches_per_token_checks(max_new):
     assert c.calls == []
 
 
+# autograd nodes whose backward reads a tensor value back to the host (CUDA sync): cumprod and prod check their
+# input for zeros (torch/csrc/autograd/FunctionsManual.cpp, cumprod_backward / prod_backward)
+SYNCING_BACKWARD = {"CumprodBackward0", "ProdBackward0", "ProdBackward1"}
+
+
+def _backward_nodes(t: torch.Tensor) -> set[str]:
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo.extend(nxt for nxt, _ in fn.next_functions)
+    return names
+
+
+def test_halting_distribution_has_cumprods_values_and_gradients_without_its_syncing_backward():
+    """lambda = (0.2, 0.5, 1): p = (0.2, 0.8 * 0.5, 0.8 * 0.5) = (0.2, 0.4, 0.4) by hand; the gradients equal
+    torch.cumprod's formula's, and no node of a Cognate training loss's graph syncs in its backward."""
+    from agentforge.models import CognateConfig, CognateModel
+    from agentforge.models.halting import halting_distribution
+
+    lam = torch.tensor([[0.2, 0.3], [0.5, 0.0], [1.0, 1.0]], requires_grad=True)
+    p = halting_distribution(lam)
+    torch.testing.assert_close(p[:, 0], torch.tensor([0.2, 0.4, 0.4]))
+    w = torch.randn(3, 2)
+    (g,) = torch.autograd.grad((p * w).sum(), lam)
+    lam2 = lam.detach().clone().requires_grad_(True)
+    before = torch.cat([torch.ones_like(lam2[:1]), torch.cumprod(1 - lam2, 0)[:-1]], 0)
+    ref = torch.cat([(lam2 * before)[:-1], before[-1:]], 0)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), lam2)
+    torch.testing.assert_close(g, g_ref)
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(max_steps=3)).train()
+    x = torch.randint(0, 256, (2, 40))
+    nodes = _backward_nodes(model(x, x).loss)
+    assert "CumprodBackward0" not in nodes and not nodes & SYNCING_BACKWARD
+    assert "CumprodBackward0" in _backward_nodes(torch.cumprod(lam, 0).sum())   # the walk does see such nodes
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_attention_and_generation_raise_no_sync_under_debug_mode():
     torch.manual_seed(0)

@@ -21,9 +21,16 @@ import torch
 
 
 def halting_distribution(lambdas: torch.Tensor) -> torch.Tensor:
-    """p [N, ...] from lambdas [N, ...]; whatever mass is left after step N goes to step N."""
-    survive = torch.cumprod(1 - lambdas, dim=0)                       # prod_{j<=n} (1 - lambda_j)
-    before = torch.cat([torch.ones_like(survive[:1]), survive[:-1]], 0)  # prod_{j<n}
+    """p [N, ...] from lambdas [N, ...]; whatever mass is left after step N goes to step N.
+
+    The survival products prod_{j<n} (1 - lambda_j) are multiplied out step by step, not with ``torch.cumprod``:
+    cumprod's backward reads ``(input == 0).any()`` back to the host, a CUDA sync on every training step (found by
+    ``torch.cuda.set_sync_debug_mode`` on an H100, tests/test_speed.py), and N is a handful of recursion steps."""
+    keep = 1 - lambdas
+    survive = [torch.ones_like(keep[0])]
+    for k in keep[:-1]:
+        survive.append(survive[-1] * k)
+    before = torch.stack(survive, 0)                                  # prod_{j<n} (1 - lambda_j)
     p = lambdas * before
     return torch.cat([p[:-1], before[-1:]], 0)
 
