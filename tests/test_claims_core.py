@@ -176,7 +176,7 @@ def test_a_slot_is_used_when_a_token_gives_it_more_than_half_of_its_read():
     last = torch.tensor([[1.0, 2.0, 3.0]])                           # slot 0 least recently used ...
     amax = torch.tensor([[0.6, 0.5, 0.0]])                           # ... until a token reads 0.6 of it now
     kc, vc = torch.ones(1, 1, 4), torch.full((1, 1, 4), 7.0)
-    keys, vals, filled, last = mem.end_chunk(kc, vc, torch.ones(1, 1), amax, keys, vals, filled, last, 4.0)
+    keys, vals, filled, last, _ = mem.end_chunk(kc, vc, torch.ones(1, 1), amax, keys, vals, filled, last, 4.0)
     assert last.tolist() == [[4.0, 4.0, 3.0]]                        # slot 0 used (0.6), then slot 1 written
     assert torch.equal(vals[0, 1], torch.full((4,), 7.0)) and vals[0, [0, 2]].abs().sum() == 0
 

@@ -63,9 +63,11 @@ def test_eviction_takes_the_least_recently_used_slot_not_the_newest():
     filled = torch.ones(1, 3, dtype=torch.bool)
     last = torch.tensor([[5.0, 2.0, 7.0]])      # slot 2 newest, slot 1 least recently used
     kc, vc = torch.ones(1, 1, 16), torch.full((1, 1, 16), 3.0)
-    keys, vals, filled, last = mem._write(kc, vc, torch.ones(1, 1), keys, vals, filled, last, now=8.0)
+    keys, vals, filled, last, src = mem._write(kc, vc, torch.ones(1, 1), keys, vals, filled, last, now=8.0,
+                                               src=torch.tensor([[0, 1, 2]]), offset=10)
     assert torch.equal(vals[0, 1], torch.full((16,), 3.0)) and vals[0, [0, 2]].abs().sum() == 0
     assert last.tolist() == [[5.0, 8.0, 7.0]]
+    assert src.tolist() == [[0, 10, 2]]          # slot 1 now holds the chunk's token 0, at offset 10
 
 
 def test_memory_state_is_per_sequence_unless_persistent():

@@ -176,3 +176,42 @@ def test_a_persistent_bank_trains_and_does_not_move_under_a_running_decoder():
         model(torch.randint(0, 256, (1, 12)))            # writes the persistent bank
     assert not torch.equal(model.memory.keys, bank)
     assert all(torch.equal(st["keys"], h) for st, h in zip(dec.mem, held))
+
+
+@pytest.mark.parametrize("t,persist", [(11, False), (16, False), (37, False), (23, True)])
+def test_batched_reread_has_the_chunk_loops_outputs_and_gradients(t, persist):
+    """read() with gradients recomputes all chunks' reads in one batched attention from the no-grad loop's trace;
+    its outputs and gradients (input, projections, gate, beta) equal the chunk loop's own autograd (``scan`` from a
+    fresh state), also when the bank starts filled (``persist``: indices into the starting bank)."""
+    torch.manual_seed(t)
+    mem = SurpriseMemory(8, 6, 4, 0.1, max_writes=2, chunk=4).train()
+    if persist:
+        mem.persist = True
+        with torch.no_grad():
+            mem.read(torch.randn(1, 12, 8))                 # fills the persistent bank
+        mem.persist = False
+        assert mem.filled.any()
+    h = torch.randn(3, t, 8, requires_grad=True)
+    out, s = mem.read(h)
+    w = torch.randn_like(out)
+    params = [h, *mem.parameters()]
+    grads = torch.autograd.grad((out * w).sum(), params)
+    ref_out, ref_s = mem.scan(h, mem.init_state(3))
+    ref_grads = torch.autograd.grad((ref_out * w).sum(), params)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(s, ref_s)
+    for g, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)
+    assert grads[1].abs() > 0                               # beta (log_beta, the first parameter) gets a gradient
+    if t > 16:                                              # the point: a few autograd nodes, not ~20 per chunk
+        assert 3 * _graph_size(out) < _graph_size(ref_out)
+
+
+def _graph_size(t: torch.Tensor) -> int:
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            todo.extend(nxt for nxt, _ in fn.next_functions)
+    return len(seen)

@@ -99,21 +99,50 @@ class SurpriseMemory(nn.Module):
 
     def read(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(merged stream [B, T, D], per-token surprise [B, T]) for hidden states h [B, T, D]: ``scan`` from a
-        fresh state; the last, partial chunk is then written too (for the statistics and ``persist``)."""
+        fresh state; the last, partial chunk is then written too (for the statistics and ``persist``).
+
+        When gradients are needed the chunk loop runs without them, recording which token each slot holds when
+        each chunk reads (``trace``), and the reads are then recomputed with gradients for all chunks in one
+        batched attention (``_reread``): the same function and gradients, but a few autograd nodes instead of
+        ~20 per chunk (on a GPU each is a kernel launch; 96 chunks per step at 25M size, seq 512)."""
         b, t, _ = h.shape
         if not self.enabled:
             return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
         st, usage = self.init_state(b), torch.zeros(self.slots, device=h.device)
-        out, surprise = self.scan(h, st, usage)
-        keys, vals, filled = st["keys"], st["vals"], st["filled"]
-        if st["open"] is not None:
-            kc, vc, sc, amax = st["open"]
-            keys, vals, filled, _ = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, st["last"], st["c"] + 1.0)
-        self._record(b, t, surprise, filled, usage)
-        if self.persist:
-            with torch.no_grad():
+        bank = st["keys"], st["vals"]
+        trace = [] if torch.is_grad_enabled() else None
+        with torch.no_grad():
+            if trace is not None:
+                st["src"] = torch.arange(self.slots, device=h.device).expand(b, -1)
+            r, surprise = self.scan_reads(h, st, usage, trace)
+            keys, vals, filled = st["keys"], st["vals"], st["filled"]
+            if st["open"] is not None:
+                kc, vc, sc, amax = st["open"]
+                keys, vals, filled, _, _ = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, st["last"],
+                                                          st["c"] + 1.0)
+            self._record(b, t, surprise, filled, usage)
+            if self.persist:
                 self.keys.copy_(keys[-1]), self.values.copy_(vals[-1]), self.filled.copy_(filled[-1])
-        return out, surprise
+        if trace is not None:
+            r = self._reread(h, bank, trace)
+        return self.merge(h, r), surprise
+
+    def _reread(self, h: torch.Tensor, bank: tuple[torch.Tensor, torch.Tensor], trace: list) -> torch.Tensor:
+        """The reads r [B, T, key_dim] of a fresh ``scan`` of h, with gradients, from its ``trace``: per chunk, the
+        token (an index into [bank slots, then h's positions]) each slot held and which slots were filled."""
+        b, t, _ = h.shape
+        q, k, v = self.project(h)
+        table_k = torch.cat([bank[0].to(k.dtype), k], 1)                      # [B, S + T, key_dim]
+        table_v = torch.cat([bank[1].to(v.dtype), v], 1)
+        src = torch.stack([x for x, _ in trace], 1)                           # [B, C, S]
+        filled = torch.stack([f for _, f in trace], 1)
+        n_chunks, idx = src.shape[1], src.flatten(1)[..., None].expand(-1, -1, k.shape[-1])
+        keys = table_k.gather(1, idx).view(b, n_chunks, self.slots, -1)       # [B, C, S, key_dim]
+        vals = table_v.gather(1, idx).view(b, n_chunks, self.slots, -1)
+        q = F.pad(q, (0, 0, 0, n_chunks * self.chunk - t)).view(b, n_chunks, self.chunk, -1)
+        scores = (self.log_beta.exp() * q @ keys.transpose(-1, -2)).masked_fill(~filled[:, :, None, :], float("-inf"))
+        attn = torch.nan_to_num(F.softmax(scores, dim=-1))                    # an empty bank: all -inf -> 0 weights
+        return (attn @ vals).flatten(1, 2)[:, :t]
 
     def init_state(self, batch: int) -> dict:
         """The memory state of ``batch`` sequences before their first position (``scan`` continues it): the
@@ -130,16 +159,25 @@ class SurpriseMemory(nn.Module):
 
     def scan(self, h: torch.Tensor, st: dict, usage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(merged stream, surprise) of the next positions h [B, T, D] of sequences whose memory state is ``st``
-        (``init_state``; updated in place): each position reads the bank of the chunks completed before its
-        own; when a chunk completes it is written (``end_chunk``). The one chunk loop of ``read`` and of the
-        KV cache (``kv_cache.py``), so a sequence fed in pieces gets the state and outputs of one read.
-        ``usage`` [slots], if given, accumulates the read mass per slot.
+        (``init_state``; updated in place): ``scan_reads``, then the MAG gate."""
+        b, t, _ = h.shape
+        if not self.enabled:
+            return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
+        r, s = self.scan_reads(h, st, usage)
+        return self.merge(h, r), s
+
+    def scan_reads(self, h: torch.Tensor, st: dict, usage: torch.Tensor | None = None,
+                   trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reads r [B, T, key_dim], surprise [B, T]) of the next positions h of sequences whose memory state is
+        ``st``: each position reads the bank of the chunks completed before its own; when a chunk completes it
+        is written (``end_chunk``). The one chunk loop of ``read`` and of the KV cache (``kv_cache.py``), so a
+        sequence fed in pieces gets the state and outputs of one read. ``usage`` [slots], if given, accumulates
+        the read mass per slot; ``trace``, if given (with ``st["src"]``, a fresh state), gets each chunk's
+        (slot sources, filled) for ``_reread``.
 
         The surprise's prediction M(k_t) = M(q_{t-1}) is the previous position's read when that read saw the
         same bank (same chunk), so only a chunk's first position attends for it."""
         b, t, _ = h.shape
-        if not self.enabled:
-            return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
         first = st["prev"] is None                          # the sequence's first position: no previous query
         q, k, v = self.project(h, st["prev"])
         beta = self.log_beta.exp()
@@ -149,6 +187,8 @@ class SurpriseMemory(nn.Module):
             room = self.chunk - (0 if opened is None else opened[0].shape[1])
             end = min(start + room, t)
             kc, vc = k[:, start:end], v[:, start:end]
+            if trace is not None:
+                trace.append((st["src"], filled))
             attn = self._attend(beta, q[:, start:end], keys, filled)
             r = attn @ vals
             reads.append(r)
@@ -165,7 +205,10 @@ class SurpriseMemory(nn.Module):
                 amax = torch.maximum(opened[3], amax)
             if end - start == room:  # the chunk is complete: write it
                 st["c"] += 1
-                keys, vals, filled, last = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, last, float(st["c"]))
+                keys, vals, filled, last, src = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, last,
+                                                               float(st["c"]), st.get("src"), self.slots + end - kc.shape[1])
+                if src is not None:
+                    st["src"] = src
                 opened = None
             else:
                 opened = (kc, vc, sc, amax)
@@ -173,7 +216,7 @@ class SurpriseMemory(nn.Module):
             start = end
         st.update(keys=keys, vals=vals, filled=filled, last=last, open=opened, prev=q[:, -1:])
         r, s = (x[0] if len(x) == 1 else torch.cat(x, 1) for x in (reads, surprises))
-        return self.merge(h, r), s
+        return r, s
 
     def merge(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """The MAG gate: h + sigmoid(W_g h + b) * W_o r for hidden states h and reads r."""
@@ -204,17 +247,19 @@ class SurpriseMemory(nn.Module):
         scores = (beta * x @ keys.transpose(1, 2)).masked_fill(~filled[:, None, :], float("-inf"))
         return torch.nan_to_num(F.softmax(scores, dim=-1))  # an empty bank: all -inf -> 0 weights
 
-    def end_chunk(self, kc, vc, s, amax, keys, vals, filled, last, now: float):
+    def end_chunk(self, kc, vc, s, amax, keys, vals, filled, last, now: float, src=None, offset: int = 0):
         """The bank after chunk ``now``: slots given more than half of some token's read (``amax`` [B, slots], the
         chunk's max read weight per slot) marked used at ``now``, then the chunk written (``_write``)."""
         last = torch.where(amax > 0.5, now, last)
-        return self._write(kc, vc, s, keys, vals, filled, last, now)
+        return self._write(kc, vc, s, keys, vals, filled, last, now, src, offset)
 
-    def _write(self, kc, vc, s, keys, vals, filled, last, now: float):
-        """Store the chunk's most surprising tokens (s > threshold) into empty, else least recently used slots."""
+    def _write(self, kc, vc, s, keys, vals, filled, last, now: float, src=None, offset: int = 0):
+        """Store the chunk's most surprising tokens (s > threshold) into empty, else least recently used slots.
+        ``src`` [B, slots] (or None), the token index each slot holds, is updated with ``offset`` + the written
+        tokens' positions in the chunk."""
         n = min(self.max_writes, kc.shape[1], self.slots)
         if n == 0:
-            return keys, vals, filled, last
+            return keys, vals, filled, last, src
         with torch.no_grad():
             cand = s.masked_fill(s <= self.surprise_threshold, float("-inf"))
             top_s, top_i = cand.topk(n, dim=1)                            # valid ones first (sorted)
@@ -222,6 +267,8 @@ class SurpriseMemory(nn.Module):
             priority = torch.where(filled, last, torch.full_like(last, -1.0))
             slot = priority.argsort(dim=1, stable=True)[:, :n]            # empty first, then LRU
             self._count("writes", valid.sum())
+            if src is not None:
+                src = src.scatter(1, slot, torch.where(valid, top_i + offset, src.gather(1, slot)))
         new_k = kc.gather(1, top_i[..., None].expand(-1, -1, kc.shape[-1]))
         new_v = vc.gather(1, top_i[..., None].expand(-1, -1, vc.shape[-1]))
         idx_k = slot[..., None].expand(-1, -1, keys.shape[-1])
@@ -229,7 +276,7 @@ class SurpriseMemory(nn.Module):
         vals = vals.scatter(1, idx_k, torch.where(valid[..., None], new_v, vals.gather(1, idx_k)))
         filled = filled.scatter(1, slot, filled.gather(1, slot) | valid)
         last = last.scatter(1, slot, torch.where(valid, now, last.gather(1, slot)))
-        return keys, vals, filled, last
+        return keys, vals, filled, last, src
 
     def _count(self, key: str, value) -> None:
         if self.training:
