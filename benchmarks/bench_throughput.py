@@ -6,6 +6,7 @@ matmul peak.
     python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512   # GPU, bf16 autocast
     python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --compile
     python benchmarks/bench_throughput.py --no-grad-steps 2      # + TRM's cheaper recursion, timed alongside
+    python benchmarks/bench_throughput.py --memory-off           # + the same Cognate with its memory off
 
 FLOPs are counted by torch.utils.flop_counter on one real training step (forward + backward), not
 estimated; the peak is the best of several square matmuls (fp32 1024² on CPU, bf16 8192² on CUDA). The
@@ -116,6 +117,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--no-grad-steps", type=int, default=0,
                     help="also time the Cognate model with its first K recursion steps without gradients")
+    ap.add_argument("--memory-off", action="store_true", help="also time the Cognate model with its memory off")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -128,6 +130,10 @@ def main():
         raise SystemExit(f"error: --no-grad-steps must be in [0, {cfg.max_steps - 1}], got {a.no_grad_steps}")
     runs = {"cognate (3 steps)": Runner(CognateModel(cfg), a.batch, a.seq, a.device, a.compile),
             "plain transformer": Runner(PlainTransformer(cfg), a.batch, a.seq, a.device, a.compile)}
+    if a.memory_off:  # the memory's cost: the same Cognate model with its reads off (ablate(memory=False))
+        off = CognateModel(cfg)
+        off.memory.enabled = False
+        runs["cognate, memory off"] = Runner(off, a.batch, a.seq, a.device, a.compile)
     cheap = f"cognate, {a.no_grad_steps} no-grad"
     if a.no_grad_steps:
         runs[cheap] = Runner(CognateModel(dataclasses.replace(cfg, no_grad_steps=a.no_grad_steps)), a.batch, a.seq,

@@ -7,6 +7,9 @@
 #   bash benchmarks/gpu_figures.sh pipeline    # default pipeline wall time, hardware=gpu then hardware=cpu
 #   bash benchmarks/gpu_figures.sh lease [S]   # both, most important first, all inside S seconds (default 420):
 #                                              # each step's timeout is cut to what is left, the CPU pipeline last
+#   bash benchmarks/gpu_figures.sh step [S]    # ~3 min: the training step alone: the CUDA sync tests, 25M tokens/s
+#                                              # at batch 32 (with the memory off alongside) and 128, a profile,
+#                                              # the Cognate m1 phase on the GPU
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
 # ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
@@ -15,7 +18,7 @@
 set -u
 part="${1:-kernels}"
 budget="${2:-420}"
-case "$part" in kernels|pipeline|lease) ;; *) echo "error: unknown part '$part': give kernels, pipeline or lease" >&2; exit 2 ;; esac
+case "$part" in kernels|pipeline|lease|step) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease or step" >&2; exit 2 ;; esac
 out="${OUT:-outputs}"
 mkdir -p "$out"
 log="$out/gpu_figures_${part}.log"
@@ -30,7 +33,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
 step() {  # step <timeout s> <command...>: run it (cut to the lease's time left), log its output, exit status, wall time
   local limit="$1"; shift
-  if [ "$part" = lease ]; then
+  if [ "$part" = lease ] || [ "$part" = step ]; then
     local left=$((budget - (SECONDS - start)))
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 20 ]; then echo "== skipped (lease time left ${left}s): $*" | tee -a "$log"; return; fi
@@ -42,6 +45,14 @@ step() {  # step <timeout s> <command...>: run it (cut to the lease's time left)
 }
 step 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 step 60 "$PY" -c "import torch, hydra, omegaconf, lightning, wandb; print(torch.__version__, lightning.__version__, wandb.__version__, torch.cuda.get_device_name(0))"
+if [ "$part" = step ]; then
+  step 60 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_speed.py
+  step 90 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10 --memory-off
+  step 90 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 128 --seq 512 --steps 6
+  step 60 "$PY" benchmarks/profile_step.py --device cuda --size 25m --batch 32 --seq 512
+  step 120 "$PY" -m agentforge phase=cognate model=m1 hardware=gpu paths.outputs=/tmp/cog_gpu
+  echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
+fi
 if [ "$part" != pipeline ]; then
   step 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_speed.py
   step 120 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10

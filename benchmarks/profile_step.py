@@ -1,0 +1,65 @@
+"""Where one Cognate training step's time goes: ``torch.profiler`` over a few steps of the model at a bench size,
+the top ops by self device time (CUDA) or self CPU time, and the kernel-launch count per step — on a GPU a step of
+many small kernels is bound by launching them, not by arithmetic.
+
+    python benchmarks/profile_step.py                                   # CPU, tiny size
+    python benchmarks/profile_step.py --device cuda --size 25m --batch 32 --seq 512
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_throughput import SIZES  # noqa: E402
+
+from agentforge.models import CognateConfig, CognateModel  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="tiny", choices=list(SIZES))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--top", type=int, default=15)
+    a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA GPU is visible")
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(**SIZES[a.size], max_steps=3)).to(a.device).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x, y = (torch.randint(0, 256, (a.batch, a.seq), device=a.device) for _ in range(2))
+    cuda = a.device == "cuda"
+    autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda else contextlib.nullcontext
+
+    def step():
+        with autocast():
+            loss = model(x, y).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    step(), step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(a.steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=a.top, max_name_column_width=48))
+    if cuda:
+        launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+        dev = sum(e.self_device_time_total for e in events) / 1e3 / a.steps
+        print(f"per step: {launches / a.steps:.0f} kernel launches, {dev:.1f} ms of device time")
+
+
+if __name__ == "__main__":
+    main()
