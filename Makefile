@@ -7,9 +7,10 @@ PYTEST ?= $(PY) -m pytest
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## install torch (CPU build), the project with its dev extras, and bubblewrap (the sandbox) when root
+install:  ## install torch (CPU build), the project with its dev extras, the native BitNet kernel, and bubblewrap (the sandbox) when root
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
+	$(PY) -c "import sys; from agentforge.quant.native import main; sys.exit(main())"
 	@if command -v bwrap >/dev/null 2>&1; then echo "bubblewrap: $$(command -v bwrap)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \

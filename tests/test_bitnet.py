@@ -58,8 +58,14 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
               "final/compression_ratio", "final/fine_tuning_needed"):
         assert k in keys, k
     speed = {k: v for r in rows for k, v in r.items() if k.startswith("speed/")}  # kernel chosen per regime at load
+    from agentforge.quant import native
+
+    # phase.native_kernel=auto (the default): the native kernel is a decoding candidate exactly where make install
+    # (or an earlier build) left it on this machine, and the run says how to get it where it is not
+    assert ("speed/decode_native_ms" in speed) == native.installed()
+    assert native.installed() or "native BitNet decode kernel: not built on this machine" in out
     for regime in ("prefill", "decode"):
-        times = {k: speed[f"speed/{regime}_{k}_ms"] for k in ("int8", "float")}
+        times = {k: speed[f"speed/{regime}_{k}_ms"] for k in ("int8", "float", "native") if f"speed/{regime}_{k}_ms" in speed}
         assert speed[f"speed/{regime}_kernel"] == min(times, key=times.get) and min(times.values()) > 0
     assert "kernels chosen by measurement: prefill" in out
     ft = [r for r in rows if "finetune/loss" in r]
@@ -89,6 +95,19 @@ def test_bitnet_native_kernel_is_built_and_offered_for_decoding(cognate_artifact
     times = {k: speed[f"speed/decode_{k}_ms"] for k in ("int8", "float", "native")}
     assert speed["speed/decode_kernel"] == min(times, key=times.get) and min(times.values()) > 0
     assert {k for k in speed if "native" in k} == {"speed/decode_native_ms"} and "native" in proc.stdout
+
+
+def test_native_kernel_setting(monkeypatch, capsys):
+    """true -> build; false -> never; auto -> only where already built, else one line saying how to get it."""
+    from agentforge.phases.bitnet import native_wanted
+    from agentforge.quant import native
+
+    assert native_wanted(True) and not native_wanted(False)
+    monkeypatch.setattr(native, "installed", lambda: True)
+    assert native_wanted("auto") and capsys.readouterr().out == ""
+    monkeypatch.setattr(native, "installed", lambda: False)
+    assert not native_wanted("auto")
+    assert "not built on this machine (make install builds it once" in capsys.readouterr().out
 
 
 def test_relative_accuracy_drop():

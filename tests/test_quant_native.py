@@ -130,6 +130,15 @@ def test_select_kernel_offers_native_for_decoding_only_once_built(monkeypatch):
     assert info["kernel"] in ("int8", "float")               # the prefill regime never gets it
 
 
+def test_installed_reads_the_stamp_a_build_leaves(built, monkeypatch, capsys):
+    """After a build, ``installed()`` (phase.native_kernel=auto's test) is true for this source, flags and torch,
+    and false for any other; make install's ``main`` loads the build and says so in one line."""
+    assert native.installed() and native._stamp_path().is_file()
+    assert native.main() == 0 and capsys.readouterr().out.startswith("native BitNet decode kernel: ready (")
+    monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-O0"])
+    assert not native.installed()
+
+
 def test_a_failed_build_leaves_the_torch_kernels_in_use(monkeypatch, capsys):
     import torch.utils.cpp_extension as cpp
 

@@ -94,7 +94,7 @@ DEFAULTS = [
     ("phase/bitnet.yaml", "sparsity_threshold", 0.5, "0.5 = the paper's RoundClip"),
     ("phase/bitnet.yaml", "per_channel", False, "`phase.per_channel=true` per row"),
     ("phase/bitnet.yaml", "packing", "base3", "5 trits/byte = 1.6 bits, or `phase.packing=2bit`"),
-    ("phase/bitnet.yaml", "native_kernel", False, "(off by default: a one-time ~30 s C++ build per machine)"),
+    ("phase/bitnet.yaml", "native_kernel", "auto", "`phase.native_kernel=auto` (the default) offers it"),
     ("phase/bitnet.yaml", "preserved_layers", ["embed", "lm_head", "*norm"],
      "Every linear layer except embeddings, lm_head and norms (`phase.preserved_layers`)"),
     ("phase/bitnet.yaml", "min_compression", 6.0, "compression > 6×"),

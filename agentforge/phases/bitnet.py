@@ -58,7 +58,7 @@ RULES = [
     rule("phase.fine_tune_steps_per_epoch", integer(1)),
     rule("phase.gradient_clip", number(0)),
     rule("phase.speed_repeats", integer(1)),
-    rule("phase.native_kernel", boolean()),
+    rule("phase.native_kernel", ((lambda x: isinstance(x, bool) or x == "auto"), "true, false or auto")),
 ]
 MB = 2**20
 
@@ -162,7 +162,7 @@ def run(cfg) -> dict:
             after = evaluate(loaded, tokenizer, val_rows, evals, p)
             recovery.finish(after["accuracy"])
             curve = recovery.curve
-        if p.native_kernel:  # a candidate for decoding once built (C++, ~30 s the first time on a machine)
+        if native_wanted(p.native_kernel):  # a candidate for decoding once built
             native.build()
         choose_kernels(loaded)  # once, on the model that ships (a fine-tuned one replaces the first reload)
         before["inference_ms"], after["inference_ms"] = interleaved_latency_ms([model, loaded], seq_len,
@@ -171,6 +171,19 @@ def run(cfg) -> dict:
         result = finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve,
                           time.perf_counter() - t_start)
         return result
+
+
+def native_wanted(setting) -> bool:
+    """``phase.native_kernel``: true builds the native decode kernel if needed (C++, ~30 s the first time on a
+    machine), false never uses it, auto uses it where it is already built (``make install`` builds it: loading
+    then takes ~0.1 s) and says how to get it where it is not."""
+    if setting == "auto":
+        if native.installed():
+            return True
+        print("native BitNet decode kernel: not built on this machine (make install builds it once; "
+              "phase.native_kernel=true builds it now, ~30 s); timing the int8/float kernels")
+        return False
+    return bool(setting)
 
 
 def log_kernel_choice(tr, model) -> None:

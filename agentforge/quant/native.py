@@ -15,11 +15,17 @@ division, so no FMA or x * (1 / s) changes a rounding. Tested bitwise against th
 Scope: CPU, float32 inputs, per-token scales (not ``act_scale="static"``), at most 8 activation bits, rows
 processed one after the other on one thread (meant for decoding steps; ``select_kernel`` offers it for
 the decode regime only). Nothing is built unless ``build()`` is called; ``ready()`` says if it was.
+
+``make install`` builds it once per machine (``main``); a stamp beside the binary
+(the hash of the source, the flags and torch's version) lets ``installed()`` say, without compiling, whether
+``build()`` would only load it (~0.1 s) — ``phase.native_kernel=auto`` uses it then, and never compiles.
 """
 from __future__ import annotations
 
 import hashlib
 import platform
+import time
+from pathlib import Path
 
 import torch
 
@@ -91,6 +97,7 @@ torch::Tensor quantized_linear(torch::Tensor x_, double clip, double eps, int64_
 """
 
 _EXT = None
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math"]
 
 
 def build(verbose: bool = False) -> bool:
@@ -100,14 +107,40 @@ def build(verbose: bool = False) -> bool:
         from torch.utils.cpp_extension import load_inline
 
         try:
-            _EXT = load_inline(f"agentforge_bitnet_native_{_cpu_tag()}", cpp_sources=SOURCE,
-                               functions=["quantized_linear"], verbose=verbose,
-                               extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math"])
+            _EXT = load_inline(_name(), cpp_sources=SOURCE, functions=["quantized_linear"], verbose=verbose,
+                               extra_cflags=FLAGS)
         except Exception as exc:  # no compiler, no headers, a failed build: the torch kernels stay in use
             print(f"warning: the native BitNet kernel could not be built ({type(exc).__name__}: {exc}); "
                   f"using the int8/float kernels")
             return False
+        try:
+            _stamp_path().write_text(_stamp())
+        except OSError:  # a read-only cache: installed() stays False, build() still works
+            pass
     return True
+
+
+def installed() -> bool:
+    """Whether this machine holds a build of this source, these flags and this torch (the stamp ``build()``
+    writes beside the binary): ``build()`` then loads it instead of compiling."""
+    try:
+        return _stamp_path().read_text() == _stamp()
+    except OSError:
+        return False
+
+
+def _name() -> str:
+    return f"agentforge_bitnet_native_{_cpu_tag()}"
+
+
+def _stamp() -> str:
+    return hashlib.sha256("\0".join([SOURCE, *FLAGS, torch.__version__]).encode()).hexdigest()
+
+
+def _stamp_path() -> Path:
+    from torch.utils.cpp_extension import _get_build_directory  # the folder load_inline builds ``_name()`` in
+
+    return Path(_get_build_directory(_name(), verbose=False)) / "agentforge_source.sha256"
 
 
 def _cpu_tag() -> str:
@@ -129,3 +162,11 @@ def quantized_linear(x: torch.Tensor, clip: float, bits: int, eps: float, codes_
                      gamma: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """y [..., out] for x [..., in] (float32, CPU), codes_t [in, out] int8, gamma [] / [out] / [out, 1]; see above."""
     return _EXT.quantized_linear(x, float(clip), eps, (1 << (bits - 1)) - 1, codes_t, gamma, bias)
+
+
+def main() -> int:
+    """Run by ``make install``: build or load the kernel, and say so in one line."""
+    t0 = time.perf_counter()
+    if build():
+        print(f"native BitNet decode kernel: ready ({time.perf_counter() - t0:.1f} s; phase.native_kernel=auto uses it)")
+    return 0  # a failed build is not an install failure: the int8/float kernels serve, build() said why
