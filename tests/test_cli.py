@@ -71,11 +71,21 @@ def test_bad_values_fail_fast_with_one_line_naming_the_key(tmp_path, override, k
     assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("args", [["model=m9"], ["nonsense_group=x"]])
-def test_unknown_choices_are_refused_by_hydra(tmp_path, args):
+@pytest.mark.parametrize("args,expected", [
+    (["model=m9"], "Could not find 'model/m9'; Available options in 'model': m1, m2, m3"),
+    (["nonsense_group=x"], "nonsense_group: no such key (check its spelling"),
+    (["phase=cognate", "phase.max_epoch=3"], "phase.max_epoch: no such key (check its spelling; "
+                                             "`python -m agentforge --cfg job` prints every key; +phase.max_epoch="),
+    (["phase.max_epochs=[1"], "no viable alternative at input '[1'"),
+])
+def test_what_hydra_refuses_is_one_error_line_and_exit_2(tmp_path, args, expected):
+    """Misspelled keys and groups, unknown options and unparsable overrides (agentforge/cli_errors.py): one line,
+    no Hydra report (search path, HYDRA_FULL_ERROR hint), no traceback, nothing written."""
     proc = run_cli(args, tmp_path, timeout=60)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert ("m9" in proc.stderr) or ("nonsense_group" in proc.stderr)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: ")
+    assert expected in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.yaml"))
 
 
 _values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),

@@ -1,0 +1,51 @@
+"""One ``error:`` line for what Hydra refuses before a run starts: a misspelled key or group, an unknown group
+option, an override that does not parse.
+
+Hydra reports these itself, over several lines (the search path, a hint about HYDRA_FULL_ERROR) with exit 1.
+``python -m agentforge`` runs Hydra with ``HYDRA_FULL_ERROR=1``, under which Hydra re-raises instead of
+reporting; ``hydra_error_line`` turns the exception into the same kind of line every other bad input gets
+(exit 2). Everything else that escapes is a bug, and its full traceback is what a user needs to report it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from hydra.errors import HydraException
+
+NO_KEY = re.compile(r"Could not override '([^']+)'")
+
+
+def hydra_error_line(exc: HydraException) -> str:
+    """The message of a Hydra composition / override error on one line, naming the key and what to do."""
+    cause = str(exc.__cause__ or "").splitlines()
+    m = NO_KEY.search(str(exc))
+    if m and cause and "not in struct" in cause[0]:
+        key = m.group(1)
+        return (f"{key}: no such key (check its spelling; `python -m agentforge --cfg job` prints every key; "
+                f"+{key}=VALUE adds a new one)")
+    lines, options = [], []
+    for line in str(exc).splitlines():
+        if line.startswith("Config search path:"):
+            break                                   # the rest lists where Hydra looked: no help to a typo
+        if line.startswith("\t"):
+            options.append(line.strip())            # "Available options in 'model':" then one per line
+        elif line.strip():
+            lines.append(line.strip())
+    text = "; ".join(lines)
+    if options:
+        text += " " + ", ".join(options)
+    if cause and cause[0] not in text:
+        text += f" ({cause[0]})"
+    return text
+
+
+def run_hydra_main(main) -> None:
+    """Call a ``hydra.main`` function; a Hydra error becomes one ``error:`` line and exit 2."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"            # Hydra re-raises instead of printing its own report
+    try:
+        main()
+    except HydraException as exc:
+        print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
+        sys.exit(2)
