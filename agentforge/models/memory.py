@@ -140,9 +140,7 @@ class SurpriseMemory(nn.Module):
         keys = table_k.gather(1, idx).view(b, n_chunks, self.slots, -1)       # [B, C, S, key_dim]
         vals = table_v.gather(1, idx).view(b, n_chunks, self.slots, -1)
         q = F.pad(q, (0, 0, 0, n_chunks * self.chunk - t)).view(b, n_chunks, self.chunk, -1)
-        scores = (self.log_beta.exp() * q @ keys.transpose(-1, -2)).masked_fill(~filled[:, :, None, :], float("-inf"))
-        attn = torch.nan_to_num(F.softmax(scores, dim=-1))                    # an empty bank: all -inf -> 0 weights
-        return (attn @ vals).flatten(1, 2)[:, :t]
+        return (self._attend(self.log_beta.exp(), q, keys, filled) @ vals).flatten(1, 2)[:, :t]
 
     def init_state(self, batch: int) -> dict:
         """The memory state of ``batch`` sequences before their first position (``scan`` continues it): the
@@ -244,7 +242,8 @@ class SurpriseMemory(nn.Module):
 
     @staticmethod
     def _attend(beta, x, keys, filled):
-        scores = (beta * x @ keys.transpose(1, 2)).masked_fill(~filled[:, None, :], float("-inf"))
+        """Read weights of queries x [..., Q, key_dim] over a bank keys [..., S, key_dim] (filled [..., S])."""
+        scores = (beta * x @ keys.transpose(-1, -2)).masked_fill(~filled.unsqueeze(-2), float("-inf"))
         return torch.nan_to_num(F.softmax(scores, dim=-1))  # an empty bank: all -inf -> 0 weights
 
     def end_chunk(self, kc, vc, s, amax, keys, vals, filled, last, now: float, src=None, offset: int = 0):
