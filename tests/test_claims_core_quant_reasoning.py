@@ -167,16 +167,27 @@ def test_mixing_head_is_the_reference_mlp_with_hidden_d_and_starts_at_w_zero():
     assert torch.equal(MixingHead(6)(torch.randn(3, 6), torch.randn(3, 6)), torch.zeros(3, 1))
 
 
-def test_mixing_logits_equals_the_references_mixing_of_final_norm_states():
-    """thoughts.MixingHead: w * logits_with + (1 - w) * logits_without = lm_head(w * norm(h_with) + (1 - w) *
-    norm(h_without)), the reference's mixture, because the Cognate lm_head has no bias."""
-    model = tiny().eval()
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_mixing_in_think_is_the_references_mixture_of_final_norm_states(use_cache):
+    """thoughts.think mixes ``w * logits_with + (1 - w) * logits_without``; the reference mixes the final-norm
+    states, lm_head(w * norm(h_with) + (1 - w) * norm(h_without)). Equal because the Cognate lm_head has no bias:
+    checked on think's own output against hidden states from plain full forwards (context + [thinking] z
+    [/endthinking] true[:-1], and the window without a thought), with w varying across positions."""
+    torch.manual_seed(0)
+    model = tiny(vocab_size=272, max_seq_len=64).eval()
     assert model.lm_head.bias is None
-    h_with, h_without, w = torch.randn(3, 16), torch.randn(3, 16), torch.rand(3, 1)
+    head = MixingHead(16, init_weight=0.3)
+    nn.init.normal_(head.net[-1].weight, std=10.0)                    # w depends on the states, not only the bias
+    n, k, length, n_true, c = 2, 3, 4, 3, 8
+    windows, thoughts = torch.randint(0, 256, (n, c + n_true)), torch.randint(0, 256, (n, k, length))
     with torch.no_grad():
-        ours = w * model.lm_head(model.norm(h_with)) + (1 - w) * model.lm_head(model.norm(h_without))
+        b = think(model, head, windows, n_true, k, length, 259, 260, thoughts=thoughts, use_cache=use_cache)
+        h_with = model(b.with_inputs[:, :-1]).hidden[:, c + length + 1:]          # [N*K, n_true, D]
+        h_without = model(windows[:, :-1]).hidden[:, c - 1:].repeat_interleave(k, 0)
+        w = b.mix_weight.reshape(n * k, n_true, 1)
         ref = model.lm_head(w * model.norm(h_with) + (1 - w) * model.norm(h_without))
-    assert torch.allclose(ours, ref, atol=1e-6)
+    assert w.std() > 0.05 and not torch.allclose(ref, model.lm_head(model.norm(h_with)), atol=1e-3)
+    torch.testing.assert_close(b.mixed_logits.reshape(n * k, n_true, -1), ref, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
