@@ -187,11 +187,15 @@ class SurpriseMemory(nn.Module):
             kc, vc = k[:, start:end], v[:, start:end]
             if trace is not None:
                 trace.append((st["src"], filled))
-            attn = self._attend(beta, q[:, start:end], keys, filled)
-            r = attn @ vals
+            if opened is None:  # a chunk's first position: its key's read M(k) rides along as one more query
+                both = self._attend(beta, torch.cat([kc[:, :1], q[:, start:end]], 1), keys, filled)
+                read_both = both @ vals
+                attn, r, head = both[:, 1:], read_both[:, 1:], read_both[:, :1].detach()
+            else:
+                attn = self._attend(beta, q[:, start:end], keys, filled)
+                r, head = attn @ vals, st["read"]
             reads.append(r)
             with torch.no_grad():  # M(k) of the segment's first position, then the reads shifted by one
-                head = st["read"] if opened is not None else self._attend(beta, kc[:, :1], keys, filled) @ vals
                 pred = torch.cat([head, r[:, :-1].detach()], 1) if end - start > 1 else head
                 s = self.prediction_error(vc, pred)
             surprises.append(s)
