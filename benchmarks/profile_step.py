@@ -8,7 +8,6 @@ many small kernels is bound by launching them, not by arithmetic.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_throughput import SIZES  # noqa: E402
+from bench_throughput import SIZES, Runner  # noqa: E402
 
 from agentforge.models import CognateConfig, CognateModel  # noqa: E402
 
@@ -32,24 +31,13 @@ def main() -> None:
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible")
-    torch.manual_seed(0)
-    model = CognateModel(CognateConfig(**SIZES[a.size], max_steps=3)).to(a.device).train()
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    x, y = (torch.randint(0, 256, (a.batch, a.seq), device=a.device) for _ in range(2))
     cuda = a.device == "cuda"
-    autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if cuda else contextlib.nullcontext
-
-    def step():
-        with autocast():
-            loss = model(x, y).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    step(), step()
+    run = Runner(CognateModel(CognateConfig(**SIZES[a.size], max_steps=3)), a.batch, a.seq, a.device, False)
+    run.step()  # the bench's training step (bf16 autocast on CUDA, AdamW), warmed up once more
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         for _ in range(a.steps):
-            step()
+            run.step()
         if cuda:
             torch.cuda.synchronize()
     events = prof.key_averages()

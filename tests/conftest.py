@@ -63,3 +63,14 @@ def cognate_artifacts(tmp_path_factory) -> Path:
     for i in (1, 2, 3):
         assert (art / "cognate" / f"model{i}" / "config.json").is_file()
     return art
+
+
+def autograd_nodes(t: torch.Tensor) -> list:
+    """Every autograd node of the graph that produced ``t`` (each once)."""
+    seen, todo = {}, [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen[fn] = None
+            todo.extend(nxt for nxt, _ in fn.next_functions)
+    return list(seen)

@@ -17,7 +17,7 @@ from agentforge.evals.stats import paired_bootstrap
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.ablation import recall_memory, token_scores
 from agentforge.models.memory import SurpriseMemory
-from tests.conftest import compose_cfg
+from tests.conftest import autograd_nodes, compose_cfg
 
 D = 4  # one-hot states a, b, c, d
 
@@ -204,14 +204,5 @@ def test_batched_reread_has_the_chunk_loops_outputs_and_gradients(t, persist):
         torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)
     assert grads[1].abs() > 0                               # beta (log_beta, the first parameter) gets a gradient
     if t > 16:                                              # the point: a few autograd nodes, not ~20 per chunk
-        assert 3 * _graph_size(out) < _graph_size(ref_out)
+        assert 3 * len(autograd_nodes(out)) < len(autograd_nodes(ref_out))
 
-
-def _graph_size(t: torch.Tensor) -> int:
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is not None and fn not in seen:
-            seen.add(fn)
-            todo.extend(nxt for nxt, _ in fn.next_functions)
-    return len(seen)

@@ -14,6 +14,7 @@ from agentforge.models.generation import generate
 from agentforge.models.layers import Block, CausalSelfAttention, apply_rope, causal_window_mask, max_logits, rope_cache
 from agentforge.optim.qk_clip import qk_clip_
 from agentforge.quant.bitlinear import BitLinear
+from tests.conftest import autograd_nodes
 
 SYNCING = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "nonzero", "masked_select",
            "unique", "argwhere"}
@@ -174,15 +175,7 @@ SYNCING_BACKWARD = {"CumprodBackward0", "ProdBackward0", "ProdBackward1"}
 
 
 def _backward_nodes(t: torch.Tensor) -> set[str]:
-    seen, todo, names = set(), [t.grad_fn], set()
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(type(fn).__name__)
-        todo.extend(nxt for nxt, _ in fn.next_functions)
-    return names
+    return {type(fn).__name__ for fn in autograd_nodes(t)}
 
 
 def test_halting_distribution_has_cumprods_values_and_gradients_without_its_syncing_backward():
