@@ -56,6 +56,7 @@ SHARED_RULES: list[Rule] = [
     rule("hardware.precision", one_of("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")),
     rule("hardware.compile", (lambda x: isinstance(x, bool) or x in ("inductor", "aot_eager", "eager", "cudagraphs"),
                               "true, false or a torch.compile backend (inductor, aot_eager, eager, cudagraphs)")),
+    rule("hardware.cuda_graphs", boolean()),
     rule("logger.name", one_of("wandb", "csv", "tensorboard", "none")),
     rule("data.seq_len", integer(8, 8192)),
     rule("data.batch_size", integer(1)),

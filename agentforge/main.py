@@ -49,6 +49,9 @@ def run(cfg: DictConfig) -> dict:
     phase = get_phase(str(cfg.phase.name))
     check(cfg, getattr(phase, "RULES", ()))  # the phase's own rules (the rest was checked above)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # before any model is built
+    from agentforge.models import memory_graph
+
+    memory_graph.ENABLED = bool(cfg.get("hardware", {}).get("cuda_graphs", True))
     return phase.run(cfg)
 
 

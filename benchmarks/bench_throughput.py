@@ -7,6 +7,7 @@ matmul peak.
     python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --compile
     python benchmarks/bench_throughput.py --no-grad-steps 2      # + TRM's cheaper recursion, timed alongside
     python benchmarks/bench_throughput.py --memory-off           # + the same Cognate with its memory off
+    python benchmarks/bench_throughput.py --device cuda --eager-memory   # + the same Cognate, memory scan not graphed
 
 FLOPs are counted by torch.utils.flop_counter on one real training step (forward + backward), not
 estimated; the peak is the best of several square matmuls (fp32 1024² on CPU, bf16 8192² on CUDA). The
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from agentforge.evals.speed import interleaved_medians
-from agentforge.models import CognateConfig, CognateModel
+from agentforge.models import CognateConfig, CognateModel, memory_graph
 from agentforge.models.layers import Block, RMSNorm, rope_cache
 
 SIZES = {"tiny": dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window=64),
@@ -79,8 +80,9 @@ def matmul_peak(device: str, reps: int = 10) -> float:
 class Runner:
     """One model, its optimizer and batch; ``step()`` is one training step."""
 
-    def __init__(self, model, batch, seq, device, compile_):
+    def __init__(self, model, batch, seq, device, compile_, cuda_graphs: bool = True):
         torch.manual_seed(0)
+        self.cuda_graphs = cuda_graphs
         self.model, self.device = model.to(device).train(), device
         self.x = torch.randint(0, 256, (batch, seq), device=device)
         self.y = torch.randint(0, 256, (batch, seq), device=device)
@@ -92,7 +94,7 @@ class Runner:
         self.flops = fc.get_total_flops()
         if compile_:
             model.compile()
-        for _ in range(3 if compile_ else 1):  # warm-up (and compilation)
+        for _ in range(3 if compile_ or device == "cuda" else 1):  # warm-up (compilation, the memory's CUDA graphs)
             self.step()
 
     def _loss(self):
@@ -101,7 +103,11 @@ class Runner:
         return out if torch.is_tensor(out) else out.loss
 
     def step(self) -> None:
-        self._loss().backward()
+        memory_graph.ENABLED = self.cuda_graphs
+        try:
+            self._loss().backward()
+        finally:
+            memory_graph.ENABLED = True
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
@@ -118,6 +124,8 @@ def main():
     ap.add_argument("--no-grad-steps", type=int, default=0,
                     help="also time the Cognate model with its first K recursion steps without gradients")
     ap.add_argument("--memory-off", action="store_true", help="also time the Cognate model with its memory off")
+    ap.add_argument("--eager-memory", action="store_true",
+                    help="also time the Cognate model with its memory scan run eagerly (hardware.cuda_graphs=false)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -134,6 +142,8 @@ def main():
         off = CognateModel(cfg)
         off.memory.enabled = False
         runs["cognate, memory off"] = Runner(off, a.batch, a.seq, a.device, a.compile)
+    if a.eager_memory:  # what the memory's CUDA graph buys (memory_graph.py): the same model, its scan eager
+        runs["cognate, eager memory"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, a.compile, cuda_graphs=False)
     cheap = f"cognate, {a.no_grad_steps} no-grad"
     if a.no_grad_steps:
         runs[cheap] = Runner(CognateModel(dataclasses.replace(cfg, no_grad_steps=a.no_grad_steps)), a.batch, a.seq,
@@ -155,6 +165,9 @@ def main():
     print(f"ratio cognate/plain achieved FLOP/s: {fps['cognate (3 steps)'] / fps['plain transformer']:.2f}   "
           f"tokens/s: {med['plain transformer'] / med['cognate (3 steps)']:.2f}   "
           f"(FLOP/token ratio {c.flops / p.flops:.2f})")
+    if a.eager_memory:
+        print(f"memory scan as a CUDA graph vs eager: tokens/s {med['cognate, eager memory'] / med['cognate (3 steps)']:.2f}x"
+              f" (medians, interleaved; graphs captured: {memory_graph.captured(c.model.memory)})")
     if a.no_grad_steps:
         g = runs[cheap]
         print(f"no_grad_steps={a.no_grad_steps} vs all steps with gradients: FLOPs per step {g.flops / c.flops:.2f}x, "

@@ -7,9 +7,9 @@
 #   bash benchmarks/gpu_figures.sh pipeline    # default pipeline wall time, hardware=gpu then hardware=cpu
 #   bash benchmarks/gpu_figures.sh lease [S]   # both, most important first, all inside S seconds (default 420):
 #                                              # each step's timeout is cut to what is left, the CPU pipeline last
-#   bash benchmarks/gpu_figures.sh step [S]    # ~3 min: the training step alone: the CUDA sync tests, 25M tokens/s
-#                                              # at batch 32 (with the memory off alongside) and 128, a profile,
-#                                              # the Cognate m1 phase on the GPU
+#   bash benchmarks/gpu_figures.sh step [S]    # ~8 min: the training step: the CUDA tests, 25M tokens/s at batch 32
+#                                              # (memory off and memory scan eager alongside), a profile, the
+#                                              # Cognate m1 phase and the default pipeline on the GPU, batch 128
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
 # ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
@@ -46,11 +46,12 @@ step() {  # step <timeout s> <command...>: run it (cut to the lease's time left)
 step 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 step 60 "$PY" -c "import torch, hydra, omegaconf, lightning, wandb; print(torch.__version__, lightning.__version__, wandb.__version__, torch.cuda.get_device_name(0))"
 if [ "$part" = step ]; then
-  step 60 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_speed.py
-  step 90 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10 --memory-off
-  step 90 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 128 --seq 512 --steps 6
+  step 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_speed.py tests/test_memory_graph.py
+  step 100 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10 --memory-off --eager-memory
   step 60 "$PY" benchmarks/profile_step.py --device cuda --size 25m --batch 32 --seq 512
   step 120 "$PY" -m agentforge phase=cognate model=m1 hardware=gpu paths.outputs=/tmp/cog_gpu
+  step 260 "$PY" benchmarks/bench_pipeline.py --hardware gpu
+  step 90 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 128 --seq 512 --steps 6 --eager-memory
   echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
 fi
 if [ "$part" != pipeline ]; then

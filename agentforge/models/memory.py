@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentforge.models import memory_graph
+
 
 class SurpriseMemory(nn.Module):
     def __init__(self, d_model: int, slots: int, key_dim: int, surprise_threshold: float,
@@ -98,44 +100,69 @@ class SurpriseMemory(nn.Module):
         return self.read(h)
 
     def read(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(merged stream [B, T, D], per-token surprise [B, T]) for hidden states h [B, T, D]: ``scan`` from a
-        fresh state; the last, partial chunk is then written too (for the statistics and ``persist``).
+        """(merged stream [B, T, D], per-token surprise [B, T]) for hidden states h [B, T, D]: the chunk scan from
+        the persistent bank (``scan_fresh``); the last, partial chunk is then written too (for the statistics
+        and ``persist``).
 
         When gradients are needed the chunk loop runs without them, recording which token each slot holds when
-        each chunk reads (``trace``), and the reads are then recomputed with gradients for all chunks in one
+        each chunk reads (the trace), and the reads are then recomputed with gradients for all chunks in one
         batched attention (``_reread``): the same function and gradients, but a few autograd nodes instead of
-        ~20 per chunk (on a GPU each is a kernel launch; 96 chunks per step at 25M size, seq 512)."""
+        ~20 per chunk (on a GPU each is a kernel launch; 96 chunks per step at 25M size, seq 512). On a GPU the
+        no-grad scan, ~85 tiny kernels per chunk, is replayed as one CUDA graph (``memory_graph.py``)."""
         b, t, _ = h.shape
         if not self.enabled:
             return h, torch.ones(b, t, device=h.device, dtype=h.dtype)
-        st, usage = self.init_state(b), torch.zeros(self.slots, device=h.device)
-        bank = st["keys"], st["vals"]
-        trace = [] if torch.is_grad_enabled() else None
-        with torch.no_grad():
-            if trace is not None:
-                st["src"] = torch.arange(self.slots, device=h.device).expand(b, -1)
-            r, surprise = self.scan_reads(h, st, usage, trace)
-            keys, vals, filled = st["keys"], st["vals"], st["filled"]
-            if st["open"] is not None:
-                kc, vc, sc, amax = st["open"]
-                keys, vals, filled, _, _ = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, st["last"],
-                                                          st["c"] + 1.0)
-            self._record(b, t, surprise, filled, usage)
-            if self.persist:
-                self.keys.copy_(keys[-1]), self.values.copy_(vals[-1]), self.filled.copy_(filled[-1])
-        if trace is not None:
-            r = self._reread(h, bank, trace)
-        return self.merge(h, r), surprise
-
-    def _reread(self, h: torch.Tensor, bank: tuple[torch.Tensor, torch.Tensor], trace: list) -> torch.Tensor:
-        """The reads r [B, T, key_dim] of a fresh ``scan`` of h, with gradients, from its ``trace``: per chunk, the
-        token (an index into [bank slots, then h's positions]) each slot held and which slots were filled."""
-        b, t, _ = h.shape
         q, k, v = self.project(h)
-        table_k = torch.cat([bank[0].to(k.dtype), k], 1)                      # [B, S + T, key_dim]
-        table_v = torch.cat([bank[1].to(v.dtype), v], 1)
-        src = torch.stack([x for x, _ in trace], 1)                           # [B, C, S]
-        filled = torch.stack([f for _, f in trace], 1)
+        traced = torch.is_grad_enabled()
+        with torch.no_grad():
+            args = (q.detach(), k.detach(), v.detach(), self.keys, self.values, self.filled, self.log_beta.detach())
+            out = memory_graph.run(self, args, traced)
+            self._count("writes", out["writes"])
+            self._record(b, t, out["surprise"], out["filled"], out["usage"])
+        r = self._reread(q, k, v, (self.keys, self.values), out["src"], out["filled_trace"]) if traced else out["r"]
+        if self.persist:
+            with torch.no_grad():
+                self.keys.copy_(out["keys"][-1]), self.values.copy_(out["vals"][-1])
+                self.filled.copy_(out["filled"][-1])
+        return self.merge(h, r), out["surprise"]
+
+    def scan_fresh(self, q, k, v, keys, vals, filled, log_beta, traced: bool) -> dict[str, torch.Tensor]:
+        """The no-grad chunk scan of whole sequences (queries, keys, values [B, T, key_dim]) from the bank (keys,
+        vals [S, key_dim], filled [S]) with beta = exp(log_beta), its last partial chunk written: a function of
+        tensors only (no Python state read or written), so ``memory_graph`` can replay it as a CUDA graph.
+        Returns surprise [B, T], the final bank (keys, vals, filled [B, S, ...]), usage [S] (read mass per slot),
+        writes (a count), and either the reads r [B, T, key_dim] or, when ``traced``, each chunk's slot sources
+        src [B, C, S] (an index into [bank slots, then positions]) and filled_trace [B, C, S] for ``_reread``."""
+        b = q.shape[0]
+        st = {"keys": keys.expand(b, -1, -1), "vals": vals.expand(b, -1, -1), "filled": filled.expand(b, -1),
+              "last": torch.zeros(b, self.slots, device=q.device), "open": None, "c": 0, "prev": None, "read": None,
+              "written": []}
+        trace = [] if traced else None
+        if traced:
+            st["src"] = torch.arange(self.slots, device=q.device).expand(b, -1)
+        usage = torch.zeros(self.slots, device=q.device)
+        r, surprise = self.scan_qkv(q, k, v, st, usage, trace, log_beta.exp())
+        keys, vals, filled = st["keys"], st["vals"], st["filled"]
+        if st["open"] is not None:
+            kc, vc, sc, amax = st["open"]
+            keys, vals, filled, _, _ = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, st["last"],
+                                                      st["c"] + 1.0, counts=st["written"])
+        writes = torch.stack(st["written"]).sum() if st["written"] else torch.zeros((), device=q.device)
+        out = {"surprise": surprise, "keys": keys, "vals": vals, "filled": filled, "usage": usage, "writes": writes}
+        if traced:
+            out["src"], out["filled_trace"] = (torch.stack(x, 1) for x in zip(*trace))
+        else:
+            out["r"] = r
+        return out
+
+    def _reread(self, q, k, v, bank: tuple[torch.Tensor, torch.Tensor], src: torch.Tensor,
+                filled: torch.Tensor) -> torch.Tensor:
+        """The reads r [B, T, key_dim] of ``scan_fresh`` with gradients, for queries, keys, values [B, T, key_dim]
+        from its trace: per chunk, the token (an index into [bank slots, then positions]) each slot held, src
+        [B, C, S], and which slots were filled [B, C, S]."""
+        b, t, _ = q.shape
+        table_k = torch.cat([bank[0].to(k.dtype).expand(b, -1, -1), k], 1)   # [B, S + T, key_dim]
+        table_v = torch.cat([bank[1].to(v.dtype).expand(b, -1, -1), v], 1)
         n_chunks, idx = src.shape[1], src.flatten(1)[..., None].expand(-1, -1, k.shape[-1])
         keys = table_k.gather(1, idx).view(b, n_chunks, self.slots, -1)       # [B, C, S, key_dim]
         vals = table_v.gather(1, idx).view(b, n_chunks, self.slots, -1)
@@ -164,21 +191,30 @@ class SurpriseMemory(nn.Module):
         r, s = self.scan_reads(h, st, usage)
         return self.merge(h, r), s
 
-    def scan_reads(self, h: torch.Tensor, st: dict, usage: torch.Tensor | None = None,
-                   trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def scan_reads(self, h: torch.Tensor, st: dict, usage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(reads r [B, T, key_dim], surprise [B, T]) of the next positions h of sequences whose memory state is
-        ``st``: each position reads the bank of the chunks completed before its own; when a chunk completes it
-        is written (``end_chunk``). The one chunk loop of ``read`` and of the KV cache (``kv_cache.py``), so a
-        sequence fed in pieces gets the state and outputs of one read. ``usage`` [slots], if given, accumulates
-        the read mass per slot; ``trace``, if given (with ``st["src"]``, a fresh state), gets each chunk's
-        (slot sources, filled) for ``_reread``.
+        ``st``: their projections, then ``scan_qkv``; the chunks' writes are counted (in training)."""
+        q, k, v = self.project(h, st["prev"])
+        st["written"] = []
+        out = self.scan_qkv(q, k, v, st, usage, None, self.log_beta.exp())
+        if written := st.pop("written"):
+            self._count("writes", torch.stack(written).sum())
+        return out
+
+    def scan_qkv(self, q, k, v, st: dict, usage: torch.Tensor | None, trace: list | None,
+                 beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reads r [B, T, key_dim], surprise [B, T]) of the next positions (queries, keys, values) of sequences
+        whose memory state is ``st``: each position reads the bank of the chunks completed before its own; when a
+        chunk completes it is written (``end_chunk``; each write's count appended to ``st["written"]`` when that
+        list exists). The one chunk loop of ``read`` and of the KV cache (``kv_cache.py``), so a sequence fed in
+        pieces gets the state and outputs of one read. ``usage`` [slots], if given, accumulates the read mass per
+        slot; ``trace``, if given (with ``st["src"]``, a fresh state), gets each chunk's (slot sources, filled)
+        for ``_reread``.
 
         The surprise's prediction M(k_t) = M(q_{t-1}) is the previous position's read when that read saw the
         same bank (same chunk), so only a chunk's first position attends for it."""
-        b, t, _ = h.shape
+        b, t, _ = q.shape
         first = st["prev"] is None                          # the sequence's first position: no previous query
-        q, k, v = self.project(h, st["prev"])
-        beta = self.log_beta.exp()
         keys, vals, filled, last = st["keys"].to(k.dtype), st["vals"].to(v.dtype), st["filled"], st["last"]
         opened, reads, surprises, start = st["open"], [], [], 0
         while start < t:
@@ -208,7 +244,8 @@ class SurpriseMemory(nn.Module):
             if end - start == room:  # the chunk is complete: write it
                 st["c"] += 1
                 keys, vals, filled, last, src = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, last,
-                                                               float(st["c"]), st.get("src"), self.slots + end - kc.shape[1])
+                                                               float(st["c"]), st.get("src"), self.slots + end - kc.shape[1],
+                                                               st.get("written"))
                 if src is not None:
                     st["src"] = src
                 opened = None
@@ -250,16 +287,16 @@ class SurpriseMemory(nn.Module):
         scores = (beta * x @ keys.transpose(-1, -2)).masked_fill(~filled.unsqueeze(-2), float("-inf"))
         return torch.nan_to_num(F.softmax(scores, dim=-1))  # an empty bank: all -inf -> 0 weights
 
-    def end_chunk(self, kc, vc, s, amax, keys, vals, filled, last, now: float, src=None, offset: int = 0):
+    def end_chunk(self, kc, vc, s, amax, keys, vals, filled, last, now: float, src=None, offset: int = 0, counts=None):
         """The bank after chunk ``now``: slots given more than half of some token's read (``amax`` [B, slots], the
         chunk's max read weight per slot) marked used at ``now``, then the chunk written (``_write``)."""
         last = torch.where(amax > 0.5, now, last)
-        return self._write(kc, vc, s, keys, vals, filled, last, now, src, offset)
+        return self._write(kc, vc, s, keys, vals, filled, last, now, src, offset, counts)
 
-    def _write(self, kc, vc, s, keys, vals, filled, last, now: float, src=None, offset: int = 0):
+    def _write(self, kc, vc, s, keys, vals, filled, last, now: float, src=None, offset: int = 0, counts=None):
         """Store the chunk's most surprising tokens (s > threshold) into empty, else least recently used slots.
         ``src`` [B, slots] (or None), the token index each slot holds, is updated with ``offset`` + the written
-        tokens' positions in the chunk."""
+        tokens' positions in the chunk; ``counts`` (a list, or None) gets the number written."""
         n = min(self.max_writes, kc.shape[1], self.slots)
         if n == 0:
             return keys, vals, filled, last, src
@@ -269,7 +306,8 @@ class SurpriseMemory(nn.Module):
             valid = torch.isfinite(top_s)                                 # [B, n]
             priority = torch.where(filled, last, torch.full_like(last, -1.0))
             slot = priority.argsort(dim=1, stable=True)[:, :n]            # empty first, then LRU
-            self._count("writes", valid.sum())
+            if counts is not None:
+                counts.append(valid.sum())
             if src is not None:
                 src = src.scatter(1, slot, torch.where(valid, top_i + offset, src.gather(1, slot)))
         new_k = kc.gather(1, top_i[..., None].expand(-1, -1, kc.shape[-1]))

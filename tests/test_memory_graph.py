@@ -1,0 +1,90 @@
+"""The memory's chunk scan replayed as a CUDA graph (``models/memory_graph.py``): a pure function of tensors on the
+CPU (the precondition of a capture), and on a GPU the same outputs, gradients and statistics as the eager scan,
+with a failed capture falling back to eager."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentforge.models import memory_graph
+from agentforge.models.memory import SurpriseMemory
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _args(mem, h):
+    q, k, v = mem.project(h)
+    return q, k, v, mem.keys, mem.values, mem.filled, mem.log_beta.detach()
+
+
+@pytest.mark.parametrize("traced", [True, False])
+def test_scan_fresh_reads_and_writes_no_python_state(traced):
+    """A graph replays kernels only: whatever the scan did to Python state at capture would not happen again. So
+    ``scan_fresh`` must leave the module's statistics and buffers alone and give the same outputs every call."""
+    torch.manual_seed(0)
+    mem = SurpriseMemory(8, 6, 4, 0.1, max_writes=2, chunk=4).train()
+    h = torch.randn(2, 19, 8)
+    with torch.no_grad():
+        a = mem.scan_fresh(*_args(mem, h), traced)
+        stats, bank = dict(mem.stats), [b.clone() for b in mem.buffers()]
+        b = mem.scan_fresh(*_args(mem, h), traced)
+    assert mem.stats == stats and all(torch.equal(x, y) for x, y in zip(bank, mem.buffers()))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert int(a["writes"]) > 0 and ("src" in a) == traced and ("r" in a) != traced
+    assert not memory_graph.usable(h)  # the CPU never takes the graph path
+
+
+def _read(mem, h, graphs: bool, autocast: bool):
+    memory_graph.ENABLED = graphs
+    try:
+        with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+            out, s = mem.read(h)
+        grads = torch.autograd.grad(out.float().pow(2).sum(), [h, *mem.parameters()]) if h.requires_grad else ()
+        return out, s, grads
+    finally:
+        memory_graph.ENABLED = True
+
+
+@cuda
+@pytest.mark.parametrize("autocast,grad,persist", [(True, True, False), (False, True, False), (True, False, False),
+                                                   (False, False, True)])
+def test_cuda_graph_replay_equals_the_eager_scan(autocast, grad, persist):
+    """Four reads of fresh inputs (eager, captured, replayed, replayed) against the eager path on the same inputs
+    and the same starting bank: outputs, surprise, gradients, write counts, usage and the persistent bank."""
+    torch.manual_seed(0)
+    graphed = SurpriseMemory(64, 32, 16, 0.1, max_writes=4, chunk=8).cuda().train()
+    eager = SurpriseMemory(64, 32, 16, 0.1, max_writes=4, chunk=8).cuda().train()
+    eager.load_state_dict(graphed.state_dict())
+    graphed.persist = eager.persist = persist
+    for i in range(4):
+        h = torch.randn(3, 45, 64, device="cuda", requires_grad=grad)
+        with torch.set_grad_enabled(grad):
+            got, ref = _read(graphed, h, True, autocast), _read(eager, h, False, autocast)
+        for g, r in zip([got[0], got[1], *got[2]], [ref[0], ref[1], *ref[2]]):
+            torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+        assert int(graphed.stats["writes"]) == int(eager.stats["writes"]) > 0
+        torch.testing.assert_close(graphed.usage, eager.usage)
+        torch.testing.assert_close(graphed.keys, eager.keys)
+        assert memory_graph.captured(graphed) == (1 if i >= 1 else 0)   # captured on the second sighting
+    assert memory_graph.captured(eager) == 0
+
+
+@cuda
+def test_a_failed_capture_leaves_the_memory_eager_with_the_same_results(monkeypatch, caplog):
+    torch.manual_seed(0)
+    mem = SurpriseMemory(64, 32, 16, 0.1, max_writes=4, chunk=8).cuda().train()
+    scan = mem.scan_fresh
+
+    def syncing_scan(*args):  # a host sync is not allowed while a stream is captured
+        if torch.cuda.is_current_stream_capturing():
+            float(args[0].sum())
+        return scan(*args)
+
+    monkeypatch.setattr(mem, "scan_fresh", syncing_scan)
+    h = torch.randn(2, 40, 64, device="cuda")
+    with torch.no_grad():
+        outs = [mem.read(h)[0] for _ in range(3)]
+    assert mem in memory_graph._FAILED and memory_graph.captured(mem) == 0
+    assert "capture failed" in caplog.text
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0])
