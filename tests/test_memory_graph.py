@@ -60,8 +60,11 @@ def test_cuda_graph_replay_equals_the_eager_scan(autocast, grad, persist):
         h = torch.randn(3, 45, 64, device="cuda", requires_grad=grad)
         with torch.set_grad_enabled(grad):
             got, ref = _read(graphed, h, True, autocast), _read(eager, h, False, autocast)
-        for g, r in zip([got[0], got[1], *got[2]], [ref[0], ref[1], *ref[2]]):
+        for g, r in zip(got[:2], ref[:2]):
             torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+        for g, r in zip(got[2], ref[2]):  # bf16 gradients: scatter-add (gather's backward) sums in any order on a GPU
+            tol = 2 ** -7 * float(r.abs().max()) if autocast else 1e-5
+            torch.testing.assert_close(g, r, atol=tol, rtol=1e-4 if not autocast else 2 ** -6)
         assert int(graphed.stats["writes"]) == int(eager.stats["writes"]) > 0
         torch.testing.assert_close(graphed.usage, eager.usage)
         torch.testing.assert_close(graphed.keys, eager.keys)
