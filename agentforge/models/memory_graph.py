@@ -71,7 +71,7 @@ def key(memory, args: tuple[torch.Tensor, ...], traced: bool) -> tuple:
 
 
 def run(memory, args: tuple[torch.Tensor, ...], traced: bool) -> dict[str, torch.Tensor]:
-    """``memory.scan_fresh(*args, traced)``, replayed from a CUDA graph where ``usable`` and seen before."""
+    """The memory's ``scan_fresh(*args, traced)``, replayed from a CUDA graph where ``usable`` and seen before."""
     if not usable(args[0]) or memory in _FAILED:
         return memory.scan_fresh(*args, traced)
     graphs = _CACHE.setdefault(memory, OrderedDict())
