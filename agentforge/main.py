@@ -49,10 +49,16 @@ def run(cfg: DictConfig) -> dict:
     phase = get_phase(str(cfg.phase.name))
     check(cfg, getattr(phase, "RULES", ()))  # the phase's own rules (the rest was checked above)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # before any model is built
+    apply_cuda_graphs(cfg)
+    return phase.run(cfg)
+
+
+def apply_cuda_graphs(cfg: DictConfig) -> None:
+    """``hardware.cuda_graphs`` (default true) as the process-wide switch of the memory's CUDA graph
+    (``memory_graph.ENABLED``): every phase's models, in Lightning or in its own loop, see it."""
     from agentforge.models import memory_graph
 
-    memory_graph.ENABLED = bool(cfg.get("hardware", {}).get("cuda_graphs", True))
-    return phase.run(cfg)
+    memory_graph.ENABLED = bool((cfg.get("hardware") or {}).get("cuda_graphs", True))
 
 
 def _route_lightning_logs() -> None:

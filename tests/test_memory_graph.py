@@ -34,6 +34,39 @@ def test_scan_fresh_reads_and_writes_no_python_state(traced):
     assert not memory_graph.usable(h)  # the CPU never takes the graph path
 
 
+def test_capture_policy_second_sighting_bounded_and_failure_falls_back(monkeypatch):
+    """The cache's rules with the capture stubbed (the real one needs a GPU, below): a shape is captured on its
+    second sighting, at most MAX_GRAPHS per memory and none evicted; a capture that raises leaves the memory eager."""
+    made = []
+
+    class FakeGraph:
+        def __init__(self, memory, args, traced):
+            made.append(tuple(args[0].shape))
+            self.memory, self.traced = memory, traced
+
+        def __call__(self, args):
+            return self.memory.scan_fresh(*args, self.traced)
+
+    monkeypatch.setattr(memory_graph, "usable", lambda x: True)
+    monkeypatch.setattr(memory_graph, "ScanGraph", FakeGraph)
+    monkeypatch.setattr(memory_graph, "MAX_GRAPHS", 2)
+    mem = SurpriseMemory(8, 6, 4, 0.1, max_writes=2, chunk=4)
+    with torch.no_grad():
+        for t in (5, 5, 5, 6, 7, 6, 7, 7):
+            mem.read(torch.randn(1, t, 8))
+    assert made == [(1, 5, 4), (1, 6, 4)] and memory_graph.captured(mem) == 2   # t=7 seen twice, no room left
+
+    def broken(*a):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(memory_graph, "ScanGraph", broken)
+    other, h = SurpriseMemory(8, 6, 4, 0.1, max_writes=2, chunk=4), torch.randn(2, 9, 8)
+    with torch.no_grad():
+        outs = [other.read(h)[0] for _ in range(3)]
+    assert other in memory_graph._FAILED and memory_graph.captured(other) == 0
+    assert all(torch.equal(o, outs[0]) for o in outs)
+
+
 def _read(mem, h, graphs: bool, autocast: bool):
     memory_graph.ENABLED = graphs
     try:
@@ -91,3 +124,27 @@ def test_a_failed_capture_leaves_the_memory_eager_with_the_same_results(monkeypa
     assert "capture failed" in caplog.text
     for o in outs[1:]:
         torch.testing.assert_close(o, outs[0])
+
+
+def test_hardware_cuda_graphs_is_on_in_every_preset_and_switches_the_process(monkeypatch):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from agentforge.main import apply_cuda_graphs
+
+    presets = sorted((Path(__file__).parents[1] / "conf" / "hardware").glob("*.yaml"))
+    assert presets and all(OmegaConf.load(f).cuda_graphs is True for f in presets)
+    monkeypatch.setattr(memory_graph, "ENABLED", True)
+    apply_cuda_graphs(OmegaConf.create({"hardware": {"cuda_graphs": False}}))
+    assert memory_graph.ENABLED is False
+    apply_cuda_graphs(OmegaConf.create({"hardware": {"cuda_graphs": True}}))
+    assert memory_graph.ENABLED is True
+
+
+def test_a_bad_cuda_graphs_value_is_one_error_line(tmp_path):
+    from tests.conftest import run_cli
+
+    proc = run_cli(["phase=cognate", "hardware.cuda_graphs=sometimes", "logger=none"], tmp_path, timeout=60)
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(err) == 1 and "hardware.cuda_graphs" in err[0], proc.stderr

@@ -10,8 +10,10 @@ Protocol, per memory module and key (input shapes and dtypes, ``traced``, the au
 settings): the first call runs eagerly; the second warms up once on a side stream (as torch's CUDA-graph
 notes ask: lazy initialisations must not be captured), captures, and replays; later calls replay. A replay
 copies the inputs into the graph's static tensors and clones the outputs out of the graph's private pool (the
-next replay overwrites it), so callers get ordinary tensors. At most ``MAX_GRAPHS`` keys are kept per memory
-(least recently used dropped). A capture that fails leaves that memory on the eager path, with one warning.
+next replay overwrites it), so callers get ordinary tensors. At most ``MAX_GRAPHS`` graphs per memory, never
+evicted: the training step's shape comes first; evaluation's varying row counts (ACT drops halted rows) must not
+churn captures, each of which synchronizes and empties torch's allocator cache. A capture that fails leaves that
+memory on the eager path, with one warning.
 
 Used only for CUDA tensors, outside ``torch.compile``, another stream capture and torch function / dispatch
 modes (a FLOP counter must see the kernels); off everywhere with
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections import OrderedDict
+from collections import Counter
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -29,8 +31,9 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 log = logging.getLogger(__name__)
 
 ENABLED = True      # hardware.cuda_graphs
-MAX_GRAPHS = 4      # shapes kept per memory module
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # memory module -> OrderedDict(key -> entry)
+MAX_GRAPHS = 8      # graphs per memory module; later new shapes run eagerly (none is evicted: no re-capture churn)
+MAX_SEEN = 256      # sighting counts kept per memory module (cleared when full)
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # memory module -> ({key: ScanGraph}, Counter(key))
 _FAILED: weakref.WeakSet = weakref.WeakSet()                      # memories whose capture failed: eager from then on
 
 
@@ -74,31 +77,26 @@ def run(memory, args: tuple[torch.Tensor, ...], traced: bool) -> dict[str, torch
     """The memory's ``scan_fresh(*args, traced)``, replayed from a CUDA graph where ``usable`` and seen before."""
     if not usable(args[0]) or memory in _FAILED:
         return memory.scan_fresh(*args, traced)
-    graphs = _CACHE.setdefault(memory, OrderedDict())
+    graphs, seen = _CACHE.setdefault(memory, ({}, Counter()))
     k = key(memory, args, traced)
-    entry = graphs.get(k)
-    if entry is None:                        # first sighting: eager (a shape seen once is not worth a capture)
-        graphs[k] = "seen"
-        _evict(graphs)
-        return memory.scan_fresh(*args, traced)
-    graphs.move_to_end(k)
-    if entry == "seen":
+    graph = graphs.get(k)
+    if graph is None:
+        if len(seen) >= MAX_SEEN:
+            seen.clear()
+        seen[k] += 1
+        if seen[k] < 2 or len(graphs) >= MAX_GRAPHS:   # a shape seen once, or the graphs' room taken: eager
+            return memory.scan_fresh(*args, traced)
         try:
-            entry = graphs[k] = ScanGraph(memory, args, traced)
+            graph = graphs[k] = ScanGraph(memory, args, traced)
         except Exception as exc:  # an op that cannot be captured: this memory stays eager
             _FAILED.add(memory)
             graphs.clear()
             log.warning("memory CUDA graph: capture failed (%s: %s); the memory scan runs eagerly",
                         type(exc).__name__, exc)
             return memory.scan_fresh(*args, traced)
-    return entry(args)
-
-
-def _evict(graphs: OrderedDict) -> None:
-    while len(graphs) > MAX_GRAPHS:
-        graphs.popitem(last=False)
+    return graph(args)
 
 
 def captured(memory) -> int:
     """How many graphs ``memory`` holds (for tests and the benchmark's report)."""
-    return sum(isinstance(e, ScanGraph) for e in _CACHE.get(memory, {}).values())
+    return len(_CACHE[memory][0]) if memory in _CACHE else 0
