@@ -4,7 +4,7 @@ matmul peak.
 
     python benchmarks/bench_throughput.py                         # CPU, tiny size, fp32
     python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512   # GPU, bf16 autocast
-    python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --compile
+    python benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --compile   # + both compiled
     python benchmarks/bench_throughput.py --no-grad-steps 2      # + TRM's cheaper recursion, timed alongside
     python benchmarks/bench_throughput.py --memory-off           # + the same Cognate with its memory off
     python benchmarks/bench_throughput.py --device cuda --eager-memory   # + the same Cognate, memory scan not graphed
@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from agentforge.evals.speed import interleaved_medians
 from agentforge.models import CognateConfig, CognateModel, memory_graph
 from agentforge.models.layers import Block, RMSNorm, rope_cache
+from agentforge.training.trainer import compile_regions
 
 SIZES = {"tiny": dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window=64),
          "small": dict(d_model=256, n_layers=4, n_heads=4, ffn_hidden=688, window=128),
@@ -92,10 +93,13 @@ class Runner:
             self._loss().backward()
         self.opt.zero_grad(set_to_none=True)
         self.flops = fc.get_total_flops()
-        if compile_:
-            model.compile()
+        t0 = time.perf_counter()
+        if compile_:  # after the FLOP count: a frame Dynamo meets under FlopCounterMode is not compiled
+            compile_regions(model)
         for _ in range(3 if compile_ or device == "cuda" else 1):  # warm-up (compilation, the memory's CUDA graphs)
             self.step()
+        sync(device)
+        self.warmup_s = time.perf_counter() - t0
 
     def _loss(self):
         with self.autocast():
@@ -119,7 +123,8 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=8, help="timed steps per model (interleaved)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile both models (as hardware.compile=true)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time both models compiled as hardware.compile=true does (compile_regions, inductor)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--no-grad-steps", type=int, default=0,
                     help="also time the Cognate model with its first K recursion steps without gradients")
@@ -136,23 +141,26 @@ def main():
     peak = matmul_peak(a.device)
     if not 0 <= a.no_grad_steps < cfg.max_steps:
         raise SystemExit(f"error: --no-grad-steps must be in [0, {cfg.max_steps - 1}], got {a.no_grad_steps}")
-    runs = {"cognate (3 steps)": Runner(CognateModel(cfg), a.batch, a.seq, a.device, a.compile),
-            "plain transformer": Runner(PlainTransformer(cfg), a.batch, a.seq, a.device, a.compile)}
+    runs = {"cognate (3 steps)": Runner(CognateModel(cfg), a.batch, a.seq, a.device, False),
+            "plain transformer": Runner(PlainTransformer(cfg), a.batch, a.seq, a.device, False)}
+    if a.compile:  # the same two models, regionally compiled, timed alongside
+        runs["cognate, compiled"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, True)
+        runs["plain, compiled"] = Runner(PlainTransformer(cfg), a.batch, a.seq, a.device, True)
     if a.memory_off:  # the memory's cost: the same Cognate model with its reads off (ablate(memory=False))
         off = CognateModel(cfg)
         off.memory.enabled = False
-        runs["cognate, memory off"] = Runner(off, a.batch, a.seq, a.device, a.compile)
+        runs["cognate, memory off"] = Runner(off, a.batch, a.seq, a.device, False)
     if a.eager_memory:  # what the memory's CUDA graph buys (memory_graph.py): the same model, its scan eager
-        runs["cognate, eager memory"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, a.compile, cuda_graphs=False)
+        runs["cognate, eager memory"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, False, cuda_graphs=False)
     cheap = f"cognate, {a.no_grad_steps} no-grad"
     if a.no_grad_steps:
         runs[cheap] = Runner(CognateModel(dataclasses.replace(cfg, no_grad_steps=a.no_grad_steps)), a.batch, a.seq,
-                             a.device, a.compile)
+                             a.device, False)
     med = interleaved_medians({k: r.step for k, r in runs.items()}, a.steps, warmup=0,
                               sync=torch.cuda.synchronize if a.device == "cuda" else None)
     tokens = a.batch * a.seq
     print(f"device: {name}; size={a.size} batch={a.batch} seq={a.seq} "
-          f"{'bf16 autocast' if a.device == 'cuda' else 'fp32'}{' compiled' if a.compile else ''}; "
+          f"{'bf16 autocast' if a.device == 'cuda' else 'fp32'}; "
           f"medians of {a.steps} interleaved steps")
     print(f"matmul peak ({'bf16 8192' if a.device == 'cuda' else 'fp32 1024'}^3): {peak / 1e12:.3f} TFLOP/s")
     fps = {}
@@ -165,6 +173,10 @@ def main():
     print(f"ratio cognate/plain achieved FLOP/s: {fps['cognate (3 steps)'] / fps['plain transformer']:.2f}   "
           f"tokens/s: {med['plain transformer'] / med['cognate (3 steps)']:.2f}   "
           f"(FLOP/token ratio {c.flops / p.flops:.2f})")
+    if a.compile:
+        for k, ref in (("cognate, compiled", "cognate (3 steps)"), ("plain, compiled", "plain transformer")):
+            print(f"{k} vs eager: tokens/s {med[ref] / med[k]:.2f}x (medians, interleaved); compile + 3 warm-up steps "
+                  f"{runs[k].warmup_s:.1f} s (eager: {runs[ref].warmup_s:.1f} s for its warm-up)")
     if a.eager_memory:
         print(f"memory scan as a CUDA graph vs eager: tokens/s {med['cognate, eager memory'] / med['cognate (3 steps)']:.2f}x"
               f" (medians, interleaved; graphs captured: {memory_graph.captured(c.model.memory)})")

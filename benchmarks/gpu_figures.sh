@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_figures.sh pipeline    # default pipeline wall time, hardware=gpu then hardware=cpu
 #   bash benchmarks/gpu_figures.sh lease [S]   # both, most important first, all inside S seconds (default 420):
 #                                              # each step's timeout is cut to what is left, the CPU pipeline last
+#   bash benchmarks/gpu_figures.sh compile [S] # ~4 min: hardware.compile (regional): 25M tokens/s compiled vs eager,
+#                                              # compile time, the Cognate m1 phase compiled on the GPU
 #   bash benchmarks/gpu_figures.sh step [S]    # ~8 min: the training step: the CUDA tests, 25M tokens/s at batch 32
 #                                              # (memory off and memory scan eager alongside), a profile, the
 #                                              # Cognate m1 phase and the default pipeline on the GPU, batch 128
@@ -18,7 +20,7 @@
 set -u
 part="${1:-kernels}"
 budget="${2:-420}"
-case "$part" in kernels|pipeline|lease|step) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease or step" >&2; exit 2 ;; esac
+case "$part" in kernels|pipeline|lease|step|compile) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step or compile" >&2; exit 2 ;; esac
 out="${OUT:-outputs}"
 mkdir -p "$out"
 log="$out/gpu_figures_${part}.log"
@@ -33,7 +35,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
 step() {  # step <timeout s> <command...>: run it (cut to the lease's time left), log its output, exit status, wall time
   local limit="$1"; shift
-  if [ "$part" = lease ] || [ "$part" = step ]; then
+  if [ "$part" = lease ] || [ "$part" = step ] || [ "$part" = compile ]; then
     local left=$((budget - (SECONDS - start)))
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 20 ]; then echo "== skipped (lease time left ${left}s): $*" | tee -a "$log"; return; fi
@@ -45,6 +47,11 @@ step() {  # step <timeout s> <command...>: run it (cut to the lease's time left)
 }
 step 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 step 60 "$PY" -c "import torch, hydra, omegaconf, lightning, wandb; print(torch.__version__, lightning.__version__, wandb.__version__, torch.cuda.get_device_name(0))"
+if [ "$part" = compile ]; then
+  step 240 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10 --compile
+  step 150 "$PY" -m agentforge phase=cognate model=m1 hardware=gpu hardware.compile=true paths.outputs=/tmp/cog_gpu_c
+  echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
+fi
 if [ "$part" = step ]; then
   step 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_speed.py tests/test_memory_graph.py
   step 100 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10 --memory-off --eager-memory

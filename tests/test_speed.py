@@ -281,7 +281,7 @@ def test_hardware_compile_trains_resumes_and_clips_like_eager(tmp_path):
     ref, _ = _fit(tmp_path / "ref", 2, False)
     _fit(tmp_path / "c", 1, "eager")
     resumed, module = _fit(tmp_path / "c", 2, "eager", resume=tmp_path / "c" / "last.ckpt")
-    assert resumed._compiled_call_impl is not None
+    assert all(b._compiled_call_impl is not None for b in resumed.blocks)   # regional: the blocks are compiled
     assert module.optimizers().optimizer.metrics()["optimizer/qk_clipped_heads"] > 0
     sd, ref_sd = resumed.state_dict(), ref.state_dict()
     assert sd.keys() == ref_sd.keys()
