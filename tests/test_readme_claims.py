@@ -177,7 +177,7 @@ def test_the_priors_tails_are_the_readme_figures():
 
 
 def test_compile_is_off_by_default_on_every_hardware_preset():
-    """'**`hardware.compile=true`** ... Off by default everywhere'."""
+    """'**`hardware.compile=true`** ... **Off by default**'."""
     presets = sorted((CONF / "hardware").glob("*.yaml"))
     assert presets and all(OmegaConf.load(f).compile is False for f in presets)
 
