@@ -55,6 +55,10 @@ def test_capture_policy_second_sighting_bounded_and_failure_falls_back(monkeypat
         for t in (5, 5, 5, 6, 7, 6, 7, 7):
             mem.read(torch.randn(1, t, 8))
     assert made == [(1, 5, 4), (1, 6, 4)] and memory_graph.captured(mem) == 2   # t=7 seen twice, no room left
+    args = (torch.zeros(1, 5, 4),) * 3 + (mem.keys, mem.values, mem.filled, mem.log_beta.detach())
+    with torch.inference_mode():  # Lightning validates under inference mode: its graphs must not serve no_grad reads
+        inference_key = memory_graph.key(mem, args, False)
+    assert inference_key != memory_graph.key(mem, args, False)
 
     def broken(*a):
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -148,3 +152,23 @@ def test_a_bad_cuda_graphs_value_is_one_error_line(tmp_path):
     proc = run_cli(["phase=cognate", "hardware.cuda_graphs=sometimes", "logger=none"], tmp_path, timeout=60)
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode != 0 and len(err) == 1 and "hardware.cuda_graphs" in err[0], proc.stderr
+
+
+@cuda
+def test_cuda_graphs_made_under_inference_mode_do_not_serve_no_grad_reads():
+    """Lightning validates under ``torch.inference_mode``; an ablation then reads under ``no_grad`` with the same
+    shapes: each gets its own graph (an inference-mode graph's static tensors cannot be written outside it)."""
+    torch.manual_seed(0)
+    mem = SurpriseMemory(64, 32, 16, 0.1, max_writes=4, chunk=8).cuda().eval()
+    h = torch.randn(2, 40, 64, device="cuda")
+    memory_graph.ENABLED = False
+    with torch.no_grad():
+        ref = mem.read(h)[0]
+    memory_graph.ENABLED = True
+    outs = []
+    for mode in (torch.inference_mode, torch.inference_mode, torch.no_grad, torch.no_grad, torch.inference_mode):
+        with mode():
+            outs.append(mem.read(h)[0].clone())
+    assert memory_graph.captured(mem) == 2
+    for o in outs:
+        torch.testing.assert_close(o, ref)

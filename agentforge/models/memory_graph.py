@@ -6,8 +6,8 @@ device time in ~330 ms of wall time; the model ran 2.4x faster with its memory o
 writes no Python state and never syncs with the host, so it can be recorded once per input shape and
 replayed (CUDA Graphs, through ``torch.cuda.CUDAGraph``): one launch for the whole scan.
 
-Protocol, per memory module and key (input shapes and dtypes, ``traced``, the autocast state, the memory's
-settings): the first call runs eagerly; the second warms up once on a side stream (as torch's CUDA-graph
+Protocol, per memory module and key (input shapes and dtypes, ``traced``, the autocast and inference-mode state,
+the memory's settings): the first call runs eagerly; the second warms up once on a side stream (as torch's CUDA-graph
 notes ask: lazy initialisations must not be captured), captures, and replays; later calls replay. A replay
 copies the inputs into the graph's static tensors and clones the outputs out of the graph's private pool (the
 next replay overwrites it), so callers get ordinary tensors. At most ``MAX_GRAPHS`` graphs per memory, never
@@ -70,6 +70,7 @@ def key(memory, args: tuple[torch.Tensor, ...], traced: bool) -> tuple:
     dev = args[0].device.type
     autocast = torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
     return (tuple((tuple(x.shape), x.dtype, x.device) for x in args), traced, autocast,
+            torch.is_inference_mode_enabled(),  # a graph's static tensors made under inference mode take no copy_ outside it
             memory.slots, memory.chunk, memory.max_writes, float(memory.surprise_threshold))
 
 
