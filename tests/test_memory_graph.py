@@ -110,7 +110,7 @@ def test_cuda_graph_replay_equals_the_eager_scan(autocast, grad, persist):
 
 
 @cuda
-def test_a_failed_capture_leaves_the_memory_eager_with_the_same_results(monkeypatch, caplog):
+def test_cuda_a_failed_capture_leaves_the_memory_eager_with_the_same_results(monkeypatch, caplog):
     torch.manual_seed(0)
     mem = SurpriseMemory(64, 32, 16, 0.1, max_writes=4, chunk=8).cuda().train()
     scan = mem.scan_fresh
