@@ -62,7 +62,7 @@ if [ "$part" = step ]; then
   echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
 fi
 if [ "$part" != pipeline ]; then
-  step 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_speed.py
+  step 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_speed.py tests/test_memory_graph.py tests/test_compile.py
   step 120 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10
   step 60 "$PY" benchmarks/bench_generation.py --device cuda --tokens 512
 fi
