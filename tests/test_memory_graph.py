@@ -172,3 +172,27 @@ def test_cuda_graphs_made_under_inference_mode_do_not_serve_no_grad_reads():
     assert memory_graph.captured(mem) == 2
     for o in outs:
         torch.testing.assert_close(o, ref)
+
+
+def test_graphs_are_not_used_when_disabled_capturing_or_under_a_flop_counter(monkeypatch):
+    """``usable`` for a CUDA tensor (a stand-in: this test runs without a GPU, CUDA's capture query stubbed): yes by
+    default; no with hardware.cuda_graphs=false, inside another capture, or under a dispatch / function mode (a FLOP
+    counter would not see a replay's kernels)."""
+    from types import SimpleNamespace
+
+    from torch.overrides import TorchFunctionMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    x = SimpleNamespace(is_cuda=True)
+    assert memory_graph.usable(x) and memory_graph.MAX_GRAPHS == 8
+    with FlopCounterMode(display=False):
+        assert not memory_graph.usable(x)
+    with TorchFunctionMode():
+        assert not memory_graph.usable(x)
+    capturing[0] = True
+    assert not memory_graph.usable(x)
+    capturing[0] = False
+    monkeypatch.setattr(memory_graph, "ENABLED", False)
+    assert not memory_graph.usable(x)
