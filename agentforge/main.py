@@ -43,11 +43,14 @@ OmegaConf.register_new_resolver("af_uid", _uid, replace=True)
 def run(cfg: DictConfig) -> dict:
     """The plain entry point tests call: validate, dispatch, return the phase's result."""
     validate(cfg)  # the shared groups and the model first: a bad value there fails before Lightning loads (~5 s)
+    from agentforge.phases.rules import PHASE_RULES  # then the phase's own keys, still before Lightning
+
+    check(cfg, PHASE_RULES.get(str(cfg.phase.name), ()))
     import lightning as L  # here, not at the top: `--help` and `--cfg job` need no torch / Lightning
 
     _route_lightning_logs()
     phase = get_phase(str(cfg.phase.name))
-    check(cfg, getattr(phase, "RULES", ()))  # the phase's own rules (the rest was checked above)
+    check(cfg, getattr(phase, "RULES", ()))  # a phase's rules not in PHASE_RULES (all are, today)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # before any model is built
     apply_cuda_graphs(cfg)
     return phase.run(cfg)

@@ -221,8 +221,8 @@ def test_200_choice_questions_give_about_plus_minus_007_at_one_half():
 def test_a_bad_shared_or_model_value_fails_before_torch_or_lightning_load(tmp_path):
     """'A bad value fails in the first second with one line naming the key': the shared groups' and the model's
     values are checked before torch / Lightning are imported (importing Lightning alone takes ~5 s here), exit 2
-    ('Bad config values ... each give one `error:` line and exit 2'). `phase.*` values need the phase's module
-    (and so Lightning) and fail after it loads: tests/test_cli.py, tests/test_grokking.py."""
+    ('Bad config values ... each give one `error:` line and exit 2'); `phase.*` values ('their rules ... load torch
+    but not Lightning or the phase's module') before Lightning and the phase's module."""
     env = dict(os.environ, AGENTFORGE_OUTPUTS=str(tmp_path / "outputs"), WANDB_MODE="offline")
     for bad, key in (["optimizer.lr=-0.1", "optimizer.lr"], ["model.n_heads=3", "model.d_model"]):
         proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentforge", bad, "logger=none"],
@@ -232,6 +232,16 @@ def test_a_bad_shared_or_model_value_fails_before_torch_or_lightning_load(tmp_pa
         assert len(errors) == 1 and key in errors[0], proc.stderr[-2000:]
         imported = {ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
         assert "omegaconf" in imported and not imported & {"torch", "lightning"}, bad
+    for bad in (["phase=cognate", "phase.max_epochs=0"], ["phase=quietstar", "phase.rl.num_thoughts=1"],
+                ["phase=evomerge", "phase.dare_rescale=sometimes"]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentforge", *bad, "logger=none"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and bad[1].split("=")[0] in errors[0], proc.stderr[-2000:]
+        imported = {ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+        phase_module = "agentforge.phases." + bad[0].split("=")[1]
+        assert "agentforge.phases.rules" in imported and not imported & {"lightning", phase_module}, bad
 
 
 def test_gpt2_baseline_offline_is_one_config_error(monkeypatch, tmp_path):

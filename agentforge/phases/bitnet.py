@@ -24,42 +24,20 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from agentforge.artifacts import load_model, publish
-from agentforge.config import boolean, integer, number, one_of, optional, rule
 from agentforge.data.build import build_datamodule, eval_sets
 from agentforge.errors import ConfigError
 from agentforge.evals import tasks
 from agentforge.evals.speed import halting_distribution, interleaved_latency_ms
 from agentforge.io import CheckpointError, save_tensors
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import PHASE_RULES
 from agentforge.quant import calibrate, convert, native
 from agentforge.quant.checkpoint import ARCHITECTURE, choose_kernels, kernel_summary, load_packed, save_packed
 from agentforge.tracking import plots
 from agentforge.training.lm_module import LMModule
 from agentforge.training.trainer import build_trainer
 
-RULES = [
-    rule("phase.sparsity_threshold", number(0, 1.5)),
-    rule("phase.per_channel", boolean()),
-    rule("phase.activation_bits", optional(integer(2, 8))),
-    rule("phase.activation_scale", one_of("token", "static")),
-    rule("phase.calibration_samples", integer(1)),
-    rule("phase.calibration_percentile", number(0.5, 1.0)),
-    rule("phase.calibration_batch_size", integer(1)),
-    rule("phase.preserved_dtype", one_of("float16", "bfloat16", "float32")),
-    rule("phase.packing", one_of("base3", "2bit")),
-    rule("phase.val_rows", integer(1)),
-    rule("phase.eval_examples", integer(1)),
-    rule("phase.gen_tokens", integer(1)),
-    rule("phase.min_compression", number(0)),
-    rule("phase.max_accuracy_drop", number(0)),
-    rule("phase.fine_tune", one_of("auto", "always", "never")),
-    rule("phase.fine_tune_epochs", integer(0)),
-    rule("phase.fine_tune_lr", number(0, 10, lo_open=True)),
-    rule("phase.fine_tune_steps_per_epoch", integer(1)),
-    rule("phase.gradient_clip", number(0)),
-    rule("phase.speed_repeats", integer(1)),
-    rule("phase.native_kernel", ((lambda x: isinstance(x, bool) or x == "auto"), "true, false or auto")),
-]
+RULES = PHASE_RULES["bitnet"]
 MB = 2**20
 
 

@@ -25,7 +25,6 @@ from agentforge.codegen import evaluate as ev
 from agentforge.codegen import models, problems, report, scoring
 from agentforge.codegen.corpus import corpus_from_config
 from agentforge.codegen.training import train
-from agentforge.config import boolean, integer, number, one_of, optional, rule
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.evals.collect import gate_or_raise
@@ -33,34 +32,11 @@ from agentforge.io import write_json_atomic, write_text_atomic
 from agentforge.models import CognateModel
 from agentforge.phases.compare import thresholds_of
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import PHASE_RULES
 from agentforge.sandbox import require_sandbox
 from agentforge.training.trainer import resolve_hardware
 
-RULES = [
-    rule("phase.benchmark", one_of("humaneval", "mbpp")),
-    rule("phase.num_problems", optional(integer(1))),
-    rule("phase.n_samples", integer(1)),
-    rule("phase.pass_k", (lambda x: isinstance(x, list) and len(x) > 0 and all(integer(1)[0](k) for k in x),
-                          "a non-empty list of integers >= 1, e.g. [1, 10]")),
-    rule("phase.temperature", number(0)),
-    rule("phase.top_p", number(0, 1, lo_open=True)),
-    rule("phase.max_new_tokens", integer(1)),
-    rule("phase.context_tokens", optional(integer(16))),
-    rule("phase.checkpoint", optional((lambda x: isinstance(x, str) and Path(x).is_dir(),
-                                       "an existing Cognate checkpoint directory"))),
-    rule("phase.max_epochs", integer(0)),
-    rule("phase.steps_per_epoch", integer(1)),
-    rule("phase.val_rows", integer(1)),
-    rule("phase.gradient_clip", number(0)),
-    rule("phase.timeout_s", number(0, lo_open=True)),
-    rule("phase.memory_mb", integer(64)),
-    rule("phase.workers", optional(integer(1))),
-    rule("phase.sandbox", one_of("bwrap", "process")),
-    rule("phase.self_check", boolean()),
-    rule("phase.latency_tokens", integer(0)),
-    rule("phase.n_resamples", integer(100)),
-    rule("baseline.name", one_of("gpt2_scratch", "gpt2")),
-]
+RULES = PHASE_RULES["codegen"]
 
 
 def _container(node) -> dict:

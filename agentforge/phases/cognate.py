@@ -22,7 +22,6 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from agentforge.artifacts import ARCHITECTURE, cognate_config_from, publish, save_model
-from agentforge.config import integer, number, one_of, optional, rule
 from agentforge.data import synthetic
 from agentforge.data.build import build_datamodule, eval_sets
 from agentforge.data.recall import FACT_CHARS as RECALL_FACT_CHARS
@@ -41,6 +40,7 @@ from agentforge.models.ablation import (
     token_scores,
 )
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import PHASE_RULES
 from agentforge.tracking import plots
 from agentforge.tracking.callbacks import (
     CurriculumCallback,
@@ -51,21 +51,7 @@ from agentforge.tracking.callbacks import (
 from agentforge.training.lm_module import LMModule
 from agentforge.training.trainer import EpochCheckpoint, build_trainer
 
-RULES = [
-    rule("phase.max_epochs", integer(1)),
-    rule("phase.steps_per_epoch", integer(1)),
-    rule("phase.val_rows", integer(1)),
-    rule("phase.eval_examples", integer(0)),
-    rule("phase.gen_tokens", integer(1)),
-    rule("phase.early_stopping_patience", integer(1)),
-    rule("phase.on_nonfinite", one_of("stop", "skip")),
-    rule("phase.gradient_clip", number(0)),
-    rule("phase.inject_nan_at_step", optional(integer(0))),
-    rule("phase.recall_rows", integer(2)),
-    rule("model.ponder_prior", number(0, 1, lo_open=True)),
-    rule("model.no_grad_steps", integer(0)),
-    rule("model.ltm_chunk", optional(integer(1))),
-]
+RULES = PHASE_RULES["cognate"]
 
 
 def model_dir(artifacts: Path, model_id: int) -> Path:

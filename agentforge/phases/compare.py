@@ -12,19 +12,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from agentforge.config import integer, number, optional, rule
 from agentforge.errors import ConfigError
 from agentforge.evals.collect import gate_or_raise
 from agentforge.evals.compare import run_comparison
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import PHASE_RULES
 
-RULES = [
-    rule("phase.n_resamples", integer(100)),
-    rule("phase.thresholds.alpha", number(0, 1, lo_open=True)),
-    rule("phase.thresholds.failure_p", number(0, 1, lo_open=True)),
-    rule("phase.thresholds.min_delta_pass1", optional(number())),
-    rule("phase.thresholds.min_n", integer(1)),
-]
+RULES = PHASE_RULES["compare"]
 
 
 def thresholds_of(th: dict) -> dict:

@@ -23,7 +23,6 @@ import torch
 from omegaconf import OmegaConf
 
 from agentforge.artifacts import load_any, publish
-from agentforge.config import boolean, integer, number, one_of, optional, rule
 from agentforge.data import formats, synthetic
 from agentforge.data.build import eval_sets, per_format
 from agentforge.data.datamodule import LMDataModule, pack
@@ -35,25 +34,9 @@ from agentforge.io import write_json_atomic
 from agentforge.models.surgery import ARCHITECTURE as RECURSIVE_ARCH
 from agentforge.models.surgery import identity_gap, wrap
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import PHASE_RULES
 
-RULES = [
-    rule("phase.recursive", one_of("auto", True, False)),
-    rule("phase.max_inner_steps", integer(1, 64)),
-    rule("phase.refine_hidden", optional(integer(1))),
-    rule("phase.chunk_width", integer(1)),
-    rule("phase.surgery_tolerance", number(0)),
-    rule("phase.finetune_steps", optional(integer(0))),
-    rule("phase.finetune_lr", optional(number(0, 10, lo_open=True))),
-    rule("phase.eval_examples", integer(1)),
-    rule("phase.choice_examples", optional(integer(1))),
-    rule("phase.val_rows", integer(1)),
-    rule("phase.gen_tokens", integer(1)),
-    rule("phase.pass_k_samples", integer(0)),
-    rule("phase.temperature", number(0, 10, lo_open=True)),
-    rule("phase.latency_tokens", integer(0)),
-    rule("phase.batch_size", integer(1)),
-    rule("phase.save_model", boolean()),
-]
+RULES = PHASE_RULES["eval"]
 RECURSIVE_STAGES = ("after_surgery", "finetuned_recursive")
 HF_SPLITS = {"gsm8k": "test", "arc": "test", "piqa": "validation"}
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")

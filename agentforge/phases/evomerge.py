@@ -29,7 +29,6 @@ from omegaconf import OmegaConf
 from scipy.spatial.distance import euclidean
 
 from agentforge.artifacts import ARCHITECTURE, load_model, publish, save_model
-from agentforge.config import integer, number, one_of, rule
 from agentforge.data.build import eval_sets
 from agentforge.data.datamodule import TaskPool, normalize_mix, pack
 from agentforge.data.tokenizer import ByteTokenizer
@@ -49,41 +48,13 @@ from agentforge.merge.recipe import (
     materialize,
     mutate,
 )
-from agentforge.merge.techniques import RESCALES
 from agentforge.models import CognateModel
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import PHASE_RULES
 from agentforge.tracking import plots
 from agentforge.training.trainer import loop_device, set_threads
 
-RULES = [
-    rule("phase.population_size", integer(2)),
-    rule("phase.generations", integer(1)),
-    rule("phase.elite_count", integer(0)),
-    rule("phase.mutation_rate", number(0, 1)),
-    rule("phase.mutation_sigma", number(0)),
-    rule("phase.crossover_rate", number(0, 1)),
-    rule("phase.tournament_size", integer(1)),
-    rule("phase.early_stopping_patience", integer(1)),
-    rule("phase.early_stopping_threshold", number(0)),
-    rule("phase.fitness_weights.perplexity", number(0)),
-    rule("phase.fitness_weights.accuracy", number(0)),
-    rule("phase.fitness_weights.speed", number(0)),
-    rule("phase.fitness_weights.memory", number(0)),
-    rule("phase.eval.rows", integer(1)),
-    rule("phase.eval.seq_len", integer(8)),
-    rule("phase.eval.choice_examples", integer(0)),
-    rule("phase.eval.gsm8k_examples", integer(0)),
-    rule("phase.eval.gen_tokens", integer(1)),
-    rule("phase.eval.speed_seq_len", integer(1)),
-    rule("phase.eval.speed_batch", integer(1)),
-    rule("phase.eval.speed_repeats", integer(1)),
-    rule("phase.eval.test_rows", integer(2)),
-    rule("phase.eval.test_choice_examples", integer(0)),
-    rule("phase.eval.bootstrap_resamples", integer(100)),
-    rule("phase.speed_term", one_of(*fitness.SPEED_MODES)),
-    rule("phase.dare_rescale", one_of(*RESCALES)),
-    rule("phase.improvement_threshold", number()),
-]
+RULES = PHASE_RULES["evomerge"]
 TAGS = ["phase2", "evomerge", "genetic-algorithm", "model-merging"]
 
 

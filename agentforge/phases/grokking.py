@@ -19,33 +19,17 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from agentforge.config import boolean, check, integer, number, one_of, optional, rule
+from agentforge.config import check
 from agentforge.errors import ConfigError
-from agentforge.models.grokking import MODELS, OPERATIONS, resolve_task, task_optimizer_cfg, train_grokking
+from agentforge.models.grokking import resolve_task, task_optimizer_cfg, train_grokking
 from agentforge.optim import check_config
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import GROKKING_TASK, PHASE_RULES
 from agentforge.tracking import plots
 from agentforge.training.trainer import loop_device, set_threads
 
-TASK_RULES = [
-    rule("phase.modulus", integer(3)),
-    rule("phase.operation", one_of(*OPERATIONS)),
-    rule("phase.train_fraction", number(0, 1, lo_open=True)),
-    rule("phase.model", one_of(*MODELS)),
-    rule("phase.d_model", integer(8)),
-    rule("phase.n_layers", integer(1)),
-    rule("phase.n_heads", integer(1)),
-    rule("phase.ffn_hidden", integer(1)),
-    rule("phase.batch_size", integer(0)),
-    rule("phase.max_steps", integer(1)),
-    rule("phase.eval_every", integer(1)),
-]
-# start-up checks of the top-level keys (null = the task's value); the resolved task is checked in run()
-RULES = [rule(k, optional((pred, desc))) for k, pred, desc in TASK_RULES] + [
-    rule("phase.target_accuracy", number(0, 1, lo_open=True)),
-    rule("phase.stop_at_target", boolean()),
-    rule("phase.task_optimizer_settings", boolean()),
-]
+TASK_RULES = GROKKING_TASK  # the resolved task is checked in run()
+RULES = PHASE_RULES["grokking"]
 
 
 def resolve(cfg) -> tuple[dict, dict]:

@@ -18,19 +18,17 @@ from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
-from agentforge.config import integer, rule
 from agentforge.data import synthetic
 from agentforge.errors import ConfigError
 from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import PHASE_RULES
 from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete
 from agentforge.pipeline.report import dir_bytes, headline_metrics, performance_rows, threshold_rows, write_report
 
 PHASE_ORDER = ("cognate", "evomerge", "quietstar", "bitnet", "eval")
-RULES = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-", "").replace("_", "").isalnum()),
-                                 "a name of letters, digits, '-' and '_'")),
-         rule("phase.overlap_train_draws", integer(0)), rule("phase.overlap_heldout", integer(1))]
+RULES = PHASE_RULES["pipeline"]
 
 
 def _forwarded_overrides() -> list[str]:

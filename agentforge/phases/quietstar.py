@@ -30,7 +30,6 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from agentforge.artifacts import load_model, publish, save_model
-from agentforge.config import integer, number, one_of, optional, rule
 from agentforge.data import formats, synthetic
 from agentforge.data.build import eval_sets
 from agentforge.data.tokenizer import BOS_ID, PAD_ID
@@ -38,6 +37,7 @@ from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError, save_tensors, write_json_atomic, write_text_atomic
 from agentforge.phases.cognate import fingerprint, resume_path
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import PHASE_RULES
 from agentforge.reasoning import baking as bk
 from agentforge.reasoning.rl import ThoughtConfig, sample_windows
 from agentforge.reasoning.strategies import STRATEGIES, by_strategy, generate_examples, load_examples
@@ -54,27 +54,7 @@ from agentforge.training.baking_module import BakingModule
 from agentforge.training.rl_module import QuietStarModule, check_metrics, task_accuracy
 from agentforge.training.trainer import EpochCheckpoint, build_trainer
 
-RULES = [
-    rule("step", optional(one_of("baking", "rl", "both"))),
-    rule("phase.step", one_of("baking", "rl", "both")),
-    rule("phase.gradient_clip", number(0)),
-    rule("phase.on_nonfinite", one_of("stop", "skip")),
-    rule("phase.inject_nan_at_step", optional(integer(0))),
-    *[rule(f"phase.baking.{k}", integer(1)) for k in ("epochs", "steps_per_epoch", "batch_size", "examples_per_strategy",
-                                                       "val_per_strategy", "sample_tokens", "usage_tokens")],
-    rule("phase.baking.sampled_fraction", number(0, 1)),
-    rule("phase.baking.prompt_position", one_of("answer", "start")),
-    rule("phase.baking.temperature", number(0)),
-    rule("phase.baking.convergence_threshold", number(0, 1)),
-    *[rule(f"phase.rl.{k}", integer(1)) for k in ("num_episodes", "thought_length", "n_true", "context_len",
-                                                   "thought_positions", "batch_size", "seq_len", "anti_theater_every",
-                                                   "eval_windows", "eval_examples", "gen_tokens", "inference_tokens")],
-    rule("phase.rl.num_thoughts", integer(2)),
-    rule("phase.rl.temperature", number(0, lo_open=True)),
-    rule("phase.rl.mixing_init_weight", number()),
-    *[rule(f"phase.{s}.optimizer.lr", number(0, 10, lo_open=True)) for s in ("baking", "rl")],
-    *[rule(f"phase.{s}.optimizer.kl_coef", number(0)) for s in ("baking", "rl")],
-]
+RULES = PHASE_RULES["quietstar"]
 
 
 def run(cfg) -> dict:

@@ -21,37 +21,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from agentforge.config import boolean, integer, number, one_of, optional, rule
 from agentforge.errors import AgentForgeError, ConfigError
 from agentforge.phases.context import run_context
+from agentforge.phases.rules import PHASE_RULES
 from agentforge.sandbox import require_sandbox
 from agentforge.scaling.evaluator import evaluate
 from agentforge.scaling.fit import ScalingFit
 from agentforge.scaling.plot import scaling_plot
-from agentforge.scaling.variants import FRAMEWORKS, variant_path
+from agentforge.scaling.variants import variant_path
 
-RULES = [
-    rule("phase.variant", one_of(*FRAMEWORKS)),
-    rule("phase.train.steps", integer(1)),
-    rule("phase.train.warmup_steps", integer(0)),
-    rule("phase.train.batch_size", integer(1)),
-    rule("phase.train.seq_len", integer(8, 8192)),
-    rule("phase.train.lr", number(0, 10, lo_open=True)),
-    rule("phase.train.eval_every", integer(1)),
-    rule("phase.train.val_rows", integer(1)),
-    rule("phase.train.gradient_clip", number(0)),
-    rule("phase.fit_params", one_of("total", "non_embedding")),
-    rule("phase.check.seq_len", integer(2, 512)),
-    rule("phase.sandbox", one_of("bwrap", "process")),
-    rule("phase.limits.timeout_s", number(1)),
-    rule("phase.limits.memory_mb", optional(integer(512))),
-    rule("phase.trust.heldout_rows", integer(16)),
-    rule("phase.trust.probe_rows", integer(1)),
-    rule("phase.trust.loss_floor", number(0)),
-    rule("phase.fitness.reference", optional(one_of("baseline"))),
-    rule("phase.fitness.tolerance", number(0)),
-    rule("phase.cache", boolean()),
-]
+RULES = PHASE_RULES["scaling"]
 TASKS = ("plain_text", "arithmetic", "choice", "piqa")
 
 

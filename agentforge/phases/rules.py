@@ -1,0 +1,209 @@
+"""Every phase's config rules (``config.rule``: key, predicate, what a valid value is), in a module that imports no
+Lightning, so ``main.run`` checks ``phase.*`` before the phase's module (and Lightning, ~5 s) loads: a bad value is
+one ``error:`` line in ~1.5 s. The phase modules read their rules from here (``RULES = PHASE_RULES[name]``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentforge.config import Rule, boolean, integer, number, one_of, optional, rule
+from agentforge.merge import fitness
+from agentforge.merge.techniques import RESCALES
+from agentforge.models.grokking import MODELS, OPERATIONS
+from agentforge.scaling.variants import FRAMEWORKS
+
+BITNET = [
+    rule("phase.sparsity_threshold", number(0, 1.5)),
+    rule("phase.per_channel", boolean()),
+    rule("phase.activation_bits", optional(integer(2, 8))),
+    rule("phase.activation_scale", one_of("token", "static")),
+    rule("phase.calibration_samples", integer(1)),
+    rule("phase.calibration_percentile", number(0.5, 1.0)),
+    rule("phase.calibration_batch_size", integer(1)),
+    rule("phase.preserved_dtype", one_of("float16", "bfloat16", "float32")),
+    rule("phase.packing", one_of("base3", "2bit")),
+    rule("phase.val_rows", integer(1)),
+    rule("phase.eval_examples", integer(1)),
+    rule("phase.gen_tokens", integer(1)),
+    rule("phase.min_compression", number(0)),
+    rule("phase.max_accuracy_drop", number(0)),
+    rule("phase.fine_tune", one_of("auto", "always", "never")),
+    rule("phase.fine_tune_epochs", integer(0)),
+    rule("phase.fine_tune_lr", number(0, 10, lo_open=True)),
+    rule("phase.fine_tune_steps_per_epoch", integer(1)),
+    rule("phase.gradient_clip", number(0)),
+    rule("phase.speed_repeats", integer(1)),
+    rule("phase.native_kernel", ((lambda x: isinstance(x, bool) or x == "auto"), "true, false or auto")),
+]
+
+CODEGEN = [
+    rule("phase.benchmark", one_of("humaneval", "mbpp")),
+    rule("phase.num_problems", optional(integer(1))),
+    rule("phase.n_samples", integer(1)),
+    rule("phase.pass_k", (lambda x: isinstance(x, list) and len(x) > 0 and all(integer(1)[0](k) for k in x),
+                          "a non-empty list of integers >= 1, e.g. [1, 10]")),
+    rule("phase.temperature", number(0)),
+    rule("phase.top_p", number(0, 1, lo_open=True)),
+    rule("phase.max_new_tokens", integer(1)),
+    rule("phase.context_tokens", optional(integer(16))),
+    rule("phase.checkpoint", optional((lambda x: isinstance(x, str) and Path(x).is_dir(),
+                                       "an existing Cognate checkpoint directory"))),
+    rule("phase.max_epochs", integer(0)),
+    rule("phase.steps_per_epoch", integer(1)),
+    rule("phase.val_rows", integer(1)),
+    rule("phase.gradient_clip", number(0)),
+    rule("phase.timeout_s", number(0, lo_open=True)),
+    rule("phase.memory_mb", integer(64)),
+    rule("phase.workers", optional(integer(1))),
+    rule("phase.sandbox", one_of("bwrap", "process")),
+    rule("phase.self_check", boolean()),
+    rule("phase.latency_tokens", integer(0)),
+    rule("phase.n_resamples", integer(100)),
+    rule("baseline.name", one_of("gpt2_scratch", "gpt2")),
+]
+
+COGNATE = [
+    rule("phase.max_epochs", integer(1)),
+    rule("phase.steps_per_epoch", integer(1)),
+    rule("phase.val_rows", integer(1)),
+    rule("phase.eval_examples", integer(0)),
+    rule("phase.gen_tokens", integer(1)),
+    rule("phase.early_stopping_patience", integer(1)),
+    rule("phase.on_nonfinite", one_of("stop", "skip")),
+    rule("phase.gradient_clip", number(0)),
+    rule("phase.inject_nan_at_step", optional(integer(0))),
+    rule("phase.recall_rows", integer(2)),
+    rule("model.ponder_prior", number(0, 1, lo_open=True)),
+    rule("model.no_grad_steps", integer(0)),
+    rule("model.ltm_chunk", optional(integer(1))),
+]
+
+COMPARE = [
+    rule("phase.n_resamples", integer(100)),
+    rule("phase.thresholds.alpha", number(0, 1, lo_open=True)),
+    rule("phase.thresholds.failure_p", number(0, 1, lo_open=True)),
+    rule("phase.thresholds.min_delta_pass1", optional(number())),
+    rule("phase.thresholds.min_n", integer(1)),
+]
+
+EVAL = [
+    rule("phase.recursive", one_of("auto", True, False)),
+    rule("phase.max_inner_steps", integer(1, 64)),
+    rule("phase.refine_hidden", optional(integer(1))),
+    rule("phase.chunk_width", integer(1)),
+    rule("phase.surgery_tolerance", number(0)),
+    rule("phase.finetune_steps", optional(integer(0))),
+    rule("phase.finetune_lr", optional(number(0, 10, lo_open=True))),
+    rule("phase.eval_examples", integer(1)),
+    rule("phase.choice_examples", optional(integer(1))),
+    rule("phase.val_rows", integer(1)),
+    rule("phase.gen_tokens", integer(1)),
+    rule("phase.pass_k_samples", integer(0)),
+    rule("phase.temperature", number(0, 10, lo_open=True)),
+    rule("phase.latency_tokens", integer(0)),
+    rule("phase.batch_size", integer(1)),
+    rule("phase.save_model", boolean()),
+]
+
+EVOMERGE = [
+    rule("phase.population_size", integer(2)),
+    rule("phase.generations", integer(1)),
+    rule("phase.elite_count", integer(0)),
+    rule("phase.mutation_rate", number(0, 1)),
+    rule("phase.mutation_sigma", number(0)),
+    rule("phase.crossover_rate", number(0, 1)),
+    rule("phase.tournament_size", integer(1)),
+    rule("phase.early_stopping_patience", integer(1)),
+    rule("phase.early_stopping_threshold", number(0)),
+    rule("phase.fitness_weights.perplexity", number(0)),
+    rule("phase.fitness_weights.accuracy", number(0)),
+    rule("phase.fitness_weights.speed", number(0)),
+    rule("phase.fitness_weights.memory", number(0)),
+    rule("phase.eval.rows", integer(1)),
+    rule("phase.eval.seq_len", integer(8)),
+    rule("phase.eval.choice_examples", integer(0)),
+    rule("phase.eval.gsm8k_examples", integer(0)),
+    rule("phase.eval.gen_tokens", integer(1)),
+    rule("phase.eval.speed_seq_len", integer(1)),
+    rule("phase.eval.speed_batch", integer(1)),
+    rule("phase.eval.speed_repeats", integer(1)),
+    rule("phase.eval.test_rows", integer(2)),
+    rule("phase.eval.test_choice_examples", integer(0)),
+    rule("phase.eval.bootstrap_resamples", integer(100)),
+    rule("phase.speed_term", one_of(*fitness.SPEED_MODES)),
+    rule("phase.dare_rescale", one_of(*RESCALES)),
+    rule("phase.improvement_threshold", number()),
+]
+
+GROKKING_TASK = [
+    rule("phase.modulus", integer(3)),
+    rule("phase.operation", one_of(*OPERATIONS)),
+    rule("phase.train_fraction", number(0, 1, lo_open=True)),
+    rule("phase.model", one_of(*MODELS)),
+    rule("phase.d_model", integer(8)),
+    rule("phase.n_layers", integer(1)),
+    rule("phase.n_heads", integer(1)),
+    rule("phase.ffn_hidden", integer(1)),
+    rule("phase.batch_size", integer(0)),
+    rule("phase.max_steps", integer(1)),
+    rule("phase.eval_every", integer(1)),
+]
+
+# start-up checks of grokking's top-level keys (null = the task's value); its resolved task is checked in its run()
+GROKKING = [rule(k, optional((pred, desc))) for k, pred, desc in GROKKING_TASK] + [
+    rule("phase.target_accuracy", number(0, 1, lo_open=True)),
+    rule("phase.stop_at_target", boolean()),
+    rule("phase.task_optimizer_settings", boolean()),
+]
+
+PIPELINE = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-", "").replace("_", "").isalnum()),
+                                 "a name of letters, digits, '-' and '_'")),
+         rule("phase.overlap_train_draws", integer(0)), rule("phase.overlap_heldout", integer(1))]
+
+QUIETSTAR = [
+    rule("step", optional(one_of("baking", "rl", "both"))),
+    rule("phase.step", one_of("baking", "rl", "both")),
+    rule("phase.gradient_clip", number(0)),
+    rule("phase.on_nonfinite", one_of("stop", "skip")),
+    rule("phase.inject_nan_at_step", optional(integer(0))),
+    *[rule(f"phase.baking.{k}", integer(1)) for k in ("epochs", "steps_per_epoch", "batch_size", "examples_per_strategy",
+                                                       "val_per_strategy", "sample_tokens", "usage_tokens")],
+    rule("phase.baking.sampled_fraction", number(0, 1)),
+    rule("phase.baking.prompt_position", one_of("answer", "start")),
+    rule("phase.baking.temperature", number(0)),
+    rule("phase.baking.convergence_threshold", number(0, 1)),
+    *[rule(f"phase.rl.{k}", integer(1)) for k in ("num_episodes", "thought_length", "n_true", "context_len",
+                                                   "thought_positions", "batch_size", "seq_len", "anti_theater_every",
+                                                   "eval_windows", "eval_examples", "gen_tokens", "inference_tokens")],
+    rule("phase.rl.num_thoughts", integer(2)),
+    rule("phase.rl.temperature", number(0, lo_open=True)),
+    rule("phase.rl.mixing_init_weight", number()),
+    *[rule(f"phase.{s}.optimizer.lr", number(0, 10, lo_open=True)) for s in ("baking", "rl")],
+    *[rule(f"phase.{s}.optimizer.kl_coef", number(0)) for s in ("baking", "rl")],
+]
+
+SCALING = [
+    rule("phase.variant", one_of(*FRAMEWORKS)),
+    rule("phase.train.steps", integer(1)),
+    rule("phase.train.warmup_steps", integer(0)),
+    rule("phase.train.batch_size", integer(1)),
+    rule("phase.train.seq_len", integer(8, 8192)),
+    rule("phase.train.lr", number(0, 10, lo_open=True)),
+    rule("phase.train.eval_every", integer(1)),
+    rule("phase.train.val_rows", integer(1)),
+    rule("phase.train.gradient_clip", number(0)),
+    rule("phase.fit_params", one_of("total", "non_embedding")),
+    rule("phase.check.seq_len", integer(2, 512)),
+    rule("phase.sandbox", one_of("bwrap", "process")),
+    rule("phase.limits.timeout_s", number(1)),
+    rule("phase.limits.memory_mb", optional(integer(512))),
+    rule("phase.trust.heldout_rows", integer(16)),
+    rule("phase.trust.probe_rows", integer(1)),
+    rule("phase.trust.loss_floor", number(0)),
+    rule("phase.fitness.reference", optional(one_of("baseline"))),
+    rule("phase.fitness.tolerance", number(0)),
+    rule("phase.cache", boolean()),
+]
+
+PHASE_RULES: dict[str, list[Rule]] = {"bitnet": BITNET, "codegen": CODEGEN, "cognate": COGNATE, "compare": COMPARE,
+                                      "eval": EVAL, "evomerge": EVOMERGE, "grokking": GROKKING, "pipeline": PIPELINE,
+                                      "quietstar": QUIETSTAR, "scaling": SCALING}
