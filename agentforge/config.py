@@ -1,7 +1,7 @@
 """Start-up validation of the composed config: every rule names its key, so a bad value fails in the
 first second with one line (``model.n_layers must be an integer >= 1, got 0``).
 
-Each phase module may add its own rules with ``PHASE_RULES``; the shared groups are checked here.
+The shared groups are checked here; each phase's own rules are in ``agentforge/phases/rules.py`` (``PHASE_RULES``).
 """
 from __future__ import annotations
 

@@ -50,3 +50,17 @@ def test_slurm_launcher_config_composes(tmp_path):
     proc = run_cli(["--cfg", "hydra", "hydra/launcher=slurm"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SlurmLauncher" in proc.stdout and "timeout_min: 240" in proc.stdout
+
+
+def test_main_checks_every_phase_rule_before_the_phase_loads():
+    """``main.run`` checks ``rules.PHASE_RULES[name]`` only (before Lightning): a phase's ``RULES`` must be that list."""
+    from agentforge.phases import PHASES
+    from agentforge.phases.rules import PHASE_RULES
+
+    for name in PHASES:
+        try:
+            module = get_phase(name)
+        except Exception:  # a phase not built in this version
+            continue
+        assert getattr(module, "RULES", []) is PHASE_RULES.get(name, getattr(module, "RULES", [])), name
+        assert not hasattr(module, "RULES") or name in PHASE_RULES, name

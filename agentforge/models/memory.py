@@ -133,13 +133,10 @@ class SurpriseMemory(nn.Module):
         Returns surprise [B, T], the final bank (keys, vals, filled [B, S, ...]), usage [S] (read mass per slot),
         writes (a count), and either the reads r [B, T, key_dim] or, when ``traced``, each chunk's slot sources
         src [B, C, S] (an index into [bank slots, then positions]) and filled_trace [B, C, S] for ``_reread``."""
-        b = q.shape[0]
-        st = {"keys": keys.expand(b, -1, -1), "vals": vals.expand(b, -1, -1), "filled": filled.expand(b, -1),
-              "last": torch.zeros(b, self.slots, device=q.device), "open": None, "c": 0, "prev": None, "read": None,
-              "written": []}
-        trace = [] if traced else None
+        st = self._state(q.shape[0], keys, vals, filled)
+        st["written"], trace = [], [] if traced else None
         if traced:
-            st["src"] = torch.arange(self.slots, device=q.device).expand(b, -1)
+            st["src"] = torch.arange(self.slots, device=q.device).expand(q.shape[0], -1)
         usage = torch.zeros(self.slots, device=q.device)
         r, surprise = self.scan_qkv(q, k, v, st, usage, trace, log_beta.exp())
         keys, vals, filled = st["keys"], st["vals"], st["filled"]
@@ -177,9 +174,12 @@ class SurpriseMemory(nn.Module):
         With ``persist`` the bank is a copy: the forward writes the buffers in place at its end, which would
         otherwise change what its own reads saved for the backward and what a running KV decoder holds."""
         bank = (self.keys, self.values, self.filled)
-        keys, vals, filled = (x.clone() for x in bank) if self.persist else bank
+        return self._state(batch, *((x.clone() for x in bank) if self.persist else bank))
+
+    def _state(self, batch: int, keys, vals, filled) -> dict:
+        """A fresh state (``init_state``'s layout) for ``batch`` sequences starting from the bank keys, vals, filled."""
         return {"keys": keys.expand(batch, -1, -1), "vals": vals.expand(batch, -1, -1),
-                "filled": filled.expand(batch, -1), "last": torch.zeros(batch, self.slots, device=self.keys.device),
+                "filled": filled.expand(batch, -1), "last": torch.zeros(batch, self.slots, device=keys.device),
                 "open": None, "c": 0, "prev": None, "read": None}
 
     def scan(self, h: torch.Tensor, st: dict, usage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,8 @@
 """The phase registry: ``phase=NAME`` runs ``agentforge.phases.NAME.run(cfg)``.
 
 This is the only place phases are wired. A phase module exposes ``run(cfg) -> dict`` (its outputs and
-headline figures) and may expose ``RULES`` (config checks, see ``agentforge.config``).
+headline figures) and exposes its config checks as ``RULES`` = ``rules.PHASE_RULES[NAME]`` (checked by
+``main.run`` before the module loads).
 """
 from __future__ import annotations
 
