@@ -176,8 +176,8 @@ def test_cuda_graphs_made_under_inference_mode_do_not_serve_no_grad_reads():
 
 def test_graphs_are_not_used_when_disabled_capturing_or_under_a_flop_counter(monkeypatch):
     """``usable`` for a CUDA tensor (a stand-in: this test runs without a GPU, CUDA's capture query stubbed): yes by
-    default; no with hardware.cuda_graphs=false, inside another capture, or under a dispatch / function mode (a FLOP
-    counter would not see a replay's kernels)."""
+    default; no with hardware.cuda_graphs=false, under torch.compile, inside another capture, or under a dispatch /
+    function mode (a FLOP counter would not see a replay's kernels)."""
     from types import SimpleNamespace
 
     from torch.overrides import TorchFunctionMode
@@ -194,5 +194,8 @@ def test_graphs_are_not_used_when_disabled_capturing_or_under_a_flop_counter(mon
     capturing[0] = True
     assert not memory_graph.usable(x)
     capturing[0] = False
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)   # traced by torch.compile: stays eager
+    assert not memory_graph.usable(x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     monkeypatch.setattr(memory_graph, "ENABLED", False)
     assert not memory_graph.usable(x)
