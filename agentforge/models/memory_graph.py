@@ -12,8 +12,9 @@ notes ask: lazy initialisations must not be captured), captures, and replays; la
 copies the inputs into the graph's static tensors and clones the outputs out of the graph's private pool (the
 next replay overwrites it), so callers get ordinary tensors. At most ``MAX_GRAPHS`` graphs per memory, never
 evicted: the training step's shape comes first; evaluation's varying row counts (ACT drops halted rows) must not
-churn captures, each of which synchronizes and empties torch's allocator cache. A capture that fails leaves that
-memory on the eager path, with one warning.
+churn captures. A scan that would sync with the host fails in its warm-up (run with sync debug mode "error"), before
+any capture; a capture that fails anyway is ended cleanly (``_capturing``). Either way that memory stays on the eager
+path, with one warning, and the rest of the process is unaffected (tested on a GPU: stream, generator, later captures).
 
 Used only for CUDA tensors, outside ``torch.compile``, another stream capture and torch function / dispatch
 modes (a FLOP counter must see the kernels); off everywhere with
@@ -21,6 +22,7 @@ modes (a FLOP counter must see the kernels); off everywhere with
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from collections import Counter
@@ -44,11 +46,11 @@ class ScanGraph:
         self.inputs = [x.detach().clone() for x in args]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
+        with torch.cuda.stream(side), torch.no_grad(), _host_syncs_raise():
             memory.scan_fresh(*self.inputs, traced)                      # warm-up, not captured
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.no_grad():
+        with torch.cuda.stream(side), torch.no_grad(), _capturing(self.graph):
             self.outputs = memory.scan_fresh(*self.inputs, traced)
 
     def __call__(self, args: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
@@ -56,6 +58,43 @@ class ScanGraph:
             static.copy_(x)
         self.graph.replay()
         return {name: x.clone() for name, x in self.outputs.items()}
+
+
+@contextlib.contextmanager
+def _host_syncs_raise():
+    """The warm-up runs with ``torch.cuda.set_sync_debug_mode("error")``: an op that synchronizes with the host, the
+    usual reason a capture fails, raises here, before any capture has begun."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
+@contextlib.contextmanager
+def _capturing(graph: torch.cuda.CUDAGraph):
+    """Capture into ``graph`` on the current (side) stream. Unlike the ``torch.cuda.graph`` context manager this
+    neither synchronizes nor empties the allocator's cache first (each capture would otherwise make every later
+    allocation a fresh ``cudaMalloc``), and a capture that fails leaves the process as it found it: when the body
+    raises (e.g. a host sync inside the capture), ``capture_end`` raises too, before torch ends the allocator's
+    routing into the graph's pool and the CUDA generator's capture mode; both are ended here (after that failure
+    ``torch.randn`` on the GPU raised "Offset increment outside graph capture", measured on an H100), so the
+    memory falls back to eager and everything else runs on."""
+    device = torch.cuda.current_device()
+    gen = torch.cuda.default_generators[device]
+    graph.capture_begin(capture_error_mode="thread_local")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            graph.capture_end()
+        with contextlib.suppress(Exception):   # already ended when capture_end got that far
+            torch._C._cuda_endAllocateToPool(device, graph.pool())
+        with contextlib.suppress(Exception):
+            gen.graphsafe_set_state(gen.clone_state())   # the same seed and offset, out of capture mode
+        raise
+    graph.capture_end()
 
 
 def usable(x: torch.Tensor) -> bool:
