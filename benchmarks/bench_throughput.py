@@ -8,6 +8,7 @@ matmul peak.
     python benchmarks/bench_throughput.py --no-grad-steps 2      # + TRM's cheaper recursion, timed alongside
     python benchmarks/bench_throughput.py --memory-off           # + the same Cognate with its memory off
     python benchmarks/bench_throughput.py --device cuda --eager-memory   # + the same Cognate, memory scan not graphed
+    python benchmarks/bench_throughput.py --muon-grokfast        # + the same Cognate trained as the phase trains it
 
 FLOPs are counted by torch.utils.flop_counter on one real training step (forward + backward), not
 estimated; the peak is the best of several square matmuls (fp32 1024² on CPU, bf16 8192² on CUDA). The
@@ -16,6 +17,10 @@ order rotated) and the medians compared, so a change in machine load hits both. 
 model does ~max_steps times the work per token, so tokens/s alone would not compare the kernels).
 ``--no-grad-steps K`` adds a third model, the same Cognate with ``no_grad_steps=K`` (TRM's cheaper recursion:
 the first K steps without gradients), to the interleaved timing, with its FLOPs and speed against the full one.
+Every model above steps with plain AdamW, so the figures compare models, not optimizers. ``--muon-grokfast`` adds the
+same Cognate model stepped as ``phase=cognate`` steps it: the default optimizer preset (``conf/optimizer/
+muon_grokfast.yaml``: Muon on the matrices, AdamW on the rest, the Grokfast filter, QK-clip) and gradient clipping at
+1.0 after the filter (``optim.clip_grad_norm_``), and prints its step time against the AdamW step.
 """
 from __future__ import annotations
 
@@ -23,14 +28,17 @@ import argparse
 import contextlib
 import dataclasses
 import time
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from agentforge.evals.speed import interleaved_medians
 from agentforge.models import CognateConfig, CognateModel, memory_graph
 from agentforge.models.layers import Block, RMSNorm, rope_cache
+from agentforge.optim import build_optimizer, clip_grad_norm_
 from agentforge.training.trainer import compile_regions
 
 SIZES = {"tiny": dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window=64),
@@ -81,13 +89,18 @@ def matmul_peak(device: str, reps: int = 10) -> float:
 class Runner:
     """One model, its optimizer and batch; ``step()`` is one training step."""
 
-    def __init__(self, model, batch, seq, device, compile_, cuda_graphs: bool = True):
+    def __init__(self, model, batch, seq, device, compile_, cuda_graphs: bool = True, phase_optimizer: bool = False):
         torch.manual_seed(0)
         self.cuda_graphs = cuda_graphs
         self.model, self.device = model.to(device).train(), device
         self.x = torch.randint(0, 256, (batch, seq), device=device)
         self.y = torch.randint(0, 256, (batch, seq), device=device)
-        self.opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        self.clip = phase_optimizer
+        if phase_optimizer:  # what phase=cognate steps with by default (warm-up/cosine schedule left out: lr only)
+            preset = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/optimizer/muon_grokfast.yaml"))
+            self.opt, _ = build_optimizer(model, preset, total_steps=1000)
+        else:
+            self.opt = torch.optim.AdamW(model.parameters(), 1e-3)
         self.autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if device == "cuda" else contextlib.nullcontext
         with FlopCounterMode(display=False) as fc:
             self._loss().backward()
@@ -112,6 +125,8 @@ class Runner:
             self._loss().backward()
         finally:
             memory_graph.ENABLED = True
+        if self.clip:
+            clip_grad_norm_(self.opt, self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
@@ -131,6 +146,8 @@ def main():
     ap.add_argument("--memory-off", action="store_true", help="also time the Cognate model with its memory off")
     ap.add_argument("--eager-memory", action="store_true",
                     help="also time the Cognate model with its memory scan run eagerly (hardware.cuda_graphs=false)")
+    ap.add_argument("--muon-grokfast", action="store_true",
+                    help="also time the Cognate model stepped with the phase's default optimizer and gradient clipping")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -152,6 +169,8 @@ def main():
         runs["cognate, memory off"] = Runner(off, a.batch, a.seq, a.device, False)
     if a.eager_memory:  # what the memory's CUDA graph buys (memory_graph.py): the same model, its scan eager
         runs["cognate, eager memory"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, False, cuda_graphs=False)
+    if a.muon_grokfast:
+        runs["cognate, Muon-Grokfast"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, False, phase_optimizer=True)
     cheap = f"cognate, {a.no_grad_steps} no-grad"
     if a.no_grad_steps:
         runs[cheap] = Runner(CognateModel(dataclasses.replace(cfg, no_grad_steps=a.no_grad_steps)), a.batch, a.seq,
@@ -180,6 +199,9 @@ def main():
     if a.eager_memory:
         print(f"memory scan as a CUDA graph vs eager: tokens/s {med['cognate, eager memory'] / med['cognate (3 steps)']:.2f}x"
               f" (medians, interleaved; graphs captured: {memory_graph.captured(c.model.memory)})")
+    if a.muon_grokfast:
+        print(f"Muon-Grokfast + clipping vs AdamW step time: {med['cognate, Muon-Grokfast'] / med['cognate (3 steps)']:.2f}x"
+              " (same model; medians, interleaved)")
     if a.no_grad_steps:
         g = runs[cheap]
         print(f"no_grad_steps={a.no_grad_steps} vs all steps with gradients: FLOPs per step {g.flops / c.flops:.2f}x, "

@@ -15,6 +15,8 @@
 #   bash benchmarks/gpu_figures.sh phases [S]  # ~4 min: where the phases' GPU time goes: cProfile of the Quiet-STaR
 #                                              # phase (input: $QS_INPUT, default .gpuin/champion, carried) and of a
 #                                              # short 25M Cognate m1 phase (the real optimizer and Lightning loop)
+#   bash benchmarks/gpu_figures.sh optim [S]   # ~6 min: the CUDA tests, 25M tokens/s with the phase's optimizer
+#                                              # (Muon-Grokfast) beside AdamW, its profile, the default pipeline on the GPU
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
 # ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
@@ -23,7 +25,7 @@
 set -u
 part="${1:-kernels}"
 budget="${2:-420}"
-case "$part" in kernels|pipeline|lease|step|compile|phases) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile or phases" >&2; exit 2 ;; esac
+case "$part" in kernels|pipeline|lease|step|compile|phases|optim) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile, phases or optim" >&2; exit 2 ;; esac
 out="${OUT:-outputs}"
 mkdir -p "$out"
 log="$out/gpu_figures_${part}.log"
@@ -38,7 +40,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
 step() {  # step <timeout s> <command...>: run it (cut to the lease's time left), log its output, exit status, wall time
   local limit="$1"; shift
-  if [ "$part" = lease ] || [ "$part" = step ] || [ "$part" = compile ] || [ "$part" = phases ]; then
+  if [ "$part" = lease ] || [ "$part" = step ] || [ "$part" = compile ] || [ "$part" = phases ] || [ "$part" = optim ]; then
     local left=$((budget - (SECONDS - start)))
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 20 ]; then echo "== skipped (lease time left ${left}s): $*" | tee -a "$log"; return; fi
@@ -59,6 +61,13 @@ if [ "$part" = phases ]; then
   prof 120 quietstar phase=quietstar hardware=gpu "phase.input=${QS_INPUT:-.gpuin/champion}" paths.outputs=/tmp/qs_gpu
   step 60 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_memory_graph.py
   prof 150 cognate25m phase=cognate model=m1 size=25m hardware=gpu data.batch_size=32 data.seq_len=512 phase.max_epochs=1 phase.steps_per_epoch=40 paths.outputs=/tmp/cog25
+  echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
+fi
+if [ "$part" = optim ]; then
+  step 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_speed.py tests/test_memory_graph.py
+  step 90 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 10 --eager-memory --muon-grokfast
+  step 60 "$PY" benchmarks/profile_step.py --device cuda --size 25m --batch 32 --seq 512 --muon-grokfast --top 25
+  step 240 "$PY" benchmarks/bench_pipeline.py --hardware gpu
   echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
 fi
 if [ "$part" = compile ]; then

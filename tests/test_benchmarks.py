@@ -45,10 +45,12 @@ def test_bench_generation_prints_both_speeds_and_equal_tokens():
 
 
 def test_bench_throughput_prints_flops_and_ratios():
-    out = bench("bench_throughput.py", "--batch", "2", "--seq", "16", "--steps", "2", "--no-grad-steps", "1")
+    out = bench("bench_throughput.py", "--batch", "2", "--seq", "16", "--steps", "2", "--no-grad-steps", "1",
+                "--muon-grokfast")
     assert "medians of 2 interleaved steps" in out
     figure(out, rf"matmul peak \(fp32 1024\^3\): {NUM} TFLOP/s")
-    for name in ("cognate \\(3 steps\\)", "plain transformer", "cognate, 1 no-grad"):
+    figure(out, rf"Muon-Grokfast \+ clipping vs AdamW step time: {NUM}x")
+    for name in ("cognate \\(3 steps\\)", "plain transformer", "cognate, 1 no-grad", "cognate, Muon-Grokfast"):
         figure(out, rf"{name}\s*:\s*{NUM} tokens/s")
     figure(out, rf"ratio cognate/plain achieved FLOP/s: {NUM}")
     flop_ratio = figure(out, rf"FLOP/token ratio {NUM}")
