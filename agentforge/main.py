@@ -56,11 +56,11 @@ def run(cfg: DictConfig) -> dict:
 
 
 def apply_cuda_graphs(cfg: DictConfig) -> None:
-    """``hardware.cuda_graphs`` (default true) as the process-wide switch of the memory's CUDA graph
-    (``memory_graph.ENABLED``): every phase's models, in Lightning or in its own loop, see it."""
-    from agentforge.models import memory_graph
+    """``hardware.cuda_graphs`` (default true) as the process-wide switch of the CUDA graphs (``graphs.ENABLED``: the
+    memory's scan, the KV decoder's step): every phase's models, in Lightning or in its own loop, see it."""
+    from agentforge.models import graphs
 
-    memory_graph.ENABLED = bool((cfg.get("hardware") or {}).get("cuda_graphs", True))
+    graphs.ENABLED = bool((cfg.get("hardware") or {}).get("cuda_graphs", True))
 
 
 def _route_lightning_logs() -> None:

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from agentforge.evals.speed import interleaved_medians
-from agentforge.models import CognateConfig, CognateModel, memory_graph
+from agentforge.models import CognateConfig, CognateModel, graphs
 from agentforge.models.layers import Block, RMSNorm, rope_cache
 from agentforge.optim import build_optimizer, clip_grad_norm_
 from agentforge.training.trainer import compile_regions
@@ -120,11 +120,11 @@ class Runner:
         return out if torch.is_tensor(out) else out.loss
 
     def step(self) -> None:
-        memory_graph.ENABLED = self.cuda_graphs
+        graphs.ENABLED = self.cuda_graphs
         try:
             self._loss().backward()
         finally:
-            memory_graph.ENABLED = True
+            graphs.ENABLED = True
         if self.clip:
             clip_grad_norm_(self.opt, self.model.parameters(), 1.0)
         self.opt.step()
@@ -198,7 +198,7 @@ def main():
                   f"{runs[k].warmup_s:.1f} s (eager: {runs[ref].warmup_s:.1f} s for its warm-up)")
     if a.eager_memory:
         print(f"memory scan as a CUDA graph vs eager: tokens/s {med['cognate, eager memory'] / med['cognate (3 steps)']:.2f}x"
-              f" (medians, interleaved; graphs captured: {memory_graph.captured(c.model.memory)})")
+              f" (medians, interleaved; graphs captured: {graphs.captured(c.model.memory)})")
     if a.muon_grokfast:
         print(f"Muon-Grokfast + clipping vs AdamW step time: {med['cognate, Muon-Grokfast'] / med['cognate (3 steps)']:.2f}x"
               " (same model; medians, interleaved)")

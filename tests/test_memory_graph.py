@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentforge.models import memory_graph
+from agentforge.models import graphs, memory_graph
 from agentforge.models.memory import SurpriseMemory
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -31,7 +31,7 @@ def test_scan_fresh_reads_and_writes_no_python_state(traced):
     assert mem.stats == stats and all(torch.equal(x, y) for x, y in zip(bank, mem.buffers()))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert int(a["writes"]) > 0 and ("src" in a) == traced and ("r" in a) != traced
-    assert not memory_graph.usable(h)  # the CPU never takes the graph path
+    assert not graphs.usable(h)  # the CPU never takes the graph path
 
 
 def test_capture_policy_second_sighting_bounded_and_failure_falls_back(monkeypatch):
@@ -40,21 +40,21 @@ def test_capture_policy_second_sighting_bounded_and_failure_falls_back(monkeypat
     made = []
 
     class FakeGraph:
-        def __init__(self, memory, args, traced):
+        def __init__(self, fn, args):
             made.append(tuple(args[0].shape))
-            self.memory, self.traced = memory, traced
+            self.fn = fn
 
         def __call__(self, args):
-            return self.memory.scan_fresh(*args, self.traced)
+            return self.fn(*args)
 
-    monkeypatch.setattr(memory_graph, "usable", lambda x: True)
-    monkeypatch.setattr(memory_graph, "ScanGraph", FakeGraph)
+    monkeypatch.setattr(graphs, "usable", lambda x: True)
+    monkeypatch.setattr(graphs, "Captured", FakeGraph)
     monkeypatch.setattr(memory_graph, "MAX_GRAPHS", 2)
     mem = SurpriseMemory(8, 6, 4, 0.1, max_writes=2, chunk=4)
     with torch.no_grad():
         for t in (5, 5, 5, 6, 7, 6, 7, 7):
             mem.read(torch.randn(1, t, 8))
-    assert made == [(1, 5, 4), (1, 6, 4)] and memory_graph.captured(mem) == 2   # t=7 seen twice, no room left
+    assert made == [(1, 5, 4), (1, 6, 4)] and graphs.captured(mem) == 2   # t=7 seen twice, no room left
     args = (torch.zeros(1, 5, 4),) * 3 + (mem.keys, mem.values, mem.filled, mem.log_beta.detach())
     with torch.inference_mode():  # Lightning validates under inference mode: its graphs must not serve no_grad reads
         inference_key = memory_graph.key(mem, args, False)
@@ -63,23 +63,23 @@ def test_capture_policy_second_sighting_bounded_and_failure_falls_back(monkeypat
     def broken(*a):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(memory_graph, "ScanGraph", broken)
+    monkeypatch.setattr(graphs, "Captured", broken)
     other, h = SurpriseMemory(8, 6, 4, 0.1, max_writes=2, chunk=4), torch.randn(2, 9, 8)
     with torch.no_grad():
         outs = [other.read(h)[0] for _ in range(3)]
-    assert other in memory_graph._FAILED and memory_graph.captured(other) == 0
+    assert other in graphs._FAILED and graphs.captured(other) == 0
     assert all(torch.equal(o, outs[0]) for o in outs)
 
 
 def _read(mem, h, graphs: bool, autocast: bool):
-    memory_graph.ENABLED = graphs
+    graphs.ENABLED = graphs
     try:
         with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
             out, s = mem.read(h)
         grads = torch.autograd.grad(out.float().pow(2).sum(), [h, *mem.parameters()]) if h.requires_grad else ()
         return out, s, grads
     finally:
-        memory_graph.ENABLED = True
+        graphs.ENABLED = True
 
 
 @cuda
@@ -105,8 +105,8 @@ def test_cuda_graph_replay_equals_the_eager_scan(autocast, grad, persist):
         assert int(graphed.stats["writes"]) == int(eager.stats["writes"]) > 0
         torch.testing.assert_close(graphed.usage, eager.usage)
         torch.testing.assert_close(graphed.keys, eager.keys)
-        assert memory_graph.captured(graphed) == (1 if i >= 1 else 0)   # captured on the second sighting
-    assert memory_graph.captured(eager) == 0
+        assert graphs.captured(graphed) == (1 if i >= 1 else 0)   # captured on the second sighting
+    assert graphs.captured(eager) == 0
 
 
 @cuda
@@ -120,13 +120,13 @@ def _healthy_after_a_failure():
     h = torch.randn(2, 24, 64, device="cuda")
     with torch.no_grad():
         outs = [other.read(h)[0] for _ in range(3)]
-    assert memory_graph.captured(other) == 1 and other not in memory_graph._FAILED
-    memory_graph.ENABLED = False
+    assert graphs.captured(other) == 1 and other not in graphs._FAILED
+    graphs.ENABLED = False
     try:
         with torch.no_grad():
             eager = other.read(h)[0]
     finally:
-        memory_graph.ENABLED = True
+        graphs.ENABLED = True
     for o in outs:
         torch.testing.assert_close(o, eager)
 
@@ -150,7 +150,7 @@ def test_cuda_a_failed_capture_leaves_the_memory_eager_and_the_process_healthy(m
     h = torch.randn(2, 40, 64, device="cuda")
     with torch.no_grad():
         outs = [mem.read(h)[0] for _ in range(3)]
-    assert mem in memory_graph._FAILED and memory_graph.captured(mem) == 0
+    assert mem in graphs._FAILED and graphs.captured(mem) == 0
     assert caplog.text.count("capture failed") == 1
     for o in outs[1:]:
         torch.testing.assert_close(o, outs[0])
@@ -166,11 +166,11 @@ def test_hardware_cuda_graphs_is_on_in_every_preset_and_switches_the_process(mon
 
     presets = sorted((Path(__file__).parents[1] / "conf" / "hardware").glob("*.yaml"))
     assert presets and all(OmegaConf.load(f).cuda_graphs is True for f in presets)
-    monkeypatch.setattr(memory_graph, "ENABLED", True)
+    monkeypatch.setattr(graphs, "ENABLED", True)
     apply_cuda_graphs(OmegaConf.create({"hardware": {"cuda_graphs": False}}))
-    assert memory_graph.ENABLED is False
+    assert graphs.ENABLED is False
     apply_cuda_graphs(OmegaConf.create({"hardware": {"cuda_graphs": True}}))
-    assert memory_graph.ENABLED is True
+    assert graphs.ENABLED is True
 
 
 def test_a_bad_cuda_graphs_value_is_one_error_line(tmp_path):
@@ -188,15 +188,15 @@ def test_cuda_graphs_made_under_inference_mode_do_not_serve_no_grad_reads():
     torch.manual_seed(0)
     mem = SurpriseMemory(64, 32, 16, 0.1, max_writes=4, chunk=8).cuda().eval()
     h = torch.randn(2, 40, 64, device="cuda")
-    memory_graph.ENABLED = False
+    graphs.ENABLED = False
     with torch.no_grad():
         ref = mem.read(h)[0]
-    memory_graph.ENABLED = True
+    graphs.ENABLED = True
     outs = []
     for mode in (torch.inference_mode, torch.inference_mode, torch.no_grad, torch.no_grad, torch.inference_mode):
         with mode():
             outs.append(mem.read(h)[0].clone())
-    assert memory_graph.captured(mem) == 2
+    assert graphs.captured(mem) == 2
     for o in outs:
         torch.testing.assert_close(o, ref)
 
@@ -213,16 +213,16 @@ def test_graphs_are_not_used_when_disabled_capturing_or_under_a_flop_counter(mon
     capturing = [False]
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
     x = SimpleNamespace(is_cuda=True)
-    assert memory_graph.usable(x) and memory_graph.MAX_GRAPHS == 8
+    assert graphs.usable(x) and memory_graph.MAX_GRAPHS == 8
     with FlopCounterMode(display=False):
-        assert not memory_graph.usable(x)
+        assert not graphs.usable(x)
     with TorchFunctionMode():
-        assert not memory_graph.usable(x)
+        assert not graphs.usable(x)
     capturing[0] = True
-    assert not memory_graph.usable(x)
+    assert not graphs.usable(x)
     capturing[0] = False
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)   # traced by torch.compile: stays eager
-    assert not memory_graph.usable(x)
+    assert not graphs.usable(x)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
-    monkeypatch.setattr(memory_graph, "ENABLED", False)
-    assert not memory_graph.usable(x)
+    monkeypatch.setattr(graphs, "ENABLED", False)
+    assert not graphs.usable(x)

@@ -236,9 +236,9 @@ def test_cuda_cognate_training_step_and_cached_generation_raise_no_sync_under_de
         (out if torch.is_tensor(out) else out.loss).backward()
     for _ in range(3):  # warm-up: lazy inits may sync once; the memory's scan is captured as a CUDA graph
         step()
-    from agentforge.models import memory_graph
+    from agentforge.models import graphs
 
-    assert memory_graph.captured(model.memory) >= 1    # so the step below replays it
+    assert graphs.captured(model.memory) >= 1    # so the step below replays it
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
