@@ -4,6 +4,11 @@ whether the two produced the same tokens.
 
     python benchmarks/bench_generation.py                       # tiny Cognate model, 512 new tokens, CPU
     python benchmarks/bench_generation.py --tokens 128 --device cuda
+    python benchmarks/bench_generation.py --device cuda --eager-decode   # + the cached decoder, its step not graphed
+
+On a GPU the cached decoder's step is replayed from CUDA graphs (``kv_cache.CognateDecoder.graphed_step``): two full
+generations run first, untimed, so the timed ones replay graphs captured then (how many is printed);
+``--eager-decode`` times the same cached decoder with its step run eagerly alongside (``hardware.cuda_graphs=false``).
 
 The model is a randomly initialised Cognate model of the default (tiny) size with ``max_seq_len`` raised
 to hold prompt + new tokens (the cache serves sequences up to ``max_seq_len``); speed does not depend on
@@ -16,7 +21,7 @@ import argparse
 import torch
 
 from agentforge.evals.speed import interleaved_medians
-from agentforge.models import CognateConfig, CognateModel
+from agentforge.models import CognateConfig, CognateModel, graphs
 
 
 def main() -> None:
@@ -27,6 +32,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--eager-decode", action="store_true", help="also time the cached decoder with its step not graphed")
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible")
@@ -37,20 +43,31 @@ def main() -> None:
     ids = torch.randint(0, 256, (a.batch, a.prompt), device=a.device)
     name = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     model.generate(ids, 4), model.generate(ids, 4, use_cache=False)  # warm-up
+    for _ in range(2 if a.device == "cuda" else 0):   # the decoder step's graphs are captured on a key's second sighting
+        model.generate(ids, a.tokens)
     outs = {}
 
     def run(kind):
-        outs[kind] = model.generate(ids, a.tokens, use_cache=kind == "cached")
-    med = interleaved_medians({k: lambda k=k: run(k) for k in ("cached", "uncached")}, a.repeats, warmup=0,
+        graphs.ENABLED = kind != "cached, eager step"
+        try:
+            outs[kind] = model.generate(ids, a.tokens, use_cache=kind != "uncached")
+        finally:
+            graphs.ENABLED = True
+    kinds = ("cached", "uncached") + (("cached, eager step",) if a.eager_decode else ())
+    med = interleaved_medians({k: lambda k=k: run(k) for k in kinds}, a.repeats, warmup=0,
                               sync=torch.cuda.synchronize if a.device == "cuda" else None)
     n = a.batch * a.tokens
     tps = {k: n / v for k, v in med.items()}
     print(f"device: {name}; Cognate {model.num_params():,} params (max_steps={model.config.max_steps}); "
           f"batch {a.batch}, prompt {a.prompt}, {a.tokens} new tokens greedy; medians of {a.repeats} interleaved runs")
     for k in med:
-        print(f"{k:9}: {tps[k]:9.1f} tokens/s  ({med[k]:.2f} s per generation)")
+        print(f"{k:18}: {tps[k]:9.1f} tokens/s  ({med[k]:.2f} s per generation)")
     print(f"ratio cached/uncached tokens/s: {tps['cached'] / tps['uncached']:.2f}   "
           f"same tokens: {torch.equal(outs['cached'], outs['uncached'])}")
+    if a.eager_decode:
+        print(f"decoder step as CUDA graphs vs eager: tokens/s {tps['cached'] / tps['cached, eager step']:.2f}x "
+              f"(graphs captured: {graphs.captured(model)}; same tokens: "
+              f"{torch.equal(outs['cached'], outs['cached, eager step'])})")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@
 #                                              # short 25M Cognate m1 phase (the real optimizer and Lightning loop)
 #   bash benchmarks/gpu_figures.sh optim [S]   # ~6 min: the CUDA tests, 25M tokens/s with the phase's optimizer
 #                                              # (Muon-Grokfast) beside AdamW, its profile, the default pipeline on the GPU
+#   bash benchmarks/gpu_figures.sh decode [S]  # ~6 min: the CUDA tests, cached generation with the decoder step
+#                                              # graphed vs eager, the default pipeline on the GPU
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
 # ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
@@ -25,7 +27,7 @@
 set -u
 part="${1:-kernels}"
 budget="${2:-420}"
-case "$part" in kernels|pipeline|lease|step|compile|phases|optim) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile, phases or optim" >&2; exit 2 ;; esac
+case "$part" in kernels|pipeline|lease|step|compile|phases|optim|decode) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile, phases, optim or decode" >&2; exit 2 ;; esac
 out="${OUT:-outputs}"
 mkdir -p "$out"
 log="$out/gpu_figures_${part}.log"
@@ -40,7 +42,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
 step() {  # step <timeout s> <command...>: run it (cut to the lease's time left), log its output, exit status, wall time
   local limit="$1"; shift
-  if [ "$part" = lease ] || [ "$part" = step ] || [ "$part" = compile ] || [ "$part" = phases ] || [ "$part" = optim ]; then
+  if [ "$part" = lease ] || [ "$part" = step ] || [ "$part" = compile ] || [ "$part" = phases ] || [ "$part" = optim ] || [ "$part" = decode ]; then
     local left=$((budget - (SECONDS - start)))
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 20 ]; then echo "== skipped (lease time left ${left}s): $*" | tee -a "$log"; return; fi
@@ -61,6 +63,12 @@ if [ "$part" = phases ]; then
   prof 120 quietstar phase=quietstar hardware=gpu "phase.input=${QS_INPUT:-.gpuin/champion}" paths.outputs=/tmp/qs_gpu
   step 60 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_memory_graph.py
   prof 150 cognate25m phase=cognate model=m1 size=25m hardware=gpu data.batch_size=32 data.seq_len=512 phase.max_epochs=1 phase.steps_per_epoch=40 paths.outputs=/tmp/cog25
+  echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
+fi
+if [ "$part" = decode ]; then
+  step 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_decode_graph.py tests/test_memory_graph.py tests/test_speed.py
+  step 100 "$PY" benchmarks/bench_generation.py --device cuda --tokens 512 --eager-decode
+  step 220 "$PY" benchmarks/bench_pipeline.py --hardware gpu
   echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
 fi
 if [ "$part" = optim ]; then

@@ -85,17 +85,19 @@ class Captured:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.stream(side), torch.no_grad(), _capturing(self.graph):
             outputs = fn(*self.inputs)
-        self.outputs, self.spec = tree_flatten(outputs)
-        if not all(torch.is_tensor(x) for x in self.outputs):   # a Python value would be frozen at capture time
-            raise TypeError(f"a graphed function returned a non-tensor: {[type(x).__name__ for x in self.outputs]}")
+        self.leaves, self.spec = tree_flatten(outputs)
+        if any(x is not None and not torch.is_tensor(x) for x in self.leaves):  # a Python value: frozen at capture
+            raise TypeError(f"a graphed function returned a non-tensor: {[type(x).__name__ for x in self.leaves]}")
+        self.outputs = [x for x in self.leaves if x is not None]
         self.nbytes = sum(x.numel() * x.element_size() for x in (*self.inputs, *self.outputs))
 
     def __call__(self, args: tuple[torch.Tensor, ...]):
         _copy_all(self.inputs, list(args))
         self.graph.replay()
-        outs = [torch.empty_like(x) for x in self.outputs]
-        _copy_all(outs, self.outputs)
-        return tree_unflatten(outs, self.spec)
+        outs = iter([torch.empty_like(x) for x in self.outputs])
+        leaves = [None if x is None else next(outs) for x in self.leaves]
+        _copy_all([x for x in leaves if x is not None], self.outputs)
+        return tree_unflatten(leaves, self.spec)
 
 
 def cached_call(owner, key: tuple, fn, args: tuple[torch.Tensor, ...], max_graphs: int, max_bytes: float = float("inf")):

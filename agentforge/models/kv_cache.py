@@ -32,6 +32,12 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from agentforge.models import graphs
+
+MAX_STEP_GRAPHS = 64              # decoder-step graphs per model (a prompt's first window of positions, then `chunk`)
+MAX_STEP_GRAPH_BYTES = 1 << 30    # their static inputs and outputs (the KV cache of every step and layer), per model
 
 
 class Extension(NamedTuple):
@@ -68,8 +74,46 @@ class CognateDecoder:
 
     @torch.no_grad()
     def step(self, token: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] after one new token [B]; ``self.hidden`` is its halted output state [B, D]."""
+        """Logits [B, V] after one new token [B]; ``self.hidden`` is its halted output state [B, D]. On a GPU (an
+        eval-mode model) the step is replayed from a CUDA graph (``graphed_step``)."""
+        if graphs.usable(token) and not self.model.training:
+            return self.graphed_step(token)
         return self._run(token[:, None]).logits[:, -1]
+
+    def graphed_step(self, token: torch.Tensor) -> torch.Tensor:
+        """``step`` as a pure function of tensors, (token, rotary angles, the state's tensors) -> (logits, hidden,
+        new state), replayed through ``graphs.cached_call``: ~400 kernel launches become one (plus a copy in and
+        out per dtype). Its key holds everything the step's Python control flow reads: the state's structure
+        (``tree_flatten``: an empty cache, an open chunk) and shapes (the window not yet full, the open chunk's
+        length), the recursion steps, halting and memory switches, autocast/inference mode and the weights'
+        addresses (a model moved or reloaded gets new graphs). The position enters as tensors (its rotary rows),
+        and the memory's completed-chunk count becomes a 0-d tensor here, so once the window is full a long
+        generation cycles through ``chunk`` graphs. The same function runs eagerly until a key recurs."""
+        m = self.model
+        for st in self.mem:   # a Python int would be frozen into the graph
+            if not torch.is_tensor(st["c"]):
+                st["c"] = torch.full((), float(st["c"]), device=token.device)   # a fill: no host-to-device copy
+        leaves, spec = tree_flatten((self.attn, self.mem))
+        where = [i for i, x in enumerate(leaves) if torch.is_tensor(x)]
+        args = (token, m.rope_cos[self.pos:self.pos + 1], m.rope_sin[self.pos:self.pos + 1], *(leaves[i] for i in where))
+
+        def fn(token, cos, sin, *state):
+            full = list(leaves)
+            for i, x in zip(where, state):
+                full[i] = x
+            dec = object.__new__(CognateDecoder)
+            dec.model, dec.n_steps, dec.pos = m, self.n_steps, self.pos
+            dec.attn, dec.mem = tree_unflatten(full, spec)
+            logits = dec._run(token[:, None], (cos, sin)).logits[:, -1]
+            return logits, dec.hidden, (dec.attn, dec.mem)
+
+        weights = tuple(t.data_ptr() for t in (*m.parameters(), *m.buffers()))
+        key = (spec, graphs.metas(args), tuple(x for x in leaves if not torch.is_tensor(x)), self.n_steps,
+               m._halting, m.memory.enabled, graphs.modes(token.device.type), weights)
+        logits, self.hidden, (self.attn, self.mem) = graphs.cached_call(m, key, fn, args, MAX_STEP_GRAPHS,
+                                                                        MAX_STEP_GRAPH_BYTES)
+        self.pos += 1
+        return logits
 
     def extend(self, ids: torch.Tensor) -> Extension:
         """(logits, halted hidden states) of T new positions ids [B, T] after the ones fed before, all in one
@@ -85,12 +129,12 @@ class CognateDecoder:
             return Extension(self.model.lm_head(self.model.norm(e)), e)
         return self._run(ids)
 
-    def _run(self, ids: torch.Tensor) -> Extension:
+    def _run(self, ids: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> Extension:
         m = self.model
         b, t = ids.shape
         e = m.embed(ids)
         z = e
-        cos, sin = m.rope_cos[self.pos:self.pos + t], m.rope_sin[self.pos:self.pos + t]
+        cos, sin = rope if rope is not None else (m.rope_cos[self.pos:self.pos + t], m.rope_sin[self.pos:self.pos + t])
         cum = torch.zeros(b, t, device=e.device, dtype=e.dtype)
         not_halted = torch.ones_like(cum)
         halted = torch.zeros(b, t, device=e.device, dtype=torch.bool)
@@ -134,7 +178,7 @@ class CognateDecoder:
             if not torch.is_tensor(x):
                 return x
             x = x.detach() if detach else x
-            return x if same else x.repeat_interleave(repeat.to(x.device) if torch.is_tensor(repeat) else repeat, 0)
+            return x if same or x.dim() == 0 else x.repeat_interleave(repeat.to(x.device) if torch.is_tensor(repeat) else repeat, 0)
 
         new = object.__new__(CognateDecoder)
         new.model, new.n_steps, new.pos = self.model, self.n_steps, self.pos

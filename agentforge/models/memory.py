@@ -242,9 +242,9 @@ class SurpriseMemory(nn.Module):
                 kc, vc, sc = (torch.cat([a, x], 1) for a, x in zip(opened[:3], (kc, vc, sc)))
                 amax = torch.maximum(opened[3], amax)
             if end - start == room:  # the chunk is complete: write it
-                st["c"] += 1
+                st["c"] = st["c"] + 1   # a Python int, or a 0-d tensor (a graphed decoder step: kv_cache.py)
                 keys, vals, filled, last, src = self.end_chunk(kc, vc, sc, amax, keys, vals, filled, last,
-                                                               float(st["c"]), st.get("src"), self.slots + end - kc.shape[1],
+                                                               st["c"], st.get("src"), self.slots + end - kc.shape[1],
                                                                st.get("written"))
                 if src is not None:
                     st["src"] = src
@@ -287,13 +287,13 @@ class SurpriseMemory(nn.Module):
         scores = (beta * x @ keys.transpose(-1, -2)).masked_fill(~filled.unsqueeze(-2), float("-inf"))
         return torch.nan_to_num(F.softmax(scores, dim=-1))  # an empty bank: all -inf -> 0 weights
 
-    def end_chunk(self, kc, vc, s, amax, keys, vals, filled, last, now: float, src=None, offset: int = 0, counts=None):
+    def end_chunk(self, kc, vc, s, amax, keys, vals, filled, last, now, src=None, offset: int = 0, counts=None):
         """The bank after chunk ``now``: slots given more than half of some token's read (``amax`` [B, slots], the
         chunk's max read weight per slot) marked used at ``now``, then the chunk written (``_write``)."""
         last = torch.where(amax > 0.5, now, last)
         return self._write(kc, vc, s, keys, vals, filled, last, now, src, offset, counts)
 
-    def _write(self, kc, vc, s, keys, vals, filled, last, now: float, src=None, offset: int = 0, counts=None):
+    def _write(self, kc, vc, s, keys, vals, filled, last, now, src=None, offset: int = 0, counts=None):
         """Store the chunk's most surprising tokens (s > threshold) into empty, else least recently used slots.
         ``src`` [B, slots] (or None), the token index each slot holds, is updated with ``offset`` + the written
         tokens' positions in the chunk; ``counts`` (a list, or None) gets the number written."""

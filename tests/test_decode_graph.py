@@ -1,0 +1,104 @@
+"""The KV decoder's one-token step replayed as a CUDA graph (``CognateDecoder.graphed_step`` through ``graphs.py``):
+on the CPU with a stand-in capture that runs the function from static copies of its inputs (what a replay does), and
+on a GPU for real: the same tokens and logits as the eager step, graphs reused once the window is full."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._pytree import tree_map
+
+from agentforge.models import CognateConfig, CognateModel, graphs
+from agentforge.models.kv_cache import CognateDecoder
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _model(device="cpu"):
+    torch.manual_seed(0)
+    return CognateModel(CognateConfig(max_seq_len=512)).to(device).eval()   # window 64, memory chunk 16
+
+
+def _greedy(model, ids, n):
+    """(tokens [B, n], logits of every step) of greedy decoding through the decoder's ``step``."""
+    dec = CognateDecoder(model, ids.shape[0])
+    logits, toks, seen = dec.prefill(ids), [], []
+    for _ in range(n):
+        tok = logits.argmax(-1)
+        toks.append(tok)
+        logits = dec.step(tok)
+        seen.append(logits)
+    return torch.stack(toks, 1), torch.stack(seen, 1), dec
+
+
+def test_graphed_step_from_static_inputs_equals_the_step_and_reuses_graphs_after_the_window(monkeypatch):
+    made, replays = [], []
+
+    class StaticCopies:  # a replay: the inputs copied into tensors made at capture, the outputs copied out
+        def __init__(self, fn, args):
+            made.append(1)
+            self.fn, self.inputs = fn, [x.clone() for x in args]
+
+        def __call__(self, args):
+            replays.append(1)
+            for s, x in zip(self.inputs, args):
+                s.copy_(x)
+            return tree_map(lambda x: x.clone() if torch.is_tensor(x) else x, self.fn(*self.inputs))
+
+    model, ids = _model(), torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        ref_toks, ref_logits, ref_dec = _greedy(model, ids, 200)
+        monkeypatch.setattr(graphs, "usable", lambda x: True)
+        monkeypatch.setattr(graphs, "Captured", StaticCopies)
+        toks, logits, dec = _greedy(model, ids, 200)
+        assert torch.equal(toks, ref_toks)
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        # positions 16..63 fill the window (a key each, seen once); from 64 on the key cycles with the memory's
+        # 16-position chunk: the first cycle runs eagerly, the second captures its 16 graphs, every step since replays
+        assert len(made) == 16 and len(replays) == 200 - 48 - 16
+        # the state after graphed steps (the chunk count now a 0-d tensor) branches and extends like the eager one
+        tok = toks[:, -1].repeat_interleave(3)
+        torch.testing.assert_close(dec.copy(repeat=3).step(tok), ref_dec.copy(repeat=3).step(tok), atol=1e-5, rtol=1e-5)
+        ext, ref_ext = dec.extend(toks[:, :5]), ref_dec.extend(toks[:, :5])
+        torch.testing.assert_close(ext.logits, ref_ext.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_the_graphed_step_is_keyed_on_the_weights_and_not_used_in_training(monkeypatch):
+    """A model whose parameters were replaced (``.to``, a reload by assignment) must not replay graphs that read the old
+    ones; a training-mode model (its memory counts statistics, a Python side effect) never takes the graph path."""
+    keys = []
+    real = graphs.cached_call
+
+    def spy(owner, key, *a, **k):
+        keys.append(key)
+        return real(owner, key, *a, **k)
+
+    monkeypatch.setattr(graphs, "usable", lambda x: True)
+    monkeypatch.setattr(graphs, "cached_call", spy)
+    model, ids = _model(), torch.randint(0, 256, (1, 8))
+    with torch.no_grad():
+        dec = CognateDecoder(model, 1)
+        dec.prefill(ids)
+        dec.copy().step(ids[:, -1])
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.clone())
+        dec.copy().step(ids[:, -1])
+        assert len(keys) == 2 and keys[0][:-1] == keys[1][:-1] and keys[0][-1] != keys[1][-1]
+        model.train()
+        dec.step(ids[:, -1])
+    assert len(keys) == 2
+
+
+@cuda
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_graphed_decoding_gives_the_eager_tokens_and_logits(autocast):
+    model, ids = _model("cuda"), torch.randint(0, 256, (3, 16), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+        graphs.ENABLED = False
+        try:
+            ref_toks, ref_logits, _ = _greedy(model, ids, 160)
+        finally:
+            graphs.ENABLED = True
+        for _ in range(2):   # the second run replays graphs captured in the first
+            toks, logits, _ = _greedy(model, ids, 160)
+            assert torch.equal(toks, ref_toks)
+            torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    assert 16 <= graphs.captured(model) <= 64 and not graphs.failed(model)
