@@ -71,8 +71,8 @@ def test_capture_policy_second_sighting_bounded_and_failure_falls_back(monkeypat
     assert all(torch.equal(o, outs[0]) for o in outs)
 
 
-def _read(mem, h, graphs: bool, autocast: bool):
-    graphs.ENABLED = graphs
+def _read(mem, h, graphed: bool, autocast: bool):
+    graphs.ENABLED = graphed
     try:
         with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
             out, s = mem.read(h)
