@@ -351,6 +351,22 @@ def test_optimizer_metrics_by_hand_and_they_move():
     assert m2["optimizer/slow_gradients_filtered"] == 1.0
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 24])
+def test_count_dominated_equals_the_per_tensor_count(chunk):
+    """``count_dominated`` (a few ops per run of tensors) against the per-tensor definition, with NaN and ties, runs
+    split inside the list (chunk 7: tensors of 5, 4, 6 and 3 entries) and one tensor larger than a run (chunk 1)."""
+    from agentforge.optim.grokfast import count_dominated
+
+    torch.manual_seed(0)
+    grads = [torch.randn(5), torch.randn(2, 2), torch.randn(3, 2), torch.randn(3)]
+    slow = [torch.randn_like(g) for g in grads]
+    grads[1][0, 0], slow[2][1, 1] = float("nan"), float("nan")
+    slow[3][0], grads[3][0] = 1.0, 1.0   # |0.5 * 1| = |1 - 0.5|: a tie is not dominated
+    want = sum(int(((0.5 * s).abs() > (g - 0.5 * s).abs()).sum()) for g, s in zip(grads, slow))
+    got = count_dominated(grads, slow, 0.5, chunk=chunk)
+    assert got.dtype == torch.int64 and int(got) == want and 0 < want < 18
+
+
 def test_optimizer_metrics_change_over_training():
     model = tiny_model()
     opt, sched = build_optimizer(model, {**MG, "grokfast_lambda": 2.0}, total_steps=10)

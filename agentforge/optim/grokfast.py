@@ -50,3 +50,27 @@ def ma_filter_(params: list[torch.Tensor], states: list[dict], window: int, lamb
             p.grad.add_(st["grokfast_ma"].mean(0), alpha=lamb)
             filtered += p.grad.numel()
     return filtered
+
+
+@torch.no_grad()
+def count_dominated(grads: list[torch.Tensor], slow: list[torch.Tensor], lamb: float, chunk: int = 1 << 24) -> torch.Tensor:
+    """How many entries of the filtered gradients ``grads`` (raw + lambda * slow) the amplified slow part dominates,
+    |lambda * slow| > |raw| = |g - lambda * slow| (an int64 tensor, on the device: no host sync). The same count as
+    ``sum(((lamb * s).abs() > (g - lamb * s).abs()).sum() for g, s in zip(grads, slow))`` (NaN entries count as not
+    dominated), in ~8 ops per ``chunk`` entries instead of 5 per tensor (with the rest of the filter's statistics: 675
+    ops per step for the 25M model's 83 tensors before, 29 that are not views now, counted with a dispatch mode): the tensors are taken in runs of at most
+    ``chunk`` entries (one tensor larger than that is a run of its own), flattened and compared in one piece; on a GPU
+    each op is a kernel launch."""
+    counts, i = [], 0
+    while i < len(grads):
+        j, n = i, 0
+        while j < len(grads) and (j == i or n + grads[j].numel() <= chunk):
+            n, j = n + grads[j].numel(), j + 1
+        a = torch._foreach_mul(slow[i:j], lamb)
+        raw = torch._foreach_sub(grads[i:j], a)
+        torch._foreach_abs_(a)
+        torch._foreach_abs_(raw)
+        counts.append((torch.cat([x.flatten() for x in a]) > torch.cat([x.flatten() for x in raw])).sum())
+        i = j
+    return torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.int64)
+

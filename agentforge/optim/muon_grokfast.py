@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from agentforge.optim.grokfast import ema_filter_, ma_filter_
+from agentforge.optim.grokfast import count_dominated, ema_filter_, ma_filter_
 from agentforge.optim.qk_clip import qk_clip_
 
 
@@ -109,8 +109,7 @@ class MuonGrokfast(torch.optim.Optimizer):
         if not slow:   # MA window still filling: the gradients pass unchanged
             return
         slow_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(slow)))
-        # the filtered gradient is raw + lambda*slow, so |lambda*slow| > |raw| <=> |a| > |g - a|, a = lambda*slow
-        dominated = sum(((lamb * s).abs() > (p.grad - lamb * s).abs()).sum() for p, s in zip(params, slow))
+        dominated = count_dominated([p.grad for p in params], slow, lamb)
         self._filter_stats.update({"optimizer/grokfast_slow_norm": slow_norm,
                                    "optimizer/grokfast_slow_ratio": lamb * slow_norm / raw_norm.clamp(min=1e-30),
                                    "optimizer/slow_gradients_filtered": dominated})
