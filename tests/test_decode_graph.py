@@ -102,3 +102,34 @@ def test_cuda_graphed_decoding_gives_the_eager_tokens_and_logits(autocast):
             assert torch.equal(toks, ref_toks)
             torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
     assert 16 <= graphs.captured(model) <= 64 and not graphs.failed(model)
+
+
+def test_cached_call_bounds_graphs_by_count_and_bytes_and_copies_per_dtype(monkeypatch):
+    """``graphs.cached_call``: a key is captured on its second sighting, until the owner holds ``max_graphs`` graphs or
+    ``max_bytes`` of static tensors; ``_copy_all`` copies a mixed-dtype list with one ``_foreach_copy_`` per dtype."""
+    class Owner:
+        pass
+
+    class Sized:
+        def __init__(self, fn, args):
+            self.fn, self.nbytes = fn, 100
+
+        def __call__(self, args):
+            return self.fn(*args)
+
+    monkeypatch.setattr(graphs, "Captured", Sized)
+    x = torch.ones(2)
+    for max_graphs, max_bytes, want in ((2, float("inf"), 2), (10, 250, 3)):
+        owner = Owner()
+        for k in range(5):
+            for _ in range(2):
+                assert torch.equal(graphs.cached_call(owner, (k,), lambda t: t * 2, (x,), max_graphs, max_bytes), x * 2)
+        assert graphs.captured(owner) == want   # 250 bytes: the third capture crosses it, none after
+
+    calls = []
+    real = torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda d, s: (calls.append(len(d)), real(d, s)))
+    dsts = [torch.zeros(3), torch.zeros(2, dtype=torch.long), torch.zeros(1), torch.zeros(2, dtype=torch.bool)]
+    srcs = [torch.ones(3), torch.full((2,), 7), torch.full((1,), 2.0), torch.ones(2, dtype=torch.bool)]
+    graphs._copy_all(dsts, srcs)
+    assert sorted(calls) == [1, 1, 2] and all(torch.equal(d, s) for d, s in zip(dsts, srcs))
