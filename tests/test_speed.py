@@ -59,13 +59,27 @@ def test_sdpa_attention_and_max_logit_equal_the_explicit_computation(t, window):
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 16, 1000])
-def test_chunked_max_logits_equal_full_masked_scores(chunk):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_max_logits_equal_full_masked_scores(chunk, dtype):
+    """Against the full masked scores (a chunk's matmul may round differently from the full one's: close), and bit for
+    bit against scaling every logit before the max on the same chunks, with freshly built masks (the 1/sqrt(d) after
+    the max rounds the same; the kept masks, reused on the second call, are the masks)."""
     torch.manual_seed(1)
-    q, k = torch.randn(2, 3, 37, 8), torch.randn(2, 3, 37, 8)
+    q, k = (torch.randn(2, 3, 37, 8) * 3).to(dtype), torch.randn(2, 3, 37, 8).to(dtype)
     window = 6
     full = (q @ k.transpose(-2, -1)) / math.sqrt(8)
     ref = full.masked_fill(~causal_window_mask(37, window), float("-inf")).amax(dim=(0, 2, 3))
-    torch.testing.assert_close(max_logits(q, k, window, chunk=chunk), ref, rtol=1e-6, atol=1e-7)
+    per_chunk = []
+    for s in range(0, 37, chunk):
+        e, ks = min(s + chunk, 37), max(0, s - window + 1)
+        scores = (q[:, :, s:e] @ k[:, :, ks:e].transpose(-2, -1)) / math.sqrt(8)
+        mask = causal_window_mask(e - s, window, q_start=s, k_start=ks, k_len=e - ks)
+        per_chunk.append(scores.masked_fill(~mask, float("-inf")).amax(dim=(0, 2, 3)))
+    exact = torch.stack(per_chunk).amax(0)
+    for _ in range(2):
+        got = max_logits(q, k, window, chunk=chunk)
+        assert torch.equal(got, exact)
+        torch.testing.assert_close(got, ref, rtol=1e-6 if dtype == torch.float32 else 1e-2, atol=1e-6)
 
 
 def test_window_mask_hand_case():

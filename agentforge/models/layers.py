@@ -56,23 +56,43 @@ def causal_window_mask(seq_len: int, window: int, device=None, *, q_start: int =
     return (j <= i) & (i - j < window)
 
 
+_OUTSIDE: dict[tuple, torch.Tensor] = {}   # (query block, window, device) -> ~causal_window_mask, reused across calls
+
+
+def _outside_window(t: int, window: int, device, q_start: int, k_start: int, k_len: int) -> torch.Tensor:
+    """``~causal_window_mask(...)`` for one query block of ``max_logits``; the same few blocks serve every layer,
+    recursion step and training step, so outside ``torch.compile`` (which fuses the mask's ops anyway) they are
+    built once and kept (at most 256 blocks)."""
+    if torch.compiler.is_compiling():
+        return ~causal_window_mask(t, window, device, q_start=q_start, k_start=k_start, k_len=k_len)
+    key = (t, window, str(device), q_start, k_start, k_len)
+    mask = _OUTSIDE.get(key)
+    if mask is None:
+        if len(_OUTSIDE) >= 256:
+            _OUTSIDE.clear()
+        mask = _OUTSIDE[key] = ~causal_window_mask(t, window, device, q_start=q_start, k_start=k_start, k_len=k_len)
+    return mask
+
+
 @torch.no_grad()
 def max_logits(q: torch.Tensor, k: torch.Tensor, window: int, chunk: int = 128) -> torch.Tensor:
     """Per-head max over batch, queries and attended keys of the attention logits q·kᵀ/√d, [H].
 
     q, k: [B, H, T, D] (after RoPE). Query block [s, e) can only reach keys [s - window + 1, e), so each
     chunk multiplies B·H·chunk·(chunk + window - 1) logits instead of T²: the same numbers the explicit
-    attention masks and softmaxes, without the softmax or a backward. Nothing leaves the device."""
+    attention masks and softmaxes, without the softmax or a backward. Nothing leaves the device. The 1/√d
+    comes after the max: rounding x/√d is monotone in x, so max(fl(x/√d)) = fl(max(x)/√d), bit for bit, and
+    a chunk costs a matmul, a masked fill, an amax and a maximum (the masks are kept: ``_outside_window``)
+    instead of a dozen ops — on a GPU each op is a launch, 32 calls per 25M training step."""
     t, scale = q.shape[-2], math.sqrt(q.shape[-1])
     best = None
     for s in range(0, t, chunk):
         e = min(s + chunk, t)
         ks = max(0, s - window + 1)
-        scores = (q[:, :, s:e] @ k[:, :, ks:e].transpose(-2, -1)) / scale
-        mask = causal_window_mask(e - s, window, q.device, q_start=s, k_start=ks, k_len=e - ks)
-        m = scores.masked_fill(~mask, float("-inf")).amax(dim=(0, 2, 3))
+        scores = q[:, :, s:e] @ k[:, :, ks:e].transpose(-2, -1)
+        m = scores.masked_fill(_outside_window(e - s, window, q.device, s, ks, e - ks), float("-inf")).amax(dim=(0, 2, 3))
         best = m if best is None else torch.maximum(best, m)
-    return best
+    return best / scale
 
 
 class CausalSelfAttention(nn.Module):
