@@ -61,9 +61,9 @@ _OUTSIDE: dict[tuple, torch.Tensor] = {}   # (query block, window, device) -> ~c
 
 def _outside_window(t: int, window: int, device, q_start: int, k_start: int, k_len: int) -> torch.Tensor:
     """``~causal_window_mask(...)`` for one query block of ``max_logits``; the same few blocks serve every layer,
-    recursion step and training step, so outside ``torch.compile`` (which fuses the mask's ops anyway) they are
-    built once and kept (at most 256 blocks)."""
-    if torch.compiler.is_compiling():
+    recursion step and training step, so outside ``torch.compile`` (which fuses the mask's ops anyway) and CUDA-graph
+    captures (a kept tensor must not live in a graph's pool) they are built once and kept (at most 256 blocks)."""
+    if torch.compiler.is_compiling() or (torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return ~causal_window_mask(t, window, device, q_start=q_start, k_start=k_start, k_len=k_len)
     key = (t, window, str(device), q_start, k_start, k_len)
     mask = _OUTSIDE.get(key)
