@@ -82,6 +82,17 @@ def test_chunked_max_logits_equal_full_masked_scores(chunk, dtype):
         torch.testing.assert_close(got, ref, rtol=1e-6 if dtype == torch.float32 else 1e-2, atol=1e-6)
 
 
+def test_kept_window_masks_are_the_masks_built_once_and_fresh_under_compile(monkeypatch):
+    from agentforge.models.layers import kept_window_mask
+
+    a = kept_window_mask(10, 4, "cpu", q_start=3, k_start=1, k_len=12, outside=True)
+    assert torch.equal(a, ~causal_window_mask(10, 4, q_start=3, k_start=1, k_len=12))
+    assert kept_window_mask(10, 4, "cpu", q_start=3, k_start=1, k_len=12, outside=True) is a   # built once
+    assert torch.equal(kept_window_mask(10, 4, "cpu"), causal_window_mask(10, 4))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)   # traced: built in the graph, not kept
+    assert kept_window_mask(10, 4, "cpu", q_start=3, k_start=1, k_len=12, outside=True) is not a
+
+
 def test_window_mask_hand_case():
     # positions 0..3, window 2: each query sees itself and the one before
     assert causal_window_mask(4, 2).int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]

@@ -56,21 +56,27 @@ def causal_window_mask(seq_len: int, window: int, device=None, *, q_start: int =
     return (j <= i) & (i - j < window)
 
 
-_OUTSIDE: dict[tuple, torch.Tensor] = {}   # (query block, window, device) -> ~causal_window_mask, reused across calls
+_MASKS: dict[tuple, torch.Tensor] = {}   # (block, window, device, outside) -> a kept causal_window_mask
 
 
-def _outside_window(t: int, window: int, device, q_start: int, k_start: int, k_len: int) -> torch.Tensor:
-    """``~causal_window_mask(...)`` for one query block of ``max_logits``; the same few blocks serve every layer,
-    recursion step and training step, so outside ``torch.compile`` (which fuses the mask's ops anyway) and CUDA-graph
-    captures (a kept tensor must not live in a graph's pool) they are built once and kept (at most 256 blocks)."""
+def kept_window_mask(t: int, window: int, device, *, q_start: int = 0, k_start: int = 0, k_len: int | None = None,
+                     outside: bool = False) -> torch.Tensor:
+    """``causal_window_mask(...)`` (its negation with ``outside``), built once per block and kept: the same few masks
+    serve every layer, recursion step and training step (the attention's [T, T] mask when T > window, the query
+    blocks of ``max_logits``), and on a GPU each of the ~6 ops that build one is a kernel launch. Built fresh under
+    ``torch.compile`` (which fuses them anyway) and inside a CUDA-graph capture (a kept tensor must not live in a
+    graph's pool); at most 256 kept."""
+    k_len = t if k_len is None else k_len
     if torch.compiler.is_compiling() or (torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        return ~causal_window_mask(t, window, device, q_start=q_start, k_start=k_start, k_len=k_len)
-    key = (t, window, str(device), q_start, k_start, k_len)
-    mask = _OUTSIDE.get(key)
+        mask = causal_window_mask(t, window, device, q_start=q_start, k_start=k_start, k_len=k_len)
+        return ~mask if outside else mask
+    key = (t, window, str(device), q_start, k_start, k_len, outside)
+    mask = _MASKS.get(key)
     if mask is None:
-        if len(_OUTSIDE) >= 256:
-            _OUTSIDE.clear()
-        mask = _OUTSIDE[key] = ~causal_window_mask(t, window, device, q_start=q_start, k_start=k_start, k_len=k_len)
+        if len(_MASKS) >= 256:
+            _MASKS.clear()
+        mask = causal_window_mask(t, window, device, q_start=q_start, k_start=k_start, k_len=k_len)
+        mask = _MASKS[key] = ~mask if outside else mask
     return mask
 
 
@@ -82,7 +88,7 @@ def max_logits(q: torch.Tensor, k: torch.Tensor, window: int, chunk: int = 128) 
     chunk multiplies B·H·chunk·(chunk + window - 1) logits instead of T²: the same numbers the explicit
     attention masks and softmaxes, without the softmax or a backward. Nothing leaves the device. The 1/√d
     comes after the max: rounding x/√d is monotone in x, so max(fl(x/√d)) = fl(max(x)/√d), bit for bit, and
-    a chunk costs a matmul, a masked fill, an amax and a maximum (the masks are kept: ``_outside_window``)
+    a chunk costs a matmul, a masked fill, an amax and a maximum (the masks are kept: ``kept_window_mask``)
     instead of a dozen ops — on a GPU each op is a launch, 32 calls per 25M training step."""
     t, scale = q.shape[-2], math.sqrt(q.shape[-1])
     best = None
@@ -90,7 +96,8 @@ def max_logits(q: torch.Tensor, k: torch.Tensor, window: int, chunk: int = 128) 
         e = min(s + chunk, t)
         ks = max(0, s - window + 1)
         scores = q[:, :, s:e] @ k[:, :, ks:e].transpose(-2, -1)
-        m = scores.masked_fill(_outside_window(e - s, window, q.device, s, ks, e - ks), float("-inf")).amax(dim=(0, 2, 3))
+        outside = kept_window_mask(e - s, window, q.device, q_start=s, k_start=ks, k_len=e - ks, outside=True)
+        m = scores.masked_fill(outside, float("-inf")).amax(dim=(0, 2, 3))
         best = m if best is None else torch.maximum(best, m)
     return best / scale
 
@@ -130,7 +137,7 @@ class CausalSelfAttention(nn.Module):
         if t <= self.window:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_window_mask(t, self.window, x.device))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=kept_window_mask(t, self.window, x.device))
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
     def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict) -> torch.Tensor:
