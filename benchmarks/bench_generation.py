@@ -48,11 +48,8 @@ def main() -> None:
     outs = {}
 
     def run(kind):
-        graphs.ENABLED = kind != "cached, eager step"
-        try:
+        with graphs.switched(kind != "cached, eager step"):
             outs[kind] = model.generate(ids, a.tokens, use_cache=kind != "uncached")
-        finally:
-            graphs.ENABLED = True
     kinds = ("cached", "uncached") + (("cached, eager step",) if a.eager_decode else ())
     med = interleaved_medians({k: lambda k=k: run(k) for k in kinds}, a.repeats, warmup=0,
                               sync=torch.cuda.synchronize if a.device == "cuda" else None)

@@ -120,11 +120,8 @@ class Runner:
         return out if torch.is_tensor(out) else out.loss
 
     def step(self) -> None:
-        graphs.ENABLED = self.cuda_graphs
-        try:
+        with graphs.switched(self.cuda_graphs):
             self._loss().backward()
-        finally:
-            graphs.ENABLED = True
         if self.clip:
             clip_grad_norm_(self.opt, self.model.parameters(), 1.0)
         self.opt.step()

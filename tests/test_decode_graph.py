@@ -92,11 +92,8 @@ def test_the_graphed_step_is_keyed_on_the_weights_and_not_used_in_training(monke
 def test_cuda_graphed_decoding_gives_the_eager_tokens_and_logits(autocast):
     model, ids = _model("cuda"), torch.randint(0, 256, (3, 16), device="cuda")
     with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
-        graphs.ENABLED = False
-        try:
+        with graphs.switched(False):
             ref_toks, ref_logits, _ = _greedy(model, ids, 160)
-        finally:
-            graphs.ENABLED = True
         for _ in range(2):   # the second run replays graphs captured in the first
             toks, logits, _ = _greedy(model, ids, 160)
             assert torch.equal(toks, ref_toks)

@@ -72,14 +72,10 @@ def test_capture_policy_second_sighting_bounded_and_failure_falls_back(monkeypat
 
 
 def _read(mem, h, graphed: bool, autocast: bool):
-    graphs.ENABLED = graphed
-    try:
-        with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
-            out, s = mem.read(h)
-        grads = torch.autograd.grad(out.float().pow(2).sum(), [h, *mem.parameters()]) if h.requires_grad else ()
-        return out, s, grads
-    finally:
-        graphs.ENABLED = True
+    with graphs.switched(graphed), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+        out, s = mem.read(h)
+    grads = torch.autograd.grad(out.float().pow(2).sum(), [h, *mem.parameters()]) if h.requires_grad else ()
+    return out, s, grads
 
 
 @cuda
@@ -121,12 +117,8 @@ def _healthy_after_a_failure():
     with torch.no_grad():
         outs = [other.read(h)[0] for _ in range(3)]
     assert graphs.captured(other) == 1 and other not in graphs._FAILED
-    graphs.ENABLED = False
-    try:
-        with torch.no_grad():
-            eager = other.read(h)[0]
-    finally:
-        graphs.ENABLED = True
+    with graphs.switched(False), torch.no_grad():
+        eager = other.read(h)[0]
     for o in outs:
         torch.testing.assert_close(o, eager)
 
@@ -188,10 +180,8 @@ def test_cuda_graphs_made_under_inference_mode_do_not_serve_no_grad_reads():
     torch.manual_seed(0)
     mem = SurpriseMemory(64, 32, 16, 0.1, max_writes=4, chunk=8).cuda().eval()
     h = torch.randn(2, 40, 64, device="cuda")
-    graphs.ENABLED = False
-    with torch.no_grad():
+    with graphs.switched(False), torch.no_grad():
         ref = mem.read(h)[0]
-    graphs.ENABLED = True
     outs = []
     for mode in (torch.inference_mode, torch.inference_mode, torch.no_grad, torch.no_grad, torch.inference_mode):
         with mode():
@@ -226,3 +216,12 @@ def test_graphs_are_not_used_when_disabled_capturing_or_under_a_flop_counter(mon
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     monkeypatch.setattr(graphs, "ENABLED", False)
     assert not graphs.usable(x)
+
+
+def test_switched_sets_the_graphs_switch_inside_and_restores_it():
+    with graphs.switched(False):
+        assert graphs.ENABLED is False
+        with graphs.switched(True):
+            assert graphs.ENABLED is True
+        assert graphs.ENABLED is False
+    assert graphs.ENABLED is True

@@ -49,6 +49,17 @@ def usable(x: torch.Tensor) -> bool:
             and _get_current_dispatch_mode() is None)
 
 
+@contextlib.contextmanager
+def switched(on: bool):
+    """``ENABLED`` set to ``on`` inside the block and restored after it (A/B timings, eager references in tests)."""
+    global ENABLED
+    before, ENABLED = ENABLED, on
+    try:
+        yield
+    finally:
+        ENABLED = before
+
+
 def modes(device_type: str) -> tuple:
     """The ambient state a graph's kernels depend on: autocast (on, dtype) and inference mode (a graph's static
     tensors made under inference mode take no ``copy_`` outside it)."""
