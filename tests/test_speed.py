@@ -133,6 +133,22 @@ def test_qk_clip_leaves_heads_under_tau_bit_identical_and_syncs_once():
         torch.testing.assert_close(a.q_proj.weight[4:8], w[4:8] * math.sqrt(4.0 / 9.0))
 
 
+def test_qk_clip_scales_each_layers_heads_when_head_sizes_differ():
+    """The per-layer branch of ``qk_clip_`` (layers whose head sizes differ): each over-threshold head's rows get
+    sqrt(tau / max), the others stay bit-identical, and every max_logit is clamped to tau."""
+    torch.manual_seed(0)
+    attns = [CausalSelfAttention(16, 4, 8), CausalSelfAttention(16, 2, 8)]   # head_dim 4 and 8
+    attns[0].max_logit.copy_(torch.tensor([1.0, 9.0, 2.0, 3.0]))
+    attns[1].max_logit.copy_(torch.tensor([16.0, 1.0]))
+    before = [a.k_proj.weight.clone() for a in attns]
+    assert qk_clip_(attns, 4.0) == (2, 16.0)
+    torch.testing.assert_close(attns[0].k_proj.weight[4:8], before[0][4:8] * math.sqrt(4.0 / 9.0))
+    assert torch.equal(attns[0].k_proj.weight[8:], before[0][8:]) and torch.equal(attns[0].k_proj.weight[:4], before[0][:4])
+    torch.testing.assert_close(attns[1].k_proj.weight[:8], before[1][:8] * 0.5)
+    assert torch.equal(attns[1].k_proj.weight[8:], before[1][8:])
+    assert attns[0].max_logit.tolist() == [1.0, 4.0, 2.0, 3.0] and attns[1].max_logit.tolist() == [4.0, 1.0]
+
+
 def test_attention_forward_and_backward_make_no_host_sync():
     torch.manual_seed(0)
     blk = Block(32, 4, 8, 64)
