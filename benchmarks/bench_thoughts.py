@@ -14,7 +14,7 @@ compared (load and thread count matter: run with OMP_NUM_THREADS=1 and note ``up
 
 2. Training: the time of one Quiet-STaR training step with the longest thought length ÷ the same step
    without thoughts, on the phase's default episode (2 sequences x 2 positions = 4 windows of 32
-   context + 4 true tokens, 4 thoughts each), the model in eval mode with gradients on, as the phase
+   context + 4 true tokens, 4 thoughts each; ``--rl-sequences`` sets the sequences), the model in eval mode with gradients on, as the phase
    trains it. The thought step is ``rl_step`` + backward: the contexts run once with gradients into a KV
    cache; the thoughts sampled from a detached copy of it ([thinking] then L - 1 decode steps, under
    inference mode); one extension of the cache (``extend_branches``) with the true tokens (the window's
@@ -61,6 +61,9 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=64, help="context tokens each prediction sees")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rl-repeats", type=int, default=5, help="training steps timed per case (0: skip)")
+    ap.add_argument("--rl-sequences", type=int, default=None,
+                    help="sequences per training episode (default: the phase's rl.batch_size; windows = this x "
+                         "rl.thought_positions)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
@@ -109,13 +112,15 @@ def main() -> None:
           f"(model: {model.config.max_steps} recursion steps, every one run by the prefill and each decode step)")
 
     if args.rl_repeats > 0:
-        training_step_ratio(model, head, start, end, banned, max(lengths), args.rl_repeats)
+        training_step_ratio(model, head, start, end, banned, max(lengths), args.rl_repeats, args.rl_sequences)
 
 
-def training_step_ratio(model, head, start: int, end: int, banned: list[int], length: int, repeats: int) -> None:
+def training_step_ratio(model, head, start: int, end: int, banned: list[int], length: int, repeats: int,
+                        sequences: int | None = None) -> None:
     """Time of one Quiet-STaR training step with ``length``-token thoughts ÷ the same step without thoughts
     (interleaved medians; see the module docstring for both definitions) and where the thought step's time goes."""
     rl, optim_cfg = phase_rl_cfg()
+    rl["batch_size"] = sequences or rl["batch_size"]
     episode = {f.name: rl[f.name] for f in dataclasses.fields(ThoughtConfig) if f.name in rl}
     tcs = {cache: ThoughtConfig(**{**episode, "kl_coef": optim_cfg["kl_coef"], "thought_length": length,
                                    "use_cache": cache}) for cache in (True, False)}

@@ -119,13 +119,14 @@ def test_bench_thoughts_prints_the_generation_and_training_step_ratios():
     import sys
 
     out = subprocess.run([sys.executable, "benchmarks/bench_thoughts.py", "--tokens", "1", "--thought-lengths", "2",
-                          "--repeats", "1", "--rl-repeats", "1"], capture_output=True, text=True, timeout=600,
+                          "--repeats", "1", "--rl-repeats", "1", "--rl-sequences", "3"], capture_output=True, text=True,
+                         timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     assert "L=2: cached and uncached generate the same tokens: True" in out.stdout
     for line in ("x the time of no thoughts", "thoughts, cached   (rl_step + backward)", "with the optimizer step",
-                 "where the cached step goes: sampling the thoughts"):
-        assert line in out.stdout, line
+                 "where the cached step goes: sampling the thoughts", "(6 windows x 4 thoughts x 2 tokens"):
+        assert line in out.stdout, line   # 6 windows: --rl-sequences 3 x the phase's 2 thought positions
 
 
 def _grads(*modules):

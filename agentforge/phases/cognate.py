@@ -198,6 +198,11 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         print(f"recall ablation skipped: data.seq_len={cfg.data.seq_len} cannot hold a repeat {gap} characters "
               f"apart (beyond the {model.config.window}-token window)")
     final["ablation/seconds"] = time.perf_counter() - t_abl
+    if module.rank_weight_spread is not None:  # a DDP fit: the replicas must have ended equal
+        final["ddp/rank_weight_spread"] = module.rank_weight_spread
+        if module.rank_weight_spread > 0:
+            print(f"warning: the DDP ranks ended with different weights (largest spread of a tensor's sum or sum of "
+                  f"squares {module.rank_weight_spread:.3g}); the checkpoint is rank 0's")
     tr.summary(final)
     write_json_atomic(ckpt_dir / "metrics.json", final)
     publish(ckpt_dir, out_dir)

@@ -23,6 +23,7 @@ class LMModule(L.LightningModule):
         self.on_nonfinite = on_nonfinite
         self.inject_nan_at_step = inject_nan_at_step  # fault-injection hook for the reliability tests
         self.skipped_steps = 0
+        self.rank_weight_spread: float | None = None   # set at the end of a DDP fit (``weight_spread_across_ranks``)
         self._val_sum = self._val_count = 0.0
         self.epoch_train_losses: list[float] = []
         self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "epoch": []}
@@ -115,6 +116,9 @@ class LMModule(L.LightningModule):
         for attn in getattr(self.model, "attention_modules", list)():
             torch.distributed.all_reduce(attn.max_logit, op=torch.distributed.ReduceOp.MAX)
 
+    def on_train_end(self):
+        self.rank_weight_spread = weight_spread_across_ranks(self.model)
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         metrics_fn = getattr(self.optimizers().optimizer, "metrics", None)
         if callable(metrics_fn):
@@ -156,3 +160,21 @@ class LMModule(L.LightningModule):
     def configure_optimizers(self):
         opt, sched = build_optimizer(self.model, self.optim_cfg, self.total_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def weight_spread_across_ranks(model: torch.nn.Module) -> float | None:
+    """The largest difference between ranks of any parameter tensor's float64 sum or sum of squares, after a
+    DDP fit (None without a process group). DDP keeps the replicas equal only if every rank applies the same
+    update: the gradients are all-reduced, and so must be everything else the optimizer step reads (QK-clip's max
+    logits, ``_sync_max_logits``); a rank that drifted shows here as a spread above 0. A collective: every rank
+    calls it (``on_train_end``)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    params = [p.detach() for p in model.parameters()]
+    if not params:
+        return 0.0
+    sums = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]) for p in params])
+    hi, lo = sums.clone(), sums.clone()
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    return float((hi - lo).max())
