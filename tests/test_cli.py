@@ -95,6 +95,11 @@ _keys = ["model.n_layers", "model.d_model", "model.n_heads", "model.act_threshol
          "phase.on_nonfinite", "hardware.precision", "logger.name", "model.ltm_slots"]
 
 
+# sizes and counts: anything but a positive int (None, a bool, a float, text, a list, 0 or less) must be refused
+_POSITIVE_INTS = {"model.n_layers", "model.d_model", "model.n_heads", "model.max_steps", "data.seq_len",
+                  "data.batch_size", "phase.max_epochs", "model.ltm_slots"}
+
+
 @pytest.fixture(scope="module")
 def base_cfg(tmp_path_factory):
     return compose_cfg(["logger=none"], tmp_path_factory.mktemp("cfg"))
@@ -106,10 +111,13 @@ def test_fuzzed_config_values_give_a_message_never_a_traceback(base_cfg, key, va
     cfg = base_cfg.copy()
     with open_dict(cfg):
         OmegaConf.update(cfg, key, value, force_add=True)
+    plainly_bad = key in _POSITIVE_INTS and not (type(value) is int and value > 0)
     try:
         validate(cfg, cognate.RULES)
     except ConfigError as exc:
         assert key in str(exc) or key.split(".")[0] in str(exc)
+    else:
+        assert not plainly_bad, f"{key}={value!r} was accepted"
 
 
 def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):

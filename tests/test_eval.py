@@ -14,6 +14,7 @@ from torch import nn
 
 from agentforge.data import formats
 from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.errors import ConfigError
 from agentforge.evals import generation_stats as gs
 from agentforge.evals import tasks
 from agentforge.evals.answers import answers_match, extract_number
@@ -335,7 +336,7 @@ def test_eval_missing_checkpoint_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         run(cfg)
     cfg = compose_cfg(["phase=eval", "stage=bad/name", "logger=none"], tmp_path)
-    with pytest.raises(Exception, match="stage="):
+    with pytest.raises(ConfigError, match="stage="):
         run(cfg)
 
 

@@ -368,7 +368,9 @@ def test_search_operators_stay_in_bounds_and_round_trip():
         assert Recipe.from_dict(child.to_dict()) == child
         assert len(features(child, sp)) == len(features(a, sp))
         rs[rng.randrange(8)] = child
-    assert features(rs[0], sp) == features(rs[0], sp)
+    for r in rs:  # the features survive the round trip and are fractions of the space
+        assert features(Recipe.from_dict(r.to_dict()), sp) == features(r, sp)
+        assert all(0.0 <= f <= 1.0 for f in features(r, sp)), features(r, sp)
 
 
 @settings(max_examples=150, deadline=None)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.test_readme_claims import ATTRIBUTES, REPO, _yaml
+from tests.test_readme_claims import REPO, _yaml
 
 
 # ---------------------------------------------------------------------------------------------- credentials
@@ -261,7 +261,6 @@ def test_gpt2_baseline_offline_is_one_config_error(monkeypatch, tmp_path):
 def test_the_attributes_the_readme_names_exist(tiny_model):
     """'`model.generate` decodes a Cognate model incrementally'; 'unless `model.memory.persist = True`'."""
     assert callable(tiny_model.generate) and tiny_model.memory.persist is False
-    assert "model.bitnet_kernel" in ATTRIBUTES  # the packed model's: checked in tests/test_speed.py
 
 
 def test_compare_results_script_gives_the_compare_phases_stats(tmp_path):
