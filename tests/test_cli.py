@@ -191,3 +191,14 @@ def test_held_out_pass_counts_flops_deterministically_with_the_halting_steps(tmp
     h2, u2, f2 = cognate.held_out_pass(model, rows)
     assert f1 == f2 > 0 and u1 == u2 and 0 <= u1 <= 1
     assert torch.equal(h1, h2) and torch.equal(h1, halting_distribution(model, rows))
+
+
+@pytest.mark.parametrize("key", ["phase.val_rows", "phase.halting_rows"])
+def test_row_counts_a_paired_bootstrap_cannot_use_are_refused_before_training(base_cfg, key):
+    """The ablations and the digits-vs-letters halting measure pair rows after training: 1 row used to crash
+    there (``paired bootstrap needs at least 2 examples``) with the training already spent."""
+    cfg = base_cfg.copy()
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, 1, force_add=True)
+    with pytest.raises(ConfigError, match=f"{key} must be an integer >= 2, got 1"):
+        validate(cfg, cognate.RULES)

@@ -38,6 +38,34 @@ def test_optuna_search_config_composes(tmp_path):
     assert cfg.optimized_metric == "final/val_loss"
 
 
+@pytest.mark.skipif(not _has("hydra_plugins.hydra_optuna_sweeper"),
+                    reason="hydra-optuna-sweeper not installed (pip install 'agentforge[optuna]')")
+def test_optuna_sweep_minimizes_the_trials_final_val_loss(tmp_path):
+    """The README's ``-m hparams_search=cognate_optuna``, two tiny trials: Optuna's best value is the smallest
+    ``final/val_loss`` the trials' checkpoints report, and its best parameters are that trial's overrides."""
+    import json
+
+    import yaml
+
+    tiny = ["logger=none", "hardware=cpu", "phase.max_epochs=1", "phase.steps_per_epoch=1", "phase.val_rows=4",
+            "phase.eval_examples=1", "phase.gen_tokens=2", "data.batch_size=2", "data.seq_len=32",
+            "phase.halting_rows=4"]
+    proc = run_cli(["-m", "hparams_search=cognate_optuna", "hydra.sweeper.n_trials=2", *tiny], tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = next((tmp_path / "outputs" / "multirun").rglob("optimization_results.yaml")).parent
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = {}
+    for row in (sweep / "sweep_status.jsonl").read_text().splitlines():
+        job = json.loads(row)
+        assert job["ok"], job
+        loss = json.loads(next(Path(job["run_dir"]).rglob("metrics.json")).read_text())["final/val_loss"]
+        trials[loss] = {k: float(v) for k, v in (o.split("=", 1) for o in job["overrides"])
+                        if k in best["best_params"]}
+    assert len(trials) == 2
+    assert best["best_value"] == min(trials)
+    assert best["best_params"] == pytest.approx(trials[min(trials)])
+
+
 def test_smoke_experiment_runs(tmp_path):
     proc = run_cli(["experiment=smoke"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -244,6 +244,24 @@ def test_halting_by_task_by_hand():
     assert out["ablation/halting_digits_minus_letters_delta"] == pytest.approx(0.75)
 
 
+def test_halting_by_task_with_one_paired_row_leaves_the_paired_figures_out():
+    """Rows too short to hold an answer: 1 row has both kinds of target, so there is no paired CI (no crash after
+    training, as before), and the phase's summary says so instead of printing a made-up figure."""
+    from agentforge.phases.cognate import halting_summary
+
+    steps = torch.tensor([[3.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+    hard = torch.tensor([[True, False, False], [False, False, False]])
+    easy = torch.tensor([[False, True, True], [True, True, False]])
+    out = halting_by_task(steps, hard, easy)
+    assert out["ablation/halting_task_n_rows"] == 1 and out["ablation/halting_steps_answer_digits"] == 3.0
+    assert not any(k.startswith("ablation/halting_digits_minus_letters") for k in out)
+    final = {**out, "act/halting_share_step1": 1.0, "diversity/avg_halting_steps": 1.0, "act/halting_steps_std": 0.0,
+             "ablation/halting_noninferiority_margin": 0.01, "ablation/max_steps_loss_delta": 0.0,
+             "ablation/max_steps_loss_delta_ci_low": -0.001, "ablation/max_steps_loss_delta_ci_high": 0.001,
+             "ablation/halting_noninferior": 1.0, "ablation/seconds": 1.0}
+    assert "paired by row not measured (1 rows hold both" in halting_summary(final, 1)
+
+
 def test_no_grad_steps_train_only_the_last_steps_backbone():
     model = tiny(max_steps=3, no_grad_steps=2).train()
     x = torch.randint(0, 256, (2, 12))

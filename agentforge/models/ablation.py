@@ -131,11 +131,13 @@ def computation_rows(n: int, seq_len: int, seed: int, tokenizer: ByteTokenizer |
 
 def halting_by_task(steps: torch.Tensor, hard: torch.Tensor, easy: torch.Tensor, seed: int = 0) -> dict[str, float]:
     """Mean halting step [N, T] on the ``hard`` and ``easy`` targets, and their difference paired by row (rows
-    that have both, at least 2) with a bootstrap CI: positive means the computed digits run more steps."""
+    that have both) with a bootstrap CI: positive means the computed digits run more steps. With fewer than 2 such
+    rows (rows too short to hold a GSM8K-format answer) the paired figures are left out, not made up."""
     both = (hard.sum(1) > 0) & (easy.sum(1) > 0)
     h, e = (((steps * m).sum(1) / m.sum(1).clamp(min=1))[both] for m in (hard.float(), easy.float()))
     out = {"ablation/halting_task_n_rows": float(both.sum()),
            "ablation/halting_steps_answer_digits": float(steps[hard].mean()),
            "ablation/halting_steps_letters": float(steps[easy].mean())}
-    out.update(_compare("ablation/halting_digits_minus_letters", h, e, seed))
+    if len(h) >= 2:
+        out.update(_compare("ablation/halting_digits_minus_letters", h, e, seed))
     return out

@@ -281,10 +281,13 @@ def halting_summary(final: dict, max_steps: int) -> str:
     pre = "ablation/halting_digits_minus_letters"
     margin = final["ablation/halting_noninferiority_margin"]
     worse = [-final["ablation/max_steps_loss_delta_ci_high"], -final["ablation/max_steps_loss_delta_ci_low"]]
+    paired = (f"{final[pre + '_delta']:+.2f} [{final[pre + '_delta_ci_low']:+.2f}, {final[pre + '_delta_ci_high']:+.2f}]"
+              if pre + "_delta" in final else
+              f"not measured ({final['ablation/halting_task_n_rows']:.0f} rows hold both: raise data.seq_len or "
+              f"phase.halting_rows)")
     return (f"halting: mean {final['diversity/avg_halting_steps']:.2f} steps (std {final['act/halting_steps_std']:.2f}), "
             f"histogram {hist}; computed digits {final['ablation/halting_steps_answer_digits']:.2f} vs letters "
-            f"{final['ablation/halting_steps_letters']:.2f} steps, paired by row {final[pre + '_delta']:+.2f} "
-            f"[{final[pre + '_delta_ci_low']:+.2f}, {final[pre + '_delta_ci_high']:+.2f}]; loss vs always-max-steps "
+            f"{final['ablation/halting_steps_letters']:.2f} steps, paired by row {paired}; loss vs always-max-steps "
             f"{-final['ablation/max_steps_loss_delta']:+.4f} [{worse[0]:+.4f}, {worse[1]:+.4f}] nats: "
             f"{'PASS' if final['ablation/halting_noninferior'] else 'FAIL'} (non-inferiority margin {margin} nats); "
             f"ablations took {final['ablation/seconds']:.1f} s")

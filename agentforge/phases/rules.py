@@ -64,7 +64,7 @@ CODEGEN = [
 COGNATE = [
     rule("phase.max_epochs", integer(1)),
     rule("phase.steps_per_epoch", integer(1)),
-    rule("phase.val_rows", integer(1)),
+    rule("phase.val_rows", integer(2)),   # the ablations pair rows (a paired bootstrap needs 2)
     rule("phase.eval_examples", integer(0)),
     rule("phase.gen_tokens", integer(1)),
     rule("phase.early_stopping_patience", integer(1)),
@@ -72,6 +72,7 @@ COGNATE = [
     rule("phase.gradient_clip", number(0)),
     rule("phase.inject_nan_at_step", optional(integer(0))),
     rule("phase.recall_rows", integer(2)),
+    rule("phase.halting_rows", integer(2)),
     rule("model.ponder_prior", number(0, 1, lo_open=True)),
     rule("model.no_grad_steps", integer(0)),
     rule("model.ltm_chunk", optional(integer(1))),
