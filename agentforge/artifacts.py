@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
+from agentforge.config import check_model_dict
 from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
 from agentforge.models import CognateConfig, CognateModel
 
@@ -39,10 +41,7 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu",
     if cfg.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{directory}: architecture {cfg.get('architecture')!r} is not {ARCHITECTURE!r}; "
                               f"this phase needs a Cognate-family checkpoint")
-    try:
-        config = CognateConfig.from_dict(cfg["model"])
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{directory}: model config is not a Cognate config ({exc})") from exc
+    config = checked_model_config(directory, cfg.get("model"))
     if expect is not None and _shape_key(expect) != _shape_key(config):
         raise CheckpointError(f"{directory}: architecture differs from the other inputs "
                               f"({_shape_key(config)} vs {_shape_key(expect)}); all inputs must share one size")
@@ -55,9 +54,33 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu",
         if state[k].shape != v.shape:
             raise CheckpointError(f"{directory}: tensor {k} has shape {tuple(state[k].shape)}, the config "
                                   f"implies {tuple(v.shape)}")
+    tokenizer = checked_tokenizer(directory, cfg)
     model.load_state_dict(state)
     model.to(map_location).eval()
-    return model, ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg
+    return model, tokenizer, cfg
+
+
+def checked_model_config(directory: str | Path, model: dict | None) -> CognateConfig:
+    """The ``CognateConfig`` of a checkpoint's ``config.json`` "model" entry, its values checked by the config rules
+    first (``config.check_model_dict``): a bad one is a ``CheckpointError`` naming the file and the key, never a
+    traceback from the model's constructor or, worse, a model built from impossible values (a negative window)."""
+    try:
+        check_model_dict(model)
+        return CognateConfig.from_dict(model)
+    except ConfigError as exc:
+        raise CheckpointError(f"{directory}/config.json: {exc}; the checkpoint's config was edited or is not "
+                              f"Agent Forge's: re-export the model") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{directory}/config.json: the \"model\" entry is not a Cognate config ({exc}); "
+                              f"re-export the model") from None
+
+
+def checked_tokenizer(directory: str | Path, cfg: dict) -> ByteTokenizer:
+    """The checkpoint's tokenizer (``ByteTokenizer.from_dict``), a bad entry a ``CheckpointError`` naming the file."""
+    try:
+        return ByteTokenizer.from_dict(cfg.get("tokenizer"))
+    except ValueError as exc:
+        raise CheckpointError(f"{directory}/config.json: tokenizer: {exc}; re-export the model") from None
 
 
 def _shape_key(c: CognateConfig) -> dict:

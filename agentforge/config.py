@@ -50,6 +50,29 @@ def rule(key: str, check: tuple[Callable, str]) -> Rule:
     return key, check[0], check[1]
 
 
+_KNOWN_STRATEGIES = {"auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true",
+                     "ddp_find_unused_parameters_false", "fsdp", "single_device", "deepspeed"}
+
+
+def _strategy(x) -> bool:
+    """A Lightning strategy name: the common ones without importing Lightning (start-up checks stay fast), any other
+    looked up in Lightning's registry."""
+    if not isinstance(x, str):
+        return False
+    if x in _KNOWN_STRATEGIES:
+        return True
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return x in StrategyRegistry.available_strategies()
+
+
+def _devices(x) -> bool:
+    """Lightning's ``devices``: a count >= 1, -1 (all), "auto", or a list of device indices."""
+    if isinstance(x, list):
+        return bool(x) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in x)
+    return x == "auto" or (isinstance(x, int) and not isinstance(x, bool) and (x >= 1 or x == -1))
+
+
 SHARED_RULES: list[Rule] = [
     rule("seed", integer(0)),
     rule("hardware.accelerator", one_of("auto", "cpu", "gpu", "cuda", "mps")),
@@ -57,6 +80,10 @@ SHARED_RULES: list[Rule] = [
     rule("hardware.compile", (lambda x: isinstance(x, bool) or x in ("inductor", "aot_eager", "eager", "cudagraphs"),
                               "true, false or a torch.compile backend (inductor, aot_eager, eager, cudagraphs)")),
     rule("hardware.cuda_graphs", boolean()),
+    rule("hardware.threads", optional(integer(1))),
+    rule("hardware.devices", (_devices, "a device count >= 1, -1 (all), 'auto' or a list of device indices")),
+    rule("hardware.strategy", (_strategy, "a Lightning strategy name (auto, ddp, ddp_spawn, fsdp, ...)")),
+    rule("hardware.deterministic", (lambda x: isinstance(x, bool) or x == "warn", "true, false or 'warn'")),
     rule("logger.name", one_of("wandb", "csv", "tensorboard", "none")),
     rule("data.seq_len", integer(8, 8192)),
     rule("data.batch_size", integer(1)),
@@ -81,6 +108,15 @@ MODEL_RULES: list[Rule] = [
     rule("model.ltm_slots", integer(1)),
     rule("model.ltm_key_dim", integer(1)),
     rule("model.surprise_threshold", number(0)),
+    rule("model.vocab_size", integer(1)),
+    rule("model.max_seq_len", integer(1)),
+    rule("model.rope_base", number(0, lo_open=True)),
+    rule("model.ponder_prior", number(0, 1, lo_open=True)),
+    rule("model.halt_bias_init", optional(number())),
+    rule("model.no_grad_steps", integer(0)),
+    rule("model.ltm_max_writes", integer(0)),
+    rule("model.ltm_chunk", optional(integer(1))),
+    rule("model.tie_embeddings", boolean()),
 ]
 
 _MISSING = object()
@@ -110,8 +146,28 @@ def validate(cfg: DictConfig, phase_rules: Iterable[Rule] = ()) -> None:
     """Check the shared groups, the model (when the phase uses one) and the phase's own rules."""
     check(cfg, SHARED_RULES)
     if select(cfg, "model") is not _MISSING:
-        check(cfg, MODEL_RULES)
-        d, h = select(cfg, "model.d_model"), select(cfg, "model.n_heads")
-        if d % h or (d // h) % 2:
-            raise ConfigError(f"model.d_model ({d}) must split into model.n_heads ({h}) heads of even size")
+        _check_model(cfg)
     check(cfg, phase_rules)
+
+
+def _check_model(cfg: DictConfig) -> None:
+    check(cfg, MODEL_RULES)
+    _check_heads(select(cfg, "model.d_model"), select(cfg, "model.n_heads"))
+
+
+def _check_heads(d, h) -> None:
+    if d is not _MISSING and h is not _MISSING and (d % h or (d // h) % 2):
+        raise ConfigError(f"model.d_model ({d}) must split into model.n_heads ({h}) heads of even size")
+
+
+def check_model_dict(model: dict) -> None:
+    """The model rules on a plain dict (a checkpoint's ``config.json`` "model"; read as data, never resolved):
+    ConfigError naming ``model.<key>`` for the first bad value, so a hand-edited or foreign checkpoint fails in one
+    line instead of deep inside PyTorch, or worse, loads."""
+    if not isinstance(model, dict):
+        raise ConfigError(f"model must be a mapping of config keys, got {type(model).__name__}")
+    for key, pred, desc in MODEL_RULES:
+        value = model.get(key.removeprefix("model."), _MISSING)
+        if value is not _MISSING and not pred(value):
+            raise ConfigError(f"{key} must be {desc}, got {value!r}")
+    _check_heads(model.get("d_model", _MISSING), model.get("n_heads", _MISSING))

@@ -202,3 +202,29 @@ def test_row_counts_a_paired_bootstrap_cannot_use_are_refused_before_training(ba
         OmegaConf.update(cfg, key, 1, force_add=True)
     with pytest.raises(ConfigError, match=f"{key} must be an integer >= 2, got 1"):
         validate(cfg, cognate.RULES)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("hardware.threads", "abc", "hardware.threads must be null or an integer >= 1, got 'abc'"),
+    ("hardware.devices", 0, "hardware.devices must be a device count >= 1"),
+    ("hardware.strategy", "bogus", "hardware.strategy must be a Lightning strategy name"),
+    ("hardware.deterministic", "maybe", "hardware.deterministic must be true, false or 'warn'"),
+])
+def test_hardware_values_lightning_would_reject_late_are_refused_at_start(base_cfg, key, value, message):
+    """Before, these passed validation and failed inside Lightning (or ``int()``) after the run dir was written."""
+    cfg = base_cfg.copy()
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, force_add=True)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate(cfg, cognate.RULES)
+
+
+@pytest.mark.parametrize("key,value", [("hardware.devices", [0, 1]), ("hardware.devices", -1),
+                                       ("hardware.devices", "auto"), ("hardware.strategy", "ddp_spawn"),
+                                       ("hardware.strategy", "fsdp_cpu_offload"), ("hardware.deterministic", "warn"),
+                                       ("hardware.threads", 2)])
+def test_hardware_values_lightning_accepts_pass(base_cfg, key, value):
+    cfg = base_cfg.copy()
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, force_add=True)
+    validate(cfg, cognate.RULES)

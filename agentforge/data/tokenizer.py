@@ -75,7 +75,15 @@ class ByteTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ByteTokenizer:
-        d = d or {}
+        d = {} if d is None else d
+        if not isinstance(d, dict):
+            raise ValueError(f"must be a mapping with type and special_tokens, got {type(d).__name__}")
+        unknown = set(d) - {"type", "special_tokens"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
         if d.get("type", "byte") != "byte":
-            raise ValueError(f"unsupported tokenizer type {d.get('type')!r}")
-        return cls(d.get("special_tokens", []))
+            raise ValueError(f"unsupported tokenizer type {d.get('type')!r} (only 'byte')")
+        specials = d.get("special_tokens", [])
+        if not isinstance(specials, list) or not all(isinstance(t, str) and t for t in specials):
+            raise ValueError(f"special_tokens must be a list of non-empty strings, got {specials!r}")
+        return cls(specials)

@@ -13,7 +13,7 @@ import torch
 from agentforge import artifacts
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
-from agentforge.models import CognateConfig, CognateModel
+from agentforge.models import CognateModel
 from agentforge.models.surgery import ARCHITECTURE, RecursiveRefiner
 
 
@@ -29,8 +29,11 @@ def load_recursive(directory: str | Path, map_location: str | torch.device = "cp
     state, cfg = load_checkpoint(directory)
     if cfg.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{directory}: architecture {cfg.get('architecture')!r} is not {ARCHITECTURE!r}")
+    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    base_cfg = artifacts.checked_model_config(directory, model_cfg.get("base"))
+    tokenizer = artifacts.checked_tokenizer(directory, cfg)
     try:
-        base_cfg, ref = CognateConfig.from_dict(cfg["model"]["base"]), cfg["model"]["refiner"]
+        ref = model_cfg["refiner"]
         model = RecursiveRefiner(CognateModel(base_cfg), int(ref["max_inner_steps"]), int(ref["hidden"]))
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{directory}: not a recursive-refiner config ({exc})") from exc
@@ -39,7 +42,7 @@ def load_recursive(directory: str | Path, map_location: str | torch.device = "cp
     except RuntimeError as exc:
         raise CheckpointError(f"{directory}: weights do not match the config "
                               f"({str(exc).splitlines()[0][:200]})") from exc
-    return model.to(map_location).eval(), ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg
+    return model.to(map_location).eval(), tokenizer, cfg
 
 
 artifacts.LOADERS.setdefault(ARCHITECTURE, f"{__name__}:load_recursive")

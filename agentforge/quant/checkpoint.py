@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from agentforge.artifacts import checked_model_config, checked_tokenizer
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
-from agentforge.models import CognateConfig, CognateModel
+from agentforge.models import CognateModel
 from agentforge.quant.bitlinear import BitLinear, select_kernel
 from agentforge.quant.convert import bitlinear_layers
 from agentforge.quant.fuse import fuse_siblings
@@ -97,10 +98,8 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
     if tensors_digest(state) != quant["tensors_sha256"]:
         raise CheckpointError(f"{directory}/model.safetensors: contents do not match the checksum in config.json; "
                               f"the file is corrupt — re-run phase=bitnet")
-    try:
-        model = CognateModel(CognateConfig.from_dict(cfg["model"]))
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{directory}: model config is not a Cognate config ({exc})") from exc
+    model = CognateModel(checked_model_config(directory, cfg.get("model")))
+    tokenizer = checked_tokenizer(directory, cfg)
     knobs = {"threshold": quant["threshold"], "per_channel": quant["per_channel"], "act_bits": quant["act_bits"],
              "act_scale": quant["act_scale"]}
     for name, info in quant["layers"].items():
@@ -131,7 +130,7 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
     model.bitnet_groups = fuse_siblings(model) if fuse and quant["layers"] else []
     if choose_kernel and torch.device(map_location).type == "cpu" and quant["layers"]:
         choose_kernels(model)
-    return model, ByteTokenizer.from_dict(cfg.get("tokenizer")), cfg
+    return model, tokenizer, cfg
 
 
 def choose_kernels(model: CognateModel) -> dict:
