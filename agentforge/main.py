@@ -72,11 +72,25 @@ def _route_lightning_logs() -> None:
         lg.propagate = True
 
 
-def _remove_run_dir() -> None:
+BOOKKEEPING = {"agentforge.log", "config_resolved.yaml", "overrides.yaml"}   # what every run dir starts with
+
+
+def _remove_run_dir(always: bool) -> None:
+    """After a user error: remove this run's directory when nothing ran (``always``: a config error) or when it
+    holds only the bookkeeping every run starts with (a missing checkpoint or bad data file found before any work),
+    and its date folder if that is left empty. A directory with anything else (a W&B run, metrics, checkpoints) is
+    kept: it records work that did happen."""
     try:
-        shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
     except ValueError:
-        pass
+        return
+    files = [p for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(run_dir).parts]
+    if always or all(p.parent == run_dir and p.name in BOOKKEEPING for p in files):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            run_dir.parent.rmdir()   # the date folder, only if this was its last run
+        except OSError:
+            pass
 
 
 def _multirun() -> bool:
@@ -94,8 +108,8 @@ def main(cfg: DictConfig):
     except AgentForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         log.error(str(exc))
-        if isinstance(exc, ConfigError):
-            _remove_run_dir()  # nothing ran: leave no empty run directory behind
+        if isinstance(exc, ConfigError) or not multirun:  # a sweep keeps the dirs of jobs that ran into bad input
+            _remove_run_dir(always=isinstance(exc, ConfigError))
         if multirun:
             record_job(cfg, ok=False, error=f"{type(exc).__name__}: {exc}")
             return None

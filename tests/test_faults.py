@@ -71,6 +71,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     work = tmp_path / "outputs" / "artifacts" / "cognate" / "model3.work" / "last.ckpt"
     assert torch.load(work, weights_only=True)["global_step"] == 3
     assert not (tmp_path / "outputs" / "artifacts" / "cognate" / "model3").exists()
+    # the run did work before it stopped: its directory (metrics of the 4 steps) stays, unlike a bad-input run's
+    assert list((tmp_path / "outputs" / "runs").rglob("metrics.jsonl"))
 
 
 def test_nan_loss_can_be_skipped(tmp_path):
@@ -187,6 +189,8 @@ def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, cognate_artifacts, k
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0] and str(bad) in lines[0], proc.stderr[-2000:]
     assert not list((tmp_path / "outputs").rglob("bad_results.json"))
+    assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").iterdir()), \
+        "the failed run left its directory (only its log) behind"
 
 
 def test_a_skipped_non_finite_gradient_step_changes_no_weight_even_with_qk_clip_due():
