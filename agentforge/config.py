@@ -87,6 +87,9 @@ SHARED_RULES: list[Rule] = [
     rule("logger.name", one_of("wandb", "csv", "tensorboard", "none")),
     rule("data.seq_len", integer(8, 8192)),
     rule("data.batch_size", integer(1)),
+    rule("data.eval_paths", (lambda x: x is None or (isinstance(x, dict) and set(x) <= {"gsm8k", "arc", "piqa"}
+                                                     and all(v is None or isinstance(v, str) for v in x.values())),
+                             "a mapping of gsm8k / arc / piqa to a JSONL file path (or null)")),
     rule("optimizer.lr", number(0, 10, lo_open=True)),
     rule("optimizer.weight_decay", number(0, 1)),
     rule("optimizer.warmup_steps", integer(0)),

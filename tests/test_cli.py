@@ -228,3 +228,33 @@ def test_hardware_values_lightning_accepts_pass(base_cfg, key, value):
     with open_dict(cfg):
         OmegaConf.update(cfg, key, value, force_add=True)
     validate(cfg, cognate.RULES)
+
+
+@pytest.mark.parametrize("value,message", [
+    ({"foo": "/x.jsonl"}, "data.eval_paths must be a mapping of gsm8k / arc / piqa"),
+    ({"gsm8k": 3}, "data.eval_paths must be a mapping of gsm8k / arc / piqa"),
+    ("/x.jsonl", "data.eval_paths must be a mapping of gsm8k / arc / piqa")])
+def test_eval_paths_other_than_the_three_formats_are_refused_at_start(base_cfg, value, message):
+    """``+data.eval_paths={foo: FILE}`` was a KeyError traceback when the held-out sets were built."""
+    cfg = base_cfg.copy()
+    with open_dict(cfg):
+        OmegaConf.update(cfg, "data.eval_paths", value, force_add=True, merge=False)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, cognate.RULES)
+
+
+def test_a_missing_eval_file_is_named_by_its_key(tmp_path):
+    from agentforge.data.build import eval_sets
+    from agentforge.errors import AgentForgeError
+
+    with pytest.raises(AgentForgeError, match=r"data\.eval_paths\.arc"):
+        eval_sets({"eval_paths": {"arc": str(tmp_path / "none.jsonl")}}, 0, 2)
+
+
+def test_compare_stages_given_as_one_word_is_refused(tmp_path):
+    from agentforge.main import run
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["phase=compare", "stages=nope", "logger=none"], tmp_path)
+    with pytest.raises(ConfigError, match=r"stages=nope must be a list of stage names, e\.g\. stages=\[nope\]"):
+        run(cfg)

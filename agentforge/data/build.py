@@ -28,7 +28,7 @@ def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "
            "piqa": synthetic.generate("piqa", size["piqa"], seed, split)}
     for fmt, path in paths.items():
         if path:
-            out[fmt] = formats.load_jsonl(path, fmt, limit=size[fmt])
+            out[fmt] = formats.load_jsonl(path, fmt, limit=size[fmt], key=f"data.eval_paths.{fmt}")
     return out
 
 

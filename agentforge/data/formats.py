@@ -64,16 +64,17 @@ def read_jsonl(path: str | Path, check: Callable[[object], str | None], *, what:
     return records
 
 
-def load_jsonl(path: str | Path, fmt: str, limit: int | None = None) -> list[dict]:
-    """Read a JSONL file of ``fmt`` records, checking every record's keys; errors name file and line."""
+def load_jsonl(path: str | Path, fmt: str, limit: int | None = None, key: str = "data.path") -> list[dict]:
+    """Read a JSONL file of ``fmt`` records, checking every record's keys; errors name the config ``key`` that gave
+    the file, the file and the line."""
     if fmt not in REQUIRED_KEYS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; choose from {sorted(REQUIRED_KEYS)}")
+        raise DatasetError(f"data.format: unknown dataset format {fmt!r}; choose from {sorted(REQUIRED_KEYS)}")
 
     def check(rec) -> str | None:
         missing = [k for k in REQUIRED_KEYS[fmt] if not isinstance(rec, dict) or k not in rec]
         return f"a {fmt} record needs keys {list(REQUIRED_KEYS[fmt])}; missing {missing}" if missing else None
 
-    return read_jsonl(path, check, what="dataset", key="data.path", limit=limit)
+    return read_jsonl(path, check, what="dataset", key=key, limit=limit)
 
 
 def load_hf(name: str, split: str, limit: int | None = None) -> list[dict]:

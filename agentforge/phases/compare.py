@@ -31,6 +31,9 @@ def thresholds_of(th: dict) -> dict:
 def run(cfg) -> dict:
     p = cfg.phase
     stages = cfg.get("stages") if cfg.get("stages") is not None else p.get("stages")
+    if stages is not None and not (isinstance(stages, list) or OmegaConf.is_list(stages)):
+        raise ConfigError(f"stages={stages} must be a list of stage names, e.g. stages=[{stages}] or "
+                          f"stages=[baseline,after_surgery]")
     if stages is not None:
         stages = [str(s) for s in (OmegaConf.to_container(stages) if OmegaConf.is_config(stages) else stages)]
         if not stages:
