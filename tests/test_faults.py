@@ -107,8 +107,27 @@ def test_a_pickle_carrying_code_is_refused_not_executed(tmp_path):
     assert not marker.exists()
     proc = run_cli([*BASE, f"ckpt_path={evil}"], tmp_path)
     assert proc.returncode == 2
-    assert "refused or unreadable" in proc.stderr and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "refused: the training checkpoint holds objects other than tensors" in lines[0]
+    assert "Traceback" not in proc.stderr and "UserWarning" not in proc.stderr, proc.stderr[-2000:]
     assert not marker.exists(), "unpickling ran the payload"
+
+
+def test_a_plain_pickle_as_ckpt_path_is_refused_before_the_run_starts(tmp_path):
+    """Not a torch zip archive: refused by ``resume_path`` before the run dir, the W&B run or the work dir exist
+    (the payload is never unpickled either)."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"state_dict": {}, "payload": _Evil(str(marker))}))
+    proc = run_cli([*BASE, f"ckpt_path={evil}"], tmp_path)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "not a training checkpoint this tool saved" in lines[0], proc.stderr[-2000:]
+    assert not marker.exists()
+    left = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] if (tmp_path / "outputs").exists() else []
+    assert not left, left
 
 
 def test_api_key_never_reaches_configs_logs_or_artifacts(tmp_path):

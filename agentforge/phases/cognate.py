@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -80,6 +81,9 @@ def resume_path(ckpt_path, work_dir: Path, fp: str) -> str | None:
         return str(last)
     if not Path(ckpt_path).is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path}: file not found")
+    if not zipfile.is_zipfile(ckpt_path):  # before the run starts: no run dir, W&B run or work dir for a wrong file
+        raise CheckpointError(f"ckpt_path={ckpt_path}: not a training checkpoint this tool saved (those are torch "
+                              f"zip archives, e.g. {last}); resume from one, or start fresh")
     return str(ckpt_path)
 
 

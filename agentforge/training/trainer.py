@@ -3,6 +3,8 @@ atomically and loaded without unpickling code (``torch.load(weights_only=True)``
 from __future__ import annotations
 
 import io
+import pickle
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -25,10 +27,18 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if not path.is_file():
             raise CheckpointError(f"{path}: resume checkpoint not found (ckpt_path)")
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before refusing the file
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"{path}: refused: the training checkpoint holds objects other than tensors and "
+                                  f"plain data (loading it could run code); only weights-only checkpoints are "
+                                  f"loaded — resume from a checkpoint this tool saved, or start fresh") from exc
         except Exception as exc:
-            raise CheckpointError(f"{path}: refused or unreadable training checkpoint ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:200]}); only weights-only checkpoints are loaded") from exc
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise CheckpointError(f"{path}: unreadable training checkpoint ({type(exc).__name__}: "
+                                  f"{first.split('. ')[0][:200]}); resume from a checkpoint this tool saved, or "
+                                  f"start fresh") from exc
 
 
 def resolve_hardware(hw: dict) -> dict:
