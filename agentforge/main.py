@@ -72,6 +72,15 @@ def _route_lightning_logs() -> None:
         lg.propagate = True
 
 
+def _log_to_file(msg: str) -> None:
+    """The error into the run's ``agentforge.log`` only: the console already has its one ``error:`` line (Hydra's
+    console handler would print it a second time, on stdout)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, msg, None, None)
+    for handler in (*log.handlers, *logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 BOOKKEEPING = {"agentforge.log", "config_resolved.yaml", "overrides.yaml"}   # what every run dir starts with
 
 
@@ -107,7 +116,7 @@ def main(cfg: DictConfig):
         result = run(cfg)
     except AgentForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        log.error(str(exc))
+        _log_to_file(str(exc))
         if isinstance(exc, ConfigError) or not multirun:  # a sweep keeps the dirs of jobs that ran into bad input
             _remove_run_dir(always=isinstance(exc, ConfigError))
         if multirun:

@@ -73,6 +73,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert not (tmp_path / "outputs" / "artifacts" / "cognate" / "model3").exists()
     # the run did work before it stopped: its directory (metrics of the 4 steps) stays, unlike a bad-input run's
     assert list((tmp_path / "outputs" / "runs").rglob("metrics.jsonl"))
+    logs = list((tmp_path / "outputs" / "runs").rglob("agentforge.log"))   # the error is in the run's log file,
+    assert logs and "non-finite value at step 4" in logs[0].read_text()   # and on the console only as error:
+    assert "non-finite value at step 4" not in proc.stdout
 
 
 def test_nan_loss_can_be_skipped(tmp_path):

@@ -111,3 +111,18 @@ def test_threshold_table_and_cognate_diversity_by_hand(tmp_path):
     # no CI from a paired test (no eval results here): the two-model rows cannot be decided
     assert got == {"phase1/diversity": "FAIL", "final/fitness_improvement": "INCONCLUSIVE",
                    "final/compression_ratio": "PASS", "final/accuracy_drop": "INCONCLUSIVE"}
+
+
+def test_a_bad_step_override_fails_before_any_step_runs(tmp_path):
+    """``phase.overrides.cognate=[...]`` is composed and checked with every other step's config up front: one error
+    line naming the override list, no step started, nothing written."""
+    for bad, message in (("phase.generation=1", "phase.generation: no such key"),
+                         ("phase.generations=0", "phase.generations must be an integer >= 1, got 0")):
+        proc = run_cli(["phase=pipeline", "phase.phases=[cognate,evomerge]", "phase.models=[m1]",
+                        f"phase.overrides.evomerge=['{bad}']", "logger=none"], tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and lines[0].startswith("error: phase.overrides.evomerge (pipeline step evomerge): ")
+        assert message in lines[0], proc.stderr[-2000:]
+        assert ": running" not in proc.stdout and "ERROR" not in proc.stdout, proc.stdout[-2000:]
+        assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]

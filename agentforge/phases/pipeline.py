@@ -53,6 +53,26 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
+def _checked_child(step, overrides: list[str], user: bool):
+    """A step's composed config, checked by its phase's rules; a bad ``phase.overrides.<phase>`` entry (a misspelled
+    key, a bad value) is one ConfigError naming it, raised before any step runs rather than when that step starts."""
+    from hydra.errors import HydraException
+
+    from agentforge.cli_errors import hydra_error_line
+    from agentforge.config import check, validate
+
+    where = f"phase.overrides.{step.phase} (pipeline step {step.key})" if user else f"pipeline step {step.key}"
+    try:
+        child = _compose(overrides)
+        validate(child)
+        check(child, PHASE_RULES.get(step.phase, ()))
+    except HydraException as exc:
+        raise ConfigError(f"{where}: {hydra_error_line(exc)}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return child
+
+
 def _previous_metrics(state_file: Path) -> dict[str, dict]:
     """Each step's headline metrics from the last run of this pipeline (kept when a step is skipped)."""
     try:
@@ -79,8 +99,13 @@ def run(cfg) -> dict:
     state_file = pipe_dir / "pipeline_state.json"
     previous = _previous_metrics(state_file)
     records, upstream_ran = [], False
+    user = {k for k, v in (OmegaConf.to_container(p.overrides, resolve=True) or {}).items() if v}
+    children = [_checked_child(step, [*base, f"phase={step.phase}", f"paths.artifacts={artifacts}",
+                                      f"paths.run_dir={pipe_dir / 'runs' / step.key}", *step.overrides],
+                               step.phase in user)
+                for step in steps]   # every step's config composed and checked before the first one runs
     print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
-    for i, step in enumerate(steps, 1):
+    for i, (step, child) in enumerate(zip(steps, children), 1):
         rec = {"key": step.key, "phase": step.phase}
         if not upstream_ran and is_complete(step):
             rec.update(status="skipped (complete)", duration_s=0.0, metrics=previous.get(step.key, {}))
@@ -88,9 +113,6 @@ def run(cfg) -> dict:
         else:
             upstream_ran = True
             print(f"[{i}/{len(steps)}] {step.key}: running")
-            overrides = [*base, f"phase={step.phase}", f"paths.artifacts={artifacts}",
-                         f"paths.run_dir={pipe_dir / 'runs' / step.key}", *step.overrides]
-            child = _compose(overrides)
             t0 = time.perf_counter()
             try:
                 with PeakMemory(interval=0.05) as mem:  # this step's own peak resident memory
