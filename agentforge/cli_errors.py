@@ -15,6 +15,7 @@ import sys
 from hydra.errors import HydraException
 
 NO_KEY = re.compile(r"Could not override '([^']+)'")
+FULL_KEY = re.compile(r"full_key: (\S+)")
 
 
 def hydra_error_line(exc: HydraException) -> str:
@@ -23,6 +24,10 @@ def hydra_error_line(exc: HydraException) -> str:
     m = NO_KEY.search(str(exc))
     if m and cause and "not in struct" in cause[0]:
         key = m.group(1)
+        full = FULL_KEY.search(str(exc.__cause__))
+        if full and full.group(1) != key:  # a mapping value with a key the default lacks: name that key
+            return (f"{full.group(1)}: no such key in {key} (its default lacks it); write +{key}=... to set keys "
+                    f"the default lacks")
         return (f"{key}: no such key (check its spelling; `python -m agentforge --cfg job` prints every key; "
                 f"+{key}=VALUE adds a new one)")
     lines, options = [], []

@@ -46,6 +46,7 @@ def run(cfg: DictConfig) -> dict:
     from agentforge.phases.rules import PHASE_RULES  # then the phase's own keys, still before Lightning
 
     check(cfg, PHASE_RULES.get(str(cfg.phase.name), ()))
+    _check_gpu_visible(cfg)
     import lightning as L  # here, not at the top: `--help` and `--cfg job` need no torch / Lightning
 
     _route_lightning_logs()
@@ -53,6 +54,16 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # before any model is built
     apply_cuda_graphs(cfg)
     return phase.run(cfg)
+
+
+def _check_gpu_visible(cfg: DictConfig) -> None:
+    """hardware=gpu on a machine without one fails here, before the run dir and the W&B run exist (the Trainer's
+    own check, ``trainer.resolve_hardware``, comes after both)."""
+    if str((cfg.get("hardware") or {}).get("accelerator", "auto")) in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("hardware.accelerator=gpu but no GPU is visible; use hardware=cpu or hardware=auto")
 
 
 def apply_cuda_graphs(cfg: DictConfig) -> None:

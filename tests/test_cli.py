@@ -77,6 +77,8 @@ def test_bad_values_fail_fast_with_one_line_naming_the_key(tmp_path, override, k
     (["phase=cognate", "phase.max_epoch=3"], "phase.max_epoch: no such key (check its spelling; "
                                              "`python -m agentforge --cfg job` prints every key; +phase.max_epoch="),
     (["phase.max_epochs=[1"], "no viable alternative at input '[1'"),
+    (["data.eval_paths={gsm8k:/x.jsonl}"], "data.eval_paths.gsm8k: no such key in data.eval_paths (its default "
+                                           "lacks it); write +data.eval_paths=... to set keys the default lacks"),
 ])
 def test_what_hydra_refuses_is_one_error_line_and_exit_2(tmp_path, args, expected):
     """Misspelled keys and groups, unknown options and unparsable overrides (agentforge/cli_errors.py): one line,
@@ -123,6 +125,7 @@ def test_fuzzed_config_values_give_a_message_never_a_traceback(base_cfg, key, va
 def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     proc = run_cli(["phase=cognate", "model=m1", *[a for a in TINY if not a.startswith("logger")]], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "anonymous setting has no effect" not in proc.stderr   # Lightning's anonymous=None is left out
     runs = find_offline_runs(tmp_path / "outputs")
     assert len(runs) == 1
     run = read_offline_run(runs[0])
@@ -258,3 +261,13 @@ def test_compare_stages_given_as_one_word_is_refused(tmp_path):
     cfg = compose_cfg(["phase=compare", "stages=nope", "logger=none"], tmp_path)
     with pytest.raises(ConfigError, match=r"stages=nope must be a list of stage names, e\.g\. stages=\[nope\]"):
         run(cfg)
+
+
+def test_hardware_gpu_without_a_gpu_fails_before_the_run_starts(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    proc = run_cli(["phase=cognate", "hardware=gpu", "logger=wandb"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: hardware.accelerator=gpu but no GPU is visible; use "
+                                                "hardware=cpu or hardware=auto"], proc.stderr[-2000:]
+    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]   # no run dir, no W&B run

@@ -70,6 +70,9 @@ def build_loggers(logger_cfg: dict, run_dir: str | Path, run_name: str, group: s
         wb = WandbLogger(project=logger_cfg.get("project") or PROJECT, name=run_name, group=group,
                          tags=tags, save_dir=str(run_dir), mode=wandb_mode(logger_cfg.get("mode")),
                          entity=logger_cfg.get("entity"), config=redact(config), job_type=logger_cfg.get("job_type"))
+        # Lightning always passes anonymous=None to wandb.init, and wandb >= 0.2x warns on stderr that the setting
+        # has no effect (on every run, and just before a user error's one line): leave the key out
+        getattr(wb, "_wandb_init", {}).pop("anonymous", None)
         with redacted_argv():
             _ = wb.experiment  # start the run now: W&B records the command line, which may carry a key
         loggers.append(wb)
