@@ -271,3 +271,11 @@ def test_hardware_gpu_without_a_gpu_fails_before_the_run_starts(tmp_path):
     assert proc.stderr.strip().splitlines() == ["error: hardware.accelerator=gpu but no GPU is visible; use "
                                                 "hardware=cpu or hardware=auto"], proc.stderr[-2000:]
     assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]   # no run dir, no W&B run
+
+
+def test_compare_with_a_stage_without_results_fails_before_the_run_starts(tmp_path):
+    proc = run_cli(["phase=compare", "stages=[nope,alsonope]", "logger=wandb"], tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope_results.json: no results for stage 'nope'" in lines[0], proc.stderr[-2000:]
+    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]   # no run dir, no W&B run

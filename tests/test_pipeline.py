@@ -126,3 +126,17 @@ def test_a_bad_step_override_fails_before_any_step_runs(tmp_path):
         assert message in lines[0], proc.stderr[-2000:]
         assert ": running" not in proc.stdout and "ERROR" not in proc.stdout, proc.stdout[-2000:]
         assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("arg,message", [("phase.phases=[cognate,foo]", "phase.phases must be a list of cognate, "),
+                                         ("phase.models=[m4]", "phase.models must be a list of m1, m2, m3")])
+def test_pipeline_lists_are_checked_before_lightning_loads(tmp_path, arg, message):
+    """A phase rule (``rules.PIPELINE``), checked before Lightning is imported (it was a check inside the phase)."""
+    from agentforge.config import check
+    from agentforge.errors import ConfigError
+    from agentforge.phases.rules import PHASE_RULES
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["phase=pipeline", arg], tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        check(cfg, PHASE_RULES["pipeline"])

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from agentforge.errors import ConfigError
 from agentforge.evals.collect import gate_or_raise
-from agentforge.evals.compare import run_comparison
+from agentforge.evals.compare import load_results, run_comparison
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 
@@ -40,6 +40,7 @@ def run(cfg) -> dict:
             raise ConfigError("stages=[] is empty; name the stages to compare, e.g. stages=[baseline,after_surgery]")
     results_dir = Path(p.results_dir or Path(cfg.paths.artifacts) / "eval_results").absolute()
     thresholds = thresholds_of(OmegaConf.to_container(p.thresholds, resolve=True))
+    load_results(results_dir, stages)  # a missing or malformed stage fails here, before the run dir and W&B run
     with run_context(cfg, run_name="compare-stages", group="evaluation", tags=["compare"], job_type="compare") as ctx:
         out = run_comparison(results_dir, stages, ctx.run_dir / "compare", baseline=p.baseline,
                              candidate=p.candidate, thresholds=thresholds, n_resamples=int(p.n_resamples),

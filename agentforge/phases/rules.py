@@ -158,7 +158,13 @@ GROKKING = [rule(k, optional((pred, desc))) for k, pred, desc in GROKKING_TASK] 
 
 PIPELINE = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-", "").replace("_", "").isalnum()),
                                  "a name of letters, digits, '-' and '_'")),
-         rule("phase.overlap_train_draws", integer(0)), rule("phase.overlap_heldout", integer(1))]
+         rule("phase.overlap_train_draws", integer(0)), rule("phase.overlap_heldout", integer(1)),
+         # checked here, before Lightning loads, as well as by the phase
+         rule("phase.phases", ((lambda x: isinstance(x, list)
+                                and set(x) <= {"cognate", "evomerge", "quietstar", "bitnet", "eval"}),
+                               "a list of cognate, evomerge, quietstar, bitnet, eval")),
+         rule("phase.models", ((lambda x: isinstance(x, list) and set(x) <= {"m1", "m2", "m3"}),
+                               "a list of m1, m2, m3"))]
 
 QUIETSTAR = [
     rule("step", optional(one_of("baking", "rl", "both"))),
