@@ -363,8 +363,12 @@ def test_resume_choice_auto_last_fresh_or_a_file(tmp_path):
     assert resume_path("last", work, "another config") == last  # asked for: resumed whatever the config
     assert resume_path("fresh", work, "fp") is None
     own = tmp_path / "epoch=1-step=30.ckpt"
-    own.write_bytes(b"x")
+    torch.save({"state_dict": {}}, own)   # a torch zip archive, as Lightning writes
     assert resume_path(str(own), work, "fp") == str(own)
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"x")                # not one: refused before the run starts
+    with pytest.raises(CheckpointError, match="not a training checkpoint this tool saved"):
+        resume_path(str(other), work, "fp")
     with pytest.raises(CheckpointError, match="file not found"):
         resume_path(str(tmp_path / "missing.ckpt"), work, "fp")
     a, b = (compose_cfg(o, tmp_path) for o in (["model=m1"], ["model=m1", "optimizer.lr=0.002"]))
