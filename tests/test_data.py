@@ -167,5 +167,5 @@ def test_jsonl_that_is_not_utf8_is_one_dataset_error(tmp_path):
     plain.write_bytes(data)
     packed.write_bytes(gzip.compress(data))
     for f in (plain, packed):
-        with pytest.raises(formats.DatasetError, match=rf"{f.name}: not UTF-8 text"):
-            formats.load_jsonl(f, "gsm8k")
+        with pytest.raises(formats.DatasetError, match=rf"{f.name}: not UTF-8 text \(.*; phase\.benchmark_path\)"):
+            formats.load_jsonl(f, "gsm8k", key="phase.benchmark_path")   # the key that gave the file is named

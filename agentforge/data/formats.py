@@ -33,8 +33,7 @@ class DatasetError(AgentForgeError, ValueError):
 def read_jsonl(path: str | Path, check: Callable[[object], str | None], *, what: str, key: str,
                limit: int | None = None) -> list[dict]:
     """Records of a JSONL file, gzip-compressed when its name ends in ``.gz``; ``check(rec)`` returns what is
-    wrong with a record (or None). Every error names the file (and line) and, for a missing file, the config
-    ``key`` that gave it."""
+    wrong with a record (or None). Every error names the file (and line) and the config ``key`` that gave it."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: {what} file not found ({key}); give an existing JSONL file")
@@ -48,19 +47,19 @@ def read_jsonl(path: str | Path, check: Callable[[object], str | None], *, what:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg}; {key})") from exc
                 problem = check(rec)
                 if problem:
-                    raise DatasetError(f"{path}:{lineno}: {problem}")
+                    raise DatasetError(f"{path}:{lineno}: {problem} ({key})")
                 records.append(rec)
                 if limit is not None and len(records) >= limit:
                     break
     except UnicodeDecodeError as exc:  # a binary file given as JSONL
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason}); give a JSONL file") from exc
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason}; {key}); give a JSONL file") from exc
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a cut-off .gz ends in EOFError
-        raise DatasetError(f"{path}: not a readable {'gzip ' if opener is gzip.open else ''}file ({exc})") from exc
+        raise DatasetError(f"{path}: not a readable {'gzip ' if opener is gzip.open else ''}file ({exc}; {key})") from exc
     if not records:
-        raise DatasetError(f"{path}: no records — the file is empty")
+        raise DatasetError(f"{path}: no records — the file is empty ({key})")
     return records
 
 
