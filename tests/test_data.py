@@ -169,3 +169,76 @@ def test_jsonl_that_is_not_utf8_is_one_dataset_error(tmp_path):
     for f in (plain, packed):
         with pytest.raises(formats.DatasetError, match=rf"{f.name}: not UTF-8 text \(.*; phase\.benchmark_path\)"):
             formats.load_jsonl(f, "gsm8k", key="phase.benchmark_path")   # the key that gave the file is named
+
+
+def _gsm8k_file(tmp_path, n=400):
+    """A GSM8K-format file of n distinct questions (enough that every split gets some)."""
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": f"Q{i}: what is {i} + {i}?", "answer": f"#### {2 * i}"}) + "\n"
+                            for i in range(n)))
+    return path, formats.load_jsonl(path, "gsm8k")
+
+
+def test_a_training_file_is_split_by_content_and_validation_never_sees_its_training_questions(tmp_path):
+    import random
+    from collections import Counter
+
+    from agentforge.data.datamodule import TaskPool
+
+    path, recs = _gsm8k_file(tmp_path)
+    counts = Counter(synthetic.record_split("gsm8k", r) for r in recs)
+    assert counts["train"] > counts["val"] > 0 and counts["test"] > 0 and sum(counts.values()) == 400
+    dup = recs + [dict(recs[0])]   # the same question twice: both copies land in one split
+    assert len({synthetic.record_split("gsm8k", r) for r in dup if r["question"] == recs[0]["question"]}) == 1
+    pool = TaskPool(0, recs, "gsm8k")
+    train = set(pool.sample_texts({"file": 1.0}, 60_000, random.Random(0), "train"))
+    val = set(pool.sample_texts({"file": 1.0}, 20_000, random.Random(1), "val"))
+    assert train and val and not (train & val)
+    assert {formats.render(r, "gsm8k") for r in pool.by_split["val"]} >= val
+
+
+def test_eval_sets_from_the_training_file_hold_only_its_records_of_that_split(tmp_path):
+    """``data=gsm8k`` trains on and evaluates with one file: the val sets hold its val records, phase=eval's test set
+    its test records, and neither a training question (before, 16 of 16 eval questions were training records)."""
+    from agentforge.data.build import eval_sets, file_records_of_split
+
+    path, recs = _gsm8k_file(tmp_path)
+    cfg = {"path": str(path), "format": "gsm8k", "eval_paths": {"gsm8k": str(path)}}
+    train = {r["question"] for r in recs if synthetic.record_split("gsm8k", r) == "train"}
+    for split in ("val", "test"):
+        got = eval_sets(cfg, 0, 1000, split)["gsm8k"]
+        assert got and {synthetic.record_split("gsm8k", r) for r in got} == {split}
+        assert not {r["question"] for r in got} & train
+    assert {synthetic.record_split("gsm8k", r) for r in file_records_of_split(cfg, "test")} == {"test"}
+    # without a training file, an eval file is used whole
+    assert len(eval_sets({"eval_paths": {"gsm8k": str(path)}}, 0, 1000, "val")["gsm8k"]) == 400
+
+
+def test_an_eval_file_that_is_all_training_records_is_refused(tmp_path):
+    from agentforge.data.build import eval_sets
+
+    path, recs = _gsm8k_file(tmp_path)
+    train_only = tmp_path / "train_only.jsonl"
+    train_only.write_text("".join(json.dumps(r) + "\n" for r in recs if synthetic.record_split("gsm8k", r) == "train"))
+    with pytest.raises(formats.DatasetError, match=r"data\.eval_paths\.gsm8k: all \d+ records of .* are data\.path "
+                                                   r"records outside the val split"):
+        eval_sets({"path": str(path), "format": "gsm8k", "eval_paths": {"gsm8k": str(train_only)}}, 0, 10, "val")
+
+
+@pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="../shared/data/gsm8k absent")
+def test_the_gsm8k_preset_evaluates_on_questions_it_never_trained_on(tmp_path):
+    from omegaconf import OmegaConf
+
+    from agentforge.data.build import eval_sets
+    from tests.conftest import compose_cfg
+
+    cfg = OmegaConf.to_container(compose_cfg(["data=gsm8k", f"data.path={GSM8K_TEST}",
+                                              f"data.eval_paths.gsm8k={GSM8K_TEST}"], tmp_path).data, resolve=True)
+    recs = formats.load_jsonl(GSM8K_TEST, "gsm8k")
+    splits = [synthetic.record_split("gsm8k", r) for r in recs]
+    # the README's figures: 120 val and 149 test questions of 1,319
+    assert (len(recs), splits.count("val"), splits.count("test")) == (1319, 120, 149)
+    train = {r["question"] for r, sp in zip(recs, splits) if sp == "train"}
+    for split in ("val", "test"):
+        got = eval_sets(cfg, 0, 64, split)["gsm8k"]
+        assert len(got) == 64 and not {r["question"] for r in got} & train

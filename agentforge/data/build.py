@@ -3,6 +3,12 @@
 ``data.path`` (with ``data.format``) adds a local JSONL file in a public format to the training mix
 under the task name ``file``; ``data.eval_paths`` replaces the synthetic held-out sets with local
 files (keys ``gsm8k``, ``arc``, ``piqa``).
+
+Held out by content: the file's records are split by a hash of their prompt (``synthetic.record_split``: ~80 %
+train, 10 % val, 10 % test). Training samples its train records only; an evaluation set of split S drops every
+record whose prompt is one of ``data.path``'s records of another split — so ``data=gsm8k``, which trains on and
+evaluates with the same GSM8K file, validates on that file's val records and tests on its test records, never on
+a question it trained on (tests/test_data.py).
 """
 from __future__ import annotations
 
@@ -26,10 +32,38 @@ def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "
     out = {"gsm8k": synthetic.generate("arithmetic", size["gsm8k"], seed, split),
            "arc": synthetic.generate("choice", size["arc"], seed, split),
            "piqa": synthetic.generate("piqa", size["piqa"], seed, split)}
+    other = training_file_prompts(data_cfg, split)
     for fmt, path in paths.items():
         if path:
-            out[fmt] = formats.load_jsonl(path, fmt, limit=size[fmt], key=f"data.eval_paths.{fmt}")
+            recs = formats.load_jsonl(path, fmt, key=f"data.eval_paths.{fmt}")
+            kept = [r for r in recs if synthetic.prompt_of(fmt, r) not in other]
+            if not kept:
+                raise formats.DatasetError(f"data.eval_paths.{fmt}: all {len(recs)} records of {path} are data.path "
+                                           f"records outside the {split} split (trained on, or held out for another "
+                                           f"split); give a held-out file")
+            out[fmt] = kept[:size[fmt]]
     return out
+
+
+def training_file_prompts(data_cfg: dict, split: str) -> set[str]:
+    """The prompts of ``data.path``'s records that are not in ``split`` (empty without a data file): what an
+    evaluation set of that split must not contain."""
+    if not data_cfg.get("path") or data_cfg.get("source") == "python_code":
+        return set()
+    fmt = data_cfg.get("format") or "gsm8k"
+    return {synthetic.prompt_of(fmt, r) for r in formats.load_jsonl(data_cfg["path"], fmt)
+            if synthetic.record_split(fmt, r) != split}
+
+
+def file_records_of_split(data_cfg: dict, split: str, limit: int | None = None) -> list[dict]:
+    """``data.path``'s records of ``split`` (``phase=eval`` scores the file's test records: the rest trained the model
+    or chose among its checkpoints)."""
+    fmt = data_cfg.get("format") or "gsm8k"
+    recs = [r for r in formats.load_jsonl(data_cfg["path"], fmt) if synthetic.record_split(fmt, r) == split]
+    if not recs:
+        raise formats.DatasetError(f"data.path: none of the records of {data_cfg['path']} falls in the {split} split "
+                                   f"(~10 % of the records, by a hash of each prompt); give a larger file")
+    return recs[:limit] if limit else recs
 
 
 def build_datamodule(data_cfg: dict, tokenizer: ByteTokenizer, *, stages: list[dict], seed: int,

@@ -40,19 +40,31 @@ def pack(texts: list[str], tokenizer: ByteTokenizer, seq_len: int) -> torch.Tens
 
 
 class TaskPool:
-    """Examples per task: synthetic generators, plus records of a user's local file when given."""
+    """Examples per task: synthetic generators, plus records of a user's local file when given. The file's records
+    are split by the content hash of their prompt (``synthetic.record_split``), like the synthetic examples: the
+    "train" split samples only the train records, "val" only the val records, so validation never sees a training
+    question; a split with no records of the file (a tiny file) leaves the file out of that split's mix."""
 
     def __init__(self, seed: int, extra_records: list[dict] | None = None, extra_format: str | None = None):
         self.seed = seed
         self.extra_records, self.extra_format = extra_records or [], extra_format
+        self.by_split: dict[str, list[dict]] = {sp: [] for sp in synthetic.SPLITS}
+        for rec in self.extra_records:
+            self.by_split[synthetic.record_split(extra_format, rec)].append(rec)
 
     def sample_texts(self, mix: Mapping[str, float], n_tokens: int, rng: random.Random, split: str) -> list[str]:
+        if "file" in mix and not self.by_split.get(split):
+            mix = {t: w for t, w in mix.items() if t != "file"}
+            if not mix:
+                raise formats.DatasetError(f"data.path: none of the file's {len(self.extra_records)} records falls in "
+                                           f"the {split} split (split by a hash of each prompt: ~10 % val, ~10 % "
+                                           f"test); give a larger file or add synthetic tasks to the mix")
         tasks, probs = list(mix), list(mix.values())
         texts, total = [], 0
         while total < n_tokens:
             task = rng.choices(tasks, probs)[0]
             if task == "file":
-                rec = rng.choice(self.extra_records)
+                rec = rng.choice(self.by_split[split])
                 text = formats.render(rec, self.extra_format)
             else:
                 rec = synthetic.GENERATORS[task](self.seed, split, rng.randrange(10**9))

@@ -61,6 +61,19 @@ def split_of(task: str, rec: dict) -> str:
     return next((sp for sp, r in RESERVED.items() if b in r), "train")
 
 
+def prompt_of(fmt: str, rec: dict) -> str:
+    """The prompt of a record in format ``fmt`` (gsm8k, arc, piqa, text): what identifies it by content."""
+    return _PROMPT[fmt](rec)
+
+
+def record_split(fmt: str, rec: dict) -> str:
+    """The split of a record of a user's file in format ``fmt`` (gsm8k, arc, piqa, text), by the same content hash of
+    its prompt as the synthetic examples: 10 % val, 10 % test, the rest train. Records that ask the same question land
+    in the same split, so a file used for training and evaluation is held out by content, not by position."""
+    b = bucket(prompt_of(fmt, rec))
+    return next((sp for sp, r in RESERVED.items() if b in r), "train")
+
+
 def _rng(seed: int, split: str, index: int, attempt: int = 0) -> random.Random:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {list(SPLITS)}")

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from agentforge.artifacts import load_any, publish
 from agentforge.data import formats, synthetic
-from agentforge.data.build import eval_sets, per_format
+from agentforge.data.build import eval_sets, file_records_of_split, per_format
 from agentforge.data.datamodule import LMDataModule, pack
 from agentforge.errors import ConfigError
 from agentforge.evals import checkpoints as recursive_ckpt
@@ -53,7 +53,8 @@ def results_path(root: Path, stage: str) -> Path:
 
 
 def load_sets(cfg, n: int | dict[str, int]) -> dict[str, list[dict]]:
-    """Held-out synthetic test sets, replaced by local files (data.eval_paths, data.path) or `datasets`."""
+    """Held-out synthetic test sets, replaced by local files or `datasets`: data.eval_paths (less any record of
+    data.path's train and val splits), then data.path's own test split (``build.file_records_of_split``)."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     sets = eval_sets(data_cfg, int(cfg.seed), n, split="test")
     n = per_format(n)
@@ -61,7 +62,7 @@ def load_sets(cfg, n: int | dict[str, int]) -> dict[str, list[dict]]:
         fmt = data_cfg.get("format") or "gsm8k"
         if fmt not in ("gsm8k", "arc", "piqa"):
             raise ConfigError(f"data.format={fmt!r}: phase=eval scores gsm8k, arc or piqa files")
-        sets[fmt] = formats.load_jsonl(data_cfg["path"], fmt, limit=n[fmt])
+        sets[fmt] = file_records_of_split(data_cfg, "test", limit=n[fmt])
     for name in cfg.phase.get("hf_datasets") or []:
         if name not in HF_SPLITS:
             raise ConfigError(f"phase.hf_datasets: {name!r} is not one of {sorted(HF_SPLITS)}")
