@@ -181,3 +181,44 @@ def test_tango_interval():
     assert lo < 0 < hi <= 1 and tango_ci(4, 0, 4)[1] == 1.0
     with pytest.raises(ValueError):
         tango_ci(3, 2, 4)
+
+
+def test_sign_flip_test_by_hand():
+    """Six pairs. All six differences +1: of the 2^6 sign patterns only all-plus and all-minus reach |sum| = 6, so
+    p = 2/64; every shift but 1 is rejected, CI [1, 1]. Five +1 and one -1 (sum 4): |sum| >= 4 for the patterns with
+    sum +-4 or +-6, 6 + 6 + 1 + 1 = 14 of 64; shifted beyond [-1, 1] all differences share a sign (p = 2/64), so
+    the CI is [-1, 1]. Five pairs: even the extreme patterns give p = 2/32 > 0.05, so the CI is unbounded."""
+    from agentforge.evals.stats import sign_flip_test
+
+    r = sign_flip_test([1.0] * 6, [0.0] * 6)
+    assert r["test"] == "sign_flip_exact" and r["p_value"] == 2 / 64 and r["ci95"] == [1.0, 1.0]
+    r = sign_flip_test([1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1])
+    assert r["p_value"] == 14 / 64 and r["ci95"] == pytest.approx([-1.0, 1.0], abs=1e-6)
+    r = sign_flip_test([0.3, 0.2, 0.1, 0.25, 0.15, 0.05], [0.0] * 6)   # all positive: 0 is rejected, p = 2/64
+    assert r["p_value"] == 2 / 64 and r["ci95"] == pytest.approx([0.05, 0.30], abs=1e-6)
+    r = sign_flip_test([0.3, 0.2, 0.1, 0.25, 0.15], [0.0] * 5)
+    assert r["p_value"] == 2 / 32 and r["ci95"] == [-math.inf, math.inf]
+
+
+def test_sign_flip_test_equals_scipys_exact_permutation_test():
+    from scipy import stats as sps
+
+    from agentforge.evals.stats import sign_flip_test
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.3, 1, 12), rng.normal(0, 1, 12)
+    ref = sps.permutation_test((a - b,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue
+    assert sign_flip_test(a, b)["p_value"] == pytest.approx(ref, rel=1e-12)
+
+
+def test_paired_test_uses_the_sign_flip_test_below_min_n_for_real_valued_scores():
+    """Six problems whose pass@k all improve by 0.05-0.3: the bootstrap calls it p ~ 1e-4 (every resample of six
+    positive numbers is positive); the exact test's p is 2/64. From min_n pairs on, the bootstrap decides."""
+    from agentforge.evals.stats import paired_test
+
+    gains = [0.3, 0.2, 0.1, 0.25, 0.15, 0.05]
+    small = paired_test(gains, [0.0] * 6)
+    assert small["test"] == "sign_flip_exact" and small["p_value"] == 2 / 64
+    assert small["bootstrap"]["p_value"] < 0.01 and not small["enough"]
+    big = paired_test(gains * 5, [0.0] * 30)
+    assert big["test"] == "bootstrap" and big["enough"]

@@ -14,10 +14,17 @@
   2(1)), via ``scipy.stats.binomtest``. Its CI of the difference is conditional on the m discordant pairs
   of n: delta = (m / n)(2 pi - 1) with pi's Clopper-Pearson interval, so it excludes 0 exactly when
   the exact p-value is below 1 - confidence.
+* ``sign_flip_test`` — for paired real-valued scores on few pairs, the Fisher-Pitman permutation test (Fisher
+  1935; Pitman 1937): under H0 each difference d_i is as likely to have either sign, so the two-sided p-value is the
+  share of the 2^n sign patterns s with |sum s_i d_i| >= |sum d_i| — exact, by enumeration, up to n = 16; a fixed
+  random sample of 20 000 patterns above that, with the +1 correction. Its CI inverts the test: the shifts delta
+  for which the differences d - delta are not rejected (bisection on each side of the mean; unbounded, +-inf,
+  when even the most extreme pattern's p, 2^(1-n), is above 1 - confidence, i.e. n <= 5 at 95 %).
 * ``paired_test`` — both on the same pairs; when every outcome is 0 or 1 the result's ``p_value`` is the
   exact test's and its ``ci95`` Tango's (below; the bootstrap is overconfident there: n = 2 wins give it
-  p = 1e-4 and CI [1, 1], the exact test p = 0.5), otherwise both are the bootstrap's; ``enough`` says
-  n >= ``min_n``.
+  p = 1e-4 and CI [1, 1], the exact test p = 0.5); for other scores on fewer than ``min_n`` pairs, the sign-flip
+  test's (six problems all improved by pass@k gains: bootstrap p ~ 0.001, the exact test 2/64 = 0.031);
+  otherwise both are the bootstrap's; ``enough`` says n >= ``min_n``.
 * ``verdict`` — SUCCESS / PARTIAL / FAILURE of the success-metrics dashboard, section 7, and
   INCONCLUSIVE below ``MIN_N`` paired examples (no evidence either way, with the reason).
 * ``threshold_verdict`` — PASS / FAIL / INCONCLUSIVE of a figure against a threshold from its CI:
@@ -116,7 +123,8 @@ def exact_paired_binary(a: Sequence[float], b: Sequence[float], confidence: floa
 
 def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
                 confidence: float = 0.95, min_n: int = MIN_N) -> dict:
-    """paired_bootstrap's fields, plus the exact test for 0/1 outcomes, and which of them decides."""
+    """paired_bootstrap's fields, plus the exact test for 0/1 outcomes or the sign-flip test for other scores on
+    fewer than ``min_n`` pairs, and which of them decides."""
     out = paired_bootstrap(a, b, n_resamples, seed, confidence)
     out.update(test="bootstrap", bootstrap={"p_value": out["p_value"], "ci95": out["ci95"]})
     if is_binary(a) and is_binary(b):
@@ -124,8 +132,51 @@ def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_00
         out.update(test="mcnemar_exact + tango_ci", p_value=ex["p_value"],
                    ci95=tango_ci(ex["wins"], ex["losses"], ex["n"], confidence),
                    exact={k: ex[k] for k in ("wins", "losses", "ties", "p_value", "ci95")})
+    elif out["n"] < min_n:
+        sf = sign_flip_test(a, b, confidence, seed=seed)
+        out.update(test=sf["test"], p_value=sf["p_value"], ci95=sf["ci95"])
     out.update(min_n=int(min_n), enough=out["n"] >= min_n)
     return out
+
+
+EXACT_SIGN_FLIP_MAX_N = 16          # 2^16 patterns enumerated; above, a fixed random sample of them
+SIGN_FLIP_SAMPLES = 20_000
+
+
+def sign_flip_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, seed: int = 0) -> dict:
+    """The Fisher-Pitman paired permutation test of mean(a) - mean(b) and its test-inversion CI (module docstring)."""
+    a, b = _pairs_of(a, b, "the sign-flip test")
+    d, n = a - b, len(a)
+    if n == 0:
+        raise ValueError("the sign-flip test needs at least 1 pair")
+    if n <= EXACT_SIGN_FLIP_MAX_N:
+        signs = (((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1).astype(float)
+        exact = True
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(SIGN_FLIP_SAMPLES, n))
+        exact = False
+
+    def p_at(shift: float) -> float:
+        x = d - shift
+        hits = int(np.sum(np.abs(signs @ x) >= abs(x.sum()) - 1e-9 * max(1.0, np.abs(x).sum())))
+        return hits / len(signs) if exact else (hits + 1) / (len(signs) + 1)
+
+    alpha, mean = 1 - confidence, float(d.mean())
+    span = float(d.max() - d.min())
+    lo_end, hi_end = float(d.min()) - span, float(d.max()) + span   # beyond min/max every d - shift has one sign
+
+    def bound(far: float) -> float:
+        if p_at(far) > alpha:
+            return math.copysign(math.inf, far - mean) if far != mean else mean
+        near = mean                                      # p(near) > alpha >= p(far): bisect the crossing
+        for _ in range(60):
+            mid = (near + far) / 2
+            near, far = (mid, far) if p_at(mid) > alpha else (near, mid)
+        return near
+
+    ci = [bound(lo_end), bound(hi_end)] if span > 0 else [mean, mean]
+    return {"test": "sign_flip_exact" if exact else "sign_flip_monte_carlo", "delta": mean, "p_value": p_at(0.0),
+            "ci95": ci, "n": n, "patterns": len(signs)}
 
 
 def wilson_ci(k: int, n: int, confidence: float = 0.95) -> list[float]:
