@@ -219,6 +219,6 @@ def test_paired_test_uses_the_sign_flip_test_below_min_n_for_real_valued_scores(
     gains = [0.3, 0.2, 0.1, 0.25, 0.15, 0.05]
     small = paired_test(gains, [0.0] * 6)
     assert small["test"] == "sign_flip_exact" and small["p_value"] == 2 / 64
-    assert small["bootstrap"]["p_value"] < 0.01 and not small["enough"]
+    assert small["bootstrap"]["p_value"] <= 2e-4 and not small["enough"]   # the README: "~1e-4"
     big = paired_test(gains * 5, [0.0] * 30)
     assert big["test"] == "bootstrap" and big["enough"]
