@@ -205,7 +205,9 @@ def test_pass_at_k_and_stats_json_by_hand():
     assert scoring.per_problem_pass(probs, 2) == [0.5, 0.0]  # 1 - C(3,2)/C(4,2)
     assert scoring.per_problem_pass(probs, 5) is None
     assert scoring.pass_at_k_curve(probs, 10) == [0.125, 0.25, 0.375, 0.5]
-    kpis = {"a": {"latency_ms": 100.0}, "b": {"latency_ms": 400.0}}
+    # 7 interleaved rounds of 100-token generations: per-round ratios 0.2-0.3, so the whole CI is below 0.54
+    kpis = {"a": {"latency_ms": 100.0, "latency_tokens": 100, "latency_rounds_ms": [100, 90, 110, 100, 95, 105, 100]},
+            "b": {"latency_ms": 400.0, "latency_tokens": 100, "latency_rounds_ms": [400, 400, 420, 380, 400, 410, 390]}}
     th = {"pass_at": {1: 0.3}, "min_delta_pass1": 0.04, "alpha": 0.05, "failure_p": 0.1, "max_latency_ratio": 0.54}
     strong = [{"num_samples": 2, "num_correct": 2}] * 40
     weak = [{"num_samples": 2, "num_correct": 0}] * 40
@@ -213,7 +215,12 @@ def test_pass_at_k_and_stats_json_by_hand():
                               n_resamples=200)
     assert s["pass_at_1"]["a"] == 1.0 and s["pass_at_1"]["b"] == 0.0 and s["pass_at_1"]["delta"] == 1.0
     assert s["pass_at_1"]["p_value"] < 0.05 and s["pass_at_1"]["ci95"][0] > 0 and s["verdict"] == "SUCCESS"
-    assert s["efficiency"] == [{"threshold": "max_latency_ratio", "value": 0.25, "target": 0.54, "ok": True}]
+    eff = s["efficiency"]
+    assert len(eff) == 1 and eff[0]["threshold"] == "max_latency_ratio" and eff[0]["ok"] is True
+    # ratios 100/400, 90/400, 110/420, 100/380, 95/400, 105/410, 100/390: median 105/410; with 7 rounds the 95 %
+    # distribution-free CI of the median is [min, max] (coverage 1 - 2/2^7 = 0.984; the next, [2nd, 6th], 0.875)
+    assert eff[0]["rounds"] == 7 and eff[0]["value"] == pytest.approx(105 / 410)
+    assert eff[0]["ci95"] == pytest.approx([90 / 400, 100 / 380])
     same = scoring.compute_stats({"a": weak, "b": weak}, kpis, candidate="a", baseline="b", ks=[1], thresholds=th,
                                  n_resamples=200)
     assert same["verdict"] == "FAILURE" and same["pass_at_1"]["p_value"] == 1.0 and same["verdict_score"] == 0

@@ -2,6 +2,7 @@
 count the passes; and the harness's self-check (the canonical solutions must all pass)."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from agentforge.codegen.execution import execute, outcome_counts
 from agentforge.codegen.problems import Problem
 from agentforge.codegen.sampling import sample
+from agentforge.evals.speed import interleaved_times
 from agentforge.models.generation import generate
 
 
@@ -69,11 +71,35 @@ def generation_latency_ms(lm, tokens: int, prompt: str = "def") -> tuple[float, 
     return (time.perf_counter() - t0) * 1000, n
 
 
-def efficiency(lm, train: dict | None, latency_tokens: int, ev: dict) -> dict:
-    """The dashboard's efficiency KPIs of one model, under the keys ``evals.compare`` checks."""
-    out = {"param_count": lm.num_params(), "peak_memory_mb": (train or {}).get("peak_train_ram_mb", float("nan")),
-           "sampling_tokens_per_sec": ev["sampling_tokens_per_sec"]}
+@torch.no_grad()
+def _greedy(lm, tokens: int, prompt: str = "def", run: bool = True) -> int:
+    """Greedy-generate ``tokens`` tokens after ``prompt`` (capped so they fit max_seq_len); returns how many."""
+    ids = torch.tensor([lm.encode(prompt)], device=next(lm.model.parameters()).device)
+    n = min(tokens, lm.max_seq_len - ids.shape[1])
+    if run:
+        generate(lm.model, ids, n, lm.max_seq_len)
+    return n
+
+
+def efficiency(lms: list, trainings: dict, latency_tokens: int, evals: dict, rounds: int = 7) -> dict[str, dict]:
+    """The dashboard's efficiency KPIs of every model, under the keys ``evals.compare`` checks. The latency of a
+    ``latency_tokens``-token greedy generation is timed for all models in the same process, interleaved
+    (``speed.interleaved_times``: ``rounds`` rounds, each model once per round, the order rotating), so the ratio
+    targets are decided from per-round ratios and their CI (``compare._ratio_check``), not from two single
+    timings minutes apart. Memory is the RSS growth during the model's own training (``train_ram_growth_mb``; the
+    process's peak would count the other model's training), NaN when it did not train here or ran on a GPU."""
+    out = {lm.name: {"param_count": lm.num_params(),
+                     "peak_memory_mb": (trainings.get(lm.name) or {}).get("train_ram_growth_mb", float("nan")),
+                     "sampling_tokens_per_sec": evals[lm.name]["sampling_tokens_per_sec"]} for lm in lms}
     if latency_tokens:
-        ms, n = generation_latency_ms(lm, latency_tokens)
-        out.update(latency_ms=ms, latency_tokens=n, throughput_tokens_per_sec=n / (ms / 1000))
+        counts = {lm.name: _greedy(lm, 2) for lm in lms}   # warm each model's decoding path
+        counts = {lm.name: _greedy(lm, latency_tokens, run=False) for lm in lms}
+        cuda = any(next(lm.model.parameters()).is_cuda for lm in lms)
+        times = interleaved_times({lm.name: (lambda lm=lm: _greedy(lm, latency_tokens)) for lm in lms}, rounds,
+                                  warmup=0, sync=torch.cuda.synchronize if cuda else None)
+        for lm in lms:
+            ms = [t * 1000 for t in times[lm.name]]
+            med = statistics.median(ms)
+            out[lm.name].update(latency_ms=med, latency_rounds_ms=ms, latency_tokens=counts[lm.name],
+                                throughput_tokens_per_sec=counts[lm.name] / (med / 1000))
     return out

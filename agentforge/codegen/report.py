@@ -108,8 +108,9 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
             lines.append(f"- pass@{k}: {s.get('note', 'not tested')}")
     lines += ["", f"**Verdict: {stats['verdict']}**", ""] + [f"- {r}" for r in stats["reasons"]]
     for c in stats["efficiency"]:
-        lines.append(f"- efficiency {c['threshold']}: {_f(c['value'])} vs target {c['target']} -> "
-                     f"{'ok' if c['ok'] else 'not met'}")
+        ci = f" CI95 [{_f(c['ci95'][0])}, {_f(c['ci95'][1])}] over {c['rounds']} interleaved rounds" if "ci95" in c else ""
+        outcome = {True: "ok", False: "not met"}.get(c["ok"], f"inconclusive{': ' + c['note'] if 'note' in c else ''}")
+        lines.append(f"- efficiency {c['threshold']}: {_f(c['value'])}{ci} vs target {c['target']} -> {outcome}")
     lines += ["", "A tiny model trained for minutes on a 2-core CPU writes almost no working code: pass@k near 0 "
               "and a FAILURE (or INCONCLUSIVE) verdict are the honest result, not a harness fault (the self-check "
               "shows the harness passes correct code).", ""]

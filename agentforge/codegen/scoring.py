@@ -5,9 +5,10 @@
 
 pass@k is Chen et al.'s unbiased estimator per problem (``evals.stats.pass_at_k``) averaged over problems;
 the difference is tested over problems by the project's paired test (``evals.stats.paired_test``: McNemar's
-exact test when every per-problem score is 0/1, e.g. n = 1 or greedy, else the paired bootstrap), and the
-verdict is the dashboard's section-7 rule (``evals.stats.verdict``, INCONCLUSIVE below ``thresholds.min_n``
-problems) with the efficiency targets as ratios to the baseline (``evals.compare.efficiency_checks``).
+exact test when every per-problem score is 0/1, e.g. n = 1 or greedy, else the exact sign-flip test below
+``min_n`` problems and the paired bootstrap from there), and the verdict is the dashboard's section-7 rule
+(``evals.stats.verdict``, INCONCLUSIVE below ``thresholds.min_n`` problems) with the efficiency targets as ratios
+to the baseline, decided from the CI of interleaved timing rounds (``evals.compare.efficiency_checks``).
 """
 from __future__ import annotations
 

@@ -12,9 +12,12 @@ import csv
 import io
 import json
 import math
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import stats as sps
 
 from agentforge.errors import ConfigError
 from agentforge.evals.runner import direction
@@ -235,7 +238,46 @@ def accuracy_drop_test(before: dict, after: dict, confidence: float = 0.95) -> d
             "pairing": "by example id" if verified else "by position (no example ids in the results)"}
 
 
-def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | None, list[dict]]:
+ROUNDS = "latency_rounds_ms"   # per-round generation times of models timed interleaved in one process
+
+
+def median_ci(x: Sequence[float], confidence: float = 0.95) -> list[float]:
+    """Distribution-free CI of the median of x: the order statistics (k, n + 1 - k) with the largest k whose
+    coverage 1 - 2 P(Bin(n, 1/2) < k) is at least ``confidence`` (the sign-test interval; e.g. Conover 1999, 3.2).
+    With too few values for that coverage (n <= 5 at 95 %) the whole range, which covers less: the caller
+    decides nothing from it."""
+    xs = sorted(x)
+    n = len(xs)
+    k = max([j for j in range(1, n // 2 + 1) if 1 - 2 * sps.binom.cdf(j - 1, n, 0.5) >= confidence], default=1)
+    return [float(xs[k - 1]), float(xs[n - k])]
+
+
+def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: dict) -> dict:
+    """A candidate / baseline ratio target decided from a CI: the per-round ratios of the two models' generation
+    times, measured interleaved in one process (``ROUNDS``), their median and its distribution-free CI; ok when the
+    whole CI meets the target, not when none of it does, None (inconclusive) otherwise or without paired rounds.
+    Memory has no rounds: its ratio of single values is reported and decides only when it is measured at all."""
+    rc, rb = cm.get(ROUNDS), bm.get(ROUNDS)
+    if metric != "peak_memory_mb":
+        if not (rc and rb and len(rc) == len(rb) and cm.get("latency_tokens") and bm.get("latency_tokens")):
+            return {"threshold": key, "value": None, "target": target, "ok": None,
+                    "note": "not timed interleaved in one process: no decision"}
+        per_token = [(c / cm["latency_tokens"]) / (b / bm["latency_tokens"]) for c, b in zip(rc, rb)]
+        ratios = per_token if metric == "latency_ms" else [1 / r for r in per_token]   # throughput = 1 / time
+        value, ci = statistics.median(ratios), median_ci(ratios)
+        ok = (True if (ci[1] <= target if op == "<=" else ci[0] >= target)
+              else False if (ci[0] > target if op == "<=" else ci[1] < target) else None)
+        return {"threshold": key, "value": value, "ci95": ci, "rounds": len(ratios), "target": target, "ok": ok}
+    v, b = cm.get(metric), bm.get(metric)
+    if not (_num(v) and _num(b) and math.isfinite(v) and math.isfinite(b) and b):
+        return {"threshold": key, "value": None, "target": target, "ok": None, "note": "not measured"}
+    return {"threshold": key, "value": v / b, "target": target, "ok": (v / b <= target if op == "<=" else v / b >= target)}
+
+
+def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | str | None, list[dict]]:
+    """(True: every configured target met, False: one missed, "inconclusive": none missed but one not established,
+    None: no target configured; the checks). Absolute targets compare the candidate's value; ratio targets
+    (``_ratio_check``) decide from the CI of interleaved rounds."""
     cm, bm = cand["metrics"], base["metrics"]
     specs = [("max_latency_ms", "latency_ms", "<=", None), ("max_peak_memory_mb", "peak_memory_mb", "<=", None),
              ("min_throughput_tokens_per_sec", "throughput_tokens_per_sec", ">=", None),
@@ -246,12 +288,17 @@ def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | None, li
         target = th.get(key)
         if target is None:
             continue
+        if kind == "ratio":
+            checks.append(_ratio_check(key, metric, op, target, cm, bm))
+            continue
         v = cm.get(metric)
-        if kind == "ratio" and _num(v) and _num(bm.get(metric)) and bm[metric]:
-            v = v / bm[metric]
-        ok = _num(v) and (v <= target if op == "<=" else v >= target)
-        checks.append({"threshold": key, "value": v, "target": target, "ok": bool(ok)})
-    return (None if not checks else all(c["ok"] for c in checks)), checks
+        ok = (v <= target if op == "<=" else v >= target) if _num(v) and math.isfinite(v) else None
+        checks.append({"threshold": key, "value": v, "target": target, "ok": ok})
+    if not checks:
+        return None, checks
+    if any(c["ok"] is False for c in checks):
+        return False, checks
+    return (True if all(c["ok"] is True for c in checks) else "inconclusive"), checks
 
 
 def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thresholds: dict,

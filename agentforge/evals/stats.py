@@ -232,7 +232,7 @@ def _ge(x, t) -> bool:
 
 
 def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95: Sequence[float] | None,
-            p_value: float | None, thresholds: dict, efficiency_ok: bool | None,
+            p_value: float | None, thresholds: dict, efficiency_ok: bool | str | None,
             unstable: bool = False, n: int | None = None) -> tuple[str, list[str]]:
     """The dashboard's section-7 decision, with the reason for each failed condition.
 
@@ -240,7 +240,8 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     p >= ``failure_p`` (0.1), training was unstable, or neither the accuracy nor the efficiency targets
     are met; otherwise PARTIAL (a target group is met but the evidence or the margin falls short).
     ``efficiency_ok`` None means no efficiency target is configured (counts as met for SUCCESS, not as
-    a met group for PARTIAL). With ``n`` paired examples below ``thresholds["min_n"]`` (default
+    a met group for PARTIAL); "inconclusive" (a target neither met nor missed by its CI, or not measured) is not
+    met for SUCCESS and not missed either. With ``n`` paired examples below ``thresholds["min_n"]`` (default
     ``MIN_N``) the answer is INCONCLUSIVE, whatever the figures say.
     """
     min_n = int(thresholds.get("min_n", MIN_N))
@@ -267,9 +268,11 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
         reasons.append(f"p-value {p_value} is not < {alpha}")
     if efficiency_ok is False:
         reasons.append("efficiency targets not met")
+    elif efficiency_ok == "inconclusive":
+        reasons.append("efficiency targets not established (a CI straddles its target, or it was not measured)")
     if unstable:
         reasons.append("training was unstable (non-finite losses or skipped steps)")
-    if acc_ok and delta_ok and ci_ok and p_ok and efficiency_ok is not False and not unstable:
+    if acc_ok and delta_ok and ci_ok and p_ok and efficiency_ok in (True, None) and not unstable:
         return "SUCCESS", []
     if unstable or p_value is None or p_value >= fail_p or not (acc_ok or efficiency_ok is True):
         return "FAILURE", reasons

@@ -111,7 +111,7 @@ def run(cfg) -> dict:
             print(f"self-check: canonical solutions pass@1 = {check['pass_at_1']:.3f} on {check['n']} problems")
         lms, trainings = build_models(cfg, corpus, ctx.run_dir, Path(cfg.paths.artifacts).absolute())
         names = [lm.name for lm in lms]
-        evals, kpis, curves = {}, {}, {}
+        evals, curves = {}, {}
         samples_path = out_dir / "samples.jsonl"
         samples_path.parent.mkdir(parents=True, exist_ok=True)
         samples_path.write_text("")
@@ -121,18 +121,21 @@ def run(cfg) -> dict:
                               max_new_tokens=int(p.max_new_tokens), seed=int(cfg.seed), exec_kw=exec_kw,
                               context_tokens=p.context_tokens)
             evals[lm.name] = res
-            kpis[lm.name] = ev.efficiency(lm, trainings.get(lm.name), int(p.latency_tokens), res)
             curves[lm.name] = scoring.pass_at_k_curve(res["problems"], int(p.n_samples))
             with open(samples_path, "a") as f:
                 for s in res["samples"]:
                     f.write(json.dumps({"model": lm.name, **s}) + "\n")
+            print(f"  outcomes {res['outcomes']}  pass@1 {curves[lm.name][0]:.4f}")
+        print(f"timing {int(p.latency_tokens)}-token greedy generations, {int(p.latency_rounds)} interleaved rounds")
+        kpis = ev.efficiency(lms, trainings, int(p.latency_tokens), evals, int(p.latency_rounds))
+        for lm in lms:
+            res = evals[lm.name]
             write_json_atomic(out_dir / f"{lm.name}_results.json",
                               {"model": lm.name, "description": lm.description, "benchmark": str(p.benchmark),
                                "problems": res["problems"], "kpis": kpis[lm.name],
                                **{k: v for k, v in res.items() if k not in ("problems", "samples")},
                                "training": {k: v for k, v in trainings.get(lm.name, {}).items()
                                             if k not in ("curves", "history")}})
-            print(f"  outcomes {res['outcomes']}  pass@1 {curves[lm.name][0]:.4f}")
         thresholds = thresholds_of(_container(p.thresholds))
         stats = scoring.compute_stats({n: evals[n]["problems"] for n in names}, kpis, candidate=names[0],
                                       baseline=names[1], ks=list(p.pass_k), thresholds=thresholds,

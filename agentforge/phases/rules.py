@@ -57,6 +57,7 @@ CODEGEN = [
     rule("phase.sandbox", one_of("bwrap", "process")),
     rule("phase.self_check", boolean()),
     rule("phase.latency_tokens", integer(0)),
+    rule("phase.latency_rounds", integer(1)),
     rule("phase.n_resamples", integer(100)),
     rule("baseline.name", one_of("gpt2_scratch", "gpt2")),
 ]
