@@ -419,3 +419,29 @@ def test_sample_windows_are_contiguous_slices():
     w = sample_windows(stream, 3, 50, 4, 10, 2, torch.Generator().manual_seed(0))
     assert w.shape == (12, 12)
     assert bool((w[:, 1:] - w[:, :-1] == 1).all())
+
+
+def test_overall_agreement_ci_resamples_examples_within_each_strategy():
+    """Overall agreement = mean over strategies of each strategy's share of agreeing positions. Strategy a: rows
+    [2 of 2] and [0 of 2]; strategy b: five rows of [1 of 2]. b's share is always 0.5; a's resampled share is 1, 0.5
+    or 0 (both rows the first, one of each, both the second: probabilities 1/4, 1/2, 1/4), so the overall statistic
+    is 0.75, 0.5 or 0.25 and the 95 % percentile interval is [0.25, 0.75]; n counts examples (7)."""
+    from agentforge.reasoning.baking import overall_agreement_ci
+
+    per = {"a": {"rows": [[2, 2], [0, 2]]}, "b": {"rows": [[1, 2]] * 5}}
+    ci = overall_agreement_ci(per, n_resamples=4000, seed=0)
+    assert ci["n"] == 7 and ci["ci95"] == [0.25, 0.75]
+    same = overall_agreement_ci({"a": {"rows": [[3, 4]] * 6}})
+    assert same == {"n": 6, "ci95": [0.75, 0.75]}
+
+
+def test_the_pipeline_decides_the_baking_row_from_its_ci():
+    from agentforge.pipeline.report import _decided
+
+    m = {"baking/final_accuracy": 0.96, "baking/final_accuracy_n": 40, "baking/final_accuracy_ci95": [0.9, 0.99]}
+    assert _decided(m, "baking/final_accuracy", True, ">=", 0.85).startswith("PASS (n=40, 95% CI [0.9, 0.99]")
+    m["baking/final_accuracy_ci95"] = [0.8, 0.99]
+    assert _decided(m, "baking/final_accuracy", True, ">=", 0.85).startswith("INCONCLUSIVE")
+    m["baking/final_accuracy_n"] = 8
+    m["baking/final_accuracy_ci95"] = [0.9, 0.99]
+    assert _decided(m, "baking/final_accuracy", True, ">=", 0.85).startswith("INCONCLUSIVE")   # n < 30

@@ -226,7 +226,11 @@ def _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, his
     tr.table("baking/strategy_accuracy_table", ["Strategy", "Accuracy", "Threshold", "Passed", "Accuracy before baking",
                                                 "KL before", "KL after", "Token usage (baked, no prompt)",
                                                 "Token usage (prompted)"], rows)
-    summary = {"baking/final_accuracy": final["overall"], "baking/converged": final["overall"] >= thr,
+    ci = bk.overall_agreement_ci(per, seed=int(cfg.seed))   # n examples and a CI: the pipeline decides the row from it
+    summary = {"baking/final_accuracy": final["overall"], "baking/final_accuracy_n": ci["n"],
+               "baking/final_accuracy_ci95": ci["ci95"],
+               "baking/final_accuracy_test": "stratified cluster bootstrap over validation examples",
+               "baking/converged": final["overall"] >= thr,
                "baking/total_epochs": len(hist["epoch"]), "baking/training_time_hours": hours,
                "baking/initial_accuracy": before["overall"], "baking/initial_val_loss": before["val_loss"],
                "baking/final_val_loss": final["val_loss"],

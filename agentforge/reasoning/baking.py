@@ -38,6 +38,34 @@ def agreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: 
     return float(same.sum()) / max(int(mask.sum()), 1)
 
 
+def agreement_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """[agreeing positions, masked positions] of each example (row): the unit the overall agreement's CI resamples."""
+    same = (teacher_logits.argmax(-1) == student_logits.argmax(-1)) & mask
+    return [[int(a), int(m)] for a, m in zip(same.sum(1).tolist(), mask.sum(1).tolist())]
+
+
+def overall_agreement_ci(per: dict, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """n and a 95 % CI of the overall agreement (the mean over strategies of each strategy's agreement share),
+    by a stratified cluster bootstrap (Efron & Tibshirani 1993, ch. 6; Davison & Hinkley 1997, 3.8): the
+    validation examples of each strategy are resampled with replacement, positions staying with their example
+    (they are not independent), and the statistic recomputed; percentile interval."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    groups = [np.asarray(v["rows"], dtype=float).reshape(-1, 2) for v in per.values() if v.get("rows")]
+    n = int(sum(len(g) for g in groups))
+    if not groups or n == 0:
+        return {"n": 0, "ci95": None}
+    stats = np.zeros(n_resamples)
+    for g in groups:
+        idx = rng.integers(0, len(g), size=(n_resamples, len(g)))
+        agree, count = g[idx, 0].sum(1), g[idx, 1].sum(1)
+        stats += agree / np.maximum(count, 1)
+    stats /= len(groups)
+    lo, hi = np.quantile(stats, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"n": n, "ci95": [float(lo), float(hi)]}
+
+
 @torch.no_grad()
 def sample_continuation(model, prefix: list[int], n_tokens: int, temperature: float,
                         generator: torch.Generator | None, banned: list[int] = ()) -> list[int]:
@@ -124,7 +152,8 @@ def bake_eval(model, teacher, val: dict[str, list[tuple[list[int], list[int]]]],
             t_logits = aligned_teacher_logits(teacher(t_ids).logits, len(prompts[key]), s_ids.shape[1])
             s_logits = model(s_ids).logits
             kls.append(float(baking_kl(t_logits, s_logits, mask)))
-            per[key] = {"agreement": agreement(t_logits, s_logits, mask), "kl": kls[-1]}
+            per[key] = {"agreement": agreement(t_logits, s_logits, mask), "kl": kls[-1],
+                        "rows": agreement_rows(t_logits, s_logits, mask)}
             if usage_ids is not None:
                 def sample(m, prefix, g):
                     return sample_continuation(m, prefix, int(b.usage_tokens), float(b.temperature), g, [PAD_ID, BOS_ID])
