@@ -354,3 +354,16 @@ def test_peak_train_ram_is_the_largest_logged_value():
     assert peak_train_ram_mb({"system/ram_used_gb": ram, "system/gpu_memory_used_gb": []}) == 768.0
     assert peak_train_ram_mb({"system/ram_used_gb": ram, "system/gpu_memory_used_gb": [(0, 2.0), (1, 1.5)]}) == 2048.0
     assert math.isnan(peak_train_ram_mb({"system/ram_used_gb": [], "system/gpu_memory_used_gb": []}))
+
+
+def test_a_val_chunk_that_is_also_a_train_chunk_is_dropped(tmp_path):
+    """Split by file, but a block repeated across files (here the same table in 40 files of different headers)
+    would sit on both sides: validation keeps none of the training text."""
+    root = tmp_path / "src"
+    root.mkdir()
+    table = "TABLE = (\\n" + "".join(f"    {i},\\n" for i in range(300)) + ")\\n"
+    for i in range(40):
+        (root / f"m{i}.py").write_text(f"def f{i}():\\n    return {i}\\n\\n\\n" + table)
+    c = build_corpus([], root=root, val_fraction=0.3, chunk_chars=400)
+    assert c.stats["val_chunks_in_train_dropped"] > 0 and c.val
+    assert not set(c.val) & set(c.train)

@@ -10,7 +10,9 @@ train a code model on before it is tested on HumanEval / MBPP.
    The count and the names of the dropped files are reported.
 4. Split by file (a file's path hash decides), so no file is on both sides; each file is cut into chunks
    of whole top-level blocks (``def``/``class``/decorators) of at most ``chunk_chars`` characters, which the
-   datamodule packs into rows with the project's byte tokenizer.
+   datamodule packs into rows with the project's byte tokenizer. A val chunk whose text is also a train chunk
+   (a licence header, a generated codec table repeated across files) is dropped, so validation holds no text
+   the model trained on (counted in ``val_chunks_in_train_dropped``; tested).
 """
 from __future__ import annotations
 
@@ -138,10 +140,14 @@ def build_corpus(problems: Iterable = (), *, root: str | Path | None = None, val
         parts = chunks(text, chunk_chars)
         (val if to_val else train).extend(parts)
         n_val, n_train = n_val + to_val, n_train + (not to_val)
+    in_train = {hashlib.sha256(c.encode()).digest() for c in train}   # held out by content, not only by file:
+    kept = [c for c in val if hashlib.sha256(c.encode()).digest() not in in_train]   # a chunk (license header,
+    val_overlap, val = len(val) - len(kept), kept                          # codec table) may repeat across files
     if not train or not val:
         raise ConfigError(f"data.root={root}: {len(files)} Python files give {n_train} train and {n_val} val files; "
                           f"need at least one of each (check data.root and data.val_fraction)")
     stats = {"root": str(root), "files_found": len(files), "duplicates_dropped": dup, "unreadable": unreadable,
+             "val_chunks_in_train_dropped": val_overlap,
              "contaminated_dropped": len(dropped), "contaminated_files": dropped,
              "signatures_checked": len(sigs), "solutions_checked": len(blocks),
              "train_files": n_train, "val_files": n_val, "train_chunks": len(train), "val_chunks": len(val),
