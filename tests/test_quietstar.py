@@ -104,6 +104,11 @@ def test_user_examples_hold_out_the_last_of_each_strategy(tmp_path):
                          for s in ("mece", "doubt") for i in range(3)))
     train, val = _split_user(load_examples(p), 1)
     assert [e["question"] for e in val] == ["q2", "q2"] and len(train) == 4
+    # mece holds out q2, but doubt trains on q2 (its held-out record is q3): mece's q2 is dropped from validation
+    p.write_text("".join(json.dumps({"strategy": s, "question": q, "response": " [thinking] r"}) + "\n"
+                         for s, q in (("mece", "q0"), ("mece", "q1"), ("mece", "q2"), ("doubt", "q2"), ("doubt", "q3"))))
+    train, val = _split_user(load_examples(p), 1)
+    assert [e["question"] for e in val] == ["q3"] and {e["question"] for e in train} == {"q0", "q1", "q2"}
 
 
 def test_pipeline_threshold_rows_show_the_anti_theater_verdict_n_and_ci(tmp_path):
