@@ -34,6 +34,7 @@ from agentforge.data import formats, synthetic
 from agentforge.data.build import eval_sets
 from agentforge.data.tokenizer import BOS_ID, PAD_ID
 from agentforge.errors import ConfigError
+from agentforge.evals.speed import interleaved_medians
 from agentforge.io import CheckpointError, save_tensors, write_json_atomic, write_text_atomic
 from agentforge.phases.cognate import fingerprint, resume_path
 from agentforge.phases.context import run_context
@@ -319,17 +320,21 @@ def _ci(ci) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
-def _inference_ms(model, head, tok, tc, tids, n_tokens: int) -> tuple[float, float]:
-    """Milliseconds per generated token (greedy) with one thought per token, and without thoughts."""
-    ids = torch.tensor([tok.encode(formats.gsm8k_prompt(synthetic.arithmetic(0, "test", 0)), bos=True)],
-                       device=next(model.parameters()).device)
-    out = []
-    for h in (head, None):
-        t0 = time.perf_counter()
-        generate_with_thoughts(model, h, ids, n_tokens, tc.thought_length, tids["start"], tids["end"], tc.context_len,
-                               tc.temperature, tids["banned"], torch.Generator().manual_seed(0))
-        out.append((time.perf_counter() - t0) * 1000 / n_tokens)
-    return out[0], out[1]
+def _inference_ms(model, head, tok, tc, tids, n_tokens: int, rounds: int = 3) -> tuple[float, float]:
+    """Milliseconds per generated token (greedy) with one thought per token, and without thoughts: medians of
+    ``rounds`` interleaved rounds after a warm-up (``speed.interleaved_medians``), so the ratio is not one timing
+    of each taken one after the other."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([tok.encode(formats.gsm8k_prompt(synthetic.arithmetic(0, "test", 0)), bos=True)], device=device)
+
+    def gen(h):
+        return lambda: generate_with_thoughts(model, h, ids, n_tokens, tc.thought_length, tids["start"], tids["end"],
+                                              tc.context_len, tc.temperature, tids["banned"],
+                                              torch.Generator().manual_seed(0))
+
+    med = interleaved_medians({"with": gen(head), "without": gen(None)}, rounds, warmup=1,
+                              sync=torch.cuda.synchronize if device.type == "cuda" else None)
+    return med["with"] * 1000 / n_tokens, med["without"] * 1000 / n_tokens
 
 
 def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, hours, out_dir) -> dict:

@@ -312,6 +312,20 @@ def _time_kernels(layers: list[BitLinear], attr: str, fn, repeats: int,
     return {k: 1e3 * v for k, v in med.items()}
 
 
+KERNEL_MARGIN = 0.05   # a kernel must beat the incumbent's median by more than 5 % to replace it
+
+
+def pick_kernel(medians: dict[str, float], margin: float = KERNEL_MARGIN) -> str:
+    """The first kernel of ``medians`` (insertion order: the default first), replaced by a later one only when that
+    one's median time is below the incumbent's by more than ``margin`` (a share)."""
+    names = list(medians)
+    best = names[0]
+    for k in names[1:]:
+        if medians[k] < medians[best] * (1 - margin):
+            best = k
+    return best
+
+
 @torch.no_grad()
 def select_kernel(model: nn.Module, ids: torch.Tensor, repeats: int = 5, decode_tokens: int = 0) -> dict:
     """Choose each regime's kernel by measurement on this machine, for every frozen BitLinear of ``model``.
@@ -320,11 +334,12 @@ def select_kernel(model: nn.Module, ids: torch.Tensor, repeats: int = 5, decode_
     times each. Decode regime (``kernel_decode``, inputs of at most ``BitLinear.decode_rows`` rows), when
     ``decode_tokens`` > 0 and the model has a KV cache: feeding ``ids[:1, :decode_tokens]`` to a fresh
     ``model.kv_decoder(1)`` one token at a time, timed the same way (ms per token), with the "native" kernel
-    (``native.py``) as a third candidate when it was built. The lowest median wins; returns the choices and
-    the medians in ms."""
+    (``native.py``) as a third candidate when it was built. A kernel replaces the first listed one (int8) only
+    when its median is lower by more than ``KERNEL_MARGIN`` (``pick_kernel``): timing noise between kernels that run
+    alike does not decide; returns the choices and the medians in ms."""
     layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.frozen]
     med = _time_kernels(layers, "kernel", lambda: model(ids), repeats)
-    info = {"kernel": min(med, key=med.get), "int8_ms": med["int8"], "float_ms": med["float"]}
+    info = {"kernel": pick_kernel(med), "int8_ms": med["int8"], "float_ms": med["float"], "margin": KERNEL_MARGIN}
     for m in layers:
         m.kernel = info["kernel"]
     if decode_tokens > 0 and hasattr(model, "kv_decoder"):
@@ -333,7 +348,7 @@ def select_kernel(model: nn.Module, ids: torch.Tensor, repeats: int = 5, decode_
         med = _time_kernels(layers, "kernel_decode", lambda: model.kv_decoder(1).next_logits(prompt), repeats,
                             kernels)
         per_token = {k: v / prompt.shape[1] for k, v in med.items()}
-        info.update(decode_kernel=min(per_token, key=per_token.get), decode_rows=BitLinear.decode_rows,
+        info.update(decode_kernel=pick_kernel(per_token), decode_rows=BitLinear.decode_rows,
                     **{f"decode_{k}_ms": v for k, v in per_token.items()})
         for m in layers:
             m.kernel_decode = info["decode_kernel"]
