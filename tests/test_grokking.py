@@ -212,3 +212,10 @@ def test_cli_grokking_logs_curves_and_results(tmp_path):
 def test_cli_bad_operation_names_the_key(tmp_path):
     proc = run_cli([*TINY_GROK, "phase.operation=pow"], tmp_path)
     assert proc.returncode == 2 and "phase.operation" in proc.stderr
+
+
+def test_bench_aims_need_three_seeds_for_a_verdict():
+    verdict = _bench().aim_verdict
+    assert verdict([12.0], 10.0) == "no verdict from 1 seed(s)"
+    assert verdict([12.0, 11.0, 10.5], 10.0) == "MET"
+    assert verdict([12.0, None, 10.5], 10.0) == "NOT MET" and verdict([12.0, 9.0, 10.5], 10.0) == "NOT MET"
