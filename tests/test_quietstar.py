@@ -27,7 +27,7 @@ QS_TINY = ["logger=csv", "hardware=cpu", "phase.baking.epochs=1", "phase.baking.
            "phase.baking.sample_tokens=2", "phase.baking.usage_tokens=2", "phase.rl.num_episodes=2",
            "phase.rl.num_thoughts=2", "phase.rl.thought_length=2", "phase.rl.thought_positions=1",
            "phase.rl.batch_size=1", "phase.rl.seq_len=24", "phase.rl.context_len=16", "phase.rl.n_true=2",
-           "phase.rl.anti_theater_every=1", "phase.rl.eval_windows=2", "phase.rl.eval_examples=1",
+           "phase.rl.anti_theater_every=1", "phase.rl.eval_windows=2", "phase.rl.eval_examples=2",
            "phase.rl.gen_tokens=2", "phase.rl.inference_tokens=1"]
 
 
@@ -68,8 +68,13 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     rows, rkeys = _metrics(run_dir / "phase3-step2-rl")
     for k in ("rl/reward", "rl/avg_reward", "rl/avg_coherence_score", "rl/semantic_coherence", "rl/kl_divergence",
               "rl/thought_diversity", "anti_theater/divergence", "anti_theater/all_passed", "rl/inference_time_ms",
-              "rl/final_reward", "rl/improvement_over_baked"):
+              "rl/final_reward", "rl/improvement_over_baked", "rl/improvement_over_baked_n"):
         assert k in rkeys, k
+    summary = next(r for r in rows if "rl/improvement_over_baked_n" in r)   # the improvement is paired by question
+    assert summary["rl/improvement_over_baked_n"] >= 2 and len(summary["rl/improvement_over_baked_ci95"]) == 2
+    assert "paired by question" in summary["rl/improvement_over_baked_test"]
+    for k in ("baking/final_accuracy_n", "baking/final_accuracy_ci95"):
+        assert k in bkeys, k
     checks = [r for r in rows if "anti_theater/divergence" in r]
     assert len(checks) == 3  # before training, after episode 1 and 2
     assert "anti-theater (n=" in proc.stdout and "thinking cost:" in proc.stdout

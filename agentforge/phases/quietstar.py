@@ -35,6 +35,8 @@ from agentforge.data.build import eval_sets
 from agentforge.data.tokenizer import BOS_ID, PAD_ID
 from agentforge.errors import ConfigError
 from agentforge.evals.speed import interleaved_medians
+from agentforge.evals.stats import paired_test
+from agentforge.evals.tasks import gsm8k_correct, gsm8k_generations
 from agentforge.io import CheckpointError, save_tensors, write_json_atomic, write_text_atomic
 from agentforge.phases.cognate import fingerprint, resume_path
 from agentforge.phases.context import run_context
@@ -303,6 +305,8 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path) -> dict:
         print(f"Quiet-STaR step 2 (rl): {r.num_episodes} episodes, {tc.num_thoughts} thoughts x {tc.thought_length} "
               f"tokens at {r.thought_positions} positions x {r.batch_size} sequences; run dir {ctx.run_dir}")
         baked_acc = task_accuracy(ref, tok, evals, int(r.gen_tokens))
+        baked_acc.update(records=evals["gsm8k"], gsm8k_correct=gsm8k_correct(
+            gsm8k_generations(ref, tok, evals["gsm8k"], int(r.gen_tokens)), evals["gsm8k"]))   # paired per question
         first = module.check(0)  # before training (a resumed run gets its checks back from the checkpoint)
         module.history["checks"] = [first]
         tr.log({k: v for k, v in check_metrics(first).items()}, step=0)
@@ -337,6 +341,21 @@ def _inference_ms(model, head, tok, tc, tids, n_tokens: int, rounds: int = 3) ->
     return med["with"] * 1000 / n_tokens, med["without"] * 1000 / n_tokens
 
 
+def _improvement_evidence(model, tok, r, baked_acc: dict) -> dict:
+    """n, 95 % CI and test of ``rl/improvement_over_baked``: the RL model's and the baked model's answers to the same
+    held-out GSM8K-format questions, paired (``stats.paired_test``: McNemar's exact p, Tango's CI)."""
+    records = baked_acc.get("records") or []
+    before = baked_acc.get("gsm8k_correct") or []
+    if len(before) < 1:
+        return {}
+    after = gsm8k_correct(gsm8k_generations(model, tok, records, int(r.gen_tokens)), records)
+    if len(after) < 2:
+        return {"rl/improvement_over_baked_n": len(after)}
+    t = paired_test(after, before)
+    return {"rl/improvement_over_baked_n": t["n"], "rl/improvement_over_baked_ci95": t["ci95"],
+            "rl/improvement_over_baked_test": f"{t['test']}, p={t['p_value']:.3g}, paired by question"}
+
+
 def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, hours, out_dir) -> dict:
     tr, r = ctx.tracker, cfg.phase.rl
     checks, reward_curve, coh_all = hist["checks"], hist["reward"], hist["coherence"]
@@ -346,6 +365,7 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, h
     summary = {"rl/final_reward": _mean(tail), "rl/final_coherence": last["coherence"],
                "rl/final_gsm8k_accuracy": last["gsm8k"], "rl/final_arc_accuracy": last["arc"],
                "rl/improvement_over_baked": last["gsm8k"] - baked_acc["gsm8k"],
+               **_improvement_evidence(model, tok, r, baked_acc),
                "rl/total_training_time_hours": hours, "rl/inference_time_ms": ms_with,
                "rl/inference_time_ms_without_thoughts": ms_without, "rl/thinking_cost_ratio": ms_with / ms_without,
                "anti_theater/final_all_passed": last["all_passed"], "anti_theater/final_divergence": last["divergence"],
