@@ -34,17 +34,16 @@ from agentforge.data import formats, synthetic
 from agentforge.data.build import eval_sets
 from agentforge.data.tokenizer import BOS_ID, PAD_ID
 from agentforge.errors import ConfigError
-from agentforge.evals.speed import interleaved_medians
-from agentforge.evals.stats import paired_test
 from agentforge.evals.tasks import gsm8k_correct, gsm8k_generations
 from agentforge.io import CheckpointError, save_tensors, write_json_atomic, write_text_atomic
 from agentforge.phases.cognate import fingerprint, resume_path
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.reasoning import baking as bk
+from agentforge.reasoning import measures
 from agentforge.reasoning.rl import ThoughtConfig, sample_windows
 from agentforge.reasoning.strategies import STRATEGIES, by_strategy, generate_examples, load_examples
-from agentforge.reasoning.thoughts import MixingHead, generate_with_thoughts
+from agentforge.reasoning.thoughts import MixingHead
 from agentforge.reasoning.tokens import (
     STRATEGY_TOKENS,
     THINK_END,
@@ -324,48 +323,16 @@ def _ci(ci) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
-def _inference_ms(model, head, tok, tc, tids, n_tokens: int, rounds: int = 3) -> tuple[float, float]:
-    """Milliseconds per generated token (greedy) with one thought per token, and without thoughts: medians of
-    ``rounds`` interleaved rounds after a warm-up (``speed.interleaved_medians``), so the ratio is not one timing
-    of each taken one after the other."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([tok.encode(formats.gsm8k_prompt(synthetic.arithmetic(0, "test", 0)), bos=True)], device=device)
-
-    def gen(h):
-        return lambda: generate_with_thoughts(model, h, ids, n_tokens, tc.thought_length, tids["start"], tids["end"],
-                                              tc.context_len, tc.temperature, tids["banned"],
-                                              torch.Generator().manual_seed(0))
-
-    med = interleaved_medians({"with": gen(head), "without": gen(None)}, rounds, warmup=1,
-                              sync=torch.cuda.synchronize if device.type == "cuda" else None)
-    return med["with"] * 1000 / n_tokens, med["without"] * 1000 / n_tokens
-
-
-def _improvement_evidence(model, tok, r, baked_acc: dict) -> dict:
-    """n, 95 % CI and test of ``rl/improvement_over_baked``: the RL model's and the baked model's answers to the same
-    held-out GSM8K-format questions, paired (``stats.paired_test``: McNemar's exact p, Tango's CI)."""
-    records = baked_acc.get("records") or []
-    before = baked_acc.get("gsm8k_correct") or []
-    if len(before) < 1:
-        return {}
-    after = gsm8k_correct(gsm8k_generations(model, tok, records, int(r.gen_tokens)), records)
-    if len(after) < 2:
-        return {"rl/improvement_over_baked_n": len(after)}
-    t = paired_test(after, before)
-    return {"rl/improvement_over_baked_n": t["n"], "rl/improvement_over_baked_ci95": t["ci95"],
-            "rl/improvement_over_baked_test": f"{t['test']}, p={t['p_value']:.3g}, paired by question"}
-
-
 def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, hours, out_dir) -> dict:
     tr, r = ctx.tracker, cfg.phase.rl
     checks, reward_curve, coh_all = hist["checks"], hist["reward"], hist["coherence"]
     last = checks[-1]
-    ms_with, ms_without = _inference_ms(model, head, tok, tc, tids, int(r.inference_tokens))
+    ms_with, ms_without = measures.inference_ms(model, head, tok, tc, tids, int(r.inference_tokens))
     tail = reward_curve[-max(1, len(reward_curve) // 5):]
     summary = {"rl/final_reward": _mean(tail), "rl/final_coherence": last["coherence"],
                "rl/final_gsm8k_accuracy": last["gsm8k"], "rl/final_arc_accuracy": last["arc"],
                "rl/improvement_over_baked": last["gsm8k"] - baked_acc["gsm8k"],
-               **_improvement_evidence(model, tok, r, baked_acc),
+               **measures.improvement_evidence(model, tok, r, baked_acc),
                "rl/total_training_time_hours": hours, "rl/inference_time_ms": ms_with,
                "rl/inference_time_ms_without_thoughts": ms_without, "rl/thinking_cost_ratio": ms_with / ms_without,
                "anti_theater/final_all_passed": last["all_passed"], "anti_theater/final_divergence": last["divergence"],
