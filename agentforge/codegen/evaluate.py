@@ -54,30 +54,30 @@ def self_check(problems: list[Problem], exec_kw: dict) -> dict:
     return {"n": len(problems), "pass_at_1": 1 - len(failures) / max(len(problems), 1), "failures": failures}
 
 
-@torch.no_grad()
 def generation_latency_ms(lm, tokens: int, prompt: str = "def") -> tuple[float, int]:
     """(ms, tokens) of one greedy generation of ``tokens`` tokens (capped so prompt + tokens fit the model's
     max_seq_len, the KV-cache condition) through the harness's decoding loop, after a short warmup."""
-    device = next(lm.model.parameters()).device
-    ids = torch.tensor([lm.encode(prompt)], device=device)
-    n = min(tokens, lm.max_seq_len - ids.shape[1])
-    generate(lm.model, ids, 2, lm.max_seq_len)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    _greedy(lm, 2, prompt)
+    sync = torch.cuda.synchronize if next(lm.model.parameters()).is_cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    out = generate(lm.model, ids, n, lm.max_seq_len)
+    n = _greedy(lm, tokens, prompt)
     sync()
-    assert out.shape[1] - ids.shape[1] == n
     return (time.perf_counter() - t0) * 1000, n
 
 
-@torch.no_grad()
-def _greedy(lm, tokens: int, prompt: str = "def", run: bool = True) -> int:
-    """Greedy-generate ``tokens`` tokens after ``prompt`` (capped so they fit max_seq_len); returns how many."""
+def _fit(lm, tokens: int, prompt: str = "def") -> tuple[torch.Tensor, int]:
+    """(prompt ids [1, P], ``tokens`` capped so that P + tokens fit max_seq_len)."""
     ids = torch.tensor([lm.encode(prompt)], device=next(lm.model.parameters()).device)
-    n = min(tokens, lm.max_seq_len - ids.shape[1])
-    if run:
-        generate(lm.model, ids, n, lm.max_seq_len)
+    return ids, min(tokens, lm.max_seq_len - ids.shape[1])
+
+
+@torch.no_grad()
+def _greedy(lm, tokens: int, prompt: str = "def") -> int:
+    """Greedy-generate ``tokens`` tokens after ``prompt`` (``_fit``); returns how many."""
+    ids, n = _fit(lm, tokens, prompt)
+    out = generate(lm.model, ids, n, lm.max_seq_len)
+    assert out.shape[1] - ids.shape[1] == n
     return n
 
 
@@ -92,8 +92,9 @@ def efficiency(lms: list, trainings: dict, latency_tokens: int, evals: dict, rou
                      "peak_memory_mb": (trainings.get(lm.name) or {}).get("train_ram_growth_mb", float("nan")),
                      "sampling_tokens_per_sec": evals[lm.name]["sampling_tokens_per_sec"]} for lm in lms}
     if latency_tokens:
-        counts = {lm.name: _greedy(lm, 2) for lm in lms}   # warm each model's decoding path
-        counts = {lm.name: _greedy(lm, latency_tokens, run=False) for lm in lms}
+        for lm in lms:
+            _greedy(lm, 2)   # warm each model's decoding path
+        counts = {lm.name: _fit(lm, latency_tokens)[1] for lm in lms}
         cuda = any(next(lm.model.parameters()).is_cuda for lm in lms)
         times = interleaved_times({lm.name: (lambda lm=lm: _greedy(lm, latency_tokens)) for lm in lms}, rounds,
                                   warmup=0, sync=torch.cuda.synchronize if cuda else None)

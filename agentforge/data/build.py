@@ -32,7 +32,7 @@ def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "
     out = {"gsm8k": synthetic.generate("arithmetic", size["gsm8k"], seed, split),
            "arc": synthetic.generate("choice", size["arc"], seed, split),
            "piqa": synthetic.generate("piqa", size["piqa"], seed, split)}
-    other = training_file_prompts(data_cfg, split)
+    other = training_file_prompts(data_cfg, split) if any(paths.values()) else set()
     for fmt, path in paths.items():
         if path:
             recs = formats.load_jsonl(path, fmt, key=f"data.eval_paths.{fmt}")

@@ -48,7 +48,7 @@ _PROMPT = {"text": lambda rec: rec["text"], "gsm8k": formats.gsm8k_prompt, "arc"
 
 def prompt_key(task: str, rec: dict) -> str:
     """The text that identifies an example: the prompt a model is asked (the whole text for prose)."""
-    return _PROMPT[formats.TASK_FORMAT[task]](rec)
+    return prompt_of(formats.TASK_FORMAT[task], rec)
 
 
 def bucket(key: str) -> int:
@@ -57,8 +57,7 @@ def bucket(key: str) -> int:
 
 
 def split_of(task: str, rec: dict) -> str:
-    b = bucket(prompt_key(task, rec))
-    return next((sp for sp, r in RESERVED.items() if b in r), "train")
+    return record_split(formats.TASK_FORMAT[task], rec)
 
 
 def prompt_of(fmt: str, rec: dict) -> str:
@@ -67,9 +66,9 @@ def prompt_of(fmt: str, rec: dict) -> str:
 
 
 def record_split(fmt: str, rec: dict) -> str:
-    """The split of a record of a user's file in format ``fmt`` (gsm8k, arc, piqa, text), by the same content hash of
-    its prompt as the synthetic examples: 10 % val, 10 % test, the rest train. Records that ask the same question land
-    in the same split, so a file used for training and evaluation is held out by content, not by position."""
+    """The split of a record in format ``fmt`` (gsm8k, arc, piqa, text) by the content hash of its prompt: 10 % val,
+    10 % test, the rest train — for the synthetic examples (``split_of``) and a user's file alike. Records that ask
+    the same question land in the same split, so a file used for training and evaluation is held out by content."""
     b = bucket(prompt_of(fmt, rec))
     return next((sp for sp, r in RESERVED.items() if b in r), "train")
 

@@ -21,7 +21,15 @@ from scipy import stats as sps
 
 from agentforge.errors import ConfigError
 from agentforge.evals.runner import direction
-from agentforge.evals.stats import MIN_N, exact_paired_binary, paired_test, pass_at_k_per_problem, tango_ci, verdict
+from agentforge.evals.stats import (
+    MIN_N,
+    exact_paired_binary,
+    paired_test,
+    pass_at_k_per_problem,
+    tango_ci,
+    threshold_verdict,
+    verdict,
+)
 from agentforge.io import write_json_atomic, write_text_atomic
 
 STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
@@ -265,8 +273,7 @@ def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: di
         per_token = [(c / cm["latency_tokens"]) / (b / bm["latency_tokens"]) for c, b in zip(rc, rb)]
         ratios = per_token if metric == "latency_ms" else [1 / r for r in per_token]   # throughput = 1 / time
         value, ci = statistics.median(ratios), median_ci(ratios)
-        ok = (True if (ci[1] <= target if op == "<=" else ci[0] >= target)
-              else False if (ci[0] > target if op == "<=" else ci[1] < target) else None)
+        ok = {"PASS": True, "FAIL": False}.get(threshold_verdict(ci, op, target)[0])   # the whole CI on one side
         return {"threshold": key, "value": value, "ci95": ci, "rounds": len(ratios), "target": target, "ok": ok}
     v, b = cm.get(metric), bm.get(metric)
     if not (_num(v) and _num(b) and math.isfinite(v) and math.isfinite(b) and b):

@@ -8,7 +8,6 @@ import torch
 from agentforge.data import formats, synthetic
 from agentforge.evals.speed import interleaved_medians
 from agentforge.evals.stats import paired_test
-from agentforge.evals.tasks import gsm8k_correct, gsm8k_generations
 from agentforge.reasoning.thoughts import generate_with_thoughts
 
 
@@ -29,14 +28,12 @@ def inference_ms(model, head, tok, tc, tids, n_tokens: int, rounds: int = 3) -> 
     return med["with"] * 1000 / n_tokens, med["without"] * 1000 / n_tokens
 
 
-def improvement_evidence(model, tok, r, baked_acc: dict) -> dict:
-    """n, 95 % CI and test of ``rl/improvement_over_baked``: the RL model's and the baked model's answers to the same
-    held-out GSM8K-format questions, paired (``stats.paired_test``: McNemar's exact p, Tango's CI)."""
-    records = baked_acc.get("records") or []
-    before = baked_acc.get("gsm8k_correct") or []
-    if len(before) < 1:
+def improvement_evidence(after: list[int] | None, before: list[int]) -> dict:
+    """n, 95 % CI and test of ``rl/improvement_over_baked``: the RL model's (the last check's) and the baked model's
+    answers to the same held-out GSM8K-format questions, 1/0 per question, paired (``stats.paired_test``: McNemar's
+    exact p, Tango's CI). A run resumed from a checkpoint of older code has no per-question answers: no evidence."""
+    if not after:
         return {}
-    after = gsm8k_correct(gsm8k_generations(model, tok, records, int(r.gen_tokens)), records)
     if len(after) < 2:
         return {"rl/improvement_over_baked_n": len(after)}
     t = paired_test(after, before)
