@@ -52,5 +52,8 @@ def run_hydra_main(main) -> None:
     try:
         main()
     except HydraException as exc:
+        from agentforge.tracking.sweep import discard_unstarted_sweep
+
+        discard_unstarted_sweep()
         print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
         sys.exit(2)

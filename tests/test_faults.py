@@ -158,6 +158,19 @@ def test_api_key_never_reaches_a_multiruns_records(tmp_path):
     assert len(failed) == 2 and not leaks and not [ln for ln in failed if secret in ln], (leaks, failed)
 
 
+def test_a_sweep_refused_before_any_job_leaves_nothing(tmp_path):
+    """``model=m1,m9``: Hydra's sweeper composes every job before launching any and refuses m9 after it has written
+    the sweep's multirun.yaml (with the secret among the overrides); that file, its sweep dir and date folder go."""
+    secret = "sk-test-0123456789abcdef"
+    proc = run_cli(["-m", "phase=cognate", "model=m1,m9", f"+logger.api_key={secret}", "logger=none"], tmp_path,
+                   timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "model/m9" in lines[0]
+    assert not [f for f in (tmp_path / "outputs").rglob("*") if f.is_file()]
+    assert not list((tmp_path / "outputs" / "multirun").iterdir())
+
+
 def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
 

@@ -1,5 +1,8 @@
 """Multirun bookkeeping: each job records its outcome; at the end of the sweep a Hydra callback prints
-which jobs failed and exits non-zero when any did (the other jobs still ran)."""
+which jobs failed and exits non-zero when any did (the other jobs still ran). A sweep that Hydra refuses
+before any job starts (an unknown option in a value list, e.g. ``model=m1,m9``: the sweeper composes every
+job first) leaves nothing behind: the sweeper has by then written ``multirun.yaml``, overrides and all, and
+``discard_unstarted_sweep`` removes it."""
 from __future__ import annotations
 
 import json
@@ -15,6 +18,7 @@ from omegaconf import DictConfig
 from agentforge.tracking.redaction import credential_values, redact_args, scrub
 
 STATUS_FILE = "sweep_status.jsonl"
+_started: list[Path] = []   # the sweep dir of this process's multirun, once Hydra has begun it
 
 
 def record_job(cfg: DictConfig, ok: bool, error: str | None = None) -> None:
@@ -37,7 +41,23 @@ def record_job(cfg: DictConfig, ok: bool, error: str | None = None) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def discard_unstarted_sweep() -> None:
+    """After Hydra refused a sweep: remove its directory when it holds only ``multirun.yaml`` (no job ran), and
+    its date folder when that is left empty. A sweep in which any job ran keeps everything."""
+    for sweep_dir in _started:
+        if sweep_dir.is_dir() and [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
+            (sweep_dir / "multirun.yaml").unlink()
+            sweep_dir.rmdir()
+            try:
+                sweep_dir.parent.rmdir()
+            except OSError:
+                pass
+
+
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _started.append(Path(config.hydra.sweep.dir))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         path = Path(config.hydra.sweep.dir) / STATUS_FILE
         if not path.is_file():
