@@ -114,6 +114,9 @@ def test_a_pickle_carrying_code_is_refused_not_executed(tmp_path):
     assert len(lines) == 1 and "refused: the training checkpoint holds objects other than tensors" in lines[0]
     assert "Traceback" not in proc.stderr and "UserWarning" not in proc.stderr, proc.stderr[-2000:]
     assert not marker.exists(), "unpickling ran the payload"
+    # refused before the run starts: no run dir, W&B run or Cognate work dir (its fingerprint) is left behind
+    left = [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] if (tmp_path / "outputs").exists() else []
+    assert not left, left
 
 
 def test_a_plain_pickle_as_ckpt_path_is_refused_before_the_run_starts(tmp_path):

@@ -23,22 +23,29 @@ class SafeCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda p: p.write_bytes(buf.getbuffer()))
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: resume checkpoint not found (ckpt_path)")
-        try:
-            with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before refusing the file
-                warnings.simplefilter("ignore", UserWarning)
-                return torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(f"{path}: refused: the training checkpoint holds objects other than tensors and "
-                                  f"plain data (loading it could run code); only weights-only checkpoints are "
-                                  f"loaded — resume from a checkpoint this tool saved, or start fresh") from exc
-        except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise CheckpointError(f"{path}: unreadable training checkpoint ({type(exc).__name__}: "
-                                  f"{first.split('. ')[0][:200]}); resume from a checkpoint this tool saved, or "
-                                  f"start fresh") from exc
+        return load_weights_only(path, map_location)
+
+
+def load_weights_only(path, map_location="cpu", mmap: bool = False):
+    """``torch.load(weights_only=True)`` with one clear CheckpointError for a missing, refused or unreadable
+    file. ``mmap=True`` maps the tensors instead of reading them: a cheap check that a checkpoint will load,
+    made before a run starts (``phases.cognate.resume_path``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: resume checkpoint not found (ckpt_path)")
+    try:
+        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before refusing the file
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: the training checkpoint holds objects other than tensors and "
+                              f"plain data (loading it could run code); only weights-only checkpoints are "
+                              f"loaded — resume from a checkpoint this tool saved, or start fresh") from exc
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: unreadable training checkpoint ({type(exc).__name__}: "
+                              f"{first.split('. ')[0][:200]}); resume from a checkpoint this tool saved, or "
+                              f"start fresh") from exc
 
 
 def resolve_hardware(hw: dict) -> dict:
