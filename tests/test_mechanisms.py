@@ -340,7 +340,7 @@ def test_phase1_diversity_uses_the_deterministic_cost(tmp_path):
         (d / "metrics.json").write_text(json.dumps({
             "diversity/avg_halting_steps": h, "diversity/ltm_usage": 0.5,
             "diversity/inference_mflops_per_token": 1.0, "diversity/inference_time_ms": 10.0 * (mid)}))
-    assert cognate_diversity(tmp_path) == pytest.approx(math.sqrt(2 / 3) / 3 / 3)
+    assert cognate_diversity(tmp_path)["phase1/diversity"] == pytest.approx(math.sqrt(2 / 3) / 3 / 3)
 
 
 @pytest.mark.parametrize("override,key", [("model.ponder_prior=1.5", "model.ponder_prior"),  # the others: slow tier

@@ -29,6 +29,8 @@ from agentforge.data.recall import FACT_CHARS as RECALL_FACT_CHARS
 from agentforge.data.recall import recall_rows
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.errors import ConfigError
+from agentforge.evals.diversity import PER_ROW_KEY as DIVERSITY_ROWS
+from agentforge.evals.diversity import per_row_features
 from agentforge.evals.speed import forward_latency_ms
 from agentforge.io import CheckpointError, write_json_atomic
 from agentforge.models import CognateModel
@@ -50,7 +52,7 @@ from agentforge.tracking.callbacks import (
     ThroughputCallback,
 )
 from agentforge.training.lm_module import LMModule
-from agentforge.training.trainer import EpochCheckpoint, build_trainer
+from agentforge.training.trainer import EpochCheckpoint, build_trainer, load_weights_only
 
 RULES = PHASE_RULES["cognate"]
 
@@ -84,6 +86,7 @@ def resume_path(ckpt_path, work_dir: Path, fp: str) -> str | None:
     if not zipfile.is_zipfile(ckpt_path):  # before the run starts: no run dir, W&B run or work dir for a wrong file
         raise CheckpointError(f"ckpt_path={ckpt_path}: not a training checkpoint this tool saved (those are torch "
                               f"zip archives, e.g. {last}); resume from one, or start fresh")
+    load_weights_only(ckpt_path, mmap=True)  # a refused or unreadable one fails here, before the run starts
     return str(ckpt_path)
 
 
@@ -208,7 +211,8 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
             print(f"warning: the DDP ranks ended with different weights (largest spread of a tensor's sum or sum of "
                   f"squares {module.rank_weight_spread:.3g}); the checkpoint is rank 0's")
     tr.summary(final)
-    write_json_atomic(ckpt_dir / "metrics.json", final)
+    # each held-out row measured alone, for the CI of the Phase 1 diversity (evals.diversity); not a summary key
+    write_json_atomic(ckpt_dir / "metrics.json", {**final, DIVERSITY_ROWS: per_row_features(model, val_rows)})
     publish(ckpt_dir, out_dir)
     # charts
     h = module.history

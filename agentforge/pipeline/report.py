@@ -5,7 +5,8 @@
    output's ``eval`` results; every accuracy with its n and 95% Wilson CI;
 3. the seed's critical thresholds: a row comparing two models (``_PAIRED``) is decided only by a CI from
    a paired test on the same examples — PASS when the whole CI meets the threshold, FAIL when none of it
-   does, INCONCLUSIVE otherwise, below ``stats.MIN_N`` examples, or without a CI; BitNet's accuracy
+   does, INCONCLUSIVE otherwise, below ``stats.MIN_N`` examples, or without a CI; Phase 1 diversity is
+   decided the same way from its bootstrap CI over the held-out rows (``evals.diversity``); BitNet's accuracy
    drop is recomputed here, paired, from the eval results of ``phase3_reasoning`` and
    ``phase4_compressed`` over all their questions (``evals.compare.accuracy_drop_test``);
 4. Phase 1, what each Cognate mechanism buys: each model's ablation deltas with their paired-bootstrap
@@ -30,6 +31,7 @@ import matplotlib.pyplot as plt
 
 from agentforge.errors import ConfigError
 from agentforge.evals.compare import ACCURACY_FORMATS, accuracy_drop_test
+from agentforge.evals.diversity import phase1_diversity
 from agentforge.evals.stats import threshold_verdict, wilson_ci
 from agentforge.io import atomic_write, write_text_atomic
 
@@ -75,6 +77,8 @@ def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: flo
     if verdict is None:
         if key in _PAIRED:
             return "INCONCLUSIVE (no CI from a paired test on the same examples)"
+        if key == "phase1/diversity":  # metrics.json written before the per-row features were kept
+            return "INCONCLUSIVE (no CI: the Cognate metrics lack per-row features; re-run phase=cognate)"
         return "PASS" if ok else "FAIL"
     lo, hi = ci or (float("nan"), float("nan"))
     test = measured.get(f"{key}_test")
@@ -104,26 +108,21 @@ def cognate_metrics(artifacts: Path) -> dict[int, dict]:
     return {mid: json.loads(f.read_text()) for mid, f in files.items() if f.is_file()}
 
 
-def cognate_diversity(artifacts: Path) -> float | None:
-    """Phase 1 diversity: the mean, over the seed's diversity features (avg halting steps, LTM usage,
-    inference cost), of their coefficient of variation (population std / mean) across the three models.
-    Inference cost is the forward FLOPs per token counted on the steps each model runs on the held-out
-    rows (deterministic), not the latency the seed names: across separate runs on a loaded machine the
-    latency's variation is timing noise (older metrics without FLOPs fall back to the latency).
-    0 means identical models; None until all three have metrics."""
-    rows = list(cognate_metrics(artifacts).values())
-    if len(rows) < 3:
-        return None
-    cvs = []
-    cost = "diversity/inference_mflops_per_token"
-    if not all(cost in r for r in rows):  # metrics written before FLOPs were counted: the latency
-        cost = "diversity/inference_time_ms"
-    for key in ("diversity/avg_halting_steps", "diversity/ltm_usage", cost):
-        vals = [float(r[key]) for r in rows]
-        mean = sum(vals) / 3
-        if mean > 0:
-            cvs.append(math.sqrt(sum((v - mean) ** 2 for v in vals) / 3) / mean)
-    return sum(cvs) / len(cvs) if cvs else None
+def cognate_diversity(artifacts: Path) -> dict:
+    """Phase 1 diversity (``evals.diversity.phase1_diversity``: the mean coefficient of variation of avg
+    halting steps, LTM usage and forward FLOPs per token across the three models, with its bootstrap CI over
+    the held-out rows); {} until all three models have metrics."""
+    return phase1_diversity(list(cognate_metrics(artifacts).values()))
+
+
+def _diversity_text(div: dict) -> str:
+    if not div:
+        return "– (needs all three models)"
+    if "phase1/diversity_ci95" not in div:
+        return f"{div['phase1/diversity']:.3f} (no CI: metrics without per-row features)"
+    lo, hi = div["phase1/diversity_ci95"]
+    return (f"{div['phase1/diversity']:.3f}, 95% CI [{lo:.3f}, {hi:.3f}] ({div['phase1/diversity_test']}, "
+            f"n = {div['phase1/diversity_n']} rows per model)")
 
 
 def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]:
@@ -131,9 +130,7 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
     measured: dict[str, float] = {}
     for m in step_metrics.values():
         measured.update(m)
-    div = cognate_diversity(artifacts)
-    if div is not None:
-        measured["phase1/diversity"] = div
+    measured.update(cognate_diversity(artifacts))
     if "final/accuracy_drop" in measured:  # the BitNet phase's own figure is unpaired: replace it when we can
         measured.update(paired_accuracy_drop(artifacts))
     rows = []
@@ -324,8 +321,7 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
                "against always-max-steps is below the margin. Digits − letters: mean halting step on the computed "
                "result's digits minus on the letters of the same held-out GSM8K-format rows, paired by row.", "",
                "Phase 1 diversity (mean coefficient of variation of halting steps, LTM usage and inference FLOPs "
-               "across the three models): " + (f"{div:.3f}" if div is not None else "– (needs all three models)")
-               + " against the seed's threshold 0.3.", ""]
+               "across the three models): " + _diversity_text(div) + " against the seed's threshold 0.3.", ""]
     data_cols = ["Task", "Training draws", "Distinct training prompts", "Held-out (val / test)",
                  "Held-out prompts seen in training (val / test)", "Identical records (val / test)"]
     data = data_rows(data_check) if data_check else []

@@ -1,0 +1,103 @@
+"""Phase 1 diversity of the three Cognate models, with a CI.
+
+The seed's Phase 1 threshold is "diversity > 0.3" over three features: average halting steps, long-term
+memory usage and inference cost. The figure is the mean, over the features, of their coefficient of
+variation across the models (population std / mean, so 0 means identical models). Inference cost is the
+forward FLOPs per token counted on the steps each model runs (deterministic), not a latency, which across
+separate runs on a loaded machine would vary by timing noise alone.
+
+Each feature of each model is a mean over the held-out rows it was measured on, so the figure carries
+sampling noise from those rows. ``per_row_features`` measures every row on its own, and ``diversity_ci``
+gives a percentile bootstrap CI (Efron & Tibshirani 1993, *An Introduction to the Bootstrap*, ch. 13):
+each model's rows are resampled with replacement, independently per model (correct whether or not the
+models saw the same rows), and the figure is recomputed from the resampled means. The CI covers the
+measurement on these rows only. The three models are fixed; the variation between training runs is not
+in it, and three models cannot estimate it.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+FEATURES = ("halting_steps", "ltm_usage", "mflops_per_token")
+PER_ROW_KEY = "diversity/per_row"  # metrics.json key of per_row_features' output
+# the features' model-level keys in a Cognate model's metrics.json, in FEATURES order
+MEAN_KEYS = ("diversity/avg_halting_steps", "diversity/ltm_usage", "diversity/inference_mflops_per_token")
+
+
+@torch.no_grad()
+def per_row_features(model, rows: torch.Tensor) -> dict[str, list[float]]:
+    """Per held-out row of ``rows`` [N, T+1], each measured in a forward pass of that row alone (eval mode):
+    its tokens' mean ACT halting step, the share of the memory's slots filled at the row's end, and the
+    forward MFLOPs per token (torch.utils.flop_counter, on the steps the model runs for that row)."""
+    device = next(model.parameters()).device
+    model.eval()
+    out: dict[str, list[float]] = {f: [] for f in FEATURES}
+    for row in rows[:, :-1]:
+        x = row[None].to(device)
+        with FlopCounterMode(display=False) as fc:
+            steps = model(x).halting_steps
+        out["halting_steps"].append(float(steps.float().mean()))
+        out["ltm_usage"].append(model.memory.usage_fraction())
+        out["mflops_per_token"].append(fc.get_total_flops() / x.numel() / 1e6)
+    return out
+
+
+def diversity(means: np.ndarray) -> float:
+    """Mean over features of the coefficient of variation across models; ``means`` [models, features].
+    A feature whose mean over the models is 0 has no CV and is left out (NaN when all are)."""
+    means = np.asarray(means, dtype=np.float64)
+    mu = means.mean(axis=0)
+    ok = mu > 0
+    if not ok.any():
+        return float("nan")
+    return float((means.std(axis=0)[ok] / mu[ok]).mean())
+
+
+def diversity_ci(per_row: list[dict[str, list[float]]], n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``diversity`` over the models' rows, resampled independently per model."""
+    rng = np.random.default_rng(seed)
+    boot = []  # per model: [n_boot, features] means of resampled rows
+    for rows in per_row:
+        x = np.stack([np.asarray(rows[f], dtype=np.float64) for f in FEATURES], axis=1)  # [N, F]
+        idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+        boot.append(x[idx].mean(axis=1))
+    stacked = np.stack(boot, axis=1)  # [n_boot, models, F]
+    mu = stacked.mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv = np.where(mu > 0, stacked.std(axis=1) / np.where(mu > 0, mu, 1.0), np.nan)
+    with warnings.catch_warnings():  # a resample whose features all have mean 0 has no figure: dropped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        vals = np.nanmean(cv, axis=1)
+    vals = vals[~np.isnan(vals)]
+    if not len(vals):
+        return (math.nan, math.nan)
+    a = (1 - level) / 2
+    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+
+
+def phase1_diversity(metrics: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """``phase1/diversity`` from three Cognate models' metrics.json, with ``_ci95``, ``_n`` (the fewest rows
+    a model was measured on) and ``_test`` when every model has its per-row features (metrics written before
+    they were kept give the figure alone: the report then has no CI to decide on). The figure is computed from
+    the model-level means, which are the means of the per-row features (tested)."""
+    if len(metrics) != 3:
+        return {}
+    cost = "diversity/inference_mflops_per_token"
+    if all(cost in m for m in metrics):
+        keys = MEAN_KEYS
+    else:  # metrics written before FLOPs were counted: the latency (no CI either)
+        keys = (*MEAN_KEYS[:2], "diversity/inference_time_ms")
+    out = {"phase1/diversity": diversity(np.array([[float(m[k]) for k in keys] for m in metrics]))}
+    rows = [m.get(PER_ROW_KEY) for m in metrics]
+    if keys == MEAN_KEYS and all(isinstance(r, dict) and all(r.get(f) for f in FEATURES) for r in rows):
+        n = min(len(r[FEATURES[0]]) for r in rows)
+        out.update({"phase1/diversity_ci95": list(diversity_ci(rows, n_boot, seed)), "phase1/diversity_n": n,
+                    "phase1/diversity_test": f"percentile bootstrap over each model's held-out rows ({n_boot} "
+                                             "resamples); covers these rows' noise, not training-run variation"})
+    return out

@@ -1,0 +1,105 @@
+"""Phase 1 diversity (``evals.diversity``): the figure by hand, its bootstrap CI, the per-row features and the
+threshold row decided from the CI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agentforge.evals.diversity import (
+    FEATURES,
+    MEAN_KEYS,
+    PER_ROW_KEY,
+    diversity,
+    diversity_ci,
+    per_row_features,
+    phase1_diversity,
+)
+
+
+def test_diversity_by_hand():
+    """Every feature 1, 2, 3 (scaled): CV = pop. std / mean = sqrt(2/3) / 2 for each, so the mean is the same."""
+    means = np.array([[1.0, 0.1, 10.0], [2.0, 0.2, 20.0], [3.0, 0.3, 30.0]])
+    assert diversity(means) == pytest.approx(math.sqrt(2 / 3) / 2)
+    assert diversity(np.ones((3, 3))) == 0.0
+    # a feature with mean 0 (no memory used by any model) has no CV and is left out
+    assert diversity(np.array([[1.0, 0.0, 1.0], [3.0, 0.0, 1.0], [2.0, 0.0, 1.0]])) == pytest.approx(
+        math.sqrt(2 / 3) / 2 / 2)
+
+
+def _rows(halting, usage, mflops):
+    return {"halting_steps": list(halting), "ltm_usage": list(usage), "mflops_per_token": list(mflops)}
+
+
+def test_ci_collapses_on_constant_rows_and_widens_with_noise():
+    const = [_rows([h] * 40, [0.5] * 40, [1.0] * 40) for h in (1.0, 2.0, 3.0)]
+    lo, hi = diversity_ci(const)
+    point = diversity(np.array([[1.0, 0.5, 1.0], [2.0, 0.5, 1.0], [3.0, 0.5, 1.0]]))
+    assert lo == pytest.approx(point) and hi == pytest.approx(point)
+    rng = np.random.default_rng(1)
+    noisy = [_rows(h + rng.normal(0, 0.5, 40), [0.5] * 40, [1.0] * 40) for h in (1.0, 2.0, 3.0)]
+    lo, hi = diversity_ci(noisy)
+    est = diversity(np.array([[np.mean(r["halting_steps"]), 0.5, 1.0] for r in noisy]))
+    assert lo < est < hi and hi - lo > 0.02
+    assert diversity_ci(noisy, seed=3) != (lo, hi)  # a different resampling, not a fixed answer
+
+
+def _metrics(mid_rows):
+    out = []
+    for rows in mid_rows:
+        m = {k: float(np.mean(rows[f])) for k, f in zip(MEAN_KEYS, FEATURES)}
+        out.append({**m, PER_ROW_KEY: rows})
+    return out
+
+
+def test_threshold_row_is_decided_from_the_ci(tmp_path):
+    """Halting 1 / 3 / 5 on 40 rows each, tight: diversity ≈ (0.544 + 0 + 0) / 3 = 0.181 < 0.3 with the whole
+    CI below → FAIL; far apart (1 / 4 / 16) → PASS; with noisy rows straddling 0.3 → INCONCLUSIVE; below MIN_N
+    rows per model → INCONCLUSIVE whatever the CI."""
+    from agentforge.pipeline.report import threshold_rows
+
+    rng = np.random.default_rng(0)
+
+    def verdict_for(levels, sd, n=40):
+        root = tmp_path / f"{levels}-{sd}-{n}"
+        for mid, rows in zip((1, 2, 3), _metrics([_rows(h + rng.normal(0, sd, n), [0.5] * n, [1.0] * n)
+                                                  for h in levels])):
+            d = root / "cognate" / f"model{mid}"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps(rows))
+        (row,) = threshold_rows({}, root)
+        assert row[1] == "phase1/diversity" and f"n={n}, 95% CI [" in row[4]
+        return row[4].split(" (")[0]
+
+    assert verdict_for((1.0, 3.0, 5.0), 0.05) == "FAIL"
+    assert verdict_for((1.0, 4.0, 16.0), 0.05) == "PASS"
+    assert verdict_for((1.0, 1.9, 3.4), 4.0) == "INCONCLUSIVE"
+    assert verdict_for((1.0, 4.0, 16.0), 0.05, n=10) == "INCONCLUSIVE"
+
+
+def test_phase1_diversity_without_per_row_features_has_no_ci():
+    ms = [{k: float(i + 1) for k in MEAN_KEYS} for i in range(3)]
+    out = phase1_diversity(ms)
+    assert set(out) == {"phase1/diversity"}
+    assert phase1_diversity(ms[:2]) == {}
+
+
+def test_per_row_features_average_to_the_batched_held_out_pass():
+    """The model-level figures the Cognate phase reports (one batched pass) are the means of the per-row ones."""
+    from agentforge.models.cognate import CognateConfig, CognateModel
+    from agentforge.phases.cognate import held_out_pass
+
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=16, max_steps=3,
+                                       max_seq_len=64))
+    rows = torch.randint(0, 256, (12, 49))
+    halting, usage, mflops = held_out_pass(model, rows, batch_size=5)
+    per = per_row_features(model, rows)
+    assert all(len(per[f]) == 12 for f in FEATURES)
+    assert np.mean(per["halting_steps"]) == pytest.approx(float(halting.mean()), rel=1e-6)
+    assert np.mean(per["ltm_usage"]) == pytest.approx(usage, rel=1e-6)
+    assert np.mean(per["mflops_per_token"]) == pytest.approx(mflops, rel=1e-6)
+    assert len(set(per["halting_steps"])) > 1  # rows differ: there is something to resample
