@@ -48,12 +48,15 @@ def test_comparison_outputs(results_dir, tmp_path):
     out = run_comparison(results_dir, ["baseline", "after_surgery", "finetuned_recursive"], tmp_path / "cmp",
                          thresholds=TH, n_resamples=2000)
     md = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| perplexity | lower | 20 | 20 (+0 =) | 12 (-8 ▲) |" in md
-    assert "| latency_ms | lower | 100 | 110 (+10 ▼) | 120 (+20 ▼) |" in md
-    assert "| avg_refine_steps |  | – | – | 1.5 |" in md
+    # no per-row losses in these files: perplexity has nothing to pair, and timings never get a direction
+    assert "| perplexity | lower | 20 | 20 (+0) | 12 (-8) | unpaired: no test (no per-example results) |" in md
+    assert "| latency_ms | lower | 100 | 110 (+10) | 120 (+20) | unpaired: no test |" in md
+    assert "| reasoning_accuracy | higher | 0.25 | 0.25 (+0 [-0.0876, +0.0876], n=40 ~) | 0.75 (+0.5 [" in md
+    assert "| avg_refine_steps |  | – | – | 1.5 |  |" in md
     rows = list(csv.DictReader(io.StringIO((tmp_path / "cmp" / "comparison.csv").read_text())))
     r = next(x for x in rows if x["metric"] == "reasoning_accuracy" and x["stage"] == "finetuned_recursive")
     assert float(r["value"]) == 0.75 and float(r["delta_vs_first"]) == pytest.approx(0.5) and r["change"] == "improved"
+    assert float(r["p"]) == pytest.approx(2 * 0.5 ** 20) and r["n"] == "40" and float(r["ci_low"]) > 0  # 20 gains
     for p in out["plots"]:
         img = mpimg.imread(p)
         assert p.read_bytes()[:4] == b"\x89PNG" and img.shape[0] >= 250 and img.shape[1] >= 400

@@ -1,15 +1,14 @@
 """Comparison of evaluation stages: the table (Markdown, CSV), the plots (PNG) and ``stats.json``.
 
 Each ``{stage}_results.json`` (written by ``phase=eval``) holds the stage's metrics and per-example
-results. The table shows every metric across the stages, each later stage's change against the first
-(the baseline) and whether it is an improvement or a regression given the metric's direction. The
-statistics compare a candidate stage with the baseline on the same examples (``stats.py``) and give
-the dashboard's verdict.
+results. The table (``compare_table.py``) shows every metric across the stages and each later stage's
+change against the first (the baseline): with its paired CI, n and p where both stages have per-example
+results on the same examples, ▲ / ▼ only when that CI excludes 0; the bare difference, no marker, for
+once-per-run figures such as timings. The statistics compare a candidate stage with the baseline on the
+same examples (``stats.py``) and give the dashboard's verdict.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
@@ -20,29 +19,24 @@ import numpy as np
 from scipy import stats as sps
 
 from agentforge.errors import ConfigError
-from agentforge.evals.runner import direction
-from agentforge.evals.stats import (
-    MIN_N,
-    exact_paired_binary,
-    paired_test,
-    pass_at_k_per_problem,
-    tango_ci,
-    threshold_verdict,
-    verdict,
+from agentforge.evals.compare_table import (  # noqa: F401  (re-exported: the table's names were defined here)
+    ACCURACY_FORMATS,
+    PLOT_GROUPS,
+    SKIP,
+    _num,
+    _per_problem,
+    align,
+    change,
+    csv_table,
+    markdown_table,
+    metric_names,
+    table_rows,
 )
+from agentforge.evals.runner import direction
+from agentforge.evals.stats import MIN_N, exact_paired_binary, paired_test, tango_ci, threshold_verdict, verdict
 from agentforge.io import write_json_atomic, write_text_atomic
 
 STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
-PLOT_GROUPS = {
-    "quality": ["perplexity", "loss", "token_accuracy", "reasoning_accuracy", "pass_at_1", "pass_at_10",
-                "arc_easy_accuracy", "piqa_accuracy"],
-    "generation": ["gen/avg_length_tokens", "gen/distinct_1", "gen/distinct_2", "gen/repetition_rate",
-                   "gen/coherence", "gen/prompt_overlap"],
-    "efficiency": ["throughput_tokens_per_sec", "forward_tokens_per_sec", "latency_ms", "peak_memory_mb",
-                   "param_count", "param_memory_mb", "examples_per_sec"],
-    "recursive": ["avg_refine_steps", "commit_rate", "avg_chunk_length", "stability_at_k", "surgery_max_abs_diff"],
-}
-SKIP = {"latency_tokens"}
 
 
 def load_results(results_dir: str | Path, stages: list[str] | None) -> dict[str, dict]:
@@ -64,75 +58,6 @@ def load_results(results_dir: str | Path, stages: list[str] | None) -> dict[str,
     if not out:
         raise ConfigError(f"{results_dir}: no {{stage}}_results.json files; run phase=eval first or give stages=[...]")
     return out
-
-
-def metric_names(results: dict[str, dict]) -> list[str]:
-    order = [m for g in PLOT_GROUPS.values() for m in g]
-    seen = {m for r in results.values() for m, v in r["metrics"].items() if _num(v) and m not in SKIP}
-    return [m for m in order if m in seen] + sorted(seen - set(order))
-
-
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def change(metric: str, base, value, rel_tol: float = 1e-9) -> str:
-    """'improved', 'regressed', 'same' or '' (no direction / missing)."""
-    if not (_num(base) and _num(value)) or math.isnan(base) or math.isnan(value):
-        return ""
-    if math.isclose(base, value, rel_tol=rel_tol, abs_tol=1e-12):
-        return "same"
-    d = direction(metric)
-    if d == 0:
-        return ""
-    return "improved" if (value - base) * d > 0 else "regressed"
-
-
-def table_rows(results: dict[str, dict]) -> list[dict]:
-    stages = list(results)
-    rows = []
-    for m in metric_names(results):
-        base = results[stages[0]]["metrics"].get(m)
-        for st in stages:
-            v = results[st]["metrics"].get(m)
-            rows.append({"metric": m, "better": {1: "higher", -1: "lower", 0: ""}[direction(m)], "stage": st,
-                         "value": v, "delta_vs_first": (v - base) if _num(v) and _num(base) else None,
-                         "change": change(m, base, v) if st != stages[0] else ""})
-    return rows
-
-
-def _fmt(v) -> str:
-    if not _num(v):
-        return "–"
-    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
-
-
-def markdown_table(results: dict[str, dict], rows: list[dict]) -> str:
-    stages = list(results)
-    mark = {"improved": " ▲", "regressed": " ▼", "same": " =", "": ""}
-    lines = ["| metric | better | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
-    by_metric: dict[str, list[dict]] = {}
-    for r in rows:
-        by_metric.setdefault(r["metric"], []).append(r)
-    for m, rs in by_metric.items():
-        cells = []
-        for r in rs:
-            cell = _fmt(r["value"])
-            if r["stage"] != stages[0] and r["delta_vs_first"] is not None:
-                cell += f" ({r['delta_vs_first']:+.3g}{mark[r['change']]})"
-            cells.append(cell)
-        lines.append(f"| {m} | {rs[0]['better']} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"Changes are against `{stages[0]}`: ▲ improvement, ▼ regression, = unchanged.")
-    return "\n".join(lines) + "\n"
-
-
-def csv_table(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["metric", "better", "stage", "value", "delta_vs_first", "change"])
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def plot_metrics(results: dict[str, dict], out_dir: Path) -> list[Path]:
@@ -174,37 +99,6 @@ def plot_metrics(results: dict[str, dict], out_dir: Path) -> list[Path]:
     return paths
 
 
-def _per_problem(res: dict, k: int) -> tuple[list[float] | None, str]:
-    per = res.get("per_example", {})
-    n = per.get("n_samples")
-    if per.get("gsm8k_num_correct") is not None and n and k <= n:
-        return pass_at_k_per_problem(n, per["gsm8k_num_correct"], k), f"sampled (n={n})"
-    if k == 1 and per.get("gsm8k_correct") is not None:
-        return [float(c) for c in per["gsm8k_correct"]], "greedy"
-    return None, "not measured"
-
-
-def align(cand: dict, base: dict, fmt: str, a: list, b: list, what: str) -> tuple[list, list, bool]:
-    """(a, b, verified): the candidate's and baseline's per-example values paired by example id
-    (``per_example[fmt + "_ids"]``, written by ``phase=eval``). Different example sets are a ConfigError;
-    results without ids (older files) pair by position, ``verified`` False."""
-    ia, ib = cand.get("per_example", {}).get(f"{fmt}_ids"), base.get("per_example", {}).get(f"{fmt}_ids")
-    if ia is None or ib is None:
-        if len(a) != len(b):
-            raise ConfigError(f"{what}: the stages were evaluated on different example counts ({len(a)} vs "
-                              f"{len(b)}); re-run phase=eval with the same phase.eval_examples and data for both")
-        return list(a), list(b), False
-    if len(ia) != len(a) or len(ib) != len(b) or len(set(ia)) != len(ia) or len(set(ib)) != len(ib):
-        raise ConfigError(f"{what}: malformed results (per-example ids do not match the values one to one)")
-    if set(ia) != set(ib):
-        only_c, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
-        raise ConfigError(f"{what}: the stages evaluated different examples ({len(only_c)} only in the candidate, "
-                          f"{len(only_b)} only in the baseline, e.g. {(only_c or only_b)[0]}); a paired test needs "
-                          f"the same examples: re-run phase=eval with the same seed, data and phase.eval_examples")
-    pos = {x: i for i, x in enumerate(ib)}
-    return list(a), [b[pos[x]] for x in ia], True
-
-
 def _paired(cand: dict, base: dict, fmt: str, a, b, what: str, **kw) -> dict:
     a, b, verified = align(cand, base, fmt, a, b, what)
     out = paired_test(a, b, **kw)
@@ -215,9 +109,6 @@ def _paired(cand: dict, base: dict, fmt: str, a, b, what: str, **kw) -> dict:
 def _summary(bs: dict, candidate: str, baseline: str) -> dict:
     keep = ("delta", "ci95", "p_value", "n", "test", "bootstrap", "exact", "enough", "pairing")
     return {candidate: bs["mean_a"], baseline: bs["mean_b"], **{k: bs[k] for k in keep if k in bs}}
-
-
-ACCURACY_FORMATS = (("gsm8k", "reasoning_accuracy"), ("arc", "arc_easy_accuracy"), ("piqa", "piqa_accuracy"))
 
 
 def accuracy_drop_test(before: dict, after: dict, confidence: float = 0.95) -> dict | None:
@@ -356,7 +247,7 @@ def run_comparison(results_dir: str | Path, stages: list[str] | None, out_dir: s
     """Everything ``phase=compare`` and ``scripts/compare_results.py`` produce, written under out_dir."""
     out_dir = Path(out_dir)
     results = load_results(results_dir, stages)
-    rows = table_rows(results)
+    rows = table_rows(results, n_resamples=n_resamples, seed=seed, min_n=int((thresholds or {}).get("min_n", MIN_N)))
     md = markdown_table(results, rows)
     sizes = {st: json.dumps(r.get("datasets"), sort_keys=True) for st, r in results.items()}
     if len(set(sizes.values())) > 1:

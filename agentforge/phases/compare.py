@@ -3,8 +3,11 @@
     python -m agentforge phase=compare stages=[baseline,after_surgery,finetuned_vanilla,finetuned_recursive]
     python scripts/compare_results.py baseline after_surgery
 
-Reads ``{stage}_results.json`` from ``phase.results_dir`` (default ``{artifacts}/eval_results``); the
-statistics compare ``phase.candidate`` (default: the last stage) with ``phase.baseline`` (the first).
+Reads ``{stage}_results.json`` from ``phase.results_dir`` (default ``{artifacts}/eval_results``). The table
+marks a change ▲ / ▼ only where the paired 95 % CI of the difference on the same examples excludes 0 (``~``
+otherwise) and gives once-per-run figures (timings, memory) their bare difference, unpaired, no test
+(``evals/compare_table.py``); the statistics compare ``phase.candidate`` (default: the last stage) with
+``phase.baseline`` (the first).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from omegaconf import OmegaConf
 from agentforge.errors import ConfigError
 from agentforge.evals.collect import gate_or_raise
 from agentforge.evals.compare import load_results, run_comparison
+from agentforge.evals.compare_table import COLUMNS
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 
@@ -51,6 +55,7 @@ def run(cfg) -> dict:
         for r in out["rows"]:
             by_metric.setdefault(r["metric"], {})[r["stage"]] = r["value"]
         tr.table("comparison/metrics", ["metric"] + names, [[m] + [v.get(s) for s in names] for m, v in by_metric.items()])
+        tr.table("comparison/changes", COLUMNS, [[r[c] for c in COLUMNS] for r in out["rows"] if r["stage"] != names[0]])
         for path in out["plots"]:
             tr.image(f"comparison/{path.stem}", path)
         st = out["stats"]
