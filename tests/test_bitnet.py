@@ -13,6 +13,7 @@ from agentforge.artifacts import load_any
 from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError
 from agentforge.main import run
+from agentforge.phases.bitnet import relative_drop
 from agentforge.quant import BitLinear
 from agentforge.quant.checkpoint import ARCHITECTURE
 
@@ -38,10 +39,13 @@ def test_bad_config_values_fail_naming_the_key(tmp_path, override, key):
 
 def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     src = cognate_artifacts / "cognate" / "model1"
-    proc = run_cli([*BITNET_TINY, f"phase.input={src}", "phase.fine_tune=always"], tmp_path)
+    proc = run_cli([*BITNET_TINY, f"phase.input={src}", "phase.fine_tune=always", "phase.speed_repeats=9"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "threshold compression > 6x" in out and "threshold accuracy drop < 10%" in out
+    assert "threshold compression > 6x" in out and "threshold accuracy drop < 10%: measured " in out
+    assert "(n=6, 95% CI [" in out and "McNemar exact p=" in out        # 3 tasks x phase.eval_examples=2
+    assert "INCONCLUSIVE (n = 6 < 30: too few to decide" in out         # the drop's verdict comes from its CI
+    assert "(n=9 interleaved rounds, 95% CI [" in out
     assert "fine-tuning ran" in out
     art = tmp_path / "outputs" / "artifacts" / "bitnet" / "compressed"
     model, tok, cfg = load_any(art)
@@ -74,6 +78,24 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     evaluation = {k: v for r in rows for k, v in r.items() if k.startswith("evaluation/")}
     assert ft[0]["finetune/accuracy"] == evaluation["evaluation/accuracy_after"]  # the last point: the packed model
     final = {k: v for r in rows for k, v in r.items() if k.startswith("final/")}
+    # the drop is paired on the 6 questions evaluated before and after, with its CI and McNemar's exact p
+    drop = final["final/accuracy_drop"]
+    assert final["final/accuracy_drop_n"] == 6 and "McNemar exact p=" in final["final/accuracy_drop_test"]
+    assert drop == pytest.approx(relative_drop(evaluation["evaluation/accuracy_before"],
+                                               evaluation["evaluation/accuracy_after"]))
+    if evaluation["evaluation/accuracy_before"] > 0:
+        lo, hi = final["final/accuracy_drop_ci95"]
+        assert lo <= drop <= hi and lo < hi
+    else:                                            # nothing to lose: no relative drop to bound
+        assert drop == 0 and "final/accuracy_drop_ci95" not in final
+    for task in ("gsm8k", "arc", "piqa"):
+        diff = evaluation[f"evaluation/{task}_after"] - evaluation[f"evaluation/{task}_before"]
+        lo, hi = evaluation[f"evaluation/{task}_diff_ci95"]
+        assert evaluation[f"evaluation/{task}_diff_n"] == 2 and lo <= diff <= hi
+        assert evaluation[f"evaluation/{task}_diff"] == pytest.approx(diff)
+    speedup, (lo, hi) = final["final/inference_speedup"], final["final/inference_speedup_ci95"]
+    assert final["final/inference_speedup_n"] == 9 and 0 < lo <= speedup <= hi
+    assert evaluation["evaluation/inference_speedup"] == speedup
     packed = (art / "model.safetensors").stat().st_size
     assert final["final/compression_ratio"] == pytest.approx((run_dir / "reference" / "fp32.safetensors").stat().st_size
                                                              / packed)

@@ -3,7 +3,8 @@
 Ma et al. 2024, "The Era of 1-bit LLMs: All Large Language Models are in 1.58 Bits" (arXiv:2402.17764).
 Pure compute except ``checkpoint.py``, which reads and writes the packed checkpoint through ``agentforge.io``,
 and ``native.py``, whose ``build()`` compiles its C++ kernel into torch's extension cache (reading
-/proc/cpuinfo for the cache key).
+/proc/cpuinfo for the cache key). ``report.py`` holds Phase 4's comparisons with their evidence (the paired
+accuracy drop, the speedup's CI) and prints its summary.
 """
 from agentforge.quant.bitlinear import BitLinear
 from agentforge.quant.ternary import absmean_scale, dequantize, quantize_activations, ternarize
