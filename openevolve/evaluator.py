@@ -13,6 +13,11 @@ Results are cached under ``{paths.artifacts}/scaling_cache`` (``$AGENTFORGE_OUTP
 ``outputs/artifacts`` in the working directory). ``combined_score`` (the guarded fitness of
 ``agentforge.scaling.fit.guarded_fitness``, or −1000 for a rejected candidate) is what OpenEvolve maximizes; the rejection reason goes to the artifacts, which
 OpenEvolve shows the LLM in the next prompt.
+
+Every figure that reaches OpenEvolve comes from the selection set: the evaluator's test-set figures
+(``test_*``, the sizes' ``test_loss``) are removed here (``selection_only``), so the search never sees, and
+never chooses on, the data a winner is reported on (``python -m agentforge phase=scaling
+phase.program=winner.py`` prints both).
 """
 from __future__ import annotations
 
@@ -44,20 +49,24 @@ def compose_scaling_cfg(overrides: list[str] | None = None):
 
 
 def evaluate_metrics(program_path: str, overrides: list[str] | None = None) -> dict:
-    """The full result dict of the package evaluator (numbers, plus error_kind/error/framework strings)."""
+    """The package evaluator's result dict (numbers, plus error_kind/error/framework strings) without its
+    test-set figures."""
     from agentforge.config import validate
     from agentforge.phases import scaling
+    from agentforge.scaling.evaluator import selection_only
 
     cfg = compose_scaling_cfg(overrides)
     validate(cfg, scaling.RULES)
-    return scaling.evaluate_cfg(cfg, Path(program_path))
+    return selection_only(scaling.evaluate_cfg(cfg, Path(program_path)))
 
 
 def evaluate(program_path: str):
     """OpenEvolve's contract: a program path in, metrics out (an EvaluationResult when OpenEvolve is
     installed, so the reason for a rejection reaches the LLM as an artifact; a plain dict otherwise)."""
+    from agentforge.scaling.evaluator import TEST_PREFIX
+
     result = evaluate_metrics(program_path)
-    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not k.startswith(TEST_PREFIX)}
     notes = {k: str(result[k]) for k in ("error_kind", "error", "framework", "sandbox") if result.get(k)}
     try:
         from openevolve.evaluation_result import EvaluationResult

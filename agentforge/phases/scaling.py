@@ -7,7 +7,9 @@
 Trains every size of ``phase.presets[phase.preset]`` with the variant's attention in the sandbox
 (``phase.sandbox=bwrap``; ``process`` is the weaker mode, announced on every run and recorded in the
 results), scores what comes back on the trusted side, fits loss = a + b·ln(params) and reports fitness
-= −b, R² and the guarded combined score. Outputs: ``fitness.json``, the
+= −b, R² and the guarded combined score twice: on the selection set (``scaling/<key>``: what OpenEvolve
+maximizes, so a search's winner is chosen on it) and on the test set (``scaling/test_<key>``: drawn apart,
+disjoint by content, never shown to the search — the figures to report a winner by). Outputs: ``fitness.json``, the
 table of sizes and ``plots/scaling_law.png`` in the run directory; results are cached under
 ``{artifacts}/scaling_cache/`` by (code, settings), so repeating a run costs nothing. A rejected
 candidate (non-causal, NaN, hang, crash, edit outside its EVOLVE block) leaves its ``fitness.json`` with
@@ -76,10 +78,15 @@ def settings_from_cfg(cfg) -> dict:
         raise ConfigError(f"phase.optimizer.name={p.optimizer.name!r} is not available; choose from {sorted(BUILDERS)}")
     optimizer = {"kl_coef": 0.0, **OmegaConf.to_container(p.optimizer, resolve=True), "lr": float(train["lr"]),
                  "warmup_steps": int(train["warmup_steps"])}
+    trust = OmegaConf.to_container(p.trust, resolve=True)
+    test_rows = trust.get("test_rows")
+    if not isinstance(test_rows, int) or isinstance(test_rows, bool) or test_rows < 16:
+        raise ConfigError(f"phase.trust.test_rows must be an integer >= 16 (rows of the test set the result is "
+                          f"reported on), got {test_rows!r}")
     return {"sizes": sizes_of(cfg), "train": train, "optimizer": optimizer, "mix": mix,
             "hardware": OmegaConf.to_container(cfg.hardware, resolve=True),
             "check": OmegaConf.to_container(p.check, resolve=True), "seed": int(cfg.seed),
-            "fit_params": str(p.fit_params), "trust": OmegaConf.to_container(p.trust, resolve=True),
+            "fit_params": str(p.fit_params), "trust": trust,
             "fitness": OmegaConf.to_container(p.fitness, resolve=True)}
 
 
@@ -136,32 +143,57 @@ def run(cfg) -> dict:
 
 
 def report(ctx, result: dict, name: str) -> dict:
-    """Per-size losses, the fit, the table, the curves and the plot, under the scaling/* keys."""
+    """Per-size losses, the fit, the table, the curves and the plot: the selection set's figures under the
+    scaling/* keys, the test set's under scaling/test_*."""
     tr, sizes = ctx.tracker, result["sizes"]
     pkey = "non_embedding_params" if ctx.cfg.phase.fit_params == "non_embedding" else "params"
     metrics = {f"scaling/loss_{s['name']}": s["loss"] for s in sizes}
     metrics.update({f"scaling/params_{s['name']}": float(s[pkey]) for s in sizes})
     metrics.update({f"scaling/{k}": result[k] for k in ("slope", "intercept", "r2", "fitness", "combined_score",
-                                                         "largest_gain", "guard_excess")})
+                                                         "largest_gain", "guard_excess", "improvement")
+                    if k in result})
+    metrics.update({f"scaling/{k}": float(v) for k, v in result.items()
+                    if k.startswith("test_") and isinstance(v, (int, float)) and not isinstance(v, bool)})
     metrics.update({"scaling/valid": 1.0, "scaling/cached": float(bool(result.get("cached")))})
     tr.summary({**metrics, "scaling/sandbox": result["sandbox"]})
     tr.table("scaling/sizes", ["size", "d_model", "n_layers", "n_heads", "params", "non_embedding_params",
-                               "val_loss", "train_seconds"],
+                               "val_loss", "test_loss", "train_seconds"],
              [[s["name"], s["d_model"], s["n_layers"], s["n_heads"], s["params"], s["non_embedding_params"],
-               s["loss"], s["train_seconds"]] for s in sizes])
+               s["loss"], s.get("test_loss"), s["train_seconds"]] for s in sizes])
     curves = [s["val_curve"] for s in sizes if s.get("val_curve")]
     if curves and all(len(c) == len(curves[0]) for c in curves):
         tr.line_series("scaling/val_curves", [pt[0] for pt in curves[0]], [[pt[1] for pt in c] for c in curves],
                        [s["name"] for s in sizes], "Validation loss per size", "step")
     fit = ScalingFit(result["slope"], result["intercept"], result["r2"], result["fitness"])
+    test = [s["test_loss"] for s in sizes] if all("test_loss" in s for s in sizes) else None
     png = scaling_plot(ctx.run_dir / "plots" / "scaling_law.png", [s[pkey] for s in sizes],
                        [s["loss"] for s in sizes], [s["name"] for s in sizes], fit,
-                       f"Scaling law: {name} ({result['framework']})")
+                       f"Scaling law: {name} ({result['framework']})", test_losses=test)
     tr.image("scaling/plot", png)
     tr.artifact(f"scaling-{name}-fitness", "result", [ctx.run_dir / "fitness.json", png],
                 f"Scaling-law fitness of {name}", {"fitness": result["fitness"], "r2": result["r2"]})
-    print("  ".join(f"{s['name']}: {s[pkey]:,} params loss {s['loss']:.4f}" for s in sizes))
+    print("  ".join(f"{s['name']}: {s[pkey]:,} params loss {s['loss']:.4f}"
+                    + (f" (test {s['test_loss']:.4f})" if "test_loss" in s else "") for s in sizes))
     print(f"fit: loss = {fit.intercept:.4f} {'-' if fit.slope < 0 else '+'} {abs(fit.slope):.4f}·ln(params)  "
           f"R² = {fit.r2:.4f}  fitness = {fit.fitness:.4f}  combined_score = {result['combined_score']:.4f} "
           f"(sandbox: {result['sandbox']})")
+    for line in set_lines(result):
+        print(line)
     return metrics
+
+
+def set_lines(result: dict) -> list[str]:
+    """Which held-out set chose and which one is the report, with each set's figures."""
+    def figures(prefix: str) -> str:
+        gain = result.get(f"{prefix}improvement")
+        return (f"fitness = {result[prefix + 'fitness']:.4f}  R² = {result[prefix + 'r2']:.4f}  combined_score = "
+                f"{result[prefix + 'combined_score']:.4f}"
+                + ("" if gain is None else f"  improvement over the baseline = {gain:+.4f}"))
+
+    lines = [f"selection set (chooses: the combined_score OpenEvolve maximizes): {figures('')}"]
+    if "test_fitness" in result:
+        lines.append(f"test set (the report: {int(result.get('test_n', 0))} rows disjoint by content from the "
+                     f"selection set and training, played no part in selection): {figures('test_')}")
+    else:
+        lines.append("test set: none in this result; the figures above are the selection set's")
+    return lines

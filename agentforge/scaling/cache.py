@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agentforge.io import write_json_atomic
 
-CACHE_VERSION = 1  # bump when the meaning of a cached result changes
+CACHE_VERSION = 2  # bump when the meaning of a cached result changes (2: results carry the test-set figures)
 
 
 def cache_key(code: str, settings: dict) -> str:

@@ -3,7 +3,8 @@
     python -m agentforge.scaling.child request.json        (run by the evaluator in agentforge.sandbox)
 
 Files in its private dir: ``candidate.py``, ``request.json`` (sizes, training settings) and
-``heldout.safetensors`` (``inputs`` [N, T] token rows whose next token stays with the parent, ``probe``
+``heldout.safetensors`` (``inputs`` [N, T] token rows whose next token stays with the parent — the rows
+of two held-out sets, shuffled together, and which row belongs to which is not sent either — ``probe``
 [2P, T] rows for the causality probe). It writes, per size, ``weights_<name>.safetensors`` (the trained
 state dict) and ``logits_<name>.safetensors`` (``last`` [N, vocab]: logits at the last position of every
 input row; ``probe`` [2P, T, vocab]), and ``status.json`` (how it went; informational only).
@@ -133,7 +134,7 @@ def train_size(attention_cls, size: dict, settings: dict, heldout: dict) -> dict
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
               f"weights_{size['name']}.safetensors")
     with torch.no_grad():
-        last = model(heldout["inputs"]).logits[:, -1, :].float()
+        last = torch.cat([model(x).logits[:, -1, :].float() for x in heldout["inputs"].split(512)])
         probe = model(heldout["probe"]).logits.float()
     save_file({"last": last.contiguous(), "probe": probe.contiguous()}, f"logits_{size['name']}.safetensors")
     curve = [[(i + 1) * every, v] for i, v in enumerate(module.history["val_loss"])]

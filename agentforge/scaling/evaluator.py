@@ -17,6 +17,12 @@ a dict of metrics out; ``combined_score`` is what OpenEvolve maximizes). The ste
    ``non_causal``, ``non_finite``, ``forged``), fit loss = a + b·ln(params) and combine the slope with
    the baseline guard (``fit.guarded_fitness``).
 
+The figures come twice, from the same trained models: under the plain keys (``combined_score``,
+``fitness``, ``loss_<size>``, ...) from the *selection* set, the only numbers a search may choose on;
+under ``test_*`` keys (``test_fitness``, ``test_loss_<size>``, ``test_combined_score``,
+``test_improvement`` over the baseline, ``test_n`` rows) from the *test* set, which played no part in
+choosing and is what a winner is reported on. ``selection_only`` removes them for OpenEvolve.
+
 A failing candidate gets ``valid = 0``, ``combined_score = FAIL_SCORE`` and the reason in ``error_kind``
 and ``error``; nothing a candidate does raises out of ``evaluate``. Kinds: ``failures.py``.
 """
@@ -132,17 +138,46 @@ def failed(kind: str, message: str, **extra) -> dict:
     return {"combined_score": FAIL_SCORE, "valid": 0.0, "error_kind": kind, "error": message, **extra}
 
 
-def scored(sizes: list[dict], settings: dict, reference: dict | None) -> dict:
+TEST_PREFIX = "test_"  # result keys from the test set: never shown to a search
+
+
+def selection_only(result: dict) -> dict:
+    """``result`` without any test-set figure (top-level ``test_*`` keys, the sizes' ``test_loss``): what a
+    search may see."""
+    out = {k: v for k, v in result.items() if not k.startswith(TEST_PREFIX)}
+    if isinstance(out.get("sizes"), list):
+        out["sizes"] = [{k: v for k, v in s.items() if not k.startswith(TEST_PREFIX)} if isinstance(s, dict) else s
+                        for s in out["sizes"]]
+    return out
+
+
+def _law(sizes: list[dict], settings: dict, loss: str, reference: dict | None) -> dict:
+    """Fit, fitness and guarded score of the per-size ``loss`` figures against ``reference``."""
     key = "non_embedding_params" if settings.get("fit_params") == "non_embedding" else "params"
-    fit = fit_scaling_law([s[key] for s in sizes], [s["loss"] for s in sizes])
+    fit = fit_scaling_law([s[key] for s in sizes], [s[loss] for s in sizes])
     largest = max(sizes, key=lambda s: s[key])["name"]
-    guard = guarded_fitness(fit, {s["name"]: s["loss"] for s in sizes}, largest, reference,
+    guard = guarded_fitness(fit, {s["name"]: s[loss] for s in sizes}, largest, reference,
                             float((settings.get("fitness") or {}).get("tolerance", 0.05)))
-    out = {**guard, "fitness": fit.fitness, "slope": fit.slope, "intercept": fit.intercept, "r2": fit.r2,
-           "valid": 1.0, "error_kind": "", "error": ""}
+    out = {**guard, "fitness": fit.fitness, "slope": fit.slope, "intercept": fit.intercept, "r2": fit.r2}
+    if reference is not None:  # the baseline's own score is its fitness: the gain over it
+        out["improvement"] = guard["combined_score"] - float(reference["fitness"])
+    return out
+
+
+def scored(sizes: list[dict], settings: dict, reference: dict | None) -> dict:
+    """The selection figures (plain keys) and, when the sizes carry ``test_loss``, the test ones (``test_*``),
+    each against the baseline reference on the same set."""
+    key = "non_embedding_params" if settings.get("fit_params") == "non_embedding" else "params"
+    out = {**_law(sizes, settings, "loss", reference), "valid": 1.0, "error_kind": "", "error": ""}
     for s in sizes:
         out[f"loss_{s['name']}"] = s["loss"]
         out[f"params_{s['name']}"] = float(s[key])
+    if sizes and all("test_loss" in s for s in sizes):
+        test_ref = None
+        if reference is not None and reference.get("test_losses") is not None:
+            test_ref = {"fitness": reference["test_fitness"], "losses": reference["test_losses"]}
+        out.update({f"{TEST_PREFIX}{k}": v for k, v in _law(sizes, settings, "test_loss", test_ref).items()})
+        out.update({f"{TEST_PREFIX}loss_{s['name']}": s["test_loss"] for s in sizes})
     return out
 
 
@@ -161,7 +196,7 @@ def run_child(code: str, settings: dict, heldout: dict, *, limits: SandboxLimits
     sizes = [s["name"] for s in settings["sizes"]]
     outputs = ("status.json", *(f"{w}_{n}.safetensors" for n in sizes for w in ("weights", "logits")))
     files = {"candidate.py": code, "request.json": json.dumps({"settings": settings, "check_only": check_only}),
-             "heldout.safetensors": save({"inputs": heldout["inputs"], "probe": heldout["probe"]})}
+             "heldout.safetensors": save({"inputs": trust.sent_inputs(heldout), "probe": heldout["probe"]})}
     threads = str((settings.get("hardware") or {}).get("threads") or 1)
     res = run_sandboxed(["python", "-m", "agentforge.scaling.child"], files, limits=limits, outputs=outputs,
                         env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}, mode=mode)
@@ -227,6 +262,9 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
                 s.update({k: info.get(s["name"], {}).get(k) for k in ("train_seconds", "val_curve", "steps")})
             reference = baseline_reference(code, settings, timeout_s, memory_mb, cache_dir, sandbox)
             result = scored(sizes, settings, reference)
+            if "test_targets" in heldout:
+                result.update(test_n=float(len(heldout["test_targets"])),
+                              test_dropped=float(heldout["test_dropped"]))
     except CandidateFailure as exc:
         result, cacheable = failed(exc.kind, str(exc)), exc.kind in CACHEABLE and exc.trusted
     except (ValueError, KeyError, TypeError) as exc:
@@ -238,7 +276,7 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
     return {**result, "cached": False, "eval_seconds": time.perf_counter() - t0}
 
 
-TRUST_DEFAULTS = {"heldout_rows": 512, "probe_rows": 4, "loss_floor": 0.05}
+TRUST_DEFAULTS = {"heldout_rows": 512, "test_rows": 512, "probe_rows": 4, "loss_floor": 0.05}
 
 
 def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_dir, sandbox) -> dict | None:
@@ -253,4 +291,7 @@ def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_di
     if not base["valid"]:
         raise CandidateFailure("crash", f"the baseline reference itself failed ({base['error_kind']}): "
                                         f"{base['error']}")
-    return {"fitness": base["fitness"], "losses": {s["name"]: s["loss"] for s in base["sizes"]}}
+    ref = {"fitness": base["fitness"], "losses": {s["name"]: s["loss"] for s in base["sizes"]}}
+    if "test_fitness" in base:
+        ref.update(test_fitness=base["test_fitness"], test_losses={s["name"]: s["test_loss"] for s in base["sizes"]})
+    return ref

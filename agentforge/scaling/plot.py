@@ -10,9 +10,12 @@ from agentforge.tracking.plots import _save, plt
 
 
 def scaling_plot(path: str | Path, params: list[float], losses: list[float], names: list[str], fit: ScalingFit,
-                 title: str) -> Path:
+                 title: str, test_losses: list[float] | None = None) -> Path:
+    """Selection-set losses, the line fitted to them and, when given, the test-set losses of the same models."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.scatter(params, losses, zorder=3, label="measured (final val loss)")
+    ax.scatter(params, losses, zorder=3, label="selection set (chooses)")
+    if test_losses is not None:
+        ax.scatter(params, test_losses, zorder=3, marker="x", color="C2", label="test set (the report)")
     for n, y, name in zip(params, losses, names):
         ax.annotate(name, (n, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     grid = np.geomspace(min(params) / 1.15, max(params) * 1.15, 50)
@@ -22,7 +25,7 @@ def scaling_plot(path: str | Path, params: list[float], losses: list[float], nam
     ax.set_xscale("log")
     ax.set_title(title)
     ax.set_xlabel("parameters N")
-    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_ylabel("held-out loss (nats/token)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -16,11 +16,22 @@ then, in the evaluator's own process:
   at positions <= cut must agree (``non_causal``);
 * computes the mean cross-entropy of the last-position logits against the withheld tokens itself and
   rejects a loss below ``loss_floor`` as ``forged`` (no honest model of these tasks gets there).
+
+Two held-out sets go out in one request. The *selection* set (``inputs``/``targets``) is what the score
+OpenEvolve maximizes is computed from, so the winner of a search is chosen on it and its figures are
+biased upwards for that winner. The *test* set (``test_inputs``/``test_targets``, ``trust.test_rows``
+rows) is drawn the same way from a differently salted seed and is the report: it plays no part in
+selection. Both are ``val``-split examples of the synthetic tasks (``synthetic.split_of``: disjoint by
+content from every training draw, whatever the seed); the test set also skips every example whose
+prompt occurs in the selection stream or in the child's own validation rows, and drops any row equal
+to one of theirs (``make_test_rows``). The child gets the two sets' rows concatenated and shuffled with
+a secret permutation (``sent``; ``order`` stays here), so it cannot tell which row counts where.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import secrets
 from pathlib import Path
@@ -54,12 +65,66 @@ def heldout_salt(directory: str | Path | None) -> str:
     return path.read_text().strip()
 
 
-def heldout_seed(settings: dict, salt: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{salt}:{settings['seed']}".encode()).digest()[:4], "big")
+def heldout_seed(settings: dict, salt: str, split: str = "selection") -> int:
+    """The seed of a held-out set: the selection set's as it always was, the test set's salted apart."""
+    tag = f"{salt}:{settings['seed']}" if split == "selection" else f"{salt}:{split}:{settings['seed']}"
+    return int.from_bytes(hashlib.sha256(tag.encode()).digest()[:4], "big")
+
+
+def val_stream(settings: dict, seed: int, n_rows: int, exclude: frozenset[str] | set[str] = frozenset()
+               ) -> tuple[torch.Tensor, set[str]]:
+    """The first ``n_rows`` rows [n_rows, T+1] of the stream ``LMDataModule.val_rows_tensor`` packs for this
+    seed (the same sampler: the mix's tasks uniformly, ``val``-split examples, BOS/EOS, cut into rows),
+    skipping the examples whose prompt key is in ``exclude``; and the prompt keys of the examples drawn.
+    With nothing excluded the rows equal the datamodule's (tested)."""
+    from agentforge.data import formats, synthetic
+    from agentforge.data.datamodule import normalize_mix, pack
+    from agentforge.data.tokenizer import ByteTokenizer
+
+    seq_len = int(settings["train"]["seq_len"])
+    mix = normalize_mix({t: 1.0 for t in settings["mix"]})
+    tasks, probs = list(mix), list(mix.values())
+    rng, texts, keys, total, need = random.Random(seed * 104729), [], set(), 0, (n_rows + 2) * (seq_len + 1)
+    while total < need:
+        task = rng.choices(tasks, probs)[0]
+        rec = synthetic.GENERATORS[task](seed, "val", rng.randrange(10**9))
+        key = synthetic.prompt_key(task, rec)
+        if key in exclude:
+            continue
+        keys.add(key)
+        texts.append(formats.render(rec, formats.TASK_FORMAT[task]))
+        total += len(texts[-1].encode("utf-8")) + 2
+    return pack(texts, ByteTokenizer(), seq_len)[:n_rows], keys
+
+
+def _row_keys(rows: torch.Tensor) -> list[bytes]:
+    return [r.numpy().tobytes() for r in rows.long()]
+
+
+def make_test_rows(settings: dict, salt: str, selection_rows: int) -> tuple[torch.Tensor, int]:
+    """The test set's rows [M, T+1] (M = ``trust.test_rows``) and how many drawn rows were dropped for
+    equalling a selection or child-validation row. Drawn like the selection set (every other row of a
+    ``val`` stream) from ``heldout_seed(.., "test")``, without any example whose prompt occurs in the
+    selection stream (``selection_rows`` rows of ``heldout_seed``) or the child's validation rows."""
+    m, seq_len = int(settings["trust"]["test_rows"]), int(settings["train"]["seq_len"])
+    seen_rows, sel_keys = val_stream(settings, heldout_seed(settings, salt), selection_rows)
+    child_rows, child_keys = val_stream(settings, int(settings["seed"]), int(settings["train"]["val_rows"]))
+    seen = set(_row_keys(torch.cat([seen_rows, child_rows])[:, :-1]))
+    seed, draw = heldout_seed(settings, salt, "test"), 2 * m + 8
+    for _ in range(8):  # drops are rare: a longer draw of the same stream replaces them
+        rows, _ = val_stream(settings, seed, draw, sel_keys | child_keys)
+        rows = rows[0::2]
+        keep = [i for i, k in enumerate(_row_keys(rows[:, :-1])) if k not in seen]
+        if len(keep) >= m:
+            return rows[keep[:m]].contiguous(), keep[m - 1] + 1 - m
+        draw *= 2
+    raise ValueError(f"could not draw {m} test rows of {seq_len} tokens disjoint from the selection set")
 
 
 def make_heldout(settings: dict, salt: str) -> dict[str, torch.Tensor]:
-    """``inputs`` [N, T], ``targets`` [N] (withheld), ``probe`` [2P, T] and ``cuts`` [P] for the checks."""
+    """``inputs`` [N, T], ``targets`` [N] (withheld), ``probe`` [2P, T] and ``cuts`` [P] for the checks; with
+    ``trust.test_rows`` > 0 also the test set (``test_inputs`` [M, T], ``test_targets`` [M], ``test_dropped``),
+    ``sent`` [N + M, T] (both sets' rows in a secret order: what the child gets) and that ``order``."""
     from agentforge.data.build import build_datamodule
     from agentforge.data.tokenizer import ByteTokenizer
 
@@ -78,8 +143,23 @@ def make_heldout(settings: dict, salt: str) -> dict[str, torch.Tensor]:
     other = base.clone()
     for i, c in enumerate(cuts.tolist()):
         other[i, c + 1:] = torch.randint(0, 256, (seq_len - c - 1,), generator=gen)
-    return {"inputs": rows[:n, :-1].contiguous(), "targets": rows[:n, -1].contiguous(),
-            "probe": torch.cat([base, other]).contiguous(), "cuts": cuts}
+    out = {"inputs": rows[:n, :-1].contiguous(), "targets": rows[:n, -1].contiguous(),
+           "probe": torch.cat([base, other]).contiguous(), "cuts": cuts}
+    if int(trust.get("test_rows") or 0) > 0:
+        test, dropped = make_test_rows(settings, salt, 2 * (n + p))
+        out.update(test_inputs=test[:, :-1].contiguous(), test_targets=test[:, -1].contiguous(),
+                   test_dropped=torch.tensor(dropped))
+        both = torch.cat([out["inputs"], out["test_inputs"]])
+        order = torch.randperm(len(both), generator=torch.Generator().manual_seed(heldout_seed(settings, salt,
+                                                                                               "order")))
+        out.update(sent=both[order].contiguous(), order=order)
+    return out
+
+
+def sent_inputs(heldout: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The rows the child gets: selection and test rows shuffled together (the selection rows alone when
+    there is no test set)."""
+    return heldout["sent"] if "sent" in heldout else heldout["inputs"]
 
 
 class _Stub(nn.Module):
@@ -132,13 +212,16 @@ def count_params(size: dict, weights: dict[str, torch.Tensor]) -> tuple[int, int
 
 
 def score_size(size: dict, files: dict[str, bytes], heldout: dict[str, torch.Tensor], loss_floor: float) -> dict:
-    """The trusted figures of one size: parameter counts from its weights, loss from its logits."""
+    """The trusted figures of one size: parameter counts from its weights, ``loss`` from its logits on the
+    selection rows and, with a test set, ``test_loss`` on the test rows (the logits come back in the
+    shuffled order the rows went out in; ``order`` puts them back)."""
     name = size["name"]
     params, non_embedding = count_params(size, _load(files, f"weights_{name}.safetensors"))
     logits = _load(files, f"logits_{name}.safetensors")
+    sent = sent_inputs(heldout)
     n, t = heldout["inputs"].shape
     vocab = expected_shapes(size)["embed.weight"][0]
-    shapes = {"last": (n, vocab), "probe": (heldout["probe"].shape[0], t, vocab)}
+    shapes = {"last": (sent.shape[0], vocab), "probe": (heldout["probe"].shape[0], t, vocab)}
     for key, shape in shapes.items():
         got = logits.get(key)
         if got is None or tuple(got.shape) != shape or not got.is_floating_point():
@@ -153,9 +236,18 @@ def score_size(size: dict, files: dict[str, bytes], heldout: dict[str, torch.Ten
         if moved > CAUSAL_TOL:
             raise CandidateFailure("non_causal", f"size {name}: changing tokens after position {c} changed the "
                                                  f"logits at positions <= {c} (relative change {moved:.3g})")
-    loss = float(F.cross_entropy(logits["last"].double(), heldout["targets"]))
+    last = logits["last"].double()
+    if "order" in heldout:  # row i of what went out is row order[i] of selection + test
+        last = torch.empty_like(last).index_copy_(0, heldout["order"], last)
+    loss = float(F.cross_entropy(last[:n], heldout["targets"]))
     if loss < loss_floor:
         raise CandidateFailure("forged", f"size {name}: held-out loss {loss:.4g} is below the floor {loss_floor} "
                                          f"that no honest model of these tasks reaches")
-    return {"name": name, "d_model": int(size["d_model"]), "n_layers": int(size["n_layers"]),
-            "n_heads": int(size["n_heads"]), "params": params, "non_embedding_params": non_embedding, "loss": loss}
+    out = {"name": name, "d_model": int(size["d_model"]), "n_layers": int(size["n_layers"]),
+           "n_heads": int(size["n_heads"]), "params": params, "non_embedding_params": non_embedding, "loss": loss}
+    if "test_targets" in heldout:
+        out["test_loss"] = float(F.cross_entropy(last[n:], heldout["test_targets"]))
+        if out["test_loss"] < loss_floor:  # no figure in the message: it may reach OpenEvolve's prompt
+            raise CandidateFailure("forged", f"size {name}: the loss on part of the held-out rows is below the "
+                                             f"floor {loss_floor} that no honest model of these tasks reaches")
+    return out
