@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agentforge.artifacts import cognate_config_from
 from agentforge.codegen import models
-from agentforge.codegen.execution import execute, outcome_counts
+from agentforge.codegen.execution import execute, outcome_counts, split_program
 from agentforge.codegen.problems import load_humaneval
 from agentforge.codegen.sampling import sample
 from agentforge.data.tokenizer import RESERVED_VOCAB
@@ -49,7 +49,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     probs = load_humaneval()[: a.problems]
     mode = strongest_mode() if a.sandbox == "auto" else a.sandbox
-    programs = [p.program(p.canonical_solution) for p in probs] + [p.program("    return None\n") for p in probs]
+    programs = ([split_program(p, p.canonical_solution) for p in probs]
+                + [split_program(p, "    return None\n") for p in probs])
     t0 = time.perf_counter()
     res = execute(programs, timeout_s=5.0, memory_mb=512, mode=mode)
     dt = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from torch import nn
 from agentforge.codegen import scoring
 from agentforge.codegen.corpus import build_corpus, chunks
 from agentforge.codegen.evaluate import generation_latency_ms, self_check
-from agentforge.codegen.execution import classify, execute
+from agentforge.codegen.execution import Program, execute, judge, split_program
 from agentforge.codegen.models import CodeLM
 from agentforge.codegen.problems import HUMANEVAL_STOP, load_humaneval, load_mbpp, load_problems, select
 from agentforge.codegen.sampling import nucleus_mask, sample, truncate
@@ -41,9 +41,9 @@ def test_wrong_infinite_early_exit_and_broken_completions(humaneval):
     p = humaneval[2]  # truncate_number: return number % 1.0
     completions = ["    return number % 1.0\n", "    return 0.0\n", "    while True:\n        pass\n",
                    "    import sys\n    sys.exit(0)\n", "    return (\n", "    return undefined_name\n"]
-    out = execute([p.program(c) for c in completions], **EXEC)
+    out = execute([split_program(p, c) for c in completions], **EXEC)
     assert [r.outcome for r in out] == ["passed", "failed", "timeout", "error", "error", "error"]
-    assert "exited before the tests ran" in out[3].detail and "SyntaxError" in out[4].detail
+    assert "ended during a call" in out[3].detail and "SyntaxError" in out[4].detail
     assert "NameError" in out[5].detail
 
 
@@ -56,7 +56,7 @@ def test_hostile_completions_spoil_only_their_own_sample(humaneval, tmp_path):
                "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
                "    print('x' * 2_000_000)\n    return number % 1.0\n",   # output flood
                "    return number % 1.0\n"]
-    out = execute([p.program(c) for c in hostile], **EXEC)
+    out = execute([split_program(p, c) for c in hostile], **EXEC)
     assert [r.outcome for r in out[1:3]] == ["error", "error"]
     assert out[3].outcome == "passed" and out[4].outcome == "passed"  # the run went on
     if MODE == "bwrap":
@@ -69,22 +69,38 @@ def test_identical_programs_run_once_and_share_the_outcome(monkeypatch):
     ran = []
 
     def fake_run_one(program, limits, mode):
-        ran.append(program)
-        return execution.SampleResult("passed" if "ok" in program else "failed", "", 0.0)
+        ran.append(program.solution)
+        return execution.SampleResult("passed" if "ok" in program.solution else "failed", "", 0.0)
 
     monkeypatch.setattr(execution, "run_one", fake_run_one)
-    out = execute(["ok", "bad", "ok", "ok", "bad"], workers=2, mode="process")
+    out = execute([Program(s, "assert f() == 1\n", "f") for s in ["ok", "bad", "ok", "ok", "bad"]], workers=2,
+                  mode="process")
     assert sorted(ran) == ["bad", "ok"]
     assert [r.outcome for r in out] == ["passed", "failed", "passed", "passed", "failed"]
+    with pytest.raises(TypeError, match="split_program"):   # one file cannot be split safely: refused
+        execute(["def f():\n    return 1\nassert f() == 1\n"], mode="process")
 
 
-def test_classify_judges_on_the_trusted_side():
-    assert classify("ok", 0, b"tok", "", "tok") == ("passed", "")
-    assert classify("ok", 0, None, "", "tok")[0] == "error"
-    assert classify("ok", 0, b"forged", "", "tok")[0] == "error"
-    assert classify("crash", 1, None, "Traceback...\nAssertionError: x\n", "tok") == ("failed", "AssertionError: x")
-    assert classify("timeout", None, None, "", "tok")[0] == "timeout"
-    assert classify("memory", 1, None, "MemoryError\n", "tok") == ("error", "memory limit")
+def test_judge_decides_on_the_trusted_side_from_the_drivers_report():
+    from agentforge.sandbox import SandboxResult
+
+    def res(kind="ok", rc=0, stdout="", stderr=""):
+        return SandboxResult(kind, rc, stdout, stderr)
+
+    def rep(outcome, detail="", reason=""):
+        return "noise\n" + "tok " + json.dumps({"outcome": outcome, "detail": detail, "reason": reason}) + "\n"
+
+    assert judge(res(stdout=rep("passed")), res(), "tok") == ("passed", "")
+    assert judge(res(stdout=rep("failed", "AssertionError: x")), res(), "tok") == ("failed", "AssertionError: x")
+    assert judge(res(stdout=rep("passed").replace("tok ", "forged ")), res(), "tok")[0] == "error"  # no nonce
+    assert judge(res(rc=1, stdout=rep("passed")), res(), "tok")[0] == "error"   # the driver must exit 0
+    assert judge(res("timeout", None), res(), "tok") == ("timeout", "timeout")
+    assert judge(res("crash", 1), res("timeout", None), "tok") == ("timeout", "timeout")
+    assert judge(res("memory", 1), res(), "tok") == ("error", "memory limit (test driver)")
+    ended = res(stdout=rep("error", "the solution's process ended during a call", "ended"))
+    assert judge(ended, res("crash", 1, stderr="Traceback\nSyntaxError: bad\n"), "tok") == ("error", "SyntaxError: bad")
+    assert judge(ended, res("timeout", None), "tok") == ("timeout", "timeout")
+    assert judge(ended, res("memory", 1), "tok") == ("error", "memory limit")
 
 
 def test_humaneval_and_mbpp_files_parsed(tmp_path, humaneval):
@@ -105,7 +121,7 @@ def test_humaneval_and_mbpp_files_parsed(tmp_path, humaneval):
     assert [p.task_id for p in probs] == ["MBPP/11", "MBPP/12"] and probs[0].entry_point == "add"
     assert probs[0].prompt == '"""\nWrite a function to add two numbers.\nassert add(1, 2) == 3\nassert add(0, 0) == 0\n"""\n'
     assert self_check(probs, EXEC)["pass_at_1"] == 1.0
-    wrong = execute([probs[0].program("def add(a, b):\n  return a - b\n")], **EXEC)
+    wrong = execute([split_program(probs[0], "def add(a, b):\n  return a - b\n")], **EXEC)
     assert wrong[0].outcome == "failed"
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"task_id": 11, "text": "no code"}) + "\n")

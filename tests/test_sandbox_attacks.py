@@ -185,3 +185,37 @@ def test_rlimits_reach_the_program_with_or_without_prlimit(monkeypatch, prlimit)
     res = run(code, mode="process")
     assert res.kind == "ok", res.stderr
     assert ast.literal_eval(res.stdout.strip()) == [(20, 21), (8 * 2 ** 20,) * 2, (0, 0)]
+
+
+def test_only_the_passed_fds_reach_the_program():
+    """``pass_fds`` (the codegen harness's pipes between its two sandboxes): those fds arrive under the same
+    numbers; another inheritable fd of the parent does not."""
+    given_r, given_w = os.pipe()
+    other_r, other_w = os.pipe()
+    os.set_inheritable(other_w, True)
+    code = ("import os, sys\ngiven, other = map(int, sys.argv[1:])\nos.write(given, b'through')\n"
+            "try:\n    os.write(other, b'leak')\nexcept OSError as e:\n    print('closed', e.errno)\n")
+    try:
+        r = run_sandboxed(["python", "main.py", str(given_w), str(other_w)], {"main.py": code}, limits=LIMITS,
+                          pass_fds=(given_w,))
+        os.close(given_w)
+        os.close(other_w)
+        assert r.kind == "ok", r.stderr
+        assert os.read(given_r, 100) == b"through" and os.read(other_r, 100) == b""
+        assert r.stdout.startswith("closed")
+    finally:
+        os.close(given_r)
+        os.close(other_r)
+
+
+def test_codegen_forgeries_of_the_red_team_are_not_passes():
+    """The one-process codegen harness scored these wrong HumanEval/0 solutions ``passed``; now the tests run in
+    a sandbox of their own (details in tests/test_codegen_isolation.py)."""
+    from agentforge.codegen.execution import execute, split_program
+    from agentforge.codegen.problems import load_humaneval
+    from tests.test_codegen_isolation import ATEXIT, DIRECT, EQ, EXCEPTHOOK
+
+    p = load_humaneval()[0]
+    out = execute([split_program(p, c) for c in (p.canonical_solution, ATEXIT, EXCEPTHOOK, DIRECT, EQ)],
+                  timeout_s=5.0, memory_mb=512, workers=2, mode="bwrap")
+    assert [r.outcome for r in out] == ["passed", "failed", "failed", "error", "error"]

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from agentforge.codegen.execution import execute, outcome_counts
+from agentforge.codegen.execution import execute, outcome_counts, split_program
 from agentforge.codegen.problems import Problem
 from agentforge.codegen.sampling import sample
 from agentforge.evals.speed import interleaved_times
@@ -28,7 +28,7 @@ def evaluate(lm, problems: list[Problem], *, n: int, temperature: float, top_p: 
         print(f"  {p.task_id}: {n} samples, {s.new_tokens} tokens in {s.seconds:.1f} s", flush=True)
         for j, c in enumerate(s.completions):
             samples.append({"task_id": p.task_id, "sample": j, "completion": c})
-            programs.append(p.program(c))
+            programs.append(split_program(p, c))
     t0 = time.perf_counter()
     results = execute(programs, **exec_kw)
     exec_s = time.perf_counter() - t0
@@ -48,7 +48,7 @@ def evaluate(lm, problems: list[Problem], *, n: int, temperature: float, top_p: 
 
 def self_check(problems: list[Problem], exec_kw: dict) -> dict:
     """Run every problem's canonical solution; the harness is sound only if all pass (pass@1 = 1.0)."""
-    results = execute([p.program(p.canonical_solution) for p in problems], **exec_kw)
+    results = execute([split_program(p, p.canonical_solution) for p in problems], **exec_kw)
     failures = [{"task_id": p.task_id, "outcome": r.outcome, "detail": r.detail}
                 for p, r in zip(problems, results) if r.outcome != "passed"]
     return {"n": len(problems), "pass_at_1": 1 - len(failures) / max(len(problems), 1), "failures": failures}

@@ -6,9 +6,12 @@
 ``mode="bwrap"`` (the default) runs the code under bubblewrap: its own user, PID, network, IPC, UTS and
 mount namespaces (no network beyond an empty loopback), a read-only view of the system libraries, the
 Python installation and the ``agentforge`` package only, a fresh private temp dir as the only writable
-place and working directory, a cleared environment, ``--die-with-parent``, and rlimits on CPU time,
-address space, process count and file size. ``mode="process"`` is the weaker fallback (a child process
-with a cleared environment and the same rlimits, but the host's file system, network and PID space);
+place and working directory, a cleared environment, ``--die-with-parent``, rlimits on CPU time, address
+space, process count, open files and file size, a seccomp filter (no memfd / SysV shm, io_uring, bpf,
+ptrace, mounts, new namespaces...: ``seccomp.py``), and a watchdog on the whole tree's resident memory and
+CPU time and on the work dir's files and bytes. ``mode="process"`` is the weaker fallback (a child process
+with a cleared environment and the same rlimits and watchdog, no seccomp filter, and the host's file
+system, network and PID space);
 callers print a warning on every run. ``require_sandbox`` refuses ``bwrap`` mode where bubblewrap is
 missing or does not work, with one line saying how to install it.
 """
