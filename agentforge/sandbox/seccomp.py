@@ -59,8 +59,12 @@ SYSCALLS = {
     "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432),
     "fspick": (433, 433), "mount_setattr": (442, 442), "setns": (308, 268),
     "clone3": (435, 435), "clone": (56, 220), "unshare": (272, 97), "prctl": (157, 167),
+    "socket": (41, 198), "socketpair": (53, 199),
 }
-DENIED = tuple(n for n in SYSCALLS if n not in ("clone3", "clone", "unshare", "prctl"))   # EPERM, always
+# EPERM, always. Sockets too: the network namespace leaves only AF_UNIX pairs, whose queued buffers are kernel
+# memory counted in no RSS (a red-team held 1.5 GB under a 512 MB limit that way) and whose SCM_RIGHTS messages
+# can hide open files from the work-dir watch; no program run here needs one.
+DENIED = tuple(n for n in SYSCALLS if n not in ("clone3", "clone", "unshare", "prctl"))
 ENOSYS_CALLS = ("clone3",)
 ARG_CHECKS = (("clone", CLONE_NS), ("unshare", UNSHARE_NS))   # EPERM when arg0 has any of these bits
 
