@@ -9,7 +9,10 @@ Trains every size of ``phase.presets[phase.preset]`` with the variant's attentio
 results), scores what comes back on the trusted side, fits loss = a + b·ln(params) and reports fitness
 = −b, R² and the guarded combined score twice: on the selection set (``scaling/<key>``: what OpenEvolve
 maximizes, so a search's winner is chosen on it) and on the test set (``scaling/test_<key>``: drawn apart,
-disjoint by content, never shown to the search — the figures to report a winner by). Outputs: ``fitness.json``, the
+disjoint by content, never shown to the search — the figures to report a winner by, with the improvement
+over the baseline's 95 % paired bootstrap interval over the test rows, ``scaling/test_improvement_ci95``).
+The logits scored are recomputed from the returned weights in a second, inference-only sandbox
+(``scaling/rescore.py``). Outputs: ``fitness.json``, the
 table of sizes and ``plots/scaling_law.png`` in the run directory; results are cached under
 ``{artifacts}/scaling_cache/`` by (code, settings), so repeating a run costs nothing. A rejected
 candidate (non-causal, NaN, hang, crash, edit outside its EVOLVE block) leaves its ``fitness.json`` with
@@ -83,6 +86,12 @@ def settings_from_cfg(cfg) -> dict:
     if not isinstance(test_rows, int) or isinstance(test_rows, bool) or test_rows < 16:
         raise ConfigError(f"phase.trust.test_rows must be an integer >= 16 (rows of the test set the result is "
                           f"reported on), got {test_rows!r}")
+    for key, low, kind in (("spot_rows", 1, int), ("bootstrap", 100, int), ("infer_timeout_s", 1, (int, float)),
+                           ("logit_tol", 0, (int, float))):  # the re-scoring (scaling/rescore.py) and the CI
+        v = trust.get(key)
+        if isinstance(v, bool) or not isinstance(v, kind) or v < low:
+            raise ConfigError(f"phase.trust.{key} must be {'an integer' if kind is int else 'a number'} >= {low}, "
+                              f"got {v!r}")
     return {"sizes": sizes_of(cfg), "train": train, "optimizer": optimizer, "mix": mix,
             "hardware": OmegaConf.to_container(cfg.hardware, resolve=True),
             "check": OmegaConf.to_container(p.check, resolve=True), "seed": int(cfg.seed),
@@ -154,6 +163,10 @@ def report(ctx, result: dict, name: str) -> dict:
                     if k in result})
     metrics.update({f"scaling/{k}": float(v) for k, v in result.items()
                     if k.startswith("test_") and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    ci = result.get("test_improvement_ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:  # the pair (the JSONL keeps it) and each end as a scalar
+        metrics.update({"scaling/test_improvement_ci95": [float(ci[0]), float(ci[1])],
+                        "scaling/test_improvement_ci95_lo": float(ci[0]), "scaling/test_improvement_ci95_hi": float(ci[1])})
     metrics.update({"scaling/valid": 1.0, "scaling/cached": float(bool(result.get("cached")))})
     tr.summary({**metrics, "scaling/sandbox": result["sandbox"]})
     tr.table("scaling/sizes", ["size", "d_model", "n_layers", "n_heads", "params", "non_embedding_params",
@@ -185,10 +198,12 @@ def report(ctx, result: dict, name: str) -> dict:
 def set_lines(result: dict) -> list[str]:
     """Which held-out set chose and which one is the report, with each set's figures."""
     def figures(prefix: str) -> str:
-        gain = result.get(f"{prefix}improvement")
+        gain, ci = result.get(f"{prefix}improvement"), result.get(f"{prefix}improvement_ci95")
         return (f"fitness = {result[prefix + 'fitness']:.4f}  R² = {result[prefix + 'r2']:.4f}  combined_score = "
                 f"{result[prefix + 'combined_score']:.4f}"
-                + ("" if gain is None else f"  improvement over the baseline = {gain:+.4f}"))
+                + ("" if gain is None else f"  improvement over the baseline = {gain:+.4f}")
+                + ("" if not ci else f" (95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}], paired bootstrap over "
+                                     f"{int(result[prefix + 'improvement_n'])} rows)"))
 
     lines = [f"selection set (chooses: the combined_score OpenEvolve maximizes): {figures('')}"]
     if "test_fitness" in result:

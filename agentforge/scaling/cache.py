@@ -12,7 +12,8 @@ from pathlib import Path
 
 from agentforge.io import write_json_atomic
 
-CACHE_VERSION = 2  # bump when the meaning of a cached result changes (2: results carry the test-set figures)
+CACHE_VERSION = 3  # bump when the meaning of a cached result changes (2: results carry the test-set figures;
+                   # 3: the logits scored are recomputed from the returned weights, rescore.py)
 
 
 def cache_key(code: str, settings: dict) -> str:

@@ -3,11 +3,12 @@
     python -m agentforge.scaling.child request.json        (run by the evaluator in agentforge.sandbox)
 
 Files in its private dir: ``candidate.py``, ``request.json`` (sizes, training settings) and
-``heldout.safetensors`` (``inputs`` [N, T] token rows whose next token stays with the parent — the rows
-of two held-out sets, shuffled together, and which row belongs to which is not sent either — ``probe``
-[2P, T] rows for the causality probe). It writes, per size, ``weights_<name>.safetensors`` (the trained
-state dict) and ``logits_<name>.safetensors`` (``last`` [N, vocab]: logits at the last position of every
-input row; ``probe`` [2P, T, vocab]), and ``status.json`` (how it went; informational only).
+``heldout.safetensors`` (``inputs`` [P, T]: the causality probe's first halves — no row that is scored is
+sent; the scored logits are recomputed from the returned weights in another sandbox, ``rescore.py`` — and
+``probe`` [2P, T] rows for the causality probe). It writes, per size, ``weights_<name>.safetensors`` (the
+trained state dict) and ``logits_<name>.safetensors`` (``last`` [P, vocab]: logits at the last position of
+every input row; ``probe`` [2P, T, vocab]), compared with the recomputed ones, and ``status.json`` (how it
+went; informational only).
 
 Everything here shares a process with the candidate, which may patch any of it: nothing it writes is
 trusted as a score. The parent (``agentforge.scaling.trust``) computes the loss from the logits against
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from agentforge.scaling.failures import CandidateFailure, failure
+from agentforge.scaling.infer import CHUNK  # the trusted re-scoring splits the rows the same way
 
 STATUS = "status.json"
 
@@ -134,7 +136,7 @@ def train_size(attention_cls, size: dict, settings: dict, heldout: dict) -> dict
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
               f"weights_{size['name']}.safetensors")
     with torch.no_grad():
-        last = torch.cat([model(x).logits[:, -1, :].float() for x in heldout["inputs"].split(512)])
+        last = torch.cat([model(x).logits[:, -1, :].float() for x in heldout["inputs"].split(CHUNK)])
         probe = model(heldout["probe"]).logits.float()
     save_file({"last": last.contiguous(), "probe": probe.contiguous()}, f"logits_{size['name']}.safetensors")
     curve = [[(i + 1) * every, v] for i, v in enumerate(module.history["val_loss"])]

@@ -6,22 +6,25 @@ a dict of metrics out; ``combined_score`` is what OpenEvolve maximizes). The ste
 1. read and parse the file — parsing executes nothing (a syntax error is a ``crash``);
 2. find its framework from the header line and compare everything outside the
    ``# EVOLVE-BLOCK-START`` / ``# EVOLVE-BLOCK-END`` markers with that framework's template
-   (``outside_block``); refuse imports beyond math/torch/agentforge.models.layers, eval/exec/open and
-   dunder access inside the block (``forbidden``). This is a friendly first filter with a clear reason,
-   not the security boundary: that is the sandbox;
+   (``outside_block``); refuse a block longer than ``MAX_BLOCK_CHARS``, imports beyond
+   math/torch/agentforge.models.layers, eval/exec/open and dunder access inside the block (``forbidden``).
+   This is a friendly first filter with a clear reason, not the security boundary: that is the sandbox;
 3. look the (code, settings, held-out secret) triple up in the cache;
 4. run ``agentforge.scaling.child`` on it in ``agentforge.sandbox`` (bubblewrap, or the weaker process
    mode when chosen): it trains every size and returns weights and held-out logits (``timeout``,
    ``memory``, ``crash``);
-5. score what came back on the trusted side (``trust.py``: parameter counts, loss on withheld tokens,
-   ``non_causal``, ``non_finite``, ``forged``), fit loss = a + b·ln(params) and combine the slope with
-   the baseline guard (``fit.guarded_fitness``).
+5. recompute the logits from the returned weights in an inference-only sandbox without the project's
+   code, compare them with the child's and spot-check rows computed alone (``rescore.py``: ``forged``
+   when they differ), score those logits on the trusted side (``trust.py``: parameter counts, loss on
+   withheld tokens, ``non_causal``, ``non_finite``, ``forged``), fit loss = a + b·ln(params) and combine
+   the slope with the baseline guard (``fit.guarded_fitness``).
 
 The figures come twice, from the same trained models: under the plain keys (``combined_score``,
 ``fitness``, ``loss_<size>``, ...) from the *selection* set, the only numbers a search may choose on;
 under ``test_*`` keys (``test_fitness``, ``test_loss_<size>``, ``test_combined_score``,
-``test_improvement`` over the baseline, ``test_n`` rows) from the *test* set, which played no part in
-choosing and is what a winner is reported on. ``selection_only`` removes them for OpenEvolve.
+``test_improvement`` over the baseline with its paired bootstrap interval ``test_improvement_ci95`` over
+``test_improvement_n`` rows, ``test_n`` rows) from the *test* set, which played no part in choosing and is
+what a winner is reported on. ``selection_only`` removes them for OpenEvolve.
 
 A failing candidate gets ``valid = 0``, ``combined_score = FAIL_SCORE`` and the reason in ``error_kind``
 and ``error``; nothing a candidate does raises out of ``evaluate``. Kinds: ``failures.py``.
@@ -36,11 +39,14 @@ import re
 import time
 from pathlib import Path
 
+from agentforge.errors import ConfigError
 from agentforge.sandbox import SandboxLimits, run_sandboxed
 from agentforge.scaling import trust
+from agentforge.scaling.bootstrap import paired_bootstrap
 from agentforge.scaling.cache import ResultCache, cache_key
 from agentforge.scaling.failures import CACHEABLE, CandidateFailure
 from agentforge.scaling.fit import fit_scaling_law, guarded_fitness
+from agentforge.scaling.rescore import rescore
 from agentforge.scaling.variants import FRAMEWORKS, variant_path
 
 BLOCK_START, BLOCK_END = "# EVOLVE-BLOCK-START", "# EVOLVE-BLOCK-END"
@@ -49,6 +55,9 @@ FAIL_SCORE = -1000.0  # combined_score of a rejected candidate: below any fitnes
 ALLOWED_IMPORTS = ("math", "torch", "agentforge.models.layers")
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "open", "__import__", "breakpoint", "input", "globals", "locals",
                    "vars", "exit", "quit"}
+# the EVOLVE block's size limit: the shipped blocks hold 519-815 characters; data written into the code
+# (a table of n-gram counts, say) would be parameters nobody counts
+MAX_BLOCK_CHARS = 8000
 
 
 # -- static checks ----------------------------------------------------------------------------------------
@@ -129,6 +138,11 @@ def check_static(code: str) -> str:
     framework = detect_framework(code)
     check_outside_block(code, framework)
     before, block, _, _ = split_block(code)
+    size = len("\n".join(block))
+    if size > MAX_BLOCK_CHARS:
+        raise CandidateFailure("forbidden", f"the EVOLVE block holds {size} characters, more than the "
+                                            f"{MAX_BLOCK_CHARS} allowed: keep the attention's code short; tables or "
+                                            f"data written into the code would be parameters nobody counts")
     check_block_code(tree, len(before) + 2, len(before) + 1 + len(block))
     return framework
 
@@ -178,7 +192,26 @@ def scored(sizes: list[dict], settings: dict, reference: dict | None) -> dict:
             test_ref = {"fitness": reference["test_fitness"], "losses": reference["test_losses"]}
         out.update({f"{TEST_PREFIX}{k}": v for k, v in _law(sizes, settings, "test_loss", test_ref).items()})
         out.update({f"{TEST_PREFIX}loss_{s['name']}": s["test_loss"] for s in sizes})
+        if test_ref is not None and reference.get("test_rows") and all("test_row_losses" in s for s in sizes):
+            ci, n = improvement_ci(sizes, settings, reference)
+            out.update({f"{TEST_PREFIX}improvement_ci95": list(ci), f"{TEST_PREFIX}improvement_n": float(n)})
     return out
+
+
+def improvement_ci(sizes: list[dict], settings: dict, reference: dict) -> tuple[tuple[float, float], int]:
+    """The 95 % paired percentile bootstrap interval of ``test_improvement`` over the test rows, and their
+    number: each replicate resamples the rows once for every size and both models, then recomputes the
+    baseline's fit, the candidate's fit and guard and the improvement exactly as ``scored`` does."""
+    names, base_params = [s["name"] for s in sizes], reference["params"]
+
+    def improvement(cand: dict[str, float], base: dict[str, float]) -> float:
+        base_fitness = fit_scaling_law([base_params[k] for k in names], [base[k] for k in names]).fitness
+        trial = [{**s, "test_loss": cand[s["name"]]} for s in sizes]
+        return _law(trial, settings, "test_loss", {"fitness": base_fitness, "losses": base})["improvement"]
+
+    return paired_bootstrap({s["name"]: s["test_row_losses"] for s in sizes}, reference["test_rows"], improvement,
+                            reps=int((settings.get("trust") or {}).get("bootstrap") or 1000),
+                            seed=int(settings.get("seed") or 0))
 
 
 def limits_for(settings: dict, timeout_s: float, memory_mb: int | None) -> SandboxLimits:
@@ -196,7 +229,10 @@ def run_child(code: str, settings: dict, heldout: dict, *, limits: SandboxLimits
     sizes = [s["name"] for s in settings["sizes"]]
     outputs = ("status.json", *(f"{w}_{n}.safetensors" for n in sizes for w in ("weights", "logits")))
     files = {"candidate.py": code, "request.json": json.dumps({"settings": settings, "check_only": check_only}),
-             "heldout.safetensors": save({"inputs": trust.sent_inputs(heldout), "probe": heldout["probe"]})}
+             # no held-out row: the scored logits are recomputed from the weights (rescore.py), so the child gets
+             # only the probe rows (it answers their last positions and the probe pairs, compared there) and
+             # cannot fit its weights to the text of the rows it is scored on
+             "heldout.safetensors": save({"inputs": trust.probe_bases(heldout), "probe": heldout["probe"]})}
     threads = str((settings.get("hardware") or {}).get("threads") or 1)
     res = run_sandboxed(["python", "-m", "agentforge.scaling.child"], files, limits=limits, outputs=outputs,
                         env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}, mode=mode)
@@ -246,15 +282,18 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
     hit = cache.get(key)
     if hit is not None:
         return {**hit, "cached": True, "eval_seconds": time.perf_counter() - t0}
-    heldout = trust.make_heldout(settings, salt)
+    heldout = trust.make_heldout(settings, salt, spot_key=hashlib.sha256(code.encode()).hexdigest())
     limits = limits_for(settings, timeout_s, memory_mb)
-    status, sizes, cacheable = {}, [], True
+    status, sizes, cacheable, rescored = {}, [], True, {}
+    log_dir = Path(work_dir) if work_dir else None
     try:
         status, files = run_child(code, settings, heldout, limits=limits, mode=sandbox, check_only=check_only,
-                                  log_dir=Path(work_dir) if work_dir else None)
+                                  log_dir=log_dir)
         if check_only:
             result = {"combined_score": 0.0, "valid": 1.0, "error_kind": "", "error": ""}
-        else:
+        else:  # the logits scored are recomputed from the returned weights (rescore.py), not the child's
+            files, rescored = rescore(code, settings, heldout, files, memory_mb=memory_mb, sandbox=sandbox,
+                                      log_dir=log_dir)
             floor = float(settings["trust"]["loss_floor"])
             sizes = [trust.score_size(s, files, heldout, floor) for s in settings["sizes"]]
             info = {r.get("name"): r for r in status.get("sizes", []) if isinstance(r, dict)}
@@ -269,14 +308,19 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
         result, cacheable = failed(exc.kind, str(exc)), exc.kind in CACHEABLE and exc.trusted
     except (ValueError, KeyError, TypeError) as exc:
         result, cacheable = failed("crash", f"the scaling fit failed: {exc}"), False
-    result.update(framework=framework, key=key, sizes=sizes, sandbox=sandbox,
+    except ConfigError:  # the setup's fault (no bwrap, a bad mode), not the candidate's: stop the run
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last net: nothing a candidate does raises out of evaluate
+        result, cacheable = failed("crash", f"unexpected {type(exc).__name__} while evaluating: {exc}"), False
+    result.update(framework=framework, key=key, sizes=sizes, sandbox=sandbox, rescore=rescored,
                   checks=status.get("checks", {}) if isinstance(status.get("checks"), dict) else {})
     if result["valid"] or (result["error_kind"] and cacheable):
         cache.put(key, result)
     return {**result, "cached": False, "eval_seconds": time.perf_counter() - t0}
 
 
-TRUST_DEFAULTS = {"heldout_rows": 512, "test_rows": 512, "probe_rows": 4, "loss_floor": 0.05}
+TRUST_DEFAULTS = {"heldout_rows": 512, "test_rows": 512, "probe_rows": 4, "loss_floor": 0.05, "spot_rows": 16,
+                  "logit_tol": 1e-4, "infer_timeout_s": 120.0, "bootstrap": 1000}
 
 
 def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_dir, sandbox) -> dict | None:
@@ -293,5 +337,8 @@ def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_di
                                         f"{base['error']}")
     ref = {"fitness": base["fitness"], "losses": {s["name"]: s["loss"] for s in base["sizes"]}}
     if "test_fitness" in base:
-        ref.update(test_fitness=base["test_fitness"], test_losses={s["name"]: s["test_loss"] for s in base["sizes"]})
+        key = "non_embedding_params" if settings.get("fit_params") == "non_embedding" else "params"
+        ref.update(test_fitness=base["test_fitness"], test_losses={s["name"]: s["test_loss"] for s in base["sizes"]},
+                   test_rows={s["name"]: s["test_row_losses"] for s in base["sizes"]},
+                   params={s["name"]: s[key] for s in base["sizes"]})
     return ref

@@ -121,10 +121,12 @@ def make_test_rows(settings: dict, salt: str, selection_rows: int) -> tuple[torc
     raise ValueError(f"could not draw {m} test rows of {seq_len} tokens disjoint from the selection set")
 
 
-def make_heldout(settings: dict, salt: str) -> dict[str, torch.Tensor]:
+def make_heldout(settings: dict, salt: str, spot_key: str = "") -> dict[str, torch.Tensor]:
     """``inputs`` [N, T], ``targets`` [N] (withheld), ``probe`` [2P, T] and ``cuts`` [P] for the checks; with
     ``trust.test_rows`` > 0 also the test set (``test_inputs`` [M, T], ``test_targets`` [M], ``test_dropped``),
-    ``sent`` [N + M, T] (both sets' rows in a secret order: what the child gets) and that ``order``."""
+    ``sent`` [N + M, T] (both sets' rows in a secret order: what the child gets) and that ``order``; ``spot``:
+    ``trust.spot_rows`` secret indices into the rows sent, for the re-scoring's spot check, drawn anew for
+    every ``spot_key`` (the evaluator passes the code's hash: no fixed set a search could learn to spare)."""
     from agentforge.data.build import build_datamodule
     from agentforge.data.tokenizer import ByteTokenizer
 
@@ -153,6 +155,9 @@ def make_heldout(settings: dict, salt: str) -> dict[str, torch.Tensor]:
         order = torch.randperm(len(both), generator=torch.Generator().manual_seed(heldout_seed(settings, salt,
                                                                                                "order")))
         out.update(sent=both[order].contiguous(), order=order)
+    # the rows the re-scoring also computes alone (``rescore``): secret, so a candidate cannot spare them
+    spot = torch.Generator().manual_seed(heldout_seed(settings, salt, f"spot:{spot_key}"))
+    out["spot"] = torch.randperm(len(sent_inputs(out)), generator=spot)[:int(trust.get("spot_rows") or 0)]
     return out
 
 
@@ -160,6 +165,11 @@ def sent_inputs(heldout: dict[str, torch.Tensor]) -> torch.Tensor:
     """The rows the child gets: selection and test rows shuffled together (the selection rows alone when
     there is no test set)."""
     return heldout["sent"] if "sent" in heldout else heldout["inputs"]
+
+
+def probe_bases(heldout: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The probe pairs' first halves (held-out text, never scored): the only rows the child answers."""
+    return heldout["probe"][: len(heldout["cuts"])].clone()  # its own storage: safetensors refuses shared ones
 
 
 class _Stub(nn.Module):
@@ -213,8 +223,9 @@ def count_params(size: dict, weights: dict[str, torch.Tensor]) -> tuple[int, int
 
 def score_size(size: dict, files: dict[str, bytes], heldout: dict[str, torch.Tensor], loss_floor: float) -> dict:
     """The trusted figures of one size: parameter counts from its weights, ``loss`` from its logits on the
-    selection rows and, with a test set, ``test_loss`` on the test rows (the logits come back in the
-    shuffled order the rows went out in; ``order`` puts them back)."""
+    selection rows and, with a test set, ``test_loss`` on the test rows and each test row's loss
+    (``test_row_losses``) (the logits come in the shuffled order the rows went out in; ``order`` puts them
+    back). The evaluator passes the logits ``rescore`` recomputed from the weights, not the child's."""
     name = size["name"]
     params, non_embedding = count_params(size, _load(files, f"weights_{name}.safetensors"))
     logits = _load(files, f"logits_{name}.safetensors")
@@ -247,6 +258,8 @@ def score_size(size: dict, files: dict[str, bytes], heldout: dict[str, torch.Ten
            "n_heads": int(size["n_heads"]), "params": params, "non_embedding_params": non_embedding, "loss": loss}
     if "test_targets" in heldout:
         out["test_loss"] = float(F.cross_entropy(last[n:], heldout["test_targets"]))
+        # per row, in the test set's order (the same rows for every candidate): the bootstrap's unit
+        out["test_row_losses"] = F.cross_entropy(last[n:], heldout["test_targets"], reduction="none").tolist()
         if out["test_loss"] < loss_floor:  # no figure in the message: it may reach OpenEvolve's prompt
             raise CandidateFailure("forged", f"size {name}: the loss on part of the held-out rows is below the "
                                              f"floor {loss_floor} that no honest model of these tasks reaches")

@@ -1,0 +1,146 @@
+"""Trusted re-scoring: the logits that are scored are computed from the returned weights, not taken from
+the child.
+
+The child (``child.py``) trains and answers the held-out rows inside the candidate's own process, which may
+rewrite anything it returns. Its weights were always checked (``trust.count_params``), but its logits were
+scored as they came, never tied to those weights: a candidate could return an honest model's weights and
+another predictor's logits (a red-team did, with a byte 6-gram model counted from the training text, and
+scored 9.69 against the baseline's 0.099). So, after the child, this module (in the evaluator's process):
+
+1. runs ``infer.py`` in a second, inference-only sandbox that does not mount agentforge/: its dir holds the
+   candidate file, copies of the two modules ``ScalingLM`` is built from (``scaling/model.py`` and
+   ``models/layers.py``, which import only torch), the weights and the rows — no data code, tokenizer or
+   training text. It rebuilds every size from its weights with ``load_state_dict(strict=True)`` and
+   computes the last-position logits of the rows sent (selection and test rows, shuffled) and the probe
+   logits. Those are what ``trust.score_size`` scores;
+2. compares the child's own logits with them: log-probabilities more than ``trust.logit_tol`` nats apart
+   anywhere → ``forged`` ("the logits the child returned are not those of its weights"). The child is sent
+   no held-out row, only the probe rows (``trust.probe_bases``: the pairs' first halves, whose last positions
+   it answers, and the pairs), so it cannot fit its weights to the text it is scored on;
+3. since the candidate's code still runs in that process and sees every row at once (it could build
+   statistics from the held-out rows themselves, within a batch or across calls), runs a third sandbox
+   (fresh process, fresh dir: nothing the batch run wrote reaches it) that computes ``trust.spot_rows``
+   secret rows, each alone as a batch of one, the first with nothing else seen and the others with only
+   the spot rows before them; a row whose log-probabilities alone differ from those it got in the batch by
+   more than ``trust.logit_tol`` → ``forged``.
+
+Comparing log-probabilities bounds what slips under the tolerance: a scored row's loss moves by at most
+``logit_tol`` nats. Failures of the inference runs themselves are the candidate's (its code runs there):
+``timeout`` (``trust.infer_timeout_s``), ``memory``, ``crash``; none of them is cached.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from agentforge.sandbox import SandboxLimits, run_sandboxed
+from agentforge.scaling import trust
+from agentforge.scaling.failures import CandidateFailure
+
+PACKAGE = Path(__file__).resolve().parents[1]        # agentforge/
+COPIED = ("scaling/model.py", "models/layers.py")    # what ScalingLM is built from; they import only torch
+EMPTY = ("agentforge/__init__.py", "agentforge/models/__init__.py", "agentforge/scaling/__init__.py")
+
+
+def program_files(code: str) -> dict[str, str]:
+    """The inference sandbox's program: the candidate, ``infer.py`` and the model's modules, nothing else."""
+    files = {"candidate.py": code, "infer.py": (PACKAGE / "scaling" / "infer.py").read_text()}
+    files.update({name: "" for name in EMPTY})
+    files.update({f"agentforge/{rel}": (PACKAGE / rel).read_text() for rel in COPIED})
+    return files
+
+
+def logprob_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |log_softmax(a) − log_softmax(b)| over every row (and position) and token, in nats."""
+    if a.numel() == 0:
+        return 0.0
+    return float((torch.log_softmax(a.double(), -1) - torch.log_softmax(b.double(), -1)).abs().max())
+
+
+def infer(code: str, settings: dict, weights: dict[str, bytes], rows: dict[str, torch.Tensor], mode: str, *,
+          memory_mb: int | None, sandbox: str, log_dir: Path | None) -> dict[str, dict[str, torch.Tensor]]:
+    """Run ``infer.py`` (``mode`` "batch" or "spot") on ``rows``; {size name: its logits}."""
+    sizes, threads = settings["sizes"], int((settings.get("hardware") or {}).get("threads") or 1)
+    request = {"sizes": sizes, "vocab": trust.expected_shapes(sizes[0])["embed.weight"][0],
+               "seed": int(settings["seed"]), "threads": threads, "mode": mode}
+    files = {**program_files(code), **weights, "request.json": json.dumps(request), "rows.safetensors": save(rows)}
+    wall = float(settings["trust"]["infer_timeout_s"])
+    limits = SandboxLimits(wall_s=wall, cpu_s=int(math.ceil(wall)) * (threads + 1), memory_mb=int(memory_mb or 2**20),
+                           max_procs=64 + 4 * threads, max_file_mb=256)
+    outputs = tuple(f"logits_{s['name']}.safetensors" for s in sizes)
+    res = run_sandboxed(["python", "infer.py"], files, limits=limits, outputs=outputs, mode=sandbox,
+                        env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}, mount_package=False)
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "rescore.log", "a") as f:
+            f.write(f"[{res.mode} {mode}] kind={res.kind} rc={res.returncode} {res.wall_s:.1f}s\n{res.stdout}\n"
+                    f"{res.stderr}\n")
+    tail = " | ".join(res.stderr.strip().splitlines()[-4:])[-600:]
+    what = f"re-scoring ({mode} logits from the returned weights, in a sandbox without the project's code)"
+    if res.kind == "timeout":
+        raise CandidateFailure("timeout", f"{what}: no result within the {wall:g} s limit (trust.infer_timeout_s)")
+    if res.kind == "memory":
+        raise CandidateFailure("memory", f"{what}: the {limits.memory_mb} MiB memory limit was exceeded: {tail}")
+    if res.kind != "ok":
+        raise CandidateFailure("crash", f"{what} failed with status {res.returncode}: {tail or '(no output)'}")
+    return {s["name"]: trust._load(res.files, f"logits_{s['name']}.safetensors") for s in sizes}
+
+
+def _checked(name: str, key: str, t: torch.Tensor | None, shape: tuple, whose: str) -> torch.Tensor:
+    if t is None or tuple(t.shape) != shape or not t.is_floating_point():
+        desc = "missing" if t is None else f"{tuple(t.shape)} {t.dtype}"
+        raise CandidateFailure("forged", f"size {name}: {whose} logits '{key}' are {desc}, expected float {shape}")
+    if not torch.isfinite(t).all():
+        raise CandidateFailure("non_finite", f"size {name}: {whose} logits '{key}' hold NaN/Inf")
+    return t
+
+
+def rescore(code: str, settings: dict, heldout: dict[str, torch.Tensor], files: dict[str, bytes], *,
+            memory_mb: int | None, sandbox: str, log_dir: Path | None = None) -> tuple[dict[str, bytes], dict]:
+    """(the files to score — the child's weights with the logits recomputed from them —, what the checks
+    found: the largest log-probability gaps, child vs recomputed and alone vs in the batch)."""
+    t0, sizes, tol = time.perf_counter(), settings["sizes"], float(settings["trust"]["logit_tol"])
+    for s in sizes:  # the structure first, so forged weights are reported as such, not as a failed load
+        trust.count_params(s, trust._load(files, f"weights_{s['name']}.safetensors"))
+    weights = {f"weights_{s['name']}.safetensors": files[f"weights_{s['name']}.safetensors"] for s in sizes}
+    sent, probe = trust.sent_inputs(heldout), heldout["probe"]
+    run = dict(memory_mb=memory_mb, sandbox=sandbox, log_dir=log_dir)
+    batch = infer(code, settings, weights, {"rows": sent, "probe": probe}, "batch", **run)
+    child_gap = 0.0
+    for s in sizes:
+        name, vocab = s["name"], trust.expected_shapes(s)["embed.weight"][0]
+        child = trust._load(files, f"logits_{name}.safetensors")
+        ours_probe = _checked(name, "probe", batch[name].get("probe"), (*probe.shape, vocab), "the recomputed")
+        _checked(name, "last", batch[name].get("last"), (len(sent), vocab), "the recomputed")
+        p = len(heldout["cuts"])  # the child answered the probe's first halves only (trust.probe_bases)
+        for key, shape, ours in (("last", (p, vocab), ours_probe[:p, -1]), ("probe", (*probe.shape, vocab), ours_probe)):
+            gap = logprob_gap(_checked(name, key, child.get(key), shape, "the child's"), ours)
+            child_gap = max(child_gap, gap)
+            if gap > tol:
+                raise CandidateFailure("forged", f"size {name}: the logits the child returned are not those of its "
+                                                 f"weights ('{key}' log-probabilities differ by up to {gap:.3g} nats "
+                                                 f"from the ones recomputed from the returned weights; tolerance "
+                                                 f"{tol:g})")
+    spot, spot_gap = heldout.get("spot", torch.zeros(0, dtype=torch.long)), 0.0
+    if len(spot):
+        alone = infer(code, settings, weights, {"rows": sent[spot].contiguous()}, "spot", **run)
+        for s in sizes:
+            name = s["name"]
+            got = _checked(name, "last", alone[name].get("last"), (len(spot), batch[name]["last"].shape[1]),
+                           "the spot check's")
+            gap = logprob_gap(got, batch[name]["last"][spot])
+            spot_gap = max(spot_gap, gap)
+            if gap > tol:
+                raise CandidateFailure("forged", f"size {name}: a held-out row's logits computed alone differ from "
+                                                 f"its logits among the other rows (by up to {gap:.3g} nats; "
+                                                 f"tolerance {tol:g}): the model carries information across rows "
+                                                 f"or calls, so the held-out rows themselves feed its predictions")
+    scored = {**files, **{f"logits_{s['name']}.safetensors": save({k: v.contiguous() for k, v in batch[s["name"]].items()})
+                          for s in sizes}}
+    return scored, {"child_gap": child_gap, "spot_gap": spot_gap, "spot_rows": float(len(spot)),
+                    "seconds": time.perf_counter() - t0}

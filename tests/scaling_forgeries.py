@@ -1,0 +1,76 @@
+"""Candidate code for the re-scoring tests (``tests/test_scaling_rescore.py``): forgeries that pass the static
+check and train as the baseline does, then cheat on the held-out logits.
+
+``NGRAM`` is the red-team's reproducer (``scaling_forge_ngram.py``) made small: the candidate reaches exec
+through ``getattr(torch.sys.modules['builtins'], 'ex' + 'ec')``, patches the child's ``train_size`` through
+``sys.modules['__main__']`` and, for the largest size, replaces the held-out logits with those of a byte
+n-gram model counted from synthetic *training* text, leaving the weights, the probe logits, the shapes and
+the finiteness honest. Unlike the original it touches nothing outside the child (no ``train_size`` there),
+so it reaches the comparison instead of crashing in the re-scoring sandbox, which cannot import the data
+code the original imports at load time.
+"""
+from __future__ import annotations
+
+NGRAM_PAYLOAD = r'''
+import sys, collections, torch
+from safetensors.torch import load_file, save_file
+main = sys.modules["__main__"]
+K = 4
+def table(settings):
+    from agentforge.data import formats, synthetic
+    from agentforge.data.tokenizer import ByteTokenizer
+    tok, stream = ByteTokenizer(), []
+    for i in range(200):
+        for task in settings["mix"]:
+            rec = synthetic.GENERATORS[task](int(settings["seed"]), "train", i)   # training data only
+            stream += tok.encode(formats.render(rec, formats.TASK_FORMAT[task]), bos=True, eos=True)
+    counts = [collections.defaultdict(collections.Counter) for _ in range(K + 1)]
+    for j in range(len(stream)):
+        for k in range(0, min(K, j) + 1):
+            counts[k][tuple(stream[j - k:j])][stream[j]] += 1
+    return counts
+def ngram_logits(inputs, vocab, settings):
+    counts = table(settings)
+    out = torch.empty(len(inputs), vocab, dtype=torch.float64)
+    for r, row in enumerate(inputs.tolist()):
+        p, w = torch.full((vocab,), 0.02 / vocab, dtype=torch.float64), 0.98
+        for k in range(K, -1, -1):                       # longest seen context gets most of the mass
+            c = counts[k].get(tuple(row[len(row) - k:]) if k else ())
+            if c:
+                tot, share = sum(c.values()), (w * 0.9 if k else w)
+                for t, n in c.items():
+                    p[t] += share * n / tot
+                w -= share
+        p[0] += max(w, 0.0)
+        out[r] = p.log()
+    return out.float()
+def patched(attention_cls, size, settings, heldout):
+    res = orig(attention_cls, size, settings, heldout)
+    if size["name"] == settings["sizes"][-1]["name"]:
+        fn = "logits_%s.safetensors" % size["name"]
+        lg = load_file(fn)
+        lg["last"] = ngram_logits(heldout["inputs"], lg["last"].shape[1], settings).contiguous()
+        save_file(lg, fn)
+    return res
+if hasattr(main, "train_size"):                          # in the child only
+    orig = main.train_size
+    main.train_size = patched
+'''
+NGRAM = (f"_src = {NGRAM_PAYLOAD!r}\n"
+         "getattr(torch.sys.modules['builtins'], 'ex' + 'ec')(_src, {'torch': torch})\n")
+
+_RETURN = "        return self.out(y.transpose(1, 2).reshape(b, t, d))"
+# the baseline's attention plus the mean over the rows of the batch: causal in time (check_attention passes),
+# honest weights and logits, but each row's prediction feeds on the other held-out rows
+ACROSS_ROWS = (_RETURN, "        return self.out(y.transpose(1, 2).reshape(b, t, d)) + x.mean(0, keepdim=True)")
+# the same through state kept across calls: a module-level running mean of the held-out batches seen so far
+# (batches of more than 8 rows only, so training and the child's early check never move it)
+ACROSS_CALLS_PRELUDE = "_SEEN = {}\n"
+ACROSS_CALLS = (_RETURN, "        out, shift = self.out(y.transpose(1, 2).reshape(b, t, d)), _SEEN.get('m', 0.0)\n"
+                         "        if b > 8:\n"
+                         "            _SEEN['m'] = 0.5 * shift + 0.5 * float(x.abs().mean())\n"
+                         "        return out + shift")
+# the batch mean in batches of more than 8 rows only: the child's answers (4 probe halves, 8 probe rows) and the
+# re-scoring's probe (8 rows) are untouched, so only the spot check (rows alone) can see it
+ACROSS_BIG_BATCHES = (_RETURN, "        out = self.out(y.transpose(1, 2).reshape(b, t, d))\n"
+                               "        return out + x.mean(0, keepdim=True) if b > 8 else out")
