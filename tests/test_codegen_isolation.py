@@ -179,6 +179,7 @@ def test_canonical_solutions_pass_with_the_prompts_helpers_on_the_trusted_side(h
     assert outcomes(humaneval["HumanEval/32"], [hijack])[0][0] == "failed"
 
 
+@pytest.mark.slow  # 8-25 s; the default tier runs eight of them (above), helpers from the prompt included
 def test_all_164_canonical_humaneval_solutions_pass(humaneval):
     t0 = time.perf_counter()
     probs = list(humaneval.values())

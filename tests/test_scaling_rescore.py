@@ -48,7 +48,9 @@ def evaluate_salted(path, tmp_path, settings=SETTINGS):
 
 
 # -- honest variants: unchanged -----------------------------------------------------------------------------
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+# the baseline in the default tier, the other shipped variants in the slow one (~9 s each)
+@pytest.mark.parametrize("framework", [f if f == "baseline" else pytest.param(f, marks=pytest.mark.slow)
+                                       for f in FRAMEWORKS])
 def test_shipped_variants_score_as_before_from_their_weights(framework, tmp_path):
     result = evaluate_salted(variant_path(framework), tmp_path)
     assert result["valid"] == 1.0, result["error"]
@@ -71,7 +73,8 @@ def test_ngram_logits_in_place_of_the_weights_logits_are_forged(tmp_path):
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("prelude,edit", [("", ACROSS_ROWS), (ACROSS_CALLS_PRELUDE, ACROSS_CALLS),
+@pytest.mark.parametrize("prelude,edit", [pytest.param("", ACROSS_ROWS, marks=pytest.mark.slow),
+                                          pytest.param(ACROSS_CALLS_PRELUDE, ACROSS_CALLS, marks=pytest.mark.slow),
                                           ("", ACROSS_BIG_BATCHES)],
                          ids=["batch_mean", "state_across_calls", "batch_mean_in_big_batches"])
 def test_models_that_feed_on_other_heldout_rows_fail_the_spot_check(prelude, edit, tmp_path):

@@ -162,6 +162,7 @@ def test_each_set_is_compared_with_the_baseline_on_that_set():
 
 
 # -- through the sandbox ----------------------------------------------------------------------------------
+@pytest.mark.slow  # ~17 s; the default tier keeps the baseline's selection losses (test_scaling_rescore.py)
 def test_selection_figures_do_not_move_and_stale_cache_entries_are_not_served(tmp_path, monkeypatch):
     cache_dir, code = tmp_path / "cache", variant_path("baseline").read_text()
     salt = trust.heldout_salt(cache_dir)
@@ -239,6 +240,7 @@ def test_phase_checks_test_rows(tmp_path):
         scaling.settings_from_cfg(compose_cfg(["phase=scaling", "phase.trust.test_rows=0"], tmp_path))
 
 
+@pytest.mark.slow  # ~16 s; the default tier's CLI run is test_scaling_rescore.py's (scaling/test_improvement_*)
 def test_cli_reports_the_selection_and_the_test_set(tmp_path):
     proc = run_cli(["phase=scaling", *TINY_CLI, "phase.trust.test_rows=64"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
