@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agentforge.evals.compare import accuracy_drop_test
-from agentforge.evals.stats import tango_ci
+from agentforge.evals.stats import paired_ratio_ci
 from agentforge.pipeline.report import headline_metrics, performance_rows, threshold_rows, write_report
 
 
@@ -32,8 +32,9 @@ def test_accuracy_drop_hand_case():
     # pooled: 220 / 416 right before, 213 / 416 after: drop 100 * 7 / 220 %; 7 questions lost, none gained
     assert r["drop_percent"] == pytest.approx(100 * 7 / 220) and r["n"] == 416
     assert (r["lost"], r["gained"]) == (7, 0) and r["mcnemar_p"] == pytest.approx(2 / 128)
-    lo, hi = tango_ci(7, 0, 416)
-    assert r["ci95"] == pytest.approx([100 * lo / (220 / 416), 100 * hi / (220 / 416)])
+    # 100 (1 - R) over the paired ratio R = 213 / 220's interval: 213 both right, 0 gained, 7 lost
+    lo, hi = paired_ratio_ci(213, 0, 7)
+    assert r["ci95"] == pytest.approx([100 * (1 - hi), 100 * (1 - lo)])
     assert r["ci95"][0] > 0 and r["pairing"] == "by example id"
     same = accuracy_drop_test(before, before)
     assert same["drop_percent"] == 0 and same["mcnemar_p"] == 1.0

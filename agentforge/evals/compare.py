@@ -33,7 +33,14 @@ from agentforge.evals.compare_table import (  # noqa: F401  (re-exported: the ta
     table_rows,
 )
 from agentforge.evals.runner import direction
-from agentforge.evals.stats import MIN_N, exact_paired_binary, paired_test, tango_ci, threshold_verdict, verdict
+from agentforge.evals.stats import (
+    MIN_N,
+    exact_paired_binary,
+    paired_ratio_ci,
+    paired_test,
+    threshold_verdict,
+    verdict,
+)
 from agentforge.io import write_json_atomic, write_text_atomic
 
 STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
@@ -113,9 +120,11 @@ def _summary(bs: dict, candidate: str, baseline: str) -> dict:
 
 def accuracy_drop_test(before: dict, after: dict, confidence: float = 0.95) -> dict | None:
     """The relative accuracy drop over every question both stages answered (paired by id, pooled over
-    GSM8K / ARC / PIQA), 100 (acc_before - acc_after) / acc_before %, with its CI: Tango's score interval
-    of the paired difference (``stats.tango_ci``) over acc_before (taken as observed), and McNemar's
-    exact p-value. None when the stages share no task with per-example results."""
+    GSM8K / ARC / PIQA), 100 (acc_before - acc_after) / acc_before % = 100 (1 - acc_after / acc_before), with
+    its CI from the Bonett–Price hybrid Wilson score interval of the paired ratio acc_after / acc_before
+    (``stats.paired_ratio_ci``; the denominator's own uncertainty included — it used to be Tango's interval of
+    the difference over acc_before taken as fixed), and McNemar's exact p-value. None when the stages share no
+    task with per-example results."""
     pairs, verified = [], True
     for fmt, key in ACCURACY_FORMATS:
         cb, ca = before.get("per_example", {}).get(f"{fmt}_correct"), after.get("per_example", {}).get(f"{fmt}_correct")
@@ -129,9 +138,11 @@ def accuracy_drop_test(before: dict, after: dict, confidence: float = 0.95) -> d
     b = np.concatenate([np.asarray(x[2], float) for x in pairs])
     ex = exact_paired_binary(b, a, confidence)            # wins = questions lost by ``after``
     acc_b, acc_a = float(b.mean()), float(a.mean())
-    lo, hi = tango_ci(ex["wins"], ex["losses"], len(a), confidence)
-    scale = 100 / acc_b if acc_b > 0 else math.nan
-    return {"drop_percent": (acc_b - acc_a) * scale, "ci95": [lo * scale, hi * scale], "accuracy_before": acc_b,
+    both = int((a * b).sum())
+    r_lo, r_hi = paired_ratio_ci(both, ex["losses"], ex["wins"], confidence)   # after / before
+    drop = 100 * (acc_b - acc_a) / acc_b if acc_b > 0 else math.nan
+    ci = [100 * (1 - r_hi), 100 * (1 - r_lo)] if acc_b > 0 else [math.nan, math.nan]
+    return {"drop_percent": drop, "ci95": ci, "accuracy_before": acc_b,
             "accuracy_after": acc_a, "n": int(len(a)), "n_per_task": {fmt: len(x) for fmt, x, _ in pairs},
             "mcnemar_p": ex["p_value"], "lost": ex["wins"], "gained": ex["losses"],
             "pairing": "by example id" if verified else "by position (no example ids in the results)"}

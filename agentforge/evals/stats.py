@@ -210,6 +210,33 @@ def tango_ci(b: int, c: int, n: int, confidence: float = 0.95) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def paired_ratio_ci(both: int, only_first: int, only_second: int, confidence: float = 0.95) -> list[float]:
+    """CI of the ratio p1 / p2 of two paired proportions (the first and the second measurement's rate of 1s) from
+    the counts of (1, 1), (1, 0) and (0, 1) pairs; (0, 0) pairs do not enter. The Bonett–Price hybrid Wilson
+    score interval (Bonett & Price 2006, Statistics in Medicine 25:3039-3047; recommended for the paired ratio by
+    Fagerland, Lydersen & Laake 2014, Statistics in Medicine 33:2850-2875): with n* = both + only_first +
+    only_second, x1 = both + only_first and x2 = both + only_second, each of x1 / n* and x2 / n* gets a Wilson
+    interval at an adjusted z' = z A / (B + C), A = sqrt((only_first + only_second + 2) / ((x1 + 1)(x2 + 1))),
+    B = sqrt((1 - (x1 + 1) / (n* + 2)) / (x1 + 1)), C likewise for x2; the ratio's limits are l1 / u2 and u1 / l2.
+    [0, inf] when n* = 0."""
+    if min(both, only_first, only_second) < 0:
+        raise ValueError(f"pair counts must be >= 0, got {both}, {only_first}, {only_second}")
+    nstar, x1, x2 = both + only_first + only_second, both + only_first, both + only_second
+    if nstar == 0:
+        return [0.0, math.inf]
+    z = float(sps.norm.ppf(0.5 + confidence / 2))
+    a = math.sqrt((only_first + only_second + 2) / ((x1 + 1) * (x2 + 1)))
+    b, c = (math.sqrt((1 - (x + 1) / (nstar + 2)) / (x + 1)) for x in (x1, x2))
+    zz = z * a / (b + c)
+
+    def wilson(x: int) -> tuple[float, float]:
+        half = zz * math.sqrt(zz * zz + 4 * x * (1 - x / nstar))
+        return ((2 * x + zz * zz - half) / (2 * (nstar + zz * zz)), (2 * x + zz * zz + half) / (2 * (nstar + zz * zz)))
+
+    (l1, u1), (l2, u2) = wilson(x1), wilson(x2)
+    return [l1 / u2, u1 / l2 if l2 > 0 else math.inf]
+
+
 def threshold_verdict(ci: Sequence[float] | None, op: str, threshold: float, n: int | None = None,
                       min_n: int = MIN_N) -> tuple[str, str]:
     """(PASS / FAIL / INCONCLUSIVE, why) for "figure ``op`` threshold" given the figure's CI."""

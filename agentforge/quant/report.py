@@ -53,7 +53,8 @@ def accuracy_evidence(before: dict[str, list[int]], after: dict[str, list[int]],
     if res is None:
         return {}
     test = (f"McNemar exact p={res['mcnemar_p']:.3g} ({res['lost']} lost, {res['gained']} gained of {res['n']} "
-            f"questions, paired {res['pairing']}); CI: Tango score interval / accuracy before")
+            f"questions, paired {res['pairing']}); CI: Bonett-Price hybrid Wilson score interval of the paired ratio "
+            f"after / before")
     out = {"final/accuracy_drop_n": res["n"], "final/accuracy_drop_test": test,
            "evaluation/accuracy_drop_n": res["n"], "evaluation/accuracy_drop_percent_n": res["n"]}
     lo, hi = tango_ci(res["lost"], res["gained"], res["n"])
