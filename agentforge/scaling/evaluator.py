@@ -292,7 +292,8 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
         if check_only:
             result = {"combined_score": 0.0, "valid": 1.0, "error_kind": "", "error": ""}
         else:  # the logits scored are recomputed from the returned weights (rescore.py), not the child's
-            files, rescored = rescore(code, settings, heldout, files, memory_mb=memory_mb, sandbox=sandbox,
+            infer_limits = limits_for(settings, float(settings["trust"]["infer_timeout_s"]), memory_mb)
+            files, rescored = rescore(code, settings, heldout, files, limits=infer_limits, sandbox=sandbox,
                                       log_dir=log_dir)
             floor = float(settings["trust"]["loss_floor"])
             sizes = [trust.score_size(s, files, heldout, floor) for s in settings["sizes"]]

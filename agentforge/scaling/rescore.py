@@ -31,7 +31,6 @@ Comparing log-probabilities bounds what slips under the tolerance: a scored row'
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -63,15 +62,14 @@ def logprob_gap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def infer(code: str, settings: dict, weights: dict[str, bytes], rows: dict[str, torch.Tensor], mode: str, *,
-          memory_mb: int | None, sandbox: str, log_dir: Path | None) -> dict[str, dict[str, torch.Tensor]]:
-    """Run ``infer.py`` (``mode`` "batch" or "spot") on ``rows``; {size name: its logits}."""
+          limits: SandboxLimits, sandbox: str, log_dir: Path | None) -> dict[str, dict[str, torch.Tensor]]:
+    """Run ``infer.py`` (``mode`` "batch" or "spot") on ``rows`` under ``limits`` (the evaluator's, with the wall
+    time ``trust.infer_timeout_s``); {size name: its logits}."""
     sizes, threads = settings["sizes"], int((settings.get("hardware") or {}).get("threads") or 1)
     request = {"sizes": sizes, "vocab": trust.expected_shapes(sizes[0])["embed.weight"][0],
                "seed": int(settings["seed"]), "threads": threads, "mode": mode}
     files = {**program_files(code), **weights, "request.json": json.dumps(request), "rows.safetensors": save(rows)}
-    wall = float(settings["trust"]["infer_timeout_s"])
-    limits = SandboxLimits(wall_s=wall, cpu_s=int(math.ceil(wall)) * (threads + 1), memory_mb=int(memory_mb or 2**20),
-                           max_procs=64 + 4 * threads, max_file_mb=256)
+    wall = limits.wall_s
     outputs = tuple(f"logits_{s['name']}.safetensors" for s in sizes)
     res = run_sandboxed(["python", "infer.py"], files, limits=limits, outputs=outputs, mode=sandbox,
                         env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}, mount_package=False)
@@ -100,8 +98,14 @@ def _checked(name: str, key: str, t: torch.Tensor | None, shape: tuple, whose: s
     return t
 
 
+def _require_close(gap: float, tol: float, message: str) -> None:
+    """``forged`` with ``message`` (the gap and tolerance appended) when ``gap`` exceeds ``tol``."""
+    if gap > tol:
+        raise CandidateFailure("forged", f"{message} (by up to {gap:.3g} nats; tolerance {tol:g})")
+
+
 def rescore(code: str, settings: dict, heldout: dict[str, torch.Tensor], files: dict[str, bytes], *,
-            memory_mb: int | None, sandbox: str, log_dir: Path | None = None) -> tuple[dict[str, bytes], dict]:
+            limits: SandboxLimits, sandbox: str, log_dir: Path | None = None) -> tuple[dict[str, bytes], dict]:
     """(the files to score — the child's weights with the logits recomputed from them —, what the checks
     found: the largest log-probability gaps, child vs recomputed and alone vs in the batch)."""
     t0, sizes, tol = time.perf_counter(), settings["sizes"], float(settings["trust"]["logit_tol"])
@@ -109,7 +113,7 @@ def rescore(code: str, settings: dict, heldout: dict[str, torch.Tensor], files: 
         trust.count_params(s, trust._load(files, f"weights_{s['name']}.safetensors"))
     weights = {f"weights_{s['name']}.safetensors": files[f"weights_{s['name']}.safetensors"] for s in sizes}
     sent, probe = trust.sent_inputs(heldout), heldout["probe"]
-    run = dict(memory_mb=memory_mb, sandbox=sandbox, log_dir=log_dir)
+    run = dict(limits=limits, sandbox=sandbox, log_dir=log_dir)
     batch = infer(code, settings, weights, {"rows": sent, "probe": probe}, "batch", **run)
     child_gap = 0.0
     for s in sizes:
@@ -121,11 +125,9 @@ def rescore(code: str, settings: dict, heldout: dict[str, torch.Tensor], files: 
         for key, shape, ours in (("last", (p, vocab), ours_probe[:p, -1]), ("probe", (*probe.shape, vocab), ours_probe)):
             gap = logprob_gap(_checked(name, key, child.get(key), shape, "the child's"), ours)
             child_gap = max(child_gap, gap)
-            if gap > tol:
-                raise CandidateFailure("forged", f"size {name}: the logits the child returned are not those of its "
-                                                 f"weights ('{key}' log-probabilities differ by up to {gap:.3g} nats "
-                                                 f"from the ones recomputed from the returned weights; tolerance "
-                                                 f"{tol:g})")
+            _require_close(gap, tol, f"size {name}: the logits the child returned are not those of its weights: "
+                                     f"'{key}' log-probabilities differ from the ones recomputed from the returned "
+                                     f"weights")
     spot, spot_gap = heldout.get("spot", torch.zeros(0, dtype=torch.long)), 0.0
     if len(spot):
         alone = infer(code, settings, weights, {"rows": sent[spot].contiguous()}, "spot", **run)
@@ -135,11 +137,9 @@ def rescore(code: str, settings: dict, heldout: dict[str, torch.Tensor], files: 
                            "the spot check's")
             gap = logprob_gap(got, batch[name]["last"][spot])
             spot_gap = max(spot_gap, gap)
-            if gap > tol:
-                raise CandidateFailure("forged", f"size {name}: a held-out row's logits computed alone differ from "
-                                                 f"its logits among the other rows (by up to {gap:.3g} nats; "
-                                                 f"tolerance {tol:g}): the model carries information across rows "
-                                                 f"or calls, so the held-out rows themselves feed its predictions")
+            _require_close(gap, tol, f"size {name}: a held-out row's logits computed alone differ from its logits "
+                                     f"among the other rows — the model carries information across rows or calls, "
+                                     f"so the held-out rows themselves feed its predictions")
     scored = {**files, **{f"logits_{s['name']}.safetensors": save({k: v.contiguous() for k, v in batch[s["name"]].items()})
                           for s in sizes}}
     return scored, {"child_gap": child_gap, "spot_gap": spot_gap, "spot_rows": float(len(spot)),
