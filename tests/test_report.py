@@ -89,6 +89,18 @@ def test_report_shows_n_ci_power_and_the_data_check(tmp_path):
     assert "| 0.500 [0.43, 0.57] n=200 |" in md and "| 0.625 [0.39, 0.82] n=16 |" in md
     assert "n = 16: ±0.220" in md and "n = 200: ±0.069" in md  # z sqrt(1/4n + z²/4n²) / (1 + z²/n)
     assert "## Held-out data" in md and "| piqa | 1000 | 900 | 20 / 20 | 0 / 0 | 0 / 0 |" in md
+    assert "Latency:" not in md   # no timing in these results: no timing note
+
+
+def test_report_says_how_the_rows_timings_were_taken(tmp_path):
+    art = tmp_path / "artifacts"
+    for stage, lat in (("phase3_reasoning", 175.0), ("phase4_compressed", 167.6)):
+        res = _results([0] * 16, [1] * 10 + [0] * 10, [1] * 10 + [0] * 10)
+        res["metrics"].update(latency_ms=lat, latency_tokens=512, forward_tokens_per_sec=4e4)
+        _write(art, stage, res)
+    perf = performance_rows(art, [("phase3_reasoning", tmp_path), ("phase4_compressed", tmp_path)])
+    md = write_report(tmp_path, "t", [], perf, [], {})["report"].read_text()
+    assert "one greedy generation of 512 tokens" in md and "not evidence of a speed change" in md
 
 
 def test_report_shows_phase1_ablations_halting_and_diversity(tmp_path):

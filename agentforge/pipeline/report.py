@@ -192,7 +192,7 @@ def performance_rows(artifacts: Path, stages: list[tuple[str, Path]]) -> list[di
         res = json.loads(f.read_text())
         m, per = res["metrics"], res.get("per_example", {})
         row = {"stage": stage, "size_mb": dir_bytes(ckpt) / 2**20}
-        row.update({k: m.get(k) for k, _ in PERF_COLUMNS if k != "size_mb"})
+        row.update({k: m.get(k) for k, _ in PERF_COLUMNS if k != "size_mb"}, latency_tokens=m.get("latency_tokens"))
         for fmt, key in ACCURACY_FORMATS:  # n and the 95% Wilson CI of each accuracy
             c = per.get(f"{fmt}_correct")
             if c:
@@ -217,6 +217,18 @@ def power_note(perf: list[dict]) -> str:
     parts = [f"n = {n}: ±{(hi - lo) / 2:.3f}" for n in ns for lo, hi in [wilson_ci(n // 2, n)]]
     return ("Accuracies: value [95% Wilson CI] and n examples. Half-width of the CI at accuracy 0.5: "
             + "; ".join(parts) + ".")
+
+
+def timing_note(perf: list[dict]) -> str:
+    """How the rows' timings were taken, so nobody reads a speed change into them: each stage is timed once, in its
+    own eval run at a different time (no CI); BitNet's speedup is the interleaved, paired comparison."""
+    if not any(isinstance(r.get(k), (int, float)) for r in perf for k in ("latency_ms", "forward_tokens_per_sec")):
+        return ""
+    tokens = sorted({int(r["latency_tokens"]) for r in perf if isinstance(r.get("latency_tokens"), (int, float))})
+    gen = f"one greedy generation of {'/'.join(map(str, tokens)) or 'the configured'} tokens after a warm-up"
+    return (f"Latency: {gen}; forward tok/s: the median of 3 forwards. Each row is timed in its own eval run, at "
+            "a different time, with no CI: a difference between rows is not evidence of a speed change (the "
+            "BitNet phase's speedup, timed interleaved in one process with a CI, is).")
 
 
 def data_rows(check: dict[str, dict]) -> list[list]:
@@ -302,9 +314,9 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
           f"Time spent in steps run this time: {total_s:.1f} s.", "",
           "## Model performance across phases", "", markdown_table(perf_cols, perf_rows) if perf_rows else
           "_No evaluation results (the eval phase was not selected)._", ""]
-    note = power_note(perf)
-    if note:
-        md += [note, ""]
+    for note in (power_note(perf), timing_note(perf)):
+        if note:
+            md += [note, ""]
     if perf_png:
         md += [f"![performance]({perf_png.name})", ""]
     check_cols = ["Phase", "Metric", "Threshold", "Measured", "Result"]
