@@ -126,7 +126,7 @@ def test_pairing_is_by_example_id(tmp_path):
     shuffled["per_example"]["arc_ids"] = ids
     a = compute_stats({"baseline": base, "cand": cand}, "baseline", "cand", {"pass_at": {1: 0.2}})
     b = compute_stats({"baseline": base, "cand": shuffled}, "baseline", "cand", {"pass_at": {1: 0.2}})
-    assert a["pass_at_1"]["pairing"] == "by example id" and a["pass_at_1"]["test"] == "mcnemar_exact + tango_ci"
+    assert a["pass_at_1"]["pairing"] == "by example id" and a["pass_at_1"]["test"] == "mcnemar_exact + hull_ci"
     assert a["pass_at_1"]["p_value"] == pytest.approx(2 / 1024)                 # 10 wins, 0 losses
     for key in ("pass_at_1", "arc_easy_accuracy"):   # the exact test does not depend on the order
         assert {k: a[key][k] for k in ("delta", "exact", "p_value", "ci95")} == \

@@ -54,9 +54,12 @@ def test_twelve_discordant_gains_are_an_improvement_with_mcnemars_exact_p():
     r = _row(rows, "reasoning_accuracy", "cand")
     # McNemar: under H0 each of the 12 discordant pairs is a gain with probability 1/2; two-sided p = 2 * 0.5^12
     assert r["p"] == pytest.approx(2 * 0.5 ** 12) and r["n"] == 40 and r["delta_vs_first"] == pytest.approx(0.3)
-    assert [r["ci_low"], r["ci_high"]] == pytest.approx(tango_ci(12, 0, 40)) and r["ci_low"] > 0
-    assert r["change"] == "improved" and r["pairing"] == "by example id" and r["test"] == "McNemar exact p, Tango CI"
-    assert "| 0.25 | 0.55 (+0.3 [+0.181, +0.454], n=40 ▲) |" in _line(markdown_table(res, rows), "reasoning_accuracy")
+    # the hull of Tango's interval and the exact conditional one: its low end, by hand, is (12 / 40)(2 pi_low - 1)
+    # with pi_low = 0.025^(1/12), the Clopper-Pearson bound for 12 of 12; its high end Tango's
+    assert [r["ci_low"], r["ci_high"]] == pytest.approx([0.3 * (2 * 0.025 ** (1 / 12) - 1), tango_ci(12, 0, 40)[1]])
+    assert r["ci_low"] > 0
+    assert r["change"] == "improved" and r["pairing"] == "by example id" and r["test"] == "McNemar exact p, Tango ∪ exact CI"
+    assert "| 0.25 | 0.55 (+0.3 [+0.141, +0.454], n=40 ▲) |" in _line(markdown_table(res, rows), "reasoning_accuracy")
     # the other way round: the same p, a regression
     back = {"baseline": res["cand"], "cand": res["baseline"]}
     r = _row(table_rows(back, n_resamples=500), "reasoning_accuracy", "cand")
@@ -156,7 +159,7 @@ def test_csv_columns(tmp_path):
     rows = list(csv.DictReader(io.StringIO(text)))
     r = next(x for x in rows if x["metric"] == "reasoning_accuracy" and x["stage"] == "finetuned_recursive")
     assert float(r["p"]) == pytest.approx(2 * 0.5 ** 12) and int(r["n"]) == 40 and float(r["ci_low"]) > 0
-    assert r["test"] == "McNemar exact p, Tango CI" and r["change"] == "improved"
+    assert r["test"] == "McNemar exact p, Tango ∪ exact CI" and r["change"] == "improved"
     lat = next(x for x in rows if x["metric"] == "latency_ms" and x["stage"] == "finetuned_recursive")
     assert lat["test"] == "unpaired: no test" and lat["ci_low"] == lat["n"] == lat["p"] == lat["change"] == ""
 
@@ -175,7 +178,7 @@ def test_compare_cli_table(tmp_path):
     out = proc.stdout
     assert "| metric | better | baseline | after_surgery | finetuned_recursive | test |" in out
     assert ("| reasoning_accuracy | higher | 0.25 | 0.25 (+0 [-0.0876, +0.0876], n=40 ~) | "
-            "0.55 (+0.3 [+0.181, +0.454], n=40 ▲) | McNemar exact p, Tango CI |") in out
+            "0.55 (+0.3 [+0.141, +0.454], n=40 ▲) | McNemar exact p, Tango ∪ exact CI |") in out
     assert "| latency_ms | lower | 100 | 150 (+50) | 50 (-50) | unpaired: no test |" in out
     assert "| param_count |  | 1,000 | 1,000 (+0 =) | 1,000 (+0 =) | deterministic: exact difference |" in out
     assert "~ no significant change" in out and "unpaired: no test" in out

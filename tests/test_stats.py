@@ -10,6 +10,7 @@ from agentforge.evals.stats import (
     MIN_N,
     exact_paired_binary,
     mean_pass_at_k,
+    paired_binary_ci,
     paired_bootstrap,
     paired_test,
     pass_at_k,
@@ -106,8 +107,8 @@ def test_verdict_success_partial_failure():
 def test_two_wins_are_inconclusive_and_the_sign_test_gives_one_half():
     r = paired_test([1, 1], [0, 0], n_resamples=2000)
     assert r["bootstrap"]["p_value"] < 0.01 and r["bootstrap"]["ci95"] == [1.0, 1.0]  # the overconfident one
-    assert r["test"] == "mcnemar_exact + tango_ci" and r["p_value"] == pytest.approx(0.5) and not r["enough"]
-    assert r["ci95"] == tango_ci(2, 0, 2) and r["ci95"][0] < 0 < r["ci95"][1]
+    assert r["test"] == "mcnemar_exact + hull_ci" and r["p_value"] == pytest.approx(0.5) and not r["enough"]
+    assert r["ci95"] == paired_binary_ci(2, 0, 2) and r["ci95"][0] < 0 < r["ci95"][1]
     v, reasons = verdict(pass_at={1: 1.0}, delta_pass1=r["delta"], ci95=r["ci95"], p_value=r["p_value"],
                          thresholds={"pass_at": {1: 0.3}}, efficiency_ok=None, n=r["n"])
     assert v == "INCONCLUSIVE" and f"at least {MIN_N}" in reasons[0]
@@ -145,6 +146,42 @@ def test_exact_ci_excludes_zero_exactly_when_p_is_below_alpha():
                 assert r["ci95"][0] <= r["delta"] <= r["ci95"][1]
 
 
+def _hull_agrees_with_the_exact_p(ns) -> None:
+    for n in ns:
+        for wins in range(n + 1):
+            for losses in range(n + 1 - wins):
+                p = exact_paired_binary([1] * wins + [0] * (n - wins), [0] * wins + [1] * losses + [0] * (n - wins - losses))["p_value"]
+                lo, hi = paired_binary_ci(wins, losses, n)
+                t = tango_ci(wins, losses, n)
+                assert ((lo > 0 or hi < 0) == (p < 0.05)) and lo <= t[0] and hi >= t[1], (n, wins, losses)
+
+
+def test_the_paired_binary_ci_agrees_with_the_exact_p_value():
+    """4 wins, 0 losses of 40 pairs: the exact p is 2 * 0.5^4 = 0.125, and Tango's interval alone, [0.0036, 0.2305],
+    excluded 0. The hull with the exact conditional interval does not; on every table of 10 and of 40 pairs (every
+    n up to 60 in the slow tier) the hull excludes 0 exactly when the exact p is below 0.05, and it always contains
+    Tango's interval."""
+    a, b = [1] * 4 + [0] * 36, [0] * 40
+    r = paired_test(a, b)
+    assert r["p_value"] == pytest.approx(0.125) and tango_ci(4, 0, 40)[0] > 0 and r["ci95"][0] < 0 < r["ci95"][1]
+    _hull_agrees_with_the_exact_p([10, 40])
+
+
+@pytest.mark.slow
+def test_the_paired_binary_ci_agrees_with_the_exact_p_value_on_every_table_up_to_60_pairs():
+    _hull_agrees_with_the_exact_p(range(1, 61))
+
+
+def test_non_finite_scores_claim_nothing():
+    """A NaN loss (a diverged merge) gave the bootstrap p = 1e-4 and the sign-flip test p = 0."""
+    from agentforge.evals.stats import sign_flip_test
+
+    for r in (paired_test([1, float("nan"), 0.5, 0.2], [0] * 4), paired_bootstrap([1, float("inf"), 3], [0, 0, 0]),
+              sign_flip_test([1, float("nan"), 0.5], [0, 0, 0])):
+        assert math.isnan(r["p_value"]) and all(math.isnan(x) for x in r["ci95"])
+    assert threshold_verdict(paired_test([1, float("nan")] * 20, [0] * 40)["ci95"], ">", 0.0)[0] == "INCONCLUSIVE"
+
+
 def test_non_binary_scores_use_the_bootstrap():
     a = np.linspace(0, 1, 40)
     r = paired_test(a, a * 0.5, n_resamples=2000)
@@ -168,6 +205,8 @@ def test_threshold_verdict():
     assert threshold_verdict([2.0, 8.0], "<", 10.0)[0] == "PASS"
     assert threshold_verdict([0.31, 0.5], ">", 0.3, n=5) == ("INCONCLUSIVE", f"n = 5 < {MIN_N}: too few to decide")
     assert threshold_verdict([float("nan"), 1.0], ">", 0.3)[0] == "INCONCLUSIVE"
+    nan32 = np.float32("nan")   # a numpy float32 is not a Python float: it read as a whole CI below 0.3 (FAIL)
+    assert threshold_verdict([nan32, nan32], ">", 0.3)[0] == "INCONCLUSIVE"
 
 
 def test_tango_interval():
@@ -198,6 +237,10 @@ def test_sign_flip_test_by_hand():
     assert r["p_value"] == 2 / 64 and r["ci95"] == pytest.approx([0.05, 0.30], abs=1e-6)
     r = sign_flip_test([0.3, 0.2, 0.1, 0.25, 0.15], [0.0] * 5)
     assert r["p_value"] == 2 / 32 and r["ci95"] == [-math.inf, math.inf]
+    r = sign_flip_test([0.25] * 5, [0.0] * 5)   # equal differences, five pairs: no shift is rejected either
+    assert r["p_value"] == 2 / 32 and r["ci95"] == [-math.inf, math.inf]
+    r = sign_flip_test([0.25] * 3, [0.0] * 3)   # it was [0.25, 0.25] at p = 0.25
+    assert r["p_value"] == 2 / 8 and r["ci95"] == [-math.inf, math.inf]
 
 
 def test_sign_flip_test_equals_scipys_exact_permutation_test():

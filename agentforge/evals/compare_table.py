@@ -4,7 +4,7 @@ A marker claims a change only where the evidence carries it:
 
 * metrics with per-example results on the same examples in both stages (``PAIRED``: the accuracies from
   per-question correct/incorrect, pass@k from per-problem sample counts, loss and perplexity from per-row losses)
-  get the paired difference's 95 % CI, n and p (``stats.paired_test``: McNemar's exact p with Tango's CI for 0/1
+  get the paired difference's 95 % CI, n and p (``stats.paired_test``: McNemar's exact p with the hull of Tango's and the exact conditional CI for 0/1
   outcomes, the exact sign-flip test below ``min_n`` pairs, the paired bootstrap otherwise); ▲ / ▼ when the CI
   excludes 0 (and p < 0.05) on the metric's better / worse side, ``~`` (no significant change) otherwise;
 * quantities that carry no sampling noise (``DETERMINISTIC``: the parameter count and memory) keep the marker
@@ -41,7 +41,7 @@ DETERMINISTIC = ("param_count", "param_memory_mb")   # counted from the weights:
 CONFIDENCE = 0.95
 UNPAIRED = "unpaired: no test"
 MARK = {"improved": "▲", "regressed": "▼", "no significant change": "~", "differs": "≠", "same": "=", "": ""}
-TEST_NAMES = {"mcnemar_exact + tango_ci": "McNemar exact p, Tango CI", "bootstrap": "paired bootstrap",
+TEST_NAMES = {"mcnemar_exact + hull_ci": "McNemar exact p, Tango ∪ exact CI", "bootstrap": "paired bootstrap",
               "sign_flip_exact": "sign-flip exact", "sign_flip_monte_carlo": "sign-flip (Monte Carlo)"}
 COLUMNS = ["metric", "better", "stage", "value", "delta_vs_first", "ci_low", "ci_high", "n", "p", "test", "pairing",
            "change"]

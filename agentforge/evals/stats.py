@@ -21,8 +21,9 @@
   for which the differences d - delta are not rejected (bisection on each side of the mean; unbounded, +-inf,
   when even the most extreme pattern's p, 2^(1-n), is above 1 - confidence, i.e. n <= 5 at 95 %).
 * ``paired_test`` — both on the same pairs; when every outcome is 0 or 1 the result's ``p_value`` is the
-  exact test's and its ``ci95`` Tango's (below; the bootstrap is overconfident there: n = 2 wins give it
-  p = 1e-4 and CI [1, 1], the exact test p = 0.5); for other scores on fewer than ``min_n`` pairs, the sign-flip
+  exact test's and its ``ci95`` the hull of Tango's and the exact conditional interval (``paired_binary_ci``:
+  it excludes 0 only where the exact p is below 0.05; the bootstrap is overconfident with 0/1 outcomes: n = 2 wins
+  give it p = 1e-4 and CI [1, 1], the exact test p = 0.5); for other scores on fewer than ``min_n`` pairs, the sign-flip
   test's (six problems all improved by pass@k gains: bootstrap p ~ 0.001, the exact test 2/64 = 0.031);
   otherwise both are the bootstrap's; ``enough`` says n >= ``min_n``.
 * ``verdict`` — SUCCESS / PARTIAL / FAILURE of the success-metrics dashboard, section 7, and
@@ -72,6 +73,8 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 
     a, b = _pairs_of(a, b, "paired bootstrap")
     if len(a) < 2:
         raise ValueError("paired bootstrap needs at least 2 examples")
+    if (bad := _undefined(a, b)) is not None:
+        return {**bad, "n_resamples": int(n_resamples)}
     d = a - b
     delta = float(d.mean())
     if np.all(d == d[0]):  # every resample has the same mean: the distribution is a point
@@ -98,6 +101,16 @@ def _pairs_of(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def _undefined(a: np.ndarray, b: np.ndarray) -> dict | None:
+    """The result for scores with a NaN or infinity (a diverged model's loss): delta, CI and p all NaN, so no
+    comparison claims significance (the bootstrap said p = 1e-4 and the sign-flip test p = 0 on such input)."""
+    if np.all(np.isfinite(a)) and np.all(np.isfinite(b)):
+        return None
+    nan = float("nan")
+    return {"mean_a": nan, "mean_b": nan, "delta": nan, "ci95": [nan, nan], "p_value": nan, "n": len(a),
+            "non_finite": int(np.sum(~np.isfinite(a)) + np.sum(~np.isfinite(b)))}
+
+
 def is_binary(x) -> bool:
     return bool(np.all(np.isin(np.asarray(x, dtype=float), (0.0, 1.0))))
 
@@ -111,14 +124,30 @@ def exact_paired_binary(a: Sequence[float], b: Sequence[float], confidence: floa
     m = wins + losses
     if n == 0:
         raise ValueError("the exact paired test needs at least 1 pair")
-    if m == 0:
-        p, ci = 1.0, [0.0, 0.0]
-    else:
-        res = sps.binomtest(wins, m, 0.5)
-        lo, hi = res.proportion_ci(confidence, method="exact")
-        p, ci = float(res.pvalue), [m / n * (2 * lo - 1), m / n * (2 * hi - 1)]
+    p = float(sps.binomtest(wins, m, 0.5).pvalue) if m else 1.0
     return {"test": "mcnemar_exact", "delta": (wins - losses) / n, "wins": wins, "losses": losses,
-            "ties": n - m, "p_value": min(1.0, p), "ci95": [float(ci[0]), float(ci[1])], "n": n}
+            "ties": n - m, "p_value": min(1.0, p), "ci95": conditional_ci(wins, losses, n, confidence), "n": n}
+
+
+def conditional_ci(wins: int, losses: int, n: int, confidence: float = 0.95) -> list[float]:
+    """The exact conditional CI of (wins - losses) / n given the m = wins + losses discordant pairs of n:
+    (m / n)(2 pi - 1) over pi's Clopper-Pearson interval; [0, 0] when m = 0."""
+    m = wins + losses
+    if m == 0:
+        return [0.0, 0.0]
+    ci = sps.binomtest(wins, m, 0.5).proportion_ci(confidence, method="exact")
+    return [float(m / n * (2 * ci.low - 1)), float(m / n * (2 * ci.high - 1))]
+
+
+def paired_binary_ci(wins: int, losses: int, n: int, confidence: float = 0.95) -> list[float]:
+    """CI of a paired 0/1 difference (wins - losses) / n: the hull of Tango's score interval and the exact
+    conditional interval. Tango's alone is the asymptotic McNemar test inverted, so it could exclude 0 where the
+    exact test does not (4 wins, 0 losses of 40 pairs: Tango [0.0036, 0.2305], exact p = 0.125); the conditional
+    interval alone ignores the discordant share's own variation (its upper end is the estimate when every
+    discordant pair is a win) and has no width when none is discordant. The hull excludes 0 only when the exact
+    p-value is below 1 - confidence (tested on every table of up to 60 pairs)."""
+    t, c = tango_ci(wins, losses, n, confidence), conditional_ci(wins, losses, n, confidence)
+    return [min(t[0], c[0]), max(t[1], c[1])]
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
@@ -127,10 +156,12 @@ def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_00
     fewer than ``min_n`` pairs, and which of them decides."""
     out = paired_bootstrap(a, b, n_resamples, seed, confidence)
     out.update(test="bootstrap", bootstrap={"p_value": out["p_value"], "ci95": out["ci95"]})
-    if is_binary(a) and is_binary(b):
+    if "non_finite" in out:
+        out.update(test="undefined (non-finite scores)")
+    elif is_binary(a) and is_binary(b):
         ex = exact_paired_binary(a, b, confidence)
-        out.update(test="mcnemar_exact + tango_ci", p_value=ex["p_value"],
-                   ci95=tango_ci(ex["wins"], ex["losses"], ex["n"], confidence),
+        out.update(test="mcnemar_exact + hull_ci", p_value=ex["p_value"],
+                   ci95=paired_binary_ci(ex["wins"], ex["losses"], ex["n"], confidence),
                    exact={k: ex[k] for k in ("wins", "losses", "ties", "p_value", "ci95")})
     elif out["n"] < min_n:
         sf = sign_flip_test(a, b, confidence, seed=seed)
@@ -149,6 +180,9 @@ def sign_flip_test(a: Sequence[float], b: Sequence[float], confidence: float = 0
     d, n = a - b, len(a)
     if n == 0:
         raise ValueError("the sign-flip test needs at least 1 pair")
+    if (bad := _undefined(a, b)) is not None:
+        return {"test": "sign_flip_exact", "delta": bad["delta"], "p_value": bad["p_value"], "ci95": bad["ci95"],
+                "n": n, "patterns": 0}
     if n <= EXACT_SIGN_FLIP_MAX_N:
         signs = (((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1).astype(float)
         exact = True
@@ -174,7 +208,10 @@ def sign_flip_test(a: Sequence[float], b: Sequence[float], confidence: float = 0
             near, far = (mid, far) if p_at(mid) > alpha else (near, mid)
         return near
 
-    ci = [bound(lo_end), bound(hi_end)] if span > 0 else [mean, mean]
+    if span > 0:
+        ci = [bound(lo_end), bound(hi_end)]
+    else:   # every d equal: any other shift leaves one sign, p = 2^(1-n); rejected only when that is <= alpha
+        ci = [mean, mean] if (2.0 ** (1 - n) if exact else 1 / (len(signs) + 1)) <= alpha else [-math.inf, math.inf]
     return {"test": "sign_flip_exact" if exact else "sign_flip_monte_carlo", "delta": mean, "p_value": p_at(0.0),
             "ci95": ci, "n": n, "patterns": len(signs)}
 
@@ -242,7 +279,7 @@ def threshold_verdict(ci: Sequence[float] | None, op: str, threshold: float, n: 
     """(PASS / FAIL / INCONCLUSIVE, why) for "figure ``op`` threshold" given the figure's CI."""
     if n is not None and n < min_n:
         return "INCONCLUSIVE", f"n = {n} < {min_n}: too few to decide"
-    if ci is None or any(x is None or (isinstance(x, float) and math.isnan(x)) for x in ci):
+    if ci is None or any(x is None or math.isnan(float(x)) for x in ci):
         return "INCONCLUSIVE", "no CI"
     lo, hi = float(ci[0]), float(ci[1])
     holds = {">": lambda x: x > threshold, ">=": lambda x: x >= threshold,

@@ -12,8 +12,8 @@ choice). Uncertainty comes from resampling the test examples:
 * perplexity: paired bootstrap of the per-row loss difference (champion - best input, nats/token;
   ``evals.stats.paired_bootstrap``); the perplexity ratio is exp(delta) (rows have equal length, so
   the mean row loss is the mean token loss), with CI exp(CI);
-* accuracy: the per-question 0/1 pairs, ``evals.stats.paired_test``: McNemar's exact p and Tango's
-  score CI of the difference (the bootstrap is overconfident on 0/1 pairs);
+* accuracy: the per-question 0/1 pairs, ``evals.stats.paired_test``: McNemar's exact p and the hull of Tango's score
+  CI and the exact conditional CI of the difference (the bootstrap is overconfident on 0/1 pairs);
 * fitness improvement 100 (F_c / F_b - 1): the reference cancels in the ratio, so
 
       log(F_c / F_b) = [ w_ppl (min(L_b, 50) - min(L_c, 50)) + w_acc log((a_c + f) / (a_b + f))

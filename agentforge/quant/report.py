@@ -3,10 +3,10 @@
 * Accuracy drop, packed model vs the model it was compressed from, on the same held-out questions: each question's
   1/0 correctness before and after, paired by example id and pooled over GSM8K / ARC / PIQA, through
   ``evals.compare.accuracy_drop_test`` (the function the pipeline report recomputes the drop with): the relative
-  drop 100 (acc_before - acc_after) / acc_before %, McNemar's exact p, and Tango's score CI of the paired
-  difference scaled by 100 / acc_before (acc_before taken as observed). Undefined (no CI) when acc_before is 0.
-* Per task, the change after - before in accuracy units, with Tango's CI and McNemar's exact p
-  (``evals.stats``).
+  drop 100 (acc_before - acc_after) / acc_before %, McNemar's exact p, and the CI of the paired ratio
+  acc_after / acc_before (Bonett-Price, ``stats.paired_ratio_ci``) as a drop. Undefined (no CI) when acc_before is 0.
+  The drop in accuracy units has the hull of Tango's and the exact conditional CI (``stats.paired_binary_ci``).
+* Per task, the change after - before in accuracy units, with the same hull CI and McNemar's exact p.
 * Speedup: fp32 over packed forward time, the median of the per-round ratios of interleaved rounds
   (``evals.speed.interleaved_forward_times``) with the distribution-free CI of that median
   (``evals.compare.median_ci``, the sign-test interval; the whole range with 5 rounds or fewer, which covers
@@ -24,7 +24,7 @@ import statistics
 
 from agentforge.data.ids import example_ids
 from agentforge.evals.compare import accuracy_drop_test, median_ci
-from agentforge.evals.stats import MIN_N, exact_paired_binary, tango_ci, threshold_verdict
+from agentforge.evals.stats import MIN_N, exact_paired_binary, paired_binary_ci, threshold_verdict
 
 TASKS = ("gsm8k", "arc", "piqa")
 
@@ -57,7 +57,7 @@ def accuracy_evidence(before: dict[str, list[int]], after: dict[str, list[int]],
             f"after / before")
     out = {"final/accuracy_drop_n": res["n"], "final/accuracy_drop_test": test,
            "evaluation/accuracy_drop_n": res["n"], "evaluation/accuracy_drop_percent_n": res["n"]}
-    lo, hi = tango_ci(res["lost"], res["gained"], res["n"])
+    lo, hi = paired_binary_ci(res["lost"], res["gained"], res["n"])
     out["evaluation/accuracy_drop_ci95"] = [lo, hi]          # acc_before - acc_after, accuracy units
     if res["accuracy_before"] > 0 and math.isfinite(drop):
         out["final/accuracy_drop_ci95"] = out["evaluation/accuracy_drop_percent_ci95"] = res["ci95"]
@@ -69,9 +69,10 @@ def accuracy_evidence(before: dict[str, list[int]], after: dict[str, list[int]],
             continue
         ex = exact_paired_binary(a, b)                         # wins = questions gained by ``after``
         out.update({f"evaluation/{fmt}_diff": ex["delta"], f"evaluation/{fmt}_diff_n": ex["n"],
-                    f"evaluation/{fmt}_diff_ci95": tango_ci(ex["wins"], ex["losses"], ex["n"]),
+                    f"evaluation/{fmt}_diff_ci95": paired_binary_ci(ex["wins"], ex["losses"], ex["n"]),
                     f"evaluation/{fmt}_diff_test": f"McNemar exact p={ex['p_value']:.3g} ({ex['losses']} lost, "
-                                                   f"{ex['wins']} gained); CI: Tango score interval"})
+                                                   f"{ex['wins']} gained); CI: hull of Tango's and the exact "
+                                                   "conditional interval"})
     return out
 
 

@@ -31,7 +31,7 @@ def inference_ms(model, head, tok, tc, tids, n_tokens: int, rounds: int = 3) -> 
 def improvement_evidence(after: list[int] | None, before: list[int]) -> dict:
     """n, 95 % CI and test of ``rl/improvement_over_baked``: the RL model's (the last check's) and the baked model's
     answers to the same held-out GSM8K-format questions, 1/0 per question, paired (``stats.paired_test``: McNemar's
-    exact p, Tango's CI). A run resumed from a checkpoint of older code has no per-question answers: no evidence."""
+    exact p, the hull of Tango's and the exact conditional CI). A run resumed from a checkpoint of older code has no per-question answers: no evidence."""
     if not after:
         return {}
     if len(after) < 2:
