@@ -168,4 +168,22 @@ def test_ratio_targets_are_decided_from_the_ci_of_interleaved_rounds():
     ok, checks = efficiency_checks(slow, base, {"max_memory_ratio": 0.5})
     assert ok == "inconclusive" and checks[0]["note"] == "not measured"
     assert median_ci([3, 1, 2, 5, 4]) == [1, 5]             # n = 5: no order statistics reach 95 %: the range
+    ok, checks = efficiency_checks(kpi([300.0] * 5), kpi([100.0] * 5), {"max_latency_ratio": 0.54})
+    assert ok == "inconclusive" and "needs 6" in checks[0]["note"]   # 5 rounds: the range covers < 95 %: no decision
     assert median_ci(list(range(1, 21))) == [6, 15]         # n = 20: P(Bin(20, 1/2) <= 5) = 0.0207 -> k = 6
+
+
+def test_absolute_timing_targets_are_decided_from_the_ci_of_the_rounds():
+    """max_latency_ms / min_throughput_tokens_per_sec: the whole CI of the candidate's median round must meet the
+    target; one timing (no rounds) decides nothing; peak memory, a single measured value, decides by it."""
+    from agentforge.evals.compare import efficiency_checks
+
+    rounds = {"latency_rounds_ms": [100, 90, 110, 100, 95, 105, 100], "latency_tokens": 100, "latency_ms": 100.0,
+              "peak_memory_mb": 300.0}
+    ok, checks = efficiency_checks({"metrics": rounds}, {"metrics": {}}, {"max_latency_ms": 150, "max_peak_memory_mb": 250})
+    assert [c["ok"] for c in checks] == [True, False] and checks[0]["ci95"] == [90, 110]   # 7 rounds: k = 1
+    ok, checks = efficiency_checks({"metrics": rounds}, {"metrics": {}}, {"min_throughput_tokens_per_sec": 1000})
+    assert checks[0]["ok"] is None and checks[0]["ci95"] == pytest.approx([100 / 0.11, 100 / 0.09])   # straddles
+    once = {"latency_ms": 100.0, "latency_tokens": 100, "throughput_tokens_per_sec": 1000.0}
+    ok, checks = efficiency_checks({"metrics": once}, {"metrics": {}}, {"max_latency_ms": 150})
+    assert ok == "inconclusive" and checks[0]["ok"] is None and "no decision" in checks[0]["note"]

@@ -175,6 +175,9 @@ def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: di
         per_token = [(c / cm["latency_tokens"]) / (b / bm["latency_tokens"]) for c, b in zip(rc, rb)]
         ratios = per_token if metric == "latency_ms" else [1 / r for r in per_token]   # throughput = 1 / time
         value, ci = statistics.median(ratios), median_ci(ratios)
+        if len(ratios) < MIN_TIMING_ROUNDS:
+            return {"threshold": key, "value": value, "ci95": ci, "rounds": len(ratios), "target": target, "ok": None,
+                    "note": f"{len(ratios)} rounds: the median's 95 % CI needs {MIN_TIMING_ROUNDS}: no decision"}
         ok = {"PASS": True, "FAIL": False}.get(threshold_verdict(ci, op, target)[0])   # the whole CI on one side
         return {"threshold": key, "value": value, "ci95": ci, "rounds": len(ratios), "target": target, "ok": ok}
     v, b = cm.get(metric), bm.get(metric)
@@ -183,10 +186,34 @@ def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: di
     return {"threshold": key, "value": v / b, "target": target, "ok": (v / b <= target if op == "<=" else v / b >= target)}
 
 
+MIN_TIMING_ROUNDS = 6   # the fewest values whose median has a distribution-free 95 % CI (median_ci)
+
+
+def _absolute_check(key: str, metric: str, op: str, target: float, cm: dict) -> dict:
+    """An absolute target (``max_latency_ms``, ``min_throughput_tokens_per_sec``, ``max_peak_memory_mb``) on the
+    candidate alone. Timings are decided from the distribution-free CI of the median over the timed rounds (ok when
+    the whole CI meets the target, not when none of it does); a single timing, or fewer than ``MIN_TIMING_ROUNDS``
+    rounds, decides nothing. Peak memory, one measured value, decides by its value."""
+    v, rounds, tokens = cm.get(metric), cm.get(ROUNDS), cm.get("latency_tokens")
+    timed = metric != "peak_memory_mb" and rounds and tokens
+    if not (timed or (_num(v) and math.isfinite(v))):
+        return {"threshold": key, "value": None, "target": target, "ok": None, "note": "not measured"}
+    if metric == "peak_memory_mb":
+        return {"threshold": key, "value": v, "target": target, "ok": v <= target if op == "<=" else v >= target}
+    if not (timed and len(rounds) >= MIN_TIMING_ROUNDS):
+        return {"threshold": key, "value": v, "target": target, "ok": None,
+                "note": f"timed {len(rounds or []) or 'once'}{' rounds' if rounds else ''}: the median's 95 % CI "
+                        f"needs {MIN_TIMING_ROUNDS} rounds: no decision"}
+    xs = list(rounds) if metric == "latency_ms" else [tokens / (ms / 1000) for ms in rounds]
+    ci = median_ci(xs)
+    ok = {"PASS": True, "FAIL": False}.get(threshold_verdict(ci, op, target)[0])
+    return {"threshold": key, "value": statistics.median(xs), "ci95": ci, "rounds": len(xs), "target": target, "ok": ok}
+
+
 def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | str | None, list[dict]]:
     """(True: every configured target met, False: one missed, "inconclusive": none missed but one not established,
-    None: no target configured; the checks). Absolute targets compare the candidate's value; ratio targets
-    (``_ratio_check``) decide from the CI of interleaved rounds."""
+    None: no target configured; the checks). Absolute targets (``_absolute_check``) and ratio targets
+    (``_ratio_check``) on timings decide from the CI of the median over at least ``MIN_TIMING_ROUNDS`` rounds."""
     cm, bm = cand["metrics"], base["metrics"]
     specs = [("max_latency_ms", "latency_ms", "<=", None), ("max_peak_memory_mb", "peak_memory_mb", "<=", None),
              ("min_throughput_tokens_per_sec", "throughput_tokens_per_sec", ">=", None),
@@ -197,12 +224,8 @@ def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | str | No
         target = th.get(key)
         if target is None:
             continue
-        if kind == "ratio":
-            checks.append(_ratio_check(key, metric, op, target, cm, bm))
-            continue
-        v = cm.get(metric)
-        ok = (v <= target if op == "<=" else v >= target) if _num(v) and math.isfinite(v) else None
-        checks.append({"threshold": key, "value": v, "target": target, "ok": ok})
+        checks.append(_ratio_check(key, metric, op, target, cm, bm) if kind == "ratio"
+                      else _absolute_check(key, metric, op, target, cm))
     if not checks:
         return None, checks
     if any(c["ok"] is False for c in checks):
