@@ -92,6 +92,26 @@ def test_report_shows_n_ci_power_and_the_data_check(tmp_path):
     assert "Latency:" not in md   # no timing in these results: no timing note
 
 
+def test_perplexity_has_its_n_and_a_bootstrap_ci_over_rows(tmp_path):
+    """exp of the mean row loss, and exp of the bootstrap CI of that mean: equal losses give a point, spread ones
+    an interval around the estimate."""
+    import math
+
+    from agentforge.pipeline.report import perplexity_ci
+
+    assert perplexity_ci([2.0] * 8) == {"perplexity_n": 8, "perplexity_ci95": [math.exp(2.0), math.exp(2.0)]}
+    assert perplexity_ci([1.0]) == {} and perplexity_ci(None) == {}
+    losses = [1.5, 2.5, 2.0, 1.8, 2.2, 1.9, 2.1, 2.0]
+    lo, hi = perplexity_ci(losses)["perplexity_ci95"]
+    assert lo < math.exp(sum(losses) / 8) < hi and lo > math.exp(1.5) and hi < math.exp(2.5)
+    art = tmp_path / "artifacts"
+    res = _results([0] * 16, [1] * 10 + [0] * 10, [1] * 10 + [0] * 10)
+    res["metrics"]["perplexity"], res["per_example"]["row_loss"] = math.exp(2.0), losses
+    _write(art, "phase1_model1", res)
+    md = write_report(tmp_path, "t", [], performance_rows(art, [("phase1_model1", tmp_path)]), [], {})["report"].read_text()
+    assert f"| 7.389 [{lo:.4g}, {hi:.4g}] n=8 |" in md and "Perplexity: exp of the mean held-out row loss" in md
+
+
 def test_report_says_how_the_rows_timings_were_taken(tmp_path):
     art = tmp_path / "artifacts"
     for stage, lat in (("phase3_reasoning", 175.0), ("phase4_compressed", 167.6)):

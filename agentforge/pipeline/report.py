@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 from agentforge.errors import ConfigError
 from agentforge.evals.compare import ACCURACY_FORMATS, accuracy_drop_test
 from agentforge.evals.diversity import phase1_diversity
-from agentforge.evals.stats import threshold_verdict, wilson_ci
+from agentforge.evals.stats import paired_bootstrap, threshold_verdict, wilson_ci
 from agentforge.io import atomic_write, write_text_atomic
 
 PERF_COLUMNS = [("perplexity", "Perplexity"), ("reasoning_accuracy", "GSM8K acc"), ("arc_easy_accuracy", "ARC acc"),
@@ -197,8 +197,18 @@ def performance_rows(artifacts: Path, stages: list[tuple[str, Path]]) -> list[di
             c = per.get(f"{fmt}_correct")
             if c:
                 row[f"{key}_n"], row[f"{key}_ci95"] = len(c), wilson_ci(int(sum(c)), len(c))
+        row.update(perplexity_ci(per.get("row_loss")))
         rows.append(row)
     return rows
+
+
+def perplexity_ci(row_loss: list[float] | None) -> dict:
+    """n and the 95% CI of the perplexity exp(mean row loss) (the rows have equal length, so it is the eval's
+    perplexity): a percentile bootstrap of the mean over the held-out rows, exponentiated (exp is monotone)."""
+    if not row_loss or len(row_loss) < 2:
+        return {}
+    lo, hi = paired_bootstrap(row_loss, [0.0] * len(row_loss), n_resamples=2000)["ci95"]
+    return {"perplexity_n": len(row_loss), "perplexity_ci95": [math.exp(lo), math.exp(hi)]}
 
 
 def _perf_cell(row: dict, key: str):
@@ -206,7 +216,7 @@ def _perf_cell(row: dict, key: str):
     if n is None or not isinstance(v, (int, float)):
         return v
     lo, hi = row[f"{key}_ci95"]
-    return f"{v:.3f} [{lo:.2f}, {hi:.2f}] n={n}"
+    return f"{v:.4g} [{lo:.4g}, {hi:.4g}] n={n}" if key == "perplexity" else f"{v:.3f} [{lo:.2f}, {hi:.2f}] n={n}"
 
 
 def power_note(perf: list[dict]) -> str:
@@ -216,7 +226,8 @@ def power_note(perf: list[dict]) -> str:
         return ""
     parts = [f"n = {n}: ±{(hi - lo) / 2:.3f}" for n in ns for lo, hi in [wilson_ci(n // 2, n)]]
     return ("Accuracies: value [95% Wilson CI] and n examples. Half-width of the CI at accuracy 0.5: "
-            + "; ".join(parts) + ".")
+            + "; ".join(parts) + ". Perplexity: exp of the mean held-out row loss [95% percentile-bootstrap CI over "
+            "the rows] and n rows.")
 
 
 def timing_note(perf: list[dict]) -> str:
