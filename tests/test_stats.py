@@ -180,6 +180,9 @@ def test_non_finite_scores_claim_nothing():
               sign_flip_test([1, float("nan"), 0.5], [0, 0, 0])):
         assert math.isnan(r["p_value"]) and all(math.isnan(x) for x in r["ci95"])
     assert threshold_verdict(paired_test([1, float("nan")] * 20, [0] * 40)["ci95"], ">", 0.0)[0] == "INCONCLUSIVE"
+    v, reasons = verdict(pass_at={1: 0.5}, delta_pass1=0.1, ci95=[float("nan")] * 2, p_value=float("nan"),
+                         thresholds={"pass_at": {1: 0.3}}, efficiency_ok=True, n=40)
+    assert v == "FAILURE" and "p-value None" in " ".join(reasons)   # a NaN p is no evidence, as a missing one
 
 
 def test_non_binary_scores_use_the_bootstrap():

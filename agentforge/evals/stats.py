@@ -324,6 +324,8 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     if not delta_ok:
         reasons.append(f"delta pass@1 {delta_pass1 if delta_pass1 is None else round(delta_pass1, 4)} < {min_delta}")
     alpha, fail_p = thresholds.get("alpha", 0.05), thresholds.get("failure_p", 0.1)
+    if p_value is not None and math.isnan(p_value):   # non-finite scores: no test (``_undefined``)
+        p_value = None
     ci_ok = ci95 is not None and ci95[0] > 0
     if not ci_ok:
         reasons.append(f"CI95 lower bound {None if ci95 is None else round(ci95[0], 4)} is not > 0")
