@@ -312,6 +312,9 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path):
         assert m["latency_ms"] > 0 and m["throughput_tokens_per_sec"] > 0 and math.isfinite(m["peak_memory_mb"])
     assert len(r["baseline"]["per_example"]["gsm8k_correct"]) == 3
     assert r["baseline"]["per_example"]["arc_ids"] == r["finetuned_vanilla"]["per_example"]["arc_ids"]
+    per = r["baseline"]["per_example"]   # each choice question's chance rate, 1 / its choices
+    assert len(per["arc_chance"]) == len(per["arc_correct"]) and set(per["piqa_chance"]) == {0.5}
+    assert all(0 < c <= 0.5 for c in per["arc_chance"])
     assert (cognate_artifacts.parent / "eval_e2e_artifacts" / "eval" / "finetuned_vanilla" / "config.json").is_file()
 
     proc = run_cli(["phase=compare", "stages=[baseline,after_surgery,finetuned_vanilla]", art, "logger=none",

@@ -49,6 +49,14 @@ def test_bitnet_row_is_paired_on_the_eval_results(tmp_path):
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
     assert row[3] == pytest.approx(100 / 220)                                # 1 ARC question lost of 220 right
     assert row[4].startswith("PASS (n=416, 95% CI [") and "McNemar p=1" in row[4]
+    assert "by chance" not in row[4]                                          # results without per-example rates
+    # with the rates the real eval stores (4-choice ARC, 2-choice PIQA): chance (200/4 + 200/2) / 416, GSM8K 0
+    for stage, arc_right in (("phase3_reasoning", 100), ("phase4_compressed", 99)):
+        res = _results([0] * 16, [1] * arc_right + [0] * (200 - arc_right), [1] * 120 + [0] * 80)
+        res["per_example"].update(arc_chance=[0.25] * 200, piqa_chance=[0.5] * 200)
+        _write(tmp_path, stage, res)
+    row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
+    assert f"accuracy 0.529 before, 0.526 after, {150 / 416:.3f} by chance" in row[4]
     # a large drop: the whole CI above 10 %
     _write(tmp_path, "phase4_compressed", _results([0] * 16, [1] * 40 + [0] * 160, [1] * 60 + [0] * 140))
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")

@@ -142,10 +142,27 @@ def accuracy_drop_test(before: dict, after: dict, confidence: float = 0.95) -> d
     r_lo, r_hi = paired_ratio_ci(both, ex["losses"], ex["wins"], confidence)   # after / before
     drop = 100 * (acc_b - acc_a) / acc_b if acc_b > 0 else math.nan
     ci = [100 * (1 - r_hi), 100 * (1 - r_lo)] if acc_b > 0 else [math.nan, math.nan]
-    return {"drop_percent": drop, "ci95": ci, "accuracy_before": acc_b,
-            "accuracy_after": acc_a, "n": int(len(a)), "n_per_task": {fmt: len(x) for fmt, x, _ in pairs},
+    return {"drop_percent": drop, "ci95": ci, "accuracy_before": acc_b, "accuracy_after": acc_a,
+            "chance_accuracy": chance_accuracy(before, [(fmt, len(x)) for fmt, x, _ in pairs]),
+            "n": int(len(a)), "n_per_task": {fmt: len(x) for fmt, x, _ in pairs},
             "mcnemar_p": ex["p_value"], "lost": ex["wins"], "gained": ex["losses"],
             "pairing": "by example id" if verified else "by position (no example ids in the results)"}
+
+
+def chance_accuracy(results: dict, tasks: list[tuple[str, int]]) -> float | None:
+    """The pooled accuracy a guesser would get on the same examples: 0 on GSM8K (an exact numeric answer), 1 / the
+    choices on ARC / PIQA (``evals.tasks.chance_rates``, stored per example); None when a task's rates are missing
+    (results of older code)."""
+    per, total = results.get("per_example", {}), 0.0
+    for fmt, n in tasks:
+        if fmt == "gsm8k":
+            continue
+        rates = per.get(f"{fmt}_chance")
+        if not rates or len(rates) != n:
+            return None
+        total += sum(rates)
+    n_all = sum(n for _, n in tasks)
+    return total / n_all if n_all else None
 
 
 ROUNDS = "latency_rounds_ms"   # per-round generation times of models timed interleaved in one process

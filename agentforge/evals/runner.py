@@ -85,6 +85,7 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
             t0 = time.perf_counter()
             per[f"{fmt}_correct"] = tasks.choice_correct(model, tokenizer, sets[fmt], fmt)
             per[f"{fmt}_ids"] = example_ids(sets[fmt])  # what the comparison pairs by
+            per[f"{fmt}_chance"] = tasks.chance_rates(sets[fmt], fmt)
             metrics[key] = sum(per[f"{fmt}_correct"]) / len(per[f"{fmt}_correct"])
             times[fmt] = time.perf_counter() - t0
     n_examples = len(gsm) + len(sets.get("arc") or []) + len(sets.get("piqa") or [])

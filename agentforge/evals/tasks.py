@@ -101,6 +101,13 @@ def choice_predictions(model, tokenizer, records: list[dict], fmt: str, batch_ro
     return [(max(range(len(sc)), key=sc.__getitem__), it[2]) for sc, it in zip(scores, items)]
 
 
+def chance_rates(records: list[dict], fmt: str) -> list[float]:
+    """Each ARC ('arc') / PIQA ('piqa') record's accuracy by chance, 1 / its number of choices: what an accuracy
+    near it (a model guessing) is read against."""
+    choices_fn = {"arc": formats.arc_choices, "piqa": formats.piqa_choices}[fmt]
+    return [1.0 / len(choices_fn(rec)[0]) for rec in records]
+
+
 def choice_accuracy(model, tokenizer, records: list[dict], fmt: str) -> float:
     preds = choice_predictions(model, tokenizer, records, fmt)
     return sum(p == r for p, r in preds) / max(len(preds), 1)

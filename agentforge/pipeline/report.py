@@ -56,8 +56,13 @@ _HEADLINE = {k for _, k, _, _ in THRESHOLDS}
 
 # A headline key K decided on a sample may come with K_n, K_ci95 ([low, high]), K_verdict (PASS / FAIL /
 # INCONCLUSIVE, e.g. the anti-theater checks) and K_test (what was tested); the row then shows that verdict,
-# n and CI. With a CI but no verdict the row is decided from the CI (``stats.threshold_verdict``).
-_EVIDENCE = ("_n", "_ci95", "_verdict", "_test")
+# n and CI. With a CI but no verdict the row is decided from the CI (``stats.threshold_verdict``). K_why, when
+# given, is the reason the phase gave for its verdict (e.g. the baking row's unbaked score, gain and prompt effect).
+_EVIDENCE = ("_n", "_ci95", "_verdict", "_test", "_why")
+# Rows whose PASS also needs a paired gain over the model before the step (``reasoning.baking.baking_verdict``): the
+# phase writes K_verdict; without it (metrics written before the gain was measured) the row cannot pass.
+_NEEDS_GAIN = {"baking/final_accuracy": "no paired gain over the unbaked model in these metrics (the unbaked model "
+                                        "scores about the same); re-run phase=quietstar step=baking"}
 # Rows that compare two models (or one model with and without its thoughts): no verdict without a CI.
 _PAIRED = {"final/fitness_improvement", "final/test_fitness_improvement", "anti_theater/final_divergence",
            "anti_theater/final_ablation_drop", "anti_theater/final_correlation", "final/accuracy_drop"}
@@ -74,6 +79,8 @@ def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: flo
     verdict, ci, n = measured.get(f"{key}_verdict"), measured.get(f"{key}_ci95"), measured.get(f"{key}_n")
     if verdict is None and ci is not None and op is not None:
         verdict = threshold_verdict(ci, op, thr, None if n is None else int(n))[0]
+        if verdict == "PASS" and key in _NEEDS_GAIN:
+            verdict, measured = "INCONCLUSIVE", {**measured, f"{key}_why": _NEEDS_GAIN[key]}
     if verdict is None:
         if key in _PAIRED:
             return "INCONCLUSIVE (no CI from a paired test on the same examples)"
@@ -81,9 +88,9 @@ def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: flo
             return "INCONCLUSIVE (no CI: the Cognate metrics lack per-row features; re-run phase=cognate)"
         return "PASS" if ok else "FAIL"
     lo, hi = ci or (float("nan"), float("nan"))
-    test = measured.get(f"{key}_test")
+    test, why = measured.get(f"{key}_test"), measured.get(f"{key}_why")
     return (f"{verdict} (n={measured.get(f'{key}_n', '?')}, 95% CI [{lo:.3g}, {hi:.3g}]"
-            + (f"; {test}" if test else "") + ")")
+            + (f"; {test}" if test else "") + (f"; {why}" if why else "") + ")")
 
 
 def paired_accuracy_drop(artifacts: Path, before: str = "phase3_reasoning", after: str = "phase4_compressed") -> dict:
@@ -97,9 +104,13 @@ def paired_accuracy_drop(artifacts: Path, before: str = "phase3_reasoning", afte
         return {}
     if res is None:
         return {}
+    chance = res.get("chance_accuracy")
+    level = (f"; accuracy {res['accuracy_before']:.3f} before, {res['accuracy_after']:.3f} after, {chance:.3f} by "
+             "chance" if chance is not None else "")
     return {"final/accuracy_drop": res["drop_percent"], "final/accuracy_drop_ci95": res["ci95"],
             "final/accuracy_drop_n": res["n"],
-            "final/accuracy_drop_test": f"{after} vs {before}, paired {res['pairing']}; McNemar p={res['mcnemar_p']:.3g}"}
+            "final/accuracy_drop_test": f"{after} vs {before}, paired {res['pairing']}; McNemar p={res['mcnemar_p']:.3g}"
+                                        + level}
 
 
 def cognate_metrics(artifacts: Path) -> dict[int, dict]:
