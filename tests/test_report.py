@@ -144,7 +144,8 @@ def test_report_shows_phase1_ablations_halting_and_diversity(tmp_path):
         m = {"final/val_loss": 1.9, "diversity/avg_halting_steps": h, "act/halting_steps_std": 0.5,
              "act/halting_share_step1": 0.25, "act/halting_share_step2": 0.75, "diversity/ltm_usage": 0.1 * mid,
              "diversity/inference_mflops_per_token": float(mid), "ablation/halting_noninferiority_margin": 0.01,
-             "ablation/halting_noninferior": float(lo > -0.01)}  # as models.ablation decides it
+             "ablation/halting_noninferior": float(lo > -0.01),  # as models.ablation decides it
+             "ablation/n_rows": 32.0, "ablation/halting_task_n_rows": 62.0 if mid < 3 else 60.0}
         for pre, v in (("steps1_loss", 0.1), ("no_memory_loss", 0.002), ("max_steps_loss", lo / 2),
                        ("halting_digits_minus_letters", 0.4)):
             m.update({f"ablation/{pre}_delta": v, f"ablation/{pre}_delta_ci_low": min(v, lo) if pre.startswith("max")
@@ -159,3 +160,4 @@ def test_report_shows_phase1_ablations_halting_and_diversity(tmp_path):
     div = cognate_diversity(art)["phase1/diversity"]
     assert f"{div:.3f} (no CI: metrics without per-row features) against the seed's threshold 0.3" in md
     assert len(out["tables"]["pipeline/phase1_ablations"][1]) == 3
+    assert "n per model: 32 validation rows; 60 / 62 GSM8K-format rows (digits − letters)." in md

@@ -190,6 +190,18 @@ def phase1_rows(artifacts: Path) -> list[list]:
     return rows
 
 
+def _phase1_sizes(artifacts: Path) -> str:
+    """The n behind the Phase 1 table's CIs (rows per model, as each model's metrics record them)."""
+    ms = cognate_metrics(artifacts).values()
+    parts = []
+    for key, what in (("ablation/n_rows", "validation rows"), ("ablation/halting_task_n_rows", "GSM8K-format rows "
+                      "(digits − letters)"), ("ablation/recall_n_rows", "recall rows (recall, memory off)")):
+        ns = sorted({int(m[key]) for m in ms if isinstance(m.get(key), (int, float))})
+        if ns:
+            parts.append(f"{' / '.join(map(str, ns))} {what}")
+    return ("n per model: " + "; ".join(parts) + ".") if parts else ""
+
+
 def dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file()) if Path(p).exists() else 0
 
@@ -353,7 +365,8 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
                "Δloss = variant − trained model in nats/token on the validation rows, paired bootstrap 95% CI over "
                "rows (positive: the mechanism lowers the loss). Halting passes when the CI's upper bound of its cost "
                "against always-max-steps is below the margin. Digits − letters: mean halting step on the computed "
-               "result's digits minus on the letters of the same held-out GSM8K-format rows, paired by row.", "",
+               "result's digits minus on the letters of the same held-out GSM8K-format rows, paired by row. "
+               + _phase1_sizes(artifacts), "",
                "Phase 1 diversity (mean coefficient of variation of halting steps, LTM usage and inference FLOPs "
                "across the three models): " + _diversity_text(div) + " against the seed's threshold 0.3.", ""]
     data_cols = ["Task", "Training draws", "Distinct training prompts", "Held-out (val / test)",
