@@ -73,8 +73,20 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     summary = next(r for r in rows if "rl/improvement_over_baked_n" in r)   # the improvement is paired by question
     assert summary["rl/improvement_over_baked_n"] >= 2 and len(summary["rl/improvement_over_baked_ci95"]) == 2
     assert "paired by question" in summary["rl/improvement_over_baked_test"]
-    for k in ("baking/final_accuracy_n", "baking/final_accuracy_ci95"):
+    for k in ("baking/final_accuracy_n", "baking/final_accuracy_ci95", "baking/initial_accuracy_ci95",
+              "baking/accuracy_gain", "baking/accuracy_gain_ci95", "baking/accuracy_gain_n", "baking/prompt_effect_share",
+              "baking/prompt_effect_n_positions", "baking/prompt_effect_n_examples", "baking/prompt_effect_accuracy",
+              "baking/kl_reduction_ci95", "baking/final_accuracy_verdict", "baking/final_accuracy_why"):
         assert k in bkeys, k
+    brows, _ = _metrics(run_dir / "phase3-step1-baking")
+    bsum = next(r for r in brows if "baking/final_accuracy_verdict" in r)
+    # 1 validation example per strategy: n = 10 < 30, so no verdict; converged follows the verdict
+    assert bsum["baking/final_accuracy_n"] == 10 and bsum["baking/final_accuracy_verdict"] == "INCONCLUSIVE"
+    assert bsum["baking/converged"] is False and "unbaked model already scores" in bsum["baking/final_accuracy_why"]
+    assert bsum["baking/accuracy_gain"] == pytest.approx(bsum["baking/final_accuracy"] - bsum["baking/initial_accuracy"])
+    assert "baked: " in proc.stdout and "gain " in proc.stdout
+    summary_rl = next(r for r in rows if "anti_theater/final_correlation_n_informative" in r)
+    assert summary_rl["anti_theater/final_correlation_n"] == summary_rl["anti_theater/final_correlation_n_informative"]
     checks = [r for r in rows if "anti_theater/divergence" in r]
     assert len(checks) == 3  # before training, after episode 1 and 2
     assert "anti-theater (n=" in proc.stdout and "thinking cost:" in proc.stdout

@@ -310,7 +310,11 @@ def test_anti_theater_fails_when_thoughts_are_ignored():
     res = evaluate(model, MixingHead(32), ref, windows, cfg, IDS, torch.Generator().manual_seed(0))
     assert res["n_windows"] == 24 and res["divergence"] < 1e-6 and res["ablation_drop"] == 0.0
     assert res["divergence_ci95"][1] < 1e-6 and res["ablation_drop_ci95"] == [0.0, 0.0]
-    assert [res[f"{k}_verdict"] for k in ("divergence", "ablation_drop", "correlation")] == ["FAIL"] * 3
+    assert [res[f"{k}_verdict"] for k in ("divergence", "ablation_drop")] == ["FAIL"] * 2
+    # nothing varies across the thoughts: the correlation is undefined, not 0 with a CI [0, 0] and a FAIL
+    assert math.isnan(res["correlation"]) and not res["correlation_defined"] and res["correlation_n_informative"] == 0
+    assert all(math.isnan(x) for x in res["correlation_ci95"]) and res["correlation_verdict"] == "INCONCLUSIVE"
+    assert res["correlation_why"] == "undefined: nothing varies within any window"
     assert not res["all_passed"]
 
 
@@ -335,6 +339,32 @@ def test_anti_theater_passes_when_good_thoughts_change_predictions():
     assert res["divergence"] > 0.3 and res["ablation_drop"] == pytest.approx(0.5)
     assert res["correlation"] == pytest.approx(1.0) and res["all_passed"]
     assert res["n_windows"] == 20 and res["ablation_drop_ci95"] == pytest.approx([0.5, 0.5])
+    assert res["correlation_n_informative"] == 20 and res["correlation_undefined_share"] == 0.0
+
+
+def _ordered_in(k: int, n: int = 64, seed: int = 0):
+    """n windows x 4 thoughts; accuracy (on 4 tokens) ordered by quality in the first k windows, constant elsewhere."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(n, 4))
+    acc = np.full((n, 4), 0.25)
+    for w in range(k):
+        acc[w] = 0.25 + 0.25 * (q[w] > np.median(q[w]))
+    return q, acc
+
+
+@pytest.mark.parametrize("k", [1, 3, 6, 20, 64])
+def test_correlation_n_is_the_informative_windows_and_undefined_resamples_are_dropped(k):
+    """The auditor's case (corr_ci.py): 64 windows, accuracy tied to quality in only k. n = k (not 64), so k < 20
+    is INCONCLUSIVE whatever r; resamples that draw none of the k windows are undefined and dropped (their expected
+    share (1 - k/64)^64, 0.37 at k = 1), not scored 0: the CI's lower bound is no longer pinned at 0. k = 64 PASSes."""
+    q, acc = _ordered_in(k)
+    ci, dropped = anti_theater._corr_ci(q, acc, seed=0)
+    assert anti_theater.informative_windows(q, acc).sum() == k
+    assert dropped == pytest.approx((1 - k / 64) ** 64, abs=0.03)
+    assert ci[0] > 0 and ci[0] <= anti_theater.within_correlation(q, acc) <= ci[1]
+    want = "PASS" if k == 64 else "INCONCLUSIVE"
+    assert anti_theater.verdict(ci, 0.5, k) == want
+    assert anti_theater.verdict(ci, 0.5, 64) == ("FAIL" if k < 20 else want)   # what n = 64 used to allow
 
 
 def test_anti_theater_gives_no_verdict_below_the_minimum_sample():
@@ -419,29 +449,3 @@ def test_sample_windows_are_contiguous_slices():
     w = sample_windows(stream, 3, 50, 4, 10, 2, torch.Generator().manual_seed(0))
     assert w.shape == (12, 12)
     assert bool((w[:, 1:] - w[:, :-1] == 1).all())
-
-
-def test_overall_agreement_ci_resamples_examples_within_each_strategy():
-    """Overall agreement = mean over strategies of each strategy's share of agreeing positions. Strategy a: rows
-    [2 of 2] and [0 of 2]; strategy b: five rows of [1 of 2]. b's share is always 0.5; a's resampled share is 1, 0.5
-    or 0 (both rows the first, one of each, both the second: probabilities 1/4, 1/2, 1/4), so the overall statistic
-    is 0.75, 0.5 or 0.25 and the 95 % percentile interval is [0.25, 0.75]; n counts examples (7)."""
-    from agentforge.reasoning.baking import overall_agreement_ci
-
-    per = {"a": {"rows": [[2, 2], [0, 2]]}, "b": {"rows": [[1, 2]] * 5}}
-    ci = overall_agreement_ci(per, n_resamples=4000, seed=0)
-    assert ci["n"] == 7 and ci["ci95"] == [0.25, 0.75]
-    same = overall_agreement_ci({"a": {"rows": [[3, 4]] * 6}})
-    assert same == {"n": 6, "ci95": [0.75, 0.75]}
-
-
-def test_the_pipeline_decides_the_baking_row_from_its_ci():
-    from agentforge.pipeline.report import _decided
-
-    m = {"baking/final_accuracy": 0.96, "baking/final_accuracy_n": 40, "baking/final_accuracy_ci95": [0.9, 0.99]}
-    assert _decided(m, "baking/final_accuracy", True, ">=", 0.85).startswith("PASS (n=40, 95% CI [0.9, 0.99]")
-    m["baking/final_accuracy_ci95"] = [0.8, 0.99]
-    assert _decided(m, "baking/final_accuracy", True, ">=", 0.85).startswith("INCONCLUSIVE")
-    m["baking/final_accuracy_n"] = 8
-    m["baking/final_accuracy_ci95"] = [0.9, 0.99]
-    assert _decided(m, "baking/final_accuracy", True, ">=", 0.85).startswith("INCONCLUSIVE")   # n < 30

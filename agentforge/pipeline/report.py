@@ -59,7 +59,7 @@ _HEADLINE = {k for _, k, _, _ in THRESHOLDS}
 # n and CI. With a CI but no verdict the row is decided from the CI (``stats.threshold_verdict``). K_why, when
 # given, is the reason the phase gave for its verdict (e.g. the baking row's unbaked score, gain and prompt effect).
 _EVIDENCE = ("_n", "_ci95", "_verdict", "_test", "_why")
-# Rows whose PASS also needs a paired gain over the model before the step (``reasoning.baking.baking_verdict``): the
+# Rows whose PASS also needs a paired gain over the model before the step (``reasoning.baking_evidence.baking_verdict``): the
 # phase writes K_verdict; without it (metrics written before the gain was measured) the row cannot pass.
 _NEEDS_GAIN = {"baking/final_accuracy": "no paired gain over the unbaked model in these metrics (the unbaked model "
                                         "scores about the same); re-run phase=quietstar step=baking"}
@@ -82,6 +82,8 @@ def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: flo
         if verdict == "PASS" and key in _NEEDS_GAIN:
             verdict, measured = "INCONCLUSIVE", {**measured, f"{key}_why": _NEEDS_GAIN[key]}
     if verdict is None:
+        if key in _NEEDS_GAIN:
+            return f"INCONCLUSIVE ({_NEEDS_GAIN[key]})"
         if key in _PAIRED:
             return "INCONCLUSIVE (no CI from a paired test on the same examples)"
         if key == "phase1/diversity":  # metrics.json written before the per-row features were kept

@@ -13,15 +13,25 @@ own prediction without any thought (the thoughts ablated):
                  K thoughts of the same window before pooling, so easy and hard windows cannot make a
                  correlation on their own (pass > 0.5). The quality must be computable before the
                  future is seen — the ``prior`` of ``rl.coherence_scores`` (``coherence.prior``) uses only
-                 the context and the thought, never the true tokens it is scored against. Undefined when
-                 either side is constant within every window (counts as 0, CI [0, 0]).
+                 the context and the thought, never the true tokens it is scored against.
+                 Pooling (a definitional choice, kept): every window enters the sums, so a window whose
+                 accuracy is the same for all K thoughts adds quality variance and no covariance and pulls
+                 r toward 0 — r answers "over all windows, does a better thought predict better?", not
+                 "where thoughts matter". The information is in the *informative* windows only, where both
+                 quality and accuracy vary across the thoughts: their number,
+                 ``correlation_n_informative``, is the n of the correlation's verdict (``MIN_WINDOWS``
+                 applies to it). Undefined (NaN) when either side is constant within every window: then
+                 the verdict is INCONCLUSIVE ("undefined: nothing varies within any window"), with a NaN CI.
 
-Each figure comes with n (windows) and a 95 % percentile-bootstrap CI over windows (Efron & Tibshirani
-1993; scipy's ``stats.bootstrap``; the drop through ``evals.stats.paired_bootstrap``). The verdict is
-PASS when the whole CI is above the threshold, FAIL when the whole CI is at or below it, otherwise (or
-with fewer than ``MIN_WINDOWS`` windows) INCONCLUSIVE; ``*_passed`` is True only for PASS.
+Each figure comes with n and a 95 % percentile-bootstrap CI over windows (Efron & Tibshirani 1993; divergence
+and drop through ``evals.stats.paired_bootstrap``; the correlation by its own resampling of windows, in which a resample whose correlation is undefined — none of its windows varies — is dropped, not
+counted as 0, and the dropped share is reported as ``correlation_undefined_share``). n is the number of windows
+(``n_windows``) for divergence and drop, ``correlation_n_informative`` for the correlation. The verdict is PASS
+when the whole CI is above the threshold, FAIL when the whole CI is at or below it, otherwise (or with n below
+``MIN_WINDOWS``) INCONCLUSIVE; ``*_passed`` is True only for PASS.
 
-A model whose thoughts are ignored (mixing weight 0) has divergence 0 and drop 0, so it fails.
+A model whose thoughts are ignored (mixing weight 0) has divergence 0 and drop 0, so it fails those two; its
+correlation is undefined (the accuracy never varies across thoughts), so that check is INCONCLUSIVE.
 """
 from __future__ import annotations
 
@@ -30,7 +40,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats as sps
 
 from agentforge.evals.stats import paired_bootstrap, threshold_verdict
 
@@ -54,20 +63,31 @@ def _mean_ci(values: np.ndarray, seed: int) -> list[float]:
     return paired_bootstrap(values, np.zeros_like(values), n_resamples=2000, seed=seed)["ci95"]
 
 
-def _corr_ci(quality: np.ndarray, accuracy: np.ndarray, seed: int) -> list[float]:
+def informative_windows(quality: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """[N] bool: windows where both the quality and the accuracy vary across the K thoughts."""
+    return (np.ptp(quality, axis=1) > 1e-12) & (np.ptp(accuracy, axis=1) > 1e-12)
+
+
+def _corr_ci(quality: np.ndarray, accuracy: np.ndarray, seed: int, n_resamples: int = 2000) -> tuple[list[float], float]:
+    """(95 % percentile CI of ``within_correlation`` over windows resampled with replacement, share of resamples
+    where it is undefined). Undefined resamples (no window varying on a side) are dropped, not scored 0; a NaN CI
+    when the correlation itself is undefined or no resample is defined. The centring is per window, so a resample's
+    r comes from per-window sums: sum q*a, sum q*q, sum a*a of the centred rows."""
     n = len(quality)
-    if n < 2:
-        return [float("nan"), float("nan")]
-    if not math.isfinite(within_correlation(quality, accuracy)):
-        return [0.0, 0.0]  # nothing varies within a window: no correlation, counted as 0
-
-    def stat(idx):
-        r = within_correlation(quality[idx.astype(int)], accuracy[idx.astype(int)])
-        return r if math.isfinite(r) else 0.0
-
-    res = sps.bootstrap((np.arange(n),), stat, n_resamples=2000, vectorized=False, method="percentile",
-                        rng=np.random.default_rng(seed))
-    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+    if n < 2 or not math.isfinite(within_correlation(quality, accuracy)):
+        return [float("nan"), float("nan")], float("nan")
+    q = quality - quality.mean(1, keepdims=True)
+    a = accuracy - accuracy.mean(1, keepdims=True)
+    sums = np.stack([(q * a).sum(1), (q * q).sum(1), (a * a).sum(1)], 1)                        # [N, 3]
+    varies = np.stack([np.ptp(q, axis=1) > 1e-12, np.ptp(a, axis=1) > 1e-12], 1).astype(float)  # [N, 2]
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    s, v = sums[idx].sum(1), varies[idx].sum(1)
+    ok = (v > 0).all(1)
+    if not ok.any():
+        return [float("nan"), float("nan")], 1.0
+    r = s[ok, 0] / np.sqrt(s[ok, 1] * s[ok, 2])
+    lo, hi = np.quantile(r, [0.025, 0.975])
+    return [float(lo), float(hi)], float(1 - ok.mean())
 
 
 def verdict(ci: list[float], threshold: float, n: int) -> str:
@@ -93,12 +113,17 @@ def theater_metrics(mixed_logits: torch.Tensor, without_logits: torch.Tensor, tr
     corr = within_correlation(q, acc_with)
     drop_ci = (paired_bootstrap(acc_with.mean(1), acc_without, n_resamples=2000, seed=seed)["ci95"] if n >= 2
                else [float("nan"), float("nan")])
+    corr_ci, undefined_share = _corr_ci(q, acc_with, seed)
     res = {"n_windows": n, "divergence": float(div_w.mean()), "divergence_ci95": _mean_ci(div_w, seed),
            "ablation_drop": float(acc_with.mean() - acc_without.mean()), "ablation_drop_ci95": drop_ci,
-           "correlation": corr if math.isfinite(corr) else 0.0, "correlation_defined": math.isfinite(corr),
-           "correlation_ci95": _corr_ci(q, acc_with, seed)}
+           "correlation": corr, "correlation_defined": math.isfinite(corr), "correlation_ci95": corr_ci,
+           "correlation_n_informative": int(informative_windows(q, acc_with).sum()),
+           "correlation_undefined_share": undefined_share}
+    n_of = {"divergence": n, "ablation_drop": n, "correlation": res["correlation_n_informative"]}
     for key, flag in _PASS_KEY.items():
-        res[f"{key}_verdict"] = verdict(res[f"{key}_ci95"], thresholds[key], n)
+        res[f"{key}_verdict"] = verdict(res[f"{key}_ci95"], thresholds[key], n_of[key])
         res[flag] = res[f"{key}_verdict"] == "PASS"
+    if not res["correlation_defined"]:
+        res["correlation_why"] = "undefined: nothing varies within any window"
     res["all_passed"] = all(res[flag] for flag in _PASS_KEY.values())
     return res

@@ -14,6 +14,8 @@ Where u goes: ``prompt_position="start"`` gives the teacher ``[BOS] u x y`` (a s
 over a sliding window (64 tokens by default), so a prompt placed before a ~100-byte question is out of
 sight of the answer; the phase uses "answer". The student always sees ``[BOS] x y``. Either way every
 continuation position t of the student aligns with teacher position t + |u|.
+
+How baking is judged: ``reasoning.baking_evidence``.
 """
 from __future__ import annotations
 
@@ -44,26 +46,29 @@ def agreement_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, m
     return [[int(a), int(m)] for a, m in zip(same.sum(1).tolist(), mask.sum(1).tolist())]
 
 
-def overall_agreement_ci(per: dict, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
-    """n and a 95 % CI of the overall agreement (the mean over strategies of each strategy's agreement share),
-    by a stratified cluster bootstrap (Efron & Tibshirani 1993, ch. 6; Davison & Hinkley 1997, 3.8): the
-    validation examples of each strategy are resampled with replacement, positions staying with their example
-    (they are not independent), and the statistic recomputed; percentile interval."""
-    import numpy as np
+# Columns of ``paired_rows`` (one row per validation example), the baked and the unbaked student scored on the same
+# positions against the same prompted teacher: what the paired gain and the prompt-effect figures are computed from.
+PAIRED_COLUMNS = ("agree", "positions", "agree_base", "effect_positions", "effect_agree", "kl", "kl_base")
 
-    rng = np.random.default_rng(seed)
-    groups = [np.asarray(v["rows"], dtype=float).reshape(-1, 2) for v in per.values() if v.get("rows")]
-    n = int(sum(len(g) for g in groups))
-    if not groups or n == 0:
-        return {"n": 0, "ci95": None}
-    stats = np.zeros(n_resamples)
-    for g in groups:
-        idx = rng.integers(0, len(g), size=(n_resamples, len(g)))
-        agree, count = g[idx, 0].sum(1), g[idx, 1].sum(1)
-        stats += agree / np.maximum(count, 1)
-    stats /= len(groups)
-    lo, hi = np.quantile(stats, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return {"n": n, "ci95": [float(lo), float(hi)]}
+
+def paired_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor, base_logits: torch.Tensor,
+                mask: torch.Tensor) -> list[list[float]]:
+    """Per example (``PAIRED_COLUMNS``): positions where the baked student's top-1 equals the prompted teacher's;
+    scored positions; the same for the unbaked student (``base``: the model before baking, without the prompt);
+    *prompt-effect* positions, where the prompted teacher's top-1 differs from the unbaked student's (the only
+    positions where baking has something to learn: the prompt changes the model's prediction there, Bhargava et
+    al. 2024); of those, the positions where the baked student now agrees with the teacher (0 for the unbaked
+    student by construction); and the summed KL(teacher || baked) and KL(teacher || unbaked) over the positions."""
+    t, s, b = teacher_logits.argmax(-1), student_logits.argmax(-1), base_logits.argmax(-1)
+    effect = (t != b) & mask
+    log_t = F.log_softmax(teacher_logits.float(), -1)
+
+    def kl(logits):
+        return ((log_t.exp() * (log_t - F.log_softmax(logits.float(), -1))).sum(-1) * mask).sum(1)
+
+    cols = [((t == s) & mask).sum(1), mask.sum(1), ((t == b) & mask).sum(1), effect.sum(1),
+            (effect & (t == s)).sum(1), kl(student_logits), kl(base_logits)]
+    return [[float(c[i]) for c in cols] for i in range(mask.shape[0])]
 
 
 @torch.no_grad()
@@ -135,12 +140,16 @@ def bake_step(model, teacher, prompt: list[int], pairs: list[tuple[list[int], li
 
 @torch.no_grad()
 def bake_eval(model, teacher, val: dict[str, list[tuple[list[int], list[int]]]], prompts: dict[str, list[int]],
-              b, usage_ids: dict[str, list[int]] | None = None, teacher_usage: dict[str, float] | None = None) -> dict:
+              b, usage_ids: dict[str, list[int]] | None = None, teacher_usage: dict[str, float] | None = None,
+              base=None) -> dict:
     """Per strategy key (``val``: its held-out token pairs): KL and next-token agreement of the unprompted
     model with the prompted teacher. With ``usage_ids`` ({"thinking": ids, "strategy": ids, key: ids of the
     strategy's own token}), also the share of sampled outputs (``usage_tokens`` each) using them, for the
     model and for the prompted teacher; the teacher is frozen and sampled with a fixed seed, so a later
-    call may pass the first call's ``teacher_usage`` (key -> share) instead of sampling it again."""
+    call may pass the first call's ``teacher_usage`` (key -> share) instead of sampling it again. With ``base`` (the
+    model before baking, unprompted: the phase passes the frozen teacher, a copy of it), each strategy also gets
+    ``paired`` rows (``paired_rows``), from which ``baking_evidence`` computes the paired gain and the prompt-effect
+    figures."""
     was = model.training
     model.eval()
     per, kls, outs = {}, [], []
@@ -154,6 +163,8 @@ def bake_eval(model, teacher, val: dict[str, list[tuple[list[int], list[int]]]],
             kls.append(float(baking_kl(t_logits, s_logits, mask)))
             per[key] = {"agreement": agreement(t_logits, s_logits, mask), "kl": kls[-1],
                         "rows": agreement_rows(t_logits, s_logits, mask)}
+            if base is not None:
+                per[key]["paired"] = paired_rows(t_logits, s_logits, base(s_ids).logits, mask)
             if usage_ids is not None:
                 def sample(m, prefix, g):
                     return sample_continuation(m, prefix, int(b.usage_tokens), float(b.temperature), g, [PAD_ID, BOS_ID])

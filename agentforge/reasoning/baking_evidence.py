@@ -1,0 +1,179 @@
+"""Baking's evidence: is the baked model's agreement with the prompted teacher high, and did baking make it so?
+
+What baking is judged on (``baking_evidence``, ``baking_verdict``): The agreement figure (teacher-forced top-1
+agreement of the unprompted student with the prompted teacher on held-out examples) is high before any baking:
+a short in-context prompt changes few next-token predictions on templated responses, so the unbaked model
+scores about as well as the baked one. The verdict therefore also needs the paired gain over the unbaked model
+(each validation example scored before and after), and the figure that measures baking itself is the
+*prompt-effect accuracy*: on the positions where the prompt changes the model's top-1 (teacher != unbaked
+student), the share where the baked, unprompted student now predicts what the prompted model predicts (0 before
+baking by construction) — the paper's criterion, the baked model reproducing the prompted model's behaviour
+where the prompt changes it. CIs: a stratified cluster bootstrap over examples within strategies, rescaled for
+4 examples per stratum (``stratified_bootstrap``).
+
+``baking_summary`` turns the final evaluation (``baking.bake_eval(..., base=teacher)``) into the phase's headline
+keys and ``strategy_row`` into the per-strategy table's rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from agentforge.evals.stats import MIN_N, threshold_verdict
+from agentforge.reasoning.baking import PAIRED_COLUMNS
+
+
+def stratified_bootstrap(groups: list, stat, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95,
+                         rescaled: bool = True) -> dict:
+    """Percentile CI of a statistic of stratum totals, by the rescaled bootstrap for stratified samples with few
+    units per stratum (McCarthy & Snowden 1985, "The bootstrap and finite population sampling"; Rao & Wu 1988,
+    "Resampling inference with complex survey data", JASA 83, sec. 2-3, with m_h = n_h - 1): each replicate draws
+    n_h - 1 of the n_h units of stratum h with replacement, units keeping their rows (positions stay with their
+    example), and estimates the stratum's totals as n_h x the mean of the drawn rows. For a linear statistic such
+    as a stratified mean sum_h W_h ybar_h the bootstrap variance is then sum_h W_h^2 s_h^2 / n_h, the textbook
+    unbiased variance; the plain bootstrap (n_h of n_h, ``rescaled=False``) gives (n_h - 1) / n_h of it, 0.75 at
+    n_h = 4 (a test). A stratum of one unit is held fixed (it has no variance estimate).
+
+    ``groups``: one [n_h, c] array per stratum; ``stat``: [H, R, c] stratum totals -> [R] values, NaN where the
+    statistic is undefined. Undefined replicates are dropped and their share reported. Returns {"ci95": [low,
+    high] or None when no replicate is defined, "undefined_share"}."""
+    rng = np.random.default_rng(seed)
+    tots = []
+    for g in groups:
+        g = np.asarray(g, dtype=float)
+        m = max(len(g) - 1, 1) if rescaled else len(g)
+        tots.append(g[rng.integers(0, len(g), size=(n_resamples, m))].mean(1) * len(g))
+    vals = np.asarray(stat(np.stack(tots)), dtype=float)
+    ok = np.isfinite(vals)
+    if not ok.any():
+        return {"ci95": None, "undefined_share": 1.0}
+    lo, hi = np.quantile(vals[ok], [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"ci95": [float(lo), float(hi)], "undefined_share": float(1 - ok.mean())}
+
+
+def _baking_stats(t):
+    """The baking figures from stratum totals t [H, R, 7] (``PAIRED_COLUMNS``) -> {name: [R]}."""
+    pos = np.maximum(t[..., 1], 1)
+    final, initial = (t[..., 0] / pos).mean(0), (t[..., 2] / pos).mean(0)
+    eff = t[..., 3].sum(0)
+    kl_b = (t[..., 6] / pos).mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        effect_acc = np.where(eff > 0, t[..., 4].sum(0) / np.where(eff > 0, eff, 1), np.nan)
+        kl_red = np.where(kl_b > 0, 1 - (t[..., 5] / pos).mean(0) / np.where(kl_b > 0, kl_b, 1), np.nan)
+    return {"final_accuracy": final, "initial_accuracy": initial, "accuracy_gain": final - initial,
+            "prompt_effect_share": eff / np.maximum(t[..., 1].sum(0), 1), "prompt_effect_accuracy": effect_acc,
+            "kl_reduction": kl_red}
+
+
+def baking_evidence(per: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Baking's figures with n and 95 % CIs, from the ``paired`` rows of ``bake_eval(..., base=...)`` (per strategy):
+
+    * final_accuracy / initial_accuracy: the mean over strategies of each strategy's top-1 agreement with the prompted
+      teacher, of the baked / the unbaked student (the latter = ``bake_eval``'s figure before baking);
+    * accuracy_gain = final - initial, paired by validation example (each example scored before and after);
+    * prompt_effect_share: the share of scored positions where the prompted teacher's top-1 differs from the unbaked
+      student's (pooled over strategies), with ``_positions`` and ``_examples``;
+    * prompt_effect_accuracy: the share of those positions where the baked student now agrees with the teacher
+      (0 before baking by construction; undefined with no such position) — what baking is meant to change;
+    * kl_reduction: 1 - mean KL(teacher || baked) / mean KL(teacher || unbaked), means over strategies of the
+      per-position KL.
+
+    Every CI is the same stratified cluster bootstrap (``stratified_bootstrap``: strata = strategies, unit = example,
+    the before and after columns of an example drawn together, so the gain's CI is paired); NaN CI when undefined."""
+    groups = [np.asarray(v["paired"], dtype=float).reshape(-1, len(PAIRED_COLUMNS)) for v in per.values()
+              if v.get("paired")]
+    n = int(sum(len(g) for g in groups))
+    out: dict = {"n": n}
+    if not n:
+        return out
+    point = _baking_stats(np.stack([g.sum(0) for g in groups])[:, None])
+    names = list(point)
+    boots = {k: stratified_bootstrap(groups, lambda t, k=k: _baking_stats(t)[k], n_resamples, seed) for k in names}
+    for k in names:
+        v = float(point[k][0])
+        out[k] = v
+        out[f"{k}_ci95"] = boots[k]["ci95"] or [float("nan"), float("nan")]
+        if boots[k]["undefined_share"]:
+            out[f"{k}_undefined_share"] = boots[k]["undefined_share"]
+    tot = np.concatenate(groups)
+    out["positions"] = int(tot[:, 1].sum())
+    out["prompt_effect_positions"] = int(tot[:, 3].sum())
+    out["prompt_effect_examples"] = int((tot[:, 3] > 0).sum())
+    return out
+
+
+def fmt_ci(v: float, ci, digits: int = 4, sign: bool = False) -> str:
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+
+
+def evidence_text(ev: dict) -> str:
+    """One line with the figures a baking verdict rests on: unbaked score, paired gain, prompt-effect positions."""
+    if not ev.get("n"):
+        return "no paired before / after rows"
+    acc = ev["prompt_effect_accuracy"]
+    eff = (f"baked agreement there {fmt_ci(acc, ev['prompt_effect_accuracy_ci95'], 3)}" if acc == acc
+           else "none to learn")
+    return (f"the unbaked model already scores {fmt_ci(ev['initial_accuracy'], ev['initial_accuracy_ci95'])}; "
+            f"gain {fmt_ci(ev['accuracy_gain'], ev['accuracy_gain_ci95'], sign=True)} (paired, n={ev['n']} examples); "
+            f"the prompt changes the top-1 at {ev['prompt_effect_share']:.1%} of {ev['positions']} positions "
+            f"({ev['prompt_effect_positions']} in {ev['prompt_effect_examples']} examples), {eff}")
+
+
+def baking_verdict(final_ci, gain_ci, threshold: float, n: int | None, detail: str = "",
+                   min_n: int | None = None) -> tuple[str, str]:
+    """(PASS / FAIL / INCONCLUSIVE, why) for "baked agreement >= threshold, and baking did it": FAIL when the whole
+    CI of the final agreement is below the threshold; PASS only when the whole CI meets it *and* the paired gain's
+    CI over the unbaked model lies above 0; INCONCLUSIVE otherwise (the CI straddles, n < min_n, no CI, or a final
+    CI that clears the threshold with no established gain: then the unbaked model passes the same test)."""
+    v, why = threshold_verdict(final_ci, ">=", threshold, n, MIN_N if min_n is None else min_n)
+    tail = f"; {detail}" if detail else ""
+    if v != "PASS":
+        return v, why + tail
+    gain_ok = gain_ci is not None and all(x is not None and x == x for x in gain_ci) and float(gain_ci[0]) > 0
+    if not gain_ok:
+        return "INCONCLUSIVE", (f"{why}, but baking's gain over the unbaked model is not established (its CI does "
+                                f"not lie above 0){tail}")
+    return "PASS", f"{why} and the paired gain's CI lies above 0{tail}"
+
+
+BAKING_TEST = ("stratified cluster bootstrap over validation examples within strategies, n_h - 1 of n_h drawn "
+               "(Rao & Wu 1988)")
+
+
+def strategy_row(s, per, per0, seed: int) -> list:
+    """One strategy's row: its agreement with n and CI, and a verdict that says INCONCLUSIVE below the shared minimum
+    sample (a strategy has ``val_per_strategy`` examples, 4 by default) instead of a bare point comparison."""
+    ev = baking_evidence({s.key: per[s.key]}, seed=seed)
+    verdict, _ = baking_verdict(ev["final_accuracy_ci95"], ev["accuracy_gain_ci95"], s.threshold, ev["n"])
+    ci = lambda k, d=3, sign=False: fmt_ci(ev[k], ev[f"{k}_ci95"], d, sign)  # noqa: E731
+    return [s.name, ci("final_accuracy"), s.threshold, f"{verdict} (n={ev['n']})", per0[s.key]["agreement"],
+            ci("accuracy_gain", 4, True), f"{ev['prompt_effect_positions']} of {ev['positions']}",
+            ci("prompt_effect_accuracy") if ev["prompt_effect_positions"] else "– (none)",
+            per0[s.key]["kl"], per[s.key]["kl"], per[s.key]["usage"], per[s.key]["teacher_usage"]]
+
+
+def baking_summary(final: dict, thr: float, seed: int) -> dict:
+    """The step's headline keys from the final evaluation (``bake_eval(..., base=teacher)``): the final and initial
+    agreement, the paired gain, the prompt-effect figures and the KL reduction, each with n and a 95 % CI
+    (``baking_evidence``), and the ``>= thr`` verdict of ``baking_verdict`` (PASS only when the final
+    CI clears ``thr`` and the gain's CI lies above 0) with its reason; ``baking/converged`` is that verdict's PASS."""
+    ev = baking_evidence(final["per"], seed=seed)
+    verdict, why = baking_verdict(ev["final_accuracy_ci95"], ev["accuracy_gain_ci95"], thr, ev["n"],
+                                     evidence_text(ev))
+    out = {"baking/final_accuracy": final["overall"], "baking/final_accuracy_n": ev["n"],
+           "baking/final_accuracy_ci95": ev["final_accuracy_ci95"], "baking/final_accuracy_test": BAKING_TEST,
+           "baking/final_accuracy_verdict": verdict, "baking/final_accuracy_why": why,
+           "baking/converged": verdict == "PASS"}
+    for k in ("initial_accuracy", "accuracy_gain", "prompt_effect_share", "prompt_effect_accuracy", "kl_reduction"):
+        out[f"baking/{k}"], out[f"baking/{k}_ci95"] = ev[k], ev[f"{k}_ci95"]
+    out.update({"baking/initial_accuracy_n": ev["n"], "baking/accuracy_gain_n": ev["n"],
+                "baking/accuracy_gain_test": "final - initial, paired by validation example; " + BAKING_TEST,
+                "baking/scored_positions": ev["positions"],
+                "baking/prompt_effect_n_positions": ev["prompt_effect_positions"],
+                "baking/prompt_effect_n_examples": ev["prompt_effect_examples"],
+                "baking/prompt_effect_accuracy_n": ev["prompt_effect_examples"],
+                "baking/prompt_effect_accuracy_test": "positions where the prompted teacher's top-1 differs from the "
+                                                      "unbaked student's; cluster = example; " + BAKING_TEST})
+    if "prompt_effect_accuracy_undefined_share" in ev:
+        out["baking/prompt_effect_accuracy_undefined_share"] = ev["prompt_effect_accuracy_undefined_share"]
+    return out
