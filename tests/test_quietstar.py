@@ -90,6 +90,13 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     checks = [r for r in rows if "anti_theater/divergence" in r]
     assert len(checks) == 3  # before training, after episode 1 and 2
     assert "anti-theater (n=" in proc.stdout and "thinking cost:" in proc.stdout
+    # the held-out accuracies' n and CI; the thinking cost as the median per-round ratio with its CI over 7 rounds
+    assert summary_rl["rl/final_gsm8k_accuracy_n"] >= 2 and summary_rl["rl/final_arc_accuracy_n"] >= 2
+    lo, hi = summary_rl["rl/final_arc_accuracy_ci95"]
+    assert lo <= summary_rl["rl/final_arc_accuracy"] <= hi
+    lo, hi = summary_rl["rl/thinking_cost_ratio_ci95"]
+    assert summary_rl["rl/thinking_cost_ratio_n"] == 7 and lo <= summary_rl["rl/thinking_cost_ratio"] <= hi
+    assert "interleaved rounds)" in proc.stdout
 
 
 def test_missing_input_and_bad_values_are_one_line_errors(tmp_path):

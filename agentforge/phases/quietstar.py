@@ -327,14 +327,13 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, h
     tr, r = ctx.tracker, cfg.phase.rl
     checks, reward_curve, coh_all = hist["checks"], hist["reward"], hist["coherence"]
     last = checks[-1]
-    ms_with, ms_without = measures.inference_ms(model, head, tok, tc, tids, int(r.inference_tokens))
+    cost = measures.inference_ms(model, head, tok, tc, tids, int(r.inference_tokens))
     tail = reward_curve[-max(1, len(reward_curve) // 5):]
     summary = {"rl/final_reward": _mean(tail), "rl/final_coherence": last["coherence"],
                "rl/final_gsm8k_accuracy": last["gsm8k"], "rl/final_arc_accuracy": last["arc"],
                "rl/improvement_over_baked": last["gsm8k"] - baked_acc["gsm8k"],
                **measures.improvement_evidence(last.get("gsm8k_correct"), baked_acc["gsm8k_correct"]),
-               "rl/total_training_time_hours": hours, "rl/inference_time_ms": ms_with,
-               "rl/inference_time_ms_without_thoughts": ms_without, "rl/thinking_cost_ratio": ms_with / ms_without,
+               **measures.accuracy_evidence(last), **cost, "rl/total_training_time_hours": hours,
                "anti_theater/final_all_passed": last["all_passed"], "anti_theater/final_divergence": last["divergence"],
                "anti_theater/final_ablation_drop": last["ablation_drop"],
                "anti_theater/final_correlation": last["correlation"], "anti_theater/final_n_windows": last["n_windows"],
@@ -380,12 +379,14 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, h
     write_json_atomic(ckpt / "metrics.json", {**summary, "anti_theater_checks": checks})
     publish(ckpt, out_dir)
     tr.artifact("phase3-reasoning-model", "model", [ckpt], "Model after Quiet-STaR RL (Step 2)",
-                {"gsm8k_acc": last["gsm8k"], "coherence": last["coherence"], "inference_time_ms": ms_with})
+                {"gsm8k_acc": last["gsm8k"], "coherence": last["coherence"], "inference_time_ms": cost["rl/inference_time_ms"]})
     flags = ", ".join(f"{k} {last[k]:+.3f} {_ci(last[f'{k}_ci95'])} {last[f'{k}_verdict']}"
                       for k in ("divergence", "ablation_drop", "correlation"))
     flags += (f" (correlation n={_corr_n(last)} informative windows"
               + (f"; {last['correlation_why']}" if last.get("correlation_why") else "") + ")")
     print(f"reasoning: {out_dir}\nreward {summary['rl/final_reward']:+.4f}  coherence {last['coherence']:.3f}  "
-          f"anti-theater (n={last['n_windows']} windows, 95% CI): {flags}; all passed: {last['all_passed']}\nthinking cost: {ms_with:.1f} ms/token with a "
-          f"thought vs {ms_without:.1f} without ({summary['rl/thinking_cost_ratio']:.1f}x)")
+          f"anti-theater (n={last['n_windows']} windows, 95% CI): {flags}; all passed: {last['all_passed']}\nthinking cost: {cost['rl/inference_time_ms']:.1f} ms/token with a "
+          f"thought vs {cost['rl/inference_time_ms_without_thoughts']:.1f} without ({cost['rl/thinking_cost_ratio']:.1f}x, "
+          f"95% CI [{cost['rl/thinking_cost_ratio_ci95'][0]:.1f}, {cost['rl/thinking_cost_ratio_ci95'][1]:.1f}], "
+          f"{cost['rl/thinking_cost_ratio_n']} interleaved rounds)")
     return {"checkpoint": str(out_dir), "metrics": summary}

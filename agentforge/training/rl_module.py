@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from agentforge.evals.tasks import choice_accuracy, gsm8k_correct, gsm8k_generations
+from agentforge.evals.tasks import choice_correct, gsm8k_correct, gsm8k_generations
 from agentforge.optim import build_optimizer, clip_grad_norm_
 from agentforge.reasoning.rl import ThoughtConfig, evaluate, rl_step, sample_windows
 from agentforge.training.baking_module import FrozenPair, gpu_memory
@@ -29,8 +29,9 @@ def task_accuracy(model, tok, evals: dict, gen_tokens: int) -> dict:
     """GSM8K/ARC-format accuracy, answered directly (greedy, no thoughts: generating with a thought per
     token costs thought_length + 2 forward passes a token — see benchmarks/bench_thoughts.py)."""
     correct = gsm8k_correct(gsm8k_generations(model, tok, evals["gsm8k"], gen_tokens), evals["gsm8k"])
+    arc = choice_correct(model, tok, evals["arc"], "arc")
     return {"gsm8k": sum(correct) / max(len(correct), 1), "gsm8k_correct": correct,   # per question: for paired tests
-            "arc": choice_accuracy(model, tok, evals["arc"], "arc")}
+            "arc": sum(arc) / max(len(arc), 1), "arc_correct": arc}
 
 
 def check_metrics(res: dict) -> dict:
