@@ -326,8 +326,8 @@ def test_constants_the_readme_states(tmp_path):
     assert inspect.signature(generate).parameters["check_every"].default == 16
     assert MIN_WINDOWS == 20 and POLL_S == (0.02, 0.25)
     # 'Variants: `phase.variant=baseline|coefficient_dynamics|test_time_regression|matrix_mixer`'; 'Failure kinds:
-    # `timeout`, `memory`, `forbidden`, `outside_block`, `crash`, `non_causal`, `non_finite`, `forged`; only verdicts
-    # the trusted side reached on reproducible input are cached (static checks; `non_causal`/`non_finite`/`forged`
+    # `timeout`, `memory`, `forbidden`, `outside_block`, `crash`, `non_causal`, `non_finite`, `forged`, `params`; only
+    # verdicts the trusted side reached on reproducible input are cached (static checks; `non_causal`/`non_finite`/`forged`/`params`
     # ...), never timeouts, memory, crashes'
     from agentforge.scaling.failures import CACHEABLE, KINDS
     from agentforge.scaling.variants import FRAMEWORKS
@@ -339,8 +339,9 @@ def test_constants_the_readme_states(tmp_path):
 
     assert HUMANEVAL_STOP == ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
     assert (MBPP_TEST_IDS[0], MBPP_TEST_IDS[-1]) == (11, 510)
-    assert KINDS == ("timeout", "memory", "forbidden", "outside_block", "crash", "non_causal", "non_finite", "forged")
-    assert CACHEABLE == {"forbidden", "outside_block", "non_causal", "non_finite", "forged"}
+    assert KINDS == ("timeout", "memory", "forbidden", "outside_block", "crash", "non_causal", "non_finite", "forged",
+                     "params")
+    assert CACHEABLE == {"forbidden", "outside_block", "non_causal", "non_finite", "forged", "params"}
     assert OmegaConf.to_container(_yaml("config.yaml").paths)["outputs"] == "${oc.env:AGENTFORGE_OUTPUTS,outputs}"
     (tmp_path / "metrics.jsonl").write_text('{"_step": 0, "train/loss": 2.5}\n')
     summary = collect_metrics(tmp_path)

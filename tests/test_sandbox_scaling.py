@@ -186,10 +186,12 @@ def test_trusted_loss_and_param_count_on_a_hand_case():
     shapes = trust.expected_shapes(SIZE)
     got = trust.score_size(SIZE, outputs(), HELDOUT, 0.05)
     assert got["loss"] == pytest.approx(math.log(shapes["embed.weight"][0]))  # uniform logits: ln(vocab)
-    assert got["params"] == sum(math.prod(s) for s in shapes.values())
-    assert got["non_embedding_params"] == got["params"] - math.prod(shapes["embed.weight"])
+    assert got["params_returned"] == sum(math.prod(s) for s in shapes.values())
+    assert got["non_embedding_params_returned"] == got["params_returned"] - math.prod(shapes["embed.weight"])
+    assert (got["params"], got["non_embedding_params"]) == trust.reference_params(SIZE)  # the fit's x-axis
     extra = {k: torch.zeros(s) for k, s in shapes.items()} | {"blocks.0.attn.w": torch.zeros(3, 5)}
-    assert trust.score_size(SIZE, outputs(extra), HELDOUT, 0.05)["params"] == got["params"] + 15
+    padded = trust.score_size(SIZE, outputs(extra), HELDOUT, 0.05)
+    assert padded["params_returned"] == got["params_returned"] + 15 and padded["params"] == got["params"]
 
 
 @pytest.mark.parametrize("case,kind", [

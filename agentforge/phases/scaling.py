@@ -6,7 +6,9 @@
 
 Trains every size of ``phase.presets[phase.preset]`` with the variant's attention in the sandbox
 (``phase.sandbox=bwrap``; ``process`` is the weaker mode, announced on every run and recorded in the
-results), scores what comes back on the trusted side, fits loss = a + b·ln(params) and reports fitness
+results), scores what comes back on the trusted side, fits loss = a + b·ln(params) (params: the baseline
+architecture's count at each size, so a candidate cannot move the x-axis; its own count, shown as
+``params_returned``, must be within ``phase.trust.max_param_ratio`` of it) and reports fitness
 = −b, R² and the guarded combined score twice: on the selection set (``scaling/<key>``: what OpenEvolve
 maximizes, so a search's winner is chosen on it) and on the test set (``scaling/test_<key>``: drawn apart,
 disjoint by content, never shown to the search — the figures to report a winner by, with the improvement
@@ -20,6 +22,7 @@ the reason and exits with status 2. OpenEvolve reaches the same evaluator throug
 """
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -30,7 +33,8 @@ from agentforge.errors import AgentForgeError, ConfigError
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.sandbox import require_sandbox
-from agentforge.scaling.evaluator import evaluate
+from agentforge.scaling import childinfo
+from agentforge.scaling.evaluator import TRUST_DEFAULTS, evaluate
 from agentforge.scaling.fit import ScalingFit
 from agentforge.scaling.plot import scaling_plot
 from agentforge.scaling.variants import variant_path
@@ -92,6 +96,11 @@ def settings_from_cfg(cfg) -> dict:
         if isinstance(v, bool) or not isinstance(v, kind) or v < low:
             raise ConfigError(f"phase.trust.{key} must be {'an integer' if kind is int else 'a number'} >= {low}, "
                               f"got {v!r}")
+    # how far a candidate's parameter count may be from the baseline architecture's at any size (trust.py)
+    ratio = trust.setdefault("max_param_ratio", TRUST_DEFAULTS["max_param_ratio"])
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
+        raise ConfigError(f"phase.trust.max_param_ratio must be a finite number >= 1 (how many times more or fewer "
+                          f"parameters than the baseline architecture a candidate may have at a size), got {ratio!r}")
     return {"sizes": sizes_of(cfg), "train": train, "optimizer": optimizer, "mix": mix,
             "hardware": OmegaConf.to_container(cfg.hardware, resolve=True),
             "check": OmegaConf.to_container(p.check, resolve=True), "seed": int(cfg.seed),
@@ -169,12 +178,16 @@ def report(ctx, result: dict, name: str) -> dict:
                         "scaling/test_improvement_ci95_lo": float(ci[0]), "scaling/test_improvement_ci95_hi": float(ci[1])})
     metrics.update({"scaling/valid": 1.0, "scaling/cached": float(bool(result.get("cached")))})
     tr.summary({**metrics, "scaling/sandbox": result["sandbox"]})
+    # params: the baseline architecture's count the fit uses; params_returned: the candidate's own weights'.
+    # train_seconds and val_curve come from the child: checked again here (childinfo), as a stored result
+    # may predate the checks, and dropped when malformed rather than crash the report
     tr.table("scaling/sizes", ["size", "d_model", "n_layers", "n_heads", "params", "non_embedding_params",
-                               "val_loss", "test_loss", "train_seconds"],
+                               "params_returned", "val_loss", "test_loss", "train_seconds"],
              [[s["name"], s["d_model"], s["n_layers"], s["n_heads"], s["params"], s["non_embedding_params"],
-               s["loss"], s.get("test_loss"), s["train_seconds"]] for s in sizes])
-    curves = [s["val_curve"] for s in sizes if s.get("val_curve")]
-    if curves and all(len(c) == len(curves[0]) for c in curves):
+               s.get("params_returned"), s["loss"], s.get("test_loss"), childinfo.seconds(s.get("train_seconds"))]
+              for s in sizes])
+    curves = [childinfo.curve_points(s.get("val_curve")) for s in sizes]
+    if curves and all(c and len(c) == len(curves[0]) for c in curves):
         tr.line_series("scaling/val_curves", [pt[0] for pt in curves[0]], [[pt[1] for pt in c] for c in curves],
                        [s["name"] for s in sizes], "Validation loss per size", "step")
     fit = ScalingFit(result["slope"], result["intercept"], result["r2"], result["fitness"])

@@ -8,6 +8,17 @@ io_uring, userfaultfd, bpf, perf_event_open, the keyrings, ptrace and cross-proc
 mount call (old and new API), setns, unshare / clone with a namespace flag, and prctl(PR_SET_DUMPABLE)
 (a non-dumpable process gets a root-owned /proc entry and would hide from the uid-based watchdog).
 
+It also narrows a covert channel between sandbox runs: every run mounts the same read-only host files (the
+Python installation), and whether a page of one of them is in the page cache is state one run can set and a
+later run can read. A red team sent 168 bits from a killed run to a fresh one that way, and let the
+re-scoring's spot-check run (rows alone) read a statistic of the batch run's rows, defeating that check
+(``scaling/rescore.py``). The cheap tools of that channel fail with EPERM: posix_fadvise (fadvise64: DONTNEED
+clears pages, WILLNEED sets them), readahead, mincore and cachestat (read residency), and preadv2/pwritev2
+with any flag set (RWF_NOWAIT reads residency without changing it, RWF_DONTCACHE drops pages); with flags 0
+they are plain preadv/pwritev and pass. This does not close the channel: a page can still be set by reading
+it, and read by timing a first read (a miss costs a disk read, a hit does not), so a candidate that times its
+reads can still send a few bits, slower and noisier; nothing here treats the runs as unable to communicate.
+
 What: a classic-BPF program over ``struct seccomp_data`` {int nr; u32 arch; u64 ip; u64 args[6]}. It first
 checks ``arch``: x86_64 and aarch64 are matched with their own syscall numbers; on x86_64 the x32 ABI (nr
 with bit 30 set, ``__X32_SYSCALL_BIT``) fails with EPERM; any other arch (i386 through ``int 0x80``, arm32
@@ -60,13 +71,23 @@ SYSCALLS = {
     "fspick": (433, 433), "mount_setattr": (442, 442), "setns": (308, 268),
     "clone3": (435, 435), "clone": (56, 220), "unshare": (272, 97), "prctl": (157, 167),
     "socket": (41, 198), "socketpair": (53, 199),
+    "fadvise64": (221, 223), "readahead": (187, 213), "mincore": (27, 232), "preadv2": (327, 286),
+    "pwritev2": (328, 287),
 }
+# calls newer than the system headers the tests check SYSCALLS against: cachestat (Linux 6.5) is 451 in
+# arch/x86/entry/syscalls/syscall_64.tbl and in the unified table every newer arch (aarch64) follows
+NEWER_SYSCALLS = {"cachestat": (451, 451)}
+NUMBERS = {**SYSCALLS, **NEWER_SYSCALLS}
 # EPERM, always. Sockets too: the network namespace leaves only AF_UNIX pairs, whose queued buffers are kernel
 # memory counted in no RSS (a red-team held 1.5 GB under a 512 MB limit that way) and whose SCM_RIGHTS messages
 # can hide open files from the work-dir watch; no program run here needs one.
-DENIED = tuple(n for n in SYSCALLS if n not in ("clone3", "clone", "unshare", "prctl"))
+DENIED = tuple(n for n in SYSCALLS if n not in ("clone3", "clone", "unshare", "prctl", "preadv2", "pwritev2"))
+DENIED_NEWER = tuple(NEWER_SYSCALLS)   # EPERM too (kept apart so DENIED names only header-checked numbers)
 ENOSYS_CALLS = ("clone3",)
-ARG_CHECKS = (("clone", CLONE_NS), ("unshare", UNSHARE_NS))   # EPERM when arg0 has any of these bits
+RWF_ANY = 0xFFFFFFFF   # every RWF_* flag lies in the flags' low word (the kernel refuses unknown high bits)
+# (name, argument, mask): EPERM when that argument's low word has any of the mask's bits; preadv2(fd, iov,
+# iovcnt, pos_l, pos_h, flags) and pwritev2 take their flags as the sixth argument on both architectures
+ARG_CHECKS = (("clone", 0, CLONE_NS), ("unshare", 0, UNSHARE_NS), ("preadv2", 5, RWF_ANY), ("pwritev2", 5, RWF_ANY))
 
 
 class _Program:
@@ -97,17 +118,17 @@ def _arch_block(p: _Program, tag: str, column: int, x86: bool) -> None:
     p.op(LD_W_ABS, OFF_NR)
     if x86:
         p.op(JGE, X32_SYSCALL_BIT, jt=f"{tag}_eperm")
-    for name in DENIED:
-        p.op(JEQ, SYSCALLS[name][column], jt=f"{tag}_eperm")
+    for name in DENIED + DENIED_NEWER:
+        p.op(JEQ, NUMBERS[name][column], jt=f"{tag}_eperm")
     for name in ENOSYS_CALLS:
-        p.op(JEQ, SYSCALLS[name][column], jt=f"{tag}_enosys")
-    for name, _ in ARG_CHECKS:
-        p.op(JEQ, SYSCALLS[name][column], jt=f"{tag}_{name}")
-    p.op(JEQ, SYSCALLS["prctl"][column], jt=f"{tag}_prctl")
+        p.op(JEQ, NUMBERS[name][column], jt=f"{tag}_enosys")
+    for name, _, _ in ARG_CHECKS:
+        p.op(JEQ, NUMBERS[name][column], jt=f"{tag}_{name}")
+    p.op(JEQ, NUMBERS["prctl"][column], jt=f"{tag}_prctl")
     p.op(RET_K, RET_ALLOW)
-    for name, mask in ARG_CHECKS:
+    for name, arg, mask in ARG_CHECKS:
         p.label(f"{tag}_{name}")
-        p.op(LD_W_ABS, OFF_ARG0)
+        p.op(LD_W_ABS, OFF_ARG0 + 8 * arg)
         p.op(JSET, mask, jt=f"{tag}_eperm")
         p.op(RET_K, RET_ALLOW)
     p.label(f"{tag}_prctl")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from agentforge.io import write_json_atomic
 
-CACHE_VERSION = 3  # bump when the meaning of a cached result changes (2: results carry the test-set figures;
-                   # 3: the logits scored are recomputed from the returned weights, rescore.py)
+CACHE_VERSION = 4  # bump when the meaning of a cached result changes (2: results carry the test-set figures;
+                   # 3: the logits scored are recomputed from the returned weights, rescore.py; 4: the fit's
+                   # params are the reference architecture's, the child's informational fields are validated)
 
 
 def cache_key(code: str, settings: dict) -> str:

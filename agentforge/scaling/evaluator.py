@@ -17,7 +17,10 @@ a dict of metrics out; ``combined_score`` is what OpenEvolve maximizes). The ste
    code, compare them with the child's and spot-check rows computed alone (``rescore.py``: ``forged``
    when they differ), score those logits on the trusted side (``trust.py``: parameter counts, loss on
    withheld tokens, ``non_causal``, ``non_finite``, ``forged``), fit loss = a + b·ln(params) and combine
-   the slope with the baseline guard (``fit.guarded_fitness``).
+   the slope with the baseline guard (``fit.guarded_fitness``). The fit's params are the baseline
+   architecture's count at each size (``trust.reference_params``), never the candidate's: its own counts are
+   reported (``params_returned_<size>``) and must stay within ``trust.max_param_ratio`` of the reference
+   (``params``), so dead tensors cannot squeeze the x-axis and steepen the slope.
 
 The figures come twice, from the same trained models: under the plain keys (``combined_score``,
 ``fitness``, ``loss_<size>``, ...) from the *selection* set, the only numbers a search may choose on;
@@ -41,7 +44,7 @@ from pathlib import Path
 
 from agentforge.errors import ConfigError
 from agentforge.sandbox import SandboxLimits, run_sandboxed
-from agentforge.scaling import trust
+from agentforge.scaling import childinfo, trust
 from agentforge.scaling.bootstrap import paired_bootstrap
 from agentforge.scaling.cache import ResultCache, cache_key
 from agentforge.scaling.failures import CACHEABLE, CandidateFailure
@@ -185,7 +188,9 @@ def scored(sizes: list[dict], settings: dict, reference: dict | None) -> dict:
     out = {**_law(sizes, settings, "loss", reference), "valid": 1.0, "error_kind": "", "error": ""}
     for s in sizes:
         out[f"loss_{s['name']}"] = s["loss"]
-        out[f"params_{s['name']}"] = float(s[key])
+        out[f"params_{s['name']}"] = float(s[key])  # the reference count the fit used
+        if f"{key}_returned" in s:  # the candidate's own count: shown, never fitted
+            out[f"params_returned_{s['name']}"] = float(s[f"{key}_returned"])
     if sizes and all("test_loss" in s for s in sizes):
         test_ref = None
         if reference is not None and reference.get("test_losses") is not None:
@@ -284,11 +289,12 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
         return {**hit, "cached": True, "eval_seconds": time.perf_counter() - t0}
     heldout = trust.make_heldout(settings, salt, spot_key=hashlib.sha256(code.encode()).hexdigest())
     limits = limits_for(settings, timeout_s, memory_mb)
-    status, sizes, cacheable, rescored = {}, [], True, {}
+    status, sizes, cacheable, rescored, child_checks = {}, [], True, {}, {}
     log_dir = Path(work_dir) if work_dir else None
     try:
         status, files = run_child(code, settings, heldout, limits=limits, mode=sandbox, check_only=check_only,
                                   log_dir=log_dir)
+        child_checks = childinfo.checks(status.get("checks"))  # stored: checked first (childinfo.py)
         if check_only:
             result = {"combined_score": 0.0, "valid": 1.0, "error_kind": "", "error": ""}
         else:  # the logits scored are recomputed from the returned weights (rescore.py), not the child's
@@ -296,10 +302,10 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
             files, rescored = rescore(code, settings, heldout, files, limits=infer_limits, sandbox=sandbox,
                                       log_dir=log_dir)
             floor = float(settings["trust"]["loss_floor"])
-            sizes = [trust.score_size(s, files, heldout, floor) for s in settings["sizes"]]
-            info = {r.get("name"): r for r in status.get("sizes", []) if isinstance(r, dict)}
-            for s in sizes:  # the child's own timing and curve: shown, never scored
-                s.update({k: info.get(s["name"], {}).get(k) for k in ("train_seconds", "val_curve", "steps")})
+            ratio = float(settings["trust"]["max_param_ratio"])
+            sizes = [trust.score_size(s, files, heldout, floor, ratio) for s in settings["sizes"]]
+            for s in sizes:  # the child's own timing and curve: shown, never scored, checked (childinfo.py)
+                s.update(childinfo.size_fields(status, s["name"]))
             reference = baseline_reference(code, settings, timeout_s, memory_mb, cache_dir, sandbox)
             result = scored(sizes, settings, reference)
             if "test_targets" in heldout:
@@ -313,15 +319,14 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
         raise
     except Exception as exc:  # noqa: BLE001 - the last net: nothing a candidate does raises out of evaluate
         result, cacheable = failed("crash", f"unexpected {type(exc).__name__} while evaluating: {exc}"), False
-    result.update(framework=framework, key=key, sizes=sizes, sandbox=sandbox, rescore=rescored,
-                  checks=status.get("checks", {}) if isinstance(status.get("checks"), dict) else {})
+    result.update(framework=framework, key=key, sizes=sizes, sandbox=sandbox, rescore=rescored, checks=child_checks)
     if result["valid"] or (result["error_kind"] and cacheable):
         cache.put(key, result)
     return {**result, "cached": False, "eval_seconds": time.perf_counter() - t0}
 
 
 TRUST_DEFAULTS = {"heldout_rows": 512, "test_rows": 512, "probe_rows": 4, "loss_floor": 0.05, "spot_rows": 16,
-                  "logit_tol": 1e-4, "infer_timeout_s": 120.0, "bootstrap": 1000}
+                  "logit_tol": 1e-4, "infer_timeout_s": 120.0, "bootstrap": 1000, "max_param_ratio": 2.0}
 
 
 def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_dir, sandbox) -> dict | None:

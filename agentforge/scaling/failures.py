@@ -3,14 +3,16 @@
 ``timeout`` (wall or CPU limit), ``memory`` (address-space limit or the tree's resident memory),
 ``forbidden`` and ``outside_block`` (the static checks), ``crash`` (anything else the program did, syntax
 errors included), ``non_causal``, ``non_finite`` and ``forged`` (found by the trusted side on what came
-back: outputs that move with future tokens, NaN/Inf, or values no honest run can produce). Only the
+back: outputs that move with future tokens, NaN/Inf, or values no honest run can produce), ``params`` (returned weights whose parameter count is more than
+``trust.max_param_ratio`` times away from the baseline architecture's at some size). Only the
 ones the trusted side decided on reproducible input are cached: a timeout, an out-of-memory or a crash
 may pass on another try, and what the candidate's own process reports about itself is never stored.
 """
 from __future__ import annotations
 
-KINDS = ("timeout", "memory", "forbidden", "outside_block", "crash", "non_causal", "non_finite", "forged")
-CACHEABLE = frozenset({"forbidden", "outside_block", "non_causal", "non_finite", "forged"})
+KINDS = ("timeout", "memory", "forbidden", "outside_block", "crash", "non_causal", "non_finite", "forged",
+         "params")
+CACHEABLE = frozenset({"forbidden", "outside_block", "non_causal", "non_finite", "forged", "params"})
 
 
 class CandidateFailure(Exception):

@@ -109,8 +109,10 @@ def rescore(code: str, settings: dict, heldout: dict[str, torch.Tensor], files: 
     """(the files to score — the child's weights with the logits recomputed from them —, what the checks
     found: the largest log-probability gaps, child vs recomputed and alone vs in the batch)."""
     t0, sizes, tol = time.perf_counter(), settings["sizes"], float(settings["trust"]["logit_tol"])
-    for s in sizes:  # the structure first, so forged weights are reported as such, not as a failed load
-        trust.count_params(s, trust._load(files, f"weights_{s['name']}.safetensors"))
+    ratio = float(settings["trust"].get("max_param_ratio") or 2.0)
+    for s in sizes:  # the structure and counts first: forged weights are reported as such, not as a failed load
+        total, _ = trust.count_params(s, trust._load(files, f"weights_{s['name']}.safetensors"))
+        trust.check_param_ratio(s, total, ratio)
     weights = {f"weights_{s['name']}.safetensors": files[f"weights_{s['name']}.safetensors"] for s in sizes}
     sent, probe = trust.sent_inputs(heldout), heldout["probe"]
     run = dict(limits=limits, sandbox=sandbox, log_dir=log_dir)

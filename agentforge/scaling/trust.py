@@ -10,7 +10,9 @@ then, in the evaluator's own process:
   every other row of the text stream, so the text that follows a withheld token is not sent either;
 * checks the weights against the architecture the size prescribes (every tensor outside ``.attn.``
   present with exactly the expected shape, attention tensors only under ``blocks.<i>.attn.`` for
-  i < n_layers, all finite) and counts the parameters from them;
+  i < n_layers, all finite), counts the parameters from them and refuses (``params``) a count more than
+  ``trust.max_param_ratio`` times away from the baseline architecture's at that size; the scaling fit's
+  x-axis is that reference count (``reference_params``), never the candidate's;
 * checks the logits' shapes (``forged`` when wrong), their finiteness (``non_finite``) and causality
   on probe pairs — a held-out row and a copy whose tokens after a random cut are replaced; the logits
   at positions <= cut must agree (``non_causal``);
@@ -34,6 +36,7 @@ import os
 import random
 import re
 import secrets
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -197,6 +200,53 @@ def _load(files: dict[str, bytes], name: str) -> dict[str, torch.Tensor]:
         raise CandidateFailure("forged", f"{name} is not a valid safetensors file ({exc})") from None
 
 
+def _baseline_attention() -> type[nn.Module]:
+    """The shipped baseline variant's Attention class (project code, not a candidate's)."""
+    import importlib.util
+
+    from agentforge.scaling.variants import variant_path
+
+    spec = importlib.util.spec_from_file_location("scaling_reference_baseline", variant_path("baseline"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Attention
+
+
+@lru_cache(maxsize=64)
+def _reference(d_model: int, n_layers: int, n_heads: int) -> tuple[int, int]:
+    from agentforge.data.tokenizer import RESERVED_VOCAB
+    from agentforge.scaling.model import ScalingLM
+
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = ScalingLM(RESERVED_VOCAB, d_model, n_layers, n_heads, _baseline_attention())
+    total = sum(t.numel() for t in model.state_dict().values())
+    return total, total - model.embed.weight.numel()
+
+
+def reference_params(size: dict) -> tuple[int, int]:
+    """(total, non-embedding) parameters of the *baseline* architecture at this size: the scaling fit's x-axis.
+
+    Why not the candidate's own count: the fit is loss against ln(params), so whoever sets the counts sets the
+    slope. A candidate that adds never-used tensors to its small sizes squeezes their ln(params) together and
+    makes the slope as steep as it likes with the baseline's losses (a red team scored 15985 against the
+    baseline's 0.71 that way). The reference depends only on the size config, so nothing a candidate returns
+    moves the x-axis; what it returns is bounded by ``check_param_ratio`` instead."""
+    return _reference(int(size["d_model"]), int(size["n_layers"]), int(size["n_heads"]))
+
+
+def check_param_ratio(size: dict, returned: int, max_ratio: float) -> None:
+    """Refuse (``params``) returned weights whose total count is more than ``max_ratio`` times the reference's
+    or less than the reference over ``max_ratio``. Why both ways: the fit credits every size with the
+    reference count, so a candidate that spent more parameters on its large sizes and fewer on its small
+    ones than the baseline would gain slope from capacity, not from its idea; the ratio bounds that."""
+    ref, name = reference_params(size)[0], size["name"]
+    ratio = max(returned / ref, ref / max(returned, 1))
+    if ratio > max_ratio:
+        raise CandidateFailure("params", f"size {name}: the returned weights hold {returned:,} parameters, "
+                                         f"{ratio:.3g}x away from the {ref:,} of the baseline architecture at this "
+                                         f"size; phase.trust.max_param_ratio allows at most {max_ratio:g}x")
+
+
 def count_params(size: dict, weights: dict[str, torch.Tensor]) -> tuple[int, int]:
     """(total, non-embedding) parameters of the returned weights, after checking their structure."""
     want, name = expected_shapes(size), size["name"]
@@ -221,13 +271,18 @@ def count_params(size: dict, weights: dict[str, torch.Tensor]) -> tuple[int, int
     return total, total - weights["embed.weight"].numel()
 
 
-def score_size(size: dict, files: dict[str, bytes], heldout: dict[str, torch.Tensor], loss_floor: float) -> dict:
-    """The trusted figures of one size: parameter counts from its weights, ``loss`` from its logits on the
+def score_size(size: dict, files: dict[str, bytes], heldout: dict[str, torch.Tensor], loss_floor: float,
+               max_param_ratio: float = 2.0) -> dict:
+    """The trusted figures of one size: ``params``/``non_embedding_params`` = the reference architecture's
+    counts (``reference_params``: the fit's x-axis), the weights' own counts as ``params_returned`` /
+    ``non_embedding_params_returned`` (shown, bounded by ``max_param_ratio``), ``loss`` from its logits on the
     selection rows and, with a test set, ``test_loss`` on the test rows and each test row's loss
     (``test_row_losses``) (the logits come in the shuffled order the rows went out in; ``order`` puts them
     back). The evaluator passes the logits ``rescore`` recomputed from the weights, not the child's."""
     name = size["name"]
-    params, non_embedding = count_params(size, _load(files, f"weights_{name}.safetensors"))
+    returned, returned_ne = count_params(size, _load(files, f"weights_{name}.safetensors"))
+    check_param_ratio(size, returned, max_param_ratio)
+    params, non_embedding = reference_params(size)
     logits = _load(files, f"logits_{name}.safetensors")
     sent = sent_inputs(heldout)
     n, t = heldout["inputs"].shape
@@ -255,7 +310,8 @@ def score_size(size: dict, files: dict[str, bytes], heldout: dict[str, torch.Ten
         raise CandidateFailure("forged", f"size {name}: held-out loss {loss:.4g} is below the floor {loss_floor} "
                                          f"that no honest model of these tasks reaches")
     out = {"name": name, "d_model": int(size["d_model"]), "n_layers": int(size["n_layers"]),
-           "n_heads": int(size["n_heads"]), "params": params, "non_embedding_params": non_embedding, "loss": loss}
+           "n_heads": int(size["n_heads"]), "params": params, "non_embedding_params": non_embedding,
+           "params_returned": returned, "non_embedding_params_returned": returned_ne, "loss": loss}
     if "test_targets" in heldout:
         out["test_loss"] = float(F.cross_entropy(last[n:], heldout["test_targets"]))
         # per row, in the test set's order (the same rows for every candidate): the bootstrap's unit
