@@ -115,6 +115,7 @@ def test_forged_results_are_rejected_and_cached_as_forged(tmp_path, cache):
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 def test_skipping_the_early_check_is_caught_on_the_trusted_side(tmp_path, cache):
     prelude = "torch.sys.modules['__main__'].check_attention = lambda *a, **k: {}\n"
     path = candidate(tmp_path, prelude, NONCAUSAL, "coefficient_dynamics")
@@ -125,6 +126,7 @@ def test_skipping_the_early_check_is_caught_on_the_trusted_side(tmp_path, cache)
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 def test_sabotaging_the_smallest_size_scores_below_the_baseline(tmp_path, cache, baseline):
     block = BASE_BLOCK.replace("        return self.out(y.transpose(1, 2).reshape(b, t, d))",
                                "        out = self.out(y.transpose(1, 2).reshape(b, t, d))\n"
@@ -146,6 +148,7 @@ def test_missing_bwrap_is_refused_with_one_error_line(tmp_path):
     assert not list((tmp_path / "outputs").rglob("fitness.json"))  # refused before anything ran
 
 
+@pytest.mark.slow
 def test_process_mode_warns_and_is_recorded(tmp_path, capsys):
     from agentforge.phases import scaling
 

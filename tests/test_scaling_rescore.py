@@ -187,6 +187,7 @@ def test_phase_checks_the_new_trust_settings(tmp_path):
             scaling.settings_from_cfg(compose_cfg(["phase=scaling", bad], tmp_path))
 
 
+@pytest.mark.slow
 def test_cli_reports_and_logs_the_improvement_interval(tmp_path):
     cli = [o for o in TINY_CLI if not o.startswith("phase.fitness.reference")]
     proc = run_cli(["phase=scaling", *cli, "phase.variant=matrix_mixer", "phase.fitness.reference=baseline",
