@@ -189,3 +189,39 @@ if hasattr(_m, "train_size"):
     result = run_eval(write(tmp_path, "tampered", with_block("baseline", prelude + block)), tmp_path)
     assert result["valid"] == 0.0 and result["error_kind"] == "forged", result["error"]
     assert "val_curve" in result["error"]
+
+
+def test_parameters_are_counted_by_their_bytes():
+    """fp32 counts its elements, bf16 half of them, float64 twice (bytes / 4). Round 4 of the red team stored two
+    fp32 parameters in each float64 element through its own state-dict hooks: counted by elements that model sat
+    at 1.95x the reference and held 3.1x its parameters; by bytes it is 3.9x, outside the 2x bound."""
+    assert trust.fp32_equivalent(torch.zeros(10)) == 10
+    assert trust.fp32_equivalent(torch.zeros(10, dtype=torch.bfloat16)) == 5
+    assert trust.fp32_equivalent(torch.zeros(10, dtype=torch.float64)) == 20
+    size = LADDER[3]
+    ref = trust.reference_params(size)[0]
+    w = {k: torch.zeros(s) for k, s in trust.expected_shapes(size).items()}
+    w["blocks.0.attn.packed"] = torch.zeros(ref * 195 // 100 - sum(t.numel() for t in w.values()), dtype=torch.float64)
+    total, _ = trust.count_params(size, w)
+    elements = sum(t.numel() for t in w.values())
+    assert 1.9 * ref < elements <= 1.95 * ref and total > 2.5 * ref   # within the bound by elements, not by bytes
+    with pytest.raises(CandidateFailure) as err:
+        trust.check_param_ratio(size, total, 2.0)
+    assert err.value.kind == "params"
+
+
+@pytest.mark.parametrize("line", ["    def _load_from_state_dict(self, *a):\n        pass\n",
+                                  "    def state_dict(self, *a, **k):\n        return {}\n",
+                                  "        self._register_state_dict_hook(print)\n",
+                                  "        self.register_load_state_dict_post_hook(print)\n"])
+def test_the_block_may_not_change_how_weights_are_saved_or_loaded(line):
+    """The friendly filter (the bound itself is on the returned bytes): overriding or hooking state-dict saving
+    and loading is refused before anything runs."""
+    import ast
+
+    from agentforge.scaling.evaluator import check_block_code
+
+    code = "class Attention:\n    def __init__(self):\n        pass\n" + line
+    with pytest.raises(CandidateFailure, match="not allowed in the block") as err:
+        check_block_code(ast.parse(code), 1, 99)
+    assert err.value.kind == "forbidden"

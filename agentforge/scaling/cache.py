@@ -12,9 +12,10 @@ from pathlib import Path
 
 from agentforge.io import write_json_atomic
 
-CACHE_VERSION = 4  # bump when the meaning of a cached result changes (2: results carry the test-set figures;
+CACHE_VERSION = 5  # bump when the meaning of a cached result changes (2: results carry the test-set figures;
                    # 3: the logits scored are recomputed from the returned weights, rescore.py; 4: the fit's
-                   # params are the reference architecture's, the child's informational fields are validated)
+                   # params are the reference architecture's, the child's informational fields are validated;
+                   # 5: the returned parameters are counted by their bytes, in fp32 equivalents)
 
 
 def cache_key(code: str, settings: dict) -> str:

@@ -112,6 +112,20 @@ def check_outside_block(code: str, framework: str) -> None:
                                                 f"between the markers may change")
 
 
+STATE_DICT_HOOKS = ("_save_to_state_dict", "_load_from_state_dict", "state_dict", "load_state_dict")
+
+
+def _names_a_state_dict_hook(node) -> bool:
+    """A method definition or attribute that changes how a module saves or loads its weights (overriding
+    ``_save_to_state_dict`` / ``_load_from_state_dict``, any ``register_*state_dict*`` hook): a red team packed
+    parameters into other dtypes that way. A friendly filter, like the rest of this check: the parameter count is
+    enforced on the returned bytes (``trust.fp32_equivalent``)."""
+    name = node.name if isinstance(node, ast.FunctionDef) else node.attr
+    if isinstance(node, ast.FunctionDef):
+        return name in STATE_DICT_HOOKS
+    return name in STATE_DICT_HOOKS[:2] or ("state_dict" in name and "register" in name)
+
+
 def check_block_code(tree: ast.AST, first: int, last: int) -> None:
     """Refuse, inside the block (lines first..last), the tools a candidate could use to escape its role."""
     for node in ast.walk(tree):
@@ -126,6 +140,9 @@ def check_block_code(tree: ast.AST, first: int, last: int) -> None:
                                                     f"block may import only {list(ALLOWED_IMPORTS)}")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
             raise CandidateFailure("forbidden", f"line {lineno}: call to {node.func.id}() is not allowed in the block")
+        elif isinstance(node, (ast.Attribute, ast.FunctionDef)) and _names_a_state_dict_hook(node):
+            raise CandidateFailure("forbidden", f"line {lineno}: {getattr(node, 'attr', None) or node.name} is not "
+                                                f"allowed in the block (the weights are saved and loaded as they are)")
         elif isinstance(node, ast.Attribute) and node.attr.startswith("__") and node.attr != "__init__":
             raise CandidateFailure("forbidden", f"line {lineno}: access to {node.attr} is not allowed in the block")
         elif isinstance(node, ast.Name) and node.id.startswith("__") and node.id.endswith("__"):

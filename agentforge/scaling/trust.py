@@ -247,8 +247,19 @@ def check_param_ratio(size: dict, returned: int, max_ratio: float) -> None:
                                          f"size; phase.trust.max_param_ratio allows at most {max_ratio:g}x")
 
 
+def fp32_equivalent(t: torch.Tensor) -> int:
+    """A tensor's parameters counted in fp32 equivalents, bytes / 4: an fp32 tensor counts its elements, a bf16
+    one half of them, a float64 one twice. Why bytes: a red team stored two fp32 parameters in the bits of each
+    float64 element (its own state-dict hooks packed and unpacked them), so an element count of 1.95x the reference
+    held 3.1x its parameters and bought a significant test gain; counted by bytes, no dtype holds more than it
+    is charged for. (Lower-precision values reinterpreted from fp32 bits inside the forward pass are counted by
+    their bytes too: the bound is on the bytes of weights, not on how finely they are used.)"""
+    return t.numel() * t.element_size() // 4
+
+
 def count_params(size: dict, weights: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(total, non-embedding) parameters of the returned weights, after checking their structure."""
+    """(total, non-embedding) parameters of the returned weights in fp32 equivalents (``fp32_equivalent``),
+    after checking their structure."""
     want, name = expected_shapes(size), size["name"]
     attn = re.compile(r"blocks\.(\d+)\.attn\.")
     for key, t in weights.items():
@@ -267,8 +278,8 @@ def count_params(size: dict, weights: dict[str, torch.Tensor]) -> tuple[int, int
     missing = sorted(set(want) - set(weights))
     if missing:
         raise CandidateFailure("forged", f"size {name}: weights lack {missing[:3]}")
-    total = sum(t.numel() for t in weights.values())
-    return total, total - weights["embed.weight"].numel()
+    total = sum(fp32_equivalent(t) for t in weights.values())
+    return total, total - fp32_equivalent(weights["embed.weight"])
 
 
 def score_size(size: dict, files: dict[str, bytes], heldout: dict[str, torch.Tensor], loss_floor: float,
