@@ -187,3 +187,13 @@ def test_all_164_canonical_humaneval_solutions_pass(humaneval):
     bad = [(p.task_id, r.outcome, r.detail) for p, r in zip(probs, got) if r.outcome != "passed"]
     assert len(probs) == 164 and bad == [], bad
     print(f"164 canonical solutions in {time.perf_counter() - t0:.1f} s")
+
+
+def test_a_solution_raising_stopiteration_cannot_end_a_tests_loop_unchecked():
+    """PEP 479's reason: a StopIteration raised inside ``all(map(f, xs))`` would end the map silently and the
+    assert would pass with nothing checked (red-team round 4). It crosses as a RuntimeError instead."""
+    tests = "assert all(map(f, [1, 2, 3]))\n"
+    got = execute([Program("def f(x):\n    raise StopIteration\n", tests, "f"),
+                   Program("def f(x):\n    return x > 0\n", tests, "f")], **EXEC)
+    assert [r.outcome for r in got] == ["error", "passed"], got
+    assert "RuntimeError" in got[0].detail and "StopIteration" in got[0].detail

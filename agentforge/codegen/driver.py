@@ -96,6 +96,8 @@ class Channel:
             exc = rebuild_exception(msg[1], msg[2], msg[3])
             if exc is None:
                 self.fail("protocol", f"the solution named {msg[1][:40]!r}, which is no builtin exception class")
+            if isinstance(exc, (StopIteration, StopAsyncIteration)):   # PEP 479: raised inside a test's map() or
+                raise RuntimeError(f"{name} raised {msg[1]}") from exc   # zip() it would end it silently, unchecked
             raise exc
         if type(msg) is tuple and len(msg) == 2 and msg[0] == "unencodable" and type(msg[1]) is str:
             self.fail("unencodable", f"{name} {msg[1]}")
