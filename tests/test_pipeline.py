@@ -66,7 +66,7 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
 
     again = run_cli(ARGS, tmp_path, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "cognate-m1: outputs complete, skipped" in again.stdout
+    assert "cognate-m1: outputs complete, same settings, skipped" in again.stdout
     steps = json.loads(state.read_text())["steps"]
     assert [s["status"] for s in steps].count("skipped (complete)") >= 2
     assert all(s["status"] in ("done", "skipped (complete)") for s in steps) and len(steps) == 12
@@ -86,6 +86,17 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
     # Phase 1 diversity is decided from its bootstrap CI over the rows each model was measured on
     assert re.search(r"\| phase1/diversity \| > 0.3 \| [^|]+ \| (PASS|FAIL|INCONCLUSIVE) \(n=\d+, 95% CI \[", report)
     assert (tmp_path / "outputs" / "pipeline" / "t" / "performance_across_phases.png").stat().st_size > 1000
+    # a rerun with other settings for a step reruns it (and what follows), never reports the old outputs as new;
+    # the skipped steps keep the time of the run that made their outputs
+    changed = [a if not a.startswith("phase.overrides.eval=") else _list("eval", [*EVAL, "phase.gen_tokens=5"])
+               for a in ARGS]
+    third = run_cli(changed, tmp_path, timeout=900)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "evomerge: outputs complete, same settings, skipped" in third.stdout
+    assert "eval-phase1_model1: running (its settings differ from those its outputs were made with)" in third.stdout
+    steps3 = json.loads(state.read_text())["steps"]
+    assert [s["status"] for s in steps3] == ["skipped (complete)"] * 6 + ["done"] * 6
+    assert all(s["duration_s"] > 0 for s in steps3)
 
 
 def test_two_value_multirun_gives_two_complete_runs_with_separate_wandb_runs(tmp_path):

@@ -24,7 +24,7 @@ from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
-from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete
+from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete, step_fingerprint
 from agentforge.pipeline.report import dir_bytes, headline_metrics, performance_rows, threshold_rows, write_report
 
 PHASE_ORDER = ("cognate", "evomerge", "quietstar", "bitnet", "eval")
@@ -73,12 +73,25 @@ def _checked_child(step, overrides: list[str], user: bool):
     return child
 
 
-def _previous_metrics(state_file: Path) -> dict[str, dict]:
-    """Each step's headline metrics from the last run of this pipeline (kept when a step is skipped)."""
+def _previous_records(state_file: Path) -> dict[str, dict]:
+    """Each step's record from the last run of this pipeline: its settings' fingerprint, and the metrics, time and
+    memory of the run that made its outputs (kept when a step is skipped)."""
     try:
-        return {s["key"]: s.get("metrics", {}) for s in json.loads(state_file.read_text())["steps"]}
+        return {s["key"]: s for s in json.loads(state_file.read_text())["steps"]}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+def _skip_reason(step, fp: str, prev: dict | None, upstream_ran: bool) -> str | None:
+    """Why a step must run again (None: skip it): an earlier step ran, its outputs are incomplete, or they were made
+    with other settings (or by a version that recorded none)."""
+    if upstream_ran:
+        return "an earlier step ran again"
+    if not is_complete(step):
+        return "outputs incomplete"
+    if not prev or prev.get("fingerprint") != fp:
+        return "its settings differ from those its outputs were made with"
+    return None
 
 
 def run(cfg) -> dict:
@@ -97,7 +110,7 @@ def run(cfg) -> dict:
     steps = build_plan(phases, models, artifacts, OmegaConf.to_container(p.overrides, resolve=True) or {})
     base = _forwarded_overrides()
     state_file = pipe_dir / "pipeline_state.json"
-    previous = _previous_metrics(state_file)
+    previous = _previous_records(state_file)
     records, upstream_ran = [], False
     user = {k for k, v in (OmegaConf.to_container(p.overrides, resolve=True) or {}).items() if v}
     children = [_checked_child(step, [*base, f"phase={step.phase}", f"paths.artifacts={artifacts}",
@@ -106,13 +119,16 @@ def run(cfg) -> dict:
                 for step in steps]   # every step's config composed and checked before the first one runs
     print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
     for i, (step, child) in enumerate(zip(steps, children), 1):
-        rec = {"key": step.key, "phase": step.phase}
-        if not upstream_ran and is_complete(step):
-            rec.update(status="skipped (complete)", duration_s=0.0, metrics=previous.get(step.key, {}))
-            print(f"[{i}/{len(steps)}] {step.key}: outputs complete, skipped")
+        fp, prev = step_fingerprint(child), previous.get(step.key)
+        rec = {"key": step.key, "phase": step.phase, "fingerprint": fp}
+        why = _skip_reason(step, fp, prev, upstream_ran)
+        if why is None:   # the time and memory of the run that made these outputs, not 0
+            rec.update(status="skipped (complete)", duration_s=prev.get("duration_s"),
+                       peak_rss_mb=prev.get("peak_rss_mb"), metrics=prev.get("metrics", {}))
+            print(f"[{i}/{len(steps)}] {step.key}: outputs complete, same settings, skipped")
         else:
             upstream_ran = True
-            print(f"[{i}/{len(steps)}] {step.key}: running")
+            print(f"[{i}/{len(steps)}] {step.key}: running" + (f" ({why})" if prev and is_complete(step) else ""))
             t0 = time.perf_counter()
             try:
                 with PeakMemory(interval=0.05) as mem:  # this step's own peak resident memory
@@ -143,7 +159,8 @@ def run(cfg) -> dict:
             ctx.tracker.image(f"charts/{png.stem}", png)
         ctx.tracker.summary({"pipeline/steps_run": sum(r["status"] == "done" for r in records),
                              "pipeline/steps_skipped": sum(r["status"].startswith("skipped") for r in records),
-                             "pipeline/total_time_s": sum(r.get("duration_s") or 0 for r in records)})
+                             "pipeline/total_time_s": sum(r.get("duration_s") or 0 for r in records
+                                                             if r["status"] == "done")})
     _print_tables(rep["tables"])
     final = artifacts / "bitnet" / "compressed"
     return {"report": str(rep["report"]), "run_dir": str(pipe_dir),

@@ -3,15 +3,19 @@
 Steps: cognate m1, m2, m3 -> evomerge -> quietstar -> bitnet -> eval of every phase's output. Each
 step is one ordinary phase run with a few overrides; it is *complete* when every output it publishes
 exists and reads back (checkpoint config + safetensors header, or a parseable results JSON). A rerun
-skips complete steps only while every step before it was skipped too: once a step runs again, the
-outputs downstream of it are stale and are rebuilt.
+skips a complete step only when its settings are the ones its outputs were made with (``step_fingerprint``
+of its composed config, recorded in ``pipeline_state.json``) and every step before it was skipped too: once a
+step runs again, the outputs downstream of it are stale and are rebuilt. (Without the settings check a rerun
+with, say, more Cognate steps per epoch skipped every step and reported the old models as the new ones.)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from agentforge.io import WEIGHTS_FILE, is_complete_checkpoint
@@ -44,6 +48,18 @@ def valid_json(f: Path) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+# what a step's outputs do not depend on: where it writes, how it logs, what its W&B run is called, resume mode
+NOT_FINGERPRINTED = ("paths", "logger", "run_name", "ckpt_path", "optimized_metric")
+
+
+def step_fingerprint(child) -> str:
+    """A hash of a step's composed config, less ``NOT_FINGERPRINTED``: two runs of a step with the same
+    fingerprint are made with the same settings."""
+    conf = OmegaConf.to_container(child, resolve=True)
+    conf = {k: v for k, v in conf.items() if k not in NOT_FINGERPRINTED}
+    return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def is_complete(step: Step) -> bool:

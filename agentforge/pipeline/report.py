@@ -347,7 +347,9 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
     md = [f"# Agent Forge pipeline report: {name}", "",
           "All figures are measured by this pipeline's own runs.", "",
           "## Phase overview", "", markdown_table(status_cols, status_rows), "",
-          f"Time spent in steps run this time: {total_s:.1f} s.", "",
+          f"Time spent in steps run this time: {total_s:.1f} s." + (" A skipped step (its outputs complete and made "
+          "with the same settings) shows the time and memory of the run that made them." if any(
+              s["status"].startswith("skipped") for s in steps) else ""), "",
           "## Model performance across phases", "", markdown_table(perf_cols, perf_rows) if perf_rows else
           "_No evaluation results (the eval phase was not selected)._", ""]
     for note in (power_note(perf), timing_note(perf)):
