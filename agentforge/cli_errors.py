@@ -46,9 +46,34 @@ def hydra_error_line(exc: HydraException) -> str:
     return text
 
 
+def outputs_problem(argv: list[str], env: dict) -> str | None:
+    """Why the outputs directory (``paths.outputs=`` on the command line, else ``AGENTFORGE_OUTPUTS``, else
+    ``outputs``) cannot hold runs, or None. Checked before Hydra starts: Hydra creates the run directory in its own
+    code, where a file or an unwritable path in the way was a 29-line traceback (exit 1)."""
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("paths.outputs=")]
+    path = given[-1] if given else env.get("AGENTFORGE_OUTPUTS") or "outputs"
+    key = "paths.outputs" if given else ("AGENTFORGE_OUTPUTS" if env.get("AGENTFORGE_OUTPUTS") else "the default")
+    if "${" in path:   # an interpolation: Hydra resolves it, and reports what it cannot
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        return (f"{key} = {path!r} cannot hold the runs ({exc.strerror or exc}): point AGENTFORGE_OUTPUTS or "
+                f"paths.outputs at a writable directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{key} = {path!r} is not writable: point AGENTFORGE_OUTPUTS or paths.outputs at a writable directory"
+    return None
+
+
 def run_hydra_main(main) -> None:
-    """Call a ``hydra.main`` function; a Hydra error becomes one ``error:`` line and exit 2."""
+    """Call a ``hydra.main`` function; a Hydra error, or an outputs directory that cannot hold runs, becomes one
+    ``error:`` line and exit 2."""
     os.environ["HYDRA_FULL_ERROR"] = "1"            # Hydra re-raises instead of printing its own report
+    if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in sys.argv[1:]):
+        problem = outputs_problem(sys.argv[1:], dict(os.environ))
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
     try:
         main()
     except HydraException as exc:

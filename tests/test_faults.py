@@ -297,3 +297,17 @@ def test_a_skipped_non_finite_loss_step_changes_no_weight_even_with_qk_clip_due(
         assert module.skipped_steps == (inject is not None)
     assert "blocks.0.attn.q_proj.weight" in changed[None]   # a normal step moves (and clips) the weights...
     assert changed[0] == []                                  # ...a skipped one moves none
+
+
+@pytest.mark.faults
+def test_an_outputs_path_that_cannot_hold_runs_is_one_line(tmp_path):
+    """A file where the outputs directory should be, or a path under one: Hydra's own run-dir creation raised a
+    29-line traceback (exit 1); now one error line naming where the path came from, exit 2, nothing written."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for args, env, key in ((["phase=cognate"], {"AGENTFORGE_OUTPUTS": str(blocker)}, "AGENTFORGE_OUTPUTS"),
+                           (["phase=cognate", f"paths.outputs={blocker / 'sub'}"], {}, "paths.outputs")):
+        proc = run_cli(args, tmp_path, env=env)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {key} = "), proc.stderr
+        assert "writable directory" in lines[0] and blocker.read_text() == "x"
