@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from agentforge.artifacts import load_model
 from agentforge.data.datamodule import TaskPool, normalize_mix, pack
 from agentforge.data.recall import recall_rows
-from agentforge.models.ablation import NONINFERIORITY_MARGIN, ablations, recall_memory
+from agentforge.models.ablation import NONINFERIORITY_MARGIN, ablations, halting_verdict, recall_memory
 
 CURRICULUM = Path(__file__).resolve().parents[1] / "conf" / "phase" / "cognate.yaml"
 
@@ -51,7 +51,7 @@ def main() -> None:
     torch.manual_seed(0)
     for ckpt in args.checkpoints:
         o = confirm(ckpt, args.rows, args.seq_len, args.seed)
-        verdict = "PASS" if o["ablation/halting_noninferior"] else "FAIL"
+        verdict = halting_verdict(o)
         print(f"{ckpt}: n={int(o['ablation/n_rows'])} test rows; 1 step {_ci(o, 'ablation/steps1_loss')}; memory off "
               f"{_ci(o, 'ablation/no_memory_loss')}; max steps - trained {_ci(o, 'ablation/max_steps_loss')} -> halting "
               f"{verdict} at {NONINFERIORITY_MARGIN}; recall items (n={int(o['ablation/recall_n_rows'])}) memory off - on "

@@ -353,3 +353,18 @@ def test_bad_mechanism_settings_fail_with_one_error_line(tmp_path, override, key
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len(err) == 1 and key in err[0], proc.stderr
+
+
+def test_halting_verdict_is_pass_fail_or_inconclusive_from_the_cost_ci():
+    """The cost CI is the negated CI of max_steps_loss_delta. Below the margin: PASS; wholly at or above it: FAIL;
+    straddling it (the default pipeline's m2: [+0.0043, +0.0105]), or fewer than 30 rows: INCONCLUSIVE."""
+    from agentforge.models.ablation import halting_verdict
+
+    def m(lo_cost, hi_cost, n=32):
+        return {"ablation/halting_noninferiority_margin": 0.01, "ablation/max_steps_loss_delta_ci_low": -hi_cost,
+                "ablation/max_steps_loss_delta_ci_high": -lo_cost, "ablation/n_rows": float(n)}
+
+    assert halting_verdict(m(-0.002, 0.008)).startswith("PASS (cost CI [-0.0020, +0.0080] vs margin 0.01, n=32)")
+    assert halting_verdict(m(0.012, 0.03)).startswith("FAIL")
+    assert halting_verdict(m(0.0043, 0.0105)).startswith("INCONCLUSIVE")
+    assert halting_verdict(m(-0.002, 0.008, n=4)).startswith("INCONCLUSIVE")

@@ -29,7 +29,7 @@ from scipy.stats import spearmanr
 from agentforge.data import formats, synthetic
 from agentforge.data.datamodule import pack
 from agentforge.data.tokenizer import ByteTokenizer
-from agentforge.evals.stats import paired_bootstrap
+from agentforge.evals.stats import MIN_N, paired_bootstrap, threshold_verdict
 
 NONINFERIORITY_MARGIN = 0.01  # nats/token that halting may cost against always-max-steps
 VARIANTS = {"steps1": {"steps": 1}, "no_memory": {"memory": False}, "max_steps": {"halting": False}}
@@ -79,6 +79,19 @@ def ablations(model, rows: torch.Tensor, seed: int = 0) -> dict[str, float]:
     out["ablation/halting_noninferiority_margin"] = NONINFERIORITY_MARGIN
     out["ablation/halting_noninferior"] = float(out["ablation/max_steps_loss_delta_ci_low"] > -NONINFERIORITY_MARGIN)
     return out
+
+
+def halting_verdict(m: dict, min_n: int = MIN_N) -> str:
+    """PASS / FAIL / INCONCLUSIVE of the non-inferiority test "halting costs less than the margin against
+    always-max-steps", with the figures behind it. The cost is trained loss - max-steps loss, its CI the negated
+    paired-bootstrap CI of ``max_steps_loss_delta``: PASS when the whole CI is below the margin (non-inferior:
+    ``ablation/halting_noninferior``), FAIL when the whole CI is at or above it (inferior), INCONCLUSIVE when it
+    straddles the margin or fewer than ``min_n`` rows were measured — the project's rule for every verdict (it
+    said FAIL whenever non-inferiority was not shown, e.g. for a cost CI of [+0.0043, +0.0105] at margin 0.01)."""
+    margin = m["ablation/halting_noninferiority_margin"]
+    cost = [-m["ablation/max_steps_loss_delta_ci_high"], -m["ablation/max_steps_loss_delta_ci_low"]]
+    v, _ = threshold_verdict(cost, "<", margin, n=int(m.get("ablation/n_rows", min_n)), min_n=min_n)
+    return f"{v} (cost CI [{cost[0]:+.4f}, {cost[1]:+.4f}] vs margin {margin:g}, n={int(m.get('ablation/n_rows', 0))})"
 
 
 def recall_memory(model, rows: torch.Tensor, mask: torch.Tensor, seed: int = 0) -> dict[str, float]:

@@ -39,6 +39,7 @@ from agentforge.models.ablation import (
     ablations,
     computation_rows,
     halting_by_task,
+    halting_verdict,
     recall_memory,
     token_scores,
 )
@@ -297,7 +298,7 @@ def halting_summary(final: dict, max_steps: int) -> str:
             f"histogram {hist}; computed digits {final['ablation/halting_steps_answer_digits']:.2f} vs letters "
             f"{final['ablation/halting_steps_letters']:.2f} steps, paired by row {paired}; loss vs always-max-steps "
             f"{-final['ablation/max_steps_loss_delta']:+.4f} [{worse[0]:+.4f}, {worse[1]:+.4f}] nats: "
-            f"{'PASS' if final['ablation/halting_noninferior'] else 'FAIL'} (non-inferiority margin {margin} nats); "
+            f"{halting_verdict(final)} (non-inferiority margin {margin} nats); "
             f"ablations took {final['ablation/seconds']:.1f} s")
 
 

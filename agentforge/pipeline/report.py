@@ -168,12 +168,12 @@ def _delta(m: dict, pre: str, digits: int = 4) -> str:
 
 
 def _halting_verdict(m: dict) -> str:
-    """The Cognate phase's non-inferiority verdict (``ablation/halting_noninferior``, decided in
-    ``models.ablation``) with the figures behind it: the CI's upper bound of the halting cost and the margin."""
+    """The Cognate phase's non-inferiority verdict (``models.ablation.halting_verdict``) with the figures behind it."""
+    from agentforge.models.ablation import halting_verdict  # torch: only when a report has Cognate rows
+
     if "ablation/halting_noninferior" not in m:
         return "–"
-    margin, lo = m["ablation/halting_noninferiority_margin"], m["ablation/max_steps_loss_delta_ci_low"]
-    return f"{'PASS' if m['ablation/halting_noninferior'] else 'FAIL'} (CI upper bound of the cost {-lo:+.4f} vs margin {margin:g})"
+    return halting_verdict(m)
 
 
 def phase1_rows(artifacts: Path) -> list[list]:
@@ -368,7 +368,9 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
         md += ["## Phase 1: what each Cognate mechanism buys", "", markdown_table(PHASE1_COLUMNS, phase1), "",
                "Δloss = variant − trained model in nats/token on the validation rows, paired bootstrap 95% CI over "
                "rows (positive: the mechanism lowers the loss). Halting passes when the CI's upper bound of its cost "
-               "against always-max-steps is below the margin. Digits − letters: mean halting step on the computed "
+               "against always-max-steps is below the margin, fails when the whole CI is at or above it, and is "
+               "INCONCLUSIVE when it straddles the margin or fewer than 30 rows were measured. Digits − letters: mean "
+               "halting step on the computed "
                "result's digits minus on the letters of the same held-out GSM8K-format rows, paired by row. "
                + _phase1_sizes(artifacts), "",
                "Phase 1 diversity (mean coefficient of variation of halting steps, LTM usage and inference FLOPs "
