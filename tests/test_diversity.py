@@ -75,6 +75,9 @@ def test_threshold_row_is_decided_from_the_ci(tmp_path):
         return row[4].split(" (")[0]
 
     assert verdict_for((1.0, 3.0, 5.0), 0.05) == "FAIL"
+    out = phase1_diversity(_metrics([_rows([h] * 40, [0.5] * 40, [1.0] * 40) for h in (1.0, 2.0, 3.0)]))
+    # the population SD decides; the report states the sample-SD figure, sqrt(3/2) times it, beside it
+    assert f"with the sample SD: {out['phase1/diversity'] * math.sqrt(1.5):.3f}" in out["phase1/diversity_test"]
     assert verdict_for((1.0, 4.0, 16.0), 0.05) == "PASS"
     assert verdict_for((1.0, 1.9, 3.4), 4.0) == "INCONCLUSIVE"
     assert verdict_for((1.0, 4.0, 16.0), 0.05, n=10) == "INCONCLUSIVE"

@@ -57,6 +57,13 @@ def test_bitnet_row_is_paired_on_the_eval_results(tmp_path):
         _write(tmp_path, stage, res)
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
     assert f"accuracy 0.529 before, 0.526 after, {150 / 416:.3f} by chance" in row[4]
+    assert "the BitNet run's own final/accuracy_drop is +40.0 %" in row[4]   # the phase's key, on its own questions
+    for stage, mb in (("phase3_reasoning", 1.21), ("phase4_compressed", 1.65)):
+        res = json.loads((tmp_path / "eval_results" / f"{stage}_results.json").read_text())
+        res["metrics"]["param_memory_mb"] = mb
+        _write(tmp_path, stage, res)
+    row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/compression_ratio")
+    assert row[4] == "PASS (bytes on disk; parameter memory once loaded: 1.65 MB packed vs 1.21 MB before)"
     # a large drop: the whole CI above 10 %
     _write(tmp_path, "phase4_compressed", _results([0] * 16, [1] * 40 + [0] * 160, [1] * 60 + [0] * 140))
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
@@ -79,7 +86,7 @@ def test_rows_with_a_ci_are_decided_by_it(tmp_path):
     assert "unrelated" not in metrics
     got = {r[1]: r[4] for r in threshold_rows({"x": metrics}, tmp_path)}
     assert got["final/fitness_improvement"] == "INCONCLUSIVE (n=64, 95% CI [-3, 50])"   # the point alone says PASS
-    assert got["final/compression_ratio"] == "FAIL"
+    assert got["final/compression_ratio"] == "FAIL (bytes on disk)"   # no eval results: what the ratio measures
     # a baking score alone, with no paired gain over the unbaked model, is not a PASS (the unbaked model scores alike)
     assert got["baking/final_accuracy"].startswith("INCONCLUSIVE (no paired gain over the unbaked model")
     metrics["final/fitness_improvement_ci95"] = [21.0, 30.0]
@@ -131,6 +138,7 @@ def test_report_says_how_the_rows_timings_were_taken(tmp_path):
     perf = performance_rows(art, [("phase3_reasoning", tmp_path), ("phase4_compressed", tmp_path)])
     md = write_report(tmp_path, "t", [], perf, [], {})["report"].read_text()
     assert "one greedy generation of 512 tokens" in md and "not evidence of a speed change" in md
+    assert "phase3_reasoning without its thoughts" in md and "phase=compare" in md
 
 
 def test_report_shows_phase1_ablations_halting_and_diversity(tmp_path):
@@ -164,6 +172,7 @@ def test_report_shows_phase1_ablations_halting_and_diversity(tmp_path):
     assert f"{div:.3f} (no CI: metrics without per-row features) against the seed's threshold 0.3" in md
     assert len(out["tables"]["pipeline/phase1_ablations"][1]) == 3
     assert "n per model: 32 validation rows; 60 / 62 GSM8K-format rows (digits − letters)." in md
+    assert "drawn from its own data mix, so it does not rank the models" in md
 
 
 def test_phase3_rows_show_the_phases_reason_and_the_correlations_informative_n(tmp_path):

@@ -49,7 +49,10 @@ def per_row_features(model, rows: torch.Tensor) -> dict[str, list[float]]:
 
 def diversity(means: np.ndarray) -> float:
     """Mean over features of the coefficient of variation across models; ``means`` [models, features].
-    A feature whose mean over the models is 0 has no CV and is left out (NaN when all are)."""
+    A feature whose mean over the models is 0 has no CV and is left out (NaN when all are). The CV uses the
+    population SD (ddof = 0): the three models are all there is, not a sample of models; the sample SD
+    (ddof = 1) would give sqrt(3 / 2) = 1.22 times the figure, which the report states beside it (the seed does
+    not say which, and at 0.264 against 0.3 the choice decides the row)."""
     means = np.asarray(means, dtype=np.float64)
     mu = means.mean(axis=0)
     ok = mu > 0
@@ -99,5 +102,7 @@ def phase1_diversity(metrics: list[dict], n_boot: int = 2000, seed: int = 0) -> 
         n = min(len(r[FEATURES[0]]) for r in rows)
         out.update({"phase1/diversity_ci95": list(diversity_ci(rows, n_boot, seed)), "phase1/diversity_n": n,
                     "phase1/diversity_test": f"percentile bootstrap over each model's held-out rows ({n_boot} "
-                                             "resamples); covers these rows' noise, not training-run variation"})
+                                             "resamples); covers these rows' noise, not training-run variation; "
+                                             "CV with the population SD over the 3 models (with the sample SD: "
+                                             f"{out['phase1/diversity'] * math.sqrt(1.5):.3f})"})
     return out

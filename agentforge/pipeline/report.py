@@ -144,15 +144,36 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
     for m in step_metrics.values():
         measured.update(m)
     measured.update(cognate_diversity(artifacts))
-    if "final/accuracy_drop" in measured:  # the BitNet phase's own figure is unpaired: replace it when we can
-        measured.update(paired_accuracy_drop(artifacts))
+    if "final/accuracy_drop" in measured:  # on the eval test sets, the stages every other row of the report uses
+        own, own_n = measured["final/accuracy_drop"], measured.get("final/accuracy_drop_n")
+        paired = paired_accuracy_drop(artifacts)
+        if paired:
+            paired["final/accuracy_drop_test"] += (f"; recomputed on the eval test sets: the BitNet run's own "
+                                                   f"final/accuracy_drop is {own:+.1f} %"
+                                                   + (f" on its n={int(own_n)} validation questions" if own_n else ""))
+        measured.update(paired)
+    notes = {"final/compression_ratio": compression_note(artifacts)}
     rows = []
     for phase, key, op, thr in THRESHOLDS:
         if key in measured:
             v = measured[key]
             ok = {">": v > thr, ">=": v >= thr, "<": v < thr}[op]
-            rows.append([phase, key, f"{op} {thr:g}", v, _decided(measured, key, ok, op, thr)])
+            rows.append([phase, key, f"{op} {thr:g}", v, _decided(measured, key, ok, op, thr)
+                         + (f" ({notes[key]})" if notes.get(key) else "")])
     return rows
+
+
+def compression_note(artifacts: Path, before: str = "phase3_reasoning", after: str = "phase4_compressed") -> str:
+    """What the compression ratio measures (bytes on disk) beside the parameter memory of both models once loaded,
+    from the eval results: the packed model is unpacked to compute, so loaded it need not be smaller."""
+    mem = {}
+    for stage in (before, after):
+        f = artifacts / "eval_results" / f"{stage}_results.json"
+        try:
+            mem[stage] = float(json.loads(f.read_text())["metrics"]["param_memory_mb"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "bytes on disk"
+    return f"bytes on disk; parameter memory once loaded: {mem[after]:.3g} MB packed vs {mem[before]:.3g} MB before"
 
 
 PHASE1_COLUMNS = ["Model", "Val loss", "Halting steps mean (std)", "Steps histogram",
@@ -255,6 +276,11 @@ def power_note(perf: list[dict]) -> str:
             "the rows] and n rows.")
 
 
+STAGE_NOTE = ("Every stage is evaluated as a plain language model on the same eval test rows: phase3_reasoning "
+              "without its thoughts (its mixing head is not loaded; BitNet compresses the model without it). "
+              "`python -m agentforge phase=compare stages=[...]` tests any two stages paired on these examples.")
+
+
 def timing_note(perf: list[dict]) -> str:
     """How the rows' timings were taken, so nobody reads a speed change into them: each stage is timed once, in its
     own eval run at a different time (no CI); BitNet's speedup is the interleaved, paired comparison."""
@@ -352,7 +378,7 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
               s["status"].startswith("skipped") for s in steps) else ""), "",
           "## Model performance across phases", "", markdown_table(perf_cols, perf_rows) if perf_rows else
           "_No evaluation results (the eval phase was not selected)._", ""]
-    for note in (power_note(perf), timing_note(perf)):
+    for note in (power_note(perf), timing_note(perf), STAGE_NOTE if perf else ""):
         if note:
             md += [note, ""]
     if perf_png:
@@ -366,6 +392,8 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
     if phase1:
         div = cognate_diversity(artifacts)
         md += ["## Phase 1: what each Cognate mechanism buys", "", markdown_table(PHASE1_COLUMNS, phase1), "",
+               "Val loss: each model's loss on its own validation rows, drawn from its own data mix, so it does not "
+               "rank the models (the performance table's perplexity, on the common eval rows, does). "
                "Δloss = variant − trained model in nats/token on the validation rows, paired bootstrap 95% CI over "
                "rows (positive: the mechanism lowers the loss). Halting passes when the CI's upper bound of its cost "
                "against always-max-steps is below the margin, fails when the whole CI is at or above it, and is "
