@@ -91,6 +91,13 @@ def test_rows_with_a_ci_are_decided_by_it(tmp_path):
     assert got["baking/final_accuracy"].startswith("INCONCLUSIVE (no paired gain over the unbaked model")
     metrics["final/fitness_improvement_ci95"] = [21.0, 30.0]
     assert threshold_rows({"x": metrics}, tmp_path)[0][4].startswith("PASS (n=64")
+    # the composite can hide a quality loss: the row gives the champion's perplexity ratio and accuracy change too
+    metrics = headline_metrics({**metrics, "final/test_ppl_ratio": 1.383, "final/test_ppl_ratio_ci95": [1.333, 1.442],
+                                "final/test_accuracy_delta": -0.141, "final/test_accuracy_delta_ci95": [-0.269, -0.0005],
+                                "final/test_accuracy_delta_p": 0.049})
+    assert threshold_rows({"x": metrics}, tmp_path)[0][4].endswith(
+        "(quality vs the best input on the same test rows: perplexity ratio 1.383 [1.333, 1.442], accuracy -0.141 "
+        "[-0.269, -0.001] (McNemar p=0.049))")
 
 
 def test_report_shows_n_ci_power_and_the_data_check(tmp_path):

@@ -68,11 +68,32 @@ _PAIRED = {"final/fitness_improvement", "final/test_fitness_improvement", "anti_
            "anti_theater/final_ablation_drop", "anti_theater/final_correlation", "final/accuracy_drop"}
 
 
+# Figures a threshold row shows beside its own: EvoMerge's composite fitness improvement can hide a quality loss
+# (its speed and size terms), so the row also gives the champion's perplexity ratio and accuracy change against the
+# best input on the same test rows and questions (``merge.heldout``).
+_COMPANIONS = ("final/test_ppl_ratio", "final/test_ppl_ratio_ci95", "final/test_accuracy_delta",
+               "final/test_accuracy_delta_ci95", "final/test_accuracy_delta_p")
+
+
 def headline_metrics(metrics: dict) -> dict:
     """The numeric metrics of a phase result that the threshold table reads, with their n / CI / verdict."""
     out = {k: float(v) for k, v in metrics.items() if k in _HEADLINE and isinstance(v, (int, float))}
     out.update({h + e: metrics[h + e] for h in _HEADLINE for e in _EVIDENCE if h + e in metrics})
+    out.update({k: metrics[k] for k in _COMPANIONS if k in metrics})
     return out
+
+
+def quality_note(m: dict) -> str:
+    """The EvoMerge champion's perplexity ratio and accuracy change against the best input, with CIs, or ''."""
+    if "final/test_ppl_ratio" not in m:
+        return ""
+    lo, hi = m["final/test_ppl_ratio_ci95"]
+    text = f"quality vs the best input on the same test rows: perplexity ratio {m['final/test_ppl_ratio']:.3f} [{lo:.3f}, {hi:.3f}]"
+    if "final/test_accuracy_delta" in m:
+        alo, ahi = m["final/test_accuracy_delta_ci95"]
+        text += (f", accuracy {m['final/test_accuracy_delta']:+.3f} [{alo:+.3f}, {ahi:+.3f}] "
+                 f"(McNemar p={m['final/test_accuracy_delta_p']:.3g})")
+    return text
 
 
 def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: float | None = None) -> str:
@@ -152,7 +173,7 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
                                                    f"final/accuracy_drop is {own:+.1f} %"
                                                    + (f" on its n={int(own_n)} validation questions" if own_n else ""))
         measured.update(paired)
-    notes = {"final/compression_ratio": compression_note(artifacts)}
+    notes = {"final/compression_ratio": compression_note(artifacts), "final/fitness_improvement": quality_note(measured)}
     rows = []
     for phase, key, op, thr in THRESHOLDS:
         if key in measured:
