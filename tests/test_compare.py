@@ -167,6 +167,11 @@ def test_ratio_targets_are_decided_from_the_ci_of_interleaved_rounds():
     assert ok == "inconclusive" and checks[0]["ok"] is None
     ok, checks = efficiency_checks(slow, base, {"max_memory_ratio": 0.5})
     assert ok == "inconclusive" and checks[0]["note"] == "not measured"
+    a, b = kpi([100.0] * 7, memory=46.3), kpi([100.0] * 7, memory=1.25)
+    assert efficiency_checks(a, b, {"max_memory_ratio": 0.5})[1][0]["ok"] is False   # separate processes: decided
+    a["metrics"]["memory_shared_process"] = True   # codegen: both trainings in one process, one after the other
+    ok, checks = efficiency_checks(a, b, {"max_memory_ratio": 0.5})
+    assert ok == "inconclusive" and checks[0]["ok"] is None and "not comparable" in checks[0]["note"]
     assert median_ci([3, 1, 2, 5, 4]) == [1, 5]             # n = 5: no order statistics reach 95 %: the range
     ok, checks = efficiency_checks(kpi([300.0] * 5), kpi([100.0] * 5), {"max_latency_ratio": 0.54})
     assert ok == "inconclusive" and "needs 6" in checks[0]["note"]   # 5 rounds: the range covers < 95 %: no decision

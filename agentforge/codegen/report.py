@@ -83,7 +83,7 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
         lines += [f"Harness self-check: canonical solutions pass@1 = {sc['pass_at_1']:.3f} on {sc['n']} problems"
                   + (f" (failures: {[f['task_id'] for f in sc['failures']]})" if sc["failures"] else "") + ".", ""]
     head = ["model"] + [f"pass@{k}" for k in ks] + ["passed", "failed", "timeout", "error", "params",
-                                                     "latency ms", "tok/s", "peak train RAM MB", "val loss",
+                                                     "latency ms", "tok/s", "train RAM growth MB", "val loss",
                                                      "train s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in names:
@@ -96,8 +96,9 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
     lat = {n: kpis[n].get("latency_tokens") for n in names if kpis[n].get("latency_tokens")}
     if lat:
         lines += ["", "Latency and tok/s: one greedy generation of " + ", ".join(f"{t} tokens ({n})" for n, t in lat.items())
-                  + " through the KV cache, batch 1; peak train RAM: the process's largest recorded RSS while training"
-                  " (on a GPU: the largest CUDA tensor allocation at a logged step)."]
+                  + " through the KV cache, batch 1; train RAM growth: how much the process's RSS grew while that model"
+                  " trained (both train in one process, one after the other, and the first also pays the process's"
+                  " one-time allocations: not comparable between the models, so the memory ratio decides nothing)."]
     lines += ["", "## Statistics", ""]
     for k in ks:
         s = stats[f"pass_at_{k}"]

@@ -54,10 +54,7 @@ def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, ca
     p1 = out["pass_at_1"]
     v, reasons = st.verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                             p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok,
-                            unstable=unstable, n=n_paired)
-    if v == "INCONCLUSIVE":
-        reasons.append(f"{n_paired} problems were evaluated: raise phase.num_problems to at least "
-                       f"{thresholds.get('min_n', st.MIN_N)} for a verdict")
+                            unstable=unstable, n=n_paired, size_key="phase.num_problems")
     out.update({"verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0), "reasons": reasons,
                 "efficiency": checks, "kpis": kpis,
                 "thresholds": {k: (val if k != "pass_at" else {str(kk): vv for kk, vv in val.items()})

@@ -166,6 +166,7 @@ def chance_accuracy(results: dict, tasks: list[tuple[str, int]]) -> float | None
 
 
 ROUNDS = "latency_rounds_ms"   # per-round generation times of models timed interleaved in one process
+SHARED_PROCESS = "memory_shared_process"   # True: the models' memory was measured one after the other in one process
 
 
 def median_ci(x: Sequence[float], confidence: float = 0.95) -> list[float]:
@@ -200,6 +201,10 @@ def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: di
     v, b = cm.get(metric), bm.get(metric)
     if not (_num(v) and _num(b) and math.isfinite(v) and math.isfinite(b) and b):
         return {"threshold": key, "value": None, "target": target, "ok": None, "note": "not measured"}
+    if cm.get(SHARED_PROCESS) or bm.get(SHARED_PROCESS):
+        return {"threshold": key, "value": v / b, "target": target, "ok": None,
+                "note": "both trainings' RSS growth measured in one process (the first also paid the process's "
+                        "one-time allocations): not comparable, no decision"}
     return {"threshold": key, "value": v / b, "target": target, "ok": (v / b <= target if op == "<=" else v / b >= target)}
 
 

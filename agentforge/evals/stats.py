@@ -297,7 +297,8 @@ def _ge(x, t) -> bool:
 
 def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95: Sequence[float] | None,
             p_value: float | None, thresholds: dict, efficiency_ok: bool | str | None,
-            unstable: bool = False, n: int | None = None) -> tuple[str, list[str]]:
+            unstable: bool = False, n: int | None = None,
+            size_key: str = "phase.eval_examples") -> tuple[str, list[str]]:
     """The dashboard's section-7 decision, with the reason for each failed condition.
 
     Order where the dashboard's rows overlap: SUCCESS needs every condition; otherwise FAILURE when
@@ -311,7 +312,7 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     min_n = int(thresholds.get("min_n", MIN_N))
     if n is not None and n < min_n:
         return "INCONCLUSIVE", [f"only {n} paired examples; a verdict needs at least {min_n} (raise "
-                                f"phase.eval_examples or lower thresholds.min_n knowingly)"]
+                                f"{size_key} or lower thresholds.min_n knowingly)"]
     reasons: list[str] = []
     acc_ok = True
     for k, target in sorted((thresholds.get("pass_at") or {}).items()):
