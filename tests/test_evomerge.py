@@ -302,6 +302,12 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
     assert [i["recipe"]["base"] for i in first[:3]] == [0, 1, 2]  # ... and its first 3 are the inputs
     assert [i["metrics"]["perplexity"] for i in first[:3]] == [m["perplexity"] for m in log["inputs"]]
     assert log["champion"]["fitness"] >= max(m["fitness"] for m in log["inputs"])
+    # a champion whose weights are an input's unchanged is named as such, not as a merge of its combo's techniques
+    final = json.loads((run / "checkpoints" / "champion" / "metrics.json").read_text())
+    same = [f"model{i + 1}" for i, m in enumerate(log["inputs"])
+            if m["weights_sha256"] == final["val_metrics"]["weights_sha256"]]
+    assert final["final/champion_unchanged_input"] == (same[0] if same else "")
+    assert (f"its weights are {same[0]}'s unchanged: no merge won" in proc.stdout) == bool(same)
     for ind in first:
         assert set(ind) >= {"recipe", "combo", "metrics", "fitness"}
         assert set(ind["metrics"]) >= {"perplexity", "accuracy", "tokens_per_s", "memory_mb"}
@@ -330,3 +336,11 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
     assert meta["phase"] == "evomerge" and meta["combo"] in {combos.bits(c) for c in range(8)}
     model, _, _ = load_model(champ)
     assert model.config.n_layers == Recipe.from_dict(meta["recipe"]).n_layers()
+
+
+def test_unchanged_input_names_the_input_whose_weights_the_champion_equals():
+    from agentforge.phases.evomerge import unchanged_input
+
+    inputs = [{"weights_sha256": "a"}, {"weights_sha256": "b"}, {"weights_sha256": "c"}]
+    assert unchanged_input(inputs, {"weights_sha256": "c"}) == "model3"
+    assert unchanged_input(inputs, {"weights_sha256": "d"}) is None and unchanged_input(inputs, {}) is None

@@ -196,6 +196,15 @@ def combo_counts(g) -> list[int]:
     return counts
 
 
+def unchanged_input(input_metrics: list[dict], champion_metrics: dict) -> str | None:
+    """The input ("model2") whose weights the champion's equal (the evaluator's weights hash), or None: a recipe
+    that weights one input fully (an identity recipe of generation 0, or any that degenerates to one) wins
+    with no merge at all, and its combo's technique names should not suggest one."""
+    digest = champion_metrics.get("weights_sha256")
+    same = [i for i, m in enumerate(input_metrics) if digest and m.get("weights_sha256") == digest]
+    return f"model{same[0] + 1}" if same else None
+
+
 def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs,
              dev, selection, test_data, measured) -> dict:
     tr, run_dir = ctx.tracker, ctx.run_dir
@@ -207,10 +216,11 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     best_input = max(m["fitness"] for m in input_metrics)
     improvement = 100 * (champ.fitness - best_input) / abs(best_input)  # selection set: biased upwards
     combo = combos.decode(recipe.combo)
+    same = unchanged_input(input_metrics, champ.metrics)
     ckpt = run_dir / "checkpoints" / "champion"
     meta = {"phase": "evomerge", "recipe": recipe.to_dict(), "combo": combo.bits, "techniques": combo.label,
             "fitness": champ.fitness, "generation": result.champion_generation,
-            "inputs": [str(d) for d in dirs]}
+            "inputs": [str(d) for d in dirs], "unchanged_input": same}
     save_model(ckpt, model.cpu(), tokenizer, meta)
     model.to(dev)
     # -- champion vs inputs on test data disjoint from the selection set: the decision figure --------------
@@ -253,6 +263,7 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
         "final/evaluations_per_second": result.evaluations / max(result.eval_seconds, 1e-9),
         "final/models_measured": measured,  # distinct merged weights measured (cache by weights hash)
         "final/speed_term": str(p.speed_term), **test["metrics"],
+        "final/champion_unchanged_input": same or "",   # "model3": the champion is that input, no merge won
     }
     tr.summary(final)
     write_json_atomic(ckpt / "metrics.json", {**final, "val_metrics": champ.metrics})
@@ -286,7 +297,8 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
                     for r in rows))
     t = test["metrics"]
     ci = t["final/test_fitness_improvement_ci95"]
-    print(f"champion: combo {combo.bits} ({combo.label}), generation {result.champion_generation}; "
+    print(f"champion: combo {combo.bits} ({combo.label}), generation {result.champion_generation}"
+          + (f" — its weights are {same}'s unchanged: no merge won" if same else "") + "; "
           f"{len(gens)} generations ({result.convergence_reason}), {minutes:.2f} min")
     print(f"selection set (chose the champion, biased up): fitness {champ.fitness:.4f} vs best input "
           f"{best_input:.4f} ({improvement:+.2f}%)")
