@@ -64,6 +64,13 @@ def test_bitnet_row_is_paired_on_the_eval_results(tmp_path):
         _write(tmp_path, stage, res)
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/compression_ratio")
     assert row[4] == "PASS (bytes on disk; parameter memory once loaded: 1.65 MB packed vs 1.21 MB before)"
+    bitnet["bitnet"].update(headline_metrics({"final/inference_speedup": 0.891, "final/inference_speedup_n": 9,
+                                              "final/inference_speedup_ci95": [0.880, 0.930]}))
+    row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/compression_ratio")
+    assert row[4].endswith("; forward speedup packed ÷ fp32 0.89 [0.88, 0.93], n=9 interleaved rounds)")
+    bitnet["bitnet"]["final/inference_speedup_n"] = 1   # one round: the median has no CI, none is shown
+    row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/compression_ratio")
+    assert row[4].endswith("; forward speedup packed ÷ fp32 0.89 (n=1 rounds: no CI))")
     # a large drop: the whole CI above 10 %
     _write(tmp_path, "phase4_compressed", _results([0] * 16, [1] * 40 + [0] * 160, [1] * 60 + [0] * 140))
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")

@@ -71,8 +71,10 @@ _PAIRED = {"final/fitness_improvement", "final/test_fitness_improvement", "anti_
 # Figures a threshold row shows beside its own: EvoMerge's composite fitness improvement can hide a quality loss
 # (its speed and size terms), so the row also gives the champion's perplexity ratio and accuracy change against the
 # best input on the same test rows and questions (``merge.heldout``).
+# BitNet's forward speedup (packed vs fp32, interleaved rounds in one process) goes beside its compression ratio.
 _COMPANIONS = ("final/test_ppl_ratio", "final/test_ppl_ratio_ci95", "final/test_accuracy_delta",
-               "final/test_accuracy_delta_ci95", "final/test_accuracy_delta_p")
+               "final/test_accuracy_delta_ci95", "final/test_accuracy_delta_p", "final/inference_speedup",
+               "final/inference_speedup_ci95", "final/inference_speedup_n")
 
 
 def headline_metrics(metrics: dict) -> dict:
@@ -173,7 +175,8 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
                                                    f"final/accuracy_drop is {own:+.1f} %"
                                                    + (f" on its n={int(own_n)} validation questions" if own_n else ""))
         measured.update(paired)
-    notes = {"final/compression_ratio": compression_note(artifacts), "final/fitness_improvement": quality_note(measured)}
+    notes = {"final/compression_ratio": compression_note(artifacts) + speedup_note(measured),
+             "final/fitness_improvement": quality_note(measured)}
     rows = []
     for phase, key, op, thr in THRESHOLDS:
         if key in measured:
@@ -182,6 +185,19 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
             rows.append([phase, key, f"{op} {thr:g}", v, _decided(measured, key, ok, op, thr)
                          + (f" ({notes[key]})" if notes.get(key) else "")])
     return rows
+
+
+def speedup_note(m: dict) -> str:
+    """'; forward speedup packed ÷ fp32 X [CI] (n rounds)' from the BitNet phase's interleaved timing, or ''."""
+    if not isinstance(m.get("final/inference_speedup"), (int, float)):
+        return ""
+    ci, n = m.get("final/inference_speedup_ci95"), m.get("final/inference_speedup_n")
+    text = f"; forward speedup packed ÷ fp32 {m['final/inference_speedup']:.2f}"
+    if ci and n and int(n) >= 6:   # fewer rounds give the median no 95 % CI (``compare.median_ci``)
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}], n={int(n)} interleaved rounds"
+    elif n:
+        text += f" (n={int(n)} rounds: no CI)"
+    return text
 
 
 def compression_note(artifacts: Path, before: str = "phase3_reasoning", after: str = "phase4_compressed") -> str:
@@ -311,7 +327,7 @@ def timing_note(perf: list[dict]) -> str:
     gen = f"one greedy generation of {'/'.join(map(str, tokens)) or 'the configured'} tokens after a warm-up"
     return (f"Latency: {gen}; forward tok/s: the median of 3 forwards. Each row is timed in its own eval run, at "
             "a different time, with no CI: a difference between rows is not evidence of a speed change (the "
-            "BitNet phase's speedup, timed interleaved in one process with a CI, is).")
+            "BitNet row's forward speedup, timed interleaved in one process with a CI, is).")
 
 
 def data_rows(check: dict[str, dict]) -> list[list]:
