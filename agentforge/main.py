@@ -151,7 +151,7 @@ def main(cfg: DictConfig):
         record_job(cfg, ok=False, error=f"{type(exc).__name__}: {exc}")
         return None
     if multirun:
-        record_job(cfg, ok=True)
+        record_job(cfg, ok=True, published=(result or {}).get("checkpoint") if isinstance(result, dict) else None)
     if result:
         for key in ("checkpoint", "run_dir", "report"):
             if result.get(key):

@@ -107,6 +107,24 @@ def test_two_value_multirun_gives_two_complete_runs_with_separate_wandb_runs(tmp
     assert all(r.exit_code == 0 and "final/val_loss" in r.history_keys() for r in runs)
     for i in (1, 3):
         load_any(tmp_path / "outputs" / "artifacts" / "cognate" / f"model{i}")
+    # each job records what it published; two models, two directories: no warning of a shared one
+    from agentforge.tracking.sweep import STATUS_FILE
+
+    rows = [json.loads(x) for f in (tmp_path / "outputs" / "multirun").rglob(STATUS_FILE) for x in f.read_text().split("\n") if x]
+    assert sorted(r["published"].rsplit("/", 1)[-1] for r in rows) == ["model1", "model3"]
+    assert "all published to" not in proc.stderr
+
+
+def test_a_sweep_warns_when_its_jobs_published_to_one_directory():
+    """-m ... seed=1,2 on one model: both jobs publish to artifacts/cognate/model1 and the last to finish wins."""
+    from agentforge.tracking.sweep import shared_publications
+
+    rows = [{"job": 0, "ok": True, "published": "/a/model1", "run_dir": "/r/0"},
+            {"job": 1, "ok": False, "published": None, "run_dir": "/r/1"},
+            {"job": 2, "ok": True, "published": "/a/model1", "run_dir": "/r/2"},
+            {"job": 3, "ok": True, "published": "/a/model2", "run_dir": "/r/3"}]
+    assert shared_publications(rows) == ["warning: jobs 0, 2 of this sweep all published to /a/model1: it holds "
+                                         "job 2's model (the last to finish); the others' are in their run dirs (/r/0)"]
 
 
 def test_threshold_table_and_cognate_diversity_by_hand(tmp_path):

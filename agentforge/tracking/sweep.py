@@ -21,7 +21,7 @@ STATUS_FILE = "sweep_status.jsonl"
 _started: list[Path] = []   # the sweep dir of this process's multirun, once Hydra has begun it
 
 
-def record_job(cfg: DictConfig, ok: bool, error: str | None = None) -> None:
+def record_job(cfg: DictConfig, ok: bool, error: str | None = None, published: str | None = None) -> None:
     hc = HydraConfig.get()
     sweep_dir = Path(hc.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -36,9 +36,23 @@ def record_job(cfg: DictConfig, ok: bool, error: str | None = None) -> None:
             tmp.write_text(clean)
             os.replace(tmp, multirun_yaml)
     row = {"job": hc.job.num, "overrides": redact_args(args), "ok": ok, "error": error and scrub(error, args),
-           "run_dir": hc.runtime.output_dir}
+           "run_dir": hc.runtime.output_dir, "published": published}
     with open(sweep_dir / STATUS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def shared_publications(rows: list[dict]) -> list[str]:
+    """A warning per artifact directory that several jobs of the sweep published to (``-m ... seed=1,2`` on one
+    model): each job overwrote the last, so the directory the next phase reads holds the model of the job that
+    finished last (rows are in finishing order), and the others' weights are only in their run dirs."""
+    by_target: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("ok") and r.get("published"):
+            by_target.setdefault(r["published"], []).append(r)
+    return [f"warning: jobs {', '.join(str(r['job']) for r in rs)} of this sweep all published to {target}: it "
+            f"holds job {rs[-1]['job']}'s model (the last to finish); the others' are in their run dirs "
+            f"({', '.join(str(r['run_dir']) for r in rs[:-1])})"
+            for target, rs in by_target.items() if len(rs) > 1]
 
 
 def discard_unstarted_sweep() -> None:
@@ -65,6 +79,8 @@ class SweepSummary(Callback):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         failed = [r for r in rows if not r["ok"]]
         print(f"sweep: {len(rows) - len(failed)} of {len(rows)} jobs succeeded ({path})")
+        for line in shared_publications(rows):
+            print(line, file=sys.stderr)
         for r in failed:
             print(f"  FAILED job {r['job']} [{' '.join(r['overrides'])}]: {r['error']}", file=sys.stderr)
         if failed:
