@@ -148,6 +148,11 @@ def test_humaneval_reads_gz_and_plain_alike_through_read_jsonl(tmp_path, humanev
         load_humaneval(packed)
     with pytest.raises(DatasetError, match=r"HumanEval file not found \(phase\.benchmark_path\)"):
         load_humaneval(tmp_path / "absent.jsonl.gz")
+    # a relative path names the directory it was resolved against; a GSM8K path names the variable that sets it
+    from agentforge.data.formats import read_jsonl
+
+    with pytest.raises(DatasetError, match=r"relative to the working directory .*reads AGENTFORGE_GSM8K"):
+        read_jsonl("no/such/gsm8k.jsonl", lambda r: None, what="dataset", key="data.path")
 
 
 def test_decontamination_removes_planted_solution_and_signature(tmp_path, humaneval):

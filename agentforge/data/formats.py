@@ -36,7 +36,9 @@ def read_jsonl(path: str | Path, check: Callable[[object], str | None], *, what:
     wrong with a record (or None). Every error names the file (and line) and the config ``key`` that gave it."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: {what} file not found ({key}); give an existing JSONL file")
+        where = f" (relative to the working directory {Path.cwd()})" if not path.is_absolute() else ""
+        env = "; the GSM8K default reads AGENTFORGE_GSM8K" if "gsm8k" in str(path).lower() else ""
+        raise DatasetError(f"{path}: {what} file not found{where} ({key}); give an existing JSONL file{env}")
     records = []
     opener = gzip.open if path.suffix == ".gz" else open
     try:
