@@ -105,9 +105,13 @@ def read_checkpoint_config(directory: str | Path) -> dict:
     if not directory.exists():
         raise CheckpointError(f"{directory}: checkpoint not found — run the phase that produces it first, "
                               f"or pass the right path")
+    if directory.is_file():
+        raise CheckpointError(f"{directory}: a file; a checkpoint is the directory that holds {CONFIG_FILE} and "
+                              f"{WEIGHTS_FILE} (e.g. {directory.parent})")
     if not cfg_path.is_file():
         raise CheckpointError(f"{directory}: incomplete checkpoint (no {CONFIG_FILE}); the run that wrote it "
-                              f"did not finish — re-run it or point at another checkpoint")
+                              f"did not finish, or this is not a checkpoint directory — re-run it or point at another "
+                              f"checkpoint")
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:

@@ -371,5 +371,11 @@ def test_resume_choice_auto_last_fresh_or_a_file(tmp_path):
         resume_path(str(other), work, "fp")
     with pytest.raises(CheckpointError, match="file not found"):
         resume_path(str(tmp_path / "missing.ckpt"), work, "fp")
+    with pytest.raises(CheckpointError, match="a directory; ckpt_path takes a training checkpoint file"):
+        resume_path(str(work), work, "fp")
+    from agentforge.io import read_checkpoint_config
+
+    with pytest.raises(CheckpointError, match="a file; a checkpoint is the directory that holds config.json"):
+        read_checkpoint_config(other)
     a, b = (compose_cfg(o, tmp_path) for o in (["model=m1"], ["model=m1", "optimizer.lr=0.002"]))
     assert fingerprint(a) == fingerprint(compose_cfg(["model=m1"], tmp_path)) != fingerprint(b)

@@ -82,6 +82,9 @@ def resume_path(ckpt_path, work_dir: Path, fp: str) -> str | None:
         if not last.is_file():
             raise CheckpointError(f"ckpt_path=last: no {last} to resume from; run without ckpt_path to start")
         return str(last)
+    if Path(ckpt_path).is_dir():
+        raise CheckpointError(f"ckpt_path={ckpt_path}: a directory; ckpt_path takes a training checkpoint file "
+                              f"(e.g. {work_dir / 'last.ckpt'}), or last / fresh")
     if not Path(ckpt_path).is_file():
         raise CheckpointError(f"ckpt_path={ckpt_path}: file not found")
     if not zipfile.is_zipfile(ckpt_path):  # before the run starts: no run dir, W&B run or work dir for a wrong file
