@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -120,11 +121,30 @@ def _multirun() -> bool:
         return False
 
 
+_SIGINT = {"seen": False}
+INTERRUPTED = ("interrupted (Ctrl-C): run the same command again to continue — Cognate and Quiet-STaR resume from "
+               "their last epoch checkpoint, the pipeline skips the steps that finished")
+
+
+def _on_sigint(signum, frame) -> None:
+    """Note the Ctrl-C, then raise KeyboardInterrupt as Python does (Lightning catches it, shuts down and exits
+    1: the note lets ``main`` say what happened and how to continue instead of a bare exit or a traceback)."""
+    _SIGINT["seen"] = True
+    signal.default_int_handler(signum, frame)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig):
     multirun = _multirun()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         result = run(cfg)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if not _SIGINT["seen"] and not isinstance(exc, KeyboardInterrupt):
+            raise
+        print(f"error: {INTERRUPTED}", file=sys.stderr)
+        sys.exit(130)
     except AgentForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _log_to_file(str(exc))

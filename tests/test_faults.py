@@ -311,3 +311,20 @@ def test_an_outputs_path_that_cannot_hold_runs_is_one_line(tmp_path):
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {key} = "), proc.stderr
         assert "writable directory" in lines[0] and blocker.read_text() == "x"
+
+
+@pytest.mark.faults
+def test_ctrl_c_says_how_to_continue(tmp_path):
+    """SIGINT mid-training: Lightning shuts down and exited 1 with no word of what to do; now one error line
+    that says to run the same command again, exit 130 (as shells report a Ctrl-C)."""
+    args = [*BASE, "phase.max_epochs=50", "phase.steps_per_epoch=6"]
+    proc = subprocess.Popen([sys.executable, "-m", "agentforge", *args], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "outputs" / "artifacts" / "cognate" / "model3.work" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: interrupted (Ctrl-C): run the same command again")
