@@ -284,6 +284,10 @@ def test_kpi_gate_script_exit_codes(tmp_path, capsys):
     assert gate.main([str(f), "--require", "metrics.reasoning_accuracy>=0.3"]) == 1
     assert "FAIL metrics.reasoning_accuracy = 0.1" in capsys.readouterr().out
     assert gate.main([str(f), "--require", "metrics.perplexity=~3"]) == 2
+    capsys.readouterr()
+    # a misspelled key is a usage error (2), not a failed KPI (1), and names the closest key the file has
+    assert gate.main([str(f), "--require", "metrics.perplexty<=20"]) == 2
+    assert "no key 'metrics.perplexty' (did you mean metrics.perplexity" in capsys.readouterr().err
 
 
 EVAL_TINY = ["logger=none", "hardware=cpu", "phase.eval_examples=3", "phase.choice_examples=3", "phase.val_rows=2",
