@@ -315,6 +315,9 @@ def _mean(xs) -> float:
 
 
 def _ci(ci) -> str:
+    """'[lo, hi]', or 'no CI' where there is none (an undefined correlation has a NaN CI)."""
+    if ci is None or any(x != x for x in ci):
+        return "no CI"
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
@@ -380,7 +383,8 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, h
     publish(ckpt, out_dir)
     tr.artifact("phase3-reasoning-model", "model", [ckpt], "Model after Quiet-STaR RL (Step 2)",
                 {"gsm8k_acc": last["gsm8k"], "coherence": last["coherence"], "inference_time_ms": cost["rl/inference_time_ms"]})
-    flags = ", ".join(f"{k} {last[k]:+.3f} {_ci(last[f'{k}_ci95'])} {last[f'{k}_verdict']}"
+    flags = ", ".join(f"{k} {last[k]:+.3f} {_ci(last[f'{k}_ci95'])} {last[f'{k}_verdict']}" if last[k] == last[k]
+                      else f"{k} undefined {last[f'{k}_verdict']}"
                       for k in ("divergence", "ablation_drop", "correlation"))
     flags += (f" (correlation n={_corr_n(last)} informative windows"
               + (f"; {last['correlation_why']}" if last.get("correlation_why") else "") + ")")
