@@ -362,3 +362,15 @@ def test_cli_finetuned_recursive_and_reload(cognate_artifacts, tmp_path):
     again = json.loads((art_dir / "eval_results" / "reloaded_results.json").read_text())
     assert again["surgery"] is None and again["recursive"]
     assert again["metrics"]["perplexity"] == pytest.approx(first["metrics"]["perplexity"], rel=1e-5)
+
+
+def test_a_forgotten_stage_does_not_overwrite_another_checkpoints_baseline(tmp_path):
+    from agentforge.errors import ConfigError
+    from agentforge.phases.eval import _refuse_silent_baseline_overwrite
+
+    (tmp_path / "eval_results").mkdir()
+    (tmp_path / "eval_results" / "baseline_results.json").write_text(json.dumps({"checkpoint": "/x/other"}))
+    with pytest.raises(ConfigError, match=r"stage: not given, so it is 'baseline'.*\(/x/other\); give stage=NAME"):
+        _refuse_silent_baseline_overwrite(tmp_path, Path("/x/mine"))
+    _refuse_silent_baseline_overwrite(tmp_path, Path("/x/other"))           # the same checkpoint: re-evaluated
+    _refuse_silent_baseline_overwrite(tmp_path / "none", Path("/x/mine"))   # no baseline yet

@@ -13,6 +13,7 @@ Results go to the run dir and to ``{artifacts}/eval_results/`` where ``phase=com
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
@@ -110,6 +111,19 @@ def finetune(ctx, cfg, model, tokenizer, steps: int) -> dict:
             "skipped_steps": module.skipped_steps, "unstable": module.skipped_steps > 0, "mix": mix}
 
 
+def _refuse_silent_baseline_overwrite(artifacts: Path, ckpt: Path) -> None:
+    """Without ``stage=`` the stage is "baseline": refuse to replace the baseline results of *another* checkpoint
+    that way (a forgotten ``stage=`` overwrote them silently); ``stage=baseline`` replaces them on purpose."""
+    f = results_path(artifacts, "baseline")
+    try:
+        other = json.loads(f.read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return
+    if other and Path(other).absolute() != ckpt:
+        raise ConfigError(f"stage: not given, so it is 'baseline', and {f} holds the baseline of another checkpoint "
+                          f"({other}); give stage=NAME for this one, or stage=baseline to replace that baseline")
+
+
 def run(cfg) -> dict:
     p = cfg.phase
     stage = str(pick(cfg, "stage") or "baseline")
@@ -117,6 +131,8 @@ def run(cfg) -> dict:
         raise ConfigError(f"stage={stage!r}: use letters, digits, '_', '-' or '.' only")
     artifacts = Path(cfg.paths.artifacts).absolute()
     ckpt = Path(pick(cfg, "checkpoint") or artifacts / "cognate" / "model1").absolute()
+    if not pick(cfg, "stage"):
+        _refuse_silent_baseline_overwrite(artifacts, ckpt)
     model, tokenizer, ck_cfg = load_any(ckpt)
     already = ck_cfg.get("architecture") == RECURSIVE_ARCH
     recursive = p.recursive if p.recursive != "auto" else (stage in RECURSIVE_STAGES or already)
