@@ -184,3 +184,15 @@ def test_compare_cli_table(tmp_path):
     assert "~ no significant change" in out and "unpaired: no test" in out
     md = next((tmp_path / "run" / "outputs").rglob("comparison.md")).read_text()
     assert md in out
+
+
+def test_the_table_says_when_the_stages_were_evaluated_with_different_settings():
+    """Timings of a 512-token and a 128-token generation are no speed change: the table names the setting."""
+    from agentforge.evals.compare_table import markdown_table, settings_differences
+
+    results = {"a": {"settings": {"latency_tokens": 512, "gen_tokens": 48}},
+               "b": {"settings": {"latency_tokens": 128, "gen_tokens": 48}}}
+    assert settings_differences(results) == ["latency_tokens: 512 (a) vs 128 (b)"]
+    assert "different settings** — latency_tokens: 512 (a) vs 128 (b)" in markdown_table(results, [])
+    same = {"a": results["a"], "b": {"settings": dict(results["a"]["settings"])}}
+    assert settings_differences(same) == [] and "different settings" not in markdown_table(same, [])

@@ -228,7 +228,24 @@ def markdown_table(results: dict[str, dict], rows: list[dict]) -> str:
               f"other once-per-run figures) and shows no direction. {' and '.join(DETERMINISTIC)} are deterministic "
               f"(no sampling or timing noise): = unchanged, ▲ / ▼ from the exact difference. The CSV adds "
               f"each comparison's p and pairing."]
+    differ = settings_differences(results)
+    if differ:
+        lines += ["", "**The stages were evaluated with different settings** — " + "; ".join(differ) + ": the figures "
+                  "those settings shape (e.g. latency and throughput by `latency_tokens`) measure different things."]
     return "\n".join(lines) + "\n"
+
+
+def settings_differences(results: dict[str, dict]) -> list[str]:
+    """'key: a (stage) vs b (stage)' for every evaluation setting (the results' ``settings``) that differs between
+    the stages: a difference of timings taken with 512 and 128 tokens is no speed change."""
+    out = []
+    stages = list(results)
+    keys = sorted({k for r in results.values() for k in (r.get("settings") or {})})
+    for k in keys:
+        vals = {s: (results[s].get("settings") or {}).get(k) for s in stages}
+        if len({repr(v) for v in vals.values()}) > 1:
+            out.append(f"{k}: " + " vs ".join(f"{v} ({s})" for s, v in vals.items()))
+    return out
 
 
 def csv_table(rows: list[dict]) -> str:
