@@ -201,7 +201,8 @@ def report(ctx, result: dict, name: str) -> dict:
     print("  ".join(f"{s['name']}: {s[pkey]:,} params loss {s['loss']:.4f}"
                     + (f" (test {s['test_loss']:.4f})" if "test_loss" in s else "") for s in sizes))
     print(f"fit: loss = {fit.intercept:.4f} {'-' if fit.slope < 0 else '+'} {abs(fit.slope):.4f}·ln(params)  "
-          f"R² = {fit.r2:.4f}  fitness = {fit.fitness:.4f}  combined_score = {result['combined_score']:.4f} "
+          f"R² = {fit.r2:.4f}{' (2 sizes: 1 by construction)' if len(sizes) < 3 else ''}  "
+          f"fitness = {fit.fitness:.4f}  combined_score = {result['combined_score']:.4f} "
           f"(sandbox: {result['sandbox']})")
     for line in set_lines(result):
         print(line)
