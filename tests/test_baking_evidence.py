@@ -173,7 +173,7 @@ def test_the_phase_summary_decides_converged_by_the_verdict():
 def test_the_pipeline_decides_the_baking_row_from_its_ci():
     """Without the phase's verdict (metrics from before the paired gain) a clearing CI is not a PASS: the unbaked
     model scores the same. With it, the row shows the phase's verdict and its reason."""
-    from agentforge.pipeline.report import _decided
+    from agentforge.pipeline.thresholds import _decided
 
     m = {"baking/final_accuracy": 0.96, "baking/final_accuracy_n": 40, "baking/final_accuracy_ci95": [0.9, 0.99]}
     got = _decided(m, "baking/final_accuracy", True, ">=", 0.85)

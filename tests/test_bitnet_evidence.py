@@ -96,7 +96,7 @@ def test_speedup_is_the_median_of_per_round_ratios_with_the_sign_test_ci():
 def test_pipeline_report_reads_the_phase_evidence(tmp_path):
     """Without eval results to recompute it from, the pipeline's threshold row decides the phase's drop from the
     phase's own n and CI (keys K_n, K_ci95, K_test): INCONCLUSIVE below MIN_N, PASS when the whole CI is < 10 %."""
-    from agentforge.pipeline.report import headline_metrics, threshold_rows
+    from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
 
     evals = _evals({"gsm8k": 5, "arc": 3, "piqa": 2})
     drop = relative_drop(0.8, 0.6)

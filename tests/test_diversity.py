@@ -59,7 +59,7 @@ def test_threshold_row_is_decided_from_the_ci(tmp_path):
     """Halting 1 / 3 / 5 on 40 rows each, tight: diversity ≈ (0.544 + 0 + 0) / 3 = 0.181 < 0.3 with the whole
     CI below → FAIL; far apart (1 / 4 / 16) → PASS; with noisy rows straddling 0.3 → INCONCLUSIVE; below MIN_N
     rows per model → INCONCLUSIVE whatever the CI."""
-    from agentforge.pipeline.report import threshold_rows
+    from agentforge.pipeline.thresholds import threshold_rows
 
     rng = np.random.default_rng(0)
 

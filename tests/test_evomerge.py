@@ -24,7 +24,7 @@ from agentforge.merge.evaluator import RecipeEvaluator, weights_digest
 from agentforge.merge.evolution import EvoConfig, evolve, mean_pairwise
 from agentforge.merge.recipe import Recipe, Space, identity_recipe, random_recipe
 from agentforge.models import CognateConfig, CognateModel
-from agentforge.pipeline.report import headline_metrics, threshold_rows
+from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
 from tests.conftest import compose_cfg, run_cli
 
 # -- the GA on a toy genome: a tuple of 4 integers, fitness = -(distance to the target)^2 ----------------

@@ -333,7 +333,7 @@ def test_phase1_diversity_uses_the_deterministic_cost(tmp_path):
     latencies 10, 20, 30 are not used."""
     import json
 
-    from agentforge.pipeline.report import cognate_diversity
+    from agentforge.pipeline.thresholds import cognate_diversity
     for mid, h in zip((1, 2, 3), (2.0, 3.0, 4.0)):
         d = tmp_path / "cognate" / f"model{mid}"
         d.mkdir(parents=True)

@@ -128,7 +128,7 @@ def test_a_sweep_warns_when_its_jobs_published_to_one_directory():
 
 
 def test_threshold_table_and_cognate_diversity_by_hand(tmp_path):
-    from agentforge.pipeline.report import cognate_diversity, threshold_rows
+    from agentforge.pipeline.thresholds import cognate_diversity, threshold_rows
 
     for mid, (h, u, t) in zip((1, 2, 3), [(2.0, 0.5, 10.0), (4.0, 0.5, 20.0), (6.0, 0.5, 30.0)]):
         d = tmp_path / "cognate" / f"model{mid}"

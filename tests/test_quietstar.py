@@ -136,7 +136,7 @@ def test_user_examples_hold_out_the_last_of_each_strategy(tmp_path):
 
 
 def test_pipeline_threshold_rows_show_the_anti_theater_verdict_n_and_ci(tmp_path):
-    from agentforge.pipeline.report import headline_metrics, threshold_rows
+    from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
 
     summary = {"anti_theater/final_ablation_drop": 0.03, "anti_theater/final_ablation_drop_n": 64,
                "anti_theater/final_ablation_drop_ci95": [0.004, 0.056],

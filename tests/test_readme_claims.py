@@ -187,7 +187,7 @@ def test_pipeline_thresholds_are_the_seeds_the_readme_lists():
     accuracy ≥ 0.85, anti-theater divergence > 0.3 and ablation drop > 0.02, compression > 6×, accuracy drop < 10 %)'
     and Phase 3: 'correlation > 0.5'; Phase 1: 'a margin of 0.01 nats/token declared before the runs'."""
     from agentforge.models.ablation import NONINFERIORITY_MARGIN
-    from agentforge.pipeline.report import THRESHOLDS
+    from agentforge.pipeline.thresholds import THRESHOLDS
 
     got = {key: (op, thr) for _, key, op, thr in THRESHOLDS}
     assert got == {"phase1/diversity": (">", 0.3), "final/fitness_improvement": (">", 20.0),

@@ -8,7 +8,8 @@ import pytest
 
 from agentforge.evals.compare import accuracy_drop_test
 from agentforge.evals.stats import paired_ratio_ci
-from agentforge.pipeline.report import headline_metrics, performance_rows, threshold_rows, write_report
+from agentforge.pipeline.report import performance_rows, write_report
+from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
 
 
 def _results(gsm: list[int], arc: list[int], piqa: list[int], tag: str = "") -> dict:
@@ -159,7 +160,7 @@ def test_report_shows_phase1_ablations_halting_and_diversity(tmp_path):
     """Three models' metrics.json: the Phase 1 section lists each one's ablation deltas with CIs, halting and the
     non-inferiority verdict (model 1's cost CI [−0.002, +0.004] is under the 0.01 margin, model 2's +0.03 is not),
     and the diversity beside 0.3."""
-    from agentforge.pipeline.report import cognate_diversity
+    from agentforge.pipeline.thresholds import cognate_diversity
 
     art = tmp_path / "artifacts"
     for mid, (h, lo) in zip((1, 2, 3), [(3.0, -0.004), (2.0, -0.03), (1.5, -0.001)]):

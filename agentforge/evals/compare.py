@@ -196,7 +196,7 @@ def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: di
         if len(ratios) < MIN_TIMING_ROUNDS:
             return {"threshold": key, "value": value, "ci95": ci, "rounds": len(ratios), "target": target, "ok": None,
                     "note": f"{len(ratios)} rounds: the median's 95 % CI needs {MIN_TIMING_ROUNDS}: no decision"}
-        ok = {"PASS": True, "FAIL": False}.get(threshold_verdict(ci, op, target)[0])   # the whole CI on one side
+        ok = _met(ci, op, target)
         return {"threshold": key, "value": value, "ci95": ci, "rounds": len(ratios), "target": target, "ok": ok}
     v, b = cm.get(metric), bm.get(metric)
     if not (_num(v) and _num(b) and math.isfinite(v) and math.isfinite(b) and b):
@@ -209,6 +209,20 @@ def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: di
 
 
 MIN_TIMING_ROUNDS = 6   # the fewest values whose median has a distribution-free 95 % CI (median_ci)
+
+
+def _met(ci, op: str, target: float) -> bool | None:
+    """True when the whole CI meets the target, False when none of it does, None (inconclusive) otherwise."""
+    return {"PASS": True, "FAIL": False}.get(threshold_verdict(ci, op, target)[0])
+
+
+def round_ratios(num_s: Sequence[float], den_s: Sequence[float]) -> tuple[float, list[float], int]:
+    """(median, its distribution-free CI, n) of the per-round ratios num / den of interleaved timing rounds (round r
+    of each list timed in the same round, so load hits both alike): the speedups and cost ratios the phases report."""
+    if len(num_s) != len(den_s) or not num_s:
+        raise ValueError(f"per-round times must pair up (got {len(num_s)} and {len(den_s)} rounds)")
+    ratios = [a / b for a, b in zip(num_s, den_s)]
+    return statistics.median(ratios), median_ci(ratios), len(ratios)
 
 
 def _absolute_check(key: str, metric: str, op: str, target: float, cm: dict) -> dict:
@@ -228,7 +242,7 @@ def _absolute_check(key: str, metric: str, op: str, target: float, cm: dict) -> 
                         f"needs {MIN_TIMING_ROUNDS} rounds: no decision"}
     xs = list(rounds) if metric == "latency_ms" else [tokens / (ms / 1000) for ms in rounds]
     ci = median_ci(xs)
-    ok = {"PASS": True, "FAIL": False}.get(threshold_verdict(ci, op, target)[0])
+    ok = _met(ci, op, target)
     return {"threshold": key, "value": statistics.median(xs), "ci95": ci, "rounds": len(xs), "target": target, "ok": ok}
 
 

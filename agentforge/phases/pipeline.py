@@ -25,7 +25,8 @@ from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete, step_fingerprint
-from agentforge.pipeline.report import dir_bytes, headline_metrics, performance_rows, threshold_rows, write_report
+from agentforge.pipeline.report import dir_bytes, performance_rows, write_report
+from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
 
 PHASE_ORDER = ("cognate", "evomerge", "quietstar", "bitnet", "eval")
 RULES = PHASE_RULES["pipeline"]
@@ -82,13 +83,16 @@ def _previous_records(state_file: Path) -> dict[str, dict]:
         return {}
 
 
+INCOMPLETE = "outputs incomplete"
+
+
 def _skip_reason(step, fp: str, prev: dict | None, upstream_ran: bool) -> str | None:
-    """Why a step must run again (None: skip it): an earlier step ran, its outputs are incomplete, or they were made
+    """Why a step must run again (None: skip it): its outputs are incomplete, an earlier step ran, or they were made
     with other settings (or by a version that recorded none)."""
+    if not is_complete(step):
+        return INCOMPLETE
     if upstream_ran:
         return "an earlier step ran again"
-    if not is_complete(step):
-        return "outputs incomplete"
     if not prev or prev.get("fingerprint") != fp:
         return "its settings differ from those its outputs were made with"
     return None
@@ -128,7 +132,7 @@ def run(cfg) -> dict:
             print(f"[{i}/{len(steps)}] {step.key}: outputs complete, same settings, skipped")
         else:
             upstream_ran = True
-            print(f"[{i}/{len(steps)}] {step.key}: running" + (f" ({why})" if prev and is_complete(step) else ""))
+            print(f"[{i}/{len(steps)}] {step.key}: running" + (f" ({why})" if prev and why != INCOMPLETE else ""))
             t0 = time.perf_counter()
             try:
                 with PeakMemory(interval=0.05) as mem:  # this step's own peak resident memory

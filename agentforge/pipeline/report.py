@@ -3,12 +3,7 @@
 1. phase overview: status and duration of every step;
 2. model performance across phases: perplexity, accuracies, size on disk, latency, from each phase
    output's ``eval`` results; every accuracy with its n and 95% Wilson CI;
-3. the seed's critical thresholds: a row comparing two models (``_PAIRED``) is decided only by a CI from
-   a paired test on the same examples — PASS when the whole CI meets the threshold, FAIL when none of it
-   does, INCONCLUSIVE otherwise, below ``stats.MIN_N`` examples, or without a CI; Phase 1 diversity is
-   decided the same way from its bootstrap CI over the held-out rows (``evals.diversity``); BitNet's accuracy
-   drop is recomputed here, paired, from the eval results of ``phase3_reasoning`` and
-   ``phase4_compressed`` over all their questions (``evals.compare.accuracy_drop_test``);
+3. the seed's critical thresholds, each row decided from its CI (``pipeline.thresholds``);
 4. Phase 1, what each Cognate mechanism buys: each model's ablation deltas with their paired-bootstrap
    CIs (recursion at 1 step, memory off, always-max-steps with the non-inferiority verdict of halting,
    recall items memory off), its halting (mean, std, histogram, computed digits vs letters) and the
@@ -29,129 +24,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from agentforge.errors import ConfigError
-from agentforge.evals.compare import ACCURACY_FORMATS, accuracy_drop_test
-from agentforge.evals.diversity import phase1_diversity
-from agentforge.evals.stats import paired_bootstrap, threshold_verdict, wilson_ci
+from agentforge.evals.compare import ACCURACY_FORMATS
+from agentforge.evals.stats import paired_bootstrap, wilson_ci
 from agentforge.io import atomic_write, write_text_atomic
+from agentforge.pipeline.thresholds import cognate_diversity, cognate_metrics
 
 PERF_COLUMNS = [("perplexity", "Perplexity"), ("reasoning_accuracy", "GSM8K acc"), ("arc_easy_accuracy", "ARC acc"),
                 ("piqa_accuracy", "PIQA acc"), ("size_mb", "Size on disk (MB)"), ("latency_ms", "Latency (ms)"),
                 ("forward_tokens_per_sec", "Forward tok/s")]
 
 
-# The seed's "Critical Thresholds" (phase1-4 plan, summary table): (phase, metric key, op, threshold).
-THRESHOLDS = [
-    ("Phase 1 Cognate", "phase1/diversity", ">", 0.3),
-    ("Phase 2 EvoMerge", "final/fitness_improvement", ">", 20.0),
-    ("Phase 3 baking", "baking/final_accuracy", ">=", 0.85),
-    ("Phase 3 RL", "anti_theater/final_divergence", ">", 0.3),
-    ("Phase 3 RL", "anti_theater/final_ablation_drop", ">", 0.02),
-    ("Phase 3 RL", "anti_theater/final_correlation", ">", 0.5),
-    ("Phase 4 BitNet", "final/compression_ratio", ">", 6.0),
-    ("Phase 4 BitNet", "final/accuracy_drop", "<", 10.0),
-]
-_HEADLINE = {k for _, k, _, _ in THRESHOLDS}
-
-
-# A headline key K decided on a sample may come with K_n, K_ci95 ([low, high]), K_verdict (PASS / FAIL /
-# INCONCLUSIVE, e.g. the anti-theater checks) and K_test (what was tested); the row then shows that verdict,
-# n and CI. With a CI but no verdict the row is decided from the CI (``stats.threshold_verdict``). K_why, when
-# given, is the reason the phase gave for its verdict (e.g. the baking row's unbaked score, gain and prompt effect).
-_EVIDENCE = ("_n", "_ci95", "_verdict", "_test", "_why")
-# Rows whose PASS also needs a paired gain over the model before the step (``reasoning.baking_evidence.baking_verdict``): the
-# phase writes K_verdict; without it (metrics written before the gain was measured) the row cannot pass.
-_NEEDS_GAIN = {"baking/final_accuracy": "no paired gain over the unbaked model in these metrics (the unbaked model "
-                                        "scores about the same); re-run phase=quietstar step=baking"}
-# Rows that compare two models (or one model with and without its thoughts): no verdict without a CI.
-_PAIRED = {"final/fitness_improvement", "final/test_fitness_improvement", "anti_theater/final_divergence",
-           "anti_theater/final_ablation_drop", "anti_theater/final_correlation", "final/accuracy_drop"}
-
-
-# Figures a threshold row shows beside its own: EvoMerge's composite fitness improvement can hide a quality loss
-# (its speed and size terms), so the row also gives the champion's perplexity ratio and accuracy change against the
-# best input on the same test rows and questions (``merge.heldout``).
-# BitNet's forward speedup (packed vs fp32, interleaved rounds in one process) goes beside its compression ratio.
-_COMPANIONS = ("final/test_ppl_ratio", "final/test_ppl_ratio_ci95", "final/test_accuracy_delta",
-               "final/test_accuracy_delta_ci95", "final/test_accuracy_delta_p", "final/inference_speedup",
-               "final/inference_speedup_ci95", "final/inference_speedup_n")
-
-
-def headline_metrics(metrics: dict) -> dict:
-    """The numeric metrics of a phase result that the threshold table reads, with their n / CI / verdict."""
-    out = {k: float(v) for k, v in metrics.items() if k in _HEADLINE and isinstance(v, (int, float))}
-    out.update({h + e: metrics[h + e] for h in _HEADLINE for e in _EVIDENCE if h + e in metrics})
-    out.update({k: metrics[k] for k in _COMPANIONS if k in metrics})
-    return out
-
-
-def quality_note(m: dict) -> str:
-    """The EvoMerge champion's perplexity ratio and accuracy change against the best input, with CIs, or ''."""
-    if "final/test_ppl_ratio" not in m:
-        return ""
-    lo, hi = m["final/test_ppl_ratio_ci95"]
-    text = f"quality vs the best input on the same test rows: perplexity ratio {m['final/test_ppl_ratio']:.3f} [{lo:.3f}, {hi:.3f}]"
-    if "final/test_accuracy_delta" in m:
-        alo, ahi = m["final/test_accuracy_delta_ci95"]
-        text += (f", accuracy {m['final/test_accuracy_delta']:+.3f} [{alo:+.3f}, {ahi:+.3f}] "
-                 f"(McNemar p={m['final/test_accuracy_delta_p']:.3g})")
-    return text
-
-
-def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: float | None = None) -> str:
-    verdict, ci, n = measured.get(f"{key}_verdict"), measured.get(f"{key}_ci95"), measured.get(f"{key}_n")
-    if verdict is None and ci is not None and op is not None:
-        verdict = threshold_verdict(ci, op, thr, None if n is None else int(n))[0]
-        if verdict == "PASS" and key in _NEEDS_GAIN:
-            verdict, measured = "INCONCLUSIVE", {**measured, f"{key}_why": _NEEDS_GAIN[key]}
-    if verdict is None:
-        if key in _NEEDS_GAIN:
-            return f"INCONCLUSIVE ({_NEEDS_GAIN[key]})"
-        if key in _PAIRED:
-            return "INCONCLUSIVE (no CI from a paired test on the same examples)"
-        if key == "phase1/diversity":  # metrics.json written before the per-row features were kept
-            return "INCONCLUSIVE (no CI: the Cognate metrics lack per-row features; re-run phase=cognate)"
-        return "PASS" if ok else "FAIL"
-    lo, hi = ci or (float("nan"), float("nan"))
-    test, why = measured.get(f"{key}_test"), measured.get(f"{key}_why")
-    return (f"{verdict} (n={measured.get(f'{key}_n', '?')}, 95% CI [{lo:.3g}, {hi:.3g}]"
-            + (f"; {test}" if test else "") + (f"; {why}" if why else "") + ")")
-
-
-def paired_accuracy_drop(artifacts: Path, before: str = "phase3_reasoning", after: str = "phase4_compressed") -> dict:
-    """BitNet's accuracy drop (%) paired on the eval test sets, as headline keys; {} when not measurable."""
-    files = [artifacts / "eval_results" / f"{s}_results.json" for s in (before, after)]
-    if not all(f.is_file() for f in files):
-        return {}
-    try:
-        res = accuracy_drop_test(*(json.loads(f.read_text()) for f in files))
-    except (ConfigError, ValueError, KeyError):
-        return {}
-    if res is None:
-        return {}
-    chance = res.get("chance_accuracy")
-    level = (f"; accuracy {res['accuracy_before']:.3f} before, {res['accuracy_after']:.3f} after, {chance:.3f} by "
-             "chance" if chance is not None else "")
-    return {"final/accuracy_drop": res["drop_percent"], "final/accuracy_drop_ci95": res["ci95"],
-            "final/accuracy_drop_n": res["n"],
-            "final/accuracy_drop_test": f"{after} vs {before}, paired {res['pairing']}; McNemar p={res['mcnemar_p']:.3g}"
-                                        + level}
-
-
-def cognate_metrics(artifacts: Path) -> dict[int, dict]:
-    """{model id: its ``cognate/model{id}/metrics.json``} for the Cognate models (1-3) that have one."""
-    files = {mid: artifacts / "cognate" / f"model{mid}" / "metrics.json" for mid in (1, 2, 3)}
-    return {mid: json.loads(f.read_text()) for mid, f in files.items() if f.is_file()}
-
-
-def cognate_diversity(artifacts: Path) -> dict:
-    """Phase 1 diversity (``evals.diversity.phase1_diversity``: the mean coefficient of variation of avg
-    halting steps, LTM usage and forward FLOPs per token across the three models, with its bootstrap CI over
-    the held-out rows); {} until all three models have metrics."""
-    return phase1_diversity(list(cognate_metrics(artifacts).values()))
-
-
-def _diversity_text(div: dict) -> str:
+def diversity_text(div: dict) -> str:
     if not div:
         return "– (needs all three models)"
     if "phase1/diversity_ci95" not in div:
@@ -159,58 +42,6 @@ def _diversity_text(div: dict) -> str:
     lo, hi = div["phase1/diversity_ci95"]
     return (f"{div['phase1/diversity']:.3f}, 95% CI [{lo:.3f}, {hi:.3f}] ({div['phase1/diversity_test']}, "
             f"n = {div['phase1/diversity_n']} rows per model)")
-
-
-def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]:
-    """[phase, metric, threshold, measured, passed] for every threshold that has a measurement."""
-    measured: dict[str, float] = {}
-    for m in step_metrics.values():
-        measured.update(m)
-    measured.update(cognate_diversity(artifacts))
-    if "final/accuracy_drop" in measured:  # on the eval test sets, the stages every other row of the report uses
-        own, own_n = measured["final/accuracy_drop"], measured.get("final/accuracy_drop_n")
-        paired = paired_accuracy_drop(artifacts)
-        if paired:
-            paired["final/accuracy_drop_test"] += (f"; recomputed on the eval test sets: the BitNet run's own "
-                                                   f"final/accuracy_drop is {own:+.1f} %"
-                                                   + (f" on its n={int(own_n)} validation questions" if own_n else ""))
-        measured.update(paired)
-    notes = {"final/compression_ratio": compression_note(artifacts) + speedup_note(measured),
-             "final/fitness_improvement": quality_note(measured)}
-    rows = []
-    for phase, key, op, thr in THRESHOLDS:
-        if key in measured:
-            v = measured[key]
-            ok = {">": v > thr, ">=": v >= thr, "<": v < thr}[op]
-            rows.append([phase, key, f"{op} {thr:g}", v, _decided(measured, key, ok, op, thr)
-                         + (f" ({notes[key]})" if notes.get(key) else "")])
-    return rows
-
-
-def speedup_note(m: dict) -> str:
-    """'; forward speedup packed ÷ fp32 X [CI] (n rounds)' from the BitNet phase's interleaved timing, or ''."""
-    if not isinstance(m.get("final/inference_speedup"), (int, float)):
-        return ""
-    ci, n = m.get("final/inference_speedup_ci95"), m.get("final/inference_speedup_n")
-    text = f"; forward speedup packed ÷ fp32 {m['final/inference_speedup']:.2f}"
-    if ci and n and int(n) >= 6:   # fewer rounds give the median no 95 % CI (``compare.median_ci``)
-        text += f" [{ci[0]:.2f}, {ci[1]:.2f}], n={int(n)} interleaved rounds"
-    elif n:
-        text += f" (n={int(n)} rounds: no CI)"
-    return text
-
-
-def compression_note(artifacts: Path, before: str = "phase3_reasoning", after: str = "phase4_compressed") -> str:
-    """What the compression ratio measures (bytes on disk) beside the parameter memory of both models once loaded,
-    from the eval results: the packed model is unpacked to compute, so loaded it need not be smaller."""
-    mem = {}
-    for stage in (before, after):
-        f = artifacts / "eval_results" / f"{stage}_results.json"
-        try:
-            mem[stage] = float(json.loads(f.read_text())["metrics"]["param_memory_mb"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return "bytes on disk"
-    return f"bytes on disk; parameter memory once loaded: {mem[after]:.3g} MB packed vs {mem[before]:.3g} MB before"
 
 
 PHASE1_COLUMNS = ["Model", "Val loss", "Halting steps mean (std)", "Steps histogram",
@@ -439,7 +270,7 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
                "result's digits minus on the letters of the same held-out GSM8K-format rows, paired by row. "
                + _phase1_sizes(artifacts), "",
                "Phase 1 diversity (mean coefficient of variation of halting steps, LTM usage and inference FLOPs "
-               "across the three models): " + _diversity_text(div) + " against the seed's threshold 0.3.", ""]
+               "across the three models): " + diversity_text(div) + " against the seed's threshold 0.3.", ""]
     data_cols = ["Task", "Training draws", "Distinct training prompts", "Held-out (val / test)",
                  "Held-out prompts seen in training (val / test)", "Identical records (val / test)"]
     data = data_rows(data_check) if data_check else []

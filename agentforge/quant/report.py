@@ -20,10 +20,9 @@ stale.
 from __future__ import annotations
 
 import math
-import statistics
 
 from agentforge.data.ids import example_ids
-from agentforge.evals.compare import accuracy_drop_test, median_ci
+from agentforge.evals.compare import MIN_TIMING_ROUNDS, accuracy_drop_test, round_ratios
 from agentforge.evals.stats import MIN_N, exact_paired_binary, paired_binary_ci, threshold_verdict
 
 TASKS = ("gsm8k", "arc", "piqa")
@@ -79,13 +78,10 @@ def accuracy_evidence(before: dict[str, list[int]], after: dict[str, list[int]],
 def speedup_evidence(before_s: list[float], after_s: list[float]) -> dict:
     """``final/inference_speedup`` (fp32 / packed forward time) as the median of the per-round ratios of
     interleaved rounds, with its n (rounds), distribution-free CI and what it is."""
-    if len(before_s) != len(after_s) or not before_s:
-        raise ValueError(f"per-round times must pair up (got {len(before_s)} and {len(after_s)} rounds)")
-    ratios = [b / a for b, a in zip(before_s, after_s)]
-    n = len(ratios)
+    value, ci, n = round_ratios(before_s, after_s)
     rounds = f"{n} round" + "s" * (n != 1)
-    note = "" if n > 5 else f"; only {rounds}: the CI is their range and covers less than 95 %"
-    return {"value": statistics.median(ratios), "ci95": median_ci(ratios), "n": n,
+    note = "" if n >= MIN_TIMING_ROUNDS else f"; only {rounds}: the CI is their range and covers less than 95 %"
+    return {"value": value, "ci95": ci, "n": n,
             "test": f"median of the per-round ratios of {rounds} of interleaved forward timings, sign-test CI of "
                     f"the median" + note}
 

@@ -9,7 +9,7 @@ import statistics
 import torch
 
 from agentforge.data import formats, synthetic
-from agentforge.evals.compare import median_ci
+from agentforge.evals.compare import round_ratios
 from agentforge.evals.speed import interleaved_times
 from agentforge.evals.stats import paired_test, wilson_ci
 from agentforge.reasoning.thoughts import generate_with_thoughts
@@ -30,11 +30,10 @@ def inference_ms(model, head, tok, tc, tids, n_tokens: int, rounds: int = 7) -> 
 
     t = interleaved_times({"with": gen(head), "without": gen(None)}, rounds, warmup=1,
                           sync=torch.cuda.synchronize if device.type == "cuda" else None)
-    ratios = [a / b for a, b in zip(t["with"], t["without"])]
+    ratio, ci, n = round_ratios(t["with"], t["without"])
     return {"rl/inference_time_ms": statistics.median(t["with"]) * 1000 / n_tokens,
             "rl/inference_time_ms_without_thoughts": statistics.median(t["without"]) * 1000 / n_tokens,
-            "rl/thinking_cost_ratio": statistics.median(ratios), "rl/thinking_cost_ratio_ci95": median_ci(ratios),
-            "rl/thinking_cost_ratio_n": len(ratios),
+            "rl/thinking_cost_ratio": ratio, "rl/thinking_cost_ratio_ci95": ci, "rl/thinking_cost_ratio_n": n,
             "rl/thinking_cost_ratio_test": "median of per-round ratios of interleaved rounds; order-statistic CI"}
 
 
