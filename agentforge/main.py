@@ -41,13 +41,19 @@ def _uid() -> str:
 OmegaConf.register_new_resolver("af_uid", _uid, replace=True)
 
 
-def run(cfg: DictConfig) -> dict:
-    """The plain entry point tests call: validate, dispatch, return the phase's result."""
-    validate(cfg)  # the shared groups and the model first: a bad value there fails before Lightning loads (~5 s)
-    from agentforge.phases.rules import PHASE_RULES  # then the phase's own keys, still before Lightning
+def check_start(cfg: DictConfig) -> None:
+    """The start-up checks, before Lightning loads (~5 s): a ConfigError for the first bad value. A sweep makes
+    them on every job before starting any (``tracking.sweep.check_sweep_values``)."""
+    validate(cfg)  # the shared groups and the model first
+    from agentforge.phases.rules import PHASE_RULES  # then the phase's own keys
 
     check(cfg, PHASE_RULES.get(str(cfg.phase.name), ()))
     _check_gpu_visible(cfg)
+
+
+def run(cfg: DictConfig) -> dict:
+    """The plain entry point tests call: validate, dispatch, return the phase's result."""
+    check_start(cfg)
     import lightning as L  # here, not at the top: `--help` and `--cfg job` need no torch / Lightning
 
     _route_lightning_logs()

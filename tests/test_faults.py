@@ -149,16 +149,32 @@ def test_api_key_never_reaches_configs_logs_or_artifacts(tmp_path):
 
 
 def test_api_key_never_reaches_a_multiruns_records(tmp_path):
-    """The same promise for a multirun (jobs failing fast on a bad value: the sweep's own records are the point).
-    Hydra's launcher echoing each job's overrides to the console ('#0 : ...') is the user's own command line, not a
-    record, and is not checked."""
+    """The same promise for a multirun whose jobs fail when they run (a resume checkpoint that is not there: found
+    only once each job starts; the sweep's own records are the point). Hydra's launcher echoing each job's
+    overrides to the console ('#0 : ...') is the user's own command line, not a record, and is not checked."""
     secret = "sk-test-0123456789abcdef"
-    proc = run_cli(["-m", "optimizer.lr=-0.1,-0.2", f"+logger.api_key={secret}", "logger=none"], tmp_path, timeout=120)
+    proc = run_cli(["-m", *BASE, f"ckpt_path={tmp_path}/a.ckpt,{tmp_path}/b.ckpt", f"+logger.api_key={secret}"],
+                   tmp_path, timeout=120)
     assert proc.returncode != 0 and "FAILED job 1" in proc.stderr, proc.stderr[-2000:]
     leaks = [str(f.relative_to(tmp_path)) for f in (tmp_path / "outputs").rglob("*")
              if f.is_file() and secret.encode() in f.read_bytes()]
     failed = [ln for ln in proc.stderr.splitlines() if "FAILED job" in ln]
     assert len(failed) == 2 and not leaks and not [ln for ln in failed if secret in ln], (leaks, failed)
+
+
+def test_a_sweep_with_a_bad_value_is_refused_before_any_job(tmp_path):
+    """``optimizer.lr=0.01,-1``: every job's composed config gets the start-up checks before the first job starts:
+    one ``error:`` line naming the job, its overrides (the secret redacted) and the key; exit 2; nothing written
+    (job 0, whose value is fine, did not run for minutes first)."""
+    secret = "sk-test-0123456789abcdef"
+    proc = run_cli(["-m", *BASE, "optimizer.lr=0.01,-1", "model.n_layers=1,2", f"+logger.api_key={secret}"],
+                   tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: job 2 of 4 [") and "optimizer.lr=-1" in lines[0], lines
+    assert "optimizer.lr must be a number > 0" in lines[0] and "<redacted>" in lines[0] and secret not in proc.stderr
+    assert "#0 :" not in proc.stdout + proc.stderr   # Hydra's launcher never announced a job
+    assert not [f for f in (tmp_path / "outputs").rglob("*") if f.is_file()]
 
 
 def test_a_sweep_refused_before_any_job_leaves_nothing(tmp_path):
@@ -190,10 +206,12 @@ def test_a_full_disk_gives_one_line_and_no_partial_files(tmp_path):
 
 
 def test_one_failing_job_does_not_stop_the_sweep(tmp_path):
-    proc = run_cli(["-m", *BASE, "phase.max_epochs=1", "phase.steps_per_epoch=2", "model.n_layers=0,1"], tmp_path)
+    """A job that fails when it runs (its resume checkpoint is not there) is recorded; the next job still runs."""
+    proc = run_cli(["-m", *BASE, "phase.max_epochs=1", "phase.steps_per_epoch=2", f"ckpt_path={tmp_path}/a.ckpt,fresh"],
+                   tmp_path)
     assert proc.returncode != 0
     assert "1 of 2 jobs succeeded" in proc.stdout
-    assert "FAILED job 0" in proc.stderr and "model.n_layers" in proc.stderr
+    assert "FAILED job 0" in proc.stderr and "a.ckpt: file not found" in proc.stderr
     assert (tmp_path / "outputs" / "artifacts" / "cognate" / "model3" / "config.json").is_file()
 
 

@@ -2,7 +2,9 @@
 which jobs failed and exits non-zero when any did (the other jobs still ran). A sweep that Hydra refuses
 before any job starts (an unknown option in a value list, e.g. ``model=m1,m9``: the sweeper composes every
 job first) leaves nothing behind: the sweeper has by then written ``multirun.yaml``, overrides and all, and
-``discard_unstarted_sweep`` removes it."""
+``discard_unstarted_sweep`` removes it. A value a job would refuse (``optimizer.lr=0.01,-1``) is found the same way,
+before any job starts (``check_sweep_values``): a sweep no longer spends its first jobs' hours before job 7 says
+its learning rate is negative."""
 from __future__ import annotations
 
 import json
@@ -68,8 +70,53 @@ def discard_unstarted_sweep() -> None:
                 pass
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """Every job's overrides, as Hydra's basic sweeper will launch them (its own expansion of the value lists and
+    of ``hydra.sweeper.params``); [] under another sweeper (Optuna proposes its values within declared ranges)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return []
+    params = config.hydra.sweeper.get("params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(args)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_sweep_values(config: DictConfig) -> str | None:
+    """The first job whose composed config breaks a start-up rule (the shared groups, the model, the phase's own
+    keys, a GPU asked for and absent: the checks ``agentforge.main.run`` makes first), as one line; else None."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    from agentforge.errors import ConfigError
+    from agentforge.main import check_start
+
+    loader = GlobalHydra.instance().config_loader()
+    jobs = sweep_jobs(config)
+    for num, job in enumerate(jobs):
+        try:
+            job_config = loader.load_sweep_config(master_config=config, sweep_overrides=job)
+        except HydraException:   # an option Hydra cannot compose (model=m9): its sweeper says so, in its own words
+            return None
+        try:
+            check_start(job_config)
+        except ConfigError as exc:
+            return (f"job {num} of {len(jobs)} [{' '.join(redact_args(job))}]: {scrub(str(exc), job)}; no job was "
+                    f"started (fix the value list and run the sweep again)")
+    return None
+
+
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        problem = check_sweep_values(config)
+        if problem:   # before the sweeper writes anything: nothing to clean up
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
         _started.append(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
