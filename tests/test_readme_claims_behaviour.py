@@ -245,7 +245,7 @@ def test_a_bad_shared_or_model_value_fails_before_torch_or_lightning_load(tmp_pa
 
 
 def test_gpt2_baseline_offline_is_one_config_error(monkeypatch, tmp_path):
-    """'`baseline=gpt2` loads the real 124 M weights and tokenizer from the hub (an `error:` offline).'"""
+    """'`baseline=gpt2` loads the real 124 M weights ... from the local Hugging Face cache ..., else from the hub; offline with an empty cache it is one `error:` line'."""
     import huggingface_hub.constants as hub
 
     from agentforge.codegen import models
@@ -256,6 +256,64 @@ def test_gpt2_baseline_offline_is_one_config_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="baseline=gpt2: cannot load 'gpt2'.*use baseline=gpt2_scratch offline"):
         models.pretrained_gpt2("gpt2")
+
+
+def test_gpt2_baseline_without_a_network_fails_at_once_naming_the_host(monkeypatch, tmp_path):
+    """Not offline by setting, but the hub unreachable (here: a closed local port as the endpoint) and the cache
+    empty: the error names the host and why, from one connect attempt, instead of after the hub client's retries."""
+    import huggingface_hub.constants as hub
+
+    from agentforge.codegen import models
+    from agentforge.errors import ConfigError
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")   # the discard port: nothing listens there
+    with pytest.raises(ConfigError, match=r"not in the Hugging Face cache.*127\.0\.0\.1:9 unreachable.*gpt2_scratch"):
+        models.pretrained_gpt2("gpt2")
+
+
+def test_gpt2_baseline_loads_from_the_cache_without_touching_the_network(monkeypatch, tmp_path):
+    """A (tiny) GPT-2 in the hub cache's own layout loads with the hub unreachable: the cache is tried first."""
+    import json
+
+    import huggingface_hub.constants as hub
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from agentforge.codegen import models
+
+    snapshot = tmp_path / "models--gpt2" / "snapshots" / ("0" * 40)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=4, n_positions=16)).save_pretrained(snapshot)
+    (snapshot / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2, "<|endoftext|>": 3}))
+    (snapshot / "merges.txt").write_text("#version: 0.2\na b\n")
+    (tmp_path / "models--gpt2" / "refs").mkdir()
+    (tmp_path / "models--gpt2" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(models, "hub_unreachable", lambda: pytest.fail("the network was consulted"))
+    lm = models.pretrained_gpt2("gpt2")
+    assert lm.name == "gpt2" and lm.max_seq_len == 16 and lm.encode("ab") == [2]
+
+
+def test_hub_reachability_is_one_real_connect(monkeypatch):
+    import socket
+
+    import huggingface_hub.constants as hub
+
+    from agentforge.codegen.models import hub_unreachable
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setattr(hub, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_unreachable() is None
+    assert "unreachable" in hub_unreachable()          # the same port, closed now
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    assert hub_unreachable() == "HF_HUB_OFFLINE is set"
 
 
 def test_the_attributes_the_readme_names_exist(tiny_model):

@@ -95,16 +95,47 @@ def byte_lm(name: str, description: str, model: nn.Module, max_seq_len: int) -> 
     return CodeLM(name, description, model, lambda s: tok.encode(s, bos=True), tok.decode, max_seq_len, EOS_ID)
 
 
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached, or None: ``HF_HUB_OFFLINE`` set, the host's
+    name not resolving, its port refusing or silent for ``timeout`` s. One TCP connect, so that a machine without
+    a network fails at once instead of through the hub client's five retries (~25 s of backoff)."""
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(hub.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{url.hostname}:{port} unreachable: {exc.strerror or exc}"
+    return None
+
+
 def pretrained_gpt2(hub_id: str) -> CodeLM:
-    """The real GPT-2 weights and tokenizer (hub or local cache); a clear error when unreachable."""
+    """The real GPT-2 weights and tokenizer: from the local cache when it has them (no network touched), else from
+    the hub; a clear error at once when neither can serve them."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
+    def load(local_only: bool):
+        return (GPT2LMHeadModel.from_pretrained(hub_id, local_files_only=local_only),
+                AutoTokenizer.from_pretrained(hub_id, local_files_only=local_only))
+
     try:
-        hf = GPT2LMHeadModel.from_pretrained(hub_id)
-        tok = AutoTokenizer.from_pretrained(hub_id)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"baseline=gpt2: cannot load {hub_id!r} from the Hugging Face hub or its cache "
-                          f"({type(exc).__name__}); use baseline=gpt2_scratch offline") from None
+        hf, tok = load(local_only=True)
+    except (OSError, ValueError):
+        why = hub_unreachable()
+        try:
+            if why:
+                raise OSError(why)
+            hf, tok = load(local_only=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"baseline=gpt2: cannot load {hub_id!r}: not in the Hugging Face cache and not from "
+                              f"the hub ({str(exc).splitlines()[0][:160] if why else type(exc).__name__}); use "
+                              f"baseline=gpt2_scratch offline") from None
     model = GPT2ForLM(hf).eval()
     return CodeLM("gpt2", f"GPT-2 pretrained weights ({hub_id}, {model.num_params():,} params)", model,
                   lambda s: tok.encode(s), lambda ids: tok.decode(ids), int(hf.config.n_positions),
