@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from agentforge.config import check, validate
 from agentforge.errors import AgentForgeError, ConfigError
 from agentforge.phases import get_phase
+from agentforge.tracking.console_log import stdout_into_log
 from agentforge.tracking.sweep import record_job
 
 log = logging.getLogger("agentforge")
@@ -141,6 +142,11 @@ def _on_sigint(signum, frame) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig):
+    with stdout_into_log():   # the results a phase prints are kept in the run's agentforge.log as well
+        return _run_job(cfg)
+
+
+def _run_job(cfg: DictConfig):
     multirun = _multirun()
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)

@@ -187,7 +187,7 @@ def test_a_checkpoint_with_the_old_memory_key_does_not_load(tmp_path, tiny_model
 
 def test_run_dir_holds_the_files_the_readme_lists(cognate_artifacts):
     """'`outputs/runs/<date>/<time>_<phase>_<id>/` — one directory per run: `config_resolved.yaml`, `overrides.yaml`,
-    `agentforge.log`, `metrics.jsonl`, `tables/*.csv`, `plots/*.png`' (the W&B offline run: tests/test_cli.py);
+    `agentforge.log` (its log and everything it printed: the results)', `metrics.jsonl`, `tables/*.csv`, `plots/*.png`' (the W&B offline run: tests/test_cli.py);
     'Every Cognate run ends with ablations (`ablation/*` keys, `ablation/table`' (its printing: not checked here)."""
     assert OmegaConf.to_container(_yaml("config.yaml").hydra.run)["dir"].startswith(
         "${paths.outputs}/runs/${now:%Y-%m-%d}/${now:%H-%M-%S}_${phase.name}_")
@@ -196,6 +196,10 @@ def test_run_dir_holds_the_files_the_readme_lists(cognate_artifacts):
     for job in jobs:
         for name in ("config_resolved.yaml", "overrides.yaml", "agentforge.log", "metrics.jsonl"):
             assert (job / name).stat().st_size > 0, (job, name)
+        printed = [ln.split(" - ", 1)[1] for ln in (job / "agentforge.log").read_text().splitlines()
+                   if "[agentforge.console][INFO] - " in ln]      # 'agentforge.log' (everything the run printed)
+        assert [ln for ln in printed if ln.startswith("val loss ")] and "  steps1 " in "\n".join(printed)
+        assert f"run_dir: {job}" in printed and not [ln for ln in printed if "━" in ln]
         assert list(job.glob("tables/*.csv")) and list(job.glob("plots/*.png"))
         table = (job / "tables" / "ablation__table.csv").read_text().splitlines()
         assert [row.split(",")[0] for row in table[1:]] == ["trained", "steps1", "no_memory", "max_steps"]
