@@ -99,12 +99,30 @@ def save_checkpoint(directory: str | Path, state_dict: dict[str, torch.Tensor], 
     return directory
 
 
+def pipeline_copy_hint(missing: str | Path, holds: str = CONFIG_FILE) -> str:
+    """Where a pipeline run holds the checkpoint a standalone phase looked for and did not find, as advice ('' when
+    none does). The pipeline keeps its models under ``<outputs>/pipeline/<run_name>/artifacts/``, the standalone
+    phases under ``<outputs>/artifacts/``: after ``phase=pipeline``, ``phase=bitnet`` alone finds nothing until it
+    is pointed there. ``holds``: the file (a glob) that marks what was looked for."""
+    parts = Path(missing).absolute().parts
+    if "artifacts" not in parts:
+        return ""
+    i = len(parts) - 1 - parts[::-1].index("artifacts")
+    outputs, rel = Path(*parts[:i]), Path(*parts[i + 1:])
+    found = sorted({d.parent for d in (outputs / "pipeline").glob(f"*/artifacts/{rel}/{holds}")})
+    if not found:
+        return ""
+    runs = [d.relative_to(outputs / "pipeline").parts[0] for d in found]
+    return (f"; the pipeline run {runs[0]!r} has one: add paths.artifacts={outputs / 'pipeline' / runs[0] / 'artifacts'}"
+            + (f" (other pipeline runs with one: {', '.join(runs[1:])})" if runs[1:] else ""))
+
+
 def read_checkpoint_config(directory: str | Path) -> dict:
     directory = Path(directory)
     cfg_path = directory / CONFIG_FILE
     if not directory.exists():
         raise CheckpointError(f"{directory}: checkpoint not found — run the phase that produces it first, "
-                              f"or pass the right path")
+                              f"or pass the right path{pipeline_copy_hint(directory)}")
     if directory.is_file():
         raise CheckpointError(f"{directory}: a file; a checkpoint is the directory that holds {CONFIG_FILE} and "
                               f"{WEIGHTS_FILE} (e.g. {directory.parent})")

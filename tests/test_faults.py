@@ -346,3 +346,27 @@ def test_ctrl_c_says_how_to_continue(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("error: interrupted (Ctrl-C): run the same command again")
+
+
+def test_a_missing_input_names_the_pipeline_run_that_has_it(tmp_path):
+    """After ``phase=pipeline`` the models are under ``outputs/pipeline/<run>/artifacts/``; a standalone phase that
+    looks under ``outputs/artifacts/`` says which pipeline run has the input and the override that reads it."""
+    from agentforge.io import pipeline_copy_hint
+
+    outputs = tmp_path / "outputs"
+    assert pipeline_copy_hint(outputs / "artifacts" / "quietstar" / "reasoning") == ""
+    for run in ("default", "seed7"):
+        d = outputs / "pipeline" / run / "artifacts" / "quietstar" / "reasoning"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+    (outputs / "pipeline" / "default" / "artifacts" / "eval_results").mkdir()
+    (outputs / "pipeline" / "default" / "artifacts" / "eval_results" / "phase2_champion_results.json").write_text("{}")
+    assert pipeline_copy_hint(outputs / "artifacts" / "cognate" / "model1") == ""       # no pipeline run has it
+    assert pipeline_copy_hint(outputs / "artifacts" / "eval_results", holds="*_results.json") == (
+        f"; the pipeline run 'default' has one: add paths.artifacts={outputs}/pipeline/default/artifacts")
+    proc = run_cli(["phase=bitnet", "logger=none", "hardware=cpu"], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and lines[0].endswith(
+        f"the pipeline run 'default' has one: add paths.artifacts={outputs}/pipeline/default/artifacts "
+        f"(other pipeline runs with one: seed7)"), lines

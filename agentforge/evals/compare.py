@@ -41,7 +41,7 @@ from agentforge.evals.stats import (
     threshold_verdict,
     verdict,
 )
-from agentforge.io import write_json_atomic, write_text_atomic
+from agentforge.io import pipeline_copy_hint, write_json_atomic, write_text_atomic
 
 STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
 
@@ -56,14 +56,16 @@ def load_results(results_dir: str | Path, stages: list[str] | None) -> dict[str,
         if not path.is_file():
             if strict:
                 raise ConfigError(f"{path}: no results for stage {st!r}; run `python -m agentforge phase=eval "
-                                  f"stage={st}` first, or set phase.results_dir")
+                                  f"stage={st}` first, or set phase.results_dir"
+                                  f"{pipeline_copy_hint(results_dir, holds=path.name)}")
             continue
         try:
             out[st] = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: malformed results JSON ({exc.msg}); re-run phase=eval stage={st}") from exc
     if not out:
-        raise ConfigError(f"{results_dir}: no {{stage}}_results.json files; run phase=eval first or give stages=[...]")
+        raise ConfigError(f"{results_dir}: no {{stage}}_results.json files; run phase=eval first or give stages=[...]"
+                          f"{pipeline_copy_hint(results_dir, holds='*_results.json')}")
     return out
 
 

@@ -31,7 +31,7 @@ from agentforge.data.build import build_datamodule, eval_sets
 from agentforge.errors import ConfigError
 from agentforge.evals import tasks
 from agentforge.evals.speed import halting_distribution, interleaved_forward_times
-from agentforge.io import CheckpointError, save_tensors
+from agentforge.io import CheckpointError, pipeline_copy_hint, save_tensors
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.quant import calibrate, convert, native
@@ -58,7 +58,7 @@ def input_dir(cfg) -> Path:
     default = Path(cfg.paths.artifacts).absolute() / "quietstar" / "reasoning"
     if not (default / "config.json").is_file():
         raise CheckpointError(f"{default}: no Quiet-STaR reasoning checkpoint — run phase=quietstar first, "
-                              f"or pass phase.input=DIR (any Cognate-family checkpoint)")
+                              f"or pass phase.input=DIR (any Cognate-family checkpoint){pipeline_copy_hint(default)}")
     return default
 
 

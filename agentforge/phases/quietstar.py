@@ -34,7 +34,7 @@ from agentforge.data import formats, synthetic
 from agentforge.data.build import eval_sets
 from agentforge.data.tokenizer import BOS_ID, PAD_ID
 from agentforge.errors import ConfigError
-from agentforge.io import CheckpointError, save_tensors, write_json_atomic, write_text_atomic
+from agentforge.io import CheckpointError, pipeline_copy_hint, save_tensors, write_json_atomic, write_text_atomic
 from agentforge.phases.cognate import fingerprint, resume_path
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
@@ -110,7 +110,7 @@ def _sub(cfg, name: str):
 
 def _load(src: Path, hint: str):
     if not (src / "config.json").is_file():
-        raise CheckpointError(f"{src}: no input checkpoint for phase=quietstar — {hint}")
+        raise CheckpointError(f"{src}: no input checkpoint for phase=quietstar — {hint}{pipeline_copy_hint(src)}")
     return load_model(src)
 
 
