@@ -72,6 +72,68 @@ def test_smoke_experiment_runs(tmp_path):
     assert (tmp_path / "outputs" / "artifacts" / "cognate" / "model1" / "config.json").is_file()
 
 
+SMOKE_PHASE_FILES = sorted((CONF / "experiment_phase").glob("*.yaml"))
+
+
+def _leaf_keys(node, prefix: str = "") -> list[str]:
+    from omegaconf import OmegaConf
+
+    out = []
+    for k, v in node.items():
+        out += _leaf_keys(v, f"{prefix}{k}.") if OmegaConf.is_dict(v) and len(v) else [f"{prefix}{k}"]
+    return out
+
+
+@pytest.mark.parametrize("path", SMOKE_PHASE_FILES, ids=[p.stem for p in SMOKE_PHASE_FILES])
+def test_experiment_phase_files_set_only_keys_their_phase_has(path):
+    """conf/experiment_phase/<experiment>_<phase>.yaml (selected by config.yaml's `${experiment}_${phase}` entry) is
+    merged while composing, where a misspelled key would be added silently: each key must be one the phase has."""
+    from omegaconf import OmegaConf
+
+    experiment, phase = next((e, path.stem[len(e) + 1:]) for e in (f.stem for f in (CONF / "experiment").glob("*.yaml"))
+                             if path.stem.startswith(f"{e}_"))
+    phase_cfg = OmegaConf.load(CONF / "phase" / f"{phase}.yaml")
+    got = OmegaConf.load(path)
+    assert set(got) == {"phase"}, f"{path.name}: set phase.* only (shared settings go in experiment/{experiment}.yaml)"
+    for key in _leaf_keys(got.phase):
+        assert OmegaConf.select(phase_cfg, key, default="<missing>") != "<missing>", f"{path.name}: phase.{key}"
+    assert path.read_text().startswith("# @package _global_"), path.name
+
+
+@pytest.mark.parametrize("phase", sorted(f.stem for f in (CONF / "phase").glob("*.yaml")))
+def test_smoke_experiment_composes_for_every_phase(tmp_path, phase):
+    """`experiment=smoke` with any phase composes, passes the start-up checks and picks up that phase's smoke file."""
+    from agentforge.config import check
+    from agentforge.phases.rules import PHASE_RULES
+
+    cfg = compose_cfg([f"phase={phase}", "experiment=smoke"], tmp_path)
+    validate(cfg)
+    check(cfg, PHASE_RULES.get(phase, ()))
+    assert cfg.hardware.accelerator == "cpu" and cfg.logger.name == "none" and cfg.data.seq_len == 32
+    assert (CONF / "experiment_phase" / f"smoke_{phase}.yaml").is_file(), f"no smoke settings for phase={phase}"
+    plain = compose_cfg([f"phase={phase}"], tmp_path)   # and without experiment=smoke, nothing of it
+    assert plain.logger.name != "none" and plain.data.seq_len != 32
+
+
+def test_smoke_experiment_runs_a_phase_that_needs_no_inputs(tmp_path):
+    """`phase=grokking experiment=smoke`, the real CLI: it finishes (seconds, not the task's 60,000-step budget) with
+    conf/experiment_phase/smoke_grokking.yaml's settings, as the run dir's config_resolved.yaml records."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    proc = run_cli(["phase=grokking", "experiment=smoke"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = next((tmp_path / "outputs" / "runs").rglob("grokking_results.json")).parent
+    resolved = OmegaConf.load(run_dir / "config_resolved.yaml")
+    smoke = OmegaConf.load(CONF / "experiment_phase" / "smoke_grokking.yaml")
+    assert resolved.phase.max_steps == smoke.phase.max_steps and resolved.phase.eval_every == smoke.phase.eval_every
+    assert resolved.hardware.accelerator == "cpu" and resolved.logger.name == "none"
+    results = json.loads((run_dir / "grokking_results.json").read_text())
+    assert results["task"]["max_steps"] == smoke.phase.max_steps
+    assert results["grokking/steps_run"] <= smoke.phase.max_steps
+
+
 @pytest.mark.skipif(not _has("hydra_plugins.hydra_submitit_launcher"),
                     reason="hydra-submitit-launcher not installed (pip install 'agentforge[slurm]')")
 def test_slurm_launcher_config_composes(tmp_path):
@@ -89,3 +151,25 @@ def test_main_checks_every_phase_rule_before_the_phase_loads():
         module = get_phase(name)  # every phase is built: an import error fails here
         assert getattr(module, "RULES", []) is PHASE_RULES.get(name, getattr(module, "RULES", [])), name
         assert not hasattr(module, "RULES") or name in PHASE_RULES, name
+
+
+@pytest.mark.slow
+def test_smoke_experiment_runs_the_whole_pipeline(tmp_path):
+    """`phase=pipeline experiment=smoke` (~20 s on the 2-core CPU): every step runs with its own phase's smoke file
+    (the pipeline forwards experiment=smoke to each step) into pipeline/smoke, not the default run's directory."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    proc = run_cli(["phase=pipeline", "experiment=smoke"], tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pipe = tmp_path / "outputs" / "pipeline" / "smoke"
+    steps = json.loads((pipe / "pipeline_state.json").read_text())["steps"]
+    assert [s["status"] for s in steps] == ["done"] * 12, steps
+    assert (pipe / "pipeline_report.md").is_file()
+    for step in ("cognate-m2", "evomerge", "quietstar", "bitnet", "eval-phase2_champion"):
+        phase = step.split("-")[0]
+        resolved = OmegaConf.load(min((pipe / "runs" / step).rglob("config_resolved.yaml")))  # quietstar: per step
+        smoke = OmegaConf.load(CONF / "experiment_phase" / f"smoke_{phase}.yaml")
+        assert OmegaConf.merge(resolved.phase, smoke.phase) == resolved.phase, step   # the smoke values are there
+        assert resolved.hardware.accelerator == "cpu" and resolved.data.seq_len == 32, step
