@@ -170,6 +170,46 @@ def test_the_phase_summary_decides_converged_by_the_verdict():
 
 
 
+def test_control_evidence_hand_case():
+    """Baked vs the shuffled-prompt control on the same examples. Strategy a: (effect, baked hits, control hits) =
+    (2, 1, 2), (0, 0, 0); b: (1, 1, 0), (3, 0, 1). Control prompt-effect accuracy (2+0+0+1)/6 = 3/6, baked 2/6,
+    baked - control = -1/6. Agreement on all positions: baked a 18/20, b 17/20 -> 0.875; control a 19/20, b 16/20
+    -> 0.875; margin 0. Different prompt-effect positions between the two (not the same teacher / base) refuse."""
+    baked = {"a": {"paired": [[9, 10, 8, 2, 1, 0, 0], [9, 10, 9, 0, 0, 0, 0]]},
+             "b": {"paired": [[9, 10, 8, 1, 1, 0, 0], [8, 10, 7, 3, 0, 0, 0]]}}
+    control = {"a": {"paired": [[10, 10, 8, 2, 2, 0, 0], [9, 10, 9, 0, 0, 0, 0]]},
+               "b": {"paired": [[8, 10, 8, 1, 0, 0, 0], [8, 10, 7, 3, 1, 0, 0]]}}
+    ce = be.control_evidence(baked, control, n_resamples=500)
+    assert ce["n"] == 4 and ce["control_prompt_effect_accuracy"] == pytest.approx(3 / 6)
+    assert ce["prompt_effect_vs_control"] == pytest.approx(-1 / 6)
+    assert ce["control_accuracy"] == pytest.approx(0.875) and ce["accuracy_vs_control"] == pytest.approx(0.0)
+    lo, hi = ce["prompt_effect_vs_control_ci95"]
+    assert lo <= -1 / 6 <= hi
+    control["b"]["paired"][1][3] = 2
+    with pytest.raises(ValueError, match="strategy b: the control was not scored on the same"):
+        be.control_evidence(baked, control)
+
+
+def test_a_pass_also_needs_the_margin_over_the_shuffled_prompt_control():
+    """The same PASS case as above: with the control's margin CI above 0 it stays PASS; a margin CI that reaches 0
+    (the shuffled prompt does about as well) makes it INCONCLUSIVE, and says why."""
+    ev = _fabricated(0.96, 0.90, effect=6, effect_agree=5)
+    args = (ev["final_accuracy_ci95"], ev["accuracy_gain_ci95"], 0.85, ev["n"])
+    v, why = be.baking_verdict(*args, control_ci=[0.1, 0.3])
+    assert v == "PASS" and "above the shuffled-prompt control's" in why
+    v, why = be.baking_verdict(*args, control_ci=[-0.05, 0.2])
+    assert v == "INCONCLUSIVE" and "shuffled-prompt control does about as well" in why
+    assert be.baking_verdict(*args, control_ci=[float("nan"), float("nan")])[0] == "INCONCLUSIVE"
+
+
+def test_shuffled_prompts_keep_each_prompts_tokens_in_another_order():
+    prompts = {"a": [1, 2, 3, 4, 5], "b": [7, 7, 7], "c": [1, 2]}
+    sh = baking.shuffled_prompts(prompts, 0)
+    assert sh == baking.shuffled_prompts(prompts, 0)                       # seeded
+    assert all(sorted(sh[k]) == sorted(prompts[k]) for k in prompts)
+    assert sh["a"] != prompts["a"] and sh["c"] == [2, 1] and sh["b"] == [7, 7, 7]
+
+
 def test_the_pipeline_decides_the_baking_row_from_its_ci():
     """Without the phase's verdict (metrics from before the paired gain) a clearing CI is not a PASS: the unbaked
     model scores the same. With it, the row shows the phase's verdict and its reason."""

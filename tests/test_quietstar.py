@@ -76,7 +76,9 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     for k in ("baking/final_accuracy_n", "baking/final_accuracy_ci95", "baking/initial_accuracy_ci95",
               "baking/accuracy_gain", "baking/accuracy_gain_ci95", "baking/accuracy_gain_n", "baking/prompt_effect_share",
               "baking/prompt_effect_n_positions", "baking/prompt_effect_n_examples", "baking/prompt_effect_accuracy",
-              "baking/kl_reduction_ci95", "baking/final_accuracy_verdict", "baking/final_accuracy_why"):
+              "baking/kl_reduction_ci95", "baking/final_accuracy_verdict", "baking/final_accuracy_why",
+              "baking/control_prompt_effect_accuracy", "baking/prompt_effect_vs_control_ci95",
+              "baking/prompt_effect_vs_control_n", "baking/accuracy_vs_control_ci95"):
         assert k in bkeys, k
     brows, _ = _metrics(run_dir / "phase3-step1-baking")
     bsum = next(r for r in brows if "baking/final_accuracy_verdict" in r)
@@ -84,7 +86,8 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     assert bsum["baking/final_accuracy_n"] == 10 and bsum["baking/final_accuracy_verdict"] == "INCONCLUSIVE"
     assert bsum["baking/converged"] is False and "unbaked model already scores" in bsum["baking/final_accuracy_why"]
     assert bsum["baking/accuracy_gain"] == pytest.approx(bsum["baking/final_accuracy"] - bsum["baking/initial_accuracy"])
-    assert "baked: " in proc.stdout and "gain " in proc.stdout
+    assert "baked: " in proc.stdout and "gain " in proc.stdout and "shuffled-prompt control" in proc.stdout
+    assert not list((tmp_path / "outputs" / "artifacts" / "quietstar").glob("*.work"))   # the control's too
     summary_rl = next(r for r in rows if "anti_theater/final_correlation_n_informative" in r)
     assert summary_rl["anti_theater/final_correlation_n"] == summary_rl["anti_theater/final_correlation_n_informative"]
     checks = [r for r in rows if "anti_theater/divergence" in r]
@@ -120,8 +123,8 @@ def test_missing_input_and_bad_values_are_one_line_errors(tmp_path):
 
 
 def test_user_examples_hold_out_the_last_of_each_strategy(tmp_path):
-    from agentforge.phases.quietstar import _split_user
     from agentforge.reasoning.strategies import load_examples
+    from agentforge.reasoning.strategies import split_user_examples as _split_user
 
     p = tmp_path / "mine.jsonl"
     p.write_text("".join(json.dumps({"strategy": s, "question": f"q{i}", "response": f" [thinking] r{i}"}) + "\n"
@@ -178,8 +181,9 @@ def test_sigkill_in_baking_and_in_rl_then_rerun_resumes_to_the_uninterrupted_wei
     assert (art / "baked").is_dir() and not (art / "reasoning").exists()
     again = run_cli(args, run)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("resuming from") == 2  # baking (finished: nothing left to train) and RL
-    assert not (art / "baked.work").exists() and not (art / "reasoning.work").exists()
+    # baking and its shuffled-prompt control (both finished: nothing left to train), and RL
+    assert again.stdout.count("resuming from") == 3
+    assert not [p.name for p in art.glob("*.work")]
     for name in ("baked/model.safetensors", "reasoning/model.safetensors", "reasoning/mixing_head.safetensors"):
         a = load_tensors(tmp_path / "ref" / "outputs" / "artifacts" / "quietstar" / name)
         b = load_tensors(art / name)

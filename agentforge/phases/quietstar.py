@@ -42,7 +42,13 @@ from agentforge.reasoning import baking as bk
 from agentforge.reasoning import baking_evidence as be
 from agentforge.reasoning import measures
 from agentforge.reasoning.rl import ThoughtConfig, sample_windows
-from agentforge.reasoning.strategies import STRATEGIES, by_strategy, generate_examples, load_examples
+from agentforge.reasoning.strategies import (
+    STRATEGIES,
+    by_strategy,
+    generate_examples,
+    load_examples,
+    split_user_examples,
+)
 from agentforge.reasoning.thoughts import MixingHead
 from agentforge.reasoning.tokens import (
     STRATEGY_TOKENS,
@@ -91,7 +97,8 @@ def run(cfg) -> dict:
         out.update(checkpoint=res["checkpoint"], run_dir=str(Path(cfg.paths.run_dir).absolute()))
         out["metrics"].update(res["metrics"])
     for s in ([step] if step != "both" else ["baking", "rl"]):
-        shutil.rmtree(_work(outs[s]), ignore_errors=True)  # finished: nothing left to resume
+        for d in ([outs[s], outs[s].with_name(outs[s].name + "_control")] if s == "baking" else [outs[s]]):
+            shutil.rmtree(_work(d), ignore_errors=True)  # finished: nothing left to resume
     return out
 
 
@@ -141,7 +148,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path) -> dict:
     model, tok, src_cfg = loaded
     ids = _prepare(model, tok, seed)
     if b.examples_path:
-        train, val = _split_user(load_examples(b.examples_path), int(b.val_per_strategy))
+        train, val = split_user_examples(load_examples(b.examples_path), int(b.val_per_strategy))
     else:
         train = generate_examples(int(b.examples_per_strategy), seed, "train")
         val = generate_examples(int(b.val_per_strategy), seed, "val")
@@ -167,6 +174,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path) -> dict:
         print(f"Quiet-STaR step 1 (baking): {len(strategies)} strategies, {len(train)} examples; run dir {ctx.run_dir}")
         before = bk.bake_eval(model, teacher, val_p, prompts, b, usage_ids)
         trainer, hours = _fit(cfg, ctx, module, "baking", src, out_dir, int(b.epochs), float(cfg.phase.gradient_clip))
+        control = _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src, out_dir)
         if not trainer.is_global_zero:
             return {}
         # base=teacher: the frozen teacher is the model before baking, so run unprompted it is the unbaked student;
@@ -176,12 +184,32 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path) -> dict:
         tr.log({"baking/thinking_token_usage": final["thinking_usage"],
                 "baking/strategy_token_usage": final["strategy_usage"]}, step=trainer.global_step)
         return _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, module.history, hours,
-                              train + val, out_dir)
+                              train + val, out_dir, control)
+
+
+def _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src: Path, out_dir: Path) -> dict | None:
+    """``phase.baking.control=shuffled``: bake a copy of the input the same way (same data, steps and seed) with
+    each prompt's tokens shuffled, and score it against the real prompted teacher (``baking_evidence.
+    control_evidence``). Its own Trainer logs nothing (its figures are in the step's summary) and resumes from
+    ``baked_control.work``."""
+    b = cfg.phase.baking
+    if str(b.control) == "none":
+        return None
+    model = copy.deepcopy(teacher).requires_grad_(True)
+    shuffled = bk.shuffled_prompts(prompts, int(cfg.seed))
+    module = BakingModule(model, teacher, train_p, val_p, shuffled, b, ocfg, str(cfg.phase.on_nonfinite),
+                          int(cfg.seed))
+    trainer, _ = _fit(cfg, None, module, "baking_control", src, out_dir.with_name(out_dir.name + "_control"),
+                      int(b.epochs), float(cfg.phase.gradient_clip))
+    if not trainer.is_global_zero:
+        return None
+    return bk.bake_eval(model, teacher, val_p, prompts, b, base=teacher)
 
 
 def _fit(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int, clip: float):
     """Train ``module`` with the shared ``build_trainer``: an epoch checkpoint in ``{out_dir}.work``, resumed
-    (``ckpt_path``, as Cognate) when it belongs to the same config and input. Returns (trainer, hours)."""
+    (``ckpt_path``, as Cognate) when it belongs to the same config and input. Returns (trainer, hours). ``ctx``
+    None: no loggers (with the run's, a second Trainer would log its steps over the first's)."""
     work = _work(out_dir)
     fp = hashlib.sha256(f"{fingerprint(cfg)} {step} {_digest(src)}".encode()).hexdigest()[:16]
     resume = resume_path(cfg.get("ckpt_path"), work, fp)
@@ -189,9 +217,9 @@ def _fit(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int, cli
         print(f"resuming from {resume}")
     work.mkdir(parents=True, exist_ok=True)
     write_text_atomic(work / "fingerprint", fp)
-    trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers,
+    trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers if ctx else False,
                             callbacks=[EpochCheckpoint(work / "last.ckpt")], max_epochs=epochs,
-                            default_root_dir=ctx.run_dir, gradient_clip_val=clip or None, enable_checkpointing=False)
+                            default_root_dir=ctx.run_dir if ctx else work, gradient_clip_val=clip or None, enable_checkpointing=False)
     t0 = time.perf_counter()
     trainer.fit(module, ckpt_path=resume)
     module.model.eval()
@@ -211,19 +239,8 @@ def _digest(src: Path) -> str:
     return h.hexdigest()
 
 
-def _split_user(records: list[dict], n_val: int) -> tuple[list[dict], list[dict]]:
-    """Hold out the last n_val records of each strategy of a user file, less any whose question is also a training
-    record's (held out by content: a question repeated in the file must not be both trained on and validated)."""
-    train, val = [], []
-    for recs in by_strategy(records).values():
-        keep = max(len(recs) - n_val, 1) if recs else 0
-        train += recs[:keep]
-        val += recs[keep:] if len(recs) > 1 else []
-    seen = {r["question"] for r in train}
-    return train, [r for r in val if r["question"] not in seen]
-
-
-def _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist, hours, examples, out_dir) -> dict:
+def _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist, hours, examples, out_dir,
+                   control: dict | None) -> dict:
     tr, b = ctx.tracker, cfg.phase.baking
     thr = float(b.convergence_threshold)
     per, per0 = final["per"], before["per"]
@@ -233,7 +250,7 @@ def _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, his
                                                 "Prompt-effect positions", "Prompt-effect accuracy [95% CI]",
                                                 "KL before", "KL after", "Token usage (baked, no prompt)",
                                                 "Token usage (prompted)"], rows)
-    summary = {**be.baking_summary(final, thr, int(cfg.seed)),
+    summary = {**be.baking_summary(final, thr, int(cfg.seed), control),
                "baking/total_epochs": len(hist["epoch"]), "baking/training_time_hours": hours,
                "baking/initial_val_loss": before["val_loss"], "baking/final_val_loss": final["val_loss"],
                "baking/thinking_token_usage": final["thinking_usage"],

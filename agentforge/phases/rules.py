@@ -177,6 +177,7 @@ QUIETSTAR = [
                                                        "val_per_strategy", "sample_tokens", "usage_tokens")],
     rule("phase.baking.sampled_fraction", number(0, 1)),
     rule("phase.baking.prompt_position", one_of("answer", "start")),
+    rule("phase.baking.control", one_of("shuffled", "none")),
     rule("phase.baking.temperature", number(0)),
     rule("phase.baking.convergence_threshold", number(0, 1)),
     *[rule(f"phase.rl.{k}", integer(1)) for k in ("num_episodes", "thought_length", "n_true", "context_len",

@@ -113,6 +113,20 @@ def aligned_teacher_logits(teacher_logits: torch.Tensor, prompt_len: int, width:
     return teacher_logits[:, prompt_len: prompt_len + width]
 
 
+def shuffled_prompts(prompts: dict[str, list[int]], seed: int) -> dict[str, list[int]]:
+    """Each prompt's tokens in a seeded random order (not the original one unless all its tokens are equal): the
+    control's prompts, of the same length and bytes as the real ones but saying nothing."""
+    import random
+
+    out = {}
+    for i, (key, p) in enumerate(sorted(prompts.items())):
+        rng, q = random.Random(seed * 1000 + i), list(p)
+        while len(set(p)) > 1 and q == p:
+            rng.shuffle(q)
+        out[key] = q
+    return out
+
+
 def token_usage(outputs: list[list[int]], token_ids) -> float:
     """Share of outputs containing at least one of ``token_ids``."""
     ids = {int(t) for t in token_ids}

@@ -101,6 +101,63 @@ def baking_evidence(per: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
     return out
 
 
+def _control_stats(t):
+    """From stratum totals t [H, R, 6] (``CONTROL_COLUMNS``) -> {name: [R]}."""
+    pos, eff = np.maximum(t[..., 5], 1), t[..., 0].sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_eff = np.where(eff > 0, 1 / np.where(eff > 0, eff, 1), np.nan)
+    return {"control_prompt_effect_accuracy": t[..., 2].sum(0) * per_eff,
+            "prompt_effect_vs_control": (t[..., 1] - t[..., 2]).sum(0) * per_eff,
+            "control_accuracy": (t[..., 4] / pos).mean(0),
+            "accuracy_vs_control": ((t[..., 3] - t[..., 4]) / pos).mean(0)}
+
+
+# per example: prompt-effect positions; of them, agreeing with the prompted teacher: baked, control; all scored
+# positions agreeing: baked, control; scored positions
+CONTROL_COLUMNS = ("effect_positions", "baked_effect_hits", "control_effect_hits", "baked_hits", "control_hits",
+                   "positions")
+
+
+def control_evidence(per: dict, per_control: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """The baked model against a *control* baked the same way from the same input on the same data with the
+    prompt's tokens shuffled (``baking_control``), both scored against the real prompted teacher on the same
+    validation examples: what the control reaches is what baking gets without the prompt's content (the prompt's
+    length and bytes, fine-tuning on the continuations), so the baked model's margin over it, paired by example, is
+    the part of baking that comes from what the prompt says. Figures (each with the stratified bootstrap's CI of
+    ``baking_evidence``): control_prompt_effect_accuracy, prompt_effect_vs_control (baked - control on the prompt-
+    effect positions, which are the same for both: the teacher and the unbaked model are), control_accuracy and
+    accuracy_vs_control (the top-1 agreement on all positions, means over strategies)."""
+    groups = []
+    for key, v in per.items():
+        b = np.asarray(v.get("paired") or [], dtype=float).reshape(-1, 7)
+        c = np.asarray(per_control.get(key, {}).get("paired") or [], dtype=float).reshape(-1, 7)
+        if not len(b):
+            continue
+        if b.shape != c.shape or not np.array_equal(b[:, [1, 3]], c[:, [1, 3]]):
+            raise ValueError(f"strategy {key}: the control was not scored on the same examples and positions")
+        groups.append(np.column_stack([b[:, 3], b[:, 4], c[:, 4], b[:, 0], c[:, 0], b[:, 1]]))
+    n = int(sum(len(g) for g in groups))
+    out: dict = {"n": n}
+    if not n:
+        return out
+    point = _control_stats(np.stack([g.sum(0) for g in groups])[:, None])
+    for k in point:
+        boot = stratified_bootstrap(groups, lambda t, k=k: _control_stats(t)[k], n_resamples, seed)
+        out[k] = float(point[k][0])
+        out[f"{k}_ci95"] = boot["ci95"] or [float("nan"), float("nan")]
+    return out
+
+
+def control_text(ce: dict) -> str:
+    if not ce.get("n"):
+        return ""
+    acc = ce["control_prompt_effect_accuracy"]
+    if acc != acc:
+        return "shuffled-prompt control: no prompt-effect positions"
+    return (f"a shuffled-prompt control reaches {fmt_ci(acc, ce['control_prompt_effect_accuracy_ci95'], 3)} there, "
+            f"baked - control {fmt_ci(ce['prompt_effect_vs_control'], ce['prompt_effect_vs_control_ci95'], 3, True)}")
+
+
 def fmt_ci(v: float, ci, digits: int = 4, sign: bool = False) -> str:
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
     return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
@@ -120,11 +177,13 @@ def evidence_text(ev: dict) -> str:
 
 
 def baking_verdict(final_ci, gain_ci, threshold: float, n: int | None, detail: str = "",
-                   min_n: int | None = None) -> tuple[str, str]:
+                   min_n: int | None = None, control_ci=None) -> tuple[str, str]:
     """(PASS / FAIL / INCONCLUSIVE, why) for "baked agreement >= threshold, and baking did it": FAIL when the whole
     CI of the final agreement is below the threshold; PASS only when the whole CI meets it *and* the paired gain's
     CI over the unbaked model lies above 0; INCONCLUSIVE otherwise (the CI straddles, n < min_n, no CI, or a final
-    CI that clears the threshold with no established gain: then the unbaked model passes the same test)."""
+    CI that clears the threshold with no established gain: then the unbaked model passes the same test). With
+    ``control_ci`` (the CI of baked - shuffled-prompt control on the prompt-effect positions, ``control_evidence``),
+    PASS also needs it above 0: a gain that a prompt without its content gives as well is not the prompt baked in."""
     v, why = threshold_verdict(final_ci, ">=", threshold, n, MIN_N if min_n is None else min_n)
     tail = f"; {detail}" if detail else ""
     if v != "PASS":
@@ -133,7 +192,11 @@ def baking_verdict(final_ci, gain_ci, threshold: float, n: int | None, detail: s
     if not gain_ok:
         return "INCONCLUSIVE", (f"{why}, but baking's gain over the unbaked model is not established (its CI does "
                                 f"not lie above 0){tail}")
-    return "PASS", f"{why} and the paired gain's CI lies above 0{tail}"
+    if control_ci is not None and not (all(x == x for x in control_ci) and float(control_ci[0]) > 0):
+        return "INCONCLUSIVE", (f"{why} and the paired gain's CI lies above 0, but the shuffled-prompt control does "
+                                f"about as well where the prompt changes the prediction{tail}")
+    return "PASS", (f"{why} and the paired gain's CI lies above 0" + (" and above the shuffled-prompt control's"
+                                                                       if control_ci is not None else "") + tail)
 
 
 BAKING_TEST = ("stratified cluster bootstrap over validation examples within strategies, n_h - 1 of n_h drawn "
@@ -152,14 +215,19 @@ def strategy_row(s, per, per0, seed: int) -> list:
             per0[s.key]["kl"], per[s.key]["kl"], per[s.key]["usage"], per[s.key]["teacher_usage"]]
 
 
-def baking_summary(final: dict, thr: float, seed: int) -> dict:
+def baking_summary(final: dict, thr: float, seed: int, control: dict | None = None) -> dict:
     """The step's headline keys from the final evaluation (``bake_eval(..., base=teacher)``): the final and initial
     agreement, the paired gain, the prompt-effect figures and the KL reduction, each with n and a 95 % CI
     (``baking_evidence``), and the ``>= thr`` verdict of ``baking_verdict`` (PASS only when the final
-    CI clears ``thr`` and the gain's CI lies above 0) with its reason; ``baking/converged`` is that verdict's PASS."""
+    CI clears ``thr`` and the gain's CI lies above 0) with its reason; ``baking/converged`` is that verdict's PASS.
+    ``control``: the shuffled-prompt control's evaluation (same call, same examples): its figures
+    (``control_evidence``) join the keys and the reason, and PASS also needs the margin over it."""
     ev = baking_evidence(final["per"], seed=seed)
-    verdict, why = baking_verdict(ev["final_accuracy_ci95"], ev["accuracy_gain_ci95"], thr, ev["n"],
-                                     evidence_text(ev))
+    ce = control_evidence(final["per"], control["per"], seed=seed) if control is not None else {}
+    ctl_ci = ce.get("prompt_effect_vs_control_ci95") if ce.get("n") else None
+    detail = "; ".join(t for t in (evidence_text(ev), control_text(ce)) if t)
+    verdict, why = baking_verdict(ev["final_accuracy_ci95"], ev["accuracy_gain_ci95"], thr, ev["n"], detail,
+                                  control_ci=ctl_ci)
     out = {"baking/final_accuracy": final["overall"], "baking/final_accuracy_n": ev["n"],
            "baking/final_accuracy_ci95": ev["final_accuracy_ci95"], "baking/final_accuracy_test": BAKING_TEST,
            "baking/final_accuracy_verdict": verdict, "baking/final_accuracy_why": why,
@@ -176,4 +244,11 @@ def baking_summary(final: dict, thr: float, seed: int) -> dict:
                                                       "unbaked student's; cluster = example; " + BAKING_TEST})
     if "prompt_effect_accuracy_undefined_share" in ev:
         out["baking/prompt_effect_accuracy_undefined_share"] = ev["prompt_effect_accuracy_undefined_share"]
+    if ce.get("n"):
+        for k in ("control_prompt_effect_accuracy", "prompt_effect_vs_control", "control_accuracy",
+                  "accuracy_vs_control"):
+            out[f"baking/{k}"], out[f"baking/{k}_ci95"] = ce[k], ce[f"{k}_ci95"]
+        out.update({"baking/prompt_effect_vs_control_n": ce["n"], "baking/control": "shuffled prompt",
+                    "baking/prompt_effect_vs_control_test": "baked - shuffled-prompt control on the prompt-effect "
+                                                            "positions, paired by example; " + BAKING_TEST})
     return out

@@ -93,3 +93,15 @@ def by_strategy(examples: list[dict]) -> dict[str, list[dict]]:
     for ex in examples:
         out[ex["strategy"]].append(ex)
     return out
+
+
+def split_user_examples(records: list[dict], n_val: int) -> tuple[list[dict], list[dict]]:
+    """Hold out the last n_val records of each strategy of a user file, less any whose question is also a training
+    record's (held out by content: a question repeated in the file must not be both trained on and validated)."""
+    train, val = [], []
+    for recs in by_strategy(records).values():
+        keep = max(len(recs) - n_val, 1) if recs else 0
+        train += recs[:keep]
+        val += recs[keep:] if len(recs) > 1 else []
+    seen = {r["question"] for r in train}
+    return train, [r for r in val if r["question"] not in seen]
