@@ -188,7 +188,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path) -> dict:
 
 
 def _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src: Path, out_dir: Path) -> dict | None:
-    """``phase.baking.control=shuffled``: bake a copy of the input the same way (same data, steps and seed) with
+    """``phase.baking.control=shuffled``: bake a copy of the input the same way (same examples, steps and seed) with
     each prompt's tokens shuffled, and score it against the real prompted teacher (``baking_evidence.
     control_evidence``). Its own Trainer logs nothing (its figures are in the step's summary) and resumes from
     ``baked_control.work``."""
