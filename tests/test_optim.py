@@ -332,6 +332,31 @@ def test_lightning_gradient_clip_val_bounds_the_filtered_gradient(tmp_path):
     assert len(cb.rec) == 4 and max(cb.rec) <= 0.05 * (1 + 1e-4)
 
 
+def test_a_model_loaded_in_eval_mode_trains_in_train_mode(tmp_path):
+    """A checkpoint loads in eval mode and Lightning keeps modules' modes: LMModule's fit must switch the model to
+    train mode (QK-clip records, halting and no_grad_steps as in training); phase=eval's fine-tune stages were
+    trained in eval mode before."""
+    import lightning as L
+
+    from agentforge.training.lm_module import LMModule
+
+    modes = []
+
+    class Spy(LMModule):
+        def training_step(self, batch, batch_idx):
+            modes.append(all(m.training for m in self.model.modules()))
+            return super().training_step(batch, batch_idx)
+
+    model = tiny_model().eval()
+    rows = torch.randint(0, 40, (4, 9), generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(rows), batch_size=2)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=str(tmp_path),
+                        num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(Spy(model, {**MG, "name": "adamw"}, total_steps=2), train_dataloaders=data)
+    assert modes == [True, True]
+
+
 def test_optimizer_metrics_by_hand_and_they_move():
     """alpha 0.5, lambda 0.5; g1 = [1, 2]: ema = g1, ratio 0.5, no entry dominated (0.5|g| < |g|);
     g2 = [3, 0]: ema = [2, 1], ratio 0.5*sqrt(5)/3, entry 1 dominated (0.5 > 0)."""

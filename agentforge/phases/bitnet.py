@@ -292,7 +292,6 @@ def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: f
                             max_epochs=epochs, default_root_dir=ctx.run_dir, enable_checkpointing=False,
                             gradient_clip_val=float(p.gradient_clip) or None, enable_progress_bar=False)
     print(f"fine-tuning with the STE: {epochs} epochs x {steps} steps, lr {float(p.fine_tune_lr):g}")
-    qmodel.train()  # Lightning keeps the modules' mode; the copy of the eval-mode input must train
     trainer.fit(module, datamodule=dm)
     qmodel.eval()
     return cb

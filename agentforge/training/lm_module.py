@@ -32,6 +32,13 @@ class LMModule(L.LightningModule):
         return self.model(ids)
 
     # -- training ----------------------------------------------------------------------------------------
+    def on_fit_start(self):
+        """Train mode. Lightning keeps each module's mode as it finds it, and a model loaded from a checkpoint is in
+        eval mode: trained so, QK-clip records no max logit, halting runs as at inference, ``no_grad_steps`` and the
+        memory's counters are off (``phase=eval``'s fine-tune stages were trained that way). ``FrozenPair``
+        modules still switch to eval mode per batch, on purpose."""
+        self.model.train()
+
     def on_train_batch_start(self, batch, batch_idx):
         for attn in getattr(self.model, "attention_modules", list)():
             attn.reset_max_logit()
