@@ -101,6 +101,12 @@ def test_verdict_success_partial_failure():
     missing = {"pass_at": {1: 0.35, 10: None}, "delta_pass1": 0.05, "thresholds": TH}
     v, reasons = verdict(**missing, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=True)
     assert v == "PARTIAL" and any("pass@10 not measured" in r for r in reasons)
+    # pass@10 not measured is not pass@10 below target: no efficiency group met -> INCONCLUSIVE, not FAILURE
+    v, reasons = verdict(**missing, ci95=[0.429, 0.737], p_value=1e-7, efficiency_ok=None)
+    assert v == "INCONCLUSIVE" and any("pass@10 not measured" in r and "not established" in r for r in reasons)
+    assert verdict(**missing, ci95=[0.01, 0.09], p_value=0.5, efficiency_ok=None)[0] == "FAILURE"   # p >= 0.1
+    both = {"pass_at": {1: 0.1, 10: None}, "delta_pass1": 0.05, "thresholds": TH}                  # one missed
+    assert verdict(**both, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=None)[0] == "FAILURE"
 
 
 # -- small samples: the exact test, the minimum n, the threshold verdict ----------------------------------

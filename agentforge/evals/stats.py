@@ -306,20 +306,27 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     are met; otherwise PARTIAL (a target group is met but the evidence or the margin falls short).
     ``efficiency_ok`` None means no efficiency target is configured (counts as met for SUCCESS, not as
     a met group for PARTIAL); "inconclusive" (a target neither met nor missed by its CI, or not measured) is not
-    met for SUCCESS and not missed either. With ``n`` paired examples below ``thresholds["min_n"]`` (default
-    ``MIN_N``) the answer is INCONCLUSIVE, whatever the figures say.
+    met for SUCCESS and not missed either; so is a pass@k target whose pass@k was not measured (fewer samples per
+    problem than k): INCONCLUSIVE unless the efficiency group is met (PARTIAL) or a FAILURE condition holds. With
+    ``n`` paired examples below ``thresholds["min_n"]`` (default ``MIN_N``) the answer is INCONCLUSIVE, whatever
+    the figures say.
     """
     min_n = int(thresholds.get("min_n", MIN_N))
     if n is not None and n < min_n:
         return "INCONCLUSIVE", [f"only {n} paired examples; a verdict needs at least {min_n} (raise "
                                 f"{size_key} or lower thresholds.min_n knowingly)"]
     reasons: list[str] = []
-    acc_ok = True
+    acc_missed = acc_unmeasured = False
     for k, target in sorted((thresholds.get("pass_at") or {}).items()):
         val = pass_at.get(int(k))
-        if not _ge(val, target):
-            acc_ok = False
-            reasons.append(f"pass@{k} {'not measured' if val is None else f'{val:.3f}'} < target {target}")
+        if val is None:   # fewer samples per problem than k: not below its target, just not known
+            acc_unmeasured = True
+            reasons.append(f"pass@{k} not measured (fewer than {k} samples per problem); its target {target} is "
+                           f"not established")
+        elif not _ge(val, target):
+            acc_missed = True
+            reasons.append(f"pass@{k} {val:.3f} < target {target}")
+    acc_ok = not (acc_missed or acc_unmeasured)
     min_delta = thresholds.get("min_delta_pass1")
     delta_ok = min_delta is None or _ge(delta_pass1, min_delta)
     if not delta_ok:
@@ -341,6 +348,8 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
         reasons.append("training was unstable (non-finite losses or skipped steps)")
     if acc_ok and delta_ok and ci_ok and p_ok and efficiency_ok in (True, None) and not unstable:
         return "SUCCESS", []
-    if unstable or p_value is None or p_value >= fail_p or not (acc_ok or efficiency_ok is True):
+    if unstable or p_value is None or p_value >= fail_p or acc_missed and efficiency_ok is not True:
         return "FAILURE", reasons
+    if not acc_ok and efficiency_ok is not True:   # accuracy not measured, efficiency not met: nothing is known
+        return "INCONCLUSIVE", reasons
     return "PARTIAL", reasons
