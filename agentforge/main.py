@@ -106,7 +106,7 @@ BOOKKEEPING = {"agentforge.log", "config_resolved.yaml", "overrides.yaml"}   # w
 def _remove_run_dir(always: bool) -> None:
     """After a user error: remove this run's directory when nothing ran (``always``: a config error) or when it
     holds only the bookkeeping every run starts with (a missing checkpoint or bad data file found before any work),
-    and its date folder if that is left empty. A directory with anything else (a W&B run, metrics, checkpoints) is
+    and its date folder and ``runs/`` if they are left empty. A directory with anything else (a W&B run, metrics, checkpoints) is
     kept: it records work that did happen."""
     try:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -115,10 +115,11 @@ def _remove_run_dir(always: bool) -> None:
     files = [p for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(run_dir).parts]
     if always or all(p.parent == run_dir and p.name in BOOKKEEPING for p in files):
         shutil.rmtree(run_dir, ignore_errors=True)
-        try:
-            run_dir.parent.rmdir()   # the date folder, only if this was its last run
-        except OSError:
-            pass
+        for folder in (run_dir.parent, run_dir.parent.parent):   # the date folder, then runs/: only when empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _multirun() -> bool:

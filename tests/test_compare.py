@@ -192,3 +192,39 @@ def test_absolute_timing_targets_are_decided_from_the_ci_of_the_rounds():
     once = {"latency_ms": 100.0, "latency_tokens": 100, "throughput_tokens_per_sec": 1000.0}
     ok, checks = efficiency_checks({"metrics": once}, {"metrics": {}}, {"max_latency_ms": 150})
     assert ok == "inconclusive" and checks[0]["ok"] is None and "no decision" in checks[0]["note"]
+
+
+def test_results_of_the_wrong_shape_and_no_standard_stage_are_one_clear_error(tmp_path):
+    """A results file that parses but is not an eval result (no "metrics" object, a list) is a ConfigError naming
+    it; a directory holding only other stages (the pipeline's phase1_model1, ...) names them and how to ask."""
+    d = tmp_path / "er"
+    d.mkdir()
+    (d / "baseline_results.json").write_text('{"stage": "baseline"}')
+    with pytest.raises(ConfigError, match=r"baseline_results.json: not a phase=eval results file"):
+        load_results(d, ["baseline"])
+    (d / "baseline_results.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"not a phase=eval results file"):
+        load_results(d, None)
+    (d / "baseline_results.json").unlink()
+    for st in ("phase1_model1", "phase2_champion"):
+        (d / f"{st}_results.json").write_text(json.dumps(_results(st, 10.0, [0, 1], [0, 1], 1.0)))
+    with pytest.raises(ConfigError, match=r"it holds phase1_model1, phase2_champion: name them, e\.g\. "
+                                          r"stages=\[phase1_model1,phase2_champion\]"):
+        load_results(d, None)
+
+
+def test_stages_from_different_source_checkpoints_are_named_under_the_table(results_dir, tmp_path):
+    """after_surgery evaluated from another checkpoint than baseline: its change includes the checkpoints' difference,
+    and the table says so; from the same checkpoint there is no such note."""
+    for st in ("baseline", "after_surgery"):
+        r = json.loads((results_dir / f"{st}_results.json").read_text())
+        r["checkpoint"] = "/ckpt/model1"
+        (results_dir / f"{st}_results.json").write_text(json.dumps(r))
+    run_comparison(results_dir, ["baseline", "after_surgery"], tmp_path / "same", thresholds=TH, n_resamples=200)
+    assert "different checkpoints" not in (tmp_path / "same" / "comparison.md").read_text()
+    r["checkpoint"] = "/ckpt/finetuned_vanilla"
+    (results_dir / "after_surgery_results.json").write_text(json.dumps(r))
+    run_comparison(results_dir, ["baseline", "after_surgery"], tmp_path / "diff", thresholds=TH, n_resamples=200)
+    md = (tmp_path / "diff" / "comparison.md").read_text()
+    assert ("**The stages start from different checkpoints** — baseline: `/ckpt/model1`; after_surgery: "
+            "`/ckpt/finetuned_vanilla`: a change between them includes") in md

@@ -63,7 +63,14 @@ def load_results(results_dir: str | Path, stages: list[str] | None) -> dict[str,
             out[st] = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: malformed results JSON ({exc.msg}); re-run phase=eval stage={st}") from exc
+        if not isinstance(out[st], dict) or not isinstance(out[st].get("metrics"), dict):
+            raise ConfigError(f"{path}: not a phase=eval results file (a JSON object with a \"metrics\" object); "
+                              f"re-run phase=eval stage={st}")
     if not out:
+        present = sorted(p.name.removesuffix("_results.json") for p in results_dir.glob("*_results.json"))
+        if present:
+            raise ConfigError(f"{results_dir}: none of the standard stages {list(STANDARD_STAGES)}; it holds "
+                              f"{', '.join(present)}: name them, e.g. stages=[{','.join(present[:2])}]")
         raise ConfigError(f"{results_dir}: no {{stage}}_results.json files; run phase=eval first or give stages=[...]"
                           f"{pipeline_copy_hint(results_dir, holds='*_results.json')}")
     return out

@@ -232,6 +232,11 @@ def markdown_table(results: dict[str, dict], rows: list[dict]) -> str:
     if differ:
         lines += ["", "**The stages were evaluated with different settings** — " + "; ".join(differ) + ": the figures "
                   "those settings shape (e.g. latency and throughput by `latency_tokens`) measure different things."]
+    sources = {st: r.get("checkpoint") for st, r in results.items()}
+    if len({str(v) for v in sources.values()}) > 1:
+        lines += ["", "**The stages start from different checkpoints** — " + "; ".join(
+            f"{st}: `{v}`" for st, v in sources.items()) + ": a change between them includes the difference between "
+            "those checkpoints, not only what the stage did (surgery, fine-tuning)."]
     return "\n".join(lines) + "\n"
 
 
