@@ -173,3 +173,31 @@ def test_smoke_experiment_runs_the_whole_pipeline(tmp_path):
         smoke = OmegaConf.load(CONF / "experiment_phase" / f"smoke_{phase}.yaml")
         assert OmegaConf.merge(resolved.phase, smoke.phase) == resolved.phase, step   # the smoke values are there
         assert resolved.hardware.accelerator == "cpu" and resolved.data.seq_len == 32, step
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["phase=compare", "phase.thresholds.min_pass_at_1=foo"], "phase.thresholds.min_pass_at_1 must be null or a number"),
+    (["phase=compare", "+phase.thresholds.min_pass_at_5=2"], "phase.thresholds.min_pass_at_5 must be null or a number"),
+    (["phase=compare", "phase.thresholds.max_latency_ratio=abc"], "phase.thresholds.max_latency_ratio must be null"),
+    (["phase=codegen", "data=python_code", "phase.thresholds.max_latency_ratio=abc"], "max_latency_ratio must be"),
+    (["phase=codegen", "data=python_code", "phase.thresholds.min_n=abc"], "phase.thresholds.min_n must be an integer"),
+    (["phase=codegen", "data=python_code", "phase.thresholds.alpha=5"], "phase.thresholds.alpha must be a number"),
+    (["phase=eval", "phase.pass_k=[0]"], "phase.pass_k must be a non-empty list of integers >= 1"),
+    (["phase=eval", "phase.pass_k=[-1,2]"], "phase.pass_k must be a non-empty list"),
+    (["phase=eval", "phase.gate={reasoning_accuracy: '=>0.3'}"], "phase.gate must be null or a mapping of metric keys"),
+    (["phase=compare", "phase.gate={verdict_score: big}"], "phase.gate must be null or a mapping"),
+    (["phase=eval", "phase.hf_datasets=gsm8k"], "phase.hf_datasets must be null or a list of gsm8k, arc, piqa"),
+])
+def test_values_read_only_after_the_whole_run_are_checked_at_start_up(tmp_path, overrides, message):
+    """Thresholds, gates and pass@k are used only once the phase's work is done (a codegen run: minutes of training
+    and sampling, then a traceback); their rules refuse a bad value before any work, naming the key."""
+    from agentforge.config import check
+    from agentforge.errors import ConfigError
+    from agentforge.phases.rules import PHASE_RULES
+
+    cfg = compose_cfg(overrides, tmp_path)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        check(cfg, PHASE_RULES[overrides[0].split("=")[1]])
+    good = compose_cfg([overrides[0], *(["data=python_code"] if "codegen" in overrides[0] else []),
+                        "phase.gate={reasoning_accuracy: '>=0.3', perplexity: '<=20'}"], tmp_path)
+    check(good, PHASE_RULES[overrides[0].split("=")[1]])     # the defaults and a well-formed gate pass

@@ -89,6 +89,11 @@ def lookup(doc: dict, key: str):
     return cur
 
 
+def is_threshold(spec) -> bool:
+    """``spec`` has the form ``parse_threshold`` reads ('>=0.3', '<=20', ...): the start-up check of a gate."""
+    return isinstance(spec, (str, int, float)) and not isinstance(spec, bool) and bool(_SPEC.match(str(spec)))
+
+
 def parse_threshold(spec: str) -> tuple[str, float]:
     m = _SPEC.match(str(spec))
     if not m:

@@ -6,10 +6,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from agentforge.config import Rule, boolean, integer, number, one_of, optional, rule
+from agentforge.evals.collect import is_threshold
 from agentforge.merge import fitness
 from agentforge.merge.techniques import RESCALES
 from agentforge.models.grokking import MODELS, OPERATIONS
 from agentforge.scaling.variants import FRAMEWORKS
+
+PASS_K = rule("phase.pass_k", (lambda x: isinstance(x, list) and len(x) > 0 and all(integer(1)[0](k) for k in x),
+                               "a non-empty list of integers >= 1, e.g. [1, 10]"))
+# a KPI gate: {metric key: threshold}, checked at start-up (it is applied only after the whole run)
+GATE = rule("phase.gate", optional(((lambda x: isinstance(x, dict) and all(is_threshold(v) for v in x.values())),
+                                    "a mapping of metric keys to thresholds like '>=0.3', '<=20', '<0.05'")))
+# the dashboard verdict's thresholds (phase=compare and phase=codegen); all are read only after the whole run
+THRESHOLDS = [
+    rule("phase.thresholds.alpha", number(0, 1, lo_open=True)),
+    rule("phase.thresholds.failure_p", number(0, 1, lo_open=True)),
+    rule("phase.thresholds.min_delta_pass1", optional(number())),
+    rule("phase.thresholds.min_n", integer(1)),
+    *[rule(f"phase.thresholds.{k}", optional(number(0, lo_open=True)))
+      for k in ("max_latency_ms", "max_peak_memory_mb", "min_throughput_tokens_per_sec", "max_latency_ratio",
+                "max_memory_ratio", "min_throughput_ratio")],
+    *[rule(f"phase.thresholds.min_pass_at_{k}", optional(number(0, 1))) for k in range(1, 101)],  # absent: skipped
+    GATE,
+]
 
 BITNET = [
     rule("phase.sparsity_threshold", number(0, 1.5)),
@@ -39,8 +58,7 @@ CODEGEN = [
     rule("phase.benchmark", one_of("humaneval", "mbpp")),
     rule("phase.num_problems", optional(integer(1))),
     rule("phase.n_samples", integer(1)),
-    rule("phase.pass_k", (lambda x: isinstance(x, list) and len(x) > 0 and all(integer(1)[0](k) for k in x),
-                          "a non-empty list of integers >= 1, e.g. [1, 10]")),
+    PASS_K,
     rule("phase.temperature", number(0)),
     rule("phase.top_p", number(0, 1, lo_open=True)),
     rule("phase.max_new_tokens", integer(1)),
@@ -60,6 +78,7 @@ CODEGEN = [
     rule("phase.latency_rounds", integer(1)),
     rule("phase.n_resamples", integer(100)),
     rule("baseline.name", one_of("gpt2_scratch", "gpt2")),
+    *THRESHOLDS,
 ]
 
 COGNATE = [
@@ -81,10 +100,7 @@ COGNATE = [
 
 COMPARE = [
     rule("phase.n_resamples", integer(100)),
-    rule("phase.thresholds.alpha", number(0, 1, lo_open=True)),
-    rule("phase.thresholds.failure_p", number(0, 1, lo_open=True)),
-    rule("phase.thresholds.min_delta_pass1", optional(number())),
-    rule("phase.thresholds.min_n", integer(1)),
+    *THRESHOLDS,
 ]
 
 EVAL = [
@@ -100,6 +116,10 @@ EVAL = [
     rule("phase.val_rows", integer(1)),
     rule("phase.gen_tokens", integer(1)),
     rule("phase.pass_k_samples", integer(0)),
+    PASS_K,
+    GATE,
+    rule("phase.hf_datasets", optional(((lambda x: isinstance(x, list) and set(x) <= {"gsm8k", "arc", "piqa"}),
+                                        "a list of gsm8k, arc, piqa, e.g. [gsm8k]"))),
     rule("phase.temperature", number(0, 10, lo_open=True)),
     rule("phase.latency_tokens", integer(0)),
     rule("phase.batch_size", integer(1)),
