@@ -180,6 +180,13 @@ def test_cli_scaling_reports_fit_then_hits_cache(tmp_path):
     assert {"scaling/loss_xs", "scaling/slope", "scaling/intercept", "scaling/r2", "scaling/fitness"} <= logged
     again = run_cli(["phase=scaling", *TINY_CLI], tmp_path)
     assert again.returncode == 0 and "cache: hit" in again.stdout, again.stderr[-2000:]
+    # the cache off: evaluated again, on the same held-out and test rows (the salt is kept apart from the cache)
+    fresh = run_cli(["phase=scaling", *TINY_CLI, "phase.cache=false"], tmp_path)
+    assert fresh.returncode == 0 and "cache: hit" not in fresh.stdout, fresh.stderr[-2000:]
+    runs = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
+    third = json.loads((runs[-1] / "fitness.json").read_text())
+    assert third["cached"] is False and third["fitness"] == fitness["fitness"]
+    assert third["test_loss_xs"] == fitness["test_loss_xs"] and third["loss_s"] == fitness["loss_s"]
 
 
 @pytest.mark.slow

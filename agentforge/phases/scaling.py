@@ -123,10 +123,11 @@ def evaluate_cfg(cfg, program: Path, work_dir: Path | None = None, mode: str | N
     """``evaluate`` with the settings, limits, cache and sandbox mode of a composed phase=scaling config
     (``mode``: an already checked phase.sandbox, so the warning is printed once per run)."""
     lim = cfg.phase.limits
-    cache_dir = Path(cfg.paths.artifacts).absolute() / "scaling_cache" if cfg.phase.cache else None
+    key_dir = Path(cfg.paths.artifacts).absolute() / "scaling_cache"   # the held-out salt, kept with the cache off too
     return evaluate(program, settings_from_cfg(cfg), timeout_s=float(lim.timeout_s),
-                    memory_mb=None if lim.memory_mb is None else int(lim.memory_mb), cache_dir=cache_dir,
-                    work_dir=work_dir, sandbox=mode or sandbox_mode(cfg))
+                    memory_mb=None if lim.memory_mb is None else int(lim.memory_mb),
+                    cache_dir=key_dir if cfg.phase.cache else None, key_dir=key_dir, work_dir=work_dir,
+                    sandbox=mode or sandbox_mode(cfg))
 
 
 def program_of(cfg) -> tuple[Path, str]:

@@ -284,9 +284,11 @@ def run_child(code: str, settings: dict, heldout: dict, *, limits: SandboxLimits
 
 def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600.0, memory_mb: int | None = 4096,
              cache_dir: str | Path | None = None, work_dir: str | Path | None = None, check_only: bool = False,
-             sandbox: str = "bwrap") -> dict:
+             sandbox: str = "bwrap", key_dir: str | Path | None = None) -> dict:
     """Score one candidate file; never raises for anything the candidate does (see the module docstring).
-    ``sandbox`` is the isolation mode ("bwrap" or the weaker "process"); a missing bwrap raises ConfigError."""
+    ``sandbox`` is the isolation mode ("bwrap" or the weaker "process"); a missing bwrap raises ConfigError.
+    ``key_dir``: where the held-out salt is kept (default ``cache_dir``): with the cache off it keeps the held-out
+    and test rows the same from run to run, so fitness stays comparable; without either, one salt per process."""
     t0 = time.perf_counter()
     settings = {**settings, "trust": {**TRUST_DEFAULTS, **(settings.get("trust") or {})}}
     try:
@@ -297,7 +299,8 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
         framework = check_static(code)
     except CandidateFailure as exc:
         return failed(exc.kind, str(exc), cached=False, eval_seconds=time.perf_counter() - t0, sandbox=sandbox)
-    salt = trust.heldout_salt(cache_dir)
+    key_dir = cache_dir if key_dir is None else key_dir
+    salt = trust.heldout_salt(key_dir)
     key = cache_key(code, {**settings, "heldout": hashlib.sha256(salt.encode()).hexdigest()[:16],
                            "sandbox": sandbox, "check_only": check_only})
     cache = ResultCache(cache_dir)
@@ -323,7 +326,7 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
             sizes = [trust.score_size(s, files, heldout, floor, ratio) for s in settings["sizes"]]
             for s in sizes:  # the child's own timing and curve: shown, never scored, checked (childinfo.py)
                 s.update(childinfo.size_fields(status, s["name"]))
-            reference = baseline_reference(code, settings, timeout_s, memory_mb, cache_dir, sandbox)
+            reference = baseline_reference(code, settings, timeout_s, memory_mb, cache_dir, sandbox, key_dir)
             result = scored(sizes, settings, reference)
             if "test_targets" in heldout:
                 result.update(test_n=float(len(heldout["test_targets"])),
@@ -346,7 +349,8 @@ TRUST_DEFAULTS = {"heldout_rows": 512, "test_rows": 512, "probe_rows": 4, "loss_
                   "logit_tol": 1e-4, "infer_timeout_s": 120.0, "bootstrap": 1000, "max_param_ratio": 2.0}
 
 
-def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_dir, sandbox) -> dict | None:
+def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_dir, sandbox,
+                       key_dir=None) -> dict | None:
     """The baseline variant's fitness and per-size losses under the same settings (evaluated once, then
     cached), for the sabotage guard; None when ``fitness.reference`` is off or the candidate is the baseline."""
     fit_cfg = settings.get("fitness") or {}
@@ -354,7 +358,7 @@ def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_di
     if fit_cfg.get("reference") != "baseline" or code == base_code:
         return None
     base = evaluate(variant_path("baseline"), {**settings, "fitness": {**fit_cfg, "reference": None}},
-                    timeout_s=timeout_s, memory_mb=memory_mb, cache_dir=cache_dir, sandbox=sandbox)
+                    timeout_s=timeout_s, memory_mb=memory_mb, cache_dir=cache_dir, sandbox=sandbox, key_dir=key_dir)
     if not base["valid"]:
         raise CandidateFailure("crash", f"the baseline reference itself failed ({base['error_kind']}): "
                                         f"{base['error']}")
