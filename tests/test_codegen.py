@@ -388,3 +388,17 @@ def test_a_val_chunk_that_is_also_a_train_chunk_is_dropped(tmp_path):
     c = build_corpus([], root=root, val_fraction=0.3, chunk_chars=400)
     assert c.stats["val_chunks_in_train_dropped"] > 0 and c.val
     assert not set(c.val) & set(c.train)
+
+
+def test_the_baseline_description_claims_training_parity_only_when_both_trained_here():
+    """'same data, steps and batch as Cognate' only when Cognate was trained in this run; a Cognate checkpoint from
+    elsewhere, or phase.max_epochs=0, says what actually happened."""
+    from types import SimpleNamespace
+
+    from agentforge.phases.codegen import _baseline_training
+
+    p = SimpleNamespace(max_epochs=2, steps_per_epoch=5)
+    assert "same data, steps and batch as Cognate" in _baseline_training(p, {"cognate": {}, "gpt2_scratch": {}})
+    elsewhere = _baseline_training(p, {"gpt2_scratch": {}})
+    assert "2 x 5 steps" in elsewhere and "trained elsewhere" in elsewhere and "same data" not in elsewhere
+    assert _baseline_training(SimpleNamespace(max_epochs=0, steps_per_epoch=5), {}).startswith("untrained")

@@ -70,14 +70,24 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path) -> tuple[list, dic
         if int(p.max_epochs) > 0:
             trainings["gpt2_scratch"] = train("gpt2_scratch", gmodel, corpus, optim_cfg=b["optimizer"], **train_kw)
         models.save_gpt2(gmodel, run_dir / "checkpoints" / "gpt2_scratch", {"phase": "codegen", "data": "python_code"})
-        base = models.byte_lm("gpt2_scratch", f"GPT-2 architecture trained from scratch here (transformers "
-                              f"GPT2LMHeadModel, {gmodel.num_params():,} params, same data/steps/batch as Cognate; "
-                              f"not the 124M pretrained GPT-2)", gmodel, gmodel.config.max_seq_len)
+        base = models.byte_lm("gpt2_scratch", f"GPT-2 architecture {_baseline_training(p, trainings)} (transformers "
+                              f"GPT2LMHeadModel, {gmodel.num_params():,} params; not the 124M pretrained GPT-2)",
+                              gmodel, gmodel.config.max_seq_len)
     out.append(base)
     device = "cuda" if resolve_hardware(_container(cfg.hardware))["accelerator"] in ("gpu", "cuda") else "cpu"
     for lm in out:  # Lightning hands the trained model back on the CPU
         lm.model.to(device).eval()
     return out, trainings
+
+
+def _baseline_training(p, trainings: dict) -> str:
+    """How the scratch baseline was trained, relative to the candidate: parity is claimed only when both trained here."""
+    if int(p.max_epochs) == 0:
+        return "untrained (phase.max_epochs=0: neither model was trained)"
+    if "cognate" in trainings:
+        return "trained from scratch here on the same data, steps and batch as Cognate"
+    return (f"trained from scratch here ({int(p.max_epochs)} x {int(p.steps_per_epoch)} steps on this corpus); the "
+            f"Cognate checkpoint was trained elsewhere, on its own data and budget")
 
 
 def run(cfg) -> dict:
@@ -93,6 +103,9 @@ def run(cfg) -> dict:
         print(f"note: n_samples={p.n_samples} < {max(p.pass_k)}: pass@{max(p.pass_k)} is not measured")
     all_problems = problems.load_problems(str(p.benchmark), p.benchmark_path)
     subset = problems.select(all_problems, p.num_problems, list(p.problem_ids) if p.problem_ids else None)
+    if p.num_problems and not p.problem_ids and int(p.num_problems) > len(all_problems):
+        print(f"note: phase.num_problems={p.num_problems} but {p.benchmark} has {len(all_problems)}: all "
+              f"{len(all_problems)} are evaluated")
     corpus = corpus_from_config(data_cfg, all_problems)
     exec_kw = {"timeout_s": float(p.timeout_s), "memory_mb": int(p.memory_mb), "workers": p.workers,
                "mode": str(p.sandbox)}
