@@ -228,3 +228,18 @@ def test_stages_from_different_source_checkpoints_are_named_under_the_table(resu
     md = (tmp_path / "diff" / "comparison.md").read_text()
     assert ("**The stages start from different checkpoints** — baseline: `/ckpt/model1`; after_surgery: "
             "`/ckpt/finetuned_vanilla`: a change between them includes") in md
+
+
+def test_a_baseline_that_is_not_a_compared_stage_names_its_key(results_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"phase.baseline=foo: stage 'foo' is not among the compared stages"):
+        run_comparison(results_dir, ["baseline", "after_surgery"], tmp_path / "c", baseline="foo", thresholds=TH)
+
+
+def test_different_choice_example_counts_name_choice_examples(tmp_path):
+    """ARC / PIQA counts come from phase.choice_examples, not phase.eval_examples: the error names the right key."""
+    from agentforge.evals.compare_table import align
+
+    with pytest.raises(ConfigError, match=r"same phase.choice_examples"):
+        align({}, {}, "arc", [1, 0], [1], "arc_easy_accuracy")
+    with pytest.raises(ConfigError, match=r"same phase.eval_examples"):
+        align({}, {}, "gsm8k", [1, 0], [1], "reasoning_accuracy")

@@ -187,6 +187,7 @@ def test_smoke_experiment_runs_the_whole_pipeline(tmp_path):
     (["phase=eval", "phase.gate={reasoning_accuracy: '=>0.3'}"], "phase.gate must be null or a mapping of metric keys"),
     (["phase=compare", "phase.gate={verdict_score: big}"], "phase.gate must be null or a mapping"),
     (["phase=eval", "phase.hf_datasets=gsm8k"], "phase.hf_datasets must be null or a list of gsm8k, arc, piqa"),
+    (["phase=eval", "phase.finetune_mix={arithmetic: -1}"], "phase.finetune_mix must be a non-empty mapping"),
 ])
 def test_values_read_only_after_the_whole_run_are_checked_at_start_up(tmp_path, overrides, message):
     """Thresholds, gates and pass@k are used only once the phase's work is done (a codegen run: minutes of training
@@ -201,3 +202,20 @@ def test_values_read_only_after_the_whole_run_are_checked_at_start_up(tmp_path, 
     good = compose_cfg([overrides[0], *(["data=python_code"] if "codegen" in overrides[0] else []),
                         "phase.gate={reasoning_accuracy: '>=0.3', perplexity: '<=20'}"], tmp_path)
     check(good, PHASE_RULES[overrides[0].split("=")[1]])     # the defaults and a well-formed gate pass
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["phase=compare", "stages=[baseline,baseline]"], "names baseline more than once"),
+    (["phase=compare", "stage=after_surgery"], "stage=after_surgery is phase=eval's; phase=compare takes stages="),
+    (["phase=eval", "stages=[baseline,after_surgery]"], "is phase=compare's; phase=eval evaluates one stage=NAME"),
+])
+def test_the_other_phases_stage_keys_are_refused_not_ignored(tmp_path, overrides, message):
+    """`stage=` means nothing to phase=compare, `stages=` nothing to phase=eval: each used to be silently ignored."""
+    import importlib
+
+    from agentforge.errors import ConfigError
+
+    cfg = compose_cfg(overrides, tmp_path)
+    phase = importlib.import_module(f"agentforge.phases.{overrides[0].split('=')[1]}")
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        phase.run(cfg)

@@ -282,9 +282,9 @@ def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thres
                   n_resamples: int = 10_000, seed: int = 0) -> dict:
     """``stats.json``: per-metric paired tests of candidate vs baseline on the same examples (the exact
     McNemar test for 0/1 outcomes, the bootstrap otherwise: ``stats.paired_test``), and the verdict."""
-    for st in (baseline, candidate):
+    for key, st in (("phase.baseline", baseline), ("phase.candidate", candidate)):
         if st not in results:
-            raise ConfigError(f"stage {st!r} is not among the compared stages {list(results)}")
+            raise ConfigError(f"{key}={st}: stage {st!r} is not among the compared stages {list(results)}")
     b, c = results[baseline], results[candidate]
     out: dict = {"baseline": baseline, "candidate": candidate}
     min_n = int(thresholds.get("min_n", MIN_N))

@@ -87,7 +87,7 @@ def align(cand: dict, base: dict, fmt: str, a: list, b: list, what: str) -> tupl
     if ia is None or ib is None:
         if len(a) != len(b):
             raise ConfigError(f"{what}: the stages were evaluated on different example counts ({len(a)} vs "
-                              f"{len(b)}); re-run phase=eval with the same phase.eval_examples and data for both")
+                              f"{len(b)}); re-run phase=eval with the same {_size_key(fmt)} and data for both")
         return list(a), list(b), False
     if len(ia) != len(a) or len(ib) != len(b) or len(set(ia)) != len(ia) or len(set(ib)) != len(ib):
         raise ConfigError(f"{what}: malformed results (per-example ids do not match the values one to one)")
@@ -95,7 +95,7 @@ def align(cand: dict, base: dict, fmt: str, a: list, b: list, what: str) -> tupl
         only_c, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
         raise ConfigError(f"{what}: the stages evaluated different examples ({len(only_c)} only in the candidate, "
                           f"{len(only_b)} only in the baseline, e.g. {(only_c or only_b)[0]}); a paired test needs "
-                          f"the same examples: re-run phase=eval with the same seed, data and phase.eval_examples")
+                          f"the same examples: re-run phase=eval with the same seed, data and {_size_key(fmt)}")
     pos = {x: i for i, x in enumerate(ib)}
     return list(a), [b[pos[x]] for x in ia], True
 
@@ -238,6 +238,11 @@ def markdown_table(results: dict[str, dict], rows: list[dict]) -> str:
             f"{st}: `{v}`" for st, v in sources.items()) + ": a change between them includes the difference between "
             "those checkpoints, not only what the stage did (surgery, fine-tuning)."]
     return "\n".join(lines) + "\n"
+
+
+def _size_key(fmt: str) -> str:
+    """The eval setting that sets how many examples a format has: ARC / PIQA's choice questions have their own."""
+    return "phase.choice_examples" if fmt in ("arc", "piqa") else "phase.eval_examples"
 
 
 def settings_differences(results: dict[str, dict]) -> list[str]:

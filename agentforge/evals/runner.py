@@ -79,6 +79,8 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
             for k in s.pass_k:
                 if k <= s.pass_k_samples:
                     metrics[f"pass_at_{k}"] = mean_pass_at_k(s.pass_k_samples, counts, k)
+                else:
+                    print(f"note: pass@{k} not measured: phase.pass_k_samples={s.pass_k_samples} < {k}")
             times["gsm8k_sampled"] = time.perf_counter() - t0
     for fmt, key in (("arc", "arc_easy_accuracy"), ("piqa", "piqa_accuracy")):
         if sets.get(fmt):

@@ -42,6 +42,12 @@ def run(cfg) -> dict:
         stages = [str(s) for s in (OmegaConf.to_container(stages) if OmegaConf.is_config(stages) else stages)]
         if not stages:
             raise ConfigError("stages=[] is empty; name the stages to compare, e.g. stages=[baseline,after_surgery]")
+        twice = sorted({st for st in stages if stages.count(st) > 1})
+        if twice:
+            raise ConfigError(f"stages={stages} names {', '.join(twice)} more than once; name each stage once")
+    if cfg.get("stage") is not None:
+        raise ConfigError(f"stage={cfg.get('stage')} is phase=eval's; phase=compare takes stages=[...], e.g. "
+                          f"stages=[baseline,{cfg.get('stage')}]")
     results_dir = Path(p.results_dir or Path(cfg.paths.artifacts) / "eval_results").absolute()
     thresholds = thresholds_of(OmegaConf.to_container(p.thresholds, resolve=True))
     load_results(results_dir, stages)  # a missing or malformed stage fails here, before the run dir and W&B run

@@ -126,6 +126,8 @@ def _refuse_silent_baseline_overwrite(artifacts: Path, ckpt: Path) -> None:
 
 def run(cfg) -> dict:
     p = cfg.phase
+    if cfg.get("stages") is not None:
+        raise ConfigError(f"stages={cfg.get('stages')} is phase=compare's; phase=eval evaluates one stage=NAME")
     stage = str(pick(cfg, "stage") or "baseline")
     if not _STAGE_NAME.match(stage):
         raise ConfigError(f"stage={stage!r}: use letters, digits, '_', '-' or '.' only")

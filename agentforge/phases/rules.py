@@ -118,6 +118,9 @@ EVAL = [
     rule("phase.pass_k_samples", integer(0)),
     PASS_K,
     GATE,
+    rule("phase.finetune_mix", ((lambda x: isinstance(x, dict) and len(x) > 0 and all(number(0)[0](v) for v in x.values())
+                                 and sum(x.values()) > 0), "a non-empty mapping of task names to weights >= 0, "
+                                                           "not all 0, e.g. {arithmetic: 1.0, choice: 0.5}")),
     rule("phase.hf_datasets", optional(((lambda x: isinstance(x, list) and set(x) <= {"gsm8k", "arc", "piqa"}),
                                         "a list of gsm8k, arc, piqa, e.g. [gsm8k]"))),
     rule("phase.temperature", number(0, 10, lo_open=True)),
