@@ -402,3 +402,14 @@ def test_the_baseline_description_claims_training_parity_only_when_both_trained_
     elsewhere = _baseline_training(p, {"gpt2_scratch": {}})
     assert "2 x 5 steps" in elsewhere and "trained elsewhere" in elsewhere and "same data" not in elsewhere
     assert _baseline_training(SimpleNamespace(max_epochs=0, steps_per_epoch=5), {}).startswith("untrained")
+
+
+def test_a_timing_range_from_too_few_rounds_is_not_called_a_ci():
+    from agentforge.codegen.report import efficiency_line
+
+    one = {"threshold": "max_latency_ratio", "value": 3.723, "ci95": [3.723, 3.723], "rounds": 1, "target": 0.54,
+           "ok": None, "note": "1 rounds: no decision"}
+    assert "CI95" not in efficiency_line(one) and "(range [3.723, 3.723] of 1 rounds)" in efficiency_line(one)
+    seven = {**one, "ci95": [0.2, 0.3], "rounds": 7, "ok": True}
+    assert efficiency_line(seven) == ("- efficiency max_latency_ratio: 3.723 CI95 [0.2, 0.3] over 7 interleaved "
+                                      "rounds vs target 0.54 -> ok")

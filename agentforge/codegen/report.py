@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from agentforge.evals.compare import MIN_TIMING_ROUNDS
 from agentforge.tracking import plots
 
 EFFICIENCY = (("latency_ms", "latency of {n} tokens (ms)", "lower"),
@@ -60,6 +61,17 @@ def plot_all(out_dir: Path, names: list[str], curves: dict[str, list[float]], kp
     return paths
 
 
+def efficiency_line(c: dict) -> str:
+    """One efficiency check of ``stats.json`` as a report line; below ``MIN_TIMING_ROUNDS`` the order statistics are
+    the range of the rounds, not a 95 % CI, and are called that."""
+    if "ci95" in c and c.get("rounds", 0) >= MIN_TIMING_ROUNDS:
+        ci = f" CI95 [{_f(c['ci95'][0])}, {_f(c['ci95'][1])}] over {c['rounds']} interleaved rounds"
+    else:
+        ci = f" (range [{_f(c['ci95'][0])}, {_f(c['ci95'][1])}] of {c.get('rounds')} rounds)" if "ci95" in c else ""
+    outcome = {True: "ok", False: "not met"}.get(c["ok"], f"inconclusive{': ' + c['note'] if 'note' in c else ''}")
+    return f"- efficiency {c['threshold']}: {_f(c['value'])}{ci} vs target {c['target']} -> {outcome}"
+
+
 def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[str, dict], stats: dict,
              trainings: dict[str, dict], plot_paths: list[Path]) -> str:
     cand, base = stats["candidate"], stats["baseline"]
@@ -108,10 +120,7 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
         else:
             lines.append(f"- pass@{k}: {s.get('note', 'not tested')}")
     lines += ["", f"**Verdict: {stats['verdict']}**", ""] + [f"- {r}" for r in stats["reasons"]]
-    for c in stats["efficiency"]:
-        ci = f" CI95 [{_f(c['ci95'][0])}, {_f(c['ci95'][1])}] over {c['rounds']} interleaved rounds" if "ci95" in c else ""
-        outcome = {True: "ok", False: "not met"}.get(c["ok"], f"inconclusive{': ' + c['note'] if 'note' in c else ''}")
-        lines.append(f"- efficiency {c['threshold']}: {_f(c['value'])}{ci} vs target {c['target']} -> {outcome}")
+    lines += [efficiency_line(c) for c in stats["efficiency"]]
     lines += ["", "A tiny model trained for minutes on a 2-core CPU writes almost no working code: pass@k near 0 "
               "and a FAILURE (or INCONCLUSIVE) verdict are the honest result, not a harness fault (the self-check "
               "shows the harness passes correct code).", ""]
