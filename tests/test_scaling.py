@@ -182,7 +182,7 @@ def test_cli_scaling_reports_fit_then_hits_cache(tmp_path):
     assert again.returncode == 0 and "cache: hit" in again.stdout, again.stderr[-2000:]
     # the cache off: evaluated again, on the same held-out and test rows (the salt is kept apart from the cache)
     fresh = run_cli(["phase=scaling", *TINY_CLI, "phase.cache=false"], tmp_path)
-    assert fresh.returncode == 0 and "cache: hit" not in fresh.stdout, fresh.stderr[-2000:]
+    assert fresh.returncode == 0 and "cache: off (phase.cache=false)" in fresh.stdout, fresh.stderr[-2000:]
     runs = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
     third = json.loads((runs[-1] / "fitness.json").read_text())
     assert third["cached"] is False and third["fitness"] == fitness["fitness"]

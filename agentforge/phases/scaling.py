@@ -150,7 +150,8 @@ def run(cfg) -> dict:
         print(f"scaling: {program} over {n} sizes x {settings['train']['steps']} steps; run dir {ctx.run_dir}")
         result = evaluate_cfg(cfg, program, ctx.run_dir / "sandbox", mode)
         fitness_json = ctx.tracker.write_json("fitness.json", {"program": str(program), **result})
-        print(f"cache: {'hit' if result.get('cached') else 'miss'} ({str(result.get('key', ''))[:16]})")
+        state = "hit" if result.get("cached") else ("miss" if cfg.phase.cache else "off (phase.cache=false)")
+        print(f"cache: {state}" + (f" ({str(result['key'])[:16]})" if result.get("key") else ""))
         if not result["valid"]:
             ctx.tracker.summary({"scaling/valid": 0.0, "scaling/error_kind": result["error_kind"],
                                  "scaling/error": result["error"], "scaling/sandbox": mode})
