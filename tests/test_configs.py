@@ -115,6 +115,7 @@ def test_smoke_experiment_composes_for_every_phase(tmp_path, phase):
     assert plain.logger.name != "none" and plain.data.seq_len != 32
 
 
+@pytest.mark.slow   # ~10 s; every phase's smoke composition is checked in the default tier
 def test_smoke_experiment_runs_a_phase_that_needs_no_inputs(tmp_path):
     """`phase=grokking experiment=smoke`, the real CLI: it finishes (seconds, not the task's 60,000-step budget) with
     conf/experiment_phase/smoke_grokking.yaml's settings, as the run dir's config_resolved.yaml records."""
