@@ -413,3 +413,9 @@ def test_a_timing_range_from_too_few_rounds_is_not_called_a_ci():
     seven = {**one, "ci95": [0.2, 0.3], "rounds": 7, "ok": True}
     assert efficiency_line(seven) == ("- efficiency max_latency_ratio: 3.723 CI95 [0.2, 0.3] over 7 interleaved "
                                       "rounds vs target 0.54 -> ok")
+
+
+def test_report_cells_for_figures_not_measured_are_a_dash():
+    from agentforge.codegen.report import _f
+
+    assert _f(None) == "–" and _f(float("nan")) == "–" and _f(3) == "3" and _f(True) == "True"

@@ -15,7 +15,10 @@ EFFICIENCY = (("latency_ms", "latency of {n} tokens (ms)", "lower"),
 
 
 def _f(v, digits: int = 4) -> str:
-    if isinstance(v, bool) or v is None:
+    """A table cell: '–' for a figure that was not measured (None, NaN)."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
         return str(v)
     if isinstance(v, int):
         return f"{v:,}"
@@ -79,7 +82,7 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
     lines = [f"# Code generation: {cand} vs {base}", "",
              f"Benchmark **{info['benchmark']}**, {info['n_problems']} problems ({info['problem_range']}), "
              f"n = {info['n_samples']} samples per problem at temperature {info['temperature']}, top-p {info['top_p']}, "
-             f"at most {info['max_new_tokens']} new tokens, context {info['context_tokens']} tokens; "
+             f"at most {info['max_new_tokens']} new tokens, context {info['context_tokens']}{' tokens' if isinstance(info['context_tokens'], int) else ''}; "
              f"sandbox mode `{info['sandbox']}`.", "",
              f"Baseline: {info['baseline_description']}.", "",
              f"Training corpus (data=python_code): {info['corpus']['train_files']} train / {info['corpus']['val_files']} "

@@ -159,7 +159,7 @@ def run(cfg) -> dict:
         info = {"benchmark": str(p.benchmark), "n_problems": len(subset),
                 "problem_range": f"{subset[0].task_id} .. {subset[-1].task_id}", "n_samples": int(p.n_samples),
                 "temperature": float(p.temperature), "top_p": float(p.top_p), "max_new_tokens": int(p.max_new_tokens),
-                "context_tokens": p.context_tokens or "model max", "sandbox": str(p.sandbox),
+                "context_tokens": p.context_tokens or "each model's maximum", "sandbox": str(p.sandbox),
                 "baseline_description": lms[1].description, "corpus": corpus.stats, "self_check": check,
                 "python": platform.python_version()}
         plot_paths = report.plot_all(out_dir / "plots", names, curves, kpis, trainings)

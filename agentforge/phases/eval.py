@@ -165,7 +165,8 @@ def run(cfg) -> dict:
                   f"{gap:.3g} ({'OK' if surgery['identity_ok'] else 'EXCEEDS'} tolerance {p.surgery_tolerance})")
         if steps > 0:
             ft = finetune(ctx, cfg, model, tokenizer, int(steps))
-            print(f"fine-tuned {ft['steps']} steps: train loss {ft['train_loss']}, val loss {ft['val_loss']}")
+            loss = {k: "–" if ft[k] is None else f"{ft[k]:.4f}" for k in ("train_loss", "val_loss")}
+            print(f"fine-tuned {ft['steps']} steps: train loss {loss['train_loss']}, val loss {loss['val_loss']}")
         saved = None
         if (surgery or ft) and p.save_model:
             saved = save_stage_model(ctx.run_dir / "checkpoints" / stage, artifacts / "eval" / stage, model,
