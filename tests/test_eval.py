@@ -374,3 +374,17 @@ def test_a_forgotten_stage_does_not_overwrite_another_checkpoints_baseline(tmp_p
         _refuse_silent_baseline_overwrite(tmp_path, Path("/x/mine"))
     _refuse_silent_baseline_overwrite(tmp_path, Path("/x/other"))           # the same checkpoint: re-evaluated
     _refuse_silent_baseline_overwrite(tmp_path / "none", Path("/x/mine"))   # no baseline yet
+
+
+def test_the_printed_line_gives_each_accuracy_and_the_perplexity_with_its_ci_and_n():
+    """16 GSM8K questions, 4 right: 0.25 [Wilson 0.1018, 0.495] n=16; the perplexity of 8 equal row losses: its CI
+    is the point; figures with no per-example record print bare."""
+    import math
+
+    from agentforge.phases.eval import summary_line
+
+    m = {"perplexity": math.exp(2.0), "reasoning_accuracy": 0.25, "latency_ms": 12.0}
+    line = summary_line("baseline", m, {"gsm8k_correct": [1] * 4 + [0] * 12, "row_loss": [2.0] * 8})
+    assert "reasoning_accuracy 0.25 [0.1018, 0.495] n=16" in line
+    assert "perplexity 7.389 [7.389, 7.389] n=8" in line and "latency_ms 12  " not in line
+    assert line.endswith("latency_ms 12") and summary_line("b", {"latency_ms": 12.0}) == "b: latency_ms 12"

@@ -129,7 +129,7 @@ def test_perplexity_has_its_n_and_a_bootstrap_ci_over_rows(tmp_path):
     an interval around the estimate."""
     import math
 
-    from agentforge.pipeline.report import perplexity_ci
+    from agentforge.evals.intervals import perplexity_ci
 
     assert perplexity_ci([2.0] * 8) == {"perplexity_n": 8, "perplexity_ci95": [math.exp(2.0), math.exp(2.0)]}
     assert perplexity_ci([1.0]) == {} and perplexity_ci(None) == {}

@@ -30,6 +30,7 @@ from agentforge.data.datamodule import LMDataModule, pack
 from agentforge.errors import ConfigError
 from agentforge.evals import checkpoints as recursive_ckpt
 from agentforge.evals.collect import collect_metrics, gate_or_raise
+from agentforge.evals.intervals import stage_intervals
 from agentforge.evals.runner import EvalSettings, evaluate
 from agentforge.io import write_json_atomic
 from agentforge.models.surgery import ARCHITECTURE as RECURSIVE_ARCH
@@ -187,7 +188,7 @@ def run(cfg) -> dict:
         out = write_json_atomic(results_path(ctx.run_dir, stage), results)
         stable = write_json_atomic(results_path(artifacts, stage), results)
         report(tr, stage, results)
-        print(summary_line(stage, m))
+        print(summary_line(stage, m, res["per_example"]))
     collect_metrics(ctx.run_dir)
     gate = OmegaConf.to_container(p.gate, resolve=True) if p.get("gate") else {}
     if gate:
@@ -219,8 +220,16 @@ def report(tr, stage: str, results: dict) -> None:
         tr.histogram(f"evaluation/{stage}/chunk_lengths", per["chunk_lengths"])
 
 
-def summary_line(stage: str, m: dict) -> str:
+def summary_line(stage: str, m: dict, per_example: dict | None = None) -> str:
+    """The stage's figures on one line; the answer accuracies and the perplexity with [95% CI] and n."""
     keys = ("perplexity", "token_accuracy", "reasoning_accuracy", "pass_at_1", "pass_at_10", "arc_easy_accuracy",
             "piqa_accuracy", "throughput_tokens_per_sec", "latency_ms", "peak_memory_mb", "avg_refine_steps",
             "commit_rate", "stability_at_k")
-    return f"{stage}: " + "  ".join(f"{k} {m[k]:.4g}" for k in keys if k in m)
+    iv = stage_intervals(per_example or {})
+
+    def cell(k):
+        if f"{k}_ci95" not in iv:
+            return f"{k} {m[k]:.4g}"
+        lo, hi = iv[f"{k}_ci95"]
+        return f"{k} {m[k]:.4g} [{lo:.4g}, {hi:.4g}] n={iv[f'{k}_n']}"
+    return f"{stage}: " + "  ".join(cell(k) for k in keys if k in m)

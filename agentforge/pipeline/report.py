@@ -25,7 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from agentforge.evals.compare import ACCURACY_FORMATS
-from agentforge.evals.stats import paired_bootstrap, wilson_ci
+from agentforge.evals.intervals import stage_intervals
+from agentforge.evals.stats import wilson_ci
 from agentforge.io import atomic_write, write_text_atomic
 from agentforge.pipeline.thresholds import cognate_diversity, cognate_metrics
 
@@ -107,22 +108,9 @@ def performance_rows(artifacts: Path, stages: list[tuple[str, Path]]) -> list[di
         m, per = res["metrics"], res.get("per_example", {})
         row = {"stage": stage, "size_mb": dir_bytes(ckpt) / 2**20}
         row.update({k: m.get(k) for k, _ in PERF_COLUMNS if k != "size_mb"}, latency_tokens=m.get("latency_tokens"))
-        for fmt, key in ACCURACY_FORMATS:  # n and the 95% Wilson CI of each accuracy
-            c = per.get(f"{fmt}_correct")
-            if c:
-                row[f"{key}_n"], row[f"{key}_ci95"] = len(c), wilson_ci(int(sum(c)), len(c))
-        row.update(perplexity_ci(per.get("row_loss")))
+        row.update(stage_intervals(per))   # n and the 95% CI of each accuracy and of the perplexity
         rows.append(row)
     return rows
-
-
-def perplexity_ci(row_loss: list[float] | None) -> dict:
-    """n and the 95% CI of the perplexity exp(mean row loss) (the rows have equal length, so it is the eval's
-    perplexity): a percentile bootstrap of the mean over the held-out rows, exponentiated (exp is monotone)."""
-    if not row_loss or len(row_loss) < 2:
-        return {}
-    lo, hi = paired_bootstrap(row_loss, [0.0] * len(row_loss), n_resamples=2000)["ci95"]
-    return {"perplexity_n": len(row_loss), "perplexity_ci95": [math.exp(lo), math.exp(hi)]}
 
 
 def _perf_cell(row: dict, key: str):
