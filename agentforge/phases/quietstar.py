@@ -20,10 +20,8 @@ model in eval mode (the memory bank held fixed, see ``FrozenPair``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -35,8 +33,8 @@ from agentforge.data.build import eval_sets
 from agentforge.data.tokenizer import BOS_ID, PAD_ID
 from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError, pipeline_copy_hint, save_tensors, write_json_atomic, write_text_atomic
-from agentforge.phases.cognate import fingerprint, resume_path
 from agentforge.phases.context import run_context
+from agentforge.phases.quietstar_fit import fit_step, work_dir
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.reasoning import baking as bk
 from agentforge.reasoning import baking_evidence as be
@@ -60,7 +58,6 @@ from agentforge.reasoning.tokens import (
 from agentforge.tracking import plots
 from agentforge.training.baking_module import BakingModule
 from agentforge.training.rl_module import QuietStarModule, check_metrics, task_accuracy
-from agentforge.training.trainer import EpochCheckpoint, build_trainer
 
 RULES = PHASE_RULES["quietstar"]
 
@@ -98,7 +95,7 @@ def run(cfg) -> dict:
         out["metrics"].update(res["metrics"])
     for s in ([step] if step != "both" else ["baking", "rl"]):
         for d in ([outs[s], outs[s].with_name(outs[s].name + "_control")] if s == "baking" else [outs[s]]):
-            shutil.rmtree(_work(d), ignore_errors=True)  # finished: nothing left to resume
+            shutil.rmtree(work_dir(d), ignore_errors=True)  # finished: nothing left to resume
     return out
 
 
@@ -173,7 +170,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path) -> dict:
                 "config/training_examples": len(train), "config/kl_coef": float(ocfg["kl_coef"])})
         print(f"Quiet-STaR step 1 (baking): {len(strategies)} strategies, {len(train)} examples; run dir {ctx.run_dir}")
         before = bk.bake_eval(model, teacher, val_p, prompts, b, usage_ids)
-        trainer, hours = _fit(cfg, ctx, module, "baking", src, out_dir, int(b.epochs), float(cfg.phase.gradient_clip))
+        trainer, hours = fit_step(cfg, ctx, module, "baking", src, out_dir, int(b.epochs), float(cfg.phase.gradient_clip))
         control = _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src, out_dir)
         if not trainer.is_global_zero:
             return {}
@@ -199,44 +196,11 @@ def _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src: Path, out_di
     shuffled = bk.shuffled_prompts(prompts, int(cfg.seed))
     module = BakingModule(model, teacher, train_p, val_p, shuffled, b, ocfg, str(cfg.phase.on_nonfinite),
                           int(cfg.seed))
-    trainer, _ = _fit(cfg, None, module, "baking_control", src, out_dir.with_name(out_dir.name + "_control"),
+    trainer, _ = fit_step(cfg, None, module, "baking_control", src, out_dir.with_name(out_dir.name + "_control"),
                       int(b.epochs), float(cfg.phase.gradient_clip))
     if not trainer.is_global_zero:
         return None
     return bk.bake_eval(model, teacher, val_p, prompts, b, base=teacher)
-
-
-def _fit(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int, clip: float):
-    """Train ``module`` with the shared ``build_trainer``: an epoch checkpoint in ``{out_dir}.work``, resumed
-    (``ckpt_path``, as Cognate) when it belongs to the same config and input. Returns (trainer, hours). ``ctx``
-    None: no loggers (with the run's, a second Trainer would log its steps over the first's)."""
-    work = _work(out_dir)
-    fp = hashlib.sha256(f"{fingerprint(cfg)} {step} {_digest(src)}".encode()).hexdigest()[:16]
-    resume = resume_path(cfg.get("ckpt_path"), work, fp)
-    if resume:
-        print(f"resuming from {resume}")
-    work.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(work / "fingerprint", fp)
-    trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers if ctx else False,
-                            callbacks=[EpochCheckpoint(work / "last.ckpt")], max_epochs=epochs,
-                            default_root_dir=ctx.run_dir if ctx else work, gradient_clip_val=clip or None, enable_checkpointing=False)
-    t0 = time.perf_counter()
-    trainer.fit(module, ckpt_path=resume)
-    module.model.eval()
-    return trainer, (time.perf_counter() - t0) / 3600
-
-
-def _work(out_dir: Path) -> Path:
-    return out_dir.with_name(out_dir.name + ".work")
-
-
-def _digest(src: Path) -> str:
-    """SHA-256 of the input checkpoint's weights and config (resume only continues from the same input)."""
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        if (src / name).is_file():
-            h.update((src / name).read_bytes())
-    return h.hexdigest()
 
 
 def _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist, hours, examples, out_dir,
@@ -321,7 +285,7 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path) -> dict:
         first = module.check(0)  # before training (a resumed run gets its checks back from the checkpoint)
         module.history["checks"] = [first]
         tr.log({k: v for k, v in check_metrics(first).items()}, step=0)
-        trainer, hours = _fit(cfg, ctx, module, "rl", src, out_dir, QuietStarModule.epochs(r), 0.0)
+        trainer, hours = fit_step(cfg, ctx, module, "rl", src, out_dir, QuietStarModule.epochs(r), 0.0)
         if not trainer.is_global_zero:
             return {}
         return _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, module.history, baked_acc, hours, out_dir)

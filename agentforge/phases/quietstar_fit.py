@@ -1,0 +1,46 @@
+"""Training one Quiet-STaR step (baking, its control, RL) with the shared ``build_trainer`` and a resumable epoch
+checkpoint in ``{out}.work`` that only the same config and input may continue (as Cognate's ``ckpt_path``)."""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from agentforge.io import write_text_atomic
+from agentforge.phases.cognate import fingerprint, resume_path
+from agentforge.training.trainer import EpochCheckpoint, build_trainer
+
+
+def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int, clip: float):
+    """Train ``module`` with the shared ``build_trainer``: an epoch checkpoint in ``{out_dir}.work``, resumed
+    (``ckpt_path``, as Cognate) when it belongs to the same config and input. Returns (trainer, hours). ``ctx``
+    None: no loggers (with the run's, a second Trainer would log its steps over the first's)."""
+    work = work_dir(out_dir)
+    fp = hashlib.sha256(f"{fingerprint(cfg)} {step} {input_digest(src)}".encode()).hexdigest()[:16]
+    resume = resume_path(cfg.get("ckpt_path"), work, fp)
+    if resume:
+        print(f"resuming from {resume}")
+    work.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(work / "fingerprint", fp)
+    trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers if ctx else False,
+                            callbacks=[EpochCheckpoint(work / "last.ckpt")], max_epochs=epochs,
+                            default_root_dir=ctx.run_dir if ctx else work, gradient_clip_val=clip or None, enable_checkpointing=False)
+    t0 = time.perf_counter()
+    trainer.fit(module, ckpt_path=resume)
+    module.model.eval()
+    return trainer, (time.perf_counter() - t0) / 3600
+
+
+def work_dir(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + ".work")
+
+
+def input_digest(src: Path) -> str:
+    """SHA-256 of the input checkpoint's weights and config (resume only continues from the same input)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        if (src / name).is_file():
+            h.update((src / name).read_bytes())
+    return h.hexdigest()
