@@ -167,7 +167,7 @@ def run(cfg) -> dict:
         report_path = write_text_atomic(out_dir / "report.md", md)
         report.log_dashboard(ctx.tracker, names, evals, kpis, stats, curves, trainings, plot_paths)
         print(md)
-        print(f"stats: {stats_path}\nreport: {report_path}")
+        print(f"stats: {stats_path}")   # the report path is printed with the run's other paths
     gate = _container(p.gate) if p.get("gate") else {}
     if gate:
         gate_or_raise(stats, gate, f"{names[0]} vs {names[1]}")

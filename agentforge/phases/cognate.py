@@ -239,7 +239,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
     tr.artifact(f"phase1-model{model_id}-config", "config", [ctx.run_dir / "config_resolved.yaml"],
                 "Training configuration")
     tr.artifact(f"phase1-model{model_id}-curves", "plot", [loss_png], "Training loss curves")
-    print(f"checkpoint: {out_dir}\nval loss {val_loss:.4f}  perplexity {final['final/perplexity']:.2f}  "
+    print(f"published: {out_dir}\nval loss {val_loss:.4f}  perplexity {final['final/perplexity']:.2f}  "
           f"gsm8k {final['final/gsm8k_accuracy']:.3f}  arc {final['final/arc_accuracy']:.3f}  "
           f"piqa {final['final/piqa_accuracy']:.3f} (n={int(cfg.phase.eval_examples)} questions each: "
           f"phase=eval measures more, with CIs)  halting {final['diversity/avg_halting_steps']:.2f}")
