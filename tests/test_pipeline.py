@@ -66,7 +66,7 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
 
     again = run_cli(ARGS, tmp_path, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "cognate-m1: outputs complete, same settings, skipped" in again.stdout
+    assert "cognate-m1: outputs complete, same settings and inputs, skipped" in again.stdout
     steps = json.loads(state.read_text())["steps"]
     assert [s["status"] for s in steps].count("skipped (complete)") >= 2
     assert all(s["status"] in ("done", "skipped (complete)") for s in steps) and len(steps) == 12
@@ -92,7 +92,7 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
                for a in ARGS]
     third = run_cli(changed, tmp_path, timeout=900)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert "evomerge: outputs complete, same settings, skipped" in third.stdout
+    assert "evomerge: outputs complete, same settings and inputs, skipped" in third.stdout
     assert "eval-phase1_model1: running (its settings differ from those its outputs were made with)" in third.stdout
     steps3 = json.loads(state.read_text())["steps"]
     assert [s["status"] for s in steps3] == ["skipped (complete)"] * 6 + ["done"] * 6
@@ -173,3 +173,46 @@ def test_pipeline_lists_are_checked_before_lightning_loads(tmp_path, arg, messag
     cfg = compose_cfg(["phase=pipeline", arg], tmp_path)
     with pytest.raises(ConfigError, match=message):
         check(cfg, PHASE_RULES["pipeline"])
+
+
+def test_a_step_is_reused_only_with_its_recorded_outputs_inputs_and_a_finished_run(tmp_path):
+    """The pipeline's skip rule, on an eval-like step whose output is one JSON file: reused when a finished run with
+    these settings made exactly these outputs from exactly these inputs; rerun, saying why, when the last run was
+    interrupted (its record 'failed': an interrupted rerun once left an old champion 'skipped' under the new
+    models), when the outputs or the outputs it was made from changed since (a standalone phase wrote there)."""
+    from agentforge.phases.pipeline import _skip_reason, _stale
+    from agentforge.pipeline.plan import Step, outputs_digest
+
+    out = tmp_path / "eval_results" / "x_results.json"
+    step = Step("eval-x", "eval", [], files=[out])
+    assert _skip_reason(step, "fp", None, False, None, {}) == "outputs incomplete"
+    out.parent.mkdir()
+    out.write_text('{"metrics": {"perplexity": 3.0}}')
+    d, inputs = outputs_digest(step), {"bitnet": "b1"}
+    done = {"status": "done", "fingerprint": "fp", "outputs_digest": d, "inputs": inputs}
+    assert _skip_reason(step, "fp", done, False, d, inputs) is None
+    assert _skip_reason(step, "fp", {**done, "status": "failed"}, False, d, inputs) == \
+        "no record of a finished run that made its outputs"
+    assert _skip_reason(step, "fp", done, True, d, inputs) == "an earlier step ran again"
+    assert _skip_reason(step, "fp2", done, False, d, inputs).startswith("its settings differ")
+    out.write_text('{"metrics": {"perplexity": 4.0}}')
+    assert _skip_reason(step, "fp", done, False, outputs_digest(step), inputs) == \
+        "its outputs changed since the pipeline made them"
+    assert _skip_reason(step, "fp", done, False, d, {"bitnet": "b2"}) == \
+        "the outputs it was made from changed since (bitnet)"
+    # a phase.phases=[bitnet] run that replaced bitnet's output leaves eval-x stale, and says so
+    assert _stale({"eval-x": done}, {"bitnet": "b2"}, {"bitnet"}) == ["eval-x was made from the earlier outputs of bitnet"]
+    assert _stale({"eval-x": done}, {"bitnet": "b1"}, set()) == []
+
+
+def test_the_fingerprint_ignores_where_the_outputs_directory_is(tmp_path):
+    """An eval step's phase.checkpoint is under the artifacts dir: moving the outputs is no change of settings."""
+    from omegaconf import OmegaConf
+
+    from agentforge.pipeline.plan import step_fingerprint
+
+    a, b = tmp_path / "a" / "artifacts", tmp_path / "b" / "artifacts"
+    fa = step_fingerprint(OmegaConf.create({"phase": {"checkpoint": f"{a}/cognate/model1"}}), a)
+    fb = step_fingerprint(OmegaConf.create({"phase": {"checkpoint": f"{b}/cognate/model1"}}), b)
+    other = step_fingerprint(OmegaConf.create({"phase": {"checkpoint": f"{b}/cognate/model2"}}), b)
+    assert fa == fb != other

@@ -11,6 +11,7 @@ last epoch checkpoint). At the end: the cross-phase report (Markdown + PNG + W&B
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
-from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete, step_fingerprint
+from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete, outputs_digest, step_fingerprint
 from agentforge.pipeline.report import dir_bytes, performance_rows, write_report
 from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
 
@@ -84,18 +85,40 @@ def _previous_records(state_file: Path) -> dict[str, dict]:
 
 
 INCOMPLETE = "outputs incomplete"
+FINISHED = ("done", "skipped (complete)")
 
 
-def _skip_reason(step, fp: str, prev: dict | None, upstream_ran: bool) -> str | None:
-    """Why a step must run again (None: skip it): its outputs are incomplete, an earlier step ran, or they were made
-    with other settings (or by a version that recorded none)."""
+def _skip_reason(step, fp: str, prev: dict | None, upstream_ran: bool, digest: str | None,
+                 inputs: dict[str, str]) -> str | None:
+    """Why a step must run again (None: skip it): its outputs are incomplete; an earlier step ran; no record of a
+    finished run made them; they were made with other settings; they changed since (a standalone phase or an
+    interrupted rerun wrote there); or the outputs they were made from changed since (``inputs``: the digests of the
+    earlier steps' outputs now, against those recorded when this step ran)."""
     if not is_complete(step):
         return INCOMPLETE
     if upstream_ran:
         return "an earlier step ran again"
-    if not prev or prev.get("fingerprint") != fp:
+    if not prev or prev.get("status") not in FINISHED:
+        return "no record of a finished run that made its outputs"
+    if prev.get("fingerprint") != fp:
         return "its settings differ from those its outputs were made with"
+    if prev.get("outputs_digest") != digest:
+        return "its outputs changed since the pipeline made them"
+    if prev.get("inputs") != inputs:
+        changed = sorted(k for k in inputs if (prev.get("inputs") or {}).get(k) != inputs[k])
+        return f"the outputs it was made from changed since ({', '.join(changed) or 'other steps'})"
     return None
+
+
+def _stale(others: dict[str, dict], digests: dict[str, str], ran: set[str]) -> list[str]:
+    """The steps outside this run (``others``: their records; a ``phase.phases`` subset) whose recorded inputs
+    include an output this run replaced: their outputs, and the report rows read from them, are of the old lineage."""
+    out = []
+    for key, rec in others.items():
+        changed = sorted(k for k, d in (rec.get("inputs") or {}).items() if k in ran and digests.get(k) != d)
+        if changed:
+            out.append(f"{key} was made from the earlier outputs of {', '.join(changed)}")
+    return out
 
 
 def run(cfg) -> dict:
@@ -122,36 +145,54 @@ def run(cfg) -> dict:
                                step.phase in user)
                 for step in steps]   # every step's config composed and checked before the first one runs
     print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
+    planned = {s.key for s in steps}
+    # the outputs of the steps this run leaves alone (a phase.phases subset), as they are on disk now
+    digests: dict[str, str] = {s.key: outputs_digest(s) for s in build_plan(list(PHASE_ORDER), models, artifacts, {})
+                               if s.key not in planned and is_complete(s)}
+    order = [s.key for s in build_plan(list(PHASE_ORDER), models, artifacts, {})]
+    kept = [r for k, r in previous.items() if k not in planned]   # a subset run keeps the other steps' records
+
+    def save(recs):
+        write_json_atomic(state_file, {"name": str(p.run_name), "steps": [*recs, *kept]})
+
     for i, (step, child) in enumerate(zip(steps, children), 1):
-        fp, prev = step_fingerprint(child), previous.get(step.key)
-        rec = {"key": step.key, "phase": step.phase, "fingerprint": fp}
-        why = _skip_reason(step, fp, prev, upstream_ran)
+        fp, prev = step_fingerprint(child, artifacts), previous.get(step.key)
+        inputs = {k: digests[k] for k in order[:order.index(step.key)] if k in digests}   # every earlier step's, now
+        rec = {"key": step.key, "phase": step.phase, "fingerprint": fp, "inputs": inputs}
+        complete = is_complete(step)
+        why = _skip_reason(step, fp, prev, upstream_ran, outputs_digest(step) if complete else None, inputs)
         if why is None:   # the time and memory of the run that made these outputs, not 0
             rec.update(status="skipped (complete)", duration_s=prev.get("duration_s"),
                        peak_rss_mb=prev.get("peak_rss_mb"), metrics=prev.get("metrics", {}))
-            print(f"[{i}/{len(steps)}] {step.key}: outputs complete, same settings, skipped")
+            print(f"[{i}/{len(steps)}] {step.key}: outputs complete, same settings and inputs, skipped")
         else:
             upstream_ran = True
-            print(f"[{i}/{len(steps)}] {step.key}: running" + (f" ({why})" if prev and why != INCOMPLETE else ""))
+            print(f"[{i}/{len(steps)}] {step.key}: running ({why})")
             t0 = time.perf_counter()
             try:
-                with PeakMemory(interval=0.05) as mem:  # this step's own peak resident memory
+                with PeakMemory(interval=0.05) as mem:  # the process's peak RSS while the step ran
                     result = run_phase(child) or {}
             except BaseException:
                 rec.update(status="failed", duration_s=time.perf_counter() - t0)
-                write_json_atomic(state_file, {"name": str(p.run_name), "steps": [*records, rec]})
+                save([*records, rec])
                 raise
             rec.update(status="done", duration_s=time.perf_counter() - t0, peak_rss_mb=mem.peak_mb,
                        metrics=headline_metrics(result.get("metrics") or {}))
+        digests[step.key] = rec["outputs_digest"] = outputs_digest(step)
         rec["storage_mb"] = sum(dir_bytes(d) for d in step.checkpoints) / 2**20
         records.append(rec)
-        write_json_atomic(state_file, {"name": str(p.run_name), "steps": records})
+        save(records)
+    stale = _stale({k: r for k, r in previous.items() if k not in planned}, digests,
+                   {r["key"] for r in records if r["status"] == "done"})
+    for line in stale:
+        print(f"warning: {line}: its outputs and the report rows read from them are stale until those steps run "
+              f"again (the full pipeline reruns them)", file=sys.stderr)
     stages = [(s.key.removeprefix("eval-"), Path(s.overrides[0].split("=", 1)[1])) for s in steps if s.phase == "eval"]
     perf = performance_rows(artifacts, stages)
     checks = threshold_rows({r["key"]: r.get("metrics", {}) for r in records}, artifacts)
     data_check = (synthetic.overlap_check(int(cfg.seed), int(p.overlap_train_draws), int(p.overlap_heldout))
                   if int(p.get("overlap_train_draws") or 0) > 0 else None)
-    rep = write_report(pipe_dir, str(p.run_name), records, perf, checks, data_check)
+    rep = write_report(pipe_dir, str(p.run_name), records, perf, checks, data_check, stale=stale)
     with open_dict(cfg):
         cfg.paths.artifacts = str(artifacts)
     with run_context(cfg, run_name=f"pipeline-{p.run_name}", group="pipeline", tags=["pipeline", "report"],

@@ -54,12 +54,30 @@ def valid_json(f: Path) -> bool:
 NOT_FINGERPRINTED = ("paths", "logger", "run_name", "ckpt_path", "optimized_metric")
 
 
-def step_fingerprint(child) -> str:
+def step_fingerprint(child, artifacts: Path | None = None) -> str:
     """A hash of a step's composed config, less ``NOT_FINGERPRINTED``: two runs of a step with the same
-    fingerprint are made with the same settings."""
+    fingerprint are made with the same settings. Paths under ``artifacts`` (an eval step's ``phase.checkpoint``)
+    count relative to it, so a moved outputs directory is not a change of settings."""
     conf = OmegaConf.to_container(child, resolve=True)
     conf = {k: v for k, v in conf.items() if k not in NOT_FINGERPRINTED}
-    return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    text = json.dumps(conf, sort_keys=True, default=str)
+    if artifacts is not None:
+        text = text.replace(str(artifacts), "<artifacts>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def outputs_digest(step: Step) -> str:
+    """A hash of the contents of everything a step publishes: the pipeline records it with the step, and with each
+    later step the digests of the outputs it was made from, so a step is reused only while its own outputs and its
+    inputs are the ones recorded (not replaced by an interrupted rerun, a standalone phase, or a hand edit)."""
+    h = hashlib.sha256()
+    for d in step.checkpoints:
+        for f in sorted(x for x in Path(d).rglob("*") if x.is_file()):
+            h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes())
+    for f in step.files:
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def is_complete(step: Step) -> bool:

@@ -213,9 +213,11 @@ def plot_resources(path: Path, steps: list[dict]) -> Path | None:
 
 
 def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], checks: list[list],
-                 data_check: dict[str, dict] | None = None, artifacts: Path | None = None) -> dict:
+                 data_check: dict[str, dict] | None = None, artifacts: Path | None = None,
+                 stale: list[str] | None = None) -> dict:
     """The Markdown report and its tables; ``artifacts`` (default ``out_dir/artifacts``, the pipeline's) holds
-    the Cognate models' metrics for the Phase 1 section."""
+    the Cognate models' metrics for the Phase 1 section. ``stale``: steps outside a subset run whose outputs were
+    made from outputs this run replaced (a warning at the top)."""
     artifacts = Path(out_dir) / "artifacts" if artifacts is None else Path(artifacts)
     perf_png = plot_performance(out_dir / "performance_across_phases.png", perf)
     res_png = plot_resources(out_dir / "resource_usage.png", steps)
@@ -223,11 +225,13 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
     status_rows = [[s["key"], s["phase"], s["status"], s.get("duration_s")] for s in steps]
     perf_cols = ["Stage"] + [t for _, t in PERF_COLUMNS]
     perf_rows = [[r["stage"]] + [_perf_cell(r, k) for k, _ in PERF_COLUMNS] for r in perf]
-    res_cols = ["Step", "Time (s)", "Peak memory (MB)", "Storage (MB)"]
+    res_cols = ["Step", "Time (s)", "Process peak RSS (MB)", "Storage (MB)"]
     res_rows = [[s["key"], s.get("duration_s"), s.get("peak_rss_mb"), s.get("storage_mb")] for s in steps]
     total_s = sum(s.get("duration_s") or 0 for s in steps if s["status"] == "done")
     md = [f"# Agent Forge pipeline report: {name}", "",
           "All figures are measured by this pipeline's own runs.", "",
+          *([f"**Warning — stale outputs:** {'; '.join(stale)}. The rows read from them (evaluations, thresholds) "
+             "describe the earlier lineage until those steps run again.", ""] if stale else []),
           "## Phase overview", "", markdown_table(status_cols, status_rows), "",
           f"Time spent in steps run this time: {total_s:.1f} s." + (" A skipped step (its outputs complete and made "
           "with the same settings) shows the time and memory of the run that made them." if any(
@@ -266,7 +270,9 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
         md += ["## Held-out data", "", markdown_table(data_cols, data), "",
                "Synthetic train / val / test are disjoint by content: held-out prompts are reserved by a hash of "
                "their text, and training draws that hash there are redrawn.", ""]
-    md += ["## Resource usage", "", markdown_table(res_cols, res_rows), ""]
+    md += ["## Resource usage", "", markdown_table(res_cols, res_rows), "",
+           "The steps run in one process: a step's peak RSS includes what the earlier steps left in it (the "
+           "Python runtime, torch, the imported modules), not only the step's own memory.", ""]
     if res_png:
         md += [f"![resources]({res_png.name})", ""]
     report = write_text_atomic(out_dir / "pipeline_report.md", "\n".join(md))
