@@ -60,8 +60,15 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     for k in ("calibration/sample", "calibration/layer_activations", "calibration/scale_factors",
               "compression/layer_name", "compression/sparsity", "compression/progress", "evaluation/accuracy_drop",
               "evaluation/compression_ratio", "evaluation/zero_params", "finetune/accuracy_recovery",
-              "final/compression_ratio", "final/fine_tuning_needed"):
+              "final/compression_ratio", "final/fine_tuning_needed", "final/accuracy_drop_before_finetune",
+              "final/shipped"):
         assert k in keys, k
+    # the fine-tuned model ships only when it kept the validation accuracy, and the run says which model shipped
+    shipped = next(r["final/shipped"] for r in rows if "final/shipped" in r)
+    before_ft = next(r for r in rows if "finetune/accuracy_recovery" in r)
+    assert shipped in ("compressed", "compressed + fine-tuned")
+    assert ("the fine-tuned model ships" in out) == (shipped == "compressed + fine-tuned")
+    assert ("the compressed model before fine-tuning ships" in out) == (shipped == "compressed"), before_ft
     speed = {k: v for r in rows for k, v in r.items() if k.startswith("speed/")}  # kernel chosen per regime at load
     from agentforge.quant import native
 
