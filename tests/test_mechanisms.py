@@ -368,3 +368,16 @@ def test_halting_verdict_is_pass_fail_or_inconclusive_from_the_cost_ci():
     assert halting_verdict(m(0.012, 0.03)).startswith("FAIL")
     assert halting_verdict(m(0.0043, 0.0105)).startswith("INCONCLUSIVE")
     assert halting_verdict(m(-0.002, 0.008, n=4)).startswith("INCONCLUSIVE")
+
+
+def test_ablation_deltas_on_few_rows_use_the_exact_sign_flip_test():
+    """4 rows, every variant row 0.01-0.04 above the trained one: the exact sign-flip p is 2/2^4 = 0.125 (the
+    bootstrap said ~1e-4 with a CI excluding 0), and its inverted CI includes 0 at n = 4."""
+    import torch
+
+    from agentforge.models.ablation import _compare
+
+    trained = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = _compare("x", trained + torch.tensor([0.01, 0.02, 0.03, 0.04]), trained, seed=0)
+    assert out["x_p_value"] == pytest.approx(0.125) and out["x_delta"] == pytest.approx(0.025)
+    assert out["x_delta_ci_low"] <= 0 <= out["x_delta_ci_high"]

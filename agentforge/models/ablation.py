@@ -7,7 +7,8 @@ Every variant runs the trained model under ``CognateModel.ablate``:
 * ``max_steps``  halting off: every token runs to ``max_steps`` (PonderNet vs always-max-steps)
 
 For each, the per-row mean next-token loss and token accuracy are compared with the trained model's on
-the same rows by a paired bootstrap (``evals.stats.paired_bootstrap``); delta = variant - trained, so a
+the same rows by ``evals.stats.paired_test`` (the exact sign-flip test below 30 rows, the paired bootstrap
+above); delta = variant - trained, so a
 positive loss delta means the mechanism lowers the loss. ``recall_memory`` does the same for memory
 off vs on over the repeated digits of the long-range recall task (``data/recall.py``), the tokens only
 memory can predict. ``halting_by_difficulty`` measures whether harder tokens (higher loss at one step)
@@ -29,7 +30,7 @@ from scipy.stats import spearmanr
 from agentforge.data import formats, synthetic
 from agentforge.data.datamodule import pack
 from agentforge.data.tokenizer import ByteTokenizer
-from agentforge.evals.stats import MIN_N, paired_bootstrap, threshold_verdict
+from agentforge.evals.stats import MIN_N, paired_test, threshold_verdict
 
 NONINFERIORITY_MARGIN = 0.01  # nats/token that halting may cost against always-max-steps
 VARIANTS = {"steps1": {"steps": 1}, "no_memory": {"memory": False}, "max_steps": {"halting": False}}
@@ -57,7 +58,9 @@ def token_scores(model, rows: torch.Tensor, batch_size: int = 16, **ablate) -> d
 
 
 def _compare(prefix: str, variant: torch.Tensor, trained: torch.Tensor, seed: int) -> dict[str, float]:
-    bs = paired_bootstrap(variant.tolist(), trained.tolist(), seed=seed)
+    """The variant's paired difference to the trained model over rows: ``stats.paired_test`` (the exact sign-flip
+    test and its inverted CI below 30 rows, where the bootstrap's p contradicted its own CI; the bootstrap above)."""
+    bs = paired_test(variant.tolist(), trained.tolist(), seed=seed)
     return {f"{prefix}_delta": bs["delta"], f"{prefix}_delta_ci_low": bs["ci95"][0],
             f"{prefix}_delta_ci_high": bs["ci95"][1], f"{prefix}_p_value": bs["p_value"]}
 
