@@ -96,8 +96,10 @@ def test_rescaled_stratified_bootstrap_variance_is_the_textbook_one():
     vals = []
     be.stratified_bootstrap([np.array([[1.0], [3.0]])], lambda t: vals.append(t[0, :, 0] / 2) or vals[-1], 4000)
     assert set(np.unique(vals[0])) == {1.0, 3.0} and np.var(vals[0]) == pytest.approx(1.0, rel=0.05)  # (3-1)^2/4
-    one = be.stratified_bootstrap([np.array([[2.0]])], lambda t: t[0, :, 0], 100)  # one unit: held fixed
-    assert one == {"ci95": [2.0, 2.0], "undefined_share": 0.0}
+    one = be.stratified_bootstrap([np.array([[2.0]]), np.array([[1.0], [3.0]])], lambda t: t[0, :, 0], 100)
+    assert one == {"ci95": [2.0, 2.0], "undefined_share": 0.0}      # a one-unit stratum beside others: held fixed
+    alone = be.stratified_bootstrap([np.array([[2.0]]), np.array([[5.0]])], lambda t: t[0, :, 0], 100)
+    assert alone["ci95"] is None         # every stratum of one unit (val_per_strategy=1): no CI, not a zero-width one
     undefined = be.stratified_bootstrap([np.array([[0.0], [1.0]])], lambda t: np.where(t[0, :, 0] > 1, 1.0, np.nan), 400)
     assert undefined["ci95"] == [1.0, 1.0] and undefined["undefined_share"] == pytest.approx(0.5, abs=0.1)  # dropped
     rng = np.random.default_rng(1)

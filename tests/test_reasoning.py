@@ -352,11 +352,18 @@ def _ordered_in(k: int, n: int = 64, seed: int = 0):
     return q, acc
 
 
-@pytest.mark.parametrize("k", [1, 3, 6, 20, 64])
+def test_one_informative_window_gives_no_correlation_ci():
+    """Resampling a single informative window only re-draws it: no CI (the default run has 1 of 64)."""
+    q, acc = _ordered_in(1)
+    ci, dropped = anti_theater._corr_ci(q, acc, seed=0)
+    assert all(math.isnan(x) for x in ci) and anti_theater.verdict(ci, 0.5, 1) == "INCONCLUSIVE"
+
+
+@pytest.mark.parametrize("k", [3, 6, 20, 64])
 def test_correlation_n_is_the_informative_windows_and_undefined_resamples_are_dropped(k):
     """The auditor's case (corr_ci.py): 64 windows, accuracy tied to quality in only k. n = k (not 64), so k < 20
     is INCONCLUSIVE whatever r; resamples that draw none of the k windows are undefined and dropped (their expected
-    share (1 - k/64)^64, 0.37 at k = 1), not scored 0: the CI's lower bound is no longer pinned at 0. k = 64 PASSes."""
+    share (1 - k/64)^64, 0.05 at k = 3), not scored 0: the CI's lower bound is no longer pinned at 0. k = 64 PASSes."""
     q, acc = _ordered_in(k)
     ci, dropped = anti_theater._corr_ci(q, acc, seed=0)
     assert anti_theater.informative_windows(q, acc).sum() == k

@@ -123,8 +123,11 @@ def print_summary(p, ev, final, fp16_bytes, fp32_bytes, packed_bytes, n_quant) -
           f"accuracy {ev['evaluation/accuracy_before']:.3f} -> {ev['evaluation/accuracy_after']:.3f}; "
           f"forward {ev['evaluation/inference_time_before_ms']:.1f} ms -> {ev['evaluation/inference_time_after_ms']:.1f} ms "
           f"(ACT steps {ev['evaluation/avg_halting_steps_before']:.2f} -> {ev['evaluation/avg_halting_steps_after']:.2f})")
+    n_rounds, ci = final["final/inference_speedup_n"], _ci(final["final/inference_speedup_ci95"])
     print(f"inference speedup (fp32 / packed forward time) {final['final/inference_speedup']:.2f}x "
-          f"(n={final['final/inference_speedup_n']} interleaved rounds, 95% CI {_ci(final['final/inference_speedup_ci95'])})")
+          + (f"(n={n_rounds} interleaved rounds, 95% CI {ci})" if n_rounds >= MIN_TIMING_ROUNDS else
+             f"(range {ci} of {n_rounds} interleaved round{'s' * (n_rounds != 1)}: no 95% CI below "
+             f"{MIN_TIMING_ROUNDS})"))
     print(f"threshold compression > {float(p.min_compression):g}x (whole model, bytes on disk vs fp32): "
           f"measured {ratio:.2f}x  {'PASS' if ratio > float(p.min_compression) else 'FAIL'}")
     verdict, why = threshold_verdict(final.get("final/accuracy_drop_ci95"), "<", float(p.max_accuracy_drop),

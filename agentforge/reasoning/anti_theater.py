@@ -71,11 +71,11 @@ def informative_windows(quality: np.ndarray, accuracy: np.ndarray) -> np.ndarray
 def _corr_ci(quality: np.ndarray, accuracy: np.ndarray, seed: int, n_resamples: int = 2000) -> tuple[list[float], float]:
     """(95 % percentile CI of ``within_correlation`` over windows resampled with replacement, share of resamples
     where it is undefined). Undefined resamples (no window varying on a side) are dropped, not scored 0; a NaN CI
-    when the correlation itself is undefined or no resample is defined. The centring is per window, so a resample's
+    when the correlation itself is undefined, fewer than 2 windows are informative, or no resample is defined. The centring is per window, so a resample's
     r comes from per-window sums: sum q*a, sum q*q, sum a*a of the centred rows."""
     n = len(quality)
-    if n < 2 or not math.isfinite(within_correlation(quality, accuracy)):
-        return [float("nan"), float("nan")], float("nan")
+    if informative_windows(quality, accuracy).sum() < 2 or not math.isfinite(within_correlation(quality, accuracy)):
+        return [float("nan"), float("nan")], float("nan")   # one informative window: resampling it is no CI
     q = quality - quality.mean(1, keepdims=True)
     a = accuracy - accuracy.mean(1, keepdims=True)
     sums = np.stack([(q * a).sum(1), (q * q).sum(1), (a * a).sum(1)], 1)                        # [N, 3]

@@ -31,11 +31,14 @@ def stratified_bootstrap(groups: list, stat, n_resamples: int = 2000, seed: int 
     example), and estimates the stratum's totals as n_h x the mean of the drawn rows. For a linear statistic such
     as a stratified mean sum_h W_h ybar_h the bootstrap variance is then sum_h W_h^2 s_h^2 / n_h, the textbook
     unbiased variance; the plain bootstrap (n_h of n_h, ``rescaled=False``) gives (n_h - 1) / n_h of it, 0.75 at
-    n_h = 4 (a test). A stratum of one unit is held fixed (it has no variance estimate).
+    n_h = 4 (a test). A stratum of one unit is held fixed (it has no variance estimate); with every stratum of
+    one unit (``val_per_strategy=1``) there is no CI (``ci95`` None), not a zero-width one.
 
     ``groups``: one [n_h, c] array per stratum; ``stat``: [H, R, c] stratum totals -> [R] values, NaN where the
     statistic is undefined. Undefined replicates are dropped and their share reported. Returns {"ci95": [low,
     high] or None when no replicate is defined, "undefined_share"}."""
+    if rescaled and all(len(g) < 2 for g in groups):   # no stratum has a variance estimate: no CI at all
+        return {"ci95": None, "undefined_share": 0.0}
     rng = np.random.default_rng(seed)
     tots = []
     for g in groups:
