@@ -203,5 +203,5 @@ def test_phase3_rows_show_the_phases_reason_and_the_correlations_informative_n(t
                "anti_theater/final_correlation_why": "undefined: nothing varies within any window"}
     got = {r[1]: r[4] for r in threshold_rows({"q": headline_metrics(summary)}, tmp_path)}
     assert got["baking/final_accuracy"] == f"INCONCLUSIVE (n=40, 95% CI [0.955, 0.962]; {why})"
-    assert got["anti_theater/final_correlation"] == ("INCONCLUSIVE (n=0, 95% CI [nan, nan]; undefined: nothing "
+    assert got["anti_theater/final_correlation"] == ("INCONCLUSIVE (n=0, no CI; undefined: nothing "
                                                      "varies within any window)")

@@ -90,7 +90,8 @@ def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: flo
         return "PASS" if ok else "FAIL"
     lo, hi = ci or (float("nan"), float("nan"))
     test, why = measured.get(f"{key}_test"), measured.get(f"{key}_why")
-    return (f"{verdict} (n={measured.get(f'{key}_n', '?')}, 95% CI [{lo:.3g}, {hi:.3g}]"
+    interval = f"95% CI [{lo:.3g}, {hi:.3g}]" if lo == lo and hi == hi else "no CI"
+    return (f"{verdict} (n={measured.get(f'{key}_n', '?')}, {interval}"
             + (f"; {test}" if test else "") + (f"; {why}" if why else "") + ")")
 
 
