@@ -27,7 +27,7 @@ QUIETSTAR = ["phase.baking.epochs=1", "phase.baking.steps_per_epoch=2", "phase.b
              "phase.rl.thought_length=2", "phase.rl.thought_positions=1", "phase.rl.batch_size=1",
              "phase.rl.seq_len=24", "phase.rl.context_len=16", "phase.rl.n_true=2", "phase.rl.anti_theater_every=1",
              "phase.rl.eval_windows=2", "phase.rl.eval_examples=1", "phase.rl.gen_tokens=2",
-             "phase.rl.inference_tokens=1"]
+             "phase.rl.inference_tokens=1", "phase.baking.control=none"]   # the control: test_quietstar.py
 BITNET = ["data.batch_size=4", "data.seq_len=32", "phase.calibration_samples=8", "phase.val_rows=4",
           "phase.eval_examples=2", "phase.gen_tokens=4", "phase.fine_tune=never", "phase.speed_repeats=1"]
 EVAL = ["phase.eval_examples=2", "phase.choice_examples=2", "phase.val_rows=2", "phase.gen_tokens=4", "phase.pass_k_samples=0",
@@ -99,6 +99,7 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
     assert all(s["duration_s"] > 0 for s in steps3)
 
 
+@pytest.mark.slow   # ~11 s; the sweep's bookkeeping and refusals are tested in the default tier (test_faults.py)
 def test_two_value_multirun_gives_two_complete_runs_with_separate_wandb_runs(tmp_path):
     proc = run_cli(["-m", "phase=cognate", "model=m1,m3", *[a for a in TINY if not a.startswith("logger")]], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -146,19 +147,20 @@ def test_threshold_table_and_cognate_diversity_by_hand(tmp_path):
                    "final/compression_ratio": "PASS", "final/accuracy_drop": "INCONCLUSIVE"}
 
 
-def test_a_bad_step_override_fails_before_any_step_runs(tmp_path):
+@pytest.mark.parametrize("bad,message", [
+    ("phase.generation=1", "phase.generation: no such key"),
+    pytest.param("phase.generations=0", "phase.generations must be an integer >= 1, got 0", marks=pytest.mark.slow)])
+def test_a_bad_step_override_fails_before_any_step_runs(tmp_path, bad, message):
     """``phase.overrides.cognate=[...]`` is composed and checked with every other step's config up front: one error
     line naming the override list, no step started, nothing written."""
-    for bad, message in (("phase.generation=1", "phase.generation: no such key"),
-                         ("phase.generations=0", "phase.generations must be an integer >= 1, got 0")):
-        proc = run_cli(["phase=pipeline", "phase.phases=[cognate,evomerge]", "phase.models=[m1]",
-                        f"phase.overrides.evomerge=['{bad}']", "logger=none"], tmp_path)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-        assert len(lines) == 1 and lines[0].startswith("error: phase.overrides.evomerge (pipeline step evomerge): ")
-        assert message in lines[0], proc.stderr[-2000:]
-        assert ": running" not in proc.stdout and "ERROR" not in proc.stdout, proc.stdout[-2000:]
-        assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+    proc = run_cli(["phase=pipeline", "phase.phases=[cognate,evomerge]", "phase.models=[m1]",
+                    f"phase.overrides.evomerge=['{bad}']", "logger=none"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: phase.overrides.evomerge (pipeline step evomerge): ")
+    assert message in lines[0], proc.stderr[-2000:]
+    assert ": running" not in proc.stdout and "ERROR" not in proc.stdout, proc.stdout[-2000:]
+    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("arg,message", [("phase.phases=[cognate,foo]", "phase.phases must be a list of cognate, "),
