@@ -31,6 +31,7 @@ def _has(module: str) -> bool:
         return False
 
 
+@pytest.mark.slow   # ~10 s: two Optuna trials through the real CLI
 @pytest.mark.skipif(not _has("hydra_plugins.hydra_optuna_sweeper"),
                     reason="hydra-optuna-sweeper not installed (pip install 'agentforge[optuna]')")
 def test_optuna_search_config_composes(tmp_path):
@@ -66,6 +67,7 @@ def test_optuna_sweep_minimizes_the_trials_final_val_loss(tmp_path):
     assert best["best_params"] == pytest.approx(trials[min(trials)])
 
 
+@pytest.mark.slow   # ~8 s; every phase's smoke composition and start-up checks stay in the default tier
 def test_smoke_experiment_runs(tmp_path):
     proc = run_cli(["experiment=smoke"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
