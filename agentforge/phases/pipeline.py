@@ -147,9 +147,9 @@ def run(cfg) -> dict:
     print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
     planned = {s.key for s in steps}
     # the outputs of the steps this run leaves alone (a phase.phases subset), as they are on disk now
-    digests: dict[str, str] = {s.key: outputs_digest(s) for s in build_plan(list(PHASE_ORDER), models, artifacts, {})
-                               if s.key not in planned and is_complete(s)}
-    order = [s.key for s in build_plan(list(PHASE_ORDER), models, artifacts, {})]
+    full = build_plan(list(PHASE_ORDER), models, artifacts, {})   # every step, for the order and the inputs
+    digests: dict[str, str] = {s.key: outputs_digest(s) for s in full if s.key not in planned and is_complete(s)}
+    order = [s.key for s in full]
     kept = [r for k, r in previous.items() if k not in planned]   # a subset run keeps the other steps' records
 
     def save(recs):
