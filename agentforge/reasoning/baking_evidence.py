@@ -123,7 +123,7 @@ CONTROL_COLUMNS = ("effect_positions", "baked_effect_hits", "control_effect_hits
 
 def control_evidence(per: dict, per_control: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
     """The baked model against a *control* baked the same way from the same input on the same data with the
-    prompt's tokens shuffled (``baking_control``), both scored against the real prompted teacher on the same
+    prompt's tokens shuffled (``phase.baking.control=shuffled``), both scored against the real prompted teacher on the same
     validation examples: what the control reaches is what baking gets without the prompt's content (the prompt's
     length and bytes, fine-tuning on the continuations), so the baked model's margin over it, paired by example, is
     the part of baking that comes from what the prompt says. Figures (each with the stratified bootstrap's CI of
@@ -132,8 +132,8 @@ def control_evidence(per: dict, per_control: dict, n_resamples: int = 2000, seed
     accuracy_vs_control (the top-1 agreement on all positions, means over strategies)."""
     groups = []
     for key, v in per.items():
-        b = np.asarray(v.get("paired") or [], dtype=float).reshape(-1, 7)
-        c = np.asarray(per_control.get(key, {}).get("paired") or [], dtype=float).reshape(-1, 7)
+        b = np.asarray(v.get("paired") or [], dtype=float).reshape(-1, len(PAIRED_COLUMNS))
+        c = np.asarray(per_control.get(key, {}).get("paired") or [], dtype=float).reshape(-1, len(PAIRED_COLUMNS))
         if not len(b):
             continue
         if b.shape != c.shape or not np.array_equal(b[:, [1, 3]], c[:, [1, 3]]):
