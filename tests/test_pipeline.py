@@ -177,6 +177,42 @@ def test_pipeline_lists_are_checked_before_lightning_loads(tmp_path, arg, messag
         check(cfg, PHASE_RULES["pipeline"])
 
 
+@pytest.mark.parametrize("arg,ok", [
+    ("""phase.overrides.cognate=["model=m2"]""", False),          # trained model2 under every Cognate step's name
+    ("""phase.overrides.evomerge=["+model=m3"]""", False),        # did nothing
+    ("""phase.overrides.eval=["phase.stage=x"]""", False),        # overrode which stage each eval step writes
+    ("""phase.overrides.quietstar=["paths.artifacts=/x"]""", False),
+    ("""phase.overrides.cognate=["model.d_model=64","phase.max_epochs=1"]""", True),   # a model's settings: fine
+    ("""phase.overrides.eval=["phase.stages=[x]"]""", True)])   # not a key the pipeline sets (eval's own rule)
+def test_step_overrides_may_not_set_what_the_pipeline_sets(tmp_path, arg, ok):
+    """``phase.overrides.<phase>`` entries that set ``model=``, ``phase=``, the step's paths or an eval step's
+    checkpoint/stage are refused at start-up, naming the list and pointing to phase.models."""
+    from agentforge.config import check
+    from agentforge.errors import ConfigError
+    from agentforge.phases.rules import PHASE_RULES
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["phase=pipeline", arg], tmp_path)
+    if ok:
+        check(cfg, PHASE_RULES["pipeline"])
+    else:
+        key = arg.split("=", 1)[0]
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)} must be a list of overrides that leave what the "
+                                              r"pipeline sets alone \(model=.*phase.models"):
+            check(cfg, PHASE_RULES["pipeline"])
+
+
+def test_a_model_choice_given_to_the_pipeline_is_refused(tmp_path):
+    """``phase=pipeline model=m2`` trained m1, m2 and m3 (each Cognate step sets its own model=): now one error line
+    pointing to phase.models, before any step runs."""
+    proc = run_cli(["phase=pipeline", "model=m2", "logger=none"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == ["error: model=m2 does not apply to phase=pipeline, which trains one Cognate model per entry of "
+                     "phase.models; choose them with phase.models=[...] (e.g. phase.models=[m2])"], proc.stderr[-2000:]
+    assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+
+
 def test_a_step_is_reused_only_with_its_recorded_outputs_inputs_and_a_finished_run(tmp_path):
     """The pipeline's skip rule, on an eval-like step whose output is one JSON file: reused when a finished run with
     these settings made exactly these outputs from exactly these inputs; rerun, saying why, when the last run was

@@ -136,6 +136,10 @@ def run(cfg) -> dict:
     artifacts = pipe_dir / "artifacts"
     steps = build_plan(phases, models, artifacts, OmegaConf.to_container(p.overrides, resolve=True) or {})
     base = _forwarded_overrides()
+    given = [o for o in base if o.lstrip("+~").split("=", 1)[0].strip() == "model"]
+    if given:   # each Cognate step sets its own model= after it: the choice would be silently dropped
+        raise ConfigError(f"{given[0]} does not apply to phase=pipeline, which trains one Cognate model per entry of "
+                          f"phase.models; choose them with phase.models=[...] (e.g. phase.models=[m2])")
     state_file = pipe_dir / "pipeline_state.json"
     previous = _previous_records(state_file)
     records, upstream_ran = [], False

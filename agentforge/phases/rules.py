@@ -180,6 +180,27 @@ GROKKING = [rule(k, optional((pred, desc))) for k, pred, desc in GROKKING_TASK] 
     rule("phase.task_optimizer_settings", boolean()),
 ]
 
+def pipeline_sets(phase: str) -> tuple[str, ...]:
+    """The keys the pipeline itself sets for a step of ``phase``: one Cognate step per entry of ``phase.models``
+    (``model=``), the phase, where each step reads and writes (``paths.artifacts``, ``paths.run_dir``), and what each
+    eval step evaluates. A ``phase.overrides.<phase>`` entry setting one of them would train ``model=m2`` under
+    every Cognate step's name, or do nothing for the other phases."""
+    return ("model", "phase", "paths.artifacts", "paths.run_dir",
+            *(("phase.checkpoint", "phase.stage") if phase == "eval" else ()))
+
+
+def _step_overrides(phase: str) -> Rule:
+    reserved = pipeline_sets(phase)
+
+    def ok(x) -> bool:
+        return isinstance(x, list) and all(isinstance(o, str) and o.lstrip("+~").split("=", 1)[0].strip() not in reserved
+                                           for o in x)
+
+    return rule(f"phase.overrides.{phase}", (ok, f"a list of overrides that leave what the pipeline sets alone "
+                                                f"({', '.join(k + '=' for k in reserved)}); the Cognate models "
+                                                f"are chosen with phase.models=[...]"))
+
+
 PIPELINE = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-", "").replace("_", "").isalnum()),
                                  "a name of letters, digits, '-' and '_'")),
          rule("phase.overlap_train_draws", integer(0)), rule("phase.overlap_heldout", integer(1)),
@@ -188,7 +209,8 @@ PIPELINE = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace(
                                 and set(x) <= {"cognate", "evomerge", "quietstar", "bitnet", "eval"}),
                                "a list of cognate, evomerge, quietstar, bitnet, eval")),
          rule("phase.models", ((lambda x: isinstance(x, list) and set(x) <= {"m1", "m2", "m3"}),
-                               "a list of m1, m2, m3"))]
+                               "a list of m1, m2, m3")),
+         *[_step_overrides(p) for p in ("cognate", "evomerge", "quietstar", "bitnet", "eval")]]
 
 QUIETSTAR = [
     rule("step", optional(one_of("baking", "rl", "both"))),
