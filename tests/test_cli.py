@@ -39,6 +39,7 @@ def test_help_and_cfg_job(tmp_path):
     assert h.returncode == 0
     for group in ("phase", "model", "optimizer", "hardware", "logger", "data", "size"):
         assert f"{group}:" in h.stdout
+    assert "experiment_phase is internal" in h.stdout   # the one group a user should not set is named as such
     c = run_cli(["--cfg", "job", "model=m2"], tmp_path)
     assert c.returncode == 0
     job = OmegaConf.create(c.stdout)
