@@ -86,16 +86,24 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
     # Phase 1 diversity is decided from its bootstrap CI over the rows each model was measured on
     assert re.search(r"\| phase1/diversity \| > 0.3 \| [^|]+ \| (PASS|FAIL|INCONCLUSIVE) \(n=\d+, 95% CI \[", report)
     assert (tmp_path / "outputs" / "pipeline" / "t" / "performance_across_phases.png").stat().st_size > 1000
-    # a rerun with other settings for a step reruns it (and what follows), never reports the old outputs as new;
-    # the skipped steps keep the time of the run that made their outputs
-    changed = [a if not a.startswith("phase.overrides.eval=") else _list("eval", [*EVAL, "phase.gen_tokens=5"])
+    # a rerun with other settings for a step reruns it and the steps that read its outputs (here the compressed
+    # model's evaluation), never reports the old outputs as new, and leaves the other steps alone (it used to rerun
+    # every eval after BitNet); the skipped steps keep the time of the run that made their outputs
+    changed = [a if not a.startswith("phase.overrides.bitnet=") else _list("bitnet", [*BITNET, "phase.gen_tokens=5"])
                for a in ARGS]
     third = run_cli(changed, tmp_path, timeout=900)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert "evomerge: outputs complete, same settings and inputs, skipped" in third.stdout
-    assert "eval-phase1_model1: running (its settings differ from those its outputs were made with)" in third.stdout
+    assert "quietstar: outputs complete, same settings and inputs, skipped" in third.stdout
+    assert "bitnet: running (its settings differ from those its outputs were made with)" in third.stdout
+    assert "eval-phase4_compressed: running (a step it reads from ran again (bitnet))" in third.stdout
+    assert "eval-phase3_reasoning: outputs complete, same settings and inputs, skipped" in third.stdout
     steps3 = json.loads(state.read_text())["steps"]
-    assert [s["status"] for s in steps3] == ["skipped (complete)"] * 6 + ["done"] * 6
+    assert [s["key"] for s in steps3][5:] == ["bitnet", "eval-phase1_model1", "eval-phase1_model2",
+                                              "eval-phase1_model3", "eval-phase2_champion", "eval-phase3_reasoning",
+                                              "eval-phase4_compressed"]
+    skipped = ["skipped (complete)"] * 5
+    assert [s["status"] for s in steps3] == skipped + ["done"] + skipped + ["done"]
+    assert steps3[-1]["inputs"] == {"bitnet": steps3[5]["outputs_digest"]}   # what it read: the new model only
     assert all(s["duration_s"] > 0 for s in steps3)
 
 
@@ -223,20 +231,20 @@ def test_a_step_is_reused_only_with_its_recorded_outputs_inputs_and_a_finished_r
 
     out = tmp_path / "eval_results" / "x_results.json"
     step = Step("eval-x", "eval", [], files=[out])
-    assert _skip_reason(step, "fp", None, False, None, {}) == "outputs incomplete"
+    assert _skip_reason(step, "fp", None, [], None, {}) == "outputs incomplete"
     out.parent.mkdir()
     out.write_text('{"metrics": {"perplexity": 3.0}}')
     d, inputs = outputs_digest(step), {"bitnet": "b1"}
     done = {"status": "done", "fingerprint": "fp", "outputs_digest": d, "inputs": inputs}
-    assert _skip_reason(step, "fp", done, False, d, inputs) is None
-    assert _skip_reason(step, "fp", {**done, "status": "failed"}, False, d, inputs) == \
+    assert _skip_reason(step, "fp", done, [], d, inputs) is None
+    assert _skip_reason(step, "fp", {**done, "status": "failed"}, [], d, inputs) == \
         "no record of a finished run that made its outputs"
-    assert _skip_reason(step, "fp", done, True, d, inputs) == "an earlier step ran again"
-    assert _skip_reason(step, "fp2", done, False, d, inputs).startswith("its settings differ")
+    assert _skip_reason(step, "fp", done, ["bitnet"], d, inputs) == "a step it reads from ran again (bitnet)"
+    assert _skip_reason(step, "fp2", done, [], d, inputs).startswith("its settings differ")
     out.write_text('{"metrics": {"perplexity": 4.0}}')
-    assert _skip_reason(step, "fp", done, False, outputs_digest(step), inputs) == \
+    assert _skip_reason(step, "fp", done, [], outputs_digest(step), inputs) == \
         "its outputs changed since the pipeline made them"
-    assert _skip_reason(step, "fp", done, False, d, {"bitnet": "b2"}) == \
+    assert _skip_reason(step, "fp", done, [], d, {"bitnet": "b2"}) == \
         "the outputs it was made from changed since (bitnet)"
     # a phase.phases=[bitnet] run that replaced bitnet's output leaves eval-x stale, and says so
     assert _stale({"eval-x": done}, {"bitnet": "b2"}, {"bitnet"}) == ["eval-x was made from the earlier outputs of bitnet"]

@@ -88,16 +88,24 @@ INCOMPLETE = "outputs incomplete"
 FINISHED = ("done", "skipped (complete)")
 
 
-def _skip_reason(step, fp: str, prev: dict | None, upstream_ran: bool, digest: str | None,
+def _reads(step, child, order: list[str]) -> list[str]:
+    """The steps whose outputs ``step`` reads: ``step.needs`` (its phase's default input), or every earlier step when
+    an override points it at another input (``phase.input``/``phase.inputs``: followed conservatively)."""
+    given = child.phase.get("input") or child.phase.get("inputs")
+    return order[:order.index(step.key)] if given else list(step.needs)
+
+
+def _skip_reason(step, fp: str, prev: dict | None, upstream_ran: list[str], digest: str | None,
                  inputs: dict[str, str]) -> str | None:
-    """Why a step must run again (None: skip it): its outputs are incomplete; an earlier step ran; no record of a
+    """Why a step must run again (None: skip it): its outputs are incomplete; a step it reads from ran
+    (``upstream_ran``: their keys); no record of a
     finished run made them; they were made with other settings; they changed since (a standalone phase or an
     interrupted rerun wrote there); or the outputs they were made from changed since (``inputs``: the digests of the
     earlier steps' outputs now, against those recorded when this step ran)."""
     if not is_complete(step):
         return INCOMPLETE
     if upstream_ran:
-        return "an earlier step ran again"
+        return f"a step it reads from ran again ({', '.join(upstream_ran)})"
     if not prev or prev.get("status") not in FINISHED:
         return "no record of a finished run that made its outputs"
     if prev.get("fingerprint") != fp:
@@ -142,7 +150,7 @@ def run(cfg) -> dict:
                           f"phase.models; choose them with phase.models=[...] (e.g. phase.models=[m2])")
     state_file = pipe_dir / "pipeline_state.json"
     previous = _previous_records(state_file)
-    records, upstream_ran = [], False
+    records, ran = [], set()
     user = {k for k, v in (OmegaConf.to_container(p.overrides, resolve=True) or {}).items() if v}
     children = [_checked_child(step, [*base, f"phase={step.phase}", f"paths.artifacts={artifacts}",
                                       f"paths.run_dir={pipe_dir / 'runs' / step.key}", *step.overrides],
@@ -161,16 +169,18 @@ def run(cfg) -> dict:
 
     for i, (step, child) in enumerate(zip(steps, children), 1):
         fp, prev = step_fingerprint(child, artifacts), previous.get(step.key)
-        inputs = {k: digests[k] for k in order[:order.index(step.key)] if k in digests}   # every earlier step's, now
+        reads = _reads(step, child, order)
+        inputs = {k: digests[k] for k in reads if k in digests}   # the digests of what it reads, now
         rec = {"key": step.key, "phase": step.phase, "fingerprint": fp, "inputs": inputs}
         complete = is_complete(step)
-        why = _skip_reason(step, fp, prev, upstream_ran, outputs_digest(step) if complete else None, inputs)
+        why = _skip_reason(step, fp, prev, [k for k in reads if k in ran], outputs_digest(step) if complete else None,
+                           inputs)
         if why is None:   # the time and memory of the run that made these outputs, not 0
             rec.update(status="skipped (complete)", duration_s=prev.get("duration_s"),
                        peak_rss_mb=prev.get("peak_rss_mb"), metrics=prev.get("metrics", {}))
             print(f"[{i}/{len(steps)}] {step.key}: outputs complete, same settings and inputs, skipped")
         else:
-            upstream_ran = True
+            ran.add(step.key)
             print(f"[{i}/{len(steps)}] {step.key}: running ({why})")
             t0 = time.perf_counter()
             try:

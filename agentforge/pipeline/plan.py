@@ -4,9 +4,11 @@ Steps: cognate m1, m2, m3 -> evomerge -> quietstar -> bitnet -> eval of every ph
 step is one ordinary phase run with a few overrides; it is *complete* when every output it publishes
 exists and reads back (checkpoint config + safetensors header, or a parseable results JSON). A rerun
 skips a complete step only when its settings are the ones its outputs were made with (``step_fingerprint``
-of its composed config, recorded in ``pipeline_state.json``) and every step before it was skipped too: once a
-step runs again, the outputs downstream of it are stale and are rebuilt. (Without the settings check a rerun
-with, say, more Cognate steps per epoch skipped every step and reported the old models as the new ones.)
+of its composed config, recorded in ``pipeline_state.json``) and no step it reads from (``Step.needs``: Cognate ->
+EvoMerge -> Quiet-STaR -> BitNet, each eval step -> the step that made what it evaluates) ran again: once a step
+runs again, the outputs downstream of it are stale and are rebuilt, and the others are not (a BitNet change
+re-evaluates the compressed model only). (Without the settings check a rerun with, say, more Cognate steps per
+epoch skipped every step and reported the old models as the new ones.)
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class Step:
     overrides: list[str]           # config overrides of this step
     checkpoints: list[Path] = field(default_factory=list)   # checkpoint dirs it publishes
     files: list[Path] = field(default_factory=list)         # JSON files it publishes
+    needs: list[str] = field(default_factory=list)          # the steps whose outputs it reads (by default)
 
 
 def valid_checkpoint(d: Path) -> bool:
@@ -88,29 +91,30 @@ def build_plan(phases: list[str], models: list[str], artifacts: Path, overrides:
     """The ordered steps for the selected phases (``eval`` evaluates the outputs of the selected ones)."""
     extra = {k: list(v or []) for k, v in overrides.items()}
     steps: list[Step] = []
-    evals: list[tuple[str, Path]] = []
+    evals: list[tuple[str, Path, str]] = []   # (stage, checkpoint, the step that made it)
     if "cognate" in phases:
         for m in models:
             mid = MODEL_IDS[m]
             out = artifacts / "cognate" / f"model{mid}"
             steps.append(Step(f"cognate-{m}", "cognate", [f"model={m}", *extra.get("cognate", [])], [out],
                               [out / "metrics.json"]))
-            evals.append((f"phase1_model{mid}", out))
-    if "evomerge" in phases:
+            evals.append((f"phase1_model{mid}", out, f"cognate-{m}"))
+    if "evomerge" in phases:   # it merges whichever of model1..3 exist
         out = artifacts / "evomerge" / "champion"
-        steps.append(Step("evomerge", "evomerge", extra.get("evomerge", []), [out]))
-        evals.append(("phase2_champion", out))
+        steps.append(Step("evomerge", "evomerge", extra.get("evomerge", []), [out],
+                          needs=[f"cognate-{m}" for m in MODEL_IDS]))
+        evals.append(("phase2_champion", out, "evomerge"))
     if "quietstar" in phases:
         baked, out = artifacts / "quietstar" / "baked", artifacts / "quietstar" / "reasoning"
-        steps.append(Step("quietstar", "quietstar", extra.get("quietstar", []), [baked, out]))
-        evals.append(("phase3_reasoning", out))
+        steps.append(Step("quietstar", "quietstar", extra.get("quietstar", []), [baked, out], needs=["evomerge"]))
+        evals.append(("phase3_reasoning", out, "quietstar"))
     if "bitnet" in phases:
         out = artifacts / "bitnet" / "compressed"
-        steps.append(Step("bitnet", "bitnet", extra.get("bitnet", []), [out]))
-        evals.append(("phase4_compressed", out))
+        steps.append(Step("bitnet", "bitnet", extra.get("bitnet", []), [out], needs=["quietstar"]))
+        evals.append(("phase4_compressed", out, "bitnet"))
     if "eval" in phases:
-        for stage, ckpt in evals:
+        for stage, ckpt, maker in evals:
             res = artifacts / "eval_results" / f"{stage}_results.json"
             steps.append(Step(f"eval-{stage}", "eval", [f"phase.checkpoint={ckpt}", f"phase.stage={stage}",
-                                                        *extra.get("eval", [])], [], [res]))
+                                                        *extra.get("eval", [])], [], [res], needs=[maker]))
     return steps
