@@ -42,7 +42,7 @@ def test_baking_changes_the_prompt_effect_positions_and_the_paired_gain_shows_it
     assert ev0["prompt_effect_positions"] > 20 and ev0["kl_reduction"] == pytest.approx(0.0, abs=1e-6)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    for i in range(20):
+    for i in range(40):
         key = list(val)[i % 2]
         loss, _ = baking.bake_step(model, teacher, prompts[key], val[key], b, gen)
         opt.zero_grad()

@@ -268,3 +268,27 @@ def test_strategy_examples_of_train_and_val_are_disjoint():
     train = {e["question"] for e in generate_examples(10, 0, "train")}
     val = {e["question"] for e in generate_examples(10, 0, "val")}
     assert len(train) > 90 and len(val) > 90 and not train & val
+
+
+def test_strategy_validation_responses_are_worded_by_a_template_training_never_uses():
+    """strategies: "validation responses are worded by a second template per strategy that training never uses" —
+    inside the thought ([thinking] ... [/endthinking]), with the numbers masked, no run of 4 words of a strategy's
+    validation responses occurs in its training responses (only the format's ``#### N`` ending is shared)."""
+    import re
+
+    from agentforge.reasoning.strategies import STRATEGIES
+    from agentforge.reasoning.tokens import THINK_END, THINK_START
+
+    def grams(examples, key):
+        out = set()
+        for e in (e for e in examples if e["strategy"] == key):
+            thought = e["response"].split(THINK_START, 1)[1].split(THINK_END, 1)[0]
+            words = re.sub(r"-?\d+", "N", thought).split()
+            assert len(words) >= 6, e["response"]
+            out |= {tuple(words[i:i + 4]) for i in range(len(words) - 3)}
+        return out
+
+    train, val = generate_examples(20, 0, "train"), generate_examples(20, 0, "val")
+    for s in STRATEGIES:
+        assert s.token in s.val_template and s.val_template != s.template
+        assert not grams(train, s.key) & grams(val, s.key), s.key

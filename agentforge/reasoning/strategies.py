@@ -3,8 +3,9 @@ threshold for its baking accuracy (the seed's strategy table), and worked exampl
 
 Examples are built from the embedded GSM8K-format arithmetic problems (``agentforge.data.synthetic``):
 the numbers of each problem are reused in a response written the strategy's way, wrapped in
-``[thinking] ... [/endthinking]`` and ending with GSM8K's ``#### N``. Nothing is downloaded; a user
-may supply their own JSONL of ``{"strategy", "question", "response"}`` records instead.
+``[thinking] ... [/endthinking]`` and ending with GSM8K's ``#### N``; validation responses are worded by a second
+template per strategy that training never uses, so they are held out by content, not only by question. Nothing
+is downloaded; a user may supply their own JSONL of ``{"strategy", "question", "response"}`` records instead.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ class Strategy:
     token: str        # its special token
     threshold: float  # baking accuracy it should reach (seed table)
     prompt: str       # the prompt baked in; uses [thinking], its token and [/endthinking]
-    template: str     # response template over a, b, c (= result), op, wrong, item
+    template: str     # training responses' template over a, b, c (= result), op, wrong, item
+    val_template: str  # validation responses' template: other wording, never trained on (held out by content)
 
 
 def _prompt(instruction: str, token: str) -> str:
@@ -54,7 +56,24 @@ _S = [
     ("uncertainty", "Uncertainty", "<uncertain>", 0.85, "Say how sure you are.",
      "{T} <uncertain> {a} {op} {b} = {c}; exact arithmetic, so I am sure. {E} #### {c}"),
 ]
-STRATEGIES: tuple[Strategy, ...] = tuple(Strategy(k, n, t, th, _prompt(ins, t), tpl) for k, n, t, th, ins, tpl in _S)
+# The validation responses' templates: the same strategy in other words. Scored with the training templates, the
+# baked model's agreement with the teacher was measured on responses worded exactly as the ones it was trained on;
+# with these it is measured on responses it never saw, with only the numbers and the strategy's idea in common.
+_VAL = {
+    "chain_of_thought": "{T} <step> we have {a}. <step> then {op} {b} gives {c}. {E} #### {c}",
+    "mece": "{T} <mece> no overlap, no gap: the whole splits as {a} {op} {b}, which is {c}. {E} #### {c}",
+    "falsification": "{T} <falsify> suppose the answer is {wrong}; {a} {op} {b} gives {c}, not {wrong}. {E} #### {c}",
+    "expert": "{T} <expert> an experienced teacher would say {c} {item}, as {a} {op} {b} shows. {E} #### {c}",
+    "orthogonal": "{T} <orthogonal> think of {b} boxes beside {a} {item}; {op} gives {c}. {E} #### {c}",
+    "doubt": "{T} <doubt> could {c} be wrong? recomputing {a} {op} {b} still gives {c}. {E} #### {c}",
+    "bayesian": ("{T} <bayesian> my first belief was {wrong}; after seeing {a} {op} {b}, {c} is the new belief. "
+                 "{E} #### {c}"),
+    "multidomain": "{T} <multidomain> in minutes, {a} {op} {b} is {c}; counted as {item}, {c} again. {E} #### {c}",
+    "correction": "{T} I guessed {wrong}. <correct> but {a} {op} {b} is {c}, so fix it to {c}. {E} #### {c}",
+    "uncertainty": "{T} <uncertain> working out {a} {op} {b} gives {c}; whole numbers only, so no doubt. {E} #### {c}",
+}
+STRATEGIES: tuple[Strategy, ...] = tuple(Strategy(k, n, t, th, _prompt(ins, t), tpl, _VAL[k])
+                                         for k, n, t, th, ins, tpl in _S)
 BY_KEY = {s.key: s for s in STRATEGIES}
 assert [s.token for s in STRATEGIES] == list(STRATEGY_TOKENS)
 
@@ -66,12 +85,14 @@ def _example(strategy: Strategy, seed: int, split: str, index: int) -> dict:
     a, op, b, c = _CALC.search(rec["answer"]).groups()
     item = next((w for w in synthetic.ITEMS if w in rec["question"]), "items")
     wrong = int(c) + (1 if index % 2 else -1)
-    response = strategy.template.format(T=THINK_START, E=THINK_END, a=a, b=b, op=op, c=c, wrong=wrong, item=item)
+    template = strategy.val_template if split == "val" else strategy.template
+    response = template.format(T=THINK_START, E=THINK_END, a=a, b=b, op=op, c=c, wrong=wrong, item=item)
     return {"strategy": strategy.key, "question": formats.gsm8k_prompt(rec), "response": " " + response}
 
 
 def generate_examples(per_strategy: int, seed: int, split: str = "train") -> list[dict]:
-    """``per_strategy`` examples of each strategy, from the ``split`` stream (train/val are disjoint)."""
+    """``per_strategy`` examples of each strategy, from the ``split`` stream: train and val questions are disjoint
+    and val responses are written with the held-out ``val_template`` (no response wording in both)."""
     return [_example(s, seed + i, split, j) for i, s in enumerate(STRATEGIES) for j in range(per_strategy)]
 
 
