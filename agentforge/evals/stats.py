@@ -292,7 +292,11 @@ def threshold_verdict(ci: Sequence[float] | None, op: str, threshold: float, n: 
 
 
 def _ge(x, t) -> bool:
-    return x is not None and t is not None and not (isinstance(x, float) and math.isnan(x)) and x >= t
+    """x >= t up to float rounding: a figure exactly on its target meets it (the mean of 30 problems' pass@1 with
+    90 of 300 samples right can compute as 0.29999999999999993, a Δ of 12 of 300 samples as 0.039999999999999994:
+    both read "below target" with a plain >=)."""
+    return (x is not None and t is not None and not (isinstance(x, float) and math.isnan(x))
+            and x >= t - 1e-9 * max(1.0, abs(t)))
 
 
 def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95: Sequence[float] | None,
@@ -302,8 +306,12 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     """The dashboard's section-7 decision, with the reason for each failed condition.
 
     Order where the dashboard's rows overlap: SUCCESS needs every condition; otherwise FAILURE when
-    p >= ``failure_p`` (0.1), training was unstable, or neither the accuracy nor the efficiency targets
-    are met; otherwise PARTIAL (a target group is met but the evidence or the margin falls short).
+    p >= ``failure_p`` (0.1), training was unstable, neither the accuracy nor the efficiency targets are met, the
+    candidate is significantly worse (p < alpha, the whole CI below 0), or the evidence is decisive (p < alpha and
+    the CI above 0, so section 7's PARTIAL row, "but p >= 0.05 OR CI includes 0", cannot hold) while a target is
+    missed (a pass@k, the Δ, or efficiency); otherwise PARTIAL (a target group is met but the evidence or the
+    margin falls short). With no pass@1 comparison at all (no p-value and no Δ: e.g. ``phase=compare`` of stages
+    with only multiple-choice results) nothing was tested: INCONCLUSIVE, not FAILURE.
     ``efficiency_ok`` None means no efficiency target is configured (counts as met for SUCCESS, not as
     a met group for PARTIAL); "inconclusive" (a target neither met nor missed by its CI, or not measured) is not
     met for SUCCESS and not missed either; so is a pass@k target whose pass@k was not measured (fewer samples per
@@ -321,8 +329,8 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
         val = pass_at.get(int(k))
         if val is None:   # fewer samples per problem than k: not below its target, just not known
             acc_unmeasured = True
-            reasons.append(f"pass@{k} not measured (fewer than {k} samples per problem); its target {target} is "
-                           f"not established")
+            why = "no per-problem results" if int(k) == 1 else f"fewer than {k} samples per problem"
+            reasons.append(f"pass@{k} not measured ({why}); its target {target} is not established")
         elif not _ge(val, target):
             acc_missed = True
             reasons.append(f"pass@{k} {val:.3f} < target {target}")
@@ -346,9 +354,17 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
         reasons.append("efficiency targets not established (a CI straddles its target, or it was not measured)")
     if unstable:
         reasons.append("training was unstable (non-finite losses or skipped steps)")
+    worse = p_ok and ci95 is not None and ci95[1] < 0
+    if worse:
+        reasons.append(f"the candidate is significantly worse than the baseline (CI95 upper bound "
+                       f"{ci95[1]:.4g} < 0, p {p_value:.3g})")
     if acc_ok and delta_ok and ci_ok and p_ok and efficiency_ok in (True, None) and not unstable:
         return "SUCCESS", []
-    if unstable or p_value is None or p_value >= fail_p or acc_missed and efficiency_ok is not True:
+    if p_value is None and delta_pass1 is None and not unstable:   # no pass@1 comparison: nothing was tested
+        return "INCONCLUSIVE", reasons
+    decisive = p_ok and ci_ok
+    if (unstable or worse or p_value is None or p_value >= fail_p or acc_missed and efficiency_ok is not True
+            or decisive and (acc_missed or efficiency_ok is False or not delta_ok)):
         return "FAILURE", reasons
     if not acc_ok and efficiency_ok is not True:   # accuracy not measured, efficiency not met: nothing is known
         return "INCONCLUSIVE", reasons
