@@ -106,18 +106,47 @@ def test_deterministic_quantities_keep_their_exact_difference():
 
 
 def test_few_rows_use_the_exact_sign_flip_test_and_perplexity_follows_the_loss():
-    base = [1.2, 1.3, 1.1, 1.4, 1.25, 1.6]
-    cand = [1.0, 1.0, 1.0, 1.0, 1.0, 1.5]                     # every row better: p = 2 / 2^6
+    base = [1.2, 1.3, 1.1, 1.4, 1.25, 1.6, 1.3]
+    cand = [1.0, 1.0, 1.0, 1.0, 1.0, 1.5, 1.2]                # every row better: p = 2 / 2^7
     res = {"baseline": stage("baseline", BASE_CORRECT, base), "cand": stage("cand", BASE_CORRECT, cand)}
     rows = table_rows(res, n_resamples=500)
     loss, ppl = _row(rows, "loss", "cand"), _row(rows, "perplexity", "cand")
-    assert loss["p"] == pytest.approx(2 / 64) and loss["test"] == "sign-flip exact" and loss["change"] == "improved"
-    assert loss["n"] == 6 and loss["pairing"].startswith("by position")     # rows carry no ids
+    assert loss["p"] == pytest.approx(2 / 128) and loss["test"] == "sign-flip exact" and loss["change"] == "improved"
+    # the family: the loss (perplexity is the same test) and the unchanged accuracy (p = 1): Holm doubles the smaller
+    assert loss["p_holm"] == pytest.approx(4 / 128) and ppl["p_holm"] == loss["p_holm"]
+    assert loss["n"] == 7 and loss["pairing"].startswith("by position")     # rows carry no ids
     b0 = res["baseline"]["metrics"]["perplexity"]
     assert ppl["delta_vs_first"] == pytest.approx(res["cand"]["metrics"]["perplexity"] - b0)
     assert [ppl["ci_low"], ppl["ci_high"]] == pytest.approx([b0 * math.expm1(loss["ci_low"]),
                                                               b0 * math.expm1(loss["ci_high"])])
     assert ppl["change"] == "improved" and ppl["p"] == loss["p"] and ppl["test"] == "sign-flip exact of row loss"
+
+
+def test_holm_adjusted_p_values_by_hand():
+    """Holm 1979: p = (0.01, 0.04, 0.03), m = 3 -> sorted 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 raised to
+    the running max 0.06; back in input order (0.03, 0.06, 0.06). Capped at 1."""
+    from agentforge.evals.stats import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_a_table_of_stages_that_differ_in_nothing_rarely_shows_a_marker():
+    """Four stages drawn from one distribution (accuracy on 40 questions, 40 row losses, pass@k of 40 problems):
+    every marker is false. Without the family-wise correction a third of such tables showed one (~15 tests at 0.05
+    each); with Holm's at most alpha = 5 % of tables may (here 40 tables: at most 4, allowing for chance)."""
+    rng = np.random.default_rng(0)
+    false_tables = 0
+    for _ in range(40):
+        res = {}
+        for name in ("s0", "s1", "s2", "s3"):
+            correct = (rng.random(40) < 0.5).astype(int).tolist()
+            res[name] = stage(name, correct, (1.5 + 0.3 * rng.standard_normal(40)).tolist(),
+                              counts=rng.binomial(10, 0.3, 40).tolist())
+        rows = table_rows(res, n_resamples=300)
+        assert sum(r["n"] is not None for r in rows) >= 9   # the family really holds many tests
+        false_tables += any(r["change"] in ("improved", "regressed") for r in rows)
+    assert false_tables <= 4, false_tables
 
 
 def test_pass_at_k_is_paired_per_problem():

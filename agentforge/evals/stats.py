@@ -274,6 +274,19 @@ def paired_ratio_ci(both: int, only_first: int, only_second: int, confidence: fl
     return [l1 / u2, u1 / l2 if l2 > 0 else math.inf]
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979, "A simple sequentially rejective multiple test procedure",
+    Scand. J. Statist. 6): with the m p-values sorted, p_(1) <= ... <= p_(m), the adjusted p_(i) is
+    max_{j <= i} min(1, (m - j + 1) p_(j)); rejecting where it is below alpha keeps the chance of any false claim
+    among the m tests at most alpha, whatever their dependence. Returned in the input's order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    out, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * float(p_values[i])))
+        out[i] = running
+    return out
+
+
 def threshold_verdict(ci: Sequence[float] | None, op: str, threshold: float, n: int | None = None,
                       min_n: int = MIN_N) -> tuple[str, str]:
     """(PASS / FAIL / INCONCLUSIVE, why) for "figure ``op`` threshold" given the figure's CI."""
