@@ -419,3 +419,19 @@ def test_report_cells_for_figures_not_measured_are_a_dash():
     from agentforge.codegen.report import _f
 
     assert _f(None) == "–" and _f(float("nan")) == "–" and _f(3) == "3" and _f(True) == "True"
+
+
+def test_the_efficiency_bars_leave_out_the_training_ram_of_two_trainings_in_one_process():
+    """The bar chart showed a 45x 'peak training RAM' ratio that stats.json calls not comparable (both models train
+    in one process, the first pays its one-time allocations), and a literal 'latency of {n} tokens' label."""
+    from agentforge.codegen.report import efficiency_ratios
+
+    kpis = {"cognate": {"latency_ms": 50.0, "latency_tokens": 64, "peak_memory_mb": 45.0, "param_count": 10,
+                        "memory_shared_process": True},
+            "gpt2": {"latency_ms": 100.0, "latency_tokens": 64, "peak_memory_mb": 1.0, "param_count": 20,
+                     "memory_shared_process": True}}
+    labels, ratios = efficiency_ratios(kpis, "cognate", "gpt2")
+    assert labels == ["latency of 64 tokens", "parameters"] and ratios == [0.5, 0.5]
+    for m in kpis.values():   # measured in separate processes: the RAM ratio is a comparison again
+        m["memory_shared_process"] = False
+    assert efficiency_ratios(kpis, "cognate", "gpt2")[0] == ["latency of 64 tokens", "peak training RAM", "parameters"]

@@ -12,6 +12,13 @@ from agentforge.tracking import plots
 EFFICIENCY = (("latency_ms", "latency of {n} tokens (ms)", "lower"),
               ("throughput_tokens_per_sec", "tokens/s ({n}-token generation)", "higher"),
               ("peak_memory_mb", "peak training RAM (MB)", "lower"), ("param_count", "parameters", ""))
+NOT_COMPARABLE = "peak_memory_mb"   # with ``memory_shared_process``: RSS growth of two trainings in one process
+
+
+def _comparable(key: str, kpis: dict, names: list[str]) -> bool:
+    """False for the training-RAM figure when the models trained one after the other in one process: the first also
+    pays the process's one-time allocations (46 MB against 1.25 MB at equal size), so its ratio is no comparison."""
+    return not (key == NOT_COMPARABLE and any(kpis[n].get("memory_shared_process") for n in names))
 
 
 def _f(v, digits: int = 4) -> str:
@@ -40,6 +47,18 @@ def _aligned(trainings: dict[str, dict], names: list[str], key: str, fill) -> tu
     return steps, {n: [pts.get(s, fill) for s in steps] for n, pts in series.items()}
 
 
+def efficiency_ratios(kpis: dict[str, dict], cand: str, base: str) -> tuple[list[str], list[float]]:
+    """The efficiency bars: (labels, candidate ÷ baseline) of each measured, comparable EFFICIENCY figure."""
+    labels, ratios = [], []
+    for key, label, _ in EFFICIENCY:
+        a, b = kpis[cand].get(key), kpis[base].get(key)
+        if (_comparable(key, kpis, [cand, base]) and isinstance(a, (int, float)) and isinstance(b, (int, float))
+                and b and not math.isnan(a / b)):
+            ratios.append(a / b)
+            labels.append(label.split(" (")[0].format(n=kpis[cand].get("latency_tokens", "?")))
+    return labels, ratios
+
+
 def plot_all(out_dir: Path, names: list[str], curves: dict[str, list[float]], kpis: dict[str, dict],
              trainings: dict[str, dict]) -> list[Path]:
     paths = []
@@ -48,12 +67,7 @@ def plot_all(out_dir: Path, names: list[str], curves: dict[str, list[float]], kp
                                  {n: curves[n] + [float("nan")] * (k_max - len(curves[n])) for n in names},
                                  "pass@k (unbiased estimator)", "k", "pass@k"))
     base = names[-1]
-    ratios, labels = [], []
-    for key, label, _ in EFFICIENCY:
-        a, b = kpis[names[0]].get(key), kpis[base].get(key)
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b and not math.isnan(a / b):
-            ratios.append(a / b)
-            labels.append(label.split(" (")[0])
+    labels, ratios = efficiency_ratios(kpis, names[0], base)
     if ratios:
         paths.append(plots.bar_plot(out_dir / "efficiency_vs_baseline.png", labels, ratios,
                                     f"{names[0]} / {base} (1 = equal)", "ratio"))
@@ -142,8 +156,8 @@ def log_dashboard(tr, names: list[str], evals: dict, kpis: dict, stats: dict, cu
              str(stats[f"pass_at_{k}"].get("ci95")), stats[f"pass_at_{k}"].get("p_value"), stats["verdict"]]
             for k in ks]
     tr.table("dashboard/stat_summary", ["metric", *names, "delta", "ci95", "p_value", "verdict"], rows)
-    tr.table("dashboard/efficiency", ["kpi", *names],
-             [[key, *(kpis[n].get(key) for n in names)] for key, _, _ in EFFICIENCY])
+    tr.table("dashboard/efficiency", ["kpi", *names, "comparable"],
+             [[key, *(kpis[n].get(key) for n in names), _comparable(key, kpis, names)] for key, _, _ in EFFICIENCY])
     tr.table("codegen/per_problem", ["model", "task_id", "num_samples", "num_correct", "passed", "failed", "timeout",
                                      "error"],
              [[n, p["task_id"], p["num_samples"], p["num_correct"], p["passed"], p["failed"], p["timeout"], p["error"]]
