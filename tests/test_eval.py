@@ -266,7 +266,9 @@ def test_collect_metrics_and_gate(tmp_path):
     tl = s["metrics"]["train/loss"]
     assert (tl["count"], tl["nonfinite"], tl["first"], tl["last"], tl["min"], tl["mean"]) == (2, 1, 5.0, 4.0, 4.0, 4.5)
     assert s["unstable"] and s["torn_lines"] == 1 and s["wall_seconds"] == 3.0 and s["records"] == 3
-    assert check_gate(s, {"train/loss": "<=4", "val/loss.min": "<5"}) == []
+    # the final train/loss was NaN: the gate reads NaN and fails, not the last finite 4.0 (it passed '<=4')
+    assert tl["last_nonfinite"] and check_gate(s, {"train/loss": "<=4"}) == ["train/loss = nan, needed <=4"]
+    assert check_gate(s, {"train/loss.min": "<=4", "val/loss.min": "<5", "val/loss": "<=4.5"}) == []
     fails = check_gate(s, {"train/loss.max": "<=4", "missing/key": ">=1"})
     assert len(fails) == 2 and "missing/key" in fails[1]
     assert summarize_jsonl(tmp_path / "metrics.jsonl")["metrics"]["val/loss"]["last"] == 4.5

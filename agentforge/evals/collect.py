@@ -50,6 +50,7 @@ def summarize_jsonl(path: str | Path) -> dict:
             if k.startswith("_") or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
             s = keys.setdefault(k, {"count": 0, "nonfinite": 0, "values": []})
+            s["last_nonfinite"] = not math.isfinite(v)
             if not math.isfinite(v):
                 s["nonfinite"] += 1
                 continue
@@ -73,11 +74,14 @@ def collect_metrics(run_dir: str | Path) -> Path:
 
 
 def lookup(doc: dict, key: str):
-    """A value of a run summary (``key`` = last, ``key.min`` ...) or of any JSON by dotted path."""
+    """A value of a run summary (``key`` = last, ``key.min`` ...) or of any JSON by dotted path. A metric whose
+    final value was NaN / inf reads NaN (its ``last`` is the last finite one: 2.0, 1.5, NaN passed ``<=1.6``)."""
     m = doc.get("metrics", {})
     if isinstance(m, dict) and key in m:
         v = m[key]
-        return v.get("last") if isinstance(v, dict) else v
+        if isinstance(v, dict):
+            return float("nan") if v.get("last_nonfinite") else v.get("last")
+        return v
     base, _, agg = key.rpartition(".")
     if base and isinstance(m, dict) and isinstance(m.get(base), dict) and agg in m[base]:
         return m[base][agg]
