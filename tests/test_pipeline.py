@@ -210,9 +210,22 @@ def test_step_overrides_may_not_set_what_the_pipeline_sets(tmp_path, arg, ok):
             check(cfg, PHASE_RULES["pipeline"])
 
 
+def test_a_model_choice_forwarded_to_the_pipeline_is_refused():
+    """``phase=pipeline model=m2`` trained m1, m2 and m3 (each Cognate step sets its own model=, after the forwarded
+    overrides): refused, pointing to phase.models; a model's own settings (model.d_model=...) pass on."""
+    from agentforge.errors import ConfigError
+    from agentforge.phases.pipeline import check_no_model_choice
+
+    check_no_model_choice(["model.d_model=64", "seed=3", "size=tiny"])
+    for given in ("model=m2", "+model=m3"):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(given)} does not apply to phase=pipeline.*phase.models"):
+            check_no_model_choice(["seed=3", given])
+
+
+@pytest.mark.slow   # ~6 s (Lightning loads before the pipeline reads its overrides); the rule: the test above
 def test_a_model_choice_given_to_the_pipeline_is_refused(tmp_path):
-    """``phase=pipeline model=m2`` trained m1, m2 and m3 (each Cognate step sets its own model=): now one error line
-    pointing to phase.models, before any step runs."""
+    """``phase=pipeline model=m2`` on the command line: one error line pointing to phase.models, before any step
+    runs, nothing written."""
     proc = run_cli(["phase=pipeline", "model=m2", "logger=none"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]

@@ -44,6 +44,15 @@ def _forwarded_overrides() -> list[str]:
     return [o for o in task if not o.lstrip("+~").startswith(("phase", "paths.run_dir", "paths.artifacts"))]
 
 
+def check_no_model_choice(overrides: list[str]) -> None:
+    """``model=m2`` on the pipeline's command line: each Cognate step sets its own ``model=`` after the forwarded
+    overrides, so the choice was silently dropped (m1, m2 and m3 trained); a ConfigError pointing to phase.models."""
+    given = [o for o in overrides if o.lstrip("+~").split("=", 1)[0].strip() == "model"]
+    if given:
+        raise ConfigError(f"{given[0]} does not apply to phase=pipeline, which trains one Cognate model per entry of "
+                          f"phase.models; choose them with phase.models=[...] (e.g. phase.models=[m2])")
+
+
 def _compose(overrides: list[str]):
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config", overrides=overrides)
@@ -144,10 +153,7 @@ def run(cfg) -> dict:
     artifacts = pipe_dir / "artifacts"
     steps = build_plan(phases, models, artifacts, OmegaConf.to_container(p.overrides, resolve=True) or {})
     base = _forwarded_overrides()
-    given = [o for o in base if o.lstrip("+~").split("=", 1)[0].strip() == "model"]
-    if given:   # each Cognate step sets its own model= after it: the choice would be silently dropped
-        raise ConfigError(f"{given[0]} does not apply to phase=pipeline, which trains one Cognate model per entry of "
-                          f"phase.models; choose them with phase.models=[...] (e.g. phase.models=[m2])")
+    check_no_model_choice(base)
     state_file = pipe_dir / "pipeline_state.json"
     previous = _previous_records(state_file)
     records, ran = [], set()
