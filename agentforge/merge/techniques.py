@@ -84,8 +84,8 @@ def slerp_many(tensors: Sequence[torch.Tensor], weights: Sequence[float], **kw) 
         acc_1 = x_1;   acc_k = slerp(t_k, acc_{k-1}, x_k),   t_k = w_k / (w_1 + ... + w_k)
 
     For two tensors this is mergekit's slerp with t = w_2 / (w_1 + w_2); on collinear tensors (the
-    lerp fallback) the chain equals ``linear(tensors, weights)`` exactly, since each step folds the
-    next tensor into a running weighted mean.
+    lerp fallback) the chain equals ``linear(tensors, weights)`` up to float rounding (not bit for bit:
+    ~1e-7 apart in float32), since each step folds the next tensor into a running weighted mean.
     """
     if len(tensors) != len(weights) or not tensors:
         raise ValueError(f"{len(tensors)} tensors but {len(weights)} weights")

@@ -19,6 +19,7 @@ champion against the best input on test data disjoint from the selection set, wi
 """
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -101,6 +102,23 @@ def build(recipe: Recipe, states, configs, dev: torch.device | str = "cpu", dare
     return build_model(*materialize(recipe, states, configs, dare_rescale), dev)
 
 
+def depth_space(n: int, lo: float, hi: float) -> Space:
+    """The merged depths d allowed by ``phase.depth_range = [lo, hi]``: lo <= d / n <= hi, the bounds rounded inward
+    (ceil of n lo, floor of n hi; 1e-9 absorbs float error such as 0.7 * 10 = 7.000000000000001), never Python's
+    round (banker's rounding: round(0.5 * 5) = 2 is 0.4 n). lo <= 1 <= hi, so the inputs' own depth n is always
+    allowed, and at least 1 layer."""
+    return Space(n, max(1, math.ceil(n * lo - 1e-9)), max(n, math.floor(n * hi + 1e-9)))
+
+
+def check_seq_lens(eval_cfg, models) -> None:
+    """ConfigError when ``phase.eval.seq_len`` or ``speed_seq_len`` exceeds the inputs' ``max_seq_len`` (checked
+    before any run dir is made; the model would refuse the sequence only after the run had started)."""
+    limit = min(m.config.max_seq_len for m in models)
+    for key in ("seq_len", "speed_seq_len"):
+        if int(eval_cfg[key]) > limit:
+            raise ConfigError(f"phase.eval.{key} ({eval_cfg[key]}) exceeds the input models' max_seq_len ({limit})")
+
+
 def run(cfg) -> dict:
     p = cfg.phase
     if int(p.elite_count) >= int(p.population_size):
@@ -118,13 +136,14 @@ def run(cfg) -> dict:
     lo, hi = (float(x) for x in depth)
     dirs = input_dirs(cfg)
     models, tokenizer = load_inputs(dirs)  # fails before any run dir or logger is made
+    check_seq_lens(p.eval, models)
     states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]  # merged on the CPU
     dev = loop_device(cfg.hardware)   # where models are measured
     set_threads(cfg.hardware)
     models = [m.to(dev) for m in models]
     configs = [m.config for m in models]
     n = configs[0].n_layers
-    space = Space(n, max(1, round(n * lo)), max(n, round(n * hi)))
+    space = depth_space(n, lo, hi)
     with run_context(cfg, run_name="phase2-evomerge", group="phase2-evomerge", tags=TAGS, job_type="evomerge") as ctx:
         data = eval_data(cfg, "val", int(p.eval.rows))
         test = eval_data(cfg, "test", int(p.eval.test_rows), int(p.eval.test_choice_examples))
@@ -205,6 +224,32 @@ def unchanged_input(input_metrics: list[dict], champion_metrics: dict) -> str | 
     return f"model{same[0] + 1}" if same else None
 
 
+def history_combo(ind, input_metrics: list[dict]) -> str:
+    """A generation's best combo for the history table: "010", or "010 (model3 unchanged)" when no merge won."""
+    same = unchanged_input(input_metrics, ind.metrics)
+    return combos.bits(ind.genome.combo) + (f" ({same} unchanged)" if same else "")
+
+
+def combo_stats(gens, input_digests: set[str]):
+    """Per combo (0..7): usage, fitnesses and generation wins of the *merged* models only, and the best and worst
+    combo by mean fitness (None when no merged model exists). An individual whose weights equal an input's (the
+    evaluator's weights hash: a generation-0 identity recipe, or a recipe that degenerates to one) carries an
+    arbitrary combo id and no merge by that combo's techniques, so it counts for no combo; a generation whose best
+    is such an input is won by no combo (the win rates then sum to less than 1)."""
+    merged = lambda ind: ind.metrics.get("weights_sha256") not in input_digests
+    usage, fits, wins = [0] * combos.N_COMBOS, [[] for _ in range(combos.N_COMBOS)], [0] * combos.N_COMBOS
+    for g in gens:
+        for ind in filter(merged, g.individuals):
+            usage[ind.genome.combo] += 1
+            fits[ind.genome.combo].append(ind.fitness)
+        if merged(g.best_individual):
+            wins[g.best_individual.genome.combo] += 1
+    avg = [statistics.fmean(f) if f else float("nan") for f in fits]
+    used = [c for c in range(combos.N_COMBOS) if fits[c]]
+    best = max(used, key=avg.__getitem__) if used else None
+    return usage, avg, wins, best, min(used, key=avg.__getitem__) if used else None
+
+
 def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs,
              dev, selection, test_data, measured) -> dict:
     tr, run_dir = ctx.tracker, ctx.run_dir
@@ -236,26 +281,19 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     tr.table("final/champion_vs_inputs", ["Model", "Fitness (selection set)", "Fitness (test)", "Perplexity (test)",
                                           "Accuracy (test)", "FLOPs/token", "Tokens/s", "Memory (MB)"], rows)
     # -- combo effectiveness ------------------------------------------------------------------------------
-    usage, fits, wins = [0] * 8, [[] for _ in range(8)], [0] * 8
-    for g in gens:
-        for ind in g.individuals:
-            usage[ind.genome.combo] += 1
-            fits[ind.genome.combo].append(ind.fitness)
-        wins[g.best_individual.genome.combo] += 1
-    avg = [statistics.fmean(f) if f else float("nan") for f in fits]
-    used = [c for c in range(8) if fits[c]]
-    best_combo, worst_combo = max(used, key=avg.__getitem__), min(used, key=avg.__getitem__)
+    usage, avg, wins, best_combo, worst_combo = combo_stats(gens, {m["weights_sha256"] for m in input_metrics})
     tr.table("combos/effectiveness", ["Combo ID", "Binary", "Techniques", "Usage Count", "Avg Fitness",
                                       "Champions Produced"],
              [[combos.bits(c), combos.bits(c), combos.decode(c).label, usage[c], avg[c], wins[c]] for c in range(8)])
     tr.table("evolution/history", ["Generation", "Best Fitness", "Avg Fitness", "Diversity", "Best Combo"],
-             [[g.index, g.best, g.mean, g.diversity, combos.bits(g.best_individual.genome.combo)] for g in gens])
+             [[g.index, g.best, g.mean, g.diversity, history_combo(g.best_individual, input_metrics)] for g in gens])
     final = {
         "final/generations_completed": len(gens), "final/best_fitness": champ.fitness,
         "final/selection_fitness_improvement": improvement,  # the selection set: the winner's-curse figure
         "final/total_evolution_time_minutes": minutes,
-        "final/champion_combo_id": recipe.combo, "final/best_combo": combos.bits(best_combo),
-        "final/worst_combo": combos.bits(worst_combo),
+        "final/champion_combo_id": recipe.combo,   # best/worst/win rate: merged models only (``combo_stats``)
+        "final/best_combo": "" if best_combo is None else combos.bits(best_combo),  # "": no merged model
+        "final/worst_combo": "" if worst_combo is None else combos.bits(worst_combo),
         "final/combo_win_rate": {combos.bits(c): wins[c] / len(gens) for c in range(8)},
         "final/converged_at_generation": result.champion_generation,  # where the best stopped rising
         "final/convergence_reason": result.convergence_reason,
@@ -300,6 +338,9 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     print(f"champion: combo {combo.bits} ({combo.label}), generation {result.champion_generation}"
           + (f" — its weights are {same}'s unchanged: no merge won" if same else "") + "; "
           f"{len(gens)} generations ({result.convergence_reason}), {minutes:.2f} min")
+    print("combos (merged models only): " + (f"best {final['final/best_combo']}, worst {final['final/worst_combo']}"
+                                             if best_combo is not None else "none: every model measured was an input "
+                                             "unchanged, so final/best_combo and final/worst_combo are empty"))
     print(f"selection set (chose the champion, biased up): fitness {champ.fitness:.4f} vs best input "
           f"{best_input:.4f} ({improvement:+.2f}%)")
     print(f"test set ({t['final/test_rows']} rows, {t['final/test_questions']} questions, "

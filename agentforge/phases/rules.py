@@ -139,6 +139,9 @@ EVOMERGE = [
     rule("phase.tournament_size", integer(1)),
     rule("phase.early_stopping_patience", integer(1)),
     rule("phase.early_stopping_threshold", number(0)),
+    # the mapping itself first: null or an unknown term would otherwise fail only inside the run, with a traceback
+    rule("phase.fitness_weights", ((lambda x: isinstance(x, dict) and set(x) <= set(fitness.DEFAULT_WEIGHTS)),
+                                   f"a mapping of some of {sorted(fitness.DEFAULT_WEIGHTS)} to numbers >= 0")),
     rule("phase.fitness_weights.perplexity", number(0)),
     rule("phase.fitness_weights.accuracy", number(0)),
     rule("phase.fitness_weights.speed", number(0)),
@@ -193,8 +196,8 @@ def _step_overrides(phase: str) -> Rule:
     reserved = pipeline_sets(phase)
 
     def ok(x) -> bool:
-        return isinstance(x, list) and all(isinstance(o, str) and o.lstrip("+~").split("=", 1)[0].strip() not in reserved
-                                           for o in x)
+        return isinstance(x, list) and all(isinstance(o, str) and o.lstrip("+~").split("=", 1)[0].strip()
+                                           not in reserved for o in x)
 
     return rule(f"phase.overrides.{phase}", (ok, f"a list of overrides that leave what the pipeline sets alone "
                                                 f"({', '.join(k + '=' for k in reserved)}); the Cognate models "

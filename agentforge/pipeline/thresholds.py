@@ -46,11 +46,12 @@ _PAIRED = {"final/fitness_improvement", "final/test_fitness_improvement", "anti_
 
 # Figures a threshold row shows beside its own: EvoMerge's composite fitness improvement can hide a quality loss
 # (its speed and size terms), so the row also gives the champion's perplexity ratio and accuracy change against the
-# best input on the same test rows and questions (``merge.heldout``).
+# best input on the same test rows and questions (``merge.heldout``), and, when the champion's weights are an input's
+# unchanged (``final/champion_unchanged_input``, e.g. "model3"), that no merge won.
 # BitNet's forward speedup (packed vs fp32, interleaved rounds in one process) goes beside its compression ratio.
 _COMPANIONS = ("final/test_ppl_ratio", "final/test_ppl_ratio_ci95", "final/test_accuracy_delta",
                "final/test_accuracy_delta_ci95", "final/test_accuracy_delta_p", "final/inference_speedup",
-               "final/inference_speedup_ci95", "final/inference_speedup_n")
+               "final/inference_speedup_ci95", "final/inference_speedup_n", "final/champion_unchanged_input")
 
 
 def headline_metrics(metrics: dict) -> dict:
@@ -62,11 +63,15 @@ def headline_metrics(metrics: dict) -> dict:
 
 
 def quality_note(m: dict) -> str:
-    """The EvoMerge champion's perplexity ratio and accuracy change against the best input, with CIs, or ''."""
+    """The EvoMerge champion's perplexity ratio and accuracy change against the best input, with CIs, preceded by
+    'no merge won' when the champion is an input unchanged; or ''."""
+    same = m.get("final/champion_unchanged_input")
+    won = f"no merge won: the champion is {same} unchanged" if same else ""
     if "final/test_ppl_ratio" not in m:
-        return ""
+        return won
     lo, hi = m["final/test_ppl_ratio_ci95"]
-    text = f"quality vs the best input on the same test rows: perplexity ratio {m['final/test_ppl_ratio']:.3f} [{lo:.3f}, {hi:.3f}]"
+    text = (won + "; " if won else "") + (f"quality vs the best input on the same test rows: perplexity ratio "
+                                          f"{m['final/test_ppl_ratio']:.3f} [{lo:.3f}, {hi:.3f}]")
     if "final/test_accuracy_delta" in m:
         alo, ahi = m["final/test_accuracy_delta_ci95"]
         text += (f", accuracy {m['final/test_accuracy_delta']:+.3f} [{alo:+.3f}, {ahi:+.3f}] "
