@@ -381,3 +381,20 @@ def test_ablation_deltas_on_few_rows_use_the_exact_sign_flip_test():
     out = _compare("x", trained + torch.tensor([0.01, 0.02, 0.03, 0.04]), trained, seed=0)
     assert out["x_p_value"] == pytest.approx(0.125) and out["x_delta"] == pytest.approx(0.025)
     assert out["x_delta_ci_low"] <= 0 <= out["x_delta_ci_high"]
+
+
+@pytest.mark.slow
+def test_cognate_run_reports_halting_compute_and_the_recall_scope(tmp_path):
+    """The smoke run on 128-token rows: metrics.json has the max-steps MFLOPs/token, and the output prints the
+    compute halting saves next to its verdict and the recall ablation's scope (fast: tests/test_model.py,
+    tests/test_memory.py)."""
+    import json
+
+    from tests.conftest import run_cli
+    proc = run_cli(["phase=cognate", "model=m1", "experiment=smoke", "data.seq_len=128", "logger=none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "outputs/artifacts/cognate/model1/metrics.json").read_text())
+    assert m["diversity/inference_mflops_per_token_max_steps"] >= m["diversity/inference_mflops_per_token"] > 0
+    assert m["ablation/backbone_reach_tokens"] == 504 and m["ablation/recall_gap_chars"] == 72
+    assert "MFLOPs/token at max steps:" in next(ln for ln in proc.stdout.splitlines() if ln.startswith("halting:"))
+    assert "recall: the repeat lies beyond one 64-token attention window; stacked layers" in proc.stdout

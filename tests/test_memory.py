@@ -130,6 +130,45 @@ def test_recall_items_repeat_the_fact_beyond_the_window_and_mask_the_repeated_co
         assert int(m.nonzero()[0]) - first.index(code) > DEFAULT_GAP   # the repeat lies beyond the gap
 
 
+
+def test_recall_ablation_states_the_backbones_reach_which_does_reach_the_code(tmp_path):
+    """The recall ablation's repeat (the phase's gap, window + 8) lies beyond ONE attention window, but at the
+    default m1 (2 layers, window 64, 4 steps) the backbone alone reaches n_layers * (window - 1) = 126 tokens per
+    recursion step, 504 over the steps: the run's line must say so (not "positions only memory can predict"), and
+    the claim is checked: with the memory off the repeated digits' logits have a gradient from the first code."""
+    from omegaconf import OmegaConf
+
+    from agentforge.artifacts import cognate_config_from
+    from agentforge.data.tokenizer import RESERVED_VOCAB
+    from agentforge.models.ablation import recall_scope
+    cfg = compose_cfg(["model=m1"], tmp_path)
+    c = cognate_config_from(OmegaConf.to_container(cfg.model, resolve=True), RESERVED_VOCAB)
+    gap, per_step = c.window + 8, c.n_layers * (c.window - 1)
+    line, figures = recall_scope(c, gap)
+    assert figures == {"ablation/recall_gap_chars": gap, "ablation/backbone_reach_tokens_per_step": per_step,
+                       "ablation/backbone_reach_tokens": per_step * c.max_steps}
+    assert line.startswith(f"recall: the repeat lies beyond one {c.window}-token attention window; stacked layers "
+                           f"and recursion steps could reach it in principle ({c.n_layers} layers x {c.window - 1} = "
+                           f"{per_step} tokens per recursion step, {per_step * c.max_steps} over {c.max_steps} step(s)")
+    assert line.endswith("the memory-off delta measures what the trained model actually gets from its memory")
+    torch.manual_seed(0)
+    model = CognateModel(c).eval()
+    rows, mask = recall_rows(1, int(cfg.data.seq_len), 0, "val", gap=gap)
+    tgt = mask[0].nonzero().flatten()
+    seq, code = rows[0].tolist(), rows[0, int(tgt[0]) + 1: int(tgt[0]) + 5].tolist()
+    pos = next(j for j in range(len(seq)) if seq[j: j + 4] == code)    # the first statement's code
+    assert int(tgt[0]) - pos > c.window                                  # beyond one window
+    embedded = []
+
+    def keep(mod, inp, out):
+        out.retain_grad()
+        embedded.append(out)
+    model.embed.register_forward_hook(keep)
+    with model.ablate(memory=False, steps=1):                            # one step already reaches it
+        model(rows[:, :-1]).logits[0, tgt].sum().backward()
+    assert float(embedded[0].grad[0, pos: pos + 4].norm()) > 0
+
+
 @pytest.mark.slow
 def test_trained_memory_recalls_the_code_and_lesioning_it_returns_to_chance():
     """A tiny model (one layer, window 8) trained 300 steps on recall items whose repeat lies 16+ tokens

@@ -166,3 +166,65 @@ def test_generate_greedy_is_deterministic_and_stops_at_eos():
     eos = int(a[0, 4])
     c = model.generate(x, 6, eos_id=eos)
     assert c.shape[1] == 5
+
+
+def test_qk_clip_records_the_no_grad_recursion_steps():
+    """no_grad_steps=1 of 2: the first recursion step runs without autograd but with the same W_q, W_k, so each
+    layer's recorded max logit is the max over BOTH steps' explicit logits q·kᵀ/√d in the window (it was the
+    second step's alone, so QK-clip could not bound the first's)."""
+    model = tiny(max_steps=2, no_grad_steps=1).train()
+    seen = {i: [] for i in range(len(model.blocks))}
+    for i, blk in enumerate(model.blocks):
+        def qkv(x, cos, sin, _attn=blk.attn, _i=i, _orig=blk.attn.qkv):
+            q, k, v = _orig(x, cos, sin)
+            if not torch.is_grad_enabled():
+                q = q * 50                                    # the no-grad step's logits are the larger ones
+            t = q.shape[-2]
+            scores = (q @ k.transpose(-2, -1)).detach() / math.sqrt(q.shape[-1])
+            keep = torch.ones(t, t).tril().bool() & ~torch.ones(t, t).tril(-_attn.window).bool()
+            seen[_i].append(scores.masked_fill(~keep, float("-inf")).amax(dim=(0, 2, 3)))
+            return q, k, v
+        blk.attn.qkv = qkv
+    x = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
+    model(x[:, :-1], x[:, 1:]).loss.backward()
+    for i, blk in enumerate(model.blocks):
+        first, second = seen[i]                               # one call per recursion step
+        assert (first > second).all()                         # step 1 holds the max: the test bites
+        torch.testing.assert_close(blk.attn.max_logit, torch.maximum(first, second).clamp(min=0))
+
+
+def _summary_of(figures: dict, halting: torch.Tensor, max_steps: int) -> str:
+    from agentforge.phases.cognate import halting_summary
+    final = {**figures, "diversity/avg_halting_steps": float(halting.mean()), "act/halting_steps_std": 0.0,
+             **{f"act/halting_share_step{n}": float((halting == n).float().mean()) for n in range(1, max_steps + 1)},
+             "ablation/halting_steps_answer_digits": 2.0, "ablation/halting_steps_letters": 2.0,
+             "ablation/halting_task_n_rows": 0.0, "ablation/halting_noninferiority_margin": 0.01,
+             "ablation/max_steps_loss_delta": 0.0, "ablation/max_steps_loss_delta_ci_low": -0.001,
+             "ablation/max_steps_loss_delta_ci_high": 0.001, "ablation/n_rows": 32.0, "ablation/seconds": 1.0}
+    return halting_summary(final, max_steps)
+
+
+def test_halting_verdict_shows_the_compute_halting_saves():
+    """The Cognate phase measures forward MFLOPs/token on the same held-out rows with halting and with every token
+    run to max_steps, and prints both next to the halting verdict: a row stops only once ALL its tokens halted, so
+    with mixed halting steps in every row nothing is saved (the default m1: 3.58 vs 3.58), and a loss PASS must not
+    read as a compute win; with every token halting at step 1 of 3 about two thirds are saved."""
+    from agentforge.phases.cognate import held_out_figures
+    rows = torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(0))
+    model = tiny(max_steps=3).eval()
+    with torch.no_grad():
+        model.halt_head.weight.normal_(std=3.0)   # tokens halt at different steps
+    halting, fig = held_out_figures(model, rows)
+    key = "diversity/inference_mflops_per_token"
+    assert (halting.view(4, 32).max(1).values == 3).all() and halting.min() == 1  # every row runs to step 3
+    assert fig[key] == fig[key + "_max_steps"] > 0
+    text = _summary_of(fig, halting, 3)
+    assert (f"PASS (cost CI [-0.0010, +0.0010] vs margin 0.01, n=32) (non-inferiority margin 0.01 nats); compute "
+            f"{fig[key]:.3g} vs {fig[key]:.3g} MFLOPs/token at max steps: 0% saved — a row stops only when all its "
+            f"tokens have halted") in text
+    _constant_halting(model, 0.99)                # every token halts at step 1: the rows stop after one step
+    halting, fig = held_out_figures(model, rows)
+    assert (halting == 1).all()
+    saved = 1 - fig[key] / fig[key + "_max_steps"]
+    assert 0.5 < saved < 2 / 3
+    assert f"MFLOPs/token at max steps: {saved:.0%} saved;" in _summary_of(fig, halting, 3)

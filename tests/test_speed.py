@@ -101,21 +101,29 @@ def test_window_mask_hand_case():
 
 
 def test_max_logit_recorded_only_on_training_steps():
+    """Train-mode passes record, with autograd or without (a Cognate model's ``no_grad_steps``); eval passes and
+    ``record_max_logit = False`` do not."""
     torch.manual_seed(0)
     attn = CausalSelfAttention(16, 2, 8)
     cos, sin = rope_cache(8, 8, 10000.0)
     x = torch.randn(1, 8, 16)
     attn.eval()
-    attn(x, cos, sin)
     with torch.no_grad():
-        attn.train()(x, cos, sin)
-    assert attn.max_logit.abs().sum() == 0          # eval pass and no-grad pass: nothing recorded
+        attn(x, cos, sin)
+    attn(x, cos, sin)
+    assert attn.max_logit.abs().sum() == 0          # eval passes: nothing recorded
+    attn.train()
     attn.record_max_logit = False
     attn(x, cos, sin)
     assert attn.max_logit.abs().sum() == 0
     attn.record_max_logit = True
+    with torch.no_grad():
+        attn(x, cos, sin)
+    recorded = attn.max_logit.clone()
+    assert recorded.max() > 0                       # a no-grad training pass records
+    attn.reset_max_logit()
     attn(x, cos, sin)
-    assert attn.max_logit.max() > 0
+    torch.testing.assert_close(attn.max_logit, recorded)
 
 
 def test_qk_clip_leaves_heads_under_tau_bit_identical_and_syncs_once():

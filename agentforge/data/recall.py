@@ -1,12 +1,17 @@
-"""A long-range recall task: a fact stated early is repeated after a gap longer than the attention window.
+"""A long-range recall task: a fact stated early is repeated after a gap longer than one attention window.
 
     "Kai's code is 4821. The red lamp finds the river. ... Kai's code is 4821."
 
 The digits of the second statement can only be predicted by remembering the first, which lies further
-back than the sliding attention window when the gap exceeds it; this is the data on which the long-term
-memory has work to do. ``recall`` is registered in the synthetic mix (task name ``recall``, text format);
-``recall_rows`` builds one item per row (padded), with the positions of the repeated digits, for the
-memory on/off ablation and its test.
+back than one sliding attention window when the gap exceeds it; this is the data on which the long-term
+memory has work to do. It is not out of the backbone's reach: stacked sliding-window layers reach
+n_layers * (window - 1) tokens back per recursion step, and the steps add up
+(``models.ablation.backbone_reach``: 126 per step, 504 over 4 steps at the default m1, against ~92 tokens
+from the first code to its repeat), so the attention could carry the code in principle. The memory on/off
+ablation measures what the trained model actually gets from its memory, not a capability only the memory
+has. ``recall`` is registered in the synthetic mix (task name ``recall``, text format); ``recall_rows``
+builds one item per row (padded), with the positions of the repeated digits, for the memory on/off
+ablation and its test.
 
 Items come from their own seeded stream per (seed, split, index) and, like the other synthetic tasks,
 are kept only when the hash of their text falls in their split's buckets (``synthetic.RESERVED``), so a
@@ -28,7 +33,7 @@ WORDS = {"adj": ["small", "red", "quiet", "bright", "old", "quick", "green", "he
          "verb": ["sees", "follows", "paints", "finds", "moves", "likes", "builds", "opens"],
          "place": ["the park", "the market", "the school", "the lake", "the library"]}
 FACT_CHARS = 20   # the longest statement, "Cleo's code is 1234."
-DEFAULT_GAP = 72  # filler characters between the two statements: beyond the default 64-token window
+DEFAULT_GAP = 72  # filler characters between the two statements: beyond one default 64-token window
 MIX_REPEATS = 3   # repeats of the fact in a training-mix item (``recall``)
 
 
@@ -78,7 +83,8 @@ def recall(seed: int, split: str, index: int) -> dict:
 def recall_rows(n: int, seq_len: int, seed: int, split: str = "val", gap: int = DEFAULT_GAP,
                 tokenizer: ByteTokenizer | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """n rows [n, seq_len + 1] of one item each (BOS first, padded) and a mask [n, seq_len] that is True
-    where the target is a digit of the repeated code (the positions only memory can predict)."""
+    where the target is a digit of the repeated code (beyond one attention window from the first statement,
+    though not beyond the stacked layers' and recursion steps' reach: see the module docstring)."""
     tok = tokenizer or ByteTokenizer()
     rows = torch.full((n, seq_len + 1), tok.pad_id, dtype=torch.long)
     mask = torch.zeros(n, seq_len, dtype=torch.bool)

@@ -10,7 +10,7 @@ and real data the same way.
 * ``choice``      — ARC-Easy format (``question``, ``choices: {text, label}``, ``answerKey``) (stage 3)
 * ``piqa``        — PIQA format (``goal``, ``sol1``, ``sol2``, ``label``) (stage 3): sums and differences
                     of numbers 1-50 in 9 wordings, the wrong solution off by 1-3 (~33k distinct goals)
-* ``recall``      — plain text: a fact repeated after a gap beyond the attention window (``data/recall.py``)
+* ``recall``      — plain text: a fact repeated after a gap beyond one attention window (``data/recall.py``)
 
 Train / val / test are disjoint **by content**, not only by seed stream. Every example has a content
 key — the prompt the model is asked (``prompt_key``: the GSM8K question, the ARC question with its
@@ -164,7 +164,7 @@ plain_text, arithmetic, choice, piqa = (_bind(t) for t in _RAW)
 
 
 def recall(seed: int, split: str, index: int) -> dict:
-    """The long-range recall task (``data/recall.py``: a fact repeated beyond the attention window)."""
+    """The long-range recall task (``data/recall.py``: a fact repeated beyond one attention window)."""
     from agentforge.data.recall import recall as draw_recall  # late: recall.py uses this module's buckets
     return draw_recall(seed, split, index)
 

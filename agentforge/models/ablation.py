@@ -10,8 +10,12 @@ For each, the per-row mean next-token loss and token accuracy are compared with 
 the same rows by ``evals.stats.paired_test`` (the exact sign-flip test below 30 rows, the paired bootstrap
 above); delta = variant - trained, so a
 positive loss delta means the mechanism lowers the loss. ``recall_memory`` does the same for memory
-off vs on over the repeated digits of the long-range recall task (``data/recall.py``), the tokens only
-memory can predict. ``halting_by_difficulty`` measures whether harder tokens (higher loss at one step)
+off vs on over the repeated digits of the long-range recall task (``data/recall.py``), whose first statement
+lies beyond ONE attention window. That does not make them tokens only memory can predict: stacked
+sliding-window layers reach n_layers * (window - 1) tokens back per recursion step, and the steps add up
+(``backbone_reach``; the default m1: 2 x 63 = 126 per step, 504 over 4 steps, against ~92 tokens from the first
+code to its repeat), so the attention could carry the code in principle. The memory-off delta measures what the
+trained model actually gets from its memory (``recall_scope`` says so in the run's output). ``halting_by_difficulty`` measures whether harder tokens (higher loss at one step)
 halt later; ``halting_by_task`` whether the digits of a computed answer ("42 + 7 = 49" in held-out GSM8K-format
 items, ``computation_rows``) halt later than the letters of the same rows, paired by row.
 
@@ -29,6 +33,7 @@ from scipy.stats import spearmanr
 
 from agentforge.data import formats, synthetic
 from agentforge.data.datamodule import pack
+from agentforge.data.recall import FACT_CHARS
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.evals.stats import MIN_N, paired_test, threshold_verdict
 
@@ -98,7 +103,8 @@ def halting_verdict(m: dict, min_n: int = MIN_N) -> str:
 
 
 def recall_memory(model, rows: torch.Tensor, mask: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    """Memory off vs on over the masked target positions (the repeated code's digits), per row."""
+    """Memory off vs on over the masked target positions (the repeated code's digits), per row: what the trained
+    model gets from its memory there (the backbone may reach the first statement too: ``recall_scope``)."""
     on, off = token_scores(model, rows), token_scores(model, rows, memory=False)
     m = mask.float()
     per_row = {k: ((s["loss"] * m).sum(1) / m.sum(1), (s["correct"] * m).sum(1) / m.sum(1))
@@ -110,6 +116,32 @@ def recall_memory(model, rows: torch.Tensor, mask: torch.Tensor, seed: int = 0) 
            "ablation/recall_no_memory_accuracy": float(per_row["off"][1].mean())}
     out.update(_compare("ablation/recall_no_memory_loss", per_row["off"][0], per_row["on"][0], seed))
     return out
+
+
+def backbone_reach(config) -> tuple[int, int]:
+    """How many tokens back the backbone alone (memory off) can carry information: per recursion step, through
+    ``n_layers`` stacked sliding windows, n_layers * (window - 1); over all ``max_steps`` steps, since each step
+    re-reads the previous step's latent at every position, max_steps times that."""
+    per_step = config.n_layers * (config.window - 1)
+    return per_step, per_step * config.max_steps
+
+
+def recall_scope(config, gap: int) -> tuple[str, dict[str, float]]:
+    """What the recall ablation of a model with this config, on items ``gap`` filler characters apart, can claim:
+    a line for the run's output and its figures. The repeat lies beyond one attention window; whether the backbone
+    could reach it is read off ``backbone_reach`` against the distance from the first code to its repeat (at most
+    gap + ``FACT_CHARS`` + 2 tokens: the byte tokenizer gives a token per character)."""
+    per_step, total = backbone_reach(config)
+    distance = gap + FACT_CHARS + 2
+    figures = (f"{config.n_layers} layers x {config.window - 1} = {per_step} tokens per recursion step, {total} over "
+               f"{config.max_steps} step(s), against {gap} to {distance} tokens from the first code to its repeat")
+    reach = (f"stacked layers and recursion steps could reach it in principle ({figures})" if total >= distance else
+             f"beyond the backbone's reach too ({figures})" if total < gap else
+             f"stacked layers and recursion steps may reach part of it ({figures})")
+    line = (f"recall: the repeat lies beyond one {config.window}-token attention window; {reach}: the memory-off "
+            f"delta measures what the trained model actually gets from its memory")
+    return line, {"ablation/recall_gap_chars": float(gap), "ablation/backbone_reach_tokens_per_step": float(per_step),
+                  "ablation/backbone_reach_tokens": float(total)}
 
 
 def halting_by_difficulty(steps: torch.Tensor, loss_one_step: torch.Tensor) -> dict[str, float]:

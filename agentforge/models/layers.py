@@ -3,11 +3,13 @@
 The attention runs through ``F.scaled_dot_product_attention`` (the fused CPU kernel; flash /
 memory-efficient kernels on GPU): ``is_causal`` when the sequence fits in the window, else a boolean
 sliding-window mask. MuonClip's QK-clip needs the largest pre-softmax logit of every head, which the
-fused kernels never materialize, so on training steps (module in train mode, autograd on, and
-``record_max_logit`` set) a separate no-grad reduction ``max_logits`` computes it exactly: q·kᵀ/√d in
-query chunks, each against only the keys its window reaches, masked, reduced with amax — no softmax,
-no backward, no host sync. Each module keeps the running max per head in ``max_logit`` until the
-optimizer reads and resets it. Eval, generation and no-grad passes skip it.
+fused kernels never materialize, so on training passes (module in train mode and ``record_max_logit``
+set) a separate no-grad reduction ``max_logits`` computes it exactly: q·kᵀ/√d in query chunks, each
+against only the keys its window reaches, masked, reduced with amax — no softmax, no backward, no host
+sync. Each module keeps the running max per head in ``max_logit`` until the optimizer reads and resets it.
+Train-mode passes without autograd record too: the recursion steps a Cognate model runs under
+``no_grad_steps`` use the same W_q and W_k, and QK-clip must bound every logit those weights produce
+(it skipped them while recording needed autograd on). Eval passes and KV-cache decoding skip it.
 """
 from __future__ import annotations
 
@@ -104,7 +106,8 @@ def max_logits(q: torch.Tensor, k: torch.Tensor, window: int, chunk: int = 128) 
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal attention over a sliding window (SDPA), recording each head's max logit on
-    training steps (see the module docstring; ``record_max_logit = False`` turns the reduction off)."""
+    train-mode passes, with or without autograd (see the module docstring; ``record_max_logit = False`` turns
+    the reduction off)."""
 
     def __init__(self, d_model: int, n_heads: int, window: int):
         super().__init__()
@@ -131,7 +134,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x, cos, sin)
-        if self.record_max_logit and self.training and torch.is_grad_enabled():
+        if self.record_max_logit and self.training:  # no_grad passes too (no_grad_steps: same weights)
             with torch.no_grad():
                 self.max_logit.copy_(torch.maximum(self.max_logit, max_logits(q, k, self.window).to(self.max_logit)))
         if t <= self.window:

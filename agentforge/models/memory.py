@@ -3,7 +3,19 @@
 Titans' "Memory as a Gate" (MAG) runs a sliding-window attention branch beside a long-term memory and
 merges the two with a learned gate. Here the long-term memory is a bank of ``slots`` key/value pairs that
 every sequence fills for itself while it is read, chunk by chunk (Titans computes its memory update over
-chunks the same way, so a token only ever reads what earlier chunks stored):
+chunks the same way, so a token only ever reads what earlier chunks stored).
+
+This is NOT Titans' neural long-term memory, only its MAG layout. Titans' memory is a network (an MLP) whose
+weights are trained at test time: each token takes a gradient step on the associative loss ||M(k_t) - v_t||^2,
+its "surprise" is that gradient carried with momentum (S_t = eta_t S_{t-1} - theta_t grad), and a forgetting
+gate decays the weights (M_t = (1 - alpha_t) M_{t-1} + S_t, a learned weight decay). Here the memory is a bank
+of key/value slots: a write copies (k, v) of the tokens whose normalized prediction error clears
+``surprise_threshold`` (a top-k per chunk), evicting the least recently used slot when full; there is no
+test-time gradient step, no momentum of past surprise and no forgetting gate (a slot stays until LRU evicts
+it). This is a simplification, not measured against Titans' neural memory: nothing in this project compared
+the two. What it gives is a memory without an inner optimisation loop — a read is one softmax over the bank,
+a write a copy — whose per-sequence state is a fixed-size tensor bank that the KV decoder can copy and that
+``read`` can replay in one batched pass. The pieces in detail:
 
 * induction layout: q_t = normalize(W_q h_t), and the key of position t is the PREVIOUS position's query,
   k_t = q_{t-1}; the value is its own, v_t = W_v h_t. An entry is then a (context -> what followed) pair,

@@ -41,6 +41,7 @@ from agentforge.models.ablation import (
     halting_by_task,
     halting_verdict,
     recall_memory,
+    recall_scope,
     token_scores,
 )
 from agentforge.phases.context import run_context
@@ -170,7 +171,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
     """Final metrics, the checkpoint export, the tables, charts and artifacts of the seed's Phase 1."""
     tr, model_id = ctx.tracker, int(cfg.model.model_id)
     val_rows = dm.val_rows_tensor()
-    halting, usage, mflops = held_out_pass(model, val_rows)
+    halting, compute = held_out_figures(model, val_rows)
     accs = task_cb.last or task_cb.compute(model)
     val_loss = module.history["val_loss"][-1] if module.history["val_loss"] else float("nan")
     ckpt_dir = ctx.run_dir / "checkpoints" / f"model{model_id}"
@@ -188,8 +189,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         "final/model_size_mb": size_mb,
         "final/total_params": model.num_params(),
         "diversity/avg_halting_steps": float(halting.mean()),
-        "diversity/ltm_usage": usage,
-        "diversity/inference_mflops_per_token": mflops,
+        **compute,
         "diversity/inference_time_ms": forward_latency_ms(model, int(cfg.data.seq_len), vocab=256),
         "act/halting_steps_std": float(halting.std()),
         **{f"act/halting_share_step{n}": float((halting == n).float().mean())
@@ -200,14 +200,20 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
     rows, hard, easy = computation_rows(int(cfg.phase.get("halting_rows", 64)), int(cfg.data.seq_len), int(cfg.seed),
                                         tokenizer)
     final.update(halting_by_task(token_scores(model, rows)["steps"], hard, easy, seed=int(cfg.seed)))
-    gap = model.config.window + 8  # the repeat lies beyond the attention window
+    # the repeat lies beyond ONE attention window, not beyond the backbone's reach (stacked layers and recursion
+    # steps: recall_scope), so the memory-off delta is what the trained model gets from its memory, not a
+    # capability only the memory has; a gap past the reach would not fit the default 128-token rows
+    gap = model.config.window + 8
+    recall_note = None
     if recall_fits(int(cfg.data.seq_len), gap):
         rec_rows, rec_mask = recall_rows(int(cfg.phase.get("recall_rows", 64)), int(cfg.data.seq_len), int(cfg.seed),
                                          "val", gap=gap, tokenizer=tokenizer)
         final.update(recall_memory(model, rec_rows, rec_mask, seed=int(cfg.seed)))
+        recall_note, scope = recall_scope(model.config, gap)
+        final.update(scope)
     else:
         print(f"recall ablation skipped: data.seq_len={cfg.data.seq_len} cannot hold a repeat {gap} characters "
-              f"apart (beyond the {model.config.window}-token window)")
+              f"apart (beyond one {model.config.window}-token attention window)")
     final["ablation/seconds"] = time.perf_counter() - t_abl
     if module.rank_weight_spread is not None:  # a DDP fit: the replicas must have ended equal
         final["ddp/rank_weight_spread"] = module.rank_weight_spread
@@ -246,6 +252,8 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
     print("ablations (loss delta = variant - reference, paired over rows: exact sign-flip test below 30 rows, bootstrap above):")
     for r in ablation_rows(final):
         print(f"  {r[0]:<20} loss {r[1]:.4f}  acc {r[2]:.3f}  delta {r[3]:+.4f} [{r[4]:+.4f}, {r[5]:+.4f}]  p {r[6]:.3g}")
+    if recall_note:
+        print(recall_note)
     print(halting_summary(final, model.config.max_steps))
     return {"checkpoint": str(out_dir), "run_dir": str(ctx.run_dir), "metrics": final}
 
@@ -265,12 +273,23 @@ def diversity_table(tr, cognate_root: Path) -> None:
 
 
 
+def held_out_figures(model, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """``held_out_pass`` over the held-out rows, and again with halting off (every token run to ``max_steps``, the
+    same rows: one more pass), for what halting saves: (per-token halting steps, the ``diversity/*`` figures)."""
+    halting, usage, mflops = held_out_pass(model, rows)
+    with model.ablate(halting=False):
+        mflops_max = held_out_pass(model, rows)[2]
+    return halting, {"diversity/ltm_usage": usage, "diversity/inference_mflops_per_token": mflops,
+                     "diversity/inference_mflops_per_token_max_steps": mflops_max}
+
+
 @torch.no_grad()
 def held_out_pass(model, rows: torch.Tensor, batch_size: int = 16) -> tuple[torch.Tensor, float, float]:
     """One eval-mode forward pass over the held-out [N, T+1] rows, giving (per-token ACT halting steps,
     flattened; the mean share of the memory's slots filled at the end of each row (per-sequence banks);
     forward MFLOPs per token, counted by torch.utils.flop_counter on the steps the model actually runs
-    (halting skips rows and stops early), so deterministic, not a timing)."""
+    (halting skips rows and stops early: a row only once ALL its tokens have halted), so deterministic, not a
+    timing)."""
     device = next(model.parameters()).device
     model.eval()
     steps, filled = [], 0.0
@@ -288,8 +307,21 @@ def recall_fits(seq_len: int, gap: int) -> bool:
     return 2 * RECALL_FACT_CHARS + gap + 4 <= seq_len + 1
 
 
+def halting_compute(final: dict) -> str:
+    """What halting saves: forward MFLOPs/token with halting vs every token run to max_steps, on the same rows
+    (``held_out_figures``); empty for metrics without the max-steps figure."""
+    key = "diversity/inference_mflops_per_token"
+    if key + "_max_steps" not in final:
+        return ""
+    with_halting, at_max = final[key], final[key + "_max_steps"]
+    saved = round(1 - with_halting / at_max, 4) + 0.0 if at_max else 0.0
+    why = " — a row stops only when all its tokens have halted" if abs(saved) < 0.005 else ""
+    return f"; compute {with_halting:.3g} vs {at_max:.3g} MFLOPs/token at max steps: {saved:.0%} saved{why}"
+
+
 def halting_summary(final: dict, max_steps: int) -> str:
-    """The halting histogram, digits vs letters with its CI and the non-inferiority verdict, in words."""
+    """The halting histogram, digits vs letters with its CI, the non-inferiority verdict (a loss cost) and next to
+    it the compute halting saves (``halting_compute``: a PASS that saves nothing is no win), in words."""
     hist = " ".join(f"{n}:{final[f'act/halting_share_step{n}']:.0%}" for n in range(1, max_steps + 1))
     pre = "ablation/halting_digits_minus_letters"
     margin = final["ablation/halting_noninferiority_margin"]
@@ -302,7 +334,7 @@ def halting_summary(final: dict, max_steps: int) -> str:
             f"histogram {hist}; computed digits {final['ablation/halting_steps_answer_digits']:.2f} vs letters "
             f"{final['ablation/halting_steps_letters']:.2f} steps, paired by row {paired}; loss vs always-max-steps "
             f"{-final['ablation/max_steps_loss_delta']:+.4f} [{worse[0]:+.4f}, {worse[1]:+.4f}] nats: "
-            f"{halting_verdict(final)} (non-inferiority margin {margin} nats); "
+            f"{halting_verdict(final)} (non-inferiority margin {margin} nats){halting_compute(final)}; "
             f"ablations took {final['ablation/seconds']:.1f} s")
 
 
