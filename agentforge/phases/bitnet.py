@@ -108,6 +108,9 @@ def run(cfg) -> dict:
         raise ConfigError("phase.activation_scale=static needs phase.activation_bits (got null)")
     src = input_dir(cfg)
     model, tokenizer, _ = load_model(src)
+    unused, leaves = convert.unmatched_patterns(model, list(p.preserved_layers))
+    if unused:   # a misspelled [lm_hed] quantized lm_head without a word: the ratio and drop of another model
+        raise ConfigError(f"phase.preserved_layers: {unused} match no module of the model (names end in {leaves})")
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     seed, seq_len = int(cfg.seed), int(cfg.data.seq_len)
     stages = [{"epochs": max(int(p.fine_tune_epochs), 1), "mix": OmegaConf.to_container(p.fine_tune_mix)}]

@@ -38,6 +38,9 @@ BITNET = [
     rule("phase.calibration_samples", integer(1)),
     rule("phase.calibration_percentile", number(0.5, 1.0)),
     rule("phase.calibration_batch_size", integer(1)),
+    # a list: a bare string was iterated letter by letter ('lm_head' -> l, m, _, ...), preserving nothing
+    rule("phase.preserved_layers", ((lambda x: isinstance(x, list) and all(isinstance(v, str) and v for v in x)),
+                                    "a list of fnmatch patterns of module names, e.g. [embed, lm_head, '*norm']")),
     rule("phase.preserved_dtype", one_of("float16", "bfloat16", "float32")),
     rule("phase.packing", one_of("base3", "2bit")),
     rule("phase.val_rows", integer(1)),

@@ -23,6 +23,14 @@ def is_preserved(name: str, patterns) -> bool:
     return any(fnmatch(name, p) or fnmatch(leaf, p) for p in patterns)
 
 
+def unmatched_patterns(model: nn.Module, patterns) -> tuple[list[str], list[str]]:
+    """(the patterns that preserve no module of ``model``, the distinct last parts of its module names): a pattern
+    that matches nothing preserves nothing, so a typo silently quantizes the layer it meant to keep."""
+    names = [n for n, _ in model.named_modules() if n]
+    unused = [p for p in patterns if not any(is_preserved(n, [p]) for n in names)]
+    return unused, sorted({n.rsplit(".", 1)[-1] for n in names})
+
+
 def layer_kind(name: str, module: nn.Module) -> str:
     """The row of the compression-breakdown table a layer belongs to."""
     leaf = name.rsplit(".", 1)[-1]
