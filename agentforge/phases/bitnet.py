@@ -35,7 +35,14 @@ from agentforge.io import CheckpointError, pipeline_copy_hint, save_tensors
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.quant import calibrate, convert, native
-from agentforge.quant.checkpoint import ARCHITECTURE, choose_kernels, kernel_summary, load_packed, save_packed
+from agentforge.quant.checkpoint import (
+    ARCHITECTURE,
+    choose_kernels,
+    kernel_summary,
+    load_packed,
+    save_packed,
+    unique_state,
+)
 from agentforge.quant.report import (
     accuracy_evidence,
     breakdown,
@@ -128,7 +135,7 @@ def run(cfg) -> dict:
         print(f"BitNet b1.58: compressing {src} ({model.num_params():,} parameters); run dir {run_dir}")
         val_rows, cal_rows = dm.val_rows_tensor(), cal_dm.train_rows(0)[:n_cal]
         # reference files of the same model: what the compression ratio is measured against
-        state = model.state_dict()
+        state = unique_state(model)   # a tied embedding once, as in the packed file
         ref32 = save_tensors(run_dir / "reference" / "fp32.safetensors", {k: v.float() if v.is_floating_point() else v
                                                                          for k, v in state.items()})
         ref16 = save_tensors(run_dir / "reference" / "fp16.safetensors", {k: v.half() if v.is_floating_point() else v

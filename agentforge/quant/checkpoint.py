@@ -3,7 +3,8 @@ preserved tensors, in one safetensors file + config.json written by ``agentforge
 
 Tensors per quantized layer NAME: ``NAME.codes_packed`` (uint8), ``NAME.gamma`` (float32, [] or [out, 1]),
 ``NAME.act_clip`` (float32), ``NAME.bias`` (preserved dtype, when the layer has one). Every other entry of
-the model's state dict is stored as is, floats cast to ``preserved_dtype``. ``config.json`` meta.quant
+the model's state dict is stored as is, floats cast to ``preserved_dtype``, each storage once (``unique_state``:
+a tied lm_head, ``model.tie_embeddings``, is the embedding's tensor, re-tied on loading). ``config.json`` meta.quant
 records the scheme, the layers and their shapes, and a SHA-256 of every stored tensor, so a corrupt file
 fails with one line instead of loading wrong weights (truncation is caught by safetensors itself).
 """
@@ -36,6 +37,21 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with every storage once: a key whose tensor shares memory with an earlier key's (a tied
+    lm_head is the embedding's weight) is left out. Both the fp32 reference the compression ratio is measured
+    against and the packed file are written from it (with both keys, a tied model's embedding counted twice in each:
+    5.38x where storing it once gives ~7.2x)."""
+    seen, out = set(), {}
+    for k, v in model.state_dict().items():
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if v.numel() and ptr in seen:
+            continue
+        seen.add(ptr)
+        out[k] = v
+    return out
+
+
 def packed_tensors(model: CognateModel, scheme: str = "base3",
                    preserved_dtype: str = "float16") -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors to store, {layer name: {shape, bias}}) of a model whose quantized layers are BitLinear."""
@@ -52,7 +68,7 @@ def packed_tensors(model: CognateModel, scheme: str = "base3",
             tensors[f"{name}.bias"] = layer.bias.detach().to(dtype).cpu()
         layers[name] = {"shape": list(codes.shape), "bias": layer.bias is not None}
     owned = tuple(f"{n}." for n in layers)
-    for k, v in model.state_dict().items():
+    for k, v in unique_state(model).items():
         if not k.startswith(owned):
             tensors[k] = (v.to(dtype) if v.is_floating_point() else v).detach().cpu()
     return tensors, layers
@@ -114,7 +130,7 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
             raise CheckpointError(f"{directory}: quantized layer {name!r} cannot be restored ({exc}); "
                                   f"the file is corrupt or from another model — re-run phase=bitnet") from exc
     owned = tuple(f"{n}." for n in quant["layers"])
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(owned)}
+    expected = {k: v for k, v in unique_state(model).items() if not k.startswith(owned)}
     rest = {k: v for k, v in state.items() if not k.startswith(owned)}
     missing, unexpected = sorted(set(expected) - set(rest)), sorted(set(rest) - set(expected))
     if missing or unexpected:
