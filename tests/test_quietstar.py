@@ -100,6 +100,10 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     lo, hi = summary_rl["rl/thinking_cost_ratio_ci95"]
     assert summary_rl["rl/thinking_cost_ratio_n"] == 7 and lo <= summary_rl["rl/thinking_cost_ratio"] <= hi
     assert "interleaved rounds)" in proc.stdout
+    # the held-out accuracies are thought-free: the printed line and the summary's descriptions say so
+    assert "held-out accuracy, answered directly, without thoughts" in proc.stdout
+    for k in ("rl/final_gsm8k_accuracy_test", "rl/final_arc_accuracy_test", "rl/improvement_over_baked_test"):
+        assert "answered directly, without thoughts" in summary_rl[k], k
 
 
 def test_missing_input_and_bad_values_are_one_line_errors(tmp_path):
@@ -120,6 +124,57 @@ def test_missing_input_and_bad_values_are_one_line_errors(tmp_path):
     OmegaConf.update(wrong, "ckpt_path", "some/last.ckpt")
     with pytest.raises(ConfigError, match="belongs to one step"):
         run(wrong)
+
+
+@pytest.mark.parametrize("step", ["rl", "both"])
+def test_rl_sizes_the_model_or_held_out_stream_cannot_hold_are_one_line_errors_before_any_run(tiny_input, tmp_path, step):
+    """Checked before the run dir exists and, for step=both, before baking (with the input's max_seq_len)."""
+    cases = [(["phase.rl.thought_length=500"], r"phase\.rl\.context_len .*thought_length.* exceeds .*max_seq_len=512"),
+             (["phase.rl.context_len=600", "phase.rl.seq_len=700"], r"phase\.rl\.context_len \(600\)"),
+             (["phase.rl.seq_len=200000"], r"phase\.rl\.seq_len=200000 must be below the held-out stream's \d+ tokens"),
+             (["phase.rl.eval_windows=100000"], r"phase\.rl\.eval_windows=100000 disjoint held-out sequences")]
+    for overrides, match in cases:
+        cfg = compose_cfg(["phase=quietstar", "logger=none", f"step={step}", f"phase.input={tiny_input}", *overrides],
+                          tmp_path)
+        with pytest.raises(ConfigError, match=match):
+            run(cfg)
+        assert not (tmp_path / "run").exists() and not (tmp_path / "outputs" / "artifacts" / "quietstar").exists()
+
+
+def test_anti_theater_windows_share_no_token_at_the_default_sizes(tiny_input, tmp_path, monkeypatch):
+    """The eval windows run_rl builds (default phase.rl sizes, the real held-out stream's length, seed 42): every
+    two are at least a window apart in the stream (drawn with replacement, 11 pairs overlapped)."""
+    from agentforge.phases import quietstar as qs
+
+    real = qs._stream
+    monkeypatch.setattr(qs, "_stream", lambda tok, seed, split, n: torch.arange(len(real(tok, seed, split, n))))
+
+    class Built(Exception):
+        pass
+
+    def module(model, ref, head, train_stream, eval_windows, *args, **kwargs):
+        raise Built(eval_windows)
+
+    monkeypatch.setattr(qs, "QuietStarModule", module)
+    cfg = compose_cfg(["phase=quietstar", "logger=none", "step=rl", f"phase.input={tiny_input}"], tmp_path)
+    assert cfg.seed == 42 and cfg.phase.rl.eval_windows == 64 and cfg.phase.rl.seq_len == 64
+    with pytest.raises(Built) as got:
+        run(cfg)
+    w = got.value.args[0]
+    assert w.shape == (64, cfg.phase.rl.context_len + cfg.phase.rl.n_true)
+    starts = sorted(w[:, 0].tolist())  # the stream is 0, 1, 2, ...: a window's first token is its offset
+    assert all(b - a >= w.shape[1] for a, b in zip(starts, starts[1:]))
+
+
+@pytest.mark.slow  # two CLI runs, ~15 s on a 2-core CPU
+def test_rl_size_errors_from_the_cli_exit_2_with_one_line_and_no_run_dir(tiny_input, tmp_path):
+    for i, bad in enumerate(["phase.rl.thought_length=500", "phase.rl.seq_len=200000"]):
+        proc = run_cli(["phase=quietstar", "step=rl", f"phase.input={tiny_input}", "logger=csv", bad], tmp_path / str(i))
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: phase.rl."), proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        assert not list((tmp_path / str(i) / "outputs").rglob("*_quietstar_*"))
 
 
 def test_user_examples_hold_out_the_last_of_each_strategy(tmp_path):

@@ -7,7 +7,8 @@ Step 1 (W&B run ``phase3-step1-baking``) reads ``{artifacts}/evomerge/champion``
 adds the 12 special tokens, bakes each strategy's prompt (``reasoning/baking.py``) and publishes
 ``{artifacts}/quietstar/baked``. Step 2 (``phase3-step2-rl``) trains Quiet-STaR thoughts on the baked
 model (``reasoning/thoughts.py``, ``rl.py``) with a KL leash to it, runs the anti-theater checks, and
-publishes ``{artifacts}/quietstar/reasoning`` (a plain Cognate checkpoint plus ``mixing_head.safetensors``).
+publishes ``{artifacts}/quietstar/reasoning`` (a plain Cognate checkpoint plus ``mixing_head.safetensors``;
+nothing downstream loads the head, and the step's held-out accuracies are answered directly, without thoughts).
 
 Both steps are LightningModules (``training/baking_module.py``, ``training/rl_module.py``) trained by the
 shared ``build_trainer``: the ``hardware`` group (cpu / gpu / ddp / fsdp, precision), gradient clipping
@@ -39,7 +40,7 @@ from agentforge.phases.rules import PHASE_RULES
 from agentforge.reasoning import baking as bk
 from agentforge.reasoning import baking_evidence as be
 from agentforge.reasoning import measures
-from agentforge.reasoning.rl import ThoughtConfig, sample_windows
+from agentforge.reasoning.rl import ThoughtConfig, check_sizes, sample_windows
 from agentforge.reasoning.strategies import (
     STRATEGIES,
     by_strategy,
@@ -76,8 +77,10 @@ def run(cfg) -> dict:
     outs = {"baking": artifacts / "quietstar" / "baked", "rl": artifacts / "quietstar" / "reasoning"}
     if step in ("baking", "both"):
         src = given or artifacts / "evomerge" / "champion"
-        res = run_baking(_sub(cfg, "phase3-step1-baking"), _load(src, "run phase=evomerge first, or pass phase.input=DIR"),
-                         outs["baking"], src)
+        loaded = _load(src, "run phase=evomerge first, or pass phase.input=DIR")
+        if step == "both":  # step 2's sizes, before baking: the baked model keeps the input's max_seq_len
+            check_sizes(r, loaded[0].config.max_seq_len, len(_stream(loaded[1], int(cfg.seed), "val", VAL_DOCS)))
+        res = run_baking(_sub(cfg, "phase3-step1-baking"), loaded, outs["baking"], src)
         _barrier()  # under DDP every rank reads the baked model only once rank 0 has published it
         if not res:  # a DDP rank other than 0: it trains, rank 0 writes
             if step == "baking":
@@ -245,6 +248,9 @@ def _finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, his
 
 
 # ---------------------------------------------------------------- step 2: Quiet-STaR RL
+VAL_DOCS = 40  # held-out documents per task in the stream of the anti-theater windows
+
+
 def _stream(tok, seed: int, split: str, n: int) -> torch.Tensor:
     """A token stream of rendered GSM8K-format problems and plain text, documents separated by EOS."""
     ids: list[int] = []
@@ -267,10 +273,12 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path) -> dict:
         torch.manual_seed(seed)
         head = MixingHead(model.config.d_model, init_weight=float(r.mixing_init_weight))
     tids = {"start": ids[THINK_START], "end": ids[THINK_END], "banned": [PAD_ID, BOS_ID, ids[THINK_START], ids[THINK_END]]}
-    train_stream, val_stream = _stream(tok, seed, "train", 200), _stream(tok, seed, "val", 40)
-    # one window per held-out sequence: the windows are the independent units of the checks' CIs
+    train_stream, val_stream = _stream(tok, seed, "train", 200), _stream(tok, seed, "val", VAL_DOCS)
+    check_sizes(r, model.config.max_seq_len, len(val_stream))  # before the run dir exists
+    # one window per held-out sequence, the sequences disjoint (drawn without replacement): the windows share no
+    # token, so they are the independent units of the checks' CIs
     eval_windows = sample_windows(val_stream, int(r.eval_windows), int(r.seq_len), 1, tc.context_len, tc.n_true,
-                                  torch.Generator().manual_seed(seed + 1))
+                                  torch.Generator().manual_seed(seed + 1), disjoint=True)
     evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, int(r.eval_examples))
     module = QuietStarModule(model, ref, head, train_stream, eval_windows, evals, tok, tc, tids, r, ocfg,
                              float(cfg.phase.gradient_clip), str(cfg.phase.on_nonfinite), seed)
@@ -370,7 +378,8 @@ def _finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, h
     flags += (f" (correlation n={_corr_n(last)} informative windows"
               + (f"; {last['correlation_why']}" if last.get("correlation_why") else "") + ")")
     print(f"reasoning: {out_dir}\nreward {summary['rl/final_reward']:+.4f}  coherence {last['coherence']:.3f}  "
-          f"anti-theater (n={last['n_windows']} windows, 95% CI): {flags}; all passed: {last['all_passed']}\nthinking cost: {cost['rl/inference_time_ms']:.1f} ms/token with a "
+          f"anti-theater (n={last['n_windows']} windows, 95% CI): {flags}; all passed: {last['all_passed']}\n"
+          f"{measures.accuracy_line(summary)}\nthinking cost: {cost['rl/inference_time_ms']:.1f} ms/token with a "
           f"thought vs {cost['rl/inference_time_ms_without_thoughts']:.1f} without ({cost['rl/thinking_cost_ratio']:.1f}x, "
           f"95% CI [{cost['rl/thinking_cost_ratio_ci95'][0]:.1f}, {cost['rl/thinking_cost_ratio_ci95'][1]:.1f}], "
           f"{cost['rl/thinking_cost_ratio_n']} interleaved rounds)")

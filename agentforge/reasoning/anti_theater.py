@@ -1,8 +1,9 @@
 """Anti-theater checks: do the thoughts actually change and improve the predictions, or are they show?
 
-On N held-out windows (one per held-out sequence, so the windows are independent units), each with K
-sampled thoughts and n true tokens, the mixed prediction ("with thoughts") is compared with the model's
-own prediction without any thought (the thoughts ablated):
+On N held-out windows (one per held-out sequence; the sequences are drawn without replacement and share no token,
+``rl.sample_windows(disjoint=True)``, so the windows are the bootstrap's units), each with K sampled thoughts
+and n true tokens, the mixed prediction ("with thoughts") is compared with the model's own prediction without
+any thought (the thoughts ablated):
 
 * divergence:    per window, the mean total-variation distance between the two next-token
                  distributions; the check's figure is the mean over windows (pass > 0.3)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from agentforge.errors import ConfigError
 from agentforge.models.kv_cache import fill
 from agentforge.reasoning import anti_theater, coherence, rewards, thought_cache
 from agentforge.reasoning.thoughts import kl_to_reference, reinforce_loss, think
@@ -29,12 +30,24 @@ class ThoughtConfig:
 
 
 def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: int, context_len: int, n_true: int,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator, disjoint: bool = False) -> torch.Tensor:
     """[n_seqs * positions, context_len + n_true]: ``positions`` thought positions in each of ``n_seqs``
-    random sequences of ``seq_len`` tokens of the token stream."""
+    random sequences of ``seq_len`` tokens of the token stream. Training (``disjoint=False``) draws the
+    sequences' starts with replacement, so sequences may overlap; evaluation (``disjoint=True``) takes them
+    without replacement from a grid of ``seq_len`` apart (at a random offset), so no two sequences share a
+    token and their windows are independent units (``disjoint_capacity`` of them fit the stream)."""
     if seq_len < context_len + n_true or len(stream) <= seq_len:
-        raise ValueError(f"seq_len={seq_len} must hold context_len + n_true = {context_len + n_true} and fit the stream")
-    starts = torch.randint(0, len(stream) - seq_len, (n_seqs,), generator=generator)
+        raise ValueError(f"seq_len={seq_len} must hold context_len + n_true = {context_len + n_true} and fit the stream "
+                         f"of {len(stream)} tokens")
+    if disjoint:
+        slots = disjoint_capacity(len(stream), seq_len)
+        if n_seqs > slots:
+            raise ValueError(f"{n_seqs} disjoint sequences of {seq_len} tokens do not fit the stream of {len(stream)} "
+                             f"tokens (at most {slots})")
+        offset = int(torch.randint(0, len(stream) - slots * seq_len + 1, (1,), generator=generator))
+        starts = torch.randperm(slots, generator=generator)[:n_seqs] * seq_len + offset
+    else:
+        starts = torch.randint(0, len(stream) - seq_len, (n_seqs,), generator=generator)
     lo, hi = context_len, seq_len - n_true  # a thought at p sees seq[p-C:p] and predicts seq[p:p+n]
     out = []
     for s in starts.tolist():
@@ -42,6 +55,29 @@ def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: i
         picks = torch.randperm(hi - lo + 1, generator=generator)[:positions] + lo
         out.extend(seq[p - context_len: p + n_true] for p in picks.tolist())
     return torch.stack(out)
+
+
+def disjoint_capacity(stream_len: int, seq_len: int) -> int:
+    """How many sequences of ``seq_len`` tokens that share no token fit a stream of ``stream_len`` tokens."""
+    return stream_len // seq_len
+
+
+def check_sizes(r, max_seq_len: int, val_len: int) -> None:
+    """A ConfigError naming the ``phase.rl`` key (r) whose size the model or the held-out stream cannot hold: a
+    window with its thought (context, [thinking], thought, [/endthinking], true tokens) must fit the model's
+    ``max_seq_len``; a sequence must fit the held-out stream of ``val_len`` tokens, and ``eval_windows`` disjoint
+    sequences must fit it together (``sample_windows(disjoint=True)``)."""
+    c, length, n, seq, k = (int(r[x]) for x in ("context_len", "thought_length", "n_true", "seq_len", "eval_windows"))
+    need = c + length + n + 1
+    if need > max_seq_len:
+        raise ConfigError(f"phase.rl.context_len ({c}) + phase.rl.thought_length ({length}) + phase.rl.n_true ({n}) + 1 "
+                          f"= {need} exceeds the input model's max_seq_len={max_seq_len}: lower them")
+    if seq >= val_len:
+        raise ConfigError(f"phase.rl.seq_len={seq} must be below the held-out stream's {val_len} tokens")
+    if k > disjoint_capacity(val_len, seq):
+        raise ConfigError(f"phase.rl.eval_windows={k} disjoint held-out sequences of phase.rl.seq_len={seq} tokens do "
+                          f"not fit the held-out stream of {val_len} tokens (at most "
+                          f"{disjoint_capacity(val_len, seq)}): lower phase.rl.eval_windows or phase.rl.seq_len")
 
 
 def reference_logits(ref, batch, context_len: int, use_cache: bool = True, window: bool = True):
