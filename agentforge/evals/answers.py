@@ -3,6 +3,11 @@
 The reference answer is the number after ``####``; a generation's answer is the number after its own
 ``####`` when it wrote one, else the last number in it. Numbers may carry ``$``, thousands commas, a
 sign and decimals; they are compared as exact decimals after normalization ("1,000.50" == "1000.5").
+
+A generation that hit its token limit (no EOS, ``truncated``) may end inside its answer ("#### 1" of
+"#### 108"): a final number running to the end of such a text (nothing but "," or "." after it) is dropped
+before extraction (``complete_part``), so a number that may have been cut off is never credited. A
+generation that ended with EOS is scored as it is.
 """
 from __future__ import annotations
 
@@ -39,6 +44,17 @@ def extract_number(text: str) -> str | None:
     return _normalize(nums[-1]) if nums else None
 
 
-def answers_match(prediction: str, reference: str) -> bool:
-    p, r = extract_number(prediction), extract_number(reference)
+def complete_part(text: str) -> str:
+    """``text`` without a final number that runs to its end (it may continue past a token limit)."""
+    matches = list(_NUM.finditer(text))
+    last = matches[-1] if matches else None
+    if last is not None and not text[last.end():].strip(".,"):
+        return text[: last.start()]
+    return text
+
+
+def answers_match(prediction: str, reference: str, truncated: bool = False) -> bool:
+    """The prediction's answer equals the reference's; ``truncated``: the prediction hit its token limit
+    (its final number is dropped if it runs to the end: ``complete_part``)."""
+    p, r = extract_number(complete_part(prediction) if truncated else prediction), extract_number(reference)
     return p is not None and p == r

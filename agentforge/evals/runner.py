@@ -25,7 +25,7 @@ DIRECTION = {
     "gen/repetition_rate": -1, "gen/coherence": 1, "gen/prompt_overlap": 1, "throughput_tokens_per_sec": 1,
     "forward_tokens_per_sec": 1, "latency_ms": -1, "peak_memory_mb": -1, "param_count": 0,
     "param_memory_mb": -1, "avg_refine_steps": 0, "commit_rate": 1, "avg_chunk_length": 0, "stability_at_k": 1,
-    "examples_per_sec": 1, "surgery_max_abs_diff": -1,
+    "examples_per_sec": 1, "surgery_max_abs_diff": -1, "gen/truncated_rate": -1,
 }
 
 
@@ -41,7 +41,7 @@ class EvalSettings:
     pass_k_samples: int = 10      # sampled completions per question for pass@k (0 = greedy only)
     pass_k: tuple = (1, 10)       # the k of pass@k (those <= pass_k_samples are reported)
     temperature: float = 0.8      # sampling temperature for pass@k
-    latency_tokens: int = 512     # tokens generated for the latency figure
+    latency_tokens: int = 512     # tokens asked for the latency figure (capped to what the KV cache holds)
     chunk_width: int = 16         # positions per chunk for the recursive statistics
     batch_size: int = 16
     seed: int = 0
@@ -64,9 +64,11 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
     if gsm:
         t0 = time.perf_counter()
         gens, lengths = tasks.gsm8k_greedy(model, tokenizer, gsm, s.gen_tokens)
-        per["gsm8k_correct"], per["gsm8k_ids"] = tasks.gsm8k_correct(gens, gsm), example_ids(gsm)
-        per["generations"] = gens
+        truncated = [n >= s.gen_tokens for n in lengths]  # no EOS within gen_tokens: the answer may be cut
+        per["gsm8k_correct"], per["gsm8k_ids"] = tasks.gsm8k_correct(gens, gsm, truncated), example_ids(gsm)
+        per["generations"], per["gsm8k_truncated"] = [str(g) for g in gens], [int(t) for t in truncated]
         metrics["reasoning_accuracy"] = sum(per["gsm8k_correct"]) / len(gsm)
+        metrics["gen/truncated_rate"] = sum(truncated) / len(gsm)
         prompts = [formats.gsm8k_prompt(r) for r in gsm]
         corpus = prompts + [formats.gsm8k_target(r) for r in gsm]
         metrics.update(generation_stats(prompts, gens, lengths, corpus))
@@ -105,10 +107,14 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
     seq = min(int(rows.shape[1]) - 1, int(model.config.max_seq_len))
     metrics["forward_tokens_per_sec"] = speed.forward_tokens_per_second(model, seq, batch=4, repeats=3)
     if s.latency_tokens > 0:
+        n, cached = speed.latency_fit(model, s.latency_tokens, prompt_len=8)
+        if n < s.latency_tokens:
+            print(f"note: latency measured over {n} generated tokens, not phase.latency_tokens={s.latency_tokens}: "
+                  f"an 8-token prompt + {n} fills max_seq_len={model.config.max_seq_len} (the KV cache)")
         with speed.PeakMemory(device) as mem:
-            lat = speed.generation_latency_ms(model, s.latency_tokens, prompt_len=8)
-        metrics.update(latency_ms=lat, latency_tokens=s.latency_tokens,
-                       throughput_tokens_per_sec=s.latency_tokens / (lat / 1000), peak_memory_mb=mem.peak_mb)
+            lat = speed.generation_latency_ms(model, n, prompt_len=8)
+        metrics.update(latency_ms=lat, latency_tokens=n, decode_cached=cached,
+                       throughput_tokens_per_sec=n / (lat / 1000), peak_memory_mb=mem.peak_mb)
     times["speed"] = time.perf_counter() - t0
     metrics["param_count"] = sum(p.numel() for p in model.parameters())
     metrics["param_memory_mb"] = speed.param_bytes(model) / 2**20

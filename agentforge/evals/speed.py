@@ -115,14 +115,26 @@ def halting_distribution(model, rows: torch.Tensor, batch_size: int = 16) -> tor
     return torch.cat(out)
 
 
+def latency_fit(model, new_tokens: int, prompt_len: int = 8) -> tuple[int, bool]:
+    """(tokens ``generation_latency_ms`` generates: ``new_tokens`` capped at ``config.max_seq_len`` - ``prompt_len``,
+    the most the KV cache holds; whether they are decoded with the KV cache: the model has a ``kv_decoder``).
+    Past the cap ``models.generation.generate`` re-runs the whole context every token, several times slower per
+    token, so uncapped figures of different lengths would measure different decoding paths."""
+    limit = getattr(getattr(model, "config", None), "max_seq_len", None)
+    n = int(new_tokens) if limit is None else max(0, min(int(new_tokens), int(limit) - int(prompt_len)))
+    return n, getattr(model, "kv_decoder", None) is not None
+
+
 @torch.no_grad()
 def generation_latency_ms(model, new_tokens: int = 512, prompt_len: int = 8, vocab: int = 256) -> float:
-    """Wall time (ms) to greedily generate exactly ``new_tokens`` tokens (no EOS stop) after a short prompt.
+    """Wall time (ms) to greedily generate ``new_tokens`` tokens (no EOS stop) after a short prompt, capped to
+    what the KV cache holds (``latency_fit``: callers record the count it gives).
 
     Measured once after a 1-token warmup; the model's own ``generate`` is used when it has one.
     """
     from agentforge.evals.tasks import generate
 
+    new_tokens = latency_fit(model, new_tokens, prompt_len)[0]
     device = next(model.parameters()).device
     ids = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
     was = model.training

@@ -3,7 +3,8 @@
 * Multiple choice (ARC-Easy, PIQA): each choice's summed log-likelihood as a continuation of the
   prompt; the prediction is the argmax (as in lm-eval-harness' ``acc``).
 * GSM8K: greedy generation from the prompt, answer extracted by ``answers.extract_number`` and
-  compared exactly with the reference's ``#### N``.
+  compared exactly with the reference's ``#### N``; a generation that hit the token limit (no EOS) gets no
+  credit for a final number that runs to its end (it may be cut: ``answers.complete_part``).
 * Perplexity: exp of the mean next-token cross-entropy over held-out rows.
 """
 from __future__ import annotations
@@ -118,19 +119,33 @@ def choice_correct(model, tokenizer, records: list[dict], fmt: str) -> list[int]
     return [int(p == r) for p, r in choice_predictions(model, tokenizer, records, fmt)]
 
 
-def gsm8k_generations(model, tokenizer, records: list[dict], max_new_tokens: int = 48) -> list[str]:
+class Generation(str):
+    """A decoded generation (a ``str``) that also says whether it hit the token limit without EOS
+    (``truncated``), so ``gsm8k_correct`` scores it right wherever it is passed on to."""
+
+    def __new__(cls, text: str, truncated: bool = False):
+        obj = super().__new__(cls, text)
+        obj.truncated = bool(truncated)
+        return obj
+
+
+def gsm8k_generations(model, tokenizer, records: list[dict], max_new_tokens: int = 48) -> list[Generation]:
     """Greedy completions of each GSM8K prompt (``gsm8k_greedy`` without the lengths)."""
     return gsm8k_greedy(model, tokenizer, records, max_new_tokens)[0]
 
 
 def gsm8k_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 48) -> float:
-    gens = gsm8k_generations(model, tokenizer, records, max_new_tokens)
-    return sum(answers_match(g, r["answer"]) for g, r in zip(gens, records)) / max(len(records), 1)
+    correct = gsm8k_correct(gsm8k_generations(model, tokenizer, records, max_new_tokens), records)
+    return sum(correct) / max(len(records), 1)
 
 
-def gsm8k_correct(generations: list[str], records: list[dict]) -> list[int]:
-    """Per-example 1/0: the generation's final number equals the reference's ``#### N`` exactly."""
-    return [int(answers_match(g, r["answer"])) for g, r in zip(generations, records)]
+def gsm8k_correct(generations: list[str], records: list[dict], truncated: list[bool] | None = None) -> list[int]:
+    """Per-example 1/0: the generation's final number equals the reference's ``#### N`` exactly. A generation
+    that hit the token limit (``truncated[i]``, by default its ``Generation.truncated``) is not credited for a
+    final number that runs to its end (``answers.complete_part``)."""
+    if truncated is None:
+        truncated = [getattr(g, "truncated", False) for g in generations]
+    return [int(answers_match(g, r["answer"], t)) for g, r, t in zip(generations, records, truncated)]
 
 
 def generate(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int | None = None, temperature: float = 0.0,
@@ -218,12 +233,13 @@ def greedy_tokens(model, prompts: list[list[int]], max_new_tokens: int, eos_id: 
 
 
 def gsm8k_greedy(model, tokenizer, records: list[dict], max_new_tokens: int = 48,
-                 batch_size: int = 16) -> tuple[list[str], list[int]]:
+                 batch_size: int = 16) -> tuple[list[Generation], list[int]]:
     """Greedy completions and their lengths in tokens (up to EOS), decoded ``batch_size`` prompts at a
-    time (``greedy_tokens``)."""
+    time (``greedy_tokens``). A completion of ``max_new_tokens`` tokens emitted no EOS: it is marked
+    ``truncated`` (``Generation``)."""
     prompts = [tokenizer.encode(formats.gsm8k_prompt(rec), bos=True) for rec in records]
     new = greedy_tokens(model, prompts, max_new_tokens, tokenizer.eos_id, batch_size)
-    return [tokenizer.decode(t) for t in new], [len(t) for t in new]
+    return [Generation(tokenizer.decode(t), len(t) >= max_new_tokens) for t in new], [len(t) for t in new]
 
 
 @torch.no_grad()
@@ -238,8 +254,9 @@ def gsm8k_sample_counts(model, tokenizer, records: list[dict], n: int, max_new_t
     for rec in records:
         ids = torch.tensor([tokenizer.encode(formats.gsm8k_prompt(rec), bos=True)], device=device).repeat(n, 1)
         out = generate(model, ids, max_new_tokens, tokenizer.eos_id, temperature=temperature, generator=gen)
-        texts = [tokenizer.decode(_strip_eos(row[ids.shape[1]:].tolist(), tokenizer.eos_id)) for row in out]
-        counts.append(sum(answers_match(t, rec["answer"]) for t in texts))
+        rows = [row[ids.shape[1]:].tolist() for row in out]
+        counts.append(sum(answers_match(tokenizer.decode(_strip_eos(r, tokenizer.eos_id)), rec["answer"],
+                                        truncated=tokenizer.eos_id not in r) for r in rows))
     return counts
 
 

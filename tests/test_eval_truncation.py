@@ -1,0 +1,135 @@
+"""GSM8K answers cut at the token limit, the gen_tokens defaults, and the latency length cap."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from agentforge.data import formats, synthetic
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.evals import speed, tasks
+from agentforge.evals.answers import answers_match, complete_part
+from agentforge.evals.runner import EvalSettings, evaluate
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.models.surgery import wrap
+from tests.conftest import REPO
+
+TOK = ByteTokenizer()
+
+
+class Scripted(torch.nn.Module):
+    """Greedy decoding of a GSM8K prompt writes ``write(record)`` and then EOS, token by token."""
+
+    def __init__(self, records, write):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(max_seq_len=4096)
+        self.next = {}
+        for r in records:
+            s = TOK.encode(formats.gsm8k_prompt(r) + write(r), bos=True, eos=True)
+            for i in range(1, len(s)):
+                self.next[tuple(s[:i])] = s[i]
+
+    def forward(self, ids):   # only the last position is meaningful (all greedy decoding reads)
+        out = torch.full((*ids.shape, TOK.vocab_size), -10.0)
+        for b in range(ids.shape[0]):
+            out[b, -1, self.next.get(tuple(ids[b].tolist()), 0)] = 10.0
+        return out
+
+
+def _tenfold(r):
+    """The worked answer with its result written ten times too large ("= 330 books", "#### 330" for 33)."""
+    c = formats.gsm8k_target(r).rsplit("#### ", 1)[1]
+    return formats.gsm8k_target(r).replace(f"= {c} ", f"= {c}0 ").replace(f"#### {c}", f"#### {c}0")
+
+
+RECORDS = synthetic.generate("arithmetic", 40, 0, "test")
+
+
+def _defaults() -> dict[str, int]:
+    conf = REPO / "conf" / "phase"
+    c = {n: OmegaConf.load(conf / f"{n}.yaml") for n in ("eval", "evomerge", "bitnet", "quietstar", "cognate")}
+    return {"eval": c["eval"].gen_tokens, "evomerge": c["evomerge"].eval.gen_tokens, "bitnet": c["bitnet"].gen_tokens,
+            "quietstar": c["quietstar"].rl.gen_tokens, "cognate": c["cognate"].gen_tokens}
+
+
+def test_longest_synthetic_answer_fits_every_default_gen_tokens():
+    longest = max(len(TOK.encode(formats.gsm8k_target(r), eos=True))
+                  for seed in range(3) for split in ("val", "test") for r in synthetic.generate("arithmetic", 2000,
+                                                                                                 seed, split))
+    assert longest == 45   # e.g. " Lena has 35 - 15 = 20 pencils left.\n#### 20": 44 bytes + EOS
+    assert all(n >= longest for n in _defaults().values()), _defaults()
+
+
+def test_oracle_scores_one_at_every_default_gen_tokens():
+    oracle = Scripted(RECORDS, formats.gsm8k_target)
+    for n in sorted(set(_defaults().values())):
+        gens, lengths = tasks.gsm8k_greedy(oracle, TOK, RECORDS, n)
+        assert max(lengths) < n and not any(g.truncated for g in gens)
+        assert tasks.gsm8k_correct(gens, RECORDS) == [1] * len(RECORDS), n
+
+
+def test_a_number_cut_at_the_limit_gets_no_credit():
+    wrong = Scripted(RECORDS, _tenfold)   # never right: it writes 330 where the answer is 33
+    credited = 0
+    for n in range(30, 50):
+        gens, lengths = tasks.gsm8k_greedy(wrong, TOK, RECORDS, n)
+        assert [g.truncated for g in gens] == [k >= n for k in lengths]
+        assert sum(tasks.gsm8k_correct(gens, RECORDS)) == 0, n                 # via Generation.truncated
+        assert sum(tasks.gsm8k_correct([str(g) for g in gens], RECORDS, [k >= n for k in lengths])) == 0
+        credited += sum(tasks.gsm8k_correct([str(g) for g in gens], RECORDS, [False] * len(gens)))
+    assert credited > 0   # scored as if complete, "#### 33" of a cut "#### 330" is credited
+
+
+def test_a_sampled_answer_cut_at_the_limit_gets_no_credit():
+    wrong = Scripted(RECORDS[:20], _tenfold)   # logits +-10: sampling at temperature 0.8 writes its text
+    counts = [tasks.gsm8k_sample_counts(wrong, TOK, RECORDS[:20], 2, n) for n in range(34, 48)]
+    assert all(c == 0 for cs in counts for c in cs)
+
+
+def test_complete_part_and_answers_match_by_hand():
+    cut = " Ben has 9 * 12 = 108 marbles.\n#### 10"
+    assert answers_match(cut, "#### 10") and not answers_match(cut, "#### 10", truncated=True)
+    assert answers_match(cut, "#### 108", truncated=True)          # the body's complete 108 is its last number
+    assert complete_part("x = 1,000.") == "x =" and complete_part("#### 7 apples") == "#### 7 apples"
+    assert answers_match("#### 7 apples", "#### 7", truncated=True)  # a number followed by text is complete
+    ended = " Eve has 48 - 15 = 33 books left.\n#### 33"               # ended with EOS: scored as it is
+    assert answers_match(ended, "#### 33") and tasks.gsm8k_correct([ended], [{"answer": "#### 33"}]) == [1]
+
+
+def test_runner_reports_the_truncated_rate():
+    oracle = Scripted(RECORDS[:8], formats.gsm8k_target)
+    rows = torch.randint(0, 256, (2, 17))
+    s = dict(pass_k_samples=0, latency_tokens=0, batch_size=4)
+    full = evaluate(oracle, TOK, {"gsm8k": RECORDS[:8]}, rows, EvalSettings(gen_tokens=48, **s))
+    assert full["metrics"]["reasoning_accuracy"] == 1.0 and full["metrics"]["gen/truncated_rate"] == 0.0
+    short = evaluate(oracle, TOK, {"gsm8k": RECORDS[:8]}, rows, EvalSettings(gen_tokens=16, **s))
+    assert short["metrics"]["reasoning_accuracy"] == 0.0 and short["metrics"]["gen/truncated_rate"] == 1.0
+    assert short["per_example"]["gsm8k_truncated"] == [1] * 8
+    assert all(type(g) is str for g in short["per_example"]["generations"])   # plain JSON strings
+
+
+def _tiny(max_seq_len=64) -> CognateModel:
+    torch.manual_seed(0)
+    return CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, max_steps=2, ltm_slots=8,
+                                      ltm_key_dim=8, max_seq_len=max_seq_len)).eval()
+
+
+def test_latency_is_capped_to_the_kv_cache_and_records_what_was_generated(capsys, monkeypatch):
+    m = _tiny()
+    assert speed.latency_fit(m, 512, 8) == (56, True) and speed.latency_fit(m, 20, 8) == (20, True)
+    asked = []
+    real = tasks.generate
+    monkeypatch.setattr(tasks, "generate", lambda model, ids, n, *a, **k: asked.append(n) or real(model, ids, n, *a, **k))
+    assert speed.generation_latency_ms(m, 512) > 0 and asked[-1] == 56    # 8 + 56 = max_seq_len: the cached path
+    rows = torch.randint(0, 256, (2, 17))
+    res = evaluate(m, TOK, {}, rows, EvalSettings(pass_k_samples=0, latency_tokens=512, batch_size=2))
+    met = res["metrics"]
+    assert met["latency_tokens"] == 56 and met["decode_cached"] is True
+    assert met["throughput_tokens_per_sec"] == pytest.approx(56 / (met["latency_ms"] / 1000))
+    assert "latency measured over 56 generated tokens, not phase.latency_tokens=512" in capsys.readouterr().out
+    res = evaluate(m, TOK, {}, rows, EvalSettings(pass_k_samples=0, latency_tokens=16, batch_size=2))
+    assert res["metrics"]["latency_tokens"] == 16 and "latency measured" not in capsys.readouterr().out
+    assert speed.latency_fit(wrap(m, 2), 512, 8) == (56, False)   # the refiner has no KV decoder
