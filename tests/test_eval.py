@@ -302,9 +302,11 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path):
     art = f"paths.artifacts={cognate_artifacts.parent / 'eval_e2e_artifacts'}"
     ck = f"checkpoint={cognate_artifacts / 'cognate' / 'model1'}"
     res_dir = cognate_artifacts.parent / "eval_e2e_artifacts" / "eval_results"
+    out = {}
     for stage, extra in (("baseline", []), ("after_surgery", []), ("finetuned_vanilla", ["phase.finetune_steps=2"])):
         proc = run_cli(["phase=eval", ck, f"stage={stage}", art, *EVAL_TINY, *extra], tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        out[stage] = proc.stdout
     r = {s: json.loads((res_dir / f"{s}_results.json").read_text())
          for s in ("baseline", "after_surgery", "finetuned_vanilla")}
     b, a, f = r["baseline"]["metrics"], r["after_surgery"]["metrics"], r["finetuned_vanilla"]["metrics"]
@@ -317,6 +319,11 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path):
         assert m["perplexity"] > 1 and 0 <= m["token_accuracy"] <= 1 and m["param_count"] > 0
         assert m["latency_ms"] > 0 and m["throughput_tokens_per_sec"] > 0 and math.isfinite(m["peak_memory_mb"])
     assert len(r["baseline"]["per_example"]["gsm8k_correct"]) == 3
+    for stage, res in r.items():   # the share of answers cut at gen_tokens, warned about; latency's regime
+        rate, m = res["metrics"]["gen/truncated_rate"], res["metrics"]
+        assert rate == sum(res["per_example"]["gsm8k_truncated"]) / 3
+        assert ("hit phase.gen_tokens=4 without EOS" in out[stage]) == (rate > 0)
+        assert m["latency_tokens"] == 16 and m["decode_cached"] == (stage != "after_surgery")
     assert r["baseline"]["per_example"]["arc_ids"] == r["finetuned_vanilla"]["per_example"]["arc_ids"]
     per = r["baseline"]["per_example"]   # each choice question's chance rate, 1 / its choices
     assert len(per["arc_chance"]) == len(per["arc_correct"]) and set(per["piqa_chance"]) == {0.5}

@@ -81,7 +81,7 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
     report = (tmp_path / "outputs" / "pipeline" / "t" / "pipeline_report.md").read_text()
     assert "phase4_compressed" in report and "Resource usage" in report
     assert "final/compression_ratio" in report and "baking/final_accuracy" in report
-    assert "| piqa | 2000 |" in report and "| 20 / 20 | 0 / 0 | 0 / 0 |" in report  # the held-out overlap check
+    assert "| piqa | 2000 |" in report and "| 20 / 20 | 0 / 0 | 0 / 0 | 0 / 0 |" in report  # the held-out overlap check
     assert "] n=2 |" in report  # accuracies carry their n and CI
     # Phase 1 diversity is decided from its bootstrap CI over the rows each model was measured on
     assert re.search(r"\| phase1/diversity \| > 0.3 \| [^|]+ \| (PASS|FAIL|INCONCLUSIVE) \(n=\d+, 95% CI \[", report)

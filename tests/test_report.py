@@ -114,13 +114,15 @@ def test_report_shows_n_ci_power_and_the_data_check(tmp_path):
     perf = performance_rows(art, [("phase1_model1", tmp_path)])
     assert perf[0]["arc_easy_accuracy_n"] == 200 and perf[0]["piqa_accuracy_ci95"][0] < 0.625
     check = {"piqa": {"train_draws": 1000, "train_distinct": 900, "val": 20, "test": 20, "val_prompts_in_train": 0,
-                      "test_prompts_in_train": 0, "val_records_in_train": 0, "test_records_in_train": 0}}
+                      "test_prompts_in_train": 0, "val_records_in_train": 0, "test_records_in_train": 0,
+                      "val_problems_in_train": 0, "test_problems_in_train": 1}}
     steps = [{"key": "eval-phase1_model1", "phase": "eval", "status": "done", "duration_s": 1.0}]
     out = write_report(tmp_path, "t", steps, perf, [], check)
     md = out["report"].read_text()
     assert "| 0.500 [0.43, 0.57] n=200 |" in md and "| 0.625 [0.39, 0.82] n=16 |" in md
     assert "n = 16: ±0.220" in md and "n = 200: ±0.069" in md  # z sqrt(1/4n + z²/4n²) / (1 + z²/n)
-    assert "## Held-out data" in md and "| piqa | 1000 | 900 | 20 / 20 | 0 / 0 | 0 / 0 |" in md
+    assert "## Held-out data" in md and "| piqa | 1000 | 900 | 20 / 20 | 0 / 0 | 0 / 0 | 0 / 1 |" in md
+    assert "disjoint by problem" in md
     assert "Latency:" not in md   # no timing in these results: no timing note
 
 

@@ -4,11 +4,13 @@
 under the task name ``file``; ``data.eval_paths`` replaces the synthetic held-out sets with local
 files (keys ``gsm8k``, ``arc``, ``piqa``).
 
-Held out by content: the file's records are split by a hash of their prompt (``synthetic.record_split``: ~80 %
-train, 10 % val, 10 % test). Training samples its train records only; an evaluation set of split S drops every
-record whose prompt is one of ``data.path``'s records of another split — so ``data=gsm8k``, which trains on and
-evaluates with the same GSM8K file, validates on that file's val records and tests on its test records, never on
-a question it trained on (tests/test_data.py).
+Held out by content: the file's records are split by a hash of their content key (``synthetic.record_split``: the
+whitespace-normalized prompt; ~80 % train, 10 % val, 10 % test). Training samples its train records only; an
+evaluation set of split S drops every record whose content key is one of ``data.path``'s records of another split —
+so ``data=gsm8k``, which trains on and evaluates with the same GSM8K file, validates on that file's val records and
+tests on its test records, never on a question it trained on (tests/test_data.py). An evaluation file is itself
+split in two by the same hash (``synthetic.eval_file_split``: about half val, half test), so the val set that
+chooses (EvoMerge's champion, BitNet's ship decision) and the test set that is reported share no question.
 """
 from __future__ import annotations
 
@@ -36,22 +38,34 @@ def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "
     for fmt, path in paths.items():
         if path:
             recs = formats.load_jsonl(path, fmt, key=f"data.eval_paths.{fmt}")
-            kept = [r for r in recs if synthetic.prompt_of(fmt, r) not in other]
-            if not kept:
-                raise formats.DatasetError(f"data.eval_paths.{fmt}: all {len(recs)} records of {path} are data.path "
-                                           f"records outside the {split} split (trained on, or held out for another "
-                                           f"split); give a held-out file")
-            out[fmt] = kept[:size[fmt]]
+            out[fmt] = held_out(recs, fmt, other, split, f"data.eval_paths.{fmt}", path)[:size[fmt]]
     return out
 
 
+def held_out(recs: list[dict], fmt: str, other: set[str], split: str, key: str, source: str) -> list[dict]:
+    """The records of an evaluation source (``key``: the config key that gave it) fit for ``split``: not one of
+    ``other`` (``training_file_prompts``) and in ``split``'s half of the eval buckets
+    (``synthetic.eval_file_split``)."""
+    fresh = [r for r in recs if synthetic.record_key(fmt, r) not in other]
+    if not fresh:
+        raise formats.DatasetError(f"{key}: all {len(recs)} records of {source} are data.path records outside the "
+                                   f"{split} split (trained on, or held out for another split); give a held-out file")
+    kept = [r for r in fresh if synthetic.eval_file_split(fmt, r) == split]
+    if not kept:
+        raise formats.DatasetError(f"{key}: none of the {len(fresh)} held-out records of {source} falls in the {split} "
+                                   f"split (an evaluation file is split about half val, half test by a hash of each "
+                                   f"prompt, so that selection and the reported test share no question); give a "
+                                   f"larger file")
+    return kept
+
+
 def training_file_prompts(data_cfg: dict, split: str) -> set[str]:
-    """The prompts of ``data.path``'s records that are not in ``split`` (empty without a data file): what an
-    evaluation set of that split must not contain."""
+    """The content keys (``synthetic.record_key``: whitespace-normalized prompts) of ``data.path``'s records that are
+    not in ``split`` (empty without a data file): what an evaluation set of that split must not contain."""
     if not data_cfg.get("path") or data_cfg.get("source") == "python_code":
         return set()
     fmt = data_cfg.get("format") or "gsm8k"
-    return {synthetic.prompt_of(fmt, r) for r in formats.load_jsonl(data_cfg["path"], fmt)
+    return {synthetic.record_key(fmt, r) for r in formats.load_jsonl(data_cfg["path"], fmt)
             if synthetic.record_split(fmt, r) != split}
 
 

@@ -41,7 +41,7 @@ def pack(texts: list[str], tokenizer: ByteTokenizer, seq_len: int) -> torch.Tens
 
 class TaskPool:
     """Examples per task: synthetic generators, plus records of a user's local file when given. The file's records
-    are split by the content hash of their prompt (``synthetic.record_split``), like the synthetic examples: the
+    are split by the hash of their content key (``synthetic.record_split``), like the synthetic examples: the
     "train" split samples only the train records, "val" only the val records, so validation never sees a training
     question; a split with no records of the file (a tiny file) leaves the file out of that split's mix."""
 

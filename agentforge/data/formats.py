@@ -71,11 +71,38 @@ def load_jsonl(path: str | Path, fmt: str, limit: int | None = None, key: str = 
     if fmt not in REQUIRED_KEYS:
         raise DatasetError(f"data.format: unknown dataset format {fmt!r}; choose from {sorted(REQUIRED_KEYS)}")
 
-    def check(rec) -> str | None:
-        missing = [k for k in REQUIRED_KEYS[fmt] if not isinstance(rec, dict) or k not in rec]
-        return f"a {fmt} record needs keys {list(REQUIRED_KEYS[fmt])}; missing {missing}" if missing else None
+    return read_jsonl(path, lambda rec: record_problem(fmt, rec), what="dataset", key=key, limit=limit)
 
-    return read_jsonl(path, check, what="dataset", key=key, limit=limit)
+
+def record_problem(fmt: str, rec) -> str | None:
+    """What is wrong with one ``fmt`` record (None when nothing): missing keys, then what would crash or silently
+    mis-score it later — a text that is not a string, an ARC answer key that is not one of its labels, ARC text and
+    label lists of different lengths, a PIQA label other than 0/1, a GSM8K answer with no final number."""
+    missing = [k for k in REQUIRED_KEYS[fmt] if not isinstance(rec, dict) or k not in rec]
+    if missing:
+        return f"a {fmt} record needs keys {list(REQUIRED_KEYS[fmt])}; missing {missing}"
+    texts = [k for k in REQUIRED_KEYS[fmt] if k in ("question", "answer", "goal", "sol1", "sol2", "text")
+             and not isinstance(rec[k], str)]
+    if texts:
+        return f"a {fmt} record's {texts} must be strings (got {type(rec[texts[0]]).__name__})"
+    if fmt == "arc":
+        ch = rec["choices"]
+        if not (isinstance(ch, dict) and isinstance(ch.get("text"), list) and isinstance(ch.get("label"), list)):
+            return 'an arc record\'s "choices" must be {"text": [...], "label": [...]}'
+        if len(ch["text"]) != len(ch["label"]) or len(ch["label"]) < 2:
+            return (f'an arc record\'s "choices" needs as many texts as labels, at least 2 '
+                    f'(got {len(ch["text"])} texts, {len(ch["label"])} labels)')
+        if rec["answerKey"] not in ch["label"]:
+            return f'an arc record\'s "answerKey" {rec["answerKey"]!r} is not one of its labels {ch["label"]}'
+    if fmt == "piqa" and (isinstance(rec["label"], bool) or str(rec["label"]).strip() not in ("0", "1")):
+        return f'a piqa record\'s "label" must be 0 or 1 (got {rec["label"]!r})'
+    if fmt == "gsm8k":
+        from agentforge.evals.answers import extract_number  # late: keeps formats free of evals at import
+
+        if extract_number(rec["answer"]) is None:
+            return ('a gsm8k record\'s "answer" has no final number (GSM8K ends it in "#### N"); no answer could '
+                    'ever match it')
+    return None
 
 
 def load_hf(name: str, split: str, limit: int | None = None) -> list[dict]:
@@ -87,8 +114,12 @@ def load_hf(name: str, split: str, limit: int | None = None) -> list[dict]:
                            "or use data.path=FILE.jsonl") from exc
     args = {"gsm8k": ("gsm8k", "main"), "arc": ("allenai/ai2_arc", "ARC-Easy"), "piqa": ("ybisk/piqa",)}[name]
     ds = datasets.load_dataset(*args, split=split)
-    rows = [dict(r) for r in ds]
-    return rows[:limit] if limit else rows
+    rows = [dict(r) for r in ds][:limit] if limit else [dict(r) for r in ds]
+    for i, r in enumerate(rows):
+        problem = record_problem(name, r)
+        if problem:
+            raise DatasetError(f"{args[0]} {split} row {i}: {problem} (phase.hf_datasets)")
+    return rows
 
 
 _CALC = re.compile(r"<<[^>]*>>")

@@ -13,13 +13,16 @@ and real data the same way.
 * ``recall``      — plain text: a fact repeated after a gap beyond one attention window (``data/recall.py``)
 
 Train / val / test are disjoint **by content**, not only by seed stream. Every example has a content
-key — the prompt the model is asked (``prompt_key``: the GSM8K question, the ARC question with its
-options, the PIQA goal, the whole plain text) — and the BLAKE2b hash of the key puts it in one of
-1000 buckets: buckets 0-99 are reserved for ``val``, 100-199 for ``test``, the rest is ``train``
-(``split_of``). A draw for a split whose key hashes elsewhere is rejected and redrawn (attempt 1, 2,
-... of the same index), so a training draw can never be a held-out item, whatever the seeds: the
-partition does not depend on the seed. ``generate`` also drops repeats within a held-out set.
-``overlap_check`` counts what it claims: held-out prompts seen among N training draws (0 by construction).
+key (``content_key``): for a synthetic task the underlying problem — arithmetic ``(operation, a, b)``, PIQA
+``(op, a, b)``, choice ``(largest|smallest, sorted numbers)`` — so two wordings of one computation (another name,
+item or phrasing, the options in another order) are the same content; for anything else (the plain texts, a
+user's file) the prompt the model is asked (``prompt_key``) with whitespace runs collapsed and each line stripped.
+The BLAKE2b hash of the key puts it in one of 1000 buckets: buckets 0-99 are reserved for ``val``, 100-199 for
+``test``, the rest is ``train`` (``split_of``). A draw for a split whose key hashes elsewhere is rejected and
+redrawn (attempt 1, 2, ... of the same index), so a training draw never holds a held-out problem, whatever the
+seeds: the partition does not depend on the seed. ``generate`` also drops repeated prompts within a held-out set.
+``overlap_check`` counts what it claims: held-out prompts, records and problems (content keys) seen among N
+training draws (0 by construction).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 
 from agentforge.data import formats
 
@@ -51,8 +55,52 @@ def prompt_key(task: str, rec: dict) -> str:
     return prompt_of(formats.TASK_FORMAT[task], rec)
 
 
+def content_key(task: str, rec: dict) -> str:
+    """What the splits keep apart: the canonical form of the prompt (``canonical``)."""
+    return canonical(prompt_key(task, rec))
+
+
+def normalize_ws(text: str) -> str:
+    """Whitespace runs in each line collapsed to one space, each line and the whole stripped (newlines kept, so the
+    prompt templates' ``\\nAnswer:`` stays): a question exported with double or trailing spaces is the same key."""
+    return "\n".join(" ".join(line.split()) for line in text.split("\n")).strip()
+
+
+_W, _N = r"([A-Za-z]+)", r"(\d+)"
+_CANON = [  # (pattern over a whitespace-normalized prompt, the problem it asks); a full match only
+    (rf"Question: {_W} has {_N} {_W}\. \1 gets {_N} more\. How many \3 does \1 have now\?\nAnswer:",
+     lambda m: ("arithmetic", "add", m[2], m[4])),
+    (rf"Question: {_W} has {_N} {_W} and gives away {_N}\. How many \3 are left\?\nAnswer:",
+     lambda m: ("arithmetic", "sub", m[2], m[4])),
+    (rf"Question: {_W} buys {_N} bags with {_N} {_W} in each bag\. How many \4 does \1 buy\?\nAnswer:",
+     lambda m: ("arithmetic", "mul", m[2], m[3])),
+    (rf"Goal: To find {_N} plus {_N},\nSolution:", lambda m: ("piqa", "+", m[1], m[2])),
+    (rf"Goal: To count {_N} {_W} and then {_N} more \2,\nSolution:", lambda m: ("piqa", "+", m[1], m[3])),
+    (rf"Goal: To find {_N} minus {_N},\nSolution:", lambda m: ("piqa", "-", m[1], m[2])),
+    (rf"Goal: To take {_N} {_W} away from {_N} \2,\nSolution:", lambda m: ("piqa", "-", m[3], m[1])),
+    (rf"Question: Which number is the (largest|smallest)\? \(A\) {_N} \(B\) {_N} \(C\) {_N} \(D\) {_N}\nAnswer:",
+     lambda m: ("choice", m[1], ",".join(map(str, sorted(int(x) for x in m.groups()[1:]))))),
+]
+_CANON = [(re.compile(pat), key) for pat, key in _CANON]
+
+
+def canonical(prompt: str) -> str:
+    """The content key of a prompt: the problem of a synthetic template (``arithmetic|add|5|3``) whatever its
+    name, item, wording or option order; else the whitespace-normalized prompt. Idempotent."""
+    text = normalize_ws(prompt)
+    for pat, key in _CANON:
+        m = pat.fullmatch(text)
+        if m:
+            return "|".join(key(m))
+    return text
+
+
 def bucket(key: str) -> int:
-    """0..999 from the BLAKE2b-64 hash of the key (stable across runs and machines)."""
+    """0..999 from the BLAKE2b-64 hash of the key's canonical form (stable across runs and machines)."""
+    return _hash_bucket(canonical(key))
+
+
+def _hash_bucket(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") % BUCKETS
 
 
@@ -65,12 +113,28 @@ def prompt_of(fmt: str, rec: dict) -> str:
     return _PROMPT[fmt](rec)
 
 
+def record_key(fmt: str, rec: dict) -> str:
+    """The content key of a record in format ``fmt`` (``canonical`` of its prompt)."""
+    return canonical(prompt_of(fmt, rec))
+
+
 def record_split(fmt: str, rec: dict) -> str:
-    """The split of a record in format ``fmt`` (gsm8k, arc, piqa, text) by the content hash of its prompt: 10 % val,
+    """The split of a record in format ``fmt`` (gsm8k, arc, piqa, text) by the hash of its content key: 10 % val,
     10 % test, the rest train — for the synthetic examples (``split_of``) and a user's file alike. Records that ask
     the same question land in the same split, so a file used for training and evaluation is held out by content."""
-    b = bucket(prompt_of(fmt, rec))
+    b = _hash_bucket(record_key(fmt, rec))
     return next((sp for sp, r in RESERVED.items() if b in r), "train")
+
+
+EVAL_FILE_BUCKETS = {"val": (range(0, 100), range(200, 600)), "test": (range(100, 200), range(600, BUCKETS))}
+
+
+def eval_file_split(fmt: str, rec: dict) -> str:
+    """The split of a record of an *evaluation* file (``data.eval_paths``, ``phase.hf_datasets``): its val and test
+    buckets as in ``record_split``, and the train buckets halved (200-599 val, 600-999 test), so val (selection) and
+    test (reported) are disjoint by content and a file's record of ``data.path``'s val/test split keeps that split."""
+    b = _hash_bucket(record_key(fmt, rec))
+    return "val" if any(b in r for r in EVAL_FILE_BUCKETS["val"]) else "test"
 
 
 def _rng(seed: int, split: str, index: int, attempt: int = 0) -> random.Random:
@@ -191,8 +255,9 @@ def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dic
 def overlap_check(seed: int = 0, n_train: int = 50_000, n_heldout: int = 200,
                   tasks: tuple[str, ...] = ("arithmetic", "choice", "piqa"), workers: int | None = None
                   ) -> dict[str, dict]:
-    """Per task: how many of ``n_heldout`` val and test examples have their prompt, or their whole record,
-    among ``n_train`` training draws (the training stream the datamodule samples: random indices).
+    """Per task: how many of ``n_heldout`` val and test examples have their prompt, their whole record, or their
+    problem (``content_key``: the same computation in another wording) among ``n_train`` training draws (the
+    training stream the datamodule samples: random indices).
 
     The draws are split over ``workers`` processes (default: the CPUs this process may use; forked, so
     nothing is re-imported); the indices come from one seeded stream, so the counts do not depend on it."""
@@ -211,28 +276,32 @@ def overlap_check(seed: int = 0, n_train: int = 50_000, n_heldout: int = 200,
     out = {}
     for task in tasks:
         mine = [part for job, part in zip(jobs, parts) if job[0] == task]
-        keys = set().union(*(k for k, _ in mine))
-        recs = set().union(*(r for _, r in mine))
-        row = {"train_draws": n_train, "train_distinct": len(keys)}
+        keys = set().union(*(k for k, _, _ in mine))
+        recs = set().union(*(r for _, r, _ in mine))
+        problems = set().union(*(c for _, _, c in mine))
+        row = {"train_draws": n_train, "train_distinct": len(keys), "train_distinct_problems": len(problems)}
         for split in ("val", "test"):
             row[split] = len(held[task][split])
             row[f"{split}_prompts_in_train"], row[f"{split}_records_in_train"] = seen_in(task, held[task][split],
                                                                                         keys, recs)
+            row[f"{split}_problems_in_train"] = sum(content_key(task, r) in problems for r in held[task][split])
         out[task] = row
     return out
 
 
-def _train_draws(task: str, seed: int, indices: list[int], held_keys: set[str]) -> tuple[set[str], set[str]]:
-    """The prompt keys of the training draws at ``indices``, and the whole records (sorted JSON) of those
-    whose prompt is one of ``held_keys`` (a record can only equal a held-out one if its prompt does)."""
-    keys, recs = set(), set()
+def _train_draws(task: str, seed: int, indices: list[int], held_keys: set[str]
+                 ) -> tuple[set[str], set[str], set[str]]:
+    """The prompt keys of the training draws at ``indices``, the whole records (sorted JSON) of those whose prompt
+    is one of ``held_keys`` (a record can only equal a held-out one if its prompt does), and their content keys."""
+    keys, recs, problems = set(), set(), set()
     for i in indices:
         rec = draw(task, seed, "train", i)
         key = prompt_key(task, rec)
         keys.add(key)
+        problems.add(canonical(key))
         if key in held_keys:
             recs.add(json.dumps(rec, sort_keys=True))
-    return keys, recs
+    return keys, recs, problems
 
 
 def seen_in(task: str, held: list[dict], train_keys: set[str], train_records: set[str]) -> tuple[int, int]:

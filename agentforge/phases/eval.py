@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from agentforge.artifacts import load_any, publish
 from agentforge.data import formats, synthetic
-from agentforge.data.build import eval_sets, file_records_of_split, per_format
+from agentforge.data.build import eval_sets, file_records_of_split, held_out, per_format, training_file_prompts
 from agentforge.data.datamodule import LMDataModule, pack
 from agentforge.errors import ConfigError
 from agentforge.evals import checkpoints as recursive_ckpt
@@ -54,21 +54,33 @@ def results_path(root: Path, stage: str) -> Path:
     return Path(root) / "eval_results" / f"{stage}_results.json"
 
 
-def load_sets(cfg, n: int | dict[str, int]) -> dict[str, list[dict]]:
-    """Held-out synthetic test sets, replaced by local files or `datasets`: data.eval_paths (less any record of
-    data.path's train and val splits), then data.path's own test split (``build.file_records_of_split``)."""
+def load_sets(cfg, n: int | dict[str, int], sources: dict | None = None) -> dict[str, list[dict]]:
+    """Held-out test sets per format: synthetic, or data.eval_paths' file (less any record of data.path's train and
+    val splits, and its val half: ``build.held_out``), or else — when data.path has that format — data.path's own
+    test split (``build.file_records_of_split``); phase.hf_datasets replaces a format with `datasets`' split, put
+    through the same filter and split. ``sources`` (when given) is filled with where each format's records came from."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     sets = eval_sets(data_cfg, int(cfg.seed), n, split="test")
     n = per_format(n)
+    paths = {f: p for f, p in (data_cfg.get("eval_paths") or {}).items() if p}
+    src = {f: str(paths.get(f) or "synthetic") for f in sets}
     if data_cfg.get("path"):
         fmt = data_cfg.get("format") or "gsm8k"
         if fmt not in ("gsm8k", "arc", "piqa"):
             raise ConfigError(f"data.format={fmt!r}: phase=eval scores gsm8k, arc or piqa files")
-        sets[fmt] = file_records_of_split(data_cfg, "test", limit=n[fmt])
-    for name in cfg.phase.get("hf_datasets") or []:
+        if fmt not in paths:  # an eval file given for the format is used: it is the held-out set asked for
+            sets[fmt] = file_records_of_split(data_cfg, "test", limit=n[fmt])
+            src[fmt] = f"{data_cfg['path']} (data.path, test split)"
+    hf = cfg.phase.get("hf_datasets") or []
+    other = training_file_prompts(data_cfg, "test") if hf else set()
+    for name in hf:
         if name not in HF_SPLITS:
             raise ConfigError(f"phase.hf_datasets: {name!r} is not one of {sorted(HF_SPLITS)}")
-        sets[name] = formats.load_hf(name, HF_SPLITS[name], limit=n[name])
+        recs = formats.load_hf(name, HF_SPLITS[name])
+        sets[name] = held_out(recs, name, other, "test", "phase.hf_datasets", f"{name}/{HF_SPLITS[name]}")[:n[name]]
+        src[name] = f"hf:{name}/{HF_SPLITS[name]} (test half)"
+    if sources is not None:
+        sources.update(src)
     return sets
 
 
@@ -145,7 +157,8 @@ def run(cfg) -> dict:
                      latency_tokens=int(p.latency_tokens), chunk_width=int(p.chunk_width),
                      batch_size=int(p.batch_size), seed=int(cfg.seed))
     n_gsm, n_choice = int(p.eval_examples), int(p.choice_examples or p.eval_examples)
-    sets = load_sets(cfg, {"gsm8k": n_gsm, "arc": n_choice, "piqa": n_choice})
+    sources: dict[str, str] = {}
+    sets = load_sets(cfg, {"gsm8k": n_gsm, "arc": n_choice, "piqa": n_choice}, sources)
     seq_len = min(int(cfg.data.seq_len), int(model.config.max_seq_len))
     rows = eval_rows({f: v[:n_gsm] for f, v in sets.items()}, tokenizer, int(cfg.seed), seq_len, int(p.val_rows))
     tags = ["eval", stage] + (["recursive"] if recursive else [])
@@ -175,6 +188,10 @@ def run(cfg) -> dict:
         print(f"evaluating {stage} ({sum(x.numel() for x in model.parameters()):,} params) from {ckpt}")
         res = evaluate(model, tokenizer, sets, rows, s)
         m = res["metrics"]
+        if m.get("gen/truncated_rate", 0) > 0:
+            print(f"warning: {m['gen/truncated_rate']:.1%} of the GSM8K generations hit phase.gen_tokens={s.gen_tokens} "
+                  f"without EOS; a final number running to the cut is not credited, so reasoning_accuracy may be low "
+                  f"for length: raise phase.gen_tokens above the answers' length in tokens")
         if surgery:
             m["surgery_max_abs_diff"] = surgery["max_abs_logit_diff"]
         results = {"stage": stage, "checkpoint": str(ckpt), "evaluated_checkpoint": saved or str(ckpt),
@@ -182,7 +199,8 @@ def run(cfg) -> dict:
                    "recursive": bool(recursive), "created": datetime.now(timezone.utc).isoformat(),
                    "seed": int(cfg.seed), "device": str(next(model.parameters()).device),
                    "torch_threads": torch.get_num_threads(), "settings": vars(s) | {"pass_k": list(s.pass_k)},
-                   "datasets": {k: len(v) for k, v in sets.items()}, "eval_rows": list(rows.shape),
+                   "datasets": {k: len(v) for k, v in sets.items()}, "dataset_sources": sources,
+                   "eval_rows": list(rows.shape),
                    "metrics": m, "surgery": surgery, "finetune": ft, "timings_s": res["timings_s"],
                    "per_example": res["per_example"]}
         out = write_json_atomic(results_path(ctx.run_dir, stage), results)

@@ -153,7 +153,9 @@ def data_rows(check: dict[str, dict]) -> list[list]:
     """The overlap check's counts (``synthetic.overlap_check``) as table rows."""
     return [[task, r["train_draws"], r["train_distinct"], f"{r['val']} / {r['test']}",
              f"{r['val_prompts_in_train']} / {r['test_prompts_in_train']}",
-             f"{r['val_records_in_train']} / {r['test_records_in_train']}"] for task, r in check.items()]
+             f"{r['val_records_in_train']} / {r['test_records_in_train']}",
+             f"{r.get('val_problems_in_train', '–')} / {r.get('test_problems_in_train', '–')}"]
+            for task, r in check.items()]
 
 
 def _fmt(v) -> str:
@@ -264,12 +266,14 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
                "Phase 1 diversity (mean coefficient of variation of halting steps, LTM usage and inference FLOPs "
                "across the three models): " + diversity_text(div) + " against the seed's threshold 0.3.", ""]
     data_cols = ["Task", "Training draws", "Distinct training prompts", "Held-out (val / test)",
-                 "Held-out prompts seen in training (val / test)", "Identical records (val / test)"]
+                 "Held-out prompts seen in training (val / test)", "Identical records (val / test)",
+                 "Held-out problems seen in training (val / test)"]
     data = data_rows(data_check) if data_check else []
     if data:
         md += ["## Held-out data", "", markdown_table(data_cols, data), "",
-               "Synthetic train / val / test are disjoint by content: held-out prompts are reserved by a hash of "
-               "their text, and training draws that hash there are redrawn.", ""]
+               "Synthetic train / val / test are disjoint by problem: each item's key is its underlying problem "
+               "(arithmetic: operation and operands; PIQA: its computation; choice: the question's numbers), "
+               "held-out keys are reserved by a hash, and training draws that hash there are redrawn.", ""]
     md += ["## Resource usage", "", markdown_table(res_cols, res_rows), "",
            "The steps run in one process: a step's peak RSS includes what the earlier steps left in it (the "
            "Python runtime, torch, the imported modules), not only the step's own memory.", ""]
