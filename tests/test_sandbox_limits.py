@@ -45,6 +45,11 @@ def test_filter_decisions_on_both_architectures(arch, col):
     assert sc.run_filter(prog, arch, nr["unshare"], (0x400,)) == sc.RET_ALLOW  # CLONE_FILES: no namespace
     assert sc.run_filter(prog, arch, nr["prctl"], (sc.PR_SET_DUMPABLE, 0)) == eperm
     assert sc.run_filter(prog, arch, nr["prctl"], (15,)) == sc.RET_ALLOW  # PR_SET_NAME
+    # rt_sigaction(SIGCHLD, act, ...): setting it is refused (auto-reaped children hid their CPU), reading it passes
+    for act in (0x7FFC_0000_1000, 0x1000, 0x7FFC_0000_0000):   # a pointer with its low, high or both words set
+        assert sc.run_filter(prog, arch, nr["rt_sigaction"], (sc.SIGCHLD, act)) == eperm
+    assert sc.run_filter(prog, arch, nr["rt_sigaction"], (sc.SIGCHLD, 0, 0x1000)) == sc.RET_ALLOW
+    assert sc.run_filter(prog, arch, nr["rt_sigaction"], (2, 0x7FFC_0000_1000)) == sc.RET_ALLOW   # SIGINT
     for other in (0, 1, 3, 9, 63, 64, 222, 260):  # read/write/close/mmap... on either table
         if other not in nr.values():
             assert sc.run_filter(prog, arch, other) == sc.RET_ALLOW
@@ -154,6 +159,46 @@ print('never stopped')
 """
 
 
+AUTOREAP = """
+import os, signal, sys, time
+how = sys.argv[1]
+try:
+    if how == 'ignore':
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    else:   # SA_NOCLDWAIT through a raw sigaction: the kernel reaps the children too
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        act = (ctypes.c_char * 152)()
+        ctypes.memmove(ctypes.addressof(act) + 8, (0x2).to_bytes(8, 'little'), 8)   # sa_flags = SA_NOCLDWAIT
+        if libc.sigaction(signal.SIGCHLD, act, None) != 0:
+            raise OSError(ctypes.get_errno(), 'sigaction')
+except OSError as e:
+    print('refused', e.errno, flush=True)
+    sys.exit(3)
+t0 = time.time()
+while time.time() - t0 < 12:
+    pid = os.fork()
+    if pid == 0:
+        t = time.process_time()
+        while time.process_time() - t < 0.4:
+            pass
+        os._exit(0)
+    time.sleep(0.45)
+print('never stopped')
+"""
+
+
+@needs_bwrap
+@pytest.mark.parametrize("how", ["ignore", "nocldwait"])
+def test_children_cannot_be_auto_reaped_out_of_the_cpu_budget(how):
+    """With SIGCHLD ignored (or SA_NOCLDWAIT) the kernel reaps exited children and adds their CPU time to no
+    parent's cutime: 18 children, each under RLIMIT_CPU, burned 7.2 CPU s under cpu_s=1 unseen. Setting
+    SIGCHLD's disposition now fails with EPERM (seccomp)."""
+    r = run_sandboxed(["python", "main.py", how], {"main.py": AUTOREAP},
+                      limits=SandboxLimits(wall_s=20, cpu_s=1, memory_mb=512, max_procs=16))
+    assert r.stdout.strip() == f"refused {errno.EPERM}" and r.kind == "crash", r.stdout + r.stderr
+
+
 @needs_root_bwrap
 @pytest.mark.parametrize("who_reaps", ["parent", "orphans"])
 def test_cpu_budget_counts_the_whole_tree(who_reaps):
@@ -174,18 +219,45 @@ FLOODS = {
     "unlinked": "import os, time\nkeep = []\nfor n in range(40):\n    f = open('f', 'wb'); f.write(b'x' * 2**22)\n"
                 "    f.flush(); os.unlink('f'); keep.append(f)\ntime.sleep(30)\n",
     "depth": "import os, time\nfor _ in range(100):\n    os.mkdir('d'); os.chdir('d')\ntime.sleep(30)\n",
+    # written, mapped with libc's mmap (Python's mmap keeps a dup'd fd), closed and unlinked: the blocks stay on
+    # the disk, held by the mapping alone (240 MiB under a 48 MiB limit before map_files was watched)
+    "mapped": "import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
+              "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, "
+              "ctypes.c_long]\nkeep = []\nfor n in range(40):\n    fd = os.open(f'f{n}', os.O_CREAT | os.O_RDWR)\n"
+              "    os.write(fd, b'x' * 2**22); os.fsync(fd)\n    keep.append(libc.mmap(None, 2**22, 1, 1, fd, 0))\n"
+              "    os.close(fd); os.unlink(f'f{n}')\ntime.sleep(30)\n",
 }
 
 
 @pytest.mark.parametrize("flood", list(FLOODS))
 def test_what_a_program_keeps_in_its_work_dir_is_bounded(flood):
-    if flood == "unlinked" and not (BWRAP and os.geteuid() == 0):
+    if flood in ("unlinked", "mapped") and not (BWRAP and os.geteuid() == 0):
         pytest.skip("open files are found through the run uid's processes")
     limits = SandboxLimits(wall_s=25, cpu_s=25, memory_mb=512, max_file_mb=8, max_files=2000, max_disk_mb=48,
                            max_open_files=64)
     r = run(FLOODS[flood], mode="bwrap" if BWRAP else "process", limits=limits)
     assert (r.kind, r.returncode) == ("crash", None), r.stderr
     assert "max_files=2000" in r.stderr and r.wall_s < 10
+
+
+def test_outputs_are_read_back_within_the_disk_budget(tmp_path):
+    """A sparse file's size is not its disk use: nine 255 MiB sparse outputs passed the file limit and the disk
+    watch and were read whole into the caller (2.9 GB). Reading stops at the disk budget, over all outputs."""
+    from pathlib import PurePosixPath
+
+    from agentforge.sandbox.workdir import read_regular
+
+    (tmp_path / "small").write_bytes(b"abc")
+    with open(tmp_path / "sparse", "wb") as f:
+        f.truncate(100 * 2**20)
+    assert read_regular(str(tmp_path), PurePosixPath("sparse"), 2**20) is None
+    assert read_regular(str(tmp_path), PurePosixPath("small"), 3) == b"abc"
+    assert read_regular(str(tmp_path), PurePosixPath("small"), 2) is None
+    code = "import os\nfor n in range(3):\n    open(f'o{n}', 'wb').truncate(6 * 2**20)\nopen('o3', 'wb').write(b'ok')\n"
+    r = run_sandboxed(["python", "main.py"], {"main.py": code}, outputs=[f"o{n}" for n in range(4)],
+                      limits=SandboxLimits(wall_s=20, max_file_mb=8, max_disk_mb=16))
+    assert r.kind == "ok", r.stderr
+    assert set(r.files) == {"o0", "o1", "o3"} and sum(map(len, r.files.values())) <= 16 * 2**20
 
 
 @pytest.fixture

@@ -106,7 +106,11 @@ def test_templates_pass_static_checks(framework):
     (lambda c: c.replace("        t = q.shape[-2]\n", "        t = eval('q.shape[-2]')\n"), "forbidden"),
     (lambda c: c.replace("        t = q.shape[-2]\n", "        t = q.__class__\n"), "forbidden"),
     (lambda c: c.replace("def forward(self, q", "def forward(self q"), "crash"),
-], ids=["frame_edit", "header_removed", "marker_removed", "import_os", "eval", "dunder", "syntax"])
+    # bare carriage returns end lines for Python, not for split_block: 40 in a comment moved the import past the
+    # block's line range, out of the check's sight (it was accepted)
+    (lambda c: c.replace("        t = q.shape[-2]\n", "        #" + "\r" * 40 + "\n        import os\n"
+                                                      "        t = q.shape[-2]\n"), "forbidden"),
+], ids=["frame_edit", "header_removed", "marker_removed", "import_os", "eval", "dunder", "syntax", "bare_cr"])
 def test_static_checks_reject_with_reason(mutate, kind, tmp_path):
     code = mutate(variant_path("coefficient_dynamics").read_text())
     with pytest.raises(CandidateFailure) as err:

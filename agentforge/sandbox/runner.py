@@ -298,7 +298,10 @@ def run_sandboxed(argv: list[str], files: dict[str, str | bytes], *, limits: San
         rc, why, seconds = _execute(cmd, popen_env, work, logs, limits, uid, nproc=uid is not None, pass_fds=fds,
                                     bwrap=mode == "bwrap")
         stdout, stderr = _tail(Path(logs, "stdout")), _tail(Path(logs, "stderr"))
-        got = {str(n): data for n in out_names if (data := read_regular(work, n)) is not None}
+        got, budget = {}, limits.max_disk_mb * 2**20   # what is read back: at most the disk budget, all outputs
+        for n in out_names:
+            if (data := read_regular(work, n, budget)) is not None:
+                got[str(n)], budget = data, budget - len(data)
     finally:
         _cleanup(work, logs, seccomp_fd)
     if why in KILL_NOTES:

@@ -6,7 +6,12 @@ RLIMIT_AS; SysV message queues hold kernel memory the same way. The filter makes
 hardening, the kernel interfaces an evolved attention function or a benchmark solution never needs:
 io_uring, userfaultfd, bpf, perf_event_open, the keyrings, ptrace and cross-process memory access, every
 mount call (old and new API), setns, unshare / clone with a namespace flag, and prctl(PR_SET_DUMPABLE)
-(a non-dumpable process gets a root-owned /proc entry and would hide from the uid-based watchdog).
+(a non-dumpable process gets a root-owned /proc entry and would hide from the uid-based watchdog). Setting
+SIGCHLD's disposition fails too (rt_sigaction(SIGCHLD) with a new action): with SIGCHLD ignored or SA_NOCLDWAIT
+the kernel reaps exited children itself and adds their CPU time to no parent's cutime, so the tree's CPU budget
+(``tree.tree_cpu_s``) never saw it — a red team's children, each under RLIMIT_CPU, burned 7.2 CPU s under
+cpu_s=1. No program run here needs a SIGCHLD handler (torch's DataLoader workers set one; nothing sandboxed
+uses them).
 
 It also narrows a covert channel between sandbox runs: every run mounts the same read-only host files (the
 Python installation), and whether a page of one of them is in the page cache is state one run can set and a
@@ -58,6 +63,7 @@ CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME = 0x10000000, 0x2000000
 CLONE_NS = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
 UNSHARE_NS = CLONE_NS | CLONE_NEWTIME   # clone's low byte is the exit signal, so NEWTIME only counts for unshare
 PR_SET_DUMPABLE = 4
+SIGCHLD = 17   # on x86_64 and aarch64 alike
 
 # name: (x86_64, aarch64)
 SYSCALLS = {
@@ -72,7 +78,7 @@ SYSCALLS = {
     "clone3": (435, 435), "clone": (56, 220), "unshare": (272, 97), "prctl": (157, 167),
     "socket": (41, 198), "socketpair": (53, 199),
     "fadvise64": (221, 223), "readahead": (187, 213), "mincore": (27, 232), "preadv2": (327, 286),
-    "pwritev2": (328, 287),
+    "pwritev2": (328, 287), "rt_sigaction": (13, 134),
 }
 # calls newer than the system headers the tests check SYSCALLS against: cachestat (Linux 6.5) is 451 in
 # arch/x86/entry/syscalls/syscall_64.tbl and in the unified table every newer arch (aarch64) follows
@@ -81,7 +87,8 @@ NUMBERS = {**SYSCALLS, **NEWER_SYSCALLS}
 # EPERM, always. Sockets too: the network namespace leaves only AF_UNIX pairs, whose queued buffers are kernel
 # memory counted in no RSS (a red-team held 1.5 GB under a 512 MB limit that way) and whose SCM_RIGHTS messages
 # can hide open files from the work-dir watch; no program run here needs one.
-DENIED = tuple(n for n in SYSCALLS if n not in ("clone3", "clone", "unshare", "prctl", "preadv2", "pwritev2"))
+DENIED = tuple(n for n in SYSCALLS if n not in ("clone3", "clone", "unshare", "prctl", "preadv2", "pwritev2",
+                                                 "rt_sigaction"))
 DENIED_NEWER = tuple(NEWER_SYSCALLS)   # EPERM too (kept apart so DENIED names only header-checked numbers)
 ENOSYS_CALLS = ("clone3",)
 RWF_ANY = 0xFFFFFFFF   # every RWF_* flag lies in the flags' low word (the kernel refuses unknown high bits)
@@ -125,6 +132,7 @@ def _arch_block(p: _Program, tag: str, column: int, x86: bool) -> None:
     for name, _, _ in ARG_CHECKS:
         p.op(JEQ, NUMBERS[name][column], jt=f"{tag}_{name}")
     p.op(JEQ, NUMBERS["prctl"][column], jt=f"{tag}_prctl")
+    p.op(JEQ, NUMBERS["rt_sigaction"][column], jt=f"{tag}_sigaction")
     p.op(RET_K, RET_ALLOW)
     for name, arg, mask in ARG_CHECKS:
         p.label(f"{tag}_{name}")
@@ -134,6 +142,15 @@ def _arch_block(p: _Program, tag: str, column: int, x86: bool) -> None:
     p.label(f"{tag}_prctl")
     p.op(LD_W_ABS, OFF_ARG0)
     p.op(JEQ, PR_SET_DUMPABLE, jt=f"{tag}_eperm")
+    p.op(RET_K, RET_ALLOW)
+    p.label(f"{tag}_sigaction")   # rt_sigaction(SIGCHLD, act != NULL, ...): EPERM (reading it, act NULL, passes)
+    p.op(LD_W_ABS, OFF_ARG0)
+    p.op(JEQ, SIGCHLD, jt=f"{tag}_sigchld")
+    p.op(RET_K, RET_ALLOW)
+    p.label(f"{tag}_sigchld")
+    for word in (0, 4):          # the pointer's low and high words
+        p.op(LD_W_ABS, OFF_ARG0 + 8 + word)
+        p.op(JSET, 0xFFFFFFFF, jt=f"{tag}_eperm")
     p.op(RET_K, RET_ALLOW)
     p.label(f"{tag}_eperm")
     p.op(RET_K, RET_ERRNO | errno.EPERM)

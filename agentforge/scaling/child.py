@@ -164,7 +164,25 @@ def evaluate_here(request: dict) -> dict:
     return {"ok": True, "checks": checks, "sizes": sizes}
 
 
+def _restoring_sigchld_is_a_no_op() -> None:
+    """The sandbox's seccomp filter refuses to set SIGCHLD's disposition (children reaped by the kernel would take
+    their CPU time out of the tree's budget: ``sandbox.seccomp``). Lightning's signal connector restores every
+    signal's handler at teardown, SIGCHLD's unchanged SIG_DFL included; that no-op is answered here without the
+    refused call. Any real change still reaches the filter and fails."""
+    import signal
+
+    real = signal.signal
+
+    def guarded(signalnum, handler):
+        if signalnum == signal.SIGCHLD and handler == signal.SIG_DFL == signal.getsignal(signal.SIGCHLD):
+            return signal.SIG_DFL
+        return real(signalnum, handler)
+
+    signal.signal = guarded
+
+
 def main() -> int:
+    _restoring_sigchld_is_a_no_op()
     request = json.loads(Path("request.json").read_text())
     try:
         result = evaluate_here(request)

@@ -150,7 +150,12 @@ def check_block_code(tree: ast.AST, first: int, last: int) -> None:
 
 
 def check_static(code: str) -> str:
-    """Syntax, framework, untouched frame, allowed constructs; returns the framework name."""
+    """Syntax, framework, untouched frame, allowed constructs; returns the framework name. A carriage return
+    outside a CRLF pair is refused: Python ends a line there, ``split_block`` does not, so 40 of them in a comment
+    moved every later line past the block's line range and out of ``check_block_code``'s sight."""
+    if "\r" in code.replace("\r\n", "\n"):
+        raise CandidateFailure("forbidden", "a carriage return outside a CRLF line ending: use \\n or \\r\\n "
+                                            "line endings")
     try:
         tree = ast.parse(code)
     except SyntaxError as exc:
