@@ -27,6 +27,10 @@ def test_codegen_cli_tiny_end_to_end(tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["candidate"] == "cognate" and stats["baseline"] == "gpt2_scratch"
     assert "trained from scratch" in stats["baseline_description"]
+    assert stats["optimizers"] == {"cognate": "muon_grokfast", "gpt2_scratch": "adamw"}
+    assert stats["train_rows"] == {n: {"seq_len": 48, "batch_size": 1} for n in ("cognate", "gpt2_scratch")}
+    assert set(stats["budget_ceiling_pass_at_1"]) == {"cognate", "gpt2_scratch"}
+    assert "warning: cognate: 2 of 2 prompts (100%) outgrow the context (48 tokens" in proc.stdout
     for k in ("pass_at_1", "pass_at_2"):
         assert {"cognate", "gpt2_scratch", "delta", "ci95", "p_value", "n"} <= set(stats[k]) and stats[k]["n"] == 2
     assert stats["verdict"] in ("SUCCESS", "PARTIAL", "FAILURE", "INCONCLUSIVE") and stats["reasons"]
@@ -43,6 +47,8 @@ def test_codegen_cli_tiny_end_to_end(tmp_path):
     assert corpus["files_found"] == 40 and corpus["signatures_checked"] > 100
     report = (out / "report.md").read_text()
     assert "canonical solutions pass@1 = 1.000 on 2 problems" in report and "Verdict" in report
+    assert "cognate `muon_grokfast`, gpt2_scratch `adamw`" in report and "Budget ceiling" in report
+    assert "Characters per completion" in report and "1 x 48 tokens" in report
     assert (out / "plots" / "pass_at_k.png").is_file() and (out / "plots" / "training_loss.png").is_file()
     assert (runs[0] / "tables" / "dashboard__stat_summary.csv").is_file()
     assert list(runs[0].glob("wandb/offline-run-*")), "the W&B run was written"

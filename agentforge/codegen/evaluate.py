@@ -9,7 +9,7 @@ import torch
 
 from agentforge.codegen.execution import execute, outcome_counts, split_program
 from agentforge.codegen.problems import Problem
-from agentforge.codegen.sampling import sample
+from agentforge.codegen.sampling import sample, truncate
 from agentforge.evals.speed import interleaved_times
 from agentforge.models.generation import generate
 
@@ -39,7 +39,10 @@ def evaluate(lm, problems: list[Problem], *, n: int, temperature: float, top_p: 
         per_problem.append({"task_id": p.task_id, "num_samples": n, "num_correct": sum(r.outcome == "passed" for r in rs),
                             **outcome_counts(rs)})
     unique = len(set(programs))
+    chars = [len(s["completion"]) for s in samples]
     return {"problems": per_problem, "samples": samples, "outcomes": outcome_counts(results),
+            "completion_chars_mean": sum(chars) / len(chars) if chars else float("nan"),
+            "completion_chars_max": max(chars, default=0),
             "generated_tokens": gen_tokens, "generation_seconds": gen_s,
             "sampling_tokens_per_sec": gen_tokens / gen_s if gen_s else float("nan"),
             "prompts_truncated": truncated, "executed_programs": unique, "execution_seconds": exec_s,
@@ -52,6 +55,48 @@ def self_check(problems: list[Problem], exec_kw: dict) -> dict:
     failures = [{"task_id": p.task_id, "outcome": r.outcome, "detail": r.detail}
                 for p, r in zip(problems, results) if r.outcome != "passed"]
     return {"n": len(problems), "pass_at_1": 1 - len(failures) / max(len(problems), 1), "failures": failures}
+
+
+def budget_cut(lm, solution: str, max_new_tokens: int, stop: tuple[str, ...]) -> str:
+    """``solution`` as ``lm`` could at best write it within ``max_new_tokens`` of its own tokens: its first
+    ``max_new_tokens`` tokens (no BOS), decoded, then cut at the first stop sequence, as ``sample`` cuts."""
+    prefix = lm.encode("")                       # the BOS a byte LM puts first; [] for a BPE tokenizer
+    ids = lm.encode(solution)
+    ids = ids[len(prefix):] if ids[:len(prefix)] == prefix else ids
+    return truncate(lm.decode(ids[:max_new_tokens]), stop)
+
+
+def budget_ceiling(lms: list, problems: list[Problem], max_new_tokens: int, exec_kw: dict) -> dict[str, float]:
+    """{model: pass@1 of the canonical solutions cut to that model's ``max_new_tokens`` budget (``budget_cut``)}: the
+    score a perfect model could reach under the budget; identical programs run once (``execute``)."""
+    cut = {lm.name: [split_program(p, budget_cut(lm, p.canonical_solution, max_new_tokens, p.stop)) for p in problems]
+           for lm in lms}
+    results = execute([prog for progs in cut.values() for prog in progs], **exec_kw)
+    out, i = {}, 0
+    for name, progs in cut.items():
+        out[name] = sum(r.outcome == "passed" for r in results[i:i + len(progs)]) / max(len(progs), 1)
+        i += len(progs)
+    return out
+
+
+def truncation_warning(name: str, truncated: int, n: int, ctx: int, max_new_tokens: int,
+                       limit: float = 0.10) -> str | None:
+    """A warning when more than ``limit`` of the prompts were left-truncated (they lose their start: imports, the
+    signature), else None."""
+    if n and truncated > limit * n:
+        return (f"warning: {name}: {truncated} of {n} prompts ({truncated / n:.0%}) outgrow the context ({ctx} tokens "
+                f"- {max_new_tokens} new) and are left-truncated, losing their start (imports, the signature); raise "
+                f"model.max_seq_len (size=25m: 1024) or phase.context_tokens, or lower phase.max_new_tokens")
+    return None
+
+
+PROBE = "def add(a, b):\n    return a + b  # sum\n"
+
+
+def token_units_differ(lms: list) -> bool:
+    """True when the models' tokenizers encode the same text differently (bytes vs GPT-2 BPE): their token counts
+    (max_new_tokens, context, the latency's tokens) then measure different amounts of text."""
+    return len({tuple(lm.encode(PROBE)) for lm in lms}) > 1
 
 
 def generation_latency_ms(lm, tokens: int, prompt: str = "def") -> tuple[float, int]:
@@ -73,12 +118,13 @@ def _fit(lm, tokens: int, prompt: str = "def") -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def _greedy(lm, tokens: int, prompt: str = "def") -> int:
-    """Greedy-generate ``tokens`` tokens after ``prompt`` (``_fit``); returns how many."""
+def _greedy(lm, tokens: int, prompt: str = "def", chars: bool = False) -> int:
+    """Greedy-generate ``tokens`` tokens after ``prompt`` (``_fit``); returns how many (``chars``: how many
+    characters they decode to)."""
     ids, n = _fit(lm, tokens, prompt)
     out = generate(lm.model, ids, n, lm.max_seq_len)
     assert out.shape[1] - ids.shape[1] == n
-    return n
+    return len(lm.decode(out[0, ids.shape[1]:].tolist())) if chars else n
 
 
 def efficiency(lms: list, trainings: dict, latency_tokens: int, evals: dict, rounds: int = 7) -> dict[str, dict]:
@@ -89,13 +135,15 @@ def efficiency(lms: list, trainings: dict, latency_tokens: int, evals: dict, rou
     timings minutes apart. Memory is the RSS growth during the model's own training (``train_ram_growth_mb``; the
     process's peak would count the other model's training), NaN when it did not train here or ran on a GPU; both
     trainings run one after the other in this process, so the first also pays the process's one-time allocations
-    (46 MB against 1.25 MB at equal size in one run): ``memory_shared_process`` tells the ratio check so."""
-    out = {lm.name: {"param_count": lm.num_params(), "memory_shared_process": True,
+    (46 MB against 1.25 MB at equal size in one run): ``memory_shared_process`` tells the ratio check so. When the
+    tokenizers differ (``token_units_differ``: bytes vs BPE), the same token count is a different amount of text:
+    ``token_units_differ`` tells the ratio checks so, and ``latency_chars`` says how many characters were timed."""
+    differ = token_units_differ(lms)
+    out = {lm.name: {"param_count": lm.num_params(), "memory_shared_process": True, "token_units_differ": differ,
                      "peak_memory_mb": (trainings.get(lm.name) or {}).get("train_ram_growth_mb", float("nan")),
                      "sampling_tokens_per_sec": evals[lm.name]["sampling_tokens_per_sec"]} for lm in lms}
     if latency_tokens:
-        for lm in lms:
-            _greedy(lm, 2)   # warm each model's decoding path
+        chars = {lm.name: _greedy(lm, latency_tokens, chars=True) for lm in lms}   # warms each decoding path
         counts = {lm.name: _fit(lm, latency_tokens)[1] for lm in lms}
         cuda = any(next(lm.model.parameters()).is_cuda for lm in lms)
         times = interleaved_times({lm.name: (lambda lm=lm: _greedy(lm, latency_tokens)) for lm in lms}, rounds,
@@ -104,5 +152,6 @@ def efficiency(lms: list, trainings: dict, latency_tokens: int, evals: dict, rou
             ms = [t * 1000 for t in times[lm.name]]
             med = statistics.median(ms)
             out[lm.name].update(latency_ms=med, latency_rounds_ms=ms, latency_tokens=counts[lm.name],
+                                latency_chars=chars[lm.name],
                                 throughput_tokens_per_sec=counts[lm.name] / (med / 1000))
     return out

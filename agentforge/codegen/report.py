@@ -13,12 +13,15 @@ EFFICIENCY = (("latency_ms", "latency of {n} tokens (ms)", "lower"),
               ("throughput_tokens_per_sec", "tokens/s ({n}-token generation)", "higher"),
               ("peak_memory_mb", "peak training RAM (MB)", "lower"), ("param_count", "parameters", ""))
 NOT_COMPARABLE = "peak_memory_mb"   # with ``memory_shared_process``: RSS growth of two trainings in one process
+PER_TOKEN = ("latency_ms", "throughput_tokens_per_sec")   # with ``token_units_differ``: different amounts of text
 
 
 def _comparable(key: str, kpis: dict, names: list[str]) -> bool:
     """False for the training-RAM figure when the models trained one after the other in one process: the first also
-    pays the process's one-time allocations (46 MB against 1.25 MB at equal size), so its ratio is no comparison."""
-    return not (key == NOT_COMPARABLE and any(kpis[n].get("memory_shared_process") for n in names))
+    pays the process's one-time allocations (46 MB against 1.25 MB at equal size), so its ratio is no comparison;
+    False for the per-token timings when the tokenizers differ (bytes vs BPE: a token is not the same text)."""
+    return not ((key == NOT_COMPARABLE and any(kpis[n].get("memory_shared_process") for n in names))
+                or (key in PER_TOKEN and any(kpis[n].get("token_units_differ") for n in names)))
 
 
 def _f(v, digits: int = 4) -> str:
@@ -78,6 +81,15 @@ def plot_all(out_dir: Path, names: list[str], curves: dict[str, list[float]], kp
     return paths
 
 
+def ceiling_line(ceiling: dict[str, float], max_new_tokens, target) -> str:
+    """The budget ceiling as a report line: the pass@1 of the canonical solutions cut to each model's budget."""
+    low = [n for n, v in ceiling.items() if target is not None and v < target]
+    return (f"Budget ceiling: canonical solutions cut to max_new_tokens = {max_new_tokens} (each model's own tokens) "
+            f"and the stop sequences pass@1 = " + ", ".join(f"{v:.3f} ({n})" for n, v in ceiling.items())
+            + (f"; **below the pass@1 target {target} for {', '.join(low)}: even a perfect model could not meet it "
+               f"under this budget** (raise phase.max_new_tokens)." if low else "."))
+
+
 def efficiency_line(c: dict) -> str:
     """One efficiency check of ``stats.json`` as a report line; below ``MIN_TIMING_ROUNDS`` the order statistics are
     the range of the rounds, not a 95 % CI, and are called that."""
@@ -111,6 +123,19 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
         sc = info["self_check"]
         lines += [f"Harness self-check: canonical solutions pass@1 = {sc['pass_at_1']:.3f} on {sc['n']} problems"
                   + (f" (failures: {[f['task_id'] for f in sc['failures']]})" if sc["failures"] else "") + ".", ""]
+        if sc.get("budget_ceiling_pass_at_1"):
+            lines += [ceiling_line(sc["budget_ceiling_pass_at_1"], info["max_new_tokens"],
+                                   info.get("pass_at_1_target")), ""]
+    if info.get("optimizers"):
+        differ = len(set(info["optimizers"].values())) > 1
+        lines += ["Optimizers" + (" (they differ, so a delta can come from the optimizer as well as the architecture)"
+                                  if differ else "") + ": "
+                  + ", ".join(f"{n} `{o}`" for n, o in info["optimizers"].items()) + ".", ""]
+    if info.get("train_rows"):
+        lines += ["Training rows: " + ", ".join(f"{n} {r['batch_size']} x {r['seq_len']} tokens"
+                                                for n, r in info["train_rows"].items())
+                  + " per step (rows as long as the evaluated context, so every position the models generate at was "
+                    "trained).", ""]
     head = ["model"] + [f"pass@{k}" for k in ks] + ["passed", "failed", "timeout", "error", "params",
                                                      "latency ms", "tok/s", "train RAM growth MB", "val loss",
                                                      "train s"]
@@ -122,9 +147,17 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
         row += [_f(kp.get("param_count")), _f(kp.get("latency_ms")), _f(kp.get("throughput_tokens_per_sec")),
                 _f(kp.get("peak_memory_mb")), _f(tr.get("final_val_loss")), _f(tr.get("seconds"))]
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Characters per completion (mean / max, after the stop-sequence cut): "
+              + ", ".join(f"{n} {_f(evals[n].get('completion_chars_mean'), 3)} / {_f(evals[n].get('completion_chars_max'))}"
+                          for n in names) + "."]
+    if any(kpis[n].get("token_units_differ") for n in names):
+        lines += ["", "**The models' tokenizers differ (bytes vs BPE): max_new_tokens, the context and the timed "
+                  "generation count different amounts of text, so the latency and throughput ratios are not "
+                  "comparable: different token units (no decision).**"]
     lat = {n: kpis[n].get("latency_tokens") for n in names if kpis[n].get("latency_tokens")}
     if lat:
-        lines += ["", "Latency and tok/s: one greedy generation of " + ", ".join(f"{t} tokens ({n})" for n, t in lat.items())
+        lines += ["", "Latency and tok/s: one greedy generation of "
+                  + ", ".join(f"{t} tokens = {_f(kpis[n].get('latency_chars'))} characters ({n})" for n, t in lat.items())
                   + " through the KV cache, batch 1; train RAM growth: how much the process's RSS grew while that model"
                   " trained (both train in one process, one after the other, and the first also pays the process's"
                   " one-time allocations: not comparable between the models, so the memory ratio decides nothing)."]
@@ -140,7 +173,7 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
     lines += [efficiency_line(c) for c in stats["efficiency"]]
     lines += ["", "A tiny model trained for minutes on a 2-core CPU writes almost no working code: pass@k near 0 "
               "and a FAILURE (or INCONCLUSIVE) verdict are the honest result, not a harness fault (the self-check "
-              "shows the harness passes correct code).", ""]
+              "shows the harness passes correct code; the budget ceiling, what a perfect model could score).", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plot_paths]
     return "\n".join(lines) + "\n"
 

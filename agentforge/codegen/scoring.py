@@ -15,6 +15,21 @@ from __future__ import annotations
 from agentforge.evals import stats as st
 from agentforge.evals.compare import efficiency_checks
 
+UNITS = "token_units_differ"   # True: the models' tokenizers differ (bytes vs BPE), so do their token counts
+PER_TOKEN_RATIOS = ("max_latency_ratio", "min_throughput_ratio")
+
+
+def _units_not_comparable(checks: list[dict]) -> tuple[bool | str | None, list[dict]]:
+    """The ratio checks timed per token decide nothing when the models count different tokens (a BPE token is
+    several characters of code, a byte one); the overall efficiency outcome recomputed as ``efficiency_checks`` does."""
+    checks = [{**c, "ok": None, "note": "not comparable: different token units (the tokenizers differ), no decision"}
+              if c["threshold"] in PER_TOKEN_RATIOS else c for c in checks]
+    if not checks:
+        return None, checks
+    if any(c["ok"] is False for c in checks):
+        return False, checks
+    return (True if all(c["ok"] is True for c in checks) else "inconclusive"), checks
+
 
 def per_problem_pass(problems: list[dict], k: int) -> list[float] | None:
     """pass@k of each problem ({num_samples, num_correct}), or None when some problem has n < k."""
@@ -51,6 +66,8 @@ def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, ca
                                "ci95": t["ci95"], "p_value": t["p_value"], "n": t["n"],
                                "test": t["test"]}
     eff_ok, checks = efficiency_checks({"metrics": kpis[candidate]}, {"metrics": kpis[baseline]}, thresholds)
+    if kpis[candidate].get(UNITS) or kpis[baseline].get(UNITS):
+        eff_ok, checks = _units_not_comparable(checks)
     p1 = out["pass_at_1"]
     v, reasons = st.verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                             p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok,

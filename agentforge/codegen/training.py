@@ -80,6 +80,7 @@ def train(name: str, model: torch.nn.Module, corpus: CodeCorpus, *, data_cfg: di
     h = module.history
     return {"name": name, "seconds": seconds, "steps": int(trainer.global_step),
             "tokens": int(trainer.global_step) * int(data_cfg["batch_size"]) * int(data_cfg["seq_len"]),
+            "seq_len": int(data_cfg["seq_len"]), "batch_size": int(data_cfg["batch_size"]),
             "final_train_loss": h["train_loss"][-1] if h["train_loss"] else float("nan"),
             "final_val_loss": h["val_loss"][-1] if h["val_loss"] else float("nan"),
             "peak_train_ram_mb": peak, "rss_before_train_mb": rss0,

@@ -47,8 +47,9 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path) -> tuple[list, dic
     """[(CodeLM, training result or None)] for the candidate and the baseline, trained as configured."""
     p, b = cfg.phase, _container(cfg.get("baseline"))
     size = _container(cfg.model)
-    train_kw = dict(data_cfg=_container(cfg.data), hw_cfg=_container(cfg.hardware), run_dir=run_dir, seed=int(cfg.seed),
-                    max_epochs=int(p.max_epochs), steps_per_epoch=int(p.steps_per_epoch), val_rows=int(p.val_rows),
+    train_kw = dict(data_cfg=train_rows(_container(cfg.data), eval_context(cfg)), hw_cfg=_container(cfg.hardware),
+                    run_dir=run_dir, seed=int(cfg.seed), max_epochs=int(p.max_epochs),
+                    steps_per_epoch=int(p.steps_per_epoch), val_rows=int(p.val_rows),
                     gradient_clip=float(p.gradient_clip))
     out, trainings = [], {}
     if p.checkpoint:
@@ -78,6 +79,31 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path) -> tuple[list, dic
     for lm in out:  # Lightning hands the trained model back on the CPU
         lm.model.to(device).eval()
     return out, trainings
+
+
+def eval_context(cfg) -> int:
+    """The context the models are evaluated with: ``model.max_seq_len``, or ``phase.context_tokens`` when smaller."""
+    ctx = int(cfg.model.max_seq_len)
+    return min(ctx, int(cfg.phase.context_tokens)) if cfg.phase.context_tokens else ctx
+
+
+def train_rows(data: dict, ctx: int) -> dict:
+    """``data`` with training rows as long as the evaluated context ``ctx`` and the tokens per step kept
+    (batch = max(1, batch * seq_len // ctx)): the GPT-2 baseline learns one position embedding per position, so
+    rows shorter than the context would leave the positions it generates at untrained (its initial values)."""
+    seq, batch = int(data["seq_len"]), int(data["batch_size"])
+    return {**data, "seq_len": ctx, "batch_size": max(1, batch * seq // ctx)}
+
+
+def optimizers(cfg, trainings: dict) -> dict[str, str]:
+    """{model: its optimizer}: they differ (Cognate's configured optimizer, the baseline's own recipe), which the
+    report discloses; a model not trained here says so."""
+    b = _container(cfg.get("baseline"))
+    out = {"cognate": str(cfg.optimizer.name) if "cognate" in trainings else
+           ("not trained here (phase.checkpoint)" if cfg.phase.checkpoint else "untrained")}
+    out[b["name"]] = (str(b["optimizer"]["name"]) if b["name"] in trainings else
+                      "pretrained, not trained here" if b["name"] == "gpt2" else "untrained")
+    return out
 
 
 def _baseline_training(p, trainings: dict) -> str:
@@ -124,6 +150,15 @@ def run(cfg) -> dict:
             print(f"self-check: canonical solutions pass@1 = {check['pass_at_1']:.3f} on {check['n']} problems")
         lms, trainings = build_models(cfg, corpus, ctx.run_dir, Path(cfg.paths.artifacts).absolute())
         names = [lm.name for lm in lms]
+        target = _container(p.thresholds).get("min_pass_at_1")
+        if check:
+            check["budget_ceiling_pass_at_1"] = ceiling = ev.budget_ceiling(lms, subset, int(p.max_new_tokens), exec_kw)
+            print(f"self-check: canonical solutions cut to max_new_tokens={p.max_new_tokens} pass@1 = "
+                  + ", ".join(f"{v:.3f} ({n})" for n, v in ceiling.items()))
+            for n, v in ceiling.items():
+                if target is not None and v < float(target):
+                    print(f"warning: {n}: a perfect model scores at most pass@1 {v:.3f} < the target {target} under "
+                          f"phase.max_new_tokens={p.max_new_tokens} (the budget, not the model, caps the score)")
         evals, curves = {}, {}
         samples_path = out_dir / "samples.jsonl"
         samples_path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +174,10 @@ def run(cfg) -> dict:
                 for s in res["samples"]:
                     f.write(json.dumps({"model": lm.name, **s}) + "\n")
             print(f"  outcomes {res['outcomes']}  pass@1 {curves[lm.name][0]:.4f}")
+            warn = ev.truncation_warning(lm.name, res["prompts_truncated"], len(subset),
+                                         min(lm.max_seq_len, p.context_tokens or lm.max_seq_len), int(p.max_new_tokens))
+            if warn:
+                print(warn)
         print(f"timing {int(p.latency_tokens)}-token greedy generations, {int(p.latency_rounds)} interleaved rounds")
         kpis = ev.efficiency(lms, trainings, int(p.latency_tokens), evals, int(p.latency_rounds))
         for lm in lms:
@@ -155,12 +194,21 @@ def run(cfg) -> dict:
                                       n_resamples=int(p.n_resamples), seed=int(cfg.seed),
                                       unstable=any(t.get("unstable") for t in trainings.values()),
                                       baseline_description=lms[1].description)
+        rows = {n: {"seq_len": t["seq_len"], "batch_size": t["batch_size"]} for n, t in trainings.items()}
+        stats.update(optimizers=optimizers(cfg, trainings), train_rows=rows, self_check=check,
+                     budget_ceiling_pass_at_1=(check or {}).get("budget_ceiling_pass_at_1"),
+                     completion_chars_mean={n: evals[n]["completion_chars_mean"] for n in names})
+        if stats["budget_ceiling_pass_at_1"] and target is not None:
+            stats["reasons"] += [f"budget ceiling: the canonical solutions cut to max_new_tokens={p.max_new_tokens} "
+                                 f"pass@1 = {v:.3f} for {n}, below the target {target}: the budget caps the score"
+                                 for n, v in stats["budget_ceiling_pass_at_1"].items() if v < float(target)]
         stats_path = write_json_atomic(out_dir / "stats.json", stats)
         info = {"benchmark": str(p.benchmark), "n_problems": len(subset),
                 "problem_range": f"{subset[0].task_id} .. {subset[-1].task_id}", "n_samples": int(p.n_samples),
                 "temperature": float(p.temperature), "top_p": float(p.top_p), "max_new_tokens": int(p.max_new_tokens),
                 "context_tokens": p.context_tokens or "each model's maximum", "sandbox": str(p.sandbox),
                 "baseline_description": lms[1].description, "corpus": corpus.stats, "self_check": check,
+                "optimizers": stats["optimizers"], "train_rows": rows, "pass_at_1_target": target,
                 "python": platform.python_version()}
         plot_paths = report.plot_all(out_dir / "plots", names, curves, kpis, trainings)
         md = report.markdown(info, names, evals, kpis, stats, trainings, plot_paths)
