@@ -335,8 +335,11 @@ def test_ctrl_c_says_how_to_continue(tmp_path):
     """SIGINT mid-training: Lightning shuts down and exited 1 with no word of what to do; now one error line
     that says to run the same command again, exit 130 (as shells report a Ctrl-C)."""
     args = [*BASE, "phase.max_epochs=50", "phase.steps_per_epoch=6"]
+    # SIGINT as a terminal delivers it: a test run started in the background (`make test &`, nohup) passes SIGINT
+    # ignored to its children, and Python then keeps ignoring it (the run finished, exit 0)
     proc = subprocess.Popen([sys.executable, "-m", "agentforge", *args], cwd=tmp_path, env=_env(tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = tmp_path / "outputs" / "artifacts" / "cognate" / "model3.work" / "last.ckpt"
     deadline = time.time() + 240
     while not last.is_file() and proc.poll() is None and time.time() < deadline:
