@@ -225,3 +225,8 @@ def test_the_table_says_when_the_stages_were_evaluated_with_different_settings()
     assert "different settings** — latency_tokens: 512 (a) vs 128 (b)" in markdown_table(results, [])
     same = {"a": results["a"], "b": {"settings": dict(results["a"]["settings"])}}
     assert settings_differences(same) == [] and "different settings" not in markdown_table(same, [])
+    # the timing regime recorded with the metrics: the recursive wrapper decodes without the KV cache
+    timed = {"baseline": {"metrics": {"latency_tokens": 504, "decode_cached": True}},
+             "after_surgery": {"metrics": {"latency_tokens": 504, "decode_cached": False}}}
+    assert settings_differences(timed) == ["decode_cached: True (baseline) vs False (after_surgery)"]
+    assert settings_differences({"a": {"metrics": {}}, "b": {"metrics": {"decode_cached": False}}}) == []

@@ -269,15 +269,25 @@ def _size_key(fmt: str) -> str:
     return "phase.choice_examples" if fmt in ("arc", "piqa") else "phase.eval_examples"
 
 
+# how a stage's timings were taken, recorded with its metrics: the tokens actually generated (capped to what the KV
+# cache holds) and whether the KV cache decoded them (the recursive wrapper has none: ~7x slower per token)
+TIMING_REGIME = ("latency_tokens", "decode_cached")
+
+
 def settings_differences(results: dict[str, dict]) -> list[str]:
-    """'key: a (stage) vs b (stage)' for every evaluation setting (the results' ``settings``) that differs between
-    the stages: a difference of timings taken with 512 and 128 tokens is no speed change."""
+    """'key: a (stage) vs b (stage)' for every evaluation setting (the results' ``settings``) and timing regime
+    (``TIMING_REGIME`` of their metrics) that differs between the stages: a difference of timings taken with 512 and
+    128 tokens, or with and without the KV cache, is no speed change."""
     out = []
     stages = list(results)
     keys = sorted({k for r in results.values() for k in (r.get("settings") or {})})
     for k in keys:
         vals = {s: (results[s].get("settings") or {}).get(k) for s in stages}
         if len({repr(v) for v in vals.values()}) > 1:
+            out.append(f"{k}: " + " vs ".join(f"{v} ({s})" for s, v in vals.items()))
+    for k in TIMING_REGIME:
+        vals = {s: (results[s].get("metrics") or {}).get(k) for s in stages}
+        if None not in vals.values() and len({repr(v) for v in vals.values()}) > 1:
             out.append(f"{k}: " + " vs ".join(f"{v} ({s})" for s, v in vals.items()))
     return out
 
