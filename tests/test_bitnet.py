@@ -15,6 +15,7 @@ from agentforge.io import CheckpointError
 from agentforge.main import run
 from agentforge.phases.bitnet import relative_drop
 from agentforge.quant import BitLinear
+from agentforge.quant.bitlinear import pick_kernel
 from agentforge.quant.checkpoint import ARCHITECTURE
 
 BITNET_TINY = ["phase=bitnet", "logger=none", "hardware=cpu", "data.batch_size=4", "data.seq_len=32",
@@ -96,7 +97,9 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     assert native.installed() or "native BitNet decode kernel: not built on this machine" in out
     for regime in ("prefill", "decode"):
         times = {k: speed[f"speed/{regime}_{k}_ms"] for k in ("int8", "float", "native") if f"speed/{regime}_{k}_ms" in speed}
-        assert speed[f"speed/{regime}_kernel"] == min(times, key=times.get) and min(times.values()) > 0
+        # the rule the load applies (bitlinear.pick_kernel): int8 unless another is faster by more than the margin
+        # (asserting the plain minimum failed when float was faster by less than the margin)
+        assert speed[f"speed/{regime}_kernel"] == pick_kernel(times) and min(times.values()) > 0
     assert "kernels chosen by measurement: prefill" in out
     ft = [r for r in rows if "finetune/loss" in r]
     assert len(ft) == 1 and ft[0]["finetune/epoch"] == 1 and 0 < ft[0]["finetune/loss"] < 20
