@@ -279,16 +279,12 @@ def settings_differences(results: dict[str, dict]) -> list[str]:
     (``TIMING_REGIME`` of their metrics) that differs between the stages: a difference of timings taken with 512 and
     128 tokens, or with and without the KV cache, is no speed change."""
     out = []
-    stages = list(results)
-    keys = sorted({k for r in results.values() for k in (r.get("settings") or {})})
-    for k in keys:
-        vals = {s: (results[s].get("settings") or {}).get(k) for s in stages}
-        if len({repr(v) for v in vals.values()}) > 1:
-            out.append(f"{k}: " + " vs ".join(f"{v} ({s})" for s, v in vals.items()))
-    for k in TIMING_REGIME:
-        vals = {s: (results[s].get("metrics") or {}).get(k) for s in stages}
-        if None not in vals.values() and len({repr(v) for v in vals.values()}) > 1:
-            out.append(f"{k}: " + " vs ".join(f"{v} ({s})" for s, v in vals.items()))
+    settings = sorted({k for r in results.values() for k in (r.get("settings") or {})})
+    for part, keys in (("settings", settings), ("metrics", TIMING_REGIME)):
+        for k in keys:
+            vals = {s: (r.get(part) or {}).get(k) for s, r in results.items()}
+            if (part == "settings" or None not in vals.values()) and len({repr(v) for v in vals.values()}) > 1:
+                out.append(f"{k}: " + " vs ".join(f"{v} ({s})" for s, v in vals.items()))
     return out
 
 

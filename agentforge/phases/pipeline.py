@@ -24,7 +24,7 @@ from agentforge.errors import ConfigError
 from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
-from agentforge.phases.rules import PHASE_RULES
+from agentforge.phases.rules import PHASE_RULES, override_key
 from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete, outputs_digest, step_fingerprint
 from agentforge.pipeline.report import dir_bytes, performance_rows, write_report
 from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
@@ -47,7 +47,7 @@ def _forwarded_overrides() -> list[str]:
 def check_no_model_choice(overrides: list[str]) -> None:
     """``model=m2`` on the pipeline's command line: each Cognate step sets its own ``model=`` after the forwarded
     overrides, so the choice was silently dropped (m1, m2 and m3 trained); a ConfigError pointing to phase.models."""
-    given = [o for o in overrides if o.lstrip("+~").split("=", 1)[0].strip() == "model"]
+    given = [o for o in overrides if override_key(o) == "model"]
     if given:
         raise ConfigError(f"{given[0]} does not apply to phase=pipeline, which trains one Cognate model per entry of "
                           f"phase.models; choose them with phase.models=[...] (e.g. phase.models=[m2])")

@@ -195,12 +195,16 @@ def pipeline_sets(phase: str) -> tuple[str, ...]:
             *(("phase.checkpoint", "phase.stage") if phase == "eval" else ()))
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override sets: '+model=m2' -> 'model', '~phase.x' -> 'phase.x'."""
+    return override.lstrip("+~").split("=", 1)[0].strip()
+
+
 def _step_overrides(phase: str) -> Rule:
     reserved = pipeline_sets(phase)
 
     def ok(x) -> bool:
-        return isinstance(x, list) and all(isinstance(o, str) and o.lstrip("+~").split("=", 1)[0].strip()
-                                           not in reserved for o in x)
+        return isinstance(x, list) and all(isinstance(o, str) and override_key(o) not in reserved for o in x)
 
     return rule(f"phase.overrides.{phase}", (ok, f"a list of overrides that leave what the pipeline sets alone "
                                                 f"({', '.join(k + '=' for k in reserved)}); the Cognate models "
