@@ -1,5 +1,5 @@
 """Speed work of issue 16: SDPA attention with the exact QK-clip max logit, no host syncs in the
-attention / generation path, the KV cache, the BitNet kernel choice (``hardware.compile``: test_compile.py)."""
+attention / generation path, the KV cache (``hardware.compile``: test_compile.py; the BitNet kernel choice: test_bitnet_kernels.py)."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,6 @@ from torch.overrides import TorchFunctionMode
 from agentforge.models.generation import generate
 from agentforge.models.layers import Block, CausalSelfAttention, apply_rope, causal_window_mask, max_logits, rope_cache
 from agentforge.optim.qk_clip import qk_clip_
-from agentforge.quant.bitlinear import BitLinear
 from tests.conftest import autograd_nodes
 
 SYNCING = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "nonzero", "masked_select",
@@ -299,76 +298,6 @@ def test_cuda_cognate_training_step_and_cached_generation_raise_no_sync_under_de
         torch.cuda.set_sync_debug_mode(0)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
 
-
-def _packed_tiny(tmp_path):
-    from agentforge.data.tokenizer import ByteTokenizer
-    from agentforge.models import CognateConfig, CognateModel
-    from agentforge.quant.calibrate import activation_stats, apply_clips
-    from agentforge.quant.checkpoint import load_packed, save_packed
-    from agentforge.quant.convert import convert_to_bitlinear
-
-    torch.manual_seed(0)
-    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=8, max_steps=2,
-                                       ltm_slots=4, ltm_key_dim=8)).eval()
-    names = convert_to_bitlinear(model)
-    fp = CognateModel(model.config).eval()
-    apply_clips(model, activation_stats(fp, torch.randint(0, 256, (4, 17)), names, batch_size=4))
-    return load_packed(save_packed(tmp_path / "packed", model, ByteTokenizer()))[0]
-
-
-def test_sibling_layers_share_one_quantization_with_identical_outputs(tmp_path, monkeypatch):
-    from agentforge.quant import bitlinear
-
-    model = _packed_tiny(tmp_path)
-    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(3))
-    calls = []
-    real = bitlinear.quantize_activations
-    monkeypatch.setattr(bitlinear, "quantize_activations", lambda *a, **k: calls.append(1) or real(*a, **k))
-    with torch.no_grad():
-        shared = model(ids).logits
-        n_shared = len(calls)
-        monkeypatch.setattr(BitLinear, "share_quantization", False)
-        calls.clear()
-        alone = model(ids).logits
-    assert torch.equal(shared, alone)
-    # q/k/v read one input (3 -> 1 quantization per step), gate/up another (2 -> 1)
-    assert n_shared < len(calls)
-
-
-def test_modified_input_is_requantized():
-    torch.manual_seed(0)
-    a, b = (BitLinear.from_ternary(torch.randint(-1, 2, (4, 8)), torch.tensor(0.5), None, 2.0) for _ in range(2))
-    x = torch.randn(3, 8)
-    with torch.no_grad():
-        a(x)                                         # caches the quantization of x
-        x.mul_(0.5)                                  # same tensor object, new contents
-        got = b(x)
-        BitLinear.share_quantization = False
-        try:
-            want = b(x)
-        finally:
-            BitLinear.share_quantization = True
-    assert torch.equal(got, want)
-
-
-def test_kernel_chosen_by_measurement_at_load(tmp_path):
-    from agentforge.quant.bitlinear import pick_kernel, select_kernel
-
-    model = _packed_tiny(tmp_path)
-    info = model.bitnet_kernel
-    assert info["kernel"] == pick_kernel({k: info[f"{k}_ms"] for k in ("int8", "float")})   # float only if 5 % faster
-    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
-    assert layers and {m.kernel for m in layers} == {info["kernel"]}
-    ids = torch.randint(0, 256, (1, 10))
-    outs = {}
-    with torch.no_grad():
-        for kernel in ("int8", "float"):
-            for m in layers:
-                m.kernel = kernel
-            outs[kernel] = model(ids).logits
-    torch.testing.assert_close(outs["int8"], outs["float"], rtol=1e-4, atol=1e-5)
-    again = select_kernel(model, ids, repeats=1)
-    assert {m.kernel for m in layers} == {again["kernel"]}
 
 
 def _cognate(**kw):
