@@ -128,6 +128,24 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     assert final["final/compression_ratio"] == pytest.approx((run_dir / "reference" / "fp32.safetensors").stat().st_size
                                                              / packed)
     assert final["final/compression_ratio"] > 1
+    # sparsity / zero / nonzero cover the whole shipped model, each tensor once (a tied embedding once); *_ternary the
+    # BitLinear weights alone. The packed model's parameters are its int8 codes and its preserved tensors, so exact
+    # zeros of model.parameters() (which lists a tied weight once) are the whole model's
+    from agentforge.artifacts import load_model
+
+    n_params = load_model(src)[0].num_params()
+    assert evaluation["evaluation/zero_params"] + evaluation["evaluation/nonzero_params"] == n_params
+    assert evaluation["evaluation/total_params"] == n_params == sum(p.numel() for p in model.parameters())
+    assert evaluation["evaluation/zero_params"] == sum(int((p == 0).sum()) for p in model.parameters())
+    codes = [m.codes for m in layers]
+    assert evaluation["evaluation/zero_params_ternary"] == sum(int((c == 0).sum()) for c in codes)
+    assert evaluation["evaluation/zero_params_ternary"] + evaluation["evaluation/nonzero_params_ternary"] == sum(
+        c.numel() for c in codes) < n_params
+    assert final["final/sparsity"] == evaluation["evaluation/sparsity_overall"] == pytest.approx(
+        evaluation["evaluation/zero_params"] / n_params)
+    assert final["final/sparsity_ternary"] == evaluation["evaluation/sparsity_ternary"]
+    assert (f"{n_params:,} parameters, of which" in out and f"{final['final/sparsity']:.3f} of the whole model, "
+            f"{final['final/sparsity_ternary']:.3f} of the ternary weights" in out)
     breakdown = (run_dir / "tables" / "compression__breakdown.csv").read_text()
     assert breakdown.startswith("Layer Type,Params,Quantized,Preserved,Compression") and "Embeddings" in breakdown
     assert (run_dir / "plots" / "accuracy_recovery.png").is_file()

@@ -311,12 +311,25 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
     for ind in first:
         assert set(ind) >= {"recipe", "combo", "metrics", "fitness"}
         assert set(ind["metrics"]) >= {"perplexity", "accuracy", "tokens_per_s", "memory_mb"}
-    keys = set()
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        keys |= set(json.loads(line))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    # per generation: unique_models = distinct weight digests; combo counts = merged models only (an input's weights
+    # unchanged count for no combo); elites_distinct says whether elite1 and elite2 are different weights
+    inputs, bits = {m["weights_sha256"] for m in log["inputs"]}, [combos.bits(c) for c in range(8)]
+    per_gen = [r for r in rows if "evolution/unique_models" in r]
+    assert len(per_gen) == len(log["generations"])
+    for g, r in zip(log["generations"], per_gen):
+        digests = [i["metrics"]["weights_sha256"] for i in g["individuals"]]
+        assert r["evolution/unique_models"] == g["unique_models"] == len(set(digests))
+        merged = [i["combo"] for i in g["individuals"] if i["metrics"]["weights_sha256"] not in inputs]
+        assert [r[f"evolution/combo_{b}_count"] for b in bits] == [merged.count(b) for b in bits]
+        top = sorted(g["individuals"], key=lambda i: i["fitness"], reverse=True)[:2]
+        assert r["evolution/elites_distinct"] == g["elites_distinct"] == (top[0]["metrics"]["weights_sha256"]
+                                                                          != top[1]["metrics"]["weights_sha256"])
+        assert (r["evolution/elite1_fitness"], r["evolution/elite2_fitness"]) == tuple(i["fitness"] for i in top)
     expected = {"evolution/generation", "evolution/best_fitness", "evolution/avg_fitness", "evolution/worst_fitness",
                 "evolution/fitness_std", "evolution/fitness_improvement", "evolution/diversity",
-                "evolution/unique_models", "evolution/elite1_fitness", "evolution/elite2_fitness",
+                "evolution/unique_models", "evolution/elite1_fitness", "evolution/elite2_fitness", "evolution/elites_distinct",
                 "time/generation_duration_seconds", "time/estimated_completion_minutes",
                 "models/model_0/fitness", "models/model_3/combo_id", "models/model_2/inference_time",
                 "models/model_1/memory_usage", "final/generations_completed", "final/best_fitness",

@@ -43,6 +43,38 @@ def test_combo_statistics_credit_only_merged_models():
     assert history_combo(ind(2, 1.2, "c"), inputs) == "010 (model3 unchanged)" and history_combo(ind(5, 1, "m"), inputs) == "101"
 
 
+def test_generation_keys_count_distinct_weights_and_merged_models_only():
+    """A smoke run's generation 1 logged unique_models 4 and combo_010_count 2 with 3 of its 4 members model3's
+    weights unchanged: both counted recipes. Now distinct weight digests, and per combo merged models only."""
+    from agentforge.phases.evomerge import GenerationLogger, combo_counts, elites_distinct, unique_models
+
+    ind = lambda combo, fit, digest: NS(genome=NS(combo=combo), fitness=fit, metrics={
+        "weights_sha256": digest, "perplexity": 2.0, "accuracy": 0.5, "inference_time_ms": 1.0, "memory_mb": 1.0})
+    gen = lambda i, *inds: NS(index=i, individuals=list(inds), best=max(x.fitness for x in inds), mean=1.0, worst=0.9,
+                              std=0.1, diversity=0.5, duration_s=1.0, evaluations=1, unique_genomes=len(inds),
+                              best_individual=max(inds, key=lambda x: x.fitness))
+    inputs = {"a", "b", "c"}
+    # the smoke run's generation 1: model3 ("c") as an elite, two recipes of combo 010 rebuilding it, one merge
+    g1 = gen(1, ind(2, 1.2, "c"), ind(2, 1.2, "c"), ind(7, 1.2, "c"), ind(5, 1.1, "m1"))
+    assert unique_models(g1) == 2 and g1.unique_genomes == 4
+    assert combo_counts(g1, inputs) == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert not elites_distinct(g1)          # elite1 and elite2 are model3 twice
+    g0 = gen(0, ind(0, 1.0, "a"), ind(1, 0.8, "b"), ind(2, 1.2, "c"), ind(3, 0.9, "m0"))
+    assert unique_models(g0) == 4 and combo_counts(g0, inputs) == [0, 0, 0, 1, 0, 0, 0, 0] and elites_distinct(g0)
+    logged = []
+    tracker = NS(log=lambda m, step: logged.append(m))
+    logger = GenerationLogger(tracker, 2, inputs)
+    result = NS(generations=[g0, g1])
+    for g in (g0, g1):
+        logger(g, result)
+    m0, m1 = logged
+    assert (m0["evolution/unique_models"], m1["evolution/unique_models"]) == (4, 2)
+    assert m1["evolution/combo_010_count"] == 0 and m1["evolution/combo_101_count"] == 1
+    assert sum(m1[f"evolution/combo_{c:03b}_count"] for c in range(8)) == 1
+    assert (m0["evolution/elite1_fitness"], m0["evolution/elite2_fitness"], m0["evolution/elites_distinct"]) == (1.2, 1.0, True)
+    assert (m1["evolution/elite1_fitness"], m1["evolution/elite2_fitness"], m1["evolution/elites_distinct"]) == (1.2, 1.2, False)
+
+
 def test_depth_range_bounds_round_inward_and_keep_the_input_depth():
     from agentforge.phases.evomerge import depth_space
 

@@ -313,3 +313,16 @@ def test_identity_recipe_is_that_input_exactly_in_every_combo(combo):
         assert torch.equal(model.eval()(ids).logits, ref.eval()(ids).logits)
 
 
+
+
+def test_recipe_docstring_slot_counts_are_the_model_presets():
+    """merge/recipe.py: 'its slot count differs between the inputs (m1 128, m2 256, m3 16 slots)' -- the presets' values."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    from agentforge.merge import recipe
+
+    stated = dict(re.findall(r"(m[123]) (\d+)", re.search(r"\((m1 \d+, m2 \d+, m3 \d+) slots\)", recipe.__doc__)[1]))
+    assert {m: int(v) for m, v in stated.items()} == {m: OmegaConf.load(f"conf/model/{m}.yaml").ltm_slots
+                                                      for m in ("m1", "m2", "m3")}

@@ -234,6 +234,18 @@ def test_convert_swaps_linears_and_leaves_preserved_layers_untouched():
     assert not any(n.startswith("memory") or n == "halt_head" for n in names2)
 
 
+def test_default_preserved_patterns_leave_exactly_lm_head_and_the_halting_head_full_precision_linears():
+    """README, Phase 4: 'Every linear layer except embeddings, lm_head, norms and the halting head ... becomes a
+    BitLinear' -- with the phase's default patterns, the Linear modules left in full precision are exactly those two."""
+    from omegaconf import OmegaConf
+
+    preserved = list(OmegaConf.load("conf/phase/bitnet.yaml").preserved_layers)
+    model = _small_model()
+    convert_to_bitlinear(model, preserved=preserved)
+    full = {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, BitLinear)}
+    assert full == {"lm_head", "halt_head"}
+
+
 def test_calibration_sets_clips_from_real_statistics():
     model = _small_model()
     rows = torch.randint(0, 40, (6, 9))

@@ -6,7 +6,8 @@ Generic over the genome: the caller passes ``evaluate(genome) -> (fitness, metri
 1. evaluate every member (an evaluation is cached by genome, so an elite or a repeated child costs
    nothing and always keeps the fitness it had);
 2. record best/mean/worst/std fitness, diversity = mean pairwise ``distance`` between members, and
-   the number of distinct genomes;
+   the number of distinct genomes (``unique_genomes``: distinct genomes can still build the same model, so a
+   caller that can tell models apart counts them itself; EvoMerge counts distinct weight digests);
 3. stop early when the best fitness has not risen by more than ``threshold`` for ``patience``
    generations (as Keras' EarlyStopping with ``min_delta``), or after ``generations``;
 4. otherwise the next population is the ``elite_count`` best members unchanged, then children: two
@@ -65,7 +66,7 @@ class Generation:
     worst: float
     std: float
     diversity: float
-    unique: int
+    unique_genomes: int   # distinct genomes, not distinct models (see step 2 above)
     duration_s: float
     evaluations: int      # evaluations actually run (cache misses)
 

@@ -15,7 +15,7 @@ A recipe merges the three input models in three stages, one technique each, chos
 
 Parameters vs buffers. Only parameters are merged. The long-term-memory bank (buffers
 ``memory.keys/values/usage/filled``) holds one model's stored states and its slot count differs
-between the inputs (m1 32, m2 128, m3 16 slots), so the merged model takes the bank and every
+between the inputs (m1 128, m2 256, m3 16 slots), so the merged model takes the bank and every
 non-shape hyperparameter (max_steps, act_threshold, halt_bias_init, ltm_slots, ...) from the
 *base* input ``base`` (0..2); its ``n_layers`` is the length of the stage-3 layer plan.
 

@@ -182,7 +182,7 @@ def run(cfg) -> dict:
         before["rounds_s"], after["rounds_s"] = interleaved_forward_times([model, loaded], seq_len, int(p.speed_repeats))
         log_kernel_choice(ctx.tracker, loaded)
         result = finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve,
-                          time.perf_counter() - t_start, evals)
+                          time.perf_counter() - t_start, evals, convert.zero_counts(loaded))  # the model that ships
         tr.summary(shipped)
         result["metrics"].update(shipped)
         return result
@@ -320,15 +320,14 @@ def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: f
     return cb
 
 
-def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve, seconds, evals) -> dict:
+def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve, seconds, evals, counts):
     p, tr, run_dir = cfg.phase, ctx.tracker, ctx.run_dir
     packed_bytes = (ckpt_dir / "model.safetensors").stat().st_size
     fp32_bytes, fp16_bytes = ref32.stat().st_size, ref16.stat().st_size
     ratio, ratio16 = fp32_bytes / packed_bytes, fp16_bytes / packed_bytes
     quant_rows = [r for r in layer_rows if r["quantized"]]
-    zeros = sum(r["zero_params"] for r in quant_rows)
-    n_quant = sum(r["quantized_params"] for r in quant_rows)
-    sparsity = zeros / max(n_quant, 1)
+    # sparsity / zero / nonzero: the whole model, each tensor once; *_ternary: the BitLinear weights alone
+    zeros, n_params, zeros_t, n_quant = (counts[k] for k in ("zeros", "params", "ternary_zeros", "ternary_params"))
     drop = relative_drop(before["accuracy"], after["accuracy"])
     evidence = accuracy_evidence(before["correct"], after["correct"], evals, drop)
     speed = speedup_evidence(before["rounds_s"], after["rounds_s"])   # median of per-round ratios, its CI
@@ -343,8 +342,10 @@ def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16,
         "evaluation/inference_speedup_ci95": speed["ci95"],
         "evaluation/model_size_before_mb": fp32_bytes / MB, "evaluation/model_size_after_mb": packed_bytes / MB,
         "evaluation/compression_ratio": ratio, "evaluation/compression_ratio_vs_fp16": ratio16,
-        "evaluation/sparsity_overall": sparsity, "evaluation/zero_params": zeros,
-        "evaluation/nonzero_params": n_quant - zeros,
+        "evaluation/sparsity_overall": zeros / max(n_params, 1), "evaluation/zero_params": zeros,
+        "evaluation/nonzero_params": n_params - zeros, "evaluation/total_params": n_params,
+        "evaluation/sparsity_ternary": zeros_t / max(n_quant, 1), "evaluation/zero_params_ternary": zeros_t,
+        "evaluation/nonzero_params_ternary": n_quant - zeros_t,
         **{f"evaluation/{k}_before": before[f"{k}_accuracy"] for k in ("gsm8k", "arc", "piqa")},
         **{f"evaluation/{k}_after": after[f"{k}_accuracy"] for k in ("gsm8k", "arc", "piqa")},
         "evaluation/avg_halting_steps_before": before["halting_steps"],
@@ -356,7 +357,8 @@ def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16,
              **{k: v for k, v in evidence.items() if k.startswith("final/")},
              "final/inference_speedup": speed["value"], "final/inference_speedup_n": speed["n"],
              "final/inference_speedup_ci95": speed["ci95"], "final/inference_speedup_test": speed["test"],
-             "final/sparsity": sparsity, "final/total_time_hours": seconds / 3600, "final/fine_tuning_needed": needed}
+             "final/sparsity": evaluation["evaluation/sparsity_overall"], "final/total_time_hours": seconds / 3600,
+             "final/sparsity_ternary": evaluation["evaluation/sparsity_ternary"], "final/fine_tuning_needed": needed}
     tr.summary(final)
     # tables and charts
     tr.table("compression/layers", ["Layer", "Type", "Params", "Quantized", "Preserved", "Sparsity", "Compression"],
@@ -393,6 +395,6 @@ def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16,
     tr.artifact("phase4-compressed-model", "model", [ckpt_dir], "BitNet 1.58-bit compressed model",
                 {"compression_ratio": ratio, "accuracy_drop": drop, "size_mb": packed_bytes / MB})
     tr.artifact("phase4-compression-config", "config", [config_json], "Quantization configuration and scale factors")
-    print_summary(p, evaluation, final, fp16_bytes, fp32_bytes, packed_bytes, n_quant)
+    print_summary(p, evaluation, final, fp16_bytes, fp32_bytes, packed_bytes)
     return {"checkpoint": str(out_dir), "run_dir": str(run_dir), "metrics": {**evaluation, **final}}
 

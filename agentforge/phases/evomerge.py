@@ -165,7 +165,7 @@ def run(cfg) -> dict:
         # gen 0: the three inputs themselves (identity recipes, combos 000/001/010) + random recipes, one
         # combo each; with elitism the champion is then never below the best input on the selection set
         initial = initial_population(rng, space, evo.population_size)
-        logger = GenerationLogger(ctx.tracker, evo.generations)
+        logger = GenerationLogger(ctx.tracker, evo.generations, {m["weights_sha256"] for m in input_metrics})
         t0 = time.perf_counter()
         result = evolve(initial, evaluate,
                         lambda r, g: mutate(r, g, space, float(p.mutation_rate), float(p.mutation_sigma)),
@@ -177,24 +177,25 @@ def run(cfg) -> dict:
 
 
 class GenerationLogger:
-    """Logs the seed's per-generation and per-model keys as each generation finishes."""
+    """Logs the seed's per-generation and per-model keys as each generation finishes (distinct weights as
+    ``unique_models``, merged models only per combo, and whether elite1 and elite2 are different weights)."""
 
-    def __init__(self, tracker, max_generations: int):
-        self.tracker, self.max_generations = tracker, max_generations
+    def __init__(self, tracker, max_generations: int, input_digests: set[str]):
+        self.tracker, self.max_generations, self.input_digests = tracker, max_generations, input_digests
         self.initial = None
 
     def __call__(self, g, result) -> None:
         if self.initial is None:
             self.initial = g.best
-        counts = combo_counts(g)
-        top = sorted((i.fitness for i in g.individuals), reverse=True)
+        counts, top = combo_counts(g, self.input_digests), elites(g)
         mean_dur = statistics.fmean(x.duration_s for x in result.generations)
         m = {"evolution/generation": g.index, "evolution/best_fitness": g.best, "evolution/avg_fitness": g.mean,
              "evolution/worst_fitness": g.worst, "evolution/fitness_std": g.std,
              "evolution/fitness_improvement": (g.best - self.initial) / abs(self.initial),
-             "evolution/diversity": g.diversity, "evolution/unique_models": g.unique,
+             "evolution/diversity": g.diversity, "evolution/unique_models": unique_models(g),
              **{f"evolution/combo_{combos.bits(c)}_count": counts[c] for c in range(combos.N_COMBOS)},
-             "evolution/elite1_fitness": top[0], "evolution/elite2_fitness": top[1] if len(top) > 1 else top[0],
+             "evolution/elite1_fitness": top[0].fitness, "evolution/elite2_fitness": top[-1].fitness,
+             "evolution/elites_distinct": elites_distinct(g),
              "time/generation_duration_seconds": g.duration_s,
              "time/estimated_completion_minutes": (self.max_generations - g.index - 1) * mean_dur / 60}
         for idx, ind in enumerate(g.individuals):
@@ -208,11 +209,34 @@ class GenerationLogger:
               f"diversity {g.diversity:.3f}  evals {g.evaluations}  {g.duration_s:.1f}s")
 
 
-def combo_counts(g) -> list[int]:
+def is_merged(ind, input_digests: set[str]) -> bool:
+    """False when the individual's weights equal an input's (the evaluator's weights hash: a generation-0 identity
+    recipe, or a recipe that degenerates to one): it carries an arbitrary combo id and no merge by that combo's
+    techniques, so it counts for no combo (``combo_counts``, ``combo_stats``, the combo-usage heatmap)."""
+    return ind.metrics.get("weights_sha256") not in input_digests
+
+
+def combo_counts(g, input_digests: set[str]) -> list[int]:
+    """Per combo (0..7): the generation's merged models of that combo (``is_merged``; inputs unchanged skipped)."""
     counts = [0] * combos.N_COMBOS
     for ind in g.individuals:
-        counts[ind.genome.combo] += 1
+        if is_merged(ind, input_digests):
+            counts[ind.genome.combo] += 1
     return counts
+
+
+def unique_models(g) -> int:
+    """Distinct models in the generation: distinct weight digests (``metrics["weights_sha256"]``), not distinct
+    recipes (an input's identity recipe in two combos, or an elite and a child that rebuilds it, are one model)."""
+    return len({ind.metrics["weights_sha256"] for ind in g.individuals})
+
+
+def elites(g) -> list:  # the two best members in the GA's order (a stable sort, as ``evolve`` picks its elites)
+    return sorted(g.individuals, key=lambda i: i.fitness, reverse=True)[:2]
+
+
+def elites_distinct(g) -> bool:  # False: elite1 and elite2 are the same weights (an input and a rebuild of it)
+    return len({i.metrics["weights_sha256"] for i in elites(g)}) == 2
 
 
 def unchanged_input(input_metrics: list[dict], champion_metrics: dict) -> str | None:
@@ -231,12 +255,10 @@ def history_combo(ind, input_metrics: list[dict]) -> str:
 
 
 def combo_stats(gens, input_digests: set[str]):
-    """Per combo (0..7): usage, fitnesses and generation wins of the *merged* models only, and the best and worst
-    combo by mean fitness (None when no merged model exists). An individual whose weights equal an input's (the
-    evaluator's weights hash: a generation-0 identity recipe, or a recipe that degenerates to one) carries an
-    arbitrary combo id and no merge by that combo's techniques, so it counts for no combo; a generation whose best
-    is such an input is won by no combo (the win rates then sum to less than 1)."""
-    merged = lambda ind: ind.metrics.get("weights_sha256") not in input_digests
+    """Per combo (0..7): usage, fitnesses and generation wins of the *merged* models only (``is_merged``), and the
+    best and worst combo by mean fitness (None when no merged model exists); a generation whose best is an input
+    unchanged is won by no combo (the win rates then sum to less than 1)."""
+    merged = lambda ind: is_merged(ind, input_digests)
     usage, fits, wins = [0] * combos.N_COMBOS, [[] for _ in range(combos.N_COMBOS)], [0] * combos.N_COMBOS
     for g in gens:
         for ind in filter(merged, g.individuals):
@@ -281,7 +303,8 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     tr.table("final/champion_vs_inputs", ["Model", "Fitness (selection set)", "Fitness (test)", "Perplexity (test)",
                                           "Accuracy (test)", "FLOPs/token", "Tokens/s", "Memory (MB)"], rows)
     # -- combo effectiveness ------------------------------------------------------------------------------
-    usage, avg, wins, best_combo, worst_combo = combo_stats(gens, {m["weights_sha256"] for m in input_metrics})
+    digests = {m["weights_sha256"] for m in input_metrics}
+    usage, avg, wins, best_combo, worst_combo = combo_stats(gens, digests)
     tr.table("combos/effectiveness", ["Combo ID", "Binary", "Techniques", "Usage Count", "Avg Fitness",
                                       "Champions Produced"],
              [[combos.bits(c), combos.bits(c), combos.decode(c).label, usage[c], avg[c], wins[c]] for c in range(8)])
@@ -320,8 +343,9 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
                               "Fitness evolution", "generation", "fitness (1.0 = average input)")
     div_png = plots.line_plot(pdir / "diversity_evolution.png", xs, {"diversity": div},
                               "Population diversity", "generation", "mean pairwise distance")
-    heat = plots.heatmap(pdir / "combo_usage.png", [combo_counts(g) for g in gens], "Combo usage per generation",
-                         "combo", "generation", xticklabels=[combos.bits(c) for c in range(8)], cbar_label="individuals")
+    heat = plots.heatmap(pdir / "combo_usage.png", [combo_counts(g, digests) for g in gens],
+                         "Combo usage per generation (merged models only)", "combo", "generation",
+                         xticklabels=[combos.bits(c) for c in range(8)], cbar_label="merged models")
     tr.image("charts/fitness_evolution_png", fit_png)
     tr.image("charts/diversity_evolution_png", div_png)
     tr.image("charts/combo_usage", heat)
@@ -363,7 +387,8 @@ def evolution_log(cfg, result, input_metrics, dirs, final) -> dict:
         "inputs": [{"dir": str(d), **m} for d, m in zip(dirs, input_metrics)],
         "generations": [{
             "generation": g.index, "best_fitness": g.best, "avg_fitness": g.mean, "worst_fitness": g.worst,
-            "fitness_std": g.std, "diversity": g.diversity, "unique_models": g.unique, "duration_s": g.duration_s,
+            "fitness_std": g.std, "diversity": g.diversity, "unique_models": unique_models(g),
+            "unique_recipes": g.unique_genomes, "elites_distinct": elites_distinct(g), "duration_s": g.duration_s,
             "individuals": [{"index": i, "recipe": ind.genome.to_dict(), "combo": combos.bits(ind.genome.combo),
                              "techniques": combos.decode(ind.genome.combo).label, "metrics": ind.metrics,
                              "fitness": ind.fitness, "elite": ind.elite, "cached": ind.cached}

@@ -1,9 +1,11 @@
 """Turning a trained model into a BitNet b1.58 one by module swap, and the per-layer accounting.
 
-Every ``nn.Linear`` whose dotted name matches none of the ``preserved`` patterns (fnmatch globs tried on
+Every plain ``nn.Linear`` whose dotted name matches none of the ``preserved`` patterns (fnmatch globs tried on
 the full name and on its last part, e.g. ``embed``, ``lm_head``, ``*norm``) is replaced by a ``BitLinear``
-holding the same weights; everything else — embeddings, the output head, norms, memory banks — keeps its
-full-precision weights untouched, as in the paper (Ma et al. 2024 keep embeddings/head in high precision).
+holding the same weights; everything else — embeddings, the output head, norms, memory banks, and Linear
+subclasses such as the Cognate halting head (``HaltHead``: its forward RMS-normalizes the input first, which a
+BitLinear would drop) — keeps its full-precision weights untouched, as in the paper (Ma et al. 2024 keep
+embeddings/head in high precision).
 """
 from __future__ import annotations
 
@@ -113,3 +115,27 @@ def layer_stats(model: nn.Module, scheme: str = "base3", preserved_itemsize: int
                      "fp32_bytes": 4 * original, "stored_bytes": stored,
                      "compression_ratio": 4 * original / max(stored, 1)})
     return rows
+
+
+@torch.no_grad()
+def zero_counts(model: nn.Module) -> dict[str, int]:
+    """Exact zeros of the whole model and of its ternary weights alone: {"params", "zeros", "ternary_params",
+    "ternary_zeros"}. Every parameter is counted once, as ``model.parameters()`` counts it (a tied lm_head is the
+    embedding's tensor), so ``params`` is the model's parameter count. A BitLinear's weight counts as its ternary
+    codes, latent or frozen (gamma >= 1e-5, so a weight computes as 0 exactly where its code is 0); its bias and
+    every preserved parameter (embedding, lm_head, norms, halting head, memory) count as their stored values."""
+    seen, out = set(), dict.fromkeys(("params", "zeros", "ternary_params", "ternary_zeros"), 0)
+    for mod in model.modules():
+        codes = mod.ternary()[0] if isinstance(mod, BitLinear) else None
+        for key, p in mod._parameters.items():
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            ternary = codes is not None and key in ("weight", "codes")
+            zeros = int(((codes if ternary else p) == 0).sum())
+            out["params"] += p.numel()
+            out["zeros"] += zeros
+            if ternary:
+                out["ternary_params"] += p.numel()
+                out["ternary_zeros"] += zeros
+    return out

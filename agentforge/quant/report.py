@@ -110,15 +110,17 @@ def breakdown(layer_rows: list[dict]) -> list[list]:
     return out
 
 
-def print_summary(p, ev, final, fp16_bytes, fp32_bytes, packed_bytes, n_quant) -> None:
+def print_summary(p, ev, final, fp16_bytes, fp32_bytes, packed_bytes) -> None:
     """The phase's closing lines: sizes, before -> after, the speedup and the seed's thresholds. The compression
     ratio is a deterministic count of bytes (PASS / FAIL); the accuracy drop is decided from its CI
     (``stats.threshold_verdict``: PASS when the whole CI is below the threshold, INCONCLUSIVE below ``MIN_N``
     questions or when the CI straddles it)."""
     ratio, drop = final["final/compression_ratio"], final["final/accuracy_drop"]
     print(f"packed file {packed_bytes:,} B vs fp32 {fp32_bytes:,} B ({ratio:.2f}x) and fp16 {fp16_bytes:,} B "
-          f"({ev['evaluation/compression_ratio_vs_fp16']:.2f}x); {n_quant:,} ternary weights, sparsity "
-          f"{final['final/sparsity']:.3f}")
+          f"({ev['evaluation/compression_ratio_vs_fp16']:.2f}x); {ev['evaluation/total_params']:,} parameters, of "
+          f"which {ev['evaluation/zero_params_ternary'] + ev['evaluation/nonzero_params_ternary']:,} ternary; zeros "
+          f"(sparsity): {final['final/sparsity']:.3f} of the whole model, {final['final/sparsity_ternary']:.3f} of the "
+          f"ternary weights")
     print(f"perplexity {ev['evaluation/perplexity_before']:.2f} -> {ev['evaluation/perplexity_after']:.2f}; "
           f"accuracy {ev['evaluation/accuracy_before']:.3f} -> {ev['evaluation/accuracy_after']:.3f}; "
           f"forward {ev['evaluation/inference_time_before_ms']:.1f} ms -> {ev['evaluation/inference_time_after_ms']:.1f} ms "
