@@ -93,6 +93,8 @@ SHARED_RULES: list[Rule] = [
     rule("optimizer.lr", number(0, 10, lo_open=True)),
     rule("optimizer.weight_decay", number(0, 1)),
     rule("optimizer.warmup_steps", integer(0)),
+    rule("optimizer.warmup_from_zero", boolean()),
+    rule("optimizer.weight_decay_scope", one_of("matrices", "all")),
     rule("optimizer.min_lr_ratio", number(0, 1)),
     rule("optimizer.kl_coef", number(0)),
 ]

@@ -8,6 +8,13 @@ three are all ``MuonGrokfast`` with parts switched off, so the comparisons diffe
 ``coupled`` (L2 added to the gradient, ``g + wd*p``, exactly as ``torch.optim.Adam(weight_decay=wd)``;
 ``adamw`` then *is* ``torch.optim.Adam``). Gradient clipping: use ``clip_grad_norm_`` below (or
 Lightning's ``gradient_clip_val`` with ``LMModule``), which runs the Grokfast filter first.
+
+``optimizer.weight_decay_scope``: ``matrices`` (default; decay on 2-D non-embedding weights only, never
+embeddings, norms or biases) or ``all`` (every trainable parameter, as ``torch.optim.Adam(model.parameters(),
+weight_decay=...)`` in the Grokfast reference, github.com/ironjr/grokfast main.py).
+``optimizer.warmup_from_zero``: false (default; warmup factors (step+1)/warmup) or true (step/warmup, the
+reference's ``LambdaLR(lambda update: 1 if update > 10 else update / 10)``: the first update runs at lr 0);
+see ``schedule.warmup_cosine``.
 """
 from __future__ import annotations
 
@@ -20,24 +27,40 @@ from agentforge.errors import ConfigError
 from agentforge.optim.muon_grokfast import MuonGrokfast
 from agentforge.optim.schedule import warmup_cosine
 
+SCOPES = ("matrices", "all")
 
-def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(matrices that get weight decay, everything else: embeddings, norms, biases)."""
+
+def split_decay(model: nn.Module, scope: str = "matrices") -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(parameters that get weight decay, those that do not), each trainable parameter once (tied ones too).
+
+    ``scope="matrices"``: decay on 2-D non-embedding weights; embeddings, norms and biases get none.
+    ``scope="all"``: decay on every parameter, as ``torch.optim.Adam(model.parameters(), weight_decay=wd)``
+    in the Grokfast reference (github.com/ironjr/grokfast main.py); the second list is then empty."""
+    _check_scope(scope)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters():   # deduplicated: a tied weight appears once
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+        (decay if scope == "all" or (p.ndim >= 2 and "embed" not in name) else no_decay).append(p)
     return decay, no_decay
 
 
-def split_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+def _check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise ConfigError(f"optimizer.weight_decay_scope must be one of {list(SCOPES)}, got {scope!r}")
+
+
+def split_muon(model: nn.Module, scope: str = "matrices") -> tuple[list[nn.Parameter], list[nn.Parameter],
+                                                                   list[nn.Parameter]]:
     """(Muon: 2-D weights of hidden nn.Linear layers, AdamW with decay, AdamW without decay).
 
     Muon is for hidden matrices only (Jordan 2024): embeddings, output heads (any Linear whose name ends
     in ``head``, e.g. ``lm_head``, ``halt_head``), vectors-as-matrices (a dimension of 1), norms and
-    biases go to AdamW; weight decay skips embeddings, norms and biases.
+    biases go to AdamW; weight decay skips embeddings, norms and biases with ``scope="matrices"``, and
+    skips nothing with ``scope="all"`` (every AdamW parameter decays, as in the Grokfast reference's
+    ``torch.optim.Adam(model.parameters(), weight_decay=...)``, github.com/ironjr/grokfast main.py).
     """
+    _check_scope(scope)
     muon_ids = set()
     for mod_name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and not mod_name.rsplit(".", 1)[-1].endswith("head"):
@@ -51,7 +74,7 @@ def split_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
             continue
         if id(p) in muon_ids and id(p) not in embed_ids:
             muon.append(p)
-        elif p.ndim >= 2 and id(p) not in embed_ids:
+        elif scope == "all" or (p.ndim >= 2 and id(p) not in embed_ids):
             decay.append(p)
         else:
             no_decay.append(p)
@@ -59,8 +82,9 @@ def split_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
 
 
 def build_adamw(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """torch AdamW (decoupled decay), or torch Adam with L2 (``weight_decay_mode: coupled``)."""
-    decay, no_decay = split_decay(model)
+    """torch AdamW (decoupled decay), or torch Adam with L2 (``weight_decay_mode: coupled``), decaying the
+    parameters ``weight_decay_scope`` names (``split_decay``)."""
+    decay, no_decay = split_decay(model, cfg.get("weight_decay_scope", "matrices"))
     cls = torch.optim.Adam if cfg.get("weight_decay_mode", "decoupled") == "coupled" else torch.optim.AdamW
     return cls([{"params": decay, "weight_decay": cfg["weight_decay"]},
                               {"params": no_decay, "weight_decay": 0.0}],
@@ -73,11 +97,11 @@ def _groups(params_wd: list[tuple[list, float]]) -> list[dict]:
 
 def build_muon_grokfast(model: nn.Module, cfg: dict, *, use_muon: bool = True, use_grokfast: bool = True,
                         use_qk_clip: bool = True) -> MuonGrokfast:
-    wd = float(cfg["weight_decay"])
+    wd, scope = float(cfg["weight_decay"]), cfg.get("weight_decay_scope", "matrices")
     if use_muon:
-        muon, decay, no_decay = split_muon(model)
+        muon, decay, no_decay = split_muon(model, scope)
     else:
-        (decay, no_decay), muon = split_decay(model), []
+        (decay, no_decay), muon = split_decay(model, scope), []
     attn = getattr(model, "attention_modules", None)
     return MuonGrokfast(
         _groups([(muon, wd)]), _groups([(decay, wd), (no_decay, 0.0)]),
@@ -115,6 +139,10 @@ def check_config(cfg: dict) -> None:
         bad("name", f"one of {sorted(BUILDERS)}")
     if cfg.get("weight_decay_mode", "decoupled") not in ("decoupled", "coupled"):
         bad("weight_decay_mode", "one of ['decoupled', 'coupled']")
+    if cfg.get("weight_decay_scope", "matrices") not in SCOPES:
+        bad("weight_decay_scope", f"one of {list(SCOPES)}")
+    if not isinstance(cfg.get("warmup_from_zero", False), bool):
+        bad("warmup_from_zero", "true or false")
     if "grokfast" in cfg and cfg["grokfast"] not in ("ema", "ma", "none"):
         bad("grokfast", "one of ['ema', 'ma', 'none']")
     if "grokfast_alpha" in cfg and not (num(cfg["grokfast_alpha"]) and 0 <= cfg["grokfast_alpha"] < 1):
@@ -150,10 +178,10 @@ def build_optimizer(model: nn.Module, cfg: dict, total_steps: int):
     """(optimizer, LambdaLR scheduler stepping per batch) for the ``optimizer`` config group.
 
     The LambdaLR multiplies every param group's own base lr (Muon's and AdamW's alike) by the same
-    warmup-cosine factor."""
+    warmup-cosine factor (``warmup_from_zero``: the warmup starts at 0, see ``schedule.warmup_cosine``)."""
     check_config(cfg)
     opt = BUILDERS[cfg["name"]](model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, partial(warmup_cosine, warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
-                     min_ratio=cfg["min_lr_ratio"]))
+                     min_ratio=cfg["min_lr_ratio"], from_zero=bool(cfg.get("warmup_from_zero", False))))
     return opt, sched

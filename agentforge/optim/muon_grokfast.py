@@ -12,7 +12,9 @@ Weight decay: ``weight_decay_mode="decoupled"`` (default) lets Muon and AdamW sh
 themselves, ``p <- p - lr*wd*p`` (Loshchilov & Hutter 2019); ``"coupled"`` is L2 regularisation as in
 ``torch.optim.Adam(weight_decay=wd)``: ``g <- g + wd*p`` is added to the (filtered, clipped) gradient
 inside ``step`` and then goes through the optimizer's normalisation. The Grokfast reference
-(github.com/ironjr/grokfast, main.py) trains with ``torch.optim.Adam`` and coupled wd 0.005.
+(github.com/ironjr/grokfast, main.py) trains with ``torch.optim.Adam`` and coupled wd 0.005 on every parameter.
+Which parameters decay is set by the groups the caller passes (each group's ``weight_decay``; the builders in
+``agentforge.optim`` choose them by ``optimizer.weight_decay_scope``: ``matrices`` or ``all``).
 
 Order of one update (Grokfast, then clipping, then L2, then the optimizer):
 1. ``filter_gradients_()`` low-pass filters the *raw* gradients and adds lambda * slow part. Callers that
