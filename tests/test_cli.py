@@ -22,7 +22,7 @@ from agentforge.tracking.wandb_offline import find_offline_runs, read_offline_ru
 from tests.conftest import TINY, compose_cfg, run_cli
 
 PHASE1_KEYS = [
-    "train/loss", "train/perplexity", "train/learning_rate", "train/gradient_norm", "train/step", "train/epoch",
+    "train/loss", "train/perplexity", "train/objective", "train/learning_rate", "train/gradient_norm", "train/step", "train/epoch",
     "act/avg_halting_steps", "act/max_halting_steps", "act/min_halting_steps", "act/halting_variance",
     "ltm/memory_usage", "ltm/write_operations", "ltm/read_operations", "ltm/avg_surprise_score",
     "system/tokens_per_second", "val/loss", "val/perplexity", "val/gsm8k_accuracy", "val/arc_easy_accuracy",
@@ -138,6 +138,14 @@ def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     assert {"phase1-model1-checkpoint", "phase1-model1-config"} <= set(run.artifacts)
     losses = [row["train/loss"] for row in run.history if "train/loss" in row]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    # train/loss is the cross-entropy of the halted output (perplexity = exp(loss), as the seed logs them, in the
+    # units of val/loss); the optimized objective (PonderNet + deep-supervised per-step CE) has its own key
+    train_rows = [row for row in run.history if "train/loss" in row]
+    for row in train_rows:
+        assert abs(math.log(row["train/perplexity"]) - row["train/loss"]) < 1e-3, row
+        assert math.isfinite(row["train/objective"]) and row["train/objective"] > row["train/loss"], row
+    val = [row["val/loss"] for row in run.history if "val/loss" in row]
+    assert abs(losses[-1] - val[-1]) < 1.0, (losses[-1], val[-1])   # the objective is ~2.5x it on this model
     halting = [row["act/avg_halting_steps"] for row in run.history if "act/avg_halting_steps" in row]
     assert all(1 <= h <= 4 for h in halting)
     # the checkpoint is the trained model: its loss on the held-out rows equals the logged final/val_loss
@@ -148,6 +156,8 @@ def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     dm = build_datamodule(OmegaConf.to_container(cfg.data), tok, stages=OmegaConf.to_container(cfg.phase.curriculum),
                           seed=cfg.seed, steps_per_epoch=3, val_rows=cfg.phase.val_rows)
     assert mean_loss(model, dm.val_rows_tensor()) == pytest.approx(metrics["final/val_loss"], rel=1e-4)
+    # final/train_loss: the last epoch's mean train/loss (cross-entropy), not the objective
+    assert metrics["final/train_loss"] == pytest.approx(sum(losses[-3:]) / 3, rel=1e-5)
     assert metrics["final/total_params"] == sum(p.numel() for p in model.parameters())
 
 

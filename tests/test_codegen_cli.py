@@ -1,7 +1,9 @@
 """phase=codegen through the real CLI on a tiny budget (a few steps, 2 problems, n=2), and its bad inputs."""
 from __future__ import annotations
 
+import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -51,6 +53,7 @@ def test_codegen_cli_tiny_end_to_end(tmp_path):
     assert "Characters per completion" in report and "1 x 48 tokens" in report
     assert (out / "plots" / "pass_at_k.png").is_file() and (out / "plots" / "training_loss.png").is_file()
     assert (runs[0] / "tables" / "dashboard__stat_summary.csv").is_file()
+    _dashboard_train_loss_is_cross_entropy(runs[0])
     assert list(runs[0].glob("wandb/offline-run-*")), "the W&B run was written"
     assert (tmp_path / "outputs" / "artifacts" / "codegen" / "cognate" / "model.safetensors").is_file()
     gate = [sys.executable, str(REPO / "scripts" / "kpi_gate.py"), str(out / "stats.json")]
@@ -59,6 +62,22 @@ def test_codegen_cli_tiny_end_to_end(tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     failed = subprocess.run(gate + ["--require", "verdict_score>=2"], capture_output=True, text=True)
     assert failed.returncode == 1 and "FAIL" in failed.stdout  # a tiny model is no SUCCESS: the gate says so
+
+
+def _dashboard_train_loss_is_cross_entropy(run_dir):
+    """The dashboard's training-loss panel compares like with like: each model's train/loss is its next-token
+    cross-entropy (log of its train/perplexity), not Cognate's optimized objective (train/objective, larger)."""
+    with (run_dir / "tables" / "dashboard__train_loss_data.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert table and {"cognate", "gpt2_scratch"} <= set(table[0])
+    for name in ("cognate", "gpt2_scratch"):
+        rows = [json.loads(x) for x in next(run_dir.rglob(f"train_{name}/metrics.jsonl")).read_text().splitlines()]
+        steps = {r["_step"]: r for r in rows if "train/loss" in r}
+        for row in table:
+            r = steps[int(float(row["step"]))]
+            assert float(row[name]) == pytest.approx(r["train/loss"], rel=1e-6)
+            assert abs(math.log(r["train/perplexity"]) - r["train/loss"]) < 1e-3
+            assert r["train/objective"] > r["train/loss"] if name == "cognate" else r["train/objective"] == r["train/loss"]
 
 
 def test_codegen_bad_inputs_give_one_error_line(tmp_path):

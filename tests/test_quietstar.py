@@ -1,6 +1,7 @@
 """Phase 3 end to end: the real CLI on a tiny Cognate checkpoint, and its user errors."""
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError, load_tensors
 from agentforge.main import run
 from agentforge.models import CognateConfig, CognateModel
+from agentforge.reasoning.strategies import STRATEGIES
 from agentforge.reasoning.tokens import SPECIAL_TOKENS
 from agentforge.tracking.wandb_offline import find_offline_runs
 from tests.conftest import compose_cfg, run_cli
@@ -61,7 +63,7 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     run_dir = next((tmp_path / "outputs" / "runs").glob("*/*_quietstar_*"))
     _, bkeys = _metrics(run_dir / "phase3-step1-baking")
     for k in ("baking/loss", "baking/learning_rate", "baking/accuracy_mece", "baking/accuracy_overall",
-              "baking/val_accuracy", "baking/convergence_progress", "baking/final_accuracy", "baking/converged",
+              "baking/val_accuracy", "baking/val_accuracy_mece", "baking/convergence_progress", "baking/final_accuracy", "baking/converged",
               "baking/thinking_token_usage", "baking/strategy_token_usage"):
         assert k in bkeys, k
     assert (run_dir / "phase3-step1-baking" / "tables" / "baking__strategy_accuracy_table.csv").is_file()
@@ -81,6 +83,7 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
               "baking/prompt_effect_vs_control_n", "baking/accuracy_vs_control_ci95"):
         assert k in bkeys, k
     brows, _ = _metrics(run_dir / "phase3-step1-baking")
+    _per_strategy_keys_are_measured_values(brows, run_dir / "phase3-step1-baking")
     bsum = next(r for r in brows if "baking/final_accuracy_verdict" in r)
     # 1 validation example per strategy: n = 10 < 30, so no verdict; converged follows the verdict
     assert bsum["baking/final_accuracy_n"] == 10 and bsum["baking/final_accuracy_verdict"] == "INCONCLUSIVE"
@@ -104,6 +107,24 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     assert "held-out accuracy, answered directly, without thoughts" in proc.stdout
     for k in ("rl/final_gsm8k_accuracy_test", "rl/final_arc_accuracy_test", "rl/improvement_over_baked_test"):
         assert "answered directly, without thoughts" in summary_rl[k], k
+
+
+def _per_strategy_keys_are_measured_values(rows, run_dir):
+    """2 baking steps (1 epoch): step s baked strategy s, so baking/accuracy_<key> (training batch) is written once, at
+    that step, and no other step repeats it; the held-out agreement of every strategy is baking/val_accuracy_<key>, once
+    per epoch; the strategy table (the per-strategy thresholds' verdicts) shows the held-out values, not the training."""
+    keys = [s.key for s in STRATEGIES]
+    train = [(r["_step"], k) for r in rows for k in r if k.startswith("baking/accuracy_") and k[16:] in keys]
+    assert train == [(0, "baking/accuracy_chain_of_thought"), (1, "baking/accuracy_mece")], train
+    assert [r["_step"] for r in rows if "baking/accuracy_overall" in r] == [0, 1]
+    val = [r for r in rows if "baking/val_accuracy" in r]
+    assert len(val) == 1 and all(f"baking/val_accuracy_{k}" in val[0] for k in keys)
+    assert not any(k.startswith("baking/val_accuracy_") for r in rows if r is not val[0] for k in r)
+    table = list(csv.DictReader((run_dir / "tables" / "baking__strategy_accuracy_table.csv").open()))
+    by_name = {s.name: s.key for s in STRATEGIES}
+    for row in table:   # final evaluation = the model the last validation measured
+        shown = float(row["Accuracy [95% CI]"].split()[0])
+        assert shown == pytest.approx(val[0][f"baking/val_accuracy_{by_name[row['Strategy']]}"], abs=1.5e-3)
 
 
 def test_missing_input_and_bad_values_are_one_line_errors(tmp_path):

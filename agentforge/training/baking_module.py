@@ -9,6 +9,13 @@ Each epoch is ``steps_per_epoch`` optimizer steps; step s bakes strategy s mod (
 a batch drawn with generators seeded by (seed, s, rank): a run resumed from an epoch checkpoint draws
 exactly what an uninterrupted run draws, and under DDP each rank draws its own batch. Validation (once
 per epoch, before the epoch checkpoint is written) measures the held-out agreement and KL.
+
+Keys: each step logs ``baking/accuracy_overall`` (the agreement of that step's training batch, whatever strategy it
+baked) and ``baking/accuracy_<key>`` of the one strategy it baked, and no other strategy's: that key is written
+straight to the loggers (``_log_measured``), because Lightning would repeat a key logged earlier in the epoch at
+every later step. Validation logs the held-out agreement of every strategy under ``baking/val_accuracy_<key>``,
+their mean under ``baking/val_accuracy``; the per-strategy thresholds (the strategy table) and
+``baking/final_accuracy`` are decided on the held-out evaluation, never on training batches.
 """
 from __future__ import annotations
 
@@ -91,9 +98,19 @@ class BakingModule(FrozenPair):
         self.epoch_accs.append(acc)
         self.log_dict({"baking/step": float(step + 1), "baking/epoch": float(self.current_epoch),
                        "baking/loss": loss.detach(), "baking/learning_rate": self.optimizers().param_groups[0]["lr"],
-                       f"baking/accuracy_{key}": acc, **gpu_memory()}, on_step=True, on_epoch=False)
+                       "baking/accuracy_overall": acc, **gpu_memory()}, on_step=True, on_epoch=False)
+        self._log_measured({f"baking/accuracy_{key}": acc})
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
+
+    def _log_measured(self, metrics: dict) -> None:
+        """Metrics measured at this step only, written to the loggers at the step Lightning logs this step's other
+        keys under (the optimizer steps done before it). Not through ``self.log``: Lightning keeps every on_step key
+        logged in an epoch and writes its last value again at each later step of the epoch, so a strategy baked at
+        step 1 would read its step-1 agreement at steps 2, 3, ... Rank 0 writes, as for every logged key."""
+        if self.trainer.is_global_zero:
+            for lg in self.loggers:
+                lg.log_metrics(metrics, step=self.global_step)
 
     # validation ends each training epoch, before the epoch checkpoint (a callback hook) is written
     def on_validation_epoch_start(self):
@@ -102,9 +119,8 @@ class BakingModule(FrozenPair):
     def validation_step(self, batch, batch_idx):
         ev = bk.bake_eval(self.model, self.frozen, self.val_pairs, self.prompts, self.b)
         self.last_eval = ev
-        self.log_dict({**{f"baking/accuracy_{k}": v["agreement"] for k, v in ev["per"].items()},
-                       "baking/accuracy_overall": ev["overall"], "baking/val_loss": ev["val_loss"],
-                       "baking/val_accuracy": ev["overall"],
+        self.log_dict({**{f"baking/val_accuracy_{k}": v["agreement"] for k, v in ev["per"].items()},
+                       "baking/val_loss": ev["val_loss"], "baking/val_accuracy": ev["overall"],
                        "baking/convergence_progress": ev["overall"] / float(self.b.convergence_threshold)},
                       on_step=False, on_epoch=True, rank_zero_only=True)
 

@@ -3,6 +3,14 @@
 It trains any model whose ``forward(ids, targets)`` returns an object with ``loss`` and ``logits``
 (and, for Cognate models, ``lm_loss``, ``halting_steps``), logs the step metrics under the seed's keys,
 and guards against non-finite losses and gradients.
+
+``loss`` is what is optimized (for Cognate: PonderNet's halting loss + (1 + deep_supervision) x the mean per-step
+cross-entropy); ``lm_loss`` is the next-token cross-entropy of the halted output. ``train/loss`` and
+``train/perplexity`` (= exp(train/loss)) are that cross-entropy, in the units of ``val/loss``, whatever the
+model optimizes; the optimized objective is logged as ``train/objective`` (equal to ``train/loss`` for a model
+without a separate ``lm_loss``, e.g. the GPT-2 baseline), and the non-finite guard watches the objective (what
+is backpropagated). The progress bar's ``loss`` and the per-epoch ``history["train_loss"]`` (``final/train_loss``)
+are the cross-entropy too.
 """
 from __future__ import annotations
 
@@ -54,8 +62,9 @@ class LMModule(L.LightningModule):
         lm_loss = getattr(out, "lm_loss", None)
         lm_loss = loss if lm_loss is None else lm_loss
         metrics = {
-            "train/loss": loss.detach(),
+            "train/loss": lm_loss.detach(),           # cross-entropy of the halted output (as val/loss)
             "train/perplexity": torch.exp(lm_loss.detach().clamp(max=50)),
+            "train/objective": loss.detach(),         # what is optimized (and checked for NaN above)
             "train/step": float(self.global_step),
             "train/epoch": float(self.current_epoch),
             "train/learning_rate": self.optimizers().param_groups[0]["lr"],
@@ -73,7 +82,7 @@ class LMModule(L.LightningModule):
                             "ltm/avg_surprise_score": st["surprise_sum"] / max(st["surprise_count"], 1)})
             memory.reset_stats()
         self.log_dict(metrics, on_step=True, on_epoch=False)
-        self.log("loss", loss.detach(), prog_bar=True, logger=False)
+        self.log("loss", lm_loss.detach(), prog_bar=True, logger=False)
         self.epoch_train_losses.append(float(lm_loss.detach()))
         return loss
 
