@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+from scipy import stats
+
 from agentforge.evals.compare_table import ACCURACY_FORMATS
-from agentforge.evals.stats import paired_bootstrap, wilson_ci
+from agentforge.evals.stats import wilson_ci
 
 
 def perplexity_ci(row_loss: list[float] | None) -> dict:
     """n and the 95% CI of the perplexity exp(mean row loss) (the rows have equal length, so it is the eval's
-    perplexity): a percentile bootstrap of the mean over the held-out rows, exponentiated (exp is monotone)."""
+    perplexity): Student's t-interval of the mean row loss, mean +- t(0.975, n-1) * s / sqrt(n) (Student 1908),
+    exponentiated (exp is monotone). Not a percentile bootstrap: on the few rows a stage has (default 16) that
+    undercovers (simulated on normal row losses: 80 % at n = 4, 93.5 % at n = 16; the t-interval is exact there)."""
     if not row_loss or len(row_loss) < 2:
         return {}
-    lo, hi = paired_bootstrap(row_loss, [0.0] * len(row_loss), n_resamples=2000)["ci95"]
-    return {"perplexity_n": len(row_loss), "perplexity_ci95": [math.exp(lo), math.exp(hi)]}
+    x = np.asarray(row_loss, dtype=float)
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return {"perplexity_n": len(x), "perplexity_ci95": [math.exp(x.mean() - half), math.exp(x.mean() + half)]}
 
 
 def stage_intervals(per_example: dict) -> dict:
-    """{key_n, key_ci95} for each answer accuracy (95% Wilson) and the perplexity (bootstrap over rows)."""
+    """{key_n, key_ci95} for each answer accuracy (95% Wilson) and the perplexity (t-interval over rows)."""
     out: dict = {}
     for fmt, key in ACCURACY_FORMATS:
         c = per_example.get(f"{fmt}_correct")
