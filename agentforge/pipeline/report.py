@@ -128,7 +128,7 @@ def power_note(perf: list[dict]) -> str:
         return ""
     parts = [f"n = {n}: ±{(hi - lo) / 2:.3f}" for n in ns for lo, hi in [wilson_ci(n // 2, n)]]
     return ("Accuracies: value [95% Wilson CI] and n examples. Half-width of the CI at accuracy 0.5: "
-            + "; ".join(parts) + ". Perplexity: exp of the mean held-out row loss [95% percentile-bootstrap CI over "
+            + "; ".join(parts) + ". Perplexity: exp of the mean held-out row loss [95% Student t-interval over "
             "the rows] and n rows.")
 
 
