@@ -12,11 +12,15 @@ architecture's count at each size, so a candidate cannot move the x-axis; its ow
 = −b, R² and the guarded combined score twice: on the selection set (``scaling/<key>``: what OpenEvolve
 maximizes, so a search's winner is chosen on it) and on the test set (``scaling/test_<key>``: drawn apart,
 disjoint by content, never shown to the search — the figures to report a winner by, with the improvement
-over the baseline's 95 % paired bootstrap interval over the test rows, ``scaling/test_improvement_ci95``).
+over the baseline and its 95 % interval ``scaling/test_improvement_ci95``: over the test rows (paired
+bootstrap) and, with ``phase.seeds`` K >= 2, over training seeds — the baseline reference is the mean of K
+seeds, the candidate trains at ``phase.candidate_seeds`` (default 1); ``test_improvement_ci_covers`` says
+"rows" or "rows+seeds", ``scaling/uncertainty.py``).
 The logits scored are recomputed from the returned weights in a second, inference-only sandbox
 (``scaling/rescore.py``). Outputs: ``fitness.json``, the
 table of sizes and ``plots/scaling_law.png`` in the run directory; results are cached under
-``{artifacts}/scaling_cache/`` by (code, settings), so repeating a run costs nothing. A rejected
+``{artifacts}/scaling_cache/`` by (code, settings, the project's own code: ``cache.source_digest``), so
+repeating a run costs nothing. A rejected
 candidate (non-causal, NaN, hang, crash, edit outside its EVOLVE block) leaves its ``fitness.json`` with
 the reason and exits with status 2. OpenEvolve reaches the same evaluator through ``openevolve/evaluator.py``.
 """
@@ -68,7 +72,26 @@ def sizes_of(cfg) -> list[dict]:
                               f"n_layers ({n_layers}) must be >= 1")
     if len({s["name"] for s in sizes}) != len(sizes):
         raise ConfigError(f"phase.presets.{preset}: size names must be unique")
+    check_distinct_params(sizes, preset, str(cfg.phase.get("fit_params") or "total"))
     return sizes
+
+
+def check_distinct_params(sizes: list[dict], preset: str, fit_params: str = "total") -> None:
+    """Every size must have its own parameter count on the fit's x-axis (the baseline architecture's count,
+    ``trust.reference_params``, which depends on the size config alone): found here, before anything trains,
+    rather than after training every size, when the fit fails and the candidate would be scored as a crash."""
+    from agentforge.scaling.trust import reference_params
+
+    which = 1 if fit_params == "non_embedding" else 0
+    seen: dict[int, str] = {}
+    for s in sizes:
+        n = reference_params(s)[which]
+        if n in seen:
+            raise ConfigError(f"phase.presets.{preset}: sizes {seen[n]!r} and {s['name']!r} have the same "
+                              f"{'non-embedding' if which else 'total'} parameter count ({n:,}), the scaling "
+                              f"fit's x-axis (phase.fit_params={fit_params}); give every size its own count by "
+                              f"changing d_model or n_layers (n_heads does not change it), or drop one of them")
+        seen[n] = s["name"]
 
 
 def settings_from_cfg(cfg) -> dict:
@@ -101,9 +124,17 @@ def settings_from_cfg(cfg) -> dict:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
         raise ConfigError(f"phase.trust.max_param_ratio must be a finite number >= 1 (how many times more or fewer "
                           f"parameters than the baseline architecture a candidate may have at a size), got {ratio!r}")
+    seeds, cand = p.get("seeds", 1), p.get("candidate_seeds", 1)  # K baseline / m candidate training seeds
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"phase.seeds must be an integer >= 1 (training seeds of the baseline reference: seed, "
+                          f"seed+1, ...; >= 2 for an interval that covers training randomness), got {seeds!r}")
+    if isinstance(cand, bool) or not isinstance(cand, int) or not 1 <= cand <= seeds:
+        raise ConfigError(f"phase.candidate_seeds must be an integer from 1 to phase.seeds ({seeds}) (the first "
+                          f"seeds of the baseline's the candidate trains at), got {cand!r}")
     return {"sizes": sizes_of(cfg), "train": train, "optimizer": optimizer, "mix": mix,
             "hardware": OmegaConf.to_container(cfg.hardware, resolve=True),
             "check": OmegaConf.to_container(p.check, resolve=True), "seed": int(cfg.seed),
+            "seeds": seeds, "candidate_seeds": cand,
             "fit_params": str(p.fit_params), "trust": trust,
             "fitness": OmegaConf.to_container(p.fitness, resolve=True)}
 
@@ -170,7 +201,8 @@ def report(ctx, result: dict, name: str) -> dict:
     metrics = {f"scaling/loss_{s['name']}": s["loss"] for s in sizes}
     metrics.update({f"scaling/params_{s['name']}": float(s[pkey]) for s in sizes})
     metrics.update({f"scaling/{k}": result[k] for k in ("slope", "intercept", "r2", "fitness", "combined_score",
-                                                         "largest_gain", "guard_excess", "improvement")
+                                                         "largest_gain", "guard_excess", "improvement",
+                                                         "baseline_seed_count", "candidate_seed_count")
                     if k in result})
     metrics.update({f"scaling/{k}": float(v) for k, v in result.items()
                     if k.startswith("test_") and isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -179,7 +211,9 @@ def report(ctx, result: dict, name: str) -> dict:
         metrics.update({"scaling/test_improvement_ci95": [float(ci[0]), float(ci[1])],
                         "scaling/test_improvement_ci95_lo": float(ci[0]), "scaling/test_improvement_ci95_hi": float(ci[1])})
     metrics.update({"scaling/valid": 1.0, "scaling/cached": float(bool(result.get("cached")))})
-    tr.summary({**metrics, "scaling/sandbox": result["sandbox"]})
+    strings = {f"scaling/{k}": result[k] for k in ("sandbox", "fit_params", "test_improvement_ci_covers")
+               if isinstance(result.get(k), str)}
+    tr.summary({**metrics, **strings})
     # params: the baseline architecture's count the fit uses; params_returned: the candidate's own weights'.
     # train_seconds and val_curve come from the child: checked again here (childinfo), as a stored result
     # may predate the checks, and dropped when malformed rather than crash the report
@@ -206,22 +240,64 @@ def report(ctx, result: dict, name: str) -> dict:
           f"R² = {fit.r2:.4f}{' (2 sizes: 1 by construction)' if len(sizes) < 3 else ''}  "
           f"fitness = {fit.fitness:.4f}  combined_score = {result['combined_score']:.4f} "
           f"(sandbox: {result['sandbox']})")
+    print(axis_line(str(result.get("fit_params") or ctx.cfg.phase.fit_params)))
     for line in set_lines(result):
         print(line)
     return metrics
 
 
+def axis_line(fit_params: str) -> str:
+    """The fit's x-axis convention, said on every run (it moves the fitness: the baseline's 0.8101 with the
+    tied embedding counted is 0.7476 without it)."""
+    what = ("non-embedding parameters (the tied embedding left out, Kaplan et al. 2020's convention)"
+            if fit_params == "non_embedding" else "total parameters (the tied embedding counted once)")
+    return f"x-axis: {what}: phase.fit_params={fit_params}"
+
+
+def interval_text(result: dict, prefix: str = "test_") -> str:
+    """The improvement's 95 % interval and what it covers: rows only (K = 1) or rows and training seeds."""
+    ci = result.get(f"{prefix}improvement_ci95")
+    if not ci:
+        return ""
+    rows = int(result.get(f"{prefix}improvement_n") or 0)
+    verdict = ("excludes 0" if ci[0] > 0 or ci[1] < 0 else "contains 0: no significant difference")
+    if result.get(f"{prefix}improvement_ci_covers") == "rows+seeds":
+        k, m = int(result[f"{prefix}baseline_seed_count"]), int(result.get(f"{prefix}candidate_seed_count") or 1)
+        return (f" (95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}], {verdict}; covers rows+seeds: t-interval, "
+                f"{int(result[prefix + 'improvement_ci_df'])} df, on the paired bootstrap over {rows} rows and the "
+                f"seed-to-seed sd {result[prefix + 'baseline_seed_sd']:.4f} of K={k} baseline seeds, candidate at "
+                f"m={m}; assumes the candidate's seed variance is the baseline's)")
+    return (f" (95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}], {verdict}; covers rows only: paired bootstrap over {rows} "
+            f"rows, NOT training randomness — one baseline seed (phase.seeds=1); use phase.seeds>=2)")
+
+
+def seed_line(result: dict) -> str | None:
+    """The baseline reference's seeds and each one's fitness."""
+    if not result.get("baseline_seeds"):
+        return None
+    by_seed = "selection " + ", ".join(f"{v:.4f}" for v in result["baseline_fitness_by_seed"])
+    if result.get("test_baseline_fitness_by_seed"):
+        by_seed += "; test " + ", ".join(f"{v:.4f}" for v in result["test_baseline_fitness_by_seed"])
+    sd = result.get("test_baseline_seed_sd")
+    return (f"baseline reference: mean of K={len(result['baseline_seeds'])} training seeds "
+            f"{result['baseline_seeds']} (fitness by seed: {by_seed})"
+            + ("" if sd is None else f", seed-to-seed sd of the test improvement {sd:.4f}")
+            + f"; candidate trained at m={int(result.get('candidate_seed_count') or 1)} seed(s) "
+              f"{result.get('candidate_seeds', [])}")
+
+
 def set_lines(result: dict) -> list[str]:
     """Which held-out set chose and which one is the report, with each set's figures."""
     def figures(prefix: str) -> str:
-        gain, ci = result.get(f"{prefix}improvement"), result.get(f"{prefix}improvement_ci95")
+        gain = result.get(f"{prefix}improvement")
         return (f"fitness = {result[prefix + 'fitness']:.4f}  R² = {result[prefix + 'r2']:.4f}  combined_score = "
                 f"{result[prefix + 'combined_score']:.4f}"
                 + ("" if gain is None else f"  improvement over the baseline = {gain:+.4f}")
-                + ("" if not ci else f" (95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}], paired bootstrap over "
-                                     f"{int(result[prefix + 'improvement_n'])} rows)"))
+                + interval_text(result, prefix))
 
     lines = [f"selection set (chooses: the combined_score OpenEvolve maximizes): {figures('')}"]
+    if seed_line(result):
+        lines.insert(0, seed_line(result))
     if "test_fitness" in result:
         lines.append(f"test set (the report: {int(result.get('test_n', 0))} rows disjoint by content from the "
                      f"selection set and training, played no part in selection): {figures('test_')}")

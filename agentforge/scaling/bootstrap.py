@@ -6,7 +6,8 @@ rows, for the candidate and for the baseline, so the rows are the sampling unit 
 paired by row. A replicate draws M row indices with replacement once, recomputes every size's mean loss
 for both models from those rows and applies the statistic (the caller's, e.g. the improvement over the
 baseline computed exactly as the point figure is); the interval is the replicates' 2.5 and 97.5
-percentiles.
+percentiles. The replicates' standard deviation is the row-sampling standard error that
+``uncertainty.seed_interval`` combines with the seed-to-seed variance.
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import numpy as np
 Statistic = Callable[[dict[str, float], dict[str, float]], float]
 
 
-def paired_bootstrap(candidate: dict[str, list[float]], baseline: dict[str, list[float]], statistic: Statistic,
-                     reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[tuple[float, float], int]:
-    """((low, high) percentile interval of ``statistic``, rows per size). ``candidate`` and ``baseline`` map
-    each size to its per-row losses on the same rows, in the same order; ``statistic(cand_means,
-    base_means)`` takes {size: mean loss} for each model."""
+def bootstrap_replicates(candidate: dict[str, list[float]], baseline: dict[str, list[float]], statistic: Statistic,
+                         reps: int = 1000, seed: int = 0) -> tuple[np.ndarray, int]:
+    """(the ``reps`` replicate values of ``statistic``, rows per size). ``candidate`` and ``baseline`` map each
+    size to its per-row losses on the same rows, in the same order; ``statistic(cand_means, base_means)``
+    takes {size: mean loss} for each model."""
     names = list(candidate)
     if set(names) != set(baseline) or not names:
         raise ValueError(f"the candidate's sizes {sorted(candidate)} and the baseline's {sorted(baseline)} differ")
@@ -35,5 +36,17 @@ def paired_bootstrap(candidate: dict[str, list[float]], baseline: dict[str, list
         idx = rng.integers(0, m, m)  # one resample of the rows for every size and both models
         values[r] = statistic(dict(zip(names, cand[:, idx].mean(axis=1).tolist())),
                               dict(zip(names, base[:, idx].mean(axis=1).tolist())))
+    return values, m
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
-    return (float(low), float(high)), m
+    return float(low), float(high)
+
+
+def paired_bootstrap(candidate: dict[str, list[float]], baseline: dict[str, list[float]], statistic: Statistic,
+                     reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[tuple[float, float], int]:
+    """((low, high) percentile interval of ``statistic``, rows per size): ``bootstrap_replicates``' values'
+    2.5 and 97.5 percentiles (at ``level`` = 0.95)."""
+    values, m = bootstrap_replicates(candidate, baseline, statistic, reps, seed)
+    return percentile_interval(values, level), m

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from agentforge.scaling.failures import CandidateFailure, failure
 from agentforge.scaling.infer import CHUNK  # the trusted re-scoring splits the rows the same way
+from agentforge.scaling.uncertainty import train_seed
 
 STATUS = "status.json"
 
@@ -114,7 +115,7 @@ def train_size(attention_cls, size: dict, settings: dict, heldout: dict) -> dict
     from agentforge.training.lm_module import LMModule
     from agentforge.training.trainer import build_trainer
 
-    tr, seed = settings["train"], int(settings["seed"])
+    tr, seed = settings["train"], train_seed(settings)  # phase.seeds: the baseline at K of them (uncertainty.py)
     L.seed_everything(seed, workers=True, verbose=False)  # every size sees the same data and init stream
     model = ScalingLM(RESERVED_VOCAB, int(size["d_model"]), int(size["n_layers"]), int(size["n_heads"]),
                       attention_cls)

@@ -1,4 +1,4 @@
-"""Scoring a candidate attention file: static checks here, training in the sandbox, the score here.
+"""Scoring a candidate attention file: static checks (``static.py``), training in the sandbox, the score here.
 
 ``evaluate(program_path, settings, ...) -> dict`` is OpenEvolve's evaluator contract (a program path in,
 a dict of metrics out; ``combined_score`` is what OpenEvolve maximizes). The steps:
@@ -25,151 +25,52 @@ a dict of metrics out; ``combined_score`` is what OpenEvolve maximizes). The ste
 The figures come twice, from the same trained models: under the plain keys (``combined_score``,
 ``fitness``, ``loss_<size>``, ...) from the *selection* set, the only numbers a search may choose on;
 under ``test_*`` keys (``test_fitness``, ``test_loss_<size>``, ``test_combined_score``,
-``test_improvement`` over the baseline with its paired bootstrap interval ``test_improvement_ci95`` over
-``test_improvement_n`` rows, ``test_n`` rows) from the *test* set, which played no part in choosing and is
-what a winner is reported on. ``selection_only`` removes them for OpenEvolve.
+``test_improvement`` over the baseline with its 95 % interval ``test_improvement_ci95`` over the
+``test_improvement_n`` rows and, with ``seeds`` (K) >= 2, over training seeds: ``uncertainty.py``;
+``test_improvement_ci_covers`` says which, ``test_n`` rows) from the *test* set, which played no part in
+choosing and is what a winner is reported on. ``selection_only`` removes them for OpenEvolve. The baseline
+reference is the mean of K training seeds; the candidate is trained at ``candidate_seeds`` (m, default 1)
+of them and its losses averaged.
 
 A failing candidate gets ``valid = 0``, ``combined_score = FAIL_SCORE`` and the reason in ``error_kind``
 and ``error``; nothing a candidate does raises out of ``evaluate``. Kinds: ``failures.py``.
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import math
-import re
 import time
 from pathlib import Path
+
+import numpy as np
 
 from agentforge.errors import ConfigError
 from agentforge.sandbox import SandboxLimits, run_sandboxed
 from agentforge.scaling import childinfo, trust
-from agentforge.scaling.bootstrap import paired_bootstrap
+from agentforge.scaling.bootstrap import bootstrap_replicates, percentile_interval
 from agentforge.scaling.cache import ResultCache, cache_key
 from agentforge.scaling.failures import CACHEABLE, CandidateFailure
 from agentforge.scaling.fit import fit_scaling_law, guarded_fitness
 from agentforge.scaling.rescore import rescore
-from agentforge.scaling.variants import FRAMEWORKS, variant_path
+from agentforge.scaling.static import (  # noqa: F401 - the static checks, re-exported for their callers
+    ALLOWED_IMPORTS,
+    BLOCK_END,
+    BLOCK_START,
+    FORBIDDEN_CALLS,
+    HEADER,
+    MAX_BLOCK_CHARS,
+    STATE_DICT_HOOKS,
+    check_block_code,
+    check_outside_block,
+    check_static,
+    detect_framework,
+    split_block,
+)
+from agentforge.scaling.uncertainty import candidate_seeds, mean_sizes, seed_interval, training_seeds
+from agentforge.scaling.variants import variant_path
 
-BLOCK_START, BLOCK_END = "# EVOLVE-BLOCK-START", "# EVOLVE-BLOCK-END"
-HEADER = re.compile(r"^#\s*scaling-framework:\s*([A-Za-z_]\w*)\s*$")
 FAIL_SCORE = -1000.0  # combined_score of a rejected candidate: below any fitness a trained family reaches
-ALLOWED_IMPORTS = ("math", "torch", "agentforge.models.layers")
-FORBIDDEN_CALLS = {"eval", "exec", "compile", "open", "__import__", "breakpoint", "input", "globals", "locals",
-                   "vars", "exit", "quit"}
-# the EVOLVE block's size limit: the shipped blocks hold 519-815 characters; data written into the code
-# (a table of n-gram counts, say) would be parameters nobody counts
-MAX_BLOCK_CHARS = 8000
-
-
-# -- static checks ----------------------------------------------------------------------------------------
-def split_block(code: str) -> tuple[list[str], list[str], list[str], int]:
-    """(lines before the block, block lines, lines after, 1-based line of the START marker)."""
-    lines = code.replace("\r\n", "\n").split("\n")
-    starts = [i for i, ln in enumerate(lines) if ln.strip() == BLOCK_START]
-    ends = [i for i, ln in enumerate(lines) if ln.strip() == BLOCK_END]
-    if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
-        raise CandidateFailure("outside_block", f"the file must hold exactly one '{BLOCK_START}' line followed by "
-                                                f"one '{BLOCK_END}' line (found {len(starts)} and {len(ends)})")
-    s, e = starts[0], ends[0]
-    return lines[:s], lines[s + 1:e], lines[e + 1:], s + 1
-
-
-def _normalized(lines: list[str]) -> list[str]:
-    out = [ln.rstrip() for ln in lines]
-    while out and not out[-1]:
-        out.pop()
-    return out
-
-
-def detect_framework(code: str) -> str:
-    """The framework named by the header line; a missing or unknown header is an edit outside the block."""
-    for line in code.splitlines():
-        if line.strip():
-            m = HEADER.match(line.strip())
-            if m and m.group(1) in FRAMEWORKS:
-                return m.group(1)
-            break
-    raise CandidateFailure("outside_block", f"the first line must be the framework header "
-                                            f"'# scaling-framework: NAME' with NAME in {list(FRAMEWORKS)}; "
-                                            f"it was changed or removed")
-
-
-def check_outside_block(code: str, framework: str) -> None:
-    """Everything outside the EVOLVE block must equal the framework template (trailing spaces aside)."""
-    before, _, after, _ = split_block(code)
-    t_before, _, t_after, _ = split_block(variant_path(framework).read_text())
-    for _where, got, want, offset in (("before", before, t_before, 1), ("after", after, t_after, None)):
-        got, want = _normalized(got), _normalized(want)
-        if got == want:
-            continue
-        i = next((j for j in range(min(len(got), len(want))) if got[j] != want[j]), min(len(got), len(want)))
-        line = got[i] if i < len(got) else "<end of file>"
-        pos = f"line {i + 1}" if offset else f"line {i + 1} after {BLOCK_END}"
-        raise CandidateFailure("outside_block", f"code outside the EVOLVE block differs from the {framework} "
-                                                f"template ({pos}: {line.strip()[:80]!r}); only the code "
-                                                f"between the markers may change")
-
-
-STATE_DICT_HOOKS = ("_save_to_state_dict", "_load_from_state_dict", "state_dict", "load_state_dict")
-
-
-def _names_a_state_dict_hook(node) -> bool:
-    """A method definition or attribute that changes how a module saves or loads its weights (overriding
-    ``_save_to_state_dict`` / ``_load_from_state_dict``, any ``register_*state_dict*`` hook): a red team packed
-    parameters into other dtypes that way. A friendly filter, like the rest of this check: the parameter count is
-    enforced on the returned bytes (``trust.fp32_equivalent``)."""
-    name = node.name if isinstance(node, ast.FunctionDef) else node.attr
-    if isinstance(node, ast.FunctionDef):
-        return name in STATE_DICT_HOOKS
-    return name in STATE_DICT_HOOKS[:2] or ("state_dict" in name and "register" in name)
-
-
-def check_block_code(tree: ast.AST, first: int, last: int) -> None:
-    """Refuse, inside the block (lines first..last), the tools a candidate could use to escape its role."""
-    for node in ast.walk(tree):
-        lineno = getattr(node, "lineno", None)
-        if lineno is None or not first <= lineno <= last:
-            continue
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            bad = [n for n in names if not any(n == ok or n.startswith(ok + ".") for ok in ALLOWED_IMPORTS)]
-            if bad or (isinstance(node, ast.ImportFrom) and node.level):
-                raise CandidateFailure("forbidden", f"line {lineno}: import of {bad or 'a relative module'}; the "
-                                                    f"block may import only {list(ALLOWED_IMPORTS)}")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
-            raise CandidateFailure("forbidden", f"line {lineno}: call to {node.func.id}() is not allowed in the block")
-        elif isinstance(node, (ast.Attribute, ast.FunctionDef)) and _names_a_state_dict_hook(node):
-            raise CandidateFailure("forbidden", f"line {lineno}: {getattr(node, 'attr', None) or node.name} is not "
-                                                f"allowed in the block (the weights are saved and loaded as they are)")
-        elif isinstance(node, ast.Attribute) and node.attr.startswith("__") and node.attr != "__init__":
-            raise CandidateFailure("forbidden", f"line {lineno}: access to {node.attr} is not allowed in the block")
-        elif isinstance(node, ast.Name) and node.id.startswith("__") and node.id.endswith("__"):
-            raise CandidateFailure("forbidden", f"line {lineno}: use of {node.id} is not allowed in the block")
-
-
-def check_static(code: str) -> str:
-    """Syntax, framework, untouched frame, allowed constructs; returns the framework name. A carriage return
-    outside a CRLF pair is refused: Python ends a line there, ``split_block`` does not, so 40 of them in a comment
-    moved every later line past the block's line range and out of ``check_block_code``'s sight."""
-    if "\r" in code.replace("\r\n", "\n"):
-        raise CandidateFailure("forbidden", "a carriage return outside a CRLF line ending: use \\n or \\r\\n "
-                                            "line endings")
-    try:
-        tree = ast.parse(code)
-    except SyntaxError as exc:
-        raise CandidateFailure("crash", f"syntax error at line {exc.lineno}: {exc.msg}") from None
-    framework = detect_framework(code)
-    check_outside_block(code, framework)
-    before, block, _, _ = split_block(code)
-    size = len("\n".join(block))
-    if size > MAX_BLOCK_CHARS:
-        raise CandidateFailure("forbidden", f"the EVOLVE block holds {size} characters, more than the "
-                                            f"{MAX_BLOCK_CHARS} allowed: keep the attention's code short; tables or "
-                                            f"data written into the code would be parameters nobody counts")
-    check_block_code(tree, len(before) + 2, len(before) + 1 + len(block))
-    return framework
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------
@@ -207,7 +108,11 @@ def scored(sizes: list[dict], settings: dict, reference: dict | None) -> dict:
     """The selection figures (plain keys) and, when the sizes carry ``test_loss``, the test ones (``test_*``),
     each against the baseline reference on the same set."""
     key = "non_embedding_params" if settings.get("fit_params") == "non_embedding" else "params"
-    out = {**_law(sizes, settings, "loss", reference), "valid": 1.0, "error_kind": "", "error": ""}
+    out = {**_law(sizes, settings, "loss", reference), "valid": 1.0, "error_kind": "", "error": "",
+           "fit_params": "non_embedding" if key == "non_embedding_params" else "total"}  # the fit's x-axis
+    if reference is not None and reference.get("seed_fitness"):
+        out.update(baseline_seeds=list(reference["seeds"]), baseline_seed_count=float(len(reference["seeds"])),
+                   baseline_fitness_by_seed=list(reference["seed_fitness"]))
     for s in sizes:
         out[f"loss_{s['name']}"] = s["loss"]
         out[f"params_{s['name']}"] = float(s[key])  # the reference count the fit used
@@ -219,16 +124,25 @@ def scored(sizes: list[dict], settings: dict, reference: dict | None) -> dict:
             test_ref = {"fitness": reference["test_fitness"], "losses": reference["test_losses"]}
         out.update({f"{TEST_PREFIX}{k}": v for k, v in _law(sizes, settings, "test_loss", test_ref).items()})
         out.update({f"{TEST_PREFIX}loss_{s['name']}": s["test_loss"] for s in sizes})
+        if test_ref is not None and reference.get("test_seed_fitness"):
+            out[f"{TEST_PREFIX}baseline_fitness_by_seed"] = list(reference["test_seed_fitness"])
         if test_ref is not None and reference.get("test_rows") and all("test_row_losses" in s for s in sizes):
-            ci, n = improvement_ci(sizes, settings, reference)
-            out.update({f"{TEST_PREFIX}improvement_ci95": list(ci), f"{TEST_PREFIX}improvement_n": float(n)})
+            out.update({f"{TEST_PREFIX}{k}": v for k, v in
+                        improvement_ci(sizes, settings, reference, out[f"{TEST_PREFIX}improvement"]).items()})
     return out
 
 
-def improvement_ci(sizes: list[dict], settings: dict, reference: dict) -> tuple[tuple[float, float], int]:
-    """The 95 % paired percentile bootstrap interval of ``test_improvement`` over the test rows, and their
-    number: each replicate resamples the rows once for every size and both models, then recomputes the
-    baseline's fit, the candidate's fit and guard and the improvement exactly as ``scored`` does."""
+def improvement_ci(sizes: list[dict], settings: dict, reference: dict, point: float) -> dict:
+    """The 95 % interval of the test improvement ``point`` (keys without the ``test_`` prefix).
+
+    Rows: a paired bootstrap over the test rows — each replicate resamples the rows once for every size and
+    both models, then recomputes the baseline's fit, the candidate's fit and guard and the improvement exactly
+    as ``scored`` does; ``improvement_row_se`` is the replicates' standard deviation. With one baseline seed
+    (K = 1) the interval is their percentile interval and covers row sampling only (``improvement_ci_covers``
+    = "rows"). With K >= 2 each baseline seed's own test losses, scored against the K-seed mean as a candidate
+    is, give the statistic's seed-to-seed spread (``baseline_seed_sd``), and the interval is
+    ``uncertainty.seed_interval``'s t-interval (K − 1 df) on both ("rows+seeds"; it assumes the candidate's seed
+    variance is the baseline's)."""
     names, base_params = [s["name"] for s in sizes], reference["params"]
 
     def improvement(cand: dict[str, float], base: dict[str, float]) -> float:
@@ -236,9 +150,23 @@ def improvement_ci(sizes: list[dict], settings: dict, reference: dict) -> tuple[
         trial = [{**s, "test_loss": cand[s["name"]]} for s in sizes]
         return _law(trial, settings, "test_loss", {"fitness": base_fitness, "losses": base})["improvement"]
 
-    return paired_bootstrap({s["name"]: s["test_row_losses"] for s in sizes}, reference["test_rows"], improvement,
-                            reps=int((settings.get("trust") or {}).get("bootstrap") or 1000),
-                            seed=int(settings.get("seed") or 0))
+    values, n = bootstrap_replicates({s["name"]: s["test_row_losses"] for s in sizes}, reference["test_rows"],
+                                     improvement, reps=int((settings.get("trust") or {}).get("bootstrap") or 1000),
+                                     seed=int(settings.get("seed") or 0))
+    row_se = float(np.std(values, ddof=1))
+    out = {"improvement_n": float(n), "improvement_row_se": row_se,
+           "candidate_seed_count": float(len(candidate_seeds(settings)))}
+    seed_losses = reference.get("test_seed_losses") or []
+    if len(seed_losses) < 2:
+        return {**out, "improvement_ci95": list(percentile_interval(values)), "improvement_ci_covers": "rows",
+                "baseline_seed_count": float(max(1, len(seed_losses)))}
+    test_ref = {"fitness": reference["test_fitness"], "losses": reference["test_losses"]}
+    per_seed = [_law([{**s, "test_loss": losses[s["name"]]} for s in sizes], settings, "test_loss",
+                     test_ref)["improvement"] for losses in seed_losses]
+    iv = seed_interval(point, row_se, per_seed, m=len(candidate_seeds(settings)))
+    return {**out, "improvement_ci95": iv["ci"], "improvement_ci_covers": "rows+seeds",
+            "improvement_se": iv["se"], "improvement_ci_df": iv["df"], "baseline_seed_sd": iv["seed_sd"],
+            "baseline_seed_count": float(len(seed_losses)), "baseline_improvement_by_seed": per_seed}
 
 
 def limits_for(settings: dict, timeout_s: float, memory_mb: int | None) -> SandboxLimits:
@@ -316,23 +244,34 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
     limits = limits_for(settings, timeout_s, memory_mb)
     status, sizes, cacheable, rescored, child_checks = {}, [], True, {}, {}
     log_dir = Path(work_dir) if work_dir else None
+    seeds = candidate_seeds(settings)  # m training seeds (one unless phase.candidate_seeds), losses averaged
     try:
-        status, files = run_child(code, settings, heldout, limits=limits, mode=sandbox, check_only=check_only,
-                                  log_dir=log_dir)
-        child_checks = childinfo.checks(status.get("checks"))  # stored: checked first (childinfo.py)
-        if check_only:
-            result = {"combined_score": 0.0, "valid": 1.0, "error_kind": "", "error": ""}
-        else:  # the logits scored are recomputed from the returned weights (rescore.py), not the child's
+        runs = []
+        for seed in seeds:
+            seed_log = log_dir if log_dir is None or len(seeds) == 1 else log_dir / f"seed_{seed}"
+            status, files = run_child(code, {**settings, "train_seed": seed}, heldout, limits=limits, mode=sandbox,
+                                      check_only=check_only, log_dir=seed_log)
+            child_checks = childinfo.checks(status.get("checks"))  # stored: checked first (childinfo.py)
+            if check_only:
+                break
+            # the logits scored are recomputed from the returned weights (rescore.py), not the child's
             infer_limits = limits_for(settings, float(settings["trust"]["infer_timeout_s"]), memory_mb)
-            files, rescored = rescore(code, settings, heldout, files, limits=infer_limits, sandbox=sandbox,
-                                      log_dir=log_dir)
+            files, checked = rescore(code, settings, heldout, files, limits=infer_limits, sandbox=sandbox,
+                                     log_dir=seed_log)
+            rescored = rescored or checked
             floor = float(settings["trust"]["loss_floor"])
             ratio = float(settings["trust"]["max_param_ratio"])
-            sizes = [trust.score_size(s, files, heldout, floor, ratio) for s in settings["sizes"]]
-            for s in sizes:  # the child's own timing and curve: shown, never scored, checked (childinfo.py)
+            run_sizes = [trust.score_size(s, files, heldout, floor, ratio) for s in settings["sizes"]]
+            for s in run_sizes:  # the child's own timing and curve: shown, never scored, checked (childinfo.py)
                 s.update(childinfo.size_fields(status, s["name"]))
+            runs.append(run_sizes)
+        if check_only:
+            result = {"combined_score": 0.0, "valid": 1.0, "error_kind": "", "error": ""}
+        else:
+            sizes = mean_sizes(runs)
             reference = baseline_reference(code, settings, timeout_s, memory_mb, cache_dir, sandbox, key_dir)
             result = scored(sizes, settings, reference)
+            result.update(candidate_seeds=seeds, candidate_seed_count=float(len(seeds)))
             if "test_targets" in heldout:
                 result.update(test_n=float(len(heldout["test_targets"])),
                               test_dropped=float(heldout["test_dropped"]))
@@ -356,21 +295,41 @@ TRUST_DEFAULTS = {"heldout_rows": 512, "test_rows": 512, "probe_rows": 4, "loss_
 
 def baseline_reference(code: str, settings: dict, timeout_s, memory_mb, cache_dir, sandbox,
                        key_dir=None) -> dict | None:
-    """The baseline variant's fitness and per-size losses under the same settings (evaluated once, then
-    cached), for the sabotage guard; None when ``fitness.reference`` is off or the candidate is the baseline."""
+    """The baseline variant's fitness and per-size losses under the same settings, averaged over its K training
+    seeds (``uncertainty.training_seeds``; each evaluated once, then cached), for the sabotage guard and the
+    improvement; with each seed's own figures (``seed_fitness``, ``test_seed_losses``, ...) for the interval.
+    None when ``fitness.reference`` is off or the candidate is the baseline."""
     fit_cfg = settings.get("fitness") or {}
     base_code = variant_path("baseline").read_text()
     if fit_cfg.get("reference") != "baseline" or code == base_code:
         return None
-    base = evaluate(variant_path("baseline"), {**settings, "fitness": {**fit_cfg, "reference": None}},
-                    timeout_s=timeout_s, memory_mb=memory_mb, cache_dir=cache_dir, sandbox=sandbox, key_dir=key_dir)
-    if not base["valid"]:
-        raise CandidateFailure("crash", f"the baseline reference itself failed ({base['error_kind']}): "
-                                        f"{base['error']}")
-    ref = {"fitness": base["fitness"], "losses": {s["name"]: s["loss"] for s in base["sizes"]}}
-    if "test_fitness" in base:
+    base_settings = {**settings, "fitness": {**fit_cfg, "reference": None}}
+    if "candidate_seeds" in base_settings:  # one seed per evaluation: the same key as a plain baseline run
+        base_settings["candidate_seeds"] = 1
+    seeds, bases = training_seeds(settings), []
+    for seed in seeds:
+        one = base_settings if seed == int(settings.get("seed") or 0) else {**base_settings, "train_seed": seed}
+        base = evaluate(variant_path("baseline"), one, timeout_s=timeout_s, memory_mb=memory_mb,
+                        cache_dir=cache_dir, sandbox=sandbox, key_dir=key_dir)
+        if not base["valid"]:
+            raise CandidateFailure("crash", f"the baseline reference itself failed at training seed {seed} "
+                                            f"({base['error_kind']}): {base['error']}")
+        bases.append(base)
+    names = [s["name"] for s in bases[0]["sizes"]]
+
+    def mean_of(values) -> float:
+        return float(np.mean(values))
+
+    ref = {"fitness": mean_of([b["fitness"] for b in bases]), "seeds": seeds,
+           "seed_fitness": [b["fitness"] for b in bases],
+           "losses": {k: mean_of([b["sizes"][i]["loss"] for b in bases]) for i, k in enumerate(names)}}
+    if all("test_fitness" in b for b in bases):
         key = "non_embedding_params" if settings.get("fit_params") == "non_embedding" else "params"
-        ref.update(test_fitness=base["test_fitness"], test_losses={s["name"]: s["test_loss"] for s in base["sizes"]},
-                   test_rows={s["name"]: s["test_row_losses"] for s in base["sizes"]},
-                   params={s["name"]: s[key] for s in base["sizes"]})
+        seed_losses = [{s["name"]: s["test_loss"] for s in b["sizes"]} for b in bases]
+        ref.update(test_fitness=mean_of([b["test_fitness"] for b in bases]),
+                   test_seed_fitness=[b["test_fitness"] for b in bases], test_seed_losses=seed_losses,
+                   test_losses={k: mean_of([sl[k] for sl in seed_losses]) for k in names},
+                   test_rows={k: np.mean([b["sizes"][i]["test_row_losses"] for b in bases], axis=0).tolist()
+                              for i, k in enumerate(names)},
+                   params={s["name"]: s[key] for s in bases[0]["sizes"]})
     return ref

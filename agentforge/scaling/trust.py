@@ -46,6 +46,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from agentforge.scaling.failures import CandidateFailure
+from agentforge.scaling.uncertainty import training_seeds
 
 KEY_FILE = "heldout.key"
 _PROCESS_SALT = secrets.token_hex(16)
@@ -108,11 +109,16 @@ def make_test_rows(settings: dict, salt: str, selection_rows: int) -> tuple[torc
     """The test set's rows [M, T+1] (M = ``trust.test_rows``) and how many drawn rows were dropped for
     equalling a selection or child-validation row. Drawn like the selection set (every other row of a
     ``val`` stream) from ``heldout_seed(.., "test")``, without any example whose prompt occurs in the
-    selection stream (``selection_rows`` rows of ``heldout_seed``) or the child's validation rows."""
+    selection stream (``selection_rows`` rows of ``heldout_seed``) or the child's validation rows (at each of the
+    training seeds: ``uncertainty.training_seeds``; with one seed, the rows are those of before)."""
     m, seq_len = int(settings["trust"]["test_rows"]), int(settings["train"]["seq_len"])
     seen_rows, sel_keys = val_stream(settings, heldout_seed(settings, salt), selection_rows)
-    child_rows, child_keys = val_stream(settings, int(settings["seed"]), int(settings["train"]["val_rows"]))
-    seen = set(_row_keys(torch.cat([seen_rows, child_rows])[:, :-1]))
+    child_rows, child_keys = [], set()
+    for seed in training_seeds(settings):  # the child's validation rows at every training seed (phase.seeds)
+        rows, keys = val_stream(settings, seed, int(settings["train"]["val_rows"]))
+        child_rows.append(rows)
+        child_keys |= keys
+    seen = set(_row_keys(torch.cat([seen_rows, *child_rows])[:, :-1]))
     seed, draw = heldout_seed(settings, salt, "test"), 2 * m + 8
     for _ in range(8):  # drops are rare: a longer draw of the same stream replaces them
         rows, _ = val_stream(settings, seed, draw, sel_keys | child_keys)
