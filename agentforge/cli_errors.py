@@ -55,13 +55,30 @@ def outputs_problem(argv: list[str], env: dict) -> str | None:
     key = "paths.outputs" if given else ("AGENTFORGE_OUTPUTS" if env.get("AGENTFORGE_OUTPUTS") else "the default")
     if "${" in path:   # an interpolation: Hydra resolves it, and reports what it cannot
         return None
+    problem = writable_problem(path)
+    if problem:
+        return f"{key} = {path!r} {problem}: point AGENTFORGE_OUTPUTS or paths.outputs at a writable directory"
+    return None
+
+
+def writable_problem(path: str) -> str | None:
+    """Why the directory ``path`` cannot be written to (created first if missing), or None. A probe file is created
+    and removed: ``os.access`` says yes to root on a chmod-ed directory and can be wrong on network file systems,
+    and a read-only mount refuses root too."""
+    import tempfile
+
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        return (f"{key} = {path!r} cannot hold the runs ({exc.strerror or exc}): point AGENTFORGE_OUTPUTS or "
-                f"paths.outputs at a writable directory")
+        return f"cannot be created as a directory ({exc.strerror or exc})"
     if not os.access(path, os.W_OK | os.X_OK):
-        return f"{key} = {path!r} is not writable: point AGENTFORGE_OUTPUTS or paths.outputs at a writable directory"
+        return "is not writable"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".agentforge-probe-", dir=path)
+    except OSError as exc:
+        return f"is not writable ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
     return None
 
 

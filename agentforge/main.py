@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from agentforge.config import check, validate
+from agentforge.config import check, select, validate
 from agentforge.errors import AgentForgeError, ConfigError
 from agentforge.phases import get_phase
 from agentforge.tracking.console_log import stdout_into_log
@@ -30,6 +30,7 @@ log = logging.getLogger("agentforge")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's conf/ (editable install)
 _UID: dict[str, str] = {}
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file-size limit
+NO_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a read-only file system, no permission
 
 
 def _uid() -> str:
@@ -49,6 +50,7 @@ def check_start(cfg: DictConfig) -> None:
     from agentforge.phases.rules import PHASE_RULES  # then the phase's own keys
 
     check(cfg, PHASE_RULES.get(str(cfg.phase.name), ()))
+    _check_artifacts_writable(cfg)
     _check_gpu_visible(cfg)
 
 
@@ -62,6 +64,23 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # before any model is built
     apply_cuda_graphs(cfg)
     return phase.run(cfg)
+
+
+WRITES_ARTIFACTS = ("bitnet", "codegen", "cognate", "eval", "evomerge", "quietstar", "scaling")  # publish there
+
+
+def _check_artifacts_writable(cfg: DictConfig) -> None:
+    """``paths.artifacts`` of a phase that publishes there: created if missing and written to (a probe file), so a
+    read-only or mistyped path is refused before the work rather than after it, when the results were lost."""
+    from agentforge.cli_errors import writable_problem
+
+    if str(cfg.phase.name) not in WRITES_ARTIFACTS:
+        return
+    path = select(cfg, "paths.artifacts")
+    problem = writable_problem(str(path)) if isinstance(path, str) else None
+    if problem:
+        raise ConfigError(f"paths.artifacts = {path!r} {problem}: point paths.artifacts (or paths.outputs / "
+                          f"AGENTFORGE_OUTPUTS, which it defaults under) at a writable directory")
 
 
 def _check_gpu_visible(cfg: DictConfig) -> None:
@@ -130,8 +149,19 @@ def _multirun() -> bool:
 
 
 _SIGINT = {"seen": False}
-INTERRUPTED = ("interrupted (Ctrl-C): run the same command again to continue — Cognate and Quiet-STaR resume from "
-               "their last epoch checkpoint, the pipeline skips the steps that finished")
+_SIGTERM = {"seen": False}
+RESUME = ("run the same command again to continue — Cognate and Quiet-STaR resume from their last epoch checkpoint, "
+          "the pipeline skips the steps that finished")
+INTERRUPTED = f"interrupted (Ctrl-C): {RESUME}"
+TERMINATED = f"terminated (SIGTERM): {RESUME}"
+SWEEP_RERUN = ("; the same -m command reruns every job of the sweep, the finished ones too (each from its start): to "
+               "run only the unfinished ones, give only their values (e.g. model=m2); the sweep's sweep_status.jsonl "
+               "lists the jobs that finished")
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler: a BaseException, so no ``except Exception`` in a phase swallows it; Lightning
+    passes it through its shutdown (``on_exception`` callbacks, teardown) as it does any exception."""
 
 
 def _on_sigint(signum, frame) -> None:
@@ -139,6 +169,21 @@ def _on_sigint(signum, frame) -> None:
     1: the note lets ``main`` say what happened and how to continue instead of a bare exit or a traceback)."""
     _SIGINT["seen"] = True
     signal.default_int_handler(signum, frame)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (``timeout``, SLURM preemption, ``docker stop``): Lightning's own handler only notes it and raises a
+    bare ``SystemExit`` (exit 0, nothing said) at the next batch, and outside a fit the default handler kills the
+    process with nothing recorded. Note it and raise ``Terminated`` at once, like a Ctrl-C; a repeat while the run
+    shuts down is ignored (the shutdown is what it asks for). A forked child (a multiprocessing pool worker inherits
+    the handler) is not the run: it dies of the signal as it would have without this handler, silently."""
+    if os.getpid() != _SIGTERM.get("pid"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    if not _SIGTERM["seen"]:
+        _SIGTERM["seen"] = True
+        raise Terminated()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -151,13 +196,23 @@ def _run_job(cfg: DictConfig):
     multirun = _multirun()
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):   # left alone when the caller ignores it
+        _SIGTERM["pid"] = os.getpid()
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = run(cfg)
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if not _SIGINT["seen"] and not isinstance(exc, KeyboardInterrupt):
+    except (KeyboardInterrupt, SystemExit, Terminated) as exc:
+        term = _SIGTERM["seen"] or isinstance(exc, Terminated) or type(exc).__name__ == "SIGTERMException"
+        if not term and not _SIGINT["seen"] and not isinstance(exc, KeyboardInterrupt):
             raise
-        print(f"error: {INTERRUPTED}", file=sys.stderr)
-        sys.exit(130)
+        msg, code = (TERMINATED, 143) if term else (INTERRUPTED, 130)   # 128 + the signal, as shells report it
+        if multirun:
+            msg += SWEEP_RERUN
+        print(f"error: {msg}", file=sys.stderr)
+        _log_to_file(msg)
+        if multirun:   # the sweep stops (it was asked to); its record says which job was cut short
+            record_job(cfg, ok=False, error=msg.split(":")[0])
+        sys.exit(code)
     except AgentForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _log_to_file(str(exc))
@@ -168,11 +223,16 @@ def _run_job(cfg: DictConfig):
             return None
         sys.exit(2)
     except OSError as exc:
-        if exc.errno not in NO_ROOM:
+        if exc.errno not in NO_ROOM + NO_WRITE:
             raise
-        msg = (f"no room to write {exc.filename or 'the output'} ({os.strerror(exc.errno)}): free disk space or "
-               f"point AGENTFORGE_OUTPUTS / paths.outputs at a disk with room; partial files were removed")
-        print(f"error: {msg}", file=sys.stderr)
+        where = exc.filename or "the output"
+        if exc.errno in NO_ROOM:
+            msg = (f"no room to write {where} ({os.strerror(exc.errno)}): free disk space or point "
+                   f"AGENTFORGE_OUTPUTS / paths.outputs / paths.artifacts at a disk with room; partial files were removed")
+        else:
+            msg = (f"cannot write {where} ({os.strerror(exc.errno)}): make it writable or point paths.artifacts / "
+                   f"paths.outputs (AGENTFORGE_OUTPUTS) at a writable directory; partial files were removed")
+        print(f"error: {msg}", file=sys.stderr)   # not into agentforge.log: its disk may be the one that is full
         if multirun:
             record_job(cfg, ok=False, error=msg)
             return None

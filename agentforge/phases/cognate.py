@@ -5,7 +5,8 @@
 
 Outputs: ``{artifacts}/cognate/model{id}/`` (model.safetensors, config.json, metrics.json) and the run
 directory (same checkpoint, tables, plots, metrics.jsonl). A killed run resumes from
-``{artifacts}/cognate/model{id}.work/last.ckpt`` when the same command is run again.
+``{artifacts}/cognate/model{id}.work/last.ckpt`` when the same command is run again — only a checkpoint that this
+config wrote and whose weights fit the model (``training/resume.py``: ``resume_path``, ``ckpt_path``).
 """
 from __future__ import annotations
 
@@ -14,25 +15,22 @@ import json
 import math
 import shutil
 import time
-import zipfile
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from omegaconf import OmegaConf
-from torch.utils.flop_counter import FlopCounterMode
 
 from agentforge.artifacts import ARCHITECTURE, cognate_config_from, publish, save_model
-from agentforge.data import synthetic
 from agentforge.data.build import build_datamodule, eval_sets
 from agentforge.data.recall import FACT_CHARS as RECALL_FACT_CHARS
 from agentforge.data.recall import recall_rows
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
-from agentforge.errors import ConfigError
 from agentforge.evals.diversity import PER_ROW_KEY as DIVERSITY_ROWS
 from agentforge.evals.diversity import per_row_features
+from agentforge.evals.flops import counting_flops
 from agentforge.evals.speed import forward_latency_ms
-from agentforge.io import CheckpointError, write_json_atomic
+from agentforge.io import write_json_atomic
 from agentforge.models import CognateModel
 from agentforge.models.ablation import (
     VARIANTS,
@@ -45,7 +43,7 @@ from agentforge.models.ablation import (
     token_scores,
 )
 from agentforge.phases.context import run_context
-from agentforge.phases.rules import PHASE_RULES
+from agentforge.phases.rules import PHASE_RULES, validate_curriculum
 from agentforge.tracking import plots
 from agentforge.tracking.callbacks import (
     CurriculumCallback,
@@ -54,7 +52,8 @@ from agentforge.tracking.callbacks import (
     ThroughputCallback,
 )
 from agentforge.training.lm_module import LMModule
-from agentforge.training.trainer import EpochCheckpoint, build_trainer, load_weights_only
+from agentforge.training.resume import resume_path, start_work_dir
+from agentforge.training.trainer import EpochCheckpoint, build_trainer
 
 RULES = PHASE_RULES["cognate"]
 
@@ -68,45 +67,6 @@ def fingerprint(cfg) -> str:
     keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "optimizer", "phase")}
     keys["seed"] = int(cfg.seed)
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def resume_path(ckpt_path, work_dir: Path, fp: str) -> str | None:
-    last = work_dir / "last.ckpt"
-    if ckpt_path in (None, "auto"):
-        marker = work_dir / "fingerprint"
-        if last.is_file() and marker.is_file() and marker.read_text().strip() == fp:
-            return str(last)
-        return None
-    if ckpt_path in ("none", "fresh", False):
-        return None
-    if ckpt_path == "last":
-        if not last.is_file():
-            raise CheckpointError(f"ckpt_path=last: no {last} to resume from; run without ckpt_path to start")
-        return str(last)
-    if Path(ckpt_path).is_dir():
-        raise CheckpointError(f"ckpt_path={ckpt_path}: a directory; ckpt_path takes a training checkpoint file "
-                              f"(e.g. {work_dir / 'last.ckpt'}), or last / fresh")
-    if not Path(ckpt_path).is_file():
-        raise CheckpointError(f"ckpt_path={ckpt_path}: file not found")
-    if not zipfile.is_zipfile(ckpt_path):  # before the run starts: no run dir, W&B run or work dir for a wrong file
-        raise CheckpointError(f"ckpt_path={ckpt_path}: not a training checkpoint this tool saved (those are torch "
-                              f"zip archives, e.g. {last}); resume from one, or start fresh")
-    load_weights_only(ckpt_path, mmap=True)  # a refused or unreadable one fails here, before the run starts
-    return str(ckpt_path)
-
-
-def validate_curriculum(stages) -> None:
-    if not stages:
-        raise ConfigError("phase.curriculum must list at least one stage")
-    for i, st in enumerate(stages):
-        if not isinstance(st, dict) or "epochs" not in st or "mix" not in st:
-            raise ConfigError(f"phase.curriculum[{i}] needs 'epochs' and 'mix'")
-        if not isinstance(st["epochs"], int) or st["epochs"] < 1:
-            raise ConfigError(f"phase.curriculum[{i}].epochs must be an integer >= 1, got {st['epochs']!r}")
-        bad = [t for t, w in st["mix"].items() if t not in synthetic.GENERATORS
-               or not isinstance(w, (int, float)) or w < 0]
-        if bad:
-            raise ConfigError(f"phase.curriculum[{i}].mix has unknown tasks or negative weights: {bad}")
 
 
 def run(cfg) -> dict:
@@ -126,20 +86,20 @@ def run(cfg) -> dict:
     out_dir = model_dir(Path(cfg.paths.artifacts).absolute(), model_id)
     work_dir = out_dir.with_name(out_dir.name + ".work")
     fp = fingerprint(cfg)
-    resume = resume_path(cfg.get("ckpt_path"), work_dir, fp)
+    # the checkpoint's own fingerprint and its weights' names and shapes decide (training/resume.py), before the run
+    resume = resume_path(cfg.get("ckpt_path"), work_dir, fp, expected=module.state_dict())
     tags = ["phase1", "cognate", f"model{model_id}", "pretraining"]
     with run_context(cfg, run_name=f"phase1-cognate-model{model_id}", group="phase1-cognate", tags=tags,
                      job_type="cognate") as ctx:
         print(f"Cognate model{model_id} ({m.role}): {model.num_params():,} parameters; run dir {ctx.run_dir}")
         if resume:
             print(f"resuming from {resume}")
-        work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "fingerprint").write_text(fp)
+        start_work_dir(work_dir, fp, resume)  # starting fresh: the stale last.ckpt goes before the new fingerprint
         task_cb = TaskAccuracyCallback(tokenizer, evals, int(p.gen_tokens))
         usage_cb = MemoryUsageCallback()
         callbacks = [EarlyStopping(monitor="val/loss", patience=int(p.early_stopping_patience), mode="min"),
                      ThroughputCallback(), EpochTimeCallback(), CurriculumCallback(ctx.tracker), task_cb, usage_cb,
-                     EpochCheckpoint(work_dir / "last.ckpt")]
+                     EpochCheckpoint(work_dir / "last.ckpt", fp)]
         trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers,
                                 callbacks=callbacks, max_epochs=int(p.max_epochs), default_root_dir=ctx.run_dir,
                                 gradient_clip_val=float(p.gradient_clip) or None, enable_checkpointing=False)
@@ -287,13 +247,13 @@ def held_out_figures(model, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str,
 def held_out_pass(model, rows: torch.Tensor, batch_size: int = 16) -> tuple[torch.Tensor, float, float]:
     """One eval-mode forward pass over the held-out [N, T+1] rows, giving (per-token ACT halting steps,
     flattened; the mean share of the memory's slots filled at the end of each row (per-sequence banks);
-    forward MFLOPs per token, counted by torch.utils.flop_counter on the steps the model actually runs
+    forward MFLOPs per token, counted by torch.utils.flop_counter (``evals.flops``: attention included) on the steps the model actually runs
     (halting skips rows and stops early: a row only once ALL its tokens have halted), so deterministic, not a
     timing)."""
     device = next(model.parameters()).device
     model.eval()
     steps, filled = [], 0.0
-    with FlopCounterMode(display=False) as fc:
+    with counting_flops(model) as fc:
         for i in range(0, len(rows), batch_size):
             batch = rows[i: i + batch_size, :-1].to(device)
             steps.append(model(batch).halting_steps.flatten().cpu())

@@ -6,7 +6,11 @@
 Every phase reads the previous one's outputs from ``{paths.outputs}/pipeline/{run_name}/artifacts``.
 Each step runs in this process as an ordinary phase run (its own run dir, its own W&B run). A rerun
 with the same name skips complete steps and continues an interrupted one (Cognate resumes from its
-last epoch checkpoint). At the end: the cross-phase report (Markdown + PNG + W&B tables).
+last epoch checkpoint). A subset (``phase.phases`` / ``phase.models``) is refused when a step it runs reads outputs of
+a step outside it that this command would not reuse (``pipeline.lineage``: one lineage of models, never new model1
+merged with old model2), and its report warns about the outputs outside it that it reads or made stale. At the end:
+the cross-phase report (Markdown + PNG + W&B tables); the previous one is moved to ``pipeline_report.previous.md``
+when the first step of a run starts.
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES, override_key
+from agentforge.pipeline.lineage import Lineage, refusal, retire_report, state_rows
+from agentforge.pipeline.lineage import skip_reason as _skip_reason
+from agentforge.pipeline.lineage import stale as _stale
 from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete, outputs_digest, step_fingerprint
 from agentforge.pipeline.report import dir_bytes, performance_rows, write_report
 from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
@@ -93,10 +100,6 @@ def _previous_records(state_file: Path) -> dict[str, dict]:
         return {}
 
 
-INCOMPLETE = "outputs incomplete"
-FINISHED = ("done", "skipped (complete)")
-
-
 def _reads(step, child, order: list[str]) -> list[str]:
     """The steps whose outputs ``step`` reads: ``step.needs`` (its phase's default input), or every earlier step when
     an override points it at another input (``phase.input``/``phase.inputs``: followed conservatively)."""
@@ -104,38 +107,24 @@ def _reads(step, child, order: list[str]) -> list[str]:
     return order[:order.index(step.key)] if given else list(step.needs)
 
 
-def _skip_reason(step, fp: str, prev: dict | None, upstream_ran: list[str], digest: str | None,
-                 inputs: dict[str, str]) -> str | None:
-    """Why a step must run again (None: skip it): its outputs are incomplete; a step it reads from ran
-    (``upstream_ran``: their keys); no record of a
-    finished run made them; they were made with other settings; they changed since (a standalone phase or an
-    interrupted rerun wrote there); or the outputs they were made from changed since (``inputs``: the digests of the
-    earlier steps' outputs now, against those recorded when this step ran)."""
-    if not is_complete(step):
-        return INCOMPLETE
-    if upstream_ran:
-        return f"a step it reads from ran again ({', '.join(upstream_ran)})"
-    if not prev or prev.get("status") not in FINISHED:
-        return "no record of a finished run that made its outputs"
-    if prev.get("fingerprint") != fp:
-        return "its settings differ from those its outputs were made with"
-    if prev.get("outputs_digest") != digest:
-        return "its outputs changed since the pipeline made them"
-    if prev.get("inputs") != inputs:
-        changed = sorted(k for k in inputs if (prev.get("inputs") or {}).get(k) != inputs[k])
-        return f"the outputs it was made from changed since ({', '.join(changed) or 'other steps'})"
-    return None
+def _default_reads(step, child) -> list[str]:
+    """The steps outside a subset that ``step`` must find current: its default inputs (``step.needs``); none when an
+    override points it at another input (the user chose what it reads)."""
+    return [] if child.phase.get("input") or child.phase.get("inputs") else list(step.needs)
 
 
-def _stale(others: dict[str, dict], digests: dict[str, str], ran: set[str]) -> list[str]:
-    """The steps outside this run (``others``: their records; a ``phase.phases`` subset) whose recorded inputs
-    include an output this run replaced: their outputs, and the report rows read from them, are of the old lineage."""
-    out = []
-    for key, rec in others.items():
-        changed = sorted(k for k, d in (rec.get("inputs") or {}).items() if k in ran and digests.get(k) != d)
-        if changed:
-            out.append(f"{key} was made from the earlier outputs of {', '.join(changed)}")
-    return out
+def _step_overrides(step, base: list[str], artifacts: Path, pipe_dir: Path) -> list[str]:
+    return [*base, f"phase={step.phase}", f"paths.artifacts={artifacts}", f"paths.run_dir={pipe_dir / 'runs' / step.key}",
+            *step.overrides]
+
+
+def _check_outside_reads(lineage: Lineage, steps, children, digests: dict, ran: set, phases, models) -> None:
+    """ConfigError when ``steps`` read outputs of a step outside this run that are not what this command would
+    make (``Lineage.not_current``): running them would mix two lineages (new model1 merged with old model2)."""
+    wanted = {k for step, child in zip(steps, children) for k in _default_reads(step, child)}
+    lines = lineage.not_current(wanted, digests, ran) if wanted - lineage.planned else []
+    if lines:
+        raise ConfigError(refusal(phases, models, lines))
 
 
 def run(cfg) -> dict:
@@ -158,22 +147,32 @@ def run(cfg) -> dict:
     previous = _previous_records(state_file)
     records, ran = [], set()
     user = {k for k, v in (OmegaConf.to_container(p.overrides, resolve=True) or {}).items() if v}
-    children = [_checked_child(step, [*base, f"phase={step.phase}", f"paths.artifacts={artifacts}",
-                                      f"paths.run_dir={pipe_dir / 'runs' / step.key}", *step.overrides],
-                               step.phase in user)
+    children = [_checked_child(step, _step_overrides(step, base, artifacts, pipe_dir), step.phase in user)
                 for step in steps]   # every step's config composed and checked before the first one runs
-    print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
     planned = {s.key for s in steps}
+    # every step of the whole pipeline (all three models: EvoMerge reads them all), for the order and the inputs
+    every = {s.key: s for s in build_plan(list(PHASE_ORDER), list(MODEL_IDS), artifacts,
+                                          OmegaConf.to_container(p.overrides, resolve=True) or {})}
+    order = list(every)
     # the outputs of the steps this run leaves alone (a phase.phases subset), as they are on disk now
-    full = build_plan(list(PHASE_ORDER), models, artifacts, {})   # every step, for the order and the inputs
-    digests: dict[str, str] = {s.key: outputs_digest(s) for s in full if s.key not in planned and is_complete(s)}
-    order = [s.key for s in full]
+    digests: dict[str, str] = {k: outputs_digest(s) for k, s in every.items() if k not in planned and is_complete(s)}
     kept = [r for k, r in previous.items() if k not in planned]   # a subset run keeps the other steps' records
+    lineage = Lineage(every, planned, previous,
+                      compose=lambda st: _checked_child(st, _step_overrides(st, base, artifacts, pipe_dir),
+                                                        st.phase in user),
+                      fingerprint=lambda c: step_fingerprint(c, artifacts), reads=lambda st, c: _reads(st, c, order))
+    # a subset whose steps read outputs of another lineage (an interrupted run's new model1 beside old model2) is
+    # refused before any step runs; outside steps that read a step of this run are checked again when reached
+    _check_outside_reads(lineage, steps, children, digests, ran, phases, models)
+    print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
+    retired = False
 
-    def save(recs):
-        write_json_atomic(state_file, {"name": str(p.run_name), "steps": [*recs, *kept]})
+    def save(recs, unreached=()):
+        write_json_atomic(state_file, {"name": str(p.run_name),
+                                       "steps": state_rows([*unreached, *recs], kept, order)})
 
     for i, (step, child) in enumerate(zip(steps, children), 1):
+        _check_outside_reads(lineage, [step], [child], digests, ran, phases, models)
         fp, prev = step_fingerprint(child, artifacts), previous.get(step.key)
         reads = _reads(step, child, order)
         inputs = {k: digests[k] for k in reads if k in digests}   # the digests of what it reads, now
@@ -186,6 +185,10 @@ def run(cfg) -> dict:
                        peak_rss_mb=prev.get("peak_rss_mb"), metrics=prev.get("metrics", {}))
             print(f"[{i}/{len(steps)}] {step.key}: outputs complete, same settings and inputs, skipped")
         else:
+            if not retired:   # from here on the last report describes outputs this run may replace
+                retired = True
+                if (old := retire_report(pipe_dir)) is not None:
+                    print(f"the previous report is now {old.name} (superseded)")
             ran.add(step.key)
             print(f"[{i}/{len(steps)}] {step.key}: running ({why})")
             t0 = time.perf_counter()
@@ -194,19 +197,23 @@ def run(cfg) -> dict:
                     result = run_phase(child) or {}
             except BaseException:
                 rec.update(status="failed", duration_s=time.perf_counter() - t0)
-                save([*records, rec])
+                # the steps not reached keep their records: they still describe what is on disk
+                save([*records, rec], [previous[s.key] for s in steps[i:] if s.key in previous])
                 raise
             rec.update(status="done", duration_s=time.perf_counter() - t0, peak_rss_mb=mem.peak_mb,
                        metrics=headline_metrics(result.get("metrics") or {}))
         digests[step.key] = rec["outputs_digest"] = outputs_digest(step)
         rec["storage_mb"] = sum(dir_bytes(d) for d in step.checkpoints) / 2**20
         records.append(rec)
-        save(records)
+        save(records, [previous[s.key] for s in steps[i:] if s.key in previous])
     stale = _stale({k: r for k, r in previous.items() if k not in planned}, digests,
                    {r["key"] for r in records if r["status"] == "done"})
+    named = {line.split(" ", 1)[0] for line in stale}
+    stale += [f"{line} is not what this command would make" for line in
+              lineage.not_current([k for k in lineage.report_reads() if k not in named], digests, ran)]
     for line in stale:
-        print(f"warning: {line}: its outputs and the report rows read from them are stale until those steps run "
-              f"again (the full pipeline reruns them)", file=sys.stderr)
+        print(f"warning: {line}: its outputs and the report rows read from them are not of this run's lineage until "
+              f"those steps run again (the full pipeline reruns them)", file=sys.stderr)
     stages = [(s.key.removeprefix("eval-"), Path(s.overrides[0].split("=", 1)[1])) for s in steps if s.phase == "eval"]
     perf = performance_rows(artifacts, stages)
     checks = threshold_rows({r["key"]: r.get("metrics", {}) for r in records}, artifacts)

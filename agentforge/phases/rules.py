@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agentforge.config import Rule, boolean, integer, number, one_of, optional, rule
+from agentforge.data import synthetic
+from agentforge.errors import ConfigError
 from agentforge.evals.collect import is_threshold
 from agentforge.merge import fitness
 from agentforge.merge.techniques import RESCALES
@@ -84,7 +86,39 @@ CODEGEN = [
     *THRESHOLDS,
 ]
 
+def _task_weights(x) -> bool:
+    """A mapping of synthetic task names to numbers >= 0 (a stage's mix, a model's dataset weights)."""
+    return isinstance(x, dict) and all(t in synthetic.GENERATORS and number(0)[0](w) for t, w in x.items())
+
+
+TASKS = f"a mapping of tasks ({', '.join(synthetic.GENERATORS)}) to weights >= 0"
+
+
+def validate_curriculum(stages) -> None:
+    """Cognate's ``phase.curriculum``: a non-empty list of stages, each ``{epochs: int >= 1, mix: {task: weight >= 0}}``
+    with some weight > 0. A ConfigError naming the stage and key; run at start-up as the rule below (and by the
+    pipeline's check of each step), so a wrong type never reaches the phase (a traceback, a run dir left behind)."""
+    example = "e.g. [{epochs: 1, mix: {plain_text: 1.0, arithmetic: 0.3}}]"
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"phase.curriculum must be a non-empty list of stages {{epochs: N, mix: {{task: weight}}}}, "
+                          f"{example}; got {stages!r}")
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict) or "epochs" not in st or "mix" not in st:
+            raise ConfigError(f"phase.curriculum[{i}] needs 'epochs' and 'mix' ({example}), got {st!r}")
+        if not integer(1)[0](st["epochs"]):
+            raise ConfigError(f"phase.curriculum[{i}].epochs must be an integer >= 1, got {st['epochs']!r}")
+        mix = st["mix"]
+        if not _task_weights(mix) or not any(w > 0 for w in mix.values()):
+            raise ConfigError(f"phase.curriculum[{i}].mix must be {TASKS}, not all 0, got {mix!r}")
+
+
+CKPT_PATH = rule("ckpt_path", ((lambda x: x is None or x is False or (isinstance(x, str) and x != "")),
+                               "null (auto), 'last', 'fresh' or the path of a .ckpt file"))
+
 COGNATE = [
+    rule("phase.curriculum", ((lambda x: validate_curriculum(x) is None), "a list of stages")),  # raises its own line
+    rule("model.dataset_weights", (_task_weights, TASKS)),
+    CKPT_PATH,
     rule("phase.max_epochs", integer(1)),
     rule("phase.steps_per_epoch", integer(1)),
     rule("phase.val_rows", integer(2)),   # the ablations pair rows (a paired bootstrap needs 2)
@@ -211,7 +245,7 @@ def _step_overrides(phase: str) -> Rule:
                                                 f"are chosen with phase.models=[...]"))
 
 
-PIPELINE = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-", "").replace("_", "").isalnum()),
+PIPELINE = [CKPT_PATH, rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace("-", "").replace("_", "").isalnum()),
                                  "a name of letters, digits, '-' and '_'")),
          rule("phase.overlap_train_draws", integer(0)), rule("phase.overlap_heldout", integer(1)),
          # checked here, before Lightning loads, as well as by the phase
@@ -223,6 +257,7 @@ PIPELINE = [rule("phase.run_name", ((lambda x: isinstance(x, str) and x.replace(
          *[_step_overrides(p) for p in ("cognate", "evomerge", "quietstar", "bitnet", "eval")]]
 
 QUIETSTAR = [
+    CKPT_PATH,
     rule("step", optional(one_of("baking", "rl", "both"))),
     rule("phase.step", one_of("baking", "rl", "both")),
     rule("phase.gradient_clip", number(0)),

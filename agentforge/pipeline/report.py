@@ -219,7 +219,8 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
                  stale: list[str] | None = None) -> dict:
     """The Markdown report and its tables; ``artifacts`` (default ``out_dir/artifacts``, the pipeline's) holds
     the Cognate models' metrics for the Phase 1 section. ``stale``: steps outside a subset run whose outputs were
-    made from outputs this run replaced (a warning at the top)."""
+    made from outputs this run replaced, or outputs outside the run that this command would not make (a warning at the
+    top, instead of the line saying every figure is this pipeline's own)."""
     artifacts = Path(out_dir) / "artifacts" if artifacts is None else Path(artifacts)
     perf_png = plot_performance(out_dir / "performance_across_phases.png", perf)
     res_png = plot_resources(out_dir / "resource_usage.png", steps)
@@ -231,9 +232,10 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
     res_rows = [[s["key"], s.get("duration_s"), s.get("peak_rss_mb"), s.get("storage_mb")] for s in steps]
     total_s = sum(s.get("duration_s") or 0 for s in steps if s["status"] == "done")
     md = [f"# Agent Forge pipeline report: {name}", "",
-          "All figures are measured by this pipeline's own runs.", "",
-          *([f"**Warning — stale outputs:** {'; '.join(stale)}. The rows read from them (evaluations, thresholds) "
-             "describe the earlier lineage until those steps run again.", ""] if stale else []),
+          *([f"**Warning — stale outputs:** {'; '.join(stale)}. The rows read from them (evaluations, thresholds, "
+             "Phase 1) describe another lineage until those steps run again, so the figures below are NOT all of one "
+             "lineage of this pipeline's runs.", ""] if stale else
+            ["All figures are measured by this pipeline's own runs, on one lineage of its outputs.", ""]),
           "## Phase overview", "", markdown_table(status_cols, status_rows), "",
           f"Time spent in steps run this time: {total_s:.1f} s." + (" A skipped step (its outputs complete and made "
           "with the same settings) shows the time and memory of the run that made them." if any(

@@ -13,6 +13,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from agentforge.io import CheckpointError, atomic_write
 
+FINGERPRINT_KEY = "agentforge_fingerprint"   # the config (and input) that wrote a checkpoint: training/resume.py
+
 
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints: write-fsync-rename on save; weights-only (no code) on load."""
@@ -29,7 +31,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def load_weights_only(path, map_location="cpu", mmap: bool = False):
     """``torch.load(weights_only=True)`` with one clear CheckpointError for a missing, refused or unreadable
     file. ``mmap=True`` maps the tensors instead of reading them: a cheap check that a checkpoint will load,
-    made before a run starts (``phases.cognate.resume_path``)."""
+    made before a run starts (``training.resume.resume_path``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: resume checkpoint not found (ckpt_path)")
@@ -127,10 +129,17 @@ def compile_regions(model: torch.nn.Module, backend: str = "inductor") -> list[t
 class EpochCheckpoint(L.Callback):
     """Saves the full training state (weights, optimizer, scheduler, loops, callbacks) to ``path`` at the
     end of every epoch, after validation, through the atomic ``SafeCheckpointIO``: the file a killed run
-    resumes from. (Lightning's ModelCheckpoint writes ``last.ckpt`` only alongside a top-k save.)"""
+    resumes from. (Lightning's ModelCheckpoint writes ``last.ckpt`` only alongside a top-k save.) ``fingerprint``:
+    the run's config fingerprint, stored in each checkpoint it writes (``FINGERPRINT_KEY``), so the file itself says
+    which config wrote it (``training.resume.resume_path``)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, fingerprint: str | None = None):
         self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if self.fingerprint is not None:
+            checkpoint[FINGERPRINT_KEY] = self.fingerprint
 
     def on_train_epoch_end(self, trainer, pl_module):
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
