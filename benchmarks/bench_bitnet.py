@@ -11,6 +11,12 @@ int32 matmul (torch._int_mm) or the float kernel (gamma * codes cached as a dens
 layers (q/k/v, gate/up, memory query/value/gate) fused into one matmul (``quant/fuse.py``); in decoding
 steps also the native kernel (``quant/native.py``: quantization and matmul in one C++ op, built here unless
 --no-native). The forced int8 and float kernels and the unfused model are timed too. Greedy generation is KV-cached (one row per decoding step) for every model.
+
+The forward is timed twice per model: as trained (halting stops a row once its tokens halted) and at equal compute
+(every token to max_steps: the halting decisions of the packed and the fp32 model differ, and so would their work).
+Generation is timed once: the KV decoder runs every recursion step for every token whatever the halting head says,
+so its work is the same in both modes (equal FLOPs, tested). Every ratio is the median of the per-round ratios
+with its 95 % CI and n (``ratio_ci.py``).
 """
 from __future__ import annotations
 
@@ -23,9 +29,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+from ratio_ci import DEFAULT_ROUNDS, ci_short, ci_text, ratio_line
 
 from agentforge.artifacts import load_model
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+from agentforge.evals.compare import MIN_TIMING_ROUNDS
 from agentforge.evals.speed import interleaved_times
 from agentforge.io import save_tensors
 from agentforge.models import CognateConfig, CognateModel
@@ -41,10 +49,11 @@ SIZES = {"tiny": dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window
 
 @torch.no_grad()
 def speed(models: dict, seq_len: int, batch: int, gen_tokens: int, repeats: int) -> dict:
-    """Forward tokens/s ([batch, seq_len]) and greedy generation tokens/s of each model (name -> (model, kernel
-    or None)), every model's forward and generation timed once per round, rounds interleaved with a rotating
-    order (``evals.speed.interleaved_times``, one untimed round first); per model (forward tok/s, generate
-    tok/s, mean halting steps, median over rounds of the first model's generation time / this one's)."""
+    """Per-round seconds of each model's (name -> (model, kernel or None)) forward over [batch, seq_len] as trained
+    ("fwd") and with every token to max_steps ("fwd, equal compute": ``full_recursion``), and of its greedy generation
+    of ``gen_tokens`` ("gen", once: the KV decoder runs every step in both modes); every case once per round, rounds
+    interleaved with a rotating order (``evals.speed.interleaved_times``, one untimed round first). Also "halt"
+    (name -> mean halting steps of the forward as trained)."""
     device = next(iter(models.values()))[0].embed.weight.device
     ids = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     prompt = ids[:1, :16]
@@ -57,17 +66,15 @@ def speed(models: dict, seq_len: int, batch: int, gen_tokens: int, repeats: int)
 
     cases = {}
     for name, (m, kernel) in models.items():
+        full = full_recursion(m)
         cases[name, "fwd"] = case(m, kernel, lambda m: m(ids))
+        cases[name, "fwd, equal compute"] = case(full, kernel, lambda m: m(ids))
         cases[name, "gen"] = case(m, kernel, lambda m: m.generate(prompt, gen_tokens))
     times = interleaved_times(cases, repeats, sync=torch.cuda.synchronize if device.type == "cuda" else None)
-    halting = {}
-    for k, (m, kernel) in models.items():
+    for name, (m, kernel) in models.items():
         set_kernel(m, kernel)
-        halting[k] = float(m(ids).halting_steps.mean())
-    base = next(iter(models))  # the first model is the baseline: per-round ratios of the generation time
-    ratios = {k: statistics.median(b / t for b, t in zip(times[base, "gen"], times[k, "gen"])) for k in models}
-    return {k: (batch * seq_len / statistics.median(times[k, "fwd"]), gen_tokens / statistics.median(times[k, "gen"]),
-                halting[k], ratios[k]) for k in models}
+        times[name, "halt"] = float(m(ids).halting_steps.mean())
+    return times
 
 
 def set_kernel(model, kernel: str | None) -> None:
@@ -95,7 +102,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--gen-tokens", type=int, default=24)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds")
     ap.add_argument("--no-native", action="store_true",
                     help="do not build the native decode kernel (quant/native.py; first build ~30 s)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -148,27 +155,33 @@ def main() -> None:
           f"{len(loaded.bitnet_groups)} ({', '.join('/'.join(n.rsplit('.', 1)[-1] for n in g) for g in loaded.bitnet_groups)})")
     info = loaded.bitnet_kernel or {"kernel": "float", "int8_ms": float("nan"), "float_ms": float("nan")}
     print(f"kernels chosen at load (interleaved medians): {kernel_summary(info)}")
-    runs = {"as trained (halting)": (model, loaded, unfused),
-            "equal compute (all max_steps recursion steps)": (full_recursion(model), full_recursion(loaded),
-                                                              full_recursion(unfused))}
-    for title, (fp, bn, bn_unfused) in runs.items():
-        chosen = f"bitnet (chosen {info['kernel']}/{info.get('decode_kernel', info['kernel'])})"
-        res = speed({"fp32": (fp, None), chosen: (bn, None), "bitnet chosen, unfused": (bn_unfused, None),
-                     "bitnet int8 kernel": (bn, "int8"), "bitnet float kernel": (bn, "float")},
-                    args.seq_len, args.batch, args.gen_tokens, args.repeats)
-        base_f, base_g, _, _ = res["fp32"]
-        print(f"\n{device} inference, {title}: medians of {args.repeats} interleaved runs (rotating order) "
-              f"(forward [{args.batch}, {args.seq_len}]; greedy generation of {args.gen_tokens} tokens)")
-        print(f"{'model (prefill/decode)':28} {'forward tok/s':>14} {'vs fp32':>8} {'generate tok/s':>15} {'vs fp32':>8} "
-              f"{'halt steps':>11}")
-        for k, (f, g, h, _) in res.items():
-            print(f"{k:28} {f:14,.0f} {f / base_f:7.2f}x {g:15,.1f} {g / base_g:7.2f}x {h:11.2f}")
-        print(f"packed / fp32 greedy tokens/s ({title}; {device}, {torch.get_num_threads()} thread(s)): "
-              f"{res[chosen][1] / base_g:.2f} (ratio of medians), {res[chosen][3]:.2f} (median of the "
-              f"{args.repeats} per-round ratios); kernels prefill {info['kernel']}, decode "
-              f"{info.get('decode_kernel', info['kernel'])}; the unfused model: "
-              f"{res['bitnet chosen, unfused'][1] / base_g:.2f}, {res['bitnet chosen, unfused'][3]:.2f} (fusion "
-              f"serves the int8/float decode kernels; native runs one op per layer)")
+    chosen = f"bitnet (chosen {info['kernel']}/{info.get('decode_kernel', info['kernel'])})"
+    models = {"fp32": (model, None), chosen: (loaded, None), "bitnet chosen, unfused": (unfused, None),
+              "bitnet int8 kernel": (loaded, "int8"), "bitnet float kernel": (loaded, "float")}
+    t = speed(models, args.seq_len, args.batch, args.gen_tokens, args.repeats)
+    fwd_tok, gen_tok = args.batch * args.seq_len, args.gen_tokens
+    few = "" if args.repeats >= MIN_TIMING_ROUNDS else f"; under {MIN_TIMING_ROUNDS} rounds the range, covering less"
+    print(f"\n{device} inference, {args.repeats} interleaved rounds (rotating order): forward [{args.batch}, "
+          f"{args.seq_len}] as trained and at equal compute (every token to max_steps); greedy generation of "
+          f"{args.gen_tokens} tokens (the KV decoder runs every step for every token: one figure). tok/s: medians; "
+          f"vs fp32: median of the per-round ratios [95% CI{few}], n = {args.repeats}")
+    print(f"{'model (prefill/decode)':28} {'forward tok/s':>13} {'vs fp32':>18} {'equal compute':>13} {'vs fp32':>18} "
+          f"{'generate tok/s':>14} {'vs fp32':>18} {'halt steps':>10}")
+    for k in models:
+        print(f"{k:28} {fwd_tok / statistics.median(t[k, 'fwd']):13,.0f} {ci_short(t['fp32', 'fwd'], t[k, 'fwd']):>18} "
+              f"{fwd_tok / statistics.median(t[k, 'fwd, equal compute']):13,.0f} "
+              f"{ci_short(t['fp32', 'fwd, equal compute'], t[k, 'fwd, equal compute']):>18} "
+              f"{gen_tok / statistics.median(t[k, 'gen']):14,.1f} {ci_short(t['fp32', 'gen'], t[k, 'gen']):>18} "
+              f"{t[k, 'halt']:10.2f}")
+    where = f"{device}, {torch.get_num_threads()} thread(s)"
+    print(ratio_line(f"packed/fp32 forward tokens/s, as trained ({where})", t["fp32", "fwd"], t[chosen, "fwd"]))
+    print(ratio_line(f"packed/fp32 forward tokens/s, equal compute ({where})", t["fp32", "fwd, equal compute"],
+                     t[chosen, "fwd, equal compute"]))
+    print(ratio_line(f"packed/fp32 greedy tokens/s ({where}; kernels prefill {info['kernel']}, decode "
+                     f"{info.get('decode_kernel', info['kernel'])})", t["fp32", "gen"], t[chosen, "gen"]))
+    print(f"the unfused packed model's greedy tokens/s vs fp32: {ci_text(t['fp32', 'gen'], t['bitnet chosen, unfused', 'gen'])}"
+          f" (fusion serves the int8/float decode kernels; native runs one op per layer)")
+
 
 if __name__ == "__main__":
     main()

@@ -34,11 +34,17 @@ SHOWN = ("lr", "weight_decay", "weight_decay_mode", "betas", "grokfast_alpha", "
 MIN_SEEDS = 3   # seeds a MET / NOT MET verdict needs (each must meet the aim)
 
 
-def aim_verdict(speedups: list, aim: float) -> str:
+def aim_verdict(speedups: list, aim: float, lower_bounds: list | None = None) -> str:
     """MET when every seed's speed-up reaches ``aim``, NOT MET otherwise — from at least ``MIN_SEEDS`` seeds; one
-    seed is an anecdote, so fewer give no verdict."""
+    seed is an anecdote, so fewer give no verdict. A speed-up of None (a run stopped at its step or time budget
+    before the target, so its speed-up is unknown) gives no verdict either, and so does a lower bound (AdamW stopped
+    at its budget: ``lower_bounds[i]`` true) below the aim, which the true speed-up may still reach."""
     if len(speedups) < MIN_SEEDS:
         return f"no verdict from {len(speedups)} seed(s)"
+    if any(x is None for x in speedups):
+        return "no verdict (budget reached)"
+    if any(low and x < aim for x, low in zip(speedups, lower_bounds or [])):
+        return "no verdict (budget reached: a lower bound below the aim)"
     return "MET" if all(x is not None and x >= aim for x in speedups) else "NOT MET"
 
 def _one(args):
@@ -144,7 +150,7 @@ def main() -> None:
         got = [s for s in summary if s["label"] == name]
         if got:
             seeds = len(got)
-            word = aim_verdict([s["speedup"] for s in got], aim)
+            word = aim_verdict([s["speedup"] for s in got], aim, [s["speedup_is_lower_bound"] for s in got])
             print(f"aim {name} >= {aim:.0f}x fewer steps than AdamW: {word} (n = {seeds} seeds; "
                   f"{', '.join(str(s['speedup'] and round(s['speedup'], 2)) for s in got)}; MET needs every seed, "
                   f"at least {MIN_SEEDS})")

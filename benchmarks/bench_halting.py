@@ -3,12 +3,15 @@ head, by token kind, and the inference FLOPs that halting saves.
 
     python benchmarks/bench_halting.py outputs/artifacts/cognate/model1
 
+Without a checkpoint (as ``make bench`` runs it) it prints ``skipped: ...`` and exits 0: halting is only worth
+measuring on trained weights.
+
 1. Per-step losses L_n (the same weights run exactly n steps, ``model.ablate(steps=n, halting=False)``) on
    the Cognate phase's validation rows and on held-out GSM8K-format rows (``ablation.computation_rows``):
    the mean gain L_n - L_{n+1} for all tokens, for the digits of computed results and for letters. PonderNet's
    loss is minimised by p_n ∝ prior_n exp(-L_n / beta) (``halting.gibbs_halting``), so these gains against the
    checkpoint's ``ponder_cost`` (beta) say whether halting can separate the tokens at all.
-2. Forward FLOPs per token (torch.utils.flop_counter, deterministic) with halting as run at inference
+2. Forward FLOPs per token (``evals.flops``: matmuls and attention, deterministic) with halting as run at inference
    (the loop stops when every token halted and skips rows whose tokens all halted), with every token run
    to ``max_steps``, and the bound a per-token gather of the running tokens could reach (cost linear in each
    token's step count, interpolated from the 1-step and max-step costs).
@@ -20,14 +23,16 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from torch.utils.flop_counter import FlopCounterMode
 
 from agentforge.artifacts import load_model
 from agentforge.data.build import build_datamodule
 from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.evals.flops import counting_flops
 from agentforge.models.ablation import computation_rows, token_scores
 
 ROOT = Path(__file__).resolve().parents[1]
+SKIP = ("skipped: no checkpoint given (python benchmarks/bench_halting.py <Cognate checkpoint dir>, e.g. "
+        "outputs/artifacts/cognate/model1 after python -m agentforge phase=cognate)")
 
 
 def val_rows(seq_len: int, n: int, seed: int) -> torch.Tensor:
@@ -40,7 +45,7 @@ def val_rows(seq_len: int, n: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def flops_per_token(model, rows: torch.Tensor, **ablate) -> float:
-    with model.ablate(**ablate), FlopCounterMode(display=False) as fc:
+    with model.ablate(**ablate), counting_flops(model) as fc:
         for i in range(0, len(rows), 16):
             model(rows[i: i + 16, :-1])
     return fc.get_total_flops() / rows[:, :-1].numel()
@@ -48,12 +53,16 @@ def flops_per_token(model, rows: torch.Tensor, **ablate) -> float:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("checkpoint", type=Path, nargs="?", default=None,
+                    help="a trained Cognate checkpoint dir (without one: skipped)")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rows", type=int, default=32, help="validation rows (the phase's val_rows)")
     ap.add_argument("--computation-rows", type=int, default=64, help="held-out GSM8K-format rows")
     ap.add_argument("--seed", type=int, default=42)
     a = ap.parse_args()
+    if a.checkpoint is None:
+        print(SKIP)
+        return
     torch.set_num_threads(1)
     model = load_model(a.checkpoint)[0].eval()
     c = model.config

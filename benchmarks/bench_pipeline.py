@@ -9,12 +9,17 @@ Each run is a real subprocess with its own empty ``AGENTFORGE_OUTPUTS`` (nothing
 offline; the settings are timed in interleaved rounds (``evals.speed.interleaved_medians``, order rotated), so with
 ``--repeats`` > 1 the figure is a median. Per-step times are read from each run's ``pipeline_state.json``. One run
 of the default pipeline takes minutes: the default is one round, which is a single measurement, not a median.
+Printed with the figures: the device (CPU cores, the CUDA GPU where one is visible), torch's threads here and the
+OMP_NUM_THREADS the runs inherit, the CPU time the runs used (user + system, ``resource.getrusage(RUSAGE_CHILDREN)``)
+beside each wall time, and the 1/5/15-minute load average (``os.getloadavg()``) before and after: on a shared
+machine a wall time means little without them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,9 +32,37 @@ sys.path.insert(0, str(ROOT))
 from agentforge.evals.speed import interleaved_medians  # noqa: E402
 
 
-def run_pipeline(hardware: str, extra: list[str], steps: dict) -> None:
+def children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def machine_line() -> str:
+    """'device: ...; torch threads N; OMP_NUM_THREADS ...' (torch imported here only for the device and threads)."""
+    import torch
+
+    gpu = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no CUDA GPU visible"
+    return (f"device: CPU, {os.cpu_count()} cores; {gpu}; torch threads {torch.get_num_threads()}; "
+            f"OMP_NUM_THREADS for the runs {os.environ.get('OMP_NUM_THREADS', 'unset')}")
+
+
+def load_text(load: tuple[float, float, float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in load)
+
+
+def record_line(setting: str, wall_s: float, cpu_s: float, repeats: int, steps: dict) -> str:
+    """One setting's figures: wall time (median of the rounds), its runs' CPU time (median), per-step seconds."""
+    kind = "median of" if repeats > 1 else "one run of"
+    parts = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in steps.items())
+    return (f"hardware={setting}: pipeline wall time {wall_s:.1f} s ({kind} {repeats}); children's CPU time "
+            f"{cpu_s:.1f} s (user + system, {cpu_s / wall_s:.2f} cores busy on average); steps (s): {parts}")
+
+
+def run_pipeline(hardware: str, extra: list[str], steps: dict, cpu: list | None = None) -> None:
     """One pipeline run with ``hardware=<hardware>`` in a fresh output dir; its per-step seconds appended to
-    ``steps[name]``. A failed run stops the benchmark with one error line."""
+    ``steps[name]``, the CPU seconds it used to ``cpu``. A failed run stops the benchmark with one error line."""
+    before = children_cpu_s()
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as out:
         env = dict(os.environ, AGENTFORGE_OUTPUTS=out, WANDB_MODE="offline")
         proc = subprocess.run([sys.executable, "-m", "agentforge", "phase=pipeline", f"hardware={hardware}", *extra],
@@ -40,6 +73,8 @@ def run_pipeline(hardware: str, extra: list[str], steps: dict) -> None:
         state = next(Path(out).glob("pipeline/*/pipeline_state.json"))
         for s in json.loads(state.read_text())["steps"]:
             steps.setdefault(s["key"], []).append(s.get("duration_s") or 0.0)
+    if cpu is not None:
+        cpu.append(children_cpu_s() - before)
 
 
 def main() -> None:
@@ -50,13 +85,14 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides after --, passed to every run")
     args = ap.parse_args()
     settings = [h.strip() for h in args.hardware.split(",") if h.strip()]
-    steps = {h: {} for h in settings}
-    med = interleaved_medians({h: (lambda h=h: run_pipeline(h, args.overrides, steps[h])) for h in settings},
+    steps, cpu = {h: {} for h in settings}, {h: [] for h in settings}
+    print(machine_line())
+    load_before = os.getloadavg()
+    med = interleaved_medians({h: (lambda h=h: run_pipeline(h, args.overrides, steps[h], cpu[h])) for h in settings},
                               args.repeats, warmup=0)
-    kind = "median of" if args.repeats > 1 else "one run of"
+    print(f"load average (1/5/15 min): before {load_text(load_before)}, after {load_text(os.getloadavg())}")
     for h in settings:
-        parts = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in steps[h].items())
-        print(f"hardware={h}: pipeline wall time {med[h]:.1f} s ({kind} {args.repeats}); steps (s): {parts}")
+        print(record_line(h, med[h], statistics.median(cpu[h]), args.repeats, steps[h]))
     if len(settings) == 2:
         a, b = settings
         print(f"wall time hardware={a} ÷ hardware={b}: {med[a] / med[b]:.3f}")

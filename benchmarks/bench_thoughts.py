@@ -1,5 +1,6 @@
 """Cost of thinking, in one process, every configuration timed once per round, rounds interleaved, medians
-compared (load and thread count matter: run with OMP_NUM_THREADS=1 and note ``uptime``).
+compared; every ratio is the median of the per-round ratios with its 95 % CI and n (``ratio_ci.py``; load and
+thread count matter: run with OMP_NUM_THREADS=1 and note ``uptime``).
 
     python benchmarks/bench_thoughts.py                                  # a fresh tiny-size Cognate model
     python benchmarks/bench_thoughts.py --checkpoint outputs/artifacts/quietstar/reasoning --tokens 16
@@ -23,6 +24,10 @@ compared (load and thread count matter: run with OMP_NUM_THREADS=1 and note ``up
    path (``use_cache=False``: sampling re-runs the model on the growing prefix, the forwards re-run the
    context for every thought). The step without thoughts is what a user would otherwise run on the same
    windows: the model's forward on the window, the cross-entropy of the true next tokens, backward. Both
+   Its forward runs every recursion step (``model.ablate(halting=False)``), as the thought path's forward
+   (``CognateDecoder.extend``) and the model's training forward (targets given: ``train_all``) do; with halting on,
+   an eval-mode forward stops once every token halted (a fresh model: ~1.5 of 3 steps), which would compare the
+   thought step with a baseline doing about half the work per position. Both
    are timed without the optimizer step, then both with it (the phase's Muon-Grokfast config, plus the
    mixing head's AdamW for the thought step). The breakdown times the cached step's parts on their own:
    sampling the thoughts from a filled cache, the policy's context fill + extension + backward, and the
@@ -34,15 +39,17 @@ import argparse
 import copy
 import dataclasses
 import os
+import statistics
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from ratio_ci import DEFAULT_ROUNDS, ci_text, ratio_ci, ratio_line
 
 from agentforge.artifacts import load_model
 from agentforge.data.tokenizer import ByteTokenizer
-from agentforge.evals.speed import interleaved_medians
+from agentforge.evals.speed import interleaved_medians, interleaved_times
 from agentforge.io import load_tensors
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.kv_cache import fill
@@ -59,8 +66,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8, help="tokens generated per measurement")
     ap.add_argument("--thought-lengths", default="4,12", help="thought lengths to time, comma-separated")
     ap.add_argument("--context", type=int, default=64, help="context tokens each prediction sees")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--rl-repeats", type=int, default=5, help="training steps timed per case (0: skip)")
+    ap.add_argument("--repeats", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds")
+    ap.add_argument("--rl-repeats", type=int, default=DEFAULT_ROUNDS, help="training steps timed per case (0: skip)")
     ap.add_argument("--rl-sequences", type=int, default=None,
                     help="sequences per training episode (default: the phase's rl.batch_size; windows = this x "
                          "rl.thought_positions)")
@@ -79,8 +86,8 @@ def main() -> None:
         head.load_state_dict(load_tensors(head_file))
     ids = torch.tensor([tok.encode("Question: Ada has 12 apples. Ada gets 7 more. How many apples does Ada have now?\n"
                                    "Answer:", bos=True)])
-    print(f"model: {args.checkpoint or 'fresh CognateConfig()'} ({model.num_params():,} params), "
-          f"{torch.get_num_threads()} thread(s), {args.tokens} tokens, context {args.context}, "
+    print(f"device: CPU, {torch.get_num_threads()} thread(s); "
+          f"model: {args.checkpoint or 'fresh CognateConfig()'} ({model.num_params():,} params), {args.tokens} tokens, context {args.context}, "
           f"{args.repeats} interleaved rounds")
 
     def gen(h, length, cache, seed=0):
@@ -95,10 +102,13 @@ def main() -> None:
     for length in lengths:
         same = torch.equal(gen(head, length, True)(), gen(head, length, False)())
         print(f"L={length}: cached and uncached generate the same tokens: {same}")
-    med = interleaved_medians(cases, args.repeats, warmup=0)
-    base = med["no thoughts"]
-    for name, sec in med.items():
-        print(f"{name:<16} {args.tokens / sec:8.2f} tokens/s  {sec / base:6.2f}x the time of no thoughts")
+    times = interleaved_times(cases, args.repeats, warmup=0)
+    for name, ts in times.items():
+        print(f"{name:<16} {args.tokens / statistics.median(ts):8.2f} tokens/s  "
+              f"{ratio_ci(ts, times['no thoughts'])[0]:6.2f}x the time of no thoughts (median of per-round ratios)")
+    for name, ts in times.items():
+        if name != "no thoughts":
+            print(ratio_line(f"time {name} / no thoughts", ts, times["no thoughts"]))
 
     with torch.no_grad():  # where the time of a cached thought goes
         ctx = ids[:, -args.context:]
@@ -148,8 +158,7 @@ def training_step_ratio(model, head, start: int, end: int, banned: list[int], le
                                       torch.Generator().manual_seed(0))[0], step_opt)
 
     def plain(step_opt=False):
-        return lambda: finish(F.cross_entropy(model(windows[:, :-1]).logits.flatten(0, 1), windows[:, 1:].flatten()),
-                              step_opt)
+        return lambda: finish(baseline_loss(model, windows)[0], step_opt)
 
     c, k, n = tc.context_len, tc.num_thoughts, len(windows)
     starts = torch.full((n,), start)
@@ -175,22 +184,38 @@ def training_step_ratio(model, head, start: int, end: int, banned: list[int], le
     cases = {"none": plain(), "cached": thoughts(True), "uncached": thoughts(False),
              "none+opt": plain(True), "cached+opt": thoughts(True, True),
              "sample": sample, "fwd+bwd": forward_backward, "reference": reference}
-    med = interleaved_medians(cases, repeats, warmup=1)
-    base = med["none"]
+    times = interleaved_times(cases, repeats, warmup=1)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    base = times["none"]
+    steps = float(baseline_loss(model, windows)[1].mean())
     print(f"Quiet-STaR training step ({n} windows x {k} thoughts x {length} tokens, context {c}, {tc.n_true} true "
           f"tokens; model in eval mode as in the phase), {repeats} interleaved rounds:")
-    print(f"  no thoughts (next-token loss forward + backward)  {base * 1e3:7.1f} ms  1.00x")
+    print(f"  no thoughts (next-token loss forward + backward, recursion steps: mean {steps:.2f} of "
+          f"{model.config.max_steps})  {med['none'] * 1e3:7.1f} ms")
     for name in ("cached", "uncached"):
-        print(f"  thoughts, {name:<8} (rl_step + backward)          {med[name] * 1e3:7.1f} ms  {med[name] / base:5.2f}x")
+        print(f"  thoughts, {name:<8} (rl_step + backward)  {med[name] * 1e3:7.1f} ms")
+        print("  " + ratio_line(f"training step thoughts {name} / no thoughts", times[name], base))
     print(f"  with the optimizer step (Muon-Grokfast + the head's AdamW): no thoughts {med['none+opt'] * 1e3:.1f} ms, "
-          f"thoughts {med['cached+opt'] * 1e3:.1f} ms, {med['cached+opt'] / med['none+opt']:.2f}x")
-    print(f"  where the cached step goes: sampling the thoughts from the filled cache ({length} decode steps on "
-          f"{n} then {n * k} rows) {med['sample'] * 1e3:.1f} ms ({med['sample'] / base:.2f}x no thoughts), the "
-          f"policy's context fill + one extension (true tokens on {n} rows, thoughts on {n * k}) + backward "
-          f"{med['fwd+bwd'] * 1e3:.1f} ms ({med['fwd+bwd'] / base:.2f}x), the reference's fill + extension "
-          f"{med['reference'] * 1e3:.1f} ms ({med['reference'] / base:.2f}x), the remainder (losses, coherence; the step "
-          f"minus the three parts' medians, so noisy) "
+          f"thoughts {med['cached+opt'] * 1e3:.1f} ms")
+    print("  " + ratio_line("training step with the optimizer step, thoughts cached / no thoughts", times["cached+opt"],
+                            times["none+opt"]))
+    print("  (the parts below: ms, then a ratio to the step without thoughts with its 95% CI)")
+    print(f"  where the cached step goes: sampling the thoughts from the filled "
+          f"cache ({length} decode steps on {n} then {n * k} rows) {med['sample'] * 1e3:.1f} ms, "
+          f"{ci_text(times['sample'], base)}; the policy's context fill + one extension (true tokens on {n} rows, "
+          f"thoughts on {n * k}) + backward {med['fwd+bwd'] * 1e3:.1f} ms, {ci_text(times['fwd+bwd'], base)}; the "
+          f"reference's fill + extension {med['reference'] * 1e3:.1f} ms, {ci_text(times['reference'], base)}; the "
+          f"remainder (losses, coherence; the step minus the three parts' medians, so noisy) "
           f"{(med['cached'] - med['sample'] - med['fwd+bwd'] - med['reference']) * 1e3:.1f} ms")
+
+
+def baseline_loss(model, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the next-token loss of the step without thoughts, each token's recursion steps): the model's forward on the
+    windows with every recursion step run (``ablate(halting=False)``), as the thought path's forward and the model's
+    training forward run them, and the cross-entropy of the true next tokens."""
+    with model.ablate(halting=False):
+        out = model(windows[:, :-1])
+    return F.cross_entropy(out.logits.flatten(0, 1), windows[:, 1:].flatten()), out.halting_steps
 
 
 def phase_rl_cfg() -> tuple[dict, dict]:

@@ -10,10 +10,12 @@ matmul peak.
     python benchmarks/bench_throughput.py --device cuda --eager-memory   # + the same Cognate, memory scan not graphed
     python benchmarks/bench_throughput.py --muon-grokfast        # + the same Cognate trained as the phase trains it
 
-FLOPs are counted by torch.utils.flop_counter on one real training step (forward + backward), not
-estimated; the peak is the best of several square matmuls (fp32 1024² on CPU, bf16 8192² on CUDA). The
-two models' steps are timed interleaved (``evals.speed.interleaved_medians``: each once per round, the
-order rotated) and the medians compared, so a change in machine load hits both. The headline figure is the ratio of achieved FLOP/s (the Cognate
+FLOPs are counted on one real training step (forward + backward), not estimated, by ``evals.flops.count_flops``
+(torch.utils.flop_counter with attention on SDPA's math path, so attention's matmuls are counted on CPU too, and
+QK-clip's max-logit bookkeeping left out, for both models alike); the peak is the best of several square matmuls (fp32 1024² on CPU, bf16 8192² on CUDA). The
+two models' steps are timed interleaved (``evals.speed.interleaved_times``: each once per round, the
+order rotated), so a change in machine load hits both; every ratio printed is the median of the per-round ratios with
+its distribution-free 95 % CI and n (``ratio_ci.py``). The headline figure is the ratio of achieved FLOP/s (the Cognate
 model does ~max_steps times the work per token, so tokens/s alone would not compare the kernels).
 ``--no-grad-steps K`` adds a third model, the same Cognate with ``no_grad_steps=K`` (TRM's cheaper recursion:
 the first K steps without gradients), to the interleaved timing, with its FLOPs and speed against the full one.
@@ -27,15 +29,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import statistics
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from ratio_ci import DEFAULT_ROUNDS, ratio_line
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from agentforge.evals.speed import interleaved_medians
+from agentforge.evals.flops import count_flops
+from agentforge.evals.speed import interleaved_times
 from agentforge.models import CognateConfig, CognateModel, graphs
 from agentforge.models.layers import Block, RMSNorm, rope_cache
 from agentforge.optim import build_optimizer, clip_grad_norm_
@@ -102,10 +106,8 @@ class Runner:
         else:
             self.opt = torch.optim.AdamW(model.parameters(), 1e-3)
         self.autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if device == "cuda" else contextlib.nullcontext
-        with FlopCounterMode(display=False) as fc:
-            self._loss().backward()
+        self.flops = count_flops(lambda: self._loss().backward(), self.model)
         self.opt.zero_grad(set_to_none=True)
-        self.flops = fc.get_total_flops()
         t0 = time.perf_counter()
         if compile_:  # after the FLOP count: a frame Dynamo meets under FlopCounterMode is not compiled
             compile_regions(model)
@@ -134,7 +136,7 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per model (interleaved)")
+    ap.add_argument("--steps", type=int, default=DEFAULT_ROUNDS, help="timed steps per model (interleaved rounds)")
     ap.add_argument("--compile", action="store_true",
                     help="also time both models compiled as hardware.compile=true does (compile_regions, inductor)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -172,38 +174,39 @@ def main():
     if a.no_grad_steps:
         runs[cheap] = Runner(CognateModel(dataclasses.replace(cfg, no_grad_steps=a.no_grad_steps)), a.batch, a.seq,
                              a.device, False)
-    med = interleaved_medians({k: r.step for k, r in runs.items()}, a.steps, warmup=0,
+    times = interleaved_times({k: r.step for k, r in runs.items()}, a.steps, warmup=0,
                               sync=torch.cuda.synchronize if a.device == "cuda" else None)
+    med = {k: statistics.median(v) for k, v in times.items()}
     tokens = a.batch * a.seq
     print(f"device: {name}; size={a.size} batch={a.batch} seq={a.seq} "
           f"{'bf16 autocast' if a.device == 'cuda' else 'fp32'}; "
           f"medians of {a.steps} interleaved steps")
     print(f"matmul peak ({'bf16 8192' if a.device == 'cuda' else 'fp32 1024'}^3): {peak / 1e12:.3f} TFLOP/s")
-    fps = {}
     for k, r in runs.items():
         dt = med[k]
-        fps[k] = r.flops / dt
-        print(f"{k:22}: {tokens / dt:10.0f} tokens/s  {fps[k] / 1e9:8.2f} GFLOP/s ({100 * fps[k] / peak:5.1f}% of peak)"
+        fps = r.flops / dt
+        print(f"{k:22}: {tokens / dt:10.0f} tokens/s  {fps / 1e9:8.2f} GFLOP/s ({100 * fps / peak:5.1f}% of peak)"
               f"  {r.flops / tokens / 1e6:.2f} MFLOP/token")
     c, p = runs["cognate (3 steps)"], runs["plain transformer"]
-    print(f"ratio cognate/plain achieved FLOP/s: {fps['cognate (3 steps)'] / fps['plain transformer']:.2f}   "
-          f"tokens/s: {med['plain transformer'] / med['cognate (3 steps)']:.2f}   "
-          f"(FLOP/token ratio {c.flops / p.flops:.2f})")
+    cog, plain = times["cognate (3 steps)"], times["plain transformer"]
+    print(f"cognate/plain FLOP/token ratio {c.flops / p.flops:.2f} (counted, deterministic: not a timing)")
+    print(ratio_line("cognate/plain achieved FLOP/s", plain, cog, scale=c.flops / p.flops))
+    print(ratio_line("cognate/plain tokens/s", plain, cog))
     if a.compile:
         for k, ref in (("cognate, compiled", "cognate (3 steps)"), ("plain, compiled", "plain transformer")):
-            print(f"{k} vs eager: tokens/s {med[ref] / med[k]:.2f}x (medians, interleaved); compile + 3 warm-up steps "
-                  f"{runs[k].warmup_s:.1f} s (eager: {runs[ref].warmup_s:.1f} s for its warm-up)")
+            print(ratio_line(f"{k} / eager tokens/s", times[ref], times[k]))
+            print(f"  compile + 3 warm-up steps {runs[k].warmup_s:.1f} s (eager: {runs[ref].warmup_s:.1f} s for its warm-up)")
     if a.eager_memory:
-        print(f"memory scan as a CUDA graph vs eager: tokens/s {med['cognate, eager memory'] / med['cognate (3 steps)']:.2f}x"
-              f" (medians, interleaved; graphs captured: {graphs.captured(c.model.memory)})")
+        print(ratio_line(f"memory scan as a CUDA graph / eager tokens/s (graphs captured: "
+                         f"{graphs.captured(c.model.memory)})", times["cognate, eager memory"], cog))
+    if a.memory_off:
+        print(ratio_line("cognate memory off / on tokens/s", cog, times["cognate, memory off"]))
     if a.muon_grokfast:
-        print(f"Muon-Grokfast + clipping vs AdamW step time: {med['cognate, Muon-Grokfast'] / med['cognate (3 steps)']:.2f}x"
-              " (same model; medians, interleaved)")
+        print(ratio_line("Muon-Grokfast + clipping / AdamW step time (same model)", times["cognate, Muon-Grokfast"], cog))
     if a.no_grad_steps:
         g = runs[cheap]
-        print(f"no_grad_steps={a.no_grad_steps} vs all steps with gradients: FLOPs per step {g.flops / c.flops:.2f}x, "
-              f"step time {med[cheap] / med['cognate (3 steps)']:.2f}x (medians, interleaved)")
-
+        print(f"no_grad_steps={a.no_grad_steps} vs all steps with gradients: FLOPs per step {g.flops / c.flops:.2f}x")
+        print(ratio_line(f"no_grad_steps={a.no_grad_steps} / all steps step time", times[cheap], cog))
 
 if __name__ == "__main__":
     main()

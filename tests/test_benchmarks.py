@@ -49,7 +49,7 @@ def test_bench_throughput_prints_flops_and_ratios():
                 "--muon-grokfast")
     assert "medians of 2 interleaved steps" in out
     figure(out, rf"matmul peak \(fp32 1024\^3\): {NUM} TFLOP/s")
-    figure(out, rf"Muon-Grokfast \+ clipping vs AdamW step time: {NUM}x")
+    figure(out, rf"ratio Muon-Grokfast \+ clipping / AdamW step time \(same model\): {NUM}")
     for name in ("cognate \\(3 steps\\)", "plain transformer", "cognate, 1 no-grad", "cognate, Muon-Grokfast"):
         figure(out, rf"{name}\s*:\s*{NUM} tokens/s")
     figure(out, rf"ratio cognate/plain achieved FLOP/s: {NUM}")

@@ -218,4 +218,4 @@ def test_bench_aims_need_three_seeds_for_a_verdict():
     verdict = _bench().aim_verdict
     assert verdict([12.0], 10.0) == "no verdict from 1 seed(s)"
     assert verdict([12.0, 11.0, 10.5], 10.0) == "MET"
-    assert verdict([12.0, None, 10.5], 10.0) == "NOT MET" and verdict([12.0, 9.0, 10.5], 10.0) == "NOT MET"
+    assert verdict([12.0, None, 10.5], 10.0) == "no verdict (budget reached)" and verdict([12.0, 9.0, 10.5], 10.0) == "NOT MET"

@@ -21,7 +21,8 @@ import warnings
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from agentforge.evals.flops import counting_flops
 
 FEATURES = ("halting_steps", "ltm_usage", "mflops_per_token")
 PER_ROW_KEY = "diversity/per_row"  # metrics.json key of per_row_features' output
@@ -33,13 +34,13 @@ MEAN_KEYS = ("diversity/avg_halting_steps", "diversity/ltm_usage", "diversity/in
 def per_row_features(model, rows: torch.Tensor) -> dict[str, list[float]]:
     """Per held-out row of ``rows`` [N, T+1], each measured in a forward pass of that row alone (eval mode):
     its tokens' mean ACT halting step, the share of the memory's slots filled at the row's end, and the
-    forward MFLOPs per token (torch.utils.flop_counter, on the steps the model runs for that row)."""
+    forward MFLOPs per token (``evals.flops``: matmuls and attention, on the steps the model runs for that row)."""
     device = next(model.parameters()).device
     model.eval()
     out: dict[str, list[float]] = {f: [] for f in FEATURES}
     for row in rows[:, :-1]:
         x = row[None].to(device)
-        with FlopCounterMode(display=False) as fc:
+        with counting_flops(model) as fc:
             steps = model(x).halting_steps
         out["halting_steps"].append(float(steps.float().mean()))
         out["ltm_usage"].append(model.memory.usage_fraction())

@@ -2,7 +2,7 @@
 
 Measured (``measure``): perplexity on held-out rows, task accuracy (multiple-choice ARC/PIQA-format
 log-likelihood accuracy, plus GSM8K-format generation when ``gsm8k`` examples are given), forward
-FLOPs per token (counted by ``torch.utils.flop_counter.FlopCounterMode`` on a fixed input), forward
+FLOPs per token (counted by ``evals.flops.count_flops`` on a fixed input: matmuls and attention), forward
 time against a yardstick model, and memory (bytes of parameters and persistent buffers).
 
 Scored (``score``): each measurement becomes a unitless ratio against the mean of the three input
@@ -43,9 +43,9 @@ import statistics
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from agentforge.evals import speed, tasks
+from agentforge.evals.flops import count_flops
 
 METRICS = ("perplexity", "accuracy", "tokens_per_s", "speed_ratio", "memory_mb", "flops_per_token")
 DEFAULT_WEIGHTS = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}
@@ -95,13 +95,12 @@ def measure(model, tokenizer, data: EvalData, yardstick=None, keep_examples: boo
 @torch.no_grad()
 def forward_flops(model, data: EvalData) -> int:
     """FLOPs of one forward pass over a fixed [speed_batch, speed_seq_len] input (seeded token ids),
-    counted by torch's FlopCounterMode (matmuls, attention): a deterministic cost of the weights."""
+    counted by ``evals.flops.count_flops`` (matmuls and attention, the latter as SDPA's math path computes it, on
+    every device): a deterministic cost of the weights."""
     device = next(model.parameters()).device
     ids = torch.randint(0, 256, (data.speed_batch, data.speed_seq_len),
                         generator=torch.Generator().manual_seed(0)).to(device)
-    with FlopCounterMode(display=False) as counter:
-        model(ids)
-    return int(counter.get_total_flops())
+    return count_flops(lambda: model(ids), model)
 
 
 def timed(model, yardstick, data: EvalData) -> tuple[float, float]:

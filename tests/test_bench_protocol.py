@@ -1,0 +1,221 @@
+"""The benchmarks' protocol, not their timings: every FLOP count includes attention (one helper, ``evals.flops``)
+and leaves QK-clip's bookkeeping out; the Quiet-STaR baseline runs every recursion step; the BitNet generation is
+timed once (equal work in both modes); every timing ratio is printed in one format with its 95 % CI and n; make
+bench runs through (halting skipped without a checkpoint, grokking left out); the grokking verdict is withheld at the
+budget; the pipeline benchmark prints its device, threads, CPU time and load. No wall-clock time is asserted."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from agentforge.evals.flops import count_flops, counting_flops
+from agentforge.models import CognateConfig, CognateModel
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_bitnet  # noqa: E402
+import bench_grokking  # noqa: E402
+import bench_pipeline  # noqa: E402
+import bench_thoughts  # noqa: E402
+import bench_throughput  # noqa: E402
+
+RATIO = re.compile(r"^\s*ratio .+: \d+\.\d\d  95% CI \[\d+\.\d\d, \d+\.\d\d\] n = \d+ rounds", re.M)
+TINY = dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window=64)
+
+
+def run(name: str, *args: str, timeout: int = 300) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+# --- FLOPs: one helper, attention counted, QK-clip's max-logit reduction not ---------------------------------------
+
+def test_plain_transformer_training_step_flops_match_the_hand_count():
+    """d=128, L=2, ffn=352, V=272, B=2, T=16, forward + backward: 3·[L(8d² + 6·d·ffn) + 2dV] per token of matmuls
+    plus attention 3·L·4·T·d (math path: q·kᵀ and p·v, full T x T); QK-clip's L·2·T·d not counted."""
+    cfg = CognateConfig(**TINY, max_steps=3)
+    d, L, f, V, T, B = 128, 2, 352, cfg.vocab_size, 16, 2
+    assert V == 272
+    matmuls = 3 * (L * (8 * d * d + 6 * d * f) + 2 * d * V)
+    attention = 3 * L * 4 * T * d
+    assert matmuls == 2_617_344 and attention == 49_152
+    r = bench_throughput.Runner(bench_throughput.PlainTransformer(cfg), B, T, "cpu", False)
+    assert r.flops == B * T * (matmuls + attention)
+    attn = [m for m in r.model.modules() if hasattr(m, "record_max_logit")]
+    assert len(attn) == L and all(m.record_max_logit for m in attn)  # restored after the count
+
+
+def test_qk_clip_bookkeeping_is_left_out_for_both_models_alike():
+    cfg = CognateConfig(**TINY, max_steps=2)
+    x, y = torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16))
+    for model in (bench_throughput.PlainTransformer(cfg).train(), CognateModel(cfg).train()):
+        def step(model=model):
+            out = model(x, y)
+            (out if torch.is_tensor(out) else out.loss).backward()
+        attn = [m for m in model.modules() if hasattr(m, "record_max_logit")]
+        with_clip = count_flops(step)            # no models given: the reduction stays on
+        for m in attn:
+            m.record_max_logit = False
+        without = count_flops(step)
+        for m in attn:
+            m.record_max_logit = True
+        assert count_flops(step, model) == without < with_clip
+        assert all(m.record_max_logit for m in attn)
+
+
+def test_cognate_attention_is_now_counted_everywhere():
+    """Eval-mode forward at every step: the helper's count exceeds a bare FlopCounterMode's (no formula for the CPU's
+    fused SDPA kernel) by exactly the attention's q·kᵀ and p·v: steps·L·4·B·T²·d. EvoMerge's FLOPs term and the
+    diversity figure count the same way."""
+    from agentforge.evals.diversity import per_row_features
+    from agentforge.merge import fitness
+
+    torch.manual_seed(0)
+    cfg = CognateConfig(**TINY, max_steps=3)
+    model = CognateModel(cfg).eval()
+    B, T = 2, 32
+    ids = torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), model.ablate(halting=False):
+        with FlopCounterMode(display=False) as bare:
+            model(ids)
+        counted = count_flops(lambda: model(ids), model)
+    assert counted - bare.get_total_flops() == cfg.max_steps * cfg.n_layers * 4 * B * T * T * cfg.d_model
+    data = fitness.EvalData(rows=ids, speed_seq_len=T, speed_batch=B)
+    with torch.no_grad():
+        assert fitness.forward_flops(model, data) == count_flops(lambda: model(ids), model)
+        row = ids[:1]
+        with counting_flops(model) as fc:
+            model(row)
+    mflops = per_row_features(model, torch.cat([row, row[:, :1]], 1))["mflops_per_token"][0]
+    assert mflops == pytest.approx(fc.get_total_flops() / T / 1e6)
+
+
+# --- Quiet-STaR: the baseline runs every recursion step ------------------------------------------------------------
+
+def test_thoughts_baseline_runs_every_recursion_step():
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig()).eval()   # the benchmark's fresh model: halting stops early on its own
+    windows = torch.randint(0, 256, (4, 37), generator=torch.Generator().manual_seed(0))
+
+    def baseline():
+        bench_thoughts.baseline_loss(model, windows)[0].backward()
+
+    def all_steps():
+        with model.ablate(halting=False):
+            out = model(windows[:, :-1])
+        torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), windows[:, 1:].flatten()).backward()
+
+    def halting_on():   # the old baseline
+        torch.nn.functional.cross_entropy(model(windows[:, :-1]).logits.flatten(0, 1), windows[:, 1:].flatten()).backward()
+
+    assert count_flops(baseline, model) == count_flops(all_steps, model) > count_flops(halting_on, model)
+    assert bool((bench_thoughts.baseline_loss(model, windows)[1] == model.config.max_steps).all())
+    model.zero_grad(set_to_none=True)
+
+
+# --- BitNet: generation is the same computation in both modes, so timed once ---------------------------------------
+
+def test_bitnet_generation_flops_do_not_depend_on_the_halting_mode():
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(**bench_bitnet.SIZES["tiny"])).eval()
+    prompt = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    full = bench_bitnet.full_recursion(model)
+    with torch.no_grad():
+        as_trained = count_flops(lambda: model.generate(prompt, 4), model)
+        equal = count_flops(lambda: full.generate(prompt, 4), full)
+        fwd = count_flops(lambda: model(prompt), model), count_flops(lambda: full(prompt), full)
+    assert as_trained == equal
+    assert fwd[0] < fwd[1]   # the forward is where the modes differ: a fresh model halts early
+
+
+def test_bitnet_prints_one_generation_ratio_with_its_ci():
+    out = run("bench_bitnet.py", "--seq-len", "16", "--batch", "1", "--gen-tokens", "2", "--repeats", "2",
+              "--no-native")
+    lines = RATIO.findall(out)
+    assert len([ln for ln in lines if "greedy" in ln]) == 1
+    assert len([ln for ln in lines if "forward" in ln]) == 2  # as trained and at equal compute
+    assert "as trained (halting)" not in out and "device: CPU" in out
+
+
+# --- every timing ratio: median of per-round ratios, 95 % CI, n ----------------------------------------------------
+
+def test_generation_and_throughput_ratios_carry_a_ci_and_n():
+    gen = run("bench_generation.py", "--tokens", "4", "--prompt", "8", "--repeats", "2")
+    assert re.search(r"ratio cached/uncached tokens/s: .* 95% CI \[.*\] n = 2 rounds", gen)
+    thr = run("bench_throughput.py", "--batch", "2", "--seq", "16", "--steps", "2")
+    assert re.search(r"ratio cognate/plain achieved FLOP/s: .* 95% CI \[.*\] n = 2 rounds", thr)
+    assert "covers less" in thr   # under MIN_TIMING_ROUNDS rounds the line says its range is no 95 % CI
+
+
+def test_thoughts_ratios_carry_a_ci_and_the_device():
+    out = run("bench_thoughts.py", "--tokens", "1", "--thought-lengths", "2", "--context", "16", "--repeats", "2",
+              "--rl-repeats", "2", "--rl-sequences", "1")
+    assert out.startswith("device: CPU, 1 thread(s)")
+    assert re.search(r"recursion steps: mean 3\.00 of 3", out)
+    names = [m.group(0) for m in RATIO.finditer(out)]
+    assert len(names) == 5   # 2 generation (cached, uncached), 3 training step ratios
+    assert re.search(r"ratio training step thoughts cached / no thoughts: .* 95% CI \[.*\] n = 2", out)
+
+
+def test_defaults_give_at_least_seven_rounds():
+    from ratio_ci import DEFAULT_ROUNDS
+
+    assert DEFAULT_ROUNDS >= 7
+    for name, flag in (("bench_generation.py", "--repeats"), ("bench_throughput.py", "--steps"),
+                       ("bench_bitnet.py", "--repeats"), ("bench_thoughts.py", "--repeats"),
+                       ("bench_thoughts.py", "--rl-repeats")):
+        text = (REPO / "benchmarks" / name).read_text()
+        assert re.search(rf'"{flag}", type=int, default=DEFAULT_ROUNDS', text), (name, flag)
+
+
+# --- make bench runs through; halting without a checkpoint; grokking verdicts; pipeline record ---------------------
+
+def test_halting_without_a_checkpoint_is_skipped_not_an_error():
+    out = run("bench_halting.py", timeout=120)
+    assert out.startswith("skipped: no checkpoint given (python benchmarks/bench_halting.py <Cognate checkpoint dir>")
+
+
+def test_make_bench_leaves_grokking_out_and_stops_on_a_real_error():
+    dry = subprocess.run(["make", "-n", "bench"], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
+    assert "*bench_grokking.py) continue" in dry and "|| exit 1" in dry
+    assert "bench_grokking.py" in subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True,
+                                                 text=True, timeout=30).stdout
+
+
+def test_grokking_gives_no_verdict_when_a_run_reached_its_budget():
+    verdict = bench_grokking.aim_verdict
+    assert verdict([None] * 3, 10) == "no verdict (budget reached)"
+    assert verdict([12.0, None, 15.0], 10) == "no verdict (budget reached)"
+    assert verdict([12.0, 11.0, 15.0], 10) == "MET"
+    assert verdict([12.0, 3.0, 15.0], 10) == "NOT MET"
+    assert verdict([12.0, 3.0, 15.0], 10, [False, True, False]).startswith("no verdict")  # 3 is only a lower bound
+    assert verdict([12.0, 11.0], 10).startswith("no verdict from 2")
+
+
+def test_pipeline_prints_device_threads_cpu_time_and_load(monkeypatch, capsys):
+    def fake(hardware, extra, steps, cpu=None):   # a real child process, so RUSAGE_CHILDREN moves; no pipeline
+        before = bench_pipeline.children_cpu_s()
+        subprocess.run([sys.executable, "-c", "sum(range(10**6))"], check=True)
+        steps.setdefault("cognate-m1", []).append(1.0)
+        cpu.append(bench_pipeline.children_cpu_s() - before)
+
+    monkeypatch.setattr(bench_pipeline, "run_pipeline", fake)
+    monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--hardware", "cpu,auto"])
+    bench_pipeline.main()
+    out = capsys.readouterr().out
+    assert re.search(r"^device: CPU, \d+ cores; .*; torch threads \d+; OMP_NUM_THREADS for the runs \S+$", out, re.M)
+    assert re.search(r"load average \(1/5/15 min\): before [\d.]+ / [\d.]+ / [\d.]+, after [\d.]+ / [\d.]+ / [\d.]+", out)
+    for h in ("cpu", "auto"):
+        m = re.search(rf"hardware={h}: pipeline wall time [\d.]+ s \(one run of 1\); children's CPU time ([\d.]+) s "
+                      r"\(user \+ system, [\d.]+ cores busy on average\); steps \(s\): cognate-m1 1\.0", out)
+        assert m, out
+    assert re.search(r"wall time hardware=cpu ÷ hardware=auto: [\d.]+", out)
