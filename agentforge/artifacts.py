@@ -6,6 +6,9 @@ error deep inside PyTorch.
 """
 from __future__ import annotations
 
+import errno
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -93,16 +96,39 @@ def _diff_keys(expected: dict, got: dict) -> tuple[list[str], list[str]]:
 
 
 def publish(src: Path, dst: Path) -> None:
-    """Copy a finished checkpoint dir to the artifacts location, replacing the old one atomically."""
+    """Copy a finished checkpoint dir to the artifacts location, replacing the old one atomically. On any failure
+    (a full disk, a read-only directory, an interrupt) the partial copy ``{dst}.tmp`` is removed and the previous
+    ``dst``, if any, is left in place; a failed copy is an ``OSError`` with its errno and file (``shutil.copytree``
+    raises ``shutil.Error``, a list of every file it could not copy), which ``main`` reports in one line."""
+    dst = Path(dst)
     tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
     old = dst.with_name(dst.name + ".old")
-    if dst.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        dst.rename(old)
-    tmp.rename(dst)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        if dst.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            dst.rename(old)
+        tmp.rename(dst)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not dst.exists():
+            old.rename(dst)   # the previous model stays published
+        if isinstance(exc, shutil.Error):
+            raise _copy_error(exc, dst) from None
+        if isinstance(exc, OSError) and exc.errno:   # named by the directory being published, not its .tmp
+            raise OSError(exc.errno, os.strerror(exc.errno), str(dst)) from None
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_error(exc: shutil.Error, dst: Path) -> OSError:
+    """``shutil.Error``'s first failed file as an ``OSError`` (errno read from its message; EIO when it has none)."""
+    failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    why = str(failures[0][2]) if failures else str(exc)
+    found = re.search(r"\[Errno (\d+)\]", why)
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), str(dst))
 
 
 # Loaders by the ``architecture`` tag of config.json: "module:function", each (directory) -> (model, tokenizer, cfg).
@@ -112,9 +138,13 @@ LOADERS: dict[str, str] = {ARCHITECTURE: "agentforge.artifacts:load_model",
                            "Cognate-Recursive": "agentforge.evals.checkpoints:load_recursive"}
 
 
-def load_any(directory: str | Path, map_location: str | torch.device = "cpu"):
-    """Load any checkpoint this project writes, dispatching on its architecture tag."""
+def load_any(directory: str | Path, map_location: str | torch.device = "cpu", choose_kernel: bool = False):
+    """Load any checkpoint this project writes, dispatching on its architecture tag. ``choose_kernel`` goes to
+    the loaders that take it (the packed BitNet one, ``quant.checkpoint.load_packed``): False (the default) keeps
+    the default kernels, so what the model computes never depends on a timing; True chooses them by measurement
+    (for speed figures only: the kernels agree only to float rounding)."""
     import importlib
+    import inspect
 
     from agentforge.io import read_checkpoint_config
 
@@ -122,4 +152,6 @@ def load_any(directory: str | Path, map_location: str | torch.device = "cpu"):
     if arch not in LOADERS:
         raise CheckpointError(f"{directory}: unknown architecture {arch!r}; known: {sorted(LOADERS)}")
     module, fn = LOADERS[arch].split(":")
-    return getattr(importlib.import_module(module), fn)(directory, map_location=map_location)
+    loader = getattr(importlib.import_module(module), fn)
+    kw = {"choose_kernel": choose_kernel} if "choose_kernel" in inspect.signature(loader).parameters else {}
+    return loader(directory, map_location=map_location, **kw)

@@ -17,7 +17,7 @@ from agentforge.quant.calibrate import activation_stats, apply_clips
 from agentforge.quant.checkpoint import load_packed, save_packed
 from agentforge.quant.convert import bitlinear_layers, convert_to_bitlinear
 from agentforge.quant.fuse import find_sibling_groups, fuse_siblings, unfuse
-from tests.test_quant import Ops
+from tests.test_bitnet_kernels import Ops
 
 
 def _layer(out_f: int, seed: int, bias: bool = False, per_channel: bool = False, clip: float = 2.5) -> BitLinear:

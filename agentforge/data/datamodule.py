@@ -4,6 +4,13 @@ Examples are rendered to text (``formats.render``), encoded with BOS/EOS, concat
 rows of ``seq_len + 1`` tokens; a row gives inputs ``row[:-1]`` and shifted targets ``row[1:]``.
 The training rows are redrawn each epoch from the current stage's mix (Lightning reloads the
 dataloader every epoch), deterministically from (seed, epoch).
+
+Under DDP (``hardware=ddp``, W processes) every rank still takes ``batch_size`` rows per step and
+``steps_per_epoch`` optimizer steps per epoch: an epoch draws ``steps_per_epoch x batch_size x W`` rows, which
+the distributed sampler splits across the ranks, so the effective batch of one optimizer step (gradients
+all-reduced) is ``batch_size x W`` rows, and the step count, hence the LR schedule, is that of one process.
+The validation rows are split without padding (``ShardSampler``: rank r scores ``rows[r::W]``, each row once);
+``LMModule`` sums the loss and token count over the ranks, so every rank sees the whole set's loss.
 """
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from collections.abc import Mapping
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from agentforge.data import formats, synthetic
 from agentforge.data.tokenizer import ByteTokenizer
@@ -74,6 +81,34 @@ class TaskPool:
         return texts
 
 
+def ranks_of(trainer) -> tuple[int, int]:
+    """(world size, global rank) of a Trainer's run; (1, 0) without one."""
+    if trainer is None:
+        return 1, 0
+    return int(trainer.world_size), int(trainer.global_rank)
+
+
+class ShardSampler(DistributedSampler):
+    """Evaluation rows split across DDP ranks without padding: rank r of W takes ``rows[r::W]``, so every row is
+    scored exactly once (Lightning's own ``DistributedSampler`` pads the shards to equal length by repeating
+    rows, and it is left alone because this is one). With fewer rows than ranks every rank takes all of them
+    (no rank is left without a batch, which would skip its validation and the loss reduction); a mean of sums
+    over the ranks is then the same mean. Deterministic: no shuffling, ``set_epoch`` changes nothing."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def indices(self) -> list[int]:
+        n = len(self.dataset)
+        return list(range(n)) if n < self.num_replicas else list(range(self.rank, n, self.num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return len(self.indices())
+
+
 class LMDataModule(L.LightningDataModule):
     def __init__(self, tokenizer: ByteTokenizer, stages: list[dict], seq_len: int, batch_size: int,
                  steps_per_epoch: int, val_rows: int, seed: int, dataset_weights: Mapping[str, float] | None = None,
@@ -100,10 +135,14 @@ class LMDataModule(L.LightningDataModule):
         return normalize_mix(self.stages[stage - 1]["mix"], self.dataset_weights)
 
     # -- loaders ------------------------------------------------------------------------------------------
-    def train_rows(self, epoch: int) -> torch.Tensor:
+    def train_rows(self, epoch: int, world_size: int = 1) -> torch.Tensor:
+        """The epoch's ``steps_per_epoch x batch_size x world_size`` rows: under DDP the sampler gives each of the
+        ``world_size`` ranks its share, ``steps_per_epoch`` batches of ``batch_size`` (as baking's
+        ``steps_loader`` supplies ``steps x world_size`` items); the first ``steps_per_epoch x batch_size`` rows
+        are those of a one-process run."""
         rng = random.Random(self.seed * 7919 + epoch)
         mix = self.mix_of_stage(self.stage_of_epoch(epoch))
-        need = self.steps_per_epoch * self.batch_size
+        need = self.steps_per_epoch * self.batch_size * int(world_size)
         rows = pack(self.pool.sample_texts(mix, need * (self.seq_len + 1) + 4096, rng, "train"),
                     self.tokenizer, self.seq_len)
         return rows[:need]
@@ -119,8 +158,9 @@ class LMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else self.epoch
-        rows = self.train_rows(epoch)
+        rows = self.train_rows(epoch, ranks_of(self.trainer)[0])
         return DataLoader(TensorDataset(rows), batch_size=self.batch_size, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(self.val_rows_tensor()), batch_size=self.batch_size)
+        data = TensorDataset(self.val_rows_tensor())
+        return DataLoader(data, batch_size=self.batch_size, sampler=ShardSampler(data, *ranks_of(self.trainer)))

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from agentforge.artifacts import load_model, publish
@@ -43,6 +42,7 @@ from agentforge.quant.checkpoint import (
     save_packed,
     unique_state,
 )
+from agentforge.quant.recovery import RecoveryCallback
 from agentforge.quant.report import (
     accuracy_evidence,
     breakdown,
@@ -161,6 +161,8 @@ def run(cfg) -> dict:
         if needed and int(p.fine_tune_epochs) > 0:
             ptq_state = copy.deepcopy(qmodel.state_dict())
             recovery = fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, after["accuracy"])
+            if recovery is None:   # a DDP rank other than 0: it trained; rank 0 evaluates, times and writes
+                return {}
             loaded = pack_and_reload(qmodel, tokenizer, ckpt_dir, p, src)
             tuned = evaluate(loaded, tokenizer, val_rows, evals, p)
             recovery.finish(tuned["accuracy"])
@@ -260,52 +262,10 @@ def pack_and_reload(qmodel, tokenizer, ckpt_dir: Path, p, src: Path):
     return loaded
 
 
-class RecoveryCallback(Callback):
-    """finetune/* keys and the recovery curve: the accuracy composite after each fine-tuning epoch.
-
-    Every point is the accuracy of the ternary model as it would ship: after an intermediate epoch, a
-    frozen copy of the training model (ternary codes and scales only, ``convert.freeze``: the packed
-    model's computation: the frozen kernels, not the training copy's straight-through forward);
-    after the last epoch, the packed model reloaded from the file (``finish``), whose evaluation the
-    phase needs anyway — evaluating the training copy as well would cost one more full evaluation."""
-
-    def __init__(self, tracker, evaluate_fn, base_accuracy: float, epochs: int):
-        self.tracker, self.evaluate_fn, self.base, self.epochs = tracker, evaluate_fn, base_accuracy, epochs
-        self.curve = {"epoch": [0], "accuracy": [base_accuracy], "loss": [float("nan")]}
-        self.step = 0
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        losses, h = pl_module.epoch_train_losses, pl_module.history  # LMModule moves the epoch's losses
-        if losses:                                                   # into history at validation end
-            loss = sum(losses) / len(losses)
-        elif h["epoch"] and h["epoch"][-1] == trainer.current_epoch:
-            loss = h["train_loss"][-1]
-        else:
-            loss = float("nan")
-        epoch, self.step = trainer.current_epoch + 1, trainer.global_step
-        self.curve["epoch"].append(epoch)
-        self.curve["loss"].append(loss)
-        if epoch < self.epochs:
-            frozen = copy.deepcopy(pl_module.model)
-            convert.freeze(frozen)
-            self.record(self.evaluate_fn(frozen)["accuracy"])
-
-    def finish(self, packed_accuracy: float) -> None:
-        """The packed model's accuracy as the last epoch's point — unless that epoch has one already
-        (training stopped before its last epoch, e.g. on a non-finite loss)."""
-        if len(self.curve["accuracy"]) < len(self.curve["epoch"]):
-            self.record(packed_accuracy)
-
-    def record(self, acc: float) -> None:
-        """The accuracy of the latest epoch (the packed model's, for the last one): curve and finetune/* keys."""
-        self.curve["accuracy"].append(acc)
-        self.tracker.log({"finetune/epoch": self.curve["epoch"][-1], "finetune/loss": self.curve["loss"][-1],
-                          "finetune/accuracy": acc, "finetune/accuracy_recovery": acc - self.base}, step=self.step)
-
-
-def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: float) -> RecoveryCallback:
+def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: float) -> RecoveryCallback | None:
     """STE fine-tuning of the latent weights through the shared Lightning path (LMModule + build_trainer);
-    returns the recovery callback, whose last point ``finish`` takes from the reloaded packed model."""
+    returns the recovery callback, whose last point ``finish`` takes from the reloaded packed model; None on a
+    DDP rank other than 0 (``trainer.is_global_zero``, as Cognate): rank 0 alone evaluates, times and writes."""
     p = cfg.phase
     epochs, steps = int(p.fine_tune_epochs), int(p.fine_tune_steps_per_epoch)
     optim_cfg = {**OmegaConf.to_container(cfg.optimizer, resolve=True), "lr": float(p.fine_tune_lr)}
@@ -317,7 +277,7 @@ def fine_tune(ctx, cfg, qmodel, tokenizer, dm, val_rows, evals, base_accuracy: f
     print(f"fine-tuning with the STE: {epochs} epochs x {steps} steps, lr {float(p.fine_tune_lr):g}")
     trainer.fit(module, datamodule=dm)
     qmodel.eval()
-    return cb
+    return cb if trainer.is_global_zero else None
 
 
 def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16, needed, curve, seconds, evals, counts):

@@ -17,6 +17,7 @@ import json
 import random
 import re
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -97,8 +98,10 @@ def eval_rows(sets: dict, tokenizer, seed: int, seq_len: int, n_rows: int) -> to
     return rows[:n_rows]
 
 
-def finetune(ctx, cfg, model, tokenizer, steps: int) -> dict:
-    """A short fine-tune through the shared LMModule and Trainer on the held-out-free training mix."""
+def finetune(ctx, cfg, model, tokenizer, steps: int) -> dict | None:
+    """A short fine-tune through the shared LMModule and Trainer on the held-out-free training mix: ``steps``
+    optimizer steps, under DDP too (each rank ``data.batch_size`` rows a step). None on a DDP rank other than 0
+    (as Cognate's ``trainer.is_global_zero``): rank 0 alone evaluates, times and writes the results."""
     from agentforge.training.lm_module import LMModule
     from agentforge.training.trainer import build_trainer
 
@@ -117,11 +120,23 @@ def finetune(ctx, cfg, model, tokenizer, steps: int) -> dict:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     model.eval()
+    seconds = time.perf_counter() - t0
+    leave_process_group()
+    if not trainer.is_global_zero:
+        return None
     h = module.history
-    return {"steps": int(trainer.global_step), "lr": optim["lr"], "seconds": time.perf_counter() - t0,
+    return {"steps": int(trainer.global_step), "lr": optim["lr"], "seconds": seconds,
             "train_loss": h["train_loss"][-1] if h["train_loss"] else None,
             "val_loss": h["val_loss"][-1] if h["val_loss"] else None,
             "skipped_steps": module.skipped_steps, "unstable": module.skipped_steps > 0, "mix": mix}
+
+
+def leave_process_group() -> None:
+    """After a DDP fine-tune, on every rank: rank 0 then evaluates alone, so nothing it runs may wait on the other
+    ranks, which have returned (``tasks.lm_metrics``' torchmetrics would sync its states over any process group it
+    finds, and the run would fail when rank 1 exits). No collective is left: the fit has ended on every rank."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _refuse_silent_baseline_overwrite(artifacts: Path, ckpt: Path) -> None:
@@ -179,6 +194,8 @@ def run(cfg) -> dict:
                   f"{gap:.3g} ({'OK' if surgery['identity_ok'] else 'EXCEEDS'} tolerance {p.surgery_tolerance})")
         if steps > 0:
             ft = finetune(ctx, cfg, model, tokenizer, int(steps))
+            if ft is None:   # a DDP rank other than 0: it trained; rank 0 evaluates and writes
+                return {}
             loss = {k: "–" if ft[k] is None else f"{ft[k]:.4f}" for k in ("train_loss", "val_loss")}
             print(f"fine-tuned {ft['steps']} steps: train loss {loss['train_loss']}, val loss {loss['val_loss']}")
         saved = None
@@ -186,7 +203,7 @@ def run(cfg) -> dict:
             saved = save_stage_model(ctx.run_dir / "checkpoints" / stage, artifacts / "eval" / stage, model,
                                      tokenizer, {"phase": "eval", "stage": stage, "source": str(ckpt)})
         print(f"evaluating {stage} ({sum(x.numel() for x in model.parameters()):,} params) from {ckpt}")
-        res = evaluate(model, tokenizer, sets, rows, s)
+        res = evaluate_stage(model, tokenizer, sets, rows, s)
         m = res["metrics"]
         if m.get("gen/truncated_rate", 0) > 0:
             print(f"warning: {m['gen/truncated_rate']:.1%} of the GSM8K generations hit phase.gen_tokens={s.gen_tokens} "
@@ -200,7 +217,7 @@ def run(cfg) -> dict:
                    "seed": int(cfg.seed), "device": str(next(model.parameters()).device),
                    "torch_threads": torch.get_num_threads(), "settings": vars(s) | {"pass_k": list(s.pass_k)},
                    "datasets": {k: len(v) for k, v in sets.items()}, "dataset_sources": sources,
-                   "eval_rows": list(rows.shape),
+                   "eval_rows": list(rows.shape), "kernels": res["kernels"],
                    "metrics": m, "surgery": surgery, "finetune": ft, "timings_s": res["timings_s"],
                    "per_example": res["per_example"]}
         out = write_json_atomic(results_path(ctx.run_dir, stage), results)
@@ -213,6 +230,36 @@ def run(cfg) -> dict:
         gate_or_raise(results, {k if "." in k else f"metrics.{k}": v for k, v in gate.items()}, f"stage {stage}")
     return {"run_dir": str(ctx.run_dir), "report": str(stable), "results": str(out), "metrics": m,
             "checkpoint": saved}
+
+
+SPEED_KEYS = ("forward_tokens_per_sec", "latency_ms", "latency_tokens", "decode_cached", "throughput_tokens_per_sec",
+              "peak_memory_mb")
+
+
+def evaluate_stage(model, tokenizer, sets: dict, rows: torch.Tensor, s: EvalSettings) -> dict:
+    """``runner.evaluate``, with timing noise kept out of every quality figure. A packed BitNet model's kernels
+    (int8 or float, which agree only to float rounding) are chosen by measurement (``choose_kernels``), so
+    its losses, accuracies and generations are scored on the default kernels (``load_any`` chooses none),
+    and only then are the kernels chosen and the speed figures (``SPEED_KEYS``) measured on that choice (one
+    row's quality pass, discarded, comes with them); ``examples_per_sec`` is the quality pass's, on the
+    default kernels. ``kernels``: which each used (None for a model without ternary layers)."""
+    from agentforge.quant.bitlinear import BitLinear
+    from agentforge.quant.checkpoint import choose_kernels, kernel_summary
+
+    frozen = [m for m in model.modules() if isinstance(m, BitLinear) and m.frozen]
+    if not frozen:
+        return {**evaluate(model, tokenizer, sets, rows, s), "kernels": None}
+    quality = {"prefill": frozen[0].kernel, "decode": frozen[0].kernel_decode}
+    res = evaluate(model, tokenizer, sets, rows, replace(s, latency_tokens=0))
+    chosen = choose_kernels(model)
+    timed = evaluate(model, tokenizer, {}, rows[:1], s)
+    res["metrics"].update({k: timed["metrics"][k] for k in SPEED_KEYS if k in timed["metrics"]})
+    res["timings_s"]["speed"] = timed["timings_s"]["speed"]
+    print(f"quality figures on the default kernels (prefill {quality['prefill']}, decode {quality['decode']}); "
+          f"speed figures on the kernels chosen by measurement: {kernel_summary(chosen)}")
+    res["kernels"] = {"quality": quality, "speed": {"prefill": chosen["kernel"], "decode": chosen.get("decode_kernel"),
+                                                    "measured_ms": chosen}}
+    return res
 
 
 def save_stage_model(run_ckpt: Path, published: Path, model, tokenizer, meta: dict) -> str:

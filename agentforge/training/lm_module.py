@@ -159,9 +159,10 @@ class LMModule(L.LightningModule):
         self._val_count += rows[:, 1:].numel()
 
     def on_validation_epoch_end(self):
-        if self._val_count == 0:
+        loss_sum, count = self._whole_set_val()
+        if count == 0:
             return
-        val_loss = self._val_sum / self._val_count
+        val_loss = loss_sum / count
         self.log_dict({"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))}, prog_bar=True)
         if not self.trainer.sanity_checking:
             # validation ends each training epoch, so the epoch's curves are complete before any
@@ -171,6 +172,16 @@ class LMModule(L.LightningModule):
                 self.history["train_loss"].append(sum(self.epoch_train_losses) / len(self.epoch_train_losses))
                 self.history["epoch"].append(self.current_epoch)
             self.epoch_train_losses = []
+
+    def _whole_set_val(self) -> tuple[float, float]:
+        """(loss sum, token count) of the whole validation set. Under DDP each rank scores its share of the rows
+        (``datamodule.ShardSampler``: no padded duplicates), so the sums and counts are all-reduced: every rank logs,
+        records and early-stops on the same whole-set loss. A collective: every rank calls it, each epoch."""
+        if self.trainer.world_size <= 1:
+            return self._val_sum, self._val_count
+        pair = torch.tensor([self._val_sum, self._val_count], dtype=torch.float64, device=self.device)
+        pair = self.trainer.strategy.reduce(pair, reduce_op="sum")
+        return float(pair[0]), float(pair[1])
 
     # -- optimizer ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
