@@ -176,14 +176,17 @@ def _on_sigterm(signum, frame) -> None:
     bare ``SystemExit`` (exit 0, nothing said) at the next batch, and outside a fit the default handler kills the
     process with nothing recorded. Note it and raise ``Terminated`` at once, like a Ctrl-C; a repeat while the run
     shuts down is ignored (the shutdown is what it asks for). A forked child (a multiprocessing pool worker inherits
-    the handler) is not the run: it dies of the signal as it would have without this handler, silently."""
-    if os.getpid() != _SIGTERM.get("pid"):
+    the handler) is not the run, and outside a job's ``run`` (Hydra composing the next job of a sweep, exit-time
+    cleanup) there is nothing to shut down cleanly: both die of the signal as they would have without this handler."""
+    child = os.getpid() != _SIGTERM.get("pid")
+    if not child and _SIGTERM["seen"]:
+        return   # a repeat while the run shuts down
+    if child or not _SIGTERM.get("active"):   # a forked child, or outside a job's run
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
-    if not _SIGTERM["seen"]:
-        _SIGTERM["seen"] = True
-        raise Terminated()
+    _SIGTERM["seen"] = True
+    raise Terminated()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -200,7 +203,11 @@ def _run_job(cfg: DictConfig):
         _SIGTERM["pid"] = os.getpid()
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        result = run(cfg)
+        _SIGTERM["active"] = True
+        try:
+            result = run(cfg)
+        finally:
+            _SIGTERM["active"] = False
     except (KeyboardInterrupt, SystemExit, Terminated) as exc:
         term = _SIGTERM["seen"] or isinstance(exc, Terminated) or type(exc).__name__ == "SIGTERMException"
         if not term and not _SIGINT["seen"] and not isinstance(exc, KeyboardInterrupt):

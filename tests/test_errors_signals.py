@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import compose_cfg, run_cli
 
 pytestmark = pytest.mark.faults
 
@@ -190,13 +191,30 @@ def test_publish_removes_its_partial_copy_and_keeps_the_previous_model(tmp_path,
 PIPE = ["phase=pipeline", "phase.run_name=bad"]
 
 
-@pytest.mark.parametrize("args,key", [
+WRONG_TYPES = [
     (["phase=cognate", "phase.curriculum=5"], "phase.curriculum must be"),
     (["phase=cognate", "phase.curriculum=[{epochs:1,mix:5}]"], "phase.curriculum[0].mix must be"),
     (["phase=cognate", "phase.curriculum=[{epochs:one,mix:{recall:1}}]"], "phase.curriculum[0].epochs must be"),
     (["phase=cognate", "model.dataset_weights=3"], "model.dataset_weights must be"),
     (["phase=cognate", "ckpt_path=5"], "ckpt_path must be"),
     (["phase=quietstar", "ckpt_path=5"], "ckpt_path must be"),
+]
+
+
+@pytest.mark.parametrize("args,key", WRONG_TYPES)
+def test_a_wrong_type_config_value_fails_the_start_up_checks_naming_the_key(tmp_path, args, key):
+    """The start-up checks the CLI runs first (``main.check_start``), in-process; the CLI's one line, exit 2 and
+    no run dir for such a refusal are checked end to end below (a fast case and the pipeline's overrides)."""
+    from agentforge.errors import ConfigError
+    from agentforge.main import check_start
+
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        check_start(compose_cfg([*args, "logger=none", "hardware=cpu"], tmp_path))
+
+
+@pytest.mark.parametrize("args,key", [
+    WRONG_TYPES[0],
+    pytest.param(*WRONG_TYPES[3], marks=pytest.mark.slow),
     ([*PIPE, "phase.overrides.cognate=['phase.curriculum=5']"], "phase.overrides.cognate (pipeline step cognate-m1):"
                                                                 " phase.curriculum must be"),
     pytest.param([*PIPE, "phase.overrides.cognate=['model.dataset_weights=3']"],
@@ -210,3 +228,25 @@ def test_a_wrong_type_config_value_is_one_line_and_no_run_dir(tmp_path, args, ke
     assert len(lines) == 1 and key in lines[0], proc.stderr[-2000:]
     assert not [f for f in (tmp_path / "outputs").rglob("*") if f.is_file()]
     assert not (tmp_path / "outputs" / "runs").exists() and not (tmp_path / "outputs" / "pipeline").exists()
+
+
+def test_a_sigterm_outside_a_jobs_run_dies_of_the_signal_without_a_traceback(tmp_path):
+    """The handler raises only while a job's ``run`` is in progress: a SIGTERM between the jobs of a sweep or at
+    exit (a red team hit Hydra composing the next job: exit 1 with a Terminated traceback) kills the process by the
+    signal as it would have without the handler, and a forked child dies of it silently too."""
+    code = ("import os, signal, time, multiprocessing as mp\n"
+            "from omegaconf import OmegaConf\n"
+            "import agentforge.main as m\n"
+            "m.run = lambda cfg: {}\n"
+            "m._run_job(OmegaConf.create({}))\n"
+            "child = mp.get_context('fork').Process(target=time.sleep, args=(30,))\n"
+            "child.start(); os.kill(child.pid, signal.SIGTERM); child.join(10)\n"
+            "print('child', child.exitcode, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(5)\n"
+            "print('survived')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr[-2000:])
+    assert "child -15" in proc.stdout and "survived" not in proc.stdout
+    assert "Traceback" not in proc.stderr and "Terminated" not in proc.stderr, proc.stderr[-2000:]

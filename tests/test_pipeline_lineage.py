@@ -52,8 +52,11 @@ def _fake_phase(calls: list[str], fail_at: str | None):
         elif phase == "evomerge":
             made = [read_checkpoint_config(art / "cognate" / f"model{i}")["meta"]["steps"] for i in (1, 2, 3)]
             _ckpt(art / "evomerge" / "champion", {"from": made, "generations": int(child.phase.generations)})
+        elif phase == "quietstar":
+            for d in ("baked", "reasoning"):
+                _ckpt(art / "quietstar" / d, {"q": 1})
         else:
-            raise AssertionError(f"the fake runs cognate and evomerge only, not {key}")
+            raise AssertionError(f"the fake runs cognate, evomerge and quietstar only, not {key}")
         return {"metrics": {}}
     return run
 
@@ -211,3 +214,26 @@ def test_the_refusal_through_the_cli_is_one_error_line(tmp_path, monkeypatch):
     assert "cognate-m1" not in lines[0]   # the CLI composes the fingerprints the in-process runs recorded
     assert ": running" not in proc.stdout, proc.stdout[-2000:]
     assert _champion(tmp_path)["from"] == [40, 40, 40]
+
+
+def test_a_subset_that_would_make_its_outside_inputs_stale_is_refused_before_any_step_runs(tmp_path, monkeypatch):
+    """``phase.phases=[cognate,quietstar]`` with new Cognate settings reruns the models, which makes the champion
+    quietstar reads (EvoMerge, outside the subset) stale: refused before the first step trains (a red team saw the
+    refusal only after all three Cognate models had trained), the state untouched."""
+    _pipeline(tmp_path, monkeypatch, ["phase.phases=[cognate,evomerge,quietstar]", _cognate(40)])
+    before = json.loads((_pipe(tmp_path) / "pipeline_state.json").read_text())
+    import agentforge.main
+    from agentforge.phases import pipeline
+
+    calls: list[str] = []
+    monkeypatch.setattr(agentforge.main, "run", _fake_phase(calls, None))
+    cfg = compose_cfg(["phase=pipeline", "logger=none", "phase.run_name=t", "phase.overlap_train_draws=0",
+                       "phase.phases=[cognate,quietstar]", _cognate(41)], tmp_path)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"), pytest.raises(ConfigError, match="evomerge"):
+            pipeline.run(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert calls == []
+    assert json.loads((_pipe(tmp_path) / "pipeline_state.json").read_text()) == before

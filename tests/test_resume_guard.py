@@ -140,7 +140,7 @@ def test_a_resume_checkpoint_that_does_not_fit_is_one_error_line_and_exit_2(m3_c
         assert "shapes" in lines[0]
 
 
-@pytest.mark.parametrize("renamed", [False, True], ids=["fits", "renamed_key"])
+@pytest.mark.parametrize("renamed", [pytest.param(False, marks=pytest.mark.slow), True], ids=["fits", "renamed_key"])
 def test_auto_resume_of_a_checkpoint_that_no_longer_fits_starts_fresh(m3_ckpt, tmp_path, renamed):
     """The AUTO path (a last.ckpt the tool found itself, of this very config): resumed when its weights fit; with one
     state-dict key renamed (a code change) the run says so in one line and starts fresh, exit 0, no traceback."""
@@ -244,3 +244,29 @@ def test_a_rerun_never_resumes_another_configs_checkpoint_after_two_kills(tmp_pa
     assert want.keys() == got.keys()
     diff = [k for k in want if not torch.equal(want[k], got[k])]
     assert not diff, f"the rerun's weights differ from an uninterrupted run's in {diff[:5]}"
+
+
+def test_a_checkpoint_without_a_fingerprint_trusts_only_a_marker_older_than_itself(tmp_path, capsys):
+    """Checkpoints written before fingerprints were embedded fall back on the work dir's marker, which the old code
+    rewrote when a run started: a marker newer than last.ckpt names a run that may not have written it (config A's
+    checkpoint, then a killed run of B rewrote the marker: B resumed A's weights), so nothing resumes; an older
+    marker is the run's own and the checkpoint resumes as before."""
+    import os
+
+    from agentforge.training.resume import resume_path
+
+    lin = torch.nn.Linear(2, 2)
+    sd = {f"model.{k}": v for k, v in lin.state_dict().items()}
+    w = tmp_path / "work"
+    w.mkdir()
+    (w / "fingerprint").write_text("A")
+    torch.save({"state_dict": sd, "pytorch-lightning_version": "2.6.6", "optimizer_states": [{}], "epoch": 0},
+               w / "last.ckpt")
+    older = (w / "last.ckpt").stat().st_mtime_ns - 10**9
+    os.utime(w / "fingerprint", ns=(older, older))
+    assert resume_path(None, w, "A", expected=sd) == str(w / "last.ckpt")      # its own, older marker: resumes
+    (w / "fingerprint").write_text("B")                                          # a later run of B rewrote it
+    newer = (w / "last.ckpt").stat().st_mtime_ns + 10**9
+    os.utime(w / "fingerprint", ns=(newer, newer))
+    assert resume_path(None, w, "B", expected=sd) is None
+    assert "unknown configuration" in capsys.readouterr().out

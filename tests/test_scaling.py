@@ -136,6 +136,11 @@ def test_baseline_scores_and_repeat_hits_cache(tmp_path):
     second = run_eval(variant_path("baseline"), tmp_path)
     assert second["cached"] is True and second["combined_score"] == first["combined_score"]
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    # the baseline with fitness.reference=baseline (a plain `phase=scaling` run) is the same entry as the reference
+    # a candidate trains (`reference: None`): the baseline needs no reference, so no second training
+    third = evaluate(variant_path("baseline"), {**TINY_SETTINGS, "fitness": {"reference": "baseline"}},
+                     cache_dir=tmp_path / "cache", work_dir=tmp_path / "work", timeout_s=120, memory_mb=4096)
+    assert third["cached"] is True and third["combined_score"] == first["combined_score"]
 
 
 @pytest.mark.parametrize("block,kind,extra", [

@@ -24,7 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from agentforge.data import synthetic
-from agentforge.errors import ConfigError
+from agentforge.errors import AgentForgeError, ConfigError
 from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
@@ -118,13 +118,31 @@ def _step_overrides(step, base: list[str], artifacts: Path, pipe_dir: Path) -> l
             *step.overrides]
 
 
-def _check_outside_reads(lineage: Lineage, steps, children, digests: dict, ran: set, phases, models) -> None:
-    """ConfigError when ``steps`` read outputs of a step outside this run that are not what this command would
-    make (``Lineage.not_current``): running them would mix two lineages (new model1 merged with old model2)."""
+def _check_outside_reads(lineage: Lineage, steps, children, digests: dict, ran: set, phases, models,
+                         error: type[AgentForgeError] = ConfigError) -> None:
+    """``error`` when ``steps`` read outputs of a step outside this run that are not what this command would
+    make (``Lineage.not_current``): running them would mix two lineages (new model1 merged with old model2).
+    Before any step runs it is a ConfigError (nothing ran: the run dir goes); once steps have run, a plain
+    AgentForgeError, so ``main`` keeps the run dir and its log of the work that did happen."""
     wanted = {k for step, child in zip(steps, children) for k in _default_reads(step, child)}
     lines = lineage.not_current(wanted, digests, ran) if wanted - lineage.planned else []
     if lines:
-        raise ConfigError(refusal(phases, models, lines))
+        raise error(refusal(phases, models, lines))
+
+
+def _will_run(steps, children, previous: dict, artifacts: Path, order: list, digests: dict) -> set[str]:
+    """The steps of this run that will run rather than be skipped, predicted in order with the loop's own rule
+    (``skip_reason``; a step that reads a step predicted to run will run too), so the refusal of a subset whose
+    outside inputs this run makes stale comes before the first step trains, not after the Cognate models did."""
+    will: set[str] = set()
+    for step, child in zip(steps, children):
+        reads = _reads(step, child, order)
+        inputs = {k: digests[k] for k in reads if k in digests}
+        done = outputs_digest(step) if is_complete(step) else None
+        if _skip_reason(step, step_fingerprint(child, artifacts), previous.get(step.key),
+                        [k for k in reads if k in will], done, inputs) is not None:
+            will.add(step.key)
+    return will
 
 
 def run(cfg) -> dict:
@@ -163,7 +181,8 @@ def run(cfg) -> dict:
                       fingerprint=lambda c: step_fingerprint(c, artifacts), reads=lambda st, c: _reads(st, c, order))
     # a subset whose steps read outputs of another lineage (an interrupted run's new model1 beside old model2) is
     # refused before any step runs; outside steps that read a step of this run are checked again when reached
-    _check_outside_reads(lineage, steps, children, digests, ran, phases, models)
+    _check_outside_reads(lineage, steps, children, digests, _will_run(steps, children, previous, artifacts, order, digests),
+                         phases, models)
     print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
     retired = False
 
@@ -172,7 +191,8 @@ def run(cfg) -> dict:
                                        "steps": state_rows([*unreached, *recs], kept, order)})
 
     for i, (step, child) in enumerate(zip(steps, children), 1):
-        _check_outside_reads(lineage, [step], [child], digests, ran, phases, models)
+        _check_outside_reads(lineage, [step], [child], digests, ran, phases, models,
+                             AgentForgeError if ran else ConfigError)
         fp, prev = step_fingerprint(child, artifacts), previous.get(step.key)
         reads = _reads(step, child, order)
         inputs = {k: digests[k] for k in reads if k in digests}   # the digests of what it reads, now

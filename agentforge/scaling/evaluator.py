@@ -234,7 +234,11 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
         return failed(exc.kind, str(exc), cached=False, eval_seconds=time.perf_counter() - t0, sandbox=sandbox)
     key_dir = cache_dir if key_dir is None else key_dir
     salt = trust.heldout_salt(key_dir)
-    key = cache_key(code, {**settings, "heldout": hashlib.sha256(salt.encode()).hexdigest()[:16],
+    keyed = settings
+    if (settings.get("fitness") or {}).get("reference") and code == variant_path("baseline").read_text():
+        keyed = {**settings, "fitness": {**settings["fitness"], "reference": None}}   # the baseline has no reference:
+        # a plain baseline run and the reference a candidate trains share one entry (`baseline_reference`)
+    key = cache_key(code, {**keyed, "heldout": hashlib.sha256(salt.encode()).hexdigest()[:16],
                            "sandbox": sandbox, "check_only": check_only})
     cache = ResultCache(cache_dir)
     hit = cache.get(key)

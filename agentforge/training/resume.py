@@ -113,8 +113,12 @@ def _auto_problem(last: Path, work_dir: Path, fp: str, expected: dict | None) ->
     except CheckpointError as exc:
         ckpt, error = None, str(exc)
     stored = ckpt.get(FINGERPRINT_KEY) if isinstance(ckpt, dict) else None
-    if stored is None:  # written before fingerprints were embedded: the work dir's marker, as then
+    if stored is None:  # written before fingerprints were embedded: the work dir's marker, as then, but only a
+        # marker no newer than the checkpoint (the old code rewrote it when a run started, before that run's first
+        # checkpoint replaced the last one: a newer marker names a run that may not have written this checkpoint)
         marker = work_dir / MARKER
+        if marker.is_file() and marker.stat().st_mtime_ns > last.stat().st_mtime_ns:
+            return "was written by an unknown configuration (no fingerprint inside, and the work dir's marker is newer)"
         stored = marker.read_text().strip() if marker.is_file() else None
     if stored != fp:
         return "was written by a different configuration"
