@@ -61,12 +61,14 @@ def _fake_phase(calls: list[str], fail_at: str | None):
     return run
 
 
-def _pipeline(tmp_path, monkeypatch, args: list[str], fail_at: str | None = None) -> list[str]:
-    """``phase=pipeline phase.run_name=t ARGS`` in this process with the fake phases; the steps that ran."""
+def _pipeline(tmp_path, monkeypatch, args: list[str], fail_at: str | None = None,
+              calls: list[str] | None = None) -> list[str]:
+    """``phase=pipeline phase.run_name=t ARGS`` in this process with the fake phases; the steps that ran (also
+    appended to ``calls``, which a caller expecting an exception passes in)."""
     import agentforge.main
     from agentforge.phases import pipeline
 
-    calls: list[str] = []
+    calls = [] if calls is None else calls
     monkeypatch.setattr(agentforge.main, "run", _fake_phase(calls, fail_at))
     cfg = compose_cfg(["phase=pipeline", "logger=none", "phase.run_name=t", "phase.overlap_train_draws=0", *args],
                       tmp_path)
@@ -222,18 +224,8 @@ def test_a_subset_that_would_make_its_outside_inputs_stale_is_refused_before_any
     refusal only after all three Cognate models had trained), the state untouched."""
     _pipeline(tmp_path, monkeypatch, ["phase.phases=[cognate,evomerge,quietstar]", _cognate(40)])
     before = json.loads((_pipe(tmp_path) / "pipeline_state.json").read_text())
-    import agentforge.main
-    from agentforge.phases import pipeline
-
     calls: list[str] = []
-    monkeypatch.setattr(agentforge.main, "run", _fake_phase(calls, None))
-    cfg = compose_cfg(["phase=pipeline", "logger=none", "phase.run_name=t", "phase.overlap_train_draws=0",
-                       "phase.phases=[cognate,quietstar]", _cognate(41)], tmp_path)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"), pytest.raises(ConfigError, match="evomerge"):
-            pipeline.run(cfg)
-    finally:
-        GlobalHydra.instance().clear()
+    with pytest.raises(ConfigError, match="evomerge"):
+        _pipeline(tmp_path, monkeypatch, ["phase.phases=[cognate,quietstar]", _cognate(41)], calls=calls)
     assert calls == []
     assert json.loads((_pipe(tmp_path) / "pipeline_state.json").read_text()) == before

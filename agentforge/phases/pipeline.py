@@ -136,13 +136,21 @@ def _will_run(steps, children, previous: dict, artifacts: Path, order: list, dig
     outside inputs this run makes stale comes before the first step trains, not after the Cognate models did."""
     will: set[str] = set()
     for step, child in zip(steps, children):
-        reads = _reads(step, child, order)
-        inputs = {k: digests[k] for k in reads if k in digests}
-        done = outputs_digest(step) if is_complete(step) else None
-        if _skip_reason(step, step_fingerprint(child, artifacts), previous.get(step.key),
-                        [k for k in reads if k in will], done, inputs) is not None:
+        if _decide(step, child, previous, artifacts, order, digests, will)[0] is not None:
             will.add(step.key)
     return will
+
+
+def _decide(step, child, previous: dict, artifacts: Path, order: list, digests: dict, ran: set) -> tuple:
+    """(why ``step`` runs, None when it is skipped; the start of its state record): ``skip_reason`` on its
+    fingerprint, its previous record, its outputs and the digests of what it reads now (``ran``: the steps that
+    ran, or will, before it). The one rule the loop and ``_will_run`` apply."""
+    fp = step_fingerprint(child, artifacts)
+    reads = _reads(step, child, order)
+    inputs = {k: digests[k] for k in reads if k in digests}   # the digests of what it reads, now
+    done = outputs_digest(step) if is_complete(step) else None
+    why = _skip_reason(step, fp, previous.get(step.key), [k for k in reads if k in ran], done, inputs)
+    return why, {"key": step.key, "phase": step.phase, "fingerprint": fp, "inputs": inputs}
 
 
 def run(cfg) -> dict:
@@ -193,13 +201,8 @@ def run(cfg) -> dict:
     for i, (step, child) in enumerate(zip(steps, children), 1):
         _check_outside_reads(lineage, [step], [child], digests, ran, phases, models,
                              AgentForgeError if ran else ConfigError)
-        fp, prev = step_fingerprint(child, artifacts), previous.get(step.key)
-        reads = _reads(step, child, order)
-        inputs = {k: digests[k] for k in reads if k in digests}   # the digests of what it reads, now
-        rec = {"key": step.key, "phase": step.phase, "fingerprint": fp, "inputs": inputs}
-        complete = is_complete(step)
-        why = _skip_reason(step, fp, prev, [k for k in reads if k in ran], outputs_digest(step) if complete else None,
-                           inputs)
+        prev = previous.get(step.key)
+        why, rec = _decide(step, child, previous, artifacts, order, digests, ran)
         if why is None:   # the time and memory of the run that made these outputs, not 0
             rec.update(status="skipped (complete)", duration_s=prev.get("duration_s"),
                        peak_rss_mb=prev.get("peak_rss_mb"), metrics=prev.get("metrics", {}))
