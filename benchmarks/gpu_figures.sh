@@ -19,6 +19,8 @@
 #                                              # (Muon-Grokfast) beside AdamW, its profile, the default pipeline on the GPU
 #   bash benchmarks/gpu_figures.sh decode [S]  # ~6 min: the CUDA tests, cached generation with the decoder step
 #                                              # graphed vs eager, the default pipeline on the GPU
+#   bash benchmarks/gpu_figures.sh verify [S]  # ~7 min: every CUDA test, 25M tokens/s compiled at batch 32 (with the
+#                                              # phase's optimizer) and at batch 128, the default pipeline on the GPU
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
 # ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
@@ -27,7 +29,7 @@
 set -u
 part="${1:-kernels}"
 budget="${2:-420}"
-case "$part" in kernels|pipeline|lease|step|compile|phases|optim|decode) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile, phases, optim or decode" >&2; exit 2 ;; esac
+case "$part" in kernels|pipeline|lease|step|compile|phases|optim|decode|verify) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile, phases, optim, decode or verify" >&2; exit 2 ;; esac
 out="${OUT:-outputs}"
 mkdir -p "$out"
 log="$out/gpu_figures_${part}.log"
@@ -42,7 +44,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
 step() {  # step <timeout s> <command...>: run it (cut to the lease's time left), log its output, exit status, wall time
   local limit="$1"; shift
-  if [ "$part" = lease ] || [ "$part" = step ] || [ "$part" = compile ] || [ "$part" = phases ] || [ "$part" = optim ] || [ "$part" = decode ]; then
+  if [ "$part" = lease ] || [ "$part" = step ] || [ "$part" = compile ] || [ "$part" = phases ] || [ "$part" = optim ] || [ "$part" = decode ] || [ "$part" = verify ]; then
     local left=$((budget - (SECONDS - start)))
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 20 ]; then echo "== skipped (lease time left ${left}s): $*" | tee -a "$log"; return; fi
@@ -63,6 +65,13 @@ if [ "$part" = phases ]; then
   prof 120 quietstar phase=quietstar hardware=gpu "phase.input=${QS_INPUT:-.gpuin/champion}" paths.outputs=/tmp/qs_gpu
   step 60 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_memory_graph.py
   prof 150 cognate25m phase=cognate model=m1 size=25m hardware=gpu data.batch_size=32 data.seq_len=512 phase.max_epochs=1 phase.steps_per_epoch=40 paths.outputs=/tmp/cog25
+  echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
+fi
+if [ "$part" = verify ]; then
+  step 120 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or compile_regions" tests/test_speed.py tests/test_memory_graph.py tests/test_decode_graph.py tests/test_compile.py tests/test_cli.py
+  step 150 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 32 --seq 512 --steps 9 --compile --muon-grokfast
+  step 150 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 128 --seq 512 --steps 6 --compile
+  step 240 "$PY" benchmarks/bench_pipeline.py --hardware gpu
   echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
 fi
 if [ "$part" = decode ]; then
