@@ -22,7 +22,8 @@ the first K steps without gradients), to the interleaved timing, with its FLOPs 
 Every model above steps with plain AdamW, so the figures compare models, not optimizers. ``--muon-grokfast`` adds the
 same Cognate model stepped as ``phase=cognate`` steps it: the default optimizer preset (``conf/optimizer/
 muon_grokfast.yaml``: Muon on the matrices, AdamW on the rest, the Grokfast filter, QK-clip) and gradient clipping at
-1.0 after the filter (``optim.clip_grad_norm_``), and prints its step time against the AdamW step.
+1.0 after the filter (``optim.clip_grad_norm_``), and prints its step time against the AdamW step; with ``--compile``
+as well, also that model compiled (the training step of ``phase=cognate hardware.compile=true``).
 """
 from __future__ import annotations
 
@@ -170,6 +171,9 @@ def main():
         runs["cognate, eager memory"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, False, cuda_graphs=False)
     if a.muon_grokfast:
         runs["cognate, Muon-Grokfast"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, False, phase_optimizer=True)
+        if a.compile:  # the whole training step as a compiled phase=cognate takes it (hardware.compile=true)
+            runs["cognate, compiled, M-G"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, True,
+                                                     phase_optimizer=True)
     cheap = f"cognate, {a.no_grad_steps} no-grad"
     if a.no_grad_steps:
         runs[cheap] = Runner(CognateModel(dataclasses.replace(cfg, no_grad_steps=a.no_grad_steps)), a.batch, a.seq,
@@ -203,6 +207,9 @@ def main():
         print(ratio_line("cognate memory off / on tokens/s", cog, times["cognate, memory off"]))
     if a.muon_grokfast:
         print(ratio_line("Muon-Grokfast + clipping / AdamW step time (same model)", times["cognate, Muon-Grokfast"], cog))
+        if a.compile:
+            print(ratio_line("Muon-Grokfast + clipping / AdamW step time (both compiled)", times["cognate, compiled, M-G"],
+                             times["cognate, compiled"]))
     if a.no_grad_steps:
         g = runs[cheap]
         print(f"no_grad_steps={a.no_grad_steps} vs all steps with gradients: FLOPs per step {g.flops / c.flops:.2f}x")

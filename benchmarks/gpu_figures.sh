@@ -21,6 +21,8 @@
 #                                              # graphed vs eager, the default pipeline on the GPU
 #   bash benchmarks/gpu_figures.sh verify [S]  # ~7 min: every CUDA test, 25M tokens/s compiled at batch 32 (with the
 #                                              # phase's optimizer) and at batch 128, the default pipeline on the GPU
+#   bash benchmarks/gpu_figures.sh phase128 [S] # ~4 min: 25M tokens/s at batch 128 compiled with the phase's optimizer
+#                                              # (Muon-Grokfast); cProfile of the Quiet-STaR phase (input $QS_INPUT)
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
 # ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
@@ -29,7 +31,7 @@
 set -u
 part="${1:-kernels}"
 budget="${2:-420}"
-case "$part" in kernels|pipeline|lease|step|compile|phases|optim|decode|verify) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile, phases, optim, decode or verify" >&2; exit 2 ;; esac
+case "$part" in kernels|pipeline|lease|step|compile|phases|optim|decode|verify|phase128) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile, phases, optim, decode, verify or phase128" >&2; exit 2 ;; esac
 out="${OUT:-outputs}"
 mkdir -p "$out"
 log="$out/gpu_figures_${part}.log"
@@ -44,7 +46,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
 step() {  # step <timeout s> <command...>: run it (cut to the lease's time left), log its output, exit status, wall time
   local limit="$1"; shift
-  if [ "$part" = lease ] || [ "$part" = step ] || [ "$part" = compile ] || [ "$part" = phases ] || [ "$part" = optim ] || [ "$part" = decode ] || [ "$part" = verify ]; then
+  if [ "$part" = lease ] || [ "$part" = step ] || [ "$part" = compile ] || [ "$part" = phases ] || [ "$part" = optim ] || [ "$part" = decode ] || [ "$part" = verify ] || [ "$part" = phase128 ]; then
     local left=$((budget - (SECONDS - start)))
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 20 ]; then echo "== skipped (lease time left ${left}s): $*" | tee -a "$log"; return; fi
@@ -56,12 +58,17 @@ step() {  # step <timeout s> <command...>: run it (cut to the lease's time left)
 }
 step 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 step 60 "$PY" -c "import torch, hydra, omegaconf, lightning, wandb; print(torch.__version__, lightning.__version__, wandb.__version__, torch.cuda.get_device_name(0))"
-if [ "$part" = phases ]; then
-  prof() {  # prof <timeout> <name> <agentforge args...>: the phase under cProfile, then its top functions
+prof() {  # prof <timeout> <name> <agentforge args...>: the phase under cProfile, then its top functions
     local limit="$1" name="$2"; shift 2
     step "$limit" "$PY" -m cProfile -o "$out/$name.prof" -m agentforge "$@"
     [ -f "$out/$name.prof" ] && "$PY" -c "import pstats,sys; p=pstats.Stats(sys.argv[1]); p.sort_stats('cumulative').print_stats('agentforge', 40); p.sort_stats('tottime').print_stats(30)" "$out/$name.prof" > "$out/$name.txt" 2>&1
-  }
+}
+if [ "$part" = phase128 ]; then
+  step 120 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 128 --seq 512 --steps 6 --compile --muon-grokfast
+  prof 120 quietstar phase=quietstar hardware=gpu "phase.input=${QS_INPUT:-.gpuin/champion}" paths.outputs=/tmp/qs_gpu
+  echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
+fi
+if [ "$part" = phases ]; then
   prof 120 quietstar phase=quietstar hardware=gpu "phase.input=${QS_INPUT:-.gpuin/champion}" paths.outputs=/tmp/qs_gpu
   step 60 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_memory_graph.py
   prof 150 cognate25m phase=cognate model=m1 size=25m hardware=gpu data.batch_size=32 data.seq_len=512 phase.max_epochs=1 phase.steps_per_epoch=40 paths.outputs=/tmp/cog25
