@@ -267,7 +267,7 @@ def test_every_benchmark_command_in_the_readme_exists_with_its_flags():
         for flag in re.findall(r"(--[a-z][\w-]*)", args):
             assert f'"{flag}"' in src, f"README: `{path}{args}`: {path} declares no {flag}"
         if path.endswith(".sh"):
-            for part in re.findall(r"\b(kernels|pipeline|lease|step)\b", args):
+            for part in re.findall(r"\b(kernels|pipeline|lease|step|compile|phases|optim|decode|verify|phase128)\b", args):
                 assert re.search(rf'^case "\$part" in [\w|]*\b{part}\b[\w|]*\)', src, re.M), (path, part)
     for script in {m for s in SPANS for m in re.findall(r"scripts/\w+\.py", s)}:
         assert (REPO / script).is_file(), script
