@@ -2,25 +2,28 @@
 and generation tokens/s of Cognate vs the GPT-2-architecture baseline at (nearly) equal parameter count.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_codegen.py [--problems 20] [--size tiny] [--model m1]
-        [--batch 10] [--gen-tokens 64] [--context 512] [--repeats 2] [--sandbox auto|bwrap|process]
+        [--batch 10] [--gen-tokens 64] [--context 512] [--repeats 9] [--sandbox auto|bwrap|process]
 
 Execution: the canonical solution and one wrong completion of each of the first ``--problems`` HumanEval
 problems, all run through ``agentforge.sandbox`` with one worker per CPU. Generation: fresh weights (speed
 does not depend on training when no stop sequence can end a row), the same decoding loop and nucleus
 sampling the harness uses (each model's KV cache; the prompt's prefill is included, as in the harness),
-``--batch`` rows continuing HumanEval/0's prompt; Cognate and GPT-2 are interleaved and the median of
-``--repeats`` is kept for each (``evals.speed.interleaved_medians``, one untimed warm-up round). Every figure is measured here.
+``--batch`` rows continuing HumanEval/0's prompt; Cognate and GPT-2 are timed in ``--repeats`` interleaved rounds
+(``evals.speed.interleaved_times``, one untimed warm-up round): each model's tokens/s from its median, their ratio
+the median of the per-round ratios with its 95 % CI and n (``ratio_ci.py``). Every figure is measured here.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from ratio_ci import DEFAULT_ROUNDS, ratio_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,7 +33,7 @@ from agentforge.codegen.execution import execute, outcome_counts, split_program
 from agentforge.codegen.problems import load_humaneval
 from agentforge.codegen.sampling import sample
 from agentforge.data.tokenizer import RESERVED_VOCAB
-from agentforge.evals.speed import interleaved_medians
+from agentforge.evals.speed import interleaved_times
 from agentforge.main import CONF_DIR
 from agentforge.models import CognateModel
 from agentforge.sandbox import strongest_mode
@@ -44,7 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--context", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds")
     ap.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "process"])
     a = ap.parse_args(argv)
     probs = load_humaneval()[: a.problems]
@@ -70,14 +73,20 @@ def main(argv=None) -> None:
     def generate(lm):  # no stop sequence: every run generates the same number of tokens
         new_tokens[lm.name] = sample(lm, probs[0].prompt, a.batch, max_new_tokens=a.gen_tokens, stop=(),
                                      temperature=0.8, top_p=0.95, seed=0, context_tokens=a.context).new_tokens
-    med = interleaved_medians({lm.name: lambda lm=lm: generate(lm) for lm in lms}, a.repeats)
-    tps = {name: new_tokens[name] / t for name, t in med.items()}
+    times = interleaved_times({lm.name: lambda lm=lm: generate(lm) for lm in lms}, a.repeats)
+    tps = {name: new_tokens[name] / statistics.median(ts) for name, ts in times.items()}
+    print(f"generation tokens/s: medians of {a.repeats} interleaved rounds (one untimed round first)")
     for lm in lms:
         print(f"generation {lm.name:13s} {lm.num_params():>10,} params  {tps[lm.name]:8.1f} tokens/s "
               f"(batch {a.batch}, {len(lms[0].encode(probs[0].prompt))}-token prompt + {a.gen_tokens} new tokens, "
               f"{torch.get_num_threads()} threads)")
-    print(f"cognate / gpt2_scratch tokens/s ratio: {tps['cognate'] / tps['gpt2_scratch']:.3f} "
-          f"(medians of {a.repeats} interleaved runs)")
+    print(speed_ratio_line(times, new_tokens))
+
+
+def speed_ratio_line(times: dict[str, list[float]], new_tokens: dict[str, int]) -> str:
+    """'ratio cognate / gpt2_scratch tokens/s: ...' from each round's generation seconds (``ratio_ci.py``)."""
+    return ratio_line("cognate / gpt2_scratch tokens/s", times["gpt2_scratch"], times["cognate"],
+                      scale=new_tokens["cognate"] / new_tokens["gpt2_scratch"])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Merge time per technique on the default models, and EvoMerge evaluations per second.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_merge.py [--artifacts outputs/artifacts] [--repeats 5]
+    OMP_NUM_THREADS=1 python benchmarks/bench_merge.py [--artifacts outputs/artifacts] [--repeats 9] [--evals 8]
 
 Uses the Cognate checkpoints under ``{artifacts}/cognate/model{1,2,3}`` when they exist, else three
 freshly initialized models of the default (m1/m2/m3, size=tiny) configs. Prints each technique's time
@@ -9,6 +9,8 @@ a whole recipe per combo, then evaluations per second of the phase's default fit
 against measuring an input model alone (so the ratio is the merge + model-building overhead), and
 last why the speed term counts FLOPs by default: the timed speed ratio of an exact copy of an input
 against that input, repeated (1.0 would be no noise), beside the FLOP ratio (exactly 1.0 every time).
+Every case is timed in interleaved rounds (``evals.speed.interleaved_times``); every ratio is the median of the
+per-round ratios with its 95 % CI and n (``ratio_ci.py``; for the exact copy a round is one speed-term measurement).
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from ratio_ci import DEFAULT_ROUNDS, ci_header, ci_short, ratio_line
 
 from agentforge.artifacts import cognate_config_from, load_model
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
-from agentforge.evals.speed import interleaved_medians
+from agentforge.evals.speed import interleaved_medians, interleaved_times
 from agentforge.main import CONF_DIR
 from agentforge.merge import combos, fitness, layers, techniques
 from agentforge.merge.recipe import BUFFERS, Space, materialize, random_recipe
@@ -52,10 +55,37 @@ def load_inputs(artifacts: Path):
     return models, "freshly initialized default models (no checkpoints found)"
 
 
+def technique_table(times: dict[str, list[float]]) -> list[str]:
+    """Median ms of each technique and its time / Linear's (``ci_short``: per-round ratios, the header says what)."""
+    n = len(times["linear"])
+    return [f"\nmedians of {n} interleaved runs, one untimed round first; x linear: {ci_header(n)}",
+            f"{'technique':17s} {'ms':>9s} {'x linear [CI]':>22s}",
+            *(f"{name:17s} {statistics.median(t) * 1000:9.2f} {ci_short(t, times['linear']):>22s}"
+              for name, t in times.items())]
+
+
+def eval_line(times: dict[str, list[float]]) -> str:
+    """Fitness evaluation of an input model alone vs a merged recipe (medians), their ratio (``ratio_line``), evals/s."""
+    t_input, per_eval = statistics.median(times["input"]), statistics.median(times["merged"])
+    return (f"\nfitness evaluation (default phase.eval settings, medians of {len(times['input'])} interleaved runs, "
+            f"each run a different recipe): input model alone {t_input * 1000:.0f} ms, merged recipe "
+            f"{per_eval * 1000:.0f} ms; {1 / per_eval:.2f} evaluations/s\n"
+            + ratio_line("merged recipe / input model alone evaluation time", times["merged"], times["input"]))
+
+
+def copy_line(ratios: list[float], flops: set, speed_repeats: int) -> str:
+    """The speed term of an exact copy vs its original, each measurement's timed ratio one round (``ratio_line``),
+    the range of them all (what a single fitness evaluation may see), beside the FLOP ratios."""
+    return (f"\nspeed term of an exact copy of input 1 vs input 1 ({len(ratios)} measurements of "
+            f"phase.eval.speed_repeats={speed_repeats} interleaved passes; 1.0 would be no noise): timed ratio range "
+            f"{min(ratios):.3f}..{max(ratios):.3f}; FLOP ratio {sorted(flops)}\n"
+            + ratio_line("timed speed term, exact copy / input 1", ratios, [1.0] * len(ratios)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifacts", default="outputs/artifacts")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds")
     ap.add_argument("--evals", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -77,11 +107,7 @@ def main() -> None:
         "frankenmerge": lambda: layers.frankenmerge([(states[0], 0, 2), (states[1], 1, 2)], states[2]),
         "dfs": lambda: layers.dfs([(states[0], 0), (states[1], 1), (states[2], 1)], [0.8, 1.2, 1.0], states[2]),
     }
-    times = interleaved_medians(per_tensor, args.repeats)
-    print(f"\nmedians of {args.repeats} interleaved runs, one untimed round first")
-    print(f"{'technique':17s} {'ms':>9s} {'x linear':>9s}")
-    for name, t in times.items():
-        print(f"{name:17s} {t * 1000:9.2f} {t / times['linear']:9.2f}")
+    print("\n".join(technique_table(interleaved_times(per_tensor, args.repeats))))
     n = models[0].config.n_layers
     sp, rng = Space(n, max(1, round(n * 0.5)), max(n, round(n * 1.5))), random.Random(0)
     configs = [m.config for m in models]
@@ -95,23 +121,17 @@ def main() -> None:
     data = eval_data(cfg, "val", int(cfg.phase.eval.rows))
     tok = ByteTokenizer()
     next_recipe = itertools.cycle([random_recipe(rng, sp, combo=i % 8) for i in range(args.evals)]).__next__
-    med = interleaved_medians({"input": lambda: fitness.measure(models[0], tok, data, models[0]),
+    times = interleaved_times({"input": lambda: fitness.measure(models[0], tok, data, models[0]),
                                "merged": lambda: fitness.measure(build(next_recipe(), states, configs), tok, data,
                                                                  models[0])}, args.evals)
-    t_input, per_eval = med["input"], med["merged"]
-    print(f"\nfitness evaluation (default phase.eval settings, medians of {args.evals} interleaved runs, each run "
-          f"a different recipe): input model alone {t_input * 1000:.0f} ms, "
-          f"merged recipe {per_eval * 1000:.0f} ms ({per_eval / t_input:.2f}x); "
-          f"{1 / per_eval:.2f} evaluations/s")
+    print(eval_line(times))
+    per_eval = statistics.median(times["merged"])
     print(f"default run (8 individuals x <= 8 generations, 2 elites cached): <= {8 + 7 * 6} evaluations "
           f"~ {(8 + 7 * 6) * per_eval / 60:.1f} min of evaluation on this machine")
     twin = copy.deepcopy(models[0])
     ratios = [fitness.timed(twin, models[0], data)[1] for _ in range(args.repeats * 3)]
     flops = {fitness.forward_flops(twin, data) / fitness.forward_flops(models[0], data) for _ in range(3)}
-    print(f"\nspeed term of an exact copy of input 1 vs input 1 ({len(ratios)} repeats of "
-          f"phase.eval.speed_repeats={data.speed_repeats} interleaved passes): timed ratio "
-          f"{min(ratios):.3f}..{max(ratios):.3f} (median {statistics.median(ratios):.3f}); FLOP ratio {sorted(flops)}")
-
+    print(copy_line(ratios, flops, data.speed_repeats))
 
 if __name__ == "__main__":
     main()

@@ -1,21 +1,23 @@
 """Optimizer step time of Muon-Grokfast against AdamW on the default (size=tiny) Cognate model m1, same
 process, same gradients. Also the whole training step (forward + backward + optimizer step), which is
 what a run pays. Each optimizer steps its own copy of the model (same weights, same gradients); the two
-are timed interleaved (``evals.speed.interleaved_medians``). Grokfast amplifies ``p.grad`` in place, so every
-timed optimizer step first restores the gradients: the step's time is median(restore + step) minus the
-median of the restore alone, timed in the same rounds.
+are timed in interleaved rounds whose order rotates (every optimizer once per round). Grokfast amplifies
+``p.grad`` in place, so before every timed optimizer step the gradients are restored, untimed: the step is
+timed alone. Each ratio is the median of the per-round ratios with its 95 % CI and n (``ratio_ci.py``).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_optimizer.py [--repeats 50]
 
-Aim: Muon-Grokfast step <= 1.3x AdamW's. Muon's Newton-Schulz iterations (5 x 3 matmuls per hidden
-matrix, torch.optim.Muon) cost far more than AdamW's elementwise update on a CPU; the full-step ratio
-shows how much of a training step that is.
+Aim: Muon-Grokfast step <= 1.3x AdamW's, decided from the CI (met: the whole CI <= 1.3; missed: none of it;
+else inconclusive). Muon's Newton-Schulz iterations (5 x 3 matmuls per hidden matrix, torch.optim.Muon) cost
+far more than AdamW's elementwise update on a CPU; the full-step ratio shows how much of a training step that is.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,15 +26,51 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ratio_ci import aim_line, ratio_line  # noqa: E402
+
 from agentforge.artifacts import cognate_config_from  # noqa: E402
 from agentforge.data.tokenizer import RESERVED_VOCAB  # noqa: E402
-from agentforge.evals.speed import interleaved_medians  # noqa: E402
+from agentforge.evals.speed import interleaved_times  # noqa: E402
 from agentforge.models import CognateModel  # noqa: E402
 from agentforge.optim import build_optimizer  # noqa: E402
 
 
 def load(path: str) -> dict:
     return yaml.safe_load((ROOT / path).read_text())
+
+
+AIM = 1.3   # Muon-Grokfast's optimizer.step <= 1.3x AdamW's
+
+
+def interleaved_steps(steps: dict, prepare, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """name -> seconds of ``steps[name]()`` in each of ``repeats`` rounds, ``prepare(name)`` run untimed right before
+    each call; every name once per round, the order rotated each round (as ``evals.speed.interleaved_times``), so
+    index r is round r for every name and per-round ratios line up. ``warmup`` untimed rounds run first."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            prepare(name)
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            prepare(name)
+            t0 = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def report(step: dict[str, list[float]], full: dict[str, list[float]]) -> list[str]:
+    """The table (medians, ms) and the two ratios muon_grokfast / adamw (``ratio_ci.py``), the aim decided from the
+    optimizer step's CI; ``step`` / ``full``: name -> seconds per interleaved round."""
+    ms = {n: (1e3 * statistics.median(step[n]), 1e3 * statistics.median(full[n])) for n in ("adamw", "muon_grokfast")}
+    return [f"{'':<16}{'optimizer.step ms':>19}{'train step ms':>15}",
+            *(f"{n:<16}{o:>19.2f}{f:>15.1f}" for n, (o, f) in ms.items()),
+            f"optimizer.step timed alone (the gradients restored untimed before each step), medians of "
+            f"{len(step['adamw'])} interleaved rounds; train steps medians of {len(full['adamw'])}",
+            aim_line("optimizer.step muon_grokfast / adamw", step["muon_grokfast"], step["adamw"], AIM),
+            ratio_line("whole train step muon_grokfast / adamw", full["muon_grokfast"], full["adamw"])]
 
 
 def main() -> None:
@@ -57,26 +95,13 @@ def main() -> None:
         for p, g in zip(twins[name].parameters(), grads):
             p.grad = None if g is None else g.clone()
 
-    def opt_step(name):
-        set_grads(name)
-        opts[name].step()
-
     def train_step(name):
         opts[name].zero_grad()
         twins[name](ids[:, :-1], ids[:, 1:]).loss.backward()
         opts[name].step()
-    step = interleaved_medians({"copy": lambda: set_grads("adamw"), **{n: lambda n=n: opt_step(n) for n in names}},
-                               a.repeats, warmup=5)
-    full = interleaved_medians({n: lambda n=n: train_step(n) for n in names}, max(a.repeats // 5, 3), warmup=2)
-    results = {n: ((step[n] - step["copy"]) * 1e3, full[n] * 1e3) for n in names}
-    (ao, af), (mo, mf) = results["adamw"], results["muon_grokfast"]
-    print(f"{'':<16}{'optimizer.step ms':>19}{'train step ms':>15}")
-    print(f"{'adamw':<16}{ao:>19.2f}{af:>15.1f}")
-    print(f"{'muon_grokfast':<16}{mo:>19.2f}{mf:>15.1f}")
-    print(f"optimizer.step = median(gradient copy + step) - median(gradient copy) ({step['copy'] * 1e3:.2f} ms), "
-          f"medians of {a.repeats} interleaved runs; train steps medians of {max(a.repeats // 5, 3)}")
-    print(f"ratio optimizer.step: {mo / ao:.2f}x AdamW (aim <= 1.3x: {'met' if mo / ao <= 1.3 else 'NOT met'});"
-          f" ratio whole train step: {mf / af:.2f}x")
+    step = interleaved_steps({n: opts[n].step for n in names}, set_grads, a.repeats, warmup=5)
+    full = interleaved_times({n: lambda n=n: train_step(n) for n in names}, max(a.repeats // 5, 3), warmup=2)
+    print("\n".join(report(step, full)))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Wall time of the README's main job, ``python -m agentforge phase=pipeline``, from fresh outputs, per hardware
-setting; with two settings (``--hardware gpu,cpu``) also their ratio — issue 16's "GPU ÷ CPU wall time" figure.
+setting; with two settings (``--hardware gpu,cpu``) also their ratio — issue 16's "GPU ÷ CPU wall time" figure: the
+median of the per-round ratios with its 95 % CI and n (``ratio_ci.py``); with one round (the default) a single ratio,
+for which no CI exists, and the line says so.
 
     python benchmarks/bench_pipeline.py                       # the README's command (~4 min on 2 CPU cores)
     python benchmarks/bench_pipeline.py --hardware gpu,cpu    # on a GPU machine: both, and GPU ÷ CPU
     python benchmarks/bench_pipeline.py --repeats 3 -- phase.overrides.cognate=[...]   # extra overrides
 
 Each run is a real subprocess with its own empty ``AGENTFORGE_OUTPUTS`` (nothing reused between runs) and W&B
-offline; the settings are timed in interleaved rounds (``evals.speed.interleaved_medians``, order rotated), so with
+offline; the settings are timed in interleaved rounds (``evals.speed.interleaved_times``, order rotated), so with
 ``--repeats`` > 1 the figure is a median. Per-step times are read from each run's ``pipeline_state.json``. One run
 of the default pipeline takes minutes: the default is one round, which is a single measurement, not a median.
 Printed with the figures: the device (CPU cores, the CUDA GPU where one is visible), torch's threads here and the
@@ -29,7 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agentforge.evals.speed import interleaved_medians  # noqa: E402
+from ratio_ci import ratio_line  # noqa: E402
+
+from agentforge.evals.speed import interleaved_times  # noqa: E402
 
 
 def children_cpu_s() -> float:
@@ -88,14 +92,14 @@ def main() -> None:
     steps, cpu = {h: {} for h in settings}, {h: [] for h in settings}
     print(machine_line())
     load_before = os.getloadavg()
-    med = interleaved_medians({h: (lambda h=h: run_pipeline(h, args.overrides, steps[h], cpu[h])) for h in settings},
+    times = interleaved_times({h: (lambda h=h: run_pipeline(h, args.overrides, steps[h], cpu[h])) for h in settings},
                               args.repeats, warmup=0)
     print(f"load average (1/5/15 min): before {load_text(load_before)}, after {load_text(os.getloadavg())}")
     for h in settings:
-        print(record_line(h, med[h], statistics.median(cpu[h]), args.repeats, steps[h]))
+        print(record_line(h, statistics.median(times[h]), statistics.median(cpu[h]), args.repeats, steps[h]))
     if len(settings) == 2:
         a, b = settings
-        print(f"wall time hardware={a} ÷ hardware={b}: {med[a] / med[b]:.3f}")
+        print(ratio_line(f"wall time hardware={a} ÷ hardware={b}", times[a], times[b]))
 
 
 if __name__ == "__main__":

@@ -1,21 +1,30 @@
 """Sandbox overhead: evaluation time of the baseline scaling variant under bubblewrap vs the unisolated
-process mode (the same evaluator, the same child, the same trusted scoring), as a ratio (aim <= 1.10).
+process mode (the same evaluator, the same child, the same trusted scoring), as a ratio (aim <= 1.10, decided from
+the ratio's 95 % CI: met when the whole CI is <= 1.10, missed when none of it is, else inconclusive; under 6 rounds
+no verdict).
 
     python benchmarks/bench_sandbox.py                       # 3 interleaved repeats, CPU preset at 30 steps
-    python benchmarks/bench_sandbox.py --repeats 5 --steps 300   # the phase's default training length
+    python benchmarks/bench_sandbox.py --repeats 6 --steps 300   # the phase's default training length
 
-Runs are interleaved (``evals.speed.interleaved_medians``: every mode once per round, the order rotated)
-so drift in the machine's load hits both modes alike, and the medians are compared. Nothing is cached (every run trains). Also prints the bare
-cost of one sandboxed ``python -c pass`` in each mode, the fixed part of the overhead.
+Runs are interleaved (``evals.speed.interleaved_times``: every mode once per round, the order rotated) so drift in
+the machine's load hits both modes alike; the ratio is the median of the per-round ratios with its 95 % CI and n
+(``ratio_ci.py``; the default 3 rounds give only the range and no verdict: ``--repeats 6`` or more for one). Nothing
+is cached (every run trains). Also prints the bare cost of one sandboxed ``python -c pass`` in each mode, the fixed
+part of the overhead.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from ratio_ci import aim_line  # noqa: E402
+
+AIM = 1.10   # bwrap's evaluation time <= 1.10x the process mode's
 
 
 def settings(steps: int) -> dict:
@@ -31,12 +40,22 @@ def settings(steps: int) -> dict:
         return settings_from_cfg(compose(config_name="config", overrides=overrides))
 
 
+def report(times: dict[str, list[float]], sizes: int, steps: int) -> list[str]:
+    """The medians of each mode, the bwrap/process ratio (``ratio_ci.py``) with the aim decided from its CI, and the
+    bare ``python -c pass`` medians; ``times``: case -> seconds per interleaved round."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return [f"\nbaseline evaluation ({sizes} sizes x {steps} steps), median of {len(times['bwrap'])} interleaved rounds:",
+            f"  bwrap   {med['bwrap']:7.2f} s\n  process {med['process']:7.2f} s",
+            "  " + aim_line("overhead bwrap/process", times["bwrap"], times["process"], AIM),
+            f"  bare `python -c pass`: bwrap {med['bare bwrap'] * 1000:.0f} ms, process {med['bare process'] * 1000:.0f} ms"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
-    from agentforge.evals.speed import interleaved_medians
+    from agentforge.evals.speed import interleaved_times
     from agentforge.sandbox import SandboxLimits, require_sandbox, run_sandboxed
     from agentforge.scaling.evaluator import evaluate
     from agentforge.scaling.variants import variant_path
@@ -53,13 +72,9 @@ def main() -> int:
             raise SystemExit(f"error: the baseline failed under {mode}: {result['error']}")
         print(f"{mode:7s} run: loss_l {result.get('loss_l', float('nan')):.4f}", flush=True)
     modes = ("bwrap", "process")
-    med = interleaved_medians({**{m: lambda m=m: evaluation(m) for m in modes},
+    times = interleaved_times({**{m: lambda m=m: evaluation(m) for m in modes},
                                **{f"bare {m}": lambda m=m: bare(m) for m in modes}}, args.repeats, warmup=0)
-    med_bare = {m: med[f"bare {m}"] for m in modes}
-    print(f"\nbaseline evaluation ({len(cfg['sizes'])} sizes x {args.steps} steps), median of {args.repeats}:")
-    print(f"  bwrap   {med['bwrap']:7.2f} s\n  process {med['process']:7.2f} s")
-    print(f"  overhead ratio bwrap/process = {med['bwrap'] / med['process']:.3f} (aim <= 1.10)")
-    print(f"  bare `python -c pass`: bwrap {med_bare['bwrap'] * 1000:.0f} ms, process {med_bare['process'] * 1000:.0f} ms")
+    print("\n".join(report(times, len(cfg["sizes"]), args.steps)))
     return 0
 
 

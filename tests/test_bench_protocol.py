@@ -172,7 +172,8 @@ def test_defaults_give_at_least_seven_rounds():
     assert DEFAULT_ROUNDS >= 7
     for name, flag in (("bench_generation.py", "--repeats"), ("bench_throughput.py", "--steps"),
                        ("bench_bitnet.py", "--repeats"), ("bench_thoughts.py", "--repeats"),
-                       ("bench_thoughts.py", "--rl-repeats")):
+                       ("bench_thoughts.py", "--rl-repeats"), ("bench_codegen.py", "--repeats"),
+                       ("bench_eval.py", "--repeats"), ("bench_merge.py", "--repeats")):
         text = (REPO / "benchmarks" / name).read_text()
         assert re.search(rf'"{flag}", type=int, default=DEFAULT_ROUNDS', text), (name, flag)
 
@@ -219,3 +220,108 @@ def test_pipeline_prints_device_threads_cpu_time_and_load(monkeypatch, capsys):
                       r"\(user \+ system, [\d.]+ cores busy on average\); steps \(s\): cognate-m1 1\.0", out)
         assert m, out
     assert re.search(r"wall time hardware=cpu ÷ hardware=auto: [\d.]+", out)
+    # one round: a single ratio, no CI invented; two rounds: the uniform line (the range, flagged)
+    assert re.search(r"^ratio wall time hardware=cpu ÷ hardware=auto: \d+\.\d\d, n = 1 round: no CI exists at n = 1",
+                     out, re.M) and not RATIO.search(out)
+    monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--hardware", "cpu,auto", "--repeats", "2"])
+    bench_pipeline.main()
+    two = capsys.readouterr().out
+    assert re.search(r"^ratio wall time hardware=cpu ÷ hardware=auto: .* n = 2 rounds, under 6 rounds", two, re.M)
+    assert len(RATIO.findall(two)) == 1 and "(median of 2)" in two
+
+
+# --- the remaining ratios (merge, eval, codegen, optimizer, sandbox): one format, verdicts from the CI -------------
+
+# per-round ratios 1.0, 1.1, ..., 1.8 in a shuffled order: median 1.4; with n = 9 the sign-test 95 % CI is the 2nd and
+# 8th order statistics (k = 2: 1 - 2 P(Bin(9, 1/2) <= 1) = 1 - 20/512 = 0.961; k = 3 would give 0.820), [1.1, 1.7]
+R9 = [1.0 + 0.1 * i for i in (4, 0, 8, 2, 6, 1, 7, 3, 5)]
+CI_SHORT = re.compile(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]")
+
+
+def test_an_aim_is_met_or_missed_only_by_the_whole_ci():
+    from ratio_ci import aim_line, aim_verdict
+
+    assert aim_verdict(1.10, 1.25, 9, 1.3) == "met"
+    assert aim_verdict(1.10, 1.30, 9, 1.3) == "met"              # on the aim is within it
+    assert aim_verdict(1.31, 1.60, 9, 1.3) == "missed"
+    assert aim_verdict(1.20, 1.40, 9, 1.3) == "inconclusive (CI straddles the aim)"
+    assert aim_verdict(1.05, 1.20, 9, 1.10) == "inconclusive (CI straddles the aim)"
+    assert aim_verdict(1.00, 1.05, 5, 1.10).startswith("no verdict")   # 5 rounds: no 95 % CI, the range decides nothing
+    den = [0.5 * (i + 1) for i in range(9)]                             # per-round times that differ between rounds
+    num = [r * d for r, d in zip(R9, den)]
+    line = aim_line("x / y", num, den, 1.3)
+    assert RATIO.match(line) and "1.40  95% CI [1.10, 1.70] n = 9 rounds" in line, line
+    assert line.endswith("aim <= 1.30: inconclusive (CI straddles the aim)")
+    assert aim_line("x / y", num, den, 1.75).endswith(": met")          # 1.7 <= 1.75
+    assert aim_line("x / y", num, den, 1.05).endswith(": missed")       # 1.1 > 1.05
+
+
+def test_one_round_gives_no_ci():
+    from ratio_ci import ci_short, ratio_line
+
+    line = ratio_line("a / b", [3.0], [2.0])
+    assert line == "ratio a / b: 1.50, n = 1 round: no CI exists at n = 1 (one ratio, no spread to estimate one from)"
+    assert not RATIO.search(line) and ci_short([3.0], [2.0]) == "1.50 [no CI at n = 1]"
+
+
+def test_optimizer_and_sandbox_verdicts_come_from_the_ci():
+    import bench_optimizer
+    import bench_sandbox
+
+    step = {"adamw": [0.002] * 9, "muon_grokfast": [0.002 * r for r in R9]}
+    full = {"adamw": [0.1] * 10, "muon_grokfast": [0.105] * 10}
+    out = "\n".join(bench_optimizer.report(step, full))
+    assert len(RATIO.findall(out)) == 2, out
+    assert re.search(r"^ratio optimizer\.step muon_grokfast / adamw: 1\.40  95% CI \[1\.10, 1\.70\] n = 9 rounds .*"
+                     r"aim <= 1\.30: inconclusive \(CI straddles the aim\)$", out, re.M), out
+    assert re.search(r"^ratio whole train step muon_grokfast / adamw: 1\.05  95% CI \[1\.05, 1\.05\] n = 10 rounds", out, re.M)
+    times = {"process": [20.0] * 6, "bwrap": [20.0 * r for r in (1.0, 1.02, 0.97, 1.05, 1.01, 0.99)],
+             "bare process": [0.05] * 6, "bare bwrap": [0.1] * 6}
+    out = "\n".join(bench_sandbox.report(times, 4, 30))
+    assert re.search(r"^  ratio overhead bwrap/process: 1\.00  95% CI \[0\.97, 1\.05\] n = 6 rounds .*aim <= 1\.10: met$",
+                     out, re.M), out
+    times["bwrap"] = [20.0 * r for r in (1.12, 1.2, 1.15, 1.3, 1.11, 1.4)]
+    assert "aim <= 1.10: missed" in "\n".join(bench_sandbox.report(times, 4, 30))
+
+
+def test_optimizer_times_each_step_alone_in_rotating_rounds():
+    import time
+
+    from bench_optimizer import interleaved_steps
+
+    order = []
+    times = interleaved_steps({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                              lambda name: time.sleep(0.02), repeats=4, warmup=1)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]   # warm-up, then rounds rotating the order
+    assert all(len(ts) == 4 and max(ts) < 0.01 for ts in times.values())  # the 20 ms preparation is not timed
+
+
+def test_codegen_eval_and_merge_print_every_ratio_with_its_ci():
+    import bench_codegen
+    import bench_eval
+    import bench_merge
+
+    line = bench_codegen.speed_ratio_line({"cognate": [2.0] * 9, "gpt2_scratch": [0.2 * r for r in R9]},
+                                          {"cognate": 640, "gpt2_scratch": 640})
+    assert RATIO.match(line) and "ratio cognate / gpt2_scratch tokens/s: 0.14  95% CI [0.11, 0.17] n = 9" in line
+    times = {(m, k): [1.0] * 9 for m in ("base", "surgery") for k in ("lm", "arc")}
+    times["surgery", "arc"] = [1.0 / r for r in R9]                    # +surgery r x base's throughput
+    table = bench_eval.surgery_table(times, {"lm": 16, "arc": 4})
+    assert "n = 9 rounds" in table[0] and "95% CI" in table[0]
+    assert table[-1].split()[-3:] == ["1.40", "[1.10,", "1.70]"] and CI_SHORT.search(table[-2])
+    batching = bench_eval.batching_line("arc", 4, True, {"one": [0.5] * 3, "all": [0.5 / r for r in R9[:3]]})
+    assert batching.endswith("all 0.36 s (speed-up 1.40 [1.00, 1.80])"), batching   # ratios 1.4, 1.0, 1.8: the range
+    table = bench_merge.technique_table({"linear": [0.01] * 9, "ties": [0.01 * r for r in R9]})
+    assert "x linear: median of the per-round ratios [95% CI], n = 9 rounds" in table[0]
+    assert table[-1].split()[-3:] == ["1.40", "[1.10,", "1.70]"]
+    out = bench_merge.eval_line({"input": [0.5] * 9, "merged": [0.5 * r for r in R9]})
+    out += bench_merge.copy_line(R9, {1.0}, 5)
+    lines = RATIO.findall(out)
+    assert len(lines) == 2 and all("1.40  95% CI [1.10, 1.70] n = 9 rounds" in ln for ln in lines), out
+
+
+def test_optimizer_prints_its_ratios_and_verdict():
+    out = run("bench_optimizer.py", "--repeats", "6", "--batch", "1", "--seq", "8", timeout=120)
+    assert re.search(r"^ratio optimizer\.step muon_grokfast / adamw: .* n = 6 rounds .*; aim <= 1\.30: "
+                     r"(met|missed|inconclusive \(CI straddles the aim\))$", out, re.M), out
+    assert re.search(r"^ratio whole train step muon_grokfast / adamw: .* n = 3 rounds, under 6 rounds", out, re.M)
