@@ -19,7 +19,8 @@ its distribution-free 95 % CI and n (``ratio_ci.py``). The headline figure is th
 model does ~max_steps times the work per token, so tokens/s alone would not compare the kernels).
 ``--no-grad-steps K`` adds a third model, the same Cognate with ``no_grad_steps=K`` (TRM's cheaper recursion:
 the first K steps without gradients), to the interleaved timing, with its FLOPs and speed against the full one.
-Every model above steps with plain AdamW, so the figures compare models, not optimizers. ``--muon-grokfast`` adds the
+Every model above steps with plain AdamW, so the figures compare models, not optimizers (and, as
+``build_optimizer`` does for an optimizer without QK-clip, their attention layers skip the max-logit bookkeeping). ``--muon-grokfast`` adds the
 same Cognate model stepped as ``phase=cognate`` steps it: the default optimizer preset (``conf/optimizer/
 muon_grokfast.yaml``: Muon on the matrices, AdamW on the rest, the Grokfast filter, QK-clip) and gradient clipping at
 1.0 after the filter (``optim.clip_grad_norm_``), and prints its step time against the AdamW step; with ``--compile``
@@ -43,7 +44,7 @@ from agentforge.evals.flops import count_flops
 from agentforge.evals.speed import interleaved_times
 from agentforge.models import CognateConfig, CognateModel, graphs
 from agentforge.models.layers import Block, RMSNorm, rope_cache
-from agentforge.optim import build_optimizer, clip_grad_norm_
+from agentforge.optim import build_optimizer, clip_grad_norm_, record_max_logits
 from agentforge.training.trainer import compile_regions
 
 SIZES = {"tiny": dict(d_model=128, n_layers=2, n_heads=4, ffn_hidden=352, window=64),
@@ -104,8 +105,9 @@ class Runner:
         if phase_optimizer:  # what phase=cognate steps with by default (warm-up/cosine schedule left out: lr only)
             preset = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/optimizer/muon_grokfast.yaml"))
             self.opt, _ = build_optimizer(model, preset, total_steps=1000)
-        else:
+        else:  # no QK-clip: the max-logit bookkeeping off, as build_optimizer leaves it for such an optimizer
             self.opt = torch.optim.AdamW(model.parameters(), 1e-3)
+            record_max_logits(model, False)
         self.autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if device == "cuda" else contextlib.nullcontext
         self.flops = count_flops(lambda: self._loss().backward(), self.model)
         self.opt.zero_grad(set_to_none=True)

@@ -174,13 +174,29 @@ def clip_grad_norm_(optimizer, parameters, max_norm: float) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
+def record_max_logits(model: nn.Module, on: bool) -> None:
+    """Switch the attention layers' max-logit bookkeeping (``layers.max_logits``: a no-grad q·kᵀ reduction on every
+    train-mode pass) on or off: only QK-clip reads it, so an optimizer that does not clip should not pay for it
+    (measured on the CPU: ~5 % of a tiny Cognate training step)."""
+    for m in model.modules():
+        if hasattr(m, "record_max_logit"):
+            m.record_max_logit = on
+
+
+def clips(opt) -> bool:
+    """Whether ``opt`` runs QK-clip (and so reads the attention layers' max logits)."""
+    return bool(getattr(opt, "qk_clip", None) and getattr(opt, "attention_modules", ()))
+
+
 def build_optimizer(model: nn.Module, cfg: dict, total_steps: int):
-    """(optimizer, LambdaLR scheduler stepping per batch) for the ``optimizer`` config group.
+    """(optimizer, LambdaLR scheduler stepping per batch) for the ``optimizer`` config group; the model's
+    max-logit bookkeeping is on only when the optimizer runs QK-clip (``record_max_logits``).
 
     The LambdaLR multiplies every param group's own base lr (Muon's and AdamW's alike) by the same
     warmup-cosine factor (``warmup_from_zero``: the warmup starts at 0, see ``schedule.warmup_cosine``)."""
     check_config(cfg)
     opt = BUILDERS[cfg["name"]](model, cfg)
+    record_max_logits(model, clips(opt))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, partial(warmup_cosine, warmup_steps=cfg["warmup_steps"], total_steps=total_steps,
                      min_ratio=cfg["min_lr_ratio"], from_zero=bool(cfg.get("warmup_from_zero", False))))

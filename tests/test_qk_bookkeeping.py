@@ -1,0 +1,47 @@
+"""The attention layers' max-logit bookkeeping (``layers.max_logits``) runs only when the optimizer reads it:
+``build_optimizer`` switches it on for an optimizer that runs QK-clip and off for every other one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.optim import build_optimizer
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "optimizer"
+TINY = dict(d_model=32, n_layers=2, n_heads=2, ffn_hidden=64, window=16, max_steps=2)
+
+
+def _preset(name: str, **over) -> dict:
+    return {**OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml")), **over}
+
+
+@pytest.mark.parametrize("name, over, records", [
+    ("muon_grokfast", {}, True),                    # the default preset clips (qk_clip 30)
+    ("muon", {}, True),                             # Muon + QK-clip, no Grokfast
+    ("muon_grokfast", {"qk_clip": None}, False),    # clipping switched off
+    ("grokfast_adamw", {}, False),                  # never clips
+    ("adamw", {}, False),                           # plain torch AdamW
+])
+def test_max_logits_are_recorded_only_for_an_optimizer_that_clips(name, over, records):
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(**TINY)).train()
+    cfg = _preset(name, **over)
+    build_optimizer(model, cfg, total_steps=10)
+    attn = model.attention_modules()
+    assert [a.record_max_logit for a in attn] == [records] * len(attn)
+    ids = torch.randint(0, 200, (2, 12))
+    model(ids, ids).loss.backward()
+    recorded = torch.stack([a.max_logit for a in attn])
+    assert bool((recorded > 0).any()) == records    # a training pass fills the buffers only when clipping reads them
+
+
+def test_a_second_optimizer_without_clipping_turns_it_back_off():
+    model = CognateModel(CognateConfig(**TINY)).train()
+    build_optimizer(model, _preset("muon_grokfast"), total_steps=10)
+    assert all(a.record_max_logit for a in model.attention_modules())
+    build_optimizer(model, _preset("adamw"), total_steps=10)
+    assert not any(a.record_max_logit for a in model.attention_modules())
