@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from ratio_ci import DEFAULT_ROUNDS, ratio_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ratio_ci import DEFAULT_ROUNDS, ratio_line  # noqa: E402  (needs the repository on sys.path: it imports agentforge)
 
 from agentforge.artifacts import cognate_config_from
 from agentforge.codegen import models

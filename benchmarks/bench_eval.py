@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from ratio_ci import DEFAULT_ROUNDS, ci_header, ci_short
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ratio_ci import DEFAULT_ROUNDS, ci_header, ci_short  # noqa: E402  (needs the repository on sys.path: it imports agentforge)
 
 from agentforge.artifacts import cognate_config_from
 from agentforge.data.build import eval_sets

@@ -325,3 +325,15 @@ def test_optimizer_prints_its_ratios_and_verdict():
     assert re.search(r"^ratio optimizer\.step muon_grokfast / adamw: .* n = 6 rounds .*; aim <= 1\.30: "
                      r"(met|missed|inconclusive \(CI straddles the aim\))$", out, re.M), out
     assert re.search(r"^ratio whole train step muon_grokfast / adamw: .* n = 3 rounds, under 6 rounds", out, re.M)
+
+
+def test_benchmarks_import_the_project_only_after_putting_the_repository_on_sys_path():
+    """`python benchmarks/bench_x.py` must run from a plain checkout (no editable install): a script that inserts
+    the repository into sys.path imports agentforge (and ratio_ci, which imports agentforge) only after that."""
+    for path in sorted((REPO / "benchmarks").glob("bench_*.py")):
+        lines = path.read_text().splitlines()
+        insert = next((i for i, ln in enumerate(lines) if ln.startswith("sys.path.insert(")), None)
+        if insert is None:
+            continue
+        early = [ln for ln in lines[:insert] if re.match(r"(from|import) (agentforge|ratio_ci)\b", ln)]
+        assert not early, (path.name, early)

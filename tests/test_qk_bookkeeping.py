@@ -1,5 +1,6 @@
 """The attention layers' max-logit bookkeeping (``layers.max_logits``) runs only when the optimizer reads it:
-``build_optimizer`` switches it on for an optimizer that runs QK-clip and off for every other one."""
+``build_optimizer`` switches it on for an optimizer that runs QK-clip and off for every other one — in the Cognate
+model and in both grokking models (the paper's reference decoder and the project's blocks)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,6 +38,19 @@ def test_max_logits_are_recorded_only_for_an_optimizer_that_clips(name, over, re
     model(ids, ids).loss.backward()
     recorded = torch.stack([a.max_logit for a in attn])
     assert bool((recorded > 0).any()) == records    # a training pass fills the buffers only when clipping reads them
+
+
+@pytest.mark.parametrize("kind", ["reference", "project"])
+@pytest.mark.parametrize("name, records", [("adamw", False), ("muon_grokfast", True)])
+def test_the_grokking_models_follow_the_switch_too(kind, name, records):
+    from agentforge.models import grokking
+    torch.manual_seed(0)
+    model = grokking.MODELS[kind](11, d_model=32, n_layers=1, n_heads=2, ffn_hidden=64).train()
+    build_optimizer(model, _preset(name), total_steps=10)
+    attn = [m for m in model.modules() if hasattr(m, "record_max_logit")]
+    assert attn and all(a.record_max_logit == records for a in attn)
+    model(torch.randint(0, 11, (4, 2))).sum().backward()
+    assert all(bool((a.max_logit > 0).any()) == records for a in attn)
 
 
 def test_a_second_optimizer_without_clipping_turns_it_back_off():

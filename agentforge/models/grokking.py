@@ -113,6 +113,7 @@ class ReferenceAttention(nn.Module):
             nn.init.zeros_(lin.bias)
         nn.init.zeros_(self.o_proj.bias)
         self.register_buffer("max_logit", torch.zeros(n_heads), persistent=False)
+        self.record_max_logit = True   # off when the optimizer does not clip (optim.record_max_logits)
 
     def reset_max_logit(self) -> None:
         self.max_logit.zero_()
@@ -121,7 +122,7 @@ class ReferenceAttention(nn.Module):
         b, t, d = x.shape
         q, k, v = (proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        if self.training and torch.is_grad_enabled():
+        if self.record_max_logit and self.training and torch.is_grad_enabled():
             with torch.no_grad():  # a window of t: plain causal attention
                 self.max_logit.copy_(torch.maximum(self.max_logit, max_logits(q, k, t).to(self.max_logit)))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
