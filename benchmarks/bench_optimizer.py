@@ -17,7 +17,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,25 +39,6 @@ def load(path: str) -> dict:
 
 
 AIM = 1.3   # Muon-Grokfast's optimizer.step <= 1.3x AdamW's
-
-
-def interleaved_steps(steps: dict, prepare, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """name -> seconds of ``steps[name]()`` in each of ``repeats`` rounds, ``prepare(name)`` run untimed right before
-    each call; every name once per round, the order rotated each round (as ``evals.speed.interleaved_times``), so
-    index r is round r for every name and per-round ratios line up. ``warmup`` untimed rounds run first."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            prepare(name)
-            steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            prepare(name)
-            t0 = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def report(step: dict[str, list[float]], full: dict[str, list[float]]) -> list[str]:
@@ -99,7 +79,7 @@ def main() -> None:
         opts[name].zero_grad()
         twins[name](ids[:, :-1], ids[:, 1:]).loss.backward()
         opts[name].step()
-    step = interleaved_steps({n: opts[n].step for n in names}, set_grads, a.repeats, warmup=5)
+    step = interleaved_times({n: opts[n].step for n in names}, a.repeats, warmup=5, prepare=set_grads)
     full = interleaved_times({n: lambda n=n: train_step(n) for n in names}, max(a.repeats // 5, 3), warmup=2)
     print("\n".join(report(step, full)))
 

@@ -17,18 +17,23 @@ def interleaved_medians(cases: dict, repeats: int, warmup: int = 1, sync=None) -
     return {name: statistics.median(ts) for name, ts in interleaved_times(cases, repeats, warmup, sync).items()}
 
 
-def interleaved_times(cases: dict, repeats: int, warmup: int = 1, sync=None) -> dict[str, list[float]]:
+def interleaved_times(cases: dict, repeats: int, warmup: int = 1, sync=None, prepare=None) -> dict[str, list[float]]:
     """``interleaved_medians``' timings before the median: name -> the seconds of each round, in round order
-    (index r is round r for every case, so per-round ratios between cases line up)."""
+    (index r is round r for every case, so per-round ratios between cases line up). ``prepare(name)``, when given,
+    runs untimed right before every call of that case (warm-up rounds included), e.g. to restore its inputs."""
     names = list(cases)
     if not names or repeats < 1:
         raise ValueError(f"interleaved_medians needs cases and repeats >= 1 (got {len(names)} cases, {repeats})")
     for _ in range(warmup):
         for name in names:
+            if prepare is not None:
+                prepare(name)
             cases[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
+            if prepare is not None:
+                prepare(name)
             if sync is not None:
                 sync()
             t0 = time.perf_counter()
