@@ -59,3 +59,31 @@ def test_a_second_optimizer_without_clipping_turns_it_back_off():
     assert all(a.record_max_logit for a in model.attention_modules())
     build_optimizer(model, _preset("adamw"), total_steps=10)
     assert not any(a.record_max_logit for a in model.attention_modules())
+
+
+def test_the_kv_cache_decode_records_what_the_whole_sequence_forward_records():
+    """Quiet-STaR's RL step trains through KV-cache extensions (eval mode, autograd on): ``decode`` records the max
+    logit of its new positions against the cached keys, inside the window; over a prompt and two extensions that is
+    the whole sequence's max, which the explicit masked scores give by hand. Without autograd (sampling) nothing."""
+    from agentforge.models.layers import CausalSelfAttention, causal_window_mask, rope_cache
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, 2, window=4).eval()
+    cos, sin = rope_cache(10, 8, 10000.0)
+    x = torch.randn(2, 10, 16) * 3
+    q, k, _ = attn.qkv(x, cos, sin)
+    scores = (q @ k.transpose(-2, -1)).masked_fill(~causal_window_mask(10, 4), float("-inf")) / 8 ** 0.5
+    explicit = scores.amax(dim=(0, 2, 3))
+    attn(x, cos, sin)                                   # eval mode, autograd on: a training pass
+    whole = attn.max_logit.clone()
+    attn.reset_max_logit()
+    cache: dict = {}
+    for a, b in ((0, 3), (3, 4), (4, 10)):              # a prompt, one token, six tokens
+        attn.decode(x[:, a:b], cos[a:b], sin[a:b], cache)
+    torch.testing.assert_close(whole, explicit)
+    torch.testing.assert_close(attn.max_logit, explicit)
+    attn.reset_max_logit()
+    with torch.no_grad():
+        attn.decode(x[:, :3], cos[:3], sin[:3], {})
+        attn(x, cos, sin)
+    assert attn.max_logit.abs().sum() == 0              # inference records nothing

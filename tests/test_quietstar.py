@@ -91,6 +91,10 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     assert bsum["baking/accuracy_gain"] == pytest.approx(bsum["baking/final_accuracy"] - bsum["baking/initial_accuracy"])
     assert "baked: " in proc.stdout and "gain " in proc.stdout and "shuffled-prompt control" in proc.stdout
     assert not list((tmp_path / "outputs" / "artifacts" / "quietstar").glob("*.work"))   # the control's too
+    # both steps train in eval mode, and QK-clip (τ 30 / 25) reads the real max attention logit (it read 0 before)
+    for rows_ in (brows, rows):
+        logits = [r["optimizer/max_attention_logit"] for r in rows_ if "optimizer/max_attention_logit" in r]
+        assert logits and min(logits) > 0, logits
     summary_rl = next(r for r in rows if "anti_theater/final_correlation_n_informative" in r)
     assert summary_rl["anti_theater/final_correlation_n"] == summary_rl["anti_theater/final_correlation_n_informative"]
     checks = [r for r in rows if "anti_theater/divergence" in r]

@@ -100,7 +100,8 @@ def test_window_mask_hand_case():
 
 
 def test_max_logit_recorded_only_on_training_steps():
-    """Train-mode passes record, with autograd or without (a Cognate model's ``no_grad_steps``); eval passes and
+    """Train-mode passes record, with autograd or without (a Cognate model's ``no_grad_steps``), and so do eval-mode
+    passes with autograd (Quiet-STaR trains in eval mode); inference (eval mode, no autograd) and
     ``record_max_logit = False`` do not."""
     torch.manual_seed(0)
     attn = CausalSelfAttention(16, 2, 8)
@@ -109,8 +110,10 @@ def test_max_logit_recorded_only_on_training_steps():
     attn.eval()
     with torch.no_grad():
         attn(x, cos, sin)
+    assert attn.max_logit.abs().sum() == 0          # inference: nothing recorded
     attn(x, cos, sin)
-    assert attn.max_logit.abs().sum() == 0          # eval passes: nothing recorded
+    assert attn.max_logit.min() > 0                 # eval mode with autograd: a training pass, recorded
+    attn.reset_max_logit()
     attn.train()
     attn.record_max_logit = False
     attn(x, cos, sin)

@@ -3,13 +3,17 @@
 The attention runs through ``F.scaled_dot_product_attention`` (the fused CPU kernel; flash /
 memory-efficient kernels on GPU): ``is_causal`` when the sequence fits in the window, else a boolean
 sliding-window mask. MuonClip's QK-clip needs the largest pre-softmax logit of every head, which the
-fused kernels never materialize, so on training passes (module in train mode and ``record_max_logit``
-set) a separate no-grad reduction ``max_logits`` computes it exactly: q·kᵀ/√d in query chunks, each
-against only the keys its window reaches, masked, reduced with amax — no softmax, no backward, no host
+fused kernels never materialize, so on training passes (``record_max_logit`` set, and the module in train
+mode or autograd on) a separate no-grad reduction ``max_logits`` computes it exactly: q·kᵀ/√d in query chunks,
+each against only the keys its window reaches, masked, reduced with amax — no softmax, no backward, no host
 sync. Each module keeps the running max per head in ``max_logit`` until the optimizer reads and resets it.
 Train-mode passes without autograd record too: the recursion steps a Cognate model runs under
 ``no_grad_steps`` use the same W_q and W_k, and QK-clip must bound every logit those weights produce
-(it skipped them while recording needed autograd on). Eval passes and KV-cache decoding skip it.
+(it skipped them while recording needed autograd on). Eval-mode passes with autograd on record as well, through
+``forward`` and through the KV cache's ``decode`` (new positions against the cached keys): Quiet-STaR trains its
+model in eval mode (no memory writes), by full forwards (baking) and by differentiable KV-cache extensions (RL),
+and its optimizer presets clip (τ 30 / 25), which read nothing before. Inference (no autograd, eval mode) skips it;
+``optim.build_optimizer`` turns it off for an optimizer that does not clip.
 """
 from __future__ import annotations
 
@@ -86,19 +90,22 @@ def kept_window_mask(t: int, window: int, device, *, q_start: int = 0, k_start: 
 def max_logits(q: torch.Tensor, k: torch.Tensor, window: int, chunk: int = 128) -> torch.Tensor:
     """Per-head max over batch, queries and attended keys of the attention logits q·kᵀ/√d, [H].
 
-    q, k: [B, H, T, D] (after RoPE). Query block [s, e) can only reach keys [s - window + 1, e), so each
+    q: [B, H, T, D], k: [B, H, N, D] (after RoPE), N >= T: the queries are the last T of the N positions the keys
+    cover (N = T for a whole sequence; N > T for new positions after cached keys, ``decode``). Query block [s, e)
+    can only reach keys [s - window + 1, e) (positions counted from the first key), so each
     chunk multiplies B·H·chunk·(chunk + window - 1) logits instead of T²: the same numbers the explicit
     attention masks and softmaxes, without the softmax or a backward. Nothing leaves the device. The 1/√d
     comes after the max: rounding x/√d is monotone in x, so max(fl(x/√d)) = fl(max(x)/√d), bit for bit, and
     a chunk costs a matmul, a masked fill, an amax and a maximum (the masks are kept: ``kept_window_mask``)
     instead of a dozen ops — on a GPU each op is a launch, 32 calls per 25M training step."""
     t, scale = q.shape[-2], math.sqrt(q.shape[-1])
+    o = k.shape[-2] - t   # the first query's position
     best = None
     for s in range(0, t, chunk):
         e = min(s + chunk, t)
-        ks = max(0, s - window + 1)
-        scores = q[:, :, s:e] @ k[:, :, ks:e].transpose(-2, -1)
-        outside = kept_window_mask(e - s, window, q.device, q_start=s, k_start=ks, k_len=e - ks, outside=True)
+        ks = max(0, o + s - window + 1)
+        scores = q[:, :, s:e] @ k[:, :, ks:o + e].transpose(-2, -1)
+        outside = kept_window_mask(e - s, window, q.device, q_start=o + s, k_start=ks, k_len=o + e - ks, outside=True)
         m = scores.masked_fill(outside, float("-inf")).amax(dim=(0, 2, 3))
         best = m if best is None else torch.maximum(best, m)
     return best / scale
@@ -106,8 +113,8 @@ def max_logits(q: torch.Tensor, k: torch.Tensor, window: int, chunk: int = 128) 
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal attention over a sliding window (SDPA), recording each head's max logit on
-    train-mode passes, with or without autograd (see the module docstring; ``record_max_logit = False`` turns
-    the reduction off)."""
+    train-mode passes, with or without autograd, and on eval-mode passes with autograd (see the module docstring;
+    ``record_max_logit = False`` turns the reduction off)."""
 
     def __init__(self, d_model: int, n_heads: int, window: int):
         super().__init__()
@@ -124,6 +131,10 @@ class CausalSelfAttention(nn.Module):
     def reset_max_logit(self) -> None:
         self.max_logit.zero_()
 
+    def _record(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.max_logit.copy_(torch.maximum(self.max_logit, max_logits(q, k, self.window).to(self.max_logit)))
+
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Queries, keys (both rotated, in one ``apply_rope`` call) and values [B, H, T, D/H] of x [B, T, D]."""
         b, t, _ = x.shape
@@ -134,9 +145,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x, cos, sin)
-        if self.record_max_logit and self.training:  # no_grad passes too (no_grad_steps: same weights)
-            with torch.no_grad():
-                self.max_logit.copy_(torch.maximum(self.max_logit, max_logits(q, k, self.window).to(self.max_logit)))
+        if self.record_max_logit and (self.training or torch.is_grad_enabled()):  # a training pass (module docstring)
+            self._record(q, k)
         if t <= self.window:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -152,6 +162,8 @@ class CausalSelfAttention(nn.Module):
         past = cache.get("k")
         if past is not None:
             k, v = torch.cat([past, k], 2), torch.cat([cache["v"], v], 2)
+        if self.record_max_logit and torch.is_grad_enabled():   # a training extension (Quiet-STaR's RL step)
+            self._record(q, k)
         cache["k"], cache["v"] = k[:, :, -self.window:], v[:, :, -self.window:]
         if t == 1:  # one position: every cached key is in its window
             out = F.scaled_dot_product_attention(q, cache["k"], cache["v"])

@@ -24,6 +24,7 @@ import random
 import torch
 from torch.utils.data import DataLoader
 
+from agentforge.optim import record_max_logits
 from agentforge.reasoning import baking as bk
 from agentforge.training.lm_module import LMModule
 
@@ -49,6 +50,7 @@ class FrozenPair(LMModule):
         self.frozen, self.seed = frozen.eval(), seed
         for p in self.frozen.parameters():
             p.requires_grad_(False)
+        record_max_logits(self.frozen, False)   # no optimizer reads the frozen copy's attention logits
 
     def on_train_batch_start(self, batch, batch_idx):
         super().on_train_batch_start(batch, batch_idx)
