@@ -48,7 +48,7 @@ def machine_line() -> str:
 
     gpu = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no CUDA GPU visible"
     return (f"device: CPU, {os.cpu_count()} cores; {gpu}; torch threads {torch.get_num_threads()}; "
-            f"OMP_NUM_THREADS for the runs {os.environ.get('OMP_NUM_THREADS', 'unset')}")
+            f"OMP_NUM_THREADS for the runs {os.environ.get('OMP_NUM_THREADS') or 'unset'}")
 
 
 def load_text(load: tuple[float, float, float]) -> str:

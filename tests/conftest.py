@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -53,6 +54,29 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 300, env: dict | Non
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_in_process(overrides: list[str], tmp_path: Path, capsys, artifacts: Path | None = None) -> SimpleNamespace:
+    """What ``python -m agentforge OVERRIDES`` runs, in this process: ``main.run`` (the start-up checks, then the
+    phase) on the composed config (``compose_cfg``; ``paths.artifacts`` = ``artifacts`` when given), with no
+    interpreter or Lightning import to pay for; an error raises instead of exiting. Returns the phase's ``result``
+    and what it printed (``stdout``, ``stderr``). Each phase keeps real-CLI runs of its own; this is for the
+    further runs a test makes."""
+    from agentforge.main import run
+
+    cfg = compose_cfg(overrides, tmp_path)
+    if artifacts is not None:
+        with open_dict(cfg):
+            cfg.paths.artifacts = str(artifacts)
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as run_cli's OMP_NUM_THREADS=1, whatever an earlier test left
+    try:
+        result = run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr()
+    return SimpleNamespace(result=result, stdout=printed.out, stderr=printed.err)
+
+
 @pytest.fixture(scope="session")
 def cognate_artifacts(tmp_path_factory) -> Path:
     """Three tiny Cognate checkpoints trained by the real CLI; returns the artifacts dir."""
@@ -63,6 +87,14 @@ def cognate_artifacts(tmp_path_factory) -> Path:
     for i in (1, 2, 3):
         assert (art / "cognate" / f"model{i}" / "config.json").is_file()
     return art
+
+
+@pytest.fixture(scope="session")
+def openevolve_outputs(tmp_path_factory) -> Path:
+    """The AGENTFORGE_OUTPUTS of the tests that score the shipped ``matrix_mixer`` through openevolve/evaluator.py
+    with test_scaling.TINY_CLI: the first of them to run trains it in the sandbox (a cache miss, ~7 s), the
+    others get the same settings' cached entry."""
+    return tmp_path_factory.mktemp("openevolve_outputs")
 
 
 def autograd_nodes(t: torch.Tensor) -> list:

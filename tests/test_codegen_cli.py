@@ -80,6 +80,9 @@ def _dashboard_train_loss_is_cross_entropy(run_dir):
             assert r["train/objective"] > r["train/loss"] if name == "cognate" else r["train/objective"] == r["train/loss"]
 
 
+# ~5 s through the real CLI: in the slow tier; its refusals in process: the test below; the CLI's one error line for
+# a codegen setting: test_codegen_bad_setting_is_one_error_line_naming_the_key
+@pytest.mark.slow
 def test_codegen_bad_inputs_give_one_error_line(tmp_path):
     proc = run_cli(["phase=codegen", "logger=none"], tmp_path, timeout=120)
     assert proc.returncode != 0 and "error:" in proc.stderr and "data=python_code" in proc.stderr
@@ -87,6 +90,21 @@ def test_codegen_bad_inputs_give_one_error_line(tmp_path):
     from agentforge.data.formats import DatasetError
     from agentforge.main import run
 
+    with pytest.raises(DatasetError, match="missing.jsonl"):
+        run(compose_cfg(["phase=codegen", "data=python_code", "logger=none", "phase.benchmark=mbpp",
+                         f"phase.benchmark_path={tmp_path / 'missing.jsonl'}", f"phase.sandbox={MODE}"], tmp_path))
+    with pytest.raises(ConfigError, match="phase.top_p"):
+        run(compose_cfg(["phase=codegen", "data=python_code", "logger=none", "phase.top_p=0"], tmp_path))
+
+
+def test_codegen_bad_inputs_are_refused_in_process(tmp_path):
+    """The test above's refusals through ``main.run`` in this process: data other than python_code, a benchmark file
+    that is not there, a bad phase.top_p."""
+    from agentforge.data.formats import DatasetError
+    from agentforge.main import run
+
+    with pytest.raises(ConfigError, match="use data=python_code"):
+        run(compose_cfg(["phase=codegen", "logger=none"], tmp_path))
     with pytest.raises(DatasetError, match="missing.jsonl"):
         run(compose_cfg(["phase=codegen", "data=python_code", "logger=none", "phase.benchmark=mbpp",
                          f"phase.benchmark_path={tmp_path / 'missing.jsonl'}", f"phase.sandbox={MODE}"], tmp_path))

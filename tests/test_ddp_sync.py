@@ -33,7 +33,8 @@ def _rank(rank: int, port: int, out) -> None:
 
 def test_equal_replicas_have_zero_spread_and_a_drifted_rank_shows():
     out = mp.Manager().dict()
-    mp.spawn(_rank, args=(_free_port(), out), nprocs=2, join=True)
+    # forked, not spawned: a spawned rank re-imports torch and Lightning (~5 s each); the ranks' work is the same
+    mp.start_processes(_rank, args=(_free_port(), out), nprocs=2, join=True, start_method="fork")
     (equal0, drift0), (equal1, drift1) = out[0], out[1]
     assert equal0 == equal1 == 0.0
     # rank 1's bias[0] = b moved by 0.5: that tensor's sum differs by 0.5, its sum of squares by |b + 0.25|

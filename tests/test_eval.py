@@ -21,7 +21,7 @@ from agentforge.evals.answers import answers_match, extract_number
 from agentforge.evals.collect import check_gate, collect_metrics, summarize_jsonl
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.surgery import identity_gap, refinement_stats, wrap
-from tests.conftest import GSM8K_TEST, REPO, run_cli
+from tests.conftest import GSM8K_TEST, REPO, run_cli, run_in_process
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -298,16 +298,19 @@ EVAL_TINY = ["logger=none", "hardware=cpu", "phase.eval_examples=3", "phase.choi
              "data.batch_size=4"]
 
 
-def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path):
-    art = f"paths.artifacts={cognate_artifacts.parent / 'eval_e2e_artifacts'}"
+def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path, capsys):
+    art_dir = cognate_artifacts.parent / "eval_e2e_artifacts"
     ck = f"checkpoint={cognate_artifacts / 'cognate' / 'model1'}"
-    res_dir = cognate_artifacts.parent / "eval_e2e_artifacts" / "eval_results"
     out = {}
     for stage, extra in (("baseline", []), ("after_surgery", []), ("finetuned_vanilla", ["phase.finetune_steps=2"])):
-        proc = run_cli(["phase=eval", ck, f"stage={stage}", art, *EVAL_TINY, *extra], tmp_path)
+        args = ["phase=eval", ck, f"stage={stage}", *EVAL_TINY, *extra]
+        if stage != "finetuned_vanilla":   # in this process; the fine-tuned stage through the real CLI
+            out[stage] = run_in_process(args, tmp_path / stage, capsys, artifacts=art_dir).stdout
+            continue
+        proc = run_cli([*args, f"paths.artifacts={art_dir}"], tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[stage] = proc.stdout
-    r = {s: json.loads((res_dir / f"{s}_results.json").read_text())
+    r = {s: json.loads((art_dir / "eval_results" / f"{s}_results.json").read_text())
          for s in ("baseline", "after_surgery", "finetuned_vanilla")}
     b, a, f = r["baseline"]["metrics"], r["after_surgery"]["metrics"], r["finetuned_vanilla"]["metrics"]
     assert r["after_surgery"]["surgery"]["max_abs_logit_diff"] == 0.0 and r["after_surgery"]["surgery"]["identity_ok"]
@@ -328,13 +331,13 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path):
     per = r["baseline"]["per_example"]   # each choice question's chance rate, 1 / its choices
     assert len(per["arc_chance"]) == len(per["arc_correct"]) and set(per["piqa_chance"]) == {0.5}
     assert all(0 < c <= 0.5 for c in per["arc_chance"])
-    assert (cognate_artifacts.parent / "eval_e2e_artifacts" / "eval" / "finetuned_vanilla" / "config.json").is_file()
+    assert (art_dir / "eval" / "finetuned_vanilla" / "config.json").is_file()
 
-    proc = run_cli(["phase=compare", "stages=[baseline,after_surgery,finetuned_vanilla]", art, "logger=none",
-                    "phase.n_resamples=1000"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| perplexity | lower |" in proc.stdout and "verdict (finetuned_vanilla vs baseline)" in proc.stdout
-    run_dir = Path(next(line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("run_dir: ")))
+    # the comparison in this process too (phase=compare through the real CLI: test_compare_table.py)
+    ran = run_in_process(["phase=compare", "stages=[baseline,after_surgery,finetuned_vanilla]", "logger=none",
+                          "phase.n_resamples=1000"], tmp_path / "compare", capsys, artifacts=art_dir)
+    assert "| perplexity | lower |" in ran.stdout and "verdict (finetuned_vanilla vs baseline)" in ran.stdout
+    run_dir = Path(ran.result["run_dir"])
     stats = json.loads((run_dir / "compare" / "stats.json").read_text())
     assert stats["verdict"] == "INCONCLUSIVE"            # 3 examples: too few for any verdict
     assert stats["pass_at_1"]["pairing"] == "by example id" and not stats["pass_at_1"]["enough"]

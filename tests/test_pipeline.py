@@ -14,13 +14,13 @@ import pytest
 
 from agentforge.artifacts import load_any
 from agentforge.tracking.wandb_offline import find_offline_runs, read_offline_run
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, run_in_process
 
 COGNATE = ["phase.max_epochs=1", "phase.steps_per_epoch=3", "phase.val_rows=4", "phase.eval_examples=2",
            "phase.gen_tokens=4", "data.batch_size=4", "data.seq_len=32"]
 EVOMERGE = ["phase.population_size=4", "phase.generations=1", "phase.eval.rows=2", "phase.eval.seq_len=16",
             "phase.eval.choice_examples=2", "phase.eval.test_rows=8", "phase.eval.speed_seq_len=8",
-            "phase.eval.speed_repeats=1"]
+            "phase.eval.speed_repeats=1", "phase.eval.test_choice_examples=2", "phase.eval.bootstrap_resamples=200"]
 QUIETSTAR = ["phase.baking.epochs=1", "phase.baking.steps_per_epoch=2", "phase.baking.batch_size=2",
              "phase.baking.examples_per_strategy=1", "phase.baking.val_per_strategy=1", "phase.baking.sample_tokens=2",
              "phase.baking.usage_tokens=2", "phase.rl.num_episodes=2", "phase.rl.num_thoughts=2",
@@ -43,7 +43,7 @@ ARGS = ["phase=pipeline", "logger=none", "hardware=cpu", "phase.run_name=t", "ph
         _list("evomerge", EVOMERGE), _list("quietstar", QUIETSTAR), _list("bitnet", BITNET), _list("eval", EVAL)]
 
 
-def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_path):
+def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_path, monkeypatch, capsys):
     env = dict(os.environ, AGENTFORGE_OUTPUTS=str(tmp_path / "outputs"), OMP_NUM_THREADS="1")
     state = tmp_path / "outputs" / "pipeline" / "t" / "pipeline_state.json"
     proc = subprocess.Popen([sys.executable, "-m", "agentforge", *ARGS], cwd=tmp_path, env=env,
@@ -91,8 +91,14 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
     # every eval after BitNet); the skipped steps keep the time of the run that made their outputs
     changed = [a if not a.startswith("phase.overrides.bitnet=") else _list("bitnet", [*BITNET, "phase.gen_tokens=5"])
                for a in ARGS]
-    third = run_cli(changed, tmp_path, timeout=900)
-    assert third.returncode == 0, third.stderr[-3000:]
+    # run in this process (main.run; a run that returns is the CLI's exit 0), with the overrides Hydra forwards from
+    # ARGS to every step (the CLI runs above forward them: their skips depend on it) and the same outputs
+    from agentforge.phases import pipeline
+
+    monkeypatch.setenv("AGENTFORGE_OUTPUTS", str(tmp_path / "outputs"))
+    forwarded = [a for a in ARGS if not a.startswith(("phase", "paths"))]   # logger=none hardware=cpu
+    monkeypatch.setattr(pipeline, "_forwarded_overrides", lambda: forwarded)
+    third = run_in_process(changed, tmp_path, capsys)
     assert "quietstar: outputs complete, same settings and inputs, skipped" in third.stdout
     assert "bitnet: running (its settings differ from those its outputs were made with)" in third.stdout
     assert "eval-phase4_compressed: running (a step it reads from ran again (bitnet))" in third.stdout
@@ -156,7 +162,9 @@ def test_threshold_table_and_cognate_diversity_by_hand(tmp_path):
 
 
 @pytest.mark.parametrize("bad,message", [
-    ("phase.generation=1", "phase.generation: no such key"),
+    # ~5 s each through the real CLI: in the slow tier; the same refusal in process is the test below, and the CLI's
+    # one line, exit 2 and nothing written for a bad step override are test_errors_signals.py's (pipeline step cognate)
+    pytest.param("phase.generation=1", "phase.generation: no such key", marks=pytest.mark.slow),
     pytest.param("phase.generations=0", "phase.generations must be an integer >= 1, got 0", marks=pytest.mark.slow)])
 def test_a_bad_step_override_fails_before_any_step_runs(tmp_path, bad, message):
     """``phase.overrides.cognate=[...]`` is composed and checked with every other step's config up front: one error
@@ -169,6 +177,20 @@ def test_a_bad_step_override_fails_before_any_step_runs(tmp_path, bad, message):
     assert message in lines[0], proc.stderr[-2000:]
     assert ": running" not in proc.stdout and "ERROR" not in proc.stdout, proc.stdout[-2000:]
     assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]
+
+
+def test_a_misspelled_step_override_is_refused_before_any_step_runs(tmp_path, capsys):
+    """The test above's first case, through ``main.run`` in this process: a ConfigError naming the override list, the
+    step and the key, before any step ran or anything was written."""
+    from agentforge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run_in_process(["phase=pipeline", "phase.phases=[cognate,evomerge]", "phase.models=[m1]",
+                        "phase.overrides.evomerge=['phase.generation=1']", "logger=none"], tmp_path, capsys)
+    assert str(err.value).startswith("phase.overrides.evomerge (pipeline step evomerge): ")
+    assert "phase.generation: no such key" in str(err.value), str(err.value)
+    assert ": running" not in capsys.readouterr().out
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("arg,message", [("phase.phases=[cognate,foo]", "phase.phases must be a list of cognate, "),

@@ -200,14 +200,14 @@ def test_cache_version_changes_every_key():
         scaling_cache.CACHE_VERSION = saved
 
 
-def test_openevolve_never_sees_test_figures(tmp_path, monkeypatch):
+def test_openevolve_never_sees_test_figures(tmp_path, monkeypatch, openevolve_outputs):
     spec = importlib.util.spec_from_file_location("oe_eval_test_split", REPO / "openevolve" / "evaluator.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    monkeypatch.setenv("AGENTFORGE_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setenv("AGENTFORGE_OUTPUTS", str(openevolve_outputs))   # shared with test_scaling.py's entry-file test
     monkeypatch.setenv("AGENTFORGE_SCALING_OVERRIDES", " ".join(f"'{o}'" for o in TINY_CLI))
     program = str(variant_path("matrix_mixer"))
-    plain = mod.evaluate(program)  # a cache miss; a dict without OpenEvolve installed
+    plain = mod.evaluate(program)  # a cache miss unless that test scored it first; a dict without OpenEvolve installed
     from agentforge.phases import scaling
 
     full = scaling.evaluate_cfg(mod.compose_scaling_cfg(), variant_path("matrix_mixer"))  # the same, cached
