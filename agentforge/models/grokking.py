@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentforge.models.layers import Block, RMSNorm, max_logits, rope_cache
+from agentforge.models.layers import Block, RMSNorm, rope_cache, update_max_logit
 from agentforge.optim import build_optimizer
 
 OPERATIONS = {
@@ -123,8 +123,7 @@ class ReferenceAttention(nn.Module):
         q, k, v = (proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         if self.record_max_logit and self.training and torch.is_grad_enabled():
-            with torch.no_grad():  # a window of t: plain causal attention
-                self.max_logit.copy_(torch.maximum(self.max_logit, max_logits(q, k, t).to(self.max_logit)))
+            update_max_logit(self, q, k, t)   # a window of t: plain causal attention
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 

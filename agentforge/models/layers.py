@@ -111,6 +111,13 @@ def max_logits(q: torch.Tensor, k: torch.Tensor, window: int, chunk: int = 128) 
     return best / scale
 
 
+def update_max_logit(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, window: int) -> None:
+    """``attn.max_logit`` [H] <- the running max of it and this pass's ``max_logits`` (no autograd); shared by every
+    attention module QK-clip reads (this file's and the grokking reference decoder's)."""
+    with torch.no_grad():
+        attn.max_logit.copy_(torch.maximum(attn.max_logit, max_logits(q, k, window).to(attn.max_logit)))
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal attention over a sliding window (SDPA), recording each head's max logit on
     train-mode passes, with or without autograd, and on eval-mode passes with autograd (see the module docstring;
@@ -131,10 +138,6 @@ class CausalSelfAttention(nn.Module):
     def reset_max_logit(self) -> None:
         self.max_logit.zero_()
 
-    def _record(self, q: torch.Tensor, k: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.max_logit.copy_(torch.maximum(self.max_logit, max_logits(q, k, self.window).to(self.max_logit)))
-
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Queries, keys (both rotated, in one ``apply_rope`` call) and values [B, H, T, D/H] of x [B, T, D]."""
         b, t, _ = x.shape
@@ -146,7 +149,7 @@ class CausalSelfAttention(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x, cos, sin)
         if self.record_max_logit and (self.training or torch.is_grad_enabled()):  # a training pass (module docstring)
-            self._record(q, k)
+            update_max_logit(self, q, k, self.window)
         if t <= self.window:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -163,7 +166,7 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k, v = torch.cat([past, k], 2), torch.cat([cache["v"], v], 2)
         if self.record_max_logit and torch.is_grad_enabled():   # a training extension (Quiet-STaR's RL step)
-            self._record(q, k)
+            update_max_logit(self, q, k, self.window)
         cache["k"], cache["v"] = k[:, :, -self.window:], v[:, :, -self.window:]
         if t == 1:  # one position: every cached key is in its window
             out = F.scaled_dot_product_attention(q, cache["k"], cache["v"])

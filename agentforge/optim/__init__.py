@@ -176,7 +176,7 @@ def clip_grad_norm_(optimizer, parameters, max_norm: float) -> torch.Tensor:
 
 def record_max_logits(model: nn.Module, on: bool) -> None:
     """Switch the attention layers' max-logit bookkeeping (``layers.max_logits``: a no-grad q·kᵀ reduction on every
-    train-mode pass) on or off: only QK-clip reads it, so an optimizer that does not clip should not pay for it
+    training pass, see ``models/layers.py``) on or off: only QK-clip reads it, so an optimizer that does not clip should not pay for it
     (measured on the CPU: ~5 % of a tiny Cognate training step)."""
     for m in model.modules():
         if hasattr(m, "record_max_logit"):
