@@ -8,7 +8,8 @@ timed alone. Each ratio is the median of the per-round ratios with its 95 % CI a
     OMP_NUM_THREADS=1 python benchmarks/bench_optimizer.py [--repeats 50]
 
 Aim: Muon-Grokfast step <= 1.3x AdamW's, decided from the CI (met: the whole CI <= 1.3; missed: none of it;
-else inconclusive). Muon's Newton-Schulz iterations (5 x 3 matmuls per hidden matrix, torch.optim.Muon) cost
+else inconclusive). Also the same preset with ``optimizer.muon_impl=torch`` (torch.optim.Muon, matrix by matrix) against
+the default grouped Newton-Schulz (``optim/grouped_muon.py``). Muon's Newton-Schulz iterations (5 x 3 matmuls per hidden matrix) cost
 far more than AdamW's elementwise update on a CPU; the full-step ratio shows how much of a training step that is.
 """
 from __future__ import annotations
@@ -39,18 +40,21 @@ def load(path: str) -> dict:
 
 
 AIM = 1.3   # Muon-Grokfast's optimizer.step <= 1.3x AdamW's
+TORCH_MUON = "torch_muon"   # the same preset with optimizer.muon_impl=torch (torch.optim.Muon, matrix by matrix)
 
 
 def report(step: dict[str, list[float]], full: dict[str, list[float]]) -> list[str]:
     """The table (medians, ms) and the two ratios muon_grokfast / adamw (``ratio_ci.py``), the aim decided from the
     optimizer step's CI; ``step`` / ``full``: name -> seconds per interleaved round."""
-    ms = {n: (1e3 * statistics.median(step[n]), 1e3 * statistics.median(full[n])) for n in ("adamw", "muon_grokfast")}
+    ms = {n: (1e3 * statistics.median(step[n]), 1e3 * statistics.median(full[n])) for n in step}
     return [f"{'':<16}{'optimizer.step ms':>19}{'train step ms':>15}",
             *(f"{n:<16}{o:>19.2f}{f:>15.1f}" for n, (o, f) in ms.items()),
             f"optimizer.step timed alone (the gradients restored untimed before each step), medians of "
             f"{len(step['adamw'])} interleaved rounds; train steps medians of {len(full['adamw'])}",
             aim_line("optimizer.step muon_grokfast / adamw", step["muon_grokfast"], step["adamw"], AIM),
-            ratio_line("whole train step muon_grokfast / adamw", full["muon_grokfast"], full["adamw"])]
+            ratio_line("whole train step muon_grokfast / adamw", full["muon_grokfast"], full["adamw"]),
+            *([ratio_line(f"optimizer.step muon_grokfast, grouped Muon / {TORCH_MUON}", step["muon_grokfast"],
+                          step[TORCH_MUON])] if TORCH_MUON in step else [])]
 
 
 def main() -> None:
@@ -67,9 +71,11 @@ def main() -> None:
     model(ids[:, :-1], ids[:, 1:]).loss.backward()
     grads = [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
     print(f"Cognate m1 (size=tiny): {model.num_params():,} params; batch {a.batch} x {a.seq} tokens; 1 thread")
-    names = ("adamw", "muon_grokfast")
+    names = ("adamw", "muon_grokfast", TORCH_MUON)
     twins = {name: copy.deepcopy(model) for name in names}   # the same weights and gradients for each
-    opts = {name: build_optimizer(twins[name], load(f"conf/optimizer/{name}.yaml"), 1000)[0] for name in names}
+    presets = {"adamw": load("conf/optimizer/adamw.yaml"), "muon_grokfast": load("conf/optimizer/muon_grokfast.yaml"),
+               TORCH_MUON: {**load("conf/optimizer/muon_grokfast.yaml"), "muon_impl": "torch"}}
+    opts = {name: build_optimizer(twins[name], presets[name], 1000)[0] for name in names}
 
     def set_grads(name):  # Grokfast amplifies p.grad in place: every timed step starts from the same gradients
         for p, g in zip(twins[name].parameters(), grads):

@@ -63,7 +63,7 @@ def record_line(setting: str, wall_s: float, cpu_s: float, repeats: int, steps: 
             f"{cpu_s:.1f} s (user + system, {cpu_s / wall_s:.2f} cores busy on average); steps (s): {parts}")
 
 
-def run_pipeline(hardware: str, extra: list[str], steps: dict, cpu: list | None = None) -> None:
+def run_pipeline(hardware: str, extra: list[str], steps: dict, cpu: list | None = None, logs: Path | None = None) -> None:
     """One pipeline run with ``hardware=<hardware>`` in a fresh output dir; its per-step seconds appended to
     ``steps[name]``, the CPU seconds it used to ``cpu``. A failed run stops the benchmark with one error line."""
     before = children_cpu_s()
@@ -71,6 +71,10 @@ def run_pipeline(hardware: str, extra: list[str], steps: dict, cpu: list | None 
         env = dict(os.environ, AGENTFORGE_OUTPUTS=out, WANDB_MODE="offline")
         proc = subprocess.run([sys.executable, "-m", "agentforge", "phase=pipeline", f"hardware={hardware}", *extra],
                               cwd=ROOT, env=env, capture_output=True, text=True)
+        if logs is not None:   # the run's whole output (each phase's printed figures), one file per run
+            logs.mkdir(parents=True, exist_ok=True)
+            n = sum(1 for _ in logs.glob(f"pipeline_{hardware}_*.log"))
+            (logs / f"pipeline_{hardware}_{n + 1}.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
         if proc.returncode != 0:
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
             sys.exit(f"error: the pipeline with hardware={hardware} failed (exit {proc.returncode}): {tail[0]}")
@@ -86,13 +90,16 @@ def main() -> None:
     ap.add_argument("--hardware", default="auto",
                     help="comma-separated hardware settings, e.g. gpu,cpu (default auto: the README's command)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (each runs every setting once)")
+    ap.add_argument("--logs", type=Path, default=None,
+                    help="keep each run's stdout and stderr in this folder (pipeline_<hardware>_<n>.log)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides after --, passed to every run")
     args = ap.parse_args()
     settings = [h.strip() for h in args.hardware.split(",") if h.strip()]
     steps, cpu = {h: {} for h in settings}, {h: [] for h in settings}
     print(machine_line())
     load_before = os.getloadavg()
-    times = interleaved_times({h: (lambda h=h: run_pipeline(h, args.overrides, steps[h], cpu[h])) for h in settings},
+    times = interleaved_times({h: (lambda h=h: run_pipeline(h, args.overrides, steps[h], cpu[h], args.logs))
+                               for h in settings},
                               args.repeats, warmup=0)
     print(f"load average (1/5/15 min): before {load_text(load_before)}, after {load_text(os.getloadavg())}")
     for h in settings:

@@ -40,6 +40,7 @@ from omegaconf import OmegaConf
 from ratio_ci import DEFAULT_ROUNDS, ratio_line
 from torch import nn
 
+from agentforge.evals.compare import MIN_TIMING_ROUNDS, median_ci
 from agentforge.evals.flops import count_flops
 from agentforge.evals.speed import interleaved_times
 from agentforge.models import CognateConfig, CognateModel, graphs
@@ -95,7 +96,8 @@ def matmul_peak(device: str, reps: int = 10) -> float:
 class Runner:
     """One model, its optimizer and batch; ``step()`` is one training step."""
 
-    def __init__(self, model, batch, seq, device, compile_, cuda_graphs: bool = True, phase_optimizer: bool = False):
+    def __init__(self, model, batch, seq, device, compile_, cuda_graphs: bool = True, phase_optimizer: bool = False,
+                 muon_impl: str = "grouped"):
         torch.manual_seed(0)
         self.cuda_graphs = cuda_graphs
         self.model, self.device = model.to(device).train(), device
@@ -104,7 +106,7 @@ class Runner:
         self.clip = phase_optimizer
         if phase_optimizer:  # what phase=cognate steps with by default (warm-up/cosine schedule left out: lr only)
             preset = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/optimizer/muon_grokfast.yaml"))
-            self.opt, _ = build_optimizer(model, preset, total_steps=1000)
+            self.opt, _ = build_optimizer(model, {**preset, "muon_impl": muon_impl}, total_steps=1000)
         else:  # no QK-clip: the max-logit bookkeeping off, as build_optimizer leaves it for such an optimizer
             self.opt = torch.optim.AdamW(model.parameters(), 1e-3)
             record_max_logits(model, False)
@@ -133,6 +135,14 @@ class Runner:
         self.opt.zero_grad(set_to_none=True)
 
 
+def tokens_ci(tokens: int, step_s: list[float]) -> str:
+    """The distribution-free 95 % CI of the median tokens/s over the timed steps (``median_ci``), or why none."""
+    if len(step_s) < MIN_TIMING_ROUNDS:
+        return f"(no CI: {len(step_s)} < {MIN_TIMING_ROUNDS} steps)"
+    lo, hi = median_ci([tokens / t for t in step_s])
+    return f"tokens/s 95% CI [{lo:.0f}, {hi:.0f}]"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="tiny", choices=list(SIZES))
@@ -150,6 +160,9 @@ def main():
                     help="also time the Cognate model with its memory scan run eagerly (hardware.cuda_graphs=false)")
     ap.add_argument("--muon-grokfast", action="store_true",
                     help="also time the Cognate model stepped with the phase's default optimizer and gradient clipping")
+    ap.add_argument("--torch-muon", action="store_true",
+                    help="with --muon-grokfast: also step with torch.optim.Muon (optimizer.muon_impl=torch) beside the "
+                         "default grouped Newton-Schulz")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -176,6 +189,9 @@ def main():
         if a.compile:  # the whole training step as a compiled phase=cognate takes it (hardware.compile=true)
             runs["cognate, compiled, M-G"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, True,
                                                      phase_optimizer=True)
+        if a.torch_muon:  # what GroupedMuon buys: the same step with torch.optim.Muon, matrix by matrix
+            runs["M-G, torch Muon"] = Runner(CognateModel(cfg), a.batch, a.seq, a.device, a.compile,
+                                             phase_optimizer=True, muon_impl="torch")
     cheap = f"cognate, {a.no_grad_steps} no-grad"
     if a.no_grad_steps:
         runs[cheap] = Runner(CognateModel(dataclasses.replace(cfg, no_grad_steps=a.no_grad_steps)), a.batch, a.seq,
@@ -192,7 +208,7 @@ def main():
         dt = med[k]
         fps = r.flops / dt
         print(f"{k:22}: {tokens / dt:10.0f} tokens/s  {fps / 1e9:8.2f} GFLOP/s ({100 * fps / peak:5.1f}% of peak)"
-              f"  {r.flops / tokens / 1e6:.2f} MFLOP/token")
+              f"  {r.flops / tokens / 1e6:.2f} MFLOP/token  {tokens_ci(tokens, times[k])}")
     c, p = runs["cognate (3 steps)"], runs["plain transformer"]
     cog, plain = times["cognate (3 steps)"], times["plain transformer"]
     print(f"cognate/plain FLOP/token ratio {c.flops / p.flops:.2f} (counted, deterministic: not a timing)")
@@ -212,6 +228,9 @@ def main():
         if a.compile:
             print(ratio_line("Muon-Grokfast + clipping / AdamW step time (both compiled)", times["cognate, compiled, M-G"],
                              times["cognate, compiled"]))
+        if a.torch_muon:
+            mg = "cognate, compiled, M-G" if a.compile else "cognate, Muon-Grokfast"
+            print(ratio_line(f"{mg}: grouped Muon / torch.optim.Muon step time", times[mg], times["M-G, torch Muon"]))
     if a.no_grad_steps:
         g = runs[cheap]
         print(f"no_grad_steps={a.no_grad_steps} vs all steps with gradients: FLOPs per step {g.flops / c.flops:.2f}x")

@@ -205,7 +205,7 @@ def test_grokking_gives_no_verdict_when_a_run_reached_its_budget():
 
 
 def test_pipeline_prints_device_threads_cpu_time_and_load(monkeypatch, capsys):
-    def fake(hardware, extra, steps, cpu=None):   # a real child process, so RUSAGE_CHILDREN moves; no pipeline
+    def fake(hardware, extra, steps, cpu=None, logs=None):   # a real child process, so RUSAGE_CHILDREN moves; no pipeline
         before = bench_pipeline.children_cpu_s()
         subprocess.run([sys.executable, "-c", "sum(range(10**6))"], check=True)
         steps.setdefault("cognate-m1", []).append(1.0)

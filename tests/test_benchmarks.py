@@ -75,15 +75,19 @@ def test_bench_halting_on_a_tiny_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_pipeline_times_two_settings_and_prints_their_ratio():
+def test_bench_pipeline_times_two_settings_and_prints_their_ratio(tmp_path):
     """bench_pipeline.py runs the real pipeline (tiny overrides) once per setting in fresh output dirs and prints
-    each wall time, the per-step times from pipeline_state.json and the ratio of the two."""
+    each wall time, the per-step times from pipeline_state.json and the ratio of the two; ``--logs`` keeps each run's
+    output."""
     from tests.test_pipeline import ARGS
 
     extra = [a for a in ARGS if not a.startswith(("phase=", "hardware="))]
-    out = subprocess.run([sys.executable, "benchmarks/bench_pipeline.py", "--hardware", "cpu,auto", "--", *extra],
-                         cwd=REPO, capture_output=True, text=True, timeout=1200)
+    out = subprocess.run([sys.executable, "benchmarks/bench_pipeline.py", "--hardware", "cpu,auto", "--logs",
+                          str(tmp_path / "logs"), "--", *extra], cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-2000:]
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == ["pipeline_auto_1.log", "pipeline_cpu_1.log"]
+    assert "pipeline " in (tmp_path / "logs" / "pipeline_cpu_1.log").read_text()
     walls = {h: float(x) for h, x in re.findall(r"hardware=(\w+): pipeline wall time ([\d.]+) s", out.stdout)}
     assert set(walls) == {"cpu", "auto"} and all(w > 0 for w in walls.values())
     assert "cognate-m1" in out.stdout and "bitnet" in out.stdout

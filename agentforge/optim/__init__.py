@@ -115,6 +115,7 @@ def build_muon_grokfast(model: nn.Module, cfg: dict, *, use_muon: bool = True, u
         grokfast_window=int(cfg.get("grokfast_window", 100)),
         qk_clip=cfg.get("qk_clip") if use_qk_clip else None,
         weight_decay_mode=str(cfg.get("weight_decay_mode", "decoupled")),
+        muon_impl=str(cfg.get("muon_impl", "grouped")),
         attention_modules=attn() if callable(attn) and use_qk_clip else ())
 
 
@@ -159,6 +160,8 @@ def check_config(cfg: dict) -> None:
         bad("ns_steps", "an integer in [1, 99]")
     if cfg.get("adjust_lr_fn") not in (None, "original", "match_rms_adamw"):
         bad("adjust_lr_fn", "null, original or match_rms_adamw")
+    if cfg.get("muon_impl", "grouped") not in ("grouped", "torch"):
+        bad("muon_impl", "one of ['grouped', 'torch']")
     if cfg.get("adamw_lr") is not None and not (num(cfg["adamw_lr"]) and cfg["adamw_lr"] > 0):
         bad("adamw_lr", "null or a number > 0")
 

@@ -4,7 +4,9 @@ schedules every group and one ``state_dict`` saves (and resumes) all of its stat
 
 * Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks"; lr scaling
   "match_rms_adamw" from Liu et al. 2025, "Muon is Scalable for LLM Training"): momentum, Nesterov,
-  quintic Newton-Schulz orthogonalization. We use ``torch.optim.Muon`` itself, not a re-derivation.
+  quintic Newton-Schulz orthogonalization: ``torch.optim.Muon``'s update, by default through ``GroupedMuon``
+  (``grouped_muon.py``: the same-shape matrices in one batched Newton-Schulz; the same state and checkpoints),
+  or ``torch.optim.Muon`` itself (``muon_impl="torch"``).
 * AdamW (Loshchilov & Hutter 2019) via ``torch.optim.AdamW`` for embeddings, output heads, norms, biases.
 * Grokfast (Lee et al. 2024), see ``grokfast.py``; QK-clip (Kimi K2, 2025), see ``qk_clip.py``.
 
@@ -36,7 +38,10 @@ import math
 import torch
 
 from agentforge.optim.grokfast import count_dominated, ema_filter_, ma_filter_
+from agentforge.optim.grouped_muon import GroupedMuon
 from agentforge.optim.qk_clip import qk_clip_
+
+MUON_IMPLS = {"grouped": GroupedMuon, "torch": torch.optim.Muon}
 
 
 class MuonGrokfast(torch.optim.Optimizer):
@@ -45,18 +50,20 @@ class MuonGrokfast(torch.optim.Optimizer):
                  adjust_lr_fn: str | None = "match_rms_adamw", betas=(0.9, 0.95), eps: float = 1e-8,
                  grokfast: str = "ema", grokfast_alpha: float = 0.98, grokfast_lambda: float = 0.0,
                  grokfast_window: int = 100, qk_clip: float | None = None, attention_modules=(),
-                 weight_decay_mode: str = "decoupled"):
+                 weight_decay_mode: str = "decoupled", muon_impl: str = "grouped"):
         if grokfast not in ("ema", "ma", "none"):
             raise ValueError(f"optimizer.grokfast must be ema, ma or none, got {grokfast!r}")
         if weight_decay_mode not in ("decoupled", "coupled"):
             raise ValueError(f"optimizer.weight_decay_mode must be decoupled or coupled, got {weight_decay_mode!r}")
+        if muon_impl not in MUON_IMPLS:
+            raise ValueError(f"optimizer.muon_impl must be one of {sorted(MUON_IMPLS)}, got {muon_impl!r}")
         coupled = weight_decay_mode == "coupled"
         for kind, gs in (("muon", muon_groups), ("adamw", adamw_groups)):
             for g in gs:
                 wd = float(g.get("weight_decay", weight_decay))
                 g.update(kind=kind, l2=wd if coupled else 0.0, weight_decay=0.0 if coupled else wd)
-        self._muon = (torch.optim.Muon(muon_groups, lr=lr, momentum=momentum,
-                                       nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+        self._muon = (MUON_IMPLS[muon_impl](muon_groups, lr=lr, momentum=momentum,
+                                        nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
                       if muon_groups else None)
         self._adamw = (torch.optim.AdamW(adamw_groups, lr=lr if adamw_lr is None else adamw_lr, betas=tuple(betas),
                                          eps=eps, foreach=True)
