@@ -111,6 +111,37 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     assert "held-out accuracy, answered directly, without thoughts" in proc.stdout
     for k in ("rl/final_gsm8k_accuracy_test", "rl/final_arc_accuracy_test", "rl/improvement_over_baked_test"):
         assert "answered directly, without thoughts" in summary_rl[k], k
+    _part_times_cover_each_step(run_dir, art, proc.stdout)
+
+
+TIME_PARTS = {"baking": ["load", "data", "open", "evidence_before", "fit", "validation", "checkpoint", "control_fit",
+                         "control_eval", "evidence_after", "report", "save", "other"],
+              "rl": ["load", "data", "open", "accuracy", "anti_theater", "fit", "checkpoint", "report", "thinking_cost",
+                     "save", "other"]}
+
+
+def _part_times_cover_each_step(run_dir, art, stdout):
+    """Each step's W&B summary row and published metrics.json carry time/<part>_s for every part (>= 0) and
+    time/total_s; the parts and other sum to the total (every second in one part); one printed line per step and
+    one for the phase, whose step spans are at least the steps' own totals."""
+    lines = stdout.splitlines()
+    phase_line = next(x for x in lines if x.startswith("Quiet-STaR time (s): "))
+    spans = dict(p.rsplit(" ", 1) for p in phase_line.split(": ", 1)[1].split(" (total")[0].split(", "))
+    for step, sub, out in (("baking", "phase3-step1-baking", "baked"), ("rl", "phase3-step2-rl", "reasoning")):
+        rows, _ = _metrics(run_dir / sub)
+        t = next(r for r in rows if "time/total_s" in r)
+        assert [k for k in t if k.startswith("time/")] == [*[f"time/{p}_s" for p in TIME_PARTS[step]], "time/total_s"], t
+        parts = [t[f"time/{p}_s"] for p in TIME_PARTS[step]]
+        assert all(v >= 0 for v in parts) and t["time/total_s"] > 0, t
+        assert sum(parts) == pytest.approx(t["time/total_s"], rel=1e-9, abs=1e-9)   # the parts cover the step
+        assert sum(parts[:-1]) <= t["time/total_s"] + 1e-9
+        assert t["time/fit_s"] > 0 and t["time/save_s"] > 0
+        saved = json.loads((art / out / "metrics.json").read_text())
+        assert {k: saved[k] for k in t if k.startswith("time/")} == {k: v for k, v in t.items() if k.startswith("time/")}
+        line = next(x for x in lines if x.startswith(f"{step} time (s): "))
+        assert line == (f"{step} time (s): " + ", ".join(f"{p} {t[f'time/{p}_s']:.1f}" for p in TIME_PARTS[step])
+                        + f" (total {t['time/total_s']:.1f})")
+        assert float(spans[step]) >= round(t["time/total_s"], 1) - 0.1
 
 
 def _per_strategy_keys_are_measured_values(rows, run_dir):

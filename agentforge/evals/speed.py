@@ -1,6 +1,7 @@
 """Speed and memory measurements shared by every phase (fitness speed term, diversity, eval)."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -195,3 +196,70 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
         return False
+
+
+def cuda_sync() -> None:
+    """Wait for the CUDA work this process has queued; nothing where it has not used CUDA (the CPU: no sync)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class PartTimes:
+    """Wall seconds of the named parts of a run, from its construction (the run's start) to ``summary()``.
+
+    ``with times("fit"): ...`` adds the block's seconds to ``seconds["fit"]``; a name used again accumulates. Parts
+    nest exclusively: while an inner part runs the outer one is paused, so every second counts in one part at most
+    and the parts never sum past the total; what no part covers is ``other`` in ``summary``. A part whose block
+    raises still records its seconds up to the raise, and the exception propagates. Where this process has used
+    CUDA the device is synchronized at each part boundary, and only there, so a part's seconds include the kernels
+    it queued (on the CPU nothing is synchronized)."""
+
+    RESERVED = ("other", "total")
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.t0 = clock()
+        self.seconds: dict[str, float] = {}
+        self._open: list[list] = []   # [name, perf_counter when it last (re)started], innermost last
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if name in self.RESERVED:
+            raise ValueError(f"part name {name!r} is reserved for the summary")
+        now = self._now()
+        if self._open:   # the outer part pauses
+            outer = self._open[-1]
+            self.seconds[outer[0]] = self.seconds.get(outer[0], 0.0) + now - outer[1]
+        self.seconds.setdefault(name, 0.0)   # the summary lists the parts in the order they first started
+        self._open.append([name, now])
+        try:
+            yield self
+        finally:
+            now = self._now()
+            _, since = self._open.pop()
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+            if self._open:   # the outer part resumes
+                self._open[-1][1] = now
+
+    def _now(self) -> float:
+        cuda_sync()
+        return self.clock()
+
+    def summary(self, prefix: str = "time/") -> dict[str, float]:
+        """``{prefix}<part>_s`` for each part in the order the parts first started, then ``{prefix}other_s`` (the
+        seconds no part covered) and ``{prefix}total_s`` (since construction); the parts and other sum to the total.
+        A part still open counts up to now."""
+        now = self._now()
+        total, parts = now - self.t0, dict(self.seconds)
+        if self._open:   # the innermost open part runs (the outer ones are paused, their seconds already added)
+            name, since = self._open[-1]
+            parts[name] = parts.get(name, 0.0) + now - since
+        parts["other"] = max(0.0, total - sum(parts.values()))
+        return {**{f"{prefix}{k}_s": v for k, v in parts.items()}, f"{prefix}total_s": total}
+
+    @staticmethod
+    def line(summary: dict[str, float], label: str = "", prefix: str = "time/") -> str:
+        """One line of a ``summary``: '[label ]time (s): load 1.2, fit 8.3, other 0.2 (total 9.7)'."""
+        items = [(k[len(prefix):-2], v) for k, v in summary.items() if k.startswith(prefix) and k.endswith("_s")]
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in items if k != "total")
+        return f"{label + ' ' if label else ''}time (s): {parts} (total {summary[prefix + 'total_s']:.1f})"

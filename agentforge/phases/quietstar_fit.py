@@ -8,17 +8,32 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from agentforge.evals.speed import PartTimes
 from agentforge.phases.cognate import fingerprint
 from agentforge.training.resume import resume_path, start_work_dir
 from agentforge.training.trainer import EpochCheckpoint, build_trainer
 
 
-def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int, clip: float):
+class TimedEpochCheckpoint(EpochCheckpoint):
+    """``EpochCheckpoint`` whose saves are the part ``checkpoint`` of ``times`` (``evals.speed.PartTimes``)."""
+
+    def __init__(self, path, fingerprint, times: PartTimes):
+        super().__init__(path, fingerprint)
+        self.times = times
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        with self.times("checkpoint"):
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int, clip: float,
+             times: PartTimes | None = None):
     """Train ``module`` with the shared ``build_trainer``: an epoch checkpoint in ``{out_dir}.work``, resumed
     (``ckpt_path``, as Cognate) when it belongs to the same config and input — the fingerprint stored IN the
     checkpoint decides, and its weights must fit ``module`` (``training/resume.py``); starting fresh, the stale
     ``last.ckpt`` is removed first. Returns (trainer, hours). ``ctx`` None: no loggers (with the run's, a second
-    Trainer would log its steps over the first's)."""
+    Trainer would log its steps over the first's). ``times``: the epoch checkpoints' saves are its part
+    ``checkpoint``."""
     work = work_dir(out_dir)
     fp = hashlib.sha256(f"{fingerprint(cfg)} {step} {input_digest(src)}".encode()).hexdigest()[:16]
     resume = resume_path(cfg.get("ckpt_path"), work, fp, expected=module.state_dict())
@@ -26,7 +41,8 @@ def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int,
         print(f"resuming from {resume}")
     start_work_dir(work, fp, resume)
     trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers if ctx else False,
-                            callbacks=[EpochCheckpoint(work / "last.ckpt", fp)], max_epochs=epochs,
+                            callbacks=[EpochCheckpoint(work / "last.ckpt", fp) if times is None
+                                       else TimedEpochCheckpoint(work / "last.ckpt", fp, times)], max_epochs=epochs,
                             default_root_dir=ctx.run_dir if ctx else work, gradient_clip_val=clip or None, enable_checkpointing=False)
     t0 = time.perf_counter()
     trainer.fit(module, ckpt_path=resume)

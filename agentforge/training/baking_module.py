@@ -19,6 +19,7 @@ their mean under ``baking/val_accuracy``; the per-strategy thresholds (the strat
 """
 from __future__ import annotations
 
+import contextlib
 import random
 
 import torch
@@ -42,7 +43,12 @@ class FrozenPair(LMModule):
     """An LMModule whose ``model`` is trained against a frozen ``frozen`` copy (teacher / reference), run
     in eval mode: the Cognate model has no dropout, so gradients are unchanged, but its surprise memory
     is not written, so the long-term memory bank stays the input's (a write would move the student away
-    from the frozen model for reasons no gradient can correct)."""
+    from the frozen model for reasons no gradient can correct).
+
+    ``part_times`` (an ``evals.speed.PartTimes``, set by the phase; None: untimed) times the module's evaluations
+    as parts of the step (``part``)."""
+
+    part_times = None
 
     def __init__(self, model, frozen, optim_cfg: dict, total_steps: int, on_nonfinite: str, seed: int,
                  inject_nan_at_step: int | None = None):
@@ -51,6 +57,10 @@ class FrozenPair(LMModule):
         for p in self.frozen.parameters():
             p.requires_grad_(False)
         record_max_logits(self.frozen, False)   # no optimizer reads the frozen copy's attention logits
+
+    def part(self, name: str):
+        """``part_times(name)``, or a no-op context where the module is not timed."""
+        return contextlib.nullcontext() if self.part_times is None else self.part_times(name)
 
     def on_train_batch_start(self, batch, batch_idx):
         super().on_train_batch_start(batch, batch_idx)
@@ -119,7 +129,8 @@ class BakingModule(FrozenPair):
         pass
 
     def validation_step(self, batch, batch_idx):
-        ev = bk.bake_eval(self.model, self.frozen, self.val_pairs, self.prompts, self.b)
+        with self.part("validation"):
+            ev = bk.bake_eval(self.model, self.frozen, self.val_pairs, self.prompts, self.b)
         self.last_eval = ev
         self.log_dict({**{f"baking/val_accuracy_{k}": v["agreement"] for k, v in ev["per"].items()},
                        "baking/val_loss": ev["val_loss"], "baking/val_accuracy": ev["overall"],

@@ -65,9 +65,11 @@ class QuietStarModule(FrozenPair):
 
     def check(self, episode: int) -> dict:
         """Anti-theater check and task accuracy at ``episode`` (the same held-out windows and draw each time)."""
-        res = evaluate(self.model, self.head, self.frozen, self.eval_windows.to(self.device), self.tc, self.tids,
-                       torch.Generator().manual_seed(self.seed + 2))
-        res.update(episode=episode, **task_accuracy(self.model, self.tok, self.evals, int(self.r.gen_tokens)))
+        with self.part("anti_theater"):
+            res = evaluate(self.model, self.head, self.frozen, self.eval_windows.to(self.device), self.tc, self.tids,
+                           torch.Generator().manual_seed(self.seed + 2))
+        with self.part("accuracy"):
+            res.update(episode=episode, **task_accuracy(self.model, self.tok, self.evals, int(self.r.gen_tokens)))
         return res
 
     # -- data: the count of episodes per epoch --------------------------------------------------------------
