@@ -70,7 +70,7 @@ prof() {  # prof <timeout> <name> <agentforge args...>: the phase under cProfile
 }
 full() {  # full <name> <timeout> <agentforge args...>: a phase run, its whole output kept in $out/<name>.log
     local name="$1" limit="$2"; shift 2
-    step "$limit" bash -c '"$0" -m agentforge "$@" > "'"$out/$name"'.log" 2>&1; rc=$?; grep -E "^time \(s\)|^baked:|^reasoning:|^error" "'"$out/$name"'.log"; exit $rc' "$PY" "$@"
+    step "$limit" bash -c '"$0" -m agentforge "$@" > "'"$out/$name"'.log" 2>&1; rc=$?; grep -E "time \(s\)|^baked:|^reasoning:|^error" "'"$out/$name"'.log"; exit $rc' "$PY" "$@"
 }
 if [ "$part" = parts ]; then
   step 100 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or compile_regions" tests/test_grouped_muon.py tests/test_speed.py tests/test_memory_graph.py tests/test_decode_graph.py tests/test_compile.py tests/test_cli.py
