@@ -159,6 +159,48 @@ def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     # final/train_loss: the last epoch's mean train/loss (cross-entropy), not the objective
     assert metrics["final/train_loss"] == pytest.approx(sum(losses[-3:]) / 3, rel=1e-5)
     assert metrics["final/total_params"] == sum(p.numel() for p in model.parameters())
+    _part_times_cover_the_phase(run.summary, metrics, proc.stdout)
+
+
+# seq_len 32 holds no recall item: no recall_check
+TIME_PARTS = ["setup", "open", "fit", "validation", "task_accuracy", "checkpoint", "report", "held_out", "save", "latency",
+              "ablations", "halting_check", "diversity_rows", "other"]
+
+
+def _part_times_cover_the_phase(summary: dict, metrics: dict, stdout: str):
+    """time/<part>_s (each >= 0, in the order the parts first started), time/other_s and time/total_s in the published
+    metrics.json, the same in the W&B summary; the parts and other sum to the total; the printed line; the devices."""
+    t = {k: v for k, v in metrics.items() if k.startswith("time/")}
+    assert list(t) == [*[f"time/{p}_s" for p in TIME_PARTS], "time/total_s", "time/fit_device", "time/eval_device"], t
+    parts = [t[f"time/{p}_s"] for p in TIME_PARTS]
+    assert all(v >= 0 for v in parts) and t["time/fit_s"] > 0 and t["time/validation_s"] > 0, t
+    assert sum(parts) == pytest.approx(t["time/total_s"], rel=1e-9, abs=1e-9)   # every second in one part
+    assert {k: summary[k] for k in t} == t
+    assert t["time/fit_device"] == t["time/eval_device"] == "cpu"
+    assert ("Cognate model1 time (s): " + ", ".join(f"{p} {t[f'time/{p}_s']:.1f}" for p in TIME_PARTS)
+            + f" (total {t['time/total_s']:.1f})") in stdout.splitlines()
+    assert "Cognate model1 devices: fit on cpu, evaluations after it on cpu" in stdout.splitlines()
+    assert "Cognate model1 closing the run (loggers, W&B finish): " in stdout
+
+
+def test_devices_line_says_why_the_evaluations_ran_on_the_cpu():
+    line = cognate.devices_line({"time/fit_device": "cuda:0", "time/eval_device": "cpu"}, "Cognate model1")
+    assert line.startswith("Cognate model1 devices: fit on cuda:0, evaluations after it on cpu (Lightning moved")
+
+
+def test_timed_validation_is_a_part_and_a_raising_loop_is_closed():
+    from agentforge.evals.speed import PartTimes
+    from agentforge.training.part_callbacks import TimedValidation
+
+    clock = iter(range(100)).__next__
+    times = PartTimes(clock)   # t0 = 0
+    cb = TimedValidation(times)
+    with times("fit"):                      # 1
+        cb.on_validation_start(None, None)  # 2
+        cb.on_validation_end(None, None)    # 3
+        cb.on_validation_start(None, None)  # 4
+        cb.on_exception(None, None, RuntimeError())   # 5: the loop raised
+    assert times.seconds == {"fit": 3, "validation": 2} and not times._open   # the fit closed at 6
 
 
 def test_multirun_makes_three_runs_and_three_checkpoints(cognate_artifacts):

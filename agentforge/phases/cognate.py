@@ -7,9 +7,20 @@ Outputs: ``{artifacts}/cognate/model{id}/`` (model.safetensors, config.json, met
 directory (same checkpoint, tables, plots, metrics.jsonl). A killed run resumes from
 ``{artifacts}/cognate/model{id}.work/last.ckpt`` when the same command is run again — only a checkpoint that this
 config wrote and whose weights fit the model (``training/resume.py``: ``resume_path``, ``ckpt_path``).
+
+Where its wall time goes (``evals.speed.PartTimes``, the CUDA device synchronized at part boundaries only):
+``time/<part>_s``, ``time/other_s`` and ``time/total_s`` in its run's summary, its metrics.json and one printed line
+(``tracking.part_times.report_times``). Parts: setup (config, model, data, resume check), open (the run and its
+loggers), fit (the training steps), inside it validation (the loss), task_accuracy (the held-out GSM8K / ARC / PIQA
+answers, ``TaskAccuracyCallback``) and checkpoint (``training/part_callbacks.py``), then report (summary, tables,
+charts, artifacts) and in it held_out, save, latency, ablations, halting_check, recall_check, diversity_rows.
+``time/fit_device`` and ``time/eval_device`` (also printed): where the fit ran and where the evaluations after it
+ran; Lightning's teardown moves the model to the CPU when the fit ends and the phase does not move it back, so with
+hardware=gpu they run on the CPU. A last line gives what closing the run (W&B's finish) took.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -29,7 +40,7 @@ from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.evals.diversity import PER_ROW_KEY as DIVERSITY_ROWS
 from agentforge.evals.diversity import per_row_features
 from agentforge.evals.flops import counting_flops
-from agentforge.evals.speed import forward_latency_ms
+from agentforge.evals.speed import PartTimes, forward_latency_ms
 from agentforge.io import write_json_atomic
 from agentforge.models import CognateModel
 from agentforge.models.ablation import (
@@ -51,9 +62,11 @@ from agentforge.tracking.callbacks import (
     TaskAccuracyCallback,
     ThroughputCallback,
 )
+from agentforge.tracking.part_times import closing_line, report_times
 from agentforge.training.lm_module import LMModule
+from agentforge.training.part_callbacks import TimedEpochCheckpoint, TimedValidation
 from agentforge.training.resume import resume_path, start_work_dir
-from agentforge.training.trainer import EpochCheckpoint, build_trainer
+from agentforge.training.trainer import build_trainer
 
 RULES = PHASE_RULES["cognate"]
 
@@ -70,48 +83,71 @@ def fingerprint(cfg) -> str:
 
 
 def run(cfg) -> dict:
-    p, m = cfg.phase, cfg.model
-    stages = OmegaConf.to_container(p.curriculum, resolve=True)
-    validate_curriculum(stages)
-    model_id = int(m.model_id)
-    tokenizer = ByteTokenizer()
-    model = CognateModel(cognate_config_from(OmegaConf.to_container(m, resolve=True), RESERVED_VOCAB))
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = build_datamodule(data_cfg, tokenizer, stages=stages, seed=int(cfg.seed), steps_per_epoch=int(p.steps_per_epoch),
-                          val_rows=int(p.val_rows), dataset_weights=OmegaConf.to_container(m.dataset_weights))
-    evals = eval_sets(data_cfg, int(cfg.seed), int(p.eval_examples))
-    total_steps = int(p.max_epochs) * int(p.steps_per_epoch)
-    module = LMModule(model, OmegaConf.to_container(cfg.optimizer, resolve=True), total_steps, str(p.on_nonfinite),
-                      inject_nan_at_step=p.get("inject_nan_at_step"))
-    out_dir = model_dir(Path(cfg.paths.artifacts).absolute(), model_id)
-    work_dir = out_dir.with_name(out_dir.name + ".work")
-    fp = fingerprint(cfg)
-    # the checkpoint's own fingerprint and its weights' names and shapes decide (training/resume.py), before the run
-    resume = resume_path(cfg.get("ckpt_path"), work_dir, fp, expected=module.state_dict())
-    tags = ["phase1", "cognate", f"model{model_id}", "pretraining"]
-    with run_context(cfg, run_name=f"phase1-cognate-model{model_id}", group="phase1-cognate", tags=tags,
-                     job_type="cognate") as ctx:
-        print(f"Cognate model{model_id} ({m.role}): {model.num_params():,} parameters; run dir {ctx.run_dir}")
-        if resume:
-            print(f"resuming from {resume}")
-        start_work_dir(work_dir, fp, resume)  # starting fresh: the stale last.ckpt goes before the new fingerprint
-        task_cb = TaskAccuracyCallback(tokenizer, evals, int(p.gen_tokens))
-        usage_cb = MemoryUsageCallback()
-        callbacks = [EarlyStopping(monitor="val/loss", patience=int(p.early_stopping_patience), mode="min"),
-                     ThroughputCallback(), EpochTimeCallback(), CurriculumCallback(ctx.tracker), task_cb, usage_cb,
-                     EpochCheckpoint(work_dir / "last.ckpt", fp)]
-        trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers,
-                                callbacks=callbacks, max_epochs=int(p.max_epochs), default_root_dir=ctx.run_dir,
-                                gradient_clip_val=float(p.gradient_clip) or None, enable_checkpointing=False)
-        t0 = time.perf_counter()
-        trainer.fit(module, datamodule=dm, ckpt_path=resume)
-        train_hours = (time.perf_counter() - t0) / 3600
+    times = PartTimes()   # where the phase's wall time goes (module docstring), from here to its report
+    with times("setup"):   # the config, the tokenizer, the model, the data, the module, the resume check
+        p, m = cfg.phase, cfg.model
+        stages = OmegaConf.to_container(p.curriculum, resolve=True)
+        validate_curriculum(stages)
+        model_id = int(m.model_id)
+        tokenizer = ByteTokenizer()
+        model = CognateModel(cognate_config_from(OmegaConf.to_container(m, resolve=True), RESERVED_VOCAB))
+        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+        dm = build_datamodule(data_cfg, tokenizer, stages=stages, seed=int(cfg.seed),
+                              steps_per_epoch=int(p.steps_per_epoch), val_rows=int(p.val_rows),
+                              dataset_weights=OmegaConf.to_container(m.dataset_weights))
+        evals = eval_sets(data_cfg, int(cfg.seed), int(p.eval_examples))
+        total_steps = int(p.max_epochs) * int(p.steps_per_epoch)
+        module = LMModule(model, OmegaConf.to_container(cfg.optimizer, resolve=True), total_steps, str(p.on_nonfinite),
+                          inject_nan_at_step=p.get("inject_nan_at_step"))
+        out_dir = model_dir(Path(cfg.paths.artifacts).absolute(), model_id)
+        work_dir = out_dir.with_name(out_dir.name + ".work")
+        fp = fingerprint(cfg)
+        # the checkpoint's own fingerprint and its weights' names and shapes decide (training/resume.py), before the run
+        resume = resume_path(cfg.get("ckpt_path"), work_dir, fp, expected=module.state_dict())
+    tags, label = ["phase1", "cognate", f"model{model_id}", "pretraining"], f"Cognate model{model_id}"
+    with contextlib.ExitStack() as stack:
+        with times("open"):   # seeds, run dir, config files, the loggers (W&B's init)
+            ctx = stack.enter_context(run_context(cfg, run_name=f"phase1-cognate-model{model_id}",
+                                                  group="phase1-cognate", tags=tags, job_type="cognate"))
+        print(f"{label} ({m.role}): {model.num_params():,} parameters; run dir {ctx.run_dir}")
+        with times("fit"):   # less its validation loops and epoch checkpoints: parts of their own
+            if resume:
+                print(f"resuming from {resume}")
+            start_work_dir(work_dir, fp, resume)  # starting fresh: the stale last.ckpt goes before the new fingerprint
+            task_cb = TaskAccuracyCallback(tokenizer, evals, int(p.gen_tokens), times)
+            usage_cb = MemoryUsageCallback()
+            callbacks = [EarlyStopping(monitor="val/loss", patience=int(p.early_stopping_patience), mode="min"),
+                         ThroughputCallback(), EpochTimeCallback(), CurriculumCallback(ctx.tracker), task_cb, usage_cb,
+                         TimedEpochCheckpoint(work_dir / "last.ckpt", fp, times), TimedValidation(times)]
+            trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers,
+                                    callbacks=callbacks, max_epochs=int(p.max_epochs), default_root_dir=ctx.run_dir,
+                                    gradient_clip_val=float(p.gradient_clip) or None, enable_checkpointing=False)
+            t0 = time.perf_counter()
+            trainer.fit(module, datamodule=dm, ckpt_path=resume)
+            train_hours = (time.perf_counter() - t0) / 3600
         if not trainer.is_global_zero:
             return {}
         model.eval()
-        result = finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_hours, out_dir)
-        shutil.rmtree(work_dir, ignore_errors=True)  # finished: nothing left to resume
-        return result
+        # Lightning's teardown moves the module to the CPU when fit ends; finalize evaluates the model where it is
+        devices = {"time/fit_device": str(trainer.strategy.root_device),
+                   "time/eval_device": str(next(model.parameters()).device)}
+        with times("report"):   # its evaluations and the save and publish: parts of their own
+            result = finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_hours, out_dir, times)
+        with times("save"):
+            shutil.rmtree(work_dir, ignore_errors=True)  # finished: nothing left to resume
+        reported = report_times(ctx, times, label, result.pop("files"), devices)
+        print(devices_line(devices, label))
+        result["metrics"].update(reported)
+    print(closing_line(times, reported, label))
+    return result
+
+
+def devices_line(devices: dict, label: str) -> str:
+    """Where the fit ran and where the evaluations after it ran (``time/fit_device``, ``time/eval_device``)."""
+    fit, ev = devices["time/fit_device"], devices["time/eval_device"]
+    why = (" (Lightning moved the model to the CPU when the fit ended; the phase evaluates it there)"
+           if fit != ev else "")
+    return f"{label} devices: fit on {fit}, evaluations after it on {ev}{why}"
 
 
 class MemoryUsageCallback(Callback):
@@ -127,17 +163,24 @@ class MemoryUsageCallback(Callback):
             self.snapshots.append((u / u.sum().clamp(min=1e-9)).tolist())
 
 
-def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_hours, out_dir: Path) -> dict:
-    """Final metrics, the checkpoint export, the tables, charts and artifacts of the seed's Phase 1."""
+def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_hours, out_dir: Path,
+             times: PartTimes) -> dict:
+    """Final metrics, the checkpoint export, the tables, charts and artifacts of the seed's Phase 1; each evaluation
+    and the save and publish are parts of ``times``. Returns {checkpoint, run_dir, metrics, files: its metrics.json,
+    in the run dir and published}."""
     tr, model_id = ctx.tracker, int(cfg.model.model_id)
-    val_rows = dm.val_rows_tensor()
-    halting, compute = held_out_figures(model, val_rows)
-    accs = task_cb.last or task_cb.compute(model)
+    with times("held_out"):   # halting steps, memory usage and FLOPs on the held-out rows, halting on and off
+        val_rows = dm.val_rows_tensor()
+        halting, compute = held_out_figures(model, val_rows)
+    accs = task_cb.last or task_cb.compute(model)   # the last validation's, unless none ran (resumed, no epoch left)
     val_loss = module.history["val_loss"][-1] if module.history["val_loss"] else float("nan")
     ckpt_dir = ctx.run_dir / "checkpoints" / f"model{model_id}"
     meta = {"phase": "cognate", "model_id": model_id, "role": str(cfg.model.role), "params": model.num_params()}
-    save_model(ckpt_dir, model, tokenizer, meta)
+    with times("save"):
+        save_model(ckpt_dir, model, tokenizer, meta)
     size_mb = (ckpt_dir / "model.safetensors").stat().st_size / 2**20
+    with times("latency"):
+        latency_ms = forward_latency_ms(model, int(cfg.data.seq_len), vocab=256)
     final = {
         "final/train_loss": module.history["train_loss"][-1] if module.history["train_loss"] else float("nan"),
         "final/val_loss": val_loss,
@@ -150,27 +193,30 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         "final/total_params": model.num_params(),
         "diversity/avg_halting_steps": float(halting.mean()),
         **compute,
-        "diversity/inference_time_ms": forward_latency_ms(model, int(cfg.data.seq_len), vocab=256),
+        "diversity/inference_time_ms": latency_ms,
         "act/halting_steps_std": float(halting.std()),
         **{f"act/halting_share_step{n}": float((halting == n).float().mean())
            for n in range(1, model.config.max_steps + 1)},
     }
     t_abl = time.perf_counter()
-    final.update(ablations(model, val_rows, seed=int(cfg.seed)))
-    rows, hard, easy = computation_rows(int(cfg.phase.get("halting_rows", 64)), int(cfg.data.seq_len), int(cfg.seed),
-                                        tokenizer)
-    final.update(halting_by_task(token_scores(model, rows)["steps"], hard, easy, seed=int(cfg.seed)))
+    with times("ablations"):
+        final.update(ablations(model, val_rows, seed=int(cfg.seed)))
+    with times("halting_check"):   # computed digits vs letters
+        rows, hard, easy = computation_rows(int(cfg.phase.get("halting_rows", 64)), int(cfg.data.seq_len),
+                                            int(cfg.seed), tokenizer)
+        final.update(halting_by_task(token_scores(model, rows)["steps"], hard, easy, seed=int(cfg.seed)))
     # the repeat lies beyond ONE attention window, not beyond the backbone's reach (stacked layers and recursion
     # steps: recall_scope), so the memory-off delta is what the trained model gets from its memory, not a
     # capability only the memory has; a gap past the reach would not fit the default 128-token rows
     gap = model.config.window + 8
     recall_note = None
     if recall_fits(int(cfg.data.seq_len), gap):
-        rec_rows, rec_mask = recall_rows(int(cfg.phase.get("recall_rows", 64)), int(cfg.data.seq_len), int(cfg.seed),
-                                         "val", gap=gap, tokenizer=tokenizer)
-        final.update(recall_memory(model, rec_rows, rec_mask, seed=int(cfg.seed)))
-        recall_note, scope = recall_scope(model.config, gap)
-        final.update(scope)
+        with times("recall_check"):
+            rec_rows, rec_mask = recall_rows(int(cfg.phase.get("recall_rows", 64)), int(cfg.data.seq_len),
+                                             int(cfg.seed), "val", gap=gap, tokenizer=tokenizer)
+            final.update(recall_memory(model, rec_rows, rec_mask, seed=int(cfg.seed)))
+            recall_note, scope = recall_scope(model.config, gap)
+            final.update(scope)
     else:
         print(f"recall ablation skipped: data.seq_len={cfg.data.seq_len} cannot hold a repeat {gap} characters "
               f"apart (beyond one {model.config.window}-token attention window)")
@@ -181,9 +227,11 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
             print(f"warning: the DDP ranks ended with different weights (largest spread of a tensor's sum or sum of "
                   f"squares {module.rank_weight_spread:.3g}); the checkpoint is rank 0's")
     tr.summary(final)
-    # each held-out row measured alone, for the CI of the Phase 1 diversity (evals.diversity); not a summary key
-    write_json_atomic(ckpt_dir / "metrics.json", {**final, DIVERSITY_ROWS: per_row_features(model, val_rows)})
-    publish(ckpt_dir, out_dir)
+    with times("diversity_rows"):   # each held-out row measured alone, for the CI of the Phase 1 diversity
+        per_row = per_row_features(model, val_rows)   # (evals.diversity); not a summary key
+    with times("save"):
+        write_json_atomic(ckpt_dir / "metrics.json", {**final, DIVERSITY_ROWS: per_row})
+        publish(ckpt_dir, out_dir)
     # charts
     h = module.history
     loss_png = plots.line_plot(ctx.run_dir / "plots" / "loss_curve.png", [e + 1 for e in h["epoch"]],
@@ -215,7 +263,8 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
     if recall_note:
         print(recall_note)
     print(halting_summary(final, model.config.max_steps))
-    return {"checkpoint": str(out_dir), "run_dir": str(ctx.run_dir), "metrics": final}
+    return {"checkpoint": str(out_dir), "run_dir": str(ctx.run_dir), "metrics": final,
+            "files": [ckpt_dir / "metrics.json", out_dir / "metrics.json"]}
 
 
 def diversity_table(tr, cognate_root: Path) -> None:

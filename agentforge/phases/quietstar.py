@@ -20,7 +20,7 @@ model in eval mode (the memory bank held fixed, see ``FrozenPair``).
 
 Each step times its parts (``evals.speed.PartTimes``; the CUDA device synchronized at part boundaries only) and
 reports them as ``time/<part>_s``, ``time/other_s`` and ``time/total_s`` in its run's summary and metrics.json and
-as one printed line (``quietstar_report.report_times``). Baking: load, data, open (the run and its loggers),
+as one printed line (``tracking.part_times.report_times``). Baking: load, data, open (the run and its loggers),
 evidence_before, fit (less its validation and epoch checkpoints), control_fit, control_eval, evidence_after, report,
 save. RL: load, data, open, accuracy (the held-out accuracies: the baked model's and each check's), anti_theater
 (each check), fit (the episodes), checkpoint, thinking_cost, report, save. A last line times the whole phase.
@@ -44,7 +44,7 @@ from agentforge.evals.speed import PartTimes
 from agentforge.io import CheckpointError, pipeline_copy_hint
 from agentforge.phases.context import run_context
 from agentforge.phases.quietstar_fit import fit_step, work_dir
-from agentforge.phases.quietstar_report import finish_baking, finish_rl, phase_times_line, report_times
+from agentforge.phases.quietstar_report import finish_baking, finish_rl, phase_times_line
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.reasoning import baking as bk
 from agentforge.reasoning.rl import ThoughtConfig, check_sizes, sample_windows
@@ -63,6 +63,7 @@ from agentforge.reasoning.tokens import (
     add_reasoning_tokens,
     resize_vocab,
 )
+from agentforge.tracking.part_times import report_times
 from agentforge.training.baking_module import BakingModule
 from agentforge.training.rl_module import QuietStarModule, check_metrics, task_accuracy
 

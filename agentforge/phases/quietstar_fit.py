@@ -10,20 +10,9 @@ from omegaconf import OmegaConf
 
 from agentforge.evals.speed import PartTimes
 from agentforge.phases.cognate import fingerprint
+from agentforge.training.part_callbacks import TimedEpochCheckpoint
 from agentforge.training.resume import resume_path, start_work_dir
 from agentforge.training.trainer import EpochCheckpoint, build_trainer
-
-
-class TimedEpochCheckpoint(EpochCheckpoint):
-    """``EpochCheckpoint`` whose saves are the part ``checkpoint`` of ``times`` (``evals.speed.PartTimes``)."""
-
-    def __init__(self, path, fingerprint, times: PartTimes):
-        super().__init__(path, fingerprint)
-        self.times = times
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        with self.times("checkpoint"):
-            super().on_train_epoch_end(trainer, pl_module)
 
 
 def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int, clip: float,

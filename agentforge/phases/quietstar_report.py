@@ -1,10 +1,9 @@
 """What each Quiet-STaR step writes when it ends (``phases/quietstar.py``): its summary, tables, charts and published
-checkpoint, and where its wall time went (``evals.speed.PartTimes``: ``time/<part>_s`` in its W&B summary, its
-metrics.json and one printed line per step; one more line for the whole phase)."""
+checkpoint; where its wall time went is reported by ``tracking.part_times.report_times`` (``time/<part>_s`` in its W&B
+summary, its metrics.json and one printed line per step), and the whole phase's line here (``phase_times_line``)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from agentforge.artifacts import publish, save_model
 from agentforge.evals.speed import PartTimes
@@ -13,18 +12,6 @@ from agentforge.reasoning import baking_evidence as be
 from agentforge.reasoning import measures
 from agentforge.reasoning.tokens import THINK_END, THINK_START
 from agentforge.tracking import plots
-
-
-def report_times(ctx, times: PartTimes, label: str, files: list[Path]) -> dict:
-    """The step's part times, from loading its input to now (its last act in its run, after publishing): logged to
-    its run's summary, added to ``files`` (its metrics.json, in the run dir and published) and printed as one line.
-    Closing the run (the loggers, W&B's finish) comes after, so only the phase's line counts it."""
-    summary = times.summary()
-    ctx.tracker.summary(summary)
-    for f in files:
-        write_json_atomic(f, {**json.loads(f.read_text()), **summary})
-    print(PartTimes.line(summary, label))
-    return summary
 
 
 def phase_times_line(phase: PartTimes, steps: dict[str, dict]) -> str:

@@ -1,6 +1,7 @@
 """Lightning callbacks that log the seed's system/*, time/*, curriculum/* and val/*_accuracy keys."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -82,13 +83,18 @@ class CurriculumCallback(L.Callback):
 
 class TaskAccuracyCallback(L.Callback):
     """val/gsm8k_accuracy (greedy generation), val/arc_easy_accuracy and val/piqa_accuracy (choice
-    log-likelihood) on held-out examples at the end of each validation."""
+    log-likelihood) on held-out examples at the end of each validation. ``times`` (an ``evals.speed.PartTimes``;
+    None: untimed): each ``compute`` is its part ``task_accuracy``."""
 
-    def __init__(self, tokenizer, eval_sets: dict[str, list[dict]], gen_tokens: int):
-        self.tokenizer, self.eval_sets, self.gen_tokens = tokenizer, eval_sets, gen_tokens
+    def __init__(self, tokenizer, eval_sets: dict[str, list[dict]], gen_tokens: int, times=None):
+        self.tokenizer, self.eval_sets, self.gen_tokens, self.times = tokenizer, eval_sets, gen_tokens, times
         self.last: dict[str, float] = {}
 
     def compute(self, model) -> dict[str, float]:
+        with contextlib.nullcontext() if self.times is None else self.times("task_accuracy"):
+            return self._compute(model)
+
+    def _compute(self, model) -> dict[str, float]:
         was_training = model.training
         model.eval()
         try:

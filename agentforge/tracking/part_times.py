@@ -1,0 +1,32 @@
+"""Reporting where a phase's wall time went (its ``evals.speed.PartTimes``): ``time/<part>_s``, ``time/other_s`` and
+``time/total_s`` in its run's summary and its metrics.json files and as one printed line (Cognate, each Quiet-STaR
+step), and, once its run is closed, what closing it took."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agentforge.evals.speed import PartTimes
+from agentforge.io import write_json_atomic
+
+
+def report_times(ctx, times: PartTimes, label: str, files: list[Path], extra: dict | None = None) -> dict:
+    """The part times, from the start of ``times`` to now (the last act in the run, after publishing): logged to the
+    run's summary (``ctx.tracker``), added to ``files`` (its metrics.json, in the run dir and published) and printed as
+    one line (``PartTimes.line``); ``extra`` (e.g. the devices the parts ran on) is logged and written with them.
+    Closing the run (the loggers, W&B's finish) comes after, so only a line printed later can count it
+    (``closing_line``). Returns what it logged."""
+    summary = {**times.summary(), **(extra or {})}
+    ctx.tracker.summary(summary)
+    for f in files:
+        write_json_atomic(f, {**json.loads(f.read_text()), **summary})
+    print(PartTimes.line(summary, label))
+    return summary
+
+
+def closing_line(times: PartTimes, reported: dict, label: str) -> str:
+    """Printed once the run is closed: the seconds since ``reported`` (``report_times``' summary), i.e. closing the
+    run, and the total so far of ``times``."""
+    total = times.summary()["time/total_s"]
+    return (f"{label} closing the run (loggers, W&B finish): {total - reported['time/total_s']:.1f} s after its "
+            f"report (total {total:.1f})")
