@@ -242,6 +242,7 @@ def test_batched_reread_has_the_chunk_loops_outputs_and_gradients(t, persist):
     for g, ref in zip(grads, ref_grads):
         torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)
     assert grads[1].abs() > 0                               # beta (log_beta, the first parameter) gets a gradient
-    if t > 16:                                              # the point: a few autograd nodes, not ~20 per chunk
-        assert 3 * len(autograd_nodes(out)) < len(autograd_nodes(ref_out))
+    if t > 16:  # the point: a few autograd nodes, not ~15 per chunk (53 against 148 and 232 here; the chunk loop
+        # had ~20 per chunk, 204 at t = 23, before its reads went to bmm directly, so the factor was 3)
+        assert 2.5 * len(autograd_nodes(out)) < len(autograd_nodes(ref_out))
 

@@ -170,10 +170,13 @@ class CognateModel(nn.Module):
 
     def _halt(self, z, last: bool, cum, not_halted, halted):
         """The halting rule after one step: (lambda [B, T], cumulative p, prod_{j<=n} (1 - lambda_j), the tokens that
-        halt now); lambda is 1 at the ``last`` step and the head reads z detached (it learns on its own loss)."""
-        lam = torch.ones_like(cum) if last else torch.sigmoid(self.halt_head(z.detach()).squeeze(-1))
+        halt now); the head reads z detached (it learns on its own loss). At the ``last`` step lambda is 1, every
+        running token halts and the two sums come back as they were (nothing reads them after the last step)."""
+        if last:  # every token still running halts; the running sums are not read after the last step
+            return torch.ones_like(cum), cum, not_halted, ~halted
+        lam = torch.sigmoid(self.halt_head(z.detach()).squeeze(-1))
         cum = cum + lam * not_halted
-        stop = (cum >= self.config.act_threshold) | last if self._halting else last
+        stop = cum >= self.config.act_threshold if self._halting else False
         return lam, cum, not_halted * (1 - lam), ~halted & stop
 
     def _step_rows(self, z, e, t, rows: torch.Tensor | None):
@@ -212,7 +215,7 @@ class CognateModel(nn.Module):
             lam, cum, not_halted, halts_now = self._halt(z, last, cum, not_halted, halted)
             lambdas.append(lam)
             output = torch.where(halts_now[..., None], z, output)
-            steps = torch.where(halts_now, float(n + 1), steps)
+            steps = steps.masked_fill(halts_now, n + 1)
             halted = halted | halts_now
             if targets is not None:
                 step_logits = self.lm_head(self.norm(z))
