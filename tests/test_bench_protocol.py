@@ -277,6 +277,11 @@ def test_optimizer_and_sandbox_verdicts_come_from_the_ci():
     assert re.search(r"^ratio optimizer\.step muon_grokfast / adamw: 1\.40  95% CI \[1\.10, 1\.70\] n = 9 rounds .*"
                      r"aim <= 1\.30: inconclusive \(CI straddles the aim\)$", out, re.M), out
     assert re.search(r"^ratio whole train step muon_grokfast / adamw: 1\.05  95% CI \[1\.05, 1\.05\] n = 10 rounds", out, re.M)
+    step[bench_optimizer.TORCH_MUON], full[bench_optimizer.TORCH_MUON] = [0.0025] * 9, [0.11] * 10
+    out = "\n".join(bench_optimizer.report(step, full))
+    assert re.search(r"^ratio optimizer\.step muon_grokfast, grouped Muon / torch_muon: 1\.12  95% CI \[0\.88, 1\.36\] "
+                     r"n = 9 rounds", out, re.M), out
+    assert re.search(r"^torch_muon\s+2\.50\s+110\.0$", out, re.M), out
     times = {"process": [20.0] * 6, "bwrap": [20.0 * r for r in (1.0, 1.02, 0.97, 1.05, 1.01, 0.99)],
              "bare process": [0.05] * 6, "bare bwrap": [0.1] * 6}
     out = "\n".join(bench_sandbox.report(times, 4, 30))
@@ -284,6 +289,17 @@ def test_optimizer_and_sandbox_verdicts_come_from_the_ci():
                      out, re.M), out
     times["bwrap"] = [20.0 * r for r in (1.12, 1.2, 1.15, 1.3, 1.11, 1.4)]
     assert "aim <= 1.10: missed" in "\n".join(bench_sandbox.report(times, 4, 30))
+
+
+def test_throughput_tokens_per_second_ci_is_the_medians_order_statistic_interval():
+    """bench_throughput's per-model tokens/s CI: ``median_ci`` of tokens / step time; under 6 steps none."""
+    from agentforge.evals.compare import median_ci
+
+    steps = [0.5, 0.4, 0.25, 0.2, 0.8, 0.3, 0.35, 1.0, 0.45]
+    lo, hi = median_ci([100 / t for t in steps])
+    assert bench_throughput.tokens_ci(100, steps) == f"tokens/s 95% CI [{lo:.0f}, {hi:.0f}]"
+    assert (lo, hi) == (125.0, 400.0)   # 9 values: the 2nd and 8th order statistics of 100/t
+    assert bench_throughput.tokens_ci(100, steps[:5]) == "(no CI: 5 < 6 steps)"
 
 
 def test_optimizer_times_each_step_alone_in_rotating_rounds(monkeypatch):
