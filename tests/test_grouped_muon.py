@@ -5,14 +5,13 @@ import copy
 
 import pytest
 import torch
+from torch.optim._muon import _zeropower_via_newtonschulz
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from agentforge.errors import ConfigError
 from agentforge.models import CognateModel
 from agentforge.models.cognate import CognateConfig
 from agentforge.optim import build_optimizer
-from torch.optim._muon import _zeropower_via_newtonschulz
-
 from agentforge.optim.grouped_muon import GroupedMuon, newton_schulz_batched
 
 SHAPES = [(8, 8)] * 3 + [(12, 6)] * 2 + [(6, 12)] * 2 + [(5, 3)]   # square, tall, wide, a lone shape
