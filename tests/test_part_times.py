@@ -1,0 +1,110 @@
+"""evals.speed.PartTimes: the phases' per-part wall times (exclusive nesting, parts + other = total, CUDA synced at
+part boundaries only), on a fake clock."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_part_times_sequential_parts_accumulate_and_other_is_the_rest():
+    from agentforge.evals.speed import PartTimes
+
+    clock = FakeClock()
+    times = PartTimes(clock)
+    clock.t += 1.0                 # before any part: other
+    with times("load"):
+        clock.t += 2.0
+    with times("fit"):
+        clock.t += 5.0
+    clock.t += 0.5                 # between parts: other
+    with times("load"):            # a name used again accumulates
+        clock.t += 1.0
+    s = times.summary()
+    assert s == {"time/load_s": 3.0, "time/fit_s": 5.0, "time/other_s": 1.5, "time/total_s": 9.5}
+    assert PartTimes.line(s, "baking") == "baking time (s): load 3.0, fit 5.0, other 1.5 (total 9.5)"
+    assert PartTimes.line(s) == "time (s): load 3.0, fit 5.0, other 1.5 (total 9.5)"
+
+
+def test_part_times_nest_exclusively_so_parts_never_sum_past_the_total():
+    from agentforge.evals.speed import PartTimes
+
+    clock = FakeClock()
+    times = PartTimes(clock)
+    with times("fit"):
+        clock.t += 2.0
+        with times("validation"):
+            clock.t += 3.0
+            with times("checkpoint"):
+                clock.t += 1.0
+            clock.t += 0.5
+        clock.t += 4.0
+        with times("validation"):
+            clock.t += 1.0
+    s = times.summary()
+    assert s == {"time/fit_s": 6.0, "time/validation_s": 4.5, "time/checkpoint_s": 1.0, "time/other_s": 0.0,
+                 "time/total_s": 11.5}
+
+
+def test_part_times_a_raising_part_records_its_seconds_and_the_exception_propagates():
+    """Decided: a part that raises still counts up to the raise (where the time went before a failure), and the
+    outer part resumes from there."""
+    from agentforge.evals.speed import PartTimes
+
+    clock = FakeClock()
+    times = PartTimes(clock)
+    with times("fit"):
+        clock.t += 1.0
+        with pytest.raises(RuntimeError, match="boom"):
+            with times("evidence"):
+                clock.t += 2.0
+                raise RuntimeError("boom")
+        clock.t += 3.0
+    assert times.seconds == {"fit": 4.0, "evidence": 2.0} and not times._open
+    with pytest.raises(ValueError, match="reserved"):
+        with times("other"):
+            pass
+
+
+def test_part_times_summary_counts_an_open_part_up_to_now():
+    from agentforge.evals.speed import PartTimes
+
+    clock = FakeClock()
+    times = PartTimes(clock)
+    with times("report"):
+        clock.t += 1.0
+        with times("save"):
+            clock.t += 2.0
+        clock.t += 0.5
+        s = times.summary()
+    assert s == {"time/report_s": 1.5, "time/save_s": 2.0, "time/other_s": 0.0, "time/total_s": 3.5}
+
+
+def test_part_times_synchronize_cuda_at_part_boundaries_only_and_never_on_the_cpu(monkeypatch):
+    from agentforge.evals.speed import PartTimes
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append(1))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)   # a process that has not used CUDA
+    times = PartTimes()
+    with times("a"):
+        with times("b"):
+            pass
+    times.summary()
+    assert calls == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with times("a"):
+        torch.zeros(3).sum()   # work inside a part syncs nothing
+        assert len(calls) == 1
+    times.summary()
+    assert len(calls) == 3     # the part's start and end, the summary's read
+    s = times.summary()
+    assert all(v >= 0 for v in s.values()) and sum(v for k, v in s.items() if k != "time/total_s") == \
+        pytest.approx(s["time/total_s"])
