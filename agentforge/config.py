@@ -95,6 +95,8 @@ SHARED_RULES: list[Rule] = [
     rule("optimizer.warmup_steps", integer(0)),
     rule("optimizer.warmup_from_zero", boolean()),
     rule("optimizer.weight_decay_scope", one_of("matrices", "all")),
+    rule("optimizer.muon_impl", one_of("grouped", "torch")),
+    rule("optimizer.adjust_lr_fn", optional(one_of("original", "match_rms_adamw"))),
     rule("optimizer.min_lr_ratio", number(0, 1)),
     rule("optimizer.kl_coef", number(0)),
 ]

@@ -166,6 +166,8 @@ def main():
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.torch_muon and not a.muon_grokfast:
+        raise SystemExit("error: --torch-muon compares Muon implementations inside --muon-grokfast: add --muon-grokfast")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible")
     cfg = CognateConfig(**SIZES[a.size], max_steps=3)

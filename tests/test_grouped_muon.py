@@ -127,3 +127,17 @@ def test_config_chooses_the_implementation_and_refuses_a_bad_one():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_steps_equal_torch_muon_to_bf16_rounding():
     _close_to_torch_muon("cuda")
+
+
+@pytest.mark.parametrize("key, bad", [("muon_impl", "fast"), ("adjust_lr_fn", "rms")])
+def test_start_up_checks_refuse_a_bad_muon_key_before_anything_runs(key, bad):
+    """agentforge.config's shared rules (checked at start-up, before a run dir or a Trainer exists) name the key."""
+    from omegaconf import OmegaConf
+
+    from agentforge.config import SHARED_RULES, check
+
+    cfg = OmegaConf.create({"optimizer": {**OmegaConf.to_container(OmegaConf.load("conf/optimizer/muon_grokfast.yaml")),
+                                          key: bad}})
+    with pytest.raises(ConfigError, match=rf"^optimizer\.{key} must be .*got '{bad}'$"):
+        check(cfg, SHARED_RULES)
+    check(OmegaConf.create({"optimizer": OmegaConf.load("conf/optimizer/muon_grokfast.yaml")}), SHARED_RULES)

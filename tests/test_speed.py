@@ -390,4 +390,3 @@ def test_interleaved_latency_ms_times_every_model_in_eval_mode_and_restores_its_
     assert len(ms) == 2 and all(v > 0 for v in ms)
     assert a.training and not b.training
     assert seen == [(False, (1, 5))] * 8
-

@@ -11,8 +11,10 @@ arXiv:2502.16982) updates each hidden matrix W with gradient G by
     W <- W * (1 - lr * wd) - lr' * X              (lr' = lr * 0.2 * sqrt(max(rows, cols)) for match_rms_adamw)
 
 ``torch.optim.Muon`` (torch/optim/_muon.py, ``_single_tensor_muon``; its foreach path is not implemented) runs this
-matrix by matrix: ~24 ops per matrix, 1 382 ops a step for the 25M Cognate model's hidden matrices, each a kernel
-launch on a GPU, where that step was launch-bound (the phase's optimizer cost 1.06-1.30x AdamW's step on an H100).
+matrix by matrix: ~24 ops per matrix, 1 382 ops a step for the 25M Cognate model's hidden matrices (counted on the
+CPU with a dispatch mode, README Speed), each a kernel launch on a GPU, where that step was launch-bound (the phase's
+optimizer cost 1.06-1.30x AdamW's step on an H100: ``benchmarks/gpu_h100_2026-11-26.md`` call 8,
+``gpu_h100_2026-11-27.md`` call 11).
 Here the matrices of one param group that share a shape (a transformer's q/k/v/o projections, its MLP's gate/up,
 ...) take each line above together: the momentum as ``torch._foreach`` ops, the Newton-Schulz iteration as ``bmm`` /
 ``baddbmm`` on the stacked matrices, the per-matrix Frobenius norm as one ``vector_norm`` over the last two dims,
@@ -21,8 +23,12 @@ checkpoints as ``torch.optim.Muon`` (it subclasses it: construction, validation,
 
 Deviation, on purpose: the arithmetic is the same, but batched bf16 matmuls and norms may accumulate in another
 order than the single-matrix kernels, so the update can differ from ``torch.optim.Muon``'s by bf16 rounding
-(tested: parameters after several steps agree to rounding, ``tests/test_grouped_muon.py``). The stacked copies cost
-one extra matrix of memory per hidden matrix during the step.
+(tested: parameters after several steps agree to rounding, ``tests/test_grouped_muon.py``). A second deviation, for
+bf16 *parameters* without Nesterov only (the phases keep fp32 weights): there torch's ``bfloat16()`` of the bf16
+momentum buffer is the buffer itself, so its in-place normalisation rescales the stored momentum; here the
+normalisation acts on a stacked copy and the buffer keeps the momentum, as the algorithm defines it. Memory: during
+the step each shape group holds a few copies of its matrices (the Nesterov updates and their stack in fp32, the
+Newton-Schulz iterates in bf16, the result cast back), freed when the group is done.
 """
 from __future__ import annotations
 
