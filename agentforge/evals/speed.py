@@ -263,3 +263,9 @@ class PartTimes:
         items = [(k[len(prefix):-2], v) for k, v in summary.items() if k.startswith(prefix) and k.endswith("_s")]
         parts = ", ".join(f"{k} {v:.1f}" for k, v in items if k != "total")
         return f"{label + ' ' if label else ''}time (s): {parts} (total {summary[prefix + 'total_s']:.1f})"
+
+
+def timed(times: PartTimes | None, name: str):
+    """``times(name)``, or a no-op context where nothing is timed (``times`` None): for code that runs timed inside a
+    phase and untimed elsewhere (callbacks, Lightning modules, the control bake)."""
+    return contextlib.nullcontext() if times is None else times(name)

@@ -20,7 +20,6 @@ hardware=gpu they run on the CPU. A last line gives what closing the run (W&B's 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -53,7 +52,7 @@ from agentforge.models.ablation import (
     recall_scope,
     token_scores,
 )
-from agentforge.phases.context import run_context
+from agentforge.phases.context import timed_run_context
 from agentforge.phases.rules import PHASE_RULES, validate_curriculum
 from agentforge.tracking import plots
 from agentforge.tracking.callbacks import (
@@ -105,10 +104,8 @@ def run(cfg) -> dict:
         # the checkpoint's own fingerprint and its weights' names and shapes decide (training/resume.py), before the run
         resume = resume_path(cfg.get("ckpt_path"), work_dir, fp, expected=module.state_dict())
     tags, label = ["phase1", "cognate", f"model{model_id}", "pretraining"], f"Cognate model{model_id}"
-    with contextlib.ExitStack() as stack:
-        with times("open"):   # seeds, run dir, config files, the loggers (W&B's init)
-            ctx = stack.enter_context(run_context(cfg, run_name=f"phase1-cognate-model{model_id}",
-                                                  group="phase1-cognate", tags=tags, job_type="cognate"))
+    with timed_run_context(cfg, times, run_name=f"phase1-cognate-model{model_id}", group="phase1-cognate",
+                           tags=tags, job_type="cognate") as ctx:
         print(f"{label} ({m.role}): {model.num_params():,} parameters; run dir {ctx.run_dir}")
         with times("fit"):   # less its validation loops and epoch checkpoints: parts of their own
             if resume:

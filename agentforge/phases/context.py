@@ -45,6 +45,16 @@ def resolved_paths(cfg: DictConfig) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
+def timed_run_context(cfg: DictConfig, times, **kw):
+    """``run_context`` whose opening (seeds, dirs, config files, the loggers' init) is the part ``open`` of ``times``
+    (an ``evals.speed.PartTimes``); what runs inside is not in it."""
+    with contextlib.ExitStack() as stack:
+        with times("open"):
+            ctx = stack.enter_context(run_context(cfg, **kw))
+        yield ctx
+
+
+@contextlib.contextmanager
 def run_context(cfg: DictConfig, *, run_name: str, group: str | None, tags: list[str], job_type: str | None = None):
     """Set seeds, make the dirs, save the config, open the loggers; close them at the end."""
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -27,7 +27,6 @@ save. RL: load, data, open, accuracy (the held-out accuracies: the baked model's
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import shutil
 from pathlib import Path
@@ -42,7 +41,7 @@ from agentforge.data.tokenizer import BOS_ID, PAD_ID
 from agentforge.errors import ConfigError
 from agentforge.evals.speed import PartTimes
 from agentforge.io import CheckpointError, pipeline_copy_hint
-from agentforge.phases.context import run_context
+from agentforge.phases.context import timed_run_context
 from agentforge.phases.quietstar_fit import fit_step, work_dir
 from agentforge.phases.quietstar_report import finish_baking, finish_rl, phase_times_line
 from agentforge.phases.rules import PHASE_RULES
@@ -189,10 +188,8 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
                               cfg.phase.get("inject_nan_at_step"))
     module.part_times = times   # its per-epoch validation: the part "validation", inside "fit"
     tags = ["phase3", "step1", "prompt-baking", "supervised"]
-    with contextlib.ExitStack() as stack:
-        with times("open"):   # seeds, run dir, config files, the loggers (W&B's init)
-            ctx = stack.enter_context(run_context(cfg, run_name="phase3-step1-baking", group="phase3-quietstar",
-                                                  tags=tags, job_type="quietstar"))
+    with timed_run_context(cfg, times, run_name="phase3-step1-baking", group="phase3-quietstar", tags=tags,
+                           job_type="quietstar") as ctx:
         tr = ctx.tracker
         tr.log({"config/num_special_tokens": len(ids), "config/num_strategies": len(strategies),
                 "config/training_examples": len(train), "config/kl_coef": float(ocfg["kl_coef"])})
@@ -281,10 +278,8 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
                                  float(cfg.phase.gradient_clip), str(cfg.phase.on_nonfinite), seed)
     module.part_times = times   # each check: the parts "anti_theater" and "accuracy" (inside "fit" too)
     tags = ["phase3", "step2", "quiet-star", "rl", "reinforce"]
-    with contextlib.ExitStack() as stack:
-        with times("open"):
-            ctx = stack.enter_context(run_context(cfg, run_name="phase3-step2-rl", group="phase3-quietstar", tags=tags,
-                                                  job_type="quietstar"))
+    with timed_run_context(cfg, times, run_name="phase3-step2-rl", group="phase3-quietstar", tags=tags,
+                           job_type="quietstar") as ctx:
         tr = ctx.tracker
         tr.log({"config/num_thoughts": tc.num_thoughts, "config/thought_length": tc.thought_length,
                 "config/kl_coef": tc.kl_coef, "config/num_episodes": int(r.num_episodes)})

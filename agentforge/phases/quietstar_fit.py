@@ -12,7 +12,7 @@ from agentforge.evals.speed import PartTimes
 from agentforge.phases.cognate import fingerprint
 from agentforge.training.part_callbacks import TimedEpochCheckpoint
 from agentforge.training.resume import resume_path, start_work_dir
-from agentforge.training.trainer import EpochCheckpoint, build_trainer
+from agentforge.training.trainer import build_trainer
 
 
 def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int, clip: float,
@@ -30,8 +30,7 @@ def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int,
         print(f"resuming from {resume}")
     start_work_dir(work, fp, resume)
     trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers if ctx else False,
-                            callbacks=[EpochCheckpoint(work / "last.ckpt", fp) if times is None
-                                       else TimedEpochCheckpoint(work / "last.ckpt", fp, times)], max_epochs=epochs,
+                            callbacks=[TimedEpochCheckpoint(work / "last.ckpt", fp, times)], max_epochs=epochs,
                             default_root_dir=ctx.run_dir if ctx else work, gradient_clip_val=clip or None, enable_checkpointing=False)
     t0 = time.perf_counter()
     trainer.fit(module, ckpt_path=resume)

@@ -1,7 +1,6 @@
 """Lightning callbacks that log the seed's system/*, time/*, curriculum/* and val/*_accuracy keys."""
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 
@@ -10,6 +9,7 @@ import psutil
 import torch
 
 from agentforge.evals import tasks
+from agentforge.evals.speed import timed
 
 
 class ThroughputCallback(L.Callback):
@@ -91,7 +91,7 @@ class TaskAccuracyCallback(L.Callback):
         self.last: dict[str, float] = {}
 
     def compute(self, model) -> dict[str, float]:
-        with contextlib.nullcontext() if self.times is None else self.times("task_accuracy"):
+        with timed(self.times, "task_accuracy"):
             return self._compute(model)
 
     def _compute(self, model) -> dict[str, float]:

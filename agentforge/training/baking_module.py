@@ -19,12 +19,12 @@ their mean under ``baking/val_accuracy``; the per-strategy thresholds (the strat
 """
 from __future__ import annotations
 
-import contextlib
 import random
 
 import torch
 from torch.utils.data import DataLoader
 
+from agentforge.evals.speed import timed
 from agentforge.optim import record_max_logits
 from agentforge.reasoning import baking as bk
 from agentforge.training.lm_module import LMModule
@@ -60,7 +60,7 @@ class FrozenPair(LMModule):
 
     def part(self, name: str):
         """``part_times(name)``, or a no-op context where the module is not timed."""
-        return contextlib.nullcontext() if self.part_times is None else self.part_times(name)
+        return timed(self.part_times, name)
 
     def on_train_batch_start(self, batch, batch_idx):
         super().on_train_batch_start(batch, batch_idx)

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import lightning as L
 
-from agentforge.evals.speed import PartTimes
+from agentforge.evals.speed import PartTimes, timed
 from agentforge.training.trainer import EpochCheckpoint
 
 
 class TimedEpochCheckpoint(EpochCheckpoint):
-    """``EpochCheckpoint`` whose saves are the part ``checkpoint`` of ``times`` (``evals.speed.PartTimes``)."""
+    """``EpochCheckpoint`` whose saves are the part ``checkpoint`` of ``times`` (``evals.speed.PartTimes``; None:
+    untimed, a plain ``EpochCheckpoint``)."""
 
-    def __init__(self, path, fingerprint, times: PartTimes):
+    def __init__(self, path, fingerprint, times: PartTimes | None):
         super().__init__(path, fingerprint)
         self.times = times
 
     def on_train_epoch_end(self, trainer, pl_module):
-        with self.times("checkpoint"):
+        with timed(self.times, "checkpoint"):
             super().on_train_epoch_end(trainer, pl_module)
 
 
