@@ -183,11 +183,6 @@ def _part_times_cover_the_phase(summary: dict, metrics: dict, stdout: str):
     assert "Cognate model1 closing the run (loggers, W&B finish): " in stdout
 
 
-def test_devices_line_says_why_the_evaluations_ran_on_the_cpu():
-    line = cognate.devices_line({"time/fit_device": "cuda:0", "time/eval_device": "cpu"}, "Cognate model1")
-    assert line.startswith("Cognate model1 devices: fit on cuda:0, evaluations after it on cpu (Lightning moved")
-
-
 def test_timed_validation_is_a_part_and_a_raising_loop_is_closed():
     from agentforge.evals.speed import PartTimes
     from agentforge.training.part_callbacks import TimedValidation

@@ -108,3 +108,21 @@ def test_part_times_synchronize_cuda_at_part_boundaries_only_and_never_on_the_cp
     s = times.summary()
     assert all(v >= 0 for v in s.values()) and sum(v for k, v in s.items() if k != "time/total_s") == \
         pytest.approx(s["time/total_s"])
+
+
+def test_devices_line_says_why_the_evaluations_ran_on_the_cpu():
+    from agentforge.tracking.part_times import devices_line
+
+    line = devices_line({"time/fit_device": "cuda:0", "time/eval_device": "cpu"}, "Cognate model1")
+    assert line.startswith("Cognate model1 devices: fit on cuda:0, evaluations after it on cpu (Lightning moved")
+    same = devices_line({"time/fit_device": "cpu", "time/eval_device": "cpu"}, "rl")
+    assert same == "rl devices: fit on cpu, evaluations after it on cpu"
+
+
+def test_fit_devices_reads_the_strategy_root_device_and_the_model():
+    from types import SimpleNamespace
+
+    from agentforge.tracking.part_times import fit_devices
+
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert fit_devices(trainer, torch.nn.Linear(2, 2)) == {"time/fit_device": "cuda:0", "time/eval_device": "cpu"}

@@ -130,7 +130,10 @@ def _part_times_cover_each_step(run_dir, art, stdout):
     for step, sub, out in (("baking", "phase3-step1-baking", "baked"), ("rl", "phase3-step2-rl", "reasoning")):
         rows, _ = _metrics(run_dir / sub)
         t = next(r for r in rows if "time/total_s" in r)
-        assert [k for k in t if k.startswith("time/")] == [*[f"time/{p}_s" for p in TIME_PARTS[step]], "time/total_s"], t
+        assert [k for k in t if k.startswith("time/")] == [*[f"time/{p}_s" for p in TIME_PARTS[step]], "time/total_s",
+                                                          "time/fit_device", "time/eval_device"], t
+        assert t["time/fit_device"] == t["time/eval_device"] == "cpu"
+        assert f"{step} devices: fit on cpu, evaluations after it on cpu" in lines
         parts = [t[f"time/{p}_s"] for p in TIME_PARTS[step]]
         assert all(v >= 0 for v in parts) and t["time/total_s"] > 0, t
         assert sum(parts) == pytest.approx(t["time/total_s"], rel=1e-9, abs=1e-9)   # the parts cover the step

@@ -61,7 +61,7 @@ from agentforge.tracking.callbacks import (
     TaskAccuracyCallback,
     ThroughputCallback,
 )
-from agentforge.tracking.part_times import closing_line, report_times
+from agentforge.tracking.part_times import closing_line, devices_line, fit_devices, report_times
 from agentforge.training.lm_module import LMModule
 from agentforge.training.part_callbacks import TimedEpochCheckpoint, TimedValidation
 from agentforge.training.resume import resume_path, start_work_dir
@@ -125,9 +125,7 @@ def run(cfg) -> dict:
         if not trainer.is_global_zero:
             return {}
         model.eval()
-        # Lightning's teardown moves the module to the CPU when fit ends; finalize evaluates the model where it is
-        devices = {"time/fit_device": str(trainer.strategy.root_device),
-                   "time/eval_device": str(next(model.parameters()).device)}
+        devices = fit_devices(trainer, model)   # Lightning's teardown moved it to the CPU; finalize evaluates it there
         with times("report"):   # its evaluations and the save and publish: parts of their own
             result = finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_hours, out_dir, times)
         with times("save"):
@@ -137,14 +135,6 @@ def run(cfg) -> dict:
         result["metrics"].update(reported)
     print(closing_line(times, reported, label))
     return result
-
-
-def devices_line(devices: dict, label: str) -> str:
-    """Where the fit ran and where the evaluations after it ran (``time/fit_device``, ``time/eval_device``)."""
-    fit, ev = devices["time/fit_device"], devices["time/eval_device"]
-    why = (" (Lightning moved the model to the CPU when the fit ended; the phase evaluates it there)"
-           if fit != ev else "")
-    return f"{label} devices: fit on {fit}, evaluations after it on {ev}{why}"
 
 
 class MemoryUsageCallback(Callback):

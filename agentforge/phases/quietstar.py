@@ -24,6 +24,9 @@ as one printed line (``tracking.part_times.report_times``). Baking: load, data, 
 evidence_before, fit (less its validation and epoch checkpoints), control_fit, control_eval, evidence_after, report,
 save. RL: load, data, open, accuracy (the held-out accuracies: the baked model's and each check's), anti_theater
 (each check), fit (the episodes), checkpoint, thinking_cost, report, save. A last line times the whole phase.
+Each step also logs and prints where its fit and the evaluations after it ran (``time/fit_device``,
+``time/eval_device``, ``tracking.part_times.fit_devices``): with hardware=gpu, ``cuda:0`` and ``cpu`` — Lightning
+returns the model to the CPU when a fit ends, so evidence_after, control_eval and thinking_cost run there.
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ from agentforge.reasoning.tokens import (
     add_reasoning_tokens,
     resize_vocab,
 )
-from agentforge.tracking.part_times import report_times
+from agentforge.tracking.part_times import devices_line, fit_devices, report_times
 from agentforge.training.baking_module import BakingModule
 from agentforge.training.rl_module import QuietStarModule, check_metrics, task_accuracy
 
@@ -202,6 +205,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
         control = _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src, out_dir, times)
         if not trainer.is_global_zero:
             return {}
+        devices = fit_devices(trainer, model)   # where evidence_after runs (finish_baking's save moves it to the CPU)
         # base=teacher: the frozen teacher is the model before baking, so run unprompted it is the unbaked student;
         # each validation example is scored before and after baking in one pass (the paired gain, prompt effect)
         with times("evidence_after"):
@@ -212,7 +216,9 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
         with times("report"):   # the checkpoint's save and publish inside it: the part "save"
             res = finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, module.history, hours,
                                 train + val, out_dir, control, times)
-        return {**res, "times": report_times(ctx, times, "baking", res["files"])}
+        reported = report_times(ctx, times, "baking", res["files"], devices)
+        print(devices_line(devices, "baking"))
+        return {**res, "times": reported}
 
 
 def _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src: Path, out_dir: Path,
@@ -294,7 +300,10 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
             trainer, hours = fit_step(cfg, ctx, module, "rl", src, out_dir, QuietStarModule.epochs(r), 0.0, times)
         if not trainer.is_global_zero:
             return {}
+        devices = fit_devices(trainer, model)   # before finish_rl's save moves the model to the CPU
         with times("report"):   # "thinking_cost" and "save" are parts inside it
             res = finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, module.history, baked_acc, hours, out_dir,
                             times)
-        return {**res, "times": report_times(ctx, times, "rl", res["files"])}
+        reported = report_times(ctx, times, "rl", res["files"], devices)
+        print(devices_line(devices, "rl"))
+        return {**res, "times": reported}

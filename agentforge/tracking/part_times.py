@@ -1,6 +1,7 @@
 """Reporting where a phase's wall time went (its ``evals.speed.PartTimes``): ``time/<part>_s``, ``time/other_s`` and
 ``time/total_s`` in its run's summary and its metrics.json files and as one printed line (Cognate, each Quiet-STaR
-step), and, once its run is closed, what closing it took."""
+step), and, once its run is closed, what closing it took; and where a step's fit and the evaluations after it ran
+(``fit_devices``, ``devices_line``)."""
 from __future__ import annotations
 
 import json
@@ -30,3 +31,18 @@ def closing_line(times: PartTimes, reported: dict, label: str) -> str:
     total = times.summary()["time/total_s"]
     return (f"{label} closing the run (loggers, W&B finish): {total - reported['time/total_s']:.1f} s after its "
             f"report (total {total:.1f})")
+
+
+def fit_devices(trainer, model) -> dict:
+    """Where the fit ran (the strategy's root device) and where ``model`` is now, i.e. where the evaluations after the
+    fit run: ``time/fit_device``, ``time/eval_device``. Lightning's teardown moves the module to the CPU when a fit
+    ends and no phase moves it back, so with hardware=gpu they differ (``cuda:0``, ``cpu``)."""
+    return {"time/fit_device": str(trainer.strategy.root_device), "time/eval_device": str(next(model.parameters()).device)}
+
+
+def devices_line(devices: dict, label: str) -> str:
+    """One printed line of ``fit_devices``' two keys, saying why they differ when they do."""
+    fit, ev = devices["time/fit_device"], devices["time/eval_device"]
+    why = (" (Lightning moved the model to the CPU when the fit ended; the phase evaluates it there)"
+           if fit != ev else "")
+    return f"{label} devices: fit on {fit}, evaluations after it on {ev}{why}"
