@@ -99,6 +99,9 @@ SHARED_RULES: list[Rule] = [
     rule("optimizer.adjust_lr_fn", optional(one_of("original", "match_rms_adamw"))),
     rule("optimizer.min_lr_ratio", number(0, 1)),
     rule("optimizer.kl_coef", number(0)),
+    rule("optimizer.betas", (lambda x: isinstance(x, list) and len(x) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in x),
+        "two numbers in [0, 1), e.g. [0.9, 0.95] (AdamW's beta1, beta2)")),
 ]
 
 MODEL_RULES: list[Rule] = [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from agentforge.evals import stats
 from agentforge.reasoning import anti_theater
 from agentforge.reasoning.rl import ThoughtConfig, coherence_scores, evaluate, sample_windows
 from agentforge.reasoning.thoughts import (
@@ -56,11 +57,29 @@ def _good_thoughts(n: int):
 
 
 def test_anti_theater_passes_when_good_thoughts_change_predictions():
-    res = anti_theater.theater_metrics(*_good_thoughts(anti_theater.MIN_WINDOWS))
+    res = anti_theater.theater_metrics(*_good_thoughts(anti_theater.MIN_CORRELATION_WINDOWS))
     assert res["divergence"] > 0.3 and res["ablation_drop"] == pytest.approx(0.5)
     assert res["correlation"] == pytest.approx(1.0) and res["all_passed"]
-    assert res["n_windows"] == 20 and res["ablation_drop_ci95"] == pytest.approx([0.5, 0.5])
-    assert res["correlation_n_informative"] == 20 and res["correlation_undefined_share"] == 0.0
+    assert res["n_windows"] == 30 and res["ablation_drop_ci95"] == pytest.approx([0.5, 0.5])
+    assert res["correlation_n_informative"] == 30 and res["correlation_undefined_share"] == 0.0
+    assert res["divergence_ci_method"] == res["ablation_drop_ci_method"] == "bootstrap"
+
+
+def test_below_30_windows_divergence_and_drop_use_the_exact_sign_flip_ci_and_the_correlation_no_verdict():
+    """From MIN_WINDOWS (20) to 29 windows the divergence and drop CIs are the exact sign-flip test's (a percentile
+    bootstrap over 20 skewed windows is too narrow: it made this FAIL), and the correlation, whose CI is a bootstrap
+    only, is INCONCLUSIVE until 30 informative windows."""
+    res = anti_theater.theater_metrics(*_good_thoughts(anti_theater.MIN_WINDOWS))
+    assert res["n_windows"] == 20 and res["divergence_ci_method"] == "sign_flip_monte_carlo"
+    assert res["divergence_verdict"] == res["ablation_drop_verdict"] == "PASS"
+    assert res["correlation"] == pytest.approx(1.0) and res["correlation_verdict"] == "INCONCLUSIVE"
+    assert not res["all_passed"]
+    w = np.array([0, 0, -.25, 0, -.25, 0, -.25, 0, -.25, 0, .25, 0, 0, 0, -.25, -.25, .25, 0, 0, 0])
+    boot = stats.paired_bootstrap(w, np.zeros_like(w), n_resamples=2000)["ci95"]
+    assert anti_theater.verdict(boot, 0.02, 20) == "FAIL"                      # what the bootstrap said
+    ci, how = anti_theater._paired_ci(w, np.zeros_like(w), 0)
+    assert how == "sign_flip_monte_carlo" and ci[0] < -0.1 and ci[1] > 0.02    # the exact test's CI straddles 0.02
+    assert anti_theater.verdict(ci, 0.02, 20) == "INCONCLUSIVE"
 
 
 def _ordered_in(k: int, n: int = 64, seed: int = 0):

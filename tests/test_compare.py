@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 import matplotlib.image as mpimg
 import pytest
@@ -243,3 +244,34 @@ def test_different_choice_example_counts_name_choice_examples(tmp_path):
         align({}, {}, "arc", [1, 0], [1], "arc_easy_accuracy")
     with pytest.raises(ConfigError, match=r"same phase.eval_examples"):
         align({}, {}, "gsm8k", [1, 0], [1], "reasoning_accuracy")
+
+
+def test_pass_at_1_is_compared_like_for_like_never_greedy_against_sampled():
+    """A candidate scored greedily against a baseline scored by sampling: the same answers (24 of 40 right greedily)
+    read as a +0.30 pass@1 gain at p < 0.001 when the baseline's sampled estimate (3 of 10 a problem) stood in for its
+    greedy one. Where both have greedy answers both use them (delta 0); where one side has only samples and the other
+    only greedy answers, pass@1 is not compared."""
+    from agentforge.evals.compare import compute_stats
+
+    greedy = [1] * 24 + [0] * 16
+    cand = {"metrics": {}, "per_example": {"gsm8k_correct": greedy}}
+    base = {"metrics": {}, "per_example": {"gsm8k_correct": greedy, "gsm8k_num_correct": [3] * 40, "n_samples": 10}}
+    st = compute_stats({"base": base, "cand": cand}, "base", "cand", {"pass_at": {1: 0.3}, "min_delta_pass1": 0.1},
+                       n_resamples=500)
+    p1 = st["pass_at_1"]
+    assert p1["source"] == "greedy (one side has no samples)" and p1["delta"] == 0.0 and st["verdict"] != "SUCCESS"
+    sampled_only = {"metrics": {}, "per_example": {"gsm8k_num_correct": [3] * 40, "n_samples": 10}}
+    st = compute_stats({"base": sampled_only, "cand": cand}, "base", "cand", {"pass_at": {1: 0.3}}, n_resamples=500)
+    assert st["pass_at_1"]["note"].startswith("not compared: the candidate's pass@1 is greedy, the baseline's sampled")
+    assert st["verdict"] != "SUCCESS"
+
+
+def test_one_paired_example_is_inconclusive_not_an_error():
+    from agentforge.evals.compare import compute_stats
+    from agentforge.evals.stats import paired_test
+
+    one = {name: {"metrics": {}, "per_example": {"gsm8k_correct": [v]}} for name, v in (("a", 0), ("b", 1))}
+    st = compute_stats(one, "a", "b", {}, n_resamples=200)
+    assert st["pass_at_1"]["n"] == 1 and st["verdict"] == "INCONCLUSIVE"
+    res = paired_test([0.5], [0.25])
+    assert res["n"] == 1 and res["mean_a"] == 0.5 and math.isnan(res["p_value"]) and not res["enough"]

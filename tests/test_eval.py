@@ -354,9 +354,11 @@ def test_eval_missing_checkpoint_is_a_checkpoint_error(tmp_path):
     cfg = compose_cfg(["phase=eval", f"checkpoint={tmp_path / 'nope'}", "logger=none"], tmp_path)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         run(cfg)
-    cfg = compose_cfg(["phase=eval", "stage=bad/name", "logger=none"], tmp_path)
-    with pytest.raises(ConfigError, match="stage="):
-        run(cfg)
+    for bad in ("bad/name", ".", "..", ".hidden"):   # '.' and '..' would publish into artifacts/eval itself or above
+        cfg = compose_cfg(["phase=eval", f"stage={bad}", "logger=none"], tmp_path)
+        with pytest.raises(ConfigError, match="stage="):
+            run(cfg)
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.safetensors"))
 
 
 @pytest.mark.slow

@@ -183,6 +183,7 @@ def test_test_improvement_of_an_identical_champion_is_exactly_zero_and_cannot_pa
     m = compare(twin, "flops")["metrics"]
     assert m["final/test_fitness_improvement"] == 0.0 and m["final/test_fitness_improvement_ci95"] == [0.0, 0.0]
     assert m["final/test_ppl_ratio"] == 1.0 and m["final/test_accuracy_delta"] == 0.0
+    assert m["final/test_loss_delta_test"] == "sign_flip_exact"   # 6 rows < 30: the exact test, not the bootstrap
     assert m["final/test_rows"] == 6 and m["final/fitness_improvement"] == m["final/test_fitness_improvement"]
     assert m["final/test_fitness_improvement_n"] == 3 and m["final/test_verdict"] == "INCONCLUSIVE"  # n < 30
     assert stats.threshold_verdict(m["final/test_fitness_improvement_ci95"], ">", 20.0, n=30)[0] == "FAIL"
@@ -208,6 +209,11 @@ def test_test_improvement_and_its_ci_by_hand():
     assert point == pytest.approx(100 * (fitness.score(champ, ref, w) / fitness.score(best, ref, w) - 1))
     assert ci[0] < point < ci[1]
     assert stats.threshold_verdict(ci, ">", 20)[0] == "INCONCLUSIVE"  # 4 rows, 4 questions: the CI spans 20
+    # one question cannot be resampled: no CI (scipy's bootstrap raised), so no verdict
+    one = [{**m, "correct": m["correct"][:1]} for m in (champ, best)]
+    point1, ci1 = heldout.fitness_improvement_ci(*one, ref, w, "flops", n_resamples=200)
+    assert math.isfinite(point1) and all(math.isnan(x) for x in ci1)
+    assert stats.threshold_verdict(ci1, ">", 20)[0] == "INCONCLUSIVE"
 
 
 # -- the phase ----------------------------------------------------------------------------------------------

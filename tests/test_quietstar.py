@@ -252,6 +252,19 @@ def test_user_examples_hold_out_the_last_of_each_strategy(tmp_path):
     assert [e["question"] for e in val] == ["q3"] and {e["question"] for e in train} == {"q0", "q1", "q2"}
 
 
+def test_user_examples_with_no_strategy_to_hold_out_are_one_error_before_any_run(tiny_input, tmp_path):
+    """One example per strategy: each is trained on, none held out, so no strategy can be baked and validated; a
+    ConfigError naming the file before the run dir (it was a ZeroDivisionError in the first evaluation)."""
+    p = tmp_path / "one_each.jsonl"
+    p.write_text("".join(json.dumps({"strategy": s.key, "question": f"q {s.key}", "response": " [thinking] r"}) + "\n"
+                         for s in STRATEGIES))
+    cfg = compose_cfg(["phase=quietstar", "logger=none", "step=baking", f"phase.input={tiny_input}",
+                       f"phase.baking.examples_path={p}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"phase\.baking\.examples_path=.*one_each\.jsonl: no strategy has both"):
+        run(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "outputs" / "artifacts" / "quietstar").exists()
+
+
 def test_pipeline_threshold_rows_show_the_anti_theater_verdict_n_and_ci(tmp_path):
     from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
 

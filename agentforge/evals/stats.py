@@ -153,7 +153,14 @@ def paired_binary_ci(wins: int, losses: int, n: int, confidence: float = 0.95) -
 def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
                 confidence: float = 0.95, min_n: int = MIN_N) -> dict:
     """paired_bootstrap's fields, plus the exact test for 0/1 outcomes or the sign-flip test for other scores on
-    fewer than ``min_n`` pairs, and which of them decides."""
+    fewer than ``min_n`` pairs, and which of them decides. Fewer than 2 pairs test nothing: delta, CI and p are NaN
+    (with the means where there is one pair) and ``enough`` is False, so no verdict rests on them."""
+    xa, xb = _pairs_of(a, b, "paired test")
+    if len(xa) < 2:
+        nan = float("nan")
+        mean_a, mean_b = (float(x.mean()) if len(x) else nan for x in (xa, xb))
+        return {"mean_a": mean_a, "mean_b": mean_b, "delta": nan, "ci95": [nan, nan], "p_value": nan, "n": len(xa),
+                "n_resamples": 0, "test": "none (fewer than 2 pairs)", "min_n": int(min_n), "enough": False}
     out = paired_bootstrap(a, b, n_resamples, seed, confidence)
     out.update(test="bootstrap", bootstrap={"p_value": out["p_value"], "ci95": out["ci95"]})
     if "non_finite" in out:

@@ -9,9 +9,11 @@ data from which every row and question that also occurs in the selection set has
 with the best input *on the test data* (the input with the highest test fitness: the conservative
 choice). Uncertainty comes from resampling the test examples:
 
-* perplexity: paired bootstrap of the per-row loss difference (champion - best input, nats/token;
-  ``evals.stats.paired_bootstrap``); the perplexity ratio is exp(delta) (rows have equal length, so
-  the mean row loss is the mean token loss), with CI exp(CI);
+* perplexity: the per-row loss difference (champion - best input, nats/token), ``evals.stats.paired_test``: the
+  exact sign-flip test and its CI below ``stats.MIN_N`` = 30 rows (the bootstrap is overconfident there: on 2 rows it
+  gave p = 1e-4 where the exact p is 0.5), the paired bootstrap from there (``final/test_loss_delta_test`` says which);
+  the perplexity ratio is exp(delta) (rows have equal length, so the mean row loss is the mean token loss), with
+  CI exp(CI);
 * accuracy: the per-question 0/1 pairs, ``evals.stats.paired_test``: McNemar's exact p and the hull of Tango's score
   CI and the exact conditional CI of the difference (the bootstrap is overconfident on 0/1 pairs);
 * fitness improvement 100 (F_c / F_b - 1): the reference cancels in the ratio, so
@@ -97,8 +99,10 @@ def fitness_improvement_ci(champ: dict, best: dict, ref: fitness.Reference, weig
     point = float(improvement(rows, acc))
     samples = (rows, acc) if acc.shape[-1] else (rows,)
     stat = improvement if acc.shape[-1] else (lambda r, axis=-1: improvement(r, acc[:, :0], axis))
-    if rows.shape[-1] < 2 or np.allclose(rows[0], rows[1]) and np.array_equal(acc[0], acc[1]):
-        return point, [point, point]  # a point distribution (or too few rows to resample)
+    if rows.shape[-1] < 2 or acc.shape[-1] == 1:   # one row or one question cannot be resampled: no CI
+        return point, [float("nan"), float("nan")]
+    if np.allclose(rows[0], rows[1]) and np.array_equal(acc[0], acc[1]):
+        return point, [point, point]  # a point distribution
     res = sps.bootstrap(samples, stat, paired=False, vectorized=True, axis=-1, n_resamples=n_resamples,
                         confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
     return point, [float(res.confidence_interval.low), float(res.confidence_interval.high)]
@@ -123,14 +127,14 @@ def compare_on_test(inputs: list, champion, tokenizer, test: fitness.EvalData, s
     fits = [fitness.score(m, ref, weights, speed_mode) for m in full]
     best = max(range(3), key=fits.__getitem__)
     champ_m, best_m = full[3], full[best]
-    loss = stats.paired_bootstrap(champ_m["row_losses"], best_m["row_losses"], n_resamples, seed)  # losses are not 0/1
+    loss = stats.paired_test(champ_m["row_losses"], best_m["row_losses"], n_resamples, seed)  # sign-flip below 30 rows
     out = {
         "final/test_fitness": fits[3], "final/test_best_input_fitness": fits[best],
         "final/test_best_input": f"model{best + 1}",
         "final/test_rows": len(data.rows), "final/test_questions": data.n_accuracy_examples(),
         "final/test_excluded_overlap": removed,
         "final/test_loss_delta": loss["delta"], "final/test_loss_delta_ci95": loss["ci95"],
-        "final/test_loss_delta_p": loss["p_value"],
+        "final/test_loss_delta_p": loss["p_value"], "final/test_loss_delta_test": loss["test"],
         "final/test_ppl_ratio": math.exp(loss["delta"]),
         "final/test_ppl_ratio_ci95": [math.exp(x) for x in loss["ci95"]],
     }

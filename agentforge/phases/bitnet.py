@@ -120,6 +120,9 @@ def run(cfg) -> dict:
         raise ConfigError(f"phase.preserved_layers: {unused} match no module of the model (names end in {leaves})")
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     seed, seq_len = int(cfg.seed), int(cfg.data.seq_len)
+    if seq_len > model.config.max_seq_len:   # else its first evaluation raises, inside the run
+        raise ConfigError(f"data.seq_len={seq_len} exceeds the input model's max_seq_len={model.config.max_seq_len} "
+                          f"({src}): lower data.seq_len")
     stages = [{"epochs": max(int(p.fine_tune_epochs), 1), "mix": OmegaConf.to_container(p.fine_tune_mix)}]
     dm = build_datamodule(data_cfg, tokenizer, stages=stages, seed=seed,
                           steps_per_epoch=int(p.fine_tune_steps_per_epoch), val_rows=int(p.val_rows))

@@ -36,6 +36,7 @@ from agentforge.data.build import build_datamodule, eval_sets
 from agentforge.data.recall import FACT_CHARS as RECALL_FACT_CHARS
 from agentforge.data.recall import recall_rows
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+from agentforge.errors import ConfigError
 from agentforge.evals.diversity import PER_ROW_KEY as DIVERSITY_ROWS
 from agentforge.evals.diversity import per_row_features
 from agentforge.evals.flops import counting_flops
@@ -90,6 +91,10 @@ def run(cfg) -> dict:
         model_id = int(m.model_id)
         tokenizer = ByteTokenizer()
         model = CognateModel(cognate_config_from(OmegaConf.to_container(m, resolve=True), RESERVED_VOCAB))
+        if int(cfg.data.seq_len) > model.config.max_seq_len:   # else the first training step raises
+            raise ConfigError(f"data.seq_len={int(cfg.data.seq_len)} exceeds model.max_seq_len="
+                              f"{model.config.max_seq_len} (the rotary table's length): lower data.seq_len or raise "
+                              "model.max_seq_len")
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
         dm = build_datamodule(data_cfg, tokenizer, stages=stages, seed=int(cfg.seed),
                               steps_per_epoch=int(p.steps_per_epoch), val_rows=int(p.val_rows),

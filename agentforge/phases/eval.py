@@ -38,11 +38,12 @@ from agentforge.models.surgery import ARCHITECTURE as RECURSIVE_ARCH
 from agentforge.models.surgery import identity_gap, wrap
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
+from agentforge.quant.checkpoint import ARCHITECTURE as PACKED_ARCH
 
 RULES = PHASE_RULES["eval"]
 RECURSIVE_STAGES = ("after_surgery", "finetuned_recursive")
 HF_SPLITS = {"gsm8k": "test", "arc": "test", "piqa": "validation"}
-_STAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")   # no leading '.': '.' and '..' name the folders above
 
 
 def pick(cfg, key: str):
@@ -158,7 +159,8 @@ def run(cfg) -> dict:
         raise ConfigError(f"stages={cfg.get('stages')} is phase=compare's; phase=eval evaluates one stage=NAME")
     stage = str(pick(cfg, "stage") or "baseline")
     if not _STAGE_NAME.match(stage):
-        raise ConfigError(f"stage={stage!r}: use letters, digits, '_', '-' or '.' only")
+        raise ConfigError(f"stage={stage!r}: use letters, digits, '_', '-' or '.' only, not starting with '.' "
+                          "(the stage names its folder under artifacts/eval)")
     artifacts = Path(cfg.paths.artifacts).absolute()
     ckpt = Path(pick(cfg, "checkpoint") or artifacts / "cognate" / "model1").absolute()
     if not pick(cfg, "stage"):
@@ -167,6 +169,10 @@ def run(cfg) -> dict:
     already = ck_cfg.get("architecture") == RECURSIVE_ARCH
     recursive = p.recursive if p.recursive != "auto" else (stage in RECURSIVE_STAGES or already)
     steps = p.finetune_steps if p.finetune_steps is not None else (30 if stage.startswith("finetuned") else 0)
+    if steps > 0 and ck_cfg.get("architecture") == PACKED_ARCH:   # before the run dir: it would fail in its first step
+        raise ConfigError(f"stage={stage}: fine-tuning needs float weights, and {ckpt} is a packed BitNet checkpoint "
+                          "(ternary codes); evaluate it without fine-tuning (phase.finetune_steps=0) or fine-tune its "
+                          "input model")
     s = EvalSettings(gen_tokens=int(p.gen_tokens), pass_k_samples=int(p.pass_k_samples),
                      pass_k=tuple(int(k) for k in p.pass_k), temperature=float(p.temperature),
                      latency_tokens=int(p.latency_tokens), chunk_width=int(p.chunk_width),

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from agentforge.config import check
 from agentforge.errors import ConfigError
-from agentforge.models.grokking import resolve_task, task_optimizer_cfg, train_grokking
+from agentforge.models.grokking import modular_dataset, resolve_task, task_optimizer_cfg, train_grokking
 from agentforge.optim import check_config
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import GROKKING_TASK, PHASE_RULES
@@ -44,6 +44,12 @@ def resolve(cfg) -> tuple[dict, dict]:
     if d % h or (task["model"] == "project" and (d // h) % 2):
         raise ConfigError(f"phase.d_model ({d}) must split into phase.n_heads ({h}) heads"
                           + (" of even size" if task["model"] == "project" else ""))
+    (xt, _), (xv, _) = modular_dataset(int(task["modulus"]), task["operation"], float(task["train_fraction"]),
+                                       int(cfg.seed))
+    if len(xt) == 0 or len(xv) == 0:   # before the run dir: no training pairs cannot train, none held out cannot decide
+        raise ConfigError(f"phase.train_fraction={task['train_fraction']} leaves {len(xt)} training and {len(xv)} "
+                          f"validation pairs of {len(xt) + len(xv)} (a {task['operation']} b mod {task['modulus']}); "
+                          "both need at least one")
     opt_cfg = task_optimizer_cfg(task, OmegaConf.to_container(cfg.optimizer, resolve=True),
                                  bool(phase.get("task_optimizer_settings", True)))
     check_config(opt_cfg)

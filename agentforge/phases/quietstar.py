@@ -178,6 +178,11 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
             val = generate_examples(int(b.val_per_strategy), seed, "val")
         train_s, val_s = by_strategy(train), by_strategy(val)
         strategies = [s for s in STRATEGIES if train_s[s.key] and val_s[s.key]]
+        if not strategies:   # before the run dir: nothing to bake or to validate on
+            raise ConfigError(f"phase.baking.examples_path={b.examples_path}: no strategy has both training and "
+                              "held-out examples (the last phase.baking.val_per_strategy of each strategy are held out, "
+                              "at least one is trained on; a question also trained on is not held out): give each "
+                              "strategy at least 2 examples with distinct questions")
         prompts = {s.key: tok.encode(s.prompt) for s in strategies}
 
         def pairs(records):

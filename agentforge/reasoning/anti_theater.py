@@ -20,16 +20,20 @@ any thought (the thoughts ablated):
                  r toward 0 — r answers "over all windows, does a better thought predict better?", not
                  "where thoughts matter". The information is in the *informative* windows only, where both
                  quality and accuracy vary across the thoughts: their number,
-                 ``correlation_n_informative``, is the n of the correlation's verdict (``MIN_WINDOWS``
-                 applies to it). Undefined (NaN) when either side is constant within every window: then
+                 ``correlation_n_informative``, is the n of the correlation's verdict
+                 (``MIN_CORRELATION_WINDOWS`` applies to it). Undefined (NaN) when either side is constant within every window: then
                  the verdict is INCONCLUSIVE ("undefined: nothing varies within any window"), with a NaN CI.
 
-Each figure comes with n and a 95 % percentile-bootstrap CI over windows (Efron & Tibshirani 1993; divergence
-and drop through ``evals.stats.paired_bootstrap``; the correlation by its own resampling of windows, in which a resample whose correlation is undefined — none of its windows varies — is dropped, not
-counted as 0, and the dropped share is reported as ``correlation_undefined_share``). n is the number of windows
-(``n_windows``) for divergence and drop, ``correlation_n_informative`` for the correlation. The verdict is PASS
-when the whole CI is above the threshold, FAIL when the whole CI is at or below it, otherwise (or with n below
-``MIN_WINDOWS``) INCONCLUSIVE; ``*_passed`` is True only for PASS.
+Each figure comes with n and a 95 % CI over windows. Divergence and drop (``_paired_ci``): the
+exact sign-flip test's CI (``evals.stats.sign_flip_test``) below ``stats.MIN_N`` = 30 windows (a percentile bootstrap over 20 skewed windows missed
+the mean on the upper side 6.5 % of the time against a nominal 2.5 %, so a FAIL could rest on it) and the
+percentile bootstrap (Efron & Tibshirani 1993) from there; ``*_ci_method`` says which. The correlation: its own
+percentile bootstrap over windows, in which a resample whose correlation is undefined — none of its windows varies —
+is dropped, not counted as 0, and the dropped share is reported as ``correlation_undefined_share``; having no exact
+alternative, it gives a verdict only from ``MIN_CORRELATION_WINDOWS`` = 30 informative windows. n is the number of
+windows (``n_windows``) for divergence and drop, ``correlation_n_informative`` for the correlation. The verdict is
+PASS when the whole CI is above the threshold, FAIL when the whole CI is at or below it, otherwise (or with n below
+``MIN_WINDOWS``, resp. ``MIN_CORRELATION_WINDOWS``) INCONCLUSIVE; ``*_passed`` is True only for PASS.
 
 A model whose thoughts are ignored (mixing weight 0) has divergence 0 and drop 0, so it fails those two; its
 correlation is undefined (the accuracy never varies across thoughts), so that check is INCONCLUSIVE.
@@ -42,10 +46,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agentforge.evals.stats import paired_bootstrap, threshold_verdict
+from agentforge.evals.stats import MIN_N, paired_bootstrap, sign_flip_test, threshold_verdict
 
 THRESHOLDS = {"divergence": 0.3, "ablation_drop": 0.02, "correlation": 0.5}
 MIN_WINDOWS = 20  # below this many held-out windows no verdict is given (INCONCLUSIVE)
+MIN_CORRELATION_WINDOWS = MIN_N  # the correlation's CI is a bootstrap only: no verdict on fewer informative windows
 _PASS_KEY = {"divergence": "divergence_passed", "ablation_drop": "ablation_passed", "correlation": "correlation_passed"}
 
 
@@ -58,10 +63,15 @@ def within_correlation(quality: np.ndarray, accuracy: np.ndarray) -> float:
     return float(np.sum(q * a) / math.sqrt(np.sum(q * q) * np.sum(a * a)))
 
 
-def _mean_ci(values: np.ndarray, seed: int) -> list[float]:
-    if len(values) < 2:
-        return [float("nan"), float("nan")]
-    return paired_bootstrap(values, np.zeros_like(values), n_resamples=2000, seed=seed)["ci95"]
+def _paired_ci(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[list[float], str]:
+    """(95 % CI of mean(a - b) over windows, how): the exact sign-flip test's CI below ``MIN_N`` windows, the
+    percentile bootstrap from there; NaN with fewer than 2 windows. Always the tests for continuous scores, never
+    ``paired_test``'s 0/1 branch: a divergence that is 0 in every window is not a 0/1 outcome (McNemar's CI with no
+    discordant pair of 24 is [-0.14, +0.14], where the figure is exactly 0)."""
+    if len(a) < 2:
+        return [float("nan"), float("nan")], "none (fewer than 2 windows)"
+    res = sign_flip_test(a, b, seed=seed) if len(a) < MIN_N else paired_bootstrap(a, b, n_resamples=2000, seed=seed)
+    return [float(x) for x in res["ci95"]], res.get("test", "bootstrap")
 
 
 def informative_windows(quality: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
@@ -91,12 +101,12 @@ def _corr_ci(quality: np.ndarray, accuracy: np.ndarray, seed: int, n_resamples: 
     return [float(lo), float(hi)], float(1 - ok.mean())
 
 
-def verdict(ci: list[float], threshold: float, n: int) -> str:
-    """PASS / FAIL / INCONCLUSIVE for "figure > threshold": the shared CI rule, with ``MIN_WINDOWS``."""
+def verdict(ci: list[float], threshold: float, n: int, min_n: int = MIN_WINDOWS) -> str:
+    """PASS / FAIL / INCONCLUSIVE for "figure > threshold": the shared CI rule, with ``min_n``."""
     lo, hi = ci
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "INCONCLUSIVE"
-    return threshold_verdict(ci, ">", threshold, n=n, min_n=MIN_WINDOWS)[0]
+    return threshold_verdict(ci, ">", threshold, n=n, min_n=min_n)[0]
 
 
 def theater_metrics(mixed_logits: torch.Tensor, without_logits: torch.Tensor, true: torch.Tensor,
@@ -112,17 +122,19 @@ def theater_metrics(mixed_logits: torch.Tensor, without_logits: torch.Tensor, tr
     q = quality.detach().double().cpu().numpy()
     n = len(div_w)
     corr = within_correlation(q, acc_with)
-    drop_ci = (paired_bootstrap(acc_with.mean(1), acc_without, n_resamples=2000, seed=seed)["ci95"] if n >= 2
-               else [float("nan"), float("nan")])
+    div_ci, div_how = _paired_ci(div_w, np.zeros_like(div_w), seed)
+    drop_ci, drop_how = _paired_ci(acc_with.mean(1), acc_without, seed)
     corr_ci, undefined_share = _corr_ci(q, acc_with, seed)
-    res = {"n_windows": n, "divergence": float(div_w.mean()), "divergence_ci95": _mean_ci(div_w, seed),
+    res = {"n_windows": n, "divergence": float(div_w.mean()), "divergence_ci95": div_ci, "divergence_ci_method": div_how,
            "ablation_drop": float(acc_with.mean() - acc_without.mean()), "ablation_drop_ci95": drop_ci,
+           "ablation_drop_ci_method": drop_how,
            "correlation": corr, "correlation_defined": math.isfinite(corr), "correlation_ci95": corr_ci,
            "correlation_n_informative": int(informative_windows(q, acc_with).sum()),
            "correlation_undefined_share": undefined_share}
     n_of = {"divergence": n, "ablation_drop": n, "correlation": res["correlation_n_informative"]}
     for key, flag in _PASS_KEY.items():
-        res[f"{key}_verdict"] = verdict(res[f"{key}_ci95"], thresholds[key], n_of[key])
+        res[f"{key}_verdict"] = verdict(res[f"{key}_ci95"], thresholds[key], n_of[key],
+                                        MIN_CORRELATION_WINDOWS if key == "correlation" else MIN_WINDOWS)
         res[flag] = res[f"{key}_verdict"] == "PASS"
     if not res["correlation_defined"]:
         res["correlation_why"] = "undefined: nothing varies within any window"

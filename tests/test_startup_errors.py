@@ -1,0 +1,75 @@
+"""Mistakes found by trying the CLI as a user would (bad values that used to fail deep inside a run, with a traceback
+and a half-written run dir, or to run on and report nothing): each is now one ConfigError at start-up, before any
+run dir, work dir or artifact exists."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentforge.artifacts import save_model
+from agentforge.config import validate
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.errors import ConfigError
+from agentforge.main import run
+from agentforge.models import CognateConfig, CognateModel
+from agentforge.quant.checkpoint import save_packed
+from agentforge.quant.convert import convert_to_bitlinear
+from tests.conftest import compose_cfg
+
+TINY = dict(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=16, max_steps=2, ltm_slots=4, ltm_key_dim=8,
+            ltm_chunk=4, max_seq_len=64)
+
+
+def _nothing_written(tmp_path):
+    out = tmp_path / "outputs"
+    assert not (tmp_path / "run").exists()
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()], sorted(out.rglob("*"))
+
+
+@pytest.mark.parametrize("betas", [[0.9], [0.9, 1.0], [0.9, -0.1], "0.9", [0.9, 0.95, 0.99]])
+def test_optimizer_betas_must_be_two_numbers_in_0_1(tmp_path, betas):
+    """``optimizer.betas=[0.9]`` raised IndexError inside torch's Adam on the first step."""
+    cfg = compose_cfg(["phase=cognate", "logger=none"], tmp_path)
+    cfg.optimizer.betas = betas
+    with pytest.raises(ConfigError, match=r"optimizer\.betas must be two numbers in \[0, 1\)"):
+        validate(cfg)
+    cfg.optimizer.betas = [0.9, 0.95]
+    validate(cfg)
+
+
+def test_cognate_seq_len_above_the_model_max_seq_len(tmp_path):
+    cfg = compose_cfg(["phase=cognate", "logger=none", "hardware=cpu", "data.seq_len=1024"], tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.seq_len=1024 exceeds model\.max_seq_len=512"):
+        run(cfg)
+    _nothing_written(tmp_path)
+
+
+def test_bitnet_seq_len_above_the_input_max_seq_len(tmp_path):
+    ck = save_model(tmp_path / "in", CognateModel(CognateConfig(**TINY)), ByteTokenizer())
+    cfg = compose_cfg(["phase=bitnet", "logger=none", "hardware=cpu", f"phase.input={ck}", "data.seq_len=128"],
+                      tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.seq_len=128 exceeds the input model's max_seq_len=64"):
+        run(cfg)
+    _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("fraction, why", [(0.00001, r"leaves 0 training"), (1.0, r"and 0 validation pairs")])
+def test_grokking_split_with_no_training_or_no_validation_pairs(tmp_path, fraction, why):
+    """train_fraction=0.00001 raised IndexError in the first step; 1.0 ran to the end with a NaN validation accuracy."""
+    cfg = compose_cfg(["phase=grokking", "logger=none", "hardware=cpu", f"phase.train_fraction={fraction}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"phase\.train_fraction=.* " + why):
+        run(cfg)
+    _nothing_written(tmp_path)
+
+
+def test_eval_refuses_to_fine_tune_a_packed_bitnet_checkpoint(tmp_path):
+    """A packed checkpoint's linear layers hold ternary codes: fine-tuning it raised AttributeError in QK-clip."""
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(**TINY)).eval()
+    convert_to_bitlinear(model)
+    ck = save_packed(tmp_path / "packed", model, ByteTokenizer())
+    cfg = compose_cfg(["phase=eval", "logger=none", "hardware=cpu", f"checkpoint={ck}", "stage=finetuned_vanilla",
+                       "phase.finetune_steps=1"], tmp_path)
+    with pytest.raises(ConfigError, match=r"stage=finetuned_vanilla: fine-tuning needs float weights.*packed BitNet"):
+        run(cfg)
+    _nothing_written(tmp_path)
