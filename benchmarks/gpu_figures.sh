@@ -23,10 +23,11 @@
 #                                              # phase's optimizer) and at batch 128, the default pipeline on the GPU
 #   bash benchmarks/gpu_figures.sh phase128 [S] # ~4 min: 25M tokens/s at batch 128 compiled with the phase's optimizer
 #                                              # (Muon-Grokfast); cProfile of the Quiet-STaR phase (input $QS_INPUT)
-#   bash benchmarks/gpu_figures.sh parts [S]   # ~6 min: every CUDA test (GroupedMuon's among them), 25M tokens/s at
-#                                              # batch 128 compiled with the phase's optimizer, grouped Muon beside
-#                                              # torch.optim.Muon; the default pipeline on the GPU, its output kept
-#                                              # and every phase's time parts (and evaluation device) printed
+#   bash benchmarks/gpu_figures.sh parts [S]   # ~6 min: every CUDA test (GroupedMuon's and the memory's bf16 one among
+#                                              # them), 25M tokens/s at batch 128 compiled with the phase's optimizer,
+#                                              # grouped Muon beside torch.optim.Muon; the default pipeline on the GPU,
+#                                              # its output kept and every phase's time parts, evaluation device and
+#                                              # CUDA-graph counts printed
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
 # ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
@@ -68,10 +69,10 @@ prof() {  # prof <timeout> <name> <agentforge args...>: the phase under cProfile
     [ -f "$out/$name.prof" ] && "$PY" -c "import pstats,sys; p=pstats.Stats(sys.argv[1]); p.sort_stats('cumulative').print_stats('agentforge', 40); p.sort_stats('tottime').print_stats(30)" "$out/$name.prof" > "$out/$name.txt" 2>&1
 }
 if [ "$part" = parts ]; then
-  step 100 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or compile_regions" tests/test_grouped_muon.py tests/test_speed.py tests/test_memory_graph.py tests/test_decode_graph.py tests/test_compile.py tests/test_cli.py
+  step 100 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or compile_regions" tests/test_grouped_muon.py tests/test_speed.py tests/test_memory_graph.py tests/test_decode_graph.py tests/test_compile.py tests/test_cli.py tests/test_memory_exact.py
   step 150 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 128 --seq 512 --steps 9 --compile --muon-grokfast --torch-muon
   step 260 "$PY" benchmarks/bench_pipeline.py --hardware gpu --logs "$out/pipeline_logs"
-  [ -d "$out/pipeline_logs" ] && grep -h -E "time \(s\)|devices:" "$out"/pipeline_logs/*.log | tee -a "$log"
+  [ -d "$out/pipeline_logs" ] && grep -h -E "time \(s\)|devices:|CUDA graphs:" "$out"/pipeline_logs/*.log | tee -a "$log"
   echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
 fi
 if [ "$part" = phase128 ]; then

@@ -130,3 +130,43 @@ def test_cached_call_bounds_graphs_by_count_and_bytes_and_copies_per_dtype(monke
     srcs = [torch.ones(3), torch.full((2,), 7), torch.full((1,), 2.0), torch.ones(2, dtype=torch.bool)]
     graphs._copy_all(dsts, srcs)
     assert sorted(calls) == [1, 1, 2] and all(torch.equal(d, s) for d, s in zip(dsts, srcs))
+
+
+def test_cached_call_counts_each_call_by_kind_and_outcome(monkeypatch):
+    """``graphs.COUNTS``: a key's first sighting runs eagerly (eager_first), its second captures (captured), later ones
+    replay; a new key with no room left runs eagerly (eager_full); an owner whose capture failed stays eager
+    (eager_failed). ``counts`` flattens them for the phases' summary, ``counts_line`` prints them."""
+    class Owner:
+        pass
+
+    class Fails:
+        def __init__(self, fn, args):
+            raise RuntimeError("an op that cannot be captured")
+
+    class Runs:
+        def __init__(self, fn, args):
+            self.fn = fn
+
+        def __call__(self, args):
+            return self.fn(*args)
+
+    graphs.reset_counts()
+    x, owner = torch.ones(2), Owner()
+    monkeypatch.setattr(graphs, "Captured", Runs)
+    for key in ("a", "a", "a", "a", "b", "b"):   # room for one graph: "b" never gets one
+        graphs.cached_call(owner, (key,), lambda t: t + 1, (x,), max_graphs=1, kind="scan")
+    monkeypatch.setattr(graphs, "Captured", Fails)
+    other = Owner()
+    for _ in range(3):
+        graphs.cached_call(other, ("c",), lambda t: t + 1, (x,), max_graphs=4, kind="decode_step")
+    found = graphs.counts()
+    assert found == {"cuda_graphs/decode_step_replayed": 0, "cuda_graphs/decode_step_captured": 0,
+                     "cuda_graphs/decode_step_eager_first": 1, "cuda_graphs/decode_step_eager_full": 0,
+                     "cuda_graphs/decode_step_eager_failed": 2,
+                     "cuda_graphs/scan_replayed": 2, "cuda_graphs/scan_captured": 1, "cuda_graphs/scan_eager_first": 2,
+                     "cuda_graphs/scan_eager_full": 1, "cuda_graphs/scan_eager_failed": 0}
+    assert graphs.counts_line(found) == ("CUDA graphs: decode_step 0 replayed, 0 captured, 1 eager_first, 0 eager_full, "
+                                         "2 eager_failed; scan 2 replayed, 1 captured, 2 eager_first, 1 eager_full, "
+                                         "0 eager_failed")
+    graphs.reset_counts()
+    assert graphs.counts() == {}

@@ -391,7 +391,7 @@ def test_a_forgotten_stage_does_not_overwrite_another_checkpoints_baseline(tmp_p
 
 
 def test_the_printed_line_gives_each_accuracy_and_the_perplexity_with_its_ci_and_n():
-    """16 GSM8K questions, 4 right: 0.25 [Wilson 0.1018, 0.495] n=16; the perplexity of 8 equal row losses: its CI
+    """16 GSM8K questions, 4 right: 0.25 [exact (Clopper-Pearson) 0.07266, 0.5238] n=16; the perplexity of 8 equal row losses: its CI
     is the point; figures with no per-example record print bare."""
     import math
 
@@ -399,6 +399,6 @@ def test_the_printed_line_gives_each_accuracy_and_the_perplexity_with_its_ci_and
 
     m = {"perplexity": math.exp(2.0), "reasoning_accuracy": 0.25, "latency_ms": 12.0}
     line = summary_line("baseline", m, {"gsm8k_correct": [1] * 4 + [0] * 12, "row_loss": [2.0] * 8})
-    assert "reasoning_accuracy 0.25 [0.1018, 0.495] n=16" in line
+    assert "reasoning_accuracy 0.25 [0.07266, 0.5238] n=16" in line
     assert "perplexity 7.389 [7.389, 7.389] n=8" in line and "latency_ms 12  " not in line
     assert line.endswith("latency_ms 12") and summary_line("b", {"latency_ms": 12.0}) == "b: latency_ms 12"

@@ -224,10 +224,10 @@ def test_halting_by_difficulty_by_hand():
 def test_computation_rows_mark_the_computed_digits_and_the_letters():
     rows, hard, easy = computation_rows(3, 127, seed=0)
     assert rows.shape == (3, 128) and hard.shape == easy.shape == (3, 127)
-    # row 0: "Question: Gus buys 6 bags with 5 stamps in each bag. ...\nAnswer: Gus buys 6 * 5 = 30 stamps.\n#### 30"
+    # row 0: "Question: Lena has 60 coins. Lena gets 30 more. ...\nAnswer: Lena has 60 + 30 = 90 coins.\n#### 90"
     marked = hard[0].nonzero().flatten()
-    assert bytes(rows[0, marked + 1].tolist()) == b"30"            # target j is token j + 1: the result only,
-    assert bytes(rows[0, marked[0] - 1: marked[0] + 1].tolist()) == b"= "   # right after "= ", not the "#### 38" copy
+    assert bytes(rows[0, marked + 1].tolist()) == b"90"            # target j is token j + 1: the result only,
+    assert bytes(rows[0, marked[0] - 1: marked[0] + 1].tolist()) == b"= "   # right after "= ", not the "#### 90" copy
     targets = rows[:, 1:]
     assert torch.all((targets[hard] >= 48) & (targets[hard] <= 57)) and torch.all(targets[easy] >= 97)
 

@@ -126,3 +126,36 @@ def test_fit_devices_reads_the_strategy_root_device_and_the_model():
 
     trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
     assert fit_devices(trainer, torch.nn.Linear(2, 2)) == {"time/fit_device": "cuda:0", "time/eval_device": "cpu"}
+
+
+def test_a_phase_reports_its_cuda_graph_calls_where_the_graph_path_runs(tmp_path, monkeypatch, capsys):
+    """On a GPU the memory's scan goes through ``graphs.cached_call``; here a stand-in capture that runs the function
+    takes that path on the CPU. The Cognate phase then logs ``cuda_graphs/scan_<outcome>`` in its summary and
+    metrics.json and prints them: its fit and evaluations run one scan shape per batch shape, so most scans replay.
+    Without the path (the CPU as it is) there are no such keys and no line (``test_cli``'s key list)."""
+    import json
+
+    from agentforge.main import run
+    from agentforge.models import graphs
+    from tests.conftest import TINY, compose_cfg
+
+    class Runs:
+        def __init__(self, fn, args):
+            self.fn = fn
+
+        def __call__(self, args):
+            return self.fn(*args)
+
+    monkeypatch.setattr(graphs, "usable", lambda x: True)
+    monkeypatch.setattr(graphs, "Captured", Runs)
+    run(compose_cfg(["phase=cognate", "model=m1", *TINY], tmp_path))
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("Cognate model1 CUDA graphs: "))
+    saved = json.loads(next((tmp_path / "outputs").rglob("cognate/model1/metrics.json")).read_text())
+    counts = {k: v for k, v in saved.items() if k.startswith("cuda_graphs/")}
+    # the scan (training and evaluation forwards) and the decoder's step (the task accuracies' generations)
+    assert set(counts) == {f"cuda_graphs/{k}_{o}" for k in ("scan", "decode_step") for o in graphs.OUTCOMES}, counts
+    assert counts["cuda_graphs/scan_replayed"] > counts["cuda_graphs/scan_captured"] > 0
+    assert counts["cuda_graphs/decode_step_captured"] > 0
+    assert counts["cuda_graphs/scan_eager_failed"] == counts["cuda_graphs/decode_step_eager_failed"] == 0
+    assert line == "Cognate model1 " + graphs.counts_line(counts)

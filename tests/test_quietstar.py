@@ -250,6 +250,13 @@ def test_user_examples_hold_out_the_last_of_each_strategy(tmp_path):
                          for s, q in (("mece", "q0"), ("mece", "q1"), ("mece", "q2"), ("doubt", "q2"), ("doubt", "q3"))))
     train, val = _split_user(load_examples(p), 1)
     assert [e["question"] for e in val] == ["q3"] and {e["question"] for e in train} == {"q0", "q1", "q2"}
+    # by content, not as strings: re-spaced, or a template question under another name and item, is the same question
+    ada = "Ada has 5 apples. Ada gets 3 more. How many apples does Ada have now?"
+    p.write_text("".join(json.dumps({"strategy": "mece", "question": q, "response": " [thinking] r"}) + "\n"
+                         for q in (ada, ada.replace("Ada has", "Ada  has") + " ",
+                                   "Ben has 3 coins. Ben gets 5 more. How many coins does Ben have now?")))
+    train, val = _split_user(load_examples(p), 2)
+    assert len(train) == 1 and val == []
 
 
 def test_user_examples_with_no_strategy_to_hold_out_are_one_error_before_any_run(tiny_input, tmp_path):

@@ -154,10 +154,10 @@ def test_run_dir_holds_the_files_the_readme_lists(cognate_artifacts):
 
 # ------------------------------------------------------------------------------------------- statistics
 def test_200_choice_questions_give_about_plus_minus_007_at_one_half():
-    """'`phase.choice_examples` (ARC / PIQA, default 200: about ±0.07 on an accuracy near 0.5, 95% Wilson)'."""
-    from agentforge.evals.stats import wilson_ci
+    """'`phase.choice_examples` (ARC / PIQA, default 200: about ±0.07 on an accuracy near 0.5, 95% exact CI)'."""
+    from agentforge.evals.stats import exact_proportion_ci
 
-    lo, hi = wilson_ci(100, 200)
+    lo, hi = exact_proportion_ci(100, 200)
     assert (hi - lo) / 2 == pytest.approx(0.07, abs=0.005)
 
 

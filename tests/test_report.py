@@ -120,8 +120,8 @@ def test_report_shows_n_ci_power_and_the_data_check(tmp_path):
     steps = [{"key": "eval-phase1_model1", "phase": "eval", "status": "done", "duration_s": 1.0}]
     out = write_report(tmp_path, "t", steps, perf, [], check)
     md = out["report"].read_text()
-    assert "| 0.500 [0.43, 0.57] n=200 |" in md and "| 0.625 [0.39, 0.82] n=16 |" in md
-    assert "n = 16: ±0.220" in md and "n = 200: ±0.069" in md  # z sqrt(1/4n + z²/4n²) / (1 + z²/n)
+    assert "| 0.500 [0.43, 0.57] n=200 |" in md and "| 0.625 [0.35, 0.85] n=16 |" in md   # exact (Clopper-Pearson)
+    assert "n = 16: ±0.253" in md and "n = 200: ±0.071" in md  # half the Clopper-Pearson width at k = n / 2
     assert "## Held-out data" in md and "| piqa | 1000 | 900 | 20 / 20 | 0 / 0 | 0 / 0 | 0 / 1 |" in md
     assert "disjoint by problem" in md
     assert "Latency:" not in md   # no timing in these results: no timing note

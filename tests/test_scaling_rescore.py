@@ -204,3 +204,36 @@ def test_cli_reports_and_logs_the_improvement_interval(tmp_path):
     fitness = json.loads((run_dir / "fitness.json").read_text())
     assert fitness["test_improvement_ci95"] == [low, high] and fitness["rescore"]["child_gap"] == 0.0
     assert not [k for k in selection_only(fitness) if k.startswith("test_")]  # OpenEvolve's view: none of it
+
+
+def test_each_size_is_rescored_in_its_own_sandbox_with_only_its_weights(tmp_path):
+    """One sandbox for all sizes let a size's forward read the other sizes' weight files (an ensemble whose extra
+    parameters no count sees). A candidate that lists the weight files it can see, at import, in each re-scoring
+    sandbox: it sees its own size's alone, and the logits still come back for every size."""
+    import importlib.util
+    import re
+
+    from safetensors.torch import save
+
+    from agentforge.sandbox import SandboxLimits
+    from agentforge.scaling import trust
+    from agentforge.scaling.model import ScalingLM
+
+    sizes = TINY_SETTINGS["sizes"]
+    assert len(sizes) >= 2
+    spec = importlib.util.spec_from_file_location("baseline_variant", variant_path("baseline"))
+    variant = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variant)
+    vocab = trust.expected_shapes(sizes[0])["embed.weight"][0]
+    weights = {f"weights_{s['name']}.safetensors": save(ScalingLM(vocab, s["d_model"], s["n_layers"], s["n_heads"],
+                                                                  variant.Attention).state_dict()) for s in sizes}
+    spy = ("\nimport os as _os, sys as _sys\n"
+           "print('WEIGHTS', sorted(f for f in _os.listdir('.') if f.startswith('weights_')), file=_sys.stderr)\n")
+    code = variant_path("baseline").read_text() + spy
+    rows = {"rows": torch.randint(0, vocab, (3, 8)), "probe": torch.randint(0, vocab, (2, 8))}
+    out = rescore.infer(code, TINY_SETTINGS, weights, rows, "batch", sandbox=strongest_mode(), log_dir=tmp_path,
+                        limits=SandboxLimits(wall_s=120, cpu_s=240, memory_mb=2**20, max_procs=68, max_file_mb=256))
+    seen = re.findall(r"WEIGHTS (\[.*\])", (tmp_path / "rescore.log").read_text())
+    assert seen == [str([f"weights_{s['name']}.safetensors"]) for s in sizes]
+    assert sorted(out) == sorted(s["name"] for s in sizes) and all(out[s["name"]]["last"].shape == (3, vocab)
+                                                                     for s in sizes)

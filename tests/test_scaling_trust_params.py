@@ -210,6 +210,29 @@ def test_parameters_are_counted_by_their_bytes():
     assert err.value.kind == "params"
 
 
+def test_tiny_low_precision_tensors_are_charged_at_least_what_they_hold():
+    """Bytes / 4 rounded up per tensor: rounded down, a one-element fp16 tensor counted 0 and 50 000 of them under
+    one layer's attention (2.3x the size's model) added nothing to the count and passed the 2x bound. float8 weights
+    are checked for non-finite values too (torch has no isfinite of float8: it raised NotImplementedError)."""
+    assert trust.fp32_equivalent(torch.zeros(1, dtype=torch.float16)) == 1
+    assert trust.fp32_equivalent(torch.zeros(3, dtype=torch.float16)) == 2
+    assert trust.fp32_equivalent(torch.zeros(4, dtype=torch.float16)) == 2
+    size = LADDER[0]
+    ref = trust.reference_params(size)[0]
+    w = {k: torch.zeros(s) for k, s in trust.expected_shapes(size).items()}
+    base, _ = trust.count_params(size, w)
+    n = 2 * ref
+    w.update({f"blocks.0.attn.h{i}": torch.zeros(1, dtype=torch.float16) for i in range(n)})
+    total, _ = trust.count_params(size, w)
+    assert total == base + n
+    with pytest.raises(CandidateFailure) as err:
+        trust.check_param_ratio(size, total, 2.0)
+    assert err.value.kind == "params"
+    if hasattr(torch, "float8_e4m3fn"):
+        f8 = {k: torch.zeros(shape).to(torch.float8_e4m3fn) for k, shape in trust.expected_shapes(size).items()}
+        assert trust.count_params(size, f8)[0] == sum(-(-t.numel() // 4) for t in f8.values())
+
+
 @pytest.mark.parametrize("line", ["    def _load_from_state_dict(self, *a):\n        pass\n",
                                   "    def state_dict(self, *a, **k):\n        return {}\n",
                                   "        self._register_state_dict_hook(print)\n",

@@ -9,6 +9,7 @@ import pytest
 from agentforge.evals.stats import (
     MIN_N,
     exact_paired_binary,
+    exact_proportion_ci,
     mean_pass_at_k,
     paired_binary_ci,
     paired_bootstrap,
@@ -339,3 +340,27 @@ def test_paired_ratio_interval_covers_the_true_ratio():
     true = 0.45 / 0.55
     hits = [lo <= true <= hi for lo, hi in (paired_ratio_ci(int(c[0]), int(c[1]), int(c[2])) for c in counts)]
     assert 0.93 <= float(np.mean(hits)) <= 0.975
+
+
+def test_exact_proportion_ci_hand_values_and_coverage():
+    """Clopper-Pearson: k = 0 gives [0, 1 - 0.025^(1/n)], k = n its mirror; the interval inverts the binomial test, so
+    its coverage is >= 95 % at every true p (computed exactly from the binomial pmf for n = 4 and 16), where Wilson's
+    falls to ~0.83."""
+    from scipy.stats import beta, binom  # beta: the definition, its quantiles (Clopper & Pearson 1934)
+
+    for n in (1, 4, 16):
+        assert exact_proportion_ci(0, n) == pytest.approx([0.0, 1 - 0.025 ** (1 / n)])
+        assert exact_proportion_ci(n, n) == pytest.approx([0.025 ** (1 / n), 1.0])
+    for k, n in ((4, 16), (8, 16), (100, 200), (1, 3)):
+        assert exact_proportion_ci(k, n) == pytest.approx([beta.ppf(0.025, k, n - k + 1), beta.ppf(0.975, k + 1, n - k)])
+    lo, hi = exact_proportion_ci(4, 16)
+    assert lo < wilson_ci(4, 16)[0] and hi > wilson_ci(4, 16)[1]     # wider than Wilson's: exact, conservative
+    for n in (4, 16):
+        cis = [exact_proportion_ci(k, n) for k in range(n + 1)]
+        wil = [wilson_ci(k, n) for k in range(n + 1)]
+        cover = lambda ivs, p: sum(binom.pmf(k, n, p) for k, (a, b) in enumerate(ivs) if a <= p <= b)  # noqa: E731
+        grid = np.linspace(0.001, 0.999, 999)
+        assert min(cover(cis, p) for p in grid) >= 0.95 - 1e-9
+        assert min(cover(wil, p) for p in grid) < 0.9
+    with pytest.raises(ValueError):
+        exact_proportion_ci(3, 2)

@@ -67,17 +67,32 @@ def normalize_ws(text: str) -> str:
 
 
 _W, _N = r"([A-Za-z]+)", r"(\d+)"
-_CANON = [  # (pattern over a whitespace-normalized prompt, the problem it asks); a full match only
+
+
+def _sum(a: str, b: str) -> tuple[str, ...]:
+    return ("sum", *map(str, sorted((int(a), int(b)))))
+
+
+def _product(a: str, b: str) -> tuple[str, ...]:
+    return ("product", *map(str, sorted((int(a), int(b)))))
+
+
+# (pattern over a whitespace-normalized prompt, the problem it asks); a full match only. The problem is the
+# computation, whatever task asks it: a GSM8K-format addition and a PIQA-format "find a plus b" are one problem, and
+# so are a + b and b + a, a x b and b x a (the operands of a sum or product sorted; a difference keeps its order).
+# Before, the key held the task and the operand order: 140 of 200 PIQA test items' computation was a train-split
+# GSM8K-format problem, and 6 of 13 val multiplications had their swapped twin in the train split.
+_CANON = [
     (rf"Question: {_W} has {_N} {_W}\. \1 gets {_N} more\. How many \3 does \1 have now\?\nAnswer:",
-     lambda m: ("arithmetic", "add", m[2], m[4])),
+     lambda m: _sum(m[2], m[4])),
     (rf"Question: {_W} has {_N} {_W} and gives away {_N}\. How many \3 are left\?\nAnswer:",
-     lambda m: ("arithmetic", "sub", m[2], m[4])),
+     lambda m: ("difference", m[2], m[4])),
     (rf"Question: {_W} buys {_N} bags with {_N} {_W} in each bag\. How many \4 does \1 buy\?\nAnswer:",
-     lambda m: ("arithmetic", "mul", m[2], m[3])),
-    (rf"Goal: To find {_N} plus {_N},\nSolution:", lambda m: ("piqa", "+", m[1], m[2])),
-    (rf"Goal: To count {_N} {_W} and then {_N} more \2,\nSolution:", lambda m: ("piqa", "+", m[1], m[3])),
-    (rf"Goal: To find {_N} minus {_N},\nSolution:", lambda m: ("piqa", "-", m[1], m[2])),
-    (rf"Goal: To take {_N} {_W} away from {_N} \2,\nSolution:", lambda m: ("piqa", "-", m[3], m[1])),
+     lambda m: _product(m[2], m[3])),
+    (rf"Goal: To find {_N} plus {_N},\nSolution:", lambda m: _sum(m[1], m[2])),
+    (rf"Goal: To count {_N} {_W} and then {_N} more \2,\nSolution:", lambda m: _sum(m[1], m[3])),
+    (rf"Goal: To find {_N} minus {_N},\nSolution:", lambda m: ("difference", m[1], m[2])),
+    (rf"Goal: To take {_N} {_W} away from {_N} \2,\nSolution:", lambda m: ("difference", m[3], m[1])),
     (rf"Question: Which number is the (largest|smallest)\? \(A\) {_N} \(B\) {_N} \(C\) {_N} \(D\) {_N}\nAnswer:",
      lambda m: ("choice", m[1], ",".join(map(str, sorted(int(x) for x in m.groups()[1:]))))),
 ]
@@ -85,8 +100,9 @@ _CANON = [(re.compile(pat), key) for pat, key in _CANON]
 
 
 def canonical(prompt: str) -> str:
-    """The content key of a prompt: the problem of a synthetic template (``arithmetic|add|5|3``) whatever its
-    name, item, wording or option order; else the whitespace-normalized prompt. Idempotent."""
+    """The content key of a prompt: the problem of a synthetic template (``sum|3|5``) whatever its task, name,
+    item, wording, operand order (sums, products) or option order; else the whitespace-normalized prompt.
+    Idempotent."""
     text = normalize_ws(prompt)
     for pat, key in _CANON:
         m = pat.fullmatch(text)

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import stats
 
 from agentforge.evals.compare_table import ACCURACY_FORMATS
-from agentforge.evals.stats import wilson_ci
+from agentforge.evals.stats import exact_proportion_ci
 
 
 def perplexity_ci(row_loss: list[float] | None) -> dict:
@@ -24,11 +24,11 @@ def perplexity_ci(row_loss: list[float] | None) -> dict:
 
 
 def stage_intervals(per_example: dict) -> dict:
-    """{key_n, key_ci95} for each answer accuracy (95% Wilson) and the perplexity (t-interval over rows)."""
+    """{key_n, key_ci95} for each answer accuracy (95% exact, Clopper-Pearson) and the perplexity (t-interval over rows)."""
     out: dict = {}
     for fmt, key in ACCURACY_FORMATS:
         c = per_example.get(f"{fmt}_correct")
         if c:
-            out[f"{key}_n"], out[f"{key}_ci95"] = len(c), wilson_ci(int(sum(c)), len(c))
+            out[f"{key}_n"], out[f"{key}_ci95"] = len(c), exact_proportion_ci(int(sum(c)), len(c))
     out.update(perplexity_ci(per_example.get("row_loss")))
     return out

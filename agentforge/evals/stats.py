@@ -231,6 +231,18 @@ def wilson_ci(k: int, n: int, confidence: float = 0.95) -> list[float]:
     return [float(ci.low), float(ci.high)]
 
 
+def exact_proportion_ci(k: int, n: int, confidence: float = 0.95) -> list[float]:
+    """Clopper-Pearson (1934) interval of the proportion k / n, via scipy's binomtest ("exact"): the binomial
+    test inverted, so its coverage is at least ``confidence`` for every true proportion and n — the CI the accuracies
+    are reported with. Wilson's score interval is narrower but not exact: its worst-case coverage at 95 % nominal is
+    0.83 at n = 4 and 0.84 at n = 16, the sizes of the held-out GSM8K sets here. Hand case: k = 0 gives
+    [0, 1 - (alpha / 2)^(1 / n)]."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"a proportion needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    ci = sps.binomtest(int(k), int(n)).proportion_ci(confidence, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
 def tango_ci(b: int, c: int, n: int, confidence: float = 0.95) -> list[float]:
     """CI of p1 - p2 = (b - c) / n for n pairs, b = (1, 0) pairs, c = (0, 1) pairs: every delta whose
     score statistic Z(delta) = (b - c - n delta) / sqrt(n (2 q + delta (1 - delta))) has |Z| <= z, where

@@ -20,6 +20,12 @@ and the rest of the process is unaffected (tested on a GPU: stream, generator, l
 
 Used only for CUDA tensors, outside ``torch.compile``, another stream capture and torch function / dispatch modes
 (a FLOP counter must see the kernels); off everywhere with ``hardware.cuda_graphs=false`` (``ENABLED``).
+
+Every call through ``cached_call`` is counted by kind (the caller's: ``scan``, ``decode_step``) and outcome —
+``replayed``, ``captured`` (a capture and its first replay), ``eager_first`` (a key's first sighting), ``eager_full``
+(the owner's graphs or bytes are used up), ``eager_failed`` (its capture failed) — process-wide, for the phases' report
+(``counts``, ``reset_counts``): a capture costs a warm-up, a capture and a private memory pool, so captures that are
+rarely replayed, or shapes that find no room, cost time instead of saving it.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 log = logging.getLogger(__name__)
 
 ENABLED = True      # hardware.cuda_graphs
+COUNTS: Counter = Counter()   # (kind, outcome) -> calls through cached_call (module docstring)
 MAX_SEEN = 256      # sighting counts kept per owner (cleared when full)
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # owner -> ({key: Captured}, Counter(key), [bytes])
 _FAILED: weakref.WeakSet = weakref.WeakSet()                      # owners whose capture failed: eager from then on
@@ -111,10 +118,12 @@ class Captured:
         return tree_unflatten(leaves, self.spec)
 
 
-def cached_call(owner, key: tuple, fn, args: tuple[torch.Tensor, ...], max_graphs: int, max_bytes: float = float("inf")):
+def cached_call(owner, key: tuple, fn, args: tuple[torch.Tensor, ...], max_graphs: int, max_bytes: float = float("inf"),
+                kind: str = "graph"):
     """``fn(*args)``, replayed from ``owner``'s graph for ``key`` where one was captured (see the module docstring);
-    the caller checks ``usable`` first."""
+    the caller checks ``usable`` first. ``kind`` names the caller in ``COUNTS``."""
     if owner in _FAILED:
+        COUNTS[kind, "eager_failed"] += 1
         return fn(*args)
     graphs, seen, used = _CACHE.setdefault(owner, ({}, Counter(), [0]))
     graph = graphs.get(key)
@@ -123,6 +132,7 @@ def cached_call(owner, key: tuple, fn, args: tuple[torch.Tensor, ...], max_graph
             seen.clear()
         seen[key] += 1
         if seen[key] < 2 or len(graphs) >= max_graphs or used[0] >= max_bytes:   # seen once, or no room: eager
+            COUNTS[kind, "eager_first" if seen[key] < 2 else "eager_full"] += 1
             return fn(*args)
         try:
             graph = graphs[key] = Captured(fn, args)
@@ -132,8 +142,33 @@ def cached_call(owner, key: tuple, fn, args: tuple[torch.Tensor, ...], max_graph
             graphs.clear()
             log.warning("CUDA graph of %s: capture failed (%s: %s); it runs eagerly", type(owner).__name__,
                         type(exc).__name__, exc)
+            COUNTS[kind, "eager_failed"] += 1
             return fn(*args)
+        COUNTS[kind, "captured"] += 1
+    else:
+        COUNTS[kind, "replayed"] += 1
     return graph(args)
+
+
+OUTCOMES = ("replayed", "captured", "eager_first", "eager_full", "eager_failed")
+
+
+def counts(prefix: str = "cuda_graphs/") -> dict[str, int]:
+    """``COUNTS`` as flat keys, ``{prefix}{kind}_{outcome}``, every outcome of each kind seen (empty where no call
+    went through ``cached_call``, e.g. on the CPU)."""
+    kinds = sorted({k for k, _ in COUNTS})
+    return {f"{prefix}{k}_{o}": COUNTS[k, o] for k in kinds for o in OUTCOMES}
+
+
+def counts_line(found: dict[str, int], prefix: str = "cuda_graphs/") -> str:
+    """'CUDA graphs: scan 746 replayed, 25 captured, 0 eager_first, ...; decode_step ...' of ``counts``' keys."""
+    kinds = [k[len(prefix):-len("_replayed")] for k in found if k.endswith("_replayed")]
+    parts = [f"{k} " + ", ".join(f"{found[f'{prefix}{k}_{o}']} {o}" for o in OUTCOMES) for k in kinds]
+    return "CUDA graphs: " + "; ".join(parts)
+
+
+def reset_counts() -> None:
+    COUNTS.clear()
 
 
 def captured(owner) -> int:

@@ -111,7 +111,7 @@ class CognateDecoder:
         key = (spec, graphs.metas(args), tuple(x for x in leaves if not torch.is_tensor(x)), self.n_steps,
                m._halting, m.memory.enabled, graphs.modes(token.device.type), weights)
         logits, self.hidden, (self.attn, self.mem) = graphs.cached_call(m, key, fn, args, MAX_STEP_GRAPHS,
-                                                                        MAX_STEP_GRAPH_BYTES)
+                                                                        MAX_STEP_GRAPH_BYTES, kind="decode_step")
         self.pos += 1
         return logits
 

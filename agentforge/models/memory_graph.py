@@ -30,4 +30,4 @@ def run(memory, args: tuple[torch.Tensor, ...], traced: bool) -> dict[str, torch
     if not graphs.usable(args[0]):
         return memory.scan_fresh(*args, traced)
     return graphs.cached_call(memory, key(memory, args, traced), lambda *a: memory.scan_fresh(*a, traced), args,
-                              MAX_GRAPHS)
+                              MAX_GRAPHS, kind="scan")

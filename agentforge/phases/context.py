@@ -47,7 +47,11 @@ def resolved_paths(cfg: DictConfig) -> tuple[Path, Path]:
 @contextlib.contextmanager
 def timed_run_context(cfg: DictConfig, times, **kw):
     """``run_context`` whose opening (seeds, dirs, config files, the loggers' init) is the part ``open`` of ``times``
-    (an ``evals.speed.PartTimes``); what runs inside is not in it."""
+    (an ``evals.speed.PartTimes``); what runs inside is not in it. The CUDA-graph counts start from zero here, so
+    ``report_times`` reports this run's (``models.graphs.counts``)."""
+    from agentforge.models import graphs
+
+    graphs.reset_counts()
     with contextlib.ExitStack() as stack:
         with times("open"):
             ctx = stack.enter_context(run_context(cfg, **kw))

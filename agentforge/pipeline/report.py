@@ -2,7 +2,7 @@
 
 1. phase overview: status and duration of every step;
 2. model performance across phases: perplexity, accuracies, size on disk, latency, from each phase
-   output's ``eval`` results; every accuracy with its n and 95% Wilson CI;
+   output's ``eval`` results; every accuracy with its n and 95% exact (Clopper-Pearson) CI;
 3. the seed's critical thresholds, each row decided from its CI (``pipeline.thresholds``);
 4. Phase 1, what each Cognate mechanism buys: each model's ablation deltas with their paired-bootstrap
    CIs (recursion at 1 step, memory off, always-max-steps with the non-inferiority verdict of halting,
@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 
 from agentforge.evals.compare import ACCURACY_FORMATS
 from agentforge.evals.intervals import stage_intervals
-from agentforge.evals.stats import wilson_ci
+from agentforge.evals.stats import exact_proportion_ci
 from agentforge.io import atomic_write, write_text_atomic
 from agentforge.pipeline.thresholds import cognate_diversity, cognate_metrics
 
@@ -122,12 +122,12 @@ def _perf_cell(row: dict, key: str):
 
 
 def power_note(perf: list[dict]) -> str:
-    """What the accuracies' sample sizes can resolve: the 95% Wilson half-width at accuracy 0.5 per n."""
+    """What the accuracies' sample sizes can resolve: the 95% exact (Clopper-Pearson) half-width at accuracy 0.5 per n."""
     ns = sorted({r[f"{k}_n"] for r in perf for _, k in ACCURACY_FORMATS if r.get(f"{k}_n")})
     if not ns:
         return ""
-    parts = [f"n = {n}: ±{(hi - lo) / 2:.3f}" for n in ns for lo, hi in [wilson_ci(n // 2, n)]]
-    return ("Accuracies: value [95% Wilson CI] and n examples. Half-width of the CI at accuracy 0.5: "
+    parts = [f"n = {n}: ±{(hi - lo) / 2:.3f}" for n in ns for lo, hi in [exact_proportion_ci(n // 2, n)]]
+    return ("Accuracies: value [95% exact (Clopper-Pearson) CI] and n examples. Half-width of the CI at accuracy 0.5: "
             + "; ".join(parts) + ". Perplexity: exp of the mean held-out row loss [95% Student t-interval over "
             "the rows] and n rows.")
 

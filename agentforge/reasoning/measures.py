@@ -12,7 +12,7 @@ import torch
 from agentforge.data import formats, synthetic
 from agentforge.evals.compare import round_ratios
 from agentforge.evals.speed import interleaved_times
-from agentforge.evals.stats import paired_test, wilson_ci
+from agentforge.evals.stats import exact_proportion_ci, paired_test
 from agentforge.reasoning.thoughts import generate_with_thoughts
 
 DIRECT = "answered directly, without thoughts (greedy decoding; the mixing head is not used)"
@@ -41,14 +41,14 @@ def inference_ms(model, head, tok, tc, tids, n_tokens: int, rounds: int = 7) -> 
 
 
 def accuracy_evidence(check: dict) -> dict:
-    """n and the 95 % Wilson CI of the last check's held-out GSM8K- and ARC-format accuracies (a handful of
+    """n and the 95 % exact (Clopper-Pearson) CI of the last check's held-out GSM8K- and ARC-format accuracies (a handful of
     questions by default: the CI says how little they resolve), and how they were answered (``DIRECT``)."""
     out = {}
     for task in ("gsm8k", "arc"):
-        out[f"rl/final_{task}_accuracy_test"] = f"{DIRECT}; Wilson 95% CI over questions"
+        out[f"rl/final_{task}_accuracy_test"] = f"{DIRECT}; exact (Clopper-Pearson) 95% CI over questions"
         c = check.get(f"{task}_correct")
         if c:
-            out[f"rl/final_{task}_accuracy_n"], out[f"rl/final_{task}_accuracy_ci95"] = len(c), wilson_ci(int(sum(c)), len(c))
+            out[f"rl/final_{task}_accuracy_n"], out[f"rl/final_{task}_accuracy_ci95"] = len(c), exact_proportion_ci(int(sum(c)), len(c))
     return out
 
 

@@ -116,13 +116,21 @@ def by_strategy(examples: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def question_key(question: str) -> str:
+    """A question's content key (``synthetic.canonical`` of its GSM8K-format prompt): whitespace normalized, and a
+    synthetic template's question reduced to its problem whatever its name or item."""
+    return synthetic.canonical(formats.gsm8k_prompt({"question": question}))
+
+
 def split_user_examples(records: list[dict], n_val: int) -> tuple[list[dict], list[dict]]:
     """Hold out the last n_val records of each strategy of a user file, less any whose question is also a training
-    record's (held out by content: a question repeated in the file must not be both trained on and validated)."""
+    record's by content (``question_key``: a question repeated in the file, re-spaced or, for a template question,
+    under another name or item, must not be both trained on and validated; compared as exact strings, 'Ada  has'
+    with two spaces was held out against a trained 'Ada has')."""
     train, val = [], []
     for recs in by_strategy(records).values():
         keep = max(len(recs) - n_val, 1) if recs else 0
         train += recs[:keep]
         val += recs[keep:] if len(recs) > 1 else []
-    seen = {r["question"] for r in train}
-    return train, [r for r in val if r["question"] not in seen]
+    seen = {question_key(r["question"]) for r in train}
+    return train, [r for r in val if question_key(r["question"]) not in seen]

@@ -79,12 +79,15 @@ SYSCALLS = {
     "socket": (41, 198), "socketpair": (53, 199),
     "fadvise64": (221, 223), "readahead": (187, 213), "mincore": (27, 232), "preadv2": (327, 286),
     "pwritev2": (328, 287), "rt_sigaction": (13, 134),
+    "vmsplice": (278, 75), "splice": (275, 76), "tee": (276, 77),
 }
 # calls newer than the system headers the tests check SYSCALLS against: cachestat (Linux 6.5) is 451 in
 # arch/x86/entry/syscalls/syscall_64.tbl and in the unified table every newer arch (aarch64) follows
 NEWER_SYSCALLS = {"cachestat": (451, 451)}
 NUMBERS = {**SYSCALLS, **NEWER_SYSCALLS}
-# EPERM, always. Sockets too: the network namespace leaves only AF_UNIX pairs, whose queued buffers are kernel
+# EPERM, always. vmsplice / splice / tee too: a pipe keeps each page spliced into it alive after the program unmaps
+# it, in no RSS and outside RLIMIT_AS (a red-team held 720 MiB under 512 MB with one byte of each 2 MiB huge page
+# vmspliced into pipes, and reported ~32 GiB reachable per sandbox). Sockets too: the network namespace leaves only AF_UNIX pairs, whose queued buffers are kernel
 # memory counted in no RSS (a red-team held 1.5 GB under a 512 MB limit that way) and whose SCM_RIGHTS messages
 # can hide open files from the work-dir watch; no program run here needs one.
 DENIED = tuple(n for n in SYSCALLS if n not in ("clone3", "clone", "unshare", "prctl", "preadv2", "pwritev2",

@@ -64,29 +64,40 @@ def logprob_gap(a: torch.Tensor, b: torch.Tensor) -> float:
 def infer(code: str, settings: dict, weights: dict[str, bytes], rows: dict[str, torch.Tensor], mode: str, *,
           limits: SandboxLimits, sandbox: str, log_dir: Path | None) -> dict[str, dict[str, torch.Tensor]]:
     """Run ``infer.py`` (``mode`` "batch" or "spot") on ``rows`` under ``limits`` (the evaluator's, with the wall
-    time ``trust.infer_timeout_s``); {size name: its logits}."""
-    sizes, threads = settings["sizes"], int((settings.get("hardware") or {}).get("threads") or 1)
-    request = {"sizes": sizes, "vocab": trust.expected_shapes(sizes[0])["embed.weight"][0],
+    time ``trust.infer_timeout_s``), one sandbox per size holding only that size's weights; {size name: its logits}.
+    One sandbox for all sizes let a size's forward read the other sizes' weight files beside its own (an ensemble
+    whose extra parameters no count sees: found by reading, in a fifth red-team round)."""
+    return {s["name"]: _infer_size(code, settings, s, weights, rows, mode, limits=limits, sandbox=sandbox,
+                                   log_dir=log_dir) for s in settings["sizes"]}
+
+
+def _infer_size(code: str, settings: dict, size: dict, weights: dict[str, bytes], rows: dict[str, torch.Tensor],
+                mode: str, *, limits: SandboxLimits, sandbox: str, log_dir: Path | None) -> dict[str, torch.Tensor]:
+    """``infer``'s sandbox for one size: the program, ``size``'s weights alone, the rows; its logits."""
+    threads = int((settings.get("hardware") or {}).get("threads") or 1)
+    request = {"sizes": [size], "vocab": trust.expected_shapes(settings["sizes"][0])["embed.weight"][0],
                "seed": int(settings["seed"]), "threads": threads, "mode": mode}
-    files = {**program_files(code), **weights, "request.json": json.dumps(request), "rows.safetensors": save(rows)}
+    own = f"weights_{size['name']}.safetensors"
+    files = {**program_files(code), own: weights[own], "request.json": json.dumps(request), "rows.safetensors": save(rows)}
     wall = limits.wall_s
-    outputs = tuple(f"logits_{s['name']}.safetensors" for s in sizes)
-    res = run_sandboxed(["python", "infer.py"], files, limits=limits, outputs=outputs, mode=sandbox,
+    out = f"logits_{size['name']}.safetensors"
+    res = run_sandboxed(["python", "infer.py"], files, limits=limits, outputs=(out,), mode=sandbox,
                         env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}, mount_package=False)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "rescore.log", "a") as f:
-            f.write(f"[{res.mode} {mode}] kind={res.kind} rc={res.returncode} {res.wall_s:.1f}s\n{res.stdout}\n"
-                    f"{res.stderr}\n")
+            f.write(f"[{res.mode} {mode} {size['name']}] kind={res.kind} rc={res.returncode} {res.wall_s:.1f}s\n"
+                    f"{res.stdout}\n{res.stderr}\n")
     tail = " | ".join(res.stderr.strip().splitlines()[-4:])[-600:]
-    what = f"re-scoring ({mode} logits from the returned weights, in a sandbox without the project's code)"
+    what = (f"re-scoring size {size['name']} ({mode} logits from its returned weights, in a sandbox without the "
+            "project's code)")
     if res.kind == "timeout":
         raise CandidateFailure("timeout", f"{what}: no result within the {wall:g} s limit (trust.infer_timeout_s)")
     if res.kind == "memory":
         raise CandidateFailure("memory", f"{what}: the {limits.memory_mb} MiB memory limit was exceeded: {tail}")
     if res.kind != "ok":
         raise CandidateFailure("crash", f"{what} failed with status {res.returncode}: {tail or '(no output)'}")
-    return {s["name"]: trust._load(res.files, f"logits_{s['name']}.safetensors") for s in sizes}
+    return trust._load(res.files, out)
 
 
 def _checked(name: str, key: str, t: torch.Tensor | None, shape: tuple, whose: str) -> torch.Tensor:
