@@ -24,7 +24,8 @@ def perplexity_ci(row_loss: list[float] | None) -> dict:
 
 
 def stage_intervals(per_example: dict) -> dict:
-    """{key_n, key_ci95} for each answer accuracy (95% exact, Clopper-Pearson) and the perplexity (t-interval over rows)."""
+    """{key_n, key_ci95} for each answer accuracy (95% exact, Clopper-Pearson) and the perplexity (t-interval over
+    rows)."""
     out: dict = {}
     for fmt, key in ACCURACY_FORMATS:
         c = per_example.get(f"{fmt}_correct")

@@ -122,7 +122,8 @@ def _perf_cell(row: dict, key: str):
 
 
 def power_note(perf: list[dict]) -> str:
-    """What the accuracies' sample sizes can resolve: the 95% exact (Clopper-Pearson) half-width at accuracy 0.5 per n."""
+    """What the accuracies' sample sizes can resolve: the 95% exact (Clopper-Pearson) half-width at accuracy 0.5
+    per n."""
     ns = sorted({r[f"{k}_n"] for r in perf for _, k in ACCURACY_FORMATS if r.get(f"{k}_n")})
     if not ns:
         return ""

@@ -21,13 +21,13 @@ any thought (the thoughts ablated):
                  "where thoughts matter". The information is in the *informative* windows only, where both
                  quality and accuracy vary across the thoughts: their number,
                  ``correlation_n_informative``, is the n of the correlation's verdict
-                 (``MIN_CORRELATION_WINDOWS`` applies to it). Undefined (NaN) when either side is constant within every window: then
-                 the verdict is INCONCLUSIVE ("undefined: nothing varies within any window"), with a NaN CI.
+                 (``MIN_CORRELATION_WINDOWS`` applies to it). Undefined (NaN) when either side is constant
+                 within every window: then the verdict is INCONCLUSIVE ("undefined: nothing varies within any window"), with a NaN CI.
 
-Each figure comes with n and a 95 % CI over windows. Divergence and drop (``_paired_ci``): the
-exact sign-flip test's CI (``evals.stats.sign_flip_test``) below ``stats.MIN_N`` = 30 windows (a percentile bootstrap over 20 skewed windows missed
-the mean on the upper side 6.5 % of the time against a nominal 2.5 %, so a FAIL could rest on it) and the
-percentile bootstrap (Efron & Tibshirani 1993) from there; ``*_ci_method`` says which. The correlation: its own
+Each figure comes with n and a 95 % CI over windows. Divergence and drop (``_paired_ci``): the exact sign-flip
+test's CI (``evals.stats.sign_flip_test``) below ``stats.MIN_N`` = 30 windows (a percentile bootstrap over 20 skewed
+windows missed the mean on the upper side 6.5 % of the time against a nominal 2.5 %, so a FAIL could rest on it) and
+the percentile bootstrap (Efron & Tibshirani 1993) from there; ``*_ci_method`` says which. The correlation: its own
 percentile bootstrap over windows, in which a resample whose correlation is undefined — none of its windows varies —
 is dropped, not counted as 0, and the dropped share is reported as ``correlation_undefined_share``; having no exact
 alternative, it gives a verdict only from ``MIN_CORRELATION_WINDOWS`` = 30 informative windows. n is the number of
@@ -125,7 +125,8 @@ def theater_metrics(mixed_logits: torch.Tensor, without_logits: torch.Tensor, tr
     div_ci, div_how = _paired_ci(div_w, np.zeros_like(div_w), seed)
     drop_ci, drop_how = _paired_ci(acc_with.mean(1), acc_without, seed)
     corr_ci, undefined_share = _corr_ci(q, acc_with, seed)
-    res = {"n_windows": n, "divergence": float(div_w.mean()), "divergence_ci95": div_ci, "divergence_ci_method": div_how,
+    res = {"n_windows": n, "divergence": float(div_w.mean()), "divergence_ci95": div_ci,
+           "divergence_ci_method": div_how,
            "ablation_drop": float(acc_with.mean() - acc_without.mean()), "ablation_drop_ci95": drop_ci,
            "ablation_drop_ci_method": drop_how,
            "correlation": corr, "correlation_defined": math.isfinite(corr), "correlation_ci95": corr_ci,

@@ -41,14 +41,15 @@ def inference_ms(model, head, tok, tc, tids, n_tokens: int, rounds: int = 7) -> 
 
 
 def accuracy_evidence(check: dict) -> dict:
-    """n and the 95 % exact (Clopper-Pearson) CI of the last check's held-out GSM8K- and ARC-format accuracies (a handful of
-    questions by default: the CI says how little they resolve), and how they were answered (``DIRECT``)."""
+    """n and the 95 % exact (Clopper-Pearson) CI of the last check's held-out GSM8K- and ARC-format accuracies (a
+    handful of questions by default: the CI says how little they resolve), and how they were answered (``DIRECT``)."""
     out = {}
     for task in ("gsm8k", "arc"):
         out[f"rl/final_{task}_accuracy_test"] = f"{DIRECT}; exact (Clopper-Pearson) 95% CI over questions"
         c = check.get(f"{task}_correct")
         if c:
-            out[f"rl/final_{task}_accuracy_n"], out[f"rl/final_{task}_accuracy_ci95"] = len(c), exact_proportion_ci(int(sum(c)), len(c))
+            out[f"rl/final_{task}_accuracy_n"] = len(c)
+            out[f"rl/final_{task}_accuracy_ci95"] = exact_proportion_ci(int(sum(c)), len(c))
     return out
 
 

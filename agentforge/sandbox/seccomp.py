@@ -87,8 +87,8 @@ NEWER_SYSCALLS = {"cachestat": (451, 451)}
 NUMBERS = {**SYSCALLS, **NEWER_SYSCALLS}
 # EPERM, always. vmsplice / splice / tee too: a pipe keeps each page spliced into it alive after the program unmaps
 # it, in no RSS and outside RLIMIT_AS (a red-team held 720 MiB under 512 MB with one byte of each 2 MiB huge page
-# vmspliced into pipes, and reported ~32 GiB reachable per sandbox). Sockets too: the network namespace leaves only AF_UNIX pairs, whose queued buffers are kernel
-# memory counted in no RSS (a red-team held 1.5 GB under a 512 MB limit that way) and whose SCM_RIGHTS messages
+# vmspliced into pipes, and reported ~32 GiB reachable per sandbox). Sockets too: the network namespace leaves only
+# AF_UNIX pairs, whose queued buffers are kernel memory counted in no RSS (a red-team held 1.5 GB under a 512 MB limit that way) and whose SCM_RIGHTS messages
 # can hide open files from the work-dir watch; no program run here needs one.
 DENIED = tuple(n for n in SYSCALLS if n not in ("clone3", "clone", "unshare", "prctl", "preadv2", "pwritev2",
                                                  "rt_sigaction"))

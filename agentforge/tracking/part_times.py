@@ -15,10 +15,10 @@ from agentforge.models import graphs
 def report_times(ctx, times: PartTimes, label: str, files: list[Path], extra: dict | None = None) -> dict:
     """The part times, from the start of ``times`` to now (the last act in the run, after publishing): logged to the
     run's summary (``ctx.tracker``), added to ``files`` (its metrics.json, in the run dir and published) and printed as
-    one line (``PartTimes.line``); ``extra`` (e.g. the devices the parts ran on) is logged and written with them, and so
-    are the CUDA-graph calls since the run opened (``cuda_graphs/<kind>_<outcome>``, ``models.graphs.counts``; none on
-    the CPU), with a line of their own. Closing the run (the loggers, W&B's finish) comes after, so only a line printed later can count it
-    (``closing_line``). Returns what it logged."""
+    one line (``PartTimes.line``); ``extra`` (e.g. the devices the parts ran on) is logged and written with them, and
+    so are the CUDA-graph calls since the run opened (``cuda_graphs/<kind>_<outcome>``, ``models.graphs.counts``; none
+    on the CPU), with a line of their own. Closing the run (the loggers, W&B's finish) comes after, so only a line
+    printed later can count it (``closing_line``). Returns what it logged."""
     found = graphs.counts()   # empty unless a CUDA graph path ran (a GPU): its calls since the run opened
     summary = {**times.summary(), **(extra or {}), **found}
     ctx.tracker.summary(summary)
