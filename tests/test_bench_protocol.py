@@ -150,6 +150,7 @@ def test_bitnet_prints_one_generation_ratio_with_its_ci():
 
 # --- every timing ratio: median of per-round ratios, 95 % CI, n ----------------------------------------------------
 
+@pytest.mark.slow  # runs a benchmark script (5-8 s on 2 cores): the fast tier stays under ~10 min
 def test_generation_and_throughput_ratios_carry_a_ci_and_n():
     gen = run("bench_generation.py", "--tokens", "4", "--prompt", "8", "--repeats", "2")
     assert re.search(r"ratio cached/uncached tokens/s: .* 95% CI \[.*\] n = 2 rounds", gen)
@@ -158,6 +159,7 @@ def test_generation_and_throughput_ratios_carry_a_ci_and_n():
     assert "covers less" in thr   # under MIN_TIMING_ROUNDS rounds the line says its range is no 95 % CI
 
 
+@pytest.mark.slow  # runs a benchmark script (5-8 s on 2 cores): the fast tier stays under ~10 min
 def test_thoughts_ratios_carry_a_ci_and_the_device():
     out = run("bench_thoughts.py", "--tokens", "1", "--thought-lengths", "2", "--context", "16", "--repeats", "2",
               "--rl-repeats", "2", "--rl-sequences", "1")
@@ -182,6 +184,7 @@ def test_defaults_give_at_least_seven_rounds():
 
 # --- make bench runs through; halting without a checkpoint; grokking verdicts; pipeline record ---------------------
 
+@pytest.mark.slow  # runs a benchmark script (5-8 s on 2 cores): the fast tier stays under ~10 min
 def test_halting_without_a_checkpoint_is_skipped_not_an_error():
     out = run("bench_halting.py", timeout=120)
     assert out.startswith("skipped: no checkpoint given (python benchmarks/bench_halting.py <Cognate checkpoint dir>")

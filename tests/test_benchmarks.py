@@ -44,6 +44,7 @@ def test_bench_generation_prints_both_speeds_and_equal_tokens():
     assert "same tokens: True" in out  # the cache is exact: the script's own check, printed
 
 
+@pytest.mark.slow  # runs a benchmark script (5-8 s on 2 cores): the fast tier stays under ~10 min
 def test_bench_throughput_prints_flops_and_ratios():
     out = bench("bench_throughput.py", "--batch", "2", "--seq", "16", "--steps", "2", "--no-grad-steps", "1",
                 "--muon-grokfast")
@@ -58,6 +59,7 @@ def test_bench_throughput_prints_flops_and_ratios():
     assert 0 < figure(out, rf"FLOPs per step {NUM}x") < 1  # a no-grad step skips its backward
 
 
+@pytest.mark.slow  # runs a benchmark script (5-8 s on 2 cores): the fast tier stays under ~10 min
 def test_bench_halting_on_a_tiny_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=16, max_steps=3,
