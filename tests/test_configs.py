@@ -39,6 +39,7 @@ def test_optuna_search_config_composes(tmp_path):
     assert cfg.optimized_metric == "final/val_loss"
 
 
+@pytest.mark.slow  # an Optuna sweep of real trials, ~8 s on 2 cores: the fast tier stays under ~10 min
 @pytest.mark.skipif(not _has("hydra_plugins.hydra_optuna_sweeper"),
                     reason="hydra-optuna-sweeper not installed (pip install 'agentforge[optuna]')")
 def test_optuna_sweep_minimizes_the_trials_final_val_loss(tmp_path):
