@@ -15,28 +15,12 @@ import runpy
 import sys
 
 
-class RunsEagerly:
-    """A stand-in for ``graphs.Captured``: keeps the function and calls it on every replay."""
-
-    def __init__(self, fn, args):
-        self.fn, self.nbytes = fn, 0
-
-    def __call__(self, args):
-        return self.fn(*args)
-
-
 def main() -> None:
-    import torch
-
     from agentforge.models import graphs
 
-    # graphs.usable's rule less "x.is_cuda" (and the capture check, which needs CUDA)
-    graphs.usable = lambda x: (graphs.ENABLED and not torch.compiler.is_compiling()
-                               and not torch._C._is_torch_function_mode_enabled()
-                               and graphs._get_current_dispatch_mode() is None)
-    graphs.Captured = RunsEagerly
     sys.argv = ["agentforge", *sys.argv[1:], "hardware=cpu"]
-    runpy.run_module("agentforge", run_name="__main__")
+    with graphs.on_the_cpu():
+        runpy.run_module("agentforge", run_name="__main__")
 
 
 if __name__ == "__main__":

@@ -143,16 +143,9 @@ def test_cached_call_counts_each_call_by_kind_and_outcome(monkeypatch):
         def __init__(self, fn, args):
             raise RuntimeError("an op that cannot be captured")
 
-    class Runs:
-        def __init__(self, fn, args):
-            self.fn = fn
-
-        def __call__(self, args):
-            return self.fn(*args)
-
     graphs.reset_counts()
     x, owner = torch.ones(2), Owner()
-    monkeypatch.setattr(graphs, "Captured", Runs)
+    monkeypatch.setattr(graphs, "Captured", graphs.RunsEagerly)
     for key in ("a", "a", "a", "a", "b", "b"):   # room for one graph: "b" never gets one
         graphs.cached_call(owner, (key,), lambda t: t + 1, (x,), max_graphs=1, kind="scan")
     monkeypatch.setattr(graphs, "Captured", Fails)

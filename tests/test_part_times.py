@@ -139,16 +139,8 @@ def test_a_phase_reports_its_cuda_graph_calls_where_the_graph_path_runs(tmp_path
     from agentforge.models import graphs
     from tests.conftest import TINY, compose_cfg
 
-    class Runs:
-        def __init__(self, fn, args):
-            self.fn = fn
-
-        def __call__(self, args):
-            return self.fn(*args)
-
-    monkeypatch.setattr(graphs, "usable", lambda x: True)
-    monkeypatch.setattr(graphs, "Captured", Runs)
-    run(compose_cfg(["phase=cognate", "model=m1", *TINY], tmp_path))
+    with graphs.on_the_cpu():
+        run(compose_cfg(["phase=cognate", "model=m1", *TINY], tmp_path))
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("Cognate model1 CUDA graphs: "))
     saved = json.loads(next((tmp_path / "outputs").rglob("cognate/model1/metrics.json")).read_text())

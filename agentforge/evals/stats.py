@@ -151,9 +151,10 @@ def paired_binary_ci(wins: int, losses: int, n: int, confidence: float = 0.95) -
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
-                confidence: float = 0.95, min_n: int = MIN_N) -> dict:
+                confidence: float = 0.95, min_n: int = MIN_N, outcomes: bool = True) -> dict:
     """paired_bootstrap's fields, plus the exact test for 0/1 outcomes or the sign-flip test for other scores on
-    fewer than ``min_n`` pairs, and which of them decides. Fewer than 2 pairs test nothing: delta, CI and p are NaN
+    fewer than ``min_n`` pairs, and which of them decides. ``outcomes=False``: the scores are measurements that may
+    happen to be 0 or 1 (a divergence of exactly 0), never 0/1 outcomes, so McNemar's branch is not taken. Fewer than 2 pairs test nothing: delta, CI and p are NaN
     (with the means where there is one pair) and ``enough`` is False, so no verdict rests on them."""
     xa, xb = _pairs_of(a, b, "paired test")
     if len(xa) < 2:
@@ -165,7 +166,7 @@ def paired_test(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_00
     out.update(test="bootstrap", bootstrap={"p_value": out["p_value"], "ci95": out["ci95"]})
     if "non_finite" in out:
         out.update(test="undefined (non-finite scores)")
-    elif is_binary(a) and is_binary(b):
+    elif outcomes and is_binary(a) and is_binary(b):
         ex = exact_paired_binary(a, b, confidence)
         out.update(test="mcnemar_exact + hull_ci", p_value=ex["p_value"],
                    ci95=paired_binary_ci(ex["wins"], ex["losses"], ex["n"], confidence),

@@ -171,6 +171,34 @@ def reset_counts() -> None:
     COUNTS.clear()
 
 
+class RunsEagerly:
+    """A stand-in for ``Captured`` that keeps the function and runs it at every replay (a capture costs nothing):
+    with ``on_the_cpu`` the cache's policy and ``COUNTS`` run without a GPU (``benchmarks/graph_counts.py``, tests)."""
+
+    nbytes = 0
+
+    def __init__(self, fn, args):
+        self.fn = fn
+
+    def __call__(self, args):
+        return self.fn(*args)
+
+
+@contextlib.contextmanager
+def on_the_cpu():
+    """Inside the block every call that would use a graph on a GPU goes through ``cached_call`` on the CPU too:
+    ``usable`` less its CUDA checks, captures by ``RunsEagerly``; both restored after it."""
+    global usable, Captured
+    saved = usable, Captured
+    usable = lambda x: (ENABLED and not torch.compiler.is_compiling()   # noqa: E731
+                        and not torch._C._is_torch_function_mode_enabled() and _get_current_dispatch_mode() is None)
+    Captured = RunsEagerly
+    try:
+        yield
+    finally:
+        usable, Captured = saved
+
+
 def captured(owner) -> int:
     """How many graphs ``owner`` holds (for tests and the benchmarks' reports)."""
     return len(_CACHE[owner][0]) if owner in _CACHE else 0

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agentforge.evals.stats import MIN_N, paired_bootstrap, sign_flip_test, threshold_verdict
+from agentforge.evals.stats import MIN_N, paired_test, threshold_verdict
 
 THRESHOLDS = {"divergence": 0.3, "ablation_drop": 0.02, "correlation": 0.5}
 MIN_WINDOWS = 20  # below this many held-out windows no verdict is given (INCONCLUSIVE)
@@ -65,13 +65,10 @@ def within_correlation(quality: np.ndarray, accuracy: np.ndarray) -> float:
 
 def _paired_ci(a: np.ndarray, b: np.ndarray, seed: int) -> tuple[list[float], str]:
     """(95 % CI of mean(a - b) over windows, how): the exact sign-flip test's CI below ``MIN_N`` windows, the
-    percentile bootstrap from there; NaN with fewer than 2 windows. Always the tests for continuous scores, never
-    ``paired_test``'s 0/1 branch: a divergence that is 0 in every window is not a 0/1 outcome (McNemar's CI with no
+    percentile bootstrap from there (``paired_test``); NaN with fewer than 2 windows. Never its 0/1 branch: a divergence that is 0 in every window is not a 0/1 outcome (McNemar's CI with no
     discordant pair of 24 is [-0.14, +0.14], where the figure is exactly 0)."""
-    if len(a) < 2:
-        return [float("nan"), float("nan")], "none (fewer than 2 windows)"
-    res = sign_flip_test(a, b, seed=seed) if len(a) < MIN_N else paired_bootstrap(a, b, n_resamples=2000, seed=seed)
-    return [float(x) for x in res["ci95"]], res.get("test", "bootstrap")
+    res = paired_test(a, b, n_resamples=2000, seed=seed, outcomes=False)
+    return [float(x) for x in res["ci95"]], res["test"]
 
 
 def informative_windows(quality: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
