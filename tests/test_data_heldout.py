@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from agentforge.data import formats, synthetic
 from agentforge.data.build import eval_sets
 from agentforge.data.ids import example_ids
+from agentforge.errors import ConfigError
 from tests.conftest import GSM8K_TEST, TINY, compose_cfg, run_cli
 
 needs_gsm8k = pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="../shared/data/gsm8k absent")
@@ -230,3 +231,30 @@ def test_well_formed_records_still_load(tmp_path):
         f = tmp_path / f"{fmt}.jsonl"
         f.write_text(json.dumps(rec) + "\n")
         assert formats.load_jsonl(f, fmt) == [rec]
+
+
+def test_a_heldout_set_holds_each_problem_once_and_says_when_too_few_exist(tmp_path):
+    """200 PIQA-format val items held 159 distinct problems (the same sum in other wordings), so n overstated the
+    independent problems a CI counts; now every held-out set holds each problem once, and asking for more problems
+    than a split has is one error naming the key."""
+    for task in ("arithmetic", "choice", "piqa"):
+        for split in ("val", "test"):
+            recs = synthetic.generate(task, 200, seed=0, split=split)
+            assert len({synthetic.content_key(task, r) for r in recs}) == 200, (task, split)
+    # the PIQA-format test split has about 240 problems (sums and differences of 1-50 in the test buckets)
+    with pytest.raises(ValueError, match=r"only \d+ distinct test problems found .* fewer than the 400 asked for"):
+        synthetic.generate("piqa", 400, seed=0, split="test")
+    with pytest.raises(ConfigError, match=r"^phase\.choice_examples=400: piqa: only \d+ distinct test problems"):
+        eval_sets({}, 0, {"gsm8k": 2, "arc": 2, "piqa": 400}, "test",
+                  key={"gsm8k": "phase.eval_examples", "arc": "phase.choice_examples", "piqa": "phase.choice_examples"})
+
+
+def test_an_eval_file_counts_a_repeated_question_once(tmp_path):
+    recs = [{"question": f"What is {i} plus {i}?", "answer": f"#### {2 * i}"} for i in range(400)]
+    recs += [{"question": r["question"].replace(" plus", "  plus") + " ", "answer": r["answer"]} for r in recs]
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for split in ("val", "test"):
+        got = eval_sets({"eval_paths": {"gsm8k": str(path)}}, 0, N, split)["gsm8k"]
+        keys = [synthetic.record_key("gsm8k", r) for r in got]
+        assert len(keys) == len(set(keys)) and 100 < len(keys) < 300, len(keys)   # each of ~200 per half once

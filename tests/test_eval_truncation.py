@@ -57,8 +57,8 @@ def _defaults() -> dict[str, int]:
 
 def test_longest_synthetic_answer_fits_every_default_gen_tokens():
     longest = max(len(TOK.encode(formats.gsm8k_target(r), eos=True))
-                  for seed in range(3) for split in ("val", "test") for r in synthetic.generate("arithmetic", 2000,
-                                                                                                 seed, split))
+                  for seed in range(3) for split in ("val", "test")
+                  for r in (synthetic.draw("arithmetic", seed, split, i) for i in range(2000)))
     assert longest == 45   # e.g. " Lena has 35 - 15 = 20 pencils left.\n#### 20": 44 bytes + EOS
     assert all(n >= longest for n in _defaults().values()), _defaults()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from agentforge.data import formats, synthetic
 from agentforge.data.datamodule import LMDataModule, TaskPool
 from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.errors import ConfigError
 
 EVAL_FORMATS = ("gsm8k", "arc", "piqa")
 
@@ -26,14 +27,15 @@ def per_format(n: int | dict[str, int]) -> dict[str, int]:
     return n if isinstance(n, dict) else dict.fromkeys(EVAL_FORMATS, n)
 
 
-def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "val") -> dict[str, list[dict]]:
+def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "val",
+              key: str | dict[str, str] = "phase.eval_examples") -> dict[str, list[dict]]:
     """Held-out records per format: synthetic by default, or the user's local files. ``n``: examples per
-    format, one number for all or {"gsm8k": .., "arc": .., "piqa": ..}."""
-    size = per_format(n)
+    format, one number for all or {"gsm8k": .., "arc": .., "piqa": ..}; ``key``: the config key(s) that set it,
+    named when a synthetic set has fewer distinct problems than asked for (``synthetic.generate``)."""
+    size, keys = per_format(n), key if isinstance(key, dict) else dict.fromkeys(EVAL_FORMATS, key)
     paths = data_cfg.get("eval_paths") or {}
-    out = {"gsm8k": synthetic.generate("arithmetic", size["gsm8k"], seed, split),
-           "arc": synthetic.generate("choice", size["arc"], seed, split),
-           "piqa": synthetic.generate("piqa", size["piqa"], seed, split)}
+    out = {fmt: _synthetic(task, size[fmt], seed, split, keys[fmt])   # a format a file replaces is not drawn
+           for fmt, task in (("gsm8k", "arithmetic"), ("arc", "choice"), ("piqa", "piqa")) if not paths.get(fmt)}
     other = training_file_prompts(data_cfg, split) if any(paths.values()) else set()
     for fmt, path in paths.items():
         if path:
@@ -42,15 +44,22 @@ def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "
     return out
 
 
+def _synthetic(task: str, n: int, seed: int, split: str, key: str) -> list[dict]:
+    try:
+        return synthetic.generate(task, n, seed, split)
+    except ValueError as exc:
+        raise ConfigError(f"{key}={n}: {exc}") from None
+
+
 def held_out(recs: list[dict], fmt: str, other: set[str], split: str, key: str, source: str) -> list[dict]:
     """The records of an evaluation source (``key``: the config key that gave it) fit for ``split``: not one of
     ``other`` (``training_file_prompts``) and in ``split``'s half of the eval buckets
-    (``synthetic.eval_file_split``)."""
+    (``synthetic.eval_file_split``), each question once (``distinct``)."""
     fresh = [r for r in recs if synthetic.record_key(fmt, r) not in other]
     if not fresh:
         raise formats.DatasetError(f"{key}: all {len(recs)} records of {source} are data.path records outside the "
                                    f"{split} split (trained on, or held out for another split); give a held-out file")
-    kept = [r for r in fresh if synthetic.eval_file_split(fmt, r) == split]
+    kept = distinct([r for r in fresh if synthetic.eval_file_split(fmt, r) == split], fmt)
     if not kept:
         raise formats.DatasetError(f"{key}: none of the {len(fresh)} held-out records of {source} falls in the {split} "
                                    f"split (an evaluation file is split about half val, half test by a hash of each "
@@ -77,7 +86,15 @@ def file_records_of_split(data_cfg: dict, split: str, limit: int | None = None) 
     if not recs:
         raise formats.DatasetError(f"data.path: none of the records of {data_cfg['path']} falls in the {split} split "
                                    f"(~10 % of the records, by a hash of each prompt); give a larger file")
+    recs = distinct(recs, fmt)
     return recs[:limit] if limit else recs
+
+
+def distinct(recs: list[dict], fmt: str) -> list[dict]:
+    """``recs`` less every record whose question (``synthetic.record_key``) an earlier one asked: an evaluation set
+    counts each question once, so its n is the number of independent questions its CI assumes."""
+    seen: set[str] = set()
+    return [r for r in recs if not ((k := synthetic.record_key(fmt, r)) in seen or seen.add(k))]
 
 
 def build_datamodule(data_cfg: dict, tokenizer: ByteTokenizer, *, stages: list[dict], seed: int,

@@ -20,7 +20,7 @@ user's file) the prompt the model is asked (``prompt_key``) with whitespace runs
 The BLAKE2b hash of the key puts it in one of 1000 buckets: buckets 0-99 are reserved for ``val``, 100-199 for
 ``test``, the rest is ``train`` (``split_of``). A draw for a split whose key hashes elsewhere is rejected and
 redrawn (attempt 1, 2, ... of the same index), so a training draw never holds a held-out problem, whatever the
-seeds: the partition does not depend on the seed. ``generate`` also drops repeated prompts within a held-out set.
+seeds: the partition does not depend on the seed. ``generate`` also drops repeated problems within a held-out set.
 ``overlap_check`` counts what it claims: held-out prompts, records and problems (content keys) seen among N
 training draws (0 by construction).
 """
@@ -253,18 +253,23 @@ GENERATORS = {"plain_text": plain_text, "arithmetic": arithmetic, "choice": choi
 
 
 def generate(task: str, n: int, seed: int = 0, split: str = "train") -> list[dict]:
-    """n examples of ``task`` from the ``split`` stream of ``seed``; held-out sets hold no repeated prompt."""
+    """n examples of ``task`` from the ``split`` stream of ``seed``. A held-out set holds each problem once
+    (``content_key``: no repeated computation, whatever its wording), so its n counts independent problems: with
+    repeats, 200 PIQA-format val items held 159 distinct problems and a CI over the 200 claimed more than it knew.
+    The held-out problem spaces are small (about 300 GSM8K-format and 240-270 PIQA-format problems per split):
+    asking for more than exist raises, naming how many were found."""
     if split == "train":
         return [draw(task, seed, split, i) for i in range(n)]
     out, seen, i = [], set(), 0
     while len(out) < n:
         rec = draw(task, seed, split, i)
-        key, i = prompt_key(task, rec), i + 1
+        key, i = content_key(task, rec), i + 1
         if key not in seen:
             seen.add(key)
             out.append(rec)
         if i > 50 * n + 1000:
-            raise ValueError(f"{task}: fewer than {n} distinct {split} examples exist; ask for fewer")
+            raise ValueError(f"{task}: only {len(out)} distinct {split} problems found in {i} draws, fewer than the "
+                             f"{n} asked for (a held-out set holds each problem once); ask for at most {len(out)}")
     return out
 
 

@@ -62,9 +62,12 @@ def load_sets(cfg, n: int | dict[str, int], sources: dict | None = None) -> dict
     test split (``build.file_records_of_split``); phase.hf_datasets replaces a format with `datasets`' split, put
     through the same filter and split. ``sources`` (when given) is filled with where each format's records came from."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    sets = eval_sets(data_cfg, int(cfg.seed), n, split="test")
-    n = per_format(n)
+    n, hf = per_format(n), cfg.phase.get("hf_datasets") or []
     paths = {f: p for f, p in (data_cfg.get("eval_paths") or {}).items() if p}
+    replaced = {*hf, *([data_cfg.get("format") or "gsm8k"] if data_cfg.get("path") else [])} - set(paths)
+    choice_key = "phase.choice_examples" if cfg.phase.get("choice_examples") else "phase.eval_examples"
+    sets = eval_sets(data_cfg, int(cfg.seed), {f: 0 if f in replaced else k for f, k in n.items()}, split="test",
+                     key={"gsm8k": "phase.eval_examples", "arc": choice_key, "piqa": choice_key})
     src = {f: str(paths.get(f) or "synthetic") for f in sets}
     if data_cfg.get("path"):
         fmt = data_cfg.get("format") or "gsm8k"
@@ -73,7 +76,6 @@ def load_sets(cfg, n: int | dict[str, int], sources: dict | None = None) -> dict
         if fmt not in paths:  # an eval file given for the format is used: it is the held-out set asked for
             sets[fmt] = file_records_of_split(data_cfg, "test", limit=n[fmt])
             src[fmt] = f"{data_cfg['path']} (data.path, test split)"
-    hf = cfg.phase.get("hf_datasets") or []
     other = training_file_prompts(data_cfg, "test") if hf else set()
     for name in hf:
         if name not in HF_SPLITS:

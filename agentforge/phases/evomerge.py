@@ -90,7 +90,9 @@ def eval_data(cfg, split: str, rows: int, choice_examples: int | None = None) ->
     mix = normalize_mix({t: 1.0 for t in ("plain_text", "arithmetic", "choice", "piqa")})
     texts = TaskPool(seed).sample_texts(mix, (rows + 2) * (int(e.seq_len) + 1), random.Random(seed * 104729), split)
     n = max(n_choice, int(e.gsm8k_examples))
-    sets = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, n, split) if n else {}
+    key = ("phase.eval.gsm8k_examples" if int(e.gsm8k_examples) > n_choice else
+           "phase.eval.choice_examples" if choice_examples is None else "phase.eval.test_choice_examples")
+    sets = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, n, split, key) if n else {}
     return fitness.EvalData(
         rows=pack(texts, ByteTokenizer(), int(e.seq_len))[:rows],
         choice={k: sets[k][:n_choice] for k in ("arc", "piqa")} if n else {},

@@ -286,7 +286,8 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
                                       torch.Generator().manual_seed(seed + 1), disjoint=True)
         # the test split: EvoMerge chose the champion on the val split's first questions (its selection set), so
         # val questions would score the lineage on what selected it (4 of 4 ARC and PIQA questions were)
-        evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, int(r.eval_examples), "test")
+        evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, int(r.eval_examples), "test",
+                          "phase.rl.eval_examples")
         module = QuietStarModule(model, ref, head, train_stream, eval_windows, evals, tok, tc, tids, r, ocfg,
                                  float(cfg.phase.gradient_clip), str(cfg.phase.on_nonfinite), seed)
     module.part_times = times   # each check: the parts "anti_theater" and "accuracy" (inside "fit" too)
