@@ -10,7 +10,8 @@ Runs are interleaved (``evals.speed.interleaved_times``: every mode once per rou
 the machine's load hits both modes alike; the ratio is the median of the per-round ratios with its 95 % CI and n
 (``ratio_ci.py``; the default 3 rounds give only the range and no verdict: ``--repeats 6`` or more for one). Nothing
 is cached (every run trains). Also prints the bare cost of one sandboxed ``python -c pass`` in each mode, the fixed
-part of the overhead.
+part of the overhead, and what checking every held-out row alone (``phase.trust.spot_rows: all``, the default) costs
+against a spot check of 16 secret rows (the default until 2026-11-27), as the same kind of ratio.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ratio_ci import aim_line  # noqa: E402
+from ratio_ci import aim_line, ci_text  # noqa: E402
 
 AIM = 1.10   # bwrap's evaluation time <= 1.10x the process mode's
+SPOT_SAMPLE = 16   # the spot check's old default: that many secret rows alone, not every row (trust.spot_rows)
 
 
 def settings(steps: int) -> dict:
@@ -47,6 +49,9 @@ def report(times: dict[str, list[float]], sizes: int, steps: int) -> list[str]:
     return [f"\nbaseline evaluation ({sizes} sizes x {steps} steps), median of {len(times['bwrap'])} interleaved rounds:",
             f"  bwrap   {med['bwrap']:7.2f} s\n  process {med['process']:7.2f} s",
             "  " + aim_line("overhead bwrap/process", times["bwrap"], times["process"], AIM),
+            f"  bwrap with a spot check of {SPOT_SAMPLE} secret rows instead of every row alone (the default): "
+            f"{med['bwrap spot sample']:.2f} s; every row ÷ {SPOT_SAMPLE} rows: "
+            + ci_text(times["bwrap"], times["bwrap spot sample"]),
             f"  bare `python -c pass`: bwrap {med['bare bwrap'] * 1000:.0f} ms, process {med['bare process'] * 1000:.0f} ms"]
 
 
@@ -66,13 +71,15 @@ def main() -> int:
     def bare(mode):
         run_sandboxed(["python", "-c", "pass"], {}, limits=SandboxLimits(wall_s=60), mode=mode)
 
-    def evaluation(mode):
-        result = evaluate(variant_path("baseline"), cfg, timeout_s=900, memory_mb=4096, sandbox=mode)
+    def evaluation(mode, spot="all"):
+        one = {**cfg, "trust": {**cfg["trust"], "spot_rows": spot}}
+        result = evaluate(variant_path("baseline"), one, timeout_s=900, memory_mb=4096, sandbox=mode)
         if not result["valid"]:
             raise SystemExit(f"error: the baseline failed under {mode}: {result['error']}")
         print(f"{mode:7s} run: loss_l {result.get('loss_l', float('nan')):.4f}", flush=True)
     modes = ("bwrap", "process")
     times = interleaved_times({**{m: lambda m=m: evaluation(m) for m in modes},
+                               "bwrap spot sample": lambda: evaluation("bwrap", SPOT_SAMPLE),
                                **{f"bare {m}": lambda m=m: bare(m) for m in modes}}, args.repeats, warmup=0)
     print("\n".join(report(times, len(cfg["sizes"]), args.steps)))
     return 0

@@ -74,3 +74,8 @@ ACROSS_CALLS = (_RETURN, "        out, shift = self.out(y.transpose(1, 2).reshap
 # re-scoring's probe (8 rows) are untouched, so only the spot check (rows alone) can see it
 ACROSS_BIG_BATCHES = (_RETURN, "        out = self.out(y.transpose(1, 2).reshape(b, t, d))\n"
                                "        return out + x.mean(0, keepdim=True) if b > 8 else out")
+# the batch mean in big batches for some rows only (those whose first token's features fall in one of 16 hash
+# buckets): a sample of k secret spot rows misses every one of them with probability about (1 - f)^k
+ACROSS_SOME_ROWS = (_RETURN, "        out = self.out(y.transpose(1, 2).reshape(b, t, d))\n"
+                             "        pick = (x[:, :1, :1] * 1e4).long().remainder(16).eq(0).to(out.dtype)\n"
+                             "        return out + pick * x.mean(0, keepdim=True) if b > 8 else out")

@@ -286,10 +286,12 @@ def test_optimizer_and_sandbox_verdicts_come_from_the_ci():
                      r"n = 9 rounds", out, re.M), out
     assert re.search(r"^torch_muon\s+2\.50\s+110\.0$", out, re.M), out
     times = {"process": [20.0] * 6, "bwrap": [20.0 * r for r in (1.0, 1.02, 0.97, 1.05, 1.01, 0.99)],
-             "bare process": [0.05] * 6, "bare bwrap": [0.1] * 6}
+             "bare process": [0.05] * 6, "bare bwrap": [0.1] * 6, "bwrap spot sample": [10.0] * 6}
     out = "\n".join(bench_sandbox.report(times, 4, 30))
     assert re.search(r"^  ratio overhead bwrap/process: 1\.00  95% CI \[0\.97, 1\.05\] n = 6 rounds .*aim <= 1\.10: met$",
                      out, re.M), out
+    assert re.search(r"spot check of 16 secret rows .*: 10\.00 s; every row ÷ 16 rows: 2\.01  95% CI \[1\.94, 2\.10\] "
+                     r"n = 6 rounds", out), out
     times["bwrap"] = [20.0 * r for r in (1.12, 1.2, 1.15, 1.3, 1.11, 1.4)]
     assert "aim <= 1.10: missed" in "\n".join(bench_sandbox.report(times, 4, 30))
 

@@ -28,7 +28,14 @@ from agentforge.scaling.failures import CandidateFailure
 from agentforge.scaling.fit import fit_scaling_law
 from agentforge.scaling.variants import FRAMEWORKS, variant_path
 from tests.conftest import REPO, compose_cfg, run_cli
-from tests.scaling_forgeries import ACROSS_BIG_BATCHES, ACROSS_CALLS, ACROSS_CALLS_PRELUDE, ACROSS_ROWS, NGRAM
+from tests.scaling_forgeries import (
+    ACROSS_BIG_BATCHES,
+    ACROSS_CALLS,
+    ACROSS_CALLS_PRELUDE,
+    ACROSS_ROWS,
+    ACROSS_SOME_ROWS,
+    NGRAM,
+)
 from tests.test_sandbox_scaling import BASE_BLOCK, candidate
 from tests.test_scaling import TINY_CLI, TINY_SETTINGS, with_block
 
@@ -57,7 +64,7 @@ def test_shipped_variants_score_as_before_from_their_weights(framework, tmp_path
     got = tuple(result[k] for k in ("loss_xs", "loss_s", "test_loss_xs", "test_loss_s"))
     assert got == pytest.approx(BEFORE["baseline" if framework == "baseline" else "framework"], rel=1e-6)
     checks = result["rescore"]  # the child's logits equal those recomputed from its weights, rows alone too
-    assert checks["child_gap"] <= 1e-6 and checks["spot_gap"] <= 1e-6 and checks["spot_rows"] == 16
+    assert checks["child_gap"] <= 1e-6 and checks["spot_gap"] <= 1e-6 and checks["spot_rows"] == 128
     assert len(result["sizes"][0]["test_row_losses"]) == 64
 
 
@@ -87,6 +94,19 @@ def test_models_that_feed_on_other_heldout_rows_fail_the_spot_check(prelude, edi
                  *(["the logits the child returned are not those of its weights"]
                    if edit is not ACROSS_BIG_BATCHES else []))
     assert any(c in result["error"] for c in caught_by), result["error"]
+
+
+@pytest.mark.faults
+def test_a_model_that_feeds_on_other_rows_for_a_few_rows_only_is_caught_by_checking_every_row(tmp_path):
+    """A spot check of k secret rows let a model that mixes a fraction f of the rows through with probability
+    (1 - f)^k, and every edit drew new rows; every row is now computed alone (``trust.spot_rows: all``)."""
+    path = candidate(tmp_path, "", BASE_BLOCK.replace(*ACROSS_SOME_ROWS))
+    sample = {**TINY_SETTINGS, "trust": {**TINY_SETTINGS["trust"], "spot_rows": 4}}
+    missed = evaluate_salted(path, tmp_path, sample)   # 4 secret rows of 64: none of them is a mixed one
+    assert missed["valid"] == 1.0 and missed["rescore"]["spot_rows"] == 4, missed["error"]
+    result = evaluate_salted(path, tmp_path, TINY_SETTINGS)  # the default: all 64
+    assert (result["valid"], result["error_kind"]) == (0.0, "forged"), result["error"]
+    assert "computed alone differ from its logits among the other rows" in result["error"]
 
 
 @pytest.mark.skipif(strongest_mode() != "bwrap", reason="needs bubblewrap")
@@ -181,8 +201,8 @@ def test_phase_checks_the_new_trust_settings(tmp_path):
     from agentforge.phases import scaling
 
     trust = scaling.settings_from_cfg(compose_cfg(["phase=scaling"], tmp_path))["trust"]
-    assert trust["spot_rows"] == 16 and trust["logit_tol"] == 1e-4 and trust["bootstrap"] == 1000
-    for bad in ("phase.trust.spot_rows=0", "phase.trust.bootstrap=10", "phase.trust.logit_tol=-1"):
+    assert trust["spot_rows"] == "all" and trust["logit_tol"] == 1e-4 and trust["bootstrap"] == 1000
+    for bad in ("phase.trust.spot_rows=0", "phase.trust.spot_rows=some", "phase.trust.bootstrap=10", "phase.trust.logit_tol=-1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             scaling.settings_from_cfg(compose_cfg(["phase=scaling", bad], tmp_path))
 

@@ -113,7 +113,11 @@ def settings_from_cfg(cfg) -> dict:
     if not isinstance(test_rows, int) or isinstance(test_rows, bool) or test_rows < 16:
         raise ConfigError(f"phase.trust.test_rows must be an integer >= 16 (rows of the test set the result is "
                           f"reported on), got {test_rows!r}")
-    for key, low, kind in (("spot_rows", 1, int), ("bootstrap", 100, int), ("infer_timeout_s", 1, (int, float)),
+    spot = trust.get("spot_rows")
+    if spot != "all" and (isinstance(spot, bool) or not isinstance(spot, int) or spot < 1):
+        raise ConfigError(f"phase.trust.spot_rows must be 'all' (every held-out row recomputed alone, the default) or "
+                          f"an integer >= 1 (that many secret rows), got {spot!r}")
+    for key, low, kind in (("bootstrap", 100, int), ("infer_timeout_s", 1, (int, float)),
                            ("logit_tol", 0, (int, float))):  # the re-scoring (scaling/rescore.py) and the CI
         v = trust.get(key)
         if isinstance(v, bool) or not isinstance(v, kind) or v < low:

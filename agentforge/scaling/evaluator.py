@@ -293,7 +293,7 @@ def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600
     return {**result, "cached": False, "eval_seconds": time.perf_counter() - t0}
 
 
-TRUST_DEFAULTS = {"heldout_rows": 512, "test_rows": 512, "probe_rows": 4, "loss_floor": 0.05, "spot_rows": 16,
+TRUST_DEFAULTS = {"heldout_rows": 512, "test_rows": 512, "probe_rows": 4, "loss_floor": 0.05, "spot_rows": "all",
                   "logit_tol": 1e-4, "infer_timeout_s": 120.0, "bootstrap": 1000, "max_param_ratio": 2.0}
 
 

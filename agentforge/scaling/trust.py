@@ -136,8 +136,8 @@ def make_heldout(settings: dict, salt: str, spot_key: str = "") -> dict[str, tor
     """``inputs`` [N, T], ``targets`` [N] (withheld), ``probe`` [2P, T] and ``cuts`` [P] for the checks; with
     ``trust.test_rows`` > 0 also the test set (``test_inputs`` [M, T], ``test_targets`` [M], ``test_dropped``),
     ``sent`` [N + M, T] (both sets' rows in a secret order: what the child gets) and that ``order``; ``spot``:
-    ``trust.spot_rows`` secret indices into the rows sent, for the re-scoring's spot check, drawn anew for
-    every ``spot_key`` (the evaluator passes the code's hash: no fixed set a search could learn to spare)."""
+    ``trust.spot_rows`` secret indices into the rows sent (``spot_count``: every row by default), for the
+    re-scoring's spot check, in an order drawn anew for every ``spot_key`` (the evaluator passes the code's hash: no fixed set a search could learn to spare)."""
     from agentforge.data.build import build_datamodule
     from agentforge.data.tokenizer import ByteTokenizer
 
@@ -166,10 +166,21 @@ def make_heldout(settings: dict, salt: str, spot_key: str = "") -> dict[str, tor
         order = torch.randperm(len(both), generator=torch.Generator().manual_seed(heldout_seed(settings, salt,
                                                                                                "order")))
         out.update(sent=both[order].contiguous(), order=order)
-    # the rows the re-scoring also computes alone (``rescore``): secret, so a candidate cannot spare them
+    # the rows the re-scoring also computes alone (``rescore``), in a secret order: every row by default
     spot = torch.Generator().manual_seed(heldout_seed(settings, salt, f"spot:{spot_key}"))
-    out["spot"] = torch.randperm(len(sent_inputs(out)), generator=spot)[:int(trust.get("spot_rows") or 0)]
+    n_sent = len(sent_inputs(out))
+    out["spot"] = torch.randperm(n_sent, generator=spot)[:spot_count(trust.get("spot_rows"), n_sent)]
     return out
+
+
+def spot_count(spot_rows, n_sent: int) -> int:
+    """How many of the ``n_sent`` rows the spot check computes alone: all of them for ``"all"`` (the default),
+    else ``spot_rows`` of them (at most ``n_sent``; 0 or None: none). Checking every row leaves a model that feeds on
+    other rows for a fraction f of them no way through; a sample of k rows lets it through with probability
+    (1 − f)^k, and a search that keeps editing draws new secret rows each time, so it gets one through in the end."""
+    if spot_rows == "all":
+        return n_sent
+    return min(int(spot_rows or 0), n_sent)
 
 
 def sent_inputs(heldout: dict[str, torch.Tensor]) -> torch.Tensor:
