@@ -159,6 +159,19 @@ def test_two_wins_are_inconclusive_and_the_sign_test_gives_one_half():
     assert v == "INCONCLUSIVE" and f"at least {MIN_N}" in reasons[0]
 
 
+def test_few_examples_still_fail_on_what_does_not_rest_on_them():
+    """Section 7's FAILURE rows "training unstable" and a missed efficiency target do not depend on the n examples:
+    6 problems with every efficiency target missed by its whole CI read INCONCLUSIVE, now FAILURE."""
+    base = dict(pass_at={1: 1.0}, delta_pass1=0.5, ci95=[-0.2, 1.0], p_value=0.5, thresholds={"pass_at": {1: 0.3}},
+                n=6, size_key="phase.num_problems")
+    v, reasons = verdict(**base, efficiency_ok=False)
+    assert v == "FAILURE" and "efficiency targets not met" in reasons[0] and "phase.num_problems" in reasons[-1]
+    v, reasons = verdict(**base, efficiency_ok=True, unstable=True)
+    assert v == "FAILURE" and "unstable" in reasons[0]
+    for unsettled in (True, None, "inconclusive"):   # met, none configured, or its CI straddles: n decides
+        assert verdict(**base, efficiency_ok=unsettled)[0] == "INCONCLUSIVE"
+
+
 def test_three_wins_of_four_is_p_quarter_and_not_success():
     r = paired_test([1, 1, 1, 0], [0, 0, 0, 0], n_resamples=2000)
     assert r["p_value"] == pytest.approx(0.25)                                    # 2 * (1/2)^3

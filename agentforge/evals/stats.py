@@ -349,13 +349,19 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     a met group for PARTIAL); "inconclusive" (a target neither met nor missed by its CI, or not measured) is not
     met for SUCCESS and not missed either; so is a pass@k target whose pass@k was not measured (fewer samples per
     problem than k): INCONCLUSIVE unless the efficiency group is met (PARTIAL) or a FAILURE condition holds. With
-    ``n`` paired examples below ``thresholds["min_n"]`` (default ``MIN_N``) the answer is INCONCLUSIVE, whatever
-    the figures say.
+    ``n`` paired examples below ``thresholds["min_n"]`` (default ``MIN_N``) the pass@k figures decide nothing: the
+    answer is FAILURE when training was unstable or the efficiency targets were missed (``efficiency_ok`` False:
+    missed by the whole CI; neither rests on the n examples), else INCONCLUSIVE.
     """
     min_n = int(thresholds.get("min_n", MIN_N))
     if n is not None and n < min_n:
-        return "INCONCLUSIVE", [f"only {n} paired examples; a verdict needs at least {min_n} (raise "
-                                f"{size_key} or lower thresholds.min_n knowingly)"]
+        few = [f"only {n} paired examples; a pass@k verdict needs at least {min_n} (raise {size_key} or lower "
+               f"thresholds.min_n knowingly)"]
+        # what does not rest on the n examples still decides: training that was unstable, or an efficiency target
+        # missed by its whole CI, is section 7's FAILURE whatever pass@k would have said
+        failed = [*(["training was unstable (non-finite losses or skipped steps)"] if unstable else []),
+                  *(["efficiency targets not met (missed by their whole CI)"] if efficiency_ok is False else [])]
+        return ("FAILURE", failed + few) if failed else ("INCONCLUSIVE", few)
     reasons: list[str] = []
     acc_missed = acc_unmeasured = False
     for k, target in sorted((thresholds.get("pass_at") or {}).items()):
