@@ -83,6 +83,10 @@ def test_ties_trims_before_electing():
     out = techniques.ties(base, [x1, x2], [1, 1], density=0.5, lam=1.0)
     assert torch.allclose(out, T([4.0, -2.0, 0.0, 2.0]))
     assert torch.allclose(techniques.ties(base, [x1, x2], [1, 1], density=0.5, lam=0.5), T([2.0, -1.0, 0.0, 1.0]))
+    # a case where the order matters: trimmed first, x1 -> [0, 5], x2 -> [-2, 0], entry 0's sign is elected from
+    # -2 alone (-) and keeps -2; electing from the untrimmed sum 2.5 - 2 = +0.5 would keep nothing there ([0, 5])
+    out = techniques.ties(torch.zeros(2), [T([2.5, 5.0]), T([-2.0, 0.1])], [1, 1], density=0.5, lam=1.0)
+    assert torch.allclose(out, T([-2.0, 5.0]))
 
 
 def test_dare_without_drop_is_task_arithmetic():
@@ -274,6 +278,22 @@ def test_recipe_merges_parameters_and_takes_memory_and_hyperparameters_from_base
         assert torch.allclose(state[k], techniques.linear([s[k] for s in states], [1, 2, 1]), atol=1e-6)
     model = CognateModel(cfg)
     model.load_state_dict(state)  # loads with the base's memory shapes
+
+
+def test_a_tied_lm_head_gets_the_embeddings_merge_under_dare():
+    """DARE seeds each mask by tensor name: a tied lm_head merged under its own name got a second mask, and loading
+    kept whichever came last (max difference 0.2 between the two); it is now the embedding's merge itself."""
+    from agentforge.merge.combos import encode
+
+    models = [_model(i, tie_embeddings=True) for i in range(3)]
+    states, cfgs = [m.state_dict() for m in models], [m.config for m in models]
+    r = _recipe(combo=encode("linear", "dare", "frankenmerge"), density=0.5, lam=1.0, dare_seed=3)
+    state, cfg = materialize(r, states, cfgs)
+    assert torch.equal(state["lm_head.weight"], state["embed.weight"])
+    assert not torch.equal(state["embed.weight"], techniques.linear([s["embed.weight"] for s in states], [1, 1, 1]))
+    model = CognateModel(cfg)
+    model.load_state_dict(state)
+    assert torch.equal(model.lm_head.weight, state["embed.weight"])
 
 
 def test_recipe_with_one_hot_weights_reproduces_that_input():

@@ -5,8 +5,11 @@ mlp_norm); everything else (embeddings, lm_head, final norm, halting head, memor
 ``base`` state dict. Both functions return a new state dict whose layers are renumbered 0..L'-1, so
 the caller builds the model with ``n_layers = L'``.
 
-* FrankenMerge = mergekit's ``passthrough`` with ``slices``: layer ranges [start, end) of several models
-  stacked in order (the "frankenmerge" of Goliath-120B / SOLAR's depth up-scaling, Kim et al. 2023).
+* FrankenMerge = mergekit's ``passthrough`` with ``slices`` for the layers: layer ranges [start, end) of several
+  models stacked in order (the "frankenmerge" of Goliath-120B / SOLAR's depth up-scaling, Kim et al. 2023). Not
+  for the rest: mergekit takes the embeddings from the first slice's model and the final norm and lm_head from the
+  last slice's; here every non-layer tensor comes from ``base`` (the stage-2 merge θ_T), so those tensors are
+  merged too, as in the evolutionary recipes of Akiba et al.
 * DFS = data-flow-space merging of Akiba et al. 2024, "Evolutionary Optimization of Model Merging
   Recipes" (Sakana AI): the token's path is a sequence of layers drawn from any of the models, and
   the input to each hop is multiplied by a scale that the evolutionary search tunes (their W matrix).

@@ -120,7 +120,10 @@ def materialize(recipe: Recipe, states: list[dict], configs: list[CognateConfig]
         raise ValueError(f"a recipe merges {N_INPUTS} models, got {len(states)}")
     combo = decode(recipe.combo)
     base_state = states[recipe.base]
-    param_keys = [k for k in base_state if k not in BUFFERS]
+    # a tied lm_head is the embedding itself: merged once, under the embedding's name (DARE seeds its mask by
+    # name, so merging both names gave the one tensor two masks, and loading kept whichever came last)
+    tied = "lm_head.weight" if configs[recipe.base].tie_embeddings and "embed.weight" in base_state else None
+    param_keys = [k for k in base_state if k not in BUFFERS and k != tied]
     merged: dict[str, torch.Tensor] = {}
     for k in param_keys:
         xs = [s[k] for s in states]
@@ -133,6 +136,8 @@ def materialize(recipe: Recipe, states: list[dict], configs: list[CognateConfig]
         else:
             merged[k] = techniques.dare(interp, xs, recipe.tv_weights, recipe.density, recipe.lam,
                                         generator=_tensor_generator(recipe.dare_seed, k), rescale=dare_rescale)
+    if tied:
+        merged[tied] = merged["embed.weight"]
     for k, v in base_state.items():  # the base model's memory bank
         if k not in merged:
             merged[k] = v.clone()
