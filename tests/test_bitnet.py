@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -62,6 +63,7 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "threshold compression > 6x" in out and "threshold accuracy drop < 10%: measured " in out
+    assert re.search(r"x against an fp16 file: the tensors kept out of the ternary layers are stored as float16\)", out)
     assert "(n=6, 95% CI [" in out and "McNemar exact p=" in out        # 3 tasks x phase.eval_examples=2
     assert "INCONCLUSIVE (n = 6 < 30: too few to decide" in out         # the drop's verdict comes from its CI
     assert "(n=9 interleaved rounds, 95% CI [" in out

@@ -73,6 +73,11 @@ def test_bitnet_row_is_paired_on_the_eval_results(tmp_path):
     bitnet["bitnet"]["final/inference_speedup_n"] = 1   # one round: the median has no CI, none is shown
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/compression_ratio")
     assert row[4].endswith("; forward speedup packed ÷ fp32 0.89 (n=1 rounds: no CI))")
+    # part of the ratio is the preserved tensors' fp16 cast: the ratio against an fp16 file goes beside it
+    bitnet["bitnet"].update(headline_metrics({"final/compression_ratio_vs_fp16": 4.09, "final/preserved_dtype": "float16"}))
+    row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/compression_ratio")
+    assert "1.21 MB before; 4.09× against an fp16 file, the tensors kept out of the ternary layers stored as float16; " \
+           "forward speedup" in row[4]
     # a large drop: the whole CI above 10 %
     _write(tmp_path, "phase4_compressed", _results([0] * 16, [1] * 40 + [0] * 160, [1] * 60 + [0] * 140))
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")

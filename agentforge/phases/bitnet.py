@@ -316,7 +316,8 @@ def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16,
         **{k: v for k, v in evidence.items() if k.startswith("evaluation/")},
     }
     tr.log(evaluation)
-    final = {"final/compression_ratio": ratio, "final/accuracy_drop": drop,
+    final = {"final/compression_ratio": ratio, "final/compression_ratio_vs_fp16": ratio16,
+             "final/preserved_dtype": str(p.preserved_dtype), "final/accuracy_drop": drop,
              **{k: v for k, v in evidence.items() if k.startswith("final/")},
              "final/inference_speedup": speed["value"], "final/inference_speedup_n": speed["n"],
              "final/inference_speedup_ci95": speed["ci95"], "final/inference_speedup_test": speed["test"],

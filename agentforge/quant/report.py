@@ -131,7 +131,9 @@ def print_summary(p, ev, final, fp16_bytes, fp32_bytes, packed_bytes) -> None:
              f"(range {ci} of {n_rounds} interleaved round{'s' * (n_rounds != 1)}: no 95% CI below "
              f"{MIN_TIMING_ROUNDS})"))
     print(f"threshold compression > {float(p.min_compression):g}x (whole model, bytes on disk vs fp32): "
-          f"measured {ratio:.2f}x  {'PASS' if ratio > float(p.min_compression) else 'FAIL'}")
+          f"measured {ratio:.2f}x  {'PASS' if ratio > float(p.min_compression) else 'FAIL'} ("
+          f"{final['final/compression_ratio_vs_fp16']:.2f}x against an fp16 file: the tensors kept out of the ternary "
+          f"layers are stored as {final['final/preserved_dtype']})")
     verdict, why = threshold_verdict(final.get("final/accuracy_drop_ci95"), "<", float(p.max_accuracy_drop),
                                      final.get("final/accuracy_drop_n"), MIN_N)
     print(f"threshold accuracy drop < {float(p.max_accuracy_drop):g}%: measured {drop_line(drop, final)}  "
