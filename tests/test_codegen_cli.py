@@ -43,6 +43,11 @@ def test_codegen_cli_tiny_end_to_end(tmp_path):
                    for p in res["problems"])
         assert res["kpis"]["param_count"] > 0 and res["kpis"]["latency_tokens"] == 4
         assert res["training"]["steps"] == 2 and res["kpis"]["peak_memory_mb"] > 0
+        # each model trained in a process of its own: its peak is that process's high-water mark, comparable
+        assert res["training"]["isolated"] and res["kpis"]["memory_shared_process"] is False
+        assert res["kpis"]["peak_memory_mb"] == res["training"]["peak_train_ram_mb"] >= res["training"]["rss_before_train_mb"]
+    memory = next(c for c in stats["efficiency"] if c["threshold"] == "max_memory_ratio")
+    assert memory["ok"] is not None and "note" not in memory   # decided, not "not comparable"
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and {s["outcome"] for s in samples} <= {"passed", "failed", "timeout", "error"}
     corpus = json.loads((out / "corpus.json").read_text())
@@ -50,7 +55,8 @@ def test_codegen_cli_tiny_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     assert "canonical solutions pass@1 = 1.000 on 2 problems" in report and "Verdict" in report
     assert "cognate `muon_grokfast`, gpt2_scratch `adamw`" in report and "Budget ceiling" in report
-    assert "Characters per completion" in report and "1 x 48 tokens" in report
+    assert "Characters per completion" in report and "1 x 48 tokens" in report and "peak train RAM MB" in report
+    assert "a true peak, comparable between the models" in report
     assert (out / "plots" / "pass_at_k.png").is_file() and (out / "plots" / "training_loss.png").is_file()
     assert (runs[0] / "tables" / "dashboard__stat_summary.csv").is_file()
     _dashboard_train_loss_is_cross_entropy(runs[0])

@@ -76,3 +76,14 @@ def test_the_efficiency_bars_leave_out_the_training_ram_of_two_trainings_in_one_
     for m in kpis.values():   # measured in separate processes: the RAM ratio is a comparison again
         m["memory_shared_process"] = False
     assert efficiency_ratios(kpis, "cognate", "gpt2")[0] == ["latency of 64 tokens", "peak training RAM", "parameters"]
+
+
+def test_the_report_says_which_memory_figure_it_shows():
+    """Trained in processes of their own: a true, comparable peak; in one process: not comparable."""
+    from agentforge.codegen.report import memory_note
+
+    names = ["cognate", "gpt2_scratch"]
+    own = memory_note({n: {"memory_shared_process": False} for n in names}, names)
+    shared = memory_note({n: {"memory_shared_process": True} for n in names}, names)
+    assert "high-water mark" in own and "comparable between the models" in own and "not comparable" not in own
+    assert "not comparable" in shared and "memory ratio decides nothing" in shared

@@ -132,15 +132,19 @@ def efficiency(lms: list, trainings: dict, latency_tokens: int, evals: dict, rou
     ``latency_tokens``-token greedy generation is timed for all models in the same process, interleaved
     (``speed.interleaved_times``: ``rounds`` rounds, each model once per round, the order rotating), so the ratio
     targets are decided from per-round ratios and their CI (``compare._ratio_check``), not from two single
-    timings minutes apart. Memory is the RSS growth during the model's own training (``train_ram_growth_mb``; the
-    process's peak would count the other model's training), NaN when it did not train here or ran on a GPU; both
-    trainings run one after the other in this process, so the first also pays the process's one-time allocations
-    (46 MB against 1.25 MB at equal size in one run): ``memory_shared_process`` tells the ratio check so. When the
-    tokenizers differ (``token_units_differ``: bytes vs BPE), the same token count is a different amount of text:
+    timings minutes apart. Memory (``peak_memory_mb``) is the training's ``peak_train_ram_mb``, NaN when the model
+    did not train here. Trained each in a fresh process of its own (``training.train_isolated``, every training
+    ``isolated``), it is that process's high-water mark (on a GPU the CUDA allocator's peak), a true peak comparable
+    between the models: ``memory_shared_process`` False, and the ratio target decides. Trained one after the other
+    in this process (``training.train``, a multi-process hardware group), it is the largest RSS (on a GPU, CUDA
+    allocation) logged during that training, which also holds what the earlier training left behind:
+    ``memory_shared_process`` True, and the ratio check decides nothing ("not comparable"). When the tokenizers
+    differ (``token_units_differ``: bytes vs BPE), the same token count is a different amount of text:
     ``token_units_differ`` tells the ratio checks so, and ``latency_chars`` says how many characters were timed."""
     differ = token_units_differ(lms)
-    out = {lm.name: {"param_count": lm.num_params(), "memory_shared_process": True, "token_units_differ": differ,
-                     "peak_memory_mb": (trainings.get(lm.name) or {}).get("train_ram_growth_mb", float("nan")),
+    shared = any(not t.get("isolated") for t in trainings.values())
+    out = {lm.name: {"param_count": lm.num_params(), "memory_shared_process": shared, "token_units_differ": differ,
+                     "peak_memory_mb": (trainings.get(lm.name) or {}).get("peak_train_ram_mb", float("nan")),
                      "sampling_tokens_per_sec": evals[lm.name]["sampling_tokens_per_sec"]} for lm in lms}
     if latency_tokens:
         chars = {lm.name: _greedy(lm, latency_tokens, chars=True) for lm in lms}   # warms each decoding path

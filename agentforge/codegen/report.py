@@ -12,16 +12,30 @@ from agentforge.tracking import plots
 EFFICIENCY = (("latency_ms", "latency of {n} tokens (ms)", "lower"),
               ("throughput_tokens_per_sec", "tokens/s ({n}-token generation)", "higher"),
               ("peak_memory_mb", "peak training RAM (MB)", "lower"), ("param_count", "parameters", ""))
-NOT_COMPARABLE = "peak_memory_mb"   # with ``memory_shared_process``: RSS growth of two trainings in one process
+NOT_COMPARABLE = "peak_memory_mb"   # with ``memory_shared_process``: two trainings' memory measured in one process
 PER_TOKEN = ("latency_ms", "throughput_tokens_per_sec")   # with ``token_units_differ``: different amounts of text
 
 
 def _comparable(key: str, kpis: dict, names: list[str]) -> bool:
-    """False for the training-RAM figure when the models trained one after the other in one process: the first also
-    pays the process's one-time allocations (46 MB against 1.25 MB at equal size), so its ratio is no comparison;
-    False for the per-token timings when the tokenizers differ (bytes vs BPE: a token is not the same text)."""
+    """False for the training-RAM figure when the models trained one after the other in one process
+    (``memory_shared_process``: the later training's figure also holds what the earlier one left behind), so its
+    ratio is no comparison; False for the per-token timings when the tokenizers differ (bytes vs BPE: a token is not
+    the same text)."""
     return not ((key == NOT_COMPARABLE and any(kpis[n].get("memory_shared_process") for n in names))
                 or (key in PER_TOKEN and any(kpis[n].get("token_units_differ") for n in names)))
+
+
+def memory_note(kpis: dict, names: list[str]) -> str:
+    """What the report's "peak train RAM" column measured: each training's own process peak (``memory_shared_process``
+    False), or the largest RSS logged while the models trained one after the other in one process (not comparable)."""
+    if any(kpis[n].get("memory_shared_process") for n in names):
+        return ("Peak train RAM: the largest RSS (on a GPU, CUDA allocation) logged while that model trained; both "
+                "trained in this one process, one after the other, so the later figure also holds what the earlier "
+                "training left behind: not comparable between the models, and the memory ratio decides nothing.")
+    return ("Peak train RAM: the resident-memory high-water mark (the kernel's) of the fresh process that trained that "
+            "model alone, on a GPU the CUDA allocator's peak; the interpreter and its imports, the same for every "
+            "model, are included: a true peak, comparable between the models; a dash where a model did not train "
+            "here.")
 
 
 def _f(v, digits: int = 4) -> str:
@@ -137,7 +151,7 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
                   + " per step (rows as long as the evaluated context, so every position the models generate at was "
                     "trained).", ""]
     head = ["model"] + [f"pass@{k}" for k in ks] + ["passed", "failed", "timeout", "error", "params",
-                                                     "latency ms", "tok/s", "train RAM growth MB", "val loss",
+                                                     "latency ms", "tok/s", "peak train RAM MB", "val loss",
                                                      "train s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in names:
@@ -158,9 +172,8 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
     if lat:
         lines += ["", "Latency and tok/s: one greedy generation of "
                   + ", ".join(f"{t} tokens = {_f(kpis[n].get('latency_chars'))} characters ({n})" for n, t in lat.items())
-                  + " through the KV cache, batch 1; train RAM growth: how much the process's RSS grew while that model"
-                  " trained (both train in one process, one after the other, and the first also pays the process's"
-                  " one-time allocations: not comparable between the models, so the memory ratio decides nothing)."]
+                  + " through the KV cache, batch 1."]
+    lines += ["", memory_note(kpis, names)]
     lines += ["", "## Statistics", ""]
     for k in ks:
         s = stats[f"pass_at_{k}"]

@@ -212,8 +212,8 @@ def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: di
         return {"threshold": key, "value": None, "target": target, "ok": None, "note": "not measured"}
     if cm.get(SHARED_PROCESS) or bm.get(SHARED_PROCESS):
         return {"threshold": key, "value": v / b, "target": target, "ok": None,
-                "note": "both trainings' RSS growth measured in one process (the first also paid the process's "
-                        "one-time allocations): not comparable, no decision"}
+                "note": "both trainings measured in one process, one after the other (the second's figure holds "
+                        "what the first left behind): not comparable, no decision"}
     return {"threshold": key, "value": v / b, "target": target, "ok": (v / b <= target if op == "<=" else v / b >= target)}
 
 

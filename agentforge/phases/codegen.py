@@ -24,7 +24,7 @@ from agentforge.artifacts import ARCHITECTURE, cognate_config_from, load_model, 
 from agentforge.codegen import evaluate as ev
 from agentforge.codegen import models, problems, report, scoring
 from agentforge.codegen.corpus import corpus_from_config
-from agentforge.codegen.training import train
+from agentforge.codegen.training import train, train_isolated, trains_in_one_process
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.evals.collect import gate_or_raise
@@ -43,14 +43,29 @@ def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def build_models(cfg, corpus, run_dir: Path, artifacts: Path) -> tuple[list, dict]:
-    """[(CodeLM, training result or None)] for the candidate and the baseline, trained as configured."""
+def train_kwargs(cfg, run_dir: Path) -> dict:
+    """The training arguments both models share (``training.train``'s keyword arguments but the optimizer)."""
+    p = cfg.phase
+    return dict(data_cfg=train_rows(_container(cfg.data), eval_context(cfg)), hw_cfg=_container(cfg.hardware),
+                run_dir=run_dir, seed=int(cfg.seed), max_epochs=int(p.max_epochs),
+                steps_per_epoch=int(p.steps_per_epoch), val_rows=int(p.val_rows), gradient_clip=float(p.gradient_clip))
+
+
+def build_models(cfg, corpus, run_dir: Path, artifacts: Path, isolate: bool | None = None) -> tuple[list, dict]:
+    """[(CodeLM, training result or None)] for the candidate and the baseline, trained as configured.
+
+    Each model trains in a fresh process of its own (``training.train_isolated``), so each training's peak memory is
+    that process's own high-water mark, comparable between the models (trained one after the other in this process,
+    the second would start from what the first left behind); under a multi-process ``hardware`` group (DDP, FSDP,
+    several devices: ``training.trains_in_one_process`` False) Lightning starts the ranks itself, and the models
+    train here (``training.train``), their memory then marked not comparable. ``isolate`` overrides that choice
+    (None: decided by the hardware group)."""
     p, b = cfg.phase, _container(cfg.get("baseline"))
     size = _container(cfg.model)
-    train_kw = dict(data_cfg=train_rows(_container(cfg.data), eval_context(cfg)), hw_cfg=_container(cfg.hardware),
-                    run_dir=run_dir, seed=int(cfg.seed), max_epochs=int(p.max_epochs),
-                    steps_per_epoch=int(p.steps_per_epoch), val_rows=int(p.val_rows),
-                    gradient_clip=float(p.gradient_clip))
+    train_kw = train_kwargs(cfg, run_dir)
+    if isolate is None:
+        isolate = trains_in_one_process(train_kw["hw_cfg"])
+    fit = train_isolated if isolate else train
     out, trainings = [], {}
     if p.checkpoint:
         model, _, _ = load_model(p.checkpoint)
@@ -58,7 +73,7 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path) -> tuple[list, dic
     else:
         model = CognateModel(cognate_config_from(size, RESERVED_VOCAB))
         if int(p.max_epochs) > 0:
-            trainings["cognate"] = train("cognate", model, corpus, optim_cfg=_container(cfg.optimizer), **train_kw)
+            trainings["cognate"] = fit("cognate", model, corpus, optim_cfg=_container(cfg.optimizer), **train_kw)
         ckpt = run_dir / "checkpoints" / "cognate"
         save_model(ckpt, model, ByteTokenizer(), {"phase": "codegen", "data": "python_code"})
         publish(ckpt, artifacts / "codegen" / "cognate")
@@ -69,7 +84,7 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path) -> tuple[list, dic
     else:
         gmodel = models.gpt2_scratch(size, b, int(cfg.seed))
         if int(p.max_epochs) > 0:
-            trainings["gpt2_scratch"] = train("gpt2_scratch", gmodel, corpus, optim_cfg=b["optimizer"], **train_kw)
+            trainings["gpt2_scratch"] = fit("gpt2_scratch", gmodel, corpus, optim_cfg=b["optimizer"], **train_kw)
         models.save_gpt2(gmodel, run_dir / "checkpoints" / "gpt2_scratch", {"phase": "codegen", "data": "python_code"})
         base = models.byte_lm("gpt2_scratch", f"GPT-2 architecture {_baseline_training(p, trainings)} (transformers "
                               f"GPT2LMHeadModel, {gmodel.num_params():,} params; not the 124M pretrained GPT-2)",
