@@ -27,10 +27,10 @@ def test_anti_theater_fails_when_thoughts_are_ignored():
     model = tiny()
     ref = copy.deepcopy(model)
     stream = torch.randint(32, 127, (2000,))
-    windows = sample_windows(stream, 24, 30, 1, 12, 3, torch.Generator().manual_seed(0))
+    windows = sample_windows(stream, 30, 30, 1, 12, 3, torch.Generator().manual_seed(0))
     cfg = ThoughtConfig(num_thoughts=3, thought_length=3, n_true=3, context_len=12)
     res = evaluate(model, MixingHead(32), ref, windows, cfg, IDS, torch.Generator().manual_seed(0))
-    assert res["n_windows"] == 24 and res["divergence"] < 1e-6 and res["ablation_drop"] == 0.0
+    assert res["n_windows"] == 30 and res["divergence"] < 1e-6 and res["ablation_drop"] == 0.0
     assert res["divergence_ci95"][1] < 1e-6 and res["ablation_drop_ci95"] == [0.0, 0.0]
     assert [res[f"{k}_verdict"] for k in ("divergence", "ablation_drop")] == ["FAIL"] * 2
     # nothing varies across the thoughts: the correlation is undefined, not 0 with a CI [0, 0] and a FAIL
@@ -67,11 +67,13 @@ def test_anti_theater_passes_when_good_thoughts_change_predictions():
 
 def test_below_30_windows_divergence_and_drop_use_the_exact_sign_flip_ci_and_the_correlation_no_verdict():
     """From MIN_WINDOWS (20) to 29 windows the divergence and drop CIs are the exact sign-flip test's (a percentile
-    bootstrap over 20 skewed windows is too narrow: it made this FAIL), and the correlation, whose CI is a bootstrap
-    only, is INCONCLUSIVE until 30 informative windows."""
+    bootstrap over 20 skewed windows is too narrow: it made this FAIL); the drop gets a verdict from it, while the
+    divergence (a mean of non-negative values, which the sign-flip CI's symmetry does not fit) and the correlation
+    (a bootstrap CI only) are INCONCLUSIVE until 30 windows."""
     res = anti_theater.theater_metrics(*_good_thoughts(anti_theater.MIN_WINDOWS))
     assert res["n_windows"] == 20 and res["divergence_ci_method"] == "sign_flip_monte_carlo"
-    assert res["divergence_verdict"] == res["ablation_drop_verdict"] == "PASS"
+    assert res["divergence_ci95"][0] > 0.3 and res["divergence_verdict"] == "INCONCLUSIVE"   # whole CI above: n decides
+    assert res["ablation_drop_verdict"] == "PASS"
     assert res["correlation"] == pytest.approx(1.0) and res["correlation_verdict"] == "INCONCLUSIVE"
     assert not res["all_passed"]
     w = np.array([0, 0, -.25, 0, -.25, 0, -.25, 0, -.25, 0, .25, 0, 0, 0, -.25, -.25, .25, 0, 0, 0])

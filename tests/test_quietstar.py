@@ -191,7 +191,8 @@ def test_rl_sizes_the_model_or_held_out_stream_cannot_hold_are_one_line_errors_b
     cases = [(["phase.rl.thought_length=500"], r"phase\.rl\.context_len .*thought_length.* exceeds .*max_seq_len=512"),
              (["phase.rl.context_len=600", "phase.rl.seq_len=700"], r"phase\.rl\.context_len \(600\)"),
              (["phase.rl.seq_len=200000"], r"phase\.rl\.seq_len=200000 must be below the held-out stream's \d+ tokens"),
-             (["phase.rl.eval_windows=100000"], r"phase\.rl\.eval_windows=100000 disjoint held-out sequences")]
+             (["phase.rl.eval_windows=100000"], r"phase\.rl\.eval_windows=100000 windows \(one per held-out document.*"
+                                                r"need 100000 documents that long; 80 of the 80")]
     for overrides, match in cases:
         cfg = compose_cfg(["phase=quietstar", "logger=none", f"step={step}", f"phase.input={tiny_input}", *overrides],
                           tmp_path)
@@ -200,13 +201,20 @@ def test_rl_sizes_the_model_or_held_out_stream_cannot_hold_are_one_line_errors_b
         assert not (tmp_path / "run").exists() and not (tmp_path / "outputs" / "artifacts" / "quietstar").exists()
 
 
-def test_anti_theater_windows_share_no_token_at_the_default_sizes(tiny_input, tmp_path, monkeypatch):
-    """The eval windows run_rl builds (default phase.rl sizes, the real held-out stream's length, seed 42): every
-    two are at least a window apart in the stream (drawn with replacement, 11 pairs overlapped)."""
+def test_anti_theater_windows_are_one_per_held_out_document_at_the_default_sizes(tiny_input, tmp_path, monkeypatch):
+    """The eval windows run_rl builds (default phase.rl sizes, the real held-out documents' lengths, seed 42): 64
+    windows in 64 different test-split documents, each inside its document (one stream's disjoint sequences still
+    put 64 windows in 56 documents, 39 clusters linked by a shared one)."""
     from agentforge.phases import quietstar as qs
 
-    real = qs._stream
-    monkeypatch.setattr(qs, "_stream", lambda tok, seed, split, n: torch.arange(len(real(tok, seed, split, n))))
+    real = qs._documents
+    seen = {}
+
+    def numbered(tok, seed, split, n):   # document i's tokens become 10_000 * i + 0, 1, 2, ...
+        docs = real(tok, seed, split, n)
+        seen["split"] = split
+        return [10_000 * i + torch.arange(len(d)) for i, d in enumerate(docs)]
+    monkeypatch.setattr(qs, "_documents", numbered)
 
     class Built(Exception):
         pass
@@ -216,13 +224,13 @@ def test_anti_theater_windows_share_no_token_at_the_default_sizes(tiny_input, tm
 
     monkeypatch.setattr(qs, "QuietStarModule", module)
     cfg = compose_cfg(["phase=quietstar", "logger=none", "step=rl", f"phase.input={tiny_input}"], tmp_path)
-    assert cfg.seed == 42 and cfg.phase.rl.eval_windows == 64 and cfg.phase.rl.seq_len == 64
+    assert cfg.seed == 42 and cfg.phase.rl.eval_windows == 64
     with pytest.raises(Built) as got:
         run(cfg)
-    w = got.value.args[0]
-    assert w.shape == (64, cfg.phase.rl.context_len + cfg.phase.rl.n_true)
-    starts = sorted(w[:, 0].tolist())  # the stream is 0, 1, 2, ...: a window's first token is its offset
-    assert all(b - a >= w.shape[1] for a, b in zip(starts, starts[1:]))
+    w, width = got.value.args[0], cfg.phase.rl.context_len + cfg.phase.rl.n_true
+    assert w.shape == (64, width) and seen["split"] == "test"
+    assert len({int(r[0]) // 10_000 for r in w}) == 64                                   # 64 different documents
+    assert all(torch.equal(r, torch.arange(int(r[0]), int(r[0]) + width)) for r in w)   # each inside its own
 
 
 @pytest.mark.slow  # two CLI runs, ~15 s on a 2-core CPU

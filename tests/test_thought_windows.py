@@ -1,4 +1,4 @@
-"""Quiet-STaR step 2's held-out measurement: disjoint anti-theater windows, the phase.rl size checks, and the
+"""Quiet-STaR step 2's held-out measurement: anti-theater windows one per held-out document, the phase.rl size checks, and the
 thought-free held-out accuracies saying so."""
 from __future__ import annotations
 
@@ -7,28 +7,33 @@ import torch
 
 from agentforge.errors import ConfigError
 from agentforge.reasoning import measures
-from agentforge.reasoning.rl import check_sizes, sample_windows
+from agentforge.reasoning.rl import check_sizes, document_windows, sample_windows, window_capacity
 
 
-def test_disjoint_windows_are_drawn_without_replacement_and_error_when_the_stream_is_too_short():
-    stream = torch.arange(1000)
-    w = sample_windows(stream, 20, 50, 1, 10, 2, torch.Generator().manual_seed(0), disjoint=True)
-    starts = sorted(w[:, 0].tolist())
-    assert len(starts) == 20 and all(b - a >= 12 for a, b in zip(starts, starts[1:]))
-    with pytest.raises(ValueError, match="21 disjoint sequences of 50 tokens do not fit the stream of 1000"):
-        sample_windows(stream, 21, 50, 1, 10, 2, torch.Generator().manual_seed(0), disjoint=True)
+def test_evaluation_windows_take_one_window_per_document_without_replacement():
+    """Windows of one stream that shared no token still came from the same documents (64 windows, 39 clusters linked
+    by a shared document): one window per document, each inside it, and too few documents is an error."""
+    docs = [torch.arange(100 * i, 100 * i + length) for i, length in enumerate([30, 12, 11, 40, 12, 25])]
+    w = document_windows(docs, 5, 10, 2, torch.Generator().manual_seed(0))
+    assert w.shape == (5, 12)
+    assert sorted(int(r[0]) // 100 for r in w) == [0, 1, 3, 4, 5]           # five documents, each once; not the short one
+    assert all(torch.equal(r, torch.arange(int(r[0]), int(r[0]) + 12)) for r in w)   # inside its document
+    assert window_capacity(docs, 10, 2) == 5
+    with pytest.raises(ValueError, match="6 windows of 12 tokens need 6 held-out documents that long; there are 5"):
+        document_windows(docs, 6, 10, 2, torch.Generator().manual_seed(0))
     # training windows are drawn as before, with replacement: 40 sequences of 50 tokens from 1000 tokens is fine
-    assert sample_windows(stream, 40, 50, 1, 10, 2, torch.Generator().manual_seed(0)).shape == (40, 12)
+    assert sample_windows(torch.arange(1000), 40, 50, 1, 10, 2, torch.Generator().manual_seed(0)).shape == (40, 12)
 
 
 def test_check_sizes_names_the_phase_rl_key():
     ok = {"context_len": 32, "thought_length": 12, "n_true": 4, "seq_len": 64, "eval_windows": 64}
-    check_sizes(ok, 512, 64 * 64)
+    docs = [torch.zeros(64, dtype=torch.long)] * 64
+    check_sizes(ok, 512, docs)
     for bad, match in [({"thought_length": 500}, r"phase\.rl\.context_len \(32\) \+ phase\.rl\.thought_length \(500\)"),
                        ({"seq_len": 5000}, r"phase\.rl\.seq_len=5000 must be below"),
-                       ({"eval_windows": 65}, r"phase\.rl\.eval_windows=65 .* \(at most 64\)")]:
+                       ({"eval_windows": 65}, r"phase\.rl\.eval_windows=65 windows .* need 65 documents that long; 64 of")]:
         with pytest.raises(ConfigError, match=match):
-            check_sizes({**ok, **bad}, 512, 64 * 64)
+            check_sizes({**ok, **bad}, 512, docs)
 
 
 def test_held_out_accuracies_say_they_are_answered_without_thoughts():

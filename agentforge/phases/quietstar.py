@@ -49,7 +49,7 @@ from agentforge.phases.quietstar_fit import fit_step, work_dir
 from agentforge.phases.quietstar_report import finish_baking, finish_rl, phase_times_line
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.reasoning import baking as bk
-from agentforge.reasoning.rl import ThoughtConfig, check_sizes, sample_windows
+from agentforge.reasoning.rl import ThoughtConfig, check_sizes, document_windows
 from agentforge.reasoning.strategies import (
     STRATEGIES,
     by_strategy,
@@ -92,8 +92,7 @@ def run(cfg) -> dict:
             with times("load"):
                 loaded = _load(src, "run phase=evomerge first, or pass phase.input=DIR")
                 if step == "both":  # step 2's sizes, before baking: the baked model keeps the input's max_seq_len
-                    check_sizes(r, loaded[0].config.max_seq_len,
-                                len(_stream(loaded[1], int(cfg.seed), "val", VAL_DOCS)))
+                    check_sizes(r, loaded[0].config.max_seq_len, _documents(loaded[1], int(cfg.seed), "test", HELDOUT_DOCS))
             res = run_baking(_sub(cfg, "phase3-step1-baking"), loaded, outs["baking"], src, times)
         _barrier()  # under DDP every rank reads the baked model only once rank 0 has published it
         if not res:  # a DDP rank other than 0: it trains, rank 0 writes
@@ -249,17 +248,20 @@ def _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src: Path, out_di
 
 
 # ---------------------------------------------------------------- step 2: Quiet-STaR RL
-VAL_DOCS = 40  # held-out documents per task in the stream of the anti-theater windows
+HELDOUT_DOCS = 40  # held-out (test-split) documents per task, one anti-theater window in each of eval_windows of them
+
+
+def _documents(tok, seed: int, split: str, n: int) -> list[torch.Tensor]:
+    """``n`` rendered GSM8K-format problems and ``n`` plain texts of ``split``, each one document (BOS ... EOS);
+    a held-out split's are distinct problems (``synthetic.generate``)."""
+    return [torch.tensor(tok.encode(formats.render(rec, formats.TASK_FORMAT[task]), bos=True, eos=True),
+                         dtype=torch.long)
+            for task in ("arithmetic", "plain_text") for rec in synthetic.generate(task, n, seed, split)]
 
 
 def _stream(tok, seed: int, split: str, n: int) -> torch.Tensor:
-    """A token stream of rendered GSM8K-format problems and plain text, documents separated by EOS."""
-    ids: list[int] = []
-    for task in ("arithmetic", "plain_text"):
-        fmt = formats.TASK_FORMAT[task]
-        for rec in synthetic.generate(task, n, seed, split):
-            ids += tok.encode(formats.render(rec, fmt), bos=True, eos=True)
-    return torch.tensor(ids, dtype=torch.long)
+    """The documents of ``_documents`` as one token stream (documents separated by their EOS)."""
+    return torch.cat(_documents(tok, seed, split, n))
 
 
 def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
@@ -278,12 +280,13 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
     with times("data"):
         tids = {"start": ids[THINK_START], "end": ids[THINK_END],
                 "banned": [PAD_ID, BOS_ID, ids[THINK_START], ids[THINK_END]]}
-        train_stream, val_stream = _stream(tok, seed, "train", 200), _stream(tok, seed, "val", VAL_DOCS)
-        check_sizes(r, model.config.max_seq_len, len(val_stream))  # before the run dir exists
-        # one window per held-out sequence, the sequences disjoint (drawn without replacement): the windows share no
-        # token, so they are the independent units of the checks' CIs
-        eval_windows = sample_windows(val_stream, int(r.eval_windows), int(r.seq_len), 1, tc.context_len, tc.n_true,
-                                      torch.Generator().manual_seed(seed + 1), disjoint=True)
+        train_stream, held = _stream(tok, seed, "train", 200), _documents(tok, seed, "test", HELDOUT_DOCS)
+        check_sizes(r, model.config.max_seq_len, held)  # before the run dir exists
+        # one window per held-out document (distinct problems), the documents drawn without replacement: the windows
+        # are the independent units of the checks' CIs. The test split, as the accuracies below: Cognate stopped early
+        # on val-split rows (2 of the 4 arithmetic problems of its val rows were among the old val windows' documents)
+        eval_windows = document_windows(held, int(r.eval_windows), tc.context_len, tc.n_true,
+                                        torch.Generator().manual_seed(seed + 1))
         # the test split: EvoMerge chose the champion on the val split's first questions (its selection set), so
         # val questions would score the lineage on what selected it (4 of 4 ARC and PIQA questions were)
         evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, int(r.eval_examples), "test",

@@ -30,24 +30,14 @@ class ThoughtConfig:
 
 
 def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: int, context_len: int, n_true: int,
-                   generator: torch.Generator, disjoint: bool = False) -> torch.Tensor:
-    """[n_seqs * positions, context_len + n_true]: ``positions`` thought positions in each of ``n_seqs``
-    random sequences of ``seq_len`` tokens of the token stream. Training (``disjoint=False``) draws the
-    sequences' starts with replacement, so sequences may overlap; evaluation (``disjoint=True``) takes them
-    without replacement from a grid of ``seq_len`` apart (at a random offset), so no two sequences share a
-    token and their windows are independent units (``disjoint_capacity`` of them fit the stream)."""
+                   generator: torch.Generator) -> torch.Tensor:
+    """[n_seqs * positions, context_len + n_true]: ``positions`` thought positions in each of ``n_seqs`` random
+    sequences of ``seq_len`` tokens of the (training) token stream, their starts drawn with replacement, so
+    sequences may overlap. The evaluation's windows are ``document_windows``."""
     if seq_len < context_len + n_true or len(stream) <= seq_len:
         raise ValueError(f"seq_len={seq_len} must hold context_len + n_true = {context_len + n_true} and fit the stream "
                          f"of {len(stream)} tokens")
-    if disjoint:
-        slots = disjoint_capacity(len(stream), seq_len)
-        if n_seqs > slots:
-            raise ValueError(f"{n_seqs} disjoint sequences of {seq_len} tokens do not fit the stream of {len(stream)} "
-                             f"tokens (at most {slots})")
-        offset = int(torch.randint(0, len(stream) - slots * seq_len + 1, (1,), generator=generator))
-        starts = torch.randperm(slots, generator=generator)[:n_seqs] * seq_len + offset
-    else:
-        starts = torch.randint(0, len(stream) - seq_len, (n_seqs,), generator=generator)
+    starts = torch.randint(0, len(stream) - seq_len, (n_seqs,), generator=generator)
     lo, hi = context_len, seq_len - n_true  # a thought at p sees seq[p-C:p] and predicts seq[p:p+n]
     out = []
     for s in starts.tolist():
@@ -57,27 +47,47 @@ def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: i
     return torch.stack(out)
 
 
-def disjoint_capacity(stream_len: int, seq_len: int) -> int:
-    """How many sequences of ``seq_len`` tokens that share no token fit a stream of ``stream_len`` tokens."""
-    return stream_len // seq_len
+def document_windows(docs: list[torch.Tensor], n: int, context_len: int, n_true: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """[n, context_len + n_true]: one window in each of ``n`` documents drawn without replacement from those long
+    enough to hold one (``window_capacity``), at a uniform position inside it. The evaluation's units: windows
+    of one stream that merely shared no token still came from the same documents (64 windows touched 56 documents
+    and formed 39 clusters linked by a shared one, in an audit), so they were not the independent units the CIs
+    assume; one document each, with documents that are distinct problems (``synthetic.generate``), they are."""
+    width = context_len + n_true
+    fit = [d for d in docs if len(d) >= width]
+    if n > len(fit):
+        raise ValueError(f"{n} windows of {width} tokens need {n} held-out documents that long; there are {len(fit)}")
+    out = []
+    for i in torch.randperm(len(fit), generator=generator)[:n].tolist():
+        doc = fit[i]
+        p = int(torch.randint(context_len, len(doc) - n_true + 1, (1,), generator=generator))
+        out.append(doc[p - context_len: p + n_true])
+    return torch.stack(out)
 
 
-def check_sizes(r, max_seq_len: int, val_len: int) -> None:
-    """A ConfigError naming the ``phase.rl`` key (r) whose size the model or the held-out stream cannot hold: a
+def window_capacity(docs: list[torch.Tensor], context_len: int, n_true: int) -> int:
+    """How many documents can each hold one window of ``context_len + n_true`` tokens."""
+    return sum(len(d) >= context_len + n_true for d in docs)
+
+
+def check_sizes(r, max_seq_len: int, val_docs: list[torch.Tensor]) -> None:
+    """A ConfigError naming the ``phase.rl`` key (r) whose size the model or the held-out documents cannot hold: a
     window with its thought (context, [thinking], thought, [/endthinking], true tokens) must fit the model's
-    ``max_seq_len``; a sequence must fit the held-out stream of ``val_len`` tokens, and ``eval_windows`` disjoint
-    sequences must fit it together (``sample_windows(disjoint=True)``)."""
+    ``max_seq_len``; a training sequence must be shorter than the held-out documents together, and
+    ``eval_windows`` windows need that many held-out documents long enough for one (``document_windows``)."""
     c, length, n, seq, k = (int(r[x]) for x in ("context_len", "thought_length", "n_true", "seq_len", "eval_windows"))
     need = c + length + n + 1
     if need > max_seq_len:
         raise ConfigError(f"phase.rl.context_len ({c}) + phase.rl.thought_length ({length}) + phase.rl.n_true ({n}) + 1 "
                           f"= {need} exceeds the input model's max_seq_len={max_seq_len}: lower them")
+    val_len = sum(len(d) for d in val_docs)
     if seq >= val_len:
         raise ConfigError(f"phase.rl.seq_len={seq} must be below the held-out stream's {val_len} tokens")
-    if k > disjoint_capacity(val_len, seq):
-        raise ConfigError(f"phase.rl.eval_windows={k} disjoint held-out sequences of phase.rl.seq_len={seq} tokens do "
-                          f"not fit the held-out stream of {val_len} tokens (at most "
-                          f"{disjoint_capacity(val_len, seq)}): lower phase.rl.eval_windows or phase.rl.seq_len")
+    if k > (fit := window_capacity(val_docs, c, n)):
+        raise ConfigError(f"phase.rl.eval_windows={k} windows (one per held-out document, each of phase.rl.context_len "
+                          f"+ phase.rl.n_true = {c + n} tokens) need {k} documents that long; {fit} of the "
+                          f"{len(val_docs)} held-out documents are: lower phase.rl.eval_windows or phase.rl.context_len")
 
 
 def reference_logits(ref, batch, context_len: int, use_cache: bool = True, window: bool = True):
