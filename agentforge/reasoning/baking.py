@@ -115,7 +115,10 @@ def aligned_teacher_logits(teacher_logits: torch.Tensor, prompt_len: int, width:
 
 def shuffled_prompts(prompts: dict[str, list[int]], seed: int) -> dict[str, list[int]]:
     """Each prompt's tokens in a seeded random order (not the original one unless all its tokens are equal): the
-    control's prompts, of the same length and bytes as the real ones but saying nothing."""
+    control's prompts, of the same length and the same tokens as the real ones — the strategy's special tokens
+    (``[thinking]``, ``<step>``, ...) included, each still one token — but not their wording. So "baked − control"
+    measures what the instruction's wording adds, not whether its strategy tokens are present (a conservative
+    control: its tokens can carry some of the effect, which pushes the verdict towards INCONCLUSIVE)."""
     import random
 
     out = {}
