@@ -31,6 +31,20 @@ def test_a_val_chunk_that_is_also_a_train_chunk_is_dropped(tmp_path):
     assert not set(c.val) & set(c.train)
 
 
+def test_a_val_chunk_that_nearly_copies_training_text_is_dropped(tmp_path):
+    """Generated tables that differ in a few entries (the stdlib's codec tables) were near copies on both sides:
+    a val chunk with at least half of its long lines in the training text is dropped; a chunk of its own stays."""
+    from agentforge.codegen.corpus import drop_near_copies
+
+    table = ["    0x%04x: 0x%04x,    # LATIN LETTER NUMBER %d" % (i, i, i) for i in range(20)]
+    train = ["DECODING = {\n" + "\n".join(table) + "\n}\n"]
+    near = "ENCODING = {\n" + "\n".join(table[:11] + [t.replace("LATIN", "GREEK") for t in table[11:]]) + "\n}\n"
+    far = "ENCODING = {\n" + "\n".join(table[:9] + [t.replace("LATIN", "GREEK") for t in table[9:]]) + "\n}\n"
+    own = "def parse(text):\n    return [line.split(',') for line in text.splitlines()]\n"
+    kept, dropped = drop_near_copies([near, far, own, "x = 1\n"], train)   # 11 of 20 lines seen; 9 of 20; none
+    assert kept == [far, own, "x = 1\n"] and dropped == 1
+
+
 def test_the_baseline_description_claims_training_parity_only_when_both_trained_here():
     """'same data, steps and batch as Cognate' only when Cognate was trained in this run; a Cognate checkpoint from
     elsewhere, or phase.max_epochs=0, says what actually happened."""
