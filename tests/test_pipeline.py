@@ -43,6 +43,8 @@ ARGS = ["phase=pipeline", "logger=none", "hardware=cpu", "phase.run_name=t", "ph
         _list("evomerge", EVOMERGE), _list("quietstar", QUIETSTAR), _list("bitnet", BITNET), _list("eval", EVAL)]
 
 
+@pytest.mark.slow   # ~27-35 s: the fast tier's budget; SIGKILL + resume stays in the default tier in test_faults.py
+@pytest.mark.faults
 def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_path, monkeypatch, capsys):
     env = dict(os.environ, AGENTFORGE_OUTPUTS=str(tmp_path / "outputs"), OMP_NUM_THREADS="1")
     state = tmp_path / "outputs" / "pipeline" / "t" / "pipeline_state.json"

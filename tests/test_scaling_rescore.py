@@ -96,6 +96,7 @@ def test_models_that_feed_on_other_heldout_rows_fail_the_spot_check(prelude, edi
     assert any(c in result["error"] for c in caught_by), result["error"]
 
 
+@pytest.mark.slow   # ~23 s (two evaluations); the spot check's other forgeries stay in the default tier
 @pytest.mark.faults
 def test_a_model_that_feeds_on_other_rows_for_a_few_rows_only_is_caught_by_checking_every_row(tmp_path):
     """A spot check of k secret rows let a model that mixes a fraction f of the rows through with probability
