@@ -26,8 +26,11 @@ chosen by ``select_kernel`` from interleaved timings of the whole model on this 
 (``load_packed`` does it once at load, on CPU). What a frozen call reads is cached as plain Python values
 (``_make_plan``): nn.Module attribute lookups cost microseconds per call, which counts at one row.
 
-No extra SubLN is inserted before the quantizer: the Cognate blocks are pre-norm already, and this
-layer replaces nn.Linear in a trained model, whose function must not change beyond quantization.
+No extra SubLN is inserted before the quantizer, a deliberate deviation from BitNet b1.58 (Ma et al. 2024), which
+normalizes the input of every quantized projection: this layer replaces nn.Linear in a trained model, whose function
+must not change beyond quantization. The Cognate blocks are pre-norm, so q/k/v and the MLP's gate/up already read a
+normalized input; the attention output projection (o) and the MLP's down projection do not — there the absmax
+activation quantizer sees unnormalized activations, where the paper puts a SubLN.
 """
 from __future__ import annotations
 
