@@ -86,14 +86,29 @@ def test_test_set_shares_no_example_with_selection_child_validation_or_training(
     assert len(selection) > 500 and len(training) > 10_000
     assert test & selection == set() and test & child_val == set() and test & training == set()
     assert selection & training == set()  # the selection set as it always was: val-split examples only
-    # by problem too, not only by wording: excluded by prompt, 112 of 220 arithmetic test examples asked a selection
-    # problem under another name or item
+    # by problem too, not only by wording (excluded by prompt, 112 of 220 arithmetic test examples had asked a
+    # selection problem under another name or item): the test set is the test split's
     problems = lambda ps: {synthetic.canonical(x) for x in ps}   # noqa: E731
     assert problems(test) & problems(selection) == set() and problems(test) & problems(child_val) == set()
-    assert all(synthetic.bucket(k) in synthetic.RESERVED["val"] for k in test)
-    # the control: another val-split draw of the same size, nothing removed, does share examples
-    control, _ = trust.val_stream(WIDE, trust.heldout_seed(WIDE, "another-salt", "test"), 2 * 64 + 8)
+    assert all(synthetic.bucket(synthetic.canonical(k)) in synthetic.RESERVED["test"] for k in test)
+    # the control: another val-split draw of the same size does share examples with the selection set
+    control = trust.heldout_stream(WIDE, trust.heldout_seed(WIDE, "another-salt", "test"), 2 * 64 + 8)
     assert prompts(control[0::2], contiguous=False) & selection
+
+
+def test_test_set_has_the_selection_sets_task_mix():
+    """Drawn from the val split less the selection stream's problems, the test rows had another task mix: the val
+    split's ~317 arithmetic problems ran short, so arithmetic fell from half the examples to 27 % and multiplication
+    to none. From the test split the mix is the sampler's, as in the selection set."""
+    held = trust.make_heldout(WIDE, SALT)
+    test = whole_examples(torch.cat([held["test_inputs"], held["test_targets"][:, None]], dim=1))
+    selection = whole_examples(trust.heldout_stream(WIDE, trust.heldout_seed(WIDE, SALT), 2 * 66)[0::2])
+
+    def share(texts, marker):
+        return sum(marker in t for t in texts) / len(texts)
+    # GSM8K-format examples (whole ones inside the rows, about 225 a set): 0.29 vs 0.21 now (test-split problems
+    # run shorter, so more lie whole in a row), 0.11 vs 0.21 drawn the old way; multiplications 0.12, 0 the old way
+    assert share(test, "####") >= 0.8 * share(selection, "####") and share(test, " * ") > 0.02
 
 
 def test_test_rows_equal_to_selection_rows_are_dropped():
@@ -104,8 +119,7 @@ def test_test_rows_equal_to_selection_rows_are_dropped():
                       datamodule(settings, 0, 2).val_rows_tensor()])[:, :-1]
     seen_keys = {r.numpy().tobytes() for r in seen}
     assert not any(r.numpy().tobytes() in seen_keys for r in held["test_inputs"])
-    raw, _ = trust.val_stream(settings, trust.heldout_seed(settings, SALT, "test"), 2 * 64 + 8,
-                              trust.val_stream(settings, trust.heldout_seed(settings, SALT), 2 * 66)[1])
+    raw = trust.heldout_stream(settings, trust.heldout_seed(settings, SALT, "test"), 2 * 64 + 8, split="test")
     clashes = sum(r.numpy().tobytes() in seen_keys for r in raw[0::2, :-1])
     assert clashes > 0 and int(held["test_dropped"]) > 0  # the raw draw had such rows; they were dropped
 
@@ -114,7 +128,7 @@ def test_selection_rows_are_unchanged_and_the_child_gets_both_sets_shuffled():
     seed = trust.heldout_seed(TINY_SETTINGS, SALT)
     assert trust.heldout_seed(TINY_SETTINGS, SALT, "test") != seed
     stream = datamodule(TINY_SETTINGS, seed, 2 * 66).val_rows_tensor()
-    assert torch.equal(trust.val_stream(TINY_SETTINGS, seed, 2 * 66)[0], stream)  # "drawn the same way"
+    assert torch.equal(trust.heldout_stream(TINY_SETTINGS, seed, 2 * 66), stream)  # "drawn the same way"
     held = trust.make_heldout({**TINY_SETTINGS, "trust": {**TINY_SETTINGS["trust"], "test_rows": 32}}, SALT)
     assert torch.equal(held["inputs"], stream[0:128:2, :-1]) and torch.equal(held["targets"], stream[0:128:2, -1])
     both = torch.cat([held["inputs"], held["test_inputs"]])

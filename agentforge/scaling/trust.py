@@ -23,10 +23,10 @@ Two held-out sets go out in one request. The *selection* set (``inputs``/``targe
 OpenEvolve maximizes is computed from, so the winner of a search is chosen on it and its figures are
 biased upwards for that winner. The *test* set (``test_inputs``/``test_targets``, ``trust.test_rows``
 rows) is drawn the same way from a differently salted seed and is the report: it plays no part in
-selection. Both are ``val``-split examples of the synthetic tasks (``synthetic.split_of``: disjoint by
-content from every training draw, whatever the seed); the test set also skips every example whose
-problem (content key) occurs in the selection stream or in the child's own validation rows, and drops any row equal
-to one of theirs (``make_test_rows``). The child gets the two sets' rows concatenated and shuffled with
+selection. The selection set holds ``val``-split examples of the synthetic tasks, the test set ``test``-split ones
+(``synthetic.split_of``: the splits are disjoint by content from each other and from every training draw, whatever
+the seed), with the same task mix; the test set also drops any row equal to a selection or child-validation row
+(``make_test_rows``). The child gets the two sets' rows concatenated and shuffled with
 a secret permutation (``sent``; ``order`` stays here), so it cannot tell which row counts where.
 """
 from __future__ import annotations
@@ -75,14 +75,10 @@ def heldout_seed(settings: dict, salt: str, split: str = "selection") -> int:
     return int.from_bytes(hashlib.sha256(tag.encode()).digest()[:4], "big")
 
 
-def val_stream(settings: dict, seed: int, n_rows: int, exclude: frozenset[str] | set[str] = frozenset()
-               ) -> tuple[torch.Tensor, set[str]]:
+def heldout_stream(settings: dict, seed: int, n_rows: int, split: str = "val") -> torch.Tensor:
     """The first ``n_rows`` rows [n_rows, T+1] of the stream ``LMDataModule.val_rows_tensor`` packs for this
-    seed (the same sampler: the mix's tasks uniformly, ``val``-split examples, BOS/EOS, cut into rows),
-    skipping the examples whose content key (``synthetic.content_key``: the problem, whatever its wording) is in
-    ``exclude``; and the content keys of the examples drawn. (Excluded by prompt, 112 of 220 arithmetic test
-    examples asked a selection problem under another name or item.)
-    With nothing excluded the rows equal the datamodule's (tested)."""
+    seed (the same sampler: the mix's tasks uniformly, BOS/EOS, cut into rows), of ``split`` examples; with the
+    ``val`` split the rows equal the datamodule's (tested)."""
     from agentforge.data import formats, synthetic
     from agentforge.data.datamodule import normalize_mix, pack
     from agentforge.data.tokenizer import ByteTokenizer
@@ -90,17 +86,13 @@ def val_stream(settings: dict, seed: int, n_rows: int, exclude: frozenset[str] |
     seq_len = int(settings["train"]["seq_len"])
     mix = normalize_mix({t: 1.0 for t in settings["mix"]})
     tasks, probs = list(mix), list(mix.values())
-    rng, texts, keys, total, need = random.Random(seed * 104729), [], set(), 0, (n_rows + 2) * (seq_len + 1)
+    rng, texts, total, need = random.Random(seed * 104729), [], 0, (n_rows + 2) * (seq_len + 1)
     while total < need:
         task = rng.choices(tasks, probs)[0]
-        rec = synthetic.GENERATORS[task](seed, "val", rng.randrange(10**9))
-        key = synthetic.content_key(task, rec)   # the problem, not its wording: a test question reworded is no new one
-        if key in exclude:
-            continue
-        keys.add(key)
+        rec = synthetic.GENERATORS[task](seed, split, rng.randrange(10**9))
         texts.append(formats.render(rec, formats.TASK_FORMAT[task]))
         total += len(texts[-1].encode("utf-8")) + 2
-    return pack(texts, ByteTokenizer(), seq_len)[:n_rows], keys
+    return pack(texts, ByteTokenizer(), seq_len)[:n_rows]
 
 
 def _row_keys(rows: torch.Tensor) -> list[bytes]:
@@ -109,21 +101,22 @@ def _row_keys(rows: torch.Tensor) -> list[bytes]:
 
 def make_test_rows(settings: dict, salt: str, selection_rows: int) -> tuple[torch.Tensor, int]:
     """The test set's rows [M, T+1] (M = ``trust.test_rows``) and how many drawn rows were dropped for
-    equalling a selection or child-validation row. Drawn like the selection set (every other row of a
-    ``val`` stream) from ``heldout_seed(.., "test")``, without any example whose prompt occurs in the
-    selection stream (``selection_rows`` rows of ``heldout_seed``) or the child's validation rows (at each of the
-    training seeds: ``uncertainty.training_seeds``; with one seed, the rows are those of before)."""
+    equalling a selection or child-validation row. Drawn like the selection set (every other row of a stream, the
+    same sampler and mix) from ``heldout_seed(.., "test")``, from the synthetic tasks' ``test`` split, which is
+    disjoint by content from the ``val`` split of the selection stream (``selection_rows`` rows of ``heldout_seed``)
+    and of the child's validation rows, and from every training draw (``synthetic.split_of``). Until 2026-11-27 it
+    was a ``val`` stream less every example whose problem the selection stream held: the val split holds ~317
+    arithmetic problems and the selection stream used 145, so the test rows came out with another task mix
+    (arithmetic in 27 % of them against 50 %, no multiplication), an audit found. A row equal to one of theirs (a
+    short row of a template's words) is still dropped."""
     m, seq_len = int(settings["trust"]["test_rows"]), int(settings["train"]["seq_len"])
-    seen_rows, sel_keys = val_stream(settings, heldout_seed(settings, salt), selection_rows)
-    child_rows, child_keys = [], set()
-    for seed in training_seeds(settings):  # the child's validation rows at every training seed (phase.seeds)
-        rows, keys = val_stream(settings, seed, int(settings["train"]["val_rows"]))
-        child_rows.append(rows)
-        child_keys |= keys
+    seen_rows = heldout_stream(settings, heldout_seed(settings, salt), selection_rows)
+    child_rows = [heldout_stream(settings, seed, int(settings["train"]["val_rows"]))   # at every training seed
+                  for seed in training_seeds(settings)]
     seen = set(_row_keys(torch.cat([seen_rows, *child_rows])[:, :-1]))
     seed, draw = heldout_seed(settings, salt, "test"), 2 * m + 8
     for _ in range(8):  # drops are rare: a longer draw of the same stream replaces them
-        rows, _ = val_stream(settings, seed, draw, sel_keys | child_keys)
+        rows = heldout_stream(settings, seed, draw, split="test")
         rows = rows[0::2]
         keep = [i for i, k in enumerate(_row_keys(rows[:, :-1])) if k not in seen]
         if len(keep) >= m:

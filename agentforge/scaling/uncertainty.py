@@ -33,7 +33,8 @@ import numpy as np
 
 def training_seeds(settings: dict) -> list[int]:
     """The K training seeds of the baseline reference: ``seed``, ``seed + 1``, ... (``settings["seeds"]`` = K,
-    default 1). The held-out and test rows depend on ``seed`` alone, so every seed is scored on the same rows."""
+    default 1). The held-out and test rows depend on ``seed`` alone (the test rows on K only through a
+    row dropped for equalling a seed's validation row, rare), so every seed is scored on the same rows."""
     seed, k = int(settings.get("seed") or 0), int(settings.get("seeds") or 1)
     return [seed + i for i in range(k)]
 
