@@ -129,6 +129,9 @@ def test_the_verdict_can_be_success_once_the_peaks_are_comparable(isolated, tmp_
                           {lm.name: {"sampling_tokens_per_sec": 1.0} for lm in isolated["lms"]}, rounds=6)["cognate"]
     thresholds = thresholds_of(_container(compose_cfg(["phase=codegen", "data=python_code"], tmp_path).phase.thresholds))
     assert thresholds["max_memory_ratio"] == 0.5 and thresholds["min_n"] == 30
+    # section 2's absolute targets too: peak training RAM <= 12 GB, >= 1 100 tokens/s; its latency one is left unset
+    assert thresholds["max_peak_memory_mb"] == 12288 and thresholds["min_throughput_tokens_per_sec"] == 1100
+    assert thresholds["max_latency_ms"] is None
     problems = {n: [{"task_id": f"t{i}", "num_samples": 10, "num_correct": c} for i in range(40)]
                 for n, c in (("cognate", 9), ("gpt2_scratch", 1))}
     for shared, want in ((False, "SUCCESS"), (True, "PARTIAL")):
@@ -140,6 +143,8 @@ def test_the_verdict_can_be_success_once_the_peaks_are_comparable(isolated, tmp_
         assert memory["value"] == 0.25 and (memory["ok"] is True) is (not shared), memory
         assert stats["verdict"] == want, stats["reasons"]
         assert ("not comparable" in memory.get("note", "")) is shared
+        absolute = {c["threshold"]: c["ok"] for c in stats["efficiency"]}
+        assert absolute["max_peak_memory_mb"] is True and absolute["min_throughput_tokens_per_sec"] is True
 
 
 @pytest.mark.timeout(300)
