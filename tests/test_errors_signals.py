@@ -242,8 +242,12 @@ def test_a_sigterm_outside_a_jobs_run_dies_of_the_signal_without_a_traceback(tmp
             "import agentforge.main as m\n"
             "m.run = lambda cfg: {}\n"
             "m._run_job(OmegaConf.create({}))\n"
-            "child = mp.get_context('fork').Process(target=time.sleep, args=(30,))\n"
-            "child.start(); os.kill(child.pid, signal.SIGTERM); child.join(10)\n"
+            # the signal goes once the child runs its target: one sent right after fork() can land before CPython's
+            # after-fork reset of pending signals, which drops it (the child then slept 30 s: seen once under load)
+            "ready = mp.get_context('fork').Event()\n"
+            "def nap():\n    ready.set(); time.sleep(30)\n"
+            "child = mp.get_context('fork').Process(target=nap)\n"
+            "child.start(); ready.wait(10); os.kill(child.pid, signal.SIGTERM); child.join(10)\n"
             "print('child', child.exitcode, flush=True)\n"
             "os.kill(os.getpid(), signal.SIGTERM)\n"
             "time.sleep(5)\n"
