@@ -90,6 +90,8 @@ def test_reference_is_the_mean_of_k_seeds_and_the_interval_covers_them(monkeypat
     assert got["test_improvement_ci_covers"] == "rows+seeds" and got["test_improvement_ci_df"] == 2.0
     assert got["test_baseline_seed_sd"] == pytest.approx(0.1) and got["test_improvement_row_se"] < 1e-12
     assert got["test_baseline_fitness_by_seed"] == pytest.approx([1.0, 1.1, 0.9])
+    # what a do-nothing candidate would score: each baseline seed against the K-seed mean (the guard's bias shows here)
+    assert got["test_baseline_improvement_by_seed"] == pytest.approx([0.0, 0.1, -0.1])
     assert got["baseline_fitness_by_seed"] == pytest.approx([1.0, 1.1, 0.9]) and got["baseline_seeds"] == [0, 1, 2]
     assert (got["test_baseline_seed_count"], got["test_candidate_seed_count"]) == (3.0, 1.0)
     text = phase.interval_text(got)
@@ -167,6 +169,7 @@ def test_cli_records_seeds_interval_and_axis(tmp_path):
     assert fitness["fit_params"] == "total" and fitness["baseline_seeds"] == [seed, seed + 1]
     assert fitness["candidate_seed_count"] == 1 and fitness["test_improvement_ci_covers"] == "rows+seeds"
     assert len(fitness["test_baseline_fitness_by_seed"]) == 2 and fitness["test_baseline_seed_sd"] >= 0
+    assert len(fitness["test_baseline_improvement_by_seed"]) == 2   # the README points readers to it
     assert fitness["test_baseline_seed_count"] == 2 and fitness["test_candidate_seed_count"] == 1
     low, high = fitness["test_improvement_ci95"]
     assert low <= fitness["test_improvement"] <= high and fitness["test_improvement_ci_df"] == 1
