@@ -29,7 +29,6 @@ from agentforge.codegen.training import (
     set_rng_state,
     train,
     train_isolated,
-    trains_in_one_process,
 )
 from agentforge.data.tokenizer import RESERVED_VOCAB
 from agentforge.errors import ConfigError
@@ -37,6 +36,7 @@ from agentforge.evals.compare import efficiency_checks
 from agentforge.models import CognateModel
 from agentforge.phases.codegen import _container, build_models, train_kwargs
 from agentforge.phases.compare import thresholds_of
+from agentforge.training.trainer import trains_in_one_process
 from tests.conftest import compose_cfg
 
 TINY = ["phase=codegen", "data=python_code", "hardware=cpu", "logger=none", "model.max_seq_len=64", "data.seq_len=32",

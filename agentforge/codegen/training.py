@@ -33,7 +33,7 @@ from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.tracking.callbacks import ThroughputCallback
 from agentforge.tracking.loggers import JsonlLogger
 from agentforge.training.lm_module import LMModule
-from agentforge.training.trainer import build_trainer, compile_regions, resolve_hardware, set_threads
+from agentforge.training.trainer import build_trainer, compile_regions, set_threads, trains_on_gpu
 
 CURVE_KEYS = ("train/loss", "train/learning_rate", "train/gradient_norm", "val/loss", "system/tokens_per_second",
               "system/cpu_percent", "system/ram_used_gb", "system/gpu_memory_used_gb")
@@ -103,33 +103,10 @@ def train(name: str, model: torch.nn.Module, corpus: CodeCorpus, *, data_cfg: di
 
 
 # -- one training in a fresh process ------------------------------------------------------------------------------
-SINGLE_PROCESS_STRATEGIES = ("auto", "single_device")
 # what a training process imports before it reads its job, whichever model it trains, so that the imports in its
 # peak are the same for both (unpickling only the GPT-2 baseline would import transformers' GPT-2 alone: ~11 MB)
 CHILD_IMPORTS = ("agentforge.models.cognate", "transformers.models.gpt2.modeling_gpt2")
 JOIN_S = 60.0   # how long a child that has sent its result may take to exit before it is terminated
-
-
-def device_count(hw_cfg: dict) -> int:
-    """How many devices (so processes) ``hardware.devices`` asks Lightning for: a list's length, a "0,1" string's
-    entries, an integer; "auto" or -1: every visible GPU on a GPU, one on the CPU."""
-    r = resolve_hardware(hw_cfg)
-    d, gpu = r["devices"], r["accelerator"] in ("gpu", "cuda")
-    if isinstance(d, (list, tuple)):
-        return len(d)
-    if isinstance(d, str) and "," in d:
-        return len([x for x in d.split(",") if x.strip()])
-    if str(d) in ("auto", "-1"):
-        return torch.cuda.device_count() if gpu else (1 if str(d) == "auto" else os.cpu_count() or 1)
-    return int(d)
-
-
-def trains_in_one_process(hw_cfg: dict) -> bool:
-    """True when the ``hardware`` group trains in one process (one device, strategy ``auto`` or ``single_device``),
-    so ``train_isolated`` can move the training into a child; False for DDP / FSDP / DeepSpeed or several devices:
-    Lightning then starts the other ranks itself (``ddp`` re-runs the command line for each), and ``train`` runs in
-    this process."""
-    return str(resolve_hardware(hw_cfg)["strategy"]) in SINGLE_PROCESS_STRATEGIES and device_count(hw_cfg) == 1
 
 
 def peak_rss_mb() -> tuple[float, str]:
@@ -208,7 +185,7 @@ def _child(conn) -> None:
         model = job["model"]
         result = train(job["name"], model, job["corpus"], **job["kw"])
         rss_peak, source = peak_rss_mb()
-        gpu = resolve_hardware(job["kw"]["hw_cfg"])["accelerator"] in ("gpu", "cuda")
+        gpu = trains_on_gpu(job["kw"]["hw_cfg"])
         peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else rss_peak
         result.update(peak_train_ram_mb=peak, peak_rss_mb=rss_peak, rss_after_imports_mb=rss_imports, isolated=True,
                       peak_memory_source="torch.cuda.max_memory_allocated" if gpu else source,

@@ -24,7 +24,7 @@ from agentforge.artifacts import ARCHITECTURE, cognate_config_from, load_model, 
 from agentforge.codegen import evaluate as ev
 from agentforge.codegen import models, problems, report, scoring
 from agentforge.codegen.corpus import corpus_from_config
-from agentforge.codegen.training import train, train_isolated, trains_in_one_process
+from agentforge.codegen.training import train, train_isolated
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.evals.collect import gate_or_raise
@@ -34,7 +34,7 @@ from agentforge.phases.compare import thresholds_of
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.sandbox import require_sandbox
-from agentforge.training.trainer import resolve_hardware
+from agentforge.training.trainer import trains_in_one_process, trains_on_gpu
 
 RULES = PHASE_RULES["codegen"]
 
@@ -57,7 +57,7 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path, isolate: bool | No
     Each model trains in a fresh process of its own (``training.train_isolated``), so each training's peak memory is
     that process's own high-water mark, comparable between the models (trained one after the other in this process,
     the second would start from what the first left behind); under a multi-process ``hardware`` group (DDP, FSDP,
-    several devices: ``training.trains_in_one_process`` False) Lightning starts the ranks itself, and the models
+    several devices: ``trainer.trains_in_one_process`` False) Lightning starts the ranks itself, and the models
     train here (``training.train``), their memory then marked not comparable. ``isolate`` overrides that choice
     (None: decided by the hardware group)."""
     p, b = cfg.phase, _container(cfg.get("baseline"))
@@ -90,7 +90,7 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path, isolate: bool | No
                               f"GPT2LMHeadModel, {gmodel.num_params():,} params; not the 124M pretrained GPT-2)",
                               gmodel, gmodel.config.max_seq_len)
     out.append(base)
-    device = "cuda" if resolve_hardware(_container(cfg.hardware))["accelerator"] in ("gpu", "cuda") else "cpu"
+    device = "cuda" if trains_on_gpu(_container(cfg.hardware)) else "cpu"
     for lm in out:  # Lightning hands the trained model back on the CPU
         lm.model.to(device).eval()
     return out, trainings

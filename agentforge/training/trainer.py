@@ -3,6 +3,7 @@ atomically and loaded without unpickling code (``torch.load(weights_only=True)``
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -65,6 +66,35 @@ def resolve_hardware(hw: dict) -> dict:
         precision = "bf16-mixed" if accel == "gpu" else "32-true"
     return {"accelerator": accel, "devices": hw.get("devices", 1), "strategy": hw.get("strategy", "auto"),
             "precision": precision}
+
+
+def trains_on_gpu(hw: dict) -> bool:
+    """Whether the ``hardware`` group's Trainer runs on a GPU (``resolve_hardware``'s accelerator)."""
+    return resolve_hardware(hw)["accelerator"] in ("gpu", "cuda")
+
+
+SINGLE_PROCESS_STRATEGIES = ("auto", "single_device")
+
+
+def device_count(hw: dict) -> int:
+    """How many devices (so processes) ``hardware.devices`` asks Lightning for: a list's length, a "0,1" string's
+    entries, an integer; "auto" or -1: every visible GPU on a GPU, one on the CPU."""
+    d, gpu = resolve_hardware(hw)["devices"], trains_on_gpu(hw)
+    if isinstance(d, (list, tuple)):
+        return len(d)
+    if isinstance(d, str) and "," in d:
+        return len([x for x in d.split(",") if x.strip()])
+    if str(d) in ("auto", "-1"):
+        return torch.cuda.device_count() if gpu else (1 if str(d) == "auto" else os.cpu_count() or 1)
+    return int(d)
+
+
+def trains_in_one_process(hw: dict) -> bool:
+    """True when the ``hardware`` group trains in one process (one device, strategy ``auto`` or ``single_device``),
+    so a caller may move the training into a child process (``codegen.training.train_isolated``); False for DDP /
+    FSDP / DeepSpeed or several devices: Lightning then starts the other ranks itself (``ddp`` re-runs the command
+    line for each)."""
+    return str(resolve_hardware(hw)["strategy"]) in SINGLE_PROCESS_STRATEGIES and device_count(hw) == 1
 
 
 def set_threads(hw) -> None:
