@@ -326,6 +326,10 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path, capsys):
         rate, m = res["metrics"]["gen/truncated_rate"], res["metrics"]
         assert rate == sum(res["per_example"]["gsm8k_truncated"]) / 3
         assert ("hit phase.gen_tokens=4 without EOS" in out[stage]) == (rate > 0)
+        # no synthetic worked answer fits 4 tokens: the protocol, not the model, sets the accuracies, and eval says so
+        assert res["reference_fit"]["rate"] == 0 and m["gen/reference_fit_rate"] == 0
+        assert "warning: phase.gen_tokens=4 fits 0% of the 3 GSM8K reference answers" in out[stage]
+        assert res["memory_regime"] == {"measure": "process RSS", "finetuned_in_process": stage == "finetuned_vanilla"}
         assert m["latency_tokens"] == 16 and m["decode_cached"] == (stage != "after_surgery")
     assert r["baseline"]["per_example"]["arc_ids"] == r["finetuned_vanilla"]["per_example"]["arc_ids"]
     per = r["baseline"]["per_example"]   # each choice question's chance rate, 1 / its choices
@@ -340,6 +344,7 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path, capsys):
     run_dir = Path(ran.result["run_dir"])
     stats = json.loads((run_dir / "compare" / "stats.json").read_text())
     assert stats["verdict"] == "INCONCLUSIVE"            # 3 examples: too few for any verdict
+    assert stats["reasons"][0].startswith("baseline: phase.gen_tokens=4 fits 0% of the 3 GSM8K reference answers")
     assert stats["pass_at_1"]["pairing"] == "by example id" and not stats["pass_at_1"]["enough"]
     assert {"finetuned_vanilla", "baseline", "delta", "ci95", "p_value"} <= set(stats["pass_at_1"])
     pngs = list((run_dir / "compare" / "plots").glob("*.png"))

@@ -11,10 +11,11 @@ from agentforge.data import formats, synthetic
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.evals import speed, tasks
 from agentforge.evals.answers import answers_match, complete_part
+from agentforge.evals.reference_fit import MIN_REFERENCE_FIT, reference_fit, shortfall
 from agentforge.evals.runner import EvalSettings, evaluate
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.surgery import wrap
-from tests.conftest import REPO
+from tests.conftest import GSM8K_TEST, REPO, compose_cfg
 
 TOK = ByteTokenizer()
 
@@ -108,7 +109,51 @@ def test_runner_reports_the_truncated_rate():
     short = evaluate(oracle, TOK, {"gsm8k": RECORDS[:8]}, rows, EvalSettings(gen_tokens=16, **s))
     assert short["metrics"]["reasoning_accuracy"] == 0.0 and short["metrics"]["gen/truncated_rate"] == 1.0
     assert short["per_example"]["gsm8k_truncated"] == [1] * 8
+    assert full["metrics"]["gen/reference_fit_rate"] == 1.0 and short["metrics"]["gen/reference_fit_rate"] == 0.0
+    assert short["reference_fit"]["answer_tokens_p95"] <= 45 and short["reference_fit"]["max_seq_len"] == 4096
     assert all(type(g) is str for g in short["per_example"]["generations"])   # plain JSON strings
+
+
+def test_reference_fit_by_hand():
+    """Answers of 10, 20, 30 and 40 tokens (" " + text + EOS) after 20-token prompts ("Question: Q\\nAnswer:" + BOS):
+    a budget of 30 fits 3 of 4; in a 45-token context only the first two fit with their prompts (30 and 40 tokens);
+    19 of 20 fitting is the threshold, 0.95, and no shortfall."""
+    recs = [{"question": "Q", "answer": "x" * (k - 2)} for k in (10, 20, 30, 40)]
+    fit = reference_fit(TOK, recs, 30)
+    assert (fit["rate"], fit["fit"], fit["n"], fit["answer_tokens_p95"], fit["context_tokens_p95"]) == (0.75, 3, 4, 40, 60)
+    assert reference_fit(TOK, recs, 30, max_seq_len=45)["fit"] == 2 and reference_fit(TOK, recs, 40)["rate"] == 1.0
+    why = shortfall(reference_fit(TOK, recs, 30, max_seq_len=45))
+    assert why.startswith("phase.gen_tokens=30 fits 50% of the 4 GSM8K reference answers (gen/reference_fit_rate "
+                          "0.500 < 0.95); 95 % of them need phase.gen_tokens >= 40 and 60 tokens of context with the "
+                          "prompt (the model's max_seq_len is 45)")
+    twenty = [{"question": "Q", "answer": "x" * (8 if i else 38)} for i in range(20)]
+    assert reference_fit(TOK, twenty, 30)["rate"] == MIN_REFERENCE_FIT and shortfall(reference_fit(TOK, twenty, 30)) is None
+    assert shortfall(reference_fit(TOK, twenty[:19] + twenty[:1], 30)) is not None   # 18 of 20
+
+
+@pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="../shared/data/gsm8k absent")
+def test_real_gsm8k_answers_fit_data_gsm8k_budget_only_in_the_25m_context(tmp_path):
+    """The 142 test questions of the real file: 48 tokens fit none of their answers (median 246 tokens + EOS, min 60;
+    95 % need 482), and an oracle writing the reference solutions scores 6 of 142 there; data=gsm8k sets phase=eval's
+    budget to 512, which fits 135 with their prompts in size=25m's 1024-token context; in the 512 of size=tiny / small
+    no budget fits more than 81."""
+    import statistics
+
+    from agentforge.data.build import file_records_of_split
+
+    cfg = compose_cfg(["phase=eval", "data=gsm8k", f"data.path={GSM8K_TEST}", f"data.eval_paths.gsm8k={GSM8K_TEST}"],
+                      tmp_path)
+    recs = file_records_of_split(OmegaConf.to_container(cfg.data, resolve=True), "test")
+    old = reference_fit(TOK, recs, 48)
+    assert (old["n"], old["fit"], old["answer_tokens_p95"]) == (142, 0, 482)
+    answers = [TOK.encode(formats.gsm8k_target(r), eos=True) for r in recs]
+    assert statistics.median(len(a) for a in answers) == 246 and min(len(a) for a in answers) == 60
+    cut = [a[:48] for a in answers]   # the oracle's answers at the old budget: none reached its EOS
+    assert sum(answers_match(TOK.decode(c), r["answer"], truncated=TOK.eos_id not in c) for c, r in zip(cut, recs)) == 6
+    ctx = {s: OmegaConf.load(REPO / "conf" / "size" / f"{s}.yaml").max_seq_len for s in ("tiny", "small", "25m")}
+    assert ctx == {"tiny": 512, "small": 512, "25m": 1024} and cfg.phase.gen_tokens == 512
+    assert reference_fit(TOK, recs, 512, ctx["25m"])["fit"] == 135 and 135 / 142 >= MIN_REFERENCE_FIT
+    assert reference_fit(TOK, recs, 10**6, ctx["tiny"])["fit"] == 81
 
 
 def _tiny(max_seq_len=64) -> CognateModel:

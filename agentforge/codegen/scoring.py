@@ -13,7 +13,7 @@ to the baseline, decided from the CI of interleaved timing rounds (``evals.compa
 from __future__ import annotations
 
 from agentforge.evals import stats as st
-from agentforge.evals.compare import efficiency_checks
+from agentforge.evals.compare import efficiency_checks, missed_targets
 
 UNITS = "token_units_differ"   # True: the models' tokenizers differ (bytes vs BPE), so do their token counts
 PER_TOKEN_RATIOS = ("max_latency_ratio", "min_throughput_ratio")
@@ -71,7 +71,8 @@ def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, ca
     p1 = out["pass_at_1"]
     v, reasons = st.verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                             p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok,
-                            unstable=unstable, n=n_paired, size_key="phase.num_problems")
+                            unstable=unstable, n=n_paired, size_key="phase.num_problems",
+                            efficiency_missed=missed_targets(checks))
     out.update({"verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0), "reasons": reasons,
                 "efficiency": checks, "kpis": kpis,
                 "thresholds": {k: (val if k != "pass_at" else {str(kk): vv for kk, vv in val.items()})

@@ -32,7 +32,10 @@ from agentforge.evals.compare_table import (  # noqa: F401  (re-exported: the ta
     metric_names,
     table_rows,
 )
+from agentforge.evals.reference_fit import shortfall
+from agentforge.evals.results_file import STANDARD_STAGES, load_results  # noqa: F401  (re-exported: they were defined here)
 from agentforge.evals.runner import direction
+from agentforge.evals.speed import memory_regime
 from agentforge.evals.stats import (
     MIN_N,
     exact_paired_binary,
@@ -41,39 +44,7 @@ from agentforge.evals.stats import (
     threshold_verdict,
     verdict,
 )
-from agentforge.io import pipeline_copy_hint, write_json_atomic, write_text_atomic
-
-STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
-
-
-def load_results(results_dir: str | Path, stages: list[str] | None) -> dict[str, dict]:
-    """{stage: results} in the given order; ``stages=None`` takes the standard stages that exist."""
-    results_dir = Path(results_dir)
-    strict = stages is not None
-    out = {}
-    for st in stages if strict else STANDARD_STAGES:
-        path = results_dir / f"{st}_results.json"
-        if not path.is_file():
-            if strict:
-                raise ConfigError(f"{path}: no results for stage {st!r}; run `python -m agentforge phase=eval "
-                                  f"stage={st}` first, or set phase.results_dir"
-                                  f"{pipeline_copy_hint(results_dir, holds=path.name)}")
-            continue
-        try:
-            out[st] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: malformed results JSON ({exc.msg}); re-run phase=eval stage={st}") from exc
-        if not isinstance(out[st], dict) or not isinstance(out[st].get("metrics"), dict):
-            raise ConfigError(f"{path}: not a phase=eval results file (a JSON object with a \"metrics\" object); "
-                              f"re-run phase=eval stage={st}")
-    if not out:
-        present = sorted(p.name.removesuffix("_results.json") for p in results_dir.glob("*_results.json"))
-        if present:
-            raise ConfigError(f"{results_dir}: none of the standard stages {list(STANDARD_STAGES)}; it holds "
-                              f"{', '.join(present)}: name them, e.g. stages=[{','.join(present[:2])}]")
-        raise ConfigError(f"{results_dir}: no {{stage}}_results.json files; run phase=eval first or give stages=[...]"
-                          f"{pipeline_copy_hint(results_dir, holds='*_results.json')}")
-    return out
+from agentforge.io import write_json_atomic, write_text_atomic
 
 
 def plot_metrics(results: dict[str, dict], out_dir: Path) -> list[Path]:
@@ -189,11 +160,21 @@ def median_ci(x: Sequence[float], confidence: float = 0.95) -> list[float]:
     return [float(xs[k - 1]), float(xs[n - k])]
 
 
-def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: dict) -> dict:
+def _regime(res: dict) -> dict:
+    """How a stage's peak memory was measured (``speed.memory_regime``): as ``phase=eval`` recorded it, else (results
+    of older code) from its ``device`` and ``finetune`` entries."""
+    rec = res.get("memory_regime")
+    return rec if isinstance(rec, dict) else memory_regime(res.get("device"), res.get("finetune"))
+
+
+def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: dict,
+                 regimes: tuple[dict, dict] = ({}, {})) -> dict:
     """A candidate / baseline ratio target decided from a CI: the per-round ratios of the two models' generation
     times, measured interleaved in one process (``ROUNDS``), their median and its distribution-free CI; ok when the
     whole CI meets the target, not when none of it does, None (inconclusive) otherwise or without paired rounds.
-    Memory has no rounds: its ratio of single values is reported and decides only when it is measured at all."""
+    Memory has no rounds: its ratio of single values is reported and decides only when it is measured at all and
+    both were measured alike (``regimes``: the candidate's and baseline's ``_regime``; a stage that fine-tuned in the
+    evaluating process carries the fine-tune's leftovers, so its peak is not comparable with one that did not)."""
     rc, rb = cm.get(ROUNDS), bm.get(ROUNDS)
     if metric != "peak_memory_mb":
         if not (rc and rb and len(rc) == len(rb) and cm.get("latency_tokens") and bm.get("latency_tokens")):
@@ -214,6 +195,12 @@ def _ratio_check(key: str, metric: str, op: str, target: float, cm: dict, bm: di
         return {"threshold": key, "value": v / b, "target": target, "ok": None,
                 "note": "both trainings measured in one process, one after the other (the second's figure holds "
                         "what the first left behind): not comparable, no decision"}
+    rc_, rb_ = regimes
+    differ = [f"{k} {rc_[k]} vs {rb_[k]}" for k in sorted(set(rc_) & set(rb_)) if rc_[k] != rb_[k]]
+    if differ:
+        return {"threshold": key, "value": v / b, "target": target, "ok": None,
+                "note": f"the stages' peak memory was measured differently (candidate vs baseline: {'; '.join(differ)}"
+                        f"): not comparable, no decision; evaluate both alike (e.g. both fine-tuned in the process)"}
     return {"threshold": key, "value": v / b, "target": target, "ok": (v / b <= target if op == "<=" else v / b >= target)}
 
 
@@ -269,13 +256,22 @@ def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | str | No
         target = th.get(key)
         if target is None:
             continue
-        checks.append(_ratio_check(key, metric, op, target, cm, bm) if kind == "ratio"
+        checks.append(_ratio_check(key, metric, op, target, cm, bm, (_regime(cand), _regime(base))) if kind == "ratio"
                       else _absolute_check(key, metric, op, target, cm))
     if not checks:
         return None, checks
     if any(c["ok"] is False for c in checks):
         return False, checks
     return (True if all(c["ok"] is True for c in checks) else "inconclusive"), checks
+
+
+def missed_targets(checks: list[dict]) -> str | None:
+    """The efficiency targets missed (``ok`` False), each with what decided it, for the verdict's reason: a timing
+    target's whole CI, a memory target's single values (one peak per stage: no CI)."""
+    missed = [f"{c['threshold']} {c['value']:.4g} vs target {c['target']} ("
+              + (f"missed by its whole CI [{c['ci95'][0]:.4g}, {c['ci95'][1]:.4g}]" if "ci95" in c
+                 else "single values, no CI") + ")" for c in checks if c["ok"] is False]
+    return "; ".join(missed) or None
 
 
 def _like_for_like(c: dict, b: dict, k: int) -> tuple[list[float] | None, list[float] | None, str]:
@@ -296,11 +292,19 @@ def _like_for_like(c: dict, b: dict, k: int) -> tuple[list[float] | None, list[f
                         "not comparable with a sampled one; evaluate both the same way)")
 
 
+def _fit(res: dict) -> dict | None:
+    """A stage's ``reference_fit`` (``evals.reference_fit``), or from its metric alone (no budget figures)."""
+    rate = res["metrics"].get("gen/reference_fit_rate")
+    return res.get("reference_fit") or ({"rate": rate} if _num(rate) else None)
+
+
 def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thresholds: dict,
                   n_resamples: int = 10_000, seed: int = 0) -> dict:
     """``stats.json``: per-metric paired tests of candidate vs baseline on the same examples (``stats.paired_test``:
     the exact McNemar test for 0/1 outcomes; for other scores the exact sign-flip test below ``min_n`` pairs, the
-    bootstrap from there), pass@k like for like (``_like_for_like``), and the verdict."""
+    bootstrap from there), pass@k like for like (``_like_for_like``), and the verdict — which does not decide on the
+    accuracy targets (INCONCLUSIVE, unless what does not rest on them fails) where either stage's GSM8K reference
+    answers do not fit its ``phase.gen_tokens`` (``reference_fit.shortfall``): its accuracies measure the budget."""
     for key, st in (("phase.baseline", baseline), ("phase.candidate", candidate)):
         if st not in results:
             raise ConfigError(f"{key}={st}: stage {st!r} is not among the compared stages {list(results)}")
@@ -326,9 +330,10 @@ def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thres
     eff_ok, checks = efficiency_checks(c, b, thresholds)
     p1 = out.get("pass_at_1", {})
     unstable = bool((c.get("finetune") or {}).get("unstable"))
+    cut = [f"{st}: {why}" for st, r in ((baseline, b), (candidate, c)) if (why := shortfall(_fit(r)))]
     v, reasons = verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                          p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok, unstable=unstable,
-                         n=p1.get("n"))
+                         n=p1.get("n"), efficiency_missed=missed_targets(checks), undecidable=cut)
     out.update({"efficiency": checks, "verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0),
                 "min_n": min_n,
                 "reasons": reasons,
@@ -343,7 +348,16 @@ def run_comparison(results_dir: str | Path, stages: list[str] | None, out_dir: s
     """Everything ``phase=compare`` and ``scripts/compare_results.py`` produce, written under out_dir."""
     out_dir = Path(out_dir)
     results = load_results(results_dir, stages)
-    rows = table_rows(results, n_resamples=n_resamples, seed=seed, min_n=int((thresholds or {}).get("min_n", MIN_N)))
+    names = list(results)
+    stats = None
+    if len(names) >= 2:   # first: a comparison that fails (e.g. different example ids) leaves no half-written output
+        stats = compute_stats(results, baseline or names[0], candidate or names[-1], thresholds or {},
+                              n_resamples, seed)
+    # the verdict's pass@1 test, where the table holds it (candidate vs the first stage), is pre-registered: its
+    # marker uses its own p, as the verdict does, not a Holm-adjusted one (compare_table._holm_markers)
+    primary = stats["candidate"] if stats and stats["baseline"] == names[0] else None
+    rows = table_rows(results, n_resamples=n_resamples, seed=seed, min_n=int((thresholds or {}).get("min_n", MIN_N)),
+                      primary=primary)
     md = markdown_table(results, rows)
     sizes = {st: json.dumps(r.get("datasets"), sort_keys=True) for st, r in results.items()}
     if len(set(sizes.values())) > 1:
@@ -352,11 +366,7 @@ def run_comparison(results_dir: str | Path, stages: list[str] | None, out_dir: s
     paths = {"markdown": write_text_atomic(out_dir / "comparison.md", md),
              "csv": write_text_atomic(out_dir / "comparison.csv", csv_table(rows))}
     plots = plot_metrics(results, out_dir / "plots")
-    names = list(results)
-    stats = None
-    if len(names) >= 2:
-        stats = compute_stats(results, baseline or names[0], candidate or names[-1], thresholds or {},
-                              n_resamples, seed)
+    if stats is not None:
         paths["stats"] = write_json_atomic(out_dir / "stats.json", stats)
     return {"stages": names, "rows": rows, "markdown": md, "paths": paths, "plots": plots, "stats": stats,
             "results": results}

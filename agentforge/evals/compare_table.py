@@ -9,7 +9,10 @@ A marker claims a change only where the evidence carries it:
   excludes 0 and Holm's adjusted p (``p_holm``, over every paired test of the table: loss and perplexity, one test
   of the same row losses, count once) is below 0.05, on the metric's better / worse side, ``~`` (no significant
   change) otherwise. A table runs ~15 tests: without the correction a third of tables of four stages that differ
-  in nothing showed a marker (150 simulated tables, 0.04 false markers per test);
+  in nothing showed a marker (150 simulated tables, 0.04 false markers per test). The one exception is the verdict's
+  pre-registered primary test (``primary``: the candidate's pass@1 against the first stage, when that is the
+  baseline): it is no member of the exploratory family, so its marker uses its own p, as the verdict does (with
+  Holm's p the table put ``~`` beside a SUCCESS verdict on the same comparison: p 0.043, Holm 0.129);
 * quantities that carry no sampling noise (``DETERMINISTIC``: the parameter count and memory) keep the marker
   of their exact difference, ``=`` when equal;
 * everything else — timings, throughput, peak memory, generation statistics, anything measured once per run —
@@ -171,9 +174,11 @@ def significance(metric: str, t: dict, confidence: float = CONFIDENCE) -> str:
     return "differs" if d == 0 else ("improved" if (lo > 0) == (d > 0) else "regressed")
 
 
-def table_rows(results: dict[str, dict], *, n_resamples: int = 10_000, seed: int = 0, min_n: int = MIN_N) -> list[dict]:
+def table_rows(results: dict[str, dict], *, n_resamples: int = 10_000, seed: int = 0, min_n: int = MIN_N,
+               primary: str | None = None) -> list[dict]:
     """One row per metric and stage: the value, the difference from the first stage and, for paired metrics,
-    its CI, n, p and test (``pair_test``); ``change`` is what the marker says (module docstring)."""
+    its CI, n, p and test (``pair_test``); ``change`` is what the marker says (module docstring; ``primary``: the
+    stage whose pass@1 row is the verdict's pre-registered test, kept out of Holm's family)."""
     stages = list(results)
     first = results[stages[0]]
     rows = []
@@ -195,21 +200,32 @@ def table_rows(results: dict[str, dict], *, n_resamples: int = 10_000, seed: int
                         row.update(delta_vs_first=t["delta"], ci_low=t["ci95"][0], ci_high=t["ci95"][1], n=t["n"],
                                    p=t["p_value"], pairing=t["pairing"])
             rows.append(row)
-    _holm_markers(rows)
+    _holm_markers(rows, primary)
     return rows
 
 
-def _holm_markers(rows: list[dict]) -> None:
+PRIMARY = "pass_at_1"   # the metric of the verdict's pre-registered test (``compare.compute_stats``)
+PRIMARY_NOTE = " (the verdict's primary test: its own p)"
+
+
+def _holm_markers(rows: list[dict], primary: str | None = None) -> None:
     """Each paired row's Holm-adjusted p over the table's family of tests and the marker it supports
-    (``significance`` with that p). Perplexity is tested on the same row losses as the loss: one test, not two."""
+    (``significance`` with that p). Perplexity is tested on the same row losses as the loss: one test, not two. The
+    ``primary`` stage's pass@1 row is the verdict's pre-registered test, outside the family: its ``p_holm`` is its p."""
     tested = [r for r in rows if r["n"] is not None and r["p"] is not None and not math.isnan(r["p"])]
     has_loss = {r["stage"] for r in tested if r["metric"] == "loss"}
 
     def key(r):
         return r["stage"], "loss" if r["metric"] == "perplexity" and r["stage"] in has_loss else r["metric"]
 
-    family = {key(r): r["p"] for r in tested if r["metric"] != "perplexity" or r["stage"] not in has_loss}
-    adjusted = dict(zip(family, holm(list(family.values()))))
+    adjusted = {}
+    for r in tested:
+        if key(r) == (primary, PRIMARY):
+            adjusted[key(r)] = r["p"]
+            r["test"] += PRIMARY_NOTE
+    family = {key(r): r["p"] for r in tested if (r["metric"] != "perplexity" or r["stage"] not in has_loss)
+              and key(r) not in adjusted}
+    adjusted.update(zip(family, holm(list(family.values()))))
     for r in tested:
         r["p_holm"] = adjusted[key(r)]
         r["change"] = significance(r["metric"], {"ci95": [r["ci_low"], r["ci_high"]], "p_value": r["p_holm"]})
@@ -252,6 +268,9 @@ def markdown_table(results: dict[str, dict], rows: list[dict]) -> str:
               f"other once-per-run figures) and shows no direction. {' and '.join(DETERMINISTIC)} are deterministic "
               f"(no sampling or timing noise): = unchanged, ▲ / ▼ from the exact difference. The CSV adds "
               f"each comparison's p, Holm-adjusted p and pairing."]
+    if any(r["test"].endswith(PRIMARY_NOTE) for r in rows):
+        lines += ["", "pass@1 of the candidate is the verdict's pre-registered primary test: it is not one of the "
+                  "Holm family, and its marker uses its own p, the p the verdict decides on."]
     differ = settings_differences(results)
     if differ:
         lines += ["", "**The stages were evaluated with different settings** — " + "; ".join(differ) + ": the figures "

@@ -15,6 +15,7 @@ from agentforge.data import formats
 from agentforge.data.ids import example_ids
 from agentforge.evals import speed, tasks
 from agentforge.evals.generation_stats import generation_stats
+from agentforge.evals.reference_fit import reference_fit
 from agentforge.evals.stats import mean_pass_at_k
 
 # Which way is better, for the comparison table (+1 higher, -1 lower, 0 neither). Refinement steps and
@@ -48,10 +49,11 @@ class EvalSettings:
 
 
 def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, s: EvalSettings) -> dict:
-    """{"metrics": {...}, "per_example": {...}, "timings_s": {...}} for one model."""
+    """{"metrics": {...}, "per_example": {...}, "timings_s": {...}, "reference_fit": {...} or None} for one model;
+    ``reference_fit`` (``evals.reference_fit``): whether the GSM8K reference answers fit ``gen_tokens`` at all."""
     device = next(model.parameters()).device
     model.eval()
-    metrics, per, times = {}, {}, {}
+    metrics, per, times, fit = {}, {}, {}, None
     t_all = time.perf_counter()
 
     t0 = time.perf_counter()
@@ -63,6 +65,8 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
     gsm = sets.get("gsm8k") or []
     if gsm:
         t0 = time.perf_counter()
+        fit = reference_fit(tokenizer, gsm, s.gen_tokens, getattr(getattr(model, "config", None), "max_seq_len", None))
+        metrics["gen/reference_fit_rate"] = fit["rate"]
         gens, lengths = tasks.gsm8k_greedy(model, tokenizer, gsm, s.gen_tokens)
         truncated = [n >= s.gen_tokens for n in lengths]  # no EOS within gen_tokens: the answer may be cut
         per["gsm8k_correct"], per["gsm8k_ids"] = tasks.gsm8k_correct(gens, gsm, truncated), example_ids(gsm)
@@ -119,4 +123,4 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
     metrics["param_count"] = sum(p.numel() for p in model.parameters())
     metrics["param_memory_mb"] = speed.param_bytes(model) / 2**20
     times["total"] = time.perf_counter() - t_all
-    return {"metrics": metrics, "per_example": per, "timings_s": times}
+    return {"metrics": metrics, "per_example": per, "timings_s": times, "reference_fit": fit}

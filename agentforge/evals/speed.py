@@ -198,6 +198,16 @@ class PeakMemory:
         return False
 
 
+def memory_regime(device, finetuned_in_process) -> dict:
+    """What besides the model shapes a ``PeakMemory`` figure, recorded with ``phase=eval``'s results so that two
+    stages' peaks are compared only where it is the same: what was measured (CUDA's allocator peak on a GPU, the
+    process's peak RSS elsewhere: different quantities; None when the device is not recorded) and whether the process
+    fine-tuned before measuring (its RSS, or the allocator's peak, then also holds what the fine-tune left behind)."""
+    kind = torch.device(device).type if device else None
+    return {"measure": None if kind is None else "CUDA allocator peak" if kind == "cuda" else "process RSS",
+            "finetuned_in_process": bool(finetuned_in_process)}
+
+
 def cuda_sync() -> None:
     """Wait for the CUDA work this process has queued; nothing where it has not used CUDA (the CPU: no sync)."""
     if torch.cuda.is_initialized():

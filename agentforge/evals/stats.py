@@ -27,7 +27,8 @@
   test's (six problems all improved by pass@k gains: bootstrap p ~ 0.001, the exact test 2/64 = 0.031);
   otherwise both are the bootstrap's; ``enough`` says n >= ``min_n``.
 * ``verdict`` — SUCCESS / PARTIAL / FAILURE of the success-metrics dashboard, section 7, and
-  INCONCLUSIVE below ``MIN_N`` paired examples (no evidence either way, with the reason).
+  INCONCLUSIVE below ``MIN_N`` paired examples or where the accuracies cannot decide (no evidence either way, with
+  the reason).
 * ``threshold_verdict`` — PASS / FAIL / INCONCLUSIVE of a figure against a threshold from its CI:
   PASS when the whole CI is on the right side, FAIL when the whole CI is on the wrong side.
 * ``wilson_ci`` — the Wilson score interval of a proportion k / n (Wilson 1927).
@@ -334,8 +335,8 @@ def _ge(x, t) -> bool:
 
 def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95: Sequence[float] | None,
             p_value: float | None, thresholds: dict, efficiency_ok: bool | str | None,
-            unstable: bool = False, n: int | None = None,
-            size_key: str = "phase.eval_examples") -> tuple[str, list[str]]:
+            unstable: bool = False, n: int | None = None, size_key: str = "phase.eval_examples",
+            efficiency_missed: str | None = None, undecidable: Sequence[str] = ()) -> tuple[str, list[str]]:
     """The dashboard's section-7 decision, with the reason for each failed condition.
 
     Order where the dashboard's rows overlap: SUCCESS needs every condition; otherwise FAILURE when
@@ -349,19 +350,22 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     a met group for PARTIAL); "inconclusive" (a target neither met nor missed by its CI, or not measured) is not
     met for SUCCESS and not missed either; so is a pass@k target whose pass@k was not measured (fewer samples per
     problem than k): INCONCLUSIVE unless the efficiency group is met (PARTIAL) or a FAILURE condition holds. With
-    ``n`` paired examples below ``thresholds["min_n"]`` (default ``MIN_N``) the pass@k figures decide nothing: the
-    answer is FAILURE when training was unstable or the efficiency targets were missed (``efficiency_ok`` False:
-    missed by the whole CI; neither rests on the n examples), else INCONCLUSIVE.
+    ``n`` paired examples below ``thresholds["min_n"]`` (default ``MIN_N``), or any ``undecidable`` reason (the
+    accuracies measure something else, e.g. a generation budget the reference answers do not fit), the pass@k
+    figures decide nothing: the answer is FAILURE when training was unstable or the efficiency targets were missed
+    (``efficiency_ok`` False; ``efficiency_missed`` says which and by what: a whole CI, or a memory target's single
+    values; neither rests on the accuracies), else INCONCLUSIVE.
     """
     min_n = int(thresholds.get("min_n", MIN_N))
-    if n is not None and n < min_n:
-        few = [f"only {n} paired examples; a pass@k verdict needs at least {min_n} (raise {size_key} or lower "
-               f"thresholds.min_n knowingly)"]
-        # what does not rest on the n examples still decides: training that was unstable, or an efficiency target
-        # missed by its whole CI, is section 7's FAILURE whatever pass@k would have said
+    missed = "efficiency targets not met" + (f": {efficiency_missed}" if efficiency_missed else "")
+    blocked = [*undecidable, *([f"only {n} paired examples; a pass@k verdict needs at least {min_n} (raise {size_key} "
+                                f"or lower thresholds.min_n knowingly)"] if n is not None and n < min_n else [])]
+    if blocked:
+        # what does not rest on the accuracies still decides: training that was unstable, or an efficiency target
+        # missed, is section 7's FAILURE whatever pass@k would have said
         failed = [*(["training was unstable (non-finite losses or skipped steps)"] if unstable else []),
-                  *(["efficiency targets not met (missed by their whole CI)"] if efficiency_ok is False else [])]
-        return ("FAILURE", failed + few) if failed else ("INCONCLUSIVE", few)
+                  *([missed] if efficiency_ok is False else [])]
+        return ("FAILURE", failed + blocked) if failed else ("INCONCLUSIVE", blocked)
     reasons: list[str] = []
     acc_missed = acc_unmeasured = False
     for k, target in sorted((thresholds.get("pass_at") or {}).items()):
@@ -388,7 +392,7 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     if not p_ok:
         reasons.append(f"p-value {p_value} is not < {alpha}")
     if efficiency_ok is False:
-        reasons.append("efficiency targets not met")
+        reasons.append(missed)
     elif efficiency_ok == "inconclusive":
         reasons.append("efficiency targets not established (a CI straddles its target, or it was not measured)")
     if unstable:

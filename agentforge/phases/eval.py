@@ -32,7 +32,9 @@ from agentforge.errors import ConfigError
 from agentforge.evals import checkpoints as recursive_ckpt
 from agentforge.evals.collect import collect_metrics, gate_or_raise
 from agentforge.evals.intervals import stage_intervals
+from agentforge.evals.reference_fit import shortfall
 from agentforge.evals.runner import EvalSettings, evaluate
+from agentforge.evals.speed import memory_regime
 from agentforge.io import write_json_atomic
 from agentforge.models.surgery import ARCHITECTURE as RECURSIVE_ARCH
 from agentforge.models.surgery import identity_gap, wrap
@@ -213,6 +215,9 @@ def run(cfg) -> dict:
         print(f"evaluating {stage} ({sum(x.numel() for x in model.parameters()):,} params) from {ckpt}")
         res = evaluate_stage(model, tokenizer, sets, rows, s)
         m = res["metrics"]
+        cut = shortfall(res.get("reference_fit"))
+        if cut:
+            print(f"warning: {cut}; phase=compare gives no verdict on the accuracy targets (INCONCLUSIVE) for it")
         if m.get("gen/truncated_rate", 0) > 0:
             print(f"warning: {m['gen/truncated_rate']:.1%} of the GSM8K generations hit phase.gen_tokens={s.gen_tokens} "
                   f"without EOS; a final number running to the cut is not credited, so reasoning_accuracy may be low "
@@ -227,6 +232,8 @@ def run(cfg) -> dict:
                    "datasets": {k: len(v) for k, v in sets.items()}, "dataset_sources": sources,
                    "eval_rows": list(rows.shape), "kernels": res["kernels"],
                    "metrics": m, "surgery": surgery, "finetune": ft, "timings_s": res["timings_s"],
+                   "reference_fit": res.get("reference_fit"),
+                   "memory_regime": memory_regime(next(model.parameters()).device, ft is not None),
                    "per_example": res["per_example"]}
         out = write_json_atomic(results_path(ctx.run_dir, stage), results)
         stable = write_json_atomic(results_path(artifacts, stage), results)

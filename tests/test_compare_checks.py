@@ -1,0 +1,149 @@
+"""What the comparison refuses to decide from, on real results files: accuracies under a generation budget the
+reference answers do not fit, peak memory measured differently, a primary test marked by another p than the
+verdict's, and results files of the wrong shape (one error line, nothing written)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+
+from agentforge.errors import ConfigError
+from agentforge.evals.compare import compute_stats, load_results, run_comparison, table_rows
+from agentforge.evals.stats import mean_pass_at_k
+from tests.conftest import REPO
+
+TH = {"pass_at": {1: 0.30}, "min_delta_pass1": 0.04, "alpha": 0.05, "failure_p": 0.1}
+
+
+def _stage(correct: list[int], **extra) -> dict:
+    n = len(correct)
+    return {"metrics": {"reasoning_accuracy": sum(correct) / n}, **extra,
+            "per_example": {"gsm8k_correct": correct, "gsm8k_ids": [f"q{i}" for i in range(n)]}}
+
+
+def _write(d, **stages) -> None:
+    d.mkdir(exist_ok=True)
+    for st, r in stages.items():
+        (d / f"{st}_results.json").write_text(json.dumps(r))
+
+
+# 40 questions, 20 gained and none lost: SUCCESS on the accuracy targets wherever the accuracies can decide
+BASE, CAND = [0] * 30 + [1] * 10, [0] * 10 + [1] * 30
+CUT = {"rate": 0.0, "fit": 0, "n": 40, "gen_tokens": 48, "max_seq_len": 1024, "answer_tokens_p95": 482,
+       "context_tokens_p95": 880}
+
+
+def test_accuracies_under_a_budget_the_answers_do_not_fit_decide_nothing(tmp_path):
+    """GSM8K with the old 48-token budget: no reference answer fits, yet the verdict read SUCCESS / FAILURE; now it is
+    INCONCLUSIVE with the budget and the fit rate named, unless what does not rest on the accuracies fails."""
+    fits = dict(CUT, rate=1.0, fit=40)
+    _write(tmp_path / "ok", baseline=_stage(BASE, reference_fit=fits), cand=_stage(CAND, reference_fit=fits))
+    assert run_comparison(tmp_path / "ok", ["baseline", "cand"], tmp_path / "o1", thresholds=TH)["stats"]["verdict"] \
+        == "SUCCESS"
+    _write(tmp_path / "cut", baseline=_stage(BASE, reference_fit=CUT), cand=_stage(CAND, reference_fit=CUT))
+    st = compute_stats(load_results(tmp_path / "cut", ["baseline", "cand"]), "baseline", "cand", TH)
+    assert st["verdict"] == "INCONCLUSIVE" and len(st["reasons"]) == 2
+    assert st["reasons"][0].startswith("baseline: phase.gen_tokens=48 fits 0% of the 40 GSM8K reference answers "
+                                       "(gen/reference_fit_rate 0.000 < 0.95); 95 % of them need phase.gen_tokens >= 482")
+    only_metric = _stage(CAND)   # a file with the rate alone, no budget figures
+    only_metric["metrics"]["gen/reference_fit_rate"] = 0.5
+    st = compute_stats({"baseline": _stage(BASE), "cand": only_metric}, "baseline", "cand", TH)
+    assert st["verdict"] == "INCONCLUSIVE" and st["reasons"] == [
+        "cand: phase.gen_tokens fits 50% of the GSM8K reference answers (gen/reference_fit_rate 0.500 < "
+        "0.95): an answer cut at the budget is not credited, so its accuracies measure the budget"]
+    unstable = _stage(CAND, reference_fit=CUT, finetune={"steps": 2, "unstable": True})
+    st = compute_stats({"baseline": _stage(BASE), "cand": unstable}, "baseline", "cand", TH)
+    assert st["verdict"] == "FAILURE" and "unstable" in st["reasons"][0]   # does not rest on the accuracies
+
+
+def _memory(finetune, peak: float) -> dict:
+    r = _stage([0, 1, 0, 1], finetune=finetune, device="cpu")
+    r["metrics"]["peak_memory_mb"] = peak
+    return r
+
+
+def test_peak_memory_of_a_stage_that_fine_tuned_in_its_process_is_not_compared_with_one_that_did_not(tmp_path):
+    """486 vs 520 MB, the candidate fine-tuned in the evaluating process: its RSS holds the fine-tune's leftovers, so
+    max_memory_ratio 1.05 decides nothing (it read FAILURE, "missed by their whole CI", though memory has no CI);
+    evaluated alike the ratio of the single values decides, and the reason says so."""
+    th = dict(TH, max_memory_ratio=1.05)
+    _write(tmp_path / "r", baseline=_memory(None, 486.0), cand=_memory({"steps": 2}, 520.0))
+    st = compute_stats(load_results(tmp_path / "r", ["baseline", "cand"]), "baseline", "cand", th)
+    check = st["efficiency"][0]
+    assert check["ok"] is None and "finetuned_in_process True vs False" in check["note"]
+    assert "not comparable" in check["note"] and st["verdict"] == "INCONCLUSIVE"
+    assert not any("efficiency" in r for r in st["reasons"])
+    _write(tmp_path / "a", baseline=_memory({"steps": 2}, 486.0), cand=_memory({"steps": 2}, 520.0))
+    st = compute_stats(load_results(tmp_path / "a", ["baseline", "cand"]), "baseline", "cand", th)
+    assert st["efficiency"][0]["ok"] is False and st["verdict"] == "FAILURE"
+    assert st["reasons"][0] == "efficiency targets not met: max_memory_ratio 1.07 vs target 1.05 (single values, no CI)"
+    assert not any("whole CI" in r for r in st["reasons"])
+
+
+def _audit_case() -> dict:
+    """The audit's two stages (its mk_results.py, seed 0): 40 problems, pass@1 0.3175 -> 0.39, paired bootstrap p 0.043;
+    Holm over the table's five tests made it 0.129."""
+    rng, n = np.random.default_rng(0), 40
+    ids = [f"{i:016x}" for i in range(n)]
+
+    def res(stage, pc, shift):
+        counts = [int(rng.binomial(10, min(1, max(0, pc + shift)))) for _ in range(n)]
+        greedy = [int(rng.random() < pc + shift) for _ in range(n)]
+        row = list(rng.normal(2.0 - shift, 0.1, 16))
+        m = {"perplexity": math.exp(np.mean(row)), "loss": float(np.mean(row)), "reasoning_accuracy": sum(greedy) / n,
+             "pass_at_1": mean_pass_at_k(10, counts, 1), "pass_at_10": mean_pass_at_k(10, counts, 10)}
+        return {"stage": stage, "seed": 0, "eval_rows": [16, 129], "datasets": {"gsm8k": n}, "metrics": m,
+                "per_example": {"gsm8k_correct": greedy, "gsm8k_ids": ids, "gsm8k_num_correct": counts,
+                                "n_samples": 10, "row_loss": row}}
+    return {"baseline": res("baseline", 0.3, 0.0), "finetuned_recursive": res("finetuned_recursive", 0.3, 0.08)}
+
+
+def test_the_primary_pass_at_1_marker_agrees_with_the_verdict(tmp_path):
+    """The verdict tests pass@1 on its own, pre-registered p; the table marked the same comparison with Holm's p and
+    showed '~ no significant change' beside 'verdict: SUCCESS'. The primary row is now out of the family."""
+    _write(tmp_path / "r", **_audit_case())
+    out = run_comparison(tmp_path / "r", None, tmp_path / "o", thresholds=TH, n_resamples=2000)
+    st, row = out["stats"], next(r for r in out["rows"] if r["metric"] == "pass_at_1" and r["stage"] != "baseline")
+    assert st["verdict"] == "SUCCESS" and st["pass_at_1"]["p_value"] == pytest.approx(0.043, abs=0.005)
+    assert row["p"] == row["p_holm"] == st["pass_at_1"]["p_value"] and row["change"] == "improved"
+    assert "pre-registered primary test" in out["markdown"] and "n=40 ▲) | paired bootstrap (the verdict's" in \
+        out["markdown"]
+    family = next(r for r in table_rows(out["results"], n_resamples=2000) if r["metric"] == "pass_at_1"
+                  and r["stage"] != "baseline")   # without a primary test: one of the Holm family, as before
+    assert family["p_holm"] == pytest.approx(3 * row["p"]) and family["change"] == "no significant change"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r.update(per_example=None), r"baseline_results.json: per_example is null, not an object; re-run "
+                                           r"phase=eval stage=baseline"),
+    (lambda r: r["per_example"].update(gsm8k_num_correct=[1, 12, 0, 0], n_samples=10),
+     r"per_example.gsm8k_num_correct\[1\] is 12, more correct samples than per_example.n_samples = 10"),
+    (lambda r: r["per_example"].update(gsm8k_ids=["q0", "q1", "q2"]),
+     r"per_example.gsm8k_ids has 3 values for the 4 of per_example.gsm8k_correct"),
+    (lambda r: r["per_example"].update(gsm8k_correct=[0, 1, "1", 0]), r"per_example.gsm8k_correct\[2\] is '1', not 0 or 1"),
+    (lambda r: r.update(finetune=[2]), r"finetune is list, not an object or null"),
+])
+def test_a_results_file_of_the_wrong_shape_is_one_error_naming_the_file_and_key(tmp_path, edit, message):
+    bad = _stage([0, 1, 0, 1])
+    edit(bad)
+    _write(tmp_path, baseline=bad)
+    with pytest.raises(ConfigError, match=message):
+        load_results(tmp_path, ["baseline"])
+
+
+def test_a_comparison_that_fails_writes_nothing(tmp_path, capsys):
+    """Stages evaluated on different questions: scripts/compare_results.py says so on one error line and leaves no
+    comparison.md / .csv / plots behind (they were written before the statistics failed)."""
+    other = _stage(CAND)
+    other["per_example"]["gsm8k_ids"] = [f"other{i}" for i in range(40)]
+    _write(tmp_path / "r", baseline=_stage(BASE), finetuned_recursive=other)
+    spec = importlib.util.spec_from_file_location("compare_results", REPO / "scripts" / "compare_results.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    code = script.main(["--results-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o"), "--n-resamples", "200"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "different examples" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*"))
