@@ -4,7 +4,7 @@ choosing the halting settings (the phase's own ``ablation/*`` figures use the va
     python scripts/confirm_ablations.py outputs/pipeline/default/artifacts/cognate/model1 [...model2 model3]
 
 For each checkpoint: recursion fixed at 1 step, memory reads off and always-max-steps against the trained model
-on ``--rows`` packed test rows of the final curriculum stage's mix (paired bootstrap 95 % CI over rows), the
+on ``--rows`` test rows of the final curriculum stage's mix (distinct documents, none spanning two rows) (paired bootstrap 95 % CI over rows), the
 halting non-inferiority verdict (``ablation.NONINFERIORITY_MARGIN``), and memory off vs on over the repeated
 digits of ``--rows`` test-split recall items.
 """
@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agentforge.artifacts import load_model
-from agentforge.data.datamodule import TaskPool, normalize_mix, pack
+from agentforge.data.datamodule import TaskPool, heldout_rows, normalize_mix
 from agentforge.data.recall import recall_rows
 from agentforge.models.ablation import NONINFERIORITY_MARGIN, ablations, halting_verdict, recall_memory
 
@@ -30,8 +30,8 @@ def confirm(directory, n_rows: int = 64, seq_len: int = 128, seed: int = 42) -> 
     as 1.0 / 0.0 included)."""
     model, tok, _ = load_model(directory)
     mix = normalize_mix({t: 1.0 for t in OmegaConf.load(CURRICULUM).curriculum[-1].mix})
-    texts = TaskPool(seed).sample_texts(mix, (n_rows + 2) * (seq_len + 1), random.Random(seed * 7919), "test")
-    out = ablations(model, pack(texts, tok, seq_len)[:n_rows], seed=seed)  # sets ablation/halting_noninferior
+    rows = heldout_rows(TaskPool(seed), mix, n_rows, seq_len, tok, random.Random(seed * 7919), "test")
+    out = ablations(model, rows, seed=seed)  # distinct documents, none spanning two rows; sets halting_noninferior
     rows, mask = recall_rows(n_rows, seq_len, seed, "test", gap=model.config.window + 8, tokenizer=tok)
     out.update(recall_memory(model, rows, mask, seed=seed))
     return out

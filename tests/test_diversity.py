@@ -13,6 +13,7 @@ from agentforge.evals.diversity import (
     FEATURES,
     MEAN_KEYS,
     PER_ROW_KEY,
+    ROWS_DIGEST,
     diversity,
     diversity_ci,
     per_row_features,
@@ -45,6 +46,30 @@ def test_ci_collapses_on_constant_rows_and_widens_with_noise():
     est = diversity(np.array([[np.mean(r["halting_steps"]), 0.5, 1.0] for r in noisy]))
     assert lo < est < hi and hi - lo > 0.02
     assert diversity_ci(noisy, seed=3) != (lo, hi)  # a different resampling, not a fixed answer
+
+
+def test_models_measured_on_the_same_rows_are_resampled_together():
+    """Three copies of one model on the same rows: diversity 0, and the paired CI is [0, 0]. Resampled apart (as
+    before, and still for rows that differ) the CI lay wholly above the figure it bounds."""
+    rng = np.random.default_rng(0)
+    one = _rows(1.0 + rng.normal(0, 0.2, 32), 0.5 + rng.normal(0, 0.05, 32), [1.0] * 32)
+    same = [{**one, ROWS_DIGEST: "abc"} for _ in range(3)]
+    out = phase1_diversity(_metrics(same))
+    assert out["phase1/diversity"] == 0.0 and out["phase1/diversity_ci95"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert "paired" in out["phase1/diversity_test"]
+    apart = phase1_diversity(_metrics([{**one, ROWS_DIGEST: d} for d in "abc"]))
+    assert apart["phase1/diversity_ci95"][0] > 0.0 and "apart" in apart["phase1/diversity_test"]
+
+
+def test_per_row_features_record_which_rows_they_measured():
+    from agentforge.models.cognate import CognateConfig, CognateModel
+
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=16, max_steps=2,
+                                       max_seq_len=64))
+    rows = torch.randint(0, 256, (3, 17))
+    a, b = per_row_features(model, rows), per_row_features(model, rows.clone())
+    assert a[ROWS_DIGEST] == b[ROWS_DIGEST] != per_row_features(model, rows.flip(0))[ROWS_DIGEST]
 
 
 def _metrics(mid_rows):
@@ -106,3 +131,21 @@ def test_per_row_features_average_to_the_batched_held_out_pass():
     assert np.mean(per["ltm_usage"]) == pytest.approx(usage, rel=1e-6)
     assert np.mean(per["mflops_per_token"]) == pytest.approx(mflops, rel=1e-6)
     assert len(set(per["halting_steps"])) > 1  # rows differ: there is something to resample
+
+
+def test_memory_usage_counts_rows_that_halted_wholly_at_the_first_step():
+    """A batch whose rows halt at different steps: the rows that stopped at step 1 skip the later steps, so the
+    memory's last call saw only the others; the figure is each row's fill after its own last step. It read
+    0.71875 against the per-row 0.73177 here before (10 of 12 rows halting wholly at step 1, batches of 6)."""
+    from agentforge.models.cognate import CognateConfig, CognateModel
+    from agentforge.phases.cognate import held_out_pass
+
+    torch.manual_seed(2)
+    model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=16, max_steps=3,
+                                       max_seq_len=64, halt_bias_init=0.3, surprise_threshold=0.95, ltm_max_writes=16,
+                                       ltm_slots=64))
+    rows = torch.randint(0, 256, (12, 49))
+    _, usage, _ = held_out_pass(model, rows, batch_size=6)
+    per = per_row_features(model, rows)
+    assert 0 < sum(h == 1.0 for h in per["halting_steps"]) < 12   # some rows halt wholly at step 1, some do not
+    assert np.mean(per["ltm_usage"]) == pytest.approx(usage, rel=1e-6)

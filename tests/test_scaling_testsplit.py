@@ -78,9 +78,9 @@ def test_test_set_shares_no_example_with_selection_child_validation_or_training(
     test_rows = torch.cat([held["test_inputs"], held["test_targets"][:, None]], dim=1)
     test = prompts(test_rows, contiguous=False)
     assert len(test) > 150  # ~3 whole examples in each of the 64 rows: the check has something to check
-    selection = prompts(datamodule(WIDE, trust.heldout_seed(WIDE, SALT), 2 * (n + p)).val_rows_tensor(), True)
+    selection = prompts(trust.heldout_stream(WIDE, trust.heldout_seed(WIDE, SALT), 2 * (n + p)), True)
     child_dm = datamodule(WIDE, int(WIDE["seed"]), int(tr["val_rows"]))
-    child_val = prompts(child_dm.val_rows_tensor(), True)
+    child_val = prompts(child_dm.val_rows_tensor(), False)   # rows of whole documents (datamodule.heldout_rows)
     training = set().union(*(prompts(child_dm.train_rows(e), True)
                              for e in range(-(-int(tr["steps"]) // int(tr["eval_every"])))))
     assert len(selection) > 500 and len(training) > 10_000
@@ -115,8 +115,8 @@ def test_test_rows_equal_to_selection_rows_are_dropped():
     settings = {**TINY_SETTINGS, "trust": {**TINY_SETTINGS["trust"], "test_rows": 64}}  # 16-token rows repeat
     held = trust.make_heldout(settings, SALT)
     assert held["test_inputs"].shape == (64, 16) and held["test_targets"].shape == (64,)
-    seen = torch.cat([datamodule(settings, trust.heldout_seed(settings, SALT), 2 * 66).val_rows_tensor(),
-                      datamodule(settings, 0, 2).val_rows_tensor()])[:, :-1]
+    seen = torch.cat([trust.heldout_stream(settings, trust.heldout_seed(settings, SALT), 2 * 66),
+                      trust.child_val_rows(settings, 0)])[:, :-1]
     seen_keys = {r.numpy().tobytes() for r in seen}
     assert not any(r.numpy().tobytes() in seen_keys for r in held["test_inputs"])
     raw = trust.heldout_stream(settings, trust.heldout_seed(settings, SALT, "test"), 2 * 64 + 8, split="test")
@@ -127,8 +127,7 @@ def test_test_rows_equal_to_selection_rows_are_dropped():
 def test_selection_rows_are_unchanged_and_the_child_gets_both_sets_shuffled():
     seed = trust.heldout_seed(TINY_SETTINGS, SALT)
     assert trust.heldout_seed(TINY_SETTINGS, SALT, "test") != seed
-    stream = datamodule(TINY_SETTINGS, seed, 2 * 66).val_rows_tensor()
-    assert torch.equal(trust.heldout_stream(TINY_SETTINGS, seed, 2 * 66), stream)  # "drawn the same way"
+    stream = trust.heldout_stream(TINY_SETTINGS, seed, 2 * 66)
     held = trust.make_heldout({**TINY_SETTINGS, "trust": {**TINY_SETTINGS["trust"], "test_rows": 32}}, SALT)
     assert torch.equal(held["inputs"], stream[0:128:2, :-1]) and torch.equal(held["targets"], stream[0:128:2, -1])
     both = torch.cat([held["inputs"], held["test_inputs"]])

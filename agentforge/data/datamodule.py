@@ -46,6 +46,48 @@ def pack(texts: list[str], tokenizer: ByteTokenizer, seq_len: int) -> torch.Tens
     return torch.tensor(stream[: n * (seq_len + 1)], dtype=torch.long).view(n, seq_len + 1)
 
 
+def pack_documents(texts: list[str], tokenizer: ByteTokenizer, seq_len: int) -> torch.Tensor:
+    """Rows [N, seq_len + 1] for held-out measurements in which no document spans two rows: each row starts at a
+    document's BOS and takes whole documents while they fit; the document that crosses the row's end is cut there
+    and the rest of it dropped (a document longer than a row gives the row its first seq_len + 1 tokens); the tail
+    that does not fill a last row is dropped. ``pack`` continues a cut document in the next row instead, so
+    neighbouring rows share a document and a CI that resamples rows counts it twice as independent evidence (an
+    audit on 2026-11-27: the Cognate phase's 32 validation rows held 26 documents, 31 rows starting mid-document).
+    With distinct documents (``TaskPool.sample_texts(distinct=True)``) the rows are independent draws."""
+    width, rows, row = seq_len + 1, [], []
+    for t in texts:
+        ids = tokenizer.encode(t, bos=True, eos=True)
+        row.extend(ids[: width - len(row)])
+        if len(row) == width:
+            rows.append(row)
+            row = []
+    if not rows:
+        raise ValueError(f"not enough text for one row of {width} tokens")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def heldout_rows(pool: "TaskPool", mix: Mapping[str, float], n_rows: int, seq_len: int, tokenizer: ByteTokenizer,
+                 rng: random.Random, split: str) -> torch.Tensor:
+    """``n_rows`` held-out rows [n_rows, seq_len + 1] of ``split`` examples of the task ``mix``: distinct documents
+    (by content key), packed so that no document spans two rows (``pack_documents``), so the rows are the
+    independent units the phases' paired tests and CIs resample. Every row takes at least one document and the cut
+    documents' tails are dropped, so the draw starts at three times the rows' tokens and doubles, continuing the
+    same draws, until the rows are there; too few distinct documents in the split is a ValueError naming the
+    count."""
+    start, budget = rng.getstate(), 3 * (n_rows + 2) * (seq_len + 1)
+    while True:
+        rng.setstate(start)   # a longer draw repeats the shorter one's first draws: the rows only grow
+        texts = pool.sample_texts(mix, budget, rng, split, distinct=True)
+        rows = pack_documents(texts, tokenizer, seq_len)
+        if len(rows) >= n_rows or sum(len(t.encode("utf-8")) + 2 for t in texts) < budget:   # enough, or none left
+            break
+        budget *= 2
+    if len(rows) < n_rows:
+        raise ValueError(f"only {len(rows)} rows of distinct {split}-split documents for the task mix {sorted(mix)}, "
+                         f"{n_rows} asked")
+    return rows[:n_rows]
+
+
 class TaskPool:
     """Examples per task: synthetic generators, plus records of a user's local file when given. The file's records
     are split by the hash of their content key (``synthetic.record_split``), like the synthetic examples: the
@@ -59,7 +101,12 @@ class TaskPool:
         for rec in self.extra_records:
             self.by_split[synthetic.record_split(extra_format, rec)].append(rec)
 
-    def sample_texts(self, mix: Mapping[str, float], n_tokens: int, rng: random.Random, split: str) -> list[str]:
+    def sample_texts(self, mix: Mapping[str, float], n_tokens: int, rng: random.Random, split: str,
+                     distinct: bool = False) -> list[str]:
+        """Rendered examples of ``split`` drawn from the task ``mix`` until ``n_tokens`` bytes (+ BOS/EOS each).
+        ``distinct``: each problem at most once (``synthetic.content_key``, a file's ``record_key``), for held-out
+        rows whose documents must be independent; it stops early when the split has no new problem left (1 000
+        draws in a row repeat one already drawn), and the caller counts what it got."""
         if "file" in mix and not self.by_split.get(split):
             mix = {t: w for t, w in mix.items() if t != "file"}
             if not mix:
@@ -67,15 +114,23 @@ class TaskPool:
                                            f"the {split} split (split by a hash of each prompt: ~10 % val, ~10 % "
                                            f"test); give a larger file or add synthetic tasks to the mix")
         tasks, probs = list(mix), list(mix.values())
-        texts, total = [], 0
-        while total < n_tokens:
+        texts, total, seen, repeats = [], 0, set(), 0
+        while total < n_tokens and repeats < 1000:
             task = rng.choices(tasks, probs)[0]
             if task == "file":
                 rec = rng.choice(self.by_split[split])
                 text = formats.render(rec, self.extra_format)
+                key = ("file", synthetic.record_key(self.extra_format, rec))
             else:
                 rec = synthetic.GENERATORS[task](self.seed, split, rng.randrange(10**9))
                 text = formats.render(rec, formats.TASK_FORMAT[task])
+                key = (task, synthetic.content_key(task, rec))
+            if distinct:
+                if key in seen:
+                    repeats += 1
+                    continue
+                seen.add(key)
+                repeats = 0
             texts.append(text)
             total += len(text.encode("utf-8")) + 2
         return texts
@@ -149,11 +204,9 @@ class LMDataModule(L.LightningDataModule):
 
     def val_rows_tensor(self) -> torch.Tensor:
         if self._val is None:
-            rng = random.Random(self.seed * 104729)
             mix = normalize_mix({t: 1.0 for t in self.stages[-1]["mix"]})
-            rows = pack(self.pool.sample_texts(mix, (self.val_rows + 2) * (self.seq_len + 1), rng, "val"),
-                        self.tokenizer, self.seq_len)
-            self._val = rows[: self.val_rows]
+            self._val = heldout_rows(self.pool, mix, self.val_rows, self.seq_len, self.tokenizer,
+                                     random.Random(self.seed * 104729), "val")
         return self._val
 
     def train_dataloader(self) -> DataLoader:

@@ -9,13 +9,19 @@ separate runs on a loaded machine would vary by timing noise alone.
 Each feature of each model is a mean over the held-out rows it was measured on, so the figure carries
 sampling noise from those rows. ``per_row_features`` measures every row on its own, and ``diversity_ci``
 gives a percentile bootstrap CI (Efron & Tibshirani 1993, *An Introduction to the Bootstrap*, ch. 13):
-each model's rows are resampled with replacement, independently per model (correct whether or not the
-models saw the same rows), and the figure is recomputed from the resampled means. The CI covers the
+the rows are resampled with replacement and the figure is recomputed from the resampled means. The Cognate
+models are measured on the same validation rows (their datamodules draw them from the last curriculum stage's
+tasks whatever the model's dataset weights; ``ROWS_DIGEST`` records them), so one resample of row indices serves all
+three models, paired: resampling each model's rows independently added between-model noise that is not there and
+moved the CI up (three copies of one model, diversity 0, got [0.0015, 0.0069]; paired it is [0, 0]). Rows that
+differ between the models are resampled independently per model. Each row holds distinct documents, none
+spanning two rows (``datamodule.heldout_rows``), so the rows are independent units. The CI covers the
 measurement on these rows only. The three models are fixed; the variation between training runs is not
 in it, and three models cannot estimate it.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 
@@ -26,18 +32,21 @@ from agentforge.evals.flops import counting_flops
 
 FEATURES = ("halting_steps", "ltm_usage", "mflops_per_token")
 PER_ROW_KEY = "diversity/per_row"  # metrics.json key of per_row_features' output
+ROWS_DIGEST = "rows_sha256"        # per_row_features' key for the sha256 of the rows it measured
 # the features' model-level keys in a Cognate model's metrics.json, in FEATURES order
 MEAN_KEYS = ("diversity/avg_halting_steps", "diversity/ltm_usage", "diversity/inference_mflops_per_token")
 
 
 @torch.no_grad()
-def per_row_features(model, rows: torch.Tensor) -> dict[str, list[float]]:
+def per_row_features(model, rows: torch.Tensor) -> dict:
     """Per held-out row of ``rows`` [N, T+1], each measured in a forward pass of that row alone (eval mode):
     its tokens' mean ACT halting step, the share of the memory's slots filled at the row's end, and the
-    forward MFLOPs per token (``evals.flops``: matmuls and attention, on the steps the model runs for that row)."""
+    forward MFLOPs per token (``evals.flops``: matmuls and attention, on the steps the model runs for that row);
+    and ``ROWS_DIGEST``, the rows' sha256, which tells ``diversity_ci`` whether models saw the same rows."""
     device = next(model.parameters()).device
     model.eval()
-    out: dict[str, list[float]] = {f: [] for f in FEATURES}
+    out: dict = {f: [] for f in FEATURES}
+    out[ROWS_DIGEST] = hashlib.sha256(rows.detach().cpu().long().numpy().tobytes()).hexdigest()
     for row in rows[:, :-1]:
         x = row[None].to(device)
         with counting_flops(model) as fc:
@@ -62,14 +71,25 @@ def diversity(means: np.ndarray) -> float:
     return float((means.std(axis=0)[ok] / mu[ok]).mean())
 
 
+def same_rows(per_row: list[dict]) -> bool:
+    """Whether every model's per-row features were measured on the same rows (equal ``ROWS_DIGEST``)."""
+    digests = {r.get(ROWS_DIGEST) for r in per_row}
+    return len(digests) == 1 and None not in digests
+
+
 def diversity_ci(per_row: list[dict[str, list[float]]], n_boot: int = 2000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``diversity`` over the models' rows, resampled independently per model."""
+    """Percentile bootstrap CI of ``diversity`` over the models' rows: one resample of row indices for all models
+    when every model's ``ROWS_DIGEST`` is the same (the same rows, paired), else independently per model."""
     rng = np.random.default_rng(seed)
+    shared = None
+    if same_rows(per_row):
+        n = len(per_row[0][FEATURES[0]])
+        shared = rng.integers(0, n, size=(n_boot, n))
     boot = []  # per model: [n_boot, features] means of resampled rows
     for rows in per_row:
         x = np.stack([np.asarray(rows[f], dtype=np.float64) for f in FEATURES], axis=1)  # [N, F]
-        idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+        idx = shared if shared is not None else rng.integers(0, len(x), size=(n_boot, len(x)))
         boot.append(x[idx].mean(axis=1))
     stacked = np.stack(boot, axis=1)  # [n_boot, models, F]
     mu = stacked.mean(axis=1)
@@ -102,8 +122,10 @@ def phase1_diversity(metrics: list[dict], n_boot: int = 2000, seed: int = 0) -> 
     if keys == MEAN_KEYS and all(isinstance(r, dict) and all(r.get(f) for f in FEATURES) for r in rows):
         n = min(len(r[FEATURES[0]]) for r in rows)
         out.update({"phase1/diversity_ci95": list(diversity_ci(rows, n_boot, seed)), "phase1/diversity_n": n,
-                    "phase1/diversity_test": f"percentile bootstrap over each model's held-out rows ({n_boot} "
-                                             "resamples); covers these rows' noise, not training-run variation; "
+                    "phase1/diversity_test": f"percentile bootstrap over the held-out rows ({n_boot} resamples; "
+                                             + ("the same rows for the 3 models, paired" if same_rows(rows) else
+                                                "each model's rows resampled apart")
+                                             + "); covers these rows' noise, not training-run variation; "
                                              "CV with the population SD over the 3 models (with the sample SD: "
                                              f"{out['phase1/diversity'] * math.sqrt(1.5):.3f})"})
     return out

@@ -206,9 +206,14 @@ class CognateModel(nn.Module):
         cum = torch.zeros(b, t, device=e.device, dtype=e.dtype)
         surprise = torch.ones(b, t, device=e.device)
         rows = None  # at inference, the rows that still have a running token (None: all of them)
+        fill = None  # each row's memory fill after its last step run (a halted row's stays)
         for n in range(n_steps):
             with torch.no_grad() if n < no_grad else contextlib.nullcontext():
                 z, surprise = self._step_rows(z, e, t, rows)
+            if rows is not None and self.memory.enabled:
+                fill = fill.index_copy(0, rows, self.memory.last_filled_rows)
+            elif self.memory.enabled:
+                fill = self.memory.last_filled_rows
             if n < no_grad:
                 z = z.detach()
             last = n == n_steps - 1
@@ -226,6 +231,8 @@ class CognateModel(nn.Module):
                 if active.numel() == 0:
                     break
                 rows = active if active.numel() < b else None
+        if fill is not None:   # rows that halted skipped the last steps: the memory's last call saw only the others
+            self.memory.last_filled = fill.mean()
         logits = self.lm_head(self.norm(output))
         p = halting_distribution(torch.stack(lambdas, 0))  # one step: all mass on it
         ponder = (p * torch.arange(1, p.shape[0] + 1, device=e.device, dtype=p.dtype)[:, None, None]).sum(0)

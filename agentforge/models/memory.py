@@ -103,9 +103,11 @@ class SurpriseMemory(nn.Module):
         """Counters since the last reset, read by the training callbacks (ltm/* keys); tensors once used."""
         self.stats = {"reads": 0, "writes": 0, "surprise_sum": 0.0, "surprise_count": 0}
         self.last_filled = torch.zeros(())
+        self.last_filled_rows = torch.zeros(0)
 
     def usage_fraction(self) -> float:
-        """Share of the slots filled at the end of the sequences of the last forward pass."""
+        """Share of the slots filled at the end of the sequences of the last forward pass (``CognateModel.forward``
+        sets it from each row's fill at its own last step when halting ran some rows fewer steps)."""
         return float(self.last_filled)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,7 +388,8 @@ class SurpriseMemory(nn.Module):
 
     @torch.no_grad()
     def _record(self, b: int, t: int, surprise, filled, usage) -> None:
-        self.last_filled = filled.float().mean()
+        self.last_filled_rows = filled.float().mean(-1)   # [rows of this call]: each row's share of filled slots
+        self.last_filled = self.last_filled_rows.mean()
         if self.training:
             self._count("reads", b * t)
             self._count("surprise_sum", surprise.sum())

@@ -143,16 +143,27 @@ def run(cfg) -> dict:
 
 
 class MemoryUsageCallback(Callback):
-    """Snapshots the memory's per-slot usage after each epoch, for the LTM heatmap."""
+    """Each epoch's share of the memory's reads per slot, for the LTM heatmap. The memory's ``usage`` buffer adds up
+    the read mass of every training pass since the model was made (and is saved with it), so an epoch's row is the
+    difference from the previous snapshot (the first from the buffer as training starts: a resumed run's count
+    before it is not this epoch's); a snapshot of the buffer itself made every row the share since training began."""
 
     def __init__(self):
         self.snapshots: list[list[float]] = []
+        self._last: torch.Tensor | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        mem = getattr(pl_module.model, "memory", None)
+        if mem is not None:
+            self._last = mem.usage.detach().float().cpu().clone()
 
     def on_train_epoch_end(self, trainer, pl_module):
         mem = getattr(pl_module.model, "memory", None)
         if mem is not None:
-            u = mem.usage.detach().float().cpu()
-            self.snapshots.append((u / u.sum().clamp(min=1e-9)).tolist())
+            u = mem.usage.detach().float().cpu().clone()
+            epoch = u - self._last if self._last is not None else u
+            self._last = u
+            self.snapshots.append((epoch / epoch.sum().clamp(min=1e-9)).tolist())
 
 
 def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_hours, out_dir: Path,

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from agentforge.artifacts import load_any, publish
 from agentforge.data import formats, synthetic
 from agentforge.data.build import eval_sets, file_records_of_split, held_out, per_format, training_file_prompts
-from agentforge.data.datamodule import LMDataModule, pack
+from agentforge.data.datamodule import LMDataModule, pack_documents
 from agentforge.errors import ConfigError
 from agentforge.evals import checkpoints as recursive_ckpt
 from agentforge.evals.collect import collect_metrics, gate_or_raise
@@ -91,15 +91,16 @@ def load_sets(cfg, n: int | dict[str, int], sources: dict | None = None) -> dict
 
 
 def eval_rows(sets: dict, tokenizer, seed: int, seq_len: int, n_rows: int) -> torch.Tensor:
-    """Packed [n_rows, seq_len + 1] rows of the held-out examples (+ synthetic prose) for perplexity."""
+    """[n_rows, seq_len + 1] rows of the held-out examples (+ synthetic prose) for perplexity, no document spanning
+    two rows (``pack_documents``: the rows are the independent units of the perplexity comparisons' paired tests)."""
     texts = [formats.render(r, fmt) for fmt in ("gsm8k", "arc", "piqa") for r in sets.get(fmt, [])]
     texts += [r["text"] for r in synthetic.generate("plain_text", max(n_rows, 8), seed, "test")]
     random.Random(seed).shuffle(texts)
-    rows = pack(texts, tokenizer, seq_len)
+    rows = pack_documents(texts, tokenizer, seq_len)
     i = 0
     while len(rows) < n_rows and i < 50:  # small sets: add prose until the rows are there
         texts += [r["text"] for r in synthetic.generate("plain_text", 64, seed + i + 1, "test")]
-        rows, i = pack(texts, tokenizer, seq_len), i + 1
+        rows, i = pack_documents(texts, tokenizer, seq_len), i + 1
     return rows[:n_rows]
 
 

@@ -31,7 +31,7 @@ from scipy.spatial.distance import euclidean
 
 from agentforge.artifacts import ARCHITECTURE, load_model, publish, save_model
 from agentforge.data.build import eval_sets
-from agentforge.data.datamodule import TaskPool, normalize_mix, pack
+from agentforge.data.datamodule import TaskPool, heldout_rows, normalize_mix
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.io import CheckpointError, write_json_atomic
@@ -83,18 +83,20 @@ def load_inputs(dirs: list[Path]):
 
 
 def eval_data(cfg, split: str, rows: int, choice_examples: int | None = None) -> fitness.EvalData:
-    """``rows`` packed rows of the four synthetic tasks and ``choice_examples`` (default
+    """``rows`` rows of the four synthetic tasks (distinct documents, none spanning two rows: ``heldout_rows``, so
+    the perplexity comparison's rows are independent units) and ``choice_examples`` (default
     ``phase.eval.choice_examples``) ARC- and PIQA-format questions each, from ``split``."""
     e, seed = cfg.phase.eval, int(cfg.seed)
     n_choice = int(e.choice_examples if choice_examples is None else choice_examples)
     mix = normalize_mix({t: 1.0 for t in ("plain_text", "arithmetic", "choice", "piqa")})
-    texts = TaskPool(seed).sample_texts(mix, (rows + 2) * (int(e.seq_len) + 1), random.Random(seed * 104729), split)
+    token_rows = heldout_rows(TaskPool(seed), mix, rows, int(e.seq_len), ByteTokenizer(), random.Random(seed * 104729),
+                              split)
     n = max(n_choice, int(e.gsm8k_examples))
     key = ("phase.eval.gsm8k_examples" if int(e.gsm8k_examples) > n_choice else
            "phase.eval.choice_examples" if choice_examples is None else "phase.eval.test_choice_examples")
     sets = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, n, split, key) if n else {}
     return fitness.EvalData(
-        rows=pack(texts, ByteTokenizer(), int(e.seq_len))[:rows],
+        rows=token_rows,
         choice={k: sets[k][:n_choice] for k in ("arc", "piqa")} if n else {},
         gsm8k=sets["gsm8k"][: int(e.gsm8k_examples)] if n else [], gen_tokens=int(e.gen_tokens),
         speed_seq_len=int(e.speed_seq_len), speed_batch=int(e.speed_batch), speed_repeats=int(e.speed_repeats))

@@ -257,10 +257,11 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
     if phase1:
         div = cognate_diversity(artifacts)
         md += ["## Phase 1: what each Cognate mechanism buys", "", markdown_table(PHASE1_COLUMNS, phase1), "",
-               "Val loss: each model's loss on its own validation rows, drawn from its own data mix, so it does not "
-               "rank the models (the performance table's perplexity, on the common eval rows, does). "
-               "Δloss = variant − trained model in nats/token on the validation rows, paired bootstrap 95% CI over "
-               "rows (positive: the mechanism lowers the loss). Halting passes when the CI's upper bound of its cost "
+               "Val loss: each model's loss on the same validation rows (the last curriculum stage's tasks, uniformly, "
+               "whatever the model's dataset weights). "
+               "Δloss = variant − trained model in nats/token on the validation rows, paired 95% CI over rows, each "
+               "row distinct documents none of which spans two rows (positive: the mechanism lowers the loss). "
+               "Halting passes when the CI's upper bound of its cost "
                "against always-max-steps is below the margin, fails when the whole CI is at or above it, and is "
                "INCONCLUSIVE when it straddles the margin or fewer than 30 rows were measured. Digits − letters: mean "
                "halting step on the computed "

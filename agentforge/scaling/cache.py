@@ -19,12 +19,13 @@ from pathlib import Path
 
 from agentforge.io import write_json_atomic
 
-CACHE_VERSION = 7  # bump when the meaning of a cached result changes (2: results carry the test-set figures;
+CACHE_VERSION = 8  # bump when the meaning of a cached result changes (2: results carry the test-set figures;
                    # 3: the logits scored are recomputed from the returned weights, rescore.py; 4: the fit's
                    # params are the reference architecture's, the child's informational fields are validated;
                    # 5: the returned parameters are counted by their bytes, in fp32 equivalents; 6: the baseline
                    # reference is the mean of phase.seeds training seeds, the key holds the project's code;
-                   # 7: the test rows are the tasks' test split, the spot check computes every row alone)
+                   # 7: the test rows are the tasks' test split, the spot check computes every row alone;
+                   # 8: a child's val-curve rows hold distinct documents, none spanning two rows)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the directory holding the agentforge package
 ROOTS = ("agentforge/scaling", "agentforge/models/layers.py")  # where the import walk starts
 

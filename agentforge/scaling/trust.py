@@ -76,9 +76,12 @@ def heldout_seed(settings: dict, salt: str, split: str = "selection") -> int:
 
 
 def heldout_stream(settings: dict, seed: int, n_rows: int, split: str = "val") -> torch.Tensor:
-    """The first ``n_rows`` rows [n_rows, T+1] of the stream ``LMDataModule.val_rows_tensor`` packs for this
-    seed (the same sampler: the mix's tasks uniformly, BOS/EOS, cut into rows), of ``split`` examples; with the
-    ``val`` split the rows equal the datamodule's (tested)."""
+    """The first ``n_rows`` rows [n_rows, T+1] of one stream of ``split`` examples for this seed (the datamodule's
+    sampler: the mix's tasks uniformly, BOS/EOS, ``pack``: consecutive cuts, so a document runs on into the next
+    row). The selection and test sets take every other row of it (``make_heldout``, ``make_test_rows``) and
+    score one withheld token a row. The Cognate-side held-out rows are packed so that no document spans two rows
+    (``datamodule.heldout_rows``); this stream is not, because its two sets of 512 rows would need more distinct
+    problems than a split holds (~317 arithmetic problems in val)."""
     from agentforge.data import formats, synthetic
     from agentforge.data.datamodule import normalize_mix, pack
     from agentforge.data.tokenizer import ByteTokenizer
@@ -93,6 +96,18 @@ def heldout_stream(settings: dict, seed: int, n_rows: int, split: str = "val") -
         texts.append(formats.render(rec, formats.TASK_FORMAT[task]))
         total += len(texts[-1].encode("utf-8")) + 2
     return pack(texts, ByteTokenizer(), seq_len)[:n_rows]
+
+
+def child_val_rows(settings: dict, seed: int) -> torch.Tensor:
+    """The validation rows a training child at ``seed`` builds for its val curve (``child.train_size``'s datamodule:
+    ``heldout_rows``, no document spanning two rows), for the test set's overlap check."""
+    from agentforge.data.build import build_datamodule
+    from agentforge.data.tokenizer import ByteTokenizer
+
+    tr = settings["train"]
+    return build_datamodule({"seq_len": int(tr["seq_len"]), "batch_size": int(tr["batch_size"])}, ByteTokenizer(),
+                            stages=[{"epochs": 1, "mix": dict(settings["mix"])}], seed=seed,
+                            steps_per_epoch=int(tr["eval_every"]), val_rows=int(tr["val_rows"])).val_rows_tensor()
 
 
 def _row_keys(rows: torch.Tensor) -> list[bytes]:
@@ -111,8 +126,7 @@ def make_test_rows(settings: dict, salt: str, selection_rows: int) -> tuple[torc
     short row of a template's words) is still dropped."""
     m, seq_len = int(settings["trust"]["test_rows"]), int(settings["train"]["seq_len"])
     seen_rows = heldout_stream(settings, heldout_seed(settings, salt), selection_rows)
-    child_rows = [heldout_stream(settings, seed, int(settings["train"]["val_rows"]))   # at every training seed
-                  for seed in training_seeds(settings)]
+    child_rows = [child_val_rows(settings, seed) for seed in training_seeds(settings)]   # at every training seed
     seen = set(_row_keys(torch.cat([seen_rows, *child_rows])[:, :-1]))
     seed, draw = heldout_seed(settings, salt, "test"), 2 * m + 8
     for _ in range(8):  # drops are rare: a longer draw of the same stream replaces them
@@ -131,18 +145,12 @@ def make_heldout(settings: dict, salt: str, spot_key: str = "") -> dict[str, tor
     ``sent`` [N + M, T] (both sets' rows in a secret order: what the child gets) and that ``order``; ``spot``:
     ``trust.spot_rows`` secret indices into the rows sent (``spot_count``: every row by default), for the
     re-scoring's spot check, in an order drawn anew for every ``spot_key`` (the evaluator passes the code's hash: no fixed set a search could learn to spare)."""
-    from agentforge.data.build import build_datamodule
-    from agentforge.data.tokenizer import ByteTokenizer
-
     trust, seq_len = settings["trust"], int(settings["train"]["seq_len"])
     n, p = int(trust["heldout_rows"]), int(trust["probe_rows"])
     seed = heldout_seed(settings, salt)
-    dm = build_datamodule({"seq_len": seq_len, "batch_size": 1}, ByteTokenizer(),
-                          stages=[{"epochs": 1, "mix": dict(settings["mix"])}], seed=seed, steps_per_epoch=1,
-                          val_rows=2 * (n + p))
     # rows are consecutive cuts of one text stream: keep every other one, so the text right after a
     # withheld token (the next row's start) is never sent either
-    rows = dm.val_rows_tensor().long()[0::2]
+    rows = heldout_stream(settings, seed, 2 * (n + p)).long()[0::2]
     gen = torch.Generator().manual_seed(seed)
     base = rows[n:, :-1]
     cuts = torch.randint(0, seq_len - 1, (p,), generator=gen)
