@@ -149,3 +149,28 @@ def test_memory_usage_counts_rows_that_halted_wholly_at_the_first_step():
     per = per_row_features(model, rows)
     assert 0 < sum(h == 1.0 for h in per["halting_steps"]) < 12   # some rows halt wholly at step 1, some do not
     assert np.mean(per["ltm_usage"]) == pytest.approx(usage, rel=1e-6)
+
+
+def test_the_model_comparison_table_leaves_out_models_trained_with_other_settings(tmp_path, capsys):
+    """A pipeline rerun with changed settings retrains model1 while model2 and model3 are still the old run's: the
+    table showed them beside the new model1 unlabelled. Only models with this run's shared settings are shown."""
+    import json
+
+    from agentforge.phases.cognate import SHARED_KEY, diversity_table, shared_settings
+    from agentforge.tracking.tracker import Tracker
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["phase=cognate", "model=m1"], tmp_path)
+    changed = compose_cfg(["phase=cognate", "model=m2", "phase.steps_per_epoch=4"], tmp_path)
+    assert shared_settings(cfg) == shared_settings(compose_cfg(["phase=cognate", "model=m3"], tmp_path))
+    assert shared_settings(changed) != shared_settings(cfg)
+    root = tmp_path / "cognate"
+    figures = {"diversity/avg_halting_steps": 2.0, "diversity/ltm_usage": 0.5, "diversity/inference_time_ms": 3.0,
+               "final/gsm8k_accuracy": 0.1}
+    for mid, shared in ((1, shared_settings(cfg)), (2, shared_settings(changed)), (3, shared_settings(cfg))):
+        (root / f"model{mid}").mkdir(parents=True)
+        (root / f"model{mid}" / "metrics.json").write_text(json.dumps({**figures, SHARED_KEY: shared}))
+    assert diversity_table(Tracker([], tmp_path / "run"), root, shared_settings(cfg)) == [1, 3]
+    assert "leaves out model2" in capsys.readouterr().out
+    table = (tmp_path / "run" / "tables" / "diversity__model_comparison.csv").read_text()
+    assert "Model 1" in table and "Model 3" in table and "Model 2" not in table

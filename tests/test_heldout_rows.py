@@ -111,3 +111,4 @@ def test_halting_task_evomerge_and_eval_rows_are_independent(tmp_path):
     cfg = compose_cfg(["phase=evomerge"], tmp_path)
     assert independent(eval_data(cfg, "test", int(cfg.phase.eval.test_rows)).rows)
     assert independent(eval_rows({"gsm8k": synthetic.generate("arithmetic", 20, 0, "test")}, TOK, 0, 64, 16))
+

@@ -82,6 +82,17 @@ def fingerprint(cfg) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def shared_settings(cfg) -> str:
+    """Hash of what the three Cognate models must share to be compared (data, optimizer, phase, seed: everything
+    ``fingerprint`` covers but the model), kept in each model's metrics.json (``SHARED_KEY``)."""
+    keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "optimizer", "phase")}
+    keys["seed"] = int(cfg.seed)
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+SHARED_KEY = "run/shared_settings"
+
+
 def run(cfg) -> dict:
     times = PartTimes()   # where the phase's wall time goes (module docstring), from here to its report
     with times("setup"):   # the config, the tokenizer, the model, the data, the module, the resume check
@@ -192,6 +203,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         "final/arc_accuracy": accs.get("arc_easy_accuracy", float("nan")),
         "final/piqa_accuracy": accs.get("piqa_accuracy", float("nan")),
         "final/total_training_time_hours": train_hours,
+        SHARED_KEY: shared_settings(cfg),
         "final/model_size_mb": size_mb,
         "final/total_params": model.num_params(),
         "diversity/avg_halting_steps": float(halting.mean()),
@@ -247,7 +259,7 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         ltm_png = plots.heatmap(ctx.run_dir / "plots" / "ltm_heatmap.png", usage_cb.snapshots,
                                 f"LTM slot usage (model{model_id})", "slot", "epoch", cbar_label="share of reads")
         tr.image("charts/ltm_heatmap", ltm_png)
-    diversity_table(tr, out_dir.parent)
+    diversity_table(tr, out_dir.parent, final[SHARED_KEY])
     tr.table("ablation/table", ABLATION_COLUMNS, ablation_rows(final))
     tr.artifact(f"phase1-model{model_id}-checkpoint", "model", [ckpt_dir],
                 f"Phase 1 Model {model_id} final checkpoint",
@@ -270,18 +282,29 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
             "files": [ckpt_dir / "metrics.json", out_dir / "metrics.json"]}
 
 
-def diversity_table(tr, cognate_root: Path) -> None:
-    """diversity/model_comparison over the Cognate models trained so far (measured figures only)."""
-    rows = []
+def diversity_table(tr, cognate_root: Path, shared: str) -> list[int]:
+    """diversity/model_comparison over the Cognate models trained so far with the same data, optimizer, phase
+    settings and seed as this run (``shared_settings``; measured figures only). A model published with other
+    settings (an earlier run's model2 while a changed pipeline retrains model1) is left out and named in a printed
+    line, not shown beside this run's as if comparable. Returns the model ids in the table."""
+    rows, ids, other = [], [], []
     for mid in (1, 2, 3):
         f = cognate_root / f"model{mid}" / "metrics.json"
         if f.is_file():
             d = json.loads(f.read_text())
+            if d.get(SHARED_KEY) != shared:
+                other.append(f"model{mid}")
+                continue
+            ids.append(mid)
             rows.append([f"Model {mid}", d["diversity/avg_halting_steps"], d["diversity/ltm_usage"],
                          d["diversity/inference_time_ms"], d["final/gsm8k_accuracy"]])
+    if other:
+        print(f"diversity/model_comparison leaves out {', '.join(other)}: published by a run with other data, "
+              "optimizer or phase settings or another seed")
     if rows:
         tr.table("diversity/model_comparison", ["Model", "Halting Steps", "LTM Usage", "Inference Time (ms)",
                                                 "GSM8K Acc"], rows)
+    return ids
 
 
 
