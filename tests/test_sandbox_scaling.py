@@ -226,12 +226,7 @@ def test_heldout_is_secret_seeded_and_withholds_the_next_token(tmp_path):
     assert torch.equal(a["inputs"], b["inputs"]) and not torch.equal(a["inputs"], c["inputs"])
     assert a["inputs"].shape == (64, 16) and a["targets"].shape == (64,) and a["probe"].shape == (4, 16)
     assert (tmp_path / trust.KEY_FILE).stat().st_mode & 0o077 == 0
-    from agentforge.data.build import build_datamodule
-    from agentforge.data.tokenizer import ByteTokenizer
-
-    stream = build_datamodule({"seq_len": 16, "batch_size": 1}, ByteTokenizer(), stages=[{"epochs": 1, "mix": {
-        "plain_text": 1.0}}], seed=trust.heldout_seed(TINY_SETTINGS, "another-salt"), steps_per_epoch=1,
-        val_rows=2 * 66).val_rows_tensor()
+    stream = trust.heldout_stream(TINY_SETTINGS, trust.heldout_seed(TINY_SETTINGS, "another-salt"), 2 * 66)
     assert torch.equal(c["inputs"], stream[0:128:2, :-1]) and torch.equal(c["targets"], stream[0:128:2, -1])
     assert torch.equal(c["probe"][:2], stream[128:132:2, :-1])  # odd rows (right after a target) never go out
 
