@@ -183,8 +183,20 @@ class CodePool:
     def __init__(self, corpus: CodeCorpus):
         self.corpus = corpus
 
-    def sample_texts(self, mix: Mapping[str, float], n_tokens: int, rng: random.Random, split: str) -> list[str]:
+    def sample_texts(self, mix: Mapping[str, float], n_tokens: int, rng: random.Random, split: str,
+                     distinct: bool = False) -> list[str]:
+        """Chunks of ``split`` until ``n_tokens`` bytes (+ BOS/EOS each); ``distinct``: each chunk at most once (held-out
+        rows, ``datamodule.heldout_rows``), stopping early when every chunk has been drawn."""
         pool = self.corpus.val if split == "val" else self.corpus.train
+        if distinct:
+            order = rng.sample(range(len(pool)), len(pool))   # without replacement
+            texts, total = [], 0
+            for i in order:
+                if total >= n_tokens:
+                    break
+                texts.append(pool[i])
+                total += len(pool[i].encode("utf-8")) + 2
+            return texts
         texts, total = [], 0
         while total < n_tokens:
             t = rng.choice(pool)
