@@ -6,10 +6,12 @@ error deep inside PyTorch.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,7 +19,16 @@ import torch
 from agentforge.config import check_model_dict
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.errors import ConfigError
-from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
+from agentforge.io import (
+    OLD_SUFFIX,
+    CheckpointError,
+    fsync_dir,
+    fsync_tree,
+    load_checkpoint,
+    recover_published,
+    save_checkpoint,
+    write_json_atomic,
+)
 from agentforge.models import CognateConfig, CognateModel
 
 ARCHITECTURE = "TRM-Titans-MAG"
@@ -95,21 +106,56 @@ def _diff_keys(expected: dict, got: dict) -> tuple[list[str], list[str]]:
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
+_ON_PUBLISH: list[Callable[[Path], None]] = []
+
+
+@contextlib.contextmanager
+def on_publish(callback: Callable[[Path], None]):
+    """Within the block, ``callback(dst)`` runs just before a ``publish`` or ``publish_json`` replaces what is at
+    ``dst``: the pipeline retires the report that describes the old outputs there, at the moment they change (a
+    step that fails before publishing leaves the report, still true, in place)."""
+    _ON_PUBLISH.append(callback)
+    try:
+        yield
+    finally:
+        _ON_PUBLISH.remove(callback)
+
+
+def _announce(dst: Path) -> None:
+    for callback in list(_ON_PUBLISH):
+        callback(Path(dst))
+
+
+def publish_json(dst: Path, obj) -> Path:
+    """``write_json_atomic`` of a published result file (an eval's ``{stage}_results.json``), announced to
+    ``on_publish`` first like a published checkpoint."""
+    _announce(dst)
+    return write_json_atomic(dst, obj)
+
+
 def publish(src: Path, dst: Path) -> None:
-    """Copy a finished checkpoint dir to the artifacts location, replacing the old one atomically. On any failure
-    (a full disk, a read-only directory, an interrupt) the partial copy ``{dst}.tmp`` is removed and the previous
-    ``dst``, if any, is left in place; a failed copy is an ``OSError`` with its errno and file (``shutil.copytree``
-    raises ``shutil.Error``, a list of every file it could not copy), which ``main`` reports in one line."""
+    """Copy a finished checkpoint dir to the artifacts location, replacing the old one atomically: the copy
+    ``{dst}.tmp`` is written and fsynced (every file, then its directories), the old ``dst`` renamed to
+    ``{dst}.old``, the copy renamed to ``dst``, and the parent directory fsynced. On any failure (a full disk, a
+    read-only directory, an interrupt) the partial copy is removed and the previous ``dst``, if any, is left in
+    place; a failed copy is an ``OSError`` with its errno and file (``shutil.copytree`` raises ``shutil.Error``, a
+    list of every file it could not copy), which ``main`` reports in one line. A process killed between the two
+    renames leaves the previous checkpoint at ``{dst}.old`` and no ``dst``: ``io.recover_published`` renames it
+    back, here first and wherever a checkpoint is read."""
     dst = Path(dst)
     tmp = dst.with_name(dst.name + ".tmp")
-    old = dst.with_name(dst.name + ".old")
+    old = dst.with_name(dst.name + OLD_SUFFIX)
+    recover_published(dst)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
+        fsync_tree(tmp)
+        _announce(dst)
         if dst.exists():
             shutil.rmtree(old, ignore_errors=True)
             dst.rename(old)
         tmp.rename(dst)
+        fsync_dir(dst.parent)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not dst.exists():

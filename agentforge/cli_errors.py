@@ -62,9 +62,27 @@ def outputs_problem(argv: list[str], env: dict) -> str | None:
 
 
 def writable_problem(path: str) -> str | None:
-    """Why the directory ``path`` cannot be written to (created first if missing), or None. A probe file is created
-    and removed: ``os.access`` says yes to root on a chmod-ed directory and can be wrong on network file systems,
-    and a read-only mount refuses root too."""
+    """Why the directory ``path`` cannot be written to, or None. A missing one is created to probe it and removed
+    again with every parent this made (a run stopped by bad input before its work used to leave an empty
+    ``artifacts/``; whoever writes there creates it). A probe file is created and removed: ``os.access`` says yes to
+    root on a chmod-ed directory and can be wrong on network file systems, and a read-only mount refuses root too."""
+    made, d = [], os.path.abspath(path)
+    while not os.path.lexists(d) and os.path.dirname(d) != d:   # the levels makedirs creates, deepest first
+        made.append(d)
+        d = os.path.dirname(d)
+    try:
+        return _probe_problem(path)
+    finally:
+        for d in made:
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:   # makedirs failed before it
+                continue
+            except OSError:   # something else put a file there meanwhile: it and its parents stay
+                break
+
+
+def _probe_problem(path: str) -> str | None:
     import tempfile
 
     try:

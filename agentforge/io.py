@@ -3,7 +3,9 @@
 A checkpoint is a directory holding ``model.safetensors`` (the tensors) and ``config.json``
 (``{"format": ..., "architecture": ..., "model": {...}, "tokenizer": {...}, "meta": {...}}``).
 Both are written to temporary names, fsynced and renamed, so a crash never leaves a truncated file
-where a good one was; the directory is complete when ``config.json`` exists, which is written last.
+where a good one was; the directory is complete when ``config.json`` exists, which is written last. A checkpoint
+left at ``{dir}.old`` by a publish killed between its two renames (``artifacts.publish``) is renamed back when
+``dir`` is read and missing (``recover_published``).
 """
 from __future__ import annotations
 
@@ -40,15 +42,35 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """fsync a directory: the entries created or renamed in it (not only their data) survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file under ``root``, then every directory, deepest first: a copied tree is on disk before a
+    rename makes it the published one (a rename can reach the disk before the data it points to)."""
+    root = Path(root)
+    dirs = [root]
+    for p in sorted(root.rglob("*")):
+        if p.is_dir() and not p.is_symlink():
+            dirs.append(p)
+        elif p.is_file() and not p.is_symlink():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        fsync_dir(d)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -117,8 +139,30 @@ def pipeline_copy_hint(missing: str | Path, holds: str = CONFIG_FILE) -> str:
             + (f" (other pipeline runs with one: {', '.join(runs[1:])})" if runs[1:] else ""))
 
 
+OLD_SUFFIX = ".old"   # where ``artifacts.publish`` keeps the previous checkpoint between its two renames
+
+
+def recover_published(directory: str | Path) -> bool:
+    """Rename ``{directory}.old`` back to ``directory`` when ``directory`` is missing and ``.old`` holds a complete
+    checkpoint: what a publish killed (SIGKILL, power loss) between moving the published checkpoint aside and
+    renaming the new copy in leaves; its own cleanup, which does the same, never ran. True when it did."""
+    directory = Path(directory)
+    if not directory.name:   # "/", "": nothing is published there
+        return False
+    old = directory.with_name(directory.name + OLD_SUFFIX)
+    if directory.exists() or not old.is_dir() or not is_complete_checkpoint(old):
+        return False
+    try:
+        old.rename(directory)
+        fsync_dir(directory.parent)
+    except OSError:   # a read-only directory, or another process renamed it first
+        return False
+    return True
+
+
 def read_checkpoint_config(directory: str | Path) -> dict:
     directory = Path(directory)
+    recover_published(directory)
     cfg_path = directory / CONFIG_FILE
     if not directory.exists():
         raise CheckpointError(f"{directory}: checkpoint not found — run the phase that produces it first, "

@@ -68,7 +68,7 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
 
     again = run_cli(ARGS, tmp_path, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "cognate-m1: outputs complete, same settings and inputs, skipped" in again.stdout
+    assert "cognate-m1: outputs complete, same settings, inputs and data files, skipped" in again.stdout
     steps = json.loads(state.read_text())["steps"]
     assert [s["status"] for s in steps].count("skipped (complete)") >= 2
     assert all(s["status"] in ("done", "skipped (complete)") for s in steps) and len(steps) == 12
@@ -101,10 +101,10 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
     forwarded = [a for a in ARGS if not a.startswith(("phase", "paths"))]   # logger=none hardware=cpu
     monkeypatch.setattr(pipeline, "_forwarded_overrides", lambda: forwarded)
     third = run_in_process(changed, tmp_path, capsys)
-    assert "quietstar: outputs complete, same settings and inputs, skipped" in third.stdout
+    assert "quietstar: outputs complete, same settings, inputs and data files, skipped" in third.stdout
     assert "bitnet: running (its settings differ from those its outputs were made with)" in third.stdout
     assert "eval-phase4_compressed: running (a step it reads from ran again (bitnet))" in third.stdout
-    assert "eval-phase3_reasoning: outputs complete, same settings and inputs, skipped" in third.stdout
+    assert "eval-phase3_reasoning: outputs complete, same settings, inputs and data files, skipped" in third.stdout
     steps3 = json.loads(state.read_text())["steps"]
     assert [s["key"] for s in steps3][5:] == ["bitnet", "eval-phase1_model1", "eval-phase1_model2",
                                               "eval-phase1_model3", "eval-phase2_champion", "eval-phase3_reasoning",
@@ -113,6 +113,42 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
     assert [s["status"] for s in steps3] == skipped + ["done"] + skipped + ["done"]
     assert steps3[-1]["inputs"] == {"bitnet": steps3[5]["outputs_digest"]}   # what it read: the new model only
     assert all(s["duration_s"] > 0 for s in steps3)
+    # the rerun eval step summarises its own run only (its rows used to be appended to the last run's: count 2)
+    runs = tmp_path / "outputs" / "pipeline" / "t" / "runs"
+    summary = json.loads((runs / "eval-phase4_compressed" / "run_summary.json").read_text())
+    assert summary["records"] == 1 and summary["metrics"]["evaluation/phase4_compressed/perplexity"]["count"] == 1
+    assert (runs / "eval-phase4_compressed.previous" / "run_summary.json").is_file()   # the last run's, kept aside
+
+
+@pytest.mark.slow   # ~45 s: four CLI runs of a one-model Cognate pipeline; the same rules in process: test_pipeline_rerun.py
+def test_the_cli_reruns_a_step_whose_data_file_changed_and_leaves_a_pipeline_a_bad_input_stopped(tmp_path):
+    """A data file rewritten under the same path reruns the step, naming data.path (it was 'same settings and inputs,
+    skipped', exit 0, the old model); a typo'd data.path is one error line, exit 2, and changes nothing (it recorded
+    the finished step as failed and retired the valid report), in a new pipeline dir it leaves none."""
+    def data(n):
+        (tmp_path / "d.jsonl").write_text("".join(json.dumps({"question": f"What is {i} plus 1?",
+                                                              "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}) + "\n"
+                                                  for i in range(n)))
+
+    data(60)
+    base = ["phase=pipeline", "logger=none", "hardware=cpu", "phase.phases=[cognate]", "phase.models=[m1]",
+            "phase.overlap_train_draws=0", _list("cognate", COGNATE), "data.format=gsm8k"]
+    args = [*base, "phase.run_name=d", "data.path=d.jsonl"]
+    assert run_cli(args, tmp_path).returncode == 0
+    outputs = tmp_path / "outputs"
+    pipe = outputs / "pipeline" / "d"
+    before = {p: p.read_bytes() for p in pipe.rglob("*") if p.is_file()}
+    for name in ("d", "new"):
+        typo = run_cli([*base, f"phase.run_name={name}", "data.path=d_typo.jsonl"], tmp_path)
+        lines = [ln for ln in typo.stderr.splitlines() if ln.startswith("error:")]
+        assert typo.returncode == 2 and len(lines) == 1 and lines[0].startswith(
+            "error: d_typo.jsonl: dataset file not found"), typo.stderr[-2000:]
+    assert {p: p.read_bytes() for p in pipe.rglob("*") if p.is_file()} == before
+    assert not (outputs / "pipeline" / "new").exists()
+    data(61)
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "cognate-m1: running (its data files changed since its outputs were made (data.path))" in again.stdout
 
 
 @pytest.mark.slow   # ~11 s; the sweep's bookkeeping and refusals are tested in the default tier (test_faults.py)

@@ -35,11 +35,21 @@ def _ckpt(d: Path, meta: dict) -> None:
 
 
 def _fake_phase(calls: list[str], fail_at: str | None):
-    """A stand-in for ``main.run``: writes the step's outputs (tagged with its settings), or raises
-    KeyboardInterrupt at ``fail_at`` (Ctrl-C; a real phase publishes nothing when interrupted)."""
+    """A stand-in for ``main.run``: reads ``data.path`` as a phase's setup does (the real loader: a missing file is
+    its ``DatasetError``), logs one row to its run dir's metrics.jsonl (the real ``JsonlLogger``), then writes the
+    step's outputs (tagged with its settings) and its ``run_summary.json`` (the real ``collect_metrics``), or raises
+    KeyboardInterrupt at ``fail_at`` (Ctrl-C mid-run; a real phase publishes nothing when interrupted), or at
+    ``{fail_at}:after`` once its outputs are written (Ctrl-C after the publish)."""
+    from agentforge.data.formats import load_jsonl
+    from agentforge.evals.collect import collect_metrics
+    from agentforge.tracking.loggers import JsonlLogger
+
     def run(child) -> dict:
         key, art = Path(child.paths.run_dir).name, Path(child.paths.artifacts)
         calls.append(key)
+        if child.data.get("path"):
+            load_jsonl(child.data.path, child.data.format or "gsm8k")
+        JsonlLogger(child.paths.run_dir).log_metrics({"fake/loss": 1.0}, step=0)
         if key == fail_at:
             raise KeyboardInterrupt
         phase = child.phase.name
@@ -57,20 +67,25 @@ def _fake_phase(calls: list[str], fail_at: str | None):
                 _ckpt(art / "quietstar" / d, {"q": 1})
         else:
             raise AssertionError(f"the fake runs cognate, evomerge and quietstar only, not {key}")
+        if f"{key}:after" == fail_at:
+            raise KeyboardInterrupt
+        collect_metrics(child.paths.run_dir)
         return {"metrics": {}}
     return run
 
 
 def _pipeline(tmp_path, monkeypatch, args: list[str], fail_at: str | None = None,
-              calls: list[str] | None = None) -> list[str]:
-    """``phase=pipeline phase.run_name=t ARGS`` in this process with the fake phases; the steps that ran (also
+              calls: list[str] | None = None, name: str = "t") -> list[str]:
+    """``phase=pipeline phase.run_name=NAME ARGS`` in this process with the fake phases; the steps that ran (also
     appended to ``calls``, which a caller expecting an exception passes in)."""
     import agentforge.main
     from agentforge.phases import pipeline
 
     calls = [] if calls is None else calls
     monkeypatch.setattr(agentforge.main, "run", _fake_phase(calls, fail_at))
-    cfg = compose_cfg(["phase=pipeline", "logger=none", "phase.run_name=t", "phase.overlap_train_draws=0", *args],
+    # what Hydra forwards to every step from the command line (data.path=...), as the CLI does
+    monkeypatch.setattr(pipeline, "_forwarded_overrides", lambda: [a for a in args if not a.startswith(("phase", "paths"))])
+    cfg = compose_cfg(["phase=pipeline", "logger=none", f"phase.run_name={name}", "phase.overlap_train_draws=0", *args],
                       tmp_path)
     GlobalHydra.instance().clear()
     try:
@@ -106,24 +121,29 @@ def _interrupted(tmp_path, monkeypatch) -> None:
 
 def test_an_interrupted_run_keeps_the_records_of_the_steps_it_did_not_reach(tmp_path, monkeypatch):
     """They still describe what is on disk (model3 and the champion of the first run): they used to be dropped, so
-    nothing could tell a later subset that model3 was of the old settings."""
+    nothing could tell a later subset that model3 was of the old settings. So does the interrupted step's own: it
+    published nothing, so its outputs are still the first run's (it was recorded 'failed', as if they had gone)."""
     _interrupted(tmp_path, monkeypatch)
     state = _state(tmp_path)
     assert list(state) == ["cognate-m1", "cognate-m2", "cognate-m3", "evomerge"]   # pipeline order
-    assert [state[k]["status"] for k in state] == ["done", "failed", "done", "done"]
+    assert [state[k]["status"] for k in state] == ["done", "done", "done", "done"]
     assert state["cognate-m3"]["fingerprint"] != state["cognate-m1"]["fingerprint"]   # made with 40 steps, m1 41
+    # model2's record is the first run's: what the first run's champion was made from
+    assert state["cognate-m2"]["outputs_digest"] == state["evomerge"]["inputs"]["cognate-m2"]
     assert state["evomerge"]["inputs"]["cognate-m1"] != state["cognate-m1"]["outputs_digest"]   # the old model1
 
 
 def test_the_last_report_does_not_survive_a_new_run_as_if_current(tmp_path, monkeypatch, capsys):
     """The interrupted run replaced model1: the old report (model1 'done' with the old model's figures) is moved
-    to pipeline_report.previous.md, marked superseded, when the first step starts; no pipeline_report.md remains."""
+    to pipeline_report.previous.md, marked superseded, when model1 is replaced; no pipeline_report.md remains."""
     _interrupted(tmp_path, monkeypatch)
     pipe = _pipe(tmp_path)
     assert not (pipe / "pipeline_report.md").exists()
     previous = (pipe / "pipeline_report.previous.md").read_text()
-    assert previous.startswith("> **Superseded:**") and "| cognate-m1 | cognate | done |" in previous
-    assert "the previous report is now pipeline_report.previous.md (superseded)" in capsys.readouterr().out
+    assert previous.startswith("> **Superseded:** step cognate-m1 of a later run") and \
+        "| cognate-m1 | cognate | done |" in previous
+    assert "the previous report is now pipeline_report.previous.md (superseded: cognate-m1 is replacing outputs it " \
+           "describes)" in capsys.readouterr().out
     # a rerun that skips every step rewrites the report and moves nothing
     _pipeline(tmp_path, monkeypatch, ["phase.phases=[cognate,evomerge]", _cognate(41)])
     before = (pipe / "pipeline_report.previous.md").read_text()
@@ -140,7 +160,7 @@ def test_a_subset_on_an_interrupted_lineage_is_refused_before_any_step_runs(tmp_
         _pipeline(tmp_path, monkeypatch, ["phase.phases=[evomerge]", _cognate(41)])
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("phase.phases=['evomerge'] / phase.models=['m1', 'm2', 'm3'] leave out")
-    assert "cognate-m2 (no record of a finished run that made its outputs)" in msg
+    assert "cognate-m2 (its settings differ from those its outputs were made with)" in msg   # still the 40-step one
     assert "cognate-m3 (its settings differ from those its outputs were made with)" in msg
     assert "cognate-m1" not in msg   # made by the interrupted run with these settings: current
     assert "Run those phases too, or drop phase.phases / phase.models" in msg
@@ -212,7 +232,7 @@ def test_the_refusal_through_the_cli_is_one_error_line(tmp_path, monkeypatch):
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith("error: phase.phases=['evomerge', 'quietstar', 'bitnet', 'eval']")
-    assert "cognate-m2 (no record" in lines[0] and "cognate-m3 (its settings differ" in lines[0], lines
+    assert "cognate-m2 (its settings differ" in lines[0] and "cognate-m3 (its settings differ" in lines[0], lines
     assert "cognate-m1" not in lines[0]   # the CLI composes the fingerprints the in-process runs recorded
     assert ": running" not in proc.stdout, proc.stdout[-2000:]
     assert _champion(tmp_path)["from"] == [40, 40, 40]

@@ -103,6 +103,11 @@ class CodeCorpus:
     stats: dict = field(default_factory=dict)
 
 
+def corpus_root(root: str | Path | None) -> Path:
+    """The directory ``data.root`` names; null: this interpreter's standard library."""
+    return Path(root) if root else Path(sysconfig.get_paths()["stdlib"])
+
+
 def source_files(root: Path, exclude_dirs: Iterable[str]) -> list[Path]:
     exclude = set(exclude_dirs)
     return sorted(p for p in root.rglob("*.py") if not exclude.intersection(p.relative_to(root).parts[:-1]))
@@ -112,7 +117,7 @@ def build_corpus(problems: Iterable = (), *, root: str | Path | None = None, val
                  chunk_chars: int = 2000, exclude_dirs: Iterable[str] = DEFAULT_EXCLUDE,
                  max_files: int | None = None) -> CodeCorpus:
     """The deduplicated, decontaminated corpus split by file into train/val chunks (see module doc)."""
-    root = Path(root) if root else Path(sysconfig.get_paths()["stdlib"])
+    root = corpus_root(root)
     if not root.is_dir():
         raise ConfigError(f"data.root={root}: not a directory of Python files")
     files = source_files(root, exclude_dirs)

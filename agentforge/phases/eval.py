@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from agentforge.artifacts import load_any, publish
+from agentforge.artifacts import load_any, publish, publish_json
 from agentforge.data import formats, synthetic
 from agentforge.data.build import eval_sets, file_records_of_split, held_out, per_format, training_file_prompts
 from agentforge.data.datamodule import LMDataModule, pack_documents
@@ -237,7 +237,7 @@ def run(cfg) -> dict:
                    "memory_regime": memory_regime(next(model.parameters()).device, ft is not None),
                    "per_example": res["per_example"]}
         out = write_json_atomic(results_path(ctx.run_dir, stage), results)
-        stable = write_json_atomic(results_path(artifacts, stage), results)
+        stable = publish_json(results_path(artifacts, stage), results)
         report(tr, stage, results)
         print(summary_line(stage, m, res["per_example"]))
     collect_metrics(ctx.run_dir)

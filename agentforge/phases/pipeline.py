@@ -4,13 +4,16 @@
     python -m agentforge phase=pipeline phase.run_name=exp1 phase.phases=[cognate,evomerge]
 
 Every phase reads the previous one's outputs from ``{paths.outputs}/pipeline/{run_name}/artifacts``.
-Each step runs in this process as an ordinary phase run (its own run dir, its own W&B run). A rerun
-with the same name skips complete steps and continues an interrupted one (Cognate resumes from its
-last epoch checkpoint). A subset (``phase.phases`` / ``phase.models``) is refused when a step it runs reads outputs of
+Each step runs in this process as an ordinary phase run (its own run dir ``runs/<key>``, its own W&B run). A rerun
+with the same name skips complete steps made with the same settings, inputs and data files, and continues an
+interrupted one (Cognate resumes from its last epoch checkpoint, and its run dir's history with it); a step that runs
+again for another reason starts in a fresh run dir, the last one moved to ``runs/<key>.previous``
+(``pipeline.rundirs``). A step that fails before replacing its outputs keeps its record, and a new pipeline dir
+where nothing ran is removed. A subset (``phase.phases`` / ``phase.models``) is refused when a step it runs reads outputs of
 a step outside it that this command would not reuse (``pipeline.lineage``: one lineage of models, never new model1
 merged with old model2), and its report warns about the outputs outside it that it reads or made stale. At the end:
 the cross-phase report (Markdown + PNG + W&B tables); the previous one is moved to ``pipeline_report.previous.md``
-when the first step of a run starts.
+when a step of a run first replaces an output it describes.
 """
 from __future__ import annotations
 
@@ -23,17 +26,27 @@ from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
+from agentforge.artifacts import on_publish
 from agentforge.data import synthetic
 from agentforge.errors import AgentForgeError, ConfigError
 from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES, override_key
-from agentforge.pipeline.lineage import Lineage, refusal, retire_report, state_rows
+from agentforge.pipeline.lineage import FINISHED, Lineage, refusal, retire_report, state_rows
 from agentforge.pipeline.lineage import skip_reason as _skip_reason
 from agentforge.pipeline.lineage import stale as _stale
-from agentforge.pipeline.plan import MODEL_IDS, build_plan, is_complete, outputs_digest, step_fingerprint
+from agentforge.pipeline.plan import (
+    MODEL_IDS,
+    build_plan,
+    fingerprint_of,
+    forget_file_digests,
+    is_complete,
+    made_with,
+    outputs_digest,
+)
 from agentforge.pipeline.report import dir_bytes, performance_rows, write_report
+from agentforge.pipeline.rundirs import abandon_attempt, finish_attempt, remove_if_untouched, start_attempt
 from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
 
 PHASE_ORDER = ("cognate", "evomerge", "quietstar", "bitnet", "eval")
@@ -142,15 +155,17 @@ def _will_run(steps, children, previous: dict, artifacts: Path, order: list, dig
 
 
 def _decide(step, child, previous: dict, artifacts: Path, order: list, digests: dict, ran: set) -> tuple:
-    """(why ``step`` runs, None when it is skipped; the start of its state record): ``skip_reason`` on its
-    fingerprint, its previous record, its outputs and the digests of what it reads now (``ran``: the steps that
-    ran, or will, before it). The one rule the loop and ``_will_run`` apply."""
-    fp = step_fingerprint(child, artifacts)
+    """(why ``step`` runs, None when it is skipped; the start of its state record; the digest of its outputs now,
+    None when incomplete): ``skip_reason`` on its fingerprint (settings, data files, version: ``plan.made_with``),
+    its previous record, its outputs and the digests of what it reads now (``ran``: the steps that ran, or will,
+    before it). The one rule the loop and ``_will_run`` apply."""
+    made = made_with(child, artifacts)
+    fp = fingerprint_of(made)
     reads = _reads(step, child, order)
     inputs = {k: digests[k] for k in reads if k in digests}   # the digests of what it reads, now
     done = outputs_digest(step) if is_complete(step) else None
-    why = _skip_reason(step, fp, previous.get(step.key), [k for k in reads if k in ran], done, inputs)
-    return why, {"key": step.key, "phase": step.phase, "fingerprint": fp, "inputs": inputs}
+    why = _skip_reason(step, fp, previous.get(step.key), [k for k in reads if k in ran], done, inputs, made)
+    return why, {"key": step.key, "phase": step.phase, "fingerprint": fp, "made_with": made, "inputs": inputs}, done
 
 
 def run(cfg) -> dict:
@@ -166,6 +181,7 @@ def run(cfg) -> dict:
         raise ConfigError(f"phase.models must be a subset of {list(MODEL_IDS)}, got {models}")
     pipe_dir = Path(cfg.paths.outputs).absolute() / "pipeline" / str(p.run_name)
     artifacts = pipe_dir / "artifacts"
+    forget_file_digests()   # this run hashes the data files afresh
     steps = build_plan(phases, models, artifacts, OmegaConf.to_container(p.overrides, resolve=True) or {})
     base = _forwarded_overrides()
     check_no_model_choice(base)
@@ -186,43 +202,57 @@ def run(cfg) -> dict:
     lineage = Lineage(every, planned, previous,
                       compose=lambda st: _checked_child(st, _step_overrides(st, base, artifacts, pipe_dir),
                                                         st.phase in user),
-                      fingerprint=lambda c: step_fingerprint(c, artifacts), reads=lambda st, c: _reads(st, c, order))
+                      made_with=lambda c: made_with(c, artifacts), reads=lambda st, c: _reads(st, c, order))
     # a subset whose steps read outputs of another lineage (an interrupted run's new model1 beside old model2) is
     # refused before any step runs; outside steps that read a step of this run are checked again when reached
     _check_outside_reads(lineage, steps, children, digests, _will_run(steps, children, previous, artifacts, order, digests),
                          phases, models)
     print(f"pipeline {p.run_name}: {len(steps)} steps in {pipe_dir}")
-    retired = False
+    fresh, retired = not pipe_dir.exists(), []
 
     def save(recs, unreached=()):
         write_json_atomic(state_file, {"name": str(p.run_name),
                                        "steps": state_rows([*unreached, *recs], kept, order)})
 
+    def retire(key: str) -> None:   # the last report describes outputs this run now replaces: once per run
+        if not retired:
+            retired.append(key)
+            if (old := retire_report(pipe_dir, key)) is not None:
+                print(f"the previous report is now {old.name} (superseded: {key} is replacing outputs it describes)")
+
     for i, (step, child) in enumerate(zip(steps, children), 1):
         _check_outside_reads(lineage, [step], [child], digests, ran, phases, models,
                              AgentForgeError if ran else ConfigError)
         prev = previous.get(step.key)
-        why, rec = _decide(step, child, previous, artifacts, order, digests, ran)
+        why, rec, before = _decide(step, child, previous, artifacts, order, digests, ran)
         if why is None:   # the time and memory of the run that made these outputs, not 0
             rec.update(status="skipped (complete)", duration_s=prev.get("duration_s"),
                        peak_rss_mb=prev.get("peak_rss_mb"), metrics=prev.get("metrics", {}))
-            print(f"[{i}/{len(steps)}] {step.key}: outputs complete, same settings and inputs, skipped")
+            print(f"[{i}/{len(steps)}] {step.key}: outputs complete, same settings, inputs and data files, skipped")
         else:
-            if not retired:   # from here on the last report describes outputs this run may replace
-                retired = True
-                if (old := retire_report(pipe_dir)) is not None:
-                    print(f"the previous report is now {old.name} (superseded)")
             ran.add(step.key)
             print(f"[{i}/{len(steps)}] {step.key}: running ({why})")
+            run_dir = pipe_dir / "runs" / step.key
+            moved = start_attempt(run_dir, rec["fingerprint"], prev)   # the last run's dir, unless this resumes it
             t0 = time.perf_counter()
             try:
-                with PeakMemory(interval=0.05) as mem:  # the process's peak RSS while the step ran
-                    result = run_phase(child) or {}
+                with PeakMemory(interval=0.05) as mem, on_publish(lambda _dst, key=step.key: retire(key)):
+                    result = run_phase(child) or {}   # the process's peak RSS while the step ran
             except BaseException:
-                rec.update(status="failed", duration_s=time.perf_counter() - t0)
-                # the steps not reached keep their records: they still describe what is on disk
-                save([*records, rec], [previous[s.key] for s in steps[i:] if s.key in previous])
+                abandon_attempt(run_dir, moved)
+                now = outputs_digest(step) if is_complete(step) else None
+                if now != before:   # it replaced (or removed) outputs without publishing them
+                    retire(step.key)
+                if prev and prev.get("status") in FINISHED and now is not None and now == prev.get("outputs_digest"):
+                    rec = prev   # its outputs are still the ones its record describes (a bad input found first)
+                else:
+                    rec.update(status="failed", duration_s=time.perf_counter() - t0)
+                if not (fresh and not records and remove_if_untouched(pipe_dir)):   # a new dir where nothing ran goes
+                    # the steps not reached keep their records: they still describe what is on disk
+                    save([*records, rec], [previous[s.key] for s in steps[i:] if s.key in previous])
                 raise
+            retire(step.key)   # a phase that wrote its outputs without publish()
+            finish_attempt(run_dir, rec["fingerprint"])
             rec.update(status="done", duration_s=time.perf_counter() - t0, peak_rss_mb=mem.peak_mb,
                        metrics=headline_metrics(result.get("metrics") or {}))
         digests[step.key] = rec["outputs_digest"] = outputs_digest(step)

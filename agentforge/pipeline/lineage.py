@@ -1,7 +1,7 @@
 """Which model lineage the pipeline's outputs belong to, and when a run would mix two of them.
 
-A step's record in ``pipeline_state.json`` describes what is on disk: the settings its outputs were made with
-(``fingerprint``), their contents (``outputs_digest``) and the outputs of earlier steps they were made from
+A step's record in ``pipeline_state.json`` describes what is on disk: the settings, data files and package version
+its outputs were made with (``fingerprint``, and its parts in ``made_with``: ``plan.made_with``), their contents (``outputs_digest``) and the outputs of earlier steps they were made from
 (``inputs``). A step is *current* for a command when the whole pipeline with that command would skip it
 (``skip_reason`` is None) and every step it reads from is current too. The pipeline
 
@@ -12,8 +12,10 @@ A step's record in ``pipeline_state.json`` describes what is on disk: the settin
 * warns, printed and at the top of the report, about the outputs outside the subset that the report reads (the
   Cognate models' metrics, the evaluations BitNet's rows are recomputed from) and that are not current, and about
   the steps outside the subset that were made from outputs this run replaced (``stale``);
-* keeps, when a step fails, the records of the steps it did not reach (they still describe what is on disk);
-* moves the previous ``pipeline_report.md`` aside when the first step of a new run starts (``retire_report``).
+* keeps, when a step fails, the records of the steps it did not reach (they still describe what is on disk), and
+  the failed step's own record when its outputs are still the ones it describes (a bad input caught before any work);
+* moves the previous ``pipeline_report.md`` aside when a step of a new run first replaces an output it describes
+  (``retire_report``).
 """
 from __future__ import annotations
 
@@ -21,17 +23,19 @@ from pathlib import Path
 from typing import Callable
 
 from agentforge.io import write_text_atomic
-from agentforge.pipeline.plan import Step, is_complete, outputs_digest
+from agentforge.pipeline.plan import Step, fingerprint_of, is_complete, outputs_digest
 
 INCOMPLETE = "outputs incomplete"
+SETTINGS_DIFFER = "its settings differ from those its outputs were made with"
 FINISHED = ("done", "skipped (complete)")
 REPORT, PREVIOUS_REPORT = "pipeline_report.md", "pipeline_report.previous.md"
 
 
 def skip_reason(step: Step, fp: str, prev: dict | None, upstream_ran: list[str], digest: str | None,
-                inputs: dict[str, str]) -> str | None:
+                inputs: dict[str, str], made: dict | None = None) -> str | None:
     """Why a step must run again (None: skip it): its outputs are incomplete; a step it reads from ran
-    (``upstream_ran``: their keys); no record of a finished run made them; they were made with other settings; they
+    (``upstream_ran``: their keys); no record of a finished run made them; they were made with other settings, data
+    files or package version (``made``: the parts of ``fp`` now, ``plan.made_with``, which name what changed); they
     changed since (a standalone phase or an interrupted rerun wrote there); or the outputs they were made from
     changed since (``inputs``: the digests of the earlier steps' outputs now, against those recorded when this step
     ran)."""
@@ -42,13 +46,29 @@ def skip_reason(step: Step, fp: str, prev: dict | None, upstream_ran: list[str],
     if not prev or prev.get("status") not in FINISHED:
         return "no record of a finished run that made its outputs"
     if prev.get("fingerprint") != fp:
-        return "its settings differ from those its outputs were made with"
+        return what_changed(prev.get("made_with"), made)
     if prev.get("outputs_digest") != digest:
         return "its outputs changed since the pipeline made them"
     if prev.get("inputs") != inputs:
         changed = sorted(k for k in inputs if (prev.get("inputs") or {}).get(k) != inputs[k])
         return f"the outputs it was made from changed since ({', '.join(changed) or 'other steps'})"
     return None
+
+
+def what_changed(before: dict | None, now: dict | None) -> str:
+    """Which parts of a step's fingerprint (``plan.made_with``) differ from those its outputs were made with: its
+    settings, the data files by config key (a file rewritten under the same path), the package version. A record
+    without the parts (written before they were kept) says its settings differ."""
+    if not before or not now:
+        return SETTINGS_DIFFER
+    old, new = before.get("data_files") or {}, now.get("data_files") or {}
+    files = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    parts = [SETTINGS_DIFFER] if before.get("settings") != now.get("settings") else []
+    if files:
+        parts.append(f"its data files changed since its outputs were made ({', '.join(files)})")
+    if before.get("version") != now.get("version"):
+        parts.append(f"its outputs were made by agentforge {before.get('version')}, this is {now.get('version')}")
+    return "; ".join(parts) or SETTINGS_DIFFER
 
 
 def stale(others: dict[str, dict], digests: dict[str, str], ran: set[str]) -> list[str]:
@@ -67,12 +87,12 @@ class Lineage:
 
     ``every``: every step of the whole pipeline (all three models), by key, in pipeline order; ``planned``: the keys
     this run runs; ``previous``: the records of the last run; ``compose(step)``: the step's config as this command
-    composes it; ``fingerprint(child)`` and ``reads(step, child)``: as the run loop computes them."""
+    composes it; ``made_with(child)`` (``plan.made_with``) and ``reads(step, child)``: as the run loop computes them."""
 
     def __init__(self, every: dict[str, Step], planned: set[str], previous: dict[str, dict],
-                 compose: Callable, fingerprint: Callable, reads: Callable):
+                 compose: Callable, made_with: Callable, reads: Callable):
         self.every, self.planned, self.previous = every, planned, previous
-        self._compose, self._fingerprint, self._reads = compose, fingerprint, reads
+        self._compose, self._made_with, self._reads = compose, made_with, reads
         self._children: dict[str, object] = {}
         self._disk: dict[str, str | None] = {}
 
@@ -103,7 +123,8 @@ class Lineage:
                                                     and self.why_not_current(k, digests, ran, memo) is not None)]
         inputs = {k: d for k in reads if (d := self.digest(k, digests)) is not None}
         own = self.digest(key, digests) if is_complete(step) else None
-        memo[key] = skip_reason(step, self._fingerprint(child), self.previous.get(key), upstream, own, inputs)
+        made = self._made_with(child)
+        memo[key] = skip_reason(step, fingerprint_of(made), self.previous.get(key), upstream, own, inputs, made)
         return memo[key]
 
     def not_current(self, keys, digests: dict[str, str], ran: set[str]) -> list[str]:
@@ -142,15 +163,16 @@ def refusal(phases: list[str], models: list[str], lines: list[str]) -> str:
             f"differ, give the same phase.overrides they were made with")
 
 
-def retire_report(pipe_dir: Path) -> Path | None:
-    """Move the last run's report aside (``pipeline_report.previous.md``) when this run starts changing outputs, so
-    an interrupted run leaves no report that describes models it has since replaced."""
+def retire_report(pipe_dir: Path, step: str) -> Path | None:
+    """Move the last run's report aside (``pipeline_report.previous.md``) when ``step`` of this run replaces an output
+    (``artifacts.on_publish``, or the step's end for one that wrote without publishing), so no report describes
+    models a run has since replaced, and a run that fails before replacing any (a bad input) leaves it in place."""
     report = Path(pipe_dir) / REPORT
     if not report.is_file():
         return None
     target = report.with_name(PREVIOUS_REPORT)
     text = report.read_text()
-    note = ("> **Superseded:** a later run of this pipeline started replacing the outputs this report describes; "
+    note = (f"> **Superseded:** step {step} of a later run of this pipeline began replacing the outputs this report describes; "
             "it is kept for reference only.\n\n")
     write_text_atomic(target, note + text)
     report.unlink()

@@ -4,7 +4,8 @@ Steps: cognate m1, m2, m3 -> evomerge -> quietstar -> bitnet -> eval of every ph
 step is one ordinary phase run with a few overrides; it is *complete* when every output it publishes
 exists and reads back (checkpoint config + safetensors header, or a parseable results JSON). A rerun
 skips a complete step only when its settings are the ones its outputs were made with (``step_fingerprint``
-of its composed config, recorded in ``pipeline_state.json``) and no step it reads from (``Step.needs``: Cognate ->
+of its composed config, the sha256 of every data file that config names and the package version, recorded in
+``pipeline_state.json``) and no step it reads from (``Step.needs``: Cognate ->
 EvoMerge -> Quiet-STaR -> BitNet, each eval step -> the step that made what it evaluates) ran again: once a step
 runs again, the outputs downstream of it are stale and are rebuilt, and the others are not (a BitNet change
 re-evaluates the compressed model only). (Without the settings check a rerun with, say, more Cognate steps per
@@ -20,6 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from agentforge import __version__
 from agentforge.io import WEIGHTS_FILE, is_complete_checkpoint
 
 MODEL_IDS = {"m1": 1, "m2": 2, "m3": 3}
@@ -57,16 +59,77 @@ def valid_json(f: Path) -> bool:
 NOT_FINGERPRINTED = ("paths", "logger", "run_name", "ckpt_path", "optimized_metric")
 
 
-def step_fingerprint(child, artifacts: Path | None = None) -> str:
-    """A hash of a step's composed config, less ``NOT_FINGERPRINTED``: two runs of a step with the same
-    fingerprint are made with the same settings. Paths under ``artifacts`` (an eval step's ``phase.checkpoint``)
-    count relative to it, so a moved outputs directory is not a change of settings."""
+def made_with(child, artifacts: Path | None = None) -> dict:
+    """What a step's outputs depend on, in three parts a rerun can name: ``settings``, a hash of its composed config
+    less ``NOT_FINGERPRINTED`` (paths under ``artifacts``, an eval step's ``phase.checkpoint``, count relative to it,
+    so a moved outputs directory is not a change of settings); ``data_files``, the sha256 of the content of every
+    file the config names as data (``data_file_digests``: the config holds only their paths, and a data file
+    replaced under the same path once reran nothing and reported the old models as made from the new data); and
+    ``version``, the package's (a new release may train differently with the same settings)."""
     conf = OmegaConf.to_container(child, resolve=True)
     conf = {k: v for k, v in conf.items() if k not in NOT_FINGERPRINTED}
     text = json.dumps(conf, sort_keys=True, default=str)
     if artifacts is not None:
         text = text.replace(str(artifacts), "<artifacts>")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {"settings": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "data_files": data_file_digests(conf.get("data") or {}), "version": __version__}
+
+
+def fingerprint_of(made: dict) -> str:
+    """The one hash of ``made_with``'s parts that a step's record keeps as its ``fingerprint``."""
+    return hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def step_fingerprint(child, artifacts: Path | None = None) -> str:
+    """``fingerprint_of(made_with(child, artifacts))``: two runs of a step with the same fingerprint are made with
+    the same settings, the same data file contents and the same package version."""
+    return fingerprint_of(made_with(child, artifacts))
+
+
+def data_file_digests(data: dict) -> dict[str, str | None]:
+    """The sha256 of each data input a ``data`` config names, by its key: ``data.path``, every ``data.eval_paths``
+    entry, every ``data.benchmark_paths`` entry, and for ``data.source=python_code`` the corpus directory
+    ``data.root`` (its Python files, as the corpus reads them; null: this interpreter's standard library). Paths
+    resolve as the phases open them (relative to the working directory). A file that cannot be read is None: the
+    phase's own ``error:`` line names it when the step runs, not a traceback here."""
+    files = {"data.path": data.get("path")}
+    for group in ("eval_paths", "benchmark_paths"):
+        entries = data.get(group)
+        files.update({f"data.{group}.{k}": v for k, v in entries.items()} if isinstance(entries, dict) else {})
+    out = {k: _file_sha256(Path(str(v))) for k, v in files.items() if v}
+    if data.get("source") == "python_code":
+        from agentforge.codegen.corpus import DEFAULT_EXCLUDE, corpus_root, source_files
+
+        root = corpus_root(data.get("root"))
+        h = hashlib.sha256()
+        for f in source_files(root, data.get("exclude_dirs") or DEFAULT_EXCLUDE) if root.is_dir() else []:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + (_file_sha256(f) or "unreadable").encode())
+        out["data.root"] = h.hexdigest() if root.is_dir() else None
+    return out
+
+
+_SHA_CACHE: dict[tuple, str] = {}   # (path, inode, size, mtime) -> sha256: the planner asks for each file many times
+
+
+def forget_file_digests() -> None:
+    """Empty the cache of file digests: each pipeline run hashes the data files afresh (a file rewritten within the
+    file system's timestamp granularity keeps its size and mtime)."""
+    _SHA_CACHE.clear()
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        st = path.stat()
+        key = (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _SHA_CACHE:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            _SHA_CACHE[key] = h.hexdigest()
+        return _SHA_CACHE[key]
+    except OSError:   # missing, a directory, no permission
+        return None
 
 
 def outputs_digest(step: Step) -> str:

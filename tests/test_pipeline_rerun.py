@@ -1,0 +1,115 @@
+"""What a pipeline rerun reruns and what it leaves: a data file replaced under the same path, a bad input found
+before any work, and each step's run directory (its metrics.jsonl history).
+
+An audit found a rewritten ``data.path`` file reran nothing ("same settings and inputs, skipped", exit 0, the old
+models); a typo'd ``data.path`` recorded a finished step as failed and retired a still-valid report; a rerun step
+appended to the last run's metrics.jsonl (its ``run_summary.json`` counted two models). The pipeline runs in this
+process with the fake phases of ``test_pipeline_lineage`` (seconds, no training); the real CLI's side is
+``test_pipeline.py``'s slow tier.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from agentforge.data.formats import DatasetError
+from tests.test_pipeline_lineage import _cognate, _pipe, _pipeline, _state
+
+ONE = ["phase.phases=[cognate]", "phase.models=[m1]"]
+GSM8K = '{"question": "What is %d plus 1?", "answer": "%d + 1 = %d\\n#### %d"}\n'
+
+
+def _data(path, n: int) -> None:
+    path.write_text("".join(GSM8K % (i, i, i + 1, i + 1) for i in range(n)))
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _summary_count(run_dir) -> int:
+    return json.loads((run_dir / "run_summary.json").read_text())["metrics"]["fake/loss"]["count"]
+
+
+def test_the_fingerprint_counts_each_data_file_by_its_content(tmp_path, monkeypatch):
+    """Same config, same (relative) path, another file there: another fingerprint, and the reason names the key. A
+    missing file is None (the phase's own error line names it), not a traceback in the planner."""
+    from agentforge.pipeline.lineage import what_changed
+    from agentforge.pipeline.plan import made_with, step_fingerprint
+
+    monkeypatch.chdir(tmp_path)   # relative paths resolve against the working directory, as the phases open them
+    _data(tmp_path / "d.jsonl", 3)
+    conf = OmegaConf.create({"data": {"path": "d.jsonl", "eval_paths": {"arc": "gone.jsonl", "piqa": None}}})
+    before, fp = made_with(conf), step_fingerprint(conf)
+    assert before["data_files"] == {"data.path": _sha(tmp_path / "d.jsonl"), "data.eval_paths.arc": None}
+    assert before["version"] == __import__("agentforge").__version__
+    _data(tmp_path / "d.jsonl", 4)
+    assert step_fingerprint(conf) != fp
+    assert what_changed(before, made_with(conf)) == "its data files changed since its outputs were made (data.path)"
+    # data=python_code's corpus directory counts by its files' contents too
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    code = OmegaConf.create({"data": {"source": "python_code", "root": "src", "path": None}})
+    first = made_with(code)["data_files"]["data.root"]
+    (tmp_path / "src" / "a.py").write_text("x = 22\n")
+    assert made_with(code)["data_files"]["data.root"] != first
+
+
+def test_a_data_file_replaced_under_the_same_path_reruns_its_steps_in_a_fresh_run_dir(tmp_path, monkeypatch, capsys):
+    """The audit's case: the file at data.path rewritten, the same command: the step runs again, saying which data
+    file changed, and its run_summary.json counts this run's rows only (the last run's dir is kept beside it)."""
+    monkeypatch.chdir(tmp_path)
+    _data(tmp_path / "d.jsonl", 30)
+    args = [*ONE, "data.path=d.jsonl", "data.format=gsm8k"]
+    assert _pipeline(tmp_path, monkeypatch, args) == ["cognate-m1"]
+    assert _pipeline(tmp_path, monkeypatch, args) == []
+    assert "cognate-m1: outputs complete, same settings, inputs and data files, skipped" in capsys.readouterr().out
+    _data(tmp_path / "d.jsonl", 31)
+    assert _pipeline(tmp_path, monkeypatch, args) == ["cognate-m1"]
+    assert "cognate-m1: running (its data files changed since its outputs were made (data.path))" in \
+        capsys.readouterr().out
+    assert _state(tmp_path)["cognate-m1"]["made_with"]["data_files"] == {"data.path": _sha(tmp_path / "d.jsonl")}
+    runs = _pipe(tmp_path) / "runs"
+    assert _summary_count(runs / "cognate-m1") == 1 and _summary_count(runs / "cognate-m1.previous") == 1
+
+
+def test_a_resumed_step_continues_its_run_history_and_a_rerun_starts_a_fresh_one(tmp_path, monkeypatch):
+    """An interrupted step rerun with the same settings resumes: its run dir, and the rows it logged, stay. Rerun
+    with other settings, it starts a fresh run dir (it appended to the last run's metrics.jsonl: count 3)."""
+    with pytest.raises(KeyboardInterrupt):
+        _pipeline(tmp_path, monkeypatch, [*ONE, _cognate(40)], fail_at="cognate-m1")
+    assert _pipeline(tmp_path, monkeypatch, [*ONE, _cognate(40)]) == ["cognate-m1"]
+    runs = _pipe(tmp_path) / "runs"
+    assert _summary_count(runs / "cognate-m1") == 2 and not (runs / "cognate-m1.previous").exists()
+    assert _pipeline(tmp_path, monkeypatch, [*ONE, _cognate(41)]) == ["cognate-m1"]
+    assert _summary_count(runs / "cognate-m1") == 1 and _summary_count(runs / "cognate-m1.previous") == 2
+
+
+def test_a_bad_input_found_before_any_work_leaves_the_pipeline_as_it_was(tmp_path, monkeypatch, capsys):
+    """A typo'd data.path after a finished run: the phase's error, and every file of the pipeline as it was (the
+    step's record was 'failed', the valid report retired); the original command then skips every step. In a new
+    pipeline dir, nothing is left. A step that did replace its outputs before failing is recorded failed, and the
+    report that described them is retired."""
+    monkeypatch.chdir(tmp_path)
+    _data(tmp_path / "d.jsonl", 30)
+    good, typo = [*ONE, "data.path=d.jsonl"], [*ONE, "data.path=d_typo.jsonl"]
+    _pipeline(tmp_path, monkeypatch, good)
+    pipe = _pipe(tmp_path)
+    before = {p: p.read_bytes() for p in pipe.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    calls: list[str] = []
+    with pytest.raises(DatasetError, match=r"^d_typo.jsonl: dataset file not found"):
+        _pipeline(tmp_path, monkeypatch, typo, calls=calls)
+    assert calls == ["cognate-m1"] and "superseded" not in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in pipe.rglob("*") if p.is_file()} == before
+    assert _pipeline(tmp_path, monkeypatch, good) == []
+    with pytest.raises(DatasetError):
+        _pipeline(tmp_path, monkeypatch, typo, name="new")
+    assert not (tmp_path / "outputs" / "pipeline" / "new").exists()
+    with pytest.raises(KeyboardInterrupt):   # published, then interrupted
+        _pipeline(tmp_path, monkeypatch, [*good, _cognate(41)], fail_at="cognate-m1:after")
+    assert _state(tmp_path)["cognate-m1"]["status"] == "failed"
+    assert not (pipe / "pipeline_report.md").exists() and (pipe / "pipeline_report.previous.md").is_file()
