@@ -136,6 +136,13 @@ def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     assert not missing, missing
     assert run.exit_code == 0
     assert {"phase1-model1-checkpoint", "phase1-model1-config"} <= set(run.artifacts)
+    # the seed plan's flat run config (tracking/spec_config.py), filterable as `phase == 1`, beside the nested tree
+    cfg = compose_cfg(["model=m1", *TINY], tmp_path)
+    assert run.config["phase"] == 1 and run.config["model_id"] == 1 and run.config["architecture"] == "TRM-Titans-MAG"
+    assert run.config["optimizer"] == "Muon-Grokfast" and run.config["muon_lr"] == cfg.optimizer.lr
+    assert run.config["num_epochs"] == cfg.phase.max_epochs == 2 and run.config["batch_size"] == cfg.data.batch_size
+    assert run.config["phase_config"]["max_epochs"] == 2 and run.config["optimizer_config"]["lr"] == cfg.optimizer.lr
+    assert run.config["model"]["model_id"] == 1   # the rest of the nested tree is where it was
     losses = [row["train/loss"] for row in run.history if "train/loss" in row]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     # train/loss is the cross-entropy of the halted output (perplexity = exp(loss), as the seed logs them, in the
@@ -152,7 +159,6 @@ def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     ckpt = tmp_path / "outputs" / "artifacts" / "cognate" / "model1"
     model, tok, meta = load_model(ckpt)
     metrics = json.loads((ckpt / "metrics.json").read_text())
-    cfg = compose_cfg(["model=m1", *TINY], tmp_path)
     dm = build_datamodule(OmegaConf.to_container(cfg.data), tok, stages=OmegaConf.to_container(cfg.phase.curriculum),
                           seed=cfg.seed, steps_per_epoch=3, val_rows=cfg.phase.val_rows)
     assert mean_loss(model, dm.val_rows_tensor()) == pytest.approx(metrics["final/val_loss"], rel=1e-4)

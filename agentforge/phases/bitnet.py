@@ -52,6 +52,7 @@ from agentforge.quant.report import (
     speedup_evidence,
 )
 from agentforge.tracking import plots
+from agentforge.tracking.spec_config import flat_config
 from agentforge.training.lm_module import LMModule
 from agentforge.training.trainer import build_trainer
 
@@ -132,7 +133,7 @@ def run(cfg) -> dict:
     evals = eval_sets(data_cfg, seed, int(p.eval_examples))
     tags = ["phase4", "bitnet", "compression", "quantization"]
     with run_context(cfg, run_name="phase4-bitnet-compression", group="phase4-bitnet", tags=tags,
-                     job_type="bitnet") as ctx:
+                     job_type="bitnet", spec=flat_config(cfg, "bitnet")) as ctx:
         t_start = time.perf_counter()
         tr, run_dir = ctx.tracker, ctx.run_dir
         print(f"BitNet b1.58: compressing {src} ({model.num_params():,} parameters); run dir {run_dir}")

@@ -63,6 +63,7 @@ from agentforge.tracking.callbacks import (
     ThroughputCallback,
 )
 from agentforge.tracking.part_times import closing_line, devices_line, fit_devices, report_times
+from agentforge.tracking.spec_config import flat_config
 from agentforge.training.lm_module import LMModule
 from agentforge.training.part_callbacks import TimedEpochCheckpoint, TimedValidation
 from agentforge.training.resume import resume_path, start_work_dir
@@ -121,7 +122,7 @@ def run(cfg) -> dict:
         resume = resume_path(cfg.get("ckpt_path"), work_dir, fp, expected=module.state_dict())
     tags, label = ["phase1", "cognate", f"model{model_id}", "pretraining"], f"Cognate model{model_id}"
     with timed_run_context(cfg, times, run_name=f"phase1-cognate-model{model_id}", group="phase1-cognate",
-                           tags=tags, job_type="cognate") as ctx:
+                           tags=tags, job_type="cognate", spec=flat_config(cfg, "cognate")) as ctx:
         print(f"{label} ({m.role}): {model.num_params():,} parameters; run dir {ctx.run_dir}")
         with times("fit"):   # less its validation loops and epoch checkpoints: parts of their own
             if resume:

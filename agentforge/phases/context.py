@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from agentforge.io import write_text_atomic
 from agentforge.tracking.loggers import build_loggers, finish
 from agentforge.tracking.redaction import redact, redact_args
+from agentforge.tracking.spec_config import wandb_config
 from agentforge.tracking.tracker import Tracker
 
 
@@ -59,8 +60,10 @@ def timed_run_context(cfg: DictConfig, times, **kw):
 
 
 @contextlib.contextmanager
-def run_context(cfg: DictConfig, *, run_name: str, group: str | None, tags: list[str], job_type: str | None = None):
-    """Set seeds, make the dirs, save the config, open the loggers; close them at the end."""
+def run_context(cfg: DictConfig, *, run_name: str, group: str | None, tags: list[str], job_type: str | None = None,
+                spec: dict | None = None):
+    """Set seeds, make the dirs, save the config, open the loggers; close them at the end. ``spec``: the seed plan's
+    flat keys for this run (``tracking.spec_config.flat_config``), added to the W&B config only."""
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     run_dir, artifacts = resolved_paths(cfg)
     name = cfg.get("run_name") or run_name
@@ -69,7 +72,7 @@ def run_context(cfg: DictConfig, *, run_name: str, group: str | None, tags: list
     write_text_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(redact_args(_task_overrides())))
     logger_cfg = dict(OmegaConf.to_container(cfg.logger, resolve=True))
     logger_cfg.setdefault("job_type", job_type)
-    loggers = build_loggers(logger_cfg, run_dir, name, group, tags, config)
+    loggers = build_loggers(logger_cfg, run_dir, name, group, tags, wandb_config(config, spec))
     ctx = RunContext(cfg, run_dir, artifacts, loggers, Tracker(loggers, run_dir))
     status = "failed"
     try:

@@ -53,6 +53,7 @@ from agentforge.models import CognateModel
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.tracking import plots
+from agentforge.tracking.spec_config import flat_config
 from agentforge.training.trainer import loop_device, set_threads
 
 RULES = PHASE_RULES["evomerge"]
@@ -148,7 +149,8 @@ def run(cfg) -> dict:
     configs = [m.config for m in models]
     n = configs[0].n_layers
     space = depth_space(n, lo, hi)
-    with run_context(cfg, run_name="phase2-evomerge", group="phase2-evomerge", tags=TAGS, job_type="evomerge") as ctx:
+    with run_context(cfg, run_name="phase2-evomerge", group="phase2-evomerge", tags=TAGS, job_type="evomerge",
+                     spec=flat_config(cfg, "evomerge", input_models=len(dirs))) as ctx:
         data = eval_data(cfg, "val", int(p.eval.rows))
         test = eval_data(cfg, "test", int(p.eval.test_rows), int(p.eval.test_choice_examples))
         if len(heldout.disjoint_from(test, data)[0].rows) < 2:  # fail now, not after the evolution

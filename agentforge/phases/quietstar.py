@@ -66,6 +66,7 @@ from agentforge.reasoning.tokens import (
     resize_vocab,
 )
 from agentforge.tracking.part_times import devices_line, fit_devices, report_times
+from agentforge.tracking.spec_config import flat_config, step_optimizer
 from agentforge.training.baking_module import BakingModule
 from agentforge.training.rl_module import QuietStarModule, check_metrics, task_accuracy
 
@@ -140,11 +141,6 @@ def _load(src: Path, hint: str):
     return load_model(src)
 
 
-def _optimizer_cfg(cfg, step: str) -> dict:
-    return {**OmegaConf.to_container(cfg.optimizer, resolve=True),
-            **OmegaConf.to_container(cfg.phase[step].optimizer, resolve=True)}
-
-
 def _prepare(model, tok, seed: int) -> dict[str, int]:
     """Add the 12 tokens; rows of tokens new to this tokenizer are initialized from the trained rows."""
     known = set(tok.special_tokens)
@@ -190,13 +186,14 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
         train_p, val_p = ({s.key: pairs(by[s.key]) for s in strategies} for by in (train_s, val_s))
         usage_ids = {"thinking": [ids[THINK_START]], "strategy": [ids[t] for t in STRATEGY_TOKENS],
                      **{s.key: [ids[s.token]] for s in strategies}}
-        ocfg = _optimizer_cfg(cfg, "baking")
+        ocfg = step_optimizer(cfg, "baking")
         module = BakingModule(model, teacher, train_p, val_p, prompts, b, ocfg, str(cfg.phase.on_nonfinite), seed,
                               cfg.phase.get("inject_nan_at_step"))
     module.part_times = times   # its per-epoch validation: the part "validation", inside "fit"
     tags = ["phase3", "step1", "prompt-baking", "supervised"]
+    spec = flat_config(cfg, "baking", num_strategies=len(strategies), training_examples=len(train))
     with timed_run_context(cfg, times, run_name="phase3-step1-baking", group="phase3-quietstar", tags=tags,
-                           job_type="quietstar") as ctx:
+                           job_type="quietstar", spec=spec) as ctx:
         tr = ctx.tracker
         tr.log({"config/num_special_tokens": len(ids), "config/num_strategies": len(strategies),
                 "config/training_examples": len(train), "config/kl_coef": float(ocfg["kl_coef"])})
@@ -271,7 +268,7 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
     with times("load"):
         ids = _prepare(model, tok, seed)
         ref = _frozen(model)
-        ocfg = _optimizer_cfg(cfg, "rl")
+        ocfg = step_optimizer(cfg, "rl")
         tc = ThoughtConfig(int(r.num_thoughts), int(r.thought_length), int(r.n_true), int(r.context_len),
                            float(r.temperature), float(ocfg["kl_coef"]))
         with torch.random.fork_rng():  # the head's initial weights depend on the seed alone, not on what ran before
@@ -296,7 +293,7 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
     module.part_times = times   # each check: the parts "anti_theater" and "accuracy" (inside "fit" too)
     tags = ["phase3", "step2", "quiet-star", "rl", "reinforce"]
     with timed_run_context(cfg, times, run_name="phase3-step2-rl", group="phase3-quietstar", tags=tags,
-                           job_type="quietstar") as ctx:
+                           job_type="quietstar", spec=flat_config(cfg, "rl")) as ctx:
         tr = ctx.tracker
         tr.log({"config/num_thoughts": tc.num_thoughts, "config/thought_length": tc.thought_length,
                 "config/kl_coef": tc.kl_coef, "config/num_episodes": int(r.num_episodes)})

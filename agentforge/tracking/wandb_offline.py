@@ -77,6 +77,8 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
         if kind == "run":
             out.name, out.project, out.group = rec.run.display_name, rec.run.project, rec.run.run_group
             out.tags = list(rec.run.tags)
+            # the config given to wandb.init travels in the run record; later config records update it
+            out.config.update({_key(i): json.loads(i.value_json) for i in rec.run.config.update})
         elif kind == "history":
             out.history.append({_key(i): json.loads(i.value_json) for i in rec.history.item})
         elif kind == "summary":
