@@ -242,17 +242,21 @@ def test_a_sigterm_outside_a_jobs_run_dies_of_the_signal_without_a_traceback(tmp
             "import agentforge.main as m\n"
             "m.run = lambda cfg: {}\n"
             "m._run_job(OmegaConf.create({}))\n"
-            # the signal goes once the child runs its target: one sent right after fork() can land before CPython's
-            # after-fork reset of pending signals, which drops it (the child then slept 30 s: seen once under load)
+            # the signal goes once the child runs its target, and again each second until it dies: one sent right
+            # after fork() can land before CPython's after-fork reset of pending signals, which drops it (seen twice
+            # under load, the child then sleeping on)
             "ready = mp.get_context('fork').Event()\n"
-            "def nap():\n    ready.set(); time.sleep(30)\n"
+            "def nap():\n    ready.set(); time.sleep(90)\n"
             "child = mp.get_context('fork').Process(target=nap)\n"
-            "child.start(); ready.wait(10); os.kill(child.pid, signal.SIGTERM); child.join(10)\n"
+            "child.start(); ready.wait(30)\n"
+            "for _ in range(60):\n"
+            "    os.kill(child.pid, signal.SIGTERM); child.join(1)\n"
+            "    if child.exitcode is not None: break\n"
             "print('child', child.exitcode, flush=True)\n"
             "os.kill(os.getpid(), signal.SIGTERM)\n"
             "time.sleep(5)\n"
             "print('survived')\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=150,
                           preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr[-2000:])
     assert "child -15" in proc.stdout and "survived" not in proc.stdout
