@@ -184,7 +184,9 @@ def clip_grad_norm_(optimizer, parameters, max_norm: float) -> torch.Tensor:
     """Clip the gradient the optimizer will use: the Grokfast filter runs first, on the raw gradients
     (its EMA state sees them unclipped, as in the reference), then ``torch.nn.utils.clip_grad_norm_``
     bounds the *filtered* gradient. Clipping first would let ``g + lambda*ema`` exceed ``max_norm`` by up
-    to (1 + lambda). Returns the total norm before clipping (of the filtered gradient)."""
+    to (1 + lambda). With ``weight_decay_mode=coupled`` the step then adds ``wd*p`` (L2) to the clipped gradient, so
+    the gradient used can exceed ``max_norm`` by up to wd*|p|. Returns the total norm before clipping (of the
+    filtered gradient)."""
     prepare = getattr(optimizer, "filter_gradients_", None)
     if callable(prepare):
         prepare()
