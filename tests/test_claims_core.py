@@ -1,6 +1,6 @@
-"""Docstring claims of agentforge/models and agentforge/optim checked on cases small enough to derive by hand, and
-the docstrings' ``module.name`` cross-references of models/quant/reasoning/optim (quant and reasoning claims:
-tests/test_claims_core_quant_reasoning.py).
+"""Docstring claims of agentforge/models and agentforge/optim (and README's claim on clipping with coupled decay)
+checked on cases small enough to derive by hand, and the docstrings' ``module.name`` cross-references of
+models/quant/reasoning/optim (quant and reasoning claims: tests/test_claims_core_quant_reasoning.py).
 
 Each test names the module and the claim it checks; the other claims of these modules are tested beside the
 code they exercise (tests/test_mechanisms.py, test_model.py, test_memory.py, test_optim.py, ...). Tiny tensors
@@ -24,11 +24,12 @@ from agentforge.models.halting import geometric_prior, gibbs_halting, halting_di
 from agentforge.models.layers import RMSNorm, apply_rope, rope_cache
 from agentforge.models.memory import SurpriseMemory
 from agentforge.models.surgery import wrap
-from agentforge.optim import clip_grad_norm_, split_muon
+from agentforge.optim import build_optimizer, clip_grad_norm_, split_muon
 from agentforge.optim.muon_grokfast import MuonGrokfast
 from agentforge.optim.qk_clip import qk_clip_
 from agentforge.optim.schedule import warmup_cosine
 from tests.test_mechanisms import tiny as mechanisms_tiny
+from tests.test_readme_claims import REPO
 
 PACKAGES = ("agentforge.models", "agentforge.quant", "agentforge.reasoning", "agentforge.optim")
 
@@ -256,6 +257,33 @@ def test_clip_grad_norm_returns_the_filtered_norm_and_the_step_does_not_filter_a
     opt.step()
     assert torch.equal(opt.state[p]["grokfast_ema"], torch.tensor([3.0, 4.0]))     # the raw gradient, once
     assert opt.metrics()["optimizer/grokfast_raw_grad_norm"] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("mode,wd,used_norm", [("decoupled", 0.005, None), ("decoupled", 0.5, None),
+                                               ("coupled", 0.005, 0.054), ("coupled", 0.5, 2.08)])
+def test_the_gradient_used_exceeds_the_clip_norm_only_with_coupled_decay(mode, wd, used_norm):
+    """README (Optimizers): 'so with decoupled decay (the default) the gradient used never exceeds the clip norm;
+    with `weight_decay_mode=coupled` the L2 term `wd·p` joins it after the clip, so the gradient used can exceed the
+    clip norm by up to wd·‖p‖ (p: the decayed weights; clip 0.05 on a tiny Cognate, Grokfast λ 2: 0.054 with wd
+    0.005, 2.08 with wd 0.5)' (also optim.clip_grad_norm_'s and MuonGrokfast's docstrings)."""
+    model, clip = tiny(), 0.05
+    opt, _ = build_optimizer(model, {"name": "grokfast_adamw", "lr": 1e-3, "weight_decay": wd, "weight_decay_mode": mode,
+                                     "warmup_steps": 0, "min_lr_ratio": 1.0, "grokfast_lambda": 2.0}, 10)
+    used = []   # the norm of the gradient the AdamW step reads
+    opt._adamw.register_step_pre_hook(lambda o, a, k: used.append(float(torch.nn.utils.get_total_norm(
+        [p.grad for g in o.param_groups for p in g["params"] if p.grad is not None]))))
+    decayed = [p.detach().clone() for g in opt.param_groups if g["l2"] or g["weight_decay"] for p in g["params"]]
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+    model(ids[:, :-1], ids[:, 1:]).loss.backward()
+    clip_grad_norm_(opt, model.parameters(), clip)
+    opt.step()
+    readme = " ".join((REPO / "README.md").read_text().split())
+    if used_norm is None:
+        assert used[0] <= clip * (1 + 1e-5)
+        assert "with decoupled decay (the default) the gradient used never exceeds the clip norm" in readme
+    else:
+        assert clip < used[0] <= clip + wd * float(torch.nn.utils.get_total_norm(decayed)) * (1 + 1e-5)
+        assert round(used[0], 3 if used[0] < 1 else 2) == used_norm and f"{used_norm} with wd {wd}" in readme
 
 
 # -- docstring cross-references ----------------------------------------------------------------------------------

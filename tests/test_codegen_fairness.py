@@ -46,7 +46,8 @@ def test_training_rows_span_the_evaluated_context_with_the_tokens_per_step_kept(
 
 def test_the_baselines_last_evaluated_position_is_trained(tmp_path):
     """GPT-2 learns one embedding per position: trained on 32-token rows but evaluated over 64, its positions 32-63
-    kept their initial values (weight decay only, ~1e-5). Now the rows span the context and position 63 moves."""
+    kept their initial values (exactly: embeddings get no weight decay). Now the rows span the context and position
+    63 moves."""
     from agentforge.codegen.corpus import corpus_from_config
     from agentforge.phases.codegen import _container, build_models
 
@@ -60,7 +61,7 @@ def test_the_baselines_last_evaluated_position_is_trained(tmp_path):
     lms, trainings = build_models(cfg, corpus, tmp_path / "run", tmp_path / "artifacts", isolate=False)
     trained = lms[1].model.hf
     moved = (trained.transformer.wpe.weight - init.transformer.wpe.weight).abs().amax(dim=-1)
-    assert moved[63] > 1e-3 and moved[63] > moved[0] / 10   # untrained: ~1e-8 (weight decay only)
+    assert moved[63] > 1e-3 and moved[63] > moved[0] / 10   # untrained: 0 (no gradient, no decay)
     assert all(t["seq_len"] == 64 and t["batch_size"] == 1 and t["steps"] == 2 for t in trainings.values())
 
 
@@ -127,3 +128,33 @@ def test_a_warning_when_more_than_a_tenth_of_the_prompts_are_left_truncated():
     assert ev.truncation_warning("cognate", 16, 164, 512, 256) is None
     warn = ev.truncation_warning("cognate", 133, 164, 512, 256)
     assert warn.startswith("warning: cognate: 133 of 164 prompts (81%)") and "size=25m" in warn
+
+
+# 5. the optimizers
+def test_the_baselines_optimizer_decays_no_embedding_and_muon_is_refused_for_it(tmp_path):
+    """``weight_decay_scope: matrices`` is "2-D non-embedding weights only": GPT-2's ``wte`` (tied to ``lm_head``) and
+    ``wpe`` are nn.Embedding weights without "embed" in their names, which the name test used to decay. Its matrices
+    are transformers' Conv1D, not nn.Linear, so Muon would take none of them: the phase refuses that optimizer."""
+    from torch import nn
+
+    from agentforge.config import validate
+    from agentforge.errors import ConfigError
+    from agentforge.optim import build_optimizer, split_muon
+    from agentforge.phases.codegen import _container
+    from agentforge.phases.rules import PHASE_RULES
+
+    cfg = compose_cfg(["phase=codegen", "baseline=gpt2_scratch"], tmp_path)
+    gpt2 = models.gpt2_scratch(SIZE, _container(cfg.baseline), 0)
+    embed = {id(m.weight) for m in gpt2.modules() if isinstance(m, nn.Embedding)}
+    assert len(embed) == 2 and id(gpt2.hf.lm_head.weight) in embed       # wte (the tied head) and wpe
+    opt, _ = build_optimizer(gpt2, _container(cfg.baseline.optimizer), 10)   # the baseline's own recipe
+    decayed = [p for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert decayed and all(p.ndim == 2 for p in decayed) and not embed & set(map(id, decayed))
+    assert sum(p.numel() for p in decayed) == sum(p.numel() for n, p in gpt2.named_parameters()
+                                                  if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")))
+    assert split_muon(gpt2)[0] == []
+    validate(cfg, PHASE_RULES["codegen"])
+    for name in ("muon", "muon_grokfast"):
+        cfg.baseline.optimizer.name = name
+        with pytest.raises(ConfigError, match=r"baseline\.optimizer\.name must be adamw or grokfast_adamw .*Conv1D"):
+            validate(cfg, PHASE_RULES["codegen"])

@@ -13,7 +13,7 @@ from agentforge.errors import ConfigError
 from agentforge.models import CognateModel
 from agentforge.models.cognate import CognateConfig
 from agentforge.models.layers import CausalSelfAttention, rope_cache
-from agentforge.optim import build_optimizer, split_muon
+from agentforge.optim import build_optimizer, record_max_logits, split_muon
 from agentforge.optim.grokfast import ema_filter_, ma_filter_
 from agentforge.optim.muon_grokfast import MuonGrokfast
 from agentforge.optim.qk_clip import qk_clip_
@@ -153,10 +153,23 @@ def test_qk_clip_brings_inflated_head_back_to_tau_and_leaves_others():
 
 
 def test_optimizer_clips_heads_after_the_step():
-    model = tiny_model()
-    opt, sched = build_optimizer(model, {**MG, "qk_clip": 1e-3}, total_steps=10)
-    train_steps(model, opt, sched, 1, seed=2)
-    assert opt.metrics()["optimizer/qk_clipped_heads"] == 2.0   # 1 layer x 2 heads, all above a tiny tau
+    """The clipped run equals a run without QK-clip whose heads are then scaled by hand by sqrt(tau / max logit of
+    the step): the clip acts on the weights the Muon/AdamW step produced (clipping before the step differs)."""
+    tau, model, plain = 1e-3, tiny_model(), tiny_model()
+    clipped = {}
+    for m, clip in ((model, tau), (plain, None)):
+        opt, sched = build_optimizer(m, {**MG, "qk_clip": clip}, total_steps=10)
+        record_max_logits(m, True)   # plain's step's max logits too, for the scaling by hand (its optimizer reads none)
+        train_steps(m, opt, sched, 1, seed=2)
+        clipped[clip] = opt.metrics()["optimizer/qk_clipped_heads"]
+    assert clipped == {tau: 2.0, None: 0.0}   # 1 layer x 2 heads, all above a tiny tau
+    for attn, ref in zip(model.attention_modules(), plain.attention_modules()):
+        rows = torch.sqrt(tau / ref.max_logit).repeat_interleave(ref.head_dim)[:, None]
+        assert (ref.max_logit > tau).all() and not torch.equal(attn.q_proj.weight, ref.q_proj.weight)
+        for got, w in ((attn.q_proj.weight, ref.q_proj.weight), (attn.k_proj.weight, ref.k_proj.weight)):
+            assert torch.allclose(got, w * rows, rtol=1e-6, atol=0)
+    for (name, p), q in zip(model.named_parameters(), plain.parameters()):   # the clip touches W_q, W_k only
+        assert name.endswith(("q_proj.weight", "k_proj.weight")) or torch.equal(p, q), name
 
 
 @pytest.mark.parametrize("name,extra", [("muon_grokfast", {}), ("muon_grokfast", {"grokfast": "ma", "grokfast_window": 2}),

@@ -10,8 +10,9 @@ three are all ``MuonGrokfast`` with parts switched off, so the comparisons diffe
 Lightning's ``gradient_clip_val`` with ``LMModule``), which runs the Grokfast filter first.
 
 ``optimizer.weight_decay_scope``: ``matrices`` (default; decay on 2-D non-embedding weights only, never
-embeddings, norms or biases) or ``all`` (every trainable parameter, as ``torch.optim.Adam(model.parameters(),
-weight_decay=...)`` in the Grokfast reference, github.com/ironjr/grokfast main.py).
+embeddings — any ``nn.Embedding``'s weight, whatever its name — norms or biases) or ``all`` (every trainable
+parameter, as ``torch.optim.Adam(model.parameters(), weight_decay=...)`` in the Grokfast reference,
+github.com/ironjr/grokfast main.py).
 ``optimizer.warmup_from_zero``: false (default; warmup factors (step+1)/warmup) or true (step/warmup, the
 reference's ``LambdaLR(lambda update: 1 if update > 10 else update / 10)``: the first update runs at lr 0);
 see ``schedule.warmup_cosine``.
@@ -30,18 +31,27 @@ from agentforge.optim.schedule import warmup_cosine
 SCOPES = ("matrices", "all")
 
 
+def embedding_ids(model: nn.Module) -> set[int]:
+    """ids of the weights of the model's ``nn.Embedding`` modules (an output head tied to one is the same tensor), the
+    one definition of "embedding" both splits use: by type, not by name (the HF GPT-2's ``wte`` and ``wpe`` have no
+    "embed" in their names)."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+
+
 def split_decay(model: nn.Module, scope: str = "matrices") -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(parameters that get weight decay, those that do not), each trainable parameter once (tied ones too).
 
-    ``scope="matrices"``: decay on 2-D non-embedding weights; embeddings, norms and biases get none.
-    ``scope="all"``: decay on every parameter, as ``torch.optim.Adam(model.parameters(), weight_decay=wd)``
-    in the Grokfast reference (github.com/ironjr/grokfast main.py); the second list is then empty."""
+    ``scope="matrices"``: decay on 2-D weights that are not an ``nn.Embedding``'s (``embedding_ids``; a head tied
+    to one included); embeddings, norms and biases get none. ``scope="all"``: decay on every parameter, as
+    ``torch.optim.Adam(model.parameters(), weight_decay=wd)`` in the Grokfast reference (github.com/ironjr/grokfast
+    main.py); the second list is then empty."""
     _check_scope(scope)
+    embed_ids = embedding_ids(model)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():   # deduplicated: a tied weight appears once
+    for p in model.parameters():   # deduplicated: a tied weight appears once
         if not p.requires_grad:
             continue
-        (decay if scope == "all" or (p.ndim >= 2 and "embed" not in name) else no_decay).append(p)
+        (decay if scope == "all" or (p.ndim >= 2 and id(p) not in embed_ids) else no_decay).append(p)
     return decay, no_decay
 
 
@@ -59,6 +69,10 @@ def split_muon(model: nn.Module, scope: str = "matrices") -> tuple[list[nn.Param
     biases go to AdamW; weight decay skips embeddings, norms and biases with ``scope="matrices"``, and
     skips nothing with ``scope="all"`` (every AdamW parameter decays, as in the Grokfast reference's
     ``torch.optim.Adam(model.parameters(), weight_decay=...)``, github.com/ironjr/grokfast main.py).
+
+    Only ``nn.Linear`` layers count: the HF GPT-2 baseline's matrices are ``transformers``' ``Conv1D``, so on it Muon
+    would route no matrix and train nothing (all would be AdamW's); the codegen phase's rules refuse
+    ``baseline.optimizer.name`` muon / muon_grokfast (``phases/rules.py``).
     """
     _check_scope(scope)
     muon_ids = set()
@@ -67,7 +81,7 @@ def split_muon(model: nn.Module, scope: str = "matrices") -> tuple[list[nn.Param
             w = mod.weight
             if w.requires_grad and w.ndim == 2 and min(w.shape) > 1:
                 muon_ids.add(id(w))
-    embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    embed_ids = embedding_ids(model)
     muon, decay, no_decay = [], [], []
     for p in model.parameters():  # deduplicated, so a tied lm_head/embedding appears once
         if not p.requires_grad:
@@ -170,7 +184,9 @@ def clip_grad_norm_(optimizer, parameters, max_norm: float) -> torch.Tensor:
     """Clip the gradient the optimizer will use: the Grokfast filter runs first, on the raw gradients
     (its EMA state sees them unclipped, as in the reference), then ``torch.nn.utils.clip_grad_norm_``
     bounds the *filtered* gradient. Clipping first would let ``g + lambda*ema`` exceed ``max_norm`` by up
-    to (1 + lambda). Returns the total norm before clipping (of the filtered gradient)."""
+    to (1 + lambda). With ``weight_decay_mode=coupled`` the step then adds ``wd*p`` (L2) to the clipped gradient, so
+    the gradient used can exceed ``max_norm`` by up to wd*|p|. Returns the total norm before clipping (of the
+    filtered gradient)."""
     prepare = getattr(optimizer, "filter_gradients_", None)
     if callable(prepare):
         prepare()

@@ -22,7 +22,8 @@ Order of one update (Grokfast, then clipping, then L2, then the optimizer):
 1. ``filter_gradients_()`` low-pass filters the *raw* gradients and adds lambda * slow part. Callers that
    clip (Lightning's ``gradient_clip_val``, a hand loop's ``clip_grad_norm_``) call it first —
    ``LMModule.on_before_optimizer_step`` does, which Lightning runs before it clips — so the filter state
-   sees raw gradients and the gradient the optimizer uses respects the clip norm. ``step()`` calls it
+   sees raw gradients and the gradient the optimizer uses respects the clip norm (with decoupled decay: coupled
+   L2, step 3, comes after the clip, so it can exceed it by up to wd*|p|). ``step()`` calls it
    itself when nobody did (no clipping), and never twice for one step.
 2. the caller clips (optional);  3. coupled L2, if chosen;  4. Muon / AdamW step;  5. QK-clip.
 

@@ -83,6 +83,10 @@ CODEGEN = [
     rule("phase.latency_rounds", integer(1)),
     rule("phase.n_resamples", integer(100)),
     rule("baseline.name", one_of("gpt2_scratch", "gpt2")),
+    # Muon takes nn.Linear matrices only (optim.split_muon); GPT-2's are transformers' Conv1D: it would train none
+    rule("baseline.optimizer.name", (lambda x: x in ("adamw", "grokfast_adamw"),
+                                     "adamw or grokfast_adamw (the GPT-2 baseline's matrices are transformers "
+                                     "Conv1D, not nn.Linear: Muon would train none of them)")),
     *THRESHOLDS,
 ]
 

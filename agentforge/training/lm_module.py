@@ -97,29 +97,40 @@ class LMModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer):
         self._sync_max_logits()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not grads:
+        if not self._gradients_finite(self.model.parameters()):
             return
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-        if not torch.isfinite(norm):
-            if self.on_nonfinite == "skip":  # the optimizer step still runs (Lightning): leave it nothing to do
-                self._skip_step()
-                self.print(f"warning: non-finite gradient at step {self.global_step}; step skipped")
-                return
-            raise NonFiniteError(f"non-finite gradient norm at step {self.global_step} (epoch "
-                                 f"{self.current_epoch}); the last good checkpoint is kept — lower optimizer.lr "
-                                 f"or set phase.on_nonfinite=skip")
-        self.log("train/gradient_norm", norm, on_step=True, on_epoch=False)
         # Lightning clips (gradient_clip_val) after this hook: filter first so the update respects the clip
         filter_gradients = getattr(optimizer, "filter_gradients_", None)
         if callable(filter_gradients):
             filter_gradients()
 
+    def _gradients_finite(self, params) -> bool:
+        """Check the raw gradients of ``params`` before the Grokfast filter and any clipping see them: log their total
+        norm as ``train/gradient_norm`` and return True, or apply ``on_nonfinite`` to a non-finite norm (``stop``
+        raises; ``skip`` leaves the step nothing to do, ``_skip_step``, and returns False). Before the filter because
+        one inf that entered its EMA would stay there and make every later step non-finite. Every training step calls
+        it: this hook in automatic optimization, ``QuietStarModule.training_step`` (model and mixing head) in manual."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return True
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if not torch.isfinite(norm):
+            if self.on_nonfinite == "skip":  # the optimizer step still runs (Lightning): leave it nothing to do
+                self._skip_step()
+                self.print(f"warning: non-finite gradient at step {self.global_step}; step skipped")
+                return False
+            raise NonFiniteError(f"non-finite gradient norm at step {self.global_step} (epoch "
+                                 f"{self.current_epoch}); the last good checkpoint is kept — lower optimizer.lr "
+                                 f"or set phase.on_nonfinite=skip")
+        self.log("train/gradient_norm", norm, on_step=True, on_epoch=False)
+        return True
+
     def _skip_step(self) -> None:
-        """Leave the optimizer step Lightning still runs nothing to do: no gradients, and no recorded attention
-        logits (else QK-clip would rescale W_q/W_k from the skipped step's forward)."""
+        """Leave the optimizer step Lightning still runs nothing to do: no gradients (of every trained module: the
+        model, and Quiet-STaR's mixing head), and no recorded attention logits (else QK-clip would rescale W_q/W_k
+        from the skipped step's forward)."""
         self.skipped_steps += 1
-        for p in self.model.parameters():
+        for p in self.parameters():
             p.grad = None
         for attn in getattr(self.model, "attention_modules", list)():
             attn.reset_max_logit()

@@ -2,9 +2,13 @@
 
 Two optimizers step each episode: the model's (``build_optimizer``, as everywhere) and the mixing
 head's (AdamW at the same learning rate). The loss of ``rl.rl_step`` is back-propagated with
-``manual_backward`` (so DDP all-reduces it), the gradients of model and head are clipped together to
-``gradient_clip`` (after the Grokfast filter, ``optim.clip_grad_norm_``), and LMModule's hooks give the
-NaN policy, QK-clip's rank sync and the optimizer metrics.
+``manual_backward`` (so DDP all-reduces it); LMModule's ``_gradients_finite`` then checks the raw gradients of
+model and head and logs their norm as ``train/gradient_norm`` (before the Grokfast filter and the clip, as in every
+other phase), the two are clipped together to ``gradient_clip`` (after the Grokfast filter, ``optim.clip_grad_norm_``),
+and LMModule's hooks give QK-clip's rank sync and the optimizer metrics. A non-finite loss or gradient follows
+``on_nonfinite`` as in LMModule: ``stop`` raises; ``skip`` leaves the step nothing to do (no gradients, so no weight
+moves, the head's included, and nothing reaches the Grokfast filter) while the episode still counts as a step
+(``global_step``, the schedule), as a skipped automatic step does.
 
 An epoch is ``anti_theater_every`` episodes (the last one may be shorter): the anti-theater check runs
 in validation at each epoch's end, before the epoch checkpoint is written, so a resumed run carries
@@ -93,16 +97,24 @@ class QuietStarModule(FrozenPair):
         windows = sample_windows(self.train_stream, int(r.batch_size), int(r.seq_len), int(r.thought_positions),
                                  tc.context_len, tc.n_true, gen).to(self.device)
         loss, fig = rl_step(self.model, self.head, self.frozen, windows, tc, self.tids, gen)
-        if not torch.isfinite(loss):
-            return self._nonfinite(f"Quiet-STaR loss is {float(loss)}")
         opt.zero_grad(set_to_none=True)
         head_opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if self.gradient_clip > 0:
-            clip_grad_norm_(opt.optimizer, [*self.model.parameters(), *self.head.parameters()], self.gradient_clip)
-        opt.step()
-        head_opt.optimizer.step()  # the raw optimizer: one LightningOptimizer step per episode keeps global_step = episodes
+        params = [*self.model.parameters(), *self.head.parameters()]
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            self.manual_backward(loss)
+            stepped = self._gradients_finite(params)   # raw gradients: before the filter's EMA and the clip see them
+        else:
+            self._nonfinite(f"Quiet-STaR loss is {float(loss)}")   # stop: raises; skip: no gradients
+            stepped = False
+        if stepped and self.gradient_clip > 0:
+            clip_grad_norm_(opt.optimizer, params, self.gradient_clip)
+        opt.step()   # also when skipped (no gradients: nothing moves): global_step = episodes, as LMModule counts
+        if stepped:
+            head_opt.optimizer.step()  # the raw optimizer: one LightningOptimizer step per episode
         self.lr_schedulers().step()
+        if not finite:
+            return None
         rewards = self.history["reward"] = [*self.history["reward"], fig["reward"]]
         coh = fig["coherence"]
         self.history["coherence"] = [*self.history["coherence"], *coh["coherence"]]
@@ -115,6 +127,11 @@ class QuietStarModule(FrozenPair):
                        "rl/policy_loss": fig["policy_loss"], "rl/lm_loss": fig["lm_loss"], "rl/mixing_weight": fig["mix_weight"],
                        "rl/learning_rate": opt.param_groups[0]["lr"], **gpu_memory()}, on_step=True, on_epoch=False)
         self.log("reward", fig["reward"], prog_bar=True, logger=False)
+
+    def on_before_optimizer_step(self, optimizer):
+        """QK-clip's rank sync only: ``training_step`` has checked and logged the raw gradients (model and head) and
+        run the filter; LMModule's check here would see the filtered, clipped gradients of the model alone."""
+        self._sync_max_logits()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         metrics_fn = getattr(self.optimizers()[0].optimizer, "metrics", None)
