@@ -145,10 +145,12 @@ def test_memory_usage_counts_rows_that_halted_wholly_at_the_first_step():
                                        max_seq_len=64, halt_bias_init=0.3, surprise_threshold=0.95, ltm_max_writes=16,
                                        ltm_slots=64))
     rows = torch.randint(0, 256, (12, 49))
-    _, usage, _ = held_out_pass(model, rows, batch_size=6)
+    _, usage, mflops = held_out_pass(model, rows, batch_size=6)
     per = per_row_features(model, rows)
     assert 0 < sum(h == 1.0 for h in per["halting_steps"]) < 12   # some rows halt wholly at step 1, some do not
     assert np.mean(per["ltm_usage"]) == pytest.approx(usage, rel=1e-6)
+    # phase1_diversity's stated exception: the batched pass runs the halting head on the halted rows too
+    assert (round(mflops, 5), round(float(np.mean(per["mflops_per_token"])), 5)) == (0.06831, 0.06826)
 
 
 def test_the_model_comparison_table_leaves_out_models_trained_with_other_settings(tmp_path, capsys):

@@ -109,7 +109,11 @@ def phase1_diversity(metrics: list[dict], n_boot: int = 2000, seed: int = 0) -> 
     """``phase1/diversity`` from three Cognate models' metrics.json, with ``_ci95``, ``_n`` (the fewest rows
     a model was measured on) and ``_test`` when every model has its per-row features (metrics written before
     they were kept give the figure alone: the report then has no CI to decide on). The figure is computed from
-    the model-level means, which are the means of the per-row features (tested)."""
+    the model-level means, which are the means of the per-row features (tested), with one exception: where a
+    whole row halts before the last step inside a batch, the batched pass still runs the halting head on it at
+    the later steps, so its FLOPs per token are a little above the per-row mean (0.06831 against 0.06826 MFLOPs
+    in tests/test_diversity.py's model with 10 of 12 rows halting at step 1; the default 128-token rows never
+    halt whole)."""
     if len(metrics) != 3:
         return {}
     cost = "diversity/inference_mflops_per_token"
