@@ -83,7 +83,7 @@ def test_ngram_logits_in_place_of_the_weights_logits_are_forged(tmp_path):
 @pytest.mark.faults
 @pytest.mark.parametrize("prelude,edit", [pytest.param("", ACROSS_ROWS, marks=pytest.mark.slow),
                                           pytest.param(ACROSS_CALLS_PRELUDE, ACROSS_CALLS, marks=pytest.mark.slow),
-                                          ("", ACROSS_BIG_BATCHES)],
+                                          pytest.param("", ACROSS_BIG_BATCHES, marks=pytest.mark.slow)],
                          ids=["batch_mean", "state_across_calls", "batch_mean_in_big_batches"])
 def test_models_that_feed_on_other_heldout_rows_fail_the_spot_check(prelude, edit, tmp_path):
     path = candidate(tmp_path, prelude, BASE_BLOCK.replace(*edit))
