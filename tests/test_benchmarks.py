@@ -63,9 +63,11 @@ def test_bench_throughput_prints_flops_and_ratios():
 def test_bench_halting_on_a_tiny_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=16, max_steps=3,
-                                       max_seq_len=64, ltm_slots=8, ltm_key_dim=8))
+                                       max_seq_len=128, ltm_slots=8, ltm_key_dim=8))
     save_model(tmp_path / "ckpt", model, ByteTokenizer())
-    out = bench("bench_halting.py", str(tmp_path / "ckpt"), "--seq", "64", "--rows", "4", "--computation-rows", "8")
+    # 128-token rows: a held-out row starts at its item (datamodule.pack_documents), and a GSM8K-format item's
+    # computed digits come after its ~85-character question, so 64-token rows hold none
+    out = bench("bench_halting.py", str(tmp_path / "ckpt"), "--seq", "128", "--rows", "4", "--computation-rows", "8")
     losses = re.search(r"mean loss L_n \(val\): (.*)", out)
     assert losses and len(losses.group(1).split()) == 3  # one loss per step count, 1..max_steps
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in losses.group(1).split())
