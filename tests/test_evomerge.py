@@ -171,6 +171,10 @@ def test_test_rows_that_occur_in_the_selection_set_are_dropped():
     assert torch.equal(kept.rows, test.rows[[0, 2, 4]])
     sel_rows = {r.numpy().tobytes() for r in sel.rows}
     assert not any(r.numpy().tobytes() in sel_rows for r in kept.rows)
+    # GSM8K questions too: of two test questions, the one also in the selection set goes (kept 1, removed 1)
+    q1, q2 = {"question": "1 + 1?", "answer": "#### 2"}, {"question": "2 + 3?", "answer": "#### 5"}
+    kept, removed = heldout.disjoint_from(replace(_data(1), gsm8k=[q1, q2]), replace(_data(0), gsm8k=[dict(q2)]))
+    assert kept.gsm8k == [q1] and removed == 1
 
 
 def test_test_improvement_of_an_identical_champion_is_exactly_zero_and_cannot_pass():
@@ -214,6 +218,23 @@ def test_test_improvement_and_its_ci_by_hand():
     point1, ci1 = heldout.fitness_improvement_ci(*one, ref, w, "flops", n_resamples=200)
     assert math.isfinite(point1) and all(math.isnan(x) for x in ci1)
     assert stats.threshold_verdict(ci1, ">", 20)[0] == "INCONCLUSIVE"
+
+
+def test_two_diverged_models_differ_only_by_what_fitness_score_sees():
+    """Mean losses 60 and 55 nats: fitness.measure caps the perplexity at exp(50), so score sees no perplexity
+    difference; the improvement must clamp the losses at 50 alike, or it reads 100 (e^(0.4 (55 - 60) + 0.3 log(4/3))
+    - 1) = -85.2 % where score's ratio gives +9.0 %."""
+    ref = fitness.Reference(perplexity=1.0, accuracy=0.5, tokens_per_s=1.0, speed_ratio=1.0, memory_mb=1.0,
+                            flops_per_token=1.0, acc_floor=0.25)
+    base = {"speed_ratio": 1.0, "memory_mb": 1.0, "flops_per_token": 1.0, "perplexity": math.exp(50.0)}
+    champ = {**base, "row_losses": [59.0, 61.0], "correct": [1, 1, 0, 1], "accuracy": 0.75}
+    best = {**base, "row_losses": [54.0, 56.0], "correct": [1, 0, 0, 1], "accuracy": 0.5}
+    w = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}
+    # both capped at 50: only the accuracy term differs, 0.3 log((0.75 + 0.25) / (0.5 + 0.25))
+    expected = 100 * ((1.0 / 0.75) ** 0.3 - 1)
+    point, _ = heldout.fitness_improvement_ci(champ, best, ref, w, "flops", n_resamples=200)
+    assert point == pytest.approx(expected)
+    assert point == pytest.approx(100 * (fitness.score(champ, ref, w) / fitness.score(best, ref, w) - 1))
 
 
 # -- the phase ----------------------------------------------------------------------------------------------

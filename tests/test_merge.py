@@ -63,6 +63,11 @@ def test_slerp_chain_equals_linear_on_collinear_tensors():
 def test_magnitude_trim_keeps_top_k():
     assert torch.equal(techniques.magnitude_sparsify(T([3.0, -1.0, 2.0, -4.0]), 0.5), T([3.0, 0.0, 0.0, -4.0]))
     assert torch.equal(techniques.magnitude_sparsify(T([3.0, -1.0]), 1.0), T([3.0, -1.0]))
+    # density 0.2 of 4 entries: int(0.8) = 0, but one entry is kept (the docstring), the largest |.|: -4;
+    # TIES of one model then elects its sign and keeps it
+    assert torch.equal(techniques.magnitude_sparsify(T([1.0, -4.0, 2.0, 0.5]), 0.2), T([0.0, -4.0, 0.0, 0.0]))
+    out = techniques.ties(torch.zeros(4), [T([1.0, -4.0, 2.0, 0.5])], [1], density=0.2)
+    assert torch.equal(out, T([0.0, -4.0, 0.0, 0.0]))
 
 
 def test_ties_sign_election_and_disjoint_mean():

@@ -43,11 +43,23 @@ def test_ternarize_per_channel_hand_case():
 
 
 def test_threshold_half_is_exactly_roundclip():
-    w = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
-    w[0, :4] = torch.tensor([0.5, -0.5, 1.5, -2.5]) * w.abs().mean()  # ties on the rounding boundary
+    # magnitudes 0, 1, 2, 3, 4 in equal numbers (576 each of 2880) with seeded signs and order: mean|W| = 2 exactly
+    # (integer sums are exact in float32), so |W| = 1 and 3 land exactly on the ties |W| / gamma = 0.5 and 1.5,
+    # where a dead zone of ">= 0.5" instead of "> 0.5" would differ from RoundClip (round half to even: 0.5 -> 0)
+    g = torch.Generator().manual_seed(0)
+    mags = torch.arange(5.0).repeat(576)[torch.randperm(2880, generator=g)]
+    w = (mags * (torch.randint(0, 2, (2880,), generator=g) * 2 - 1)).view(60, 48)
     codes, gamma = ternarize(w, threshold=0.5)
+    assert gamma.item() == 2.0 and int(((w / gamma).abs() == 0.5).sum()) == 576   # the ties are really there
     roundclip = (w / gamma).round().clamp(-1, 1)
     assert torch.equal(codes.float(), roundclip)
+
+
+def test_a_weight_exactly_on_the_dead_zone_edge_is_zero():
+    # gamma = (3 + 0.5 + 0.5 + 0) / 4 = 1 exactly: |W| / gamma = 0.5 <= threshold 0.5 -> 0 (module docstring);
+    # 3 -> 1 (RoundClip of 3), 0 -> 0
+    codes, gamma = ternarize(torch.tensor([[3.0, 0.5, -0.5, 0.0]]))
+    assert gamma.item() == 1.0 and codes.tolist() == [[1, 0, 0, 0]]
 
 
 def _authors_weight_quant(w: torch.Tensor) -> torch.Tensor:
@@ -85,6 +97,8 @@ def test_activation_absmax_hand_case():
     q, s = quantize_activations(torch.tensor([[10.0, 1.0]]), clip=2.0)  # ceiling from calibration
     assert s.item() == pytest.approx(2 / 127)
     assert q.tolist() == [[127.0, 64.0]]                       # 635 saturates; 63.5 -> 64
+    q, _ = quantize_activations(torch.tensor([[-10.0, 1.0]]), clip=2.0)
+    assert q.tolist() == [[-128.0, 64.0]]                      # -635 saturates at -2^7 = -128, not at -127
     q, s = quantize_activations(torch.tensor([[0.5, 4.0], [1.0, 0.0]]), clip=1.0, static=True)
     assert s.flatten().tolist() == pytest.approx([1 / 127, 1 / 127])
     assert q.tolist() == [[64.0, 127.0], [127.0, 0.0]]
@@ -124,6 +138,10 @@ def test_unpack_rejects_corrupt_bytes():
     bad_pad[-1] = bad_pad[-1] + 2 * 27  # the 4th digit of the last byte is padding: must stay "0"
     with pytest.raises(ValueError, match="padding"):
         unpack(bad_pad, 7)
+    first_pad = pack(torch.tensor([1, -1, 0], dtype=torch.int8))   # digits 2, 0, 1 + padding 1, 1: byte 119
+    first_pad[0] += 27                                          # digit 3 (the first padding trit) 1 -> 2: code +1
+    with pytest.raises(ValueError, match="padding"):
+        unpack(first_pad, 3)
     with pytest.raises(ValueError, match="code 3"):
         unpack(torch.tensor([0xFF, 0x55], dtype=torch.uint8), 7, "2bit")
     with pytest.raises(ValueError, match=r"\{-1, 0, 1\}"):
