@@ -1,0 +1,103 @@
+"""Behaviours of the Cognate model and its ablations that a mutation audit (2026-11-27) could change without any
+test failing: each test here fails under the mutant named in its docstring, with an expected value derived by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agentforge.models.ablation import ablations, halting_by_difficulty, recall_memory, token_scores
+from agentforge.models.halting import halting_distribution, pondernet_loss
+from tests.test_claims_core import tiny
+
+
+def _rows(n=6, t=13, seed=0):
+    return torch.randint(0, 40, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def test_halting_by_difficulty_ranks_tokens_by_their_one_step_loss():
+    """"Harder tokens halt later" ranks tokens by their loss when the model runs ONE step; ranking them by the trained
+    model's own (halted) loss is circular (mutant: ``base["loss"]`` in place of ``steps1``'s)."""
+    torch.manual_seed(0)
+    model = tiny(max_steps=3)
+    with torch.no_grad():
+        model.halt_head.weight.normal_(std=2.0)          # a halting head that varies by token
+    rows = _rows()
+    out = ablations(model, rows)
+    steps, one = token_scores(model, rows)["steps"], token_scores(model, rows, steps=1)["loss"]
+    expect = halting_by_difficulty(steps, one)
+    circular = halting_by_difficulty(steps, token_scores(model, rows)["loss"])
+    assert expect != circular                             # the two rankings differ on this model
+    for k, v in expect.items():
+        assert out[k] == pytest.approx(v)
+
+
+def test_recall_delta_is_memory_off_minus_on_over_the_masked_positions_only():
+    """``ablation/recall_no_memory_loss_delta`` = off − on (positive: the memory helps), each the mean over rows of the
+    loss at the masked positions (mutants: the arguments swapped; the mask ignored)."""
+    torch.manual_seed(0)
+    model = tiny()
+    rows = _rows(6, 33)                                   # two 16-token chunks: the second reads the first's writes
+    mask = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.bool)
+    mask[:, 25] = True                                    # one target a row, in the second chunk
+    m = recall_memory(model, rows, mask)
+    on, off = token_scores(model, rows)["loss"], token_scores(model, rows, memory=False)["loss"]
+    delta = float((off[:, 25] - on[:, 25]).mean())
+    assert abs(delta) > 1e-4                              # the memory changes these losses: the sign is visible
+    assert m["ablation/recall_memory_on_loss"] == pytest.approx(float(on[:, 25].mean()), rel=1e-6)
+    assert m["ablation/recall_no_memory_loss"] == pytest.approx(float(off[:, 25].mean()), rel=1e-6)
+    assert m["ablation/recall_no_memory_loss_delta"] == pytest.approx(delta, abs=1e-6)
+
+
+def test_token_scores_leaves_a_training_model_in_training_mode():
+    model = tiny().train()
+    token_scores(model, _rows(2))
+    assert model.training
+
+
+def test_lm_loss_is_the_halted_output_loss_when_tokens_halt_early():
+    """lambda = 0.7 at step 1 of 2: the cumulative 0.7 >= 0.5, so every token halts at step 1 and ``lm_loss`` is step 1's
+    loss, not the last step's (mutant: the last step's logits)."""
+    model = tiny(max_steps=2).eval()
+    with torch.no_grad():
+        model.halt_head.weight.zero_()
+        model.halt_head.bias.fill_(math.log(0.7 / 0.3))
+    x, y = _rows(2, 6, 0), _rows(2, 6, 1)
+    out = model(x, y)
+    with torch.no_grad():
+        e = model.embed(x)
+        z1, _ = model._step(e, e, 6)
+        l1 = torch.nn.functional.cross_entropy(model.lm_head(model.norm(z1)).flatten(0, 1), y.flatten())
+    assert torch.all(out.halting_steps == 1) and out.lm_loss.item() == pytest.approx(l1.item(), rel=1e-5)
+
+
+def test_a_token_halts_when_its_cumulative_probability_reaches_the_threshold_exactly():
+    """Zero halting weights and bias: lambda = 0.5 exactly, the cumulative 0.5 reaches act_threshold 0.5 at step 1
+    (mutant: ``>`` halts at step 2)."""
+    model = tiny(max_steps=3).eval()
+    with torch.no_grad():
+        model.halt_head.weight.zero_()
+        model.halt_head.bias.zero_()
+    assert torch.all(model(_rows(2, 6)).halting_steps == 1)
+
+
+def test_the_halting_gradient_by_hand():
+    """lambda = (0.5, 0.5, 1), L = (3, 2, 1), beta = 0: loss = l1 L1 + (1 - l1) l2 L2 + (1 - l1)(1 - l2) L3, so
+    d/dl1 = L1 - l2 L2 - (1 - l2) L3 = 1.5 and d/dl2 = (1 - l1)(L2 - L3) = 0.5 (mutant: the survival product detached
+    gives 2.5)."""
+    lam = torch.tensor([[0.5], [0.5], [1.0]], requires_grad=True)
+    loss = pondernet_loss(halting_distribution(lam), torch.tensor([[3.0], [2.0], [1.0]]), torch.ones(1), 0.5, 0.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(2.25)
+    assert lam.grad.flatten().tolist()[:2] == pytest.approx([1.5, 0.5])
+
+
+def test_no_grad_steps_at_or_above_max_steps_still_trains_the_last_step():
+    """``no_grad_steps`` is clamped to max_steps - 1: the last recursion step always carries the backbone's gradient
+    (mutant: unclamped, every step runs without gradients and only the halting head trains)."""
+    model = tiny(max_steps=2, no_grad_steps=2).train()
+    out = model(_rows(2, 6, 0), _rows(2, 6, 1))
+    out.loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("blocks.")]
+    assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
