@@ -92,6 +92,7 @@ def test_escapes_through_torch_reach_nothing(tmp_path, cache, baseline, monkeypa
 
 
 @pytest.mark.faults
+@pytest.mark.slow   # 12 s; make test-faults runs it
 def test_patched_loss_cannot_raise_the_score(tmp_path, cache, baseline):
     prelude = "torch.nn.functional.cross_entropy = lambda *a, **k: torch.zeros((), requires_grad=True)\n"
     result = run(candidate(tmp_path, prelude), cache)

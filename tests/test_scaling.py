@@ -177,6 +177,8 @@ def test_phase_config_parses_and_checks_sizes(tmp_path):
         scaling.settings_from_cfg(bad)
 
 
+@pytest.mark.slow   # 20 s; the fast tier runs phase=scaling's CLI in test_sandbox_scaling and the evaluator's fit and
+# cache in test_baseline_scores_and_repeat_hits_cache
 def test_cli_scaling_reports_fit_then_hits_cache(tmp_path, capsys):
     proc = run_cli(["phase=scaling", *TINY_CLI], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
