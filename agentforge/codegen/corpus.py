@@ -193,18 +193,9 @@ class CodePool:
         """Chunks of ``split`` until ``n_tokens`` bytes (+ BOS/EOS each); ``distinct``: each chunk at most once (held-out
         rows, ``datamodule.heldout_rows``), stopping early when every chunk has been drawn."""
         pool = self.corpus.val if split == "val" else self.corpus.train
-        if distinct:
-            order = rng.sample(range(len(pool)), len(pool))   # without replacement
-            texts, total = [], 0
-            for i in order:
-                if total >= n_tokens:
-                    break
-                texts.append(pool[i])
-                total += len(pool[i].encode("utf-8")) + 2
-            return texts
+        picks = iter(rng.sample(pool, len(pool))) if distinct else iter(lambda: rng.choice(pool), None)
         texts, total = [], 0
-        while total < n_tokens:
-            t = rng.choice(pool)
+        while total < n_tokens and (t := next(picks, None)) is not None:   # a distinct draw can run out
             texts.append(t)
             total += len(t.encode("utf-8")) + 2
         return texts

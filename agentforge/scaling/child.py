@@ -102,14 +102,25 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or "out of memory" in str(exc)
 
 
+def child_datamodule(settings: dict, seed: int):
+    """The datamodule every size trains on at ``seed`` (``phase.train``'s rows, the mix as one stage; its validation
+    rows give the val curve); ``trust.child_val_rows`` rebuilds it for the test set's overlap check."""
+    from agentforge.data.build import build_datamodule
+    from agentforge.data.tokenizer import ByteTokenizer
+
+    tr = settings["train"]
+    return build_datamodule({"seq_len": int(tr["seq_len"]), "batch_size": int(tr["batch_size"])}, ByteTokenizer(),
+                            stages=[{"epochs": 1, "mix": dict(settings["mix"])}], seed=seed,
+                            steps_per_epoch=int(tr["eval_every"]), val_rows=int(tr["val_rows"]))
+
+
 def train_size(attention_cls, size: dict, settings: dict, heldout: dict) -> dict:
     """Train one size through LMModule + the project's Trainer; write its weights and held-out logits."""
     import lightning as L
     import torch
     from safetensors.torch import save_file
 
-    from agentforge.data.build import build_datamodule
-    from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
+    from agentforge.data.tokenizer import RESERVED_VOCAB
     from agentforge.scaling.model import ScalingLM
     from agentforge.tracking.loggers import JsonlLogger
     from agentforge.training.lm_module import LMModule
@@ -120,9 +131,7 @@ def train_size(attention_cls, size: dict, settings: dict, heldout: dict) -> dict
     model = ScalingLM(RESERVED_VOCAB, int(size["d_model"]), int(size["n_layers"]), int(size["n_heads"]),
                       attention_cls)
     steps, every = int(tr["steps"]), int(tr["eval_every"])
-    dm = build_datamodule({"seq_len": int(tr["seq_len"]), "batch_size": int(tr["batch_size"])}, ByteTokenizer(),
-                          stages=[{"epochs": 1, "mix": dict(settings["mix"])}], seed=seed, steps_per_epoch=every,
-                          val_rows=int(tr["val_rows"]))
+    dm = child_datamodule(settings, seed)
     module = LMModule(model, dict(settings["optimizer"]), steps, "stop")
     size_dir = Path(f"size_{size['name']}")
     trainer = build_trainer(dict(settings.get("hardware") or {}), loggers=[JsonlLogger(size_dir)], callbacks=[],

@@ -99,15 +99,11 @@ def heldout_stream(settings: dict, seed: int, n_rows: int, split: str = "val") -
 
 
 def child_val_rows(settings: dict, seed: int) -> torch.Tensor:
-    """The validation rows a training child at ``seed`` builds for its val curve (``child.train_size``'s datamodule:
+    """The validation rows a training child at ``seed`` builds for its val curve (``child.child_datamodule``:
     ``heldout_rows``, no document spanning two rows), for the test set's overlap check."""
-    from agentforge.data.build import build_datamodule
-    from agentforge.data.tokenizer import ByteTokenizer
+    from agentforge.scaling.child import child_datamodule
 
-    tr = settings["train"]
-    return build_datamodule({"seq_len": int(tr["seq_len"]), "batch_size": int(tr["batch_size"])}, ByteTokenizer(),
-                            stages=[{"epochs": 1, "mix": dict(settings["mix"])}], seed=seed,
-                            steps_per_epoch=int(tr["eval_every"]), val_rows=int(tr["val_rows"])).val_rows_tensor()
+    return child_datamodule(settings, seed).val_rows_tensor()
 
 
 def _row_keys(rows: torch.Tensor) -> list[bytes]:
