@@ -80,6 +80,7 @@ SHARED_RULES: list[Rule] = [
     rule("hardware.compile", (lambda x: isinstance(x, bool) or x in ("inductor", "aot_eager", "eager", "cudagraphs"),
                               "true, false or a torch.compile backend (inductor, aot_eager, eager, cudagraphs)")),
     rule("hardware.cuda_graphs", boolean()),
+    rule("hardware.eval_device", one_of("fit", "cpu")),
     rule("hardware.threads", optional(integer(1))),
     rule("hardware.devices", (_devices, "a device count >= 1, -1 (all), 'auto' or a list of device indices")),
     rule("hardware.strategy", (_strategy, "a Lightning strategy name (auto, ddp, ddp_spawn, fsdp, ...)")),

@@ -93,7 +93,7 @@ def _json_default(o: Any) -> Any:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Atomic safetensors save; shared or non-contiguous tensors are cloned to plain ones."""
-    plain = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}  # a GPU model's too
     data = save(plain, metadata=metadata)  # bytes first, so write errors are ordinary OSErrors
     return atomic_write(path, lambda p: p.write_bytes(data))
 

@@ -28,6 +28,10 @@
 #                                              # grouped Muon beside torch.optim.Muon; the default pipeline on the GPU,
 #                                              # its output kept and every phase's time parts, evaluation device and
 #                                              # CUDA-graph counts printed
+#   bash benchmarks/gpu_figures.sh evaldev [S] # ~7 min: every CUDA test (the evaluations' device among them), 25M
+#                                              # tokens/s at batch 128 compiled with the phase's optimizer, the Cognate
+#                                              # m1 phase (2 epochs) with its evaluations on the CPU and on the GPU (interleaved,
+#                                              # twice each, its part times printed), the default pipeline on the GPU
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
 # ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
@@ -36,7 +40,7 @@
 set -u
 part="${1:-kernels}"
 budget="${2:-420}"
-case "$part" in kernels|pipeline|lease|step|compile|phases|optim|decode|verify|phase128|parts) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile, phases, optim, decode, verify, phase128 or parts" >&2; exit 2 ;; esac
+case "$part" in kernels|pipeline|lease|step|compile|phases|optim|decode|verify|phase128|parts|evaldev) ;; *) echo "error: unknown part '$part': give kernels, pipeline, lease, step, compile, phases, optim, decode, verify, phase128, parts or evaldev" >&2; exit 2 ;; esac
 out="${OUT:-outputs}"
 mkdir -p "$out"
 log="$out/gpu_figures_${part}.log"
@@ -68,6 +72,17 @@ prof() {  # prof <timeout> <name> <agentforge args...>: the phase under cProfile
     step "$limit" "$PY" -m cProfile -o "$out/$name.prof" -m agentforge "$@"
     [ -f "$out/$name.prof" ] && "$PY" -c "import pstats,sys; p=pstats.Stats(sys.argv[1]); p.sort_stats('cumulative').print_stats('agentforge', 40); p.sort_stats('tottime').print_stats(30)" "$out/$name.prof" > "$out/$name.txt" 2>&1
 }
+if [ "$part" = evaldev ]; then
+  step 150 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or compile_regions" tests/test_grouped_muon.py tests/test_speed.py tests/test_memory_graph.py tests/test_decode_graph.py tests/test_compile.py tests/test_cli.py tests/test_memory_exact.py tests/test_quietstar.py
+  step 100 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 128 --seq 512 --steps 9 --compile --muon-grokfast
+  for round in 1 2; do for ev in cpu fit; do
+    step 60 "$PY" -m agentforge phase=cognate model=m1 hardware=gpu "hardware.eval_device=$ev" phase.max_epochs=2 logger=none "paths.outputs=/tmp/ab_${ev}_$round"
+  done; done
+  grep -h -E "model1 (time \(s\)|devices):" "$log"
+  step 260 "$PY" benchmarks/bench_pipeline.py --hardware gpu --logs "$out/pipeline_logs"
+  [ -d "$out/pipeline_logs" ] && grep -h -E "time \(s\)|devices:|CUDA graphs:" "$out"/pipeline_logs/*.log | tee -a "$log"
+  echo "== total $((SECONDS - start)) s" | tee -a "$log"; exit 0
+fi
 if [ "$part" = parts ]; then
   step 100 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or compile_regions" tests/test_grouped_muon.py tests/test_speed.py tests/test_memory_graph.py tests/test_decode_graph.py tests/test_compile.py tests/test_cli.py tests/test_memory_exact.py
   step 150 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 128 --seq 512 --steps 9 --compile --muon-grokfast --torch-muon

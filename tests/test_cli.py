@@ -327,6 +327,22 @@ def test_hardware_gpu_without_a_gpu_fails_before_the_run_starts(tmp_path):
     assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]   # no run dir, no W&B run
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("eval_device,expected", [("fit", "cuda:0"), ("cpu", "cpu")])
+def test_cuda_cognate_evaluates_where_hardware_eval_device_says(tmp_path, eval_device, expected):
+    """hardware=gpu: the evaluations after the fit run on the GPU by default (Lightning's teardown had left the model
+    on the CPU), on the CPU with hardware.eval_device=cpu; the metrics say where, and the checkpoint loads."""
+    tiny = [a for a in TINY if not a.startswith("hardware=")]
+    proc = run_cli(["phase=cognate", "model=m1", "hardware=gpu", f"hardware.eval_device={eval_device}", *tiny],
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = tmp_path / "outputs" / "artifacts" / "cognate" / "model1"
+    metrics = json.loads((ckpt / "metrics.json").read_text())
+    assert (metrics["time/fit_device"], metrics["time/eval_device"]) == ("cuda:0", expected)
+    assert math.isfinite(metrics["ablation/trained_val_loss"]) and math.isfinite(metrics["final/val_loss"])
+    load_model(ckpt)
+
+
 def test_compare_with_a_stage_without_results_fails_before_the_run_starts(tmp_path):
     proc = run_cli(["phase=compare", "stages=[nope,alsonope]", "logger=wandb"], tmp_path)
     assert proc.returncode == 2

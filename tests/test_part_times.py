@@ -114,7 +114,7 @@ def test_devices_line_says_why_the_evaluations_ran_on_the_cpu():
     from agentforge.tracking.part_times import devices_line
 
     line = devices_line({"time/fit_device": "cuda:0", "time/eval_device": "cpu"}, "Cognate model1")
-    assert line.startswith("Cognate model1 devices: fit on cuda:0, evaluations after it on cpu (Lightning moved")
+    assert line == "Cognate model1 devices: fit on cuda:0, evaluations after it on cpu (hardware.eval_device=cpu)"
     same = devices_line({"time/fit_device": "cpu", "time/eval_device": "cpu"}, "rl")
     assert same == "rl devices: fit on cpu, evaluations after it on cpu"
 
@@ -151,3 +151,32 @@ def test_a_phase_reports_its_cuda_graph_calls_where_the_graph_path_runs(tmp_path
     assert counts["cuda_graphs/decode_step_captured"] > 0
     assert counts["cuda_graphs/scan_eager_failed"] == counts["cuda_graphs/decode_step_eager_failed"] == 0
     assert line == "Cognate model1 " + graphs.counts_line(counts)
+
+
+def test_to_eval_device_follows_the_fit_unless_told_cpu(monkeypatch):
+    """``hardware.eval_device=fit`` gives ``loop_device`` (the GPU where the fit asked for one and one is visible),
+    ``cpu`` the CPU, and every module given is moved there. torch.cuda.is_available is faked to reach the GPU branch's
+    choice; the move itself is checked with the CPU (a real move to a GPU: tests/test_cli.py's CUDA case)."""
+    from agentforge.training import trainer as tr
+
+    m = torch.nn.Linear(2, 2)
+    assert tr.to_eval_device({"accelerator": "gpu", "eval_device": "fit"}, m) == torch.device("cpu")  # no GPU here
+    assert next(m.parameters()).device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert tr.loop_device({"accelerator": "gpu"}) == torch.device("cuda")
+    assert tr.to_eval_device({"accelerator": "gpu", "eval_device": "cpu"}, m) == torch.device("cpu")
+    moved = []
+    monkeypatch.setattr(torch.nn.Linear, "to", lambda self, dev: moved.append(dev) or self)
+    assert tr.to_eval_device({"accelerator": "gpu"}, m, m) == torch.device("cuda")   # the default: fit
+    assert moved == [torch.device("cuda")] * 2
+    assert tr.to_eval_device({"accelerator": "cpu"}, m) == torch.device("cpu")
+
+
+def test_every_hardware_preset_names_its_eval_device():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    presets = {f.stem: OmegaConf.load(f).eval_device
+               for f in (Path(__file__).parents[1] / "conf" / "hardware").glob("*.yaml")}
+    assert presets == {"auto": "fit", "cpu": "fit", "gpu": "fit", "ddp": "fit", "fsdp": "cpu"}

@@ -15,8 +15,9 @@ loggers), fit (the training steps), inside it validation (the loss), task_accura
 answers, ``TaskAccuracyCallback``) and checkpoint (``training/part_callbacks.py``), then report (summary, tables,
 charts, artifacts) and in it held_out, save, latency, ablations, halting_check, recall_check, diversity_rows.
 ``time/fit_device`` and ``time/eval_device`` (also printed): where the fit ran and where the evaluations after it
-ran; Lightning's teardown moves the model to the CPU when the fit ends and the phase does not move it back, so with
-hardware=gpu they run on the CPU. A last line gives what closing the run (W&B's finish) took.
+ran; Lightning's teardown moves the model to the CPU when the fit ends, and the phase moves it back to the fit's
+device (``hardware.eval_device=fit``, the default; ``cpu`` keeps it there: ``training.trainer.to_eval_device``). A
+last line gives what closing the run (W&B's finish) took.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ from agentforge.tracking.spec_config import flat_config
 from agentforge.training.lm_module import LMModule
 from agentforge.training.part_callbacks import TimedEpochCheckpoint, TimedValidation
 from agentforge.training.resume import resume_path, start_work_dir
-from agentforge.training.trainer import build_trainer
+from agentforge.training.trainer import build_trainer, to_eval_device
 
 RULES = PHASE_RULES["cognate"]
 
@@ -142,7 +143,8 @@ def run(cfg) -> dict:
         if not trainer.is_global_zero:
             return {}
         model.eval()
-        devices = fit_devices(trainer, model)   # Lightning's teardown moved it to the CPU; finalize evaluates it there
+        to_eval_device(cfg.hardware, model)   # Lightning's teardown moved it to the CPU; back to the fit's device
+        devices = fit_devices(trainer, model)
         with times("report"):   # its evaluations and the save and publish: parts of their own
             result = finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_hours, out_dir, times)
         with times("save"):

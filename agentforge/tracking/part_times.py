@@ -41,13 +41,13 @@ def closing_line(times: PartTimes, reported: dict, label: str) -> str:
 def fit_devices(trainer, model) -> dict:
     """Where the fit ran (the strategy's root device) and where ``model`` is now, i.e. where the evaluations after the
     fit run: ``time/fit_device``, ``time/eval_device``. Lightning's teardown moves the module to the CPU when a fit
-    ends and no phase moves it back, so with hardware=gpu they differ (``cuda:0``, ``cpu``)."""
+    ends; the phases move it back (``training.trainer.to_eval_device``), so they differ only with
+    ``hardware.eval_device=cpu`` after a GPU fit (``cuda:0``, ``cpu``)."""
     return {"time/fit_device": str(trainer.strategy.root_device), "time/eval_device": str(next(model.parameters()).device)}
 
 
 def devices_line(devices: dict, label: str) -> str:
     """One printed line of ``fit_devices``' two keys, saying why they differ when they do."""
     fit, ev = devices["time/fit_device"], devices["time/eval_device"]
-    why = (" (Lightning moved the model to the CPU when the fit ended; the phase evaluates it there)"
-           if fit != ev else "")
+    why = " (hardware.eval_device=cpu)" if fit != ev else ""
     return f"{label} devices: fit on {fit}, evaluations after it on {ev}{why}"

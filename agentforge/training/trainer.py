@@ -110,6 +110,18 @@ def loop_device(hw) -> torch.device:
     return torch.device("cuda" if want in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
 
 
+def to_eval_device(hw, *modules: torch.nn.Module) -> torch.device:
+    """Moves ``modules`` to where a phase evaluates them outside a Trainer's fit, and returns that device:
+    ``loop_device`` (the GPU when the fit used one) with ``hardware.eval_device=fit`` (the default), the CPU with
+    ``cpu``. Lightning's teardown returns a module to the CPU when ``trainer.fit`` ends, so without this move every
+    evaluation after a GPU fit ran on the CPU (found on an H100 and an H200). The FSDP preset keeps ``cpu``: the
+    move is untested with sharded fits (no multi-GPU machine here)."""
+    dev = loop_device(hw) if str(hw.get("eval_device", "fit")) == "fit" else torch.device("cpu")
+    for m in modules:
+        m.to(dev)
+    return dev
+
+
 def build_trainer(hw: dict, *, loggers, callbacks, max_epochs: int, default_root_dir: str | Path,
                   limit_val_batches=None, gradient_clip_val: float | None = None, log_every_n_steps: int = 1,
                   enable_progress_bar: bool = True, max_steps: int = -1, check_val_every_n_epoch: int = 1,
