@@ -53,7 +53,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 [ -d .devdeps ] && export PYTHONPATH="$PWD/.devdeps${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
-step() {  # step <timeout s> <command...>: run it (cut to the lease's time left), log its output, exit status, wall time
+step() {  # step <timeout s> <command...>: run it (cut to the lease's time left), log its output's last 25 lines, exit
+          # status, wall time; a failed step's whole output goes to $out/failed_step_<n>.log (a failing test's
+          # traceback was once lost to the tail; the device tool returns at most 8 files)
   local limit="$1"; shift
   if [ "$part" != kernels ] && [ "$part" != pipeline ]; then
     local left=$((budget - (SECONDS - start)))
@@ -62,8 +64,11 @@ step() {  # step <timeout s> <command...>: run it (cut to the lease's time left)
   fi
   echo "== $* (timeout ${limit}s)" | tee -a "$log"
   local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tail -25 | tee -a "$log"
-  echo "-- exit ${PIPESTATUS[0]}, $((SECONDS - t0)) s wall" | tee -a "$log"
+  nstep=$((${nstep:-0} + 1))
+  timeout "$limit" "$@" 2>&1 | tee "/tmp/step_${nstep}.log" | tail -25 | tee -a "$log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" != 0 ] && cp "/tmp/step_${nstep}.log" "$out/failed_step_${nstep}.log"
+  echo "-- exit $rc, $((SECONDS - t0)) s wall" | tee -a "$log"
 }
 step 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 step 60 "$PY" -c "import torch, hydra, omegaconf, lightning, wandb; print(torch.__version__, lightning.__version__, wandb.__version__, torch.cuda.get_device_name(0))"
@@ -73,7 +78,7 @@ prof() {  # prof <timeout> <name> <agentforge args...>: the phase under cProfile
     [ -f "$out/$name.prof" ] && "$PY" -c "import pstats,sys; p=pstats.Stats(sys.argv[1]); p.sort_stats('cumulative').print_stats('agentforge', 40); p.sort_stats('tottime').print_stats(30)" "$out/$name.prof" > "$out/$name.txt" 2>&1
 }
 if [ "$part" = evaldev ]; then
-  step 150 "$PY" -m pytest -q -p no:cacheprovider -k "cuda or compile_regions" tests/test_grouped_muon.py tests/test_speed.py tests/test_memory_graph.py tests/test_decode_graph.py tests/test_compile.py tests/test_cli.py tests/test_memory_exact.py tests/test_quietstar.py
+  step 150 "$PY" -m pytest -q -p no:cacheprovider -rf --tb=short -k "cuda or compile_regions" tests/test_grouped_muon.py tests/test_speed.py tests/test_memory_graph.py tests/test_decode_graph.py tests/test_compile.py tests/test_cli.py tests/test_memory_exact.py tests/test_quietstar.py
   step 100 "$PY" benchmarks/bench_throughput.py --device cuda --size 25m --batch 128 --seq 512 --steps 9 --compile --muon-grokfast
   for round in 1 2; do for ev in cpu fit; do
     step 60 "$PY" -m agentforge phase=cognate model=m1 hardware=gpu "hardware.eval_device=$ev" phase.max_epochs=2 logger=none "paths.outputs=/tmp/ab_${ev}_$round"

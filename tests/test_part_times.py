@@ -115,6 +115,8 @@ def test_devices_line_says_why_the_evaluations_ran_on_the_cpu():
 
     line = devices_line({"time/fit_device": "cuda:0", "time/eval_device": "cpu"}, "Cognate model1")
     assert line == "Cognate model1 devices: fit on cuda:0, evaluations after it on cpu (hardware.eval_device=cpu)"
+    qs = devices_line({"time/fit_device": "cuda:0", "time/eval_device": "cpu"}, "rl", "the phase's reason")
+    assert qs == "rl devices: fit on cuda:0, evaluations after it on cpu (the phase's reason)"
     same = devices_line({"time/fit_device": "cpu", "time/eval_device": "cpu"}, "rl")
     assert same == "rl devices: fit on cpu, evaluations after it on cpu"
 

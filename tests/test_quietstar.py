@@ -361,13 +361,16 @@ def test_ddp_two_cpu_processes_bake_and_think_writing_once(tiny_input, tmp_path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_quietstar_evaluates_on_the_gpu_before_and_after_its_fits(tiny_input, tmp_path):
-    """hardware=gpu: every evaluation of both steps runs on the fit's device (Lightning's teardown had left them on
-    the CPU: ``training.trainer.to_eval_device``), and the saved checkpoints load."""
+def test_cuda_quietstar_fits_on_the_gpu_and_evaluates_on_the_cpu(tiny_input, tmp_path):
+    """hardware=gpu at the tiny sizes: both steps fit on the GPU, their evaluations run on the CPU (the phase does not
+    move the models back after Lightning's teardown: the module docstring says why), and the checkpoints load. With
+    the evaluations moved to the GPU this run died with "an illegal memory access" on an H100 (2026-11-28); whether the
+    fits alone pass here was not yet run on a GPU."""
     qs = [a for a in QS_TINY if not a.startswith("hardware=")]
     proc = run_cli(["phase=quietstar", f"phase.input={tiny_input}", "hardware=gpu", *qs], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for step in ("baking", "rl"):
-        assert f"{step} devices: fit on cuda:0, evaluations after it on cuda:0" in proc.stdout.splitlines()
+        assert (f"{step} devices: fit on cuda:0, evaluations after it on cpu (Lightning moved the model to the CPU "
+                "when the fit ended; this phase evaluates it there)") in proc.stdout.splitlines()
     for name in ("baked", "reasoning"):
         load_model(tmp_path / "outputs" / "artifacts" / "quietstar" / name)

@@ -25,9 +25,13 @@ evidence_before, fit (less its validation and epoch checkpoints), control_fit, c
 save. RL: load, data, open, accuracy (the held-out accuracies: the baked model's and each check's), anti_theater
 (each check), fit (the episodes), checkpoint, thinking_cost, report, save. A last line times the whole phase.
 Each step also logs and prints where its fit and the evaluations after it ran (``time/fit_device``,
-``time/eval_device``, ``tracking.part_times.fit_devices``). Lightning returns the model to the CPU when a fit ends;
-every evaluation (before and after the fits) runs on the fit's device (``training.trainer.to_eval_device``;
-``hardware.eval_device=cpu`` keeps them on the CPU).
+``time/eval_device``, ``tracking.part_times.fit_devices``): with hardware=gpu, ``cuda:0`` and ``cpu`` — Lightning
+returns the model to the CPU when a fit ends, so evidence_after, control_eval and thinking_cost run there (and
+evidence_before and the RL's first accuracies and check, before the fits, too). Unlike the Cognate phase, this phase
+does not move its models back (``hardware.eval_device`` is not read here): with every evaluation moved to the GPU
+(``training.trainer.to_eval_device``) the default pipeline ran on an H100, but the tiny-config CUDA test
+(``tests/test_quietstar.py``) died with "an illegal memory access", its cause not found in the device time left
+(2026-11-28), so the tested CPU path stays.
 """
 from __future__ import annotations
 
@@ -70,9 +74,9 @@ from agentforge.tracking.part_times import devices_line, fit_devices, report_tim
 from agentforge.tracking.spec_config import flat_config, step_optimizer
 from agentforge.training.baking_module import BakingModule
 from agentforge.training.rl_module import QuietStarModule, check_metrics, task_accuracy
-from agentforge.training.trainer import to_eval_device
 
 RULES = PHASE_RULES["quietstar"]
+QS_EVAL_REASON = "Lightning moved the model to the CPU when the fit ended; this phase evaluates it there"
 
 
 def run(cfg) -> dict:
@@ -201,7 +205,6 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
                 "config/training_examples": len(train), "config/kl_coef": float(ocfg["kl_coef"])})
         print(f"Quiet-STaR step 1 (baking): {len(strategies)} strategies, {len(train)} examples; run dir {ctx.run_dir}")
         with times("evidence_before"):
-            to_eval_device(cfg.hardware, model, teacher)
             before = bk.bake_eval(model, teacher, val_p, prompts, b, usage_ids)
         with times("fit"):
             trainer, hours = fit_step(cfg, ctx, module, "baking", src, out_dir, int(b.epochs),
@@ -209,8 +212,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
         control = _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src, out_dir, times)
         if not trainer.is_global_zero:
             return {}
-        to_eval_device(cfg.hardware, model, teacher)   # the fits' teardowns left them on the CPU
-        devices = fit_devices(trainer, model)   # where evidence_after runs
+        devices = fit_devices(trainer, model)   # where evidence_after runs (finish_baking's save moves it to the CPU)
         # base=teacher: the frozen teacher is the model before baking, so run unprompted it is the unbaked student;
         # each validation example is scored before and after baking in one pass (the paired gain, prompt effect)
         with times("evidence_after"):
@@ -222,7 +224,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
             res = finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, module.history, hours,
                                 train + val, out_dir, control, times)
         reported = report_times(ctx, times, "baking", res["files"], devices)
-        print(devices_line(devices, "baking"))
+        print(devices_line(devices, "baking", QS_EVAL_REASON))
         return {**res, "times": reported}
 
 
@@ -245,7 +247,6 @@ def _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src: Path, out_di
     if not trainer.is_global_zero:
         return None
     with times("control_eval"):
-        to_eval_device(cfg.hardware, model, teacher)
         return bk.bake_eval(model, teacher, val_p, prompts, b, base=teacher)
 
 
@@ -305,7 +306,6 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
         print(f"Quiet-STaR step 2 (rl): {r.num_episodes} episodes, {tc.num_thoughts} thoughts x {tc.thought_length} "
               f"tokens at {r.thought_positions} positions x {r.batch_size} sequences; run dir {ctx.run_dir}")
         with times("accuracy"):
-            to_eval_device(cfg.hardware, module)   # the model, its frozen reference and the mixing head
             baked_acc = task_accuracy(ref, tok, evals, int(r.gen_tokens))
         first = module.check(0)  # before training (a resumed run gets its checks back from the checkpoint)
         module.history["checks"] = [first]
@@ -314,11 +314,10 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
             trainer, hours = fit_step(cfg, ctx, module, "rl", src, out_dir, QuietStarModule.epochs(r), 0.0, times)
         if not trainer.is_global_zero:
             return {}
-        to_eval_device(cfg.hardware, module)   # the fit's teardown left it on the CPU
-        devices = fit_devices(trainer, model)   # where thinking_cost runs (before finish_rl's save)
+        devices = fit_devices(trainer, model)   # before finish_rl's save moves the model to the CPU
         with times("report"):   # "thinking_cost" and "save" are parts inside it
             res = finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, module.history, baked_acc, hours, out_dir,
                             times)
         reported = report_times(ctx, times, "rl", res["files"], devices)
-        print(devices_line(devices, "rl"))
+        print(devices_line(devices, "rl", QS_EVAL_REASON))
         return {**res, "times": reported}

@@ -41,13 +41,13 @@ def closing_line(times: PartTimes, reported: dict, label: str) -> str:
 def fit_devices(trainer, model) -> dict:
     """Where the fit ran (the strategy's root device) and where ``model`` is now, i.e. where the evaluations after the
     fit run: ``time/fit_device``, ``time/eval_device``. Lightning's teardown moves the module to the CPU when a fit
-    ends; the phases move it back (``training.trainer.to_eval_device``), so they differ only with
-    ``hardware.eval_device=cpu`` after a GPU fit (``cuda:0``, ``cpu``)."""
+    ends; the Cognate phase moves it back (``training.trainer.to_eval_device``), so there they differ only with
+    ``hardware.eval_device=cpu`` after a GPU fit (``cuda:0``, ``cpu``); Quiet-STaR does not (its docstring says why)."""
     return {"time/fit_device": str(trainer.strategy.root_device), "time/eval_device": str(next(model.parameters()).device)}
 
 
-def devices_line(devices: dict, label: str) -> str:
-    """One printed line of ``fit_devices``' two keys, saying why they differ when they do."""
+def devices_line(devices: dict, label: str, reason: str = "hardware.eval_device=cpu") -> str:
+    """One printed line of ``fit_devices``' two keys, with ``reason`` (why they differ) when they do."""
     fit, ev = devices["time/fit_device"], devices["time/eval_device"]
-    why = " (hardware.eval_device=cpu)" if fit != ev else ""
+    why = f" ({reason})" if fit != ev else ""
     return f"{label} devices: fit on {fit}, evaluations after it on {ev}{why}"

@@ -114,8 +114,9 @@ def to_eval_device(hw, *modules: torch.nn.Module) -> torch.device:
     """Moves ``modules`` to where a phase evaluates them outside a Trainer's fit, and returns that device:
     ``loop_device`` (the GPU when the fit used one) with ``hardware.eval_device=fit`` (the default), the CPU with
     ``cpu``. Lightning's teardown returns a module to the CPU when ``trainer.fit`` ends, so without this move every
-    evaluation after a GPU fit ran on the CPU (found on an H100 and an H200). The FSDP preset keeps ``cpu``: the
-    move is untested with sharded fits (no multi-GPU machine here)."""
+    evaluation after a GPU fit ran on the CPU (found on an H100 and an H200). Used by the Cognate phase (Quiet-STaR's
+    docstring says why not there); the FSDP preset keeps ``cpu``: the move is untested with sharded fits (no
+    multi-GPU machine here)."""
     dev = loop_device(hw) if str(hw.get("eval_device", "fit")) == "fit" else torch.device("cpu")
     for m in modules:
         m.to(dev)
