@@ -1,5 +1,4 @@
-"""Evaluation: answer extraction, choice scoring, surgery identity, generation statistics, the
-collect_metrics/KPI gate, and the real CLI (eval of a baseline, a surgery copy and a fine-tuned copy)."""
+"""Evaluation: choice scoring, surgery identity, generation statistics, the collect_metrics/KPI gate, and the real CLI (eval of a baseline, a surgery copy and a fine-tuned copy)."""
 from __future__ import annotations
 
 import json
@@ -17,44 +16,10 @@ from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.evals import generation_stats as gs
 from agentforge.evals import tasks
-from agentforge.evals.answers import answers_match, extract_number
 from agentforge.evals.collect import check_gate, collect_metrics, summarize_jsonl
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.surgery import identity_gap, refinement_stats, wrap
-from tests.conftest import GSM8K_TEST, REPO, run_cli, run_in_process
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("so 3 + 4 = 7\n#### 1,234", "1234"),
-    ("#### -5", "-5"),
-    ("It costs $1,000.50 in total", "1000.5"),
-    ("#### $42", "42"),
-    ("she lost -$5 today", "-5"),
-    ("the answer is 3.0", "3"),
-    ("first 12 then 15.", "15"),
-    ("#### 7\nthen 9 more", "7"),
-    ("x = -3.25.", "-3.25"),
-    ("about .5 of it", "0.5"),
-    ("no number here", None),
-])
-def test_gsm8k_extraction_tricky_formats(text, expected):
-    assert extract_number(text) == expected
-
-
-def test_answers_match_exactly():
-    assert answers_match("The total is $1,200.", "... #### 1200")
-    assert not answers_match("The total is 1201", "#### 1200")
-    assert not answers_match("no idea", "#### 0")
-    assert tasks.gsm8k_correct(["#### 5", "6", ""], [{"answer": "#### 5"}, {"answer": "#### 5"},
-                                                     {"answer": "#### 5"}]) == [1, 0, 0]
-
-
-@pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="shared GSM8K test file not present")
-def test_real_gsm8k_references_extract():
-    recs = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()[:200] if line.strip()]
-    for r in recs:
-        ref = extract_number(r["answer"])
-        assert ref is not None and answers_match(r["answer"].split("####")[-1], r["answer"])
+from tests.conftest import REPO, run_cli, run_in_process
 
 
 class BiasLM(nn.Module):
@@ -335,6 +300,7 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path, capsys):
     per = r["baseline"]["per_example"]   # each choice question's chance rate, 1 / its choices
     assert len(per["arc_chance"]) == len(per["arc_correct"]) and set(per["piqa_chance"]) == {0.5}
     assert all(0 < c <= 0.5 for c in per["arc_chance"])
+    assert len(per["gsm8k_chance"]) == 3 and set(per["gsm8k_chance"]) <= {0.0, 1.0} and sum(per["gsm8k_chance"]) >= 1
     assert (art_dir / "eval" / "finetuned_vanilla" / "config.json").is_file()
 
     # the comparison in this process too (phase=compare through the real CLI: test_compare_table.py)

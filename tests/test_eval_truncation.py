@@ -94,7 +94,7 @@ def test_complete_part_and_answers_match_by_hand():
     cut = " Ben has 9 * 12 = 108 marbles.\n#### 10"
     assert answers_match(cut, "#### 10") and not answers_match(cut, "#### 10", truncated=True)
     assert answers_match(cut, "#### 108", truncated=True)          # the body's complete 108 is its last number
-    assert complete_part("x = 1,000.") == "x =" and complete_part("#### 7 apples") == "#### 7 apples"
+    assert complete_part("x = 1,000.") == "x = " and complete_part("#### 7 apples") == "#### 7 apples"
     assert answers_match("#### 7 apples", "#### 7", truncated=True)  # a number followed by text is complete
     ended = " Eve has 48 - 15 = 33 books left.\n#### 33"               # ended with EOS: scored as it is
     assert answers_match(ended, "#### 33") and tasks.gsm8k_correct([ended], [{"answer": "#### 33"}]) == [1]

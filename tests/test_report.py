@@ -52,13 +52,15 @@ def test_bitnet_row_is_paired_on_the_eval_results(tmp_path):
     assert row[3] == pytest.approx(100 / 220)                                # 1 ARC question lost of 220 right
     assert row[4].startswith("PASS (n=416, 95% CI [") and "McNemar p=1" in row[4]
     assert "by chance" not in row[4]                                          # results without per-example rates
-    # with the rates the real eval stores (4-choice ARC, 2-choice PIQA): chance (200/4 + 200/2) / 416, GSM8K 0
+    # with the rates the real eval stores (4-choice ARC, 2-choice PIQA, GSM8K's majority baseline: the modal answer
+    # is 3 of the 16 references): chance (3 + 200/4 + 200/2) / 416
     for stage, arc_right in (("phase3_reasoning", 100), ("phase4_compressed", 99)):
         res = _results([0] * 16, [1] * arc_right + [0] * (200 - arc_right), [1] * 120 + [0] * 80)
-        res["per_example"].update(arc_chance=[0.25] * 200, piqa_chance=[0.5] * 200)
+        res["per_example"].update(arc_chance=[0.25] * 200, piqa_chance=[0.5] * 200,
+                                  gsm8k_chance=[1.0] * 3 + [0.0] * 13)
         _write(tmp_path, stage, res)
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
-    assert f"accuracy 0.529 before, 0.526 after, {150 / 416:.3f} by chance" in row[4]
+    assert f"accuracy 0.529 before, 0.526 after, {153 / 416:.3f} by chance" in row[4]
     assert "the BitNet run's own final/accuracy_drop is +40.0 %" in row[4]   # the phase's key, on its own questions
     for stage, mb in (("phase3_reasoning", 1.21), ("phase4_compressed", 1.65)):
         res = json.loads((tmp_path / "eval_results" / f"{stage}_results.json").read_text())

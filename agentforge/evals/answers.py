@@ -2,7 +2,9 @@
 
 The reference answer is the number after ``####``; a generation's answer is the number after its own
 ``####`` when it wrote one, else the last number in it. Numbers may carry ``$``, thousands commas, a
-sign and decimals; they are compared as exact decimals after normalization ("1,000.50" == "1000.5").
+sign and decimals; they are compared as exact decimals after normalization ("1,000.50" == "1000.5"). What
+is not a number's part (``_NUM``): the minus of a subtraction ("5 - 3", "5-3": the last number is 3), commas
+that do not group thousands ("1,2,3": 3). Spaces group thousands only after "$" ("$118 000": 118000).
 
 A generation that hit its token limit (no EOS, ``truncated``) may end inside its answer ("#### 1" of
 "#### 108"): a final number running to the end of such a text (nothing but "," or "." after it) is dropped
@@ -14,7 +16,14 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-_NUM = re.compile(r"-?\$?\s?-?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")
+# A number: an optional sign, an optional "$" (maybe a space after it), then digits with thousands commas in groups of
+# three (or, right after a "$", thousands spaces: "$118 000"), and decimals. A "-" is a sign only where it cannot be
+# a binary minus: not after a word character, ".", or ")", and directly before the "$" or the digits ("5 - 3" and
+# "5-3" end in 3, not -3). A comma run that is not groups of three is a list ("1,2,3" ends in 3, not 123).
+_SIGN = r"(?:(?<![\w.)])-)?"
+_INT = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
+_NUM = re.compile(_SIGN + r"(?:\$\s?-?(?:\d{1,3}(?: \d{3})+(?![\d,])|" + _INT + r")|" + _INT + r")(?:\.\d+)?"
+                  + "|" + _SIGN + r"\$?\.\d+")
 
 
 def _normalize(token: str) -> str | None:

@@ -130,13 +130,11 @@ def accuracy_drop_test(before: dict, after: dict, confidence: float = 0.95) -> d
 
 
 def chance_accuracy(results: dict, tasks: list[tuple[str, int]]) -> float | None:
-    """The pooled accuracy a guesser would get on the same examples: 0 on GSM8K (an exact numeric answer), 1 / the
-    choices on ARC / PIQA (``evals.tasks.chance_rates``, stored per example); None when a task's rates are missing
-    (results of older code)."""
+    """The pooled accuracy a guesser would get on the same examples: GSM8K's majority baseline (the best constant
+    answer), 1 / the choices on ARC / PIQA (``evals.tasks.chance_rates``, stored per example); None when a task's
+    rates are missing (results of older code)."""
     per, total = results.get("per_example", {}), 0.0
     for fmt, n in tasks:
-        if fmt == "gsm8k":
-            continue
         rates = per.get(f"{fmt}_chance")
         if not rates or len(rates) != n:
             return None

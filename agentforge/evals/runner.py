@@ -70,6 +70,7 @@ def evaluate(model, tokenizer, sets: dict[str, list[dict]], rows: torch.Tensor, 
         gens, lengths = tasks.gsm8k_greedy(model, tokenizer, gsm, s.gen_tokens)
         truncated = [n >= s.gen_tokens for n in lengths]  # no EOS within gen_tokens: the answer may be cut
         per["gsm8k_correct"], per["gsm8k_ids"] = tasks.gsm8k_correct(gens, gsm, truncated), example_ids(gsm)
+        per["gsm8k_chance"] = tasks.chance_rates(gsm, "gsm8k")
         per["generations"], per["gsm8k_truncated"] = [str(g) for g in gens], [int(t) for t in truncated]
         metrics["reasoning_accuracy"] = sum(per["gsm8k_correct"]) / len(gsm)
         metrics["gen/truncated_rate"] = sum(truncated) / len(gsm)

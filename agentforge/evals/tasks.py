@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 
 from agentforge.data import formats
-from agentforge.evals import prefix
+from agentforge.evals import answers, prefix
 from agentforge.evals.answers import answers_match
 from agentforge.models.cognate import CognateModel
 from agentforge.models.generation import generate as decode
@@ -103,8 +104,16 @@ def choice_predictions(model, tokenizer, records: list[dict], fmt: str, batch_ro
 
 
 def chance_rates(records: list[dict], fmt: str) -> list[float]:
-    """Each ARC ('arc') / PIQA ('piqa') record's accuracy by chance, 1 / its number of choices: what an accuracy
-    near it (a model guessing) is read against."""
+    """Each record's accuracy by chance: what an accuracy near it (a model guessing) is read against. ARC ('arc') /
+    PIQA ('piqa'): 1 / its number of choices. GSM8K ('gsm8k'): the majority baseline, 1 where the record's reference
+    answer is the most common one among ``records`` (ties: the first seen), else 0, so their mean is the best
+    constant answer's accuracy on them. 0 was used before, but a constant answer scores above it: on the synthetic
+    test split (seed 0) 0.035 of 200 records, 0.047 of 64; chosen on the records themselves, the figure is
+    optimistic on few (0.125 of 16: the mode of 16 answers is hit twice)."""
+    if fmt == "gsm8k":
+        refs = [answers.extract_number(r["answer"]) for r in records]
+        modal = Counter(refs).most_common(1)[0][0] if refs else None
+        return [float(x == modal) for x in refs]
     choices_fn = {"arc": formats.arc_choices, "piqa": formats.piqa_choices}[fmt]
     return [1.0 / len(choices_fn(rec)[0]) for rec in records]
 
