@@ -12,7 +12,7 @@ import pytest
 
 from agentforge.errors import ConfigError
 from agentforge.evals.compare import compute_stats, load_results, run_comparison, table_rows
-from agentforge.evals.stats import mean_pass_at_k
+from agentforge.evals.pass_at_k import mean_pass_at_k
 from tests.conftest import REPO
 
 TH = {"pass_at": {1: 0.30}, "min_delta_pass1": 0.04, "alpha": 0.05, "failure_p": 0.1}

@@ -6,15 +6,14 @@ import math
 import numpy as np
 import pytest
 
+from agentforge.evals.pass_at_k import mean_pass_at_k, pass_at_k
 from agentforge.evals.stats import (
     MIN_N,
     exact_paired_binary,
     exact_proportion_ci,
-    mean_pass_at_k,
     paired_binary_ci,
     paired_bootstrap,
     paired_test,
-    pass_at_k,
     tango_ci,
     threshold_verdict,
     verdict,

@@ -3,7 +3,7 @@
     {"pass_at_1": {"<candidate>": p, "<baseline>": q, "delta": p - q, "ci95": [lo, hi], "p_value": ..., "n": ...},
      "pass_at_10": {...}, "verdict": "SUCCESS|PARTIAL|FAILURE", "reasons": [...], ...}
 
-pass@k is Chen et al.'s unbiased estimator per problem (``evals.stats.pass_at_k``) averaged over problems;
+pass@k is Chen et al.'s unbiased estimator per problem (``evals.pass_at_k.pass_at_k``) averaged over problems;
 the difference is tested over problems by the project's paired test (``evals.stats.paired_test``: McNemar's
 exact test when every per-problem score is 0/1, e.g. n = 1 or greedy, else the exact sign-flip test below
 ``min_n`` problems and the paired bootstrap from there), and the verdict is the dashboard's section-7 rule
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from agentforge.evals import stats as st
 from agentforge.evals.compare import efficiency_checks, missed_targets
+from agentforge.evals.pass_at_k import pass_at_k
 
 UNITS = "token_units_differ"   # True: the models' tokenizers differ (bytes vs BPE), so do their token counts
 PER_TOKEN_RATIOS = ("max_latency_ratio", "min_throughput_ratio")
@@ -35,7 +36,7 @@ def per_problem_pass(problems: list[dict], k: int) -> list[float] | None:
     """pass@k of each problem ({num_samples, num_correct}), or None when some problem has n < k."""
     if any(p["num_samples"] < k for p in problems):
         return None
-    return [st.pass_at_k(p["num_samples"], p["num_correct"], k) for p in problems]
+    return [pass_at_k(p["num_samples"], p["num_correct"], k) for p in problems]
 
 
 def _paired(a: list[float], b: list[float], n_resamples: int, seed: int, min_n: int) -> dict:
@@ -83,5 +84,5 @@ def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, ca
 def pass_at_k_curve(problems: list[dict], max_k: int) -> list[float]:
     """Mean pass@k for k = 1..max_k (the accuracy panel's line)."""
     n = min(p["num_samples"] for p in problems)
-    return [sum(st.pass_at_k(p["num_samples"], p["num_correct"], k) for p in problems) / len(problems)
+    return [sum(pass_at_k(p["num_samples"], p["num_correct"], k) for p in problems) / len(problems)
             for k in range(1, min(max_k, n) + 1)]

@@ -29,8 +29,9 @@ import math
 import numpy as np
 
 from agentforge.errors import ConfigError
+from agentforge.evals.pass_at_k import pass_at_k_per_problem
 from agentforge.evals.runner import direction
-from agentforge.evals.stats import MIN_N, holm, paired_test, pass_at_k_per_problem
+from agentforge.evals.stats import MIN_N, holm, paired_test
 
 PLOT_GROUPS = {
     "quality": ["perplexity", "loss", "token_accuracy", "reasoning_accuracy", "pass_at_1", "pass_at_10",

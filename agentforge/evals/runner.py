@@ -15,8 +15,8 @@ from agentforge.data import formats
 from agentforge.data.ids import example_ids
 from agentforge.evals import speed, tasks
 from agentforge.evals.generation_stats import generation_stats
+from agentforge.evals.pass_at_k import mean_pass_at_k
 from agentforge.evals.reference_fit import reference_fit
-from agentforge.evals.stats import mean_pass_at_k
 
 # Which way is better, for the comparison table (+1 higher, -1 lower, 0 neither). Refinement steps and
 # chunk length are neither: the plan wants 1-2 steps (fewer = recursion unused) and "natural" chunk lengths.
