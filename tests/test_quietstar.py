@@ -192,7 +192,7 @@ def test_rl_sizes_the_model_or_held_out_stream_cannot_hold_are_one_line_errors_b
              (["phase.rl.context_len=600", "phase.rl.seq_len=700"], r"phase\.rl\.context_len \(600\)"),
              (["phase.rl.seq_len=200000"], r"phase\.rl\.seq_len=200000 must be below the held-out stream's \d+ tokens"),
              (["phase.rl.eval_windows=100000"], r"phase\.rl\.eval_windows=100000 windows \(one per held-out document.*"
-                                                r"need 100000 documents that long; 80 of the 80")]
+                                                r"need 100000 documents that hold one; 80 of the 80")]
     for overrides, match in cases:
         cfg = compose_cfg(["phase=quietstar", "logger=none", f"step={step}", f"phase.input={tiny_input}", *overrides],
                           tmp_path)
@@ -210,8 +210,10 @@ def test_anti_theater_windows_are_one_per_held_out_document_at_the_default_sizes
     real = qs._documents
     seen = {}
 
-    def numbered(tok, seed, split, n):   # document i's tokens become 10_000 * i + 0, 1, 2, ...
+    def numbered(tok, seed, split, n):   # held-out document i's tokens become 10_000 * i + 0, 1, 2, ...
         docs = real(tok, seed, split, n)
+        if split == "train":             # the training stream as it is
+            return docs
         seen["split"] = split
         return [10_000 * i + torch.arange(len(d)) for i, d in enumerate(docs)]
     monkeypatch.setattr(qs, "_documents", numbered)

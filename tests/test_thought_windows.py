@@ -7,7 +7,7 @@ import torch
 
 from agentforge.errors import ConfigError
 from agentforge.reasoning import measures
-from agentforge.reasoning.rl import check_sizes, document_windows, sample_windows, window_capacity
+from agentforge.reasoning.rl import check_sizes, document_windows, sample_windows, seen_windows, window_capacity
 
 
 def test_evaluation_windows_take_one_window_per_document_without_replacement():
@@ -19,10 +19,44 @@ def test_evaluation_windows_take_one_window_per_document_without_replacement():
     assert sorted(int(r[0]) // 100 for r in w) == [0, 1, 3, 4, 5]           # five documents, each once; not the short one
     assert all(torch.equal(r, torch.arange(int(r[0]), int(r[0]) + 12)) for r in w)   # inside its document
     assert window_capacity(docs, 10, 2) == 5
-    with pytest.raises(ValueError, match="6 windows of 12 tokens need 6 held-out documents that long; there are 5"):
+    with pytest.raises(ValueError, match="6 windows of 12 tokens need 6 held-out documents that long with a window "
+                                         "not in the training stream; there are 5"):
         document_windows(docs, 6, 10, 2, torch.Generator().manual_seed(0))
     # training windows are drawn as before, with replacement: 40 sequences of 50 tokens from 1000 tokens is fine
     assert sample_windows(torch.arange(1000), 40, 50, 1, 10, 2, torch.Generator().manual_seed(0)).shape == (40, 12)
+
+
+def test_a_window_that_occurs_in_the_training_stream_is_never_a_held_out_one():
+    """By hand: document 0's only window (tokens 0..11) is in the training stream, so the document is passed over;
+    document 3 (40 tokens, 29 windows) keeps the 28 that are not, whatever the draw."""
+    docs = [torch.arange(0, 12), torch.arange(100, 112), torch.arange(200, 211), torch.arange(300, 340)]
+    seen = seen_windows(torch.cat([torch.arange(0, 12), torch.arange(300, 312)]), 12)
+    assert window_capacity(docs, 10, 2, seen) == 2 and window_capacity(docs, 10, 2) == 3
+    for g in range(30):
+        w = document_windows(docs, 2, 10, 2, torch.Generator().manual_seed(g), seen)
+        assert sorted(int(r[0]) // 100 for r in w) == [1, 3]
+        assert not any(torch.equal(r, torch.arange(300, 312)) for r in w)
+    with pytest.raises(ValueError, match="there are 2"):
+        document_windows(docs, 3, 10, 2, torch.Generator().manual_seed(0), seen)
+
+
+def test_no_default_held_out_window_occurs_word_for_word_in_the_rl_training_stream():
+    """The phase's default sizes and seed (42; windows drawn with seed 43): distinct problems share template text, so
+    without the check 12 of the 64 windows occurred, true tokens included, in the training stream (an audit)."""
+    from agentforge.data.tokenizer import ByteTokenizer
+    from agentforge.phases import quietstar as qs
+
+    tok = ByteTokenizer()
+    train, held = qs._stream(tok, 42, "train", qs.TRAIN_DOCS), qs._documents(tok, 42, "test", qs.HELDOUT_DOCS)
+    runs = train.unfold(0, 36, 1)   # every 36-token run of the stream, compared directly
+
+    def in_training(w):
+        return bool((runs == w).all(1).any())
+
+    old = document_windows(held, 64, 32, 4, torch.Generator().manual_seed(43))
+    new = document_windows(held, 64, 32, 4, torch.Generator().manual_seed(43), seen_windows(train, 36))
+    assert sum(map(in_training, old)) >= 10
+    assert not any(map(in_training, new))
 
 
 def test_check_sizes_names_the_phase_rl_key():
@@ -31,7 +65,8 @@ def test_check_sizes_names_the_phase_rl_key():
     check_sizes(ok, 512, docs)
     for bad, match in [({"thought_length": 500}, r"phase\.rl\.context_len \(32\) \+ phase\.rl\.thought_length \(500\)"),
                        ({"seq_len": 5000}, r"phase\.rl\.seq_len=5000 must be below"),
-                       ({"eval_windows": 65}, r"phase\.rl\.eval_windows=65 windows .* need 65 documents that long; 64 of")]:
+                       ({"eval_windows": 65}, r"phase\.rl\.eval_windows=65 windows .* need 65 documents that "
+                                              r"hold one; 64 of")]:
         with pytest.raises(ConfigError, match=match):
             check_sizes({**ok, **bad}, 512, docs)
 

@@ -54,7 +54,7 @@ from agentforge.phases.quietstar_fit import fit_step, work_dir
 from agentforge.phases.quietstar_report import finish_baking, finish_rl, phase_times_line
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.reasoning import baking as bk
-from agentforge.reasoning.rl import ThoughtConfig, check_sizes, document_windows
+from agentforge.reasoning.rl import ThoughtConfig, check_sizes, document_windows, seen_windows
 from agentforge.reasoning.strategies import (
     STRATEGIES,
     by_strategy,
@@ -99,7 +99,8 @@ def run(cfg) -> dict:
             with times("load"):
                 loaded = _load(src, "run phase=evomerge first, or pass phase.input=DIR")
                 if step == "both":  # step 2's sizes, before baking: the baked model keeps the input's max_seq_len
-                    check_sizes(r, loaded[0].config.max_seq_len, _documents(loaded[1], int(cfg.seed), "test", HELDOUT_DOCS))
+                    check_sizes(r, loaded[0].config.max_seq_len, _documents(loaded[1], int(cfg.seed), "test", HELDOUT_DOCS),
+                                _seen(loaded[1], int(cfg.seed), r))
             res = run_baking(_sub(cfg, "phase3-step1-baking"), loaded, outs["baking"], src, times)
         _barrier()  # under DDP every rank reads the baked model only once rank 0 has published it
         if not res:  # a DDP rank other than 0: it trains, rank 0 writes
@@ -252,6 +253,7 @@ def _bake_control(cfg, teacher, train_p, val_p, prompts, ocfg, src: Path, out_di
 
 # ---------------------------------------------------------------- step 2: Quiet-STaR RL
 HELDOUT_DOCS = 40  # held-out (test-split) documents per task, one anti-theater window in each of eval_windows of them
+TRAIN_DOCS = 200   # training-split documents per task in the RL training stream
 
 
 def _documents(tok, seed: int, split: str, n: int) -> list[torch.Tensor]:
@@ -265,6 +267,11 @@ def _documents(tok, seed: int, split: str, n: int) -> list[torch.Tensor]:
 def _stream(tok, seed: int, split: str, n: int) -> torch.Tensor:
     """The documents of ``_documents`` as one token stream (documents separated by their EOS)."""
     return torch.cat(_documents(tok, seed, split, n))
+
+
+def _seen(tok, seed: int, r) -> set[bytes]:
+    """The RL training stream's windows of ``phase.rl`` (r) context_len + n_true tokens (``rl.seen_windows``)."""
+    return seen_windows(_stream(tok, seed, "train", TRAIN_DOCS), int(r.context_len) + int(r.n_true))
 
 
 def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
@@ -283,13 +290,14 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
     with times("data"):
         tids = {"start": ids[THINK_START], "end": ids[THINK_END],
                 "banned": [PAD_ID, BOS_ID, ids[THINK_START], ids[THINK_END]]}
-        train_stream, held = _stream(tok, seed, "train", 200), _documents(tok, seed, "test", HELDOUT_DOCS)
-        check_sizes(r, model.config.max_seq_len, held)  # before the run dir exists
+        train_stream, held = _stream(tok, seed, "train", TRAIN_DOCS), _documents(tok, seed, "test", HELDOUT_DOCS)
+        seen = seen_windows(train_stream, tc.context_len + tc.n_true)   # no held-out window is training text
+        check_sizes(r, model.config.max_seq_len, held, seen)  # before the run dir exists
         # one window per held-out document (distinct problems), the documents drawn without replacement: the windows
         # are the independent units of the checks' CIs. The test split, as the accuracies below: Cognate stopped early
         # on val-split rows (2 of the 4 arithmetic problems of its val rows were among the old val windows' documents)
         eval_windows = document_windows(held, int(r.eval_windows), tc.context_len, tc.n_true,
-                                        torch.Generator().manual_seed(seed + 1))
+                                        torch.Generator().manual_seed(seed + 1), seen)
         # the test split: EvoMerge chose the champion on the val split's first questions (its selection set), so
         # val questions would score the lineage on what selected it (4 of 4 ARC and PIQA questions were)
         evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), seed, int(r.eval_examples), "test",

@@ -47,35 +47,55 @@ def sample_windows(stream: torch.Tensor, n_seqs: int, seq_len: int, positions: i
     return torch.stack(out)
 
 
+def seen_windows(stream: torch.Tensor, width: int) -> set[bytes]:
+    """Every run of ``width`` consecutive tokens of ``stream`` (as bytes): what a held-out window must not be."""
+    a = stream.to(torch.int32).numpy()
+    return {a[i: i + width].tobytes() for i in range(len(a) - width + 1)}
+
+
+def clean_positions(doc: torch.Tensor, context_len: int, n_true: int, seen: set[bytes] | None = None) -> list[int]:
+    """The thought positions p of ``doc`` whose window doc[p - context_len: p + n_true] is not in ``seen``."""
+    a = doc.to(torch.int32).numpy()
+    return [p for p in range(context_len, len(doc) - n_true + 1)
+            if seen is None or a[p - context_len: p + n_true].tobytes() not in seen]
+
+
 def document_windows(docs: list[torch.Tensor], n: int, context_len: int, n_true: int,
-                     generator: torch.Generator) -> torch.Tensor:
-    """[n, context_len + n_true]: one window in each of ``n`` documents drawn without replacement from those long
-    enough to hold one (``window_capacity``), at a uniform position inside it. The evaluation's units: windows
-    of one stream that merely shared no token still came from the same documents (64 windows touched 56 documents
-    and formed 39 clusters linked by a shared one, in an audit), so they were not the independent units the CIs
-    assume; one document each, with documents that are distinct problems (``synthetic.generate``), they are."""
+                     generator: torch.Generator, seen: set[bytes] | None = None) -> torch.Tensor:
+    """[n, context_len + n_true]: one window in each of ``n`` documents drawn without replacement from those able to
+    hold one, at a uniform position among the document's windows that are not in ``seen`` (``seen_windows`` of the
+    training stream; a document with none is passed over). The evaluation's units: windows of one stream that merely
+    shared no token still came from the same documents (64 windows touched 56 documents and formed 39 clusters
+    linked by a shared one, in an audit), so they were not the independent units the CIs assume; one document each,
+    with documents that are distinct problems (``synthetic.generate``), they are. Distinct problems still share
+    template text: before ``seen``, 12 of the 64 default windows (seed 42) occurred word for word, true tokens
+    included, in the RL training stream (an audit)."""
     width = context_len + n_true
-    fit = [d for d in docs if len(d) >= width]
-    if n > len(fit):
-        raise ValueError(f"{n} windows of {width} tokens need {n} held-out documents that long; there are {len(fit)}")
     out = []
-    for i in torch.randperm(len(fit), generator=generator)[:n].tolist():
-        doc = fit[i]
-        p = int(torch.randint(context_len, len(doc) - n_true + 1, (1,), generator=generator))
-        out.append(doc[p - context_len: p + n_true])
+    for i in torch.randperm(len(docs), generator=generator).tolist():
+        if len(out) == n:
+            break
+        positions = clean_positions(docs[i], context_len, n_true, seen) if len(docs[i]) >= width else []
+        if positions:
+            p = positions[int(torch.randint(0, len(positions), (1,), generator=generator))]
+            out.append(docs[i][p - context_len: p + n_true])
+    if len(out) < n:
+        raise ValueError(f"{n} windows of {width} tokens need {n} held-out documents that long with a window not in "
+                         f"the training stream; there are {len(out)}")
     return torch.stack(out)
 
 
-def window_capacity(docs: list[torch.Tensor], context_len: int, n_true: int) -> int:
-    """How many documents can each hold one window of ``context_len + n_true`` tokens."""
-    return sum(len(d) >= context_len + n_true for d in docs)
+def window_capacity(docs: list[torch.Tensor], context_len: int, n_true: int, seen: set[bytes] | None = None) -> int:
+    """How many documents can each hold one window of ``context_len + n_true`` tokens (not in ``seen``)."""
+    return sum(bool(clean_positions(d, context_len, n_true, seen)) for d in docs if len(d) >= context_len + n_true)
 
 
-def check_sizes(r, max_seq_len: int, val_docs: list[torch.Tensor]) -> None:
+def check_sizes(r, max_seq_len: int, val_docs: list[torch.Tensor], seen: set[bytes] | None = None) -> None:
     """A ConfigError naming the ``phase.rl`` key (r) whose size the model or the held-out documents cannot hold: a
     window with its thought (context, [thinking], thought, [/endthinking], true tokens) must fit the model's
     ``max_seq_len``; a training sequence must be shorter than the held-out documents together, and
-    ``eval_windows`` windows need that many held-out documents long enough for one (``document_windows``)."""
+    ``eval_windows`` windows need that many held-out documents long enough for one not in ``seen`` (the training
+    stream's windows: ``document_windows``)."""
     c, length, n, seq, k = (int(r[x]) for x in ("context_len", "thought_length", "n_true", "seq_len", "eval_windows"))
     need = c + length + n + 1
     if need > max_seq_len:
@@ -84,10 +104,11 @@ def check_sizes(r, max_seq_len: int, val_docs: list[torch.Tensor]) -> None:
     val_len = sum(len(d) for d in val_docs)
     if seq >= val_len:
         raise ConfigError(f"phase.rl.seq_len={seq} must be below the held-out stream's {val_len} tokens")
-    if k > (fit := window_capacity(val_docs, c, n)):
+    if k > (fit := window_capacity(val_docs, c, n, seen)):
         raise ConfigError(f"phase.rl.eval_windows={k} windows (one per held-out document, each of phase.rl.context_len "
-                          f"+ phase.rl.n_true = {c + n} tokens) need {k} documents that long; {fit} of the "
-                          f"{len(val_docs)} held-out documents are: lower phase.rl.eval_windows or phase.rl.context_len")
+                          f"+ phase.rl.n_true = {c + n} tokens, not in the training stream) need {k} documents that "
+                          f"hold one; {fit} of the {len(val_docs)} held-out documents do: lower phase.rl.eval_windows "
+                          "or phase.rl.context_len")
 
 
 def reference_logits(ref, batch, context_len: int, use_cache: bool = True, window: bool = True):
