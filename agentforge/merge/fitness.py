@@ -2,8 +2,9 @@
 
 Measured (``measure``): perplexity on held-out rows, task accuracy (multiple-choice ARC/PIQA-format
 log-likelihood accuracy, plus GSM8K-format generation when ``gsm8k`` examples are given), forward
-FLOPs per token (counted by ``evals.flops.count_flops`` on a fixed input: matmuls and attention), forward
-time against a yardstick model, and memory (bytes of parameters and persistent buffers).
+FLOPs per token (counted by ``evals.flops`` over the same held-out rows as the perplexity: matmuls and attention;
+the selection rows while evolving, the test rows in ``heldout.compare_on_test``), forward time against a
+yardstick model, and memory (bytes of parameters and persistent buffers).
 
 Scored (``score``): each measurement becomes a unitless ratio against the mean of the three input
 models, oriented so that higher is better and the average input scores about 1 on every term:
@@ -25,9 +26,12 @@ far above 1 (a model with half the layers is several times faster) cannot swamp 
 (perplexity cannot improve 4x). The perplexity factor is exp(w (ref_loss - loss)): the held-out loss
 difference in nats. Fitness 1.0 means "as good as the average input model".
 
-Determinism. With ``speed="flops"`` every term is a deterministic function of the weights (the FLOP
-count of a forward pass on a fixed input, the bytes, the losses and answers on fixed data), so timing
-noise cannot win a selection: measuring one model twice gives the same fitness bit for bit.
+Determinism. With ``speed="flops"`` every term is a deterministic function of the weights and the data (the FLOP
+count of the forward pass over the held-out rows, the bytes, the losses and answers on fixed data), so timing
+noise cannot win a selection: measuring one model twice gives the same fitness bit for bit. The FLOPs depend on
+the input (ACT stops a row once all its tokens halted), so they are counted on the data's own rows: until
+2026-11-28 they were counted on one fixed batch of random byte ids, the same for selection and test, where a
+model's ratio to another's differed from the test rows' (1.996 against 1.650 in an audit).
 ``speed="timed"`` scores wall-clock speed instead, measured as the median over ``speed_repeats`` of
 forward passes timed in interleaved rounds with a fixed yardstick model (the order rotating each round, so
 both see the same load and neither is always first); it stays noisy (issue 13 timed an exact copy against its original 15 times on the shared 2-core
@@ -45,7 +49,7 @@ from dataclasses import dataclass, field
 import torch
 
 from agentforge.evals import speed, tasks
-from agentforge.evals.flops import count_flops
+from agentforge.evals.flops import count_flops, counting_flops
 
 METRICS = ("perplexity", "accuracy", "tokens_per_s", "speed_ratio", "memory_mb", "flops_per_token")
 DEFAULT_WEIGHTS = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}
@@ -72,7 +76,9 @@ def measure(model, tokenizer, data: EvalData, yardstick=None, keep_examples: boo
     (default: the model itself, ratio 1). ``keep_examples`` adds the per-example scores the paired
     statistics need: ``row_losses`` (mean nats/token of each row) and ``correct`` (0/1 per question)."""
     model.eval()
-    lm = tasks.lm_metrics(model, data.rows)
+    with counting_flops(model) as fc:   # the perplexity's forward pass is the one counted (``forward_flops``)
+        lm = tasks.lm_metrics(model, data.rows)
+    flops = fc.get_total_flops()
     correct: list[int] = []
     for fmt, records in data.choice.items():
         if records:
@@ -86,7 +92,7 @@ def measure(model, tokenizer, data: EvalData, yardstick=None, keep_examples: boo
            "accuracy": sum(correct) / len(correct) if correct else 0.0,
            "tokens_per_s": data.speed_batch * data.speed_seq_len / (ms / 1000), "inference_time_ms": ms,
            "speed_ratio": ratio, "memory_mb": speed.param_bytes(model) / 2**20,
-           "flops_per_token": forward_flops(model, data) / (data.speed_batch * data.speed_seq_len)}
+           "flops_per_token": flops / data.rows[:, :-1].numel()}
     if keep_examples:
         out.update(row_losses=list(lm["row_losses"]), correct=correct)
     return out
@@ -94,13 +100,11 @@ def measure(model, tokenizer, data: EvalData, yardstick=None, keep_examples: boo
 
 @torch.no_grad()
 def forward_flops(model, data: EvalData) -> int:
-    """FLOPs of one forward pass over a fixed [speed_batch, speed_seq_len] input (seeded token ids),
-    counted by ``evals.flops.count_flops`` (matmuls and attention, the latter as SDPA's math path computes it, on
-    every device): a deterministic cost of the weights."""
+    """FLOPs of the forward pass over the held-out rows' inputs (``data.rows[:, :-1]``), counted by
+    ``evals.flops.count_flops`` (matmuls and attention, the latter as SDPA's math path computes it, on every
+    device): what ``measure`` counts during its perplexity pass (tested equal)."""
     device = next(model.parameters()).device
-    ids = torch.randint(0, 256, (data.speed_batch, data.speed_seq_len),
-                        generator=torch.Generator().manual_seed(0)).to(device)
-    return count_flops(lambda: model(ids), model)
+    return count_flops(lambda: model(data.rows[:, :-1].to(device)), model)
 
 
 def timed(model, yardstick, data: EvalData) -> tuple[float, float]:
