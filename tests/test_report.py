@@ -89,10 +89,27 @@ def test_bitnet_row_is_paired_on_the_eval_results(tmp_path):
     _write(tmp_path, "phase4_compressed", _results([0] * 2, [1] * 4, [1] * 4))
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
     assert row[3] == 0 and row[4].startswith("INCONCLUSIVE (n=10,")
-    # different examples cannot be paired: the BitNet phase's own figure, undecided
+    # different examples cannot be paired: the BitNet phase's own figure, undecided, also where the phase gave a CI
+    # and n on its validation questions (they chose the shipped model: an audit saw that case read PASS)
     _write(tmp_path, "phase4_compressed", _results([0] * 2, [1] * 4, [1] * 4, tag="other"))
     row = next(r for r in threshold_rows(bitnet, tmp_path) if r[1] == "final/accuracy_drop")
-    assert row[3] == 40.0 and row[4].startswith("INCONCLUSIVE (no CI")
+    assert row[3] == 40.0 and row[4].startswith("INCONCLUSIVE (") and row[4].endswith("decides nothing)")
+    own = {"bitnet": {**bitnet["bitnet"], "final/accuracy_drop": -27.0, "final/accuracy_drop_ci95": [-72.6, 6.15],
+                      "final/accuracy_drop_n": 36}}
+    row = next(r for r in threshold_rows(own, tmp_path) if r[1] == "final/accuracy_drop")
+    assert row[4].startswith("INCONCLUSIVE (n=36, 95% CI [-72.6, 6.15]; not recomputed on the eval test sets")
+    assert "figure on its n=36 validation questions, which chose the shipped model" in row[4]
+
+
+def test_the_baking_row_shows_the_threshold_its_verdict_was_decided_against(tmp_path):
+    """phase.baking.convergence_threshold=0.7: the phase's verdict is at 0.7, so the row says 0.7 (and that the seed's
+    is 0.85); a CI wholly below 0.85 read as INCONCLUSIVE beside ">= 0.85" in an audit. The default: 0.85, no note."""
+    base = {"baking/final_accuracy": 0.773, "baking/final_accuracy_ci95": [0.761, 0.786], "baking/final_accuracy_n": 30,
+            "baking/final_accuracy_verdict": "INCONCLUSIVE", "baking/final_accuracy_why": "no established gain"}
+    for thr, shown in ((0.7, ">= 0.7 (the run's; the seed's is 0.85)"), (0.85, ">= 0.85")):
+        metrics = headline_metrics({**base, "baking/final_accuracy_threshold": thr})
+        row = next(r for r in threshold_rows({"x": metrics}, tmp_path) if r[1] == "baking/final_accuracy")
+        assert row[2] == shown and row[4].startswith("INCONCLUSIVE (n=30, 95% CI [0.761, 0.786]")
 
 
 def test_rows_with_a_ci_are_decided_by_it(tmp_path):

@@ -34,7 +34,9 @@ _HEADLINE = {k for _, k, _, _ in THRESHOLDS}
 # INCONCLUSIVE, e.g. the anti-theater checks) and K_test (what was tested); the row then shows that verdict,
 # n and CI. With a CI but no verdict the row is decided from the CI (``stats.threshold_verdict``). K_why, when
 # given, is the reason the phase gave for its verdict (e.g. the baking row's unbaked score, gain and prompt effect).
-_EVIDENCE = ("_n", "_ci95", "_verdict", "_test", "_why")
+# K_threshold: the threshold the phase's verdict was decided against (e.g. phase.baking.convergence_threshold); the
+# row shows it, and says so where it is not the seed's (a verdict at 0.7 shown as ">= 0.85" misread a CI below 0.85).
+_EVIDENCE = ("_n", "_ci95", "_verdict", "_test", "_why", "_threshold")
 # Rows whose PASS also needs a paired gain over the model before the step (``reasoning.baking_evidence.baking_verdict``): the
 # phase writes K_verdict; without it (metrics written before the gain was measured) the row cannot pass.
 _NEEDS_GAIN = {"baking/final_accuracy": "no paired gain over the unbaked model in these metrics (the unbaked model "
@@ -142,20 +144,26 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
     measured.update(cognate_diversity(artifacts))
     if "final/accuracy_drop" in measured:  # on the eval test sets, the stages every other row of the report uses
         own, own_n = measured["final/accuracy_drop"], measured.get("final/accuracy_drop_n")
+        on = f" on its n={int(own_n)} validation questions" if own_n else ""
         paired = paired_accuracy_drop(artifacts)
         if paired:
             paired["final/accuracy_drop_test"] += (f"; recomputed on the eval test sets: the BitNet run's own "
-                                                   f"final/accuracy_drop is {own:+.1f} %"
-                                                   + (f" on its n={int(own_n)} validation questions" if own_n else ""))
+                                                   f"final/accuracy_drop is {own:+.1f} %{on}")
+        else:   # the phase's own figure: on the questions that chose the shipped model, so it decides nothing
+            paired = {"final/accuracy_drop_verdict": "INCONCLUSIVE",
+                      "final/accuracy_drop_why": f"not recomputed on the eval test sets (no paired eval results of "
+                                                 f"phase3_reasoning and phase4_compressed); the BitNet run's own "
+                                                 f"figure{on}, which chose the shipped model, decides nothing"}
         measured.update(paired)
     notes = {"final/compression_ratio": compression_note(artifacts) + fp16_note(measured) + speedup_note(measured),
              "final/fitness_improvement": quality_note(measured)}
     rows = []
-    for phase, key, op, thr in THRESHOLDS:
+    for phase, key, op, seed_thr in THRESHOLDS:
         if key in measured:
-            v = measured[key]
+            v, thr = measured[key], float(measured.get(f"{key}_threshold", seed_thr))
             ok = {">": v > thr, ">=": v >= thr, "<": v < thr}[op]
-            rows.append([phase, key, f"{op} {thr:g}", v, _decided(measured, key, ok, op, thr)
+            shown = f"{op} {thr:g}" + (f" (the run's; the seed's is {seed_thr:g})" if thr != seed_thr else "")
+            rows.append([phase, key, shown, v, _decided(measured, key, ok, op, thr)
                          + (f" ({notes[key]})" if notes.get(key) else "")])
     return rows
 

@@ -234,6 +234,7 @@ def baking_summary(final: dict, thr: float, seed: int, control: dict | None = No
     out = {"baking/final_accuracy": final["overall"], "baking/final_accuracy_n": ev["n"],
            "baking/final_accuracy_ci95": ev["final_accuracy_ci95"], "baking/final_accuracy_test": BAKING_TEST,
            "baking/final_accuracy_verdict": verdict, "baking/final_accuracy_why": why,
+           "baking/final_accuracy_threshold": thr,   # the verdict's (phase.baking.convergence_threshold)
            "baking/converged": verdict == "PASS"}
     for k in ("initial_accuracy", "accuracy_gain", "prompt_effect_share", "prompt_effect_accuracy", "kl_reduction"):
         out[f"baking/{k}"], out[f"baking/{k}_ci95"] = ev[k], ev[f"{k}_ci95"]
