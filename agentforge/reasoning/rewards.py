@@ -3,6 +3,12 @@
 r_j = log p_talk(t | c, z_j) - mean_k log p_talk(t | c, z_k), with t the next ``n_true`` true tokens
 (teacher-forced) and p_talk the mixed prediction. The mean over the thoughts of the same position is
 the REINFORCE baseline, so a thought is rewarded only for beating its siblings.
+
+Deviation from the reference code, on purpose: the authors' implementation (ezelikman/quiet-star,
+``modeling_mistral.py``: ``remove_negative_rewards = True``, the advantage clamped at 0 before the policy loss)
+drops negative advantages, so a thought worse than its siblings is never pushed down. Here the signed advantage
+is used, as the paper's equation for the policy gradient writes it (Sec. 4.4: -r_j * grad log p(T_j)): the
+clamped form learns nothing from a below-average thought, and with K = 2 thoughts from half of them.
 """
 from __future__ import annotations
 
