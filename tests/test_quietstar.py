@@ -376,3 +376,24 @@ def test_cuda_quietstar_fits_on_the_gpu_and_evaluates_on_the_cpu(tiny_input, tmp
                 "when the fit ended; this phase evaluates it there)") in proc.stdout.splitlines()
     for name in ("baked", "reasoning"):
         load_model(tmp_path / "outputs" / "artifacts" / "quietstar" / name)
+
+
+def test_a_fit_under_another_precision_reruns_its_last_check_where_the_baked_model_was_measured(tiny_input, tmp_path):
+    """hardware.precision=bf16-mixed on the CPU (as a GPU fit runs bf16): the fit's checks run under autocast, the
+    baked model's accuracies and check 0 in fp32 outside it, so the last check is re-run after the fit in fp32 and
+    rl/improvement_over_baked pairs like with like. Its held-out accuracy then equals an fp32 measurement of the
+    published model; the default fp32 fit (test_quietstar_cli_both_steps) reruns nothing."""
+    from agentforge.data.build import eval_sets
+    from agentforge.training.rl_module import task_accuracy
+
+    proc = run_cli(["phase=quietstar", "step=rl", f"phase.input={tiny_input}", *QS_TINY,
+                    "hardware.precision=bf16-mixed"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rl: the last check (episode 2) re-run after the fit on the CPU in fp32" in proc.stdout
+    model, tok, _ = load_model(tmp_path / "outputs" / "artifacts" / "quietstar" / "reasoning")
+    cfg = compose_cfg(["phase=quietstar", *QS_TINY], tmp_path)
+    evals = eval_sets(OmegaConf.to_container(cfg.data, resolve=True), int(cfg.seed), 2, "test", "phase.rl.eval_examples")
+    with torch.no_grad():
+        fp32 = task_accuracy(model, tok, evals, 2)
+    saved = json.loads((tmp_path / "outputs" / "artifacts" / "quietstar" / "reasoning" / "metrics.json").read_text())
+    assert saved["rl/final_arc_accuracy"] == fp32["arc"] and saved["rl/final_gsm8k_accuracy"] == fp32["gsm8k"]

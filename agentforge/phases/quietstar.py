@@ -269,6 +269,14 @@ def _stream(tok, seed: int, split: str, n: int) -> torch.Tensor:
     return torch.cat(_documents(tok, seed, split, n))
 
 
+def _fit_numerics_differ(trainer) -> bool:
+    """Whether the fit's checks ran on another device or precision than the evaluations outside it (the CPU in fp32:
+    Lightning's teardown returns the model there). Then the last check's accuracies, paired against the baked model's
+    for rl/improvement_over_baked, would compare a device and precision change along with the RL update (an audit:
+    under CPU bf16 autocast 6 of 8 greedy answers of a tiny model changed against fp32)."""
+    return trainer.strategy.root_device.type != "cpu" or str(trainer.precision) not in ("32-true", "32", "64-true", "64")
+
+
 def _seen(tok, seed: int, r) -> set[bytes]:
     """The RL training stream's windows of ``phase.rl`` (r) context_len + n_true tokens (``rl.seen_windows``)."""
     return seen_windows(_stream(tok, seed, "train", TRAIN_DOCS), int(r.context_len) + int(r.n_true))
@@ -323,6 +331,12 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
         if not trainer.is_global_zero:
             return {}
         devices = fit_devices(trainer, model)   # before finish_rl's save moves the model to the CPU
+        if _fit_numerics_differ(trainer):   # the last check ran in the fit: on its device, under its precision
+            last = module.history["checks"][-1]
+            module.history["checks"][-1] = module.check(last["episode"])   # where check 0 and the baked model ran
+            print(f"rl: the last check (episode {last['episode']}) re-run after the fit on the CPU in fp32, where the "
+                  f"baked model's accuracies and the first check were measured (the fit ran on {devices['time/fit_device']}"
+                  f" at precision {trainer.precision})")
         with times("report"):   # "thinking_cost" and "save" are parts inside it
             res = finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, module.history, baked_acc, hours, out_dir,
                             times)
