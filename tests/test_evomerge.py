@@ -216,6 +216,19 @@ def test_test_improvement_of_an_identical_champion_is_exactly_zero_and_cannot_pa
     # never come out above the inputs
     out = compare(copy.deepcopy(models[0]), "timed")
     assert out["fitness"][3] == out["fitness"][0] and out["metrics"]["final/test_fitness_improvement"] <= 0.0
+    # the same function with other weights (a 1e-6 nudge), 32 rows and questions (enough for a verdict): its own
+    # timing draw is the difference, held fixed in the CI, so the timed verdict is INCONCLUSIVE however the draw fell
+    # (it read PASS or FAIL by the draw, zero-width CI and all: an audit)
+    nudged = copy.deepcopy(models[0])
+    with torch.no_grad():
+        next(nudged.parameters()).view(-1)[0] += 1e-6
+    got = heldout.compare_on_test(models, nudged, tok, _data(1, 32, 32), _data(0, 32, 32), w, "timed", threshold=0.0,
+                                  n_resamples=200)
+    m, speeds = got["metrics"], [x["speed_ratio"] for x in got["measurements"]]
+    best = int(m["final/test_best_input"][-1]) - 1
+    assert m["final/test_fitness_improvement_n"] >= 30 and speeds[3] != speeds[best]
+    assert m["final/test_verdict"] == m["final/fitness_improvement_verdict"] == "INCONCLUSIVE"
+    assert "timing noise is not in it" in m["final/fitness_improvement_why"]
 
 
 def test_test_improvement_and_its_ci_by_hand():
