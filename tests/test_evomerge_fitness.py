@@ -1,0 +1,30 @@
+"""EvoMerge's fitness terms measured on the data they score: the FLOPs speed term on the data's own rows."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.merge import fitness
+from tests.test_evomerge import _data, _tiny_models
+
+
+def test_the_flops_term_is_counted_on_the_datas_own_rows():
+    """``measure``'s FLOPs per token are the forward pass over the data's rows (the selection rows, or the test rows),
+    counted during its perplexity pass: equal to ``forward_flops`` and to a direct count; two data sets whose rows
+    differ (16 tokens here against 8 there: attention per token grows with length) give different figures. They were
+    counted on one fixed batch of random ids of [speed_batch, speed_seq_len], the same for selection and test."""
+    from agentforge.evals.flops import count_flops
+
+    model = _tiny_models(1)[0]
+    short, long = _data(0), _data(1)
+    long.rows = torch.randint(0, 256, (6, 9), generator=torch.Generator().manual_seed(3))
+    got = []
+    for d in (short, long):
+        m = fitness.measure(model, ByteTokenizer(), d)
+        with torch.no_grad():   # as measured (with autograd the memory's read takes another path)
+            direct = count_flops(lambda: model(d.rows[:, :-1]), model)
+        assert m["flops_per_token"] * d.rows[:, :-1].numel() == pytest.approx(direct, rel=1e-12)
+        assert fitness.forward_flops(model, d) == direct
+        got.append(m["flops_per_token"])
+    assert got[0] != got[1]
