@@ -1,11 +1,12 @@
-"""EvoMerge's fitness terms measured on the data they score: the FLOPs speed term on the data's own rows."""
+"""EvoMerge's test data and fitness terms: the FLOPs speed term on the data's own rows, and test rows that are the
+paired tests' independent units (no row repeated)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from agentforge.data.tokenizer import ByteTokenizer
-from agentforge.merge import fitness
+from agentforge.merge import fitness, heldout
 from tests.test_evomerge import _data, _tiny_models
 
 
@@ -28,3 +29,16 @@ def test_the_flops_term_is_counted_on_the_datas_own_rows():
         assert fitness.forward_flops(model, d) == direct
         got.append(m["flops_per_token"])
     assert got[0] != got[1]
+
+
+def test_repeated_test_rows_are_dropped_with_the_selection_overlap():
+    """Short rows of distinct templated problems can be equal (an audit: 48 test rows holding 45 distinct at
+    seq_len 16); a later copy of a test row is removed like a row also in the selection set, and counted."""
+    sel, test = _data(0), _data(1)
+    rows = test.rows.clone()
+    rows[3], rows[5] = rows[1], sel.rows[0]          # a repeat within the test rows, and one of the selection set
+    test.rows = rows
+    kept, removed = heldout.disjoint_from(test, sel)
+    assert removed == 2 and len(kept.rows) == 4
+    assert len({r.numpy().tobytes() for r in kept.rows}) == 4
+    assert torch.equal(kept.rows, rows[[0, 1, 2, 4]])

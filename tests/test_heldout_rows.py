@@ -87,19 +87,6 @@ def test_a_distinct_draw_holds_each_problem_once():
     assert formats.TASK_FORMAT["arithmetic"] == "gsm8k"
 
 
-def test_heldout_rows_never_repeat_a_rows_content():
-    """Distinct templated problems share their first bytes: 16-token rows of choice questions hold 1 distinct row,
-    arithmetic 16 (64 asked); duplicates are dropped (never counted as independent units), and too few is the
-    ValueError, found without doubling the draw forever. A mix at the same length has its 64 rows, all distinct."""
-    with pytest.raises(ValueError, match=r"only 1 rows of distinct test-split documents .* 64 asked \(rows of 16"):
-        heldout_rows(TaskPool(0), {"choice": 1.0}, 64, 16, TOK, random.Random(1), "test")
-    with pytest.raises(ValueError, match=r"only 16 rows"):
-        heldout_rows(TaskPool(0), {"arithmetic": 1.0}, 64, 16, TOK, random.Random(1), "test")
-    mix = normalize_mix({"arithmetic": 0.4, "choice": 0.3, "piqa": 0.3})
-    rows = heldout_rows(TaskPool(0), mix, 64, 16, TOK, random.Random(1), "test")
-    assert len({r.numpy().tobytes() for r in rows}) == len(rows) == 64
-
-
 @pytest.mark.parametrize("seq_len", [16, 128, 512])
 def test_heldout_rows_draw_until_the_rows_are_there_and_say_when_the_split_runs_out(seq_len):
     mix = normalize_mix({"plain_text": 1, "arithmetic": 1, "choice": 1, "piqa": 1})

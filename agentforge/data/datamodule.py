@@ -70,36 +70,24 @@ def heldout_rows(pool: "TaskPool", mix: Mapping[str, float], n_rows: int, seq_le
                  rng: random.Random, split: str) -> torch.Tensor:
     """``n_rows`` held-out rows [n_rows, seq_len + 1] of ``split`` examples of the task ``mix``: distinct documents
     (by content key), packed so that no document spans two rows (``pack_documents``), so the rows are the
-    independent units the phases' paired tests and CIs resample; a row whose content an earlier row already has is
-    dropped (distinct templated problems share their first bytes: at seq_len 16, 64 rows of choice questions held
-    one distinct row, an audit found duplicates among EvoMerge's test rows at seq_len 16 and 32). Every row takes at
-    least one document and the cut documents' tails are dropped, so the draw starts at three times the rows' tokens
-    and doubles, continuing the same draws, until the rows are there; too few distinct documents or rows in the
-    split is a ValueError naming the count."""
-    start, budget, before = rng.getstate(), 3 * (n_rows + 2) * (seq_len + 1), -1
+    independent units the phases' paired tests and CIs resample. Every row takes at least one document and the cut
+    documents' tails are dropped, so the draw starts at three times the rows' tokens and doubles, continuing the
+    same draws, until the rows are there; too few distinct documents in the split is a ValueError naming the
+    count. Rows of distinct documents can still be equal at short lengths (templated problems share their first
+    bytes: 64 rows of 16-token choice questions hold 1 distinct row); EvoMerge's test figure, whose paired tests
+    resample the rows, drops such repeats (``merge.heldout.disjoint_from``)."""
+    start, budget = rng.getstate(), 3 * (n_rows + 2) * (seq_len + 1)
     while True:
         rng.setstate(start)   # a longer draw repeats the shorter one's first draws: the rows only grow
         texts = pool.sample_texts(mix, budget, rng, split, distinct=True)
-        rows = distinct_rows(pack_documents(texts, tokenizer, seq_len))
-        if (len(rows) >= n_rows or len(rows) == before   # enough, or twice the draw gave no new distinct row
-                or sum(len(t.encode("utf-8")) + 2 for t in texts) < budget):   # or no document left
+        rows = pack_documents(texts, tokenizer, seq_len)
+        if len(rows) >= n_rows or sum(len(t.encode("utf-8")) + 2 for t in texts) < budget:   # enough, or none left
             break
-        budget, before = 2 * budget, len(rows)
+        budget *= 2
     if len(rows) < n_rows:
         raise ValueError(f"only {len(rows)} rows of distinct {split}-split documents for the task mix {sorted(mix)}, "
-                         f"{n_rows} asked (rows of {seq_len} tokens; longer rows differ more)")
+                         f"{n_rows} asked")
     return rows[:n_rows]
-
-
-def distinct_rows(rows: torch.Tensor) -> torch.Tensor:
-    """``rows`` without any row whose content an earlier row has (the first kept, the order unchanged)."""
-    seen, keep = set(), []
-    for i, r in enumerate(rows):
-        key = r.numpy().tobytes()
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
-    return rows[keep]
 
 
 class TaskPool:

@@ -62,10 +62,16 @@ def _question_key(fmt: str, record: dict) -> str:
 
 
 def disjoint_from(test: fitness.EvalData, selection: fitness.EvalData) -> tuple[fitness.EvalData, int]:
-    """``test`` without the rows and questions whose content also occurs in ``selection``, and how many
-    were removed."""
+    """``test`` without the rows and questions whose content also occurs in ``selection``, and without a row whose
+    content an earlier test row has (short rows of distinct templated problems can be equal: an audit found 48 test
+    rows holding 45 distinct at seq_len 16; the paired tests would count the copies as independent units), and how
+    many were removed."""
     seen_rows = set(_row_keys(selection.rows))
-    keep = [i for i, k in enumerate(_row_keys(test.rows)) if k not in seen_rows]
+    keep = []
+    for i, k in enumerate(_row_keys(test.rows)):
+        if k not in seen_rows:
+            seen_rows.add(k)   # a later copy of this row is dropped too
+            keep.append(i)
     seen_q = {_question_key(f, r) for f, recs in selection.choice.items() for r in recs}
     seen_q |= {_question_key("gsm8k", r) for r in selection.gsm8k}
     choice = {f: [r for r in recs if _question_key(f, r) not in seen_q] for f, recs in test.choice.items()}
