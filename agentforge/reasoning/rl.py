@@ -71,14 +71,13 @@ def document_windows(docs: list[torch.Tensor], n: int, context_len: int, n_true:
     template text: before ``seen``, 12 of the 64 default windows (seed 42) occurred word for word, true tokens
     included, in the RL training stream (an audit)."""
     width = context_len + n_true
-    out = []
-    for i in torch.randperm(len(docs), generator=generator).tolist():
+    fit, out = [d for d in docs if len(d) >= width], []
+    for i in torch.randperm(len(fit), generator=generator).tolist():   # the draw as before ``seen`` where none is
         if len(out) == n:
             break
-        positions = clean_positions(docs[i], context_len, n_true, seen) if len(docs[i]) >= width else []
-        if positions:
+        if positions := clean_positions(fit[i], context_len, n_true, seen):
             p = positions[int(torch.randint(0, len(positions), (1,), generator=generator))]
-            out.append(docs[i][p - context_len: p + n_true])
+            out.append(fit[i][p - context_len: p + n_true])
     if len(out) < n:
         raise ValueError(f"{n} windows of {width} tokens need {n} held-out documents that long with a window not in "
                          f"the training stream; there are {len(out)}")
@@ -87,7 +86,7 @@ def document_windows(docs: list[torch.Tensor], n: int, context_len: int, n_true:
 
 def window_capacity(docs: list[torch.Tensor], context_len: int, n_true: int, seen: set[bytes] | None = None) -> int:
     """How many documents can each hold one window of ``context_len + n_true`` tokens (not in ``seen``)."""
-    return sum(bool(clean_positions(d, context_len, n_true, seen)) for d in docs if len(d) >= context_len + n_true)
+    return sum(bool(clean_positions(d, context_len, n_true, seen)) for d in docs)   # a short one has no position
 
 
 def check_sizes(r, max_seq_len: int, val_docs: list[torch.Tensor], seen: set[bytes] | None = None) -> None:
