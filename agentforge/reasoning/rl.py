@@ -72,7 +72,7 @@ def document_windows(docs: list[torch.Tensor], n: int, context_len: int, n_true:
     included, in the RL training stream (an audit)."""
     width = context_len + n_true
     fit, out = [d for d in docs if len(d) >= width], []
-    for i in torch.randperm(len(fit), generator=generator).tolist():   # the draw as before ``seen`` where none is
+    for i in torch.randperm(len(fit), generator=generator).tolist():   # the long-enough documents, in random order
         if len(out) == n:
             break
         if positions := clean_positions(fit[i], context_len, n_true, seen):
