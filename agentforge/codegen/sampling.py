@@ -41,7 +41,8 @@ def nucleus_mask(logits: torch.Tensor, top_p: float, temperature: float) -> torc
 
 class _Nucleus(nn.Module):
     """Wraps a model so the decoding loop samples from the top-p nucleus; keeps the model's KV-cache
-    decoder (``kv_decoder``) when it has one, so decoding stays incremental."""
+    decoder (``kv_decoder``) when it has one, its prompt prefill included, so decoding stays incremental
+    and the prompt takes one forward pass (without the prefill it took one decoder step per prompt token)."""
 
     def __init__(self, model: nn.Module, top_p: float, temperature: float):
         super().__init__()
@@ -60,8 +61,13 @@ class _Nucleus(nn.Module):
 
         def make(batch: int):
             dec = inner(batch)
-            return SimpleNamespace(next_logits=lambda ids: nucleus_mask(dec.next_logits(ids).float(), self.top_p,
-                                                                        self.temperature))
+
+            def masked(step):
+                return lambda ids: nucleus_mask(step(ids).float(), self.top_p, self.temperature)
+            out = SimpleNamespace(next_logits=masked(dec.next_logits))
+            if hasattr(dec, "prefill"):   # the prompt in one forward pass, as the inner decoder does it
+                out.prefill = masked(dec.prefill)
+            return out
         return make
 
 
