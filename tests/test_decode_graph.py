@@ -30,10 +30,10 @@ def _greedy(model, ids, n):
     return torch.stack(toks, 1), torch.stack(seen, 1), dec
 
 
-def test_graphed_step_from_static_inputs_equals_the_step_and_reuses_graphs_after_the_window(monkeypatch):
-    made, replays = [], []
-
-    class StaticCopies:  # a replay: the inputs copied into tensors made at capture, the outputs copied out
+def static_copies(made: list, replays: list):
+    """A stand-in for ``graphs.Captured`` that runs on the CPU: a replay copies the inputs into tensors made at
+    capture and the outputs out; ``made`` and ``replays`` count captures and replays."""
+    class StaticCopies:
         def __init__(self, fn, args):
             made.append(1)
             self.fn, self.inputs = fn, [x.clone() for x in args]
@@ -43,6 +43,12 @@ def test_graphed_step_from_static_inputs_equals_the_step_and_reuses_graphs_after
             for s, x in zip(self.inputs, args):
                 s.copy_(x)
             return tree_map(lambda x: x.clone() if torch.is_tensor(x) else x, self.fn(*self.inputs))
+    return StaticCopies
+
+
+def test_graphed_step_from_static_inputs_equals_the_step_and_reuses_graphs_after_the_window(monkeypatch):
+    made, replays = [], []
+    StaticCopies = static_copies(made, replays)
 
     model, ids = _model(), torch.randint(0, 256, (2, 16))
     with torch.no_grad():
@@ -163,3 +169,22 @@ def test_cached_call_counts_each_call_by_kind_and_outcome(monkeypatch):
                                          "0 eager_failed")
     graphs.reset_counts()
     assert graphs.counts() == {}
+
+
+def test_the_latency_figure_times_replayed_steps_only_where_graphs_are_used(monkeypatch):
+    """``generation_latency_ms`` warms up with two whole generations where the decoder replays graphs, so the timed
+    generation holds no eager first sighting and no capture (with the 1-token warm-up it held both)."""
+    from agentforge.evals import speed
+
+    monkeypatch.setattr(graphs, "usable", lambda x: True)
+    monkeypatch.setattr(graphs, "Captured", static_copies([], []))
+    at_reads = []
+    real = speed.time.perf_counter
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: at_reads.append(graphs.counts()) or real())
+    model = _model()
+    speed.generation_latency_ms(model, 100)
+    before, after = at_reads[-2], at_reads[-1]
+    timed = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert timed["cuda_graphs/decode_step_replayed"] + timed["cuda_graphs/decode_step_eager_full"] == 99   # prefill + 99
+    assert timed["cuda_graphs/decode_step_replayed"] > 80    # eager_full: keys past the graph cap, run eagerly by design
+    assert timed["cuda_graphs/decode_step_captured"] == 0 and timed["cuda_graphs/decode_step_eager_first"] == 0
