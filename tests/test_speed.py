@@ -8,29 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from agentforge.models.generation import generate
 from agentforge.models.layers import Block, CausalSelfAttention, apply_rope, causal_window_mask, max_logits, rope_cache
 from agentforge.optim.qk_clip import qk_clip_
 from tests.conftest import autograd_nodes
-
-SYNCING = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "nonzero", "masked_select",
-           "unique", "argwhere"}
-
-
-class CountHostSyncs(TorchFunctionMode):
-    """Counts tensor calls that read a value back to the host (on CUDA each one is a device sync)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in SYNCING:
-            self.calls.append(name)
-        return func(*args, **(kwargs or {}))
+from tests.test_host_syncs import CountHostSyncs
 
 
 def explicit_attention(attn: CausalSelfAttention, x, cos, sin):
