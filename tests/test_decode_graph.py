@@ -188,3 +188,50 @@ def test_the_latency_figure_times_replayed_steps_only_where_graphs_are_used(monk
     assert timed["cuda_graphs/decode_step_replayed"] + timed["cuda_graphs/decode_step_eager_full"] == 99   # prefill + 99
     assert timed["cuda_graphs/decode_step_replayed"] > 80    # eager_full: keys past the graph cap, run eagerly by design
     assert timed["cuda_graphs/decode_step_captured"] == 0 and timed["cuda_graphs/decode_step_eager_first"] == 0
+
+
+def test_a_capture_gets_its_own_cublas_workspace_cleared_before_and_after(monkeypatch):
+    """``graphs.Captured`` on fakes of the CUDA calls: warm-up, clear cuBLAS's workspaces, capture, clear (also when
+    the capture fails), so a captured GEMM's workspace lives in its own graph's pool (``_clear_cublas_workspaces``)."""
+    import contextlib
+
+    log = []
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        pass
+
+    @contextlib.contextmanager
+    def capturing(graph):
+        log.append("capture_begin")
+        yield
+        log.append("capture_end")
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(graphs, "_capturing", capturing)
+    monkeypatch.setattr(graphs, "_host_syncs_raise", contextlib.nullcontext)
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: log.append("clear"), raising=False)
+
+    def fn(x):
+        log.append("fn")
+        return x * 2
+
+    graphs.Captured(fn, (torch.ones(2),))
+    assert log == ["fn", "clear", "capture_begin", "fn", "capture_end", "clear"]   # warm-up, then the capture
+    log.clear()
+
+    def fails(x):
+        log.append("fn")
+        if log.count("fn") == 2:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return x
+
+    with pytest.raises(RuntimeError):
+        graphs.Captured(fails, (torch.ones(2),))
+    assert log == ["fn", "clear", "capture_begin", "fn", "clear"]

@@ -240,7 +240,13 @@ def test_under_bf16_autocast_the_read_equals_the_reference_bit_for_bit(device):
     """The phases train under bf16 autocast on a GPU (``hardware=gpu``: bf16-mixed). There an in-place square of the
     surprise's error ran in bf16 (autocast does not reach in-place ops) where the reference's ran in fp32: found by a
     one-off H200 check, fixed, and kept here. The CPU variant runs the same comparison under CPU autocast, whose op
-    lists differ: put back, that in-place square passes it (tried), so only the CUDA variant guards that bug."""
+    lists differ: put back, that in-place square passes it (tried), so only the CUDA variant guards that bug.
+
+    On CUDA the forward figures (outputs, surprise, the no-grad read, usage) must be bit-identical; the gradients
+    only close: both codes' backward accumulates rows with atomics there (``index_add_`` vs ``scatter_add_``), whose
+    order CUDA does not fix, so two runs of the same code may differ in the last bits. And CUDA autocast computes
+    ``F.normalize``'s norm in fp32 (CPU autocast has no such rule), so the query after it is fp32 there: the
+    projections' own outputs are what autocast must reach."""
     new, ref = pair(d=32, slots=32, key_dim=32, threshold=0.5, max_writes=8, chunk=16, seed=11)
     new, ref = new.to(device), ref.to(device)
     h0 = torch.randn(3, 64, 32, device=device)
@@ -253,7 +259,13 @@ def test_under_bf16_autocast_the_read_equals_the_reference_bit_for_bit(device):
                 plain = mem.read(h0)
         grads = torch.autograd.grad(out.float().sum(), [h, *mem.parameters()])
         res.append((out, s, grads, plain, [mem.usage, mem.last_filled]))
-    with torch.autocast(device, dtype=torch.bfloat16):
-        assert new.project(h0)[0].dtype == torch.bfloat16   # autocast reaches the memory's projections
-    same(res[0], res[1], "bf16 read")
+    with torch.autocast(device, dtype=torch.bfloat16):   # autocast reaches the memory's projections
+        assert new.query(h0).dtype == new.project(h0)[2].dtype == torch.bfloat16
+    if device == "cpu":
+        same(res[0], res[1], "bf16 read")
+    else:
+        for i in (0, 1, 3, 4):
+            same(res[0][i], res[1][i], f"bf16 read[{i}]")
+        for g, r in zip(res[0][2], res[1][2], strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-2, atol=1e-2 * float(r.abs().max()))
     assert int(new.stats["writes"]) > 0

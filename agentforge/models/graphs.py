@@ -101,8 +101,12 @@ class Captured:
             fn(*self.inputs)                      # warm-up, not captured
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(side), torch.no_grad(), _capturing(self.graph):
-            outputs = fn(*self.inputs)
+        _clear_cublas_workspaces()                # the capture's GEMMs get a workspace in this graph's own pool
+        try:
+            with torch.cuda.stream(side), torch.no_grad(), _capturing(self.graph):
+                outputs = fn(*self.inputs)
+        finally:
+            _clear_cublas_workspaces()            # and no later call, eager or captured, shares that workspace
         self.leaves, self.spec = tree_flatten(outputs)
         if any(x is not None and not torch.is_tensor(x) for x in self.leaves):  # a Python value: frozen at capture
             raise TypeError(f"a graphed function returned a non-tensor: {[type(x).__name__ for x in self.leaves]}")
@@ -206,6 +210,22 @@ def captured(owner) -> int:
 
 def failed(owner) -> bool:
     return owner in _FAILED
+
+
+def _clear_cublas_workspaces() -> None:
+    """Drop cuBLAS's cached per-(handle, stream) workspaces, before and after every capture, as torch's own CUDA-graph
+    trees do (``torch/_inductor/cudagraph_trees.py``, ``clear_cublass_cache``). A captured GEMM keeps its workspace's
+    raw address. Without the clears, a graph captured on a stream whose workspace was allocated outside the graph's
+    pool replays into freed memory once something clears the workspaces — Lightning does, in its CUDA accelerator's
+    setup and teardown of every fit (``_clear_cuda_memory``) — and graphs sharing a stream share one workspace, so
+    destroying the graph whose pool holds it frees it under the others (pytorch/pytorch#193402). Cleared before the
+    capture, the capture allocates its workspace in its own private pool, which lives as long as the graph; cleared
+    after, nothing else uses it. The likely cause of an "illegal memory access" in a tiny Quiet-STaR run on an H100
+    whose evaluations replayed graphs captured before its fits (reasoned from the code and a CPU simulation of the
+    clears, not yet confirmed on a GPU). A no-op on builds without CUDA."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
 
 
 @contextlib.contextmanager

@@ -174,8 +174,9 @@ class SurpriseMemory(nn.Module):
 
         Each chunk's bank is a row lookup in the [B * (S + T), key_dim] table (``index_select``, whose backward
         ``index_add_`` adds each row's gradients in index order, the order ``gather``'s ``scatter_add_`` used: the
-        same sums, tested); on the CPU ~1/3 of the time of ``gather`` with a per-element index (one table at the
-        tiny size, forward and backward: 0.39 -> 0.14 ms). The chunks are the batch of ``bmm`` itself (what ``@``
+        same sums on the CPU, tested; on CUDA both add with atomics, in no fixed order); on the CPU ~1/3 of the
+        time of ``gather`` with a per-element index (one table at the tiny size, forward and backward: 0.39 -> 0.14
+        ms). The chunks are the batch of ``bmm`` itself (what ``@``
         on [B, C, ...] reached through views), and NaN weights (a chunk whose bank is empty) become 0 by a masked
         fill, ``nan_to_num``'s forward (a softmax is never +-inf) with a one-op backward instead of five; such a
         row's gradient is zeroed by the -inf mask after the softmax either way, so the gradients are the same."""

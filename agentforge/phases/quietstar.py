@@ -30,8 +30,11 @@ returns the model to the CPU when a fit ends, so evidence_after, control_eval an
 evidence_before and the RL's first accuracies and check, before the fits, too). Unlike the Cognate phase, this phase
 does not move its models back (``hardware.eval_device`` is not read here): with every evaluation moved to the GPU
 (``training.trainer.to_eval_device``) the default pipeline ran on an H100, but the tiny-config CUDA test
-(``tests/test_quietstar.py``) died with "an illegal memory access", its cause not found in the device time left
-(2026-11-28), so the tested CPU path stays.
+(``tests/test_quietstar.py``) died with "an illegal memory access" (2026-11-28). The likely cause, found later by
+reading the code and simulating on the CPU: CUDA graphs captured in the evaluations before the fits replayed after
+Lightning had freed the cuBLAS workspace they had captured (its accelerator clears the workspaces at every fit's
+setup and teardown). ``models.graphs`` now gives each capture a workspace of its own (``_clear_cublas_workspaces``).
+Until a GPU run confirms that fix, the tested CPU path stays.
 """
 from __future__ import annotations
 
