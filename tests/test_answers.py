@@ -27,6 +27,8 @@ from tests.conftest import GSM8K_TEST
     ("so 5 - 3", "3"), ("so 5-3", "3"), ("a-5", "5"), ("3)-2", "2"), ("(-3)", "-3"), ("$ -5", "-5"),
     ("pick 1,2,3", "3"), ("1,000,000 people", "1000000"), ("a profit of $118 000", "118000"),
     ("12 000 people", "0"),   # spaces group thousands only after "$": ambiguous with a count before a number
+    # a comma group is exactly three digits; a minus after "2." subtracts; a "$" space group ends before a comma
+    ("so 1,2345", "2345"), ("total 12,3456 dollars", "3456"), ("x=2.-3", "3"), ("5.-3", "3"), ("$100 200,300", "200300"),
 ])
 def test_gsm8k_extraction_tricky_formats(text, expected):
     assert extract_number(text) == expected

@@ -168,6 +168,9 @@ def test_the_phase_summary_decides_converged_by_the_verdict():
     moved = baking_summary(final(0.96, 0.90), 0.85, 0)
     assert moved["baking/final_accuracy_verdict"] == "PASS" and moved["baking/converged"] is True
     assert moved["baking/accuracy_gain_n"] == 40 and moved["baking/accuracy_gain"] == pytest.approx(0.06)
+    # the threshold the verdict used goes with it, for the pipeline report's row (phase.baking.convergence_threshold)
+    assert moved["baking/final_accuracy_threshold"] == 0.85
+    assert baking_summary(final(0.96, 0.90), 0.97, 0)["baking/final_accuracy_threshold"] == 0.97
 
 
 

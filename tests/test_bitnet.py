@@ -59,10 +59,11 @@ def test_a_preserved_layer_pattern_that_matches_no_module_is_refused_before_the_
 
 def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     src = cognate_artifacts / "cognate" / "model1"
-    proc = run_cli([*BITNET_TINY, f"phase.input={src}", "phase.fine_tune=always", "phase.speed_repeats=9"], tmp_path)
+    proc = run_cli([*BITNET_TINY, f"phase.input={src}", "phase.fine_tune=always", "phase.speed_repeats=9",
+                    "phase.min_compression=5", "phase.max_accuracy_drop=12"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "threshold compression > 6x" in out and "threshold accuracy drop < 10%: measured " in out
+    assert "threshold compression > 5x" in out and "threshold accuracy drop < 12%: measured " in out
     assert re.search(r"x against an fp16 file: the tensors kept out of the ternary layers are stored as float16\)", out)
     assert "(n=6, 95% CI [" in out and "McNemar exact p=" in out        # 3 tasks x phase.eval_examples=2
     assert "INCONCLUSIVE (n = 6 < 30: too few to decide" in out         # the drop's verdict comes from its CI
@@ -130,6 +131,8 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     assert final["final/compression_ratio"] == pytest.approx((run_dir / "reference" / "fp32.safetensors").stat().st_size
                                                              / packed)
     assert final["final/compression_ratio"] > 1
+    # the thresholds its verdicts used, which the pipeline report's rows decide at
+    assert (final["final/compression_ratio_threshold"], final["final/accuracy_drop_threshold"]) == (5.0, 12.0)
     # sparsity / zero / nonzero cover the whole shipped model, each tensor once (a tied embedding once); *_ternary the
     # BitLinear weights alone. The packed model's parameters are its int8 codes and its preserved tensors, so exact
     # zeros of model.parameters() (which lists a tied weight once) are the whole model's

@@ -223,3 +223,12 @@ def test_the_other_phases_stage_keys_are_refused_not_ignored(tmp_path, overrides
     phase = importlib.import_module(f"agentforge.phases.{overrides[0].split('=')[1]}")
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         phase.run(cfg)
+
+
+def test_a_misspelt_eval_device_is_refused_naming_the_key(tmp_path):
+    """hardware.eval_device is fit or cpu; 'gpu' (a guess) would otherwise silently mean the CPU."""
+    from agentforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hardware.eval_device must be one of"):
+        validate(compose_cfg(["phase=cognate", "hardware.eval_device=gpu"], tmp_path))
+    validate(compose_cfg(["phase=cognate", "hardware.eval_device=cpu"], tmp_path))

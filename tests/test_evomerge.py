@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,14 +167,14 @@ def test_test_rows_that_occur_in_the_selection_set_are_dropped():
     test.rows[1] = sel.rows[4]
     test.rows[3] = sel.rows[0]
     test.choice["arc"].append(sel.choice["arc"][2])
-    kept, removed = heldout.disjoint_from(test, sel)
-    assert removed == 3 and len(kept.rows) == 3 and len(kept.choice["arc"]) == 3
+    kept, removed, repeats = heldout.disjoint_from(test, sel)
+    assert (removed, repeats) == (3, 0) and len(kept.rows) == 3 and len(kept.choice["arc"]) == 3
     assert torch.equal(kept.rows, test.rows[[0, 2, 4]])
     sel_rows = {r.numpy().tobytes() for r in sel.rows}
     assert not any(r.numpy().tobytes() in sel_rows for r in kept.rows)
     # GSM8K questions too: of two test questions, the one also in the selection set goes (kept 1, removed 1)
     q1, q2 = {"question": "1 + 1?", "answer": "#### 2"}, {"question": "2 + 3?", "answer": "#### 5"}
-    kept, removed = heldout.disjoint_from(replace(_data(1), gsm8k=[q1, q2]), replace(_data(0), gsm8k=[dict(q2)]))
+    kept, removed, _ = heldout.disjoint_from(replace(_data(1), gsm8k=[q1, q2]), replace(_data(0), gsm8k=[dict(q2)]))
     assert kept.gsm8k == [q1] and removed == 1
 
 
@@ -317,11 +318,13 @@ def test_seeded_phase_is_deterministic_by_default_and_never_below_the_best_input
     # the decision figure: the same champion on test rows disjoint from the selection rows, the same
     # figure in both runs (deterministic terms), its CI around it
     m = out["metrics"]
-    assert m["final/test_rows"] + m["final/test_excluded_overlap"] >= 6 and m["final/test_rows"] >= 2
+    assert m["final/test_rows"] + m["final/test_excluded_overlap"] + m["final/test_excluded_repeats"] >= 6
+    assert m["final/test_rows"] >= 2
     lo, hi = m["final/test_fitness_improvement_ci95"]
     assert lo <= m["final/test_fitness_improvement"] <= hi
     assert m["final/test_verdict"] == "INCONCLUSIVE"  # fewer than 30 test rows here
     assert m["final/fitness_improvement"] == m["final/test_fitness_improvement"]  # the report's key: the test figure
+    assert m["final/fitness_improvement_threshold"] == float(cfg.phase.improvement_threshold)   # the verdict's
     # the pipeline report's EvoMerge threshold row reads that test figure, decided by its CI and n
     row = next(r for r in threshold_rows({"evomerge": headline_metrics(m)}, tmp_path) if r[0] == "Phase 2 EvoMerge")
     assert row[3] == m["final/test_fitness_improvement"]
@@ -333,6 +336,7 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
     proc = run_cli(TINY_EVO + ["logger=csv", f"paths.artifacts={cognate_artifacts}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best input" in proc.stdout and "model3    fitness selection" in proc.stdout
+    assert re.search(r"\d+ overlapping the selection set and \d+ repeated rows excluded", proc.stdout)
     assert "test set (" in proc.stdout and "95% CI" in proc.stdout
     run = Path(next(x for x in proc.stdout.splitlines() if x.startswith("run_dir: "))[len("run_dir: "):])
     log = json.loads((run / "evolution_log.json").read_text())

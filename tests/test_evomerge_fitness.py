@@ -38,7 +38,7 @@ def test_repeated_test_rows_are_dropped_with_the_selection_overlap():
     rows = test.rows.clone()
     rows[3], rows[5] = rows[1], sel.rows[0]          # a repeat within the test rows, and one of the selection set
     test.rows = rows
-    kept, removed = heldout.disjoint_from(test, sel)
-    assert removed == 2 and len(kept.rows) == 4
+    kept, overlap, repeats = heldout.disjoint_from(test, sel)
+    assert (overlap, repeats) == (1, 1) and len(kept.rows) == 4   # counted apart: a repeat is no selection overlap
     assert len({r.numpy().tobytes() for r in kept.rows}) == 4
     assert torch.equal(kept.rows, rows[[0, 1, 2, 4]])

@@ -112,6 +112,21 @@ def test_the_baking_row_shows_the_threshold_its_verdict_was_decided_against(tmp_
         assert row[2] == shown and row[4].startswith("INCONCLUSIVE (n=30, 95% CI [0.761, 0.786]")
 
 
+def test_evomerge_and_bitnet_rows_decide_at_the_runs_thresholds(tmp_path):
+    """phase.improvement_threshold=10 with a test CI [12, 18]: the phase said PASS, so must the row (it said FAIL
+    against the seed's 20 in an audit); the same for BitNet's phase.min_compression and phase.max_accuracy_drop."""
+    m = headline_metrics({"final/fitness_improvement": 15.0, "final/fitness_improvement_ci95": [12.0, 18.0],
+                          "final/fitness_improvement_n": 64, "final/fitness_improvement_threshold": 10.0,
+                          "final/compression_ratio": 5.0, "final/compression_ratio_threshold": 4.0,
+                          "final/accuracy_drop": 3.0, "final/accuracy_drop_threshold": 12.0})
+    rows = {r[1]: r for r in threshold_rows({"x": m}, tmp_path)}
+    assert rows["final/fitness_improvement"][2] == "> 10 (the run's; the seed's is 20)"
+    assert rows["final/fitness_improvement"][4].startswith("PASS (n=64, 95% CI [12, 18]")
+    assert rows["final/compression_ratio"][2] == "> 4 (the run's; the seed's is 6)"
+    assert rows["final/compression_ratio"][4].startswith("PASS")
+    assert rows["final/accuracy_drop"][2] == "< 12 (the run's; the seed's is 10)"
+
+
 def test_rows_with_a_ci_are_decided_by_it(tmp_path):
     metrics = headline_metrics({"final/fitness_improvement": 25.0, "final/fitness_improvement_ci95": [-3.0, 50.0],
                                 "final/fitness_improvement_n": 64, "baking/final_accuracy": 0.9,

@@ -34,7 +34,8 @@ test rows or questions).
 
 Keys: ``final/test_fitness_improvement`` and, identical, the seed's ``final/fitness_improvement`` (the
 key the pipeline report's threshold row reads), each with ``_ci95``, ``_n`` (the smaller of the row and
-question counts) and ``_test`` (what was compared); the selection-set figure is
+question counts), ``_test`` (what was compared) and ``_threshold`` (``phase.improvement_threshold``, so the
+pipeline's row decides at the threshold the phase's verdict used); the selection-set figure is
 ``final/selection_fitness_improvement``.
 """
 from __future__ import annotations
@@ -61,27 +62,31 @@ def _question_key(fmt: str, record: dict) -> str:
     return fmt + json.dumps(record, sort_keys=True, default=str)
 
 
-def disjoint_from(test: fitness.EvalData, selection: fitness.EvalData) -> tuple[fitness.EvalData, int]:
-    """``test`` without the rows and questions whose content also occurs in ``selection``, and without a row whose
-    content an earlier test row has (short rows of distinct templated problems can be equal: an audit found 48 test
-    rows holding 45 distinct at seq_len 16; the paired tests would count the copies as independent units), and how
-    many were removed."""
-    seen_rows = set(_row_keys(selection.rows))
-    keep = []
+def disjoint_from(test: fitness.EvalData, selection: fitness.EvalData) -> tuple[fitness.EvalData, int, int]:
+    """(``test`` without the rows and questions whose content also occurs in ``selection``, and without a row whose
+    content an earlier test row has; how many were removed as overlapping the selection set; how many as repeats).
+    Short rows of distinct templated problems can be equal (an audit found 48 test rows holding 45 distinct at
+    seq_len 16): the paired tests would count the copies as independent units. The two counts are kept apart: a
+    repeat within the test rows is no leak between selection and test."""
+    selection_rows = set(_row_keys(selection.rows))
+    seen_rows, keep, overlap = set(), [], 0
     for i, k in enumerate(_row_keys(test.rows)):
-        if k not in seen_rows:
-            seen_rows.add(k)   # a later copy of this row is dropped too
+        if k in selection_rows:
+            overlap += 1
+        elif k not in seen_rows:
+            seen_rows.add(k)   # a later copy of this row is dropped as a repeat
             keep.append(i)
+    repeats = len(test.rows) - len(keep) - overlap
     seen_q = {_question_key(f, r) for f, recs in selection.choice.items() for r in recs}
     seen_q |= {_question_key("gsm8k", r) for r in selection.gsm8k}
     choice = {f: [r for r in recs if _question_key(f, r) not in seen_q] for f, recs in test.choice.items()}
     gsm8k = [r for r in test.gsm8k if _question_key("gsm8k", r) not in seen_q]
-    removed = (len(test.rows) - len(keep) + sum(len(v) for v in test.choice.values()) - sum(len(v) for v in choice.values())
-               + len(test.gsm8k) - len(gsm8k))
+    overlap += (sum(len(v) for v in test.choice.values()) - sum(len(v) for v in choice.values())
+                + len(test.gsm8k) - len(gsm8k))
     out = fitness.EvalData(rows=test.rows[keep], choice=choice, gsm8k=gsm8k, gen_tokens=test.gen_tokens,
                            speed_seq_len=test.speed_seq_len, speed_batch=test.speed_batch,
                            speed_repeats=test.speed_repeats)
-    return out, removed
+    return out, overlap, repeats
 
 
 def fitness_improvement_ci(champ: dict, best: dict, ref: fitness.Reference, weights: dict[str, float],
@@ -120,7 +125,7 @@ def compare_on_test(inputs: list, champion, tokenizer, test: fitness.EvalData, s
                     n_resamples: int = 10_000, seed: int = 0) -> dict:
     """Champion vs inputs on test data disjoint from ``selection`` (module docstring). Returns the
     per-model test measurements and fitness, and the ``final/test_*`` figures."""
-    data, removed = disjoint_from(test, selection)
+    data, removed, repeats = disjoint_from(test, selection)
     if len(data.rows) < 2:
         raise ValueError(f"the test split has {len(data.rows)} rows not in the selection set; need >= 2 "
                          f"(raise phase.eval.test_rows)")
@@ -139,7 +144,7 @@ def compare_on_test(inputs: list, champion, tokenizer, test: fitness.EvalData, s
         "final/test_fitness": fits[3], "final/test_best_input_fitness": fits[best],
         "final/test_best_input": f"model{best + 1}",
         "final/test_rows": len(data.rows), "final/test_questions": data.n_accuracy_examples(),
-        "final/test_excluded_overlap": removed,
+        "final/test_excluded_overlap": removed, "final/test_excluded_repeats": repeats,
         "final/test_loss_delta": loss["delta"], "final/test_loss_delta_ci95": loss["ci95"],
         "final/test_loss_delta_p": loss["p_value"], "final/test_loss_delta_test": loss["test"],
         "final/test_ppl_ratio": math.exp(loss["delta"]),
@@ -153,8 +158,8 @@ def compare_on_test(inputs: list, champion, tokenizer, test: fitness.EvalData, s
     n = min(len(data.rows), data.n_accuracy_examples()) if data.n_accuracy_examples() else len(data.rows)
     how = (f"champion vs best input ({out['final/test_best_input']}) on {len(data.rows)} test rows and "
            f"{data.n_accuracy_examples()} questions not in the selection set; stratified bootstrap")
-    for key in ("final/test_fitness_improvement", "final/fitness_improvement"):
-        out.update({key: point, f"{key}_ci95": ci, f"{key}_n": n, f"{key}_test": how})
+    for key in ("final/test_fitness_improvement", "final/fitness_improvement"):   # _threshold: the verdict's, for the report
+        out.update({key: point, f"{key}_ci95": ci, f"{key}_n": n, f"{key}_test": how, f"{key}_threshold": threshold})
     out["final/test_verdict"], out["final/test_verdict_why"] = stats.threshold_verdict(ci, ">", threshold, n)
     if speed_mode == "timed" and champ_m["speed_ratio"] != best_m["speed_ratio"]:
         # the CI holds one timing draw fixed: a champion computing its best input's function with other weights got a

@@ -319,6 +319,9 @@ def finalize(ctx, cfg, before, after, layer_rows, stats, ckpt_dir, ref32, ref16,
     tr.log(evaluation)
     final = {"final/compression_ratio": ratio, "final/compression_ratio_vs_fp16": ratio16,
              "final/preserved_dtype": str(p.preserved_dtype), "final/accuracy_drop": drop,
+             # the thresholds this phase's verdicts used, so the pipeline's rows decide at the same ones
+             "final/compression_ratio_threshold": float(p.min_compression),
+             "final/accuracy_drop_threshold": float(p.max_accuracy_drop),
              **{k: v for k, v in evidence.items() if k.startswith("final/")},
              "final/inference_speedup": speed["value"], "final/inference_speedup_n": speed["n"],
              "final/inference_speedup_ci95": speed["ci95"], "final/inference_speedup_test": speed["test"],

@@ -374,7 +374,8 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     print(f"selection set (chose the champion, biased up): fitness {champ.fitness:.4f} vs best input "
           f"{best_input:.4f} ({improvement:+.2f}%)")
     print(f"test set ({t['final/test_rows']} rows, {t['final/test_questions']} questions, "
-          f"{t['final/test_excluded_overlap']} overlapping the selection set excluded): fitness "
+          f"{t['final/test_excluded_overlap']} overlapping the selection set and {t['final/test_excluded_repeats']} "
+          f"repeated rows excluded): fitness "
           f"{t['final/test_fitness']:.4f} vs best input ({t['final/test_best_input']}) "
           f"{t['final/test_best_input_fitness']:.4f}: improvement {t['final/test_fitness_improvement']:+.2f}% "
           f"[95% CI {ci[0]:+.2f}, {ci[1]:+.2f}] -> {t['final/test_verdict']} vs > {float(p.improvement_threshold):g}% "
