@@ -147,3 +147,41 @@ def test_a_comparison_that_fails_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "different examples" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*"))
+
+
+def test_the_verdict_reads_pass10s_gain_target_and_fails_a_candidate_worse_at_pass10():
+    """Section 2's Δ pass@10 ≥ 3 pp and section 7's "any primary KPI below target". 30 problems, 10 samples each:
+    the candidate solves 20 problems always and 10 never (pass@1 0.667, pass@10 0.667); the baseline one sample in
+    ten of every problem (pass@1 0.1, pass@10 1.0). pass@1 alone read SUCCESS with no reason (an audit); pass@10's
+    CI lies wholly below 0, so it is FAILURE, the reasons naming pass@10."""
+    from agentforge.codegen.scoring import compute_stats
+    from agentforge.phases.compare import thresholds_of
+
+    th = thresholds_of({"min_pass_at_1": 0.30, "min_pass_at_10": 0.45, "min_delta_pass1": 0.04,
+                        "min_delta_pass10": 0.03, "alpha": 0.05, "failure_p": 0.1, "min_n": 30})
+    cand = [{"num_samples": 10, "num_correct": 10 if i < 20 else 0} for i in range(30)]
+    base = [{"num_samples": 10, "num_correct": 1} for _ in range(30)]
+    s = compute_stats({"cognate": cand, "gpt2_scratch": base}, {"cognate": {}, "gpt2_scratch": {}},
+                      candidate="cognate", baseline="gpt2_scratch", ks=[1, 10], thresholds=th, n_resamples=2000)
+    assert s["pass_at_10"]["ci95"][1] < 0 and s["pass_at_1"]["ci95"][0] > 0
+    assert s["verdict"] == "FAILURE"
+    assert any("delta pass@10 -0.3333 < 0.03" in r for r in s["reasons"])
+    assert any("significantly worse than the baseline at pass@10" in r for r in s["reasons"])
+    # the same candidate against a baseline it beats at both k: SUCCESS; a pass@10 gain under 3 pp alone blocks it
+    base = [{"num_samples": 10, "num_correct": 0} for _ in range(30)]
+    ok = compute_stats({"cognate": cand, "gpt2_scratch": base}, {"cognate": {}, "gpt2_scratch": {}},
+                       candidate="cognate", baseline="gpt2_scratch", ks=[1, 10], thresholds=th, n_resamples=2000)
+    assert ok["verdict"] == "SUCCESS", ok["reasons"]
+    high = compute_stats({"cognate": cand, "gpt2_scratch": base}, {"cognate": {}, "gpt2_scratch": {}},
+                         candidate="cognate", baseline="gpt2_scratch", ks=[1, 10],
+                         thresholds={**th, "min_delta_pass10": 0.7}, n_resamples=2000)
+    assert high["verdict"] == "FAILURE" and any("delta pass@10 0.6667 < 0.7" in r for r in high["reasons"])
+
+
+def test_a_pass10_gain_target_without_pass10_is_not_established():
+    from agentforge.evals.stats import verdict
+
+    th = {"pass_at": {1: 0.3}, "min_delta_pass1": 0.04, "min_delta_pass10": 0.03}
+    v, reasons = verdict(pass_at={1: 0.6}, delta_pass1=0.3, ci95=[0.2, 0.4], p_value=0.001, thresholds=th,
+                         efficiency_ok=None, others={10: {"delta": None, "ci95": None, "p_value": None}})
+    assert v != "SUCCESS" and "delta pass@10 not measured; its target 0.03 is not established" in reasons

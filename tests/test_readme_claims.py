@@ -114,9 +114,10 @@ DEFAULTS = [
     ("phase/codegen.yaml", "wandb_project", "hrm-vs-gpt2", "project `hrm-vs-gpt2`, `phase.wandb_project`"),
     ("phase/codegen.yaml", "n_resamples", 10000, "the paired bootstrap, 10 000 resamples"),
     ("phase/codegen.yaml", "thresholds", {"min_pass_at_1": 0.30, "min_pass_at_10": 0.45, "min_delta_pass1": 0.04,
-                                          "max_latency_ratio": 0.54, "max_memory_ratio": 0.5,
+                                          "min_delta_pass10": 0.03, "max_latency_ratio": 0.54, "max_memory_ratio": 0.5,
                                           "min_throughput_ratio": 2.0, "min_n": 30},
-     "targets pass@1 ≥ 0.30, pass@10 ≥ 0.45, Δ ≥ 4 pp, latency ≤ 0.54×, RAM ≤ 0.5×, throughput ≥ 2× ... min_n = 30"),
+     "targets pass@1 ≥ 0.30, pass@10 ≥ 0.45, Δ ≥ 4 pp, Δ pass@10 ≥ 3 pp (and a candidate significantly worse at any k "
+     "is FAILURE), latency ≤ 0.54×, RAM ≤ 0.5×, throughput ≥ 2× ... min_n = 30"),
     ("data/python_code.yaml", "val_fraction", 0.1, "split by file (10 % val)"),
     ("phase/scaling.yaml", "fitness.tolerance", 0.05, "by more than `tolerance` (0.05 nats)"),
     ("phase/scaling.yaml", "sandbox", "bwrap", "`phase.sandbox=bwrap` (default)"),

@@ -73,7 +73,7 @@ def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, ca
     v, reasons = st.verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                             p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok,
                             unstable=unstable, n=n_paired, size_key="phase.num_problems",
-                            efficiency_missed=missed_targets(checks))
+                            efficiency_missed=missed_targets(checks), others=st.paired_at_k(out, thresholds))
     out.update({"verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0), "reasons": reasons,
                 "efficiency": checks, "kpis": kpis,
                 "thresholds": {k: (val if k != "pass_at" else {str(kk): vv for kk, vv in val.items()})

@@ -39,6 +39,7 @@ from agentforge.evals.speed import memory_regime
 from agentforge.evals.stats import (
     MIN_N,
     exact_paired_binary,
+    paired_at_k,
     paired_ratio_ci,
     paired_test,
     threshold_verdict,
@@ -331,7 +332,8 @@ def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thres
     cut = [f"{st}: {why}" for st, r in ((baseline, b), (candidate, c)) if (why := shortfall(_fit(r)))]
     v, reasons = verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                          p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok, unstable=unstable,
-                         n=p1.get("n"), efficiency_missed=missed_targets(checks), undecidable=cut)
+                         n=p1.get("n"), efficiency_missed=missed_targets(checks), undecidable=cut,
+                         others=paired_at_k(out, thresholds))
     out.update({"efficiency": checks, "verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0),
                 "min_n": min_n,
                 "reasons": reasons,

@@ -311,11 +311,29 @@ def _ge(x, t) -> bool:
             and x >= t - 1e-9 * max(1.0, abs(t)))
 
 
+def paired_at_k(stats: dict, thresholds: dict) -> dict[int, dict]:
+    """``verdict``'s ``others``: the paired pass@k comparison ({"delta", "ci95", "p_value"}; {} where not measured) of
+    every k > 1 that ``stats`` (a stats.json under construction, keys ``pass_at_{k}``) holds or a ``min_delta_pass{k}``
+    target names."""
+    ks = {int(key[len("pass_at_"):]) for key in stats if key.startswith("pass_at_")}
+    ks |= {int(key[len("min_delta_pass"):]) for key, v in thresholds.items()
+           if key.startswith("min_delta_pass") and v is not None}
+    return {k: {f: stats.get(f"pass_at_{k}", {}).get(f) for f in ("delta", "ci95", "p_value")} for k in sorted(ks) if k > 1}
+
+
 def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95: Sequence[float] | None,
             p_value: float | None, thresholds: dict, efficiency_ok: bool | str | None,
             unstable: bool = False, n: int | None = None, size_key: str = "phase.eval_examples",
-            efficiency_missed: str | None = None, undecidable: Sequence[str] = ()) -> tuple[str, list[str]]:
+            efficiency_missed: str | None = None, undecidable: Sequence[str] = (),
+            others: dict[int, dict] | None = None) -> tuple[str, list[str]]:
     """The dashboard's section-7 decision, with the reason for each failed condition.
+
+    ``others``: the paired comparison at each k > 1 ({k: {"delta", "ci95", "p_value"}}). Section 2's Δ targets are
+    one per k (pass@1 ≥ 4 pp, pass@10 ≥ 3 pp: ``min_delta_pass1``, ``min_delta_pass10``, any ``min_delta_pass{k}``),
+    and section 7's FAILURE row is "any primary KPI below target": a Δ target at k > 1 counts like pass@1's (a miss
+    blocks SUCCESS, and FAILS with decisive evidence; not measured: not established), and a candidate significantly
+    worse at any k (p < alpha, the whole CI below 0) is FAILURE, whatever pass@1 says (an audit: SUCCESS with pass@10
+    0.667 vs 1.0, CI [-0.51, -0.13], p 0.002).
 
     Order where the dashboard's rows overlap: SUCCESS needs every condition; otherwise FAILURE when
     p >= ``failure_p`` (0.1), training was unstable, neither the accuracy nor the efficiency targets are met, the
@@ -355,12 +373,26 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
         elif not _ge(val, target):
             acc_missed = True
             reasons.append(f"pass@{k} {val:.3f} < target {target}")
-    acc_ok = not (acc_missed or acc_unmeasured)
     min_delta = thresholds.get("min_delta_pass1")
     delta_ok = min_delta is None or _ge(delta_pass1, min_delta)
     if not delta_ok:
         reasons.append(f"delta pass@1 {delta_pass1 if delta_pass1 is None else round(delta_pass1, 4)} < {min_delta}")
     alpha, fail_p = thresholds.get("alpha", 0.05), thresholds.get("failure_p", 0.1)
+    worse_at = []
+    for k, t in sorted((others or {}).items()):
+        target, d = thresholds.get(f"min_delta_pass{k}"), t.get("delta")
+        if target is not None and d is None:
+            acc_unmeasured = True
+            reasons.append(f"delta pass@{k} not measured; its target {target} is not established")
+        elif target is not None and not _ge(d, target):
+            delta_ok = False
+            reasons.append(f"delta pass@{k} {round(d, 4)} < {target}")
+        pk, ck = t.get("p_value"), t.get("ci95")
+        if pk is not None and not math.isnan(pk) and pk < alpha and ck is not None and ck[1] < 0:
+            worse_at.append(k)
+            reasons.append(f"the candidate is significantly worse than the baseline at pass@{k} (CI95 upper bound "
+                           f"{ck[1]:.4g} < 0, p {pk:.3g})")
+    acc_ok = not (acc_missed or acc_unmeasured)
     if p_value is not None and math.isnan(p_value):   # non-finite scores: no test (``_undefined``)
         p_value = None
     ci_ok = ci95 is not None and ci95[0] > 0
@@ -379,6 +411,7 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     if worse:
         reasons.append(f"the candidate is significantly worse than the baseline (CI95 upper bound "
                        f"{ci95[1]:.4g} < 0, p {p_value:.3g})")
+    worse = worse or bool(worse_at)
     if acc_ok and delta_ok and ci_ok and p_ok and efficiency_ok in (True, None) and not unstable:
         return "SUCCESS", []
     if p_value is None and delta_pass1 is None and not unstable:   # no pass@1 comparison: nothing was tested

@@ -24,6 +24,7 @@ THRESHOLDS = [
     rule("phase.thresholds.alpha", number(0, 1, lo_open=True)),
     rule("phase.thresholds.failure_p", number(0, 1, lo_open=True)),
     rule("phase.thresholds.min_delta_pass1", optional(number())),
+    *[rule(f"phase.thresholds.min_delta_pass{k}", optional(number())) for k in range(2, 101)],  # absent: skipped
     rule("phase.thresholds.min_n", integer(1)),
     *[rule(f"phase.thresholds.{k}", optional(number(0, lo_open=True)))
       for k in ("max_latency_ms", "max_peak_memory_mb", "min_throughput_tokens_per_sec", "max_latency_ratio",
