@@ -9,7 +9,7 @@ problems, all run through ``agentforge.sandbox`` with one worker per CPU. Genera
 does not depend on training when no stop sequence can end a row), the same decoding loop and nucleus
 sampling the harness uses (each model's KV cache; the prompt's prefill is included, as in the harness),
 ``--batch`` rows continuing HumanEval/0's prompt; Cognate and GPT-2 are timed in ``--repeats`` interleaved rounds
-(``evals.speed.interleaved_times``, one untimed warm-up round): each model's tokens/s from its median, their ratio
+(``evals.speed.interleaved_times``, one untimed warm-up round, two where a decoder replays CUDA graphs): each model's tokens/s from its median, their ratio
 the median of the per-round ratios with its 95 % CI and n (``ratio_ci.py``). Every figure is measured here.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from agentforge.codegen.execution import execute, outcome_counts, split_program
 from agentforge.codegen.problems import load_humaneval
 from agentforge.codegen.sampling import sample
 from agentforge.data.tokenizer import RESERVED_VOCAB
-from agentforge.evals.speed import interleaved_times
+from agentforge.evals.speed import interleaved_times, warmup_runs
 from agentforge.main import CONF_DIR
 from agentforge.models import CognateModel
 from agentforge.sandbox import strongest_mode
@@ -74,9 +74,10 @@ def main(argv=None) -> None:
     def generate(lm):  # no stop sequence: every run generates the same number of tokens
         new_tokens[lm.name] = sample(lm, probs[0].prompt, a.batch, max_new_tokens=a.gen_tokens, stop=(),
                                      temperature=0.8, top_p=0.95, seed=0, context_tokens=a.context).new_tokens
-    times = interleaved_times({lm.name: lambda lm=lm: generate(lm) for lm in lms}, a.repeats)
+    warm = max(warmup_runs(lm.model) for lm in lms)   # 2 where a decoder replays CUDA graphs (captured on a 2nd sighting)
+    times = interleaved_times({lm.name: lambda lm=lm: generate(lm) for lm in lms}, a.repeats, warmup=warm)
     tps = {name: new_tokens[name] / statistics.median(ts) for name, ts in times.items()}
-    print(f"generation tokens/s: medians of {a.repeats} interleaved rounds (one untimed round first)")
+    print(f"generation tokens/s: medians of {a.repeats} interleaved rounds ({warm} untimed round(s) first)")
     for lm in lms:
         print(f"generation {lm.name:13s} {lm.num_params():>10,} params  {tps[lm.name]:8.1f} tokens/s "
               f"(batch {a.batch}, {len(lms[0].encode(probs[0].prompt))}-token prompt + {a.gen_tokens} new tokens, "

@@ -185,3 +185,20 @@ def test_a_pass10_gain_target_without_pass10_is_not_established():
     v, reasons = verdict(pass_at={1: 0.6}, delta_pass1=0.3, ci95=[0.2, 0.4], p_value=0.001, thresholds=th,
                          efficiency_ok=None, others={10: {"delta": None, "ci95": None, "p_value": None}})
     assert v != "SUCCESS" and "delta pass@10 not measured; its target 0.03 is not established" in reasons
+
+
+def test_the_cpu_throughput_and_ram_targets_decide_nothing_on_a_gpu():
+    """Section 2's ">= 1 100 tokens/s (CPU)" and "peak RAM <= 12 GB": KPIs measured on cuda (codegen's ``device``) get
+    no decision, on the CPU (or with no device recorded, as before) they decide."""
+    from agentforge.evals.compare import efficiency_checks
+
+    th = {"min_throughput_tokens_per_sec": 1100, "max_peak_memory_mb": 12288}
+    m = {"latency_ms": 100.0, "latency_rounds_ms": [100.0 + i for i in range(7)], "latency_tokens": 64,
+         "throughput_tokens_per_sec": 640.0, "peak_memory_mb": 20000.0}
+    for device, ok in (("cuda", None), ("cpu", False), (None, False)):
+        cm = {**m, **({"device": device} if device else {})}
+        checks = {c["threshold"]: c for c in efficiency_checks({"metrics": cm}, {"metrics": m}, th)[1]}
+        assert checks["min_throughput_tokens_per_sec"]["ok"] is ok and checks["max_peak_memory_mb"]["ok"] is ok
+        if device == "cuda":
+            assert checks["min_throughput_tokens_per_sec"]["note"] == ("the target is a CPU's tokens/s, measured on "
+                                                                       "cuda: no decision")

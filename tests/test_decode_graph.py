@@ -235,3 +235,24 @@ def test_a_capture_gets_its_own_cublas_workspace_cleared_before_and_after(monkey
     with pytest.raises(RuntimeError):
         graphs.Captured(fails, (torch.ones(2),))
     assert log == ["fn", "clear", "capture_begin", "fn", "clear"]
+
+
+def test_codegens_latency_rounds_time_replayed_steps_only_where_graphs_are_used(monkeypatch):
+    """``codegen.evaluate.efficiency`` times interleaved rounds after an untimed warm-up; where the Cognate decoder
+    replays graphs, a second untimed round (``speed.warmup_runs``): its first timed round held every capture."""
+    from agentforge.codegen import models
+    from agentforge.codegen.evaluate import efficiency
+    from agentforge.evals import speed
+
+    monkeypatch.setattr(graphs, "usable", lambda x: True)
+    monkeypatch.setattr(graphs, "Captured", static_copies([], []))
+    reads = []
+    real = speed.time.perf_counter
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: reads.append(graphs.counts()) or real())
+    lm = models.byte_lm("cognate", "", _model(), 512)
+    kpis = efficiency([lm], {}, 100, {"cognate": {"sampling_tokens_per_sec": 1.0}}, rounds=3)
+    assert len(reads) == 6 and kpis["cognate"]["device"] == "cpu"   # the CPU-only targets read it
+    for before, after in zip(reads[::2], reads[1::2]):
+        timed = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        assert timed["cuda_graphs/decode_step_captured"] == 0 and timed["cuda_graphs/decode_step_eager_first"] == 0
+        assert timed["cuda_graphs/decode_step_replayed"] > 0

@@ -10,7 +10,7 @@ import torch
 from agentforge.codegen.execution import execute, outcome_counts, split_program
 from agentforge.codegen.problems import Problem
 from agentforge.codegen.sampling import sample, truncate
-from agentforge.evals.speed import interleaved_times
+from agentforge.evals.speed import interleaved_times, warmup_runs
 from agentforge.models.generation import generate
 
 
@@ -145,13 +145,17 @@ def efficiency(lms: list, trainings: dict, latency_tokens: int, evals: dict, rou
     shared = any(not t.get("isolated") for t in trainings.values())
     out = {lm.name: {"param_count": lm.num_params(), "memory_shared_process": shared, "token_units_differ": differ,
                      "peak_memory_mb": (trainings.get(lm.name) or {}).get("peak_train_ram_mb", float("nan")),
-                     "sampling_tokens_per_sec": evals[lm.name]["sampling_tokens_per_sec"]} for lm in lms}
+                     "sampling_tokens_per_sec": evals[lm.name]["sampling_tokens_per_sec"],
+                     "device": next(lm.model.parameters()).device.type} for lm in lms}
     if latency_tokens:
         chars = {lm.name: _greedy(lm, latency_tokens, chars=True) for lm in lms}   # warms each decoding path
         counts = {lm.name: _fit(lm, latency_tokens)[1] for lm in lms}
         cuda = any(next(lm.model.parameters()).is_cuda for lm in lms)
+        # a second untimed round where a decoder replays CUDA graphs (speed.warmup_runs): its first timed round held
+        # every capture, against Cognate only (GPT-2's decoder has no graphs)
         times = interleaved_times({lm.name: (lambda lm=lm: _greedy(lm, latency_tokens)) for lm in lms}, rounds,
-                                  warmup=0, sync=torch.cuda.synchronize if cuda else None)
+                                  warmup=max(warmup_runs(lm.model) for lm in lms) - 1,
+                                  sync=torch.cuda.synchronize if cuda else None)
         for lm in lms:
             ms = [t * 1000 for t in times[lm.name]]
             med = statistics.median(ms)

@@ -131,18 +131,25 @@ def latency_fit(model, new_tokens: int, prompt_len: int = 8) -> tuple[int, bool]
     return n, getattr(model, "kv_decoder", None) is not None
 
 
+def warmup_runs(model) -> int:
+    """Whole untimed runs a timing of ``model``'s decoding needs first: 2 where its decoder's steps replay CUDA graphs
+    (``graphs.usable``: a step's graph is captured on its key's second sighting, so a timed run after one warm-up
+    would still hold every capture and the eager first steps), else 1."""
+    from agentforge.models import graphs
+
+    return 2 if graphs.usable(next(model.parameters())) else 1
+
+
 @torch.no_grad()
 def generation_latency_ms(model, new_tokens: int = 512, prompt_len: int = 8, vocab: int = 256) -> float:
     """Wall time (ms) to greedily generate ``new_tokens`` tokens (no EOS stop) after a short prompt, capped to
     what the KV cache holds (``latency_fit``: callers record the count it gives).
 
-    Measured once, after a 1-token warm-up; where the decoder's steps replay CUDA graphs (``graphs.usable``), after
-    two whole untimed generations instead: a step's graph is captured on its key's second sighting, so without
-    them the timed run would hold the eager first steps and every capture, not the steady decoding it reports
-    (as ``benchmarks/bench_generation.py`` also warms up). The model's own ``generate`` is used when it has one.
+    Measured once, after a 1-token warm-up; where the decoder's steps replay CUDA graphs, after two whole untimed
+    generations instead (``warmup_runs``: without them the timed run would hold the eager first steps and every
+    capture, not the steady decoding it reports; ``benchmarks/bench_generation.py`` also warms up). The model's own ``generate`` is used when it has one.
     """
     from agentforge.evals.tasks import generate
-    from agentforge.models import graphs
 
     new_tokens = latency_fit(model, new_tokens, prompt_len)[0]
     device = next(model.parameters()).device
@@ -150,8 +157,9 @@ def generation_latency_ms(model, new_tokens: int = 512, prompt_len: int = 8, voc
     was = model.training
     model.eval()
     try:
-        for _ in range(2 if graphs.usable(ids) else 1):
-            generate(model, ids, new_tokens if graphs.usable(ids) else 1)
+        runs = warmup_runs(model)
+        for _ in range(runs):
+            generate(model, ids, new_tokens if runs > 1 else 1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
