@@ -47,9 +47,11 @@ def check_start(cfg: DictConfig) -> None:
     """The start-up checks, before Lightning loads (~5 s): a ConfigError for the first bad value. A sweep makes
     them on every job before starting any (``tracking.sweep.check_sweep_values``)."""
     validate(cfg)  # the shared groups and the model first
-    from agentforge.phases.rules import PHASE_RULES  # then the phase's own keys
+    from agentforge.phases.rules import PHASE_CHECKS, PHASE_RULES  # then the phase's own keys, then across keys
 
     check(cfg, PHASE_RULES.get(str(cfg.phase.name), ()))
+    for check_across in PHASE_CHECKS.get(str(cfg.phase.name), ()):
+        check_across(cfg)
     _check_artifacts_writable(cfg)
     _check_gpu_visible(cfg)
 

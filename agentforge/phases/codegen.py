@@ -14,6 +14,7 @@ problem's tests in the sandbox, and writes ``{run_dir}/codegen/``: ``stats.json`
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 from pathlib import Path
@@ -43,16 +44,22 @@ def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def train_kwargs(cfg, run_dir: Path) -> dict:
-    """The training arguments both models share (``training.train``'s keyword arguments but the optimizer)."""
+def train_kwargs(cfg, run_dir: Path, ctx: int | None = None) -> dict:
+    """The training arguments both models share (``training.train``'s keyword arguments but the optimizer), with
+    rows of the evaluated context ``ctx`` (None: ``eval_context(cfg)``)."""
     p = cfg.phase
-    return dict(data_cfg=train_rows(_container(cfg.data), eval_context(cfg)), hw_cfg=_container(cfg.hardware),
+    return dict(data_cfg=train_rows(_container(cfg.data), ctx or eval_context(cfg)), hw_cfg=_container(cfg.hardware),
                 run_dir=run_dir, seed=int(cfg.seed), max_epochs=int(p.max_epochs),
                 steps_per_epoch=int(p.steps_per_epoch), val_rows=int(p.val_rows), gradient_clip=float(p.gradient_clip))
 
 
-def build_models(cfg, corpus, run_dir: Path, artifacts: Path, isolate: bool | None = None) -> tuple[list, dict]:
-    """[(CodeLM, training result or None)] for the candidate and the baseline, trained as configured.
+def build_models(cfg, corpus, run_dir: Path, artifacts: Path, isolate: bool | None = None,
+                 pretrained: models.CodeLM | None = None) -> tuple[list, dict]:
+    """[(CodeLM, training result or None)] for the candidate and the baseline, trained as configured, each set to the
+    one context both are evaluated with (``eval_context``).
+
+    ``baseline=gpt2`` is loaded first (or handed in, ``pretrained``: ``run`` loads it before the run dir exists), so
+    that offline its ``error:`` line comes before any training or publishing, not after a whole Cognate training.
 
     Each model trains in a fresh process of its own (``training.train_isolated``), so each training's peak memory is
     that process's own high-water mark, comparable between the models (trained one after the other in this process,
@@ -62,14 +69,18 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path, isolate: bool | No
     (None: decided by the hardware group)."""
     p, b = cfg.phase, _container(cfg.get("baseline"))
     size = _container(cfg.model)
-    train_kw = train_kwargs(cfg, run_dir)
+    if b["name"] == "gpt2" and pretrained is None:
+        pretrained = models.pretrained_gpt2(b.get("hub_id") or "gpt2")
+    loaded = load_model(p.checkpoint)[0] if p.checkpoint else None
+    limits = [lm.max_seq_len for lm in (pretrained,) if lm is not None]
+    ctx = eval_context(cfg, limits + ([loaded.config.max_seq_len] if loaded is not None else []))
+    train_kw = train_kwargs(cfg, run_dir, ctx)
     if isolate is None:
         isolate = trains_in_one_process(train_kw["hw_cfg"])
     fit = train_isolated if isolate else train
     out, trainings = [], {}
-    if p.checkpoint:
-        model, _, _ = load_model(p.checkpoint)
-        cand = models.byte_lm("cognate", f"Cognate checkpoint {p.checkpoint}", model, model.config.max_seq_len)
+    if loaded is not None:
+        cand = models.byte_lm("cognate", f"Cognate checkpoint {p.checkpoint}", loaded, loaded.config.max_seq_len)
     else:
         model = CognateModel(cognate_config_from(size, RESERVED_VOCAB))
         if int(p.max_epochs) > 0:
@@ -79,8 +90,8 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path, isolate: bool | No
         publish(ckpt, artifacts / "codegen" / "cognate")
         cand = models.byte_lm("cognate", f"Cognate ({ARCHITECTURE}) trained here", model, model.config.max_seq_len)
     out.append(cand)
-    if b["name"] == "gpt2":
-        base = models.pretrained_gpt2(b.get("hub_id") or "gpt2")
+    if pretrained is not None:
+        base = pretrained
     else:
         gmodel = models.gpt2_scratch(size, b, int(cfg.seed))
         if int(p.max_epochs) > 0:
@@ -89,16 +100,24 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path, isolate: bool | No
         base = models.byte_lm("gpt2_scratch", f"GPT-2 architecture {_baseline_training(p, trainings)} (transformers "
                               f"GPT2LMHeadModel, {gmodel.num_params():,} params; not the 124M pretrained GPT-2)",
                               gmodel, gmodel.config.max_seq_len)
-    out.append(base)
+    out = [dataclasses.replace(lm, max_seq_len=ctx) for lm in (*out, base)]  # sampling, truncation, latency: one ctx
     device = "cuda" if trains_on_gpu(_container(cfg.hardware)) else "cpu"
     for lm in out:  # Lightning hands the trained model back on the CPU
         lm.model.to(device).eval()
     return out, trainings
 
 
-def eval_context(cfg) -> int:
-    """The context the models are evaluated with: ``model.max_seq_len``, or ``phase.context_tokens`` when smaller."""
-    ctx = int(cfg.model.max_seq_len)
+def eval_context(cfg, limits: list[int] | tuple = ()) -> int:
+    """The one context every model is evaluated with, and the scratch baseline trained on (``train_rows``): the
+    smallest of ``model.max_seq_len``, ``phase.context_tokens`` and ``limits``, the max_seq_len of the models not
+    sized by ``model`` (a ``phase.checkpoint`` keeps its own; the pretrained GPT-2 has 1024 positions).
+
+    One context for all rather than each model its own: a 256-token checkpoint against the 512-token scratch
+    baseline left-truncated 2 of HumanEval/0-1 against the baseline's 1, so pass@k compared the models on different
+    prompts. The smaller context rather than a refusal: a checkpoint is evaluated as it was trained, no setting has
+    to change, and the larger model only loses positions the other cannot use (``phase.context_tokens`` did this
+    already). ``rules.check_codegen_budget`` refuses a ``phase.max_new_tokens`` that does not fit it at start-up."""
+    ctx = min(int(cfg.model.max_seq_len), *map(int, limits)) if limits else int(cfg.model.max_seq_len)
     return min(ctx, int(cfg.phase.context_tokens)) if cfg.phase.context_tokens else ctx
 
 
@@ -137,6 +156,12 @@ def run(cfg) -> dict:
     if data_cfg.get("source") != "python_code":
         raise ConfigError(f"phase=codegen trains on code: use data=python_code (got data={data_cfg.get('name')})")
     require_sandbox(str(p.sandbox))
+    # before anything is trained, published or written: offline with an empty cache, one error: line at once
+    pretrained = models.pretrained_gpt2(cfg.baseline.get("hub_id") or "gpt2") if cfg.baseline.name == "gpt2" else None
+    if pretrained is not None and int(p.max_new_tokens) >= pretrained.max_seq_len:   # the start-up check cannot know it
+        raise ConfigError(f"phase.max_new_tokens must be below the context the models are evaluated with "
+                          f"(baseline.hub_id's {pretrained.max_seq_len} positions), got {p.max_new_tokens}: lower "
+                          f"phase.max_new_tokens")
     if p.sandbox == "process":
         print("warning: phase.sandbox=process runs model-written code WITHOUT isolation (no namespaces; only "
               "rlimits and a cleared environment); use the default bwrap mode for untrusted models")
@@ -163,7 +188,8 @@ def run(cfg) -> dict:
         check = ev.self_check(subset, exec_kw) if p.self_check else None
         if check:
             print(f"self-check: canonical solutions pass@1 = {check['pass_at_1']:.3f} on {check['n']} problems")
-        lms, trainings = build_models(cfg, corpus, ctx.run_dir, Path(cfg.paths.artifacts).absolute())
+        lms, trainings = build_models(cfg, corpus, ctx.run_dir, Path(cfg.paths.artifacts).absolute(),
+                                      pretrained=pretrained)
         names = [lm.name for lm in lms]
         target = _container(p.thresholds).get("min_pass_at_1")
         if check:
@@ -189,8 +215,8 @@ def run(cfg) -> dict:
                 for s in res["samples"]:
                     f.write(json.dumps({"model": lm.name, **s}) + "\n")
             print(f"  outcomes {res['outcomes']}  pass@1 {curves[lm.name][0]:.4f}")
-            warn = ev.truncation_warning(lm.name, res["prompts_truncated"], len(subset),
-                                         min(lm.max_seq_len, p.context_tokens or lm.max_seq_len), int(p.max_new_tokens))
+            warn = ev.truncation_warning(lm.name, res["prompts_truncated"], len(subset), lm.max_seq_len,
+                                         int(p.max_new_tokens))
             if warn:
                 print(warn)
         print(f"timing {int(p.latency_tokens)}-token greedy generations, {int(p.latency_rounds)} interleaved rounds")
@@ -221,7 +247,7 @@ def run(cfg) -> dict:
         info = {"benchmark": str(p.benchmark), "n_problems": len(subset),
                 "problem_range": f"{subset[0].task_id} .. {subset[-1].task_id}", "n_samples": int(p.n_samples),
                 "temperature": float(p.temperature), "top_p": float(p.top_p), "max_new_tokens": int(p.max_new_tokens),
-                "context_tokens": p.context_tokens or "each model's maximum", "sandbox": str(p.sandbox),
+                "context_tokens": lms[0].max_seq_len, "sandbox": str(p.sandbox),
                 "baseline_description": lms[1].description, "corpus": corpus.stats, "self_check": check,
                 "optimizers": stats["optimizers"], "train_rows": rows, "pass_at_1_target": target,
                 "python": platform.python_version()}

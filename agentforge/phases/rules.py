@@ -3,9 +3,11 @@ Lightning, so ``main.run`` checks ``phase.*`` before the phase's module (and Lig
 one ``error:`` line in ~2 s (1.9 s on the 2-core CPU). The phase modules read their rules from here (``RULES = PHASE_RULES[name]``)."""
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
-from agentforge.config import Rule, boolean, integer, number, one_of, optional, rule
+from agentforge.config import Rule, boolean, integer, number, one_of, optional, rule, select
 from agentforge.data import synthetic
 from agentforge.errors import ConfigError
 from agentforge.evals.collect import is_threshold
@@ -90,6 +92,35 @@ CODEGEN = [
                                      "Conv1D, not nn.Linear: Muon would train none of them)")),
     *THRESHOLDS,
 ]
+
+
+def checkpoint_max_seq_len(path) -> int | None:
+    """A Cognate checkpoint's ``max_seq_len`` read from its ``config.json`` alone (no torch: start-up stays fast);
+    None when it cannot be read (``load_model`` then says what is wrong with the checkpoint)."""
+    try:
+        return int(json.loads((Path(path) / "config.json").read_text())["model"]["max_seq_len"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_codegen_budget(cfg) -> None:
+    """``phase.max_new_tokens`` below the context every model is evaluated with (``phases.codegen.eval_context``: the
+    smallest of ``model.max_seq_len``, ``phase.context_tokens`` and a ``phase.checkpoint``'s own max_seq_len). Sampling
+    keeps the last ``context - max_new_tokens`` prompt tokens, so a budget that fills the context leaves no room for
+    the prompt; the phase found it only when it sampled, as a traceback after training, saving and publishing."""
+    p = cfg.phase
+    budget = int(p.max_new_tokens)
+    limits = {"model.max_seq_len": (int(select(cfg, "model.max_seq_len")), "raise model.max_seq_len")}
+    if p.get("context_tokens"):
+        limits["phase.context_tokens"] = (int(p.context_tokens), "raise phase.context_tokens")
+    ckpt = p.get("checkpoint")
+    if ckpt and checkpoint_max_seq_len(ckpt):
+        limits["phase.checkpoint's max_seq_len"] = (checkpoint_max_seq_len(ckpt), "use a checkpoint with a longer one")
+    key, (ctx, fix) = min(limits.items(), key=lambda kv: kv[1][0])
+    if budget >= ctx:
+        raise ConfigError(f"phase.max_new_tokens must be below the context the models are evaluated with ({key} = "
+                          f"{ctx} tokens), got {budget}: lower phase.max_new_tokens or {fix}")
+
 
 def _task_weights(x) -> bool:
     """A mapping of synthetic task names to numbers >= 0 (a stage's mix, a model's dataset weights)."""
@@ -308,6 +339,9 @@ SCALING = [
     rule("phase.cache", boolean()),
 ]
 
+# checks across keys, after the phase's rules (a rule sees one key's value): each takes the composed config and raises
+# one ConfigError; ``main.check_start`` runs them before Lightning loads
+PHASE_CHECKS: dict[str, list[Callable]] = {"codegen": [check_codegen_budget]}
 PHASE_RULES: dict[str, list[Rule]] = {"bitnet": BITNET, "codegen": CODEGEN, "cognate": COGNATE, "compare": COMPARE,
                                       "eval": EVAL, "evomerge": EVOMERGE, "grokking": GROKKING, "pipeline": PIPELINE,
                                       "quietstar": QUIETSTAR, "scaling": SCALING}
