@@ -86,7 +86,8 @@ def truncation_warning(name: str, truncated: int, n: int, ctx: int, max_new_toke
     if n and truncated > limit * n:
         return (f"warning: {name}: {truncated} of {n} prompts ({truncated / n:.0%}) outgrow the context ({ctx} tokens "
                 f"- {max_new_tokens} new) and are left-truncated, losing their start (imports, the signature); raise "
-                f"model.max_seq_len (size=25m: 1024) or phase.context_tokens, or lower phase.max_new_tokens")
+                f"model.max_seq_len (size=25m: 1024) or phase.context_tokens (both models share the smallest context, a "
+                f"phase.checkpoint's own max_seq_len included), or lower phase.max_new_tokens")
     return None
 
 
