@@ -148,6 +148,7 @@ def test_api_key_never_reaches_configs_logs_or_artifacts(tmp_path):
     assert not leaks, leaks
 
 
+@pytest.mark.slow   # ~13 s; the single-run key test stays in the fast tier
 def test_api_key_never_reaches_a_multiruns_records(tmp_path):
     """The same promise for a multirun whose jobs fail when they run (a resume checkpoint that is not there: found
     only once each job starts; the sweep's own records are the point). Hydra's launcher echoing each job's

@@ -192,6 +192,7 @@ def test_hardware_threads_and_loop_device_shared_with_evomerge(monkeypatch):
     assert {loop_device({"accelerator": a}).type for a in ("auto", "gpu", "cuda", "cpu")} == {"cpu"}
 
 
+@pytest.mark.slow   # ~13 s; the grokking CLI's bad-input test stays in the fast tier
 def test_cli_grokking_logs_curves_and_results(tmp_path):
     proc = run_cli(TINY_GROK, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

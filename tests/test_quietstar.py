@@ -378,6 +378,7 @@ def test_cuda_quietstar_fits_on_the_gpu_and_evaluates_on_the_cpu(tiny_input, tmp
         load_model(tmp_path / "outputs" / "artifacts" / "quietstar" / name)
 
 
+@pytest.mark.slow   # ~11 s; test_quietstar_wiring tags each check in-process, in the fast tier
 def test_a_fit_under_another_precision_reruns_its_last_check_where_the_baked_model_was_measured(tiny_input, tmp_path):
     """hardware.precision=bf16-mixed on the CPU (as a GPU fit runs bf16): the fit's checks run under autocast, the
     baked model's accuracies and check 0 in fp32 outside it, so the last check is re-run after the fit in fp32 and
