@@ -5,7 +5,7 @@
     python scripts/compare_results.py baseline finetuned_recursive --results-dir outputs/artifacts/eval_results
 
 Writes comparison.md, comparison.csv, plots/*.png and stats.json under --out (the dashboard's default
-thresholds: pass@1 >= 0.30, pass@10 >= 0.45, delta >= 4 pp, p < 0.05).
+thresholds: pass@1 >= 0.30, pass@10 >= 0.45, delta >= 4 pp, delta pass@10 >= 3 pp, p < 0.05).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agentforge.errors import AgentForgeError
 from agentforge.evals.compare import run_comparison
 
-DEFAULT_THRESHOLDS = {"pass_at": {1: 0.30, 10: 0.45}, "min_delta_pass1": 0.04, "alpha": 0.05, "failure_p": 0.1}
+DEFAULT_THRESHOLDS = {"pass_at": {1: 0.30, 10: 0.45}, "min_delta_pass1": 0.04, "min_delta_pass10": 0.03,
+                      "alpha": 0.05, "failure_p": 0.1}
 
 
 def main(argv=None) -> int:

@@ -155,6 +155,8 @@ def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     assert abs(losses[-1] - val[-1]) < 1.0, (losses[-1], val[-1])   # the objective is ~2.5x it on this model
     halting = [row["act/avg_halting_steps"] for row in run.history if "act/avg_halting_steps" in row]
     assert all(1 <= h <= 4 for h in halting)
+    # act/* are training batches' figures; the held-out rows' halting spread is diversity/*, with their mean
+    assert "diversity/halting_steps_std" in run.summary and "act/halting_steps_std" not in run.summary
     # the checkpoint is the trained model: its loss on the held-out rows equals the logged final/val_loss
     ckpt = tmp_path / "outputs" / "artifacts" / "cognate" / "model1"
     model, tok, meta = load_model(ckpt)

@@ -170,7 +170,7 @@ def test_halting_by_task_with_one_paired_row_leaves_the_paired_figures_out():
     out = halting_by_task(steps, hard, easy)
     assert out["ablation/halting_task_n_rows"] == 1 and out["ablation/halting_steps_answer_digits"] == 3.0
     assert not any(k.startswith("ablation/halting_digits_minus_letters") for k in out)
-    final = {**out, "act/halting_share_step1": 1.0, "diversity/avg_halting_steps": 1.0, "act/halting_steps_std": 0.0,
+    final = {**out, "diversity/halting_share_step1": 1.0, "diversity/avg_halting_steps": 1.0, "diversity/halting_steps_std": 0.0,
              "ablation/halting_noninferiority_margin": 0.01, "ablation/max_steps_loss_delta": 0.0,
              "ablation/max_steps_loss_delta_ci_low": -0.001, "ablation/max_steps_loss_delta_ci_high": 0.001,
              "ablation/halting_noninferior": 1.0, "ablation/seconds": 1.0}

@@ -195,8 +195,8 @@ def test_qk_clip_records_the_no_grad_recursion_steps():
 
 def _summary_of(figures: dict, halting: torch.Tensor, max_steps: int) -> str:
     from agentforge.phases.cognate import halting_summary
-    final = {**figures, "diversity/avg_halting_steps": float(halting.mean()), "act/halting_steps_std": 0.0,
-             **{f"act/halting_share_step{n}": float((halting == n).float().mean()) for n in range(1, max_steps + 1)},
+    final = {**figures, "diversity/avg_halting_steps": float(halting.mean()), "diversity/halting_steps_std": 0.0,
+             **{f"diversity/halting_share_step{n}": float((halting == n).float().mean()) for n in range(1, max_steps + 1)},
              "ablation/halting_steps_answer_digits": 2.0, "ablation/halting_steps_letters": 2.0,
              "ablation/halting_task_n_rows": 0.0, "ablation/halting_noninferiority_margin": 0.01,
              "ablation/max_steps_loss_delta": 0.0, "ablation/max_steps_loss_delta_ci_low": -0.001,

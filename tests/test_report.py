@@ -148,6 +148,17 @@ def test_rows_with_a_ci_are_decided_by_it(tmp_path):
         "[-0.269, -0.001] (McNemar p=0.049))")
 
 
+def test_the_size_column_is_the_weights_file_the_evaluation_loaded(tmp_path):
+    """A Quiet-STaR stage's folder also holds its mixing head and metrics: the column read the whole folder (1.347 MB
+    for a 1.149 MB model, so the model seemed to grow 17 % and shrink 7.2x where the compression row said 6.3x)."""
+    art, ckpt = tmp_path / "artifacts", tmp_path / "ckpt"
+    _write(art, "phase3_reasoning", _results([0] * 16, [1] * 10, [1] * 10))
+    ckpt.mkdir()
+    for name, size in (("model.safetensors", 3000), ("mixing_head.safetensors", 700), ("metrics.json", 50)):
+        (ckpt / name).write_bytes(b"x" * size)
+    assert performance_rows(art, [("phase3_reasoning", ckpt)])[0]["size_mb"] == 3000 / 2**20
+
+
 def test_report_shows_n_ci_power_and_the_data_check(tmp_path):
     art = tmp_path / "artifacts"
     _write(art, "phase1_model1", _results([0] * 16, [1] * 100 + [0] * 100, [1] * 10 + [0] * 6))
@@ -216,8 +227,8 @@ def test_report_shows_phase1_ablations_halting_and_diversity(tmp_path):
     for mid, (h, lo) in zip((1, 2, 3), [(3.0, -0.004), (2.0, -0.03), (1.5, -0.001)]):
         d = art / "cognate" / f"model{mid}"
         d.mkdir(parents=True)
-        m = {"final/val_loss": 1.9, "diversity/avg_halting_steps": h, "act/halting_steps_std": 0.5,
-             "act/halting_share_step1": 0.25, "act/halting_share_step2": 0.75, "diversity/ltm_usage": 0.1 * mid,
+        m = {"final/val_loss": 1.9, "diversity/avg_halting_steps": h, "diversity/halting_steps_std": 0.5,
+             "diversity/halting_share_step1": 0.25, "diversity/halting_share_step2": 0.75, "diversity/ltm_usage": 0.1 * mid,
              "diversity/inference_mflops_per_token": float(mid), "ablation/halting_noninferiority_margin": 0.01,
              "ablation/halting_noninferior": float(lo > -0.01),  # as models.ablation decides it
              "ablation/n_rows": 32.0, "ablation/halting_task_n_rows": 62.0 if mid < 3 else 60.0}

@@ -212,8 +212,10 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         "diversity/avg_halting_steps": float(halting.mean()),
         **compute,
         "diversity/inference_time_ms": latency_ms,
-        "act/halting_steps_std": float(halting.std()),
-        **{f"act/halting_share_step{n}": float((halting == n).float().mean())
+        # held-out rows, as diversity/avg_halting_steps (act/* are the last training batch's: an audit read act's
+        # mean and variance beside this std, which did not square with them)
+        "diversity/halting_steps_std": float(halting.std()),
+        **{f"diversity/halting_share_step{n}": float((halting == n).float().mean())
            for n in range(1, model.config.max_steps + 1)},
     }
     t_abl = time.perf_counter()
@@ -360,7 +362,7 @@ def halting_compute(final: dict) -> str:
 def halting_summary(final: dict, max_steps: int) -> str:
     """The halting histogram, digits vs letters with its CI, the non-inferiority verdict (a loss cost) and next to
     it the compute halting saves (``halting_compute``: a PASS that saves nothing is no win), in words."""
-    hist = " ".join(f"{n}:{final[f'act/halting_share_step{n}']:.0%}" for n in range(1, max_steps + 1))
+    hist = " ".join(f"{n}:{final[f'diversity/halting_share_step{n}']:.0%}" for n in range(1, max_steps + 1))
     pre = "ablation/halting_digits_minus_letters"
     margin = final["ablation/halting_noninferiority_margin"]
     worse = [-final["ablation/max_steps_loss_delta_ci_high"], -final["ablation/max_steps_loss_delta_ci_low"]]
@@ -368,7 +370,7 @@ def halting_summary(final: dict, max_steps: int) -> str:
               if pre + "_delta" in final else
               f"not measured ({final['ablation/halting_task_n_rows']:.0f} rows hold both: raise data.seq_len or "
               f"phase.halting_rows)")
-    return (f"halting: mean {final['diversity/avg_halting_steps']:.2f} steps (std {final['act/halting_steps_std']:.2f}), "
+    return (f"halting: mean {final['diversity/avg_halting_steps']:.2f} steps (std {final['diversity/halting_steps_std']:.2f}), "
             f"histogram {hist}; computed digits {final['ablation/halting_steps_answer_digits']:.2f} vs letters "
             f"{final['ablation/halting_steps_letters']:.2f} steps, paired by row {paired}; loss vs always-max-steps "
             f"{-final['ablation/max_steps_loss_delta']:+.4f} [{worse[0]:+.4f}, {worse[1]:+.4f}] nats: "

@@ -27,11 +27,11 @@ import matplotlib.pyplot as plt
 from agentforge.evals.compare import ACCURACY_FORMATS
 from agentforge.evals.intervals import stage_intervals
 from agentforge.evals.stats import exact_proportion_ci
-from agentforge.io import atomic_write, write_text_atomic
+from agentforge.io import WEIGHTS_FILE, atomic_write, write_text_atomic
 from agentforge.pipeline.thresholds import cognate_diversity, cognate_metrics
 
 PERF_COLUMNS = [("perplexity", "Perplexity"), ("reasoning_accuracy", "GSM8K acc"), ("arc_easy_accuracy", "ARC acc"),
-                ("piqa_accuracy", "PIQA acc"), ("size_mb", "Size on disk (MB)"), ("latency_ms", "Latency (ms)"),
+                ("piqa_accuracy", "PIQA acc"), ("size_mb", "Weights on disk (MB)"), ("latency_ms", "Latency (ms)"),
                 ("forward_tokens_per_sec", "Forward tok/s")]
 
 
@@ -70,8 +70,8 @@ def phase1_rows(artifacts: Path) -> list[list]:
     """One row per trained Cognate model (``cognate/model{i}/metrics.json``); Δ = variant − trained model."""
     rows = []
     for mid, m in cognate_metrics(artifacts).items():
-        shares = sorted((int(k.rsplit("step", 1)[1]), v) for k, v in m.items() if k.startswith("act/halting_share_step"))
-        std = m.get("act/halting_steps_std")
+        shares = sorted((int(k.rsplit("step", 1)[1]), v) for k, v in m.items() if k.startswith("diversity/halting_share_step"))
+        std = m.get("diversity/halting_steps_std")
         rows.append([f"Model {mid}", m.get("final/val_loss"),
                      f"{m['diversity/avg_halting_steps']:.2f}" + (f" ({std:.2f})" if std is not None else ""),
                      " ".join(f"{n}:{v:.0%}" for n, v in shares) or "–",
@@ -106,7 +106,10 @@ def performance_rows(artifacts: Path, stages: list[tuple[str, Path]]) -> list[di
             continue
         res = json.loads(f.read_text())
         m, per = res["metrics"], res.get("per_example", {})
-        row = {"stage": stage, "size_mb": dir_bytes(ckpt) / 2**20}
+        # the weights file the stage's evaluation loaded: the folder also holds metrics, configs and, after Quiet-STaR,
+        # the mixing head the evaluation does not load (the column read 1.347 MB beside BitNet's 1.149 for one file)
+        weights = Path(ckpt) / WEIGHTS_FILE
+        row = {"stage": stage, "size_mb": (weights.stat().st_size if weights.is_file() else dir_bytes(ckpt)) / 2**20}
         row.update({k: m.get(k) for k, _ in PERF_COLUMNS if k != "size_mb"}, latency_tokens=m.get("latency_tokens"))
         row.update(stage_intervals(per))   # n and the 95% CI of each accuracy and of the perplexity
         rows.append(row)
