@@ -177,6 +177,12 @@ def test_smoke_experiment_runs_the_whole_pipeline(tmp_path):
         smoke = OmegaConf.load(CONF / "experiment_phase" / f"smoke_{phase}.yaml")
         assert OmegaConf.merge(resolved.phase, smoke.phase) == resolved.phase, step   # the smoke values are there
         assert resolved.hardware.accelerator == "cpu" and resolved.data.seq_len == 32, step
+    # the pipeline's own run summary carries the report's threshold rows (pipeline.threshold_summary; with W&B, its
+    # run summary: Tracker.summary logs to every logger, here metrics.jsonl)
+    rows = [json.loads(x) for f in (tmp_path / "outputs").rglob("metrics.jsonl") for x in f.read_text().splitlines()
+            if "pipeline/steps_run" in x]
+    assert len(rows) == 1 and rows[0]["pipeline/final/compression_ratio_verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    assert rows[0]["pipeline/final/compression_ratio_threshold"] == "> 6"
 
 
 @pytest.mark.parametrize("overrides,message", [

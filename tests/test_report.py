@@ -127,6 +127,16 @@ def test_evomerge_and_bitnet_rows_decide_at_the_runs_thresholds(tmp_path):
     assert rows["final/accuracy_drop"][2] == "< 12 (the run's; the seed's is 10)"
 
 
+def test_the_threshold_rows_reach_the_pipelines_run_summary(tmp_path):
+    from agentforge.pipeline.thresholds import threshold_summary
+
+    m = headline_metrics({"final/fitness_improvement": 15.0, "final/fitness_improvement_ci95": [12.0, 18.0],
+                          "final/fitness_improvement_n": 64})
+    got = threshold_summary(threshold_rows({"x": m}, tmp_path))
+    assert got == {"pipeline/final/fitness_improvement": 15.0, "pipeline/final/fitness_improvement_verdict": "FAIL",
+                   "pipeline/final/fitness_improvement_threshold": "> 20"}
+
+
 def test_rows_with_a_ci_are_decided_by_it(tmp_path):
     metrics = headline_metrics({"final/fitness_improvement": 25.0, "final/fitness_improvement_ci95": [-3.0, 50.0],
                                 "final/fitness_improvement_n": 64, "baking/final_accuracy": 0.9,

@@ -47,7 +47,7 @@ from agentforge.pipeline.plan import (
 )
 from agentforge.pipeline.report import dir_bytes, performance_rows, write_report
 from agentforge.pipeline.rundirs import abandon_attempt, finish_attempt, remove_if_untouched, start_attempt
-from agentforge.pipeline.thresholds import headline_metrics, threshold_rows
+from agentforge.pipeline.thresholds import headline_metrics, threshold_rows, threshold_summary
 
 PHASE_ORDER = ("cognate", "evomerge", "quietstar", "bitnet", "eval")
 RULES = PHASE_RULES["pipeline"]
@@ -285,7 +285,8 @@ def run(cfg) -> dict:
         ctx.tracker.summary({"pipeline/steps_run": sum(r["status"] == "done" for r in records),
                              "pipeline/steps_skipped": sum(r["status"].startswith("skipped") for r in records),
                              "pipeline/total_time_s": sum(r.get("duration_s") or 0 for r in records
-                                                             if r["status"] == "done")})
+                                                             if r["status"] == "done"),
+                             **threshold_summary(checks)})
     _print_tables(rep["tables"])
     final = artifacts / "bitnet" / "compressed"
     return {"report": str(rep["report"]), "run_dir": str(pipe_dir),

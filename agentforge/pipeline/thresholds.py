@@ -168,6 +168,18 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
     return rows
 
 
+def threshold_summary(rows: list[list]) -> dict:
+    """``threshold_rows`` as run-summary keys, so a dashboard reading W&B summaries sees the figures the report decided
+    from (the paired test-set accuracy drop, the diversity, which no phase's summary holds): ``pipeline/<key>`` (the
+    measured figure), ``pipeline/<key>_verdict`` (PASS / FAIL / INCONCLUSIVE) and ``pipeline/<key>_threshold`` (as
+    the row shows it)."""
+    out: dict = {}
+    for _, key, shown, value, decided in rows:
+        out.update({f"pipeline/{key}": float(value), f"pipeline/{key}_verdict": decided.split(" ", 1)[0],
+                    f"pipeline/{key}_threshold": shown})
+    return out
+
+
 def fp16_note(m: dict) -> str:
     """'; X× against an fp16 file, the tensors kept out of the ternary layers stored as D' or '': the ratio's
     numerator is an fp32 file, and the embeddings, lm_head, norms and memory are stored in ``phase.preserved_dtype``

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,15 @@ class Tracker:
         self.wandb.log_artifact(art)
 
     def summary(self, values: dict[str, Any]) -> None:
-        """Final figures: logged, and kept in the W&B run summary."""
+        """Final figures: logged, and kept in the W&B run summary. W&B's summary stores a non-finite float as null
+        (the history keeps NaN), so such a figure (an undefined correlation) also gets ``<key>_undefined: true`` there:
+        a dashboard reading the summary can tell "undefined" from "not logged"."""
         self.log(values)
         if self.wandb is not None:
             for k, v in values.items():
                 self.wandb.summary[k] = v
+                if isinstance(v, float) and not math.isfinite(v):
+                    self.wandb.summary[f"{k}_undefined"] = True
 
     def write_json(self, name: str, obj: Any) -> Path:
         return write_json_atomic(self.run_dir / name, obj)
