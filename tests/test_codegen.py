@@ -319,37 +319,6 @@ def test_kv_cached_sampling_equals_the_full_recompute():
         assert n == 64 - 4 and ms > 0  # capped so BOS + "def" + the new tokens fit max_seq_len = 64
 
 
-def test_cognate_sampling_reads_the_prompt_in_one_prefill(monkeypatch):
-    """The nucleus wrapper keeps the Cognate decoder's prefill: a 40-token prompt and 8 new tokens take one
-    ``extend`` and 7 decoder steps (it took 47 steps when the wrapper dropped the prefill), same tokens as
-    feeding the prompt one step at a time."""
-    from agentforge.artifacts import cognate_config_from
-    from agentforge.codegen import models
-    from agentforge.data.tokenizer import RESERVED_VOCAB
-    from agentforge.models import CognateModel
-    from agentforge.models.kv_cache import CognateDecoder
-
-    size = {"d_model": 32, "n_layers": 1, "n_heads": 2, "ffn_hidden": 64, "window": 16, "max_seq_len": 64,
-            "ltm_key_dim": 8, "ltm_slots": 4, "max_steps": 2}
-    torch.manual_seed(0)
-    lm = models.byte_lm("m", "", CognateModel(cognate_config_from(size, RESERVED_VOCAB)).eval(), 64)
-    prompt = "def f(x):\n    " + "y = x\n    " * 2 + "retur"   # BOS + 39 bytes
-    assert len(lm.encode(prompt)) == 40
-    calls = {"step": 0, "extend": 0}
-    for name in calls:
-        real = getattr(CognateDecoder, name)
-
-        def counted(self, *a, _real=real, _name=name, **k):
-            calls[_name] += 1
-            return _real(self, *a, **k)
-        monkeypatch.setattr(CognateDecoder, name, counted)
-    got = sample(lm, prompt, 2, max_new_tokens=8, stop=(), temperature=0.0)
-    assert calls == {"step": 7, "extend": 1}
-    monkeypatch.setattr(CognateDecoder, "prefill", lambda self, ids: self.next_logits(ids))   # the old path
-    assert sample(lm, prompt, 2, max_new_tokens=8, stop=(), temperature=0.0).completions == got.completions
-    assert calls == {"step": 7 + 47, "extend": 1}
-
-
 def test_gpt2_baseline_mlp_matches_cognate_swiglu_weights():
     """models.py: n_inner = 3/2 ffn_hidden gives GPT-2's two MLP matrices the weights of Cognate's three."""
     from agentforge.artifacts import cognate_config_from

@@ -126,3 +126,19 @@ def test_gpt2_baseline_offline_is_one_error_line_before_any_training(tmp_path):
     assert not list((tmp_path / "outputs" / "runs").glob("*/*"))          # no run dir, so no checkpoint
     assert "corpus:" not in proc.stdout and "Trainer" not in proc.stdout + proc.stderr
 
+
+
+def test_a_budget_the_pretrained_baselines_positions_cannot_hold_is_refused_before_any_work(monkeypatch, tmp_path, capsys):
+    """The start-up rule cannot know the hub model's positions; ``run`` refuses right after loading it: a 128-position
+    stand-in with phase.max_new_tokens=128 (equal is too many: no prompt token would be left)."""
+    from agentforge.codegen import models
+    from agentforge.phases import codegen
+
+    stand_in = models.byte_lm("gpt2", "a stand-in", models.gpt2_scratch(
+        dict(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, max_seq_len=128), {}, 0), 128)
+    monkeypatch.setattr(models, "pretrained_gpt2", lambda hub_id: stand_in)
+    for name in ("train", "train_isolated", "publish", "save_model"):
+        monkeypatch.setattr(codegen, name, lambda *a, name=name, **k: pytest.fail(f"{name} ran before the error"))
+    args = [a for a in GPT2_OFFLINE if not a.startswith("phase.max_new_tokens")] + ["phase.max_new_tokens=128"]
+    with pytest.raises(ConfigError, match="phase.max_new_tokens must be below .* 128 positions"):
+        run_in_process(args, tmp_path, capsys)

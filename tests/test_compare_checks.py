@@ -203,3 +203,53 @@ def test_the_cpu_throughput_and_ram_targets_decide_nothing_on_a_gpu():
         if device == "cuda":
             assert checks["min_throughput_tokens_per_sec"]["note"] == ("the target is a CPU's tokens/s, measured on "
                                                                        "cuda: no decision")
+
+
+def test_worse_at_a_k_without_a_gain_target_is_still_failure():
+    """Significantly worse at pass@10 (p < alpha, the whole CI below 0) with no min_delta_pass10 set, or one it meets:
+    FAILURE naming pass@10 (it read SUCCESS: the reason was built, then the SUCCESS branch came first)."""
+    from agentforge.evals.stats import verdict
+
+    worse = {10: {"delta": -0.333, "ci95": [-0.51, -0.13], "p_value": 0.002}}
+    for extra in ({}, {"min_delta_pass10": -1.0}):
+        th = {"pass_at": {1: 0.3, 10: 0.45}, "min_delta_pass1": 0.04, **extra}
+        v, reasons = verdict(pass_at={1: 0.667, 10: 0.667}, delta_pass1=0.5667, ci95=[0.4, 0.7], p_value=2e-4, n=30,
+                             thresholds=th, efficiency_ok=None, others=worse)
+        assert v == "FAILURE" and any("worse than the baseline at pass@10" in r for r in reasons), (extra, v)
+
+
+def test_phase_compare_reads_the_pass10_gain_target_and_the_scripts_defaults_too(tmp_path):
+    """phase=compare (run_comparison) with sampled pass@k: the candidate wins pass@1 (0.667 vs 0.1) and loses pass@10
+    (0.667 vs 1.0) on 30 problems: FAILURE naming pass@10, with compare.yaml's thresholds and with
+    scripts/compare_results.py's defaults alike."""
+    from omegaconf import OmegaConf
+
+    from agentforge.phases.compare import thresholds_of
+
+    ids = [f"{i:016x}" for i in range(30)]
+
+    def res(stage, counts):
+        per = {"gsm8k_correct": [int(c >= 5) for c in counts], "gsm8k_ids": ids, "gsm8k_num_correct": counts,
+               "n_samples": 10}
+        return {"stage": stage, "metrics": {"perplexity": 10.0}, "per_example": per}
+    _write(tmp_path / "r", baseline=res("baseline", [1] * 30),
+           candidate=res("candidate", [10 if i < 20 else 0 for i in range(30)]))
+    conf = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "phase" / "compare.yaml").thresholds)
+    spec = importlib.util.spec_from_file_location("compare_results", REPO / "scripts" / "compare_results.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for th in ({k: v for k, v in thresholds_of(conf).items() if v is not None}, script.DEFAULT_THRESHOLDS):
+        st = run_comparison(tmp_path / "r", ["baseline", "candidate"], tmp_path / "o", thresholds=th,
+                            n_resamples=2000)["stats"]
+        assert st["verdict"] == "FAILURE" and any(r.startswith("delta pass@10 -0.33") for r in st["reasons"]), st
+
+
+def test_phase_evals_device_beside_its_metrics_counts_too():
+    from agentforge.evals.compare import efficiency_checks
+
+    m = {"latency_ms": 100.0, "latency_rounds_ms": [100.0 + i for i in range(7)], "latency_tokens": 64,
+         "throughput_tokens_per_sec": 640.0, "peak_memory_mb": 20000.0}
+    th = {"min_throughput_tokens_per_sec": 1100, "max_peak_memory_mb": 12288}
+    for device, ok in (("cuda:0", None), ("cpu", False)):
+        checks = efficiency_checks({"metrics": m, "device": device}, {"metrics": m}, th)[1]
+        assert [c["ok"] for c in checks] == [ok, ok], device

@@ -42,3 +42,8 @@ def test_repeated_test_rows_are_dropped_with_the_selection_overlap():
     assert (overlap, repeats) == (1, 1) and len(kept.rows) == 4   # counted apart: a repeat is no selection overlap
     assert len({r.numpy().tobytes() for r in kept.rows}) == 4
     assert torch.equal(kept.rows, rows[[0, 1, 2, 4]])
+    # the phase's test figures carry both counts (final/test_excluded_overlap, final/test_excluded_repeats)
+    m = heldout.compare_on_test(_tiny_models(), _tiny_models(1)[0], ByteTokenizer(), test, sel,
+                                {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}, "flops",
+                                n_resamples=200)["metrics"]
+    assert (m["final/test_excluded_overlap"], m["final/test_excluded_repeats"], m["final/test_rows"]) == (1, 1, 4)

@@ -22,11 +22,17 @@ def _bool_index(idx) -> bool:
 
 def _syncs(name: str, args, kwargs) -> bool:
     """Whether a call reads a value back to the host: the names above, indexing with a boolean mask, one-argument
-    ``where`` (= nonzero), ``repeat_interleave`` with tensor repeats and no ``output_size``."""
+    ``where`` (= nonzero), ``repeat_interleave`` with tensor repeats and no ``output_size``, a copy to the CPU
+    (``.cpu()``, ``.to("cpu")``)."""
     if name in SYNCING:
         return True
     if name in ("__getitem__", "__setitem__", "index_put_", "index_put"):
         return len(args) > 1 and _bool_index(args[1])
+    if name == "cpu":   # a copy to the host: on CUDA it waits for the value (on the CPU a no-op, still a place to see)
+        return True
+    if name == "to":
+        dev = kwargs.get("device", next((a for a in args[1:] if isinstance(a, (str, torch.device))), None))
+        return dev is not None and torch.device(dev).type == "cpu"
     if name == "where":
         return len(args) + len(kwargs) == 1
     if name == "repeat_interleave":
@@ -53,12 +59,13 @@ def test_the_sync_counter_sees_masks_one_argument_where_tensor_repeats_and_equal
     x, m = torch.arange(4.0), torch.tensor([True, False, True, False])
     for op, name in ((lambda: x[m], "__getitem__"), (lambda: x.clone().__setitem__(m, 0.0), "__setitem__"),
                      (lambda: torch.where(m), "where"), (lambda: x.repeat_interleave(m.long() + 1), "repeat_interleave"),
-                     (lambda: torch.equal(x, x), "equal"), (lambda: x.nonzero(), "nonzero"), (lambda: bool(m[0]), "__bool__")):
+                     (lambda: torch.equal(x, x), "equal"), (lambda: x.nonzero(), "nonzero"), (lambda: bool(m[0]), "__bool__"),
+                     (lambda: x.cpu(), "cpu"), (lambda: x.to("cpu"), "to"), (lambda: x.to(device="cpu"), "to")):
         with CountHostSyncs() as c:
             op()
         assert c.calls == [name]
     with CountHostSyncs() as c:   # no sync: integer and slice indexing, three-argument where, integer repeats
-        x[1:3], x[torch.tensor([0, 2])], torch.where(m, x, -x), x.repeat_interleave(2)
+        x[1:3], x[torch.tensor([0, 2])], torch.where(m, x, -x), x.repeat_interleave(2), x.to(torch.float64)
     assert c.calls == []
 
 

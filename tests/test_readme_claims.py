@@ -104,6 +104,7 @@ DEFAULTS = [
     ("phase/eval.yaml", "latency_tokens", 512, "latency of a 512-token generation"),
     ("phase/compare.yaml", "thresholds.min_n", 30, "INCONCLUSIVE below `phase.thresholds.min_n` (30)"),
     ("phase/compare.yaml", "n_resamples", 10000, "a paired bootstrap (10 000 resamples)"),
+    ("phase/compare.yaml", "thresholds.min_delta_pass10", 0.03, "Δ pass@10 ≥ 3 pp"),
     ("phase/codegen.yaml", "num_problems", 6, "the CPU default is 6 problems"),
     ("phase/codegen.yaml", "temperature", 0.8, "temperature 0.8 with top-p 0.95"),
     ("phase/codegen.yaml", "top_p", 0.95, "temperature 0.8 with top-p 0.95"),

@@ -390,3 +390,5 @@ def test_the_bootstraps_p_value_agrees_with_its_interval():
             disagree.append(seed)
     assert disagree == []
     assert paired_bootstrap([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])["p_value"] == 1.0
+    # every resample above 0: the +1 correction keeps p off 0, at 2 / (B + 1)
+    assert paired_bootstrap([1.0, 2.0, 3.0], [0.0] * 3, n_resamples=999)["p_value"] == pytest.approx(2 / 1000)

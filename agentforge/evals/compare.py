@@ -220,18 +220,19 @@ def round_ratios(num_s: Sequence[float], den_s: Sequence[float]) -> tuple[float,
     return statistics.median(ratios), median_ci(ratios), len(ratios)
 
 
-def _absolute_check(key: str, metric: str, op: str, target: float, cm: dict) -> dict:
+def _absolute_check(key: str, metric: str, op: str, target: float, cm: dict, device: str | None = None) -> dict:
     """An absolute target (``max_latency_ms``, ``min_throughput_tokens_per_sec``, ``max_peak_memory_mb``) on the
     candidate alone. Timings are decided from the distribution-free CI of the median over the timed rounds (ok when
     the whole CI meets the target, not when none of it does); a single timing, or fewer than ``MIN_TIMING_ROUNDS``
     rounds, decides nothing. Peak memory, one measured value, decides by its value. The dashboard's throughput target
-    is a CPU's and its memory target is RAM: measured on a GPU (the KPIs' ``device``, which ``phase=codegen``
-    records), they decide nothing (tokens/s of a GPU, the CUDA allocator's peak)."""
+    is a CPU's and its memory target is RAM: measured on a GPU (``device``: ``phase=codegen``
+    records it in its KPIs, ``phase=eval`` beside its metrics), they decide nothing (tokens/s of a GPU, the
+    CUDA allocator's peak)."""
     v, rounds, tokens = cm.get(metric), cm.get(ROUNDS), cm.get("latency_tokens")
     timed = metric != "peak_memory_mb" and rounds and tokens
     if not (timed or (_num(v) and math.isfinite(v))):
         return {"threshold": key, "value": None, "target": target, "ok": None, "note": "not measured"}
-    where = cm.get("device")
+    where = cm.get("device") or device
     if key in ("min_throughput_tokens_per_sec", "max_peak_memory_mb") and where not in (None, "cpu"):
         what = "a CPU's tokens/s" if key == "min_throughput_tokens_per_sec" else "RAM (this is the CUDA allocator's peak)"
         return {"threshold": key, "value": v, "target": target, "ok": None,
@@ -263,7 +264,7 @@ def efficiency_checks(cand: dict, base: dict, th: dict) -> tuple[bool | str | No
         if target is None:
             continue
         checks.append(_ratio_check(key, metric, op, target, cm, bm, (_regime(cand), _regime(base))) if kind == "ratio"
-                      else _absolute_check(key, metric, op, target, cm))
+                      else _absolute_check(key, metric, op, target, cm, cand.get("device")))
     if not checks:
         return None, checks
     if any(c["ok"] is False for c in checks):

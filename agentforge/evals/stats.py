@@ -6,7 +6,8 @@ they compare: ``evals.pass_at_k``).
   ``stats.bootstrap``, paired), take the percentile 95% CI of the mean difference, and the two-sided p-value
   that inverts that interval: the smallest alpha at which the percentile (1 - alpha) interval excludes 0,
   2 min(P*(d* <= 0), P*(d* >= 0)) over the resamples (with the +1 correction so it is never exactly 0; by hand:
-  a percentile interval excludes 0 exactly when fewer than alpha/2 of the resamples lie on 0's side). The
+  a percentile interval excludes 0 when fewer than alpha/2 of the resamples lie on 0's side, up to one resample at
+  the boundary, where the +1 correction keeps p the more cautious). The
   p-value of the bootstrap shifted to the null (``|d* - d| >= |d|``), used before 2026-11-28, could contradict
   the interval beside it on skewed differences: an audit found p 0.046 beside CI [-0.088, +0.002] in a Cognate
   run's ablation, and p 0.056 beside a CI excluding 0.
@@ -416,7 +417,7 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
         reasons.append(f"the candidate is significantly worse than the baseline (CI95 upper bound "
                        f"{ci95[1]:.4g} < 0, p {p_value:.3g})")
     worse = worse or bool(worse_at)
-    if acc_ok and delta_ok and ci_ok and p_ok and efficiency_ok in (True, None) and not unstable:
+    if acc_ok and delta_ok and ci_ok and p_ok and efficiency_ok in (True, None) and not unstable and not worse:
         return "SUCCESS", []
     if p_value is None and delta_pass1 is None and not unstable:   # no pass@1 comparison: nothing was tested
         return "INCONCLUSIVE", reasons
