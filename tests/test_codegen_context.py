@@ -142,3 +142,21 @@ def test_a_budget_the_pretrained_baselines_positions_cannot_hold_is_refused_befo
     args = [a for a in GPT2_OFFLINE if not a.startswith("phase.max_new_tokens")] + ["phase.max_new_tokens=128"]
     with pytest.raises(ConfigError, match="phase.max_new_tokens must be below .* 128 positions"):
         run_in_process(args, tmp_path, capsys)
+
+
+def test_the_scratch_baseline_trains_on_rows_of_the_shared_context(monkeypatch, tmp_path):
+    """With a 256-token checkpoint the scratch baseline is evaluated at 256 tokens, so it trains on 256-token rows
+    (it trained on model.max_seq_len's 512 in a mutant: positions it is never evaluated at)."""
+    from agentforge.phases import codegen
+
+    seen = {}
+
+    def fake_train(name, model, corpus, **kw):
+        seen[name] = kw["data_cfg"]["seq_len"]
+        return {"peak_train_ram_mb": 1.0}
+    monkeypatch.setattr(codegen, "train", fake_train)
+    monkeypatch.setattr(codegen, "_baseline_training", lambda p, trainings: "trained here")
+    cfg = compose_cfg(["phase=codegen", "data=python_code", "hardware=cpu", "logger=none", "phase.max_epochs=1",
+                       f"phase.checkpoint={_checkpoint(tmp_path / 'ckpt')}"], tmp_path)
+    lms, _ = codegen.build_models(cfg, None, tmp_path / "run", tmp_path / "artifacts", isolate=False)
+    assert seen == {"gpt2_scratch": 256} and [lm.max_seq_len for lm in lms] == [256, 256]

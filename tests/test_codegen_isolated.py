@@ -122,7 +122,8 @@ def _kpis(shape: dict, *, latency_ms: float, memory_mb: float, shared: bool) -> 
 
 
 def test_the_verdict_can_be_success_once_the_peaks_are_comparable(isolated, tmp_path):
-    """With every figure meeting phase=codegen's shipped targets (40 problems, pass@1 0.9 vs 0.1, a quarter of the
+    """With every figure meeting phase=codegen's shipped targets (40 problems, pass@1 0.9 vs 0, pass@10 1.0 vs 0 —
+    section 2's pass@10 gain counts too: against a baseline at 0.1 its pass@10 is 1.0 as well — a quarter of the
     baseline's latency and memory), the verdict is SUCCESS when the peaks come from separate processes; the same
     figures measured in one process leave the memory ratio undecided, so no SUCCESS."""
     shape = ev.efficiency(isolated["lms"], isolated["trainings"], 4,
@@ -133,7 +134,7 @@ def test_the_verdict_can_be_success_once_the_peaks_are_comparable(isolated, tmp_
     assert thresholds["max_peak_memory_mb"] == 12288 and thresholds["min_throughput_tokens_per_sec"] == 1100
     assert thresholds["max_latency_ms"] is None
     problems = {n: [{"task_id": f"t{i}", "num_samples": 10, "num_correct": c} for i in range(40)]
-                for n, c in (("cognate", 9), ("gpt2_scratch", 1))}
+                for n, c in (("cognate", 9), ("gpt2_scratch", 0))}
     for shared, want in ((False, "SUCCESS"), (True, "PARTIAL")):
         kpis = {"cognate": _kpis(shape, latency_ms=25.0, memory_mb=150.0, shared=shared),
                 "gpt2_scratch": _kpis(shape, latency_ms=100.0, memory_mb=600.0, shared=shared)}
