@@ -111,4 +111,14 @@ def test_halting_task_evomerge_and_eval_rows_are_independent(tmp_path):
     cfg = compose_cfg(["phase=evomerge"], tmp_path)
     assert independent(eval_data(cfg, "test", int(cfg.phase.eval.test_rows)).rows)
     assert independent(eval_rows({"gsm8k": synthetic.generate("arithmetic", 20, 0, "test")}, TOK, 0, 64, 16))
+    # phase=eval's default sets (16 GSM8K, 200 ARC, 200 PIQA): each question once, and their rows independent
+    from agentforge.data import formats
+    from agentforge.phases.eval import load_sets
+
+    ecfg = compose_cfg(["phase=eval"], tmp_path / "eval")
+    n, c = int(ecfg.phase.eval_examples), int(ecfg.phase.choice_examples or ecfg.phase.eval_examples)
+    sets = load_sets(ecfg, {"gsm8k": n, "arc": c, "piqa": c}, {})
+    assert {f: len(v) for f, v in sets.items()} == {"gsm8k": n, "arc": c, "piqa": c}
+    assert all(len({formats.render(r, f) for r in v}) == len(v) for f, v in sets.items())
+    assert independent(eval_rows(sets, TOK, 42, int(ecfg.data.seq_len), 16))
 

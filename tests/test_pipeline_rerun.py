@@ -38,7 +38,7 @@ def test_the_fingerprint_counts_each_data_file_by_its_content(tmp_path, monkeypa
     """Same config, same (relative) path, another file there: another fingerprint, and the reason names the key. A
     missing file is None (the phase's own error line names it), not a traceback in the planner."""
     from agentforge.pipeline.lineage import what_changed
-    from agentforge.pipeline.plan import made_with, step_fingerprint
+    from agentforge.pipeline.plan import forget_file_digests, made_with, step_fingerprint
 
     monkeypatch.chdir(tmp_path)   # relative paths resolve against the working directory, as the phases open them
     _data(tmp_path / "d.jsonl", 3)
@@ -56,6 +56,18 @@ def test_the_fingerprint_counts_each_data_file_by_its_content(tmp_path, monkeypa
     first = made_with(code)["data_files"]["data.root"]
     (tmp_path / "src" / "a.py").write_text("x = 22\n")
     assert made_with(code)["data_files"]["data.root"] != first
+    # data.benchmark_paths, and the data files a phase's own config names: Quiet-STaR's baking examples, codegen's
+    # benchmark file (rewriting the examples under the same path reran nothing: an audit)
+    (tmp_path / "ex.jsonl").write_text("a\n")
+    (tmp_path / "b.jsonl").write_text("b\n")
+    conf = OmegaConf.create({"data": {"benchmark_paths": {"mbpp": "b.jsonl"}},
+                             "phase": {"baking": {"examples_path": "ex.jsonl"}, "benchmark_path": "b.jsonl"}})
+    before = made_with(conf)["data_files"]
+    assert before == {"data.benchmark_paths.mbpp": _sha(tmp_path / "b.jsonl"), "phase.benchmark_path":
+                      _sha(tmp_path / "b.jsonl"), "phase.baking.examples_path": _sha(tmp_path / "ex.jsonl")}
+    (tmp_path / "ex.jsonl").write_text("changed\n")
+    forget_file_digests()
+    assert made_with(conf)["data_files"]["phase.baking.examples_path"] != before["phase.baking.examples_path"]
 
 
 def test_a_data_file_replaced_under_the_same_path_reruns_its_steps_in_a_fresh_run_dir(tmp_path, monkeypatch, capsys):

@@ -77,3 +77,29 @@ def test_zero_counts_of_a_tied_cognate_model_total_its_parameter_count(tmp_path)
     got = zero_counts(loaded)   # the packed model (preserved tensors in float16): same count, same ternary zeros
     assert got["params"] == c["params"] and got["ternary_zeros"] == c["ternary_zeros"]
     assert got["zeros"] == sum(int((p == 0).sum()) for p in loaded.parameters())
+
+
+def test_which_quantized_projections_read_a_normalized_input():
+    """The stated SubLN deviation (quant/bitlinear.py, README): with the default preserved layers, q/k/v and the MLP's
+    gate/up read an RMS-normalized input (RMS 1 per token at the norms' initial weight 1); o, down and the memory's
+    query/value/gate/out read unnormalized activations, where BitNet b1.58 puts a SubLN."""
+    from agentforge.models import CognateConfig, CognateModel
+    from agentforge.quant.bitlinear import BitLinear
+    from agentforge.quant.convert import convert_to_bitlinear
+
+    torch.manual_seed(0)
+    model = CognateModel(CognateConfig(d_model=32, n_layers=2, n_heads=2, ffn_hidden=64, window=8, max_seq_len=64,
+                                       ltm_slots=8, ltm_key_dim=8, ltm_chunk=4, max_steps=2)).eval()
+    convert_to_bitlinear(model)
+    rms: dict[str, float] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, BitLinear):
+            m.register_forward_pre_hook(lambda mod, a, name=name: rms.__setitem__(name, max(
+                rms.get(name, 0.0), float((a[0].float().pow(2).mean(-1).sqrt() - 1).abs().max()))))
+    with torch.no_grad():
+        model(torch.randint(0, 256, (2, 24)))
+    normalized = {n for n, dev in rms.items() if dev < 1e-2}       # the norms' eps leaves ~5e-4
+    assert normalized == {f"blocks.{i}.{p}" for i in range(2) for p in ("attn.q_proj", "attn.k_proj", "attn.v_proj",
+                                                                        "mlp.gate", "mlp.up")}
+    assert set(rms) - normalized == {*(f"blocks.{i}.{p}" for i in range(2) for p in ("attn.o_proj", "mlp.down")),
+                                     "memory.query", "memory.value", "memory.gate", "memory.out"}

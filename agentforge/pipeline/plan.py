@@ -72,7 +72,8 @@ def made_with(child, artifacts: Path | None = None) -> dict:
     if artifacts is not None:
         text = text.replace(str(artifacts), "<artifacts>")
     return {"settings": hashlib.sha256(text.encode()).hexdigest()[:16],
-            "data_files": data_file_digests(conf.get("data") or {}), "version": __version__}
+            "data_files": {**data_file_digests(conf.get("data") or {}), **phase_file_digests(conf.get("phase") or {})},
+            "version": __version__}
 
 
 def fingerprint_of(made: dict) -> str:
@@ -105,6 +106,23 @@ def data_file_digests(data: dict) -> dict[str, str | None]:
         for f in source_files(root, data.get("exclude_dirs") or DEFAULT_EXCLUDE) if root.is_dir() else []:
             h.update(str(f.relative_to(root)).encode() + b"\0" + (_file_sha256(f) or "unreadable").encode())
         out["data.root"] = h.hexdigest() if root.is_dir() else None
+    return out
+
+
+PHASE_DATA_FILES = ("baking.examples_path", "benchmark_path")   # data files a phase's own config names
+
+
+def phase_file_digests(phase: dict) -> dict[str, str | None]:
+    """The sha256 of each data file a phase's own config names (``PHASE_DATA_FILES``: Quiet-STaR's
+    ``phase.baking.examples_path``, codegen's ``phase.benchmark_path``), by its key, as ``data_file_digests`` does for
+    ``data``'s (an audit: rewriting the baking examples under the same path reran nothing)."""
+    out = {}
+    for dotted in PHASE_DATA_FILES:
+        node = phase
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node:
+            out[f"phase.{dotted}"] = _file_sha256(Path(str(node)))
     return out
 
 

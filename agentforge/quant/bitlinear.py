@@ -29,8 +29,9 @@ chosen by ``select_kernel`` from interleaved timings of the whole model on this 
 No extra SubLN is inserted before the quantizer, a deliberate deviation from BitNet b1.58 (Ma et al. 2024), which
 normalizes the input of every quantized projection: this layer replaces nn.Linear in a trained model, whose function
 must not change beyond quantization. The Cognate blocks are pre-norm, so q/k/v and the MLP's gate/up already read a
-normalized input; the attention output projection (o) and the MLP's down projection do not — there the absmax
-activation quantizer sees unnormalized activations, where the paper puts a SubLN.
+normalized input; the attention output projection (o), the MLP's down projection and the memory's four projections
+(query, value and gate read the residual stream, out its read-out) do not — there the absmax activation quantizer
+sees unnormalized activations, where the paper puts a SubLN (tested by the inputs' RMS).
 """
 from __future__ import annotations
 
