@@ -31,21 +31,28 @@ AIMS = {"grokfast_adamw": 10.0, "muon_grokfast": 5.0}
 SHOWN = ("lr", "weight_decay", "weight_decay_mode", "betas", "grokfast_alpha", "grokfast_lambda", "qk_clip")
 
 
-MIN_SEEDS = 3   # seeds a MET / NOT MET verdict needs (each must meet the aim)
+MIN_SEEDS = 5   # seeds a MET / NOT MET verdict needs: all 5 on one side of the aim is a 0.97 one-sided sign test
 
 
 def aim_verdict(speedups: list, aim: float, lower_bounds: list | None = None) -> str:
-    """MET when every seed's speed-up reaches ``aim``, NOT MET otherwise — from at least ``MIN_SEEDS`` seeds; one
-    seed is an anecdote, so fewer give no verdict. A speed-up of None (a run stopped at its step or time budget
-    before the target, so its speed-up is unknown) gives no verdict either, and so does a lower bound (AdamW stopped
-    at its budget: ``lower_bounds[i]`` true) below the aim, which the true speed-up may still reach."""
+    """MET when every seed's speed-up reaches ``aim``, NOT MET when every seed's falls short, from at least
+    ``MIN_SEEDS`` seeds; seeds on both sides of the aim show neither. All n seeds on one side is the one-sided sign
+    test that the median speed-up is on that side, at level 1 - 0.5^n (n = 5: 0.969; the 3 seeds asked before gave
+    0.875, below the project's 95 %, and one seed below the aim read NOT MET whatever the others showed: an audit).
+    A speed-up of None (a run stopped at its step or time budget before the target, so its speed-up is unknown) gives
+    no verdict, and so does a lower bound (AdamW stopped at its budget: ``lower_bounds[i]`` true) below the aim,
+    which the true speed-up may still reach."""
     if len(speedups) < MIN_SEEDS:
         return f"no verdict from {len(speedups)} seed(s)"
     if any(x is None for x in speedups):
         return "no verdict (budget reached)"
     if any(low and x < aim for x, low in zip(speedups, lower_bounds or [])):
         return "no verdict (budget reached: a lower bound below the aim)"
-    return "MET" if all(x is not None and x >= aim for x in speedups) else "NOT MET"
+    if all(x >= aim for x in speedups):
+        return "MET"
+    if all(x < aim for x in speedups):
+        return "NOT MET"
+    return "not shown (seeds on both sides of the aim)"
 
 def _one(args):
     label, task, opt_cfg, seed, device, time_limit, out_dir = args
@@ -89,7 +96,7 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--max-steps", type=int, default=None, help="step budget per run (default: the task's)")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds per run; past it a run stops (lower bound)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: 2 on cpu, one per run on cuda)")
     ap.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
     ap.add_argument("--extra", nargs="*", default=[], help="more runs: label:optimizer:key=value,...")
@@ -101,7 +108,7 @@ def main() -> None:
 
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     if a.device == "cpu" and a.time_limit is None and a.max_steps is None:
-        a.time_limit = 120.0   # the paper task runs ~1 step/s per process on a 2-core CPU; the full run needs a GPU
+        a.time_limit = 120.0   # ~8-9 steps/s per process at 1 thread on a 2-core CPU: far from the aims; use a GPU
         print("cpu: each run stops after 120 s (--time-limit); expect lower bounds, not the paper's figures")
     sys.path.insert(0, str(ROOT))
     from agentforge.models.grokking import resolve_task, task_optimizer_cfg
@@ -152,8 +159,8 @@ def main() -> None:
             seeds = len(got)
             word = aim_verdict([s["speedup"] for s in got], aim, [s["speedup_is_lower_bound"] for s in got])
             print(f"aim {name} >= {aim:.0f}x fewer steps than AdamW: {word} (n = {seeds} seeds; "
-                  f"{', '.join(str(s['speedup'] and round(s['speedup'], 2)) for s in got)}; MET needs every seed, "
-                  f"at least {MIN_SEEDS})")
+                  f"{', '.join(str(s['speedup'] and round(s['speedup'], 2)) for s in got)}; MET or NOT MET needs every "
+                  f"seed on one side, at least {MIN_SEEDS}: a one-sided sign test at {1 - 0.5 ** seeds:.3f})")
     print(f"whole benchmark: {wall:.0f} s wall on {a.device}")
     if a.out:
         Path(a.out, "summary.json").write_text(json.dumps({"task": task, "runs": summary, "wall_s": wall}, indent=1))

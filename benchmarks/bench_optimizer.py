@@ -30,6 +30,7 @@ from ratio_ci import aim_line, ratio_line  # noqa: E402
 
 from agentforge.artifacts import cognate_config_from  # noqa: E402
 from agentforge.data.tokenizer import RESERVED_VOCAB  # noqa: E402
+from agentforge.evals.compare import MIN_TIMING_ROUNDS  # noqa: E402
 from agentforge.evals.speed import interleaved_times  # noqa: E402
 from agentforge.models import CognateModel  # noqa: E402
 from agentforge.optim import build_optimizer  # noqa: E402
@@ -86,7 +87,7 @@ def main() -> None:
         twins[name](ids[:, :-1], ids[:, 1:]).loss.backward()
         opts[name].step()
     step = interleaved_times({n: opts[n].step for n in names}, a.repeats, warmup=5, prepare=set_grads)
-    full = interleaved_times({n: lambda n=n: train_step(n) for n in names}, max(a.repeats // 5, 3), warmup=2)
+    full = interleaved_times({n: lambda n=n: train_step(n) for n in names}, max(a.repeats // 5, MIN_TIMING_ROUNDS), warmup=2)   # enough rounds for a 95 % CI
     print("\n".join(report(step, full)))
 
 

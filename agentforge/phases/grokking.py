@@ -32,8 +32,24 @@ TASK_RULES = GROKKING_TASK  # the resolved task is checked in run()
 RULES = PHASE_RULES["grokking"]
 
 
-def resolve(cfg) -> tuple[dict, dict]:
-    """(task, optimizer config) for this run, checked: a bad value is one ConfigError naming the key."""
+def command_line_optimizer_keys() -> set[str]:
+    """The ``optimizer.<key>`` names the user set on the command line (``optimizer.lr=3e-3``, ``+optimizer.x=..``), from
+    Hydra's record of this run's overrides; empty outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return {k.split(".", 1)[1] for k in keys if k.startswith("optimizer.") and "." not in k.split(".", 1)[1]}
+
+
+def resolve(cfg, explicit: set[str] | None = None) -> tuple[dict, dict]:
+    """(task, optimizer config) for this run, checked: a bad value is one ConfigError naming the key.
+
+    With ``phase.task_optimizer_settings`` (the default) the task's settings for the optimizer lie over the preset,
+    but an ``optimizer.<key>`` the user set on the command line (``explicit``; None: ``command_line_optimizer_keys``)
+    wins over them: the task's values silently replaced it (an audit: ``optimizer=muon optimizer.lr=3e-3``, the
+    presets' own usage line, trained at lr 1e-3)."""
     phase = OmegaConf.to_container(cfg.phase, resolve=True)
     try:
         task = resolve_task(phase)
@@ -50,8 +66,13 @@ def resolve(cfg) -> tuple[dict, dict]:
         raise ConfigError(f"phase.train_fraction={task['train_fraction']} leaves {len(xt)} training and {len(xv)} "
                           f"validation pairs of {len(xt) + len(xv)} (a {task['operation']} b mod {task['modulus']}); "
                           "both need at least one")
-    opt_cfg = task_optimizer_cfg(task, OmegaConf.to_container(cfg.optimizer, resolve=True),
-                                 bool(phase.get("task_optimizer_settings", True)))
+    preset = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    opt_cfg = task_optimizer_cfg(task, preset, bool(phase.get("task_optimizer_settings", True)))
+    for key in sorted(command_line_optimizer_keys() if explicit is None else explicit):
+        if key in preset and opt_cfg.get(key) != preset[key]:
+            print(f"optimizer.{key}={preset[key]} (command line) is used over the task's {opt_cfg.get(key)} "
+                  f"(phase.task_optimizer_settings)")
+            opt_cfg[key] = preset[key]
     check_config(opt_cfg)
     return task, opt_cfg
 
