@@ -253,3 +253,14 @@ def test_phase_evals_device_beside_its_metrics_counts_too():
     for device, ok in (("cuda:0", None), ("cpu", False)):
         checks = efficiency_checks({"metrics": m, "device": device}, {"metrics": m}, th)[1]
         assert [c["ok"] for c in checks] == [ok, ok], device
+
+
+def test_paired_at_k_by_hand():
+    """The k > 1 comparisons stats.json holds, and any k a min_delta_pass<k> target names ({} where not measured)."""
+    from agentforge.evals.stats import paired_at_k
+
+    stats = {"pass_at_1": {"delta": 0.1}, "pass_at_10": {"delta": -0.2, "ci95": [-0.3, -0.1], "p_value": 0.01, "n": 30},
+             "pass_at_curve": [0.1, 0.2]}
+    got = paired_at_k(stats, {"min_delta_pass1": 0.04, "min_delta_pass5": 0.1, "min_delta_pass10": None, "alpha": 0.05})
+    assert got == {5: {"delta": None, "ci95": None, "p_value": None},
+                   10: {"delta": -0.2, "ci95": [-0.3, -0.1], "p_value": 0.01}}

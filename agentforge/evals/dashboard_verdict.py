@@ -19,9 +19,9 @@ def paired_at_k(stats: dict, thresholds: dict) -> dict[int, dict]:
     """``verdict``'s ``others``: the paired pass@k comparison ({"delta", "ci95", "p_value"}; {} where not measured) of
     every k > 1 that ``stats`` (a stats.json under construction, keys ``pass_at_{k}``) holds or a ``min_delta_pass{k}``
     target names."""
-    ks = {int(key[len("pass_at_"):]) for key in stats if key.startswith("pass_at_")}
+    ks = {int(key[len("pass_at_"):]) for key in stats if key.startswith("pass_at_") and key[len("pass_at_"):].isdigit()}
     ks |= {int(key[len("min_delta_pass"):]) for key, v in thresholds.items()
-           if key.startswith("min_delta_pass") and v is not None}
+           if key.startswith("min_delta_pass") and key[len("min_delta_pass"):].isdigit() and v is not None}
     return {k: {f: stats.get(f"pass_at_{k}", {}).get(f) for f in ("delta", "ci95", "p_value")} for k in sorted(ks) if k > 1}
 
 
