@@ -42,6 +42,11 @@ def test_repeated_test_rows_are_dropped_with_the_selection_overlap():
     assert (overlap, repeats) == (1, 1) and len(kept.rows) == 4   # counted apart: a repeat is no selection overlap
     assert len({r.numpy().tobytes() for r in kept.rows}) == 4
     assert torch.equal(kept.rows, rows[[0, 1, 2, 4]])
+    # a selection row copied twice into the test rows is overlap both times (a leak each), not overlap then a repeat
+    twice = _data(1)
+    twice.rows = rows.clone()
+    twice.rows[2] = twice.rows[4] = sel.rows[1]
+    assert heldout.disjoint_from(twice, sel)[1:] == (3, 1)   # rows 2, 4 and 5 are the selection's; row 3 repeats row 1
     # the phase's test figures carry both counts (final/test_excluded_overlap, final/test_excluded_repeats)
     m = heldout.compare_on_test(_tiny_models(), _tiny_models(1)[0], ByteTokenizer(), test, sel,
                                 {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}, "flops",
