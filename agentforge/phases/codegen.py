@@ -72,8 +72,9 @@ def build_models(cfg, corpus, run_dir: Path, artifacts: Path, isolate: bool | No
     if b["name"] == "gpt2" and pretrained is None:
         pretrained = models.pretrained_gpt2(b.get("hub_id") or "gpt2")
     loaded = load_model(p.checkpoint)[0] if p.checkpoint else None
-    limits = [lm.max_seq_len for lm in (pretrained,) if lm is not None]
-    ctx = eval_context(cfg, limits + ([loaded.config.max_seq_len] if loaded is not None else []))
+    limits = [pretrained.max_seq_len] if pretrained is not None else []   # the models ``model`` does not size
+    limits += [loaded.config.max_seq_len] if loaded is not None else []
+    ctx = eval_context(cfg, limits)
     train_kw = train_kwargs(cfg, run_dir, ctx)
     if isolate is None:
         isolate = trains_in_one_process(train_kw["hw_cfg"])
@@ -117,7 +118,7 @@ def eval_context(cfg, limits: list[int] | tuple = ()) -> int:
     prompts. The smaller context rather than a refusal: a checkpoint is evaluated as it was trained, no setting has
     to change, and the larger model only loses positions the other cannot use (``phase.context_tokens`` did this
     already). ``rules.check_codegen_budget`` refuses a ``phase.max_new_tokens`` that does not fit it at start-up."""
-    ctx = min(int(cfg.model.max_seq_len), *map(int, limits)) if limits else int(cfg.model.max_seq_len)
+    ctx = min([int(cfg.model.max_seq_len), *map(int, limits)])
     return min(ctx, int(cfg.phase.context_tokens)) if cfg.phase.context_tokens else ctx
 
 

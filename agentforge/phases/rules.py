@@ -113,9 +113,8 @@ def check_codegen_budget(cfg) -> None:
     limits = {"model.max_seq_len": (int(select(cfg, "model.max_seq_len")), "raise model.max_seq_len")}
     if p.get("context_tokens"):
         limits["phase.context_tokens"] = (int(p.context_tokens), "raise phase.context_tokens")
-    ckpt = p.get("checkpoint")
-    if ckpt and checkpoint_max_seq_len(ckpt):
-        limits["phase.checkpoint's max_seq_len"] = (checkpoint_max_seq_len(ckpt), "use a checkpoint with a longer one")
+    if p.get("checkpoint") and (own := checkpoint_max_seq_len(p.checkpoint)):
+        limits["phase.checkpoint's max_seq_len"] = (own, "use a checkpoint with a longer one")
     key, (ctx, fix) = min(limits.items(), key=lambda kv: kv[1][0])
     if budget >= ctx:
         raise ConfigError(f"phase.max_new_tokens must be below the context the models are evaluated with ({key} = "
