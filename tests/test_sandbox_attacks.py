@@ -79,6 +79,19 @@ def test_environment_and_proc_hold_no_secret(monkeypatch):
     assert max(pids) < 10
 
 
+def test_the_program_holds_no_capability_not_even_in_its_bounding_set():
+    """Every capability set of the program is empty and no_new_privs is on. The bounding set was the host's full
+    set until 2026-11-28 (a red-team's readout): setpriv's ``--bounding-set=-all`` needs CAP_SETPCAP, which bwrap
+    did not keep, so it dropped nothing; nothing could be gained then either (no effective or permitted
+    capability, no_new_privs), but "no capabilities" was only true of the effective set."""
+    r = run("print(open('/proc/self/status').read())")
+    assert r.kind == "ok", r.stderr
+    status = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)
+    for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[name].strip(), 16) == 0, (name, status[name])
+    assert status["NoNewPrivs"].strip() == "1"
+
+
 def test_no_byte_reaches_a_loopback_listener():
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))

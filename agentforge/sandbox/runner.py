@@ -181,7 +181,9 @@ def bwrap_argv(bwrap: str, work_dir: str, env: dict[str, str], uid: int | None,
     """bubblewrap's flags: PID, network, IPC, UTS (and cgroup) namespaces, a read-only view of the system,
     the Python installation and agentforge, one writable dir. Started as root (``uid`` given), bwrap needs
     no user namespace and the command runs through setpriv as the fresh, unprivileged ``uid`` with no
-    capabilities and no_new_privs; otherwise bwrap maps the caller to uid 65534 in a user namespace.
+    capabilities in any set, the bounding set included (bwrap keeps CAP_SETPCAP for setpriv to empty it; without
+    it ``--bounding-set=-all`` dropped nothing), and no_new_privs; otherwise bwrap maps the caller to uid 65534 in
+    a user namespace.
     ``mount_package=False`` leaves agentforge/ out of the view (the program then sees only the installation);
     ``site_packages=False`` also hides every installed package behind an empty read-only tmpfs (the standard
     library stays): a program then cannot read data that packages ship, e.g. the HumanEval problems with their
@@ -192,7 +194,7 @@ def bwrap_argv(bwrap: str, work_dir: str, env: dict[str, str], uid: int | None,
     if uid is None:
         cmd += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL"]
     else:
-        cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
     cmd += ["--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         if os.path.islink(top):

@@ -13,7 +13,10 @@ child did before building the model (so buffers the state dict does not hold com
 
 * mode ``batch``: ``last`` [N, vocab] — the last position of every row, in chunks of ``CHUNK`` rows as the
   child computes them — and ``probe`` [2P, T, vocab];
-* mode ``spot``: ``last`` [k, vocab], each row alone (a batch of one).
+* mode ``spot``: no rows file; the rows come one at a time on the pipe ``request["stream"][0]`` (int64, the
+  row's length ``request["row_len"]``), and each row's last-position logits (float32 [vocab]) go back on
+  ``request["stream"][1]`` before the next row is sent (``rescore._stream``): each row alone, a batch of one,
+  computed with only the rows before it seen.
 
 The candidate's code runs in this process too, so nothing written here counts by itself: the parent
 compares the two modes' logits with each other and with the child's.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +43,7 @@ def main() -> int:
     spec = importlib.util.spec_from_file_location("scaling_candidate", "candidate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    rows = load_file("rows.safetensors")
+    rows = load_file("rows.safetensors") if request["mode"] == "batch" else None
     for size in request["sizes"]:
         torch.manual_seed(int(request["seed"]))
         model = ScalingLM(int(request["vocab"]), int(size["d_model"]), int(size["n_layers"]), int(size["n_heads"]),
@@ -55,10 +59,31 @@ def main() -> int:
                 out = {"last": torch.cat([model(x).logits[:, -1, :].float() for x in rows["rows"].split(CHUNK)]),
                        "probe": model(rows["probe"]).logits.float()}
             else:
-                out = {"last": torch.cat([model(r[None]).logits[:, -1, :].float() for r in rows["rows"]])}
+                stream(model, request)
+                continue
         save_file({k: v.contiguous() for k, v in out.items()}, f"logits_{size['name']}.safetensors")
         print(f"size {size['name']}: {request['mode']} logits written", flush=True)
     return 0
+
+
+def stream(model, request: dict) -> None:
+    """Mode ``spot``: answer the rows read from the pipe one at a time, until the parent closes it."""
+    import torch
+
+    rows_in, logits_out = (int(fd) for fd in request["stream"])
+    size = 8 * int(request["row_len"])
+    while True:
+        buf = b""
+        while len(buf) < size:
+            chunk = os.read(rows_in, size - len(buf))
+            if not chunk:
+                return
+            buf += chunk
+        row = torch.frombuffer(bytearray(buf), dtype=torch.int64)
+        logits = model(row[None]).logits[0, -1, :].float().contiguous()
+        view = memoryview(logits.numpy().tobytes())
+        while view:
+            view = view[os.write(logits_out, view):]
 
 
 if __name__ == "__main__":

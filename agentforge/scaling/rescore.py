@@ -22,7 +22,16 @@ scored 9.69 against the baseline's 0.099). So, after the child, this module (in 
    (fresh process, fresh dir: nothing the batch run wrote reaches it) that computes ``trust.spot_rows``
    secret rows, each alone as a batch of one, the first with nothing else seen and the others with only
    the spot rows before them; a row whose log-probabilities alone differ from those it got in the batch by
-   more than ``trust.logit_tol`` → ``forged``.
+   more than ``trust.logit_tol`` → ``forged``. The rows reach that sandbox over a pipe, one at a time, each
+   sent only after the logits of the one before came back (``_stream``): until 2026-11-28 they lay in a file
+   of its dir, so the candidate could read every spot row before answering the first, and a model whose
+   predictions depend on the *set* of rows (the token that followed a row's suffix in the other rows: 88 %
+   of the 1 024 default rows) answered alike in both runs and scored 2.75 against the baseline's 0.61
+   (a red-team's reproducer; ``tests/test_scaling_rescore.py`` holds a small one).
+
+A failure of an inference sandbox reports no output of the candidate's: its stderr is in the work dir's
+``rescore.log`` only, since the rows are in plain view there and an error text goes back to the search
+(OpenEvolve shows it to the LLM): a red-team's candidate crashed with ~9 held-out and test rows in its message.
 
 Comparing log-probabilities bounds what slips under the tolerance: a scored row's loss moves by at most
 ``logit_tol`` nats. Failures of the inference runs themselves are the candidate's (its code runs there):
@@ -31,6 +40,8 @@ Comparing log-probabilities bounds what slips under the tolerance: a scored row'
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -76,28 +87,87 @@ def _infer_size(code: str, settings: dict, size: dict, weights: dict[str, bytes]
     """``infer``'s sandbox for one size: the program, ``size``'s weights alone, the rows; its logits."""
     threads = int((settings.get("hardware") or {}).get("threads") or 1)
     request = {"sizes": [size], "vocab": trust.expected_shapes(settings["sizes"][0])["embed.weight"][0],
-               "seed": int(settings["seed"]), "threads": threads, "mode": mode}
+               "seed": int(settings["seed"]), "threads": threads, "mode": mode, "row_len": int(rows["rows"].shape[1])}
     own = f"weights_{size['name']}.safetensors"
-    files = {**program_files(code), own: weights[own], "request.json": json.dumps(request), "rows.safetensors": save(rows)}
-    wall = limits.wall_s
+    files = {**program_files(code), own: weights[own]}
     out = f"logits_{size['name']}.safetensors"
-    res = run_sandboxed(["python", "infer.py"], files, limits=limits, outputs=(out,), mode=sandbox,
-                        env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}, mount_package=False)
+    run = dict(limits=limits, mode=sandbox, mount_package=False,
+               env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    if mode == "spot":  # the rows one at a time over a pipe, never in the dir: see the module's docstring
+        res, logits = _stream(rows["rows"], request["vocab"], lambda fds: run_sandboxed(
+            ["python", "infer.py"], {**files, "request.json": json.dumps({**request, "stream": list(fds)})},
+            pass_fds=fds, **run))
+    else:
+        res = run_sandboxed(["python", "infer.py"], {**files, "request.json": json.dumps(request),
+                                                     "rows.safetensors": save(rows)}, outputs=(out,), **run)
+        logits = None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "rescore.log", "a") as f:
             f.write(f"[{res.mode} {mode} {size['name']}] kind={res.kind} rc={res.returncode} {res.wall_s:.1f}s\n"
                     f"{res.stdout}\n{res.stderr}\n")
-    tail = " | ".join(res.stderr.strip().splitlines()[-4:])[-600:]
     what = (f"re-scoring size {size['name']} ({mode} logits from its returned weights, in a sandbox without the "
-            "project's code)")
+            "project's code; its output is in the work dir's rescore.log, not shown: the held-out rows are in plain "
+            "view there)")
     if res.kind == "timeout":
-        raise CandidateFailure("timeout", f"{what}: no result within the {wall:g} s limit (trust.infer_timeout_s)")
+        raise CandidateFailure("timeout", f"{what}: no result within the {limits.wall_s:g} s limit "
+                                          f"(trust.infer_timeout_s)")
     if res.kind == "memory":
-        raise CandidateFailure("memory", f"{what}: the {limits.memory_mb} MiB memory limit was exceeded: {tail}")
+        raise CandidateFailure("memory", f"{what}: the {limits.memory_mb} MiB memory limit was exceeded")
     if res.kind != "ok":
-        raise CandidateFailure("crash", f"{what} failed with status {res.returncode}: {tail or '(no output)'}")
+        raise CandidateFailure("crash", f"{what} failed with status {res.returncode}")
+    if mode == "spot":
+        if logits is None:
+            raise CandidateFailure("crash", f"{what} ended before answering every row it was sent")
+        return {"last": logits}
     return trust._load(res.files, out)
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """``n`` bytes from ``fd``, or None at end of file first."""
+    parts, left = [], n
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _stream(rows: torch.Tensor, vocab: int, start) -> tuple:
+    """Run ``start(fds)`` (the spot sandbox, given its two pipe ends: rows in, logits out) while a thread sends it
+    ``rows`` one at a time, each only after the ``vocab`` float32 logits of the one before came back; (its
+    result, the logits [len(rows), vocab], or None when it stopped answering first)."""
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    got: list = [None]
+
+    def feed() -> None:
+        out = torch.empty(len(rows), vocab, dtype=torch.float32)
+        try:
+            for i, row in enumerate(rows.to(torch.int64)):
+                os.write(req_w, row.contiguous().numpy().tobytes())
+                answer = _read_exact(resp_r, 4 * vocab)
+                if answer is None:
+                    return
+                out[i] = torch.frombuffer(bytearray(answer), dtype=torch.float32)
+            got[0] = out
+        except OSError:  # EPIPE: the sandbox ended
+            return
+        finally:
+            os.close(req_w)
+            os.close(resp_r)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        res = start((req_r, resp_w))
+    finally:  # the feeder sees EOF (or EPIPE) once the sandbox and these copies are gone
+        os.close(req_r)
+        os.close(resp_w)
+        feeder.join()
+    return res, got[0]
 
 
 def _checked(name: str, key: str, t: torch.Tensor | None, shape: tuple, whose: str) -> torch.Tensor:
