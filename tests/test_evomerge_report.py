@@ -19,7 +19,7 @@ from tests.test_evomerge import TINY_EVO, _save_tiny
 
 
 def test_unchanged_input_names_the_input_whose_weights_the_champion_equals():
-    from agentforge.phases.evomerge import unchanged_input
+    from agentforge.phases.evomerge_log import unchanged_input
 
     inputs = [{"weights_sha256": "a"}, {"weights_sha256": "b"}, {"weights_sha256": "c"}]
     assert unchanged_input(inputs, {"weights_sha256": "c"}) == "model3"
@@ -27,7 +27,7 @@ def test_unchanged_input_names_the_input_whose_weights_the_champion_equals():
 
 
 def test_combo_statistics_credit_only_merged_models():
-    from agentforge.phases.evomerge import combo_stats, history_combo
+    from agentforge.phases.evomerge_log import combo_stats, history_combo
 
     ind = lambda combo, fit, digest: NS(genome=NS(combo=combo), fitness=fit, metrics={"weights_sha256": digest})
     gen = lambda *inds: NS(individuals=list(inds), best_individual=max(inds, key=lambda i: i.fitness))
@@ -46,7 +46,7 @@ def test_combo_statistics_credit_only_merged_models():
 def test_generation_keys_count_distinct_weights_and_merged_models_only():
     """A smoke run's generation 1 logged unique_models 4 and combo_010_count 2 with 3 of its 4 members model3's
     weights unchanged: both counted recipes. Now distinct weight digests, and per combo merged models only."""
-    from agentforge.phases.evomerge import GenerationLogger, combo_counts, elites_distinct, unique_models
+    from agentforge.phases.evomerge_log import GenerationLogger, combo_counts, elites_distinct, unique_models
 
     ind = lambda combo, fit, digest: NS(genome=NS(combo=combo), fitness=fit, metrics={
         "weights_sha256": digest, "perplexity": 2.0, "accuracy": 0.5, "inference_time_ms": 1.0, "memory_mb": 1.0})
