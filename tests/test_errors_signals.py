@@ -76,6 +76,13 @@ def test_sigterm_says_how_to_continue_exits_143_and_the_rerun_resumes(tmp_path, 
     again = run_in_process(args, tmp_path, capsys)
     assert "resuming from" in again.stdout
     assert (art / "model3" / "config.json").is_file()
+    # the training time counts the interrupted run's too (an audit: a resumed run reported its own 0.03 s), and the
+    # line names the run dir that logged the steps before the resume
+    first = sorted((tmp_path / "outputs" / "runs").glob("*/*_cognate_*"))[0]
+    said = re.search(r"resumed: ([0-9.]+) s of training before this run .* logged in (\S+)", again.stdout)
+    assert said and float(said.group(1)) > 0 and Path(said.group(2)) == first, again.stdout[-2000:]
+    final = json.loads((art / "model3" / "metrics.json").read_text())
+    assert final["final/total_training_time_hours"] * 3600 > float(said.group(1))
 
 
 @pytest.mark.slow

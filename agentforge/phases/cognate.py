@@ -137,9 +137,13 @@ def run(cfg) -> dict:
             trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers,
                                     callbacks=callbacks, max_epochs=int(p.max_epochs), default_root_dir=ctx.run_dir,
                                     gradient_clip_val=float(p.gradient_clip) or None, enable_checkpointing=False)
-            t0 = time.perf_counter()
+            module.run_dir = ctx.run_dir
             trainer.fit(module, datamodule=dm, ckpt_path=resume)
-            train_hours = (time.perf_counter() - t0) / 3600
+            train_hours = module.fit_seconds() / 3600   # a resumed run: with the time before its checkpoint
+            if resume:
+                print(f"resumed: {module.prior_fit_seconds:.1f} s of training before this run (counted in "
+                      f"final/total_training_time_hours); the steps before the resume are logged in "
+                      f"{module.resumed_from_run or 'the interrupted run dir'}")
         if not trainer.is_global_zero:
             return {}
         model.eval()

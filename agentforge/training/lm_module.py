@@ -15,6 +15,7 @@ are the cross-entropy too.
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -35,6 +36,10 @@ class LMModule(L.LightningModule):
         self._val_sum = self._val_count = 0.0
         self.epoch_train_losses: list[float] = []
         self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "epoch": []}
+        # training time before this process (a resumed run: restored from the checkpoint) and the run dir that
+        # logged those steps; ``run_dir`` is the current run's, set by the phase and saved with each checkpoint
+        self.prior_fit_seconds, self.resumed_from_run, self.run_dir = 0.0, None, None
+        self._fit_t0: float | None = None
 
     def forward(self, ids: torch.Tensor):
         return self.model(ids)
@@ -44,8 +49,10 @@ class LMModule(L.LightningModule):
         """Train mode. Lightning keeps each module's mode as it finds it, and a model loaded from a checkpoint is in
         eval mode: trained so, QK-clip records no max logit, halting runs as at inference, ``no_grad_steps`` and the
         memory's counters are off (``phase=eval``'s fine-tune stages were trained that way). ``FrozenPair``
-        modules still switch to eval mode per batch, on purpose."""
+        modules still switch to eval mode per batch, on purpose. Also starts this process's fit clock
+        (``fit_seconds``)."""
         self.model.train()
+        self._fit_t0 = time.perf_counter()
 
     def on_train_batch_start(self, batch, batch_idx):
         for attn in getattr(self.model, "attention_modules", list)():
@@ -152,11 +159,19 @@ class LMModule(L.LightningModule):
             self.log_dict({k: float(v) for k, v in metrics_fn().items()}, on_step=True, on_epoch=False)
 
     # -- resume: the curves survive a restart ---------------------------------------------------------------
+    def fit_seconds(self) -> float:
+        """Training time so far across resumes: the checkpoint's count plus this process's fit until now."""
+        return self.prior_fit_seconds + (time.perf_counter() - self._fit_t0 if self._fit_t0 is not None else 0.0)
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["agentforge_history"] = {k: list(v) for k, v in self.history.items()}
+        checkpoint["agentforge_fit_seconds"] = self.fit_seconds()
+        checkpoint["agentforge_run_dir"] = None if self.run_dir is None else str(self.run_dir)
 
     def on_load_checkpoint(self, checkpoint):
         self.history = {k: list(v) for k, v in checkpoint.get("agentforge_history", self.history).items()}
+        self.prior_fit_seconds = float(checkpoint.get("agentforge_fit_seconds") or 0.0)
+        self.resumed_from_run = checkpoint.get("agentforge_run_dir")
 
     # -- validation --------------------------------------------------------------------------------------
     def on_validation_epoch_start(self):
