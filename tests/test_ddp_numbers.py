@@ -169,13 +169,23 @@ def test_eval_quality_of_a_packed_model_does_not_depend_on_the_timed_kernel(tmp_
     import agentforge.quant.bitlinear as bitlinear
     from agentforge.phases import eval as eval_phase
 
+    from agentforge.quant import native
+
     ckpt = _packed_checkpoint(tmp_path)
     results = {}
-    for kernel in ("int8", "float"):   # what a timing run might pick, either way
+    # phase.native_kernel: eval offers the native decode kernel as phase=bitnet does (auto: where make install built
+    # it); until 2026-11-28 only a BitNet run earlier in the same process had built it (an audit). The build is
+    # recorded, not run: whether it loads is the kernel's own tests' business
+    builds = []
+    monkeypatch.setattr(native, "installed", lambda: True)
+    monkeypatch.setattr(native, "build", lambda verbose=False: builds.append(1) or False)
+    for kernel, setting in (("int8", "auto"), ("float", "false")):   # what a timing run might pick, either way
         monkeypatch.setattr(bitlinear, "pick_kernel", lambda medians, margin=0.05, k=kernel: k)
         out = tmp_path / kernel
-        cfg = compose_cfg(["phase=eval", "experiment=smoke", f"phase.checkpoint={ckpt}", f"phase.stage=k_{kernel}"], out)
+        cfg = compose_cfg(["phase=eval", "experiment=smoke", f"phase.checkpoint={ckpt}", f"phase.stage=k_{kernel}",
+                           f"phase.native_kernel={setting}"], out)
         eval_phase.run(cfg)
+        assert len(builds) == 1, (kernel, setting, builds)   # auto and installed: built; false: not
         results[kernel] = json.loads((out / "outputs" / "artifacts" / "eval_results" / f"k_{kernel}_results.json")
                                      .read_text())
     a, b = results["int8"], results["float"]

@@ -42,6 +42,7 @@ from agentforge.quant.checkpoint import (
     save_packed,
     unique_state,
 )
+from agentforge.quant.native import wanted as native_wanted
 from agentforge.quant.recovery import RecoveryCallback
 from agentforge.quant.report import (
     accuracy_evidence,
@@ -192,19 +193,6 @@ def run(cfg) -> dict:
         tr.summary(shipped)
         result["metrics"].update(shipped)
         return result
-
-
-def native_wanted(setting) -> bool:
-    """``phase.native_kernel``: true builds the native decode kernel if needed (C++, ~30 s the first time on a
-    machine), false never uses it, auto uses it where it is already built (``make install`` builds it: loading
-    then takes ~0.1 s) and says how to get it where it is not."""
-    if setting == "auto":
-        if native.installed():
-            return True
-        print("native BitNet decode kernel: not built on this machine (make install builds it once; "
-              "phase.native_kernel=true builds it now, ~30 s); timing the int8/float kernels")
-        return False
-    return bool(setting)
 
 
 def log_kernel_choice(tr, model) -> None:

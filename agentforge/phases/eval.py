@@ -214,7 +214,7 @@ def run(cfg) -> dict:
             saved = save_stage_model(ctx.run_dir / "checkpoints" / stage, artifacts / "eval" / stage, model,
                                      tokenizer, {"phase": "eval", "stage": stage, "source": str(ckpt)})
         print(f"evaluating {stage} ({sum(x.numel() for x in model.parameters()):,} params) from {ckpt}")
-        res = evaluate_stage(model, tokenizer, sets, rows, s)
+        res = evaluate_stage(model, tokenizer, sets, rows, s, p.get("native_kernel", "auto"))
         m = res["metrics"]
         cut = shortfall(res.get("reference_fit"))
         if cut:
@@ -252,19 +252,27 @@ SPEED_KEYS = ("forward_tokens_per_sec", "latency_ms", "latency_tokens", "decode_
               "peak_memory_mb")
 
 
-def evaluate_stage(model, tokenizer, sets: dict, rows: torch.Tensor, s: EvalSettings) -> dict:
+def evaluate_stage(model, tokenizer, sets: dict, rows: torch.Tensor, s: EvalSettings,
+                   native_kernel: str | bool = "auto") -> dict:
     """``runner.evaluate``, with timing noise kept out of every quality figure. A packed BitNet model's kernels
     (int8 or float, which agree only to float rounding) are chosen by measurement (``choose_kernels``), so
     its losses, accuracies and generations are scored on the default kernels (``load_any`` chooses none),
     and only then are the kernels chosen and the speed figures (``SPEED_KEYS``) measured on that choice (one
     row's quality pass, discarded, comes with them); ``examples_per_sec`` is the quality pass's, on the
-    default kernels. ``kernels``: which each used (None for a model without ternary layers)."""
+    default kernels. ``kernels``: which each used (None for a model without ternary layers). ``native_kernel``
+    (``phase.native_kernel``, as ``phase=bitnet`` reads it: ``quant.native.wanted``) makes the native decode kernel a
+    candidate; until 2026-11-28 it was one only where BitNet had built it earlier in the same process (the pipeline),
+    so the same packed model's speed differed between ``phase=eval`` and the pipeline (an audit)."""
     from agentforge.quant.bitlinear import BitLinear
     from agentforge.quant.checkpoint import choose_kernels, kernel_summary
 
     frozen = [m for m in model.modules() if isinstance(m, BitLinear) and m.frozen]
     if not frozen:
         return {**evaluate(model, tokenizer, sets, rows, s), "kernels": None}
+    from agentforge.quant import native
+
+    if native.wanted(native_kernel):   # a decoding candidate once built (loads in ~0.1 s where make install built it)
+        native.build()
     quality = {"prefill": frozen[0].kernel, "decode": frozen[0].kernel_decode}
     res = evaluate(model, tokenizer, sets, rows, replace(s, latency_tokens=0))
     chosen = choose_kernels(model)

@@ -21,6 +21,7 @@ PASS_K = rule("phase.pass_k", (lambda x: isinstance(x, list) and len(x) > 0 and 
 # a KPI gate: {metric key: threshold}, checked at start-up (it is applied only after the whole run)
 GATE = rule("phase.gate", optional(((lambda x: isinstance(x, dict) and all(is_threshold(v) for v in x.values())),
                                     "a mapping of metric keys to thresholds like '>=0.3', '<=20', '<0.05'")))
+NATIVE_KERNEL = rule("phase.native_kernel", ((lambda x: isinstance(x, bool) or x == "auto"), "true, false or auto"))
 # the dashboard verdict's thresholds (phase=compare and phase=codegen); all are read only after the whole run
 THRESHOLDS = [
     rule("phase.thresholds.alpha", number(0, 1, lo_open=True)),
@@ -59,7 +60,7 @@ BITNET = [
     rule("phase.fine_tune_steps_per_epoch", integer(1)),
     rule("phase.gradient_clip", number(0)),
     rule("phase.speed_repeats", integer(1)),
-    rule("phase.native_kernel", ((lambda x: isinstance(x, bool) or x == "auto"), "true, false or auto")),
+    NATIVE_KERNEL,
 ]
 
 CODEGEN = [
@@ -176,6 +177,7 @@ COMPARE = [
 ]
 
 EVAL = [
+    NATIVE_KERNEL,
     rule("phase.recursive", one_of("auto", True, False)),
     rule("phase.max_inner_steps", integer(1, 64)),
     rule("phase.refine_hidden", optional(integer(1))),

@@ -164,6 +164,21 @@ def quantized_linear(x: torch.Tensor, clip: float, bits: int, eps: float, codes_
     return _EXT.quantized_linear(x, float(clip), eps, (1 << (bits - 1)) - 1, codes_t, gamma, bias)
 
 
+def wanted(setting) -> bool:
+    """``phase.native_kernel``: true builds the native decode kernel if needed (C++, ~30 s the first time on a
+    machine), false never uses it, auto uses it where it is already built (``make install`` builds it: loading
+    then takes ~0.1 s) and says how to get it where it is not. ``phase=bitnet`` and ``phase=eval`` (a
+    packed model's kernel selection) read it; until 2026-11-28 eval never built it, so a packed model's
+    speed figures depended on whether BitNet had run earlier in the same process (an audit)."""
+    if setting == "auto":
+        if installed():
+            return True
+        print("native BitNet decode kernel: not built on this machine (make install builds it once; "
+              "phase.native_kernel=true builds it now, ~30 s); timing the int8/float kernels")
+        return False
+    return bool(setting)
+
+
 def main() -> int:
     """Run by ``make install``: build or load the kernel, and say so in one line."""
     t0 = time.perf_counter()
