@@ -58,6 +58,11 @@ def outputs_problem(argv: list[str], env: dict) -> str | None:
     problem = writable_problem(path)
     if problem:
         return f"{key} = {path!r} {problem}: point AGENTFORGE_OUTPUTS or paths.outputs at a writable directory"
+    for sub in ("runs", "multirun"):   # where Hydra makes the run dirs (conf/config.yaml): a file there was a traceback
+        inner = os.path.join(path, sub)
+        if os.path.lexists(inner) and not os.path.isdir(inner):
+            return (f"{key} = {path!r}: {inner!r} is not a directory (Hydra puts the run directories there): move "
+                    f"it away or point AGENTFORGE_OUTPUTS or paths.outputs elsewhere")
     return None
 
 

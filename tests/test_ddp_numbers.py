@@ -168,7 +168,6 @@ def _packed_checkpoint(tmp_path: Path) -> Path:
 def test_eval_quality_of_a_packed_model_does_not_depend_on_the_timed_kernel(tmp_path, monkeypatch):
     import agentforge.quant.bitlinear as bitlinear
     from agentforge.phases import eval as eval_phase
-
     from agentforge.quant import native
 
     ckpt = _packed_checkpoint(tmp_path)

@@ -333,6 +333,19 @@ def test_an_outputs_path_that_cannot_hold_runs_is_one_line(tmp_path):
         assert "writable directory" in lines[0] and blocker.read_text() == "x"
 
 
+def test_a_file_where_hydra_puts_the_run_dirs_is_one_line(tmp_path):
+    """``<outputs>/runs`` (or ``multirun``) a file: Hydra's run-dir creation raised NotADirectoryError (exit 1, an
+    audit); the start-up probe now names it. Checked by the function the CLI calls before Hydra starts."""
+    from agentforge.cli_errors import outputs_problem
+
+    assert outputs_problem(["phase=cognate"], {"AGENTFORGE_OUTPUTS": str(tmp_path)}) is None
+    for sub in ("runs", "multirun"):
+        (tmp_path / sub).write_text("x")
+        said = outputs_problem(["phase=cognate"], {"AGENTFORGE_OUTPUTS": str(tmp_path)})
+        assert said.startswith(f"AGENTFORGE_OUTPUTS = {str(tmp_path)!r}: ") and f"{sub}' is not a directory" in said
+        (tmp_path / sub).unlink()
+
+
 @pytest.mark.faults
 def test_ctrl_c_says_how_to_continue(tmp_path):
     """SIGINT mid-training: Lightning shuts down and exited 1 with no word of what to do; now one error line
