@@ -76,6 +76,13 @@ def test_report_cells_for_figures_not_measured_are_a_dash():
     assert _f(None) == "–" and _f(float("nan")) == "–" and _f(3) == "3" and _f(True) == "True"
 
 
+def test_a_pass_at_k_cell_shows_the_models_ci_beside_it():
+    from agentforge.codegen.report import _with_ci
+
+    s = {"cognate": 0.3, "cognate_ci95": [0.1467, 0.4933], "gpt2": 0.0}
+    assert _with_ci(s, "cognate") == "0.3 [0.147, 0.493]" and _with_ci(s, "gpt2") == "0" and _with_ci({}, "x") == "–"
+
+
 def test_the_efficiency_bars_leave_out_the_training_ram_of_two_trainings_in_one_process():
     """The bar chart showed a 45x 'peak training RAM' ratio that stats.json calls not comparable (both models train
     in one process, the first pays its one-time allocations), and a literal 'latency of {n} tokens' label."""

@@ -88,54 +88,51 @@ TH = {"pass_at": {1: 0.30, 10: 0.45}, "min_delta_pass1": 0.04, "alpha": 0.05, "f
 
 
 def test_verdict_success_partial_failure():
-    ok = {"pass_at": {1: 0.35, 10: 0.5}, "delta_pass1": 0.05, "thresholds": TH}
-    assert verdict(**ok, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=True) == ("SUCCESS", [])
-    v, reasons = verdict(**ok, ci95=[-0.01, 0.09], p_value=0.07, efficiency_ok=True)
-    assert v == "PARTIAL" and any("p-value" in r for r in reasons)
-    assert verdict(**ok, ci95=[-0.05, 0.09], p_value=0.2, efficiency_ok=True)[0] == "FAILURE"
-    low = {"pass_at": {1: 0.1, 10: 0.2}, "delta_pass1": 0.05, "thresholds": TH}
-    assert verdict(**low, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=None)[0] == "FAILURE"
-    assert verdict(**low, ci95=[0.01, 0.09], p_value=0.06, efficiency_ok=True)[0] == "PARTIAL"
-    # decisive evidence (p < 0.05, CI above 0) with efficiency missed: section 7's PARTIAL row ("but p >= 0.05 OR
-    # CI includes 0") cannot hold, a primary KPI is below target -> FAILURE (it read PARTIAL)
-    assert verdict(**ok, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=False)[0] == "FAILURE"
-    assert verdict(**ok, ci95=[-0.01, 0.09], p_value=0.06, efficiency_ok=False)[0] == "PARTIAL"   # not decisive
-    assert verdict(**ok, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=True, unstable=True)[0] == "FAILURE"
-    missing = {"pass_at": {1: 0.35, 10: None}, "delta_pass1": 0.05, "thresholds": TH}
-    v, reasons = verdict(**missing, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=True)
+    """Every target judged on its CI (``dashboard_verdict.verdict``): met when the whole CI clears it."""
+    ok = {"pass_at": {1: 0.35, 10: 0.5}, "pass_at_ci": {1: [0.31, 0.39], 10: [0.46, 0.54]}, "delta_pass1": 0.06,
+          "thresholds": TH, "n": 100}
+    assert verdict(**ok, ci95=[0.045, 0.075], p_value=0.001, efficiency_ok=True) == ("SUCCESS", [])
+    v, reasons = verdict(**ok, ci95=[-0.01, 0.13], p_value=0.07, efficiency_ok=True)
+    assert v == "PARTIAL" and any("p-value" in r for r in reasons)   # efficiency met, the Δ not established
+    assert "delta pass@1 0.06 not established: its CI [-0.01, 0.13] straddles the target 0.04" in reasons
+    assert verdict(**ok, ci95=[-0.05, 0.17], p_value=0.2, efficiency_ok=True)[0] == "FAILURE"       # p >= 0.1
+    low = {"pass_at": {1: 0.1, 10: 0.2}, "pass_at_ci": {1: [0.05, 0.15], 10: [0.12, 0.28]}, "delta_pass1": 0.06,
+           "thresholds": TH, "n": 100}
+    assert verdict(**low, ci95=[0.045, 0.075], p_value=0.001, efficiency_ok=None)[0] == "FAILURE"
+    # a target missed by its whole CI is FAILURE whatever the evidence (it read PARTIAL with p 0.06)
+    v, reasons = verdict(**low, ci95=[-0.01, 0.13], p_value=0.06, efficiency_ok=True)
+    assert v == "FAILURE" and "pass@1 0.1 < target 0.3 (its whole CI [0.05, 0.15] is below it)" in reasons
+    # an efficiency target missed: FAILURE, decisive evidence or not (the weak one read PARTIAL)
+    assert verdict(**ok, ci95=[0.045, 0.075], p_value=0.001, efficiency_ok=False)[0] == "FAILURE"
+    assert verdict(**ok, ci95=[-0.01, 0.13], p_value=0.06, efficiency_ok=False)[0] == "FAILURE"
+    assert verdict(**ok, ci95=[0.045, 0.075], p_value=0.001, efficiency_ok=True, unstable=True)[0] == "FAILURE"
+    missing = {**ok, "pass_at": {1: 0.35, 10: None}}
+    v, reasons = verdict(**missing, ci95=[0.045, 0.075], p_value=0.001, efficiency_ok=True)
     assert v == "PARTIAL" and any("pass@10 not measured" in r for r in reasons)
     # pass@10 not measured is not pass@10 below target: no efficiency group met -> INCONCLUSIVE, not FAILURE
     v, reasons = verdict(**missing, ci95=[0.429, 0.737], p_value=1e-7, efficiency_ok=None)
     assert v == "INCONCLUSIVE" and any("pass@10 not measured" in r and "not established" in r for r in reasons)
-    assert verdict(**missing, ci95=[0.01, 0.09], p_value=0.5, efficiency_ok=None)[0] == "FAILURE"   # p >= 0.1
-    both = {"pass_at": {1: 0.1, 10: None}, "delta_pass1": 0.05, "thresholds": TH}                  # one missed
-    assert verdict(**both, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=None)[0] == "FAILURE"
-
-
-def test_a_significantly_worse_candidate_or_a_decisively_missed_target_is_failure_not_partial():
-    """Δ −5 pp with CI [−0.10, −0.01] and p 0.01 read PARTIAL (only "CI lower bound not > 0" as its reason); so did
-    pass@1 0.20 < 0.30 and Δ 2 pp < 4 pp with p 0.01 and a CI above 0."""
-    worse = {"pass_at": {1: 0.35, 10: 0.5}, "delta_pass1": -0.05, "thresholds": TH}
-    v, reasons = verdict(**worse, ci95=[-0.10, -0.01], p_value=0.01, efficiency_ok=True)
-    assert v == "FAILURE" and any("significantly worse" in r for r in reasons)
-    low = {"pass_at": {1: 0.2, 10: 0.5}, "delta_pass1": 0.05, "thresholds": TH}
-    assert verdict(**low, ci95=[0.01, 0.09], p_value=0.01, efficiency_ok=True)[0] == "FAILURE"
-    assert verdict(**low, ci95=[-0.01, 0.09], p_value=0.07, efficiency_ok=True)[0] == "PARTIAL"   # not decisive
-    small = {"pass_at": {1: 0.35, 10: 0.5}, "delta_pass1": 0.02, "thresholds": TH}
-    assert verdict(**small, ci95=[0.005, 0.04], p_value=0.01, efficiency_ok=True)[0] == "FAILURE"
+    assert verdict(**missing, ci95=[0.045, 0.075], p_value=0.5, efficiency_ok=None)[0] == "FAILURE"   # p >= 0.1
+    both = {**low, "pass_at": {1: 0.1, 10: None}}                                                   # one missed
+    assert verdict(**both, ci95=[0.045, 0.075], p_value=0.001, efficiency_ok=None)[0] == "FAILURE"
 
 
 def test_a_figure_exactly_on_its_target_meets_it():
     """30 problems, 10 samples each, 90 right: pass@1 is 0.30 exactly but sums to 0.29999999999999993; the verdict
-    read 'pass@1 0.300 < target 0.3'."""
+    read 'pass@1 0.300 < target 0.3'. The same rounding on a CI's lower bound, or on a point estimate (no CI)."""
     cs = [1, 0, 3, 1, 3, 6, 3, 5, 4, 7, 0, 3, 1, 0, 3, 6, 7, 8, 4, 1, 2, 6, 4, 0, 2, 1, 6, 0, 1, 2]
     assert sum(cs) == 90
     p1 = mean_pass_at_k(10, cs, 1)
     assert p1 < 0.3 and p1 == pytest.approx(0.3)   # the float rounding this guards against
-    assert verdict(pass_at={1: p1}, delta_pass1=0.04 - 6e-18, ci95=[0.01, 0.1], p_value=0.01,
-                   thresholds={"pass_at": {1: 0.3}, "min_delta_pass1": 0.04}, efficiency_ok=None) == ("SUCCESS", [])
-    assert verdict(pass_at={1: 0.2999}, delta_pass1=0.05, ci95=[0.01, 0.1], p_value=0.01,
-                   thresholds={"pass_at": {1: 0.3}}, efficiency_ok=None)[0] == "FAILURE"   # below by a real margin
+    th = {"pass_at": {1: 0.3}, "min_delta_pass1": 0.04}
+    d = 0.04 - 6e-18
+    assert verdict(pass_at={1: 0.35}, pass_at_ci={1: [p1, 0.4]}, delta_pass1=0.05, ci95=[d, 0.1], p_value=0.01,
+                   thresholds=th, efficiency_ok=None, n=100) == ("SUCCESS", [])
+    assert verdict(pass_at={1: p1}, delta_pass1=d, ci95=[d, 0.1], p_value=0.01, thresholds=th,   # no pass@k CI
+                   efficiency_ok=None, n=100) == ("SUCCESS", [])
+    v, reasons = verdict(pass_at={1: 0.2999}, delta_pass1=0.05, ci95=[0.01, 0.1], p_value=0.01,
+                         thresholds={"pass_at": {1: 0.3}}, efficiency_ok=None, n=100)
+    assert v == "FAILURE" and "pass@1 0.2999 < target 0.3 (no CI: point estimate)" in reasons   # a real margin
 
 
 def test_no_pass_at_1_comparison_is_inconclusive_not_failure():

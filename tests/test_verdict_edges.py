@@ -45,8 +45,8 @@ def test_the_verdict_uses_the_configured_min_n_not_the_default():
 def test_a_ci_whose_lower_bound_is_exactly_zero_is_not_success():
     # SUCCESS needs the CI lower bound > 0: at exactly 0 the CI includes "no change", section 7's PARTIAL row
     # ("p < 0.05 but the CI includes 0"); targets met and p 0.01 < failure_p, so not FAILURE either
-    v, reasons = verdict(pass_at={1: 0.4}, delta_pass1=0.05, ci95=[0.0, 0.1], p_value=0.01,
-                         thresholds={"pass_at": {1: 0.3}}, efficiency_ok=None)
+    v, reasons = verdict(pass_at={1: 0.4}, pass_at_ci={1: [0.35, 0.45]}, delta_pass1=0.05, ci95=[0.0, 0.1],
+                         p_value=0.01, thresholds={"pass_at": {1: 0.3}}, efficiency_ok=None, n=100)
     assert v == "PARTIAL" and reasons == ["CI95 lower bound 0.0 is not > 0"]
 
 

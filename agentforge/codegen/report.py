@@ -51,6 +51,12 @@ def _f(v, digits: int = 4) -> str:
     return str(v)
 
 
+def _with_ci(s: dict, name: str) -> str:
+    """A model's pass@k cell with its bootstrap CI over problems beside it (``"<model>_ci95"``), where it has one."""
+    ci = s.get(f"{name}_ci95")
+    return _f(s.get(name)) + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+
+
 def _ks(stats: dict) -> list[int]:
     """The k of every ``pass_at_<k>`` entry of stats.json, ascending."""
     return sorted(int(k.rsplit("_", 1)[1]) for k in stats if k.startswith("pass_at_"))
@@ -150,13 +156,13 @@ def markdown(info: dict, names: list[str], evals: dict[str, dict], kpis: dict[st
                                                 for n, r in info["train_rows"].items())
                   + " per step (rows as long as the evaluated context, so every position the models generate at was "
                     "trained).", ""]
-    head = ["model"] + [f"pass@{k}" for k in ks] + ["passed", "failed", "timeout", "error", "params",
+    head = ["model"] + [f"pass@{k} [CI95]" for k in ks] + ["passed", "failed", "timeout", "error", "params",
                                                      "latency ms", "tok/s", "peak train RAM MB", "val loss",
                                                      "train s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in names:
         oc, kp, tr = evals[n]["outcomes"], kpis[n], trainings.get(n, {})
-        row = [n] + [_f(stats.get(f"pass_at_{k}", {}).get(n)) for k in ks]
+        row = [n] + [_with_ci(stats.get(f"pass_at_{k}", {}), n) for k in ks]
         row += [str(oc[o]) for o in ("passed", "failed", "timeout", "error")]
         row += [_f(kp.get("param_count")), _f(kp.get("latency_ms")), _f(kp.get("throughput_tokens_per_sec")),
                 _f(kp.get("peak_memory_mb")), _f(tr.get("final_val_loss")), _f(tr.get("seconds"))]

@@ -1,10 +1,12 @@
 """pass@k per problem and model, and ``stats.json`` in the success dashboard's shape (section 5):
 
-    {"pass_at_1": {"<candidate>": p, "<baseline>": q, "delta": p - q, "ci95": [lo, hi], "p_value": ..., "n": ...},
+    {"pass_at_1": {"<candidate>": p, "<baseline>": q, "delta": p - q, "ci95": [lo, hi], "p_value": ..., "n": ...,
+                   "<candidate>_ci95": [lo, hi], "<baseline>_ci95": [lo, hi]},
      "pass_at_10": {...}, "verdict": "SUCCESS|PARTIAL|FAILURE", "reasons": [...], ...}
 
 pass@k is Chen et al.'s unbiased estimator per problem (``evals.pass_at_k.pass_at_k``) averaged over problems;
-the difference is tested over problems by the project's paired test (``evals.stats.paired_test``: McNemar's
+each model's mean gets its percentile bootstrap CI over problems (``evals.stats.mean_ci``, on which the
+verdict judges the absolute pass@k targets); the difference is tested over problems by the project's paired test (``evals.stats.paired_test``: McNemar's
 exact test when every per-problem score is 0/1, e.g. n = 1 or greedy, else the exact sign-flip test below
 ``min_n`` problems and the paired bootstrap from there), and the verdict is the dashboard's section-7 rule
 (``evals.stats.verdict``, INCONCLUSIVE below ``thresholds.min_n`` problems) with the efficiency targets as ratios
@@ -53,19 +55,22 @@ def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, ca
     out: dict = {"candidate": candidate, "baseline": baseline, "baseline_description": baseline_description,
                  "n_problems": len(per_model[candidate])}
     pass_at: dict[int, float | None] = {}
+    pass_at_ci: dict[int, list[float] | None] = {}   # each model's CI of its mean per-problem pass@k
     n_paired = None
     for k in sorted(set(ks) | {1}):
         a, b = per_problem_pass(per_model[candidate], k), per_problem_pass(per_model[baseline], k)
         if a is None or b is None:
-            pass_at[k] = None
+            pass_at[k] = pass_at_ci[k] = None
             out[f"pass_at_{k}"] = {"note": f"not measured: needs at least {k} samples per problem"}
             continue
         t = _paired(a, b, n_resamples, seed, int(thresholds.get("min_n", st.MIN_N)))
         pass_at[k] = sum(a) / len(a)
+        pass_at_ci[k] = st.mean_ci(a, n_resamples, seed)
         n_paired = t["n"]
         out[f"pass_at_{k}"] = {candidate: pass_at[k], baseline: sum(b) / len(b), "delta": t["delta"],
                                "ci95": t["ci95"], "p_value": t["p_value"], "n": t["n"],
-                               "test": t["test"]}
+                               "test": t["test"], f"{candidate}_ci95": pass_at_ci[k],
+                               f"{baseline}_ci95": st.mean_ci(b, n_resamples, seed)}
     eff_ok, checks = efficiency_checks({"metrics": kpis[candidate]}, {"metrics": kpis[baseline]}, thresholds)
     if kpis[candidate].get(UNITS) or kpis[baseline].get(UNITS):
         eff_ok, checks = _units_not_comparable(checks)
@@ -73,7 +78,8 @@ def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, ca
     v, reasons = st.verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                             p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok,
                             unstable=unstable, n=n_paired, size_key="phase.num_problems",
-                            efficiency_missed=missed_targets(checks), others=st.paired_at_k(out, thresholds))
+                            efficiency_missed=missed_targets(checks), others=st.paired_at_k(out, thresholds),
+                            pass_at_ci=pass_at_ci)
     out.update({"verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0), "reasons": reasons,
                 "efficiency": checks, "kpis": kpis,
                 "thresholds": {k: (val if k != "pass_at" else {str(kk): vv for kk, vv in val.items()})

@@ -39,6 +39,7 @@ from agentforge.evals.speed import memory_regime
 from agentforge.evals.stats import (
     MIN_N,
     exact_paired_binary,
+    mean_ci,
     paired_at_k,
     paired_ratio_ci,
     paired_test,
@@ -309,7 +310,9 @@ def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thres
                   n_resamples: int = 10_000, seed: int = 0) -> dict:
     """``stats.json``: per-metric paired tests of candidate vs baseline on the same examples (``stats.paired_test``:
     the exact McNemar test for 0/1 outcomes; for other scores the exact sign-flip test below ``min_n`` pairs, the
-    bootstrap from there), pass@k like for like (``_like_for_like``), and the verdict — which does not decide on the
+    bootstrap from there), pass@k like for like (``_like_for_like``) with each stage's percentile bootstrap CI of its mean
+    per-problem pass@k (``stats.mean_ci``, ``"<stage>_ci95"``: the verdict judges the pass@k targets on the
+    candidate's), and the verdict — which does not decide on the
     accuracy targets (INCONCLUSIVE, unless what does not rest on them fails) where either stage's GSM8K reference
     answers do not fit its ``phase.gen_tokens`` (``reference_fit.shortfall``): its accuracies measure the budget."""
     for key, st in (("phase.baseline", baseline), ("phase.candidate", candidate)):
@@ -319,16 +322,19 @@ def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thres
     out: dict = {"baseline": baseline, "candidate": candidate}
     min_n = int(thresholds.get("min_n", MIN_N))
     pass_at: dict[int, float | None] = {}
+    pass_at_ci: dict[int, list[float] | None] = {}   # the candidate's CI of its mean per-problem pass@k
     ks = sorted({1, *[int(k) for k in (thresholds.get("pass_at") or {})]})
     for k in ks:
         ca, ba, src = _like_for_like(c, b, k)
         if ca is None or ba is None:
             pass_at[k] = None if ca is None else sum(ca) / len(ca)
+            pass_at_ci[k] = None if ca is None else mean_ci(ca, n_resamples, seed)
             out[f"pass_at_{k}"] = {"note": src}
             continue
         bs = _paired(c, b, "gsm8k", ca, ba, f"pass@{k}", n_resamples=n_resamples, seed=seed, min_n=min_n)
-        pass_at[k] = bs["mean_a"]
-        out[f"pass_at_{k}"] = {**_summary(bs, candidate, baseline), "source": src}
+        pass_at[k], pass_at_ci[k] = bs["mean_a"], mean_ci(ca, n_resamples, seed)
+        out[f"pass_at_{k}"] = {**_summary(bs, candidate, baseline), "source": src, f"{candidate}_ci95": pass_at_ci[k],
+                               f"{baseline}_ci95": mean_ci(ba, n_resamples, seed)}
     for fmt, key in (("arc", "arc_easy_accuracy"), ("piqa", "piqa_accuracy")):
         ca, ba = c.get("per_example", {}).get(f"{fmt}_correct"), b.get("per_example", {}).get(f"{fmt}_correct")
         if ca and ba:
@@ -341,7 +347,7 @@ def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thres
     v, reasons = verdict(pass_at=pass_at, delta_pass1=p1.get("delta"), ci95=p1.get("ci95"),
                          p_value=p1.get("p_value"), thresholds=thresholds, efficiency_ok=eff_ok, unstable=unstable,
                          n=p1.get("n"), efficiency_missed=missed_targets(checks), undecidable=cut,
-                         others=paired_at_k(out, thresholds))
+                         others=paired_at_k(out, thresholds), pass_at_ci=pass_at_ci)
     out.update({"efficiency": checks, "verdict": v, "verdict_score": {"SUCCESS": 2, "PARTIAL": 1}.get(v, 0),
                 "min_n": min_n,
                 "reasons": reasons,

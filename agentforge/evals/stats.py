@@ -32,6 +32,8 @@ they compare: ``evals.pass_at_k``).
 * ``verdict`` (``evals/dashboard_verdict.py``) — SUCCESS / PARTIAL / FAILURE of the success-metrics dashboard, section 7, and
   INCONCLUSIVE below ``MIN_N`` paired examples or where the accuracies cannot decide (no evidence either way, with
   the reason).
+* ``mean_ci`` — the percentile bootstrap CI of a mean (a model's mean per-problem pass@k, for the verdict's
+  absolute pass@k targets).
 * ``threshold_verdict`` — PASS / FAIL / INCONCLUSIVE of a figure against a threshold from its CI:
   PASS when the whole CI is on the right side, FAIL when the whole CI is on the wrong side.
 * ``wilson_ci`` — the Wilson score interval of a proportion k / n (Wilson 1927).
@@ -289,6 +291,21 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (len(p_values) - rank) * float(p_values[i])))
         out[i] = running
     return out
+
+
+def mean_ci(values: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
+            confidence: float = 0.95) -> list[float] | None:
+    """The percentile bootstrap CI of the mean of ``values`` (scipy's ``stats.bootstrap``, a seeded generator): the
+    CI of a model's mean per-problem pass@k over problems, on which the verdict judges the absolute pass@k targets.
+    A constant sample gives [x, x]; fewer than 2 values, or a non-finite one, give None (no CI)."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) < 2 or not np.all(np.isfinite(x)):
+        return None
+    if np.all(x == x[0]):   # every resample has the same mean (scipy would warn of a degenerate distribution)
+        return [float(x[0]), float(x[0])]
+    res = sps.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+                        vectorized=True, rng=np.random.default_rng(seed))
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
 def threshold_verdict(ci: Sequence[float] | None, op: str, threshold: float, n: int | None = None,
