@@ -101,7 +101,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
+        raise CheckpointError(f"{path}: no such weights file; the checkpoint is incomplete — re-run the phase that "
+                              f"wrote it, or point at a complete checkpoint directory (with {path.name} beside its "
+                              f"{CONFIG_FILE})")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -177,7 +179,8 @@ def read_checkpoint_config(directory: str | Path) -> dict:
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_path}: malformed JSON ({exc})") from exc
+        raise CheckpointError(f"{cfg_path}: malformed JSON ({exc}); the checkpoint is corrupt — re-run the phase "
+                              f"that wrote it, or point at a complete checkpoint directory") from exc
     if not isinstance(cfg, dict) or cfg.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{cfg_path}: not an Agent Forge checkpoint (format "
                               f"{cfg.get('format') if isinstance(cfg, dict) else None!r}, "

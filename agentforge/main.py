@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from agentforge.config import check, select, validate
-from agentforge.errors import AgentForgeError, ConfigError
+from agentforge.errors import AgentForgeError, ConfigError, no_gpu_error
 from agentforge.phases import get_phase
 from agentforge.tracking.console_log import stdout_into_log
 from agentforge.tracking.sweep import record_job
@@ -92,7 +92,7 @@ def _check_gpu_visible(cfg: DictConfig) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("hardware.accelerator=gpu but no GPU is visible; use hardware=cpu or hardware=auto")
+            raise no_gpu_error()
 
 
 def apply_cuda_graphs(cfg: DictConfig) -> None:

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agentforge.errors import AgentForgeError
 from agentforge.evals.compare import run_comparison
+from agentforge.evals.results_file import load_results, require_two
 
 DEFAULT_THRESHOLDS = {"pass_at": {1: 0.30, 10: 0.45}, "min_delta_pass1": 0.04, "min_delta_pass10": 0.03,
                       "alpha": 0.05, "failure_p": 0.1}
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     try:
+        require_two(load_results(a.results_dir, a.stages or None), a.stages, a.results_dir)
         out = run_comparison(a.results_dir, a.stages or None, a.out, baseline=a.baseline, candidate=a.candidate,
                              thresholds=DEFAULT_THRESHOLDS, n_resamples=a.n_resamples, seed=a.seed)
     except AgentForgeError as exc:

@@ -234,3 +234,24 @@ def test_the_pipeline_decides_the_baking_row_from_its_ci():
     m["baking/final_accuracy_n"] = 8
     m["baking/final_accuracy_ci95"] = [0.9, 0.99]
     assert _decided(m, "baking/final_accuracy", True, ">=", 0.85).startswith("INCONCLUSIVE")   # n < 30
+
+
+def test_one_example_per_strategy_prints_no_ci_and_why_not_nan_brackets():
+    """The audit's smoke run (10 strategies, val_per_strategy=1) printed '0.5167 [nan, nan]; gain +0.0567 [+nan,
+    +nan]' on the console and in the pipeline report: each CI-less figure now says '(no CI: <why>)' — in the verdict's
+    reason (both), the control's text and the per-strategy table."""
+    from agentforge.reasoning.baking_evidence import baking_summary
+
+    per = {f"s{h}": {"paired": [[57 + h, 100, 52, 40, 9, 1.0, 2.0]]} for h in range(10)}
+    control = {k: {"paired": [[55, 100, 52, 40, 8, 1.0, 2.0]]} for k in per}
+    s = baking_summary({"per": per, "overall": 0.6}, 0.85, 0, control={"per": control})
+    why = s["baking/final_accuracy_why"]
+    assert "nan" not in why and s["baking/final_accuracy_verdict"] == "INCONCLUSIVE"
+    assert f"already scores 0.5200 (no CI: {be.NO_CI_ONE_EACH}); gain +0." in why
+    assert why.count("(no CI: one validation example per strategy; raise phase.baking.val_per_strategy") == 5
+    per["s0"].update(kl=1.0, usage=0.0, teacher_usage=0.0)
+    row = be.strategy_row(type("S", (), {"key": "s0", "name": "a", "threshold": 0.85})(), per,
+                          {"s0": {"agreement": 0.52, "kl": 2.0}}, 0)
+    assert row[1] == f"0.570 (no CI: {be.NO_CI_ONE_EACH})" and "nan" not in str(row[5])
+    assert be.fmt_ci(0.5, [float("nan"), float("nan")], 2) == "0.50 (no CI: undefined)"
+    assert be.fmt_ci(0.5, [0.25, 0.75], 2, True) == "+0.50 [+0.25, +0.75]"

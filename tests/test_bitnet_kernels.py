@@ -161,6 +161,22 @@ def test_pick_kernel_keeps_the_default_unless_another_is_clearly_faster():
     assert pick_kernel({"int8": 1.00, "float": 0.90, "native": 0.80}) == "native"
 
 
+def test_the_kernel_line_says_when_a_faster_kernel_was_kept_out_by_the_margin():
+    """The audit's line read 'prefill ... int8 (int8 23.19 ms, float 22.09 ms)': float was 4.7 % faster, under the
+    5 % margin, so int8 stayed; the line now says so (and says nothing extra when the chosen kernel is the fastest)."""
+    from agentforge.quant.bitlinear import pick_kernel
+    from agentforge.quant.checkpoint import kernel_summary
+
+    info = {"kernel": pick_kernel({"int8": 23.19, "float": 22.09}), "int8_ms": 23.19, "float_ms": 22.09,
+            "margin": 0.05, "decode_kernel": "float", "decode_rows": 8, "decode_int8_ms": 2.0, "decode_float_ms": 1.5,
+            "decode_native_ms": 1.45}
+    line = kernel_summary(info)
+    assert line.startswith("prefill (a 64-token forward) int8 (kept: float only 4.7 % faster, not > 5 %) (int8 23.19 ms")
+    assert "rows) float (kept: native only 3.3 % faster, not > 5 %) (int8 2.00 ms, float 1.50 ms, native 1.45 ms" in line
+    info.update(kernel="float", float_ms=20.0, decode_native_ms=1.6)
+    assert "forward) float (int8 23.19 ms" in kernel_summary(info) and "rows) float (int8" in kernel_summary(info)
+
+
 def _packed_tiny(tmp_path):
     from agentforge.models import CognateModel
     from agentforge.quant.convert import convert_to_bitlinear

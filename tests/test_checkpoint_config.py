@@ -91,3 +91,22 @@ def test_the_packed_and_recursive_loaders_check_the_same_way(good, tmp_path):
                                                   r"tokenizer: unsupported tokenizer type 'bpe')"):
             load_any(directory)
         (directory / "config.json").write_text(original)
+
+
+def test_a_corrupt_or_incomplete_checkpoint_says_what_to_do(good, tmp_path):
+    """A malformed config.json and a missing model.safetensors named the file and stopped there (an audit): each now
+    says to re-run the phase that wrote it or to point at a complete checkpoint directory."""
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    (bad / "config.json").write_text('{"format": "x\x01"}')
+    with pytest.raises(CheckpointError, match=r"^.*/bad/config\.json: malformed JSON \(Invalid control character .*\); "
+                                              r"the checkpoint is corrupt — re-run the phase that wrote it, or point "
+                                              r"at a complete checkpoint directory$"):
+        load_model(bad)
+    shutil.copy(good / "config.json", bad / "config.json")
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"^.*/bad/model\.safetensors: no such weights file; the checkpoint is "
+                                              r"incomplete — re-run the phase that wrote it, or point at a complete "
+                                              r"checkpoint directory \(with model\.safetensors beside its config\.json\)$"):
+        load_model(bad)
+

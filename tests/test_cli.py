@@ -327,6 +327,12 @@ def test_hardware_gpu_without_a_gpu_fails_before_the_run_starts(tmp_path):
     assert proc.stderr.strip().splitlines() == ["error: hardware.accelerator=gpu but no GPU is visible; use "
                                                 "hardware=cpu or hardware=auto"], proc.stderr[-2000:]
     assert not [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()]   # no run dir, no W&B run
+    # hardware=cpu with an accelerator override: the advice is to drop the override, not to use hardware=cpu (given)
+    proc = run_cli(["phase=cognate", "hardware=cpu", "hardware.accelerator=gpu", "logger=none"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: hardware.accelerator=gpu overrides hardware=cpu's accelerator, "
+                                                "but no GPU is visible; drop the hardware.accelerator override (or use "
+                                                "hardware=gpu on a machine with a GPU)"], proc.stderr[-2000:]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

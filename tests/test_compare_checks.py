@@ -157,6 +157,33 @@ def test_a_comparison_that_fails_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*"))
 
 
+def test_one_stage_is_refused_not_compared(tmp_path, capsys):
+    """`phase=compare 'stages=[base]'` exited 0 with a one-column table, no verdict, no stats.json and no message (an
+    audit). One stage named, or one standard stage found without stages=, is one error line, before any output: in
+    the phase (``phases/compare.run``: stages=[x] before any file is read) and in scripts/compare_results.py."""
+    from agentforge.phases.compare import run
+    from tests.conftest import compose_cfg
+
+    _write(tmp_path / "r", baseline=_stage(BASE))
+    for stages, msg in ((["stages=[base]"], r"stages=\[base\] names one stage; a comparison needs two or more, e\.g\. "
+                                             r"stages=\[baseline,base\]$"),
+                        ([], r"/r: holds the results of one standard stage \(baseline\); a comparison needs two: run "
+                             r"phase=eval stage=NAME for another")):
+        cfg = compose_cfg(["phase=compare", "logger=none", f"phase.results_dir={tmp_path / 'r'}", *stages],
+                          tmp_path / "run")
+        with pytest.raises(ConfigError, match=msg):
+            run(cfg)
+    assert not (tmp_path / "run" / "outputs").exists() or not any((tmp_path / "run" / "outputs").rglob("*.md"))
+    spec = importlib.util.spec_from_file_location("compare_results", REPO / "scripts" / "compare_results.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for argv in (["baseline"], []):
+        assert script.main([*argv, "--results-dir", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "a comparison needs two" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_verdict_reads_pass10s_gain_target_and_fails_a_candidate_worse_at_pass10():
     """Section 2's Δ pass@10 ≥ 3 pp and section 7's "any primary KPI below target". 30 problems, 10 samples each:
     the candidate solves 20 problems always and 10 never (pass@1 0.667, pass@10 0.667); the baseline one sample in

@@ -361,6 +361,23 @@ def test_a_forgotten_stage_does_not_overwrite_another_checkpoints_baseline(tmp_p
     _refuse_silent_baseline_overwrite(tmp_path / "none", Path("/x/mine"))   # no baseline yet
 
 
+
+def test_an_explicit_stage_replacing_another_checkpoints_results_says_so(tmp_path, capsys):
+    """`phase=eval checkpoint=.../model2 stage=baseline` silently replaced model1's baseline results (an audit): an
+    explicit stage may replace them, and one line names the checkpoint whose results go."""
+    from agentforge.phases.eval import _refuse_silent_baseline_overwrite
+
+    (tmp_path / "eval_results").mkdir()
+    (tmp_path / "eval_results" / "baseline_results.json").write_text(json.dumps({"checkpoint": "/x/model1"}))
+    _refuse_silent_baseline_overwrite(tmp_path, Path("/x/model2"), "baseline")
+    out = capsys.readouterr().out
+    assert out == (f"note: {tmp_path}/eval_results/baseline_results.json holds stage baseline's results of another "
+                   f"checkpoint (/x/model1); this run replaces them\n")
+    for stage, ckpt in (("baseline", "/x/model1"), ("after_surgery", "/x/model2")):   # the same one; no results yet
+        _refuse_silent_baseline_overwrite(tmp_path, Path(ckpt), stage)
+    assert capsys.readouterr().out == ""
+
+
 def test_the_printed_line_gives_each_accuracy_and_the_perplexity_with_its_ci_and_n():
     """16 GSM8K questions, 4 right: 0.25 [exact (Clopper-Pearson) 0.07266, 0.5238] n=16; the perplexity of 8 equal row losses: its CI
     is the point; figures with no per-example record print bare."""

@@ -269,7 +269,8 @@ def _save_tiny(path, seed, **kw):
 
 def test_missing_input_checkpoint_is_a_clear_error(tmp_path):
     cfg = compose_cfg(TINY_EVO, tmp_path)
-    with pytest.raises(CheckpointError, match=r"cognate/model1: checkpoint not found"):
+    with pytest.raises(CheckpointError, match=r"cognate/model1: no Cognate checkpoint — run phase=cognate first "
+                                              r"\(it writes model1, model2 and model3\), or pass phase.inputs=\[a,b,c\]$"):
         run_phase(cfg)
     assert not (tmp_path / "run").exists()  # failed before making anything
 

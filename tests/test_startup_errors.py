@@ -3,6 +3,8 @@ and a half-written run dir, or to run on and report nothing): each is now one Co
 run dir, work dir or artifact exists."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -73,3 +75,31 @@ def test_eval_refuses_to_fine_tune_a_packed_bitnet_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match=r"stage=finetuned_vanilla: fine-tuning needs float weights.*packed BitNet"):
         run(cfg)
     _nothing_written(tmp_path)
+
+
+def test_the_same_evomerge_input_twice_is_refused_naming_phase_inputs(tmp_path):
+    """phase.inputs=[a/model1,a/model1,a/model1] ran and replaced the champion with model1 (an audit); the same dir
+    twice, also spelt differently (a trailing '/.', a symlink), is one ConfigError naming phase.inputs, before any
+    model is loaded."""
+    from tests.test_evomerge import TINY_EVO, _save_tiny
+
+    a, b = _save_tiny(tmp_path / "a", 0), _save_tiny(tmp_path / "b", 1)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    for ins in ([a, a, a], [a, b, f"{a}/."], [a, b, str(tmp_path / "link")]):
+        cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{','.join(ins)}]"], tmp_path)
+        with pytest.raises(ConfigError, match=rf"phase\.inputs names {re.escape(str(tmp_path / 'a'))} more than once; "
+                                              r"give three different checkpoint dirs"):
+            run(cfg)
+    _nothing_written(tmp_path)
+
+
+def test_no_gpu_advice_fits_the_hardware_group():
+    """hardware=cpu hardware.accelerator=gpu was told 'use hardware=cpu or hardware=auto' (an audit): under a group
+    whose own accelerator is not gpu the advice is to drop the override (the CLI's line: test_cli.py)."""
+    from agentforge.errors import no_gpu_error
+
+    assert str(no_gpu_error("gpu")) == str(no_gpu_error()) == ("hardware.accelerator=gpu but no GPU is visible; use "
+                                                                "hardware=cpu or hardware=auto")   # no Hydra run here
+    for group in ("cpu", "auto", "ddp"):
+        assert str(no_gpu_error(group)).startswith(f"hardware.accelerator=gpu overrides hardware={group}'s accelerator, "
+                                                   f"but no GPU is visible; drop the hardware.accelerator override")

@@ -103,3 +103,16 @@ def load_results(results_dir: str | Path, stages: list[str] | None) -> dict[str,
         raise ConfigError(f"{results_dir}: no {{stage}}_results.json files; run phase=eval first or give stages=[...]"
                           f"{pipeline_copy_hint(results_dir, holds='*_results.json')}")
     return out
+
+
+def require_two(found: dict, stages: list[str] | None, results_dir: str | Path) -> dict:
+    """``found`` (``load_results``' answer) when it holds two stages or more; a comparison of one stage has no
+    difference, no verdict and no stats.json, so it is a ConfigError naming what to do."""
+    if len(found) >= 2:
+        return found
+    one = next(iter(found))
+    if stages:
+        pair = f"baseline,{one}" if one != "baseline" else "baseline,after_surgery"
+        raise ConfigError(f"stages=[{one}] names one stage; a comparison needs two or more, e.g. stages=[{pair}]")
+    raise ConfigError(f"{results_dir}: holds the results of one standard stage ({one}); a comparison needs two: "
+                      f"run phase=eval stage=NAME for another, or name the stages, stages=[...]")

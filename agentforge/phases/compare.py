@@ -19,6 +19,7 @@ from agentforge.errors import ConfigError
 from agentforge.evals.collect import gate_or_raise
 from agentforge.evals.compare import load_results, run_comparison
 from agentforge.evals.compare_table import COLUMNS
+from agentforge.evals.results_file import require_two
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 
@@ -45,12 +46,15 @@ def run(cfg) -> dict:
         twice = sorted({st for st in stages if stages.count(st) > 1})
         if twice:
             raise ConfigError(f"stages={stages} names {', '.join(twice)} more than once; name each stage once")
+        if len(stages) < 2:   # before reading any file, as stages=[] is
+            require_two({stages[0]: None}, stages, "")
     if cfg.get("stage") is not None:
         raise ConfigError(f"stage={cfg.get('stage')} is phase=eval's; phase=compare takes stages=[...], e.g. "
                           f"stages=[baseline,{cfg.get('stage')}]")
     results_dir = Path(p.results_dir or Path(cfg.paths.artifacts) / "eval_results").absolute()
     thresholds = thresholds_of(OmegaConf.to_container(p.thresholds, resolve=True))
-    load_results(results_dir, stages)  # a missing or malformed stage fails here, before the run dir and W&B run
+    # a missing or malformed stage, or only one, fails here, before the run dir and W&B run
+    require_two(load_results(results_dir, stages), stages, results_dir)
     with run_context(cfg, run_name="compare-stages", group="evaluation", tags=["compare"], job_type="compare") as ctx:
         out = run_comparison(results_dir, stages, ctx.run_dir / "compare", baseline=p.baseline,
                              candidate=p.candidate, thresholds=thresholds, n_resamples=int(p.n_resamples),

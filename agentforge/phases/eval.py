@@ -145,15 +145,19 @@ def leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _refuse_silent_baseline_overwrite(artifacts: Path, ckpt: Path) -> None:
+def _refuse_silent_baseline_overwrite(artifacts: Path, ckpt: Path, stage: str | None = None) -> None:
     """Without ``stage=`` the stage is "baseline": refuse to replace the baseline results of *another* checkpoint
-    that way (a forgotten ``stage=`` overwrote them silently); ``stage=baseline`` replaces them on purpose."""
-    f = results_path(artifacts, "baseline")
+    that way (a forgotten ``stage=`` overwrote them silently); ``stage=NAME`` replaces them on purpose, with a
+    one-line notice naming the checkpoint whose results it replaces."""
+    f = results_path(artifacts, stage or "baseline")
     try:
         other = json.loads(f.read_text()).get("checkpoint")
     except (OSError, ValueError, AttributeError):
         return
     if other and Path(other).absolute() != ckpt:
+        if stage:
+            print(f"note: {f} holds stage {stage}'s results of another checkpoint ({other}); this run replaces them")
+            return
         raise ConfigError(f"stage: not given, so it is 'baseline', and {f} holds the baseline of another checkpoint "
                           f"({other}); give stage=NAME for this one, or stage=baseline to replace that baseline")
 
@@ -168,8 +172,7 @@ def run(cfg) -> dict:
                           "(the stage names its folder under artifacts/eval)")
     artifacts = Path(cfg.paths.artifacts).absolute()
     ckpt = Path(pick(cfg, "checkpoint") or artifacts / "cognate" / "model1").absolute()
-    if not pick(cfg, "stage"):
-        _refuse_silent_baseline_overwrite(artifacts, ckpt)
+    _refuse_silent_baseline_overwrite(artifacts, ckpt, pick(cfg, "stage") and stage)
     model, tokenizer, ck_cfg = load_any(ckpt)
     already = ck_cfg.get("architecture") == RECURSIVE_ARCH
     recursive = p.recursive if p.recursive != "auto" else (stage in RECURSIVE_STAGES or already)

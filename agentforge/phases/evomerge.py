@@ -33,7 +33,7 @@ from agentforge.data.build import eval_sets
 from agentforge.data.datamodule import TaskPool, heldout_rows, normalize_mix
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.errors import ConfigError
-from agentforge.io import CheckpointError, write_json_atomic
+from agentforge.io import CheckpointError, pipeline_copy_hint, recover_published, write_json_atomic
 from agentforge.merge import combos, fitness, heldout
 from agentforge.merge.evaluator import RecipeEvaluator
 from agentforge.merge.evaluator import build as build_model
@@ -69,12 +69,25 @@ TAGS = ["phase2", "evomerge", "genetic-algorithm", "model-merging"]
 
 
 def input_dirs(cfg) -> list[Path]:
+    """``phase.inputs`` (three different checkpoint dirs: the same one twice merges a model with itself and replaces
+    the champion with it), or Cognate's three models, which must exist (the error names ``phase=cognate``)."""
     given = cfg.phase.get("inputs")
     if given is None:
-        return [Path(cfg.paths.artifacts).absolute() / "cognate" / f"model{i}" for i in (1, 2, 3)]
+        dirs = [Path(cfg.paths.artifacts).absolute() / "cognate" / f"model{i}" for i in (1, 2, 3)]
+        for d in dirs:
+            if not recover_published(d) and not d.exists():
+                raise CheckpointError(f"{d}: no Cognate checkpoint — run phase=cognate first (it writes model1, "
+                                      f"model2 and model3), or pass phase.inputs=[a,b,c]{pipeline_copy_hint(d)}")
+        return dirs
     if isinstance(given, str) or len(given) != 3:
         raise ConfigError(f"phase.inputs must list 3 checkpoint dirs, e.g. phase.inputs=[a,b,c], got {given!r}")
-    return [Path(str(p)).absolute() for p in given]
+    dirs = [Path(str(p)).expanduser().absolute() for p in given]
+    real = [d.resolve() for d in dirs]
+    twice = sorted({str(dirs[real.index(r)]) for r in real if real.count(r) > 1})   # as given, first spelling
+    if twice:
+        raise ConfigError(f"phase.inputs names {', '.join(twice)} more than once; give three different checkpoint "
+                          f"dirs (a merge of a model with itself would replace the champion with that model)")
+    return dirs
 
 
 def load_inputs(dirs: list[Path]):

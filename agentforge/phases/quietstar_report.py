@@ -151,8 +151,5 @@ def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, ho
               + (f"; {last['correlation_why']}" if last.get("correlation_why") else "") + ")")
     print(f"reasoning: {out_dir}\nreward {summary['rl/final_reward']:+.4f}  coherence {last['coherence']:.3f}  "
           f"anti-theater (n={last['n_windows']} windows, 95% CI): {flags}; all passed: {last['all_passed']}\n"
-          f"{measures.accuracy_line(summary)}\nthinking cost: {cost['rl/inference_time_ms']:.1f} ms/token with a "
-          f"thought vs {cost['rl/inference_time_ms_without_thoughts']:.1f} without ({cost['rl/thinking_cost_ratio']:.1f}x, "
-          f"95% CI [{cost['rl/thinking_cost_ratio_ci95'][0]:.1f}, {cost['rl/thinking_cost_ratio_ci95'][1]:.1f}], "
-          f"{cost['rl/thinking_cost_ratio_n']} interleaved rounds)")
+          f"{measures.accuracy_line(summary)}\n{measures.thinking_cost_line(cost)}")
     return {"checkpoint": str(out_dir), "metrics": summary, "files": [ckpt / "metrics.json", out_dir / "metrics.json"]}

@@ -19,7 +19,7 @@ from agentforge.artifacts import checked_model_config, checked_tokenizer
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
 from agentforge.models import CognateModel
-from agentforge.quant.bitlinear import BitLinear, select_kernel
+from agentforge.quant.bitlinear import KERNEL_MARGIN, BitLinear, select_kernel
 from agentforge.quant.convert import bitlinear_layers
 from agentforge.quant.fuse import fuse_siblings
 from agentforge.quant.packing import SCHEMES, pack, unpack
@@ -159,11 +159,23 @@ def choose_kernels(model: CognateModel) -> dict:
     return model.bitnet_kernel
 
 
+def _chosen(kernel, medians: dict, margin: float) -> str:
+    """The chosen kernel, and why where another timed faster: ``pick_kernel`` switches only for a median lower by more
+    than ``margin``, so a kernel a little faster than the incumbent is not chosen (timing noise decides nothing)."""
+    own = medians.get(kernel, float("nan"))
+    faster = [f"{k} only {(1 - v / own) * 100:.1f} % faster" for k, v in medians.items() if k != kernel and v < own]
+    return f"{kernel} (kept: {', '.join(faster)}, not > {margin * 100:g} %)" if faster else str(kernel)
+
+
 def kernel_summary(info: dict) -> str:
-    """One line on ``choose_kernels``' result: each regime's kernel and the medians it was chosen on."""
-    nan = float("nan")
+    """One line on ``choose_kernels``' result: each regime's kernel and the medians it was chosen on, saying so where
+    the chosen one is not the fastest (``pick_kernel``'s margin kept it)."""
+    nan, margin = float("nan"), float(info.get("margin", KERNEL_MARGIN))
     native = f", native {info['decode_native_ms']:.2f} ms" if "decode_native_ms" in info else ""
-    return (f"prefill (a 64-token forward) {info['kernel']} (int8 {info['int8_ms']:.2f} ms, float "
+    pre = _chosen(info["kernel"], {"int8": info["int8_ms"], "float": info["float_ms"]}, margin)
+    dec = _chosen(info.get("decode_kernel"), {k: info[f"decode_{k}_ms"] for k in ("int8", "float", "native")
+                                               if f"decode_{k}_ms" in info}, margin)
+    return (f"prefill (a 64-token forward) {pre} (int8 {info['int8_ms']:.2f} ms, float "
             f"{info['float_ms']:.2f} ms); decode (KV-cached steps of <= {info.get('decode_rows')} rows) "
-            f"{info.get('decode_kernel')} (int8 {info.get('decode_int8_ms', nan):.2f} ms, float "
+            f"{dec} (int8 {info.get('decode_int8_ms', nan):.2f} ms, float "
             f"{info.get('decode_float_ms', nan):.2f} ms{native} per token)")

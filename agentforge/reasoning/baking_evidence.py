@@ -21,6 +21,16 @@ import numpy as np
 from agentforge.evals.stats import MIN_N, threshold_verdict
 from agentforge.reasoning.baking import PAIRED_COLUMNS
 
+NO_CI_ONE_EACH = "one validation example per strategy; raise phase.baking.val_per_strategy for one"
+
+
+def _keep_ci(out: dict, k: str, boot: dict) -> None:
+    """``out[k_ci95]``: the CI, or [nan, nan] (what ``baking_verdict`` and the pipeline's rows read as no CI) with
+    the reason in ``out[k_no_ci]`` for the printed text (``fmt_ci``)."""
+    out[f"{k}_ci95"] = boot["ci95"] or [float("nan"), float("nan")]
+    if boot["ci95"] is None:
+        out[f"{k}_no_ci"] = boot["why"]
+
 
 def stratified_bootstrap(groups: list, stat, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95,
                          rescaled: bool = True) -> dict:
@@ -36,9 +46,9 @@ def stratified_bootstrap(groups: list, stat, n_resamples: int = 2000, seed: int 
 
     ``groups``: one [n_h, c] array per stratum; ``stat``: [H, R, c] stratum totals -> [R] values, NaN where the
     statistic is undefined. Undefined replicates are dropped and their share reported. Returns {"ci95": [low,
-    high] or None when no replicate is defined, "undefined_share"}."""
+    high] or None when no replicate is defined, "undefined_share", and "why" when there is no CI}."""
     if rescaled and all(len(g) < 2 for g in groups):   # no stratum has a variance estimate: no CI at all
-        return {"ci95": None, "undefined_share": 0.0}
+        return {"ci95": None, "undefined_share": 0.0, "why": NO_CI_ONE_EACH}
     rng = np.random.default_rng(seed)
     tots = []
     for g in groups:
@@ -48,7 +58,7 @@ def stratified_bootstrap(groups: list, stat, n_resamples: int = 2000, seed: int 
     vals = np.asarray(stat(np.stack(tots)), dtype=float)
     ok = np.isfinite(vals)
     if not ok.any():
-        return {"ci95": None, "undefined_share": 1.0}
+        return {"ci95": None, "undefined_share": 1.0, "why": "undefined in every resample"}
     lo, hi = np.quantile(vals[ok], [(1 - confidence) / 2, (1 + confidence) / 2])
     return {"ci95": [float(lo), float(hi)], "undefined_share": float(1 - ok.mean())}
 
@@ -81,7 +91,8 @@ def baking_evidence(per: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
       per-position KL.
 
     Every CI is the same stratified cluster bootstrap (``stratified_bootstrap``: strata = strategies, unit = example,
-    the before and after columns of an example drawn together, so the gain's CI is paired); NaN CI when undefined."""
+    the before and after columns of an example drawn together, so the gain's CI is paired); NaN CI when undefined, with its reason in
+    ``{name}_no_ci``."""
     groups = [np.asarray(v["paired"], dtype=float).reshape(-1, len(PAIRED_COLUMNS)) for v in per.values()
               if v.get("paired")]
     n = int(sum(len(g) for g in groups))
@@ -94,7 +105,7 @@ def baking_evidence(per: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
     for k in names:
         v = float(point[k][0])
         out[k] = v
-        out[f"{k}_ci95"] = boots[k]["ci95"] or [float("nan"), float("nan")]
+        _keep_ci(out, k, boots[k])
         if boots[k]["undefined_share"]:
             out[f"{k}_undefined_share"] = boots[k]["undefined_share"]
     tot = np.concatenate(groups)
@@ -147,7 +158,7 @@ def control_evidence(per: dict, per_control: dict, n_resamples: int = 2000, seed
     for k in point:
         boot = stratified_bootstrap(groups, lambda t, k=k: _control_stats(t)[k], n_resamples, seed)
         out[k] = float(point[k][0])
-        out[f"{k}_ci95"] = boot["ci95"] or [float("nan"), float("nan")]
+        _keep_ci(out, k, boot)
     return out
 
 
@@ -157,13 +168,21 @@ def control_text(ce: dict) -> str:
     acc = ce["control_prompt_effect_accuracy"]
     if acc != acc:
         return "shuffled-prompt control: no prompt-effect positions"
-    return (f"a shuffled-prompt control reaches {fmt_ci(acc, ce['control_prompt_effect_accuracy_ci95'], 3)} there, "
-            f"baked - control {fmt_ci(ce['prompt_effect_vs_control'], ce['prompt_effect_vs_control_ci95'], 3, True)}")
+    return (f"a shuffled-prompt control reaches {fig(ce, 'control_prompt_effect_accuracy', 3)} there, "
+            f"baked - control {fig(ce, 'prompt_effect_vs_control', 3, True)}")
 
 
-def fmt_ci(v: float, ci, digits: int = 4, sign: bool = False) -> str:
+def fmt_ci(v: float, ci, digits: int = 4, sign: bool = False, why: str = "") -> str:
+    """'v [lo, hi]', or 'v (no CI: why)' where the CI is missing or NaN (never NaN brackets)."""
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    if ci is None or any(x is None or x != x for x in ci):
+        return f"{f.format(v)} (no CI: {why or 'undefined'})"
     return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+
+
+def fig(ev: dict, k: str, digits: int = 4, sign: bool = False) -> str:
+    """Figure ``k`` of ``baking_evidence`` / ``control_evidence`` with its CI or the reason it has none."""
+    return fmt_ci(ev[k], ev[f"{k}_ci95"], digits, sign, ev.get(f"{k}_no_ci", ""))
 
 
 def evidence_text(ev: dict) -> str:
@@ -171,10 +190,9 @@ def evidence_text(ev: dict) -> str:
     if not ev.get("n"):
         return "no paired before / after rows"
     acc = ev["prompt_effect_accuracy"]
-    eff = (f"baked agreement there {fmt_ci(acc, ev['prompt_effect_accuracy_ci95'], 3)}" if acc == acc
-           else "none to learn")
-    return (f"the unbaked model already scores {fmt_ci(ev['initial_accuracy'], ev['initial_accuracy_ci95'])}; "
-            f"gain {fmt_ci(ev['accuracy_gain'], ev['accuracy_gain_ci95'], sign=True)} (paired, n={ev['n']} examples); "
+    eff = f"baked agreement there {fig(ev, 'prompt_effect_accuracy', 3)}" if acc == acc else "none to learn"
+    return (f"the unbaked model already scores {fig(ev, 'initial_accuracy')}; "
+            f"gain {fig(ev, 'accuracy_gain', sign=True)} (paired, n={ev['n']} examples); "
             f"the prompt changes the top-1 at {ev['prompt_effect_share']:.1%} of {ev['positions']} positions "
             f"({ev['prompt_effect_positions']} in {ev['prompt_effect_examples']} examples), {eff}")
 
@@ -211,7 +229,7 @@ def strategy_row(s, per, per0, seed: int) -> list:
     sample (a strategy has ``val_per_strategy`` examples, 4 by default) instead of a bare point comparison."""
     ev = baking_evidence({s.key: per[s.key]}, seed=seed)
     verdict, _ = baking_verdict(ev["final_accuracy_ci95"], ev["accuracy_gain_ci95"], s.threshold, ev["n"])
-    ci = lambda k, d=3, sign=False: fmt_ci(ev[k], ev[f"{k}_ci95"], d, sign)  # noqa: E731
+    ci = lambda k, d=3, sign=False: fig(ev, k, d, sign)  # noqa: E731
     return [s.name, ci("final_accuracy"), s.threshold, f"{verdict} (n={ev['n']})", per0[s.key]["agreement"],
             ci("accuracy_gain", 4, True), f"{ev['prompt_effect_positions']} of {ev['positions']}",
             ci("prompt_effect_accuracy") if ev["prompt_effect_positions"] else "– (none)",

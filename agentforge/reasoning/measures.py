@@ -77,3 +77,14 @@ def accuracy_line(summary: dict) -> str:
     return (f"held-out accuracy, {DIRECT}; it shows what RL did to the weights, not what thinking adds: "
             f"GSM8K-format {fig('rl/final_gsm8k_accuracy', '.3f')}, ARC-format {fig('rl/final_arc_accuracy', '.3f')}; "
             f"vs the baked model (also without thoughts, paired) {fig('rl/improvement_over_baked', '+.3f')}")
+
+
+def thinking_cost_line(cost: dict) -> str:
+    """The printed thinking-cost line (``inference_ms``' keys). Each figure is a median over the rounds, and the ratio
+    is the median of the per-round ratios, not the ratio of the two printed medians (they can differ a lot with few
+    rounds: 93.7 / 17.4 = 5.4 beside a 9.6x median ratio), so the line says which is which."""
+    lo, hi = cost["rl/thinking_cost_ratio_ci95"]
+    return (f"thinking cost: median {cost['rl/inference_time_ms']:.1f} ms/token with a thought vs median "
+            f"{cost['rl/inference_time_ms_without_thoughts']:.1f} without; median of per-round ratios "
+            f"{cost['rl/thinking_cost_ratio']:.1f}x, 95% CI [{lo:.1f}, {hi:.1f}], {cost['rl/thinking_cost_ratio_n']} "
+            f"interleaved rounds")

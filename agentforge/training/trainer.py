@@ -58,9 +58,9 @@ def resolve_hardware(hw: dict) -> dict:
     if accel == "auto":
         accel = "gpu" if has_gpu else "cpu"
     if accel in ("gpu", "cuda") and not has_gpu:
-        from agentforge.errors import ConfigError
+        from agentforge.errors import no_gpu_error
 
-        raise ConfigError("hardware.accelerator=gpu but no GPU is visible; use hardware=cpu or hardware=auto")
+        raise no_gpu_error()
     precision = hw.get("precision", "auto")
     if precision == "auto":
         precision = "bf16-mixed" if accel == "gpu" else "32-true"
