@@ -170,6 +170,7 @@ class _ExitOnLoad:
         return os._exit, (3,)
 
 
+@pytest.mark.slow   # ~10 s; an error in the training process reaching the caller stays in the default tier (above)
 @pytest.mark.timeout(300)
 def test_a_training_process_that_dies_without_a_reply_is_an_error_naming_its_exit_code(tmp_path):
     with pytest.raises(RuntimeError, match=r"training 'dies' in its own process: the process ended without a result "

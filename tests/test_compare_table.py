@@ -193,6 +193,8 @@ def test_csv_columns(tmp_path):
     assert lat["test"] == "unpaired: no test" and lat["ci_low"] == lat["n"] == lat["p"] == lat["change"] == ""
 
 
+@pytest.mark.slow   # ~14 s; the compare CLI runs in the default tier in test_eval.py::test_cli_eval_stages_then_compare,
+#                     and the markdown_table tests above pin the table's rows
 def test_compare_cli_table(tmp_path):
     d = tmp_path / "eval_results"
     d.mkdir()

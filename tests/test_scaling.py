@@ -126,6 +126,8 @@ def test_whitespace_at_line_ends_is_not_an_edit():
 
 
 # -- sandboxed evaluation -----------------------------------------------------------------------------------
+@pytest.mark.slow   # ~15 s; the baseline's scoring stays in the default tier (test_scaling_rescore.py pins its losses,
+#                     test_openevolve_entry_file_contract checks the cache is written)
 def test_baseline_scores_and_repeat_hits_cache(tmp_path):
     first = run_eval(variant_path("baseline"), tmp_path)
     assert first["valid"] == 1.0, first["error"]

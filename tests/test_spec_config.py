@@ -117,7 +117,13 @@ def test_each_phase_opens_its_run_with_its_flat_keys(tmp_path, monkeypatch, modu
     ck = str(save_model(tmp_path / "ck", CognateModel(CognateConfig(d_model=16, n_heads=2, ffn_hidden=24, n_layers=2,
                                                                       window=8, max_seq_len=64, ltm_key_dim=8)),
                         ByteTokenizer()) or tmp_path / "ck")
-    inputs = f"phase.inputs=[{ck},{ck},{ck}]" if module == "evomerge" else f"phase.input={ck}"
+    if module == "evomerge":   # three different dirs: the same one three times is refused (phase.inputs)
+        import shutil
+
+        copies = [shutil.copytree(ck, tmp_path / f"ck{i}") for i in (2, 3)]
+        inputs = f"phase.inputs=[{ck},{copies[0]},{copies[1]}]"
+    else:
+        inputs = f"phase.input={ck}"
     cfg = compose_cfg(["experiment=smoke", *args, inputs], tmp_path)
     mod, seen = importlib.import_module(f"agentforge.phases.{module}"), []
 
