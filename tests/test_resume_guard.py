@@ -271,3 +271,18 @@ def test_a_checkpoint_without_a_fingerprint_trusts_only_a_marker_older_than_itse
     os.utime(w / "fingerprint", ns=(newer, newer))
     assert resume_path(None, w, "B", expected=sd) is None
     assert "unknown configuration" in capsys.readouterr().out
+
+
+def test_the_training_time_counts_the_checkpoints_and_round_trips():
+    """``LMModule.fit_seconds``: the time restored from the checkpoint plus this process's fit; saved with the run
+    dir that logged it (a resumed Cognate run reported only its own 0.03 s, an audit)."""
+    from agentforge.training.lm_module import LMModule
+
+    m = LMModule(torch.nn.Linear(2, 2), {}, total_steps=1)
+    m.on_load_checkpoint({"agentforge_fit_seconds": 1000.0, "agentforge_run_dir": "/r/first"})
+    m.on_fit_start()
+    assert 1000.0 <= m.fit_seconds() < 1010.0 and m.resumed_from_run == "/r/first"
+    ck: dict = {}
+    m.run_dir = "/r/second"
+    m.on_save_checkpoint(ck)
+    assert ck["agentforge_fit_seconds"] >= 1000.0 and ck["agentforge_run_dir"] == "/r/second"

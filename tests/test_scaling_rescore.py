@@ -111,50 +111,6 @@ def test_a_model_that_reads_the_set_of_heldout_rows_fails_the_spot_check(tmp_pat
     assert "computed alone differ from its logits among the other rows" in result["error"], result["error"]
 
 
-def test_the_spot_check_sends_each_row_only_after_the_one_before_was_answered(tmp_path):
-    """``rescore.infer`` in mode ``spot``: no rows file in the sandbox's dir, and when row i is computed the
-    candidate has seen exactly rows 0..i (it records, at each forward, how many rows it has been given and whether
-    a rows file exists, and prints that to stderr, which lands in rescore.log); the logits equal the batch run's."""
-    import importlib.util
-    import re
-
-    from safetensors.torch import save
-
-    from agentforge.sandbox import SandboxLimits
-    from agentforge.scaling import trust
-    from agentforge.scaling.model import ScalingLM
-
-    size = TINY_SETTINGS["sizes"][0]
-    spec = importlib.util.spec_from_file_location("baseline_variant", variant_path("baseline"))
-    variant = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(variant)
-    vocab = trust.expected_shapes(size)["embed.weight"][0]
-    torch.manual_seed(0)
-    weights = {f"weights_{size['name']}.safetensors": save(ScalingLM(vocab, size["d_model"], size["n_layers"],
-                                                                     size["n_heads"], variant.Attention).state_dict())}
-    spy = ("\nimport os as _os, sys as _sys\n_N = [0]\n_orig_fwd = Attention.forward\n"
-           "def _fwd(self, x, *a, **k):\n"
-           "    if self is _first[0]:\n"
-           "        _N[0] += 1\n"
-           "        print('SEEN', _N[0], _os.path.exists('rows.safetensors'), file=_sys.stderr, flush=True)\n"
-           "    return _orig_fwd(self, x, *a, **k)\n"
-           "_first = [None]\n_orig_init = Attention.__init__\n"
-           "def _init(self, *a, **k):\n"
-           "    _orig_init(self, *a, **k)\n"
-           "    _first[0] = _first[0] or self\n"
-           "Attention.__init__, Attention.forward = _init, _fwd\n")
-    code = variant_path("baseline").read_text() + spy
-    settings = {**TINY_SETTINGS, "sizes": [size]}
-    rows = torch.randint(0, vocab, (5, 8), generator=torch.Generator().manual_seed(1))
-    limits = SandboxLimits(wall_s=120, cpu_s=240, memory_mb=2**20, max_procs=68, max_file_mb=256)
-    run = dict(sandbox=strongest_mode(), log_dir=tmp_path, limits=limits)
-    alone = rescore.infer(code, settings, weights, {"rows": rows}, "spot", **run)[size["name"]]["last"]
-    log = (tmp_path / "rescore.log").read_text()
-    assert re.findall(r"SEEN (\d+) (\w+)", log) == [(str(i), "False") for i in range(1, 6)], log
-    batch = rescore.infer(code, settings, weights, {"rows": rows, "probe": rows[:2].clone()}, "batch", **run)
-    assert alone.shape == (5, vocab) and rescore.logprob_gap(alone, batch[size["name"]]["last"]) < 1e-5
-
-
 @pytest.mark.slow   # ~23 s (two evaluations); the spot check's other forgeries stay in the default tier
 @pytest.mark.faults
 def test_a_model_that_feeds_on_other_rows_for_a_few_rows_only_is_caught_by_checking_every_row(tmp_path):
@@ -317,26 +273,3 @@ def test_each_size_is_rescored_in_its_own_sandbox_with_only_its_weights(tmp_path
     assert seen == [str([f"weights_{s['name']}.safetensors"]) for s in sizes]
     assert sorted(out) == sorted(s["name"] for s in sizes) and all(out[s["name"]]["last"].shape == (3, vocab)
                                                                      for s in sizes)
-
-
-def test_a_crash_in_the_rescoring_sandbox_does_not_quote_the_candidate(tmp_path):
-    """The rows are in plain view in the re-scoring sandbox and an error text goes back to the search (OpenEvolve
-    shows it to the LLM): a candidate that crashes with a held-out row in its message must not get it out. Its
-    stderr stays in rescore.log."""
-    from agentforge.sandbox import SandboxLimits
-    from agentforge.scaling import trust
-
-    size = TINY_SETTINGS["sizes"][0]
-    vocab = trust.expected_shapes(size)["embed.weight"][0]
-    code = variant_path("baseline").read_text() + (
-        "\nfrom safetensors.torch import load_file as _lf\n"
-        "raise SystemExit('ROWS ' + ' '.join(map(str, _lf('rows.safetensors')['rows'][0].tolist())))\n")
-    rows = torch.randint(0, vocab, (3, 8), generator=torch.Generator().manual_seed(2))
-    limits = SandboxLimits(wall_s=120, cpu_s=240, memory_mb=2**20, max_procs=68, max_file_mb=256)
-    with pytest.raises(CandidateFailure) as err:
-        rescore.infer(code, {**TINY_SETTINGS, "sizes": [size]}, {f"weights_{size['name']}.safetensors": b""},
-                      {"rows": rows, "probe": rows[:1].clone()}, "batch", sandbox=strongest_mode(), log_dir=tmp_path,
-                      limits=limits)
-    leaked = "ROWS " + " ".join(map(str, rows[0].tolist()))
-    assert err.value.kind == "crash" and "ROWS" not in str(err.value) and "rescore.log" in str(err.value)
-    assert leaked in (tmp_path / "rescore.log").read_text()   # the candidate did print it: kept locally

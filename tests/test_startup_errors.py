@@ -103,3 +103,27 @@ def test_no_gpu_advice_fits_the_hardware_group():
     for group in ("cpu", "auto", "ddp"):
         assert str(no_gpu_error(group)).startswith(f"hardware.accelerator=gpu overrides hardware={group}'s accelerator, "
                                                    f"but no GPU is visible; drop the hardware.accelerator override")
+
+
+def test_phase_eval_without_stage_refuses_another_checkpoints_baseline(tmp_path):
+    """The refusal of a forgotten ``stage=`` (it would replace another checkpoint's baseline results) is wired into
+    ``phase=eval``'s run, not only its helper: an explicit stage gets a notice instead (``test_eval.py``)."""
+    import json
+    from pathlib import Path
+
+    from agentforge.phases.eval import run as run_eval
+
+    cfg = compose_cfg(["phase=eval", "experiment=smoke", f"checkpoint={tmp_path / 'mine'}"], tmp_path)
+    art = Path(cfg.paths.artifacts) / "eval_results"
+    art.mkdir(parents=True, exist_ok=True)
+    (art / "baseline_results.json").write_text(json.dumps({"checkpoint": "/x/other"}))
+    with pytest.raises(ConfigError, match=r"stage: not given, so it is 'baseline'"):
+        run_eval(cfg)
+
+
+def test_phase_eval_checks_its_native_kernel_setting(tmp_path):
+    from agentforge.phases.rules import PHASE_RULES
+
+    cfg = compose_cfg(["phase=eval", "experiment=smoke", "phase.native_kernel=maybe"], tmp_path)
+    with pytest.raises(ConfigError, match="phase.native_kernel"):
+        validate(cfg, PHASE_RULES["eval"])

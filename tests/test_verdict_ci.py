@@ -155,3 +155,17 @@ def test_codegen_stats_store_each_models_ci_and_the_verdict_reads_the_candidates
     lo, hi = s["pass_at_1"]["c_ci95"]
     assert lo < 0.3 < hi and s["pass_at_1"]["b_ci95"] == [0.0, 0.0]
     assert s["verdict"] != "SUCCESS" and any(r.startswith("pass@1 0.3 not established") for r in s["reasons"])
+
+
+def test_phase_compare_judges_the_pass1_target_on_the_candidates_ci():
+    """``phase=compare`` passes the candidate's CI to the verdict (a mutation audit: without it, pass@1 0.40 from 16
+    of 40 questions, CI about [0.25, 0.55], "met" 0.30 and read SUCCESS at p ~0.03)."""
+    from agentforge.evals.compare import compute_stats
+    from tests.test_compare_checks import _stage
+
+    base, cand = [1] * 10 + [0] * 30, [1] * 16 + [0] * 24   # 6 gained, none lost
+    st = compute_stats({"baseline": _stage(base), "cand": _stage(cand)}, "baseline", "cand",
+                       {"pass_at": {1: 0.30}, "alpha": 0.05, "failure_p": 0.1}, n_resamples=2000)
+    lo, hi = st["pass_at_1"]["cand_ci95"]
+    assert lo < 0.30 < hi and st["pass_at_1"]["baseline_ci95"][1] < 0.45   # each model's own CI
+    assert st["verdict"] != "SUCCESS" and any(r.startswith("pass@1 0.4 not established") for r in st["reasons"])
