@@ -181,10 +181,17 @@ def test_test_rows_that_occur_in_the_selection_set_are_dropped():
 def test_test_improvement_of_an_identical_champion_is_exactly_zero_and_cannot_pass():
     models, tok = _tiny_models(), ByteTokenizer()
     w = {"perplexity": 0.4, "accuracy": 0.3, "speed": 0.2, "memory": 0.1}
-    compare = lambda champ, mode: heldout.compare_on_test(models, champ, tok, _data(1), _data(0), w, mode,
-                                                          n_resamples=500)
-    best = compare(models[0], "flops")["metrics"]["final/test_best_input"]
-    twin = copy.deepcopy(models[int(best[-1]) - 1])  # a copy of the best input
+    compare = lambda champ, mode, k=0: heldout.compare_on_test(models, champ, tok, _data(1), _data(0), w, mode,
+                                                               n_resamples=500, comparator=k)
+    # the comparison input is the one given (the phase: the best on the selection set), never re-picked on the test
+    # rows (that biased the CI towards FAIL: an audit); each input in turn, its test fitness as measured
+    for k in range(3):
+        got = compare(models[0], "flops", k)
+        assert got["metrics"]["final/test_best_input"] == f"model{k + 1}"
+        assert got["metrics"]["final/test_best_input_fitness"] == got["fitness"][k]
+    with pytest.raises(ValueError, match="comparator 3 is not an input index"):
+        compare(models[0], "flops", 3)
+    twin = copy.deepcopy(models[0])  # a copy of the comparison input
     m = compare(twin, "flops")["metrics"]
     assert m["final/test_fitness_improvement"] == 0.0 and m["final/test_fitness_improvement_ci95"] == [0.0, 0.0]
     assert m["final/test_ppl_ratio"] == 1.0 and m["final/test_accuracy_delta"] == 0.0
@@ -203,7 +210,7 @@ def test_test_improvement_of_an_identical_champion_is_exactly_zero_and_cannot_pa
     with torch.no_grad():
         next(nudged.parameters()).view(-1)[0] += 1e-6
     got = heldout.compare_on_test(models, nudged, tok, _data(1, 32, 32), _data(0, 32, 32), w, "timed", threshold=0.0,
-                                  n_resamples=200)
+                                  n_resamples=200, comparator=0)
     m, speeds = got["metrics"], [x["speed_ratio"] for x in got["measurements"]]
     best = int(m["final/test_best_input"][-1]) - 1
     assert m["final/test_fitness_improvement_n"] >= 30 and speeds[3] != speeds[best]
@@ -352,6 +359,9 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
     same = [f"model{i + 1}" for i, m in enumerate(log["inputs"])
             if m["weights_sha256"] == final["val_metrics"]["weights_sha256"]]
     assert final["final/champion_unchanged_input"] == (same[0] if same else "")
+    # the test comparison's input is the best on the selection set, chosen before the test rows are looked at
+    chosen = max(range(3), key=lambda i: log["inputs"][i]["fitness"])
+    assert final["final/test_best_input"] == f"model{chosen + 1}"
     assert (f"its weights are {same[0]}'s unchanged: no merge won" in proc.stdout) == bool(same)
     for ind in first:
         assert set(ind) >= {"recipe", "combo", "metrics", "fitness"}

@@ -224,7 +224,8 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     # -- champion vs inputs on test data disjoint from the selection set: the decision figure --------------
     test = heldout.compare_on_test(models, model, tokenizer, test_data, selection,
                                    weights, str(p.speed_term), float(p.improvement_threshold),
-                                   int(p.eval.bootstrap_resamples), int(cfg.seed))
+                                   int(p.eval.bootstrap_resamples), int(cfg.seed),
+                                   comparator=max(range(len(input_metrics)), key=lambda i: input_metrics[i]["fitness"]))
     rows = []
     for name, val_m, fit, test_m in zip(["model1", "model2", "model3", "champion"],
                                         [*input_metrics, {**champ.metrics, "fitness": champ.fitness}],
@@ -301,7 +302,7 @@ def finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, inpu
     print(f"test set ({t['final/test_rows']} rows, {t['final/test_questions']} questions, "
           f"{t['final/test_excluded_overlap']} overlapping the selection set and {t['final/test_excluded_repeats']} "
           f"repeated rows excluded): fitness "
-          f"{t['final/test_fitness']:.4f} vs best input ({t['final/test_best_input']}) "
+          f"{t['final/test_fitness']:.4f} vs the selection set's best input ({t['final/test_best_input']}) "
           f"{t['final/test_best_input_fitness']:.4f}: improvement {t['final/test_fitness_improvement']:+.2f}% "
           f"[95% CI {ci[0]:+.2f}, {ci[1]:+.2f}] -> {t['final/test_verdict']} vs > {float(p.improvement_threshold):g}% "
           f"({t['final/test_verdict_why']}); perplexity ratio {t['final/test_ppl_ratio']:.4f} "
