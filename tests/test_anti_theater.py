@@ -161,3 +161,20 @@ def test_correlation_quality_does_not_see_the_future_tokens():
     for key in ("prior", "semantic", "syntactic"):
         assert torch.equal(a[key], b[key]), key
     assert not torch.equal(a["predictive"], b["predictive"])
+
+
+def test_no_window_gives_no_verdict_and_no_crash():
+    """Zero windows (np.ptp of an empty array raised): every figure undefined, every verdict INCONCLUSIVE."""
+    import warnings
+
+    import torch
+
+    from agentforge.reasoning.anti_theater import theater_metrics
+
+    g = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # numpy: the mean of an empty slice is NaN, as wanted
+        r = theater_metrics(torch.randn(0, 2, 3, 5, generator=g), torch.randn(0, 3, 5, generator=g),
+                            torch.randint(0, 5, (0, 3), generator=g), torch.rand(0, 2, generator=g))
+    assert r["n_windows"] == 0 and not r["all_passed"]
+    assert all(r[f"{k}_verdict"] == "INCONCLUSIVE" for k in ("divergence", "ablation_drop", "correlation"))

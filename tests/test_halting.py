@@ -185,3 +185,15 @@ def test_no_grad_steps_train_only_the_last_steps_backbone():
     full = tiny(max_steps=3).train()
     full(x, x).loss.backward()
     assert not torch.allclose(model.blocks[0].mlp.up.weight.grad, full.blocks[0].mlp.up.weight.grad)
+
+
+def test_ablation_comparisons_treat_per_row_figures_as_measurements():
+    """``ablation._compare`` on mean halting steps of exactly 1.0 on every row (a model that always halts at step 1):
+    a zero difference with a [0, 0] CI, not McNemar's ±0.107 (0/1-looking measurements took the outcomes branch)."""
+    import torch
+
+    from agentforge.models.ablation import _compare
+
+    ones = torch.ones(40)
+    got = _compare("x", ones, ones.clone(), seed=0)
+    assert got["x_delta"] == 0.0 and (got["x_delta_ci_low"], got["x_delta_ci_high"]) == (0.0, 0.0)

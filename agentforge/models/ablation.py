@@ -64,8 +64,11 @@ def token_scores(model, rows: torch.Tensor, batch_size: int = 16, **ablate) -> d
 
 def _compare(prefix: str, variant: torch.Tensor, trained: torch.Tensor, seed: int) -> dict[str, float]:
     """The variant's paired difference to the trained model over rows: ``stats.paired_test`` (the exact sign-flip
-    test and its inverted CI below 30 rows, where the bootstrap's p contradicted its own CI; the bootstrap above)."""
-    bs = paired_test(variant.tolist(), trained.tolist(), seed=seed)
+    test and its inverted CI below 30 rows, where the bootstrap's p contradicted its own CI; the bootstrap above).
+    Every figure compared here is a per-row measurement (a mean loss, accuracy or halting step count), never a 0/1
+    outcome, so McNemar's branch is never taken (``outcomes=False``): mean halting steps of exactly 1.0 on every row
+    looked like outcomes and got a spurious ±0.107 CI around a zero difference (an audit)."""
+    bs = paired_test(variant.tolist(), trained.tolist(), seed=seed, outcomes=False)
     return {f"{prefix}_delta": bs["delta"], f"{prefix}_delta_ci_low": bs["ci95"][0],
             f"{prefix}_delta_ci_high": bs["ci95"][1], f"{prefix}_p_value": bs["p_value"]}
 

@@ -65,7 +65,7 @@ def within_correlation(quality: np.ndarray, accuracy: np.ndarray) -> float:
     """Pearson r of [N, K] quality and accuracy after centring each row (window) on its mean; nan if undefined."""
     q = quality - quality.mean(1, keepdims=True)
     a = accuracy - accuracy.mean(1, keepdims=True)
-    if q.shape[1] < 2 or np.ptp(q) < 1e-12 or np.ptp(a) < 1e-12:
+    if q.size == 0 or q.shape[1] < 2 or np.ptp(q) < 1e-12 or np.ptp(a) < 1e-12:   # no window: undefined, no crash
         return float("nan")
     return float(np.sum(q * a) / math.sqrt(np.sum(q * q) * np.sum(a * a)))
 
