@@ -22,7 +22,9 @@ The BLAKE2b hash of the key puts it in one of 1000 buckets: buckets 0-99 are res
 redrawn (attempt 1, 2, ... of the same index), so a training draw never holds a held-out problem, whatever the
 seeds: the partition does not depend on the seed. ``generate`` also drops repeated problems within a held-out set.
 ``overlap_check`` counts what it claims: held-out prompts, records and problems (content keys) seen among N
-training draws (0 by construction).
+training draws (0 by construction). A plain text's key is its whole 2-4-sentence document, so its *sentences* are not
+held out: ~57 % of test-split sentences occur in 5 000 training documents (an audit; README, "held out by document,
+not by sentence").
 """
 from __future__ import annotations
 
