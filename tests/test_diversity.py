@@ -26,9 +26,12 @@ def test_diversity_by_hand():
     means = np.array([[1.0, 0.1, 10.0], [2.0, 0.2, 20.0], [3.0, 0.3, 30.0]])
     assert diversity(means) == pytest.approx(math.sqrt(2 / 3) / 2)
     assert diversity(np.ones((3, 3))) == 0.0
-    # a feature with mean 0 (no memory used by any model) has no CV and is left out
-    assert diversity(np.array([[1.0, 0.0, 1.0], [3.0, 0.0, 1.0], [2.0, 0.0, 1.0]])) == pytest.approx(
-        math.sqrt(2 / 3) / 2 / 2)
+    # a feature that is 0 in every model (no memory used by any) counts as CV 0, as a mean of 1e-9 in all of them does
+    # (it was left out: 1.5x the figure, an audit); a non-finite value gives no figure
+    zero = np.array([[1.0, 0.0, 1.0], [3.0, 0.0, 1.0], [2.0, 0.0, 1.0]])
+    assert diversity(zero) == pytest.approx(math.sqrt(2 / 3) / 2 / 3)
+    assert diversity(zero + np.array([0.0, 1e-9, 0.0])) == pytest.approx(diversity(zero))
+    assert math.isnan(diversity(np.where(zero == 3.0, np.nan, zero)))
 
 
 def _rows(halting, usage, mflops):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -59,16 +58,18 @@ def per_row_features(model, rows: torch.Tensor) -> dict:
 
 def diversity(means: np.ndarray) -> float:
     """Mean over features of the coefficient of variation across models; ``means`` [models, features].
-    A feature whose mean over the models is 0 has no CV and is left out (NaN when all are). The CV uses the
+    A feature that is 0 in every model (no memory used by any) counts as CV 0 — the models are identical there, as a
+    mean of 1e-9 in all of them already gave — and a non-finite value makes the figure NaN (no verdict). Until
+    2026-11-28 such a feature was left out, so all-zero usage read 1.5× the figure of usage 1e-9, and a NaN feature
+    was averaged away unseen (an audit). The features are non-negative, so a mean of 0 means all 0. The CV uses the
     population SD (ddof = 0): the three models are all there is, not a sample of models; the sample SD
     (ddof = 1) would give sqrt(3 / 2) = 1.22 times the figure, which the report states beside it (the seed does
     not say which, and at 0.264 against 0.3 the choice decides the row)."""
     means = np.asarray(means, dtype=np.float64)
-    mu = means.mean(axis=0)
-    ok = mu > 0
-    if not ok.any():
+    if not np.isfinite(means).all():
         return float("nan")
-    return float((means.std(axis=0)[ok] / mu[ok]).mean())
+    mu = means.mean(axis=0)
+    return float(np.where(mu > 0, means.std(axis=0) / np.where(mu > 0, mu, 1.0), 0.0).mean())
 
 
 def same_rows(per_row: list[dict]) -> bool:
@@ -94,11 +95,10 @@ def diversity_ci(per_row: list[dict[str, list[float]]], n_boot: int = 2000, seed
     stacked = np.stack(boot, axis=1)  # [n_boot, models, F]
     mu = stacked.mean(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cv = np.where(mu > 0, stacked.std(axis=1) / np.where(mu > 0, mu, 1.0), np.nan)
-    with warnings.catch_warnings():  # a resample whose features all have mean 0 has no figure: dropped
-        warnings.simplefilter("ignore", RuntimeWarning)
-        vals = np.nanmean(cv, axis=1)
-    vals = vals[~np.isnan(vals)]
+        cv = np.where(mu > 0, stacked.std(axis=1) / np.where(mu > 0, mu, 1.0), 0.0)   # all 0: CV 0, as diversity
+    vals = cv.mean(axis=1)
+    if not np.isfinite(vals).all():   # a non-finite row feature: no CI, as diversity gives no figure
+        return (math.nan, math.nan)
     if not len(vals):
         return (math.nan, math.nan)
     a = (1 - level) / 2
