@@ -127,3 +127,19 @@ def test_phase_eval_checks_its_native_kernel_setting(tmp_path):
     cfg = compose_cfg(["phase=eval", "experiment=smoke", "phase.native_kernel=maybe"], tmp_path)
     with pytest.raises(ConfigError, match="phase.native_kernel"):
         validate(cfg, PHASE_RULES["eval"])
+
+
+def test_evomerge_recovers_a_cognate_model_left_aside_by_a_killed_publish(tmp_path):
+    """A publish killed between moving ``model1`` aside and renaming the new copy in leaves ``model1.old``: EvoMerge's
+    default inputs rename it back instead of asking for ``phase=cognate`` again."""
+    from pathlib import Path
+
+    from agentforge.phases.evomerge import input_dirs
+
+    cfg = compose_cfg(["phase=evomerge", "experiment=smoke"], tmp_path)
+    art = Path(cfg.paths.artifacts).absolute() / "cognate"
+    for i in (1, 2, 3):
+        save_model(art / f"model{i}", CognateModel(CognateConfig(**TINY)), ByteTokenizer())
+    (art / "model1").rename(art / "model1.old")
+    assert input_dirs(cfg) == [art / f"model{i}" for i in (1, 2, 3)]
+    assert (art / "model1" / "config.json").is_file() and not (art / "model1.old").exists()
