@@ -92,6 +92,16 @@ def test_fit_rejects_degenerate_input(params, losses):
         fit_scaling_law(params, losses)
 
 
+def test_a_failed_fit_names_no_figure_and_a_flat_curve_scores_zero():
+    """A failed fit's message reaches the search (OpenEvolve's prompt) and on the test set its losses are the test
+    losses: it says which condition failed, no number (an audit). A flat curve's fitness is 0.0, not -0.0."""
+    with pytest.raises(ValueError) as err:
+        fit_scaling_law([1e5, 2e5, 4e5], [3.123456, 3.023456, float("inf")])
+    assert "a loss is not finite" in str(err.value) and "3.123456" not in str(err.value)
+    flat = fit_scaling_law([1e5, 2e5], [3.0, 3.0])
+    assert flat.fitness == 0.0 and math.copysign(1.0, flat.fitness) == 1.0 and flat.r2 == 1.0
+
+
 # -- static checks (no process is started) ------------------------------------------------------------------
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_templates_pass_static_checks(framework):

@@ -276,3 +276,5 @@ def test_cli_reports_the_selection_and_the_test_set(tmp_path):
     assert logged["scaling/test_fitness"] == fitness["test_fitness"]
     table = list(csv.DictReader((run_dir / "tables" / "scaling__sizes.csv").open()))
     assert [float(r["test_loss"]) for r in table] == [fitness["test_loss_xs"], fitness["test_loss_s"]]
+    # the selection-set loss, named as such (it read "val_loss", which the child's own validation curve is not)
+    assert [float(r["selection_loss"]) for r in table] == [fitness["loss_xs"], fitness["loss_s"]]

@@ -222,7 +222,7 @@ def report(ctx, result: dict, name: str) -> dict:
     # train_seconds and val_curve come from the child: checked again here (childinfo), as a stored result
     # may predate the checks, and dropped when malformed rather than crash the report
     tr.table("scaling/sizes", ["size", "d_model", "n_layers", "n_heads", "params", "non_embedding_params",
-                               "params_returned", "val_loss", "test_loss", "train_seconds"],
+                               "params_returned", "selection_loss", "test_loss", "train_seconds"],
              [[s["name"], s["d_model"], s["n_layers"], s["n_heads"], s["params"], s["non_embedding_params"],
                s.get("params_returned"), s["loss"], s.get("test_loss"), childinfo.seconds(s.get("train_seconds"))]
               for s in sizes])
