@@ -141,9 +141,8 @@ def run(cfg) -> dict:
             trainer.fit(module, datamodule=dm, ckpt_path=resume)
             train_hours = module.fit_seconds() / 3600   # a resumed run: with the time before its checkpoint
             if resume:
-                print(f"resumed: {module.prior_fit_seconds:.1f} s of training before this run (counted in "
-                      f"final/total_training_time_hours); the steps before the resume are logged in "
-                      f"{module.resumed_from_run or 'the interrupted run dir'}")
+                print(f"resumed: {module.prior_fit_seconds:.1f} s of training before this run (counted in final/total_"
+                      f"training_time_hours); the earlier steps are logged in {module.resumed_from_run or 'its run'}")
         if not trainer.is_global_zero:
             return {}
         model.eval()
