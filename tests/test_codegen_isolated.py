@@ -148,6 +148,7 @@ def test_the_verdict_can_be_success_once_the_peaks_are_comparable(isolated, tmp_
         assert absolute["max_peak_memory_mb"] is True and absolute["min_throughput_tokens_per_sec"] is True
 
 
+@pytest.mark.slow   # ~14 s; the reply's transport of an exception is tested in the default tier (below)
 @pytest.mark.timeout(300)
 def test_an_error_in_the_training_process_reaches_the_caller(tmp_path):
     """A bad optimizer config raises in the child (at fit time): the caller gets the same ConfigError, the child's

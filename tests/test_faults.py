@@ -195,6 +195,7 @@ def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
 
 
+@pytest.mark.slow   # ~9 s; a publish that cannot write is one line in the default tier (test_errors_signals.py)
 def test_a_full_disk_gives_one_line_and_no_partial_files(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "agentforge", *BASE, "phase.max_epochs=2", "phase.steps_per_epoch=3",
                            "model.d_model=256", "model.n_heads=4"], cwd=tmp_path, env=_env(tmp_path),
@@ -347,6 +348,8 @@ def test_a_file_where_hydra_puts_the_run_dirs_is_one_line(tmp_path):
 
 
 @pytest.mark.faults
+@pytest.mark.slow   # ~9 s; the default tier's interrupt test is SIGTERM's (test_errors_signals.py), the same
+#                     continue-line path; make test-faults runs this one
 def test_ctrl_c_says_how_to_continue(tmp_path):
     """SIGINT mid-training: Lightning shuts down and exited 1 with no word of what to do; now one error line
     that says to run the same command again, exit 130 (as shells report a Ctrl-C)."""

@@ -338,6 +338,8 @@ def test_sigkill_in_baking_and_in_rl_then_rerun_resumes_to_the_uninterrupted_wei
     assert [c["episode"] for c in checks] == [0, 1, 2, 3, 4]  # the checks before the kill survived it
 
 
+@pytest.mark.slow   # ~10 s; the same non-finite stop (LMModule's) is in the default tier for Cognate:
+#                     test_faults.py::test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
 def test_nan_baking_loss_stops_with_one_line_naming_the_step(tiny_input, tmp_path):
     proc = run_cli(["phase=quietstar", f"phase.input={tiny_input}", *QS_TINY, "phase.inject_nan_at_step=1"], tmp_path)
     assert proc.returncode != 0
