@@ -173,8 +173,8 @@ def test_bitnet_native_kernel_is_built_and_offered_for_decoding(cognate_artifact
 
 def test_native_kernel_setting(monkeypatch, capsys):
     """true -> build; false -> never; auto -> only where already built, else one line saying how to get it."""
-    from agentforge.phases.bitnet import native_wanted
     from agentforge.quant import native
+    from agentforge.quant.native import wanted as native_wanted
 
     assert native_wanted(True) and not native_wanted(False)
     monkeypatch.setattr(native, "installed", lambda: True)

@@ -351,30 +351,30 @@ def test_cli_finetuned_recursive_and_reload(cognate_artifacts, tmp_path):
 
 def test_a_forgotten_stage_does_not_overwrite_another_checkpoints_baseline(tmp_path):
     from agentforge.errors import ConfigError
-    from agentforge.phases.eval import _refuse_silent_baseline_overwrite
+    from agentforge.phases.eval import _guard_results_overwrite
 
     (tmp_path / "eval_results").mkdir()
     (tmp_path / "eval_results" / "baseline_results.json").write_text(json.dumps({"checkpoint": "/x/other"}))
     with pytest.raises(ConfigError, match=r"stage: not given, so it is 'baseline'.*\(/x/other\); give stage=NAME"):
-        _refuse_silent_baseline_overwrite(tmp_path, Path("/x/mine"))
-    _refuse_silent_baseline_overwrite(tmp_path, Path("/x/other"))           # the same checkpoint: re-evaluated
-    _refuse_silent_baseline_overwrite(tmp_path / "none", Path("/x/mine"))   # no baseline yet
+        _guard_results_overwrite(tmp_path, Path("/x/mine"))
+    _guard_results_overwrite(tmp_path, Path("/x/other"))           # the same checkpoint: re-evaluated
+    _guard_results_overwrite(tmp_path / "none", Path("/x/mine"))   # no baseline yet
 
 
 
 def test_an_explicit_stage_replacing_another_checkpoints_results_says_so(tmp_path, capsys):
     """`phase=eval checkpoint=.../model2 stage=baseline` silently replaced model1's baseline results (an audit): an
     explicit stage may replace them, and one line names the checkpoint whose results go."""
-    from agentforge.phases.eval import _refuse_silent_baseline_overwrite
+    from agentforge.phases.eval import _guard_results_overwrite
 
     (tmp_path / "eval_results").mkdir()
     (tmp_path / "eval_results" / "baseline_results.json").write_text(json.dumps({"checkpoint": "/x/model1"}))
-    _refuse_silent_baseline_overwrite(tmp_path, Path("/x/model2"), "baseline")
+    _guard_results_overwrite(tmp_path, Path("/x/model2"), "baseline")
     out = capsys.readouterr().out
     assert out == (f"note: {tmp_path}/eval_results/baseline_results.json holds stage baseline's results of another "
                    f"checkpoint (/x/model1); this run replaces them\n")
     for stage, ckpt in (("baseline", "/x/model1"), ("after_surgery", "/x/model2")):   # the same one; no results yet
-        _refuse_silent_baseline_overwrite(tmp_path, Path(ckpt), stage)
+        _guard_results_overwrite(tmp_path, Path(ckpt), stage)
     assert capsys.readouterr().out == ""
 
 

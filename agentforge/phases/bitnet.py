@@ -42,7 +42,6 @@ from agentforge.quant.checkpoint import (
     save_packed,
     unique_state,
 )
-from agentforge.quant.native import wanted as native_wanted
 from agentforge.quant.recovery import RecoveryCallback
 from agentforge.quant.report import (
     accuracy_evidence,
@@ -183,8 +182,7 @@ def run(cfg) -> dict:
                       f"training steps the fp32 reference did not get, and it was chosen on these validation "
                       f"questions (the pipeline's row recomputes the drop on the eval test sets)")
             layer_rows = convert.layer_stats(qmodel, str(p.packing), _itemsize(p))
-        if native_wanted(p.native_kernel):  # a candidate for decoding once built
-            native.build()
+        native.offer(p.native_kernel)  # a candidate for decoding once built
         choose_kernels(loaded)  # once, on the model that ships (a fine-tuned one replaces the first reload)
         before["rounds_s"], after["rounds_s"] = interleaved_forward_times([model, loaded], seq_len, int(p.speed_repeats))
         log_kernel_choice(ctx.tracker, loaded)

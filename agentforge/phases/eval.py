@@ -145,7 +145,7 @@ def leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _refuse_silent_baseline_overwrite(artifacts: Path, ckpt: Path, stage: str | None = None) -> None:
+def _guard_results_overwrite(artifacts: Path, ckpt: Path, stage: str | None = None) -> None:
     """Without ``stage=`` the stage is "baseline": refuse to replace the baseline results of *another* checkpoint
     that way (a forgotten ``stage=`` overwrote them silently); ``stage=NAME`` replaces them on purpose, with a
     one-line notice naming the checkpoint whose results it replaces."""
@@ -172,7 +172,7 @@ def run(cfg) -> dict:
                           "(the stage names its folder under artifacts/eval)")
     artifacts = Path(cfg.paths.artifacts).absolute()
     ckpt = Path(pick(cfg, "checkpoint") or artifacts / "cognate" / "model1").absolute()
-    _refuse_silent_baseline_overwrite(artifacts, ckpt, pick(cfg, "stage") and stage)
+    _guard_results_overwrite(artifacts, ckpt, stage if pick(cfg, "stage") else None)
     model, tokenizer, ck_cfg = load_any(ckpt)
     already = ck_cfg.get("architecture") == RECURSIVE_ARCH
     recursive = p.recursive if p.recursive != "auto" else (stage in RECURSIVE_STAGES or already)
@@ -274,8 +274,7 @@ def evaluate_stage(model, tokenizer, sets: dict, rows: torch.Tensor, s: EvalSett
         return {**evaluate(model, tokenizer, sets, rows, s), "kernels": None}
     from agentforge.quant import native
 
-    if native.wanted(native_kernel):   # a decoding candidate once built (loads in ~0.1 s where make install built it)
-        native.build()
+    native.offer(native_kernel)   # a decoding candidate once built (loads in ~0.1 s where make install built it)
     quality = {"prefill": frozen[0].kernel, "decode": frozen[0].kernel_decode}
     res = evaluate(model, tokenizer, sets, rows, replace(s, latency_tokens=0))
     chosen = choose_kernels(model)

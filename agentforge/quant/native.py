@@ -179,6 +179,14 @@ def wanted(setting) -> bool:
     return bool(setting)
 
 
+
+def offer(setting) -> bool:
+    """Build (or load) the kernel where ``phase.native_kernel`` (``wanted``) asks for it, so ``select_kernel`` times it
+    as a decoding candidate; whether it is ready. What ``phase=bitnet`` and ``phase=eval`` call before choosing
+    kernels."""
+    return build() if wanted(setting) else False
+
+
 def main() -> int:
     """Run by ``make install``: build or load the kernel, and say so in one line."""
     t0 = time.perf_counter()

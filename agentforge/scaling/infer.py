@@ -67,7 +67,8 @@ def main() -> int:
 
 
 def stream(model, request: dict) -> None:
-    """Mode ``spot``: answer the rows read from the pipe one at a time, until the parent closes it."""
+    """Mode ``spot``: answer the rows read from the pipe one at a time, until the parent closes it. (Its read loop is
+    ``rescore._read_exact``'s, written again: this program runs without the agentforge package.)"""
     import torch
 
     rows_in, logits_out = (int(fd) for fd in request["stream"])
