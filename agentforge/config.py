@@ -26,11 +26,12 @@ def integer(lo: int | None = None, hi: int | None = None) -> tuple[Callable[[Any
             and (hi is None or x <= hi)), desc
 
 
-def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> tuple[Callable, str]:
-    op = ">" if lo_open else ">="
-    desc = "a number" + (f" {op} {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> tuple[Callable, str]:
+    op, hi_op = (">" if lo_open else ">="), ("<" if hi_open else "<=")
+    desc = "a number" + (f" {op} {lo}" if lo is not None else "") + (f" {hi_op} {hi}" if hi is not None else "")
     return (lambda x: _num(x) and (lo is None or (x > lo if lo_open else x >= lo))
-            and (hi is None or x <= hi)), desc
+            and (hi is None or (x < hi if hi_open else x <= hi))), desc
 
 
 def one_of(*choices) -> tuple[Callable, str]:
@@ -122,7 +123,7 @@ MODEL_RULES: list[Rule] = [
     rule("model.vocab_size", integer(1)),
     rule("model.max_seq_len", integer(1)),
     rule("model.rope_base", number(0, lo_open=True)),
-    rule("model.ponder_prior", number(0, 1, lo_open=True)),
+    rule("model.ponder_prior", number(0, 1, lo_open=True, hi_open=True)),  # 1: no mass past step 1, KL infinite
     rule("model.halt_bias_init", optional(number())),
     rule("model.no_grad_steps", integer(0)),
     rule("model.ltm_max_writes", integer(0)),

@@ -197,3 +197,20 @@ def test_ablation_comparisons_treat_per_row_figures_as_measurements():
     ones = torch.ones(40)
     got = _compare("x", ones, ones.clone(), seed=0)
     assert got["x_delta"] == 0.0 and (got["x_delta_ci_low"], got["x_delta_ci_high"]) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("phase", ["cognate", "eval"])
+def test_a_prior_of_one_is_refused_at_start_up_where_it_would_make_the_loss_nan(tmp_path, phase):
+    """ponder_prior = 1 puts no prior mass past step 1, so KL(p || prior) is infinite: the loss was NaN. The start-up
+    checks (the shared one and Cognate's own) refuse it; just below 1 is accepted and its loss is finite."""
+    from agentforge.config import validate
+    from agentforge.errors import ConfigError
+    from agentforge.main import check_start
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg([f"phase={phase}", "model.ponder_prior=1.0"], tmp_path)
+    with pytest.raises(ConfigError, match=r"model.ponder_prior.*< 1"):
+        (check_start if phase == "cognate" else validate)(cfg)
+    model = tiny(max_steps=3, ponder_prior=0.999, ponder_cost=0.01)
+    x = torch.randint(0, 256, (2, 16))
+    assert torch.isfinite(model(x, x).loss)

@@ -35,6 +35,30 @@ def test_changing_a_future_token_never_changes_an_earlier_logit(train_mode):
         assert not torch.allclose(out.logits[0, k], out.logits[1, k])
 
 
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_a_persistent_memory_keeps_every_recursion_step_causal_and_rows_apart(train_mode):
+    """memory.persist with 3 recursion steps: each step reads the bank the call started from. Before, step n+1 read
+    the bank step n had left, built from the whole sequence (its future) by the batch's last row."""
+    model = tiny(ltm_chunk=4, surprise_threshold=0.0, max_steps=3)
+    with torch.no_grad():
+        model.memory.gate.bias.fill_(2.0)
+        model.halt_head.weight.normal_()
+    model.train(train_mode).memory.persist = True
+    start = model.memory.bank()
+    x, other = torch.randint(0, 256, (1, 24)), torch.randint(0, 256, (2, 24))
+    y = x.clone()
+    y[0, 16:] = (y[0, 16:] + 17) % 256
+
+    def logits(rows):
+        model.memory.set_bank(start)
+        return model(rows, rows).logits
+
+    a, b = logits(torch.cat([x, other[:1]])), logits(torch.cat([y, other[1:]]))
+    assert torch.allclose(a[0, :16], b[0, :16], atol=1e-6), "a position saw the future, or another row"
+    assert not torch.allclose(a[0, 16], b[0, 16])
+    assert model.memory.filled.any()   # the call still leaves its bank for the next one
+
+
 def test_window_limits_attention():
     """A token further back than the window (with one layer and one step) cannot influence the logit."""
     torch.manual_seed(0)
@@ -228,3 +252,21 @@ def test_halting_verdict_shows_the_compute_halting_saves():
     saved = 1 - fig[key] / fig[key + "_max_steps"]
     assert 0.5 < saved < 2 / 3
     assert f"MFLOPs/token at max steps: {saved:.0%} saved;" in _summary_of(fig, halting, 3)
+
+
+def test_a_row_that_halted_early_reports_its_surprise_at_its_last_step():
+    """At inference a row whose tokens all halted skips the later steps; its surprise is the one of the last step it
+    ran (it read 0 before), the other row's the last step's."""
+    class RowHalt(torch.nn.Module):   # row 0 halts at step 1, row 1 runs to the last step
+        def forward(self, z):
+            return torch.tensor([10.0, -10.0])[:, None, None].expand(*z.shape[:2], 1)
+
+    model = tiny(ltm_chunk=4, surprise_threshold=0.0, max_steps=3).eval()
+    model.halt_head = RowHalt()
+    x = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        out, e = model(x), model.embed(x)
+        _, first = model._step(e, e, 20)
+    assert out.halting_steps[0].eq(1).all() and out.halting_steps[1].eq(3).all()
+    torch.testing.assert_close(out.surprise[0], first[0])
+    assert not torch.allclose(out.surprise[1], first[1])

@@ -357,3 +357,15 @@ def test_optimizer_metrics_change_over_training():
         m = opt.metrics()
         seen.append((m["optimizer/grokfast_slow_ratio"], m["optimizer/slow_gradients_filtered"]))
     assert len({r for r, _ in seen}) == 5 and len({c for _, c in seen}) > 1
+
+
+def test_the_training_loop_resets_the_recorded_max_logits_before_each_batch():
+    """``optimizer/max_attention_logit`` is the step's own maximum: QK-clip only caps the record at tau, and
+    LMModule clears it before every batch (a running maximum since the start would never come down)."""
+    from agentforge.training.lm_module import LMModule
+    model = tiny_model()
+    module = LMModule(model, {**MG, "name": "muon_grokfast"}, total_steps=4)
+    for attn in model.attention_modules():
+        attn.max_logit.fill_(7.0)
+    module.on_train_batch_start(None, 0)
+    assert all(attn.max_logit.eq(0).all() for attn in model.attention_modules())

@@ -7,8 +7,11 @@ Reading order, one forward pass over token ids x [B, T]:
    for step n = 1..max_steps the same causal backbone refines the latent, z_n = MAG(blocks(z_{n-1} + e)),
    with the input re-injected each step. Simplified from TRM (not measured against its form): one latent per
    token, where TRM keeps an answer y and a reasoning latent z and updates z n times from (x, y, z) before
-   each update of y from (y, z). Deep supervision: every step's latent is decoded and trained
-   on the next-token targets (weight ``deep_supervision``). TRM's cheaper recursion is an option:
+   each update of y from (y, z). Deep supervision: every step's latent is decoded and trained on the
+   next-token targets, each step's mean loss weighted (1 + ``deep_supervision``) / max_steps. Unlike TRM, whose
+   deep supervision takes one optimizer step per supervision step and detaches the carried latents between
+   them, all steps here are one backward pass through every step (one optimizer step per batch, as every
+   other phase trains). TRM's cheaper recursion is an option:
    ``no_grad_steps`` early steps run without gradients (their latents are detached), the rest with.
 3. Halting: PonderNet (Banino et al. 2021, "PonderNet: Learning to Ponder"). A halting head gives
    lambda_n = sigmoid(w.rms_norm(z_n) + b) per token (``HaltHead``); the probability of halting at step n is
@@ -26,8 +29,11 @@ Reading order, one forward pass over token ids x [B, T]:
    steps starved the later ones of training, so they never became worth running (issue 18: the two-step toy
    task halted every token at step 1, its digits at chance). Training runs every step (the expected loss needs them all); at inference the loop stops
    once every token has halted and skips rows whose tokens have all halted.
-4. MAG long-term memory (Titans): see ``memory.py``; a per-sequence bank read and written causally
-   inside each step.
+4. Long-term memory with a MAG gate (Titans): see ``memory.py``; a per-sequence bank read and written causally
+   inside each step. Placement deviates from Titans' MAG, whose memory and attention branches both read the
+   step's input in parallel: here the memory reads the attention stack's output and adds its gated read
+   back (a serial gated residual, Titans' MAL order with MAG's gate), once per step rather than per layer —
+   one memory module for the whole backbone. Not measured against the parallel form.
 5. logits = lm_head(norm(z_N)); ``lm_loss`` is the next-token cross-entropy of those logits.
 
 Every operation is per-token, causal attention or a chunk-causal memory, so logits at position i
@@ -179,13 +185,13 @@ class CognateModel(nn.Module):
         stop = cum >= self.config.act_threshold if self._halting else False
         return lam, cum, not_halted * (1 - lam), ~halted & stop
 
-    def _step_rows(self, z, e, t, rows: torch.Tensor | None):
-        """One recursion step; at inference only on ``rows`` (the others halted), the rest kept."""
+    def _step_rows(self, z, e, t, rows: torch.Tensor | None, surprise: torch.Tensor):
+        """One recursion step; at inference only on ``rows`` (the others halted), the rest kept (their latents and
+        their surprise at the last step they ran)."""
         if rows is None:
             return self._step(z, e, t)
         z_sub, s_sub = self._step(z[rows], e[rows], t)
-        surprise = torch.zeros(z.shape[:2], device=z.device, dtype=s_sub.dtype).index_copy(0, rows, s_sub)
-        return z.index_copy(0, rows, z_sub), surprise
+        return z.index_copy(0, rows, z_sub), surprise.to(s_sub.dtype).index_copy(0, rows, s_sub)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 ignore_index: int = -100) -> CognateOutput:
@@ -207,9 +213,12 @@ class CognateModel(nn.Module):
         surprise = torch.ones(b, t, device=e.device)
         rows = None  # at inference, the rows that still have a running token (None: all of them)
         fill = None  # each row's memory fill after its last step run (a halted row's stays)
+        bank = self.memory.bank() if self.memory.persist and n_steps > 1 else None
         for n in range(n_steps):
+            if bank is not None and n:   # every step reads the bank the call started from, not the one the
+                self.memory.set_bank(bank)   # last step wrote (this sequence's future, the batch's last row)
             with torch.no_grad() if n < no_grad else contextlib.nullcontext():
-                z, surprise = self._step_rows(z, e, t, rows)
+                z, surprise = self._step_rows(z, e, t, rows, surprise)
             if rows is not None and self.memory.enabled:
                 fill = fill.index_copy(0, rows, self.memory.last_filled_rows)
             elif self.memory.enabled:

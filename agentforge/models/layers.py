@@ -6,7 +6,9 @@ sliding-window mask. MuonClip's QK-clip needs the largest pre-softmax logit of e
 fused kernels never materialize, so on training passes (``record_max_logit`` set, and the module in train
 mode or autograd on) a separate no-grad reduction ``max_logits`` computes it exactly: q·kᵀ/√d in query chunks,
 each against only the keys its window reaches, masked, reduced with amax — no softmax, no backward, no host
-sync. Each module keeps the running max per head in ``max_logit`` until the optimizer reads and resets it.
+sync. Each module keeps the running max per head in ``max_logit``: the optimizer step reads it (QK-clip caps it
+at tau), and the training loop resets it before the next batch (``LMModule.on_train_batch_start``), so the logged
+``optimizer/max_attention_logit`` is that step's (a reset reads 0: a step whose logits are all negative logs 0).
 Train-mode passes without autograd record too: the recursion steps a Cognate model runs under
 ``no_grad_steps`` use the same W_q and W_k, and QK-clip must bound every logit those weights produce
 (it skipped them while recording needed autograd on). Eval-mode passes with autograd on record as well, through

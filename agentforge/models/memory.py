@@ -1,11 +1,12 @@
 """Per-sequence slot memory with surprise-gated causal writes and a MAG gate (after Titans, Behrouz et al. 2024).
 
 Titans' "Memory as a Gate" (MAG) runs a sliding-window attention branch beside a long-term memory and
-merges the two with a learned gate. Here the long-term memory is a bank of ``slots`` key/value pairs that
+merges the two with a learned gate. Here the gate merges the memory's read into the attention stack's output
+(the memory reads that output: serial, not beside it; ``cognate.py``, item 4). The long-term memory is a bank of ``slots`` key/value pairs that
 every sequence fills for itself while it is read, chunk by chunk (Titans computes its memory update over
 chunks the same way, so a token only ever reads what earlier chunks stored).
 
-This is NOT Titans' neural long-term memory, only its MAG layout. Titans' memory is a network (an MLP) whose
+This is NOT Titans' neural long-term memory, only its MAG gate. Titans' memory is a network (an MLP) whose
 weights are trained at test time: each token takes a gradient step on the associative loss ||M(k_t) - v_t||^2,
 its "surprise" is that gradient carried with momentum (S_t = eta_t S_{t-1} - theta_t grad), and a forgetting
 gate decays the weights (M_t = (1 - alpha_t) M_{t-1} + S_t, a learned weight decay). Here the memory is a bank
@@ -55,7 +56,8 @@ a write a copy — whose per-sequence state is a fixed-size tensor bank that the
 
 The bank is per sequence: every sequence starts from the persistent bank (the buffers ``keys``,
 ``values``, ``filled``), which is empty unless ``persist`` is set, in which case the last row's final bank
-is kept for the next call (a memory carried across calls, e.g. one long conversation). Statistics are
+is kept for the next call (a memory carried across calls, e.g. one long conversation; every recursion step of
+a call reads the bank the call started from, ``CognateModel.forward``). Statistics are
 tensors on the model's device, accumulated in training mode only and read when logged.
 """
 from __future__ import annotations
@@ -110,8 +112,13 @@ class SurpriseMemory(nn.Module):
         sets it from each row's fill at its own last step when halting ran some rows fewer steps)."""
         return float(self.last_filled)
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.read(h)
+    def bank(self) -> tuple[torch.Tensor, ...]:
+        return tuple(x.clone() for x in (self.keys, self.values, self.filled))
+
+    @torch.no_grad()
+    def set_bank(self, bank: tuple[torch.Tensor, ...]) -> None:
+        for buf, saved in zip((self.keys, self.values, self.filled), bank):
+            buf.copy_(saved)
 
     def read(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(merged stream [B, T, D], per-token surprise [B, T]) for hidden states h [B, T, D]: the chunk scan from

@@ -166,7 +166,7 @@ COGNATE = [
     rule("phase.inject_nan_at_step", optional(integer(0))),
     rule("phase.recall_rows", integer(2)),
     rule("phase.halting_rows", integer(2)),
-    rule("model.ponder_prior", number(0, 1, lo_open=True)),
+    rule("model.ponder_prior", number(0, 1, lo_open=True, hi_open=True)),
     rule("model.no_grad_steps", integer(0)),
     rule("model.ltm_chunk", optional(integer(1))),
 ]
