@@ -122,3 +122,28 @@ def run_hydra_main(main) -> None:
         discard_unstarted_sweep()
         print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
         sys.exit(2)
+
+
+RUN_RECORDS = ("config_resolved.yaml", "metrics.jsonl")   # what a run dir that a job already used holds
+
+
+def earlier_run_problem(run_dir: str) -> str | None:
+    """Why a job cannot use ``run_dir``: it holds another run's records (a fixed ``hydra.run.dir``, a rerun from a
+    saved ``config_resolved.yaml``, whose ``paths.run_dir`` is that run's). ``metrics.jsonl`` is appended to, so the
+    two runs' steps were mixed in one file and ``overrides.yaml`` was replaced by the second's. None: it may be used.
+    The pipeline's own step directories, which a resumed step continues on purpose, never come through here."""
+    found = [name for name in RUN_RECORDS if os.path.isfile(os.path.join(run_dir, name))]
+    if not found:
+        return None
+    replay = ""
+    try:
+        from omegaconf import OmegaConf
+
+        saved = OmegaConf.to_container(OmegaConf.load(os.path.join(run_dir, "overrides.yaml")))
+        args = [a for a in saved if not a.lstrip("+~").startswith(("hydra.run.dir", "paths.run_dir"))]
+        replay = f"; to repeat that run, replay its overrides: python -m agentforge {' '.join(args)}"
+    except Exception:   # no overrides.yaml, or not a list: no recipe to give
+        pass
+    return (f"the run directory {run_dir} already holds a run ({found[0]}): its records would be mixed with this "
+            f"run's. Leave hydra.run.dir and paths.run_dir unset (each run gets a new directory) or give an empty "
+            f"one{replay}")

@@ -143,6 +143,30 @@ def _remove_run_dir(always: bool) -> None:
                 break
 
 
+def _reused_run_dir(cfg: DictConfig) -> str | None:
+    """``cli_errors.earlier_run_problem`` for this job's ``paths.run_dir``. Hydra made its own output directory
+    before this runs: when that is another one (a saved config has no ``hydra:`` section, so Hydra's default
+    ``outputs/<date>/<time>`` was made) and holds only what Hydra put there, it is removed."""
+    from agentforge.cli_errors import earlier_run_problem
+
+    run_dir = os.path.abspath(str(select(cfg, "paths.run_dir")))
+    problem = earlier_run_problem(run_dir)
+    if problem:
+        try:
+            made = Path(HydraConfig.get().runtime.output_dir).absolute()
+        except ValueError:
+            return problem
+        files = [p for p in made.rglob("*") if p.is_file()]
+        if made != Path(run_dir) and all(".hydra" in p.parts or p.suffix == ".log" for p in files):
+            shutil.rmtree(made, ignore_errors=True)
+            for folder in made.parents:   # its date folder, then outputs/: only when empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+    return problem
+
+
 def _multirun() -> bool:
     try:
         return HydraConfig.get().mode == RunMode.MULTIRUN
@@ -199,6 +223,13 @@ def main(cfg: DictConfig):
 
 def _run_job(cfg: DictConfig):
     multirun = _multirun()
+    reused = _reused_run_dir(cfg)
+    if reused:
+        print(f"error: {reused}", file=sys.stderr)   # not into its agentforge.log: that is the earlier run's
+        if multirun:
+            record_job(cfg, ok=False, error=reused)
+            return None
+        sys.exit(2)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):   # left alone when the caller ignores it
