@@ -28,8 +28,10 @@ def hydra_error_line(exc: HydraException) -> str:
         if full and full.group(1) != key:  # a mapping value with a key the default lacks: name that key
             return (f"{full.group(1)}: no such key in {key} (its default lacks it); write +{key}=... to set keys "
                     f"the default lacks")
-        return (f"{key}: no such key (check its spelling; `python -m agentforge --cfg job` prints every key; "
-                f"+{key}=VALUE adds a new one)")
+        parent, _, name = key.rpartition(".")
+        near = close_keys(name, getattr(exc.__cause__, "parent_node", None), parent)
+        add = "" if closed(key) else f"; +{key}=VALUE adds a new one"
+        return f"{key}: no such key ({near}check its spelling; `python -m agentforge --cfg job` prints every key{add})"
     lines, options = [], []
     for line in str(exc).splitlines():
         if line.startswith("Config search path:"):
@@ -44,6 +46,52 @@ def hydra_error_line(exc: HydraException) -> str:
     if cause and cause[0] not in text:
         text += f" ({cause[0]})"
     return text
+
+
+def close_keys(name: str, node, parent: str) -> str:
+    """"did you mean PARENT.KEY? " for the keys of the mapping ``node`` (at ``parent``) that look like ``name``
+    (difflib), or ""."""
+    import difflib
+
+    try:
+        keys = [str(k) for k in node.keys() if str(k) != name]
+    except Exception:   # not a mapping (or none)
+        return ""
+    near = [f"{parent}.{k}" if parent else k for k in difflib.get_close_matches(name, keys, n=3, cutoff=0.6)]
+    return f"did you mean {' or '.join(near)}? " if near else ""
+
+
+# mappings whose keys a user adds with +KEY=VALUE (each read by its phase, or checked by its own start-up rule)
+OPEN_MAPPINGS = ("data.eval_paths", "data.benchmark_paths", "phase.overrides", "phase.thresholds",
+                 "phase.fitness_weights", "phase.curriculum")
+CLOSED_GROUPS = ("phase", "model", "optimizer", "hardware", "size", "data", "baseline")
+
+
+def closed(key: str) -> bool:
+    """A key of a config group whose settings are all in its defaults (so a new one is a typo), ``CLOSED_GROUPS``
+    but not ``OPEN_MAPPINGS``."""
+    return ("." in key and key.split(".")[0] in CLOSED_GROUPS
+            and not any(key == m or key.startswith(m + ".") for m in OPEN_MAPPINGS))
+
+
+def added_key_problem(cfg, overrides: list[str]) -> str | None:
+    """Why a ``+KEY=VALUE`` override is refused, or None: Hydra adds any key given with ``+``, so a misspelled setting
+    of a config group (``+phase.epocs=2``) ran with the setting ignored while ``config_resolved.yaml`` recorded it.
+    Allowed: keys under ``OPEN_MAPPINGS`` and outside ``CLOSED_GROUPS`` (e.g. ``+logger.api_key``)."""
+    from omegaconf import OmegaConf
+
+    for override in overrides:
+        if not override.startswith("+") or override.startswith("++"):
+            continue
+        key = override[1:].split("=", 1)[0]
+        if not closed(key):
+            continue
+        parent, name = key.rsplit(".", 1)
+        near = close_keys(name, OmegaConf.select(cfg, parent), parent)
+        what = f"phase={cfg.phase.name}" if parent == "phase" else parent
+        return (f"+{key}: {what} has no such setting, so nothing would read it ({near}`python -m agentforge "
+                f"phase={cfg.phase.name} --cfg job` prints every key)")
+    return None
 
 
 def outputs_problem(argv: list[str], env: dict) -> str | None:
@@ -105,11 +153,26 @@ def _probe_problem(path: str) -> str | None:
     return None
 
 
+def repeated_overrides(argv: list[str]) -> list[str]:
+    """A ``warning:`` line per key given more than once on the command line (Hydra uses the last, silently:
+    ``seed=1 seed=2`` trained with seed 2), naming every value given; credentials' values are not shown."""
+    from agentforge.tracking.redaction import redact_args
+
+    values: dict[str, list[str]] = {}
+    for arg in redact_args([a for a in argv if "=" in a and not a.startswith("-")]):
+        key, _, value = arg.lstrip("+~").partition("=")
+        values.setdefault(key, []).append(value)
+    return [f"warning: {key} is given {len(v)} times ({', '.join(v)}); the last, {v[-1]}, is used"
+            for key, v in values.items() if len(v) > 1]
+
+
 def run_hydra_main(main) -> None:
     """Call a ``hydra.main`` function; a Hydra error, or an outputs directory that cannot hold runs, becomes one
     ``error:`` line and exit 2."""
     os.environ["HYDRA_FULL_ERROR"] = "1"            # Hydra re-raises instead of printing its own report
     if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in sys.argv[1:]):
+        for line in repeated_overrides(sys.argv[1:]):
+            print(line, file=sys.stderr)
         problem = outputs_problem(sys.argv[1:], dict(os.environ))
         if problem:
             print(f"error: {problem}", file=sys.stderr)

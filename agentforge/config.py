@@ -183,3 +183,20 @@ def check_model_dict(model: dict) -> None:
         if value is not _MISSING and not pred(value):
             raise ConfigError(f"{key} must be {desc}, got {value!r}")
     _check_heads(model.get("d_model", _MISSING), model.get("n_heads", _MISSING))
+
+
+# the top-level shortcuts (conf/config.yaml) and the phases that read them
+SHORTCUT_READERS = {"checkpoint": ("eval",), "stage": ("eval",), "stages": ("compare",), "step": ("quietstar",)}
+OWN_MESSAGE = {("compare", "stage"), ("eval", "stages")}   # those phases name the shortcut they take instead
+
+
+def check_shortcuts(cfg: DictConfig) -> None:
+    """A shortcut the chosen phase does not read is refused: ``step=rl`` with ``phase=cognate`` ran, ignored. The
+    pipeline would hand it to every step (its Quiet-STaR step would skip baking), so it refuses them all."""
+    phase = str(cfg.phase.name)
+    for key, readers in SHORTCUT_READERS.items():
+        if cfg.get(key) is None or phase in readers or (phase, key) in OWN_MESSAGE:
+            continue
+        where = ("runs every phase in full (a step's own settings go in phase.overrides.<phase>=[...])"
+                 if phase == "pipeline" else f"does not read it (phase={' or '.join(readers)} does)")
+        raise ConfigError(f"{key}={cfg.get(key)}: phase={phase} {where}; drop it, or run that phase")

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from agentforge.config import check, select, validate
+from agentforge.config import check, check_shortcuts, select, validate
 from agentforge.errors import AgentForgeError, ConfigError, no_gpu_error
 from agentforge.phases import get_phase
 from agentforge.tracking.console_log import stdout_into_log
@@ -46,7 +46,9 @@ OmegaConf.register_new_resolver("af_uid", _uid, replace=True)
 def check_start(cfg: DictConfig) -> None:
     """The start-up checks, before Lightning loads (~5 s): a ConfigError for the first bad value. A sweep makes
     them on every job before starting any (``tracking.sweep.check_sweep_values``)."""
+    _check_added_keys(cfg)
     validate(cfg)  # the shared groups and the model first
+    check_shortcuts(cfg)
     from agentforge.phases.rules import PHASE_CHECKS, PHASE_RULES  # then the phase's own keys, then across keys
 
     check(cfg, PHASE_RULES.get(str(cfg.phase.name), ()))
@@ -69,6 +71,19 @@ def run(cfg: DictConfig) -> dict:
 
 
 WRITES_ARTIFACTS = ("bitnet", "codegen", "cognate", "eval", "evomerge", "quietstar", "scaling")  # publish there
+
+
+def _check_added_keys(cfg: DictConfig) -> None:
+    """``cli_errors.added_key_problem`` on the command line's overrides (none known outside a Hydra app)."""
+    from agentforge.cli_errors import added_key_problem
+
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return
+    problem = added_key_problem(cfg, overrides)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_artifacts_writable(cfg: DictConfig) -> None:

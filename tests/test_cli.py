@@ -75,8 +75,13 @@ def test_bad_values_fail_fast_with_one_line_naming_the_key(tmp_path, override, k
 @pytest.mark.parametrize("args,expected", [
     (["model=m9"], "Could not find 'model/m9'; Available options in 'model': m1, m2, m3"),
     (["nonsense_group=x"], "nonsense_group: no such key (check its spelling"),
-    (["phase=cognate", "phase.max_epoch=3"], "phase.max_epoch: no such key (check its spelling; "
-                                             "`python -m agentforge --cfg job` prints every key; +phase.max_epoch="),
+    (["phase=cognate", "phase.max_epoch=3"], "phase.max_epoch: no such key (did you mean phase.max_epochs? check "
+                                             "its spelling; `python -m agentforge --cfg job` prints every key)"),
+    # Hydra adds any key given with +: a group's setting that nothing reads is refused (cli_errors.added_key_problem)
+    (["phase=cognate", "+phase.epocs=2"], "error: +phase.epocs: phase=cognate has no such setting, so nothing would "
+                                          "read it (did you mean phase.max_epochs? `python -m agentforge"),
+    (["phase=cognate", "+model.d_modle=3"], "+model.d_modle: model has no such setting, so nothing would read it (did "
+                                            "you mean model.d_model?"),
     (["phase.max_epochs=[1"], "no viable alternative at input '[1'"),
     (["data.eval_paths={gsm8k:/x.jsonl}"], "data.eval_paths.gsm8k: no such key in data.eval_paths (its default "
                                            "lacks it); write +data.eval_paths=... to set keys the default lacks"),

@@ -67,6 +67,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     proc = run_cli([*BASE, "phase.max_epochs=3", "phase.steps_per_epoch=3", "phase.inject_nan_at_step=4"], tmp_path)
     assert proc.returncode == 2
     assert "non-finite value at step 4" in proc.stderr and "Traceback" not in proc.stderr
+    assert "the last good checkpoint (end of epoch 0) is kept" in proc.stderr
     work = tmp_path / "outputs" / "artifacts" / "cognate" / "model3.work" / "last.ckpt"
     assert torch.load(work, weights_only=True)["global_step"] == 3
     assert not (tmp_path / "outputs" / "artifacts" / "cognate" / "model3").exists()
@@ -75,6 +76,15 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     logs = list((tmp_path / "outputs" / "runs").rglob("agentforge.log"))   # the error is in the run's log file,
     assert logs and "non-finite value at step 4" in logs[0].read_text()   # and on the console only as error:
     assert "non-finite value at step 4" not in proc.stdout
+
+
+def test_a_stop_in_the_first_epoch_says_no_checkpoint_was_written():
+    """The epoch checkpoints are written at each epoch's end: a NaN at step 1 used to say "the last good checkpoint
+    is kept" with none on disk."""
+    from agentforge.training.lm_module import LMModule
+
+    assert LMModule(torch.nn.Linear(2, 2), {}, total_steps=1)._kept() == (
+        "no checkpoint was written (the first epoch had not ended)")
 
 
 def test_nan_loss_can_be_skipped(tmp_path, capsys):

@@ -99,8 +99,7 @@ class LMModule(L.LightningModule):
             self._skip_step()  # no backward follows a None, but Lightning (32-bit) still calls the optimizer's step
             self.print(f"warning: {msg}; step skipped")
             return None
-        raise NonFiniteError(msg + "; the last good checkpoint is kept — lower optimizer.lr or set "
-                                   "phase.on_nonfinite=skip")
+        raise NonFiniteError(f"{msg}; {self._kept()} — lower optimizer.lr or set phase.on_nonfinite=skip")
 
     def on_before_optimizer_step(self, optimizer):
         self._sync_max_logits()
@@ -127,10 +126,17 @@ class LMModule(L.LightningModule):
                 self.print(f"warning: non-finite gradient at step {self.global_step}; step skipped")
                 return False
             raise NonFiniteError(f"non-finite gradient norm at step {self.global_step} (epoch "
-                                 f"{self.current_epoch}); the last good checkpoint is kept — lower optimizer.lr "
+                                 f"{self.current_epoch}); {self._kept()} — lower optimizer.lr "
                                  f"or set phase.on_nonfinite=skip")
         self.log("train/gradient_norm", norm, on_step=True, on_epoch=False)
         return True
+
+    def _kept(self) -> str:
+        """What a stopped run leaves: the epoch checkpoints are written at each epoch's end, so none before the first
+        one ends (a resumed run starts past it)."""
+        if self.current_epoch > 0:
+            return f"the last good checkpoint (end of epoch {self.current_epoch - 1}) is kept"
+        return "no checkpoint was written (the first epoch had not ended)"
 
     def _skip_step(self) -> None:
         """Leave the optimizer step Lightning still runs nothing to do: no gradients (of every trained module: the

@@ -1,0 +1,93 @@
+"""What a run records must be what ran. A run directory that already holds a run is refused (``cli_errors.earlier_run_problem``): a fixed
+``hydra.run.dir`` given twice, or a rerun from a saved ``config_resolved.yaml`` (whose ``paths.run_dir`` is the saved
+run's), used to append the second run's steps to the first's ``metrics.jsonl`` and replace its ``overrides.yaml``. A group's setting added with ``+`` that nothing reads is refused
+(it ran ignored while ``config_resolved.yaml`` recorded it), and a key given twice is named in a warning."""
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from tests.conftest import compose_cfg, run_cli
+
+
+def _earlier_run(tmp_path):
+    """A run dir as ``run_context`` leaves it: the resolved config (``paths.run_dir`` = the dir), the overrides, the
+    step records."""
+    cfg = compose_cfg(["phase=cognate", "experiment=smoke", "logger=none"], tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
+    (run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(["phase=cognate", "experiment=smoke", "logger=none",
+                                                               f"hydra.run.dir={run_dir}"]))
+    (run_dir / "metrics.jsonl").write_text('{"_step": 0, "train/loss": 5.0}\n')
+    (run_dir / "agentforge.log").write_text("[the earlier run's log]\n")
+    return run_dir
+
+
+def test_a_run_dir_holding_a_run_is_refused_with_the_replay_recipe(tmp_path):
+    run_dir = _earlier_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    for args in (["phase=cognate", "experiment=smoke", "logger=none", f"hydra.run.dir={run_dir}", "seed=3"],
+                 ["--config-path", str(run_dir), "--config-name", "config_resolved"]):
+        proc = run_cli(args, tmp_path / "cwd", timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: the run directory {run_dir} already holds a run"), err
+        assert err[0].endswith("replay its overrides: python -m agentforge phase=cognate experiment=smoke logger=none")
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before   # the earlier run's records untouched
+        assert not (tmp_path / "cwd" / "outputs").exists()   # Hydra's own default dir (saved config) removed
+
+
+def test_an_empty_run_dir_given_by_the_user_is_used():
+    """Only a dir with another run's records is refused: an empty (or new) one is where the run goes."""
+    from agentforge.cli_errors import earlier_run_problem
+
+    assert earlier_run_problem("/nonexistent/dir") is None
+
+
+def test_added_keys_are_refused_in_the_groups_and_allowed_in_the_open_mappings(tmp_path):
+    """+KEY: another phase's setting, or a typo, in a config group is refused; the mappings a user fills
+    (held-out files, the pipeline's per-step overrides, compare's thresholds) and keys outside the groups are not."""
+    from agentforge.cli_errors import added_key_problem
+
+    cfg = compose_cfg(["phase=cognate"], tmp_path)
+    assert added_key_problem(cfg, ["+phase.population_size=4"]).startswith(
+        "+phase.population_size: phase=cognate has no such setting")
+    assert "did you mean optimizer.lr?" in added_key_problem(cfg, ["seed=1", "+optimizer.lrr=0.1"])
+    for fine in ("+data.eval_paths.gsm8k=/x.jsonl", "+phase.thresholds.min_pass_at_5=2", "+logger.api_key=x",
+                 "++phase.max_epochs=3", "phase.max_epochs=3", "+hf_token=x", "+phase.overrides.cognate=[]"):
+        assert added_key_problem(cfg, [fine]) is None, fine
+
+
+def test_a_key_given_twice_is_named_in_a_warning_with_every_value():
+    from agentforge.cli_errors import repeated_overrides
+
+    assert repeated_overrides(["-m", "seed=1", "model=m1,m2", "+phase.x=3", "seed=2", "phase.x=4", "--cfg", "job"]) == [
+        "warning: seed is given 2 times (1, 2); the last, 2, is used",
+        "warning: phase.x is given 2 times (3, 4); the last, 4, is used"]
+    assert repeated_overrides(["+logger.api_key=sk-1", "+logger.api_key=sk-2"]) == [
+        "warning: logger.api_key is given 2 times (<redacted>, <redacted>); the last, <redacted>, is used"]
+    assert repeated_overrides(["seed=1", "model=m2"]) == []
+
+
+def test_the_cli_prints_the_warning_before_its_error(tmp_path):
+    proc = run_cli(["phase=cognate", "seed=1", "seed=2", "phase.max_epochs=abc"], tmp_path, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[0] == "warning: seed is given 2 times (1, 2); the last, 2, is used", lines
+    assert len(lines) == 2 and lines[1].startswith("error: phase.max_epochs")
+
+
+def test_a_shortcut_the_phase_does_not_read_is_refused(tmp_path):
+    """step=rl with phase=cognate ran with it ignored; the pipeline would hand it to every step."""
+    import pytest
+
+    from agentforge.config import check_shortcuts
+    from agentforge.errors import ConfigError
+
+    for args, msg in ((["phase=cognate", "step=rl"], "step=rl: phase=cognate does not read it (phase=quietstar does)"),
+                      (["phase=evomerge", "stage=baseline"], "stage=baseline: phase=evomerge does not read it"),
+                      (["phase=pipeline", "checkpoint=/x"], "checkpoint=/x: phase=pipeline runs every phase in full")):
+        with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            check_shortcuts(compose_cfg(args, tmp_path))
+    for args in (["phase=quietstar", "step=rl"], ["phase=eval", "stage=x", "checkpoint=/x"],
+                 ["phase=compare", "stages=[a,b]"], ["phase=compare", "stage=x"]):   # the last: compare's own message
+        check_shortcuts(compose_cfg(args, tmp_path))
