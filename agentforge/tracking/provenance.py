@@ -70,13 +70,16 @@ def package_versions(names=PACKAGES) -> dict:
 
 
 def cuda_info() -> dict:
-    """Whether CUDA is usable and, when it is, the visible devices' names (not which one the run uses: the phase
-    decides that later; its config's ``hardware`` group says)."""
+    """How many CUDA devices are visible and, when this process has already started CUDA, their names (not which one
+    the run uses: the phase decides that later; its config's ``hardware`` group says). Counted the way Lightning
+    counts them before it forks DDP ranks (NVML where it can): asking for a device's name would start CUDA here,
+    and a forked rank cannot use CUDA started in its parent."""
+    from lightning.fabric.accelerators.cuda import num_cuda_devices
+
     try:
-        if not torch.cuda.is_available():
-            return {"available": False, "device_count": 0, "devices": []}
-        n = torch.cuda.device_count()
-        return {"available": True, "device_count": n, "devices": [torch.cuda.get_device_name(i) for i in range(n)]}
+        n = num_cuda_devices()
+        names = [torch.cuda.get_device_name(i) for i in range(n)] if n and torch.cuda.is_initialized() else []
+        return {"available": n > 0, "device_count": n, "devices": names}
     except Exception:   # a broken driver must not fail the run
         return {"available": None, "device_count": None, "devices": []}
 
@@ -89,7 +92,7 @@ def selected_env(names=ENV_VARS) -> dict:
 def collect(root: str | Path = SOURCE_ROOT, argv: list[str] | None = None) -> dict:
     """The run's provenance (the module docstring), a small JSON-able dict."""
     return {
-        "git": git_state(root),
+        "git": source_git_state() if Path(root) == SOURCE_ROOT else git_state(root),
         "versions": package_versions(),
         "torch_threads": torch.get_num_threads(),
         "cuda": cuda_info(),
@@ -100,10 +103,21 @@ def collect(root: str | Path = SOURCE_ROOT, argv: list[str] | None = None) -> di
     }
 
 
-def checkpoint_provenance(root: str | Path = SOURCE_ROOT) -> dict:
+_SOURCE_STATE: dict = {}
+
+
+def source_git_state() -> dict:
+    """``git_state`` of this package's own source, asked once per process (three git calls; a phase saves many
+    checkpoints)."""
+    if "v" not in _SOURCE_STATE:
+        _SOURCE_STATE["v"] = git_state(SOURCE_ROOT)
+    return dict(_SOURCE_STATE["v"])
+
+
+def checkpoint_provenance(root: str | Path | None = None) -> dict:
     """What a published checkpoint's ``meta`` records: the code (commit, dirty, diff), torch's version and thread
     count. No time or host: the same code and settings write the same ``config.json``."""
-    git = git_state(root)
+    git = source_git_state() if root is None else git_state(root)
     return {**git, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
