@@ -1,7 +1,9 @@
 """Files: atomic writes, and checkpoints as safetensors + JSON (loading never unpickles anything).
 
 A checkpoint is a directory holding ``model.safetensors`` (the tensors) and ``config.json``
-(``{"format": ..., "architecture": ..., "model": {...}, "tokenizer": {...}, "meta": {...}}``).
+(``{"format": ..., "architecture": ..., "model": {...}, "tokenizer": {...}, "meta": {...}}``); ``meta`` holds what
+the writer passes plus ``provenance`` (the commit, dirty flag, torch version and thread count that wrote it:
+``tracking.provenance.checkpoint_provenance``), added here for every checkpoint.
 Both are written to temporary names, fsynced and renamed, so a crash never leaves a truncated file
 where a good one was; the directory is complete when ``config.json`` exists, which is written last. A checkpoint
 left at ``{dir}.old`` by a publish killed between its two renames (``artifacts.publish``) is renamed back when
@@ -21,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from agentforge.errors import AgentForgeError
+from agentforge.tracking.provenance import checkpoint_provenance
 
 CHECKPOINT_FORMAT = "agentforge-checkpoint-v1"
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -119,7 +122,7 @@ def save_checkpoint(directory: str | Path, state_dict: dict[str, torch.Tensor], 
     save_tensors(directory / WEIGHTS_FILE, state_dict)
     write_json_atomic(directory / CONFIG_FILE, {"format": CHECKPOINT_FORMAT, "architecture": architecture,
                                                 "model": model_config, "tokenizer": tokenizer or {},
-                                                "meta": meta or {}})
+                                                "meta": {**(meta or {}), "provenance": checkpoint_provenance()}})
     return directory
 
 

@@ -136,7 +136,8 @@ def _log_to_file(msg: str) -> None:
             handler.handle(record)
 
 
-BOOKKEEPING = {"agentforge.log", "config_resolved.yaml", "overrides.yaml"}   # what every run dir starts with
+# what every run dir starts with (run_context writes all but the log)
+BOOKKEEPING = {"agentforge.log", "config_resolved.yaml", "overrides.yaml", "provenance.json"}
 
 
 def _remove_run_dir(always: bool) -> None:

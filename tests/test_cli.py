@@ -18,6 +18,7 @@ from agentforge.data.build import build_datamodule
 from agentforge.errors import ConfigError
 from agentforge.evals.tasks import mean_loss
 from agentforge.phases import cognate
+from agentforge.tracking.provenance import git_state
 from agentforge.tracking.wandb_offline import find_offline_runs, read_offline_run
 from tests.conftest import TINY, compose_cfg, run_cli
 
@@ -148,6 +149,7 @@ def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     assert run.config["num_epochs"] == cfg.phase.max_epochs == 2 and run.config["batch_size"] == cfg.data.batch_size
     assert run.config["phase_config"]["max_epochs"] == 2 and run.config["optimizer_config"]["lr"] == cfg.optimizer.lr
     assert run.config["model"]["model_id"] == 1   # the rest of the nested tree is where it was
+    assert run.config["provenance"]["torch_threads"] == 1 and "commit" in run.config["provenance"]["git"]
     losses = [row["train/loss"] for row in run.history if "train/loss" in row]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     # train/loss is the cross-entropy of the halted output (perplexity = exp(loss), as the seed logs them, in the
@@ -223,6 +225,9 @@ def test_multirun_makes_three_runs_and_three_checkpoints(cognate_artifacts):
         model, _, cfg = load_model(cognate_artifacts / "cognate" / f"model{i}")
         sizes.add(model.config.ltm_slots)
         assert cfg["meta"]["model_id"] == i
+        prov = cfg["meta"]["provenance"]   # the code and numerics that wrote it (io.save_checkpoint)
+        assert prov["commit"] == git_state()["commit"] and prov["torch_threads"] == 1   # OMP_NUM_THREADS=1 (run_cli)
+        assert prov["torch"] == torch.__version__
         assert torch.isfinite(next(model.parameters())).all()
     assert len(sizes) == 3
 

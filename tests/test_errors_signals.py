@@ -80,10 +80,15 @@ def test_sigterm_says_how_to_continue_exits_143_and_the_rerun_resumes(tmp_path, 
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["agentforge_fit_seconds"] > 0
     state["agentforge_fit_seconds"] = 3600.0
+    assert state["agentforge_numerics"] == {"threads": 1, "device": "cpu"}   # OMP_NUM_THREADS=1 (run_cli)
+    state["agentforge_numerics"]["threads"] = 2   # as if written on a machine with another thread count
     torch.save(state, ckpt)
     # the same command again, in this process (main.run; the CLI's rerun after a kill: test_faults.py's SIGKILL test)
     again = run_in_process(args, tmp_path, capsys)
     assert "resuming from" in again.stdout
+    assert [ln for ln in again.stdout.splitlines() if ln.startswith("warning: ")] == [
+        "warning: resuming with other numerics than the checkpoint was written with (threads 2 then 1): the resumed "
+        "run will not be bit-identical to an uninterrupted one"]
     assert (art / "model3" / "config.json").is_file()
     # the line names the run dir that logged the steps before the resume
     first = sorted((tmp_path / "outputs" / "runs").glob("*/*_cognate_*"))[0]

@@ -55,6 +55,7 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run_bit_for_bit
     again = run_cli(args, run)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from" in again.stdout
+    assert "warning: resuming with other numerics" not in again.stdout   # the same thread count and device
     a = load_tensors(tmp_path / "ref" / "outputs" / "artifacts" / "cognate" / "model3" / "model.safetensors")
     b = load_tensors(final / "model.safetensors")
     assert a.keys() == b.keys()
@@ -156,6 +157,8 @@ def test_api_key_never_reaches_configs_logs_or_artifacts(tmp_path):
         if f.is_file() and secret.encode() in f.read_bytes():
             leaks.append(str(f.relative_to(tmp_path)))
     assert not leaks, leaks
+    prov = json.loads(next((tmp_path / "outputs" / "runs").rglob("provenance.json")).read_text())
+    assert "+logger.api_key=<redacted>" in prov["argv"]   # the command line it records, redacted
 
 
 @pytest.mark.slow   # ~13 s; the single-run key test stays in the fast tier

@@ -105,7 +105,9 @@ def _state(tmp_path) -> dict[str, dict]:
 
 
 def _champion(tmp_path) -> dict:
-    return read_checkpoint_config(_pipe(tmp_path) / "artifacts" / "evomerge" / "champion")["meta"]
+    """The champion's meta as the fake EvoMerge wrote it (less the ``provenance`` every checkpoint gets)."""
+    meta = read_checkpoint_config(_pipe(tmp_path) / "artifacts" / "evomerge" / "champion")["meta"]
+    return {k: v for k, v in meta.items() if k != "provenance"}
 
 
 FIRST = ["phase.phases=[cognate,evomerge]", _cognate(40)]

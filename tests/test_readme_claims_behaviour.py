@@ -128,11 +128,13 @@ def test_a_checkpoint_with_the_old_memory_key_does_not_load(tmp_path, tiny_model
 
 def test_run_dir_holds_the_files_the_readme_lists(cognate_artifacts):
     """'`outputs/runs/<date>/<time>_<phase>_<id>/` — one directory per run: `config_resolved.yaml`, `overrides.yaml`,
-    `agentforge.log` (its log and everything it printed: the results)', `metrics.jsonl`, `tables/*.csv`, `plots/*.png`' (the W&B offline run: tests/test_cli.py);
+    `provenance.json` (...), `agentforge.log` (its log and everything it printed: the results)', `metrics.jsonl`, `tables/*.csv`, `plots/*.png`' (the W&B offline run: tests/test_cli.py);
     'Every Cognate run ends with ablations (`ablation/*` keys, `ablation/table`' (its printing: not checked here)."""
     assert OmegaConf.to_container(_yaml("config.yaml").hydra.run)["dir"].startswith(
         "${paths.outputs}/runs/${now:%Y-%m-%d}/${now:%H-%M-%S}_${phase.name}_")
     jobs = sorted(p.parent for p in (cognate_artifacts.parent / "multirun").rglob("config_resolved.yaml"))
+    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+    head = git.stdout.strip() if git.returncode == 0 else None   # None: the tests run from a copy without git
     assert len(jobs) == 3
     for job in jobs:
         for name in ("config_resolved.yaml", "overrides.yaml", "agentforge.log", "metrics.jsonl"):
@@ -147,6 +149,10 @@ def test_run_dir_holds_the_files_the_readme_lists(cognate_artifacts):
         resolved = OmegaConf.load(job / "config_resolved.yaml")
         assert resolved.phase.name == "cognate" and resolved.phase.gen_tokens == 4  # a setting, not a secret
         assert "phase.gen_tokens=4" in OmegaConf.to_container(OmegaConf.load(job / "overrides.yaml"))
+        # 'provenance.json' (the git commit and dirty flag, versions, torch's thread count, the selected environment)
+        prov = json.loads((job / "provenance.json").read_text())
+        assert prov["git"]["commit"] == head and prov["torch_threads"] == 1 and prov["env"]["OMP_NUM_THREADS"] == "1"
+        assert prov["versions"]["torch"] and any(a.startswith("model=") for a in prov["argv"])
         keys = set().union(*(json.loads(ln) for ln in (job / "metrics.jsonl").read_text().splitlines()))
         assert {"ablation/steps1_loss_delta", "ablation/no_memory_loss_delta", "ablation/max_steps_loss_delta",
                 "ablation/halting_noninferior"} <= keys

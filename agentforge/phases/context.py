@@ -1,6 +1,7 @@
 """What every phase needs at its start: the run directory, the artifacts directory, the loggers and the
-tracker, and the saved (secret-free) config. ``run_context`` closes the loggers (``wandb.finish()``)
-however the phase ends, so each job of a multirun gets its own W&B run."""
+tracker, and the saved (secret-free) config and provenance (``provenance.json``: ``tracking/provenance.py``).
+``run_context`` closes the loggers (``wandb.finish()``) however the phase ends, so each job of a multirun gets its own
+W&B run."""
 from __future__ import annotations
 
 import contextlib
@@ -10,11 +11,14 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from agentforge.io import write_text_atomic
+from agentforge.io import write_json_atomic, write_text_atomic
+from agentforge.tracking import provenance
 from agentforge.tracking.loggers import build_loggers, finish
 from agentforge.tracking.redaction import redact, redact_args
 from agentforge.tracking.spec_config import wandb_config
 from agentforge.tracking.tracker import Tracker
+
+PROVENANCE = "provenance.json"   # in every run dir, beside config_resolved.yaml and overrides.yaml
 
 
 @dataclass
@@ -70,13 +74,26 @@ def run_context(cfg: DictConfig, *, run_name: str, group: str | None, tags: list
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     write_text_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(redact_args(_task_overrides())))
+    prov = provenance.collect()
+    write_json_atomic(run_dir / PROVENANCE, prov)
     logger_cfg = dict(OmegaConf.to_container(cfg.logger, resolve=True))
     logger_cfg.setdefault("job_type", job_type)
-    loggers = build_loggers(logger_cfg, run_dir, name, group, tags, wandb_config(config, spec))
+    loggers = build_loggers(logger_cfg, run_dir, name, group, tags, {**wandb_config(config, spec), "provenance": prov})
     ctx = RunContext(cfg, run_dir, artifacts, loggers, Tracker(loggers, run_dir))
     status = "failed"
     try:
         yield ctx
         status = "success"
     finally:
+        _record_final_threads(run_dir, prov)
         finish(loggers, status)
+
+
+def _record_final_threads(run_dir: Path, prov: dict) -> None:
+    """A phase that set torch's thread count after the run opened (``hardware.threads``, applied when the Trainer is
+    built): ``provenance.json`` says the count it ran with (``provenance.with_final_threads``). Never raises: the
+    run's own outcome (or error) is what the user needs to see."""
+    final = provenance.with_final_threads(prov)
+    if final is not None:
+        with contextlib.suppress(OSError):
+            write_json_atomic(run_dir / PROVENANCE, final)

@@ -19,7 +19,7 @@ from agentforge.io import write_json_atomic
 ATTEMPT = "pipeline_attempt.json"
 PREVIOUS_SUFFIX = ".previous"
 # what a step's run directory holds before its phase did any work: the attempt marker and run_context's config files
-BOOKKEEPING = {ATTEMPT, "config_resolved.yaml", "overrides.yaml"}
+BOOKKEEPING = {ATTEMPT, "config_resolved.yaml", "overrides.yaml", "provenance.json"}
 
 
 def interrupted_fingerprint(run_dir: Path, prev: dict | None) -> str | None:

@@ -7,6 +7,11 @@ current one: a ``fingerprint`` file next to it can be rewritten by a later run b
 checkpoint, and would then vouch for another config's weights. The work dir's ``fingerprint`` file is still
 written (for people), and read only for a checkpoint written before fingerprints were embedded.
 
+The thread count and device that wrote a checkpoint travel inside it too (``trainer.NUMERICS_KEY``), but they do not
+decide anything: a resume on another machine is legitimate. A resumed run whose thread count or device differs
+prints one ``warning:`` line (``trainer.numerics_warning``), since its weights will then not be bit-identical to an
+uninterrupted run's (the CPU kernels split their reductions by the thread count).
+
 ``ckpt_path``:
 
 * ``null`` / ``auto``: resume ``last.ckpt`` when it was written by the same config and input AND its weights fit

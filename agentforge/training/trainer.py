@@ -15,6 +15,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from agentforge.io import CheckpointError, atomic_write
 
 FINGERPRINT_KEY = "agentforge_fingerprint"   # the config (and input) that wrote a checkpoint: training/resume.py
+NUMERICS_KEY = "agentforge_numerics"   # torch's thread count and the device that wrote it: numerics_warning
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -183,6 +184,35 @@ class EpochCheckpoint(L.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         if self.fingerprint is not None:
             checkpoint[FINGERPRINT_KEY] = self.fingerprint
+        checkpoint[NUMERICS_KEY] = numerics(pl_module)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        """Resuming (after ``hardware.threads`` was applied): one ``warning:`` line when the checkpoint was written
+        with another thread count or device. Not refused: resuming on another machine is legitimate."""
+        warning = numerics_warning(checkpoint.get(NUMERICS_KEY), numerics(pl_module))
+        if warning and trainer.is_global_zero:
+            print(warning)
 
     def on_train_epoch_end(self, trainer, pl_module):
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
+
+
+def numerics(pl_module) -> dict:
+    """What makes a CPU/GPU run's floating point differ run to run besides the config: torch's CPU thread count (the
+    kernels split their reductions by it) and the device (``cpu`` or the GPU's name)."""
+    device = getattr(pl_module, "device", torch.device("cpu"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"threads": torch.get_num_threads(), "device": name}
+
+
+def numerics_warning(recorded: dict | None, current: dict) -> str | None:
+    """The ``warning:`` line for resuming a checkpoint written with ``recorded`` numerics (``numerics``) under
+    ``current`` ones; None when they are the same, or unknown (a checkpoint from before they were stored)."""
+    if not isinstance(recorded, dict):
+        return None
+    diffs = [f"{key} {recorded[key]} then {current.get(key)}" for key in ("threads", "device")
+             if key in recorded and recorded[key] != current.get(key)]
+    if not diffs:
+        return None
+    return (f"warning: resuming with other numerics than the checkpoint was written with ({', '.join(diffs)}): the "
+            f"resumed run will not be bit-identical to an uninterrupted one")
