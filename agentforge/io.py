@@ -114,6 +114,28 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
                               f"corrupt — re-run the phase that wrote it") from exc
 
 
+def weights_sha256(directory: str | Path) -> str | None:
+    """The first 16 hex digits of the SHA-256 of a checkpoint's weights file (as EvoMerge names its models), or None
+    when it has none: what a later phase's ``meta`` records of its input (``source_weights_sha256``), since the path
+    it read from is overwritten by the next publish."""
+    import hashlib
+
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def source_fields(src: str | Path) -> dict:
+    """A phase's ``meta`` record of the checkpoint it read: the directory and its weights' digest (which model that
+    was, when the directory has since been republished)."""
+    return {"source_checkpoint": str(Path(src).absolute()), "source_weights_sha256": weights_sha256(src)}
+
+
 def save_checkpoint(directory: str | Path, state_dict: dict[str, torch.Tensor], *, architecture: str,
                     model_config: dict, tokenizer: dict | None = None, meta: dict | None = None) -> Path:
     directory = Path(directory)

@@ -12,7 +12,7 @@ from conftest import compose_cfg, run_cli
 
 from agentforge.artifacts import load_any
 from agentforge.errors import ConfigError
-from agentforge.io import CheckpointError
+from agentforge.io import CheckpointError, weights_sha256
 from agentforge.main import run
 from agentforge.phases.bitnet import relative_drop
 from agentforge.quant import BitLinear
@@ -72,6 +72,7 @@ def test_bitnet_cli_end_to_end(cognate_artifacts, tmp_path):
     art = tmp_path / "outputs" / "artifacts" / "bitnet" / "compressed"
     model, tok, cfg = load_any(art)
     assert cfg["architecture"] == ARCHITECTURE
+    assert cfg["meta"]["source_weights_sha256"] == weights_sha256(src) is not None   # which model it compressed
     layers = [m for m in model.modules() if isinstance(m, BitLinear)]
     assert layers and all(m.frozen and set(m.codes.unique().tolist()) <= {-1, 0, 1} for m in layers)
     ids = torch.tensor([tok.encode("3 + 4 =", bos=True)])

@@ -17,6 +17,7 @@ from agentforge.errors import ConfigError
 from agentforge.evals import generation_stats as gs
 from agentforge.evals import tasks
 from agentforge.evals.collect import check_gate, collect_metrics, summarize_jsonl
+from agentforge.io import weights_sha256
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.models.surgery import identity_gap, refinement_stats, wrap
 from tests.conftest import REPO, run_cli, run_in_process
@@ -278,6 +279,8 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path, capsys):
     r = {s: json.loads((art_dir / "eval_results" / f"{s}_results.json").read_text())
          for s in ("baseline", "after_surgery", "finetuned_vanilla")}
     b, a, f = r["baseline"]["metrics"], r["after_surgery"]["metrics"], r["finetuned_vanilla"]["metrics"]
+    digest = weights_sha256(cognate_artifacts / "cognate" / "model1")   # which model each stage evaluated
+    assert digest and all(r[s]["checkpoint_weights_sha256"] == digest for s in r)
     assert r["after_surgery"]["surgery"]["max_abs_logit_diff"] == 0.0 and r["after_surgery"]["surgery"]["identity_ok"]
     for k in ("perplexity", "token_accuracy", "reasoning_accuracy", "arc_easy_accuracy", "piqa_accuracy"):
         assert a[k] == pytest.approx(b[k], rel=1e-6), k

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from agentforge.artifacts import load_model, save_model
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.errors import ConfigError
-from agentforge.io import CheckpointError, load_tensors
+from agentforge.io import CheckpointError, load_tensors, weights_sha256
 from agentforge.main import run
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.reasoning.strategies import STRATEGIES
@@ -58,6 +58,8 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
         model, tok, cfg = load_model(art / name)
         assert tok.special_tokens == list(SPECIAL_TOKENS) and model.config.vocab_size >= tok.vocab_size
         assert cfg["meta"]["step"] == ("baking" if name == "baked" else "rl")
+        src = tiny_input if name == "baked" else art / "baked"   # which model each read, by its weights' digest
+        assert cfg["meta"]["source_weights_sha256"] == weights_sha256(src) and len(weights_sha256(src)) == 16
     head = load_tensors(art / "reasoning" / "mixing_head.safetensors")
     assert any(k.endswith("weight") for k in head)
     run_dir = next((tmp_path / "outputs" / "runs").glob("*/*_quietstar_*"))

@@ -30,7 +30,7 @@ from agentforge.data.build import build_datamodule, eval_sets
 from agentforge.errors import ConfigError
 from agentforge.evals import tasks
 from agentforge.evals.speed import halting_distribution, interleaved_forward_times
-from agentforge.io import CheckpointError, pipeline_copy_hint, save_tensors
+from agentforge.io import CheckpointError, pipeline_copy_hint, save_tensors, source_fields
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.quant import calibrate, convert, native
@@ -242,7 +242,7 @@ def log_compression(tr, qmodel, p) -> list[dict]:
 def pack_and_reload(qmodel, tokenizer, ckpt_dir: Path, p, src: Path):
     """Write the packed checkpoint, load it back, and check the ternary values came back exactly."""
     save_packed(ckpt_dir, qmodel, tokenizer, scheme=str(p.packing), preserved_dtype=str(p.preserved_dtype),
-                meta={"phase": "bitnet", "source": str(src)})
+                meta={"phase": "bitnet", "source": str(src), **source_fields(src)})
     loaded, _, _ = load_packed(ckpt_dir, choose_kernel=False)  # default kernels; chosen once at the end
     for name, layer in convert.bitlinear_layers(qmodel):
         codes, gamma = layer.ternary()

@@ -35,7 +35,7 @@ from agentforge.evals.intervals import stage_intervals
 from agentforge.evals.reference_fit import shortfall
 from agentforge.evals.runner import EvalSettings, evaluate
 from agentforge.evals.speed import memory_regime
-from agentforge.io import write_json_atomic
+from agentforge.io import source_fields, weights_sha256, write_json_atomic
 from agentforge.models.surgery import ARCHITECTURE as RECURSIVE_ARCH
 from agentforge.models.surgery import identity_gap, wrap
 from agentforge.phases.context import run_context
@@ -215,7 +215,7 @@ def run(cfg) -> dict:
         saved = None
         if (surgery or ft) and p.save_model:
             saved = save_stage_model(ctx.run_dir / "checkpoints" / stage, artifacts / "eval" / stage, model,
-                                     tokenizer, {"phase": "eval", "stage": stage, "source": str(ckpt)})
+                                     tokenizer, {"phase": "eval", "stage": stage, "source": str(ckpt), **source_fields(ckpt)})
         print(f"evaluating {stage} ({sum(x.numel() for x in model.parameters()):,} params) from {ckpt}")
         res = evaluate_stage(model, tokenizer, sets, rows, s, p.get("native_kernel", "auto"))
         m = res["metrics"]
@@ -228,7 +228,8 @@ def run(cfg) -> dict:
                   f"for length: raise phase.gen_tokens above the answers' length in tokens")
         if surgery:
             m["surgery_max_abs_diff"] = surgery["max_abs_logit_diff"]
-        results = {"stage": stage, "checkpoint": str(ckpt), "evaluated_checkpoint": saved or str(ckpt),
+        results = {"stage": stage, "checkpoint": str(ckpt), "checkpoint_weights_sha256": weights_sha256(ckpt),
+                   "evaluated_checkpoint": saved or str(ckpt),
                    "architecture": RECURSIVE_ARCH if recursive else ck_cfg.get("architecture"),
                    "recursive": bool(recursive), "created": datetime.now(timezone.utc).isoformat(),
                    "seed": int(cfg.seed), "device": str(next(model.parameters()).device),

@@ -51,7 +51,7 @@ from agentforge.data.build import eval_sets
 from agentforge.data.tokenizer import BOS_ID, PAD_ID
 from agentforge.errors import ConfigError
 from agentforge.evals.speed import PartTimes
-from agentforge.io import CheckpointError, pipeline_copy_hint
+from agentforge.io import CheckpointError, pipeline_copy_hint, source_fields
 from agentforge.phases.context import timed_run_context
 from agentforge.phases.quietstar_fit import fit_step, work_dir
 from agentforge.phases.quietstar_report import finish_baking, finish_rl, phase_times_line
@@ -172,6 +172,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
     """Step 1 on ``loaded`` (model, tokenizer, config); ``times``: the step's parts (its input's loading already in)."""
     b, seed = cfg.phase.baking, int(cfg.seed)
     model, tok, src_cfg = loaded
+    src_cfg = {**src_cfg, "input": source_fields(src)}
     with times("load"):
         ids = _prepare(model, tok, seed)
         teacher = _frozen(model)
@@ -289,6 +290,7 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
     """Step 2 on ``loaded`` (model, tokenizer, config); ``times``: the step's parts (its input's loading already in)."""
     r, seed = cfg.phase.rl, int(cfg.seed)
     model, tok, src_cfg = loaded
+    src_cfg = {**src_cfg, "input": source_fields(src)}
     with times("load"):
         ids = _prepare(model, tok, seed)
         ref = _frozen(model)

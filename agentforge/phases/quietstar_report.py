@@ -52,7 +52,7 @@ def finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist
     ckpt = ctx.run_dir / "checkpoints" / "baked"
     with times("save"):
         model.cpu()
-        meta = {"phase": "quietstar", "step": "baking", "source": src_cfg.get("meta", {}), "accuracy": final["overall"]}
+        meta = {"phase": "quietstar", "step": "baking", "source": src_cfg.get("meta", {}), **src_cfg["input"], "accuracy": final["overall"]}
         save_model(ckpt, model, tok, meta)
         write_json_atomic(ckpt / "metrics.json", {**summary, "strategies": final["per"]})
         publish(ckpt, out_dir)
@@ -136,7 +136,7 @@ def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, ho
         head.cpu()
         thought_cfg = {"num_thoughts": tc.num_thoughts, "thought_length": tc.thought_length, "n_true": tc.n_true,
                        "context_len": tc.context_len, "start_token": THINK_START, "end_token": THINK_END}
-        meta = {"phase": "quietstar", "step": "rl", "source": src_cfg.get("meta", {}), "thoughts": thought_cfg,
+        meta = {"phase": "quietstar", "step": "rl", "source": src_cfg.get("meta", {}), **src_cfg["input"], "thoughts": thought_cfg,
                 "mixing_head": "mixing_head.safetensors"}
         save_model(ckpt, model, tok, meta)
         save_tensors(ckpt / "mixing_head.safetensors", head.state_dict(), {"d_model": str(model.config.d_model)})
