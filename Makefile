@@ -18,7 +18,7 @@ install:  ## install torch (CPU build), the project with its dev extras, the nat
 	else echo "warning: bubblewrap (bwrap) is missing; install it (e.g. sudo apt-get install bubblewrap) or untrusted code (phase=scaling, codegen) will be refused"; fi
 
 test:  ## the default suite (fast tier, what CI runs)
-	$(PYTEST) -m "not slow" -q
+	$(PYTEST) -m "not slow" -q --durations=25
 
 test-slow:  ## the long end-to-end tests
 	$(PYTEST) -m slow -q
