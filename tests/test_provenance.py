@@ -145,9 +145,14 @@ def test_run_context_writes_provenance_json_and_gives_it_to_wandb(tmp_path, monk
     assert files == {"config_resolved.yaml", "overrides.yaml", "provenance.json"}
     assert files <= main.BOOKKEEPING and files <= rundirs.BOOKKEEPING
     assert first["torch_threads"] == threads and first["git"] == provenance.git_state()
-    assert seen["config"]["provenance"] == first
+    assert first["status"] == "running" and seen["config"]["provenance"] == {k: v for k, v in first.items()
+                                                                             if k != "status"}
     last = json.loads((ctx.run_dir / "provenance.json").read_text())
     assert last["torch_threads"] == threads + 1 and last["torch_threads_at_start"] == threads
+    assert last["status"] == "finished" and last["ended_utc"] >= first["time_utc"]
+    with pytest.raises(RuntimeError), context.run_context(cfg, run_name="r", group=None, tags=[]) as ctx:
+        raise RuntimeError("the phase failed")
+    assert json.loads((ctx.run_dir / "provenance.json").read_text())["status"] == "failed"
     assert "sk-zzz" not in (ctx.run_dir / "provenance.json").read_text()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
@@ -75,7 +76,7 @@ def run_context(cfg: DictConfig, *, run_name: str, group: str | None, tags: list
     write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     write_text_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(redact_args(_task_overrides())))
     prov = provenance.collect()
-    write_json_atomic(run_dir / PROVENANCE, prov)
+    write_json_atomic(run_dir / PROVENANCE, {**prov, "status": "running"})   # a run killed outright stays "running"
     logger_cfg = dict(OmegaConf.to_container(cfg.logger, resolve=True))
     logger_cfg.setdefault("job_type", job_type)
     loggers = build_loggers(logger_cfg, run_dir, name, group, tags, {**wandb_config(config, spec), "provenance": prov})
@@ -85,15 +86,17 @@ def run_context(cfg: DictConfig, *, run_name: str, group: str | None, tags: list
         yield ctx
         status = "success"
     finally:
-        _record_final_threads(run_dir, prov)
+        _record_end(run_dir, prov, status)
         finish(loggers, status)
 
 
-def _record_final_threads(run_dir: Path, prov: dict) -> None:
-    """A phase that set torch's thread count after the run opened (``hardware.threads``, applied when the Trainer is
-    built): ``provenance.json`` says the count it ran with (``provenance.with_final_threads``). Never raises: the
+def _record_end(run_dir: Path, prov: dict, status: str) -> None:
+    """``provenance.json`` at the run's end: its ``status`` (``finished`` or ``failed``; a run killed outright stays
+    ``running``), the end time, and the thread count it ran with when the phase set it after the run opened
+    (``hardware.threads``, applied when the Trainer is built: ``provenance.with_final_threads``). Never raises: the
     run's own outcome (or error) is what the user needs to see."""
-    final = provenance.with_final_threads(prov)
-    if final is not None:
-        with contextlib.suppress(OSError):
-            write_json_atomic(run_dir / PROVENANCE, final)
+    final = provenance.with_final_threads(prov) or prov
+    end = {"status": "finished" if status == "success" else "failed",
+           "ended_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with contextlib.suppress(OSError):
+        write_json_atomic(run_dir / PROVENANCE, {**final, **end})
