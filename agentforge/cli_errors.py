@@ -81,6 +81,9 @@ def added_key_problem(cfg, overrides: list[str]) -> str | None:
     from omegaconf import OmegaConf
 
     for override in overrides:
+        if override.lstrip("+~").startswith("experiment_phase="):   # set by experiment=X for the phase that runs
+            return (f"{override.lstrip('+~')}: experiment_phase is internal (experiment=X adds X_<phase> for the phase "
+                    f"that runs, e.g. smoke_{cfg.phase.name}); give experiment=X instead")
         if not override.startswith("+") or override.startswith("++"):
             continue
         key = override[1:].split("=", 1)[0]

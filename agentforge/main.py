@@ -300,7 +300,8 @@ def _run_job(cfg: DictConfig):
         record_job(cfg, ok=False, error=f"{type(exc).__name__}: {exc}")
         return None
     if multirun:
-        record_job(cfg, ok=True, published=(result or {}).get("checkpoint") if isinstance(result, dict) else None)
+        res = result if isinstance(result, dict) else {}
+        record_job(cfg, ok=True, published=res.get("checkpoint"), metrics=res.get("metrics"))
     if result:
         for key in ("checkpoint", "run_dir", "report"):
             if result.get(key):

@@ -1,6 +1,7 @@
 """The real CLI: help, config printing, config errors, a W&B-offline Cognate run read back, the sweep."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -220,6 +221,10 @@ def test_multirun_makes_three_runs_and_three_checkpoints(cognate_artifacts):
     rows = [json.loads(x) for x in status[0].read_text().splitlines()]
     assert len(rows) == 3 and all(r["ok"] for r in rows)
     assert len({r["run_dir"] for r in rows}) == 3
+    with (status[0].parent / "sweep_table.csv").open() as f:   # the jobs' results side by side
+        table = list(csv.DictReader(f))
+    assert sorted(r["model"] for r in table) == ["m1", "m2", "m3"]
+    assert {r["final/val_loss"] for r in table} == {str(r["metrics"]["final/val_loss"]) for r in rows}
     sizes = set()
     for i in (1, 2, 3):
         model, _, cfg = load_model(cognate_artifacts / "cognate" / f"model{i}")

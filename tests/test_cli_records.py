@@ -53,6 +53,9 @@ def test_added_keys_are_refused_in_the_groups_and_allowed_in_the_open_mappings(t
     assert added_key_problem(cfg, ["+phase.population_size=4"]).startswith(
         "+phase.population_size: phase=cognate has no such setting")
     assert "did you mean optimizer.lr?" in added_key_problem(cfg, ["seed=1", "+optimizer.lrr=0.1"])
+    assert added_key_problem(cfg, ["experiment_phase=smoke_evomerge"]).startswith(
+        "experiment_phase=smoke_evomerge: experiment_phase is internal (experiment=X adds X_<phase> for the phase "
+        "that runs, e.g. smoke_cognate)")
     for fine in ("+data.eval_paths.gsm8k=/x.jsonl", "+phase.thresholds.min_pass_at_5=2", "+logger.api_key=x",
                  "++phase.max_epochs=3", "phase.max_epochs=3", "+hf_token=x", "+phase.overrides.cognate=[]"):
         assert added_key_problem(cfg, [fine]) is None, fine
@@ -91,3 +94,25 @@ def test_a_shortcut_the_phase_does_not_read_is_refused(tmp_path):
     for args in (["phase=quietstar", "step=rl"], ["phase=eval", "stage=x", "checkpoint=/x"],
                  ["phase=compare", "stages=[a,b]"], ["phase=compare", "stage=x"]):   # the last: compare's own message
         check_shortcuts(compose_cfg(args, tmp_path))
+
+
+def test_the_sweep_table_puts_the_jobs_results_side_by_side(tmp_path):
+    """Two finished jobs: the CSV holds the override that differs (seed) and every metric both report; the console
+    shows the sweep's optimized metric first. A failed job and a lone finished job make no table."""
+    import csv
+
+    from agentforge.tracking.sweep import sweep_table
+
+    rows = [{"job": 0, "ok": True, "overrides": ["phase=cognate", "seed=1"],
+             "metrics": {"final/val_loss": 4.5, "final/acc": 0.25, "time/fit_s": 3.0}},
+            {"job": 1, "ok": True, "overrides": ["phase=cognate", "seed=2"],
+             "metrics": {"final/val_loss": 4.25, "final/acc": 0.5}},
+            {"job": 2, "ok": False, "overrides": ["phase=cognate", "seed=3"], "metrics": {}}]
+    lines = sweep_table(rows, tmp_path / "t.csv", first="final/val_loss")
+    assert lines == [f"sweep table: 2 jobs x 2 metrics in {tmp_path / 't.csv'}",
+                     "  job 0 [seed=1]: final/val_loss 4.5, final/acc 0.25",
+                     "  job 1 [seed=2]: final/val_loss 4.25, final/acc 0.5"]
+    with (tmp_path / "t.csv").open() as f:
+        assert list(csv.reader(f)) == [["job", "seed", "final/acc", "final/val_loss"], ["0", "1", "0.25", "4.5"],
+                                       ["1", "2", "0.5", "4.25"]]
+    assert sweep_table(rows[:1] + rows[2:], tmp_path / "u.csv") == [] and not (tmp_path / "u.csv").exists()

@@ -23,7 +23,10 @@ STATUS_FILE = "sweep_status.jsonl"
 _started: list[Path] = []   # the sweep dir of this process's multirun, once Hydra has begun it
 
 
-def record_job(cfg: DictConfig, ok: bool, error: str | None = None, published: str | None = None) -> None:
+def record_job(cfg: DictConfig, ok: bool, error: str | None = None, published: str | None = None,
+               metrics: dict | None = None) -> None:
+    """Append the job's outcome to the sweep's ``sweep_status.jsonl``, with its numeric results (``metrics``) for the
+    sweep's table (``sweep_table``)."""
     hc = HydraConfig.get()
     sweep_dir = Path(hc.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -38,7 +41,9 @@ def record_job(cfg: DictConfig, ok: bool, error: str | None = None, published: s
             tmp.write_text(clean)
             os.replace(tmp, multirun_yaml)
     row = {"job": hc.job.num, "overrides": redact_args(args), "ok": ok, "error": error and scrub(error, args),
-           "run_dir": hc.runtime.output_dir, "published": published}
+           "run_dir": hc.runtime.output_dir, "published": published,
+           "metrics": {k: v for k, v in (metrics or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}}
     with open(sweep_dir / STATUS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -111,6 +116,38 @@ def check_sweep_values(config: DictConfig) -> str | None:
     return None
 
 
+def sweep_table(rows: list[dict], path: Path, first: str | None = None, shown: int = 3) -> list[str]:
+    """Write the finished jobs' results side by side to ``path`` (CSV: job, the overrides that differ between jobs,
+    every metric all of them report) and return the console lines: one per job with its differing overrides and
+    ``shown`` metrics (``first``, the sweep's ``optimized_metric``, when given, then the ``final/*`` keys in order).
+    Nothing when fewer than two jobs finished."""
+    import csv
+
+    done = [r for r in rows if r.get("ok") and r.get("metrics")]
+    if len(done) < 2:
+        return []
+    values: dict[str, set] = {}
+    for r in done:
+        for o in r["overrides"]:
+            key, _, value = o.partition("=")
+            values.setdefault(key, set()).add(value)
+    varied = [k for k, v in values.items() if len(v) > 1]
+    keys = sorted(set.intersection(*(set(r["metrics"]) for r in done)))
+    picked = ([first] if first in keys else []) + [k for k in keys if k.startswith("final/") and k != first]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["job", *varied, *keys])
+        for r in done:
+            own = dict(o.partition("=")[::2] for o in r["overrides"])
+            w.writerow([r["job"], *(own.get(k, "") for k in varied), *(r["metrics"][k] for k in keys)])
+    lines = [f"sweep table: {len(done)} jobs x {len(keys)} metrics in {path}"]
+    for r in done:
+        own = dict(o.partition("=")[::2] for o in r["overrides"])
+        cells = ", ".join(f"{k} {r['metrics'][k]:.6g}" for k in picked[:shown])
+        lines.append(f"  job {r['job']} [{' '.join(f'{k}={own.get(k, chr(8212))}' for k in varied)}]: {cells}")
+    return lines
+
+
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         problem = check_sweep_values(config)
@@ -126,6 +163,8 @@ class SweepSummary(Callback):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         failed = [r for r in rows if not r["ok"]]
         print(f"sweep: {len(rows) - len(failed)} of {len(rows)} jobs succeeded ({path})")
+        for line in sweep_table(rows, path.with_name("sweep_table.csv"), config.get("optimized_metric")):
+            print(line)
         for line in shared_publications(rows):
             print(line, file=sys.stderr)
         for r in failed:
