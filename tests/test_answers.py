@@ -26,11 +26,17 @@ from tests.conftest import GSM8K_TEST
     # a subtraction's minus is not a sign; commas that do not group thousands are a list; "$" groups by spaces
     ("so 5 - 3", "3"), ("so 5-3", "3"), ("a-5", "5"), ("3)-2", "2"), ("(-3)", "-3"), ("$ -5", "-5"),
     ("pick 1,2,3", "3"), ("1,000,000 people", "1000000"), ("a profit of $118 000", "118000"),
-    ("12 000 people", "0"),   # spaces group thousands only after "$": ambiguous with a count before a number
+    # documented (module docstring): spaces group thousands only after "$", since "12 000" may be a count before
+    # a number; so the last number here is "000", i.e. 0 (a generation writing "12 000" for 12000 is not credited)
+    ("12 000 people", "0"),
+    ("#### 5\nno: #### 7", "7"),   # the LAST "####" marks the answer
+    ("#### -0", "0"),                # minus zero is 0, the answer of a "#### 0" reference
+    ("a profit of $ 118 000", "118000"),   # "$", one space, then space-grouped thousands
     # a comma group is exactly three digits; a minus after "2." subtracts; a "$" space group ends before a comma
     ("so 1,2345", "2345"), ("total 12,3456 dollars", "3456"), ("x=2.-3", "3"), ("5.-3", "3"), ("$100 200,300", "200300"),
 ])
 def test_gsm8k_extraction_tricky_formats(text, expected):
+    """``extract_number`` of each text by the module docstring's rules (the reason for each case in its comment)."""
     assert extract_number(text) == expected
 
 
@@ -48,6 +54,18 @@ def test_answers_match_exactly():
     assert not answers_match("no idea", "#### 0")
     assert tasks.gsm8k_correct(["#### 5", "6", ""], [{"answer": "#### 5"}, {"answer": "#### 5"},
                                                      {"answer": "#### 5"}]) == [1, 0, 0]
+
+
+def test_a_truncated_generation_is_credited_only_for_a_number_that_ended():
+    """``truncated`` (no EOS): a final number with nothing but "," or "." after it may continue past the limit and is
+    dropped ("#### 1," may be the start of "#### 1,080"); any other character after it, a newline included (the module
+    docstring's "nothing but ',' or '.'"), shows it ended, so "#### 108\n" is credited. Two texts without a number
+    never match (None == None is no answer)."""
+    assert not answers_match("#### 1,", "#### 1", truncated=True)
+    assert answers_match("#### 1,", "#### 1")   # ended with EOS: scored as written
+    assert not answers_match("#### 108", "#### 108", truncated=True)
+    assert answers_match("#### 108\n", "#### 108", truncated=True)
+    assert not answers_match("x", "y")
 
 
 @pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="shared GSM8K test file not present")

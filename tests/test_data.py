@@ -132,6 +132,15 @@ def test_pack_and_curriculum():
     assert "Question" not in tok.decode(dm.train_rows(0).flatten())
 
 
+def test_training_rows_are_redrawn_each_epoch():
+    """One stage, so the mix is the same every epoch: the rows still differ between epochs 0 and 1 (drawn from
+    Random(seed * 7919 + epoch)), and epoch 0 drawn again gives the same rows."""
+    dm = LMDataModule(ByteTokenizer(), [{"epochs": 2, "mix": {"arithmetic": 1}}], seq_len=16, batch_size=2,
+                      steps_per_epoch=2, val_rows=4, seed=0)
+    first = dm.train_rows(0)
+    assert first.equal(dm.train_rows(0)) and not first.equal(dm.train_rows(1))
+
+
 def test_gsm8k_jsonl_written_by_us_round_trips(tmp_path):
     f = tmp_path / "g.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in synthetic.generate("arithmetic", 5)))

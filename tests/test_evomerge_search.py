@@ -95,12 +95,16 @@ def test_mutation_keeps_both_layer_plans_within_min_and_max_layers(n, lo, hi, se
 # -- fitness ---------------------------------------------------------------------------------------------------
 
 def test_fitness_is_weighted_geometric_mean_of_ratios_to_the_inputs():
+    """Each term is a ratio to the inputs' MEAN measurement (the inputs are skewed so that no median or other middle
+    value equals it: ppl 4, 5, 9 -> mean 6 (median 5); acc 0.25, 0.25, 1 -> 0.5; FLOPs 60, 80, 160 -> 100; memory
+    1, 1, 4 MB -> 2), and the fitness is their weighted geometric mean with the weights normalised to sum 1."""
     from agentforge.merge.fitness import Reference, score, terms
 
-    inputs = [{"perplexity": p, "accuracy": a, "tokens_per_s": 100.0, "speed_ratio": s, "memory_mb": 2.0,
-               "flops_per_token": f} for p, a, s, f in ((4.0, 0.5, 1.0, 80.0), (6.0, 0.25, 1.0, 100.0),
-                                                         (8.0, 0.75, 1.0, 120.0))]
+    inputs = [{"perplexity": p, "accuracy": a, "tokens_per_s": 100.0, "speed_ratio": 1.0, "memory_mb": mb,
+               "flops_per_token": f} for p, a, mb, f in ((4.0, 0.25, 1.0, 60.0), (5.0, 0.25, 1.0, 80.0),
+                                                          (9.0, 1.0, 4.0, 160.0))]
     ref = Reference.of(inputs, n_accuracy_examples=4)   # ppl 6, acc 0.5, speed 1, 2 MB, 100 FLOPs, floor 1/4
+    assert (ref.perplexity, ref.accuracy, ref.memory_mb, ref.flops_per_token, ref.acc_floor) == (6, 0.5, 2, 100, 0.25)
     m = {"perplexity": 3.0, "accuracy": 0.0, "tokens_per_s": 50.0, "speed_ratio": 4.0, "memory_mb": 1.0,
          "flops_per_token": 25.0}
     # speed term: FLOPs by default (deterministic), the timed ratio on request

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agentforge.data.build import build_datamodule
-from agentforge.data.datamodule import TaskPool, heldout_rows, normalize_mix, pack, pack_documents
+from agentforge.data.datamodule import LMDataModule, TaskPool, heldout_rows, normalize_mix, pack, pack_documents
 from agentforge.data.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
@@ -122,3 +122,45 @@ def test_halting_task_evomerge_and_eval_rows_are_independent(tmp_path):
     assert all(len({formats.render(r, f) for r in v}) == len(v) for f, v in sets.items())
     assert independent(eval_rows(sets, TOK, 42, int(ecfg.data.seq_len), 16))
 
+
+
+class _ThreeDocuments:
+    """A pool whose every draw is the same three 20-byte documents: at seq_len 5 each gives one row, 3 in all."""
+
+    def sample_texts(self, mix, n_tokens, rng, split, distinct=False):
+        return ["a" * 20, "b" * 20, "c" * 20]
+
+
+def test_heldout_rows_refuse_a_draw_one_row_short():
+    """Three documents make 3 rows (each longer than a 6-token row); 4 asked is a ValueError naming the 3, not 3 rows
+    handed back as if they were 4; 3 asked are given."""
+    with pytest.raises(ValueError, match=r"only 3 rows of distinct val-split documents .* 4 asked"):
+        heldout_rows(_ThreeDocuments(), {"plain_text": 1.0}, 4, 5, TOK, random.Random(0), "val")
+    assert heldout_rows(_ThreeDocuments(), {"plain_text": 1.0}, 3, 5, TOK, random.Random(0), "val").shape == (3, 6)
+
+
+def _datamodule(stages, seed=5):
+    return LMDataModule(TOK, stages, seq_len=16, batch_size=2, steps_per_epoch=1, val_rows=4, seed=seed)
+
+
+def test_validation_rows_are_the_val_split_of_the_last_stages_tasks():
+    """The datamodule's validation rows are ``heldout_rows`` of the "val" split (never "test", which the final
+    figures score), for the last curriculum stage's tasks weighted equally, from Random(seed * 104729)."""
+    stages = [{"epochs": 1, "mix": {"plain_text": 1}}, {"epochs": 1, "mix": {"arithmetic": 3, "choice": 1}}]
+    got = _datamodule(stages).val_rows_tensor()
+    mix = normalize_mix({"arithmetic": 1.0, "choice": 1.0})
+
+    def draw(split):
+        return heldout_rows(TaskPool(5), mix, 4, 16, TOK, random.Random(5 * 104729), split)
+
+    assert torch.equal(got, draw("val"))
+    assert not torch.equal(got, draw("test"))
+
+
+def test_validation_rows_come_from_the_last_curriculum_stage():
+    """Stages plain text, then arithmetic: every validation row is an arithmetic problem (it starts at a document's
+    BOS, and the arithmetic documents start "Question: "; plain-text ones never do)."""
+    stages = [{"epochs": 1, "mix": {"plain_text": 1}}, {"epochs": 1, "mix": {"arithmetic": 1}}]
+    rows = _datamodule(stages).val_rows_tensor()
+    assert len(rows) == 4
+    assert all(r[0] == TOK.bos_id and TOK.decode(r[1:]).startswith("Question: ") for r in rows)

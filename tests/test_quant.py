@@ -104,6 +104,15 @@ def test_activation_absmax_hand_case():
     assert q.tolist() == [[64.0, 127.0], [127.0, 0.0]]
 
 
+
+def test_static_scale_of_a_zero_clip_is_floored_at_eps():
+    """A static clip of 0 (a calibration that only saw zeros): the scale is max(0, eps) / 127 = 1e-5 / 127, so zero
+    inputs quantize to 0, not to 0 / 0 = NaN."""
+    q, s = quantize_activations(torch.zeros(2, 3), clip=0.0, static=True)
+    assert torch.isfinite(q).all() and q.tolist() == [[0.0] * 3] * 2
+    assert s.flatten().tolist() == pytest.approx([EPS / 127] * 2, rel=1e-6)
+
+
 # -- packing ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("scheme", ["base3", "2bit"])
 @pytest.mark.parametrize("shape", [(1,), (4,), (5,), (6,), (7, 3), (13, 17), (1, 999), (2, 3, 5)])
@@ -194,6 +203,21 @@ def test_bitlinear_per_channel_frozen_matches_trainable():
         layer.freeze()
         assert layer.gamma.shape == (5, 1)
         assert torch.allclose(layer(x), y, atol=1e-5)
+
+
+def test_bitlinear_without_activation_quantization_keeps_its_bias_when_frozen():
+    """act_bits=None (ternary weights, float activations): frozen, the output is F.linear(x, gamma * codes, bias)
+    with the bias (ones here) added, and equals the trainable layer's output."""
+    torch.manual_seed(3)
+    layer = BitLinear(4, 3, bias=True, act_bits=None)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(3, 4))
+        layer.bias.fill_(1.0)
+        x = torch.randn(5, 4)
+        trainable = layer(x)
+        layer.freeze()
+        want = torch.nn.functional.linear(x, layer.gamma * layer.codes.float(), torch.ones(3))
+        assert torch.allclose(layer(x), want, atol=1e-6) and torch.allclose(trainable, want, atol=1e-6)
 
 
 def test_ste_ternarization_is_cached_until_the_weight_changes(monkeypatch):

@@ -44,11 +44,16 @@ def test_pass_at_k_matches_the_combinatorial_formula():
 
 
 def test_pass_at_k_rejects_impossible_inputs():
+    """k > n, c > n and k = 0 are ValueErrors (k = 0 would read 1 - prod(1 - 0/i) = 0, a pass@0 of nothing); the mean
+    over no problems is NaN, not a 0 % that reads like a measured failure."""
     with pytest.raises(ValueError):
         pass_at_k(5, 2, 6)
     with pytest.raises(ValueError):
         pass_at_k(5, 6, 1)
+    with pytest.raises(ValueError, match="k >= 1"):
+        pass_at_k(5, 2, 0)
     assert mean_pass_at_k(4, [0, 4, 1, 2], 1) == pytest.approx((0 + 1 + 0.25 + 0.5) / 4)
+    assert math.isnan(mean_pass_at_k(5, [], 1))
 
 
 def test_bootstrap_identical_systems():

@@ -136,6 +136,10 @@ def test_a_missed_target_is_failure_and_success_needs_every_target_met():
 
 # -- the candidate's pass@k CI ------------------------------------------------------------------------------
 def test_mean_ci_by_hand():
+    """``mean_ci`` is the percentile bootstrap. [1] + [0]*9: a resample's mean is k/10, k ~ Bin(10, 0.1);
+    P(k = 0) = 0.349 > 0.025 and P(k <= 2) = 0.930 < 0.975 <= P(k <= 3) = 0.987, so the CI is exactly [0.0, 0.3]
+    (the basic bootstrap, 2 * 0.1 minus the percentiles, would give [-0.1, 0.2])."""
+    assert mean_ci([1.0] + [0.0] * 9) == [0.0, 0.3]
     assert mean_ci([0.3] * 5) == [0.3, 0.3]   # a constant sample: every resample's mean is 0.3
     assert mean_ci([1.0]) is None and mean_ci([]) is None and mean_ci([1.0, float("nan")]) is None
     xs = [1.0] * 9 + [0.0] * 21               # 9 of 30 problems: mean 0.3
