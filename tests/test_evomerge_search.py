@@ -161,3 +161,17 @@ def test_timed_speed_interleaves_model_and_yardstick_and_takes_the_median_per_ro
     assert [name for name, _, _ in order] == list("my" "my" "ym" "my")
     assert all(not training and shape == (3, 7) for _, training, shape in order) and model.training
     assert ms == 2000.0 and ratio == 1.5
+
+
+def test_the_elites_are_the_best_distinct_models():
+    """Two recipes that rebuild one model (same weight digest) no longer take both elite slots: the second slot goes
+    to the best other model; with fewer distinct models than slots, the best fill the rest."""
+    from agentforge.merge.evolution import Individual, elite_members
+
+    ind = lambda name, fit, digest: Individual(name, fit, {"weights_sha256": digest}, False, False)
+    members = [ind("r1", 1.2, "c"), ind("r2", 1.2, "c"), ind("r3", 1.1, "m"), ind("r4", 1.15, "c")]
+    by_digest = lambda m: m.metrics["weights_sha256"]
+    assert [m.genome for m in elite_members(members, 2, by_digest)] == ["r1", "r3"]
+    assert [m.genome for m in elite_members(members, 2, lambda m: m.genome)] == ["r1", "r2"]
+    same = [ind("r1", 1.0, "c"), ind("r2", 1.3, "c")]
+    assert [m.genome for m in elite_members(same, 2, by_digest)] == ["r2", "r1"]

@@ -10,7 +10,10 @@ Generic over the genome: the caller passes ``evaluate(genome) -> (fitness, metri
    caller that can tell models apart counts them itself; EvoMerge counts distinct weight digests);
 3. stop early when the best fitness has not risen by more than ``threshold`` for ``patience``
    generations (as Keras' EarlyStopping with ``min_delta``), or after ``generations``;
-4. otherwise the next population is the ``elite_count`` best members unchanged, then children: two
+4. otherwise the next population is the ``elite_count`` best members unchanged (the best distinct ones, by
+   ``identity``: the genome, or what the caller says builds the same model; EvoMerge passes the weight digest, so
+   two recipes that rebuild one input do not take both elite slots; the best again only when fewer distinct
+   members exist), then children: two
    parents by tournament selection (the best of ``tournament_size`` members drawn at random), uniform
    crossover with probability ``crossover_rate`` (else a copy of the first parent), then mutation.
 
@@ -93,7 +96,8 @@ def mean_pairwise(genomes: Sequence, distance: Callable[[Any, Any], float]) -> f
 def evolve(initial: Sequence[Hashable], evaluate: Callable[[Any], tuple[float, dict]],
            mutate: Callable[[Any, random.Random], Any], crossover: Callable[[Any, Any, random.Random], Any],
            distance: Callable[[Any, Any], float], cfg: EvoConfig, rng: random.Random,
-           on_generation: Callable[[Generation, EvolutionResult], None] | None = None) -> EvolutionResult:
+           on_generation: Callable[[Generation, EvolutionResult], None] | None = None,
+           identity: Callable[[Individual], Hashable] = lambda m: m.genome) -> EvolutionResult:
     if len(initial) != cfg.population_size:
         raise ValueError(f"initial population has {len(initial)} members, population_size is {cfg.population_size}")
     cache: dict[Hashable, tuple[float, dict]] = {}
@@ -130,8 +134,7 @@ def evolve(initial: Sequence[Hashable], evaluate: Callable[[Any], tuple[float, d
             on_generation(g, result)
         if stop or gen == cfg.generations - 1:
             break
-        ranked = sorted(members, key=lambda m: m.fitness, reverse=True)
-        population = [m.genome for m in ranked[: cfg.elite_count]]
+        population = [m.genome for m in elite_members(members, cfg.elite_count, identity)]
         elites = [True] * len(population)
         while len(population) < cfg.population_size:
             a, b = _tournament(members, cfg.tournament_size, rng), _tournament(members, cfg.tournament_size, rng)
@@ -139,6 +142,19 @@ def evolve(initial: Sequence[Hashable], evaluate: Callable[[Any], tuple[float, d
             population.append(mutate(child, rng))
             elites.append(False)
     return result
+
+
+def elite_members(members: list[Individual], n: int, identity: Callable[[Individual], Hashable]) -> list[Individual]:
+    """The ``n`` fittest members with distinct ``identity`` (ties keep the population's order), then, when fewer
+    than ``n`` are distinct, the fittest of the rest."""
+    ranked = sorted(members, key=lambda m: m.fitness, reverse=True)
+    chosen, seen = [], set()
+    for m in ranked:
+        if len(chosen) < n and identity(m) not in seen:
+            chosen.append(m)
+            seen.add(identity(m))
+    rest = [m for m in ranked if all(m is not c for c in chosen)]
+    return chosen + rest[: n - len(chosen)]
 
 
 def _tournament(members: list[Individual], k: int, rng: random.Random):

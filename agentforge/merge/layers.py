@@ -12,7 +12,10 @@ the caller builds the model with ``n_layers = L'``.
   merged too, as in the evolutionary recipes of Akiba et al.
 * DFS = data-flow-space merging of Akiba et al. 2024, "Evolutionary Optimization of Model Merging
   Recipes" (Sakana AI): the token's path is a sequence of layers drawn from any of the models, and
-  the input to each hop is multiplied by a scale that the evolutionary search tunes (their W matrix).
+  the input to each hop is multiplied by a scale that the evolutionary search tunes. Simplified from theirs:
+  they search an indicator over a fixed, repeated layer order with an M x M matrix W of scales between layer
+  pairs; here the recipe lists its (model, layer) hops directly, one free scale per hop (normalised to a
+  product of 1), and the parameter-space weights and density are global, not per layer.
 
 How a per-hop input scale becomes weights, exactly. A Cognate block is pre-norm,
 

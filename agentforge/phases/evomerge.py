@@ -197,7 +197,7 @@ def run(cfg) -> dict:
         result = evolve(initial, evaluate,
                         lambda r, g: mutate(r, g, space, float(p.mutation_rate), float(p.mutation_sigma)),
                         crossover, lambda a, b: euclidean(features(a, space), features(b, space)), evo, rng,
-                        logger)
+                        logger, identity=lambda m: m.metrics["weights_sha256"])
         minutes = (time.perf_counter() - t0) / 60
         return finalize(ctx, cfg, result, minutes, models, tokenizer, states, configs, input_metrics, weights, dirs,
                         dev, data, test, evaluate.measured)
