@@ -165,7 +165,10 @@ def _reused_run_dir(cfg: DictConfig) -> str | None:
     ``outputs/<date>/<time>`` was made) and holds only what Hydra put there, it is removed."""
     from agentforge.cli_errors import earlier_run_problem
 
-    run_dir = os.path.abspath(str(select(cfg, "paths.run_dir")))
+    try:
+        run_dir = os.path.abspath(str(select(cfg, "paths.run_dir")))
+    except ConfigError:   # unresolvable: the start-up checks report it in their own words
+        return None
     problem = earlier_run_problem(run_dir)
     if problem:
         try:

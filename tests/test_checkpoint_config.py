@@ -59,6 +59,8 @@ def test_a_bad_checkpoint_config_value_is_one_checkpoint_error(good, tmp_path, w
     assert str(exc.value).startswith(f"{bad}/config.json: ") and message in str(exc.value), str(exc.value)
 
 
+@pytest.mark.slow   # ~12 s; the loader's message is tested above, and a CheckpointError as one CLI line in the
+# default tier by test_faults.py::test_a_plain_pickle_as_ckpt_path_is_refused_before_the_run_starts
 def test_the_cli_reports_it_in_one_error_line(good, tmp_path):
     bad = _edited(good, tmp_path, "model", "d_model", "abc")
     proc = run_cli(["phase=eval", f"checkpoint={bad}", "logger=none", "hardware=cpu"], tmp_path)

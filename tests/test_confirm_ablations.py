@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from agentforge.artifacts import save_model
@@ -34,6 +35,8 @@ def test_test_rows_share_no_text_with_validation_rows():
     assert val and test and not (val & test)
 
 
+@pytest.mark.slow   # ~16 s; the ablations it calls are tested in the default tier (test_halting.py's `ablations`,
+# halting_verdict in test_mechanisms.py), and the row split it relies on just above
 def test_confirm_reports_paired_deltas_and_the_verdict(tmp_path):
     torch.manual_seed(0)
     model = CognateModel(CognateConfig(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=16, max_seq_len=128,
