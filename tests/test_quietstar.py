@@ -72,8 +72,19 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
     rows, rkeys = _metrics(run_dir / "phase3-step2-rl")
     for k in ("rl/reward", "rl/avg_reward", "rl/avg_coherence_score", "rl/semantic_coherence", "rl/kl_divergence",
               "rl/thought_diversity", "anti_theater/divergence", "anti_theater/all_passed", "rl/inference_time_ms",
-              "rl/final_reward", "rl/improvement_over_baked", "rl/improvement_over_baked_n"):
+              "rl/final_reward", "rl/improvement_over_baked", "rl/improvement_over_baked_n",
+              # beside the spec's keys (an audit): lm_loss's two parts, the mixing weight's sign, the thoughts' drift
+              "rl/mixed_nll", "rl/base_ce", "rl/mixing_weight_negative_share", "rl/post_thought_gain",
+              "rl/kl_divergence_thoughts", "rl/final_mixing_weight", "rl/final_post_thought_gain"):
         assert k in rkeys, k
+    step_rows = [r for r in rows if "rl/lm_loss" in r]
+    assert step_rows and all(r["rl/lm_loss"] == pytest.approx(r["rl/mixed_nll"] + r["rl/base_ce"], rel=1e-5)
+                             for r in step_rows)
+    final_w = next(r for r in rows if "rl/final_mixing_weight" in r)
+    assert final_w["rl/final_mixing_weight"] == pytest.approx(step_rows[-1]["rl/mixing_weight"], rel=1e-6)
+    # the report's warning line (and summary key) exactly when the final mean mixing weight is below 0
+    assert ("thoughts enter the prediction with a negative weight" in proc.stdout) is (final_w["rl/final_mixing_weight"] < 0)
+    assert ("rl/final_mixing_weight_warning" in final_w) is (final_w["rl/final_mixing_weight"] < 0)
     summary = next(r for r in rows if "rl/improvement_over_baked_n" in r)   # the improvement is paired by question
     assert summary["rl/improvement_over_baked_n"] >= 2 and len(summary["rl/improvement_over_baked_ci95"]) == 2
     assert "paired by question" in summary["rl/improvement_over_baked_test"]

@@ -192,7 +192,8 @@ def test_the_cached_rl_step_gives_the_full_forward_loss_figures_and_gradients():
     (loss_c, fig_c), (loss_u, fig_u) = out
     torch.testing.assert_close(loss_c, loss_u, atol=1e-5, rtol=1e-5)
     assert fig_c["kl"] > 0 and fig_c["diversity"] == fig_u["diversity"]
-    for key in ("reward", "lm_loss", "kl", "mix_weight"):
+    for key in ("reward", "lm_loss", "mixed_nll", "base_ce", "kl", "kl_thoughts", "mix_weight",
+                "mix_weight_negative_share", "post_thought_gain"):
         assert fig_c[key] == pytest.approx(fig_u[key], rel=1e-5, abs=1e-6), key
     # the policy loss is a mean of advantages (~1e-2, differences of log-likelihoods) times the thoughts' summed
     # log-probs (~-20): float32 rounding of ~1e-7 in the log-likelihoods moves it by ~1e-5

@@ -82,6 +82,23 @@ def _corr_n(check: dict) -> int:
     return check.get("correlation_n_informative", check["n_windows"])
 
 
+def mixing_sign_line(weight: float, negative_share: float, post_gain: float) -> str | None:
+    """The report's line when the final mean mixing weight is below 0, else None. The mixture w * with + (1 - w) *
+    without is the reference's, w unbounded; with w < 0 a thought's advantage has the opposite sign of its own
+    post-thought prediction's fit (``thoughts.py``), so rl/reward can rise while the worst-predicting thoughts win."""
+    if not weight < 0:
+        return None
+    return (f"warning: the final mean mixing weight is {weight:+.4f} < 0 (w < 0 at {negative_share:.0%} of positions): "
+            "the thoughts enter the prediction with a negative weight, so REINFORCE rewards the thoughts whose own "
+            "prediction of the true tokens is worst, and rl/reward does not mean thoughts help (the post-thought "
+            f"prediction alone, w = 1: {post_gain:+.4f} nats/token over no thought, rl/final_post_thought_gain)")
+
+
+def _last(hist: dict, key: str) -> float:
+    """The last episode's value of ``key`` (NaN where the history has none: a checkpoint from before it was kept)."""
+    return (hist.get(key) or [float("nan")])[-1]
+
+
 def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, hours, out_dir, times: PartTimes) -> dict:
     """Step 2's summary, charts, tables and checkpoint (the thinking-cost timing and the save and publish timed as
     ``thinking_cost`` and ``save``); returns {checkpoint, metrics, files: its metrics.json, in the run dir and
@@ -92,7 +109,11 @@ def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, ho
     with times("thinking_cost"):
         cost = measures.inference_ms(model, head, tok, tc, tids, int(r.inference_tokens))
     tail = reward_curve[-max(1, len(reward_curve) // 5):]
-    summary = {"rl/final_reward": _mean(tail), "rl/final_coherence": last["coherence"],
+    mixing = {f"rl/final_{k}": _last(hist, h) for k, h in (("mixing_weight", "mix_weight"), ("post_thought_gain",
+              "post_thought_gain"), ("mixing_weight_negative_share", "mix_weight_negative_share"))}
+    sign_line = mixing_sign_line(mixing["rl/final_mixing_weight"], mixing["rl/final_mixing_weight_negative_share"],
+                                 mixing["rl/final_post_thought_gain"])
+    summary = {"rl/final_reward": _mean(tail), **mixing, "rl/final_coherence": last["coherence"],
                "rl/final_gsm8k_accuracy": last["gsm8k"], "rl/final_arc_accuracy": last["arc"],
                "rl/improvement_over_baked": last["gsm8k"] - baked_acc["gsm8k"],
                **measures.improvement_evidence(last.get("gsm8k_correct"), baked_acc["gsm8k_correct"]),
@@ -110,7 +131,8 @@ def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, ho
                "anti_theater/final_correlation_test": "within-window Pearson r pooled over all windows; n = windows "
                                                      "where quality and accuracy both vary; percentile bootstrap over "
                                                      "windows, undefined resamples dropped",
-               **({"anti_theater/final_correlation_why": last["correlation_why"]} if last.get("correlation_why") else {})}
+               **({"anti_theater/final_correlation_why": last["correlation_why"]} if last.get("correlation_why") else {}),
+               **({"rl/final_mixing_weight_warning": sign_line} if sign_line else {})}
     tr.summary(summary)
     eps = list(range(1, len(reward_curve) + 1))
     tr.line_series("charts/rl_reward", eps, [reward_curve], ["reward"], "RL Training Reward", "episode")
@@ -151,5 +173,6 @@ def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, ho
               + (f"; {last['correlation_why']}" if last.get("correlation_why") else "") + ")")
     print(f"reasoning: {out_dir}\nreward {summary['rl/final_reward']:+.4f}  coherence {last['coherence']:.3f}  "
           f"anti-theater (n={last['n_windows']} windows, 95% CI): {flags}; all passed: {last['all_passed']}\n"
+          + (f"{sign_line}\n" if sign_line else "") +
           f"{measures.accuracy_line(summary)}\n{measures.thinking_cost_line(cost)}")
     return {"checkpoint": str(out_dir), "metrics": summary, "files": [ckpt / "metrics.json", out_dir / "metrics.json"]}

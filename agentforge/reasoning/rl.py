@@ -4,6 +4,18 @@ loss = REINFORCE(thought tokens; reward = gain over the mean thought)
      + LM loss (NLL of the true tokens under the mixed prediction, as in Quiet-STaR, plus the plain
        next-token loss of the window without thoughts, so the model keeps its language modelling)
      + kl_coef * KL(policy || reference) on the window without thoughts
+
+The leash (``kl_coef``) covers only the window without thoughts: the distribution the thought tokens are sampled
+from, which REINFORCE trains, has none. Its drift from the reference is logged, not penalised
+(``thought_figures``: ``rl/kl_divergence_thoughts``, KL(policy || reference) per thought position, from the logits
+the step already has); adding it to the loss would change the training and the default run's numbers.
+
+Figures (``rl_step``; W&B keys in ``training/rl_module.py``): ``reward`` (``rl/reward``) is the mean per-token
+log-likelihood gain of the true tokens under the *mixed* prediction over no thought, 0 while w = 0; it is not the
+REINFORCE reward (each thought's summed log-likelihood minus its siblings' mean, ``rewards.advantages``), and with
+w < 0 it can rise while thoughts that predict worst are rewarded. ``lm_loss`` = ``mixed_nll`` (the true tokens' NLL
+under the mixed prediction) + ``base_ce`` (the window's next-token CE without thoughts), so it is about twice a
+plain LM loss.
 """
 from __future__ import annotations
 
@@ -148,6 +160,20 @@ def coherence_scores(model, ref, batch, context_len: int, ref_thought_logits: to
     return s
 
 
+@torch.no_grad()
+def thought_figures(batch, ref_thought_logits: torch.Tensor) -> dict[str, float]:
+    """What the thoughts do that the loss does not show (no gradients, no extra forward): the mean mixing weight w,
+    the share of positions with w < 0 (where the advantage ranks thoughts opposite to their own prediction), the
+    mean per-token log-likelihood gain of the true tokens from the post-thought prediction alone (w = 1) over no
+    thought, and KL(policy || reference) per thought position on the raw logits predicting the thought tokens
+    (before the ban and temperature; same direction and averaging as the leash, which does not cover them)."""
+    w = batch.mix_weight
+    post = rewards.likelihood_gain(batch.true_logp_with(), batch.true_logp_without())
+    kl = kl_to_reference(batch.thought_logits, ref_thought_logits) if batch.thought_logits.numel() else torch.zeros(())
+    return {"mix_weight": w.mean().item(), "mix_weight_negative_share": (w < 0).float().mean().item(),
+            "post_thought_gain": post.mean().item(), "kl_thoughts": kl.item()}
+
+
 def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: dict, generator) -> tuple[torch.Tensor, dict]:
     """(total loss, figures) for one episode on ``windows``; ids: start, end, banned."""
     batch = think(model, head, windows, cfg.n_true, cfg.num_thoughts, cfg.thought_length, ids["start"], ids["end"],
@@ -163,7 +189,8 @@ def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: di
     coh = coherence_scores(model, ref, batch, cfg.context_len, ref_thought)
     gain = rewards.likelihood_gain(logp_mixed.detach(), batch.true_logp_without().detach())
     figures = {"reward": float(gain.mean()), "policy_loss": policy.item(), "lm_loss": (mixed_nll + base_ce).item(),
-               "kl": kl.item(), "mix_weight": batch.mix_weight.mean().item(),
+               "mixed_nll": mixed_nll.item(), "base_ce": base_ce.item(), "kl": kl.item(),
+               **thought_figures(batch, ref_thought),
                "diversity": rewards.thought_diversity(batch.thoughts),
                "coherence": {k: v.flatten().tolist() for k, v in coh.items()}}
     return loss, figures

@@ -15,7 +15,11 @@ tokens t:
    once — the same tokens as re-running the model on the growing prefix (a test).
 2. *Talk*: teacher-force t after the thought; a mixing head (an MLP on the hidden states with and
    without the thought, starting at w = 0 as in the reference) gives w and the prediction is
-   ``w * logits_with + (1 - w) * logits_without``.
+   ``w * logits_with + (1 - w) * logits_without``. w is not bounded (the reference's form, kept so the training
+   matches it): where w < 0 the thought enters the prediction with a negative weight, so the thought whose own
+   post-thought prediction fits the true tokens *worst* gets the highest reward in step 3 (a test). The step logs
+   the share of such positions (``rl/mixing_weight_negative_share``) and the gain of the post-thought prediction
+   alone, w = 1 (``rl/post_thought_gain``), beside the mixed one (``rl/reward``).
 3. *Learn*: the reward of thought j is the log-likelihood of t under the mixed prediction minus its
    mean over the thoughts of the same position (``rewards.py``); REINFORCE on the thought tokens'
    log-probabilities under the distribution they were sampled from (banned tokens masked, divided by
@@ -82,6 +86,8 @@ class ThoughtBatch:
     mix_weight: torch.Tensor       # [N, K, n] the mixing head's w
     base_logits: torch.Tensor      # [N, C + n - 1, V] the model on the window, no thought
     with_inputs: torch.Tensor      # [N*K, C + L + n + 1] context, thought, true tokens (for coherence)
+    with_logits: torch.Tensor | None = None     # [N, K, n, V] the post-thought prediction alone (w = 1)
+    thought_logits: torch.Tensor | None = None  # [N*K, L, V] the model's raw logits predicting each thought token
 
     @property
     def true(self) -> torch.Tensor:
@@ -91,6 +97,11 @@ class ThoughtBatch:
         """[N, K, n] log p(true token | context, thought j), mixed prediction."""
         t = self.true[:, None, :, None].expand(-1, self.mixed_logits.shape[1], -1, 1)
         return F.log_softmax(self.mixed_logits.float(), -1).gather(-1, t).squeeze(-1)
+
+    def true_logp_with(self) -> torch.Tensor:
+        """[N, K, n] log p(true token | context, thought j) from the post-thought prediction alone (w = 1)."""
+        t = self.true[:, None, :, None].expand(-1, self.with_logits.shape[1], -1, 1)
+        return F.log_softmax(self.with_logits.float(), -1).gather(-1, t).squeeze(-1)
 
     def true_logp_without(self) -> torch.Tensor:
         """[N, n] log p(true token | context), no thought."""
@@ -208,7 +219,8 @@ def think(model, head: MixingHead, windows: torch.Tensor, n_true: int, num_thoug
     w = head(with_h, without_h.repeat_interleave(k, 0))
     mixed = w * with_logits + (1 - w) * rep_logits
     return ThoughtBatch(windows, flat.view(n, k, length), thought_logp.view(n, k, length),
-                        mixed.view(n, k, n_true, -1), without_logits, w.view(n, k, n_true), base_logits, with_inputs)
+                        mixed.view(n, k, n_true, -1), without_logits, w.view(n, k, n_true), base_logits, with_inputs,
+                        with_logits.view(n, k, n_true, -1), thought_out)
 
 
 def sample_after(dec, start: torch.Tensor, k: int, length: int, temperature: float, banned, generator):
@@ -229,7 +241,9 @@ def reinforce_loss(thought_logp: torch.Tensor, advantage: torch.Tensor) -> torch
 
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of KL(policy || reference): the leash that keeps the policy near the baked model."""
+    """Mean over positions of KL(policy || reference) of the next-token distributions (raw logits [..., V]): on the
+    window without thoughts, the leash that keeps the policy near the baked model (``rl_step``); on the thought
+    positions, the drift of the thought policy, which no leash holds (``rl/kl_divergence_thoughts``, logged only)."""
     log_p = F.log_softmax(logits.float(), -1)
     log_q = F.log_softmax(ref_logits.float(), -1)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()

@@ -14,6 +14,14 @@ An epoch is ``anti_theater_every`` episodes (the last one may be shorter): the a
 in validation at each epoch's end, before the epoch checkpoint is written, so a resumed run carries
 every check, reward and coherence value of the episodes before it. Episode e draws its windows with a
 generator seeded by (seed, e, rank).
+
+Logged each episode (the seed spec's keys, and beside them): ``rl/avg_thought_length`` is the configured
+``thought_length``, not a measurement (the end token is banned while sampling, so every thought has that length);
+``rl/lm_loss`` = ``rl/mixed_nll`` + ``rl/base_ce`` (``reasoning/rl.py``); ``rl/reward`` is the mixed prediction's
+per-token log-likelihood gain over no thought, not the REINFORCE reward; ``rl/mixing_weight_negative_share`` and
+``rl/post_thought_gain`` show whether thoughts enter with a negative weight (then REINFORCE rewards the thoughts
+that predict worst); ``rl/kl_divergence`` is the leash on the window without thoughts,
+``rl/kl_divergence_thoughts`` the unleashed thought policy's drift (``rl.thought_figures``).
 """
 from __future__ import annotations
 
@@ -61,7 +69,8 @@ class QuietStarModule(FrozenPair):
         self.evals, self.tok, self.tc, self.tids, self.r = evals, tok, tc, tids, r
         self.gradient_clip = gradient_clip
         self.every, self.episodes = int(r.anti_theater_every), int(r.num_episodes)
-        self.history = {"reward": [], "coherence": [], "checks": []}
+        self.history = {"reward": [], "coherence": [], "checks": [], "mix_weight": [], "mix_weight_negative_share": [],
+                        "post_thought_gain": []}
 
     @staticmethod
     def epochs(r) -> int:
@@ -118,6 +127,8 @@ class QuietStarModule(FrozenPair):
         rewards = self.history["reward"] = [*self.history["reward"], fig["reward"]]
         coh = fig["coherence"]
         self.history["coherence"] = [*self.history["coherence"], *coh["coherence"]]
+        for k in ("mix_weight", "mix_weight_negative_share", "post_thought_gain"):   # .get: a checkpoint from before
+            self.history[k] = [*self.history.get(k, []), fig[k]]
         mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
         self.log_dict({"rl/episode": float(episode), "rl/reward": fig["reward"], "rl/avg_reward": mean(rewards[-100:]),
                        "rl/avg_coherence_score": mean(coh["coherence"]), "rl/semantic_coherence": mean(coh["semantic"]),
@@ -125,6 +136,9 @@ class QuietStarModule(FrozenPair):
                        "rl/predictive_coherence": mean(coh["predictive"]), "rl/avg_thought_length": float(tc.thought_length),
                        "rl/thought_diversity": fig["diversity"], "rl/kl_divergence": fig["kl"],
                        "rl/policy_loss": fig["policy_loss"], "rl/lm_loss": fig["lm_loss"], "rl/mixing_weight": fig["mix_weight"],
+                       "rl/mixed_nll": fig["mixed_nll"], "rl/base_ce": fig["base_ce"],
+                       "rl/mixing_weight_negative_share": fig["mix_weight_negative_share"],
+                       "rl/post_thought_gain": fig["post_thought_gain"], "rl/kl_divergence_thoughts": fig["kl_thoughts"],
                        "rl/learning_rate": opt.param_groups[0]["lr"], **gpu_memory()}, on_step=True, on_epoch=False)
         self.log("reward", fig["reward"], prog_bar=True, logger=False)
 
