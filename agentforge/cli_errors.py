@@ -74,13 +74,23 @@ def closed(key: str) -> bool:
             and not any(key == m or key.startswith(m + ".") for m in OPEN_MAPPINGS))
 
 
-def added_key_problem(cfg, overrides: list[str]) -> str | None:
+def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
     """Why a ``+KEY=VALUE`` override is refused, or None: Hydra adds any key given with ``+``, so a misspelled setting
     of a config group (``+phase.epocs=2``) ran with the setting ignored while ``config_resolved.yaml`` recorded it.
-    Allowed: keys under ``OPEN_MAPPINGS`` and outside ``CLOSED_GROUPS`` (e.g. ``+logger.api_key``)."""
+    Allowed: keys under ``OPEN_MAPPINGS`` and outside ``CLOSED_GROUPS`` (e.g. ``+logger.api_key``). ``++KEY`` sets
+    a key whether or not it exists, so it is refused when ``defaults`` (the config composed without the ``++``
+    overrides; None: not known) lacks the key."""
     from omegaconf import OmegaConf
 
     for override in overrides:
+        key = override.lstrip("+").split("=", 1)[0]
+        if (override.startswith("++") and defaults is not None and closed(key)
+                and OmegaConf.select(defaults, key, default="<absent>") == "<absent>"):
+            parent, name = key.rsplit(".", 1)
+            what = f"phase={cfg.phase.name}" if parent == "phase" else parent
+            return (f"++{key}: {what} has no such setting, so nothing would read it "
+                    f"({close_keys(name, OmegaConf.select(defaults, parent), parent)}`python -m agentforge "
+                    f"phase={cfg.phase.name} --cfg job` prints every key)")
         if override.lstrip("+~").startswith("experiment_phase="):   # set by experiment=X for the phase that runs
             return (f"{override.lstrip('+~')}: experiment_phase is internal (experiment=X adds X_<phase> for the phase "
                     f"that runs, e.g. smoke_{cfg.phase.name}); give experiment=X instead")

@@ -81,9 +81,25 @@ def _check_added_keys(cfg: DictConfig) -> None:
         overrides = list(HydraConfig.get().overrides.task)
     except ValueError:
         return
-    problem = added_key_problem(cfg, overrides)
+    problem = added_key_problem(cfg, overrides, _without_forced(overrides))
     if problem:
         raise ConfigError(problem)
+
+
+def _without_forced(overrides: list[str]):
+    """The config composed without the ``++KEY`` overrides of config groups (None when there are none, or when it does
+    not compose, e.g. a sweep's value list): what ``added_key_problem`` checks their keys against."""
+    from agentforge.cli_errors import closed
+
+    forced = [o for o in overrides if o.startswith("++") and closed(o[2:].split("=", 1)[0])]
+    if not forced:
+        return None
+    from hydra import compose
+
+    try:
+        return compose(config_name="config", overrides=[o for o in overrides if o not in forced])
+    except Exception:
+        return None
 
 
 def _check_artifacts_writable(cfg: DictConfig) -> None:

@@ -116,3 +116,80 @@ def test_the_sweep_table_puts_the_jobs_results_side_by_side(tmp_path):
         assert list(csv.reader(f)) == [["job", "seed", "final/acc", "final/val_loss"], ["0", "1", "0.25", "4.5"],
                                        ["1", "2", "0.5", "4.25"]]
     assert sweep_table(rows[:1] + rows[2:], tmp_path / "u.csv") == [] and not (tmp_path / "u.csv").exists()
+
+
+def test_a_forced_key_is_refused_only_when_the_defaults_lack_it(tmp_path):
+    """++KEY sets a key whether or not it exists: ++phase.epocs=2 ran ignored as +phase.epocs did (mutation audit);
+    ++phase.max_epochs=3 stays a plain override."""
+    from agentforge.cli_errors import added_key_problem
+
+    defaults = compose_cfg(["phase=cognate"], tmp_path)
+    assert added_key_problem(defaults, ["++phase.epocs=2"], defaults).startswith(
+        "++phase.epocs: phase=cognate has no such setting, so nothing would read it (did you mean phase.max_epochs?")
+    for fine in ("++phase.max_epochs=3", "++data.eval_paths.gsm8k=/x", "++logger.api_key=x"):
+        assert added_key_problem(defaults, [fine], defaults) is None, fine
+    assert added_key_problem(defaults, ["++phase.epocs=2"]) is None   # no defaults known: not judged
+    assert "did you mean data.seq_len?" in added_key_problem(defaults, ["+data.seq_lenn=2"])
+    assert added_key_problem(defaults, ["+experiment_phase=x"]).startswith("experiment_phase=x: experiment_phase is")
+    assert added_key_problem(defaults, ["+phase.thresholds={a: 1}"]) is None
+
+
+def test_the_start_up_checks_include_the_shortcut_check(tmp_path):
+    import pytest
+
+    from agentforge.errors import ConfigError
+    from agentforge.main import check_start
+
+    with pytest.raises(ConfigError, match="step=rl: phase=cognate does not read it"):
+        check_start(compose_cfg(["phase=cognate", "step=rl"], tmp_path))
+
+
+def test_any_earlier_record_refuses_the_dir_and_the_recipe_never_names_the_dir(tmp_path):
+    """Either record alone refuses the dir, the message names the first found, and the replay recipe (from
+    overrides.yaml, when there is one) drops hydra.run.dir and paths.run_dir, which would be refused again."""
+    from agentforge.cli_errors import earlier_run_problem
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text("{}\n")
+    only = earlier_run_problem(str(d))
+    assert only.startswith(f"the run directory {d} already holds a run (metrics.jsonl)") and "replay" not in only
+    (d / "config_resolved.yaml").write_text("seed: 1\n")
+    (d / "overrides.yaml").write_text(OmegaConf.to_yaml(["seed=1", "paths.run_dir=/x", "+hydra.run.dir=/y"]))
+    both = earlier_run_problem(str(d))
+    assert "(config_resolved.yaml)" in both and both.endswith("replay its overrides: python -m agentforge seed=1")
+
+
+def test_a_sweep_job_whose_dir_holds_a_run_is_recorded_as_failed_and_leaves_it_alone(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        (sweep / job).mkdir(parents=True)
+        (sweep / job / "metrics.jsonl").write_text('{"_step": 0}\n')
+    proc = run_cli(["-m", "phase=cognate", "experiment=smoke", "logger=none", f"hydra.sweep.dir={sweep}", "seed=1,2"],
+                   tmp_path, timeout=300)
+    import json
+
+    rows = [json.loads(x) for x in (sweep / "sweep_status.jsonl").read_text().splitlines()]
+    assert proc.returncode == 1 and len(rows) == 2, proc.stderr[-2000:]
+    assert all(not r["ok"] and r["error"].startswith("the run directory") for r in rows)
+    assert all((sweep / job / "metrics.jsonl").read_text() == '{"_step": 0}\n' for job in ("0", "1"))
+
+
+def test_the_sweep_table_edges_and_what_record_job_keeps(tmp_path, monkeypatch):
+    """An optimized metric the jobs lack falls back to the final/* keys (three shown); a finished job without
+    results makes no table; record_job keeps numbers only (a string or a bool would break the table's format)."""
+    import json
+    from types import SimpleNamespace as NS
+
+    from agentforge.tracking import sweep
+
+    m = {"final/a": 1.0, "final/b": 2.0, "final/c": 3.0, "final/d": 4.0}
+    rows = [{"job": j, "ok": True, "overrides": [f"seed={j + 1}"], "metrics": m} for j in (0, 1)]
+    assert sweep.sweep_table(rows, tmp_path / "t.csv", first="nope")[1] == "  job 0 [seed=1]: final/a 1, final/b 2, final/c 3"
+    assert sweep.sweep_table([rows[0], {**rows[1], "metrics": {}}], tmp_path / "u.csv") == []
+    hc = NS(sweep=NS(dir=str(tmp_path / "s")), overrides=NS(task=["seed=1"]), job=NS(num=0),
+            runtime=NS(output_dir=str(tmp_path / "s" / "0")))
+    monkeypatch.setattr(sweep.HydraConfig, "get", staticmethod(lambda: hc))
+    sweep.record_job(None, True, metrics={"final/x": 1.5, "final/shipped": "compressed", "final/flag": True, "n": 3})
+    row = json.loads((tmp_path / "s" / "sweep_status.jsonl").read_text())
+    assert row["metrics"] == {"final/x": 1.5, "n": 3}

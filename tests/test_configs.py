@@ -238,3 +238,14 @@ def test_a_misspelt_eval_device_is_refused_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match="hardware.eval_device must be one of"):
         validate(compose_cfg(["phase=cognate", "hardware.eval_device=gpu"], tmp_path))
     validate(compose_cfg(["phase=cognate", "hardware.eval_device=cpu"], tmp_path))
+
+
+def test_a_numbers_upper_bound_is_inclusive_unless_open():
+    """number(0, 1) takes 1; number(0, 1, hi_open=True) (model.ponder_prior) does not; each says which."""
+    from agentforge.config import number
+
+    closed_check, closed_desc = number(0, 1)
+    open_check, open_desc = number(0, 1, lo_open=True, hi_open=True)
+    assert closed_check(1) and closed_check(0) and not closed_check(1.01)
+    assert not open_check(1) and not open_check(0) and open_check(0.999)
+    assert (closed_desc, open_desc) == ("a number >= 0 <= 1", "a number > 0 < 1")

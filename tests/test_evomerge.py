@@ -354,6 +354,8 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
     assert [i["combo"] for i in first] == ["000", "001", "010", "011"]  # gen 0 spreads the combos
     assert [i["recipe"]["base"] for i in first[:3]] == [0, 1, 2]  # ... and its first 3 are the inputs
     assert [i["metrics"]["perplexity"] for i in first[:3]] == [m["perplexity"] for m in log["inputs"]]
+    carried = [i["metrics"]["weights_sha256"] for i in log["generations"][1]["individuals"] if i["elite"]]
+    assert len(carried) == 2 and len(set(carried)) == 2   # the elites are distinct models (phase passes identity)
     assert log["champion"]["fitness"] >= max(m["fitness"] for m in log["inputs"])
     # a champion whose weights are an input's unchanged is named as such, not as a merge of its combo's techniques
     final = json.loads((run / "checkpoints" / "champion" / "metrics.json").read_text())

@@ -5,6 +5,7 @@ are checked in test_readme_claims_behaviour.py and test_cli.py, the resumed run'
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from importlib import metadata
@@ -205,3 +206,50 @@ def test_the_epoch_checkpoint_stores_the_numerics_and_warns_on_a_resume_with_oth
     assert len(out) == 1 and out[0].startswith("warning: ") and "bit-identical" in out[0]
     cb.on_load_checkpoint(SimpleNamespace(is_global_zero=False), module, ckpt)   # other DDP ranks: silent
     assert capsys.readouterr().out == ""
+
+
+@needs_git
+def test_a_repo_without_commits_or_a_git_too_slow_gives_none(tmp_path, tiny_repo, monkeypatch):
+    """A checkout with no commit yet (rev-parse HEAD fails) and a git past its timeout are None, never an error."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _git(empty, "init", "-q")
+    none = {"commit": None, "dirty": None, "diff_sha256": None}
+    assert provenance.git_state(empty) == none
+    monkeypatch.setattr(provenance, "GIT_TIMEOUT_S", 1e-6)
+    assert provenance.git_state(tiny_repo) == none
+
+
+def test_cuda_devices_are_counted_without_starting_cuda(monkeypatch):
+    """Lightning's fork-safe count; a device's name is asked only when CUDA was already started (asking starts it,
+    and a forked DDP rank cannot use CUDA its parent started)."""
+    import lightning.fabric.accelerators.cuda as lcuda
+
+    def no_name(i):
+        raise AssertionError("would start CUDA")
+
+    monkeypatch.setattr(lcuda, "num_cuda_devices", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", no_name)
+    assert provenance.cuda_info() == {"available": True, "device_count": 2, "devices": []}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"gpu{i}")
+    assert provenance.cuda_info()["devices"] == ["gpu0", "gpu1"]
+
+
+def test_the_weights_digest_covers_the_whole_file(tmp_path):
+    """Two 2 MiB weight files that differ only in their last byte are two models (EvoMerge's distinct-model count
+    and elites rest on it); a directory without weights has no digest; the source path is recorded absolute."""
+    from agentforge.io import WEIGHTS_FILE, source_fields, weights_sha256
+
+    for name, last in (("a", b"\0"), ("b", b"\1")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / WEIGHTS_FILE).write_bytes(bytes(2 * 2**20 - 1) + last)
+    assert weights_sha256(tmp_path / "a") != weights_sha256(tmp_path / "b")
+    assert len(weights_sha256(tmp_path / "a")) == 16 and weights_sha256(tmp_path) is None
+    monkeypatch_cwd = Path.cwd()
+    try:
+        os.chdir(tmp_path)
+        assert source_fields("a")["source_checkpoint"] == str(tmp_path / "a")
+    finally:
+        os.chdir(monkeypatch_cwd)
