@@ -79,30 +79,24 @@ def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
     of a config group (``+phase.epocs=2``) ran with the setting ignored while ``config_resolved.yaml`` recorded it.
     Allowed: keys under ``OPEN_MAPPINGS`` and outside ``CLOSED_GROUPS`` (e.g. ``+logger.api_key``). ``++KEY`` sets
     a key whether or not it exists, so it is refused when ``defaults`` (the config composed without the ``++``
-    overrides; None: not known) lacks the key."""
+    overrides; None: not known) lacks the key. ``experiment_phase`` is internal: ``experiment=X`` picks it."""
     from omegaconf import OmegaConf
 
     for override in overrides:
-        key = override.lstrip("+").split("=", 1)[0]
-        if (override.startswith("++") and defaults is not None and closed(key)
-                and OmegaConf.select(defaults, key, default="<absent>") == "<absent>"):
-            parent, name = key.rsplit(".", 1)
-            what = f"phase={cfg.phase.name}" if parent == "phase" else parent
-            return (f"++{key}: {what} has no such setting, so nothing would read it "
-                    f"({close_keys(name, OmegaConf.select(defaults, parent), parent)}`python -m agentforge "
-                    f"phase={cfg.phase.name} --cfg job` prints every key)")
-        if override.lstrip("+~").startswith("experiment_phase="):   # set by experiment=X for the phase that runs
+        if override.lstrip("+~").startswith("experiment_phase="):
             return (f"{override.lstrip('+~')}: experiment_phase is internal (experiment=X adds X_<phase> for the phase "
                     f"that runs, e.g. smoke_{cfg.phase.name}); give experiment=X instead")
-        if not override.startswith("+") or override.startswith("++"):
+        sign, key = ("++" if override.startswith("++") else "+" if override.startswith("+") else ""), \
+            override.lstrip("+").split("=", 1)[0]
+        if not sign or not closed(key):
             continue
-        key = override[1:].split("=", 1)[0]
-        if not closed(key):
+        lookup = cfg if sign == "+" else defaults   # a + key is new by Hydra's rule; a ++ key when the defaults lack it
+        if lookup is None or (sign == "++" and OmegaConf.select(lookup, key, default="<absent>") != "<absent>"):
             continue
         parent, name = key.rsplit(".", 1)
-        near = close_keys(name, OmegaConf.select(cfg, parent), parent)
         what = f"phase={cfg.phase.name}" if parent == "phase" else parent
-        return (f"+{key}: {what} has no such setting, so nothing would read it ({near}`python -m agentforge "
+        return (f"{sign}{key}: {what} has no such setting, so nothing would read it "
+                f"({close_keys(name, OmegaConf.select(lookup, parent), parent)}`python -m agentforge "
                 f"phase={cfg.phase.name} --cfg job` prints every key)")
     return None
 
