@@ -66,6 +66,9 @@ def test_a_truncated_generation_is_credited_only_for_a_number_that_ended():
     assert not answers_match("#### 108", "#### 108", truncated=True)
     assert answers_match("#### 108\n", "#### 108", truncated=True)
     assert not answers_match("x", "y")
+    # after a "$" amount a space may separate its thousands ("$1 " of "$1 000"): dropped; a plain number's space ends it
+    assert not answers_match("#### $1 ", "#### 1", truncated=True) and answers_match("#### $1 ", "#### 1")
+    assert answers_match("#### 1 ", "#### 1", truncated=True) and answers_match("#### $1\n", "#### 1", truncated=True)
 
 
 @pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="shared GSM8K test file not present")

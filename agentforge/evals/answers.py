@@ -7,7 +7,8 @@ is not a number's part (``_NUM``): the minus of a subtraction ("5 - 3", "5-3": t
 that do not group thousands ("1,2,3": 3). Spaces group thousands only after "$" ("$118 000": 118000).
 
 A generation that hit its token limit (no EOS, ``truncated``) may end inside its answer ("#### 1" of
-"#### 108"): a final number running to the end of such a text (nothing but "," or "." after it) is dropped
+"#### 108"): a final number running to the end of such a text (nothing but "," or "." after it, or spaces too after a
+"$" amount, whose thousands they may separate: "$1 " of "$1 000") is dropped
 before extraction (``complete_part``), so a number that may have been cut off is never credited. A
 generation that ended with EOS is scored as it is.
 """
@@ -57,7 +58,9 @@ def complete_part(text: str) -> str:
     """``text`` without a final number that runs to its end (it may continue past a token limit)."""
     matches = list(_NUM.finditer(text))
     last = matches[-1] if matches else None
-    if last is not None and not text[last.end():].strip(".,"):
+    rest = text[last.end():] if last is not None else ""
+    # after a "$" amount, spaces may still be its thousands separators ("$1 " of "$1 000")
+    if last is not None and (not rest.strip(".,") or ("$" in last.group() and not rest.strip(" .,"))):
         return text[: last.start()]
     return text
 
