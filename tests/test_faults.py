@@ -33,6 +33,8 @@ def _no_tmp_files(root: Path) -> bool:
     return not [p for p in root.rglob("*.tmp") if p.is_file()]
 
 
+@pytest.mark.slow   # ~24 s; in the default tier a SIGTERM'd run resumes from its checkpoint
+# (test_errors_signals.py::test_sigterm_says_how_to_continue_exits_143_and_the_rerun_resumes)
 def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run_bit_for_bit(tmp_path, capsys):
     args = [*BASE, "phase.max_epochs=5", "phase.steps_per_epoch=6"]
     run_in_process(args, tmp_path / "ref", capsys)   # the uninterrupted run: main.run in this process (no start-up)
