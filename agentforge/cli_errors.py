@@ -86,9 +86,11 @@ def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
         if override.lstrip("+~").startswith("experiment_phase="):
             return (f"{override.lstrip('+~')}: experiment_phase is internal (experiment=X adds X_<phase> for the phase "
                     f"that runs, e.g. smoke_{cfg.phase.name}); give experiment=X instead")
-        sign, key = ("++" if override.startswith("++") else "+" if override.startswith("+") else ""), \
-            override.lstrip("+").split("=", 1)[0]
-        if not sign or not closed(key):
+        if not override.startswith("+"):
+            continue
+        sign = "++" if override.startswith("++") else "+"
+        key = override[len(sign):].split("=", 1)[0]
+        if not closed(key):
             continue
         lookup = cfg if sign == "+" else defaults   # a + key is new by Hydra's rule; a ++ key when the defaults lack it
         if lookup is None or (sign == "++" and OmegaConf.select(lookup, key, default="<absent>") != "<absent>"):

@@ -99,9 +99,9 @@ def test_the_stored_last_check_is_the_fp32_one_and_a_fp32_fit_reruns_nothing(tin
 
     reported, real_finish = {}, qs.finish_rl
 
-    def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, history, *args, **kwargs):
+    def finish_rl(ctx, cfg, model, head, tok, tc, tids, source, history, *args, **kwargs):
         reported["checks"] = list(history["checks"])
-        return real_finish(ctx, cfg, model, head, tok, tc, tids, src_cfg, history, *args, **kwargs)
+        return real_finish(ctx, cfg, model, head, tok, tc, tids, source, history, *args, **kwargs)
 
     monkeypatch.setattr(QuietStarModule, "check", check)
     monkeypatch.setattr(qs, "finish_rl", finish_rl)

@@ -68,8 +68,15 @@ def diversity(means: np.ndarray) -> float:
     means = np.asarray(means, dtype=np.float64)
     if not np.isfinite(means).all():
         return float("nan")
-    mu = means.mean(axis=0)
-    return float(np.where(mu > 0, means.std(axis=0) / np.where(mu > 0, mu, 1.0), 0.0).mean())
+    return float(_feature_cvs(means, axis=0).mean())
+
+
+def _feature_cvs(means: np.ndarray, axis: int) -> np.ndarray:
+    """Each feature's CV (population SD / mean) over the models, ``axis`` of ``means``; 0 for a feature that is 0 in
+    every model (``diversity`` and its bootstrap alike)."""
+    mu = means.mean(axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mu > 0, means.std(axis=axis) / np.where(mu > 0, mu, 1.0), 0.0)
 
 
 def same_rows(per_row: list[dict]) -> bool:
@@ -93,10 +100,7 @@ def diversity_ci(per_row: list[dict[str, list[float]]], n_boot: int = 2000, seed
         idx = shared if shared is not None else rng.integers(0, len(x), size=(n_boot, len(x)))
         boot.append(x[idx].mean(axis=1))
     stacked = np.stack(boot, axis=1)  # [n_boot, models, F]
-    mu = stacked.mean(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cv = np.where(mu > 0, stacked.std(axis=1) / np.where(mu > 0, mu, 1.0), 0.0)   # all 0: CV 0, as diversity
-    vals = cv.mean(axis=1)
+    vals = _feature_cvs(stacked, axis=1).mean(axis=1)
     if not np.isfinite(vals).all():   # a non-finite row feature: no CI, as diversity gives no figure
         return (math.nan, math.nan)
     if not len(vals):

@@ -2,9 +2,9 @@
 
 Titans' "Memory as a Gate" (MAG) runs a sliding-window attention branch beside a long-term memory and
 merges the two with a learned gate. Here the gate merges the memory's read into the attention stack's output
-(the memory reads that output: serial, not beside it; ``cognate.py``, item 4). The long-term memory is a bank of ``slots`` key/value pairs that
-every sequence fills for itself while it is read, chunk by chunk (Titans computes its memory update over
-chunks the same way, so a token only ever reads what earlier chunks stored).
+(the memory reads that output: serial, not beside it; ``cognate.py``, item 4). The long-term memory is a bank of
+``slots`` key/value pairs that every sequence fills for itself while it is read, chunk by chunk (Titans computes
+its memory update over chunks the same way, so a token only ever reads what earlier chunks stored).
 
 This is NOT Titans' neural long-term memory, only its MAG gate. Titans' memory is a network (an MLP) whose
 weights are trained at test time: each token takes a gradient step on the associative loss ||M(k_t) - v_t||^2,

@@ -145,6 +145,12 @@ def _sub(cfg, name: str):
     return sub
 
 
+def source_meta(src: Path, src_cfg: dict) -> dict:
+    """What a step's checkpoint ``meta`` says of its input: the input's own ``meta`` (the chain back to Cognate), its
+    directory and its weights' digest (``io.source_fields``: the directory is overwritten by the next publish)."""
+    return {"source": src_cfg.get("meta", {}), **source_fields(src)}
+
+
 def _load(src: Path, hint: str):
     if not (src / "config.json").is_file():
         raise CheckpointError(f"{src}: no input checkpoint for phase=quietstar — {hint}{pipeline_copy_hint(src)}")
@@ -172,7 +178,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
     """Step 1 on ``loaded`` (model, tokenizer, config); ``times``: the step's parts (its input's loading already in)."""
     b, seed = cfg.phase.baking, int(cfg.seed)
     model, tok, src_cfg = loaded
-    src_cfg = {**src_cfg, "input": source_fields(src)}
+    source = source_meta(src, src_cfg)
     with times("load"):
         ids = _prepare(model, tok, seed)
         teacher = _frozen(model)
@@ -226,7 +232,7 @@ def run_baking(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
         tr.log({"baking/thinking_token_usage": final["thinking_usage"],
                 "baking/strategy_token_usage": final["strategy_usage"]}, step=trainer.global_step)
         with times("report"):   # the checkpoint's save and publish inside it: the part "save"
-            res = finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, module.history, hours,
+            res = finish_baking(ctx, cfg, model, tok, source, strategies, before, final, module.history, hours,
                                 train + val, out_dir, control, times)
         reported = report_times(ctx, times, "baking", res["files"], devices)
         print(devices_line(devices, "baking", QS_EVAL_REASON))
@@ -290,7 +296,7 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
     """Step 2 on ``loaded`` (model, tokenizer, config); ``times``: the step's parts (its input's loading already in)."""
     r, seed = cfg.phase.rl, int(cfg.seed)
     model, tok, src_cfg = loaded
-    src_cfg = {**src_cfg, "input": source_fields(src)}
+    source = source_meta(src, src_cfg)
     with times("load"):
         ids = _prepare(model, tok, seed)
         ref = _frozen(model)
@@ -343,7 +349,7 @@ def run_rl(cfg, loaded, out_dir: Path, src: Path, times: PartTimes) -> dict:
                   f"baked model's accuracies and the first check were measured (the fit ran on {devices['time/fit_device']}"
                   f" at precision {trainer.precision})")
         with times("report"):   # "thinking_cost" and "save" are parts inside it
-            res = finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, module.history, baked_acc, hours, out_dir,
+            res = finish_rl(ctx, cfg, model, head, tok, tc, tids, source, module.history, baked_acc, hours, out_dir,
                             times)
         reported = report_times(ctx, times, "rl", res["files"], devices)
         print(devices_line(devices, "rl", QS_EVAL_REASON))

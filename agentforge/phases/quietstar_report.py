@@ -22,7 +22,7 @@ def phase_times_line(phase: PartTimes, steps: dict[str, dict]) -> str:
     return f"{PartTimes.line(s, 'Quiet-STaR')}; of which after each step's report (closing its run): {after}"
 
 
-def finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist, hours, examples, out_dir,
+def finish_baking(ctx, cfg, model, tok, source, strategies, before, final, hist, hours, examples, out_dir,
                    control: dict | None, times: PartTimes) -> dict:
     """Step 1's summary, table, charts, dataset and checkpoint (the save and publish timed as ``save``); returns
     {checkpoint, metrics, files: its metrics.json, in the run dir and published}."""
@@ -52,7 +52,7 @@ def finish_baking(ctx, cfg, model, tok, src_cfg, strategies, before, final, hist
     ckpt = ctx.run_dir / "checkpoints" / "baked"
     with times("save"):
         model.cpu()
-        meta = {"phase": "quietstar", "step": "baking", "source": src_cfg.get("meta", {}), **src_cfg["input"], "accuracy": final["overall"]}
+        meta = {"phase": "quietstar", "step": "baking", **source, "accuracy": final["overall"]}
         save_model(ckpt, model, tok, meta)
         write_json_atomic(ckpt / "metrics.json", {**summary, "strategies": final["per"]})
         publish(ckpt, out_dir)
@@ -99,7 +99,7 @@ def _last(hist: dict, key: str) -> float:
     return (hist.get(key) or [float("nan")])[-1]
 
 
-def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, hours, out_dir, times: PartTimes) -> dict:
+def finish_rl(ctx, cfg, model, head, tok, tc, tids, source, hist, baked_acc, hours, out_dir, times: PartTimes) -> dict:
     """Step 2's summary, charts, tables and checkpoint (the thinking-cost timing and the save and publish timed as
     ``thinking_cost`` and ``save``); returns {checkpoint, metrics, files: its metrics.json, in the run dir and
     published}."""
@@ -109,8 +109,9 @@ def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, ho
     with times("thinking_cost"):
         cost = measures.inference_ms(model, head, tok, tc, tids, int(r.inference_tokens))
     tail = reward_curve[-max(1, len(reward_curve) // 5):]
-    mixing = {f"rl/final_{k}": _last(hist, h) for k, h in (("mixing_weight", "mix_weight"), ("post_thought_gain",
-              "post_thought_gain"), ("mixing_weight_negative_share", "mix_weight_negative_share"))}
+    mixing = {"rl/final_mixing_weight": _last(hist, "mix_weight"),
+              "rl/final_post_thought_gain": _last(hist, "post_thought_gain"),
+              "rl/final_mixing_weight_negative_share": _last(hist, "mix_weight_negative_share")}
     sign_line = mixing_sign_line(mixing["rl/final_mixing_weight"], mixing["rl/final_mixing_weight_negative_share"],
                                  mixing["rl/final_post_thought_gain"])
     summary = {"rl/final_reward": _mean(tail), **mixing, "rl/final_coherence": last["coherence"],
@@ -158,7 +159,7 @@ def finish_rl(ctx, cfg, model, head, tok, tc, tids, src_cfg, hist, baked_acc, ho
         head.cpu()
         thought_cfg = {"num_thoughts": tc.num_thoughts, "thought_length": tc.thought_length, "n_true": tc.n_true,
                        "context_len": tc.context_len, "start_token": THINK_START, "end_token": THINK_END}
-        meta = {"phase": "quietstar", "step": "rl", "source": src_cfg.get("meta", {}), **src_cfg["input"], "thoughts": thought_cfg,
+        meta = {"phase": "quietstar", "step": "rl", **source, "thoughts": thought_cfg,
                 "mixing_head": "mixing_head.safetensors"}
         save_model(ckpt, model, tok, meta)
         save_tensors(ckpt / "mixing_head.safetensors", head.state_dict(), {"d_model": str(model.config.d_model)})

@@ -144,14 +144,16 @@ def reference_logits(ref, batch, context_len: int, use_cache: bool = True, windo
 
 
 def coherence_scores(model, ref, batch, context_len: int, ref_thought_logits: torch.Tensor | None = None,
-                     use_cache: bool = True) -> dict[str, torch.Tensor]:
+                     use_cache: bool = True, gain: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """[N, K] semantic, syntactic, predictive, combined and prior coherence of each thought (``coherence.py``).
     Semantic and syntactic (hence ``prior``) read only the context and the thought: the reference model's
-    logits of the thought tokens (``reference_logits``; given, or computed here), the embeddings only the context."""
+    logits of the thought tokens (``reference_logits``; given, or computed here), the embeddings only the context.
+    ``gain``: the mixed prediction's likelihood gain over no thought, when the caller has it (else computed here)."""
     with torch.no_grad():
         if ref_thought_logits is None:
             ref_thought_logits = reference_logits(ref, batch, context_len, use_cache, window=False)[1]
-        gain = rewards.likelihood_gain(batch.true_logp_mixed(), batch.true_logp_without())
+        if gain is None:
+            gain = rewards.likelihood_gain(batch.true_logp_mixed(), batch.true_logp_without())
         s = {"semantic": coherence.semantic(model.embed.weight.detach(), batch.thoughts, batch.windows[:, :context_len]),
              "syntactic": coherence.syntactic(ref_thought_logits, batch.thoughts, 0),
              "predictive": coherence.predictive(gain)}
@@ -161,17 +163,19 @@ def coherence_scores(model, ref, batch, context_len: int, ref_thought_logits: to
 
 
 @torch.no_grad()
-def thought_figures(batch, ref_thought_logits: torch.Tensor) -> dict[str, float]:
+def thought_figures(batch, ref_thought_logits: torch.Tensor, logp_without: torch.Tensor | None = None) -> dict[str, float]:
     """What the thoughts do that the loss does not show (no gradients, no extra forward): the mean mixing weight w,
     the share of positions with w < 0 (where the advantage ranks thoughts opposite to their own prediction), the
     mean per-token log-likelihood gain of the true tokens from the post-thought prediction alone (w = 1) over no
     thought, and KL(policy || reference) per thought position on the raw logits predicting the thought tokens
     (before the ban and temperature; same direction and averaging as the leash, which does not cover them)."""
     w = batch.mix_weight
-    post = rewards.likelihood_gain(batch.true_logp_with(), batch.true_logp_without())
+    post = rewards.likelihood_gain(batch.true_logp_with(),
+                                   batch.true_logp_without() if logp_without is None else logp_without)
     kl = kl_to_reference(batch.thought_logits, ref_thought_logits) if batch.thought_logits.numel() else torch.zeros(())
-    return {"mix_weight": w.mean().item(), "mix_weight_negative_share": (w < 0).float().mean().item(),
-            "post_thought_gain": post.mean().item(), "kl_thoughts": kl.item()}
+    values = torch.stack([w.mean().float(), (w < 0).float().mean(), post.mean().float(),
+                          kl.float().to(w.device)]).tolist()   # one host sync for the four
+    return dict(zip(("mix_weight", "mix_weight_negative_share", "post_thought_gain", "kl_thoughts"), values))
 
 
 def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: dict, generator) -> tuple[torch.Tensor, dict]:
@@ -186,11 +190,12 @@ def rl_step(model, head, ref, windows: torch.Tensor, cfg: ThoughtConfig, ids: di
     ref_window, ref_thought = reference_logits(ref, batch, cfg.context_len, cfg.use_cache)
     kl = kl_to_reference(batch.base_logits, ref_window)
     loss = policy + mixed_nll + base_ce + cfg.kl_coef * kl
-    coh = coherence_scores(model, ref, batch, cfg.context_len, ref_thought)
-    gain = rewards.likelihood_gain(logp_mixed.detach(), batch.true_logp_without().detach())
+    logp_without = batch.true_logp_without().detach()
+    gain = rewards.likelihood_gain(logp_mixed.detach(), logp_without)
+    coh = coherence_scores(model, ref, batch, cfg.context_len, ref_thought, gain=gain)
     figures = {"reward": float(gain.mean()), "policy_loss": policy.item(), "lm_loss": (mixed_nll + base_ce).item(),
                "mixed_nll": mixed_nll.item(), "base_ce": base_ce.item(), "kl": kl.item(),
-               **thought_figures(batch, ref_thought),
+               **thought_figures(batch, ref_thought, logp_without),
                "diversity": rewards.thought_diversity(batch.thoughts),
                "coherence": {k: v.flatten().tolist() for k, v in coh.items()}}
     return loss, figures

@@ -9,6 +9,7 @@ gives ``None`` for that field. Only the environment variables named in ``ENV_VAR
 they may hold credentials), and the command line goes through ``redaction.redact_args``."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -103,15 +104,15 @@ def collect(root: str | Path = SOURCE_ROOT, argv: list[str] | None = None) -> di
     }
 
 
-_SOURCE_STATE: dict = {}
+@functools.cache
+def _source_state() -> dict:
+    return git_state(SOURCE_ROOT)
 
 
 def source_git_state() -> dict:
     """``git_state`` of this package's own source, asked once per process (three git calls; a phase saves many
-    checkpoints)."""
-    if "v" not in _SOURCE_STATE:
-        _SOURCE_STATE["v"] = git_state(SOURCE_ROOT)
-    return dict(_SOURCE_STATE["v"])
+    checkpoints); a copy, so a caller's edit never reaches the next."""
+    return dict(_source_state())
 
 
 def checkpoint_provenance(root: str | Path | None = None) -> dict:

@@ -126,25 +126,19 @@ def sweep_table(rows: list[dict], path: Path, first: str | None = None, shown: i
     done = [r for r in rows if r.get("ok") and r.get("metrics")]
     if len(done) < 2:
         return []
-    values: dict[str, set] = {}
-    for r in done:
-        for o in r["overrides"]:
-            key, _, value = o.partition("=")
-            values.setdefault(key, set()).add(value)
-    varied = [k for k, v in values.items() if len(v) > 1]
+    given = [dict(o.partition("=")[::2] for o in r["overrides"]) for r in done]   # each job's key -> value
+    varied = [k for k in dict.fromkeys(k for g in given for k in g) if len({g[k] for g in given if k in g}) > 1]
     keys = sorted(set.intersection(*(set(r["metrics"]) for r in done)))
     picked = ([first] if first in keys else []) + [k for k in keys if k.startswith("final/") and k != first]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["job", *varied, *keys])
-        for r in done:
-            own = dict(o.partition("=")[::2] for o in r["overrides"])
-            w.writerow([r["job"], *(own.get(k, "") for k in varied), *(r["metrics"][k] for k in keys)])
+        for r, g in zip(done, given):
+            w.writerow([r["job"], *(g.get(k, "") for k in varied), *(r["metrics"][k] for k in keys)])
     lines = [f"sweep table: {len(done)} jobs x {len(keys)} metrics in {path}"]
-    for r in done:
-        own = dict(o.partition("=")[::2] for o in r["overrides"])
+    for r, g in zip(done, given):
         cells = ", ".join(f"{k} {r['metrics'][k]:.6g}" for k in picked[:shown])
-        lines.append(f"  job {r['job']} [{' '.join(f'{k}={own.get(k, chr(8212))}' for k in varied)}]: {cells}")
+        lines.append(f"  job {r['job']} [{' '.join(f'{k}={g.get(k, chr(8212))}' for k in varied)}]: {cells}")
     return lines
 
 
