@@ -5,12 +5,14 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
 
 from agentforge.errors import ConfigError
 from agentforge.evals.compare import change, load_results, run_comparison
+from agentforge.evals.dashboard_verdict import NO_EFFICIENCY_TARGET
 from agentforge.phases.compare import thresholds_of
 
 TH = {"pass_at": {1: 0.30, 10: 0.45}, "min_delta_pass1": 0.04, "alpha": 0.05, "failure_p": 0.1}
@@ -69,7 +71,8 @@ def test_comparison_outputs(results_dir, tmp_path):
     assert p1["ci95"][0] > 0 and p1["p_value"] < 0.05 and p1["source"] == "sampled (n=10)"
     assert p1["test"] == "bootstrap" and p1["pairing"].startswith("by position")  # fractions; no ids in the files
     assert st["pass_at_10"]["finetuned_recursive"] == pytest.approx(35 / 40)
-    assert st["verdict"] == "SUCCESS" and st["reasons"] == []
+    # every accuracy condition met; no latency/RAM target configured (compare's default), so not section 7's SUCCESS
+    assert st["verdict"] == "PARTIAL" and st["reasons"] == [NO_EFFICIENCY_TARGET]
     assert "arc_easy_accuracy" in st
 
 
@@ -101,9 +104,13 @@ def test_compare_phase_gate(results_dir, tmp_path):
     from tests.conftest import compose_cfg
 
     base = ["phase=compare", "logger=none", f"phase.results_dir={results_dir}", "phase.n_resamples=500",
-            'phase.gate={verdict_score:">=2"}']
+            'phase.gate={verdict_score:">=2"}', "phase.thresholds.max_memory_ratio=1.1"]
     out = run(compose_cfg(base + ["stages=[baseline,finetuned_recursive]"], tmp_path))
+    # the memory target (peaks 100 and 100 MB: ratio 1.0 <= 1.1) is the latency/RAM condition SUCCESS needs
     assert out["verdict"] == "SUCCESS"
+    assert json.loads(Path(out["stats"]).read_text())["efficiency"][0]["ok"] is True
+    with pytest.raises(KPIGateError, match="verdict_score = 1"):   # the same without it: PARTIAL
+        run(compose_cfg([*base[:-1], "stages=[baseline,finetuned_recursive]"], tmp_path))
     with pytest.raises(KPIGateError, match="verdict_score = 0"):
         run(compose_cfg(base + ["stages=[baseline,after_surgery]"], tmp_path))
 

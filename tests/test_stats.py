@@ -132,9 +132,9 @@ def test_a_figure_exactly_on_its_target_meets_it():
     th = {"pass_at": {1: 0.3}, "min_delta_pass1": 0.04}
     d = 0.04 - 6e-18
     assert verdict(pass_at={1: 0.35}, pass_at_ci={1: [p1, 0.4]}, delta_pass1=0.05, ci95=[d, 0.1], p_value=0.01,
-                   thresholds=th, efficiency_ok=None, n=100) == ("SUCCESS", [])
+                   thresholds=th, efficiency_ok=True, n=100) == ("SUCCESS", [])
     assert verdict(pass_at={1: p1}, delta_pass1=d, ci95=[d, 0.1], p_value=0.01, thresholds=th,   # no pass@k CI
-                   efficiency_ok=None, n=100) == ("SUCCESS", [])
+                   efficiency_ok=True, n=100) == ("SUCCESS", [])
     v, reasons = verdict(pass_at={1: 0.2999}, delta_pass1=0.05, ci95=[0.01, 0.1], p_value=0.01,
                          thresholds={"pass_at": {1: 0.3}}, efficiency_ok=None, n=100)
     assert v == "FAILURE" and "pass@1 0.2999 < target 0.3 (no CI: point estimate)" in reasons   # a real margin

@@ -41,7 +41,8 @@ def test_a_delta_whose_ci_straddles_its_target_decides_neither_way():
     assert below[0] == on[0] == "INCONCLUSIVE"
     assert "delta pass@1 0.04 not established: its CI [0.0005, 0.0795] straddles the target 0.04" in on[1]
     # the whole CI at or above the target: met (SUCCESS); wholly below: missed (FAILURE)
-    assert verdict(**common, delta_pass1=0.06, ci95=[0.04, 0.08], p_value=0.001) == ("SUCCESS", [])
+    assert verdict(**{**common, "efficiency_ok": True}, delta_pass1=0.06, ci95=[0.04, 0.08],
+                   p_value=0.001) == ("SUCCESS", [])
     assert verdict(**common, delta_pass1=0.02, ci95=[0.005, 0.035], p_value=0.02)[0] == "FAILURE"
 
 

@@ -34,10 +34,10 @@ def test_n_equal_to_the_minimum_is_enough():
 
 
 def test_the_verdict_uses_the_configured_min_n_not_the_default():
-    # every condition met (pass@1 0.4 >= 0.3, CI above 0, p < 0.05, no efficiency target); 25 pairs are below the
+    # every condition met (pass@1 0.4 >= 0.3, CI above 0, p < 0.05, the efficiency targets); 25 pairs are below the
     # default MIN_N = 30 but not below the configured min_n = 20, so the verdict is decided: SUCCESS
     assert MIN_N == 30
-    args = dict(pass_at={1: 0.4}, delta_pass1=0.1, ci95=[0.05, 0.2], p_value=0.001, efficiency_ok=None, n=25)
+    args = dict(pass_at={1: 0.4}, delta_pass1=0.1, ci95=[0.05, 0.2], p_value=0.001, efficiency_ok=True, n=25)
     assert verdict(**args, thresholds={"pass_at": {1: 0.3}, "min_n": 20}) == ("SUCCESS", [])
     assert verdict(**args, thresholds={"pass_at": {1: 0.3}})[0] == "INCONCLUSIVE"   # default 30 > 25
 
@@ -46,7 +46,7 @@ def test_a_ci_whose_lower_bound_is_exactly_zero_is_not_success():
     # SUCCESS needs the CI lower bound > 0: at exactly 0 the CI includes "no change", section 7's PARTIAL row
     # ("p < 0.05 but the CI includes 0"); targets met and p 0.01 < failure_p, so not FAILURE either
     v, reasons = verdict(pass_at={1: 0.4}, pass_at_ci={1: [0.35, 0.45]}, delta_pass1=0.05, ci95=[0.0, 0.1],
-                         p_value=0.01, thresholds={"pass_at": {1: 0.3}}, efficiency_ok=None, n=100)
+                         p_value=0.01, thresholds={"pass_at": {1: 0.3}}, efficiency_ok=True, n=100)
     assert v == "PARTIAL" and reasons == ["CI95 lower bound 0.0 is not > 0"]
 
 

@@ -49,6 +49,10 @@ def _target(what: str, value: float | None, ci: Sequence[float] | None, target: 
     return "missed", f"{what} {value:.4g} < target {target} (no CI: point estimate)"
 
 
+NO_EFFICIENCY_TARGET = ("no latency/RAM target configured: section 7's SUCCESS needs them met (set "
+                        "phase.thresholds.max_latency_ratio, max_memory_ratio or an absolute one)")
+
+
 def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95: Sequence[float] | None,
             p_value: float | None, thresholds: dict, efficiency_ok: bool | str | None,
             unstable: bool = False, n: int | None = None, size_key: str = "phase.eval_examples",
@@ -72,7 +76,10 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
     [0.15, 0.49], "met" 0.30). Here such figures are not established: neither SUCCESS nor, on their account, FAILURE.
 
     * SUCCESS: every pass@k and Δ target met, the CI of Δpass@1 above 0, p < ``alpha`` (0.05), the efficiency
-      targets met (or none configured), training stable, and the candidate not significantly worse at any k.
+      targets met, training stable, and the candidate not significantly worse at any k. With no efficiency target
+      configured (``efficiency_ok`` None: ``phase=compare``'s default) section 7's "latency/RAM targets met" cannot
+      hold, so SUCCESS is out of reach and the reasons say so (``NO_EFFICIENCY_TARGET``); until 2026-11-28 "none
+      configured" counted as met, and ``phase=compare`` could print SUCCESS having checked no latency or RAM.
     * FAILURE wherever it applies — where section 7's PARTIAL and FAILURE rows overlap, FAILURE wins: training
       unstable; the candidate significantly worse at any k (p < alpha, the whole CI below 0; an audit: SUCCESS with
       pass@10 0.667 vs 1.0, CI [-0.51, -0.13], p 0.002); p >= ``failure_p`` (0.1), or no p-value, for pass@1; any
@@ -149,6 +156,8 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
         reasons.append(missed)
     elif efficiency_ok == "inconclusive":
         reasons.append("efficiency targets not established (a CI straddles its target, or it was not measured)")
+    elif efficiency_ok is None:
+        reasons.append(NO_EFFICIENCY_TARGET)
     if unstable:
         reasons.append("training was unstable (non-finite losses or skipped steps)")
     worse = p_ok and ci95 is not None and ci95[1] < 0
@@ -156,7 +165,7 @@ def verdict(*, pass_at: dict[int, float | None], delta_pass1: float | None, ci95
         reasons.append(f"the candidate is significantly worse than the baseline (CI95 upper bound "
                        f"{ci95[1]:.4g} < 0, p {p_value:.3g})")
     worse = worse or bool(worse_at)
-    if acc_ok and ci_ok and p_ok and efficiency_ok in (True, None) and not unstable and not worse:
+    if acc_ok and ci_ok and p_ok and efficiency_ok is True and not unstable and not worse:
         return "SUCCESS", []
     if not compared and not unstable:   # no pass@1 comparison: nothing was tested
         return "INCONCLUSIVE", reasons
