@@ -50,6 +50,45 @@ def test_int8_and_float_kernels_give_the_ternary_models_numbers(per_channel, bia
             got[kernel] = layer(x)
     for kernel, y in got.items():
         torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5, msg=kernel)
+    assert torch.equal(got["int8"], got["float"])   # bit for bit: the same exact integer sums, rescaled alike
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_float_kernel_is_bitwise_the_int8_kernel_at_width(per_channel):
+    """The float kernel multiplied s_x * x_q by gamma * codes in one addmm: equal to the int8 kernel only up to
+    float rounding (at 256 inputs most outputs differed in their last bits), and an activation code that rounding
+    flipped downstream made a packed model's greedy tokens depend on the batch (an audit: one of 16 GSM8K rows from
+    token 29). Its integer sums are now exact in fp32 and rescaled as the int8 kernel's."""
+    g = torch.Generator().manual_seed(9)
+    codes = torch.randint(-1, 2, (96, 256), generator=g)
+    gamma = torch.rand(96, 1, generator=g) + 0.05 if per_channel else torch.tensor(0.037)
+    layer = BitLinear.from_ternary(codes, gamma, torch.randn(96, generator=g), 3.0, per_channel=per_channel)
+    x = torch.randn(5, 7, 256, generator=g) * torch.rand(5, 7, 1, generator=g) * 4   # per-token scales vary
+    out = {}
+    with torch.no_grad():
+        for kernel in ("int8", "float"):
+            layer.kernel = layer.kernel_decode = kernel
+            out[kernel] = (layer(x), layer(x[0, :1]))       # a batch and a decoding step
+    assert torch.equal(out["int8"][0], out["float"][0]) and torch.equal(out["int8"][1], out["float"][1])
+
+
+def test_packed_greedy_answers_do_not_depend_on_the_batch():
+    """Batched greedy decoding (``tasks.greedy_tokens``) on the default kernels (int8 above decode_rows rows, float
+    at or below): which rows share a batch decides which kernel computes which positions, so they must agree."""
+    from agentforge.evals import tasks
+
+    torch.manual_seed(3)
+    model = CognateModel(SMALL).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    convert_to_bitlinear(model)
+    freeze(model)
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(1, SMALL.vocab_size, (int(n),), generator=g).tolist()
+               for n in torch.randint(3, 12, (10,), generator=g)]
+    alone = tasks.greedy_tokens(model, prompts, 10, None, batch_size=1)
+    assert tasks.greedy_tokens(model, prompts, 10, None, batch_size=10) == alone
 
 
 def test_kernel_is_dispatched_by_the_number_of_rows(monkeypatch):
@@ -102,8 +141,7 @@ def test_select_kernel_times_prefill_and_decode_and_both_give_the_same_tokens():
                 m.kernel = m.kernel_decode = kernel
             out[kernel] = model.generate(ids[:, :4], 8)
             logits[kernel] = model.kv_decoder(1).next_logits(ids)
-    assert torch.equal(out["int8"], out["float"])
-    torch.testing.assert_close(logits["int8"], logits["float"], rtol=1e-4, atol=1e-5)
+    assert torch.equal(out["int8"], out["float"]) and torch.equal(logits["int8"], logits["float"])
 
 
 class Ops(TorchDispatchMode):
@@ -125,7 +163,7 @@ def test_decode_step_op_counts():
     """The quantizer's seven tensor ops (docstring, README) and a sibling layer's call with none of them."""
     x = torch.randn(1, 1, 16)
     with torch.no_grad():
-        for out in ("int8", "dequantized"):
+        for out in ("int8", "dequantized"):   # "codes", the float kernel's, stops before the cast: six
             with Ops() as ops:
                 quantize_activations(x, clip=2.0, out=out)
             assert len(ops.names) == 7, ops.names
@@ -134,20 +172,26 @@ def test_decode_step_op_counts():
         a(x), b(x)                                    # a quantizes x, b reuses it (and both cache their plan)
         with Ops() as ops:
             b(x)                                      # the matmul and reshapes only: no quantization, no sync
-    assert [n for n in ops.names if not n.startswith(("view", "_unsafe_view", "reshape"))] == ["addmm.default"]
+    # the matmul and the rescale (the int8 kernel's: s * gamma, times the sums, plus the bias)
+    assert [n for n in ops.names if not n.startswith(("view", "_unsafe_view", "reshape"))] == \
+        ["mm.default", "mul.Tensor", "mul.Tensor", "add.Tensor"]
 
 
-def test_frozen_plan_caches_the_dense_fp32_weight_beside_the_codes():
-    """The module docstring's memory claim: after the first frozen call the layer holds the fp32 gamma * codes
-    too (whichever kernel runs), so a packed model's saving is on disk, not in RAM."""
+def test_frozen_plan_caches_an_fp32_copy_of_the_codes():
+    """The module docstring's memory claim: after the first frozen call the layer holds the codes^T as fp32 too
+    (whichever kernel runs), so a packed model's saving is on disk, not in RAM; without activation quantization
+    the dense gamma * codes instead."""
     lin = nn.Linear(16, 8)
     codes, gamma = ternarize(lin.weight)
     frozen = BitLinear.from_ternary(codes, gamma, lin.bias.detach())
-    assert frozen._dense is None
+    assert frozen._codes_f_t is None
     with torch.no_grad():
         frozen(torch.randn(2, 16))
-    assert frozen._dense is not None and frozen._dense.dtype == torch.float32
-    assert torch.equal(frozen._dense, codes.float() * gamma)  # per-tensor gamma
+    assert frozen._codes_f_t.dtype == torch.float32 and torch.equal(frozen._codes_f_t, codes.t().float())
+    plain = BitLinear.from_ternary(codes, gamma, lin.bias.detach(), act_bits=None)
+    with torch.no_grad():
+        plain(torch.randn(2, 16))
+    assert plain._codes_f_t is None and torch.equal(plain._dense, codes.float() * gamma)  # per-tensor gamma
 
 
 def test_pick_kernel_keeps_the_default_unless_another_is_clearly_faster():

@@ -7,11 +7,12 @@ activations, in one of two states.
   w + (Q(w) - w).detach(), so d loss / d w = d loss / d Q(w); likewise x + (Q(x) - x).detach().
 * frozen: its parameters are the ternary ``codes`` (int8) and the scale ``gamma`` — what the packed checkpoint
   stores. Kernels: int8 activations times the int8 codes into int32 (``torch._int_mm``, CPU) rescaled by
-  s_x * gamma, or the dense float weight gamma * codes, which gives the same numbers up to float rounding (x_q
-  are integers, W has entries in {-gamma, 0, gamma}); in decoding steps also "native", the int8 kernel's
-  numbers from one C++ op per layer (``native.py``, once built). The first frozen call builds its plan (``_make_plan``),
-  which caches the transposed codes AND that dense fp32 weight whichever kernel is chosen, so a frozen model in
-  memory holds an fp32 copy of its weights beside the codes (the saving is on disk, not in RAM).
+  s_x * gamma, or "float": the integer-valued x_q times the codes as fp32, rescaled the same way, which gives the
+  int8 kernel's numbers bit for bit (its integer sums are exact in fp32); in decoding steps also "native", the
+  int8 kernel's numbers from one C++ op per layer (``native.py``, once built). The first frozen call builds its plan
+  (``_make_plan``), which caches the transposed codes as int8 AND as fp32 whichever kernel is chosen (a layer
+  without activation quantization, ``act_bits`` None, caches the dense gamma * codes instead), so a frozen model
+  in memory holds an fp32 copy of its weights beside the codes (the saving is on disk, not in RAM).
 
 Inference speed (frozen state, no autograd): layers that read the same input tensor with the same
 activation clip (q/k/v of an attention, gate/up of a SwiGLU) share one quantization of it — a one-entry
@@ -122,6 +123,7 @@ class BitLinear(nn.Module):
         self.register_buffer("_gamma_row", self.gamma.reshape(-1) if self.per_channel else self.gamma,
                              persistent=False)
         self.register_buffer("_dense", None, persistent=False)
+        self.register_buffer("_codes_f_t", None, persistent=False)
         group = self.__dict__.get("_siblings")
         for m in group.layers if group is not None else [self]:
             m.__dict__["_plan"] = None
@@ -138,6 +140,13 @@ class BitLinear(nn.Module):
         if self._dense is None or self._dense.device != self.codes.device:
             self._dense = dequantize(self.codes, self.gamma)
         return self._dense
+
+    def codes_float_t(self) -> torch.Tensor:
+        """codes^T as float32 [in, out], cached: the float kernel's weight. Integer-valued, as the int8 kernel's,
+        so that kernel's products and sums are exact in fp32 (below 2^24) and equal the int8 kernel's int32 ones."""
+        if self._codes_f_t is None or self._codes_f_t.device != self.codes.device:
+            self._codes_f_t = self._codes_t.float()
+        return self._codes_f_t
 
     @property
     def frozen(self) -> bool:
@@ -211,7 +220,8 @@ class BitLinear(nn.Module):
         nat = None if c.device.type != "cpu" or static or not self.act_bits or self.act_bits > 8 else \
             (clip, EPS, (1 << (self.act_bits - 1)) - 1, self._codes_t, self._gamma_row, self.bias)
         watch = (c, self.codes, self.gamma) + ((self.bias,) if self.bias is not None else ())
-        plan = (watch, tuple(map(_VERSION, watch)), clip, self.dense_weight().t(), self._codes_t, self._gamma_row,
+        w_t = self.dense_weight().t() if self.act_bits is None else self.codes_float_t()
+        plan = (watch, tuple(map(_VERSION, watch)), clip, w_t, self._codes_t, self._gamma_row,
                 self.bias, static, fused, nat)
         self.__dict__["_plan"] = plan
         return plan
@@ -221,13 +231,18 @@ class BitLinear(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _frozen_forward(self, x: torch.Tensor, plan: tuple) -> torch.Tensor:
-        """Inference on the ternary weights, by one of three kernels that give the same numbers up to float
-        rounding (the activations are integers times a per-token scale, the weights ternary times gamma):
+        """Inference on the ternary weights, by one of three kernels that give the same numbers, bit for bit (the
+        activations are integers times a per-token scale, the weights ternary times gamma; each kernel sums the
+        integer products exactly and rescales the sums by s_x * gamma in the same op):
 
         * "int8": int8 activations x int8 codes -> int32 (``torch._int_mm``, the W1.58A8 integer matmul of
           the paper), rescaled by s_x * gamma (CPU, <= 8 activation bits);
-        * "float": s_x * x_q times the cached fp32 gamma * codes (stored transposed), bias fused in one
-          ``torch.addmm``: the fewest ops, the path off the CPU;
+        * "float": the integer-valued activations x_q times the cached integer-valued fp32 codes^T, rescaled
+          the same way: the path off the CPU. Its sums are exact in fp32 while |sum| < 2^24 (8-bit activations:
+          in_features < 131 072), whatever order the matmul adds in, so they equal the int8 kernel's. Until
+          2026-11-28 it multiplied s_x * x_q by gamma * codes in one ``addmm``: the same value up to float
+          rounding, and an activation code one rounding flipped made a packed model's greedy tokens depend on
+          the batch (which rows take the decode kernel; an audit: one of 16 GSM8K rows differed from token 29);
         * "native" (decoding steps, once ``native.build()`` ran; else "int8"): the int8 kernel's numbers, the
           quantization and the product in one C++ op (``native.py``).
 
@@ -260,9 +275,9 @@ class BitLinear(nn.Module):
                 return y + bias if bias is not None else y
             except (RuntimeError, AttributeError):  # this build has no CPU int8 matmul: use the float one
                 BitLinear.int8_kernel = False
-        xq = self._quantize_shared(x, clip, static, "dequantized")[0].reshape(-1, in_f)
-        y = torch.addmm(bias, xq, w_t) if bias is not None else torch.mm(xq, w_t)
-        return y.view(*x.shape[:-1], out_f)
+        q, s = self._quantize_shared(x, clip, static, "codes")
+        y = torch.mm(q.reshape(-1, in_f), w_t).view(*x.shape[:-1], out_f) * (s * gamma_row)   # as the int8 kernel
+        return y + bias if bias is not None else y
 
     def _fused_forward(self, x: torch.Tensor, clip, static: bool, kernel: str, group, index: int) -> torch.Tensor:
         """This layer's output from the one matmul of its fused siblings (``fuse.FusedSiblings``) on x: served

@@ -5,13 +5,13 @@ at most ``BitLinear.decode_rows`` rows; larger inputs run one matmul per layer, 
 autograd is off (the concatenated biases are detached: with it on, each layer runs its own matmul).
 
 The model code is untouched: it still calls each layer on its input. The first member called computes
-every member's output (``FusedSiblings.compute``: the concatenated (gamma * codes)^T, codes^T, gamma per
+every member's output (``FusedSiblings.compute``: the concatenated codes^T as fp32 and as int8, gamma per
 output and bias, the outputs split by columns: views of one result); the others are served from a
 one-entry cache keyed like the shared quantization (``bitlinear._LAST``: the input object, its version
 counter, the kernel, the group), each member's output at most once per computation, so an input modified
 in place, a different input or a second call is computed again. Parameters, state dict and the packed
 checkpoint format do not change; the concatenation is built with the layers' plans (``_make_plan``, at the
-first frozen call after load, a move or a changed clip) and the members' dense fp32 weights become row
+first frozen call after load, a move or a changed clip) and the members' fp32 codes^T become column
 slices of it (no second fp32 copy; the concatenated int8 codes^T are one extra int8 copy).
 
 Groups are found from the module structure in use, at load (``load_packed``) or by calling
@@ -20,7 +20,7 @@ BitLinear layers receive the same tensor object (forward pre-hooks), in call ord
 what the quantization and the kernel read (clip value, activation bits, static scale, in_features,
 device); those that do not are left unfused. Numbers: the int8 kernel gives exactly the unfused layers'
 outputs (the same integer products and per-element rescale; a missing bias is added as +0); the float
-kernel the same up to float rounding (one matmul over more columns).
+kernel exactly too (its integer sums are exact in fp32, over any number of columns).
 """
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ class FusedSiblings:
 
     def __init__(self, layers: list[BitLinear]):
         self.sizes = [m.out_features for m in layers]
-        # (gamma * codes)^T of all members, [in, sum out], contiguous (one matmul over it was faster than over a
-        # transposed view); each member's dense weight becomes a view of its columns (no second fp32 copy)
-        self.w_t = torch.cat([m.dense_weight().t() for m in layers], 1).contiguous()
+        # codes^T of all members as fp32 (the float kernel's weight), [in, sum out], contiguous (one matmul over it
+        # was faster than over a transposed view); each member's becomes a view of its columns (no second copy)
+        self.w_t = torch.cat([m.codes_float_t() for m in layers], 1).contiguous()
         start = 0
         for m, n in zip(layers, self.sizes):
-            m._dense = self.w_t[:, start:start + n].t()
+            m._codes_f_t = self.w_t[:, start:start + n]
             start += n
         self.codes_t = torch.cat([m._codes_t for m in layers], 1).contiguous()
         self.gamma = torch.cat([m._gamma_row.expand(n) for m, n in zip(layers, self.sizes)])

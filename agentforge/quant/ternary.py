@@ -56,8 +56,9 @@ def quantize_activations(x: torch.Tensor, bits: int = 8, clip: torch.Tensor | fl
     coarsening the grid. ``static``: one scale for every token, s = clip / (2^(b-1) - 1).
     ``out``: "codes" (x_q as x's dtype), "int8" (x_q as int8, bits <= 8) or "dequantized" (s * x_q).
     Seven tensor ops per call in the per-token mode with a Python-number (or None) clip and ``out`` "int8" or
-    "dequantized", as BitLinear's frozen path calls it (absmax, clamp, scale, divide, round, clamp, cast or
-    rescale); six for "codes" (no cast), one more for a one-element CPU tensor clip (read into a number first).
+    "dequantized", as BitLinear's int8 kernel calls it (absmax, clamp, scale, divide, round, clamp, cast or
+    rescale); six for "codes" (no cast; the float kernel's), one more for a one-element CPU tensor clip (read into a
+    number first).
     At one row these, not the arithmetic, are the cost, so none is spent on anything else.
     """
     qmax = 2 ** (bits - 1) - 1
