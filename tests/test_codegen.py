@@ -366,3 +366,12 @@ def test_prompts_too_long_for_the_window_are_left_truncated_and_counted():
     assert firsts == [list(short.encode()), list(long.encode())[-28:]] and max(map(len, seen)) <= 32
 
 
+
+
+def test_train_run_failures_counts_the_unstable_trainings():
+    """Section 2's reliability KPI "train run failures" (target 0) in stats.json: each model whose training finished
+    unstable counts once (a training that did not finish fails the phase before any stats exist)."""
+    assert scoring.train_run_failures({"a": {"unstable": False}, "b": {}}) == \
+        {"train_run_failures": 0, "train_run_failures_by_model": {"a": 0, "b": 0}}
+    assert scoring.train_run_failures({"a": {"unstable": True}, "b": {"unstable": False}}) == \
+        {"train_run_failures": 1, "train_run_failures_by_model": {"a": 1, "b": 0}}

@@ -32,6 +32,7 @@ def test_codegen_cli_tiny_end_to_end(tmp_path):
     assert stats["optimizers"] == {"cognate": "muon_grokfast", "gpt2_scratch": "adamw"}
     assert stats["train_rows"] == {n: {"seq_len": 48, "batch_size": 1} for n in ("cognate", "gpt2_scratch")}
     assert set(stats["budget_ceiling_pass_at_1"]) == {"cognate", "gpt2_scratch"}
+    assert stats["train_run_failures"] == 0 and stats["train_run_failures_by_model"] == {"cognate": 0, "gpt2_scratch": 0}
     assert "warning: cognate: 2 of 2 prompts (100%) outgrow the context (48 tokens" in proc.stdout
     for k in ("pass_at_1", "pass_at_2"):
         assert {"cognate", "gpt2_scratch", "delta", "ci95", "p_value", "n"} <= set(stats[k]) and stats[k]["n"] == 2

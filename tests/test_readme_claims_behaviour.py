@@ -391,3 +391,16 @@ def test_resume_choice_auto_last_fresh_or_a_file(tmp_path):
         read_checkpoint_config(other)
     a, b = (compose_cfg(o, tmp_path) for o in (["model=m1"], ["model=m1", "optimizer.lr=0.002"]))
     assert fingerprint(a) == fingerprint(compose_cfg(["model=m1"], tmp_path)) != fingerprint(b)
+
+
+def test_the_evaluation_plans_training_keys_are_logged_under_the_readmes_names(cognate_artifacts):
+    """'`train/loss/total` is `train/objective`, `train/loss/final_ce` is `train/loss`, ... `act/avg_halting_steps`,
+    ... `system/tokens_per_second` ... `system/ram_used_gb` on the CPU ... (tested on a Cognate run's
+    `metrics.jsonl`)'."""
+    runs = sorted(cognate_artifacts.parent.parent.rglob("metrics.jsonl"))
+    assert runs
+    rows = [json.loads(line) for line in runs[0].read_text().splitlines()]
+    keys = set().union(*rows)
+    assert {"train/objective", "train/loss", "act/avg_halting_steps", "system/tokens_per_second",
+            "system/ram_used_gb"} <= keys
+    assert not {"train/loss/total", "train/loss/final_ce"} & keys   # the plan's names are the README's mapping only

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from torch import nn
 
 from agentforge.errors import ConfigError
 from agentforge.scaling.evaluator import BLOCK_END, BLOCK_START, FAIL_SCORE, check_static, evaluate
@@ -249,3 +250,18 @@ def test_openevolve_entry_file_contract(tmp_path, monkeypatch, openevolve_output
         oe_cfg = yaml.safe_load((REPO / "openevolve" / f"config_{name}.yaml").read_text())
         assert oe_cfg["evaluator"]["timeout"] > 0 and oe_cfg["llm"]["models"]
         assert "EVOLVE-BLOCK" in oe_cfg["prompt"]["system_message"]
+
+
+def test_the_readme_departures_from_the_openevolve_seed():
+    """README: 'the fixed model around the evolved attention is the project's pre-norm block with RMSNorm and SwiGLU
+    ..., not the seed's LayerNorm and GELU, and has no dropout ...; the OpenEvolve configs keep a population of 50'."""
+    import yaml
+
+    from agentforge.models.layers import RMSNorm, SwiGLU
+    from agentforge.scaling.model import ScalingLM
+
+    model = ScalingLM(256, 32, 2, 2, lambda d, h: nn.Identity())
+    kinds = {type(m) for m in model.modules()}
+    assert {RMSNorm, SwiGLU} <= kinds and not kinds & {nn.LayerNorm, nn.GELU, nn.Dropout}
+    for cfg in sorted((REPO / "openevolve").glob("config_*.yaml")):
+        assert yaml.safe_load(cfg.read_text())["database"]["population_size"] == 50, cfg.name

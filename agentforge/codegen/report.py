@@ -222,7 +222,8 @@ def log_dashboard(tr, names: list[str], evals: dict, kpis: dict, stats: dict, cu
             tr.line_series(f"dashboard/{key.replace('/', '_')}", steps, list(ys.values()), list(ys), title, "step")
     for p in plot_paths:
         tr.image(f"plots/{p.stem}", p)
-    summary = {"stats/verdict": stats["verdict"], "stats/verdict_score": stats["verdict_score"]}
+    summary = {"stats/verdict": stats["verdict"], "stats/verdict_score": stats["verdict_score"],
+               **({"stats/train_run_failures": stats["train_run_failures"]} if "train_run_failures" in stats else {})}
     for k in ks:
         s = stats[f"pass_at_{k}"]
         for n in names:

@@ -87,6 +87,15 @@ def compute_stats(per_model: dict[str, list[dict]], kpis: dict[str, dict], *, ca
     return out
 
 
+def train_run_failures(trainings: dict[str, dict]) -> dict:
+    """Section 2's reliability KPI, "train run failures" (target 0), as ``stats.json`` keys: the number of the models'
+    training runs that failed, and which. A run that did not finish raises before any stats exist (the phase fails
+    with its error), so a failure counted here is a run that finished unstable (non-finite losses, skipped steps:
+    the training's ``unstable``), which the verdict also reads as FAILURE."""
+    by_model = {n: int(bool(t.get("unstable"))) for n, t in trainings.items()}
+    return {"train_run_failures": sum(by_model.values()), "train_run_failures_by_model": by_model}
+
+
 def pass_at_k_curve(problems: list[dict], max_k: int) -> list[float]:
     """Mean pass@k for k = 1..max_k (the accuracy panel's line)."""
     n = min(p["num_samples"] for p in problems)

@@ -238,6 +238,7 @@ def run(cfg) -> dict:
                                       baseline_description=lms[1].description)
         rows = {n: {"seq_len": t["seq_len"], "batch_size": t["batch_size"]} for n, t in trainings.items()}
         stats.update(optimizers=optimizers(cfg, trainings), train_rows=rows, self_check=check,
+                     **scoring.train_run_failures(trainings),
                      budget_ceiling_pass_at_1=(check or {}).get("budget_ceiling_pass_at_1"),
                      completion_chars_mean={n: evals[n]["completion_chars_mean"] for n in names})
         if stats["budget_ceiling_pass_at_1"] and target is not None:
