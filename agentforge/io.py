@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +34,13 @@ class CheckpointError(AgentForgeError):
     """A checkpoint is missing, truncated, or not what the caller expects."""
 
 
+# the name of ``atomic_write``'s temporary file: ``.{name}.`` + mkstemp's 8 random characters + ``.tmp``
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Run ``writer(tmp_path)``, fsync, then rename onto ``path``; on failure nothing is left behind."""
+    """Run ``writer(tmp_path)``, fsync, then rename onto ``path``; on failure nothing is left behind (but SIGKILL
+    and power loss leave the temporary file: ``sweep_temporaries``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,6 +56,20 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def sweep_temporaries(root: str | Path, skip: tuple[str, ...] = ("wandb",)) -> list[Path]:
+    """Remove the temporary files of ``atomic_write``s that a killed process (SIGKILL: no ``except`` ran) left under
+    ``root``, and return them. For a directory a run continues (a pipeline step's kept run dir): nothing else writes
+    there then, and the files they were to replace are whole (the rename never happened). ``skip``: subdirectories
+    whose files are another tool's (W&B's offline runs)."""
+    root, gone = Path(root), []
+    for p in sorted(root.rglob(".*.tmp")) if root.is_dir() else []:
+        if p.is_file() and not p.is_symlink() and TEMPORARY.match(p.name) \
+                and not set(p.relative_to(root).parts[:-1]) & set(skip):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def fsync_dir(directory: str | Path) -> None:

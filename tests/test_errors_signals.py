@@ -79,6 +79,7 @@ def test_sigterm_says_how_to_continue_exits_143_and_the_rerun_resumes(tmp_path, 
     ckpt = art / "model3.work" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["agentforge_fit_seconds"] > 0
+    step = state["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]   # the checkpoint's (3 or 6)
     state["agentforge_fit_seconds"] = 3600.0
     assert state["agentforge_numerics"] == {"threads": 1, "device": "cpu"}   # OMP_NUM_THREADS=1 (run_cli)
     state["agentforge_numerics"]["threads"] = 2   # as if written on a machine with another thread count
@@ -90,10 +91,13 @@ def test_sigterm_says_how_to_continue_exits_143_and_the_rerun_resumes(tmp_path, 
         "warning: resuming with other numerics than the checkpoint was written with (threads 2 then 1): the resumed "
         "run will not be bit-identical to an uninterrupted one"]
     assert (art / "model3" / "config.json").is_file()
-    # the line names the run dir that logged the steps before the resume
+    # the line names the run dir that logged the steps before the resume, and which of its rows count: the killed run
+    # may have logged steps after its checkpoint, which this run redid (it said only "logged in <dir>")
     first = sorted((tmp_path / "outputs" / "runs").glob("*/*_cognate_*"))[0]
-    said = re.search(r"resumed: ([0-9.]+) s of training before this run .* logged in (\S+)", again.stdout)
+    said = re.search(r"resumed: ([0-9.]+) s of training before this run .* logged in (\S+) \((.*)\)$", again.stdout,
+                     re.MULTILINE)
     assert said and float(said.group(1)) == 3600.0 and Path(said.group(2)) == first, again.stdout[-2000:]
+    assert said.group(3) == f"its rows before step {step} count; those from step {step} on were redone in this run"
     final = json.loads((art / "model3" / "metrics.json").read_text())
     assert 1.0 < final["final/total_training_time_hours"] < 1.1
     assert "resumed:" not in (first / "agentforge.log").read_text()   # the fresh run printed no such line

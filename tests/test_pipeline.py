@@ -72,6 +72,14 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
     steps = json.loads(state.read_text())["steps"]
     assert [s["status"] for s in steps].count("skipped (complete)") >= 2
     assert all(s["status"] in ("done", "skipped (complete)") for s in steps) and len(steps) == 12
+    # the step the kill cut short, resumed or started over, logged each training step once (a resumed step logged
+    # the steps after its checkpoint twice), and no write's temporary file is left in a run dir
+    runs = tmp_path / "outputs" / "pipeline" / "t" / "runs"
+    for log in runs.glob("*/**/metrics.jsonl"):
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        trained = [r["_step"] for r in rows if any(k in r for k in ("train/loss", "baking/loss", "rl/reward"))]
+        assert len(trained) == len(set(trained)), log
+    assert not [p for p in runs.rglob(".*.tmp") if "wandb" not in p.parts]
     art = tmp_path / "outputs" / "pipeline" / "t" / "artifacts"
     for ckpt in ["cognate/model1", "cognate/model2", "cognate/model3", "evomerge/champion", "quietstar/baked",
                  "quietstar/reasoning", "bitnet/compressed"]:
@@ -114,7 +122,6 @@ def test_pipeline_killed_mid_way_resumes_and_finishes_with_valid_artifacts(tmp_p
     assert steps3[-1]["inputs"] == {"bitnet": steps3[5]["outputs_digest"]}   # what it read: the new model only
     assert all(s["duration_s"] > 0 for s in steps3)
     # the rerun eval step summarises its own run only (its rows used to be appended to the last run's: count 2)
-    runs = tmp_path / "outputs" / "pipeline" / "t" / "runs"
     summary = json.loads((runs / "eval-phase4_compressed" / "run_summary.json").read_text())
     assert summary["records"] == 1 and summary["metrics"]["evaluation/phase4_compressed/perplexity"]["count"] == 1
     assert (runs / "eval-phase4_compressed.previous" / "run_summary.json").is_file()   # the last run's, kept aside

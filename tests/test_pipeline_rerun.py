@@ -88,16 +88,79 @@ def test_a_data_file_replaced_under_the_same_path_reruns_its_steps_in_a_fresh_ru
     assert _summary_count(runs / "cognate-m1") == 1 and _summary_count(runs / "cognate-m1.previous") == 1
 
 
+def _resumable(monkeypatch) -> None:
+    """The fake Cognate leaves an epoch checkpoint of its config in ``model<i>.work`` while it runs (the fake phase
+    interrupted there leaves it, as a killed Cognate run does) and removes the dir when it finishes."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from agentforge.phases.cognate import fingerprint
+    from agentforge.training.trainer import FINGERPRINT_KEY
+    from tests import test_pipeline_lineage as lineage
+
+    def fake(calls, fail_at, inner=lineage._fake_phase):
+        run = inner(calls, fail_at)
+
+        def resumable(child):
+            work = Path(child.paths.artifacts) / "cognate" / f"model{child.model.model_id}.work"
+            work.mkdir(parents=True, exist_ok=True)
+            torch.save({FINGERPRINT_KEY: fingerprint(child)}, work / "last.ckpt")
+            result = run(child)
+            shutil.rmtree(work)
+            return result
+        return resumable
+    monkeypatch.setattr(lineage, "_fake_phase", fake)
+
+
 def test_a_resumed_step_continues_its_run_history_and_a_rerun_starts_a_fresh_one(tmp_path, monkeypatch):
-    """An interrupted step rerun with the same settings resumes: its run dir, and the rows it logged, stay. Rerun
+    """An interrupted step rerun with the same settings, whose phase resumes its checkpoint: its run dir, and the rows
+    it logged, stay, less the temporary files of writes the kill cut short (W&B's own files are left alone). Rerun
     with other settings, it starts a fresh run dir (it appended to the last run's metrics.jsonl: count 3)."""
+    _resumable(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _pipeline(tmp_path, monkeypatch, [*ONE, _cognate(40)], fail_at="cognate-m1")
-    assert _pipeline(tmp_path, monkeypatch, [*ONE, _cognate(40)]) == ["cognate-m1"]
     runs = _pipe(tmp_path) / "runs"
+    (runs / "cognate-m1" / "wandb").mkdir()
+    torn = [runs / "cognate-m1" / ".provenance.json.k2j4x9_a.tmp", runs / "cognate-m1" / "tables" / ".t.csv.0abcdefg.tmp"]
+    kept = [runs / "cognate-m1" / "wandb" / ".run.json.0abcdefg.tmp", runs / "cognate-m1" / "notes.tmp"]
+    for f in [*torn, *kept]:
+        f.parent.mkdir(exist_ok=True)
+        f.write_text("half")
+    assert _pipeline(tmp_path, monkeypatch, [*ONE, _cognate(40)]) == ["cognate-m1"]
     assert _summary_count(runs / "cognate-m1") == 2 and not (runs / "cognate-m1.previous").exists()
+    assert not any(f.exists() for f in torn) and all(f.exists() for f in kept)
     assert _pipeline(tmp_path, monkeypatch, [*ONE, _cognate(41)]) == ["cognate-m1"]
     assert _summary_count(runs / "cognate-m1") == 1 and _summary_count(runs / "cognate-m1.previous") == 2
+
+
+def test_an_interrupted_step_that_will_not_resume_starts_a_fresh_run_dir(tmp_path, monkeypatch, capsys):
+    """The audit's case: a Cognate step killed (SIGKILL: its record unchanged) after it published new outputs and
+    removed its ``.work`` dir, before it was marked finished. The rerun trains from scratch, so it must not log into
+    the killed run's dir (the run dir held every step twice, two sets of final/*): that dir moves to
+    ``runs/<key>.previous``. The reason names the interrupted run, not 'its outputs changed since the pipeline made
+    them'. The same holds for a phase that never resumes (``pipeline.continues``), an eval step re-run on a re-made
+    model (its run_summary.json averaged two models) among them."""
+    from agentforge.pipeline.rundirs import ATTEMPT
+
+    assert _pipeline(tmp_path, monkeypatch, ONE) == ["cognate-m1"]
+    runs, fp = _pipe(tmp_path) / "runs", _state(tmp_path)["cognate-m1"]["fingerprint"]
+    # the killed rerun: its attempt marked unfinished, its rows logged, its outputs republished (new timings inside)
+    (runs / "cognate-m1" / ATTEMPT).write_text(json.dumps({"fingerprint": fp, "inputs": {}, "finished": False}))
+    with (runs / "cognate-m1" / "metrics.jsonl").open("a") as f:
+        f.write('{"_step": 0, "fake/loss": 2.0}\n')
+    metrics = _pipe(tmp_path) / "artifacts" / "cognate" / "model1" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace("10.0", "11.0"))
+    capsys.readouterr()
+    assert _pipeline(tmp_path, monkeypatch, ONE) == ["cognate-m1"]
+    assert "cognate-m1: running (its last run was interrupted after it had replaced its outputs)" in \
+        capsys.readouterr().out
+    assert _summary_count(runs / "cognate-m1") == 1   # this run's row only
+    assert len((runs / "cognate-m1.previous" / "metrics.jsonl").read_text().splitlines()) == 2
+    from agentforge.pipeline.continues import will_continue
+
+    assert not will_continue("eval", None) and not will_continue("bitnet", None)
 
 
 def test_a_bad_input_found_before_any_work_leaves_the_pipeline_as_it_was(tmp_path, monkeypatch, capsys):

@@ -67,7 +67,7 @@ from agentforge.tracking.part_times import closing_line, devices_line, fit_devic
 from agentforge.tracking.spec_config import flat_config
 from agentforge.training.lm_module import LMModule
 from agentforge.training.part_callbacks import TimedEpochCheckpoint, TimedValidation
-from agentforge.training.resume import resume_path, start_work_dir
+from agentforge.training.resume import resume_path, resumed_note, start_work_dir
 from agentforge.training.trainer import build_trainer, to_eval_device
 
 RULES = PHASE_RULES["cognate"]
@@ -131,18 +131,18 @@ def run(cfg) -> dict:
             start_work_dir(work_dir, fp, resume)  # starting fresh: the stale last.ckpt goes before the new fingerprint
             task_cb = TaskAccuracyCallback(tokenizer, evals, int(p.gen_tokens), times)
             usage_cb = MemoryUsageCallback()
+            ckpt_cb = TimedEpochCheckpoint(work_dir / "last.ckpt", fp, times)   # also where the history continues
             callbacks = [EarlyStopping(monitor="val/loss", patience=int(p.early_stopping_patience), mode="min"),
                          ThroughputCallback(), EpochTimeCallback(), CurriculumCallback(ctx.tracker), task_cb, usage_cb,
-                         TimedEpochCheckpoint(work_dir / "last.ckpt", fp, times), TimedValidation(times)]
+                         ckpt_cb, TimedValidation(times)]
             trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers,
                                     callbacks=callbacks, max_epochs=int(p.max_epochs), default_root_dir=ctx.run_dir,
                                     gradient_clip_val=float(p.gradient_clip) or None, enable_checkpointing=False)
             module.run_dir = ctx.run_dir
             trainer.fit(module, datamodule=dm, ckpt_path=resume)
             train_hours = module.fit_seconds() / 3600   # a resumed run: with the time before its checkpoint
-            if resume:
-                print(f"resumed: {module.prior_fit_seconds:.1f} s of training before this run (counted in final/total_"
-                      f"training_time_hours); the earlier steps are logged in {module.resumed_from_run or 'its run'}")
+            if resume:   # which of the killed run's logged steps count
+                print(resumed_note(module.prior_fit_seconds, module.resumed_from_run, ckpt_cb.history_from, ctx.run_dir))
         if not trainer.is_global_zero:
             return {}
         model.eval()

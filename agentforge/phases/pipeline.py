@@ -6,10 +6,11 @@
 Every phase reads the previous one's outputs from ``{paths.outputs}/pipeline/{run_name}/artifacts``.
 Each step runs in this process as an ordinary phase run (its own run dir ``runs/<key>``, its own W&B run). A rerun
 with the same name skips complete steps made with the same settings, inputs and data files, and continues an
-interrupted one (Cognate resumes from its last epoch checkpoint, and its run dir's history with it); a step that runs
-again for another reason starts in a fresh run dir, the last one moved to ``runs/<key>.previous``
-(``pipeline.rundirs``). A step that fails before replacing its outputs keeps its record, and a new pipeline dir
-where nothing ran is removed. A subset (``phase.phases`` / ``phase.models``) is refused when a step it runs reads outputs of
+interrupted one (Cognate and Quiet-STaR resume from their last epoch checkpoint, and their run dir's history with
+it, counting each step once); a step that runs again for another reason, or that will not resume (no checkpoint it
+accepts; the other phases never resume), starts in a fresh run dir, the last one moved to ``runs/<key>.previous``
+(``pipeline.rundirs``, ``pipeline.continues``). A step that fails before replacing its outputs keeps its record, and
+a new pipeline dir where nothing ran is removed. A subset (``phase.phases`` / ``phase.models``) is refused when a step it runs reads outputs of
 a step outside it that this command would not reuse (``pipeline.lineage``: one lineage of models, never new model1
 merged with old model2), and its report warns about the outputs outside it that it reads or made stale. At the end:
 the cross-phase report (Markdown + PNG + W&B tables); the previous one is moved to ``pipeline_report.previous.md``
@@ -33,6 +34,7 @@ from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES, override_key
+from agentforge.pipeline.continues import will_continue
 from agentforge.pipeline.lineage import FINISHED, Lineage, refusal, retire_report, state_rows
 from agentforge.pipeline.lineage import skip_reason as _skip_reason
 from agentforge.pipeline.lineage import stale as _stale
@@ -46,7 +48,7 @@ from agentforge.pipeline.plan import (
     outputs_digest,
 )
 from agentforge.pipeline.report import dir_bytes, performance_rows, write_report
-from agentforge.pipeline.rundirs import abandon_attempt, finish_attempt, remove_if_untouched, start_attempt
+from agentforge.pipeline.rundirs import abandon_attempt, finish_attempt, interrupted, remove_if_untouched, start_attempt
 from agentforge.pipeline.thresholds import headline_metrics, threshold_rows, threshold_summary
 
 PHASE_ORDER = ("cognate", "evomerge", "quietstar", "bitnet", "eval")
@@ -164,7 +166,8 @@ def _decide(step, child, previous: dict, artifacts: Path, order: list, digests: 
     reads = _reads(step, child, order)
     inputs = {k: digests[k] for k in reads if k in digests}   # the digests of what it reads, now
     done = outputs_digest(step) if is_complete(step) else None
-    why = _skip_reason(step, fp, previous.get(step.key), [k for k in reads if k in ran], done, inputs, made)
+    killed = interrupted(Path(child.paths.run_dir), previous.get(step.key)) is not None   # its last run did not finish
+    why = _skip_reason(step, fp, previous.get(step.key), [k for k in reads if k in ran], done, inputs, made, killed)
     return why, {"key": step.key, "phase": step.phase, "fingerprint": fp, "made_with": made, "inputs": inputs}, done
 
 
@@ -233,7 +236,9 @@ def run(cfg) -> dict:
             ran.add(step.key)
             print(f"[{i}/{len(steps)}] {step.key}: running ({why})")
             run_dir = pipe_dir / "runs" / step.key
-            moved = start_attempt(run_dir, rec["fingerprint"], prev)   # the last run's dir, unless this resumes it
+            # the last run's dir moves aside, unless this run continues it (resumes its checkpoint)
+            moved = start_attempt(run_dir, rec["fingerprint"], prev, rec["inputs"],
+                                  run_dir.exists() and will_continue(step.phase, child))
             t0 = time.perf_counter()
             try:
                 with PeakMemory(interval=0.05) as mem, on_publish(lambda _dst, key=step.key: retire(key)):

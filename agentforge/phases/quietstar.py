@@ -53,7 +53,7 @@ from agentforge.errors import ConfigError
 from agentforge.evals.speed import PartTimes
 from agentforge.io import CheckpointError, pipeline_copy_hint, source_fields
 from agentforge.phases.context import timed_run_context
-from agentforge.phases.quietstar_fit import fit_step, work_dir
+from agentforge.phases.quietstar_fit import fit_step, step_dirs, work_dir
 from agentforge.phases.quietstar_report import finish_baking, finish_rl, phase_times_line
 from agentforge.phases.rules import PHASE_RULES
 from agentforge.reasoning import baking as bk
@@ -87,16 +87,15 @@ def run(cfg) -> dict:
     r = cfg.phase.rl
     if int(r.seq_len) < int(r.context_len) + int(r.n_true):
         raise ConfigError(f"phase.rl.seq_len ({r.seq_len}) must be >= phase.rl.context_len + phase.rl.n_true")
-    artifacts = Path(cfg.paths.artifacts).absolute()
-    given = Path(cfg.phase.input).absolute() if cfg.phase.get("input") else None
+    dirs = step_dirs(cfg)   # each step's (input, output)
     ckpt = cfg.get("ckpt_path")
     if step == "both" and ckpt not in (None, "auto", "none", "fresh", "last", False):
         raise ConfigError(f"ckpt_path={ckpt}: a checkpoint file belongs to one step; add step=baking or step=rl")
     out: dict = {"metrics": {}}
-    outs = {"baking": artifacts / "quietstar" / "baked", "rl": artifacts / "quietstar" / "reasoning"}
+    outs = {k: dst for k, (_, dst) in dirs.items()}
     phase, step_times = PartTimes(), {}   # the whole phase's line: each step's span, closing its run included
     if step in ("baking", "both"):
-        src = given or artifacts / "evomerge" / "champion"
+        src = dirs["baking"][0]
         with phase("baking"):
             times = PartTimes()   # the step's parts, from loading its input to its report
             with times("load"):
@@ -114,7 +113,7 @@ def run(cfg) -> dict:
         out["metrics"].update(res["metrics"])
         step_times.update({"baking": res["times"]} if "times" in res else {})
     if step in ("rl", "both"):
-        src = given if (step == "rl" and given) else artifacts / "quietstar" / "baked"
+        src = dirs["rl"][0]
         with phase("rl"):
             times = PartTimes()
             with times("load"):

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from agentforge.evals.speed import PartTimes
 from agentforge.phases.cognate import fingerprint
 from agentforge.training.part_callbacks import TimedEpochCheckpoint
-from agentforge.training.resume import resume_path, start_work_dir
+from agentforge.training.resume import resume_path, start_work_dir, will_resume
 from agentforge.training.trainer import build_trainer
 
 
@@ -24,7 +24,7 @@ def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int,
     Trainer would log its steps over the first's). ``times``: the epoch checkpoints' saves are its part
     ``checkpoint``."""
     work = work_dir(out_dir)
-    fp = hashlib.sha256(f"{fingerprint(cfg)} {step} {input_digest(src)}".encode()).hexdigest()[:16]
+    fp = step_fingerprint(cfg, step, src)
     resume = resume_path(cfg.get("ckpt_path"), work, fp, expected=module.state_dict())
     if resume:
         print(f"resuming from {resume}")
@@ -36,6 +36,30 @@ def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int,
     trainer.fit(module, ckpt_path=resume)
     module.model.eval()
     return trainer, (time.perf_counter() - t0) / 3600
+
+
+def step_fingerprint(cfg, step: str, src: Path) -> str:
+    """What a step's epoch checkpoint must carry to be resumed: the config's fingerprint, the step, its input's digest."""
+    return hashlib.sha256(f"{fingerprint(cfg)} {step} {input_digest(src)}".encode()).hexdigest()[:16]
+
+
+def step_dirs(cfg) -> dict[str, tuple[Path, Path]]:
+    """Each step's (input, output) directories: baking reads ``phase.input`` or EvoMerge's champion and writes
+    ``quietstar/baked``; RL reads the baked model (``phase.input`` with ``step=rl``) and writes ``quietstar/reasoning``."""
+    art = Path(cfg.paths.artifacts).absolute()
+    given = Path(cfg.phase.input).absolute() if cfg.phase.get("input") else None
+    step = cfg.get("step") or cfg.phase.step
+    return {"baking": (given or art / "evomerge" / "champion", art / "quietstar" / "baked"),
+            "rl": (given if step == "rl" and given else art / "quietstar" / "baked", art / "quietstar" / "reasoning")}
+
+
+def resumes(cfg) -> bool:
+    """Whether ``phase=quietstar`` with ``cfg`` would resume an epoch checkpoint of a step it trains (the one
+    ``fit_step`` would accept: this config's and input's fingerprint; ``training.resume.will_resume``). The pipeline
+    keeps the step's run dir, and the history in it, only then (``pipeline.continues``)."""
+    step = cfg.get("step") or cfg.phase.step
+    return any(will_resume(cfg.get("ckpt_path"), work_dir(out), step_fingerprint(cfg, s, src))
+               for s, (src, out) in step_dirs(cfg).items() if step in (s, "both"))
 
 
 def work_dir(out_dir: Path) -> Path:

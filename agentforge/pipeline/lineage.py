@@ -26,19 +26,20 @@ from agentforge.io import write_text_atomic
 from agentforge.pipeline.plan import Step, fingerprint_of, is_complete, outputs_digest
 
 INCOMPLETE = "outputs incomplete"
+INTERRUPTED = "its last run was interrupted after it had replaced its outputs"
 SETTINGS_DIFFER = "its settings differ from those its outputs were made with"
 FINISHED = ("done", "skipped (complete)")
 REPORT, PREVIOUS_REPORT = "pipeline_report.md", "pipeline_report.previous.md"
 
 
 def skip_reason(step: Step, fp: str, prev: dict | None, upstream_ran: list[str], digest: str | None,
-                inputs: dict[str, str], made: dict | None = None) -> str | None:
+                inputs: dict[str, str], made: dict | None = None, interrupted: bool = False) -> str | None:
     """Why a step must run again (None: skip it): its outputs are incomplete; a step it reads from ran
     (``upstream_ran``: their keys); no record of a finished run made them; they were made with other settings, data
     files or package version (``made``: the parts of ``fp`` now, ``plan.made_with``, which name what changed); they
-    changed since (a standalone phase or an interrupted rerun wrote there); or the outputs they were made from
-    changed since (``inputs``: the digests of the earlier steps' outputs now, against those recorded when this step
-    ran)."""
+    changed since (a standalone phase wrote there, or, ``interrupted``: the step's last run, which did not finish,
+    replaced them; "changed since the pipeline made them" misled there); or the outputs they were made from changed
+    since (``inputs``: the digests of the earlier steps' outputs now, against those recorded when this step ran)."""
     if not is_complete(step):
         return INCOMPLETE
     if upstream_ran:
@@ -48,7 +49,7 @@ def skip_reason(step: Step, fp: str, prev: dict | None, upstream_ran: list[str],
     if prev.get("fingerprint") != fp:
         return what_changed(prev.get("made_with"), made)
     if prev.get("outputs_digest") != digest:
-        return "its outputs changed since the pipeline made them"
+        return INTERRUPTED if interrupted else "its outputs changed since the pipeline made them"
     if prev.get("inputs") != inputs:
         changed = sorted(k for k in inputs if (prev.get("inputs") or {}).get(k) != inputs[k])
         return f"the outputs it was made from changed since ({', '.join(changed) or 'other steps'})"

@@ -3,10 +3,12 @@
 The run directory has a fixed name, and its ``metrics.jsonl`` is appended to (``JsonlLogger``): a rerun of a step
 used to add its rows to the previous run's, so the eval step's ``run_summary.json`` summarised two models (count 2,
 their perplexities averaged). A step that runs again now starts in an empty directory, the previous run's moved to
-``runs/<key>.previous`` (one generation kept: its W&B offline run may not be synced yet), unless it resumes an
-interrupted run with the same fingerprint: then the history it continues stays. ``pipeline_attempt.json`` in the
-run directory says which fingerprint its run had and whether it finished, so a run killed before any record was
-saved (SIGKILL) is still known to be interrupted.
+``runs/<key>.previous`` (one generation kept: its W&B offline run may not be synced yet), unless it continues an
+interrupted run: the same fingerprint and inputs, and its phase resumes that run's checkpoint
+(``pipeline.continues``); then the history it continues stays (the rows the killed run logged after its checkpoint
+are set aside as the resumed run starts: ``JsonlLogger.continue_from``), and the temporary files of writes the kill
+cut short are removed. ``pipeline_attempt.json`` in the run directory says which fingerprint and inputs its run had
+and whether it finished, so a run killed before any record was saved (SIGKILL) is still known to be interrupted.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from agentforge.io import write_json_atomic
+from agentforge.io import sweep_temporaries, write_json_atomic
 
 ATTEMPT = "pipeline_attempt.json"
 PREVIOUS_SUFFIX = ".previous"
@@ -22,30 +24,37 @@ PREVIOUS_SUFFIX = ".previous"
 BOOKKEEPING = {ATTEMPT, "config_resolved.yaml", "overrides.yaml", "provenance.json"}
 
 
-def interrupted_fingerprint(run_dir: Path, prev: dict | None) -> str | None:
-    """The fingerprint of the unfinished run whose history ``run_dir`` holds (None: none, or it finished). A run
-    directory from before the marker existed: the step's record says (status ``failed``)."""
+def interrupted(run_dir: Path, prev: dict | None) -> dict | None:
+    """The ``fingerprint`` and ``inputs`` (the digests of the outputs it read) of the unfinished run whose history
+    ``run_dir`` holds; None: none, or it finished. A run directory from before the marker existed: the step's record
+    says (status ``failed``)."""
     marker = Path(run_dir) / ATTEMPT
     if not marker.is_file():
-        return prev.get("fingerprint") if prev and prev.get("status") == "failed" else None
+        return {k: prev.get(k) for k in ("fingerprint", "inputs")} if prev and prev.get("status") == "failed" else None
     try:
         attempt = json.loads(marker.read_text())
-        return None if attempt.get("finished") else attempt.get("fingerprint")
+        return None if attempt.get("finished") else {k: attempt.get(k) for k in ("fingerprint", "inputs")}
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def start_attempt(run_dir: Path, fp: str, prev: dict | None) -> Path | None:
-    """Before a step runs: keep ``run_dir`` when it holds an interrupted run with this fingerprint (the step resumes
-    it and continues its history), else move it to ``runs/<key>.previous`` (replacing an older one); then mark the
-    attempt unfinished. Returns where the previous run's directory went (None: kept, or there was none)."""
+def start_attempt(run_dir: Path, fp: str, prev: dict | None, inputs: dict | None = None,
+                  continues: bool = False) -> Path | None:
+    """Before a step runs: keep ``run_dir`` when it holds an interrupted run with this fingerprint and these inputs
+    and the step ``continues`` it (its phase will resume that run's checkpoint: ``pipeline.continues``), removing the
+    temporary files the kill left there (``io.sweep_temporaries``); else move it to ``runs/<key>.previous``
+    (replacing an older one). Then mark the attempt unfinished. Returns where the previous run's directory went
+    (None: kept, or there was none)."""
     run_dir = Path(run_dir)
     moved = None
-    if run_dir.exists() and interrupted_fingerprint(run_dir, prev) != fp:
+    same = continues and interrupted(run_dir, prev) == {"fingerprint": fp, "inputs": inputs}
+    if run_dir.exists() and not same:
         moved = run_dir.with_name(run_dir.name + PREVIOUS_SUFFIX)
         shutil.rmtree(moved, ignore_errors=True)
         run_dir.rename(moved)
-    write_json_atomic(run_dir / ATTEMPT, {"fingerprint": fp, "finished": False})
+    elif same:
+        sweep_temporaries(run_dir)
+    write_json_atomic(run_dir / ATTEMPT, {"fingerprint": fp, "inputs": inputs, "finished": False})
     return moved
 
 

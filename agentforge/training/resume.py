@@ -77,15 +77,44 @@ def resume_path(ckpt_path, work_dir: Path, fp: str, expected: dict | None = None
     return str(path)
 
 
+def will_resume(ckpt_path, work_dir: Path, fp: str) -> bool:
+    """Whether a run would resume from ``work_dir`` (``resume_path``'s choice, made quietly and before the run's model
+    exists, so the weights' fit is not checked: a run that then finds them unfit starts fresh as ever). Asked by the
+    pipeline before a step runs (``pipeline.continues``)."""
+    last = Path(work_dir) / LAST
+    if ckpt_path in (None, "auto"):
+        return last.is_file() and _auto_problem(last, Path(work_dir), fp, None) is None
+    if ckpt_path in ("none", "fresh", False):
+        return False
+    return (last if ckpt_path == "last" else Path(ckpt_path)).is_file()
+
+
 def start_work_dir(work_dir: Path, fp: str, resume: str | None) -> None:
-    """Create the work dir; when the run starts fresh, remove the stale ``last.ckpt`` (and any temporary file a
-    killed save left) BEFORE writing the new fingerprint, so nothing there describes another config's weights."""
+    """Create the work dir and remove any temporary file a killed save left (``.last.ckpt.*.tmp``: never the file
+    resumed from); when the run starts fresh, remove the stale ``last.ckpt`` too, BEFORE writing the new
+    fingerprint, so nothing there describes another config's weights."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:
-        for stale in (work_dir / LAST, *work_dir.glob(f".{LAST}.*.tmp")):
-            stale.unlink(missing_ok=True)
+    for stale in [*work_dir.glob(f".{LAST}.*.tmp"), *([work_dir / LAST] if resume is None else [])]:
+        stale.unlink(missing_ok=True)
     write_text_atomic(work_dir / MARKER, fp)
+
+
+def resumed_note(prior_seconds: float, logged_in: str | None, step: int | None, run_dir: Path) -> str:
+    """The line a resumed run prints: its training time before the checkpoint, and which logged steps count. The
+    checkpoint was written at logger step ``step``; the killed run's rows before it count, and those it logged from
+    there on were redone by this run. ``logged_in``: the killed run's run dir (the checkpoint says). A standalone
+    rerun logs in a new run dir; in the same one (a pipeline step, a fixed ``paths.run_dir``) the redone rows were
+    moved to ``metrics.superseded.jsonl`` (``JsonlLogger.continue_from``)."""
+    from agentforge.tracking.loggers import SUPERSEDED
+
+    head = f"resumed: {prior_seconds:.1f} s of training before this run (counted in final/total_training_time_hours)"
+    at = f"step {step}" if step is not None else "its checkpoint"
+    if logged_in and Path(logged_in).absolute() == Path(run_dir).absolute():
+        return (f"{head}; the earlier steps are logged in this run dir (the killed run's rows before {at}; those it "
+                f"logged from {at} on were redone here, and moved to {SUPERSEDED})")
+    return (f"{head}; the earlier steps are logged in {logged_in or 'its run'} (its rows before {at} count; those "
+            f"from {at} on were redone in this run)")
 
 
 def fit_problem(ckpt, expected: dict) -> str | None:

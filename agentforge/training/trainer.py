@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from agentforge.io import CheckpointError, atomic_write
+from agentforge.tracking.loggers import JsonlLogger
 
 FINGERPRINT_KEY = "agentforge_fingerprint"   # the config (and input) that wrote a checkpoint: training/resume.py
 NUMERICS_KEY = "agentforge_numerics"   # torch's thread count and the device that wrote it: numerics_warning
@@ -180,6 +181,19 @@ class EpochCheckpoint(L.Callback):
     def __init__(self, path: str | Path, fingerprint: str | None = None):
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.history_from: int | None = None   # the logger step training started at (set in on_train_start)
+
+    def on_train_start(self, trainer, pl_module):
+        """The run's ``metrics.jsonl`` continues from the step training starts at: the resumed checkpoint's (0 from
+        scratch). Rows an earlier run logged there from that step on, which this run logs again, move aside
+        (``JsonlLogger.continue_from``; a pipeline step resumed in its kept run dir counted steps 6-8 twice). The step
+        is the one Lightning's loggers get, ``_batches_that_stepped``, restored from the checkpoint by now (this hook
+        runs after the restore, before the first batch; ``on_fit_start`` runs before it)."""
+        self.history_from = int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                if isinstance(lg, JsonlLogger):
+                    lg.continue_from(self.history_from)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         if self.fingerprint is not None:
