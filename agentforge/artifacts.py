@@ -20,8 +20,11 @@ from agentforge.config import check_model_dict
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.io import (
+    CONFIG_FILE,
     OLD_SUFFIX,
+    WEIGHTS_FILE,
     CheckpointError,
+    check_dtypes,
     fsync_dir,
     fsync_tree,
     load_checkpoint,
@@ -59,6 +62,7 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu",
     if expect is not None and _shape_key(expect) != _shape_key(config):
         raise CheckpointError(f"{directory}: architecture differs from the other inputs "
                               f"({_shape_key(config)} vs {_shape_key(expect)}); all inputs must share one size")
+    check_config_fits(directory, config, state)
     model = CognateModel(config)
     missing, unexpected = _diff_keys(model.state_dict(), state)
     if missing or unexpected:
@@ -68,6 +72,7 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu",
         if state[k].shape != v.shape:
             raise CheckpointError(f"{directory}: tensor {k} has shape {tuple(state[k].shape)}, the config "
                                   f"implies {tuple(v.shape)}")
+    check_dtypes(Path(directory) / WEIGHTS_FILE, state, model.state_dict())
     tokenizer = checked_tokenizer(directory, cfg)
     model.load_state_dict(state)
     model.to(map_location).eval()
@@ -87,6 +92,43 @@ def checked_model_config(directory: str | Path, model: dict | None) -> CognateCo
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory}/config.json: the \"model\" entry is not a Cognate config ({exc}); "
                               f"re-export the model") from None
+
+
+# the config keys that size the model, each with a tensor whose shape holds it: (tensor, its shape in config keys)
+SIZE_TENSORS = (("embed.weight", ("vocab_size", "d_model")), ("blocks.0.mlp.gate.weight", ("ffn_hidden", "d_model")),
+                ("memory.keys", ("ltm_slots", "ltm_key_dim")))
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+
+def check_config_fits(directory: str | Path, config: CognateConfig, state: dict[str, torch.Tensor],
+                      prefix: str = "") -> None:
+    """Before the model is built: the config's sizes (``model.n_layers``, ``vocab_size``, ``d_model``,
+    ``ffn_hidden``, ``ltm_slots``, ``ltm_key_dim``) must be those of the tensors in the file, so a config.json edited
+    to 10^12 layers is one ``CheckpointError`` naming the key, not a model that exhausts memory being built. A
+    quantized layer (``NAME.codes_packed``, 4 or 5 codes a byte) bounds its weight's size instead. ``prefix``: the
+    model's key prefix in the file (``base.`` for a surgery-wrapped one)."""
+    where = f"{directory}/{CONFIG_FILE}"
+    blocks = {int(m.group(1)) for k in state if k.startswith(prefix) and (m := _BLOCK.match(k[len(prefix):]))}
+    n = max(blocks) + 1 if blocks else 0
+    if config.n_layers != n:
+        raise CheckpointError(f"{where}: model.n_layers is {config.n_layers} but {WEIGHTS_FILE} holds {n} blocks; "
+                              f"the config does not describe these weights — re-export the model")
+    for name, keys in SIZE_TENSORS:
+        want = tuple(getattr(config, k) for k in keys)
+        t = state.get(prefix + name)
+        if t is not None:
+            got = tuple(t.shape)
+            bad = next((i for i, w in enumerate(want) if len(got) != len(want) or got[i] != w), None)
+            if bad is not None:
+                raise CheckpointError(f"{where}: model.{keys[bad]} is {want[bad]} but {WEIGHTS_FILE}'s {prefix}{name} "
+                                      f"has shape {got}; the config does not describe these weights — re-export the "
+                                      f"model")
+            continue
+        codes = state.get(prefix + name.removesuffix("weight") + "codes_packed")
+        if codes is not None and want[0] * want[1] > 5 * codes.numel():
+            raise CheckpointError(f"{where}: model.{keys[0]} is {want[0]}, more than {WEIGHTS_FILE}'s "
+                                  f"{prefix}{name.removesuffix('weight')}codes_packed holds; the config does not "
+                                  f"describe these weights — re-export the model")
 
 
 def checked_tokenizer(directory: str | Path, cfg: dict) -> ByteTokenizer:
@@ -195,7 +237,7 @@ def load_any(directory: str | Path, map_location: str | torch.device = "cpu", ch
     from agentforge.io import read_checkpoint_config
 
     arch = read_checkpoint_config(directory).get("architecture")
-    if arch not in LOADERS:
+    if not isinstance(arch, str) or arch not in LOADERS:
         raise CheckpointError(f"{directory}: unknown architecture {arch!r}; known: {sorted(LOADERS)}")
     module, fn = LOADERS[arch].split(":")
     loader = getattr(importlib.import_module(module), fn)

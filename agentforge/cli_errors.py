@@ -175,6 +175,51 @@ def repeated_overrides(argv: list[str]) -> list[str]:
             for key, v in values.items() if len(v) > 1]
 
 
+def _flag(argv: list[str], *names: str) -> str | None:
+    """The value of a ``--flag VALUE`` / ``--flag=VALUE`` command-line option (the last one given), or None."""
+    value = None
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith(n + "="):
+                value = a[len(n) + 1:]
+    return value
+
+
+def config_file_problem(argv: list[str]) -> str | None:
+    """Why the primary config file a command names with ``--config-path DIR --config-name NAME`` (a saved
+    ``config_resolved.yaml`` rerun) cannot be read, or None: not UTF-8, not YAML, a tag OmegaConf refuses
+    (``!!python/object``), not a mapping. Read as Hydra reads it, before Hydra does, so each is one line naming the
+    file instead of a yaml / codec traceback. A file Hydra finds elsewhere (a package path) is left to Hydra."""
+    name, where = _flag(argv, "--config-name", "-cn"), _flag(argv, "--config-path", "-cp")
+    if name is None or where is None or "://" in where and not where.startswith("file://"):
+        return None
+    path = os.path.join(where.removeprefix("file://"), name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if not os.path.isfile(path):
+        return None   # Hydra names the missing config itself
+    import yaml
+    from omegaconf._utils import get_yaml_loader
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=get_yaml_loader())
+    except UnicodeDecodeError:
+        return f"{path}: not UTF-8 text; give a config file Agent Forge wrote (a run's config_resolved.yaml)"
+    except yaml.constructor.ConstructorError as exc:
+        return (f"{path}: holds a YAML tag the config cannot hold ({str(exc.problem)[:120]}); nothing ran — "
+                f"give a config file Agent Forge wrote")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        return f"{path}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc}); fix or re-save the file"
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror or exc})"
+    if data is not None and not isinstance(data, dict):
+        return f"{path}: a YAML {type(data).__name__}, not a mapping of config keys; give a saved config file"
+    return None
+
+
 def run_hydra_main(main) -> None:
     """Call a ``hydra.main`` function; a Hydra error, or an outputs directory that cannot hold runs, becomes one
     ``error:`` line and exit 2."""
@@ -182,7 +227,7 @@ def run_hydra_main(main) -> None:
     if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in sys.argv[1:]):
         for line in repeated_overrides(sys.argv[1:]):
             print(line, file=sys.stderr)
-        problem = outputs_problem(sys.argv[1:], dict(os.environ))
+        problem = config_file_problem(sys.argv[1:]) or outputs_problem(sys.argv[1:], dict(os.environ))
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)

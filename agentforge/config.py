@@ -121,7 +121,7 @@ MODEL_RULES: list[Rule] = [
     rule("model.ltm_key_dim", integer(1)),
     rule("model.surprise_threshold", number(0)),
     rule("model.vocab_size", integer(1)),
-    rule("model.max_seq_len", integer(1)),
+    rule("model.max_seq_len", integer(1, 1 << 20)),   # the RoPE table is built to it: 10^12 exhausts memory
     rule("model.rope_base", number(0, lo_open=True)),
     rule("model.ponder_prior", number(0, 1, lo_open=True, hi_open=True)),  # 1: no mass past step 1, KL infinite
     rule("model.halt_bias_init", optional(number())),

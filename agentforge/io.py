@@ -12,6 +12,7 @@ left at ``{dir}.old`` by a publish killed between its two renames (``artifacts.p
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -222,10 +223,12 @@ def read_checkpoint_config(directory: str | Path) -> dict:
                               f"did not finish, or this is not a checkpoint directory — re-run it or point at another "
                               f"checkpoint")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_path}: malformed JSON ({exc}); the checkpoint is corrupt — re-run the phase "
-                              f"that wrote it, or point at a complete checkpoint directory") from exc
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else \
+            "nested too deeply" if isinstance(exc, RecursionError) else f"malformed JSON ({exc})"
+        raise CheckpointError(f"{cfg_path}: {why}; the checkpoint is corrupt — re-run the phase "
+                              f"that wrote it, or point at a complete checkpoint directory") from None
     if not isinstance(cfg, dict) or cfg.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{cfg_path}: not an Agent Forge checkpoint (format "
                               f"{cfg.get('format') if isinstance(cfg, dict) else None!r}, "
@@ -234,9 +237,39 @@ def read_checkpoint_config(directory: str | Path) -> dict:
 
 
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Return (state_dict, config dict) of a checkpoint directory, with clear errors."""
+    """Return (state_dict, config dict) of a checkpoint directory, with clear errors. Every floating tensor must be
+    finite (``check_finite``): NaN/Inf weights are refused here, before any phase evaluates or merges them."""
     cfg = read_checkpoint_config(directory)
-    return load_tensors(Path(directory) / WEIGHTS_FILE), cfg
+    path = Path(directory) / WEIGHTS_FILE
+    state = load_tensors(path)
+    check_finite(path, state)
+    return state, cfg
+
+
+UNBOUNDED = (".act_clip",)   # a BitLinear's activation clip: +inf means "not calibrated", a legitimate value
+
+
+def check_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """CheckpointError naming ``path`` and the first floating tensor holding a NaN or Inf (one pass, no copies); a
+    tensor named ``*.act_clip`` (``UNBOUNDED``) may be +inf."""
+    for k, t in state.items():
+        if not t.is_floating_point():
+            continue
+        ok = torch.isfinite(t) | (t == math.inf) if k.endswith(UNBOUNDED) else torch.isfinite(t)
+        if not bool(ok.all()):
+            raise CheckpointError(f"{path}: tensor {k} holds NaN or Inf values; the weights are damaged (a diverged "
+                                  f"run or a corrupt file) — re-run the phase that wrote it")
+
+
+def check_dtypes(path: str | Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """CheckpointError naming ``path`` and the first tensor whose kind (floating or not) differs from the model's:
+    ``load_state_dict`` would cast an int or bool tensor into a float parameter silently."""
+    for k, want in expected.items():
+        got = state.get(k)
+        if got is not None and got.is_floating_point() != want.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {k} is {str(got.dtype).removeprefix('torch.')}, the model's is "
+                                  f"{str(want.dtype).removeprefix('torch.')}; the file is not a checkpoint of "
+                                  f"this model — re-run the phase that wrote it")
 
 
 def is_complete_checkpoint(directory: str | Path) -> bool:

@@ -40,7 +40,13 @@ def eval_sets(data_cfg: dict, seed: int, n: int | dict[str, int], split: str = "
     for fmt, path in paths.items():
         if path:
             recs = formats.load_jsonl(path, fmt, key=f"data.eval_paths.{fmt}")
-            out[fmt] = held_out(recs, fmt, other, split, f"data.eval_paths.{fmt}", path)[:size[fmt]]
+            kept = held_out(recs, fmt, other, split, f"data.eval_paths.{fmt}", path)
+            if len(kept) < size[fmt]:   # a short file is scored, not refused (it may be all there is), but said so
+                print(f"warning: data.eval_paths.{fmt}={path}: {len(kept)} distinct {split} records remain of its "
+                      f"{len(recs)} (the file is split about half val, half test), fewer than "
+                      f"{keys[fmt]}={size[fmt]}: {fmt} is scored on n={len(kept)}; give a larger file or lower "
+                      f"{keys[fmt]}")
+            out[fmt] = kept[:size[fmt]]
     return out
 
 

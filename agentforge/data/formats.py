@@ -50,6 +50,9 @@ def read_jsonl(path: str | Path, check: Callable[[object], str | None], *, what:
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg}; {key})") from exc
+                except RecursionError:
+                    raise DatasetError(f"{path}:{lineno}: JSON nested too deeply to read ({key}); give one flat "
+                                       f"record per line") from None
                 problem = check(rec)
                 if problem:
                     raise DatasetError(f"{path}:{lineno}: {problem} ({key})")

@@ -12,7 +12,7 @@ import torch
 
 from agentforge import artifacts
 from agentforge.data.tokenizer import ByteTokenizer
-from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
+from agentforge.io import WEIGHTS_FILE, CheckpointError, check_dtypes, load_checkpoint, save_checkpoint
 from agentforge.models import CognateModel
 from agentforge.models.surgery import ARCHITECTURE, RecursiveRefiner
 
@@ -31,6 +31,7 @@ def load_recursive(directory: str | Path, map_location: str | torch.device = "cp
         raise CheckpointError(f"{directory}: architecture {cfg.get('architecture')!r} is not {ARCHITECTURE!r}")
     model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     base_cfg = artifacts.checked_model_config(directory, model_cfg.get("base"))
+    artifacts.check_config_fits(directory, base_cfg, state, prefix="base.")
     tokenizer = artifacts.checked_tokenizer(directory, cfg)
     try:
         ref = model_cfg["refiner"]
@@ -42,6 +43,7 @@ def load_recursive(directory: str | Path, map_location: str | torch.device = "cp
     except RuntimeError as exc:
         raise CheckpointError(f"{directory}: weights do not match the config "
                               f"({str(exc).splitlines()[0][:200]})") from exc
+    check_dtypes(Path(directory) / WEIGHTS_FILE, state, model.state_dict())
     return model.to(map_location).eval(), tokenizer, cfg
 
 

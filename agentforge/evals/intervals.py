@@ -19,8 +19,14 @@ def perplexity_ci(row_loss: list[float] | None) -> dict:
     if not row_loss or len(row_loss) < 2:
         return {}
     x = np.asarray(row_loss, dtype=float)
+    if not np.isfinite(x).all():   # a row of infinite loss: no interval (the perplexity itself says inf)
+        return {}
     half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return {"perplexity_n": len(x), "perplexity_ci95": [math.exp(x.mean() - half), math.exp(x.mean() + half)]}
+    with np.errstate(over="ignore"):
+        ci = [float(np.exp(x.mean() - half)), float(np.exp(x.mean() + half))]
+    if not all(math.isfinite(v) for v in ci):   # past float range (a loss above ~709): no interval
+        return {}
+    return {"perplexity_n": len(x), "perplexity_ci95": ci}
 
 
 def stage_intervals(per_example: dict) -> dict:

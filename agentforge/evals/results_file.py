@@ -15,6 +15,7 @@ from agentforge.io import pipeline_copy_hint
 STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
 FORMATS = ("gsm8k", "arc", "piqa")
 DICT_OR_NULL = ("finetune", "settings", "reference_fit", "memory_regime")   # read with .get() by the comparison
+BOOL_METRICS = ("decode_cached",)   # the one metric phase=eval writes as true/false (the timing regime)
 
 
 def _number(x) -> bool:
@@ -37,6 +38,11 @@ def check_results(res, where: str, stage: str | None = None) -> None:
     if not isinstance(res, dict) or not isinstance(res.get("metrics"), dict):
         raise ConfigError(f"{where}: not a phase=eval results file (a JSON object with a \"metrics\" object); "
                           f"re-run phase=eval {again}")
+    if not res["metrics"]:
+        raise bad("metrics", "is empty: no figure to compare")
+    for key, v in res["metrics"].items():
+        if v is not None and not _number(v) and not (key in BOOL_METRICS and isinstance(v, bool)):
+            raise bad(f"metrics.{key}", f"is {v!r}"[:80] + ", not a number or null")
     for key in DICT_OR_NULL:
         if res.get(key) is not None and not isinstance(res[key], dict):
             raise bad(key, f"is {type(res[key]).__name__}, not an object or null")
@@ -61,6 +67,9 @@ def check_results(res, where: str, stage: str | None = None) -> None:
                               (f"{fmt}_chance", _number, "a number"),
                               *([("gsm8k_num_correct", _count, "a count >= 0")] if fmt == "gsm8k" else [])):
             v = listed(key, ok, what)
+            if key.endswith("_ids") and v is not None and len(set(v)) != len(v):
+                dup = next(x for i, x in enumerate(v) if x in v[:i])
+                raise bad(f"per_example.{key}", f"repeats the id {dup!r} (one value per example)")
             if v is not None and correct is not None and len(v) != len(correct):
                 raise bad(f"per_example.{key}", f"has {len(v)} values for the {len(correct)} of "
                                                 f"per_example.{fmt}_correct (one per example)")
@@ -91,9 +100,11 @@ def load_results(results_dir: str | Path, stages: list[str] | None) -> dict[str,
                                   f"{pipeline_copy_hint(results_dir, holds=path.name)}")
             continue
         try:
-            out[st] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: malformed results JSON ({exc.msg}); re-run phase=eval stage={st}") from exc
+            out[st] = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            why = (f"malformed results JSON ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else
+                   "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "JSON nested too deeply")
+            raise ConfigError(f"{path}: {why}; re-run phase=eval stage={st}") from None
         check_results(out[st], str(path), st)
     if not out:
         present = sorted(p.name.removesuffix("_results.json") for p in results_dir.glob("*_results.json"))

@@ -5,6 +5,7 @@ W&B run."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from agentforge.errors import ConfigError
 from agentforge.io import write_json_atomic, write_text_atomic
 from agentforge.tracking import provenance
 from agentforge.tracking.loggers import build_loggers, finish
@@ -43,7 +45,22 @@ def _task_overrides() -> list[str]:
         return []
 
 
+def _config_source() -> str:
+    """' (FILE)': the primary config file of this Hydra run when it was given with --config-path/--config-name."""
+    from agentforge.cli_errors import _flag
+
+    name, where = _flag(sys.argv[1:], "--config-name", "-cn"), _flag(sys.argv[1:], "--config-path", "-cp")
+    if not name:
+        return ""
+    return f" ({Path(where or '.') / (name if name.endswith(('.yaml', '.yml')) else name + '.yaml')})"
+
+
 def resolved_paths(cfg: DictConfig) -> tuple[Path, Path]:
+    for key in ("paths.run_dir", "paths.artifacts"):
+        if not isinstance(OmegaConf.select(cfg, key, default=None, throw_on_missing=False), str):
+            raise ConfigError(f"{key}: missing from the config{_config_source()}; a config that does not come from "
+                              f"conf/ (a saved config_resolved.yaml) must keep its paths section — restore the line "
+                              f"or rerun with the overrides instead")
     run_dir = Path(cfg.paths.run_dir).absolute()
     artifacts = Path(cfg.paths.artifacts).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -240,10 +240,11 @@ def run(cfg) -> dict:
                    "reference_fit": res.get("reference_fit"),
                    "memory_regime": memory_regime(next(model.parameters()).device, ft is not None),
                    "per_example": res["per_example"]}
+        line = summary_line(stage, m, res["per_example"])   # all computed before anything is published
         out = write_json_atomic(results_path(ctx.run_dir, stage), results)
         stable = publish_json(results_path(artifacts, stage), results)
         report(tr, stage, results)
-        print(summary_line(stage, m, res["per_example"]))
+        print(line)
     collect_metrics(ctx.run_dir)
     gate = OmegaConf.to_container(p.gate, resolve=True) if p.get("gate") else {}
     if gate:

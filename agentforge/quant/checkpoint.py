@@ -11,13 +11,14 @@ fails with one line instead of loading wrong weights (truncation is caught by sa
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import torch
 
-from agentforge.artifacts import checked_model_config, checked_tokenizer
+from agentforge.artifacts import check_config_fits, checked_model_config, checked_tokenizer
 from agentforge.data.tokenizer import ByteTokenizer
-from agentforge.io import CheckpointError, load_checkpoint, save_checkpoint
+from agentforge.io import WEIGHTS_FILE, CheckpointError, check_dtypes, load_checkpoint, save_checkpoint
 from agentforge.models import CognateModel
 from agentforge.quant.bitlinear import KERNEL_MARGIN, BitLinear, select_kernel
 from agentforge.quant.convert import bitlinear_layers
@@ -89,10 +90,39 @@ def save_packed(directory: str | Path, model: CognateModel, tokenizer: ByteToken
                            tokenizer=tokenizer.to_dict(), meta={**(meta or {}), "quant": quant})
 
 
+def _is_num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# meta.quant's fields outside the tensor checksum: each with its test and what it must be
+QUANT_FIELDS = {
+    "packing": (lambda x: isinstance(x, str) and x in SCHEMES, f"one of {sorted(SCHEMES)}"),
+    "tensors_sha256": (lambda x: isinstance(x, str), "a hex string"),
+    "threshold": (lambda x: x is None or (_is_num(x) and x >= 0), "a number >= 0 (null with no quantized layer)"),
+    "per_channel": (lambda x: isinstance(x, bool), "true or false"),
+    "act_bits": (lambda x: x is None or (isinstance(x, int) and not isinstance(x, bool) and 2 <= x <= 8),
+                 "an integer in 2..8 or null"),
+    "act_scale": (lambda x: x in ("token", "static"), "'token' or 'static'"),
+    "layers": (lambda x: isinstance(x, dict) and all(
+        isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("bias"), bool)
+        and isinstance(v.get("shape"), list) and len(v["shape"]) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v["shape"])
+        for k, v in x.items()), "a mapping of layer name -> {shape: [out, in], bias: true|false}"),
+}
+
+
 def _quant_meta(directory, cfg: dict) -> dict:
-    quant = (cfg.get("meta") or {}).get("quant")
+    """config.json's meta.quant, every field checked (type and range) here, in one place: the checksum covers the
+    tensors, not these, so an edited one is one ``CheckpointError`` naming the field, never a traceback."""
+    meta = cfg.get("meta")
+    quant = meta.get("quant") if isinstance(meta, dict) else None
     if not isinstance(quant, dict) or not {"packing", "layers", "tensors_sha256"} <= set(quant):
         raise CheckpointError(f"{directory}: config.json has no meta.quant section; not a packed BitNet checkpoint")
+    for key, (ok, desc) in QUANT_FIELDS.items():
+        if key not in quant or not ok(quant[key]):
+            got = "missing" if key not in quant else f"got {quant[key]!r}"[:120]
+            raise CheckpointError(f"{directory}/config.json: meta.quant.{key} must be {desc} ({got}); the file was "
+                                  f"edited or is not Agent Forge's — re-run phase=bitnet")
     return quant
 
 
@@ -114,7 +144,13 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
     if tensors_digest(state) != quant["tensors_sha256"]:
         raise CheckpointError(f"{directory}/model.safetensors: contents do not match the checksum in config.json; "
                               f"the file is corrupt — re-run phase=bitnet")
-    model = CognateModel(checked_model_config(directory, cfg.get("model")))
+    config = checked_model_config(directory, cfg.get("model"))
+    check_config_fits(directory, config, state)
+    weights = Path(directory) / WEIGHTS_FILE
+    for name in quant["layers"]:   # the layer's tensors' kinds: uint8 codes, floating scales and bias
+        check_dtypes(weights, state, {f"{name}.codes_packed": torch.zeros(0, dtype=torch.uint8),
+                                      **{f"{name}.{k}": torch.zeros(0) for k in ("gamma", "act_clip", "bias")}})
+    model = CognateModel(config)
     tokenizer = checked_tokenizer(directory, cfg)
     knobs = {"threshold": quant["threshold"], "per_channel": quant["per_channel"], "act_bits": quant["act_bits"],
              "act_scale": quant["act_scale"]}
@@ -136,6 +172,7 @@ def load_packed(directory: str | Path, map_location: str | torch.device = "cpu",
     if missing or unexpected:
         raise CheckpointError(f"{directory}: tensors do not match the config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
+    check_dtypes(weights, rest, expected)
     for k, v in expected.items():
         if rest[k].shape != v.shape:
             raise CheckpointError(f"{directory}: tensor {k} has shape {tuple(rest[k].shape)}, expected {tuple(v.shape)}")

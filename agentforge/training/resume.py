@@ -146,6 +146,8 @@ def _auto_problem(last: Path, work_dir: Path, fp: str, expected: dict | None) ->
         ckpt, error = _load(last, last), None
     except CheckpointError as exc:
         ckpt, error = None, str(exc)
+    if error is not None:   # a truncated or foreign file: whichever configuration wrote it, it cannot be resumed
+        return f"cannot be read ({error.split(': ', 1)[-1].split(';')[0]})"
     stored = ckpt.get(FINGERPRINT_KEY) if isinstance(ckpt, dict) else None
     if stored is None:  # written before fingerprints were embedded: the work dir's marker, as then, but only a
         # marker no newer than the checkpoint (the old code rewrote it when a run started, before that run's first
@@ -158,8 +160,6 @@ def _auto_problem(last: Path, work_dir: Path, fp: str, expected: dict | None) ->
         return "was written by a different configuration"
     if expected is None:
         return None
-    if error is not None:
-        return f"cannot be resumed ({error.split(': ', 1)[-1].split(';')[0]})"
     return fit_problem(ckpt, expected)
 
 
