@@ -368,7 +368,7 @@ def test_resume_choice_auto_last_fresh_or_a_file(tmp_path):
         resume_path("last", work, "fp")
     work.mkdir()
     (work / "fingerprint").write_text("fp\n")   # the run's marker first, then its checkpoint, as a run writes them
-    (work / "last.ckpt").write_bytes(b"x")
+    torch.save({"state_dict": {}}, work / "last.ckpt")   # a readable one: an unreadable file is never resumed
     last = str(work / "last.ckpt")
     assert resume_path(None, work, "fp") == resume_path("auto", work, "fp") == resume_path("last", work, "fp") == last
     assert resume_path(None, work, "another config") is None  # not the same run: start afresh
