@@ -375,3 +375,13 @@ def test_train_run_failures_counts_the_unstable_trainings():
         {"train_run_failures": 0, "train_run_failures_by_model": {"a": 0, "b": 0}}
     assert scoring.train_run_failures({"a": {"unstable": True}, "b": {"unstable": False}}) == \
         {"train_run_failures": 1, "train_run_failures_by_model": {"a": 1, "b": 0}}
+
+
+def test_a_failed_efficiency_check_stays_failed_when_token_units_differ():
+    """With different tokenizers the per-token ratio checks decide nothing, but a failed check of another kind (the
+    memory ratio) still fails the efficiency group: False, not "inconclusive" (a mutant dropping that branch survived
+    the mutation audit and would let the verdict read better than the figures)."""
+    ok, checks = scoring._units_not_comparable([{"threshold": "max_memory_ratio", "ok": False},
+                                               {"threshold": "max_latency_ratio", "ok": True}])
+    assert ok is False and checks[1]["ok"] is None
+    assert scoring._units_not_comparable([{"threshold": "max_latency_ratio", "ok": False}])[0] == "inconclusive"

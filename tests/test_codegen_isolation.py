@@ -197,3 +197,28 @@ def test_a_solution_raising_stopiteration_cannot_end_a_tests_loop_unchecked():
                    Program("def f(x):\n    return x > 0\n", tests, "f")], **EXEC)
     assert [r.outcome for r in got] == ["error", "passed"], got
     assert "RuntimeError" in got[0].detail and "StopIteration" in got[0].detail
+
+
+def test_identical_solutions_with_other_tests_are_judged_apart():
+    """``execute`` runs identical programs once, keyed by the whole program: one solution text under two problems'
+    tests (an MBPP whole-function completion repeated across problems) must not share one outcome (a key of the
+    solution alone survived the mutation audit: the second would copy the first's pass)."""
+    sol = "def f():\n    return 1\n"
+    got = execute([Program(sol, "assert f() == 1\n", "f"), Program(sol, "assert f() == 2\n", "f")], **EXEC)
+    assert [r.outcome for r in got] == ["passed", "failed"]
+
+
+def test_a_driver_that_did_not_end_cleanly_is_never_believed():
+    """``judge`` reads the driver's report only from a driver that exited 0: a timed-out or crashed driver's last
+    line may claim a pass (written before it was killed), and the solution's own timeout decides the detail."""
+    from agentforge.sandbox import SandboxResult
+
+    nonce = "n0nce"
+    claim = f'{nonce} {{"outcome": "passed"}}'
+    ok = SandboxResult("ok", 0, "", "")
+    assert execution.judge(SandboxResult("ok", 0, claim, ""), ok, nonce) == ("passed", "")
+    assert execution.judge(SandboxResult("timeout", None, claim, ""), ok, nonce) == ("timeout", "timeout")
+    assert execution.judge(SandboxResult("crash", 1, claim, "Boom: x"), ok, nonce) == ("error", "test driver: Boom: x")
+    ended = f'{nonce} {{"outcome": "error", "reason": "ended"}}'
+    assert execution.judge(SandboxResult("ok", 0, ended, ""), SandboxResult("timeout", None, "", ""), nonce) == \
+        ("timeout", "timeout")

@@ -309,3 +309,23 @@ def test_paired_at_k_by_hand():
     got = paired_at_k(stats, {"min_delta_pass1": 0.04, "min_delta_pass5": 0.1, "min_delta_pass10": None, "alpha": 0.05})
     assert got == {5: {"delta": None, "ci95": None, "p_value": None},
                    10: {"delta": -0.2, "ci95": [-0.3, -0.1], "p_value": 0.01}}
+
+
+@pytest.mark.parametrize("per,key", [
+    ({"gsm8k_correct": [0, 2]}, r"per_example.gsm8k_correct\[1\] is 2, not 0 or 1"),
+    ({"gsm8k_correct": [0, 0.5]}, r"per_example.gsm8k_correct\[1\] is 0.5, not 0 or 1"),
+    ({"gsm8k_ids": ["a"], "gsm8k_num_correct": [5], "n_samples": 4}, r"per_example.gsm8k_num_correct\[0\] is 5"),
+    ({"n_samples": -1}, "per_example.n_samples is -1, not a count >= 0"),
+    ({"row_loss": [1.5, "x"]}, r"per_example.row_loss\[1\] is 'x', not a number"),
+])
+def test_per_example_values_outside_their_range_are_refused(per, key):
+    """Values the comparison would count as they are (an outcome of 2 or 0.5 inflates an accuracy; a count above the
+    samples taken, a negative sample count, a loss that is text): each refused naming the file and key (the checks
+    were there, untested; the mutation audit's mutants of them survived)."""
+    from agentforge.evals.results_file import check_results
+
+    with pytest.raises(ConfigError, match=f"f.json: {key}"):
+        check_results({"metrics": {"loss": 1.0}, "per_example": per}, "f.json")
+    check_results({"metrics": {"loss": 1.0}, "per_example": {"gsm8k_correct": [0, 1], "n_samples": 4,
+                                                               "gsm8k_num_correct": [0, 4], "gsm8k_ids": ["a", "b"],
+                                                               "row_loss": [1.5, 2]}}, "f.json")   # in range: fine

@@ -94,6 +94,9 @@ def test_heldout_rows_draw_until_the_rows_are_there_and_say_when_the_split_runs_
     assert rows.shape == (24, seq_len + 1) and independent(rows)
     again = heldout_rows(TaskPool(0), mix, 24, seq_len, TOK, random.Random(1), "test")
     assert torch.equal(rows, again)   # deterministic from the rng's state
+    # a smaller request is the larger one's first rows ("the rows only grow"): the budget doubling replays the same
+    # draws (a mutant dropping the replay, or taking the last rows, survived the mutation audit)
+    assert torch.equal(heldout_rows(TaskPool(0), mix, 5, seq_len, TOK, random.Random(1), "test"), rows[:5])
     with pytest.raises(ValueError, match=r"only \d+ rows of distinct test-split documents"):
         heldout_rows(TaskPool(0), {"arithmetic": 1.0}, 2000, seq_len, TOK, random.Random(1), "test")
 

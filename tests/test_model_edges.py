@@ -101,3 +101,17 @@ def test_no_grad_steps_at_or_above_max_steps_still_trains_the_last_step():
     out.loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if n.startswith("blocks.")]
     assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_sampling_divides_the_logits_by_the_temperature(monkeypatch):
+    """softmax(logits / T): logits [0, 1] at T = 0.5 sample with probabilities 1/(1+e^2), e^2/(1+e^2) = 0.119, 0.881
+    (the tests sampled at T = 1 only, where multiplying agrees; evaluation samples at 0.8)."""
+    from agentforge.models.generation import generate
+
+    seen = []
+    real = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda p, n, generator=None: seen.append(p.clone()) or real(p, n))
+    generate(lambda ids: torch.tensor([[0.0, 1.0]]).expand(ids.shape[0], -1).unsqueeze(1),
+             torch.zeros(1, 1, dtype=torch.long), 1, 8, temperature=0.5, use_cache=False)
+    e2 = math.exp(2)
+    torch.testing.assert_close(seen[0], torch.tensor([[1 / (1 + e2), e2 / (1 + e2)]]))

@@ -153,6 +153,15 @@ def test_unpack_rejects_corrupt_bytes():
         unpack(first_pad, 3)
     with pytest.raises(ValueError, match="code 3"):
         unpack(torch.tensor([0xFF, 0x55], dtype=torch.uint8), 7, "2bit")
+    # one byte too many, a tensor that is not uint8, and a code outside {-1, 0, 1} on the way in (mutants dropping
+    # each check survived the mutation audit)
+    with pytest.raises(ValueError, match="3 packed bytes for 7 weights, expected 2"):
+        unpack(torch.cat([good, torch.tensor([121], dtype=torch.uint8)]), 7)
+    with pytest.raises(ValueError, match="1-D uint8"):
+        unpack(good.to(torch.int16), 7)
+    for wrong in (-2, 2):
+        with pytest.raises(ValueError, match="ternary codes must be in"):
+            pack(torch.tensor([0, wrong], dtype=torch.int8))
     with pytest.raises(ValueError, match=r"\{-1, 0, 1\}"):
         pack(torch.tensor([2], dtype=torch.int8))
 

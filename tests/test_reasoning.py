@@ -335,3 +335,32 @@ def test_sample_windows_are_contiguous_slices():
     w = sample_windows(stream, 3, 50, 4, 10, 2, torch.Generator().manual_seed(0))
     assert w.shape == (12, 12)
     assert bool((w[:, 1:] - w[:, :-1] == 1).all())
+
+
+def test_a_wrong_guess_in_an_example_is_never_the_answer():
+    """The falsification, Bayesian and correction strategies voice a wrong guess before the answer; a guess equal to
+    the answer (a mutant writing ``wrong = c`` survived the mutation audit) would teach nothing to correct."""
+    import re
+
+    guess = re.compile(r"(?:if it were|prior guess|first try|suppose the answer is|my first belief was|I guessed) "
+                       r"(-?\d+)")
+    for split in ("train", "val"):
+        found = [(r["strategy"], m.group(1), r["response"].rsplit("#### ", 1)[1])
+                 for r in generate_examples(3, 0, split) if (m := guess.search(r["response"]))]
+        assert len({s for s, _, _ in found}) == 3, found   # the three strategies, each example
+        assert all(int(g) != int(c) for _, g, c in found), found
+
+
+def test_user_examples_keep_one_training_record_per_strategy():
+    """``split_user_examples``: the last n_val records of a strategy are held out, but never its only one or its
+    last training record (a mutant holding out all of them survived the mutation audit)."""
+    from agentforge.reasoning.strategies import split_user_examples
+
+    key = STRATEGIES[0].key
+
+    def rec(q):
+        return {"strategy": key, "question": q, "response": " r #### 1"}
+
+    two = [rec("How many apples has Ada?"), rec("How far did Bo walk today?")]
+    assert split_user_examples(two, 2) == ([two[0]], [two[1]])
+    assert split_user_examples(two[:1], 1) == (two[:1], [])

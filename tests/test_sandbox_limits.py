@@ -343,3 +343,26 @@ def test_evaluate_turns_an_unexpected_error_into_an_uncached_crash(tmp_path, mon
     monkeypatch.setattr(evaluator, "run_child", no_bwrap)
     with pytest.raises(ConfigError):  # the setup's fault still stops the run
         evaluator.evaluate(variant_path("baseline"), TINY_SETTINGS, cache_dir=tmp_path, timeout_s=30)
+
+
+def test_a_program_that_sleeps_past_the_wall_clock_limit_times_out():
+    """``wall_s`` bounds time, not only CPU: a program sleeping (no CPU used) is stopped near the limit (a limit
+    checked at three times its value survived the mutation audit: a 6 s sleep would pass a 5 s timeout)."""
+    r = run("import time\ntime.sleep(30)\n", mode="bwrap" if BWRAP else "process",
+            limits=SandboxLimits(wall_s=1, cpu_s=5, memory_mb=512))
+    assert r.kind == "timeout" and r.wall_s < 2.5, (r.kind, r.wall_s)
+
+
+def test_each_process_gets_the_memory_limit_as_rlimit_as():
+    """RLIMIT_AS is ``memory_mb`` MiB exactly: the only memory limit where the RSS watchdog cannot see the tree."""
+    r = run("import resource\nprint(resource.getrlimit(resource.RLIMIT_AS))\n", mode="bwrap" if BWRAP else "process",
+            limits=SandboxLimits(wall_s=20, cpu_s=20, memory_mb=700))
+    assert r.kind == "ok" and r.stdout.strip() == str((700 * 2**20,) * 2), r.stdout + r.stderr
+
+
+def test_bwrap_unshares_the_network_on_its_own():
+    """The network namespace is bwrap's flag, whatever the seccomp filter also denies (sockets): each holds alone."""
+    from agentforge.sandbox.runner import bwrap_argv
+
+    argv = bwrap_argv("bwrap", "/w", {}, None)
+    assert {"--unshare-net", "--unshare-pid", "--unshare-ipc"} <= set(argv)

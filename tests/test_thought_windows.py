@@ -99,3 +99,31 @@ def test_the_thinking_cost_line_says_its_ratio_is_the_median_of_per_round_ratios
                                         "rl/thinking_cost_ratio_n": n})
     assert line.startswith("thinking cost: median 95.0 ms/token with a thought vs median 12.5 without; "
                            "median of per-round ratios 9.6x, 95% CI [") and line.endswith(", 5 interleaved rounds")
+
+
+def test_the_true_tokens_are_the_windows_last_n_and_score_as_such():
+    """``ThoughtBatch.true``: the n tokens after the context, which every reward, likelihood gain and theater figure
+    scores (a slice one token early survived the mutation audit: the last context token and n - 1 true ones)."""
+    from agentforge.reasoning.thoughts import ThoughtBatch
+
+    v, z = 10, torch.zeros(1)
+    without = torch.full((1, 2, v), -30.0)
+    without[0, 0, 7] = without[0, 1, 8] = 30.0   # certain of 7 then 8
+    batch = ThoughtBatch(windows=torch.tensor([[5, 6, 7, 8]]), thoughts=z, thought_logp=z, mixed_logits=z,
+                         without_logits=without, mix_weight=z, base_logits=z, with_inputs=z)
+    assert batch.true.tolist() == [[7, 8]]
+    assert batch.true_logp_without().abs().max() < 1e-6   # log p = 0: the right tokens were scored
+
+
+def test_sampling_thoughts_runs_the_model_in_eval_mode_and_restores_its_mode():
+    """Sampling must not write the long-term memory nor record QK-clip's training statistics: every forward of
+    ``sample_thoughts`` sees ``training`` False, and a model in training mode is left in it."""
+    from agentforge.models import CognateConfig, CognateModel
+    from agentforge.reasoning.thoughts import sample_thoughts
+
+    model = CognateModel(CognateConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, ffn_hidden=32,
+                                       max_seq_len=32)).train()
+    modes = []
+    model.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    sample_thoughts(model, torch.tensor([[1, 2, 3]]), 3, use_cache=False, generator=torch.Generator().manual_seed(0))
+    assert modes and not any(modes) and model.training
