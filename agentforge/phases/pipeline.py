@@ -43,6 +43,7 @@ from agentforge.pipeline.plan import (
     build_plan,
     fingerprint_of,
     forget_file_digests,
+    given_input_digests,
     is_complete,
     made_with,
     outputs_digest,
@@ -165,6 +166,7 @@ def _decide(step, child, previous: dict, artifacts: Path, order: list, digests: 
     fp = fingerprint_of(made)
     reads = _reads(step, child, order)
     inputs = {k: digests[k] for k in reads if k in digests}   # the digests of what it reads, now
+    inputs.update(given_input_digests(child))   # and of an input an override names (phase.input / phase.inputs)
     done = outputs_digest(step) if is_complete(step) else None
     killed = interrupted(Path(child.paths.run_dir), previous.get(step.key)) is not None   # its last run did not finish
     why = _skip_reason(step, fp, previous.get(step.key), [k for k in reads if k in ran], done, inputs, made, killed)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from agentforge.io import write_text_atomic
-from agentforge.pipeline.plan import Step, fingerprint_of, is_complete, outputs_digest
+from agentforge.pipeline.plan import Step, fingerprint_of, given_input_digests, is_complete, outputs_digest
 
 INCOMPLETE = "outputs incomplete"
 INTERRUPTED = "its last run was interrupted after it had replaced its outputs"
@@ -120,12 +120,17 @@ class Lineage:
             return memo[key]
         step, child = self.every[key], self.child(key)
         reads = [k for k in self._reads(step, child) if k in self.every]
-        upstream = [k for k in reads if k in ran or (k not in self.planned
-                                                    and self.why_not_current(k, digests, ran, memo) is not None)]
+        stale = [k for k in reads if k not in ran and k not in self.planned
+                 and self.why_not_current(k, digests, ran, memo) is not None]
+        if stale:   # not "ran again" (skip_reason's words for ``ran``): nothing ran; they are another lineage's
+            memo[key] = f"a step it reads from is not current ({', '.join(stale)})"
+            return memo[key]
         inputs = {k: d for k in reads if (d := self.digest(k, digests)) is not None}
+        inputs.update(given_input_digests(child))
         own = self.digest(key, digests) if is_complete(step) else None
         made = self._made_with(child)
-        memo[key] = skip_reason(step, fingerprint_of(made), self.previous.get(key), upstream, own, inputs, made)
+        memo[key] = skip_reason(step, fingerprint_of(made), self.previous.get(key), [k for k in reads if k in ran],
+                                own, inputs, made)
         return memo[key]
 
     def not_current(self, keys, digests: dict[str, str], ran: set[str]) -> list[str]:

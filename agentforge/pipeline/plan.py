@@ -156,12 +156,35 @@ def outputs_digest(step: Step) -> str:
     inputs are the ones recorded (not replaced by an interrupted rerun, a standalone phase, or a hand edit)."""
     h = hashlib.sha256()
     for d in step.checkpoints:
-        for f in sorted(x for x in Path(d).rglob("*") if x.is_file()):
-            h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes())
+        _hash_tree(h, Path(d))
     for f in step.files:
         if f.is_file():
             h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _hash_tree(h, d: Path) -> None:
+    for f in sorted(x for x in d.rglob("*") if x.is_file()):
+        h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes())
+
+
+def given_input_digests(child) -> dict[str, str]:
+    """{"input:<path>": a hash of its contents} for each input a step's override names (``phase.input`` /
+    ``phase.inputs``): a step recorded with these is reused only while what is there is what it was made from. The
+    step's fingerprint holds only the path string, so a checkpoint rewritten outside the pipeline was reused (the
+    pipeline audit: a Quiet-STaR step on an external checkpoint said "same settings, inputs and data files, skipped"
+    after its weights changed)."""
+    given = child.phase.get("input") or child.phase.get("inputs")
+    paths = [given] if isinstance(given, str) else list(given or [])
+    out = {}
+    for p in map(lambda x: Path(str(x)).absolute(), paths):
+        h = hashlib.sha256()
+        if p.is_dir():
+            _hash_tree(h, p)
+        elif p.is_file():
+            h.update(p.read_bytes())
+        out[f"input:{p}"] = h.hexdigest()[:16] if p.exists() else "missing"
+    return out
 
 
 def is_complete(step: Step) -> bool:
