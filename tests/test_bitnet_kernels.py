@@ -288,3 +288,16 @@ def test_kernel_chosen_by_measurement_at_load(tmp_path):
     again = select_kernel(model, ids, repeats=1)
     assert {m.kernel for m in layers} == {again["kernel"]}
 
+
+
+def test_a_preserved_value_beyond_float16_is_stored_in_float32(tmp_path):
+    """The memory's per-slot read mass passes float16's 65 504 in a long run: cast, it became +inf, and the loader
+    (which refuses non-finite tensors) refused the model's own packed checkpoint. Such a tensor stays float32."""
+    torch.manual_seed(0)
+    model = CognateModel(SMALL).eval()
+    with torch.no_grad():
+        model.memory.usage.fill_(70_000.0)
+    convert_to_bitlinear(model)
+    path = save_packed(tmp_path / "p", model, ByteTokenizer())
+    loaded = load_packed(path, choose_kernel=False)[0]
+    assert torch.equal(loaded.memory.usage, torch.full_like(loaded.memory.usage, 70_000.0))

@@ -3,7 +3,8 @@ preserved tensors, in one safetensors file + config.json written by ``agentforge
 
 Tensors per quantized layer NAME: ``NAME.codes_packed`` (uint8), ``NAME.gamma`` (float32, [] or [out, 1]),
 ``NAME.act_clip`` (float32), ``NAME.bias`` (preserved dtype, when the layer has one). Every other entry of
-the model's state dict is stored as is, floats cast to ``preserved_dtype``, each storage once (``unique_state``:
+the model's state dict is stored as is, floats cast to ``preserved_dtype`` (float32 where a value would not fit it:
+``_preserved``), each storage once (``unique_state``:
 a tied lm_head, ``model.tie_embeddings``, is the embedding's tensor, re-tied on loading). ``config.json`` meta.quant
 records the scheme, the layers and their shapes, and a SHA-256 of every stored tensor, so a corrupt file
 fails with one line instead of loading wrong weights (truncation is caught by safetensors itself).
@@ -66,13 +67,23 @@ def packed_tensors(model: CognateModel, scheme: str = "base3",
         tensors[f"{name}.gamma"] = gamma.detach().float().cpu()
         tensors[f"{name}.act_clip"] = layer.act_clip.detach().float().cpu()
         if layer.bias is not None:
-            tensors[f"{name}.bias"] = layer.bias.detach().to(dtype).cpu()
+            tensors[f"{name}.bias"] = _preserved(layer.bias, dtype)
         layers[name] = {"shape": list(codes.shape), "bias": layer.bias is not None}
     owned = tuple(f"{n}." for n in layers)
     for k, v in unique_state(model).items():
         if not k.startswith(owned):
-            tensors[k] = (v.to(dtype) if v.is_floating_point() else v).detach().cpu()
+            tensors[k] = _preserved(v, dtype) if v.is_floating_point() else v.detach().cpu()
     return tensors, layers
+
+
+def _preserved(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``v`` stored in the preserved dtype, or in float32 where a finite value of it would not fit there: float16
+    tops out at 65 504, and the memory's per-slot read mass (``memory.usage``) passes that in a long run — cast, it
+    became +inf, and the loader refuses a non-finite tensor (a mutation audit's case: usage 70 000)."""
+    v = v.detach().cpu()
+    if dtype != torch.float32 and v.numel() and float(v.float().abs().max()) > torch.finfo(dtype).max:
+        return v.float()
+    return v.to(dtype)
 
 
 def save_packed(directory: str | Path, model: CognateModel, tokenizer: ByteTokenizer, *, scheme: str = "base3",
