@@ -317,6 +317,7 @@ def test_paired_at_k_by_hand():
     ({"gsm8k_ids": ["a"], "gsm8k_num_correct": [5], "n_samples": 4}, r"per_example.gsm8k_num_correct\[0\] is 5"),
     ({"n_samples": -1}, "per_example.n_samples is -1, not a count >= 0"),
     ({"row_loss": [1.5, "x"]}, r"per_example.row_loss\[1\] is 'x', not a number"),
+    ({"gsm8k_correct": [1, 0], "gsm8k_ids": ["a", "a"]}, "per_example.gsm8k_ids repeats the id 'a'"),
 ])
 def test_per_example_values_outside_their_range_are_refused(per, key):
     """Values the comparison would count as they are (an outcome of 2 or 0.5 inflates an accuracy; a count above the

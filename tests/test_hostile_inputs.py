@@ -102,9 +102,31 @@ def test_packed_codes_of_the_wrong_kind_are_refused(packed):
         load_packed(packed, choose_kernel=False)
 
 
-@pytest.mark.parametrize("key, value", [("layers", ["x"]), ("layers", {"blocks.0.attn.q_proj": "x"}),
+def test_a_preserved_tensor_of_the_wrong_kind_in_a_packed_file_is_refused(packed):
+    """The tensors kept out of the ternary layers (the embedding here) are checked like a plain checkpoint's: an int
+    tensor would be cast to float silently (dropping that check survived the mutation audit)."""
+    _repack(packed, lambda s: s.update({"embed.weight": (s["embed.weight"] * 100).to(torch.int64)}))
+    with pytest.raises(CheckpointError, match="tensor embed.weight is int64"):
+        load_packed(packed, choose_kernel=False)
+
+
+def test_a_deeply_nested_checkpoint_config_is_one_error(ckpt):
+    (ckpt / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        load_model(ckpt)
+
+
+L0 = "blocks.0.attn.q_proj"
+
+
+@pytest.mark.parametrize("key, value", [("layers", ["x"]), ("layers", {L0: "x"}),
                                         ("threshold", None), ("packing", ["x"]), ("act_bits", 1000),
-                                        ("per_channel", "no"), ("act_scale", 3)])
+                                        ("per_channel", "no"), ("act_scale", 3),
+                                        # each bound at its edge (loosened bounds survived the mutation audit)
+                                        ("packing", "zzz"), ("act_bits", 9), ("act_scale", "tok"),
+                                        ("layers", {L0: {"shape": [4, 4, 4], "bias": False}}),
+                                        ("layers", {L0: {"shape": [0, 4], "bias": False}}),
+                                        ("layers", {L0: {"shape": [4, 4], "bias": "x"}})])
 def test_every_quant_meta_field_is_checked(packed, key, value):
     # main: AttributeError / TypeError / KeyError / OverflowError tracebacks
     def edit(c):

@@ -133,3 +133,48 @@ def test_quietstar_continues_only_a_checkpoint_of_its_input(tmp_path):
     start_attempt(run, "fp", None, {"evomerge": "a"})
     assert start_attempt(run, "fp", None, {"evomerge": "a"}, continues=True) is None
     assert start_attempt(run, "fp", None, {"evomerge": "b"}, continues=True) == run.with_name("q.previous")
+
+
+def test_the_pipeline_asks_quietstar_about_the_step_it_trains(tmp_path):
+    """``will_continue("quietstar", cfg)`` is the phase's own answer (a constant True kept every interrupted run dir,
+    also of a step that starts fresh); an RL checkpoint is judged on RL's fingerprint, and with ``step=baking`` a
+    leftover RL checkpoint does not count (mutants of each survived the mutation audit of these changes)."""
+    from omegaconf import open_dict
+
+    from agentforge.phases.quietstar_fit import step_dirs, step_fingerprint, work_dir
+    from agentforge.pipeline.continues import will_continue
+    from agentforge.training.trainer import FINGERPRINT_KEY
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["phase=quietstar"], tmp_path)
+    assert not will_continue("quietstar", cfg)                      # no checkpoint: starts fresh
+    given = tmp_path / "baked_in"
+    given.mkdir()
+    (given / "model.safetensors").write_bytes(b"weights")
+    with open_dict(cfg):
+        cfg.phase.step, cfg.phase.input = "rl", str(given)
+    src, out = step_dirs(cfg)["rl"]
+    work_dir(out).mkdir(parents=True)
+    torch.save({FINGERPRINT_KEY: step_fingerprint(cfg, "rl", src)}, work_dir(out) / "last.ckpt")
+    assert will_continue("quietstar", cfg)                          # RL resumes its own checkpoint
+    with open_dict(cfg):
+        cfg.phase.step = "baking"
+    assert not will_continue("quietstar", cfg)                      # baking trains; RL's checkpoint is not its
+
+
+def test_a_second_resume_adds_to_the_set_aside_rows_and_a_finished_run_is_never_continued(tmp_path):
+    """Nothing is deleted: a second kill-and-resume appends to ``metrics.superseded.jsonl`` (a rewrite of only the
+    new rows survived the mutation audit); and the pipeline moves a finished run's dir aside even when the phase would
+    resume (the ``finished`` check survived too)."""
+    from agentforge.pipeline.rundirs import ATTEMPT, start_attempt
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"_step": s, "train/loss": 1.0}) + "\n" for s in range(8)))
+    assert JsonlLogger(tmp_path).continue_from(6) == 2                 # steps 6, 7 aside
+    assert JsonlLogger(tmp_path).continue_from(3) == 3                 # then 3, 4, 5
+    assert sorted(r["_step"] for r in _rows(tmp_path / SUPERSEDED)) == [3, 4, 5, 6, 7]
+    assert [r["_step"] for r in _rows(path)] == [0, 1, 2]
+    run = tmp_path / "runs" / "q"
+    run.mkdir(parents=True)
+    (run / ATTEMPT).write_text(json.dumps({"fingerprint": "fp", "inputs": {}, "finished": True}))
+    assert start_attempt(run, "fp", None, {}, continues=True) == run.with_name("q.previous")

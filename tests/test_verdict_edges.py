@@ -105,3 +105,13 @@ def test_missed_targets_lists_only_the_missed_ones():
               {"threshold": "max_peak_memory_mb", "value": 120.0, "target": 100.0, "ok": False}]
     assert missed_targets(checks) == "max_peak_memory_mb 120 vs target 100.0 (single values, no CI)"
     assert missed_targets(checks[:1]) is None
+
+
+def test_a_p_value_exactly_at_alpha_is_not_success():
+    """SUCCESS needs p < alpha, strictly: an exact test can give p = 0.05 exactly (a '<=' survived the mutation
+    audit)."""
+    args = dict(pass_at={1: 0.4}, delta_pass1=0.1, ci95=[0.05, 0.2], efficiency_ok=True, n=100,
+                thresholds={"pass_at": {1: 0.3}})
+    assert verdict(**args, p_value=0.049)[0] == "SUCCESS"
+    v, reasons = verdict(**args, p_value=0.05)
+    assert v == "PARTIAL" and reasons == ["p-value 0.05 is not < 0.05"]
