@@ -196,6 +196,14 @@ def test_a_short_eval_file_says_it_is_scored_on_fewer_rows(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"warning: data.eval_paths.arc={f}: {len(sets['arc'])} distinct test records" in out
     assert "phase.choice_examples=50" in out and out.count("\n") == 1
+    # a file larger than the request but short after its val/test split warns too; a request it meets, not at all
+    # (the file's size, or '<=', in place of the rows kept survived the mutation audit)
+    f.write_text("".join(json.dumps(_arc(i)) + "\n" for i in range(60)))
+    keys = {"gsm8k": "phase.eval_examples", "arc": "phase.choice_examples", "piqa": "phase.choice_examples"}
+    kept = len(eval_sets({"eval_paths": {"arc": str(f)}}, 0, {"gsm8k": 1, "arc": 50, "piqa": 1}, "test", keys)["arc"])
+    assert kept < 50 and f"{kept} distinct test records remain of its 60" in capsys.readouterr().out
+    eval_sets({"eval_paths": {"arc": str(f)}}, 0, {"gsm8k": 1, "arc": kept, "piqa": 1}, "test", keys)
+    assert "warning" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("value", ["abc", [1, 2], True, {}])
@@ -243,3 +251,30 @@ def test_an_unreadable_last_ckpt_is_said_to_be_unreadable(tmp_path, capsys):
     assert resume_path(None, tmp_path, "0123456789abcdef", expected=None) is None
     out = capsys.readouterr().out
     assert out.startswith(f"not resuming: {tmp_path / 'last.ckpt'} cannot be read (") and "configuration" not in out
+
+
+@pytest.mark.parametrize("key, value", [("n_layers", 10**12), ("vocab_size", 10**6)])
+def test_a_surgery_wrapped_checkpoint_is_checked_against_its_base_tensors(tmp_path, key, value):
+    """The recursive wrapper's weights are ``base.*``: its base config is checked against them (the prefix, and the
+    check itself, survived the mutation audit: a vocab of 10^6 was built, then failed on the load)."""
+    from agentforge.evals.checkpoints import save_recursive
+    from agentforge.models.surgery import RecursiveRefiner
+
+    torch.manual_seed(0)
+    d = save_recursive(tmp_path / "rec", RecursiveRefiner(CognateModel(SMALL), 2, 8), ByteTokenizer())
+    _edit_config(d, lambda c: c["model"]["base"].__setitem__(key, value))
+    with pytest.raises(CheckpointError, match=rf"config.json: model\.{key} is {value} but"):
+        load_any(d)
+
+
+def test_the_cli_reads_a_damaged_saved_config_before_hydra(tmp_path):
+    """Through the real CLI: one ``error:`` line naming the file and the line of the YAML error, exit 2 (unwiring the
+    check from the CLI, or an off-by-one line, survived the mutation audit)."""
+    from tests.conftest import run_cli
+
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "bad.yaml").write_bytes(b"a: {b: 1\n")
+    proc = run_cli(["--config-path", str(tmp_path / "saved"), "--config-name", "bad"], tmp_path, timeout=120)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {tmp_path / 'saved' / 'bad.yaml'}: not valid YAML at line 2"), lines[0]
