@@ -78,3 +78,26 @@ def test_a_subset_reads_its_current_outside_inputs_and_keeps_their_lineage(tmp_p
                                                                                     "cognate-m3"}
     assert _pipeline(tmp_path, monkeypatch, ["phase.phases=[quietstar]", _cognate(40),
                                              'phase.overrides.quietstar=["seed=5"]']) == ["quietstar"]
+
+
+def test_what_a_step_is_made_with_names_each_change_and_only_those(tmp_path):
+    """``made_with``: the seed is a setting (a seed among the unfingerprinted keys survived the audit), a moved
+    artifacts dir is not; ``what_changed`` names both a setting and a data file when both changed, and only the
+    changed file; ``stale`` names an outside step only for an output this run replaced."""
+    from omegaconf import OmegaConf
+
+    from agentforge.pipeline.lineage import SETTINGS_DIFFER, stale, what_changed
+    from agentforge.pipeline.plan import made_with
+
+    def child(seed, art):
+        return OmegaConf.create({"seed": seed, "phase": {"name": "eval", "checkpoint": f"{art}/cognate/model1"},
+                                 "paths": {"artifacts": art}, "data": {}})
+    assert made_with(child(1, "/a"), Path("/a"))["settings"] != made_with(child(2, "/a"), Path("/a"))["settings"]
+    assert made_with(child(1, "/a"), Path("/a")) == made_with(child(1, "/b"), Path("/b"))
+    before = {"settings": "s1", "data_files": {"data.path": "d1", "data.eval_paths.arc": "e1"}, "version": "1"}
+    now = {"settings": "s2", "data_files": {"data.path": "d2", "data.eval_paths.arc": "e1"}, "version": "1"}
+    assert what_changed(before, now) == (f"{SETTINGS_DIFFER}; its data files changed since its outputs were made "
+                                         "(data.path)")
+    records = {"e": {"inputs": {"a": "1"}}}
+    assert stale(records, {"a": "2"}, set()) == []
+    assert stale(records, {"a": "2"}, {"a"}) == ["e was made from the earlier outputs of a"]
