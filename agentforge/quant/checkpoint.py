@@ -78,7 +78,7 @@ def packed_tensors(model: CognateModel, scheme: str = "base3",
 
 def _preserved(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``v`` stored in the preserved dtype, or in float32 where a finite value of it would not fit there: float16
-    tops out at 65 504, and the memory's per-slot read mass (``memory.usage``) passes that in a long run — cast, it
+    tops out at 65 504, and the memory's per-slot read mass (its ``usage`` buffer) passes that in a long run — cast, it
     became +inf, and the loader refuses a non-finite tensor (a mutation audit's case: usage 70 000)."""
     v = v.detach().cpu()
     if dtype != torch.float32 and v.numel() and float(v.float().abs().max()) > torch.finfo(dtype).max:
