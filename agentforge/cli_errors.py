@@ -187,16 +187,22 @@ def _flag(argv: list[str], *names: str) -> str | None:
     return value
 
 
+def saved_config_path(argv: list[str]) -> str | None:
+    """The primary config file a command names with ``--config-path DIR --config-name NAME`` (a saved
+    ``config_resolved.yaml`` rerun), as Hydra resolves it; None without both flags or for a non-file search path."""
+    name, where = _flag(argv, "--config-name", "-cn"), _flag(argv, "--config-path", "-cp")
+    if name is None or where is None or "://" in where and not where.startswith("file://"):
+        return None
+    return os.path.join(where.removeprefix("file://"), name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+
+
 def config_file_problem(argv: list[str]) -> str | None:
     """Why the primary config file a command names with ``--config-path DIR --config-name NAME`` (a saved
     ``config_resolved.yaml`` rerun) cannot be read, or None: not UTF-8, not YAML, a tag OmegaConf refuses
     (``!!python/object``), not a mapping. Read as Hydra reads it, before Hydra does, so each is one line naming the
     file instead of a yaml / codec traceback. A file Hydra finds elsewhere (a package path) is left to Hydra."""
-    name, where = _flag(argv, "--config-name", "-cn"), _flag(argv, "--config-path", "-cp")
-    if name is None or where is None or "://" in where and not where.startswith("file://"):
-        return None
-    path = os.path.join(where.removeprefix("file://"), name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
-    if not os.path.isfile(path):
+    path = saved_config_path(argv)
+    if path is None or not os.path.isfile(path):
         return None   # Hydra names the missing config itself
     import yaml
     from omegaconf._utils import get_yaml_loader

@@ -208,6 +208,20 @@ def recover_published(directory: str | Path) -> bool:
     return True
 
 
+def read_json(path: str | Path, what: str = "JSON"):
+    """``json.loads`` of a UTF-8 file; a ValueError saying why it cannot be read: malformed (``what``, e.g.
+    "results JSON"), not UTF-8, or nested too deeply for the parser (RecursionError). Callers wrap the reason in their
+    own error naming the file and what to do."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"malformed {what} ({exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_checkpoint_config(directory: str | Path) -> dict:
     directory = Path(directory)
     recover_published(directory)
@@ -223,11 +237,9 @@ def read_checkpoint_config(directory: str | Path) -> dict:
                               f"did not finish, or this is not a checkpoint directory — re-run it or point at another "
                               f"checkpoint")
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else \
-            "nested too deeply" if isinstance(exc, RecursionError) else f"malformed JSON ({exc})"
-        raise CheckpointError(f"{cfg_path}: {why}; the checkpoint is corrupt — re-run the phase "
+        cfg = read_json(cfg_path)
+    except ValueError as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}; the checkpoint is corrupt — re-run the phase "
                               f"that wrote it, or point at a complete checkpoint directory") from None
     if not isinstance(cfg, dict) or cfg.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{cfg_path}: not an Agent Forge checkpoint (format "

@@ -6,11 +6,10 @@ be compared silently; ``load_results`` turns each such file into one ``ConfigErr
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from agentforge.errors import ConfigError
-from agentforge.io import pipeline_copy_hint
+from agentforge.io import pipeline_copy_hint, read_json
 
 STANDARD_STAGES = ("baseline", "finetuned_vanilla", "after_surgery", "finetuned_recursive")
 FORMATS = ("gsm8k", "arc", "piqa")
@@ -100,11 +99,9 @@ def load_results(results_dir: str | Path, stages: list[str] | None) -> dict[str,
                                   f"{pipeline_copy_hint(results_dir, holds=path.name)}")
             continue
         try:
-            out[st] = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            why = (f"malformed results JSON ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else
-                   "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "JSON nested too deeply")
-            raise ConfigError(f"{path}: {why}; re-run phase=eval stage={st}") from None
+            out[st] = read_json(path, "results JSON")
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}; re-run phase=eval stage={st}") from None
         check_results(out[st], str(path), st)
     if not out:
         present = sorted(p.name.removesuffix("_results.json") for p in results_dir.glob("*_results.json"))

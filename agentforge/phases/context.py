@@ -47,12 +47,10 @@ def _task_overrides() -> list[str]:
 
 def _config_source() -> str:
     """' (FILE)': the primary config file of this Hydra run when it was given with --config-path/--config-name."""
-    from agentforge.cli_errors import _flag
+    from agentforge.cli_errors import saved_config_path
 
-    name, where = _flag(sys.argv[1:], "--config-name", "-cn"), _flag(sys.argv[1:], "--config-path", "-cp")
-    if not name:
-        return ""
-    return f" ({Path(where or '.') / (name if name.endswith(('.yaml', '.yml')) else name + '.yaml')})"
+    path = saved_config_path(sys.argv[1:])
+    return f" ({path})" if path else ""
 
 
 def resolved_paths(cfg: DictConfig) -> tuple[Path, Path]:

@@ -44,6 +44,7 @@ from agentforge.pipeline.plan import (
     fingerprint_of,
     forget_file_digests,
     given_input_digests,
+    given_inputs,
     is_complete,
     made_with,
     outputs_digest,
@@ -119,14 +120,13 @@ def _previous_records(state_file: Path) -> dict[str, dict]:
 def _reads(step, child, order: list[str]) -> list[str]:
     """The steps whose outputs ``step`` reads: ``step.needs`` (its phase's default input), or every earlier step when
     an override points it at another input (``phase.input``/``phase.inputs``: followed conservatively)."""
-    given = child.phase.get("input") or child.phase.get("inputs")
-    return order[:order.index(step.key)] if given else list(step.needs)
+    return order[:order.index(step.key)] if given_inputs(child) else list(step.needs)
 
 
 def _default_reads(step, child) -> list[str]:
     """The steps outside a subset that ``step`` must find current: its default inputs (``step.needs``); none when an
     override points it at another input (the user chose what it reads)."""
-    return [] if child.phase.get("input") or child.phase.get("inputs") else list(step.needs)
+    return [] if given_inputs(child) else list(step.needs)
 
 
 def _step_overrides(step, base: list[str], artifacts: Path, pipe_dir: Path) -> list[str]:

@@ -168,16 +168,20 @@ def _hash_tree(h, d: Path) -> None:
         h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes())
 
 
+def given_inputs(child) -> list[str]:
+    """The inputs a step's override names (``phase.input`` / ``phase.inputs``) in place of its default ones."""
+    given = child.phase.get("input") or child.phase.get("inputs")
+    return [given] if isinstance(given, str) else [str(x) for x in given or []]
+
+
 def given_input_digests(child) -> dict[str, str]:
     """{"input:<path>": a hash of its contents} for each input a step's override names (``phase.input`` /
     ``phase.inputs``): a step recorded with these is reused only while what is there is what it was made from. The
     step's fingerprint holds only the path string, so a checkpoint rewritten outside the pipeline was reused (the
     pipeline audit: a Quiet-STaR step on an external checkpoint said "same settings, inputs and data files, skipped"
     after its weights changed)."""
-    given = child.phase.get("input") or child.phase.get("inputs")
-    paths = [given] if isinstance(given, str) else list(given or [])
     out = {}
-    for p in map(lambda x: Path(str(x)).absolute(), paths):
+    for p in (Path(x).absolute() for x in given_inputs(child)):
         h = hashlib.sha256()
         if p.is_dir():
             _hash_tree(h, p)

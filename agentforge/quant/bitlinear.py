@@ -264,19 +264,21 @@ class BitLinear(nn.Module):
 
     def _ternary_matmul(self, x: torch.Tensor, clip, static: bool, kernel: str, w_t: torch.Tensor,
                         codes_t: torch.Tensor, gamma_row: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x (quantized with this layer's settings) times the ternary weight given as (gamma * codes)^T,
-        codes^T and gamma per output: this layer's own or its fused siblings' concatenation (``fuse.py``)."""
+        """x (quantized with this layer's settings) times the ternary weight given as codes^T (fp32, the float
+        kernel's; int8, the int8 kernel's) and gamma per output: this layer's own or its fused siblings'
+        concatenation (``fuse.py``). Both kernels' integer sums go through one rescale, so their numbers are one."""
         in_f, out_f = self.in_features, w_t.shape[1]
+        acc = None
         if kernel in ("int8", "native") and BitLinear.int8_kernel and self.act_bits <= 8 and x.device.type == "cpu":
             q, s = self._quantize_shared(x, clip, static, "int8")
             try:
-                acc = torch._int_mm(q.view(-1, in_f), codes_t)
-                y = acc.view(*x.shape[:-1], out_f) * (s * gamma_row)  # int32 * float -> float
-                return y + bias if bias is not None else y
+                acc = torch._int_mm(q.view(-1, in_f), codes_t)   # int32
             except (RuntimeError, AttributeError):  # this build has no CPU int8 matmul: use the float one
                 BitLinear.int8_kernel = False
-        q, s = self._quantize_shared(x, clip, static, "codes")
-        y = torch.mm(q.reshape(-1, in_f), w_t).view(*x.shape[:-1], out_f) * (s * gamma_row)   # as the int8 kernel
+        if acc is None:
+            q, s = self._quantize_shared(x, clip, static, "codes")
+            acc = torch.mm(q.reshape(-1, in_f), w_t)   # the same integers, exact in fp32
+        y = acc.view(*x.shape[:-1], out_f) * (s * gamma_row)
         return y + bias if bias is not None else y
 
     def _fused_forward(self, x: torch.Tensor, clip, static: bool, kernel: str, group, index: int) -> torch.Tensor:
