@@ -29,7 +29,9 @@ from tests.conftest import GSM8K_TEST
     # documented (module docstring): spaces group thousands only after "$", since "12 000" may be a count before
     # a number; so the last number here is "000", i.e. 0 (a generation writing "12 000" for 12000 is not credited)
     ("12 000 people", "0"),
-    ("#### 5\nno: #### 7", "7"),   # the LAST "####" marks the answer
+    ("#### 5\nQ: 2+5?\n#### 7", "5"),   # the FIRST "####" marks the answer (a run-on problem's comes later)
+    ("#### \n#### 7", "7"),            # ... the first that a number follows
+    ("#### so\nthen 4\n#### 7", "4"),   # ... searched up to the next "####"
     ("#### -0", "0"),                # minus zero is 0, the answer of a "#### 0" reference
     ("a profit of $ 118 000", "118000"),   # "$", one space, then space-grouped thousands
     # a comma group is exactly three digits; a minus after "2." subtracts; a "$" space group ends before a comma

@@ -1,7 +1,9 @@
 """Answer extraction for GSM8K-format problems.
 
-The reference answer is the number after ``####``; a generation's answer is the number after its own
-``####`` when it wrote one, else the last number in it. Numbers may carry ``$``, thousands commas, a
+The reference answer is the number after ``####``; a generation's answer is the number after its first
+``####`` that a number follows (a model that runs on past its answer may write another problem and its ``####``:
+the answer it committed to comes first; lm-evaluation-harness's GSM8K "strict-match" also takes the first match),
+else the last number in it. Numbers may carry ``$``, thousands commas, a
 sign and decimals; they are compared as exact decimals after normalization ("1,000.50" == "1000.5"). What
 is not a number's part (``_NUM``): the minus of a subtraction ("5 - 3", "5-3": the last number is 3), commas
 that do not group thousands ("1,2,3": 3). Spaces group thousands only after "$" ("$118 000": 118000).
@@ -44,10 +46,10 @@ def _normalize(token: str) -> str | None:
 
 
 def extract_number(text: str) -> str | None:
-    """The answer of a text: after its last '####' if present, else the last number; None if none."""
-    if "####" in text:
-        tail = text.rsplit("####", 1)[1]
-        m = _NUM.search(tail)
+    """The answer of a text: the first number after its first '####' that has one (searched up to the next
+    '####'), else the last number; None if none."""
+    for part in text.split("####")[1:]:
+        m = _NUM.search(part)
         if m:
             return _normalize(m.group())
     nums = _NUM.findall(text)
