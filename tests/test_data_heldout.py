@@ -1,5 +1,5 @@
-"""Held-out data: eval files split into val and test, sources of phase=eval's questions, whitespace-normalized content
-keys, canonical (per-problem) keys of the synthetic tasks, and record checks that catch what would crash or
+"""Held-out data: eval files split into val and test, sources of phase=eval's questions, whitespace-normalized and
+folded content keys, canonical (per-problem) keys of the synthetic tasks, and record checks that catch what would crash or
 mis-score later."""
 from __future__ import annotations
 
@@ -134,11 +134,51 @@ def test_an_eval_file_with_trailing_spaces_keeps_no_training_question(tmp_path):
         assert got and not {norm(formats.gsm8k_prompt(r)) for r in got} & seen, split
 
 
+def test_fold_by_hand_and_idempotent():
+    """``synthetic.fold``: NFKC (the full-width "？" is "?"), case folded ("ß" is "ss"), no whitespace around a
+    punctuation mark, any other whitespace run one space."""
+    fold = synthetic.fold
+    assert fold("How many Apples ?\nAnswer:") == "how many apples?answer:"
+    assert fold("Pick 3 , 4 and 5 .") == "pick 3,4 and 5."
+    assert fold("STRAẞE  has\n2 cars\uff1f") == "strasse has 2 cars?"
+    assert fold("a - b") == fold("a-b") == "a-b"
+    for text in ("How many Apples ?\nAnswer:", "STRAẞE  has\n2 cars\uff1f", " x ( y ) z "):
+        assert fold(fold(text)) == fold(text)
+    assert fold("what is 2+3") != fold("what is 23")   # letters and digits are never joined
+
+
+def test_a_question_re_cased_or_re_spaced_around_punctuation_is_one_content(tmp_path):
+    """An audit (2026-11-28): a data file holding a question and its lower-cased copy trained on the copy (train
+    split) while ``phase=eval`` scored the original as held out (test split), because the key was case-sensitive;
+    the same with " ?" for "?" and " ," for ",". Every variant now has the original's key and split, and no test-set
+    question of a file has a variant in its training records."""
+    base = [{"question": f"Mia has {i} pens, then buys {i + 3} more. How many pens does Mia have?",
+             "answer": f"#### {2 * i + 3}"} for i in range(300)]
+    variants = [{**r, "question": q} for r in base
+                for q in (r["question"].lower(), r["question"].upper(), r["question"][:-1] + " ?",
+                          r["question"].replace(",", " ,"), r["question"].replace(". ", " .\n"))]
+    for r in base:
+        key, split = synthetic.record_key("gsm8k", r), synthetic.record_split("gsm8k", r)
+        for v in (x for x in variants if x["answer"] == r["answer"]):
+            assert (synthetic.record_key("gsm8k", v), synthetic.record_split("gsm8k", v)) == (key, split)
+    f = _write(tmp_path / "mixed.jsonl", base + variants)
+    trained = {synthetic.record_key("gsm8k", r) for r in base + variants
+               if synthetic.record_split("gsm8k", r) == "train"}
+    for split in ("val", "test"):
+        held = eval_sets({"path": f, "format": "gsm8k", "eval_paths": {"gsm8k": f}}, 0, N, split)["gsm8k"]
+        assert held and not {synthetic.record_key("gsm8k", r) for r in held} & trained, split
+    # a synthetic template's problem is read off the folded text: re-cased and re-spaced, it is the same problem
+    assert synthetic.canonical("QUESTION: ADA HAS 5 APPLES . ADA GETS 3 MORE . HOW MANY APPLES DOES ADA HAVE NOW ?"
+                               "\nANSWER:") == "sum|3|5"
+    assert synthetic.canonical("question: which number is the smallest ? ( a ) 9 ( b ) 2 ( c ) 40 ( d ) 7 answer:") \
+        == "choice|smallest|2,7,9,40"
+
+
 @needs_gsm8k
 def test_gsm8k_split_counts_with_normalized_keys():
     recs = formats.load_jsonl(GSM8K_TEST, "gsm8k")
     splits = [synthetic.record_split("gsm8k", r) for r in recs]
-    assert (len(recs), splits.count("train"), splits.count("val"), splits.count("test")) == (1319, 1056, 121, 142)
+    assert (len(recs), splits.count("train"), splits.count("val"), splits.count("test")) == (1319, 1052, 134, 133)
 
 
 # -- D: held-out synthetic items are unseen problems ---------------------------------------------------------------
@@ -186,7 +226,7 @@ def test_canonical_key_is_the_problem_whatever_the_wording_task_or_operand_order
         key("Question: Al buys 4 bags with 3 cups in each bag. How many cups does Al buy?\nAnswer:") == "product|3|4"
     assert key("Question: Which number is the largest? (A) 9 (B) 2 (C) 40 (D) 7\nAnswer:") == "choice|largest|2,7,9,40"
     assert key(key("Goal: To find 8 plus 3,\nSolution:")) == "sum|3|8"   # idempotent
-    assert key("What is 2 + 3?") == "What is 2 + 3?"   # anything else: its normalized prompt
+    assert key("What is  2 + 3?") == "what is 2+3?"   # anything else: its normalized, folded prompt
 
 
 def test_no_heldout_computation_is_trained_under_another_task_or_operand_order():
@@ -262,7 +302,7 @@ def test_an_eval_file_counts_a_repeated_question_once(tmp_path):
 
 def test_plain_text_is_held_out_by_document_not_by_sentence():
     """The README's known limitation, pinned: no test-split plain-text document is a training one, but its template
-    sentences recur — 344 of the 604 sentences of 200 test documents occur in 5 000 training documents (57 %)."""
+    sentences recur — 333 of the 594 sentences of 200 test documents occur in 5 000 training documents (56 %)."""
     import re
 
     sentences = lambda recs: [s for r in recs for s in re.findall(r"The [^.]*\.", r["text"])]  # noqa: E731
@@ -270,4 +310,4 @@ def test_plain_text_is_held_out_by_document_not_by_sentence():
     test = synthetic.generate("plain_text", 200, 0, "test", partial=True)
     assert not {r["text"] for r in test} & {r["text"] for r in train}
     seen, held = set(sentences(train)), sentences(test)
-    assert (sum(s in seen for s in held), len(held)) == (344, 604)
+    assert (sum(s in seen for s in held), len(held)) == (333, 594)

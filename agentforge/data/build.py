@@ -5,7 +5,7 @@ under the task name ``file``; ``data.eval_paths`` replaces the synthetic held-ou
 files (keys ``gsm8k``, ``arc``, ``piqa``).
 
 Held out by content: the file's records are split by a hash of their content key (``synthetic.record_split``: the
-whitespace-normalized prompt; ~80 % train, 10 % val, 10 % test). Training samples its train records only; an
+whitespace-normalized, case- and punctuation-spacing-folded prompt; ~80 % train, 10 % val, 10 % test). Training samples its train records only; an
 evaluation set of split S drops every record whose content key is one of ``data.path``'s records of another split —
 so ``data=gsm8k``, which trains on and evaluates with the same GSM8K file, validates on that file's val records and
 tests on its test records, never on a question it trained on (tests/test_data.py). An evaluation file is itself
@@ -75,7 +75,7 @@ def held_out(recs: list[dict], fmt: str, other: set[str], split: str, key: str, 
 
 
 def training_file_prompts(data_cfg: dict, split: str) -> set[str]:
-    """The content keys (``synthetic.record_key``: whitespace-normalized prompts) of ``data.path``'s records that are
+    """The content keys (``synthetic.record_key``: normalized, folded prompts) of ``data.path``'s records that are
     not in ``split`` (empty without a data file): what an evaluation set of that split must not contain."""
     if not data_cfg.get("path") or data_cfg.get("source") == "python_code":
         return set()

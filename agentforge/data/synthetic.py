@@ -16,14 +16,15 @@ Train / val / test are disjoint **by content**, not only by seed stream. Every e
 key (``content_key``): for a synthetic task the underlying problem — arithmetic ``(operation, a, b)``, PIQA
 ``(op, a, b)``, choice ``(largest|smallest, sorted numbers)`` — so two wordings of one computation (another name,
 item or phrasing, the options in another order) are the same content; for anything else (the plain texts, a
-user's file) the prompt the model is asked (``prompt_key``) with whitespace runs collapsed and each line stripped.
+user's file) the prompt the model is asked (``prompt_key``) with whitespace runs collapsed and each line stripped,
+case folded and the spacing around punctuation removed (``fold``).
 The BLAKE2b hash of the key puts it in one of 1000 buckets: buckets 0-99 are reserved for ``val``, 100-199 for
 ``test``, the rest is ``train`` (``split_of``). A draw for a split whose key hashes elsewhere is rejected and
 redrawn (attempt 1, 2, ... of the same index), so a training draw never holds a held-out problem, whatever the
 seeds: the partition does not depend on the seed. ``generate`` also drops repeated problems within a held-out set.
 ``overlap_check`` counts what it claims: held-out prompts, records and problems (content keys) seen among N
 training draws (0 by construction). A plain text's key is its whole 2-4-sentence document, so its *sentences* are not
-held out: ~57 % of test-split sentences occur in 5 000 training documents (an audit; README, "held out by document,
+held out: ~56 % of test-split sentences occur in 5 000 training documents (an audit; README, "held out by document,
 not by sentence").
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ import multiprocessing
 import os
 import random
 import re
+import unicodedata
 
 from agentforge.data import formats
 
@@ -68,7 +70,23 @@ def normalize_ws(text: str) -> str:
     return "\n".join(" ".join(line.split()) for line in text.split("\n")).strip()
 
 
-_W, _N = r"([A-Za-z]+)", r"(\d+)"
+def fold(text: str) -> str:
+    """The case- and punctuation-spacing-blind form of a whitespace-normalized text: Unicode NFKC, case folded, and
+    the whitespace around each punctuation mark removed ("How many ?" is "how many?", "3 , 4" is "3,4", the newline
+    before a template's "Answer:" goes too), any other whitespace run one space (line breaks included). Two copies of a question that differ only so are one content key, so
+    one cannot be trained on while the other is scored as held out (an audit: a lower-cased GSM8K test question in a
+    user's file landed in the train split). Idempotent (applied until it no longer changes the text)."""
+    for _ in range(4):
+        out = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+        out = _PUNCT_SPACE.sub(r"\1", " ".join(out.split()))
+        if out == text:
+            break
+        text = out
+    return text
+
+
+_PUNCT_SPACE = re.compile(r"\s*([^\w\s])\s*")
+_W, _N = r"([^\W\d_]+)", r"(\d+)"
 
 
 def _sum(a: str, b: str) -> tuple[str, ...]:
@@ -79,23 +97,24 @@ def _product(a: str, b: str) -> tuple[str, ...]:
     return ("product", *map(str, sorted((int(a), int(b)))))
 
 
-# (pattern over a whitespace-normalized prompt, the problem it asks); a full match only. The problem is the
-# computation, whatever task asks it: a GSM8K-format addition and a PIQA-format "find a plus b" are one problem, and
-# so are a + b and b + a, a x b and b x a (the operands of a sum or product sorted; a difference keeps its order).
-# Before, the key held the task and the operand order: 140 of 200 PIQA test items' computation was a train-split
-# GSM8K-format problem, and 6 of 13 val multiplications had their swapped twin in the train split.
+# (pattern over a prompt's ``fold``ed form, the problem it asks); a full match only. The problem is the computation,
+# whatever task asks it: a GSM8K-format addition and a PIQA-format "find a plus b" are one problem, and so are a + b
+# and b + a, a x b and b x a (the operands of a sum or product sorted; a difference keeps its order). Before, the key
+# held the task and the operand order: 140 of 200 PIQA test items' computation was a train-split GSM8K-format
+# problem, and 6 of 13 val multiplications had their swapped twin in the train split. The patterns read the folded
+# text, so a template question re-cased or re-spaced around its punctuation is the same problem.
 _CANON = [
-    (rf"Question: {_W} has {_N} {_W}\. \1 gets {_N} more\. How many \3 does \1 have now\?\nAnswer:",
+    (rf"question:{_W} has {_N} {_W}\.\1 gets {_N} more\.how many \3 does \1 have now\?answer:",
      lambda m: _sum(m[2], m[4])),
-    (rf"Question: {_W} has {_N} {_W} and gives away {_N}\. How many \3 are left\?\nAnswer:",
+    (rf"question:{_W} has {_N} {_W} and gives away {_N}\.how many \3 are left\?answer:",
      lambda m: ("difference", m[2], m[4])),
-    (rf"Question: {_W} buys {_N} bags with {_N} {_W} in each bag\. How many \4 does \1 buy\?\nAnswer:",
+    (rf"question:{_W} buys {_N} bags with {_N} {_W} in each bag\.how many \4 does \1 buy\?answer:",
      lambda m: _product(m[2], m[3])),
-    (rf"Goal: To find {_N} plus {_N},\nSolution:", lambda m: _sum(m[1], m[2])),
-    (rf"Goal: To count {_N} {_W} and then {_N} more \2,\nSolution:", lambda m: _sum(m[1], m[3])),
-    (rf"Goal: To find {_N} minus {_N},\nSolution:", lambda m: ("difference", m[1], m[2])),
-    (rf"Goal: To take {_N} {_W} away from {_N} \2,\nSolution:", lambda m: ("difference", m[3], m[1])),
-    (rf"Question: Which number is the (largest|smallest)\? \(A\) {_N} \(B\) {_N} \(C\) {_N} \(D\) {_N}\nAnswer:",
+    (rf"goal:to find {_N} plus {_N},solution:", lambda m: _sum(m[1], m[2])),
+    (rf"goal:to count {_N} {_W} and then {_N} more \2,solution:", lambda m: _sum(m[1], m[3])),
+    (rf"goal:to find {_N} minus {_N},solution:", lambda m: ("difference", m[1], m[2])),
+    (rf"goal:to take {_N} {_W} away from {_N} \2,solution:", lambda m: ("difference", m[3], m[1])),
+    (rf"question:which number is the (largest|smallest)\?\(a\){_N}\(b\){_N}\(c\){_N}\(d\){_N} answer:",
      lambda m: ("choice", m[1], ",".join(map(str, sorted(int(x) for x in m.groups()[1:]))))),
 ]
 _CANON = [(re.compile(pat), key) for pat, key in _CANON]
@@ -103,9 +122,9 @@ _CANON = [(re.compile(pat), key) for pat, key in _CANON]
 
 def canonical(prompt: str) -> str:
     """The content key of a prompt: the problem of a synthetic template (``sum|3|5``) whatever its task, name,
-    item, wording, operand order (sums, products) or option order; else the whitespace-normalized prompt.
-    Idempotent."""
-    text = normalize_ws(prompt)
+    item, wording, operand order (sums, products) or option order; else the prompt whitespace-normalized and
+    ``fold``ed (case and the spacing around punctuation do not count). Idempotent."""
+    text = fold(normalize_ws(prompt))
     for pat, key in _CANON:
         m = pat.fullmatch(text)
         if m:

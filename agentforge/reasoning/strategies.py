@@ -117,14 +117,15 @@ def by_strategy(examples: list[dict]) -> dict[str, list[dict]]:
 
 
 def question_key(question: str) -> str:
-    """A question's content key (``synthetic.canonical`` of its GSM8K-format prompt): whitespace normalized, and a
-    synthetic template's question reduced to its problem whatever its name or item."""
+    """A question's content key (``synthetic.canonical`` of its GSM8K-format prompt): whitespace normalized, case
+    and the spacing around punctuation folded, and a synthetic template's question reduced to its problem whatever its
+    name or item."""
     return synthetic.canonical(formats.gsm8k_prompt({"question": question}))
 
 
 def split_user_examples(records: list[dict], n_val: int) -> tuple[list[dict], list[dict]]:
     """Hold out the last n_val records of each strategy of a user file, less any whose question is also a training
-    record's by content (``question_key``: a question repeated in the file, re-spaced or, for a template question,
+    record's by content (``question_key``: a question repeated in the file, re-spaced, re-cased or, for a template question,
     under another name or item, must not be both trained on and validated; compared as exact strings, 'Ada  has'
     with two spaces was held out against a trained 'Ada has')."""
     train, val = [], []
