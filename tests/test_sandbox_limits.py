@@ -91,6 +91,10 @@ print('vmsplice', call({vmsplice}, w, 0, 0, 0))
 with open('main.py', 'rb') as f:
     print('splice', call({splice}, f.fileno(), 0, w, 0, 1, 0))
 print('tee', call({tee}, r, w, 1, 0))
+print('epoll_create1', call({epoll_create1}, 0))
+print('epoll_ctl', call({epoll_ctl}, 0, 1, 0, 0))       # EBADF / EFAULT if the call were allowed
+print('inotify_add_watch', call({inotify_add_watch}, 0, 0, 0))
+print('fanotify_init', call({fanotify_init}, 0, 0))
 import socket
 for name, make in (('socketpair', socket.socketpair), ('socket', lambda: socket.socket(socket.AF_UNIX))):
     try:
@@ -106,7 +110,8 @@ print('subprocess', subprocess.run([sys.executable, '-c', 'print(1)'], capture_o
 def _memfd_code(mb: int) -> str:
     col = 0 if os.uname().machine == "x86_64" else 1
     return MEMFD.format(mb=mb, **{k: sc.SYSCALLS[k][col] for k in ("shmget", "unshare", "clone3", "vmsplice", "splice",
-                                                                    "tee")})
+                                                                    "tee", "epoll_create1", "epoll_ctl",
+                                                                    "inotify_add_watch", "fanotify_init")})
 
 
 @needs_bwrap
@@ -114,13 +119,15 @@ def test_memory_outside_any_rss_cannot_be_made():
     """A memfd written (never mapped) and a SysV segment count in no RSS and not in RLIMIT_AS: under a 96 MiB
     limit a 128 MiB memfd would have been held; now memfd_create, shmget, a user namespace, sockets (an AF_UNIX
     pair's queued buffers are kernel memory too: a red-team held 1.5 GB under 512 MB) and vmsplice / splice / tee (a
-    pipe holds the pages spliced into it: 720 MiB under 512 MB, in huge pages) fail (EPERM), clone3 says
-    ENOSYS, and threads and subprocesses still work."""
+    pipe holds the pages spliced into it: 720 MiB under 512 MB, in huge pages) and epoll / inotify / fanotify watches
+    (kernel memory per watch: 5.1M epoll watches held ~1 GiB under 512 MB) fail (EPERM), clone3 says ENOSYS, and
+    threads and subprocesses still work."""
     r = run(_memfd_code(128), limits=SandboxLimits(wall_s=20, cpu_s=20, memory_mb=96, max_file_mb=256))
     assert r.kind == "ok", r.stderr
     got = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines())
     assert got == {"memfd": "EPERM", "shmget": "EPERM", "unshare": "EPERM", "clone3": "ENOSYS", "socketpair": "EPERM",
-                   "socket": "EPERM", "vmsplice": "EPERM", "splice": "EPERM", "tee": "EPERM", "thread": "ok",
+                   "socket": "EPERM", "vmsplice": "EPERM", "splice": "EPERM", "tee": "EPERM", "epoll_create1": "EPERM",
+                   "epoll_ctl": "EPERM", "inotify_add_watch": "EPERM", "fanotify_init": "EPERM", "thread": "ok",
                    "subprocess": "1"}
 
 

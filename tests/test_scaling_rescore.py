@@ -78,6 +78,7 @@ def test_ngram_logits_in_place_of_the_weights_logits_are_forged(tmp_path):
     result = evaluate_salted(path, tmp_path, TINY_SETTINGS)
     assert (result["valid"], result["error_kind"], result["combined_score"]) == (0.0, "forged", FAIL_SCORE)
     assert "size s: the logits the child returned are not those of its weights" in result["error"], result["error"]
+    assert "by more than the tolerance" in result["error"] and "up to" not in result["error"]   # no gap digits
     again = evaluate_salted(path, tmp_path, TINY_SETTINGS)
     assert again["cached"] is True and again["error_kind"] == "forged"  # a trusted verdict: kept
 

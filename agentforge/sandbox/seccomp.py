@@ -6,7 +6,8 @@ RLIMIT_AS; SysV message queues hold kernel memory the same way. The filter makes
 hardening, the kernel interfaces an evolved attention function or a benchmark solution never needs:
 io_uring, userfaultfd, bpf, perf_event_open, the keyrings, ptrace and cross-process memory access, every
 mount call (old and new API), setns, unshare / clone with a namespace flag, and prctl(PR_SET_DUMPABLE)
-(a non-dumpable process gets a root-owned /proc entry and would hide from the uid-based watchdog). Setting
+(a non-dumpable process gets a root-owned /proc entry and would hide from the uid-based watchdog). Watches
+(epoll_ctl, inotify_add_watch, fanotify_mark) fail too: their kernel memory is outside every limit as well. Setting
 SIGCHLD's disposition fails too (rt_sigaction(SIGCHLD) with a new action): with SIGCHLD ignored or SA_NOCLDWAIT
 the kernel reaps exited children itself and adds their CPU time to no parent's cutime, so the tree's CPU budget
 (``tree.tree_cpu_s``) never saw it — a red team's children, each under RLIMIT_CPU, burned 7.2 CPU s under
@@ -80,6 +81,8 @@ SYSCALLS = {
     "fadvise64": (221, 223), "readahead": (187, 213), "mincore": (27, 232), "preadv2": (327, 286),
     "pwritev2": (328, 287), "rt_sigaction": (13, 134),
     "vmsplice": (278, 75), "splice": (275, 76), "tee": (276, 77),
+    "epoll_create1": (291, 20), "epoll_ctl": (233, 21), "inotify_init1": (294, 26), "inotify_add_watch": (254, 27),
+    "fanotify_init": (300, 262), "fanotify_mark": (301, 263),
 }
 # calls newer than the system headers the tests check SYSCALLS against: cachestat (Linux 6.5) is 451 in
 # arch/x86/entry/syscalls/syscall_64.tbl and in the unified table every newer arch (aarch64) follows
@@ -89,7 +92,12 @@ NUMBERS = {**SYSCALLS, **NEWER_SYSCALLS}
 # it, in no RSS and outside RLIMIT_AS (a red-team held 720 MiB under 512 MB with one byte of each 2 MiB huge page
 # vmspliced into pipes, and reported ~32 GiB reachable per sandbox). Sockets too: the network namespace leaves only
 # AF_UNIX pairs, whose queued buffers are kernel memory counted in no RSS (a red-team held 1.5 GB under a 512 MB limit that way) and whose SCM_RIGHTS messages
-# can hide open files from the work-dir watch; no program run here needs one.
+# can hide open files from the work-dir watch; no program run here needs one. epoll, inotify and fanotify too: each
+# epoll watch (~200 bytes) and inotify / fanotify mark is kernel memory in no RSS, capped per uid (every run has a fresh
+# uid), so a red team held ~1 GiB of unreclaimable kernel memory under a 512 MB limit with 5.1M epoll watches (eventfds
+# dup'ed onto many fd numbers, each registered in many epolls); adding a watch or a mark fails, and so does making an
+# instance with epoll_create1 / inotify_init1 (x86_64's older epoll_create / inotify_init still make empty ones, which
+# hold no watch). Python's subprocess and multiprocessing wait with poll(2), not epoll.
 DENIED = tuple(n for n in SYSCALLS if n not in ("clone3", "clone", "unshare", "prctl", "preadv2", "pwritev2",
                                                  "rt_sigaction"))
 DENIED_NEWER = tuple(NEWER_SYSCALLS)   # EPERM too (kept apart so DENIED names only header-checked numbers)

@@ -78,6 +78,7 @@ def failed(kind: str, message: str, **extra) -> dict:
     return {"combined_score": FAIL_SCORE, "valid": 0.0, "error_kind": kind, "error": message, **extra}
 
 
+STATUS_MAX_BYTES = 1 << 20   # the child's status.json; more is refused unparsed (``run_child``)
 TEST_PREFIX = "test_"  # result keys from the test set: never shown to a search
 
 
@@ -201,18 +202,26 @@ def run_child(code: str, settings: dict, heldout: dict, *, limits: SandboxLimits
                                           f"limit): the candidate hangs or is too slow")
     if res.kind == "memory":
         raise CandidateFailure("memory", f"the candidate exceeded the {limits.memory_mb} MiB memory limit: {tail}")
-    try:
-        status = json.loads(res.files.get("status.json", b"{}"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        status = {}
-    if not isinstance(status, dict):
-        status = {}
+    status = read_status(res.files.get("status.json", b"{}"))
     if status.get("ok") is False:  # the child's own account of a failure: reported, never cached
         kind = status.get("kind") if status.get("kind") in ("memory", "non_causal", "non_finite") else "crash"
         raise CandidateFailure(kind, f"in the sandbox: {str(status.get('error'))[:800]}", trusted=False)
     if res.kind != "ok":
         raise CandidateFailure("crash", f"the sandbox exited with status {res.returncode}: {tail or '(no output)'}")
     return status, res.files
+
+
+def read_status(raw: bytes) -> dict:
+    """The child's status.json as a dict ({} when it is not a JSON object); ``forged`` over ``STATUS_MAX_BYTES``,
+    unparsed: parsing costs ~30x the file in memory (a red team's 128 MiB list of ``{}`` took 3.5 GB here)."""
+    if len(raw) > STATUS_MAX_BYTES:
+        raise CandidateFailure("forged", f"status.json is {len(raw)} bytes, over {STATUS_MAX_BYTES}: the project's "
+                                         f"child writes a few KB")
+    try:
+        status = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 def evaluate(program_path: str | Path, settings: dict, *, timeout_s: float = 600.0, memory_mb: int | None = 4096,

@@ -26,4 +26,6 @@ class CandidateFailure(Exception):
 
 
 def failure(kind: str, message: str) -> dict:
-    return {"ok": False, "kind": kind, "error": message}
+    """The child's account of a failure; the message cut to 4000 characters (the parent shows 800 and refuses a
+    status file over ``evaluator.STATUS_MAX_BYTES``)."""
+    return {"ok": False, "kind": kind, "error": message[:4000]}

@@ -115,7 +115,8 @@ def _infer_size(code: str, settings: dict, size: dict, weights: dict[str, bytes]
     if res.kind == "memory":
         raise CandidateFailure("memory", f"{what}: the {limits.memory_mb} MiB memory limit was exceeded")
     if res.kind != "ok":
-        raise CandidateFailure("crash", f"{what} failed with status {res.returncode}")
+        raise CandidateFailure("crash", f"{what} failed (its exit status is in rescore.log: an exit status the program "
+                                        f"chooses would carry test-set bits to the search)")
     if mode == "spot":
         if logits is None:
             raise CandidateFailure("crash", f"{what} ended before answering every row it was sent")
@@ -180,9 +181,11 @@ def _checked(name: str, key: str, t: torch.Tensor | None, shape: tuple, whose: s
 
 
 def _require_close(gap: float, tol: float, message: str) -> None:
-    """``forged`` with ``message`` (the gap and tolerance appended) when ``gap`` exceeds ``tol``."""
+    """``forged`` with ``message`` (the tolerance appended) when ``gap`` exceeds ``tol``. The gap itself is not in
+    the message: the candidate sets it (e.g. its spot-check logits against its batch ones), and a search reads the
+    message, so its digits could carry held-out tokens out (an audit sent a row's token through an exit status)."""
     if gap > tol:
-        raise CandidateFailure("forged", f"{message} (by up to {gap:.3g} nats; tolerance {tol:g})")
+        raise CandidateFailure("forged", f"{message} (by more than the tolerance, {tol:g} nats)")
 
 
 def rescore(code: str, settings: dict, heldout: dict[str, torch.Tensor], files: dict[str, bytes], *,

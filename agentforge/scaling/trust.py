@@ -207,9 +207,20 @@ def expected_shapes(size: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+SAFETENSORS_HEADER_MAX = 1 << 20   # bytes of a returned file's JSON header: ~10k tensors; the models here have < 200
+
+
 def _load(files: dict[str, bytes], name: str) -> dict[str, torch.Tensor]:
+    """A safetensors file the sandbox returned; ``forged`` when it is not one or its header is over
+    ``SAFETENSORS_HEADER_MAX`` (a red team's 70 MiB file declaring a million empty tensors cost 1.4 GB and 23 s to
+    load and count before this check)."""
     if name not in files:
         raise CandidateFailure("crash", f"the sandbox returned no {name}")
+    head = int.from_bytes(files[name][:8], "little") if len(files[name]) >= 8 else None
+    if head is None or head > SAFETENSORS_HEADER_MAX:
+        raise CandidateFailure("forged", f"{name} is not a valid safetensors file (its header is "
+                                         f"{'missing' if head is None else f'{head} bytes'}; at most "
+                                         f"{SAFETENSORS_HEADER_MAX} are read)")
     try:
         return load_safetensors(files[name])
     except (SafetensorError, ValueError, RuntimeError) as exc:
