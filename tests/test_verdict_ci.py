@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from agentforge.evals.stats import mean_ci, verdict
+from agentforge.evals.stats import exact_proportion_ci, mean_ci, verdict
 
 TH = {"pass_at": {1: 0.30}, "min_delta_pass1": 0.04, "alpha": 0.05, "failure_p": 0.1}
 RANK = {"FAILURE": 0, "INCONCLUSIVE": 1, "PARTIAL": 2, "SUCCESS": 3}
@@ -137,13 +137,17 @@ def test_a_missed_target_is_failure_and_success_needs_every_target_met():
 
 # -- the candidate's pass@k CI ------------------------------------------------------------------------------
 def test_mean_ci_by_hand():
-    """``mean_ci`` is the percentile bootstrap. [1] + [0]*9: a resample's mean is k/10, k ~ Bin(10, 0.1);
-    P(k = 0) = 0.349 > 0.025 and P(k <= 2) = 0.930 < 0.975 <= P(k <= 3) = 0.987, so the CI is exactly [0.0, 0.3]
-    (the basic bootstrap, 2 * 0.1 minus the percentiles, would give [-0.1, 0.2])."""
-    assert mean_ci([1.0] + [0.0] * 9) == [0.0, 0.3]
+    """``mean_ci`` of scores that are not all 0/1 is the percentile bootstrap. [0.5] + [0]*9: a resample's mean is
+    0.5 k/10, k ~ Bin(10, 0.1); P(k = 0) = 0.349 > 0.025 and P(k <= 2) = 0.930 < 0.975 <= P(k <= 3) = 0.987, so the
+    CI is exactly [0.0, 0.15] (the basic bootstrap, 2 * 0.05 minus the percentiles, would give [-0.05, 0.1]).
+    0/1 scores give Clopper-Pearson's interval: for 0 of n, [0, 1 - 0.025^(1/n)]."""
+    assert mean_ci([0.5] + [0.0] * 9) == [0.0, 0.15]
     assert mean_ci([0.3] * 5) == [0.3, 0.3]   # a constant sample: every resample's mean is 0.3
+    assert mean_ci([0.0] * 30) == pytest.approx([0.0, 1 - 0.025 ** (1 / 30)])
+    assert mean_ci([1.0] * 30) == pytest.approx([0.025 ** (1 / 30), 1.0])   # before: [1, 1]
+    assert mean_ci([1.0] + [0.0] * 9) == exact_proportion_ci(1, 10)
     assert mean_ci([1.0]) is None and mean_ci([]) is None and mean_ci([1.0, float("nan")]) is None
-    xs = [1.0] * 9 + [0.0] * 21               # 9 of 30 problems: mean 0.3
+    xs = [0.9] * 9 + [0.0] * 21               # 9 of 30 problems at 0.9: mean 0.27
     lo, hi = mean_ci(xs, n_resamples=2000)
     assert 0.0 <= lo < 0.3 < hi <= 1.0 and lo < 0.2 and hi > 0.4
     assert mean_ci(xs, n_resamples=2000) == [lo, hi]   # seeded: the same CI every time
@@ -158,7 +162,8 @@ def test_codegen_stats_store_each_models_ci_and_the_verdict_reads_the_candidates
     s = compute_stats({"c": cand, "b": base}, {"c": {}, "b": {}}, candidate="c", baseline="b", ks=[1],
                       thresholds=TH, n_resamples=2000)
     lo, hi = s["pass_at_1"]["c_ci95"]
-    assert lo < 0.3 < hi and s["pass_at_1"]["b_ci95"] == [0.0, 0.0]
+    assert [lo, hi] == exact_proportion_ci(9, 30) and s["pass_at_1"]["b_ci95"] == exact_proportion_ci(0, 30)
+    assert lo < 0.3 < hi
     assert s["verdict"] != "SUCCESS" and any(r.startswith("pass@1 0.3 not established") for r in s["reasons"])
 
 
@@ -174,3 +179,16 @@ def test_phase_compare_judges_the_pass1_target_on_the_candidates_ci():
     lo, hi = st["pass_at_1"]["cand_ci95"]
     assert lo < 0.30 < hi and st["pass_at_1"]["baseline_ci95"][1] < 0.45   # each model's own CI
     assert st["verdict"] != "SUCCESS" and any(r.startswith("pass@1 0.4 not established") for r in st["reasons"])
+
+
+def test_a_pass1_of_four_in_thirty_is_not_established_below_the_target_on_its_exact_ci():
+    """The audit's case: greedy pass@1 4 / 30 against 0.30. The percentile bootstrap's [0.033, 0.267] read the
+    target "missed" (FAILURE); Clopper-Pearson's [0.038, 0.307] straddles 0.30: not established."""
+    from agentforge.codegen.scoring import compute_stats
+
+    cand = [{"num_samples": 1, "num_correct": int(i < 4)} for i in range(30)]
+    base = [{"num_samples": 1, "num_correct": int(i < 3)} for i in range(30)]
+    s = compute_stats({"c": cand, "b": base}, {"c": {}, "b": {}}, candidate="c", baseline="b", ks=[1],
+                      thresholds=TH, n_resamples=2000)
+    assert s["pass_at_1"]["c_ci95"] == pytest.approx([0.0376, 0.3072], abs=5e-4)
+    assert any(r.startswith("pass@1 0.1333 not established") for r in s["reasons"]), s["reasons"]

@@ -5,7 +5,8 @@
      "pass_at_10": {...}, "verdict": "SUCCESS|PARTIAL|FAILURE", "reasons": [...], ...}
 
 pass@k is Chen et al.'s unbiased estimator per problem (``evals.pass_at_k.pass_at_k``) averaged over problems;
-each model's mean gets its percentile bootstrap CI over problems (``evals.stats.mean_ci``, on which the
+each model's mean gets its CI over problems (``evals.stats.mean_ci``: Clopper-Pearson's when every per-problem
+score is 0/1, else the percentile bootstrap; on which the
 verdict judges the absolute pass@k targets); the difference is tested over problems by the project's paired test (``evals.stats.paired_test``: McNemar's
 exact test when every per-problem score is 0/1, e.g. n = 1 or greedy, else the exact sign-flip test below
 ``min_n`` problems and the paired bootstrap from there), and the verdict is the dashboard's section-7 rule

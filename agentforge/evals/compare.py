@@ -310,8 +310,8 @@ def compute_stats(results: dict[str, dict], baseline: str, candidate: str, thres
                   n_resamples: int = 10_000, seed: int = 0) -> dict:
     """``stats.json``: per-metric paired tests of candidate vs baseline on the same examples (``stats.paired_test``:
     the exact McNemar test for 0/1 outcomes; for other scores the exact sign-flip test below ``min_n`` pairs, the
-    bootstrap from there), pass@k like for like (``_like_for_like``) with each stage's percentile bootstrap CI of its mean
-    per-problem pass@k (``stats.mean_ci``, ``"<stage>_ci95"``: the verdict judges the pass@k targets on the
+    bootstrap from there), pass@k like for like (``_like_for_like``) with each stage's CI of its mean per-problem pass@k
+    (``stats.mean_ci``: Clopper-Pearson's for 0/1 scores, else the percentile bootstrap; ``"<stage>_ci95"``: the verdict judges the pass@k targets on the
     candidate's), and the verdict — which does not decide on the
     accuracy targets (INCONCLUSIVE, unless what does not rest on them fails) where either stage's GSM8K reference
     answers do not fit its ``phase.gen_tokens`` (``reference_fit.shortfall``): its accuracies measure the budget."""

@@ -32,8 +32,8 @@ they compare: ``evals.pass_at_k``).
 * ``verdict`` (``evals/dashboard_verdict.py``) — SUCCESS / PARTIAL / FAILURE of the success-metrics dashboard, section 7, and
   INCONCLUSIVE below ``MIN_N`` paired examples or where the accuracies cannot decide (no evidence either way, with
   the reason).
-* ``mean_ci`` — the percentile bootstrap CI of a mean (a model's mean per-problem pass@k, for the verdict's
-  absolute pass@k targets).
+* ``mean_ci`` — the CI of a mean (a model's mean per-problem pass@k, for the verdict's absolute pass@k targets):
+  Clopper-Pearson's where every value is 0 or 1, else the percentile bootstrap.
 * ``threshold_verdict`` — PASS / FAIL / INCONCLUSIVE of a figure against a threshold from its CI:
   PASS when the whole CI is on the right side, FAIL when the whole CI is on the wrong side.
 * ``wilson_ci`` — the Wilson score interval of a proportion k / n (Wilson 1927).
@@ -295,12 +295,18 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 def mean_ci(values: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
             confidence: float = 0.95) -> list[float] | None:
-    """The percentile bootstrap CI of the mean of ``values`` (scipy's ``stats.bootstrap``, a seeded generator): the
-    CI of a model's mean per-problem pass@k over problems, on which the verdict judges the absolute pass@k targets.
-    A constant sample gives [x, x]; fewer than 2 values, or a non-finite one, give None (no CI)."""
+    """The CI of the mean of ``values``: the CI of a model's mean per-problem pass@k over problems, on which the
+    verdict judges the absolute pass@k targets. Where every value is 0 or 1 (greedy decoding, or n = 1 sample) the
+    mean is a proportion and the CI is Clopper-Pearson's (``exact_proportion_ci``), as for every accuracy here: the
+    percentile bootstrap is not exact at these sizes and collapses to a point when every problem scores alike (an
+    audit: 4 / 30 against a 0.30 target, bootstrap [0.033, 0.267] read "missed", the exact [0.038, 0.307] straddles
+    it; 30 / 30 gave [1, 1]). Otherwise the percentile bootstrap (scipy's ``stats.bootstrap``, a seeded generator);
+    a constant sample then gives [x, x]. Fewer than 2 values, or a non-finite one, give None (no CI)."""
     x = np.asarray(values, dtype=float)
     if x.ndim != 1 or len(x) < 2 or not np.all(np.isfinite(x)):
         return None
+    if np.all((x == 0) | (x == 1)):
+        return exact_proportion_ci(int(x.sum()), len(x), confidence)
     if np.all(x == x[0]):   # every resample has the same mean (scipy would warn of a degenerate distribution)
         return [float(x[0]), float(x[0])]
     res = sps.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
