@@ -180,12 +180,16 @@ def _reused_run_dir(cfg: DictConfig) -> str | None:
     before this runs: when that is another one (a saved config has no ``hydra:`` section, so Hydra's default
     ``outputs/<date>/<time>`` was made) and holds only what Hydra put there, it is removed."""
     from agentforge.cli_errors import earlier_run_problem
+    from agentforge.locks import claim
 
     try:
         run_dir = os.path.abspath(str(select(cfg, "paths.run_dir")))
     except ConfigError:   # unresolvable: the start-up checks report it in their own words
         return None
     problem = earlier_run_problem(run_dir)
+    if not problem and os.path.isdir(run_dir) and not claim(run_dir):   # two runs started together both pass the check
+        return (f"the run directory {run_dir} is being written by another agentforge process right now: wait for it, "
+                f"or leave hydra.run.dir and paths.run_dir unset (each run gets a new directory)")
     if problem:
         try:
             made = Path(HydraConfig.get().runtime.output_dir).absolute()

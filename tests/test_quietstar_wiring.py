@@ -51,7 +51,7 @@ def test_run_rl_draws_no_anti_theater_window_that_occurs_in_its_training_stream(
 @pytest.mark.parametrize("step", ["rl", "both"])
 def test_too_few_held_out_documents_clear_of_the_training_stream_is_one_config_error_before_baking(
         tiny_input, tmp_path, monkeypatch, step):  # noqa: F811
-    """context_len=8, n_true=2 (seed 42): all 80 held-out documents hold a 10-token window, but only 63 hold one that
+    """context_len=8, n_true=1 (seed 42): all 80 held-out documents hold a 9-token window, but only 58 hold one that
     is not in the training stream, so 64 eval windows cannot be drawn. For step=both that is known before baking (the
     baking is replaced by a failure here): a ConfigError naming phase.rl.eval_windows, not a failure after it."""
     from agentforge.phases import quietstar as qs
@@ -62,9 +62,9 @@ def test_too_few_held_out_documents_clear_of_the_training_stream_is_one_config_e
     monkeypatch.setattr(qs, "run_baking", baking)
     monkeypatch.setattr(qs, "QuietStarModule", _built)
     cfg = compose_cfg(["phase=quietstar", "logger=none", f"step={step}", f"phase.input={tiny_input}",
-                       "phase.rl.context_len=8", "phase.rl.n_true=2"], tmp_path)
+                       "phase.rl.context_len=8", "phase.rl.n_true=1"], tmp_path)
     with pytest.raises(ConfigError, match=r"phase\.rl\.eval_windows=64 windows .*not in the training stream.* need 64 "
-                                          r"documents that hold one; 63 of the 80 held-out documents do"):
+                                          r"documents that hold one; 58 of the 80 held-out documents do"):
         qs.run(cfg)
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs" / "artifacts" / "quietstar").exists()
 

@@ -345,7 +345,8 @@ def test_splits_are_blake2b_buckets_val_0_99_test_100_199():
 
     from agentforge.data import synthetic
 
-    key = "What is 2 + 3?"
+    key = "what is 2+3?"   # a content key (``synthetic.canonical``: folded), which ``bucket`` hashes as it is
+    assert synthetic.canonical(key) == key and synthetic.bucket("What is  2 + 3 ?") == synthetic.bucket(key)
     assert synthetic.bucket(key) == int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 1000
     for task in ("arithmetic", "choice", "piqa"):
         for seed in (0, 7):

@@ -67,7 +67,7 @@ from agentforge.tracking.part_times import closing_line, devices_line, fit_devic
 from agentforge.tracking.spec_config import flat_config
 from agentforge.training.lm_module import LMModule
 from agentforge.training.part_callbacks import TimedEpochCheckpoint, TimedValidation
-from agentforge.training.resume import resume_path, resumed_note, start_work_dir
+from agentforge.training.resume import claim_work_dir, resume_path, resumed_note, start_work_dir
 from agentforge.training.trainer import build_trainer, to_eval_device
 
 RULES = PHASE_RULES["cognate"]
@@ -119,6 +119,7 @@ def run(cfg) -> dict:
         out_dir = model_dir(Path(cfg.paths.artifacts).absolute(), model_id)
         work_dir = out_dir.with_name(out_dir.name + ".work")
         fp = fingerprint(cfg)
+        claim_work_dir(work_dir)   # no other live run decides about (or deletes) the last.ckpt below
         # the checkpoint's own fingerprint and its weights' names and shapes decide (training/resume.py), before the run
         resume = resume_path(cfg.get("ckpt_path"), work_dir, fp, expected=module.state_dict())
     tags, label = ["phase1", "cognate", f"model{model_id}", "pretraining"], f"Cognate model{model_id}"

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from agentforge.evals.speed import PartTimes
 from agentforge.phases.cognate import fingerprint
 from agentforge.training.part_callbacks import TimedEpochCheckpoint
-from agentforge.training.resume import resume_path, start_work_dir, will_resume
+from agentforge.training.resume import claim_work_dir, resume_path, start_work_dir, will_resume
 from agentforge.training.trainer import build_trainer
 
 
@@ -25,6 +25,7 @@ def fit_step(cfg, ctx, module, step: str, src: Path, out_dir: Path, epochs: int,
     ``checkpoint``."""
     work = work_dir(out_dir)
     fp = step_fingerprint(cfg, step, src)
+    claim_work_dir(work)
     resume = resume_path(cfg.get("ckpt_path"), work, fp, expected=module.state_dict())
     if resume:
         print(f"resuming from {resume}")

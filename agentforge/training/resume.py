@@ -89,6 +89,19 @@ def will_resume(ckpt_path, work_dir: Path, fp: str) -> bool:
     return (last if ckpt_path == "last" else Path(ckpt_path)).is_file()
 
 
+def claim_work_dir(work_dir: Path) -> None:
+    """Claim ``work_dir`` for this run (``locks.claim``) before anything decides about its ``last.ckpt``; an
+    ``AgentForgeError`` when another live process holds it: its checkpoint is that run's, which a run with another
+    config would otherwise delete as stale (an audit: the live run's later rerun then started over)."""
+    from agentforge.errors import AgentForgeError
+    from agentforge.locks import claim
+
+    if not claim(work_dir):
+        raise AgentForgeError(f"{work_dir}: another agentforge process is training into it right now (its last.ckpt "
+                              f"is that run's): wait for it to finish, or give this run its own outputs "
+                              f"(AGENTFORGE_OUTPUTS or paths.artifacts)")
+
+
 def start_work_dir(work_dir: Path, fp: str, resume: str | None) -> None:
     """Create the work dir and remove any temporary file a killed save left (``.last.ckpt.*.tmp``: never the file
     resumed from); when the run starts fresh, remove the stale ``last.ckpt`` too, BEFORE writing the new
