@@ -222,7 +222,8 @@ def test_recovery_curve_evaluates_a_frozen_copy_and_takes_the_last_point_from_th
     cb.finish(0.4)                                   # the packed model's accuracy after the last epoch
     assert cb.curve["epoch"] == [0, 1, 2] and cb.curve["accuracy"] == [0.5, 0.25, 0.4]
     assert math.isnan(cb.curve["loss"][0]) and cb.curve["loss"][1:] == [2.0, 2.0]   # no loss before fine-tuning
-    assert [(m["finetune/epoch"], m["finetune/accuracy"], step) for m, step in logged] == [(1, 0.25, 10), (2, 0.4, 20)]
+    # at each epoch's last step (global_step - 1), where Lightning logs its val/loss (before: the next epoch's first)
+    assert [(m["finetune/epoch"], m["finetune/accuracy"], step) for m, step in logged] == [(1, 0.25, 9), (2, 0.4, 19)]
     assert logged[1][0]["finetune/accuracy_recovery"] == pytest.approx(-0.1)
     stopped = RecoveryCallback(tracker, evaluate_fn, base_accuracy=0.5, epochs=3)  # training stopped after epoch 2
     for epoch in range(2):

@@ -381,6 +381,8 @@ def test_cli_end_to_end_on_cognate_checkpoints(cognate_artifacts, tmp_path):
         assert r["evolution/unique_models"] == g["unique_models"] == len(set(digests))
         merged = [i["combo"] for i in g["individuals"] if i["metrics"]["weights_sha256"] not in inputs]
         assert [r[f"evolution/combo_{b}_count"] for b in bits] == [merged.count(b) for b in bits]
+        assert [r[f"models/model_{i}/combo_id"] for i in range(len(g["individuals"]))] == [   # -1: an input's weights
+            int(i["combo"], 2) if i["metrics"]["weights_sha256"] not in inputs else -1 for i in g["individuals"]]
         top = sorted(g["individuals"], key=lambda i: i["fitness"], reverse=True)[:2]
         assert r["evolution/elites_distinct"] == g["elites_distinct"] == (top[0]["metrics"]["weights_sha256"]
                                                                           != top[1]["metrics"]["weights_sha256"])

@@ -78,6 +78,10 @@ def test_quietstar_cli_both_steps(tiny_input, tmp_path):
               "rl/kl_divergence_thoughts", "rl/final_mixing_weight", "rl/final_post_thought_gain"):
         assert k in rkeys, k
     step_rows = [r for r in rows if "rl/lm_loss" in r]
+    # rl/learning_rate is the rate the episode's step used, as the optimizer's own key says (before: the next one's)
+    used = {r["_step"]: r["optimizer/muon_lr"] for r in rows if "optimizer/muon_lr" in r}
+    paired = [(r["rl/learning_rate"], used[r["_step"]]) for r in step_rows if r["_step"] in used]
+    assert paired and all(a == pytest.approx(b, rel=1e-9) for a, b in paired), paired
     assert step_rows and all(r["rl/lm_loss"] == pytest.approx(r["rl/mixed_nll"] + r["rl/base_ce"], rel=1e-5)
                              for r in step_rows)
     final_w = next(r for r in rows if "rl/final_mixing_weight" in r)

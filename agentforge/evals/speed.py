@@ -101,7 +101,8 @@ def forward_tokens_per_second(model, seq_len: int, batch: int = 4, repeats: int 
 
 
 def param_bytes(model) -> int:
-    """Bytes of parameters and persistent buffers as stored (the model's memory footprint)."""
+    """Bytes of parameters and buffers, persistent or not (the model's memory footprint at run time: a Cognate
+    model's RoPE tables and QK-clip maxima, ~64 KiB for the tiny m1, are not in its checkpoint but are in memory)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     total += sum(b.numel() * b.element_size() for b in model.buffers())
     return total

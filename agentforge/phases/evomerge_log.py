@@ -8,10 +8,14 @@ import statistics
 
 from agentforge.merge import combos
 
+UNMERGED = -1   # ``models/model_<i>/combo_id`` of a model whose weights are an input's: no combo's merge
+
 
 class GenerationLogger:
     """Logs the seed's per-generation and per-model keys as each generation finishes (distinct weights as
-    ``unique_models``, merged models only per combo, and whether elite1 and elite2 are different weights)."""
+    ``unique_models``, merged models only per combo, and whether elite1 and elite2 are different weights). A model
+    that is an input's weights logs ``combo_id`` ``UNMERGED`` (-1): before, generation 0's three inputs read as
+    combos 0, 1 and 2 (an audit)."""
 
     def __init__(self, tracker, max_generations: int, input_digests: set[str]):
         self.tracker, self.max_generations, self.input_digests = tracker, max_generations, input_digests
@@ -35,7 +39,8 @@ class GenerationLogger:
             pre = f"models/model_{idx}/"
             m.update({pre + "fitness": ind.fitness, pre + "perplexity": ind.metrics["perplexity"],
                       pre + "accuracy": ind.metrics["accuracy"], pre + "inference_time": ind.metrics["inference_time_ms"],
-                      pre + "memory_usage": ind.metrics["memory_mb"], pre + "combo_id": ind.genome.combo})
+                      pre + "memory_usage": ind.metrics["memory_mb"],
+                      pre + "combo_id": ind.genome.combo if is_merged(ind, self.input_digests) else UNMERGED})
         self.tracker.log(m, step=g.index)
         best = g.best_individual
         print(f"gen {g.index}: best {g.best:.4f} ({combos.bits(best.genome.combo)})  avg {g.mean:.4f}  "

@@ -31,7 +31,8 @@ class RecoveryCallback(Callback):
             loss = h["train_loss"][-1]
         else:
             loss = float("nan")
-        epoch, self.step = trainer.current_epoch + 1, trainer.global_step
+        # the epoch's last step, where Lightning logs its val/loss (global_step is already the next epoch's first)
+        epoch, self.step = trainer.current_epoch + 1, max(trainer.global_step - 1, 0)
         self.curve["epoch"].append(epoch)
         self.curve["loss"].append(loss)
         if epoch < self.epochs:

@@ -121,6 +121,7 @@ class QuietStarModule(FrozenPair):
         opt.step()   # also when skipped (no gradients: nothing moves): global_step = episodes, as LMModule counts
         if stepped:
             head_opt.optimizer.step()  # the raw optimizer: one LightningOptimizer step per episode
+        lr = opt.param_groups[0]["lr"]   # the rate this episode's step used: read before the schedule moves it on
         self.lr_schedulers().step()
         if not finite:
             return None
@@ -139,7 +140,7 @@ class QuietStarModule(FrozenPair):
                        "rl/mixed_nll": fig["mixed_nll"], "rl/base_ce": fig["base_ce"],
                        "rl/mixing_weight_negative_share": fig["mix_weight_negative_share"],
                        "rl/post_thought_gain": fig["post_thought_gain"], "rl/kl_divergence_thoughts": fig["kl_thoughts"],
-                       "rl/learning_rate": opt.param_groups[0]["lr"], **gpu_memory()}, on_step=True, on_epoch=False)
+                       "rl/learning_rate": lr, **gpu_memory()}, on_step=True, on_epoch=False)
         self.log("reward", fig["reward"], prog_bar=True, logger=False)
 
     def on_before_optimizer_step(self, optimizer):
