@@ -174,6 +174,32 @@ def test_decontamination_removes_planted_solution_and_signature(tmp_path, humane
     assert build_corpus([], root=root, val_fraction=0.3).stats["contaminated_dropped"] == 0
 
 
+def test_decontamination_knows_a_benchmark_function_however_it_is_laid_out(tmp_path, humaneval):
+    """An audit: HumanEval/0 with its signature wrapped over two lines and one comparison swapped passed both the
+    signature-line and the solution-block rule. A function of the entry point's name and argument names (``ast``)
+    is contamination whatever its layout, annotations or defaults; another name or other arguments are not."""
+    from agentforge.codegen.corpus import contamination_markers, function_keys, is_contaminated
+
+    p0 = humaneval[0]
+    assert function_keys("def f(a, /, b=1, *c, d, **e):\n    pass\nasync def g():\n    pass\n") == {
+        ("f", ("a", "b", "*c", "d", "**e")), ("g", ("*",))}
+    assert function_keys("def broken(:") == set()
+    markers = contamination_markers([p0])
+    body = p0.canonical_solution.replace("idx != idx2", "idx2 != idx")
+    wrapped = "def has_close_elements(numbers: list,\n                       threshold=0.5) -> bool:\n" + body
+    assert is_contaminated(wrapped, *markers)
+    assert not is_contaminated(wrapped, *markers[:2])               # the line and block rules alone miss it
+    assert not is_contaminated(wrapped.replace("threshold", "limit"), *markers)
+    assert not is_contaminated(wrapped.replace("def has_close_elements", "def close_pairs"), *markers)
+    root = tmp_path / "lib"
+    root.mkdir()
+    (root / "wrapped.py").write_text(wrapped)
+    for i in range(12):
+        (root / f"clean{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n")
+    c = build_corpus([p0], root=root, val_fraction=0.3)
+    assert c.stats["contaminated_files"] == ["wrapped.py"] and c.stats["functions_checked"] == 1
+
+
 def test_chunks_keep_whole_top_level_blocks():
     text = "import x\n\n@dec\ndef a():\n    return 1\n\n\ndef b():\n    return 2\n"
     assert chunks(text, 1000) == [text]

@@ -5,8 +5,10 @@ train a code model on before it is tested on HumanEval / MBPP.
    ``site-packages`` and the vendored 2to3 grammar tests (``data.exclude_dirs``).
 2. Exact duplicates (same bytes) are dropped, keeping the first path in sorted order.
 3. Decontamination: a file is dropped when it contains a benchmark problem's function signature as a line
-   (``def name(args):`` after whitespace normalisation) or its canonical solution as a block of normalised
-   lines (solutions shorter than ``MIN_SOLUTION_CHARS`` are too generic to test, e.g. ``return a + b``).
+   (``def name(args):`` after whitespace normalisation), a function of the same name and argument names however
+   it is laid out (``ast``: a signature wrapped over lines, other annotations or defaults; an audit's reformatted
+   HumanEval copy passed the line rule), or its canonical solution as a block of normalised lines (solutions
+   shorter than ``MIN_SOLUTION_CHARS`` are too generic to test, e.g. ``return a + b``).
    The count and the names of the dropped files are reported.
 4. Split by file (a file's path hash decides), so no file is on both sides; each file is cut into chunks
    of whole top-level blocks (``def``/``class``/decorators) of at most ``chunk_chars`` characters, which the
@@ -17,6 +19,7 @@ train a code model on before it is tested on HumanEval / MBPP.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import random
 import re
@@ -46,10 +49,29 @@ def signature(code: str, entry_point: str) -> str | None:
     return None
 
 
-def contamination_markers(problems: Iterable) -> tuple[set[str], list[str]]:
-    """(signature lines, normalised solution blocks) of the benchmark problems."""
-    sigs, blocks = set(), []
+def function_keys(code: str, names: set[str] | None = None) -> set[tuple[str, tuple[str, ...]]]:
+    """(name, argument names) of every function ``code`` defines (of those named in ``names``, when given); none
+    when it does not parse. The keys say which function it is whatever its layout, annotations or defaults."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    keys = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (names is None or node.name in names):
+            a = node.args
+            args = [x.arg for x in (*a.posonlyargs, *a.args)] + [f"*{a.vararg.arg}" if a.vararg else "*"] \
+                + [x.arg for x in a.kwonlyargs] + ([f"**{a.kwarg.arg}"] if a.kwarg else [])
+            keys.add((node.name, tuple(args)))
+    return keys
+
+
+def contamination_markers(problems: Iterable) -> tuple[set[str], list[str], set[tuple[str, tuple[str, ...]]]]:
+    """(signature lines, normalised solution blocks, (entry point, argument names) keys) of the benchmark problems."""
+    sigs, blocks, funcs = set(), [], set()
     for p in problems:
+        if p.entry_point:
+            funcs |= function_keys(p.prompt + p.canonical_solution, {p.entry_point})
         for src in (p.prompt, p.canonical_solution):
             s = signature(src, p.entry_point) if p.entry_point else None
             if s:
@@ -57,15 +79,21 @@ def contamination_markers(problems: Iterable) -> tuple[set[str], list[str]]:
         block = "\n".join(normalize_lines(p.canonical_solution))
         if len(block) >= MIN_SOLUTION_CHARS:
             blocks.append(block)
-    return sigs, blocks
+    return sigs, blocks, funcs
 
 
-def is_contaminated(text: str, sigs: set[str], blocks: list[str]) -> bool:
+def is_contaminated(text: str, sigs: set[str], blocks: list[str],
+                    funcs: set[tuple[str, tuple[str, ...]]] = frozenset()) -> bool:
     lines = normalize_lines(text)
     if sigs and not sigs.isdisjoint(lines):
         return True
     norm = "\n".join(lines)
-    return any(b in norm for b in blocks)
+    if any(b in norm for b in blocks):
+        return True
+    names = {name for name, _ in funcs}
+    if names and re.search(r"\bdef\s+(?:" + "|".join(map(re.escape, sorted(names))) + r")\b", text):
+        return not funcs.isdisjoint(function_keys(text, names))   # parsed only where such a name is defined
+    return False
 
 
 def chunks(text: str, chunk_chars: int) -> list[str]:
@@ -123,7 +151,7 @@ def build_corpus(problems: Iterable = (), *, root: str | Path | None = None, val
     files = source_files(root, exclude_dirs)
     if max_files:
         files = files[:max_files]
-    sigs, blocks = contamination_markers(problems)
+    sigs, blocks, funcs = contamination_markers(problems)
     seen, train, val = set(), [], []
     dropped, dup, unreadable, n_train, n_val = [], 0, 0, 0, 0
     for path in files:
@@ -139,7 +167,7 @@ def build_corpus(problems: Iterable = (), *, root: str | Path | None = None, val
             continue
         seen.add(digest)
         rel = path.relative_to(root).as_posix()
-        if is_contaminated(text, sigs, blocks):
+        if is_contaminated(text, sigs, blocks, funcs):
             dropped.append(rel)
             continue
         to_val = int(hashlib.sha256(rel.encode()).hexdigest(), 16) % 10_000 < val_fraction * 10_000
@@ -156,7 +184,7 @@ def build_corpus(problems: Iterable = (), *, root: str | Path | None = None, val
     stats = {"root": str(root), "files_found": len(files), "duplicates_dropped": dup, "unreadable": unreadable,
              "val_chunks_in_train_dropped": val_overlap, "val_chunks_near_train_dropped": near,
              "contaminated_dropped": len(dropped), "contaminated_files": dropped,
-             "signatures_checked": len(sigs), "solutions_checked": len(blocks),
+             "signatures_checked": len(sigs), "solutions_checked": len(blocks), "functions_checked": len(funcs),
              "train_files": n_train, "val_files": n_val, "train_chunks": len(train), "val_chunks": len(val),
              "train_chars": sum(map(len, train)), "val_chars": sum(map(len, val))}
     return CodeCorpus(train, val, stats)
