@@ -169,6 +169,10 @@ def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     ckpt = tmp_path / "outputs" / "artifacts" / "cognate" / "model1"
     model, tok, meta = load_model(ckpt)
     metrics = json.loads((ckpt / "metrics.json").read_text())
+    # the README's units: *_mb keys are MiB (2^20 bytes), *_gb keys GiB
+    assert metrics["final/model_size_mb"] == (ckpt / "model.safetensors").stat().st_size / 2**20
+    rss = [row["system/ram_used_gb"] for row in run.history if "system/ram_used_gb" in row]
+    assert rss and all(0.05 < g < 64 for g in rss)   # a few hundred MiB of process, in GiB
     dm = build_datamodule(OmegaConf.to_container(cfg.data), tok, stages=OmegaConf.to_container(cfg.phase.curriculum),
                           seed=cfg.seed, steps_per_epoch=3, val_rows=cfg.phase.val_rows)
     assert mean_loss(model, dm.val_rows_tensor()) == pytest.approx(metrics["final/val_loss"], rel=1e-4)
