@@ -40,7 +40,10 @@ def _uid() -> str:
     return _UID["v"]
 
 
-OmegaConf.register_new_resolver("af_uid", _uid, replace=True)
+# use_cache: the value is kept in the config (Hydra copies a sweep's resolver cache into each job's config, and a
+# pickled config carries it), so a job started in another process (hydra/launcher=submitit_local, slurm) resolves
+# ${af_uid:} in hydra.sweep.dir to the sweep's id, not its own: each job's record landed in a sweep dir of its own
+OmegaConf.register_new_resolver("af_uid", _uid, replace=True, use_cache=True)
 
 
 def check_start(cfg: DictConfig) -> None:

@@ -152,7 +152,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         path = Path(config.hydra.sweep.dir) / STATUS_FILE
-        if not path.is_file():
+        if not path.is_file():   # no job recorded its outcome here: say so rather than end as if all went well
+            print(f"warning: no job of this sweep recorded its outcome in {path} (each job's own output says how it "
+                  f"ended); the sweep cannot say which jobs failed", file=sys.stderr)
             return
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         failed = [r for r in rows if not r["ok"]]

@@ -1,0 +1,66 @@
+"""Sweeps under the other launchers and sweepers, and sweeps whose jobs would share outputs. A job that a launcher
+starts in a process of its own (``hydra/launcher=submitit_local``, ``slurm``) re-composes its config from a pickled
+copy: the sweep dir's ``${af_uid:}`` must resolve to the sweep's id there too (it resolved to the job's own, so every
+job wrote its record into a sweep dir of its own, and the sweep ended with no summary, exit 0, every job failed)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import run_cli
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_the_sweep_id_survives_pickling_into_a_job_process():
+    """What the submitit launcher does: pickle the sweep's config, and in the job's process (a new ``_uid``) compose
+    the job's config and copy the sweep's resolver cache into it (Hydra's ``load_sweep_config``)."""
+    from agentforge import main
+
+    tree = {"hydra": {"sweep": {"dir": "multirun/${af_uid:}"}}}
+    sweep_cfg = OmegaConf.create(tree)
+    first = sweep_cfg.hydra.sweep.dir
+    blob = pickle.dumps(sweep_cfg)
+    saved = dict(main._UID)
+    main._UID.clear()
+    main._UID["v"] = "another-process"   # what _uid gives in the job's process
+    try:
+        job_cfg = OmegaConf.create(tree)
+        OmegaConf.copy_cache(from_config=pickle.loads(blob), to_config=job_cfg)
+        assert job_cfg.hydra.sweep.dir == first
+    finally:
+        main._UID.clear()
+        main._UID.update(saved)
+
+
+def test_a_sweep_without_records_says_so(tmp_path, capsys):
+    from agentforge.tracking.sweep import SweepSummary
+
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: no job of this sweep recorded its outcome"), err
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.skipif(not _has("hydra_plugins.hydra_submitit_launcher"),
+                    reason="hydra-submitit-launcher not installed (pip install 'agentforge[slurm]')")
+def test_a_submitit_sweep_has_one_sweep_dir_a_summary_and_fails_when_its_jobs_fail(tmp_path):
+    proc = run_cli(["-m", "hydra/launcher=submitit_local", "phase=eval", "stage=s", "experiment=smoke",
+                    "checkpoint=/nonexistent,/nonexistent2"], tmp_path, timeout=600)
+    sweeps = [p for p in (tmp_path / "outputs" / "multirun").glob("*/*") if p.is_dir()]
+    assert len(sweeps) == 1, sweeps
+    rows = [json.loads(x) for x in (sweeps[0] / "sweep_status.jsonl").read_text().splitlines()]
+    assert sorted(r["job"] for r in rows) == [0, 1] and not any(r["ok"] for r in rows)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "sweep: 0 of 2 jobs succeeded" in proc.stdout
+    assert proc.stderr.count("FAILED job") == 2, proc.stderr[-2000:]
