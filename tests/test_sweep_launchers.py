@@ -64,3 +64,25 @@ def test_a_submitit_sweep_has_one_sweep_dir_a_summary_and_fails_when_its_jobs_fa
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "sweep: 0 of 2 jobs succeeded" in proc.stdout
     assert proc.stderr.count("FAILED job") == 2, proc.stderr[-2000:]
+
+
+def test_a_pipeline_sweep_whose_jobs_share_a_run_name_is_refused_before_any_job(tmp_path):
+    """``-m phase=pipeline seed=1,2``: both jobs would run in ``pipeline/<phase.run_name>``, the second redoing the
+    steps over the first's outputs, and the summary said 2 of 2 succeeded. One line, exit 2, nothing written."""
+    proc = run_cli(["-m", "phase=pipeline", "experiment=smoke", "seed=1,2"], tmp_path, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr[-2000:]
+    assert err[0].startswith("error: jobs 0, 1 of 2 would all run phase=pipeline as phase.run_name=smoke"), err
+    assert "give each job its own phase.run_name" in err[0]
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.*"))
+
+
+def test_a_run_name_naming_the_swept_key_gives_each_pipeline_job_its_own_directory(tmp_path):
+    """What the refusal suggests: ``phase.run_name=seed${seed}`` resolves per job."""
+    from agentforge.tracking.sweep import _pipeline_dir, shared_pipeline_problem
+    from tests.conftest import compose_cfg
+
+    dirs = [_pipeline_dir(compose_cfg(["phase=pipeline", "phase.run_name=seed${seed}", f"seed={s}"], tmp_path))
+            for s in (1, 2)]
+    assert [d.rsplit("/", 1)[1] for d in dirs] == ["seed1", "seed2"]
+    assert shared_pipeline_problem({d: [n] for n, d in enumerate(dirs)}, 2) is None

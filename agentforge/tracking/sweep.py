@@ -103,6 +103,7 @@ def check_sweep_values(config: DictConfig) -> str | None:
 
     loader = GlobalHydra.instance().config_loader()
     jobs = sweep_jobs(config)
+    pipelines: dict[str, list[int]] = {}   # a pipeline's directory -> the jobs that would run into it
     for num, job in enumerate(jobs):
         try:
             job_config = loader.load_sweep_config(master_config=config, sweep_overrides=job)
@@ -113,6 +114,29 @@ def check_sweep_values(config: DictConfig) -> str | None:
         except ConfigError as exc:
             return (f"job {num} of {len(jobs)} [{' '.join(redact_args(job))}]: {scrub(str(exc), job)}; no job was "
                     f"started (fix the value list and run the sweep again)")
+        if str(job_config.phase.name) == "pipeline":
+            pipelines.setdefault(_pipeline_dir(job_config), []).append(num)
+    return shared_pipeline_problem(pipelines, len(jobs))
+
+
+def _pipeline_dir(cfg: DictConfig) -> str:
+    """Where phase=pipeline runs (``{paths.outputs}/pipeline/{phase.run_name}``, as ``phases/pipeline.py`` makes it)."""
+    from agentforge.config import select
+
+    return os.path.join(os.path.abspath(str(select(cfg, "paths.outputs"))), "pipeline", str(select(cfg, "phase.run_name")))
+
+
+def shared_pipeline_problem(pipelines: dict[str, list[int]], n_jobs: int) -> str | None:
+    """Why a sweep of phase=pipeline cannot run, or None: two of its jobs would use one pipeline directory (the same
+    ``phase.run_name``, e.g. ``seed=1,2,3``), each redoing the steps over the previous job's outputs, and the sweep
+    left only the last job's models and report while it said every job succeeded."""
+    for where, nums in pipelines.items():
+        if len(nums) > 1:
+            name = os.path.basename(where)
+            return (f"jobs {', '.join(map(str, nums))} of {n_jobs} would all run phase=pipeline as "
+                    f"phase.run_name={name} (in {where}): each would redo the pipeline over the last one's outputs; "
+                    f"give each job its own phase.run_name (e.g. 'phase.run_name=seed${{seed}}' when sweeping seed) "
+                    f"or run them one by one; no job was started")
     return None
 
 
