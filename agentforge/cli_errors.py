@@ -83,9 +83,14 @@ def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
     from omegaconf import OmegaConf
 
     for override in overrides:
-        if override.lstrip("+~").startswith("experiment_phase="):
+        if override.lstrip("+~").split("=", 1)[0] == "experiment_phase":
             return (f"{override.lstrip('+~')}: experiment_phase is internal (experiment=X adds X_<phase> for the phase "
                     f"that runs, e.g. smoke_{cfg.phase.name}); give experiment=X instead")
+        if override.startswith("~"):
+            problem = removed_key_problem(override)
+            if problem:
+                return problem
+            continue
         if not override.startswith("+"):
             continue
         sign = "++" if override.startswith("++") else "+"
@@ -101,6 +106,18 @@ def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
                 f"({close_keys(name, OmegaConf.select(lookup, parent), parent)}`python -m agentforge "
                 f"phase={cfg.phase.name} --cfg job` prints every key)")
     return None
+
+
+def removed_key_problem(override: str) -> str | None:
+    """Why a ``~KEY`` override is refused, or None. Every key of the composed defaults is read by something (a start-up
+    rule, a phase, the run's bookkeeping): removed, it failed deep in a run with a traceback and a run dir holding
+    only ``agentforge.log`` (``~phase.max_epochs``, ``~seed``), or silently ran on a code default
+    (``~model.d_model``). Allowed: an entry of a mapping a user fills (``OPEN_MAPPINGS``, e.g.
+    ``~data.eval_paths.gsm8k``), and Hydra's own settings (``~hydra.*``, left to Hydra)."""
+    key = override.lstrip("~").split("=", 1)[0].strip()
+    if key == "hydra" or key.startswith("hydra.") or any(key.startswith(m + ".") for m in OPEN_MAPPINGS):
+        return None
+    return f"{key}: required; remove the ~{key} override (to change the value, give {key}=VALUE)"
 
 
 def outputs_problem(argv: list[str], env: dict) -> str | None:
@@ -233,7 +250,9 @@ def run_hydra_main(main) -> None:
     if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in sys.argv[1:]):
         for line in repeated_overrides(sys.argv[1:]):
             print(line, file=sys.stderr)
-        problem = config_file_problem(sys.argv[1:]) or outputs_problem(sys.argv[1:], dict(os.environ))
+        problem = (config_file_problem(sys.argv[1:]) or outputs_problem(sys.argv[1:], dict(os.environ))
+                   or next(filter(None, map(removed_key_problem, [a for a in sys.argv[1:] if a.startswith("~")])),
+                           None))
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
