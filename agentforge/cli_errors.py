@@ -120,6 +120,22 @@ def removed_key_problem(override: str) -> str | None:
     return f"{key}: required; remove the ~{key} override (to change the value, give {key}=VALUE)"
 
 
+CHDIR = ("hydra.job.chdir=true: not supported: the run would start inside its run directory, where paths.outputs and "
+         "every relative data or checkpoint path would be looked up, so its artifacts would land there and the next "
+         "phase would not find them; leave it false and choose where runs go with paths.outputs (AGENTFORGE_OUTPUTS) "
+         "or hydra.run.dir")
+
+
+def chdir_problem(argv: list[str]) -> str | None:
+    """``CHDIR`` when the command line turns on ``hydra.job.chdir`` (checked before Hydra makes the run dir; the
+    start-up checks catch it again, e.g. in a sweep's value list)."""
+    for a in argv:
+        key, _, value = a.lstrip("+").partition("=")
+        if key == "hydra.job.chdir" and value.strip().lower() in ("true", "yes", "on", "1"):
+            return CHDIR
+    return None
+
+
 def outputs_problem(argv: list[str], env: dict) -> str | None:
     """Why the outputs directory (``paths.outputs=`` on the command line, else ``AGENTFORGE_OUTPUTS``, else
     ``outputs``) cannot hold runs, or None. Checked before Hydra starts: Hydra creates the run directory in its own
@@ -250,7 +266,8 @@ def run_hydra_main(main) -> None:
     if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in sys.argv[1:]):
         for line in repeated_overrides(sys.argv[1:]):
             print(line, file=sys.stderr)
-        problem = (config_file_problem(sys.argv[1:]) or outputs_problem(sys.argv[1:], dict(os.environ))
+        problem = (config_file_problem(sys.argv[1:]) or chdir_problem(sys.argv[1:])
+                   or outputs_problem(sys.argv[1:], dict(os.environ))
                    or next(filter(None, map(removed_key_problem, [a for a in sys.argv[1:] if a.startswith("~")])),
                            None))
         if problem:

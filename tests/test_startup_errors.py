@@ -163,3 +163,20 @@ def test_removing_an_entry_of_a_mapping_the_user_fills_is_allowed(tmp_path):
     for fine in ("~data.eval_paths.gsm8k", "~phase.thresholds.min_n", "~phase.overrides.cognate", "~hydra.job.chdir"):
         assert removed_key_problem(fine) is None, fine
     assert added_key_problem(cfg, ["~seed"]).startswith("seed: required; remove the ~seed override")
+
+
+def test_hydra_job_chdir_is_refused_before_the_run_dir_exists(tmp_path):
+    """hydra.job.chdir=true published the artifacts inside the run dir (paths.outputs is relative, read after Hydra
+    changed directory), where the next phase did not find them."""
+    from omegaconf import OmegaConf
+
+    proc = run_cli(["phase=cognate", "experiment=smoke", "hydra.job.chdir=true"], tmp_path, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert err[0].startswith("error: hydra.job.chdir=true: not supported") and "hydra.run.dir" in err[0]
+    _nothing_written(tmp_path)
+    from agentforge.main import _check_chdir
+
+    with pytest.raises(ConfigError, match="hydra.job.chdir=true"):   # set some other way: the start-up checks
+        _check_chdir(OmegaConf.create({"hydra": {"job": {"chdir": True}}}))
+    _check_chdir(OmegaConf.create({"hydra": {"job": {"chdir": False}}}))
