@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 
 from hydra.errors import HydraException
@@ -300,7 +301,7 @@ def earlier_run_problem(run_dir: str) -> str | None:
 
         saved = OmegaConf.to_container(OmegaConf.load(os.path.join(run_dir, "overrides.yaml")))
         args = [a for a in saved if not a.lstrip("+~").startswith(("hydra.run.dir", "paths.run_dir"))]
-        replay = f"; to repeat that run, replay its overrides: python -m agentforge {' '.join(args)}"
+        replay = f"; to repeat that run, replay its overrides: python -m agentforge {shlex.join(args)}"  # pastes as is
     except Exception:   # no overrides.yaml, or not a list: no recipe to give
         pass
     return (f"the run directory {run_dir} already holds a run ({found[0]}): its records would be mixed with this "

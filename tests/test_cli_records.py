@@ -193,3 +193,19 @@ def test_the_sweep_table_edges_and_what_record_job_keeps(tmp_path, monkeypatch):
     sweep.record_job(None, True, metrics={"final/x": 1.5, "final/shipped": "compressed", "final/flag": True, "n": 3})
     row = json.loads((tmp_path / "s" / "sweep_status.jsonl").read_text())
     assert row["metrics"] == {"final/x": 1.5, "n": 3}
+
+
+def test_the_replay_recipe_is_quoted_for_the_shell(tmp_path):
+    """A path with a space (or a list value) in the earlier run's overrides is quoted, so the printed command pastes
+    into a shell as the same overrides (it split into two words)."""
+    import shlex
+
+    from agentforge.cli_errors import earlier_run_problem
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "config_resolved.yaml").write_text("seed: 1\n")
+    given = ["paths.outputs=/tmp/with space/out", "phase.phases=[cognate]", "seed=1"]
+    (d / "overrides.yaml").write_text(OmegaConf.to_yaml(given))
+    recipe = earlier_run_problem(str(d)).split("replay its overrides: ", 1)[1]
+    assert shlex.split(recipe) == ["python", "-m", "agentforge", *given], recipe
