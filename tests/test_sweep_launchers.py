@@ -86,3 +86,20 @@ def test_a_run_name_naming_the_swept_key_gives_each_pipeline_job_its_own_directo
             for s in (1, 2)]
     assert [d.rsplit("/", 1)[1] for d in dirs] == ["seed1", "seed2"]
     assert shared_pipeline_problem({d: [n] for n, d in enumerate(dirs)}, 2) is None
+
+
+@pytest.mark.skipif(not _has("hydra_plugins.hydra_submitit_launcher"),
+                    reason="hydra-submitit-launcher not installed (pip install 'agentforge[slurm]')")
+def test_the_slurm_launcher_without_srun_is_one_line_and_leaves_nothing(tmp_path):
+    """It was submitit's ``RuntimeError: Could not detect "srun"`` traceback, after a sweep dir holding only
+    multirun.yaml was made."""
+    import shutil
+
+    if shutil.which("srun"):
+        pytest.skip("srun is on PATH here")
+    proc = run_cli(["-m", "hydra/launcher=slurm", "phase=cognate", "model=m1,m2", "experiment=smoke",
+                    "hydra.launcher.partition=gpu"], tmp_path, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr[-2000:]
+    assert err[0].startswith("error: hydra/launcher=slurm needs a SLURM cluster: srun was not found on PATH"), err
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.*"))

@@ -140,6 +140,21 @@ def shared_pipeline_problem(pipelines: dict[str, list[int]], n_jobs: int) -> str
     return None
 
 
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def launcher_problem(config: DictConfig) -> str | None:
+    """Why the sweep's launcher cannot start its jobs here, or None: ``hydra/launcher=slurm`` without ``srun`` on PATH
+    (submitit raised ``RuntimeError: Could not detect "srun"`` after the sweep dir and its multirun.yaml were made)."""
+    import shutil
+
+    if config.hydra.launcher.get("_target_") == SLURM_LAUNCHER and shutil.which("srun") is None:
+        return ("hydra/launcher=slurm needs a SLURM cluster: srun was not found on PATH; run the sweep where SLURM is "
+                "installed (a login node), or leave hydra/launcher out to run the jobs here one after another; no job "
+                "was started")
+    return None
+
+
 def sweep_table(rows: list[dict], path: Path, first: str | None = None, shown: int = 3) -> list[str]:
     """Write the finished jobs' results side by side to ``path`` (CSV: job, the overrides that differ between jobs,
     every metric all of them report) and return the console lines: one per job with its differing overrides and
@@ -168,7 +183,7 @@ def sweep_table(rows: list[dict], path: Path, first: str | None = None, shown: i
 
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        problem = check_sweep_values(config)
+        problem = launcher_problem(config) or check_sweep_values(config)
         if problem:   # before the sweeper writes anything: nothing to clean up
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
