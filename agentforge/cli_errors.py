@@ -75,6 +75,21 @@ def closed(key: str) -> bool:
             and not any(key == m or key.startswith(m + ".") for m in OPEN_MAPPINGS))
 
 
+def top_level_keys() -> set[str]:
+    """The top-level keys of the config: those of ``conf/config.yaml`` and its groups (``defaults``), read from the
+    file (not composed: ``+foo=1`` adds ``foo`` to the composed config)."""
+    from omegaconf import OmegaConf
+
+    from agentforge.main import CONF_DIR
+
+    primary = OmegaConf.load(os.path.join(CONF_DIR, "config.yaml"))
+    groups = set()
+    for entry in primary.get("defaults", []):
+        name = next(iter(entry)) if not isinstance(entry, str) else entry
+        groups.add(str(name).removeprefix("optional ").split("@", 1)[0].split("/", 1)[0])
+    return (set(primary) | groups) - {"defaults", "hydra", "_self_"}
+
+
 def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
     """Why a ``+KEY=VALUE`` override is refused, or None: Hydra adds any key given with ``+``, so a misspelled setting
     of a config group (``+phase.epocs=2``) ran with the setting ignored while ``config_resolved.yaml`` recorded it.
@@ -96,6 +111,11 @@ def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
             continue
         sign = "++" if override.startswith("++") else "+"
         key = override[len(sign):].split("=", 1)[0]
+        top = key.split(".", 1)[0]
+        if top not in top_level_keys():   # +foo=1, +sede=3: a new top-level key, read by nothing
+            near = close_keys(top, dict.fromkeys(top_level_keys()), "")
+            return (f"{sign}{key}: {top} is no setting of the config, so nothing would read it ({near}`python -m "
+                    f"agentforge --cfg job` prints every key)")
         if not closed(key):
             continue
         lookup = cfg if sign == "+" else defaults   # a + key is new by Hydra's rule; a ++ key when the defaults lack it
@@ -282,6 +302,14 @@ def run_hydra_main(main) -> None:
         discard_unstarted_sweep()
         print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as exc:   # an Optuna sweep none of whose trials finished: the summary, then one line
+        from agentforge.tracking.sweep import all_trials_failed
+
+        line = all_trials_failed(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(1)
 
 
 RUN_RECORDS = ("config_resolved.yaml", "metrics.jsonl")   # what a run dir that a job already used holds

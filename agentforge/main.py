@@ -338,7 +338,7 @@ def _run_job(cfg: DictConfig):
         return None
     if multirun:
         res = result if isinstance(result, dict) else {}
-        record_job(cfg, ok=True, published=res.get("checkpoint"), metrics=res.get("metrics"))
+        record_job(cfg, ok=True, published=res.get("published") or res.get("checkpoint"), metrics=res.get("metrics"))
     if result:
         for key in ("checkpoint", "run_dir", "report"):
             if result.get(key):

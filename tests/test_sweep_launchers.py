@@ -103,3 +103,58 @@ def test_the_slurm_launcher_without_srun_is_one_line_and_leaves_nothing(tmp_path
     assert proc.returncode == 2 and len(err) == 1, proc.stderr[-2000:]
     assert err[0].startswith("error: hydra/launcher=slurm needs a SLURM cluster: srun was not found on PATH"), err
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.*"))
+
+
+def test_an_eval_sweep_that_overwrites_its_results_file_is_warned_of(tmp_path, monkeypatch, capsys):
+    """``-m phase=eval stage=s checkpoint=C seed=1,2``: each job rewrote artifacts/eval_results/s_results.json and the
+    summary said nothing (eval recorded what it published only when it fine-tuned). Its jobs now record the results
+    file (``published``, a list) and the summary's overwrite warning names it."""
+    from types import SimpleNamespace as NS
+
+    from agentforge.tracking import sweep
+
+    results = str(tmp_path / "artifacts" / "eval_results" / "s_results.json")
+    for job in (0, 1):
+        hc = NS(sweep=NS(dir=str(tmp_path / "s")), overrides=NS(task=[f"seed={job + 1}"]), job=NS(num=job),
+                runtime=NS(output_dir=str(tmp_path / "s" / str(job))))
+        monkeypatch.setattr(sweep.HydraConfig, "get", staticmethod(lambda hc=hc: hc))
+        sweep.record_job(None, True, published=[results])
+    sweep.SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "s")}}}))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: jobs 0, 1 of this sweep all published to {results}: it holds job 1's results (the last "
+                   f"to finish); the others' are in their run dirs ({tmp_path / 's' / '0'})"], err
+    # a model directory (a string, as before) and a fine-tuned eval's model and results
+    rows = [{"job": 0, "ok": True, "published": "/a/m", "run_dir": "/r/0"},
+            {"job": 1, "ok": True, "published": ["/a/m", "/a/r.json"], "run_dir": "/r/1"}]
+    assert sweep.shared_publications(rows) == [
+        "warning: jobs 0, 1 of this sweep all published to /a/m: it holds job 1's model (the last to finish); the "
+        "others' are in their run dirs (/r/0)"]
+
+
+def test_an_optuna_sweep_none_of_whose_trials_finished_is_the_summary_and_one_line(tmp_path, monkeypatch, capsys):
+    """Optuna's ``ValueError: No trials are completed yet`` (raised for the best trial, before the sweep's summary)
+    becomes the summary and ``error: all N trials failed``; any other ValueError is left alone (a bug's traceback)."""
+    from agentforge.tracking import sweep
+
+    (tmp_path / sweep.STATUS_FILE).write_text("".join(
+        json.dumps({"job": j, "ok": False, "overrides": [f"optimizer.lr={j}"], "error": "DatasetError: x",
+                    "run_dir": str(tmp_path / str(j)), "published": None, "metrics": {}}) + "\n" for j in (0, 1)))
+    monkeypatch.setattr(sweep, "_started", [tmp_path])
+    assert sweep.all_trials_failed(ValueError("something else")) is None
+    assert sweep.all_trials_failed(ValueError("No trials are completed yet.")) == (
+        "all 2 trials failed; see the FAILED lines")
+    printed = capsys.readouterr()
+    assert "sweep: 0 of 2 jobs succeeded" in printed.out
+    assert printed.err.count("  FAILED job") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.skipif(not _has("hydra_plugins.hydra_optuna_sweeper"),
+                    reason="hydra-optuna-sweeper not installed (pip install 'agentforge[optuna]')")
+def test_an_optuna_sweep_whose_trials_all_fail_ends_with_its_summary_not_a_traceback(tmp_path):
+    proc = run_cli(["-m", "hparams_search=cognate_optuna", "experiment=smoke", "hydra.sweeper.n_trials=2", "data=gsm8k",
+                    "data.path=/nonexistent.jsonl"], tmp_path, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "sweep: 0 of 2 jobs succeeded" in proc.stdout and proc.stderr.count("  FAILED job") == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: all 2 trials failed; see the FAILED lines"
