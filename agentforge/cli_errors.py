@@ -136,7 +136,7 @@ def removed_key_problem(override: str) -> str | None:
     (``~model.d_model``). Allowed: an entry of a mapping a user fills (``OPEN_MAPPINGS``, e.g.
     ``~data.eval_paths.gsm8k``), and Hydra's own settings (``~hydra.*``, left to Hydra)."""
     key = override.lstrip("~").split("=", 1)[0].strip()
-    if key == "hydra" or key.startswith("hydra.") or any(key.startswith(m + ".") for m in OPEN_MAPPINGS):
+    if key == "hydra" or key.startswith(("hydra.", "hydra/")) or any(key.startswith(m + ".") for m in OPEN_MAPPINGS):
         return None
     return f"{key}: required; remove the ~{key} override (to change the value, give {key}=VALUE)"
 
