@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 
 from hydra.errors import HydraException
@@ -74,6 +75,21 @@ def closed(key: str) -> bool:
             and not any(key == m or key.startswith(m + ".") for m in OPEN_MAPPINGS))
 
 
+def top_level_keys() -> set[str]:
+    """The top-level keys of the config: those of ``conf/config.yaml`` and its groups (``defaults``), read from the
+    file (not composed: ``+foo=1`` adds ``foo`` to the composed config)."""
+    from omegaconf import OmegaConf
+
+    from agentforge.main import CONF_DIR
+
+    primary = OmegaConf.load(os.path.join(CONF_DIR, "config.yaml"))
+    groups = set()
+    for entry in primary.get("defaults", []):
+        name = next(iter(entry)) if not isinstance(entry, str) else entry
+        groups.add(str(name).removeprefix("optional ").split("@", 1)[0].split("/", 1)[0])
+    return (set(primary) | groups) - {"defaults", "hydra", "_self_"}
+
+
 def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
     """Why a ``+KEY=VALUE`` override is refused, or None: Hydra adds any key given with ``+``, so a misspelled setting
     of a config group (``+phase.epocs=2``) ran with the setting ignored while ``config_resolved.yaml`` recorded it.
@@ -83,13 +99,23 @@ def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
     from omegaconf import OmegaConf
 
     for override in overrides:
-        if override.lstrip("+~").startswith("experiment_phase="):
+        if override.lstrip("+~").split("=", 1)[0] == "experiment_phase":
             return (f"{override.lstrip('+~')}: experiment_phase is internal (experiment=X adds X_<phase> for the phase "
                     f"that runs, e.g. smoke_{cfg.phase.name}); give experiment=X instead")
+        if override.startswith("~"):
+            problem = removed_key_problem(override)
+            if problem:
+                return problem
+            continue
         if not override.startswith("+"):
             continue
         sign = "++" if override.startswith("++") else "+"
         key = override[len(sign):].split("=", 1)[0]
+        top = key.split(".", 1)[0]
+        if top not in top_level_keys():   # +foo=1, +sede=3: a new top-level key, read by nothing
+            near = close_keys(top, dict.fromkeys(top_level_keys()), "")
+            return (f"{sign}{key}: {top} is no setting of the config, so nothing would read it ({near}`python -m "
+                    f"agentforge --cfg job` prints every key)")
         if not closed(key):
             continue
         lookup = cfg if sign == "+" else defaults   # a + key is new by Hydra's rule; a ++ key when the defaults lack it
@@ -100,6 +126,34 @@ def added_key_problem(cfg, overrides: list[str], defaults=None) -> str | None:
         return (f"{sign}{key}: {what} has no such setting, so nothing would read it "
                 f"({close_keys(name, OmegaConf.select(lookup, parent), parent)}`python -m agentforge "
                 f"phase={cfg.phase.name} --cfg job` prints every key)")
+    return None
+
+
+def removed_key_problem(override: str) -> str | None:
+    """Why a ``~KEY`` override is refused, or None. Every key of the composed defaults is read by something (a start-up
+    rule, a phase, the run's bookkeeping): removed, it failed deep in a run with a traceback and a run dir holding
+    only ``agentforge.log`` (``~phase.max_epochs``, ``~seed``), or silently ran on a code default
+    (``~model.d_model``). Allowed: an entry of a mapping a user fills (``OPEN_MAPPINGS``, e.g.
+    ``~data.eval_paths.gsm8k``), and Hydra's own settings (``~hydra.*``, left to Hydra)."""
+    key = override.lstrip("~").split("=", 1)[0].strip()
+    if key == "hydra" or key.startswith(("hydra.", "hydra/")) or any(key.startswith(m + ".") for m in OPEN_MAPPINGS):
+        return None
+    return f"{key}: required; remove the ~{key} override (to change the value, give {key}=VALUE)"
+
+
+CHDIR = ("hydra.job.chdir=true: not supported: the run would start inside its run directory, where paths.outputs and "
+         "every relative data or checkpoint path would be looked up, so its artifacts would land there and the next "
+         "phase would not find them; leave it false and choose where runs go with paths.outputs (AGENTFORGE_OUTPUTS) "
+         "or hydra.run.dir")
+
+
+def chdir_problem(argv: list[str]) -> str | None:
+    """``CHDIR`` when the command line turns on ``hydra.job.chdir`` (checked before Hydra makes the run dir; the
+    start-up checks catch it again, e.g. in a sweep's value list)."""
+    for a in argv:
+        key, _, value = a.lstrip("+").partition("=")
+        if key == "hydra.job.chdir" and value.strip().lower() in ("true", "yes", "on", "1"):
+            return CHDIR
     return None
 
 
@@ -233,7 +287,10 @@ def run_hydra_main(main) -> None:
     if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in sys.argv[1:]):
         for line in repeated_overrides(sys.argv[1:]):
             print(line, file=sys.stderr)
-        problem = config_file_problem(sys.argv[1:]) or outputs_problem(sys.argv[1:], dict(os.environ))
+        problem = (config_file_problem(sys.argv[1:]) or chdir_problem(sys.argv[1:])
+                   or outputs_problem(sys.argv[1:], dict(os.environ))
+                   or next(filter(None, map(removed_key_problem, [a for a in sys.argv[1:] if a.startswith("~")])),
+                           None))
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
@@ -245,6 +302,14 @@ def run_hydra_main(main) -> None:
         discard_unstarted_sweep()
         print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as exc:   # an Optuna sweep none of whose trials finished: the summary, then one line
+        from agentforge.tracking.sweep import all_trials_failed
+
+        line = all_trials_failed(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(1)
 
 
 RUN_RECORDS = ("config_resolved.yaml", "metrics.jsonl")   # what a run dir that a job already used holds
@@ -264,7 +329,7 @@ def earlier_run_problem(run_dir: str) -> str | None:
 
         saved = OmegaConf.to_container(OmegaConf.load(os.path.join(run_dir, "overrides.yaml")))
         args = [a for a in saved if not a.lstrip("+~").startswith(("hydra.run.dir", "paths.run_dir"))]
-        replay = f"; to repeat that run, replay its overrides: python -m agentforge {' '.join(args)}"
+        replay = f"; to repeat that run, replay its overrides: python -m agentforge {shlex.join(args)}"  # pastes as is
     except Exception:   # no overrides.yaml, or not a list: no recipe to give
         pass
     return (f"the run directory {run_dir} already holds a run ({found[0]}): its records would be mixed with this "

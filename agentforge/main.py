@@ -40,13 +40,17 @@ def _uid() -> str:
     return _UID["v"]
 
 
-OmegaConf.register_new_resolver("af_uid", _uid, replace=True)
+# use_cache: the value is kept in the config (Hydra copies a sweep's resolver cache into each job's config, and a
+# pickled config carries it), so a job started in another process (hydra/launcher=submitit_local, slurm) resolves
+# ${af_uid:} in hydra.sweep.dir to the sweep's id, not its own: each job's record landed in a sweep dir of its own
+OmegaConf.register_new_resolver("af_uid", _uid, replace=True, use_cache=True)
 
 
 def check_start(cfg: DictConfig) -> None:
     """The start-up checks, before Lightning loads (~5 s): a ConfigError for the first bad value. A sweep makes
     them on every job before starting any (``tracking.sweep.check_sweep_values``)."""
     _check_added_keys(cfg)
+    _check_chdir(cfg)
     validate(cfg)  # the shared groups and the model first
     check_shortcuts(cfg)
     from agentforge.phases.rules import PHASE_CHECKS, PHASE_RULES  # then the phase's own keys, then across keys
@@ -84,6 +88,20 @@ def _check_added_keys(cfg: DictConfig) -> None:
     problem = added_key_problem(cfg, overrides, _without_forced(overrides))
     if problem:
         raise ConfigError(problem)
+
+
+def _check_chdir(cfg: DictConfig) -> None:
+    """``hydra.job.chdir=true`` is refused (also caught on the command line, before Hydra makes the run dir:
+    ``cli_errors.chdir_problem``): ``paths.outputs`` and every relative data or checkpoint path were read from inside
+    the run dir, so a phase published its artifacts there and the next phase could not find them."""
+    from agentforge.cli_errors import CHDIR
+
+    try:
+        chdir = cfg.hydra.job.chdir if "hydra" in cfg else HydraConfig.get().job.chdir
+    except (ValueError, AttributeError):   # outside a Hydra app
+        return
+    if chdir:
+        raise ConfigError(CHDIR)
 
 
 def _without_forced(overrides: list[str]):
@@ -324,7 +342,7 @@ def _run_job(cfg: DictConfig):
         return None
     if multirun:
         res = result if isinstance(result, dict) else {}
-        record_job(cfg, ok=True, published=res.get("checkpoint"), metrics=res.get("metrics"))
+        record_job(cfg, ok=True, published=res.get("published") or res.get("checkpoint"), metrics=res.get("metrics"))
     if result:
         for key in ("checkpoint", "run_dir", "report"):
             if result.get(key):

@@ -57,7 +57,8 @@ def test_added_keys_are_refused_in_the_groups_and_allowed_in_the_open_mappings(t
         "experiment_phase=smoke_evomerge: experiment_phase is internal (experiment=X adds X_<phase> for the phase "
         "that runs, e.g. smoke_cognate)")
     for fine in ("+data.eval_paths.gsm8k=/x.jsonl", "+phase.thresholds.min_pass_at_5=2", "+logger.api_key=x",
-                 "++phase.max_epochs=3", "phase.max_epochs=3", "+hf_token=x", "+phase.overrides.cognate=[]"):
+                 "++phase.max_epochs=3", "phase.max_epochs=3", "+phase.overrides.cognate=[]", "+experiment=smoke",
+                 "+model=m2"):
         assert added_key_problem(cfg, [fine]) is None, fine
 
 
@@ -193,3 +194,34 @@ def test_the_sweep_table_edges_and_what_record_job_keeps(tmp_path, monkeypatch):
     sweep.record_job(None, True, metrics={"final/x": 1.5, "final/shipped": "compressed", "final/flag": True, "n": 3})
     row = json.loads((tmp_path / "s" / "sweep_status.jsonl").read_text())
     assert row["metrics"] == {"final/x": 1.5, "n": 3}
+
+
+def test_the_replay_recipe_is_quoted_for_the_shell(tmp_path):
+    """A path with a space (or a list value) in the earlier run's overrides is quoted, so the printed command pastes
+    into a shell as the same overrides (it split into two words)."""
+    import shlex
+
+    from agentforge.cli_errors import earlier_run_problem
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "config_resolved.yaml").write_text("seed: 1\n")
+    given = ["paths.outputs=/tmp/with space/out", "phase.phases=[cognate]", "seed=1"]
+    (d / "overrides.yaml").write_text(OmegaConf.to_yaml(given))
+    recipe = earlier_run_problem(str(d)).split("replay its overrides: ", 1)[1]
+    assert shlex.split(recipe) == ["python", "-m", "agentforge", *given], recipe
+
+
+def test_a_new_top_level_key_is_refused_with_a_did_you_mean(tmp_path):
+    """``+sede=3`` (for seed=3) and ``+foo=1`` ran, the key read by nothing (nor is a top-level ``+hf_token``: no code
+    reads one); the groups and the keys of conf/config.yaml may still be given with +."""
+    from agentforge.cli_errors import added_key_problem
+
+    proc = run_cli(["phase=cognate", "experiment=smoke", "logger=none", "+sede=3"], tmp_path, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and err == ["error: +sede: sede is no setting of the config, so nothing would read it "
+                                            "(did you mean seed? `python -m agentforge --cfg job` prints every key)"], err
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.*"))
+    cfg = compose_cfg(["phase=cognate"], tmp_path)
+    for new in ("+foo=1", "+hf_token=x", "+x.secret=1"):
+        assert " is no setting of the config, so nothing would read it" in added_key_problem(cfg, [new]), new

@@ -271,7 +271,12 @@ def test_cli_eval_stages_then_compare(cognate_artifacts, tmp_path, capsys):
     for stage, extra in (("baseline", []), ("after_surgery", []), ("finetuned_vanilla", ["phase.finetune_steps=2"])):
         args = ["phase=eval", ck, f"stage={stage}", *EVAL_TINY, *extra]
         if stage != "finetuned_vanilla":   # in this process; the fine-tuned stage through the real CLI
-            out[stage] = run_in_process(args, tmp_path / stage, capsys, artifacts=art_dir).stdout
+            ran = run_in_process(args, tmp_path / stage, capsys, artifacts=art_dir)
+            out[stage] = ran.stdout
+            # what a sweep's jobs record as published, for its overwrite warning: the stage's model (after surgery,
+            # fine-tuned) and its results file
+            assert ran.result["published"] == [*filter(None, [ran.result["checkpoint"]]),
+                                               str(art_dir / "eval_results" / f"{stage}_results.json")]
             continue
         proc = run_cli([*args, f"paths.artifacts={art_dir}"], tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,7 +16,7 @@ from agentforge.main import run
 from agentforge.models import CognateConfig, CognateModel
 from agentforge.quant.checkpoint import save_packed
 from agentforge.quant.convert import convert_to_bitlinear
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, run_cli
 
 TINY = dict(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=16, max_steps=2, ltm_slots=4, ltm_key_dim=8,
             ltm_chunk=4, max_seq_len=64)
@@ -143,3 +143,40 @@ def test_evomerge_recovers_a_cognate_model_left_aside_by_a_killed_publish(tmp_pa
     (art / "model1").rename(art / "model1.old")
     assert input_dirs(cfg) == [art / f"model{i}" for i in (1, 2, 3)]
     assert (art / "model1" / "config.json").is_file() and not (art / "model1.old").exists()
+
+
+@pytest.mark.parametrize("key", ["phase.max_epochs", "seed", "optimizer.lr", "data.batch_size", "paths.artifacts",
+                                 "model.d_model", "paths.outputs"])
+def test_removing_a_key_of_the_defaults_is_one_line_and_leaves_nothing(tmp_path, key):
+    """``~phase.max_epochs`` was a 40-line traceback and a run dir holding only agentforge.log; ``~model.d_model``
+    silently ran on a code default; ``~paths.outputs`` was a Hydra traceback."""
+    proc = run_cli(["phase=cognate", f"~{key}"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: {key}: required; remove the ~{key} override (to change the value, give {key}=VALUE)"], proc.stderr
+    _nothing_written(tmp_path)
+
+
+def test_removing_an_entry_of_a_mapping_the_user_fills_is_allowed(tmp_path):
+    from agentforge.cli_errors import added_key_problem, removed_key_problem
+
+    cfg = compose_cfg(["phase=compare"], tmp_path)
+    for fine in ("~data.eval_paths.gsm8k", "~phase.thresholds.min_n", "~phase.overrides.cognate", "~hydra.job.chdir"):
+        assert removed_key_problem(fine) is None, fine
+    assert added_key_problem(cfg, ["~seed"]).startswith("seed: required; remove the ~seed override")
+
+
+def test_hydra_job_chdir_is_refused_before_the_run_dir_exists(tmp_path):
+    """hydra.job.chdir=true published the artifacts inside the run dir (paths.outputs is relative, read after Hydra
+    changed directory), where the next phase did not find them."""
+    from omegaconf import OmegaConf
+
+    proc = run_cli(["phase=cognate", "experiment=smoke", "hydra.job.chdir=true"], tmp_path, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert err[0].startswith("error: hydra.job.chdir=true: not supported") and "hydra.run.dir" in err[0]
+    _nothing_written(tmp_path)
+    from agentforge.main import _check_chdir
+
+    with pytest.raises(ConfigError, match="hydra.job.chdir=true"):   # set some other way: the start-up checks
+        _check_chdir(OmegaConf.create({"hydra": {"job": {"chdir": True}}}))
+    _check_chdir(OmegaConf.create({"hydra": {"job": {"chdir": False}}}))

@@ -250,7 +250,7 @@ def run(cfg) -> dict:
     if gate:
         gate_or_raise(results, {k if "." in k else f"metrics.{k}": v for k, v in gate.items()}, f"stage {stage}")
     return {"run_dir": str(ctx.run_dir), "report": str(stable), "results": str(out), "metrics": m,
-            "checkpoint": saved}
+            "checkpoint": saved, "published": [x for x in (saved, str(stable)) if x]}   # what a sweep's jobs share
 
 
 SPEED_KEYS = ("forward_tokens_per_sec", "latency_ms", "latency_tokens", "decode_cached", "throughput_tokens_per_sec",

@@ -23,10 +23,11 @@ STATUS_FILE = "sweep_status.jsonl"
 _started: list[Path] = []   # the sweep dir of this process's multirun, once Hydra has begun it
 
 
-def record_job(cfg: DictConfig, ok: bool, error: str | None = None, published: str | None = None,
+def record_job(cfg: DictConfig, ok: bool, error: str | None = None, published: str | list[str] | None = None,
                metrics: dict | None = None) -> None:
-    """Append the job's outcome to the sweep's ``sweep_status.jsonl``, with its numeric results (``metrics``) for the
-    sweep's table (``sweep_table``)."""
+    """Append the job's outcome to the sweep's ``sweep_status.jsonl``, with what it published outside its run dir
+    (``published``: a model directory, or a list of them and results files, as phase=eval's results JSON) and its
+    numeric results (``metrics``) for the sweep's table (``sweep_table``)."""
     hc = HydraConfig.get()
     sweep_dir = Path(hc.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -54,11 +55,12 @@ def shared_publications(rows: list[dict]) -> list[str]:
     finished last (rows are in finishing order), and the others' weights are only in their run dirs."""
     by_target: dict[str, list[dict]] = {}
     for r in rows:
-        if r.get("ok") and r.get("published"):
-            by_target.setdefault(r["published"], []).append(r)
+        published = r.get("published") if r.get("ok") else None
+        for target in [published] if isinstance(published, str) else published or []:
+            by_target.setdefault(target, []).append(r)
     return [f"warning: jobs {', '.join(str(r['job']) for r in rs)} of this sweep all published to {target}: it "
-            f"holds job {rs[-1]['job']}'s model (the last to finish); the others' are in their run dirs "
-            f"({', '.join(str(r['run_dir']) for r in rs[:-1])})"
+            f"holds job {rs[-1]['job']}'s {'results' if target.endswith('.json') else 'model'} (the last to finish); "
+            f"the others' are in their run dirs ({', '.join(str(r['run_dir']) for r in rs[:-1])})"
             for target, rs in by_target.items() if len(rs) > 1]
 
 
@@ -103,6 +105,7 @@ def check_sweep_values(config: DictConfig) -> str | None:
 
     loader = GlobalHydra.instance().config_loader()
     jobs = sweep_jobs(config)
+    pipelines: dict[str, list[int]] = {}   # a pipeline's directory -> the jobs that would run into it
     for num, job in enumerate(jobs):
         try:
             job_config = loader.load_sweep_config(master_config=config, sweep_overrides=job)
@@ -113,6 +116,44 @@ def check_sweep_values(config: DictConfig) -> str | None:
         except ConfigError as exc:
             return (f"job {num} of {len(jobs)} [{' '.join(redact_args(job))}]: {scrub(str(exc), job)}; no job was "
                     f"started (fix the value list and run the sweep again)")
+        if str(job_config.phase.name) == "pipeline":
+            pipelines.setdefault(_pipeline_dir(job_config), []).append(num)
+    return shared_pipeline_problem(pipelines, len(jobs))
+
+
+def _pipeline_dir(cfg: DictConfig) -> str:
+    """Where phase=pipeline runs (``{paths.outputs}/pipeline/{phase.run_name}``, as ``phases/pipeline.py`` makes it)."""
+    from agentforge.config import select
+
+    return os.path.join(os.path.abspath(str(select(cfg, "paths.outputs"))), "pipeline", str(select(cfg, "phase.run_name")))
+
+
+def shared_pipeline_problem(pipelines: dict[str, list[int]], n_jobs: int) -> str | None:
+    """Why a sweep of phase=pipeline cannot run, or None: two of its jobs would use one pipeline directory (the same
+    ``phase.run_name``, e.g. ``seed=1,2,3``), each redoing the steps over the previous job's outputs, and the sweep
+    left only the last job's models and report while it said every job succeeded."""
+    for where, nums in pipelines.items():
+        if len(nums) > 1:
+            name = os.path.basename(where)
+            return (f"jobs {', '.join(map(str, nums))} of {n_jobs} would all run phase=pipeline as "
+                    f"phase.run_name={name} (in {where}): each would redo the pipeline over the last one's outputs; "
+                    f"give each job its own phase.run_name (e.g. 'phase.run_name=seed${{seed}}' when sweeping seed) "
+                    f"or run them one by one; no job was started")
+    return None
+
+
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def launcher_problem(config: DictConfig) -> str | None:
+    """Why the sweep's launcher cannot start its jobs here, or None: ``hydra/launcher=slurm`` without ``srun`` on PATH
+    (submitit raised ``RuntimeError: Could not detect "srun"`` after the sweep dir and its multirun.yaml were made)."""
+    import shutil
+
+    if config.hydra.launcher.get("_target_") == SLURM_LAUNCHER and shutil.which("srun") is None:
+        return ("hydra/launcher=slurm needs a SLURM cluster: srun was not found on PATH; run the sweep where SLURM is "
+                "installed (a login node), or leave hydra/launcher out to run the jobs here one after another; no job "
+                "was started")
     return None
 
 
@@ -144,24 +185,47 @@ def sweep_table(rows: list[dict], path: Path, first: str | None = None, shown: i
 
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        problem = check_sweep_values(config)
+        problem = launcher_problem(config) or check_sweep_values(config)
         if problem:   # before the sweeper writes anything: nothing to clean up
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
         _started.append(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        path = Path(config.hydra.sweep.dir) / STATUS_FILE
-        if not path.is_file():
-            return
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        failed = [r for r in rows if not r["ok"]]
-        print(f"sweep: {len(rows) - len(failed)} of {len(rows)} jobs succeeded ({path})")
-        for line in sweep_table(rows, path.with_name("sweep_table.csv"), config.get("optimized_metric")):
-            print(line)
-        for line in shared_publications(rows):
-            print(line, file=sys.stderr)
-        for r in failed:
-            print(f"  FAILED job {r['job']} [{' '.join(r['overrides'])}]: {r['error']}", file=sys.stderr)
-        if failed:
+        rows = summarize(Path(config.hydra.sweep.dir), config.get("optimized_metric"))
+        if any(not r["ok"] for r in rows):
             sys.exit(1)
+
+
+def summarize(sweep_dir: Path, metric: str | None = None) -> list[dict]:
+    """Print the sweep's summary (jobs succeeded, the table, shared publications, a ``FAILED job`` line per failed
+    job) from its ``sweep_status.jsonl``; return its rows ([] with a warning when no job recorded its outcome)."""
+    path = sweep_dir / STATUS_FILE
+    if not path.is_file():   # no job recorded its outcome here: say so rather than end as if all went well
+        print(f"warning: no job of this sweep recorded its outcome in {path} (each job's own output says how it "
+              f"ended); the sweep cannot say which jobs failed", file=sys.stderr)
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    failed = [r for r in rows if not r["ok"]]
+    print(f"sweep: {len(rows) - len(failed)} of {len(rows)} jobs succeeded ({path})")
+    for line in sweep_table(rows, path.with_name("sweep_table.csv"), metric):
+        print(line)
+    for line in shared_publications(rows):
+        print(line, file=sys.stderr)
+    for r in failed:
+        print(f"  FAILED job {r['job']} [{' '.join(r['overrides'])}]: {r['error']}", file=sys.stderr)
+    return rows
+
+
+NO_TRIAL = "No trials are completed yet"   # what Optuna raises for the best trial of a study none finished
+
+
+def all_trials_failed(exc: BaseException) -> str | None:
+    """When an Optuna sweep ended because none of its trials finished (Optuna's ``ValueError: No trials are completed
+    yet``, a traceback, raised before the sweep's summary): print the summary and return the error line's text;
+    None for any other exception."""
+    if not (isinstance(exc, ValueError) and NO_TRIAL in str(exc) and _started):
+        return None
+    rows = summarize(_started[-1])
+    n = len(rows) or "the"
+    return f"all {n} trials failed; see the FAILED lines" if rows else f"all {n} trials failed"
