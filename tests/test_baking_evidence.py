@@ -233,7 +233,12 @@ def test_the_pipeline_decides_the_baking_row_from_its_ci():
     assert _decided(m, "baking/final_accuracy", True, ">=", 0.85).startswith("INCONCLUSIVE")
     m["baking/final_accuracy_n"] = 8
     m["baking/final_accuracy_ci95"] = [0.9, 0.99]
-    assert _decided(m, "baking/final_accuracy", True, ">=", 0.85).startswith("INCONCLUSIVE")   # n < 30
+    # n < 30, and the row says so (before: a bare INCONCLUSIVE beside a CI wholly above the threshold, against the
+    # report's stated rule; a pipeline-report audit)
+    assert _decided(m, "baking/final_accuracy", True, ">=", 0.85) == \
+        "INCONCLUSIVE (n=8, 95% CI [0.9, 0.99]; n = 8 < 30: too few to decide)"
+    m.update({"baking/final_accuracy_ci95": [float("nan")] * 2, "baking/final_accuracy_test": "stratified bootstrap"})
+    assert "bootstrap" not in _decided(m, "baking/final_accuracy", True, ">=", 0.85)   # no CI made: no method named
 
 
 def test_one_example_per_strategy_prints_no_ci_and_why_not_nan_brackets():

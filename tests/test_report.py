@@ -249,7 +249,7 @@ def test_report_shows_phase1_ablations_halting_and_diversity(tmp_path):
         (d / "metrics.json").write_text(json.dumps(m))
     out = write_report(tmp_path, "t", [], [], [])
     md = out["report"].read_text()
-    assert "## Phase 1: what each Cognate mechanism buys" in md
+    assert "## Phase 1: what each trained Cognate model relies on" in md
     assert "| Model 1 | 1.9 | 3.00 (0.50) | 1:25% 2:75% | +0.40 [+0.20, +0.80] | +0.1000 [+0.0500, +0.2000] |" in md
     assert "PASS (cost CI [-0.0020, +0.0040] vs margin 0.01, n=32)" in md
     assert "FAIL (cost CI [-0.0020, +0.0300] vs margin 0.01, n=32)" not in md   # the CI straddles the margin:
@@ -278,3 +278,23 @@ def test_phase3_rows_show_the_phases_reason_and_the_correlations_informative_n(t
     assert got["baking/final_accuracy"] == f"INCONCLUSIVE (n=40, 95% CI [0.955, 0.962]; {why})"
     assert got["anti_theater/final_correlation"] == ("INCONCLUSIVE (n=0, no CI; undefined: nothing "
                                                      "varies within any window)")
+
+
+def test_a_subset_runs_report_keeps_the_steps_it_left_alone(tmp_path):
+    """A phase.phases subset run reported only its own steps: five of eight threshold rows and every evaluation
+    vanished without a word, over the full report (a pipeline-report audit). The steps it left alone are shown, in
+    pipeline order, marked, with their figures."""
+    from agentforge.phases.pipeline import report_steps
+    from agentforge.pipeline.thresholds import threshold_rows
+
+    order = ["cognate-m1", "evomerge", "bitnet", "eval-phase4_compressed"]
+    records = [{"key": "bitnet", "phase": "bitnet", "status": "skipped (complete)", "metrics": {}}]
+    kept = [{"key": "eval-phase4_compressed", "phase": "eval", "status": "done", "metrics": {}},
+            {"key": "evomerge", "phase": "evomerge", "status": "done",
+             "metrics": {"final/fitness_improvement": 25.0}}]
+    shown = report_steps(records, kept, order)
+    assert [(s["key"], s["status"]) for s in shown] == [("evomerge", "not run this time (last: done)"),
+                                                         ("bitnet", "skipped (complete)"),
+                                                         ("eval-phase4_compressed", "not run this time (last: done)")]
+    rows = threshold_rows({s["key"]: s.get("metrics", {}) for s in shown}, tmp_path)
+    assert [r[:4] for r in rows] == [["Phase 2 EvoMerge", "final/fitness_improvement", "> 20", 25.0]]

@@ -173,6 +173,14 @@ def _decide(step, child, previous: dict, artifacts: Path, order: list, digests: 
     return why, {"key": step.key, "phase": step.phase, "fingerprint": fp, "made_with": made, "inputs": inputs}, done
 
 
+def report_steps(records: list[dict], kept: list[dict], order: list[str]) -> list[dict]:
+    """The steps the report shows, in pipeline order: this run's records and those of the steps it left alone (a
+    ``phase.phases`` subset), marked ``not run this time``, whose figures stay in the report (before, a subset run's
+    report dropped five of eight threshold rows and every evaluation without a word, over the full report; an
+    audit). Kept steps made from outputs this run replaced are named stale at the report's top."""
+    return state_rows(records, [{**r, "status": f"not run this time (last: {r.get('status')})"} for r in kept], order)
+
+
 def run(cfg) -> dict:
     from agentforge.main import run as run_phase
 
@@ -274,12 +282,14 @@ def run(cfg) -> dict:
     for line in stale:
         print(f"warning: {line}: its outputs and the report rows read from them are not of this run's lineage until "
               f"those steps run again (the full pipeline reruns them)", file=sys.stderr)
-    stages = [(s.key.removeprefix("eval-"), Path(s.overrides[0].split("=", 1)[1])) for s in steps if s.phase == "eval"]
+    shown = report_steps(records, kept, order)
+    stages = [(s.key.removeprefix("eval-"), Path(s.overrides[0].split("=", 1)[1])) for s in every.values()
+              if s.phase == "eval"]
     perf = performance_rows(artifacts, stages)
-    checks = threshold_rows({r["key"]: r.get("metrics", {}) for r in records}, artifacts)
+    checks = threshold_rows({r["key"]: r.get("metrics", {}) for r in shown}, artifacts)
     data_check = (synthetic.overlap_check(int(cfg.seed), int(p.overlap_train_draws), int(p.overlap_heldout))
                   if int(p.get("overlap_train_draws") or 0) > 0 else None)
-    rep = write_report(pipe_dir, str(p.run_name), records, perf, checks, data_check, stale=stale)
+    rep = write_report(pipe_dir, str(p.run_name), shown, perf, checks, data_check, stale=stale)
     with open_dict(cfg):
         cfg.paths.artifacts = str(artifacts)
     with run_context(cfg, run_name=f"pipeline-{p.run_name}", group="pipeline", tags=["pipeline", "report"],

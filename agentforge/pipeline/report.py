@@ -4,7 +4,7 @@
 2. model performance across phases: perplexity, accuracies, size on disk, latency, from each phase
    output's ``eval`` results; every accuracy with its n and 95% exact (Clopper-Pearson) CI;
 3. the seed's critical thresholds, each row decided from its CI (``pipeline.thresholds``);
-4. Phase 1, what each Cognate mechanism buys: each model's ablation deltas with their paired-bootstrap
+4. Phase 1, what each trained Cognate model relies on (mechanisms switched off at inference): each model's ablation deltas with their paired-bootstrap
    CIs (recursion at 1 step, memory off, always-max-steps with the non-inferiority verdict of halting,
    recall items memory off), its halting (mean, std, histogram, computed digits vs letters) and the
    diversity features, beside the Phase 1 diversity and the seed's 0.3 (``phase1_rows``);
@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 
 from agentforge.evals.compare import ACCURACY_FORMATS
 from agentforge.evals.intervals import stage_intervals
-from agentforge.evals.stats import exact_proportion_ci
+from agentforge.evals.stats import MIN_N, exact_proportion_ci
 from agentforge.io import WEIGHTS_FILE, atomic_write, write_text_atomic
 from agentforge.pipeline.thresholds import cognate_diversity, cognate_metrics
 
@@ -232,7 +232,7 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
     status_rows = [[s["key"], s["phase"], s["status"], s.get("duration_s")] for s in steps]
     perf_cols = ["Stage"] + [t for _, t in PERF_COLUMNS]
     perf_rows = [[r["stage"]] + [_perf_cell(r, k) for k, _ in PERF_COLUMNS] for r in perf]
-    res_cols = ["Step", "Time (s)", "Process peak RSS (MB)", "Storage (MB)"]
+    res_cols = ["Step", "Time (s)", "Process peak RSS (MB)", "Published model (MB)"]   # the run dirs are not counted
     res_rows = [[s["key"], s.get("duration_s"), s.get("peak_rss_mb"), s.get("storage_mb")] for s in steps]
     total_s = sum(s.get("duration_s") or 0 for s in steps if s["status"] == "done")
     md = [f"# Agent Forge pipeline report: {name}", "",
@@ -254,12 +254,13 @@ def write_report(out_dir: Path, name: str, steps: list[dict], perf: list[dict], 
     check_cols = ["Phase", "Metric", "Threshold", "Measured", "Result"]
     md += ["## The seed's critical thresholds", "",
            markdown_table(check_cols, checks) if checks else "_No phase with a threshold ran._", "",
-           "A row comparing two models passes only when the whole 95% CI of a paired test on the same examples "
-           "meets the threshold, fails when none of it does, and is INCONCLUSIVE otherwise.", ""]
+           "A row passes only when its whole 95% CI (for a row comparing two models, the CI of a paired test on the "
+           "same examples) meets the threshold, fails when none of it does, and is INCONCLUSIVE otherwise, and below "
+           f"n = {MIN_N}, where the row says so.", ""]
     phase1 = phase1_rows(artifacts)
     if phase1:
         div = cognate_diversity(artifacts)
-        md += ["## Phase 1: what each Cognate mechanism buys", "", markdown_table(PHASE1_COLUMNS, phase1), "",
+        md += ["## Phase 1: what each trained Cognate model relies on", "", markdown_table(PHASE1_COLUMNS, phase1), "",
                "Val loss: each model's loss on the same validation rows (the last curriculum stage's tasks, uniformly, "
                "whatever the model's dataset weights). "
                "Δloss = variant − trained model in nats/token on the validation rows, paired 95% CI over rows, each "

@@ -85,7 +85,9 @@ def quality_note(m: dict) -> str:
 def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: float | None = None) -> str:
     verdict, ci, n = measured.get(f"{key}_verdict"), measured.get(f"{key}_ci95"), measured.get(f"{key}_n")
     if verdict is None and ci is not None and op is not None:
-        verdict = threshold_verdict(ci, op, thr, None if n is None else int(n))[0]
+        verdict, reason = threshold_verdict(ci, op, thr, None if n is None else int(n))
+        if verdict == "INCONCLUSIVE" and reason.startswith("n = ") and not measured.get(f"{key}_why"):
+            measured = {**measured, f"{key}_why": reason}   # "n = 4 < 30: too few to decide", not a bare verdict
         if verdict == "PASS" and key in _NEEDS_GAIN:
             verdict, measured = "INCONCLUSIVE", {**measured, f"{key}_why": _NEEDS_GAIN[key]}
     if verdict is None:
@@ -99,6 +101,7 @@ def _decided(measured: dict, key: str, ok: bool, op: str | None = None, thr: flo
     lo, hi = ci or (float("nan"), float("nan"))
     test, why = measured.get(f"{key}_test"), measured.get(f"{key}_why")
     interval = f"95% CI [{lo:.3g}, {hi:.3g}]" if lo == lo and hi == hi else "no CI"
+    test = test if interval != "no CI" else None   # the method of a CI that was not made names nothing
     return (f"{verdict} (n={measured.get(f'{key}_n', '?')}, {interval}"
             + (f"; {test}" if test else "") + (f"; {why}" if why else "") + ")")
 
