@@ -182,7 +182,7 @@ def test_smoke_experiment_runs_the_whole_pipeline(tmp_path):
     rows = [json.loads(x) for f in (tmp_path / "outputs").rglob("metrics.jsonl") for x in f.read_text().splitlines()
             if "pipeline/steps_run" in x]
     assert len(rows) == 1 and rows[0]["pipeline/final/compression_ratio_verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
-    assert rows[0]["pipeline/final/compression_ratio_threshold"] == "> 6"
+    assert rows[0]["pipeline/final/compression_ratio_threshold"] == "> 6×"
 
 
 @pytest.mark.parametrize("overrides,message", [

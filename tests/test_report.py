@@ -120,11 +120,11 @@ def test_evomerge_and_bitnet_rows_decide_at_the_runs_thresholds(tmp_path):
                           "final/compression_ratio": 5.0, "final/compression_ratio_threshold": 4.0,
                           "final/accuracy_drop": 3.0, "final/accuracy_drop_threshold": 12.0})
     rows = {r[1]: r for r in threshold_rows({"x": m}, tmp_path)}
-    assert rows["final/fitness_improvement"][2] == "> 10 (the run's; the seed's is 20)"
+    assert rows["final/fitness_improvement"][2] == "> 10 % (the run's; the seed's is 20 %)"
     assert rows["final/fitness_improvement"][4].startswith("PASS (n=64, 95% CI [12, 18]")
-    assert rows["final/compression_ratio"][2] == "> 4 (the run's; the seed's is 6)"
+    assert rows["final/compression_ratio"][2] == "> 4× (the run's; the seed's is 6×)"
     assert rows["final/compression_ratio"][4].startswith("PASS")
-    assert rows["final/accuracy_drop"][2] == "< 12 (the run's; the seed's is 10)"
+    assert rows["final/accuracy_drop"][2] == "< 12 % (the run's; the seed's is 10 %)"
 
 
 def test_the_threshold_rows_reach_the_pipelines_run_summary(tmp_path):
@@ -134,7 +134,7 @@ def test_the_threshold_rows_reach_the_pipelines_run_summary(tmp_path):
                           "final/fitness_improvement_n": 64})
     got = threshold_summary(threshold_rows({"x": m}, tmp_path))
     assert got == {"pipeline/final/fitness_improvement": 15.0, "pipeline/final/fitness_improvement_verdict": "FAIL",
-                   "pipeline/final/fitness_improvement_threshold": "> 20"}
+                   "pipeline/final/fitness_improvement_threshold": "> 20 %"}
 
 
 def test_rows_with_a_ci_are_decided_by_it(tmp_path):
@@ -297,4 +297,4 @@ def test_a_subset_runs_report_keeps_the_steps_it_left_alone(tmp_path):
                                                          ("bitnet", "skipped (complete)"),
                                                          ("eval-phase4_compressed", "not run this time (last: done)")]
     rows = threshold_rows({s["key"]: s.get("metrics", {}) for s in shown}, tmp_path)
-    assert [r[:4] for r in rows] == [["Phase 2 EvoMerge", "final/fitness_improvement", "> 20", 25.0]]
+    assert [r[:4] for r in rows] == [["Phase 2 EvoMerge", "final/fitness_improvement", "> 20 %", 25.0]]

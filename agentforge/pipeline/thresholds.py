@@ -28,6 +28,7 @@ THRESHOLDS = [
     ("Phase 4 BitNet", "final/accuracy_drop", "<", 10.0),
 ]
 _HEADLINE = {k for _, k, _, _ in THRESHOLDS}
+UNITS = {"final/fitness_improvement": " %", "final/accuracy_drop": " %", "final/compression_ratio": "×"}   # the rest: fractions
 
 
 # A headline key K decided on a sample may come with K_n, K_ci95 ([low, high]), K_verdict (PASS / FAIL /
@@ -165,7 +166,8 @@ def threshold_rows(step_metrics: dict[str, dict], artifacts: Path) -> list[list]
         if key in measured:
             v, thr = measured[key], float(measured.get(f"{key}_threshold", seed_thr))
             ok = {">": v > thr, ">=": v >= thr, "<": v < thr}[op]
-            shown = f"{op} {thr:g}" + (f" (the run's; the seed's is {seed_thr:g})" if thr != seed_thr else "")
+            unit = UNITS.get(key, "")   # "> 20 %" beside "> 0.3" (a fraction) and "> 6×" (a pipeline-report audit)
+            shown = f"{op} {thr:g}{unit}" + (f" (the run's; the seed's is {seed_thr:g}{unit})" if thr != seed_thr else "")
             rows.append([phase, key, shown, v, _decided(measured, key, ok, op, thr)
                          + (f" ({notes[key]})" if notes.get(key) else "")])
     return rows
