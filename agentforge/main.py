@@ -67,8 +67,11 @@ def run(cfg: DictConfig) -> dict:
     check_start(cfg)
     import lightning as L  # here, not at the top: `--help` and `--cfg job` need no torch / Lightning
 
+    from agentforge.training.trainer import set_threads
+
     _route_lightning_logs()
     phase = get_phase(str(cfg.phase.name))
+    set_threads(cfg.hardware)   # before any model is built: an init's numbers depend on the thread count
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # before any model is built
     apply_cuda_graphs(cfg)
     return phase.run(cfg)

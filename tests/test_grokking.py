@@ -184,8 +184,10 @@ def test_hardware_threads_and_loop_device_shared_with_evomerge(monkeypatch):
     try:
         set_threads({"threads": 1})
         assert torch.get_num_threads() == 1
-        set_threads({"threads": None})  # unset: torch's count is left as it is
-        assert torch.get_num_threads() == 1
+        set_threads({"threads": None})  # unset: the count the process started with (not an earlier job's)
+        from agentforge.training.trainer import STARTUP_THREADS
+
+        assert torch.get_num_threads() == STARTUP_THREADS
     finally:
         torch.set_num_threads(was)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -270,3 +270,25 @@ def test_a_row_that_halted_early_reports_its_surprise_at_its_last_step():
     assert out.halting_steps[0].eq(1).all() and out.halting_steps[1].eq(3).all()
     torch.testing.assert_close(out.surprise[0], first[0])
     assert not torch.allclose(out.surprise[1], first[1])
+
+
+def test_the_three_models_start_from_one_seed_with_their_shared_shapes_equal(tmp_path):
+    """README (Phase 1): the three models start from one seed; the parameters whose shapes they share start
+    bit-equal (~95 % of m1's), as main.run seeds before each phase builds its model."""
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from agentforge.data.tokenizer import RESERVED_VOCAB
+
+    states = []
+    for m in ("m1", "m2", "m3"):
+        cfg = compose_cfg([f"model={m}"], tmp_path)
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        states.append(CognateModel(cognate_config_from(OmegaConf.to_container(cfg.model, resolve=True),
+                                                       RESERVED_VOCAB)).state_dict())
+    first = states[0]
+    for other in states[1:]:
+        same = [k for k, v in first.items() if k in other and other[k].shape == v.shape and torch.equal(other[k], v)]
+        shared = [k for k, v in first.items() if k in other and other[k].shape == v.shape]
+        assert "embed.weight" in same and len(same) >= 0.9 * len(shared)
+        assert sum(first[k].numel() for k in same) >= 0.9 * sum(v.numel() for v in first.values())

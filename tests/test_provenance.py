@@ -253,3 +253,26 @@ def test_the_weights_digest_covers_the_whole_file(tmp_path):
         assert source_fields("a")["source_checkpoint"] == str(tmp_path / "a")
     finally:
         os.chdir(monkeypatch_cwd)
+
+
+def test_hardware_threads_is_applied_before_any_phase_builds_a_model(tmp_path, monkeypatch):
+    """A reproducibility audit: hardware.threads reached torch only when a Trainer was built, after the model's init
+    (the memory's orthogonal init is a QR whose numbers depend on the thread count), and never in phase=eval /
+    bitnet without a fit. main.run now sets it first; unset, the process's starting count."""
+    from types import SimpleNamespace
+
+    from agentforge import main
+    from agentforge.training.trainer import STARTUP_THREADS
+    from tests.conftest import compose_cfg
+
+    seen = []
+    monkeypatch.setattr(main, "get_phase", lambda name: SimpleNamespace(run=lambda cfg: seen.append(
+        torch.get_num_threads()) or {}))
+    was = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)   # what an earlier job of a multirun, or a machine's cores, left
+        main.run(compose_cfg(["phase=eval", "hardware=cpu", "hardware.threads=2"], tmp_path))
+        main.run(compose_cfg(["phase=eval", "hardware=cpu"], tmp_path))
+    finally:
+        torch.set_num_threads(was)
+    assert seen == [2, STARTUP_THREADS]

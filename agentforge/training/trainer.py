@@ -99,10 +99,18 @@ def trains_in_one_process(hw: dict) -> bool:
     return str(resolve_hardware(hw)["strategy"]) in SINGLE_PROCESS_STRATEGIES and device_count(hw) == 1
 
 
+STARTUP_THREADS = torch.get_num_threads()   # torch's own count when this process started (cores or OMP_NUM_THREADS)
+
+
 def set_threads(hw) -> None:
-    """``hardware.threads`` (e.g. 1 on a shared CPU) as torch's CPU thread count; unset keeps torch's."""
-    if hw.get("threads"):
-        torch.set_num_threads(int(hw["threads"]))
+    """``hardware.threads`` (e.g. 1 on a shared CPU) as torch's CPU thread count; unset: the count torch started with
+    (``STARTUP_THREADS``), so a multirun job does not inherit an earlier job's setting. ``main.run`` applies it before
+    any model is built: an orthogonal init (the memory's) is a QR whose result depends on the thread count, so it
+    applied only at the Trainer left the initial weights to the machine's core count whatever the setting (a
+    reproducibility audit), and ``phase=eval`` / ``bitnet`` without a fit never applied it at all."""
+    n = int(hw.get("threads") or 0) or STARTUP_THREADS
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def loop_device(hw) -> torch.device:
