@@ -32,6 +32,7 @@ from agentforge.data.datamodule import LMDataModule
 from agentforge.data.tokenizer import ByteTokenizer
 from agentforge.tracking.callbacks import ThroughputCallback
 from agentforge.tracking.loggers import JsonlLogger
+from agentforge.training import trainer as trainer_module
 from agentforge.training.lm_module import LMModule
 from agentforge.training.trainer import build_trainer, compile_regions, set_threads, trains_on_gpu
 
@@ -181,6 +182,7 @@ def _child(conn) -> None:
         rss_imports = psutil.Process().memory_info().rss / 2**20
         job = _loads(conn.recv_bytes())
         torch.set_num_threads(job["threads"])
+        trainer_module.STARTUP_THREADS = job["threads"]   # the parent's count is this training's "unset" (set_threads)
         set_rng_state(job["rng"])
         model = job["model"]
         result = train(job["name"], model, job["corpus"], **job["kw"])
