@@ -129,6 +129,7 @@ MODEL_RULES: list[Rule] = [
     rule("model.ltm_max_writes", integer(0)),
     rule("model.ltm_chunk", optional(integer(1))),
     rule("model.tie_embeddings", boolean()),
+    rule("model.memory", boolean()),
 ]
 
 _MISSING = object()

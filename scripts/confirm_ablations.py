@@ -25,12 +25,19 @@ from agentforge.models.ablation import NONINFERIORITY_MARGIN, ablations, halting
 CURRICULUM = Path(__file__).resolve().parents[1] / "conf" / "phase" / "cognate.yaml"
 
 
+def final_mix_rows(tok, n_rows: int = 64, seq_len: int = 128, seed: int = 42, split: str = "test") -> torch.Tensor:
+    """``n_rows`` rows [n_rows, seq_len + 1] of ``split`` documents of the final curriculum stage's tasks, equally
+    weighted (distinct documents, none spanning two rows: ``heldout_rows``); the same rows for every model given the
+    same arguments (``scripts/train_ablations.py`` scores its variants on them too)."""
+    mix = normalize_mix({t: 1.0 for t in OmegaConf.load(CURRICULUM).curriculum[-1].mix})
+    return heldout_rows(TaskPool(seed), mix, n_rows, seq_len, tok, random.Random(seed * 7919), split)
+
+
 def confirm(directory, n_rows: int = 64, seq_len: int = 128, seed: int = 42) -> dict[str, float]:
     """The test-split ablation figures of one checkpoint (``ablation/*`` keys, ``ablation/halting_noninferior``
     as 1.0 / 0.0 included)."""
     model, tok, _ = load_model(directory)
-    mix = normalize_mix({t: 1.0 for t in OmegaConf.load(CURRICULUM).curriculum[-1].mix})
-    rows = heldout_rows(TaskPool(seed), mix, n_rows, seq_len, tok, random.Random(seed * 7919), "test")
+    rows = final_mix_rows(tok, n_rows, seq_len, seed)
     out = ablations(model, rows, seed=seed)  # distinct documents, none spanning two rows; sets halting_noninferior
     rows, mask = recall_rows(n_rows, seq_len, seed, "test", gap=model.config.window + 8, tokenizer=tok)
     out.update(recall_memory(model, rows, mask, seed=seed))

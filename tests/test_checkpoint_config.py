@@ -21,6 +21,7 @@ EDITS = [  # (where, key, value, what the message must name)
     ("model", "n_heads", 3, "model.d_model (32) must split into model.n_heads (3) heads of even size"),
     ("model", "window", -1, "model.window must be an integer >= 1, got -1"),
     ("model", "tie_embeddings", "yes", "model.tie_embeddings must be true or false"),
+    ("model", "memory", "yes", "model.memory must be true or false"),
     ("model", "act_threshold", 2.0, "model.act_threshold must be a number > 0 <= 1, got 2.0"),
     ("model", "colour", 1, "unknown Cognate config keys: ['colour']"),
     ("tokenizer", None, [1, 2], "tokenizer: must be a mapping"),

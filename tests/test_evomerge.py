@@ -289,6 +289,10 @@ def test_input_of_another_size_is_a_clear_error_but_memory_slots_may_differ(tmp_
     cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{ok[0]},{ok[1]},{bad}]"], tmp_path)
     with pytest.raises(CheckpointError, match=r"c: cannot be merged .*d_model 16 vs 32"):
         run_phase(cfg)
+    no_memory = _save_tiny(tmp_path / "e", 2, memory=False)   # its memory weights never trained: refused too
+    cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{ok[0]},{ok[1]},{no_memory}]"], tmp_path)
+    with pytest.raises(CheckpointError, match=r"e: cannot be merged .*memory True vs False.*memory switch"):
+        run_phase(cfg)
     (tmp_path / "d").mkdir()
     cfg = compose_cfg(TINY_EVO + [f"phase.inputs=[{ok[0]},{ok[1]},{tmp_path / 'd'}]"], tmp_path)
     with pytest.raises(CheckpointError, match="incomplete checkpoint"):

@@ -153,10 +153,18 @@ def materialize(recipe: Recipe, states: list[dict], configs: list[CognateConfig]
 MERGE_SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden", "ltm_key_dim", "tie_embeddings")
 
 
+# keys that must match although no shape holds them: a model trained with ``memory: false`` never trained its memory's
+# weights (they are still at their initialization), so averaging them with a trained memory's, or taking the base's
+# switch for a merge of both kinds, would give a memory that neither input learned to use
+MERGE_SAME_FIELDS = ("memory",)
+
+
 def incompatibility(a: CognateConfig, b: CognateConfig) -> str | None:
-    """Why two Cognate configs cannot be merged (None when they can): every parameter shape must match;
-    the memory slot count and the non-shape hyperparameters may differ (they come from the base)."""
-    diff = {k: (getattr(a, k), getattr(b, k)) for k in MERGE_SHAPE_FIELDS if getattr(a, k) != getattr(b, k)}
+    """Why two Cognate configs cannot be merged (None when they can): every parameter shape must match, and the
+    memory switch (``MERGE_SAME_FIELDS``); the memory slot count and the other non-shape hyperparameters may differ
+    (they come from the base)."""
+    diff = {k: (getattr(a, k), getattr(b, k)) for k in (*MERGE_SHAPE_FIELDS, *MERGE_SAME_FIELDS)
+            if getattr(a, k) != getattr(b, k)}
     return None if not diff else ", ".join(f"{k} {x} vs {y}" for k, (x, y) in diff.items())
 
 

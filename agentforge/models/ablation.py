@@ -1,4 +1,11 @@
-"""What each Cognate mechanism buys, measured on held-out rows with the same weights.
+"""What the trained Cognate model relies on: each mechanism knocked out at inference, on held-out rows, same weights.
+
+These are KNOCKOUTS, not what a mechanism buys: the weights were trained with the mechanism on, so a loss rise when
+it is switched off says the trained model depends on it, not that training without it would have done worse (an
+audit's tiny 30-step runs: a 4-step model cut to 1 step at inference lost +0.0073 [+0.0035, +0.0112] nats/token, but
+a model TRAINED with ``model.max_steps=1`` on the same seed, data and steps was 0.048 nats/token better). Their CIs cover the choice of rows only, with the
+training seed fixed (between two seeds of one config the memory-off deltas' CIs did not overlap). What a mechanism
+buys, over training seeds, is ``scripts/train_ablations.py``: each variant trained from scratch.
 
 Every variant runs the trained model under ``CognateModel.ablate``:
 
@@ -9,7 +16,7 @@ Every variant runs the trained model under ``CognateModel.ablate``:
 For each, the per-row mean next-token loss and token accuracy are compared with the trained model's on
 the same rows by ``evals.stats.paired_test`` (the exact sign-flip test below 30 rows, the paired bootstrap
 above); delta = variant - trained, so a
-positive loss delta means the mechanism lowers the loss. ``recall_memory`` does the same for memory
+positive loss delta means the trained model relies on the mechanism for a lower loss. ``recall_memory`` does the same for memory
 off vs on over the repeated digits of the long-range recall task (``data/recall.py``), whose first statement
 lies beyond ONE attention window. That does not make them tokens only memory can predict: stacked
 sliding-window layers reach n_layers * (window - 1) tokens back per recursion step, and the steps add up
@@ -109,9 +116,7 @@ def recall_memory(model, rows: torch.Tensor, mask: torch.Tensor, seed: int = 0) 
     """Memory off vs on over the masked target positions (the repeated code's digits), per row: what the trained
     model gets from its memory there (the backbone may reach the first statement too: ``recall_scope``)."""
     on, off = token_scores(model, rows), token_scores(model, rows, memory=False)
-    m = mask.float()
-    per_row = {k: ((s["loss"] * m).sum(1) / m.sum(1), (s["correct"] * m).sum(1) / m.sum(1))
-               for k, s in (("on", on), ("off", off))}
+    per_row = {"on": masked_row_means(on, mask), "off": masked_row_means(off, mask)}
     out = {"ablation/recall_n_rows": float(len(rows)),
            "ablation/recall_memory_on_loss": float(per_row["on"][0].mean()),
            "ablation/recall_no_memory_loss": float(per_row["off"][0].mean()),
@@ -119,6 +124,13 @@ def recall_memory(model, rows: torch.Tensor, mask: torch.Tensor, seed: int = 0) 
            "ablation/recall_no_memory_accuracy": float(per_row["off"][1].mean())}
     out.update(_compare("ablation/recall_no_memory_loss", per_row["off"][0], per_row["on"][0], seed))
     return out
+
+
+def masked_row_means(scores: dict[str, torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean loss and accuracy [N] of ``token_scores`` over the masked targets [N, T] (the recall task's
+    repeated digits): the per-row figures ``recall_memory`` compares, and ``scripts/train_ablations.py`` too."""
+    m = mask.float()
+    return (scores["loss"] * m).sum(1) / m.sum(1), (scores["correct"] * m).sum(1) / m.sum(1)
 
 
 def backbone_reach(config) -> tuple[int, int]:

@@ -38,7 +38,9 @@ Reading order, one forward pass over token ids x [B, T]:
 
 Every operation is per-token, causal attention or a chunk-causal memory, so logits at position i
 depend only on x[:i+1]. ``ablate(steps=, memory=, halting=)`` runs the same weights with recursion fixed,
-memory reads off, or every token run to max_steps, for the ablations of the Cognate phase.
+memory reads off, or every token run to max_steps, for the ablations of the Cognate phase (knockouts: what the
+trained model relies on). ``CognateConfig.memory = False`` (``model.memory=false``) trains and runs a model whose
+memory reads are off throughout, for ``scripts/train_ablations.py``'s trained ablations (what a mechanism buys).
 """
 from __future__ import annotations
 
@@ -81,6 +83,9 @@ class CognateConfig:
     ltm_max_writes: int = 8          # writes per memory chunk at most
     ltm_chunk: int = 16              # tokens per memory chunk (reads see the chunks before)
     tie_embeddings: bool = False
+    memory: bool = True              # False: the long-term memory's reads off in training and inference (the
+                                     # module and its parameters kept, unused: shapes unchanged; ``ablate`` can
+                                     # still switch them on). Configs saved before this key load with it on
 
     @classmethod
     def from_dict(cls, d: dict) -> CognateConfig:
@@ -137,6 +142,7 @@ class CognateModel(nn.Module):
             self.lm_head.weight = self.embed.weight
         self._steps_override: int | None = None
         self._halting = True
+        self.memory.enabled = bool(c.memory)   # a model configured without memory: its reads off from the start
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -157,7 +163,8 @@ class CognateModel(nn.Module):
     @contextlib.contextmanager
     def ablate(self, steps: int | None = None, memory: bool | None = None, halting: bool | None = None):
         """Run the same weights with recursion fixed at ``steps``, the memory's reads off (memory=False), or
-        every token run to the last step (halting=False); None keeps the current setting; restored on exit."""
+        every token run to the last step (halting=False); None keeps the current setting (for the memory, the
+        configured ``config.memory`` unless changed); restored on exit."""
         saved = self._steps_override, self._halting, self.memory.enabled
         self._steps_override = steps if steps is not None else self._steps_override
         self._halting = halting if halting is not None else self._halting

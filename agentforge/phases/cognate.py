@@ -286,6 +286,9 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         print(f"  {r[0]:<20} loss {r[1]:.4f}  acc {r[2]:.3f}  delta {r[3]:+.4f} [{r[4]:+.4f}, {r[5]:+.4f}]  p {r[6]:.3g}")
     if recall_note:
         print(recall_note)
+    if not model.config.memory:
+        print("model.memory=false: this model was trained with its memory reads off, so the memory-off rows compare it "
+              "with itself (delta 0)")
     print(halting_summary(final, model.config.max_steps))
     return {"checkpoint": str(out_dir), "run_dir": str(ctx.run_dir), "metrics": final,
             "files": [ckpt_dir / "metrics.json", out_dir / "metrics.json"]}

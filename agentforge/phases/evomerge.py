@@ -92,13 +92,13 @@ def input_dirs(cfg) -> list[Path]:
 
 def load_inputs(dirs: list[Path]):
     """The three models (eval mode); CheckpointError naming the dir when one is missing or cannot be
-    merged with the first (every parameter shape must match; memory slots may differ)."""
+    merged with the first (every parameter shape and the ``memory`` switch must match; memory slots may differ)."""
     models, tok = [], None
     for d in dirs:
         model, tokenizer, _ = load_model(d)
         if models and (why := incompatibility(models[0].config, model.config)):
             raise CheckpointError(f"{d}: cannot be merged with {dirs[0]} ({why}); all three inputs must share "
-                                  f"one architecture size")
+                                  f"one architecture size and the memory switch")
         models.append(model)
         tok = tok or tokenizer
     return models, tok

@@ -1,0 +1,187 @@
+"""scripts/train_ablations.py trains each variant (full, 1 step, no memory) per seed and compares them on the same
+test rows; ``model.memory=false`` trains a model with its memory reads off (``CognateConfig.memory``)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agentforge.artifacts import load_model, save_model
+from agentforge.data.tokenizer import ByteTokenizer
+from agentforge.merge.recipe import incompatibility
+from agentforge.models import CognateConfig, CognateModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_ablations.py"
+SMALL = dict(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, window=16, max_seq_len=64, ltm_key_dim=16,
+             ltm_slots=8, max_steps=2)
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("train_ablations", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_MOD = _load()   # once, at collection (its scipy import is the suite's anyway: evals.stats, models.ablation)
+
+
+def _script():
+    return _MOD
+
+
+def test_across_seeds_by_hand():
+    a = _script().across_seeds([1.0, 2.0, 3.0])
+    half = 4.302653 * 1.0 / math.sqrt(3)   # t_{0.975, 2} * sd / sqrt(K), sd = 1
+    assert a["K"] == 3 and a["df"] == 2 and a["mean"] == pytest.approx(2.0)
+    assert a["t_crit"] == pytest.approx(4.3027, abs=1e-4)
+    assert a["t_ci95"] == pytest.approx([2 - half, 2 + half], abs=1e-5)
+    assert a["sign_test_p"] == pytest.approx(0.25) and a["sign_test_min_p"] == pytest.approx(0.25)
+    one = _script().across_seeds([0.5])   # one seed: no interval
+    assert one["K"] == 1 and all(math.isnan(x) for x in one["t_ci95"])
+
+
+def test_verdict_rule():
+    v = _script().verdict
+    assert v([0.01, 0.2]) == "EARNS ITS PLACE"
+    assert v([-0.2, -0.01]) == "HURTS"
+    assert v([-0.01, 0.2]) == v([0.0, 0.2]) == v([float("nan")] * 2) == "INCONCLUSIVE"
+
+
+def test_analysis_follows_from_the_per_row_losses():
+    mod = _script()
+    rng = np.random.default_rng(0)
+    scores = {}
+    for s, shift in ((1, 0.2), (2, 0.25), (3, 0.3)):   # t-interval 0.25 +- 0.124
+        full = rng.normal(2.0, 0.1, 40)
+        scores[s] = {"full": {"loss": full.tolist(), "recall_loss": full.tolist()},
+                     "steps1": {"loss": (full + shift).tolist(), "recall_loss": (full - shift).tolist()},
+                     "no_memory": {"loss": full.tolist(), "recall_loss": (full + shift + rng.normal(0, .01, 40)).tolist()}}
+    a = mod.analyse(scores, eval_seed=0)
+    assert a["per_seed"]["2"]["steps1"]["loss"]["delta"] == pytest.approx(0.25)
+    assert a["per_seed"]["1"]["steps1"]["loss"]["n"] == 40
+    assert a["across_seeds"]["steps1"]["loss"]["mean"] == pytest.approx(0.25)
+    assert mod.across_seeds([0.1, 0.2, 0.3])["t_ci95"][0] < 0   # the same mean spread wider: INCONCLUSIVE
+    assert a["verdicts"]["recursion"]["verdict"] == "EARNS ITS PLACE"
+    assert a["verdicts"]["memory"]["verdict"] == "EARNS ITS PLACE"
+    assert a["across_seeds"]["steps1"]["recall_loss"]["t_ci95"][1] < 0   # the 1-step model recalls better: HURTS
+    assert mod.verdict(a["across_seeds"]["steps1"]["recall_loss"]["t_ci95"]) == "HURTS"
+
+
+def test_bad_input_is_one_error_line(capsys):
+    mod = _script()
+    assert mod.main(["--variants", "full", "bogus", "--out", "/nonexistent/x"]) == 2
+    assert "error: unknown variant(s) bogus" in capsys.readouterr().err
+    assert mod.main(["--variants", "steps1", "--out", "/nonexistent/x"]) == 2
+    assert "must include 'full'" in capsys.readouterr().err
+    assert mod.main(["model.max_steps=2", "--out", "/nonexistent/x"]) == 2
+    assert "model.max_steps is set by this script" in capsys.readouterr().err
+    assert mod.main(["--model", "m9", "--out", "/nonexistent/x"]) == 2
+    assert "error: unknown model 'm9': conf/model/ has m1, m2, m3" in capsys.readouterr().err
+
+
+def test_a_failed_training_names_its_log(tmp_path, monkeypatch, capsys):
+    mod = _script()
+    monkeypatch.setattr(mod, "train_command", lambda *a, **k: [sys.executable, "-c",
+                                                               "import sys; print('boom'); sys.exit(3)"])
+    assert mod.main(["--seeds", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    log = tmp_path / "seed1" / "full" / "train.log"
+    assert f"error: training seed=1 variant=full failed (exit 3); its log: {log}" in err and "boom" in err
+
+
+def _tiny(**kw) -> CognateModel:
+    torch.manual_seed(0)
+    return CognateModel(CognateConfig(**SMALL, **kw)).eval()
+
+
+def test_memory_off_config_gives_the_knockouts_logits():
+    on, off = _tiny(), _tiny(memory=False)
+    off.load_state_dict(on.state_dict())   # the same weights: the module and its shapes are kept
+    x = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        with on.ablate(memory=False):
+            want = on(x).logits
+        got = off(x).logits
+        assert torch.equal(got, want) and not torch.equal(on(x).logits, got)
+        with off.ablate(steps=1):   # None keeps the configured state, and the exit restores it
+            assert off.memory.enabled is False
+        with off.ablate(memory=True):
+            assert off.memory.enabled is True
+        assert off.memory.enabled is False and torch.equal(off(x).logits, want)
+
+
+def test_memory_off_trains_with_the_memory_unused():
+    """The memory's parameters get no gradient (the optimizers skip them: the CLI trains such a model, slow test
+    below); every other parameter does."""
+    model = _tiny(memory=False).train()
+    x = torch.randint(0, 256, (2, 33))
+    model(x[:, :-1], x[:, 1:]).loss.backward()
+    mem = {id(p) for p in model.memory.parameters()}
+    assert all(p.grad is None for p in model.memory.parameters())
+    assert all(p.grad is not None for p in model.parameters() if id(p) not in mem)
+
+
+def test_an_old_config_without_the_memory_key_loads_with_memory_on(tmp_path):
+    d = CognateConfig(**SMALL).to_dict()
+    assert d.pop("memory") is True
+    assert CognateConfig.from_dict(d).memory is True
+    save_model(tmp_path / "m", _tiny(), ByteTokenizer())
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["model"]["memory"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    model, _, _ = load_model(tmp_path / "m")
+    assert model.config.memory is True and model.memory.enabled is True
+    save_model(tmp_path / "off", _tiny(memory=False), ByteTokenizer())
+    model, _, _ = load_model(tmp_path / "off")
+    assert model.config.memory is False and model.memory.enabled is False
+
+
+def test_models_with_and_without_memory_are_not_merged():
+    assert "memory True vs False" in incompatibility(CognateConfig(**SMALL), CognateConfig(**SMALL, memory=False))
+    assert incompatibility(CognateConfig(**SMALL, memory=False), CognateConfig(**SMALL, memory=False)) is None
+
+
+TINY = ["phase.max_epochs=2", "phase.steps_per_epoch=2", "phase.val_rows=4", "phase.eval_examples=2",
+        "phase.gen_tokens=4", "data.batch_size=4", "data.seq_len=32"]
+
+
+@pytest.mark.slow   # six tiny trainings through the real CLI (9.5 min on a 2-core CPU at load 6-8)
+def test_end_to_end_two_seeds(tmp_path):
+    out = tmp_path / "abl"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "1", "2", "--rows", "4", "--out", str(out), *TINY],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done in") == 6 and "verdict recursion" in proc.stdout
+    rep = json.loads((out / "train_ablations.json").read_text())
+    assert rep["seeds"] == [1, 2] and set(rep["runs"]) == {"1", "2"} and rep["eval"]["n_rows"] == 4
+    for s in ("1", "2"):
+        runs = rep["runs"][s]
+        assert set(runs) == {"full", "steps1", "no_memory"}
+        assert (runs["full"]["max_steps"], runs["full"]["memory"]) == (4, True)
+        assert (runs["steps1"]["max_steps"], runs["steps1"]["memory"]) == (1, True)
+        assert (runs["no_memory"]["max_steps"], runs["no_memory"]["memory"]) == (4, False)
+        for r in runs.values():   # what the checkpoint itself says
+            model = json.loads((Path(r["checkpoint"]) / "config.json").read_text())["model"]
+            assert (model["max_steps"], model["memory"]) == (r["max_steps"], r["memory"])
+            assert r["optimizer_steps"] == 4 and r["wall_s"] > 0 and len(r["per_row"]["loss"]) == 4
+        for v in ("steps1", "no_memory"):
+            for f in ("loss", "recall_loss"):
+                c = rep["analysis"]["per_seed"][s][v][f]
+                want = np.mean(runs[v]["per_row"][f]) - np.mean(runs["full"]["per_row"][f])
+                assert c["delta"] == pytest.approx(want, abs=1e-9) and c["n"] == 4
+        mem = load_model(runs["no_memory"]["checkpoint"])[0].memory   # trained unused: still at its initialization
+        assert not mem.enabled and torch.equal(mem.out.weight, mem.value.weight.T) and not mem.gate.weight.any()
+    for v in ("steps1", "no_memory"):
+        for f in ("loss", "recall_loss"):
+            a = rep["analysis"]["across_seeds"][v][f]
+            assert a["deltas"] == [rep["analysis"]["per_seed"][s][v][f]["delta"] for s in ("1", "2")] and a["K"] == 2
+    assert {m["verdict"] for m in rep["analysis"]["verdicts"].values()} <= {"EARNS ITS PLACE", "HURTS", "INCONCLUSIVE"}
