@@ -281,7 +281,10 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
           f"gsm8k {final['final/gsm8k_accuracy']:.3f}  arc {final['final/arc_accuracy']:.3f}  "
           f"piqa {final['final/piqa_accuracy']:.3f} (n={int(cfg.phase.eval_examples)} questions each: "
           f"phase=eval measures more, with CIs)  halting {final['diversity/avg_halting_steps']:.2f}")
-    print("ablations (loss delta = variant - reference, paired over rows: exact sign-flip test below 30 rows, bootstrap above):")
+    print("ablations of this trained model (a mechanism switched off at inference: what the model relies on, not what "
+          "training with it buys; loss delta = variant - reference, paired over rows: exact sign-flip test below 30 rows, "
+          "bootstrap above; the CIs cover the rows, not the training seed: scripts/train_ablations.py trains without each "
+          "mechanism across seeds):")
     for r in ablation_rows(final):
         print(f"  {r[0]:<20} loss {r[1]:.4f}  acc {r[2]:.3f}  delta {r[3]:+.4f} [{r[4]:+.4f}, {r[5]:+.4f}]  p {r[6]:.3g}")
     if recall_note:
