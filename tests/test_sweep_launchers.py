@@ -79,11 +79,12 @@ def test_a_pipeline_sweep_whose_jobs_share_a_run_name_is_refused_before_any_job(
 
 def test_a_run_name_naming_the_swept_key_gives_each_pipeline_job_its_own_directory(tmp_path):
     """What the refusal suggests: ``phase.run_name=seed${seed}`` resolves per job."""
-    from agentforge.tracking.sweep import _pipeline_dir, shared_pipeline_problem
+    from agentforge.pipeline import pipeline_dir
+    from agentforge.tracking.sweep import shared_pipeline_problem
     from tests.conftest import compose_cfg
 
-    dirs = [_pipeline_dir(compose_cfg(["phase=pipeline", "phase.run_name=seed${seed}", f"seed={s}"], tmp_path))
-            for s in (1, 2)]
+    cfgs = [compose_cfg(["phase=pipeline", "phase.run_name=seed${seed}", f"seed={s}"], tmp_path) for s in (1, 2)]
+    dirs = [str(pipeline_dir(c.paths.outputs, c.phase.run_name)) for c in cfgs]
     assert [d.rsplit("/", 1)[1] for d in dirs] == ["seed1", "seed2"]
     assert shared_pipeline_problem({d: [n] for n, d in enumerate(dirs)}, 2) is None
 

@@ -34,6 +34,7 @@ from agentforge.evals.speed import PeakMemory
 from agentforge.io import read_checkpoint_config, write_json_atomic
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES, override_key
+from agentforge.pipeline import pipeline_dir
 from agentforge.pipeline.continues import will_continue
 from agentforge.pipeline.lineage import FINISHED, Lineage, refusal, retire_report, state_rows
 from agentforge.pipeline.lineage import skip_reason as _skip_reason
@@ -192,7 +193,7 @@ def run(cfg) -> dict:
     models = list(p.models)
     if [m for m in models if m not in MODEL_IDS]:
         raise ConfigError(f"phase.models must be a subset of {list(MODEL_IDS)}, got {models}")
-    pipe_dir = Path(cfg.paths.outputs).absolute() / "pipeline" / str(p.run_name)
+    pipe_dir = pipeline_dir(cfg.paths.outputs, p.run_name)
     artifacts = pipe_dir / "artifacts"
     forget_file_digests()   # this run hashes the data files afresh
     steps = build_plan(phases, models, artifacts, OmegaConf.to_container(p.overrides, resolve=True) or {})

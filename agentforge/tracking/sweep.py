@@ -100,8 +100,10 @@ def check_sweep_values(config: DictConfig) -> str | None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    from agentforge.config import select
     from agentforge.errors import ConfigError
     from agentforge.main import check_start
+    from agentforge.pipeline import pipeline_dir
 
     loader = GlobalHydra.instance().config_loader()
     jobs = sweep_jobs(config)
@@ -117,15 +119,9 @@ def check_sweep_values(config: DictConfig) -> str | None:
             return (f"job {num} of {len(jobs)} [{' '.join(redact_args(job))}]: {scrub(str(exc), job)}; no job was "
                     f"started (fix the value list and run the sweep again)")
         if str(job_config.phase.name) == "pipeline":
-            pipelines.setdefault(_pipeline_dir(job_config), []).append(num)
+            pipelines.setdefault(str(pipeline_dir(select(job_config, "paths.outputs"),
+                                                  select(job_config, "phase.run_name"))), []).append(num)
     return shared_pipeline_problem(pipelines, len(jobs))
-
-
-def _pipeline_dir(cfg: DictConfig) -> str:
-    """Where phase=pipeline runs (``{paths.outputs}/pipeline/{phase.run_name}``, as ``phases/pipeline.py`` makes it)."""
-    from agentforge.config import select
-
-    return os.path.join(os.path.abspath(str(select(cfg, "paths.outputs"))), "pipeline", str(select(cfg, "phase.run_name")))
 
 
 def shared_pipeline_problem(pipelines: dict[str, list[int]], n_jobs: int) -> str | None:
