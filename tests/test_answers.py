@@ -3,6 +3,7 @@ that an accuracy is read against (``evals.tasks.chance_rates``)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -79,3 +80,14 @@ def test_real_gsm8k_references_extract():
     for r in recs:
         ref = extract_number(r["answer"])
         assert ref is not None and answers_match(r["answer"].split("####")[-1], r["answer"])
+
+
+# lm-evaluation-harness's GSM8K "strict-match" filter: this regex, first match (group_select 0), per its gsm8k.yaml
+STRICT_MATCH = re.compile(r"#### (\-?[0-9\.\,]+)")
+
+
+@pytest.mark.parametrize("text", ["#### 5\nQ: 2+5?\n#### 7", "so 3\n#### 12\n#### 13", "#### 8 then #### 9 and #### 10"])
+def test_the_first_answer_is_the_one_lm_eval_strict_match_reads(text):
+    """The module docstring and README: a generation's answer is its first '####' number, as lm-evaluation-harness's
+    strict-match reads it (its regex, first match), on texts where the two number grammars agree."""
+    assert extract_number(text) == STRICT_MATCH.findall(text)[0]
