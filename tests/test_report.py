@@ -298,3 +298,45 @@ def test_a_subset_runs_report_keeps_the_steps_it_left_alone(tmp_path):
                                                          ("eval-phase4_compressed", "not run this time (last: done)")]
     rows = threshold_rows({s["key"]: s.get("metrics", {}) for s in shown}, tmp_path)
     assert [r[:4] for r in rows] == [["Phase 2 EvoMerge", "final/fitness_improvement", "> 20 %", 25.0]]
+
+
+def _bars(ax) -> list[tuple[float, float, float]]:
+    """(x, lo, hi) of each error bar matplotlib drew on ``ax``."""
+    from matplotlib.container import ErrorbarContainer
+    out = []
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer):
+            for seg in c.lines[2][0].get_segments():
+                out.append((float(seg[0][0]), float(min(seg[0][1], seg[1][1])), float(max(seg[0][1], seg[1][1]))))
+    return out
+
+
+def test_the_performance_plot_draws_each_accuracy_with_its_table_ci_on_the_whole_unit_axis():
+    import matplotlib.pyplot as plt
+
+    from agentforge.pipeline.report import performance_figure
+    rows = [{"stage": "cognate", "reasoning_accuracy": 0.25, "reasoning_accuracy_ci95": [0.10, 0.45],
+             "reasoning_accuracy_n": 20, "latency_ms": 30.0},
+            {"stage": "bitnet", "reasoning_accuracy": 0.30, "reasoning_accuracy_ci95": [0.12, 0.54],
+             "reasoning_accuracy_n": 20, "latency_ms": 20.0}]
+    fig = performance_figure(rows)
+    acc, lat = (ax for ax in fig.axes if ax.get_title())
+    assert sorted(_bars(acc)) == pytest.approx([(0, 0.10, 0.45), (1, 0.12, 0.54)])
+    assert acc.get_ylim() == pytest.approx((-0.02, 1.02)) and "95% CI" in acc.get_title()
+    assert _bars(lat) == [] and "no CI" in lat.get_title()   # timed once per stage: no interval, no bar
+    plt.close(fig)
+
+
+def test_the_compare_plot_draws_the_accuracy_ci_from_the_stage_per_example_data():
+    import matplotlib.pyplot as plt
+
+    from agentforge.evals.compare import metrics_figure
+    from agentforge.evals.stats import exact_proportion_ci
+    res = {"a": _results([1] * 3 + [0] * 7, [1] * 5 + [0] * 5, [1] * 5 + [0] * 5),
+           "b": _results([1] * 6 + [0] * 4, [1] * 5 + [0] * 5, [1] * 5 + [0] * 5)}
+    fig = metrics_figure(res, "quality", ["perplexity", "reasoning_accuracy"])
+    ppl, acc = fig.axes[:2]
+    assert sorted(_bars(acc)) == pytest.approx([(0, *exact_proportion_ci(3, 10)), (1, *exact_proportion_ci(6, 10))])
+    assert acc.get_ylim() == pytest.approx((-0.02, 1.02))
+    assert _bars(ppl) == []   # no per-row losses in these results: no interval, so no bar
+    plt.close(fig)

@@ -49,8 +49,43 @@ from agentforge.evals.stats import (
 from agentforge.io import write_json_atomic, write_text_atomic
 
 
+def metrics_figure(results: dict[str, dict], group: str, ms: list[str]):
+    """A small line chart of each metric of ``group`` over the stages; each accuracy and the perplexity with its 95%
+    CI as an error bar (``intervals.stage_intervals`` of the stage's per-example data, as the table's), accuracies on
+    the whole [0, 1] axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agentforge.evals.intervals import stage_intervals
+    from agentforge.tracking.plots import points_with_ci
+
+    stages = list(results)
+    intervals = {st: stage_intervals(results[st].get("per_example") or {}) for st in stages}
+    accuracies = {key for _, key in ACCURACY_FORMATS}
+    cols = min(3, len(ms))
+    nrows = math.ceil(len(ms) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, ms):
+        xs = [i for i, st in enumerate(stages) if _num(results[st]["metrics"].get(m))]
+        ys = [results[stages[i]]["metrics"][m] for i in xs]
+        bars = points_with_ci(ax, xs, ys, [intervals[stages[i]].get(f"{m}_ci95") for i in xs],
+                              proportion=m in accuracies)
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+        arrow = {1: " (higher is better)", -1: " (lower is better)", 0: ""}[direction(m)]
+        ax.set_title(m + arrow + (", 95% CI" if bars else ""), fontsize=9)
+        ax.set_xticks(range(len(stages)), stages, rotation=20, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(stages) - 0.5)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(ms):]:
+        ax.axis("off")
+    return fig
+
+
 def plot_metrics(results: dict[str, dict], out_dir: Path) -> list[Path]:
-    """One PNG per metric group: a small line chart of each metric over the stages."""
+    """One PNG per metric group (``metrics_figure``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,27 +93,12 @@ def plot_metrics(results: dict[str, dict], out_dir: Path) -> list[Path]:
 
     from agentforge.io import atomic_write
 
-    stages, names, paths = list(results), set(metric_names(results)), []
+    names, paths = set(metric_names(results)), []
     for group, metrics in PLOT_GROUPS.items():
         ms = [m for m in metrics if m in names]
         if not ms:
             continue
-        cols = min(3, len(ms))
-        nrows = math.ceil(len(ms) / cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
-        for ax, m in zip(axes.flat, ms):
-            xs = [i for i, st in enumerate(stages) if _num(results[st]["metrics"].get(m))]
-            ys = [results[stages[i]]["metrics"][m] for i in xs]
-            ax.plot(xs, ys, marker="o")
-            for x, y in zip(xs, ys):
-                ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
-            arrow = {1: " (higher is better)", -1: " (lower is better)", 0: ""}[direction(m)]
-            ax.set_title(m + arrow, fontsize=9)
-            ax.set_xticks(range(len(stages)), stages, rotation=20, ha="right", fontsize=8)
-            ax.set_xlim(-0.5, len(stages) - 0.5)
-            ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(ms):]:
-            ax.axis("off")
+        fig = metrics_figure(results, group, ms)
         fig.suptitle(f"{group} metrics over stages")
         fig.tight_layout()
         path = out_dir / f"{group}_over_stages.png"

@@ -29,10 +29,12 @@ from agentforge.evals.intervals import stage_intervals
 from agentforge.evals.stats import MIN_N, exact_proportion_ci
 from agentforge.io import WEIGHTS_FILE, atomic_write, write_text_atomic
 from agentforge.pipeline.thresholds import cognate_diversity, cognate_metrics
+from agentforge.tracking.plots import points_with_ci
 
 PERF_COLUMNS = [("perplexity", "Perplexity"), ("reasoning_accuracy", "GSM8K acc"), ("arc_easy_accuracy", "ARC acc"),
                 ("piqa_accuracy", "PIQA acc"), ("size_mb", "Weights on disk (MB)"), ("latency_ms", "Latency (ms)"),
                 ("forward_tokens_per_sec", "Forward tok/s")]
+TIMED = ("latency_ms", "forward_tokens_per_sec")   # each stage timed once, in its own run
 
 
 def diversity_text(div: dict) -> str:
@@ -176,9 +178,10 @@ def markdown_table(columns: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def plot_performance(path: Path, rows: list[dict]) -> Path | None:
-    if not rows:
-        return None
+def performance_figure(rows: list[dict]):
+    """One panel per figure across the stages, each accuracy and the perplexity with its 95% CI as an error bar
+    (``<key>_ci95``, as the table gives it); accuracies on the whole [0, 1] axis. Latency and tok/s have no bars:
+    each stage is timed in its own run, with no CI (the table's note)."""
     keys = [k for k, _ in PERF_COLUMNS if any(isinstance(r.get(k), (int, float)) for r in rows)]
     ncols = min(4, len(keys))
     nrows = math.ceil(len(keys) / ncols)
@@ -187,14 +190,24 @@ def plot_performance(path: Path, rows: list[dict]) -> Path | None:
     for ax in axes[len(keys):]:
         ax.axis("off")
     labels = [r["stage"].replace("_", "\n", 1) for r in rows]
+    accuracies = {key for _, key in ACCURACY_FORMATS}
     for ax, k in zip(axes, keys):
         vals = [r.get(k) if isinstance(r.get(k), (int, float)) else float("nan") for r in rows]
-        ax.plot(range(len(vals)), vals, marker="o")
+        cis = [r.get(f"{k}_ci95") for r in rows]
+        bars = points_with_ci(ax, list(range(len(vals))), vals, cis, proportion=k in accuracies)
         ax.set_xticks(range(len(vals)), labels, fontsize=7)
-        ax.set_title(dict(PERF_COLUMNS)[k], fontsize=9)
+        note = " (95% CI)" if bars else " (one timing a stage, no CI)" if k in TIMED else ""
+        ax.set_title(dict(PERF_COLUMNS)[k] + note, fontsize=9)
         ax.grid(alpha=0.3)
     fig.suptitle("Model performance across phases")
     fig.tight_layout()
+    return fig
+
+
+def plot_performance(path: Path, rows: list[dict]) -> Path | None:
+    if not rows:
+        return None
+    fig = performance_figure(rows)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)
     return path

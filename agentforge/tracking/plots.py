@@ -17,6 +17,23 @@ def _save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
+def points_with_ci(ax, xs, ys, cis, *, proportion: bool = False) -> int:
+    """Draw ``ys`` at ``xs`` as a line and each point's 95% CI as an error bar (``cis[i]`` = (lo, hi), or None where
+    the figure has none: no bar is drawn, so a missing interval never looks like a tight one). ``proportion``: the
+    axis shows all of [0, 1], as an auto-scaled axis stretches a difference of 0.01 over the whole panel. Returns the
+    number of bars drawn."""
+    ax.plot(xs, ys, marker="o")
+    bars = [(x, y, ci) for x, y, ci in zip(xs, ys, cis)
+            if ci is not None and isinstance(y, (int, float)) and y == y]
+    if bars:
+        ax.errorbar([x for x, _, _ in bars], [y for _, y, _ in bars],
+                    yerr=[[max(y - ci[0], 0.0) for _, y, ci in bars], [max(ci[1] - y, 0.0) for _, y, ci in bars]],
+                    fmt="none", capsize=3, elinewidth=1, ecolor="black")
+    if proportion:
+        ax.set_ylim(-0.02, 1.02)
+    return len(bars)
+
+
 def line_plot(path, xs, series: dict[str, list], title: str, xlabel: str, ylabel: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, ys in series.items():
