@@ -61,7 +61,11 @@ def test_codegen_cli_tiny_end_to_end(tmp_path):
     assert (out / "plots" / "pass_at_k.png").is_file() and (out / "plots" / "training_loss.png").is_file()
     assert (runs[0] / "tables" / "dashboard__stat_summary.csv").is_file()
     _dashboard_train_loss_is_cross_entropy(runs[0])
-    assert list(runs[0].glob("wandb/offline-run-*")), "the W&B run was written"
+    offline = list(runs[0].glob("wandb/offline-run-*"))
+    assert offline, "the W&B run was written"
+    from agentforge.tracking.wandb_offline import read_offline_run
+    tags = read_offline_run(offline[0]).tags   # the verdict labels the run (section 6); p of 2 problems is >= 0.05
+    assert tags[:3] == ["codegen", "humaneval", "gpt2_scratch"] and stats["verdict"] in tags and "INCONCLUSIVE" in tags
     assert (tmp_path / "outputs" / "artifacts" / "codegen" / "cognate" / "model.safetensors").is_file()
     gate = [sys.executable, str(REPO / "scripts" / "kpi_gate.py"), str(out / "stats.json")]
     ok = subprocess.run(gate + ["--require", "pass_at_1.n>=2", "--require", "n_problems==2"], capture_output=True,

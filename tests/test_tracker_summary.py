@@ -26,3 +26,33 @@ def test_an_undefined_summary_figure_is_marked_so_in_the_offline_wandb_summary(t
     assert run.summary.get("x/corr_undefined") is True and run.summary["x/value"] == 0.5
     assert "x/value_undefined" not in run.summary
     assert any(math.isnan(r["x/corr"]) for r in run.history if "x/corr" in r)
+
+
+def test_labels_join_the_tags_the_wandb_run_started_with(tmp_path, monkeypatch):
+    """``Tracker.label`` (the dashboard's section-6 run label): added to the run's tags once each, after its own.
+    Real client, offline."""
+    import wandb
+
+    from agentforge.tracking.loggers import build_loggers, finish
+    from agentforge.tracking.tracker import Tracker
+    from agentforge.tracking.wandb_offline import find_offline_runs, read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    loggers = build_loggers({"name": "wandb"}, tmp_path, "t", None, ["codegen"], {})
+    tr = Tracker(loggers, tmp_path)
+    tr.label(["FAILURE", "INCONCLUSIVE"])
+    tr.label(["INCONCLUSIVE"])
+    finish(loggers)
+    wandb.teardown()
+    assert read_offline_run(find_offline_runs(tmp_path)[0]).tags == ["codegen", "FAILURE", "INCONCLUSIVE"]
+
+
+def test_run_labels_follow_the_verdict_and_section_6_p_value_rule():
+    from agentforge.evals.dashboard_verdict import run_labels
+
+    assert run_labels({"verdict": "SUCCESS", "pass_at_1": {"p_value": 0.01}}) == ["SUCCESS"]
+    assert run_labels({"verdict": "PARTIAL", "pass_at_1": {"p_value": 0.05}}) == ["PARTIAL", "INCONCLUSIVE"]
+    assert run_labels({"verdict": "FAILURE", "pass_at_1": {"p_value": 0.2}}, alpha=0.3) == ["FAILURE"]
+    assert run_labels({"verdict": "FAILURE", "pass_at_1": {"note": "not measured"}}) == ["FAILURE", "INCONCLUSIVE"]
+    assert run_labels({"verdict": "FAILURE", "pass_at_1": {"p_value": float("nan")}}) == ["FAILURE", "INCONCLUSIVE"]
+    assert run_labels({"verdict": "INCONCLUSIVE", "pass_at_1": {"p_value": 0.7}}) == ["INCONCLUSIVE"]

@@ -29,6 +29,7 @@ from agentforge.codegen.training import train, train_isolated
 from agentforge.data.tokenizer import RESERVED_VOCAB, ByteTokenizer
 from agentforge.errors import ConfigError
 from agentforge.evals.collect import gate_or_raise
+from agentforge.evals.dashboard_verdict import run_labels
 from agentforge.io import write_json_atomic, write_text_atomic
 from agentforge.models import CognateModel
 from agentforge.phases.compare import thresholds_of
@@ -257,6 +258,7 @@ def run(cfg) -> dict:
         md = report.markdown(info, names, evals, kpis, stats, trainings, plot_paths)
         report_path = write_text_atomic(out_dir / "report.md", md)
         report.log_dashboard(ctx.tracker, names, evals, kpis, stats, curves, trainings, plot_paths)
+        ctx.tracker.label(run_labels(stats, float(thresholds.get("alpha", 0.05))))
         print(md)
         print(f"stats: {stats_path}")   # the report path is printed with the run's other paths
     gate = _container(p.gate) if p.get("gate") else {}

@@ -19,6 +19,7 @@ from agentforge.errors import ConfigError
 from agentforge.evals.collect import gate_or_raise
 from agentforge.evals.compare import load_results, run_comparison
 from agentforge.evals.compare_table import COLUMNS
+from agentforge.evals.dashboard_verdict import run_labels
 from agentforge.evals.results_file import require_two
 from agentforge.phases.context import run_context
 from agentforge.phases.rules import PHASE_RULES
@@ -73,6 +74,7 @@ def run(cfg) -> dict:
             flat = {f"stats/{k}/{kk}": vv for k, v in st.items() if isinstance(v, dict)
                     for kk, vv in v.items() if isinstance(vv, (int, float)) and not isinstance(vv, bool)}
             tr.summary({**flat, "stats/verdict": st["verdict"]})
+            tr.label(run_labels(st, float(thresholds.get("alpha", 0.05))))
         print(out["markdown"])
         for path in out["plots"]:
             print(f"plot: {path}")

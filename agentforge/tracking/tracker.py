@@ -104,6 +104,13 @@ class Tracker:
                 if isinstance(v, float) and not math.isfinite(v):
                     self.wandb.summary[f"{k}_undefined"] = True
 
+    def label(self, labels: list[str]) -> None:
+        """Add ``labels`` to the W&B run's tags (kept once each, after the tags the run started with), so the W&B UI
+        can filter runs by them. Without W&B there is nothing to label: ``stats.json`` holds the verdict."""
+        run = self.wandb
+        if run is not None:
+            run.tags = tuple(dict.fromkeys([*(run.tags or ()), *labels]))
+
     def write_json(self, name: str, obj: Any) -> Path:
         return write_json_atomic(self.run_dir / name, obj)
 
