@@ -159,6 +159,9 @@ def test_cognate_run_logs_every_phase1_key_to_offline_wandb(tmp_path):
     for row in train_rows:
         assert abs(math.log(row["train/perplexity"]) - row["train/loss"]) < 1e-3, row
         assert math.isfinite(row["train/objective"]) and row["train/objective"] > row["train/loss"], row
+        # its terms, the evaluation plan's train/loss/* keys, sum to it (float32 sums, logged as floats)
+        terms = [row[f"train/loss/{t}"] for t in ("halt", "ponder", "deep_supervision")]
+        assert sum(terms) == pytest.approx(row["train/objective"], rel=1e-5) and min(terms) >= 0, row
     val = [row["val/loss"] for row in run.history if "val/loss" in row]
     assert abs(losses[-1] - val[-1]) < 1.0, (losses[-1], val[-1])   # the objective is ~2.5x it on this model
     halting = [row["act/avg_halting_steps"] for row in run.history if "act/avg_halting_steps" in row]

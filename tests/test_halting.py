@@ -214,3 +214,23 @@ def test_a_prior_of_one_is_refused_at_start_up_where_it_would_make_the_loss_nan(
     model = tiny(max_steps=3, ponder_prior=0.999, ponder_cost=0.01)
     x = torch.randint(0, 256, (2, 16))
     assert torch.isfinite(model(x, x).loss)
+
+
+def test_pondernet_terms_by_hand_and_the_model_loss_is_their_sum_with_deep_supervision():
+    """Two steps, prior lam_p = 0.5 (so (0.5, 0.5)): p = (1, 0) on a token with step losses (2, 4) gives the
+    reconstruction 2 and KL = ln(1 / 0.5) = ln 2, times beta 0.1; the masked-out token counts in neither. A tiny
+    model's training loss is halt + ponder + deep_supervision, the terms it reports (logged as train/loss/*)."""
+    from agentforge.models.halting import pondernet_terms
+
+    p = torch.tensor([[1.0, 0.3], [0.0, 0.7]])
+    step_loss = torch.tensor([[2.0, 9.0], [4.0, 9.0]])
+    rec, reg = pondernet_terms(p, step_loss, torch.tensor([1.0, 0.0]), 0.5, 0.1)
+    assert float(rec) == pytest.approx(2.0) and float(reg) == pytest.approx(0.1 * math.log(2), rel=1e-6)
+    assert float(pondernet_terms(p[:1], step_loss[:1], torch.ones(2), 0.5, 0.1)[1]) == 0.0   # one step: no KL
+
+    model = tiny(max_steps=3, deep_supervision=0.5).train()
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    out = model(ids[:, :-1], ids[:, 1:])
+    assert set(out.loss_terms) == {"halt", "ponder", "deep_supervision"}
+    assert float(sum(out.loss_terms.values())) == pytest.approx(float(out.loss), rel=1e-6)
+    assert float(out.loss_terms["ponder"]) > 0 and float(out.loss_terms["halt"]) > 0

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agentforge.models.generation import generate
-from agentforge.models.halting import halting_distribution, pondernet_loss
+from agentforge.models.halting import halting_distribution, pondernet_terms
 from agentforge.models.layers import Block, RMSNorm, rope_cache
 from agentforge.models.memory import SurpriseMemory
 
@@ -117,6 +117,10 @@ class CognateOutput:
     ponder: torch.Tensor                # [B, T] expected steps sum_n n p_n (mass past an early stop at its step)
     surprise: torch.Tensor              # [B, T] memory surprise at the last step run
     hidden: torch.Tensor                # [B, T, D] halted output state (before the final norm)
+    # the training loss's terms, detached, summing to ``loss`` (when targets are given): "halt" PonderNet's
+    # reconstruction sum_n p_n L_n and "ponder" its ponder_cost KL term, both what the halting head learns (on
+    # detached step losses), and "deep_supervision" the backbone's (1 + deep_supervision) x the steps' mean loss
+    loss_terms: dict[str, torch.Tensor] | None = None
 
 
 class CognateModel(nn.Module):
@@ -252,7 +256,7 @@ class CognateModel(nn.Module):
         logits = self.lm_head(self.norm(output))
         p = halting_distribution(torch.stack(lambdas, 0))  # one step: all mass on it
         ponder = (p * torch.arange(1, p.shape[0] + 1, device=e.device, dtype=p.dtype)[:, None, None]).sum(0)
-        loss = lm_loss = None
+        loss = lm_loss = terms = None
         if targets is not None:
             lm_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
             mask = (targets != ignore_index).to(e.dtype)
@@ -260,9 +264,11 @@ class CognateModel(nn.Module):
             ce = torch.stack(step_ce, 0)                                       # [N, B, T]
             # the halting head learns PonderNet's loss on the steps' losses as they are (detached); the backbone
             # learns every step equally (weight 1 + deep_supervision), whatever the head says
-            loss = pondernet_loss(p, ce.detach(), mask, c.ponder_prior, c.ponder_cost)
-            loss = loss + (1 + c.deep_supervision) * (ce * mask).sum() / (denom * ce.shape[0])
-        return CognateOutput(logits, loss, lm_loss, steps, ponder.detach(), surprise, output)
+            halt, ponder_term = pondernet_terms(p, ce.detach(), mask, c.ponder_prior, c.ponder_cost)
+            supervision = (1 + c.deep_supervision) * (ce * mask).sum() / (denom * ce.shape[0])
+            loss = halt + ponder_term + supervision
+            terms = {"halt": halt.detach(), "ponder": ponder_term.detach(), "deep_supervision": supervision.detach()}
+        return CognateOutput(logits, loss, lm_loss, steps, ponder.detach(), surprise, output, terms)
 
     def kv_decoder(self, batch: int):
         """Incremental decoding state for ``batch`` sequences (KV cache per step and layer; ``kv_cache.py``)."""

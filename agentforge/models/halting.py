@@ -40,18 +40,26 @@ def geometric_prior(lam_p: float, n: int, device=None, dtype=torch.float32) -> t
     return halting_distribution(torch.full((n,), float(lam_p), device=device, dtype=dtype))
 
 
-def pondernet_loss(p: torch.Tensor, step_loss: torch.Tensor, mask: torch.Tensor, lam_p: float,
-                   beta: float) -> torch.Tensor:
-    """Mean over masked tokens of sum_n p_n L_n + beta KL(p || geometric prior); p, step_loss [N, ...],
-    mask [...] (1 where the token has a target)."""
+def pondernet_terms(p: torch.Tensor, step_loss: torch.Tensor, mask: torch.Tensor, lam_p: float,
+                    beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PonderNet's two terms (Banino et al. 2021, eq. 5), each a mean over masked tokens: the reconstruction
+    sum_n p_n L_n and the regularization beta KL(p || truncated geometric prior lam_p); p, step_loss [N, ...],
+    mask [...] (1 where the token has a target). The regularization is 0 with one step or beta 0."""
     denom = mask.sum().clamp(min=1)
-    loss = (p * step_loss * mask).sum() / denom
+    reconstruction = (p * step_loss * mask).sum() / denom
     if p.shape[0] > 1 and beta > 0:
         prior = geometric_prior(lam_p, p.shape[0], device=p.device, dtype=p.dtype)
         prior = prior.view(-1, *([1] * (p.dim() - 1)))
         kl = (p * (torch.log(p.clamp(min=1e-8)) - torch.log(prior))).sum(0)
-        loss = loss + beta * (kl * mask).sum() / denom
-    return loss
+        return reconstruction, beta * (kl * mask).sum() / denom
+    return reconstruction, reconstruction.new_zeros(())
+
+
+def pondernet_loss(p: torch.Tensor, step_loss: torch.Tensor, mask: torch.Tensor, lam_p: float,
+                   beta: float) -> torch.Tensor:
+    """Mean over masked tokens of sum_n p_n L_n + beta KL(p || geometric prior): ``pondernet_terms`` summed."""
+    reconstruction, regularization = pondernet_terms(p, step_loss, mask, lam_p, beta)
+    return reconstruction + regularization
 
 
 def gibbs_halting(step_loss: torch.Tensor, lam_p: float, beta: float) -> torch.Tensor:

@@ -8,8 +8,9 @@ and guards against non-finite losses and gradients.
 cross-entropy); ``lm_loss`` is the next-token cross-entropy of the halted output. ``train/loss`` and
 ``train/perplexity`` (= exp(train/loss)) are that cross-entropy, in the units of ``val/loss``, whatever the
 model optimizes; the optimized objective is logged as ``train/objective`` (equal to ``train/loss`` for a model
-without a separate ``lm_loss``, e.g. the GPT-2 baseline), and the non-finite guard watches the objective (what
-is backpropagated). The progress bar's ``loss`` and the per-epoch ``history["train_loss"]`` (``final/train_loss``)
+without a separate ``lm_loss``, e.g. the GPT-2 baseline), its terms, where the model reports them (``loss_terms``),
+as ``train/loss/<term>`` (Cognate: ``halt``, ``ponder``, ``deep_supervision``), and the non-finite guard watches the
+objective (what is backpropagated). The progress bar's ``loss`` and the per-epoch ``history["train_loss"]`` (``final/train_loss``)
 are the cross-entropy too.
 """
 from __future__ import annotations
@@ -76,6 +77,8 @@ class LMModule(L.LightningModule):
             "train/epoch": float(self.current_epoch),
             "train/learning_rate": self.optimizers().param_groups[0]["lr"],
         }
+        for name, term in (getattr(out, "loss_terms", None) or {}).items():
+            metrics[f"train/loss/{name}"] = term   # train/objective's terms, summing to it (the evaluation plan's keys)
         halting = getattr(out, "halting_steps", None)
         if halting is not None:
             h = halting.float()
