@@ -29,6 +29,7 @@ not by sentence").
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -78,14 +79,14 @@ def fold(text: str) -> str:
     user's file landed in the train split). Idempotent (applied until it no longer changes the text)."""
     for _ in range(4):
         out = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-        out = _PUNCT_SPACE.sub(r"\1", " ".join(out.split()))
+        out = _PUNCT_SPACE.sub("", " ".join(out.split()))
         if out == text:
             break
         text = out
     return text
 
 
-_PUNCT_SPACE = re.compile(r"\s*([^\w\s])\s*")
+_PUNCT_SPACE = re.compile(r"\s+(?=[^\w\s])|(?<=[^\w\s])\s+")   # a space next to a punctuation mark
 _W, _N = r"([^\W\d_]+)", r"(\d+)"
 
 
@@ -120,6 +121,7 @@ _CANON = [
 _CANON = [(re.compile(pat), key) for pat, key in _CANON]
 
 
+@functools.lru_cache(maxsize=1 << 16)   # a pure function of a string, called per draw: template prompts recur
 def canonical(prompt: str) -> str:
     """The content key of a prompt: the problem of a synthetic template (``sum|3|5``) whatever its task, name,
     item, wording, operand order (sums, products) or option order; else the prompt whitespace-normalized and
