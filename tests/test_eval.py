@@ -349,6 +349,9 @@ def test_cli_finetuned_recursive_and_reload(cognate_artifacts, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads((art_dir / "eval_results" / "finetuned_recursive_results.json").read_text())
     assert first["surgery"]["identity_ok"] and first["finetune"]["steps"] == 2 and first["recursive"]
+    rows = [json.loads(x) for f in (tmp_path / "outputs" / "runs").rglob("metrics.jsonl")
+            for x in f.read_text().splitlines()]   # the fine-tune's steps log the wrapper's refinement
+    assert len([r for r in rows if "train/generation/commit_rate" in r]) == 2
     proc = run_cli(["phase=eval", f"checkpoint={art_dir / 'eval' / 'finetuned_recursive'}", "stage=reloaded", art,
                     *EVAL_TINY], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -398,3 +401,74 @@ def test_the_printed_line_gives_each_accuracy_and_the_perplexity_with_its_ci_and
     assert "reasoning_accuracy 0.25 [0.07266, 0.5238] n=16" in line
     assert "perplexity 7.389 [7.389, 7.389] n=8" in line and "latency_ms 12  " not in line
     assert line.endswith("latency_ms 12") and summary_line("b", {"latency_ms": 12.0}) == "b: latency_ms 12"
+
+
+def _chunk_reference(preds, width):
+    """The module docstring's definitions, position by position in Python (the vectorized ``chunk_tensors``'
+    reference): [K+1, T] predictions of one row -> per-chunk lists."""
+    k, t = preds.shape[0] - 1, preds.shape[1]
+    p = preds.tolist()
+    first = [next((s for s in range(1, k + 1) if p[s][i] == p[s - 1][i]), None) for i in range(t)]
+    out = {"steps": [], "committed": [], "length": [], "stable": []}
+    for j in range(0, t, width):
+        idx = range(j, min(j + width, t))
+        out["steps"].append(max(k if first[i] is None else first[i] for i in idx))
+        out["committed"].append(all(first[i] is not None for i in idx))
+        length = 0
+        for i in idx:
+            if first[i] is None:
+                break
+            length += 1
+        out["length"].append(length)
+        out["stable"].append(all(p[s][i] == p[1][i] for s in range(1, k + 1) for i in idx))
+    return out
+
+
+def test_vectorized_chunk_statistics_equal_the_definitions_and_the_training_batch_metrics_aggregate_them():
+    from agentforge.models.surgery import _chunk_stats, batch_refinement_metrics, chunk_tensors
+
+    g = torch.Generator().manual_seed(3)
+    for t, width in ((13, 4), (16, 16), (7, 3), (5, 8)):
+        preds = torch.randint(0, 3, (4, 2, t), generator=g)   # 3 steps, 2 rows, few values: many stable steps
+        ch = chunk_tensors(preds, width)
+        for b in range(2):
+            ref = _chunk_reference(preds[:, b], width)
+            assert {k: v[b].tolist() for k, v in ch.items()} == ref, (t, width, b)
+            assert _chunk_stats(preds[:, b], width) == ref
+        m = batch_refinement_metrics(preds, width)
+        refs = [_chunk_reference(preds[:, b], width) for b in range(2)]
+        steps = [s for r in refs for s in r["steps"]]
+        assert float(m["avg_refine_steps"]) == pytest.approx(sum(steps) / len(steps))
+        assert float(m["commit_rate"]) == pytest.approx(sum(c for r in refs for c in r["committed"]) / sum(steps))
+        lengths = [n for r in refs for n in r["length"]]
+        assert float(m["avg_chunk_length"]) == pytest.approx(sum(lengths) / len(lengths))
+
+
+def test_a_recursive_wrappers_training_logs_its_refinement_per_step(tmp_path):
+    """The evaluation plan's train/generation/* keys, logged by the fine-tune's LMModule for a wrapper, so "the commit
+    rate should increase during training" can be watched: at surgery every token is stable after one step (commit
+    rate 1, one step, full chunks); the values are the batch's own (``batch_refinement_metrics``)."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from agentforge.tracking.loggers import JsonlLogger
+    from agentforge.training.lm_module import LMModule
+    from agentforge.training.trainer import build_trainer
+
+    L.seed_everything(0, verbose=False)
+    wrapped = wrap(_trained_like(), max_inner_steps=2)
+    module = LMModule(wrapped, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "min_lr_ratio": 0.1},
+                      total_steps=2,
+                      chunk_width=4)
+    data = DataLoader(TensorDataset(torch.randint(0, 256, (4, 17), generator=torch.Generator().manual_seed(1))),
+                      batch_size=2)
+    logger = JsonlLogger(tmp_path)
+    trainer = build_trainer({"accelerator": "cpu"}, loggers=[logger], callbacks=[], max_epochs=1, max_steps=2,
+                            default_root_dir=tmp_path, enable_progress_bar=False, enable_checkpointing=False)
+    trainer.fit(module, data)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "train/generation/commit_rate" in r]
+    assert len(logged) == 2
+    first = logged[0]   # step 0 ran the zero-initialized refinement: an identity
+    assert (first["train/generation/avg_refine_steps"], first["train/generation/commit_rate"],
+            first["train/generation/avg_chunk_length"]) == (1.0, 1.0, 4.0)

@@ -143,21 +143,40 @@ def identity_gap(base: nn.Module, wrapped: nn.Module, rows: torch.Tensor, batch_
     return gap
 
 
+def chunk_tensors(preds: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+    """Per-chunk figures [B, C] from [K+1, B, T] greedy predictions after each step (see the module docstring), on
+    the device, without a host sync: ``steps`` (the chunk's largest first-stable step, K where a token never is),
+    ``committed`` (every token became stable), ``length`` (the leading run of committed tokens), ``stable`` (the
+    predictions identical at every step 1..K). The last chunk may be shorter than ``width``."""
+    k_max, b, t = preds.shape
+    k_max -= 1
+    c = -(-t // width)
+    pad = c * width - t
+    same = preds[1:] == preds[:-1]                                    # [K, B, T]: step k stable
+    committed = same.any(0)                                           # [B, T]
+    first = torch.where(committed, same.to(torch.uint8).argmax(0) + 1, torch.full_like(preds[0], k_max))
+    stable = (preds[1:] == preds[1:2]).all(0)                         # [B, T]
+
+    def chunks(x: torch.Tensor, fill) -> torch.Tensor:              # [B, T] -> [B, C, width], padded with fill
+        return F.pad(x, (0, pad), value=fill).view(b, c, width)
+    lead = chunks(committed, False).to(torch.int64).cumprod(-1).sum(-1)   # the padding ends a fully committed run
+    return {"steps": chunks(first, 0).amax(-1), "committed": chunks(committed, True).all(-1), "length": lead,
+            "stable": chunks(stable, True).all(-1)}
+
+
 def _chunk_stats(preds: torch.Tensor, width: int) -> dict[str, list]:
-    """Per-chunk figures from [K+1, T] predictions of one row (see the module docstring)."""
-    k_max, t = preds.shape[0] - 1, preds.shape[1]
-    same = preds[1:] == preds[:-1]                                    # [K, T]: step k stable
-    committed = same.any(0)                                           # [T]
-    first = torch.where(committed, same.float().argmax(0) + 1, torch.full((t,), k_max))
-    out = {"steps": [], "committed": [], "length": [], "stable": []}
-    for j in range(0, t, width):
-        c = committed[j: j + width]
-        out["steps"].append(int(first[j: j + width].max()))
-        out["committed"].append(bool(c.all()))
-        lead = (~c).nonzero()
-        out["length"].append(int(lead[0]) if len(lead) else int(c.numel()))
-        out["stable"].append(bool((preds[1:, j: j + width] == preds[1:2, j: j + width]).all()))
-    return out
+    """``chunk_tensors`` of one row's [K+1, T] predictions, as lists."""
+    return {k: v[0].tolist() for k, v in chunk_tensors(preds[:, None], width).items()}
+
+
+def batch_refinement_metrics(preds: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+    """avg_refine_steps, commit_rate and avg_chunk_length of one batch's [K+1, B, T] step predictions, as 0-d
+    tensors on the device (what a training step logs: the evaluation plan's ``train/generation/*``); the same
+    definitions as ``refinement_stats``, which aggregates them over many rows."""
+    ch = chunk_tensors(preds, width)
+    return {"avg_refine_steps": ch["steps"].float().mean(),
+            "commit_rate": ch["committed"].sum() / ch["steps"].sum().clamp(min=1),
+            "avg_chunk_length": ch["length"].float().mean()}
 
 
 @torch.no_grad()
@@ -171,10 +190,8 @@ def refinement_stats(model: RecursiveRefiner, rows: torch.Tensor, chunk_width: i
         for i in range(0, len(rows), batch_size):
             x = rows[i: i + batch_size]
             x = x[:, :-1] if x.shape[1] > model.config.max_seq_len else x
-            preds = model(x, halt=False).step_preds
-            for b in range(x.shape[0]):
-                for key, vals in _chunk_stats(preds[:, b], chunk_width).items():
-                    agg[key].extend(vals)
+            for key, vals in chunk_tensors(model(x, halt=False).step_preds, chunk_width).items():
+                agg[key].extend(vals.flatten().tolist())   # row by row, each row's chunks in order
     finally:
         model.train(was)
     n = max(len(agg["steps"]), 1)

@@ -119,7 +119,7 @@ def finetune(ctx, cfg, model, tokenizer, steps: int) -> dict | None:
     optim = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optim["lr"] = float(p.finetune_lr or optim["lr"])
     optim["warmup_steps"] = min(int(optim.get("warmup_steps", 0)), steps // 5)
-    module = LMModule(model, optim, steps, on_nonfinite="skip")
+    module = LMModule(model, optim, steps, on_nonfinite="skip", chunk_width=int(p.chunk_width))
     trainer = build_trainer(OmegaConf.to_container(cfg.hardware, resolve=True), loggers=ctx.loggers, callbacks=[],
                             max_epochs=1, max_steps=steps, default_root_dir=ctx.run_dir, gradient_clip_val=1.0,
                             enable_progress_bar=False, enable_checkpointing=False)

@@ -10,8 +10,10 @@ cross-entropy); ``lm_loss`` is the next-token cross-entropy of the halted output
 model optimizes; the optimized objective is logged as ``train/objective`` (equal to ``train/loss`` for a model
 without a separate ``lm_loss``, e.g. the GPT-2 baseline), its terms, where the model reports them (``loss_terms``),
 as ``train/loss/<term>`` (Cognate: ``halt``, ``ponder``, ``deep_supervision``), and the non-finite guard watches the
-objective (what is backpropagated). The progress bar's ``loss`` and the per-epoch ``history["train_loss"]`` (``final/train_loss``)
-are the cross-entropy too.
+objective (what is backpropagated). The progress bar's ``loss`` and the per-epoch ``history["train_loss"]``
+(``final/train_loss``) are the cross-entropy too. A recursive-refinement wrapper's refinement of each training batch
+is logged as ``train/generation/{avg_refine_steps,commit_rate,avg_chunk_length}``
+(``surgery.batch_refinement_metrics``, chunks of ``chunk_width`` positions).
 """
 from __future__ import annotations
 
@@ -22,14 +24,16 @@ import lightning as L
 import torch
 
 from agentforge.errors import NonFiniteError
+from agentforge.models.surgery import batch_refinement_metrics
 from agentforge.optim import build_optimizer
 
 
 class LMModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, optim_cfg: dict, total_steps: int, on_nonfinite: str = "stop",
-                 inject_nan_at_step: int | None = None):
+                 inject_nan_at_step: int | None = None, chunk_width: int = 16):
         super().__init__()
         self.model, self.optim_cfg, self.total_steps = model, dict(optim_cfg), total_steps
+        self.chunk_width = int(chunk_width)   # a recursive-refinement model's chunks (``train/generation/*``)
         self.on_nonfinite = on_nonfinite
         self.inject_nan_at_step = inject_nan_at_step  # fault-injection hook for the reliability tests
         self.skipped_steps = 0
@@ -77,6 +81,10 @@ class LMModule(L.LightningModule):
             "train/epoch": float(self.current_epoch),
             "train/learning_rate": self.optimizers().param_groups[0]["lr"],
         }
+        preds = getattr(out, "step_preds", None)   # a recursive-refinement wrapper: its refinement, batch by batch
+        if preds is not None:
+            metrics.update({f"train/generation/{k}": v
+                            for k, v in batch_refinement_metrics(preds.detach(), self.chunk_width).items()})
         for name, term in (getattr(out, "loss_terms", None) or {}).items():
             metrics[f"train/loss/{name}"] = term   # train/objective's terms, summing to it (the evaluation plan's keys)
         halting = getattr(out, "halting_steps", None)
