@@ -185,3 +185,25 @@ def test_end_to_end_two_seeds(tmp_path):
             a = rep["analysis"]["across_seeds"][v][f]
             assert a["deltas"] == [rep["analysis"]["per_seed"][s][v][f]["delta"] for s in ("1", "2")] and a["K"] == 2
     assert {m["verdict"] for m in rep["analysis"]["verdicts"].values()} <= {"EARNS ITS PLACE", "HURTS", "INCONCLUSIVE"}
+
+
+def _fmt(x: float, nd: int = 3) -> str:
+    return f"{x:+.{nd}f}".replace("-", "−")
+
+
+@pytest.mark.parametrize("model", ["m1"])
+def test_the_readmes_trained_ablation_figures_follow_from_the_committed_per_row_losses(model):
+    """The README's trained-ablation verdicts and across-seed intervals are recomputed by the script's own analysis
+    from the per-row losses of the run it quotes (``benchmarks/train_ablations_<model>_*.json``), and quoted as so."""
+    mod = _script()
+    path = next(ROOT.glob(f"benchmarks/train_ablations_{model}_*.json"))
+    rec = json.loads(path.read_text())
+    scores = {int(s): {v: run["per_row"] for v, run in runs.items()} for s, runs in rec["runs"].items()}
+    again = mod.analyse(scores, eval_seed=rec["eval"]["row_seed"])
+    assert again["verdicts"] == rec["analysis"]["verdicts"]
+    readme = (ROOT / "README.md").read_text()
+    for mech, v in again["verdicts"].items():
+        lo, hi = v["t_ci95"]
+        quoted = f"{_fmt(v['mean'])} [{_fmt(lo)}, {_fmt(hi)}]"
+        assert quoted in readme, (mech, quoted)
+        assert f"{mech} {v['verdict']}" in readme or f"{mech} {v['verdict'].lower()}" in readme.lower(), mech
