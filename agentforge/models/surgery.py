@@ -154,14 +154,14 @@ def chunk_tensors(preds: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
     pad = c * width - t
     same = preds[1:] == preds[:-1]                                    # [K, B, T]: step k stable
     committed = same.any(0)                                           # [B, T]
-    first = torch.where(committed, same.to(torch.uint8).argmax(0) + 1, torch.full_like(preds[0], k_max))
+    first = torch.where(committed, same.float().argmax(0) + 1, torch.full_like(preds[0], k_max))
     stable = (preds[1:] == preds[1:2]).all(0)                         # [B, T]
 
-    def chunks(x: torch.Tensor, fill) -> torch.Tensor:              # [B, T] -> [B, C, width], padded with fill
-        return F.pad(x, (0, pad), value=fill).view(b, c, width)
-    lead = chunks(committed, False).to(torch.int64).cumprod(-1).sum(-1)   # the padding ends a fully committed run
-    return {"steps": chunks(first, 0).amax(-1), "committed": chunks(committed, True).all(-1), "length": lead,
-            "stable": chunks(stable, True).all(-1)}
+    def chunks(x: torch.Tensor, fill: int) -> torch.Tensor:         # [B, T] -> [B, C, width] int64, padded with fill
+        return F.pad(x.to(torch.int64), (0, pad), value=fill).view(b, c, width)
+    lead = chunks(committed, 0).cumprod(-1).sum(-1)                   # the padding ends a fully committed run
+    return {"steps": chunks(first, 0).amax(-1), "committed": chunks(committed, 1).amin(-1).bool(), "length": lead,
+            "stable": chunks(stable, 1).amin(-1).bool()}
 
 
 def _chunk_stats(preds: torch.Tensor, width: int) -> dict[str, list]:
