@@ -165,6 +165,9 @@ def test_cognate_curriculum_has_three_stages_with_recall_at_0_6():
     at curriculum weight 0.6'."""
     stages = OmegaConf.to_container(_yaml("phase/cognate.yaml").curriculum)
     assert len(stages) == 3 and [st["mix"]["recall"] for st in stages] == [0.6, 0.6, 0.6]
+    # the seed's Phase 1 run too: its stages replace the default list, and a task missing there is never trained
+    seed_run = OmegaConf.to_container(_yaml("experiment/phase1_seed.yaml").phase.curriculum)
+    assert len(seed_run) == 3 and [st["mix"]["recall"] for st in seed_run] == [0.6, 0.6, 0.6]
 
 
 def test_the_priors_tails_are_the_readme_figures():
