@@ -282,3 +282,31 @@ def test_one_paired_example_is_inconclusive_not_an_error():
     assert st["pass_at_1"]["n"] == 1 and st["verdict"] == "INCONCLUSIVE"
     res = paired_test([0.5], [0.25])
     assert res["n"] == 1 and res["mean_a"] == 0.5 and math.isnan(res["p_value"]) and not res["enough"]
+
+
+def test_phase_compare_labels_its_run_with_the_verdict_at_the_configured_alpha(results_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    """phase=compare hands the W&B run the section-6 labels of ITS stats and alpha (``run_labels``): with
+    phase.thresholds.alpha=0.3 a p of about 0.02 labels nothing INCONCLUSIVE on its account, at 0.01 it does."""
+    from agentforge.evals.dashboard_verdict import run_labels
+    from agentforge.tracking.tracker import Tracker
+    from tests.conftest import run_in_process
+
+    given = []
+    monkeypatch.setattr(Tracker, "label", lambda self, labels: given.append(list(labels)))
+    (results_dir / "finetuned_recursive_results.json").unlink()
+    base = json.loads((results_dir / "baseline_results.json").read_text())
+    cand = json.loads((results_dir / "after_surgery_results.json").read_text())
+    cand["per_example"]["gsm8k_correct"] = [0] * 26 + [1] * 14   # 4 more right than the baseline, none fewer
+    cand["per_example"]["gsm8k_num_correct"] = [0] * 26 + [3] * 14   # pass@1 from these samples: 4 pairs differ
+    (results_dir / "after_surgery_results.json").write_text(json.dumps(cand))
+    assert sum(base["per_example"]["gsm8k_correct"]) == 10
+    args = ["phase=compare", "logger=none", f"phase.results_dir={results_dir}", "phase.n_resamples=500",
+            "stages=[baseline,after_surgery]"]
+    for alpha in (0.3, 0.01):
+        ran = run_in_process([*args, f"phase.thresholds.alpha={alpha}"], tmp_path / f"a{alpha}", capsys)
+        stats = json.loads(Path(ran.result["stats"]).read_text())
+        p = stats["pass_at_1"]["p_value"]
+        assert 0.01 < p < 0.3   # 4 of 40 problems better, none worse (a paired bootstrap: p about 0.02)
+        assert given[-1] == run_labels(stats, alpha)
+        assert ("INCONCLUSIVE" in given[-1]) == (alpha == 0.01 or stats["verdict"] == "INCONCLUSIVE")

@@ -345,13 +345,16 @@ def test_cli_finetuned_recursive_and_reload(cognate_artifacts, tmp_path):
     art_dir = cognate_artifacts.parent / "eval_e2e_recursive"
     art = f"paths.artifacts={art_dir}"
     ck = f"checkpoint={cognate_artifacts / 'cognate' / 'model1'}"
-    proc = run_cli(["phase=eval", ck, "stage=finetuned_recursive", "phase.finetune_steps=2", art, *EVAL_TINY], tmp_path)
+    proc = run_cli(["phase=eval", ck, "stage=finetuned_recursive", "phase.finetune_steps=2", "phase.chunk_width=4", art,
+                    *EVAL_TINY], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads((art_dir / "eval_results" / "finetuned_recursive_results.json").read_text())
     assert first["surgery"]["identity_ok"] and first["finetune"]["steps"] == 2 and first["recursive"]
     rows = [json.loads(x) for f in (tmp_path / "outputs" / "runs").rglob("metrics.jsonl")
-            for x in f.read_text().splitlines()]   # the fine-tune's steps log the wrapper's refinement
-    assert len([r for r in rows if "train/generation/commit_rate" in r]) == 2
+            for x in f.read_text().splitlines()]   # the fine-tune's steps log the wrapper's refinement, in its chunks
+    logged = [r for r in rows if "train/generation/commit_rate" in r]
+    assert len(logged) == 2 and all(0 < r["train/generation/avg_chunk_length"] <= 4 for r in logged)
+    assert logged[0]["train/generation/avg_chunk_length"] == 4   # at surgery: an identity, every chunk committed
     proc = run_cli(["phase=eval", f"checkpoint={art_dir / 'eval' / 'finetuned_recursive'}", "stage=reloaded", art,
                     *EVAL_TINY], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -319,11 +319,16 @@ def test_the_performance_plot_draws_each_accuracy_with_its_table_ci_on_the_whole
              "reasoning_accuracy_n": 20, "latency_ms": 30.0},
             {"stage": "bitnet", "reasoning_accuracy": 0.30, "reasoning_accuracy_ci95": [0.12, 0.54],
              "reasoning_accuracy_n": 20, "latency_ms": 20.0}]
+    rows[0]["forward_tokens_per_sec"], rows[1]["forward_tokens_per_sec"] = 900.0, 1200.0
+    rows[0]["perplexity"], rows[1]["perplexity"] = 9.0, 12.0
     fig = performance_figure(rows)
-    acc, lat = (ax for ax in fig.axes if ax.get_title())
+    ppl, acc, lat, tps = (ax for ax in fig.axes if ax.get_title())
     assert sorted(_bars(acc)) == pytest.approx([(0, 0.10, 0.45), (1, 0.12, 0.54)])
     assert acc.get_ylim() == pytest.approx((-0.02, 1.02)) and "95% CI" in acc.get_title()
     assert _bars(lat) == [] and "no CI" in lat.get_title()   # timed once per stage: no interval, no bar
+    assert _bars(tps) == [] and "no CI" in tps.get_title()
+    lo, hi = ppl.get_ylim()   # not a proportion: its own scale, and no CI in these rows, so no bar and no claim of one
+    assert lo < 9.0 and hi > 12.0 and _bars(ppl) == [] and "CI" not in ppl.get_title()
     plt.close(fig)
 
 
@@ -337,6 +342,26 @@ def test_the_compare_plot_draws_the_accuracy_ci_from_the_stage_per_example_data(
     fig = metrics_figure(res, "quality", ["perplexity", "reasoning_accuracy"])
     ppl, acc = fig.axes[:2]
     assert sorted(_bars(acc)) == pytest.approx([(0, *exact_proportion_ci(3, 10)), (1, *exact_proportion_ci(6, 10))])
-    assert acc.get_ylim() == pytest.approx((-0.02, 1.02))
-    assert _bars(ppl) == []   # no per-row losses in these results: no interval, so no bar
+    assert acc.get_ylim() == pytest.approx((-0.02, 1.02)) and "95% CI" in acc.get_title()
+    assert _bars(ppl) == [] and "CI" not in ppl.get_title()   # no per-row losses in these results: no interval
+    assert ppl.get_ylim()[1] > 9.0   # its own scale, not the accuracies' [0, 1]
     plt.close(fig)
+
+
+def test_compare_plots_one_panel_for_each_metric_present(tmp_path, monkeypatch):
+    """plot_metrics hands ``metrics_figure`` every metric of a group that some stage has, in the group's order."""
+    import agentforge.evals.compare as compare
+    from agentforge.evals.compare_table import PLOT_GROUPS
+
+    seen = {}
+    real = compare.metrics_figure
+
+    def spy(results, group, ms):
+        seen[group] = list(ms)
+        return real(results, group, ms)
+    monkeypatch.setattr(compare, "metrics_figure", spy)
+    res = {"a": _results([1, 0] * 5, [1, 0] * 5, [1, 0] * 5), "b": _results([1] * 10, [0] * 10, [1, 0] * 5)}
+    res["b"]["metrics"]["latency_ms"] = 12.0
+    paths = compare.plot_metrics(res, tmp_path)
+    quality = [m for m in PLOT_GROUPS["quality"] if m in res["a"]["metrics"]]
+    assert seen == {"quality": quality, "efficiency": ["latency_ms"]} and len(paths) == 2
