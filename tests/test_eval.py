@@ -181,12 +181,12 @@ def test_surgery_is_an_identity_at_init_and_not_after():
 
 
 def test_chunk_statistics_by_hand():
-    from agentforge.models.surgery import _chunk_stats
+    from agentforge.models.surgery import chunk_tensors
 
     preds = torch.tensor([[1, 1, 1, 1],    # step 0 (the base model)
                           [1, 2, 1, 3],    # step 1: tokens 0 and 2 stable
                           [1, 2, 1, 4]])   # step 2: token 1 stable, token 3 never
-    st = _chunk_stats(preds, 2)
+    st = {k: v[0].tolist() for k, v in chunk_tensors(preds[:, None], 2).items()}   # one row: [K+1, 1, T]
     assert st == {"steps": [2, 2], "committed": [True, False], "length": [2, 1], "stable": [True, False]}
 
 
@@ -428,7 +428,7 @@ def _chunk_reference(preds, width):
 
 
 def test_vectorized_chunk_statistics_equal_the_definitions_and_the_training_batch_metrics_aggregate_them():
-    from agentforge.models.surgery import _chunk_stats, batch_refinement_metrics, chunk_tensors
+    from agentforge.models.surgery import batch_refinement_metrics, chunk_tensors
 
     g = torch.Generator().manual_seed(3)
     for t, width in ((13, 4), (16, 16), (7, 3), (5, 8)):
@@ -437,7 +437,7 @@ def test_vectorized_chunk_statistics_equal_the_definitions_and_the_training_batc
         for b in range(2):
             ref = _chunk_reference(preds[:, b], width)
             assert {k: v[b].tolist() for k, v in ch.items()} == ref, (t, width, b)
-            assert _chunk_stats(preds[:, b], width) == ref
+            assert {k: v[0].tolist() for k, v in chunk_tensors(preds[:, b:b + 1], width).items()} == ref
         m = batch_refinement_metrics(preds, width)
         refs = [_chunk_reference(preds[:, b], width) for b in range(2)]
         steps = [s for r in refs for s in r["steps"]]

@@ -21,6 +21,7 @@ from scipy import stats as sps
 from agentforge.errors import ConfigError
 from agentforge.evals.compare_table import (  # noqa: F401  (re-exported: the table's names were defined here)
     ACCURACY_FORMATS,
+    ACCURACY_KEYS,
     PLOT_GROUPS,
     SKIP,
     _num,
@@ -53,17 +54,11 @@ def metrics_figure(results: dict[str, dict], group: str, ms: list[str]):
     """A small line chart of each metric of ``group`` over the stages; each accuracy and the perplexity with its 95%
     CI as an error bar (``intervals.stage_intervals`` of the stage's per-example data, as the table's), accuracies on
     the whole [0, 1] axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from agentforge.evals.intervals import stage_intervals
-    from agentforge.tracking.plots import points_with_ci
+    from agentforge.tracking.plots import plt, points_with_ci  # the module sets the headless Agg backend
 
     stages = list(results)
     intervals = {st: stage_intervals(results[st].get("per_example") or {}) for st in stages}
-    accuracies = {key for _, key in ACCURACY_FORMATS}
     cols = min(3, len(ms))
     nrows = math.ceil(len(ms) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
@@ -71,7 +66,7 @@ def metrics_figure(results: dict[str, dict], group: str, ms: list[str]):
         xs = [i for i, st in enumerate(stages) if _num(results[st]["metrics"].get(m))]
         ys = [results[stages[i]]["metrics"][m] for i in xs]
         bars = points_with_ci(ax, xs, ys, [intervals[stages[i]].get(f"{m}_ci95") for i in xs],
-                              proportion=m in accuracies)
+                              proportion=m in ACCURACY_KEYS)
         for x, y in zip(xs, ys):
             ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
         arrow = {1: " (higher is better)", -1: " (lower is better)", 0: ""}[direction(m)]
@@ -86,12 +81,8 @@ def metrics_figure(results: dict[str, dict], group: str, ms: list[str]):
 
 def plot_metrics(results: dict[str, dict], out_dir: Path) -> list[Path]:
     """One PNG per metric group (``metrics_figure``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from agentforge.io import atomic_write
+    from agentforge.tracking.plots import plt
 
     names, paths = set(metric_names(results)), []
     for group, metrics in PLOT_GROUPS.items():

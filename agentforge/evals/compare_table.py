@@ -44,6 +44,7 @@ PLOT_GROUPS = {
 }
 SKIP = {"latency_tokens"}
 ACCURACY_FORMATS = (("gsm8k", "reasoning_accuracy"), ("arc", "arc_easy_accuracy"), ("piqa", "piqa_accuracy"))
+ACCURACY_KEYS = frozenset(key for _, key in ACCURACY_FORMATS)   # the metrics that are proportions (a [0, 1] axis)
 DETERMINISTIC = ("param_count", "param_memory_mb")   # counted from the weights: no sampling or timing noise
 CONFIDENCE = 0.95
 UNPAIRED = "unpaired: no test"

@@ -164,11 +164,6 @@ def chunk_tensors(preds: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
             "stable": chunks(stable, 1).amin(-1).bool()}
 
 
-def _chunk_stats(preds: torch.Tensor, width: int) -> dict[str, list]:
-    """``chunk_tensors`` of one row's [K+1, T] predictions, as lists."""
-    return {k: v[0].tolist() for k, v in chunk_tensors(preds[:, None], width).items()}
-
-
 def batch_refinement_metrics(preds: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
     """avg_refine_steps, commit_rate and avg_chunk_length of one batch's [K+1, B, T] step predictions, as 0-d
     tensors on the device (what a training step logs: the evaluation plan's ``train/generation/*``); the same

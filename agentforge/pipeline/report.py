@@ -24,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from agentforge.evals.compare import ACCURACY_FORMATS
+from agentforge.evals.compare import ACCURACY_FORMATS, ACCURACY_KEYS
 from agentforge.evals.intervals import stage_intervals
 from agentforge.evals.stats import MIN_N, exact_proportion_ci
 from agentforge.io import WEIGHTS_FILE, atomic_write, write_text_atomic
@@ -190,11 +190,10 @@ def performance_figure(rows: list[dict]):
     for ax in axes[len(keys):]:
         ax.axis("off")
     labels = [r["stage"].replace("_", "\n", 1) for r in rows]
-    accuracies = {key for _, key in ACCURACY_FORMATS}
     for ax, k in zip(axes, keys):
         vals = [r.get(k) if isinstance(r.get(k), (int, float)) else float("nan") for r in rows]
         cis = [r.get(f"{k}_ci95") for r in rows]
-        bars = points_with_ci(ax, list(range(len(vals))), vals, cis, proportion=k in accuracies)
+        bars = points_with_ci(ax, list(range(len(vals))), vals, cis, proportion=k in ACCURACY_KEYS)
         ax.set_xticks(range(len(vals)), labels, fontsize=7)
         note = " (95% CI)" if bars else " (one timing a stage, no CI)" if k in TIMED else ""
         ax.set_title(dict(PERF_COLUMNS)[k] + note, fontsize=9)
