@@ -475,3 +475,14 @@ def test_a_recursive_wrappers_training_logs_its_refinement_per_step(tmp_path):
     first = logged[0]   # step 0 ran the zero-initialized refinement: an identity
     assert (first["train/generation/avg_refine_steps"], first["train/generation/commit_rate"],
             first["train/generation/avg_chunk_length"]) == (1.0, 1.0, 4.0)
+
+
+def test_the_training_batch_refinement_metrics_make_no_host_sync():
+    """``batch_refinement_metrics`` (logged every fine-tune step) stays on the device: no .item()/bool()/tolist()."""
+    from agentforge.models.surgery import batch_refinement_metrics
+    from tests.test_host_syncs import CountHostSyncs
+
+    preds = torch.randint(0, 3, (4, 2, 13), generator=torch.Generator().manual_seed(0))
+    with CountHostSyncs() as c:
+        batch_refinement_metrics(preds, 4)
+    assert c.calls == []
