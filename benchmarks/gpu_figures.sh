@@ -35,7 +35,7 @@
 #
 # Every figure goes to stdout and to $OUT/gpu_figures_<part>.log ($OUT: the device tool's return folder; else
 # ./outputs). The machine's image lacks some of the project's dependencies (hydra-core, omegaconf, antlr4, wandb and
-# its own): download them here as cp312 wheels into the ignored folder `.whl/` (README's "GPU figures" section) and
+# its own): download them here as cp312 wheels into the ignored folder `.whl/` (docs/speed.md, "To rerun") and
 # carry it; the script installs them into /tmp/site. A `.devdeps/` folder of plain packages is put on PYTHONPATH too.
 set -u
 part="${1:-kernels}"

@@ -1,8 +1,9 @@
-"""README.md's config, command and constant claims that no other test covered, each test quoting the README
-line it checks (its behavioural claims: tests/test_readme_claims_behaviour.py).
+"""The documentation's config, command and constant claims that no other test covered (README.md and the topic
+files under docs/ it links; "README" below means both), each test quoting the line it checks (its behavioural
+claims: tests/test_readme_claims_behaviour.py).
 
-The README's commands and config keys are read from README.md itself (its backtick spans), so a key or a
-benchmark flag renamed in the code without the README fails here; the stated defaults are checked against
+The commands and config keys are read from the documentation itself (its backtick spans), so a key or a
+benchmark flag renamed in the code without the documentation fails here; the stated defaults are checked against
 conf/*.yaml as written (OmegaConf.load of the file, not a composed config, so the file is what is tested).
 """
 from __future__ import annotations
@@ -16,11 +17,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from agentforge.main import CONF_DIR
+from tests.docs_text import DOC_FILES, all_docs
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = Path(CONF_DIR)
-README = (REPO / "README.md").read_text()
-SPANS = re.findall(r"`([^`\n]+)`", README)
+README = (REPO / "README.md").read_text()   # the overview alone: its phase table, its links
+DOCS = all_docs()                            # README.md + docs/*.md: every span a claim test reads
+SPANS = re.findall(r"`([^`\n]+)`", DOCS)
 
 
 def _yaml(rel: str):
@@ -362,3 +365,16 @@ def test_constants_the_readme_states(tmp_path):
     summary = collect_metrics(tmp_path)
     assert summary == tmp_path / "run_summary.json"
     assert json.loads(summary.read_text())["metrics"]["train/loss"]["last"] == 2.5
+
+
+def test_the_readme_links_every_docs_file_and_every_relative_link_resolves():
+    """The README's documentation table links each ``docs/*.md`` (a topic file nobody links is lost), and every
+    relative Markdown link in the README and the docs names a file that exists."""
+    docs = sorted(f.name for f in (REPO / "docs").glob("*.md"))
+    assert len(docs) >= 10
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", README))
+    assert linked == set(docs), (sorted(set(docs) - linked), sorted(linked - set(docs)))
+    for f in DOC_FILES:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", f.read_text()):
+            if not re.match(r"[a-z]+://", target):
+                assert (f.parent / target).exists(), f"{f.relative_to(REPO)} links {target}, which does not exist"

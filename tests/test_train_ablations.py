@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -193,7 +194,7 @@ def _fmt(x: float, nd: int = 3) -> str:
 
 @pytest.mark.parametrize("model", ["m1", "m2", "m3"])
 def test_the_readmes_trained_ablation_figures_follow_from_the_committed_per_row_losses(model):
-    """The README's trained-ablation table (one row per model) gives the verdicts and across-seed intervals that the
+    """docs/cognate.md's trained-ablation table (one row per model) gives the verdicts and across-seed intervals that the
     script's own analysis recomputes from the per-row losses of the runs it quotes
     (``benchmarks/train_ablations_<model>_*.json``): recursion's, the memory's, and the memory's test-row cost."""
     mod = _script()
@@ -202,7 +203,8 @@ def test_the_readmes_trained_ablation_figures_follow_from_the_committed_per_row_
     scores = {int(s): {v: run["per_row"] for v, run in runs.items()} for s, runs in rec["runs"].items()}
     again = mod.analyse(scores, eval_seed=rec["eval"]["row_seed"])
     assert again["verdicts"] == rec["analysis"]["verdicts"] and len(scores) == 8
-    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| {model} | "))
+    row = next(line for line in (ROOT / "docs" / "cognate.md").read_text().splitlines()
+               if line.startswith(f"| {model} | "))
     cells = row.split(" | ")[1:]
     for cell, (variant, figure), verdict in zip(cells, (("steps1", "loss"), ("no_memory", "recall_loss"),
                                                          ("no_memory", "loss")),
@@ -212,3 +214,28 @@ def test_the_readmes_trained_ablation_figures_follow_from_the_committed_per_row_
         assert cell.startswith(f"{_fmt(a['mean'])} [{_fmt(a['t_ci95'][0])}, {_fmt(a['t_ci95'][1])}], "
                                f"{a['n_positive']} of 8 positive"), (model, variant, figure, cell)
         assert verdict is None or f"**{verdict}**" in cell, (model, cell)
+
+
+def test_the_readmes_mechanism_summary_is_the_committed_runs_verdicts():
+    """The README's "What the Cognate mechanisms buy" lists, per mechanism, which models get which verdict
+    (``**EARNS ITS PLACE** in m1, m2; **INCONCLUSIVE** in m3``) and where the memory costs on the other test rows
+    (``the CI wholly below 0, in m1, m2, m3``): both as the script's analysis of the committed runs gives them."""
+    mod = _script()
+    verdicts, costs = {"recursion": {}, "memory": {}}, []
+    for model in ("m1", "m2", "m3"):
+        rec = json.loads(next(ROOT.glob(f"benchmarks/train_ablations_{model}_*.json")).read_text())
+        scores = {int(s): {v: run["per_row"] for v, run in runs.items()} for s, runs in rec["runs"].items()}
+        again = mod.analyse(scores, eval_seed=rec["eval"]["row_seed"])
+        for mech in verdicts:
+            verdicts[mech].setdefault(again["verdicts"][mech]["verdict"], []).append(model)
+        if again["across_seeds"]["no_memory"]["loss"]["t_ci95"][1] < 0:
+            costs.append(model)
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## What the Cognate mechanisms buy", 1)[1].split("\n## ", 1)[0]
+    lines = {"recursion": next(ln for ln in section.splitlines() if ln.startswith("- recursion (")),
+             "memory": next(ln for ln in section.splitlines() if ln.startswith("- the memory on the recall items"))}
+    for mech, line in lines.items():
+        said = {v: m.split(", ") for v, m in re.findall(r"\*\*([A-Z ]+)\*\* in ([m0-9, ]+?)(?:;|$)", line)}
+        assert said == verdicts[mech], (mech, line, verdicts[mech])
+    cost_line = next(ln for ln in section.splitlines() if ln.startswith("- the memory on the other test rows"))
+    assert cost_line.endswith("the CI wholly below 0, in " + ", ".join(costs)) and costs, (cost_line, costs)

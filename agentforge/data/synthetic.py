@@ -24,7 +24,7 @@ redrawn (attempt 1, 2, ... of the same index), so a training draw never holds a 
 seeds: the partition does not depend on the seed. ``generate`` also drops repeated problems within a held-out set.
 ``overlap_check`` counts what it claims: held-out prompts, records and problems (content keys) seen among N
 training draws (0 by construction). A plain text's key is its whole 2-4-sentence document, so its *sentences* are not
-held out: ~56 % of test-split sentences occur in 5 000 training documents (an audit; README, "held out by document,
+held out: ~56 % of test-split sentences occur in 5 000 training documents (an audit; docs/cognate.md, "held out by document,
 not by sentence").
 """
 from __future__ import annotations

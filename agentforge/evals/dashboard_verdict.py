@@ -180,7 +180,7 @@ def run_labels(stats: dict, alpha: float = 0.05) -> list[str]:
     """The W&B run labels of the dashboard's section 6 that need no service: the verdict itself (section 7: a run
     can be filtered by it), and ``INCONCLUSIVE`` where the pass@1 comparison's p-value is not below ``alpha`` or was
     not computed (section 6, "p-value >= 0.05: label run INCONCLUSIVE"). The notification, PR comment and release
-    tag of that section are not built (the README says so)."""
+    tag of that section are not built (docs/codegen.md says so)."""
     labels = [str(stats["verdict"])]
     p = (stats.get("pass_at_1") or {}).get("p_value")
     if p is None or not p < alpha:   # a NaN p is no evidence either

@@ -12,7 +12,7 @@ arXiv:2502.16982) updates each hidden matrix W with gradient G by
 
 ``torch.optim.Muon`` (torch/optim/_muon.py, ``_single_tensor_muon``; its foreach path is not implemented) runs this
 matrix by matrix: ~24 ops per matrix, 1 382 ops a step for the 25M Cognate model's hidden matrices (counted on the
-CPU with a dispatch mode, README Speed), each a kernel launch on a GPU, where that step was launch-bound (the phase's
+CPU with a dispatch mode, docs/speed.md), each a kernel launch on a GPU, where that step was launch-bound (the phase's
 optimizer cost 1.06-1.30x AdamW's step on an H100: ``benchmarks/gpu_h100_2026-11-26.md`` call 8,
 ``gpu_h100_2026-11-27.md`` call 11).
 Here the matrices of one param group that share a shape (a transformer's q/k/v/o projections, its MLP's gate/up,
