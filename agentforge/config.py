@@ -130,6 +130,7 @@ MODEL_RULES: list[Rule] = [
     rule("model.ltm_chunk", optional(integer(1))),
     rule("model.tie_embeddings", boolean()),
     rule("model.memory", boolean()),
+    rule("model.ltm_gate_norm", boolean()),
 ]
 
 _MISSING = object()

@@ -11,6 +11,8 @@ steps; each seed's variants see the same data stream and start from the same ini
 * ``full``       the model as configured (the reference)
 * ``steps1``     ``model.max_steps=1``: no recursion
 * ``no_memory``  ``model.memory=false``: the long-term memory's reads off in training and inference
+* ``gate_norm``  ``model.ltm_gate_norm=true``: the memory's gate reads the stream RMS-normalized (a design choice
+  compared, not a mechanism removed; not in the default ``--variants``)
 
 Every checkpoint is scored on the SAME ``--rows`` test-split rows of the final curriculum stage's mix
 (``confirm_ablations.final_mix_rows``) and the same ``--rows`` test-split recall items (the repeated code's digits,
@@ -41,12 +43,15 @@ from scipy.stats import binomtest
 from scipy.stats import t as student_t
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"full": [], "steps1": ["model.max_steps=1"], "no_memory": ["model.memory=false"]}
+VARIANTS = {"full": [], "steps1": ["model.max_steps=1"], "no_memory": ["model.memory=false"],
+            "gate_norm": ["model.ltm_gate_norm=true"]}
+DEFAULT_VARIANTS = ["full", "steps1", "no_memory"]   # the mechanisms; gate_norm is asked for by name
 REFERENCE = "full"
 FIGURES = {"loss": "test-row loss", "recall_loss": "recall-digit loss"}
 MECHANISMS = {"recursion": ("steps1", "loss"), "memory": ("no_memory", "recall_loss")}  # variant, target figure
 NO_EARLY_STOP = "phase.early_stopping_patience=1000000"   # every run takes phase.max_epochs x steps_per_epoch steps
-RESERVED = ("phase", "model", "seed", "logger", "hardware", "model.max_steps", "model.memory")  # set by the script
+RESERVED = ("phase", "model", "seed", "logger", "hardware", "model.max_steps", "model.memory",  # set by the script
+            "model.ltm_gate_norm")
 DONE = "train_done.json"
 
 
@@ -160,13 +165,17 @@ def eval_rows(n_rows: int, seq_len: int, seed: int, window: int):
 
 def score(model, rows, rec_rows, rec_mask) -> dict[str, list[float]]:
     """Per-row figures of one model as configured: mean next-token loss and accuracy on the test rows, and on the
-    recall items' repeated digits (``ablation.masked_row_means``)."""
-    from agentforge.models.ablation import masked_row_means, token_scores
+    recall items' repeated digits (``ablation.masked_row_means``); with its memory on, also the memory gate's opening
+    and its read's share of the stream on those digits and elsewhere in the recall items (``ablation.gate_rows``)."""
+    from agentforge.models.ablation import gate_rows, masked_row_means, token_scores
 
     s = token_scores(model, rows)
     r_loss, r_acc = masked_row_means(token_scores(model, rec_rows), rec_mask)
-    return {"loss": s["loss"].mean(1).tolist(), "accuracy": s["correct"].mean(1).tolist(),
-            "recall_loss": r_loss.tolist(), "recall_accuracy": r_acc.tolist()}
+    out = {"loss": s["loss"].mean(1).tolist(), "accuracy": s["correct"].mean(1).tolist(),
+           "recall_loss": r_loss.tolist(), "recall_accuracy": r_acc.tolist()}
+    if model.config.memory:
+        out.update({f"recall_{k}": v.tolist() for k, v in gate_rows(model, rec_rows, rec_mask).items()})
+    return out
 
 
 # -- statistics ----------------------------------------------------------------------------------------------------
@@ -279,7 +288,7 @@ def run(out: Path, model: str = "m1", seeds: list[int] = (1, 2, 3), variants: li
 
     from agentforge.artifacts import load_model
 
-    variants = list(variants or VARIANTS)
+    variants = list(variants or DEFAULT_VARIANTS)
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise AblationError(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(VARIANTS)}")
@@ -345,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   "phase.max_epochs=2")
     ap.add_argument("--model", default="m1")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--out", type=Path, default=Path("outputs/train_ablations"))
     ap.add_argument("--rows", type=int, default=64, help="test rows and test recall items scored")
     ap.add_argument("--seq-len", type=int, default=128)

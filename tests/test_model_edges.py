@@ -115,3 +115,57 @@ def test_sampling_divides_the_logits_by_the_temperature(monkeypatch):
              torch.zeros(1, 1, dtype=torch.long), 1, 8, temperature=0.5, use_cache=False)
     e2 = math.exp(2)
     torch.testing.assert_close(seen[0], torch.tensor([[1 / (1 + e2), e2 / (1 + e2)]]))
+
+
+def test_the_gate_figures_are_the_gates_opening_and_the_reads_share_at_the_digits_and_elsewhere():
+    """``gate_by_target``: with W_g = 0 and bias 2 the gate is sigmoid(2) = 0.8808 at every position (digits and
+    elsewhere alike: difference 0); the read's share is |merged - h| / |h| (the MAG gate adds g * W_o r to h),
+    recorded here from ``merge`` itself, averaged over the recursion steps, at the masked positions and at the other
+    non-pad ones (mutants: the pad positions counted as "elsewhere"; one step's figure for the average; the digits'
+    and elsewhere's masks swapped). Its hooks leave the model's outputs and hooks as they were."""
+    from agentforge.models.ablation import gate_by_target
+    from agentforge.models.memory import SurpriseMemory
+
+    torch.manual_seed(0)
+    model = tiny(max_steps=2)
+    with torch.no_grad():
+        model.memory.gate.weight.zero_()
+        model.memory.gate.bias.fill_(2.0)
+    pad = 39                                               # this tiny vocabulary's stand-in for the pad id
+    rows = _rows(6, 29) % pad
+    rows[:, 25:] = pad                                     # padding at the rows' ends: neither digits nor elsewhere
+    mask = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.bool)
+    mask[:, 18:22] = True                                  # "digits": in the second chunk, which reads the first's writes
+    before = token_scores(model, rows)["loss"]
+    shares, merge = [], SurpriseMemory.merge
+
+    def recording(self, h, r):
+        out = merge(self, h, r)
+        shares.append(((out - h).norm(dim=-1) / h.norm(dim=-1)).detach())
+        return out
+
+    SurpriseMemory.merge = recording
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(rows[:, :-1])
+    finally:
+        SurpriseMemory.merge = merge
+    assert len(shares) == 2                                # both recursion steps ran (the halting rule: no early exit)
+    share = torch.stack(shares).mean(0)
+    other = ~mask & (rows[:, 1:] != pad)
+    out = gate_by_target(model, rows, mask, pad_id=pad)
+    g = 1 / (1 + math.exp(-2.0))
+    assert out["ablation/recall_gate_digits"] == pytest.approx(g, abs=1e-6)
+    assert out["ablation/recall_gate_other"] == pytest.approx(g, abs=1e-6)
+    assert out["ablation/recall_gate_digits_minus_other_delta"] == pytest.approx(0.0, abs=1e-6)
+    digits_share = float((share * mask).sum(1).div(mask.sum(1)).mean())
+    other_share = float((share * other).sum(1).div(other.sum(1)).mean())
+    assert abs(digits_share - other_share) > 1e-3          # the two figures differ here, so a swap is visible
+    assert out["ablation/recall_read_share_digits"] == pytest.approx(digits_share, rel=1e-4)
+    assert out["ablation/recall_read_share_other"] == pytest.approx(other_share, rel=1e-4)
+    assert not any(m._forward_hooks for m in (model.memory.gate_in, model.memory.gate, model.memory.out))
+    assert torch.equal(token_scores(model, rows)["loss"], before)
+    assert "ablation/recall_gate_digits" in recall_memory(model, rows, mask)   # the recall check reports them
+    assert float(out["ablation/recall_read_share_other"]) != pytest.approx(      # pad positions left out
+        float((share * (~mask)).sum(1).div((~mask).sum(1)).mean()), rel=1e-4)

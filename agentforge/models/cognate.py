@@ -83,6 +83,7 @@ class CognateConfig:
     ltm_max_writes: int = 8          # writes per memory chunk at most
     ltm_chunk: int = 16              # tokens per memory chunk (reads see the chunks before)
     tie_embeddings: bool = False
+    ltm_gate_norm: bool = False      # the MAG gate reads the stream RMS-normalized (Titans normalizes before its gate)
     memory: bool = True              # False: the long-term memory's reads off in training and inference (the
                                      # module and its parameters kept, unused: shapes unchanged; ``ablate`` can
                                      # still switch them on). Configs saved before this key load with it on
@@ -130,7 +131,7 @@ class CognateModel(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.blocks = nn.ModuleList(Block(c.d_model, c.n_heads, c.window, c.ffn_hidden) for _ in range(c.n_layers))
         self.memory = SurpriseMemory(c.d_model, c.ltm_slots, c.ltm_key_dim, c.surprise_threshold, c.ltm_max_writes,
-                                     c.ltm_chunk)
+                                     c.ltm_chunk, gate_norm=c.ltm_gate_norm)
         self.halt_head = HaltHead(c.d_model, 1)
         self.norm = RMSNorm(c.d_model)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)

@@ -71,9 +71,17 @@ from torch import nn
 from agentforge.models import memory_graph
 
 
+class RMS(nn.Module):
+    """x / rms(x) over the last dimension, no weights (``F.rms_norm``): the gate's input with ``gate_norm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],))
+
+
 class SurpriseMemory(nn.Module):
     def __init__(self, d_model: int, slots: int, key_dim: int, surprise_threshold: float,
-                 max_writes: int = 8, chunk: int = 16, gate_bias: float = 0.0, beta: float = 32.0):
+                 max_writes: int = 8, chunk: int = 16, gate_bias: float = 0.0, beta: float = 32.0,
+                 gate_norm: bool = False):
         super().__init__()
         self.slots, self.key_dim, self.chunk = slots, key_dim, chunk
         self.surprise_threshold, self.max_writes = surprise_threshold, max_writes
@@ -82,6 +90,7 @@ class SurpriseMemory(nn.Module):
         self.value = nn.Linear(d_model, key_dim, bias=False)
         self.out = nn.Linear(key_dim, d_model, bias=False)
         self.gate = nn.Linear(d_model, d_model)
+        self.gate_in = RMS() if gate_norm else nn.Identity()   # what the gate reads: the stream, or it RMS-normalized
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
         self.register_buffer("keys", torch.zeros(slots, key_dim))
         self.register_buffer("values", torch.zeros(slots, key_dim))
@@ -321,9 +330,10 @@ class SurpriseMemory(nn.Module):
         return x.mul_(beta)
 
     def merge(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """The MAG gate: h + sigmoid(W_g h + b) * W_o r for hidden states h and reads r; the sum in place on the
-        product, which nothing saves for the backward (a + b = b + a exactly): one [B, T, D] tensor fewer."""
-        gated = torch.sigmoid(self.gate(h)) * self.out(r)
+        """The MAG gate: h + sigmoid(W_g h + b) * W_o r for hidden states h and reads r (with ``gate_norm``,
+        sigmoid(W_g rms(h) + b)); the sum in place on the product, which nothing saves for the backward (a + b = b + a
+        exactly): one [B, T, D] tensor fewer."""
+        gated = torch.sigmoid(self.gate(self.gate_in(h))) * self.out(r)
         return gated.add_(h) if gated.dtype == h.dtype else h + gated
 
     def project(self, h: torch.Tensor, prev: torch.Tensor | None = None

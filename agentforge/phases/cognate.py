@@ -48,6 +48,7 @@ from agentforge.models.ablation import (
     VARIANTS,
     ablations,
     computation_rows,
+    gate_line,
     halting_by_task,
     halting_verdict,
     recall_memory,
@@ -289,6 +290,8 @@ def finalize(ctx, cfg, model, tokenizer, module, dm, task_cb, usage_cb, train_ho
         print(f"  {r[0]:<20} loss {r[1]:.4f}  acc {r[2]:.3f}  delta {r[3]:+.4f} [{r[4]:+.4f}, {r[5]:+.4f}]  p {r[6]:.3g}")
     if recall_note:
         print(recall_note)
+        if "ablation/recall_gate_digits" in final:
+            print(gate_line(final))
     if not model.config.memory:
         print("model.memory=false: this model was trained with its memory reads off, so the memory-off rows compare it "
               "with itself (delta 0)")
