@@ -210,8 +210,8 @@ def test_ablation_deltas_on_few_rows_use_the_exact_sign_flip_test():
 @pytest.mark.slow
 def test_cognate_run_reports_halting_compute_and_the_recall_scope(tmp_path):
     """The smoke run on 128-token rows: metrics.json has the max-steps MFLOPs/token, and the output prints the
-    compute halting saves next to its verdict and the recall ablation's scope (fast: tests/test_model.py,
-    tests/test_memory.py)."""
+    compute halting saves next to its verdict, the recall ablation's scope and the memory gate's figures (fast:
+    tests/test_model.py, tests/test_model_edges.py, tests/test_memory.py)."""
     import json
 
     from tests.conftest import run_cli
@@ -222,6 +222,9 @@ def test_cognate_run_reports_halting_compute_and_the_recall_scope(tmp_path):
     assert m["ablation/backbone_reach_tokens"] == 504 and m["ablation/recall_gap_chars"] == 72
     assert "MFLOPs/token at max steps:" in next(ln for ln in proc.stdout.splitlines() if ln.startswith("halting:"))
     assert "recall: the repeat lies beyond one 64-token attention window; stacked layers" in proc.stdout
+    gate = next(ln for ln in proc.stdout.splitlines() if ln.startswith("recall: the memory's gate"))
+    assert f"opens {m['ablation/recall_gate_digits']:.3f} on the digits and {m['ablation/recall_gate_other']:.3f}" in gate
+    assert 0 < m["ablation/recall_read_share_digits"] and 0 < m["ablation/recall_read_share_other"]
 
 
 def test_ltm_heatmap_rows_are_each_epochs_reads_not_the_running_total():

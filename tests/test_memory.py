@@ -246,3 +246,27 @@ def test_batched_reread_has_the_chunk_loops_outputs_and_gradients(t, persist):
         # had ~20 per chunk, 204 at t = 23, before its reads went to bmm directly, so the factor was 3)
         assert 2.5 * len(autograd_nodes(out)) < len(autograd_nodes(ref_out))
 
+
+
+def test_with_gate_norm_the_gate_reads_the_stream_rms_normalized_and_without_it_the_stream():
+    """``model.ltm_gate_norm``: merge(h, r) = h + sigmoid(W_g (h / rms(h)) + b) * W_o r, rms(h) = sqrt(mean(h^2))
+    over the channels (Titans normalizes before its MAG gate); off (the default), sigmoid(W_g h + b). Both by hand on
+    a state whose rms is 2 (h = [2, 2, 2, 2]: h / rms(h) = [1, 1, 1, 1]), with W_g the identity and b = 0."""
+    h = torch.full((1, 1, D), 2.0)
+    r = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])
+    for norm, gate_input in ((True, 1.0), (False, 2.0)):
+        mem = SurpriseMemory(D, 8, D, 0.5, gate_norm=norm).eval()
+        with torch.no_grad():
+            mem.gate.weight.copy_(torch.eye(D))
+            mem.gate.bias.zero_()
+            mem.out.weight.copy_(torch.eye(D))
+        g = 1 / (1 + math.exp(-gate_input))
+        expect = torch.tensor([[[2.0 + g, 2.0, 2.0, 2.0]]])
+        assert torch.allclose(mem.merge(h, r), expect, atol=1e-6), (norm, mem.merge(h, r))
+    # the config key reaches the model, and a model built without it loads as before (no new weights)
+    on = CognateModel(CognateConfig(ltm_gate_norm=True, vocab_size=40, d_model=16, n_heads=2, ffn_hidden=32,
+                                    ltm_slots=8, ltm_key_dim=8, max_seq_len=32))
+    off = CognateModel(CognateConfig(vocab_size=40, d_model=16, n_heads=2, ffn_hidden=32, ltm_slots=8, ltm_key_dim=8,
+                                     max_seq_len=32))
+    assert type(on.memory.gate_in).__name__ == "RMS" and isinstance(off.memory.gate_in, torch.nn.Identity)
+    assert on.state_dict().keys() == off.state_dict().keys()
