@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -129,8 +130,15 @@ def train(out: Path, model: str, seed: int, variant: str, extra: list[str], hard
     if done.is_file():
         rec = json.loads(done.read_text())
         if rec.get("command", [None])[1:] == cmd[1:]:
-            print(f"{label}seed={seed} {variant}: reusing the finished run in {where}", flush=True)
-            return rec
+            changed = changed_settings(where, cmd)
+            if not changed:
+                print(f"{label}seed={seed} {variant}: reusing the finished run in {where}", flush=True)
+                return rec
+            stale = where.with_name(where.name + ".previous")
+            shutil.rmtree(stale, ignore_errors=True)
+            where.rename(stale)
+            print(f"{label}seed={seed} {variant}: not reusing the finished run (moved to {stale}): the same command "
+                  f"now sets {'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}", flush=True)
     where.mkdir(parents=True, exist_ok=True)
     log = where / "train.log"
     print(f"{label}seed={seed} {variant}: training ({' '.join(cmd[2:])}), log {log}", flush=True)
@@ -148,6 +156,56 @@ def train(out: Path, model: str, seed: int, variant: str, extra: list[str], hard
     print(f"{label}seed={seed} {variant}: done in {wall:.0f} s ({rec['optimizer_steps']} steps, fit "
           f"{rec['fit_s']:.0f} s, val loss {rec['val_loss']:.4f})", flush=True)
     return rec
+
+
+def changed_settings(where: Path, command: list[str]) -> list[str]:
+    """What the same command would set otherwise today than when the finished run in ``where`` ran: a default
+    changed since (a reused run trained under the old default would be scored as today's model). The run's saved
+    ``config_resolved.yaml`` is compared with the config composed now from the command's overrides, every group but
+    ``paths`` and ``hydra``; the model's architecture is compared as its checkpoint records it, where a key the
+    checkpoint predates takes the default it had when it was added (``CognateConfig``), which is what that run ran.
+    Each entry: ``key: then -> now``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from agentforge.artifacts import cognate_config_from
+    from agentforge.main import CONF_DIR
+    from agentforge.models.cognate import CognateConfig
+
+    saved_files = sorted((where / "runs").glob("*/*/config_resolved.yaml"), key=lambda f: f.stat().st_mtime)
+    if not saved_files:
+        return ["(no config_resolved.yaml in its run dir)"]
+    saved = OmegaConf.to_container(OmegaConf.load(saved_files[-1]))
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            now = OmegaConf.to_container(compose(config_name="config", overrides=command[3:]))
+    finally:
+        GlobalHydra.instance().clear()
+    changed = []
+
+    def walk(a, b, key):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if k in b and k in a:
+                    walk(a[k], b[k], f"{key}.{k}" if key else k)
+                elif k in a:   # a key the run predates (its default then is read from the checkpoint below)
+                    if not key.startswith("model"):
+                        changed.append(f"{key}.{k}: (absent) -> {a[k]!r}")
+                else:
+                    changed.append(f"{key}.{k}: {b[k]!r} -> (absent)")
+        elif a != b:
+            changed.append(f"{key}: {b!r} -> {a!r}")
+
+    for group in sorted(set(now) | set(saved)):
+        if group not in ("paths", "hydra"):
+            walk(now.get(group), saved.get(group), group)
+    ckpt = json.loads((_checkpoint(where) / "config.json").read_text())["model"]
+    then_arch, now_arch = CognateConfig.from_dict(ckpt).to_dict(), cognate_config_from(now["model"]).to_dict()
+    changed += [f"model.{k}: {then_arch[k]!r} -> {now_arch[k]!r}" for k in sorted(now_arch)
+                if k != "vocab_size" and then_arch.get(k) != now_arch[k]]
+    return list(dict.fromkeys(changed))
 
 
 # -- scoring -------------------------------------------------------------------------------------------------------

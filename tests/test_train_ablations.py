@@ -239,3 +239,40 @@ def test_the_readmes_mechanism_summary_is_the_committed_runs_verdicts():
         assert said == verdicts[mech], (mech, line, verdicts[mech])
     cost_line = next(ln for ln in section.splitlines() if ln.startswith("- the memory on the other test rows"))
     assert cost_line.endswith("the CI wholly below 0, in " + ", ".join(costs)) and costs, (cost_line, costs)
+
+
+def test_a_finished_run_is_not_reused_when_the_same_command_now_sets_something_else(tmp_path):
+    """``changed_settings``: a run dir whose saved config and checkpoint are what the command composes today gives
+    nothing (reused); a default changed since (here the saved run took ``phase.max_epochs`` 3) is named with its
+    old and new value; a model key the checkpoint predates (``ltm_gate_norm``, absent from an older config.json)
+    counts as the default it was added with, so it is a change only when the command now sets it otherwise."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from agentforge.artifacts import cognate_config_from
+    from agentforge.main import CONF_DIR
+
+    mod = _script()
+    cmd = mod.train_command("m1", 3, "full", [])
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=cmd[3:])
+    GlobalHydra.instance().clear()
+    run = tmp_path / "seed3" / "full"
+    (run / "runs" / "d" / "t").mkdir(parents=True)
+    ckpt = run / "artifacts" / "cognate" / "model1"
+    ckpt.mkdir(parents=True)
+    arch = cognate_config_from(OmegaConf.to_container(cfg.model)).to_dict()
+    del arch["ltm_gate_norm"]                     # a checkpoint written before the key existed
+    (ckpt / "config.json").write_text(json.dumps({"model": arch}))
+    saved = run / "runs" / "d" / "t" / "config_resolved.yaml"
+    OmegaConf.save(cfg, saved)
+    assert mod.changed_settings(run, cmd) == []
+    assert mod.changed_settings(run, [*cmd, "model.ltm_gate_norm=true"]) == ["model.ltm_gate_norm: False -> True"]
+    epochs = int(cfg.phase.max_epochs)
+    assert epochs != 3
+    cfg.phase.max_epochs = 3
+    OmegaConf.save(cfg, saved)
+    assert mod.changed_settings(run, cmd) == [f"phase.max_epochs: 3 -> {epochs}"]
+
