@@ -169,3 +169,34 @@ def test_the_gate_figures_are_the_gates_opening_and_the_reads_share_at_the_digit
     assert "ablation/recall_gate_digits" in recall_memory(model, rows, mask)   # the recall check reports them
     assert float(out["ablation/recall_read_share_other"]) != pytest.approx(      # pad positions left out
         float((share * (~mask)).sum(1).div((~mask).sum(1)).mean()), rel=1e-4)
+
+
+
+def test_the_gate_figures_cover_every_step_of_every_row_whatever_halting_would_stop():
+    """With halting on, a recursion step runs only the rows that still have a running token, so the steps' gate
+    tensors can differ in batch size (the m2 runs' scoring crashed on it) or stop early; ``gate_rows`` measures with
+    halting off: every row through all ``max_steps`` steps (here halting would stop every row after step 1), and a
+    batch's figures equal each row's measured alone."""
+    from agentforge.models.ablation import gate_rows
+
+    torch.manual_seed(0)
+    model = tiny(max_steps=3)
+    with torch.no_grad():
+        model.halt_head.weight.zero_()
+        model.halt_head.bias.fill_(10.0)                  # every token halts at step 1
+    rows = _rows(8, 29)
+    mask = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.bool)
+    mask[:, 18:22] = True
+    seen = []
+    hook = model.memory.gate.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]) and None)
+    model.eval()
+    with torch.no_grad():
+        model(rows[:, :-1])
+    assert seen == [8]                                     # halting on: one step
+    seen.clear()
+    both = gate_rows(model, rows, mask, pad_id=-1)
+    assert seen == [8, 8, 8]                               # the measurement: every row, every step
+    hook.remove()
+    alone = [gate_rows(model, rows[i: i + 1], mask[i: i + 1], pad_id=-1) for i in range(len(rows))]
+    for k, v in both.items():
+        assert torch.allclose(v, torch.cat([a[k] for a in alone]), atol=1e-5), k

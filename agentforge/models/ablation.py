@@ -147,7 +147,8 @@ def gate_by_target(model, rows: torch.Tensor, mask: torch.Tensor, seed: int = 0,
 def gate_rows(model, rows: torch.Tensor, mask: torch.Tensor, batch_size: int = 16,
               pad_id: int = ByteTokenizer.pad_id) -> dict[str, torch.Tensor]:
     """Per row [N]: the memory's gate opening g = sigmoid(W_g h + b) (mean over channels) and the share its read adds
-    to the stream, |g * W_o r| / |h|, each averaged over the recursion steps the forward ran and then over the input
+    to the stream, |g * W_o r| / |h|, each averaged over all ``max_steps`` recursion steps (halting off for this
+    measurement: with it, a later step runs only the rows still running, so steps would not align) and then over the input
     positions that predict the masked targets (``*_digits``: the recall task's repeated digits, where a read helps)
     or over every other non-pad position of the row (``*_other``)."""
     mem, device = model.memory, next(model.parameters()).device
@@ -168,7 +169,8 @@ def gate_rows(model, rows: torch.Tensor, mask: torch.Tensor, batch_size: int = 1
         for i in range(0, len(rows), batch_size):
             for v in seen.values():
                 v.clear()
-            model(rows[i: i + batch_size, :-1].to(device))
+            with model.ablate(halting=False):   # every row runs every step (halting drops halted rows from a step)
+                model(rows[i: i + batch_size, :-1].to(device))
             g = torch.stack([torch.sigmoid(x.float()) for x in seen["gate"]]).mean(0)          # [B, T, D]
             share = torch.stack([(torch.sigmoid(a.float()) * o.float()).norm(dim=-1) / h.float().norm(dim=-1)
                                  for a, o, h in zip(seen["gate"], seen["out"], seen["gate_in"])]).mean(0)  # [B, T]
