@@ -270,3 +270,22 @@ def test_with_gate_norm_the_gate_reads_the_stream_rms_normalized_and_without_it_
                                      max_seq_len=32))
     assert type(on.memory.gate_in).__name__ == "RMS" and isinstance(off.memory.gate_in, torch.nn.Identity)
     assert on.state_dict().keys() == off.state_dict().keys()
+
+
+def test_gate_norm_changes_nothing_in_a_model_whose_memory_is_off():
+    """With ``model.memory=false`` the gate is never read, and ``gate_norm`` adds no weights, so the same seed builds
+    the same weights and gives the same loss and gradients with it on or off: a no-memory run is the same run under
+    either setting (what lets the trained no-memory ablation serve both)."""
+    def run(norm: bool):
+        torch.manual_seed(3)
+        m = CognateModel(CognateConfig(memory=False, ltm_gate_norm=norm, vocab_size=40, d_model=16, n_heads=2,
+                                       ffn_hidden=32, ltm_slots=8, ltm_key_dim=8, max_seq_len=32, max_steps=2)).train()
+        ids = torch.randint(0, 40, (2, 17), generator=torch.Generator().manual_seed(0))
+        out = m(ids[:, :-1], ids[:, 1:])
+        out.loss.backward()
+        return m, out.loss
+    (a, la), (b, lb) = run(True), run(False)
+    assert torch.equal(la, lb)
+    for (k, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q) and (p.grad is None) == (q.grad is None), k
+        assert p.grad is None or torch.equal(p.grad, q.grad), k
