@@ -11,8 +11,10 @@ steps; each seed's variants see the same data stream and start from the same ini
 * ``full``       the model as configured (the reference)
 * ``steps1``     ``model.max_steps=1``: no recursion
 * ``no_memory``  ``model.memory=false``: the long-term memory's reads off in training and inference
-* ``gate_norm``  ``model.ltm_gate_norm=true``: the memory's gate reads the stream RMS-normalized (a design choice
-  compared, not a mechanism removed; not in the default ``--variants``)
+* ``gate_stream`` ``model.ltm_gate_norm=false``: the memory's gate reads the stream itself, not RMS-normalized (the
+  default until 2026-11-28; a design choice compared, not a mechanism removed; not in the default ``--variants``.
+  The comparison that made the normalized gate the default ran it as ``gate_norm`` = ``model.ltm_gate_norm=true``
+  against the then-default: ``benchmarks/gate_norm_<model>_2026-11-28.json``)
 
 Every checkpoint is scored on the SAME ``--rows`` test-split rows of the final curriculum stage's mix
 (``confirm_ablations.final_mix_rows``) and the same ``--rows`` test-split recall items (the repeated code's digits,
@@ -45,8 +47,8 @@ from scipy.stats import t as student_t
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"full": [], "steps1": ["model.max_steps=1"], "no_memory": ["model.memory=false"],
-            "gate_norm": ["model.ltm_gate_norm=true"]}
-DEFAULT_VARIANTS = ["full", "steps1", "no_memory"]   # the mechanisms; gate_norm is asked for by name
+            "gate_stream": ["model.ltm_gate_norm=false"]}
+DEFAULT_VARIANTS = ["full", "steps1", "no_memory"]   # the mechanisms; gate_stream is asked for by name
 REFERENCE = "full"
 FIGURES = {"loss": "test-row loss", "recall_loss": "recall-digit loss"}
 MECHANISMS = {"recursion": ("steps1", "loss"), "memory": ("no_memory", "recall_loss")}  # variant, target figure
@@ -54,6 +56,9 @@ NO_EARLY_STOP = "phase.early_stopping_patience=1000000"   # every run takes phas
 RESERVED = ("phase", "model", "seed", "logger", "hardware", "model.max_steps", "model.memory",  # set by the script
             "model.ltm_gate_norm")
 DONE = "train_done.json"
+# model keys that neither add weights nor change anything a model with its memory off computes (tested in
+# tests/test_memory.py): a no-memory run is the same run whatever they are
+MEMORY_ONLY = {"ltm_gate_norm"}
 
 
 class AblationError(Exception):
@@ -139,6 +144,14 @@ def train(out: Path, model: str, seed: int, variant: str, extra: list[str], hard
             where.rename(stale)
             print(f"{label}seed={seed} {variant}: not reusing the finished run (moved to {stale}): the same command "
                   f"now sets {'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}", flush=True)
+    for other in sorted(where.parent.glob(f"*/{DONE}")):   # another variant's run that is this one today
+        if other.parent != where and not other.parent.name.endswith(".previous") \
+                and not changed_settings(other.parent, cmd):
+            rec = {**json.loads(other.read_text()), "reused_from": str(other.parent), "command_as_run": None}
+            rec["command_as_run"], rec["command"] = rec["command"], cmd
+            print(f"{label}seed={seed} {variant}: reusing {other.parent}, which ran what this command runs today",
+                  flush=True)
+            return rec
     where.mkdir(parents=True, exist_ok=True)
     log = where / "train.log"
     print(f"{label}seed={seed} {variant}: training ({' '.join(cmd[2:])}), log {log}", flush=True)
@@ -163,8 +176,10 @@ def changed_settings(where: Path, command: list[str]) -> list[str]:
     changed since (a reused run trained under the old default would be scored as today's model). The run's saved
     ``config_resolved.yaml`` is compared with the config composed now from the command's overrides, every group but
     ``paths`` and ``hydra``; the model's architecture is compared as its checkpoint records it, where a key the
-    checkpoint predates takes the default it had when it was added (``CognateConfig``), which is what that run ran.
-    Each entry: ``key: then -> now``."""
+    checkpoint predates takes the default it had when it was added (``CognateConfig``), which is what that run ran,
+    and where, with the memory off in both, a ``MEMORY_ONLY`` key does not count. Each entry: ``key: then -> now``.
+    ``train`` also reuses another variant's finished run of the same seed when this is empty for its command (a
+    ``model.ltm_gate_norm=true`` run became the ``full`` one when that became the default), recording ``reused_from``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
@@ -198,13 +213,15 @@ def changed_settings(where: Path, command: list[str]) -> list[str]:
         elif a != b:
             changed.append(f"{key}: {b!r} -> {a!r}")
 
+    ckpt = json.loads((_checkpoint(where) / "config.json").read_text())["model"]
+    then_arch, now_arch = CognateConfig.from_dict(ckpt).to_dict(), cognate_config_from(now["model"]).to_dict()
+    inert = MEMORY_ONLY if not now_arch["memory"] and not then_arch["memory"] else set()
     for group in sorted(set(now) | set(saved)):
         if group not in ("paths", "hydra"):
             walk(now.get(group), saved.get(group), group)
-    ckpt = json.loads((_checkpoint(where) / "config.json").read_text())["model"]
-    then_arch, now_arch = CognateConfig.from_dict(ckpt).to_dict(), cognate_config_from(now["model"]).to_dict()
+    changed = [c for c in changed if c.split(":", 1)[0] not in {f"model.{k}" for k in inert}]
     changed += [f"model.{k}: {then_arch[k]!r} -> {now_arch[k]!r}" for k in sorted(now_arch)
-                if k != "vocab_size" and then_arch.get(k) != now_arch[k]]
+                if k != "vocab_size" and k not in inert and then_arch.get(k) != now_arch[k]]
     return list(dict.fromkeys(changed))
 
 

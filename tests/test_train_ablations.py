@@ -245,7 +245,8 @@ def test_a_finished_run_is_not_reused_when_the_same_command_now_sets_something_e
     """``changed_settings``: a run dir whose saved config and checkpoint are what the command composes today gives
     nothing (reused); a default changed since (here the saved run took ``phase.max_epochs`` 3) is named with its
     old and new value; a model key the checkpoint predates (``ltm_gate_norm``, absent from an older config.json)
-    counts as the default it was added with, so it is a change only when the command now sets it otherwise."""
+    counts as the default it was added with (false), so today's default (true) is a change, and no change in a
+    model whose memory is off."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
@@ -257,7 +258,7 @@ def test_a_finished_run_is_not_reused_when_the_same_command_now_sets_something_e
     cmd = mod.train_command("m1", 3, "full", [])
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=cmd[3:])
+        cfg = compose(config_name="config", overrides=[*cmd[3:], "model.ltm_gate_norm=false"])   # what it ran
     GlobalHydra.instance().clear()
     run = tmp_path / "seed3" / "full"
     (run / "runs" / "d" / "t").mkdir(parents=True)
@@ -268,11 +269,19 @@ def test_a_finished_run_is_not_reused_when_the_same_command_now_sets_something_e
     (ckpt / "config.json").write_text(json.dumps({"model": arch}))
     saved = run / "runs" / "d" / "t" / "config_resolved.yaml"
     OmegaConf.save(cfg, saved)
-    assert mod.changed_settings(run, cmd) == []
-    assert mod.changed_settings(run, [*cmd, "model.ltm_gate_norm=true"]) == ["model.ltm_gate_norm: False -> True"]
+    old = [*cmd, "model.ltm_gate_norm=false"]         # the command that composes what that checkpoint ran
+    assert mod.changed_settings(run, old) == []
+    assert mod.changed_settings(run, cmd) == ["model.ltm_gate_norm: False -> True"]   # today's default
     epochs = int(cfg.phase.max_epochs)
     assert epochs != 3
     cfg.phase.max_epochs = 3
     OmegaConf.save(cfg, saved)
-    assert mod.changed_settings(run, cmd) == [f"phase.max_epochs: 3 -> {epochs}"]
+    assert mod.changed_settings(run, old) == [f"phase.max_epochs: 3 -> {epochs}"]
+    # with the memory off in both, a key that changes nothing there does not count
+    arch["memory"] = False
+    (ckpt / "config.json").write_text(json.dumps({"model": arch}))
+    cfg.phase.max_epochs = epochs
+    cfg.model.memory = False
+    OmegaConf.save(cfg, saved)
+    assert mod.changed_settings(run, [*cmd, "model.memory=false"]) == []
 
