@@ -192,28 +192,69 @@ def _fmt(x: float, nd: int = 3) -> str:
     return f"{x:+.{nd}f}".replace("-", "−")
 
 
-@pytest.mark.parametrize("model", ["m1", "m2", "m3"])
-def test_the_readmes_trained_ablation_figures_follow_from_the_committed_per_row_losses(model):
-    """docs/cognate.md's trained-ablation table (one row per model) gives the verdicts and across-seed intervals that the
-    script's own analysis recomputes from the per-row losses of the runs it quotes
-    (``benchmarks/train_ablations_<model>_*.json``): recursion's, the memory's, and the memory's test-row cost."""
-    mod = _script()
-    path = next(ROOT.glob(f"benchmarks/train_ablations_{model}_*.json"))
-    rec = json.loads(path.read_text())
+CURRENT, STREAM_GATE = "benchmarks/train_ablations_{}_2026-11-28.json", "benchmarks/train_ablations_{}_2026-11-28_stream_gate.json"
+GATE_NORM = "benchmarks/gate_norm_{}_2026-11-28.json"
+
+
+def _analysed(path: str) -> tuple[dict, dict]:
+    """(the committed run record, the script's own analysis of its per-row losses, recomputed)."""
+    rec = json.loads((ROOT / path).read_text())
     scores = {int(s): {v: run["per_row"] for v, run in runs.items()} for s, runs in rec["runs"].items()}
-    again = mod.analyse(scores, eval_seed=rec["eval"]["row_seed"])
-    assert again["verdicts"] == rec["analysis"]["verdicts"] and len(scores) == 8
-    row = next(line for line in (ROOT / "docs" / "cognate.md").read_text().splitlines()
-               if line.startswith(f"| {model} | "))
+    return rec, _script().analyse(scores, eval_seed=rec["eval"]["row_seed"])
+
+
+@pytest.mark.parametrize("model", ["m1", "m2", "m3"])
+def test_the_docs_trained_ablation_tables_follow_from_the_committed_per_row_losses(model):
+    """docs/cognate.md's two trained-ablation tables (a row per model: the current default first, then the one with the
+    memory gate reading the stream itself, history) give the verdicts and across-seed intervals that the script's own
+    analysis recomputes from the per-row losses of the runs each quotes: recursion's, the memory's, and the memory's
+    test-row cost."""
+    rows = [ln for ln in (ROOT / "docs" / "cognate.md").read_text().splitlines() if ln.startswith(f"| {model} | ")]
+    assert len(rows) == 2, rows
+    for row, path in zip(rows, (CURRENT, STREAM_GATE)):
+        rec, again = _analysed(path.format(model))
+        assert again["verdicts"] == rec["analysis"]["verdicts"] and len(rec["runs"]) == 8
+        cells = row.split(" | ")[1:]
+        for cell, (variant, figure), verdict in zip(cells, (("steps1", "loss"), ("no_memory", "recall_loss"),
+                                                             ("no_memory", "loss")),
+                                                    (again["verdicts"]["recursion"]["verdict"],
+                                                     again["verdicts"]["memory"]["verdict"], None)):
+            a = again["across_seeds"][variant][figure]
+            assert cell.startswith(f"{_fmt(a['mean'])} [{_fmt(a['t_ci95'][0])}, {_fmt(a['t_ci95'][1])}], "
+                                   f"{a['n_positive']} of 8 positive"), (path, variant, figure, cell)
+            assert verdict is None or f"**{verdict}**" in cell, (path, cell)
+
+
+@pytest.mark.parametrize("model", ["m1", "m2", "m3"])
+def test_the_docs_gate_table_follows_from_the_committed_gate_runs(model):
+    """docs/cognate.md's gate table (a row per model: ``| m1, gate | ...``): the gate's mean opening on the recall
+    digits and elsewhere with the stream and with its RMS norm as input, and gate_norm - stream over the 8 seeds on
+    the test rows and the recall digits (mean [t-interval], seeds positive, BETTER / WORSE / INCONCLUSIVE as the
+    interval lies below / above / across 0), recomputed from ``benchmarks/gate_norm_<model>_2026-11-28.json``, whose
+    ``full`` and ``no_memory`` runs are the stream-gate ablation's own."""
+    mod = _script()
+    rec = json.loads((ROOT / GATE_NORM.format(model)).read_text())
+    old = json.loads((ROOT / STREAM_GATE.format(model)).read_text())
+    seeds = sorted(rec["runs"], key=int)
+    assert len(seeds) == 8 and "preregistration" in rec
+    for s in seeds:   # the same checkpoints as the stream-gate ablation, scored the same
+        for v in ("full", "no_memory"):
+            assert rec["runs"][s][v]["per_row"]["loss"] == old["runs"][s][v]["per_row"]["loss"], (s, v)
+
+    def mean(v, f):
+        return np.array([np.mean(rec["runs"][s][v]["per_row"][f]) for s in seeds])
+
+    row = next(ln for ln in (ROOT / "docs" / "cognate.md").read_text().splitlines() if ln.startswith(f"| {model}, gate | "))
     cells = row.split(" | ")[1:]
-    for cell, (variant, figure), verdict in zip(cells, (("steps1", "loss"), ("no_memory", "recall_loss"),
-                                                         ("no_memory", "loss")),
-                                                (again["verdicts"]["recursion"]["verdict"],
-                                                 again["verdicts"]["memory"]["verdict"], None)):
-        a = again["across_seeds"][variant][figure]
-        assert cell.startswith(f"{_fmt(a['mean'])} [{_fmt(a['t_ci95'][0])}, {_fmt(a['t_ci95'][1])}], "
-                               f"{a['n_positive']} of 8 positive"), (model, variant, figure, cell)
-        assert verdict is None or f"**{verdict}**" in cell, (model, cell)
+    opening = (f"{mean('full', 'recall_gate_digits').mean():.3f} / {mean('full', 'recall_gate_other').mean():.3f} → "
+               f"{mean('gate_norm', 'recall_gate_digits').mean():.3f} / {mean('gate_norm', 'recall_gate_other').mean():.3f}")
+    assert cells[0] == opening, (cells[0], opening)
+    for cell, fig in zip(cells[1:3], ("loss", "recall_loss")):
+        a = mod.across_seeds(list(mean("gate_norm", fig) - mean("full", fig)))
+        lo, hi = a["t_ci95"]
+        word = "BETTER" if hi < 0 else "WORSE" if lo > 0 else "INCONCLUSIVE"
+        assert cell.startswith(f"{_fmt(a['mean'], 4)} [{_fmt(lo, 4)}, {_fmt(hi, 4)}], {a['n_positive']} of 8 positive: "
+                               f"**{word}**"), (fig, cell)
 
 
 def test_the_readmes_mechanism_summary_is_the_committed_runs_verdicts():
@@ -223,7 +264,7 @@ def test_the_readmes_mechanism_summary_is_the_committed_runs_verdicts():
     mod = _script()
     verdicts, costs = {"recursion": {}, "memory": {}}, []
     for model in ("m1", "m2", "m3"):
-        rec = json.loads(next(ROOT.glob(f"benchmarks/train_ablations_{model}_*.json")).read_text())
+        rec = json.loads((ROOT / CURRENT.format(model)).read_text())
         scores = {int(s): {v: run["per_row"] for v, run in runs.items()} for s, runs in rec["runs"].items()}
         again = mod.analyse(scores, eval_seed=rec["eval"]["row_seed"])
         for mech in verdicts:
@@ -237,8 +278,12 @@ def test_the_readmes_mechanism_summary_is_the_committed_runs_verdicts():
     for mech, line in lines.items():
         said = {v: m.split(", ") for v, m in re.findall(r"\*\*([A-Z ]+)\*\* in ([m0-9, ]+?)(?:;|$)", line)}
         assert said == verdicts[mech], (mech, line, verdicts[mech])
-    cost_line = next(ln for ln in section.splitlines() if ln.startswith("- the memory on the other test rows"))
-    assert cost_line.endswith("the CI wholly below 0, in " + ", ".join(costs)) and costs, (cost_line, costs)
+    lines = section.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("- the memory on the other test rows"))
+    cost_item = " ".join(ln.strip() for ln in lines[i: i + 2])
+    assert cost_item.endswith("the CI wholly below 0, in " + ", ".join(costs)) and costs, (cost_item, costs)
+    for model in {"m1", "m2", "m3"} - set(costs):
+        assert f"in {model} no cost established" in cost_item, (model, cost_item)
 
 
 def test_a_finished_run_is_not_reused_when_the_same_command_now_sets_something_else(tmp_path):
@@ -285,3 +330,24 @@ def test_a_finished_run_is_not_reused_when_the_same_command_now_sets_something_e
     OmegaConf.save(cfg, saved)
     assert mod.changed_settings(run, [*cmd, "model.memory=false"]) == []
 
+
+
+def test_the_docs_gate_ranges_are_the_stream_gate_runs():
+    """docs/cognate.md: 'a seed's mean opening was 0.487–0.492, on the digits and elsewhere alike'; 'the gated read
+    adds 16.6–25.0 % of the stream's norm on the digits in m1 and m2 and 10.2–11.7 % elsewhere; in m3 10.5–13.3 % and
+    10.5–11.7 %' — the seeds' means of the stream-gate full models in ``benchmarks/gate_norm_<model>_2026-11-28.json``."""
+    means = {}
+    for model in ("m1", "m2", "m3"):
+        rec = json.loads((ROOT / GATE_NORM.format(model)).read_text())
+        for f in ("recall_gate_digits", "recall_gate_other", "recall_read_share_digits", "recall_read_share_other"):
+            means[model, f] = [float(np.mean(r["full"]["per_row"][f])) for r in rec["runs"].values()]
+
+    def span(models, f, scale=1.0, nd=3):
+        xs = [x * scale for m in models for x in means[m, f]]
+        return f"{min(xs):.{nd}f}–{max(xs):.{nd}f}"
+    gates = [x for m in ("m1", "m2", "m3") for f in ("recall_gate_digits", "recall_gate_other") for x in means[m, f]]
+    docs = " ".join((ROOT / "docs" / "cognate.md").read_text().split())
+    assert f"a seed's mean opening was {min(gates):.3f}–{max(gates):.3f}" in docs
+    assert (f"adds {span(('m1', 'm2'), 'recall_read_share_digits', 100, 1)} % of the stream's norm on the digits in m1 "
+            f"and m2 and {span(('m1', 'm2'), 'recall_read_share_other', 100, 1)} % elsewhere; in m3 "
+            f"{span(('m3',), 'recall_read_share_digits', 100, 1)} % and {span(('m3',), 'recall_read_share_other', 100, 1)} %") in docs

@@ -83,7 +83,8 @@ class CognateConfig:
     ltm_max_writes: int = 8          # writes per memory chunk at most
     ltm_chunk: int = 16              # tokens per memory chunk (reads see the chunks before)
     tie_embeddings: bool = False
-    ltm_gate_norm: bool = False      # the MAG gate reads the stream RMS-normalized (Titans normalizes before its gate)
+    ltm_gate_norm: bool = False      # the MAG gate reads the stream RMS-normalized (Titans normalizes before its gate);
+                                     # the models' configs set true; checkpoints saved before the key ran false
     memory: bool = True              # False: the long-term memory's reads off in training and inference (the
                                      # module and its parameters kept, unused: shapes unchanged; ``ablate`` can
                                      # still switch them on). Configs saved before this key load with it on

@@ -53,6 +53,14 @@ a write a copy — whose per-sequence state is a fixed-size tensor bank that the
   default 180-step m1 run (0.117 at its end) and the memory lowered the recall digits' loss by 0.022 nats
   (CI [0.013, 0.030]); starting at 0, by 0.123 [0.101, 0.145], 15 % vs 2 % of the digits right (two runs
   with the halting code changed in between, so the gap is not the gate's alone).
+  With ``gate_norm`` (``model.ltm_gate_norm``, the default since 2026-11-28) the gate reads the stream
+  RMS-normalized, g = sigmoid(W_g rms(h) + b): Titans normalizes both branches "using learnable vector-valued
+  weights, followed by a non-linearity" before its gate (§4.2); here without the weights (W_g can absorb a
+  per-channel scale, and no weights means checkpoints keep their keys). Why: at the tiny default size the stream's
+  RMS is ~0.3 and Muon grows W_g's spectral norm to only ~0.2 in 180 steps, so W_g h barely moved the gate — a
+  seed's mean opening was 0.487-0.492, on the recall digits and elsewhere alike, in all three models and 8 seeds
+  each (``ablation.gate_rows``). Normalized, the test-row loss fell in every seed of every model (0.002-0.003
+  nats/token); the gate still hardly selects (0.485 on the digits, 0.480 elsewhere in m1): ``docs/cognate.md``.
 
 The bank is per sequence: every sequence starts from the persistent bank (the buffers ``keys``,
 ``values``, ``filled``), which is empty unless ``persist`` is set, in which case the last row's final bank
