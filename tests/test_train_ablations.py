@@ -148,6 +148,8 @@ def test_an_old_config_without_the_memory_key_loads_with_memory_on(tmp_path):
 
 def test_models_with_and_without_memory_are_not_merged():
     assert "memory True vs False" in incompatibility(CognateConfig(**SMALL), CognateConfig(**SMALL, memory=False))
+    assert "ltm_gate_norm True vs False" in incompatibility(CognateConfig(**SMALL, ltm_gate_norm=True),
+                                                            CognateConfig(**SMALL))
     assert incompatibility(CognateConfig(**SMALL, memory=False), CognateConfig(**SMALL, memory=False)) is None
 
 

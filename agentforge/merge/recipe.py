@@ -155,13 +155,14 @@ MERGE_SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidde
 
 # keys that must match although no shape holds them: a model trained with ``memory: false`` never trained its memory's
 # weights (they are still at their initialization), so averaging them with a trained memory's, or taking the base's
-# switch for a merge of both kinds, would give a memory that neither input learned to use
-MERGE_SAME_FIELDS = ("memory",)
+# switch for a merge of both kinds, would give a memory that neither input learned to use; likewise a gate trained on
+# the normalized stream (``ltm_gate_norm``) and one trained on the stream itself read inputs of different scales
+MERGE_SAME_FIELDS = ("memory", "ltm_gate_norm")
 
 
 def incompatibility(a: CognateConfig, b: CognateConfig) -> str | None:
     """Why two Cognate configs cannot be merged (None when they can): every parameter shape must match, and the
-    memory switch (``MERGE_SAME_FIELDS``); the memory slot count and the other non-shape hyperparameters may differ
+    memory switch and the gate's input (``MERGE_SAME_FIELDS``); the memory slot count and the other non-shape hyperparameters may differ
     (they come from the base)."""
     diff = {k: (getattr(a, k), getattr(b, k)) for k in (*MERGE_SHAPE_FIELDS, *MERGE_SAME_FIELDS)
             if getattr(a, k) != getattr(b, k)}

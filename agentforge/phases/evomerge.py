@@ -92,13 +92,14 @@ def input_dirs(cfg) -> list[Path]:
 
 def load_inputs(dirs: list[Path]):
     """The three models (eval mode); CheckpointError naming the dir when one is missing or cannot be
-    merged with the first (every parameter shape and the ``memory`` switch must match; memory slots may differ)."""
+    merged with the first (every parameter shape, the ``memory`` switch and ``ltm_gate_norm`` must match; memory slots
+    may differ)."""
     models, tok = [], None
     for d in dirs:
         model, tokenizer, _ = load_model(d)
         if models and (why := incompatibility(models[0].config, model.config)):
             raise CheckpointError(f"{d}: cannot be merged with {dirs[0]} ({why}); all three inputs must share "
-                                  f"one architecture size and the memory switch")
+                                  f"one architecture size, the memory switch and the memory gate's input")
         models.append(model)
         tok = tok or tokenizer
     return models, tok
