@@ -295,10 +295,12 @@ def _cognate(**kw):
     return CognateModel(CognateConfig(**{**base, **kw})).eval()
 
 
-@pytest.mark.parametrize("memory,halting", [(True, True), (False, True), (True, False)])
-def test_kv_cache_logits_equal_the_full_forward(memory, halting):
-    """Across chunk boundaries (memory writes), past the attention window, with and without halting."""
-    model = _cognate()
+@pytest.mark.parametrize("memory,halting,gate_norm", [(True, True, False), (False, True, False), (True, False, False),
+                                                      (True, True, True)])
+def test_kv_cache_logits_equal_the_full_forward(memory, halting, gate_norm):
+    """Across chunk boundaries (memory writes), past the attention window, with and without halting, with the memory
+    gate reading the stream or it normalized (``model.ltm_gate_norm``, the models' default)."""
+    model = _cognate(ltm_gate_norm=gate_norm)
     ids = torch.randint(0, 256, (2, 21), generator=torch.Generator().manual_seed(1))
     with model.ablate(memory=memory, halting=halting), torch.no_grad():
         full = model(ids).logits

@@ -153,16 +153,15 @@ def gate_rows(model, rows: torch.Tensor, mask: torch.Tensor, batch_size: int = 1
     positions that predict the masked targets (``*_digits``: the recall task's repeated digits, where a read helps)
     or over every other non-pad position of the row (``*_other``)."""
     mem, device = model.memory, next(model.parameters()).device
-    seen: dict[str, list] = {"gate_in": [], "gate_in_out": [], "gate": [], "out": []}
+    seen: dict[str, list] = {"stream": [], "gate": [], "out": []}
 
-    def keep(*names):   # a forward hook that records, and returns None (a value would replace the output)
-        def hook(module, inputs, output):
-            for name, x in zip(names, (output, inputs[0])):
-                seen[name].append(x)
+    def keep(name, what):   # a forward hook that records the module's input or output, and returns None (a value
+        def hook(module, inputs, output):   # would replace the output)
+            seen[name].append(inputs[0] if what == "input" else output)
         return hook
 
-    hooks = [mem.gate_in.register_forward_hook(keep("gate_in_out", "gate_in")),   # its input: the stream h
-             mem.gate.register_forward_hook(keep("gate")), mem.out.register_forward_hook(keep("out"))]
+    hooks = [mem.gate_in.register_forward_hook(keep("stream", "input")),   # the gate's input before any norm: h
+             mem.gate.register_forward_hook(keep("gate", "output")), mem.out.register_forward_hook(keep("out", "output"))]
     was = model.training
     model.eval()
     g_rows, share_rows = [], []
@@ -174,7 +173,7 @@ def gate_rows(model, rows: torch.Tensor, mask: torch.Tensor, batch_size: int = 1
                 model(rows[i: i + batch_size, :-1].to(device))
             g = torch.stack([torch.sigmoid(x.float()) for x in seen["gate"]]).mean(0)          # [B, T, D]
             share = torch.stack([(torch.sigmoid(a.float()) * o.float()).norm(dim=-1) / h.float().norm(dim=-1)
-                                 for a, o, h in zip(seen["gate"], seen["out"], seen["gate_in"])]).mean(0)  # [B, T]
+                                 for a, o, h in zip(seen["gate"], seen["out"], seen["stream"])]).mean(0)  # [B, T]
             g_rows.append(g.mean(-1).cpu())
             share_rows.append(share.cpu())
     finally:
