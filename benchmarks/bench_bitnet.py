@@ -118,7 +118,7 @@ def main() -> None:
         what = args.input
     else:
         torch.manual_seed(0)
-        model, tok = CognateModel(CognateConfig(vocab_size=RESERVED_VOCAB, **SIZES[args.size])).eval(), ByteTokenizer()
+        model, tok = CognateModel(CognateConfig(vocab_size=RESERVED_VOCAB, **SIZES[args.size], ltm_gate_norm=True)).eval(), ByteTokenizer()
         what = f"random {args.size} Cognate model"
     print(f"model: {what}, {model.num_params():,} parameters; {args.threads} thread(s)")
     qmodel = copy.deepcopy(model)

@@ -42,7 +42,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = CognateModel(CognateConfig(max_seq_len=max(512, a.prompt + a.tokens))).to(a.device).eval()
+    model = CognateModel(CognateConfig(max_seq_len=max(512, a.prompt + a.tokens), ltm_gate_norm=True)).to(a.device).eval()
     ids = torch.randint(0, 256, (a.batch, a.prompt), device=a.device)
     name = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     model.generate(ids, 4), model.generate(ids, 4, use_cache=False)  # warm-up

@@ -77,7 +77,7 @@ def main() -> None:
     if args.checkpoint:
         model, tok, _ = load_model(args.checkpoint)
     else:
-        model, tok = CognateModel(CognateConfig()).eval(), ByteTokenizer()
+        model, tok = CognateModel(CognateConfig(ltm_gate_norm=True)).eval(), ByteTokenizer()
     tids = add_reasoning_tokens(tok)
     start, end, banned = tids[THINK_START], tids[THINK_END], [256, 257, tids[THINK_START], tids[THINK_END]]
     head = MixingHead(model.config.d_model, init_weight=0.5)  # w = 0.5: the thought changes the prediction
@@ -87,7 +87,7 @@ def main() -> None:
     ids = torch.tensor([tok.encode("Question: Ada has 12 apples. Ada gets 7 more. How many apples does Ada have now?\n"
                                    "Answer:", bos=True)])
     print(f"device: CPU, {torch.get_num_threads()} thread(s); "
-          f"model: {args.checkpoint or 'fresh CognateConfig()'} ({model.num_params():,} params), {args.tokens} tokens, context {args.context}, "
+          f"model: {args.checkpoint or 'fresh CognateConfig(ltm_gate_norm=True)'} ({model.num_params():,} params), {args.tokens} tokens, context {args.context}, "
           f"{args.repeats} interleaved rounds")
 
     def gen(h, length, cache, seed=0):

@@ -170,7 +170,7 @@ def main():
         raise SystemExit("error: --torch-muon compares Muon implementations inside --muon-grokfast: add --muon-grokfast")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible")
-    cfg = CognateConfig(**SIZES[a.size], max_steps=3)
+    cfg = CognateConfig(**SIZES[a.size], max_steps=3, ltm_gate_norm=True)   # the models' gate (conf/model)
     name = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peak = matmul_peak(a.device)
     if not 0 <= a.no_grad_steps < cfg.max_steps:

@@ -38,7 +38,7 @@ def main() -> None:
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible")
     cuda = a.device == "cuda"
-    run = Runner(CognateModel(CognateConfig(**SIZES[a.size], max_steps=3)), a.batch, a.seq, a.device, False,
+    run = Runner(CognateModel(CognateConfig(**SIZES[a.size], max_steps=3, ltm_gate_norm=True)), a.batch, a.seq, a.device, False,
                  phase_optimizer=a.muon_grokfast)
     run.step()  # the bench's training step (bf16 autocast on CUDA, AdamW), warmed up once more
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
