@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import json
 import math
@@ -171,6 +172,24 @@ def train(out: Path, model: str, seed: int, variant: str, extra: list[str], hard
     return rec
 
 
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple[str, ...]) -> dict:
+    """The config the CLI composes today from these overrides, as plain containers (read, never written: cached, as
+    ``train`` asks it once per finished run it considers)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from agentforge.main import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def changed_settings(where: Path, command: list[str]) -> list[str]:
     """What the same command would set otherwise today than when the finished run in ``where`` ran: a default
     changed since (a reused run trained under the old default would be scored as today's model). The run's saved
@@ -180,27 +199,25 @@ def changed_settings(where: Path, command: list[str]) -> list[str]:
     and where, with the memory off in both, a ``MEMORY_ONLY`` key does not count. Each entry: ``key: then -> now``.
     ``train`` also reuses another variant's finished run of the same seed when this is empty for its command (a
     ``model.ltm_gate_norm=true`` run became the ``full`` one when that became the default), recording ``reused_from``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     from agentforge.artifacts import cognate_config_from
-    from agentforge.main import CONF_DIR
     from agentforge.models.cognate import CognateConfig
 
     saved_files = sorted((where / "runs").glob("*/*/config_resolved.yaml"), key=lambda f: f.stat().st_mtime)
     if not saved_files:
         return ["(no config_resolved.yaml in its run dir)"]
     saved = OmegaConf.to_container(OmegaConf.load(saved_files[-1]))
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            now = OmegaConf.to_container(compose(config_name="config", overrides=command[3:]))
-    finally:
-        GlobalHydra.instance().clear()
+    now = _composed(tuple(command[3:]))
+    ckpt = json.loads((_checkpoint(where) / "config.json").read_text())["model"]
+    then_arch, now_arch = CognateConfig.from_dict(ckpt).to_dict(), cognate_config_from(now["model"]).to_dict()
+    inert = MEMORY_ONLY if not now_arch["memory"] and not then_arch["memory"] else set()
+    skip = {f"model.{k}" for k in inert}
     changed = []
 
     def walk(a, b, key):
+        if key in skip:
+            return
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
                 if k in b and k in a:
@@ -213,13 +230,9 @@ def changed_settings(where: Path, command: list[str]) -> list[str]:
         elif a != b:
             changed.append(f"{key}: {b!r} -> {a!r}")
 
-    ckpt = json.loads((_checkpoint(where) / "config.json").read_text())["model"]
-    then_arch, now_arch = CognateConfig.from_dict(ckpt).to_dict(), cognate_config_from(now["model"]).to_dict()
-    inert = MEMORY_ONLY if not now_arch["memory"] and not then_arch["memory"] else set()
     for group in sorted(set(now) | set(saved)):
         if group not in ("paths", "hydra"):
             walk(now.get(group), saved.get(group), group)
-    changed = [c for c in changed if c.split(":", 1)[0] not in {f"model.{k}" for k in inert}]
     changed += [f"model.{k}: {then_arch[k]!r} -> {now_arch[k]!r}" for k in sorted(now_arch)
                 if k != "vocab_size" and k not in inert and then_arch.get(k) != now_arch[k]]
     return list(dict.fromkeys(changed))

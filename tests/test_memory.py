@@ -268,7 +268,7 @@ def test_with_gate_norm_the_gate_reads_the_stream_rms_normalized_and_without_it_
                                     ltm_slots=8, ltm_key_dim=8, max_seq_len=32))
     off = CognateModel(CognateConfig(vocab_size=40, d_model=16, n_heads=2, ffn_hidden=32, ltm_slots=8, ltm_key_dim=8,
                                      max_seq_len=32))
-    assert type(on.memory.gate_in).__name__ == "RMS" and isinstance(off.memory.gate_in, torch.nn.Identity)
+    assert isinstance(on.memory.gate_in, torch.nn.RMSNorm) and isinstance(off.memory.gate_in, torch.nn.Identity)
     assert on.state_dict().keys() == off.state_dict().keys()
 
 

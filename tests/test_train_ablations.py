@@ -263,12 +263,9 @@ def test_the_readmes_mechanism_summary_is_the_committed_runs_verdicts():
     """The README's "What the Cognate mechanisms buy" lists, per mechanism, which models get which verdict
     (``**EARNS ITS PLACE** in m1, m2; **INCONCLUSIVE** in m3``) and where the memory costs on the other test rows
     (``the CI wholly below 0, in m1, m2, m3``): both as the script's analysis of the committed runs gives them."""
-    mod = _script()
     verdicts, costs = {"recursion": {}, "memory": {}}, []
     for model in ("m1", "m2", "m3"):
-        rec = json.loads((ROOT / CURRENT.format(model)).read_text())
-        scores = {int(s): {v: run["per_row"] for v, run in runs.items()} for s, runs in rec["runs"].items()}
-        again = mod.analyse(scores, eval_seed=rec["eval"]["row_seed"])
+        _, again = _analysed(CURRENT.format(model))
         for mech in verdicts:
             verdicts[mech].setdefault(again["verdicts"][mech]["verdict"], []).append(model)
         if again["across_seeds"]["no_memory"]["loss"]["t_ci95"][1] < 0:

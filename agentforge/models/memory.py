@@ -79,13 +79,6 @@ from torch import nn
 from agentforge.models import memory_graph
 
 
-class RMS(nn.Module):
-    """x / rms(x) over the last dimension, no weights (``F.rms_norm``): the gate's input with ``gate_norm``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],))
-
-
 class SurpriseMemory(nn.Module):
     def __init__(self, d_model: int, slots: int, key_dim: int, surprise_threshold: float,
                  max_writes: int = 8, chunk: int = 16, gate_bias: float = 0.0, beta: float = 32.0,
@@ -98,7 +91,8 @@ class SurpriseMemory(nn.Module):
         self.value = nn.Linear(d_model, key_dim, bias=False)
         self.out = nn.Linear(key_dim, d_model, bias=False)
         self.gate = nn.Linear(d_model, d_model)
-        self.gate_in = RMS() if gate_norm else nn.Identity()   # what the gate reads: the stream, or it RMS-normalized
+        # what the gate reads: the stream, or it RMS-normalized without weights (no parameters, no new checkpoint keys)
+        self.gate_in = nn.RMSNorm(d_model, elementwise_affine=False) if gate_norm else nn.Identity()
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
         self.register_buffer("keys", torch.zeros(slots, key_dim))
         self.register_buffer("values", torch.zeros(slots, key_dim))
