@@ -350,3 +350,18 @@ def test_the_docs_gate_ranges_are_the_stream_gate_runs():
     assert (f"adds {span(('m1', 'm2'), 'recall_read_share_digits', 100, 1)} % of the stream's norm on the digits in m1 "
             f"and m2 and {span(('m1', 'm2'), 'recall_read_share_other', 100, 1)} % elsewhere; in m3 "
             f"{span(('m3',), 'recall_read_share_digits', 100, 1)} % and {span(('m3',), 'recall_read_share_other', 100, 1)} %") in docs
+
+
+def test_the_docs_gate_confirmation_on_other_rows_is_the_committed_one():
+    """docs/cognate.md: 'on 64 other test rows, drawn after the decision and none identical to those ..., gate_norm −
+    stream is m1 −0.0021 [...], m2 ..., m3 ..., 0 of 8 seeds positive in each': the t-intervals over the committed
+    per-seed deltas, and no row shared with the decision's rows."""
+    rec = json.loads((ROOT / "benchmarks" / "gate_norm_confirmation_2026-11-28.json").read_text())
+    docs = " ".join((ROOT / "docs" / "cognate.md").read_text().split())
+    parts = []
+    for model in ("m1", "m2", "m3"):
+        assert rec[model]["rows_shared_with_decision_rows"] == 0 and len(rec[model]["per_seed_deltas"]) == 8
+        a = _script().across_seeds(rec[model]["per_seed_deltas"])
+        assert a["n_positive"] == 0
+        parts.append(f"{model} {_fmt(a['mean'], 4)} [{_fmt(a['t_ci95'][0], 4)}, {_fmt(a['t_ci95'][1], 4)}]")
+    assert "gate_norm − stream is " + ", ".join(parts) + ", 0 of 8 seeds positive in each" in docs
